@@ -1,0 +1,472 @@
+"""Configuration: a TOML file loaded into validated attrs objects.
+
+Every problem is reported as one :class:`~mailsrv.errors.ConfigError` naming
+the file, the key and the reason (``etc/mailsrv.toml: imap.listen[0]: ...``),
+so an administrator never has to read a traceback.  Command-line options
+(``--imap``, ``--passwd``, ...) override the file key by key and are
+validated by the same rules; their errors name the option.
+
+Relative paths are resolved against the working directory at load time, the
+way ``twistd`` and shells treat them, and stored absolute.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import endpoints
+
+from mailsrv.errors import ConfigError
+
+COMMAND_LINE = "command line"
+
+#: Endpoint strings are parsed for validation only, never listened on here;
+#: importing the reactor at load time would pre-empt twistd's --reactor.
+_NO_REACTOR: Any = None
+
+_LOOPBACK_HOSTS = ("", "0.0.0.0", "::")
+
+
+def _check_range(
+    low: float | None = None, high: float | None = None
+) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if low is not None and value < low:
+            return f"must be at least {low}, not {value}"
+        if high is not None and value > high:
+            return f"must be at most {high}, not {value}"
+        return None
+
+    return check
+
+
+def _check_choice(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in choices:
+            return f"must be one of {', '.join(map(repr, choices))}, not {value!r}"
+        return None
+
+    return check
+
+
+def _meta(check: Callable[[Any], str | None] | None = None, path: bool = False) -> dict[str, Any]:
+    return {"check": check, "path": path}
+
+
+@attrs.frozen
+class ServerSection:
+    hostname: str = attrs.field(factory=socket.getfqdn, metadata=_meta())
+
+
+@attrs.frozen
+class ListenSection:
+    """Listeners of one protocol, as Twisted endpoint strings.
+
+    ``listen`` endpoints speak plaintext and offer STARTTLS/STLS when a
+    certificate is configured; ``listen_tls`` endpoints are plain endpoint
+    strings (``tcp:993``) that mailsrv wraps in implicit TLS.
+    """
+
+    listen: tuple[str, ...] = attrs.field(default=(), metadata=_meta())
+    listen_tls: tuple[str, ...] = attrs.field(default=(), metadata=_meta())
+
+
+@attrs.frozen
+class TLSSection:
+    certificate: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    key: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    min_version: str = attrs.field(default="1.2", metadata=_meta(_check_choice("1.2", "1.3")))
+    #: Create a self-signed certificate and key at the paths above when they
+    #: are missing (development only).
+    generate_self_signed: bool = attrs.field(default=False, metadata=_meta())
+
+
+@attrs.frozen
+class UsersSection:
+    passwd_file: str = attrs.field(default="/etc/mailsrv/passwd", metadata=_meta(path=True))
+    default_scheme: str = attrs.field(
+        default="ARGON2ID",
+        metadata=_meta(_check_choice("ARGON2ID", "BLF-CRYPT", "PLAIN")),
+    )
+    #: Create an empty users file when it is missing (development only).
+    create_if_missing: bool = attrs.field(default=False, metadata=_meta())
+
+
+@attrs.frozen
+class AuthSection:
+    #: Where plaintext LOGIN/USER/AUTHENTICATE is allowed before TLS:
+    #: "never", "loopback" (connections from 127.0.0.0/8 and ::1) or "always".
+    plaintext: str = attrs.field(
+        default="loopback", metadata=_meta(_check_choice("never", "loopback", "always"))
+    )
+    failure_delay: float = attrs.field(default=2.0, metadata=_meta(_check_range(0, 60)))
+    max_failures: int = attrs.field(default=3, metadata=_meta(_check_range(1, 100)))
+
+
+@attrs.frozen
+class StorageSection:
+    backend: str = attrs.field(
+        default="maildir", metadata=_meta(_check_choice("maildir", "memory"))
+    )
+    #: Path template with {user} and/or {home} (the passwd file's home field).
+    maildir: str = attrs.field(default="/var/mail/{user}/Maildir", metadata=_meta())
+    #: Seconds between checks for outside changes while a client idles,
+    #: where inotify is not available.
+    poll_interval: float = attrs.field(default=5.0, metadata=_meta(_check_range(0.1, 3600)))
+
+
+@attrs.frozen
+class LimitsSection:
+    #: Longest command line, literals excluded (RFC 7162 3.1.1 asks for 8192).
+    max_line_length: int = attrs.field(default=65536, metadata=_meta(_check_range(1024)))
+    #: Largest literal and message (IMAP APPENDLIMIT), in octets.
+    max_message_size: int = attrs.field(
+        default=64 * 1024 * 1024, metadata=_meta(_check_range(1024))
+    )
+    max_nesting_depth: int = attrs.field(default=32, metadata=_meta(_check_range(2, 1000)))
+    max_pending_commands: int = attrs.field(default=64, metadata=_meta(_check_range(1, 10000)))
+    max_connections_per_user: int = attrs.field(default=20, metadata=_meta(_check_range(1)))
+    max_connections_per_ip: int = attrs.field(default=50, metadata=_meta(_check_range(1)))
+
+
+@attrs.frozen
+class TimeoutsSection:
+    #: Before login.
+    imap_unauthenticated: float = attrs.field(default=60.0, metadata=_meta(_check_range(5)))
+    #: After login; RFC 3501 5.4 requires at least 30 minutes, which also
+    #: covers an IDLE that clients renew every 29 minutes (RFC 2177).
+    imap_authenticated: float = attrs.field(default=1800.0, metadata=_meta(_check_range(1800)))
+    #: RFC 1939 section 3 requires at least 10 minutes.
+    pop3: float = attrs.field(default=600.0, metadata=_meta(_check_range(600)))
+
+
+@attrs.frozen
+class LoggingSection:
+    level: str = attrs.field(
+        default="info", metadata=_meta(_check_choice("debug", "info", "warn", "error"))
+    )
+
+
+@attrs.frozen
+class Listener:
+    """One socket to listen on, with where in the configuration it came from."""
+
+    protocol: str  # "imap" or "pop3"
+    endpoint: str
+    implicit_tls: bool
+    origin: str  # "imap.listen[0]" or "--imap"
+
+
+@attrs.frozen
+class Config:
+    path: str | None
+    server: ServerSection = ServerSection()
+    imap: ListenSection = ListenSection()
+    pop3: ListenSection = ListenSection()
+    tls: TLSSection = TLSSection()
+    users: UsersSection = UsersSection()
+    auth: AuthSection = AuthSection()
+    storage: StorageSection = StorageSection()
+    limits: LimitsSection = LimitsSection()
+    timeouts: TimeoutsSection = TimeoutsSection()
+    logging: LoggingSection = LoggingSection()
+    #: Keys ("imap.listen") whose value came from a command-line option,
+    #: mapped to that option ("--imap"), so errors name what the user typed.
+    from_command_line: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def listeners(self) -> list[Listener]:
+        found = []
+        for protocol in ("imap", "pop3"):
+            section: ListenSection = getattr(self, protocol)
+            for field, tls in (("listen", False), ("listen_tls", True)):
+                key = f"{protocol}.{field}"
+                origin = self.from_command_line.get(key, key)
+                for i, ep in enumerate(getattr(section, field)):
+                    found.append(Listener(protocol, ep, tls, f"{origin}[{i}]"))
+        return found
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls.certificate is not None
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerSection,
+    "imap": ListenSection,
+    "pop3": ListenSection,
+    "tls": TLSSection,
+    "users": UsersSection,
+    "auth": AuthSection,
+    "storage": StorageSection,
+    "limits": LimitsSection,
+    "timeouts": TimeoutsSection,
+    "logging": LoggingSection,
+}
+
+#: Command-line options: option name -> (section, key).
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "imap": ("imap", "listen"),
+    "imaps": ("imap", "listen_tls"),
+    "pop3": ("pop3", "listen"),
+    "pop3s": ("pop3", "listen_tls"),
+    "maildir": ("storage", "maildir"),
+    "passwd": ("users", "passwd_file"),
+    "tls_cert": ("tls", "certificate"),
+    "tls_key": ("tls", "key"),
+}
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _convert(value: Any, annotation: str, where: str) -> Any:
+    """Check ``value`` against a field's annotation; return the stored form."""
+
+    def wrong(expected: str) -> ConfigError:
+        return _error(where, f"expected {expected}, got {_type_name(value)} {value!r}")
+
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong("a number")
+        return float(value)
+    if annotation in ("str", "str | None"):
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if annotation == "tuple[str, ...]":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of strings")
+        return tuple(value)
+    raise AssertionError(f"no converter for {annotation}")
+
+
+class _Errors:
+    """Carries the file name into nested helpers."""
+
+    path = ""
+
+
+def _error(key: str, reason: str) -> ConfigError:
+    """An error at ``key``: a file key, or an option (``--imap[0]``)."""
+    return ConfigError(COMMAND_LINE if key.startswith("--") else _Errors.path, key, reason)
+
+
+def _build_section(
+    name: str,
+    cls: type,
+    table: Mapping[str, Any],
+    overrides: Mapping[str, tuple[str, Any]],
+) -> Any:
+    fields = {f.name: f for f in attrs.fields(cls)}
+    for key in table:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise _error(f"{name}.{key}", f"unknown key (known keys of [{name}]: {known})")
+    values: dict[str, Any] = {}
+    for key, field in fields.items():
+        if key in overrides:
+            origin, raw = overrides[key]
+            where = origin
+        elif key in table:
+            raw = table[key]
+            where = f"{name}.{key}"
+        else:
+            continue
+        value = _convert(raw, str(field.type), where)
+        check = field.metadata.get("check")
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem:
+                raise _error(where, problem)
+        if field.metadata.get("path") and isinstance(value, str):
+            if not value:
+                raise _error(where, "must not be empty")
+            value = os.path.abspath(os.path.expanduser(value))
+        values[key] = value
+    if name == "storage" and "maildir" in values:
+        _check_template(values["maildir"], overrides.get("maildir", ("storage.maildir", None))[0])
+    return cls(**values)
+
+
+def _check_template(template: str, where: str) -> None:
+    if "{user}" not in template and "{home}" not in template:
+        raise _error(where, f"path template {template!r} must contain {{user}} or {{home}}")
+    try:
+        template.format(user="u", home="/h")
+    except (KeyError, IndexError, ValueError) as e:
+        raise _error(
+            where, f"bad path template {template!r}: only {{user}} and {{home}} allowed ({e})"
+        ) from e
+
+
+def _endpoint_address(endpoint: Any) -> tuple[str, int] | None:
+    """(interface, port) of a TCP endpoint, for clash detection; else None."""
+    port = getattr(endpoint, "_port", None)
+    interface = getattr(endpoint, "_interface", "")
+    if isinstance(port, int) and port != 0:
+        return (interface if isinstance(interface, str) else "", port)
+    return None
+
+
+def _check_listeners(config: Config) -> None:
+    listeners = config.listeners
+    if not listeners:
+        raise _error(
+            "imap.listen",
+            "no listeners configured: set imap.listen, imap.listen_tls, pop3.listen or "
+            "pop3.listen_tls (or give --imap/--imaps/--pop3/--pop3s)",
+        )
+    seen: dict[tuple[str, int], str] = {}
+    for listener in listeners:
+        try:
+            endpoint = endpoints.serverFromString(_NO_REACTOR, listener.endpoint)
+        except Exception as e:  # Twisted raises assorted types for bad strings
+            raise _error(
+                listener.origin, f"not a valid endpoint string {listener.endpoint!r}: {e}"
+            ) from e
+        if listener.implicit_tls and listener.endpoint.split(":", 1)[0] in ("ssl", "tls"):
+            raise _error(
+                listener.origin,
+                f"{listener.endpoint!r}: give a plain endpoint such as 'tcp:993'; "
+                "mailsrv wraps it in TLS with the [tls] certificate",
+            )
+        address = _endpoint_address(endpoint)
+        if address is None:
+            continue
+        interface, port = address
+        for (other_interface, other_port), origin in seen.items():
+            if other_port == port and (
+                interface == other_interface
+                or interface in _LOOPBACK_HOSTS
+                or other_interface in _LOOPBACK_HOSTS
+            ):
+                raise _error(
+                    listener.origin,
+                    f"port {port} is also used by {origin} ({listener.endpoint!r})",
+                )
+        seen[address] = listener.origin
+        if listener.implicit_tls and not config.tls_enabled:
+            raise _error(listener.origin, "implicit TLS listener needs tls.certificate and tls.key")
+
+
+def _origin(config: Config, key: str) -> str:
+    return config.from_command_line.get(key, key)
+
+
+def _check_files(config: Config) -> None:
+    tls = config.tls
+    if (tls.certificate is None) != (tls.key is None):
+        missing = "tls.key" if tls.key is None else "tls.certificate"
+        raise _error(_origin(config, missing), "tls.certificate and tls.key must be given together")
+    if tls.certificate is not None and not tls.generate_self_signed:
+        for key, path in (("tls.certificate", tls.certificate), ("tls.key", tls.key)):
+            assert path is not None
+            if not os.path.isfile(path):
+                raise _error(_origin(config, key), f"file not found: {path}")
+            if not os.access(path, os.R_OK):
+                raise _error(_origin(config, key), f"file not readable: {path}")
+    users = config.users
+    if not users.create_if_missing and not os.path.isfile(users.passwd_file):
+        raise _error(_origin(config, "users.passwd_file"), f"file not found: {users.passwd_file}")
+
+
+def load_config(
+    path: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    check_files: bool = True,
+) -> Config:
+    """Read, validate and return the configuration.
+
+    ``overrides`` maps option names of :data:`OVERRIDES` (``imap``,
+    ``passwd``, ...) to values; ``None`` values and empty lists are ignored.
+    With ``check_files`` false, referenced files need not exist yet (the
+    ``mailsrv user add`` command creates the users file).
+    """
+    _Errors.path = path or COMMAND_LINE
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(path, "", "file not found") from None
+        except OSError as e:
+            raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise _error(name, f"unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise _error(name, f"expected a table [{name}], got {_type_name(value)}")
+
+    by_section: dict[str, dict[str, tuple[str, Any]]] = {}
+    for option, value in (overrides or {}).items():
+        if option not in OVERRIDES:
+            raise AssertionError(f"unknown override {option!r}")
+        if value is None or value == [] or value == ():
+            continue
+        section, key = OVERRIDES[option]
+        by_section.setdefault(section, {})[key] = ("--" + option.replace("_", "-"), value)
+
+    sections = {
+        name: _build_section(name, cls, data.get(name, {}), by_section.get(name, {}))
+        for name, cls in _SECTIONS.items()
+    }
+    from_command_line = {
+        f"{section}.{key}": origin
+        for section, keys in by_section.items()
+        for key, (origin, _value) in keys.items()
+    }
+    config = Config(
+        path=os.path.abspath(path) if path else None,
+        from_command_line=from_command_line,
+        **sections,
+    )
+    _check_listeners(config)
+    if check_files:
+        _check_files(config)
+    return config
+
+
+def format_error(error: ConfigError) -> str:
+    """The one line printed when startup is refused."""
+    return f"mailsrv: configuration error: {error}"
+
+
+def describe(config: Config) -> Sequence[str]:
+    """A short human summary, printed by ``mailsrv check-config``."""
+    lines = [f"configuration {config.path or '(built-in defaults)'} is valid"]
+    for listener in config.listeners:
+        kind = "implicit TLS" if listener.implicit_tls else "plain"
+        lines.append(f"  {listener.protocol} {kind}: {listener.endpoint} ({listener.origin})")
+    lines.append(f"  users file: {config.users.passwd_file}")
+    lines.append(f"  storage: {config.storage.backend} {config.storage.maildir}")
+    tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
+    lines.append(f"  TLS certificate: {tls}")
+    return lines

@@ -1,0 +1,346 @@
+"""The contract between the protocols and storage.
+
+Designed once for both protocols: IMAP sees an :class:`IAccount` (a tree of
+:class:`IMailbox`), POP3 sees the INBOX through an :class:`IMaildrop`, and both
+rest on the same UIDs, so a message keeps one identity whichever way it is
+read.
+
+Conventions every implementation follows:
+
+* Every method may return its value directly or a Deferred firing with it;
+  callers wrap calls in ``defer.maybeDeferred``.  Errors are the exceptions of
+  :mod:`mailsrv.errors` (raised, or as the Deferred's failure).
+* Mailbox names are ``str`` in their decoded (Unicode) form with ``/`` as the
+  hierarchy delimiter; ``INBOX`` is case-insensitive and always exists.  The
+  protocol layer converts to and from modified UTF-7.
+* Flags are ``str``: the system flags in their canonical spelling
+  (:data:`SYSTEM_FLAGS`) and keywords as atoms.  ``\\Recent`` is never stored:
+  it is session state, handed out once by :meth:`IMailbox.claim_recent`.
+* Message bytes are always in wire form: CRLF line ends.  ``size`` is the
+  length of exactly those bytes, so RFC822.SIZE, BODY[], POP3 LIST and RETR
+  all agree.
+* UIDs ascend, are never reused within one UIDVALIDITY, and MODSEQ values
+  (RFC 7162) ascend per mailbox with every change to a message.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from typing import IO
+
+import attrs
+from zope.interface import Attribute, Interface, implementer
+
+SEEN = "\\Seen"
+ANSWERED = "\\Answered"
+FLAGGED = "\\Flagged"
+DELETED = "\\Deleted"
+DRAFT = "\\Draft"
+RECENT = "\\Recent"
+
+#: The flags every mailbox stores, in canonical spelling (RFC 3501 2.3.2).
+SYSTEM_FLAGS: frozenset[str] = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT})
+
+#: RFC 6154 special-use attributes a backend may attach to a mailbox.
+SPECIAL_USES: frozenset[str] = frozenset(
+    {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
+)
+
+#: Folders a new account is given, with their special use.
+DEFAULT_FOLDERS: tuple[tuple[str, str], ...] = (
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+def canonical_flag(flag: str) -> str:
+    """Spell a system flag canonically; keywords are returned unchanged.
+
+    System flags are case-insensitive on the wire (RFC 3501 2.3.2), so
+    ``\\SEEN`` from a client is the stored ``\\Seen``.
+    """
+    if flag.startswith("\\"):
+        lowered = flag.lower()
+        for known in (*SYSTEM_FLAGS, RECENT):
+            if known.lower() == lowered:
+                return known
+    return flag
+
+
+class StoreMode:
+    """How :meth:`IMailbox.store` combines the given flags with the old ones."""
+
+    REPLACE = "replace"  # FLAGS
+    ADD = "add"  # +FLAGS
+    REMOVE = "remove"  # -FLAGS
+
+
+class IMessage(Interface):
+    """What the index knows about one message, without opening its file."""
+
+    uid = Attribute("int: the message's UID, unique in its mailbox for one UIDVALIDITY.")
+    flags = Attribute("frozenset[str]: system flags and keywords, never \\Recent.")
+    internal_date = Attribute("datetime.datetime: the internal date, timezone-aware.")
+    size = Attribute("int: octets of the message in wire (CRLF) form.")
+    modseq = Attribute("int: the MODSEQ of the message's last change (RFC 7162).")
+
+
+@implementer(IMessage)
+@attrs.frozen
+class MessageInfo:
+    """The plain value implementation of :class:`IMessage` backends share."""
+
+    uid: int
+    flags: frozenset[str]
+    internal_date: datetime.datetime
+    size: int
+    modseq: int
+
+
+@attrs.frozen
+class MailboxStatus:
+    """The counters STATUS, SELECT and POP3 STAT report."""
+
+    messages: int
+    recent: int
+    unseen: int
+    deleted: int
+    size: int
+    uidnext: int
+    uidvalidity: int
+    highest_modseq: int
+
+
+@attrs.frozen
+class MailboxEntry:
+    """One mailbox of an account as LIST reports it.
+
+    ``attributes`` holds what the backend knows (``\\Noselect``,
+    ``\\HasChildren`` or ``\\HasNoChildren``, ``\\Marked``/``\\Unmarked`` and
+    special uses); the protocol adds ``\\Subscribed`` and ``\\NonExistent``.
+    """
+
+    name: str
+    attributes: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class StoreResult:
+    """The outcome of :meth:`IMailbox.store`.
+
+    ``updated`` holds the new state of every message whose flags changed;
+    ``conflicts`` the UIDs left alone because their MODSEQ was above the
+    ``unchanged_since`` given (CONDSTORE's MODIFIED set).
+    """
+
+    updated: tuple[IMessage, ...] = ()
+    conflicts: tuple[int, ...] = ()
+
+
+class IMailboxListener(Interface):
+    """Told at once about changes to a mailbox by anyone in this process.
+
+    Changes from other processes arrive when the mailbox notices them (at the
+    next :meth:`IMailbox.check`, or from a file-system watcher).  Listeners are
+    called synchronously and must only queue work: a selected IMAP session
+    keeps these until RFC 3501 lets it tell its client.
+    """
+
+    def messages_added(mailbox: IMailbox, uids: Sequence[int]) -> None:
+        """New messages with these ascending UIDs are in the mailbox."""
+
+    def flags_changed(mailbox: IMailbox, messages: Sequence[IMessage]) -> None:
+        """These messages now have the flags and MODSEQ given."""
+
+    def messages_expunged(mailbox: IMailbox, uids: Sequence[int]) -> None:
+        """These UIDs are gone for good."""
+
+
+class IMailbox(Interface):
+    """One mailbox: messages addressed by UID, flags, and change listeners."""
+
+    name = Attribute("str: the mailbox's full name, '/' separated.")
+    uidvalidity = Attribute("int: the UIDVALIDITY; constant for the mailbox's life.")
+    uidnext = Attribute("int: the UID the next added message will get.")
+    highest_modseq = Attribute("int: the highest MODSEQ of any change so far.")
+    special_use = Attribute("frozenset[str]: RFC 6154 attributes, e.g. {'\\Sent'}.")
+
+    def status() -> MailboxStatus:
+        """Counters for STATUS and SELECT, answered from the index alone."""
+
+    def uids() -> Sequence[int]:
+        """All UIDs, ascending.  The result may be shared: never mutate it."""
+
+    def fetch(uids: Iterable[int]) -> Sequence[IMessage]:
+        """Metadata for the given UIDs that exist, ascending by UID."""
+
+    def open(uid: int) -> IO[bytes]:
+        """The message's bytes in wire form, as a readable binary file.
+
+        Raises :class:`mailsrv.errors.NoSuchMessage` if it was expunged.
+        The caller closes the file.
+        """
+
+    def append(
+        source: IO[bytes],
+        flags: Iterable[str] = (),
+        internal_date: datetime.datetime | None = None,
+    ) -> int:
+        """Add a message read from ``source`` (streamed); return its UID.
+
+        Bare LF line ends are stored as CRLF.  ``internal_date`` defaults to
+        now.  Listeners hear ``messages_added`` before this returns.
+        """
+
+    def store(
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str,
+        unchanged_since: int | None = None,
+    ) -> StoreResult:
+        """Change flags of the given messages (:class:`StoreMode`).
+
+        Messages whose flags do not change keep their MODSEQ and are not in
+        the result.  With ``unchanged_since`` (CONDSTORE), messages whose
+        MODSEQ is higher are left alone and reported as conflicts.
+        """
+
+    def copy(uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+        """Copy messages with their flags and internal dates.
+
+        Returns ``(source_uid, destination_uid)`` pairs, ascending by source
+        UID, for UIDPLUS's COPYUID.
+        """
+
+    def move(uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+        """Like :meth:`copy`, then expunge the originals (RFC 6851)."""
+
+    def expunge(uids: Iterable[int] | None = None) -> Sequence[int]:
+        """Remove the messages flagged ``\\Deleted`` (only among ``uids`` if
+        given: UID EXPUNGE); return the removed UIDs, ascending."""
+
+    def claim_recent() -> frozenset[int]:
+        """Take the \\Recent messages no session has been given yet.
+
+        A message is \\Recent for exactly one session (RFC 3501 2.3.2): the
+        first to claim it after it arrived.
+        """
+
+    def check() -> None:
+        """Look now for changes made outside this process (cheaply).
+
+        Found changes are announced to listeners before this returns.
+        """
+
+    def changed_since(modseq: int) -> Sequence[IMessage]:
+        """Messages whose MODSEQ is above ``modseq`` (CONDSTORE)."""
+
+    def expunged_since(modseq: int) -> Sequence[int]:
+        """UIDs expunged after ``modseq`` (QRESYNC VANISHED)."""
+
+    def add_listener(listener: IMailboxListener) -> None:
+        """Start telling ``listener`` about changes."""
+
+    def remove_listener(listener: IMailboxListener) -> None:
+        """Stop telling ``listener`` about changes; unknown ones are ignored."""
+
+
+class IMessageCache(Interface):
+    """Optional: a mailbox that keeps parsed data (envelope, structure, chosen
+    headers) beside its index, so FETCH and SEARCH need not reparse."""
+
+    def get_cached(uid: int, kind: str) -> bytes | None:
+        """The value stored for this message and kind, or None."""
+
+    def set_cached(uid: int, kind: str, value: bytes) -> None:
+        """Store a value; it is dropped with the message."""
+
+
+class IAccount(Interface):
+    """One user's tree of mailboxes: the IMAP avatar."""
+
+    username = Attribute("str: the account's user name.")
+    delimiter = Attribute("str: the hierarchy delimiter, '/'.")
+
+    def list_mailboxes() -> Sequence[MailboxEntry]:
+        """Every mailbox (and \\Noselect parent) of the account, INBOX first."""
+
+    def get_mailbox(name: str) -> IMailbox:
+        """Open a mailbox; raises :class:`mailsrv.errors.NoSuchMailbox`.
+
+        Two calls for one name in one process return mailboxes that share
+        listeners, so sessions see each other's changes at once.
+        """
+
+    def create_mailbox(name: str, special_use: Iterable[str] = ()) -> None:
+        """Create a mailbox (and missing parents); a trailing delimiter is
+        ignored.  Raises ``MailboxExists`` or ``InvalidMailboxName``."""
+
+    def delete_mailbox(name: str) -> None:
+        """Delete a mailbox and its messages.  A mailbox with children
+        becomes \\Noselect instead (RFC 3501 6.3.4); INBOX cannot be deleted."""
+
+    def rename_mailbox(old: str, new: str) -> None:
+        """Rename a mailbox with its children.  Renaming INBOX moves its
+        messages into the new mailbox and leaves INBOX empty (RFC 3501 6.3.5)."""
+
+    def subscriptions() -> Sequence[str]:
+        """Subscribed names, which need not exist."""
+
+    def subscribe(name: str) -> None:
+        """Add a name to the subscriptions."""
+
+    def unsubscribe(name: str) -> None:
+        """Remove a name from the subscriptions."""
+
+    def status(name: str) -> MailboxStatus:
+        """Counters of a mailbox without selecting it or opening messages."""
+
+    def logout() -> None:
+        """The session ended: release what it held."""
+
+
+@attrs.frozen
+class MaildropEntry:
+    """One message of a POP3 maildrop, in its scan listing order."""
+
+    uid: int
+    size: int
+    unique_id: str
+
+
+class IMaildrop(Interface):
+    """The INBOX as a POP3 maildrop: the POP3 avatar.
+
+    The listing is fixed at :meth:`open` (RFC 1939: messages arriving later
+    are not shown), and only :meth:`commit` changes the mailbox.
+    """
+
+    def open() -> Sequence[MaildropEntry]:
+        """Lock the maildrop and list it, oldest first.
+
+        Raises :class:`mailsrv.errors.MailboxInUse` while another POP3
+        session holds it.
+        """
+
+    def retrieve(uid: int) -> IO[bytes]:
+        """The message's bytes in wire form."""
+
+    def commit(deleted: Iterable[int], seen: Iterable[int]) -> None:
+        """The UPDATE state: flag ``seen`` as \\Seen, remove ``deleted``,
+        and release the lock."""
+
+    def release() -> None:
+        """Give up the lock without changing anything (connection lost)."""
+
+
+class IStorage(Interface):
+    """Where accounts come from: what the realm asks for a logged-in user."""
+
+    def account(username: str, home: str | None = None) -> IAccount:
+        """The account of ``username``; ``home`` is the passwd-file home
+        directory, for path templates that use it."""

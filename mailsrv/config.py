@@ -308,11 +308,14 @@ def _build_section(
             value = os.path.abspath(os.path.expanduser(value))
         values[key] = value
     if name == "storage" and "maildir" in values:
-        _check_template(values["maildir"], overrides.get("maildir", ("storage.maildir", None))[0])
+        where = overrides.get("maildir", ("storage.maildir", None))[0]
+        values["maildir"] = _check_template(values["maildir"], where)
     return cls(**values)
 
 
-def _check_template(template: str, where: str) -> None:
+def _check_template(template: str, where: str) -> str:
+    """Validate a Maildir path template; return it with a relative path made
+    absolute (a template starting with {home} is absolute once filled in)."""
     if "{user}" not in template and "{home}" not in template:
         raise _error(where, f"path template {template!r} must contain {{user}} or {{home}}")
     try:
@@ -321,6 +324,9 @@ def _check_template(template: str, where: str) -> None:
         raise _error(
             where, f"bad path template {template!r}: only {{user}} and {{home}} allowed ({e})"
         ) from e
+    if template.startswith("{home}"):
+        return template
+    return os.path.abspath(os.path.expanduser(template))
 
 
 def _endpoint_address(endpoint: Any) -> tuple[str, int] | None:
@@ -332,9 +338,9 @@ def _endpoint_address(endpoint: Any) -> tuple[str, int] | None:
     return None
 
 
-def _check_listeners(config: Config) -> None:
+def _check_listeners(config: Config, required: bool) -> None:
     listeners = config.listeners
-    if not listeners:
+    if not listeners and required:
         raise _error(
             "imap.listen",
             "no listeners configured: set imap.listen, imap.listen_tls, pop3.listen or "
@@ -399,13 +405,15 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     *,
     check_files: bool = True,
+    require_listeners: bool = True,
 ) -> Config:
     """Read, validate and return the configuration.
 
     ``overrides`` maps option names of :data:`OVERRIDES` (``imap``,
     ``passwd``, ...) to values; ``None`` values and empty lists are ignored.
     With ``check_files`` false, referenced files need not exist yet (the
-    ``mailsrv user add`` command creates the users file).
+    ``mailsrv user add`` command creates the users file); admin commands
+    also pass ``require_listeners=False``.
     """
     _Errors.path = path or COMMAND_LINE
     data: dict[str, Any] = {}
@@ -448,7 +456,7 @@ def load_config(
         from_command_line=from_command_line,
         **sections,
     )
-    _check_listeners(config)
+    _check_listeners(config, require_listeners)
     if check_files:
         _check_files(config)
     return config

@@ -1,0 +1,287 @@
+"""The ``mailsrv`` admin command.
+
+Every subcommand reads the configuration exactly as the twistd plugin does
+(``--config FILE`` plus the overrides ``--passwd`` and ``--maildir``), so
+``mailsrv user add alice --passwd ./var/passwd`` and a daemon started with
+``--passwd ./var/passwd`` agree about where users live.
+
+Exit statuses follow sysexits(3), which MTAs rely on for ``deliver``:
+0 success, 64 usage, 65 bad message data, 67 unknown user, 73 cannot create,
+75 temporary failure (the MTA retries), 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from mailsrv import __version__
+from mailsrv.config import Config, describe, format_error, load_config
+from mailsrv.errors import ConfigError, StorageError, TemporaryFailure
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr with an exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("configuration (as for twistd mailsrv)")
+    group.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
+    group.add_argument(
+        "--passwd", metavar="FILE", help="users file, overriding users.passwd_file"
+    )
+    group.add_argument(
+        "--maildir", metavar="TEMPLATE", help="Maildir path template, overriding storage.maildir"
+    )
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="mailsrv", description="Administer a mailsrv IMAP/POP3 server."
+    )
+    parser.add_argument("--version", action="version", version=f"mailsrv {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    user = commands.add_parser("user", help="add, change, remove and list users")
+    user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    for name, helptext in (
+        ("add", "add a user"),
+        ("passwd", "set a user's password"),
+    ):
+        sub = user_commands.add_parser(name, parents=[common], help=helptext)
+        sub.add_argument("name", help="user name")
+        sub.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input instead of a prompt",
+        )
+        sub.add_argument(
+            "--scheme",
+            choices=("ARGON2ID", "BLF-CRYPT", "PLAIN"),
+            help="password scheme (default: users.default_scheme, ARGON2ID)",
+        )
+        if name == "add":
+            sub.add_argument("--home", metavar="DIR", help="home directory (for {home} templates)")
+    sub = user_commands.add_parser("del", parents=[common], help="remove a user")
+    sub.add_argument("name", help="user name")
+    user_commands.add_parser("list", parents=[common], help="list users")
+
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate a configuration file and exit"
+    )
+    check.add_argument("file", nargs="?", metavar="FILE", help="configuration file to check")
+
+    deliver = commands.add_parser(
+        "deliver",
+        parents=[common],
+        help="deliver a message from standard input (MTA mailbox_command / --mda)",
+    )
+    deliver.add_argument("user", help="recipient user name")
+    deliver.add_argument("--folder", "-m", default="INBOX", help="target mailbox (default INBOX)")
+
+    reindex = commands.add_parser(
+        "reindex", parents=[common], help="rebuild a user's index from the Maildir files"
+    )
+    reindex.add_argument("user", help="user name")
+
+    cert = commands.add_parser(
+        "gen-cert",
+        parents=[common],
+        help="create the self-signed certificate and key named by [tls] (development)",
+    )
+    cert.add_argument("--force", action="store_true", help="replace existing files")
+    return parser
+
+
+def _config(args: argparse.Namespace, *, check_files: bool = False) -> Config:
+    path = args.config
+    if args.command == "check-config" and args.file:
+        path = args.file
+    return load_config(
+        path,
+        {"passwd": args.passwd, "maildir": args.maildir},
+        check_files=check_files,
+        require_listeners=args.command == "check-config",
+    )
+
+
+def _read_password(args: argparse.Namespace, stdin: IO[str]) -> str:
+    if args.password_stdin:
+        line = stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password.removesuffix("\r")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("passwords do not match", EX_DATAERR)
+    if not password:
+        raise CommandError("empty password refused", EX_DATAERR)
+    return password
+
+
+def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
+    from mailsrv.auth.passwdfile import (
+        NoSuchUser,
+        PasswdFile,
+        UserExists,
+        create_empty,
+        validate_user_name,
+    )
+    from mailsrv.auth.passwords import hash_password
+
+    config = _config(args)
+    path = config.users.passwd_file
+    action = args.user_command
+    if action == "add" and not os.path.exists(path):
+        create_empty(path)
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: users file not found", EX_CONFIG)
+    passwd = PasswdFile(path)
+    try:
+        if action == "list":
+            for record in passwd.users():
+                stdout.write(f"{record.name}\n")
+            return EX_OK
+        if action == "del":
+            passwd.remove(args.name)
+            stdout.write(f"removed {args.name} from {path}\n")
+            return EX_OK
+        validate_user_name(args.name)
+        if action == "add" and passwd.get(args.name) is not None:
+            raise UserExists(f"user {args.name!r} already exists in {path}")
+        if action == "passwd" and passwd.get(args.name) is None:
+            raise NoSuchUser(f"no user {args.name!r} in {path}")
+        secret = hash_password(
+            _read_password(args, stdin), args.scheme or config.users.default_scheme
+        )
+        if action == "add":
+            home = os.path.abspath(args.home) if args.home else None
+            passwd.add(args.name, secret, home=home)
+            stdout.write(f"added {args.name} to {path}\n")
+        else:
+            passwd.set_password(args.name, secret)
+            stdout.write(f"changed the password of {args.name} in {path}\n")
+    except NoSuchUser as e:
+        raise CommandError(str(e), EX_NOUSER) from None
+    except (UserExists, ValueError) as e:
+        raise CommandError(str(e), EX_DATAERR) from None
+    return EX_OK
+
+
+def _account(config: Config, user: str) -> Any:
+    from mailsrv.auth.passwdfile import PasswdFile
+    from mailsrv.service import build_storage
+
+    passwd = PasswdFile(config.users.passwd_file)
+    record = passwd.get(user)
+    if record is None:
+        raise CommandError(f"no user {user!r} in {config.users.passwd_file}", EX_NOUSER)
+    return build_storage(config).account(user, record.home)
+
+
+def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
+    from mailsrv.storage.deliver import deliver
+
+    config = _config(args, check_files=True)
+    if config.storage.backend != "maildir":
+        raise CommandError("deliver needs storage.backend = 'maildir'", EX_CONFIG)
+    account = _account(config, args.user)
+    try:
+        deliver(account, stdin, args.folder)
+    except TemporaryFailure as e:
+        raise CommandError(f"temporary failure, try again later: {e}", EX_TEMPFAIL) from None
+    except StorageError as e:
+        raise CommandError(f"cannot deliver: {e}", EX_CANTCREAT) from None
+    except OSError as e:
+        raise CommandError(f"temporary failure, try again later: {e}", EX_TEMPFAIL) from None
+    return EX_OK
+
+
+def _reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
+    from mailsrv.storage.deliver import reindex
+
+    config = _config(args, check_files=True)
+    counts = reindex(_account(config, args.user))
+    for folder, count in sorted(counts.items()):
+        stdout.write(f"{folder}: {count} messages\n")
+    return EX_OK
+
+
+def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
+    from mailsrv.tls import generate_self_signed
+
+    config = _config(args)
+    tls = config.tls
+    if tls.certificate is None or tls.key is None:
+        raise CommandError("set tls.certificate and tls.key in the configuration first", EX_CONFIG)
+    if not args.force and (os.path.exists(tls.certificate) or os.path.exists(tls.key)):
+        raise CommandError(
+            f"{tls.certificate} or {tls.key} exists; use --force to replace", EX_CANTCREAT
+        )
+    generate_self_signed(tls.certificate, tls.key, config.server.hostname)
+    stdout.write(f"wrote {tls.certificate} and {tls.key}\n")
+    return EX_OK
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdin: IO[Any] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """Run the command; returns the exit status (the console script exits with it)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EX_USAGE if e.code not in (0, None) else EX_OK
+    try:
+        if args.command == "user":
+            return _user(args, stdin or sys.stdin, stdout)
+        if args.command == "check-config":
+            config = load_config(
+                args.file or args.config, {"passwd": args.passwd, "maildir": args.maildir}
+            )
+            if config.tls_enabled and not config.tls.generate_self_signed:
+                from mailsrv.tls import server_context
+
+                server_context(config.tls, config.path or "command line")
+            for line in describe(config):
+                stdout.write(line + "\n")
+            return EX_OK
+        if args.command == "deliver":
+            return _deliver(args, stdin or sys.stdin.buffer, stdout)
+        if args.command == "reindex":
+            return _reindex(args, stdout)
+        if args.command == "gen-cert":
+            return _gen_cert(args, stdout)
+    except ConfigError as e:
+        stderr.write(format_error(e) + "\n")
+        return EX_CONFIG
+    except CommandError as e:
+        stderr.write(f"mailsrv: {e}\n")
+        return e.status
+    raise AssertionError(args.command)
+

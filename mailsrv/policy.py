@@ -1,0 +1,133 @@
+"""Session policy shared by the IMAP and POP3 servers.
+
+One object carries what the configuration decides about a connection
+(timeouts, limits, TLS, when plaintext passwords are acceptable), so the
+protocol factories take ``(portal, policy)`` whether they are started by the
+twistd plugin or embedded in someone else's application.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IAddress
+
+from mailsrv.config import Config
+
+
+def _never() -> bool:
+    return False
+
+
+@attrs.frozen
+class SessionPolicy:
+    hostname: str = "localhost"
+    #: Server TLS context (an IOpenSSLServerConnectionCreator such as
+    #: CertificateOptions) for STARTTLS/STLS; None means TLS is not offered.
+    tls_context: Any = None
+    #: "never", "loopback" or "always": where plaintext passwords are
+    #: accepted on a connection that is not (yet) TLS.
+    plaintext: str = "loopback"
+    failure_delay: float = 2.0
+    max_failures: int = 3
+    max_line_length: int = 65536
+    max_message_size: int = 64 * 1024 * 1024
+    max_nesting_depth: int = 32
+    max_pending_commands: int = 64
+    imap_timeout_unauthenticated: float = 60.0
+    imap_timeout_authenticated: float = 1800.0
+    pop3_timeout: float = 600.0
+    #: True when some user has a plaintext-equivalent secret, so CRAM-MD5 and
+    #: APOP can succeed; asked at each connection, since the users file may
+    #: change.
+    challenge_auth_available: Callable[[], bool] = _never
+    connections: ConnectionLimits | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        tls_context: Any = None,
+        challenge_auth_available: Callable[[], bool] = _never,
+    ) -> SessionPolicy:
+        limits, timeouts = config.limits, config.timeouts
+        return cls(
+            hostname=config.server.hostname,
+            tls_context=tls_context,
+            plaintext=config.auth.plaintext,
+            failure_delay=config.auth.failure_delay,
+            max_failures=config.auth.max_failures,
+            max_line_length=limits.max_line_length,
+            max_message_size=limits.max_message_size,
+            max_nesting_depth=limits.max_nesting_depth,
+            max_pending_commands=limits.max_pending_commands,
+            imap_timeout_unauthenticated=timeouts.imap_unauthenticated,
+            imap_timeout_authenticated=timeouts.imap_authenticated,
+            pop3_timeout=timeouts.pop3,
+            challenge_auth_available=challenge_auth_available,
+            connections=ConnectionLimits(
+                per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
+            ),
+        )
+
+    def plaintext_allowed(self, peer: IAddress | None, secure: bool) -> bool:
+        """May a password be sent in the clear on this connection?"""
+        if secure or self.plaintext == "always":
+            return True
+        if self.plaintext == "never":
+            return False
+        return is_loopback(peer)
+
+
+def is_loopback(peer: IAddress | None) -> bool:
+    host = getattr(peer, "host", None)
+    if not isinstance(host, str):
+        return False
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class ConnectionLimits:
+    """Counts open connections per client IP and per logged-in user.
+
+    Shared by every factory of one service, so a user's IMAP and POP3
+    connections count together, as they load the same mailbox.
+    """
+
+    def __init__(self, per_user: int = 20, per_ip: int = 50) -> None:
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self._ips: Counter[str] = Counter()
+        self._users: Counter[str] = Counter()
+
+    def open_ip(self, peer: IAddress | None) -> bool:
+        """Count a new connection; False if its IP is over the limit."""
+        host = str(getattr(peer, "host", ""))
+        if self._ips[host] >= self.per_ip:
+            return False
+        self._ips[host] += 1
+        return True
+
+    def close_ip(self, peer: IAddress | None) -> None:
+        host = str(getattr(peer, "host", ""))
+        self._ips[host] -= 1
+        if self._ips[host] <= 0:
+            del self._ips[host]
+
+    def open_user(self, user: str) -> bool:
+        """Count a login; False if the user is over the limit."""
+        if self._users[user] >= self.per_user:
+            return False
+        self._users[user] += 1
+        return True
+
+    def close_user(self, user: str) -> None:
+        self._users[user] -= 1
+        if self._users[user] <= 0:
+            del self._users[user]

@@ -1,0 +1,139 @@
+"""From a :class:`~mailsrv.config.Config` to a running MultiService.
+
+Everything here is importable on its own: :func:`build_portal` gives the
+Portal the plugin uses, :func:`build_storage` the configured backend, and
+:func:`make_service` the whole daemon, so an existing Twisted application
+can take any layer and supply the others itself (see docs/embedding.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.cred.portal import Portal
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorCore
+from twisted.internet.protocol import Factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailsrv import log
+from mailsrv.auth.checker import PasswdFileChecker
+from mailsrv.auth.passwdfile import PasswdFile, create_empty
+from mailsrv.auth.realm import MailRealm
+from mailsrv.config import Config, Listener
+from mailsrv.errors import ConfigError
+from mailsrv.interfaces import IStorage
+from mailsrv.policy import SessionPolicy
+from mailsrv.tls import server_context
+
+_log = log.get_logger(__name__)
+
+
+def open_passwd(config: Config) -> PasswdFile:
+    """The users file, created empty first if the configuration asks for it."""
+    path = config.users.passwd_file
+    if config.users.create_if_missing and not os.path.exists(path):
+        create_empty(path)
+    return PasswdFile(path)
+
+
+def build_storage(config: Config, reactor: Any = None) -> IStorage:
+    """The configured storage backend."""
+    if config.storage.backend == "memory":
+        from mailsrv.storage.memory import MemoryStorage
+
+        return MemoryStorage()
+    from mailsrv.storage.maildir import MaildirStorage
+
+    return MaildirStorage(
+        config.storage.maildir, poll_interval=config.storage.poll_interval, reactor=reactor
+    )
+
+
+def build_portal(
+    config: Config, storage: IStorage | None = None, reactor: Any = None
+) -> tuple[Portal, PasswdFileChecker]:
+    """A Portal over the users file and the storage, and its checker."""
+    passwd = open_passwd(config)
+    checker = PasswdFileChecker(passwd, reactor=reactor)
+    storage = storage if storage is not None else build_storage(config, reactor)
+
+    def home_of(name: str) -> str | None:
+        record = passwd.get(name)
+        return record.home if record is not None else None
+
+    return Portal(MailRealm(storage, home_of), [checker]), checker
+
+
+def protocol_factory(listener: Listener, portal: Portal, policy: SessionPolicy) -> Factory[Any]:
+    """The factory for one listener, wrapped in TLS for implicit-TLS ones."""
+    factory: Factory[Any]
+    if listener.protocol == "imap":
+        from mailsrv.imap.server import IMAP4ServerFactory
+
+        factory = IMAP4ServerFactory(portal, policy, implicit_tls=listener.implicit_tls)
+    else:
+        from mailsrv.pop3.server import POP3Factory
+
+        factory = POP3Factory(portal, policy, implicit_tls=listener.implicit_tls)
+    if listener.implicit_tls:
+        return TLSMemoryBIOFactory(policy.tls_context, False, factory)
+    return factory
+
+
+class ListenerService(StreamServerEndpointService):
+    """One listening socket; a failure to bind stops startup with a clear
+    message naming the configuration key.
+
+    The port is bound in ``privilegedStartService``, which twistd runs before
+    it drops root for ``--uid``/``--gid``, so ports below 1024 work.
+    """
+
+    def __init__(
+        self, endpoint: Any, factory: Factory[Any], listener: Listener, path: str
+    ) -> None:
+        super().__init__(endpoint, factory)
+        self.listener = listener
+        self.config_path = path
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise ConfigError(
+                self.config_path,
+                self.listener.origin,
+                f"cannot listen on {self.listener.endpoint!r}: {e.socketError}",
+            ) from None
+        _log.info(
+            "{protocol} listening on {endpoint}{tls}",
+            protocol=self.listener.protocol.upper(),
+            endpoint=self.listener.endpoint,
+            tls=" (implicit TLS)" if self.listener.implicit_tls else "",
+        )
+
+
+def make_service(config: Config, reactor: IReactorCore | None = None) -> service.MultiService:
+    """Build the daemon: one listener service per configured endpoint."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    log.set_level(config.logging.level)
+    where = config.path or "command line"
+    tls_context = (
+        server_context(config.tls, where, config.server.hostname) if config.tls_enabled else None
+    )
+    portal, checker = build_portal(config, reactor=reactor)
+    policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
+    top = service.MultiService()
+    for listener in config.listeners:
+        endpoint = endpoints.serverFromString(reactor, listener.endpoint)
+        factory = protocol_factory(listener, portal, policy)
+        ListenerService(endpoint, factory, listener, where).setServiceParent(top)
+    return top

@@ -1,0 +1,132 @@
+"""TLS: the server context for STARTTLS/STLS and implicit-TLS listeners.
+
+One :class:`~twisted.internet.ssl.CertificateOptions` serves every listener,
+with TLS 1.2 as the floor (configurable up to 1.3) and Twisted's default
+cipher selection, which excludes the weak suites.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import crypto
+from twisted.internet import ssl
+
+from mailsrv.config import TLSSection
+from mailsrv.errors import ConfigError
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def generate_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
+    """Write a self-signed certificate for ``hostname`` and localhost.
+
+    For development and tests only; the key file is created with mode 0600.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names: list[x509.GeneralName] = [
+        x509.DNSName(hostname),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    for path in (cert_path, key_path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _read(path: str, key: str, config_path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(config_path, key, f"cannot read {path}: {e.strerror}") from None
+
+
+def server_context(
+    section: TLSSection, config_path: str = "configuration", hostname: str = "localhost"
+) -> ssl.CertificateOptions:
+    """Build the server TLS context, creating a dev certificate if asked.
+
+    The certificate file may hold the full chain (leaf first), as Let's
+    Encrypt's ``fullchain.pem`` does; the intermediates are sent along.
+    """
+    if section.certificate is None or section.key is None:
+        raise ConfigError(config_path, "tls.certificate", "no certificate configured")
+    if section.generate_self_signed and not (
+        os.path.exists(section.certificate) and os.path.exists(section.key)
+    ):
+        generate_self_signed(section.certificate, section.key, hostname)
+    pem = _read(section.certificate, "tls.certificate", config_path)
+    key_pem = _read(section.key, "tls.key", config_path)
+    try:
+        chain = [
+            crypto.load_certificate(crypto.FILETYPE_PEM, block)
+            for block in _pem_blocks(pem, b"CERTIFICATE")
+        ]
+        if not chain:
+            raise ValueError("no PEM certificate found")
+    except (crypto.Error, ValueError) as e:
+        raise ConfigError(
+            config_path, "tls.certificate", f"{section.certificate}: not a PEM certificate ({e})"
+        ) from None
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    except crypto.Error as e:
+        raise ConfigError(
+            config_path, "tls.key", f"{section.key}: not an unencrypted PEM private key ({e})"
+        ) from None
+    try:
+        return ssl.CertificateOptions(
+            privateKey=key,
+            certificate=chain[0],
+            extraCertChain=chain[1:],
+            raiseMinimumTo=_VERSIONS[section.min_version],
+        )
+    except Exception as e:  # pyOpenSSL reports a key/cert mismatch as a bare Error
+        raise ConfigError(
+            config_path, "tls.key", f"{section.key} does not match {section.certificate} ({e})"
+        ) from None
+
+
+def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:
+    begin = b"-----BEGIN " + label + b"-----"
+    end = b"-----END " + label + b"-----"
+    blocks = []
+    start = data.find(begin)
+    while start != -1:
+        stop = data.find(end, start)
+        if stop == -1:
+            break
+        blocks.append(data[start : stop + len(end)] + b"\n")
+        start = data.find(begin, stop)
+    return blocks

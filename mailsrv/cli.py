@@ -45,9 +45,7 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("configuration (as for twistd mailsrv)")
     group.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
-    group.add_argument(
-        "--passwd", metavar="FILE", help="users file, overriding users.passwd_file"
-    )
+    group.add_argument("--passwd", metavar="FILE", help="users file, overriding users.passwd_file")
     group.add_argument(
         "--maildir", metavar="TEMPLATE", help="Maildir path template, overriding storage.maildir"
     )
@@ -284,4 +282,3 @@ def main(
         stderr.write(f"mailsrv: {e}\n")
         return e.status
     raise AssertionError(args.command)
-

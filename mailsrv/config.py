@@ -364,6 +364,8 @@ def _check_listeners(config: Config, required: bool) -> None:
         if address is None:
             continue
         interface, port = address
+        if not 0 < port < 65536:
+            raise _error(listener.origin, f"port {port} is out of range 1-65535")
         for (other_interface, other_port), origin in seen.items():
             if other_port == port and (
                 interface == other_interface

@@ -93,9 +93,7 @@ class ListenerService(StreamServerEndpointService):
     it drops root for ``--uid``/``--gid``, so ports below 1024 work.
     """
 
-    def __init__(
-        self, endpoint: Any, factory: Factory[Any], listener: Listener, path: str
-    ) -> None:
+    def __init__(self, endpoint: Any, factory: Factory[Any], listener: Listener, path: str) -> None:
         super().__init__(endpoint, factory)
         self.listener = listener
         self.config_path = path

@@ -1,0 +1,148 @@
+"""A twisted.cred checker backed by a passwd-file.
+
+Password hashing (argon2, bcrypt) costs tens of milliseconds, so checks run
+in the reactor's thread pool, a few at a time: other connections keep being
+served and a burst of logins cannot take all memory (argon2 uses 64 MiB per
+check). Every failure looks the same to the client: one message, and an
+unknown user costs the same hashing work as a wrong password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailsrv.auth.passwdfile import PasswdFile
+from mailsrv.auth.passwords import (
+    dummy_hash,
+    is_known_scheme,
+    plaintext_secret_bytes,
+    verify_password,
+)
+
+__all__ = ["FAILURE_MESSAGE", "PasswdFileChecker"]
+
+_log = Logger(namespace="mailsrv.auth.checker")
+
+#: The one message every failed authentication carries.
+FAILURE_MESSAGE = "Authentication failed"
+
+_T = TypeVar("_T")
+
+
+def _decode_name(username: object) -> str | None:
+    if isinstance(username, bytes):
+        try:
+            return username.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(username, str):
+        return username
+    return None
+
+
+@implementer(ICredentialsChecker)
+class PasswdFileChecker:
+    """Checks user names and passwords against a :class:`PasswdFile`.
+
+    ``reactor`` supplies the thread pool (the global reactor by default);
+    ``run_in_thread=False`` checks inline, for tests. ``max_parallel`` bounds
+    how many hashes are computed at once.
+    """
+
+    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+
+    def __init__(
+        self,
+        passwd: PasswdFile,
+        *,
+        reactor: IReactorThreads | None = None,
+        run_in_thread: bool = True,
+        max_parallel: int = 4,
+    ) -> None:
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
+        self._passwd = passwd
+        self._reactor = reactor
+        self._run_in_thread = run_in_thread
+        self._semaphore = defer.DeferredSemaphore(max_parallel)
+
+    # Twisted types avatar ids as bytes; mailsrv's realm takes the user name as
+    # str (user names are UTF-8 text), hence the override.
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # type: ignore[override]
+        """Fire with the user name (``str``) or fail with UnauthorizedLogin."""
+        name = _decode_name(getattr(credentials, "username", None))
+        if IUsernamePassword.providedBy(credentials):
+            password = credentials.password
+            stored = self._stored(name)
+            d = self._semaphore.run(self._in_thread, self._verify, stored, password)
+        elif IUsernameHashedPassword.providedBy(credentials):
+            d = defer.maybeDeferred(self._check_hashed, credentials, name)
+        else:
+            d = defer.succeed(False)
+        return d.addCallbacks(self._outcome, self._error, callbackArgs=(name,))
+
+    def any_plaintext(self) -> bool:
+        """Whether any user could use CRAM-MD5 or APOP (has a plaintext-equivalent secret).
+
+        Protocols offer those mechanisms only when this is true.
+        """
+        return any(plaintext_secret_bytes(user.password) for user in self._passwd.users())
+
+    def _stored(self, name: str | None) -> str | None:
+        """The secret to check against, or None to spend dummy work and fail."""
+        if name is None:
+            return None
+        record = self._passwd.get(name)
+        if record is None or not is_known_scheme(record.password):
+            return None
+        return record.password
+
+    @staticmethod
+    def _verify(stored: str | None, password: object) -> bool:
+        if not isinstance(password, bytes | str):
+            password = b""
+        if stored is None:
+            verify_password(dummy_hash(), password)
+            return False
+        return verify_password(stored, password)
+
+    def _check_hashed(self, credentials: Any, name: str | None) -> bool:
+        # CRAM-MD5 and APOP need the shared secret itself; users whose
+        # secret is hashed fail exactly like a wrong password.
+        record = self._passwd.get(name) if name is not None else None
+        secret = plaintext_secret_bytes(record.password) if record is not None else None
+        if secret is None:
+            return False
+        return bool(credentials.checkPassword(secret))
+
+    def _in_thread(self, function: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
+        if not self._run_in_thread:
+            return defer.maybeDeferred(function, *args)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = cast(IReactorThreads, global_reactor)
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+
+    @staticmethod
+    def _outcome(ok: bool, name: str | None) -> str:
+        if ok and name is not None:
+            return name
+        raise UnauthorizedLogin(FAILURE_MESSAGE)
+
+    @staticmethod
+    def _error(failure: Failure) -> Failure:
+        if not failure.check(UnauthorizedLogin):
+            _log.failure("Unexpected error while checking a password", failure)
+        return Failure(UnauthorizedLogin(FAILURE_MESSAGE))

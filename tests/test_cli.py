@@ -1,0 +1,201 @@
+"""The ``mailsrv`` admin command, driven as an administrator would."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.trial import unittest
+
+from mailsrv import cli
+from mailsrv.auth.checker import PasswdFileChecker
+from mailsrv.auth.passwdfile import PasswdFile
+
+
+class CLITestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.passwd = os.path.join(self.dir, "var", "passwd")
+
+    def run_cli(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(list(argv), stdin=io.StringIO(stdin), stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def add(self, name: str, password: str, *extra: str) -> tuple[int, str, str]:
+        return self.run_cli(
+            "user",
+            "add",
+            name,
+            "--passwd",
+            self.passwd,
+            "--password-stdin",
+            *extra,
+            stdin=password + "\n",
+        )
+
+    def check(self, name: str, password: str) -> object:
+        checker = PasswdFileChecker(PasswdFile(self.passwd), run_in_thread=False)
+        return checker.requestAvatarId(UsernamePassword(name.encode(), password.encode()))
+
+
+class UserCommandTests(CLITestCase):
+    def test_add_creates_file_with_hashed_password(self) -> None:
+        status, out, err = self.add("alice", "correct horse")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("added alice", out)
+        mode = stat.S_IMODE(os.stat(self.passwd).st_mode)
+        self.assertEqual(mode, 0o600)
+        with open(self.passwd) as f:
+            line = f.read()
+        self.assertTrue(line.startswith("alice:{ARGON2ID}$argon2id$"), line)
+        self.assertNotIn("correct horse", line)
+        self.assertEqual(self.successResultOf(self.check("alice", "correct horse")), "alice")
+        self.failureResultOf(self.check("alice", "wrong"), UnauthorizedLogin)
+
+    def test_add_with_scheme_and_home(self) -> None:
+        status, _, _ = self.add("bob", "pw", "--scheme", "PLAIN", "--home", "/home/bob")
+        self.assertEqual(status, 0)
+        record = PasswdFile(self.passwd).get("bob")
+        assert record is not None
+        self.assertEqual((record.password, record.home), ("{PLAIN}pw", "/home/bob"))
+
+    def test_add_twice_is_refused(self) -> None:
+        self.add("alice", "one")
+        status, _, err = self.add("alice", "two")
+        self.assertEqual(status, cli.EX_DATAERR)
+        self.assertIn("already exists", err)
+        self.assertEqual(self.successResultOf(self.check("alice", "one")), "alice")
+
+    def test_bad_name_is_refused(self) -> None:
+        status, _, err = self.add("al:ice", "pw")
+        self.assertEqual(status, cli.EX_DATAERR)
+        self.assertIn("':'", err)
+
+    def test_empty_password_is_refused(self) -> None:
+        status, _, err = self.add("alice", "")
+        self.assertEqual(status, cli.EX_DATAERR)
+        self.assertIn("empty password", err)
+
+    def test_passwd_changes_password(self) -> None:
+        self.add("alice", "old")
+        status, _out, _ = self.run_cli(
+            "user",
+            "passwd",
+            "alice",
+            "--passwd",
+            self.passwd,
+            "--password-stdin",
+            stdin="new\n",
+        )
+        self.assertEqual(status, 0)
+        self.successResultOf(self.check("alice", "new"))
+        self.failureResultOf(self.check("alice", "old"), UnauthorizedLogin)
+
+    def test_passwd_of_unknown_user(self) -> None:
+        self.add("alice", "pw")
+        status, _, err = self.run_cli(
+            "user", "passwd", "carol", "--passwd", self.passwd, "--password-stdin", stdin="x\n"
+        )
+        self.assertEqual(status, cli.EX_NOUSER)
+        self.assertIn("carol", err)
+
+    def test_del_and_list(self) -> None:
+        self.add("alice", "pw")
+        self.add("bob", "pw")
+        status, out, _ = self.run_cli("user", "list", "--passwd", self.passwd)
+        self.assertEqual((status, out), (0, "alice\nbob\n"))
+        status, _, _ = self.run_cli("user", "del", "alice", "--passwd", self.passwd)
+        self.assertEqual(status, 0)
+        self.assertEqual(self.run_cli("user", "list", "--passwd", self.passwd)[1], "bob\n")
+        self.failureResultOf(self.check("alice", "pw"), UnauthorizedLogin)
+        status, _, _err = self.run_cli("user", "del", "alice", "--passwd", self.passwd)
+        self.assertEqual(status, cli.EX_NOUSER)
+
+    def test_list_without_file(self) -> None:
+        status, _, err = self.run_cli("user", "list", "--passwd", self.passwd)
+        self.assertEqual(status, cli.EX_CONFIG)
+        self.assertIn("not found", err)
+
+    def test_config_file_names_the_users_file(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write(f'[users]\npasswd_file = "{self.passwd}"\ndefault_scheme = "BLF-CRYPT"\n')
+        status, _, _ = self.run_cli(
+            "user", "add", "alice", "--config", config, "--password-stdin", stdin="pw\n"
+        )
+        self.assertEqual(status, 0)
+        with open(self.passwd) as f:
+            self.assertTrue(f.read().startswith("alice:{BLF-CRYPT}$2"))
+        self.successResultOf(self.check("alice", "pw"))
+
+    def test_broken_config_is_refused(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write("[users]\npasswd_fil = 'x'\n")
+        status, _, err = self.run_cli("user", "list", "--config", config)
+        self.assertEqual(status, cli.EX_CONFIG)
+        self.assertIn(f"{config}: users.passwd_fil: unknown key", err)
+
+    def test_usage_error(self) -> None:
+        status, _, _ = self.run_cli("user", "frobnicate")
+        self.assertEqual(status, cli.EX_USAGE)
+
+
+class CheckConfigTests(CLITestCase):
+    def test_valid(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        open(os.path.join(self.dir, "pw"), "w").close()
+        with open(config, "w") as f:
+            f.write(f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.dir}/pw"\n')
+        status, out, _ = self.run_cli("check-config", config)
+        self.assertEqual(status, 0)
+        self.assertIn("is valid", out)
+        self.assertIn("imap plain: tcp:1143", out)
+
+    def test_invalid(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write('[imap]\nlisten = ["tcp:99999999"]\n')
+        status, _, err = self.run_cli("check-config", config)
+        self.assertEqual(status, cli.EX_CONFIG)
+        self.assertIn("imap.listen[0]", err)
+
+    def test_bad_certificate(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        pw = os.path.join(self.dir, "pw")
+        cert = os.path.join(self.dir, "cert.pem")
+        for path in (pw, cert):
+            with open(path, "w") as f:
+                f.write("not a certificate\n")
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{pw}"\n'
+                f'[tls]\ncertificate = "{cert}"\nkey = "{cert}"\n'
+            )
+        status, _, err = self.run_cli("check-config", config)
+        self.assertEqual(status, cli.EX_CONFIG)
+        self.assertIn("tls.certificate", err)
+
+
+class GenCertTests(CLITestCase):
+    def test_writes_certificate_that_loads(self) -> None:
+        from mailsrv.config import load_config
+        from mailsrv.tls import server_context
+
+        config = os.path.join(self.dir, "c.toml")
+        cert, key = os.path.join(self.dir, "tls", "c.pem"), os.path.join(self.dir, "tls", "k.pem")
+        with open(config, "w") as f:
+            f.write(f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+        status, _out, _ = self.run_cli("gen-cert", "--config", config)
+        self.assertEqual(status, 0)
+        self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
+        loaded = load_config(config, check_files=False, require_listeners=False)
+        self.assertIsNotNone(server_context(loaded.tls))
+        status, _, err = self.run_cli("gen-cert", "--config", config)
+        self.assertEqual(status, cli.EX_CANTCREAT)
+        self.assertIn("--force", err)

@@ -1,0 +1,162 @@
+"""The INBOX as a POP3 maildrop, over any :class:`~mailsrv.interfaces.IAccount`.
+
+POP3 and IMAP share one store: the maildrop lists the INBOX's messages by
+their UIDs, and the POP3 UPDATE state becomes ordinary flag changes and a
+UID EXPUNGE, so IMAP sessions hear about it like any other change.
+
+Only the interface is used, every call through ``defer.maybeDeferred``, so
+the adapter works the same over synchronous and asynchronous backends.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailsrv.errors import MailboxInUse, NoSuchMessage
+from mailsrv.interfaces import (
+    DELETED,
+    SEEN,
+    IAccount,
+    IMailbox,
+    IMaildrop,
+    MaildropEntry,
+    StoreMode,
+)
+
+__all__ = ["Maildrop", "unique_id"]
+
+INBOX = "INBOX"
+
+#: Maildrops holding their lock, by (user name, INBOX UIDVALIDITY).  Weak, so
+#: a maildrop dropped without release (a bug elsewhere) cannot lock the user
+#: out for the life of the process.
+_held: weakref.WeakValueDictionary[tuple[str, int], Maildrop] = weakref.WeakValueDictionary()
+
+
+def unique_id(uid: int, uidvalidity: int) -> str:
+    """The UIDL of a message: Dovecot's default ``%08Xu%08Xv``.
+
+    Using Dovecot's format means clients that leave mail on the server
+    (fetchmail, phones) do not download everything again after a migration.
+    """
+    return f"{uid:08X}{uidvalidity:08X}"
+
+
+@implementer(IMaildrop)
+class Maildrop:
+    """A POP3 session's view of one account's INBOX.
+
+    The lock is per process and keyed by the user name and the INBOX's
+    UIDVALIDITY, so two storages that happen to have a user of the same name
+    (tests, embedding) do not block each other, while every session on one
+    INBOX does.  Every method returns a Deferred, as the interface allows
+    (hence the ``type: ignore[override]``: the interface spells only the
+    value types).
+    """
+
+    def __init__(self, account: IAccount) -> None:
+        self.account = account
+        self._key: tuple[str, int] | None = None
+        self._inbox: IMailbox | None = None
+        self._listing: dict[int, MaildropEntry] = {}
+
+    def __repr__(self) -> str:
+        state = "open" if self._key is not None else "closed"
+        return f"<Maildrop {self.account.username!r} {state}>"
+
+    @property
+    def locked(self) -> bool:
+        """Whether this maildrop holds the lock (between open and commit/release)."""
+        return self._key is not None
+
+    def open(self) -> defer.Deferred[Sequence[MaildropEntry]]:  # type: ignore[override]
+        return defer.Deferred.fromCoroutine(self._open())
+
+    async def _open(self) -> Sequence[MaildropEntry]:
+        inbox: IMailbox = await defer.maybeDeferred(self.account.get_mailbox, INBOX)
+        key = (self.account.username, inbox.uidvalidity)
+        holder = _held.get(key)
+        if holder is not None:
+            raise MailboxInUse("maildrop is in use")
+        # Taken before the first wait, so two opens cannot both get it.
+        _held[key] = self
+        self._key = key
+        self._inbox = inbox
+        try:
+            listing = await self._snapshot(inbox)
+        except BaseException:
+            self._unlock()
+            raise
+        self._listing = {entry.uid: entry for entry in listing}
+        return listing
+
+    async def _snapshot(self, inbox: IMailbox) -> list[MaildropEntry]:
+        await defer.maybeDeferred(inbox.check)
+        uids: Sequence[int] = await defer.maybeDeferred(inbox.uids)
+        messages: Sequence[Any] = await defer.maybeDeferred(inbox.fetch, list(uids))
+        uidvalidity = inbox.uidvalidity
+        carried = await self._carried_uidls(inbox)
+        return [
+            MaildropEntry(
+                uid=message.uid,
+                size=message.size,
+                unique_id=carried.get(message.uid) or unique_id(message.uid, uidvalidity),
+            )
+            for message in messages
+        ]
+
+    async def _carried_uidls(self, inbox: IMailbox) -> dict[int, str]:
+        """UIDLs a backend kept from a migration (Maildir's ``pop3_uidls``).
+
+        Optional and outside the interface: backends without it use the
+        computed form for every message.
+        """
+        method = getattr(inbox, "pop3_uidls", None)
+        if method is None:
+            return {}
+        found: dict[int, str] = await defer.maybeDeferred(method)
+        return dict(found)
+
+    def retrieve(self, uid: int) -> defer.Deferred[IO[bytes]]:  # type: ignore[override]
+        if self._inbox is None:
+            return defer.fail(NoSuchMessage("the maildrop is not open"))
+        if uid not in self._listing:
+            return defer.fail(NoSuchMessage(f"message UID {uid} is not in this maildrop"))
+        return defer.maybeDeferred(self._inbox.open, uid)
+
+    def commit(self, deleted: Iterable[int], seen: Iterable[int]) -> defer.Deferred[None]:  # type: ignore[override]
+        return defer.Deferred.fromCoroutine(self._commit(list(deleted), list(seen)))
+
+    async def _commit(self, deleted: list[int], seen: list[int]) -> None:
+        inbox = self._inbox
+        if inbox is None or self._key is None:
+            return  # already committed or released
+        try:
+            # Only messages of the listing; ones expunged meanwhile (by an
+            # IMAP session) are skipped by store/expunge themselves.
+            seen_uids = sorted({uid for uid in seen if uid in self._listing})
+            deleted_uids = sorted({uid for uid in deleted if uid in self._listing})
+            if seen_uids:
+                await defer.maybeDeferred(inbox.store, seen_uids, [SEEN], StoreMode.ADD)
+            if deleted_uids:
+                await defer.maybeDeferred(inbox.store, deleted_uids, [DELETED], StoreMode.ADD)
+                await defer.maybeDeferred(inbox.expunge, deleted_uids)
+        finally:
+            self._unlock()
+
+    def release(self) -> defer.Deferred[None]:  # type: ignore[override]
+        self._unlock()
+        return defer.succeed(None)
+
+    def _unlock(self) -> None:
+        key = self._key
+        if key is not None and _held.get(key) is self:
+            del _held[key]
+        self._key = None
+        self._inbox = None
+        self._listing = {}

@@ -1,0 +1,674 @@
+"""An in-memory storage backend: for tests, embedding and client test fixtures.
+
+Everything answers synchronously with plain values and lives only as long as
+the :class:`MemoryStorage`.  It follows the whole contract of
+:mod:`mailsrv.interfaces` (UIDs never reused, MODSEQ, \\Recent handed out
+once, listeners shared between every object of one mailbox), so a protocol
+tested over it behaves the same over Maildir.
+
+Typical use in a client's test suite::
+
+    storage = MemoryStorage()
+    storage.deliver("alice", b"Subject: hi\\r\\n\\r\\nHello\\r\\n")
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import io
+import time
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailsrv.errors import (
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxNotEmpty,
+    NoSuchMailbox,
+    NoSuchMessage,
+    StorageError,
+)
+from mailsrv.interfaces import (
+    DEFAULT_FOLDERS,
+    DELETED,
+    RECENT,
+    SEEN,
+    SPECIAL_USES,
+    SYSTEM_FLAGS,
+    IAccount,
+    IMailbox,
+    IMailboxListener,
+    IMessage,
+    IMessageCache,
+    IStorage,
+    MailboxEntry,
+    MailboxStatus,
+    MessageInfo,
+    StoreMode,
+    StoreResult,
+    canonical_flag,
+)
+
+__all__ = ["MemoryAccount", "MemoryMailbox", "MemoryStorage"]
+
+log = Logger()
+
+INBOX = "INBOX"
+DELIMITER = "/"
+#: Longest mailbox name accepted, in characters.
+MAX_NAME_LENGTH = 1000
+#: Characters that may not start or appear in a keyword (RFC 3501 atom-specials).
+_ATOM_SPECIALS = frozenset('(){ %*"\\]')
+_READ_CHUNK = 64 * 1024
+
+
+def _normalize(name: str) -> str:
+    """Check a mailbox name and return its canonical form.
+
+    One trailing delimiter is dropped and a first level spelt ``inbox`` in
+    any case becomes ``INBOX``.  Control characters, empty levels, ``.`` and
+    ``..`` levels, LIST wildcards and names over :data:`MAX_NAME_LENGTH`
+    characters are refused with the reason.
+    """
+    if not isinstance(name, str):
+        raise InvalidMailboxName("mailbox name must be text")
+    if name.endswith(DELIMITER):
+        name = name[:-1]
+    if not name:
+        raise InvalidMailboxName("empty mailbox name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidMailboxName(f"mailbox name longer than {MAX_NAME_LENGTH} characters")
+    for char in name:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            raise InvalidMailboxName("control characters are not allowed in mailbox names")
+        if 0xD800 <= code <= 0xDFFF:
+            raise InvalidMailboxName("mailbox name is not valid Unicode")
+        if char in "*%":
+            raise InvalidMailboxName("'*' and '%' are LIST wildcards, not allowed in mailbox names")
+    parts = name.split(DELIMITER)
+    for part in parts:
+        if not part:
+            raise InvalidMailboxName("empty hierarchy level in mailbox name")
+        if part in (".", ".."):
+            raise InvalidMailboxName(f"{part!r} is not allowed as a level of a mailbox name")
+    if parts[0].upper() == INBOX:
+        parts[0] = INBOX
+    return DELIMITER.join(parts)
+
+
+def _parents(name: str) -> list[str]:
+    """Superior names of ``name``, outermost first."""
+    parts = name.split(DELIMITER)
+    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _is_under(name: str, top: str) -> bool:
+    return name == top or name.startswith(top + DELIMITER)
+
+
+def _check_flags(flags: Iterable[str]) -> frozenset[str]:
+    """Canonical flags to store: system flags respelt, \\Recent dropped.
+
+    Unknown system flags and keywords that are not atoms are refused: a
+    client cannot invent ``\\Foo`` and could not fetch ``my flag`` back.
+    """
+    result: set[str] = set()
+    for flag in flags:
+        if not isinstance(flag, str) or not flag:
+            raise StorageError(f"invalid flag {flag!r}", code="CANNOT")
+        flag = canonical_flag(flag)
+        if flag == RECENT:
+            continue  # session state, never stored
+        if flag.startswith("\\"):
+            if flag not in SYSTEM_FLAGS:
+                raise StorageError(f"unknown system flag {flag}", code="CANNOT")
+        elif any(c in _ATOM_SPECIALS or ord(c) <= 0x20 or ord(c) >= 0x7F for c in flag):
+            raise StorageError(f"invalid keyword {flag!r}", code="CANNOT")
+        result.add(flag)
+    return frozenset(result)
+
+
+def _read_wire(source: IO[bytes]) -> bytes:
+    """Read a message and give every line end as CRLF (bare CRs are kept)."""
+    chunks: list[bytes] = []
+    while True:
+        chunk = source.read(_READ_CHUNK)
+        if not chunk:
+            break
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise StorageError("message source must give bytes", code="CANNOT")
+        chunks.append(bytes(chunk))
+    data = b"".join(chunks)
+    if b"\n" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return data
+
+
+_uidvalidity_last = 0
+
+
+def _new_uidvalidity() -> int:
+    """A UIDVALIDITY no other mailbox of this process got: the time, or higher.
+
+    Re-creating a mailbox therefore always changes it, so clients drop their
+    cache of the old one (RFC 3501 2.3.1.1).
+    """
+    global _uidvalidity_last
+    _uidvalidity_last = max(int(time.time()), _uidvalidity_last + 1) % 2**32 or 1
+    return _uidvalidity_last
+
+
+class _Message:
+    """One stored message; ``cache`` holds IMessageCache values."""
+
+    __slots__ = ("cache", "data", "flags", "internal_date", "modseq", "uid")
+
+    def __init__(
+        self,
+        uid: int,
+        data: bytes,
+        flags: frozenset[str],
+        internal_date: datetime.datetime,
+        modseq: int,
+    ) -> None:
+        self.uid = uid
+        self.data = data
+        self.flags = flags
+        self.internal_date = internal_date
+        self.modseq = modseq
+        self.cache: dict[str, bytes] | None = None
+
+    def info(self) -> MessageInfo:
+        return MessageInfo(
+            uid=self.uid,
+            flags=self.flags,
+            internal_date=self.internal_date,
+            size=len(self.data),
+            modseq=self.modseq,
+        )
+
+
+class _MailboxState:
+    """What every :class:`MemoryMailbox` of one mailbox shares."""
+
+    def __init__(self, name: str, special_use: frozenset[str] = frozenset()) -> None:
+        self.name = name
+        self.special_use = special_use
+        self.uidvalidity = _new_uidvalidity()
+        self.uidnext = 1
+        self.highest_modseq = 1
+        self.messages: dict[int, _Message] = {}  # ascending UID order
+        self.unclaimed: set[int] = set()  # \Recent, not yet claimed
+        # (modseq, uid) of every expunge, ascending, for QRESYNC.
+        self.expunged: list[tuple[int, int]] = []
+        self.listeners: list[tuple[IMailboxListener, MemoryMailbox]] = []
+        self.alive = True
+        self.size = 0
+        self.unseen = 0
+        self.deleted = 0
+        self._uids: tuple[int, ...] | None = None
+
+    def uids(self) -> tuple[int, ...]:
+        if self._uids is None:
+            self._uids = tuple(self.messages)
+        return self._uids
+
+    def check_alive(self) -> None:
+        if not self.alive:
+            raise NoSuchMailbox(f"mailbox {self.name!r} was deleted")
+
+    def _count(self, message: _Message, sign: int) -> None:
+        self.size += sign * len(message.data)
+        if SEEN not in message.flags:
+            self.unseen += sign
+        if DELETED in message.flags:
+            self.deleted += sign
+
+    def add(self, data: bytes, flags: frozenset[str], internal_date: datetime.datetime) -> int:
+        """Store a message as a new arrival; the caller announces it."""
+        self.check_alive()
+        uid = self.uidnext
+        self.uidnext += 1
+        self.highest_modseq += 1
+        message = _Message(uid, data, flags, internal_date, self.highest_modseq)
+        self.messages[uid] = message
+        self.unclaimed.add(uid)
+        self._count(message, 1)
+        self._uids = None
+        return uid
+
+    def set_flags(self, message: _Message, flags: frozenset[str], modseq: int) -> None:
+        self._count(message, -1)
+        message.flags = flags
+        message.modseq = modseq
+        self._count(message, 1)
+
+    def remove(self, uids: Sequence[int]) -> None:
+        """Expunge these (existing) UIDs under one new MODSEQ."""
+        if not uids:
+            return
+        self.highest_modseq += 1
+        for uid in uids:
+            message = self.messages.pop(uid)
+            self._count(message, -1)
+            self.unclaimed.discard(uid)
+            self.expunged.append((self.highest_modseq, uid))
+        self._uids = None
+
+    def select(self, uids: Iterable[int]) -> list[_Message]:
+        """The existing messages among ``uids``, ascending."""
+        if isinstance(uids, range) and len(uids) > len(self.messages):
+            wanted: Iterable[int] = [uid for uid in self.messages if uid in uids]
+        else:
+            wanted = sorted({uid for uid in uids if uid in self.messages})
+        return [self.messages[uid] for uid in wanted]
+
+    def announce(self, event: str, *args: Any) -> None:
+        """Tell every listener; one failing listener does not stop the others."""
+        for listener, mailbox in list(self.listeners):
+            try:
+                getattr(listener, event)(mailbox, *args)
+            except Exception:
+                log.failure(
+                    "mailbox listener {listener!r} failed on {event}",
+                    listener=listener,
+                    event=event,
+                )
+
+
+@implementer(IMailbox, IMessageCache)
+class MemoryMailbox:
+    """A handle on one in-memory mailbox; all handles of a name share state."""
+
+    def __init__(self, state: _MailboxState) -> None:
+        self._state = state
+
+    def __repr__(self) -> str:
+        return f"<MemoryMailbox {self._state.name!r}>"
+
+    @property
+    def name(self) -> str:
+        return self._state.name
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._state.uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        return self._state.uidnext
+
+    @property
+    def highest_modseq(self) -> int:
+        return self._state.highest_modseq
+
+    @property
+    def special_use(self) -> frozenset[str]:
+        return self._state.special_use
+
+    # -- reading ----------------------------------------------------------------
+
+    def status(self) -> MailboxStatus:
+        state = self._state
+        return MailboxStatus(
+            messages=len(state.messages),
+            recent=len(state.unclaimed),
+            unseen=state.unseen,
+            deleted=state.deleted,
+            size=state.size,
+            uidnext=state.uidnext,
+            uidvalidity=state.uidvalidity,
+            highest_modseq=state.highest_modseq,
+        )
+
+    def uids(self) -> Sequence[int]:
+        return self._state.uids()
+
+    def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
+        return [message.info() for message in self._state.select(uids)]
+
+    def open(self, uid: int) -> IO[bytes]:
+        message = self._state.messages.get(uid)
+        if message is None:
+            raise NoSuchMessage(f"message UID {uid} no longer exists")
+        return io.BytesIO(message.data)
+
+    def changed_since(self, modseq: int) -> Sequence[IMessage]:
+        return [m.info() for m in self._state.messages.values() if m.modseq > modseq]
+
+    def expunged_since(self, modseq: int) -> Sequence[int]:
+        expunged = self._state.expunged
+        start = bisect.bisect_right(expunged, (modseq, float("inf")))
+        return sorted(uid for _, uid in expunged[start:])
+
+    # -- IMessageCache ------------------------------------------------------------
+
+    def get_cached(self, uid: int, kind: str) -> bytes | None:
+        message = self._state.messages.get(uid)
+        if message is None or message.cache is None:
+            return None
+        return message.cache.get(kind)
+
+    def set_cached(self, uid: int, kind: str, value: bytes) -> None:
+        message = self._state.messages.get(uid)
+        if message is not None:
+            if message.cache is None:
+                message.cache = {}
+            message.cache[kind] = bytes(value)
+
+    # -- writing ----------------------------------------------------------------
+
+    def append(
+        self,
+        source: IO[bytes],
+        flags: Iterable[str] = (),
+        internal_date: datetime.datetime | None = None,
+    ) -> int:
+        self._state.check_alive()
+        stored_flags = _check_flags(flags)
+        date = _internal_date(internal_date)
+        data = _read_wire(source)
+        uid = self._state.add(data, stored_flags, date)
+        self._state.announce("messages_added", [uid])
+        return uid
+
+    def store(
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str,
+        unchanged_since: int | None = None,
+    ) -> StoreResult:
+        if mode not in (StoreMode.REPLACE, StoreMode.ADD, StoreMode.REMOVE):
+            raise StorageError(f"unknown store mode {mode!r}", code="CANNOT")
+        state = self._state
+        state.check_alive()
+        given = _check_flags(flags)
+        changes: list[tuple[_Message, frozenset[str]]] = []
+        conflicts: list[int] = []
+        for message in state.select(uids):
+            if unchanged_since is not None and message.modseq > unchanged_since:
+                conflicts.append(message.uid)
+                continue
+            if mode == StoreMode.ADD:
+                new = message.flags | given
+            elif mode == StoreMode.REMOVE:
+                new = message.flags - given
+            else:
+                new = given
+            if new != message.flags:
+                changes.append((message, new))
+        updated: tuple[IMessage, ...] = ()
+        if changes:
+            state.highest_modseq += 1
+            for message, new in changes:
+                state.set_flags(message, new, state.highest_modseq)
+            updated = tuple(message.info() for message, _ in changes)
+            state.announce("flags_changed", updated)
+        return StoreResult(updated=updated, conflicts=tuple(conflicts))
+
+    def copy(  # type: ignore[override]
+        self, uids: Iterable[int], destination: IMailbox
+    ) -> list[tuple[int, int]] | defer.Deferred[list[tuple[int, int]]]:
+        """Copy messages; synchronous into memory, via the interface elsewhere.
+
+        Into another backend's mailbox the copies go through its ``append``
+        and the answer is a Deferred (hence the ignore: the interface spells
+        only the value type).
+        """
+        messages = self._state.select(uids)
+        if isinstance(destination, MemoryMailbox):
+            target = destination._state
+            target.check_alive()
+            pairs = [(m.uid, target.add(m.data, m.flags, m.internal_date)) for m in messages]
+            if pairs:
+                target.announce("messages_added", [dst for _, dst in pairs])
+            return pairs
+        return self._copy_elsewhere(messages, destination)
+
+    def _copy_elsewhere(
+        self, messages: list[_Message], destination: IMailbox
+    ) -> defer.Deferred[list[tuple[int, int]]]:
+        """Append copies one by one to a mailbox of another backend."""
+
+        async def run() -> list[tuple[int, int]]:
+            pairs: list[tuple[int, int]] = []
+            for message in messages:
+                uid: int = await defer.maybeDeferred(
+                    destination.append,
+                    io.BytesIO(message.data),
+                    message.flags,
+                    message.internal_date,
+                )
+                pairs.append((message.uid, uid))
+            return pairs
+
+        return defer.Deferred.fromCoroutine(run())
+
+    def move(  # type: ignore[override]
+        self, uids: Iterable[int], destination: IMailbox
+    ) -> list[tuple[int, int]] | defer.Deferred[list[tuple[int, int]]]:
+        if isinstance(destination, MemoryMailbox):
+            pairs = self.copy(uids, destination)
+            assert isinstance(pairs, list)
+            self._remove([src for src, _ in pairs])
+            return pairs
+        result = self._copy_elsewhere(self._state.select(uids), destination)
+        result.addCallback(self._remove_copied)
+        return result
+
+    def _remove_copied(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        self._remove([src for src, _ in pairs])
+        return pairs
+
+    def _remove(self, uids: list[int]) -> list[int]:
+        state = self._state
+        present = [uid for uid in uids if uid in state.messages]
+        if present:
+            state.remove(present)
+            state.announce("messages_expunged", present)
+        return present
+
+    def expunge(self, uids: Iterable[int] | None = None) -> Sequence[int]:
+        state = self._state
+        candidates = state.messages.values() if uids is None else state.select(uids)
+        return self._remove([m.uid for m in candidates if DELETED in m.flags])
+
+    def claim_recent(self) -> frozenset[int]:
+        claimed = frozenset(self._state.unclaimed)
+        self._state.unclaimed.clear()
+        return claimed
+
+    def check(self) -> None:
+        """Nothing changes behind this process's back in memory."""
+
+    def add_listener(self, listener: IMailboxListener) -> None:
+        entry = (listener, self)
+        if entry not in self._state.listeners:
+            self._state.listeners.append(entry)
+
+    def remove_listener(self, listener: IMailboxListener) -> None:
+        entry = (listener, self)
+        if entry in self._state.listeners:
+            self._state.listeners.remove(entry)
+
+
+def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
+    """A timezone-aware date to the second (what IMAP can express)."""
+    if value is None:
+        return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    if not isinstance(value, datetime.datetime):
+        raise StorageError("internal date must be a datetime", code="CANNOT")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise StorageError("internal date must carry a time zone", code="CANNOT")
+    return value.replace(microsecond=0)
+
+
+@implementer(IAccount)
+class MemoryAccount:
+    """One user's mailbox tree in memory."""
+
+    delimiter = DELIMITER
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+        self._mailboxes: dict[str, _MailboxState] = {INBOX: _MailboxState(INBOX)}
+        self._subscriptions: list[str] = []
+        for name, use in DEFAULT_FOLDERS:
+            self._mailboxes[name] = _MailboxState(name, frozenset({use}))
+
+    def __repr__(self) -> str:
+        return f"<MemoryAccount {self.username!r}>"
+
+    def _state(self, name: str) -> _MailboxState:
+        name = _normalize(name)
+        state = self._mailboxes.get(name)
+        if state is None:
+            raise NoSuchMailbox(f"no mailbox named {name!r}")
+        return state
+
+    def _has_children(self, name: str) -> bool:
+        prefix = name + DELIMITER
+        return any(other.startswith(prefix) for other in self._mailboxes)
+
+    def _exists(self, name: str) -> bool:
+        """Whether ``name`` is a mailbox or a \\Noselect parent of one."""
+        return name in self._mailboxes or self._has_children(name)
+
+    def list_mailboxes(self) -> Sequence[MailboxEntry]:
+        names = set(self._mailboxes)
+        for name in self._mailboxes:
+            names.update(_parents(name))
+        parents = {parent for name in names for parent in _parents(name)}
+        entries = []
+        for name in sorted(names, key=lambda n: (n != INBOX, n)):
+            attributes = {"\\HasChildren" if name in parents else "\\HasNoChildren"}
+            state = self._mailboxes.get(name)
+            if state is None:
+                attributes.add("\\Noselect")
+            else:
+                attributes.update(state.special_use)
+            entries.append(MailboxEntry(name, frozenset(attributes)))
+        return entries
+
+    def get_mailbox(self, name: str) -> MemoryMailbox:
+        return MemoryMailbox(self._state(name))
+
+    def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> None:
+        name = _normalize(name)
+        uses = frozenset(special_use)
+        unknown = uses - SPECIAL_USES
+        if unknown:
+            raise StorageError(
+                f"unknown special-use attribute {sorted(unknown)[0]}", code="USEATTR"
+            )
+        if name in self._mailboxes:
+            raise MailboxExists(f"mailbox {name!r} already exists")
+        for parent in _parents(name):
+            if parent not in self._mailboxes:
+                self._mailboxes[parent] = _MailboxState(parent)
+        self._mailboxes[name] = _MailboxState(name, uses)
+
+    def delete_mailbox(self, name: str) -> None:
+        name = _normalize(name)
+        if name == INBOX:
+            raise StorageError("INBOX cannot be deleted", code="CANNOT")
+        state = self._mailboxes.get(name)
+        if state is None:
+            if self._has_children(name):
+                raise MailboxNotEmpty(
+                    f"{name!r} has inferior mailboxes and holds no messages of its own"
+                )
+            raise NoSuchMailbox(f"no mailbox named {name!r}")
+        del self._mailboxes[name]
+        uids = list(state.uids())
+        state.remove(uids)
+        state.alive = False
+        if uids:
+            state.announce("messages_expunged", uids)
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        old = _normalize(old)
+        new = _normalize(new)
+        if new == INBOX or self._exists(new):
+            raise MailboxExists(f"mailbox {new!r} already exists")
+        if _is_under(new, old):
+            raise InvalidMailboxName("a mailbox cannot be renamed to a name inside itself")
+        if old == INBOX:
+            self._rename_inbox(new)
+            return
+        moving = [name for name in self._mailboxes if _is_under(name, old)]
+        if not moving:
+            raise NoSuchMailbox(f"no mailbox named {old!r}")
+        for parent in _parents(new):
+            if parent not in self._mailboxes:
+                self._mailboxes[parent] = _MailboxState(parent)
+        for name in moving:
+            state = self._mailboxes.pop(name)
+            state.name = new + name[len(old) :]
+            self._mailboxes[state.name] = state
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501 6.3.5: INBOX's messages move to ``new``; INBOX stays, empty."""
+        self.create_mailbox(new)
+        inbox = MemoryMailbox(self._mailboxes[INBOX])
+        inbox.move(list(inbox.uids()), MemoryMailbox(self._mailboxes[new]))
+
+    def subscriptions(self) -> Sequence[str]:
+        return list(self._subscriptions)
+
+    def subscribe(self, name: str) -> None:
+        name = _normalize(name)
+        if name not in self._subscriptions:
+            self._subscriptions.append(name)
+
+    def unsubscribe(self, name: str) -> None:
+        name = _normalize(name)
+        if name in self._subscriptions:
+            self._subscriptions.remove(name)
+
+    def status(self, name: str) -> MailboxStatus:
+        return self.get_mailbox(name).status()
+
+    def logout(self) -> None:
+        """Sessions hold nothing an account must free."""
+
+
+@implementer(IStorage)
+class MemoryStorage:
+    """Accounts kept in memory, created with the default folders on first use."""
+
+    def __init__(self) -> None:
+        self._accounts: dict[str, MemoryAccount] = {}
+
+    def account(self, username: str, home: str | None = None) -> MemoryAccount:
+        if not isinstance(username, str) or not username:
+            raise StorageError("user name must be non-empty text", code="CANNOT")
+        account = self._accounts.get(username)
+        if account is None:
+            account = self._accounts[username] = MemoryAccount(username)
+        return account
+
+    def deliver(
+        self,
+        username: str,
+        message: bytes,
+        folder: str = INBOX,
+        flags: Iterable[str] = (),
+        internal_date: datetime.datetime | None = None,
+    ) -> int:
+        """Put a message into a user's folder (which must exist); return its UID.
+
+        The way a test or an embedding application plays the MTA: the
+        account is created on first use, listeners hear the new message.
+        """
+        if not isinstance(message, bytes | bytearray):
+            raise StorageError("message must be bytes", code="CANNOT")
+        mailbox = self.account(username).get_mailbox(folder)
+        return mailbox.append(io.BytesIO(bytes(message)), flags, internal_date)

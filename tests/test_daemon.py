@@ -1,0 +1,202 @@
+"""The daemon started the way users start it: ``twistd -n mailsrv --config FILE``."""
+
+from __future__ import annotations
+
+import io
+import os
+import poplib
+import select
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from twisted.trial import unittest
+
+from mailsrv import cli
+from tests.helpers import source_env, twistd_command
+
+#: Upper bound for the daemon to start; a deadline, not a sleep.
+STARTUP_DEADLINE = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Daemon:
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.output: list[str] = []
+
+    def wait_for(self, text: str, count: int = 1) -> None:
+        """Read the log until ``text`` appeared ``count`` times."""
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        assert self.process.stdout is not None
+        while sum(text in line for line in self.output) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.process.poll() is not None:
+                raise AssertionError(
+                    f"daemon did not log {text!r}; exit status {self.process.poll()}; "
+                    f"output:\n{''.join(self.output)}"
+                )
+            ready, _, _ = select.select([self.process.stdout], [], [], remaining)
+            if ready:
+                line = self.process.stdout.readline()
+                if line:
+                    self.output.append(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class DaemonTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
+        self.config = os.path.join(self.dir, "mailsrv.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f"""
+[server]
+hostname = "localhost"
+[imap]
+listen = ["tcp:{self.ports["imap"]}:interface=127.0.0.1"]
+listen_tls = ["tcp:{self.ports["imaps"]}:interface=127.0.0.1"]
+[pop3]
+listen = ["tcp:{self.ports["pop3"]}:interface=127.0.0.1"]
+listen_tls = ["tcp:{self.ports["pop3s"]}:interface=127.0.0.1"]
+[tls]
+certificate = "var/tls/cert.pem"
+key = "var/tls/key.pem"
+generate_self_signed = true
+[users]
+passwd_file = "var/passwd"
+create_if_missing = true
+[auth]
+failure_delay = 0.0
+[storage]
+maildir = "var/mail/{{user}}/Maildir"
+"""
+            )
+
+    @contextmanager
+    def daemon(self, *args: str) -> Iterator[Daemon]:
+        process = subprocess.Popen(
+            [*twistd_command(), "-n", "--pidfile=", "mailsrv", *args],
+            cwd=self.dir,
+            env=source_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        daemon = Daemon(process)
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+    def test_starts_listens_and_serves_new_users(self) -> None:
+        with self.daemon("--config", self.config) as daemon:
+            daemon.wait_for("listening on", count=4)
+            self.assertTrue(os.path.exists(os.path.join(self.dir, "var", "tls", "cert.pem")))
+
+            with socket.create_connection(("127.0.0.1", self.ports["imap"])) as s:
+                self.assertTrue(read_line(s).startswith(b"* OK"))
+            context = ssl.create_default_context(
+                cafile=os.path.join(self.dir, "var", "tls", "cert.pem")
+            )
+            with socket.create_connection(("127.0.0.1", self.ports["imaps"])) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as s:
+                    self.assertTrue(read_line(s).startswith(b"* OK"))
+                    self.assertIn(s.version(), ("TLSv1.2", "TLSv1.3"))
+
+            # A user added while the daemon runs can log in at once.
+            cwd = os.getcwd()
+            os.chdir(self.dir)
+            try:
+                status = cli.main(
+                    ["user", "add", "alice", "--config", self.config, "--password-stdin"],
+                    stdin=io.StringIO("s3cret\n"),
+                    stdout=io.StringIO(),
+                )
+            finally:
+                os.chdir(cwd)
+            self.assertEqual(status, 0)
+
+            pop = poplib.POP3("127.0.0.1", self.ports["pop3"], timeout=30)
+            try:
+                pop.user("alice")
+                self.assertTrue(pop.pass_("s3cret").startswith(b"+OK"))
+                self.assertEqual(pop.stat(), (0, 0))
+            finally:
+                pop.quit()
+
+            pop = poplib.POP3_SSL("127.0.0.1", self.ports["pop3s"], context=context, timeout=30)
+            try:
+                pop.user("alice")
+                self.assertRaises(poplib.error_proto, pop.pass_, "wrong")
+            finally:
+                pop.close()
+
+    def test_port_in_use_stops_startup_naming_the_key(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", self.ports["pop3"]))
+            taken.listen(1)
+            with self.daemon("--config", self.config) as daemon:
+                daemon.process.wait(timeout=STARTUP_DEADLINE)
+                assert daemon.process.stdout is not None
+                output = daemon.process.stdout.read()
+        self.assertNotEqual(daemon.process.returncode, 0)
+        self.assertIn(f"{self.config}: pop3.listen[0]: cannot listen on", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_broken_config_stops_startup(self) -> None:
+        with open(self.config, "a") as f:
+            f.write("[limits]\nmax_line_lenght = 10\n")
+        with self.daemon("--config", self.config) as daemon:
+            daemon.process.wait(timeout=STARTUP_DEADLINE)
+            assert daemon.process.stdout is not None
+            output = daemon.process.stdout.read()
+        self.assertEqual(daemon.process.returncode, 1)
+        self.assertEqual(
+            output.strip(),
+            f"mailsrv: configuration error: {self.config}: limits.max_line_lenght: unknown key "
+            "(known keys of [limits]: max_connections_per_ip, max_connections_per_user, "
+            "max_line_length, max_message_size, max_nesting_depth, max_pending_commands)",
+        )
+
+    def test_command_line_overrides(self) -> None:
+        port = free_port()
+        with self.daemon(
+            "--config", self.config, "--imap", f"tcp:{port}:interface=127.0.0.1"
+        ) as daemon:
+            daemon.wait_for("listening on", count=4)
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                self.assertTrue(read_line(s).startswith(b"* OK"))
+            self.assertRaises(OSError, socket.create_connection, ("127.0.0.1", self.ports["imap"]))

@@ -116,6 +116,19 @@ class ListenerService(StreamServerEndpointService):
         )
 
 
+class StorageService(service.Service):
+    """Stops the storage's file-system watchers when the daemon stops."""
+
+    def __init__(self, storage: IStorage) -> None:
+        self.storage = storage
+
+    def stopService(self) -> None:
+        super().stopService()
+        stop = getattr(self.storage, "stop_watching", None)
+        if stop is not None:
+            stop()
+
+
 def make_service(config: Config, reactor: IReactorCore | None = None) -> service.MultiService:
     """Build the daemon: one listener service per configured endpoint."""
     if reactor is None:
@@ -127,9 +140,11 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
     tls_context = (
         server_context(config.tls, where, config.server.hostname) if config.tls_enabled else None
     )
-    portal, checker = build_portal(config, reactor=reactor)
+    storage = build_storage(config, reactor)
+    portal, checker = build_portal(config, storage, reactor)
     policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
     top = service.MultiService()
+    StorageService(storage).setServiceParent(top)
     for listener in config.listeners:
         endpoint = endpoints.serverFromString(reactor, listener.endpoint)
         factory = protocol_factory(listener, portal, policy)

@@ -1,0 +1,658 @@
+"""The persistent per-mailbox index and the durable UID list beside it.
+
+Two files per Maildir folder:
+
+``mailsrv-index.sqlite``
+    A cache (SQLite, WAL mode) of everything the protocols ask without
+    opening message files: UID <-> file, flag letters, internal date, wire
+    size, MODSEQ, \\Recent, the expunge log and cached parsed data.  Counters
+    for STATUS are kept by triggers, so STATUS costs the same in a mailbox of
+    any size.  Losing it loses nothing: it is rebuilt from the files.
+
+``mailsrv-uidlist``
+    The durable truth for UIDVALIDITY, UIDNEXT and the UID of each file, in
+    Dovecot's ``dovecot-uidlist`` v3 format.  It is append-only between
+    compactions: a UID is written (and fsynced) here before a file becomes
+    visible with it, so a crash or a lost index can never hand it out again.
+
+``dovecot-keywords`` (read and written in Dovecot's own format) maps the
+keyword letters ``a``-``z`` of file names to keyword names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+
+import attrs
+
+__all__ = [
+    "DOVECOT_UIDLIST_NAME",
+    "INDEX_NAME",
+    "KEYWORDS_NAME",
+    "UIDLIST_NAME",
+    "Index",
+    "IndexCorrupt",
+    "Row",
+    "UidList",
+    "UidListData",
+    "fsync_dir",
+    "read_keywords",
+    "write_keywords",
+]
+
+INDEX_NAME = "mailsrv-index.sqlite"
+UIDLIST_NAME = "mailsrv-uidlist"
+DOVECOT_UIDLIST_NAME = "dovecot-uidlist"
+KEYWORDS_NAME = "dovecot-keywords"
+SCHEMA_VERSION = 1
+MAX_KEYWORDS = 26
+
+
+class IndexCorrupt(Exception):
+    """The index file cannot be used and must be rebuilt from the files."""
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or link in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: write a temporary file, fsync, rename."""
+    tmp = f"{path}.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+# --------------------------------------------------------------------------
+# dovecot-keywords
+
+
+def read_keywords(path: str) -> list[str | None]:
+    """The keyword of each letter ``a``.. (index 0..25); None for unused ones.
+
+    A missing file means no keywords; malformed lines are ignored, as
+    Dovecot does.
+    """
+    slots: list[str | None] = [None] * MAX_KEYWORDS
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return slots
+    for raw in data.decode("utf-8", "replace").splitlines():
+        number, _, keyword = raw.strip().partition(" ")
+        if not number.isdigit() or not keyword:
+            continue
+        position = int(number)
+        if position < MAX_KEYWORDS:
+            slots[position] = keyword
+    return slots
+
+
+def write_keywords(path: str, slots: Sequence[str | None]) -> None:
+    """Write the keyword table atomically in Dovecot's format."""
+    lines = [f"{i} {keyword}\n" for i, keyword in enumerate(slots) if keyword]
+    write_atomically(path, "".join(lines).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------
+# The UID list
+
+
+@attrs.define
+class UidListData:
+    """What a uidlist file says: header values and UID per base name."""
+
+    uidvalidity: int
+    uidnext: int
+    entries: dict[str, int] = attrs.Factory(dict)
+    pop3_uidls: dict[str, str] = attrs.Factory(dict)
+    lines: int = 0
+
+    @property
+    def next_free(self) -> int:
+        """The lowest UID neither in the header's N nor used by a line."""
+        highest = max(self.entries.values(), default=0)
+        return max(self.uidnext, highest + 1)
+
+
+def _parse_uidlist(data: bytes) -> UidListData | None:
+    """Parse a ``dovecot-uidlist`` (v1 or v3); None if the header is unusable."""
+    text = data.decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    header = lines[0].split()
+    uidvalidity = uidnext = 0
+    if not header:
+        return None
+    if header[0] == "3":
+        for field in header[1:]:
+            if field[:1] == "V" and field[1:].isdigit():
+                uidvalidity = int(field[1:])
+            elif field[:1] == "N" and field[1:].isdigit():
+                uidnext = int(field[1:])
+    elif header[0] == "1" and len(header) >= 3 and header[1].isdigit() and header[2].isdigit():
+        uidvalidity, uidnext = int(header[1]), int(header[2])
+    else:
+        return None
+    if not 0 < uidvalidity < 2**32:
+        return None
+    result = UidListData(uidvalidity=uidvalidity, uidnext=max(uidnext, 1))
+    _parse_uidlist_lines(lines[1:], result)
+    return result
+
+
+def _parse_uidlist_lines(lines: Iterable[str], result: UidListData) -> None:
+    for line in lines:
+        if not line.strip():
+            continue
+        # A line cut short by a crash in mid-append has no newline after it
+        # and is given to us last; it may be partial but its UID is still
+        # taken, so it is honoured like any other.
+        if " :" in line:
+            head, _, filename = line.partition(" :")
+            fields = head.split()
+        else:
+            parts = line.split()
+            fields, filename = parts[:-1], parts[-1] if len(parts) > 1 else ""
+        if not fields or not fields[0].isdigit():
+            continue
+        uid = int(fields[0])
+        result.lines += 1
+        base = filename.split(":", 1)[0]
+        if uid >= 2**32 or uid == 0:
+            continue
+        if base:
+            result.entries[base] = uid
+        else:
+            result.entries.setdefault(f"\0{uid}", uid)
+        for field in fields[1:]:
+            if field[:1] == "P" and base:
+                result.pop3_uidls[base] = field[1:]
+
+
+class UidList:
+    """The append-only ``mailsrv-uidlist`` of one folder.
+
+    Callers hold the folder's lock for every write.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def signature(self) -> tuple[int, int]:
+        """(inode, size): tells whether others appended since we last read."""
+        st = os.stat(self.path)
+        return st.st_ino, st.st_size
+
+    def read(self) -> UidListData | None:
+        """The whole file, or None if missing or without a usable header."""
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        return _parse_uidlist(data)
+
+    def read_uidvalidity(self) -> int | None:
+        """Just the header's UIDVALIDITY (cheap), or None if unusable."""
+        try:
+            with open(self.path, "rb") as handle:
+                header = handle.readline()
+        except FileNotFoundError:
+            return None
+        parsed = _parse_uidlist(header)
+        return None if parsed is None else parsed.uidvalidity
+
+    def read_tail(self, offset: int) -> tuple[UidListData, int]:
+        """Entries appended after byte ``offset`` and the new end offset."""
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        result = UidListData(uidvalidity=1, uidnext=1)
+        _parse_uidlist_lines(data.decode("utf-8", "surrogateescape").split("\n"), result)
+        return result, offset + len(data)
+
+    def append(self, entries: Sequence[tuple[int, str, str | None]]) -> int:
+        """Durably add ``(uid, base, pop3_uidl)`` lines; returns the new size."""
+        text = "".join(_line(uid, base, uidl) for uid, base, uidl in entries)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def rewrite(
+        self,
+        uidvalidity: int,
+        uidnext: int,
+        entries: Iterable[tuple[int, str, str | None]],
+    ) -> int:
+        """Replace the file (compaction, adoption); returns its size."""
+        header = f"3 V{uidvalidity} N{uidnext} G{uuid.uuid4().hex}\n"
+        body = "".join(_line(uid, base, uidl) for uid, base, uidl in sorted(entries))
+        data = (header + body).encode("utf-8", "surrogateescape")
+        write_atomically(self.path, data)
+        return len(data)
+
+
+def _line(uid: int, base: str, pop3_uidl: str | None) -> str:
+    if pop3_uidl:
+        return f"{uid} P{pop3_uidl} :{base}\n"
+    return f"{uid} :{base}\n"
+
+
+# --------------------------------------------------------------------------
+# The SQLite index
+
+
+@attrs.frozen
+class Row:
+    """One message as the index knows it."""
+
+    uid: int
+    base: str
+    filename: str
+    info: str
+    mtime_ns: int
+    size: int
+    raw: bool
+    modseq: int
+    recent: bool
+    pop3_uidl: str | None = None
+
+
+_COLUMNS = "uid, base, filename, info, mtime_ns, size, raw, modseq, recent, pop3_uidl"
+
+_SCHEMA = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE messages (
+    uid INTEGER PRIMARY KEY,
+    base TEXT NOT NULL UNIQUE,
+    filename TEXT NOT NULL,
+    info TEXT NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    raw INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    recent INTEGER NOT NULL,
+    pop3_uidl TEXT
+);
+CREATE INDEX messages_modseq ON messages (modseq);
+CREATE INDEX messages_recent ON messages (recent) WHERE recent = 1;
+CREATE TABLE expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL);
+CREATE INDEX expunged_modseq ON expunged (modseq);
+CREATE TABLE cache (
+    uid INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (uid, kind)
+) WITHOUT ROWID;
+CREATE TABLE counters (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    messages INTEGER NOT NULL,
+    unseen INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    recent INTEGER NOT NULL
+);
+INSERT INTO counters VALUES (0, 0, 0, 0, 0, 0);
+CREATE TRIGGER messages_insert AFTER INSERT ON messages BEGIN
+    UPDATE counters SET
+        messages = messages + 1,
+        unseen = unseen + (instr(NEW.info, 'S') = 0),
+        deleted = deleted + (instr(NEW.info, 'T') > 0),
+        size = size + NEW.size,
+        recent = recent + NEW.recent
+    WHERE id = 0;
+END;
+CREATE TRIGGER messages_delete AFTER DELETE ON messages BEGIN
+    UPDATE counters SET
+        messages = messages - 1,
+        unseen = unseen - (instr(OLD.info, 'S') = 0),
+        deleted = deleted - (instr(OLD.info, 'T') > 0),
+        size = size - OLD.size,
+        recent = recent - OLD.recent
+    WHERE id = 0;
+    DELETE FROM cache WHERE uid = OLD.uid;
+END;
+CREATE TRIGGER messages_update AFTER UPDATE OF info, size, recent ON messages BEGIN
+    UPDATE counters SET
+        unseen = unseen - (instr(OLD.info, 'S') = 0) + (instr(NEW.info, 'S') = 0),
+        deleted = deleted - (instr(OLD.info, 'T') > 0) + (instr(NEW.info, 'T') > 0),
+        size = size - OLD.size + NEW.size,
+        recent = recent - OLD.recent + NEW.recent
+    WHERE id = 0;
+END;
+INSERT INTO meta VALUES ('schema', {SCHEMA_VERSION});
+"""
+
+
+def _row(values: Sequence[object]) -> Row:
+    uid, base, filename, info, mtime_ns, size, raw, modseq, recent, uidl = values
+    return Row(
+        uid=int(uid),  # type: ignore[call-overload]
+        base=str(base),
+        filename=str(filename),
+        info=str(info),
+        mtime_ns=int(mtime_ns),  # type: ignore[call-overload]
+        size=int(size),  # type: ignore[call-overload]
+        raw=bool(raw),
+        modseq=int(modseq),  # type: ignore[call-overload]
+        recent=bool(recent),
+        pop3_uidl=None if uidl is None else str(uidl),
+    )
+
+
+class Index:
+    """A connection to one folder's index.
+
+    Reads may happen any time; writes go through :meth:`transaction` while
+    the caller holds the folder lock, so processes never interleave them.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self.db = connection
+        self.path = path
+        self.inode = os.stat(path).st_ino
+
+    def replaced(self) -> bool:
+        """Whether the file at our path is no longer the one we have open
+        (another process rebuilt the index, or the folder was recreated)."""
+        try:
+            return os.stat(self.path).st_ino != self.inode
+        except FileNotFoundError:
+            return True
+
+    # -- opening ------------------------------------------------------------
+
+    @classmethod
+    def _connect(cls, path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a killed process; the uidlist, not the
+        # index, is what must survive a power cut.
+        db.execute("PRAGMA synchronous = NORMAL")
+        return db
+
+    @classmethod
+    def open(cls, path: str) -> Index:
+        """Open an existing index; :class:`IndexCorrupt` if unusable."""
+        if not os.path.exists(path):
+            raise IndexCorrupt("missing")
+        try:
+            db = cls._connect(path)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None or row[0] != SCHEMA_VERSION:
+                db.close()
+                raise IndexCorrupt(f"schema {row!r}")
+            index = cls(db, path)
+            for key in ("uidvalidity", "uidnext", "highest_modseq"):
+                if not isinstance(index.get(key), int):
+                    db.close()
+                    raise IndexCorrupt(f"meta {key} missing")
+            tables = {
+                str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            missing = {"meta", "messages", "expunged", "cache", "counters"} - tables
+            if missing:
+                db.close()
+                raise IndexCorrupt(f"tables missing: {sorted(missing)}")
+            db.execute("SELECT count(*) FROM counters").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorrupt(str(exc)) from exc
+        return index
+
+    @classmethod
+    def create(cls, path: str, uidvalidity: int, uidnext: int, highest_modseq: int) -> Index:
+        """Create a fresh, empty index, replacing whatever was at ``path``."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+        db = cls._connect(path)
+        meta = (
+            f"INSERT INTO meta VALUES ('uidvalidity', {int(uidvalidity)});"
+            f"INSERT INTO meta VALUES ('uidnext', {int(uidnext)});"
+            f"INSERT INTO meta VALUES ('highest_modseq', {int(highest_modseq)});"
+        )
+        db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + meta + "COMMIT;")
+        return cls(db, path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write (BEGIN IMMEDIATE ... COMMIT)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- meta -----------------------------------------------------------------
+
+    def get(self, key: str) -> object:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, key: str, value: object) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get_int(self, key: str) -> int:
+        value = self.get(key)
+        if not isinstance(value, int):
+            raise IndexCorrupt(f"meta {key} is {value!r}")
+        return value
+
+    def data_version(self) -> int:
+        """Changes by other connections since the last call show as a new value."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- reads ----------------------------------------------------------------
+
+    def counters(self) -> tuple[int, int, int, int, int]:
+        """(messages, unseen, deleted, size, recent)."""
+        row = self.db.execute(
+            "SELECT messages, unseen, deleted, size, recent FROM counters WHERE id = 0"
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
+
+    def uids(self) -> tuple[int, ...]:
+        return tuple(r[0] for r in self.db.execute("SELECT uid FROM messages ORDER BY uid"))
+
+    def row(self, uid: int) -> Row | None:
+        values = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE uid = ?", (uid,)
+        ).fetchone()
+        return None if values is None else _row(values)
+
+    def rows(self, uids: Iterable[int] | None = None) -> list[Row]:
+        """Rows for ``uids`` (all if None), ascending by UID."""
+        if uids is None:
+            cursor = self.db.execute(f"SELECT {_COLUMNS} FROM messages ORDER BY uid")
+            return [_row(v) for v in cursor]
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        if len(wanted) > 400:
+            low, high = wanted[0], wanted[-1]
+            wanted_set = set(wanted)
+            cursor = self.db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE uid BETWEEN ? AND ? ORDER BY uid",
+                (low, high),
+            )
+            return [_row(v) for v in cursor if v[0] in wanted_set]
+        result: list[Row] = []
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start : start + 200]
+            marks = ",".join("?" * len(chunk))
+            cursor = self.db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE uid IN ({marks}) ORDER BY uid", chunk
+            )
+            result.extend(_row(v) for v in cursor)
+        return result
+
+    def rows_with_letter(self, letter: str, uids: Iterable[int] | None = None) -> list[Row]:
+        """Rows whose flag letters include ``letter`` (among ``uids`` if given)."""
+        cursor = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE instr(info, ?) > 0 ORDER BY uid", (letter,)
+        )
+        found = [_row(v) for v in cursor]
+        if uids is None:
+            return found
+        wanted = set(uids)
+        return [row for row in found if row.uid in wanted]
+
+    def changed_since(self, modseq: int) -> list[Row]:
+        cursor = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
+        )
+        return [_row(v) for v in cursor]
+
+    def expunged_since(self, modseq: int) -> list[int]:
+        cursor = self.db.execute(
+            "SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,)
+        )
+        return [int(r[0]) for r in cursor]
+
+    def is_expunged(self, uid: int) -> bool:
+        found = self.db.execute("SELECT 1 FROM expunged WHERE uid = ?", (uid,)).fetchone()
+        return found is not None
+
+    def base_map(self) -> dict[str, tuple[int, str]]:
+        """base name -> (uid, file name in cur/)."""
+        cursor = self.db.execute("SELECT base, uid, filename FROM messages")
+        return {base: (uid, filename) for base, uid, filename in cursor}
+
+    def by_base(self, base: str) -> tuple[int, str] | None:
+        """(uid, file name) of the message with this base name."""
+        found = self.db.execute(
+            "SELECT uid, filename FROM messages WHERE base = ?", (base,)
+        ).fetchone()
+        return None if found is None else (int(found[0]), str(found[1]))
+
+    def filenames(self) -> set[str]:
+        """The names of every indexed file in cur/."""
+        names: set[str] = {name for (name,) in self.db.execute("SELECT filename FROM messages")}
+        return names
+
+    def summaries(self, uids: Iterable[int] | None = None) -> list[tuple[int, str, int, int, int]]:
+        """(uid, info, mtime_ns, size, modseq) for ``uids`` (all if None), by UID.
+
+        The fast path of FETCH FLAGS over a whole mailbox.
+        """
+        columns = "uid, info, mtime_ns, size, modseq"
+        if uids is None:
+            return self.db.execute(f"SELECT {columns} FROM messages ORDER BY uid").fetchall()
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        if len(wanted) > 400:
+            wanted_set = set(wanted)
+            cursor = self.db.execute(
+                f"SELECT {columns} FROM messages WHERE uid BETWEEN ? AND ? ORDER BY uid",
+                (wanted[0], wanted[-1]),
+            )
+            return [v for v in cursor if v[0] in wanted_set]
+        result: list[tuple[int, str, int, int, int]] = []
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start : start + 200]
+            marks = ",".join("?" * len(chunk))
+            cursor = self.db.execute(
+                f"SELECT {columns} FROM messages WHERE uid IN ({marks}) ORDER BY uid", chunk
+            )
+            result.extend(cursor)
+        return result
+
+    def uidlist_entries(self) -> list[tuple[int, str, str | None]]:
+        return [
+            (int(uid), str(base), None if uidl is None else str(uidl))
+            for uid, base, uidl in self.db.execute("SELECT uid, base, pop3_uidl FROM messages")
+        ]
+
+    def pop3_uidls(self) -> dict[int, str]:
+        cursor = self.db.execute("SELECT uid, pop3_uidl FROM messages WHERE pop3_uidl IS NOT NULL")
+        return {int(uid): str(uidl) for uid, uidl in cursor}
+
+    # -- writes (inside transaction()) ------------------------------------------
+
+    def insert(self, rows: Iterable[Row]) -> None:
+        self.db.executemany(
+            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    r.uid,
+                    r.base,
+                    r.filename,
+                    r.info,
+                    r.mtime_ns,
+                    r.size,
+                    int(r.raw),
+                    r.modseq,
+                    int(r.recent),
+                    r.pop3_uidl,
+                )
+                for r in rows
+            ),
+        )
+
+    def update_file(self, uid: int, filename: str, info: str, modseq: int) -> None:
+        self.db.execute(
+            "UPDATE messages SET filename = ?, info = ?, modseq = ? WHERE uid = ?",
+            (filename, info, modseq, uid),
+        )
+
+    def delete(self, uids: Iterable[int], modseq: int) -> None:
+        pairs = [(uid,) for uid in uids]
+        self.db.executemany("DELETE FROM messages WHERE uid = ?", pairs)
+        self.db.executemany(
+            "INSERT OR REPLACE INTO expunged VALUES (?, ?)", [(u, modseq) for (u,) in pairs]
+        )
+
+    def claim_recent(self) -> list[int]:
+        cursor = self.db.execute("UPDATE messages SET recent = 0 WHERE recent = 1 RETURNING uid")
+        return [int(r[0]) for r in cursor]
+
+    # -- cache ----------------------------------------------------------------
+
+    def get_cached(self, uid: int, kind: str) -> bytes | None:
+        row = self.db.execute(
+            "SELECT value FROM cache WHERE uid = ? AND kind = ?", (uid, kind)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_cached(self, uid: int, kind: str, value: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO cache SELECT ?, ?, ? WHERE EXISTS "
+            "(SELECT 1 FROM messages WHERE uid = ?)",
+            (uid, kind, value, uid),
+        )

@@ -1,0 +1,2012 @@
+"""Maildir++ storage: the :class:`~mailsrv.interfaces.IStorage` users keep.
+
+Layout (see docs/maildir.md): the INBOX is the Maildir root (``cur``,
+``new``, ``tmp``); folder ``A/B`` is ``.A.B`` beside them with a
+``maildirfolder`` marker; flags live in file names (``:2,FRS`` plus keyword
+letters from ``dovecot-keywords``).  Each folder keeps a SQLite index
+(:mod:`mailsrv.storage.index`), a cache rebuilt from the files when lost,
+and ``mailsrv-uidlist``, the durable record that keeps UIDs from ever being
+reused.
+
+Concurrency: every change to a folder's files, UID list or index happens
+under an exclusive ``flock`` of the folder's ``mailsrv-lock`` file, held
+for a short critical section, so several mailsrv processes (the daemon and
+``mailsrv deliver``) can share one Maildir.  Programs that do not take the
+lock (Postfix, procmail, mutt) only ever rename and create files, which the
+directory scan of :meth:`MaildirMailbox.check` picks up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import io
+import itertools
+import os
+import shutil
+import socket
+import stat
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailsrv.errors import (
+    InvalidMailboxName,
+    LimitExceeded,
+    MailboxExists,
+    MailboxNotEmpty,
+    NoSuchMailbox,
+    NoSuchMessage,
+    StorageError,
+)
+from mailsrv.interfaces import (
+    ANSWERED,
+    DEFAULT_FOLDERS,
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    RECENT,
+    SEEN,
+    SPECIAL_USES,
+    SYSTEM_FLAGS,
+    IAccount,
+    IMailbox,
+    IMailboxListener,
+    IMessage,
+    IMessageCache,
+    IStorage,
+    MailboxEntry,
+    MailboxStatus,
+    MessageInfo,
+    StoreMode,
+    StoreResult,
+    canonical_flag,
+)
+from mailsrv.storage import names
+from mailsrv.storage.index import (
+    DOVECOT_UIDLIST_NAME,
+    INDEX_NAME,
+    KEYWORDS_NAME,
+    MAX_KEYWORDS,
+    UIDLIST_NAME,
+    Index,
+    IndexCorrupt,
+    Row,
+    UidList,
+    fsync_dir,
+    read_keywords,
+    write_atomically,
+    write_keywords,
+)
+
+__all__ = [
+    "MaildirAccount",
+    "MaildirMailbox",
+    "MaildirStorage",
+    "reindex",
+]
+
+log = Logger()
+
+LOCK_NAME = "mailsrv-lock"
+SPECIAL_USE_NAME = "mailsrv-special-use"
+UIDVALIDITY_NAME = "mailsrv-uidvalidity"
+SUBSCRIPTIONS_NAME = "subscriptions"
+MAILDIRFOLDER_NAME = "maildirfolder"
+STAGING_PREFIX = "mailsrv-tmp-"
+TRASH_PREFIX = "mailsrv-trash-"
+
+#: A directory whose mtime is this close to now may change again within the
+#: same timestamp tick, so "unchanged" is not trusted for it.
+TRUST_WINDOW_NS = 2_000_000_000
+#: Files in tmp/ older than this are leftovers of crashed writers (the
+#: Maildir specification says 36 hours).
+TMP_MAX_AGE = 36 * 3600
+CHUNK = 64 * 1024
+
+#: Maildir info letters of the IMAP system flags.  ``P`` (passed) and other
+#: letters have no IMAP flag: they are kept in the name but not reported.
+LETTER_FLAGS: dict[str, str] = {
+    "D": DRAFT,
+    "F": FLAGGED,
+    "R": ANSWERED,
+    "S": SEEN,
+    "T": DELETED,
+}
+FLAG_LETTERS: dict[str, str] = {flag: letter for letter, flag in LETTER_FLAGS.items()}
+
+#: Folder names recognised as special-use on a tree we did not create.
+SPECIAL_USE_NAMES: dict[str, tuple[str, ...]] = {
+    "\\Sent": ("sent", "sent messages", "sent items", "sent mail"),
+    "\\Drafts": ("drafts", "draft"),
+    "\\Trash": ("trash", "deleted messages", "deleted items", "bin"),
+    "\\Junk": ("junk", "spam", "junk e-mail", "junk email"),
+    "\\Archive": ("archive", "archives"),
+}
+
+_ATOM_SPECIALS = frozenset('(){ %*"\\]')
+
+
+# --------------------------------------------------------------------------
+# File names
+
+
+_counter = itertools.count()
+
+
+def _hostname() -> str:
+    host = socket.gethostname() or "localhost"
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+_HOST = _hostname()
+
+
+def unique_name() -> str:
+    """A Maildir unique name: time, microseconds, pid, counter, randomness, host."""
+    micros = time.time_ns() // 1000
+    seconds, usec = divmod(micros, 1_000_000)
+    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}R{os.urandom(4).hex()}.{_HOST}"
+
+
+def split_filename(filename: str) -> tuple[str, str]:
+    """(base, info letters) of a file name in ``cur/`` or ``new/``."""
+    base, _, rest = filename.partition(":")
+    info = rest[2:] if rest.startswith("2,") else ""
+    return base, info
+
+
+def size_fields(base: str) -> dict[str, int]:
+    """The ``,S=`` and ``,W=`` fields of a base name (Maildir++/Dovecot)."""
+    fields: dict[str, int] = {}
+    for part in base.split(",")[1:]:
+        key, eq, value = part.partition("=")
+        if eq and key in ("S", "W") and value.isdigit():
+            fields[key] = int(value)
+    return fields
+
+
+def _sorted_info(letters: Iterable[str]) -> str:
+    return "".join(sorted(set(letters)))
+
+
+def _lf_to_crlf(chunk: bytes, prev_cr: bool) -> bytes:
+    """Convert bare LF in ``chunk`` to CRLF; ``prev_cr``: the last byte before was CR."""
+    if prev_cr and chunk.startswith(b"\n"):
+        return b"\n" + chunk[1:].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _wire_size(path: str, disk_size: int) -> int:
+    """The size of a file once bare LFs are CRLF, reading it once in chunks."""
+    extra = 0
+    prev_cr = False
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            extra += chunk.count(b"\n") - chunk.count(b"\r\n")
+            if prev_cr and chunk.startswith(b"\n"):
+                extra -= 1
+            prev_cr = chunk.endswith(b"\r")
+    return disk_size + extra
+
+
+class _WireReader(io.RawIOBase):
+    """A file stored with LF line ends, read as CRLF without loading it whole."""
+
+    def __init__(self, path: str, size: int) -> None:
+        super().__init__()
+        self._path = path
+        self._size = size
+        self._file = open(path, "rb")
+        self._pending = b""
+        self._prev_cr = False
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._file.read(CHUNK)
+            if not chunk:
+                return 0
+            self._pending = _lf_to_crlf(chunk, self._prev_cr)
+            self._prev_cr = chunk.endswith(b"\r")
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), len(self._pending))
+        view[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        self._pos += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            offset += self._size
+        if offset < 0:
+            raise ValueError("negative seek position")
+        if offset < self._pos:
+            self._file.seek(0)
+            self._pending = b""
+            self._prev_cr = False
+            self._pos = 0
+        while self._pos < offset:
+            scratch = bytearray(min(CHUNK, offset - self._pos))
+            if not self.readinto(scratch):
+                break
+        return self._pos
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _open_wire(path: str, row: Row) -> IO[bytes]:
+    if row.raw:
+        return open(path, "rb")
+    return io.BufferedReader(_WireReader(path, row.size))
+
+
+def _dir_signature(path: str) -> tuple[str, bool]:
+    """(signature, trusted): the directory's identity and whether it is old enough."""
+    st = os.stat(path)
+    trusted = time.time_ns() - st.st_mtime_ns >= TRUST_WINDOW_NS
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}", trusted
+
+
+def _needs_index(path: str) -> bool:
+    """Whether opening the folder means indexing files first (no index yet)."""
+    if os.path.exists(os.path.join(path, INDEX_NAME)):
+        return False
+    for sub in ("cur", "new"):
+        try:
+            with os.scandir(os.path.join(path, sub)) as entries:
+                if any(not entry.name.startswith(".") for entry in entries):
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def _datetime_ns(value: datetime.datetime | None) -> int:
+    """An internal date as an mtime: whole seconds, as IMAP's INTERNALDATE has."""
+    if value is None:
+        return time.time_ns() // 1_000_000_000 * 1_000_000_000
+    if value.tzinfo is None:
+        value = value.astimezone()
+    delta = value - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000
+
+
+def _ns_datetime(value: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(value // 1_000_000_000, datetime.UTC)
+
+
+# --------------------------------------------------------------------------
+# Flags and keywords
+
+
+def _check_flags(flags: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Split flags into (system flags, keywords), rejecting what cannot be stored."""
+    system: set[str] = set()
+    keywords: list[str] = []
+    for flag in flags:
+        canonical = canonical_flag(flag)
+        if canonical == RECENT:
+            continue  # session state, never stored (RFC 3501 2.3.2)
+        if canonical.startswith("\\"):
+            if canonical not in SYSTEM_FLAGS:
+                raise StorageError(f"{flag} is not a flag that can be stored", code="CANNOT")
+            system.add(canonical)
+            continue
+        if not canonical or any(
+            ord(c) <= 0x20 or ord(c) >= 0x7F or c in _ATOM_SPECIALS for c in canonical
+        ):
+            raise StorageError(f"invalid keyword {flag!r}", code="CANNOT")
+        if canonical not in keywords:
+            keywords.append(canonical)
+    return frozenset(system), tuple(keywords)
+
+
+class _KeywordTable:
+    """The folder's ``dovecot-keywords``: letters ``a``-``z`` <-> keyword names."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.slots: list[str | None] = [None] * MAX_KEYWORDS
+        self._signature: tuple[int, int, int] | None = None
+        self._flags_cache: dict[str, frozenset[str]] = {}
+
+    def refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+            signature: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            signature = None
+        if signature != self._signature or signature is None:
+            self.slots = read_keywords(self.path)
+            self._signature = signature
+            self._flags_cache.clear()
+
+    def flags(self, info: str) -> frozenset[str]:
+        cached = self._flags_cache.get(info)
+        if cached is None:
+            found: set[str] = set()
+            for letter in info:
+                if letter in LETTER_FLAGS:
+                    found.add(LETTER_FLAGS[letter])
+                elif "a" <= letter <= "z":
+                    keyword = self.slots[ord(letter) - 97]
+                    if keyword:
+                        found.add(keyword)
+            cached = self._flags_cache[info] = frozenset(found)
+        return cached
+
+    def letter(self, keyword: str, allocate: bool) -> str | None:
+        """The letter of ``keyword`` (matched case-insensitively), added if asked."""
+        lowered = keyword.lower()
+        for position, known in enumerate(self.slots):
+            if known is not None and known.lower() == lowered:
+                return chr(97 + position)
+        if not allocate:
+            return None
+        for position, known in enumerate(self.slots):
+            if known is None:
+                self.slots[position] = keyword
+                write_keywords(self.path, self.slots)
+                self._signature = None
+                self.refresh()
+                return chr(97 + position)
+        raise LimitExceeded(f"a Maildir folder holds at most {MAX_KEYWORDS} keywords")
+
+    def managed(self, letter: str) -> bool:
+        """Whether ``letter`` stands for an IMAP flag (others are preserved)."""
+        if letter in LETTER_FLAGS:
+            return True
+        return "a" <= letter <= "z" and self.slots[ord(letter) - 97] is not None
+
+    def letters(self, system: Iterable[str], keywords: Iterable[str], allocate: bool) -> set[str]:
+        result = {FLAG_LETTERS[flag] for flag in system}
+        for keyword in keywords:
+            letter = self.letter(keyword, allocate)
+            if letter is not None:
+                result.add(letter)
+        return result
+
+
+# --------------------------------------------------------------------------
+# One folder
+
+
+@attrs.define
+class _Write:
+    """Meta values of one locked critical section, committed with its changes."""
+
+    uidnext: int
+    modseq: int
+    uidlist_ino: int
+    uidlist_off: int
+    uidlist_lines: int
+    hints: dict[str, int]
+    uidls: dict[str, str] = attrs.Factory(dict)
+    bumped: bool = False
+
+    def next_modseq(self) -> int:
+        if not self.bumped:
+            self.modseq += 1
+            self.bumped = True
+        return self.modseq
+
+
+@implementer(IMailbox, IMessageCache)
+class MaildirMailbox:
+    """One Maildir++ folder, shared by every session of one storage instance.
+
+    :meth:`MaildirAccount.get_mailbox` hands out this same object to every
+    caller for a folder (while someone holds it), so listeners of all
+    sessions hear each other's changes at once.
+    """
+
+    def __init__(
+        self, storage: MaildirStorage, root: str, path: str, name: str, in_thread: bool = False
+    ) -> None:
+        self._storage = storage
+        self._in_thread = in_thread
+        self._root = root
+        self.path = path
+        self.name = name
+        self.special_use: frozenset[str] = frozenset()
+        self._cur = os.path.join(path, "cur")
+        self._new = os.path.join(path, "new")
+        self._tmp = os.path.join(path, "tmp")
+        self._listeners: list[IMailboxListener] = []
+        self._closed = False
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+        self._keywords = _KeywordTable(os.path.join(path, KEYWORDS_NAME))
+        self._uidlist = UidList(os.path.join(path, UIDLIST_NAME))
+        self._index_path = os.path.join(path, INDEX_NAME)
+        self._index: Index | None = None
+        self._local_version = 0
+        self._uids_cache: tuple[tuple[int, int], tuple[int, ...]] | None = None
+        with self._locked():
+            self._open_index()
+            self._sync()
+            self._clean_tmp()
+        self._seen_modseq = self._db.get_int("highest_modseq")
+        self._seen_uidnext = self._db.get_int("uidnext")
+
+    def __repr__(self) -> str:
+        return f"<MaildirMailbox {self.name!r} at {self.path!r}>"
+
+    # -- plumbing -----------------------------------------------------------
+
+    @property
+    def _db(self) -> Index:
+        if self._closed or self._index is None:
+            raise NoSuchMailbox(f"mailbox {self.name!r} was deleted or renamed")
+        return self._index
+
+    def close(self) -> None:
+        """Forget the folder (it was deleted or renamed): later calls fail."""
+        self._closed = True
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        if self._lock_fd is not None and self._lock_depth == 0:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if not self._in_thread:
+            self._storage._unwatch(self)
+
+    def __del__(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the folder's lock (re-entrant within this object)."""
+        if self._closed:
+            raise NoSuchMailbox(f"mailbox {self.name!r} was deleted or renamed")
+        if self._lock_depth == 0:
+            if self._lock_fd is None:
+                try:
+                    self._lock_fd = os.open(
+                        os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600
+                    )
+                except FileNotFoundError:
+                    raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists") from None
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                if not os.path.isdir(self.path):
+                    raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists")
+                if self._index is not None and self._index.replaced():
+                    self._reopen()
+            except BaseException:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                raise
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _reopen(self) -> None:
+        """Another process replaced the index file: use the new one (lock held)."""
+        log.info("index {path} was replaced; reopening it", path=self._index_path)
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self._lock_depth += 1  # _open_index may sync, which takes the lock again
+        try:
+            self._open_index()
+        finally:
+            self._lock_depth -= 1
+        self._changed()
+        # MODSEQs restart above the old ones after a rebuild; announcing every
+        # message as changed would flood idle sessions, so start from here.
+        self._seen_modseq = self._db.get_int("highest_modseq")
+        self._seen_uidnext = min(self._seen_uidnext, self._db.get_int("uidnext"))
+
+    def _changed(self) -> None:
+        self._local_version += 1
+
+    def _info(self, row: Row) -> MessageInfo:
+        return MessageInfo(
+            uid=row.uid,
+            flags=self._keywords.flags(row.info),
+            internal_date=_ns_datetime(row.mtime_ns),
+            size=row.size,
+            modseq=row.modseq,
+        )
+
+    # -- opening, the UID list and synchronisation (all under the lock) ------
+
+    def _open_index(self) -> None:
+        for directory in (self._cur, self._new, self._tmp):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        index: Index | None
+        try:
+            index = Index.open(self._index_path)
+        except IndexCorrupt as exc:
+            if os.path.exists(self._index_path):
+                log.warn(
+                    "index {path} unusable ({reason}); rebuilding from the files",
+                    path=self._index_path,
+                    reason=str(exc),
+                )
+            index = None
+        fresh = False
+        if index is not None:
+            # The usual case: only the header is needed to cross-check.
+            validity = self._uidlist.read_uidvalidity()
+            if validity == index.get_int("uidvalidity"):
+                self._index = index
+                return
+        data = self._uidlist.read()
+        if data is None:
+            if self._uidlist.exists():
+                broken = self._uidlist.path + ".broken"
+                os.replace(self._uidlist.path, broken)
+                log.warn("{path} unreadable; kept as {b}", path=self._uidlist.path, b=broken)
+            if index is not None:
+                self._uidlist.rewrite(
+                    index.get_int("uidvalidity"),
+                    index.get_int("uidnext"),
+                    index.uidlist_entries(),
+                )
+            else:
+                adopted = UidList(os.path.join(self.path, DOVECOT_UIDLIST_NAME)).read()
+                if adopted is not None:
+                    log.info(
+                        "adopting {path}: UIDVALIDITY {uidvalidity}, UIDNEXT {uidnext}",
+                        path=os.path.join(self.path, DOVECOT_UIDLIST_NAME),
+                        uidvalidity=adopted.uidvalidity,
+                        uidnext=adopted.next_free,
+                    )
+                    self._uidlist.rewrite(
+                        adopted.uidvalidity,
+                        adopted.next_free,
+                        [
+                            (uid, base, adopted.pop3_uidls.get(base))
+                            for base, uid in adopted.entries.items()
+                            if not base.startswith("\0")
+                        ],
+                    )
+                else:
+                    fresh = True
+                    self._uidlist.rewrite(self._storage._mint_uidvalidity(self._root), 1, [])
+            data = self._uidlist.read()
+            if data is None:
+                raise StorageError(f"cannot write {self._uidlist.path}")
+        if index is not None and index.get_int("uidvalidity") != data.uidvalidity:
+            log.warn(
+                "index {path} disagrees with {uidlist} on UIDVALIDITY; rebuilding",
+                path=self._index_path,
+                uidlist=self._uidlist.path,
+            )
+            index.close()
+            index = None
+        if index is None:
+            # A rebuilt index starts MODSEQ above anything handed out before
+            # (microseconds since the epoch), so CONDSTORE clients refetch.
+            modseq = 1 if fresh else max(1, time.time_ns() // 1000)
+            self._index = Index.create(self._index_path, data.uidvalidity, data.next_free, modseq)
+            self._sync(force=True, rebuild=True)
+        else:
+            self._index = index
+
+    def _prepare(self) -> _Write:
+        """Read meta and catch up with the UID list (lock held)."""
+        db = self._db
+        uidnext = db.get_int("uidnext")
+        modseq = db.get_int("highest_modseq")
+        ino = db.get("uidlist_ino")
+        off = db.get("uidlist_off")
+        lines = db.get("uidlist_lines")
+        lines = lines if isinstance(lines, int) else 0
+        hints: dict[str, int] = {}
+        uidls: dict[str, str] = {}
+        try:
+            cur_ino, size = self._uidlist.signature()
+        except FileNotFoundError:
+            log.warn("{path} vanished; rewriting it from the index", path=self._uidlist.path)
+            entries = db.uidlist_entries()
+            self._uidlist.rewrite(db.get_int("uidvalidity"), uidnext, entries)
+            cur_ino, size = self._uidlist.signature()
+            ino, off, lines = cur_ino, size, len(entries)
+        if ino == cur_ino and isinstance(off, int) and off <= size:
+            if size > off:
+                tail, off = self._uidlist.read_tail(off)
+                hints, uidls = tail.entries, tail.pop3_uidls
+                lines += tail.lines
+        else:
+            data = self._uidlist.read()
+            if data is None:
+                raise StorageError(f"{self._uidlist.path} is unreadable")
+            if data.uidvalidity != db.get_int("uidvalidity"):
+                raise IndexCorrupt("UIDVALIDITY changed under us")
+            hints, uidls = data.entries, data.pop3_uidls
+            uidnext = max(uidnext, data.next_free)
+            off, lines = size, data.lines
+        if hints:
+            uidnext = max(uidnext, max(hints.values()) + 1)
+        return _Write(uidnext, modseq, cur_ino, int(off), lines, hints, uidls)
+
+    def _commit_meta(self, write: _Write) -> None:
+        db = self._db
+        db.put("uidnext", write.uidnext)
+        db.put("highest_modseq", write.modseq)
+        db.put("uidlist_ino", write.uidlist_ino)
+        db.put("uidlist_off", write.uidlist_off)
+        db.put("uidlist_lines", write.uidlist_lines)
+
+    def _allocate(self, write: _Write, entries: Sequence[tuple[str, str | None]]) -> list[int]:
+        """Durably take UIDs for ``(base, pop3_uidl)`` before the files show."""
+        if not entries:
+            return []
+        uids = list(range(write.uidnext, write.uidnext + len(entries)))
+        if uids[-1] >= 2**32:
+            raise LimitExceeded("UIDs of this mailbox are exhausted; run mailsrv reindex")
+        write.uidlist_off = self._uidlist.append(
+            [(uid, base, uidl) for uid, (base, uidl) in zip(uids, entries, strict=True)]
+        )
+        write.uidlist_ino = self._uidlist.signature()[0]
+        write.uidlist_lines += len(uids)
+        write.uidnext += len(uids)
+        return uids
+
+    def _hint(self, write: _Write, base: str, taken: set[int]) -> int | None:
+        uid = write.hints.get(base)
+        if uid is None or uid in taken or uid >= write.uidnext:
+            return None
+        if self._db.row(uid) is not None or self._db.is_expunged(uid):
+            return None
+        return uid
+
+    def _sync(self, force: bool = False, rebuild: bool = False) -> None:
+        """Bring the index in line with new/ and cur/ (lock held)."""
+        db = self._db
+        write = self._prepare()
+        new_sig, _ = _dir_signature(self._new)
+        cur_sig, _ = _dir_signature(self._cur)
+        scan_new = force or new_sig != db.get("sig_new")
+        scan_cur = force or cur_sig != db.get("sig_cur")
+        if not (scan_new or scan_cur):
+            if write.uidnext != db.get_int("uidnext") or write.uidlist_off != db.get("uidlist_off"):
+                with db.transaction():
+                    self._commit_meta(write)
+            return
+        taken: set[int] = set()
+        arrived: dict[str, int] = {}  # base -> uid, moved from new/ now
+        meta: dict[str, object] = {}
+        if scan_new:
+            arrived = self._take_new(write, taken)
+            signature, trusted = _dir_signature(self._new)
+            meta["sig_new"] = signature if trusted else ""
+        # cur/ always changes when something arrived, so list it then too.
+        for _attempt in range(5):
+            before, _ = _dir_signature(self._cur)
+            listing = [n for n in os.listdir(self._cur) if not n.startswith(".")]
+            after, trusted = _dir_signature(self._cur)
+            if before == after:
+                break
+        meta["sig_cur"] = after if trusted else ""
+        vanished, renamed, strangers = self._diff_cur(set(listing))
+        added: list[tuple[str, str, os.stat_result]] = []
+        sizes: dict[str, int] = {}
+        for base, filename in strangers.items():
+            path = os.path.join(self._cur, filename)
+            try:
+                st = os.stat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    self._storage._warn_once(f"{path} is not a regular file; ignored")
+                    continue
+                fields = size_fields(base)
+                sizes[base] = fields["W"] if "W" in fields else _wire_size(path, st.st_size)
+            except FileNotFoundError:
+                continue  # renamed meanwhile; the next scan finds the new name
+            except OSError as exc:
+                self._storage._warn_once(f"cannot read {path}: {exc}; ignored")
+                continue
+            added.append((base, filename, st))
+        rows: list[Row] = []
+        if added:
+            added.sort(key=lambda item: (item[2].st_mtime_ns, item[0]))
+            needs: list[tuple[str, str | None]] = []
+            uid_of: dict[str, int] = {}
+            for base, _filename, _st in added:
+                uid = arrived.get(base) or self._hint(write, base, taken)
+                if uid is None:
+                    needs.append((base, None))
+                else:
+                    uid_of[base] = uid
+                    taken.add(uid)
+            for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
+                uid_of[base] = uid
+            modseq = write.next_modseq()
+            for base, filename, st in added:
+                row = Row(
+                    uid=uid_of[base],
+                    base=base,
+                    filename=filename,
+                    info=split_filename(filename)[1],
+                    mtime_ns=st.st_mtime_ns,
+                    size=sizes[base],
+                    raw=sizes[base] == st.st_size,
+                    modseq=modseq,
+                    recent=base in arrived or not rebuild,
+                )
+                uidl = write.uidls.get(base) if write.hints.get(base) == row.uid else None
+                rows.append(attrs.evolve(row, pop3_uidl=uidl) if uidl else row)
+        if vanished or renamed:
+            write.next_modseq()
+        with db.transaction():
+            if rows:
+                db.insert(rows)
+            for uid, filename in renamed:
+                db.update_file(uid, filename, split_filename(filename)[1], write.modseq)
+            if vanished:
+                db.delete(vanished, write.modseq)
+            for key, value in meta.items():
+                db.put(key, value)
+            self._commit_meta(write)
+        if rows or renamed or vanished:
+            self._changed()
+
+    def _diff_cur(self, disk: set[str]) -> tuple[list[int], list[tuple[int, str]], dict[str, str]]:
+        """Compare a listing of cur/ with the index.
+
+        Returns (vanished UIDs, (UID, new file name) of renamed messages,
+        base -> file name of files the index does not know).  Only names
+        that differ are looked at, so an unchanged mailbox costs two set
+        builds however large it is.
+        """
+        db = self._db
+        indexed = db.filenames()
+        appeared = disk - indexed
+        disappeared = indexed - disk
+        if not appeared and not disappeared:
+            return [], [], {}
+        lookup = db.base_map() if len(appeared) + len(disappeared) > 1000 else None
+
+        def known(base: str) -> tuple[int, str] | None:
+            return lookup.get(base) if lookup is not None else db.by_base(base)
+
+        renamed: list[tuple[int, str]] = []
+        renamed_bases: set[str] = set()
+        strangers: dict[str, str] = {}
+        for filename in sorted(appeared):
+            base = split_filename(filename)[0]
+            entry = known(base)
+            if entry is not None and entry[1] in disappeared and base not in renamed_bases:
+                renamed.append((entry[0], filename))
+                renamed_bases.add(base)
+            elif entry is not None or base in strangers:
+                # Two files, one base name: the newcomer gets a name of its
+                # own, so both messages stay.
+                fresh = self._separate_duplicate(filename)
+                if fresh is not None:
+                    strangers[split_filename(fresh)[0]] = fresh
+            else:
+                strangers[base] = filename
+        vanished: list[int] = []
+        for filename in disappeared:
+            base = split_filename(filename)[0]
+            if base in renamed_bases or os.path.lexists(os.path.join(self._cur, filename)):
+                continue
+            entry = known(base)
+            if entry is not None:
+                vanished.append(entry[0])
+        return sorted(vanished), renamed, strangers
+
+    def _take_new(self, write: _Write, taken: set[int]) -> dict[str, int]:
+        """Move messages delivered into new/ to cur/ with UIDs taken first."""
+        found = []
+        for filename in sorted(os.listdir(self._new)):
+            if filename.startswith(".") or not os.path.isfile(os.path.join(self._new, filename)):
+                continue
+            base, info = split_filename(filename)
+            found.append((filename, base, info))
+        if not found:
+            return {}
+        uids: dict[str, int] = {}
+        needs: list[tuple[str, str | None]] = []
+        for _filename, base, _info in found:
+            uid = self._hint(write, base, taken)
+            if uid is None:
+                needs.append((base, None))
+            else:
+                uids[base] = uid
+                taken.add(uid)
+        for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
+            uids[base] = uid
+        arrived: dict[str, int] = {}
+        for filename, base, info in found:
+            target = os.path.join(self._cur, f"{base}:2,{info}")
+            if os.path.lexists(target):
+                # Already in cur/ under this very name: a duplicate delivery.
+                base = unique_name()
+                target = os.path.join(self._cur, f"{base}:2,{info}")
+            try:
+                os.rename(os.path.join(self._new, filename), target)
+            except FileNotFoundError:
+                continue  # someone else moved it; the cur/ scan finds it
+            arrived[base] = uids.get(base) or self._allocate(write, [(base, None)])[0]
+        if arrived:
+            fsync_dir(self._cur)
+            fsync_dir(self._new)
+        return arrived
+
+    def _separate_duplicate(self, filename: str) -> str | None:
+        """Give a file whose base name is taken a fresh name; None if it is gone."""
+        base, info = split_filename(filename)
+        fresh = f"{unique_name()}:2,{info}"
+        try:
+            os.rename(os.path.join(self._cur, filename), os.path.join(self._cur, fresh))
+        except FileNotFoundError:
+            return None
+        log.warn("two files share base name {base}; renamed one to {fresh}", base=base, fresh=fresh)
+        return fresh
+
+    def _clean_tmp(self) -> None:
+        cutoff = time.time() - TMP_MAX_AGE
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self._tmp):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+    def _announce(self) -> None:
+        """Tell listeners what changed since they last heard (from the index)."""
+        db = self._db
+        db.db.execute("BEGIN")
+        try:
+            highest = db.get_int("highest_modseq")
+            uidnext = db.get_int("uidnext")
+            if highest == self._seen_modseq and uidnext == self._seen_uidnext:
+                return
+            rows = db.changed_since(self._seen_modseq) if self._listeners else []
+            gone = db.expunged_since(self._seen_modseq) if self._listeners else []
+        finally:
+            db.db.execute("COMMIT")
+        added = [row.uid for row in rows if row.uid >= self._seen_uidnext]
+        changed = [self._info(row) for row in rows if row.uid < self._seen_uidnext]
+        expunged = [uid for uid in gone if uid < self._seen_uidnext]
+        self._seen_modseq, self._seen_uidnext = highest, uidnext
+        for listener in list(self._listeners):
+            try:
+                if added:
+                    listener.messages_added(self, added)
+                if changed:
+                    listener.flags_changed(self, changed)
+                if expunged:
+                    listener.messages_expunged(self, expunged)
+            except Exception:
+                log.failure("mailbox listener {listener!r} failed", listener=listener)
+
+    # -- IMailbox: reading ----------------------------------------------------
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._db.get_int("uidvalidity")
+
+    @property
+    def uidnext(self) -> int:
+        return self._db.get_int("uidnext")
+
+    @property
+    def highest_modseq(self) -> int:
+        return self._db.get_int("highest_modseq")
+
+    def status(self) -> MailboxStatus:
+        db = self._db
+        db.db.execute("BEGIN")
+        try:
+            messages, unseen, deleted, size, recent = db.counters()
+            uidnext = db.get_int("uidnext")
+            uidvalidity = db.get_int("uidvalidity")
+            modseq = db.get_int("highest_modseq")
+        finally:
+            db.db.execute("COMMIT")
+        return MailboxStatus(
+            messages=messages,
+            recent=recent,
+            unseen=unseen,
+            deleted=deleted,
+            size=size,
+            uidnext=uidnext,
+            uidvalidity=uidvalidity,
+            highest_modseq=modseq,
+        )
+
+    def uids(self) -> Sequence[int]:
+        db = self._db
+        key = (db.data_version(), self._local_version)
+        if self._uids_cache is None or self._uids_cache[0] != key:
+            self._uids_cache = (key, db.uids())
+        return self._uids_cache[1]
+
+    def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
+        self._keywords.refresh()
+        flags = self._keywords.flags
+        dates: dict[int, datetime.datetime] = {}
+        result: list[IMessage] = []
+        for uid, info, mtime_ns, size, modseq in self._db.summaries(uids):
+            seconds = mtime_ns // 1_000_000_000
+            date = dates.get(seconds)
+            if date is None:
+                date = dates[seconds] = _ns_datetime(mtime_ns)
+            result.append(MessageInfo(uid, flags(info), date, size, modseq))
+        return result
+
+    def open(self, uid: int) -> IO[bytes]:
+        for attempt in range(2):
+            row = self._db.row(uid)
+            if row is None:
+                break
+            try:
+                return _open_wire(os.path.join(self._cur, row.filename), row)
+            except FileNotFoundError:
+                if attempt == 0:
+                    # Renamed (flags) or removed by someone else: catch up.
+                    with self._locked():
+                        self._sync()
+        raise NoSuchMessage(f"message UID {uid} no longer exists")
+
+    def changed_since(self, modseq: int) -> Sequence[IMessage]:
+        self._keywords.refresh()
+        return [self._info(row) for row in self._db.changed_since(modseq)]
+
+    def expunged_since(self, modseq: int) -> Sequence[int]:
+        return self._db.expunged_since(modseq)
+
+    def pop3_uidls(self) -> dict[int, str]:
+        """POP3 UIDLs carried over from a migration (``P`` fields of the uidlist)."""
+        return self._db.pop3_uidls()
+
+    # -- IMessageCache --------------------------------------------------------
+
+    def get_cached(self, uid: int, kind: str) -> bytes | None:
+        return self._db.get_cached(uid, kind)
+
+    def set_cached(self, uid: int, kind: str, value: bytes) -> None:
+        db = self._db
+        with db.transaction():
+            db.set_cached(uid, kind, bytes(value))
+
+    # -- IMailbox: writing ------------------------------------------------------
+
+    def _write_tmp(self, source: IO[bytes], date_ns: int) -> tuple[str, int]:
+        """Stream ``source`` into tmp/ as CRLF, dated ``date_ns``; fsync; (path, size)."""
+        path = os.path.join(self._tmp, unique_name())
+        size = 0
+        prev_cr = False
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    chunk = source.read(CHUNK)
+                    if not chunk:
+                        break
+                    if not isinstance(chunk, bytes | bytearray | memoryview):
+                        raise StorageError("message source must give bytes", code="CANNOT")
+                    chunk = bytes(chunk)
+                    converted = _lf_to_crlf(chunk, prev_cr)
+                    prev_cr = chunk.endswith(b"\r")
+                    out.write(converted)
+                    size += len(converted)
+                out.flush()
+                os.utime(out.fileno(), ns=(date_ns, date_ns))
+                os.fsync(out.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return path, size
+
+    def append(
+        self,
+        source: IO[bytes],
+        flags: Iterable[str] = (),
+        internal_date: datetime.datetime | None = None,
+    ) -> int:
+        system, keywords = _check_flags(flags)
+        date_ns = _datetime_ns(internal_date)
+        tmp_path, size = self._write_tmp(source, date_ns)
+        try:
+            base = f"{unique_name()},S={size},W={size}"
+            with self._locked():
+                db = self._db
+                self._keywords.refresh()
+                info = _sorted_info(self._keywords.letters(system, keywords, allocate=True))
+                write = self._prepare()
+                (uid,) = self._allocate(write, [(base, None)])
+                filename = f"{base}:2,{info}"
+                os.rename(tmp_path, os.path.join(self._cur, filename))
+                fsync_dir(self._cur)
+                row = Row(
+                    uid=uid,
+                    base=base,
+                    filename=filename,
+                    info=info,
+                    mtime_ns=date_ns,
+                    size=size,
+                    raw=True,
+                    modseq=write.next_modseq(),
+                    recent=True,
+                )
+                with db.transaction():
+                    db.insert([row])
+                    self._commit_meta(write)
+                self._changed()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_path)
+        self._announce()
+        return uid
+
+    def store(
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str,
+        unchanged_since: int | None = None,
+    ) -> StoreResult:
+        if mode not in (StoreMode.REPLACE, StoreMode.ADD, StoreMode.REMOVE):
+            raise StorageError(f"unknown store mode {mode!r}", code="CANNOT")
+        system, keywords = _check_flags(flags)
+        wanted = list(uids)
+        updated: list[Row] = []
+        conflicts: list[int] = []
+        with self._locked():
+            db = self._db
+            self._keywords.refresh()
+            letters = self._keywords.letters(system, keywords, allocate=mode != StoreMode.REMOVE)
+            write = self._prepare()
+            renames: list[tuple[Row, str, str]] = []
+            for row in db.rows(wanted):
+                if unchanged_since is not None and row.modseq > unchanged_since:
+                    conflicts.append(row.uid)
+                    continue
+                old = set(row.info)
+                if mode == StoreMode.ADD:
+                    new = old | letters
+                elif mode == StoreMode.REMOVE:
+                    new = old - letters
+                else:
+                    new = {c for c in old if not self._keywords.managed(c)} | letters
+                info = _sorted_info(new)
+                if info != row.info:
+                    renames.append((row, info, f"{row.base}:2,{info}"))
+            if renames:
+                modseq = write.next_modseq()
+                done: list[tuple[Row, str, str]] = []
+                for row, info, filename in renames:
+                    try:
+                        os.rename(
+                            os.path.join(self._cur, row.filename),
+                            os.path.join(self._cur, filename),
+                        )
+                    except FileNotFoundError:
+                        continue  # changed or removed outside; the next sync sees it
+                    done.append((row, info, filename))
+                    updated.append(attrs.evolve(row, filename=filename, info=info, modseq=modseq))
+                with db.transaction():
+                    for row, info, filename in done:
+                        db.update_file(row.uid, filename, info, modseq)
+                    self._commit_meta(write)
+                self._changed()
+        self._announce()
+        return StoreResult(
+            updated=tuple(self._info(row) for row in updated), conflicts=tuple(conflicts)
+        )
+
+    def _link_into(self, row: Row, target: str) -> None:
+        """Put a copy of the message at ``target``: a hard link where possible."""
+        source = os.path.join(self._cur, row.filename)
+        try:
+            os.link(source, target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+        shutil.copyfile(source, target)
+        os.utime(target, ns=(row.mtime_ns, row.mtime_ns))
+        with open(target, "rb") as handle:
+            os.fsync(handle.fileno())
+
+    def copy(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+        self._keywords.refresh()
+        rows = self._db.rows(uids)
+        if not rows:
+            return []
+        if not isinstance(destination, MaildirMailbox):
+            pairs: list[tuple[int, int]] = []
+            for row in rows:
+                with self.open(row.uid) as handle:
+                    result = destination.append(
+                        handle, self._keywords.flags(row.info), _ns_datetime(row.mtime_ns)
+                    )
+                if isinstance(result, Deferred):
+                    raise StorageError("copy needs a destination that appends synchronously")
+                pairs.append((row.uid, int(result)))
+            return pairs
+        staged: list[tuple[Row, str, str]] = []  # row, tmp path, new base
+        try:
+            for row in rows:
+                path = os.path.join(self._cur, row.filename)
+                disk = row.size if row.raw else os.stat(path).st_size
+                base = f"{unique_name()},S={disk},W={row.size}"
+                tmp_path = os.path.join(destination._tmp, base)
+                try:
+                    self._link_into(row, tmp_path)
+                except FileNotFoundError:
+                    # Renamed by a flag change elsewhere, or expunged: catch up.
+                    fresh = self._reload(row.uid)
+                    if fresh is None:
+                        continue
+                    row = fresh
+                    try:
+                        self._link_into(row, tmp_path)
+                    except FileNotFoundError:
+                        continue
+                staged.append((row, tmp_path, base))
+            return destination._receive(staged, self._keywords)
+        finally:
+            for _row, tmp_path, _base in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_path)
+
+    def _reload(self, uid: int) -> Row | None:
+        with self._locked():
+            self._sync()
+        return self._db.row(uid)
+
+    def _receive(
+        self, staged: Sequence[tuple[Row, str, str]], source_keywords: _KeywordTable
+    ) -> list[tuple[int, int]]:
+        """Take staged copies (in our tmp/) into cur/ with fresh UIDs."""
+        if not staged:
+            return []
+        pairs: list[tuple[int, int]] = []
+        with self._locked():
+            db = self._db
+            self._keywords.refresh()
+            infos: list[str] = []
+            for row, _tmp, _base in staged:
+                flags = source_keywords.flags(row.info)
+                system = frozenset(f for f in flags if f in SYSTEM_FLAGS)
+                keywords = tuple(sorted(f for f in flags if f not in SYSTEM_FLAGS))
+                kept = {
+                    c for c in row.info if not source_keywords.managed(c) and not ("a" <= c <= "z")
+                }
+                letters = self._keywords.letters(system, keywords, allocate=True)
+                infos.append(_sorted_info(letters | kept))
+            write = self._prepare()
+            uids = self._allocate(write, [(base, None) for _row, _tmp, base in staged])
+            modseq = write.next_modseq()
+            rows: list[Row] = []
+            for (row, tmp_path, base), info, uid in zip(staged, infos, uids, strict=True):
+                filename = f"{base}:2,{info}"
+                os.rename(tmp_path, os.path.join(self._cur, filename))
+                rows.append(
+                    Row(
+                        uid=uid,
+                        base=base,
+                        filename=filename,
+                        info=info,
+                        mtime_ns=row.mtime_ns,
+                        size=row.size,
+                        raw=row.raw,
+                        modseq=modseq,
+                        recent=True,
+                    )
+                )
+                pairs.append((row.uid, uid))
+            fsync_dir(self._cur)
+            with db.transaction():
+                db.insert(rows)
+                self._commit_meta(write)
+            self._changed()
+        self._announce()
+        return pairs
+
+    def move(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+        # Copy first, then remove: a crash in between leaves two copies,
+        # never none.
+        pairs = self.copy(uids, destination)
+        self._remove([source for source, _ in pairs], only_deleted=False)
+        return pairs
+
+    def expunge(self, uids: Iterable[int] | None = None) -> Sequence[int]:
+        return self._remove(None if uids is None else list(uids), only_deleted=True)
+
+    def _remove(self, uids: list[int] | None, only_deleted: bool) -> list[int]:
+        removed: list[int] = []
+        with self._locked():
+            db = self._db
+            write = self._prepare()
+            rows = db.rows_with_letter("T", uids) if only_deleted else db.rows(uids)
+            for row in rows:
+                if only_deleted and "T" not in row.info:
+                    continue
+                try:
+                    os.unlink(os.path.join(self._cur, row.filename))
+                except FileNotFoundError:
+                    continue  # renamed or gone outside; the next sync settles it
+                removed.append(row.uid)
+            if removed:
+                modseq = write.next_modseq()
+                with db.transaction():
+                    db.delete(removed, modseq)
+                    self._commit_meta(write)
+                self._changed()
+                self._maybe_compact(write)
+        self._announce()
+        return removed
+
+    def _maybe_compact(self, write: _Write) -> None:
+        """Rewrite the UID list when most of its lines name expunged files."""
+        db = self._db
+        messages = db.counters()[0]
+        if write.uidlist_lines <= 2 * messages + 1000:
+            return
+        entries = db.uidlist_entries()
+        size = self._uidlist.rewrite(db.get_int("uidvalidity"), write.uidnext, entries)
+        write.uidlist_ino = self._uidlist.signature()[0]
+        write.uidlist_off = size
+        write.uidlist_lines = len(entries)
+        with db.transaction():
+            self._commit_meta(write)
+
+    def claim_recent(self) -> frozenset[int]:
+        db = self._db
+        with db.transaction():
+            claimed = db.claim_recent()
+        return frozenset(claimed)
+
+    def check(self) -> None:
+        with self._locked():
+            self._sync()
+        self._announce()
+
+    def rebuild(self) -> int:
+        """Throw the index away and rebuild it from the files; return the count."""
+        with self._locked():
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._index_path + suffix)
+            self._open_index()
+            self._changed()
+        self._seen_modseq = self._db.get_int("highest_modseq")
+        self._seen_uidnext = self._db.get_int("uidnext")
+        return self._db.counters()[0]
+
+    # -- listeners --------------------------------------------------------------
+
+    def add_listener(self, listener: IMailboxListener) -> None:
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+        self._storage._watch(self)
+
+    def remove_listener(self, listener: IMailboxListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        if not self._listeners:
+            self._storage._unwatch(self)
+
+    @property
+    def has_listeners(self) -> bool:
+        return bool(self._listeners)
+
+    def watched_dirs(self) -> tuple[str, str]:
+        return self._new, self._cur
+
+
+# --------------------------------------------------------------------------
+# One user's tree
+
+
+def _special_use_guess(name: str) -> str | None:
+    lowered = name.lower()
+    for use, candidates in SPECIAL_USE_NAMES.items():
+        if lowered in candidates:
+            return use
+    return None
+
+
+@implementer(IAccount)
+class MaildirAccount:
+    """One user's Maildir++ tree."""
+
+    delimiter = names.DELIMITER
+
+    def __init__(self, storage: MaildirStorage, username: str, root: str) -> None:
+        self._storage = storage
+        self.username = username
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"<MaildirAccount {self.username!r} at {self.root!r}>"
+
+    # -- paths ----------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        if name == names.INBOX:
+            return self.root
+        return os.path.join(self.root, names.name_to_dirname(name))
+
+    def _folders(self) -> dict[str, bool]:
+        """Decoded folder name -> selectable, for every folder directory."""
+        found: dict[str, bool] = {}
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            raise NoSuchMailbox(f"the mail directory {self.root} is gone") from None
+        for entry in entries:
+            if not entry.name.startswith(".") or entry.name.startswith(".."):
+                continue
+            try:
+                if not entry.is_dir():
+                    continue
+            except OSError:
+                continue
+            name = names.dirname_to_name(entry.name)
+            if name is None:
+                self._storage._warn_once(
+                    f"skipping {entry.path}: not a valid Maildir++ folder name"
+                )
+                continue
+            found[name] = os.path.isdir(os.path.join(entry.path, "cur"))
+        return found
+
+    def _children(self, name: str, folders: dict[str, bool] | None = None) -> list[str]:
+        folders = self._folders() if folders is None else folders
+        prefix = name + names.DELIMITER
+        return [folder for folder in folders if folder.startswith(prefix)]
+
+    # -- special use ------------------------------------------------------------
+
+    def _special_use_path(self) -> str:
+        return os.path.join(self.root, SPECIAL_USE_NAME)
+
+    def special_uses(self) -> dict[str, frozenset[str]]:
+        """Folder name -> special-use attributes recorded for it."""
+        result: dict[str, set[str]] = {}
+        try:
+            with open(self._special_use_path(), encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            return {}
+        for line in lines:
+            use, _, name = line.partition("\t")
+            if use in SPECIAL_USES and name:
+                result.setdefault(name, set()).add(use)
+        return {name: frozenset(uses) for name, uses in result.items()}
+
+    def _write_special_uses(self, table: dict[str, frozenset[str]]) -> None:
+        lines = [f"{use}\t{name}\n" for name in sorted(table) for use in sorted(table[name])]
+        write_atomically(self._special_use_path(), "".join(lines).encode("utf-8"))
+
+    def _seed_special_uses(self) -> None:
+        """On a tree we did not create, recognise the usual folder names once."""
+        if os.path.exists(self._special_use_path()):
+            return
+        table: dict[str, frozenset[str]] = {}
+        taken: set[str] = set()
+        for name in sorted(self._folders()):
+            use = _special_use_guess(name)
+            if use is not None and use not in taken:
+                table[name] = frozenset({use})
+                taken.add(use)
+        self._write_special_uses(table)
+
+    # -- IAccount -------------------------------------------------------------
+
+    def list_mailboxes(self) -> Sequence[MailboxEntry]:
+        folders = self._folders()
+        for name in list(folders):
+            for parent in names.parents(name):
+                folders.setdefault(parent, False)
+        uses = self.special_uses()
+        parents_with_children = {parent for name in folders for parent in names.parents(name)}
+        inbox_children = any(name.startswith("INBOX/") for name in folders)
+        entries = [
+            MailboxEntry(
+                names.INBOX,
+                frozenset({"\\HasChildren" if inbox_children else "\\HasNoChildren"}),
+            )
+        ]
+        for name in sorted(folders):
+            attributes = set(uses.get(name, ()))
+            attributes.add("\\HasChildren" if name in parents_with_children else "\\HasNoChildren")
+            if not folders[name]:
+                attributes.add("\\Noselect")
+            entries.append(MailboxEntry(name, frozenset(attributes)))
+        return entries
+
+    def _locate(self, name: str) -> tuple[str, str]:
+        name = names.normalize(name)
+        path = self._path(name)
+        if not os.path.isdir(os.path.join(path, "cur")):
+            raise NoSuchMailbox(f"no mailbox named {name!r}")
+        return name, path
+
+    def open_mailbox(self, name: str) -> MaildirMailbox:
+        """:meth:`get_mailbox`, always synchronous (CLI, delivery, tests)."""
+        name, path = self._locate(name)
+        mailbox = self._storage._mailbox(self.root, path, name)
+        mailbox.special_use = self.special_uses().get(name, frozenset())
+        return mailbox
+
+    def get_mailbox(  # type: ignore[override]  # IAccount allows a Deferred
+        self, name: str
+    ) -> MaildirMailbox | Deferred[MaildirMailbox]:
+        """The shared mailbox object.
+
+        With a reactor, a folder that has messages but no index yet (first
+        sight of a migrated tree, a lost index) is indexed in a thread and a
+        Deferred is returned, so a 100,000-message folder does not stall
+        every other connection for seconds.
+        """
+        name, path = self._locate(name)
+        uses = self.special_uses().get(name, frozenset())
+        pending = self._storage._open_in_thread(self.root, path, name)
+        if pending is None:
+            return self.open_mailbox(name)
+
+        def found(mailbox: MaildirMailbox) -> MaildirMailbox:
+            mailbox.special_use = uses
+            return mailbox
+
+        return pending.addCallback(found)
+
+    def _make_folder(self, name: str) -> bool:
+        """Create one folder directory; False if it already was a mailbox."""
+        path = self._path(name)
+        if os.path.isdir(os.path.join(path, "cur")):
+            return False
+        staging = os.path.join(self.root, STAGING_PREFIX + uuid.uuid4().hex)
+        os.mkdir(staging, 0o700)
+        try:
+            for sub in ("cur", "new", "tmp"):
+                os.mkdir(os.path.join(staging, sub), 0o700)
+            with open(os.path.join(staging, MAILDIRFOLDER_NAME), "wb"):
+                pass
+            try:
+                os.rename(staging, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                # A \Noselect remnant: make it a mailbox in place.
+                for sub in ("cur", "new", "tmp"):
+                    os.makedirs(os.path.join(path, sub), 0o700, exist_ok=True)
+                with open(os.path.join(path, MAILDIRFOLDER_NAME), "ab"):
+                    pass
+            fsync_dir(self.root)
+        finally:
+            if os.path.isdir(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+        return True
+
+    def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> None:
+        name = names.normalize(name)
+        uses = frozenset(special_use)
+        unknown = uses - SPECIAL_USES
+        if unknown:
+            raise StorageError(
+                f"unknown special-use attribute {sorted(unknown)[0]}", code="USEATTR"
+            )
+        if name == names.INBOX or os.path.isdir(os.path.join(self._path(name), "cur")):
+            raise MailboxExists(f"mailbox {name!r} already exists")
+        for parent in names.parents(name):
+            if parent != names.INBOX:
+                self._make_folder(parent)
+        if not self._make_folder(name):
+            raise MailboxExists(f"mailbox {name!r} already exists")
+        if uses:
+            table = self.special_uses()
+            table[name] = uses
+            self._write_special_uses(table)
+
+    def delete_mailbox(self, name: str) -> None:
+        name = names.normalize(name)
+        if name == names.INBOX:
+            raise StorageError("INBOX cannot be deleted", code="CANNOT")
+        path = self._path(name)
+        folders = self._folders()
+        exists = os.path.isdir(path)
+        children = self._children(name, folders)
+        if not exists and not children:
+            raise NoSuchMailbox(f"no mailbox named {name!r}")
+        if children and not folders.get(name, False):
+            raise MailboxNotEmpty(
+                f"{name!r} has inferior mailboxes and holds no messages of its own"
+            )
+        self._storage._close(path)
+        trash = os.path.join(self.root, TRASH_PREFIX + uuid.uuid4().hex)
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            raise NoSuchMailbox(f"no mailbox named {name!r}") from None
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+        table = self.special_uses()
+        if table.pop(name, None) is not None:
+            self._write_special_uses(table)
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        old = names.normalize(old)
+        new = names.normalize(new)
+        if new == names.INBOX or old == new:
+            raise MailboxExists(f"mailbox {new!r} already exists")
+        if new.startswith(old + names.DELIMITER):
+            raise InvalidMailboxName("a mailbox cannot be renamed to a name inside itself")
+        folders = self._folders()
+        if new in folders or self._children(new, folders):
+            raise MailboxExists(f"mailbox {new!r} already exists")
+        if old == names.INBOX:
+            self._rename_inbox(new)
+            return
+        old_dir = names.name_to_dirname(old)
+        new_dir = names.name_to_dirname(new)
+        moves = [
+            entry
+            for entry in os.listdir(self.root)
+            if entry == old_dir or entry.startswith(old_dir + ".")
+        ]
+        if not moves:
+            raise NoSuchMailbox(f"no mailbox named {old!r}")
+        for parent in names.parents(new):
+            if parent != names.INBOX and not parent.startswith(old + names.DELIMITER):
+                if parent != old:
+                    self._make_folder(parent)
+        for entry in moves:
+            self._storage._close(os.path.join(self.root, entry))
+        for entry in sorted(moves):
+            os.rename(
+                os.path.join(self.root, entry),
+                os.path.join(self.root, new_dir + entry[len(old_dir) :]),
+            )
+        fsync_dir(self.root)
+        table = self.special_uses()
+        renamed = {}
+        for name, uses in table.items():
+            if name == old or name.startswith(old + names.DELIMITER):
+                renamed[new + name[len(old) :]] = uses
+            else:
+                renamed[name] = uses
+        if renamed != table:
+            self._write_special_uses(renamed)
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501 6.3.5: move INBOX's messages to a new mailbox, leave INBOX empty."""
+        self.create_mailbox(new)
+        inbox = self.open_mailbox(names.INBOX)
+        inbox.check()
+        destination = self.open_mailbox(new)
+        uids = list(inbox.uids())
+        for start in range(0, len(uids), 1000):
+            inbox.move(uids[start : start + 1000], destination)
+
+    # -- subscriptions ----------------------------------------------------------
+
+    def _subscriptions_path(self) -> str:
+        return os.path.join(self.root, SUBSCRIPTIONS_NAME)
+
+    def subscriptions(self) -> Sequence[str]:
+        try:
+            with open(self._subscriptions_path(), "rb") as handle:
+                lines = handle.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            return []
+        result: list[str] = []
+        if lines and lines[0].startswith("V\t"):
+            # Dovecot 2.x: a version line, then names with TAB as separator.
+            for line in lines[1:]:
+                if line:
+                    self._add_subscription(result, line.split("\t"))
+            return result
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split(".")
+            if (
+                parts[0] == names.INBOX
+                and len(parts) > 1
+                and not os.path.isdir(os.path.join(self.root, "." + line))
+            ):
+                parts = parts[1:]  # Courier's "INBOX." namespace prefix
+            self._add_subscription(result, parts)
+        return result
+
+    def _add_subscription(self, result: list[str], parts: list[str]) -> None:
+        try:
+            decoded = [names.mutf7.decode(part) for part in parts]
+            name = names.normalize(names.DELIMITER.join(decoded))
+        except (ValueError, InvalidMailboxName):
+            self._storage._warn_once(f"ignoring subscription {parts!r} in {self.root}")
+            return
+        if name not in result:
+            result.append(name)
+
+    def _write_subscriptions(self, subscribed: Sequence[str]) -> None:
+        lines = [
+            ".".join(names.mutf7.encode(part) for part in name.split(names.DELIMITER)) + "\n"
+            for name in subscribed
+        ]
+        write_atomically(self._subscriptions_path(), "".join(lines).encode("ascii"))
+
+    def subscribe(self, name: str) -> None:
+        name = names.normalize(name)
+        current = list(self.subscriptions())
+        if name not in current:
+            current.append(name)
+            self._write_subscriptions(current)
+
+    def unsubscribe(self, name: str) -> None:
+        name = names.normalize(name)
+        current = list(self.subscriptions())
+        if name in current:
+            current.remove(name)
+            self._write_subscriptions(current)
+
+    # -- the rest -----------------------------------------------------------------
+
+    def status(  # type: ignore[override]  # IAccount allows a Deferred
+        self, name: str
+    ) -> MailboxStatus | Deferred[MailboxStatus]:
+        def counters(mailbox: MaildirMailbox) -> MailboxStatus:
+            mailbox.check()
+            return mailbox.status()
+
+        found = self.get_mailbox(name)
+        if isinstance(found, Deferred):
+            return found.addCallback(counters)
+        return counters(found)
+
+    def logout(self) -> None:
+        """Nothing is held per session: mailboxes are shared and freed with their users."""
+
+
+# --------------------------------------------------------------------------
+# The storage
+
+
+def _check_username(username: str) -> None:
+    if not isinstance(username, str) or not username:
+        raise StorageError("empty user name", code="CANNOT")
+    if "/" in username or username.startswith(".") or "\\" in username:
+        raise StorageError(f"user name {username!r} cannot be a directory name", code="CANNOT")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in username):
+        raise StorageError("control characters in user name", code="CANNOT")
+
+
+@implementer(IStorage)
+class MaildirStorage:
+    """Maildir++ trees found through a path template.
+
+    :param template: the Maildir root of a user, with ``{user}`` and/or
+        ``{home}`` (``/var/mail/{user}/Maildir``, ``{home}/Maildir``).
+    :param poll_interval: seconds between checks of mailboxes that have
+        listeners (idle sessions) when inotify is not available.
+    :param reactor: enables the watcher that tells idle sessions about
+        outside changes (inotify where available, else polling); without it
+        changes show up at the next :meth:`MaildirMailbox.check`.
+    """
+
+    def __init__(self, template: str, *, poll_interval: float = 5.0, reactor: Any = None) -> None:
+        if "{user}" not in template and "{home}" not in template:
+            raise StorageError(f"maildir template {template!r} must contain {{user}} or {{home}}")
+        try:
+            template.format(user="user", home="/home")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise StorageError(
+                f"maildir template {template!r}: only {{user}} and {{home}} may be used ({exc})"
+            ) from None
+        if poll_interval <= 0:
+            raise StorageError("poll_interval must be positive")
+        self.template = template
+        self.poll_interval = poll_interval
+        self._reactor = reactor
+        self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
+            weakref.WeakValueDictionary()
+        )
+        self._watched: dict[str, MaildirMailbox] = {}
+        self._poller: Any = None
+        self._notifier: Any = None
+        self._pending_checks: dict[str, Any] = {}
+        self._building: dict[str, list[Deferred[MaildirMailbox]]] = {}
+        self._warned: set[str] = set()
+
+    # -- accounts -------------------------------------------------------------
+
+    def root(self, username: str, home: str | None = None) -> str:
+        """The Maildir root of ``username`` (not created)."""
+        _check_username(username)
+        if "{home}" in self.template:
+            if not home:
+                raise StorageError(
+                    f"maildir template {self.template!r} needs the home directory of "
+                    f"{username!r}, and none is known"
+                )
+            if not os.path.isabs(home):
+                raise StorageError(f"home directory {home!r} of {username!r} is not absolute")
+        path = self.template.format(user=username, home=home or "")
+        return os.path.abspath(path)
+
+    def account(self, username: str, home: str | None = None) -> MaildirAccount:
+        root = self.root(username, home)
+        if not os.path.isdir(os.path.join(root, "cur")):
+            self._create_root(root)
+        account = MaildirAccount(self, username, root)
+        account._seed_special_uses()
+        self._clean_root(root)
+        return account
+
+    def _create_root(self, root: str) -> None:
+        """A new user: the Maildir with the default special-use folders, made atomically."""
+        parent = os.path.dirname(root)
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        if os.path.isdir(root):
+            # A root without cur/ (made by hand, or by a tool): complete it,
+            # with the default folders if it is empty.
+            empty = not os.listdir(root)
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(root, sub), 0o700, exist_ok=True)
+            if empty:
+                account = MaildirAccount(self, "", root)
+                for name, _use in DEFAULT_FOLDERS:
+                    account._make_folder(name)
+                account._write_special_uses(
+                    {name: frozenset({use}) for name, use in DEFAULT_FOLDERS}
+                )
+            return
+        staging = os.path.join(
+            parent, f".{os.path.basename(root)}.{STAGING_PREFIX}{uuid.uuid4().hex}"
+        )
+        os.mkdir(staging, 0o700)
+        try:
+            for sub in ("cur", "new", "tmp"):
+                os.mkdir(os.path.join(staging, sub), 0o700)
+            account = MaildirAccount(self, "", staging)
+            table: dict[str, frozenset[str]] = {}
+            for name, use in DEFAULT_FOLDERS:
+                account._make_folder(name)
+                table[name] = frozenset({use})
+            account._write_special_uses(table)
+            try:
+                os.rename(staging, root)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                return  # created meanwhile by another process
+            fsync_dir(parent)
+        finally:
+            if os.path.isdir(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _clean_root(self, root: str) -> None:
+        """Remove what a crash left behind in the middle of create or delete."""
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(root):
+                if entry.name.startswith((TRASH_PREFIX, STAGING_PREFIX)):
+                    with contextlib.suppress(OSError):
+                        if time.time() - entry.stat().st_mtime > 3600:
+                            shutil.rmtree(entry.path, ignore_errors=True)
+
+    def _mint_uidvalidity(self, root: str) -> int:
+        """A UIDVALIDITY above any this account handed out before."""
+        path = os.path.join(root, UIDVALIDITY_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = os.read(fd, 64).strip()
+            last = int(data) if data.isdigit() else 0
+            value = max(int(time.time()), last + 1)
+            if value >= 2**32:
+                value = 1
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{value}\n".encode("ascii"))
+            os.fsync(fd)
+            return value
+        finally:
+            os.close(fd)
+
+    def _mailbox(self, root: str, path: str, name: str) -> MaildirMailbox:
+        key = os.path.realpath(path)
+        mailbox = self._mailboxes.get(key)
+        if mailbox is None or mailbox._closed:
+            mailbox = MaildirMailbox(self, root, path, name)
+            self._mailboxes[key] = mailbox
+        return mailbox
+
+    def _open_in_thread(self, root: str, path: str, name: str) -> Deferred[MaildirMailbox] | None:
+        """A Deferred if the folder must be indexed first and threads are at hand."""
+        key = os.path.realpath(path)
+        waiting = self._building.get(key)
+        if waiting is not None:
+            later: Deferred[MaildirMailbox] = Deferred()
+            waiting.append(later)
+            return later
+        mailbox = self._mailboxes.get(key)
+        if mailbox is not None and not mailbox._closed:
+            return None
+        if not IReactorThreads.providedBy(self._reactor) or not _needs_index(path):
+            return None
+        waiters: list[Deferred[MaildirMailbox]] = []
+        self._building[key] = waiters
+
+        def build() -> None:
+            # A throwaway object of its own (own SQLite connection, own lock
+            # file descriptor) builds the index; the reactor thread then
+            # opens the finished index in no time.
+            MaildirMailbox(self, root, path, name, in_thread=True).close()
+
+        def built(_: None) -> MaildirMailbox:
+            del self._building[key]
+            mailbox = self._mailbox(root, path, name)
+            for waiter in waiters:
+                waiter.callback(mailbox)
+            return mailbox
+
+        def failed(reason: Failure) -> Failure:
+            del self._building[key]
+            for waiter in waiters:
+                waiter.errback(reason)
+            return reason
+
+        pool = self._reactor.getThreadPool()
+        started: Deferred[None] = deferToThreadPool(self._reactor, pool, build)
+        return started.addCallbacks(built, failed)
+
+    def _close(self, path: str) -> None:
+        key = os.path.realpath(path)
+        mailbox = self._mailboxes.pop(key, None)
+        if mailbox is not None:
+            mailbox.close()
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warn("{message}", message=message)
+
+    # -- watching idle mailboxes ----------------------------------------------------
+
+    def _watch(self, mailbox: MaildirMailbox) -> None:
+        if self._reactor is None or mailbox._closed:
+            return
+        key = mailbox.path
+        if key in self._watched:
+            return
+        self._watched[key] = mailbox
+        if self._poller is None:
+            from twisted.internet.task import LoopingCall
+
+            self._poller = LoopingCall(self._poll)
+            self._poller.clock = self._reactor
+            self._poller.start(self.poll_interval, now=False)
+        self._inotify_watch(mailbox)
+
+    def _unwatch(self, mailbox: MaildirMailbox) -> None:
+        key = mailbox.path
+        if self._watched.pop(key, None) is None:
+            return
+        if self._notifier is not None:
+            from twisted.python.filepath import FilePath
+
+            for directory in mailbox.watched_dirs():
+                with contextlib.suppress(Exception):
+                    self._notifier.ignore(FilePath(directory.encode()))
+        pending = self._pending_checks.pop(key, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+        if not self._watched:
+            self.stop_watching()
+
+    def _inotify_watch(self, mailbox: MaildirMailbox) -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            from twisted.internet import inotify
+            from twisted.internet.interfaces import IReactorFDSet
+            from twisted.python.filepath import FilePath
+
+            if not IReactorFDSet.providedBy(self._reactor):
+                return
+            if self._notifier is None:
+                self._notifier = inotify.INotify(self._reactor)
+                self._notifier.startReading()
+            mask = (
+                inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE
+            )
+            key = mailbox.path
+
+            def changed(_watch: object, _path: object, _mask: int) -> None:
+                self._schedule_check(key)
+
+            for directory in mailbox.watched_dirs():
+                self._notifier.watch(FilePath(directory.encode()), mask=mask, callbacks=[changed])
+        except Exception:
+            log.failure("inotify unavailable; polling every {n}s", n=self.poll_interval)
+
+    def _schedule_check(self, key: str) -> None:
+        pending = self._pending_checks.get(key)
+        if pending is not None and pending.active():
+            return
+        self._pending_checks[key] = self._reactor.callLater(0.05, self._check_one, key)
+
+    def _check_one(self, key: str) -> None:
+        self._pending_checks.pop(key, None)
+        mailbox = self._watched.get(key)
+        if mailbox is None:
+            return
+        try:
+            mailbox.check()
+        except NoSuchMailbox:
+            self._unwatch(mailbox)
+        except Exception:
+            log.failure("checking {path} failed", path=key)
+
+    def _poll(self) -> None:
+        for key in list(self._watched):
+            self._check_one(key)
+
+    def stop_watching(self) -> None:
+        """Stop the watcher (service shutdown); it restarts with the next listener."""
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._poller = None
+        if self._notifier is not None:
+            with contextlib.suppress(Exception):
+                self._notifier.loseConnection()
+            self._notifier = None
+        for pending in self._pending_checks.values():
+            if pending.active():
+                pending.cancel()
+        self._pending_checks.clear()
+        self._watched.clear()
+
+
+def reindex(account: MaildirAccount) -> dict[str, int]:
+    """Rebuild every folder's index from its files: folder name -> messages.
+
+    UIDVALIDITY and UIDs come from each folder's ``mailsrv-uidlist``, so
+    clients notice nothing but a higher HIGHESTMODSEQ.
+    """
+    counts: dict[str, int] = {}
+    for entry in account.list_mailboxes():
+        if "\\Noselect" in entry.attributes:
+            continue
+        counts[entry.name] = account.open_mailbox(entry.name).rebuild()
+    return counts

@@ -203,9 +203,8 @@ def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int
     config = _config(args, check_files=True)
     if config.storage.backend != "maildir":
         raise CommandError("deliver needs storage.backend = 'maildir'", EX_CONFIG)
-    account = _account(config, args.user)
     try:
-        deliver(account, stdin, args.folder)
+        deliver(_account(config, args.user), stdin, args.folder)
     except TemporaryFailure as e:
         raise CommandError(f"temporary failure, try again later: {e}", EX_TEMPFAIL) from None
     except StorageError as e:

@@ -199,3 +199,70 @@ class GenCertTests(CLITestCase):
         status, _, err = self.run_cli("gen-cert", "--config", config)
         self.assertEqual(status, cli.EX_CANTCREAT)
         self.assertIn("--force", err)
+
+
+class DeliverCommandTests(CLITestCase):
+    """``mailsrv deliver`` as an MTA runs it: exit statuses per sysexits."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.add("alice", "pw")
+        self.maildir = os.path.join(self.dir, "mail", "{user}", "Maildir")
+
+    def deliver(self, *argv: str, message: bytes) -> tuple[int, str]:
+        err = io.StringIO()
+        status = cli.main(
+            ["deliver", "--passwd", self.passwd, "--maildir", self.maildir, *argv],
+            stdin=io.BytesIO(message),
+            stdout=io.StringIO(),
+            stderr=err,
+        )
+        return status, err.getvalue()
+
+    def files(self, folder: str = "") -> list[bytes]:
+        cur = os.path.join(self.maildir.format(user="alice"), folder, "cur")
+        contents = []
+        for name in sorted(os.listdir(cur)):
+            with open(os.path.join(cur, name), "rb") as f:
+                contents.append(f.read())
+        return contents
+
+    def test_delivers_to_inbox_with_crlf(self) -> None:
+        status, err = self.deliver("alice", message=b"Subject: hi\n\nHello\n")
+        self.assertEqual((status, err), (cli.EX_OK, ""))
+        self.assertEqual(self.files(), [b"Subject: hi\r\n\r\nHello\r\n"])
+
+    def test_delivers_to_folder(self) -> None:
+        status, _ = self.deliver("alice", "--folder", "Sent", message=b"Subject: s\n\nx\n")
+        self.assertEqual(status, cli.EX_OK)
+        self.assertEqual(len(self.files(".Sent")), 1)
+        self.assertEqual(self.files(), [])
+
+    def test_unknown_user(self) -> None:
+        status, err = self.deliver("mallory", message=b"Subject: x\n\nx\n")
+        self.assertEqual(status, cli.EX_NOUSER)
+        self.assertIn("mallory", err)
+
+    def test_unwritable_storage_is_temporary(self) -> None:
+        if os.geteuid() == 0:
+            # root writes through permissions; a file where the directory
+            # must go fails for everyone.
+            root = os.path.join(self.dir, "mail")
+            os.makedirs(root)
+            with open(os.path.join(root, "alice"), "w") as f:
+                f.write("not a directory")
+        else:
+            os.makedirs(os.path.join(self.dir, "mail"), mode=0o500)
+        status, err = self.deliver("alice", message=b"Subject: x\n\nx\n")
+        self.assertIn(status, (cli.EX_TEMPFAIL, cli.EX_CANTCREAT))
+        self.assertIn("mailsrv:", err)
+
+    def test_reindex(self) -> None:
+        for _ in range(3):
+            self.deliver("alice", message=b"Subject: x\n\nx\n")
+        out = io.StringIO()
+        status = cli.main(
+            ["reindex", "alice", "--passwd", self.passwd, "--maildir", self.maildir], stdout=out
+        )
+        self.assertEqual(status, cli.EX_OK)
+        self.assertIn("INBOX: 3 messages", out.getvalue())

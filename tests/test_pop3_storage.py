@@ -1,0 +1,237 @@
+"""POP3 over the real storage: MailRealm + Maildrop over the memory and
+Maildir backends, shared with IMAP-side access to the same mailbox."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.cred.portal import Portal
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from mailsrv.auth.checker import PasswdFileChecker
+from mailsrv.auth.realm import MailRealm
+from mailsrv.interfaces import SEEN, IMailbox, IMailboxListener, IMessage, IStorage
+from mailsrv.policy import SessionPolicy
+from mailsrv.storage.maildir import MaildirStorage
+from mailsrv.storage.memory import MemoryStorage
+from tests.test_pop3 import MESSAGE_1, MESSAGE_2, MESSAGE_3, Session, TCPServer, write_passwd
+
+
+class StorageFixture:
+    """What tests.test_pop3.Session and TCPServer need, over a real storage."""
+
+    def __init__(self, test: unittest.TestCase, storage: IStorage) -> None:
+        self.storage = storage
+        checker = PasswdFileChecker(write_passwd(test.mktemp()), run_in_thread=False)
+        self.portal = Portal(MailRealm(storage), [checker])
+        self.policy = SessionPolicy(
+            hostname="mail.test", challenge_auth_available=checker.any_plaintext
+        )
+
+    def inbox(self, user: str = "alice") -> Any:
+        return self.storage.account(user).get_mailbox("INBOX")
+
+    def deliver(self, message: bytes, user: str = "alice") -> int:
+        uid: int = self.inbox(user).append(io.BytesIO(message))
+        return uid
+
+
+@implementer(IMailboxListener)
+class Recorder:
+    """An IMAP session's view of changes: what a listener on INBOX hears."""
+
+    def __init__(self) -> None:
+        self.added: list[int] = []
+        self.flags: dict[int, frozenset[str]] = {}
+        self.expunged: list[int] = []
+
+    def messages_added(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+        self.added.extend(uids)
+
+    def flags_changed(self, mailbox: IMailbox, messages: Sequence[IMessage]) -> None:
+        for message in messages:
+            self.flags[message.uid] = message.flags
+
+    def messages_expunged(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+        self.expunged.extend(uids)
+
+
+class SharedMailboxMixin:
+    """The same tests over each backend; subclasses say how to make storage."""
+
+    def make_storage(self) -> IStorage:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.fixture = StorageFixture(self, self.make_storage())  # type: ignore[arg-type]
+        self.uids = [self.fixture.deliver(m) for m in (MESSAGE_1, MESSAGE_2, MESSAGE_3)]
+
+    def session(self, fixture: StorageFixture | None = None) -> Session:
+        """A session that ends with the test (the maildrop lock is per process)."""
+        session = Session(fixture or self.fixture)
+        self.addCleanup(session.drop)  # type: ignore[attr-defined]
+        return session
+
+    def test_imap_sees_pop3_deletions_and_seen_after_quit(self) -> None:
+        imap_view = self.fixture.inbox()
+        recorder = Recorder()
+        imap_view.add_listener(recorder)
+        session = self.session()
+        session.login()
+        session.command("RETR 1")
+        session.command("TOP 3 100")
+        session.command("DELE 2")
+        self.assertEqual(recorder.expunged, [])  # nothing before QUIT
+        self.assertEqual(session.command("QUIT"), b"+OK Logging out, 1 message deleted.\r\n")
+        self.assertEqual(recorder.expunged, [self.uids[1]])
+        self.assertEqual(list(imap_view.uids()), [self.uids[0], self.uids[2]])
+        flags = {m.uid: m.flags for m in imap_view.fetch(imap_view.uids())}
+        self.assertIn(SEEN, flags[self.uids[0]])
+        self.assertIn(SEEN, flags[self.uids[2]])
+        self.assertIn(SEEN, recorder.flags[self.uids[0]])
+        imap_view.remove_listener(recorder)
+
+    def test_uidl_is_the_imap_identity(self) -> None:
+        session = self.session()
+        session.login()
+        uidvalidity = self.fixture.inbox().uidvalidity
+        expected = b"".join(
+            b"%d %08X%08X\r\n" % (n + 1, uid, uidvalidity) for n, uid in enumerate(self.uids)
+        )
+        self.assertEqual(
+            session.command("UIDL"), b"+OK Unique-ID listing follows\r\n" + expected + b".\r\n"
+        )
+
+    def test_sizes_and_bytes_agree(self) -> None:
+        session = self.session()
+        session.login()
+        for n, message in enumerate((MESSAGE_1, MESSAGE_2, MESSAGE_3), start=1):
+            size = int(session.command(f"LIST {n}").split()[2])
+            retr = session.command(f"RETR {n}")
+            self.assertEqual(retr.split(b"\r\n", 1)[0], b"+OK %d octets" % size)
+            body = retr.split(b"\r\n", 1)[1][: -len(b".\r\n")]
+            unstuffed = b"".join(
+                (line[1:] if line.startswith(b"..") else line) + b"\r\n"
+                for line in body.split(b"\r\n")[:-1]
+            )
+            expected = message if message.endswith(b"\r\n") else message + b"\r\n"
+            self.assertEqual(unstuffed, expected)
+            self.assertEqual(size, len(message))
+
+    def test_second_pop3_session_in_use(self) -> None:
+        first, second, third = self.session(), self.session(), self.session()
+        first.login()
+        in_use = b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
+        self.assertEqual(second.login(), in_use)
+        # the refused session's logout must not have released the first's lock
+        self.assertEqual(third.login(), in_use)
+        first.command("DELE 1")
+        first.command("QUIT")
+        first.drop()
+        self.assertTrue(second.login().startswith(b"+OK Logged in: 2 messages"))
+
+    def test_dropped_session_deletes_nothing_and_unlocks(self) -> None:
+        session = self.session()
+        session.login()
+        session.command("DELE 1")
+        session.command("DELE 2")
+        session.command("RETR 3")
+        session.drop()
+        inbox = self.fixture.inbox()
+        self.assertEqual(list(inbox.uids()), self.uids)
+        self.assertNotIn(SEEN, inbox.fetch([self.uids[2]])[0].flags)
+        again = self.session()
+        self.assertTrue(again.login().startswith(b"+OK Logged in: 3 messages"))
+
+    def test_message_expunged_by_imap_during_session(self) -> None:
+        session = self.session()
+        session.login()
+        inbox = self.fixture.inbox()
+        inbox.store([self.uids[0]], ["\\Deleted"], "add")
+        inbox.expunge()
+        self.assertEqual(
+            session.command("RETR 1"), b"-ERR Message 1 was removed by another session.\r\n"
+        )
+        session.command("DELE 1")
+        self.assertEqual(session.command("QUIT"), b"+OK Logging out, 1 message deleted.\r\n")
+        self.assertEqual(list(inbox.uids()), self.uids[1:])
+
+    def test_new_mail_waits_for_next_session(self) -> None:
+        session = self.session()
+        session.login()
+        self.fixture.deliver(b"Subject: late\r\n\r\nhi\r\n")
+        self.assertTrue(session.command("STAT").startswith(b"+OK 3 "))
+        session.command("QUIT")
+        again = self.session()
+        self.assertTrue(again.login().startswith(b"+OK Logged in: 4 messages"))
+
+    def test_other_users_unaffected(self) -> None:
+        alice = self.session()
+        alice.login()
+        bob = self.session()
+        self.assertTrue(bob.login("bob").startswith(b"+OK Logged in: 0 messages"))
+
+
+class MemoryStorageTests(SharedMailboxMixin, unittest.TestCase):
+    def make_storage(self) -> IStorage:
+        return MemoryStorage()
+
+
+class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
+    def make_storage(self) -> IStorage:
+        self.root = os.path.abspath(self.mktemp())
+        return MaildirStorage(os.path.join(self.root, "{user}", "Maildir"))
+
+    def test_uidl_stable_across_restart(self) -> None:
+        session = self.session()
+        session.login()
+        before = session.command("UIDL")
+        session.command("QUIT")
+        restarted = StorageFixture(
+            self, MaildirStorage(os.path.join(self.root, "{user}", "Maildir"))
+        )
+        again = self.session(restarted)
+        again.login()
+        self.assertEqual(again.command("UIDL"), before)
+
+    def test_message_with_bare_lf_on_disk(self) -> None:
+        """Octet counts are those of the CRLF form RETR sends, for files with LF ends."""
+        inbox_dir = os.path.join(self.root, "alice", "Maildir", "new")
+        with open(os.path.join(inbox_dir, "1700000000.M1P1.test"), "wb") as f:
+            f.write(b"Subject: lf\n\n.dot\nbody\n")
+        session = self.session()
+        session.login()
+        self.assertEqual(
+            session.command("LIST 4"), b"+OK 4 %d\r\n" % len(b"Subject: lf\r\n\r\n.dot\r\nbody\r\n")
+        )
+        self.assertEqual(
+            session.command("RETR 4"),
+            b"+OK 27 octets\r\nSubject: lf\r\n\r\n..dot\r\nbody\r\n.\r\n",
+        )
+
+    async def test_crash_over_tcp(self) -> None:
+        """A client that vanishes after DELE: the files stay on disk."""
+        server = TCPServer(self, self.fixture)
+        client, _ = await server.connect()
+        await client.command(b"USER alice")
+        await client.command(b"PASS secret")
+        self.assertEqual(await client.command(b"DELE 1"), b"+OK Message 1 marked for deletion.\r\n")
+        client.transport.abortConnection()
+        await client.lost
+        await server.factory.ended[0]
+        cur = os.listdir(os.path.join(self.root, "alice", "Maildir", "cur"))
+        new = os.listdir(os.path.join(self.root, "alice", "Maildir", "new"))
+        self.assertEqual(len(cur) + len(new), 3)
+        client, _ = await server.connect()
+        await client.command(b"USER alice")
+        self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in: 3"))
+        self.assertEqual(await client.command(b"DELE 1"), b"+OK Message 1 marked for deletion.\r\n")
+        self.assertEqual(await client.command(b"QUIT"), b"+OK Logging out, 1 message deleted.\r\n")
+        await client.lost
+        cur = os.listdir(os.path.join(self.root, "alice", "Maildir", "cur"))
+        new = os.listdir(os.path.join(self.root, "alice", "Maildir", "new"))
+        self.assertEqual(len(cur) + len(new), 2)

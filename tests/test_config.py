@@ -112,8 +112,7 @@ class ConfigTests(unittest.TestCase):
 
     def test_same_port_on_different_interfaces(self) -> None:
         path = self.write(
-            "[imap]\nlisten = "
-            '["tcp:1143:interface=127.0.0.1", "tcp:1143:interface=127.0.0.2"]\n'
+            '[imap]\nlisten = ["tcp:1143:interface=127.0.0.1", "tcp:1143:interface=127.0.0.2"]\n'
         )
         self.assertEqual(len(load_config(path).listeners), 2)
 
@@ -131,9 +130,7 @@ class ConfigTests(unittest.TestCase):
         self.assertIn("tls.certificate", e.reason)
 
     def test_implicit_tls_takes_plain_endpoints(self) -> None:
-        e = self.error(
-            '[imap]\nlisten_tls = ["ssl:1993"]\n[tls]\ncertificate = "c"\nkey = "k"\n'
-        )
+        e = self.error('[imap]\nlisten_tls = ["ssl:1993"]\n[tls]\ncertificate = "c"\nkey = "k"\n')
         self.assertEqual(e.key, "imap.listen_tls[0]")
 
     def test_missing_certificate_file(self) -> None:

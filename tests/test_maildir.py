@@ -227,6 +227,9 @@ class NameTests(MaildirTestCase):
         self.assertEqual(names.normalize("inbox"), "INBOX")
         self.assertEqual(names.normalize("Inbox/Sub"), "INBOX/Sub")
         self.assertEqual(names.normalize("a/b/"), "a/b")
+        # Generic rules allow what only Maildir++ cannot store.
+        self.assertEqual(names.normalize("v1.2"), "v1.2")
+        self.assertRaises(InvalidMailboxName, names.normalize_maildir, "v1.2")
 
     def test_rejected_names(self) -> None:
         for bad in (
@@ -245,7 +248,7 @@ class NameTests(MaildirTestCase):
             "x" * 300,
         ):
             with self.assertRaises(InvalidMailboxName, msg=repr(bad)):
-                names.normalize(bad)
+                names.normalize_maildir(bad)
 
     def test_dot_message_is_clear(self) -> None:
         account = self.account()

@@ -58,7 +58,6 @@ from mailsrv.interfaces import (
     DELETED,
     DRAFT,
     FLAGGED,
-    RECENT,
     SEEN,
     SPECIAL_USES,
     SYSTEM_FLAGS,
@@ -73,9 +72,9 @@ from mailsrv.interfaces import (
     MessageInfo,
     StoreMode,
     StoreResult,
-    canonical_flag,
 )
 from mailsrv.storage import names
+from mailsrv.storage.flags import check_flags
 from mailsrv.storage.index import (
     DOVECOT_UIDLIST_NAME,
     INDEX_NAME,
@@ -136,8 +135,6 @@ SPECIAL_USE_NAMES: dict[str, tuple[str, ...]] = {
     "\\Junk": ("junk", "spam", "junk e-mail", "junk email"),
     "\\Archive": ("archive", "archives"),
 }
-
-_ATOM_SPECIALS = frozenset('(){ %*"\\]')
 
 
 # --------------------------------------------------------------------------
@@ -307,25 +304,10 @@ def _ns_datetime(value: int) -> datetime.datetime:
 
 
 def _check_flags(flags: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Split flags into (system flags, keywords), rejecting what cannot be stored."""
-    system: set[str] = set()
-    keywords: list[str] = []
-    for flag in flags:
-        canonical = canonical_flag(flag)
-        if canonical == RECENT:
-            continue  # session state, never stored (RFC 3501 2.3.2)
-        if canonical.startswith("\\"):
-            if canonical not in SYSTEM_FLAGS:
-                raise StorageError(f"{flag} is not a flag that can be stored", code="CANNOT")
-            system.add(canonical)
-            continue
-        if not canonical or any(
-            ord(c) <= 0x20 or ord(c) >= 0x7F or c in _ATOM_SPECIALS for c in canonical
-        ):
-            raise StorageError(f"invalid keyword {flag!r}", code="CANNOT")
-        if canonical not in keywords:
-            keywords.append(canonical)
-    return frozenset(system), tuple(keywords)
+    """Split storable flags into (system flags, keywords in a stable order)."""
+    stored = check_flags(flags)
+    system = frozenset(f for f in stored if f.startswith("\\"))
+    return system, tuple(sorted(stored - system))
 
 
 class _KeywordTable:
@@ -1454,7 +1436,7 @@ class MaildirAccount:
         return entries
 
     def _locate(self, name: str) -> tuple[str, str]:
-        name = names.normalize(name)
+        name = names.normalize_maildir(name)
         path = self._path(name)
         if not os.path.isdir(os.path.join(path, "cur")):
             raise NoSuchMailbox(f"no mailbox named {name!r}")
@@ -1518,7 +1500,7 @@ class MaildirAccount:
         return True
 
     def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> None:
-        name = names.normalize(name)
+        name = names.normalize_maildir(name)
         uses = frozenset(special_use)
         unknown = uses - SPECIAL_USES
         if unknown:
@@ -1538,7 +1520,7 @@ class MaildirAccount:
             self._write_special_uses(table)
 
     def delete_mailbox(self, name: str) -> None:
-        name = names.normalize(name)
+        name = names.normalize_maildir(name)
         if name == names.INBOX:
             raise StorageError("INBOX cannot be deleted", code="CANNOT")
         path = self._path(name)
@@ -1564,8 +1546,8 @@ class MaildirAccount:
             self._write_special_uses(table)
 
     def rename_mailbox(self, old: str, new: str) -> None:
-        old = names.normalize(old)
-        new = names.normalize(new)
+        old = names.normalize_maildir(old)
+        new = names.normalize_maildir(new)
         if new == names.INBOX or old == new:
             raise MailboxExists(f"mailbox {new!r} already exists")
         if new.startswith(old + names.DELIMITER):
@@ -1652,7 +1634,7 @@ class MaildirAccount:
     def _add_subscription(self, result: list[str], parts: list[str]) -> None:
         try:
             decoded = [names.mutf7.decode(part) for part in parts]
-            name = names.normalize(names.DELIMITER.join(decoded))
+            name = names.normalize_maildir(names.DELIMITER.join(decoded))
         except (ValueError, InvalidMailboxName):
             self._storage._warn_once(f"ignoring subscription {parts!r} in {self.root}")
             return
@@ -1667,14 +1649,14 @@ class MaildirAccount:
         write_atomically(self._subscriptions_path(), "".join(lines).encode("ascii"))
 
     def subscribe(self, name: str) -> None:
-        name = names.normalize(name)
+        name = names.normalize_maildir(name)
         current = list(self.subscriptions())
         if name not in current:
             current.append(name)
             self._write_subscriptions(current)
 
     def unsubscribe(self, name: str) -> None:
-        name = names.normalize(name)
+        name = names.normalize_maildir(name)
         current = list(self.subscriptions())
         if name in current:
             current.remove(name)

@@ -36,10 +36,8 @@ from mailsrv.errors import (
 from mailsrv.interfaces import (
     DEFAULT_FOLDERS,
     DELETED,
-    RECENT,
     SEEN,
     SPECIAL_USES,
-    SYSTEM_FLAGS,
     IAccount,
     IMailbox,
     IMailboxListener,
@@ -51,87 +49,21 @@ from mailsrv.interfaces import (
     MessageInfo,
     StoreMode,
     StoreResult,
-    canonical_flag,
 )
+from mailsrv.storage import names
+from mailsrv.storage.flags import check_flags
 
 __all__ = ["MemoryAccount", "MemoryMailbox", "MemoryStorage"]
 
 log = Logger()
 
 INBOX = "INBOX"
-DELIMITER = "/"
-#: Longest mailbox name accepted, in characters.
-MAX_NAME_LENGTH = 1000
-#: Characters that may not start or appear in a keyword (RFC 3501 atom-specials).
-_ATOM_SPECIALS = frozenset('(){ %*"\\]')
+DELIMITER = names.DELIMITER
 _READ_CHUNK = 64 * 1024
-
-
-def _normalize(name: str) -> str:
-    """Check a mailbox name and return its canonical form.
-
-    One trailing delimiter is dropped and a first level spelt ``inbox`` in
-    any case becomes ``INBOX``.  Control characters, empty levels, ``.`` and
-    ``..`` levels, LIST wildcards and names over :data:`MAX_NAME_LENGTH`
-    characters are refused with the reason.
-    """
-    if not isinstance(name, str):
-        raise InvalidMailboxName("mailbox name must be text")
-    if name.endswith(DELIMITER):
-        name = name[:-1]
-    if not name:
-        raise InvalidMailboxName("empty mailbox name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidMailboxName(f"mailbox name longer than {MAX_NAME_LENGTH} characters")
-    for char in name:
-        code = ord(char)
-        if code < 0x20 or 0x7F <= code < 0xA0:
-            raise InvalidMailboxName("control characters are not allowed in mailbox names")
-        if 0xD800 <= code <= 0xDFFF:
-            raise InvalidMailboxName("mailbox name is not valid Unicode")
-        if char in "*%":
-            raise InvalidMailboxName("'*' and '%' are LIST wildcards, not allowed in mailbox names")
-    parts = name.split(DELIMITER)
-    for part in parts:
-        if not part:
-            raise InvalidMailboxName("empty hierarchy level in mailbox name")
-        if part in (".", ".."):
-            raise InvalidMailboxName(f"{part!r} is not allowed as a level of a mailbox name")
-    if parts[0].upper() == INBOX:
-        parts[0] = INBOX
-    return DELIMITER.join(parts)
-
-
-def _parents(name: str) -> list[str]:
-    """Superior names of ``name``, outermost first."""
-    parts = name.split(DELIMITER)
-    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _is_under(name: str, top: str) -> bool:
     return name == top or name.startswith(top + DELIMITER)
-
-
-def _check_flags(flags: Iterable[str]) -> frozenset[str]:
-    """Canonical flags to store: system flags respelt, \\Recent dropped.
-
-    Unknown system flags and keywords that are not atoms are refused: a
-    client cannot invent ``\\Foo`` and could not fetch ``my flag`` back.
-    """
-    result: set[str] = set()
-    for flag in flags:
-        if not isinstance(flag, str) or not flag:
-            raise StorageError(f"invalid flag {flag!r}", code="CANNOT")
-        flag = canonical_flag(flag)
-        if flag == RECENT:
-            continue  # session state, never stored
-        if flag.startswith("\\"):
-            if flag not in SYSTEM_FLAGS:
-                raise StorageError(f"unknown system flag {flag}", code="CANNOT")
-        elif any(c in _ATOM_SPECIALS or ord(c) <= 0x20 or ord(c) >= 0x7F for c in flag):
-            raise StorageError(f"invalid keyword {flag!r}", code="CANNOT")
-        result.add(flag)
-    return frozenset(result)
 
 
 def _read_wire(source: IO[bytes]) -> bytes:
@@ -371,7 +303,7 @@ class MemoryMailbox:
         internal_date: datetime.datetime | None = None,
     ) -> int:
         self._state.check_alive()
-        stored_flags = _check_flags(flags)
+        stored_flags = check_flags(flags)
         date = _internal_date(internal_date)
         data = _read_wire(source)
         uid = self._state.add(data, stored_flags, date)
@@ -389,7 +321,7 @@ class MemoryMailbox:
             raise StorageError(f"unknown store mode {mode!r}", code="CANNOT")
         state = self._state
         state.check_alive()
-        given = _check_flags(flags)
+        given = check_flags(flags)
         changes: list[tuple[_Message, frozenset[str]]] = []
         conflicts: list[int] = []
         for message in state.select(uids):
@@ -527,7 +459,7 @@ class MemoryAccount:
         return f"<MemoryAccount {self.username!r}>"
 
     def _state(self, name: str) -> _MailboxState:
-        name = _normalize(name)
+        name = names.normalize(name)
         state = self._mailboxes.get(name)
         if state is None:
             raise NoSuchMailbox(f"no mailbox named {name!r}")
@@ -542,12 +474,12 @@ class MemoryAccount:
         return name in self._mailboxes or self._has_children(name)
 
     def list_mailboxes(self) -> Sequence[MailboxEntry]:
-        names = set(self._mailboxes)
+        known = set(self._mailboxes)
         for name in self._mailboxes:
-            names.update(_parents(name))
-        parents = {parent for name in names for parent in _parents(name)}
+            known.update(names.parents(name))
+        parents = {parent for name in known for parent in names.parents(name)}
         entries = []
-        for name in sorted(names, key=lambda n: (n != INBOX, n)):
+        for name in sorted(known, key=lambda n: (n != INBOX, n)):
             attributes = {"\\HasChildren" if name in parents else "\\HasNoChildren"}
             state = self._mailboxes.get(name)
             if state is None:
@@ -561,7 +493,7 @@ class MemoryAccount:
         return MemoryMailbox(self._state(name))
 
     def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> None:
-        name = _normalize(name)
+        name = names.normalize(name)
         uses = frozenset(special_use)
         unknown = uses - SPECIAL_USES
         if unknown:
@@ -570,13 +502,13 @@ class MemoryAccount:
             )
         if name in self._mailboxes:
             raise MailboxExists(f"mailbox {name!r} already exists")
-        for parent in _parents(name):
+        for parent in names.parents(name):
             if parent not in self._mailboxes:
                 self._mailboxes[parent] = _MailboxState(parent)
         self._mailboxes[name] = _MailboxState(name, uses)
 
     def delete_mailbox(self, name: str) -> None:
-        name = _normalize(name)
+        name = names.normalize(name)
         if name == INBOX:
             raise StorageError("INBOX cannot be deleted", code="CANNOT")
         state = self._mailboxes.get(name)
@@ -594,8 +526,8 @@ class MemoryAccount:
             state.announce("messages_expunged", uids)
 
     def rename_mailbox(self, old: str, new: str) -> None:
-        old = _normalize(old)
-        new = _normalize(new)
+        old = names.normalize(old)
+        new = names.normalize(new)
         if new == INBOX or self._exists(new):
             raise MailboxExists(f"mailbox {new!r} already exists")
         if _is_under(new, old):
@@ -606,7 +538,7 @@ class MemoryAccount:
         moving = [name for name in self._mailboxes if _is_under(name, old)]
         if not moving:
             raise NoSuchMailbox(f"no mailbox named {old!r}")
-        for parent in _parents(new):
+        for parent in names.parents(new):
             if parent not in self._mailboxes:
                 self._mailboxes[parent] = _MailboxState(parent)
         for name in moving:
@@ -624,12 +556,12 @@ class MemoryAccount:
         return list(self._subscriptions)
 
     def subscribe(self, name: str) -> None:
-        name = _normalize(name)
+        name = names.normalize(name)
         if name not in self._subscriptions:
             self._subscriptions.append(name)
 
     def unsubscribe(self, name: str) -> None:
-        name = _normalize(name)
+        name = names.normalize(name)
         if name in self._subscriptions:
             self._subscriptions.remove(name)
 

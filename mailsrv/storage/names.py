@@ -1,4 +1,4 @@
-"""Mailbox names and their Maildir++ directory names.
+"""Mailbox names: the rules every backend applies, and Maildir++ directory names.
 
 IMAP names use ``/`` as the hierarchy delimiter; Maildir++ stores folder
 ``A/B`` as the directory ``.A.B`` beside the INBOX's ``cur``/``new``/``tmp``,
@@ -16,15 +16,19 @@ __all__ = [
     "DELIMITER",
     "INBOX",
     "MAX_DIRNAME_BYTES",
+    "MAX_NAME_LENGTH",
     "dirname_to_name",
     "is_inbox",
     "name_to_dirname",
     "normalize",
+    "normalize_maildir",
     "parents",
 ]
 
 DELIMITER = "/"
 INBOX = "INBOX"
+#: Longest mailbox name any backend accepts, in characters.
+MAX_NAME_LENGTH = 1000
 #: Longest directory name we create; file systems stop at 255 bytes and a
 #: rename needs room.
 MAX_DIRNAME_BYTES = 200
@@ -38,10 +42,11 @@ def is_inbox(name: str) -> bool:
 def normalize(name: str) -> str:
     """Check a client's mailbox name and return its canonical form.
 
-    A trailing delimiter is dropped, ``inbox`` in any case becomes ``INBOX``
-    (also as the first component, as most servers do).  Raises
-    :class:`InvalidMailboxName` with the reason for names Maildir++ cannot
-    hold or that could reach outside the user's tree.
+    These are the rules every backend applies: a trailing delimiter is
+    dropped and ``inbox`` in any case, also as the first level, becomes
+    ``INBOX``.  Raises :class:`InvalidMailboxName` with the reason for
+    control characters, broken Unicode, LIST wildcards, empty, ``.`` and
+    ``..`` levels, and names longer than :data:`MAX_NAME_LENGTH`.
     """
     if not isinstance(name, str):
         raise InvalidMailboxName("mailbox name must be text")
@@ -49,23 +54,37 @@ def normalize(name: str) -> str:
         name = name[:-1]
     if not name:
         raise InvalidMailboxName("empty mailbox name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidMailboxName(f"mailbox name longer than {MAX_NAME_LENGTH} characters")
     for char in name:
         if ord(char) < 0x20 or ord(char) == 0x7F or 0x80 <= ord(char) < 0xA0:
             raise InvalidMailboxName("control characters are not allowed in mailbox names")
         if 0xD800 <= ord(char) <= 0xDFFF:
             raise InvalidMailboxName("mailbox name is not valid Unicode")
-    if "." in name:
-        raise InvalidMailboxName(
-            "'.' is not allowed in mailbox names: Maildir++ uses it to separate levels"
-        )
     if "*" in name or "%" in name:
         raise InvalidMailboxName("'*' and '%' are LIST wildcards, not allowed in mailbox names")
     parts = name.split(DELIMITER)
-    if any(part == "" for part in parts):
-        raise InvalidMailboxName("empty hierarchy level in mailbox name")
+    for part in parts:
+        if not part:
+            raise InvalidMailboxName("empty hierarchy level in mailbox name")
+        if part in (".", ".."):
+            raise InvalidMailboxName(f"{part!r} is not allowed as a level of a mailbox name")
     if is_inbox(parts[0]):
         parts[0] = INBOX
-    canonical = DELIMITER.join(parts)
+    return DELIMITER.join(parts)
+
+
+def normalize_maildir(name: str) -> str:
+    """:func:`normalize`, plus what Maildir++ cannot hold.
+
+    Maildir++ separates levels with ``.`` on disk, so a ``.`` inside a name
+    is refused (Dovecot does the same), and the directory name must fit.
+    """
+    canonical = normalize(name)
+    if "." in canonical:
+        raise InvalidMailboxName(
+            "'.' is not allowed in mailbox names: Maildir++ uses it to separate levels"
+        )
     if canonical != INBOX and len(name_to_dirname(canonical).encode("ascii")) > MAX_DIRNAME_BYTES:
         raise InvalidMailboxName("mailbox name too long")
     return canonical
@@ -97,7 +116,7 @@ def dirname_to_name(dirname: str) -> str | None:
         names.append(decoded)
     name = DELIMITER.join(names)
     try:
-        if normalize(name) != name or is_inbox(name):
+        if normalize_maildir(name) != name or is_inbox(name):
             return None
     except InvalidMailboxName:
         return None

@@ -164,6 +164,53 @@ maildir = "var/mail/{{user}}/Maildir"
             finally:
                 pop.close()
 
+    def add_user(self, name: str, password: str) -> None:
+        cwd = os.getcwd()
+        os.chdir(self.dir)
+        try:
+            status = cli.main(
+                ["user", "add", name, "--config", self.config, "--password-stdin"],
+                stdin=io.StringIO(password + "\n"),
+                stdout=io.StringIO(),
+            )
+            self.assertEqual(status, 0)
+            for i in range(2):
+                status = cli.main(
+                    ["deliver", name, "--config", self.config],
+                    stdin=io.BytesIO(b"Subject: %d\n\nbody %d\n" % (i, i)),
+                    stdout=io.StringIO(),
+                )
+                self.assertEqual(status, 0)
+        finally:
+            os.chdir(cwd)
+
+    def test_server_killed_mid_pop3_session_deletes_nothing(self) -> None:
+        """RFC 1939: deletions happen only in the UPDATE state after QUIT."""
+        self.add_user("alice", "pw")
+        with self.daemon("--config", self.config) as daemon:
+            daemon.wait_for("listening on", count=4)
+            pop = poplib.POP3("127.0.0.1", self.ports["pop3"], timeout=30)
+            pop.user("alice")
+            pop.pass_("pw")
+            self.assertEqual(pop.stat()[0], 2)
+            uidls = pop.uidl()[1]
+            pop.dele(1)
+            pop.dele(2)
+            daemon.process.kill()
+            daemon.process.wait(timeout=30)
+            pop.close()
+        with self.daemon("--config", self.config) as daemon:
+            daemon.wait_for("listening on", count=4)
+            pop = poplib.POP3("127.0.0.1", self.ports["pop3"], timeout=30)
+            pop.user("alice")
+            pop.pass_("pw")
+            self.assertEqual(pop.stat()[0], 2)
+            self.assertEqual(pop.uidl()[1], uidls)
+            pop.dele(1)
+            pop.quit()
+        mail = os.path.join(self.dir, "var", "mail", "alice", "Maildir", "cur")
+        self.assertEqual(len(os.listdir(mail)), 1)
+
     def test_port_in_use_stops_startup_naming_the_key(self) -> None:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", self.ports["pop3"]))

@@ -1943,13 +1943,17 @@ class MaildirStorage:
             log.failure("inotify unavailable; polling every {n}s", n=self.poll_interval)
 
     def _schedule_check(self, key: str) -> None:
+        if key not in self._watched:
+            return  # an event that was already queued when the folder was unwatched
         pending = self._pending_checks.get(key)
         if pending is not None and pending.active():
             return
         self._pending_checks[key] = self._reactor.callLater(0.05, self._check_one, key)
 
     def _check_one(self, key: str) -> None:
-        self._pending_checks.pop(key, None)
+        pending = self._pending_checks.pop(key, None)
+        if pending is not None and pending.active():
+            pending.cancel()  # the poller got here first; one check is enough
         mailbox = self._watched.get(key)
         if mailbox is None:
             return

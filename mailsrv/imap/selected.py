@@ -1,0 +1,276 @@
+"""One session's view of its selected mailbox.
+
+IMAP's message sequence numbers belong to the session: they change only
+when the server tells the client so with an EXPUNGE (or grow with EXISTS),
+and RFC 3501 5.5 and 7.4.1 forbid EXPUNGE responses during FETCH, STORE and
+SEARCH.  :class:`SelectedMailbox` therefore keeps the session's own
+seq <-> UID map and queues what other sessions and deliveries change; the
+server calls :meth:`SelectedMailbox.flush` after each command to turn the
+queue into the untagged responses that are allowed at that moment.
+
+The map is stored as runs of consecutive UIDs in two ``array('I')`` (run
+start UIDs and cumulative message counts), so a 10,000-message mailbox with
+few holes costs a few hundred bytes per session, and at worst 8 bytes per
+message.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailsrv.imap import grammar
+from mailsrv.interfaces import RECENT, IMailbox, IMailboxListener, IMessage
+
+__all__ = ["SelectedMailbox", "UidMap"]
+
+
+class UidMap:
+    """Ascending UIDs addressed by 1-based sequence number, stored as runs."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, uids: Iterable[int] = ()) -> None:
+        self._starts = array("I")
+        self._ends = array("I")  # cumulative message count at the end of each run
+        self.extend(uids)
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @property
+    def last_uid(self) -> int:
+        """The highest UID, 0 when empty."""
+        if not self._ends:
+            return 0
+        first = self._ends[-2] if len(self._ends) > 1 else 0
+        return self._starts[-1] + (self._ends[-1] - first) - 1
+
+    def append(self, uid: int) -> None:
+        """Add a UID above every present one (a new message)."""
+        last = self.last_uid
+        if uid <= last:
+            raise ValueError(f"UID {uid} is not above the last UID {last}")
+        if self._ends and uid == last + 1:
+            self._ends[-1] += 1
+        else:
+            self._starts.append(uid)
+            self._ends.append(len(self) + 1)
+
+    def extend(self, uids: Iterable[int]) -> None:
+        for uid in uids:
+            self.append(uid)
+
+    def uid(self, seq: int) -> int:
+        """The UID at sequence number ``seq`` (1-based); IndexError if none."""
+        if not 1 <= seq <= len(self):
+            raise IndexError(seq)
+        run = bisect_left(self._ends, seq)
+        before = self._ends[run - 1] if run else 0
+        return self._starts[run] + (seq - before - 1)
+
+    def seq(self, uid: int) -> int | None:
+        """The sequence number of ``uid``, or None if it is not in the view."""
+        run = bisect_right(self._starts, uid) - 1
+        if run < 0:
+            return None
+        before = self._ends[run - 1] if run else 0
+        offset = uid - self._starts[run]
+        if offset < self._ends[run] - before:
+            return before + offset + 1
+        return None
+
+    def __iter__(self) -> Iterator[int]:
+        before = 0
+        for start, end in zip(self._starts, self._ends, strict=True):
+            yield from range(start, start + end - before)
+            before = end
+
+    def by_seq(self, low: int, high: int) -> Iterator[tuple[int, int]]:
+        """``(seq, uid)`` for sequence numbers ``low..high`` inside the view."""
+        high = min(high, len(self))
+        if low > high:
+            return
+        run = bisect_left(self._ends, max(low, 1))
+        seq = max(low, 1)
+        while seq <= high:
+            before = self._ends[run - 1] if run else 0
+            end = min(self._ends[run], high)
+            start_uid = self._starts[run] + (seq - before - 1)
+            for offset in range(end - seq + 1):
+                yield seq + offset, start_uid + offset
+            seq = end + 1
+            run += 1
+
+    def by_uid(self, low: int, high: int) -> Iterator[tuple[int, int]]:
+        """``(seq, uid)`` for the UIDs in ``low..high`` that are in the view."""
+        run = max(bisect_right(self._starts, low) - 1, 0)
+        while run < len(self._starts) and self._starts[run] <= high:
+            before = self._ends[run - 1] if run else 0
+            length = self._ends[run] - before
+            first = max(low, self._starts[run])
+            last = min(high, self._starts[run] + length - 1)
+            for uid in range(first, last + 1):
+                yield before + (uid - self._starts[run]) + 1, uid
+            run += 1
+
+    def remove(self, uids: Iterable[int]) -> list[int]:
+        """Remove UIDs; return the sequence numbers they had, descending
+        (the order in which EXPUNGE responses need no renumbering)."""
+        gone = {uid for uid in uids}
+        seqs = [s for s in (self.seq(uid) for uid in gone) if s is not None]
+        if not seqs:
+            return []
+        kept = [uid for uid in self if uid not in gone]
+        self._starts = array("I")
+        self._ends = array("I")
+        self.extend(kept)
+        seqs.sort(reverse=True)
+        return seqs
+
+    def memory(self) -> int:
+        """Bytes held by the two arrays (for tests and benchmarks)."""
+        return (len(self._starts) + len(self._ends)) * self._starts.itemsize
+
+
+@implementer(IMailboxListener)
+class SelectedMailbox:
+    """The selected mailbox as one session sees it.
+
+    Created by SELECT/EXAMINE with the mailbox's UIDs at that moment, it
+    listens to the mailbox and queues changes.  ``on_change`` (set by the
+    server during IDLE) is called when a change is queued.
+    """
+
+    def __init__(
+        self,
+        mailbox: IMailbox,
+        uids: Iterable[int],
+        readonly: bool,
+        recent: Iterable[int] = (),
+    ) -> None:
+        self.mailbox = mailbox
+        self.readonly = readonly
+        self.map = UidMap(uids)
+        self.recent: set[int] = set(recent)
+        self._added: list[int] = []
+        self._expunged: set[int] = set()
+        self._flags: dict[int, tuple[frozenset[str], int]] = {}
+        self.on_change: Callable[[], None] | None = None
+
+    # -- IMailboxListener --------------------------------------------------
+
+    def messages_added(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+        self._added.extend(uids)
+        self._changed()
+
+    def flags_changed(self, mailbox: IMailbox, messages: Sequence[IMessage]) -> None:
+        for message in messages:
+            old = self._flags.get(message.uid)
+            if old is None or old[1] <= message.modseq:
+                self._flags[message.uid] = (frozenset(message.flags), message.modseq)
+        self._changed()
+
+    def messages_expunged(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+        self._expunged.update(uids)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- Used by the server ------------------------------------------------
+
+    @property
+    def exists(self) -> int:
+        return len(self.map)
+
+    def has_pending(self) -> bool:
+        return bool(self._added or self._expunged or self._flags)
+
+    def forget_flags(self, messages: Iterable[IMessage]) -> None:
+        """Drop queued flag updates that this session's own STORE reported."""
+        for message in messages:
+            pending = self._flags.get(message.uid)
+            if pending is not None and pending[1] <= message.modseq:
+                del self._flags[message.uid]
+
+    def note_expunged(self, uids: Iterable[int]) -> None:
+        """Queue expunges this session made (EXPUNGE, MOVE), in case the
+        backend did not call the listener."""
+        self._expunged.update(uids)
+
+    def flags_with_recent(self, uid: int, flags: Iterable[str]) -> frozenset[str]:
+        """The FLAGS a client sees: stored flags plus this session's \\Recent."""
+        if uid in self.recent:
+            return frozenset(flags) | {RECENT}
+        return frozenset(flags)
+
+    def flush(self, expunges_allowed: bool) -> defer.Deferred[list[bytes]]:
+        """The untagged responses for queued changes, applying them to the view.
+
+        Expunges are held back unless ``expunges_allowed``; then the EXISTS
+        count still includes them, so sequence numbers stay valid.
+        """
+        out: list[bytes] = []
+        if expunges_allowed and self._expunged:
+            added = set(self._added)
+            # Never announced: just forget them.
+            unseen = self._expunged & added
+            if unseen:
+                self._added = [uid for uid in self._added if uid not in unseen]
+            for seq in self.map.remove(self._expunged):
+                out.append(b"* %d EXPUNGE\r\n" % seq)
+            for uid in self._expunged:
+                self._flags.pop(uid, None)
+            self.recent -= self._expunged
+            self._expunged = set()
+        last = self.map.last_uid
+        new = sorted({uid for uid in self._added if uid > last})
+        self._added = []
+        if not new:
+            return defer.succeed(self._flag_updates(out))
+        # A new message already expunged (held back) still joins the view and
+        # is announced as expunged later: the count stays what the client knows.
+        self.map.extend(new)
+        if self.readonly:
+            return defer.succeed(self._announce(out, frozenset()))
+        d: defer.Deferred[Any] = defer.maybeDeferred(self.mailbox.claim_recent)
+        d.addCallback(lambda claimed: self._announce(out, frozenset(claimed)))
+        return cast("defer.Deferred[list[bytes]]", d)
+
+    def _announce(self, out: list[bytes], claimed: frozenset[int]) -> list[bytes]:
+        self.recent.update(claimed)
+        out.append(b"* %d EXISTS\r\n" % len(self.map))
+        out.append(b"* %d RECENT\r\n" % len(self.recent))
+        return self._flag_updates(out)
+
+    def _flag_updates(self, out: list[bytes]) -> list[bytes]:
+        if not self._flags:
+            return out
+        updates = []
+        for uid, (flags, _modseq) in self._flags.items():
+            if uid in self._expunged:
+                continue  # its EXPUNGE is coming; the flags no longer matter
+            seq = self.map.seq(uid)
+            if seq is not None:
+                updates.append((seq, uid, flags))
+        self._flags = {}
+        updates.sort()
+        for seq, uid, flags in updates:
+            shown = grammar.flag_list(self.flags_with_recent(uid, flags))
+            out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
+        return out
+
+    def close(self) -> None:
+        """Stop listening and drop the queue (CLOSE, UNSELECT, logout)."""
+        self.on_change = None
+        self.mailbox.remove_listener(self)
+        self._added = []
+        self._expunged = set()
+        self._flags = {}

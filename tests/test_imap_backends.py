@@ -1,0 +1,194 @@
+"""The IMAP server over the real backends (memory and Maildir).
+
+tests/test_imap_server.py pins exact bytes over a small fake backend; here
+the same sessions run over :class:`MemoryStorage` and :class:`MaildirStorage`,
+so the server and the storage contract are checked together.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet import defer, protocol, reactor
+from twisted.trial.unittest import TestCase
+
+from mailsrv.auth.realm import MailRealm
+from mailsrv.interfaces import IStorage
+from mailsrv.policy import SessionPolicy
+from mailsrv.storage.memory import MemoryStorage
+from tests.test_imap_server import Client, RecordingFactory
+
+MESSAGE = b"From: a@example.org\r\nSubject: %d\r\n\r\nbody %d\r\n"
+
+
+class _BackendBase:
+    """Mixed into a TestCase with :meth:`make_storage` and :meth:`deliver`."""
+
+    def make_storage(self) -> IStorage:
+        raise NotImplementedError
+
+    def deliver(self, number: int) -> None:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.storage = self.make_storage()
+        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
+        portal = Portal(MailRealm(self.storage), [checker])
+        self.factory = RecordingFactory(portal, SessionPolicy(failure_delay=0.0))
+        self.port: Any = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.clients: list[Client] = []
+
+    @defer.inlineCallbacks
+    def tearDown(self) -> Any:
+        for client in self.clients:
+            if client.transport is not None:
+                client.transport.loseConnection()
+        for client in self.clients:
+            yield client.lost
+        yield defer.gatherResults(self.factory.lost)
+        yield self.port.stopListening()
+
+    @defer.inlineCallbacks
+    def session(self, select: str | None = "INBOX") -> Any:
+        creator = protocol.ClientCreator(reactor, Client)
+        client = yield creator.connectTCP("127.0.0.1", self.port.getHost().port)
+        self.clients.append(client)
+        yield client.until(b"\r\n")
+        response = yield client.command("L", "LOGIN joe secret")
+        assert response.startswith(b"L OK"), response
+        if select is not None:
+            response = yield client.command("S", f"SELECT {select}")
+            assert b"S OK [READ-WRITE]" in response, response
+        return client
+
+
+class _IdleScenario(_BackendBase):
+    @defer.inlineCallbacks
+    def test_idle_hears_delivery(self) -> Any:
+        t: Any = self
+        client = yield self.session()
+        client.send(b"i IDLE\r\n")
+        yield client.until(b"+ idling\r\n")
+        self.deliver(1)
+        response = yield client.until(b"RECENT")
+        t.assertEqual(response, b"* 1 EXISTS\r\n* 1 RECENT\r\n")
+        client.send(b"DONE\r\n")
+        response = yield client.until_tagged("i")
+        t.assertEqual(response, b"i OK IDLE terminated\r\n")
+
+
+class _BackendScenarios(_IdleScenario):
+    @defer.inlineCallbacks
+    def test_three_sessions(self) -> Any:
+        t: Any = self
+        first = yield self.session(None)  # creates the account
+        yield first.command("Z", "LOGOUT")
+        for n in range(1, 4):
+            self.deliver(n)
+        a = yield self.session()
+        b = yield self.session()
+        c = yield self.session()
+        response = yield b.command("b1", "STORE 2 +FLAGS (\\Deleted)")
+        t.assertEqual(response, b"* 2 FETCH (FLAGS (\\Deleted))\r\nb1 OK STORE completed\r\n")
+        response = yield c.command("c1", "EXPUNGE")
+        t.assertEqual(response, b"* 2 EXPUNGE\r\nc1 OK EXPUNGE completed\r\n")
+        response = yield a.command("a1", "FETCH 1:3 (UID)")
+        t.assertNotIn(b"EXPUNGE\r\n", response)
+        t.assertTrue(response.startswith(b"* 1 FETCH (UID 1)\r\n"), response)
+        response = yield a.command("a2", "NOOP")
+        t.assertEqual(response, b"* 2 EXPUNGE\r\na2 OK NOOP completed\r\n")
+        response = yield b.command("b2", "APPEND INBOX {5+}\r\nhello")
+        t.assertRegex(
+            response,
+            rb"^\* 2 EXPUNGE\r\n\* 3 EXISTS\r\n\* 1 RECENT\r\n"
+            rb"b2 OK \[APPENDUID \d+ 4\] APPEND completed\r\n$",
+        )
+        response = yield a.command("a3", "UID FETCH 1:* (FLAGS RFC822.SIZE)")
+        size = len(MESSAGE % (1, 1))
+        t.assertEqual(
+            response,
+            b"* 1 FETCH (FLAGS (\\Recent) RFC822.SIZE %d UID 1)\r\n"
+            b"* 2 FETCH (FLAGS (\\Recent) RFC822.SIZE %d UID 3)\r\n"
+            b"* 3 EXISTS\r\n* 2 RECENT\r\n"
+            b"a3 OK FETCH completed\r\n" % (size, size),
+        )
+
+    @defer.inlineCallbacks
+    def test_default_folders_copy_move(self) -> Any:
+        t: Any = self
+        client = yield self.session()
+        response = yield client.command("l", 'LIST "" *')
+        for line in (
+            b'* LIST (\\HasNoChildren) "/" INBOX\r\n',
+            b'* LIST (\\HasNoChildren \\Sent) "/" Sent\r\n',
+            b'* LIST (\\HasNoChildren \\Trash) "/" Trash\r\n',
+        ):
+            t.assertIn(line, response)
+        self.deliver(1)
+        self.deliver(2)
+        yield client.command("n", "NOOP")
+        response = yield client.command("c", "COPY 1:2 Archive")
+        t.assertRegex(response, rb"^c OK \[COPYUID \d+ 1:2 1:2\] COPY completed\r\n$")
+        response = yield client.command("m", "MOVE 1 Trash")
+        t.assertRegex(
+            response,
+            rb"^\* OK \[COPYUID \d+ 1 1\] Moved\r\n\* 1 EXPUNGE\r\nm OK MOVE completed\r\n$",
+        )
+        response = yield client.command("s", "STATUS Archive (MESSAGES UIDNEXT)")
+        t.assertEqual(
+            response, b"* STATUS Archive (MESSAGES 2 UIDNEXT 3)\r\ns OK STATUS completed\r\n"
+        )
+        response = yield client.command("r", "CREATE Caf&AOk-/Menu")
+        t.assertEqual(response, b"r OK CREATE completed\r\n")
+        response = yield client.command("q", 'LIST "" Caf&AOk-*')
+        t.assertEqual(
+            response,
+            b'* LIST (\\HasChildren) "/" Caf&AOk-\r\n'
+            b'* LIST (\\HasNoChildren) "/" Caf&AOk-/Menu\r\n'
+            b"q OK LIST completed\r\n",
+        )
+
+
+class MemoryBackendTests(_BackendScenarios, TestCase):
+    def make_storage(self) -> IStorage:
+        return MemoryStorage()
+
+    def deliver(self, number: int) -> None:
+        storage: Any = self.storage
+        storage.deliver("joe", MESSAGE % (number, number))
+
+
+class MaildirBackendTests(_BackendScenarios, TestCase):
+    def make_storage(self) -> IStorage:
+        from mailsrv.storage.maildir import MaildirStorage
+
+        return MaildirStorage(self.mktemp() + "/{user}")
+
+    def deliver(self, number: int) -> None:
+        from mailsrv.storage.deliver import deliver
+
+        storage: Any = self.storage
+        deliver(storage.account("joe"), io.BytesIO(MESSAGE % (number, number)))
+
+
+class MaildirOutsideDeliveryTests(_IdleScenario, TestCase):
+    """A delivery by another process (here: another storage object, which
+    shares no listeners) reaches an IDLE session through the watcher."""
+
+    def make_storage(self) -> IStorage:
+        from mailsrv.storage.maildir import MaildirStorage
+
+        self.template = self.mktemp() + "/{user}"
+        storage = MaildirStorage(self.template, poll_interval=0.05, reactor=reactor)
+        self.addCleanup(storage.stop_watching)
+        return storage
+
+    def deliver(self, number: int) -> None:
+        from mailsrv.storage.deliver import deliver
+        from mailsrv.storage.maildir import MaildirStorage
+
+        outsider = MaildirStorage(self.template)
+        deliver(outsider.account("joe"), io.BytesIO(MESSAGE % (number, number)))

@@ -1,0 +1,134 @@
+"""The per-session mailbox view: the compact seq<->UID map and update rules."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailsrv.imap.selected import SelectedMailbox, UidMap
+from mailsrv.interfaces import MessageInfo
+from tests.test_imap_server import DATE, FakeMailbox
+
+
+class UidMapTests(SynchronousTestCase):
+    def test_agrees_with_a_plain_list(self) -> None:
+        rng = random.Random(7)
+        model: list[int] = []
+        view = UidMap()
+        uid = 0
+        for _ in range(300):
+            action = rng.random()
+            if action < 0.75:
+                uid += rng.choice((1, 1, 1, 2, 10))
+                model.append(uid)
+                view.append(uid)
+            elif model:
+                gone = set(rng.sample(model, min(len(model), rng.randint(1, 4))))
+                expected = sorted((model.index(u) + 1 for u in gone), reverse=True)
+                self.assertEqual(view.remove(gone), expected)
+                model = [u for u in model if u not in gone]
+            self.assertEqual(len(view), len(model))
+            self.assertEqual(list(view), model)
+            self.assertEqual(view.last_uid, model[-1] if model else 0)
+        for seq, uid in enumerate(model, 1):
+            self.assertEqual(view.uid(seq), uid)
+            self.assertEqual(view.seq(uid), seq)
+        self.assertIsNone(view.seq(uid + 1))
+        self.assertEqual(list(view.by_seq(2, 5)), [(s, model[s - 1]) for s in range(2, 6)])
+        low, high = model[3], model[-3]
+        self.assertEqual(
+            list(view.by_uid(low - 1, high)),
+            [(i + 1, u) for i, u in enumerate(model) if low - 1 <= u <= high],
+        )
+
+    def test_out_of_range(self) -> None:
+        view = UidMap([5, 6, 9])
+        self.assertRaises(IndexError, view.uid, 0)
+        self.assertRaises(IndexError, view.uid, 4)
+        self.assertIsNone(view.seq(4))
+        self.assertIsNone(view.seq(7))
+        self.assertEqual(list(view.by_seq(3, 10)), [(3, 9)])
+        self.assertEqual(list(view.by_uid(7, 8)), [])
+        self.assertRaises(ValueError, view.append, 9)
+
+    def test_compact(self) -> None:
+        view = UidMap(range(1, 10001))
+        self.assertEqual(view.memory(), 8)
+        self.assertEqual(view.remove([5000]), [5000])
+        self.assertEqual(view.memory(), 16)
+        self.assertEqual(len(view), 9999)
+        self.assertEqual(view.uid(5000), 5001)
+
+
+def info(uid: int, flags: set[str], modseq: int) -> MessageInfo:
+    return MessageInfo(uid, frozenset(flags), DATE, 10, modseq)
+
+
+class SelectedMailboxTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.mailbox = FakeMailbox("INBOX")
+        for i in range(3):
+            self.mailbox.add(b"m%d" % i)
+        recent = self.mailbox.claim_recent()
+        self.view = SelectedMailbox(self.mailbox, self.mailbox.uids(), False, recent)
+        self.mailbox.add_listener(self.view)
+
+    def flush(self, expunges: bool) -> list[bytes]:
+        result: list[list[bytes]] = []
+        self.view.flush(expunges).addCallback(result.append)
+        return result[0]
+
+    def test_expunges_wait_until_allowed(self) -> None:
+        self.mailbox.store([1, 3], ["\\Deleted"], "add")
+        self.mailbox.expunge()
+        self.mailbox.add(b"new")
+        # The held-back expunged messages still count, \\Recent ones too.
+        self.assertEqual(self.flush(False), [b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"])
+        self.assertEqual(self.view.exists, 4)
+        self.assertEqual(self.flush(True), [b"* 3 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n"])
+        self.assertEqual(list(self.view.map), [2, 4])
+        self.assertEqual(self.flush(True), [])
+
+    def test_flags_of_expunged_messages_are_not_sent(self) -> None:
+        self.mailbox.store([2], ["\\Deleted"], "add")
+        self.mailbox.store([3], ["\\Seen"], "add")
+        self.mailbox.expunge()
+        self.assertEqual(self.flush(False), [b"* 3 FETCH (FLAGS (\\Recent \\Seen))\r\n"])
+        self.assertEqual(self.flush(True), [b"* 2 EXPUNGE\r\n"])
+
+    def test_own_store_is_not_repeated(self) -> None:
+        result = self.mailbox.store([1], ["\\Seen"], "add")
+        self.view.forget_flags(result.updated)
+        self.assertEqual(self.flush(True), [])
+        # A later change by someone else still gets through.
+        self.view.flags_changed(self.mailbox, [info(1, {"\\Flagged"}, 99)])
+        self.assertEqual(self.flush(True), [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n"])
+
+    def test_message_added_and_expunged_before_announcement(self) -> None:
+        uid = self.mailbox.add(b"short-lived")
+        self.mailbox.store([uid], ["\\Deleted"], "add")
+        self.mailbox.expunge()
+        self.assertEqual(self.flush(True), [])
+        self.assertEqual(self.view.exists, 3)
+
+    def test_on_change_and_close(self) -> None:
+        calls: list[Any] = []
+        self.view.on_change = lambda: calls.append(1)
+        self.mailbox.add(b"x")
+        self.assertEqual(calls, [1])
+        self.view.close()
+        self.mailbox.add(b"y")
+        self.assertEqual(calls, [1])
+        self.assertEqual(self.mailbox.listeners, [])
+        self.assertFalse(self.view.has_pending())
+
+    def test_readonly_does_not_claim_recent(self) -> None:
+        view = SelectedMailbox(self.mailbox, self.mailbox.uids(), True)
+        self.mailbox.add_listener(view)
+        self.mailbox.add(b"x")
+        lines: list[list[bytes]] = []
+        view.flush(True).addCallback(lines.append)
+        self.assertEqual(lines[0], [b"* 4 EXISTS\r\n", b"* 0 RECENT\r\n"])
+        self.assertEqual(self.mailbox.unclaimed, {4})

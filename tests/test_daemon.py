@@ -33,23 +33,33 @@ class Daemon:
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self.process = process
         self.output: list[str] = []
+        self._partial = b""
 
     def wait_for(self, text: str, count: int = 1) -> None:
-        """Read the log until ``text`` appeared ``count`` times."""
+        """Read the log until ``text`` appeared ``count`` times.
+
+        Reads the pipe's file descriptor directly: a buffered ``readline``
+        would pull several lines into Python's buffer, where ``select`` can
+        no longer see them, and the wait would run to its deadline.
+        """
         deadline = time.monotonic() + STARTUP_DEADLINE
         assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
         while sum(text in line for line in self.output) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
                 raise AssertionError(
                     f"daemon did not log {text!r}; exit status {self.process.poll()}; "
-                    f"output:\n{''.join(self.output)}"
+                    f"output:\n{''.join(self.output)}{self._partial.decode(errors='replace')}"
                 )
-            ready, _, _ = select.select([self.process.stdout], [], [], remaining)
+            ready, _, _ = select.select([fd], [], [], remaining)
             if ready:
-                line = self.process.stdout.readline()
-                if line:
-                    self.output.append(line)
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    continue
+                self._partial += chunk
+                *lines, self._partial = self._partial.split(b"\n")
+                self.output.extend(line.decode(errors="replace") + "\n" for line in lines)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -8,6 +8,8 @@ so the server and the storage contract are checked together.
 from __future__ import annotations
 
 import io
+import os
+import sys
 from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -192,3 +194,97 @@ class MaildirOutsideDeliveryTests(_IdleScenario, TestCase):
 
         outsider = MaildirStorage(self.template)
         deliver(outsider.account("joe"), io.BytesIO(MESSAGE % (number, number)))
+
+
+class _CommandRun(protocol.ProcessProtocol):
+    """Feeds ``stdin`` to a child process; fires ``done`` with
+    ``(exit code, stdout, stderr)``."""
+
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.done: defer.Deferred[tuple[int | None, bytes, bytes]] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.done.callback((reason.value.exitCode, self.out, self.err))
+
+
+class DeliverCommandIdleTests(_BackendBase, TestCase):
+    """End to end: ``mailsrv deliver`` run as its own process (as an MTA runs
+    it) while a client IDLEs on the daemon's Maildir storage."""
+
+    def make_storage(self) -> IStorage:
+        from mailsrv.storage.maildir import MaildirStorage
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        self.template = os.path.join(base, "mail", "{user}", "Maildir")
+        self.passwd = os.path.join(base, "passwd")
+        from mailsrv import cli
+
+        status = cli.main(
+            ["user", "add", "joe", "--passwd", self.passwd, "--password-stdin"],
+            stdin=io.StringIO("secret\n"),
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
+        assert status == 0
+        storage = MaildirStorage(self.template, poll_interval=0.05, reactor=reactor)
+        self.addCleanup(storage.stop_watching)
+        return storage
+
+    def run_deliver(self, message: bytes) -> defer.Deferred[tuple[int | None, bytes, bytes]]:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        args = [
+            sys.executable,
+            "-c",
+            "import sys; from mailsrv.cli import main; sys.exit(main())",
+            "deliver",
+            "joe",
+            "--passwd",
+            self.passwd,
+            "--maildir",
+            self.template,
+        ]
+        run = _CommandRun(message)
+        reactor.spawnProcess(run, sys.executable, args, env=env, path=root)
+        return run.done
+
+    @defer.inlineCallbacks
+    def test_idle_hears_mailsrv_deliver(self) -> Any:
+        client = yield self.session()
+        response = yield client.command("f", "FETCH 1:* FLAGS")
+        self.assertEqual(
+            response, b"f BAD No messages in the mailbox (invalid sequence number)\r\n"
+        )
+        client.send(b"i IDLE\r\n")
+        yield client.until(b"+ idling\r\n")
+        heard = client.until(b"RECENT")
+        message = b"From: mta@example.org\nSubject: by deliver\n\nbody\n"
+        status, _out, err = yield self.run_deliver(message)
+        self.assertEqual((status, err), (0, b""))
+        response = yield heard
+        self.assertEqual(response, b"* 1 EXISTS\r\n* 1 RECENT\r\n")
+        client.send(b"DONE\r\n")
+        response = yield client.until_tagged("i")
+        self.assertEqual(response, b"i OK IDLE terminated\r\n")
+        response = yield client.command("g", "FETCH 1 (FLAGS RFC822.SIZE)")
+        size = len(message.replace(b"\n", b"\r\n"))
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (FLAGS (\\Recent) RFC822.SIZE %d)\r\ng OK FETCH completed\r\n" % size,
+        )

@@ -61,6 +61,36 @@ class UidMapTests(SynchronousTestCase):
         self.assertEqual(len(view), 9999)
         self.assertEqual(view.uid(5000), 5001)
 
+    def test_bulk_removal_agrees_with_a_plain_list(self) -> None:
+        rng = random.Random(11)
+        for _ in range(200):
+            model = sorted(rng.sample(range(1, 400), rng.randint(0, 150)))
+            view = UidMap(model)
+            gone = set(rng.sample(range(0, 420), rng.randint(0, 120)))
+            expected = sorted((i + 1 for i, u in enumerate(model) if u in gone), reverse=True)
+            self.assertEqual(view.remove(gone), expected)
+            kept = [u for u in model if u not in gone]
+            self.assertEqual(list(view), kept)
+            self.assertEqual(len(view), len(kept))
+            for seq, uid in enumerate(kept, 1):
+                self.assertEqual(view.uid(seq), uid)
+            # Still appendable, still compact (no two runs that touch).
+            view.append(500)
+            self.assertEqual(list(view)[-1], 500)
+
+    def test_removal_does_not_walk_every_message(self) -> None:
+        class Watched(UidMap):
+            __slots__ = ()
+
+            def __iter__(self) -> Any:
+                raise AssertionError("remove() iterated over every message")
+
+        view = Watched(range(1, 100_001))
+        self.assertEqual(view.remove([10, 50_000, 99_999, 200_000]), [99_999, 50_000, 10])
+        self.assertEqual(len(view), 99_997)
+        self.assertEqual(view.memory(), 4 * 2 * 4)  # four runs
+        self.assertEqual(view.uid(50_000), 50_002)
+
 
 def info(uid: int, flags: set[str], modseq: int) -> MessageInfo:
     return MessageInfo(uid, frozenset(flags), DATE, 10, modseq)
@@ -132,3 +162,47 @@ class SelectedMailboxTests(SynchronousTestCase):
         view.flush(True).addCallback(lines.append)
         self.assertEqual(lines[0], [b"* 4 EXISTS\r\n", b"* 0 RECENT\r\n"])
         self.assertEqual(self.mailbox.unclaimed, {4})
+
+
+class CountingMailbox(FakeMailbox):
+    """Counts how many messages' metadata were read."""
+
+    def __init__(self) -> None:
+        super().__init__("INBOX")
+        self.read = 0
+
+    def fetch(self, uids: Any) -> Any:
+        uids = list(uids)
+        self.read += len(uids)
+        return super().fetch(uids)
+
+
+class FirstUnseenTests(SynchronousTestCase):
+    def first_unseen(self, seen: list[bool], batch: int = 500) -> tuple[int, int]:
+        mailbox = CountingMailbox()
+        for is_seen in seen:
+            mailbox.add(b"x", ["\\Seen"] if is_seen else [])
+        view = SelectedMailbox(mailbox, mailbox.uids(), True)
+        unseen = mailbox.status().unseen
+        mailbox.read = 0
+        return self.successResultOf(view.first_unseen(unseen, batch)), mailbox.read
+
+    def test_agrees_with_a_scan(self) -> None:
+        rng = random.Random(3)
+        for _ in range(300):
+            seen = [rng.random() < 0.9 for _ in range(rng.randint(0, 300))]
+            expected = next((i + 1 for i, s in enumerate(seen) if not s), 0)
+            self.assertEqual(self.first_unseen(seen, batch=rng.choice((1, 7, 64)))[0], expected)
+
+    def test_new_mail_at_the_end_reads_little(self) -> None:
+        first, read = self.first_unseen([True] * 20_000 + [False] * 3)
+        self.assertEqual(first, 20_001)
+        self.assertLessEqual(read, 128)
+
+    def test_nothing_read_yet_reads_little(self) -> None:
+        first, read = self.first_unseen([False] * 20_000)
+        self.assertEqual(first, 1)
+        self.assertLessEqual(read, 64)
+
+    def test_all_seen_reads_nothing(self) -> None:
+        self.assertEqual(self.first_unseen([True] * 1000), (0, 0))

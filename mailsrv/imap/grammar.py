@@ -1089,7 +1089,17 @@ def _search(reader: _Reader, tag: str, uid: bool) -> Search:
 # ---------------------------------------------------------------------------
 
 _STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ"}
+    {
+        "MESSAGES",
+        "RECENT",
+        "UIDNEXT",
+        "UIDVALIDITY",
+        "UNSEEN",
+        "SIZE",  # RFC 8438
+        "DELETED",  # RFC 9051
+        "HIGHESTMODSEQ",  # RFC 7162
+        "APPENDLIMIT",  # RFC 7889
+    }
 )
 _LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
@@ -1281,6 +1291,32 @@ def _generic_atom_list(reader: _Reader) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _not_offered(names: str, capability: str) -> dict[str, str]:
+    return {
+        name: f"{name} is not supported (the {capability} extension is not offered)"
+        for name in names.split()
+    }
+
+
+#: Commands of extensions mailsrv does not offer (none is advertised): a
+#: clearer BAD than "unknown command" for clients that send them anyway.
+_NOT_OFFERED: dict[str, str] = {
+    **_not_offered("GETACL SETACL DELETEACL MYRIGHTS LISTRIGHTS", "ACL (RFC 4314)"),
+    **_not_offered("GETQUOTA GETQUOTAROOT SETQUOTA", "QUOTA (RFC 9208)"),
+    **_not_offered("GETANNOTATION SETANNOTATION", "ANNOTATE-EXPERIMENT-1 (RFC 5257)"),
+    **_not_offered("GETMETADATA SETMETADATA", "METADATA (RFC 5464)"),
+    **_not_offered("SORT", "SORT (RFC 5256)"),
+    **_not_offered("THREAD", "THREAD (RFC 5256)"),
+    **_not_offered("COMPRESS", "COMPRESS (RFC 4978)"),
+    **_not_offered("NOTIFY", "NOTIFY (RFC 5465)"),
+    **_not_offered("UNAUTHENTICATE", "UNAUTHENTICATE (RFC 8437)"),
+    **_not_offered("GETJMAPACCESS", "JMAPACCESS (RFC 9698)"),
+    "PROXYAUTH": "PROXYAUTH is not supported (log in as the user instead)",
+    "PARTIAL": "PARTIAL is obsolete (IMAP2bis); use FETCH BODY[]<origin.length>",
+    "XLIST": "XLIST is not supported; use LIST with SPECIAL-USE (RFC 6154)",
+}
+
+
 def _command(reader: _Reader) -> Command:
     tag = reader.run(_TAG_CHARS, "a tag").decode("ascii")
     reader.space()
@@ -1292,6 +1328,8 @@ def _command(reader: _Reader) -> Command:
         uid = True
         name = reader.atom("a command after UID").upper()
         if name not in ("FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"):
+            if name in ("SORT", "THREAD"):
+                raise reader.error(f"UID {name} is not supported ({name} is not offered)")
             raise reader.error(f"UID {name} is not a command")
     if name in _NO_ARGUMENTS:
         reader.end()
@@ -1375,6 +1413,8 @@ def _command(reader: _Reader) -> Command:
         return Enable(tag, name, capabilities)
     if name == "ID":
         return _id(reader, tag)
+    if name in _NOT_OFFERED:
+        raise reader.error(_NOT_OFFERED[name])
     raise reader.error(f"unknown command {name}")
 
 

@@ -18,16 +18,21 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from mailsrv.imap import grammar
-from mailsrv.interfaces import RECENT, IMailbox, IMailboxListener, IMessage
+from mailsrv.interfaces import RECENT, SEEN, IMailbox, IMailboxListener, IMessage
 
-__all__ = ["SelectedMailbox", "UidMap"]
+__all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
+
+
+class InvalidSequence(ValueError):
+    """A sequence set names a message number the session does not have
+    (RFC 3501 answers it with BAD)."""
 
 
 class UidMap:
@@ -121,21 +126,77 @@ class UidMap:
 
     def remove(self, uids: Iterable[int]) -> list[int]:
         """Remove UIDs; return the sequence numbers they had, descending
-        (the order in which EXPUNGE responses need no renumbering)."""
-        gone = {uid for uid in uids}
-        seqs = [s for s in (self.seq(uid) for uid in gone) if s is not None]
+        (the order in which EXPUNGE responses need no renumbering).
+
+        Costs O(k log n) to find the k UIDs plus one pass over the runs
+        (not the messages), so expunging from a big mailbox stays cheap.
+        """
+        gone = sorted(set(uids))
+        starts, ends = self._starts, self._ends
+        new_starts, new_ends = array("I"), array("I")
+        seqs: list[int] = []
+        removed = 0  # UIDs removed so far: shifts every later count
+        copied = 0  # runs before this index are already in the new arrays
+        i = 0
+        while i < len(gone):
+            run = bisect_right(starts, gone[i], copied) - 1
+            if run < copied:  # below every remaining run: not in the view
+                i += 1
+                continue
+            before = ends[run - 1] if run else 0
+            start = starts[run]
+            last = start + (ends[run] - before) - 1
+            if gone[i] > last:  # in the gap after this run
+                i += 1
+                continue
+            new_starts.extend(starts[copied:run])
+            new_ends.extend(end - removed for end in ends[copied:run])
+            j = bisect_right(gone, last, i)
+            piece = start
+            for uid in gone[i:j]:
+                seqs.append(before + (uid - start) + 1)
+                if uid > piece:
+                    new_starts.append(piece)
+                    new_ends.append(before + (uid - start) - removed)
+                removed += 1
+                piece = uid + 1
+            if piece <= last:
+                new_starts.append(piece)
+                new_ends.append(ends[run] - removed)
+            copied = run + 1
+            i = j
         if not seqs:
             return []
-        kept = [uid for uid in self if uid not in gone]
-        self._starts = array("I")
-        self._ends = array("I")
-        self.extend(kept)
-        seqs.sort(reverse=True)
+        new_starts.extend(starts[copied:])
+        new_ends.extend(end - removed for end in ends[copied:])
+        self._starts, self._ends = new_starts, new_ends
+        seqs.reverse()
         return seqs
 
     def memory(self) -> int:
         """Bytes held by the two arrays (for tests and benchmarks)."""
         return (len(self._starts) + len(self._ends)) * self._starts.itemsize
+
+
+class MessageSet:
+    """The messages a sequence set names in one view: ``(seq, uid)`` pairs,
+    ascending, produced lazily (``1:*`` over 100,000 messages holds two
+    numbers, not a list).  Iterate it again for a second pass."""
+
+    __slots__ = ("_by_uid", "_map", "_ranges")
+
+    def __init__(self, uid_map: UidMap, ranges: Sequence[tuple[int, int]], by_uid: bool) -> None:
+        self._map = uid_map
+        self._ranges = tuple(ranges)
+        self._by_uid = by_uid
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        walk = self._map.by_uid if self._by_uid else self._map.by_seq
+        for low, high in self._ranges:
+            yield from walk(low, high)
+
+    def uids(self) -> list[int]:
+        return [uid for _, uid in self]
 
 
 @implementer(IMailboxListener)
@@ -189,6 +250,70 @@ class SelectedMailbox:
     @property
     def exists(self) -> int:
         return len(self.map)
+
+    def resolve(self, sequence_set: grammar.SequenceSet, uid: bool) -> MessageSet:
+        """The messages ``sequence_set`` names (UIDs when ``uid``).
+
+        UIDs that are not in the view simply match nothing (RFC 3501 6.4.8);
+        a sequence number above the message count raises
+        :class:`InvalidSequence`, as does any sequence number in an empty
+        mailbox.
+        """
+        if uid:
+            return MessageSet(self.map, sequence_set.resolve(self.map.last_uid), True)
+        count = self.exists
+        if count == 0:
+            raise InvalidSequence("No messages in the mailbox (invalid sequence number)")
+        ranges = sequence_set.resolve(count)
+        if ranges[-1][1] > count:
+            raise InvalidSequence(f"Invalid message sequence number (the mailbox has {count})")
+        return MessageSet(self.map, ranges, False)
+
+    @defer.inlineCallbacks
+    def first_unseen(
+        self, unseen: int, batch: int = 500
+    ) -> Generator[defer.Deferred[Any], Any, int]:
+        """The sequence number of the first message without \\Seen (0: none),
+        for SELECT's ``OK [UNSEEN n]``, given the mailbox's unseen count.
+
+        Reads metadata alternately from the front (stopping at the first
+        unseen message) and from the back (stopping once ``unseen`` unseen
+        messages were found there: the lowest of them is the first).  Both
+        common shapes, "new mail at the end" and "nothing read yet", cost a
+        batch or two instead of the whole mailbox; the worst case reads each
+        message once.  A count that is stale by a concurrent change can only
+        make the answer less exact, never wrong in form.
+        """
+        low, high = 1, self.exists
+        if unseen <= 0 or high == 0:
+            return 0
+        size = min(64, batch)
+        found = 0  # unseen messages seen from the back
+        lowest = 0
+        while low <= high:
+            end = min(low + size - 1, high)
+            messages = yield self._fetch_range(low, end)
+            for message in messages:
+                if SEEN not in message.flags:
+                    return self.map.seq(message.uid) or 0
+            low = end + 1
+            if low > high:
+                break
+            start = max(high - size + 1, low)
+            messages = yield self._fetch_range(start, high)
+            for message in reversed(messages):
+                if SEEN not in message.flags:
+                    found += 1
+                    lowest = self.map.seq(message.uid) or lowest
+            if found >= unseen:
+                return lowest
+            high = start - 1
+            size = min(size * 2, batch)
+        return lowest
+
+    def _fetch_range(self, low: int, high: int) -> defer.Deferred[Sequence[IMessage]]:
+        uids = [uid for _, uid in self.map.by_seq(low, high)]
+        return defer.maybeDeferred(self.mailbox.fetch, uids)
 
     def has_pending(self) -> bool:
         return bool(self._added or self._expunged or self._flags)

@@ -12,6 +12,12 @@ Untagged updates from other sessions come from the selected mailbox view
 (:mod:`mailsrv.imap.selected`) and are written just before each tagged
 answer, with EXPUNGE held back after FETCH, STORE and SEARCH.
 
+FETCH and SEARCH live in :mod:`mailsrv.imap.fetch` and
+:mod:`mailsrv.imap.search`; all output goes through one
+:class:`mailsrv.imap.output.ResponseWriter`, a producer registered on the
+transport, so long responses wait for a client that stops reading, and no
+further command is read until it catches up.
+
 Embed it with ``IMAP4ServerFactory(portal, policy)``; the portal's realm
 must hand out :class:`mailsrv.interfaces.IAccount` avatars.
 """
@@ -41,15 +47,14 @@ from twisted.python.failure import Failure
 from mailsrv import log
 from mailsrv.auth import sasl
 from mailsrv.errors import NoSuchMailbox, StorageError
-from mailsrv.imap import grammar
+from mailsrv.imap import fetch, grammar, search
 from mailsrv.imap.grammar import ParseError
-from mailsrv.imap.selected import SelectedMailbox
+from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
+from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
 from mailsrv.interfaces import (
-    SEEN,
     SPECIAL_USES,
     IAccount,
     IMailbox,
-    IMessage,
     MailboxEntry,
     MailboxStatus,
 )
@@ -66,6 +71,10 @@ SPOOL_THRESHOLD = 64 * 1024
 SPOOL_MEMORY = 256 * 1024
 #: Messages whose metadata is read from storage in one call.
 BATCH = 500
+#: SASL mechanisms in which the server speaks first (no SASL-IR for them).
+_SERVER_FIRST = frozenset({"CRAM-MD5"})
+#: The least autologout time while in IDLE (RFC 2177 clients renew at 29 min).
+IDLE_TIMEOUT = 31 * 60.0
 
 
 class State(enum.Enum):
@@ -81,40 +90,8 @@ _AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
 _SELECTED = frozenset({State.SELECTED})
 
 
-@attrs.frozen
-class _Done:
-    """A command's tagged completion, and what to do after writing it."""
-
-    status: str = "OK"
-    text: str = "completed"
-    code: str | None = None
-    bye: str | None = None  # write "* BYE" after the tagged answer and close
-    after: Callable[[], None] | None = None
-
-
-class _CommandError(Exception):
-    """Ends a command with a tagged NO or BAD."""
-
-    def __init__(self, status: str, text: str, code: str | None = None) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-        self.code = code
-
-
-def _no(text: str, code: str | None = None) -> _CommandError:
-    return _CommandError("NO", text, code)
-
-
-def _bad(text: str, code: str | None = None) -> _CommandError:
-    return _CommandError("BAD", text, code)
-
-
-_Result = _Done | defer.Deferred[_Done]
+_Result = Done | defer.Deferred[Done]
 _Handler = Callable[[Any], _Result]
-
-#: FETCH items answered from index metadata alone (the rest is issue 5).
-_INDEX_FETCH_ITEMS = frozenset({"FLAGS", "UID", "RFC822.SIZE", "INTERNALDATE"})
 
 _PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
 _FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
@@ -178,10 +155,11 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._busy = False
         self._paused = False
         self._continuation: Callable[[bytes], None] | None = None
-        self._idle: defer.Deferred[_Done] | None = None
+        self._idle: defer.Deferred[Done] | None = None
         self._idle_push: IDelayedCall | None = None
-        self._sasl: tuple[sasl.Mechanism, defer.Deferred[_Done]] | None = None
+        self._sasl: tuple[sasl.Mechanism, defer.Deferred[Done]] | None = None
         self._timer: IDelayedCall | None = None
+        self._output: ResponseWriter | None = None
 
     # -- plumbing -------------------------------------------------------------
 
@@ -193,8 +171,20 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         return self.clock.callLater(period, func)
 
     def _send(self, data: bytes) -> None:
-        if not self._lost and self.transport is not None:
-            self._transport.write(data)
+        if not self._lost and self._output is not None:
+            self._output.write(data)
+
+    def _writer(self) -> ResponseWriter:
+        assert self._output is not None
+        return self._output
+
+    def _close(self) -> None:
+        """Close after what is written: a transport with a registered
+        producer would otherwise never close."""
+        if self._output is not None:
+            self._output.close()
+        if self.transport is not None:
+            self._transport.loseConnection()
 
     def _capabilities(self) -> list[str]:
         caps = [
@@ -238,13 +228,14 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self._peer = self._transport.getPeer()
+        self._output = ResponseWriter(self.transport)
         limits = self.policy.connections
         if limits is not None:
             if not limits.open_ip(self._peer):
                 _log.warn("IMAP: too many connections from {peer}", peer=self._peer)
                 self._send(grammar.untagged_status("BYE", "Too many connections from your address"))
                 self.state = State.LOGOUT
-                self._transport.loseConnection()
+                self._close()
                 return
             self._ip_counted = True
         self.setTimeout(self.policy.imap_timeout_unauthenticated)
@@ -253,6 +244,8 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
+        if self._output is not None:
+            self._output.close()
         self.state = State.LOGOUT
         self.setTimeout(None)
         if self._idle_push is not None and self._idle_push.active():
@@ -287,7 +280,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         _log.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
         self._send(grammar.untagged_status("BYE", "Autologout; idle for too long"))
         self.state = State.LOGOUT
-        self._transport.loseConnection()
+        stalled = self._output is not None and self._output.paused
+        self._close()
+        if stalled:
+            # The client stopped reading: its buffered output would keep the
+            # connection (and the session) alive forever.
+            self._transport.abortConnection()
 
     # -- framing ------------------------------------------------------------------
 
@@ -484,6 +482,20 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     def _idle_again(self, _: object) -> None:
         self._busy = False
+        output = self._output
+        if output is not None and output.paused and not self._lost:
+            # The client is not reading our answers: read no further commands
+            # until it does, so pipelined commands cannot pile up responses.
+            self._pause()
+            output.ready().addCallback(self._output_drained)
+            return
+        self._resume_reading()
+
+    def _output_drained(self, _: object) -> None:
+        if not self._busy:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
         if self._paused:
             self._paused = False
             if not self._lost:
@@ -492,18 +504,18 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                     self._reprocess = False
                     super().dataReceived(b"")
 
-    def _failed(self, failure: Failure, command: grammar.Command) -> _Done:
+    def _failed(self, failure: Failure, command: grammar.Command) -> Done:
         error = failure.value
-        if isinstance(error, _CommandError):
-            return _Done(error.status, error.text, error.code)
+        if isinstance(error, CommandError):
+            return Done(error.status, error.text, error.code)
         if isinstance(error, ParseError):
-            return _Done("BAD", error.message, error.code)
+            return Done("BAD", error.message, error.code)
         if isinstance(error, StorageError):
-            return _Done("NO", str(error), error.code)
+            return Done("NO", str(error), error.code)
         _log.failure("IMAP: {command} failed", failure, command=command.name)
-        return _Done("NO", "Internal server error", "SERVERBUG")
+        return Done("NO", "Internal server error", "SERVERBUG")
 
-    def _complete(self, done: _Done, command: grammar.Command, expunges: bool) -> Any:
+    def _complete(self, done: Done, command: grammar.Command, expunges: bool) -> Any:
         view = self.selected
         if view is None or self._lost or not view.has_pending():
             self._finish(done, command)
@@ -517,12 +529,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if lines:
             self._send(b"".join(lines))
 
-    def _finish(self, done: _Done, command: grammar.Command) -> None:
+    def _finish(self, done: Done, command: grammar.Command) -> None:
         self._send(grammar.tagged(command.tag, done.status, done.text, done.code))
         if done.bye is not None:
             self._send(grammar.untagged_status("BYE", done.bye))
             self.state = State.LOGOUT
-            self._transport.loseConnection()
+            self._close()
         if done.after is not None:
             done.after()
 
@@ -532,33 +544,33 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     # -- any state -----------------------------------------------------------------------
 
-    def do_capability(self, command: grammar.Simple) -> _Done:
+    def do_capability(self, command: grammar.Simple) -> Done:
         self._send(grammar.untagged("CAPABILITY", " ".join(self._capabilities())))
-        return _Done(text="CAPABILITY completed")
+        return Done(text="CAPABILITY completed")
 
     def do_noop(self, command: grammar.Simple) -> _Result:
         if self.selected is not None:
             d = defer.maybeDeferred(self.selected.mailbox.check)
-            return d.addCallback(lambda _: _Done(text="NOOP completed"))
-        return _Done(text="NOOP completed")
+            return d.addCallback(lambda _: Done(text="NOOP completed"))
+        return Done(text="NOOP completed")
 
-    def do_logout(self, command: grammar.Simple) -> _Done:
+    def do_logout(self, command: grammar.Simple) -> Done:
         self._send(grammar.untagged_status("BYE", "mailsrv logging out"))
         self.state = State.LOGOUT
         self._deselect()
-        return _Done(text="LOGOUT completed", after=self._transport.loseConnection)
+        return Done(text="LOGOUT completed", after=self._close)
 
-    def do_id(self, command: grammar.Id) -> _Done:
+    def do_id(self, command: grammar.Id) -> Done:
         self._send(grammar.untagged("ID", grammar.serialize(("name", "mailsrv"))))
-        return _Done(text="ID completed")
+        return Done(text="ID completed")
 
     # -- not authenticated ---------------------------------------------------------------
 
-    def do_starttls(self, command: grammar.Simple) -> _Done:
+    def do_starttls(self, command: grammar.Simple) -> Done:
         if not self._tls_available():
             if self.secure:
-                raise _bad("TLS is already active")
-            raise _no("TLS is not available", "CANNOT")
+                raise bad("TLS is already active")
+            raise no("TLS is not available", "CANNOT")
 
         def start() -> None:
             # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after
@@ -568,28 +580,31 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             self._transport.startTLS(self.policy.tls_context)
             self.secure = True
 
-        return _Done(text="Begin TLS negotiation now", after=start)
+        return Done(text="Begin TLS negotiation now", after=start)
 
     def do_login(self, command: grammar.Login) -> _Result:
         if not self._plaintext_allowed():
-            raise _no("Plaintext login is disabled; use STARTTLS first", "PRIVACYREQUIRED")
+            raise no("Plaintext login is disabled; use STARTTLS first", "PRIVACYREQUIRED")
         return self._authenticate_with(UsernamePassword(command.username, command.password))
 
     def do_authenticate(self, command: grammar.Authenticate) -> _Result:
         if command.mechanism not in sasl.MECHANISMS:
-            raise _no(f"Unsupported mechanism {command.mechanism}", "CANNOT")
+            raise no(f"Unsupported mechanism {command.mechanism}", "CANNOT")
         if command.mechanism not in sasl.mechanisms(self.policy, self.secure, self._peer):
             if command.mechanism in sasl.PLAINTEXT_MECHANISMS:
-                raise _no("Plaintext authentication is disabled; use STARTTLS", "PRIVACYREQUIRED")
-            raise _no(f"{command.mechanism} is not available", "CANNOT")
+                raise no("Plaintext authentication is disabled; use STARTTLS", "PRIVACYREQUIRED")
+            raise no(f"{command.mechanism} is not available", "CANNOT")
+        if command.initial_response is not None and command.mechanism in _SERVER_FIRST:
+            # RFC 4959 3: an initial response to a server-first mechanism is BAD.
+            raise bad(f"{command.mechanism} does not take an initial response")
         mechanism = sasl.create(command.mechanism, self.policy.hostname)
         assert mechanism is not None
         initial: bytes | None = None
         if command.initial_response is not None:
             initial = self._b64decode(command.initial_response)
             if initial is None:
-                raise _bad("Invalid base64 in the initial response")
-        result: defer.Deferred[_Done] = defer.Deferred()
+                raise bad("Invalid base64 in the initial response")
+        result: defer.Deferred[Done] = defer.Deferred()
         self._sasl = (mechanism, result)
         self._sasl_step(mechanism.start(initial))
         return result
@@ -625,33 +640,33 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             self._sasl = None
             self._continuation = None
             self._pause()
-            result.callback(_Done("BAD", "AUTHENTICATE cancelled"))
+            result.callback(Done("BAD", "AUTHENTICATE cancelled"))
             return
         data = self._b64decode(line) if line else b""
         if data is None:
             self._sasl = None
             self._continuation = None
             self._pause()
-            result.callback(_Done("BAD", "Invalid base64 in the SASL response"))
+            result.callback(Done("BAD", "Invalid base64 in the SASL response"))
             return
         self._sasl_step(mechanism.respond(data))
 
-    def _authenticate_with(self, credentials: Any) -> defer.Deferred[_Done]:
+    def _authenticate_with(self, credentials: Any) -> defer.Deferred[Done]:
         d: defer.Deferred[Any] = self.portal.login(credentials, None, IAccount)
         d.addCallbacks(self._logged_in, self._login_failed)
-        return cast("defer.Deferred[_Done]", d)
+        return cast("defer.Deferred[Done]", d)
 
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> _Done:
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Done:
         _interface, account, logout = result
         if self._lost:
             logout()
-            return _Done("NO", "Connection lost")
+            return Done("NO", "Connection lost")
         user = str(account.username)
         limits = self.policy.connections
         if limits is not None and not limits.open_user(user):
             logout()
             _log.warn("IMAP: too many connections for {user}", user=user)
-            return _Done("NO", "Too many connections for this user", "LIMIT")
+            return Done("NO", "Too many connections for this user", "LIMIT")
         self.account = account
         self._logout = logout
         self.user = user
@@ -659,16 +674,16 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self.setTimeout(self.policy.imap_timeout_authenticated)
         _log.info("IMAP: {user} logged in", user=user)
         caps = "CAPABILITY " + " ".join(self._capabilities())
-        return _Done(text="Logged in", code=caps)
+        return Done(text="Logged in", code=caps)
 
-    def _login_failed(self, failure: Failure) -> defer.Deferred[_Done]:
+    def _login_failed(self, failure: Failure) -> defer.Deferred[Done]:
         if not failure.check(UnauthorizedLogin):
             _log.failure("IMAP: authentication error", failure)
         self._failures += 1
-        done = _Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
+        done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
         if self._failures >= self.policy.max_failures:
             done = attrs.evolve(done, bye="Too many failed authentication attempts")
-        d: defer.Deferred[_Done] = defer.Deferred()
+        d: defer.Deferred[Done] = defer.Deferred()
         self.clock.callLater(self.policy.failure_delay, d.callback, done)
         return d
 
@@ -678,47 +693,47 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         assert self.account is not None
         return self.account
 
-    def do_enable(self, command: grammar.Enable) -> _Done:
+    def do_enable(self, command: grammar.Enable) -> Done:
         # No ENABLE-able extension (CONDSTORE, QRESYNC, UTF8=ACCEPT) yet.
         self._send(b"* ENABLED\r\n")
-        return _Done(text="ENABLE completed")
+        return Done(text="ENABLE completed")
 
-    def do_namespace(self, command: grammar.Simple) -> _Done:
+    def do_namespace(self, command: grammar.Simple) -> Done:
         delimiter = self._account().delimiter
         personal = grammar.serialize([["", delimiter]])
         self._send(grammar.untagged("NAMESPACE", personal, "NIL", "NIL"))
-        return _Done(text="NAMESPACE completed")
+        return Done(text="NAMESPACE completed")
 
     def do_create(self, command: grammar.Create) -> _Result:
         uses = []
         for use in command.special_use:
             canonical = next((u for u in SPECIAL_USES if u.lower() == use.lower()), None)
             if canonical is None:
-                raise _no(f"Unknown special use {use}", "USEATTR")
+                raise no(f"Unknown special use {use}", "USEATTR")
             uses.append(canonical)
         d = defer.maybeDeferred(self._account().create_mailbox, command.mailbox, uses)
-        return d.addCallback(lambda _: _Done(text="CREATE completed"))
+        return d.addCallback(lambda _: Done(text="CREATE completed"))
 
     def do_delete(self, command: grammar.MailboxCommand) -> _Result:
         if command.mailbox == "INBOX":
-            raise _no("INBOX cannot be deleted", "CANNOT")
+            raise no("INBOX cannot be deleted", "CANNOT")
         d = defer.maybeDeferred(self._account().delete_mailbox, command.mailbox)
-        return d.addCallback(lambda _: _Done(text="DELETE completed"))
+        return d.addCallback(lambda _: Done(text="DELETE completed"))
 
     def do_rename(self, command: grammar.Rename) -> _Result:
         d = defer.maybeDeferred(self._account().rename_mailbox, command.old, command.new)
-        return d.addCallback(lambda _: _Done(text="RENAME completed"))
+        return d.addCallback(lambda _: Done(text="RENAME completed"))
 
     def do_subscribe(self, command: grammar.MailboxCommand) -> _Result:
         d = defer.maybeDeferred(self._account().subscribe, command.mailbox)
-        return d.addCallback(lambda _: _Done(text="SUBSCRIBE completed"))
+        return d.addCallback(lambda _: Done(text="SUBSCRIBE completed"))
 
     def do_unsubscribe(self, command: grammar.MailboxCommand) -> _Result:
         d = defer.maybeDeferred(self._account().unsubscribe, command.mailbox)
-        return d.addCallback(lambda _: _Done(text="UNSUBSCRIBE completed"))
+        return d.addCallback(lambda _: Done(text="UNSUBSCRIBE completed"))
 
     @defer.inlineCallbacks
-    def do_list(self, command: grammar.List) -> Generator[defer.Deferred[Any], Any, _Done]:
+    def do_list(self, command: grammar.List) -> Generator[defer.Deferred[Any], Any, Done]:
         account = self._account()
         delimiter = account.delimiter
         lsub = command.name == "LSUB"
@@ -727,7 +742,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             self._send(
                 grammar.untagged(command.name, "(\\Noselect)", grammar.serialize(delimiter), '""')
             )
-            return _Done(text=f"{command.name} completed")
+            return Done(text=f"{command.name} completed")
         entries: Sequence[MailboxEntry] = yield defer.maybeDeferred(account.list_mailboxes)
         wants_subs = (
             lsub or "SUBSCRIBED" in command.selection or "SUBSCRIBED" in command.return_options
@@ -800,7 +815,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                 except StorageError:
                     continue
                 self._send(self._status_line(name, status, command.status_items))
-        return _Done(text=f"{command.name} completed")
+        return Done(text=f"{command.name} completed")
 
     @staticmethod
     def _list_attributes(
@@ -837,6 +852,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             "SIZE": status.size,
             "DELETED": status.deleted,
             "HIGHESTMODSEQ": status.highest_modseq,
+            "APPENDLIMIT": self.policy.max_message_size,
         }
         pairs = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
         return b"* STATUS %s (%s)\r\n" % (grammar.mailbox(name), pairs)
@@ -844,17 +860,17 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def do_status(self, command: grammar.Status) -> _Result:
         d = defer.maybeDeferred(self._account().status, command.mailbox)
 
-        def report(status: MailboxStatus) -> _Done:
+        def report(status: MailboxStatus) -> Done:
             self._send(self._status_line(command.mailbox, status, command.items))
-            return _Done(text="STATUS completed")
+            return Done(text="STATUS completed")
 
         return d.addCallback(report)
 
     @defer.inlineCallbacks
-    def do_select(self, command: grammar.Select) -> Generator[defer.Deferred[Any], Any, _Done]:
+    def do_select(self, command: grammar.Select) -> Generator[defer.Deferred[Any], Any, Done]:
         self._deselect()
         if command.params:
-            raise _bad(f"SELECT parameter {command.params[0][0]} is not supported")
+            raise bad(f"SELECT parameter {command.params[0][0]} is not supported")
         mailbox: IMailbox = yield defer.maybeDeferred(self._account().get_mailbox, command.mailbox)
         view = SelectedMailbox(mailbox, (), command.readonly)
         mailbox.add_listener(view)
@@ -870,13 +886,13 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                 recent_count = len(view.recent)
             first_unseen = 0
             if status.unseen:
-                first_unseen = yield self._first_unseen(view)
+                first_unseen = yield view.first_unseen(status.unseen, BATCH)
         except BaseException:
             view.close()
             raise
         if self._lost:
             view.close()
-            return _Done("NO", "Connection lost")
+            return Done("NO", "Connection lost")
         self.selected = view
         self.state = State.SELECTED
         lines = [
@@ -891,20 +907,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         lines.append(f"* OK [UIDNEXT {status.uidnext}] Predicted next UID\r\n")
         self._send("".join(lines).encode("ascii"))
         mode = "READ-ONLY" if command.readonly else "READ-WRITE"
-        return _Done(text=f"{command.name} completed", code=mode)
-
-    @defer.inlineCallbacks
-    def _first_unseen(self, view: SelectedMailbox) -> Generator[defer.Deferred[Any], Any, int]:
-        batch: list[int] = []
-        uids = iter(view.map)
-        while True:
-            batch = [uid for _, uid in zip(range(BATCH), uids, strict=False)]
-            if not batch:
-                return 0
-            messages: Sequence[IMessage] = yield defer.maybeDeferred(view.mailbox.fetch, batch)
-            for message in messages:
-                if SEEN not in message.flags:
-                    return view.map.seq(message.uid) or 0
+        return Done(text=f"{command.name} completed", code=mode)
 
     def _deselect(self) -> None:
         view, self.selected = self.selected, None
@@ -914,30 +917,33 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             self.state = State.AUTHENTICATED
 
     @defer.inlineCallbacks
-    def do_append(self, command: grammar.Append) -> Generator[defer.Deferred[Any], Any, _Done]:
+    def do_append(self, command: grammar.Append) -> Generator[defer.Deferred[Any], Any, Done]:
         message = command.message
         source: Any = io.BytesIO(message) if isinstance(message, bytes) else cast(Any, message).file
         try:
             if command.binary:
-                raise _no("BINARY APPEND is not supported yet", "CANNOT")
+                raise no("BINARY APPEND is not supported yet", "CANNOT")
             size = len(message) if isinstance(message, bytes) else message.size
             if size == 0:
-                raise _no("Empty messages are not accepted", "CANNOT")
+                raise no("Empty messages are not accepted", "CANNOT")
             try:
                 mailbox: IMailbox = yield defer.maybeDeferred(
                     self._account().get_mailbox, command.mailbox
                 )
             except NoSuchMailbox:
-                raise _no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
+                raise no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
             uid = yield defer.maybeDeferred(mailbox.append, source, command.flags, command.date)
         finally:
             source.close()
-        return _Done(text="APPEND completed", code=f"APPENDUID {mailbox.uidvalidity} {uid}")
+        return Done(text="APPEND completed", code=f"APPENDUID {mailbox.uidvalidity} {uid}")
 
-    def do_idle(self, command: grammar.Simple) -> defer.Deferred[_Done]:
-        result: defer.Deferred[_Done] = defer.Deferred()
+    def do_idle(self, command: grammar.Simple) -> defer.Deferred[Done]:
+        result: defer.Deferred[Done] = defer.Deferred()
         self._idle = result
         self._continuation = self._idle_line
+        # RFC 2177: clients re-issue IDLE every 29 minutes; never log out an
+        # idling client sooner, whatever the authenticated timeout.
+        self.setTimeout(max(self.policy.imap_timeout_authenticated, IDLE_TIMEOUT))
         self._send(b"+ idling\r\n")
         if self.selected is not None:
             self.selected.on_change = self._schedule_idle_push
@@ -948,6 +954,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _idle_line(self, line: bytes) -> None:
         result, self._idle = self._idle, None
         self._continuation = None
+        self.setTimeout(self.policy.imap_timeout_authenticated)
         if self.selected is not None:
             self.selected.on_change = None
         if self._idle_push is not None and self._idle_push.active():
@@ -956,9 +963,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._pause()
         assert result is not None
         if line.upper() == b"DONE":
-            result.callback(_Done(text="IDLE terminated"))
+            result.callback(Done(text="IDLE terminated"))
         else:
-            result.callback(_Done("BAD", "Expected DONE to end IDLE"))
+            result.callback(Done("BAD", "Expected DONE to end IDLE"))
 
     def _schedule_idle_push(self) -> None:
         # Listeners run inside another session's call: push from a fresh
@@ -978,141 +985,93 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         assert self.selected is not None
         return self.selected
 
-    def _resolve(self, sequence_set: grammar.SequenceSet, uid: bool) -> list[tuple[int, int]]:
-        """``(seq, uid)`` pairs the set names, ascending."""
-        view = self._view()
-        out: list[tuple[int, int]] = []
-        if uid:
-            for low, high in sequence_set.resolve(view.map.last_uid):
-                out.extend(view.map.by_uid(low, high))
-            return out
-        count = view.exists
-        if count == 0:
-            raise _bad("No messages in the mailbox (invalid sequence number)")
-        ranges = sequence_set.resolve(count)
-        if ranges[-1][1] > count:
-            raise _bad(f"Invalid message sequence number (the mailbox has {count})")
-        for low, high in ranges:
-            out.extend(view.map.by_seq(low, high))
-        return out
-
-    @defer.inlineCallbacks
-    def _metadata(
-        self, pairs: Sequence[tuple[int, int]]
-    ) -> Generator[defer.Deferred[Any], Any, list[tuple[int, IMessage]]]:
-        """Metadata of the messages still present, with their sequence numbers."""
-        mailbox = self._view().mailbox
-        out: list[tuple[int, IMessage]] = []
-        for start in range(0, len(pairs), BATCH):
-            chunk = pairs[start : start + BATCH]
-            seq_of = dict((uid, seq) for seq, uid in chunk)
-            messages: Sequence[IMessage] = yield defer.maybeDeferred(mailbox.fetch, list(seq_of))
-            out.extend((seq_of[m.uid], m) for m in messages if m.uid in seq_of)
-        return out
+    def _resolve(self, sequence_set: grammar.SequenceSet, uid: bool) -> MessageSet:
+        """The messages the set names; BAD for sequence numbers out of range."""
+        try:
+            return self._view().resolve(sequence_set, uid)
+        except InvalidSequence as e:
+            raise bad(str(e)) from None
 
     def do_check(self, command: grammar.Simple) -> _Result:
         d = defer.maybeDeferred(self._view().mailbox.check)
-        return d.addCallback(lambda _: _Done(text="CHECK completed"))
+        return d.addCallback(lambda _: Done(text="CHECK completed"))
 
     def do_close(self, command: grammar.Simple) -> _Result:
         view = self._view()
         self._deselect()
         if view.readonly:
-            return _Done(text="CLOSE completed")
+            return Done(text="CLOSE completed")
         d = defer.maybeDeferred(view.mailbox.expunge)
-        return d.addCallback(lambda _: _Done(text="CLOSE completed"))
+        return d.addCallback(lambda _: Done(text="CLOSE completed"))
 
-    def do_unselect(self, command: grammar.Simple) -> _Done:
+    def do_unselect(self, command: grammar.Simple) -> Done:
         self._deselect()
-        return _Done(text="UNSELECT completed")
+        return Done(text="UNSELECT completed")
 
     def do_expunge(self, command: grammar.Expunge) -> _Result:
         view = self._view()
         if view.readonly:
-            raise _no("Mailbox is read-only", "READ-ONLY")
+            raise no("Mailbox is read-only", "READ-ONLY")
         uids: list[int] | None = None
         if command.sequence_set is not None:
-            uids = [uid for _, uid in self._resolve(command.sequence_set, True)]
+            uids = self._resolve(command.sequence_set, True).uids()
             if not uids:
-                return _Done(text="EXPUNGE completed")
+                return Done(text="EXPUNGE completed")
         d = defer.maybeDeferred(view.mailbox.expunge, uids)
 
-        def done(removed: Sequence[int]) -> _Done:
+        def done(removed: Sequence[int]) -> Done:
             view.note_expunged(removed)
-            return _Done(text="EXPUNGE completed")
+            return Done(text="EXPUNGE completed")
 
         return d.addCallback(done)
 
-    @defer.inlineCallbacks
-    def do_fetch(self, command: grammar.Fetch) -> Generator[defer.Deferred[Any], Any, _Done]:
-        unsupported = [a for a in command.attributes if a.name not in _INDEX_FETCH_ITEMS]
-        if unsupported:
-            name = unsupported[0].response_name()
-            raise _no(f"FETCH {name} is not implemented yet", "CANNOT")
-        if command.modifiers:
-            raise _bad(f"FETCH modifier {command.modifiers[0][0]} is not supported")
+    def do_fetch(self, command: grammar.Fetch) -> defer.Deferred[Done]:
         view = self._view()
-        pairs = self._resolve(command.sequence_set, command.uid)
-        found = yield self._metadata(pairs)
-        for seq, message in found:
-            items = []
-            for attribute in command.attributes:
-                items.append(self._fetch_item(view, attribute.name, message))
-            self._send(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
-        if len(found) < len(pairs):
-            return _Done("NO", "Some messages no longer exist", "EXPUNGEISSUED")
-        return _Done(text="FETCH completed")
-
-    @staticmethod
-    def _fetch_item(view: SelectedMailbox, name: str, message: IMessage) -> bytes:
-        if name == "FLAGS":
-            return b"FLAGS " + grammar.flag_list(view.flags_with_recent(message.uid, message.flags))
-        if name == "UID":
-            return b"UID %d" % message.uid
-        if name == "RFC822.SIZE":
-            return b"RFC822.SIZE %d" % message.size
-        date = grammar.format_date_time(message.internal_date)
-        return b'INTERNALDATE "' + date.encode("ascii") + b'"'
+        return fetch.fetch(view, view.mailbox, command, self._writer(), self.clock)
 
     @defer.inlineCallbacks
-    def do_store(self, command: grammar.Store) -> Generator[defer.Deferred[Any], Any, _Done]:
+    def do_store(self, command: grammar.Store) -> Generator[defer.Deferred[Any], Any, Done]:
         view = self._view()
         if view.readonly:
-            raise _no("Mailbox is read-only", "READ-ONLY")
+            raise no("Mailbox is read-only", "READ-ONLY")
         if command.unchanged_since is not None:
-            raise _bad("UNCHANGEDSINCE needs CONDSTORE, which is not supported")
+            raise bad("UNCHANGEDSINCE needs CONDSTORE, which is not supported")
         pairs = self._resolve(command.sequence_set, command.uid)
-        uids = [uid for _, uid in pairs]
+        uids = pairs.uids()
         if not uids:
-            return _Done(text="STORE completed")
+            return Done(text="STORE completed")
         result = yield defer.maybeDeferred(
             view.mailbox.store, uids, command.flags, command.mode, None
         )
         view.forget_flags(result.updated)
         if not command.silent:
-            found = yield self._metadata(pairs)
-            for seq, message in found:
-                flags = grammar.flag_list(view.flags_with_recent(message.uid, message.flags))
-                uid_item = b"UID %d " % message.uid if command.uid else b""
-                self._send(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_item, flags))
-        return _Done(text="STORE completed")
+            items = (grammar.FetchAttribute("UID"),) if command.uid else ()
+            request = fetch.FetchRequest(
+                view,
+                view.mailbox,
+                self._writer(),
+                self.clock,
+                (*items, grammar.FetchAttribute("FLAGS")),
+                command.uid,
+            )
+            yield fetch.fetch_messages(request, pairs)
+        return Done(text="STORE completed")
 
     @defer.inlineCallbacks
-    def do_copy(self, command: grammar.Copy) -> Generator[defer.Deferred[Any], Any, _Done]:
+    def do_copy(self, command: grammar.Copy) -> Generator[defer.Deferred[Any], Any, Done]:
         view = self._view()
         moving = command.name == "MOVE"
         if moving and view.readonly:
-            raise _no("Mailbox is read-only", "READ-ONLY")
-        pairs = self._resolve(command.sequence_set, command.uid)
+            raise no("Mailbox is read-only", "READ-ONLY")
+        uids = self._resolve(command.sequence_set, command.uid).uids()
         try:
             destination: IMailbox = yield defer.maybeDeferred(
                 self._account().get_mailbox, command.mailbox
             )
         except NoSuchMailbox:
-            raise _no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
-        uids = [uid for _, uid in pairs]
+            raise no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
         if not uids:
-            return _Done(text=f"{command.name} completed")
+            return Done(text=f"{command.name} completed")
         operation = view.mailbox.move if moving else view.mailbox.copy
         mapping: Sequence[tuple[int, int]] = yield defer.maybeDeferred(operation, uids, destination)
         code = None
@@ -1124,89 +1083,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             view.note_expunged(src for src, _ in mapping)
             if code is not None:
                 self._send(grammar.untagged_status("OK", "Moved", code))
-            return _Done(text="MOVE completed")
-        return _Done(text="COPY completed", code=code)
+            return Done(text="MOVE completed")
+        return Done(text="COPY completed", code=code)
 
-    @defer.inlineCallbacks
-    def do_search(self, command: grammar.Search) -> Generator[defer.Deferred[Any], Any, _Done]:
-        if command.return_options is not None:
-            raise _no("ESEARCH (SEARCH RETURN) is not supported yet", "CANNOT")
-        if command.charset not in (None, "US-ASCII", "UTF-8"):
-            raise _no(f"Charset {command.charset} is not supported", "BADCHARSET (US-ASCII UTF-8)")
+    def do_search(self, command: grammar.Search) -> defer.Deferred[Done]:
         view = self._view()
-        predicate = _index_predicate(command.key, view)
-        pairs = list(view.map.by_seq(1, view.exists))
-        found = yield self._metadata(pairs)
-        hits = [
-            (message.uid if command.uid else seq)
-            for seq, message in found
-            if predicate(seq, message)
-        ]
-        self._send(b"* SEARCH" + b"".join(b" %d" % n for n in hits) + b"\r\n")
-        return _Done(text="SEARCH completed")
-
-
-class _NotYet(Exception):
-    pass
-
-
-_Predicate = Callable[[int, IMessage], bool]
-
-
-def _index_predicate(key: grammar.SearchKey, view: SelectedMailbox) -> _Predicate:
-    """A SEARCH key as a test over index metadata; content keys are issue 5."""
-    try:
-        return _compile(key, view)
-    except _NotYet as e:
-        raise _no(f"SEARCH {e} is not implemented yet", "CANNOT") from None
-
-
-def _in_ranges(ranges: list[tuple[int, int]]) -> Callable[[int], bool]:
-    def test(n: int) -> bool:
-        return any(low <= n <= high for low, high in ranges)
-
-    return test
-
-
-def _compile(key: grammar.SearchKey, view: SelectedMailbox) -> _Predicate:
-    op, args = key.op, key.args
-    if op == "ALL":
-        return lambda seq, m: True
-    if op == "AND":
-        parts = [_compile(cast(grammar.SearchKey, k), view) for k in args]
-        return lambda seq, m: all(p(seq, m) for p in parts)
-    if op == "OR":
-        left = _compile(cast(grammar.SearchKey, args[0]), view)
-        right = _compile(cast(grammar.SearchKey, args[1]), view)
-        return lambda seq, m: left(seq, m) or right(seq, m)
-    if op == "NOT":
-        inner = _compile(cast(grammar.SearchKey, args[0]), view)
-        return lambda seq, m: not inner(seq, m)
-    if op == "FLAG":
-        flag, present = cast(str, args[0]), bool(args[1])
-        if flag == "\\Recent":
-            return lambda seq, m: (m.uid in view.recent) == present
-        return lambda seq, m: (flag in m.flags) == present
-    if op == "SEQ":
-        seq_test = _in_ranges(cast(grammar.SequenceSet, args[0]).resolve(view.exists))
-        return lambda seq, m: seq_test(seq)
-    if op == "UID":
-        uid_test = _in_ranges(cast(grammar.SequenceSet, args[0]).resolve(view.map.last_uid))
-        return lambda seq, m: uid_test(m.uid)
-    if op == "LARGER":
-        larger = cast(int, args[0])
-        return lambda seq, m: m.size > larger
-    if op == "SMALLER":
-        smaller = cast(int, args[0])
-        return lambda seq, m: m.size < smaller
-    if op in ("BEFORE", "ON", "SINCE"):
-        day = args[0]
-        if op == "BEFORE":
-            return lambda seq, m: m.internal_date.date() < day
-        if op == "ON":
-            return lambda seq, m: m.internal_date.date() == day
-        return lambda seq, m: m.internal_date.date() >= day
-    raise _NotYet(op)
+        return search.search(view, view.mailbox, command, self._writer(), self.clock)
 
 
 def _uid_set(uids: Iterable[int]) -> str:

@@ -1,0 +1,119 @@
+"""What every IMAP command handler shares: its completion and its output.
+
+:class:`Done` is a command's tagged completion; handlers return it (or a
+Deferred firing with it) and raise :class:`CommandError` for a tagged NO or
+BAD.  :class:`ResponseWriter` is the one way bytes reach the client: it is
+registered on the transport as a streaming producer, so when the client
+stops reading and the transport's buffer fills, :attr:`ResponseWriter.paused`
+turns true and :meth:`ResponseWriter.ready` hands out a Deferred that fires
+once the buffer has drained.  Long responses (FETCH over many messages, big
+literals, SEARCH results) wait on it between pieces, which keeps a
+session's memory bounded however slow its client is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+__all__ = ["CommandError", "Done", "ResponseWriter", "bad", "no"]
+
+
+@attrs.frozen
+class Done:
+    """A command's tagged completion, and what to do after writing it."""
+
+    status: str = "OK"
+    text: str = "completed"
+    code: str | None = None
+    bye: str | None = None  # write "* BYE" after the tagged answer and close
+    after: Callable[[], None] | None = None
+
+
+class CommandError(Exception):
+    """Ends a command with a tagged NO or BAD (and an optional code)."""
+
+    def __init__(self, status: str, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.code = code
+
+
+def no(text: str, code: str | None = None) -> CommandError:
+    return CommandError("NO", text, code)
+
+
+def bad(text: str, code: str | None = None) -> CommandError:
+    return CommandError("BAD", text, code)
+
+
+@implementer(IPushProducer)
+class ResponseWriter:
+    """Writes a session's responses, pausing work while the client lags.
+
+    The transport calls :meth:`pauseProducing` when its send buffer is full
+    and :meth:`resumeProducing` when it has drained; writers of long
+    responses check :attr:`paused` between pieces and wait on :meth:`ready`.
+    :meth:`close` unregisters the producer (a transport with a registered
+    producer does not close) and is called before ``loseConnection``.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.paused = False
+        self.closed = False
+        self._waiters: list[defer.Deferred[None]] = []
+        transport.registerProducer(self, True)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and data:
+            self.transport.write(data)
+
+    def ready(self) -> defer.Deferred[None]:
+        """Fires when the client can take more (at once if it can now).
+
+        It also fires when the connection is gone; check :attr:`closed`.
+        """
+        if not self.paused or self.closed:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _release(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- IPushProducer (called by the transport) --------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._release()
+
+    def stopProducing(self) -> None:
+        self.closed = True
+        self.paused = False
+        self._release()
+
+    # -- ours ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more output: unregister from the transport, wake any waiter."""
+        if not self.closed:
+            self.closed = True
+            self.paused = False
+            try:
+                self.transport.unregisterProducer()
+            except Exception:  # already gone with the connection
+                pass
+            self._release()

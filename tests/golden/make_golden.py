@@ -1,0 +1,222 @@
+"""Record Dovecot's answers for the corpus into tests/golden/dovecot.json.
+
+Not run by the tests.  Run as root on a Debian machine from the checkout:
+
+    python tests/golden/make_golden.py
+
+It installs ``dovecot-imapd`` with apt-get if ``dovecot`` is missing, starts a
+private Dovecot on a loopback port (passwd-file auth, Maildir, all in a
+temporary directory, as user ``nobody``), APPENDs every corpus message with
+imaplib, and records for each message the raw FETCH answers for ENVELOPE,
+BODYSTRUCTURE and BODY, every BODY[section] mailsrv can name, HEADER.FIELDS,
+and BINARY / BINARY.SIZE of every leaf part.  Messages are appended in the
+wire form storage hands out (bare LF turned into CRLF), so offsets compare.
+"""
+
+from __future__ import annotations
+
+import glob
+import imaplib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+
+from mailsrv import message  # noqa: E402
+
+CONFIG = """\
+base_dir = {tmp}/run
+state_dir = {tmp}/state
+log_path = {tmp}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+default_internal_user = {user}
+default_login_user = {user}
+first_valid_uid = 1
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {tmp}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={tmp}/home/%u
+}}
+mail_location = maildir:~/Maildir
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_dovecot() -> None:
+    if shutil.which("dovecot"):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "dovecot-imapd"], check=True, env=env)
+
+
+def raw_answer(data: list) -> bytes:  # type: ignore[type-arg]
+    """Reassemble imaplib's pieces of one FETCH answer into its wire text."""
+    out = b""
+    for item in data:
+        if isinstance(item, tuple):
+            out += item[0] + b"\r\n" + item[1]
+        elif item is not None:
+            out += item
+    return out
+
+
+def sections(structure: message.MessageStructure) -> list[str]:
+    names = [
+        "",
+        "HEADER",
+        "TEXT",
+        "HEADER.FIELDS (FROM SUBJECT CONTENT-TYPE)",
+        "HEADER.FIELDS.NOT (FROM SUBJECT CONTENT-TYPE)",
+    ]
+
+    def walk(msg: message.Part, prefix: str) -> None:
+        parts = msg.children or (msg,)
+        for number, part in enumerate(parts, 1):
+            here = f"{prefix}{number}"
+            names.extend([here, here + ".MIME"])
+            if part.children:
+                walk(part, here + ".")
+            elif part.message is not None:
+                names.extend([here + ".HEADER", here + ".TEXT"])
+                walk(part.message, here + ".")
+
+    walk(structure.root, "")
+    return names
+
+
+def leaves(structure: message.MessageStructure) -> list[str]:
+    out: list[str] = []
+
+    def walk(msg: message.Part, prefix: str) -> None:
+        parts = msg.children or (msg,)
+        for number, part in enumerate(parts, 1):
+            here = f"{prefix}{number}"
+            if part.children:
+                walk(part, here + ".")
+            elif part.message is not None:
+                walk(part.message, here + ".")
+            else:
+                out.append(here)
+
+    walk(structure.root, "")
+    return out
+
+
+def main() -> None:
+    ensure_dovecot()
+    tmp = tempfile.mkdtemp(prefix="mailsrv-golden-")
+    nobody = pwd.getpwnam("nobody")
+    port = free_port()
+    for sub in ("run", "state", "home"):
+        os.makedirs(os.path.join(tmp, sub))
+    with open(os.path.join(tmp, "passwd"), "w") as handle:
+        handle.write("golden:{PLAIN}secret\n")
+    config = os.path.join(tmp, "dovecot.conf")
+    with open(config, "w") as handle:
+        handle.write(
+            CONFIG.format(tmp=tmp, user="nobody", uid=nobody.pw_uid, gid=nobody.pw_gid, port=port)
+        )
+    os.chown(os.path.join(tmp, "home"), nobody.pw_uid, nobody.pw_gid)
+    os.chmod(tmp, 0o755)
+    subprocess.run(["dovecot", "-c", config], check=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = imaplib.IMAP4("127.0.0.1", port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        client.login("golden", "secret")
+        version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True)
+        golden: dict[str, object] = {"server": "Dovecot " + version.stdout.strip(), "messages": {}}
+        files = sorted(glob.glob(os.path.join(ROOT, "tests", "corpus", "*.eml")))
+        client.select("INBOX")
+        seq = 0
+        for path in files:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            try:
+                typ, answer = client.append("INBOX", None, None, wire)
+            except client.error as exc:
+                golden["messages"][os.path.basename(path)] = {"append": str(exc)}  # type: ignore[index]
+                continue
+            if typ != "OK":
+                refused = f"{typ} {answer[0].decode('latin-1')}"
+                golden["messages"][os.path.basename(path)] = {"append": refused}  # type: ignore[index]
+                continue
+            seq += 1
+            client.noop()
+            structure = message.parse(wire)
+            record: dict[str, object] = {}
+            # imaplib keeps untagged answers of failed commands for the next
+            # one: start every command with a clean slate.
+            client.untagged_responses.clear()
+            typ, answer = client.fetch(str(seq), "(RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE)")
+            record["fetch"] = raw_answer(answer).decode("latin-1")
+            body: dict[str, object] = {}
+            for section in sections(structure):
+                client.untagged_responses.clear()
+                typ, answer = client.fetch(str(seq), f"(BODY.PEEK[{section}])")
+                body[section] = raw_answer(answer).decode("latin-1") if typ == "OK" else None
+            record["body"] = body
+            binary: dict[str, object] = {}
+            for part in leaves(structure):
+                client.untagged_responses.clear()
+                typ, answer = client.fetch(str(seq), f"(BINARY.PEEK[{part}] BINARY.SIZE[{part}])")
+                binary[part] = (
+                    raw_answer(answer).decode("latin-1")
+                    if typ == "OK"
+                    else "NO " + answer[0].decode("latin-1")
+                )
+            record["binary"] = binary
+            golden["messages"][os.path.basename(path)] = record  # type: ignore[index]
+        client.logout()
+    finally:
+        subprocess.run(["doveadm", "-c", config, "stop"], check=False)
+    out = os.path.join(HERE, "dovecot.json")
+    with open(out, "w") as handle:
+        json.dump(golden, handle, indent=1, sort_keys=True, ensure_ascii=True)
+    print(f"wrote {out}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

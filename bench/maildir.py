@@ -10,8 +10,10 @@ temporary directory and times, with ``time.perf_counter``:
 * append one message, change one message's flags, STATUS -- each also on an
   empty mailbox, since these should not depend on the mailbox's size.
 
-If Dovecot's ``doveadm`` is on PATH, the same tree is opened with it and the
-ratios are printed; otherwise the script says Dovecot was not found.
+If Dovecot's ``doveadm`` is on PATH, the same tree is opened with it (a
+private Dovecot from ``bench/peers.py``, shared with ``bench/load.py`` and
+``bench/fetch.py``) and the ratios are printed; otherwise the script says
+Dovecot was not found.
 
 Run: ``python bench/maildir.py [--messages N] [--keep]``.
 """
@@ -22,13 +24,15 @@ import argparse
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from peers import Dovecot
 
 from mailsrv.interfaces import StoreMode
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
@@ -108,64 +112,38 @@ def operations(storage: MaildirStorage, user: str, root: str) -> dict[str, float
     return results
 
 
-DOVECOT_CONF = """\
-# A private configuration: doveadm only, nothing listens.
-base_dir = {top}/dovecot/run
-state_dir = {top}/dovecot/state
-log_path = {top}/dovecot/dovecot.log
-ssl = no
-first_valid_uid = 0
-protocols =
-mail_location = maildir:{top}/%u/Maildir:INDEX={top}/dovecot/index/%u:\\
-  CONTROL={top}/dovecot/control/%u
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={top}/%u
-}}
-passdb {{
-  driver = static
-  args = nopassword=y
-}}
-"""
-
-
 def dovecot_times(top: str, user: str) -> dict[str, float] | None:
     """Dovecot's times for the same tree, through doveadm with a private config.
 
-    Dovecot keeps its index and uidlist outside the tree (INDEX=, CONTROL=),
-    so it starts cold exactly as mailsrv did.
+    A private Dovecot (``bench/peers.py``) listens on nothing but its own
+    sockets, which doveadm needs for user lookups.  Dovecot keeps its index
+    and uidlist outside the tree (INDEX=, CONTROL=), so it starts cold exactly
+    as mailsrv did.
     """
-    doveadm = shutil.which("doveadm")
-    if doveadm is None:
+    if shutil.which("doveadm") is None:
         return None
-    os.makedirs(os.path.join(top, "dovecot", "run"), exist_ok=True)
-    config = os.path.join(top, "dovecot", "dovecot.conf")
-    with open(config, "w") as f:
-        f.write(DOVECOT_CONF.format(top=top, uid=os.getuid(), gid=os.getgid()))
+    index = os.path.join(top, "dovecot", "index")
+    os.makedirs(index, exist_ok=True)
+    os.chmod(top, 0o755)  # Dovecot reads mail as nobody when we are root
+    try:
+        dovecot = Dovecot(os.path.join(top, "dovecot"), None, protocols=(), mail=top, index=index)
+    except RuntimeError as e:
+        print(f"dovecot unusable: {e}")
+        return None
+    dovecot.own(os.path.join(top, user))
+    dovecot.own(index)
 
     def run(*args: str, stdin: bytes | None = None) -> float:
         started = time.perf_counter()
-        done = subprocess.run(
-            [doveadm, "-c", config, *args], input=stdin, capture_output=True, check=False
-        )
+        done = dovecot.doveadm(*args, stdin=stdin)
         elapsed = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(done.stderr.decode(errors="replace").strip())
         return elapsed
 
-    # doveadm asks the auth process for the user: run a private Dovecot
-    # that listens on nothing but its own sockets under {top}/dovecot/run.
-    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    started = subprocess.run([dovecot, "-c", config], capture_output=True, check=False)
-    if started.returncode != 0:
-        print(f"dovecot failed to start: {started.stderr.decode(errors='replace').strip()}")
-        return None
-    socket_path = os.path.join(top, "dovecot", "run", "auth-userdb")
-    deadline = time.monotonic() + 30
-    while not os.path.exists(socket_path) and time.monotonic() < deadline:
-        time.sleep(0.05)  # a benchmark script, not a test: waiting for a daemon
     status = ("mailbox", "status", "-u", user, "messages unseen uidnext", "INBOX")
     try:
+        dovecot.start()
         results = {"cold open": run(*status), "warm open": run(*status)}
         message = b"From: bench@example.org\r\nSubject: one more\r\n\r\nbody\r\n"
         results["append one message"] = run("save", "-u", user, "-m", "INBOX", stdin=message)
@@ -177,7 +155,7 @@ def dovecot_times(top: str, user: str) -> dict[str, float] | None:
         print(f"doveadm failed: {e}")
         return None
     finally:
-        subprocess.run([doveadm, "-c", config, "stop"], capture_output=True, check=False)
+        dovecot.stop()
     return results
 
 
@@ -230,7 +208,7 @@ def main() -> None:
         print()
         dovecot = dovecot_times(top, "big")
         if dovecot is None:
-            print("Dovecot (doveadm) not found: no side-by-side numbers.")
+            print("Dovecot (doveadm) not found or failing: no side-by-side numbers.")
         else:
             ours_by_label = {
                 "cold open": cold,

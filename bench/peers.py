@@ -1,0 +1,645 @@
+"""The servers the benchmarks run side by side: mailsrv and a private Dovecot.
+
+Both are started the way their users start them and measured from outside,
+through ``/proc``:
+
+* :class:`Mailsrv` writes a TOML configuration, adds users with
+  ``mailsrv user add --password-stdin`` and runs
+  ``twistd -n --pidfile= mailsrv --config FILE`` as a child process;
+* :class:`Dovecot` writes a private ``dovecot.conf`` (loopback listeners,
+  passwd-file authentication over the *same* users file, Maildir under its
+  own root, state and sockets in its own directory) and runs
+  ``dovecot -F -c FILE`` as a child process, so stopping it is killing one
+  child and nothing else on the machine is touched.  With no ports it
+  listens on nothing but its own sockets, which is what ``doveadm`` needs
+  (``bench/maildir.py``);
+* :class:`ProcessTree` adds up CPU time and memory of a server's whole
+  process tree (Dovecot forks a process per connection).
+
+Helpers build identical mailboxes for both: :func:`clone_tree` hard-links a
+seeded Maildir into each server's root, so both read the same bytes, inodes
+and modification times (INTERNALDATE) from the same page cache.
+
+A benchmark helper, not part of mailsrv; nothing here is imported by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+__all__ = [
+    "Dovecot",
+    "Mailsrv",
+    "ProcessTree",
+    "Server",
+    "clone_tree",
+    "dovecot_version",
+    "free_port",
+    "inotify_instances",
+    "raise_fd_limit",
+]
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit (inherited by the servers)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, wanted)
+    if target > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return target
+        except (ValueError, OSError):
+            target = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
+
+
+@contextlib.contextmanager
+def inotify_instances(at_least: int) -> Iterator[str]:
+    """Raise the per-user inotify instance limit for the run, then restore it.
+
+    Dovecot gives each IDLE session (one process each) its own inotify
+    instance; past the limit (128 by default) it falls back to polling every
+    ``mailbox_idle_check_interval`` (30 s) and logs a warning asking for this
+    very change.  mailsrv needs one instance per process.  Yields a note for
+    the report.
+    """
+    try:
+        with open(INOTIFY_INSTANCES) as f:
+            old = int(f.read())
+    except (OSError, ValueError):
+        yield "fs.inotify.max_user_instances unknown"
+        return
+    if old >= at_least:
+        yield f"fs.inotify.max_user_instances = {old}"
+        return
+    try:
+        with open(INOTIFY_INSTANCES, "w") as f:
+            f.write(str(at_least))
+    except OSError:
+        yield f"fs.inotify.max_user_instances = {old} (could not raise it: not root?)"
+        return
+    try:
+        yield f"fs.inotify.max_user_instances raised from {old} to {at_least} for the run"
+    finally:
+        with open(INOTIFY_INSTANCES, "w") as f:
+            f.write(str(old))
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: str, timeout: float) -> None:
+    """Wait until something accepts on 127.0.0.1:``port`` and sends a greeting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with status {process.returncode}; see {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if sock.recv(1):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answered on port {port} within {timeout:.0f} s; see {log}")
+        time.sleep(0.05)  # a benchmark script, not a test: waiting for a daemon
+
+
+def clone_tree(source: str, target: str) -> int:
+    """Hard-link every file of ``source`` into a new tree ``target``.
+
+    Directories are created (same modes); files are linked, so both trees
+    share inodes and modification times; renames and unlinks in one tree
+    leave the other alone.  Falls back to copying across file systems.
+    Returns the number of files.
+    """
+    count = 0
+    for directory, dirs, files in os.walk(source):
+        rel = os.path.relpath(directory, source)
+        out = os.path.normpath(os.path.join(target, rel))
+        os.makedirs(out, mode=0o700, exist_ok=True)
+        for name in files:
+            src = os.path.join(directory, name)
+            dst = os.path.join(out, name)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+            count += 1
+        dirs.sort()
+    # Directory times last: a mailbox nobody touched lately.
+    for directory, _dirs, _files in os.walk(source):
+        rel = os.path.relpath(directory, source)
+        out = os.path.normpath(os.path.join(target, rel))
+        info = os.stat(directory)
+        os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns))
+    return count
+
+
+def dovecot_version() -> str | None:
+    binary = shutil.which("dovecot") or (
+        "/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None
+    )
+    if binary is None:
+        return None
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None
+
+
+# -- measuring a process tree ------------------------------------------------------
+
+
+class ProcessTree:
+    """A server's process and all its descendants, read from ``/proc``."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+
+    def pids(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            stat = _read_stat(int(entry))
+            if stat is not None:
+                children.setdefault(int(stat[2]), []).append(int(entry))
+        out: list[int] = []
+        todo = [self.root]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, ()))
+        return out
+
+    def cpu_seconds(self) -> float:
+        """User + system time of the live processes and of the children they
+        have reaped: each CPU second of the tree's history counted once."""
+        ticks = 0
+        for pid in self.pids():
+            stat = _read_stat(pid)
+            if stat is not None:
+                # utime, stime, cutime, cstime: fields 14 to 17
+                ticks += sum(int(v) for v in stat[12:16])
+        return ticks / CLOCK_TICKS
+
+    def rss(self, pids: Sequence[int] | None = None) -> int:
+        """Sum of resident set sizes, in bytes (shared pages count in each)."""
+        total = 0
+        for pid in pids if pids is not None else self.pids():
+            stat = _read_stat(pid)
+            if stat is not None:
+                total += int(stat[22]) * PAGE_SIZE  # rss: field 24
+        return total
+
+    def pss(self, pids: Sequence[int] | None = None) -> int:
+        """Sum of proportional set sizes, in bytes (shared pages divided)."""
+        total = 0
+        for pid in pids if pids is not None else self.pids():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    for line in f:
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1]) * 1024
+                            break
+            except OSError:
+                continue
+        return total
+
+    def reset_peak(self) -> None:
+        """Reset VmHWM of every process of the tree (Linux >= 4.0, root or owner)."""
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+
+    def peak_rss(self) -> int:
+        """Sum of VmHWM of the live processes: each process's own peak."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        return total
+
+    def by_name(self, name: str) -> list[int]:
+        """Live processes of the tree whose command name is ``name``."""
+        out = []
+        for pid in self.pids():
+            stat = _read_stat(pid)
+            if stat is not None and stat[0] == name:
+                out.append(pid)
+        return out
+
+
+def _read_stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` as a list where index ``n - 2`` is field ``n`` of
+    proc(5): [comm, state, ppid, ...]; comm (field 2) may hold spaces."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    open_paren = data.find("(")
+    close_paren = data.rfind(")")
+    return [data[open_paren + 1 : close_paren], *data[close_paren + 2 :].split()]
+
+
+# -- servers -----------------------------------------------------------------------
+
+
+class Server:
+    """What the benchmarks need of a running server."""
+
+    name = "server"
+
+    def __init__(self, top: str, *, cpus: set[int] | None = None) -> None:
+        self.top = top
+        self.cpus = cpus
+        self.imap_port = 0
+        self.pop3_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = os.path.join(top, f"{self.name}.log")
+
+    @property
+    def tree(self) -> ProcessTree:
+        assert self.process is not None
+        return ProcessTree(self.process.pid)
+
+    def mail_root(self, user: str) -> str:
+        """The Maildir root (the INBOX) of ``user``."""
+        raise NotImplementedError
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        cpus = self.cpus
+
+        def pin() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        log = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pin,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _bin(name: str) -> str:
+    """A console script of this interpreter's environment, else from PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(beside):
+        return beside
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found beside {sys.executable} or on PATH")
+    return found
+
+
+MAILSRV_CONFIG = """\
+# Written by bench/peers.py: loopback only, everything under {top}.
+[server]
+hostname = "localhost"
+
+[imap]
+listen = ["tcp:{imap_port}:interface=127.0.0.1"]
+
+[pop3]
+listen = ["tcp:{pop3_port}:interface=127.0.0.1"]
+
+[users]
+passwd_file = "{passwd}"
+create_if_missing = true
+default_scheme = "PLAIN"
+
+[auth]
+plaintext = "loopback"
+
+[storage]
+backend = "maildir"
+maildir = "{mail}/{{user}}/Maildir"
+
+[limits]
+max_connections_per_user = 100000
+max_connections_per_ip = 100000
+
+[logging]
+level = "{log_level}"
+"""
+
+
+class Mailsrv(Server):
+    """mailsrv started as its users start it: ``twistd -n mailsrv --config FILE``."""
+
+    name = "mailsrv"
+
+    def __init__(
+        self, top: str, passwd: str, *, cpus: set[int] | None = None, log_level: str = "info"
+    ) -> None:
+        super().__init__(top, cpus=cpus)
+        self.passwd = passwd
+        self.mail = os.path.join(top, "mail")
+        self.config = os.path.join(top, "mailsrv.toml")
+        self.log_level = log_level
+        os.makedirs(self.mail, exist_ok=True)
+        self.imap_port = free_port()
+        self.pop3_port = free_port()
+        with open(self.config, "w") as f:
+            f.write(
+                MAILSRV_CONFIG.format(
+                    top=top,
+                    imap_port=self.imap_port,
+                    pop3_port=self.pop3_port,
+                    passwd=passwd,
+                    mail=self.mail,
+                    log_level=log_level,
+                )
+            )
+
+    def mail_root(self, user: str) -> str:
+        return os.path.join(self.mail, user, "Maildir")
+
+    def add_user(self, name: str, password: str, scheme: str = "PLAIN") -> None:
+        """``mailsrv user add NAME --password-stdin`` (the users file is shared)."""
+        subprocess.run(
+            [
+                _bin("mailsrv"),
+                "user",
+                "add",
+                name,
+                "--config",
+                self.config,
+                "--password-stdin",
+                "--scheme",
+                scheme,
+            ],
+            input=(password + "\n").encode(),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self, timeout: float = 60) -> None:
+        self._spawn(
+            [_bin("twistd"), "-n", "--pidfile=", "mailsrv", "--config", self.config],
+        )
+        assert self.process is not None
+        wait_for_port(self.imap_port, self.process, self.log_path, timeout)
+
+    def version(self) -> str:
+        done = subprocess.run(
+            [_bin("mailsrv"), "--version"], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+
+DOVECOT_CONFIG = """\
+# Written by bench/peers.py: a private Dovecot, nothing outside {top}.
+base_dir = {top}/run
+state_dir = {top}/state
+log_path = {top}/dovecot.log
+info_log_path = {top}/dovecot.log
+protocols = {protocols}
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_internal_user = {internal_user}
+default_internal_group = {internal_group}
+default_login_user = {internal_user}
+first_valid_uid = 1
+first_valid_gid = 1
+mail_location = {mail_location}
+# Enough processes and clients for thousands of idle IMAP sessions: one
+# imap process per session is Dovecot's default (client_limit = 1).
+default_process_limit = {process_limit}
+default_client_limit = {client_limit}
+default_vsz_limit = 1G
+passdb {{
+  driver = {passdb_driver}
+  args = {passdb_args}
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={mail}/%u
+}}
+protocol imap {{
+  mail_max_userip_connections = 100000
+}}
+protocol pop3 {{
+  mail_max_userip_connections = 100000
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  chroot =
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+# The users file is the one mailsrv reads (mode 0600, owned by us).
+service auth {{
+  user = root
+}}
+"""
+
+
+class Dovecot(Server):
+    """A private Dovecot on loopback ports, or with no listeners (doveadm only).
+
+    ``passwd`` is a Dovecot passwd-file (mailsrv's users file is one); with
+    ``passwd=None`` any password is accepted (doveadm use).  Mail lives in
+    ``TOP/mail/USER/Maildir``, the layout :class:`Mailsrv` uses, and
+    Dovecot's index and uidlist sit in the Maildir as usual.  ``index``
+    moves them out of the tree (``INDEX=`` and ``CONTROL=``), so a tree can
+    be shared with mailsrv and still be opened cold.
+    """
+
+    name = "dovecot"
+
+    def __init__(
+        self,
+        top: str,
+        passwd: str | None,
+        *,
+        protocols: Sequence[str] = ("imap", "pop3"),
+        cpus: set[int] | None = None,
+        mail: str | None = None,
+        index: str | None = None,
+        process_limit: int = 1000,
+        performance_login: bool = False,
+    ) -> None:
+        super().__init__(top, cpus=cpus)
+        self.binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+        if not os.path.exists(self.binary):
+            raise RuntimeError("dovecot not found (apt-get install dovecot-imapd dovecot-pop3d)")
+        self.mail = mail or os.path.join(top, "mail")
+        self.config = os.path.join(top, "dovecot.conf")
+        self.protocols = tuple(protocols)
+        for sub in ("run", "state"):
+            os.makedirs(os.path.join(top, sub), exist_ok=True)
+        os.makedirs(self.mail, exist_ok=True)
+        self.imap_port = free_port() if "imap" in self.protocols else 0
+        self.pop3_port = free_port() if "pop3" in self.protocols else 0
+        location = f"maildir:{self.mail}/%u/Maildir"
+        if index is not None:
+            location += f":INDEX={index}/%u:CONTROL={index}/%u"
+        # Internal processes (login, anvil, log) run as an unprivileged user
+        # that must reach base_dir.  Dovecot refuses to read mail as root, so
+        # when we are root its mail processes run as nobody, who must own the
+        # Maildirs (:meth:`own`); otherwise as ourselves.
+        internal = "dovenull" if _has_user("dovenull") else "nobody"
+        internal_group = "nogroup" if internal == "nobody" else internal
+        if os.getuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            self.uid, self.gid = nobody.pw_uid, nobody.pw_gid
+        else:
+            self.uid, self.gid = os.getuid(), os.getgid()
+        os.chmod(top, 0o755)
+        if passwd is None:
+            passdb_driver, passdb_args = "static", "nopassword=y"
+        else:
+            passdb_driver, passdb_args = "passwd-file", f"scheme=PLAIN username_format=%u {passwd}"
+        with open(self.config, "w") as f:
+            f.write(
+                DOVECOT_CONFIG.format(
+                    top=top,
+                    protocols=" ".join(self.protocols) or "",
+                    internal_user=internal,
+                    internal_group=internal_group,
+                    mail_location=location,
+                    mail=self.mail,
+                    uid=self.uid,
+                    gid=self.gid,
+                    passdb_driver=passdb_driver,
+                    passdb_args=passdb_args,
+                    imap_port=self.imap_port or 0,
+                    pop3_port=self.pop3_port or 0,
+                    process_limit=process_limit,
+                    client_limit=4 * process_limit + 100,
+                )
+            )
+            if performance_login:
+                # Dovecot's "high-performance mode": long-lived login
+                # processes, each serving many connections, kept ready.
+                workers = len(cpus) if cpus else os.cpu_count() or 1
+                for service in ("imap-login", "pop3-login"):
+                    f.write(
+                        f"service {service} {{\n  service_count = 0\n"
+                        f"  process_min_avail = {workers}\n}}\n"
+                    )
+
+    def mail_root(self, user: str) -> str:
+        return os.path.join(self.mail, user, "Maildir")
+
+    def own(self, path: str | None = None) -> None:
+        """Give the mail user the tree at ``path`` (default: all mail).
+
+        Hard-linked files share their owner with the other server's tree;
+        mailsrv, running as root, reads them either way.
+        """
+        path = path or self.mail
+        if (self.uid, self.gid) == (os.getuid(), os.getgid()):
+            return
+        os.chown(path, self.uid, self.gid)
+        for directory, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.lchown(os.path.join(directory, name), self.uid, self.gid)
+
+    def start(self, timeout: float = 60) -> None:
+        self._spawn([self.binary, "-F", "-c", self.config])
+        assert self.process is not None
+        if self.imap_port:
+            wait_for_port(self.imap_port, self.process, self.log_path, timeout)
+            return
+        socket_path = os.path.join(self.top, "run", "auth-userdb")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(socket_path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dovecot did not start; see {self.log_path}")
+            time.sleep(0.05)  # a benchmark script, not a test: waiting for a daemon
+
+    def doveadm(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
+        return subprocess.run(
+            [doveadm, "-c", self.config, *args], input=stdin, capture_output=True, check=False
+        )
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def running(*servers: Server) -> Iterator[None]:
+    """Stop every server on the way out, whatever happened."""
+    try:
+        yield
+    finally:
+        for server in servers:
+            with contextlib.suppress(Exception):
+                server.stop()

@@ -225,10 +225,10 @@ class Meter:
     """Measure a server's process tree around a piece of work.
 
     CPU time comes from ``/proc/PID/stat`` of every process of the tree
-    (reaped children included).  Peak RSS is the process's own high-water
-    mark (VmHWM, reset first) for a one-process server, and the largest sum
-    of the tree's RSS seen by a sampling thread otherwise (Dovecot forks per
-    connection).
+    (reaped children included).  Peak RSS is the larger of the biggest sum
+    of the tree's RSS seen by a sampling thread (which catches Dovecot's
+    short-lived per-connection processes) and the sum of the live processes'
+    high-water marks (VmHWM, reset first: exact for mailsrv's one process).
     """
 
     def __init__(self, server: Server, interval: float = 0.2) -> None:
@@ -260,11 +260,9 @@ class Meter:
         if self._thread is not None:
             self._thread.join()
         self.usage.cpu = self.tree.cpu_seconds() - self._cpu0
-        pids = self.tree.pids()
-        if len(pids) == 1:
-            self.usage.peak_rss = max(self.usage.peak_rss, self.tree.peak_rss())
-        else:
-            self.usage.peak_rss = max(self.usage.peak_rss, self.tree.rss(pids))
+        # Each live process's own high-water mark since the reset; their sum
+        # is exact for one process and an upper bound for several.
+        self.usage.peak_rss = max(self.usage.peak_rss, self.tree.peak_rss())
 
 
 # -- reporting -------------------------------------------------------------------------

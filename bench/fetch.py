@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Time FETCH 1:* and SEARCH on a 100,000-message mailbox, mailsrv beside Dovecot.
+
+Builds one INBOX of ``--messages`` realistic messages (a few KB each, varied
+headers, some multipart; ``bench/corpus.py``), hard-links it into a mailsrv
+and a private Dovecot started side by side (``bench/peers.py``), warms both
+(SELECT and ``FETCH 1:* (FLAGS)``), and then, on one connection per server,
+runs each command once untimed and ``--repeat`` times timed:
+
+* ``FETCH 1:* (FLAGS)``
+* ``FETCH 1:* (UID RFC822.SIZE INTERNALDATE)``
+* ``FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])``
+* ``SEARCH HEADER SUBJECT x``, ``SEARCH FROM x``, ``SEARCH TEXT x``
+  (words planted in a known share of the messages, so hits are checked)
+* ``SEARCH UNSEEN``, ``SEARCH LARGER n``
+
+It prints the median seconds for each and the ratio mailsrv/Dovecot, the CPU
+seconds of each server's process tree, the number of answers (both servers
+must agree), and each server's peak RSS during the command: a FETCH 1:*
+must stream, so mailsrv's peak should stay near its resting size.  A last
+row repeats the header FETCH with a client that stops reading for a few
+seconds: a server that streams stops producing while its socket is full.
+
+Run: ``python bench/fetch.py [--messages N] [--repeat R] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from clients import IMAPClient, Reply
+from corpus import PLANTED, expected_hits
+from harness import (
+    MIB,
+    PASSWORD,
+    MailboxSpec,
+    Meter,
+    Pair,
+    machine_info,
+    markdown_table,
+    pin_self,
+    ratio,
+)
+from peers import Server
+
+HOST = "127.0.0.1"
+HEADERS = "BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)]"
+LARGER = 10_000
+
+
+def commands() -> list[tuple[str, str | None]]:
+    """(command, planted-word kind whose hits it must find, if any)."""
+    return [
+        ("FETCH 1:* (FLAGS)", None),
+        ("FETCH 1:* (UID RFC822.SIZE INTERNALDATE)", None),
+        (f"FETCH 1:* ({HEADERS})", None),
+        (f'SEARCH HEADER SUBJECT "{PLANTED["subject"][0]}"', "subject"),
+        (f'SEARCH FROM "{PLANTED["from"][0]}"', "from"),
+        (f'SEARCH TEXT "{PLANTED["body"][0]}"', "body"),
+        ("SEARCH UNSEEN", None),
+        (f"SEARCH LARGER {LARGER}", None),
+    ]
+
+
+def answers(text: str, reply: Reply) -> int:
+    if text.startswith("SEARCH"):
+        return sum(len(line.split()) - 2 for line in reply.untagged)
+    return reply.count
+
+
+class Row:
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.cpu: list[float] = []
+        self.peak = 0
+        self.rest = 0
+        self.answers: int | None = None
+        self.refused: str | None = None
+
+    def median(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else float("nan")
+
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else float("nan")
+
+
+async def run_server(
+    server: Server, count: int, repeat: int, budget: float, stall: float
+) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    client = await IMAPClient.connect(HOST, server.imap_port)
+    reply = await client.login("big", PASSWORD)
+    if not reply.ok:
+        raise RuntimeError(f"{server.name}: LOGIN failed: {reply.text!r}")
+    await client.select()
+    for text, _kind in commands():
+        row = rows[text] = Row()
+        print(f"  {server.name}: {text}", flush=True)
+        warm = await client.command(text, keep=text.startswith("SEARCH"))
+        if not warm.ok:
+            row.refused = f"{warm.status} {warm.text.decode('latin-1').split(']')[0]}]"
+            continue
+        row.answers = answers(text, warm)
+        spent = 0.0
+        for _ in range(repeat):
+            if spent > budget:
+                break
+            tree = server.tree
+            with Meter(server, interval=0.1) as meter:
+                row.rest = max(row.rest, tree.rss())
+                reply = await client.command(text, keep=text.startswith("SEARCH"))
+            spent += reply.seconds
+            row.seconds.append(reply.seconds)
+            row.cpu.append(meter.usage.cpu)
+            row.peak = max(row.peak, meter.usage.peak_rss)
+    # The header FETCH once more, from a client that stops reading.
+    text = f"FETCH 1:* ({HEADERS}), client stalls {stall:.0f} s"
+    row = rows[text] = Row()
+    if rows[f"FETCH 1:* ({HEADERS})"].refused is None:
+        tree = server.tree
+        with Meter(server, interval=0.1) as meter:
+            row.rest = tree.rss()
+            started = time.perf_counter()
+            tag = b"stall"
+            client.writer.write(tag + b" " + f"FETCH 1:* ({HEADERS})".encode() + b"\r\n")
+            await asyncio.sleep(stall)
+            reply = await client.read_tagged(tag, False, started)
+        row.seconds.append(reply.seconds)
+        row.cpu.append(meter.usage.cpu)
+        row.peak = meter.usage.peak_rss
+        row.answers = reply.count
+    else:
+        row.refused = rows[f"FETCH 1:* ({HEADERS})"].refused
+    await client.logout()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000, help="mailbox size")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each command")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds per command and server after which no further timed run starts",
+    )
+    parser.add_argument("--stall", type=float, default=5.0, help="seconds the slow client waits")
+    parser.add_argument("--quick", action="store_true", help="10,000 messages, 2 runs")
+    parser.add_argument(
+        "--servers", default="mailsrv,dovecot", help="comma-separated: mailsrv, dovecot"
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
+    args = parser.parse_args()
+    if args.quick:
+        args.messages = min(args.messages, 10_000)
+        args.repeat = min(args.repeat, 2)
+    began = time.perf_counter()
+    cpus, pin_note = pin_self(not args.no_pin)
+    print(f"# FETCH and SEARCH on a {args.messages}-message INBOX")
+    print()
+    for line in machine_info(pin_note):
+        print(f"- {line}")
+    print(f"- each command: one untimed run, then up to {args.repeat} timed runs (median shown)")
+    print()
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    results: dict[str, dict[str, Row]] = {}
+    with Pair(
+        [MailboxSpec("big", args.messages, seed=3)], servers=servers, cpus=cpus, keep=args.keep
+    ) as pair:
+        for server in pair.servers:
+            results[server.name] = asyncio.run(
+                run_server(server, args.messages, args.repeat, args.budget, args.stall)
+            )
+    names = list(results)
+    headers = ["command"]
+    for name in names:
+        headers += [f"{name} s"]
+    if len(names) == 2:
+        headers.append(f"{names[0]}/{names[1]}")
+    for name in names:
+        headers += [f"{name} CPU s"]
+    headers.append("answers")
+    for name in names:
+        headers += [f"{name} peak RSS MiB (rest)"]
+    table = []
+    for text, kind in [*commands(), (None, None)]:
+        if text is None:
+            text = next(t for t in results[names[0]] if "stalls" in t)
+        row = [text]
+        per = [results[name][text] for name in names]
+        for r in per:
+            row.append(r.refused or f"{r.median():.3f}")
+        if len(names) == 2:
+            row.append(ratio(per[0].median(), per[1].median()))
+        for r in per:
+            row.append("" if r.refused else f"{r.median_cpu():.2f}")
+        counts = sorted({r.answers for r in per if r.answers is not None})
+        note = "/".join(str(c) for c in counts) if counts else "-"
+        if kind is not None:
+            want = expected_hits(args.messages, kind)
+            if counts != [want]:
+                note += f" (expected {want})"
+        if len(counts) > 1:
+            note += " DISAGREE"
+        row.append(note)
+        for r in per:
+            row.append("" if r.refused else f"{r.peak / MIB:.0f} ({r.rest / MIB:.0f})")
+        table.append(row)
+    print()
+    print(markdown_table(headers, table))
+    print()
+    print(f"setup: {', '.join(f'{k} {v:.1f} s' for k, v in pair.seconds.items())}")
+    print(f"total time {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

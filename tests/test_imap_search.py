@@ -269,10 +269,12 @@ class WireMixin:
         # SENT* use the Date header's date as written, ignoring its zone.
         yield self.expect("SENTON 7-Feb-1994", [1, 2])
         yield self.expect("SENTON 1-Mar-2022", [3])
-        yield self.expect("SENTBEFORE 1-Jan-2000", [1, 2])
-        yield self.expect("SENTSINCE 1-Mar-2022", [3, 4])
-        # Without a Date header the internal date stands in.
-        yield self.expect("SENTON 9-May-2024", [4])
+        yield self.expect("SENTBEFORE 1-Jan-2000", [1, 2, 4])
+        yield self.expect("SENTSINCE 1-Mar-2022", [3])
+        yield self.expect("SENTBEFORE 1-Jan-1971", [4])
+        # Without a Date header a message counts as sent at the epoch.
+        yield self.expect("SENTON 1-Jan-1970", [4])
+        yield self.expect("SENTON 9-May-2024", [])
         yield self.expect("ON 10-May-2024", [1, 3])
         yield self.expect("BEFORE 10-May-2024", [2, 4])
         yield self.expect("SINCE 9-May-2024", [1, 3, 4])

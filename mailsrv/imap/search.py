@@ -69,6 +69,9 @@ CHARSETS = ("US-ASCII", "UTF-8")
 _ENVELOPE_INDEX = {name.upper(): i for i, name in enumerate(message.ENVELOPE_FIELDS)}
 
 
+_EPOCH = datetime.date(1970, 1, 1)
+
+
 class NotImplementedKey(Exception):
     """A search key that cannot be evaluated; its op is the message."""
 
@@ -231,9 +234,9 @@ def _compile(
         def sent(m: IMessage, c: SearchContent) -> datetime.date | None:
             if c.structure is None:
                 return None
-            # No usable Date header: the internal date stands in, as it does
-            # for a message's date in most clients' lists.
-            return _sent_date(c.structure) or m.internal_date.date()
+            # No usable Date header: RFC 3501 does not say; like Dovecot,
+            # such a message counts as sent at the epoch (1-Jan-1970).
+            return _sent_date(c.structure) or _EPOCH
 
         return _date_test(op[4:], cast(datetime.date, args[0]), sent)
     if op == "HEADER":

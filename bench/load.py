@@ -442,54 +442,67 @@ async def idle(server: Server, scale: Scale, meter: Meter, before: dict[str, int
             watchers.append(client)
         result.latencies.append(time.perf_counter() - started)
 
-    started = time.perf_counter()
-    await bounded(scale.idle_connections, 50, deadline, one)
-    result.seconds = time.perf_counter() - started
-    result.ops = len(clients)
-    await asyncio.sleep(2)  # let forks and buffers settle
-    tree = meter.tree
-    pids = tree.pids()
-    rss = tree.rss(pids)
-    pss = tree.pss(pids)
-    count = max(len(clients), 1)
-    result.notes["RSS before / with all idle, MiB"] = f"{before['rss'] / MIB:.0f} / {rss / MIB:.0f}"
-    result.notes["RSS per connection, KiB"] = f"{(rss - before['rss']) / count / 1024:.0f}"
-    result.notes["PSS per connection, KiB"] = f"{(pss - before['pss']) / count / 1024:.0f}"
-    result.notes["processes"] = str(len(pids))
+    async def run() -> None:
+        started = time.perf_counter()
+        await bounded(scale.idle_connections, 50, deadline, one)
+        result.seconds = time.perf_counter() - started
+        result.ops = len(clients)
+        await asyncio.sleep(2)  # let forks and buffers settle
+        tree = meter.tree
+        pids = tree.pids()
+        rss = tree.rss(pids)
+        pss = tree.pss(pids)
+        count = max(len(clients), 1)
+        result.notes["RSS before / with all idle, MiB"] = (
+            f"{before['rss'] / MIB:.0f} / {rss / MIB:.0f}"
+        )
+        result.notes["RSS per connection, KiB"] = f"{(rss - before['rss']) / count / 1024:.0f}"
+        result.notes["PSS per connection, KiB"] = f"{(pss - before['pss']) / count / 1024:.0f}"
+        result.notes["processes"] = str(len(pids))
 
-    # One new message for idle0: how long until every session of idle0 hears of it?
-    arrived: list[float] = []
+        # One new message for idle0: how long until every session of idle0 hears of it?
+        arrived: list[float] = []
 
-    async def wait_exists(client: IMAPClient, t0: float) -> None:
-        while True:
-            line = await client.idle_wait()
-            if line.endswith(b"EXISTS"):
-                arrived.append(time.perf_counter() - t0)
-                return
+        async def wait_exists(client: IMAPClient, t0: float) -> None:
+            while True:
+                line = await client.idle_wait()
+                if line.endswith(b"EXISTS"):
+                    arrived.append(time.perf_counter() - t0)
+                    return
 
-    sender = await connect_login(server, users[0])
-    news = message(999_999, seed=7)
-    t0 = time.perf_counter()
-    waits = [asyncio.ensure_future(wait_exists(c, t0)) for c in watchers]
-    await sender.append("INBOX", news)
-    _, pending = await asyncio.wait(waits, timeout=30)
-    for task in pending:
-        task.cancel()
-    result.steps[f"new mail reaches {len(watchers)} IDLE sessions"] = arrived
-    if pending:
-        result.error(f"{len(pending)} sessions heard nothing in 30 s")
-    await sender.logout()
-
-    async def leave(n: int) -> None:
-        client = clients[n]
         try:
-            if not client.writer.is_closing():
-                await asyncio.wait_for(client.idle_done(tags[n]), 10)
-        except (TimeoutError, OSError, IMAPError):
-            pass
-        await client.logout()
+            sender = await connect_login(server, users[0])
+        except (OSError, IMAPError) as e:
+            result.error(f"new-mail sender: {type(e).__name__} {str(e)[:60]}")
+            return
+        news = message(999_999, seed=7)
+        t0 = time.perf_counter()
+        waits = [asyncio.ensure_future(wait_exists(c, t0)) for c in watchers]
+        await sender.append("INBOX", news)
+        _, pending = await asyncio.wait(waits, timeout=30)
+        for task in pending:
+            task.cancel()
+        result.steps[f"new mail reaches {len(watchers)} IDLE sessions"] = arrived
+        if pending:
+            result.error(f"{len(pending)} sessions heard nothing in 30 s")
+        await sender.logout()
 
-    await bounded(len(clients), 100, time.monotonic() + 120, leave)
+        async def leave(n: int) -> None:
+            client = clients[n]
+            try:
+                if not client.writer.is_closing():
+                    await asyncio.wait_for(client.idle_done(tags[n]), 10)
+            except (TimeoutError, OSError, IMAPError):
+                pass
+            await client.logout()
+
+        await bounded(len(clients), 100, time.monotonic() + 120, leave)
+
+    try:
+        await run()
+    finally:
+        for client in clients:
+            client.close()  # whatever went wrong, leave no session behind
     return result
 
 
@@ -754,7 +767,7 @@ def main() -> None:
 
     began = time.perf_counter()
     cpus, pin_note = pin_self(not args.no_pin)
-    limit = raise_fd_limit(scale.idle_connections * 2 + 2000)
+    limit = raise_fd_limit(scale.idle_connections * 4 + 4000)
     for seed in (7, 9):
         message(0, seed)  # build the corpus pools before any timing
     with inotify_instances(scale.idle_connections + 1000) as inotify_note:

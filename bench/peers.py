@@ -497,9 +497,21 @@ service pop3-login {{
 service anvil {{
   chroot =
 }}
-# The users file is the one mailsrv reads (mode 0600, owned by us).
+# The users file is the one mailsrv reads (mode 0600, owned by us).  Every
+# login process is a client of auth and anvil.
 service auth {{
   user = root
+  client_limit = {service_client_limit}
+}}
+service anvil {{
+  client_limit = {service_client_limit}
+}}
+# imap and pop3 have process limits of their own (1024 built in).
+service imap {{
+  process_limit = {process_limit}
+}}
+service pop3 {{
+  process_limit = {process_limit}
 }}
 """
 
@@ -576,7 +588,8 @@ class Dovecot(Server):
                     imap_port=self.imap_port or 0,
                     pop3_port=self.pop3_port or 0,
                     process_limit=process_limit,
-                    client_limit=4 * process_limit + 100,
+                    client_limit=2 * process_limit + 100,
+                    service_client_limit=4 * process_limit + 100,
                 )
             )
             if performance_login:

@@ -1418,6 +1418,9 @@ class MaildirAccount:
         for name in list(folders):
             for parent in names.parents(name):
                 folders.setdefault(parent, False)
+        # INBOX is the root, listed first below; ".INBOX.Sub" only makes it
+        # a parent, never a second, unselectable INBOX.
+        folders.pop(names.INBOX, None)
         uses = self.special_uses()
         parents_with_children = {parent for name in folders for parent in names.parents(name)}
         inbox_children = any(name.startswith("INBOX/") for name in folders)

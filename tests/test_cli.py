@@ -165,6 +165,34 @@ class CheckConfigTests(CLITestCase):
         self.assertEqual(status, cli.EX_CONFIG)
         self.assertIn("imap.listen[0]", err)
 
+    def test_broken_users_file(self) -> None:
+        """The daemon would refuse to start; check-config says so first."""
+        config = os.path.join(self.dir, "c.toml")
+        pw = os.path.join(self.dir, "pw")
+        with open(pw, "w") as f:
+            f.write("alice:{PLAIN}x\nbad line\n")
+        with open(config, "w") as f:
+            f.write(f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{pw}"\n')
+        status, _, err = self.run_cli("check-config", config)
+        self.assertEqual(status, cli.EX_CONFIG)
+        self.assertIn(f"{pw}: line 2:", err)
+
+    def test_counts_users(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        pw = os.path.join(self.dir, "pw")
+        with open(pw, "w") as f:
+            f.write("alice:{PLAIN}x\nbob:{PLAIN}y\n")
+        with open(config, "w") as f:
+            f.write(f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{pw}"\n')
+        status, out, _ = self.run_cli("check-config", config)
+        self.assertEqual(status, 0)
+        self.assertIn("users: 2", out)
+
+    def test_needs_a_file(self) -> None:
+        status, _, err = self.run_cli("check-config")
+        self.assertEqual(status, cli.EX_USAGE)
+        self.assertIn("needs a FILE", err)
+
     def test_bad_certificate(self) -> None:
         config = os.path.join(self.dir, "c.toml")
         pw = os.path.join(self.dir, "pw")
@@ -254,8 +282,55 @@ class DeliverCommandTests(CLITestCase):
         else:
             os.makedirs(os.path.join(self.dir, "mail"), mode=0o500)
         status, err = self.deliver("alice", message=b"Subject: x\n\nx\n")
-        self.assertIn(status, (cli.EX_TEMPFAIL, cli.EX_CANTCREAT))
-        self.assertIn("mailsrv:", err)
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("mailsrv: temporary failure", err)
+
+    def test_missing_folder_is_delivered_to_inbox_with_a_warning(self) -> None:
+        status, err = self.deliver("alice", "--folder", "No/Such", message=b"Subject: s\n\nx\n")
+        self.assertEqual(status, cli.EX_OK)
+        self.assertEqual(len(self.files()), 1)
+        # The MTA logs what the agent writes on stderr: the fallback is visible there.
+        self.assertIn("mailsrv: warn:", err)
+        self.assertIn("'No/Such'", err)
+
+    def test_empty_message_is_refused_for_good(self) -> None:
+        status, err = self.deliver("alice", message=b"")
+        self.assertEqual(status, cli.EX_DATAERR)
+        self.assertIn("empty message", err)
+        self.assertEqual(self.files(), [])
+
+    def test_configuration_error_is_temporary(self) -> None:
+        """Postfix bounces on EX_CONFIG (5.3.5); a typo must not bounce mail."""
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write("[storage]\nmaildirr = 'x'\n")
+        status, err = self.deliver("alice", "--config", config, message=b"Subject: x\n\nx\n")
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn(f"{config}: storage.maildirr: unknown key", err)
+        status, err = self.deliver(
+            "alice", "--passwd", os.path.join(self.dir, "nope"), message=b"Subject: x\n\nx\n"
+        )
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("--passwd: file not found", err)
+
+    def test_home_template_without_home_is_temporary(self) -> None:
+        status, err = self.deliver(
+            "alice", "--maildir", "{home}/Maildir", message=b"Subject: x\n\nx\n"
+        )
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("home directory", err)
+
+    def test_unexpected_error_is_temporary(self) -> None:
+        from mailsrv.storage import maildir
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("bug")
+
+        self.patch(maildir.MaildirMailbox, "append", broken)
+        status, err = self.deliver("alice", message=b"Subject: x\n\nx\n")
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("internal error", err)
+        self.assertIn("RuntimeError: bug", err)
 
     def test_reindex(self) -> None:
         for _ in range(3):

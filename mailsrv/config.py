@@ -29,7 +29,8 @@ COMMAND_LINE = "command line"
 #: importing the reactor at load time would pre-empt twistd's --reactor.
 _NO_REACTOR: Any = None
 
-_LOOPBACK_HOSTS = ("", "0.0.0.0", "::")
+#: Interfaces that mean "every address": they clash with any interface.
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
 def _check_range(
@@ -346,7 +347,7 @@ def _check_listeners(config: Config, required: bool) -> None:
             "no listeners configured: set imap.listen, imap.listen_tls, pop3.listen or "
             "pop3.listen_tls (or give --imap/--imaps/--pop3/--pop3s)",
         )
-    seen: dict[tuple[str, int], str] = {}
+    seen: dict[tuple[str, int], Listener] = {}
     for listener in listeners:
         try:
             endpoint = endpoints.serverFromString(_NO_REACTOR, listener.endpoint)
@@ -366,17 +367,18 @@ def _check_listeners(config: Config, required: bool) -> None:
         interface, port = address
         if not 0 < port < 65536:
             raise _error(listener.origin, f"port {port} is out of range 1-65535")
-        for (other_interface, other_port), origin in seen.items():
+        for (other_interface, other_port), other in seen.items():
             if other_port == port and (
                 interface == other_interface
-                or interface in _LOOPBACK_HOSTS
-                or other_interface in _LOOPBACK_HOSTS
+                or interface in _WILDCARD_HOSTS
+                or other_interface in _WILDCARD_HOSTS
             ):
                 raise _error(
                     listener.origin,
-                    f"port {port} is also used by {origin} ({listener.endpoint!r})",
+                    f"{listener.endpoint!r}: port {port} is also used by "
+                    f"{other.origin} ({other.endpoint!r})",
                 )
-        seen[address] = listener.origin
+        seen[address] = listener
         if listener.implicit_tls and not config.tls_enabled:
             raise _error(listener.origin, "implicit TLS listener needs tls.certificate and tls.key")
 

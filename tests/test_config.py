@@ -106,9 +106,15 @@ class ConfigTests(unittest.TestCase):
         self.assertIn("carrier-pigeon:7", e.reason)
 
     def test_port_clash(self) -> None:
-        e = self.error('[imap]\nlisten = ["tcp:1143"]\n[pop3]\nlisten = ["tcp:1143"]\n')
+        e = self.error(
+            '[imap]\nlisten = ["tcp:1143"]\n[pop3]\nlisten = ["tcp:1143:interface=127.0.0.1"]\n'
+        )
         self.assertEqual(e.key, "pop3.listen[0]")
-        self.assertIn("imap.listen[0]", e.reason)
+        # Both sides of the clash, each with its own endpoint string.
+        self.assertEqual(
+            e.reason,
+            "'tcp:1143:interface=127.0.0.1': port 1143 is also used by imap.listen[0] ('tcp:1143')",
+        )
 
     def test_same_port_on_different_interfaces(self) -> None:
         path = self.write(

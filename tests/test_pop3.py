@@ -20,6 +20,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.address import IPv4Address
@@ -481,6 +484,53 @@ class UserPassTests(unittest.SynchronousTestCase):
         session = Session(Fixture(self))
         session.login("nobody", "secret")
         session.clock.advance(2)
+        self.assertEqual(session.output(), AUTH_FAILED)
+
+    def test_failure_answered_at_the_same_moment_whatever_the_check_cost(self) -> None:
+        """A wrong password for a user with an expensive hash and an unknown
+        user checked against a cheap one are answered at the same instant:
+        the delay counts from the command, not from the checker's verdict."""
+        clock = Clock()
+
+        @implementer(ICredentialsChecker)
+        class SlowChecker:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+                cost = 1.5 if credentials.username == b"alice" else 0.01
+                d: defer.Deferred[Any] = defer.Deferred()
+                clock.callLater(cost, d.errback, UnauthorizedLogin("no"))
+                return d
+
+        fixture = Fixture(self)
+        fixture.portal = Portal(FakeRealm(fixture.boxes), [SlowChecker()])
+        for user in ("alice", "nobody"):
+            session = Session(fixture, clock=clock)
+            started = clock.seconds()
+            session.login(user, "wrong")
+            clock.advance(1.99)
+            self.assertEqual(session.output(), b"", user)
+            clock.advance(0.01)
+            self.assertEqual(session.output(), AUTH_FAILED, user)
+            self.assertEqual(clock.seconds() - started, 2.0)
+
+    def test_check_slower_than_the_delay_is_answered_at_once(self) -> None:
+        clock = Clock()
+
+        @implementer(ICredentialsChecker)
+        class VerySlowChecker:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+                d: defer.Deferred[Any] = defer.Deferred()
+                clock.callLater(3.0, d.errback, UnauthorizedLogin("no"))
+                return d
+
+        fixture = Fixture(self)
+        fixture.portal = Portal(FakeRealm(fixture.boxes), [VerySlowChecker()])
+        session = Session(fixture, clock=clock)
+        session.login("alice", "wrong")
+        clock.advance(3.0)
         self.assertEqual(session.output(), AUTH_FAILED)
 
     def test_commands_wait_for_the_failure_delay(self) -> None:

@@ -585,27 +585,44 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
         return self._login(step.credentials, username)
 
     def _login(self, credentials: ICredentials, username: bytes) -> defer.Deferred[None]:
+        started = self.clock.seconds()
         d = self.portal.login(credentials, None, IMaildrop)
         name = username.decode("utf-8", "replace")
-        return d.addCallbacks(self._authenticated, self._login_error, callbackArgs=(name,))
+        return d.addCallbacks(
+            self._authenticated,
+            self._login_error,
+            callbackArgs=(name,),
+            errbackArgs=(started,),
+        )
 
-    def _login_error(self, failure: Failure) -> _Result:
+    def _login_error(self, failure: Failure, started: float) -> _Result:
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
-            return self._failed_login(AUTH_FAILED)
+            return self._failed_login(AUTH_FAILED, started)
         _log.failure("POP3: login failed with an unexpected error", failure)
         self._error("Temporary authentication failure.", "SYS/TEMP")
         return None
 
-    def _failed_login(self, reason: str) -> defer.Deferred[None]:
-        """Answer after the failure delay, and hang up after too many failures."""
+    def _failed_login(self, reason: str, started: float | None = None) -> defer.Deferred[None]:
+        """Answer ``failure_delay`` after the attempt began, and hang up after
+        too many failures.
+
+        Counting from the start, not from the checker's verdict, makes the
+        answer come at the same moment whatever the check cost: an unknown
+        user (a dummy argon2 hash), a PLAIN user (no hashing) and a bcrypt
+        user look alike to a client with a stopwatch, as long as hashing
+        takes less than the delay.
+        """
         self._failures += 1
         _log.info(
             "POP3: failed login from {peer} ({count} so far)",
             peer=_address(self._peer),
             count=self._failures,
         )
+        now = self.clock.seconds()
+        begun = now if started is None else started
+        wait = max(0.0, begun + self.policy.failure_delay - now)
         d: defer.Deferred[None] = defer.Deferred()
-        self._delayed = self.clock.callLater(self.policy.failure_delay, d.callback, None)
+        self._delayed = self.clock.callLater(wait, d.callback, None)
 
         def answer(_: None) -> None:
             self._delayed = None

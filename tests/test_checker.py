@@ -127,6 +127,25 @@ class InlineCheckerTests(SynchronousTestCase):
         self.assertEqual(set(messages.values()), {FAILURE_MESSAGE})
         self.assertEqual(FAILURE_MESSAGE, "Authentication failed")
 
+    def test_challenge_responses_cost_the_same_for_every_user(self) -> None:
+        """A user without a plaintext secret, an unknown user and a wrong
+        secret each make exactly one digest computation."""
+
+        @implementer(IUsernameHashedPassword)
+        class Counting:
+            def __init__(self, username: bytes) -> None:
+                self.username = username
+                self.checked: list[bytes] = []
+
+            def checkPassword(self, password: bytes) -> bool:
+                self.checked.append(password)
+                return False
+
+        for name in (b"alice", b"bob", b"mallory"):
+            credentials = Counting(name)
+            self.assertEqual(self.refused(credentials), FAILURE_MESSAGE)
+            self.assertEqual(len(credentials.checked), 1, name)
+
     def test_cram_md5_for_plaintext_users(self) -> None:
         self.assertEqual(self.login(cram_md5(b"alice", b"alice-pw")), "alice")
         self.assertEqual(self.login(cram_md5(b"carol", b"carol:pw")), "carol")

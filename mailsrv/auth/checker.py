@@ -9,6 +9,7 @@ unknown user costs the same hashing work as a wrong password.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -37,6 +38,9 @@ _log = Logger(namespace="mailsrv.auth.checker")
 FAILURE_MESSAGE = "Authentication failed"
 
 _T = TypeVar("_T")
+
+#: Checked against when a user has no plaintext-equivalent secret.
+_NOBODYS_SECRET = secrets.token_bytes(24)
 
 
 def _decode_name(username: object) -> str | None:
@@ -122,6 +126,9 @@ class PasswdFileChecker:
         record = self._passwd.get(name) if name is not None else None
         secret = plaintext_secret_bytes(record.password) if record is not None else None
         if secret is None:
+            # The same digest computation as a real check, so a user without
+            # a usable secret cannot be told apart by the work done.
+            credentials.checkPassword(_NOBODYS_SECRET)
             return False
         return bool(credentials.checkPassword(secret))
 

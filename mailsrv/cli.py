@@ -165,7 +165,8 @@ def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
     path = config.users.passwd_file
     action = args.user_command
     if action == "add" and not os.path.exists(path):
-        create_empty(path)
+        with contextlib.suppress(FileExistsError):  # another add created it meanwhile
+            create_empty(path)
     if not os.path.exists(path):
         raise CommandError(f"{path}: users file not found", EX_CONFIG)
     passwd = PasswdFile(path)

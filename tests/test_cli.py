@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
+import sys
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -13,6 +15,7 @@ from twisted.trial import unittest
 from mailsrv import cli
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile
+from tests.helpers import source_env
 
 
 class CLITestCase(unittest.TestCase):
@@ -115,6 +118,29 @@ class UserCommandTests(CLITestCase):
         self.failureResultOf(self.check("alice", "pw"), UnauthorizedLogin)
         status, _, _err = self.run_cli("user", "del", "alice", "--passwd", self.passwd)
         self.assertEqual(status, cli.EX_NOUSER)
+
+    def test_parallel_adds_keep_every_user(self) -> None:
+        """A provisioning script running ``mailsrv user add`` in parallel:
+        every user reported as added is in the file afterwards."""
+        script = (
+            "import io, sys; from mailsrv import cli; "
+            "sys.exit(cli.main(['user', 'add', sys.argv[1], '--passwd', sys.argv[2], "
+            "'--password-stdin', '--scheme', 'PLAIN'], stdin=io.StringIO('pw\\n')))"
+        )
+        names = [f"user{i}" for i in range(12)]
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, name, self.passwd],
+                env=source_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for name in names
+        ]
+        outputs = [child.communicate()[0] for child in children]
+        self.assertEqual([child.returncode for child in children], [0] * len(names), outputs)
+        listed = [record.name for record in PasswdFile(self.passwd).users()]
+        self.assertEqual(sorted(listed), sorted(names))
 
     def test_list_without_file(self) -> None:
         status, _, err = self.run_cli("user", "list", "--passwd", self.passwd)

@@ -12,11 +12,13 @@ not change byte-for-byte as it was.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 from twisted.logger import Logger
@@ -185,6 +187,24 @@ def _read(path: str) -> tuple[bytes, tuple[int, int, int, int]]:
     return data, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+@contextlib.contextmanager
+def _exclusive(directory: str) -> Iterator[None]:
+    """Serialize admin rewrites of the files in ``directory``.
+
+    A rewrite reads the file, edits it and renames a new one over it; two at
+    once (``mailsrv user add`` run in parallel by a provisioning script)
+    would each write their own edit over the other's. The lock is a
+    ``flock`` of the directory itself, since the file's inode changes with
+    every rewrite; the daemon only reads and never takes it.
+    """
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -348,13 +368,14 @@ class PasswdFile:
         self, change: Callable[[list[bytes], dict[str, tuple[int, UserRecord]]], None]
     ) -> None:
         """Read the file as it is now, let ``change`` edit its lines, write it back."""
-        try:
-            data, _ = _read(self.path)
-        except FileNotFoundError:
-            raise ConfigError(self.path, "", "file not found") from None
-        lines, users = _parse(data, self.path)
-        change(lines, users)
-        _atomic_write(self.path, b"".join(lines))
+        with _exclusive(os.path.dirname(os.path.realpath(self.path)) or "."):
+            try:
+                data, _ = _read(self.path)
+            except FileNotFoundError:
+                raise ConfigError(self.path, "", "file not found") from None
+            lines, users = _parse(data, self.path)
+            change(lines, users)
+            _atomic_write(self.path, b"".join(lines))
         self._refresh()
 
     def add(

@@ -129,6 +129,31 @@ class StorageService(service.Service):
             stop()
 
 
+class UsersFileCheck(service.Service):
+    """Says at startup when the users file cannot be re-read.
+
+    ``startService`` runs after twistd has dropped to ``--uid/--gid``; the
+    file was loaded as root, so one only root may read would work until the
+    first ``mailsrv user add`` and then silently never change again.
+    """
+
+    def __init__(self, passwd: PasswdFile) -> None:
+        self.passwd = passwd
+
+    def startService(self) -> None:
+        super().startService()
+        problem = self.passwd.unreadable()
+        if problem is not None:
+            _log.error(
+                "users file {path} cannot be read by this process (uid {uid}): {problem}; "
+                "users added or changed from now on are not seen until a restart. Let the "
+                "daemon's group read it: chgrp GROUP {path} && chmod 0640 {path}",
+                path=self.passwd.path,
+                uid=os.getuid(),
+                problem=problem,
+            )
+
+
 def make_service(config: Config, reactor: IReactorCore | None = None) -> service.MultiService:
     """Build the daemon: one listener service per configured endpoint."""
     if reactor is None:
@@ -145,6 +170,7 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
     policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
     top = service.MultiService()
     StorageService(storage).setServiceParent(top)
+    UsersFileCheck(checker.passwd).setServiceParent(top)
     for listener in config.listeners:
         endpoint = endpoints.serverFromString(reactor, listener.endpoint)
         factory = protocol_factory(listener, portal, policy)

@@ -80,6 +80,11 @@ class PasswdFileChecker:
         self._run_in_thread = run_in_thread
         self._semaphore = defer.DeferredSemaphore(max_parallel)
 
+    @property
+    def passwd(self) -> PasswdFile:
+        """The users file this checker reads."""
+        return self._passwd
+
     # Twisted types avatar ids as bytes; mailsrv's realm takes the user name as
     # str (user names are UTF-8 text), hence the override.
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # type: ignore[override]

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -214,11 +215,13 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file (0600) in the same dir, fsync, rename.
+    """Replace ``path`` with ``data``: temp file in the same dir, fsync, rename.
 
     A symlinked users file is followed, so the link survives. The new file
-    keeps the old file's owner when we are allowed to set it (root editing
-    a file the daemon's user reads).
+    keeps the old file's owner and group when we are allowed to set them,
+    and its owner and group permission bits (never the world's): root
+    editing a ``root:vmail`` 0640 file must leave it readable by the daemon
+    running as ``vmail``, or new users would stay unseen until a restart.
     """
     target = os.path.realpath(path)
     directory = os.path.dirname(target) or "."
@@ -228,7 +231,7 @@ def _atomic_write(path: str, data: bytes) -> None:
         old = None
     fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", dir=directory)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, 0o600 if old is None else (stat.S_IMODE(old.st_mode) & 0o660) | 0o600)
         if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
             try:
                 os.fchown(fd, old.st_uid, old.st_gid)
@@ -351,6 +354,19 @@ class PasswdFile:
             where=where,
             reason=reason,
         )
+
+    def unreadable(self) -> str | None:
+        """Why this process cannot read the file now, or None if it can.
+
+        The daemon asks once it has dropped root: it loaded the file as
+        root, and a file only root may read would keep working until the
+        first change and then never be re-read.
+        """
+        try:
+            with open(self.path, "rb"):
+                return None
+        except OSError as e:
+            return e.strerror or str(e)
 
     def get(self, name: str) -> UserRecord | None:
         """The user called ``name``, or None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -222,3 +223,40 @@ class MaildropTests(unittest.SynchronousTestCase):
         listing = self.open(self.maildrop(account))
         self.assertEqual(listing[1].unique_id, "dovecot-legacy-uidl")
         self.assertEqual(listing[0].unique_id, unique_id(self.uids[0], self.inbox.uidvalidity))
+
+    def backend_lock(self, refuse: bool = False) -> tuple[Any, list[str]]:
+        """An account whose INBOX has its own maildrop lock, recording its use."""
+        events: list[str] = []
+
+        def lock_maildrop() -> Any:
+            if refuse:
+                raise MailboxInUse("held by another process")
+            events.append("locked")
+            return lambda: events.append("released")
+
+        inbox = _Proxy(self.inbox, lock_maildrop=lock_maildrop)
+        return _Proxy(self.account, get_mailbox=lambda name: inbox), events
+
+    def test_backend_lock_held_until_commit(self) -> None:
+        account, events = self.backend_lock()
+        maildrop = self.maildrop(account)
+        self.open(maildrop)
+        self.assertEqual(events, ["locked"])
+        self.successResultOf(maildrop.commit(deleted=[], seen=[]))
+        self.assertEqual(events, ["locked", "released"])
+        maildrop.release()
+        self.assertEqual(events, ["locked", "released"])
+
+    def test_backend_lock_refused(self) -> None:
+        account, _ = self.backend_lock(refuse=True)
+        self.failureResultOf(self.maildrop(account).open(), MailboxInUse)
+        # The in-process lock was given back too.
+        self.assertEqual(len(self.open(self.maildrop())), 3)
+
+    def test_backend_lock_released_with_a_forgotten_maildrop(self) -> None:
+        account, events = self.backend_lock()
+        maildrop = Maildrop(account)
+        self.successResultOf(maildrop.open())
+        del maildrop
+        gc.collect()
+        self.assertEqual(events, ["locked", "released"])

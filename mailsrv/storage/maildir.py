@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any
 
 import attrs
@@ -47,6 +47,7 @@ from mailsrv.errors import (
     InvalidMailboxName,
     LimitExceeded,
     MailboxExists,
+    MailboxInUse,
     MailboxNotEmpty,
     NoSuchMailbox,
     NoSuchMessage,
@@ -101,6 +102,7 @@ __all__ = [
 log = Logger()
 
 LOCK_NAME = "mailsrv-lock"
+POP3_LOCK_NAME = "mailsrv-pop3-lock"
 SPECIAL_USE_NAME = "mailsrv-special-use"
 UIDVALIDITY_NAME = "mailsrv-uidvalidity"
 SUBSCRIPTIONS_NAME = "subscriptions"
@@ -966,6 +968,37 @@ class MaildirMailbox:
 
     def expunged_since(self, modseq: int) -> Sequence[int]:
         return self._db.expunged_since(modseq)
+
+    def lock_maildrop(self) -> Callable[[], None]:
+        """Take the POP3 maildrop lock of this folder for a session; return its release.
+
+        An ``flock`` of ``mailsrv-pop3-lock``, held for the whole session
+        (so not the short-lived ``mailsrv-lock``): every mailsrv process on
+        this Maildir (two daemons, an old one still draining while a new
+        one starts) sees it, and the kernel drops it if the holder dies.
+        Raises :class:`MailboxInUse` when another session has it.
+        """
+        try:
+            fd = os.open(os.path.join(self.path, POP3_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MailboxInUse("maildrop is in use by another POP3 session") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                os.close(fd)  # drops the lock
+
+        return release
 
     def pop3_uidls(self) -> dict[int, str]:
         """POP3 UIDLs carried over from a migration (``P`` fields of the uidlist)."""

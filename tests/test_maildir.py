@@ -10,6 +10,7 @@ import datetime
 import io
 import os
 import sqlite3
+import stat
 from collections.abc import Sequence
 
 from twisted.internet import defer, reactor
@@ -139,6 +140,18 @@ class LayoutTests(MaildirTestCase):
         for name, use in DEFAULT_FOLDERS:
             self.assertIn(use, listed[name])
             self.assertEqual(account.open_mailbox(name).special_use, frozenset({use}))
+
+    def test_nothing_is_readable_by_other_users(self) -> None:
+        """Message files, the index (it caches headers) and the UID list are 0600."""
+        inbox = self.inbox()
+        inbox.append(io.BytesIO(MESSAGE))
+        inbox.store(inbox.uids(), ["$Label"], StoreMode.ADD)
+        self.account().subscribe("Sent")
+        for directory, _subdirs, files in os.walk(self.root):
+            self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700, directory)
+            for name in files:
+                path = os.path.join(directory, name)
+                self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
 
     def test_home_template(self) -> None:
         storage = MaildirStorage("{home}/Maildir")

@@ -1350,6 +1350,11 @@ class MaildirMailbox:
 # One user's tree
 
 
+def _touch(path: str) -> None:
+    """Create an empty file, private like everything else in the tree."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def _special_use_guess(name: str) -> str | None:
     lowered = name.lower()
     for use, candidates in SPECIAL_USE_NAMES.items():
@@ -1517,8 +1522,7 @@ class MaildirAccount:
         try:
             for sub in ("cur", "new", "tmp"):
                 os.mkdir(os.path.join(staging, sub), 0o700)
-            with open(os.path.join(staging, MAILDIRFOLDER_NAME), "wb"):
-                pass
+            _touch(os.path.join(staging, MAILDIRFOLDER_NAME))
             try:
                 os.rename(staging, path)
             except OSError as exc:
@@ -1527,8 +1531,7 @@ class MaildirAccount:
                 # A \Noselect remnant: make it a mailbox in place.
                 for sub in ("cur", "new", "tmp"):
                     os.makedirs(os.path.join(path, sub), 0o700, exist_ok=True)
-                with open(os.path.join(path, MAILDIRFOLDER_NAME), "ab"):
-                    pass
+                _touch(os.path.join(path, MAILDIRFOLDER_NAME))
             fsync_dir(self.root)
         finally:
             if os.path.isdir(staging):

@@ -672,6 +672,29 @@ class MaildirMailbox:
             return None
         return uid
 
+    def _assign_uids(
+        self,
+        write: _Write,
+        bases: Sequence[str],
+        taken: set[int],
+        known: dict[str, int] | None = None,
+    ) -> dict[str, int]:
+        """A UID for each base name: one already ``known``, else the UID list's
+        hint (a file renamed or re-indexed keeps its UID), else a fresh one;
+        the fresh ones are allocated (fsynced) together."""
+        uid_of: dict[str, int] = {}
+        needs: list[tuple[str, str | None]] = []
+        for base in bases:
+            uid = (known or {}).get(base) or self._hint(write, base, taken)
+            if uid is None:
+                needs.append((base, None))
+            else:
+                uid_of[base] = uid
+                taken.add(uid)
+        for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
+            uid_of[base] = uid
+        return uid_of
+
     def _sync(self, force: bool = False, rebuild: bool = False) -> None:
         """Bring the index in line with new/ and cur/ (lock held)."""
         db = self._db
@@ -721,17 +744,7 @@ class MaildirMailbox:
         rows: list[Row] = []
         if added:
             added.sort(key=lambda item: (item[2].st_mtime_ns, item[0]))
-            needs: list[tuple[str, str | None]] = []
-            uid_of: dict[str, int] = {}
-            for base, _filename, _st in added:
-                uid = arrived.get(base) or self._hint(write, base, taken)
-                if uid is None:
-                    needs.append((base, None))
-                else:
-                    uid_of[base] = uid
-                    taken.add(uid)
-            for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
-                uid_of[base] = uid
+            uid_of = self._assign_uids(write, [base for base, _, _ in added], taken, arrived)
             modseq = write.next_modseq()
             for base, filename, st in added:
                 row = Row(
@@ -818,17 +831,7 @@ class MaildirMailbox:
             found.append((filename, base, info))
         if not found:
             return {}
-        uids: dict[str, int] = {}
-        needs: list[tuple[str, str | None]] = []
-        for _filename, base, _info in found:
-            uid = self._hint(write, base, taken)
-            if uid is None:
-                needs.append((base, None))
-            else:
-                uids[base] = uid
-                taken.add(uid)
-        for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
-            uids[base] = uid
+        uids = self._assign_uids(write, [base for _, base, _ in found], taken)
         arrived: dict[str, int] = {}
         for filename, base, info in found:
             target = os.path.join(self._cur, f"{base}:2,{info}")

@@ -346,3 +346,7 @@ def main(
         traceback.print_exc(file=stderr)
         return EX_TEMPFAIL if delivering else EX_SOFTWARE
     raise AssertionError(args.command)
+
+
+if __name__ == "__main__":  # python -m mailsrv.cli, where the script is not on PATH
+    sys.exit(main())

@@ -391,21 +391,27 @@ class CapaTests(unittest.SynchronousTestCase):
         self.assertNotIn(b"STLS", caps)
 
     def test_transaction_state(self) -> None:
+        """RFC 2449 5, 6.2, 6.3: USER and SASL are announced after login as
+        before it; STLS (RFC 2595 4) only before."""
         session = Session(Fixture(self, tls_context=object()))
+        before = self.capa(session)
         session.login()
         self.assertEqual(
             self.capa(session),
             [
                 b"TOP",
+                b"USER",
                 b"UIDL",
                 b"RESP-CODES",
                 b"AUTH-RESP-CODE",
                 b"PIPELINING",
+                b"SASL PLAIN LOGIN CRAM-MD5",
                 b"EXPIRE NEVER",
                 b"LOGIN-DELAY 0",
                 b"IMPLEMENTATION mailsrv",
             ],
         )
+        self.assertEqual([c for c in before if c != b"STLS"], self.capa(session))
 
     def test_arguments_refused(self) -> None:
         self.assertEqual(

@@ -432,16 +432,22 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
     # -- any state -------------------------------------------------------------
 
     def capabilities(self) -> list[bytes]:
-        """What CAPA lists now: exactly what works in this state on this connection."""
+        """What CAPA lists: what works on this connection.
+
+        RFC 2449 5 asks that capabilities of the AUTHORIZATION state be
+        announced in both states, and 6.2 and 6.3 that USER and SASL be
+        announced the same after login (so a client may ask CAPA only
+        once); only STLS, "AUTHORIZATION state only" (RFC 2595 4), goes
+        away after login.
+        """
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
-        if self.state is State.AUTHORIZATION:
-            if self.policy.plaintext_allowed(self._peer, self.secure):
-                caps.insert(1, b"USER")
-            offered = sasl.mechanisms(self.policy, self.secure, self._peer)
-            if offered:
-                caps.append(b"SASL " + " ".join(offered).encode("ascii"))
-            if self._tls_available():
-                caps.append(b"STLS")
+        if self.policy.plaintext_allowed(self._peer, self.secure):
+            caps.insert(1, b"USER")
+        offered = sasl.mechanisms(self.policy, self.secure, self._peer)
+        if offered:
+            caps.append(b"SASL " + " ".join(offered).encode("ascii"))
+        if self.state is State.AUTHORIZATION and self._tls_available():
+            caps.append(b"STLS")
         caps += [b"EXPIRE NEVER", b"LOGIN-DELAY 0", b"IMPLEMENTATION mailsrv"]
         return caps
 

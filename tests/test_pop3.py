@@ -1125,6 +1125,17 @@ class MaildropLockTests(unittest.SynchronousTestCase):
         )
         self.assertEqual(fixture.boxes["alice"].logouts, 1)
 
+    def test_long_error_text_is_cut_to_512_octets(self) -> None:
+        """RFC 2449 4: a status line, CRLF included, is at most 512 octets."""
+        fixture = Fixture(self)
+        fixture.boxes["alice"].fail_open = TemporaryFailure("cannot read /" + "ä/" * 400)
+        line = Session(fixture).login()
+        self.assertLessEqual(len(line), 512)
+        self.assertGreater(len(line), 500)
+        self.assertTrue(line.startswith(b"-ERR [SYS/TEMP] Cannot open the mailbox: cannot read"))
+        self.assertTrue(line.endswith(b"...\r\n"))
+        line.decode("utf-8")  # not cut inside a character
+
 
 # -- pipelining, line length, timeouts, limits -----------------------------------------
 

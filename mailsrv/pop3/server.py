@@ -54,6 +54,9 @@ _log = log.get_logger(__name__)
 #: How much of a message is read and written at a time by RETR and TOP.
 CHUNK_SIZE = 64 * 1024
 
+#: Longest first line of a response, CRLF included (RFC 2449 4).
+MAX_STATUS_LINE = 512
+
 PLAINTEXT_DISALLOWED = b"Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 AUTH_FAILED = "Authentication failed."
 
@@ -416,7 +419,12 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
 
     def _error(self, text: str, code: str | None = None) -> None:
         prefix = f"-ERR [{code}] " if code else "-ERR "
-        self._send((prefix + text).encode("utf-8", "replace"))
+        line = (prefix + text).encode("utf-8", "replace")
+        # RFC 2449 4: a response's first line is at most 512 octets with its
+        # CRLF; a storage error naming a long path must not break a client.
+        if len(line) > MAX_STATUS_LINE - 2:
+            line = line[: MAX_STATUS_LINE - 5].decode("utf-8", "ignore").encode("utf-8") + b"..."
+        self._send(line)
 
     def _multiline(self, first: str, lines: Sequence[bytes]) -> None:
         body = b"".join(dot_stuff_line(line) + b"\r\n" for line in lines)

@@ -339,6 +339,38 @@ def _endpoint_address(endpoint: Any) -> tuple[str, int] | None:
     return None
 
 
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def _systemd_problem(endpoint: str) -> str | None:
+    """What is wrong with a ``systemd:`` endpoint string, checked without the
+    inherited sockets.
+
+    Twisted looks the socket up while parsing, so outside the service
+    (``mailsrv check-config`` as systemd's ExecStartPre, which inherits no
+    sockets) every systemd endpoint would look broken; the syntax is checked
+    here instead, and the socket itself when the daemon starts.
+    """
+    params: dict[str, str] = {}
+    for part in endpoint.split(":")[1:]:
+        key, eq, value = part.partition("=")
+        if not eq or key in params:
+            return "expected systemd:domain=INET:index=N (or name=NAME)"
+        params[key] = value
+    unknown = set(params) - {"domain", "index", "name"}
+    if unknown:
+        return f"unknown parameter {sorted(unknown)[0]!r} (systemd takes domain, index or name)"
+    if params.get("domain") not in _SYSTEMD_DOMAINS:
+        return f"domain must be one of {', '.join(_SYSTEMD_DOMAINS)}"
+    if ("index" in params) == ("name" in params):
+        return "give exactly one of index=N or name=NAME"
+    if "index" in params and not params["index"].isdigit():
+        return f"index must be a number, not {params['index']!r}"
+    if "name" in params and not params["name"]:
+        return "name must not be empty"
+    return None
+
+
 def _check_listeners(config: Config, required: bool) -> None:
     listeners = config.listeners
     if not listeners and required:
@@ -348,13 +380,32 @@ def _check_listeners(config: Config, required: bool) -> None:
             "pop3.listen_tls (or give --imap/--imaps/--pop3/--pop3s)",
         )
     seen: dict[tuple[str, int], Listener] = {}
+    paths: dict[str, Listener] = {}
     for listener in listeners:
+        if listener.endpoint.split(":", 1)[0] == "systemd":
+            problem = _systemd_problem(listener.endpoint)
+            if problem is not None:
+                raise _error(listener.origin, f"{listener.endpoint!r}: {problem}")
+            if listener.implicit_tls and not config.tls_enabled:
+                raise _error(
+                    listener.origin, "implicit TLS listener needs tls.certificate and tls.key"
+                )
+            continue
         try:
             endpoint = endpoints.serverFromString(_NO_REACTOR, listener.endpoint)
         except Exception as e:  # Twisted raises assorted types for bad strings
             raise _error(
                 listener.origin, f"not a valid endpoint string {listener.endpoint!r}: {e}"
             ) from e
+        path = getattr(endpoint, "_address", None)  # a UNIX socket's path
+        if isinstance(path, str):
+            other = paths.get(os.path.abspath(path))
+            if other is not None:
+                raise _error(
+                    listener.origin,
+                    f"{listener.endpoint!r}: socket {path} is also used by {other.origin}",
+                )
+            paths[os.path.abspath(path)] = listener
         if listener.implicit_tls and listener.endpoint.split(":", 1)[0] in ("ssl", "tls"):
             raise _error(
                 listener.origin,

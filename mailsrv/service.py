@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.systemd import ListenFDs
 
 from mailsrv import log
 from mailsrv.auth.checker import PasswdFileChecker
@@ -154,6 +155,23 @@ class UsersFileCheck(service.Service):
             )
 
 
+def _endpoint(reactor: Any, listener: Listener, where: str) -> Any:
+    """The server endpoint of a listener; a systemd socket that was not
+    inherited is a configuration error naming the listener, not a traceback."""
+    try:
+        return endpoints.serverFromString(reactor, listener.endpoint)
+    except (IndexError, KeyError):
+        if not listener.endpoint.startswith("systemd:"):
+            raise
+        count = len(ListenFDs.fromEnvironment().inheritedDescriptors())
+        raise ConfigError(
+            where,
+            listener.origin,
+            f"{listener.endpoint!r}: no such socket among the {count} systemd passed in; "
+            "start mailsrv through its .socket unit (ListenStream=, FileDescriptorName=)",
+        ) from None
+
+
 def make_service(config: Config, reactor: IReactorCore | None = None) -> service.MultiService:
     """Build the daemon: one listener service per configured endpoint."""
     if reactor is None:
@@ -172,7 +190,7 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
     StorageService(storage).setServiceParent(top)
     UsersFileCheck(checker.passwd).setServiceParent(top)
     for listener in config.listeners:
-        endpoint = endpoints.serverFromString(reactor, listener.endpoint)
+        endpoint = _endpoint(reactor, listener, where)
         factory = protocol_factory(listener, portal, policy)
         ListenerService(endpoint, factory, listener, where).setServiceParent(top)
     return top

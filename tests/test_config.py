@@ -122,6 +122,31 @@ class ConfigTests(unittest.TestCase):
         )
         self.assertEqual(len(load_config(path).listeners), 2)
 
+    def test_systemd_endpoints_checked_without_inherited_sockets(self) -> None:
+        path = self.write(
+            '[imap]\nlisten = ["systemd:domain=INET:index=0"]\n'
+            '[pop3]\nlisten = ["systemd:domain=INET6:name=pop3"]\n'
+        )
+        self.assertEqual(len(load_config(path).listeners), 2)
+        for bad, reason in (
+            ("systemd:domain=INET", "exactly one of index=N or name=NAME"),
+            ("systemd:domain=INET:index=0:name=x", "exactly one of index=N or name=NAME"),
+            ("systemd:domain=IPX:index=0", "domain must be one of"),
+            ("systemd:domain=INET:index=first", "index must be a number"),
+            ("systemd:domain=INET:index=0:backlog=5", "unknown parameter 'backlog'"),
+            ("systemd:INET:0", "expected systemd:domain=INET:index=N"),
+        ):
+            e = self.error(f'[imap]\nlisten = ["{bad}"]\n')
+            self.assertEqual(e.key, "imap.listen[0]")
+            self.assertIn(reason, e.reason)
+
+    def test_unix_socket_clash(self) -> None:
+        e = self.error(
+            '[imap]\nlisten = ["unix:/run/m.sock"]\n[pop3]\nlisten = ["unix:/run/m.sock"]\n'
+        )
+        self.assertEqual(e.key, "pop3.listen[0]")
+        self.assertIn("socket /run/m.sock is also used by imap.listen[0]", e.reason)
+
     def test_port_zero_never_clashes(self) -> None:
         path = self.write('[imap]\nlisten = ["tcp:0"]\n[pop3]\nlisten = ["tcp:0"]\n')
         self.assertEqual(len(load_config(path).listeners), 2)

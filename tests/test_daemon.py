@@ -6,6 +6,7 @@ import io
 import os
 import poplib
 import select
+import shlex
 import socket
 import ssl
 import stat
@@ -343,3 +344,68 @@ class PrivilegeDropTests(unittest.TestCase):
         twistd_args = ("--uid", str(NOBODY), "--gid", str(NOBODY))
         with run_daemon(self.dir, "--config", self.config, twistd_args=twistd_args) as daemon:
             daemon.wait_for("cannot be read by this process")
+
+
+class SocketActivationTests(unittest.TestCase):
+    """``listen = ["systemd:domain=INET:index=0"]`` with a socket systemd
+    passes in, as the admin guide's mailsrv.socket unit does."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.config = os.path.join(self.dir, "mailsrv.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                '[pop3]\nlisten = ["systemd:domain=INET:index=0"]\n'
+                "[users]\npasswd_file = 'passwd'\ncreate_if_missing = true\n"
+                "[storage]\nmaildir = 'mail/{user}/Maildir'\n"
+            )
+
+    def test_check_config_outside_systemd_accepts_it(self) -> None:
+        """What ExecStartPre runs: no sockets are inherited there."""
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["check-config", self.config], stdout=out, stderr=err)
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        self.assertIn("pop3 plain: systemd:domain=INET:index=0", out.getvalue())
+
+    def test_serves_on_the_inherited_socket(self) -> None:
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(5)
+        self.addCleanup(listening.close)
+        port = listening.getsockname()[1]
+
+        def as_systemd_passes_it() -> None:  # in the child, before exec
+            if listening.fileno() != 3:
+                os.dup2(listening.fileno(), 3)
+
+        # LISTEN_PID must be the daemon's own pid: sh sets it and execs twistd.
+        twistd = [*twistd_command(), "-n", "--pidfile=", "mailsrv", "--config", self.config]
+        command = "export LISTEN_PID=$$; exec " + shlex.join(twistd)
+        process = subprocess.Popen(
+            ["sh", "-c", command],
+            cwd=self.dir,
+            env={**source_env(), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "pop3"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            pass_fds=(3,) if listening.fileno() == 3 else (listening.fileno(), 3),
+            preexec_fn=as_systemd_passes_it,
+        )
+        daemon = Daemon(process)
+        self.addCleanup(daemon.stop)
+        daemon.wait_for("listening on systemd:domain=INET:index=0")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            self.assertTrue(read_line(s).startswith(b"+OK"))
+
+    def test_no_inherited_socket_stops_startup_naming_the_key(self) -> None:
+        with run_daemon(self.dir, "--config", self.config) as daemon:
+            daemon.process.wait(timeout=STARTUP_DEADLINE)
+            assert daemon.process.stdout is not None
+            output = daemon.process.stdout.read()
+        self.assertEqual(daemon.process.returncode, 1)
+        self.assertIn(
+            f"{self.config}: pop3.listen[0]: 'systemd:domain=INET:index=0': no such", output
+        )
+        self.assertNotIn("Traceback", output)

@@ -79,6 +79,9 @@ class PasswdFileChecker:
         self._reactor = reactor
         self._run_in_thread = run_in_thread
         self._semaphore = defer.DeferredSemaphore(max_parallel)
+        # Made now, not at the first unknown user: making it costs a hash of
+        # its own, which would make that first answer come late.
+        dummy_hash()
 
     @property
     def passwd(self) -> PasswdFile:

@@ -191,26 +191,28 @@ class CheckConfigTests(CLITestCase):
         self.assertEqual(status, cli.EX_CONFIG)
         self.assertIn("imap.listen[0]", err)
 
+    def check_with_users(self, users: str) -> tuple[int, str, str]:
+        """check-config of a minimal file whose users file holds ``users``."""
+        config = os.path.join(self.dir, "c.toml")
+        with open(self.passwd_path(), "w") as f:
+            f.write(users)
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.passwd_path()}"\n'
+            )
+        return self.run_cli("check-config", config)
+
+    def passwd_path(self) -> str:
+        return os.path.join(self.dir, "pw")
+
     def test_broken_users_file(self) -> None:
         """The daemon would refuse to start; check-config says so first."""
-        config = os.path.join(self.dir, "c.toml")
-        pw = os.path.join(self.dir, "pw")
-        with open(pw, "w") as f:
-            f.write("alice:{PLAIN}x\nbad line\n")
-        with open(config, "w") as f:
-            f.write(f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{pw}"\n')
-        status, _, err = self.run_cli("check-config", config)
+        status, _, err = self.check_with_users("alice:{PLAIN}x\nbad line\n")
         self.assertEqual(status, cli.EX_CONFIG)
-        self.assertIn(f"{pw}: line 2:", err)
+        self.assertIn(f"{self.passwd_path()}: line 2:", err)
 
     def test_counts_users(self) -> None:
-        config = os.path.join(self.dir, "c.toml")
-        pw = os.path.join(self.dir, "pw")
-        with open(pw, "w") as f:
-            f.write("alice:{PLAIN}x\nbob:{PLAIN}y\n")
-        with open(config, "w") as f:
-            f.write(f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{pw}"\n')
-        status, out, _ = self.run_cli("check-config", config)
+        status, out, _ = self.check_with_users("alice:{PLAIN}x\nbob:{PLAIN}y\n")
         self.assertEqual(status, 0)
         self.assertIn("users: 2", out)
 

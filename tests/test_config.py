@@ -8,6 +8,7 @@ from twisted.trial import unittest
 
 from mailsrv.config import COMMAND_LINE, load_config
 from mailsrv.errors import ConfigError
+from mailsrv.policy import SessionPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,6 +96,16 @@ class ConfigTests(unittest.TestCase):
         e = self.error('[imap]\nlisten = ["tcp:1143"]\n[timeouts]\nimap_authenticated = 60\n')
         self.assertEqual(e.key, "timeouts.imap_authenticated")
         self.assertIn("at least 1800", e.reason)
+
+    def test_pop3_autologout_at_least_ten_minutes(self) -> None:
+        """RFC 1939 3: the autologout timer MUST be at least 10 minutes."""
+        e = self.error('[imap]\nlisten = ["tcp:1143"]\n[timeouts]\npop3 = 599\n')
+        self.assertEqual(e.key, "timeouts.pop3")
+        self.assertIn("at least 600", e.reason)
+        self.assertEqual(
+            load_config(self.write('[imap]\nlisten = ["tcp:1143"]\n')).timeouts.pop3, 600
+        )
+        self.assertEqual(SessionPolicy().pop3_timeout, 600)
 
     def test_bad_choice(self) -> None:
         e = self.error('[imap]\nlisten = ["tcp:1143"]\n[tls]\nmin_version = "1.0"\n')

@@ -260,3 +260,14 @@ class MaildropTests(unittest.SynchronousTestCase):
         del maildrop
         gc.collect()
         self.assertEqual(events, ["locked", "released"])
+
+    def test_carried_uidls_that_break_rfc_1939_are_not_used(self) -> None:
+        """RFC 1939 7: a unique-id is 1 to 70 characters in 0x21..0x7E."""
+        carried = {self.uids[0]: "x" * 71, self.uids[1]: "has space", self.uids[2]: "ok-\u00e9"}
+        inbox = _Proxy(self.inbox, pop3_uidls=lambda: carried)
+        account = _Proxy(self.account, get_mailbox=lambda name: inbox)
+        listing = self.open(self.maildrop(account))
+        validity = self.inbox.uidvalidity
+        self.assertEqual(
+            [e.unique_id for e in listing], [unique_id(u, validity) for u in self.uids]
+        )

@@ -10,6 +10,7 @@ the adapter works the same over synchronous and asynchronous backends.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
@@ -31,6 +32,8 @@ from mailsrv.interfaces import (
 __all__ = ["Maildrop", "unique_id"]
 
 INBOX = "INBOX"
+
+_VALID_UIDL = re.compile(r"[\x21-\x7e]{1,70}")
 
 #: Maildrops holding their lock, by (user name, INBOX UIDVALIDITY).  Weak, so
 #: a maildrop dropped without release (a bug elsewhere) cannot lock the user
@@ -136,7 +139,9 @@ class Maildrop:
         if method is None:
             return {}
         found: dict[int, str] = await defer.maybeDeferred(method)
-        return dict(found)
+        # RFC 1939 7: 1 to 70 characters from 0x21 to 0x7E; anything else
+        # would break clients, so such a message gets the computed UIDL.
+        return {uid: uidl for uid, uidl in found.items() if _VALID_UIDL.fullmatch(uidl)}
 
     def retrieve(self, uid: int) -> defer.Deferred[IO[bytes]]:  # type: ignore[override]
         if self._inbox is None:

@@ -266,9 +266,9 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
         raise CommandError("check-config needs a FILE (or --config FILE)", EX_USAGE)
     config = load_config(path, {"passwd": args.passwd, "maildir": args.maildir})
     if config.tls_enabled and not config.tls.generate_self_signed:
-        from mailsrv.tls import server_context
+        from mailsrv.service import tls_context_of
 
-        server_context(config.tls, config.path or "command line")
+        tls_context_of(config)
     if os.path.exists(config.users.passwd_file):
         count = len(PasswdFile(config.users.passwd_file).users())
     else:  # create_if_missing: the daemon creates it

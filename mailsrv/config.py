@@ -441,7 +441,12 @@ def _origin(config: Config, key: str) -> str:
 def _check_files(config: Config) -> None:
     tls = config.tls
     if (tls.certificate is None) != (tls.key is None):
-        missing = "tls.key" if tls.key is None else "tls.certificate"
+        given, missing = (
+            ("tls.certificate", "tls.key") if tls.key is None else ("tls.key", "tls.certificate")
+        )
+        if given in config.from_command_line:  # say it in the words the user typed
+            option = {"tls.certificate": "--tls-cert", "tls.key": "--tls-key"}[missing]
+            raise _error(option, "--tls-cert and --tls-key must be given together")
         raise _error(_origin(config, missing), "tls.certificate and tls.key must be given together")
     if tls.certificate is not None and not tls.generate_self_signed:
         for key, path in (("tls.certificate", tls.certificate), ("tls.key", tls.key)):

@@ -25,13 +25,25 @@ from mailsrv import log
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile, create_empty
 from mailsrv.auth.realm import MailRealm
-from mailsrv.config import Config, Listener
+from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.tls import server_context
 
 _log = log.get_logger(__name__)
+
+
+def tls_context_of(config: Config) -> Any:
+    """The server TLS context of ``[tls]``; errors name ``--tls-cert`` or
+    ``--tls-key`` when that is where the file came from."""
+    try:
+        return server_context(config.tls, config.path or COMMAND_LINE, config.server.hostname)
+    except ConfigError as e:
+        option = config.from_command_line.get(e.key)
+        if option is None:
+            raise
+        raise ConfigError(COMMAND_LINE, option, e.reason) from None
 
 
 def open_passwd(config: Config) -> PasswdFile:
@@ -180,9 +192,7 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
         reactor = default_reactor
     log.set_level(config.logging.level)
     where = config.path or "command line"
-    tls_context = (
-        server_context(config.tls, where, config.server.hostname) if config.tls_enabled else None
-    )
+    tls_context = tls_context_of(config) if config.tls_enabled else None
     storage = build_storage(config, reactor)
     portal, checker = build_portal(config, storage, reactor)
     policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)

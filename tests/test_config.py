@@ -260,6 +260,29 @@ class OverrideTests(unittest.TestCase):
         )
         self.assertEqual(e.key, "--tls-cert")
 
+    def test_certificate_option_without_key_option(self) -> None:
+        cert = os.path.join(self.dir, "cert.pem")
+        open(cert, "w").close()
+        e = self.assertRaises(ConfigError, load_config, self.path, {"tls_cert": cert})
+        self.assertEqual((e.path, e.key), (COMMAND_LINE, "--tls-key"))
+        self.assertEqual(e.reason, "--tls-cert and --tls-key must be given together")
+
+    def test_unusable_key_option_names_the_option(self) -> None:
+        """The files are loaded when the daemon is built; the error still
+        names the option the path came from."""
+        from mailsrv.service import tls_context_of
+        from mailsrv.tls import generate_self_signed
+
+        cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+        generate_self_signed(cert, key, "localhost")
+        config = load_config(self.path, {"tls_cert": cert, "tls_key": cert})
+        e = self.assertRaises(ConfigError, tls_context_of, config)
+        self.assertEqual((e.path, e.key), (COMMAND_LINE, "--tls-key"))
+        self.assertIn("not an unencrypted PEM private key", e.reason)
+        self.assertIsNotNone(
+            tls_context_of(load_config(self.path, {"tls_cert": cert, "tls_key": key}))
+        )
+
     def test_no_file_at_all(self) -> None:
         config = load_config(None, {"imap": ["tcp:1143"], "passwd": self.passwd})
         self.assertIsNone(config.path)

@@ -122,21 +122,31 @@ class UserCommandTests(CLITestCase):
     def test_parallel_adds_keep_every_user(self) -> None:
         """A provisioning script running ``mailsrv user add`` in parallel:
         every user reported as added is in the file afterwards."""
+        # Each child is started and imported first, then all are let go at
+        # once, so their read-edit-write steps overlap.
         script = (
             "import io, sys; from mailsrv import cli; "
+            "print('ready', flush=True); sys.stdin.readline(); "
             "sys.exit(cli.main(['user', 'add', sys.argv[1], '--passwd', sys.argv[2], "
             "'--password-stdin', '--scheme', 'PLAIN'], stdin=io.StringIO('pw\\n')))"
         )
-        names = [f"user{i}" for i in range(12)]
-        children = [
-            subprocess.Popen(
+        names = [f"user{i}" for i in range(8)]
+        children = []
+        for name in names:
+            child = subprocess.Popen(
                 [sys.executable, "-c", script, name, self.passwd],
                 env=source_env(),
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )
-            for name in names
-        ]
+            assert child.stdout is not None
+            self.assertEqual(child.stdout.readline(), b"ready\n")
+            children.append(child)
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
         outputs = [child.communicate()[0] for child in children]
         self.assertEqual([child.returncode for child in children], [0] * len(names), outputs)
         listed = [record.name for record in PasswdFile(self.passwd).users()]

@@ -212,8 +212,9 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         self.assertEqual(again.command("UIDL"), before)
 
     def test_in_use_across_processes(self) -> None:
-        """Two daemons on one Maildir: the second POP3 login gets [IN-USE]
-        from the other process's lock, and the lock goes with the session."""
+        """Two storages over one Maildir, as two daemons have: the second
+        POP3 login gets [IN-USE] and the lock goes with the session (the
+        next test holds the lock from a real second process)."""
         other_process = StorageFixture(
             self, MaildirStorage(os.path.join(self.root, "{user}", "Maildir"))
         )

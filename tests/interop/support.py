@@ -79,6 +79,31 @@ class MaildirMessage:
         return match.group(1).decode() if match else ""
 
 
+def read_maildir(root: str) -> list[MaildirMessage]:
+    """The messages of the Maildir folder ``root`` (by file name), read from disk."""
+    found = []
+    for subdir in ("new", "cur"):
+        directory = os.path.join(root, subdir)
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            if name.startswith("."):
+                continue
+            flags = name.split(":2,", 1)[1] if ":2," in name else ""
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                found.append(MaildirMessage(path, subdir, flags, f.read()))
+    return sorted(found, key=lambda m: os.path.basename(m.path))
+
+
+def by_subject(messages: Sequence[MaildirMessage]) -> dict[str, MaildirMessage]:
+    """Subject -> message; fails when two messages share a subject."""
+    result = {m.subject: m for m in messages}
+    if len(result) != len(messages):
+        raise AssertionError(f"duplicate subjects: {sorted(m.subject for m in messages)}")
+    return result
+
+
 class ProgramMissing(Exception):
     pass
 
@@ -194,7 +219,9 @@ poll_interval = 0.2
 
     def deliver_command(self, user: str) -> str:
         """``mailsrv deliver USER --config FILE`` as one shell command line (for an MDA option)."""
-        words = [*mailsrv_command(), "deliver", user, "--config", self.config]
+        # The MDA runs in the client's environment: point it at this checkout's code.
+        words = ["env", f"PYTHONPATH={source_env()['PYTHONPATH']}"]
+        words += [*mailsrv_command(), "deliver", user, "--config", self.config]
         return " ".join(_shell_quote(word) for word in words)
 
     # -- the Maildirs, looked at from outside ------------------------------------------
@@ -205,23 +232,10 @@ poll_interval = 0.2
 
     def messages(self, user: str, folder: str = "INBOX") -> list[MaildirMessage]:
         """The folder's messages in delivery order (by file name), read from disk."""
-        root = self.maildir(user, folder)
-        found = []
-        for subdir in ("new", "cur"):
-            directory = os.path.join(root, subdir)
-            if not os.path.isdir(directory):
-                continue
-            for name in os.listdir(directory):
-                if name.startswith("."):
-                    continue
-                flags = name.split(":2,", 1)[1] if ":2," in name else ""
-                path = os.path.join(directory, name)
-                with open(path, "rb") as f:
-                    found.append(MaildirMessage(path, subdir, flags, f.read()))
-        return sorted(found, key=lambda m: os.path.basename(m.path))
+        return read_maildir(self.maildir(user, folder))
 
     def by_subject(self, user: str, folder: str = "INBOX") -> dict[str, MaildirMessage]:
-        return {m.subject: m for m in self.messages(user, folder)}
+        return by_subject(self.messages(user, folder))
 
     # -- client conveniences -----------------------------------------------------------
 
@@ -262,6 +276,20 @@ def imap_flags(session: imaplib.IMAP4, mailbox: str = "INBOX") -> dict[int, set[
         flags = re.search(rb"FLAGS \(([^)]*)\)", item)
         if uid and flags:
             result[int(uid.group(1))] = set(flags.group(1).decode().split())
+    return result
+
+
+def imap_uids_by_subject(session: imaplib.IMAP4) -> dict[str, int]:
+    """Subject -> UID of every message in the selected mailbox."""
+    typ, data = session.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK", data
+    result = {}
+    for item in data:
+        if isinstance(item, tuple):
+            uid = re.search(rb"UID (\d+)", item[0])
+            subject = re.search(rb"Subject: (.*?)\r\n", item[1])
+            assert uid is not None and subject is not None, item
+            result[subject.group(1).decode()] = int(uid.group(1))
     return result
 
 

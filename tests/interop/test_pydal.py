@@ -177,10 +177,12 @@ if PYDAL_MISSING is None:
 
 
 class PydalIMAPTests(InteropTestCase):
-    if PYDAL_MISSING is not None:
-        skip = PYDAL_MISSING
-
     documented_size_limit: ClassVar[int] = 6000
+
+    def setUp(self) -> None:
+        if PYDAL_MISSING is not None:
+            self.cannot_run(PYDAL_MISSING)
+        super().setUp()
 
     def connect(self, user: str, password: str) -> Any:
         TRANSCRIPT.clear()

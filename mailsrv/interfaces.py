@@ -26,7 +26,7 @@ Conventions every implementation follows:
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO
 
 import attrs
@@ -258,6 +258,14 @@ class IMessageCache(Interface):
 
     def set_cached(uid: int, kind: str, value: bytes) -> None:
         """Store a value; it is dropped with the message."""
+
+    def get_cached_many(uids: Iterable[int], kind: str) -> Mapping[int, bytes]:
+        """The values stored for these messages and this kind, by UID; UIDs
+        without one are left out.  One call for a whole FETCH batch."""
+
+    def set_cached_many(kind: str, values: Mapping[int, bytes]) -> None:
+        """Store several values of one kind at once (one transaction);
+        values for messages that no longer exist are dropped."""
 
 
 class IAccount(Interface):

@@ -869,12 +869,21 @@ def body_structure(structure: MessageStructure, extensible: bool) -> tuple[ImapV
 
 
 def render_string(value: bytes | None) -> bytes:
-    """An nstring: quoted when 7-bit and free of CR/LF/NUL, else a literal."""
+    """An nstring: quoted when 7-bit and free of CR/LF/NUL and of the two
+    characters that would need escaping, else a literal.
+
+    A literal for ``"`` and ``\\`` is what Dovecot sends too, and it spares
+    clients whose quoted-string parsers mishandle escapes."""
     if value is None:
         return b"NIL"
-    if all(0x01 <= c <= 0x7F and c not in (0x0A, 0x0D) for c in value) and len(value) < 1024:
-        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if len(value) < 1024 and not value.translate(None, _QUOTABLE):
+        return b'"' + value + b'"'
     return b"{%d}\r\n" % len(value) + value
+
+
+#: Octets a quoted string may hold unescaped: printable 7-bit and space,
+#: tab, minus ``"`` and ``\\``.
+_QUOTABLE = bytes(c for c in range(0x01, 0x80) if c not in (0x0A, 0x0D, 0x22, 0x5C))
 
 
 def render(value: ImapValue) -> bytes:
@@ -1029,8 +1038,45 @@ def header_fields(
     where = section_range(structure, part, "HEADER")
     if where is None:
         return None
+    return filter_fields(read_range(source, *where), names, negate)
+
+
+#: Octets read at a time while looking for the end of a message header.
+_HEADER_CHUNK = 16 * 1024
+
+
+def read_header(source: IO[bytes]) -> bytes:
+    """The message's own header block (BODY[HEADER]) read from the start of
+    a file, without reading the body: FETCH of chosen header fields and
+    header SEARCH need no parse of a message with a large attachment.
+
+    Agrees with :func:`parse` (``_header_end``) on where the block ends."""
+    source.seek(0)
+    data = bytearray()
+    while True:
+        chunk = source.read(_HEADER_CHUNK)
+        if not chunk:
+            return bytes(data)  # no blank line: all header
+        # Only the last two octets already read can begin a blank line
+        # that this chunk completes.
+        start = max(len(data) - 2, 0)
+        data += chunk
+        if start == 0:
+            for empty in (b"\r\n", b"\n"):
+                if data.startswith(empty):
+                    return empty
+        crlf = data.find(b"\n\r\n", start)
+        lf = data.find(b"\n\n", start)
+        if crlf >= 0 and (lf < 0 or crlf < lf):
+            return bytes(data[: crlf + 3])
+        if lf >= 0:
+            return bytes(data[: lf + 2])
+
+
+def filter_fields(block: bytes, names: Sequence[str], negate: bool) -> bytes:
+    """HEADER.FIELDS (``negate``: HEADER.FIELDS.NOT) applied to a header
+    block, as :func:`header_fields` describes."""
     wanted = {n.lower() for n in names}
-    block = read_range(source, *where)
     out = []
     for name, raw, _ in _fields(block):
         if (name in wanted) != negate and (name or negate):
@@ -1173,9 +1219,27 @@ def decoded_header(
     where = section_range(structure, part, "HEADER")
     if where is None:
         return []
+    return decoded_fields(read_range(source, *where), name)
+
+
+def raw_fields(block: bytes, name: str) -> list[bytes]:
+    """The unfolded values (as sent) of every field ``name`` in a header block."""
     lowered = name.lower()
-    block = read_range(source, *where)
+    return [value for field, _, value in _fields(block) if field == lowered]
+
+
+def decoded_fields(block: bytes, name: str) -> list[str]:
+    """Every field ``name`` of a header block, unfolded and RFC 2047-decoded."""
+    lowered = name.lower()
     return [decode_words(value) for field, _, value in _fields(block) if field == lowered]
+
+
+def decoded_header_text(block: bytes) -> str:
+    """A whole header block as text for SEARCH TEXT: every field's name and
+    RFC 2047-decoded value, one per line."""
+    return "\n".join(
+        f"{field}: {decode_words(value)}" for field, _, value in _fields(block) if field
+    )
 
 
 def text_parts(structure: MessageStructure, source: Source) -> Iterator[str]:

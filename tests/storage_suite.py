@@ -990,9 +990,18 @@ class StorageSuiteMixin(_Base):
         self.assertIsNone(await call(cache.get_cached, u2, "envelope"))
         await call(cache.set_cached, u1, "envelope", b"(replaced)")
         self.assertEqual(await call(cache.get_cached, u1, "envelope"), b"(replaced)")
+        many = await call(cache.get_cached_many, [u1, u2, u2 + 100], "envelope")
+        self.assertEqual(dict(many), {u1: b"(replaced)"})
+        await call(cache.set_cached_many, "structure", {u1: b"s1", u2: b"s2", u2 + 100: b"x"})
+        many = await call(cache.get_cached_many, [u2, u1], "structure")
+        self.assertEqual(dict(many), {u1: b"s1", u2: b"s2"})
+        self.assertEqual(dict(await call(cache.get_cached_many, [], "structure")), {})
         await call(inbox.store, [u1], [DELETED], StoreMode.ADD)
         await call(inbox.expunge)
         self.assertIsNone(await call(cache.get_cached, u1, "envelope"))
+        self.assertEqual(
+            dict(await call(cache.get_cached_many, [u1, u2], "structure")), {u2: b"s2"}
+        )
 
     async def test_check(self) -> None:
         inbox = await self.mailbox(await self.account(), "INBOX")

@@ -24,6 +24,7 @@ from mailsrv.imap import fetch
 from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.server import IMAP4Server, IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
+from mailsrv.storage.memory import MemoryStorage
 from tests.test_imap_server import Client, FakeStorage, ServerTestBase
 
 
@@ -250,3 +251,292 @@ class TcpBackPressureTests(ServerTestBase):
             lines[-2], b"* %d FETCH (UID %d RFC822.SIZE 8 FLAGS (\\Recent))" % (count, count)
         )
         self.assertEqual(lines[-1], b"f OK FETCH completed")
+
+
+# ---------------------------------------------------------------------------
+# Each FETCH item on the wire (the corpus-wide comparison with Dovecot is in
+# tests/test_imap_golden.py)
+# ---------------------------------------------------------------------------
+
+MIXED = (
+    b"From: Alice <alice@example.org>\r\n"
+    b"To: bob@example.net\r\n"
+    b"Subject: parts\r\n"
+    b"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\n"
+    b"Message-ID: <m1@example.org>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n'
+    b"\r\n"
+    b"--b\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+    b"caf=C3=A9\r\n"
+    b"--b\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"\r\n"
+    b"AAECAw==\r\n"
+    b"--b\r\n"
+    b"Content-Type: application/x-thing\r\n"
+    b"Content-Transfer-Encoding: x-uuencode\r\n"
+    b"\r\n"
+    b"begin 644 x\r\n"
+    b"--b--\r\n"
+)
+
+
+class FetchItemTests(ServerTestBase):
+    """Every FETCH item of RFC 3501 6.4.5 and RFC 3516 as a client sees it."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.storage = MemoryStorage()  # type: ignore[assignment]
+        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
+        self.port.stopListening()
+        self.factory = IMAP4ServerFactory(Portal(MailRealm(self.storage), [checker]), self.policy)  # type: ignore[assignment]
+        self.factory.lost = []  # type: ignore[attr-defined]
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.uid = self.storage.deliver("joe", MIXED)  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def open(self, command: str = "SELECT") -> Any:
+        client = yield self.login()
+        response = yield client.command("S", f"{command} INBOX")
+        self.assertIn(b"S OK", response)
+        return client
+
+    @defer.inlineCallbacks
+    def test_header_text_and_parts(self) -> Any:
+        client = yield self.open()
+        header_size = MIXED.index(b"\r\n\r\n") + 4
+        response = yield client.command("a", "FETCH 1 (BODY.PEEK[HEADER] BODY.PEEK[1])")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (BODY[HEADER] {%d}\r\n" % header_size
+            + MIXED[:header_size]
+            + b" BODY[1] {9}\r\ncaf=C3=A9)\r\na OK FETCH completed\r\n",
+        )
+        response = yield client.command("b", "FETCH 1 (BODY.PEEK[TEXT]<0.3> BODY.PEEK[2.MIME])")
+        mime = (
+            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        )
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (BODY[TEXT]<0> {3}\r\n--b BODY[2.MIME] {%d}\r\n" % len(mime)
+            + mime
+            + b")\r\nb OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_partial_fetches(self) -> Any:
+        client = yield self.open()
+        size = len(MIXED)
+        response = yield client.command("a", f"FETCH 1 (BODY.PEEK[]<{size - 4}.100>)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (BODY[]<%d> {4}\r\n--\r\n)\r\na OK FETCH completed\r\n" % (size - 4),
+        )
+        # RFC 3501 6.4.5: a start beyond the end gives an empty string.
+        response = yield client.command("b", f"FETCH 1 (BODY.PEEK[]<{size + 10}.5>)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (BODY[]<%d> {0}\r\n)\r\nb OK FETCH completed\r\n" % (size + 10),
+        )
+        response = yield client.command("c", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)]<2.5>)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)]<2> {5}\r\nbject)\r\n"
+            b"c OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_header_fields_and_not(self) -> Any:
+        client = yield self.open()
+        for _ in range(2):  # the second answer comes from the cache
+            response = yield client.command(
+                "a", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (subject message-id X-NONE)])"
+            )
+            self.assertEqual(
+                response,
+                b"* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT MESSAGE-ID X-NONE)] {48}\r\n"
+                b"Subject: parts\r\nMessage-ID: <m1@example.org>\r\n\r\n)\r\n"
+                b"a OK FETCH completed\r\n",
+            )
+        response = yield client.command(
+            "b", "FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (FROM TO DATE MIME-VERSION CONTENT-TYPE)])"
+        )
+        self.assertIn(
+            b" {48}\r\nSubject: parts\r\nMessage-ID: <m1@example.org>\r\n\r\n)\r\n", response
+        )
+
+    @defer.inlineCallbacks
+    def test_missing_section_is_nil(self) -> Any:
+        client = yield self.open()
+        response = yield client.command("a", "FETCH 1 (BODY.PEEK[4] BODY.PEEK[1.HEADER] UID)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (BODY[4] NIL BODY[1.HEADER] NIL UID 1)\r\na OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_rfc822_items(self) -> Any:
+        client = yield self.open()
+        header_size = MIXED.index(b"\r\n\r\n") + 4
+        response = yield client.command("a", "FETCH 1 (RFC822.HEADER RFC822.SIZE)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (RFC822.HEADER {%d}\r\n" % header_size
+            + MIXED[:header_size]
+            + b" RFC822.SIZE %d)\r\na OK FETCH completed\r\n" % len(MIXED),
+        )
+        # RFC822.HEADER peeks; RFC822.TEXT sets \Seen and says so.
+        response = yield client.command("b", "FETCH 1 RFC822.TEXT")
+        text = MIXED[header_size:]
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (RFC822.TEXT {%d}\r\n" % len(text)
+            + text
+            + b" FLAGS (\\Recent \\Seen))\r\nb OK FETCH completed\r\n",
+        )
+        response = yield client.command("c", "FETCH 1 (FLAGS RFC822)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (FLAGS (\\Recent \\Seen) RFC822 {%d}\r\n" % len(MIXED)
+            + MIXED
+            + b")\r\nc OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_body_fetch_sets_seen_once_and_peek_does_not(self) -> Any:
+        client = yield self.open()
+        response = yield client.command("a", "FETCH 1 (BODY.PEEK[1] BINARY.PEEK[1] FLAGS)")
+        self.assertIn(b"FLAGS (\\Recent))", response)
+        response = yield client.command("b", "FETCH 1 (FLAGS BODY[1])")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (FLAGS (\\Recent \\Seen) BODY[1] {9}\r\ncaf=C3=A9)\r\n"
+            b"b OK FETCH completed\r\n",
+        )
+        # Already seen: no FLAGS added, and no untagged FETCH for our own change.
+        response = yield client.command("c", "FETCH 1 BODY[1]")
+        self.assertEqual(
+            response, b"* 1 FETCH (BODY[1] {9}\r\ncaf=C3=A9)\r\nc OK FETCH completed\r\n"
+        )
+        response = yield client.command("d", "NOOP")
+        self.assertEqual(response, b"d OK NOOP completed\r\n")
+        inbox = self.storage.account("joe").get_mailbox("INBOX")  # type: ignore[attr-defined]
+        self.assertIn("\\Seen", inbox.fetch([self.uid])[0].flags)
+
+    @defer.inlineCallbacks
+    def test_examine_never_sets_seen(self) -> Any:
+        client = yield self.open("EXAMINE")
+        response = yield client.command("a", "FETCH 1 (BODY[1] RFC822.TEXT BINARY[1])")
+        self.assertNotIn(b"FLAGS", response)
+        self.assertTrue(response.endswith(b"a OK FETCH completed\r\n"), response)
+        inbox = self.storage.account("joe").get_mailbox("INBOX")  # type: ignore[attr-defined]
+        self.assertEqual(inbox.fetch([self.uid])[0].flags, frozenset())
+
+    @defer.inlineCallbacks
+    def test_binary(self) -> Any:
+        client = yield self.open()
+        response = yield client.command(
+            "a", "FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY.PEEK[2]<1.2> BINARY.SIZE[2])"
+        )
+        # Decoded parts travel as literal8; a NUL only can (RFC 3516 4.3).
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (BINARY[1] ~{5}\r\ncaf\xc3\xa9 BINARY.SIZE[1] 5 "
+            b"BINARY[2]<1> ~{2}\r\n\x01\x02 BINARY.SIZE[2] 4)\r\na OK FETCH completed\r\n",
+        )
+        response = yield client.command("b", "FETCH 1 (UID BINARY.PEEK[3])")
+        self.assertEqual(
+            response,
+            b"b NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding in a BINARY part\r\n",
+        )
+        response = yield client.command("c", "FETCH 1 BINARY.SIZE[3]")
+        self.assertTrue(response.startswith(b"c NO [UNKNOWN-CTE]"), response)
+        response = yield client.command("d", "FETCH 1 (BINARY.SIZE[9] BINARY.PEEK[9])")
+        self.assertEqual(
+            response, b"* 1 FETCH (BINARY.SIZE[9] 0 BINARY[9] NIL)\r\nd OK FETCH completed\r\n"
+        )
+        response = yield client.command("e", "FETCH 1 BINARY[1.MIME]")
+        self.assertTrue(response.startswith(b"e BAD"), response)
+
+    @defer.inlineCallbacks
+    def test_binary_append_keeps_every_octet(self) -> Any:
+        client = yield self.open()
+        data = b"Subject: nul\r\n\r\nA\x00B\r\n"
+        client.send(b"a APPEND INBOX ~{%d}\r\n" % len(data))
+        yield client.until(b"+ ")
+        client.send(data + b"\r\n")
+        response = yield client.until_tagged("a")
+        self.assertIn(b"a OK [APPENDUID ", response)
+        response = yield client.command("b", "FETCH 2 (BINARY.PEEK[1] RFC822.SIZE)")
+        self.assertEqual(
+            response,
+            b"* 2 FETCH (BINARY[1] ~{5}\r\nA\x00B\r\n RFC822.SIZE %d)\r\n" % len(data)
+            + b"b OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_structure_items_and_macros(self) -> Any:
+        client = yield self.open()
+        response = yield client.command("a", "FETCH 1 (ENVELOPE BODY)")
+        self.assertEqual(
+            response,
+            b'* 1 FETCH (ENVELOPE ("Mon, 7 Feb 1994 21:52:25 -0800" "parts" '
+            b'(("Alice" NIL "alice" "example.org")) (("Alice" NIL "alice" "example.org")) '
+            b'(("Alice" NIL "alice" "example.org")) ((NIL NIL "bob" "example.net")) '
+            b'NIL NIL NIL "<m1@example.org>") '
+            b'BODY (("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 9 0)'
+            b'("application" "octet-stream" NIL NIL NIL "base64" 8)'
+            b'("application" "x-thing" NIL NIL NIL "x-uuencode" 11) "mixed"))\r\n'
+            b"a OK FETCH completed\r\n",
+        )
+        response = yield client.command("b", "FETCH 1 BODYSTRUCTURE")
+        self.assertIn(b' "mixed" ("boundary" "b") NIL NIL NIL))\r\n', response)
+        for macro, items in (
+            ("FAST", [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"]),
+            ("ALL", [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"]),
+            ("FULL", [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"]),
+        ):
+            response = yield client.command("m", f"FETCH 1 {macro}")
+            names = re.findall(rb"(?<=[( ])([A-Z][A-Z0-9.]+) (?=[(\"0-9])", response)
+            self.assertEqual([n for n in names if n in items], items, (macro, response))
+            self.assertNotIn(b"\\Seen", response)
+
+    @defer.inlineCallbacks
+    def test_big_body_streams_in_pieces(self) -> Any:
+        body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 3000
+        uid = self.storage.deliver("joe", body)  # type: ignore[attr-defined]
+        client = yield self.open()
+        response = yield client.command("a", f"UID FETCH {uid} (BODY.PEEK[TEXT]<1000.200000>)")
+        text = body[body.index(b"\r\n\r\n") + 4 :]
+        self.assertEqual(
+            response,
+            b"* 2 FETCH (BODY[TEXT]<1000> {200000}\r\n"
+            + text[1000:201000]
+            + b" UID %d)\r\na OK FETCH completed\r\n" % uid,
+        )
+
+    @defer.inlineCallbacks
+    def test_expunged_by_another_session(self) -> Any:
+        client = yield self.open()
+        other = yield self.open()
+        response = yield other.command("a", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+        response = yield other.command("b", "EXPUNGE")
+        self.assertIn(b"* 1 EXPUNGE", response)
+        # RFC 2180 4.1.1 / RFC 5530: the message is gone; say so, keep the seq.
+        response = yield client.command("c", "FETCH 1 (UID BODY.PEEK[])")
+        self.assertEqual(response, b"c NO [EXPUNGEISSUED] Some messages no longer exist\r\n")
+        response = yield client.command("d", "NOOP")
+        self.assertIn(b"* 1 EXPUNGE\r\n", response)
+
+    @defer.inlineCallbacks
+    def test_modseq_and_modifiers_are_refused(self) -> Any:
+        client = yield self.open()
+        response = yield client.command("a", "FETCH 1 (MODSEQ)")
+        self.assertTrue(response.startswith(b"a BAD"), response)
+        response = yield client.command("b", "FETCH 1 (FLAGS) (CHANGEDSINCE 1)")
+        self.assertTrue(response.startswith(b"b BAD"), response)

@@ -2,25 +2,29 @@
 
 The entry point is :func:`fetch`.  It walks the requested messages in
 batches of :data:`BATCH` (one ``IMailbox.fetch`` call per batch, never a
-list of the whole set), writes one response per message through the
-session's :class:`~mailsrv.imap.output.ResponseWriter`, and waits whenever
-the writer is paused because the client is not reading.  Between batches it
-gives the reactor a turn so one huge FETCH does not stall other sessions.
+list of the whole set), gathers what the batch's items need in a few bulk
+calls (parsed structures and HEADER.FIELDS values come from the storage
+cache through :mod:`mailsrv.imap.content`), writes one response per
+message through the session's :class:`~mailsrv.imap.output.ResponseWriter`,
+and waits whenever the writer is paused because the client is not reading.
+Between batches it gives the reactor a turn so one huge FETCH does not
+stall other sessions.
 
 Each item is answered by an *item handler* looked up by the item's name in
 :data:`HANDLERS`::
 
     handler(request, attribute, message, response) -> None | Deferred[None]
 
-A handler adds its item's text with :meth:`FetchResponse.item`.  One that
-streams (a big ``BODY[]``) calls :meth:`FetchResponse.begin_item` with the
-item's name and a space, then writes the value itself, for instance with
-:func:`write_literal`, and returns the Deferred of that work.  Items whose
-name has no handler are refused with ``NO [CANNOT]`` before anything is
-written.
+``message`` is a :class:`FetchMessage`: the index metadata plus whatever the
+batch loaded for it (structure, header fields, an open file).  A handler
+adds its item's text with :meth:`FetchResponse.item`.  One that streams (a
+big ``BODY[]``) calls :meth:`FetchResponse.begin_item` with the item's name
+and a space, then writes the value itself with :func:`write_literal`, and
+returns the Deferred of that work.
 
-Today the handlers answer what the index knows (FLAGS, UID, RFC822.SIZE,
-INTERNALDATE); issue 5 adds the body items here.
+Body items are served by slicing the message file at the offsets the parsed
+structure records (:mod:`mailsrv.message`), never by re-serializing, so a
+50 MB ``BODY[]`` streams from disk in :data:`CHUNK` pieces.
 """
 
 from __future__ import annotations
@@ -33,16 +37,18 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv import log
-from mailsrv.imap import grammar
-from mailsrv.imap.output import Done, ResponseWriter, bad, no
+from mailsrv import log, message
+from mailsrv.errors import NoSuchMessage
+from mailsrv.imap import content, grammar
+from mailsrv.imap.output import Done, ResponseWriter, bad
 from mailsrv.imap.selected import SelectedMailbox
-from mailsrv.interfaces import IMailbox, IMessage
+from mailsrv.interfaces import SEEN, IMailbox, IMessage, StoreMode, StoreResult
 
 __all__ = [
     "BATCH",
     "CHUNK",
     "HANDLERS",
+    "FetchMessage",
     "FetchRequest",
     "FetchResponse",
     "fetch",
@@ -56,6 +62,12 @@ _log = log.get_logger(__name__)
 BATCH = 500
 #: Octets of a literal read from its file and written in one piece.
 CHUNK = 64 * 1024
+#: Literals up to this size are read whole and written with the response.
+_INLINE = 16 * 1024
+
+
+class UnknownEncoding(Exception):
+    """BINARY of a part whose Content-Transfer-Encoding we cannot undo."""
 
 
 @attrs.define
@@ -68,6 +80,37 @@ class FetchRequest:
     clock: IReactorTime
     attributes: tuple[grammar.FetchAttribute, ...]
     uid: bool = False
+
+
+@attrs.define
+class FetchMessage:
+    """One message being answered: its metadata and what was loaded for it.
+
+    ``structure`` is set when an item needs it; ``fields`` holds
+    HEADER.FIELDS values keyed by the attribute, ``binary`` the decoded
+    BINARY and BINARY.SIZE values; ``file`` is the open
+    message, when an item reads from it (closed after the response).
+    ``flags_changed`` is set when this FETCH set ``\\Seen``.
+    """
+
+    info: IMessage
+    structure: message.MessageStructure | None = None
+    fields: dict[grammar.FetchAttribute, bytes] = attrs.Factory(dict)
+    binary: dict[grammar.FetchAttribute, bytes | int | None] = attrs.Factory(dict)
+    file: IO[bytes] | None = None
+    flags_changed: bool = False
+
+    @property
+    def uid(self) -> int:
+        return int(self.info.uid)
+
+    def need_structure(self) -> message.MessageStructure:
+        assert self.structure is not None, "the batch loads structures first"
+        return self.structure
+
+    def need_file(self) -> IO[bytes]:
+        assert self.file is not None, "the batch opens files first"
+        return self.file
 
 
 class FetchResponse:
@@ -105,34 +148,285 @@ class FetchResponse:
 
 
 _Handler = Callable[
-    [FetchRequest, grammar.FetchAttribute, IMessage, FetchResponse], "defer.Deferred[None] | None"
+    [FetchRequest, grammar.FetchAttribute, FetchMessage, FetchResponse],
+    "defer.Deferred[None] | None",
 ]
 
 
+# ---------------------------------------------------------------------------
+# What each item needs
+# ---------------------------------------------------------------------------
+
+
+def _is_root_fields(attribute: grammar.FetchAttribute) -> bool:
+    """BODY[HEADER.FIELDS (...)] of the whole message: served from the
+    content cache without the structure."""
+    section = attribute.section
+    return (
+        attribute.name == "BODY"
+        and section is not None
+        and not section.part
+        and section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
+    )
+
+
+def _needs_structure(attribute: grammar.FetchAttribute) -> bool:
+    name, section = attribute.name, attribute.section
+    if name in ("ENVELOPE", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT"):
+        return True
+    if name == "BODY":
+        if section is None:
+            return True  # the BODY structure item
+        return bool(section.part or section.text) and not _is_root_fields(attribute)
+    if name in ("BINARY", "BINARY.SIZE"):
+        return bool(attribute.section and attribute.section.part)
+    return False
+
+
+def _needs_file(attribute: grammar.FetchAttribute) -> bool:
+    name = attribute.name
+    if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY"):
+        return True
+    if name == "BINARY.SIZE":
+        return True  # decoded sizes come from decoding (identity parts aside)
+    return name == "BODY" and attribute.section is not None and not _is_root_fields(attribute)
+
+
+def _sets_seen(attribute: grammar.FetchAttribute) -> bool:
+    """RFC 3501 6.4.5: BODY[...], BINARY[...], RFC822 and RFC822.TEXT set
+    \\Seen; the .PEEK forms and RFC822.HEADER do not."""
+    if attribute.name in ("RFC822", "RFC822.TEXT"):
+        return True
+    return (
+        attribute.name in ("BODY", "BINARY")
+        and attribute.section is not None
+        and not (attribute.peek)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Item handlers
+# ---------------------------------------------------------------------------
+
+
 def _flags(
-    request: FetchRequest, attribute: grammar.FetchAttribute, message: IMessage, out: FetchResponse
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
-    flags = request.view.flags_with_recent(message.uid, message.flags)
+    flags = request.view.flags_with_recent(msg.uid, msg.info.flags)
     out.item(b"FLAGS " + grammar.flag_list(flags))
 
 
 def _uid(
-    request: FetchRequest, attribute: grammar.FetchAttribute, message: IMessage, out: FetchResponse
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
-    out.item(b"UID %d" % message.uid)
+    out.item(b"UID %d" % msg.uid)
 
 
 def _size(
-    request: FetchRequest, attribute: grammar.FetchAttribute, message: IMessage, out: FetchResponse
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
-    out.item(b"RFC822.SIZE %d" % message.size)
+    out.item(b"RFC822.SIZE %d" % msg.info.size)
 
 
 def _internal_date(
-    request: FetchRequest, attribute: grammar.FetchAttribute, message: IMessage, out: FetchResponse
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
-    date = grammar.format_date_time(message.internal_date)
+    date = grammar.format_date_time(msg.info.internal_date)
     out.item(b'INTERNALDATE "' + date.encode("ascii") + b'"')
+
+
+def _envelope(
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    value = message.envelope(msg.need_structure())
+    out.item(b"ENVELOPE " + message.render_envelope(value))
+
+
+def _body_structure(
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    extensible = attribute.name == "BODYSTRUCTURE"
+    value = message.body_structure(msg.need_structure(), extensible)
+    out.item(attribute.name.encode("ascii") + b" " + message.render_body_structure(value))
+
+
+_IDENTITY = frozenset({"7bit", "8bit", "binary"})
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _clip(length: int, partial: tuple[int, int] | None) -> tuple[int, int]:
+    """``(skip, count)`` of a partial fetch over ``length`` octets: a start
+    beyond the end gives nothing (RFC 3501 6.4.5)."""
+    if partial is None:
+        return 0, length
+    origin, octets = partial
+    if origin >= length:
+        return length, 0
+    return origin, min(octets, length - origin)
+
+
+def _section_bytes_or_range(
+    attribute: grammar.FetchAttribute, msg: FetchMessage
+) -> bytes | tuple[int, int] | None:
+    """What BODY[section] names: bytes (filtered header fields), an
+    ``(offset, length)`` range of the file, or None if there is no such
+    section in this message."""
+    section = attribute.section
+    assert section is not None
+    if attribute in msg.fields:
+        return msg.fields[attribute]
+    if not section.part and section.text is None:
+        return (0, msg.info.size)
+    structure = msg.need_structure()
+    if section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        return message.header_fields(
+            structure,
+            msg.need_file(),
+            section.fields,
+            section.text == "HEADER.FIELDS.NOT",
+            section.part,
+        )
+    return message.section_range(structure, section.part, section.text, section.fields)
+
+
+def _write_body(
+    out: FetchResponse,
+    writer: ResponseWriter,
+    name: bytes,
+    value: bytes | tuple[int, int] | None,
+    partial: tuple[int, int] | None,
+    msg: FetchMessage,
+) -> defer.Deferred[None] | None:
+    if partial is not None:
+        name += b"<%d>" % partial[0]
+    if value is None:
+        out.item(name + b" NIL")
+        return None
+    if isinstance(value, bytes):
+        skip, count = _clip(len(value), partial)
+        out.item(name + b" " + _literal(value[skip : skip + count]))
+        return None
+    offset, length = value
+    skip, count = _clip(length, partial)
+    source = msg.need_file()
+    if count <= _INLINE:
+        data = message.read_range(source, offset + skip, count)
+        if len(data) < count:
+            data += b" " * (count - len(data))  # see write_literal
+        out.item(name + b" " + _literal(data))
+        return None
+    out.begin_item(name + b" ")
+    return write_literal(writer, source, count, offset + skip)
+
+
+def _body_section(
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> defer.Deferred[None] | None:
+    if attribute.section is None:
+        _body_structure(request, attribute, msg, out)
+        return None
+    name = b"BODY[" + str(attribute.section).encode("ascii") + b"]"
+    value = _section_bytes_or_range(attribute, msg)
+    return _write_body(out, request.writer, name, value, attribute.partial, msg)
+
+
+def _rfc822(
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> defer.Deferred[None] | None:
+    """RFC822, RFC822.HEADER and RFC822.TEXT: BODY[], BODY.PEEK[HEADER] and
+    BODY[TEXT] under their old names (RFC 3501 6.4.5)."""
+    value: tuple[int, int]
+    if attribute.name == "RFC822":
+        value = (0, msg.info.size)
+    else:
+        root = msg.need_structure().root
+        if attribute.name == "RFC822.HEADER":
+            value = (root.header_offset, root.header_size)
+        else:
+            value = (root.body_offset, root.body_size)
+    name = attribute.name.encode("ascii")
+    return _write_body(out, request.writer, name, value, None, msg)
+
+
+def _binary_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> bytes | None:
+    """BINARY[section]: the decoded part, None for a part the message lacks;
+    raises :class:`UnknownEncoding`."""
+    section = attribute.section
+    assert section is not None
+    if not section.part:
+        return message.read_range(msg.need_file(), 0, msg.info.size)
+    structure = msg.need_structure()
+    if message.find_part(structure, section.part) is None:
+        return None
+    decoded = message.decode_part(structure, msg.need_file(), section.part)
+    if decoded is None:
+        raise UnknownEncoding()
+    return decoded
+
+
+def _binary_size_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> int:
+    """BINARY.SIZE[section]; raises :class:`UnknownEncoding`."""
+    section = attribute.section
+    assert section is not None
+    if not section.part:
+        return int(msg.info.size)
+    structure = msg.need_structure()
+    if message.find_part(structure, section.part) is None:
+        return 0
+    size = message.binary_size(structure, msg.need_file(), section.part)
+    if size is None:
+        raise UnknownEncoding()
+    return size
+
+
+def _decode_binary(attributes: Sequence[grammar.FetchAttribute], msg: FetchMessage) -> bool:
+    """Work out the message's BINARY and BINARY.SIZE values before anything
+    is written for it; False if a part's encoding is unknown (RFC 3516 4.3:
+    the command fails with [UNKNOWN-CTE], so no half response is sent)."""
+    try:
+        for attribute in attributes:
+            if attribute.name == "BINARY":
+                msg.binary[attribute] = _binary_value(attribute, msg)
+            elif attribute.name == "BINARY.SIZE":
+                msg.binary[attribute] = _binary_size_value(attribute, msg)
+    except UnknownEncoding:
+        return False
+    return True
+
+
+def _binary(
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    assert attribute.section is not None
+    name = b"BINARY[" + str(attribute.section).encode("ascii") + b"]"
+    if attribute.partial is not None:
+        name += b"<%d>" % attribute.partial[0]
+    value = msg.binary[attribute]
+    if value is None:
+        out.item(name + b" NIL")
+        return
+    assert isinstance(value, bytes)
+    skip, count = _clip(len(value), attribute.partial)
+    data = value[skip : skip + count]
+    # RFC 3516 4.3 lets the server choose literal8; like Dovecot, use it
+    # for every decoded part (and for NULs, which a literal cannot carry).
+    structure = msg.structure
+    part = None if structure is None else message.find_part(structure, attribute.section.part)
+    decoded = part is not None and not part.children and part.message is None
+    decoded = decoded and part is not None and part.encoding.lower() not in _IDENTITY
+    marker = b"~" if decoded or b"\x00" in data else b""
+    out.item(name + b" " + marker + b"{%d}\r\n" % len(data) + data)
+
+
+def _binary_size(
+    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    assert attribute.section is not None
+    name = b"BINARY.SIZE[" + str(attribute.section).encode("ascii") + b"]"
+    out.item(name + b" %d" % int(msg.binary[attribute] or 0))
 
 
 #: Item name (:attr:`grammar.FetchAttribute.name`) -> handler.
@@ -141,7 +435,20 @@ HANDLERS: dict[str, _Handler] = {
     "UID": _uid,
     "RFC822.SIZE": _size,
     "INTERNALDATE": _internal_date,
+    "ENVELOPE": _envelope,
+    "BODYSTRUCTURE": _body_structure,
+    "BODY": _body_section,
+    "RFC822": _rfc822,
+    "RFC822.HEADER": _rfc822,
+    "RFC822.TEXT": _rfc822,
+    "BINARY": _binary,
+    "BINARY.SIZE": _binary_size,
 }
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
 
 
 def fetch(
@@ -154,7 +461,7 @@ def fetch(
     """Answer a FETCH (or UID FETCH) command; fires with its completion.
 
     Raises (in the Deferred) :class:`~mailsrv.imap.output.CommandError` for
-    items not implemented, modifiers and bad sequence numbers.
+    modifiers and bad sequence numbers.
     """
     return defer.maybeDeferred(_check_and_run, view, mailbox, command, writer, clock)
 
@@ -168,8 +475,8 @@ def _check_and_run(
 ) -> defer.Deferred[Done]:
     unsupported = [a for a in command.attributes if a.name not in HANDLERS]
     if unsupported:
-        name = unsupported[0].response_name()
-        raise no(f"FETCH {name} is not implemented yet", "CANNOT")
+        # MODSEQ parses (RFC 7162) but CONDSTORE is not offered.
+        raise bad(f"FETCH {unsupported[0].response_name()} is not supported")
     if command.modifiers:
         raise bad(f"FETCH modifier {command.modifiers[0][0]} is not supported")
     try:
@@ -179,56 +486,156 @@ def _check_and_run(
     request = FetchRequest(view, mailbox, writer, clock, command.attributes, command.uid)
     d = fetch_messages(request, messages)
 
-    def done(missing: int) -> Done:
-        if missing:
+    def done(outcome: _Outcome) -> Done:
+        if outcome.unknown_cte:
+            return Done("NO", "Unknown Content-Transfer-Encoding in a BINARY part", "UNKNOWN-CTE")
+        if outcome.missing:
             return Done("NO", "Some messages no longer exist", "EXPUNGEISSUED")
         return Done(text="FETCH completed")
 
     return d.addCallback(done)
 
 
+@attrs.define
+class _Outcome:
+    missing: int = 0
+    unknown_cte: bool = False
+
+
+@defer.inlineCallbacks
+def _set_seen(
+    request: FetchRequest, found: Sequence[IMessage]
+) -> Generator[defer.Deferred[Any], Any, dict[int, IMessage]]:
+    """Set \\Seen on the batch's unseen messages; their new metadata by UID."""
+    unseen = [m.uid for m in found if SEEN not in m.flags]
+    if not unseen:
+        return {}
+    result: StoreResult = yield defer.maybeDeferred(
+        request.mailbox.store, unseen, [SEEN], StoreMode.ADD, None
+    )
+    # Our own responses carry the new flags; no untagged FETCH for them later.
+    request.view.forget_flags(result.updated)
+    return {m.uid: m for m in result.updated}
+
+
+@defer.inlineCallbacks
+def _load(
+    request: FetchRequest, found: Sequence[IMessage]
+) -> Generator[defer.Deferred[Any], Any, list[FetchMessage]]:
+    """What the batch's items need, in bulk: new flags, structures, cached
+    header fields."""
+    attributes = request.attributes
+    changed: dict[int, IMessage] = {}
+    if not request.view.readonly and any(_sets_seen(a) for a in attributes):
+        changed = yield _set_seen(request, found)
+    batch = [FetchMessage(changed.get(m.uid, m), flags_changed=m.uid in changed) for m in found]
+    uids = [m.uid for m in batch]
+    if any(_needs_structure(a) for a in attributes):
+        structures = yield content.structures(request.mailbox, uids)
+        for m in batch:
+            m.structure = structures.get(m.uid)
+    for attribute in attributes:
+        if _is_root_fields(attribute):
+            assert attribute.section is not None
+            values = yield content.header_fields(
+                request.mailbox,
+                uids,
+                attribute.section.fields,
+                attribute.section.text == "HEADER.FIELDS.NOT",
+            )
+            for m in batch:
+                value = values.get(m.uid)
+                if value is not None:
+                    m.fields[attribute] = value
+    return batch
+
+
+def _complete(msg: FetchMessage, attributes: Sequence[grammar.FetchAttribute]) -> bool:
+    """Whether everything the items need was found (not expunged meanwhile)."""
+    if msg.structure is None and any(_needs_structure(a) for a in attributes):
+        return False
+    return all(a in msg.fields for a in attributes if _is_root_fields(a))
+
+
 @defer.inlineCallbacks
 def fetch_messages(
     request: FetchRequest, messages: Iterable[tuple[int, int]]
-) -> Generator[defer.Deferred[Any], Any, int]:
-    """Write the responses for ``(seq, uid)`` pairs; fire with how many of
-    them were gone from storage (expunged by another session meanwhile).
+) -> Generator[defer.Deferred[Any], Any, _Outcome]:
+    """Write the responses for ``(seq, uid)`` pairs; fire with an outcome
+    telling how many of them were gone from storage (expunged by another
+    session meanwhile) and whether a BINARY item met an unknown encoding.
 
     STORE uses this too for its ``FETCH (FLAGS)`` answers.
     """
     writer = request.writer
+    attributes = request.attributes
+    wants_file = any(_needs_file(a) for a in attributes)
+    shows_flags = any(a.name == "FLAGS" for a in attributes)
     pairs = iter(messages)
-    missing = 0
+    outcome = _Outcome()
     first = True
     while True:
         chunk = list(itertools.islice(pairs, BATCH))
         if not chunk:
-            return missing
+            return outcome
         if not first:
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
         first = False
         if writer.closed:
-            return missing
+            return outcome
         seq_of = {uid: seq for seq, uid in chunk}
         found: Sequence[IMessage] = yield defer.maybeDeferred(
             request.mailbox.fetch, [uid for _, uid in chunk]
         )
-        missing += len(chunk) - len(found)
-        for message in found:
-            seq = seq_of.get(message.uid)
-            if seq is None:
+        found = [m for m in found if m.uid in seq_of]
+        batch = yield _load(request, found)
+        outcome.missing += len(chunk) - len(batch)
+        for msg in batch:
+            if not _complete(msg, attributes):
+                outcome.missing += 1
                 continue
-            response = FetchResponse(writer, seq)
-            for attribute in request.attributes:
-                pending = HANDLERS[attribute.name](request, attribute, message, response)
-                if pending is not None:
-                    yield pending
-            response.end()
+            if wants_file:
+                try:
+                    msg.file = yield defer.maybeDeferred(request.mailbox.open, msg.uid)
+                except NoSuchMessage:
+                    outcome.missing += 1
+                    continue
+            try:
+                written = yield _respond(request, msg, seq_of[msg.uid], shows_flags)
+            finally:
+                if msg.file is not None:
+                    msg.file.close()
+                    msg.file = None
+            if not written:
+                outcome.unknown_cte = True
             if writer.paused:
                 yield writer.ready()
             if writer.closed:
-                return missing
+                return outcome
+
+
+@defer.inlineCallbacks
+def _respond(
+    request: FetchRequest, msg: FetchMessage, seq: int, shows_flags: bool
+) -> Generator[defer.Deferred[Any], Any, bool]:
+    """Write one message's response; False if a BINARY item cannot be
+    decoded, in which case nothing was written for the message (RFC 3516
+    4.3 fails the command with [UNKNOWN-CTE])."""
+    attributes = request.attributes
+    if any(a.name in ("BINARY", "BINARY.SIZE") for a in attributes):
+        if not _decode_binary(attributes, msg):
+            return False
+    response = FetchResponse(request.writer, seq)
+    for attribute in attributes:
+        pending = HANDLERS[attribute.name](request, attribute, msg, response)
+        if pending is not None:
+            yield pending
+    if msg.flags_changed and not shows_flags:
+        # RFC 3501 6.4.5: the implicitly set \Seen SHOULD be reported.
+        _flags(request, grammar.FetchAttribute("FLAGS"), msg, response)
+    response.end()
+    return True
 
 
 @defer.inlineCallbacks
@@ -249,8 +656,7 @@ def write_literal(
     ``source``.
     """
     writer.write(b"{%d}\r\n" % length)
-    if offset:
-        source.seek(offset)
+    source.seek(offset)
     remaining = length
     while remaining > 0:
         if writer.paused:

@@ -28,6 +28,7 @@ from mailsrv import mutf7
 from mailsrv.interfaces import canonical_flag
 
 __all__ = [
+    "SAVED",
     "STAR",
     "Append",
     "Atom",
@@ -167,6 +168,9 @@ class SequenceSet:
     """
 
     ranges: tuple[tuple[int, int], ...]
+    #: ``$``, the saved search result (RFC 5182); ``ranges`` is then empty
+    #: and the selected mailbox view says which messages it names.
+    saved: bool = False
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Ascending, non-overlapping inclusive ranges with ``*`` = ``largest``.
@@ -192,6 +196,9 @@ class SequenceSet:
         return merged
 
     def __str__(self) -> str:
+        if self.saved:
+            return "$"
+
         def one(n: int) -> str:
             return "*" if n == STAR else str(n)
 
@@ -646,7 +653,17 @@ def _pattern(reader: _Reader) -> str:
         raise reader.error(f"mailbox pattern is not valid modified UTF-7 ({exc})") from None
 
 
+#: ``$`` as a sequence set: the saved search result (RFC 5182).
+SAVED = SequenceSet((), saved=True)
+
+
 def _sequence_set(reader: _Reader) -> SequenceSet:
+    if reader.accept(b"$"):
+        # RFC 5182 3: seq-set = ... / "$"; it is not combined with numbers.
+        after = reader.peek()
+        if after is not None and after not in (0x20, 0x29):
+            raise reader.error("'$' cannot be combined with other message numbers")
+        return SAVED
     ranges: list[tuple[int, int]] = []
     while True:
         low = _seq_number(reader)
@@ -995,7 +1012,7 @@ def _search_key(reader: _Reader, depth: int) -> SearchKey:
             reader.space()
             keys.append(_search_key(reader, depth + 1))
         return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
-    if char is not None and (0x30 <= char <= 0x39 or char == 0x2A):
+    if char is not None and (0x30 <= char <= 0x39 or char in (0x2A, 0x24)):  # digit * $
         return SearchKey("SEQ", (_sequence_set(reader),))
     word = reader.atom("a search key").upper()
     if word == "ALL":

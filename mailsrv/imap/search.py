@@ -1,48 +1,319 @@
 """SEARCH: evaluating a parsed search program over the selected mailbox.
 
 The entry point is :func:`search`.  The program (a tree of
-:class:`~mailsrv.imap.grammar.SearchKey`) is first compiled by
-:func:`compile_key` into a predicate over ``(seq, message)``, where
-``message`` is the index metadata (:class:`~mailsrv.interfaces.IMessage`).
-Keys the compiler cannot answer raise :class:`NotImplementedKey`, which
-becomes ``NO [CANNOT]`` before any message is read.  The mailbox is then
-scanned in batches of :data:`BATCH` and the hits are streamed out as one
-``* SEARCH`` line, written in pieces through the session's writer.
+:class:`~mailsrv.imap.grammar.SearchKey`) is compiled by :func:`compile_key`
+into a :class:`Program`: a predicate over ``(seq, message, content)`` in
+three-valued logic.  ``content`` is a :class:`SearchContent` holding what
+has been loaded for the message so far; a key whose data is not loaded
+answers ``None`` ("unknown"), and AND/OR/NOT combine unknowns the way
+Kleene's logic does (``False AND unknown`` is False).
 
-Today the predicates use only the index (flags, sizes, internal dates,
-sequence numbers and UIDs); issue 5 adds the header, body and SENT* keys
-here (they need the message contents).
+The mailbox is scanned in batches of :data:`BATCH`, and each batch in up to
+three passes, each loading only for the messages the previous pass left
+undecided:
+
+1. the index alone (flags, sizes, internal dates, sequence numbers, UIDs):
+   ``SEARCH UNSEEN SUBJECT x`` never looks at a seen message's contents;
+2. cached content (:mod:`mailsrv.imap.content`): the parsed structure,
+   which carries the envelope fields, for FROM/TO/CC/BCC/SUBJECT, HEADER
+   on envelope fields and SENT*; cached header fields for other HEADER
+   keys;
+3. the message text, for BODY and TEXT: transfer-decoded and
+   charset-decoded text parts read from the file.
+
+Strings match as case-insensitive substrings of the decoded text (RFC 3501
+6.4.4), after Unicode case folding.  Results are streamed as one
+``* SEARCH`` line, or collected for an ESEARCH response (RFC 4731) and the
+saved result ``$`` (RFC 5182).
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import itertools
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, cast
 
+import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv.imap import grammar
-from mailsrv.imap.output import Done, ResponseWriter, no
-from mailsrv.imap.selected import SelectedMailbox
+from mailsrv import message
+from mailsrv.errors import NoSuchMessage
+from mailsrv.imap import content, grammar
+from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
+from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.interfaces import IMailbox, IMessage
 
-__all__ = ["BATCH", "NotImplementedKey", "Predicate", "compile_key", "search"]
+__all__ = [
+    "BATCH",
+    "CHARSETS",
+    "NotImplementedKey",
+    "Program",
+    "SearchContent",
+    "compile_key",
+    "search",
+]
 
 #: Messages whose metadata is read from storage in one call.
 BATCH = 500
 #: Hits collected before a piece of the ``* SEARCH`` line is written.
 _HITS_PER_WRITE = 2000
 
-#: A compiled search key: ``(seq, message) -> matches``.
-Predicate = Callable[[int, IMessage], bool]
-
 CHARSETS = ("US-ASCII", "UTF-8")
+
+#: Header fields whose values the parsed structure carries.
+_ENVELOPE_INDEX = {name.upper(): i for i, name in enumerate(message.ENVELOPE_FIELDS)}
+
+
+_EPOCH = datetime.date(1970, 1, 1)
 
 
 class NotImplementedKey(Exception):
-    """A search key that cannot be evaluated (yet); its op is the message."""
+    """A search key that cannot be evaluated; its op is the message."""
+
+
+@attrs.define
+class SearchContent:
+    """What has been loaded of one message's contents (None: not yet)."""
+
+    structure: message.MessageStructure | None = None
+    fields: dict[str, list[str]] | None = None
+    body: str | None = None  # case-folded decoded text parts
+    header: str | None = None  # case-folded decoded header, for TEXT
+
+
+#: ``(seq, message, content) -> True | False | None (unknown)``
+Predicate = Callable[[int, IMessage, SearchContent], "bool | None"]
+
+
+@attrs.define
+class Program:
+    """A compiled search program and what it needs loaded."""
+
+    predicate: Predicate
+    structure: bool = False
+    fields: frozenset[str] = frozenset()
+    text: bool = False
+
+
+# ---------------------------------------------------------------------------
+# Compiling
+# ---------------------------------------------------------------------------
+
+
+def _needle(value: object, charset: str | None) -> str:
+    data = cast(bytes, value)
+    # US-ASCII is a subset of UTF-8; a stray 8-bit octet is read as UTF-8.
+    return data.decode("utf-8", "replace").casefold()
+
+
+def _in_ranges(ranges: list[tuple[int, int]]) -> Callable[[int], bool]:
+    if len(ranges) == 1:
+        low, high = ranges[0]
+        return lambda n: low <= n <= high
+    starts = [low for low, _ in ranges]
+
+    def test(n: int) -> bool:
+        i = bisect_right(starts, n) - 1
+        return i >= 0 and n <= ranges[i][1]
+
+    return test
+
+
+def _sent_date(structure: message.MessageStructure) -> datetime.date | None:
+    """The Date header's calendar date as written (RFC 3501 6.4.4:
+    "disregarding time and timezone"), or None if absent or unparsable."""
+    fields = structure.root.envelope_fields
+    raw = fields[0] if fields else None
+    if not raw:
+        return None
+    parsed = email.utils.parsedate_tz(raw)
+    if parsed is None:
+        return None
+    try:
+        return datetime.date(parsed[0], parsed[1], parsed[2])
+    except (ValueError, TypeError):
+        return None
+
+
+def _and(parts: list[Predicate]) -> Predicate:
+    def test(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        unknown = False
+        for part in parts:
+            result = part(seq, m, c)
+            if result is False:
+                return False
+            if result is None:
+                unknown = True
+        return None if unknown else True
+
+    return test
+
+
+def _or(left: Predicate, right: Predicate) -> Predicate:
+    def test(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        a = left(seq, m, c)
+        if a is True:
+            return True
+        b = right(seq, m, c)
+        if b is True:
+            return True
+        if a is None or b is None:
+            return None
+        return False
+
+    return test
+
+
+def _not(inner: Predicate) -> Predicate:
+    def test(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        result = inner(seq, m, c)
+        return None if result is None else not result
+
+    return test
+
+
+def compile_key(
+    key: grammar.SearchKey, view: SelectedMailbox, charset: str | None = None
+) -> Program:
+    """A SEARCH key as a :class:`Program`.
+
+    Raises :class:`NotImplementedKey` for keys of extensions not offered.
+    """
+    program = Program(lambda seq, m, c: True)
+    program.predicate = _compile(key, view, charset, program)
+    return program
+
+
+def _compile(
+    key: grammar.SearchKey, view: SelectedMailbox, charset: str | None, program: Program
+) -> Predicate:
+    op, args = key.op, key.args
+    if op == "ALL":
+        return lambda seq, m, c: True
+    if op == "AND":
+        return _and([_compile(cast(grammar.SearchKey, k), view, charset, program) for k in args])
+    if op == "OR":
+        left = _compile(cast(grammar.SearchKey, args[0]), view, charset, program)
+        right = _compile(cast(grammar.SearchKey, args[1]), view, charset, program)
+        return _or(left, right)
+    if op == "NOT":
+        return _not(_compile(cast(grammar.SearchKey, args[0]), view, charset, program))
+    if op == "FLAG":
+        flag, present = cast(str, args[0]), bool(args[1])
+        if flag == "\\Recent":
+            recent = view.recent
+            return lambda seq, m, c: (m.uid in recent) == present
+        return lambda seq, m, c: (flag in m.flags) == present
+    if op in ("SEQ", "UID"):
+        sequence_set = cast(grammar.SequenceSet, args[0])
+        if sequence_set.saved:
+            # "$" names messages, whether used as SEQ or UID (RFC 5182 2.1).
+            saved = view.saved
+            return lambda seq, m, c: saved.seq(m.uid) is not None
+        if op == "SEQ":
+            seq_test = _in_ranges(sequence_set.resolve(view.exists))
+            return lambda seq, m, c: seq_test(seq)
+        uid_test = _in_ranges(sequence_set.resolve(view.map.last_uid))
+        return lambda seq, m, c: uid_test(m.uid)
+    if op == "LARGER":
+        larger = cast(int, args[0])
+        return lambda seq, m, c: m.size > larger
+    if op == "SMALLER":
+        smaller = cast(int, args[0])
+        return lambda seq, m, c: m.size < smaller
+    if op in ("BEFORE", "ON", "SINCE"):
+        return _date_test(op, cast(datetime.date, args[0]), lambda m, c: m.internal_date.date())
+    if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        program.structure = True
+
+        def sent(m: IMessage, c: SearchContent) -> datetime.date | None:
+            if c.structure is None:
+                return None
+            # No usable Date header: RFC 3501 does not say; like Dovecot,
+            # such a message counts as sent at the epoch (1-Jan-1970).
+            return _sent_date(c.structure) or _EPOCH
+
+        return _date_test(op[4:], cast(datetime.date, args[0]), sent)
+    if op == "HEADER":
+        return _header_test(cast(str, args[0]), _needle(args[1], charset), program)
+    if op in ("BODY", "TEXT"):
+        program.text = True
+        program.structure = True
+        needle = _needle(args[0], charset)
+        if op == "BODY":
+
+            def body(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+                return None if c.body is None else needle in c.body
+
+            return body
+
+        def text(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+            if c.body is None or c.header is None:
+                return None
+            return needle in c.header or needle in c.body
+
+        return text
+    raise NotImplementedKey(op)
+
+
+def _date_test(
+    op: str,
+    day: datetime.date,
+    get: Callable[[IMessage, SearchContent], datetime.date | None],
+) -> Predicate:
+    def test(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        date = get(m, c)
+        if date is None:
+            return None
+        if op == "BEFORE":
+            return date < day
+        if op == "ON":
+            return date == day
+        return date >= day
+
+    return test
+
+
+def _header_test(name: str, needle: str, program: Program) -> Predicate:
+    """HEADER name needle; an empty needle matches any message that has the
+    field (RFC 3501 6.4.4)."""
+    index = _ENVELOPE_INDEX.get(name)
+    if index is not None:
+        program.structure = True
+
+        def envelope(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+            if c.structure is None:
+                return None
+            fields = c.structure.root.envelope_fields
+            raw = fields[index] if fields else None
+            if raw is None:
+                return False
+            if not needle:
+                return True
+            return needle in message.decode_words(raw.encode("latin-1")).casefold()
+
+        return envelope
+    program.fields = program.fields | {name}
+
+    def other(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        if c.fields is None:
+            return None
+        values = c.fields.get(name, [])
+        if not needle:
+            return bool(values)
+        return any(needle in message.decode_words(v.encode("latin-1")).casefold() for v in values)
+
+    return other
+
+
+# ---------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------
 
 
 def search(
@@ -54,10 +325,22 @@ def search(
 ) -> defer.Deferred[Done]:
     """Answer a SEARCH (or UID SEARCH) command; fires with its completion.
 
-    Raises (in the Deferred) :class:`~mailsrv.imap.output.CommandError` for
-    unsupported charsets, return options and keys.
+    Fails (in the Deferred) with :class:`~mailsrv.imap.output.CommandError`
+    for unsupported charsets and keys.  A SEARCH RETURN (SAVE) that fails
+    with NO empties ``$`` (RFC 5182 2.1); a BAD leaves it alone.
     """
-    return defer.maybeDeferred(_check_and_run, view, mailbox, command, writer, clock)
+    saving = command.return_options is not None and "SAVE" in command.return_options
+    d = defer.maybeDeferred(_check_and_run, view, mailbox, command, writer, clock)
+    if saving:
+
+        def failed(failure: Any) -> Any:
+            error = failure.value
+            if not (isinstance(error, CommandError) and error.status == "BAD"):
+                view.saved = UidMap(())
+            return failure
+
+        d.addErrback(failed)
+    return d
 
 
 def _check_and_run(
@@ -67,103 +350,218 @@ def _check_and_run(
     writer: ResponseWriter,
     clock: IReactorTime,
 ) -> defer.Deferred[Done]:
-    if command.return_options is not None:
-        raise no("ESEARCH (SEARCH RETURN) is not supported yet", "CANNOT")
     if command.charset not in (None, *CHARSETS):
         raise no(
             f"Charset {command.charset} is not supported", f"BADCHARSET ({' '.join(CHARSETS)})"
         )
     try:
-        predicate = compile_key(command.key, view)
+        program = compile_key(command.key, view, command.charset)
     except NotImplementedKey as e:
-        raise no(f"SEARCH {e} is not implemented yet", "CANNOT") from None
-    return _run(view, mailbox, predicate, command.uid, writer, clock)
+        if str(e) == "MODSEQ":
+            raise bad("SEARCH MODSEQ needs CONDSTORE, which is not offered") from None
+        raise no(f"SEARCH {e} is not supported", "CANNOT") from None
+    if command.return_options is None:
+        return _run_plain(view, mailbox, program, command.uid, writer, clock)
+    return _run_extended(view, mailbox, program, command, writer, clock)
 
 
 @defer.inlineCallbacks
-def _run(
+def _texts(
+    mailbox: IMailbox, uids: Sequence[int], structures: dict[int, message.MessageStructure]
+) -> Generator[defer.Deferred[Any], Any, dict[int, tuple[str, str]]]:
+    """``{uid: (header text, body text)}``, case-folded, read from the files."""
+    out: dict[int, tuple[str, str]] = {}
+    for uid in uids:
+        structure = structures.get(uid)
+        if structure is None:
+            continue
+        try:
+            source = yield defer.maybeDeferred(mailbox.open, uid)
+        except NoSuchMessage:
+            continue
+        try:
+            header = message.read_range(source, 0, structure.root.header_size)
+            body = "\n".join(message.text_parts(structure, source))
+        finally:
+            source.close()
+        out[uid] = (message.decoded_header_text(header).casefold(), body.casefold())
+    return out
+
+
+@defer.inlineCallbacks
+def _matches(
+    mailbox: IMailbox, program: Program, chunk: Sequence[tuple[int, IMessage]]
+) -> Generator[defer.Deferred[Any], Any, list[tuple[int, int]]]:
+    """``(seq, uid)`` of the batch's messages that match, ascending."""
+    hits: list[tuple[int, int]] = []
+    test = program.predicate
+    pending: list[tuple[int, IMessage, SearchContent]] = []
+    for seq, m in chunk:
+        c = SearchContent()
+        result = test(seq, m, c)
+        if result is True:
+            hits.append((seq, m.uid))
+        elif result is None:
+            pending.append((seq, m, c))
+    if pending and (program.structure or program.fields):
+        uids = [m.uid for _, m, _ in pending]
+        structures: dict[int, message.MessageStructure] = {}
+        if program.structure:
+            structures = yield content.structures(mailbox, uids)
+        values: dict[str, dict[int, list[str]]] = {}
+        for name in sorted(program.fields):
+            values[name] = yield content.field_values(mailbox, uids, name)
+        undecided = []
+        for seq, m, c in pending:
+            c.structure = structures.get(m.uid)
+            if program.fields:
+                c.fields = {name: values[name].get(m.uid, []) for name in values}
+            result = test(seq, m, c)
+            if result is True:
+                hits.append((seq, m.uid))
+            elif result is None:
+                undecided.append((seq, m, c))
+        pending = undecided
+    if pending and program.text:
+        texts = yield _texts(
+            mailbox,
+            [m.uid for _, m, _ in pending],
+            {m.uid: c.structure for _, m, c in pending if c.structure is not None},
+        )
+        for seq, m, c in pending:
+            loaded = texts.get(m.uid)
+            if loaded is None:
+                continue  # expunged meanwhile
+            c.header, c.body = loaded
+            if test(seq, m, c):
+                hits.append((seq, m.uid))
+    hits.sort()
+    return hits
+
+
+@defer.inlineCallbacks
+def _scan(
     view: SelectedMailbox,
     mailbox: IMailbox,
-    predicate: Predicate,
-    uid: bool,
-    writer: ResponseWriter,
+    program: Program,
     clock: IReactorTime,
-) -> Generator[defer.Deferred[Any], Any, Done]:
+    writer: ResponseWriter,
+    found: Callable[[list[tuple[int, int]]], defer.Deferred[None] | None],
+) -> Generator[defer.Deferred[Any], Any, bool]:
+    """Feed each batch's hits to ``found``; False if the connection went."""
     pairs = view.map.by_seq(1, view.exists)
-    hits: list[bytes] = [b"* SEARCH"]
     first = True
     while True:
         chunk = list(itertools.islice(pairs, BATCH))
         if not chunk:
-            break
+            return True
         if not first:
             yield task.deferLater(clock, 0, lambda: None)
         first = False
         seq_of = {u: seq for seq, u in chunk}
-        found: Sequence[IMessage] = yield defer.maybeDeferred(mailbox.fetch, [u for _, u in chunk])
-        for message in found:
-            seq = seq_of.get(message.uid)
-            if seq is not None and predicate(seq, message):
-                hits.append(b" %d" % (message.uid if uid else seq))
-        if len(hits) >= _HITS_PER_WRITE:
-            writer.write(b"".join(hits))
-            hits = []
-            if writer.paused:
-                yield writer.ready()
+        messages: Sequence[IMessage] = yield defer.maybeDeferred(
+            mailbox.fetch, [u for _, u in chunk]
+        )
+        batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
+        hits = yield _matches(mailbox, program, batch)
+        pending = found(hits)
+        if pending is not None:
+            yield pending
         if writer.closed:
+            return False
+
+
+def _run_plain(
+    view: SelectedMailbox,
+    mailbox: IMailbox,
+    program: Program,
+    uid: bool,
+    writer: ResponseWriter,
+    clock: IReactorTime,
+) -> defer.Deferred[Done]:
+    """``* SEARCH n n n``, written in pieces as the hits come."""
+    line: list[bytes] = [b"* SEARCH"]
+
+    def found(hits: list[tuple[int, int]]) -> defer.Deferred[None] | None:
+        line.extend(b" %d" % (u if uid else seq) for seq, u in hits)
+        if len(line) >= _HITS_PER_WRITE:
+            writer.write(b"".join(line))
+            line.clear()
+            if writer.paused:
+                return writer.ready()
+        return None
+
+    def finish(complete: bool) -> Done:
+        if not complete:
             return Done("NO", "Connection lost")
-    hits.append(b"\r\n")
-    writer.write(b"".join(hits))
-    return Done(text="SEARCH completed")
+        line.append(b"\r\n")
+        writer.write(b"".join(line))
+        return Done(text="SEARCH completed")
+
+    return _scan(view, mailbox, program, clock, writer, found).addCallback(finish)
 
 
-def _in_ranges(ranges: list[tuple[int, int]]) -> Callable[[int], bool]:
-    def test(n: int) -> bool:
-        return any(low <= n <= high for low, high in ranges)
+def _sequence_set(numbers: Sequence[int]) -> bytes:
+    """Ascending numbers in sequence-set form (``2,10:15,21``)."""
+    out: list[bytes] = []
+    start = previous = numbers[0]
+    for n in itertools.islice(numbers, 1, None):
+        if n == previous + 1:
+            previous = n
+            continue
+        out.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
+        start = previous = n
+    out.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
+    return b",".join(out)
 
-    return test
 
+def _run_extended(
+    view: SelectedMailbox,
+    mailbox: IMailbox,
+    program: Program,
+    command: grammar.Search,
+    writer: ResponseWriter,
+    clock: IReactorTime,
+) -> defer.Deferred[Done]:
+    """SEARCH RETURN (...): one ESEARCH response (RFC 4731) and/or the
+    saved result (RFC 5182)."""
+    options = set(command.return_options or ()) or {"ALL"}
+    numbers = array("I")  # what the response reports: UIDs or sequence numbers
+    uids = array("I")
 
-def compile_key(key: grammar.SearchKey, view: SelectedMailbox) -> Predicate:
-    """A SEARCH key as a test over index metadata.
+    def found(hits: list[tuple[int, int]]) -> None:
+        numbers.extend(u if command.uid else seq for seq, u in hits)
+        uids.extend(u for _, u in hits)
 
-    Raises :class:`NotImplementedKey` for keys that need message contents.
-    """
-    op, args = key.op, key.args
-    if op == "ALL":
-        return lambda seq, m: True
-    if op == "AND":
-        parts = [compile_key(cast(grammar.SearchKey, k), view) for k in args]
-        return lambda seq, m: all(p(seq, m) for p in parts)
-    if op == "OR":
-        left = compile_key(cast(grammar.SearchKey, args[0]), view)
-        right = compile_key(cast(grammar.SearchKey, args[1]), view)
-        return lambda seq, m: left(seq, m) or right(seq, m)
-    if op == "NOT":
-        inner = compile_key(cast(grammar.SearchKey, args[0]), view)
-        return lambda seq, m: not inner(seq, m)
-    if op == "FLAG":
-        flag, present = cast(str, args[0]), bool(args[1])
-        if flag == "\\Recent":
-            return lambda seq, m: (m.uid in view.recent) == present
-        return lambda seq, m: (flag in m.flags) == present
-    if op == "SEQ":
-        seq_test = _in_ranges(cast(grammar.SequenceSet, args[0]).resolve(view.exists))
-        return lambda seq, m: seq_test(seq)
-    if op == "UID":
-        uid_test = _in_ranges(cast(grammar.SequenceSet, args[0]).resolve(view.map.last_uid))
-        return lambda seq, m: uid_test(m.uid)
-    if op == "LARGER":
-        larger = cast(int, args[0])
-        return lambda seq, m: m.size > larger
-    if op == "SMALLER":
-        smaller = cast(int, args[0])
-        return lambda seq, m: m.size < smaller
-    if op in ("BEFORE", "ON", "SINCE"):
-        day = args[0]
-        if op == "BEFORE":
-            return lambda seq, m: m.internal_date.date() < day
-        if op == "ON":
-            return lambda seq, m: m.internal_date.date() == day
-        return lambda seq, m: m.internal_date.date() >= day
-    raise NotImplementedKey(op)
+    def finish(complete: bool) -> Done:
+        if not complete:
+            return Done("NO", "Connection lost")
+        if "SAVE" in options:
+            # RFC 5182 2.4: with only MIN and/or MAX beside SAVE, "$" holds
+            # just those messages; otherwise every message found.
+            saved: Sequence[int] = uids
+            if uids and not options & {"ALL", "COUNT"}:
+                ends = set()
+                if "MIN" in options:
+                    ends.add(uids[0])
+                if "MAX" in options:
+                    ends.add(uids[-1])
+                saved = sorted(ends) if ends else uids
+            view.saved = UidMap(saved)
+        reported = options - {"SAVE"}
+        if reported or "SAVE" not in options:
+            parts = [b'* ESEARCH (TAG "%s")' % command.tag.encode("ascii")]
+            if command.uid:
+                parts.append(b"UID")
+            if numbers and "MIN" in reported:
+                parts.append(b"MIN %d" % min(numbers))
+            if numbers and "MAX" in reported:
+                parts.append(b"MAX %d" % max(numbers))
+            if "COUNT" in reported:
+                parts.append(b"COUNT %d" % len(numbers))
+            if numbers and "ALL" in reported:
+                parts.append(b"ALL " + _sequence_set(sorted(numbers)))
+            writer.write(b" ".join(parts) + b"\r\n")
+        return Done(text="SEARCH completed")
+
+    return _scan(view, mailbox, program, clock, writer, found).addCallback(finish)

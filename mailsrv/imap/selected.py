@@ -96,6 +96,15 @@ class UidMap:
             yield from range(start, start + end - before)
             before = end
 
+    def ranges(self) -> list[tuple[int, int]]:
+        """The UIDs as inclusive ``(first, last)`` runs, ascending."""
+        out = []
+        before = 0
+        for start, end in zip(self._starts, self._ends, strict=True):
+            out.append((start, start + end - before - 1))
+            before = end
+        return out
+
     def by_seq(self, low: int, high: int) -> Iterator[tuple[int, int]]:
         """``(seq, uid)`` for sequence numbers ``low..high`` inside the view."""
         high = min(high, len(self))
@@ -223,6 +232,8 @@ class SelectedMailbox:
         self._expunged: set[int] = set()
         self._flags: dict[int, tuple[frozenset[str], int]] = {}
         self.on_change: Callable[[], None] | None = None
+        #: The saved search result, "$" (RFC 5182), as UIDs; empty on SELECT.
+        self.saved = UidMap(())
 
     # -- IMailboxListener --------------------------------------------------
 
@@ -259,6 +270,10 @@ class SelectedMailbox:
         :class:`InvalidSequence`, as does any sequence number in an empty
         mailbox.
         """
+        if sequence_set.saved:
+            # RFC 5182: "$" names the same messages in FETCH and UID FETCH;
+            # expunged ones simply drop out (they are no longer in the map).
+            return MessageSet(self.map, self.saved.ranges(), True)
         if uid:
             return MessageSet(self.map, sequence_set.resolve(self.map.last_uid), True)
         count = self.exists

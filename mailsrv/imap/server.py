@@ -204,6 +204,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             "LIST-EXTENDED",
             "LIST-STATUS",
             "STATUS=SIZE",
+            "BINARY",
+            "ESEARCH",
+            "SEARCHRES",
             f"APPENDLIMIT={self.policy.max_message_size}",
         ]
         if self.state is State.NOT_AUTHENTICATED:
@@ -921,8 +924,8 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         message = command.message
         source: Any = io.BytesIO(message) if isinstance(message, bytes) else cast(Any, message).file
         try:
-            if command.binary:
-                raise no("BINARY APPEND is not supported yet", "CANNOT")
+            # RFC 3516 4.4: literal8 content is stored octet for octet (a
+            # Maildir file holds NULs as well as anything), so nothing is lost.
             size = len(message) if isinstance(message, bytes) else message.size
             if size == 0:
                 raise no("Empty messages are not accepted", "CANNOT")

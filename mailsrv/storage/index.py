@@ -25,7 +25,7 @@ import contextlib
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -651,8 +651,38 @@ class Index:
         return None if row is None else bytes(row[0])
 
     def set_cached(self, uid: int, kind: str, value: bytes) -> None:
-        self.db.execute(
+        self.set_cached_many(kind, {uid: value})
+
+    def get_cached_many(self, uids: Iterable[int], kind: str) -> dict[int, bytes]:
+        wanted = sorted(set(uids))
+        out: dict[int, bytes] = {}
+        if not wanted:
+            return out
+        if len(wanted) > 400:
+            # A contiguous batch: one range scan beats a long IN list.
+            wanted_set = set(wanted)
+            cursor = self.db.execute(
+                "SELECT uid, value FROM cache WHERE kind = ? AND uid BETWEEN ? AND ?",
+                (kind, wanted[0], wanted[-1]),
+            )
+            for uid, value in cursor:
+                if uid in wanted_set:
+                    out[int(uid)] = bytes(value)
+            return out
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start : start + 200]
+            marks = ",".join("?" * len(chunk))
+            cursor = self.db.execute(
+                f"SELECT uid, value FROM cache WHERE kind = ? AND uid IN ({marks})",
+                (kind, *chunk),
+            )
+            for uid, value in cursor:
+                out[int(uid)] = bytes(value)
+        return out
+
+    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
+        self.db.executemany(
             "INSERT OR REPLACE INTO cache SELECT ?, ?, ? WHERE EXISTS "
             "(SELECT 1 FROM messages WHERE uid = ?)",
-            (uid, kind, value, uid),
+            ((uid, kind, bytes(value), uid) for uid, value in values.items()),
         )

@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import attrs
@@ -977,9 +977,17 @@ class MaildirMailbox:
         return self._db.get_cached(uid, kind)
 
     def set_cached(self, uid: int, kind: str, value: bytes) -> None:
+        self.set_cached_many(kind, {uid: value})
+
+    def get_cached_many(self, uids: Iterable[int], kind: str) -> Mapping[int, bytes]:
+        return self._db.get_cached_many(uids, kind)
+
+    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
+        if not values:
+            return
         db = self._db
         with db.transaction():
-            db.set_cached(uid, kind, bytes(value))
+            db.set_cached_many(kind, values)
 
     # -- IMailbox: writing ------------------------------------------------------
 

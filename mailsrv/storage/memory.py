@@ -18,7 +18,7 @@ import bisect
 import datetime
 import io
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from twisted.internet import defer
@@ -293,6 +293,18 @@ class MemoryMailbox:
             if message.cache is None:
                 message.cache = {}
             message.cache[kind] = bytes(value)
+
+    def get_cached_many(self, uids: Iterable[int], kind: str) -> Mapping[int, bytes]:
+        out: dict[int, bytes] = {}
+        for uid in uids:
+            value = self.get_cached(uid, kind)
+            if value is not None:
+                out[uid] = value
+        return out
+
+    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
+        for uid, value in values.items():
+            self.set_cached(uid, kind, value)
 
     # -- writing ----------------------------------------------------------------
 

@@ -136,6 +136,70 @@ def leaves(structure: message.MessageStructure) -> list[str]:
     return out
 
 
+#: SEARCH programs recorded over the whole corpus mailbox: criteria, and an
+#: optional UTF-8 string sent as a literal after them (CHARSET UTF-8).
+SEARCHES: list[tuple[str, str | None]] = [
+    ("SUBJECT text", None),
+    ("SUBJECT PLAIN", None),
+    ("SUBJECT fwd", None),
+    ('SUBJECT "=?UTF-8?"', None),
+    ("FROM alice", None),
+    ('FROM "example.org"', None),
+    ("FROM carol", None),
+    ("TO bob", None),
+    ("TO undisclosed", None),
+    ("CC example", None),
+    ("BCC example", None),
+    ("HEADER Message-ID example", None),
+    ("HEADER List-Id dev", None),
+    ('HEADER Cc ""', None),
+    ('HEADER Subject ""', None),
+    ('HEADER Date ""', None),
+    ("HEADER Content-Type multipart", None),
+    ('HEADER X-Unknown-Field ""', None),
+    ('BODY "plain text message"', None),
+    ("BODY hello", None),
+    ('BODY "Original text"', None),
+    ('BODY "=C3"', None),
+    ("BODY boundary", None),
+    ('TEXT "Original message"', None),
+    ("TEXT alice", None),
+    ("TEXT multipart", None),
+    ("SENTBEFORE 1-Jan-2000", None),
+    ("SENTON 7-Feb-1994", None),
+    ("SENTSINCE 1-Jan-2020", None),
+    ("LARGER 2000", None),
+    ("SMALLER 300", None),
+    ("OR SUBJECT pgp SUBJECT s/mime", None),
+    ("NOT SUBJECT fwd SUBJECT message", None),
+    ("SUBJECT", "Grüße"),
+    ("SUBJECT", "äpfel"),
+    ("SUBJECT", "Café"),
+    ("SUBJECT", "CRÈME"),
+    ("SUBJECT", "привет"),
+    ("SUBJECT", "日本語"),
+    ("SUBJECT", "Wörld"),
+    ("FROM", "jörg"),
+    ("BODY", "grüße"),
+    ("BODY", "münchen"),
+    ("TEXT", "köln"),
+]
+
+
+def record_searches(client: imaplib.IMAP4) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for criteria, literal in SEARCHES:
+        client.untagged_responses.clear()
+        if literal is None:
+            typ, data = client.search(None, criteria)
+        else:
+            client.literal = literal.encode("utf-8")
+            typ, data = client.search("UTF-8", criteria)
+        result = [int(n) for n in data[0].split()] if typ == "OK" and data[0] else []
+        out.append({"criteria": criteria, "literal": literal, "status": typ, "result": result})
+    return out
+
+
 def main() -> None:
     ensure_dovecot()
     tmp = tempfile.mkdtemp(prefix="mailsrv-golden-")
@@ -208,6 +272,7 @@ def main() -> None:
                 )
             record["binary"] = binary
             golden["messages"][os.path.basename(path)] = record  # type: ignore[index]
+        golden["searches"] = record_searches(client)
         client.logout()
     finally:
         subprocess.run(["doveadm", "-c", config, "stop"], check=False)

@@ -1,0 +1,184 @@
+"""Message contents for FETCH and SEARCH: parsed structures and header
+blocks, read once and kept in the storage cache.
+
+Storage gives bytes (``IMailbox.open``) and, when it implements
+:class:`~mailsrv.interfaces.IMessageCache`, a place to keep what was worked
+out from them.  This module is the one place that decides what is cached,
+under which kind, and how a stale or corrupt value is treated (reparsed,
+never trusted): FETCH and SEARCH only ask for "the structures of these
+messages" or "their header blocks", a batch at a time, so a warm cache
+answers a whole batch with one query and no file is opened.
+
+Kinds:
+
+``structure``
+    :meth:`mailsrv.message.MessageStructure.to_bytes`: MIME tree, offsets,
+    envelope fields.  Enough for ENVELOPE, BODY, BODYSTRUCTURE, every
+    section's offsets, and SEARCH on the envelope fields (FROM, TO, CC,
+    BCC, SUBJECT, Message-ID...) and SENT*.
+``fields:NAMES`` and ``fields.not:NAMES``
+    BODY[HEADER.FIELDS (NAMES)] (or .NOT) of the whole message, for the
+    field sets clients actually ask for (NAMES sorted, space separated).
+    A client's first sync asks every message for the same few fields, so
+    this is what makes the second one cheap, at a few hundred octets per
+    message rather than the whole header.
+``field:NAME``
+    The unfolded values of one header field, for SEARCH HEADER on fields
+    outside the envelope.
+
+Values bigger than :data:`CACHE_LIMIT` are not cached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any
+
+from twisted.internet import defer
+
+from mailsrv import log, message
+from mailsrv.errors import NoSuchMessage
+from mailsrv.interfaces import IMailbox, IMessageCache
+
+__all__ = ["CACHE_LIMIT", "STRUCTURE", "field_values", "header_fields", "structures"]
+
+_log = log.get_logger(__name__)
+
+STRUCTURE = "structure"
+
+#: Values longer than this are worked out each time rather than cached (a
+#: spam header of 200 KB would bloat the index for nothing).
+CACHE_LIMIT = 16 * 1024
+#: HEADER.FIELDS lists longer than this are not cached (each distinct list
+#: is a cache kind of its own).
+_CACHED_FIELD_NAMES = 32
+
+
+def _cache(mailbox: IMailbox) -> Any:
+    return IMessageCache(mailbox, None)
+
+
+def _get_many(cache: Any, uids: list[int], kind: str) -> defer.Deferred[Mapping[int, bytes]]:
+    if cache is None or not uids:
+        return defer.succeed({})
+    return defer.maybeDeferred(cache.get_cached_many, uids, kind)
+
+
+def _set_many(cache: Any, kind: str, values: dict[int, bytes]) -> defer.Deferred[None]:
+    if cache is None or not values:
+        return defer.succeed(None)
+    d = defer.maybeDeferred(cache.set_cached_many, kind, values)
+
+    def failed(failure: Any) -> None:
+        # A cache that cannot be written (read-only disk, a concurrent
+        # rebuild) costs speed, never an answer.
+        _log.failure("could not cache {kind} values", failure, kind=kind)
+
+    return d.addErrback(failed)
+
+
+@defer.inlineCallbacks
+def structures(mailbox: IMailbox, uids: Iterable[int]) -> Any:
+    """``{uid: MessageStructure}`` for the messages that still exist.
+
+    Cached structures are used when they are of the current format;
+    the rest are parsed from the files and cached for next time.
+    """
+    wanted = list(uids)
+    cache = _cache(mailbox)
+    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, STRUCTURE)
+    out: dict[int, message.MessageStructure] = {}
+    fresh: dict[int, bytes] = {}
+    for uid in wanted:
+        data = cached.get(uid)
+        if data is not None:
+            try:
+                out[uid] = message.MessageStructure.from_bytes(data)
+                continue
+            except ValueError:
+                pass  # an older format or damage: parse again
+        try:
+            source = yield defer.maybeDeferred(mailbox.open, uid)
+        except NoSuchMessage:
+            continue  # expunged meanwhile; the caller reports it
+        try:
+            structure = message.parse(source)
+        finally:
+            source.close()
+        out[uid] = structure
+        fresh[uid] = structure.to_bytes()
+    yield _set_many(cache, STRUCTURE, fresh)
+    return out
+
+
+@defer.inlineCallbacks
+def _per_message(
+    mailbox: IMailbox,
+    uids: Iterable[int],
+    kind: str | None,
+    compute: Callable[[IO[bytes]], bytes],
+) -> Any:
+    """``{uid: value}`` from the cache of ``kind`` or by ``compute`` over
+    the message file (then cached); ``kind`` None: never cached."""
+    wanted = list(uids)
+    cache = _cache(mailbox) if kind is not None else None
+    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, kind or "")
+    out: dict[int, bytes] = {}
+    fresh: dict[int, bytes] = {}
+    for uid in wanted:
+        value = cached.get(uid)
+        if value is not None:
+            out[uid] = value
+            continue
+        try:
+            source = yield defer.maybeDeferred(mailbox.open, uid)
+        except NoSuchMessage:
+            continue
+        try:
+            value = compute(source)
+        finally:
+            source.close()
+        out[uid] = value
+        if len(value) <= CACHE_LIMIT:
+            fresh[uid] = value
+    if kind is not None:
+        yield _set_many(cache, kind, fresh)
+    return out
+
+
+def header_fields(
+    mailbox: IMailbox, uids: Iterable[int], names: Sequence[str], negate: bool
+) -> defer.Deferred[dict[int, bytes]]:
+    """``{uid: BODY[HEADER.FIELDS (names)]}`` (``negate``: .NOT) of each
+    whole message; only the header block is read from a file."""
+    unique = sorted({name.upper() for name in names})
+    kind: str | None = ("fields.not:" if negate else "fields:") + " ".join(unique)
+    if len(unique) > _CACHED_FIELD_NAMES:
+        kind = None
+
+    def compute(source: IO[bytes]) -> bytes:
+        return message.filter_fields(message.read_header(source), unique, negate)
+
+    return _per_message(mailbox, uids, kind, compute)
+
+
+@defer.inlineCallbacks
+def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
+    """``{uid: [value, ...]}``: the unfolded values (as sent, Latin-1
+    decoded so every octet survives) of header field ``name`` in each
+    whole message, for SEARCH HEADER."""
+
+    def compute(source: IO[bytes]) -> bytes:
+        values = message.raw_fields(message.read_header(source), name)
+        return json.dumps([v.decode("latin-1") for v in values]).encode("ascii")
+
+    encoded = yield _per_message(mailbox, uids, "field:" + name.upper(), compute)
+    out: dict[int, list[str]] = {}
+    for uid, data in encoded.items():
+        try:
+            values = json.loads(data)
+        except ValueError:
+            values = []
+        out[uid] = [str(v) for v in values] if isinstance(values, list) else []
+    return out

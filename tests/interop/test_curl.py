@@ -113,7 +113,7 @@ class CurlTests(InteropTestCase):
         )
         self.assertEqual(by_subject, b"* SEARCH %d\r\n" % multipart_uid)
         by_text = self.curl(
-            "-X", "UID SEARCH TEXT octet-stream", *self.imaps("INBOX"), user=account
+            "-X", 'UID SEARCH TEXT "the text part"', *self.imaps("INBOX"), user=account
         )
         self.assertEqual(by_text, b"* SEARCH %d\r\n" % multipart_uid)
 

@@ -327,8 +327,22 @@ class InteropTestCase(unittest.TestCase):
         assert server is not None
         self.server = server
         self.addCleanup(self._release_server)
+        self._log_start = len(server.daemon.output) if server.daemon is not None else 0
+        self.addCleanup(self._check_daemon_log)
         self.home = os.path.abspath(self.mktemp())
         os.makedirs(self.home)
+
+    def _check_daemon_log(self) -> None:
+        """Whatever the clients did, the daemon must not have logged a traceback."""
+        daemon = self.server.daemon
+        if daemon is None:
+            return
+        lines = daemon.output[self._log_start :]
+        bad = [i for i, line in enumerate(lines) if "Traceback" in line or "Unhandled" in line]
+        if bad:
+            first = bad[0]
+            excerpt = "".join(lines[max(0, first - 5) : first + 40])
+            self.fail(f"the daemon logged an error during this test:\n{excerpt}")
 
     def cannot_run(self, reason: str) -> None:
         """A client this test needs is missing: a failure in CI, a skip elsewhere."""

@@ -103,6 +103,13 @@ class CurlTests(InteropTestCase):
         self.assertEqual(attachment, b"AAECAwQFBgc=")
         text = self.curl(*self.imaps(f"INBOX;UID={plain_uid};SECTION=TEXT"), user=account)
         self.assertEqual(text, b"Just text.\r\n.dot line\r\n")
+        # ;PARTIAL=offset.length: BODY[]<offset.length> (RFC 5092 3, RFC 3501 6.4.5).
+        partial = self.curl(*self.imaps(f"INBOX;UID={plain_uid};PARTIAL=5.10"), user=account)
+        self.assertEqual(partial, wire(plain)[5:15])
+        partial = self.curl(
+            *self.imaps(f"INBOX;UID={multipart_uid};SECTION=1;PARTIAL=4.100"), user=account
+        )
+        self.assertEqual(partial, b"text part.")
 
         # curl fetches sections with BODY[...], not BODY.PEEK[...]: they count as reading.
         self.assertEqual(imap_flags(observer)[multipart_uid], {"\\Seen"})

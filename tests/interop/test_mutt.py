@@ -1,4 +1,4 @@
-"""mutt against the server: batch mode (no terminal) sending a message and
+"""mutt and neomutt against the server: batch mode (no terminal) sending a message and
 saving the copy in the IMAP Sent folder over STARTTLS, and the full-screen index
 in a pseudo-terminal over IMAPS, driven by ``push`` (the keys mutt would read from
 a user): read a message, flag one, delete some, save one to another folder, sync.
@@ -18,13 +18,21 @@ import struct
 import subprocess
 import termios
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tests.interop.support import CLIENT_DEADLINE, InteropTestCase, make_message, wire
 
 
-class MuttTests(InteropTestCase):
-    programs: ClassVar = [("mutt", "mutt")]
+class _MuttClient:
+    """What mutt and neomutt share: the settings, the terminal, the index test."""
+
+    program: ClassVar[str]
+    server: Any
+    home: str
+    paths: dict[str, str]
+    assertEqual: Any
+    assertIn: Any
+    addCleanup: Any
 
     def write_muttrc(self, user: str, password: str, tls: str) -> str:
         if tls == "imaps":
@@ -60,39 +68,6 @@ set wait_key=no
 """
             )
         return rc
-
-    def test_batch_send_records_to_sent_over_starttls(self) -> None:
-        user, password = self.server.add_user("mutt")
-        rc = self.write_muttrc(user, password, "starttls")
-        # The "MTA": keeps what mutt hands it.
-        outbox = os.path.join(self.home, "outbox.eml")
-        sendmail = os.path.join(self.home, "sendmail")
-        with open(sendmail, "w") as f:
-            f.write(f"#!/bin/sh\ncat > '{outbox}'\n")
-        os.chmod(sendmail, 0o755)
-
-        self.run_client(
-            [
-                self.paths["mutt"],
-                "-n",
-                "-F",
-                rc,
-                "-s",
-                "sent in batch mode",
-                "--",
-                "someone@example.org",
-            ],
-            stdin=b"Hello from mutt in batch mode.\n",
-        )
-        with open(outbox, "rb") as f:
-            handed_to_mta = f.read()
-        self.assertIn(b"Subject: sent in batch mode\n", handed_to_mta)
-        (stored,) = self.server.messages(user, "Sent")
-        # The copy in Sent is the message the MTA got, stored with \Seen.  mutt writes the
-        # copy's Date: header anew, so it may be a second later than the sent one's.
-        self.assertEqual((stored.subdir, stored.flags), ("cur", "S"))
-        self.assertEqual(_without_date(stored.data), _without_date(wire(handed_to_mta)))
-        self.assertRegex(stored.data, rb"^Date: ")
 
     def run_in_pty(self, args: list[str]) -> str:
         """Run ``args`` on a fresh 80x24 pseudo-terminal until it exits; the screen output."""
@@ -155,7 +130,7 @@ set wait_key=no
             "<sync-mailbox><quit>"
         )
         screen = self.run_in_pty(
-            [self.paths["mutt"], "-n", "-F", rc, "-f", "=INBOX", "-e", f'push "{keys}"']
+            [self.paths[self.program], "-n", "-F", rc, "-f", "=INBOX", "-e", f'push "{keys}"']
         )
 
         inbox = {m.subject: m.flags for m in self.server.messages(user)}
@@ -167,6 +142,54 @@ set wait_key=no
         typ, data = observer.status("Archive", "(MESSAGES UNSEEN)")
         self.assertEqual(typ, "OK")
         self.assertIn(b"MESSAGES 1", data[0])
+
+
+class MuttTests(_MuttClient, InteropTestCase):
+    program: ClassVar[str] = "mutt"
+    programs: ClassVar = [("mutt", "mutt")]
+
+    def test_batch_send_records_to_sent_over_starttls(self) -> None:
+        user, password = self.server.add_user("mutt")
+        rc = self.write_muttrc(user, password, "starttls")
+        # The "MTA": keeps what mutt hands it.
+        outbox = os.path.join(self.home, "outbox.eml")
+        sendmail = os.path.join(self.home, "sendmail")
+        with open(sendmail, "w") as f:
+            f.write(f"#!/bin/sh\ncat > '{outbox}'\n")
+        os.chmod(sendmail, 0o755)
+
+        self.run_client(
+            [
+                self.paths[self.program],
+                "-n",
+                "-F",
+                rc,
+                "-s",
+                "sent in batch mode",
+                "--",
+                "someone@example.org",
+            ],
+            stdin=b"Hello from mutt in batch mode.\n",
+        )
+        with open(outbox, "rb") as f:
+            handed_to_mta = f.read()
+        self.assertIn(b"Subject: sent in batch mode\n", handed_to_mta)
+        (stored,) = self.server.messages(user, "Sent")
+        # The copy in Sent is the message the MTA got, stored with \Seen.  mutt writes the
+        # copy's Date: header anew, so it may be a second later than the sent one's.
+        self.assertEqual((stored.subdir, stored.flags), ("cur", "S"))
+        self.assertEqual(_without_date(stored.data), _without_date(wire(handed_to_mta)))
+        self.assertRegex(stored.data, rb"^Date: ")
+
+
+class NeomuttTests(_MuttClient, InteropTestCase):
+    """The same index session with neomutt, which reads the same settings and keys but
+    sends other commands (``ENABLE UTF8=ACCEPT``, ``BODY.PEEK[]`` then ``STORE +FLAGS
+    (\\Seen)``).  Its batch mode refuses to save a copy to an IMAP folder ("Fcc to an
+    IMAP mailbox is not supported in batch mode"), so only mutt runs the batch test."""
+
+    program: ClassVar[str] = "neomutt"
+    programs: ClassVar = [("neomutt", "neomutt")]
 
 
 def _without_date(message: bytes) -> bytes:

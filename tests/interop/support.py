@@ -2,8 +2,8 @@
 users and mail made with the ``mailsrv`` command, a look into the Maildirs,
 and a way to run client programs.
 
-One :class:`MailServer` serves a whole test class (:class:`InteropTestCase`
-starts it for the class's first test and stops it after the last one), and
+One :class:`MailServer` serves a whole test module (:class:`InteropTestCase`
+starts it for the module's first test and stops it after the last one), and
 each test makes users of its own, so tests never see each other's mail.
 """
 
@@ -18,8 +18,10 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -217,6 +219,28 @@ poll_interval = 0.2
         args = ["deliver", user] + (["--folder", folder] if folder else [])
         self.mailsrv(*args, stdin=message)
 
+    def deliver_concurrently(self, user: str, messages: Sequence[bytes]) -> None:
+        """Deliver ``messages`` with one ``mailsrv deliver`` each, all at once, as a busy
+        MTA does: their order (and so their UIDs' order) is not defined."""
+        processes = [
+            subprocess.Popen(
+                [*mailsrv_command(), "deliver", user, "--config", self.config],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.base,
+                env=source_env(),
+            )
+            for _ in messages
+        ]
+        failures = []
+        for process, message in zip(processes, messages, strict=True):
+            output, _ = process.communicate(message, timeout=CLIENT_DEADLINE)
+            if process.returncode != 0:
+                failures.append(f"exit {process.returncode}: {output.decode(errors='replace')}")
+        if failures:
+            raise AssertionError("mailsrv deliver failed: " + "; ".join(failures))
+
     def deliver_command(self, user: str) -> str:
         """``mailsrv deliver USER --config FILE`` as one shell command line (for an MDA option)."""
         # The MDA runs in the client's environment: point it at this checkout's code.
@@ -293,44 +317,71 @@ def imap_uids_by_subject(session: imaplib.IMAP4) -> dict[str, int]:
     return result
 
 
-class InteropTestCase(unittest.TestCase):
-    """A test case whose tests share one :class:`MailServer`.
+def _count_tests(module: types.ModuleType) -> int:
+    """How many tests trial finds in ``module``'s interop test classes."""
+    count = 0
+    for value in vars(module).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, InteropTestCase)
+            and value.__module__ == module.__name__
+        ):
+            count += len([n for n in dir(value) if n.startswith("test")])
+    return count
 
-    The server starts in the first test's ``setUp`` and stops after the class's last
-    test; when only some of the class's tests run, it stops at interpreter exit.
+
+class InteropTestCase(unittest.TestCase):
+    """A test case whose tests share one :class:`MailServer` with the other
+    :class:`InteropTestCase` classes of their module.
+
+    The server starts in the module's first test's ``setUp`` and stops after its last
+    test; when only some of the module's tests run, it stops at interpreter exit.
     Subclasses list the client programs they drive in ``programs`` as
     ``(program, Debian package)``: a missing one skips the test, or fails it in CI.
     """
 
     programs: ClassVar[Sequence[tuple[str, str]]] = ()
-    _server: ClassVar[MailServer | None] = None
-    _remaining: ClassVar[int] = 0
+    #: Module name -> its running server, and how many of its tests have not finished.
+    _servers: ClassVar[dict[str, MailServer]] = {}
+    _remaining: ClassVar[dict[str, int]] = {}
 
     server: MailServer
 
     def setUp(self) -> None:
+        module = type(self).__module__
+        if module not in self._remaining:
+            self._remaining[module] = _count_tests(sys.modules[module])
         self.paths = {}
         for program, package in self.programs:
             try:
                 self.paths[program] = find_program(program, package)
             except ProgramMissing as e:
+                self._release_server()
                 self.cannot_run(str(e))
-        cls = type(self)
-        if cls.__dict__.get("_server") is None:
-            base = tempfile.mkdtemp(prefix=cls.__name__ + "-", dir=os.getcwd())
+        server = self._servers.get(module)
+        if server is None:
+            base = tempfile.mkdtemp(prefix=module.rsplit(".", 1)[-1] + "-", dir=os.getcwd())
             server = MailServer(base)
             server.start()
-            cls._server = server
-            cls._remaining = len([n for n in dir(cls) if n.startswith("test")])
+            self._servers[module] = server
             atexit.register(server.stop)
-        server = cls.__dict__["_server"]
-        assert server is not None
         self.server = server
         self.addCleanup(self._release_server)
         self._log_start = len(server.daemon.output) if server.daemon is not None else 0
         self.addCleanup(self._check_daemon_log)
         self.home = os.path.abspath(self.mktemp())
         os.makedirs(self.home)
+
+    def _release_server(self) -> None:
+        """This test is done with the module's server; the last one stops it."""
+        module = type(self).__module__
+        self._remaining[module] -= 1
+        if self._remaining[module] <= 0:
+            del self._remaining[module]
+            server = self._servers.pop(module, None)
+            if server is not None:
+                server.stop()
+                atexit.unregister(server.stop)
 
     def _check_daemon_log(self) -> None:
         """Whatever the clients did, the daemon must not have logged a traceback."""
@@ -349,14 +400,6 @@ class InteropTestCase(unittest.TestCase):
         if os.environ.get("CI") == "true":
             self.fail(reason)
         raise unittest.SkipTest(reason)
-
-    def _release_server(self) -> None:
-        cls = type(self)
-        cls._remaining -= 1
-        if cls._remaining <= 0 and cls._server is not None:
-            server, cls._server = cls._server, None
-            server.stop()
-            atexit.unregister(server.stop)
 
     def run_client(
         self,

@@ -29,7 +29,7 @@ class FetchmailTests(InteropTestCase):
     def deliver(self, *subjects: str) -> None:
         for subject in subjects:
             self.sent[subject] = make_message(subject, f"Fetch me: {subject}.\n.\n")
-            self.server.deliver(self.source, self.sent[subject])
+        self.server.deliver_concurrently(self.source, [self.sent[s] for s in subjects])
 
     def write_rc(self, protocol: str, port: str, security: str, keep: str) -> str:
         """A fetchmailrc (mode 0600, as fetchmail demands) polling the source user."""

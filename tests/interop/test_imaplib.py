@@ -106,7 +106,7 @@ class _ImaplibClient:
                 f"Hello,\n\nthis is {subject}.\n.\n..a line that starts with dots\n",
                 extra_headers=[("X-Mailer", "interop"), ("Received", "from a\n\tby b")],
             )
-            self.server.deliver(user, sent[subject])
+        self.server.deliver_concurrently(user, list(sent.values()))
         return sent
 
     def test_first_sync_read_flag_incremental_sync_expunge(self) -> None:

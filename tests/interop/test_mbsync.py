@@ -81,7 +81,7 @@ SyncState *
         sent = {}
         for subject in ("alpha", "bravo", "charlie", "golf"):
             sent[subject] = make_message(subject, f"Body of {subject}.\n")
-            self.server.deliver(user, sent[subject])
+        self.server.deliver_concurrently(user, list(sent.values()))
         rc, root = self.write_config(user, password, "IMAPS")
 
         # First run: everything comes down, nothing changes on the server.

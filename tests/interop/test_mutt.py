@@ -119,8 +119,9 @@ set wait_key=no
     def test_index_in_a_terminal_over_imaps(self) -> None:
         user, password = self.server.add_user("mutt")
         subjects = ["read me", "important", "junk one", "junk two", "archive me"]
-        for subject in subjects:
-            self.server.deliver(user, make_message(subject, f"Body of {subject}.\n"))
+        self.server.deliver_concurrently(
+            user, [make_message(subject, f"Body of {subject}.\n") for subject in subjects]
+        )
         rc = self.write_muttrc(user, password, "imaps")
         keys = (
             "<search>read me<enter><display-message><exit>"

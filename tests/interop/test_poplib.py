@@ -52,7 +52,7 @@ class _PoplibClient:
         sent = {}
         for subject in ("one", "two"):
             sent[subject] = make_message(subject, BODY)
-            self.server.deliver(user, sent[subject])
+        self.server.deliver_concurrently(user, list(sent.values()))
 
         # First poll: download everything, keep it on the server.
         pop = self.login(user, password)

@@ -212,12 +212,14 @@ class PydalIMAPTests(InteropTestCase):
         bodies = {}
         for subject, sender in small.items():
             bodies[subject] = f"Hello from {sender}.\n"
-            self.server.deliver(user, make_message(subject, bodies[subject], sender=sender))
         big = make_message(
             "big from alice", ("x" * 70 + "\n") * 100, sender="Alice <a@example.org>"
         )
         self.assertGreater(len(wire(big)), self.documented_size_limit)
-        self.server.deliver(user, big)
+        self.server.deliver_concurrently(
+            user,
+            [make_message(s, bodies[s], sender=sender) for s, sender in small.items()] + [big],
+        )
         observer = self.server.imap(user, password, "INBOX")
         self.addCleanup(observer.logout)
         uids = imap_uids_by_subject(observer)

@@ -5,102 +5,34 @@ from __future__ import annotations
 import io
 import os
 import poplib
-import select
 import shlex
 import socket
 import ssl
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 from twisted.trial import unittest
 
 from mailsrv import cli
-from tests.helpers import source_env, twistd_command
-
-#: Upper bound for the daemon to start; a deadline, not a sleep.
-STARTUP_DEADLINE = 60.0
+from tests.helpers import (
+    STARTUP_DEADLINE,
+    Daemon,
+    free_port,
+    read_line,
+    source_env,
+    twistd_command,
+)
 
 #: nobody/nogroup on Debian.
 NOBODY = 65534
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Daemon:
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.output: list[str] = []
-        self._partial = b""
-
-    def wait_for(self, text: str, count: int = 1) -> None:
-        """Read the log until ``text`` appeared ``count`` times.
-
-        Reads the pipe's file descriptor directly: a buffered ``readline``
-        would pull several lines into Python's buffer, where ``select`` can
-        no longer see them, and the wait would run to its deadline.
-        """
-        deadline = time.monotonic() + STARTUP_DEADLINE
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        while sum(text in line for line in self.output) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.process.poll() is not None:
-                raise AssertionError(
-                    f"daemon did not log {text!r}; exit status {self.process.poll()}; "
-                    f"output:\n{''.join(self.output)}{self._partial.decode(errors='replace')}"
-                )
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    continue
-                self._partial += chunk
-                *lines, self._partial = self._partial.split(b"\n")
-                self.output.extend(line.decode(errors="replace") + "\n" for line in lines)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 @contextmanager
 def run_daemon(directory: str, *args: str, twistd_args: tuple[str, ...] = ()) -> Iterator[Daemon]:
     """``twistd -n [twistd_args] mailsrv [args]`` started in ``directory``."""
-    process = subprocess.Popen(
-        [*twistd_command(), "-n", "--pidfile=", *twistd_args, "mailsrv", *args],
-        cwd=directory,
-        env=source_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    daemon = Daemon(process)
+    daemon = Daemon.start(list(args), cwd=directory, twistd_args=twistd_args)
     try:
         yield daemon
     finally:
@@ -236,9 +168,7 @@ maildir = "var/mail/{{user}}/Maildir"
             taken.bind(("127.0.0.1", self.ports["pop3"]))
             taken.listen(1)
             with self.daemon("--config", self.config) as daemon:
-                daemon.process.wait(timeout=STARTUP_DEADLINE)
-                assert daemon.process.stdout is not None
-                output = daemon.process.stdout.read()
+                output = daemon.wait_exit(STARTUP_DEADLINE)
         self.assertNotEqual(daemon.process.returncode, 0)
         self.assertIn(f"{self.config}: pop3.listen[0]: cannot listen on", output)
         self.assertNotIn("Traceback", output)
@@ -247,9 +177,7 @@ maildir = "var/mail/{{user}}/Maildir"
         with open(self.config, "a") as f:
             f.write("[limits]\nmax_line_lenght = 10\n")
         with self.daemon("--config", self.config) as daemon:
-            daemon.process.wait(timeout=STARTUP_DEADLINE)
-            assert daemon.process.stdout is not None
-            output = daemon.process.stdout.read()
+            output = daemon.wait_exit(STARTUP_DEADLINE)
         self.assertEqual(daemon.process.returncode, 1)
         self.assertEqual(
             output.strip(),
@@ -389,7 +317,6 @@ class SocketActivationTests(unittest.TestCase):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
             pass_fds=(3,) if listening.fileno() == 3 else (listening.fileno(), 3),
             preexec_fn=as_systemd_passes_it,
         )
@@ -401,9 +328,7 @@ class SocketActivationTests(unittest.TestCase):
 
     def test_no_inherited_socket_stops_startup_naming_the_key(self) -> None:
         with run_daemon(self.dir, "--config", self.config) as daemon:
-            daemon.process.wait(timeout=STARTUP_DEADLINE)
-            assert daemon.process.stdout is not None
-            output = daemon.process.stdout.read()
+            output = daemon.wait_exit(STARTUP_DEADLINE)
         self.assertEqual(daemon.process.returncode, 1)
         self.assertIn(
             f"{self.config}: pop3.listen[0]: 'systemd:domain=INET:index=0': no such", output

@@ -5,23 +5,37 @@ Every subcommand reads the configuration exactly as the twistd plugin does
 ``mailsrv user add alice --passwd ./var/passwd`` and a daemon started with
 ``--passwd ./var/passwd`` agree about where users live.
 
-Exit statuses follow sysexits(3), which MTAs rely on for ``deliver``:
-0 success, 64 usage, 65 bad message data, 67 unknown user, 73 cannot create,
-75 temporary failure (the MTA retries), 78 configuration error.
+Exit statuses follow sysexits(3): 0 success, 64 usage, 65 bad data,
+67 unknown user, 70 internal error, 73 cannot create, 75 temporary failure,
+78 configuration error.  ``deliver`` is run by MTAs, which bounce the
+message on every status but 75 (Postfix treats only EX_TEMPFAIL and
+EX_OSERR as temporary), so every failure of ``deliver`` that the
+administrator can fix -- configuration, storage, an unexpected error -- is
+75, and only an unknown user (67), bad usage (64) or an empty message (65)
+is final.
+
+Warnings logged while a command runs (a ``--folder`` that does not exist,
+an index being rebuilt) are written to standard error, where the MTA's log
+picks them up.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
+
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from mailsrv import __version__
 from mailsrv.config import Config, describe, format_error, load_config
-from mailsrv.errors import ConfigError, StorageError, TemporaryFailure
+from mailsrv.errors import ConfigError, StorageError
 
 EX_OK = 0
 EX_USAGE = 64
@@ -151,7 +165,8 @@ def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
     path = config.users.passwd_file
     action = args.user_command
     if action == "add" and not os.path.exists(path):
-        create_empty(path)
+        with contextlib.suppress(FileExistsError):  # another add created it meanwhile
+            create_empty(path)
     if not os.path.exists(path):
         raise CommandError(f"{path}: users file not found", EX_CONFIG)
     passwd = PasswdFile(path)
@@ -198,18 +213,19 @@ def _account(config: Config, user: str) -> Any:
 
 
 def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
-    from mailsrv.storage.deliver import deliver
+    from mailsrv.storage.deliver import EmptyMessage, deliver
 
     config = _config(args, check_files=True)
     if config.storage.backend != "maildir":
-        raise CommandError("deliver needs storage.backend = 'maildir'", EX_CONFIG)
+        raise CommandError("deliver needs storage.backend = 'maildir'", EX_TEMPFAIL)
     try:
         deliver(_account(config, args.user), stdin, args.folder)
-    except TemporaryFailure as e:
-        raise CommandError(f"temporary failure, try again later: {e}", EX_TEMPFAIL) from None
-    except StorageError as e:
-        raise CommandError(f"cannot deliver: {e}", EX_CANTCREAT) from None
-    except OSError as e:
+    except EmptyMessage as e:
+        raise CommandError(str(e), EX_DATAERR) from None
+    except (StorageError, OSError) as e:
+        # TemporaryFailure, and every other storage problem too: a missing
+        # home for {home}, UIDs to reindex, a vanished directory are all for
+        # the administrator to fix while the MTA keeps the message.
         raise CommandError(f"temporary failure, try again later: {e}", EX_TEMPFAIL) from None
     return EX_OK
 
@@ -240,6 +256,56 @@ def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
     return EX_OK
 
 
+def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
+    """Everything the daemon checks before it binds: the file, the
+    certificate and the users file."""
+    from mailsrv.auth.passwdfile import PasswdFile
+
+    path = args.file or args.config
+    if path is None:
+        raise CommandError("check-config needs a FILE (or --config FILE)", EX_USAGE)
+    config = load_config(path, {"passwd": args.passwd, "maildir": args.maildir})
+    if config.tls_enabled and not config.tls.generate_self_signed:
+        from mailsrv.service import tls_context_of
+
+        tls_context_of(config)
+    if os.path.exists(config.users.passwd_file):
+        count = len(PasswdFile(config.users.passwd_file).users())
+    else:  # create_if_missing: the daemon creates it
+        count = 0
+    for line in describe(config):
+        stdout.write(line + "\n")
+    stdout.write(f"  users: {count}\n")
+    return EX_OK
+
+
+@implementer(ILogObserver)
+class _StderrLog:
+    """Shows warnings and errors logged during a command on standard error."""
+
+    def __init__(self, stderr: IO[str]) -> None:
+        self.stderr = stderr
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level not in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            return
+        self.stderr.write(f"mailsrv: {level.name}: {formatEvent(event)}\n")
+        failure = event.get("log_failure")
+        if failure is not None:
+            self.stderr.write(failure.getTraceback())
+
+
+@contextlib.contextmanager
+def _logging_to(stderr: IO[str]) -> Iterator[None]:
+    observer = _StderrLog(stderr)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
 def main(
     argv: Sequence[str] | None = None,
     stdin: IO[Any] | None = None,
@@ -254,30 +320,33 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as e:
         return EX_USAGE if e.code not in (0, None) else EX_OK
+    delivering = args.command == "deliver"
     try:
-        if args.command == "user":
-            return _user(args, stdin or sys.stdin, stdout)
-        if args.command == "check-config":
-            config = load_config(
-                args.file or args.config, {"passwd": args.passwd, "maildir": args.maildir}
-            )
-            if config.tls_enabled and not config.tls.generate_self_signed:
-                from mailsrv.tls import server_context
-
-                server_context(config.tls, config.path or "command line")
-            for line in describe(config):
-                stdout.write(line + "\n")
-            return EX_OK
-        if args.command == "deliver":
-            return _deliver(args, stdin or sys.stdin.buffer, stdout)
-        if args.command == "reindex":
-            return _reindex(args, stdout)
-        if args.command == "gen-cert":
-            return _gen_cert(args, stdout)
+        with _logging_to(stderr):
+            if args.command == "user":
+                return _user(args, stdin or sys.stdin, stdout)
+            if args.command == "check-config":
+                return _check_config(args, stdout)
+            if delivering:
+                return _deliver(args, stdin or sys.stdin.buffer, stdout)
+            if args.command == "reindex":
+                return _reindex(args, stdout)
+            if args.command == "gen-cert":
+                return _gen_cert(args, stdout)
     except ConfigError as e:
         stderr.write(format_error(e) + "\n")
-        return EX_CONFIG
+        # A bounce for a typo in the configuration would be a message lost
+        # to its recipient; the MTA keeps it until the file is fixed.
+        return EX_TEMPFAIL if delivering else EX_CONFIG
     except CommandError as e:
         stderr.write(f"mailsrv: {e}\n")
         return e.status
+    except Exception as e:
+        stderr.write(f"mailsrv: internal error: {e!r}\n")
+        traceback.print_exc(file=stderr)
+        return EX_TEMPFAIL if delivering else EX_SOFTWARE
     raise AssertionError(args.command)
+
+
+if __name__ == "__main__":  # python -m mailsrv.cli, where the script is not on PATH
+    sys.exit(main())

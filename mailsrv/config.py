@@ -29,7 +29,8 @@ COMMAND_LINE = "command line"
 #: importing the reactor at load time would pre-empt twistd's --reactor.
 _NO_REACTOR: Any = None
 
-_LOOPBACK_HOSTS = ("", "0.0.0.0", "::")
+#: Interfaces that mean "every address": they clash with any interface.
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
 def _check_range(
@@ -338,6 +339,38 @@ def _endpoint_address(endpoint: Any) -> tuple[str, int] | None:
     return None
 
 
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def _systemd_problem(endpoint: str) -> str | None:
+    """What is wrong with a ``systemd:`` endpoint string, checked without the
+    inherited sockets.
+
+    Twisted looks the socket up while parsing, so outside the service
+    (``mailsrv check-config`` as systemd's ExecStartPre, which inherits no
+    sockets) every systemd endpoint would look broken; the syntax is checked
+    here instead, and the socket itself when the daemon starts.
+    """
+    params: dict[str, str] = {}
+    for part in endpoint.split(":")[1:]:
+        key, eq, value = part.partition("=")
+        if not eq or key in params:
+            return "expected systemd:domain=INET:index=N (or name=NAME)"
+        params[key] = value
+    unknown = set(params) - {"domain", "index", "name"}
+    if unknown:
+        return f"unknown parameter {sorted(unknown)[0]!r} (systemd takes domain, index or name)"
+    if params.get("domain") not in _SYSTEMD_DOMAINS:
+        return f"domain must be one of {', '.join(_SYSTEMD_DOMAINS)}"
+    if ("index" in params) == ("name" in params):
+        return "give exactly one of index=N or name=NAME"
+    if "index" in params and not params["index"].isdigit():
+        return f"index must be a number, not {params['index']!r}"
+    if "name" in params and not params["name"]:
+        return "name must not be empty"
+    return None
+
+
 def _check_listeners(config: Config, required: bool) -> None:
     listeners = config.listeners
     if not listeners and required:
@@ -346,14 +379,33 @@ def _check_listeners(config: Config, required: bool) -> None:
             "no listeners configured: set imap.listen, imap.listen_tls, pop3.listen or "
             "pop3.listen_tls (or give --imap/--imaps/--pop3/--pop3s)",
         )
-    seen: dict[tuple[str, int], str] = {}
+    seen: dict[tuple[str, int], Listener] = {}
+    paths: dict[str, Listener] = {}
     for listener in listeners:
+        if listener.endpoint.split(":", 1)[0] == "systemd":
+            problem = _systemd_problem(listener.endpoint)
+            if problem is not None:
+                raise _error(listener.origin, f"{listener.endpoint!r}: {problem}")
+            if listener.implicit_tls and not config.tls_enabled:
+                raise _error(
+                    listener.origin, "implicit TLS listener needs tls.certificate and tls.key"
+                )
+            continue
         try:
             endpoint = endpoints.serverFromString(_NO_REACTOR, listener.endpoint)
         except Exception as e:  # Twisted raises assorted types for bad strings
             raise _error(
                 listener.origin, f"not a valid endpoint string {listener.endpoint!r}: {e}"
             ) from e
+        path = getattr(endpoint, "_address", None)  # a UNIX socket's path
+        if isinstance(path, str):
+            other = paths.get(os.path.abspath(path))
+            if other is not None:
+                raise _error(
+                    listener.origin,
+                    f"{listener.endpoint!r}: socket {path} is also used by {other.origin}",
+                )
+            paths[os.path.abspath(path)] = listener
         if listener.implicit_tls and listener.endpoint.split(":", 1)[0] in ("ssl", "tls"):
             raise _error(
                 listener.origin,
@@ -366,17 +418,18 @@ def _check_listeners(config: Config, required: bool) -> None:
         interface, port = address
         if not 0 < port < 65536:
             raise _error(listener.origin, f"port {port} is out of range 1-65535")
-        for (other_interface, other_port), origin in seen.items():
+        for (other_interface, other_port), other in seen.items():
             if other_port == port and (
                 interface == other_interface
-                or interface in _LOOPBACK_HOSTS
-                or other_interface in _LOOPBACK_HOSTS
+                or interface in _WILDCARD_HOSTS
+                or other_interface in _WILDCARD_HOSTS
             ):
                 raise _error(
                     listener.origin,
-                    f"port {port} is also used by {origin} ({listener.endpoint!r})",
+                    f"{listener.endpoint!r}: port {port} is also used by "
+                    f"{other.origin} ({other.endpoint!r})",
                 )
-        seen[address] = listener.origin
+        seen[address] = listener
         if listener.implicit_tls and not config.tls_enabled:
             raise _error(listener.origin, "implicit TLS listener needs tls.certificate and tls.key")
 
@@ -388,7 +441,12 @@ def _origin(config: Config, key: str) -> str:
 def _check_files(config: Config) -> None:
     tls = config.tls
     if (tls.certificate is None) != (tls.key is None):
-        missing = "tls.key" if tls.key is None else "tls.certificate"
+        given, missing = (
+            ("tls.certificate", "tls.key") if tls.key is None else ("tls.key", "tls.certificate")
+        )
+        if given in config.from_command_line:  # say it in the words the user typed
+            option = {"tls.certificate": "--tls-cert", "tls.key": "--tls-key"}[missing]
+            raise _error(option, "--tls-cert and --tls-key must be given together")
         raise _error(_origin(config, missing), "tls.certificate and tls.key must be given together")
     if tls.certificate is not None and not tls.generate_self_signed:
         for key, path in (("tls.certificate", tls.certificate), ("tls.key", tls.key)):

@@ -19,18 +19,31 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.systemd import ListenFDs
 
 from mailsrv import log
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile, create_empty
 from mailsrv.auth.realm import MailRealm
-from mailsrv.config import Config, Listener
+from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.tls import server_context
 
 _log = log.get_logger(__name__)
+
+
+def tls_context_of(config: Config) -> Any:
+    """The server TLS context of ``[tls]``; errors name ``--tls-cert`` or
+    ``--tls-key`` when that is where the file came from."""
+    try:
+        return server_context(config.tls, config.path or COMMAND_LINE, config.server.hostname)
+    except ConfigError as e:
+        option = config.from_command_line.get(e.key)
+        if option is None:
+            raise
+        raise ConfigError(COMMAND_LINE, option, e.reason) from None
 
 
 def open_passwd(config: Config) -> PasswdFile:
@@ -129,6 +142,48 @@ class StorageService(service.Service):
             stop()
 
 
+class UsersFileCheck(service.Service):
+    """Says at startup when the users file cannot be re-read.
+
+    ``startService`` runs after twistd has dropped to ``--uid/--gid``; the
+    file was loaded as root, so one only root may read would work until the
+    first ``mailsrv user add`` and then silently never change again.
+    """
+
+    def __init__(self, passwd: PasswdFile) -> None:
+        self.passwd = passwd
+
+    def startService(self) -> None:
+        super().startService()
+        problem = self.passwd.unreadable()
+        if problem is not None:
+            _log.error(
+                "users file {path} cannot be read by this process (uid {uid}): {problem}; "
+                "users added or changed from now on are not seen until a restart. Let the "
+                "daemon's group read it: chgrp GROUP {path} && chmod 0640 {path}",
+                path=self.passwd.path,
+                uid=os.getuid(),
+                problem=problem,
+            )
+
+
+def _endpoint(reactor: Any, listener: Listener, where: str) -> Any:
+    """The server endpoint of a listener; a systemd socket that was not
+    inherited is a configuration error naming the listener, not a traceback."""
+    try:
+        return endpoints.serverFromString(reactor, listener.endpoint)
+    except (IndexError, KeyError):
+        if not listener.endpoint.startswith("systemd:"):
+            raise
+        count = len(ListenFDs.fromEnvironment().inheritedDescriptors())
+        raise ConfigError(
+            where,
+            listener.origin,
+            f"{listener.endpoint!r}: no such socket among the {count} systemd passed in; "
+            "start mailsrv through its .socket unit (ListenStream=, FileDescriptorName=)",
+        ) from None
+
+
 def make_service(config: Config, reactor: IReactorCore | None = None) -> service.MultiService:
     """Build the daemon: one listener service per configured endpoint."""
     if reactor is None:
@@ -137,16 +192,15 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
         reactor = default_reactor
     log.set_level(config.logging.level)
     where = config.path or "command line"
-    tls_context = (
-        server_context(config.tls, where, config.server.hostname) if config.tls_enabled else None
-    )
+    tls_context = tls_context_of(config) if config.tls_enabled else None
     storage = build_storage(config, reactor)
     portal, checker = build_portal(config, storage, reactor)
     policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
     top = service.MultiService()
     StorageService(storage).setServiceParent(top)
+    UsersFileCheck(checker.passwd).setServiceParent(top)
     for listener in config.listeners:
-        endpoint = endpoints.serverFromString(reactor, listener.endpoint)
+        endpoint = _endpoint(reactor, listener, where)
         factory = protocol_factory(listener, portal, policy)
         ListenerService(endpoint, factory, listener, where).setServiceParent(top)
     return top

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,3 +32,125 @@ def source_env() -> dict[str, str]:
     """An environment that imports mailsrv (and its plugin) from this
     checkout first, so a daemon under test runs the code being tested."""
     return clean_env(PYTHONPATH=ROOT)
+
+
+def mailsrv_command() -> list[str]:
+    """The ``mailsrv`` admin command a user of this Python environment would run."""
+    script = os.path.join(os.path.dirname(sys.executable), "mailsrv")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "import sys; from mailsrv.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def read_line(sock: socket.socket) -> bytes:
+    """One CRLF-terminated line from ``sock``, read a byte at a time."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+#: Upper bound for the daemon to start or stop; a deadline, not a sleep.
+STARTUP_DEADLINE = 60.0
+
+
+class Daemon:
+    """A ``twistd -n mailsrv`` child process whose output is collected.
+
+    A thread drains the child's output as it comes, so a daemon that logs a
+    lot never blocks on a full pipe, and :meth:`wait_for` waits on a
+    condition (with a deadline) instead of polling.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.output: list[str] = []
+        self._changed = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._drain, name="daemon-output", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(
+        cls,
+        args: list[str],
+        cwd: str,
+        env: dict[str, str] | None = None,
+        twistd_args: tuple[str, ...] = (),
+    ) -> Daemon:
+        """Start ``twistd -n --pidfile= [TWISTD_ARGS] mailsrv ARGS`` in ``cwd``."""
+        process = subprocess.Popen(
+            [*twistd_command(), "-n", "--pidfile=", *twistd_args, "mailsrv", *args],
+            cwd=cwd,
+            env=env if env is not None else source_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        return cls(process)
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        partial = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            with self._changed:
+                if not chunk:
+                    if partial:
+                        self.output.append(partial.decode(errors="replace"))
+                    self._eof = True
+                    self._changed.notify_all()
+                    return
+                partial += chunk
+                *lines, partial = partial.split(b"\n")
+                self.output.extend(line.decode(errors="replace") + "\n" for line in lines)
+                self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        """Everything the daemon printed so far."""
+        with self._changed:
+            return "".join(self.output)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = STARTUP_DEADLINE) -> None:
+        """Wait until ``text`` appeared in ``count`` lines of the output."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(text in line for line in self.output) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._eof:
+                    raise AssertionError(
+                        f"daemon did not log {text!r}; exit status {self.process.poll()}; "
+                        f"output:\n{''.join(self.output)}"
+                    )
+                self._changed.wait(remaining)
+
+    def wait_exit(self, timeout: float = STARTUP_DEADLINE) -> str:
+        """Wait for the daemon to exit by itself; its whole output."""
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout)
+        return self.log
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()

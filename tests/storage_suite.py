@@ -483,7 +483,12 @@ class StorageSuiteMixin(_Base):
         self.assertIn("\\HasNoChildren", entries["Sent"])
         self.assertIn("\\HasNoChildren", entries["INBOX"])
         await call(account.create_mailbox, "INBOX/Sub")
+        # A child of INBOX must not make INBOX appear twice, or as \Noselect.
+        listed = await call(account.list_mailboxes)
+        names = [entry.name for entry in listed]
+        self.assertEqual(names.count("INBOX"), 1)
         self.assertIn("\\HasChildren", (await self.entries(account))["INBOX"])
+        self.assertNotIn("\\Noselect", (await self.entries(account))["INBOX"])
         await call(account.delete_mailbox, "Tree/Leaf")
         entries = await self.entries(account)
         self.assertNotIn("Tree/Leaf", entries)

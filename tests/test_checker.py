@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import Interface, implementer
 from zope.interface.verify import verifyObject
 
+from mailsrv.auth import passwords
 from mailsrv.auth.checker import FAILURE_MESSAGE, PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile
 
@@ -126,6 +127,45 @@ class InlineCheckerTests(SynchronousTestCase):
         messages = {reason: self.refused(creds) for reason, creds in failures.items()}
         self.assertEqual(set(messages.values()), {FAILURE_MESSAGE})
         self.assertEqual(FAILURE_MESSAGE, "Authentication failed")
+
+    def test_first_unknown_user_costs_no_extra_hash(self) -> None:
+        """The dummy hash unknown users are checked against is made when the
+        checker is, so the first unknown user is not answered later than
+        the ones after it."""
+        made: list[str] = []
+        real = passwords.hash_password
+
+        def counting(*args: Any, **kwargs: Any) -> str:
+            made.append(args[1] if len(args) > 1 else "")
+            return real(*args, **kwargs)
+
+        self.patch(passwords, "_dummy", None)
+        self.patch(passwords, "hash_password", counting)
+        checker = PasswdFileChecker(PasswdFile(self.path), run_in_thread=False)
+        self.assertEqual(made, ["ARGON2ID"])
+        self.failureResultOf(
+            checker.requestAvatarId(UsernamePassword(b"mallory", b"x")), UnauthorizedLogin
+        )
+        self.assertEqual(made, ["ARGON2ID"])
+
+    def test_challenge_responses_cost_the_same_for_every_user(self) -> None:
+        """A user without a plaintext secret, an unknown user and a wrong
+        secret each make exactly one digest computation."""
+
+        @implementer(IUsernameHashedPassword)
+        class Counting:
+            def __init__(self, username: bytes) -> None:
+                self.username = username
+                self.checked: list[bytes] = []
+
+            def checkPassword(self, password: bytes) -> bool:
+                self.checked.append(password)
+                return False
+
+        for name in (b"alice", b"bob", b"mallory"):
+            credentials = Counting(name)
+            self.assertEqual(self.refused(credentials), FAILURE_MESSAGE)
+            self.assertEqual(len(credentials.checked), 1, name)
 
     def test_cram_md5_for_plaintext_users(self) -> None:
         self.assertEqual(self.login(cram_md5(b"alice", b"alice-pw")), "alice")

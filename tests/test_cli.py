@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
+import sys
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -13,6 +15,7 @@ from twisted.trial import unittest
 from mailsrv import cli
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile
+from tests.helpers import source_env
 
 
 class CLITestCase(unittest.TestCase):
@@ -116,6 +119,39 @@ class UserCommandTests(CLITestCase):
         status, _, _err = self.run_cli("user", "del", "alice", "--passwd", self.passwd)
         self.assertEqual(status, cli.EX_NOUSER)
 
+    def test_parallel_adds_keep_every_user(self) -> None:
+        """A provisioning script running ``mailsrv user add`` in parallel:
+        every user reported as added is in the file afterwards."""
+        # Each child is started and imported first, then all are let go at
+        # once, so their read-edit-write steps overlap.
+        script = (
+            "import io, sys; from mailsrv import cli; "
+            "print('ready', flush=True); sys.stdin.readline(); "
+            "sys.exit(cli.main(['user', 'add', sys.argv[1], '--passwd', sys.argv[2], "
+            "'--password-stdin', '--scheme', 'PLAIN'], stdin=io.StringIO('pw\\n')))"
+        )
+        names = [f"user{i}" for i in range(8)]
+        children = []
+        for name in names:
+            child = subprocess.Popen(
+                [sys.executable, "-c", script, name, self.passwd],
+                env=source_env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            assert child.stdout is not None
+            self.assertEqual(child.stdout.readline(), b"ready\n")
+            children.append(child)
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+        outputs = [child.communicate()[0] for child in children]
+        self.assertEqual([child.returncode for child in children], [0] * len(names), outputs)
+        listed = [record.name for record in PasswdFile(self.passwd).users()]
+        self.assertEqual(sorted(listed), sorted(names))
+
     def test_list_without_file(self) -> None:
         status, _, err = self.run_cli("user", "list", "--passwd", self.passwd)
         self.assertEqual(status, cli.EX_CONFIG)
@@ -164,6 +200,36 @@ class CheckConfigTests(CLITestCase):
         status, _, err = self.run_cli("check-config", config)
         self.assertEqual(status, cli.EX_CONFIG)
         self.assertIn("imap.listen[0]", err)
+
+    def check_with_users(self, users: str) -> tuple[int, str, str]:
+        """check-config of a minimal file whose users file holds ``users``."""
+        config = os.path.join(self.dir, "c.toml")
+        with open(self.passwd_path(), "w") as f:
+            f.write(users)
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.passwd_path()}"\n'
+            )
+        return self.run_cli("check-config", config)
+
+    def passwd_path(self) -> str:
+        return os.path.join(self.dir, "pw")
+
+    def test_broken_users_file(self) -> None:
+        """The daemon would refuse to start; check-config says so first."""
+        status, _, err = self.check_with_users("alice:{PLAIN}x\nbad line\n")
+        self.assertEqual(status, cli.EX_CONFIG)
+        self.assertIn(f"{self.passwd_path()}: line 2:", err)
+
+    def test_counts_users(self) -> None:
+        status, out, _ = self.check_with_users("alice:{PLAIN}x\nbob:{PLAIN}y\n")
+        self.assertEqual(status, 0)
+        self.assertIn("users: 2", out)
+
+    def test_needs_a_file(self) -> None:
+        status, _, err = self.run_cli("check-config")
+        self.assertEqual(status, cli.EX_USAGE)
+        self.assertIn("needs a FILE", err)
 
     def test_bad_certificate(self) -> None:
         config = os.path.join(self.dir, "c.toml")
@@ -254,8 +320,55 @@ class DeliverCommandTests(CLITestCase):
         else:
             os.makedirs(os.path.join(self.dir, "mail"), mode=0o500)
         status, err = self.deliver("alice", message=b"Subject: x\n\nx\n")
-        self.assertIn(status, (cli.EX_TEMPFAIL, cli.EX_CANTCREAT))
-        self.assertIn("mailsrv:", err)
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("mailsrv: temporary failure", err)
+
+    def test_missing_folder_is_delivered_to_inbox_with_a_warning(self) -> None:
+        status, err = self.deliver("alice", "--folder", "No/Such", message=b"Subject: s\n\nx\n")
+        self.assertEqual(status, cli.EX_OK)
+        self.assertEqual(len(self.files()), 1)
+        # The MTA logs what the agent writes on stderr: the fallback is visible there.
+        self.assertIn("mailsrv: warn:", err)
+        self.assertIn("'No/Such'", err)
+
+    def test_empty_message_is_refused_for_good(self) -> None:
+        status, err = self.deliver("alice", message=b"")
+        self.assertEqual(status, cli.EX_DATAERR)
+        self.assertIn("empty message", err)
+        self.assertEqual(self.files(), [])
+
+    def test_configuration_error_is_temporary(self) -> None:
+        """Postfix bounces on EX_CONFIG (5.3.5); a typo must not bounce mail."""
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write("[storage]\nmaildirr = 'x'\n")
+        status, err = self.deliver("alice", "--config", config, message=b"Subject: x\n\nx\n")
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn(f"{config}: storage.maildirr: unknown key", err)
+        status, err = self.deliver(
+            "alice", "--passwd", os.path.join(self.dir, "nope"), message=b"Subject: x\n\nx\n"
+        )
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("--passwd: file not found", err)
+
+    def test_home_template_without_home_is_temporary(self) -> None:
+        status, err = self.deliver(
+            "alice", "--maildir", "{home}/Maildir", message=b"Subject: x\n\nx\n"
+        )
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("home directory", err)
+
+    def test_unexpected_error_is_temporary(self) -> None:
+        from mailsrv.storage import maildir
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("bug")
+
+        self.patch(maildir.MaildirMailbox, "append", broken)
+        status, err = self.deliver("alice", message=b"Subject: x\n\nx\n")
+        self.assertEqual(status, cli.EX_TEMPFAIL)
+        self.assertIn("internal error", err)
+        self.assertIn("RuntimeError: bug", err)
 
     def test_reindex(self) -> None:
         for _ in range(3):

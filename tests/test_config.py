@@ -8,6 +8,7 @@ from twisted.trial import unittest
 
 from mailsrv.config import COMMAND_LINE, load_config
 from mailsrv.errors import ConfigError
+from mailsrv.policy import SessionPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,6 +97,16 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual(e.key, "timeouts.imap_authenticated")
         self.assertIn("at least 1800", e.reason)
 
+    def test_pop3_autologout_at_least_ten_minutes(self) -> None:
+        """RFC 1939 3: the autologout timer MUST be at least 10 minutes."""
+        e = self.error('[imap]\nlisten = ["tcp:1143"]\n[timeouts]\npop3 = 599\n')
+        self.assertEqual(e.key, "timeouts.pop3")
+        self.assertIn("at least 600", e.reason)
+        self.assertEqual(
+            load_config(self.write('[imap]\nlisten = ["tcp:1143"]\n')).timeouts.pop3, 600
+        )
+        self.assertEqual(SessionPolicy().pop3_timeout, 600)
+
     def test_bad_choice(self) -> None:
         e = self.error('[imap]\nlisten = ["tcp:1143"]\n[tls]\nmin_version = "1.0"\n')
         self.assertEqual(e.key, "tls.min_version")
@@ -106,15 +117,46 @@ class ConfigTests(unittest.TestCase):
         self.assertIn("carrier-pigeon:7", e.reason)
 
     def test_port_clash(self) -> None:
-        e = self.error('[imap]\nlisten = ["tcp:1143"]\n[pop3]\nlisten = ["tcp:1143"]\n')
+        e = self.error(
+            '[imap]\nlisten = ["tcp:1143"]\n[pop3]\nlisten = ["tcp:1143:interface=127.0.0.1"]\n'
+        )
         self.assertEqual(e.key, "pop3.listen[0]")
-        self.assertIn("imap.listen[0]", e.reason)
+        # Both sides of the clash, each with its own endpoint string.
+        self.assertEqual(
+            e.reason,
+            "'tcp:1143:interface=127.0.0.1': port 1143 is also used by imap.listen[0] ('tcp:1143')",
+        )
 
     def test_same_port_on_different_interfaces(self) -> None:
         path = self.write(
             '[imap]\nlisten = ["tcp:1143:interface=127.0.0.1", "tcp:1143:interface=127.0.0.2"]\n'
         )
         self.assertEqual(len(load_config(path).listeners), 2)
+
+    def test_systemd_endpoints_checked_without_inherited_sockets(self) -> None:
+        path = self.write(
+            '[imap]\nlisten = ["systemd:domain=INET:index=0"]\n'
+            '[pop3]\nlisten = ["systemd:domain=INET6:name=pop3"]\n'
+        )
+        self.assertEqual(len(load_config(path).listeners), 2)
+        for bad, reason in (
+            ("systemd:domain=INET", "exactly one of index=N or name=NAME"),
+            ("systemd:domain=INET:index=0:name=x", "exactly one of index=N or name=NAME"),
+            ("systemd:domain=IPX:index=0", "domain must be one of"),
+            ("systemd:domain=INET:index=first", "index must be a number"),
+            ("systemd:domain=INET:index=0:backlog=5", "unknown parameter 'backlog'"),
+            ("systemd:INET:0", "expected systemd:domain=INET:index=N"),
+        ):
+            e = self.error(f'[imap]\nlisten = ["{bad}"]\n')
+            self.assertEqual(e.key, "imap.listen[0]")
+            self.assertIn(reason, e.reason)
+
+    def test_unix_socket_clash(self) -> None:
+        e = self.error(
+            '[imap]\nlisten = ["unix:/run/m.sock"]\n[pop3]\nlisten = ["unix:/run/m.sock"]\n'
+        )
+        self.assertEqual(e.key, "pop3.listen[0]")
+        self.assertIn("socket /run/m.sock is also used by imap.listen[0]", e.reason)
 
     def test_port_zero_never_clashes(self) -> None:
         path = self.write('[imap]\nlisten = ["tcp:0"]\n[pop3]\nlisten = ["tcp:0"]\n')
@@ -217,6 +259,29 @@ class OverrideTests(unittest.TestCase):
             ConfigError, load_config, self.path, {"tls_cert": "/nonexistent/c", "tls_key": "k"}
         )
         self.assertEqual(e.key, "--tls-cert")
+
+    def test_certificate_option_without_key_option(self) -> None:
+        cert = os.path.join(self.dir, "cert.pem")
+        open(cert, "w").close()
+        e = self.assertRaises(ConfigError, load_config, self.path, {"tls_cert": cert})
+        self.assertEqual((e.path, e.key), (COMMAND_LINE, "--tls-key"))
+        self.assertEqual(e.reason, "--tls-cert and --tls-key must be given together")
+
+    def test_unusable_key_option_names_the_option(self) -> None:
+        """The files are loaded when the daemon is built; the error still
+        names the option the path came from."""
+        from mailsrv.service import tls_context_of
+        from mailsrv.tls import generate_self_signed
+
+        cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+        generate_self_signed(cert, key, "localhost")
+        config = load_config(self.path, {"tls_cert": cert, "tls_key": cert})
+        e = self.assertRaises(ConfigError, tls_context_of, config)
+        self.assertEqual((e.path, e.key), (COMMAND_LINE, "--tls-key"))
+        self.assertIn("not an unencrypted PEM private key", e.reason)
+        self.assertIsNotNone(
+            tls_context_of(load_config(self.path, {"tls_cert": cert, "tls_key": key}))
+        )
 
     def test_no_file_at_all(self) -> None:
         config = load_config(None, {"imap": ["tcp:1143"], "passwd": self.passwd})

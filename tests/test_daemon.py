@@ -5,82 +5,38 @@ from __future__ import annotations
 import io
 import os
 import poplib
-import select
+import shlex
 import socket
 import ssl
+import stat
 import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from twisted.trial import unittest
 
 from mailsrv import cli
-from tests.helpers import source_env, twistd_command
+from tests.helpers import (
+    STARTUP_DEADLINE,
+    Daemon,
+    free_port,
+    read_line,
+    source_env,
+    twistd_command,
+)
 
-#: Upper bound for the daemon to start; a deadline, not a sleep.
-STARTUP_DEADLINE = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Daemon:
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.output: list[str] = []
-        self._partial = b""
-
-    def wait_for(self, text: str, count: int = 1) -> None:
-        """Read the log until ``text`` appeared ``count`` times.
-
-        Reads the pipe's file descriptor directly: a buffered ``readline``
-        would pull several lines into Python's buffer, where ``select`` can
-        no longer see them, and the wait would run to its deadline.
-        """
-        deadline = time.monotonic() + STARTUP_DEADLINE
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        while sum(text in line for line in self.output) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.process.poll() is not None:
-                raise AssertionError(
-                    f"daemon did not log {text!r}; exit status {self.process.poll()}; "
-                    f"output:\n{''.join(self.output)}{self._partial.decode(errors='replace')}"
-                )
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    continue
-                self._partial += chunk
-                *lines, self._partial = self._partial.split(b"\n")
-                self.output.extend(line.decode(errors="replace") + "\n" for line in lines)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+#: nobody/nogroup on Debian.
+NOBODY = 65534
 
 
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
+@contextmanager
+def run_daemon(directory: str, *args: str, twistd_args: tuple[str, ...] = ()) -> Iterator[Daemon]:
+    """``twistd -n [twistd_args] mailsrv [args]`` started in ``directory``."""
+    daemon = Daemon.start(list(args), cwd=directory, twistd_args=twistd_args)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 class DaemonTests(unittest.TestCase):
@@ -114,22 +70,8 @@ maildir = "var/mail/{{user}}/Maildir"
 """
             )
 
-    @contextmanager
-    def daemon(self, *args: str) -> Iterator[Daemon]:
-        process = subprocess.Popen(
-            [*twistd_command(), "-n", "--pidfile=", "mailsrv", *args],
-            cwd=self.dir,
-            env=source_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        daemon = Daemon(process)
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
+    def daemon(self, *args: str) -> AbstractContextManager[Daemon]:
+        return run_daemon(self.dir, *args)
 
     def test_starts_listens_and_serves_new_users(self) -> None:
         with self.daemon("--config", self.config) as daemon:
@@ -226,9 +168,7 @@ maildir = "var/mail/{{user}}/Maildir"
             taken.bind(("127.0.0.1", self.ports["pop3"]))
             taken.listen(1)
             with self.daemon("--config", self.config) as daemon:
-                daemon.process.wait(timeout=STARTUP_DEADLINE)
-                assert daemon.process.stdout is not None
-                output = daemon.process.stdout.read()
+                output = daemon.wait_exit(STARTUP_DEADLINE)
         self.assertNotEqual(daemon.process.returncode, 0)
         self.assertIn(f"{self.config}: pop3.listen[0]: cannot listen on", output)
         self.assertNotIn("Traceback", output)
@@ -237,9 +177,7 @@ maildir = "var/mail/{{user}}/Maildir"
         with open(self.config, "a") as f:
             f.write("[limits]\nmax_line_lenght = 10\n")
         with self.daemon("--config", self.config) as daemon:
-            daemon.process.wait(timeout=STARTUP_DEADLINE)
-            assert daemon.process.stdout is not None
-            output = daemon.process.stdout.read()
+            output = daemon.wait_exit(STARTUP_DEADLINE)
         self.assertEqual(daemon.process.returncode, 1)
         self.assertEqual(
             output.strip(),
@@ -257,3 +195,142 @@ maildir = "var/mail/{{user}}/Maildir"
             with socket.create_connection(("127.0.0.1", port)) as s:
                 self.assertTrue(read_line(s).startswith(b"* OK"))
             self.assertRaises(OSError, socket.create_connection, ("127.0.0.1", self.ports["imap"]))
+
+
+def free_privileged_port() -> int | None:
+    for port in range(1023, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return None
+
+
+class PrivilegeDropTests(unittest.TestCase):
+    """``twistd --uid/--gid`` started as root, as the systemd unit in the admin guide does."""
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root to bind a port below 1024 and drop privileges")
+        port = free_privileged_port()
+        if port is None:
+            raise unittest.SkipTest("no free port below 1024")
+        self.port = port
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.dir, "var", "mail"))
+        os.chmod(os.path.dirname(self.dir), 0o755)  # trial makes it 0700; nobody must get in
+        os.chown(os.path.join(self.dir, "var", "mail"), NOBODY, NOBODY)
+        self.passwd = os.path.join(self.dir, "var", "passwd")
+        self.config = os.path.join(self.dir, "mailsrv.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'[pop3]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+                f'[users]\npasswd_file = "{self.passwd}"\n'
+                "[auth]\nfailure_delay = 0.0\n"
+                f'[storage]\nmaildir = "{self.dir}/var/mail/{{user}}/Maildir"\n'
+            )
+
+    def add_user(self, name: str) -> None:
+        status = cli.main(
+            ["user", "add", name, "--config", self.config, "--password-stdin"],
+            stdin=io.StringIO(f"{name}-pw\n"),
+            stdout=io.StringIO(),
+        )
+        self.assertEqual(status, 0)
+
+    def login(self, name: str) -> bytes:
+        pop = poplib.POP3("127.0.0.1", self.port, timeout=30)
+        try:
+            pop.user(name)
+            return pop.pass_(f"{name}-pw")
+        finally:
+            pop.quit()
+
+    def test_low_port_bound_then_root_dropped_and_new_users_seen(self) -> None:
+        self.add_user("alice")
+        # The layout the admin guide asks for: root owns it, the daemon's group reads it.
+        os.chown(self.passwd, 0, NOBODY)
+        os.chmod(self.passwd, 0o640)
+        twistd_args = ("--uid", str(NOBODY), "--gid", str(NOBODY))
+        with run_daemon(self.dir, "--config", self.config, twistd_args=twistd_args) as daemon:
+            daemon.wait_for("set uid/gid")
+            with open(f"/proc/{daemon.process.pid}/status") as f:
+                ids = [line.split()[1:] for line in f if line.startswith(("Uid:", "Gid:"))]
+            self.assertEqual(ids, [[str(NOBODY)] * 4] * 2)
+            self.assertTrue(self.login("alice").startswith(b"+OK"))
+            # Root edits the file while the unprivileged daemon runs.
+            self.add_user("bob")
+            self.assertEqual(stat.S_IMODE(os.stat(self.passwd).st_mode), 0o640)
+            self.assertTrue(self.login("bob").startswith(b"+OK"))
+            daemon.stop()
+        self.assertNotIn("cannot be read", "".join(daemon.output))
+
+    def test_users_file_only_root_can_read_is_reported(self) -> None:
+        self.add_user("alice")  # root:root 0600
+        twistd_args = ("--uid", str(NOBODY), "--gid", str(NOBODY))
+        with run_daemon(self.dir, "--config", self.config, twistd_args=twistd_args) as daemon:
+            daemon.wait_for("cannot be read by this process")
+
+
+class SocketActivationTests(unittest.TestCase):
+    """``listen = ["systemd:domain=INET:index=0"]`` with a socket systemd
+    passes in, as the admin guide's mailsrv.socket unit does."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.config = os.path.join(self.dir, "mailsrv.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                '[pop3]\nlisten = ["systemd:domain=INET:index=0"]\n'
+                "[users]\npasswd_file = 'passwd'\ncreate_if_missing = true\n"
+                "[storage]\nmaildir = 'mail/{user}/Maildir'\n"
+            )
+
+    def test_check_config_outside_systemd_accepts_it(self) -> None:
+        """What ExecStartPre runs: no sockets are inherited there."""
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["check-config", self.config], stdout=out, stderr=err)
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        self.assertIn("pop3 plain: systemd:domain=INET:index=0", out.getvalue())
+
+    def test_serves_on_the_inherited_socket(self) -> None:
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(5)
+        self.addCleanup(listening.close)
+        port = listening.getsockname()[1]
+
+        def as_systemd_passes_it() -> None:  # in the child, before exec
+            if listening.fileno() != 3:
+                os.dup2(listening.fileno(), 3)
+
+        # LISTEN_PID must be the daemon's own pid: sh sets it and execs twistd.
+        twistd = [*twistd_command(), "-n", "--pidfile=", "mailsrv", "--config", self.config]
+        command = "export LISTEN_PID=$$; exec " + shlex.join(twistd)
+        process = subprocess.Popen(
+            ["sh", "-c", command],
+            cwd=self.dir,
+            env={**source_env(), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "pop3"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(3,) if listening.fileno() == 3 else (listening.fileno(), 3),
+            preexec_fn=as_systemd_passes_it,
+        )
+        daemon = Daemon(process)
+        self.addCleanup(daemon.stop)
+        daemon.wait_for("listening on systemd:domain=INET:index=0")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            self.assertTrue(read_line(s).startswith(b"+OK"))
+
+    def test_no_inherited_socket_stops_startup_naming_the_key(self) -> None:
+        with run_daemon(self.dir, "--config", self.config) as daemon:
+            output = daemon.wait_exit(STARTUP_DEADLINE)
+        self.assertEqual(daemon.process.returncode, 1)
+        self.assertIn(
+            f"{self.config}: pop3.listen[0]: 'systemd:domain=INET:index=0': no such", output
+        )
+        self.assertNotIn("Traceback", output)

@@ -9,7 +9,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.errors import TemporaryFailure
-from mailsrv.storage.deliver import deliver, reindex
+from mailsrv.storage.deliver import EmptyMessage, deliver, reindex
 from mailsrv.storage.maildir import MaildirStorage
 
 MESSAGE = b"From: a@example.org\nTo: alice@example.org\nSubject: hi\n\nhello\n"
@@ -46,6 +46,29 @@ class DeliverTests(SynchronousTestCase):
     def test_invalid_folder_falls_back_to_inbox(self) -> None:
         uid = deliver(self.account, io.BytesIO(MESSAGE), folder="../../etc")
         self.assertEqual(self.account.open_mailbox("INBOX").uids(), (uid,))
+
+    def test_empty_input_is_refused(self) -> None:
+        self.assertRaises(EmptyMessage, deliver, self.account, io.BytesIO(b""))
+        self.assertEqual(self.account.open_mailbox("INBOX").uids(), ())
+        self.assertEqual(os.listdir(os.path.join(self.root, "tmp")), [])
+
+    def test_message_read_in_small_pieces(self) -> None:
+        """The first chunk read to rule out empty input is not lost."""
+
+        class Trickle(io.RawIOBase):
+            def __init__(self, data: bytes) -> None:
+                self.data = data
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int = -1) -> bytes:
+                chunk, self.data = self.data[:3], self.data[3:]
+                return chunk
+
+        uid = deliver(self.account, Trickle(MESSAGE))  # type: ignore[arg-type]
+        with self.account.open_mailbox("INBOX").open(uid) as handle:
+            self.assertEqual(handle.read(), MESSAGE.replace(b"\n", b"\r\n"))
 
     def test_disk_full_is_temporary(self) -> None:
         def fsync(fd: int) -> None:

@@ -10,7 +10,10 @@ import datetime
 import io
 import os
 import sqlite3
+import stat
+import tracemalloc
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
@@ -140,6 +143,18 @@ class LayoutTests(MaildirTestCase):
             self.assertIn(use, listed[name])
             self.assertEqual(account.open_mailbox(name).special_use, frozenset({use}))
 
+    def test_nothing_is_readable_by_other_users(self) -> None:
+        """Message files, the index (it caches headers) and the UID list are 0600."""
+        inbox = self.inbox()
+        inbox.append(io.BytesIO(MESSAGE))
+        inbox.store(inbox.uids(), ["$Label"], StoreMode.ADD)
+        self.account().subscribe("Sent")
+        for directory, _subdirs, files in os.walk(self.root):
+            self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700, directory)
+            for name in files:
+                path = os.path.join(directory, name)
+                self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
+
     def test_home_template(self) -> None:
         storage = MaildirStorage("{home}/Maildir")
         home = os.path.join(self.base, "home", "bob")
@@ -220,6 +235,92 @@ class LayoutTests(MaildirTestCase):
         expected = data.replace(b"\n", b"\r\n")
         self.assertEqual(inbox.fetch([uid])[0].size, len(expected))
         self.assertEqual(self.read(inbox, uid), expected)
+
+
+class _Generated(io.RawIOBase):
+    """``size`` bytes of LF-terminated lines, made up as they are read."""
+
+    LINE = b"x" * 75 + b"\n"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.size - self.position
+        wanted = left if size < 0 else min(size, left)
+        start = self.position % len(self.LINE)
+        self.position += wanted
+        return (self.LINE * (wanted // len(self.LINE) + 2))[start : start + wanted]
+
+    @classmethod
+    def crlf_size(cls, size: int) -> int:
+        return size + size // len(cls.LINE)
+
+
+class BigMessageTests(MaildirTestCase):
+    """A 50 MB message goes in and out without ever being held in memory."""
+
+    SIZE = 50 * 1024 * 1024
+
+    def peak_while(self, function: Any, *args: Any) -> tuple[Any, int]:
+        tracemalloc.start()
+        try:
+            result = function(*args)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return result, peak
+
+    @staticmethod
+    def read_size(inbox: MaildirMailbox, uid: int) -> int:
+        """Read the message the way FETCH and RETR do, in pieces; count it."""
+        total = 0
+        with inbox.open(uid) as handle:
+            while chunk := handle.read(65536):
+                total += len(chunk)
+        return total
+
+    def test_append_and_read_back_50_mb(self) -> None:
+        inbox = self.inbox()
+        uid, peak = self.peak_while(inbox.append, _Generated(self.SIZE))
+        self.assertLess(peak, 2 * 1024 * 1024)
+        size = _Generated.crlf_size(self.SIZE)  # every LF became CRLF
+        self.assertEqual(inbox.fetch([uid])[0].size, size)
+        (name,) = self.cur_files()
+        self.assertEqual(os.stat(os.path.join(self.root, "cur", name)).st_size, size)
+        total, peak = self.peak_while(self.read_size, inbox, uid)
+        self.assertEqual(total, size)
+        self.assertLess(peak, 2 * 1024 * 1024)
+
+    def test_deliver_50_mb(self) -> None:
+        from mailsrv.storage.deliver import deliver
+
+        account = self.account()
+        uid, peak = self.peak_while(deliver, account, _Generated(self.SIZE))
+        self.assertLess(peak, 2 * 1024 * 1024)
+        self.assertEqual(
+            account.open_mailbox("INBOX").fetch([uid])[0].size, _Generated.crlf_size(self.SIZE)
+        )
+
+    def test_lf_file_from_outside_read_in_pieces(self) -> None:
+        """A 50 MB LF file Postfix wrote is sized and read as CRLF chunk by chunk."""
+        path = os.path.join(self.root, "new", "1700000000.M1P1.mx")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        source = _Generated(self.SIZE)
+        with open(path, "wb") as handle:
+            while chunk := source.read(1 << 20):
+                handle.write(chunk)
+        inbox, peak = self.peak_while(self.inbox)
+        self.assertLess(peak, 2 * 1024 * 1024)
+        (uid,) = inbox.uids()
+        self.assertEqual(inbox.fetch([uid])[0].size, _Generated.crlf_size(self.SIZE))
+        total, peak = self.peak_while(self.read_size, inbox, uid)
+        self.assertEqual(total, _Generated.crlf_size(self.SIZE))
+        self.assertLess(peak, 2 * 1024 * 1024)
 
 
 class NameTests(MaildirTestCase):

@@ -116,6 +116,59 @@ class ConcurrentWritersTests(ProcessTestCase):
             self.assertEqual(mailbox.status().messages, 2 * count)
 
 
+# An IMAP session's SELECT in another process: wait for "go", then take
+# whatever is \Recent and print its UIDs.
+CLAIMER = r"""
+import sys
+from mailsrv.storage.maildir import MaildirStorage
+
+template, user = sys.argv[1:3]
+inbox = MaildirStorage(template).account(user).open_mailbox("INBOX")
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+sys.stdin.readline()
+inbox.check()
+sys.stdout.write(" ".join(str(uid) for uid in sorted(inbox.claim_recent())) + "\n")
+"""
+
+
+class RecentTests(ProcessTestCase):
+    def test_each_message_is_recent_in_exactly_one_process(self) -> None:
+        inbox = self.inbox()
+        uids = {inbox.append(io.BytesIO(b"Subject: %d\n\nx\n" % i)) for i in range(20)}
+        # Half of them arrive the way Postfix delivers: straight into new/.
+        for i in range(20):
+            with open(os.path.join(self.root, "new", f"1700000000.P{i}Q{i}.mx"), "wb") as f:
+                f.write(b"Subject: outside %d\n\nx\n" % i)
+        claimers = []
+        for _ in range(4):
+            child = subprocess.Popen(
+                [sys.executable, "-c", CLAIMER, self.template, "alice"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=source_env(),
+            )
+            self.addCleanup(self._reap, child)
+            assert child.stdout is not None
+            self.assertEqual(child.stdout.readline(), b"ready\n")
+            claimers.append(child)
+        for child in claimers:  # all at once, as racing SELECTs
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+        claimed: list[int] = []
+        for child in claimers:
+            assert child.stdout is not None and child.stdin is not None
+            claimed.extend(int(uid) for uid in child.stdout.readline().split())
+            child.stdin.close()
+        self.assertEqual(len(claimed), len(set(claimed)))
+        inbox.check()
+        self.assertEqual(len(inbox.uids()), 40)
+        self.assertEqual(set(claimed), set(inbox.uids()))
+        self.assertTrue(uids <= set(claimed))
+        self.assertEqual(inbox.claim_recent(), frozenset())
+
+
 class CrashTests(ProcessTestCase):
     def check_mailbox(self, acked: dict[bytes, int]) -> MaildirMailbox:
         inbox = self.inbox()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -222,3 +223,51 @@ class MaildropTests(unittest.SynchronousTestCase):
         listing = self.open(self.maildrop(account))
         self.assertEqual(listing[1].unique_id, "dovecot-legacy-uidl")
         self.assertEqual(listing[0].unique_id, unique_id(self.uids[0], self.inbox.uidvalidity))
+
+    def backend_lock(self, refuse: bool = False) -> tuple[Any, list[str]]:
+        """An account whose INBOX has its own maildrop lock, recording its use."""
+        events: list[str] = []
+
+        def lock_maildrop() -> Any:
+            if refuse:
+                raise MailboxInUse("held by another process")
+            events.append("locked")
+            return lambda: events.append("released")
+
+        inbox = _Proxy(self.inbox, lock_maildrop=lock_maildrop)
+        return _Proxy(self.account, get_mailbox=lambda name: inbox), events
+
+    def test_backend_lock_held_until_commit(self) -> None:
+        account, events = self.backend_lock()
+        maildrop = self.maildrop(account)
+        self.open(maildrop)
+        self.assertEqual(events, ["locked"])
+        self.successResultOf(maildrop.commit(deleted=[], seen=[]))
+        self.assertEqual(events, ["locked", "released"])
+        maildrop.release()
+        self.assertEqual(events, ["locked", "released"])
+
+    def test_backend_lock_refused(self) -> None:
+        account, _ = self.backend_lock(refuse=True)
+        self.failureResultOf(self.maildrop(account).open(), MailboxInUse)
+        # The in-process lock was given back too.
+        self.assertEqual(len(self.open(self.maildrop())), 3)
+
+    def test_backend_lock_released_with_a_forgotten_maildrop(self) -> None:
+        account, events = self.backend_lock()
+        maildrop = Maildrop(account)
+        self.successResultOf(maildrop.open())
+        del maildrop
+        gc.collect()
+        self.assertEqual(events, ["locked", "released"])
+
+    def test_carried_uidls_that_break_rfc_1939_are_not_used(self) -> None:
+        """RFC 1939 7: a unique-id is 1 to 70 characters in 0x21..0x7E."""
+        carried = {self.uids[0]: "x" * 71, self.uids[1]: "has space", self.uids[2]: "ok-\u00e9"}
+        inbox = _Proxy(self.inbox, pop3_uidls=lambda: carried)
+        account = _Proxy(self.account, get_mailbox=lambda name: inbox)
+        listing = self.open(self.maildrop(account))
+        validity = self.inbox.uidvalidity
+        self.assertEqual(
+            [e.unique_id for e in listing], [unique_id(u, validity) for u in self.uids]
+        )

@@ -276,7 +276,7 @@ class AdminTests(FileTestMixin, SynchronousTestCase):
         self.assertEqual(os.listdir(os.path.dirname(path)), ["passwd"])
 
     def test_add(self) -> None:
-        path = self.write(SAMPLE, mode=0o644)
+        path = self.write(SAMPLE)
         users = PasswdFile(path)
         users.add("dave", "{PLAIN}dave-pw")
         self.assertEqual(read(path), SAMPLE + b"dave:{PLAIN}dave-pw\n")
@@ -287,6 +287,23 @@ class AdminTests(FileTestMixin, SynchronousTestCase):
         self.assertEqual(dave.password, "{PLAIN}dave-pw")
         # Another reader of the same file sees it as well.
         self.assertIsNotNone(PasswdFile(path).get("dave"))
+
+    def test_rewrite_keeps_group_read_and_drops_world_read(self) -> None:
+        """A ``root:vmail`` 0640 file stays readable by the daemon's group
+        after an edit; world-readable bits never survive one."""
+        for before, after in ((0o640, 0o640), (0o644, 0o640), (0o604, 0o600), (0o400, 0o600)):
+            path = self.write(SAMPLE, mode=before)
+            PasswdFile(path).add("dave", "{PLAIN}dave-pw")
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), after, oct(before))
+            os.unlink(path)
+
+    def test_unreadable(self) -> None:
+        path = self.write(SAMPLE)
+        users = PasswdFile(path)
+        self.assertIsNone(users.unreadable())
+        os.unlink(path)
+        os.mkdir(path)  # unreadable as a file, for root too
+        self.assertIsNotNone(users.unreadable())
 
     def test_add_with_home_and_ids(self) -> None:
         path = self.write(b"")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 
@@ -24,35 +25,43 @@ class DiscoveryTests(unittest.TestCase):
         be found (the README installs with a plain ``pip install .``)."""
         cwd = self.mktemp()
         os.makedirs(cwd)
-        result = subprocess.run(
-            [*twistd_command(), "--help"],
-            cwd=cwd,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertRegex(result.stdout, r"\n\s+mailsrv\s+IMAP4rev1 and POP3")
 
-        result = subprocess.run(
-            [*twistd_command(), "-n", "mailsrv", "--help"],
-            cwd=cwd,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
+        def twistd(*args: str) -> str:
+            result = subprocess.run(
+                [*twistd_command(), *args],
+                cwd=cwd,
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            return result.stdout
+
+        self.assertRegex(twistd("--help"), r"\n\s+mailsrv\s+IMAP4rev1 and POP3")
+        help_text = twistd("-n", "mailsrv", "--help")
         for option in ("--config", "--imap", "--pop3", "--imaps", "--pop3s", "--maildir"):
-            self.assertIn(option, result.stdout)
+            self.assertIn(option, help_text)
         for option in ("--passwd", "--tls-cert", "--tls-key"):
-            self.assertIn(option, result.stdout)
+            self.assertIn(option, help_text)
 
     def test_wheel_ships_no_twisted_init(self) -> None:
         """An __init__.py in twisted/ or twisted/plugins/ would shadow Twisted."""
         self.assertFalse(os.path.exists(os.path.join(ROOT, "twisted", "__init__.py")))
         self.assertFalse(os.path.exists(os.path.join(ROOT, "twisted", "plugins", "__init__.py")))
+
+    def test_installed_files(self) -> None:
+        """What ``pip install .`` put in site-packages: the plugin module,
+        and nothing of Twisted's own package."""
+        try:
+            files = importlib.metadata.files("mailsrv")
+        except importlib.metadata.PackageNotFoundError:
+            raise unittest.SkipTest("mailsrv is not installed in this environment") from None
+        if files is None or not any(str(f).startswith("mailsrv/") for f in files):
+            raise unittest.SkipTest("an editable install lists no package files")
+        installed = {str(f) for f in files if str(f).startswith("twisted/")}
+        self.assertIn("twisted/plugins/mailsrv_plugin.py", installed)
+        self.assertFalse({"twisted/__init__.py", "twisted/plugins/__init__.py"} & installed)
 
 
 class OptionsTests(unittest.TestCase):

@@ -20,6 +20,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.address import IPv4Address
@@ -388,21 +391,27 @@ class CapaTests(unittest.SynchronousTestCase):
         self.assertNotIn(b"STLS", caps)
 
     def test_transaction_state(self) -> None:
+        """RFC 2449 5, 6.2, 6.3: USER and SASL are announced after login as
+        before it; STLS (RFC 2595 4) only before."""
         session = Session(Fixture(self, tls_context=object()))
+        before = self.capa(session)
         session.login()
         self.assertEqual(
             self.capa(session),
             [
                 b"TOP",
+                b"USER",
                 b"UIDL",
                 b"RESP-CODES",
                 b"AUTH-RESP-CODE",
                 b"PIPELINING",
+                b"SASL PLAIN LOGIN CRAM-MD5",
                 b"EXPIRE NEVER",
                 b"LOGIN-DELAY 0",
                 b"IMPLEMENTATION mailsrv",
             ],
         )
+        self.assertEqual([c for c in before if c != b"STLS"], self.capa(session))
 
     def test_arguments_refused(self) -> None:
         self.assertEqual(
@@ -481,6 +490,53 @@ class UserPassTests(unittest.SynchronousTestCase):
         session = Session(Fixture(self))
         session.login("nobody", "secret")
         session.clock.advance(2)
+        self.assertEqual(session.output(), AUTH_FAILED)
+
+    def test_failure_answered_at_the_same_moment_whatever_the_check_cost(self) -> None:
+        """A wrong password for a user with an expensive hash and an unknown
+        user checked against a cheap one are answered at the same instant:
+        the delay counts from the command, not from the checker's verdict."""
+        clock = Clock()
+
+        @implementer(ICredentialsChecker)
+        class SlowChecker:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+                cost = 1.5 if credentials.username == b"alice" else 0.01
+                d: defer.Deferred[Any] = defer.Deferred()
+                clock.callLater(cost, d.errback, UnauthorizedLogin("no"))
+                return d
+
+        fixture = Fixture(self)
+        fixture.portal = Portal(FakeRealm(fixture.boxes), [SlowChecker()])
+        for user in ("alice", "nobody"):
+            session = Session(fixture, clock=clock)
+            started = clock.seconds()
+            session.login(user, "wrong")
+            clock.advance(1.99)
+            self.assertEqual(session.output(), b"", user)
+            clock.advance(0.01)
+            self.assertEqual(session.output(), AUTH_FAILED, user)
+            self.assertEqual(clock.seconds() - started, 2.0)
+
+    def test_check_slower_than_the_delay_is_answered_at_once(self) -> None:
+        clock = Clock()
+
+        @implementer(ICredentialsChecker)
+        class VerySlowChecker:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+                d: defer.Deferred[Any] = defer.Deferred()
+                clock.callLater(3.0, d.errback, UnauthorizedLogin("no"))
+                return d
+
+        fixture = Fixture(self)
+        fixture.portal = Portal(FakeRealm(fixture.boxes), [VerySlowChecker()])
+        session = Session(fixture, clock=clock)
+        session.login("alice", "wrong")
+        clock.advance(3.0)
         self.assertEqual(session.output(), AUTH_FAILED)
 
     def test_commands_wait_for_the_failure_delay(self) -> None:
@@ -1068,6 +1124,17 @@ class MaildropLockTests(unittest.SynchronousTestCase):
             b"-ERR [SYS/TEMP] Cannot open the mailbox: index is being rebuilt\r\n",
         )
         self.assertEqual(fixture.boxes["alice"].logouts, 1)
+
+    def test_long_error_text_is_cut_to_512_octets(self) -> None:
+        """RFC 2449 4: a status line, CRLF included, is at most 512 octets."""
+        fixture = Fixture(self)
+        fixture.boxes["alice"].fail_open = TemporaryFailure("cannot read /" + "ä/" * 400)
+        line = Session(fixture).login()
+        self.assertLessEqual(len(line), 512)
+        self.assertGreater(len(line), 500)
+        self.assertTrue(line.startswith(b"-ERR [SYS/TEMP] Cannot open the mailbox: cannot read"))
+        self.assertTrue(line.endswith(b"...\r\n"))
+        line.decode("utf-8")  # not cut inside a character
 
 
 # -- pipelining, line length, timeouts, limits -----------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,8 +18,9 @@ from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.realm import MailRealm
 from mailsrv.interfaces import SEEN, IMailbox, IMailboxListener, IMessage, IStorage
 from mailsrv.policy import SessionPolicy
-from mailsrv.storage.maildir import MaildirStorage
+from mailsrv.storage.maildir import MaildirStorage, reindex
 from mailsrv.storage.memory import MemoryStorage
+from tests.helpers import source_env
 from tests.test_pop3 import MESSAGE_1, MESSAGE_2, MESSAGE_3, Session, TCPServer, write_passwd
 
 
@@ -197,6 +200,55 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         again = self.session(restarted)
         again.login()
         self.assertEqual(again.command("UIDL"), before)
+
+    def test_uidl_stable_across_reindex(self) -> None:
+        session = self.session()
+        session.login()
+        before = session.command("UIDL")
+        session.command("QUIT")
+        reindex(self.fixture.storage.account("alice"))  # type: ignore[attr-defined]
+        again = self.session()
+        again.login()
+        self.assertEqual(again.command("UIDL"), before)
+
+    def test_in_use_across_processes(self) -> None:
+        """Two storages over one Maildir, as two daemons have: the second
+        POP3 login gets [IN-USE] and the lock goes with the session (the
+        next test holds the lock from a real second process)."""
+        other_process = StorageFixture(
+            self, MaildirStorage(os.path.join(self.root, "{user}", "Maildir"))
+        )
+        first = self.session()
+        self.assertTrue(first.login().startswith(b"+OK Logged in"))
+        elsewhere = self.session(other_process)
+        self.assertEqual(
+            elsewhere.login(), b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
+        )
+        first.command("QUIT")
+        self.assertTrue(elsewhere.login().startswith(b"+OK Logged in: 3 messages"))
+        elsewhere.drop()  # a connection that just ends releases it too
+        self.assertTrue(self.session().login().startswith(b"+OK Logged in"))
+
+    def test_in_use_while_another_process_holds_the_maildrop(self) -> None:
+        script = (
+            "import sys; from mailsrv.storage.maildir import MaildirStorage; "
+            "inbox = MaildirStorage(sys.argv[1]).account('alice').open_mailbox('INBOX'); "
+            "release = inbox.lock_maildrop(); print('locked', flush=True); sys.stdin.read()"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, os.path.join(self.root, "{user}", "Maildir")],
+            env=source_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stdin is not None
+        self.assertEqual(child.stdout.readline(), b"locked\n")
+        self.assertTrue(self.session().login().startswith(b"-ERR [IN-USE]"))
+        child.kill()  # a SIGKILLed holder leaves no stale lock
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+        self.assertTrue(self.session().login().startswith(b"+OK Logged in"))
 
     def test_message_with_bare_lf_on_disk(self) -> None:
         """Octet counts are those of the CRLF form RETR sends, for files with LF ends."""

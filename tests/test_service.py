@@ -7,11 +7,13 @@ import socket
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from mailsrv.auth.passwdfile import PasswdFile
 from mailsrv.config import Listener, load_config
 from mailsrv.errors import ConfigError
-from mailsrv.service import ListenerService, make_service
+from mailsrv.service import ListenerService, UsersFileCheck, make_service
 
 
 class Greeter(Protocol):
@@ -72,3 +74,36 @@ class MakeServiceTests(unittest.TestCase):
             [(s.listener.protocol, s.listener.origin) for s in listeners],
             [("imap", "--imap[0]"), ("imap", "--imap[1]"), ("pop3", "--pop3[0]")],
         )
+
+
+class UsersFileCheckTests(unittest.TestCase):
+    def logged_errors(self, passwd: PasswdFile) -> list[str]:
+        errors: list[str] = []
+
+        def observe(event: dict[str, object]) -> None:
+            if event.get("log_level") is LogLevel.error:
+                errors.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            check = UsersFileCheck(passwd)
+            check.startService()
+            check.stopService()
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        return errors
+
+    def test_readable_file_is_quiet(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        open(path, "w").close()
+        self.assertEqual(self.logged_errors(PasswdFile(path)), [])
+
+    def test_file_the_daemon_cannot_reread_is_reported(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        open(path, "w").close()
+        passwd = PasswdFile(path)
+        os.unlink(path)
+        os.mkdir(path)  # stands for "only root may read it", for root too
+        (error,) = self.logged_errors(passwd)
+        self.assertIn(f"users file {path} cannot be read", error)
+        self.assertIn("chmod 0640", error)

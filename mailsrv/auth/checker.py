@@ -9,6 +9,7 @@ unknown user costs the same hashing work as a wrong password.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -37,6 +38,9 @@ _log = Logger(namespace="mailsrv.auth.checker")
 FAILURE_MESSAGE = "Authentication failed"
 
 _T = TypeVar("_T")
+
+#: Checked against when a user has no plaintext-equivalent secret.
+_NOBODYS_SECRET = secrets.token_bytes(24)
 
 
 def _decode_name(username: object) -> str | None:
@@ -75,6 +79,14 @@ class PasswdFileChecker:
         self._reactor = reactor
         self._run_in_thread = run_in_thread
         self._semaphore = defer.DeferredSemaphore(max_parallel)
+        # Made now, not at the first unknown user: making it costs a hash of
+        # its own, which would make that first answer come late.
+        dummy_hash()
+
+    @property
+    def passwd(self) -> PasswdFile:
+        """The users file this checker reads."""
+        return self._passwd
 
     # Twisted types avatar ids as bytes; mailsrv's realm takes the user name as
     # str (user names are UTF-8 text), hence the override.
@@ -122,6 +134,9 @@ class PasswdFileChecker:
         record = self._passwd.get(name) if name is not None else None
         secret = plaintext_secret_bytes(record.password) if record is not None else None
         if secret is None:
+            # The same digest computation as a real check, so a user without
+            # a usable secret cannot be told apart by the work done.
+            credentials.checkPassword(_NOBODYS_SECRET)
             return False
         return bool(credentials.checkPassword(secret))
 

@@ -12,11 +12,14 @@ not change byte-for-byte as it was.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 from twisted.logger import Logger
@@ -185,6 +188,24 @@ def _read(path: str) -> tuple[bytes, tuple[int, int, int, int]]:
     return data, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+@contextlib.contextmanager
+def _exclusive(directory: str) -> Iterator[None]:
+    """Serialize admin rewrites of the files in ``directory``.
+
+    A rewrite reads the file, edits it and renames a new one over it; two at
+    once (``mailsrv user add`` run in parallel by a provisioning script)
+    would each write their own edit over the other's. The lock is a
+    ``flock`` of the directory itself, since the file's inode changes with
+    every rewrite; the daemon only reads and never takes it.
+    """
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -194,11 +215,13 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file (0600) in the same dir, fsync, rename.
+    """Replace ``path`` with ``data``: temp file in the same dir, fsync, rename.
 
     A symlinked users file is followed, so the link survives. The new file
-    keeps the old file's owner when we are allowed to set it (root editing
-    a file the daemon's user reads).
+    keeps the old file's owner and group when we are allowed to set them,
+    and its owner and group permission bits (never the world's): root
+    editing a ``root:vmail`` 0640 file must leave it readable by the daemon
+    running as ``vmail``, or new users would stay unseen until a restart.
     """
     target = os.path.realpath(path)
     directory = os.path.dirname(target) or "."
@@ -208,7 +231,7 @@ def _atomic_write(path: str, data: bytes) -> None:
         old = None
     fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", dir=directory)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, 0o600 if old is None else (stat.S_IMODE(old.st_mode) & 0o660) | 0o600)
         if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
             try:
                 os.fchown(fd, old.st_uid, old.st_gid)
@@ -332,6 +355,19 @@ class PasswdFile:
             reason=reason,
         )
 
+    def unreadable(self) -> str | None:
+        """Why this process cannot read the file now, or None if it can.
+
+        The daemon asks once it has dropped root: it loaded the file as
+        root, and a file only root may read would keep working until the
+        first change and then never be re-read.
+        """
+        try:
+            with open(self.path, "rb"):
+                return None
+        except OSError as e:
+            return e.strerror or str(e)
+
     def get(self, name: str) -> UserRecord | None:
         """The user called ``name``, or None."""
         self._refresh()
@@ -348,13 +384,14 @@ class PasswdFile:
         self, change: Callable[[list[bytes], dict[str, tuple[int, UserRecord]]], None]
     ) -> None:
         """Read the file as it is now, let ``change`` edit its lines, write it back."""
-        try:
-            data, _ = _read(self.path)
-        except FileNotFoundError:
-            raise ConfigError(self.path, "", "file not found") from None
-        lines, users = _parse(data, self.path)
-        change(lines, users)
-        _atomic_write(self.path, b"".join(lines))
+        with _exclusive(os.path.dirname(os.path.realpath(self.path)) or "."):
+            try:
+                data, _ = _read(self.path)
+            except FileNotFoundError:
+                raise ConfigError(self.path, "", "file not found") from None
+            lines, users = _parse(data, self.path)
+            change(lines, users)
+            _atomic_write(self.path, b"".join(lines))
         self._refresh()
 
     def add(

@@ -16,22 +16,25 @@ Kinds:
     envelope fields.  Enough for ENVELOPE, BODY, BODYSTRUCTURE, every
     section's offsets, and SEARCH on the envelope fields (FROM, TO, CC,
     BCC, SUBJECT, Message-ID...) and SENT*.
+``envelope``, ``body`` and ``bodystructure``
+    The rendered FETCH ENVELOPE, BODY and BODYSTRUCTURE values, so a
+    client listing a mailbox costs a cache read per message, not a decode
+    of the structure and a parse of its addresses.
 ``fields:NAMES`` and ``fields.not:NAMES``
     BODY[HEADER.FIELDS (NAMES)] (or .NOT) of the whole message, for the
     field sets clients actually ask for (NAMES sorted, space separated).
     A client's first sync asks every message for the same few fields, so
     this is what makes the second one cheap, at a few hundred octets per
     message rather than the whole header.
-``field:NAME``
-    The unfolded values of one header field, for SEARCH HEADER on fields
-    outside the envelope.
+``values:NAME``
+    The unfolded values of one header field (every occurrence), for the
+    header keys of SEARCH and SENT*.
 
 Values bigger than :data:`CACHE_LIMIT` are not cached.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
@@ -41,7 +44,15 @@ from mailsrv import log, message
 from mailsrv.errors import NoSuchMessage
 from mailsrv.interfaces import IMailbox, IMessageCache
 
-__all__ = ["CACHE_LIMIT", "STRUCTURE", "field_values", "header_fields", "structures"]
+__all__ = [
+    "CACHE_LIMIT",
+    "RENDERED",
+    "STRUCTURE",
+    "field_values",
+    "header_fields",
+    "rendered",
+    "structures",
+]
 
 _log = log.get_logger(__name__)
 
@@ -99,7 +110,9 @@ def structures(mailbox: IMailbox, uids: Iterable[int]) -> Any:
             except ValueError:
                 pass  # an older format or damage: parse again
         try:
-            source = yield defer.maybeDeferred(mailbox.open, uid)
+            source = mailbox.open(uid)
+            if isinstance(source, defer.Deferred):
+                source = yield source
         except NoSuchMessage:
             continue  # expunged meanwhile; the caller reports it
         try:
@@ -109,6 +122,44 @@ def structures(mailbox: IMailbox, uids: Iterable[int]) -> Any:
         out[uid] = structure
         fresh[uid] = structure.to_bytes()
     yield _set_many(cache, STRUCTURE, fresh)
+    return out
+
+
+def _envelope(structure: message.MessageStructure) -> bytes:
+    return message.render_envelope(message.envelope(structure))
+
+
+def _body(structure: message.MessageStructure) -> bytes:
+    return message.render_body_structure(message.body_structure(structure, False))
+
+
+def _bodystructure(structure: message.MessageStructure) -> bytes:
+    return message.render_body_structure(message.body_structure(structure, True))
+
+
+#: FETCH items whose rendered value is cached, by cache kind.
+RENDERED: dict[str, Callable[[message.MessageStructure], bytes]] = {
+    "envelope": _envelope,
+    "body": _body,
+    "bodystructure": _bodystructure,
+}
+
+
+@defer.inlineCallbacks
+def rendered(mailbox: IMailbox, uids: Iterable[int], kind: str) -> Any:
+    """``{uid: bytes}``: the rendered FETCH value ``kind`` (a key of
+    :data:`RENDERED`) from the cache, or worked out from the structure."""
+    wanted = list(uids)
+    cache = _cache(mailbox)
+    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, kind)
+    out = dict(cached)
+    missing = [uid for uid in wanted if uid not in out]
+    if missing:
+        render = RENDERED[kind]
+        found = yield structures(mailbox, missing)
+        fresh = {uid: render(structure) for uid, structure in found.items()}
+        out.update(fresh)
+        yield _set_many(cache, kind, {uid: v for uid, v in fresh.items() if len(v) <= CACHE_LIMIT})
     return out
 
 
@@ -132,7 +183,9 @@ def _per_message(
             out[uid] = value
             continue
         try:
-            source = yield defer.maybeDeferred(mailbox.open, uid)
+            source = mailbox.open(uid)
+            if isinstance(source, defer.Deferred):
+                source = yield source
         except NoSuchMessage:
             continue
         try:
@@ -167,18 +220,15 @@ def header_fields(
 def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
     """``{uid: [value, ...]}``: the unfolded values (as sent, Latin-1
     decoded so every octet survives) of header field ``name`` in each
-    whole message, for SEARCH HEADER."""
+    whole message, for SEARCH HEADER.
+
+    Cached as each value preceded by LF (unfolded values hold none), which
+    decodes with one split: no JSON per message on a 100,000-message
+    search."""
 
     def compute(source: IO[bytes]) -> bytes:
         values = message.raw_fields(message.read_header(source), name)
-        return json.dumps([v.decode("latin-1") for v in values]).encode("ascii")
+        return b"".join(b"\n" + v for v in values)
 
-    encoded = yield _per_message(mailbox, uids, "field:" + name.upper(), compute)
-    out: dict[int, list[str]] = {}
-    for uid, data in encoded.items():
-        try:
-            values = json.loads(data)
-        except ValueError:
-            values = []
-        out[uid] = [str(v) for v in values] if isinstance(values, list) else []
-    return out
+    encoded = yield _per_message(mailbox, uids, "values:" + name.upper(), compute)
+    return {uid: data.decode("latin-1").split("\n")[1:] for uid, data in encoded.items()}

@@ -14,12 +14,12 @@ undecided:
 
 1. the index alone (flags, sizes, internal dates, sequence numbers, UIDs):
    ``SEARCH UNSEEN SUBJECT x`` never looks at a seen message's contents;
-2. cached content (:mod:`mailsrv.imap.content`): the parsed structure,
-   which carries the envelope fields, for FROM/TO/CC/BCC/SUBJECT, HEADER
-   on envelope fields and SENT*; cached header fields for other HEADER
-   keys;
+2. header fields (:func:`mailsrv.imap.content.field_values`, cached per
+   field name, read from the file's header only on a miss), for FROM, TO,
+   CC, BCC, SUBJECT, HEADER and SENT*;
 3. the message text, for BODY and TEXT: transfer-decoded and
-   charset-decoded text parts read from the file.
+   charset-decoded text parts read from the file, located by the parsed
+   (and cached) structure.
 
 Strings match as case-insensitive substrings of the decoded text (RFC 3501
 6.4.4), after Unicode case folding.  Results are streamed as one
@@ -65,9 +65,6 @@ _HITS_PER_WRITE = 2000
 
 CHARSETS = ("US-ASCII", "UTF-8")
 
-#: Header fields whose values the parsed structure carries.
-_ENVELOPE_INDEX = {name.upper(): i for i, name in enumerate(message.ENVELOPE_FIELDS)}
-
 
 _EPOCH = datetime.date(1970, 1, 1)
 
@@ -80,7 +77,6 @@ class NotImplementedKey(Exception):
 class SearchContent:
     """What has been loaded of one message's contents (None: not yet)."""
 
-    structure: message.MessageStructure | None = None
     fields: dict[str, list[str]] | None = None
     body: str | None = None  # case-folded decoded text parts
     header: str | None = None  # case-folded decoded header, for TEXT
@@ -95,8 +91,7 @@ class Program:
     """A compiled search program and what it needs loaded."""
 
     predicate: Predicate
-    structure: bool = False
-    fields: frozenset[str] = frozenset()
+    fields: frozenset[str] = frozenset()  # header fields, upper-cased
     text: bool = False
 
 
@@ -124,20 +119,19 @@ def _in_ranges(ranges: list[tuple[int, int]]) -> Callable[[int], bool]:
     return test
 
 
-def _sent_date(structure: message.MessageStructure) -> datetime.date | None:
-    """The Date header's calendar date as written (RFC 3501 6.4.4:
-    "disregarding time and timezone"), or None if absent or unparsable."""
-    fields = structure.root.envelope_fields
-    raw = fields[0] if fields else None
-    if not raw:
-        return None
-    parsed = email.utils.parsedate_tz(raw)
-    if parsed is None:
-        return None
-    try:
-        return datetime.date(parsed[0], parsed[1], parsed[2])
-    except (ValueError, TypeError):
-        return None
+def _sent_date(values: Sequence[str]) -> datetime.date:
+    """The first parsable Date header's calendar date as written (RFC 3501
+    6.4.4: "disregarding time and timezone").  RFC 3501 does not say what a
+    message without one was sent on; like Dovecot, it counts as the epoch."""
+    for raw in values:
+        parsed = email.utils.parsedate_tz(raw)
+        if parsed is None:
+            continue
+        try:
+            return datetime.date(parsed[0], parsed[1], parsed[2])
+        except (ValueError, TypeError):
+            continue
+    return _EPOCH
 
 
 def _and(parts: list[Predicate]) -> Predicate:
@@ -229,21 +223,18 @@ def _compile(
     if op in ("BEFORE", "ON", "SINCE"):
         return _date_test(op, cast(datetime.date, args[0]), lambda m, c: m.internal_date.date())
     if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        program.structure = True
+        program.fields = program.fields | {"DATE"}
 
         def sent(m: IMessage, c: SearchContent) -> datetime.date | None:
-            if c.structure is None:
+            if c.fields is None:
                 return None
-            # No usable Date header: RFC 3501 does not say; like Dovecot,
-            # such a message counts as sent at the epoch (1-Jan-1970).
-            return _sent_date(c.structure) or _EPOCH
+            return _sent_date(c.fields.get("DATE", ()))
 
         return _date_test(op[4:], cast(datetime.date, args[0]), sent)
     if op == "HEADER":
         return _header_test(cast(str, args[0]), _needle(args[1], charset), program)
     if op in ("BODY", "TEXT"):
         program.text = True
-        program.structure = True
         needle = _needle(args[0], charset)
         if op == "BODY":
 
@@ -280,35 +271,22 @@ def _date_test(
 
 
 def _header_test(name: str, needle: str, program: Program) -> Predicate:
-    """HEADER name needle; an empty needle matches any message that has the
-    field (RFC 3501 6.4.4)."""
-    index = _ENVELOPE_INDEX.get(name)
-    if index is not None:
-        program.structure = True
-
-        def envelope(seq: int, m: IMessage, c: SearchContent) -> bool | None:
-            if c.structure is None:
-                return None
-            fields = c.structure.root.envelope_fields
-            raw = fields[index] if fields else None
-            if raw is None:
-                return False
-            if not needle:
-                return True
-            return needle in message.decode_words(raw.encode("latin-1")).casefold()
-
-        return envelope
+    """HEADER name needle, over every occurrence of the field; an empty
+    needle matches any message that has the field (RFC 3501 6.4.4)."""
     program.fields = program.fields | {name}
 
-    def other(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+    def test(seq: int, m: IMessage, c: SearchContent) -> bool | None:
         if c.fields is None:
             return None
-        values = c.fields.get(name, [])
+        values = c.fields.get(name, ())
         if not needle:
             return bool(values)
-        return any(needle in message.decode_words(v.encode("latin-1")).casefold() for v in values)
+        for value in values:
+            if needle in message.decode_words(value.encode("latin-1")).casefold():
+                return True
+        return False
 
-    return other
+    return test
 
 
 # ---------------------------------------------------------------------------
@@ -367,16 +345,19 @@ def _check_and_run(
 
 @defer.inlineCallbacks
 def _texts(
-    mailbox: IMailbox, uids: Sequence[int], structures: dict[int, message.MessageStructure]
+    mailbox: IMailbox, uids: Sequence[int]
 ) -> Generator[defer.Deferred[Any], Any, dict[int, tuple[str, str]]]:
     """``{uid: (header text, body text)}``, case-folded, read from the files."""
+    structures = yield content.structures(mailbox, uids)
     out: dict[int, tuple[str, str]] = {}
     for uid in uids:
         structure = structures.get(uid)
         if structure is None:
             continue
         try:
-            source = yield defer.maybeDeferred(mailbox.open, uid)
+            source = mailbox.open(uid)
+            if isinstance(source, defer.Deferred):
+                source = yield source
         except NoSuchMessage:
             continue
         try:
@@ -403,19 +384,14 @@ def _matches(
             hits.append((seq, m.uid))
         elif result is None:
             pending.append((seq, m, c))
-    if pending and (program.structure or program.fields):
+    if pending and program.fields:
         uids = [m.uid for _, m, _ in pending]
-        structures: dict[int, message.MessageStructure] = {}
-        if program.structure:
-            structures = yield content.structures(mailbox, uids)
         values: dict[str, dict[int, list[str]]] = {}
         for name in sorted(program.fields):
             values[name] = yield content.field_values(mailbox, uids, name)
         undecided = []
         for seq, m, c in pending:
-            c.structure = structures.get(m.uid)
-            if program.fields:
-                c.fields = {name: values[name].get(m.uid, []) for name in values}
+            c.fields = {name: found.get(m.uid, []) for name, found in values.items()}
             result = test(seq, m, c)
             if result is True:
                 hits.append((seq, m.uid))
@@ -423,11 +399,7 @@ def _matches(
                 undecided.append((seq, m, c))
         pending = undecided
     if pending and program.text:
-        texts = yield _texts(
-            mailbox,
-            [m.uid for _, m, _ in pending],
-            {m.uid: c.structure for _, m, c in pending if c.structure is not None},
-        )
+        texts = yield _texts(mailbox, [m.uid for _, m, _ in pending])
         for seq, m, c in pending:
             loaded = texts.get(m.uid)
             if loaded is None:

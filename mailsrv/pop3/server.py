@@ -54,6 +54,9 @@ _log = log.get_logger(__name__)
 #: How much of a message is read and written at a time by RETR and TOP.
 CHUNK_SIZE = 64 * 1024
 
+#: Longest first line of a response, CRLF included (RFC 2449 4).
+MAX_STATUS_LINE = 512
+
 PLAINTEXT_DISALLOWED = b"Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 AUTH_FAILED = "Authentication failed."
 
@@ -416,7 +419,12 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
 
     def _error(self, text: str, code: str | None = None) -> None:
         prefix = f"-ERR [{code}] " if code else "-ERR "
-        self._send((prefix + text).encode("utf-8", "replace"))
+        line = (prefix + text).encode("utf-8", "replace")
+        # RFC 2449 4: a response's first line is at most 512 octets with its
+        # CRLF; a storage error naming a long path must not break a client.
+        if len(line) > MAX_STATUS_LINE - 2:
+            line = line[: MAX_STATUS_LINE - 5].decode("utf-8", "ignore").encode("utf-8") + b"..."
+        self._send(line)
 
     def _multiline(self, first: str, lines: Sequence[bytes]) -> None:
         body = b"".join(dot_stuff_line(line) + b"\r\n" for line in lines)
@@ -432,16 +440,22 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
     # -- any state -------------------------------------------------------------
 
     def capabilities(self) -> list[bytes]:
-        """What CAPA lists now: exactly what works in this state on this connection."""
+        """What CAPA lists: what works on this connection.
+
+        RFC 2449 5 asks that capabilities of the AUTHORIZATION state be
+        announced in both states, and 6.2 and 6.3 that USER and SASL be
+        announced the same after login (so a client may ask CAPA only
+        once); only STLS, "AUTHORIZATION state only" (RFC 2595 4), goes
+        away after login.
+        """
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
-        if self.state is State.AUTHORIZATION:
-            if self.policy.plaintext_allowed(self._peer, self.secure):
-                caps.insert(1, b"USER")
-            offered = sasl.mechanisms(self.policy, self.secure, self._peer)
-            if offered:
-                caps.append(b"SASL " + " ".join(offered).encode("ascii"))
-            if self._tls_available():
-                caps.append(b"STLS")
+        if self.policy.plaintext_allowed(self._peer, self.secure):
+            caps.insert(1, b"USER")
+        offered = sasl.mechanisms(self.policy, self.secure, self._peer)
+        if offered:
+            caps.append(b"SASL " + " ".join(offered).encode("ascii"))
+        if self.state is State.AUTHORIZATION and self._tls_available():
+            caps.append(b"STLS")
         caps += [b"EXPIRE NEVER", b"LOGIN-DELAY 0", b"IMPLEMENTATION mailsrv"]
         return caps
 
@@ -585,27 +599,44 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
         return self._login(step.credentials, username)
 
     def _login(self, credentials: ICredentials, username: bytes) -> defer.Deferred[None]:
+        started = self.clock.seconds()
         d = self.portal.login(credentials, None, IMaildrop)
         name = username.decode("utf-8", "replace")
-        return d.addCallbacks(self._authenticated, self._login_error, callbackArgs=(name,))
+        return d.addCallbacks(
+            self._authenticated,
+            self._login_error,
+            callbackArgs=(name,),
+            errbackArgs=(started,),
+        )
 
-    def _login_error(self, failure: Failure) -> _Result:
+    def _login_error(self, failure: Failure, started: float) -> _Result:
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
-            return self._failed_login(AUTH_FAILED)
+            return self._failed_login(AUTH_FAILED, started)
         _log.failure("POP3: login failed with an unexpected error", failure)
         self._error("Temporary authentication failure.", "SYS/TEMP")
         return None
 
-    def _failed_login(self, reason: str) -> defer.Deferred[None]:
-        """Answer after the failure delay, and hang up after too many failures."""
+    def _failed_login(self, reason: str, started: float | None = None) -> defer.Deferred[None]:
+        """Answer ``failure_delay`` after the attempt began, and hang up after
+        too many failures.
+
+        Counting from the start, not from the checker's verdict, makes the
+        answer come at the same moment whatever the check cost: an unknown
+        user (a dummy argon2 hash), a PLAIN user (no hashing) and a bcrypt
+        user look alike to a client with a stopwatch, as long as hashing
+        takes less than the delay.
+        """
         self._failures += 1
         _log.info(
             "POP3: failed login from {peer} ({count} so far)",
             peer=_address(self._peer),
             count=self._failures,
         )
+        now = self.clock.seconds()
+        begun = now if started is None else started
+        wait = max(0.0, begun + self.policy.failure_delay - now)
         d: defer.Deferred[None] = defer.Deferred()
-        self._delayed = self.clock.callLater(self.policy.failure_delay, d.callback, None)
+        self._delayed = self.clock.callLater(wait, d.callback, None)
 
         def answer(_: None) -> None:
             self._delayed = None

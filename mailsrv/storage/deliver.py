@@ -23,11 +23,35 @@ from twisted.logger import Logger
 
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox, StorageError, TemporaryFailure
 from mailsrv.storage import names
-from mailsrv.storage.maildir import MaildirAccount, MaildirMailbox, reindex
+from mailsrv.storage.maildir import CHUNK, MaildirAccount, MaildirMailbox, reindex
 
-__all__ = ["deliver", "reindex"]
+__all__ = ["EmptyMessage", "deliver", "reindex"]
 
 log = Logger()
+
+
+class EmptyMessage(StorageError):
+    """Standard input held no bytes at all: there is no message to store.
+
+    The MTA sends at least a header, so this is a broken caller; the CLI
+    answers EX_DATAERR instead of filing an empty file as mail.
+    """
+
+    code = "CANNOT"
+
+
+class _Peeked:
+    """A source with its first chunk already read, handed back first."""
+
+    def __init__(self, first: bytes, rest: IO[bytes]) -> None:
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return self._rest.read(size)
 
 
 def _mailbox(account: MaildirAccount, folder: str) -> MaildirMailbox:
@@ -51,12 +75,16 @@ def deliver(account: MaildirAccount, source: IO[bytes], folder: str = names.INBO
 
     The message is streamed (never held in memory whole) and bare LF line
     ends are stored as CRLF.  A missing or invalid ``folder`` falls back to
-    INBOX and is logged.  Raises :class:`TemporaryFailure` when the message
-    could not be stored but a later attempt may succeed.
+    INBOX and is logged.  Raises :class:`EmptyMessage` for empty input and
+    :class:`TemporaryFailure` when the message could not be stored but a
+    later attempt may succeed.
     """
     try:
+        first = source.read(CHUNK)
+        if not first:
+            raise EmptyMessage("empty message refused: standard input held no bytes")
         mailbox = _mailbox(account, folder)
-        uid = mailbox.append(source)
+        uid = mailbox.append(_Peeked(first, source))  # type: ignore[arg-type]
     except StorageError:
         raise
     except OSError as exc:

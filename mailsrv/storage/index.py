@@ -435,6 +435,9 @@ class Index:
         for suffix in ("", "-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)
+        # It caches headers and envelopes: private like the messages (SQLite
+        # would make it 0644 under the usual umask; -wal and -shm follow it).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = cls._connect(path)
         meta = (
             f"INSERT INTO meta VALUES ('uidvalidity', {int(uidvalidity)});"

@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import attrs
@@ -47,6 +47,7 @@ from mailsrv.errors import (
     InvalidMailboxName,
     LimitExceeded,
     MailboxExists,
+    MailboxInUse,
     MailboxNotEmpty,
     NoSuchMailbox,
     NoSuchMessage,
@@ -101,6 +102,7 @@ __all__ = [
 log = Logger()
 
 LOCK_NAME = "mailsrv-lock"
+POP3_LOCK_NAME = "mailsrv-pop3-lock"
 SPECIAL_USE_NAME = "mailsrv-special-use"
 UIDVALIDITY_NAME = "mailsrv-uidvalidity"
 SUBSCRIPTIONS_NAME = "subscriptions"
@@ -670,6 +672,29 @@ class MaildirMailbox:
             return None
         return uid
 
+    def _assign_uids(
+        self,
+        write: _Write,
+        bases: Sequence[str],
+        taken: set[int],
+        known: dict[str, int] | None = None,
+    ) -> dict[str, int]:
+        """A UID for each base name: one already ``known``, else the UID list's
+        hint (a file renamed or re-indexed keeps its UID), else a fresh one;
+        the fresh ones are allocated (fsynced) together."""
+        uid_of: dict[str, int] = {}
+        needs: list[tuple[str, str | None]] = []
+        for base in bases:
+            uid = (known or {}).get(base) or self._hint(write, base, taken)
+            if uid is None:
+                needs.append((base, None))
+            else:
+                uid_of[base] = uid
+                taken.add(uid)
+        for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
+            uid_of[base] = uid
+        return uid_of
+
     def _sync(self, force: bool = False, rebuild: bool = False) -> None:
         """Bring the index in line with new/ and cur/ (lock held)."""
         db = self._db
@@ -719,17 +744,7 @@ class MaildirMailbox:
         rows: list[Row] = []
         if added:
             added.sort(key=lambda item: (item[2].st_mtime_ns, item[0]))
-            needs: list[tuple[str, str | None]] = []
-            uid_of: dict[str, int] = {}
-            for base, _filename, _st in added:
-                uid = arrived.get(base) or self._hint(write, base, taken)
-                if uid is None:
-                    needs.append((base, None))
-                else:
-                    uid_of[base] = uid
-                    taken.add(uid)
-            for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
-                uid_of[base] = uid
+            uid_of = self._assign_uids(write, [base for base, _, _ in added], taken, arrived)
             modseq = write.next_modseq()
             for base, filename, st in added:
                 row = Row(
@@ -816,17 +831,7 @@ class MaildirMailbox:
             found.append((filename, base, info))
         if not found:
             return {}
-        uids: dict[str, int] = {}
-        needs: list[tuple[str, str | None]] = []
-        for _filename, base, _info in found:
-            uid = self._hint(write, base, taken)
-            if uid is None:
-                needs.append((base, None))
-            else:
-                uids[base] = uid
-                taken.add(uid)
-        for (base, _), uid in zip(needs, self._allocate(write, needs), strict=True):
-            uids[base] = uid
+        uids = self._assign_uids(write, [base for _, base, _ in found], taken)
         arrived: dict[str, int] = {}
         for filename, base, info in found:
             target = os.path.join(self._cur, f"{base}:2,{info}")
@@ -966,6 +971,37 @@ class MaildirMailbox:
 
     def expunged_since(self, modseq: int) -> Sequence[int]:
         return self._db.expunged_since(modseq)
+
+    def lock_maildrop(self) -> Callable[[], None]:
+        """Take the POP3 maildrop lock of this folder for a session; return its release.
+
+        An ``flock`` of ``mailsrv-pop3-lock``, held for the whole session
+        (so not the short-lived ``mailsrv-lock``): every mailsrv process on
+        this Maildir (two daemons, an old one still draining while a new
+        one starts) sees it, and the kernel drops it if the holder dies.
+        Raises :class:`MailboxInUse` when another session has it.
+        """
+        try:
+            fd = os.open(os.path.join(self.path, POP3_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MailboxInUse("maildrop is in use by another POP3 session") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                os.close(fd)  # drops the lock
+
+        return release
 
     def pop3_uidls(self) -> dict[int, str]:
         """POP3 UIDLs carried over from a migration (``P`` fields of the uidlist)."""
@@ -1325,6 +1361,11 @@ class MaildirMailbox:
 # One user's tree
 
 
+def _touch(path: str) -> None:
+    """Create an empty file, private like everything else in the tree."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def _special_use_guess(name: str) -> str | None:
     lowered = name.lower()
     for use, candidates in SPECIAL_USE_NAMES.items():
@@ -1426,6 +1467,9 @@ class MaildirAccount:
         for name in list(folders):
             for parent in names.parents(name):
                 folders.setdefault(parent, False)
+        # INBOX is the root, listed first below; ".INBOX.Sub" only makes it
+        # a parent, never a second, unselectable INBOX.
+        folders.pop(names.INBOX, None)
         uses = self.special_uses()
         parents_with_children = {parent for name in folders for parent in names.parents(name)}
         inbox_children = any(name.startswith("INBOX/") for name in folders)
@@ -1489,8 +1533,7 @@ class MaildirAccount:
         try:
             for sub in ("cur", "new", "tmp"):
                 os.mkdir(os.path.join(staging, sub), 0o700)
-            with open(os.path.join(staging, MAILDIRFOLDER_NAME), "wb"):
-                pass
+            _touch(os.path.join(staging, MAILDIRFOLDER_NAME))
             try:
                 os.rename(staging, path)
             except OSError as exc:
@@ -1499,8 +1542,7 @@ class MaildirAccount:
                 # A \Noselect remnant: make it a mailbox in place.
                 for sub in ("cur", "new", "tmp"):
                     os.makedirs(os.path.join(path, sub), 0o700, exist_ok=True)
-                with open(os.path.join(path, MAILDIRFOLDER_NAME), "ab"):
-                    pass
+                _touch(os.path.join(path, MAILDIRFOLDER_NAME))
             fsync_dir(self.root)
         finally:
             if os.path.isdir(staging):

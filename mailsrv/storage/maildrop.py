@@ -10,6 +10,7 @@ the adapter works the same over synchronous and asynchronous backends.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
@@ -31,6 +32,8 @@ from mailsrv.interfaces import (
 __all__ = ["Maildrop", "unique_id"]
 
 INBOX = "INBOX"
+
+_VALID_UIDL = re.compile(r"[\x21-\x7e]{1,70}")
 
 #: Maildrops holding their lock, by (user name, INBOX UIDVALIDITY).  Weak, so
 #: a maildrop dropped without release (a bug elsewhere) cannot lock the user
@@ -64,6 +67,7 @@ class Maildrop:
         self._key: tuple[str, int] | None = None
         self._inbox: IMailbox | None = None
         self._listing: dict[int, MaildropEntry] = {}
+        self._release_backend: weakref.finalize[Any, Any] | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._key is not None else "closed"
@@ -88,12 +92,27 @@ class Maildrop:
         self._key = key
         self._inbox = inbox
         try:
+            await self._lock_across_processes(inbox)
             listing = await self._snapshot(inbox)
         except BaseException:
             self._unlock()
             raise
         self._listing = {entry.uid: entry for entry in listing}
         return listing
+
+    async def _lock_across_processes(self, inbox: IMailbox) -> None:
+        """Also take the backend's own lock, where it has one (Maildir's
+        ``lock_maildrop``), so sessions in other processes are kept out too.
+
+        Optional and outside the interface, like ``pop3_uidls``: the
+        in-process lock above is all a backend without it gets.
+        """
+        method = getattr(inbox, "lock_maildrop", None)
+        if method is not None:
+            release = await defer.maybeDeferred(method)
+            # Released at commit or release, or when a maildrop that was
+            # never released is collected (as the weak _held entry is).
+            self._release_backend = weakref.finalize(self, release)
 
     async def _snapshot(self, inbox: IMailbox) -> list[MaildropEntry]:
         await defer.maybeDeferred(inbox.check)
@@ -120,7 +139,9 @@ class Maildrop:
         if method is None:
             return {}
         found: dict[int, str] = await defer.maybeDeferred(method)
-        return dict(found)
+        # RFC 1939 7: 1 to 70 characters from 0x21 to 0x7E; anything else
+        # would break clients, so such a message gets the computed UIDL.
+        return {uid: uidl for uid, uidl in found.items() if _VALID_UIDL.fullmatch(uidl)}
 
     def retrieve(self, uid: int) -> defer.Deferred[IO[bytes]]:  # type: ignore[override]
         if self._inbox is None:
@@ -154,6 +175,9 @@ class Maildrop:
         return defer.succeed(None)
 
     def _unlock(self) -> None:
+        release, self._release_backend = self._release_backend, None
+        if release is not None:
+            release()
         key = self._key
         if key is not None and _held.get(key) is self:
             del _held[key]

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet import endpoints
 
 from mailsrv.errors import ConfigError
 
@@ -391,6 +390,10 @@ def _check_listeners(config: Config, required: bool) -> None:
                     listener.origin, "implicit TLS listener needs tls.certificate and tls.key"
                 )
             continue
+        # Imported here: it costs a fifth of a second, which `mailsrv
+        # deliver`, run by the MTA once per message, should not pay.
+        from twisted.internet import endpoints
+
         try:
             endpoint = endpoints.serverFromString(_NO_REACTOR, listener.endpoint)
         except Exception as e:  # Twisted raises assorted types for bad strings

@@ -1229,6 +1229,39 @@ class FailureDelayTests(TestCase):
             b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\nb OK NOOP completed\r\n",
         )
 
+    def test_delay_counts_from_the_attempt_not_the_check(self) -> None:
+        """A slow check (argon2, or the dummy hash of an unknown user) must
+        not show in when the answer comes: the delay runs from the start."""
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.error import UnauthorizedLogin
+        from twisted.internet.testing import StringTransport
+        from zope.interface import implementer
+
+        clock = Clock()
+
+        @implementer(ICredentialsChecker)
+        class SlowChecker:
+            credentialInterfaces = InMemoryUsernamePasswordDatabaseDontUse.credentialInterfaces
+
+            def requestAvatarId(self, credentials: Any) -> Any:
+                d: defer.Deferred[Any] = defer.Deferred()
+                clock.callLater(1.5, d.errback, UnauthorizedLogin())
+                return d
+
+        portal = Portal(MailRealm(FakeStorage()), [SlowChecker()])
+        policy = SessionPolicy(failure_delay=2.0, plaintext="always")
+        server = IMAP4ServerFactory(portal, policy, clock=clock).buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        transport.clear()
+        server.dataReceived(b"a LOGIN joe wrong\r\n")
+        clock.advance(1.9)
+        self.assertEqual(transport.value(), b"")
+        clock.advance(0.1)
+        self.assertEqual(
+            transport.value(), b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        )
+
 
 class ImplicitTLSTests(ServerTestBase):
     def make_factory(self) -> RecordingFactory:

@@ -655,8 +655,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._sasl_step(mechanism.respond(data))
 
     def _authenticate_with(self, credentials: Any) -> defer.Deferred[Done]:
+        started = self.clock.seconds()
         d: defer.Deferred[Any] = self.portal.login(credentials, None, IAccount)
-        d.addCallbacks(self._logged_in, self._login_failed)
+        d.addCallbacks(self._logged_in, self._login_failed, errbackArgs=(started,))
         return cast("defer.Deferred[Done]", d)
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Done:
@@ -679,15 +680,20 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         caps = "CAPABILITY " + " ".join(self._capabilities())
         return Done(text="Logged in", code=caps)
 
-    def _login_failed(self, failure: Failure) -> defer.Deferred[Done]:
+    def _login_failed(self, failure: Failure, started: float | None = None) -> defer.Deferred[Done]:
+        """Answer ``failure_delay`` after the check began, not after it
+        ended: how long a hash took (an unknown user, a slow scheme) must
+        not show in when the answer comes."""
         if not failure.check(UnauthorizedLogin):
             _log.failure("IMAP: authentication error", failure)
         self._failures += 1
         done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
         if self._failures >= self.policy.max_failures:
             done = attrs.evolve(done, bye="Too many failed authentication attempts")
+        now = self.clock.seconds()
+        begun = now if started is None else started
         d: defer.Deferred[Done] = defer.Deferred()
-        self.clock.callLater(self.policy.failure_delay, d.callback, done)
+        self.clock.callLater(max(0.0, begun + self.policy.failure_delay - now), d.callback, done)
         return d
 
     # -- authenticated --------------------------------------------------------------
@@ -1191,6 +1197,7 @@ class IMAP4ServerFactory(ServerFactory):
     """
 
     protocol = IMAP4Server
+    noisy = False  # the service logs each listener once, with its endpoint
 
     def __init__(
         self,

@@ -124,6 +124,24 @@ async def run_server(
             row.seconds.append(reply.seconds)
             row.cpu.append(meter.usage.cpu)
             row.peak = max(row.peak, meter.usage.peak_rss)
+    # The header FETCH once more, from a client that stops reading.
+    text = f"FETCH 1:* ({HEADERS}), client stalls {stall:.0f} s"
+    row = rows[text] = Row()
+    if rows[f"FETCH 1:* ({HEADERS})"].refused is None:
+        tree = server.tree
+        with Meter(server, interval=0.1) as meter:
+            row.rest = tree.rss()
+            started = time.perf_counter()
+            tag = b"stall"
+            client.writer.write(tag + b" " + f"FETCH 1:* ({HEADERS})".encode() + b"\r\n")
+            await asyncio.sleep(stall)
+            reply = await client.read_tagged(tag, False, started)
+        row.seconds.append(reply.seconds)
+        row.cpu.append(meter.usage.cpu)
+        row.peak = meter.usage.peak_rss
+        row.answers = reply.count
+    else:
+        row.refused = rows[f"FETCH 1:* ({HEADERS})"].refused
     # A client reconnecting: SELECT on a fresh connection, nobody else inside.
     text = "SELECT INBOX, new session (CPU: with connect + LOGIN)"
     row = rows[text] = Row()
@@ -158,24 +176,6 @@ async def run_server(
             row.peak = max(row.peak, meter.usage.peak_rss)
         row.answers = 1
     await other.logout()
-    # The header FETCH once more, from a client that stops reading.
-    text = f"FETCH 1:* ({HEADERS}), client stalls {stall:.0f} s"
-    row = rows[text] = Row()
-    if rows[f"FETCH 1:* ({HEADERS})"].refused is None:
-        tree = server.tree
-        with Meter(server, interval=0.1) as meter:
-            row.rest = tree.rss()
-            started = time.perf_counter()
-            tag = b"stall"
-            client.writer.write(tag + b" " + f"FETCH 1:* ({HEADERS})".encode() + b"\r\n")
-            await asyncio.sleep(stall)
-            reply = await client.read_tagged(tag, False, started)
-        row.seconds.append(reply.seconds)
-        row.cpu.append(meter.usage.cpu)
-        row.peak = meter.usage.peak_rss
-        row.answers = reply.count
-    else:
-        row.refused = rows[f"FETCH 1:* ({HEADERS})"].refused
     await client.logout()
     return rows
 

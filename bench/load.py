@@ -575,6 +575,9 @@ def ms(value: float) -> str:
     return "-" if value != value else f"{value * 1000:.1f}"
 
 
+_SINGULAR = {"logins": "login", "msgs": "msg", "ops": "op", "searches": "search", "conns": "conn"}
+
+
 def report(title: str, results: dict[str, Result]) -> str:
     lines = [f"### {title}", ""]
     names = list(results)
@@ -622,7 +625,7 @@ def report(title: str, results: dict[str, Result]) -> str:
                 "p50 ms",
                 "p99 ms",
                 "CPU s",
-                f"CPU ms/{unit.rstrip('s')}",
+                f"CPU ms/{_SINGULAR.get(unit, unit)}",
                 "peak RSS MiB",
                 "errors",
             ],

@@ -789,6 +789,39 @@ class OutsideChangeTests(MaildirTestCase):
         inbox.check()
         self.assertEqual(len(inbox.uids()), 1)
 
+    def test_own_changes_cost_no_rescan_and_hide_no_outside_change(self) -> None:
+        """After this process's own STORE, the next check does not list cur/
+        again (a 100,000-message folder would pay for every command); an
+        outside rename in the same mtime tick is still found once the
+        signature has aged."""
+        from mailsrv.storage import maildir
+
+        inbox = self.inbox()
+        first = inbox.append(io.BytesIO(MESSAGE))
+        second = inbox.append(io.BytesIO(MESSAGE))
+        inbox.check()
+        inbox.store([first], ["\\Seen"], StoreMode.ADD)
+        cur = os.path.join(self.root, "cur")
+        tick = os.stat(cur)
+        (name,) = [n for n in os.listdir(cur) if not n.endswith("S")]
+        os.rename(os.path.join(cur, name), os.path.join(cur, name + "F"))  # mutt flags it
+        os.utime(cur, ns=(tick.st_atime_ns, tick.st_mtime_ns))  # a coarse clock
+        listed: list[str] = []
+        real_listdir = os.listdir
+
+        def counting_listdir(path: Any) -> list[str]:
+            listed.append(str(path))
+            return real_listdir(path)
+
+        self.patch(maildir.os, "listdir", counting_listdir)
+        inbox.check()
+        self.assertNotIn(cur, listed)
+        self.assertEqual(inbox.fetch([second])[0].flags, frozenset())
+        self.patch(maildir, "TRUST_WINDOW_NS", 0)  # the signature has aged
+        inbox.check()
+        self.assertIn(cur, listed)
+        self.assertEqual(inbox.fetch([second])[0].flags, frozenset({"\\Flagged"}))
+
     def test_other_storage_sees_changes(self) -> None:
         mine = self.inbox()
         recorder = Recorder()
@@ -833,6 +866,7 @@ class InotifyWatcherTests(TestCase):
         storage = MaildirStorage(
             os.path.join(base, "{user}", "Maildir"), poll_interval=3600.0, reactor=reactor
         )
+        self.addCleanup(storage.stop_watching)
         inbox = storage.account("alice").open_mailbox("INBOX")
         heard: defer.Deferred[Sequence[int]] = defer.Deferred()
 

@@ -273,6 +273,11 @@ def _dir_signature(path: str) -> tuple[str, bool]:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}", trusted
 
 
+def _signature_value(signature: str, trusted: bool) -> str:
+    """How a directory signature is kept in the index meta table."""
+    return f"{signature} {'trusted' if trusted else 'recent'}"
+
+
 def _needs_index(path: str) -> bool:
     """Whether opening the folder means indexing files first (no index yet)."""
     if os.path.exists(os.path.join(path, INDEX_NAME)):
@@ -433,6 +438,7 @@ class MaildirMailbox:
         self._index: Index | None = None
         self._local_version = 0
         self._uids_cache: tuple[tuple[int, int], tuple[int, ...]] | None = None
+        self._names_cache: tuple[tuple[int, int], set[str]] | None = None
         with self._locked():
             self._open_index()
             self._sync()
@@ -699,10 +705,12 @@ class MaildirMailbox:
         """Bring the index in line with new/ and cur/ (lock held)."""
         db = self._db
         write = self._prepare()
-        new_sig, _ = _dir_signature(self._new)
-        cur_sig, _ = _dir_signature(self._cur)
-        scan_new = force or new_sig != db.get("sig_new")
-        scan_cur = force or cur_sig != db.get("sig_cur")
+        # new/ is small (only what arrived since the last look): rescan it
+        # while its signature is too recent to trust.  cur/ can hold 100,000
+        # names: a matching recent signature is taken at its word until it
+        # ages (see _stale).
+        scan_new = force or self._stale(self._new, "sig_new", recent_is_stale=True)
+        scan_cur = force or self._stale(self._cur, "sig_cur")
         if not (scan_new or scan_cur):
             if write.uidnext != db.get_int("uidnext") or write.uidlist_off != db.get("uidlist_off"):
                 with db.transaction():
@@ -714,7 +722,12 @@ class MaildirMailbox:
         if scan_new:
             arrived = self._take_new(write, taken)
             signature, trusted = _dir_signature(self._new)
-            meta["sig_new"] = signature if trusted else ""
+            meta["sig_new"] = _signature_value(signature, trusted)
+            if not arrived and not scan_cur:
+                with db.transaction():
+                    db.put("sig_new", meta["sig_new"])
+                    self._commit_meta(write)
+                return
         # cur/ always changes when something arrived, so list it then too.
         for _attempt in range(5):
             before, _ = _dir_signature(self._cur)
@@ -722,7 +735,7 @@ class MaildirMailbox:
             after, trusted = _dir_signature(self._cur)
             if before == after:
                 break
-        meta["sig_cur"] = after if trusted else ""
+        meta["sig_cur"] = _signature_value(after, trusted)
         vanished, renamed, strangers = self._diff_cur(set(listing))
         added: list[tuple[str, str, os.stat_result]] = []
         sizes: dict[str, int] = {}
@@ -775,6 +788,39 @@ class MaildirMailbox:
         if rows or renamed or vanished:
             self._changed()
 
+    def _stale(self, path: str, key: str, recent_is_stale: bool = False) -> bool:
+        """Whether the directory may hold changes the index has not seen.
+
+        The index keeps the signature (inode, size, mtime) of each directory
+        as last seen, and whether that mtime was old enough to be trusted: a
+        change in the same clock tick as the last one leaves the mtime
+        alone.  So a directory looks changed when its signature differs, or
+        when the recorded one was too recent to trust and has now aged (one
+        rescan settles it).  A recent, untrusted signature that still
+        matches means nothing new unless a same-tick change hid, which the
+        rescan after the window (the next command or poll) finds.
+        """
+        signature, trusted_now = _dir_signature(path)
+        recorded = str(self._db.get(key) or "")
+        seen, _, flag = recorded.partition(" ")
+        if signature != seen:
+            return True
+        return flag != "trusted" and (trusted_now or recent_is_stale)
+
+    def _own_cur_change(self, before: str) -> None:
+        """After this process changed cur/ (lock held, inside the
+        transaction that records the change): if cur/ was as the index last
+        saw it (``before``, its signature then), record the new signature,
+        so our own rename does not make the next command rescan the whole
+        directory.  Otherwise leave it: the next sync must look."""
+        if before != str(self._db.get("sig_cur") or "").partition(" ")[0]:
+            return
+        signature, trusted = _dir_signature(self._cur)
+        self._db.put("sig_cur", _signature_value(signature, trusted))
+
+    def _cur_signature(self) -> str:
+        return _dir_signature(self._cur)[0]
+
     def _diff_cur(self, disk: set[str]) -> tuple[list[int], list[tuple[int, str]], dict[str, str]]:
         """Compare a listing of cur/ with the index.
 
@@ -784,7 +830,12 @@ class MaildirMailbox:
         builds however large it is.
         """
         db = self._db
-        indexed = db.filenames()
+        key = (db.data_version(), self._local_version)
+        if self._names_cache is None or self._names_cache[0] != key:
+            # Kept between scans: reading 100,000 names back from SQLite
+            # cost more than listing the directory.
+            self._names_cache = (key, db.filenames())
+        indexed = self._names_cache[1]
         appeared = disk - indexed
         disappeared = indexed - disk
         if not appeared and not disappeared:
@@ -1073,6 +1124,7 @@ class MaildirMailbox:
                 write = self._prepare()
                 (uid,) = self._allocate(write, [(base, None)])
                 filename = f"{base}:2,{info}"
+                before = self._cur_signature()
                 os.rename(tmp_path, os.path.join(self._cur, filename))
                 fsync_dir(self._cur)
                 row = Row(
@@ -1089,6 +1141,7 @@ class MaildirMailbox:
                 with db.transaction():
                     db.insert([row])
                     self._commit_meta(write)
+                    self._own_cur_change(before)
                 self._changed()
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -1131,6 +1184,7 @@ class MaildirMailbox:
                     renames.append((row, info, f"{row.base}:2,{info}"))
             if renames:
                 modseq = write.next_modseq()
+                before = self._cur_signature()
                 done: list[tuple[Row, str, str]] = []
                 for row, info, filename in renames:
                     try:
@@ -1146,6 +1200,7 @@ class MaildirMailbox:
                     for row, info, filename in done:
                         db.update_file(row.uid, filename, info, modseq)
                     self._commit_meta(write)
+                    self._own_cur_change(before)
                 self._changed()
         self._announce()
         return StoreResult(
@@ -1236,6 +1291,7 @@ class MaildirMailbox:
             write = self._prepare()
             uids = self._allocate(write, [(base, None) for _row, _tmp, base in staged])
             modseq = write.next_modseq()
+            before = self._cur_signature()
             rows: list[Row] = []
             for (row, tmp_path, base), info, uid in zip(staged, infos, uids, strict=True):
                 filename = f"{base}:2,{info}"
@@ -1258,6 +1314,7 @@ class MaildirMailbox:
             with db.transaction():
                 db.insert(rows)
                 self._commit_meta(write)
+                self._own_cur_change(before)
             self._changed()
         self._announce()
         return pairs
@@ -1278,6 +1335,7 @@ class MaildirMailbox:
             db = self._db
             write = self._prepare()
             rows = db.rows_with_letter("T", uids) if only_deleted else db.rows(uids)
+            before = self._cur_signature()
             for row in rows:
                 if only_deleted and "T" not in row.info:
                     continue
@@ -1291,6 +1349,7 @@ class MaildirMailbox:
                 with db.transaction():
                     db.delete(removed, modseq)
                     self._commit_meta(write)
+                    self._own_cur_change(before)
                 self._changed()
                 self._maybe_compact(write)
         self._announce()
@@ -1963,8 +2022,11 @@ class MaildirStorage:
         pending = self._pending_checks.pop(key, None)
         if pending is not None and pending.active():
             pending.cancel()
-        if not self._watched:
-            self.stop_watching()
+        if not self._watched and self._poller is not None and self._poller.running:
+            # Stop polling, but keep the inotify descriptor: closing one
+            # takes the kernel 8-14 ms, which every last LOGOUT would pay.
+            self._poller.stop()
+            self._poller = None
 
     def _inotify_watch(self, mailbox: MaildirMailbox) -> None:
         if not sys.platform.startswith("linux"):

@@ -41,6 +41,7 @@ from mailsrv import log, message
 from mailsrv.errors import NoSuchMessage
 from mailsrv.imap import content, grammar
 from mailsrv.imap.output import Done, ResponseWriter, bad
+from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.interfaces import SEEN, IMailbox, IMessage, StoreMode, StoreResult
 
@@ -678,13 +679,14 @@ def fetch_messages(
     pairs = iter(messages)
     outcome = _Outcome()
     first = True
+    pacer = Pacer(BATCH)
     while True:
-        chunk = list(itertools.islice(pairs, BATCH))
-        if not chunk:
-            return outcome
         if not first:
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
+        chunk = list(itertools.islice(pairs, pacer.next_size()))
+        if not chunk:
+            return outcome
         first = False
         if writer.closed:
             return outcome
@@ -716,9 +718,12 @@ def fetch_messages(
             if not written:
                 outcome.unknown_cte = True
             if writer.paused:
+                pacer.done(1)  # the wait for the client is not our cost
                 yield writer.ready()
+                pacer.next_size()
             if writer.closed:
                 return outcome
+        pacer.done(len(chunk))
 
 
 def _respond(

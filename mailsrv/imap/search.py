@@ -45,6 +45,7 @@ from mailsrv import message
 from mailsrv.errors import NoSuchMessage
 from mailsrv.imap import content, grammar
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
+from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.interfaces import IMailbox, IMessage
 
@@ -423,12 +424,13 @@ def _scan(
     """Feed each batch's hits to ``found``; False if the connection went."""
     pairs = view.map.by_seq(1, view.exists)
     first = True
+    pacer = Pacer(BATCH)
     while True:
-        chunk = list(itertools.islice(pairs, BATCH))
-        if not chunk:
-            return True
         if not first:
             yield task.deferLater(clock, 0, lambda: None)
+        chunk = list(itertools.islice(pairs, pacer.next_size()))
+        if not chunk:
+            return True
         first = False
         seq_of = {u: seq for seq, u in chunk}
         messages: Sequence[IMessage] = yield defer.maybeDeferred(
@@ -436,6 +438,7 @@ def _scan(
         )
         batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
         hits = yield _matches(mailbox, program, batch)
+        pacer.done(len(chunk))
         pending = found(hits)
         if pending is not None:
             yield pending

@@ -1,0 +1,50 @@
+"""Batch sizes that keep one long command from stalling every session.
+
+FETCH and SEARCH walk a mailbox in batches and give the reactor a turn
+between them.  What a batch costs varies a thousandfold: 500 messages of
+index metadata take a few milliseconds, 500 messages whose files must be
+read and decoded take a tenth of a second, during which no other session
+is served.  :class:`Pacer` times each batch and sizes the next one so a
+batch takes about :data:`TARGET` seconds, between :data:`SMALLEST` and the
+caller's largest size.
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["SMALLEST", "TARGET", "Pacer"]
+
+#: Seconds one batch should hold the reactor.
+TARGET = 0.01
+#: Never fewer messages per batch than this (each batch has a fixed cost).
+SMALLEST = 16
+
+
+class Pacer:
+    """Batch sizes from the time the previous batches took."""
+
+    __slots__ = ("_largest", "_size", "_started")
+
+    def __init__(self, largest: int) -> None:
+        self._largest = largest
+        # Start small: the first batch's cost is unknown.
+        self._size = min(largest, 4 * SMALLEST)
+        self._started = 0.0
+
+    def next_size(self) -> int:
+        """The size of the batch about to start (and start its clock)."""
+        self._started = time.perf_counter()
+        return self._size
+
+    def done(self, count: int) -> None:
+        """The batch just finished held ``count`` messages."""
+        if count <= 0:
+            return
+        spent = time.perf_counter() - self._started
+        per_message = spent / count
+        if per_message <= 0:
+            self._size = self._largest
+            return
+        wanted = int(TARGET / per_message)
+        self._size = max(SMALLEST, min(self._largest, wanted))

@@ -67,6 +67,7 @@ class Maildrop:
         self._key: tuple[str, int] | None = None
         self._inbox: IMailbox | None = None
         self._listing: dict[int, MaildropEntry] = {}
+        self._unseen_at_open: set[int] = set()
         self._release_backend: weakref.finalize[Any, Any] | None = None
 
     def __repr__(self) -> str:
@@ -120,6 +121,7 @@ class Maildrop:
         messages: Sequence[Any] = await defer.maybeDeferred(inbox.fetch, list(uids))
         uidvalidity = inbox.uidvalidity
         carried = await self._carried_uidls(inbox)
+        self._unseen_at_open = {m.uid for m in messages if SEEN not in m.flags}
         return [
             MaildropEntry(
                 uid=message.uid,
@@ -160,8 +162,15 @@ class Maildrop:
         try:
             # Only messages of the listing; ones expunged meanwhile (by an
             # IMAP session) are skipped by store/expunge themselves.
-            seen_uids = sorted({uid for uid in seen if uid in self._listing})
             deleted_uids = sorted({uid for uid in deleted if uid in self._listing})
+            # Only what is not \Seen already and not about to go: a client
+            # that leaves mail on the server re-reads it every poll, and
+            # re-storing the flag of 2,000 read messages was most of QUIT.
+            # (A message another session unflagged meanwhile stays unseen;
+            # the POP3 client read it before that change.)
+            seen_uids = sorted(
+                set(seen) & self._unseen_at_open & self._listing.keys() - set(deleted_uids)
+            )
             if seen_uids:
                 await defer.maybeDeferred(inbox.store, seen_uids, [SEEN], StoreMode.ADD)
             if deleted_uids:
@@ -184,3 +193,4 @@ class Maildrop:
         self._key = None
         self._inbox = None
         self._listing = {}
+        self._unseen_at_open = set()

@@ -1051,7 +1051,7 @@ class SessionInterplayTests(ServerTestBase):
         self.assertEqual(
             response,
             b"* 1 FETCH (UID 1)\r\n* 3 FETCH (UID 3)\r\n"
-            b"a1 NO [EXPUNGEISSUED] Some messages no longer exist\r\n",
+            b"a1 OK [EXPUNGEISSUED] Some messages were already expunged\r\n",
         )
         # Nor during STORE or SEARCH.
         response = yield a.command("a2", "STORE 3 +FLAGS (\\Flagged)")

@@ -515,7 +515,11 @@ def _check_and_run(
         if outcome.unknown_cte:
             return Done("NO", "Unknown Content-Transfer-Encoding in a BINARY part", "UNKNOWN-CTE")
         if outcome.missing:
-            return Done("NO", "Some messages no longer exist", "EXPUNGEISSUED")
+            # RFC 5530 3 (its example is an OK) and RFC 2180 4.1: answer
+            # what still exists; the client learns the rest at its next
+            # NOOP.  A NO here makes clients such as imaplib give up on
+            # the whole FETCH, as Dovecot's OK does not.
+            return Done(text="Some messages were already expunged", code="EXPUNGEISSUED")
         return Done(text="FETCH completed")
 
     return d.addCallback(done)

@@ -68,8 +68,24 @@ class UidMap:
             self._ends.append(len(self) + 1)
 
     def extend(self, uids: Iterable[int]) -> None:
+        """Add ascending UIDs above every present one.
+
+        One pass that finds the runs, rather than :meth:`append` per UID:
+        SELECT of a 100,000-message mailbox builds its view with it.
+        """
+        starts, ends = self._starts, self._ends
+        count = len(self)
+        last = self.last_uid
         for uid in uids:
-            self.append(uid)
+            if uid <= last:
+                raise ValueError(f"UID {uid} is not above the last UID {last}")
+            count += 1
+            if ends and uid == last + 1:
+                ends[-1] = count
+            else:
+                starts.append(uid)
+                ends.append(count)
+            last = uid
 
     def uid(self, seq: int) -> int:
         """The UID at sequence number ``seq`` (1-based); IndexError if none."""

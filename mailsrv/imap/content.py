@@ -36,7 +36,7 @@ Values bigger than :data:`CACHE_LIMIT` are not cached.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from twisted.internet import defer
 
@@ -48,6 +48,7 @@ __all__ = [
     "CACHE_LIMIT",
     "RENDERED",
     "STRUCTURE",
+    "each_file",
     "field_values",
     "header_fields",
     "rendered",
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 _log = log.get_logger(__name__)
+
+T = TypeVar("T")
 
 STRUCTURE = "structure"
 
@@ -100,28 +103,37 @@ def structures(mailbox: IMailbox, uids: Iterable[int]) -> Any:
     cache = _cache(mailbox)
     cached: Mapping[int, bytes] = yield _get_many(cache, wanted, STRUCTURE)
     out: dict[int, message.MessageStructure] = {}
-    fresh: dict[int, bytes] = {}
-    for uid in wanted:
-        data = cached.get(uid)
-        if data is not None:
-            try:
-                out[uid] = message.MessageStructure.from_bytes(data)
-                continue
-            except ValueError:
-                pass  # an older format or damage: parse again
+    for uid, data in cached.items():
+        try:
+            out[uid] = message.MessageStructure.from_bytes(data)
+        except ValueError:
+            pass  # an older format or damage: parse again
+    missing = [u for u in wanted if u not in out]
+    parsed = yield each_file(mailbox, missing, lambda uid, source: message.parse(source))
+    out.update(parsed)
+    yield _set_many(cache, STRUCTURE, {uid: s.to_bytes() for uid, s in parsed.items()})
+    return out
+
+
+@defer.inlineCallbacks
+def each_file(
+    mailbox: IMailbox, uids: Iterable[int], compute: Callable[[int, IO[bytes]], T]
+) -> Any:
+    """``{uid: compute(uid, file)}`` over each message's open file, closed
+    after; messages expunged meanwhile are left out (the caller reports
+    them)."""
+    out: dict[int, T] = {}
+    for uid in uids:
         try:
             source = mailbox.open(uid)
             if isinstance(source, defer.Deferred):
                 source = yield source
         except NoSuchMessage:
-            continue  # expunged meanwhile; the caller reports it
+            continue
         try:
-            structure = message.parse(source)
+            out[uid] = compute(uid, source)
         finally:
             source.close()
-        out[uid] = structure
-        fresh[uid] = structure.to_bytes()
-    yield _set_many(cache, STRUCTURE, fresh)
     return out
 
 
@@ -175,27 +187,12 @@ def _per_message(
     wanted = list(uids)
     cache = _cache(mailbox) if kind is not None else None
     cached: Mapping[int, bytes] = yield _get_many(cache, wanted, kind or "")
-    out: dict[int, bytes] = {}
-    fresh: dict[int, bytes] = {}
-    for uid in wanted:
-        value = cached.get(uid)
-        if value is not None:
-            out[uid] = value
-            continue
-        try:
-            source = mailbox.open(uid)
-            if isinstance(source, defer.Deferred):
-                source = yield source
-        except NoSuchMessage:
-            continue
-        try:
-            value = compute(source)
-        finally:
-            source.close()
-        out[uid] = value
-        if len(value) <= CACHE_LIMIT:
-            fresh[uid] = value
+    out: dict[int, bytes] = dict(cached)
+    missing = [u for u in wanted if u not in out]
+    computed = yield each_file(mailbox, missing, lambda uid, source: compute(source))
+    out.update(computed)
     if kind is not None:
+        fresh = {uid: v for uid, v in computed.items() if len(v) <= CACHE_LIMIT}
         yield _set_many(cache, kind, fresh)
     return out
 

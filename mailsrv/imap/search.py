@@ -35,14 +35,13 @@ import itertools
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
 from mailsrv import message
-from mailsrv.errors import NoSuchMessage
 from mailsrv.imap import content, grammar
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.pacing import Pacer
@@ -350,24 +349,15 @@ def _texts(
 ) -> Generator[defer.Deferred[Any], Any, dict[int, tuple[str, str]]]:
     """``{uid: (header text, body text)}``, case-folded, read from the files."""
     structures = yield content.structures(mailbox, uids)
-    out: dict[int, tuple[str, str]] = {}
-    for uid in uids:
-        structure = structures.get(uid)
-        if structure is None:
-            continue
-        try:
-            source = mailbox.open(uid)
-            if isinstance(source, defer.Deferred):
-                source = yield source
-        except NoSuchMessage:
-            continue
-        try:
-            header = message.read_range(source, 0, structure.root.header_size)
-            body = "\n".join(message.text_parts(structure, source))
-        finally:
-            source.close()
-        out[uid] = (message.decoded_header_text(header).casefold(), body.casefold())
-    return out
+
+    def read(uid: int, source: IO[bytes]) -> tuple[str, str]:
+        structure = structures[uid]
+        header = message.read_range(source, 0, structure.root.header_size)
+        body = "\n".join(message.text_parts(structure, source))
+        return message.decoded_header_text(header).casefold(), body.casefold()
+
+    found: dict[int, tuple[str, str]] = yield content.each_file(mailbox, list(structures), read)
+    return found
 
 
 @defer.inlineCallbacks

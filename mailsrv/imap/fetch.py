@@ -241,29 +241,42 @@ def flags_item(flags: frozenset[str]) -> bytes:
     return item
 
 
-def _flags(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
-) -> None:
-    out.item(flags_item(request.view.flags_with_recent(msg.uid, msg.info.flags)))
+def _render_flags(view: SelectedMailbox, m: IMessage) -> bytes:
+    return flags_item(view.flags_with_recent(m.uid, m.flags))
 
 
-def _uid(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
-) -> None:
-    out.item(b"UID %d" % msg.uid)
+def _render_uid(view: SelectedMailbox, m: IMessage) -> bytes:
+    return b"UID %d" % m.uid
 
 
-def _size(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
-) -> None:
-    out.item(b"RFC822.SIZE %d" % msg.info.size)
+def _render_size(view: SelectedMailbox, m: IMessage) -> bytes:
+    return b"RFC822.SIZE %d" % m.size
 
 
-def _internal_date(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
-) -> None:
-    date = grammar.format_date_time(msg.info.internal_date)
-    out.item(b'INTERNALDATE "' + date.encode("ascii") + b'"')
+def _render_internal_date(view: SelectedMailbox, m: IMessage) -> bytes:
+    return b'INTERNALDATE "%s"' % grammar.format_date_time(m.internal_date).encode("ascii")
+
+
+#: Items the index answers alone, by name: one renderer each, used by the
+#: per-message path and by the batched first-sync path alike.
+_INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
+    "FLAGS": _render_flags,
+    "UID": _render_uid,
+    "RFC822.SIZE": _render_size,
+    "INTERNALDATE": _render_internal_date,
+}
+
+
+def _index_handler(render: Callable[[SelectedMailbox, IMessage], bytes]) -> _Handler:
+    def handler(
+        request: FetchRequest,
+        attribute: grammar.FetchAttribute,
+        msg: FetchMessage,
+        out: FetchResponse,
+    ) -> None:
+        out.item(render(request.view, msg.info))
+
+    return handler
 
 
 def _rendered(
@@ -456,10 +469,7 @@ def _binary_size(
 
 #: Item name (:attr:`grammar.FetchAttribute.name`) -> handler.
 HANDLERS: dict[str, _Handler] = {
-    "FLAGS": _flags,
-    "UID": _uid,
-    "RFC822.SIZE": _size,
-    "INTERNALDATE": _internal_date,
+    **{name: _index_handler(render) for name, render in _INDEX_ITEMS.items()},
     "ENVELOPE": _rendered,
     "BODYSTRUCTURE": _rendered,
     "BODY": _body_section,
@@ -595,24 +605,8 @@ def _load(
     ]
 
 
-def _index_item(name: str, view: SelectedMailbox) -> Callable[[IMessage], bytes]:
-    """The renderer of an item the index answers alone."""
-    if name == "FLAGS":
-        recent = view.recent
-        return lambda m: flags_item(
-            frozenset(m.flags) | _RECENT if m.uid in recent else frozenset(m.flags)
-        )
-    if name == "UID":
-        return lambda m: b"UID %d" % m.uid
-    if name == "RFC822.SIZE":
-        return lambda m: b"RFC822.SIZE %d" % m.size
-    return lambda m: b'INTERNALDATE "%s"' % grammar.format_date_time(m.internal_date).encode()
-
-
-_RECENT = frozenset({"\\Recent"})
 #: Index-only responses joined into one write (a few KB).
 _LINES_PER_WRITE = 32
-_INDEX_ITEMS = frozenset({"FLAGS", "UID", "RFC822.SIZE", "INTERNALDATE"})
 
 
 @defer.inlineCallbacks
@@ -622,7 +616,8 @@ def _fetch_index_only(
     """The first-sync path (FLAGS, UID, RFC822.SIZE, INTERNALDATE only): one
     write per batch of 500 responses, no object per message."""
     writer = request.writer
-    renderers = [_index_item(a.name, request.view) for a in request.attributes]
+    view = request.view
+    renderers = [_INDEX_ITEMS[a.name] for a in request.attributes]
     pairs = iter(messages)
     outcome = _Outcome()
     first = True
@@ -645,7 +640,7 @@ def _fetch_index_only(
             seq = seq_of.get(m.uid)
             if seq is None:
                 continue
-            items = b" ".join([render(m) for render in renderers])
+            items = b" ".join([render(view, m) for render in renderers])
             lines.append(b"* %d FETCH (%s)\r\n" % (seq, items))
             if len(lines) == _LINES_PER_WRITE:
                 # Small writes keep a paused client's backlog to a few KB.
@@ -776,11 +771,8 @@ def _end_response(
 ) -> None:
     if msg.flags_changed and not shows_flags:
         # RFC 3501 6.4.5: the implicitly set \Seen SHOULD be reported.
-        _flags(request, _FLAGS, msg, response)
+        response.item(_render_flags(request.view, msg.info))
     response.end()
-
-
-_FLAGS = grammar.FetchAttribute("FLAGS")
 
 
 @defer.inlineCallbacks

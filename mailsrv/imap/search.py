@@ -491,12 +491,15 @@ def _run_extended(
     """SEARCH RETURN (...): one ESEARCH response (RFC 4731) and/or the
     saved result (RFC 5182)."""
     options = set(command.return_options or ()) or {"ALL"}
-    numbers = array("I")  # what the response reports: UIDs or sequence numbers
+    # Both ascend (hits come in sequence order, and UIDs ascend with it).
     uids = array("I")
+    seqs = array("I")  # only for a non-UID SEARCH, which reports them
+    numbers = uids if command.uid else seqs
 
     def found(hits: list[tuple[int, int]]) -> None:
-        numbers.extend(u if command.uid else seq for seq, u in hits)
         uids.extend(u for _, u in hits)
+        if not command.uid:
+            seqs.extend(seq for seq, _ in hits)
 
     def finish(complete: bool) -> Done:
         if not complete:
@@ -519,13 +522,13 @@ def _run_extended(
             if command.uid:
                 parts.append(b"UID")
             if numbers and "MIN" in reported:
-                parts.append(b"MIN %d" % min(numbers))
+                parts.append(b"MIN %d" % numbers[0])
             if numbers and "MAX" in reported:
-                parts.append(b"MAX %d" % max(numbers))
+                parts.append(b"MAX %d" % numbers[-1])
             if "COUNT" in reported:
                 parts.append(b"COUNT %d" % len(numbers))
             if numbers and "ALL" in reported:
-                parts.append(b"ALL " + _sequence_set(sorted(numbers)))
+                parts.append(b"ALL " + _sequence_set(numbers))
             writer.write(b" ".join(parts) + b"\r\n")
         return Done(text="SEARCH completed")
 

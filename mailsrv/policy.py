@@ -74,6 +74,19 @@ class SessionPolicy:
             ),
         )
 
+    def failure_wait(self, started: float | None, now: float) -> float:
+        """Seconds until a failed login is answered: ``failure_delay`` after
+        the attempt began (``started``; None: now), never sooner.
+
+        Counting from the start, not from the checker's verdict, makes the
+        answer come at the same moment whatever the check cost: an unknown
+        user (a dummy argon2 hash), a PLAIN user and a bcrypt user look
+        alike to a client with a stopwatch, as long as hashing takes less
+        than the delay.  IMAP and POP3 both answer this way.
+        """
+        begun = now if started is None else started
+        return max(0.0, begun + self.failure_delay - now)
+
     def plaintext_allowed(self, peer: IAddress | None, secure: bool) -> bool:
         """May a password be sent in the clear on this connection?"""
         if secure or self.plaintext == "always":

@@ -681,19 +681,18 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         return Done(text="Logged in", code=caps)
 
     def _login_failed(self, failure: Failure, started: float | None = None) -> defer.Deferred[Done]:
-        """Answer ``failure_delay`` after the check began, not after it
-        ended: how long a hash took (an unknown user, a slow scheme) must
-        not show in when the answer comes."""
+        """Answer ``failure_delay`` after the attempt began
+        (:meth:`SessionPolicy.failure_wait`), not after the check ended."""
         if not failure.check(UnauthorizedLogin):
             _log.failure("IMAP: authentication error", failure)
         self._failures += 1
         done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
         if self._failures >= self.policy.max_failures:
             done = attrs.evolve(done, bye="Too many failed authentication attempts")
-        now = self.clock.seconds()
-        begun = now if started is None else started
         d: defer.Deferred[Done] = defer.Deferred()
-        self.clock.callLater(max(0.0, begun + self.policy.failure_delay - now), d.callback, done)
+        self.clock.callLater(
+            self.policy.failure_wait(started, self.clock.seconds()), d.callback, done
+        )
         return d
 
     # -- authenticated --------------------------------------------------------------

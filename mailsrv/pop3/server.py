@@ -617,24 +617,16 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
         return None
 
     def _failed_login(self, reason: str, started: float | None = None) -> defer.Deferred[None]:
-        """Answer ``failure_delay`` after the attempt began, and hang up after
-        too many failures.
-
-        Counting from the start, not from the checker's verdict, makes the
-        answer come at the same moment whatever the check cost: an unknown
-        user (a dummy argon2 hash), a PLAIN user (no hashing) and a bcrypt
-        user look alike to a client with a stopwatch, as long as hashing
-        takes less than the delay.
-        """
+        """Answer ``failure_delay`` after the attempt began
+        (:meth:`SessionPolicy.failure_wait`), and hang up after too many
+        failures."""
         self._failures += 1
         _log.info(
             "POP3: failed login from {peer} ({count} so far)",
             peer=_address(self._peer),
             count=self._failures,
         )
-        now = self.clock.seconds()
-        begun = now if started is None else started
-        wait = max(0.0, begun + self.policy.failure_delay - now)
+        wait = self.policy.failure_wait(started, self.clock.seconds())
         d: defer.Deferred[None] = defer.Deferred()
         self._delayed = self.clock.callLater(wait, d.callback, None)
 

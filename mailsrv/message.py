@@ -21,7 +21,7 @@ Conventions, decided once:
 * Header values are kept as sent (unfolded, outer whitespace trimmed),
   decoded as Latin-1 so every octet survives; IMAP answers them back as
   the same octets.  Parameters (RFC 2231) and encoded words (RFC 2047) are
-  left as sent; :func:`decoded_header` and :func:`text_parts` decode for
+  left as sent; :func:`decode_words` and :func:`text_parts` decode for
   SEARCH.
 * Nothing here raises on malformed mail: missing or wrong boundaries,
   garbage Content-Type, 8-bit headers, absurd lines and empty messages all
@@ -1211,27 +1211,10 @@ def decode_words(value: bytes) -> str:
     return "".join(out)
 
 
-def decoded_header(
-    structure: MessageStructure, source: Source, name: str, part: Sequence[int] = ()
-) -> list[str]:
-    """Every field ``name`` of the message header (or of an embedded
-    message's), unfolded and RFC 2047-decoded, in message order."""
-    where = section_range(structure, part, "HEADER")
-    if where is None:
-        return []
-    return decoded_fields(read_range(source, *where), name)
-
-
 def raw_fields(block: bytes, name: str) -> list[bytes]:
     """The unfolded values (as sent) of every field ``name`` in a header block."""
     lowered = name.lower()
     return [value for field, _, value in _fields(block) if field == lowered]
-
-
-def decoded_fields(block: bytes, name: str) -> list[str]:
-    """Every field ``name`` of a header block, unfolded and RFC 2047-decoded."""
-    lowered = name.lower()
-    return [decode_words(value) for field, _, value in _fields(block) if field == lowered]
 
 
 def decoded_header_text(block: bytes) -> str:

@@ -524,13 +524,17 @@ class SearchTextTests(SynchronousTestCase):
             "43-8bit-headers.eml": "Grüße aus Köln \u2013 ünïcödé",
             "64-adjacent-encoded-words.eml": "Hello Wörld  and more",
         }
+
+        def decoded(data: bytes, name: str) -> list[str]:
+            # What SEARCH does: the header block, each field's raw values,
+            # then RFC 2047 decoding.
+            block = msg.read_header(io.BytesIO(data))
+            return [msg.decode_words(v) for v in msg.raw_fields(block, name)]
+
         for name, subject in cases.items():
-            data = load(name)
-            decoded = msg.decoded_header(msg.parse(data), data, "Subject")
-            self.assertEqual(decoded, [subject], name)
-        data = load("49-duplicate-headers.eml")
+            self.assertEqual(decoded(load(name), "Subject"), [subject], name)
         self.assertEqual(
-            msg.decoded_header(msg.parse(data), data, "subject"),
+            decoded(load("49-duplicate-headers.eml"), "subject"),
             ["First subject", "Second subject"],
         )
 

@@ -24,7 +24,7 @@ from mailsrv.imap import fetch
 from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.server import IMAP4Server, IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
-from mailsrv.storage.memory import MemoryStorage
+from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
 from tests.test_imap_server import Client, FakeStorage, ServerTestBase
 
 
@@ -354,6 +354,7 @@ class FetchItemTests(ServerTestBase):
     @defer.inlineCallbacks
     def test_header_fields_and_not(self) -> Any:
         client = yield self.open()
+        opened = self.count_opens()
         for _ in range(2):  # the second answer comes from the cache
             response = yield client.command(
                 "a", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (subject message-id X-NONE)])"
@@ -364,12 +365,35 @@ class FetchItemTests(ServerTestBase):
                 b"Subject: parts\r\nMessage-ID: <m1@example.org>\r\n\r\n)\r\n"
                 b"a OK FETCH completed\r\n",
             )
+        self.assertEqual(opened, [self.uid])  # read once, then served from the cache
         response = yield client.command(
             "b", "FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (FROM TO DATE MIME-VERSION CONTENT-TYPE)])"
         )
         self.assertIn(
             b" {48}\r\nSubject: parts\r\nMessage-ID: <m1@example.org>\r\n\r\n)\r\n", response
         )
+
+    def count_opens(self) -> list[int]:
+        """UIDs whose file the server opens from now on."""
+        opened: list[int] = []
+        real_open = MemoryMailbox.open
+
+        def open_(mailbox: MemoryMailbox, uid: int) -> Any:
+            opened.append(uid)
+            return real_open(mailbox, uid)
+
+        self.patch(MemoryMailbox, "open", open_)
+        return opened
+
+    @defer.inlineCallbacks
+    def test_structure_items_come_from_the_cache(self) -> Any:
+        client = yield self.open()
+        opened = self.count_opens()
+        first = yield client.command("a", "FETCH 1 (ENVELOPE BODYSTRUCTURE BODY)")
+        self.assertEqual(opened, [self.uid])  # parsed once
+        second = yield client.command("a", "FETCH 1 (ENVELOPE BODYSTRUCTURE BODY)")
+        self.assertEqual(second, first)
+        self.assertEqual(opened, [self.uid])  # and never opened again
 
     @defer.inlineCallbacks
     def test_missing_section_is_nil(self) -> Any:
@@ -511,6 +535,14 @@ class FetchItemTests(ServerTestBase):
     def test_big_body_streams_in_pieces(self) -> Any:
         body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 3000
         uid = self.storage.deliver("joe", body)  # type: ignore[attr-defined]
+        streamed: list[int] = []
+        real_write_literal = fetch.write_literal
+
+        def spy(writer: Any, source: Any, length: int, offset: int = 0) -> Any:
+            streamed.append(length)
+            return real_write_literal(writer, source, length, offset, chunk_size=4096)
+
+        self.patch(fetch, "write_literal", spy)
         client = yield self.open()
         response = yield client.command("a", f"UID FETCH {uid} (BODY.PEEK[TEXT]<1000.200000>)")
         text = body[body.index(b"\r\n\r\n") + 4 :]
@@ -520,6 +552,8 @@ class FetchItemTests(ServerTestBase):
             + text[1000:201000]
             + b" UID %d)\r\na OK FETCH completed\r\n" % uid,
         )
+        # Streamed from the file in pieces, not read whole into the response.
+        self.assertEqual(streamed, [200000])
 
     @defer.inlineCallbacks
     def test_expunged_by_another_session(self) -> Any:
@@ -542,12 +576,9 @@ class FetchItemTests(ServerTestBase):
         response = yield client.command("b", "FETCH 1 (FLAGS) (CHANGEDSINCE 1)")
         self.assertTrue(response.startswith(b"b BAD"), response)
 
-
-class RepeatedItemTests(FetchItemTests):
-    """An item asked for twice is answered twice (clients do this)."""
-
     @defer.inlineCallbacks
     def test_same_item_twice(self) -> Any:
+        """An item asked for twice is answered twice (clients do this)."""
         client = yield self.open()
         response = yield client.command(
             "a",

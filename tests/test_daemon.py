@@ -6,10 +6,12 @@ import io
 import os
 import poplib
 import shlex
+import shutil
 import socket
 import ssl
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -218,9 +220,13 @@ class PrivilegeDropTests(unittest.TestCase):
         if port is None:
             raise unittest.SkipTest("no free port below 1024")
         self.port = port
-        self.dir = os.path.abspath(self.mktemp())
+        # Outside the checkout: nobody must be able to reach the files, and
+        # the checkout may sit below a directory only root can enter (a CI
+        # clone in a fresh `mktemp -d`, which is 0700).
+        self.dir = tempfile.mkdtemp(prefix="mailsrv-privilege-drop-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        os.chmod(self.dir, 0o755)
         os.makedirs(os.path.join(self.dir, "var", "mail"))
-        os.chmod(os.path.dirname(self.dir), 0o755)  # trial makes it 0700; nobody must get in
         os.chown(os.path.join(self.dir, "var", "mail"), NOBODY, NOBODY)
         self.passwd = os.path.join(self.dir, "var", "passwd")
         self.config = os.path.join(self.dir, "mailsrv.toml")

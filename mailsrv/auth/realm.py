@@ -16,6 +16,10 @@ from zope.interface import implementer
 
 from mailsrv.interfaces import IAccount, IMaildrop, IStorage
 
+# At import, not at the first POP3 login: by then twistd has dropped root,
+# and the daemon's user may not be able to read the installed code.
+from mailsrv.storage.maildrop import Maildrop
+
 #: What the realm returns, as twisted.cred expects: (interface, avatar, logout).
 AvatarTuple = tuple[Any, Any, Callable[[], None]]
 
@@ -51,8 +55,6 @@ class MailRealm:
     def _avatar(account: IAccount, interface: Any) -> AvatarTuple:
         if interface is IAccount:
             return (IAccount, account, account.logout)
-        from mailsrv.storage.maildrop import Maildrop
-
         maildrop = Maildrop(account)
 
         def logout() -> None:

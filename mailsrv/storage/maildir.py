@@ -37,10 +37,12 @@ from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorFDSet, IReactorThreads
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from mailsrv.errors import (
@@ -75,6 +77,13 @@ from mailsrv.interfaces import (
     StoreResult,
 )
 from mailsrv.storage import names
+
+# Imported here, not where first used: the first watch happens after twistd
+# has dropped root, and the code may not be readable by the daemon's user.
+if sys.platform.startswith("linux"):
+    from twisted.internet import inotify
+else:  # pragma: no cover
+    inotify = None
 from mailsrv.storage.flags import check_flags
 from mailsrv.storage.index import (
     DOVECOT_UIDLIST_NAME,
@@ -2002,8 +2011,6 @@ class MaildirStorage:
             return
         self._watched[key] = mailbox
         if self._poller is None:
-            from twisted.internet.task import LoopingCall
-
             self._poller = LoopingCall(self._poll)
             self._poller.clock = self._reactor
             self._poller.start(self.poll_interval, now=False)
@@ -2014,8 +2021,6 @@ class MaildirStorage:
         if self._watched.pop(key, None) is None:
             return
         if self._notifier is not None:
-            from twisted.python.filepath import FilePath
-
             for directory in mailbox.watched_dirs():
                 with contextlib.suppress(Exception):
                     self._notifier.ignore(FilePath(directory.encode()))
@@ -2029,13 +2034,9 @@ class MaildirStorage:
             self._poller = None
 
     def _inotify_watch(self, mailbox: MaildirMailbox) -> None:
-        if not sys.platform.startswith("linux"):
+        if inotify is None:
             return
         try:
-            from twisted.internet import inotify
-            from twisted.internet.interfaces import IReactorFDSet
-            from twisted.python.filepath import FilePath
-
             if not IReactorFDSet.providedBy(self._reactor):
                 return
             if self._notifier is None:

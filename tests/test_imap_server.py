@@ -55,6 +55,8 @@ class FakeMailbox:
         self.unclaimed: set[int] = set()
         self.listeners: list[IMailboxListener] = []
         self.checks = 0
+        #: When set, remove_listener raises it (a storage bug at deselect).
+        self.fail_remove: Exception | None = None
 
     def _tell(self, method: str, *args: Any) -> None:
         for listener in list(self.listeners):
@@ -180,6 +182,8 @@ class FakeMailbox:
         self.listeners.append(listener)
 
     def remove_listener(self, listener: IMailboxListener) -> None:
+        if self.fail_remove is not None:
+            raise self.fail_remove
         if listener in self.listeners:
             self.listeners.remove(listener)
 
@@ -362,8 +366,10 @@ class RecordingFactory(IMAP4ServerFactory):
         original = server.connectionLost
 
         def connection_lost(reason: Any = None) -> None:
-            original(reason)
-            done.callback(None)
+            try:
+                original(reason)
+            finally:  # an exception is the test's failure; a hang would hide it
+                done.callback(None)
 
         server.connectionLost = connection_lost  # type: ignore[method-assign]
         self.sessions.append(server)
@@ -1206,6 +1212,73 @@ class ConnectionLimitTests(ServerTestBase):
         fourth = yield self.login()
         response = yield fourth.command("c", "NOOP")
         self.assertEqual(response, b"c OK NOOP completed\r\n")
+
+
+class ConnectionCleanupTests(ServerTestBase):
+    """Every slot a connection holds is given back when it closes, whatever
+    state it was left in."""
+
+    def make_factory(self) -> RecordingFactory:
+        from mailsrv.policy import ConnectionLimits
+
+        limits = ConnectionLimits(per_user=20, per_ip=50)
+        return RecordingFactory(self.portal, SessionPolicy(failure_delay=0.0, connections=limits))
+
+    @defer.inlineCallbacks
+    def close_and_wait(self, client: Client) -> Any:
+        """Close from the client side; wait until the server has cleaned up."""
+        session = len(self.factory.sessions) - 1
+        client.transport.loseConnection()
+        yield client.lost
+        yield self.factory.lost[session]
+
+    @defer.inlineCallbacks
+    def test_closing_inside_a_dropped_literal_frees_the_slots(self) -> Any:
+        # Logged in, inside a too-big APPEND literal that is being dropped:
+        # holds a user slot and an address slot.
+        for _ in range(25):
+            client = yield self.login()
+            client.send(b"a1 APPEND INBOX {99999999999+}\r\nabc")
+            response = yield client.until_tagged("a1")
+            self.assertEqual(
+                response, b"a1 BAD [TOOBIG] Message too large (at most 67108864 octets)\r\n"
+            )
+            yield self.close_and_wait(client)
+        # Not logged in, inside a dropped over-long LOGIN literal: an address slot.
+        for _ in range(25):
+            client = yield self.connect()
+            client.send(b"a1 LOGIN {2000000+}\r\nsome bytes")
+            response = yield client.until_tagged("a1")
+            self.assertEqual(response, b"a1 BAD [TOOBIG] Command too long\r\n")
+            yield self.close_and_wait(client)
+        # 50 connections came and went: joe (20 per user) and this address
+        # (50) can still get in.
+        client = yield self.login()
+        response = yield client.command("n", "NOOP")
+        self.assertEqual(response, b"n OK NOOP completed\r\n")
+
+
+class FailingCleanupStepTests(ServerTestBase):
+    def make_factory(self) -> RecordingFactory:
+        from mailsrv.policy import ConnectionLimits
+
+        limits = ConnectionLimits(per_user=1, per_ip=1)
+        return RecordingFactory(self.portal, SessionPolicy(failure_delay=0.0, connections=limits))
+
+    @defer.inlineCallbacks
+    def test_a_failing_step_skips_none_after_it(self) -> Any:
+        client = yield self.selected()
+        self.inbox.fail_remove = RuntimeError("storage bug at deselect")
+        client.transport.loseConnection()
+        yield client.lost
+        yield self.factory.lost[0]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # The avatar was logged out and both slots were given back.
+        self.assertEqual(self.account().logouts, 1)
+        self.inbox.fail_remove = None
+        client = yield self.login()
+        response = yield client.command("n", "NOOP")
+        self.assertEqual(response, b"n OK NOOP completed\r\n")
 
 
 class FailureDelayTests(TestCase):

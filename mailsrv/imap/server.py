@@ -246,38 +246,64 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._send(grammar.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        """Give back what the session holds.  Each step runs even if one
+        before it failed: a skipped release would keep the user's and the
+        address's connection slots taken until restart."""
         self._lost = True
+        self.state = State.LOGOUT
+        log.call_each(
+            _log,
+            "IMAP",
+            self._stop_output,
+            self._stop_timers,
+            self._drop_command,
+            self._end_session,
+            self._release_address,
+        )
+
+    def _stop_output(self) -> None:
         if self._output is not None:
             self._output.close()
-        self.state = State.LOGOUT
+
+    def _stop_timers(self) -> None:
         self.setTimeout(None)
-        if self._idle_push is not None and self._idle_push.active():
-            self._idle_push.cancel()
-        self._idle_push = None
+        push, self._idle_push = self._idle_push, None
+        if push is not None and push.active():
+            push.cancel()
+
+    def _drop_command(self) -> None:
+        """Forget the command being received, closing its spooled literals."""
         self._continuation = None
-        self._close_segments(self._segments)
-        self._segments = []
-        if self._literal is not None and not isinstance(self._literal.sink, bytearray):
-            self._literal.sink.close()
-        self._literal = None
-        self._end_session()
+        segments, self._segments = self._segments, []
+        literal, self._literal = self._literal, None
+        try:
+            self._close_segments(segments)
+        finally:
+            # A literal being dropped (refused, too big) has no sink.
+            if literal is not None and literal.sink is not None:
+                if not isinstance(literal.sink, bytearray):
+                    literal.sink.close()
+
+    def _release_address(self) -> None:
         if self._ip_counted and self.policy.connections is not None:
-            self.policy.connections.close_ip(self._peer)
             self._ip_counted = False
+            self.policy.connections.close_ip(self._peer)
 
     def _end_session(self) -> None:
-        """Deselect and log the avatar out; safe to call twice."""
-        self._deselect()
+        """Deselect, log the avatar out and free the user's slot; each step
+        runs whatever the one before did.  Safe to call twice."""
+        log.call_each(_log, "IMAP", self._deselect, self._logout_avatar, self._release_user)
+
+    def _logout_avatar(self) -> None:
         logout, self._logout = self._logout, None
         self.account = None
         if logout is not None:
-            try:
-                logout()
-            except Exception:
-                _log.failure("IMAP: avatar logout failed")
-        if self.user is not None and self.policy.connections is not None:
-            self.policy.connections.close_user(self.user)
-        self.user = None
+            logout()
+
+    def _release_user(self) -> None:
+        user, self.user = self.user, None
+        if user is not None and self.policy.connections is not None:
+            self.policy.connections.close_user(user)
 
     def timeoutConnection(self) -> None:
         _log.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")

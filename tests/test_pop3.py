@@ -76,6 +76,8 @@ class FakeBox:
         self.fail_commit = False
         #: When set, open() and commit() return Deferreds parked here.
         self.slow: list[defer.Deferred[Any]] | None = None
+        #: When set, retrieve() returns what this makes of the message.
+        self.source: Callable[[bytes], IO[bytes]] | None = None
         for message in messages:
             self.add(message)
 
@@ -121,6 +123,8 @@ class FakeMaildrop:
     def retrieve(self, uid: int) -> IO[bytes]:
         if uid not in self.box.messages:
             raise NoSuchMessage(f"message {uid} was expunged")
+        if self.box.source is not None:
+            return self.box.source(self.box.messages[uid])
         return io.BytesIO(self.box.messages[uid])
 
     def commit(self, deleted: Iterable[int], seen: Iterable[int]) -> Any:
@@ -1544,8 +1548,10 @@ class TrackingFactory(POP3Factory):
         original = protocol.connectionLost
 
         def connectionLost(reason: Any = None) -> None:
-            original(reason)
-            ended.callback(None)
+            try:
+                original(reason)
+            finally:  # an exception is the test's failure; a hang would hide it
+                ended.callback(None)
 
         protocol.connectionLost = connectionLost  # type: ignore[method-assign]
         self.ended.append(ended)
@@ -1663,6 +1669,49 @@ class OverTCPTests(unittest.TestCase):
         self.assertEqual(box.commits, [])
         self.assertIsNone(box.holder)
         client, _ = await server.connect()
+        await client.command(b"USER alice")
+        self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in: 3"))
+
+    async def test_failing_cleanup_step_skips_none_after_it(self) -> None:
+        """The client vanishes mid-RETR and closing the message file fails:
+        the maildrop lock, the user's slot and the address's slot are still
+        given back."""
+
+        class Endless(io.RawIOBase):
+            """A message far longer than the socket buffers; closing it fails."""
+
+            def __init__(self) -> None:
+                self.left = 256 * 1024 * 1024
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int:
+                size = min(len(buffer), self.left) // 8 * 8
+                buffer[:size] = b"xxxxxx\r\n" * (size // 8)
+                self.left -= size
+                return size
+
+            def close(self) -> None:
+                raise OSError("EIO closing the message file")
+
+        fixture = Fixture(self, connections=ConnectionLimits(per_user=1, per_ip=1))
+        box = fixture.boxes["alice"]
+        box.source = lambda _: io.BufferedReader(Endless())
+        server = TCPServer(self, fixture)
+        client, _ = await server.connect()
+        await client.command(b"USER alice")
+        self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in"))
+        self.assertEqual(await client.command(b"RETR 1"), b"+OK %d octets\r\n" % len(MESSAGE_1))
+        client.transport.pauseProducing()  # stop reading: the server is mid-message
+        client.transport.abortConnection()
+        await client.lost
+        await server.factory.ended[0]
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertIsNone(box.holder)
+        box.source = None
+        client, greeting = await server.connect()
+        self.assertTrue(greeting.startswith(b"+OK mailsrv"), greeting)
         await client.command(b"USER alice")
         self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in: 3"))
 

@@ -1391,6 +1391,31 @@ class CramMD5Tests(ServerTestBase):
         self.assertTrue(response.startswith(b"b OK [CAPABILITY"), response)
 
     @defer.inlineCallbacks
+    def test_empty_trailing_argument_is_no_initial_response(self) -> Any:
+        """mutt sends ``AUTHENTICATE CRAM-MD5 `` (a space, then nothing)."""
+        import hashlib
+        import hmac
+
+        client = yield self.connect()
+        client.send(b"b AUTHENTICATE CRAM-MD5 \r\n")
+        line = yield client.until(b"\r\n")
+        self.assertTrue(line.startswith(b"+ "), line)
+        challenge = base64.b64decode(line[2:-2])
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest().encode()
+        client.send(base64.b64encode(b"joe " + digest) + b"\r\n")
+        response = yield client.until_tagged("b")
+        self.assertTrue(response.startswith(b"b OK [CAPABILITY"), response)
+        # The same for the mechanisms that take an initial response.
+        for mechanism, challenge in ((b"PLAIN", b""), (b"LOGIN", b"Username:")):
+            client = yield self.connect()
+            client.send(b"c AUTHENTICATE " + mechanism + b" \r\n")
+            line = yield client.until(b"\r\n")
+            self.assertEqual(line, b"+ " + base64.b64encode(challenge) + b"\r\n")
+            client.send(b"*\r\n")
+            response = yield client.until_tagged("c")
+            self.assertEqual(response, b"c BAD AUTHENTICATE cancelled\r\n")
+
+    @defer.inlineCallbacks
     def test_cram_md5_wrong_digest(self) -> Any:
         client = yield self.connect()
         client.send(b"b AUTHENTICATE CRAM-MD5\r\n")

@@ -1715,6 +1715,24 @@ class OverTCPTests(unittest.TestCase):
         await client.command(b"USER alice")
         self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in: 3"))
 
+    async def test_auth_with_empty_trailing_argument(self) -> None:
+        """``AUTH CRAM-MD5 `` (a space, then nothing, as mutt sends it in
+        IMAP) means no initial response, for every mechanism."""
+        server = TCPServer(self, Fixture(self))
+        client, _ = await server.connect()
+        line = await client.command(b"AUTH CRAM-MD5 ")
+        self.assertTrue(line.startswith(b"+ "), line)
+        challenge = base64.b64decode(line[2:-2])
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest().encode()
+        self.assertTrue(
+            (await client.command(b64(b"alice " + digest))).startswith(b"+OK Logged in: 3")
+        )
+        for mechanism, challenge in ((b"PLAIN", b""), (b"LOGIN", b"Username:")):
+            client, _ = await server.connect()
+            line = await client.command(b"AUTH " + mechanism + b" ")
+            self.assertEqual(line, b"+ " + b64(challenge) + b"\r\n")
+            self.assertEqual(await client.command(b"*"), b"-ERR Authentication cancelled.\r\n")
+
     async def test_failure_delay_and_close_with_clock(self) -> None:
         fixture = Fixture(self, failure_delay=5.0, max_failures=2)
         clock = Clock()

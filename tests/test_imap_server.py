@@ -1336,6 +1336,54 @@ class FailureDelayTests(TestCase):
         )
 
 
+class BrokenStorage(FakeStorage):
+    """Cannot open any account: the realm fails after the password was right."""
+
+    def account(self, username: str, home: str | None = None) -> IAccount:
+        raise OSError(13, "Permission denied", f"/var/mail/{username}")
+
+
+class RealmErrorTests(ServerTestBase):
+    """An error behind a right password is the server's problem: RFC 5530
+    UNAVAILABLE, answered at once, never counted as a failed login."""
+
+    timeout = 10  # before the fix the answer waited for the clock below
+    policy = SessionPolicy(failure_delay=5.0, max_failures=1)
+
+    def make_factory(self) -> RecordingFactory:
+        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
+        portal = Portal(MailRealm(BrokenStorage()), [checker])
+        # Never advanced: a failed-login delay would never end.
+        return RecordingFactory(portal, self.policy, clock=Clock())
+
+    @defer.inlineCallbacks
+    def test_realm_error_is_unavailable_and_not_counted(self) -> Any:
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client = yield self.connect()
+        token = base64.b64encode(b"\0joe\0secret").decode()
+        for tag, command in (("a", "LOGIN joe secret"), ("b", f"AUTHENTICATE PLAIN {token}")):
+            response = yield client.command(tag, command)
+            self.assertEqual(
+                response,
+                tag.encode() + b" NO [UNAVAILABLE] Authentication is temporarily unavailable\r\n",
+            )
+        # max_failures is 1: one counted failure would have closed the connection.
+        response = yield client.command("c", "NOOP")
+        self.assertEqual(response, b"c OK NOOP completed\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+        logged = [
+            e
+            for e in events
+            if "log_failure" in e and e.get("log_namespace", "").startswith("mailsrv")
+        ]
+        self.assertEqual([e["log_level"] for e in logged], [LogLevel.error, LogLevel.error])
+        self.assertIn("Permission denied", logged[0]["log_failure"].getTraceback())
+
+
 class ImplicitTLSTests(ServerTestBase):
     def make_factory(self) -> RecordingFactory:
         options = _tls_options(self.mktemp())

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -1732,6 +1732,36 @@ class OverTCPTests(unittest.TestCase):
             line = await client.command(b"AUTH " + mechanism + b" ")
             self.assertEqual(line, b"+ " + b64(challenge) + b"\r\n")
             self.assertEqual(await client.command(b"*"), b"-ERR Authentication cancelled.\r\n")
+
+    async def test_realm_error_is_temporary_and_not_counted(self) -> None:
+        """An error behind a right password is the server's: answered at
+        once with [SYS/TEMP], never counted as a failed login, and logged
+        as an error with its traceback."""
+
+        @implementer(IRealm)
+        class BrokenRealm:
+            def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
+                raise OSError(13, "Permission denied", "/var/mail/alice")
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        fixture = Fixture(self, failure_delay=5.0, max_failures=1)
+        fixture.portal = Portal(BrokenRealm(), [fixture.checker])
+        # The clock is never advanced: a failed-login delay would never end.
+        server = TCPServer(self, fixture, clock=Clock())
+        client, _ = await server.connect()
+        refused = b"-ERR [SYS/TEMP] Temporary authentication failure.\r\n"
+        await client.command(b"USER alice")
+        self.assertEqual(await client.command(b"PASS secret"), refused)
+        self.assertEqual(await client.command(b"AUTH PLAIN " + b64(b"\0alice\0secret")), refused)
+        # max_failures is 1: one counted failure would have closed the connection.
+        client.send(b"CAPA\r\n")
+        self.assertIn(b"\r\nUSER\r\n", await client.response())
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+        logged = [e for e in events if "log_failure" in e]
+        self.assertEqual([e["log_level"] for e in logged], [LogLevel.error] * 2)
+        self.assertIn("Permission denied", logged[0]["log_failure"].getTraceback())
 
     async def test_failure_delay_and_close_with_clock(self) -> None:
         fixture = Fixture(self, failure_delay=5.0, max_failures=2)

@@ -35,11 +35,12 @@ from typing import Any, cast
 
 import attrs
 from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -683,8 +684,17 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _authenticate_with(self, credentials: Any) -> defer.Deferred[Done]:
         started = self.clock.seconds()
         d: defer.Deferred[Any] = self.portal.login(credentials, None, IAccount)
-        d.addCallbacks(self._logged_in, self._login_failed, errbackArgs=(started,))
+        d.addCallbacks(self._logged_in, self._login_error, errbackArgs=(started,))
         return cast("defer.Deferred[Done]", d)
+
+    def _login_error(self, failure: Failure, started: float) -> _Result:
+        if failure.check(UnauthorizedLogin, UnhandledCredentials):
+            return self._login_failed(failure, started)
+        # The checker or the realm failed (an unreadable users file or home):
+        # not the client's guess, so it is neither counted toward
+        # max_failures nor delayed; RFC 5530 3 calls it UNAVAILABLE.
+        _log.failure("IMAP: login could not be completed", failure, level=LogLevel.error)
+        return Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Done:
         _interface, account, logout = result
@@ -709,8 +719,6 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _login_failed(self, failure: Failure, started: float | None = None) -> defer.Deferred[Done]:
         """Answer ``failure_delay`` after the attempt began
         (:meth:`SessionPolicy.failure_wait`), not after the check ended."""
-        if not failure.check(UnauthorizedLogin):
-            _log.failure("IMAP: authentication error", failure)
         self._failures += 1
         done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
         if self._failures >= self.policy.max_failures:

@@ -36,6 +36,7 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import LogLevel
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -634,7 +635,9 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
     def _login_error(self, failure: Failure, started: float) -> _Result:
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             return self._failed_login(AUTH_FAILED, started)
-        _log.failure("POP3: login failed with an unexpected error", failure)
+        # The checker or the realm failed (an unreadable users file or home):
+        # not the client's guess, so neither counted nor delayed.
+        _log.failure("POP3: login could not be completed", failure, level=LogLevel.error)
         self._error("Temporary authentication failure.", "SYS/TEMP")
         return None
 

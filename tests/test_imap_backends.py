@@ -108,13 +108,15 @@ class _BackendScenarios(_IdleScenario):
             rb"^\* 2 EXPUNGE\r\n\* 3 EXISTS\r\n\* 1 RECENT\r\n"
             rb"b2 OK \[APPENDUID \d+ 4\] APPEND completed\r\n$",
         )
+        # The new message is announced first, and "*" includes it.
         response = yield a.command("a3", "UID FETCH 1:* (FLAGS RFC822.SIZE)")
         size = len(MESSAGE % (1, 1))
         t.assertEqual(
             response,
+            b"* 3 EXISTS\r\n* 2 RECENT\r\n"
             b"* 1 FETCH (FLAGS (\\Recent) RFC822.SIZE %d UID 1)\r\n"
             b"* 2 FETCH (FLAGS (\\Recent) RFC822.SIZE %d UID 3)\r\n"
-            b"* 3 EXISTS\r\n* 2 RECENT\r\n"
+            b"* 3 FETCH (FLAGS () RFC822.SIZE 5 UID 4)\r\n"
             b"a3 OK FETCH completed\r\n" % (size, size),
         )
 

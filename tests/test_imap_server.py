@@ -1093,6 +1093,58 @@ class SessionInterplayTests(ServerTestBase):
         )
 
 
+class NewMailBeforeSequenceSetTests(ServerTestBase):
+    """Mail that arrived since the last answer is announced before a command
+    that names messages resolves its set, so ``*`` and every number the
+    client may now use include it (RFC 3501 5.2: EXISTS may be sent at any
+    time; 7.4.1 forbids only EXPUNGE during FETCH, STORE and SEARCH)."""
+
+    @defer.inlineCallbacks
+    def test_fetch_in_a_view_that_was_empty(self) -> Any:
+        client = yield self.selected()
+        self.inbox.add(b"new\r\n")
+        response = yield client.command("a", "FETCH 1:* (UID)")
+        self.assertEqual(
+            response,
+            b"* 1 EXISTS\r\n* 1 RECENT\r\n* 1 FETCH (UID 1)\r\na OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_uid_fetch_store_search_copy_move(self) -> Any:
+        self.account().mailboxes["INBOX"].add(b"old\r\n")
+        client = yield self.selected()
+        self.account().create_mailbox("Archive")
+        self.inbox.add(b"new 2\r\n")
+        response = yield client.command("a", "UID FETCH 1:* (UID)")
+        self.assertEqual(
+            response,
+            b"* 2 EXISTS\r\n* 2 RECENT\r\n* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n"
+            b"a OK FETCH completed\r\n",
+        )
+        self.inbox.add(b"new 3\r\n")
+        response = yield client.command("b", "STORE 3:* +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(response, b"* 3 EXISTS\r\n* 3 RECENT\r\nb OK STORE completed\r\n")
+        self.assertEqual(self.inbox.messages[3][0].flags, {"\\Flagged"})
+        self.inbox.add(b"new 4\r\n")
+        response = yield client.command("c", "SEARCH 4:*")
+        self.assertEqual(
+            response, b"* 4 EXISTS\r\n* 4 RECENT\r\n* SEARCH 4\r\nc OK SEARCH completed\r\n"
+        )
+        self.inbox.add(b"new 5\r\n")
+        response = yield client.command("d", "COPY 5:* Archive")
+        self.assertEqual(
+            response,
+            b"* 5 EXISTS\r\n* 5 RECENT\r\nd OK [COPYUID 2001 5 1] COPY completed\r\n",
+        )
+        self.inbox.add(b"new 6\r\n")
+        response = yield client.command("e", "UID MOVE 6:* Archive")
+        self.assertEqual(
+            response,
+            b"* 6 EXISTS\r\n* 6 RECENT\r\n* OK [COPYUID 2001 6 2] Moved\r\n"
+            b"* 6 EXPUNGE\r\ne OK MOVE completed\r\n",
+        )
+
+
 class IdleTests(ServerTestBase):
     @defer.inlineCallbacks
     def test_idle_sees_delivery_and_ends_with_done(self) -> Any:

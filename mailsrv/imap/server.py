@@ -497,7 +497,17 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             return
         handler: _Handler = getattr(self, method)
         self._busy = True
-        d: defer.Deferred[Any] = defer.maybeDeferred(handler, command)
+        d: defer.Deferred[Any]
+        view = self.selected
+        if key in _NAMES_MESSAGES and view is not None and view.has_pending():
+            # Announce what arrived before the set is resolved, so "*" and
+            # the numbers the client may now use include it: EXISTS may be
+            # sent at any time (RFC 3501 5.2), only EXPUNGE is held back
+            # while sequence numbers are in use (7.4.1, 5.5).
+            flushed = view.flush(False).addCallback(self._write_lines)
+            d = flushed.addCallback(lambda _: handler(command))
+        else:
+            d = defer.maybeDeferred(handler, command)
         d.addErrback(self._failed, command)
         d.addCallback(self._complete, command, key not in _NO_EXPUNGE)
         d.addErrback(self._internal_error, command)
@@ -1220,6 +1230,9 @@ _COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
 
 #: RFC 3501 7.4.1: no EXPUNGE response while these run (their UID forms too).
 _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH", "UID FETCH", "UID STORE", "UID SEARCH"})
+
+#: Commands with a message set: pending updates (but EXPUNGE) are sent first.
+_NAMES_MESSAGES = _NO_EXPUNGE | {"COPY", "UID COPY", "MOVE", "UID MOVE", "UID EXPUNGE"}
 
 
 class IMAP4ServerFactory(ServerFactory):

@@ -57,6 +57,8 @@ class FakeMailbox:
         self.checks = 0
         #: When set, remove_listener raises it (a storage bug at deselect).
         self.fail_remove: Exception | None = None
+        #: Deleted by another session: calls that look at the mailbox fail.
+        self.gone = False
 
     def _tell(self, method: str, *args: Any) -> None:
         for listener in list(self.listeners):
@@ -165,11 +167,17 @@ class FakeMailbox:
         )
         return self._remove(gone)
 
+    def _alive(self) -> None:
+        if self.gone:
+            raise errors.NoSuchMailbox(f"mailbox {self.name} was deleted")
+
     def claim_recent(self) -> frozenset[int]:
+        self._alive()
         claimed, self.unclaimed = frozenset(self.unclaimed), set()
         return claimed
 
     def check(self) -> None:
+        self._alive()
         self.checks += 1
 
     def changed_since(self, modseq: int) -> Sequence[IMessage]:
@@ -1146,6 +1154,8 @@ class NewMailBeforeSequenceSetTests(ServerTestBase):
 
 
 class IdleTests(ServerTestBase):
+    timeout = 10  # a push that never comes fails in time
+
     @defer.inlineCallbacks
     def test_idle_sees_delivery_and_ends_with_done(self) -> Any:
         client = yield self.selected()
@@ -1161,6 +1171,18 @@ class IdleTests(ServerTestBase):
         client.send(b"DONE\r\nn NOOP\r\n")
         response = yield client.until_tagged("n")
         self.assertEqual(response, b"i OK IDLE terminated\r\nn OK NOOP completed\r\n")
+
+    @defer.inlineCallbacks
+    def test_idle_in_a_mailbox_that_disappears(self) -> Any:
+        """The push finds the mailbox gone (here: a message was announced
+        just before it was deleted): the client hears why, and is closed."""
+        client = yield self.selected()
+        client.send(b"i IDLE\r\n")
+        yield client.until(b"+ idling\r\n")
+        self.inbox.gone = True
+        self.inbox.add(b"delivered\r\n")
+        yield client.lost
+        self.assertEqual(client.buffer, b"* BYE The selected mailbox was deleted or renamed\r\n")
 
     @defer.inlineCallbacks
     def test_idle_ended_by_anything_else_is_bad(self) -> Any:

@@ -94,6 +94,8 @@ _SELECTED = frozenset({State.SELECTED})
 _Result = Done | defer.Deferred[Done]
 _Handler = Callable[[Any], _Result]
 
+#: Why a session ends when its selected mailbox disappears.
+_GONE = "The selected mailbox was deleted or renamed"
 _PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
 _FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
 
@@ -544,16 +546,47 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                     self._reprocess = False
                     super().dataReceived(b"")
 
-    def _failed(self, failure: Failure, command: grammar.Command) -> Done:
+    def _failed(self, failure: Failure, command: grammar.Command) -> _Result:
         error = failure.value
         if isinstance(error, CommandError):
             return Done(error.status, error.text, error.code)
         if isinstance(error, ParseError):
             return Done("BAD", error.message, error.code)
+        if isinstance(error, NoSuchMailbox) and self.selected is not None:
+            return self._check_selected(Done("NO", str(error), error.code), command)
         if isinstance(error, StorageError):
             return Done("NO", str(error), error.code)
         _log.failure("IMAP: {command} failed", failure, command=command.name)
         return Done("NO", "Internal server error", "SERVERBUG")
+
+    def _check_selected(self, done: Done, command: grammar.Command) -> defer.Deferred[Done]:
+        """A mailbox is missing: if it is the selected one (deleted or
+        renamed by another session), end the session; else answer ``done``."""
+        view = self._view()
+        d: defer.Deferred[Any] = defer.maybeDeferred(view.mailbox.check)
+
+        def missing(failure: Failure) -> Done:
+            failure.trap(NoSuchMailbox)
+            if command.name in ("NOOP", "CHECK"):
+                # RFC 3501 6.1.2, 6.4.1: these answer OK or BAD, nothing else.
+                answer = Done(text=f"{command.name} completed")
+            else:
+                answer = Done("NO", _GONE, "NONEXISTENT")
+            return self._selected_gone(answer)
+
+        return d.addCallbacks(lambda _: done, missing)
+
+    def _selected_gone(self, done: Done) -> Done:
+        """The selected mailbox no longer exists, so nothing the session
+        knows of it (numbers, UIDs, flags) holds any more: ``done`` followed
+        by ``* BYE`` and the close, as Dovecot does, so the client learns
+        what happened and starts afresh instead of being told NO forever."""
+        self._forget_selected()
+        return attrs.evolve(done, bye=_GONE)
+
+    def _forget_selected(self) -> None:
+        _log.info("IMAP: the mailbox {user} had selected was deleted or renamed", user=self.user)
+        self._deselect()
 
     def _complete(self, done: Done, command: grammar.Command, expunges: bool) -> Any:
         view = self.selected
@@ -562,7 +595,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             return None
         d = view.flush(expunges)
         d.addCallback(self._write_lines)
-        d.addCallback(lambda _: self._finish(done, command))
+
+        def missing(failure: Failure) -> None:
+            failure.trap(NoSuchMailbox)
+            self._finish(self._selected_gone(done), command)
+
+        d.addCallbacks(lambda _: self._finish(done, command), missing)
         return d
 
     def _write_lines(self, lines: Sequence[bytes]) -> None:
@@ -1029,7 +1067,19 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._idle_push = None
         if self._idle is None or self.selected is None or self._lost:
             return
-        self.selected.flush(True).addCallback(self._write_lines)
+        d = self.selected.flush(True)
+        d.addCallbacks(self._write_lines, self._push_failed)
+
+    def _push_failed(self, failure: Failure) -> None:
+        if not failure.check(NoSuchMailbox):
+            _log.failure("IMAP: pushing updates during IDLE failed", failure)
+            return
+        # The selected mailbox is gone under an idling client: say so and
+        # close (as after any command that finds it gone).
+        self._forget_selected()
+        self._send(grammar.untagged_status("BYE", _GONE))
+        self.state = State.LOGOUT
+        self._close()
 
     # -- selected -------------------------------------------------------------------
 
@@ -1054,7 +1104,13 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if view.readonly:
             return Done(text="CLOSE completed")
         d = defer.maybeDeferred(view.mailbox.expunge)
-        return d.addCallback(lambda _: Done(text="CLOSE completed"))
+
+        def missing(failure: Failure) -> None:
+            # Deleted or renamed by another session: nothing is left to
+            # expunge, and CLOSE answers OK or BAD only (RFC 3501 6.4.2).
+            failure.trap(NoSuchMailbox)
+
+        return d.addErrback(missing).addCallback(lambda _: Done(text="CLOSE completed"))
 
     def do_unselect(self, command: grammar.Simple) -> Done:
         self._deselect()

@@ -108,13 +108,15 @@ class _BackendScenarios(_IdleScenario):
             rb"^\* 2 EXPUNGE\r\n\* 3 EXISTS\r\n\* 1 RECENT\r\n"
             rb"b2 OK \[APPENDUID \d+ 4\] APPEND completed\r\n$",
         )
+        # The new message is announced first, and "*" includes it.
         response = yield a.command("a3", "UID FETCH 1:* (FLAGS RFC822.SIZE)")
         size = len(MESSAGE % (1, 1))
         t.assertEqual(
             response,
+            b"* 3 EXISTS\r\n* 2 RECENT\r\n"
             b"* 1 FETCH (FLAGS (\\Recent) RFC822.SIZE %d UID 1)\r\n"
             b"* 2 FETCH (FLAGS (\\Recent) RFC822.SIZE %d UID 3)\r\n"
-            b"* 3 EXISTS\r\n* 2 RECENT\r\n"
+            b"* 3 FETCH (FLAGS () RFC822.SIZE 5 UID 4)\r\n"
             b"a3 OK FETCH completed\r\n" % (size, size),
         )
 
@@ -153,6 +155,26 @@ class _BackendScenarios(_IdleScenario):
             b"q OK LIST completed\r\n",
         )
 
+    @defer.inlineCallbacks
+    def test_selected_mailbox_deleted_by_another_session(self) -> Any:
+        """NOOP answers OK (RFC 3501 6.1.2), then the client hears why the
+        session ends, rather than NO [NONEXISTENT] to everything."""
+        t: Any = self
+        other = yield self.session(None)
+        yield other.command("c", "CREATE Box")
+        yield other.command("a", "APPEND Box {5+}\r\nhello")
+        client = yield self.session("Box")
+        response = yield other.command("d", "DELETE Box")
+        t.assertEqual(response, b"d OK DELETE completed\r\n")
+        response = yield client.command("n", "NOOP")
+        t.assertEqual(response, b"n OK NOOP completed\r\n")
+        yield client.lost
+        t.assertEqual(client.buffer, b"* BYE The selected mailbox was deleted or renamed\r\n")
+        # The other session, and new ones, carry on.
+        response = yield other.command("n", "NOOP")
+        t.assertEqual(response, b"n OK NOOP completed\r\n")
+        yield self.session()
+
 
 class MemoryBackendTests(_BackendScenarios, TestCase):
     def make_storage(self) -> IStorage:
@@ -174,6 +196,61 @@ class MaildirBackendTests(_BackendScenarios, TestCase):
 
         storage: Any = self.storage
         deliver(storage.account("joe"), io.BytesIO(MESSAGE % (number, number)))
+
+    @defer.inlineCallbacks
+    def gone(self, how: str) -> Any:
+        """A session with Box selected, after another ``how``s (DELETE or
+        RENAME) it; and the other session."""
+        other = yield self.session(None)
+        yield other.command("c", "CREATE Box")
+        yield other.command("a", "APPEND Box {5+}\r\nhello")
+        client = yield self.session("Box")
+        command = "DELETE Box" if how == "DELETE" else "RENAME Box Elsewhere"
+        response = yield other.command("x", command)
+        self.assertEqual(response, b"x OK %s completed\r\n" % how.encode())
+        return client, other
+
+    @defer.inlineCallbacks
+    def test_fetch_in_a_deleted_mailbox(self) -> Any:
+        client, _ = yield self.gone("DELETE")
+        response = yield client.command("f", "FETCH 1 (FLAGS)")
+        self.assertEqual(
+            response, b"f NO [NONEXISTENT] The selected mailbox was deleted or renamed\r\n"
+        )
+        yield client.lost
+        self.assertEqual(client.buffer, b"* BYE The selected mailbox was deleted or renamed\r\n")
+
+    @defer.inlineCallbacks
+    def test_check_in_a_mailbox_renamed_away(self) -> Any:
+        client, other = yield self.gone("RENAME")
+        response = yield client.command("k", "CHECK")
+        self.assertEqual(response, b"k OK CHECK completed\r\n")
+        yield client.lost
+        self.assertEqual(client.buffer, b"* BYE The selected mailbox was deleted or renamed\r\n")
+        # The messages went along with the name.
+        response = yield other.command("s", "STATUS Elsewhere (MESSAGES)")
+        self.assertEqual(response, b"* STATUS Elsewhere (MESSAGES 1)\r\ns OK STATUS completed\r\n")
+
+    @defer.inlineCallbacks
+    def test_close_of_a_deleted_mailbox(self) -> Any:
+        """CLOSE leaves the mailbox anyway: OK (RFC 3501 6.4.2), session kept."""
+        client, _ = yield self.gone("DELETE")
+        response = yield client.command("c", "CLOSE")
+        self.assertEqual(response, b"c OK CLOSE completed\r\n")
+        response = yield client.command("n", "NOOP")
+        self.assertEqual(response, b"n OK NOOP completed\r\n")
+
+    @defer.inlineCallbacks
+    def test_another_missing_mailbox_does_not_end_the_session(self) -> Any:
+        client = yield self.session()
+        self.deliver(1)
+        response = yield client.command("s", "STATUS Nowhere (MESSAGES)")
+        self.assertEqual(
+            response,
+            b"* 1 EXISTS\r\n* 1 RECENT\r\ns NO [NONEXISTENT] no mailbox named 'Nowhere'\r\n",
+        )
+        response = yield client.command("f", "FETCH 1 (UID)")
+        self.assertEqual(response, b"* 1 FETCH (UID 1)\r\nf OK FETCH completed\r\n")
 
 
 class MaildirOutsideDeliveryTests(_IdleScenario, TestCase):

@@ -129,6 +129,10 @@ class TokenTests(SynchronousTestCase):
             Authenticate("a", "AUTHENTICATE", "PLAIN", b"AGpvZQBzZWNyZXQ="),
         )
         self.assertEqual(parse(b"a AUTHENTICATE PLAIN =").initial_response, b"=")  # type: ignore[attr-defined]
+        # A trailing space with nothing after it: no initial response (mutt).
+        self.assertEqual(
+            parse(b"a AUTHENTICATE CRAM-MD5 "), Authenticate("a", "AUTHENTICATE", "CRAM-MD5")
+        )
 
 
 class MailboxTests(SynchronousTestCase):

@@ -55,6 +55,10 @@ class FakeMailbox:
         self.unclaimed: set[int] = set()
         self.listeners: list[IMailboxListener] = []
         self.checks = 0
+        #: When set, remove_listener raises it (a storage bug at deselect).
+        self.fail_remove: Exception | None = None
+        #: Deleted by another session: calls that look at the mailbox fail.
+        self.gone = False
 
     def _tell(self, method: str, *args: Any) -> None:
         for listener in list(self.listeners):
@@ -163,11 +167,17 @@ class FakeMailbox:
         )
         return self._remove(gone)
 
+    def _alive(self) -> None:
+        if self.gone:
+            raise errors.NoSuchMailbox(f"mailbox {self.name} was deleted")
+
     def claim_recent(self) -> frozenset[int]:
+        self._alive()
         claimed, self.unclaimed = frozenset(self.unclaimed), set()
         return claimed
 
     def check(self) -> None:
+        self._alive()
         self.checks += 1
 
     def changed_since(self, modseq: int) -> Sequence[IMessage]:
@@ -180,6 +190,8 @@ class FakeMailbox:
         self.listeners.append(listener)
 
     def remove_listener(self, listener: IMailboxListener) -> None:
+        if self.fail_remove is not None:
+            raise self.fail_remove
         if listener in self.listeners:
             self.listeners.remove(listener)
 
@@ -362,8 +374,10 @@ class RecordingFactory(IMAP4ServerFactory):
         original = server.connectionLost
 
         def connection_lost(reason: Any = None) -> None:
-            original(reason)
-            done.callback(None)
+            try:
+                original(reason)
+            finally:  # an exception is the test's failure; a hang would hide it
+                done.callback(None)
 
         server.connectionLost = connection_lost  # type: ignore[method-assign]
         self.sessions.append(server)
@@ -1087,7 +1101,61 @@ class SessionInterplayTests(ServerTestBase):
         )
 
 
+class NewMailBeforeSequenceSetTests(ServerTestBase):
+    """Mail that arrived since the last answer is announced before a command
+    that names messages resolves its set, so ``*`` and every number the
+    client may now use include it (RFC 3501 5.2: EXISTS may be sent at any
+    time; 7.4.1 forbids only EXPUNGE during FETCH, STORE and SEARCH)."""
+
+    @defer.inlineCallbacks
+    def test_fetch_in_a_view_that_was_empty(self) -> Any:
+        client = yield self.selected()
+        self.inbox.add(b"new\r\n")
+        response = yield client.command("a", "FETCH 1:* (UID)")
+        self.assertEqual(
+            response,
+            b"* 1 EXISTS\r\n* 1 RECENT\r\n* 1 FETCH (UID 1)\r\na OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_uid_fetch_store_search_copy_move(self) -> Any:
+        self.account().mailboxes["INBOX"].add(b"old\r\n")
+        client = yield self.selected()
+        self.account().create_mailbox("Archive")
+        self.inbox.add(b"new 2\r\n")
+        response = yield client.command("a", "UID FETCH 1:* (UID)")
+        self.assertEqual(
+            response,
+            b"* 2 EXISTS\r\n* 2 RECENT\r\n* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n"
+            b"a OK FETCH completed\r\n",
+        )
+        self.inbox.add(b"new 3\r\n")
+        response = yield client.command("b", "STORE 3:* +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(response, b"* 3 EXISTS\r\n* 3 RECENT\r\nb OK STORE completed\r\n")
+        self.assertEqual(self.inbox.messages[3][0].flags, {"\\Flagged"})
+        self.inbox.add(b"new 4\r\n")
+        response = yield client.command("c", "SEARCH 4:*")
+        self.assertEqual(
+            response, b"* 4 EXISTS\r\n* 4 RECENT\r\n* SEARCH 4\r\nc OK SEARCH completed\r\n"
+        )
+        self.inbox.add(b"new 5\r\n")
+        response = yield client.command("d", "COPY 5:* Archive")
+        self.assertEqual(
+            response,
+            b"* 5 EXISTS\r\n* 5 RECENT\r\nd OK [COPYUID 2001 5 1] COPY completed\r\n",
+        )
+        self.inbox.add(b"new 6\r\n")
+        response = yield client.command("e", "UID MOVE 6:* Archive")
+        self.assertEqual(
+            response,
+            b"* 6 EXISTS\r\n* 6 RECENT\r\n* OK [COPYUID 2001 6 2] Moved\r\n"
+            b"* 6 EXPUNGE\r\ne OK MOVE completed\r\n",
+        )
+
+
 class IdleTests(ServerTestBase):
+    timeout = 10  # a push that never comes fails in time
+
     @defer.inlineCallbacks
     def test_idle_sees_delivery_and_ends_with_done(self) -> Any:
         client = yield self.selected()
@@ -1103,6 +1171,18 @@ class IdleTests(ServerTestBase):
         client.send(b"DONE\r\nn NOOP\r\n")
         response = yield client.until_tagged("n")
         self.assertEqual(response, b"i OK IDLE terminated\r\nn OK NOOP completed\r\n")
+
+    @defer.inlineCallbacks
+    def test_idle_in_a_mailbox_that_disappears(self) -> Any:
+        """The push finds the mailbox gone (here: a message was announced
+        just before it was deleted): the client hears why, and is closed."""
+        client = yield self.selected()
+        client.send(b"i IDLE\r\n")
+        yield client.until(b"+ idling\r\n")
+        self.inbox.gone = True
+        self.inbox.add(b"delivered\r\n")
+        yield client.lost
+        self.assertEqual(client.buffer, b"* BYE The selected mailbox was deleted or renamed\r\n")
 
     @defer.inlineCallbacks
     def test_idle_ended_by_anything_else_is_bad(self) -> Any:
@@ -1208,6 +1288,73 @@ class ConnectionLimitTests(ServerTestBase):
         self.assertEqual(response, b"c OK NOOP completed\r\n")
 
 
+class ConnectionCleanupTests(ServerTestBase):
+    """Every slot a connection holds is given back when it closes, whatever
+    state it was left in."""
+
+    def make_factory(self) -> RecordingFactory:
+        from mailsrv.policy import ConnectionLimits
+
+        limits = ConnectionLimits(per_user=20, per_ip=50)
+        return RecordingFactory(self.portal, SessionPolicy(failure_delay=0.0, connections=limits))
+
+    @defer.inlineCallbacks
+    def close_and_wait(self, client: Client) -> Any:
+        """Close from the client side; wait until the server has cleaned up."""
+        session = len(self.factory.sessions) - 1
+        client.transport.loseConnection()
+        yield client.lost
+        yield self.factory.lost[session]
+
+    @defer.inlineCallbacks
+    def test_closing_inside_a_dropped_literal_frees_the_slots(self) -> Any:
+        # Logged in, inside a too-big APPEND literal that is being dropped:
+        # holds a user slot and an address slot.
+        for _ in range(25):
+            client = yield self.login()
+            client.send(b"a1 APPEND INBOX {99999999999+}\r\nabc")
+            response = yield client.until_tagged("a1")
+            self.assertEqual(
+                response, b"a1 BAD [TOOBIG] Message too large (at most 67108864 octets)\r\n"
+            )
+            yield self.close_and_wait(client)
+        # Not logged in, inside a dropped over-long LOGIN literal: an address slot.
+        for _ in range(25):
+            client = yield self.connect()
+            client.send(b"a1 LOGIN {2000000+}\r\nsome bytes")
+            response = yield client.until_tagged("a1")
+            self.assertEqual(response, b"a1 BAD [TOOBIG] Command too long\r\n")
+            yield self.close_and_wait(client)
+        # 50 connections came and went: joe (20 per user) and this address
+        # (50) can still get in.
+        client = yield self.login()
+        response = yield client.command("n", "NOOP")
+        self.assertEqual(response, b"n OK NOOP completed\r\n")
+
+
+class FailingCleanupStepTests(ServerTestBase):
+    def make_factory(self) -> RecordingFactory:
+        from mailsrv.policy import ConnectionLimits
+
+        limits = ConnectionLimits(per_user=1, per_ip=1)
+        return RecordingFactory(self.portal, SessionPolicy(failure_delay=0.0, connections=limits))
+
+    @defer.inlineCallbacks
+    def test_a_failing_step_skips_none_after_it(self) -> Any:
+        client = yield self.selected()
+        self.inbox.fail_remove = RuntimeError("storage bug at deselect")
+        client.transport.loseConnection()
+        yield client.lost
+        yield self.factory.lost[0]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # The avatar was logged out and both slots were given back.
+        self.assertEqual(self.account().logouts, 1)
+        self.inbox.fail_remove = None
+        client = yield self.login()
+        response = yield client.command("n", "NOOP")
+        self.assertEqual(response, b"n OK NOOP completed\r\n")
+
+
 class FailureDelayTests(TestCase):
     def test_failed_login_is_answered_after_the_delay(self) -> None:
         from twisted.internet.testing import StringTransport
@@ -1263,6 +1410,54 @@ class FailureDelayTests(TestCase):
         )
 
 
+class BrokenStorage(FakeStorage):
+    """Cannot open any account: the realm fails after the password was right."""
+
+    def account(self, username: str, home: str | None = None) -> IAccount:
+        raise OSError(13, "Permission denied", f"/var/mail/{username}")
+
+
+class RealmErrorTests(ServerTestBase):
+    """An error behind a right password is the server's problem: RFC 5530
+    UNAVAILABLE, answered at once, never counted as a failed login."""
+
+    timeout = 10  # before the fix the answer waited for the clock below
+    policy = SessionPolicy(failure_delay=5.0, max_failures=1)
+
+    def make_factory(self) -> RecordingFactory:
+        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
+        portal = Portal(MailRealm(BrokenStorage()), [checker])
+        # Never advanced: a failed-login delay would never end.
+        return RecordingFactory(portal, self.policy, clock=Clock())
+
+    @defer.inlineCallbacks
+    def test_realm_error_is_unavailable_and_not_counted(self) -> Any:
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client = yield self.connect()
+        token = base64.b64encode(b"\0joe\0secret").decode()
+        for tag, command in (("a", "LOGIN joe secret"), ("b", f"AUTHENTICATE PLAIN {token}")):
+            response = yield client.command(tag, command)
+            self.assertEqual(
+                response,
+                tag.encode() + b" NO [UNAVAILABLE] Authentication is temporarily unavailable\r\n",
+            )
+        # max_failures is 1: one counted failure would have closed the connection.
+        response = yield client.command("c", "NOOP")
+        self.assertEqual(response, b"c OK NOOP completed\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+        logged = [
+            e
+            for e in events
+            if "log_failure" in e and e.get("log_namespace", "").startswith("mailsrv")
+        ]
+        self.assertEqual([e["log_level"] for e in logged], [LogLevel.error, LogLevel.error])
+        self.assertIn("Permission denied", logged[0]["log_failure"].getTraceback())
+
+
 class ImplicitTLSTests(ServerTestBase):
     def make_factory(self) -> RecordingFactory:
         options = _tls_options(self.mktemp())
@@ -1316,6 +1511,31 @@ class CramMD5Tests(ServerTestBase):
         client.send(base64.b64encode(b"joe " + digest) + b"\r\n")
         response = yield client.until_tagged("b")
         self.assertTrue(response.startswith(b"b OK [CAPABILITY"), response)
+
+    @defer.inlineCallbacks
+    def test_empty_trailing_argument_is_no_initial_response(self) -> Any:
+        """mutt sends ``AUTHENTICATE CRAM-MD5 `` (a space, then nothing)."""
+        import hashlib
+        import hmac
+
+        client = yield self.connect()
+        client.send(b"b AUTHENTICATE CRAM-MD5 \r\n")
+        line = yield client.until(b"\r\n")
+        self.assertTrue(line.startswith(b"+ "), line)
+        challenge = base64.b64decode(line[2:-2])
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest().encode()
+        client.send(base64.b64encode(b"joe " + digest) + b"\r\n")
+        response = yield client.until_tagged("b")
+        self.assertTrue(response.startswith(b"b OK [CAPABILITY"), response)
+        # The same for the mechanisms that take an initial response.
+        for mechanism, challenge in ((b"PLAIN", b""), (b"LOGIN", b"Username:")):
+            client = yield self.connect()
+            client.send(b"c AUTHENTICATE " + mechanism + b" \r\n")
+            line = yield client.until(b"\r\n")
+            self.assertEqual(line, b"+ " + base64.b64encode(challenge) + b"\r\n")
+            client.send(b"*\r\n")
+            response = yield client.until_tagged("c")
+            self.assertEqual(response, b"c BAD AUTHENTICATE cancelled\r\n")
 
     @defer.inlineCallbacks
     def test_cram_md5_wrong_digest(self) -> Any:

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -76,6 +76,8 @@ class FakeBox:
         self.fail_commit = False
         #: When set, open() and commit() return Deferreds parked here.
         self.slow: list[defer.Deferred[Any]] | None = None
+        #: When set, retrieve() returns what this makes of the message.
+        self.source: Callable[[bytes], IO[bytes]] | None = None
         for message in messages:
             self.add(message)
 
@@ -121,6 +123,8 @@ class FakeMaildrop:
     def retrieve(self, uid: int) -> IO[bytes]:
         if uid not in self.box.messages:
             raise NoSuchMessage(f"message {uid} was expunged")
+        if self.box.source is not None:
+            return self.box.source(self.box.messages[uid])
         return io.BytesIO(self.box.messages[uid])
 
     def commit(self, deleted: Iterable[int], seen: Iterable[int]) -> Any:
@@ -1544,8 +1548,10 @@ class TrackingFactory(POP3Factory):
         original = protocol.connectionLost
 
         def connectionLost(reason: Any = None) -> None:
-            original(reason)
-            ended.callback(None)
+            try:
+                original(reason)
+            finally:  # an exception is the test's failure; a hang would hide it
+                ended.callback(None)
 
         protocol.connectionLost = connectionLost  # type: ignore[method-assign]
         self.ended.append(ended)
@@ -1665,6 +1671,97 @@ class OverTCPTests(unittest.TestCase):
         client, _ = await server.connect()
         await client.command(b"USER alice")
         self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in: 3"))
+
+    async def test_failing_cleanup_step_skips_none_after_it(self) -> None:
+        """The client vanishes mid-RETR and closing the message file fails:
+        the maildrop lock, the user's slot and the address's slot are still
+        given back."""
+
+        class Endless(io.RawIOBase):
+            """A message far longer than the socket buffers; closing it fails."""
+
+            def __init__(self) -> None:
+                self.left = 256 * 1024 * 1024
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int:
+                size = min(len(buffer), self.left) // 8 * 8
+                buffer[:size] = b"xxxxxx\r\n" * (size // 8)
+                self.left -= size
+                return size
+
+            def close(self) -> None:
+                raise OSError("EIO closing the message file")
+
+        fixture = Fixture(self, connections=ConnectionLimits(per_user=1, per_ip=1))
+        box = fixture.boxes["alice"]
+        box.source = lambda _: io.BufferedReader(Endless())
+        server = TCPServer(self, fixture)
+        client, _ = await server.connect()
+        await client.command(b"USER alice")
+        self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in"))
+        self.assertEqual(await client.command(b"RETR 1"), b"+OK %d octets\r\n" % len(MESSAGE_1))
+        client.transport.pauseProducing()  # stop reading: the server is mid-message
+        client.transport.abortConnection()
+        await client.lost
+        await server.factory.ended[0]
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertIsNone(box.holder)
+        box.source = None
+        client, greeting = await server.connect()
+        self.assertTrue(greeting.startswith(b"+OK mailsrv"), greeting)
+        await client.command(b"USER alice")
+        self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in: 3"))
+
+    async def test_auth_with_empty_trailing_argument(self) -> None:
+        """``AUTH CRAM-MD5 `` (a space, then nothing, as mutt sends it in
+        IMAP) means no initial response, for every mechanism."""
+        server = TCPServer(self, Fixture(self))
+        client, _ = await server.connect()
+        line = await client.command(b"AUTH CRAM-MD5 ")
+        self.assertTrue(line.startswith(b"+ "), line)
+        challenge = base64.b64decode(line[2:-2])
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest().encode()
+        self.assertTrue(
+            (await client.command(b64(b"alice " + digest))).startswith(b"+OK Logged in: 3")
+        )
+        for mechanism, challenge in ((b"PLAIN", b""), (b"LOGIN", b"Username:")):
+            client, _ = await server.connect()
+            line = await client.command(b"AUTH " + mechanism + b" ")
+            self.assertEqual(line, b"+ " + b64(challenge) + b"\r\n")
+            self.assertEqual(await client.command(b"*"), b"-ERR Authentication cancelled.\r\n")
+
+    async def test_realm_error_is_temporary_and_not_counted(self) -> None:
+        """An error behind a right password is the server's: answered at
+        once with [SYS/TEMP], never counted as a failed login, and logged
+        as an error with its traceback."""
+
+        @implementer(IRealm)
+        class BrokenRealm:
+            def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
+                raise OSError(13, "Permission denied", "/var/mail/alice")
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        fixture = Fixture(self, failure_delay=5.0, max_failures=1)
+        fixture.portal = Portal(BrokenRealm(), [fixture.checker])
+        # The clock is never advanced: a failed-login delay would never end.
+        server = TCPServer(self, fixture, clock=Clock())
+        client, _ = await server.connect()
+        refused = b"-ERR [SYS/TEMP] Temporary authentication failure.\r\n"
+        await client.command(b"USER alice")
+        self.assertEqual(await client.command(b"PASS secret"), refused)
+        self.assertEqual(await client.command(b"AUTH PLAIN " + b64(b"\0alice\0secret")), refused)
+        # max_failures is 1: one counted failure would have closed the connection.
+        client.send(b"CAPA\r\n")
+        self.assertIn(b"\r\nUSER\r\n", await client.response())
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+        logged = [e for e in events if "log_failure" in e]
+        self.assertEqual([e["log_level"] for e in logged], [LogLevel.error] * 2)
+        self.assertIn("Permission denied", logged[0]["log_failure"].getTraceback())
 
     async def test_failure_delay_and_close_with_clock(self) -> None:
         fixture = Fixture(self, failure_delay=5.0, max_failures=2)

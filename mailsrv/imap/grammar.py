@@ -1364,7 +1364,10 @@ def _command(reader: _Reader) -> Command:
         initial: bytes | None = None
         if reader.peek() == 0x20:
             reader.space()
-            initial = reader.run(_ATOM_CHARS, "a base64 initial response")
+            # A space and nothing after it (mutt's "AUTHENTICATE CRAM-MD5 ")
+            # is no initial response, as Dovecot reads it; "=" is an empty one.
+            if reader.peek() is not None:
+                initial = reader.run(_ATOM_CHARS, "a base64 initial response")
         reader.end()
         return Authenticate(tag, name, mechanism, initial)
     if name in ("SELECT", "EXAMINE"):

@@ -35,11 +35,12 @@ from typing import Any, cast
 
 import attrs
 from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -93,6 +94,8 @@ _SELECTED = frozenset({State.SELECTED})
 _Result = Done | defer.Deferred[Done]
 _Handler = Callable[[Any], _Result]
 
+#: Why a session ends when its selected mailbox disappears.
+_GONE = "The selected mailbox was deleted or renamed"
 _PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
 _FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
 
@@ -246,38 +249,64 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._send(grammar.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        """Give back what the session holds.  Each step runs even if one
+        before it failed: a skipped release would keep the user's and the
+        address's connection slots taken until restart."""
         self._lost = True
+        self.state = State.LOGOUT
+        log.call_each(
+            _log,
+            "IMAP",
+            self._stop_output,
+            self._stop_timers,
+            self._drop_command,
+            self._end_session,
+            self._release_address,
+        )
+
+    def _stop_output(self) -> None:
         if self._output is not None:
             self._output.close()
-        self.state = State.LOGOUT
+
+    def _stop_timers(self) -> None:
         self.setTimeout(None)
-        if self._idle_push is not None and self._idle_push.active():
-            self._idle_push.cancel()
-        self._idle_push = None
+        push, self._idle_push = self._idle_push, None
+        if push is not None and push.active():
+            push.cancel()
+
+    def _drop_command(self) -> None:
+        """Forget the command being received, closing its spooled literals."""
         self._continuation = None
-        self._close_segments(self._segments)
-        self._segments = []
-        if self._literal is not None and not isinstance(self._literal.sink, bytearray):
-            self._literal.sink.close()
-        self._literal = None
-        self._end_session()
+        segments, self._segments = self._segments, []
+        literal, self._literal = self._literal, None
+        try:
+            self._close_segments(segments)
+        finally:
+            # A literal being dropped (refused, too big) has no sink.
+            if literal is not None and literal.sink is not None:
+                if not isinstance(literal.sink, bytearray):
+                    literal.sink.close()
+
+    def _release_address(self) -> None:
         if self._ip_counted and self.policy.connections is not None:
-            self.policy.connections.close_ip(self._peer)
             self._ip_counted = False
+            self.policy.connections.close_ip(self._peer)
 
     def _end_session(self) -> None:
-        """Deselect and log the avatar out; safe to call twice."""
-        self._deselect()
+        """Deselect, log the avatar out and free the user's slot; each step
+        runs whatever the one before did.  Safe to call twice."""
+        log.call_each(_log, "IMAP", self._deselect, self._logout_avatar, self._release_user)
+
+    def _logout_avatar(self) -> None:
         logout, self._logout = self._logout, None
         self.account = None
         if logout is not None:
-            try:
-                logout()
-            except Exception:
-                _log.failure("IMAP: avatar logout failed")
-        if self.user is not None and self.policy.connections is not None:
-            self.policy.connections.close_user(self.user)
-        self.user = None
+            logout()
+
+    def _release_user(self) -> None:
+        user, self.user = self.user, None
+        if user is not None and self.policy.connections is not None:
+            self.policy.connections.close_user(user)
 
     def timeoutConnection(self) -> None:
         _log.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
@@ -470,7 +499,17 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             return
         handler: _Handler = getattr(self, method)
         self._busy = True
-        d: defer.Deferred[Any] = defer.maybeDeferred(handler, command)
+        d: defer.Deferred[Any]
+        view = self.selected
+        if key in _NAMES_MESSAGES and view is not None and view.has_pending():
+            # Announce what arrived before the set is resolved, so "*" and
+            # the numbers the client may now use include it: EXISTS may be
+            # sent at any time (RFC 3501 5.2), only EXPUNGE is held back
+            # while sequence numbers are in use (7.4.1, 5.5).
+            flushed = view.flush(False).addCallback(self._write_lines)
+            d = flushed.addCallback(lambda _: handler(command))
+        else:
+            d = defer.maybeDeferred(handler, command)
         d.addErrback(self._failed, command)
         d.addCallback(self._complete, command, key not in _NO_EXPUNGE)
         d.addErrback(self._internal_error, command)
@@ -507,16 +546,47 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                     self._reprocess = False
                     super().dataReceived(b"")
 
-    def _failed(self, failure: Failure, command: grammar.Command) -> Done:
+    def _failed(self, failure: Failure, command: grammar.Command) -> _Result:
         error = failure.value
         if isinstance(error, CommandError):
             return Done(error.status, error.text, error.code)
         if isinstance(error, ParseError):
             return Done("BAD", error.message, error.code)
+        if isinstance(error, NoSuchMailbox) and self.selected is not None:
+            return self._check_selected(Done("NO", str(error), error.code), command)
         if isinstance(error, StorageError):
             return Done("NO", str(error), error.code)
         _log.failure("IMAP: {command} failed", failure, command=command.name)
         return Done("NO", "Internal server error", "SERVERBUG")
+
+    def _check_selected(self, done: Done, command: grammar.Command) -> defer.Deferred[Done]:
+        """A mailbox is missing: if it is the selected one (deleted or
+        renamed by another session), end the session; else answer ``done``."""
+        view = self._view()
+        d: defer.Deferred[Any] = defer.maybeDeferred(view.mailbox.check)
+
+        def missing(failure: Failure) -> Done:
+            failure.trap(NoSuchMailbox)
+            if command.name in ("NOOP", "CHECK"):
+                # RFC 3501 6.1.2, 6.4.1: these answer OK or BAD, nothing else.
+                answer = Done(text=f"{command.name} completed")
+            else:
+                answer = Done("NO", _GONE, "NONEXISTENT")
+            return self._selected_gone(answer)
+
+        return d.addCallbacks(lambda _: done, missing)
+
+    def _selected_gone(self, done: Done) -> Done:
+        """The selected mailbox no longer exists, so nothing the session
+        knows of it (numbers, UIDs, flags) holds any more: ``done`` followed
+        by ``* BYE`` and the close, as Dovecot does, so the client learns
+        what happened and starts afresh instead of being told NO forever."""
+        self._forget_selected()
+        return attrs.evolve(done, bye=_GONE)
+
+    def _forget_selected(self) -> None:
+        _log.info("IMAP: the mailbox {user} had selected was deleted or renamed", user=self.user)
+        self._deselect()
 
     def _complete(self, done: Done, command: grammar.Command, expunges: bool) -> Any:
         view = self.selected
@@ -525,7 +595,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             return None
         d = view.flush(expunges)
         d.addCallback(self._write_lines)
-        d.addCallback(lambda _: self._finish(done, command))
+
+        def missing(failure: Failure) -> None:
+            failure.trap(NoSuchMailbox)
+            self._finish(self._selected_gone(done), command)
+
+        d.addCallbacks(lambda _: self._finish(done, command), missing)
         return d
 
     def _write_lines(self, lines: Sequence[bytes]) -> None:
@@ -657,8 +732,17 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _authenticate_with(self, credentials: Any) -> defer.Deferred[Done]:
         started = self.clock.seconds()
         d: defer.Deferred[Any] = self.portal.login(credentials, None, IAccount)
-        d.addCallbacks(self._logged_in, self._login_failed, errbackArgs=(started,))
+        d.addCallbacks(self._logged_in, self._login_error, errbackArgs=(started,))
         return cast("defer.Deferred[Done]", d)
+
+    def _login_error(self, failure: Failure, started: float) -> _Result:
+        if failure.check(UnauthorizedLogin, UnhandledCredentials):
+            return self._login_failed(failure, started)
+        # The checker or the realm failed (an unreadable users file or home):
+        # not the client's guess, so it is neither counted toward
+        # max_failures nor delayed; RFC 5530 3 calls it UNAVAILABLE.
+        _log.failure("IMAP: login could not be completed", failure, level=LogLevel.error)
+        return Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Done:
         _interface, account, logout = result
@@ -683,8 +767,6 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _login_failed(self, failure: Failure, started: float | None = None) -> defer.Deferred[Done]:
         """Answer ``failure_delay`` after the attempt began
         (:meth:`SessionPolicy.failure_wait`), not after the check ended."""
-        if not failure.check(UnauthorizedLogin):
-            _log.failure("IMAP: authentication error", failure)
         self._failures += 1
         done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
         if self._failures >= self.policy.max_failures:
@@ -985,7 +1067,19 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._idle_push = None
         if self._idle is None or self.selected is None or self._lost:
             return
-        self.selected.flush(True).addCallback(self._write_lines)
+        d = self.selected.flush(True)
+        d.addCallbacks(self._write_lines, self._push_failed)
+
+    def _push_failed(self, failure: Failure) -> None:
+        if not failure.check(NoSuchMailbox):
+            _log.failure("IMAP: pushing updates during IDLE failed", failure)
+            return
+        # The selected mailbox is gone under an idling client: say so and
+        # close (as after any command that finds it gone).
+        self._forget_selected()
+        self._send(grammar.untagged_status("BYE", _GONE))
+        self.state = State.LOGOUT
+        self._close()
 
     # -- selected -------------------------------------------------------------------
 
@@ -1010,7 +1104,13 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if view.readonly:
             return Done(text="CLOSE completed")
         d = defer.maybeDeferred(view.mailbox.expunge)
-        return d.addCallback(lambda _: Done(text="CLOSE completed"))
+
+        def missing(failure: Failure) -> None:
+            # Deleted or renamed by another session: nothing is left to
+            # expunge, and CLOSE answers OK or BAD only (RFC 3501 6.4.2).
+            failure.trap(NoSuchMailbox)
+
+        return d.addErrback(missing).addCallback(lambda _: Done(text="CLOSE completed"))
 
     def do_unselect(self, command: grammar.Simple) -> Done:
         self._deselect()
@@ -1186,6 +1286,9 @@ _COMMANDS: dict[str, tuple[str, frozenset[State]]] = {
 
 #: RFC 3501 7.4.1: no EXPUNGE response while these run (their UID forms too).
 _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH", "UID FETCH", "UID STORE", "UID SEARCH"})
+
+#: Commands with a message set: pending updates (but EXPUNGE) are sent first.
+_NAMES_MESSAGES = _NO_EXPUNGE | {"COPY", "UID COPY", "MOVE", "UID MOVE", "UID EXPUNGE"}
 
 
 class IMAP4ServerFactory(ServerFactory):

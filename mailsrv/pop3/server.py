@@ -27,6 +27,7 @@ from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -35,6 +36,7 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import LogLevel
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -152,14 +154,14 @@ class _MessageSender:
     def stopProducing(self) -> None:
         if not self._finished:
             self._end()
-            self.deferred.errback(Failure(ConnectionError("connection lost during RETR/TOP")))
+            self.deferred.errback(Failure(ConnectionLost("connection lost during RETR/TOP")))
 
     def _end(self) -> None:
+        # Never raises: the transport calls stopProducing from its own
+        # connectionLost, and an exception there would keep the session's
+        # connectionLost (and every release in it) from running at all.
         self._finished = True
-        try:
-            self._source.close()
-        finally:
-            self._transport.unregisterProducer()
+        log.call_each(_log, "POP3", self._source.close, self._transport.unregisterProducer)
 
 
 class POP3(LineOnlyReceiver, TimeoutMixin):
@@ -259,43 +261,64 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
         self._send(greeting)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        """Give back what the session holds.  Each step runs even if one
+        before it failed: a skipped release would keep the maildrop locked
+        and the user's and the address's connection slots taken."""
         self._lost = True
         self._closing = True
-        self.setTimeout(None)
-        if self._delayed is not None and self._delayed.active():
-            self._delayed.cancel()
-        self._delayed = None
-        if self._sender is not None:
-            self._sender.stopProducing()
-        if not self._committing:
-            self._end_session()
-        if self._ip_counted and self.policy.connections is not None:
-            self.policy.connections.close_ip(self._peer)
-            self._ip_counted = False
         self._queue.clear()
         self._inbuf.clear()
         self._sasl = None
+        steps = [self._stop_timers, self._stop_sender]
+        if not self._committing:  # else the commit's callbacks end the session
+            steps.append(self._end_session)
+        steps.append(self._release_address)
+        log.call_each(_log, "POP3", *steps)
+
+    def _stop_timers(self) -> None:
+        self.setTimeout(None)
+        delayed, self._delayed = self._delayed, None
+        if delayed is not None and delayed.active():
+            delayed.cancel()
+
+    def _stop_sender(self) -> None:
+        if self._sender is not None:
+            self._sender.stopProducing()
+
+    def _release_address(self) -> None:
+        if self._ip_counted and self.policy.connections is not None:
+            self._ip_counted = False
+            self.policy.connections.close_ip(self._peer)
 
     def _end_session(self) -> None:
-        """Release the maildrop without committing, and log the avatar out.
+        """Release the maildrop without committing, log the avatar out and
+        free the user's slot, each whatever the one before did.
 
         Reached on connection loss (nothing deleted without QUIT) and after
         the commit; safe to call more than once.
         """
         maildrop, logout = self._maildrop, self._logout
         self._maildrop = self._logout = None
-        if maildrop is not None and self._held:
-            self._held = False
-            d = defer.maybeDeferred(maildrop.release)
-            d.addErrback(lambda f: _log.failure("POP3: releasing the maildrop failed", f))
-        if logout is not None:
-            _logout(logout)
-        if self._user is not None and self.policy.connections is not None:
-            self.policy.connections.close_user(self._user)
-        self._user = None
         self._entries = []
         self._deleted.clear()
         self._seen.clear()
+
+        def release() -> None:
+            if maildrop is not None and self._held:
+                self._held = False
+                d = defer.maybeDeferred(maildrop.release)
+                d.addErrback(lambda f: _log.failure("POP3: releasing the maildrop failed", f))
+
+        def logout_avatar() -> None:
+            if logout is not None:
+                logout()
+
+        log.call_each(_log, "POP3", release, logout_avatar, self._release_user)
+
+    def _release_user(self) -> None:
+        user, self._user = self._user, None
+        if user is not None and self.policy.connections is not None:
+            self.policy.connections.close_user(user)
 
     # -- framing and the command queue ---------------------------------------
 
@@ -612,7 +635,9 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
     def _login_error(self, failure: Failure, started: float) -> _Result:
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             return self._failed_login(AUTH_FAILED, started)
-        _log.failure("POP3: login failed with an unexpected error", failure)
+        # The checker or the realm failed (an unreadable users file or home):
+        # not the client's guess, so neither counted nor delayed.
+        _log.failure("POP3: login could not be completed", failure, level=LogLevel.error)
         self._error("Temporary authentication failure.", "SYS/TEMP")
         return None
 
@@ -794,7 +819,9 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
 
     def _stream_failed(self, failure: Failure) -> None:
         self._sender = None
-        if self._lost:
+        # The transport stops the sender before telling the session the
+        # connection is gone: a client that left mid-message is no error.
+        if self._lost or failure.check(ConnectionLost):
             return
         # Part of the message is out already: the only honest end is to hang
         # up, so the client never takes a truncated message for a whole one.

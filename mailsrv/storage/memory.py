@@ -430,7 +430,9 @@ class MemoryMailbox:
         return claimed
 
     def check(self) -> None:
-        """Nothing changes behind this process's back in memory."""
+        """Nothing changes behind this process's back in memory; but a
+        mailbox deleted since it was opened is gone, as in Maildir."""
+        self._state.check_alive()
 
     def add_listener(self, listener: IMailboxListener) -> None:
         entry = (listener, self)

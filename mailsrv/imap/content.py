@@ -16,7 +16,7 @@ Kinds:
     envelope fields.  Enough for ENVELOPE, BODY, BODYSTRUCTURE, every
     section's offsets, and SEARCH on the envelope fields (FROM, TO, CC,
     BCC, SUBJECT, Message-ID...) and SENT*.
-``envelope``, ``body`` and ``bodystructure``
+``envelope.V``, ``body.V`` and ``bodystructure.V``
     The rendered FETCH ENVELOPE, BODY and BODYSTRUCTURE values, so a
     client listing a mailbox costs a cache read per message, not a decode
     of the structure and a parse of its addresses.
@@ -29,6 +29,11 @@ Kinds:
 ``values:NAME``
     The unfolded values of one header field (every occurrence), for the
     header keys of SEARCH and SENT*.
+
+``V`` is :data:`mailsrv.message.FORMAT_VERSION`: what is worked out from a
+message changes with the model, and a value cached by an older one must
+never be served (the structure carries its version inside).  Values of an
+older version stay in the cache unread until their message goes.
 
 Values bigger than :data:`CACHE_LIMIT` are not cached.
 """
@@ -67,6 +72,11 @@ CACHE_LIMIT = 16 * 1024
 #: HEADER.FIELDS lists longer than this are not cached (each distinct list
 #: is a cache kind of its own).
 _CACHED_FIELD_NAMES = 32
+
+
+def _versioned(kind: str) -> str:
+    """The cache kind for values the message model works out."""
+    return f"{kind}.{message.FORMAT_VERSION}"
 
 
 def _cache(mailbox: IMailbox) -> Any:
@@ -163,7 +173,7 @@ def rendered(mailbox: IMailbox, uids: Iterable[int], kind: str) -> Any:
     :data:`RENDERED`) from the cache, or worked out from the structure."""
     wanted = list(uids)
     cache = _cache(mailbox)
-    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, kind)
+    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, _versioned(kind))
     out = dict(cached)
     missing = [uid for uid in wanted if uid not in out]
     if missing:
@@ -171,7 +181,8 @@ def rendered(mailbox: IMailbox, uids: Iterable[int], kind: str) -> Any:
         found = yield structures(mailbox, missing)
         fresh = {uid: render(structure) for uid, structure in found.items()}
         out.update(fresh)
-        yield _set_many(cache, kind, {uid: v for uid, v in fresh.items() if len(v) <= CACHE_LIMIT})
+        small = {uid: v for uid, v in fresh.items() if len(v) <= CACHE_LIMIT}
+        yield _set_many(cache, _versioned(kind), small)
     return out
 
 

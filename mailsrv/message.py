@@ -791,10 +791,17 @@ def _spec_text(tokens: Sequence[tuple[int, str]]) -> str:
 
 
 def _mailbox(tokens: list[tuple[int, str]]) -> Address | None:
-    """One mailbox (name-addr or addr-spec) from its tokens."""
-    if not tokens:
+    """One mailbox (name-addr or addr-spec) from its tokens.
+
+    Comments are no part of an address (RFC 5322 3.2.2): a list element of
+    nothing but comments is an empty element (RFC 5322 4.4, obs-mbox-list
+    and obs-group-list), not a mailbox, and a comment never names an
+    angle-addr.  Only the old ``addr-spec (Full Name)`` form takes its name
+    from a comment: the last one after the address starts, as Dovecot does.
+    """
+    first_word = next((i for i, (kind, _) in enumerate(tokens) if kind != _COMMENT), None)
+    if first_word is None:
         return None
-    comments = [text for kind, text in tokens if kind == _COMMENT]
     angle = next((i for i, (k, t) in enumerate(tokens) if k == _SPECIAL and t == "<"), None)
     route: str | None = None
     if angle is not None:
@@ -803,19 +810,16 @@ def _mailbox(tokens: list[tuple[int, str]]) -> Address | None:
             (i for i, (k, t) in enumerate(tokens) if i > angle and k == _SPECIAL and t == ">"),
             len(tokens),
         )
-        inner = tokens[angle + 1 : close]
+        inner = [t for t in tokens[angle + 1 : close] if t[0] != _COMMENT]
         colon = next((i for i, (k, t) in enumerate(inner) if k == _SPECIAL and t == ":"), None)
         if colon is not None and inner and inner[0] == (_SPECIAL, "@"):
             route = _spec_text(inner[:colon]) or None
             inner = inner[colon + 1 :]
         spec = inner
     else:
-        name = None
         spec = [t for t in tokens if t[0] != _COMMENT]
-        if comments:
-            name = comments[-1].strip() or None
-    if name is None and angle is not None and comments:
-        name = comments[-1].strip() or None
+        comments = [text for kind, text in tokens[first_word:] if kind == _COMMENT]
+        name = (comments[-1].strip() or None) if comments else None
     at = max((i for i, (k, t) in enumerate(spec) if k == _SPECIAL and t == "@"), default=None)
     if at is None:
         local, domain = _spec_text(spec), None

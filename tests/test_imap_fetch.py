@@ -645,6 +645,32 @@ class FetchItemTests(ServerTestBase):
         )
 
     @defer.inlineCallbacks
+    def test_comments_are_no_addresses_in_the_envelope(self) -> Any:
+        # RFC 5322 3.2.2: "(foo)" in an empty group is no member; comments in
+        # or beside an angle-addr name nothing.
+        self.storage.deliver(  # type: ignore[attr-defined]
+            "joe",
+            b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+            b"Reply-To: <alice@example.org> (Alice)\r\n"
+            b"To: (nobody in particular)\r\n"
+            b"Cc: group:;, group2: (foo) ;\r\n"
+            b"Subject: Comments that are no addresses\r\n"
+            b"\r\n"
+            b"Hi.\r\n",
+        )
+        client = yield self.open()
+        response = yield client.command("a", "FETCH 2 ENVELOPE")
+        self.assertEqual(
+            response,
+            b"* 2 FETCH (ENVELOPE (NIL "
+            b'"Comments that are no addresses" ((NIL NIL "user-from" "domain.org")) '
+            b'((NIL NIL "user-from" "domain.org")) ((NIL NIL "alice" "example.org")) NIL '
+            b'((NIL NIL "group" NIL)(NIL NIL NIL NIL)(NIL NIL "group2" NIL)(NIL NIL NIL NIL)) '
+            b"NIL NIL NIL))\r\n"
+            b"a OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
     def test_nothing_cached_by_an_older_model_is_served(self) -> Any:
         # What a server before the model's last change left in the cache: a
         # structure of the old format and rendered values under the old kinds,

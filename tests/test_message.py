@@ -299,6 +299,40 @@ class EnvelopeTests(SynchronousTestCase):
         env = msg.envelope(msg.parse(load("24-missing-domain.eml")))
         self.assertEqual(env[2], ((None, None, b"root", b"MISSING_DOMAIN"),))
 
+    def test_comments_are_no_addresses(self) -> None:
+        # RFC 5322 3.2.2: comments are no part of an address.
+        env = msg.envelope(
+            msg.parse(
+                b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+                b"Reply-To: <alice@example.org> (Alice)\r\n"
+                b"To: (nobody in particular)\r\n"
+                b"Cc: group:;, group2: (foo) ;\r\n\r\n"
+            )
+        )
+        self.assertEqual(env[2], ((None, None, b"user-from", b"domain.org"),))
+        self.assertEqual(env[4], ((None, None, b"alice", b"example.org"),))
+        self.assertIsNone(env[5])  # "To: (nobody in particular)"
+        self.assertEqual(
+            env[6],
+            (
+                (None, None, b"group", None),
+                (None, None, None, None),
+                (None, None, b"group2", None),
+                (None, None, None, None),
+            ),
+        )
+        # RFC 5322 4.4 (obs-mbox-list, obs-group-list): an element of only
+        # comments is an empty element, after a comma too (where Dovecot 2.3
+        # reports a MISSING_MAILBOX member).
+        self.assertEqual(
+            msg.parse_addresses("x: a@b (c), (c3) ;"),
+            ((None, None, b"x", None), (b"c", None, b"a", b"b"), (None, None, None, None)),
+        )
+        # Only the old "addr-spec (Full Name)" takes its name from a comment.
+        self.assertEqual(msg.parse_addresses("(c0) a@b"), ((None, None, b"a", b"b"),))
+        self.assertEqual(msg.parse_addresses("<a@b> (Real)"), ((None, None, b"a", b"b"),))
+        self.assertEqual(msg.parse_addresses("a (c) @ b (d)"), ((b"d", None, b"a", b"b"),))
+
     def test_encoded_words_left_as_sent(self) -> None:
         env = msg.envelope(msg.parse(load("63-encoded-display-name.eml")))
         self.assertEqual(

@@ -877,6 +877,49 @@ def parse_addresses(value: str | None) -> tuple[Address, ...] | None:
     return tuple(out) or None
 
 
+def address_text(value: str) -> str:
+    """What SEARCH FROM, TO, CC and BCC look in for one address field:
+    "the envelope structure's" field (RFC 3501 6.4.4), written out.
+
+    Each mailbox is ``name <local@domain>`` (``<@route:local@domain>``; no
+    name: ``<local@domain>``; a name that is not one atom is quoted), a
+    group ``name: members;``, all joined by ``", "``, as Dovecot writes them
+    for its search; encoded words are decoded.  Comments and folding white
+    space are no part of an address (RFC 5322 3.2.2), so
+    ``<user (comment)@ (comment) domain.org>`` reads ``<user@domain.org>``."""
+    out: list[bytes] = []
+    group: bytes | None = None
+    members: list[bytes] = []
+    for name, route, local, domain in parse_addresses(value) or ():
+        if domain is None:
+            if local is not None:  # a group starts
+                group, members = local, []
+            elif group is not None:  # the group ends
+                out.append(
+                    (group + b": " + b", ".join(members) if members else group + b":") + b";"
+                )
+                group = None
+            continue
+        spec = b"<" + (route + b":" if route else b"") + (local or b"") + b"@" + domain + b">"
+        text = _display_name(name) + b" " + spec if name else spec
+        (members if group is not None else out).append(text)
+    return decode_words(b", ".join(out))
+
+
+#: RFC 5322 3.2.3 atext, and 8-bit octets (RFC 6532 allows UTF-8 there).
+_ATEXT = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~"
+) | frozenset(range(0x80, 0x100))
+
+
+def _display_name(name: bytes) -> bytes:
+    """A display name as written in a header: quoted unless it is one atom
+    (so ``"Bob Example" <bob@example.net>``, as Dovecot searches it)."""
+    if all(octet in _ATEXT for octet in name):
+        return name
+    return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
 # ---------------------------------------------------------------------------
 # IMAP values: ENVELOPE and BODYSTRUCTURE (RFC 3501 7.4.2, 9)
 # ---------------------------------------------------------------------------

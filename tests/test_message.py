@@ -572,6 +572,23 @@ class SearchTextTests(SynchronousTestCase):
             ["First subject", "Second subject"],
         )
 
+    def test_address_text(self) -> None:
+        # What SEARCH FROM/TO/CC/BCC match: the addresses written out as
+        # Dovecot writes them for its search, comments left out.
+        cases = {
+            "<user-from (comment)@ (comment) domain.org>": "<user-from@domain.org>",
+            "user-from@domain.org (RealFrom)": "RealFrom <user-from@domain.org>",
+            "Bob Example <bob@example.net>": '"Bob Example" <bob@example.net>',
+            "root": "<root@MISSING_DOMAIN>",
+            "<@route:user@domain>": "<@route:user@domain>",
+            "team: a@b, C <c@d>;, nobody:;": "team: <a@b>, C <c@d>;, nobody:;",
+            "group:;, group2: (foo) ;": "group:;, group2:;",
+            "=?UTF-8?Q?J=C3=B6rg?= <j@x>": "Jörg <j@x>",
+            "(just a comment)": "",
+        }
+        for value, text in cases.items():
+            self.assertEqual(msg.address_text(value), text, value)
+
     def test_unknown_charset_replaced(self) -> None:
         self.assertEqual(msg.decode_words(b"=?x-nope?q?caf=C3=A9?="), "café")
         self.assertEqual(msg.decode_words(b"=?x-nope?q?caf=E9?="), "caf\ufffd")

@@ -29,6 +29,9 @@ Kinds:
 ``values:NAME``
     The unfolded values of one header field (every occurrence), for the
     header keys of SEARCH and SENT*.
+``addresses.V:NAME``
+    The addresses of one address field (FROM, TO, CC, BCC) as SEARCH
+    matches them (:func:`mailsrv.message.address_text`), every occurrence.
 
 ``V`` is :data:`mailsrv.message.FORMAT_VERSION`: what is worked out from a
 message changes with the model, and a value cached by an older one must
@@ -53,6 +56,7 @@ __all__ = [
     "CACHE_LIMIT",
     "RENDERED",
     "STRUCTURE",
+    "address_texts",
     "each_file",
     "field_values",
     "header_fields",
@@ -240,3 +244,20 @@ def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
 
     encoded = yield _per_message(mailbox, uids, "values:" + name.upper(), compute)
     return {uid: data.decode("latin-1").split("\n")[1:] for uid, data in encoded.items()}
+
+
+@defer.inlineCallbacks
+def address_texts(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
+    """``{uid: [text, ...]}``: each occurrence of address field ``name``
+    in each whole message as SEARCH FROM/TO/CC/BCC match it
+    (:func:`mailsrv.message.address_text`).  Cached like
+    :func:`field_values`, as UTF-8."""
+
+    def compute(source: IO[bytes]) -> bytes:
+        values = message.raw_fields(message.read_header(source), name)
+        texts = (message.address_text(v.decode("latin-1")) for v in values)
+        return b"".join(b"\n" + t.replace("\n", " ").encode("utf-8") for t in texts)
+
+    kind = _versioned("addresses") + ":" + name.upper()
+    encoded = yield _per_message(mailbox, uids, kind, compute)
+    return {uid: data.decode("utf-8", "replace").split("\n")[1:] for uid, data in encoded.items()}

@@ -694,3 +694,22 @@ class FetchItemTests(ServerTestBase):
         self.assertIn(b' "mixed" ("boundary" "same") NIL NIL NIL) ', response)
         self.assertIn(b'ENVELOPE (NIL "One boundary, no preambles" (("Alice Example"', response)
         self.assertTrue(response.endswith(b"a OK FETCH completed\r\n"), response)
+
+    @defer.inlineCallbacks
+    def test_binary_body_is_the_whole_body(self) -> Any:
+        # Content-Transfer-Encoding: binary is no encoding to undo: BINARY[1]
+        # of a single-part message is its whole body (RFC 3501 6.4.5 part 1,
+        # RFC 3516 4.2), trailing line ends included, as Dovecot answers.
+        client = yield self.open()
+        data = b"Subject: binary\r\nContent-Transfer-Encoding: binary\r\n\r\n -\xff\r\n\r\n\r\n"
+        client.send(b"a APPEND INBOX ~{%d}\r\n" % len(data))
+        yield client.until(b"+ ")
+        client.send(data + b"\r\n")
+        response = yield client.until_tagged("a")
+        self.assertIn(b"a OK [APPENDUID ", response)
+        response = yield client.command("b", "FETCH 2 (BINARY.SIZE[1] BINARY.PEEK[1])")
+        self.assertEqual(
+            response,
+            b"* 2 FETCH (BINARY.SIZE[1] 9 BINARY[1] {9}\r\n -\xff\r\n\r\n\r\n)\r\n"
+            b"b OK FETCH completed\r\n",
+        )

@@ -434,6 +434,47 @@ class BodyStructureTests(SynchronousTestCase):
         )
 
 
+class SameBoundaryTests(SynchronousTestCase):
+    """A multipart nested in one with the same boundary (Outlook Express for
+    Mac): a delimiter line is the innermost open multipart's, as Dovecot
+    reads it, so the inner multipart has its own parts."""
+
+    def section(self, name: str, part: tuple[int, ...], kind: str | None = None) -> bytes:
+        data = load(name)
+        where = msg.section_range(msg.parse(data), part, kind)
+        assert where is not None, part
+        return msg.read_range(data, *where)
+
+    def test_outlook_express_for_mac(self) -> None:
+        name = "71-same-boundary-nested.eml"
+        value = msg.body_structure(msg.parse(load(name)), False)
+        self.assertEqual(
+            msg.render_body_structure(value),
+            b'((("text" "plain" ("charset" "US-ASCII") NIL NIL "7bit" 35 1)'
+            b'("text" "html" ("charset" "US-ASCII") NIL NIL "quoted-printable" 61 1) '
+            b'"alternative")'
+            b'("application" "octet-stream" ("name" "notes.txt") NIL NIL "base64" 10) "mixed")',
+        )
+        self.assertEqual(self.section(name, (1, 1)), b"The readable text of the message.\r\n")
+        self.assertEqual(
+            self.section(name, (1, 2)),
+            b"<HTML><BODY>The readable text of the message.</BODY></HTML>\r\n",
+        )
+        self.assertEqual(self.section(name, (2,)), b"bm90ZXMK\r\n")
+
+    def test_first_delimiter_right_after_the_header(self) -> None:
+        # The inner header's blank line ends it, though its first delimiter
+        # follows at once (RFC 2046 5.1.1: no preamble, no CRLF before it).
+        name = "72-same-boundary-no-preamble.eml"
+        self.assertEqual(
+            self.section(name, (1,), "MIME"),
+            b"Content-Type: multipart/alternative; boundary=same\r\n\r\n",
+        )
+        self.assertEqual(self.section(name, (1, 1)), b"Plain text.")
+        self.assertEqual(self.section(name, (1, 2)), b"<p>HTML text.</p>")
+        self.assertEqual(self.section(name, (2,)), b"Second part.")
+
+
 class SectionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.data = load("06-rfc822-attached.eml")

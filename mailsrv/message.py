@@ -17,7 +17,10 @@ Conventions, decided once:
   ``BODY[HEADER]`` does.  A part without a blank line is all header with an
   empty body at its end.
 * The CRLF before a multipart boundary delimiter belongs to the delimiter
-  (RFC 2046 5.1.1), so it is not part of the preceding body.
+  (RFC 2046 5.1.1), so it is not part of the preceding body.  A delimiter
+  line belongs to the innermost open multipart with that boundary, so a
+  multipart nested in one with the same boundary gets its own parts (as
+  Dovecot reads such mail).
 * Header values are kept as sent (unfolded, outer whitespace trimmed),
   decoded as Latin-1 so every octet survives; IMAP answers them back as
   the same octets.  Parameters (RFC 2231) and encoded words (RFC 2047) are
@@ -43,15 +46,18 @@ import codecs
 import json
 import re
 from collections.abc import Iterator, Sequence
-from typing import IO, Any, TypeAlias
+from typing import IO, Any, NamedTuple, TypeAlias
 
 import attrs
 
 #: Multipart/message nesting beyond this depth is not looked into.
 MAX_DEPTH = 100
 
-#: Bumped whenever the cached form changes; older caches are then rejected.
-FORMAT_VERSION = 1
+#: The model's version: bumped whenever the cached structure or anything
+#: worked out from it (ENVELOPE, BODYSTRUCTURE, search texts) changes, so
+#: that nothing cached by an older model is served (see
+#: :mod:`mailsrv.imap.content`).
+FORMAT_VERSION = 2
 
 Params: TypeAlias = tuple[tuple[str, str], ...]
 Source: TypeAlias = "IO[bytes] | bytes | bytearray | memoryview"
@@ -248,7 +254,7 @@ def parse(source: Source) -> MessageStructure:
     ``find``/``count`` over it, so a 50 MB message costs linear time.
     """
     data = _read_all(source)
-    root = _parse_entity(data, 0, len(data), ("text", "plain"), 0, True)
+    root, _ = _parse_entity(_Delimiters(data), 0, ("text", "plain"), 0, True, ())
     return MessageStructure(len(data), root)
 
 
@@ -266,6 +272,10 @@ def _header_end(data: bytes, start: int, end: int) -> int:
     if lf < 0 or (0 <= crlf < lf):
         return crlf + 3
     return lf + 2
+
+
+def _ends_with_blank_line(block: bytes) -> bool:
+    return block in (b"\r\n", b"\n") or block.endswith((b"\n\r\n", b"\n\n"))
 
 
 def _fields(block: bytes) -> list[tuple[str, bytes, bytes]]:
@@ -313,15 +323,102 @@ def _line_count(data: bytes, start: int, end: int) -> int:
     return data.count(b"\n", start, end)
 
 
+class _Stop(NamedTuple):
+    """Where an entity ends: the delimiter line after it, or the end of the
+    message (``level`` -1).  ``level`` indexes the stack of open multipart
+    delimiters (outermost first) the line belongs to."""
+
+    offset: int
+    line_end: int
+    level: int
+    close: bool
+
+
+class _Delimiters:
+    """Finds the boundary delimiter lines of one message (RFC 2046 5.1.1).
+
+    A line belongs to the innermost open multipart whose delimiter it is, so
+    a multipart nested in one with the same boundary (Outlook Express for
+    Mac wrote those) owns the lines up to its close delimiter, as Dovecot
+    parses them.  The next line found is remembered per boundary, so each
+    boundary's lines are searched for once over the message, however deep
+    the nesting.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._next: dict[bytes, tuple[int, int, int, bool]] = {}
+
+    def find(self, delimiter: bytes, pos: int) -> tuple[int, int, bool]:
+        """``(offset, line end, close)`` of the first delimiter line of
+        ``delimiter`` at or after ``pos`` (offset -1: none).
+
+        A delimiter line is ``--boundary`` (``--boundary--`` to close) at
+        the start of a line, followed only by white space."""
+        known = self._next.get(delimiter)
+        if known is not None and known[0] <= pos and (known[1] < 0 or known[1] >= pos):
+            return known[1:]
+        data = self.data
+        search = pos
+        while True:
+            found = data.find(delimiter, search)
+            if found < 0:
+                result = (-1, -1, False)
+                break
+            after = found + len(delimiter)
+            if found == 0 or data[found - 1] == 0x0A:
+                eol = data.find(b"\n", after)
+                rest = data[after : len(data) if eol < 0 else eol]
+                close = rest.startswith(b"--")
+                if not (rest[2:] if close else rest).strip(b" \t\r"):
+                    result = (found, len(data) if eol < 0 else eol + 1, close)
+                    break
+            search = after
+        self._next[delimiter] = (pos, *result)
+        return result
+
+    def next_stop(self, pos: int, stack: Sequence[bytes]) -> _Stop:
+        """The first delimiter line at or after ``pos`` of the open
+        multiparts ``stack`` (outermost first); the innermost wins a line
+        two of them share."""
+        size = len(self.data)
+        best = _Stop(size, size, -1, False)
+        for level in range(len(stack) - 1, -1, -1):
+            offset, line_end, close = self.find(stack[level], pos)
+            if 0 <= offset < best.offset:
+                best = _Stop(offset, line_end, level, close)
+        return best
+
+
+def _content_end(data: bytes, start: int, stop: _Stop) -> int:
+    """Where what lies between ``start`` and ``stop`` ends: the line end
+    before a delimiter belongs to the delimiter (RFC 2046 5.1.1)."""
+    end = stop.offset
+    if stop.level >= 0 and end > start and data[end - 1] == 0x0A:
+        end -= 1
+        if end > start and data[end - 1] == 0x0D:
+            end -= 1
+    return end
+
+
 def _parse_entity(
-    data: bytes,
+    scan: _Delimiters,
     start: int,
-    end: int,
     default: tuple[str, str],
     depth: int,
     is_message: bool,
-) -> Part:
-    body_start = _header_end(data, start, end)
+    stack: tuple[bytes, ...],
+) -> tuple[Part, _Stop]:
+    """The entity at ``start`` and the stop that ends it: the first
+    delimiter line of an enclosing multipart (``stack``) that none of its
+    own multiparts claims, or the end of the message."""
+    data = scan.data
+    stop = scan.next_stop(start, stack)
+    if stop.offset == start and 0 <= stop.level < len(stack) - 1:
+        # Empty, and its parent ends too: the line end it follows belongs to
+        # the delimiter, so it sits before that, at the end of its parent.
+        start = _content_end(data, start - 2, stop)
+    body_start = _header_end(data, start, _content_end(data, start, stop))
     first: dict[str, str] = {}
     for name, _raw, value in _fields(data[start:body_start]):
         # MIME fields: the first occurrence counts; envelope fields: the
@@ -351,14 +448,27 @@ def _parse_entity(
     elif kind[0] == "multipart":
         child_default = ("message", "rfc822") if kind[1] == "digest" else ("text", "plain")
         boundary = _param(params, "boundary")
-        ranges = _split_multipart(data, body_start, end, boundary) if boundary else []
-        if ranges:
-            children = tuple(
-                _parse_entity(data, s, e, child_default, depth + 1, False) for s, e in ranges
-            )
-        else:
+        if boundary:
+            delimiter = b"--" + boundary.encode("latin-1")
+            opened = _ends_with_blank_line(data[start:body_start])
+            if not opened and stop.level >= 0:
+                # The header's blank line may be the line end just before the
+                # stop, taken as a delimiter's (RFC 2046 5.1.1).  If the line
+                # is this multipart's own first delimiter (innermost wins),
+                # the line end is the header's: a body without preamble
+                # starts with its dash-boundary, no CRLF before it.
+                whole = _header_end(data, start, stop.offset)
+                own = scan.find(delimiter, stop.offset)[0] == stop.offset
+                if own and whole == stop.offset and _ends_with_blank_line(data[start:whole]):
+                    body_start, opened = whole, True
+            if opened:
+                children, stop = _parse_parts(
+                    scan, body_start, child_default, depth, (*stack, delimiter)
+                )
+        if not children:
             # No (usable) boundary: the whole body is one text part with an
             # empty MIME header, so the multipart still has its part 1.
+            end = _content_end(data, body_start, stop)
             children = (
                 Part(
                     body_start,
@@ -370,10 +480,11 @@ def _parse_entity(
                 ),
             )
     elif kind == ("message", "rfc822") and identity:
-        message = _parse_entity(data, body_start, end, ("text", "plain"), depth + 1, True)
+        message, stop = _parse_entity(scan, body_start, ("text", "plain"), depth + 1, True, stack)
 
+    end = _content_end(data, body_start, stop)
     disposition = _disposition(first.get("content-disposition"))
-    return Part(
+    part = Part(
         header_offset=start,
         header_size=body_start - start,
         body_offset=body_start,
@@ -393,49 +504,35 @@ def _parse_entity(
         children=children,
         message=message,
     )
+    return part, stop
 
 
-def _split_multipart(data: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
-    """The ``(start, end)`` of each body part between boundary delimiters.
+def _parse_parts(
+    scan: _Delimiters,
+    body_start: int,
+    default: tuple[str, str],
+    depth: int,
+    stack: tuple[bytes, ...],
+) -> tuple[tuple[Part, ...], _Stop]:
+    """The body parts of the multipart whose delimiter is ``stack[-1]``,
+    and the stop that ends the multipart.
 
-    A delimiter line is ``--boundary`` (or ``--boundary--`` to close) at the
-    start of a line, followed only by whitespace (RFC 2046 5.1.1).  The
-    preamble and epilogue are left out; a missing close delimiter ends the
-    last part at the end of the multipart's body.
+    The preamble and epilogue are left out of the parts; after the close
+    delimiter the multipart runs on (its epilogue) to the next delimiter of
+    an enclosing one.  A missing close delimiter ends the last part where
+    an enclosing delimiter or the message ends.
     """
-    delimiter = b"--" + boundary.encode("latin-1")
-    ranges: list[tuple[int, int]] = []
-    part_start: int | None = None
-    pos = start
-    while True:
-        found = data.find(delimiter, pos, end)
-        if found < 0:
-            break
-        after = found + len(delimiter)
-        if found != start and data[found - 1] != 0x0A:
-            pos = after
-            continue
-        eol = data.find(b"\n", after, end)
-        line_end = end if eol < 0 else eol + 1
-        rest = data[after : line_end if eol < 0 else eol]
-        close = rest.startswith(b"--")
-        if (rest[2:] if close else rest).strip(b" \t\r"):
-            pos = after
-            continue
-        if part_start is not None:
-            part_end = found
-            if part_end > part_start and data[part_end - 1] == 0x0A:
-                part_end -= 1
-                if part_end > part_start and data[part_end - 1] == 0x0D:
-                    part_end -= 1
-            ranges.append((part_start, part_end))
-        if close:
-            return ranges
-        part_start = line_end
-        pos = line_end
-    if part_start is not None:
-        ranges.append((part_start, end))
-    return ranges
+    own = len(stack) - 1
+    delimiter = scan.next_stop(body_start, stack)
+    if delimiter.level != own:
+        return (), delimiter
+    parts: list[Part] = []
+    while not delimiter.close:
+        part, delimiter = _parse_entity(scan, delimiter.line_end, default, depth + 1, False, stack)
+        parts.append(part)
+        if delimiter.level != own:
+            return tuple(parts), delimiter
+    return tuple(parts), scan.next_stop(delimiter.line_end, stack[:own])
 
 
 # ---------------------------------------------------------------------------
@@ -694,10 +791,17 @@ def _spec_text(tokens: Sequence[tuple[int, str]]) -> str:
 
 
 def _mailbox(tokens: list[tuple[int, str]]) -> Address | None:
-    """One mailbox (name-addr or addr-spec) from its tokens."""
-    if not tokens:
+    """One mailbox (name-addr or addr-spec) from its tokens.
+
+    Comments are no part of an address (RFC 5322 3.2.2): a list element of
+    nothing but comments is an empty element (RFC 5322 4.4, obs-mbox-list
+    and obs-group-list), not a mailbox, and a comment never names an
+    angle-addr.  Only the old ``addr-spec (Full Name)`` form takes its name
+    from a comment: the last one after the address starts, as Dovecot does.
+    """
+    first_word = next((i for i, (kind, _) in enumerate(tokens) if kind != _COMMENT), None)
+    if first_word is None:
         return None
-    comments = [text for kind, text in tokens if kind == _COMMENT]
     angle = next((i for i, (k, t) in enumerate(tokens) if k == _SPECIAL and t == "<"), None)
     route: str | None = None
     if angle is not None:
@@ -706,19 +810,16 @@ def _mailbox(tokens: list[tuple[int, str]]) -> Address | None:
             (i for i, (k, t) in enumerate(tokens) if i > angle and k == _SPECIAL and t == ">"),
             len(tokens),
         )
-        inner = tokens[angle + 1 : close]
+        inner = [t for t in tokens[angle + 1 : close] if t[0] != _COMMENT]
         colon = next((i for i, (k, t) in enumerate(inner) if k == _SPECIAL and t == ":"), None)
         if colon is not None and inner and inner[0] == (_SPECIAL, "@"):
             route = _spec_text(inner[:colon]) or None
             inner = inner[colon + 1 :]
         spec = inner
     else:
-        name = None
         spec = [t for t in tokens if t[0] != _COMMENT]
-        if comments:
-            name = comments[-1].strip() or None
-    if name is None and angle is not None and comments:
-        name = comments[-1].strip() or None
+        comments = [text for kind, text in tokens[first_word:] if kind == _COMMENT]
+        name = (comments[-1].strip() or None) if comments else None
     at = max((i for i, (k, t) in enumerate(spec) if k == _SPECIAL and t == "@"), default=None)
     if at is None:
         local, domain = _spec_text(spec), None
@@ -774,6 +875,49 @@ def parse_addresses(value: str | None) -> tuple[Address, ...] | None:
     if in_group:
         out.append((None, None, None, None))
     return tuple(out) or None
+
+
+def address_text(value: str) -> str:
+    """What SEARCH FROM, TO, CC and BCC look in for one address field:
+    "the envelope structure's" field (RFC 3501 6.4.4), written out.
+
+    Each mailbox is ``name <local@domain>`` (``<@route:local@domain>``; no
+    name: ``<local@domain>``; a name that is not one atom is quoted), a
+    group ``name: members;``, all joined by ``", "``, as Dovecot writes them
+    for its search; encoded words are decoded.  Comments and folding white
+    space are no part of an address (RFC 5322 3.2.2), so
+    ``<user (comment)@ (comment) domain.org>`` reads ``<user@domain.org>``."""
+    out: list[bytes] = []
+    group: bytes | None = None
+    members: list[bytes] = []
+    for name, route, local, domain in parse_addresses(value) or ():
+        if domain is None:
+            if local is not None:  # a group starts
+                group, members = local, []
+            elif group is not None:  # the group ends
+                out.append(
+                    (group + b": " + b", ".join(members) if members else group + b":") + b";"
+                )
+                group = None
+            continue
+        spec = b"<" + (route + b":" if route else b"") + (local or b"") + b"@" + domain + b">"
+        text = _display_name(name) + b" " + spec if name else spec
+        (members if group is not None else out).append(text)
+    return decode_words(b", ".join(out))
+
+
+#: RFC 5322 3.2.3 atext, and 8-bit octets (RFC 6532 allows UTF-8 there).
+_ATEXT = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~"
+) | frozenset(range(0x80, 0x100))
+
+
+def _display_name(name: bytes) -> bytes:
+    """A display name as written in a header: quoted unless it is one atom
+    (so ``"Bob Example" <bob@example.net>``, as Dovecot searches it)."""
+    if all(octet in _ATEXT for octet in name):
+        return name
+    return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 # ---------------------------------------------------------------------------

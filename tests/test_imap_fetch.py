@@ -19,6 +19,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailsrv import message
 from mailsrv.auth.realm import MailRealm
 from mailsrv.imap import fetch
 from mailsrv.imap.output import ResponseWriter
@@ -284,6 +285,36 @@ MIXED = (
     b"\r\n"
     b"begin 644 x\r\n"
     b"--b--\r\n"
+)
+
+
+#: A multipart/alternative nested in a multipart/mixed with the same boundary,
+#: as Outlook Express for Mac wrote them (also tests/corpus/72-*.eml, whose
+#: answers Dovecot recorded).
+SAME_BOUNDARY = (
+    b"From: Alice Example <alice@example.org>\r\n"
+    b"Subject: One boundary, no preambles\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=same\r\n"
+    b"\r\n"
+    b"--same\r\n"
+    b"Content-Type: multipart/alternative; boundary=same\r\n"
+    b"\r\n"
+    b"--same\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"\r\n"
+    b"Plain text.\r\n"
+    b"--same\r\n"
+    b"Content-Type: text/html\r\n"
+    b"\r\n"
+    b"<p>HTML text.</p>\r\n"
+    b"--same--\r\n"
+    b"\r\n"
+    b"--same\r\n"
+    b"Content-Type: text/plain; name=second.txt\r\n"
+    b"\r\n"
+    b"Second part.\r\n"
+    b"--same--\r\n"
 )
 
 
@@ -588,3 +619,97 @@ class FetchItemTests(ServerTestBase):
         self.assertEqual(response.count(b"BODY[HEADER.FIELDS (SUBJECT)] {18}"), 2)
         self.assertEqual(response.count(b"ENVELOPE ("), 2)
         self.assertTrue(response.endswith(b"a OK FETCH completed\r\n"), response)
+
+    @defer.inlineCallbacks
+    def test_nested_multipart_with_the_outer_boundary(self) -> Any:
+        # Outlook Express for Mac reused the outer boundary for the inner
+        # multipart/alternative: the delimiter lines up to the inner close
+        # delimiter are the inner one's, so its text is part 1.1 (the
+        # structure Dovecot gives).
+        self.storage.deliver("joe", SAME_BOUNDARY)  # type: ignore[attr-defined]
+        client = yield self.open()
+        response = yield client.command(
+            "a", "FETCH 2 (BODYSTRUCTURE BODY.PEEK[1.1] BODY.PEEK[1.MIME] BODY.PEEK[2])"
+        )
+        self.assertEqual(
+            response,
+            b'* 2 FETCH (BODYSTRUCTURE ((("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" '
+            b'11 0 NIL NIL NIL NIL)("text" "html" ("charset" "us-ascii") NIL NIL "7bit" 17 0 '
+            b'NIL NIL NIL NIL) "alternative" ("boundary" "same") NIL NIL NIL)("text" "plain" '
+            b'("name" "second.txt" "charset" "us-ascii") NIL NIL "7bit" 12 0 NIL NIL NIL NIL) '
+            b'"mixed" ("boundary" "same") NIL NIL NIL) '
+            b"BODY[1.1] {11}\r\nPlain text. "
+            b"BODY[1.MIME] {54}\r\nContent-Type: multipart/alternative; boundary=same\r\n\r\n "
+            b"BODY[2] {12}\r\nSecond part.)\r\n"
+            b"a OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_comments_are_no_addresses_in_the_envelope(self) -> Any:
+        # RFC 5322 3.2.2: "(foo)" in an empty group is no member; comments in
+        # or beside an angle-addr name nothing.
+        self.storage.deliver(  # type: ignore[attr-defined]
+            "joe",
+            b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+            b"Reply-To: <alice@example.org> (Alice)\r\n"
+            b"To: (nobody in particular)\r\n"
+            b"Cc: group:;, group2: (foo) ;\r\n"
+            b"Subject: Comments that are no addresses\r\n"
+            b"\r\n"
+            b"Hi.\r\n",
+        )
+        client = yield self.open()
+        response = yield client.command("a", "FETCH 2 ENVELOPE")
+        self.assertEqual(
+            response,
+            b"* 2 FETCH (ENVELOPE (NIL "
+            b'"Comments that are no addresses" ((NIL NIL "user-from" "domain.org")) '
+            b'((NIL NIL "user-from" "domain.org")) ((NIL NIL "alice" "example.org")) NIL '
+            b'((NIL NIL "group" NIL)(NIL NIL NIL NIL)(NIL NIL "group2" NIL)(NIL NIL NIL NIL)) '
+            b"NIL NIL NIL))\r\n"
+            b"a OK FETCH completed\r\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_nothing_cached_by_an_older_model_is_served(self) -> Any:
+        # What a server before the model's last change left in the cache: a
+        # structure of the old format and rendered values under the old kinds,
+        # all wrong for this message.  They must be worked out again.
+        data = SAME_BOUNDARY
+        uid = self.storage.deliver("joe", data)  # type: ignore[attr-defined]
+        inbox = self.storage.account("joe").get_mailbox("INBOX")  # type: ignore[attr-defined]
+        header = data.index(b"\r\n\r\n") + 4
+        single = message.MessageStructure(
+            len(data), message.Part(0, header, header, len(data) - header, 0)
+        )
+        # Format 1: what servers before the fix for same-boundary multiparts
+        # cached, as a wrong single-part reading of this message.
+        old = b"[1," + single.to_bytes().split(b",", 1)[1]
+        inbox.set_cached(uid, "structure", old)
+        inbox.set_cached(uid, "bodystructure", b'("text" "plain" NIL NIL NIL "7bit" 1 0)')
+        inbox.set_cached(uid, "envelope", b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+        client = yield self.open()
+        response = yield client.command("a", "FETCH 2 (BODY.PEEK[1.1] BODYSTRUCTURE ENVELOPE)")
+        self.assertIn(b"BODY[1.1] {11}\r\nPlain text. ", response)
+        self.assertIn(b' "mixed" ("boundary" "same") NIL NIL NIL) ', response)
+        self.assertIn(b'ENVELOPE (NIL "One boundary, no preambles" (("Alice Example"', response)
+        self.assertTrue(response.endswith(b"a OK FETCH completed\r\n"), response)
+
+    @defer.inlineCallbacks
+    def test_binary_body_is_the_whole_body(self) -> Any:
+        # Content-Transfer-Encoding: binary is no encoding to undo: BINARY[1]
+        # of a single-part message is its whole body (RFC 3501 6.4.5 part 1,
+        # RFC 3516 4.2), trailing line ends included, as Dovecot answers.
+        client = yield self.open()
+        data = b"Subject: binary\r\nContent-Transfer-Encoding: binary\r\n\r\n -\xff\r\n\r\n\r\n"
+        client.send(b"a APPEND INBOX ~{%d}\r\n" % len(data))
+        yield client.until(b"+ ")
+        client.send(data + b"\r\n")
+        response = yield client.until_tagged("a")
+        self.assertIn(b"a OK [APPENDUID ", response)
+        response = yield client.command("b", "FETCH 2 (BINARY.SIZE[1] BINARY.PEEK[1])")
+        self.assertEqual(
+            response,
+            b"* 2 FETCH (BINARY.SIZE[1] 9 BINARY[1] {9}\r\n -\xff\r\n\r\n\r\n)\r\n"
+            b"b OK FETCH completed\r\n",
+        )

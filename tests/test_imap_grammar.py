@@ -380,7 +380,8 @@ class SearchTests(SynchronousTestCase):
         self.assertEqual(len(key.args), 36)
 
     def test_values(self) -> None:
-        self.assertEqual(self.key(b'FROM "Smith"'), SearchKey("HEADER", ("FROM", b"Smith")))
+        self.assertEqual(self.key(b'FROM "Smith"'), SearchKey("ADDRESS", ("FROM", b"Smith")))
+        self.assertEqual(self.key(b"SUBJECT x"), SearchKey("HEADER", ("SUBJECT", b"x")))
         self.assertEqual(self.key(b'HEADER x-spam ""'), SearchKey("HEADER", ("X-SPAM", b"")))
         self.assertEqual(
             self.key(b"SINCE 1-Feb-1994"), SearchKey("SINCE", (datetime.date(1994, 2, 1),))

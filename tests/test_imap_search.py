@@ -81,14 +81,22 @@ class CompileTests(SynchronousTestCase):
     def test_content_keys_are_unknown_without_content(self) -> None:
         # Three-valued: a content key is "unknown" until its data is loaded,
         # but an index key can still decide the whole program.
-        for text in ("SUBJECT x", "BODY x", "TEXT x", "HEADER X-A b", "SENTON 1-Jan-2024"):
+        for text in (
+            "SUBJECT x",
+            "FROM x",
+            "BODY x",
+            "TEXT x",
+            "HEADER X-A b",
+            "SENTON 1-Jan-2024",
+        ):
             program = search.compile_key(_key(text), self.view)
             self.assertIsNone(program.predicate(1, self.messages[0][1], search.SearchContent()))
         program = search.compile_key(_key("SEEN FROM joe"), self.view)
         self.assertIs(program.predicate(3, self.messages[2][1], search.SearchContent()), False)
         program = search.compile_key(_key("OR SEEN FROM joe"), self.view)
         self.assertIs(program.predicate(1, self.messages[0][1], search.SearchContent()), True)
-        self.assertEqual(program.fields, frozenset({"FROM"}))
+        self.assertEqual(program.fields, frozenset())
+        self.assertEqual(program.addresses, frozenset({"FROM"}))
         self.assertFalse(program.text)
         program = search.compile_key(_key("SENTON 1-Jan-2024"), self.view)
         self.assertEqual(program.fields, frozenset({"DATE"}))
@@ -249,6 +257,31 @@ class WireMixin:
         yield self.expect('HEADER Date ""', [1, 2, 3])
         yield self.expect('HEADER X-Priority ""', [3])
         yield self.expect('NOT HEADER X-Priority ""', [1, 2, 4])
+
+    @defer.inlineCallbacks
+    def test_address_keys_match_addresses_not_comments(self) -> Any:
+        # FROM, TO, CC and BCC look in "the envelope structure's" field
+        # (RFC 3501 6.4.4): the addresses, written as Dovecot writes them,
+        # without comments or folding white space (RFC 5322 3.2.2).
+        client = yield self.selected()
+        data = (
+            b"From: <user-from (comment)@ (comment)\r\n domain.org>\r\n"
+            b"To: bob@example.net (Bob Example)\r\n"
+            b"Cc: group:;, group2: (foo) ;\r\n"
+            b"Subject: comments\r\n\r\nHi.\r\n"
+        )
+        response = yield client.command("a", b"APPEND INBOX {%d+}\r\n" % len(data) + data)
+        self.assertIn(b"a OK", response)
+        yield self.expect("FROM user-from@domain.org", [5])
+        yield self.expect("FROM comment", [])
+        yield self.expect('HEADER From "(comment)"', [5])  # HEADER: the text as sent
+        yield self.expect('TO "\\"Bob Example\\" <bob@example.net>"', [5])
+        yield self.expect("CC group2", [5])
+        yield self.expect("CC foo", [])
+        yield self.expect('FROM "<alice@example.org>"', [1, 3, 4])
+        # An encoded word is one atom, so not quoted, then decoded (as Dovecot).
+        yield self.expect("CHARSET UTF-8 FROM {18+}\r\nJ\xc3\xb6rg M\xc3\xbcller <jm@", [2])
+        yield self.expect('CC ""', [4, 5])
 
     @defer.inlineCallbacks
     def test_body_and_text(self) -> Any:

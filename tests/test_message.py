@@ -299,6 +299,40 @@ class EnvelopeTests(SynchronousTestCase):
         env = msg.envelope(msg.parse(load("24-missing-domain.eml")))
         self.assertEqual(env[2], ((None, None, b"root", b"MISSING_DOMAIN"),))
 
+    def test_comments_are_no_addresses(self) -> None:
+        # RFC 5322 3.2.2: comments are no part of an address.
+        env = msg.envelope(
+            msg.parse(
+                b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+                b"Reply-To: <alice@example.org> (Alice)\r\n"
+                b"To: (nobody in particular)\r\n"
+                b"Cc: group:;, group2: (foo) ;\r\n\r\n"
+            )
+        )
+        self.assertEqual(env[2], ((None, None, b"user-from", b"domain.org"),))
+        self.assertEqual(env[4], ((None, None, b"alice", b"example.org"),))
+        self.assertIsNone(env[5])  # "To: (nobody in particular)"
+        self.assertEqual(
+            env[6],
+            (
+                (None, None, b"group", None),
+                (None, None, None, None),
+                (None, None, b"group2", None),
+                (None, None, None, None),
+            ),
+        )
+        # RFC 5322 4.4 (obs-mbox-list, obs-group-list): an element of only
+        # comments is an empty element, after a comma too (where Dovecot 2.3
+        # reports a MISSING_MAILBOX member).
+        self.assertEqual(
+            msg.parse_addresses("x: a@b (c), (c3) ;"),
+            ((None, None, b"x", None), (b"c", None, b"a", b"b"), (None, None, None, None)),
+        )
+        # Only the old "addr-spec (Full Name)" takes its name from a comment.
+        self.assertEqual(msg.parse_addresses("(c0) a@b"), ((None, None, b"a", b"b"),))
+        self.assertEqual(msg.parse_addresses("<a@b> (Real)"), ((None, None, b"a", b"b"),))
+        self.assertEqual(msg.parse_addresses("a (c) @ b (d)"), ((b"d", None, b"a", b"b"),))
+
     def test_encoded_words_left_as_sent(self) -> None:
         env = msg.envelope(msg.parse(load("63-encoded-display-name.eml")))
         self.assertEqual(
@@ -398,6 +432,47 @@ class BodyStructureTests(SynchronousTestCase):
         self.assertEqual(
             generic.replace(b") (", b")("), msg.render_body_structure(value).replace(b") (", b")(")
         )
+
+
+class SameBoundaryTests(SynchronousTestCase):
+    """A multipart nested in one with the same boundary (Outlook Express for
+    Mac): a delimiter line is the innermost open multipart's, as Dovecot
+    reads it, so the inner multipart has its own parts."""
+
+    def section(self, name: str, part: tuple[int, ...], kind: str | None = None) -> bytes:
+        data = load(name)
+        where = msg.section_range(msg.parse(data), part, kind)
+        assert where is not None, part
+        return msg.read_range(data, *where)
+
+    def test_outlook_express_for_mac(self) -> None:
+        name = "71-same-boundary-nested.eml"
+        value = msg.body_structure(msg.parse(load(name)), False)
+        self.assertEqual(
+            msg.render_body_structure(value),
+            b'((("text" "plain" ("charset" "US-ASCII") NIL NIL "7bit" 35 1)'
+            b'("text" "html" ("charset" "US-ASCII") NIL NIL "quoted-printable" 61 1) '
+            b'"alternative")'
+            b'("application" "octet-stream" ("name" "notes.txt") NIL NIL "base64" 10) "mixed")',
+        )
+        self.assertEqual(self.section(name, (1, 1)), b"The readable text of the message.\r\n")
+        self.assertEqual(
+            self.section(name, (1, 2)),
+            b"<HTML><BODY>The readable text of the message.</BODY></HTML>\r\n",
+        )
+        self.assertEqual(self.section(name, (2,)), b"bm90ZXMK\r\n")
+
+    def test_first_delimiter_right_after_the_header(self) -> None:
+        # The inner header's blank line ends it, though its first delimiter
+        # follows at once (RFC 2046 5.1.1: no preamble, no CRLF before it).
+        name = "72-same-boundary-no-preamble.eml"
+        self.assertEqual(
+            self.section(name, (1,), "MIME"),
+            b"Content-Type: multipart/alternative; boundary=same\r\n\r\n",
+        )
+        self.assertEqual(self.section(name, (1, 1)), b"Plain text.")
+        self.assertEqual(self.section(name, (1, 2)), b"<p>HTML text.</p>")
+        self.assertEqual(self.section(name, (2,)), b"Second part.")
 
 
 class SectionTests(SynchronousTestCase):
@@ -537,6 +612,23 @@ class SearchTextTests(SynchronousTestCase):
             decoded(load("49-duplicate-headers.eml"), "subject"),
             ["First subject", "Second subject"],
         )
+
+    def test_address_text(self) -> None:
+        # What SEARCH FROM/TO/CC/BCC match: the addresses written out as
+        # Dovecot writes them for its search, comments left out.
+        cases = {
+            "<user-from (comment)@ (comment) domain.org>": "<user-from@domain.org>",
+            "user-from@domain.org (RealFrom)": "RealFrom <user-from@domain.org>",
+            "Bob Example <bob@example.net>": '"Bob Example" <bob@example.net>',
+            "root": "<root@MISSING_DOMAIN>",
+            "<@route:user@domain>": "<@route:user@domain>",
+            "team: a@b, C <c@d>;, nobody:;": "team: <a@b>, C <c@d>;, nobody:;",
+            "group:;, group2: (foo) ;": "group:;, group2:;",
+            "=?UTF-8?Q?J=C3=B6rg?= <j@x>": "Jörg <j@x>",
+            "(just a comment)": "",
+        }
+        for value, text in cases.items():
+            self.assertEqual(msg.address_text(value), text, value)
 
     def test_unknown_charset_replaced(self) -> None:
         self.assertEqual(msg.decode_words(b"=?x-nope?q?caf=C3=A9?="), "café")

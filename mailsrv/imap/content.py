@@ -16,7 +16,7 @@ Kinds:
     envelope fields.  Enough for ENVELOPE, BODY, BODYSTRUCTURE, every
     section's offsets, and SEARCH on the envelope fields (FROM, TO, CC,
     BCC, SUBJECT, Message-ID...) and SENT*.
-``envelope``, ``body`` and ``bodystructure``
+``envelope.V``, ``body.V`` and ``bodystructure.V``
     The rendered FETCH ENVELOPE, BODY and BODYSTRUCTURE values, so a
     client listing a mailbox costs a cache read per message, not a decode
     of the structure and a parse of its addresses.
@@ -29,6 +29,14 @@ Kinds:
 ``values:NAME``
     The unfolded values of one header field (every occurrence), for the
     header keys of SEARCH and SENT*.
+``addresses.V:NAME``
+    The addresses of one address field (FROM, TO, CC, BCC) as SEARCH
+    matches them (:func:`mailsrv.message.address_text`), every occurrence.
+
+``V`` is :data:`mailsrv.message.FORMAT_VERSION`: what is worked out from a
+message changes with the model, and a value cached by an older one must
+never be served (the structure carries its version inside).  Values of an
+older version stay in the cache unread until their message goes.
 
 Values bigger than :data:`CACHE_LIMIT` are not cached.
 """
@@ -48,6 +56,7 @@ __all__ = [
     "CACHE_LIMIT",
     "RENDERED",
     "STRUCTURE",
+    "address_texts",
     "each_file",
     "field_values",
     "header_fields",
@@ -67,6 +76,11 @@ CACHE_LIMIT = 16 * 1024
 #: HEADER.FIELDS lists longer than this are not cached (each distinct list
 #: is a cache kind of its own).
 _CACHED_FIELD_NAMES = 32
+
+
+def _versioned(kind: str) -> str:
+    """The cache kind for values the message model works out."""
+    return f"{kind}.{message.FORMAT_VERSION}"
 
 
 def _cache(mailbox: IMailbox) -> Any:
@@ -163,7 +177,7 @@ def rendered(mailbox: IMailbox, uids: Iterable[int], kind: str) -> Any:
     :data:`RENDERED`) from the cache, or worked out from the structure."""
     wanted = list(uids)
     cache = _cache(mailbox)
-    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, kind)
+    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, _versioned(kind))
     out = dict(cached)
     missing = [uid for uid in wanted if uid not in out]
     if missing:
@@ -171,7 +185,8 @@ def rendered(mailbox: IMailbox, uids: Iterable[int], kind: str) -> Any:
         found = yield structures(mailbox, missing)
         fresh = {uid: render(structure) for uid, structure in found.items()}
         out.update(fresh)
-        yield _set_many(cache, kind, {uid: v for uid, v in fresh.items() if len(v) <= CACHE_LIMIT})
+        small = {uid: v for uid, v in fresh.items() if len(v) <= CACHE_LIMIT}
+        yield _set_many(cache, _versioned(kind), small)
     return out
 
 
@@ -229,3 +244,20 @@ def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
 
     encoded = yield _per_message(mailbox, uids, "values:" + name.upper(), compute)
     return {uid: data.decode("latin-1").split("\n")[1:] for uid, data in encoded.items()}
+
+
+@defer.inlineCallbacks
+def address_texts(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
+    """``{uid: [text, ...]}``: each occurrence of address field ``name``
+    in each whole message as SEARCH FROM/TO/CC/BCC match it
+    (:func:`mailsrv.message.address_text`).  Cached like
+    :func:`field_values`, as UTF-8."""
+
+    def compute(source: IO[bytes]) -> bytes:
+        values = message.raw_fields(message.read_header(source), name)
+        texts = (message.address_text(v.decode("latin-1")) for v in values)
+        return b"".join(b"\n" + t.replace("\n", " ").encode("utf-8") for t in texts)
+
+    kind = _versioned("addresses") + ":" + name.upper()
+    encoded = yield _per_message(mailbox, uids, kind, compute)
+    return {uid: data.decode("utf-8", "replace").split("\n")[1:] for uid, data in encoded.items()}

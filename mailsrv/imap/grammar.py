@@ -264,8 +264,10 @@ class SearchKey:
     * ``BEFORE``/``ON``/``SINCE`` and ``SENTBEFORE``/``SENTON``/``SENTSINCE``
       (datetime.date,)
     * ``LARGER``/``SMALLER`` (int,)
-    * ``HEADER`` (field name upper-cased, bytes value): FROM, TO, CC, BCC
-      and SUBJECT become HEADER
+    * ``HEADER`` (field name upper-cased, bytes value); SUBJECT becomes
+      HEADER
+    * ``ADDRESS`` (FROM, TO, CC or BCC, bytes value): matched against the
+      addresses, not the field's text (RFC 3501 6.4.4)
     * ``BODY``/``TEXT`` (bytes,)
     * ``MODSEQ`` (int,) (RFC 7162)
     """
@@ -996,7 +998,7 @@ _SEARCH_FLAG_KEYS = {
     "UNFLAGGED": ("\\Flagged", False),
     "UNSEEN": ("\\Seen", False),
 }
-_SEARCH_HEADER_KEYS = frozenset({"BCC", "CC", "FROM", "SUBJECT", "TO"})
+_SEARCH_ADDRESS_KEYS = frozenset({"BCC", "CC", "FROM", "TO"})
 _SEARCH_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
 _SEARCH_ESEARCH_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
@@ -1039,7 +1041,10 @@ def _search_key(reader: _Reader, depth: int) -> SearchKey:
         reader.space()
         right = _search_key(reader, depth + 1)
         return SearchKey("OR", (left, right))
-    if word in _SEARCH_HEADER_KEYS:
+    if word in _SEARCH_ADDRESS_KEYS:
+        reader.space()
+        return SearchKey("ADDRESS", (word, reader.astring("a search string")))
+    if word == "SUBJECT":
         reader.space()
         return SearchKey("HEADER", (word, reader.astring("a search string")))
     if word == "HEADER":

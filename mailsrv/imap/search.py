@@ -14,9 +14,10 @@ undecided:
 
 1. the index alone (flags, sizes, internal dates, sequence numbers, UIDs):
    ``SEARCH UNSEEN SUBJECT x`` never looks at a seen message's contents;
-2. header fields (:func:`mailsrv.imap.content.field_values`, cached per
-   field name, read from the file's header only on a miss), for FROM, TO,
-   CC, BCC, SUBJECT, HEADER and SENT*;
+2. header fields (:func:`mailsrv.imap.content.field_values` and, for
+   FROM, TO, CC and BCC, :func:`~mailsrv.imap.content.address_texts`;
+   cached per field name, read from the file's header only on a miss), for
+   FROM, TO, CC, BCC, SUBJECT, HEADER and SENT*;
 3. the message text, for BODY and TEXT: transfer-decoded and
    charset-decoded text parts read from the file, located by the parsed
    (and cached) structure.
@@ -78,6 +79,7 @@ class SearchContent:
     """What has been loaded of one message's contents (None: not yet)."""
 
     fields: dict[str, list[str]] | None = None
+    addresses: dict[str, list[str]] | None = None  # address fields as SEARCH reads them
     body: str | None = None  # case-folded decoded text parts
     header: str | None = None  # case-folded decoded header, for TEXT
 
@@ -92,6 +94,7 @@ class Program:
 
     predicate: Predicate
     fields: frozenset[str] = frozenset()  # header fields, upper-cased
+    addresses: frozenset[str] = frozenset()  # address fields, upper-cased
     text: bool = False
 
 
@@ -233,6 +236,8 @@ def _compile(
         return _date_test(op[4:], cast(datetime.date, args[0]), sent)
     if op == "HEADER":
         return _header_test(cast(str, args[0]), _needle(args[1], charset), program)
+    if op == "ADDRESS":
+        return _address_test(cast(str, args[0]), _needle(args[1], charset), program)
     if op in ("BODY", "TEXT"):
         program.text = True
         needle = _needle(args[0], charset)
@@ -285,6 +290,23 @@ def _header_test(name: str, needle: str, program: Program) -> Predicate:
             if needle in message.decode_words(value.encode("latin-1")).casefold():
                 return True
         return False
+
+    return test
+
+
+def _address_test(name: str, needle: str, program: Program) -> Predicate:
+    """FROM, TO, CC or BCC: the addresses of the field (RFC 3501 6.4.4, "the
+    envelope structure's" field), comments left out; an empty needle
+    matches any message that has the field, as for HEADER."""
+    program.addresses = program.addresses | {name}
+
+    def test(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        if c.addresses is None:
+            return None
+        texts = c.addresses.get(name, ())
+        if not needle:
+            return bool(texts)
+        return any(needle in text.casefold() for text in texts)
 
     return test
 
@@ -375,14 +397,18 @@ def _matches(
             hits.append((seq, m.uid))
         elif result is None:
             pending.append((seq, m, c))
-    if pending and program.fields:
+    if pending and (program.fields or program.addresses):
         uids = [m.uid for _, m, _ in pending]
         values: dict[str, dict[int, list[str]]] = {}
         for name in sorted(program.fields):
             values[name] = yield content.field_values(mailbox, uids, name)
+        addresses: dict[str, dict[int, list[str]]] = {}
+        for name in sorted(program.addresses):
+            addresses[name] = yield content.address_texts(mailbox, uids, name)
         undecided = []
         for seq, m, c in pending:
             c.fields = {name: found.get(m.uid, []) for name, found in values.items()}
+            c.addresses = {name: found.get(m.uid, []) for name, found in addresses.items()}
             result = test(seq, m, c)
             if result is True:
                 hits.append((seq, m.uid))

@@ -1212,6 +1212,115 @@ add(
 )
 
 
+# 71-74: defects found in review
+# Outlook Express for Mac nested multipart/alternative in multipart/mixed
+# with the same boundary; the delimiter lines belong to the inner one until
+# its close delimiter (as Dovecot reads it), so the text is part 1.1.
+OEMAC = "B_3248296127_18352"
+add(
+    "71-same-boundary-nested.eml",
+    *headers(
+        "Outlook Express for Mac: one boundary, two multiparts",
+        "Mime-version: 1.0",
+        f'Content-type: multipart/mixed; boundary="{OEMAC}"',
+    ),
+    "",
+    "> This message is in MIME format. Since your mail reader does not understand",
+    "this format, some or all of this message may not be legible.",
+    "",
+    f"--{OEMAC}",
+    f'Content-type: multipart/alternative; boundary="{OEMAC}"',
+    "",
+    "",
+    f"--{OEMAC}",
+    'Content-type: text/plain; charset="US-ASCII"',
+    "Content-transfer-encoding: 7bit",
+    "",
+    "The readable text of the message.",
+    "",
+    f"--{OEMAC}",
+    'Content-type: text/html; charset="US-ASCII"',
+    "Content-transfer-encoding: quoted-printable",
+    "",
+    "<HTML><BODY>The readable text of the message.</BODY></HTML>",
+    "",
+    f"--{OEMAC}--",
+    "",
+    "",
+    f"--{OEMAC}",
+    'Content-type: application/octet-stream; name="notes.txt"',
+    "Content-disposition: attachment",
+    "Content-transfer-encoding: base64",
+    "",
+    *b64(b"notes\n"),
+    "",
+    f"--{OEMAC}--",
+    "",
+)
+# The same with no preamble: the inner multipart's first delimiter follows
+# its header's blank line at once, and that blank line is still its header's.
+add(
+    "72-same-boundary-no-preamble.eml",
+    *headers(
+        "One boundary, no preambles",
+        "MIME-Version: 1.0",
+        "Content-Type: multipart/mixed; boundary=same",
+    ),
+    "",
+    "--same",
+    "Content-Type: multipart/alternative; boundary=same",
+    "",
+    "--same",
+    "Content-Type: text/plain",
+    "",
+    "Plain text.",
+    "--same",
+    "Content-Type: text/html",
+    "",
+    "<p>HTML text.</p>",
+    "--same--",
+    "",
+    "--same",
+    "Content-Type: text/plain; name=second.txt",
+    "",
+    "Second part.",
+    "--same--",
+    "",
+)
+# Comments are no part of an address (RFC 5322 3.2.2): an empty group with
+# a comment has no members, and a comment inside or beside an angle-addr
+# names nothing.
+add(
+    "73-address-comment-only.eml",
+    DATE,
+    "From: <user-from (comment)@ (comment) domain.org>",
+    "Reply-To: <alice@example.org> (Alice)",
+    "To: (nobody in particular)",
+    "Cc: group:;, group2: (foo) ;",
+    "Subject: Comments that are no addresses",
+    "Message-ID: <comment-only@example.org>",
+    "",
+    "Hi.",
+    "",
+)
+# Content-Transfer-Encoding: binary: BINARY[1] is the whole body as stored,
+# its trailing line ends included (RFC 3516 4.2, RFC 3501 6.4.5 part 1).
+add(
+    "74-binary-body.eml",
+    *headers(
+        "Binary body",
+        "MIME-Version: 1.0",
+        "Content-Type: application/octet-stream",
+        "Content-Transfer-Encoding: binary",
+    ),
+    "",
+    b" -\xff",
+    "",
+    "",
+    "",
+)
+
+
 def main() -> None:
     for name in sorted(os.listdir(HERE)):
         if name.endswith(".eml"):

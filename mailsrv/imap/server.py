@@ -93,9 +93,6 @@ _SELECTED = frozenset({State.SELECTED})
 _Result = Done | defer.Deferred[Done]
 _Handler = Callable[[Any], _Result]
 
-_PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
-_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
-
 
 @attrs.define
 class _Literal:
@@ -885,6 +882,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         try:
             uids: Sequence[int] = yield defer.maybeDeferred(mailbox.uids)
             view.map.extend(uids)
+            # Like Dovecot, FLAGS lists the keywords already defined, so a
+            # client knows them before any FETCH shows one (RFC 3501 7.2.6).
+            keywords: Sequence[str] = yield defer.maybeDeferred(mailbox.keywords)
             status: MailboxStatus = yield defer.maybeDeferred(mailbox.status)
             if command.readonly:
                 recent_count = status.recent
@@ -904,8 +904,6 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self.selected = view
         self.state = State.SELECTED
         lines = [
-            f"* FLAGS {_FLAGS}\r\n",
-            f"* OK [PERMANENTFLAGS {'()' if command.readonly else _PERMANENT_FLAGS}] Flags\r\n",
             f"* {view.exists} EXISTS\r\n",
             f"* {recent_count} RECENT\r\n",
         ]
@@ -913,7 +911,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             lines.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
         lines.append(f"* OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid\r\n")
         lines.append(f"* OK [UIDNEXT {status.uidnext}] Predicted next UID\r\n")
-        self._send("".join(lines).encode("ascii"))
+        self._send(view.flags_response(keywords) + "".join(lines).encode("ascii"))
         mode = "READ-ONLY" if command.readonly else "READ-WRITE"
         return Done(text=f"{command.name} completed", code=mode)
 

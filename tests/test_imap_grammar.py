@@ -212,6 +212,8 @@ class ListTests(SynchronousTestCase):
 
     def test_list_extended_errors(self) -> None:
         self.assertRaises(ParseError, parse, b'a LIST (RECURSIVEMATCH) "" *')
+        # RFC 5258 3: nor with REMOTE only.
+        self.assertRaises(ParseError, parse, b'a LIST (RECURSIVEMATCH REMOTE) "" *')
         self.assertRaises(ParseError, parse, b'a LIST (BOGUS) "" *')
         self.assertRaises(ParseError, parse, b'a LIST "" * RETURN (BOGUS)')
         self.assertRaises(ParseError, parse, b'a LIST "" * EXTRA')

@@ -1156,8 +1156,9 @@ def _list(reader: _Reader, tag: str, name: str) -> List:
         for option in selection:
             if option not in _LIST_SELECTION:
                 raise reader.error(f"unknown LIST selection option {option}")
-        if "RECURSIVEMATCH" in selection and len(selection) == 1:
-            raise reader.error("RECURSIVEMATCH needs another selection option")
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
+            # RFC 5258 3: alone or only with REMOTE it MUST be answered BAD.
+            raise reader.error("RECURSIVEMATCH needs a selection option other than REMOTE")
         reader.space()
     reference = _mailbox(reader, "a reference name")
     reader.space()

@@ -9,7 +9,10 @@ option other than REMOTE (RFC 5258 3).
 
 from __future__ import annotations
 
+import codecs
+import encodings
 import io
+import sys
 from typing import Any
 
 from twisted.internet import defer
@@ -141,7 +144,67 @@ class _NameScenarios(_BackendBase):
         t.assertEqual(response, b"l OK LIST completed\r\n")
 
 
-class MemoryNameTests(_NameScenarios, TestCase):
+def block_utf16_codec(test: TestCase) -> None:
+    """Make the codec registry unable to load ``encodings.utf_16_be`` for
+    the rest of ``test``, as in a daemon after twistd dropped root when the
+    standard library is not readable by its user (a Python below /root)."""
+    saved = sys.modules.get("encodings.utf_16_be")
+
+    def forget() -> None:
+        encodings._cache.pop("utf_16_be", None)  # type: ignore[attr-defined]
+
+        def nothing(name: str) -> None:
+            return None
+
+        codecs.register(nothing)
+        codecs.unregister(nothing)  # clears the interpreter's lookup cache
+
+    def restore() -> None:
+        if saved is None:
+            sys.modules.pop("encodings.utf_16_be", None)
+        else:
+            sys.modules["encodings.utf_16_be"] = saved
+        forget()
+
+    sys.modules["encodings.utf_16_be"] = None  # type: ignore[assignment]
+    forget()
+    test.addCleanup(restore)
+    test.assertRaises(LookupError, b"\x00\xe9".decode, "utf-16-be")
+
+
+class _PrivilegeDropScenario(_BackendBase):
+    @defer.inlineCallbacks
+    def test_names_need_no_codec_lookup(self) -> Any:
+        """The cause of a dropped connection: decoding a name's base64 run
+        looked the UTF-16 codec up by name, and where it cannot be loaded
+        the LookupError escaped the parser.  Names are decoded and encoded
+        without that lookup now."""
+        t: Any = self
+        client = yield self.session(None)
+        block_utf16_codec(t)
+        lines = [
+            b"s SELECT Caf&AOk-",
+            b'l LIST "" Men&APw-%',
+            b"c CREATE Caf&AOk-/Men&APw-",
+            b'm LIST "" Caf&AOk-*',
+            b"n NOOP",
+        ]
+        client.send(b"".join(line + b"\r\n" for line in lines))
+        response = yield client.until_tagged("n")
+        t.assertRegex(response, rb"^s NO \[NONEXISTENT\] .*\r\nl OK LIST completed\r\n")
+        t.assertTrue(
+            response.endswith(
+                b"c OK CREATE completed\r\n"
+                b'* LIST (\\HasChildren) "/" Caf&AOk-\r\n'
+                b'* LIST (\\HasNoChildren) "/" Caf&AOk-/Men&APw-\r\n'
+                b"m OK LIST completed\r\n"
+                b"n OK NOOP completed\r\n"
+            ),
+            response,
+        )
+
+
+class MemoryNameTests(_NameScenarios, _PrivilegeDropScenario, TestCase):
     def make_storage(self) -> IStorage:
         return MemoryStorage()
 
@@ -150,7 +213,7 @@ class MemoryNameTests(_NameScenarios, TestCase):
         storage.deliver("joe", MESSAGE % (number, number))
 
 
-class MaildirNameTests(_NameScenarios, TestCase):
+class MaildirNameTests(_NameScenarios, _PrivilegeDropScenario, TestCase):
     def make_storage(self) -> IStorage:
         from mailsrv.storage.maildir import MaildirStorage
 

@@ -14,8 +14,10 @@ Conventions every implementation follows:
   hierarchy delimiter; ``INBOX`` is case-insensitive and always exists.  The
   protocol layer converts to and from modified UTF-7.
 * Flags are ``str``: the system flags in their canonical spelling
-  (:data:`SYSTEM_FLAGS`) and keywords as atoms.  ``\\Recent`` is never stored:
-  it is session state, handed out once by :meth:`IMailbox.claim_recent`.
+  (:data:`SYSTEM_FLAGS`) and keywords as atoms other than ``NIL``
+  (:func:`mailsrv.storage.flags.check_flags` is the rule).  ``\\Recent`` is
+  never stored: it is session state, handed out once by
+  :meth:`IMailbox.claim_recent`.
 * Message bytes are always in wire form: CRLF line ends.  ``size`` is the
   length of exactly those bytes, so RFC822.SIZE, BODY[], POP3 LIST and RETR
   all agree.
@@ -168,12 +170,25 @@ class IMailbox(Interface):
     uidnext = Attribute("int: the UID the next added message will get.")
     highest_modseq = Attribute("int: the highest MODSEQ of any change so far.")
     special_use = Attribute("frozenset[str]: RFC 6154 attributes, e.g. {'\\Sent'}.")
+    keyword_limit = Attribute(
+        "int | None: how many keywords the mailbox can define; None for no limit.  "
+        "Once keywords() has this many, storing a new keyword fails with LimitExceeded."
+    )
 
     def status() -> MailboxStatus:
         """Counters for STATUS and SELECT, answered from the index alone."""
 
     def uids() -> Sequence[int]:
         """All UIDs, ascending.  The result may be shared: never mutate it."""
+
+    def keywords() -> Sequence[str]:
+        """The keywords defined in the mailbox, in a stable order.
+
+        Every keyword a message has is among them (a keyword may stay
+        defined after the last message with it lost it).  Answered cheaply,
+        without reading messages: IMAP asks at SELECT and whenever a session
+        meets a keyword it has not been told about (RFC 3501 7.2.6).
+        """
 
     def fetch(uids: Iterable[int]) -> Sequence[IMessage]:
         """Metadata for the given UIDs that exist, ascending by UID."""

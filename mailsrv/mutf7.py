@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 
 __all__ = ["decode", "encode"]
 
@@ -22,8 +23,16 @@ def _direct(char: str) -> bool:
     return " " <= char <= "~" and char != "&"
 
 
+# UTF-16 goes through the codec functions themselves, not str.encode and
+# bytes.decode: those look the codec up by name, which imports
+# encodings.utf_16_be on first use.  In a daemon that first use comes after
+# twistd dropped root, when the standard library may not be readable any
+# more (a Python below /root): the lookup then fails with LookupError, which
+# no caller expects, and the IMAP connection that sent the name was dropped.
+
+
 def _encode_run(run: str) -> str:
-    data = run.encode("utf-16-be", "surrogatepass")
+    data, _ = codecs.utf_16_be_encode(run, "surrogatepass")
     text = base64.b64encode(data).decode("ascii").rstrip("=").replace("/", ",")
     return "&" + text + "-"
 
@@ -73,7 +82,7 @@ def _decode_run(text: str) -> str:
     if base64.b64encode(data).decode("ascii").rstrip("=").replace("/", ",") != text:
         raise ValueError("non-canonical modified base64 (stray bits)")
     try:
-        decoded = data.decode("utf-16-be")
+        decoded, _ = codecs.utf_16_be_decode(data, "strict", True)
     except UnicodeDecodeError as exc:
         raise ValueError(f"invalid UTF-16 in modified base64: {exc.reason}") from None
     if any(_direct(char) or char == "&" for char in decoded):

@@ -681,6 +681,24 @@ class StorageSuiteMixin(_Base):
         result = await call(inbox.store, [u2 + 100], [SEEN], StoreMode.ADD)
         self.assertEqual(result.updated, ())
 
+    async def test_keywords(self) -> None:
+        inbox = await self.mailbox(await self.account(), "INBOX")
+        self.assertEqual(list(await call(inbox.keywords)), [])
+        u1, u2 = await self.seed(inbox, 2)
+        await call(inbox.store, [u1], ["\\Seen", "$Work"], StoreMode.ADD)
+        await self.append(inbox, message_bytes(3), ["Later", "\\Flagged"])
+        # In the order they were first stored, system flags aside.
+        self.assertEqual(list(await call(inbox.keywords)), ["$Work", "Later"])
+        limit = inbox.keyword_limit
+        self.assertTrue(limit is None or limit >= 2, limit)
+        for flags in (["NIL"], ["\\Seen", "nil"]):
+            exc = await self.fails(StorageError, inbox.store, [u2], flags, StoreMode.ADD)
+            self.assertEqual(exc.code, "CANNOT")  # type: ignore[attr-defined]
+            exc = await self.fails(StorageError, self.append, inbox, message_bytes(4), flags)
+            self.assertEqual(exc.code, "CANNOT")  # type: ignore[attr-defined]
+        self.assertEqual(await self.flags_of(inbox, u2), frozenset())
+        self.assertEqual(list(await call(inbox.keywords)), ["$Work", "Later"])
+
     async def test_store_modseq(self) -> None:
         inbox = await self.mailbox(await self.account(), "INBOX")
         u1, u2 = await self.seed(inbox, 2)

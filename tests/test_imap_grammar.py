@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import random
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -147,11 +148,20 @@ class MailboxTests(SynchronousTestCase):
         self.assertEqual(command, Create("a", "CREATE", "Entwürfe"))
         self.assertEqual(parse(b"a RENAME &-x y"), Rename("a", "RENAME", "&x", "y"))
 
-    def test_invalid_modified_utf7_is_bad(self) -> None:
-        error = self.assertRaises(ParseError, parse, b"a SELECT Entw&APw")
-        self.assertEqual(error.tag, "a")
-        self.assertIn("modified UTF-7", error.message)
-        self.assertRaises(ParseError, parse, 'a SELECT "Entwürfe"'.encode())
+    def test_invalid_modified_utf7_is_kept(self) -> None:
+        """Not a syntax error (RFC 3501 5.1.3): the name is kept, marked, for
+        the server to answer NO."""
+        for line, raw in (
+            (b"a SELECT Entw&APw", "Entw&APw"),
+            ('a SELECT "Entwürfe"'.encode(), "Entw\\xc3\\xbcrfe"),
+            (b'a LIST "" &Jjo*', "&Jjo*"),
+        ):
+            command: Any = parse(line)
+            name = command.patterns[0] if command.name == "LIST" else command.mailbox
+            self.assertIsInstance(name, grammar.UndecodedName)
+            self.assertEqual(name, raw)
+            self.assertTrue(name.reason)
+        self.assertNotIsInstance(parse(b"a SELECT Entw&APw-").mailbox, grammar.UndecodedName)  # type: ignore[attr-defined]
 
     def test_mailbox_commands(self) -> None:
         for name in ("DELETE", "SUBSCRIBE", "UNSUBSCRIBE"):
@@ -216,6 +226,8 @@ class ListTests(SynchronousTestCase):
 
     def test_list_extended_errors(self) -> None:
         self.assertRaises(ParseError, parse, b'a LIST (RECURSIVEMATCH) "" *')
+        # RFC 5258 3: nor with REMOTE only.
+        self.assertRaises(ParseError, parse, b'a LIST (RECURSIVEMATCH REMOTE) "" *')
         self.assertRaises(ParseError, parse, b'a LIST (BOGUS) "" *')
         self.assertRaises(ParseError, parse, b'a LIST "" * RETURN (BOGUS)')
         self.assertRaises(ParseError, parse, b'a LIST "" * EXTRA')

@@ -375,7 +375,8 @@ class EveryMethodTests(ImaplibBase):
         self.assertEqual(r["select"], ("OK", [b"2"]))
         self.assertEqual(
             r["select_flags"],
-            ("FLAGS", [b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"]),
+            # The appended message's keyword is defined: FLAGS lists it.
+            ("FLAGS", [b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)"]),
         )
         self.assertEqual(r["select_uidvalidity"][0], "UIDVALIDITY")
         self.assertEqual(r["recent"], ("OK", [b"2"]))

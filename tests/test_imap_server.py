@@ -80,6 +80,12 @@ class FakeMailbox:
     def uids(self) -> Sequence[int]:
         return sorted(self.messages)
 
+    keyword_limit: int | None = None
+
+    def keywords(self) -> Sequence[str]:
+        flags = (f for info, _ in self.messages.values() for f in sorted(info.flags))
+        return tuple(dict.fromkeys(f for f in flags if not f.startswith("\\")))
+
     def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
         return [self.messages[u][0] for u in sorted(set(uids)) if u in self.messages]
 

@@ -525,6 +525,60 @@ class FlagTests(MaildirTestCase):
         self.assertEqual(len(inbox.fetch([uid])[0].flags), 26)
         self.assertRaises(LimitExceeded, inbox.store, [uid], ["one-too-many"], StoreMode.ADD)
 
+    def test_keywords_listed_in_letter_order(self) -> None:
+        inbox = self.inbox()
+        self.assertEqual((list(inbox.keywords()), inbox.keyword_limit), ([], 26))
+        uid = inbox.append(io.BytesIO(MESSAGE), ["Work", "$Forwarded"])
+        inbox.store([uid], ["$Junk"], StoreMode.ADD)
+        # Defined stays defined, as in Dovecot: the letter keeps its name.
+        inbox.store([uid], ["Work"], StoreMode.REMOVE)
+        self.assertEqual(list(inbox.keywords()), ["$Forwarded", "Work", "$Junk"])
+        # Another process's view of the same folder agrees.
+        self.assertEqual(list(self.inbox().keywords()), ["$Forwarded", "Work", "$Junk"])
+
+    def test_no_room_refuses_all_new_keywords(self) -> None:
+        inbox = self.inbox()
+        uid = inbox.append(io.BytesIO(MESSAGE), [f"k{i:02}" for i in range(25)])
+        path = os.path.join(self.root, "dovecot-keywords")
+        with open(path) as handle:
+            before = handle.read()
+        exc = self.assertRaises(
+            LimitExceeded, inbox.store, [uid], ["k00", "new1", "new2"], StoreMode.ADD
+        )
+        self.assertEqual(
+            str(exc), "no room for keyword new1: a Maildir folder holds at most 26 keywords"
+        )
+        with open(path) as handle:
+            self.assertEqual(handle.read(), before)
+        self.assertEqual(len(inbox.keywords()), 25)
+        inbox.store([uid], ["NEW1", "new1"], StoreMode.ADD)  # one letter for both
+        self.assertEqual(inbox.keywords()[-1], "NEW1")
+
+    def test_names_imap_cannot_carry_are_hidden(self) -> None:
+        """Another program may have written keywords IMAP cannot send back:
+        they keep their letters, but no message shows them."""
+        inbox = self.inbox()
+        with open(os.path.join(self.root, "dovecot-keywords"), "w") as handle:
+            handle.write("0 my flag\n1 NIL\n2 Work\n")
+        uid = inbox.append(io.BytesIO(MESSAGE), ["Work"])
+        (name,) = self.cur_files()
+        cur = os.path.join(self.root, "cur")
+        os.rename(os.path.join(cur, name), os.path.join(cur, name[: -len("c")] + "abc"))
+        inbox.check()
+        self.assertEqual(inbox.fetch([uid])[0].flags, frozenset({"Work"}))
+        self.assertEqual((list(inbox.keywords()), inbox.keyword_limit), (["Work"], 24))
+        inbox.store([uid], ["\\Seen", "Later"], StoreMode.REPLACE)
+        self.assertEqual(split_filename(self.cur_files()[0])[1], "Sabd")
+        self.assertEqual(inbox.fetch([uid])[0].flags, frozenset({"\\Seen", "Later"}))
+
+    def test_nil_is_no_keyword(self) -> None:
+        inbox = self.inbox()
+        for flag in ("NIL", "nil"):
+            exc = self.assertRaises(StorageError, inbox.append, io.BytesIO(MESSAGE), [flag])
+            self.assertEqual(exc.code, "CANNOT")
+        self.assertEqual(self.cur_files(), [])
+        self.assertFalse(os.path.exists(os.path.join(self.root, "dovecot-keywords")))
+
     def test_invalid_flags(self) -> None:
         inbox = self.inbox()
         self.assertRaises(StorageError, inbox.append, io.BytesIO(MESSAGE), ["\\Bogus"])

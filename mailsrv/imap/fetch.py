@@ -618,6 +618,7 @@ def _fetch_index_only(
     writer = request.writer
     view = request.view
     renderers = [_INDEX_ITEMS[a.name] for a in request.attributes]
+    shows_flags = any(a.name == "FLAGS" for a in request.attributes)
     pairs = iter(messages)
     outcome = _Outcome()
     first = True
@@ -634,6 +635,10 @@ def _fetch_index_only(
         found = request.mailbox.fetch(list(seq_of))
         if isinstance(found, defer.Deferred):
             found = yield found
+        if shows_flags:
+            telling = _tell_keywords(request, found)
+            if telling is not None:
+                yield telling
         lines = []
         written = 0
         for m in found:
@@ -696,6 +701,9 @@ def fetch_messages(
         found = [m for m in found if m.uid in seq_of]
         batch = yield _load(request, found)
         outcome.missing += len(chunk) - len(batch)
+        telling = _tell_keywords(request, [m.info for m in batch if shows_flags or m.flags_changed])
+        if telling is not None:
+            yield telling
         for msg in batch:
             if wants_file:
                 try:
@@ -723,6 +731,18 @@ def fetch_messages(
             if writer.closed:
                 return outcome
         pacer.done(len(chunk))
+
+
+def _tell_keywords(request: FetchRequest, shown: Iterable[IMessage]) -> defer.Deferred[None] | None:
+    """Send FLAGS and PERMANENTFLAGS again before responses that show a
+    keyword the session was not told about (RFC 3501 7.2.6: another session
+    or a delivery may have just defined it).  None when every keyword is
+    known, which is the common case and costs no storage call."""
+    view = request.view
+    new = view.unannounced(m.flags for m in shown)
+    if not new:
+        return None
+    return view.announce_keywords(new).addCallback(request.writer.write)
 
 
 def _respond(

@@ -56,6 +56,7 @@ __all__ = [
     "Simple",
     "Status",
     "Store",
+    "UndecodedName",
     "astring",
     "decode_mailbox",
     "flag_list",
@@ -625,34 +626,47 @@ class _Reader:
 # ---------------------------------------------------------------------------
 
 
+class UndecodedName(str):
+    """A mailbox name or LIST pattern that is not valid modified UTF-7, as
+    sent (octets above ASCII escaped); ``reason`` says what is wrong.
+
+    Such a name is syntactically valid (any astring is; RFC 3501 5.1.3 asks
+    servers to preserve names they do not understand), so it is not a parse
+    error: the server answers that no mailbox has it (``NO [NONEXISTENT]``),
+    that none can be created with it (``NO [CANNOT]``), and as a LIST
+    pattern it matches nothing.
+    """
+
+    reason: str
+
+    def __new__(cls, raw: bytes, reason: str) -> UndecodedName:
+        name = super().__new__(cls, raw.decode("ascii", "backslashreplace"))
+        name.reason = reason
+        return name
+
+
 def _mailbox(reader: _Reader, what: str = "a mailbox name") -> str:
-    raw = reader.astring(what)
-    return decode_mailbox(raw, reader)
+    return decode_mailbox(reader.astring(what))
 
 
-def decode_mailbox(raw: bytes, reader: _Reader | None = None) -> str:
-    """A mailbox name from the wire: INBOX in any case is INBOX, and the rest
-    is modified UTF-7 decoded (RFC 3501 5.1, 5.1.3)."""
+def decode_mailbox(raw: bytes) -> str:
+    """A mailbox name (or pattern) from the wire: INBOX in any case is INBOX,
+    and the rest is modified UTF-7 decoded (RFC 3501 5.1, 5.1.3); an
+    :class:`UndecodedName` if it is not valid modified UTF-7."""
     try:
         text = raw.decode("ascii")
         if text.upper() == "INBOX":
             return "INBOX"
         return mutf7.decode(text)
     except (UnicodeDecodeError, ValueError) as exc:
-        message = f"mailbox name is not valid modified UTF-7 ({exc})"
-        raise ParseError(message, reader.tag if reader else None) from None
+        return UndecodedName(raw, str(exc))
 
 
 def _pattern(reader: _Reader) -> str:
     """list-mailbox: 1*list-char / string, decoded like a mailbox name."""
     char = reader.peek()
     raw = reader.string() if char in (0x22, 0x7B) else reader.run(_LIST_CHARS, "a pattern")
-    if raw.upper() == b"INBOX":
-        return "INBOX"
-    try:
-        return mutf7.decode(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise reader.error(f"mailbox pattern is not valid modified UTF-7 ({exc})") from None
+    return decode_mailbox(raw)
 
 
 #: ``$`` as a sequence set: the saved search result (RFC 5182).
@@ -1161,8 +1175,9 @@ def _list(reader: _Reader, tag: str, name: str) -> List:
         for option in selection:
             if option not in _LIST_SELECTION:
                 raise reader.error(f"unknown LIST selection option {option}")
-        if "RECURSIVEMATCH" in selection and len(selection) == 1:
-            raise reader.error("RECURSIVEMATCH needs another selection option")
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
+            # RFC 5258 3: alone or only with REMOTE it MUST be answered BAD.
+            raise reader.error("RECURSIVEMATCH needs a selection option other than REMOTE")
         reader.space()
     reference = _mailbox(reader, "a reference name")
     reader.space()

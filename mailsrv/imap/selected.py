@@ -25,9 +25,23 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mailsrv.imap import grammar
-from mailsrv.interfaces import RECENT, SEEN, IMailbox, IMailboxListener, IMessage
+from mailsrv.interfaces import (
+    ANSWERED,
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    RECENT,
+    SEEN,
+    SYSTEM_FLAGS,
+    IMailbox,
+    IMailboxListener,
+    IMessage,
+)
 
 __all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
+
+#: The system flags in the order FLAGS and PERMANENTFLAGS list them.
+_SYSTEM_ORDER = (ANSWERED, FLAGGED, DELETED, SEEN, DRAFT)
 
 
 class InvalidSequence(ValueError):
@@ -250,6 +264,9 @@ class SelectedMailbox:
         self.on_change: Callable[[], None] | None = None
         #: The saved search result, "$" (RFC 5182), as UIDs; empty on SELECT.
         self.saved = UidMap(())
+        #: The keywords the session was told about in FLAGS, in that order.
+        self.keywords: tuple[str, ...] = ()
+        self._known: frozenset[str] = SYSTEM_FLAGS | {RECENT}
 
     # -- IMailboxListener --------------------------------------------------
 
@@ -346,6 +363,53 @@ class SelectedMailbox:
         uids = [uid for _, uid in self.map.by_seq(low, high)]
         return defer.maybeDeferred(self.mailbox.fetch, uids)
 
+    # -- Keywords (RFC 3501 7.2.6) --------------------------------------------
+    #
+    # A client learns the flags it may meet from FLAGS and PERMANENTFLAGS, at
+    # SELECT and whenever they change: before any response shows a keyword
+    # the session has not been told about, FLAGS is sent again.
+
+    def flags_response(self, defined: Sequence[str], met: Iterable[str] = ()) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` for the mailbox's
+        keywords ``defined`` (as :meth:`IMailbox.keywords` lists them),
+        keywords ``met`` in messages, and every keyword told before; the
+        session now knows them all."""
+        self.keywords = tuple(dict.fromkeys((*self.keywords, *defined, *met)))
+        self._known = self._known.union(self.keywords)
+        flags = " ".join((*_SYSTEM_ORDER, *self.keywords))
+        if self.readonly:
+            permanent = ""
+        else:
+            # RFC 3501 7.1: \* only while a new keyword can still be stored.
+            limit = self.mailbox.keyword_limit
+            permanent = flags if limit is not None and len(defined) >= limit else flags + " \\*"
+        return f"* FLAGS ({flags})\r\n* OK [PERMANENTFLAGS ({permanent})] Flags\r\n".encode()
+
+    def unannounced(self, flag_sets: Iterable[Iterable[str]]) -> set[str]:
+        """The keywords among ``flag_sets`` the session was not told about."""
+        known = self._known
+        new: set[str] = set()
+        for flags in flag_sets:
+            if not known.issuperset(flags):
+                new.update(flag for flag in flags if flag not in known)
+        return new
+
+    def announce_keywords(self, seen: Iterable[str] = ()) -> defer.Deferred[bytes]:
+        """The FLAGS response again if the mailbox defines keywords the
+        session was not told about (or ``seen``, met in messages); ``b""``
+        when it knows them all."""
+        seen = tuple(seen)
+        d: defer.Deferred[Sequence[str]] = defer.maybeDeferred(self.mailbox.keywords)
+
+        def render(defined: Sequence[str]) -> bytes:
+            if self._known.issuperset(defined) and self._known.issuperset(seen):
+                return b""
+            # A keyword met in a message is announced even if the mailbox
+            # did not list it (yet): it is about to be shown.
+            return self.flags_response(defined, seen)
+
+        return d.addCallback(render)
+
     def has_pending(self) -> bool:
         return bool(self._added or self._expunged or self._flags)
 
@@ -389,36 +453,46 @@ class SelectedMailbox:
         last = self.map.last_uid
         new = sorted({uid for uid in self._added if uid > last})
         self._added = []
-        if not new:
-            return defer.succeed(self._flag_updates(out))
-        # A new message already expunged (held back) still joins the view and
-        # is announced as expunged later: the count stays what the client knows.
-        self.map.extend(new)
-        if self.readonly:
-            return defer.succeed(self._announce(out, frozenset()))
-        d: defer.Deferred[Any] = defer.maybeDeferred(self.mailbox.claim_recent)
-        d.addCallback(lambda claimed: self._announce(out, frozenset(claimed)))
+        if new:
+            # A new message already expunged (held back) still joins the view
+            # and is announced as expunged later: the count stays what the
+            # client knows.
+            self.map.extend(new)
+        elif not self._flags:
+            return defer.succeed(out)
+        # What arrives while storage answers waits for the next flush.
+        updates, self._flags = self._flags, {}
+        # RFC 3501 7.2.6: a FLAGS response names new keywords before any
+        # FETCH shows them (new messages may have brought some, too).
+        d = self.announce_keywords(self.unannounced(flags for flags, _ in updates.values()))
+        d.addCallback(lambda lines: out.append(lines) if lines else None)
+        if new and not self.readonly:
+            d.addCallback(lambda _: self.mailbox.claim_recent())
+        else:
+            d.addCallback(lambda _: frozenset())
+        d.addCallback(lambda claimed: self._announce(out, bool(new), frozenset(claimed), updates))
         return cast("defer.Deferred[list[bytes]]", d)
 
-    def _announce(self, out: list[bytes], claimed: frozenset[int]) -> list[bytes]:
-        self.recent.update(claimed)
-        out.append(b"* %d EXISTS\r\n" % len(self.map))
-        out.append(b"* %d RECENT\r\n" % len(self.recent))
-        return self._flag_updates(out)
-
-    def _flag_updates(self, out: list[bytes]) -> list[bytes]:
-        if not self._flags:
-            return out
-        updates = []
-        for uid, (flags, _modseq) in self._flags.items():
+    def _announce(
+        self,
+        out: list[bytes],
+        added: bool,
+        claimed: frozenset[int],
+        updates: dict[int, tuple[frozenset[str], int]],
+    ) -> list[bytes]:
+        if added:
+            self.recent.update(claimed)
+            out.append(b"* %d EXISTS\r\n" % len(self.map))
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+        changed = []
+        for uid, (flags, _modseq) in updates.items():
             if uid in self._expunged:
                 continue  # its EXPUNGE is coming; the flags no longer matter
             seq = self.map.seq(uid)
             if seq is not None:
-                updates.append((seq, uid, flags))
-        self._flags = {}
-        updates.sort()
-        for seq, uid, flags in updates:
+                changed.append((seq, uid, flags))
+        changed.sort()
+        for seq, uid, flags in changed:
             shown = grammar.flag_list(self.flags_with_recent(uid, flags))
             out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
         return out

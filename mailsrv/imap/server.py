@@ -96,8 +96,6 @@ _Handler = Callable[[Any], _Result]
 
 #: Why a session ends when its selected mailbox disappears.
 _GONE = "The selected mailbox was deleted or renamed"
-_PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
-_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
 
 
 @attrs.define
@@ -801,25 +799,27 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             if canonical is None:
                 raise no(f"Unknown special use {use}", "USEATTR")
             uses.append(canonical)
-        d = defer.maybeDeferred(self._account().create_mailbox, command.mailbox, uses)
+        name = _creatable(command.mailbox)
+        d = defer.maybeDeferred(self._account().create_mailbox, name, uses)
         return d.addCallback(lambda _: Done(text="CREATE completed"))
 
     def do_delete(self, command: grammar.MailboxCommand) -> _Result:
         if command.mailbox == "INBOX":
             raise no("INBOX cannot be deleted", "CANNOT")
-        d = defer.maybeDeferred(self._account().delete_mailbox, command.mailbox)
+        d = defer.maybeDeferred(self._account().delete_mailbox, _existing(command.mailbox))
         return d.addCallback(lambda _: Done(text="DELETE completed"))
 
     def do_rename(self, command: grammar.Rename) -> _Result:
-        d = defer.maybeDeferred(self._account().rename_mailbox, command.old, command.new)
+        old, new = _existing(command.old), _creatable(command.new)
+        d = defer.maybeDeferred(self._account().rename_mailbox, old, new)
         return d.addCallback(lambda _: Done(text="RENAME completed"))
 
     def do_subscribe(self, command: grammar.MailboxCommand) -> _Result:
-        d = defer.maybeDeferred(self._account().subscribe, command.mailbox)
+        d = defer.maybeDeferred(self._account().subscribe, _existing(command.mailbox))
         return d.addCallback(lambda _: Done(text="SUBSCRIBE completed"))
 
     def do_unsubscribe(self, command: grammar.MailboxCommand) -> _Result:
-        d = defer.maybeDeferred(self._account().unsubscribe, command.mailbox)
+        d = defer.maybeDeferred(self._account().unsubscribe, _existing(command.mailbox))
         return d.addCallback(lambda _: Done(text="UNSUBSCRIBE completed"))
 
     @defer.inlineCallbacks
@@ -842,11 +842,15 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             subscribed = set((yield defer.maybeDeferred(account.subscriptions)))
         existing = {entry.name: entry.attributes for entry in entries}
         order = [entry.name for entry in entries]
+        # A reference or pattern that is not valid modified UTF-7 names no
+        # mailbox: it matches nothing (as in Dovecot), and is no error.
         matchers = [
             _pattern_regex(command.reference, pattern, delimiter)
             for pattern in command.patterns
-            if pattern
+            if pattern and not isinstance(pattern, grammar.UndecodedName)
         ]
+        if isinstance(command.reference, grammar.UndecodedName):
+            matchers = []
 
         def matches(name: str) -> bool:
             return any(m.fullmatch(name) for m in matchers)
@@ -948,7 +952,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         return b"* STATUS %s (%s)\r\n" % (grammar.mailbox(name), pairs)
 
     def do_status(self, command: grammar.Status) -> _Result:
-        d = defer.maybeDeferred(self._account().status, command.mailbox)
+        d = defer.maybeDeferred(self._account().status, _existing(command.mailbox))
 
         def report(status: MailboxStatus) -> Done:
             self._send(self._status_line(command.mailbox, status, command.items))
@@ -961,12 +965,17 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._deselect()
         if command.params:
             raise bad(f"SELECT parameter {command.params[0][0]} is not supported")
-        mailbox: IMailbox = yield defer.maybeDeferred(self._account().get_mailbox, command.mailbox)
+        mailbox: IMailbox = yield defer.maybeDeferred(
+            self._account().get_mailbox, _existing(command.mailbox)
+        )
         view = SelectedMailbox(mailbox, (), command.readonly)
         mailbox.add_listener(view)
         try:
             uids: Sequence[int] = yield defer.maybeDeferred(mailbox.uids)
             view.map.extend(uids)
+            # Like Dovecot, FLAGS lists the keywords already defined, so a
+            # client knows them before any FETCH shows one (RFC 3501 7.2.6).
+            keywords: Sequence[str] = yield defer.maybeDeferred(mailbox.keywords)
             status: MailboxStatus = yield defer.maybeDeferred(mailbox.status)
             if command.readonly:
                 recent_count = status.recent
@@ -986,8 +995,6 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self.selected = view
         self.state = State.SELECTED
         lines = [
-            f"* FLAGS {_FLAGS}\r\n",
-            f"* OK [PERMANENTFLAGS {'()' if command.readonly else _PERMANENT_FLAGS}] Flags\r\n",
             f"* {view.exists} EXISTS\r\n",
             f"* {recent_count} RECENT\r\n",
         ]
@@ -995,7 +1002,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             lines.append(f"* OK [UNSEEN {first_unseen}] First unseen\r\n")
         lines.append(f"* OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid\r\n")
         lines.append(f"* OK [UIDNEXT {status.uidnext}] Predicted next UID\r\n")
-        self._send("".join(lines).encode("ascii"))
+        self._send(view.flags_response(keywords) + "".join(lines).encode("ascii"))
         mode = "READ-ONLY" if command.readonly else "READ-WRITE"
         return Done(text=f"{command.name} completed", code=mode)
 
@@ -1016,10 +1023,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             size = len(message) if isinstance(message, bytes) else message.size
             if size == 0:
                 raise no("Empty messages are not accepted", "CANNOT")
+            name = _existing(command.mailbox)
             try:
-                mailbox: IMailbox = yield defer.maybeDeferred(
-                    self._account().get_mailbox, command.mailbox
-                )
+                mailbox: IMailbox = yield defer.maybeDeferred(self._account().get_mailbox, name)
             except NoSuchMailbox:
                 raise no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
             uid = yield defer.maybeDeferred(mailbox.append, source, command.flags, command.date)
@@ -1172,10 +1178,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if moving and view.readonly:
             raise no("Mailbox is read-only", "READ-ONLY")
         uids = self._resolve(command.sequence_set, command.uid).uids()
+        name = _existing(command.mailbox)
         try:
-            destination: IMailbox = yield defer.maybeDeferred(
-                self._account().get_mailbox, command.mailbox
-            )
+            destination: IMailbox = yield defer.maybeDeferred(self._account().get_mailbox, name)
         except NoSuchMailbox:
             raise no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
         if not uids:
@@ -1213,6 +1218,26 @@ def _uid_set(uids: Iterable[int]) -> str:
     if start >= 0:
         parts.append(str(start) if start == prev else f"{start}:{prev}")
     return ",".join(parts)
+
+
+def _existing(name: str) -> str:
+    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7.
+
+    No mailbox can have such a name, but it is a syntactically valid one
+    (RFC 3501 5.1.3), so the answer is NO, not BAD, as Dovecot's.
+    """
+    if isinstance(name, grammar.UndecodedName):
+        raise no(
+            f"No mailbox has this name: not valid modified UTF-7 ({name.reason})", "NONEXISTENT"
+        )
+    return name
+
+
+def _creatable(name: str) -> str:
+    """``name``, or NO [CANNOT] if it is not valid modified UTF-7."""
+    if isinstance(name, grammar.UndecodedName):
+        raise no(f"Mailbox names must be valid modified UTF-7 ({name.reason})", "CANNOT")
+    return name
 
 
 def _pattern_regex(reference: str, pattern: str, delimiter: str) -> re.Pattern[str]:

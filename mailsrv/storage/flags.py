@@ -13,9 +13,17 @@ ATOM_SPECIALS = frozenset('(){ %*"\\]')
 
 
 def is_keyword(flag: str) -> bool:
-    """Whether ``flag`` is a valid keyword: a non-empty atom without ``\\``."""
-    return bool(flag) and not any(
-        ord(c) <= 0x20 or ord(c) >= 0x7F or c in ATOM_SPECIALS for c in flag
+    """Whether ``flag`` is a valid keyword: a non-empty atom without ``\\``,
+    and not ``NIL``.
+
+    RFC 3501's ``flag-keyword = atom`` admits ``NIL``, but in a response
+    (``FLAGS (NIL)``) clients read it as nil, not as a keyword: it could
+    never be fetched back as what was stored.
+    """
+    return (
+        bool(flag)
+        and flag.upper() != "NIL"
+        and not any(ord(c) <= 0x20 or ord(c) >= 0x7F or c in ATOM_SPECIALS for c in flag)
     )
 
 
@@ -35,6 +43,8 @@ def check_flags(flags: Iterable[str]) -> frozenset[str]:
         if canonical.startswith("\\"):
             if canonical not in SYSTEM_FLAGS:
                 raise StorageError(f"{flag} is not a flag that can be stored", code="CANNOT")
+        elif canonical.upper() == "NIL":
+            raise StorageError("NIL cannot be a keyword: clients read it as nil", code="CANNOT")
         elif not is_keyword(canonical):
             raise StorageError(f"invalid keyword {flag!r}", code="CANNOT")
         result.add(canonical)

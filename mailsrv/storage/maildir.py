@@ -84,7 +84,7 @@ if sys.platform.startswith("linux"):
     from twisted.internet import inotify
 else:  # pragma: no cover
     inotify = None
-from mailsrv.storage.flags import check_flags
+from mailsrv.storage.flags import check_flags, is_keyword
 from mailsrv.storage.index import (
     DOVECOT_UIDLIST_NAME,
     INDEX_NAME,
@@ -327,13 +327,19 @@ def _check_flags(flags: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]
 
 
 class _KeywordTable:
-    """The folder's ``dovecot-keywords``: letters ``a``-``z`` <-> keyword names."""
+    """The folder's ``dovecot-keywords``: letters ``a``-``z`` <-> keyword names.
+
+    A name written by another program that IMAP cannot carry (``my flag``,
+    ``NIL``: not :func:`is_keyword`) keeps its letter but is hidden: no
+    message shows it, and its letter is left alone when flags change.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.slots: list[str | None] = [None] * MAX_KEYWORDS
         self._signature: tuple[int, int, int] | None = None
         self._flags_cache: dict[str, frozenset[str]] = {}
+        self._shown: list[str | None] = list(self.slots)
 
     def refresh(self) -> None:
         try:
@@ -343,8 +349,18 @@ class _KeywordTable:
             signature = None
         if signature != self._signature or signature is None:
             self.slots = read_keywords(self.path)
+            self._shown = [k if k is not None and is_keyword(k) else None for k in self.slots]
             self._signature = signature
             self._flags_cache.clear()
+
+    def names(self) -> list[str]:
+        """The keywords IMAP can show, in letter order."""
+        return [keyword for keyword in self._shown if keyword is not None]
+
+    def room(self) -> int:
+        """How many keywords IMAP can see at most: the letters not taken by
+        hidden names."""
+        return sum(1 for slot, shown in zip(self.slots, self._shown, strict=True) if slot == shown)
 
     def flags(self, info: str) -> frozenset[str]:
         cached = self._flags_cache.get(info)
@@ -354,7 +370,7 @@ class _KeywordTable:
                 if letter in LETTER_FLAGS:
                     found.add(LETTER_FLAGS[letter])
                 elif "a" <= letter <= "z":
-                    keyword = self.slots[ord(letter) - 97]
+                    keyword = self._shown[ord(letter) - 97]
                     if keyword:
                         found.add(keyword)
             cached = self._flags_cache[info] = frozenset(found)
@@ -363,7 +379,7 @@ class _KeywordTable:
     def letter(self, keyword: str, allocate: bool) -> str | None:
         """The letter of ``keyword`` (matched case-insensitively), added if asked."""
         lowered = keyword.lower()
-        for position, known in enumerate(self.slots):
+        for position, known in enumerate(self._shown):
             if known is not None and known.lower() == lowered:
                 return chr(97 + position)
         if not allocate:
@@ -381,9 +397,19 @@ class _KeywordTable:
         """Whether ``letter`` stands for an IMAP flag (others are preserved)."""
         if letter in LETTER_FLAGS:
             return True
-        return "a" <= letter <= "z" and self.slots[ord(letter) - 97] is not None
+        return "a" <= letter <= "z" and self._shown[ord(letter) - 97] is not None
 
-    def letters(self, system: Iterable[str], keywords: Iterable[str], allocate: bool) -> set[str]:
+    def letters(self, system: Iterable[str], keywords: Sequence[str], allocate: bool) -> set[str]:
+        if allocate:
+            # All or nothing: a refused STORE must not leave some of its new
+            # keywords defined (and announced to every session).
+            new = {k.lower(): k for k in keywords if self.letter(k, False) is None}
+            if len(new) > self.slots.count(None):
+                first = min(new.values())
+                raise LimitExceeded(
+                    f"no room for keyword {first}: a Maildir folder holds at most "
+                    f"{MAX_KEYWORDS} keywords"
+                )
         result = {FLAG_LETTERS[flag] for flag in system}
         for keyword in keywords:
             letter = self.letter(keyword, allocate)
@@ -942,6 +968,8 @@ class MaildirMailbox:
         finally:
             db.db.execute("COMMIT")
         added = [row.uid for row in rows if row.uid >= self._seen_uidnext]
+        # Another process may have defined the keywords these rows carry.
+        self._keywords.refresh()
         changed = [self._info(row) for row in rows if row.uid < self._seen_uidnext]
         expunged = [uid for uid in gone if uid < self._seen_uidnext]
         self._seen_modseq, self._seen_uidnext = highest, uidnext
@@ -997,6 +1025,17 @@ class MaildirMailbox:
         if self._uids_cache is None or self._uids_cache[0] != key:
             self._uids_cache = (key, db.uids())
         return self._uids_cache[1]
+
+    def keywords(self) -> Sequence[str]:
+        """From ``dovecot-keywords`` (a stat when it did not change)."""
+        self._keywords.refresh()
+        return self._keywords.names()
+
+    @property
+    def keyword_limit(self) -> int:
+        """26 letters, less those taken by names IMAP cannot show."""
+        self._keywords.refresh()
+        return self._keywords.room()
 
     def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
         self._keywords.refresh()

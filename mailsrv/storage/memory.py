@@ -136,6 +136,9 @@ class _MailboxState:
         self.uidnext = 1
         self.highest_modseq = 1
         self.messages: dict[int, _Message] = {}  # ascending UID order
+        #: Every keyword any message ever had, in order of first use (a
+        #: dict as an ordered set).
+        self.keywords: dict[str, None] = {}
         self.unclaimed: set[int] = set()  # \Recent, not yet claimed
         # (modseq, uid) of every expunge, ascending, for QRESYNC.
         self.expunged: list[tuple[int, int]] = []
@@ -170,14 +173,21 @@ class _MailboxState:
         self.highest_modseq += 1
         message = _Message(uid, data, flags, internal_date, self.highest_modseq)
         self.messages[uid] = message
+        self._define(flags)
         self.unclaimed.add(uid)
         self._count(message, 1)
         self._uids = None
         return uid
 
+    def _define(self, flags: frozenset[str]) -> None:
+        for flag in sorted(flags):
+            if flag not in self.keywords and not flag.startswith("\\"):
+                self.keywords[flag] = None
+
     def set_flags(self, message: _Message, flags: frozenset[str], modseq: int) -> None:
         self._count(message, -1)
         message.flags = flags
+        self._define(flags)
         message.modseq = modseq
         self._count(message, 1)
 
@@ -244,6 +254,9 @@ class MemoryMailbox:
     def special_use(self) -> frozenset[str]:
         return self._state.special_use
 
+    #: Memory holds any number of keywords.
+    keyword_limit: int | None = None
+
     # -- reading ----------------------------------------------------------------
 
     def status(self) -> MailboxStatus:
@@ -261,6 +274,9 @@ class MemoryMailbox:
 
     def uids(self) -> Sequence[int]:
         return self._state.uids()
+
+    def keywords(self) -> Sequence[str]:
+        return tuple(self._state.keywords)
 
     def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
         return [message.info() for message in self._state.select(uids)]

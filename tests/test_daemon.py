@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import poplib
+import random
 import shlex
 import shutil
 import socket
@@ -200,7 +201,9 @@ maildir = "var/mail/{{user}}/Maildir"
 
 
 def free_privileged_port() -> int | None:
-    for port in range(1023, 900, -1):
+    # In random order: parallel test runs (trial -j) scanning from the same
+    # end would race for the same port between this probe and the bind.
+    for port in random.sample(range(600, 1024), k=424):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

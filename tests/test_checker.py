@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import Interface, implementer
 from zope.interface.verify import verifyObject
 
+from mailsrv.auth import checker as checker_module
 from mailsrv.auth import passwords
 from mailsrv.auth.checker import FAILURE_MESSAGE, PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile
@@ -91,6 +92,19 @@ class InlineCheckerTests(SynchronousTestCase):
     def refused(self, credentials: Any) -> str:
         failure = self.failureResultOf(self.checker.requestAvatarId(credentials), UnauthorizedLogin)
         return str(failure.value)
+
+    def test_a_broken_check_is_not_a_refusal(self) -> None:
+        """An error inside the check reaches the protocol as itself, so it
+        answers UNAVAILABLE instead of counting a failed login."""
+
+        def broken(stored: object, password: object) -> bool:
+            raise RuntimeError("hashing library failed")
+
+        self.patch(checker_module, "verify_password", broken)
+        failure = self.failureResultOf(
+            self.checker.requestAvatarId(UsernamePassword(b"alice", b"alice-pw")), RuntimeError
+        )
+        self.assertEqual(str(failure.value), "hashing library failed")
 
     def test_provides_the_interface(self) -> None:
         self.assertTrue(verifyObject(ICredentialsChecker, self.checker))

@@ -18,7 +18,6 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -31,8 +30,6 @@ from mailsrv.auth.passwords import (
 )
 
 __all__ = ["FAILURE_MESSAGE", "PasswdFileChecker"]
-
-_log = Logger(namespace="mailsrv.auth.checker")
 
 #: The one message every failed authentication carries.
 FAILURE_MESSAGE = "Authentication failed"
@@ -158,6 +155,12 @@ class PasswdFileChecker:
 
     @staticmethod
     def _error(failure: Failure) -> Failure:
-        if not failure.check(UnauthorizedLogin):
-            _log.failure("Unexpected error while checking a password", failure)
-        return Failure(UnauthorizedLogin(FAILURE_MESSAGE))
+        """Pass on anything but a refusal: a checker that broke (a hashing
+        library error, an exhausted thread pool) is not a wrong password.
+        The protocols answer it as temporarily unavailable (IMAP
+        ``NO [UNAVAILABLE]``, POP3 ``-ERR [SYS/TEMP]``), log it, and do not
+        count it as a failed login, so it can neither lock a user out nor
+        be mistaken for a guess."""
+        if failure.check(UnauthorizedLogin):
+            return Failure(UnauthorizedLogin(FAILURE_MESSAGE))
+        return failure

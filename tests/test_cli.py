@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from mailsrv import cli
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile
-from tests.helpers import source_env
+from tests.helpers import mailsrv_command, source_env
 
 
 class CLITestCase(unittest.TestCase):
@@ -379,3 +379,47 @@ class DeliverCommandTests(CLITestCase):
         )
         self.assertEqual(status, cli.EX_OK)
         self.assertIn("INBOX: 3 messages", out.getvalue())
+
+
+class ClosedPipeTests(CLITestCase):
+    """``mailsrv user list | head -1``: the reader goes away before the
+    command has written everything."""
+
+    def run_into_closed_pipe(self, *argv: str, buffered: bool) -> tuple[int, bytes]:
+        """Run the real ``mailsrv`` with standard output a pipe nobody reads
+        any more; its exit status and standard error."""
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader (head) has already exited
+        env = source_env()
+        env.pop("PYTHONUNBUFFERED", None)
+        if not buffered:
+            env["PYTHONUNBUFFERED"] = "1"
+        try:
+            child = subprocess.run(
+                [*mailsrv_command(), *argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+        finally:
+            os.close(write_end)
+        return child.returncode, child.stderr
+
+    def test_commands_stop_quietly(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write(f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.passwd}"\n')
+        for i in range(4):
+            self.add(f"user{i}", "pw", "--scheme", "PLAIN")
+        for buffered in (True, False):  # the error comes at exit or at the write
+            for argv in [
+                ("check-config", config),
+                ("user", "list", "--config", config),
+                ("user", "del", f"user{int(buffered) + 2}", "--config", config),
+            ]:
+                status, err = self.run_into_closed_pipe(*argv, buffered=buffered)
+                self.assertEqual((status, err), (cli.EX_PIPE, b""), (argv, buffered))
+        # The command did its work before it found nobody reading.
+        self.assertEqual([r.name for r in PasswdFile(self.passwd).users()], ["user0", "user1"])

@@ -258,7 +258,7 @@ def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
         raise CommandError(
             f"{tls.certificate} or {tls.key} exists; use --force to replace", EX_CANTCREAT
         )
-    generate_self_signed(tls.certificate, tls.key, config.server.hostname)
+    generate_self_signed(tls.certificate, tls.key, config.server.hostname, replace=args.force)
     stdout.write(f"wrote {tls.certificate} and {tls.key}\n")
     return EX_OK
 
@@ -272,16 +272,21 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
     if path is None:
         raise CommandError("check-config needs a FILE (or --config FILE)", EX_USAGE)
     config = load_config(path, {"passwd": args.passwd, "maildir": args.maildir})
-    if config.tls_enabled and not config.tls.generate_self_signed:
+    tls_pending = False
+    if config.tls_enabled:
         from mailsrv.service import tls_context_of
 
-        tls_context_of(config)
+        # The pair must match, generate_self_signed or not; a pair still to
+        # be generated is not created here.
+        tls_pending = tls_context_of(config, create=False) is None
     if os.path.exists(config.users.passwd_file):
         count = len(PasswdFile(config.users.passwd_file).users())
     else:  # create_if_missing: the daemon creates it
         count = 0
     for line in describe(config):
         stdout.write(line + "\n")
+    if tls_pending:
+        stdout.write("  (self-signed certificate and key to be created at first start)\n")
     stdout.write(f"  users: {count}\n")
     return EX_OK
 

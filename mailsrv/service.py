@@ -29,16 +29,26 @@ from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
-from mailsrv.tls import server_context
+from mailsrv.tls import ensure_self_signed, server_context
 
 _log = log.get_logger(__name__)
 
 
-def tls_context_of(config: Config) -> Any:
+def tls_context_of(config: Config, *, create: bool = True) -> Any:
     """The server TLS context of ``[tls]``; errors name ``--tls-cert`` or
-    ``--tls-key`` when that is where the file came from."""
+    ``--tls-key`` when that is where the file came from.
+
+    With ``create`` false (``mailsrv check-config``), a self-signed pair
+    that ``generate_self_signed`` would create is not, and None is returned.
+    """
+    where = config.path or COMMAND_LINE
     try:
-        return server_context(config.tls, config.path or COMMAND_LINE, config.server.hostname)
+        section = config.tls
+        if section.generate_self_signed and not ensure_self_signed(
+            section, where, config.server.hostname, create=create
+        ):
+            return None
+        return server_context(section, where, config.server.hostname)
     except ConfigError as e:
         option = config.from_command_line.get(e.key)
         if option is None:

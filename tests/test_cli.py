@@ -248,6 +248,67 @@ class CheckConfigTests(CLITestCase):
         self.assertIn("tls.certificate", err)
 
 
+class CheckConfigCertificateTests(CLITestCase):
+    """check-config finds the certificate problems the daemon would meet,
+    generate_self_signed or not."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from mailsrv.tls import generate_self_signed
+
+        self.tls = os.path.join(self.dir, "tls")
+        generate_self_signed(f"{self.tls}/cert.pem", f"{self.tls}/key.pem", "localhost")
+        generate_self_signed(f"{self.tls}/c2.pem", f"{self.tls}/k2.pem", "localhost")
+        open(self.passwd_file(), "w").close()
+
+    def passwd_file(self) -> str:
+        return os.path.join(self.dir, "pw")
+
+    def check(self, certificate: str, key: str, generate: bool) -> tuple[int, str, str]:
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.passwd_file()}"\n'
+                f'[tls]\ncertificate = "{self.tls}/{certificate}"\nkey = "{self.tls}/{key}"\n'
+                f"generate_self_signed = {str(generate).lower()}\n"
+            )
+        self.config = config
+        return self.run_cli("check-config", config)
+
+    def test_mismatched_pair(self) -> None:
+        for generate in (False, True):
+            status, out, err = self.check("cert.pem", "k2.pem", generate)
+            self.assertEqual((status, out), (cli.EX_CONFIG, ""))
+            self.assertIn(
+                f"{self.config}: tls.key: {self.tls}/k2.pem is not the private key of the "
+                f"certificate {self.tls}/cert.pem",
+                err,
+            )
+
+    def test_certificate_missing_beside_an_existing_key(self) -> None:
+        with open(f"{self.tls}/key.pem", "rb") as f:
+            key = f.read()
+        status, out, err = self.check("new.pem", "key.pem", True)
+        self.assertEqual((status, out), (cli.EX_CONFIG, ""))
+        self.assertIn(
+            f"{self.config}: tls.certificate: {self.tls}/new.pem does not exist but tls.key "
+            f"{self.tls}/key.pem does",
+            err,
+        )
+        self.assertFalse(os.path.exists(f"{self.tls}/new.pem"))
+        with open(f"{self.tls}/key.pem", "rb") as f:
+            self.assertEqual(f.read(), key)
+
+    def test_pair_to_generate_and_matching_pair_are_valid(self) -> None:
+        status, out, _ = self.check("new.pem", "new-key.pem", True)
+        self.assertEqual(status, 0)
+        self.assertIn("created at first start", out)
+        self.assertFalse(os.path.exists(f"{self.tls}/new.pem"))
+        status, out, _ = self.check("c2.pem", "k2.pem", True)
+        self.assertEqual(status, 0)
+        self.assertIn("is valid", out)
+
+
 class GenCertTests(CLITestCase):
     def test_writes_certificate_that_loads(self) -> None:
         from mailsrv.config import load_config

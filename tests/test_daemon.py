@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, contextmanager
 from twisted.trial import unittest
 
 from mailsrv import cli
+from mailsrv.tls import generate_self_signed
 from tests.helpers import (
     STARTUP_DEADLINE,
     Daemon,
@@ -187,6 +188,53 @@ maildir = "var/mail/{{user}}/Maildir"
             "(known keys of [limits]: max_connections_per_ip, max_connections_per_user, "
             "max_line_length, max_message_size, max_nesting_depth, max_pending_commands)",
         )
+
+    def set_tls(self, certificate: str, key: str) -> None:
+        """Point ``[tls]`` of the configuration at other files."""
+        with open(self.config) as f:
+            text = f.read()
+        text = text.replace('certificate = "var/tls/cert.pem"', f'certificate = "{certificate}"')
+        text = text.replace('key = "var/tls/key.pem"', f'key = "{key}"')
+        with open(self.config, "w") as f:
+            f.write(text)
+
+    def test_new_certificate_path_never_replaces_the_existing_key(self) -> None:
+        """generate_self_signed with ``certificate`` moved to a new path and
+        ``key`` left at an existing file: the key must survive, and the
+        daemon must say what to do instead of starting with a broken pair."""
+        tls = os.path.join(self.dir, "var", "tls")
+        generate_self_signed(os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem"), "x")
+        with open(os.path.join(tls, "key.pem"), "rb") as f:
+            key_before = f.read()
+        self.set_tls("var/tls/new-cert.pem", "var/tls/key.pem")
+        with self.daemon("--config", self.config) as daemon:
+            output = daemon.wait_exit(STARTUP_DEADLINE)
+        self.assertEqual(daemon.process.returncode, 1, output)
+        self.assertIn(
+            f"mailsrv: configuration error: {self.config}: tls.certificate: "
+            f"{tls}/new-cert.pem does not exist but tls.key {tls}/key.pem does",
+            output,
+        )
+        self.assertNotIn("Traceback", output)
+        with open(os.path.join(tls, "key.pem"), "rb") as f:
+            self.assertEqual(f.read(), key_before)
+        self.assertFalse(os.path.exists(os.path.join(tls, "new-cert.pem")))
+
+    def test_key_of_another_certificate_stops_startup(self) -> None:
+        """Not at the first handshake: at startup, naming both files."""
+        tls = os.path.join(self.dir, "var", "tls")
+        generate_self_signed(os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem"), "x")
+        generate_self_signed(os.path.join(tls, "c2.pem"), os.path.join(tls, "k2.pem"), "x")
+        self.set_tls("var/tls/cert.pem", "var/tls/k2.pem")
+        with self.daemon("--config", self.config) as daemon:
+            output = daemon.wait_exit(STARTUP_DEADLINE)
+        self.assertEqual(daemon.process.returncode, 1, output)
+        self.assertIn(
+            f"mailsrv: configuration error: {self.config}: tls.key: {tls}/k2.pem is not the "
+            f"private key of the certificate {tls}/cert.pem",
+            output,
+        )
+        self.assertNotIn("Traceback", output)
 
     def test_command_line_overrides(self) -> None:
         port = free_port()

@@ -1,8 +1,8 @@
 """TLS: the server context for STARTTLS/STLS and implicit-TLS listeners.
 
 One :class:`~twisted.internet.ssl.CertificateOptions` serves every listener,
-with TLS 1.2 as the floor (configurable up to 1.3) and Twisted's default
-cipher selection, which excludes the weak suites.
+with TLS 1.2 as the floor (configurable up to 1.3) and, for TLS 1.2, the
+suites of ``tls.ciphers`` (forward-secret AEAD ones by default).
 """
 
 from __future__ import annotations
@@ -185,11 +185,10 @@ def server_context(
             certificate=chain[0],
             extraCertChain=chain[1:],
             raiseMinimumTo=_VERSIONS[section.min_version],
+            acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(section.ciphers),
         )
-    except Exception as e:  # pyOpenSSL reports a key/cert mismatch as a bare Error
-        raise ConfigError(
-            config_path, "tls.key", f"{section.key} does not match {section.certificate} ({e})"
-        ) from None
+    except ValueError as e:  # no usable suite left; the configuration check should prevent it
+        raise ConfigError(config_path, "tls.ciphers", f"{section.ciphers!r}: {e}") from None
 
 
 def _same_public_key(certificate: crypto.X509, key: crypto.PKey) -> bool:

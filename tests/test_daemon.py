@@ -247,6 +247,117 @@ maildir = "var/mail/{{user}}/Maildir"
             self.assertRaises(OSError, socket.create_connection, ("127.0.0.1", self.ports["imap"]))
 
 
+def write_rsa_pair(cert_path: str, key_path: str) -> None:
+    """A self-signed RSA certificate: static-RSA suites need an RSA key, so
+    only with one does refusing them show."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class CipherSuiteTests(unittest.TestCase):
+    """What a TLS 1.2 client can negotiate with the daemon's default
+    cipher list (RFC 9325 4.1, 4.2: forward secrecy and AEAD only)."""
+
+    def start(self, tls: str = "") -> None:
+        """Start the daemon with an RSA certificate and ``tls`` added to [tls]."""
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        write_rsa_pair(os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem"))
+        self.port = free_port()
+        config = os.path.join(self.dir, "mailsrv.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten_tls = ["tcp:{self.port}:interface=127.0.0.1"]\n'
+                f'[tls]\ncertificate = "cert.pem"\nkey = "key.pem"\n{tls}'
+                "[users]\npasswd_file = 'passwd'\ncreate_if_missing = true\n"
+                "[storage]\nmaildir = 'mail/{user}/Maildir'\n"
+            )
+        daemon = Daemon.start(["--config", config], cwd=self.dir)
+        self.addCleanup(daemon.stop)
+        daemon.wait_for("listening on")
+
+    def handshake(self, suite: str | None, version: ssl.TLSVersion) -> tuple[str, str]:
+        """(protocol, cipher) negotiated by a client offering only ``suite``
+        (None: the client's defaults) at exactly ``version``."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = context.maximum_version = version
+        if suite is not None:
+            # SECLEVEL=0: the client must offer what old clients offer.
+            context.set_ciphers(f"{suite}:@SECLEVEL=0")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as raw:
+            with context.wrap_socket(raw) as s:
+                self.assertTrue(read_line(s).startswith(b"* OK"))
+                cipher, version = s.cipher(), s.version()
+                assert cipher is not None and version is not None
+                return version, cipher[0]
+
+    def test_tls12_refuses_static_rsa_and_cbc(self) -> None:
+        self.start()
+        for suite in (
+            "AES128-SHA",
+            "AES256-GCM-SHA384",
+            "ECDHE-RSA-AES128-SHA",
+            "ECDHE-RSA-AES256-SHA384",
+            "ECDHE-RSA-AES128-SHA256",
+        ):
+            with self.assertRaises(ssl.SSLError, msg=suite):
+                self.handshake(suite, ssl.TLSVersion.TLSv1_2)
+
+    def test_tls12_forward_secret_aead_and_tls13_work(self) -> None:
+        self.start()
+        for suite in (
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-RSA-CHACHA20-POLY1305",
+        ):
+            self.assertEqual(
+                self.handshake(suite, ssl.TLSVersion.TLSv1_2), ("TLSv1.2", suite), suite
+            )
+        self.assertEqual(self.handshake(None, ssl.TLSVersion.TLSv1_2)[0], "TLSv1.2")
+        version, cipher = self.handshake(None, ssl.TLSVersion.TLSv1_3)
+        self.assertEqual(version, "TLSv1.3")
+        self.assertTrue(cipher.startswith("TLS_"), cipher)
+
+    def test_cipher_list_is_configurable(self) -> None:
+        """tls.ciphers replaces the TLS 1.2 list, and only that."""
+        self.start('ciphers = "ECDHE+AESGCM:ECDHE+AES:!SHA384:!SHA256"\n')
+        suite = "ECDHE-RSA-AES128-SHA"  # CBC, SHA-1: allowed here on purpose
+        self.assertEqual(self.handshake(suite, ssl.TLSVersion.TLSv1_2), ("TLSv1.2", suite))
+        with self.assertRaises(ssl.SSLError):
+            self.handshake("ECDHE-RSA-CHACHA20-POLY1305", ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(self.handshake(None, ssl.TLSVersion.TLSv1_3)[0], "TLSv1.3")
+
+
 def free_privileged_port() -> int | None:
     for port in range(1023, 900, -1):
         with socket.socket() as s:

@@ -7,6 +7,7 @@ import os
 import poplib
 import shlex
 import shutil
+import signal
 import socket
 import ssl
 import stat
@@ -26,6 +27,7 @@ from tests.helpers import (
     read_line,
     source_env,
     twistd_command,
+    wait_for_file_text,
 )
 
 #: nobody/nogroup on Debian.
@@ -245,6 +247,79 @@ maildir = "var/mail/{{user}}/Maildir"
             with socket.create_connection(("127.0.0.1", port)) as s:
                 self.assertTrue(read_line(s).startswith(b"* OK"))
             self.assertRaises(OSError, socket.create_connection, ("127.0.0.1", self.ports["imap"]))
+
+
+class HangupTests(unittest.TestCase):
+    """SIGHUP, which logrotate sends after renaming the log file."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.config = os.path.join(self.dir, "mailsrv.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'[pop3]\nlisten = ["tcp:{self.port}:interface=127.0.0.1"]\n'
+                f"[users]\npasswd_file = '{self.dir}/passwd'\ncreate_if_missing = true\n"
+                f"[auth]\nfailure_delay = 0.0\n"
+                f"[storage]\nmaildir = '{self.dir}/mail/{{user}}/Maildir'\n"
+            )
+        status = cli.main(
+            ["user", "add", "alice", "--config", self.config, "--password-stdin"],
+            stdin=io.StringIO("pw\n"),
+            stdout=io.StringIO(),
+        )
+        self.assertEqual(status, 0)
+
+    def login(self) -> None:
+        pop = poplib.POP3("127.0.0.1", self.port, timeout=30)
+        try:
+            pop.user("alice")
+            self.assertTrue(pop.pass_("pw").startswith(b"+OK"))
+        finally:
+            pop.quit()
+
+    def test_sighup_reopens_the_log_file_and_keeps_serving(self) -> None:
+        log = os.path.join(self.dir, "mailsrv.log")
+        twistd_args = ("--logfile", log)
+        with run_daemon(self.dir, "--config", self.config, twistd_args=twistd_args) as daemon:
+            wait_for_file_text(log, "listening on", process=daemon.process)
+            os.rename(log, log + ".1")  # what logrotate does first
+            daemon.process.send_signal(signal.SIGHUP)
+            new = wait_for_file_text(
+                log, f"SIGHUP: reopened the log file {log}", process=daemon.process
+            )
+            self.assertIsNone(daemon.process.poll())
+            self.login()
+            new = wait_for_file_text(log, "alice logged in", process=daemon.process)
+            with open(log + ".1") as f:
+                old = f.read()
+            self.assertIn(f"SIGHUP: reopening the log file {log}", old)
+            self.assertNotIn("logged in", old)
+            self.assertNotIn("listening on", new)
+            # A second rotation works as well.
+            os.rename(log, log + ".2")
+            daemon.process.send_signal(signal.SIGHUP)
+            wait_for_file_text(log, "SIGHUP: reopened", process=daemon.process)
+            self.login()
+            wait_for_file_text(log, "alice logged in", process=daemon.process)
+            # twistd's own rotation (SIGUSR1: mailsrv.log -> mailsrv.log.1) still works.
+            os.unlink(log + ".1")
+            daemon.process.send_signal(signal.SIGUSR1)
+            wait_for_file_text(log + ".1", "alice logged in", process=daemon.process)
+            self.login()
+            wait_for_file_text(log, "alice logged in", process=daemon.process)
+            self.assertIsNone(daemon.process.poll())
+        self.assertNotIn("Traceback", daemon.log)
+
+    def test_sighup_without_log_file_is_logged(self) -> None:
+        with run_daemon(self.dir, "--config", self.config) as daemon:
+            daemon.wait_for("listening on")
+            daemon.process.send_signal(signal.SIGHUP)
+            daemon.wait_for("SIGHUP: no log file to reopen")
+            self.assertIsNone(daemon.process.poll())
+            self.login()
+            daemon.wait_for("alice logged in")
 
 
 def write_rsa_pair(cert_path: str, key_path: str) -> None:

@@ -179,13 +179,16 @@ class LimitsSection:
 
 @attrs.frozen
 class TimeoutsSection:
-    #: Before login.
+    #: Seconds without a complete command before login.
     imap_unauthenticated: float = attrs.field(default=60.0, metadata=_meta(_check_range(5)))
     #: After login; RFC 3501 5.4 requires at least 30 minutes, which also
     #: covers an IDLE that clients renew every 29 minutes (RFC 2177).
     imap_authenticated: float = attrs.field(default=1800.0, metadata=_meta(_check_range(1800)))
     #: RFC 1939 section 3 requires at least 10 minutes.
     pop3: float = attrs.field(default=600.0, metadata=_meta(_check_range(600)))
+    #: From connect to a successful login, however busy the client keeps
+    #: the connection (IMAP and POP3).
+    login: float = attrs.field(default=120.0, metadata=_meta(_check_range(5, 3600)))
 
 
 @attrs.frozen

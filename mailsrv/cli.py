@@ -16,7 +16,8 @@ is final.
 
 A command whose reader goes away (``mailsrv user list | head -1``) stops
 quietly with status 141, what a shell reports for a Unix tool that SIGPIPE
-ended; ``deliver`` keeps the status of its outcome.
+ended; ``deliver``, which writes only errors, exits 75 then, so the MTA
+retries rather than bounces.
 
 Warnings logged while a command runs (a ``--folder`` that does not exist,
 an index being rebuilt) are written to standard error, where the MTA's log

@@ -14,6 +14,11 @@ administrator can fix -- configuration, storage, an unexpected error -- is
 75, and only an unknown user (67), bad usage (64) or an empty message (65)
 is final.
 
+A command whose reader goes away (``mailsrv user list | head -1``) stops
+quietly with status 141, what a shell reports for a Unix tool that SIGPIPE
+ended; ``deliver``, which writes only errors, exits 75 then, so the MTA
+retries rather than bounces.
+
 Warnings logged while a command runs (a ``--folder`` that does not exist,
 an index being rebuilt) are written to standard error, where the MTA's log
 picks them up.
@@ -25,6 +30,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -45,6 +51,8 @@ EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+#: Not a sysexits status: what a shell shows for a command SIGPIPE ended.
+EX_PIPE = 128 + signal.SIGPIPE
 
 
 class CommandError(Exception):
@@ -251,7 +259,7 @@ def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
         raise CommandError(
             f"{tls.certificate} or {tls.key} exists; use --force to replace", EX_CANTCREAT
         )
-    generate_self_signed(tls.certificate, tls.key, config.server.hostname)
+    generate_self_signed(tls.certificate, tls.key, config.server.hostname, replace=args.force)
     stdout.write(f"wrote {tls.certificate} and {tls.key}\n")
     return EX_OK
 
@@ -265,16 +273,21 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
     if path is None:
         raise CommandError("check-config needs a FILE (or --config FILE)", EX_USAGE)
     config = load_config(path, {"passwd": args.passwd, "maildir": args.maildir})
-    if config.tls_enabled and not config.tls.generate_self_signed:
+    tls_pending = False
+    if config.tls_enabled:
         from mailsrv.service import tls_context_of
 
-        tls_context_of(config)
+        # The pair must match, generate_self_signed or not; a pair still to
+        # be generated is not created here.
+        tls_pending = tls_context_of(config, create=False) is None
     if os.path.exists(config.users.passwd_file):
         count = len(PasswdFile(config.users.passwd_file).users())
     else:  # create_if_missing: the daemon creates it
         count = 0
     for line in describe(config):
         stdout.write(line + "\n")
+    if tls_pending:
+        stdout.write("  (self-signed certificate and key to be created at first start)\n")
     stdout.write(f"  users: {count}\n")
     return EX_OK
 
@@ -322,6 +335,22 @@ def main(
         return EX_USAGE if e.code not in (0, None) else EX_OK
     delivering = args.command == "deliver"
     try:
+        status = _run(args, stdin, stdout, stderr)
+        # Buffered output reaches a pipe here, not at exit, where a reader
+        # that went away would be reported as "Exception ignored".
+        stdout.flush()
+    except BrokenPipeError:
+        # Nobody reads any more: nothing more can be said to anyone, so say
+        # nothing, as a Unix tool that SIGPIPE ends (Python ignores SIGPIPE).
+        for stream in (stdout, stderr):
+            _discard_output(stream)
+        return EX_TEMPFAIL if delivering else EX_PIPE
+    return status
+
+
+def _run(args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stderr: IO[str]) -> int:
+    delivering = args.command == "deliver"
+    try:
         with _logging_to(stderr):
             if args.command == "user":
                 return _user(args, stdin or sys.stdin, stdout)
@@ -333,6 +362,8 @@ def main(
                 return _reindex(args, stdout)
             if args.command == "gen-cert":
                 return _gen_cert(args, stdout)
+    except BrokenPipeError:
+        raise
     except ConfigError as e:
         stderr.write(format_error(e) + "\n")
         # A bounce for a typo in the configuration would be a message lost
@@ -346,6 +377,20 @@ def main(
         traceback.print_exc(file=stderr)
         return EX_TEMPFAIL if delivering else EX_SOFTWARE
     raise AssertionError(args.command)
+
+
+def _discard_output(stream: IO[str]) -> None:
+    """Point a closed pipe's file descriptor at /dev/null, so the interpreter's
+    own flush at exit does not fail again on what is still buffered."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.StringIO and the like
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # python -m mailsrv.cli, where the script is not on PATH

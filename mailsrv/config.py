@@ -76,11 +76,54 @@ class ListenSection:
     listen_tls: tuple[str, ...] = attrs.field(default=(), metadata=_meta())
 
 
+#: TLS 1.2 cipher suites by default: ECDHE key exchange (forward secrecy)
+#: with an AEAD cipher only, as RFC 9325 4.1 and 4.2 recommend; no static
+#: RSA, no CBC, no SHA-1.  TLS 1.3 suites are all AEAD and forward secret,
+#: and this list does not touch them.
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _check_ciphers(value: str) -> str | None:
+    """An OpenSSL cipher string that selects some TLS 1.2 suite and no
+    suite without authentication or encryption."""
+    # Imported here: only a file that sets tls.ciphers pays for it.
+    from OpenSSL import SSL
+
+    def expand(ciphers: str) -> list[str]:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_cipher_list(ciphers.encode("ascii"))
+        # TLS 1.3 suites (TLS_*) are listed whatever the string says.
+        return [
+            c for c in SSL.Connection(context, None).get_cipher_list() if not c.startswith("TLS_")
+        ]
+
+    if not value.isascii() or not value.strip():
+        return f"not an OpenSSL cipher string: {value!r}"
+    try:
+        selected = expand(value)
+    except SSL.Error:
+        selected = []
+    if not selected:
+        return (
+            f"{value!r} selects no TLS 1.2 cipher suite this OpenSSL knows "
+            f"(the default is {DEFAULT_CIPHERS!r}; `openssl ciphers -v STRING` lists a selection)"
+        )
+    unsafe = sorted(set(selected) & set(expand("aNULL:eNULL")))
+    if unsafe:
+        return (
+            f"{value!r} selects suites without authentication or encryption "
+            f"({', '.join(unsafe[:5])}{', ...' if len(unsafe) > 5 else ''}); add ':!aNULL:!eNULL'"
+        )
+    return None
+
+
 @attrs.frozen
 class TLSSection:
     certificate: str | None = attrs.field(default=None, metadata=_meta(path=True))
     key: str | None = attrs.field(default=None, metadata=_meta(path=True))
     min_version: str = attrs.field(default="1.2", metadata=_meta(_check_choice("1.2", "1.3")))
+    #: OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are not affected).
+    ciphers: str = attrs.field(default=DEFAULT_CIPHERS, metadata=_meta(_check_ciphers))
     #: Create a self-signed certificate and key at the paths above when they
     #: are missing (development only).
     generate_self_signed: bool = attrs.field(default=False, metadata=_meta())
@@ -136,13 +179,16 @@ class LimitsSection:
 
 @attrs.frozen
 class TimeoutsSection:
-    #: Before login.
+    #: Seconds without a complete command before login.
     imap_unauthenticated: float = attrs.field(default=60.0, metadata=_meta(_check_range(5)))
     #: After login; RFC 3501 5.4 requires at least 30 minutes, which also
     #: covers an IDLE that clients renew every 29 minutes (RFC 2177).
     imap_authenticated: float = attrs.field(default=1800.0, metadata=_meta(_check_range(1800)))
     #: RFC 1939 section 3 requires at least 10 minutes.
     pop3: float = attrs.field(default=600.0, metadata=_meta(_check_range(600)))
+    #: From connect to a successful login, however busy the client keeps
+    #: the connection (IMAP and POP3).
+    login: float = attrs.field(default=120.0, metadata=_meta(_check_range(5, 3600)))
 
 
 @attrs.frozen

@@ -18,6 +18,9 @@ from twisted.internet.interfaces import IAddress
 
 from mailsrv.config import Config
 
+#: Seconds a timed-out connection has to take its goodbye before it is cut.
+CLOSE_GRACE = 10.0
+
 
 def _never() -> bool:
     return False
@@ -41,6 +44,10 @@ class SessionPolicy:
     imap_timeout_unauthenticated: float = 60.0
     imap_timeout_authenticated: float = 1800.0
     pop3_timeout: float = 600.0
+    #: Seconds from connect to a successful login, IMAP and POP3 alike: a
+    #: client that keeps the line busy (NOOP, a SASL exchange, a TLS
+    #: handshake) without logging in is bounded all the same.
+    login_timeout: float = 120.0
     #: True when some user has a plaintext-equivalent secret, so CRAM-MD5 and
     #: APOP can succeed; asked at each connection, since the users file may
     #: change.
@@ -68,6 +75,7 @@ class SessionPolicy:
             imap_timeout_unauthenticated=timeouts.imap_unauthenticated,
             imap_timeout_authenticated=timeouts.imap_authenticated,
             pop3_timeout=timeouts.pop3,
+            login_timeout=timeouts.login,
             challenge_auth_available=challenge_auth_available,
             connections=ConnectionLimits(
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip

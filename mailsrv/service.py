@@ -9,6 +9,7 @@ can take any layer and supply the others itself (see docs/embedding.md).
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from twisted.application import service
@@ -18,7 +19,9 @@ from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import Factory
+from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.logfile import BaseLogFile
 from twisted.python.systemd import ListenFDs
 
 from mailsrv import log
@@ -29,16 +32,26 @@ from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
-from mailsrv.tls import server_context
+from mailsrv.tls import ensure_self_signed, server_context
 
 _log = log.get_logger(__name__)
 
 
-def tls_context_of(config: Config) -> Any:
+def tls_context_of(config: Config, *, create: bool = True) -> Any:
     """The server TLS context of ``[tls]``; errors name ``--tls-cert`` or
-    ``--tls-key`` when that is where the file came from."""
+    ``--tls-key`` when that is where the file came from.
+
+    With ``create`` false (``mailsrv check-config``), a self-signed pair
+    that ``generate_self_signed`` would create is not, and None is returned.
+    """
+    where = config.path or COMMAND_LINE
     try:
-        return server_context(config.tls, config.path or COMMAND_LINE, config.server.hostname)
+        section = config.tls
+        if section.generate_self_signed and not ensure_self_signed(
+            section, where, config.server.hostname, create=create
+        ):
+            return None
+        return server_context(section, where, config.server.hostname)
     except ConfigError as e:
         option = config.from_command_line.get(e.key)
         if option is None:
@@ -165,6 +178,93 @@ class UsersFileCheck(service.Service):
                 uid=os.getuid(),
                 problem=problem,
             )
+
+
+class LogReopener(service.Service):
+    """SIGHUP reopens the file twistd logs to (``--logfile``), and never
+    stops the daemon.
+
+    logrotate renames the log file and sends SIGHUP (its ``postrotate``);
+    without a handler the signal would end the process.  twistd itself
+    handles only SIGUSR1 for its log, by renaming the file to ``.1`` itself,
+    which is left alone.  The configuration is not reloaded: the log says
+    so, so nobody expects a changed file to take effect.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        self.reactor = reactor
+        self._previous: Any = None
+        self._installed = False
+
+    def privilegedStartService(self) -> None:
+        # The earliest moment of the service's life, before the reactor runs.
+        super().privilegedStartService()
+        self._previous = signal.signal(signal.SIGHUP, self._on_hangup)
+        self._installed = True
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
+            self._installed = False
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        # A signal handler may run in the middle of a log write: do the work
+        # from the reactor's loop instead, as twistd does for SIGUSR1.
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor.callFromThread(self.reopen)
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def reopen(self) -> None:
+        """Reopen every log file; log what was done."""
+        files = _log_files()
+        if not files:
+            _log.info(
+                "SIGHUP: no log file to reopen (logging to standard output or syslog); "
+                "the configuration is not reloaded, restart mailsrv to apply changes"
+            )
+            return
+        for log_file in files:
+            _log.info("SIGHUP: reopening the log file {path}", path=log_file.path)
+            try:
+                # Opened first on our own: a failed reopen would leave the
+                # log file closed, and nothing logged from then on.
+                with open(log_file.path, "ab"):
+                    pass
+            except OSError as e:
+                _log.error(
+                    "SIGHUP: cannot reopen the log file {path}: {reason}; still logging to "
+                    "the file it was renamed to",
+                    path=log_file.path,
+                    reason=e.strerror,
+                )
+                continue
+            log_file.reopen()
+            _log.info(
+                "SIGHUP: reopened the log file {path}; the configuration is not reloaded, "
+                "restart mailsrv to apply changes",
+                path=log_file.path,
+            )
+
+
+def _log_files() -> list[BaseLogFile]:
+    """The files the global log observers write to: twistd's ``--logfile``.
+
+    Twisted offers no public way to them: twistd keeps its file observer to
+    itself.  The observers are looked up on the global publisher, each file
+    observer's file is checked, and anything unexpected is skipped, so a
+    change inside Twisted makes SIGHUP log that it found no file rather than
+    fail (tests/test_daemon.py HangupTests would show it).
+    """
+    found: list[BaseLogFile] = []
+    for observer in getattr(globalLogPublisher, "_observers", ()):
+        target = getattr(observer, "_outFile", None)
+        if isinstance(target, BaseLogFile) and target not in found:
+            found.append(target)
+    return found
 
 
 def _endpoint(reactor: Any, listener: Listener, where: str) -> Any:

@@ -1,8 +1,8 @@
 """TLS: the server context for STARTTLS/STLS and implicit-TLS listeners.
 
 One :class:`~twisted.internet.ssl.CertificateOptions` serves every listener,
-with TLS 1.2 as the floor (configurable up to 1.3) and Twisted's default
-cipher selection, which excludes the weak suites.
+with TLS 1.2 as the floor (configurable up to 1.3) and, for TLS 1.2, the
+suites of ``tls.ciphers`` (forward-secret AEAD ones by default).
 """
 
 from __future__ import annotations
@@ -18,16 +18,24 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
 
+from mailsrv import log
 from mailsrv.config import TLSSection
 from mailsrv.errors import ConfigError
+
+_log = log.get_logger(__name__)
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def generate_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
+def generate_self_signed(
+    cert_path: str, key_path: str, hostname: str, *, replace: bool = False
+) -> None:
     """Write a self-signed certificate for ``hostname`` and localhost.
 
     For development and tests only; the key file is created with mode 0600.
+    Without ``replace``, an existing file at either path is left alone and
+    :class:`FileExistsError` names it: a new key beside an old certificate
+    (or the reverse) would break every handshake.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
@@ -57,11 +65,69 @@ def generate_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    # Both files are claimed before either is written, so a refusal leaves
+    # nothing half done.
+    key_fd = os.open(key_path, flags, 0o600)
+    try:
+        cert_fd = os.open(cert_path, flags, 0o644)
+    except BaseException:
+        os.close(key_fd)
+        if not replace:
+            os.unlink(key_path)
+        raise
+    with os.fdopen(key_fd, "wb") as f:
         f.write(key_bytes)
-    with open(cert_path, "wb") as f:
+    with os.fdopen(cert_fd, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def ensure_self_signed(
+    section: TLSSection,
+    config_path: str = "configuration",
+    hostname: str = "localhost",
+    *,
+    create: bool = True,
+) -> bool:
+    """For ``generate_self_signed``: create the pair when both files are
+    missing (with ``create``); True when both files exist afterwards.
+
+    One file present without the other is an error, never a reason to
+    write: the missing one cannot be made to match the one that exists.
+    """
+    if section.certificate is None or section.key is None:
+        raise ConfigError(config_path, "tls.certificate", "no certificate configured")
+    files = {"tls.certificate": section.certificate, "tls.key": section.key}
+    present = {key: os.path.exists(path) for key, path in files.items()}
+    if all(present.values()):
+        return True
+    if any(present.values()):
+        missing = next(key for key, there in present.items() if not there)
+        found = next(key for key, there in present.items() if there)
+        raise ConfigError(
+            config_path,
+            missing,
+            f"{files[missing]} does not exist but {found} {files[found]} does; "
+            "generate_self_signed creates a pair only where both files are missing and never "
+            f"replaces one. Point {missing} at the file that belongs with {files[found]}, or "
+            f"move {files[found]} away to have a new pair made",
+        )
+    if not create:
+        return False
+    try:
+        generate_self_signed(section.certificate, section.key, hostname)
+    except OSError as e:
+        raise ConfigError(
+            config_path,
+            "tls.generate_self_signed",
+            f"cannot create {e.filename or section.certificate}: {e.strerror}",
+        ) from None
+    _log.info(
+        "TLS: created a self-signed certificate {cert} and key {key}",
+        cert=section.certificate,
+        key=section.key,
+    )
+    return True
 
 
 def _read(path: str, key: str, config_path: str) -> bytes:
@@ -82,10 +148,8 @@ def server_context(
     """
     if section.certificate is None or section.key is None:
         raise ConfigError(config_path, "tls.certificate", "no certificate configured")
-    if section.generate_self_signed and not (
-        os.path.exists(section.certificate) and os.path.exists(section.key)
-    ):
-        generate_self_signed(section.certificate, section.key, hostname)
+    if section.generate_self_signed:
+        ensure_self_signed(section, config_path, hostname)
     pem = _read(section.certificate, "tls.certificate", config_path)
     key_pem = _read(section.key, "tls.key", config_path)
     try:
@@ -105,17 +169,33 @@ def server_context(
         raise ConfigError(
             config_path, "tls.key", f"{section.key}: not an unencrypted PEM private key ({e})"
         ) from None
+    if not _same_public_key(chain[0], key):
+        # pyOpenSSL would only notice at the first handshake, which then
+        # fails for every client ("key values mismatch").
+        raise ConfigError(
+            config_path,
+            "tls.key",
+            f"{section.key} is not the private key of the certificate {section.certificate}; "
+            "set tls.key to the key that certificate was issued for (for a self-signed "
+            "development pair, `mailsrv gen-cert --force` makes a new matching one)",
+        )
     try:
         return ssl.CertificateOptions(
             privateKey=key,
             certificate=chain[0],
             extraCertChain=chain[1:],
             raiseMinimumTo=_VERSIONS[section.min_version],
+            acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(section.ciphers),
         )
-    except Exception as e:  # pyOpenSSL reports a key/cert mismatch as a bare Error
-        raise ConfigError(
-            config_path, "tls.key", f"{section.key} does not match {section.certificate} ({e})"
-        ) from None
+    except ValueError as e:  # no usable suite left; the configuration check should prevent it
+        raise ConfigError(config_path, "tls.ciphers", f"{section.ciphers!r}: {e}") from None
+
+
+def _same_public_key(certificate: crypto.X509, key: crypto.PKey) -> bool:
+    def public(pkey: crypto.PKey) -> bytes:
+        return crypto.dump_publickey(crypto.FILETYPE_ASN1, pkey)
+
+    return public(certificate.get_pubkey()) == public(key)
 
 
 def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:

@@ -154,3 +154,36 @@ class Daemon:
         self._reader.join(30)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def wait_for_file_text(
+    path: str,
+    text: str,
+    count: int = 1,
+    timeout: float = STARTUP_DEADLINE,
+    process: subprocess.Popen[bytes] | None = None,
+) -> str:
+    """Wait until ``text`` is in ``count`` lines of the file at ``path`` (a
+    daemon's ``--logfile``), giving up early if ``process`` exits; the
+    file's content then.
+
+    A file gives no notice of a write, so this looks again every few
+    milliseconds until the deadline: a condition with a deadline, not a
+    fixed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    content = ""
+    while True:
+        try:
+            with open(path, errors="replace") as f:
+                content = f.read()
+        except FileNotFoundError:
+            content = ""
+        if sum(text in line for line in content.splitlines()) >= count:
+            return content
+        status = process.poll() if process is not None else None
+        if time.monotonic() > deadline or status is not None:
+            raise AssertionError(
+                f"{path} did not get {text!r} (exit status {status}); it holds:\n{content}"
+            )
+        time.sleep(0.02)

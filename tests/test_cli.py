@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from mailsrv import cli
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile
-from tests.helpers import source_env
+from tests.helpers import mailsrv_command, source_env
 
 
 class CLITestCase(unittest.TestCase):
@@ -248,6 +248,67 @@ class CheckConfigTests(CLITestCase):
         self.assertIn("tls.certificate", err)
 
 
+class CheckConfigCertificateTests(CLITestCase):
+    """check-config finds the certificate problems the daemon would meet,
+    generate_self_signed or not."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from mailsrv.tls import generate_self_signed
+
+        self.tls = os.path.join(self.dir, "tls")
+        generate_self_signed(f"{self.tls}/cert.pem", f"{self.tls}/key.pem", "localhost")
+        generate_self_signed(f"{self.tls}/c2.pem", f"{self.tls}/k2.pem", "localhost")
+        open(self.passwd_file(), "w").close()
+
+    def passwd_file(self) -> str:
+        return os.path.join(self.dir, "pw")
+
+    def check(self, certificate: str, key: str, generate: bool) -> tuple[int, str, str]:
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.passwd_file()}"\n'
+                f'[tls]\ncertificate = "{self.tls}/{certificate}"\nkey = "{self.tls}/{key}"\n'
+                f"generate_self_signed = {str(generate).lower()}\n"
+            )
+        self.config = config
+        return self.run_cli("check-config", config)
+
+    def test_mismatched_pair(self) -> None:
+        for generate in (False, True):
+            status, out, err = self.check("cert.pem", "k2.pem", generate)
+            self.assertEqual((status, out), (cli.EX_CONFIG, ""))
+            self.assertIn(
+                f"{self.config}: tls.key: {self.tls}/k2.pem is not the private key of the "
+                f"certificate {self.tls}/cert.pem",
+                err,
+            )
+
+    def test_certificate_missing_beside_an_existing_key(self) -> None:
+        with open(f"{self.tls}/key.pem", "rb") as f:
+            key = f.read()
+        status, out, err = self.check("new.pem", "key.pem", True)
+        self.assertEqual((status, out), (cli.EX_CONFIG, ""))
+        self.assertIn(
+            f"{self.config}: tls.certificate: {self.tls}/new.pem does not exist but tls.key "
+            f"{self.tls}/key.pem does",
+            err,
+        )
+        self.assertFalse(os.path.exists(f"{self.tls}/new.pem"))
+        with open(f"{self.tls}/key.pem", "rb") as f:
+            self.assertEqual(f.read(), key)
+
+    def test_pair_to_generate_and_matching_pair_are_valid(self) -> None:
+        status, out, _ = self.check("new.pem", "new-key.pem", True)
+        self.assertEqual(status, 0)
+        self.assertIn("created at first start", out)
+        self.assertFalse(os.path.exists(f"{self.tls}/new.pem"))
+        status, out, _ = self.check("c2.pem", "k2.pem", True)
+        self.assertEqual(status, 0)
+        self.assertIn("is valid", out)
+
+
 class GenCertTests(CLITestCase):
     def test_writes_certificate_that_loads(self) -> None:
         from mailsrv.config import load_config
@@ -379,3 +440,47 @@ class DeliverCommandTests(CLITestCase):
         )
         self.assertEqual(status, cli.EX_OK)
         self.assertIn("INBOX: 3 messages", out.getvalue())
+
+
+class ClosedPipeTests(CLITestCase):
+    """``mailsrv user list | head -1``: the reader goes away before the
+    command has written everything."""
+
+    def run_into_closed_pipe(self, *argv: str, buffered: bool) -> tuple[int, bytes]:
+        """Run the real ``mailsrv`` with standard output a pipe nobody reads
+        any more; its exit status and standard error."""
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader (head) has already exited
+        env = source_env()
+        env.pop("PYTHONUNBUFFERED", None)
+        if not buffered:
+            env["PYTHONUNBUFFERED"] = "1"
+        try:
+            child = subprocess.run(
+                [*mailsrv_command(), *argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+        finally:
+            os.close(write_end)
+        return child.returncode, child.stderr
+
+    def test_commands_stop_quietly(self) -> None:
+        config = os.path.join(self.dir, "c.toml")
+        with open(config, "w") as f:
+            f.write(f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.passwd}"\n')
+        for i in range(4):
+            self.add(f"user{i}", "pw", "--scheme", "PLAIN")
+        for buffered in (True, False):  # the error comes at exit or at the write
+            for argv in [
+                ("check-config", config),
+                ("user", "list", "--config", config),
+                ("user", "del", f"user{int(buffered) + 2}", "--config", config),
+            ]:
+                status, err = self.run_into_closed_pipe(*argv, buffered=buffered)
+                self.assertEqual((status, err), (cli.EX_PIPE, b""), (argv, buffered))
+        # The command did its work before it found nobody reading.
+        self.assertEqual([r.name for r in PasswdFile(self.passwd).users()], ["user0", "user1"])

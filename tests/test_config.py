@@ -111,6 +111,24 @@ class ConfigTests(unittest.TestCase):
         e = self.error('[imap]\nlisten = ["tcp:1143"]\n[tls]\nmin_version = "1.0"\n')
         self.assertEqual(e.key, "tls.min_version")
 
+    def test_cipher_list_is_checked_at_load_time(self) -> None:
+        listen = '[imap]\nlisten = ["tcp:1143"]\n'
+        for ciphers, reason in (
+            ("NO-SUCH-SUITE", "selects no TLS 1.2 cipher suite"),
+            ("TLS_AES_128_GCM_SHA256", "selects no TLS 1.2 cipher suite"),
+            ("ALL", "without authentication or encryption"),
+            ("ECDHE+AESGCM:NULL-SHA", "without authentication or encryption"),
+            ("", "not an OpenSSL cipher string"),
+        ):
+            e = self.error(f'{listen}[tls]\nciphers = "{ciphers}"\n')
+            self.assertEqual(
+                (e.path, e.key), (os.path.join(self.dir, "mailsrv.toml"), "tls.ciphers")
+            )
+            self.assertIn(reason, e.reason, ciphers)
+        config = load_config(self.write(f'{listen}[tls]\nciphers = "ECDHE+AESGCM:ECDHE+AES"\n'))
+        self.assertEqual(config.tls.ciphers, "ECDHE+AESGCM:ECDHE+AES")
+        self.assertEqual(load_config(self.write(listen)).tls.ciphers, "ECDHE+AESGCM:ECDHE+CHACHA20")
+
     def test_bad_endpoint(self) -> None:
         e = self.error('[imap]\nlisten = ["tcp:1143", "carrier-pigeon:7"]\n')
         self.assertEqual(e.key, "imap.listen[1]")

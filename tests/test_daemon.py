@@ -8,6 +8,7 @@ import poplib
 import random
 import shlex
 import shutil
+import signal
 import socket
 import ssl
 import stat
@@ -19,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from twisted.trial import unittest
 
 from mailsrv import cli
+from mailsrv.tls import generate_self_signed
 from tests.helpers import (
     STARTUP_DEADLINE,
     Daemon,
@@ -26,6 +28,7 @@ from tests.helpers import (
     read_line,
     source_env,
     twistd_command,
+    wait_for_file_text,
 )
 
 #: nobody/nogroup on Debian.
@@ -189,6 +192,53 @@ maildir = "var/mail/{{user}}/Maildir"
             "max_line_length, max_message_size, max_nesting_depth, max_pending_commands)",
         )
 
+    def set_tls(self, certificate: str, key: str) -> None:
+        """Point ``[tls]`` of the configuration at other files."""
+        with open(self.config) as f:
+            text = f.read()
+        text = text.replace('certificate = "var/tls/cert.pem"', f'certificate = "{certificate}"')
+        text = text.replace('key = "var/tls/key.pem"', f'key = "{key}"')
+        with open(self.config, "w") as f:
+            f.write(text)
+
+    def test_new_certificate_path_never_replaces_the_existing_key(self) -> None:
+        """generate_self_signed with ``certificate`` moved to a new path and
+        ``key`` left at an existing file: the key must survive, and the
+        daemon must say what to do instead of starting with a broken pair."""
+        tls = os.path.join(self.dir, "var", "tls")
+        generate_self_signed(os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem"), "x")
+        with open(os.path.join(tls, "key.pem"), "rb") as f:
+            key_before = f.read()
+        self.set_tls("var/tls/new-cert.pem", "var/tls/key.pem")
+        with self.daemon("--config", self.config) as daemon:
+            output = daemon.wait_exit(STARTUP_DEADLINE)
+        self.assertEqual(daemon.process.returncode, 1, output)
+        self.assertIn(
+            f"mailsrv: configuration error: {self.config}: tls.certificate: "
+            f"{tls}/new-cert.pem does not exist but tls.key {tls}/key.pem does",
+            output,
+        )
+        self.assertNotIn("Traceback", output)
+        with open(os.path.join(tls, "key.pem"), "rb") as f:
+            self.assertEqual(f.read(), key_before)
+        self.assertFalse(os.path.exists(os.path.join(tls, "new-cert.pem")))
+
+    def test_key_of_another_certificate_stops_startup(self) -> None:
+        """Not at the first handshake: at startup, naming both files."""
+        tls = os.path.join(self.dir, "var", "tls")
+        generate_self_signed(os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem"), "x")
+        generate_self_signed(os.path.join(tls, "c2.pem"), os.path.join(tls, "k2.pem"), "x")
+        self.set_tls("var/tls/cert.pem", "var/tls/k2.pem")
+        with self.daemon("--config", self.config) as daemon:
+            output = daemon.wait_exit(STARTUP_DEADLINE)
+        self.assertEqual(daemon.process.returncode, 1, output)
+        self.assertIn(
+            f"mailsrv: configuration error: {self.config}: tls.key: {tls}/k2.pem is not the "
+            f"private key of the certificate {tls}/cert.pem",
+            output,
+        )
+        self.assertNotIn("Traceback", output)
+
     def test_command_line_overrides(self) -> None:
         port = free_port()
         with self.daemon(
@@ -198,6 +248,190 @@ maildir = "var/mail/{{user}}/Maildir"
             with socket.create_connection(("127.0.0.1", port)) as s:
                 self.assertTrue(read_line(s).startswith(b"* OK"))
             self.assertRaises(OSError, socket.create_connection, ("127.0.0.1", self.ports["imap"]))
+
+
+class HangupTests(unittest.TestCase):
+    """SIGHUP, which logrotate sends after renaming the log file."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.config = os.path.join(self.dir, "mailsrv.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'[pop3]\nlisten = ["tcp:{self.port}:interface=127.0.0.1"]\n'
+                f"[users]\npasswd_file = '{self.dir}/passwd'\ncreate_if_missing = true\n"
+                f"[auth]\nfailure_delay = 0.0\n"
+                f"[storage]\nmaildir = '{self.dir}/mail/{{user}}/Maildir'\n"
+            )
+        status = cli.main(
+            ["user", "add", "alice", "--config", self.config, "--password-stdin"],
+            stdin=io.StringIO("pw\n"),
+            stdout=io.StringIO(),
+        )
+        self.assertEqual(status, 0)
+
+    def login(self) -> None:
+        pop = poplib.POP3("127.0.0.1", self.port, timeout=30)
+        try:
+            pop.user("alice")
+            self.assertTrue(pop.pass_("pw").startswith(b"+OK"))
+        finally:
+            pop.quit()
+
+    def test_sighup_reopens_the_log_file_and_keeps_serving(self) -> None:
+        log = os.path.join(self.dir, "mailsrv.log")
+        twistd_args = ("--logfile", log)
+        with run_daemon(self.dir, "--config", self.config, twistd_args=twistd_args) as daemon:
+            wait_for_file_text(log, "listening on", process=daemon.process)
+            os.rename(log, log + ".1")  # what logrotate does first
+            daemon.process.send_signal(signal.SIGHUP)
+            new = wait_for_file_text(
+                log, f"SIGHUP: reopened the log file {log}", process=daemon.process
+            )
+            self.assertIsNone(daemon.process.poll())
+            self.login()
+            new = wait_for_file_text(log, "alice logged in", process=daemon.process)
+            with open(log + ".1") as f:
+                old = f.read()
+            self.assertIn(f"SIGHUP: reopening the log file {log}", old)
+            self.assertNotIn("logged in", old)
+            self.assertNotIn("listening on", new)
+            # A second rotation works as well.
+            os.rename(log, log + ".2")
+            daemon.process.send_signal(signal.SIGHUP)
+            wait_for_file_text(log, "SIGHUP: reopened", process=daemon.process)
+            self.login()
+            wait_for_file_text(log, "alice logged in", process=daemon.process)
+            # twistd's own rotation (SIGUSR1: mailsrv.log -> mailsrv.log.1) still works.
+            os.unlink(log + ".1")
+            daemon.process.send_signal(signal.SIGUSR1)
+            wait_for_file_text(log + ".1", "alice logged in", process=daemon.process)
+            self.login()
+            wait_for_file_text(log, "alice logged in", process=daemon.process)
+            self.assertIsNone(daemon.process.poll())
+        self.assertNotIn("Traceback", daemon.log)
+
+    def test_sighup_without_log_file_is_logged(self) -> None:
+        with run_daemon(self.dir, "--config", self.config) as daemon:
+            daemon.wait_for("listening on")
+            daemon.process.send_signal(signal.SIGHUP)
+            daemon.wait_for("SIGHUP: no log file to reopen")
+            self.assertIsNone(daemon.process.poll())
+            self.login()
+            daemon.wait_for("alice logged in")
+
+
+def write_rsa_pair(cert_path: str, key_path: str) -> None:
+    """A self-signed RSA certificate: static-RSA suites need an RSA key, so
+    only with one does refusing them show."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class CipherSuiteTests(unittest.TestCase):
+    """What a TLS 1.2 client can negotiate with the daemon's default
+    cipher list (RFC 9325 4.1, 4.2: forward secrecy and AEAD only)."""
+
+    def start(self, tls: str = "") -> None:
+        """Start the daemon with an RSA certificate and ``tls`` added to [tls]."""
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        write_rsa_pair(os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem"))
+        self.port = free_port()
+        config = os.path.join(self.dir, "mailsrv.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten_tls = ["tcp:{self.port}:interface=127.0.0.1"]\n'
+                f'[tls]\ncertificate = "cert.pem"\nkey = "key.pem"\n{tls}'
+                "[users]\npasswd_file = 'passwd'\ncreate_if_missing = true\n"
+                "[storage]\nmaildir = 'mail/{user}/Maildir'\n"
+            )
+        daemon = Daemon.start(["--config", config], cwd=self.dir)
+        self.addCleanup(daemon.stop)
+        daemon.wait_for("listening on")
+
+    def handshake(self, suite: str | None, version: ssl.TLSVersion) -> tuple[str, str]:
+        """(protocol, cipher) negotiated by a client offering only ``suite``
+        (None: the client's defaults) at exactly ``version``."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = context.maximum_version = version
+        if suite is not None:
+            # SECLEVEL=0: the client must offer what old clients offer.
+            context.set_ciphers(f"{suite}:@SECLEVEL=0")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as raw:
+            with context.wrap_socket(raw) as s:
+                self.assertTrue(read_line(s).startswith(b"* OK"))
+                cipher, version = s.cipher(), s.version()
+                assert cipher is not None and version is not None
+                return version, cipher[0]
+
+    def test_tls12_refuses_static_rsa_and_cbc(self) -> None:
+        self.start()
+        for suite in (
+            "AES128-SHA",
+            "AES256-GCM-SHA384",
+            "ECDHE-RSA-AES128-SHA",
+            "ECDHE-RSA-AES256-SHA384",
+            "ECDHE-RSA-AES128-SHA256",
+        ):
+            with self.assertRaises(ssl.SSLError, msg=suite):
+                self.handshake(suite, ssl.TLSVersion.TLSv1_2)
+
+    def test_tls12_forward_secret_aead_and_tls13_work(self) -> None:
+        self.start()
+        for suite in (
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-RSA-CHACHA20-POLY1305",
+        ):
+            self.assertEqual(
+                self.handshake(suite, ssl.TLSVersion.TLSv1_2), ("TLSv1.2", suite), suite
+            )
+        self.assertEqual(self.handshake(None, ssl.TLSVersion.TLSv1_2)[0], "TLSv1.2")
+        version, cipher = self.handshake(None, ssl.TLSVersion.TLSv1_3)
+        self.assertEqual(version, "TLSv1.3")
+        self.assertTrue(cipher.startswith("TLS_"), cipher)
+
+    def test_cipher_list_is_configurable(self) -> None:
+        """tls.ciphers replaces the TLS 1.2 list, and only that."""
+        self.start('ciphers = "ECDHE+AESGCM:ECDHE+AES:!SHA384:!SHA256"\n')
+        suite = "ECDHE-RSA-AES128-SHA"  # CBC, SHA-1: allowed here on purpose
+        self.assertEqual(self.handshake(suite, ssl.TLSVersion.TLSv1_2), ("TLSv1.2", suite))
+        with self.assertRaises(ssl.SSLError):
+            self.handshake("ECDHE-RSA-CHACHA20-POLY1305", ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(self.handshake(None, ssl.TLSVersion.TLSv1_3)[0], "TLSv1.3")
 
 
 def free_privileged_port() -> int | None:

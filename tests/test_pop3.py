@@ -1244,7 +1244,8 @@ class LineLengthTests(unittest.SynchronousTestCase):
 
 class TimeoutTests(unittest.SynchronousTestCase):
     def test_idle_before_login(self) -> None:
-        session = Session(Fixture(self, pop3_timeout=600))
+        # A login deadline past the idle timeout, which is what is tested here.
+        session = Session(Fixture(self, pop3_timeout=600, login_timeout=3600))
         session.clock.advance(599)
         self.assertFalse(session.closed)
         session.clock.advance(1)

@@ -59,7 +59,7 @@ from mailsrv.interfaces import (
     MailboxEntry,
     MailboxStatus,
 )
-from mailsrv.policy import SessionPolicy
+from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 
 __all__ = ["IMAP4Server", "IMAP4ServerFactory", "State"]
 
@@ -160,6 +160,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._idle_push: IDelayedCall | None = None
         self._sasl: tuple[sasl.Mechanism, defer.Deferred[Done]] | None = None
         self._timer: IDelayedCall | None = None
+        #: Clock time by which the client must have logged in; None after.
+        self._login_by: float | None = None
+        self._timed_out = False
         self._output: ResponseWriter | None = None
 
     # -- plumbing -------------------------------------------------------------
@@ -242,7 +245,8 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                 self._close()
                 return
             self._ip_counted = True
-        self.setTimeout(self.policy.imap_timeout_unauthenticated)
+        self._login_by = self.clock.seconds() + self.policy.login_timeout
+        self._activity()
         caps = "CAPABILITY " + " ".join(self._capabilities())
         self._send(grammar.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
 
@@ -306,9 +310,41 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if user is not None and self.policy.connections is not None:
             self.policy.connections.close_user(user)
 
+    def _activity(self) -> None:
+        """Restart the autologout timer: a whole line, or a piece of a
+        literal, has arrived.
+
+        A partial line is not activity (RFC 3501 5.4 counts commands), or one
+        byte a second would hold a connection forever; an APPEND literal that
+        keeps coming is.  Before login the timer never runs past the login
+        deadline, however busy the client keeps the connection.
+        """
+        if self.state is State.LOGOUT:
+            return
+        if self._login_by is None:
+            self.resetTimeout()
+            return
+        left = self._login_by - self.clock.seconds()
+        self.setTimeout(max(0.0, min(self.policy.imap_timeout_unauthenticated, left)))
+
     def timeoutConnection(self) -> None:
-        _log.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
-        self._send(grammar.untagged_status("BYE", "Autologout; idle for too long"))
+        if self._timed_out:
+            # The goodbye did not get out in CLOSE_GRACE: an unfinished TLS
+            # handshake holds it, and with it the close, back for ever.
+            self._transport.abortConnection()
+            return
+        self._timed_out = True
+        if self._login_by is not None and self.clock.seconds() >= self._login_by:
+            _log.info(
+                "IMAP: {peer} did not log in within {seconds} seconds",
+                peer=getattr(self._peer, "host", self._peer),
+                seconds=f"{self.policy.login_timeout:g}",
+            )
+            bye = "Too long without logging in"
+        else:
+            _log.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
+            bye = "Autologout; idle for too long"
+        self._send(grammar.untagged_status("BYE", bye))
         self.state = State.LOGOUT
         stalled = self._output is not None and self._output.paused
         self._close()
@@ -316,11 +352,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             # The client stopped reading: its buffered output would keep the
             # connection (and the session) alive forever.
             self._transport.abortConnection()
+        else:
+            self.setTimeout(CLOSE_GRACE)
 
     # -- framing ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
         super().dataReceived(data)
         while self._reprocess and not self.paused and not self._lost:
             self._reprocess = False
@@ -349,6 +386,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def lineReceived(self, line: bytes) -> None:
         if self.state is State.LOGOUT:
             return
+        self._activity()
         if self._continuation is not None:
             self._continuation(line)
             return
@@ -435,6 +473,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             self.setLineMode(data)
             return
         chunk = data[: literal.remaining]
+        self._activity()
         if not literal.discard:
             if isinstance(literal.sink, bytearray):
                 literal.sink += chunk
@@ -757,6 +796,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._logout = logout
         self.user = user
         self.state = State.AUTHENTICATED
+        self._login_by = None
         self.setTimeout(self.policy.imap_timeout_authenticated)
         _log.info("IMAP: {user} logged in", user=user)
         caps = "CAPABILITY " + " ".join(self._capabilities())

@@ -46,7 +46,7 @@ from mailsrv import log
 from mailsrv.auth import sasl
 from mailsrv.errors import MailboxInUse, NoSuchMessage, StorageError
 from mailsrv.interfaces import IMaildrop, MaildropEntry
-from mailsrv.policy import SessionPolicy
+from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 from mailsrv.pop3.wire import MessageEncoder, dot_stuff_line, parse_number
 
 __all__ = ["POP3", "POP3Factory", "State"]
@@ -217,6 +217,9 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
         self._seen: set[int] = set()  # UIDs read entirely (RETR, full TOP)
         self._highest = 0  # LAST: the highest message number accessed
         self._sender: _MessageSender | None = None
+        #: Clock time by which the client must have logged in; None after.
+        self._login_by: float | None = None
+        self._timed_out = False
 
     @property
     def _transport(self) -> Any:
@@ -230,15 +233,48 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         return self.clock.callLater(period, func)
 
+    def _activity(self) -> None:
+        """Restart the autologout timer: a whole command line has arrived.
+
+        RFC 1939 3 resets the timer on a command, not on any byte: one byte
+        a second must not hold a connection forever.  Before login the timer
+        never runs past the login deadline.
+        """
+        if self._closing:
+            return
+        if self._login_by is None:
+            self.resetTimeout()
+            return
+        left = self._login_by - self.clock.seconds()
+        self.setTimeout(max(0.0, min(self.policy.pop3_timeout, left)))
+
     def timeoutConnection(self) -> None:
         """RFC 1939 autologout: end the session without entering UPDATE."""
-        _log.info("POP3 session of {user} timed out", user=self._user or "(not logged in)")
+        if self._timed_out:
+            # The goodbye did not get out in CLOSE_GRACE: an unfinished TLS
+            # handshake holds it, and with it the close, back for ever.
+            self._transport.abortConnection()
+            return
+        self._timed_out = True
+        late = self._login_by is not None and self.clock.seconds() >= self._login_by
+        if late:
+            _log.info(
+                "POP3: {peer} did not log in within {seconds} seconds",
+                peer=_address(self._peer),
+                seconds=f"{self.policy.login_timeout:g}",
+            )
+        else:
+            _log.info("POP3 session of {user} timed out", user=self._user or "(not logged in)")
         self._closing = True
         if self._sender is not None:
             self._transport.abortConnection()  # a client that stopped reading
             return
-        self._send(b"-ERR Disconnected for inactivity.")
+        if late:
+            self._send(b"-ERR Disconnected: too long without logging in.")
+        else:
+            self._send(b"-ERR Disconnected for inactivity.")
         self._transport.loseConnection()
+        self.setTimeout(CLOSE_GRACE)
 
     # -- connection -------------------------------------------------------------
 
@@ -253,7 +289,8 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
                 self._transport.loseConnection()
                 return
             self._ip_counted = True
-        self.setTimeout(self.policy.pop3_timeout)
+        self._login_by = self.clock.seconds() + self.policy.login_timeout
+        self._activity()
         greeting = b"+OK mailsrv POP3 server ready."
         if self.policy.challenge_auth_available():
             self._banner = sasl.make_challenge(self.policy.hostname)
@@ -331,8 +368,8 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
         """
         if self._closing:
             return
-        self.resetTimeout()
         self._inbuf += data
+        complete = False
         while self._inbuf:
             newline = self._inbuf.find(b"\n")
             if self._skipping:
@@ -353,6 +390,9 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
             if line.endswith(b"\r"):
                 line = line[:-1]
             self._queue.append(line if len(line) <= self.MAX_LENGTH else None)
+            complete = True
+        if complete:
+            self._activity()
         if len(self._queue) > self.policy.max_pending_commands and not self._reading_paused:
             self._reading_paused = True
             self._transport.pauseProducing()
@@ -699,6 +739,8 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
             return
         self._entries = list(entries)
         self.state = State.TRANSACTION
+        self._login_by = None
+        self.setTimeout(self.policy.pop3_timeout)
         count, octets = self._totals()
         _log.info("POP3: {user} logged in", user=name)
         self._ok(f"Logged in: {count} message{'' if count == 1 else 's'} ({octets} octets).")

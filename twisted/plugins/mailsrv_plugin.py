@@ -91,7 +91,7 @@ class MailsrvServiceMaker:
     def makeService(self, options: Options) -> Any:
         from mailsrv.config import format_error
         from mailsrv.errors import ConfigError
-        from mailsrv.service import make_service
+        from mailsrv.service import LogReopener, make_service
 
         class Daemon(MultiService):
             """Turns a bind failure at startup into one line and exit status 1."""
@@ -104,6 +104,7 @@ class MailsrvServiceMaker:
 
         try:
             daemon = Daemon()
+            LogReopener().setServiceParent(daemon)
             make_service(options.config).setServiceParent(daemon)
         except ConfigError as e:
             raise SystemExit(format_error(e)) from None

@@ -151,8 +151,15 @@ def _read_password(args: argparse.Namespace, stdin: IO[str]) -> str:
         password = line[:-1] if line.endswith("\n") else line
         password = password.removesuffix("\r")
     else:
-        password = getpass.getpass(f"Password for {args.name}: ")
-        if getpass.getpass("Again: ") != password:
+        try:
+            password = getpass.getpass(f"Password for {args.name}: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:
+            raise CommandError(
+                "no password given (input ended); to pipe one in, use --password-stdin",
+                EX_DATAERR,
+            ) from None
+        if again != password:
             raise CommandError("passwords do not match", EX_DATAERR)
     if not password:
         raise CommandError("empty password refused", EX_DATAERR)

@@ -484,3 +484,23 @@ class ClosedPipeTests(CLITestCase):
                 self.assertEqual((status, err), (cli.EX_PIPE, b""), (argv, buffered))
         # The command did its work before it found nobody reading.
         self.assertEqual([r.name for r in PasswdFile(self.passwd).users()], ["user0", "user1"])
+
+
+class NoTerminalTests(CLITestCase):
+    def test_password_prompt_without_input_says_what_to_do(self) -> None:
+        """``mailsrv user add`` from a script with nothing to read: a one-line
+        error naming --password-stdin, exit 65, no traceback, no user."""
+        child = subprocess.run(
+            [*mailsrv_command(), "user", "add", "alice", "--passwd", self.passwd],
+            env=source_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            start_new_session=True,  # no controlling terminal: getpass reads stdin
+            timeout=60,
+        )
+        self.assertEqual(child.returncode, 65, child.stderr)
+        self.assertIn(b"--password-stdin", child.stderr)
+        self.assertNotIn(b"Traceback", child.stderr)
+        if os.path.exists(self.passwd):
+            with open(self.passwd) as f:
+                self.assertNotIn("alice", f.read())

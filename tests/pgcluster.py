@@ -31,7 +31,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
-__all__ = ["Cluster", "find_bindir", "require"]
+__all__ = ["Cluster", "find_bindir", "new_dsn", "new_storage", "require"]
 
 #: Settings for a throwaway server: fast, local, no durability.
 _SERVER_SETTINGS = {
@@ -85,6 +85,24 @@ def require() -> None:
     if os.environ.get("CI") == "true":
         raise AssertionError(f"PostgreSQL tests cannot run in CI: {reason}")
     raise SkipTest(reason)
+
+
+def new_dsn(migrated: bool = True) -> str:
+    """A fresh schema on the shared cluster (skips or fails as :func:`require`)."""
+    require()
+    return Cluster.shared().create_schema(migrated)
+
+
+def new_storage(test: Any, dsn: str, **kwargs: Any) -> Any:
+    """A PostgresStorage on the reactor, closed when ``test`` ends."""
+    from twisted.internet import reactor
+
+    from mailsrv.storage.postgres import PostgresStorage
+
+    kwargs.setdefault("reactor", reactor)
+    storage = PostgresStorage(dsn, **kwargs)
+    test.addCleanup(storage.close)
+    return storage
 
 
 class Cluster:

@@ -5,39 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.trial import unittest
 
 from mailsrv.interfaces import IStorage
-from tests import pgcluster
+from tests.pgcluster import new_dsn, new_storage
 from tests.storage_suite import StorageSuiteMixin
 
 
-class PostgresTestMixin:
-    """Gives each test a fresh database on the shared private cluster."""
-
-    def postgres_dsn(self) -> str:
-        pgcluster.require()
-        cluster = pgcluster.Cluster.shared()
-        return cluster.create_schema()
-
-    def postgres_storage(self, dsn: str, **kwargs: Any) -> Any:
-        from mailsrv.storage.postgres import PostgresStorage
-
-        kwargs.setdefault("reactor", reactor)
-        storage = PostgresStorage(dsn, **kwargs)
-        test: Any = self
-        test.addCleanup(storage.close)
-        return storage
-
-
-class PostgresStorageTests(PostgresTestMixin, StorageSuiteMixin, unittest.TestCase):
+class PostgresStorageTests(StorageSuiteMixin, unittest.TestCase):
     bulk_message_count = 500
 
     def make_storage(self) -> IStorage:
-        storage: IStorage = self.postgres_storage(self.postgres_dsn())
+        storage: IStorage = new_storage(self, new_dsn())
         return storage
 
     def reopen_storage(self, storage: IStorage) -> IStorage:
-        reopened: IStorage = self.postgres_storage(storage.dsn)  # type: ignore[attr-defined]
+        old: Any = storage
+        reopened: IStorage = new_storage(self, old.dsn)
         return reopened

@@ -87,29 +87,33 @@ class AdvisoryLocks:
         found = self._db.in_thread(self._run, "SELECT pg_try_advisory_lock(%s)", key)
         return then(found, taken)
 
-    def _releaser(self, key: int, generation: int) -> Callable[[], None]:
+    def _releaser(self, key: int, generation: int) -> Callable[[], Any]:
         released = False
 
-        def release() -> None:
+        def release() -> Any:
+            """Unlock; answers a Deferred that fires (never fails) once done."""
             nonlocal released
-            if released:
-                return
+            if released or self._db.closed:
+                return None
             released = True
-            if self._db.closed:
-                return
             try:
                 result = self._db.in_thread(
                     self._run, "SELECT pg_advisory_unlock(%s)", key, generation
                 )
             except StorageError as exc:
                 log.info("POP3 lock release failed: {e}", e=exc)
-                return
+                return None
             if isinstance(result, Deferred):
-                result.addErrback(
-                    lambda failure: log.info("POP3 lock release failed: {e}", e=failure.value)
-                )
+                result.addCallbacks(lambda _: None, self._release_failed)
+                return result
+            return None
 
         return release
+
+    @staticmethod
+    def _release_failed(failure: Any) -> None:
+        # The connection is gone (and its locks with it) or the server is away.
+        log.info("POP3 lock release failed: {e}", e=failure.value)
 
     def close(self) -> None:
         with self._mutex:

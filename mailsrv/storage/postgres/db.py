@@ -157,7 +157,8 @@ class Database:
         kwargs.update(overrides)
         try:
             return psycopg.connect(self.dsn, autocommit=True, **kwargs)
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, OSError, ValueError) as exc:
+            # ValueError: a host name that cannot even be looked up.
             raise unavailable(exc) from exc
 
     def _connection(self) -> tuple[psycopg.Connection[Any], bool]:

@@ -19,6 +19,7 @@ retried with a growing delay (0.1 s up to 5 s).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -108,7 +109,10 @@ class Notifier:
             conn.close()
             return
         self._conn = conn
-        self._fd = conn.pgconn.socket
+        # The reactor watches a duplicate of libpq's socket: libpq closes
+        # its own descriptor when the connection fails, and the number could
+        # be reused at once; the duplicate stays valid until removed here.
+        self._fd = os.dup(conn.pgconn.socket)
         self._delay = FIRST_DELAY
         self.connections += 1
         if self.connections > 1:
@@ -173,8 +177,7 @@ class Notifier:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        self._reactor.removeReader(self)
-        self._fd = -1
+        self._forget_socket()
         try:
             conn.close()
         except psycopg.Error:  # pragma: no cover - a dead socket
@@ -191,5 +194,10 @@ class Notifier:
         self._retry = None
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._reactor.removeReader(self)
+            self._forget_socket()
             conn.close()
+
+    def _forget_socket(self) -> None:
+        self._reactor.removeReader(self)
+        os.close(self._fd)
+        self._fd = -1

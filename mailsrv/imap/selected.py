@@ -22,12 +22,17 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsrv import log
+from mailsrv.errors import StorageError
 from mailsrv.imap import grammar
 from mailsrv.interfaces import RECENT, SEEN, IMailbox, IMailboxListener, IMessage
 
 __all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
+
+_log = log.get_logger(__name__)
 
 
 class InvalidSequence(ValueError):
@@ -397,8 +402,19 @@ class SelectedMailbox:
         if self.readonly:
             return defer.succeed(self._announce(out, frozenset()))
         d: defer.Deferred[Any] = defer.maybeDeferred(self.mailbox.claim_recent)
+        d.addErrback(self._claim_failed)
         d.addCallback(lambda claimed: self._announce(out, frozenset(claimed)))
         return cast("defer.Deferred[list[bytes]]", d)
+
+    @staticmethod
+    def _claim_failed(failure: Failure) -> frozenset[int]:
+        """The store cannot hand out \\Recent just now (a database
+        restarting): announce the new messages anyway, as not \\Recent here
+        (RFC 3501 2.3.2 lets another session have them), rather than lose
+        the EXISTS and fail a command that succeeded."""
+        failure.trap(StorageError)
+        _log.warn("cannot claim \\Recent messages: {e}", e=failure.value)
+        return frozenset()
 
     def _announce(self, out: list[bytes], claimed: frozenset[int]) -> list[bytes]:
         self.recent.update(claimed)

@@ -683,6 +683,13 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _login_failed(self, failure: Failure, started: float | None = None) -> defer.Deferred[Done]:
         """Answer ``failure_delay`` after the attempt began
         (:meth:`SessionPolicy.failure_wait`), not after the check ended."""
+        if failure.check(StorageError):
+            # The password was right but the mail store cannot be reached
+            # (a database restarting): RFC 5530's UNAVAILABLE, not a failed
+            # login the client should be punished for.
+            error = cast(StorageError, failure.value)
+            _log.warn("IMAP: cannot open the account: {e}", e=error)
+            return defer.succeed(Done("NO", f"Cannot open the account: {error}", error.code))
         if not failure.check(UnauthorizedLogin):
             _log.failure("IMAP: authentication error", failure)
         self._failures += 1

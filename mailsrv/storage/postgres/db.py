@@ -126,9 +126,14 @@ class Database:
         *args: Any,
         isolation: psycopg.IsolationLevel = READ_COMMITTED,
         read_only: bool = False,
+        transaction: bool = True,
     ) -> Deferred[T] | T:
-        """Run ``work(conn, *args)`` in one transaction in a worker thread."""
-        return self.in_thread(self.call, work, args, isolation, read_only)
+        """Run ``work(conn, *args)`` in one transaction in a worker thread.
+
+        ``transaction=False`` is for work of one statement: it runs on its
+        own (autocommit), saving the BEGIN and COMMIT round trips.
+        """
+        return self.in_thread(self.call, work, args, isolation, read_only, transaction)
 
     def close(self) -> None:
         """Stop the threads and close every connection (daemon shutdown)."""
@@ -199,6 +204,7 @@ class Database:
         args: tuple[Any, ...] = (),
         isolation: psycopg.IsolationLevel = READ_COMMITTED,
         read_only: bool = False,
+        transaction: bool = True,
     ) -> T:
         """Run ``work(conn, *args)`` in a transaction, here and now.
 
@@ -211,6 +217,8 @@ class Database:
             conn, fresh = self._connection()
             committing = False
             try:
+                if not transaction:
+                    return work(conn, *args)
                 if conn.isolation_level != isolation:
                     conn.isolation_level = isolation
                 if conn.read_only != read_only:

@@ -223,13 +223,13 @@ class PostgresMailbox:
                 highest_modseq=modseq,
             )
 
-        return then(self._db.run(queries.status, *self._key, isolation=REPEATABLE_READ), counters)
+        return then(self._db.run(queries.status, *self._key, transaction=False), counters)
 
     def uids(self) -> Any:
-        return self._db.run(queries.uids, *self._key)
+        return self._db.run(queries.uids, *self._key, transaction=False)
 
     def fetch(self, uids: Iterable[int]) -> Any:
-        return self._db.run(queries.fetch, *self._key, uid_argument(uids))
+        return self._db.run(queries.fetch, *self._key, uid_argument(uids), transaction=False)
 
     def open(self, uid: int) -> Any:
         """The message copied into a local temporary file, in a worker thread,
@@ -250,10 +250,10 @@ class PostgresMailbox:
         return self._db.run(read, isolation=REPEATABLE_READ, read_only=True)
 
     def changed_since(self, modseq: int) -> Any:
-        return self._db.run(queries.changed_since, *self._key, modseq)
+        return self._db.run(queries.changed_since, *self._key, modseq, transaction=False)
 
     def expunged_since(self, modseq: int) -> Any:
-        found = self._db.run(queries.expunged_since, *self._key, modseq)
+        found = self._db.run(queries.expunged_since, *self._key, modseq, transaction=False)
         return then(found, lambda pairs: sorted(uid for uid, _ in pairs))
 
     # -- IMessageCache ----------------------------------------------------------------
@@ -269,12 +269,14 @@ class PostgresMailbox:
         wanted = uid_argument(uids)
         if not wanted:
             return {}
-        return self._db.run(queries.get_cached_many, *self._key, wanted, kind)
+        return self._db.run(queries.get_cached_many, *self._key, wanted, kind, transaction=False)
 
     def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> Any:
         if not values:
             return None
-        return self._db.run(queries.set_cached_many, *self._key, kind, dict(values))
+        return self._db.run(
+            queries.set_cached_many, *self._key, kind, dict(values), transaction=False
+        )
 
     # -- writing ---------------------------------------------------------------------
 

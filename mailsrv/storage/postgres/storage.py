@@ -77,11 +77,11 @@ class PostgresAccount:
                 result.append(MailboxEntry(name, frozenset(attributes)))
             return result
 
-        return then(self._db.run(queries.list_mailboxes, self.username), entries)
+        return then(self._db.run(queries.list_mailboxes, self.username, transaction=False), entries)
 
     def get_mailbox(self, name: str) -> Any:
         name = names.normalize(name)
-        found = self._db.run(queries.find_mailbox, self.username, name)
+        found = self._db.run(queries.find_mailbox, self.username, name, transaction=False)
         return then(found, self._storage.handle)
 
     def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> Any:
@@ -133,13 +133,17 @@ class PostgresAccount:
         return then(result, renamed)
 
     def subscriptions(self) -> Any:
-        return self._db.run(queries.subscriptions, self.username)
+        return self._db.run(queries.subscriptions, self.username, transaction=False)
 
     def subscribe(self, name: str) -> Any:
-        return self._db.run(queries.subscribe, self.username, names.normalize(name))
+        return self._db.run(
+            queries.subscribe, self.username, names.normalize(name), transaction=False
+        )
 
     def unsubscribe(self, name: str) -> Any:
-        return self._db.run(queries.unsubscribe, self.username, names.normalize(name))
+        return self._db.run(
+            queries.unsubscribe, self.username, names.normalize(name), transaction=False
+        )
 
     def status(self, name: str) -> Any:
         name = names.normalize(name)
@@ -329,7 +333,7 @@ class PostgresStorage:
             failure.trap(NoSuchMailbox)
             state.deleted = True
 
-        result = self.db.run(queries.status, state.user, state.mailbox_id)
+        result = self.db.run(queries.status, state.user, state.mailbox_id, transaction=False)
         if isinstance(result, defer.Deferred):
             return result.addCallbacks(counters, gone)
         counters(result)

@@ -12,7 +12,10 @@ primary-key lookup -- three ways against a private PostgreSQL server
   (one per concurrent client, up to the pool size), awaited through
   ``Deferred.fromFuture``.
 
-For each it reports the latency of one query at a time (median and 99th
+Then it times the backend's own operations (APPEND, FETCH of 500, STATUS,
+open, STORE) through ``PostgresStorage``, one at a time.
+
+For each dispatch it reports the latency of one query at a time (median and 99th
 percentile), the throughput of 50 clients querying at once over a pool of
 10 connections, and how late a 1 ms timer fires on the reactor meanwhile
 (the reactor's own responsiveness while the database work goes on).
@@ -160,6 +163,42 @@ def run_asyncio(dsn: str, queries: int) -> dict[str, Any]:
     return _run_reactor(reactor, main, lambda: None)
 
 
+def run_storage(dsn: str, queries: int) -> dict[str, Any]:
+    """The backend's own operations, one at a time, through PostgresStorage."""
+    import io
+
+    from twisted.internet import defer, reactor
+
+    from mailsrv.storage.postgres import PostgresStorage
+
+    storage = PostgresStorage(dsn, pool_size=POOL, reactor=reactor)
+    body = b"Subject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
+
+    async def main() -> dict[str, Any]:
+        account = await defer.maybeDeferred(storage.account, "bench")
+        inbox = await defer.maybeDeferred(account.get_mailbox, "INBOX")
+        timings: dict[str, list[float]] = {}
+
+        async def timed(name: str, function: Any, *args: Any) -> Any:
+            start = time.perf_counter()
+            result = await defer.maybeDeferred(function, *args)
+            timings.setdefault(name, []).append(time.perf_counter() - start)
+            return result
+
+        count = min(queries, 1000)
+        uids = [await timed("APPEND 2 KB", inbox.append, io.BytesIO(body)) for _ in range(count)]
+        for _ in range(100):
+            await timed("FETCH 500 (flags, sizes)", inbox.fetch, uids[:500])
+            await timed("STATUS", inbox.status)
+            handle = await timed("open (read a message)", inbox.open, uids[7])
+            handle.close()
+            await timed("STORE +FLAGS 1", inbox.store, [uids[3]], ["$x"], "add")
+            await timed("STORE -FLAGS 1", inbox.store, [uids[3]], ["$x"], "remove")
+        return {name: _percentiles(samples) for name, samples in timings.items()}
+
+    return _run_reactor(reactor, main, storage.close)
+
+
 def _run_reactor(reactor: Any, main: Any, cleanup: Any) -> dict[str, Any]:
     from twisted.internet import defer
 
@@ -179,11 +218,16 @@ def _run_reactor(reactor: Any, main: Any, cleanup: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=3000)
-    parser.add_argument("--mode", choices=("sync", "threads", "asyncio"))
+    parser.add_argument("--mode", choices=("sync", "threads", "asyncio", "storage"))
     parser.add_argument("--dsn")
     args = parser.parse_args()
     if args.mode:
-        runner = {"sync": run_sync, "threads": run_threads, "asyncio": run_asyncio}[args.mode]
+        runner = {
+            "sync": run_sync,
+            "threads": run_threads,
+            "asyncio": run_asyncio,
+            "storage": run_storage,
+        }[args.mode]
         print(json.dumps(runner(args.dsn, args.queries)))
         return
     from tests.pgcluster import Cluster
@@ -209,6 +253,13 @@ def main() -> None:
             text=True,
         )
         rows.append((mode, json.loads(out.stdout.strip().splitlines()[-1])))
+    out = subprocess.run(
+        [sys.executable, __file__, "--mode", "storage", "--dsn", dsn, "--queries", "1000"],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    storage = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"{'mode':8} {'median':>9} {'p99':>9} {'50 clients':>12} {'timer lag':>10} {'p99':>9}")
     for mode, r in rows:
         lat = r["latency"]
@@ -219,6 +270,9 @@ def main() -> None:
             + (f"{qps:8.0f} q/s " if qps else f"{'-':>12} ")
             + (f"{lag['median_us']:8.0f}us {lag['p99_us']:7.0f}us" if lag else "")
         )
+    print("\nPostgresStorage, one operation at a time (pool of 10 threads):")
+    for name, lat in storage.items():
+        print(f"  {name:28} median {lat['median_us']:6.0f}us  p99 {lat['p99_us']:6.0f}us")
 
 
 if __name__ == "__main__":

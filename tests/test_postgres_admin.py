@@ -160,6 +160,32 @@ class DatabaseCommandTests(unittest.TestCase):
         self.assertEqual(error.key, "storage.dsn")
         self.assertIn("run `mailsrv db upgrade` first", error.reason)
 
+    def test_daemon_starts_while_the_database_is_away(self) -> None:
+        """Unreachable at startup is not a configuration error: the daemon
+        starts, says so, and answers [UNAVAILABLE] until the server is up."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from mailsrv.service import make_service
+
+        with open(os.path.join(self.dir, "passwd"), "w") as f:
+            f.write("alice:{PLAIN}secret\n")
+        path = self.write_config(f"host={self.dir} dbname=nothing connect_timeout=2")
+        config = load_config(path, {"imap": ["tcp:0:interface=127.0.0.1"]})
+        logged: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            logged.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            service = make_service(config)
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        self.assertIsNotNone(service)
+        self.assertTrue(
+            any("cannot reach the mail database at startup" in line for line in logged), logged
+        )
+
     def test_other_backend(self) -> None:
         path = self.write_config("", backend="maildir")
         status, _out, err = self.run_cli("db", "upgrade", "--config", path)

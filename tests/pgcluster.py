@@ -115,7 +115,10 @@ class Cluster:
         bindir = find_bindir()
         assert bindir is not None
         self.bindir = bindir
-        self.directory = tempfile.mkdtemp(prefix="mailsrv-pg-")
+        # Under /tmp: the server's user must reach it (a TMPDIR under /root
+        # would not do), and a Unix socket's path must stay short.
+        base = "/tmp" if os.path.isdir("/tmp") else None
+        self.directory = tempfile.mkdtemp(prefix="mailsrv-pg-", dir=base)
         os.chmod(self.directory, 0o755)
         self.data = os.path.join(self.directory, "data")
         self.socket_dir = self.directory

@@ -4,7 +4,7 @@ Needs psycopg 3 (``pip install 'mailsrv[postgresql]'``).  Modules:
 
 * :mod:`.schema` -- tables and versioned migrations (``mailsrv db upgrade``);
 * :mod:`.db` -- connections in a bounded thread pool, error translation;
-* :mod:`.queries` -- the SQL of every operation;
+* :mod:`.queries`, :mod:`.accounts` -- the SQL of every operation;
 * :mod:`.blobs` -- the content-addressed, reference-counted body store;
 * :mod:`.mailbox`, :mod:`.storage` -- IMailbox, IAccount, IStorage;
 * :mod:`.notify` -- LISTEN/NOTIFY between nodes;

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.interfaces import (
+    DELETED,
     IMailbox,
     IMailboxListener,
     IMessage,
@@ -390,8 +391,6 @@ class PostgresMailbox:
         return defer.Deferred.fromCoroutine(run())
 
     async def _expunge_moved(self, uids: list[int]) -> None:
-        from mailsrv.interfaces import DELETED
-
         await defer.maybeDeferred(self.store, uids, [DELETED], StoreMode.ADD)
         await defer.maybeDeferred(self.expunge, uids)
 

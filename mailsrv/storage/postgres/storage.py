@@ -27,7 +27,7 @@ from mailsrv.interfaces import (
     MailboxEntry,
 )
 from mailsrv.storage import names
-from mailsrv.storage.postgres import queries
+from mailsrv.storage.postgres import accounts, queries
 from mailsrv.storage.postgres.blobs import IBlobStore, PostgresBlobStore
 from mailsrv.storage.postgres.db import REPEATABLE_READ, Database
 from mailsrv.storage.postgres.locks import AdvisoryLocks
@@ -77,7 +77,9 @@ class PostgresAccount:
                 result.append(MailboxEntry(name, frozenset(attributes)))
             return result
 
-        return then(self._db.run(queries.list_mailboxes, self.username, transaction=False), entries)
+        return then(
+            self._db.run(accounts.list_mailboxes, self.username, transaction=False), entries
+        )
 
     def get_mailbox(self, name: str) -> Any:
         name = names.normalize(name)
@@ -92,13 +94,13 @@ class PostgresAccount:
             raise StorageError(
                 f"unknown special-use attribute {sorted(unknown)[0]}", code="USEATTR"
             )
-        return self._db.run(queries.create_mailbox, self.username, name, uses)
+        return self._db.run(accounts.create_mailbox, self.username, name, uses)
 
     def delete_mailbox(self, name: str) -> Any:
         name = names.normalize(name)
         if name == names.INBOX:
             raise StorageError("INBOX cannot be deleted", code="CANNOT")
-        result = self._db.run(queries.delete_mailbox, self._storage.blobs, self.username, name)
+        result = self._db.run(accounts.delete_mailbox, self._storage.blobs, self.username, name)
 
         def deleted(found: tuple[int, int]) -> Any:
             state = self._storage.state((self.username, found[0]))
@@ -112,7 +114,7 @@ class PostgresAccount:
     def rename_mailbox(self, old: str, new: str) -> Any:
         old = names.normalize(old)
         new = names.normalize(new)
-        result = self._db.run(queries.rename_mailbox, self._storage.blobs, self.username, old, new)
+        result = self._db.run(accounts.rename_mailbox, self._storage.blobs, self.username, old, new)
 
         def renamed(moved: list[tuple[int, str]]) -> Any:
             for mailbox_id, name in moved:
@@ -133,16 +135,16 @@ class PostgresAccount:
         return then(result, renamed)
 
     def subscriptions(self) -> Any:
-        return self._db.run(queries.subscriptions, self.username, transaction=False)
+        return self._db.run(accounts.subscriptions, self.username, transaction=False)
 
     def subscribe(self, name: str) -> Any:
         return self._db.run(
-            queries.subscribe, self.username, names.normalize(name), transaction=False
+            accounts.subscribe, self.username, names.normalize(name), transaction=False
         )
 
     def unsubscribe(self, name: str) -> Any:
         return self._db.run(
-            queries.unsubscribe, self.username, names.normalize(name), transaction=False
+            accounts.unsubscribe, self.username, names.normalize(name), transaction=False
         )
 
     def status(self, name: str) -> Any:
@@ -209,7 +211,7 @@ class PostgresStorage:
             self._known_users.add(username)
             return account
 
-        return then(self.db.run(queries.ensure_user, username), known)
+        return then(self.db.run(accounts.ensure_user, username), known)
 
     def deliver(
         self,

@@ -119,6 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     deliver.add_argument("user", help="recipient user name")
     deliver.add_argument("--folder", "-m", default="INBOX", help="target mailbox (default INBOX)")
 
+    db = commands.add_parser(
+        "db", help="manage the PostgreSQL database (storage.backend = 'postgresql')"
+    )
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db_commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="create the schema or bring it to this version (safe to run again)",
+    )
+    db_commands.add_parser("status", parents=[common], help="show the schema version")
+
     reindex = commands.add_parser(
         "reindex", parents=[common], help="rebuild a user's index from the Maildir files"
     )
@@ -216,25 +227,47 @@ def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
     return EX_OK
 
 
-def _account(config: Config, user: str) -> Any:
+def _home(config: Config, user: str) -> str | None:
+    """The user's home from the users file; unknown users are EX_NOUSER."""
     from mailsrv.auth.passwdfile import PasswdFile
-    from mailsrv.service import build_storage
 
     passwd = PasswdFile(config.users.passwd_file)
     record = passwd.get(user)
     if record is None:
         raise CommandError(f"no user {user!r} in {config.users.passwd_file}", EX_NOUSER)
-    return build_storage(config).account(user, record.home)
+    return record.home
+
+
+def _account(config: Config, user: str) -> Any:
+    from mailsrv.service import build_storage
+
+    home = _home(config, user)
+    return build_storage(config).account(user, home)
+
+
+def _deliver_postgresql(config: Config, user: str, stdin: IO[bytes], folder: str) -> None:
+    from mailsrv.storage.postgres import PostgresStorage
+    from mailsrv.storage.postgres.deliver import deliver
+
+    home = _home(config, user)
+    storage = PostgresStorage(config.storage.dsn, pool_size=1)
+    try:
+        deliver(storage.account(user, home), stdin, folder)
+    finally:
+        storage.close()
 
 
 def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
     from mailsrv.storage.deliver import EmptyMessage, deliver
 
     config = _config(args, check_files=True)
-    if config.storage.backend != "maildir":
-        raise CommandError("deliver needs storage.backend = 'maildir'", EX_TEMPFAIL)
+    if config.storage.backend not in ("maildir", "postgresql"):
+        raise CommandError("deliver needs storage.backend = 'maildir' or 'postgresql'", EX_TEMPFAIL)
     try:
-        deliver(_account(config, args.user), stdin, args.folder)
+        if config.storage.backend == "postgresql":
+            _deliver_postgresql(config, args.user, stdin, args.folder)
+        else:
+            deliver(_account(config, args.user), stdin, args.folder)
     except EmptyMessage as e:
         raise CommandError(str(e), EX_DATAERR) from None
     except (StorageError, OSError) as e:
@@ -249,10 +282,51 @@ def _reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
     from mailsrv.storage.deliver import reindex
 
     config = _config(args, check_files=True)
+    if config.storage.backend != "maildir":
+        raise CommandError("reindex rebuilds Maildir indexes: storage.backend is not 'maildir'")
     counts = reindex(_account(config, args.user))
     for folder, count in sorted(counts.items()):
         stdout.write(f"{folder}: {count} messages\n")
     return EX_OK
+
+
+def _db(args: argparse.Namespace, stdout: IO[str]) -> int:
+    """``mailsrv db upgrade`` / ``status``: the PostgreSQL schema."""
+    config = _config(args)
+    if config.storage.backend != "postgresql":
+        raise CommandError(
+            f"storage.backend is {config.storage.backend!r}: `mailsrv db` manages the "
+            "database of the 'postgresql' backend",
+            EX_CONFIG,
+        )
+    import psycopg
+
+    from mailsrv.config import redact_dsn
+    from mailsrv.storage.postgres import schema
+
+    try:
+        conn = psycopg.connect(config.storage.dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        where = redact_dsn(config.storage.dsn)
+        raise CommandError(f"cannot connect to {where}: {e}".strip(), EX_TEMPFAIL) from None
+    try:
+        if args.db_command == "upgrade":
+            before, after = schema.upgrade(conn)
+            if before == after:
+                stdout.write(f"schema already at version {after}\n")
+            else:
+                stdout.write(f"schema upgraded from version {before} to {after}\n")
+            return EX_OK
+        found = schema.version(conn)
+        stdout.write(f"schema version {found} (this mailsrv uses {schema.SCHEMA_VERSION})\n")
+        schema.check_version(conn)
+        return EX_OK
+    except schema.SchemaError as e:
+        raise CommandError(str(e), EX_CONFIG) from None
+    except psycopg.Error as e:
+        raise CommandError(f"database error: {e}".strip(), EX_SOFTWARE) from None
+    finally:
+        conn.close()
 
 
 def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
@@ -367,6 +441,8 @@ def _run(args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stder
                 return _deliver(args, stdin or sys.stdin.buffer, stdout)
             if args.command == "reindex":
                 return _reindex(args, stdout)
+            if args.command == "db":
+                return _db(args, stdout)
             if args.command == "gen-cert":
                 return _gen_cert(args, stdout)
     except BrokenPipeError:

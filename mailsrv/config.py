@@ -154,13 +154,17 @@ class AuthSection:
 @attrs.frozen
 class StorageSection:
     backend: str = attrs.field(
-        default="maildir", metadata=_meta(_check_choice("maildir", "memory"))
+        default="maildir", metadata=_meta(_check_choice("maildir", "memory", "postgresql"))
     )
     #: Path template with {user} and/or {home} (the passwd file's home field).
     maildir: str = attrs.field(default="/var/mail/{user}/Maildir", metadata=_meta())
     #: Seconds between checks for outside changes while a client idles,
     #: where inotify is not available.
     poll_interval: float = attrs.field(default=5.0, metadata=_meta(_check_range(0.1, 3600)))
+    #: backend = "postgresql": a libpq connection string or postgresql:// URI.
+    dsn: str = attrs.field(default="", metadata=_meta())
+    #: backend = "postgresql": worker threads, hence database connections, per process.
+    pool_size: int = attrs.field(default=10, metadata=_meta(_check_range(1, 1000)))
 
 
 @attrs.frozen
@@ -356,7 +360,35 @@ def _build_section(
     if name == "storage" and "maildir" in values:
         where = overrides.get("maildir", ("storage.maildir", None))[0]
         values["maildir"] = _check_template(values["maildir"], where)
+    if name == "storage" and values.get("backend") == "postgresql":
+        _check_postgresql(values.get("dsn", ""))
     return cls(**values)
+
+
+def _check_postgresql(dsn: str) -> None:
+    """The PostgreSQL backend needs psycopg and a DSN libpq can parse.
+
+    Only the syntax is checked here; whether the server is reachable and
+    its schema current is checked when the daemon starts.
+    """
+    try:
+        from psycopg import ProgrammingError, conninfo
+    except ImportError:
+        raise _error(
+            "storage.backend",
+            "'postgresql' needs psycopg 3, which is not installed: "
+            "pip install 'mailsrv[postgresql]'",
+        ) from None
+    if not dsn:
+        raise _error(
+            "storage.dsn",
+            "required when storage.backend is 'postgresql': a libpq connection string "
+            "('host=/run/postgresql dbname=mail') or a postgresql:// URI",
+        )
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except ProgrammingError as e:
+        raise _error("storage.dsn", f"not a valid PostgreSQL connection string: {e}") from None
 
 
 def _check_template(template: str, where: str) -> str:
@@ -576,6 +608,19 @@ def format_error(error: ConfigError) -> str:
     return f"mailsrv: configuration error: {error}"
 
 
+def redact_dsn(dsn: str) -> str:
+    """A DSN fit for logs and output: its password replaced by ``***``."""
+    try:
+        from psycopg import conninfo
+
+        params = conninfo.conninfo_to_dict(dsn)
+    except Exception:
+        return "(unparsable DSN)"
+    if "password" in params:
+        params["password"] = "***"
+    return " ".join(f"{key}={value}" for key, value in params.items())
+
+
 def describe(config: Config) -> Sequence[str]:
     """A short human summary, printed by ``mailsrv check-config``."""
     lines = [f"configuration {config.path or '(built-in defaults)'} is valid"]
@@ -583,7 +628,10 @@ def describe(config: Config) -> Sequence[str]:
         kind = "implicit TLS" if listener.implicit_tls else "plain"
         lines.append(f"  {listener.protocol} {kind}: {listener.endpoint} ({listener.origin})")
     lines.append(f"  users file: {config.users.passwd_file}")
-    lines.append(f"  storage: {config.storage.backend} {config.storage.maildir}")
+    if config.storage.backend == "postgresql":
+        lines.append(f"  storage: postgresql {redact_dsn(config.storage.dsn)}")
+    else:
+        lines.append(f"  storage: {config.storage.backend} {config.storage.maildir}")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
     return lines

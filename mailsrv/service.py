@@ -73,11 +73,38 @@ def build_storage(config: Config, reactor: Any = None) -> IStorage:
         from mailsrv.storage.memory import MemoryStorage
 
         return MemoryStorage()
+    if config.storage.backend == "postgresql":
+        from mailsrv.storage.postgres import PostgresStorage
+
+        return PostgresStorage(
+            config.storage.dsn, pool_size=config.storage.pool_size, reactor=reactor
+        )
     from mailsrv.storage.maildir import MaildirStorage
 
     return MaildirStorage(
         config.storage.maildir, poll_interval=config.storage.poll_interval, reactor=reactor
     )
+
+
+def check_database(config: Config, storage: IStorage) -> None:
+    """At startup, refuse a PostgreSQL database whose schema is not this
+    code's (a ConfigError naming storage.dsn says what to do); a database
+    that cannot be reached yet is only logged: sessions are answered
+    [UNAVAILABLE] until it is back."""
+    from mailsrv.errors import TemporaryFailure
+    from mailsrv.storage.postgres.schema import SchemaError
+
+    try:
+        storage.check_schema()  # type: ignore[attr-defined]
+    except SchemaError as e:
+        origin = config.from_command_line.get("storage.dsn", "storage.dsn")
+        raise ConfigError(config.path or COMMAND_LINE, origin, str(e)) from None
+    except TemporaryFailure as e:
+        _log.warn(
+            "cannot reach the mail database at startup ({e}); sessions are answered "
+            "[UNAVAILABLE] until it is back",
+            e=e,
+        )
 
 
 def build_portal(
@@ -294,6 +321,8 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
     where = config.path or "command line"
     tls_context = tls_context_of(config) if config.tls_enabled else None
     storage = build_storage(config, reactor)
+    if config.storage.backend == "postgresql":
+        check_database(config, storage)
     portal, checker = build_portal(config, storage, reactor)
     policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
     top = service.MultiService()

@@ -32,7 +32,8 @@ class _BackendBase:
     def make_storage(self) -> IStorage:
         raise NotImplementedError
 
-    def deliver(self, number: int) -> None:
+    def deliver(self, number: int) -> Any:
+        """Put message ``number`` into joe's INBOX; may answer with a Deferred."""
         raise NotImplementedError
 
     def setUp(self) -> None:
@@ -74,7 +75,7 @@ class _IdleScenario(_BackendBase):
         client = yield self.session()
         client.send(b"i IDLE\r\n")
         yield client.until(b"+ idling\r\n")
-        self.deliver(1)
+        yield self.deliver(1)
         response = yield client.until(b"RECENT")
         t.assertEqual(response, b"* 1 EXISTS\r\n* 1 RECENT\r\n")
         client.send(b"DONE\r\n")
@@ -89,7 +90,7 @@ class _BackendScenarios(_IdleScenario):
         first = yield self.session(None)  # creates the account
         yield first.command("Z", "LOGOUT")
         for n in range(1, 4):
-            self.deliver(n)
+            yield self.deliver(n)
         a = yield self.session()
         b = yield self.session()
         c = yield self.session()
@@ -131,8 +132,8 @@ class _BackendScenarios(_IdleScenario):
             b'* LIST (\\HasNoChildren \\Trash) "/" Trash\r\n',
         ):
             t.assertIn(line, response)
-        self.deliver(1)
-        self.deliver(2)
+        yield self.deliver(1)
+        yield self.deliver(2)
         yield client.command("n", "NOOP")
         response = yield client.command("c", "COPY 1:2 Archive")
         t.assertRegex(response, rb"^c OK \[COPYUID \d+ 1:2 1:2\] COPY completed\r\n$")
@@ -365,3 +366,33 @@ class DeliverCommandIdleTests(_BackendBase, TestCase):
             response,
             b"* 1 FETCH (FLAGS (\\Recent) RFC822.SIZE %d)\r\ng OK FETCH completed\r\n" % size,
         )
+
+
+class PostgresBackendTests(_BackendScenarios, TestCase):
+    """The same sessions over the PostgreSQL backend (a private server)."""
+
+    def make_storage(self) -> IStorage:
+        from tests.pgcluster import new_dsn, new_storage
+
+        storage: IStorage = new_storage(self, new_dsn())
+        return storage
+
+    def deliver(self, number: int) -> Any:
+        storage: Any = self.storage
+        return storage.deliver("joe", MESSAGE % (number, number))
+
+
+class PostgresOtherNodeDeliveryTests(_IdleScenario, TestCase):
+    """A delivery by another node (another storage over the same database,
+    which shares no listeners) reaches an IDLE session through NOTIFY."""
+
+    def make_storage(self) -> IStorage:
+        from tests.pgcluster import new_dsn, new_storage
+
+        dsn = new_dsn()
+        self.other_node = new_storage(self, dsn)
+        storage: IStorage = new_storage(self, dsn)
+        return storage
+
+    def deliver(self, number: int) -> Any:
+        return self.other_node.deliver("joe", MESSAGE % (number, number))

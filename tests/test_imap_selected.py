@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailsrv.errors import TemporaryFailure
 from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.interfaces import MessageInfo
 from tests.test_imap_server import DATE, FakeMailbox
@@ -153,6 +154,19 @@ class SelectedMailboxTests(SynchronousTestCase):
         self.assertEqual(calls, [1])
         self.assertEqual(self.mailbox.listeners, [])
         self.assertFalse(self.view.has_pending())
+
+    def test_new_messages_announced_when_claiming_recent_fails(self) -> None:
+        """A store that cannot claim \\Recent at the moment (its database
+        restarting) still has the new message announced, just not as
+        \\Recent here: the EXISTS must not be lost, nor the command's answer."""
+        self.mailbox.add(b"x")
+
+        def unavailable() -> Any:
+            raise TemporaryFailure("mail database unavailable")
+
+        self.mailbox.claim_recent = unavailable  # type: ignore[method-assign]
+        self.assertEqual(self.flush(True), [b"* 4 EXISTS\r\n", b"* 3 RECENT\r\n"])
+        self.assertEqual(self.mailbox.unclaimed, {4})
 
     def test_readonly_does_not_claim_recent(self) -> None:
         view = SelectedMailbox(self.mailbox, self.mailbox.uids(), True)

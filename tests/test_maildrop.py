@@ -247,6 +247,24 @@ class MaildropTests(unittest.SynchronousTestCase):
         maildrop.release()
         self.assertEqual(events, ["locked", "released"])
 
+    def test_commit_ends_when_an_asynchronous_release_is_done(self) -> None:
+        """A backend that releases its lock asynchronously (PostgreSQL's
+        advisory lock, on another connection) is waited for: QUIT is
+        answered only once the maildrop is free for a login on any node."""
+        unlocked: defer.Deferred[None] = defer.Deferred()
+
+        def lock_maildrop() -> Any:
+            return lambda: unlocked
+
+        inbox = _Proxy(self.inbox, lock_maildrop=lock_maildrop)
+        account = _Proxy(self.account, get_mailbox=lambda name: inbox)
+        maildrop = self.maildrop(account)
+        self.open(maildrop)
+        committed = maildrop.commit(deleted=[], seen=[])
+        self.assertNoResult(committed)
+        unlocked.callback(None)
+        self.successResultOf(committed)
+
     def test_backend_lock_refused(self) -> None:
         account, _ = self.backend_lock(refuse=True)
         self.failureResultOf(self.maildrop(account).open(), MailboxInUse)

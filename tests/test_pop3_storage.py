@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.cred.portal import Portal
+from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -21,7 +22,15 @@ from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage, reindex
 from mailsrv.storage.memory import MemoryStorage
 from tests.helpers import source_env
-from tests.test_pop3 import MESSAGE_1, MESSAGE_2, MESSAGE_3, Session, TCPServer, write_passwd
+from tests.test_pop3 import (
+    MESSAGE_1,
+    MESSAGE_2,
+    MESSAGE_3,
+    USERS,
+    Session,
+    TCPServer,
+    write_passwd,
+)
 
 
 class StorageFixture:
@@ -36,11 +45,62 @@ class StorageFixture:
         )
 
     def inbox(self, user: str = "alice") -> Any:
+        """The user's INBOX, synchronously (memory and Maildir only)."""
         return self.storage.account(user).get_mailbox("INBOX")
+
+    async def open_inbox(self, user: str = "alice") -> Any:
+        """The user's INBOX from any backend, synchronous or not."""
+        account = await defer.maybeDeferred(self.storage.account, user)
+        return await defer.maybeDeferred(account.get_mailbox, "INBOX")
 
     def deliver(self, message: bytes, user: str = "alice") -> int:
         uid: int = self.inbox(user).append(io.BytesIO(message))
         return uid
+
+    async def add(self, message: bytes, user: str = "alice") -> int:
+        """:meth:`deliver` for any backend."""
+        inbox = await self.open_inbox(user)
+        uid: int = await defer.maybeDeferred(inbox.append, io.BytesIO(message))
+        return uid
+
+
+async def call(function: Any, *args: Any) -> Any:
+    return await defer.maybeDeferred(function, *args)
+
+
+class TCPSession:
+    """A POP3 client over loopback TCP: works whether the storage answers at
+    once or later (from the PostgreSQL backend's threads)."""
+
+    def __init__(self, server: TCPServer) -> None:
+        self.server = server
+        self.client: Any = None
+
+    async def connect(self) -> TCPSession:
+        self.client, _greeting = await self.server.connect()
+        return self
+
+    async def command(self, line: str) -> bytes:
+        """A command with a one-line answer."""
+        answer: bytes = await self.client.command(line.encode())
+        return answer
+
+    async def multiline(self, line: str) -> bytes:
+        """A command with a multi-line answer (RETR, TOP, UIDL, LIST)."""
+        self.client.send(line.encode() + b"\r\n")
+        answer: bytes = await self.client.response()
+        return answer
+
+    async def login(self, user: str = "alice") -> bytes:
+        await self.command(f"USER {user}")
+        return await self.command(f"PASS {USERS[user]}")
+
+    async def drop(self) -> None:
+        """The client vanishes mid-session; returns once the server saw it."""
+        ended = self.server.factory.ended[self.server.clients.index(self.client)]
+        self.client.transport.abortConnection()
+        await self.client.lost
+        await ended
 
 
 @implementer(IMailboxListener)
@@ -64,14 +124,19 @@ class Recorder:
 
 
 class SharedMailboxMixin:
-    """The same tests over each backend; subclasses say how to make storage."""
+    """The same tests over each backend; subclasses say how to make storage.
+
+    Sessions talk over loopback TCP, so the tests hold for backends that
+    answer later (from threads) as well as at once.
+    """
 
     def make_storage(self) -> IStorage:
         raise NotImplementedError
 
-    def setUp(self) -> None:
+    async def setUp(self) -> None:
         self.fixture = StorageFixture(self, self.make_storage())  # type: ignore[arg-type]
-        self.uids = [self.fixture.deliver(m) for m in (MESSAGE_1, MESSAGE_2, MESSAGE_3)]
+        self.uids = [await self.fixture.add(m) for m in (MESSAGE_1, MESSAGE_2, MESSAGE_3)]
+        self.server = TCPServer(self, self.fixture)  # type: ignore[arg-type]
 
     def session(self, fixture: StorageFixture | None = None) -> Session:
         """A session that ends with the test (the maildrop lock is per process)."""
@@ -79,104 +144,121 @@ class SharedMailboxMixin:
         self.addCleanup(session.drop)  # type: ignore[attr-defined]
         return session
 
-    def test_imap_sees_pop3_deletions_and_seen_after_quit(self) -> None:
-        imap_view = self.fixture.inbox()
+    async def tcp_session(self, server: TCPServer | None = None) -> TCPSession:
+        return await TCPSession(server or self.server).connect()
+
+    async def test_imap_sees_pop3_deletions_and_seen_after_quit(self) -> None:
+        t: Any = self
+        imap_view = await self.fixture.open_inbox()
         recorder = Recorder()
         imap_view.add_listener(recorder)
-        session = self.session()
-        session.login()
-        session.command("RETR 1")
-        session.command("TOP 3 100")
-        session.command("DELE 2")
-        self.assertEqual(recorder.expunged, [])  # nothing before QUIT
-        self.assertEqual(session.command("QUIT"), b"+OK Logging out, 1 message deleted.\r\n")
-        self.assertEqual(recorder.expunged, [self.uids[1]])
-        self.assertEqual(list(imap_view.uids()), [self.uids[0], self.uids[2]])
-        flags = {m.uid: m.flags for m in imap_view.fetch(imap_view.uids())}
-        self.assertIn(SEEN, flags[self.uids[0]])
-        self.assertIn(SEEN, flags[self.uids[2]])
-        self.assertIn(SEEN, recorder.flags[self.uids[0]])
+        session = await self.tcp_session()
+        await session.login()
+        await session.multiline("RETR 1")
+        await session.multiline("TOP 3 100")
+        await session.command("DELE 2")
+        t.assertEqual(recorder.expunged, [])  # nothing before QUIT
+        t.assertEqual(await session.command("QUIT"), b"+OK Logging out, 1 message deleted.\r\n")
+        t.assertEqual(recorder.expunged, [self.uids[1]])
+        t.assertEqual(list(await call(imap_view.uids)), [self.uids[0], self.uids[2]])
+        messages = await call(imap_view.fetch, await call(imap_view.uids))
+        flags = {m.uid: m.flags for m in messages}
+        t.assertIn(SEEN, flags[self.uids[0]])
+        t.assertIn(SEEN, flags[self.uids[2]])
+        t.assertIn(SEEN, recorder.flags[self.uids[0]])
         imap_view.remove_listener(recorder)
 
-    def test_uidl_is_the_imap_identity(self) -> None:
-        session = self.session()
-        session.login()
-        uidvalidity = self.fixture.inbox().uidvalidity
+    async def test_uidl_is_the_imap_identity(self) -> None:
+        t: Any = self
+        session = await self.tcp_session()
+        await session.login()
+        uidvalidity = (await self.fixture.open_inbox()).uidvalidity
         expected = b"".join(
             b"%d %08X%08X\r\n" % (n + 1, uid, uidvalidity) for n, uid in enumerate(self.uids)
         )
-        self.assertEqual(
-            session.command("UIDL"), b"+OK Unique-ID listing follows\r\n" + expected + b".\r\n"
+        t.assertEqual(
+            await session.multiline("UIDL"),
+            b"+OK Unique-ID listing follows\r\n" + expected + b".\r\n",
         )
 
-    def test_sizes_and_bytes_agree(self) -> None:
-        session = self.session()
-        session.login()
+    async def test_sizes_and_bytes_agree(self) -> None:
+        t: Any = self
+        session = await self.tcp_session()
+        await session.login()
         for n, message in enumerate((MESSAGE_1, MESSAGE_2, MESSAGE_3), start=1):
-            size = int(session.command(f"LIST {n}").split()[2])
-            retr = session.command(f"RETR {n}")
-            self.assertEqual(retr.split(b"\r\n", 1)[0], b"+OK %d octets" % size)
+            size = int((await session.command(f"LIST {n}")).split()[2])
+            retr = await session.multiline(f"RETR {n}")
+            t.assertEqual(retr.split(b"\r\n", 1)[0], b"+OK %d octets" % size)
             body = retr.split(b"\r\n", 1)[1][: -len(b".\r\n")]
             unstuffed = b"".join(
                 (line[1:] if line.startswith(b"..") else line) + b"\r\n"
                 for line in body.split(b"\r\n")[:-1]
             )
             expected = message if message.endswith(b"\r\n") else message + b"\r\n"
-            self.assertEqual(unstuffed, expected)
-            self.assertEqual(size, len(message))
+            t.assertEqual(unstuffed, expected)
+            t.assertEqual(size, len(message))
 
-    def test_second_pop3_session_in_use(self) -> None:
-        first, second, third = self.session(), self.session(), self.session()
-        first.login()
+    async def test_second_pop3_session_in_use(self) -> None:
+        t: Any = self
+        first = await self.tcp_session()
+        second = await self.tcp_session()
+        third = await self.tcp_session()
+        await first.login()
         in_use = b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
-        self.assertEqual(second.login(), in_use)
+        t.assertEqual(await second.login(), in_use)
         # the refused session's logout must not have released the first's lock
-        self.assertEqual(third.login(), in_use)
-        first.command("DELE 1")
-        first.command("QUIT")
-        first.drop()
-        self.assertTrue(second.login().startswith(b"+OK Logged in: 2 messages"))
+        t.assertEqual(await third.login(), in_use)
+        await first.command("DELE 1")
+        await first.command("QUIT")
+        await first.client.lost
+        t.assertTrue((await second.login()).startswith(b"+OK Logged in: 2 messages"))
 
-    def test_dropped_session_deletes_nothing_and_unlocks(self) -> None:
-        session = self.session()
-        session.login()
-        session.command("DELE 1")
-        session.command("DELE 2")
-        session.command("RETR 3")
-        session.drop()
-        inbox = self.fixture.inbox()
-        self.assertEqual(list(inbox.uids()), self.uids)
-        self.assertNotIn(SEEN, inbox.fetch([self.uids[2]])[0].flags)
-        again = self.session()
-        self.assertTrue(again.login().startswith(b"+OK Logged in: 3 messages"))
+    async def test_dropped_session_deletes_nothing_and_unlocks(self) -> None:
+        t: Any = self
+        session = await self.tcp_session()
+        await session.login()
+        await session.command("DELE 1")
+        await session.command("DELE 2")
+        await session.multiline("RETR 3")
+        await session.drop()
+        inbox = await self.fixture.open_inbox()
+        t.assertEqual(list(await call(inbox.uids)), self.uids)
+        [third] = await call(inbox.fetch, [self.uids[2]])
+        t.assertNotIn(SEEN, third.flags)
+        again = await self.tcp_session()
+        t.assertTrue((await again.login()).startswith(b"+OK Logged in: 3 messages"))
 
-    def test_message_expunged_by_imap_during_session(self) -> None:
-        session = self.session()
-        session.login()
-        inbox = self.fixture.inbox()
-        inbox.store([self.uids[0]], ["\\Deleted"], "add")
-        inbox.expunge()
-        self.assertEqual(
-            session.command("RETR 1"), b"-ERR Message 1 was removed by another session.\r\n"
+    async def test_message_expunged_by_imap_during_session(self) -> None:
+        t: Any = self
+        session = await self.tcp_session()
+        await session.login()
+        inbox = await self.fixture.open_inbox()
+        await call(inbox.store, [self.uids[0]], ["\\Deleted"], "add")
+        await call(inbox.expunge)
+        t.assertEqual(
+            await session.command("RETR 1"),
+            b"-ERR Message 1 was removed by another session.\r\n",
         )
-        session.command("DELE 1")
-        self.assertEqual(session.command("QUIT"), b"+OK Logging out, 1 message deleted.\r\n")
-        self.assertEqual(list(inbox.uids()), self.uids[1:])
+        await session.command("DELE 1")
+        t.assertEqual(await session.command("QUIT"), b"+OK Logging out, 1 message deleted.\r\n")
+        t.assertEqual(list(await call(inbox.uids)), self.uids[1:])
 
-    def test_new_mail_waits_for_next_session(self) -> None:
-        session = self.session()
-        session.login()
-        self.fixture.deliver(b"Subject: late\r\n\r\nhi\r\n")
-        self.assertTrue(session.command("STAT").startswith(b"+OK 3 "))
-        session.command("QUIT")
-        again = self.session()
-        self.assertTrue(again.login().startswith(b"+OK Logged in: 4 messages"))
+    async def test_new_mail_waits_for_next_session(self) -> None:
+        t: Any = self
+        session = await self.tcp_session()
+        await session.login()
+        await self.fixture.add(b"Subject: late\r\n\r\nhi\r\n")
+        t.assertTrue((await session.command("STAT")).startswith(b"+OK 3 "))
+        await session.command("QUIT")
+        again = await self.tcp_session()
+        t.assertTrue((await again.login()).startswith(b"+OK Logged in: 4 messages"))
 
-    def test_other_users_unaffected(self) -> None:
-        alice = self.session()
-        alice.login()
-        bob = self.session()
-        self.assertTrue(bob.login("bob").startswith(b"+OK Logged in: 0 messages"))
+    async def test_other_users_unaffected(self) -> None:
+        t: Any = self
+        alice = await self.tcp_session()
+        await alice.login()
+        bob = await self.tcp_session()
+        t.assertTrue((await bob.login("bob")).startswith(b"+OK Logged in: 0 messages"))
 
 
 class MemoryStorageTests(SharedMailboxMixin, unittest.TestCase):
@@ -287,3 +369,42 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         cur = os.listdir(os.path.join(self.root, "alice", "Maildir", "cur"))
         new = os.listdir(os.path.join(self.root, "alice", "Maildir", "new"))
         self.assertEqual(len(cur) + len(new), 2)
+
+
+class PostgresStorageTests(SharedMailboxMixin, unittest.TestCase):
+    """POP3 over the PostgreSQL backend; its maildrop lock holds across nodes."""
+
+    def make_storage(self) -> IStorage:
+        from tests.pgcluster import new_dsn, new_storage
+
+        self.dsn = new_dsn()
+        storage: IStorage = new_storage(self, self.dsn)
+        return storage
+
+    def advisory_locks(self) -> int:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def test_maildrop_lock_is_held_in_the_database(self) -> None:
+        """The lock other nodes see is a PostgreSQL advisory lock, held from
+        login, and free by the time QUIT is answered (so the client's next
+        login, on whichever node, is not refused).  Refusal by another
+        daemon process is tests/test_postgres_nodes.py's."""
+        self.assertEqual(self.advisory_locks(), 0)
+        first = await self.tcp_session()
+        self.assertTrue((await first.login()).startswith(b"+OK Logged in"))
+        self.assertEqual(self.advisory_locks(), 1)
+        self.assertEqual(await first.command("QUIT"), b"+OK Logging out, 0 messages deleted.\r\n")
+        self.assertEqual(self.advisory_locks(), 0)
+        second = await self.tcp_session()
+        self.assertTrue((await second.login()).startswith(b"+OK Logged in"))
+        self.assertEqual(self.advisory_locks(), 1)
+        await second.drop()  # a connection that just ends releases it too
+        third = await self.tcp_session()
+        self.assertTrue((await third.login()).startswith(b"+OK Logged in"))

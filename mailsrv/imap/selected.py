@@ -22,8 +22,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsrv import log
+from mailsrv.errors import StorageError
 from mailsrv.imap import grammar
 from mailsrv.interfaces import (
     ANSWERED,
@@ -42,6 +45,7 @@ __all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
 
 #: The system flags in the order FLAGS and PERMANENTFLAGS list them.
 _SYSTEM_ORDER = (ANSWERED, FLAGGED, DELETED, SEEN, DRAFT)
+_log = log.get_logger(__name__)
 
 
 class InvalidSequence(ValueError):
@@ -467,11 +471,25 @@ class SelectedMailbox:
         d = self.announce_keywords(self.unannounced(flags for flags, _ in updates.values()))
         d.addCallback(lambda lines: out.append(lines) if lines else None)
         if new and not self.readonly:
-            d.addCallback(lambda _: self.mailbox.claim_recent())
+            d.addCallback(
+                lambda _: defer.maybeDeferred(self.mailbox.claim_recent).addErrback(
+                    self._claim_failed
+                )
+            )
         else:
             d.addCallback(lambda _: frozenset())
         d.addCallback(lambda claimed: self._announce(out, bool(new), frozenset(claimed), updates))
         return cast("defer.Deferred[list[bytes]]", d)
+
+    @staticmethod
+    def _claim_failed(failure: Failure) -> frozenset[int]:
+        """The store cannot hand out \\Recent just now (a database
+        restarting): announce the new messages anyway, as not \\Recent here
+        (RFC 3501 2.3.2 lets another session have them), rather than lose
+        the EXISTS and fail a command that succeeded."""
+        failure.trap(StorageError)
+        _log.warn("cannot claim \\Recent messages: {e}", e=failure.value)
+        return frozenset()
 
     def _announce(
         self,

@@ -775,6 +775,11 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _login_error(self, failure: Failure, started: float) -> _Result:
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             return self._login_failed(failure, started)
+        if failure.check(StorageError):
+            # A right password whose mail store cannot be reached just now
+            # (a database restarting): expected in operation, so no traceback.
+            _log.warn("IMAP: cannot open the account: {e}", e=failure.value)
+            return Done("NO", "Cannot open the account just now", "UNAVAILABLE")
         # The checker or the realm failed (an unreadable users file or home):
         # not the client's guess, so it is neither counted toward
         # max_failures nor delayed; RFC 5530 3 calls it UNAVAILABLE.

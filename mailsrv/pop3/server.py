@@ -675,6 +675,10 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
     def _login_error(self, failure: Failure, started: float) -> _Result:
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
             return self._failed_login(AUTH_FAILED, started)
+        if failure.check(StorageError):  # the mail store is away (a database restarting)
+            _log.warn("POP3: cannot open the account: {e}", e=failure.value)
+            self._error(f"Cannot open the mailbox: {failure.value}", "SYS/TEMP")
+            return None
         # The checker or the realm failed (an unreadable users file or home):
         # not the client's guess, so neither counted nor delayed.
         _log.failure("POP3: login could not be completed", failure, level=LogLevel.error)

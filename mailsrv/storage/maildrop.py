@@ -177,16 +177,22 @@ class Maildrop:
                 await defer.maybeDeferred(inbox.store, deleted_uids, [DELETED], StoreMode.ADD)
                 await defer.maybeDeferred(inbox.expunge, deleted_uids)
         finally:
-            self._unlock()
+            released = self._unlock()
+            if isinstance(released, defer.Deferred):
+                # A backend lock held elsewhere (PostgreSQL's advisory lock)
+                # is free before QUIT is answered, so the client's next
+                # login, on any node, is not refused [IN-USE].
+                await released
 
     def release(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._unlock()
         return defer.succeed(None)
 
-    def _unlock(self) -> None:
+    def _unlock(self) -> object:
+        """Release the locks; answers what the backend's release answered
+        (a Deferred when it releases asynchronously)."""
         release, self._release_backend = self._release_backend, None
-        if release is not None:
-            release()
+        released = release() if release is not None else None
         key = self._key
         if key is not None and _held.get(key) is self:
             del _held[key]
@@ -194,3 +200,4 @@ class Maildrop:
         self._inbox = None
         self._listing = {}
         self._unseen_at_open = set()
+        return released

@@ -1,0 +1,192 @@
+"""The PostgreSQL schema and its versioned migrations (``mailsrv db upgrade``).
+
+Every table that holds a user's data has the user name as the first column
+of its primary key, so the schema can be distributed by user (Citus: the
+user tables are co-located on ``user_name``) without change.  The blob
+store's tables are the exception by design: a body is shared between users,
+so they are keyed by the body's digest and can be distributed by it.
+
+Migrations are numbered from 1 and only ever appended.  :func:`upgrade` runs
+the missing ones in one transaction under an advisory lock, so running it
+twice, or on two hosts at once, is safe; it never downgrades, and a database
+newer than this code is refused with a message saying what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailsrv.errors import MailsrvError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError", "check_version", "upgrade", "version"]
+
+#: Flag bits of ``messages.flags`` (keywords are in ``messages.keywords``).
+FLAG_BITS = {"\\Seen": 1, "\\Answered": 2, "\\Flagged": 4, "\\Deleted": 8, "\\Draft": 16}
+
+_V1 = """
+CREATE TABLE users (
+    user_name text PRIMARY KEY,
+    last_mailbox_id bigint NOT NULL DEFAULT 0,
+    last_uidvalidity bigint NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- A deleted mailbox keeps its row with name NULL (a tombstone), so sessions
+-- on other nodes learn that it is gone.
+CREATE TABLE mailboxes (
+    user_name text NOT NULL,
+    mailbox_id bigint NOT NULL,
+    name text,
+    special_use text[] NOT NULL DEFAULT '{}',
+    uidvalidity bigint NOT NULL,
+    uidnext bigint NOT NULL DEFAULT 1,
+    highest_modseq bigint NOT NULL DEFAULT 1,
+    -- UIDs from here up are \\Recent and not yet claimed by a session.
+    recent_from bigint NOT NULL DEFAULT 1,
+    messages bigint NOT NULL DEFAULT 0,
+    unseen bigint NOT NULL DEFAULT 0,
+    deleted bigint NOT NULL DEFAULT 0,
+    size bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_name, mailbox_id),
+    UNIQUE (user_name, name)
+);
+
+CREATE TABLE subscriptions (
+    user_name text NOT NULL,
+    name text NOT NULL,
+    PRIMARY KEY (user_name, name)
+);
+
+CREATE TABLE messages (
+    user_name text NOT NULL,
+    mailbox_id bigint NOT NULL,
+    uid bigint NOT NULL,
+    modseq bigint NOT NULL,
+    flags smallint NOT NULL DEFAULT 0,
+    keywords text[] NOT NULL DEFAULT '{}',
+    internal_date timestamptz NOT NULL,
+    size bigint NOT NULL,
+    digest bytea NOT NULL,
+    saved_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_name, mailbox_id, uid),
+    FOREIGN KEY (user_name, mailbox_id) REFERENCES mailboxes ON DELETE CASCADE
+);
+CREATE INDEX messages_modseq ON messages (user_name, mailbox_id, modseq);
+
+-- IMessageCache: parsed structure, envelope and header fields.
+CREATE TABLE message_cache (
+    user_name text NOT NULL,
+    mailbox_id bigint NOT NULL,
+    uid bigint NOT NULL,
+    kind text NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (user_name, mailbox_id, uid, kind),
+    FOREIGN KEY (user_name, mailbox_id, uid) REFERENCES messages ON DELETE CASCADE
+);
+
+-- Every expunge with its MODSEQ: catch-up after a lost notification now,
+-- QRESYNC's VANISHED (RFC 7162) later.
+CREATE TABLE expunged (
+    user_name text NOT NULL,
+    mailbox_id bigint NOT NULL,
+    uid bigint NOT NULL,
+    modseq bigint NOT NULL,
+    PRIMARY KEY (user_name, mailbox_id, uid),
+    FOREIGN KEY (user_name, mailbox_id) REFERENCES mailboxes ON DELETE CASCADE
+);
+CREATE INDEX expunged_modseq ON expunged (user_name, mailbox_id, modseq);
+
+-- The blob store: message bodies by SHA-256 of their wire form, stored once
+-- and counted; the last reference to go deletes the body.
+CREATE TABLE blobs (
+    digest bytea PRIMARY KEY,
+    size bigint NOT NULL,
+    refcount bigint NOT NULL CHECK (refcount > 0),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE blob_chunks (
+    digest bytea NOT NULL REFERENCES blobs ON DELETE CASCADE,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (digest, seq)
+);
+-- Bodies are mostly compressed or encoded already: skip pglz, keep TOAST.
+ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+"""
+
+# The keywords defined in each mailbox (IMailbox.keywords), in the order they
+# were first used, so FLAGS lists them without reading the messages.
+_V2 = """
+ALTER TABLE mailboxes ADD COLUMN keywords text[] NOT NULL DEFAULT '{}';
+UPDATE mailboxes b SET keywords = coalesce(
+    (SELECT array_agg(DISTINCT k ORDER BY k) FROM messages m, unnest(m.keywords) AS k
+     WHERE m.user_name = b.user_name AND m.mailbox_id = b.mailbox_id), '{}');
+"""
+
+#: The migrations, in order; migration N brings the schema to version N.
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+
+#: The schema version this code needs.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Serialises concurrent ``mailsrv db upgrade`` runs (pg_advisory_xact_lock).
+_UPGRADE_LOCK = 0x6D61696C73727601
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS mailsrv_schema (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class SchemaError(MailsrvError):
+    """The database's schema does not match this code; the message says what to do."""
+
+
+def version(conn: Any) -> int:
+    """The schema version of the database (0: none installed)."""
+    row = conn.execute("SELECT to_regclass('mailsrv_schema') IS NOT NULL AS present").fetchone()
+    if not row[0]:
+        return 0
+    found = conn.execute("SELECT coalesce(max(version), 0) FROM mailsrv_schema").fetchone()
+    return int(found[0])
+
+
+def _too_new(found: int) -> SchemaError:
+    return SchemaError(
+        f"the database schema is at version {found}, newer than this mailsrv knows "
+        f"(version {SCHEMA_VERSION}); mailsrv never downgrades a database: run a mailsrv "
+        f"release that knows schema version {found}, or restore a backup taken before the upgrade"
+    )
+
+
+def check_version(conn: Any) -> None:
+    """Refuse to serve from a database whose schema is not this code's."""
+    found = version(conn)
+    if found > SCHEMA_VERSION:
+        raise _too_new(found)
+    if found < SCHEMA_VERSION:
+        state = "holds no mailsrv schema" if found == 0 else f"is at schema version {found}"
+        raise SchemaError(
+            f"the database {state}, this mailsrv needs version {SCHEMA_VERSION}: "
+            "run `mailsrv db upgrade` first"
+        )
+
+
+def upgrade(conn: Any) -> tuple[int, int]:
+    """Apply the missing migrations; return (version before, version after).
+
+    One transaction: a failure leaves the database as it was.  ``conn`` is a
+    psycopg connection in autocommit mode.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_UPGRADE_LOCK,))
+        conn.execute(_VERSION_TABLE)
+        before = version(conn)
+        if before > SCHEMA_VERSION:
+            raise _too_new(before)
+        for number in range(before + 1, SCHEMA_VERSION + 1):
+            conn.execute(MIGRATIONS[number - 1])
+            conn.execute("INSERT INTO mailsrv_schema (version) VALUES (%s)", (number,))
+    return before, SCHEMA_VERSION

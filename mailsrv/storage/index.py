@@ -40,6 +40,8 @@ __all__ = [
     "UidList",
     "UidListData",
     "fsync_dir",
+    "is_corruption",
+    "move_aside",
     "read_keywords",
     "write_keywords",
 ]
@@ -53,7 +55,68 @@ MAX_KEYWORDS = 26
 
 
 class IndexCorrupt(Exception):
-    """The index file cannot be used and must be rebuilt from the files."""
+    """The index file cannot be used and must be rebuilt from the files.
+
+    Raised by :meth:`Index.open` with the connection still open in
+    ``connection``: closing it would apply the WAL to the damaged file and
+    delete it, so the caller moves the files aside first, then calls
+    :meth:`close`.
+    """
+
+    connection: sqlite3.Connection | None = None
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.close()
+            self.connection = None
+
+
+#: SQLite's primary result codes that mean the file itself is damaged
+#: (SQLITE_CORRUPT, SQLITE_FORMAT, SQLITE_NOTADB): rebuilding cures them.
+_DAMAGE_CODES = frozenset({11, 24, 26})
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Whether ``exc`` says the index is damaged or inconsistent (rebuild it).
+
+    Corruption can surface at any query, not only at open: a page read deep
+    inside a command answers "database disk image is malformed".  A busy,
+    full or unwritable database is not damage (rebuilding would not help,
+    or would throw away a healthy index), so those stay errors.
+    """
+    if isinstance(exc, IndexCorrupt | sqlite3.IntegrityError):
+        return True
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _DAMAGE_CODES:
+        return True
+    if type(exc) is sqlite3.DatabaseError:
+        return True  # what the sqlite3 module raises for those codes
+    # A damaged schema shows as missing tables rather than as SQLITE_CORRUPT.
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table")
+
+
+def move_aside(path: str) -> str:
+    """Rename a damaged index and its -wal and -shm to ``PATH.broken``
+    (``.broken-wal``, ``.broken-shm``) for diagnosis; returns the new name.
+
+    Only the latest damaged index is kept: an older one is replaced, so
+    repeated damage cannot fill the disk.
+    """
+    kept = path + ".broken"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(kept + suffix)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            if suffix == "-journal":
+                os.unlink(path + suffix)
+            else:
+                os.rename(path + suffix, kept + suffix)
+    fsync_dir(os.path.dirname(path) or ".")
+    return kept
 
 
 def fsync_dir(path: str) -> None:
@@ -355,6 +418,13 @@ INSERT INTO meta VALUES ('schema', {SCHEMA_VERSION});
 
 
 def _row(values: Sequence[object]) -> Row:
+    try:
+        return _checked_row(values)
+    except (TypeError, ValueError) as exc:
+        raise IndexCorrupt(f"unreadable row {values!r}: {exc}") from exc
+
+
+def _checked_row(values: Sequence[object]) -> Row:
     uid, base, filename, info, mtime_ns, size, raw, modseq, recent, uidl = values
     return Row(
         uid=int(uid),  # type: ignore[call-overload]
@@ -395,38 +465,69 @@ class Index:
     @classmethod
     def _connect(cls, path: str) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        cls._configure(db)
+        return db
+
+    @staticmethod
+    def _configure(db: sqlite3.Connection) -> None:
         db.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives a killed process; the uidlist, not the
         # index, is what must survive a power cut.
         db.execute("PRAGMA synchronous = NORMAL")
-        return db
 
     @classmethod
     def open(cls, path: str) -> Index:
-        """Open an existing index; :class:`IndexCorrupt` if unusable."""
+        """Open an existing index; :class:`IndexCorrupt` if unusable.
+
+        Besides the file being readable, a few invariants are checked at
+        the cost of an index lookup each, so an index that is readable but
+        does not add up (a WAL from another time replayed onto it) is
+        rebuilt instead of believed.
+        """
         if not os.path.exists(path):
             raise IndexCorrupt("missing")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         try:
-            db = cls._connect(path)
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None or row[0] != SCHEMA_VERSION:
-                db.close()
-                raise IndexCorrupt(f"schema {row!r}")
-            index = cls(db, path)
-            for key in ("uidvalidity", "uidnext", "highest_modseq"):
-                if not isinstance(index.get(key), int):
-                    db.close()
-                    raise IndexCorrupt(f"meta {key} missing")
-            tables = {
-                str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            missing = {"meta", "messages", "expunged", "cache", "counters"} - tables
-            if missing:
-                db.close()
-                raise IndexCorrupt(f"tables missing: {sorted(missing)}")
-            db.execute("SELECT count(*) FROM counters").fetchone()
+            cls._configure(db)
+            index = cls._checked(db, path)
+        except IndexCorrupt as exc:
+            exc.connection = db
+            raise
         except sqlite3.DatabaseError as exc:
-            raise IndexCorrupt(str(exc)) from exc
+            if not is_corruption(exc):
+                db.close()
+                raise
+            corrupt = IndexCorrupt(str(exc))
+            corrupt.connection = db
+            raise corrupt from exc
+        except BaseException:
+            db.close()
+            raise
+        return index
+
+    @classmethod
+    def _checked(cls, db: sqlite3.Connection, path: str) -> Index:
+        """The index on ``db`` if it meets the invariants :meth:`open` checks."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None or row[0] != SCHEMA_VERSION:
+            raise IndexCorrupt(f"schema {row!r}")
+        index = cls(db, path)
+        values = {key: index.get_int(key) for key in ("uidvalidity", "uidnext", "highest_modseq")}
+        tables = {
+            str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        missing = {"meta", "messages", "expunged", "cache", "counters"} - tables
+        if missing:
+            raise IndexCorrupt(f"tables missing: {sorted(missing)}")
+        if db.execute("SELECT count(*) FROM counters").fetchone()[0] != 1:
+            raise IndexCorrupt("counters missing")
+        # One aggregate a query: SQLite answers each from an index then.
+        top_uid = db.execute("SELECT max(uid) FROM messages").fetchone()[0]
+        top_modseq = db.execute("SELECT max(modseq) FROM messages").fetchone()[0]
+        if top_uid is not None and top_uid >= values["uidnext"]:
+            raise IndexCorrupt(f"UID {top_uid} is not below UIDNEXT {values['uidnext']}")
+        if top_modseq is not None and top_modseq > values["highest_modseq"]:
+            raise IndexCorrupt(f"MODSEQ {top_modseq} is above HIGHESTMODSEQ")
         return index
 
     @classmethod
@@ -456,8 +557,23 @@ class Index:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # A damaged or full database may fail the ROLLBACK too; the
+            # error that matters is the first one.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Several reads that see one state of the index (a read transaction)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
@@ -487,6 +603,8 @@ class Index:
         row = self.db.execute(
             "SELECT messages, unseen, deleted, size, recent FROM counters WHERE id = 0"
         ).fetchone()
+        if row is None or not all(isinstance(value, int) for value in row):
+            raise IndexCorrupt(f"counters are {row!r}")
         return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
     def uids(self) -> tuple[int, ...]:

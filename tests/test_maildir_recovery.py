@@ -1,0 +1,386 @@
+"""Maildir storage after damage: a broken index, and a failure after a
+message file landed.
+
+Files are damaged the way a crash or a disk damages them, writers are
+killed with SIGKILL (by a fault point, ``MAILSRV_CRASH_AT``, so at an exact
+instant), and what is checked is what a client or an administrator sees
+afterwards: the messages, their UIDs and flags, UIDVALIDITY, HIGHESTMODSEQ,
+the files on disk and the log.  tests/test_maildir_crash.py does the same
+with a real daemon over IMAP.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from typing import Any, cast
+
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+
+from mailsrv import cli
+from mailsrv.interfaces import StoreMode
+from mailsrv.storage.index import Index
+from mailsrv.storage.maildir import MaildirMailbox
+from tests.helpers import source_env
+from tests.test_maildir import MaildirTestCase, Recorder
+
+INDEX = "mailsrv-index.sqlite"
+UIDLIST = "mailsrv-uidlist"
+MESSAGE_ID = re.compile(rb"^Message-ID: (<[^>]+>)\r$", re.MULTILINE)
+
+# A writer that is killed (SIGKILL) after its work, leaving the index's WAL
+# behind as a crash does.  It prints the state a client saw as JSON.
+KILLED_WRITER = r"""
+import io, json, os, signal, sqlite3, sys
+from mailsrv import cli
+from mailsrv.interfaces import StoreMode
+from mailsrv.storage.maildir import MaildirStorage
+
+template, tag, count, checkpoint = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+inbox = MaildirStorage(template).account("alice").open_mailbox("INBOX")
+uids = [
+    inbox.append(io.BytesIO(b"Message-ID: <%s.%d@test>\r\n\r\nbody %d\r\n" % (tag.encode(), i, i)))
+    for i in range(count)
+]
+if checkpoint == "yes":
+    # Most pages into the database file, as SQLite's own checkpoints do.
+    db = sqlite3.connect(os.path.join(inbox.path, "mailsrv-index.sqlite"))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+inbox.store(uids[: count // 4], ["\\Seen", "kept"], StoreMode.ADD)
+inbox.store(uids[-count // 8 :], ["\\Deleted"], StoreMode.ADD)
+inbox.expunge()
+state = {
+    "uidvalidity": inbox.uidvalidity,
+    "modseq": inbox.highest_modseq,
+    "uids": {str(m.uid): sorted(m.flags) for m in inbox.fetch(inbox.uids())},
+}
+sys.stdout.write(json.dumps(state) + "\n")
+sys.stdout.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+# Appends one message; run with MAILSRV_CRASH_AT=append-placed to die after
+# the file is in cur/ and before the index knows it.
+APPENDER = r"""
+import io, sys
+from mailsrv.storage.maildir import MaildirStorage
+
+template, msgid = sys.argv[1], sys.argv[2]
+inbox = MaildirStorage(template).account("alice").open_mailbox("INBOX")
+inbox.append(io.BytesIO(b"Message-ID: %s\r\n\r\nbody\r\n" % msgid.encode()))
+"""
+
+
+class RecoveryTestCase(MaildirTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def warnings(self) -> list[str]:
+        return [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_level") == LogLevel.warn
+            and event.get("log_namespace") == "mailsrv.storage.maildir"
+        ]
+
+    def run_child(
+        self, script: str, *args: str, crash_at: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = source_env()
+        if crash_at is not None:
+            env["MAILSRV_CRASH_AT"] = crash_at
+        return subprocess.run(
+            [sys.executable, "-c", script, self.template, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+
+    def killed_writer(
+        self, tag: str = "a", count: int = 200, checkpoint: bool = False
+    ) -> dict[str, Any]:
+        child = self.run_child(KILLED_WRITER, tag, str(count), "yes" if checkpoint else "no")
+        self.assertEqual(child.returncode, -signal.SIGKILL)
+        state: dict[str, Any] = json.loads(child.stdout)
+        self.assertTrue(os.path.getsize(self.path(INDEX + "-wal")) > 0)
+        return state
+
+    def path(self, name: str, folder: str = "") -> str:
+        return os.path.join(self.root, folder, name)
+
+    def flags_by_uid(self, mailbox: MaildirMailbox) -> dict[str, list[str]]:
+        return {str(m.uid): sorted(m.flags) for m in mailbox.fetch(mailbox.uids())}
+
+    def message_ids(self, mailbox: MaildirMailbox) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for uid in mailbox.uids():
+            match = MESSAGE_ID.search(self.read(mailbox, uid))
+            assert match is not None
+            found[uid] = match.group(1)
+        return found
+
+    def uidlist_lines(self, folder: str = "") -> list[bytes]:
+        with open(self.path(UIDLIST, folder), "rb") as handle:
+            return handle.read().split(b"\n")
+
+    def drop_index(self, folder: str = "") -> None:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path(INDEX + suffix, folder)):
+                os.unlink(self.path(INDEX + suffix, folder))
+
+
+class DamagedIndexTests(RecoveryTestCase):
+    """Issue item 1: a damaged index is rebuilt, with the same UIDVALIDITY,
+    UIDs and flags, and MODSEQs above any a client was given."""
+
+    def assertRebuilt(self, state: dict[str, Any]) -> MaildirMailbox:
+        inbox = self.inbox()
+        self.assertEqual(inbox.uidvalidity, state["uidvalidity"])
+        self.assertEqual(self.flags_by_uid(inbox), state["uids"])
+        self.assertGreater(inbox.highest_modseq, state["modseq"])
+        self.assertTrue(
+            any("rebuilding it from the files" in line for line in self.warnings()),
+            self.warnings(),
+        )
+        top = max(int(uid) for uid in state["uids"])
+        self.assertGreater(inbox.append(io.BytesIO(b"Subject: after\r\n\r\n")), top)
+        return inbox
+
+    def test_random_bytes_under_a_wal(self) -> None:
+        state = self.killed_writer()
+        size = os.path.getsize(self.path(INDEX))
+        with open(self.path(INDEX), "wb") as handle:
+            handle.write(os.urandom(size))
+        self.assertRebuilt(state)
+        # Kept for diagnosis, WAL and all.
+        self.assertEqual(os.path.getsize(self.path(INDEX + ".broken")), size)
+        self.assertTrue(os.path.exists(self.path(INDEX + ".broken-wal")))
+
+    def test_truncated_to_half(self) -> None:
+        state = self.killed_writer(count=400, checkpoint=True)
+        os.truncate(self.path(INDEX), os.path.getsize(self.path(INDEX)) // 2)
+        self.assertRebuilt(state)
+
+    def test_wal_from_another_time(self) -> None:
+        self.killed_writer("a")
+        shutil.copyfile(self.path(INDEX + "-wal"), self.path("old-wal"))
+        state = self.killed_writer("b")
+        shutil.copyfile(self.path("old-wal"), self.path(INDEX + "-wal"))
+        self.assertRebuilt(state)
+
+    def test_wal_lost(self) -> None:
+        state = self.killed_writer()
+        os.unlink(self.path(INDEX + "-wal"))
+        self.assertRebuilt(state)
+
+    def test_damage_found_in_the_middle_of_a_command(self) -> None:
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(b"Subject: %d\r\n\r\n" % i)) for i in range(5)]
+        inbox.store(uids[:2], ["\\Flagged"], StoreMode.ADD)
+        recorder = Recorder()
+        inbox.add_listener(recorder)
+        self.assertEqual(inbox.uids(), tuple(uids))
+        modseq = inbox.highest_modseq
+        real = Index.summaries
+        failures = []
+
+        def malformed(index: Index, *args: Any) -> Any:
+            if not failures:
+                failures.append(index)
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            return real(index, *args)
+
+        self.patch(Index, "summaries", malformed)
+        fetched = inbox.fetch(uids)
+        self.assertEqual([m.uid for m in fetched], uids)
+        self.assertEqual([bool(m.flags) for m in fetched], [True, True, False, False, False])
+        self.assertGreater(inbox.highest_modseq, modseq)
+        self.assertTrue(os.path.exists(self.path(INDEX + ".broken")))
+        self.assertIn("database disk image is malformed", "".join(self.warnings()))
+        self.assertEqual((recorder.added, recorder.expunged), ([], []))
+        # The same object goes on working with the rebuilt index.
+        self.assertEqual(inbox.append(io.BytesIO(b"Subject: next\r\n\r\n")), uids[-1] + 1)
+
+    def test_reindex_repairs_a_damaged_index(self) -> None:
+        state = self.killed_writer()
+        with open(self.path(INDEX), "r+b") as handle:
+            handle.write(os.urandom(os.path.getsize(self.path(INDEX))))
+        # Postfix delivered meanwhile: opening the folder lists cur/ and new/.
+        self.drop_into_new(b"Message-ID: <postfix@test>\n\nbody\n", "1700000000.P1Q1.mx")
+        passwd = os.path.join(self.base, "passwd")
+        cli.main(
+            ["user", "add", "alice", "--passwd", passwd, "--password-stdin"],
+            stdin=io.StringIO("pw\n"),
+            stdout=io.StringIO(),
+        )
+        out = io.StringIO()
+        status = cli.main(
+            ["reindex", "alice", "--passwd", passwd, "--maildir", self.template], stdout=out
+        )
+        self.assertEqual(status, cli.EX_OK)
+        self.assertIn(f"INBOX: {len(state['uids']) + 1} messages", out.getvalue())
+        inbox = self.inbox()
+        self.assertEqual(inbox.uidvalidity, state["uidvalidity"])
+        flags = self.flags_by_uid(inbox)
+        delivered = str(max(int(uid) for uid in flags))
+        self.assertEqual(flags.pop(delivered), [])
+        self.assertEqual(flags, state["uids"])
+        self.assertGreater(inbox.highest_modseq, state["modseq"])
+
+    def test_only_the_latest_damaged_index_is_kept(self) -> None:
+        for round_number in range(3):
+            self.killed_writer(f"r{round_number}", count=20, checkpoint=True)
+            with open(self.path(INDEX), "r+b") as handle:
+                handle.write(os.urandom(os.path.getsize(self.path(INDEX))))
+            self.inbox()
+        kept = sorted(name for name in os.listdir(self.root) if ".broken" in name)
+        self.assertEqual(kept, [INDEX + ".broken", INDEX + ".broken-shm", INDEX + ".broken-wal"])
+
+
+class FileIsTheTruthTests(RecoveryTestCase):
+    """Issue item 2: once a message file is in place the command has
+    happened (RFC 3501 6.3.11); before that, failing leaves nothing behind."""
+
+    def failing(self, method: str, error: Exception) -> Any:
+        """Make ``Index.method`` fail; returns the patch, to restore."""
+
+        def fail(index: Index, *args: Any) -> None:
+            raise error
+
+        return self.patch(Index, method, fail)
+
+    def test_append_stands_when_the_index_commit_fails(self) -> None:
+        inbox = self.inbox()
+        first = inbox.append(io.BytesIO(b"Subject: one\r\n\r\n"))
+        patched = self.failing("insert", sqlite3.OperationalError("disk I/O error"))
+        self.assertEqual(inbox.append(io.BytesIO(b"Subject: kept\r\n\r\n")), first + 1)
+        self.assertIn("could not record a change", "".join(self.warnings()))
+        patched.restore()
+        # The next look at the folder indexes it under the UID it was given.
+        inbox.check()
+        self.assertEqual(inbox.uids(), (first, first + 1))
+        self.assertEqual(self.read(self.inbox(), first + 1), b"Subject: kept\r\n\r\n")
+
+    def test_append_stands_when_the_index_is_damaged_at_commit(self) -> None:
+        inbox = self.inbox()
+        first = inbox.append(io.BytesIO(b"Subject: one\r\n\r\n"))
+        real = Index.insert
+        calls: list[int] = []
+
+        def malformed(index: Index, rows: Any) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            real(index, rows)
+
+        self.patch(Index, "insert", malformed)
+        self.assertEqual(inbox.append(io.BytesIO(b"Subject: kept\r\n\r\n")), first + 1)
+        self.assertEqual(inbox.uids(), (first, first + 1))
+        self.assertEqual(len(self.cur_files()), 2)
+
+    def test_copy_stands_when_the_destination_index_fails(self) -> None:
+        inbox = self.inbox()
+        uid = inbox.append(io.BytesIO(b"Subject: one\r\n\r\n"))
+        sent = self.account().open_mailbox("Sent")
+        patched = self.failing("insert", sqlite3.OperationalError("database is locked"))
+        pairs = inbox.copy([uid], sent)
+        self.assertIn("could not record a change", "".join(self.warnings()))
+        patched.restore()
+        self.assertEqual(len(pairs), 1)
+        fresh = self.account().open_mailbox("Sent")
+        self.assertEqual(fresh.uids(), (pairs[0][1],))
+
+    def test_copy_failing_midway_leaves_no_copy(self) -> None:
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(b"Subject: %d\r\n\r\n" % i)) for i in range(3)]
+        sent = self.account().open_mailbox("Sent")
+        real = os.rename
+        calls: list[str] = []
+
+        def rename(source: str, target: str) -> None:
+            if os.sep + "cur" + os.sep in target and ".Sent" in target:
+                calls.append(target)
+                if len(calls) == 2:
+                    raise OSError(5, "Input/output error")
+            real(source, target)
+
+        patched = self.patch(os, "rename", rename)
+        self.assertRaises(OSError, inbox.copy, uids, sent)
+        patched.restore()
+        # A NO means not copied: a client's retry must not make duplicates.
+        self.assertEqual(self.cur_files(".Sent"), [])
+        self.assertEqual(self.account().open_mailbox("Sent").uids(), ())
+        self.assertEqual(len(inbox.copy(uids, sent)), 3)
+        self.assertEqual(len(self.cur_files(".Sent")), 3)
+
+    def test_store_stands_when_the_index_commit_fails(self) -> None:
+        inbox = self.inbox()
+        uid = inbox.append(io.BytesIO(b"Subject: one\r\n\r\n"))
+        patched = self.failing("update_file", sqlite3.OperationalError("disk I/O error"))
+        result = inbox.store([uid], ["\\Seen"], StoreMode.ADD)
+        self.assertIn("could not record a change", "".join(self.warnings()))
+        self.assertEqual([m.flags for m in result.updated], [frozenset({"\\Seen"})])
+        patched.restore()
+        self.assertEqual(self.inbox().fetch([uid])[0].flags, frozenset({"\\Seen"}))
+
+    def test_expunge_stands_when_the_index_commit_fails(self) -> None:
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(b"Subject: %d\r\n\r\n" % i)) for i in range(2)]
+        inbox.store(uids[:1], ["\\Deleted"], StoreMode.ADD)
+        patched = self.failing("delete", sqlite3.OperationalError("disk I/O error"))
+        self.assertEqual(inbox.expunge(), [uids[0]])
+        self.assertIn("could not record a change", "".join(self.warnings()))
+        patched.restore()
+        self.assertEqual(self.inbox().uids(), (uids[1],))
+
+    def test_deliver_exits_0_once_the_message_landed(self) -> None:
+        """An exit status of 75 makes the MTA deliver the message again."""
+        passwd = os.path.join(self.base, "passwd")
+        cli.main(
+            ["user", "add", "alice", "--passwd", passwd, "--password-stdin"],
+            stdin=io.StringIO("pw\n"),
+            stdout=io.StringIO(),
+        )
+        self.inbox()
+        patched = self.failing("insert", sqlite3.OperationalError("database is locked"))
+        err = io.StringIO()
+        status = cli.main(
+            ["deliver", "alice", "--passwd", passwd, "--maildir", self.template],
+            stdin=io.BytesIO(b"Message-ID: <once@test>\n\nbody\n"),
+            stdout=io.StringIO(),
+            stderr=err,
+        )
+        patched.restore()
+        self.assertEqual(status, cli.EX_OK)
+        self.assertIn("could not record a change", err.getvalue())
+        self.assertIn(
+            "(database is locked); the next look at the folder catches up", err.getvalue()
+        )
+        self.assertEqual(self.message_ids(self.inbox()), {1: b"<once@test>"})
+
+    def test_killed_after_the_file_landed(self) -> None:
+        inbox = self.inbox()
+        first = inbox.append(io.BytesIO(b"Message-ID: <first@test>\r\n\r\n"))
+        child = self.run_child(APPENDER, "<landed@test>", crash_at="append-placed")
+        self.assertEqual(child.returncode, -signal.SIGKILL)
+        # A change that does not look at cur/ first must not lose the UID the
+        # dead writer took (the UID list's tail holds it).
+        after = inbox.append(io.BytesIO(b"Message-ID: <after@test>\r\n\r\n"))
+        self.assertEqual(after, first + 2)
+        expected = {first: b"<first@test>", first + 1: b"<landed@test>", after: b"<after@test>"}
+        self.assertEqual(self.message_ids(inbox), expected)
+        self.drop_index()
+        self.assertEqual(self.message_ids(self.inbox()), expected)

@@ -235,3 +235,33 @@ class DamagedIndexTests(DaemonCrashTestCase):
         self.assertEqual({uid: found[uid] for uid in unrecent}, unrecent)
         self.assertEqual([found[uid][0] for uid in (402, 403)], ["after2", "after3"])
         self.assertEqual(len(os.listdir(self.path("cur"))), 353)
+
+
+class TornUidListTests(DaemonCrashTestCase):
+    """Issue item 3: a UID list cut in mid-line keeps every UID."""
+
+    def test_torn_last_line(self) -> None:
+        daemon = self.start()
+        client = self.login()
+        for i in range(3):
+            self.appenduid(client, "INBOX", f"m{i}")
+        _exists, validity = self.select(client, "INBOX")
+        self.kill(daemon)
+        os.truncate(self.path(UIDLIST), os.path.getsize(self.path(UIDLIST)) - 5)
+
+        daemon = self.start()
+        client = self.login()
+        self.assertEqual([self.appenduid(client, "INBOX", f"m{i}") for i in (3, 4)], [4, 5])
+        self.kill(daemon)
+        with open(self.path(UIDLIST), "rb") as handle:
+            lines = handle.read().split(b"\n")
+        self.assertEqual(lines[-1], b"")
+        self.assertEqual([int(line.split(b" :")[0]) for line in lines[1:-1]], [1, 2, 3, 4, 5])
+        for suffix in ("", "-wal", "-shm"):
+            os.unlink(self.path(INDEX + suffix))
+
+        daemon = self.start()
+        client = self.login()
+        self.assertEqual(self.select(client, "INBOX"), (5, validity))
+        subjects = {uid: subject for uid, (subject, _) in self.contents(client, "INBOX").items()}
+        self.assertEqual(subjects, {1: "m0", 2: "m1", 3: "m2", 4: "m3", 5: "m4"})

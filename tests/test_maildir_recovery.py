@@ -1,5 +1,5 @@
-"""Maildir storage after damage: a broken index, and a failure after a
-message file landed.
+"""Maildir storage after damage: a broken index, a torn UID list, and a
+failure after a message file landed.
 
 Files are damaged the way a crash or a disk damages them, writers are
 killed with SIGKILL (by a fault point, ``MAILSRV_CRASH_AT``, so at an exact
@@ -27,7 +27,7 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from mailsrv import cli
 from mailsrv.interfaces import StoreMode
 from mailsrv.storage.index import Index
-from mailsrv.storage.maildir import MaildirMailbox
+from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
 from tests.helpers import source_env
 from tests.test_maildir import MaildirTestCase, Recorder
 
@@ -384,3 +384,146 @@ class FileIsTheTruthTests(RecoveryTestCase):
         self.assertEqual(self.message_ids(inbox), expected)
         self.drop_index()
         self.assertEqual(self.message_ids(self.inbox()), expected)
+
+
+class TornUidListTests(RecoveryTestCase):
+    """Issue item 3: a UID list cut short or garbled never renumbers or
+    reuses UIDs under the same UIDVALIDITY (RFC 3501 2.3.1.1)."""
+
+    def fill(self, count: int) -> tuple[MaildirMailbox, dict[int, bytes]]:
+        inbox = self.inbox()
+        for i in range(count):
+            inbox.append(io.BytesIO(b"Message-ID: <%d@test>\r\n\r\n" % i))
+        return inbox, self.message_ids(inbox)
+
+    def cut(self, count: int) -> None:
+        os.truncate(self.path(UIDLIST), os.path.getsize(self.path(UIDLIST)) - count)
+
+    def assertWellFormed(self) -> None:
+        lines = self.uidlist_lines()
+        self.assertEqual(lines[-1], b"")  # ends with a newline
+        for line in lines[1:-1]:
+            self.assertRegex(line, rb"^\d+ :[^ :]+$")
+
+    def test_torn_last_line_then_append(self) -> None:
+        """The issue's reproduction: 3 messages, 5 bytes cut, 2 more."""
+        inbox, before = self.fill(3)
+        validity = inbox.uidvalidity
+        del inbox
+        self.cut(5)
+        inbox = self.inbox()
+        for i in (3, 4):
+            inbox.append(io.BytesIO(b"Message-ID: <%d@test>\r\n\r\n" % i))
+        self.assertWellFormed()
+        expected = {**before, 4: b"<3@test>", 5: b"<4@test>"}
+        self.assertEqual(self.message_ids(inbox), expected)
+        del inbox
+        self.drop_index()  # documented as a cache
+        fresh = self.inbox()
+        self.assertEqual(fresh.uidvalidity, validity)
+        self.assertEqual(self.message_ids(fresh), expected)
+
+    def test_torn_last_line_without_index(self) -> None:
+        inbox, before = self.fill(3)
+        validity = inbox.uidvalidity
+        del inbox
+        self.cut(5)
+        self.drop_index()
+        fresh = self.inbox()
+        self.assertEqual(fresh.uidvalidity, validity)
+        # The legible start of the line names the file: it gets its UID back.
+        self.assertEqual(self.message_ids(fresh), before)
+        self.assertEqual(fresh.append(io.BytesIO(b"Subject: x\r\n\r\n")), 4)
+        self.assertWellFormed()
+        self.assertIn("torn last line counts UID 3 as used", "".join(self.warnings()))
+
+    def test_torn_inside_the_uid_without_index(self) -> None:
+        inbox, before = self.fill(12)
+        validity = inbox.uidvalidity
+        del inbox
+        last = self.uidlist_lines()[-2]
+        self.assertTrue(last.startswith(b"12 :"))
+        self.cut(len(last))  # only "1" of "12 :..." and no newline remain
+        self.drop_index()
+        fresh = self.inbox()
+        self.assertEqual(fresh.uidvalidity, validity)
+        found = self.message_ids(fresh)
+        # UID 12 may have been seen: its message comes back under a new one.
+        self.assertEqual(
+            {u: m for u, m in found.items() if u < 12}, {u: before[u] for u in range(1, 12)}
+        )
+        self.assertEqual(found[13], before[12])
+        self.assertEqual(fresh.append(io.BytesIO(b"Subject: x\r\n\r\n")), 14)
+
+    def test_zeroed_tail_counts_its_uids_as_used(self) -> None:
+        inbox, _before = self.fill(3)
+        del inbox
+        size = os.path.getsize(self.path(UIDLIST))
+        last = self.uidlist_lines()[-2]
+        with open(self.path(UIDLIST), "r+b") as handle:
+            handle.seek(size - len(last) - 1)
+            handle.write(b"\0" * (len(last) + 1))  # as a power cut leaves it
+        self.drop_index()
+        fresh = self.inbox()
+        self.assertEqual(sorted(fresh.uids())[:2], [1, 2])
+        self.assertNotIn(3, fresh.uids())
+        self.assertGreater(min(set(fresh.uids()) - {1, 2}), 3)
+
+    def test_torn_header_with_index_keeps_uidvalidity(self) -> None:
+        inbox, before = self.fill(3)
+        validity = inbox.uidvalidity
+        del inbox
+        with open(self.path(UIDLIST), "wb") as handle:
+            handle.write(b"3 V%d N" % validity)
+        fresh = self.inbox()
+        self.assertEqual(fresh.uidvalidity, validity)
+        self.assertEqual(self.message_ids(fresh), before)
+        self.assertWellFormed()
+        self.drop_index()
+        self.assertEqual(self.message_ids(self.inbox()), before)
+
+    def test_garbage_without_index_changes_uidvalidity(self) -> None:
+        inbox, before = self.fill(3)
+        validity = inbox.uidvalidity
+        del inbox
+        with open(self.path(UIDLIST), "r+b") as handle:
+            handle.seek(0)
+            handle.write(b"\0" * 16)
+        self.drop_index()
+        fresh = self.inbox()
+        self.assertNotEqual(fresh.uidvalidity, validity)
+        self.assertEqual(sorted(self.message_ids(fresh).values()), sorted(before.values()))
+        self.assertIn(
+            f"UIDVALIDITY changes from unknown to {fresh.uidvalidity}", "".join(self.warnings())
+        )
+        self.assertTrue(os.path.exists(self.path(UIDLIST + ".broken")))
+
+    def test_garbage_line_with_index_keeps_uidvalidity(self) -> None:
+        inbox, before = self.fill(3)
+        validity = inbox.uidvalidity
+        lines = self.uidlist_lines()
+        lines[2] = b"x" * len(lines[2])
+        with open(self.path(UIDLIST), "wb") as handle:
+            handle.write(b"\n".join(lines))
+        os.utime(self.path(UIDLIST))
+        del inbox
+        fresh = MaildirStorage(self.template).account("alice").open_mailbox("INBOX")
+        self.assertEqual(fresh.uidvalidity, validity)
+        self.assertEqual(self.message_ids(fresh), before)
+        self.drop_index()
+        self.assertEqual(self.message_ids(self.inbox()), before)
+
+    def test_lost_records_are_restored_from_the_index(self) -> None:
+        inbox, before = self.fill(4)
+        inbox.store([4], ["\\Deleted"], StoreMode.ADD)
+        inbox.expunge()
+        del before[4]
+        del inbox
+        lines = self.uidlist_lines()
+        self.cut(len(lines[-2]) + len(lines[-3]) + 2)  # the records of UIDs 3 and 4
+        inbox = self.inbox()
+        self.assertEqual(self.message_ids(inbox), before)
+        self.assertEqual(inbox.append(io.BytesIO(b"Message-ID: <new@test>\r\n\r\n")), 5)
+        del inbox
+        self.drop_index()
+        self.assertEqual(self.message_ids(self.inbox()), {**before, 5: b"<new@test>"})

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
+from mailsrv.errors import TemporaryFailure
+
 __all__ = [
     "DOVECOT_UIDLIST_NAME",
     "INDEX_NAME",
@@ -39,6 +41,7 @@ __all__ = [
     "Row",
     "UidList",
     "UidListData",
+    "UidListTorn",
     "fsync_dir",
     "is_corruption",
     "move_aside",
@@ -70,6 +73,11 @@ class IndexCorrupt(Exception):
             with contextlib.suppress(sqlite3.Error):
                 self.connection.close()
             self.connection = None
+
+
+class UidListTorn(TemporaryFailure):
+    """The UID list does not end with a newline: it must be repaired before
+    anything is appended to it."""
 
 
 #: SQLite's primary result codes that mean the file itself is damaged
@@ -183,26 +191,51 @@ def write_keywords(path: str, slots: Sequence[str | None]) -> None:
 
 @attrs.define
 class UidListData:
-    """What a uidlist file says: header values and UID per base name."""
+    """What a uidlist file says: header values and UID per base name.
+
+    ``damaged`` counts complete lines that are not records (garbage, NUL
+    bytes): a list with such lines cannot be trusted to name every UID it
+    gave out.  ``torn`` is set when the last line has no newline (a crash
+    in mid-append, or a file cut short): that line is never taken as a
+    record, but the UID it held is in ``reserved`` and, when legible, in
+    ``torn_uid`` with the legible start of its base name in ``torn_base``.
+    """
 
     uidvalidity: int
     uidnext: int
     entries: dict[str, int] = attrs.Factory(dict)
     pop3_uidls: dict[str, str] = attrs.Factory(dict)
     lines: int = 0
+    damaged: int = 0
+    torn: bool = False
+    torn_uid: int | None = None
+    torn_base: str = ""
+    reserved: int = 0
 
     @property
     def next_free(self) -> int:
-        """The lowest UID neither in the header's N nor used by a line."""
-        highest = max(self.entries.values(), default=0)
+        """The lowest UID above the header's N, every line and a torn line."""
+        highest = max(max(self.entries.values(), default=0), self.reserved)
         return max(self.uidnext, highest + 1)
 
 
-def _parse_uidlist(data: bytes) -> UidListData | None:
-    """Parse a ``dovecot-uidlist`` (v1 or v3); None if the header is unusable."""
-    text = data.decode("utf-8", "surrogateescape")
+def _split_complete(text: str) -> tuple[list[str], str]:
+    """(complete lines, the text after the last newline)."""
     lines = text.split("\n")
-    header = lines[0].split()
+    return lines[:-1], lines[-1]
+
+
+def _parse_uidlist(data: bytes) -> UidListData | None:
+    """Parse a ``dovecot-uidlist`` (v1 or v3); None if the header is unusable.
+
+    A header without its newline is unusable too: a cut ``N1543`` may read
+    as ``N15``, and a UIDVALIDITY cut short is not the one clients know.
+    """
+    text = data.decode("utf-8", "surrogateescape")
+    first, newline, body = text.partition("\n")
+    if not newline or "\0" in first:
+        return None
+    header = first.split()
     uidvalidity = uidnext = 0
     if not header:
         return None
@@ -219,30 +252,33 @@ def _parse_uidlist(data: bytes) -> UidListData | None:
     if not 0 < uidvalidity < 2**32:
         return None
     result = UidListData(uidvalidity=uidvalidity, uidnext=max(uidnext, 1))
-    _parse_uidlist_lines(lines[1:], result)
+    lines, rest = _split_complete(body)
+    _parse_uidlist_lines(lines, result)
+    if rest:
+        _parse_torn(rest, result)
     return result
 
 
 def _parse_uidlist_lines(lines: Iterable[str], result: UidListData) -> None:
+    """Add complete lines (each had its newline) to ``result``."""
     for line in lines:
         if not line.strip():
             continue
-        # A line cut short by a crash in mid-append has no newline after it
-        # and is given to us last; it may be partial but its UID is still
-        # taken, so it is honoured like any other.
         if " :" in line:
             head, _, filename = line.partition(" :")
             fields = head.split()
         else:
             parts = line.split()
             fields, filename = parts[:-1], parts[-1] if len(parts) > 1 else ""
-        if not fields or not fields[0].isdigit():
+        if "\0" in line or not fields or not fields[0].isdigit():
+            result.damaged += 1
             continue
         uid = int(fields[0])
+        if uid >= 2**32 or uid == 0:
+            result.damaged += 1
+            continue
         result.lines += 1
         base = filename.split(":", 1)[0]
-        if uid >= 2**32 or uid == 0:
-            continue
         if base:
             result.entries[base] = uid
         else:
@@ -250,6 +286,38 @@ def _parse_uidlist_lines(lines: Iterable[str], result: UidListData) -> None:
         for field in fields[1:]:
             if field[:1] == "P" and base:
                 result.pop3_uidls[base] = field[1:]
+
+
+def _parse_torn(text: str, result: UidListData) -> None:
+    """Account for a last line without its newline (``result`` holds the rest).
+
+    Its record is never trusted, but the UID it held stays used: the one
+    it names when the number is legible (ended by a space), else the next
+    UID after the complete lines, since UIDs are appended in ascending
+    order.  A crash can also leave an append's tail as NUL bytes; each
+    record is at least 4 bytes (``7 :x`` and a newline), so that many more
+    UIDs are counted as used for the NULs, never too few.
+    """
+    legible = text.rstrip("\0")
+    hidden = len(text) - len(legible)
+    expected = result.next_free
+    result.torn = True
+    digits = legible[: len(legible) - len(legible.lstrip("0123456789"))]
+    if digits and legible[len(digits) : len(digits) + 1] == " " and "\0" not in legible:
+        uid = int(digits)
+        if not 0 < uid < 2**32:
+            result.damaged += 1
+            return
+        result.torn_uid = uid
+        if " :" in legible:
+            result.torn_base = legible.partition(" :")[2].split(":", 1)[0]
+    elif "\0" in legible or (digits and not str(expected).startswith(digits)):
+        # Not the start of the record that was due: nothing to go by.
+        result.damaged += 1
+        return
+    else:
+        uid = expected
+    result.reserved = uid + (hidden + 3) // 4
 
 
 class UidList:
@@ -294,14 +362,22 @@ class UidList:
             handle.seek(offset)
             data = handle.read()
         result = UidListData(uidvalidity=1, uidnext=1)
-        _parse_uidlist_lines(data.decode("utf-8", "surrogateescape").split("\n"), result)
+        lines, rest = _split_complete(data.decode("utf-8", "surrogateescape"))
+        _parse_uidlist_lines(lines, result)
+        # A torn tail is only flagged: making sense of it needs the whole file.
+        result.torn = bool(rest)
         return result, offset + len(data)
 
     def append(self, entries: Sequence[tuple[int, str, str | None]]) -> int:
         """Durably add ``(uid, base, pop3_uidl)`` lines; returns the new size."""
         text = "".join(_line(uid, base, uidl) for uid, base, uidl in entries)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A record glued onto a torn line would be misread; the
+                # caller repairs the list first (MaildirMailbox._prepare).
+                raise UidListTorn(f"{self.path} ends in a torn line")
             data = text.encode("utf-8", "surrogateescape")
             written = 0
             while written < len(data):

@@ -98,6 +98,7 @@ from mailsrv.storage.index import (
     IndexCorrupt,
     Row,
     UidList,
+    UidListData,
     fsync_dir,
     is_corruption,
     move_aside,
@@ -748,12 +749,8 @@ class MaildirMailbox:
             validity = self._uidlist.read_uidvalidity()
             if validity == index.get_int("uidvalidity"):
                 return
-        data = self._uidlist.read()
-        if data is None:
-            if self._uidlist.exists():
-                broken = self._uidlist.path + ".broken"
-                os.replace(self._uidlist.path, broken)
-                log.warn("{path} unreadable; kept as {b}", path=self._uidlist.path, b=broken)
+        data = self._read_uidlist(index)
+        if data is None:  # no UID list at all
             if index is not None:
                 self._uidlist.rewrite(
                     index.get_int("uidvalidity"),
@@ -800,6 +797,122 @@ class MaildirMailbox:
             self._index = Index.create(self._index_path, data.uidvalidity, data.next_free, modseq)
             self._sync(force=True, rebuild=True)
 
+    def _read_uidlist(self, index: Index | None, replaced: bool = False) -> UidListData | None:
+        """The whole UID list, repaired first if it cannot be taken as it is
+        (lock held); None if there is none.  ``replaced``: it is not the
+        file the index last read (cut short, or put back from a backup), so
+        it may lack records the index knows."""
+        data = self._uidlist.read()
+        if data is None and not self._uidlist.exists():
+            return None
+        if data is None or data.torn or data.damaged or (replaced and self._lacks(data, index)):
+            data = self._repair_uidlist(data, index)
+        return data
+
+    @staticmethod
+    def _lacks(data: UidListData, index: Index | None) -> bool:
+        """Whether the index knows UIDs the list does not (same UIDVALIDITY)."""
+        if index is None or index.get_int("uidvalidity") != data.uidvalidity:
+            return False
+        if index.get_int("uidnext") > data.next_free:
+            return True
+        return any(base not in data.entries for _uid, base, _uidl in index.uidlist_entries())
+
+    def _repair_uidlist(self, data: UidListData | None, index: Index | None) -> UidListData:
+        """Make a damaged UID list trustworthy again before anything reads
+        UIDs from it or appends to it (lock held).
+
+        RFC 3501 2.3.1.1: under one UIDVALIDITY a UID names one message
+        forever.  So a torn last line is never appended to, and the UID it
+        held stays used (its file gets it back when the line names the file
+        legibly); records the index still knows are put back; and a list
+        whose header is unreadable or that holds lines that are not records
+        is replaced: from the index when the index agrees on UIDVALIDITY,
+        else with a new UIDVALIDITY (clients download the folder again)
+        rather than guessing.
+        """
+        path = self._uidlist.path
+        trusted = (
+            index
+            if index is not None
+            and (data is None or index.get_int("uidvalidity") == data.uidvalidity)
+            else None
+        )
+        broken = path + ".broken"
+        entries: dict[str, int] = {}
+        uidls: dict[str, str] = {}
+        uidnext = 1
+        if data is not None:
+            entries = {b: u for b, u in data.entries.items() if not b.startswith("\0")}
+            uidls = dict(data.pop3_uidls)
+            uidnext = data.next_free
+        if data is None or data.damaged:
+            shutil.copyfile(path, broken)
+            if trusted is None:
+                validity = self._storage._mint_uidvalidity(self._root)
+                self._uidlist.rewrite(validity, 1, [])
+                log.warn(
+                    "{path} cannot be trusted (unreadable header or lines) and no index knows "
+                    "its UIDs; kept as {broken}; UIDVALIDITY changes from {old} to {new}, so "
+                    "clients download the folder again",
+                    path=path,
+                    broken=broken,
+                    old=data.uidvalidity if data is not None else "unknown",
+                    new=validity,
+                )
+                fresh = self._uidlist.read()
+                assert fresh is not None
+                return fresh
+            what = f"kept as {broken}; rewritten from the index"
+        else:
+            what = "repaired" if data.torn else "records restored from the index"
+        validity = data.uidvalidity if data is not None else 0
+        if trusted is not None:
+            validity = trusted.get_int("uidvalidity")
+            taken = set(entries.values())
+            for uid, base, uidl in trusted.uidlist_entries():
+                if base not in entries and uid not in taken:
+                    entries[base] = uid
+                    taken.add(uid)
+                    if uidl:
+                        uidls[base] = uidl
+            uidnext = max(uidnext, trusted.get_int("uidnext"))
+        torn = ""
+        if data is not None and data.torn:
+            owner = self._torn_owner(data, entries)
+            if owner is not None and data.torn_uid is not None:
+                entries[owner] = data.torn_uid
+            torn = f"; its torn last line counts UID {data.reserved} as used" + (
+                f" and gives it back to {owner}" if owner else ""
+            )
+        self._uidlist.rewrite(
+            validity, uidnext, [(uid, base, uidls.get(base)) for base, uid in entries.items()]
+        )
+        log.warn(
+            "{path} was damaged{torn}; {what}; UIDVALIDITY {validity} kept",
+            path=path,
+            torn=torn,
+            what=what,
+            validity=validity,
+        )
+        repaired = self._uidlist.read()
+        if repaired is None or repaired.torn or repaired.damaged:
+            raise StorageError(f"cannot repair {path}")
+        return repaired
+
+    def _torn_owner(self, data: UidListData, entries: Mapping[str, int]) -> str | None:
+        """The file a torn last line was written for, if its start names exactly one."""
+        if data.torn_uid is None or not data.torn_base or data.torn_uid in entries.values():
+            return None
+        found = {
+            split_filename(name)[0]
+            for directory in (self._cur, self._new)
+            for name in os.listdir(directory)
+            if name.startswith(data.torn_base)
+        }
+        found -= set(entries)
+        return found.pop() if len(found) == 1 else None
+
     def _prepare(self) -> _Write:
         """Read meta and catch up with the UID list (lock held)."""
         db = self._db
@@ -819,20 +932,28 @@ class MaildirMailbox:
             self._uidlist.rewrite(db.get_int("uidvalidity"), uidnext, entries)
             cur_ino, size = self._uidlist.signature()
             ino, off, lines = cur_ino, size, len(entries)
+        data: UidListData | None = None
         end = size
         if ino == cur_ino and isinstance(off, int) and off <= size:
             if size > off:
                 tail, end = self._uidlist.read_tail(off)
-                hints, uidls = tail.entries, tail.pop3_uidls
-                lines += tail.lines
+                if tail.torn or tail.damaged:
+                    data = self._read_uidlist(db)
+                else:
+                    hints, uidls = tail.entries, tail.pop3_uidls
+                    lines += tail.lines
         else:
-            data = self._uidlist.read()
+            # Replaced (by a compaction we missed, or from outside), or cut
+            # short (records lost: the index knows them): read all of it.
+            data = self._read_uidlist(db, replaced=ino is not None)
             if data is None:
                 raise StorageError(f"{self._uidlist.path} is unreadable")
+        if data is not None:
             if data.uidvalidity != db.get_int("uidvalidity"):
                 raise IndexCorrupt("UIDVALIDITY changed under us")
             hints, uidls = data.entries, data.pop3_uidls
             uidnext = max(uidnext, data.next_free)
+            cur_ino, end = self._uidlist.signature()
             lines = data.lines
         if hints:
             uidnext = max(uidnext, max(hints.values()) + 1)

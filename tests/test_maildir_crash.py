@@ -265,3 +265,55 @@ class TornUidListTests(DaemonCrashTestCase):
         self.assertEqual(self.select(client, "INBOX"), (5, validity))
         subjects = {uid: subject for uid, (subject, _) in self.contents(client, "INBOX").items()}
         self.assertEqual(subjects, {1: "m0", 2: "m1", 3: "m2", 4: "m3", 5: "m4"})
+
+
+class MoveTests(DaemonCrashTestCase):
+    """Issue item 4: a daemon killed at each step of UID MOVE leaves every
+    message in exactly one mailbox, with consistent UIDs on both sides."""
+
+    def move_and_die(self, daemon: Daemon, client: imaplib.IMAP4, uids: str) -> None:
+        self.select(client, "INBOX")
+        with self.assertRaises((imaplib.IMAP4.abort, OSError)):
+            client.uid("MOVE", uids, "Archive")
+        self.died(daemon)
+
+    def status_uidnext(self, client: imaplib.IMAP4, mailbox: str) -> int:
+        status, data = client.status(mailbox, "(UIDNEXT)")
+        self.assertEqual(status, "OK")
+        assert isinstance(data[0], bytes)
+        match = re.search(rb"UIDNEXT (\d+)", data[0])
+        assert match is not None
+        return int(match.group(1))
+
+    def check(self, inbox: dict[int, str], archive: dict[int, str], uidnext: int) -> imaplib.IMAP4:
+        client = self.login()
+        found = {uid: subject for uid, (subject, _) in self.contents(client, "INBOX").items()}
+        self.assertEqual(found, inbox)
+        found = {uid: subject for uid, (subject, _) in self.contents(client, "Archive").items()}
+        self.assertEqual(found, archive)
+        self.assertEqual(self.status_uidnext(client, "Archive"), uidnext)
+        self.assertEqual(len(os.listdir(self.path("cur"))), len(inbox))
+        self.assertEqual(len(os.listdir(self.path("cur", ".Archive"))), len(archive))
+        return client
+
+    def test_killed_at_each_step(self) -> None:
+        daemon = self.start(crash_at="move-allocated")
+        client = self.login()
+        for i in range(4):
+            self.appenduid(client, "INBOX", f"m{i}")
+        # Dies after taking Archive's UIDs 1-3, before any file moved.
+        self.move_and_die(daemon, client, "1:3")
+
+        daemon = self.start(crash_at="move-renamed@2")
+        client = self.check({1: "m0", 2: "m1", 3: "m2", 4: "m3"}, {}, 4)
+        # Takes 4-6 and dies after moving two files.
+        self.move_and_die(daemon, client, "1:3")
+
+        daemon = self.start(crash_at="move-indexed")
+        client = self.check({3: "m2", 4: "m3"}, {4: "m0", 5: "m1"}, 7)
+        # Takes 7-8, moves both, dies before INBOX's index learns it.
+        self.move_and_die(daemon, client, "3:4")
+
+        self.start()
+        client = self.check({}, {4: "m0", 5: "m1", 7: "m2", 8: "m3"}, 9)
+        self.assertEqual(self.appenduid(client, "Archive", "later"), 9)

@@ -1,5 +1,5 @@
-"""Maildir storage after damage: a broken index, a torn UID list, and a
-failure after a message file landed.
+"""Maildir storage after damage: a broken index, a torn UID list, a failure
+after a message file landed, and MOVE killed at every step.
 
 Files are damaged the way a crash or a disk damages them, writers are
 killed with SIGKILL (by a fault point, ``MAILSRV_CRASH_AT``, so at an exact
@@ -65,6 +65,18 @@ state = {
 sys.stdout.write(json.dumps(state) + "\n")
 sys.stdout.flush()
 os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+# Moves INBOX messages to Archive; run with MAILSRV_CRASH_AT to die inside.
+MOVER = r"""
+import sys
+from mailsrv.storage.maildir import MaildirStorage
+
+template, uids = sys.argv[1], [int(u) for u in sys.argv[2].split(",")]
+account = MaildirStorage(template).account("alice")
+inbox = account.open_mailbox("INBOX")
+pairs = inbox.move(uids, account.open_mailbox("Archive"))
+sys.stdout.write(repr(pairs) + "\n")
 """
 
 # Appends one message; run with MAILSRV_CRASH_AT=append-placed to die after
@@ -527,3 +539,80 @@ class TornUidListTests(RecoveryTestCase):
         del inbox
         self.drop_index()
         self.assertEqual(self.message_ids(self.inbox()), {**before, 5: b"<new@test>"})
+
+
+class MoveTests(RecoveryTestCase):
+    """Issue item 4: MOVE within a Maildir tree leaves exactly one copy of
+    each message whatever instant the process dies at."""
+
+    def fill(self, count: int = 4) -> MaildirMailbox:
+        inbox = self.inbox()
+        for i in range(count):
+            inbox.append(io.BytesIO(b"Message-ID: <%d@test>\r\n\r\nbody\r\n" % i))
+        inbox.store([1], ["\\Flagged", "$label1"], StoreMode.ADD)
+        return inbox
+
+    def test_move_renames_the_file(self) -> None:
+        inbox = self.fill()
+        archive = self.account().open_mailbox("Archive")
+        archive.append(io.BytesIO(b"Subject: before\r\n\r\n"), ["other"])
+        inode = os.stat(os.path.join(self.root, "cur", self.cur_files()[0])).st_ino
+        pairs = inbox.move([1, 2], archive)
+        self.assertEqual(pairs, [(1, 2), (2, 3)])
+        self.assertEqual(inbox.uids(), (3, 4))
+        self.assertEqual(archive.fetch([2])[0].flags, frozenset({"\\Flagged", "$label1"}))
+        moved = os.path.join(self.root, ".Archive", "cur", self.cur_files(".Archive")[1])
+        self.assertEqual(os.stat(moved).st_ino, inode)
+        self.assertEqual(len(self.cur_files()) + len(self.cur_files(".Archive")), 5)
+
+    def test_move_within_one_mailbox(self) -> None:
+        inbox = self.fill()
+        self.assertEqual(inbox.move([2], inbox), [(2, 5)])
+        self.assertEqual(inbox.uids(), (1, 3, 4, 5))
+        self.assertEqual(len(self.cur_files()), 4)
+        self.drop_index()
+        self.assertEqual(self.inbox().uids(), (1, 3, 4, 5))
+
+    def check_after_crash(self, before: dict[int, bytes], moved: int) -> None:
+        """Each message in exactly one folder; the first ``moved`` of UIDs
+        1, 2, 3 are in Archive under the UIDs its UID list gave them, the
+        rest in INBOX under their old UIDs; new UIDs come above all."""
+        account = self.account()
+        inbox, archive = account.open_mailbox("INBOX"), account.open_mailbox("Archive")
+        in_inbox = self.message_ids(inbox)
+        in_archive = self.message_ids(archive)
+        self.assertEqual(in_inbox, {uid: before[uid] for uid in before if uid > moved})
+        self.assertEqual(in_archive, {uid: before[uid] for uid in range(1, moved + 1)})
+        self.assertEqual(len(self.cur_files()), len(in_inbox))
+        self.assertEqual(len(self.cur_files(".Archive")), len(in_archive))
+        # UIDs 1-3 were taken for the move before any file moved: none is
+        # given out again, even those whose file never came.
+        new = archive.append(io.BytesIO(b"Subject: after\r\n\r\n"))
+        self.assertEqual(new, 4)
+        # From scratch, the files and UID lists tell the same.
+        del inbox, archive
+        self.drop_index()
+        self.drop_index(".Archive")
+        account = self.account()
+        self.assertEqual(self.message_ids(account.open_mailbox("INBOX")), in_inbox)
+        again = account.open_mailbox("Archive")
+        self.assertEqual(again.uids(), (*in_archive, new))
+
+    def test_killed_at_each_step(self) -> None:
+        points = {"move-allocated": 0, "move-renamed@1": 1, "move-renamed@2": 2, "move-indexed": 3}
+        for point, moved in points.items():
+            shutil.rmtree(os.path.join(self.base, "alice"), ignore_errors=True)
+            before = self.message_ids(self.fill())
+            child = self.run_child(MOVER, "1,2,3", crash_at=point)
+            self.assertEqual(child.returncode, -signal.SIGKILL, point)
+            self.check_after_crash(before, moved)
+
+    def test_not_killed_the_same_moves_complete(self) -> None:
+        inbox = self.fill()
+        del inbox
+        child = self.run_child(MOVER, "1,2,3", crash_at="no-such-point")
+        self.assertEqual(child.returncode, 0)
+        self.assertEqual(child.stdout, b"[(1, 1), (2, 2), (3, 3)]\n")
+        account = self.account()
+        self.assertEqual(account.open_mailbox("INBOX").uids(), (4,))
+        self.assertEqual(account.open_mailbox("Archive").uids(), (1, 2, 3))

@@ -1743,12 +1743,128 @@ class MaildirMailbox:
         self._announce()
         return pairs
 
+    @_recovering
     def move(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
-        # Copy first, then remove: a crash in between leaves two copies,
-        # never none.
-        pairs = self.copy(uids, destination)
-        self._remove([source for source, _ in pairs], only_deleted=False)
-        return pairs
+        if isinstance(destination, MaildirMailbox) and self._same_device(destination):
+            pairs = self._move_files(list(uids), destination)
+            self._announce()
+            if destination is not self:
+                destination._announce()
+            return pairs
+        # Another backend, or a folder on another file system: no rename
+        # reaches it.  Copy first, then remove: a crash in between leaves
+        # two copies, never none.
+        copied = self.copy(uids, destination)
+        self._remove([source for source, _ in copied], only_deleted=False)
+        return copied
+
+    def _same_device(self, other: MaildirMailbox) -> bool:
+        return os.stat(self._cur).st_dev == os.stat(other._cur).st_dev
+
+    def _move_files(self, uids: list[int], destination: MaildirMailbox) -> list[tuple[int, int]]:
+        """MOVE by renaming each file into the destination's cur/ (RFC 6851
+        3.3: each message is moved or unaffected, never in both mailboxes),
+        whatever instant the process dies at:
+
+        1. the destination's UIDs are fsynced into its UID list (a crash
+           now only leaves those UIDs unused);
+        2. each file is renamed, under a new base name and with its flags
+           in the destination's letters; a rename is atomic, so the message
+           is in exactly one of the two folders;
+        3. the destination's index records the new messages, then the
+           source's records the old ones expunged.
+
+        After a crash in 2 or 3 the indexes are behind the files and the
+        next look at each folder catches up: the destination finds each
+        file with its UID in the tail of its UID list (see :meth:`_begin`),
+        the source finds it gone and records the expunge.
+        """
+        # Both folders are locked, always in the same order, so two MOVEs
+        # in opposite directions cannot deadlock.
+        folders = sorted({self, destination}, key=lambda folder: folder.path)
+        with contextlib.ExitStack() as stack:
+            for folder in folders:
+                stack.enter_context(folder._locked())
+            self._keywords.refresh()
+            destination._keywords.refresh()
+            source_write = self._begin()
+            plan: list[tuple[Row, str, str]] = []  # row, new base, new flag letters
+            for row in self._db.rows(uids):
+                try:
+                    disk = row.size if row.raw else os.stat(self._path_of(row)).st_size
+                except FileNotFoundError:
+                    continue  # renamed outside meanwhile: it stays where it is
+                base = f"{unique_name()},S={disk},W={row.size}"
+                plan.append((row, base, destination._translated_info(row, self._keywords)))
+            if not plan:
+                return []
+            target_write = source_write if destination is self else destination._begin_recovering()
+            new_uids = destination._allocate(target_write, [(base, None) for _r, base, _i in plan])
+            _crash_point("move-allocated")
+            source_before = self._cur_signature()
+            target_before = destination._cur_signature()
+            moved: list[tuple[Row, Row]] = []
+            try:
+                for (row, base, info), uid in zip(plan, new_uids, strict=True):
+                    filename = f"{base}:2,{info}"
+                    try:
+                        os.rename(self._path_of(row), os.path.join(destination._cur, filename))
+                    except FileNotFoundError:
+                        continue  # renamed outside meanwhile: it stays where it is
+                    moved.append(
+                        (row, attrs.evolve(row, uid=uid, base=base, filename=filename, info=info))
+                    )
+                    _crash_point("move-renamed")
+                fsync_dir(destination._cur)
+                fsync_dir(self._cur)
+            finally:
+                # What was renamed is moved, even if a later rename failed.
+                if moved:
+                    self._record_move(
+                        destination, moved, source_write, target_write, source_before, target_before
+                    )
+        return [(row.uid, new.uid) for row, new in moved]
+
+    def _path_of(self, row: Row) -> str:
+        return os.path.join(self._cur, row.filename)
+
+    def _record_move(
+        self,
+        destination: MaildirMailbox,
+        moved: Sequence[tuple[Row, Row]],
+        source_write: _Write,
+        target_write: _Write,
+        source_before: str,
+        target_before: str,
+    ) -> None:
+        """Step 3 of :meth:`_move_files`: both indexes learn what the files show."""
+        added = [
+            attrs.evolve(new, modseq=target_write.next_modseq(), recent=True, pop3_uidl=None)
+            for _row, new in moved
+        ]
+        gone = [row.uid for row, _new in moved]
+
+        def commit_target() -> None:
+            db = destination._db
+            with db.transaction():
+                db.insert(added)
+                if destination is self:
+                    db.delete(gone, source_write.next_modseq())
+                destination._commit_meta(target_write)
+                destination._own_cur_change(target_before)
+
+        def commit_source() -> None:
+            db = self._db
+            with db.transaction():
+                db.delete(gone, source_write.next_modseq())
+                self._commit_meta(source_write)
+                self._own_cur_change(source_before)
+            self._maybe_compact(source_write)
+
+        destination._record(commit_target)
+        if destination is not self:
+            _crash_point("move-indexed")
+            self._record(commit_source)
 
     @_recovering
     def expunge(self, uids: Iterable[int] | None = None) -> Sequence[int]:

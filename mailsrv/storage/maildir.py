@@ -1053,7 +1053,11 @@ class MaildirMailbox:
         scan_new = force or self._stale(self._new, "sig_new", recent_is_stale=True)
         scan_cur = force or self._stale(self._cur, "sig_cur")
         if not (scan_new or scan_cur):
-            if write.uidnext != db.get_int("uidnext") or write.uidlist_off != db.get("uidlist_off"):
+            if (
+                write.uidnext != db.get_int("uidnext")
+                or write.uidlist_off != db.get("uidlist_off")
+                or write.uidlist_ino != db.get("uidlist_ino")  # rewritten by a repair
+            ):
                 with db.transaction():
                     self._commit_meta(write)
             return

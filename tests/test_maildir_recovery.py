@@ -79,6 +79,14 @@ pairs = inbox.move(uids, account.open_mailbox("Archive"))
 sys.stdout.write(repr(pairs) + "\n")
 """
 
+# RENAME INBOX Old; run with MAILSRV_CRASH_AT to die inside.
+RENAMER = r"""
+import sys
+from mailsrv.storage.maildir import MaildirStorage
+
+MaildirStorage(sys.argv[1]).account("alice").rename_mailbox("INBOX", "Old")
+"""
+
 # Appends one message; run with MAILSRV_CRASH_AT=append-placed to die after
 # the file is in cur/ and before the index knows it.
 APPENDER = r"""
@@ -606,6 +614,18 @@ class MoveTests(RecoveryTestCase):
             child = self.run_child(MOVER, "1,2,3", crash_at=point)
             self.assertEqual(child.returncode, -signal.SIGKILL, point)
             self.check_after_crash(before, moved)
+
+    def test_rename_inbox_killed_midway(self) -> None:
+        """RENAME INBOX moves INBOX's messages (RFC 3501 6.3.5) the same way."""
+        before = self.message_ids(self.fill())
+        child = self.run_child(RENAMER, crash_at="move-renamed@2")
+        self.assertEqual(child.returncode, -signal.SIGKILL)
+        account = self.account()
+        left = self.message_ids(account.open_mailbox("INBOX"))
+        moved = self.message_ids(account.open_mailbox("Old"))
+        self.assertEqual(left, {uid: before[uid] for uid in (3, 4)})
+        self.assertEqual(moved, {1: before[1], 2: before[2]})
+        self.assertEqual(len(self.cur_files()) + len(self.cur_files(".Old")), 4)
 
     def test_not_killed_the_same_moves_complete(self) -> None:
         inbox = self.fill()

@@ -560,17 +560,27 @@ class MoveTests(RecoveryTestCase):
         inbox.store([1], ["\\Flagged", "$label1"], StoreMode.ADD)
         return inbox
 
+    def file_of(self, msgid: bytes, folder: str = "") -> str:
+        """The path of the one file in the folder's cur/ holding ``msgid``."""
+        found = []
+        for name in self.cur_files(folder):
+            path = os.path.join(self.root, folder, "cur", name)
+            with open(path, "rb") as handle:
+                if msgid in handle.read():
+                    found.append(path)
+        self.assertEqual(len(found), 1, found)
+        return found[0]
+
     def test_move_renames_the_file(self) -> None:
         inbox = self.fill()
         archive = self.account().open_mailbox("Archive")
         archive.append(io.BytesIO(b"Subject: before\r\n\r\n"), ["other"])
-        inode = os.stat(os.path.join(self.root, "cur", self.cur_files()[0])).st_ino
+        inode = os.stat(self.file_of(b"<0@test>")).st_ino
         pairs = inbox.move([1, 2], archive)
         self.assertEqual(pairs, [(1, 2), (2, 3)])
         self.assertEqual(inbox.uids(), (3, 4))
         self.assertEqual(archive.fetch([2])[0].flags, frozenset({"\\Flagged", "$label1"}))
-        moved = os.path.join(self.root, ".Archive", "cur", self.cur_files(".Archive")[1])
-        self.assertEqual(os.stat(moved).st_ino, inode)
+        self.assertEqual(os.stat(self.file_of(b"<0@test>", ".Archive")).st_ino, inode)
         self.assertEqual(len(self.cur_files()) + len(self.cur_files(".Archive")), 5)
 
     def test_move_within_one_mailbox(self) -> None:

@@ -18,8 +18,6 @@ from collections import Counter
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailsrv.interfaces import StoreMode
-from mailsrv.storage.index import Index
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
 from tests.helpers import source_env
 from tests.test_maildir import Recorder
@@ -219,7 +217,7 @@ class Crash(Exception):
 
 
 class CrashPointTests(ProcessTestCase):
-    """Deterministic crashes between the steps of an append."""
+    """Deterministic crashes between the steps of an append or a flag change."""
 
     def test_crash_after_uid_taken(self) -> None:
         inbox = self.inbox()
@@ -236,16 +234,28 @@ class CrashPointTests(ProcessTestCase):
         # The UID taken by the dead append is never handed out.
         self.assertEqual(fresh.append(io.BytesIO(b"two\n")), first + 2)
 
+    def killed_at(self, point: str, action: str) -> None:
+        """Run ``action`` on alice's INBOX (``inbox``) in a process that the
+        fault point ``point`` kills with SIGKILL (MAILSRV_CRASH_AT)."""
+        script = (
+            "import io, sys\n"
+            "from mailsrv.interfaces import StoreMode\n"
+            "from mailsrv.storage.maildir import MaildirStorage\n"
+            "inbox = MaildirStorage(sys.argv[1]).account('alice').open_mailbox('INBOX')\n"
+            f"{action}\n"
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", script, self.template],
+            env={**source_env(), "MAILSRV_CRASH_AT": point},
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(child.returncode, -signal.SIGKILL)
+
     def test_crash_before_index_commit(self) -> None:
         inbox = self.inbox()
         first = inbox.append(io.BytesIO(b"one\n"))
-
-        def insert(self: Index, rows: object) -> None:
-            raise Crash()
-
-        patched = self.patch(Index, "insert", insert)
-        self.assertRaises(Crash, inbox.append, io.BytesIO(b"Subject: kept\n\n"))
-        patched.restore()
+        self.killed_at("append-placed", "inbox.append(io.BytesIO(b'Subject: kept\\n\\n'))")
         fresh = self.inbox()
         # The file made it to cur/: it shows up once, with the UID it was given.
         self.assertEqual(fresh.uids(), (first, first + 1))
@@ -256,12 +266,6 @@ class CrashPointTests(ProcessTestCase):
     def test_crash_during_flag_change(self) -> None:
         inbox = self.inbox()
         uid = inbox.append(io.BytesIO(b"one\n"))
-
-        def update_file(self: Index, *args: object) -> None:
-            raise Crash()
-
-        patched = self.patch(Index, "update_file", update_file)
-        self.assertRaises(Crash, inbox.store, [uid], ["\\Seen"], StoreMode.ADD)
-        patched.restore()
+        self.killed_at("store-renamed", f"inbox.store([{uid}], ['\\\\Seen'], StoreMode.ADD)")
         # The file name is the truth: the flag was set.
         self.assertEqual(self.inbox().fetch([uid])[0].flags, frozenset({"\\Seen"}))

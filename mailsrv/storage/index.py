@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
+from mailsrv.errors import TemporaryFailure
+
 __all__ = [
     "DOVECOT_UIDLIST_NAME",
     "INDEX_NAME",
@@ -39,7 +41,10 @@ __all__ = [
     "Row",
     "UidList",
     "UidListData",
+    "UidListTorn",
     "fsync_dir",
+    "is_corruption",
+    "move_aside",
     "read_keywords",
     "write_keywords",
 ]
@@ -53,7 +58,73 @@ MAX_KEYWORDS = 26
 
 
 class IndexCorrupt(Exception):
-    """The index file cannot be used and must be rebuilt from the files."""
+    """The index file cannot be used and must be rebuilt from the files.
+
+    Raised by :meth:`Index.open` with the connection still open in
+    ``connection``: closing it would apply the WAL to the damaged file and
+    delete it, so the caller moves the files aside first, then calls
+    :meth:`close`.
+    """
+
+    connection: sqlite3.Connection | None = None
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.close()
+            self.connection = None
+
+
+class UidListTorn(TemporaryFailure):
+    """The UID list does not end with a newline: it must be repaired before
+    anything is appended to it."""
+
+
+#: SQLite's primary result codes that mean the file itself is damaged
+#: (SQLITE_CORRUPT, SQLITE_FORMAT, SQLITE_NOTADB): rebuilding cures them.
+_DAMAGE_CODES = frozenset({11, 24, 26})
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Whether ``exc`` says the index is damaged or inconsistent (rebuild it).
+
+    Corruption can surface at any query, not only at open: a page read deep
+    inside a command answers "database disk image is malformed".  A busy,
+    full or unwritable database is not damage (rebuilding would not help,
+    or would throw away a healthy index), so those stay errors.
+    """
+    if isinstance(exc, IndexCorrupt | sqlite3.IntegrityError):
+        return True
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _DAMAGE_CODES:
+        return True
+    if type(exc) is sqlite3.DatabaseError:
+        return True  # what the sqlite3 module raises for those codes
+    # A damaged schema shows as missing tables rather than as SQLITE_CORRUPT.
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table")
+
+
+def move_aside(path: str) -> str:
+    """Rename a damaged index and its -wal and -shm to ``PATH.broken``
+    (``.broken-wal``, ``.broken-shm``) for diagnosis; returns the new name.
+
+    Only the latest damaged index is kept: an older one is replaced, so
+    repeated damage cannot fill the disk.
+    """
+    kept = path + ".broken"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(kept + suffix)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            if suffix == "-journal":
+                os.unlink(path + suffix)
+            else:
+                os.rename(path + suffix, kept + suffix)
+    fsync_dir(os.path.dirname(path) or ".")
+    return kept
 
 
 def fsync_dir(path: str) -> None:
@@ -120,26 +191,51 @@ def write_keywords(path: str, slots: Sequence[str | None]) -> None:
 
 @attrs.define
 class UidListData:
-    """What a uidlist file says: header values and UID per base name."""
+    """What a uidlist file says: header values and UID per base name.
+
+    ``damaged`` counts complete lines that are not records (garbage, NUL
+    bytes): a list with such lines cannot be trusted to name every UID it
+    gave out.  ``torn`` is set when the last line has no newline (a crash
+    in mid-append, or a file cut short): that line is never taken as a
+    record, but the UID it held is in ``reserved`` and, when legible, in
+    ``torn_uid`` with the legible start of its base name in ``torn_base``.
+    """
 
     uidvalidity: int
     uidnext: int
     entries: dict[str, int] = attrs.Factory(dict)
     pop3_uidls: dict[str, str] = attrs.Factory(dict)
     lines: int = 0
+    damaged: int = 0
+    torn: bool = False
+    torn_uid: int | None = None
+    torn_base: str = ""
+    reserved: int = 0
 
     @property
     def next_free(self) -> int:
-        """The lowest UID neither in the header's N nor used by a line."""
-        highest = max(self.entries.values(), default=0)
+        """The lowest UID above the header's N, every line and a torn line."""
+        highest = max(max(self.entries.values(), default=0), self.reserved)
         return max(self.uidnext, highest + 1)
 
 
-def _parse_uidlist(data: bytes) -> UidListData | None:
-    """Parse a ``dovecot-uidlist`` (v1 or v3); None if the header is unusable."""
-    text = data.decode("utf-8", "surrogateescape")
+def _split_complete(text: str) -> tuple[list[str], str]:
+    """(complete lines, the text after the last newline)."""
     lines = text.split("\n")
-    header = lines[0].split()
+    return lines[:-1], lines[-1]
+
+
+def _parse_uidlist(data: bytes) -> UidListData | None:
+    """Parse a ``dovecot-uidlist`` (v1 or v3); None if the header is unusable.
+
+    A header without its newline is unusable too: a cut ``N1543`` may read
+    as ``N15``, and a UIDVALIDITY cut short is not the one clients know.
+    """
+    text = data.decode("utf-8", "surrogateescape")
+    first, newline, body = text.partition("\n")
+    if not newline or "\0" in first:
+        return None
+    header = first.split()
     uidvalidity = uidnext = 0
     if not header:
         return None
@@ -156,30 +252,33 @@ def _parse_uidlist(data: bytes) -> UidListData | None:
     if not 0 < uidvalidity < 2**32:
         return None
     result = UidListData(uidvalidity=uidvalidity, uidnext=max(uidnext, 1))
-    _parse_uidlist_lines(lines[1:], result)
+    lines, rest = _split_complete(body)
+    _parse_uidlist_lines(lines, result)
+    if rest:
+        _parse_torn(rest, result)
     return result
 
 
 def _parse_uidlist_lines(lines: Iterable[str], result: UidListData) -> None:
+    """Add complete lines (each had its newline) to ``result``."""
     for line in lines:
         if not line.strip():
             continue
-        # A line cut short by a crash in mid-append has no newline after it
-        # and is given to us last; it may be partial but its UID is still
-        # taken, so it is honoured like any other.
         if " :" in line:
             head, _, filename = line.partition(" :")
             fields = head.split()
         else:
             parts = line.split()
             fields, filename = parts[:-1], parts[-1] if len(parts) > 1 else ""
-        if not fields or not fields[0].isdigit():
+        if "\0" in line or not fields or not fields[0].isdigit():
+            result.damaged += 1
             continue
         uid = int(fields[0])
+        if uid >= 2**32 or uid == 0:
+            result.damaged += 1
+            continue
         result.lines += 1
         base = filename.split(":", 1)[0]
-        if uid >= 2**32 or uid == 0:
-            continue
         if base:
             result.entries[base] = uid
         else:
@@ -187,6 +286,38 @@ def _parse_uidlist_lines(lines: Iterable[str], result: UidListData) -> None:
         for field in fields[1:]:
             if field[:1] == "P" and base:
                 result.pop3_uidls[base] = field[1:]
+
+
+def _parse_torn(text: str, result: UidListData) -> None:
+    """Account for a last line without its newline (``result`` holds the rest).
+
+    Its record is never trusted, but the UID it held stays used: the one
+    it names when the number is legible (ended by a space), else the next
+    UID after the complete lines, since UIDs are appended in ascending
+    order.  A crash can also leave an append's tail as NUL bytes; each
+    record is at least 4 bytes (``7 :x`` and a newline), so that many more
+    UIDs are counted as used for the NULs, never too few.
+    """
+    legible = text.rstrip("\0")
+    hidden = len(text) - len(legible)
+    expected = result.next_free
+    result.torn = True
+    digits = legible[: len(legible) - len(legible.lstrip("0123456789"))]
+    if digits and legible[len(digits) : len(digits) + 1] == " " and "\0" not in legible:
+        uid = int(digits)
+        if not 0 < uid < 2**32:
+            result.damaged += 1
+            return
+        result.torn_uid = uid
+        if " :" in legible:
+            result.torn_base = legible.partition(" :")[2].split(":", 1)[0]
+    elif "\0" in legible or (digits and not str(expected).startswith(digits)):
+        # Not the start of the record that was due: nothing to go by.
+        result.damaged += 1
+        return
+    else:
+        uid = expected
+    result.reserved = uid + (hidden + 3) // 4
 
 
 class UidList:
@@ -231,14 +362,22 @@ class UidList:
             handle.seek(offset)
             data = handle.read()
         result = UidListData(uidvalidity=1, uidnext=1)
-        _parse_uidlist_lines(data.decode("utf-8", "surrogateescape").split("\n"), result)
+        lines, rest = _split_complete(data.decode("utf-8", "surrogateescape"))
+        _parse_uidlist_lines(lines, result)
+        # A torn tail is only flagged: making sense of it needs the whole file.
+        result.torn = bool(rest)
         return result, offset + len(data)
 
     def append(self, entries: Sequence[tuple[int, str, str | None]]) -> int:
         """Durably add ``(uid, base, pop3_uidl)`` lines; returns the new size."""
         text = "".join(_line(uid, base, uidl) for uid, base, uidl in entries)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A record glued onto a torn line would be misread; the
+                # caller repairs the list first (MaildirMailbox._prepare).
+                raise UidListTorn(f"{self.path} ends in a torn line")
             data = text.encode("utf-8", "surrogateescape")
             written = 0
             while written < len(data):
@@ -355,6 +494,13 @@ INSERT INTO meta VALUES ('schema', {SCHEMA_VERSION});
 
 
 def _row(values: Sequence[object]) -> Row:
+    try:
+        return _checked_row(values)
+    except (TypeError, ValueError) as exc:
+        raise IndexCorrupt(f"unreadable row {values!r}: {exc}") from exc
+
+
+def _checked_row(values: Sequence[object]) -> Row:
     uid, base, filename, info, mtime_ns, size, raw, modseq, recent, uidl = values
     return Row(
         uid=int(uid),  # type: ignore[call-overload]
@@ -395,38 +541,69 @@ class Index:
     @classmethod
     def _connect(cls, path: str) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        cls._configure(db)
+        return db
+
+    @staticmethod
+    def _configure(db: sqlite3.Connection) -> None:
         db.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives a killed process; the uidlist, not the
         # index, is what must survive a power cut.
         db.execute("PRAGMA synchronous = NORMAL")
-        return db
 
     @classmethod
     def open(cls, path: str) -> Index:
-        """Open an existing index; :class:`IndexCorrupt` if unusable."""
+        """Open an existing index; :class:`IndexCorrupt` if unusable.
+
+        Besides the file being readable, a few invariants are checked at
+        the cost of an index lookup each, so an index that is readable but
+        does not add up (a WAL from another time replayed onto it) is
+        rebuilt instead of believed.
+        """
         if not os.path.exists(path):
             raise IndexCorrupt("missing")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         try:
-            db = cls._connect(path)
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None or row[0] != SCHEMA_VERSION:
-                db.close()
-                raise IndexCorrupt(f"schema {row!r}")
-            index = cls(db, path)
-            for key in ("uidvalidity", "uidnext", "highest_modseq"):
-                if not isinstance(index.get(key), int):
-                    db.close()
-                    raise IndexCorrupt(f"meta {key} missing")
-            tables = {
-                str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            missing = {"meta", "messages", "expunged", "cache", "counters"} - tables
-            if missing:
-                db.close()
-                raise IndexCorrupt(f"tables missing: {sorted(missing)}")
-            db.execute("SELECT count(*) FROM counters").fetchone()
+            cls._configure(db)
+            index = cls._checked(db, path)
+        except IndexCorrupt as exc:
+            exc.connection = db
+            raise
         except sqlite3.DatabaseError as exc:
-            raise IndexCorrupt(str(exc)) from exc
+            if not is_corruption(exc):
+                db.close()
+                raise
+            corrupt = IndexCorrupt(str(exc))
+            corrupt.connection = db
+            raise corrupt from exc
+        except BaseException:
+            db.close()
+            raise
+        return index
+
+    @classmethod
+    def _checked(cls, db: sqlite3.Connection, path: str) -> Index:
+        """The index on ``db`` if it meets the invariants :meth:`open` checks."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None or row[0] != SCHEMA_VERSION:
+            raise IndexCorrupt(f"schema {row!r}")
+        index = cls(db, path)
+        values = {key: index.get_int(key) for key in ("uidvalidity", "uidnext", "highest_modseq")}
+        tables = {
+            str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        missing = {"meta", "messages", "expunged", "cache", "counters"} - tables
+        if missing:
+            raise IndexCorrupt(f"tables missing: {sorted(missing)}")
+        if db.execute("SELECT count(*) FROM counters").fetchone()[0] != 1:
+            raise IndexCorrupt("counters missing")
+        # One aggregate a query: SQLite answers each from an index then.
+        top_uid = db.execute("SELECT max(uid) FROM messages").fetchone()[0]
+        top_modseq = db.execute("SELECT max(modseq) FROM messages").fetchone()[0]
+        if top_uid is not None and top_uid >= values["uidnext"]:
+            raise IndexCorrupt(f"UID {top_uid} is not below UIDNEXT {values['uidnext']}")
+        if top_modseq is not None and top_modseq > values["highest_modseq"]:
+            raise IndexCorrupt(f"MODSEQ {top_modseq} is above HIGHESTMODSEQ")
         return index
 
     @classmethod
@@ -456,8 +633,23 @@ class Index:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # A damaged or full database may fail the ROLLBACK too; the
+            # error that matters is the first one.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Several reads that see one state of the index (a read transaction)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
@@ -487,6 +679,8 @@ class Index:
         row = self.db.execute(
             "SELECT messages, unseen, deleted, size, recent FROM counters WHERE id = 0"
         ).fetchone()
+        if row is None or not all(isinstance(value, int) for value in row):
+            raise IndexCorrupt(f"counters are {row!r}")
         return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
     def uids(self) -> tuple[int, ...]:

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsrv import log
-from mailsrv.errors import StorageError
+from mailsrv.errors import TemporaryFailure
 from mailsrv.imap import grammar
 from mailsrv.interfaces import (
     ANSWERED,
@@ -487,7 +487,7 @@ class SelectedMailbox:
         restarting): announce the new messages anyway, as not \\Recent here
         (RFC 3501 2.3.2 lets another session have them), rather than lose
         the EXISTS and fail a command that succeeded."""
-        failure.trap(StorageError)
+        failure.trap(TemporaryFailure)  # a mailbox that is gone must still end the session
         _log.warn("cannot claim \\Recent messages: {e}", e=failure.value)
         return frozenset()
 

@@ -123,16 +123,8 @@ class Part:
     message: Part | None = None
 
     @property
-    def is_multipart(self) -> bool:
-        return bool(self.children)
-
-    @property
     def is_text(self) -> bool:
         return self.type.lower() == "text"
-
-    @property
-    def is_rfc822(self) -> bool:
-        return self.message is not None
 
     def param(self, name: str) -> str | None:
         """The first parameter of this name (case-insensitive), as sent."""
@@ -1085,9 +1077,6 @@ def render_body_structure(value: Sequence[ImapValue]) -> bytes:
 # Sections (RFC 3501 6.4.5)
 # ---------------------------------------------------------------------------
 
-SECTION_KINDS = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"})
-
-
 def find_part(structure: MessageStructure, part: Sequence[int]) -> Part | None:
     """The part a section's part numbers name, or None if there is none.
 
@@ -1119,18 +1108,15 @@ def section_range(
     structure: MessageStructure,
     part: Sequence[int],
     kind: str | None,
-    fields: Sequence[str] = (),
 ) -> tuple[int, int] | None:
     """``(offset, length)`` of the octets a BODY[section] names, or None if
     the section does not exist in this message.
 
     ``kind`` is None (the part itself), HEADER, HEADER.FIELDS(.NOT) (the
-    range of the header block to filter, see :func:`header_fields`; the
-    ``fields`` are not needed for the range), TEXT or MIME.  HEADER, TEXT and
-    their kin with part numbers need a message/rfc822 part; MIME needs part
-    numbers.
+    range of the header block to filter, see :func:`header_fields`), TEXT
+    or MIME.  HEADER, TEXT and their kin with part numbers need a
+    message/rfc822 part; MIME needs part numbers.
     """
-    del fields
     upper = None if kind is None else kind.upper()
     if not part:
         root = structure.root

@@ -327,7 +327,7 @@ def _section_bytes_or_range(
             section.text == "HEADER.FIELDS.NOT",
             section.part,
         )
-    return message.section_range(structure, section.part, section.text, section.fields)
+    return message.section_range(structure, section.part, section.text)
 
 
 def _write_body(

@@ -4,7 +4,8 @@ The values are built as nested Python values (:data:`ImapValue`): tuples
 for parenthesized lists, ``bytes`` for strings, ``None`` for NIL, ``int``
 for numbers.  :func:`render_envelope` and :func:`render_body_structure`
 write them exactly as RFC 3501 section 9 spells them (no space between the
-bodies of a multipart or the addresses of an address list).
+bodies of a multipart or the addresses of an address list), with strings
+quoted by the response writer's one rule (:func:`mailsrv.imap.grammar.string`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeAlias
 
+from mailsrv.imap.grammar import string
 from mailsrv.mime.addresses import parse_addresses
 from mailsrv.mime.fields import Params
 from mailsrv.mime.structure import ENVELOPE_FIELDS, MessageStructure, Part
@@ -122,28 +124,14 @@ def body_structure(structure: MessageStructure, extensible: bool) -> tuple[ImapV
     return _body_value(structure.root, extensible)
 
 
-def render_string(value: bytes | None) -> bytes:
-    """An nstring: quoted when 7-bit and free of CR/LF/NUL and of the two
-    characters that would need escaping, else a literal.
-
-    A literal for ``"`` and ``\\`` is what Dovecot sends too, and it spares
-    clients whose quoted-string parsers mishandle escapes."""
+def render(value: ImapValue) -> bytes:
+    """Generic rendering: lists with SP between items, strings as the
+    message's own text (:func:`~mailsrv.imap.grammar.string`'s ``verbatim``
+    rule)."""
     if value is None:
         return b"NIL"
-    if len(value) < 1024 and not value.translate(None, _QUOTABLE):
-        return b'"' + value + b'"'
-    return b"{%d}\r\n" % len(value) + value
-
-
-#: Octets a quoted string may hold unescaped: printable 7-bit and space,
-#: tab, minus ``"`` and ``\\``.
-_QUOTABLE = bytes(c for c in range(0x01, 0x80) if c not in (0x0A, 0x0D, 0x22, 0x5C))
-
-
-def render(value: ImapValue) -> bytes:
-    """Generic rendering: lists with SP between items."""
-    if value is None or isinstance(value, bytes):
-        return render_string(value)
+    if isinstance(value, bytes):
+        return string(value, verbatim=True)
     if isinstance(value, int):
         return b"%d" % value
     return b"(" + b" ".join(render(v) for v in value) + b")"

@@ -20,13 +20,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailsrv.imap import grammar
 from mailsrv.imap.render import (
     ImapValue,
+    address_list,
     body_structure,
     envelope,
     render_body_structure,
     render_envelope,
 )
 from mailsrv.imap.sections import header_fields, section_range
-from mailsrv.mime.addresses import address_text, parse_addresses
+from mailsrv.mime.addresses import address_text
 from mailsrv.mime.decoding import decode_base64, decode_part, decode_words, decoded_size, text_parts
 from mailsrv.mime.fields import raw_fields, read_header
 from mailsrv.mime.structure import MAX_DEPTH, MessageStructure, Part, parse, read_range
@@ -336,13 +337,13 @@ class EnvelopeTests(SynchronousTestCase):
         # comments is an empty element, after a comma too (where Dovecot 2.3
         # reports a MISSING_MAILBOX member).
         self.assertEqual(
-            parse_addresses("x: a@b (c), (c3) ;"),
+            address_list("x: a@b (c), (c3) ;"),
             ((None, None, b"x", None), (b"c", None, b"a", b"b"), (None, None, None, None)),
         )
         # Only the old "addr-spec (Full Name)" takes its name from a comment.
-        self.assertEqual(parse_addresses("(c0) a@b"), ((None, None, b"a", b"b"),))
-        self.assertEqual(parse_addresses("<a@b> (Real)"), ((None, None, b"a", b"b"),))
-        self.assertEqual(parse_addresses("a (c) @ b (d)"), ((b"d", None, b"a", b"b"),))
+        self.assertEqual(address_list("(c0) a@b"), ((None, None, b"a", b"b"),))
+        self.assertEqual(address_list("<a@b> (Real)"), ((None, None, b"a", b"b"),))
+        self.assertEqual(address_list("a (c) @ b (d)"), ((b"d", None, b"a", b"b"),))
 
     def test_encoded_words_left_as_sent(self) -> None:
         env = envelope(parse(load("63-encoded-display-name.eml")))

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 from mailsrv.imap.grammar import string
-from mailsrv.mime.addresses import parse_addresses
+from mailsrv.mime.addresses import Group, Mailbox, parse_addresses
 from mailsrv.mime.fields import Params
 from mailsrv.mime.structure import ENVELOPE_FIELDS, MessageStructure, Part
 
 __all__ = [
     "ImapValue",
+    "address_list",
     "body_structure",
     "envelope",
     "render_body_structure",
@@ -37,12 +38,38 @@ def _b(text: str | None) -> bytes | None:
     return None if text is None else text.encode("latin-1", "replace")
 
 
+#: The address structure that starts a group (its name goes in the
+#: mailbox slot) and the one that ends it: RFC 3501 7.4.2's "host NIL".
+_GROUP_END: ImapValue = (None, None, None, None)
+
+
+def _mailbox_value(mailbox: Mailbox) -> ImapValue:
+    return (_b(mailbox.name), _b(mailbox.route), _b(mailbox.local), _b(mailbox.domain))
+
+
+def address_list(value: str | None) -> ImapValue:
+    """An address field as ENVELOPE's list of address structures (RFC 3501
+    7.4.2), each group between its start and end markers; NIL when the
+    field is missing or holds no address."""
+    if value is None:
+        return None
+    out: list[ImapValue] = []
+    for item in parse_addresses(value):
+        if isinstance(item, Group):
+            out.append((None, None, _b(item.name), None))
+            out.extend(_mailbox_value(m) for m in item.members)
+            out.append(_GROUP_END)
+        else:
+            out.append(_mailbox_value(item))
+    return tuple(out) or None
+
+
 def _envelope_of(fields: tuple[str | None, ...] | None) -> tuple[ImapValue, ...]:
     values: list[str | None] = list(fields or (None,) * len(ENVELOPE_FIELDS))
     out: list[ImapValue] = []
     for index, raw in enumerate(values):
         if index in _ADDRESS_SLOTS:
-            out.append(parse_addresses(raw))
+            out.append(address_list(raw))
         else:
             out.append(_b(raw))
     # Sender and Reply-To default to From when absent or empty.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from mailsrv.mime.decoding import decode_words
 from mailsrv.mime.fields import read_comment, read_quoted
 
-__all__ = ["Address", "address_text", "parse_addresses"]
+__all__ = ["Address", "Group", "Mailbox", "address_text", "parse_addresses"]
 
 _ADDRESS_SPECIALS = frozenset('()<>[]:;@\\,."')
 
@@ -49,11 +49,24 @@ def _address_tokens(text: str) -> list[tuple[int, str]]:
     return tokens
 
 
-Address: TypeAlias = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
+class Mailbox(NamedTuple):
+    """One mailbox: display name and source route (``@a,@b``) when given,
+    local part and domain as written (quotes kept, comments dropped)."""
+
+    name: str | None
+    route: str | None
+    local: str
+    domain: str
 
 
-def _b(text: str | None) -> bytes | None:
-    return None if text is None else text.encode("latin-1", "replace")
+class Group(NamedTuple):
+    """A group (RFC 5322 3.4): its display name and its mailboxes."""
+
+    name: str
+    members: tuple[Mailbox, ...]
+
+
+Address: TypeAlias = Mailbox | Group
 
 
 def _phrase(tokens: Sequence[tuple[int, str]]) -> str | None:
@@ -81,7 +94,7 @@ def _spec_text(tokens: Sequence[tuple[int, str]]) -> str:
     return "".join(out)
 
 
-def _mailbox(tokens: list[tuple[int, str]]) -> Address | None:
+def _mailbox(tokens: list[tuple[int, str]]) -> Mailbox | None:
     """One mailbox (name-addr or addr-spec) from its tokens.
 
     Comments are no part of an address (RFC 5322 3.2.2): a list element of
@@ -118,94 +131,106 @@ def _mailbox(tokens: list[tuple[int, str]]) -> Address | None:
         local, domain = _spec_text(spec[:at]), _spec_text(spec[at + 1 :])
     if not local and not domain and name is None:
         return None
-    # A missing domain must not read as group syntax (host NIL): it is
-    # filled in as Dovecot does, as is a missing local part.
-    return (_b(name), _b(route), _b(local or "MISSING_MAILBOX"), _b(domain or "MISSING_DOMAIN"))
+    # A missing local part or domain is filled in as Dovecot does, so every
+    # mailbox has both (IMAP's ENVELOPE would read a NIL host as a group).
+    return Mailbox(name, route, local or "MISSING_MAILBOX", domain or "MISSING_DOMAIN")
 
 
-def parse_addresses(value: str | None) -> tuple[Address, ...] | None:
-    """An RFC 5322 address list as IMAP envelope addresses (RFC 3501
-    7.4.2), group start/end markers included; None when there are none."""
-    if value is None:
-        return None
-    tokens = _address_tokens(value)
-    out: list[Address] = []
-    current: list[tuple[int, str]] = []
-    in_group = False
+class _ListBuilder:
+    """Collects an address list's elements while its tokens are read."""
+
+    def __init__(self) -> None:
+        self.out: list[Address] = []
+        self.current: list[tuple[int, str]] = []
+        self.group_name = ""
+        #: The open group's mailboxes; None outside a group.
+        self.members: list[Mailbox] | None = None
+
+    def end_element(self) -> None:
+        """A comma (or the end of a group or list) ends the element read."""
+        mailbox = _mailbox(self.current)
+        self.current = []
+        if mailbox is not None:
+            (self.out if self.members is None else self.members).append(mailbox)
+
+    def open_group(self) -> None:
+        """The tokens read so far are the group's display name."""
+        self.group_name = _phrase(self.current) or ""
+        self.current = []
+        self.members = []
+
+    def close_group(self) -> None:
+        self.end_element()
+        self.out.append(Group(self.group_name, tuple(self.members or ())))
+        self.members = None
+
+
+def parse_addresses(value: str) -> tuple[Address, ...]:
+    """An RFC 5322 address list: mailboxes and groups, in order.
+
+    Groups do not nest; an unterminated group ends with the list.  Empty
+    elements (``a@b, , c@d``, or only comments) are left out.
+    """
+    builder = _ListBuilder()
     in_angle = False
-    for token in tokens:
+    for token in _address_tokens(value):
         kind, text = token
-        if kind == _SPECIAL:
-            if text == "<":
-                in_angle = True
-            elif text == ">":
-                in_angle = False
-            elif text == "," and not in_angle:
-                address = _mailbox(current)
-                if address is not None:
-                    out.append(address)
-                current = []
+        if kind == _SPECIAL and not in_angle:
+            if text == ",":
+                builder.end_element()
                 continue
-            elif text == ":" and not in_angle and not in_group:
-                out.append((None, None, _b(_phrase(current) or ""), None))
-                current = []
-                in_group = True
+            if text == ":" and builder.members is None:
+                builder.open_group()
                 continue
-            elif text == ";" and not in_angle and in_group:
-                address = _mailbox(current)
-                if address is not None:
-                    out.append(address)
-                current = []
-                out.append((None, None, None, None))
-                in_group = False
+            if text == ";" and builder.members is not None:
+                builder.close_group()
                 continue
-        current.append(token)
-    address = _mailbox(current)
-    if address is not None:
-        out.append(address)
-    if in_group:
-        out.append((None, None, None, None))
-    return tuple(out) or None
+        if kind == _SPECIAL and text in "<>":
+            in_angle = text == "<"
+        builder.current.append(token)
+    if builder.members is not None:
+        builder.close_group()
+    else:
+        builder.end_element()
+    return tuple(builder.out)
 
 
 def address_text(value: str) -> str:
-    """What SEARCH FROM, TO, CC and BCC look in for one address field:
-    "the envelope structure's" field (RFC 3501 6.4.4), written out.
+    """One address field written out for searching it, as Dovecot writes
+    it for SEARCH FROM, TO, CC and BCC.
 
     Each mailbox is ``name <local@domain>`` (``<@route:local@domain>``; no
     name: ``<local@domain>``; a name that is not one atom is quoted), a
-    group ``name: members;``, all joined by ``", "``, as Dovecot writes them
-    for its search; encoded words are decoded.  Comments and folding white
-    space are no part of an address (RFC 5322 3.2.2), so
-    ``<user (comment)@ (comment) domain.org>`` reads ``<user@domain.org>``."""
-    out: list[bytes] = []
-    group: bytes | None = None
-    members: list[bytes] = []
-    for name, route, local, domain in parse_addresses(value) or ():
-        if domain is None:
-            if local is not None:  # a group starts
-                group, members = local, []
-            elif group is not None:  # the group ends
-                out.append(
-                    (group + b": " + b", ".join(members) if members else group + b":") + b";"
-                )
-                group = None
-            continue
-        spec = b"<" + (route + b":" if route else b"") + (local or b"") + b"@" + domain + b">"
-        text = _display_name(name) + b" " + spec if name else spec
-        (members if group is not None else out).append(text)
-    return decode_words(b", ".join(out))
+    group ``name: members;``, all joined by ``", "``; encoded words are
+    decoded.  Comments and folding white space are no part of an address
+    (RFC 5322 3.2.2), so ``<user (comment)@ (comment) domain.org>`` reads
+    ``<user@domain.org>``."""
+    out: list[str] = []
+    for item in parse_addresses(value):
+        if isinstance(item, Group):
+            members = ", ".join(_mailbox_text(m) for m in item.members)
+            out.append(f"{item.name}: {members};" if members else f"{item.name}:;")
+        else:
+            out.append(_mailbox_text(item))
+    return decode_words(", ".join(out).encode("latin-1", "replace"))
 
 
-#: RFC 5322 3.2.3 atext, and 8-bit octets (RFC 6532 allows UTF-8 there).
+def _mailbox_text(mailbox: Mailbox) -> str:
+    name, route, local, domain = mailbox
+    spec = f"<{route}:{local}@{domain}>" if route else f"<{local}@{domain}>"
+    return f"{_display_name(name)} {spec}" if name else spec
+
+
+#: RFC 5322 3.2.3 atext; anything beyond ASCII counts too (RFC 6532 allows
+#: UTF-8 there, and the Latin-1 reading of a header keeps octets as is).
 _ATEXT = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~"
-) | frozenset(range(0x80, 0x100))
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~"
+)
 
 
-def _display_name(name: bytes) -> bytes:
+def _display_name(name: str) -> str:
     """A display name as written in a header: quoted unless it is one atom
     (so ``"Bob Example" <bob@example.net>``, as Dovecot searches it)."""
-    if all(octet in _ATEXT for octet in name):
+    if all(char in _ATEXT or char > "\x7f" for char in name):
         return name
-    return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mailsrv.mime.fields import filter_fields
-from mailsrv.mime.structure import MessageStructure, Source, find_part, read_range
+from mailsrv.mime.structure import MessageStructure, Part, Source, find_part, read_range
 
 __all__ = ["header_fields", "section_range"]
 
@@ -31,14 +31,9 @@ def section_range(
     """
     upper = None if kind is None else kind.upper()
     if not part:
-        root = structure.root
         if upper is None:
             return (0, structure.size)
-        if upper == "TEXT":
-            return (root.body_offset, root.body_size)
-        if upper in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-            return (root.header_offset, root.header_size)
-        return None
+        return _text_or_header(structure.root, upper)
     node = find_part(structure, part)
     if node is None:
         return None
@@ -48,10 +43,15 @@ def section_range(
         return (node.header_offset, node.header_size)
     if node.message is None:
         return None
-    if upper == "TEXT":
-        return (node.message.body_offset, node.message.body_size)
-    if upper in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-        return (node.message.header_offset, node.message.header_size)
+    return _text_or_header(node.message, upper)
+
+
+def _text_or_header(message: Part, kind: str) -> tuple[int, int] | None:
+    """TEXT or HEADER (HEADER.FIELDS and .NOT filter it) of a message."""
+    if kind == "TEXT":
+        return (message.body_offset, message.body_size)
+    if kind in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        return (message.header_offset, message.header_size)
     return None
 
 

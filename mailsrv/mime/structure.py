@@ -361,24 +361,8 @@ def _parse_entity(
         # the delimiter, so it sits before that, at the end of its parent.
         start = _content_end(data, start - 2, stop)
     body_start = header_end(data, start, _content_end(data, start, stop))
-    first: dict[str, str] = {}
-    for name, _raw, value in split_fields(data[start:body_start]):
-        # MIME fields: the first occurrence counts; envelope fields: the
-        # last (as Dovecot does; RFC 5322 allows one of each).
-        if name in _MIME_FIELDS and name not in first:
-            first[name] = value.decode("latin-1")
-        elif is_message and name in ENVELOPE_FIELDS:
-            first[name] = value.decode("latin-1")
-
-    content_type = parse_content_type(first.get("content-type"))
-    if content_type is None:
-        typ, sub = default
-        params: Params = (("charset", "us-ascii"),) if default == ("text", "plain") else ()
-    else:
-        typ, sub, params = content_type
-        if typ.lower() == "text" and find_param(params, "charset") is None:
-            # RFC 2045 5.2: text without a charset is US-ASCII; say so.
-            params = (*params, ("charset", "us-ascii"))
+    first = _header_values(data[start:body_start], is_message)
+    typ, sub, params = _content_type(first.get("content-type"), default)
     encoding = first_token(first.get("content-transfer-encoding")) or "7bit"
     kind = (typ.lower(), sub.lower())
     children: tuple[Part, ...] = ()
@@ -388,39 +372,9 @@ def _parse_entity(
         # Too deep to look into: an opaque leaf, so no recursion bomb.
         typ, sub = "application", "octet-stream"
     elif kind[0] == "multipart":
-        child_default = ("message", "rfc822") if kind[1] == "digest" else ("text", "plain")
-        boundary = find_param(params, "boundary")
-        if boundary:
-            delimiter = b"--" + boundary.encode("latin-1")
-            opened = ends_with_blank_line(data[start:body_start])
-            if not opened and stop.level >= 0:
-                # The header's blank line may be the line end just before the
-                # stop, taken as a delimiter's (RFC 2046 5.1.1).  If the line
-                # is this multipart's own first delimiter (innermost wins),
-                # the line end is the header's: a body without preamble
-                # starts with its dash-boundary, no CRLF before it.
-                whole = header_end(data, start, stop.offset)
-                own = scan.find(delimiter, stop.offset)[0] == stop.offset
-                if own and whole == stop.offset and ends_with_blank_line(data[start:whole]):
-                    body_start, opened = whole, True
-            if opened:
-                children, stop = _parse_parts(
-                    scan, body_start, child_default, depth, (*stack, delimiter)
-                )
-        if not children:
-            # No (usable) boundary: the whole body is one text part with an
-            # empty MIME header, so the multipart still has its part 1.
-            end = _content_end(data, body_start, stop)
-            children = (
-                Part(
-                    body_start,
-                    0,
-                    body_start,
-                    end - body_start,
-                    _line_count(data, body_start, end),
-                    params=(("charset", "us-ascii"),),
-                ),
-            )
+        body_start, children, stop = _multipart_body(
+            scan, start, body_start, stop, params, kind[1] == "digest", depth, stack
+        )
     elif kind == ("message", "rfc822") and identity:
         message, stop = _parse_entity(scan, body_start, ("text", "plain"), depth + 1, True, stack)
 
@@ -447,6 +401,96 @@ def _parse_entity(
         message=message,
     )
     return part, stop
+
+
+def _header_values(block: bytes, is_message: bool) -> dict[str, str]:
+    """The MIME fields of a header block and, for a message, its envelope
+    fields: name -> unfolded value."""
+    first: dict[str, str] = {}
+    for name, _raw, value in split_fields(block):
+        # MIME fields: the first occurrence counts; envelope fields: the
+        # last (as Dovecot does; RFC 5322 allows one of each).
+        if name in _MIME_FIELDS and name not in first:
+            first[name] = value.decode("latin-1")
+        elif is_message and name in ENVELOPE_FIELDS:
+            first[name] = value.decode("latin-1")
+    return first
+
+
+def _content_type(value: str | None, default: tuple[str, str]) -> tuple[str, str, Params]:
+    """Type, subtype and parameters from a Content-Type value, or the
+    context's default when it is missing or invalid (RFC 2045 5.2)."""
+    content_type = parse_content_type(value)
+    if content_type is None:
+        typ, sub = default
+        return typ, sub, (("charset", "us-ascii"),) if default == ("text", "plain") else ()
+    typ, sub, params = content_type
+    if typ.lower() == "text" and find_param(params, "charset") is None:
+        # RFC 2045 5.2: text without a charset is US-ASCII; say so.
+        params = (*params, ("charset", "us-ascii"))
+    return typ, sub, params
+
+
+def _multipart_body(
+    scan: _Delimiters,
+    start: int,
+    body_start: int,
+    stop: _Stop,
+    params: Params,
+    digest: bool,
+    depth: int,
+    stack: tuple[bytes, ...],
+) -> tuple[int, tuple[Part, ...], _Stop]:
+    """The body of the multipart whose header starts at ``start``: where
+    the body starts, its parts, and the stop that ends the multipart."""
+    data = scan.data
+    children: tuple[Part, ...] = ()
+    boundary = find_param(params, "boundary")
+    if boundary:
+        delimiter = b"--" + boundary.encode("latin-1")
+        opened = ends_with_blank_line(data[start:body_start])
+        if not opened and stop.level >= 0:
+            own_start = _body_at_own_delimiter(scan, start, stop, delimiter)
+            if own_start is not None:
+                body_start, opened = own_start, True
+        if opened:
+            child_default = ("message", "rfc822") if digest else ("text", "plain")
+            children, stop = _parse_parts(
+                scan, body_start, child_default, depth, (*stack, delimiter)
+            )
+    if not children:
+        # No (usable) boundary: the whole body is one text part with an
+        # empty MIME header, so the multipart still has its part 1.
+        end = _content_end(data, body_start, stop)
+        children = (
+            Part(
+                body_start,
+                0,
+                body_start,
+                end - body_start,
+                _line_count(data, body_start, end),
+                params=(("charset", "us-ascii"),),
+            ),
+        )
+    return body_start, children, stop
+
+
+def _body_at_own_delimiter(
+    scan: _Delimiters, start: int, stop: _Stop, delimiter: bytes
+) -> int | None:
+    """Where the body starts if the header's blank line is the line end
+    just before ``stop``, taken as a delimiter's (RFC 2046 5.1.1), else None.
+
+    That is so when the stop line is this multipart's own first delimiter
+    (innermost wins): the line end is the header's, and a body without
+    preamble starts with its dash-boundary, no CRLF before it.
+    """
+    data = scan.data
+    whole = header_end(data, start, stop.offset)
+    own = scan.find(delimiter, stop.offset)[0] == stop.offset
+    if own and whole == stop.offset and ends_with_blank_line(data[start:whole]):
+        return whole
+    return None
 
 
 def _parse_parts(

@@ -38,8 +38,8 @@ def _b(text: str | None) -> bytes | None:
     return None if text is None else text.encode("latin-1", "replace")
 
 
-#: The address structure that starts a group (its name goes in the
-#: mailbox slot) and the one that ends it: RFC 3501 7.4.2's "host NIL".
+#: The address structure that ends a group; the one that starts it has the
+#: group's name in the mailbox slot.  Both have a NIL host (RFC 3501 7.4.2).
 _GROUP_END: ImapValue = (None, None, None, None)
 
 

@@ -44,7 +44,13 @@ _GROUP_END: ImapValue = (None, None, None, None)
 
 
 def _mailbox_value(mailbox: Mailbox) -> ImapValue:
-    return (_b(mailbox.name), _b(mailbox.route), _b(mailbox.local), _b(mailbox.domain))
+    name, route, local, domain = mailbox
+    return (
+        _b(name),
+        _b(route),
+        local.encode("latin-1", "replace"),
+        domain.encode("latin-1", "replace"),
+    )
 
 
 def address_list(value: str | None) -> ImapValue:
@@ -57,7 +63,7 @@ def address_list(value: str | None) -> ImapValue:
     for item in parse_addresses(value):
         if isinstance(item, Group):
             out.append((None, None, _b(item.name), None))
-            out.extend(_mailbox_value(m) for m in item.members)
+            out.extend(map(_mailbox_value, item.members))
             out.append(_GROUP_END)
         else:
             out.append(_mailbox_value(item))
@@ -161,13 +167,13 @@ def render(value: ImapValue) -> bytes:
         return string(value, verbatim=True)
     if isinstance(value, int):
         return b"%d" % value
-    return b"(" + b" ".join(render(v) for v in value) + b")"
+    return b"(" + b" ".join([render(v) for v in value]) + b")"
 
 
 def _render_addresses(value: ImapValue) -> bytes:
     if value is None or isinstance(value, (bytes, int)):
         return render(value)
-    return b"(" + b"".join(render(a) for a in value) + b")"
+    return b"(" + b"".join([render(a) for a in value]) + b")"
 
 
 def render_envelope(value: Sequence[ImapValue]) -> bytes:
@@ -184,7 +190,7 @@ def render_body_structure(value: Sequence[ImapValue]) -> bytes:
         count = 0
         while count < len(value) and isinstance(value[count], tuple):
             count += 1
-        bodies = b"".join(render_body_structure(v) for v in value[:count])  # type: ignore[arg-type]
+        bodies = b"".join([render_body_structure(v) for v in value[:count]])  # type: ignore[arg-type]
         rest = [render(v) for v in value[count:]]
         return b"(" + b" ".join([bodies, *rest]) + b")"
     items: list[bytes] = []

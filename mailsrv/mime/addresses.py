@@ -49,14 +49,11 @@ def _address_tokens(text: str) -> list[tuple[int, str]]:
     return tokens
 
 
-class Mailbox(NamedTuple):
-    """One mailbox: display name and source route (``@a,@b``) when given,
-    local part and domain as written (quotes kept, comments dropped)."""
-
-    name: str | None
-    route: str | None
-    local: str
-    domain: str
+#: One mailbox: ``(display name, source route, local part, domain)``, the
+#: name and route (``@a,@b``) None when not given, local part and domain as
+#: written (quotes kept, comments dropped).  A plain tuple: lists are parsed
+#: for every ENVELOPE worked out.
+Mailbox: TypeAlias = tuple[str | None, str | None, str, str]
 
 
 class Group(NamedTuple):
@@ -133,66 +130,56 @@ def _mailbox(tokens: list[tuple[int, str]]) -> Mailbox | None:
         return None
     # A missing local part or domain is filled in as Dovecot does, so every
     # mailbox has both (IMAP's ENVELOPE would read a NIL host as a group).
-    return Mailbox(name, route, local or "MISSING_MAILBOX", domain or "MISSING_DOMAIN")
+    return (name, route, local or "MISSING_MAILBOX", domain or "MISSING_DOMAIN")
 
 
-class _ListBuilder:
-    """Collects an address list's elements while its tokens are read."""
-
-    def __init__(self) -> None:
-        self.out: list[Address] = []
-        self.current: list[tuple[int, str]] = []
-        self.group_name = ""
-        #: The open group's mailboxes; None outside a group.
-        self.members: list[Mailbox] | None = None
-
-    def end_element(self) -> None:
-        """A comma (or the end of a group or list) ends the element read."""
-        mailbox = _mailbox(self.current)
-        self.current = []
-        if mailbox is not None:
-            (self.out if self.members is None else self.members).append(mailbox)
-
-    def open_group(self) -> None:
-        """The tokens read so far are the group's display name."""
-        self.group_name = _phrase(self.current) or ""
-        self.current = []
-        self.members = []
-
-    def close_group(self) -> None:
-        self.end_element()
-        self.out.append(Group(self.group_name, tuple(self.members or ())))
-        self.members = None
+def _elements(tokens: list[tuple[int, str]]) -> list[tuple[list[tuple[int, str]], str]]:
+    """An address list's tokens cut at its structure: each element's tokens
+    and what ends it, ``,`` or a group's ``:`` (the tokens are its name) or
+    ``;``.  The end of the list ends the last element as ``,``, or as ``;``
+    in an unterminated group.  Groups do not nest, so a ``:`` inside one (or
+    a ``;`` outside) is an ordinary special, as is anything in ``<...>``."""
+    out: list[tuple[list[tuple[int, str]], str]] = []
+    current: list[tuple[int, str]] = []
+    in_angle = in_group = False
+    for token in tokens:
+        kind, text = token
+        if kind == _SPECIAL:
+            if in_angle:
+                in_angle = text != ">"
+            elif text == "," or text == (";" if in_group else ":"):
+                out.append((current, text))
+                current = []
+                if text != ",":
+                    in_group = text == ":"
+                continue
+            else:
+                in_angle = text == "<"
+        current.append(token)
+    out.append((current, ";" if in_group else ","))
+    return out
 
 
 def parse_addresses(value: str) -> tuple[Address, ...]:
     """An RFC 5322 address list: mailboxes and groups, in order.
 
-    Groups do not nest; an unterminated group ends with the list.  Empty
-    elements (``a@b, , c@d``, or only comments) are left out.
+    An unterminated group ends with the list.  Empty elements (``a@b, ,
+    c@d``, or only comments) are left out.
     """
-    builder = _ListBuilder()
-    in_angle = False
-    for token in _address_tokens(value):
-        kind, text = token
-        if kind == _SPECIAL and not in_angle:
-            if text == ",":
-                builder.end_element()
-                continue
-            if text == ":" and builder.members is None:
-                builder.open_group()
-                continue
-            if text == ";" and builder.members is not None:
-                builder.close_group()
-                continue
-        if kind == _SPECIAL and text in "<>":
-            in_angle = text == "<"
-        builder.current.append(token)
-    if builder.members is not None:
-        builder.close_group()
-    else:
-        builder.end_element()
-    return tuple(builder.out)
+    out: list[Address] = []
+    members: list[Mailbox] | None = None
+    group = ""
+    for tokens, end in _elements(_address_tokens(value)):
+        if end == ":":
+            group, members = _phrase(tokens) or "", []
+            continue
+        mailbox = _mailbox(tokens)
+        if mailbox is not None:
+            (out if members is None else members).append(mailbox)
+        if end == ";":
+            out.append(Group(group, tuple(members or ())))
+            members = None
+    return tuple(out)
 
 
 def address_text(value: str) -> str:

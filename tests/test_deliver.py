@@ -5,9 +5,12 @@ from __future__ import annotations
 import errno
 import io
 import os
+from typing import Any, cast
 
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailsrv import log
 from mailsrv.errors import TemporaryFailure
 from mailsrv.storage.deliver import EmptyMessage, deliver, reindex
 from mailsrv.storage.maildir import MaildirStorage
@@ -32,6 +35,29 @@ class DeliverTests(SynchronousTestCase):
         self.assertEqual(inbox.fetch([uid])[0].flags, frozenset())
         (name,) = os.listdir(os.path.join(self.root, "cur"))
         self.assertTrue(name.endswith(":2,"))
+
+    def test_delivery_line_follows_the_log_level(self) -> None:
+        # [logging] level = "warn" leaves the info line of a delivery out.
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.addCleanup(log.set_level, "info")
+
+        def delivered() -> list[str]:
+            return [
+                formatEvent(e)
+                for e in events
+                if e.get("log_namespace") == "mailsrv.storage.deliver"
+                and e.get("log_level") == LogLevel.info
+            ]
+
+        log.set_level("warn")
+        deliver(self.account, io.BytesIO(MESSAGE))
+        self.assertEqual(delivered(), [])
+        log.set_level("info")
+        uid = deliver(self.account, io.BytesIO(MESSAGE))
+        self.assertEqual(delivered(), [f"delivered UID {uid} to alice INBOX"])
 
     def test_deliver_to_folder(self) -> None:
         uid = deliver(self.account, io.BytesIO(MESSAGE), folder="Junk")

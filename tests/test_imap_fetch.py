@@ -19,11 +19,11 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailsrv import message
 from mailsrv.auth.realm import MailRealm
 from mailsrv.imap import fetch
 from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.server import IMAP4Server, IMAP4ServerFactory
+from mailsrv.mime.structure import MessageStructure, Part
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
 from tests.test_imap_server import Client, FakeStorage, ServerTestBase
@@ -679,9 +679,7 @@ class FetchItemTests(ServerTestBase):
         uid = self.storage.deliver("joe", data)  # type: ignore[attr-defined]
         inbox = self.storage.account("joe").get_mailbox("INBOX")  # type: ignore[attr-defined]
         header = data.index(b"\r\n\r\n") + 4
-        single = message.MessageStructure(
-            len(data), message.Part(0, header, header, len(data) - header, 0)
-        )
+        single = MessageStructure(len(data), Part(0, header, header, len(data) - header, 0))
         # Format 1: what servers before the fix for same-boundary multiparts
         # cached, as a wrong single-part reading of this message.
         old = b"[1," + single.to_bytes().split(b",", 1)[1]

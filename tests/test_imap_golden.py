@@ -1,11 +1,11 @@
 """FETCH over the wire against Dovecot's recorded answers, for the whole corpus.
 
-tests/test_message.py checks the message model's values; this module checks
+tests/test_imap_render.py checks the model's IMAP values; this module checks
 what a client receives: every corpus message is APPENDed over loopback IMAP
 to a real server (memory and Maildir backends), then fetched item by item,
 and each response is compared octet for octet with the one Dovecot gave
 (tests/golden/dovecot.json, made by tests/golden/make_golden.py).  Where we
-differ on purpose (tests.test_message.DELIBERATE, each with its RFC), the
+differ on purpose (tests.test_imap_render.DELIBERATE, each with its RFC), the
 values are compared instead and must differ, so a stale exception shows.
 """
 
@@ -26,8 +26,8 @@ from mailsrv.imap.server import IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
+from tests.test_imap_render import DELIBERATE, GOLDEN, fetch_items, load
 from tests.test_imap_server import Client
-from tests.test_message import DELIBERATE, GOLDEN, fetch_items, load
 
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 
@@ -44,7 +44,7 @@ def wire_to_imaplib(response: bytes) -> str:
 #: SEARCH answers that differ from Dovecot's on purpose.
 DELIBERATE_SEARCH: dict[tuple[str, str | None], str] = {
     # 35-boundary-whitespace.eml: "--wsx  " is no delimiter of boundary "ws"
-    # (RFC 2046 5.1.1, see tests.test_message), so the text we search holds
+    # (RFC 2046 5.1.1, see tests.test_imap_render), so the text we search holds
     # the line Dovecot took for a delimiter.
     ("BODY boundary", None): "RFC 2046 5.1.1 delimiter syntax",
 }
@@ -163,7 +163,7 @@ class GoldenWireMixin:
     def compare(self, name: str, item: str, ours: str, theirs: str) -> None:
         check = self.assertEqual  # type: ignore[attr-defined]
         if (name, item) in DELIBERATE:
-            # Differs on purpose (see tests.test_message): values must differ.
+            # Differs on purpose (see tests.test_imap_render): values must differ.
             ours_values = fetch_items(ours)
             theirs_values = fetch_items(theirs)
             self.assertNotEqual(  # type: ignore[attr-defined]
@@ -222,7 +222,7 @@ class GoldenWireMixin:
                         self.assertIn(b"[UNKNOWN-CTE]", tagged, (name, part))  # type: ignore[attr-defined]
                     continue
                 if (name, f"BINARY {part}") in DELIBERATE:
-                    continue  # values compared in tests.test_message
+                    continue  # values compared in tests.test_imap_render
                 self.assertTrue(tagged.startswith(b"F OK"), (name, part, tagged))  # type: ignore[attr-defined]
                 (line,) = untagged
                 ours = wire_to_imaplib(line)

@@ -652,6 +652,28 @@ class WriterTests(SynchronousTestCase):
         long = "x " * 600
         self.assertEqual(grammar.astring(long), b"{1200}\r\n" + long.encode())
 
+    def test_string_rules(self) -> None:
+        # The server's own strings: printable ASCII quoted, specials escaped,
+        # up to MAX_QUOTED octets.  A message's text (verbatim): every
+        # TEXT-CHAR quoted as is, a quoted-special or MAX_QUOTED octets make
+        # it a literal (as Dovecot sends ENVELOPE and BODYSTRUCTURE strings).
+        cases = [
+            (b"plain", b'"plain"', b'"plain"'),
+            (b'say "hi"', b'"say \\"hi\\""', b'{8}\r\nsay "hi"'),
+            (b"a\\b", b'"a\\\\b"', b"{3}\r\na\\b"),
+            (b"tab\there", b"{8}\r\ntab\there", b'"tab\there"'),
+            (b"\x01\x7f", b"{2}\r\n\x01\x7f", b'"\x01\x7f"'),
+            (b"a\r\nb", b"{4}\r\na\r\nb", b"{4}\r\na\r\nb"),
+            (b"\x00", b"{1}\r\n\x00", b"{1}\r\n\x00"),
+            (b"\xc3\xbc", b"{2}\r\n\xc3\xbc", b"{2}\r\n\xc3\xbc"),
+            (b"x" * 1023, b'"' + b"x" * 1023 + b'"', b'"' + b"x" * 1023 + b'"'),
+            (b"x" * 1024, b'"' + b"x" * 1024 + b'"', b"{1024}\r\n" + b"x" * 1024),
+            (b"x" * 1025, b"{1025}\r\n" + b"x" * 1025, b"{1025}\r\n" + b"x" * 1025),
+        ]
+        for value, own, verbatim in cases:
+            self.assertEqual(grammar.string(value), own, value)
+            self.assertEqual(grammar.string(value, verbatim=True), verbatim, value)
+
     def test_mailbox(self) -> None:
         self.assertEqual(grammar.mailbox("Entwürfe"), b"Entw&APw-rfe")
         self.assertEqual(grammar.mailbox("A & B"), b'"A &- B"')

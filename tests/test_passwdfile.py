@@ -9,6 +9,7 @@ from typing import Any, cast
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailsrv import log
 from mailsrv.auth.passwdfile import (
     NoSuchUser,
     PasswdFile,
@@ -215,6 +216,25 @@ class LoadTests(FileTestMixin, SynchronousTestCase):
         self.assertEqual(dave.password, "{PLAIN}dave-pw")
         self.assertIsNone(users.get("alice"))
         self.assertIn("reloaded, 1 users", self.logged(LogLevel.info)[-1])
+
+    def test_reload_line_follows_the_log_level(self) -> None:
+        # [logging] level = "warn" leaves the info lines of this module out
+        # too, as it does those of the protocols.
+        self.addCleanup(log.set_level, "info")
+        path = self.write(SAMPLE)
+        users = PasswdFile(path)
+        log.set_level("warn")
+        with open(path, "ab") as f:
+            f.write(b"dave:{PLAIN}dave-pw\n")
+        bump_mtime(path)
+        self.assertIsNotNone(users.get("dave"))
+        self.assertEqual(self.logged(LogLevel.info), [])
+        log.set_level("info")
+        with open(path, "ab") as f:
+            f.write(b"erin:{PLAIN}erin-pw\n")
+        bump_mtime(path)
+        self.assertIsNotNone(users.get("erin"))
+        self.assertIn("reloaded, 5 users", self.logged(LogLevel.info)[-1])
 
     def test_reload_after_append_in_place(self) -> None:
         path = self.write(SAMPLE)

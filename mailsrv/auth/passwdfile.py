@@ -22,10 +22,10 @@ import threading
 from collections.abc import Callable, Iterator
 
 import attrs
-from twisted.logger import Logger
 
 from mailsrv.auth.passwords import is_known_scheme, scheme_of
 from mailsrv.errors import ConfigError
+from mailsrv.log import get_logger
 
 __all__ = [
     "NoSuchUser",
@@ -37,7 +37,7 @@ __all__ = [
     "validate_user_name",
 ]
 
-_log = Logger(namespace="mailsrv.auth.passwdfile")
+_log = get_logger(__name__)
 
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_NAME = 255

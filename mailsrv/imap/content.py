@@ -12,7 +12,7 @@ answers a whole batch with one query and no file is opened.
 Kinds:
 
 ``structure``
-    :meth:`mailsrv.message.MessageStructure.to_bytes`: MIME tree, offsets,
+    :meth:`mailsrv.mime.structure.MessageStructure.to_bytes`: MIME tree, offsets,
     envelope fields.  Enough for ENVELOPE, BODY, BODYSTRUCTURE, every
     section's offsets, and SEARCH on the envelope fields (FROM, TO, CC,
     BCC, SUBJECT, Message-ID...) and SENT*.
@@ -31,9 +31,9 @@ Kinds:
     header keys of SEARCH and SENT*.
 ``addresses.V:NAME``
     The addresses of one address field (FROM, TO, CC, BCC) as SEARCH
-    matches them (:func:`mailsrv.message.address_text`), every occurrence.
+    matches them (:func:`mailsrv.mime.addresses.address_text`), every occurrence.
 
-``V`` is :data:`mailsrv.message.FORMAT_VERSION`: what is worked out from a
+``V`` is :data:`mailsrv.mime.structure.FORMAT_VERSION`: what is worked out from a
 message changes with the model, and a value cached by an older one must
 never be served (the structure carries its version inside).  Values of an
 older version stay in the cache unread until their message goes.
@@ -48,9 +48,13 @@ from typing import IO, Any, TypeVar
 
 from twisted.internet import defer
 
-from mailsrv import log, message
+from mailsrv import log
 from mailsrv.errors import NoSuchMessage
+from mailsrv.imap.render import body_structure, envelope, render_body_structure, render_envelope
 from mailsrv.interfaces import IMailbox, IMessageCache
+from mailsrv.mime.addresses import address_text
+from mailsrv.mime.fields import filter_fields, raw_fields, read_header
+from mailsrv.mime.structure import FORMAT_VERSION, MessageStructure, parse
 
 __all__ = [
     "CACHE_LIMIT",
@@ -80,7 +84,7 @@ _CACHED_FIELD_NAMES = 32
 
 def _versioned(kind: str) -> str:
     """The cache kind for values the message model works out."""
-    return f"{kind}.{message.FORMAT_VERSION}"
+    return f"{kind}.{FORMAT_VERSION}"
 
 
 def _cache(mailbox: IMailbox) -> Any:
@@ -116,14 +120,14 @@ def structures(mailbox: IMailbox, uids: Iterable[int]) -> Any:
     wanted = list(uids)
     cache = _cache(mailbox)
     cached: Mapping[int, bytes] = yield _get_many(cache, wanted, STRUCTURE)
-    out: dict[int, message.MessageStructure] = {}
+    out: dict[int, MessageStructure] = {}
     for uid, data in cached.items():
         try:
-            out[uid] = message.MessageStructure.from_bytes(data)
+            out[uid] = MessageStructure.from_bytes(data)
         except ValueError:
             pass  # an older format or damage: parse again
     missing = [u for u in wanted if u not in out]
-    parsed = yield each_file(mailbox, missing, lambda uid, source: message.parse(source))
+    parsed = yield each_file(mailbox, missing, lambda uid, source: parse(source))
     out.update(parsed)
     yield _set_many(cache, STRUCTURE, {uid: s.to_bytes() for uid, s in parsed.items()})
     return out
@@ -151,20 +155,20 @@ def each_file(
     return out
 
 
-def _envelope(structure: message.MessageStructure) -> bytes:
-    return message.render_envelope(message.envelope(structure))
+def _envelope(structure: MessageStructure) -> bytes:
+    return render_envelope(envelope(structure))
 
 
-def _body(structure: message.MessageStructure) -> bytes:
-    return message.render_body_structure(message.body_structure(structure, False))
+def _body(structure: MessageStructure) -> bytes:
+    return render_body_structure(body_structure(structure, False))
 
 
-def _bodystructure(structure: message.MessageStructure) -> bytes:
-    return message.render_body_structure(message.body_structure(structure, True))
+def _bodystructure(structure: MessageStructure) -> bytes:
+    return render_body_structure(body_structure(structure, True))
 
 
 #: FETCH items whose rendered value is cached, by cache kind.
-RENDERED: dict[str, Callable[[message.MessageStructure], bytes]] = {
+RENDERED: dict[str, Callable[[MessageStructure], bytes]] = {
     "envelope": _envelope,
     "body": _body,
     "bodystructure": _bodystructure,
@@ -223,7 +227,7 @@ def header_fields(
         kind = None
 
     def compute(source: IO[bytes]) -> bytes:
-        return message.filter_fields(message.read_header(source), unique, negate)
+        return filter_fields(read_header(source), unique, negate)
 
     return _per_message(mailbox, uids, kind, compute)
 
@@ -239,7 +243,7 @@ def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
     search."""
 
     def compute(source: IO[bytes]) -> bytes:
-        values = message.raw_fields(message.read_header(source), name)
+        values = raw_fields(read_header(source), name)
         return b"".join(b"\n" + v for v in values)
 
     encoded = yield _per_message(mailbox, uids, "values:" + name.upper(), compute)
@@ -250,12 +254,12 @@ def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
 def address_texts(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
     """``{uid: [text, ...]}``: each occurrence of address field ``name``
     in each whole message as SEARCH FROM/TO/CC/BCC match it
-    (:func:`mailsrv.message.address_text`).  Cached like
+    (:func:`mailsrv.mime.addresses.address_text`).  Cached like
     :func:`field_values`, as UTF-8."""
 
     def compute(source: IO[bytes]) -> bytes:
-        values = message.raw_fields(message.read_header(source), name)
-        texts = (message.address_text(v.decode("latin-1")) for v in values)
+        values = raw_fields(read_header(source), name)
+        texts = (address_text(v.decode("latin-1")) for v in values)
         return b"".join(b"\n" + t.replace("\n", " ").encode("utf-8") for t in texts)
 
     kind = _versioned("addresses") + ":" + name.upper()

@@ -23,7 +23,7 @@ and a space, then writes the value itself with :func:`write_literal`, and
 returns the Deferred of that work.
 
 Body items are served by slicing the message file at the offsets the parsed
-structure records (:mod:`mailsrv.message`), never by re-serializing, so a
+structure records (:mod:`mailsrv.mime.structure`), never by re-serializing, so a
 50 MB ``BODY[]`` streams from disk in :data:`CHUNK` pieces.
 """
 
@@ -37,13 +37,16 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv import log, message
+from mailsrv import log
 from mailsrv.errors import NoSuchMessage
 from mailsrv.imap import content, grammar
 from mailsrv.imap.output import Done, ResponseWriter, bad
 from mailsrv.imap.pacing import Pacer
+from mailsrv.imap.sections import header_fields, section_range
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.interfaces import SEEN, IMailbox, IMessage, StoreMode, StoreResult
+from mailsrv.mime.decoding import decode_part, decoded_size
+from mailsrv.mime.structure import MessageStructure, find_part, read_range
 
 __all__ = [
     "BATCH",
@@ -101,7 +104,7 @@ class FetchMessage:
     """
 
     info: IMessage
-    structure: message.MessageStructure | None = None
+    structure: MessageStructure | None = None
     fields: dict[grammar.FetchAttribute, bytes] = attrs.Factory(dict)
     binary: dict[grammar.FetchAttribute, bytes | int | None] = attrs.Factory(dict)
     rendered: dict[str, bytes] = attrs.Factory(dict)
@@ -112,7 +115,7 @@ class FetchMessage:
     def uid(self) -> int:
         return int(self.info.uid)
 
-    def need_structure(self) -> message.MessageStructure:
+    def need_structure(self) -> MessageStructure:
         assert self.structure is not None, "the batch loads structures first"
         return self.structure
 
@@ -320,14 +323,14 @@ def _section_bytes_or_range(
         return (0, msg.info.size)
     structure = msg.need_structure()
     if section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-        return message.header_fields(
+        return header_fields(
             structure,
             msg.need_file(),
             section.fields,
             section.text == "HEADER.FIELDS.NOT",
             section.part,
         )
-    return message.section_range(structure, section.part, section.text, section.fields)
+    return section_range(structure, section.part, section.text)
 
 
 def _write_body(
@@ -351,7 +354,7 @@ def _write_body(
     skip, count = _clip(length, partial)
     source = msg.need_file()
     if count <= _INLINE:
-        data = message.read_range(source, offset + skip, count)
+        data = read_range(source, offset + skip, count)
         if len(data) < count:
             data += b" " * (count - len(data))  # see write_literal
         out.item(name + b" " + _literal(data))
@@ -395,11 +398,11 @@ def _binary_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> bytes
     section = attribute.section
     assert section is not None
     if not section.part:
-        return message.read_range(msg.need_file(), 0, msg.info.size)
+        return read_range(msg.need_file(), 0, msg.info.size)
     structure = msg.need_structure()
-    if message.find_part(structure, section.part) is None:
+    if find_part(structure, section.part) is None:
         return None
-    decoded = message.decode_part(structure, msg.need_file(), section.part)
+    decoded = decode_part(structure, msg.need_file(), section.part)
     if decoded is None:
         raise UnknownEncoding()
     return decoded
@@ -412,9 +415,9 @@ def _binary_size_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> 
     if not section.part:
         return int(msg.info.size)
     structure = msg.need_structure()
-    if message.find_part(structure, section.part) is None:
+    if find_part(structure, section.part) is None:
         return 0
-    size = message.binary_size(structure, msg.need_file(), section.part)
+    size = decoded_size(structure, msg.need_file(), section.part)
     if size is None:
         raise UnknownEncoding()
     return size
@@ -452,7 +455,7 @@ def _binary(
     # RFC 3516 4.3 lets the server choose literal8; like Dovecot, use it
     # for every decoded part (and for NULs, which a literal cannot carry).
     structure = msg.structure
-    part = None if structure is None else message.find_part(structure, attribute.section.part)
+    part = None if structure is None else find_part(structure, attribute.section.part)
     decoded = part is not None and not part.children and part.message is None
     decoded = decoded and part is not None and part.encoding.lower() not in _IDENTITY
     marker = b"~" if decoded or b"\x00" in data else b""

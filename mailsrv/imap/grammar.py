@@ -1496,15 +1496,36 @@ class Raw:
 
 Value: TypeAlias = "int | str | bytes | Atom | Raw | Sequence[Value] | None"
 
-_QUOTABLE = frozenset(range(0x20, 0x7F))
 #: Strings longer than this go out as literals: easier on clients' parsers.
 MAX_QUOTED = 1024
 
+#: Octets :func:`string` quotes (as ``translate`` deletions): printable
+#: ASCII, the quoted-specials escaped.
+_PRINTABLE = bytes(range(0x20, 0x7F))
+#: Octets :func:`string` quotes ``verbatim``: every TEXT-CHAR (RFC 3501 9:
+#: any CHAR but CR and LF, so tab and other controls too) except the
+#: quoted-specials ``"`` and ``\\``, which make it a literal instead.
+_VERBATIM = bytes(c for c in range(0x01, 0x80) if c not in b'\r\n"\\')
 
-def string(value: str | bytes) -> bytes:
-    """A string in quoted form when safe, else as a literal."""
+
+def string(value: str | bytes, *, verbatim: bool = False) -> bytes:
+    """A string in quoted form when safe, else as a literal: the one rule
+    for every string the server writes.
+
+    The server's own strings (mailbox names, ID values...) are quoted when
+    printable ASCII of at most :data:`MAX_QUOTED` octets, ``"`` and ``\\``
+    escaped.  ``verbatim`` is for text taken from a message (ENVELOPE,
+    BODYSTRUCTURE), which goes out as the same octets, never escaped: quoted
+    when it is TEXT-CHARs without a quoted-special and shorter than
+    :data:`MAX_QUOTED`, else a literal.  A literal for ``"`` and ``\\`` is
+    what Dovecot sends too, and it spares clients whose quoted-string
+    parsers mishandle escapes.
+    """
     data = value.encode("utf-8") if isinstance(value, str) else value
-    if len(data) <= MAX_QUOTED and all(c in _QUOTABLE for c in data):
+    if verbatim:
+        if len(data) < MAX_QUOTED and not data.translate(None, _VERBATIM):
+            return b'"' + data + b'"'
+    elif len(data) <= MAX_QUOTED and not data.translate(None, _PRINTABLE):
         return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(data) + data
 

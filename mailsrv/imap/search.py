@@ -42,12 +42,13 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv import message
 from mailsrv.imap import content, grammar
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.interfaces import IMailbox, IMessage
+from mailsrv.mime.decoding import decode_words, decoded_header_text, text_parts
+from mailsrv.mime.structure import read_range
 
 __all__ = [
     "BATCH",
@@ -287,7 +288,7 @@ def _header_test(name: str, needle: str, program: Program) -> Predicate:
         if not needle:
             return bool(values)
         for value in values:
-            if needle in message.decode_words(value.encode("latin-1")).casefold():
+            if needle in decode_words(value.encode("latin-1")).casefold():
                 return True
         return False
 
@@ -374,9 +375,9 @@ def _texts(
 
     def read(uid: int, source: IO[bytes]) -> tuple[str, str]:
         structure = structures[uid]
-        header = message.read_range(source, 0, structure.root.header_size)
-        body = "\n".join(message.text_parts(structure, source))
-        return message.decoded_header_text(header).casefold(), body.casefold()
+        header = read_range(source, 0, structure.root.header_size)
+        body = "\n".join(text_parts(structure, source))
+        return decoded_header_text(header).casefold(), body.casefold()
 
     found: dict[int, tuple[str, str]] = yield content.each_file(mailbox, list(structures), read)
     return found

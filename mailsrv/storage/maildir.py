@@ -43,7 +43,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFDSet, IReactorThreads
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
@@ -79,6 +78,7 @@ from mailsrv.interfaces import (
     StoreMode,
     StoreResult,
 )
+from mailsrv.log import get_logger
 from mailsrv.storage import names
 
 # Imported here, not where first used: the first watch happens after twistd
@@ -114,7 +114,7 @@ __all__ = [
     "reindex",
 ]
 
-log = Logger()
+log = get_logger(__name__)
 
 LOCK_NAME = "mailsrv-lock"
 POP3_LOCK_NAME = "mailsrv-pop3-lock"

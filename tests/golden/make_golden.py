@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
-from mailsrv import message  # noqa: E402
+from mailsrv.mime.structure import MessageStructure, Part, parse  # noqa: E402
 
 CONFIG = """\
 base_dir = {tmp}/run
@@ -94,7 +94,7 @@ def raw_answer(data: list) -> bytes:  # type: ignore[type-arg]
     return out
 
 
-def sections(structure: message.MessageStructure) -> list[str]:
+def sections(structure: MessageStructure) -> list[str]:
     names = [
         "",
         "HEADER",
@@ -103,7 +103,7 @@ def sections(structure: message.MessageStructure) -> list[str]:
         "HEADER.FIELDS.NOT (FROM SUBJECT CONTENT-TYPE)",
     ]
 
-    def walk(msg: message.Part, prefix: str) -> None:
+    def walk(msg: Part, prefix: str) -> None:
         parts = msg.children or (msg,)
         for number, part in enumerate(parts, 1):
             here = f"{prefix}{number}"
@@ -118,10 +118,10 @@ def sections(structure: message.MessageStructure) -> list[str]:
     return names
 
 
-def leaves(structure: message.MessageStructure) -> list[str]:
+def leaves(structure: MessageStructure) -> list[str]:
     out: list[str] = []
 
-    def walk(msg: message.Part, prefix: str) -> None:
+    def walk(msg: Part, prefix: str) -> None:
         parts = msg.children or (msg,)
         for number, part in enumerate(parts, 1):
             here = f"{prefix}{number}"
@@ -257,7 +257,7 @@ def main() -> None:
                 continue
             seq += 1
             client.noop()
-            structure = message.parse(wire)
+            structure = parse(wire)
             record: dict[str, object] = {}
             # imaplib keeps untagged answers of failed commands for the next
             # one: start every command with a clean slate.

@@ -44,7 +44,7 @@ from mailsrv.errors import MailboxInUse, NoSuchMessage, TemporaryFailure
 from mailsrv.interfaces import IMaildrop, MaildropEntry
 from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.pop3 import POP3, POP3Factory, State
-from mailsrv.pop3.server import CHUNK_SIZE
+from mailsrv.pop3.streaming import CHUNK_SIZE
 from mailsrv.tls import generate_self_signed
 
 PLAINTEXT_REFUSED = (

@@ -31,7 +31,6 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
-    IPushProducer,
     IReactorTime,
     ITLSTransport,
 )
@@ -40,21 +39,18 @@ from twisted.logger import LogLevel
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mailsrv import log
 from mailsrv.auth import sasl
 from mailsrv.errors import MailboxInUse, NoSuchMessage, StorageError
 from mailsrv.interfaces import IMaildrop, MaildropEntry
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
+from mailsrv.pop3.streaming import MessageSender
 from mailsrv.pop3.wire import MessageEncoder, dot_stuff_line, parse_number
 
 __all__ = ["POP3", "POP3Factory", "State"]
 
 _log = log.get_logger(__name__)
-
-#: How much of a message is read and written at a time by RETR and TOP.
-CHUNK_SIZE = 64 * 1024
 
 #: Longest first line of a response, CRLF included (RFC 2449 4).
 MAX_STATUS_LINE = 512
@@ -90,78 +86,6 @@ _TRANSACTION_COMMANDS = frozenset(
     {b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP", b"RSET", b"TOP", b"UIDL", b"LAST"}
 )
 _ANY_STATE_COMMANDS = frozenset({b"CAPA", b"QUIT", b"RPOP"})
-
-
-@implementer(IPushProducer)
-class _MessageSender:
-    """Streams one message to the transport as a multi-line response.
-
-    Reads a chunk, writes it, and stops whenever the transport says its
-    buffer is full (``pauseProducing``); a client that reads slowly pauses
-    the read, so memory stays at a few chunks per connection.
-    """
-
-    def __init__(
-        self,
-        transport: Any,  # an ITransport that is also an IConsumer
-        source: IO[bytes],
-        encoder: MessageEncoder,
-        on_progress: Callable[[], None],
-    ) -> None:
-        self._transport = transport
-        self._source = source
-        self._encoder = encoder
-        self._on_progress = on_progress
-        self._paused = False
-        self._producing = False
-        self._finished = False
-        #: Fires with ``encoder.complete`` when the terminator has been written.
-        self.deferred: defer.Deferred[bool] = defer.Deferred()
-
-    def start(self) -> defer.Deferred[bool]:
-        self._transport.registerProducer(self, True)
-        if not self._finished:
-            self.resumeProducing()
-        return self.deferred
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._producing or self._finished:
-            return  # re-entered from transport.write, or already done
-        self._producing = True
-        try:
-            while not self._paused and not self._finished:
-                chunk = self._source.read(CHUNK_SIZE)
-                data = self._encoder.feed(chunk)
-                if data:
-                    self._transport.write(data)
-                if not chunk or self._encoder.done:
-                    self._transport.write(self._encoder.finish())
-                    self._end()
-                    self.deferred.callback(self._encoder.complete)
-                else:
-                    self._on_progress()
-        except Exception:
-            if not self._finished:
-                self._end()
-                self.deferred.errback()
-        finally:
-            self._producing = False
-
-    def stopProducing(self) -> None:
-        if not self._finished:
-            self._end()
-            self.deferred.errback(Failure(ConnectionLost("connection lost during RETR/TOP")))
-
-    def _end(self) -> None:
-        # Never raises: the transport calls stopProducing from its own
-        # connectionLost, and an exception there would keep the session's
-        # connectionLost (and every release in it) from running at all.
-        self._finished = True
-        log.call_each(_log, "POP3", self._source.close, self._transport.unregisterProducer)
 
 
 class POP3(LineOnlyReceiver, TimeoutMixin):
@@ -216,7 +140,7 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
         self._deleted: set[int] = set()  # 0-based indexes into _entries
         self._seen: set[int] = set()  # UIDs read entirely (RETR, full TOP)
         self._highest = 0  # LAST: the highest message number accessed
-        self._sender: _MessageSender | None = None
+        self._sender: MessageSender | None = None
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
         self._timed_out = False
@@ -848,7 +772,7 @@ class POP3(LineOnlyReceiver, TimeoutMixin):
             return None
         entry = self._entries[index]
         self._ok(f"{entry.size} octets" if lines is None else "Top of message follows")
-        sender = _MessageSender(self._transport, source, MessageEncoder(lines), self.resetTimeout)
+        sender = MessageSender(self._transport, source, MessageEncoder(lines), self.resetTimeout)
         self._sender = sender
         d = sender.start()
         return d.addCallbacks(self._streamed, self._stream_failed, callbackArgs=(index,))

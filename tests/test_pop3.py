@@ -1233,6 +1233,12 @@ class LineLengthTests(unittest.SynchronousTestCase):
         self.assertEqual(session.send(b"Y" * 150), b"")
         self.assertEqual(session.send(b"Z\r\nUSER alice\r\n"), b"+OK Send your password.\r\n")
 
+    def test_longest_line_with_cr_and_lf_in_two_packets(self) -> None:
+        """A line of exactly the limit is accepted however its CRLF is split."""
+        session = Session(Fixture(self, max_line_length=100))
+        self.assertEqual(session.send(b"USER " + b"a" * 95 + b"\r"), b"")
+        self.assertEqual(session.send(b"\n"), b"+OK Send your password.\r\n")
+
     def test_long_line_ends_sasl_exchange(self) -> None:
         session = Session(Fixture(self, max_line_length=100))
         session.command("AUTH PLAIN")
@@ -1445,7 +1451,7 @@ class StreamingTests(unittest.SynchronousTestCase):
         box.add(self.big_message(1024 * 1024))
         session = Session(fixture)
         session.login("bob")
-        maildrop = session.protocol._maildrop
+        maildrop = session.protocol._transaction._maildrop
         maildrop.retrieve = lambda uid: Broken(box.messages[uid])
         out = session.send(b"RETR 1\r\nNOOP\r\n")
         self.assertFalse(out.endswith(b".\r\n"))

@@ -8,19 +8,16 @@ from typing import IO, Any
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsrv import log
+from mailsrv.pop3.commands import LOG
 from mailsrv.pop3.wire import MessageEncoder
 
 __all__ = ["CHUNK_SIZE", "MessageSender"]
 
 #: How much of a message is read and written at a time by RETR and TOP.
 CHUNK_SIZE = 64 * 1024
-
-# The namespace POP3's log lines have always had (twistd's log file shows it).
-_log = log.get_logger("mailsrv.pop3.server")
 
 
 @implementer(IPushProducer)
@@ -85,11 +82,11 @@ class MessageSender:
     def stopProducing(self) -> None:
         if not self._finished:
             self._end()
-            self.deferred.errback(Failure(ConnectionLost("connection lost during RETR/TOP")))
+            self.deferred.errback(ConnectionLost("connection lost during RETR/TOP"))
 
     def _end(self) -> None:
         # Never raises: the transport calls stopProducing from its own
         # connectionLost, and an exception there would keep the session's
         # connectionLost (and every release in it) from running at all.
         self._finished = True
-        log.call_each(_log, "POP3", self._source.close, self._transport.unregisterProducer)
+        log.call_each(LOG, "POP3", self._source.close, self._transport.unregisterProducer)

@@ -3,44 +3,26 @@ Maildir backends, shared with IMAP-side access to the same mailbox."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
-from twisted.cred.portal import Portal
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from mailsrv.auth.checker import PasswdFileChecker
-from mailsrv.auth.realm import MailRealm
 from mailsrv.interfaces import SEEN, IMailbox, IMailboxListener, IMessage, IStorage
-from mailsrv.policy import SessionPolicy
+from mailsrv.pop3 import State
 from mailsrv.storage.maildir import MaildirStorage, reindex
 from mailsrv.storage.memory import MemoryStorage
 from tests.helpers import source_env
-from tests.test_pop3 import MESSAGE_1, MESSAGE_2, MESSAGE_3, Session, TCPServer, write_passwd
+from tests.pop3_helpers import IN_USE, MESSAGE_1, MESSAGE_2, MESSAGE_3, Fixture, Session, TCPServer
 
-
-class StorageFixture:
-    """What tests.test_pop3.Session and TCPServer need, over a real storage."""
-
-    def __init__(self, test: unittest.TestCase, storage: IStorage) -> None:
-        self.storage = storage
-        checker = PasswdFileChecker(write_passwd(test.mktemp()), run_in_thread=False)
-        self.portal = Portal(MailRealm(storage), [checker])
-        self.policy = SessionPolicy(
-            hostname="mail.test", challenge_auth_available=checker.any_plaintext
-        )
-
-    def inbox(self, user: str = "alice") -> Any:
-        return self.storage.account(user).get_mailbox("INBOX")
-
-    def deliver(self, message: bytes, user: str = "alice") -> int:
-        uid: int = self.inbox(user).append(io.BytesIO(message))
-        return uid
+if TYPE_CHECKING:
+    _TestCase = unittest.TestCase
+else:
+    _TestCase = object  # a mixin: only its subclasses are test cases
 
 
 @implementer(IMailboxListener)
@@ -63,21 +45,18 @@ class Recorder:
         self.expunged.extend(uids)
 
 
-class SharedMailboxMixin:
+class SharedMailboxMixin(_TestCase):
     """The same tests over each backend; subclasses say how to make storage."""
 
     def make_storage(self) -> IStorage:
         raise NotImplementedError
 
     def setUp(self) -> None:
-        self.fixture = StorageFixture(self, self.make_storage())  # type: ignore[arg-type]
-        self.uids = [self.fixture.deliver(m) for m in (MESSAGE_1, MESSAGE_2, MESSAGE_3)]
+        self.fixture = Fixture(self, storage=self.make_storage())
+        self.uids = self.fixture.uids()
 
-    def session(self, fixture: StorageFixture | None = None) -> Session:
-        """A session that ends with the test (the maildrop lock is per process)."""
-        session = Session(fixture or self.fixture)
-        self.addCleanup(session.drop)  # type: ignore[attr-defined]
-        return session
+    def session(self, fixture: Fixture | None = None) -> Session:
+        return Session(fixture or self.fixture)
 
     def test_imap_sees_pop3_deletions_and_seen_after_quit(self) -> None:
         imap_view = self.fixture.inbox()
@@ -128,10 +107,11 @@ class SharedMailboxMixin:
     def test_second_pop3_session_in_use(self) -> None:
         first, second, third = self.session(), self.session(), self.session()
         first.login()
-        in_use = b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
-        self.assertEqual(second.login(), in_use)
+        self.assertEqual(second.login(), IN_USE)
+        self.assertIs(second.protocol.state, State.AUTHORIZATION)
+        self.assertFalse(second.closed)
         # the refused session's logout must not have released the first's lock
-        self.assertEqual(third.login(), in_use)
+        self.assertEqual(third.login(), IN_USE)
         first.command("DELE 1")
         first.command("QUIT")
         first.drop()
@@ -194,8 +174,8 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         session.login()
         before = session.command("UIDL")
         session.command("QUIT")
-        restarted = StorageFixture(
-            self, MaildirStorage(os.path.join(self.root, "{user}", "Maildir"))
+        restarted = Fixture(
+            self, storage=MaildirStorage(os.path.join(self.root, "{user}", "Maildir")), mail={}
         )
         again = self.session(restarted)
         again.login()
@@ -206,7 +186,7 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         session.login()
         before = session.command("UIDL")
         session.command("QUIT")
-        reindex(self.fixture.storage.account("alice"))  # type: ignore[attr-defined]
+        reindex(self.fixture.storage.account("alice"))  # type: ignore[arg-type]
         again = self.session()
         again.login()
         self.assertEqual(again.command("UIDL"), before)
@@ -215,15 +195,13 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         """Two storages over one Maildir, as two daemons have: the second
         POP3 login gets [IN-USE] and the lock goes with the session (the
         next test holds the lock from a real second process)."""
-        other_process = StorageFixture(
-            self, MaildirStorage(os.path.join(self.root, "{user}", "Maildir"))
+        other_process = Fixture(
+            self, storage=MaildirStorage(os.path.join(self.root, "{user}", "Maildir")), mail={}
         )
         first = self.session()
         self.assertTrue(first.login().startswith(b"+OK Logged in"))
         elsewhere = self.session(other_process)
-        self.assertEqual(
-            elsewhere.login(), b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
-        )
+        self.assertEqual(elsewhere.login(), IN_USE)
         first.command("QUIT")
         self.assertTrue(elsewhere.login().startswith(b"+OK Logged in: 3 messages"))
         elsewhere.drop()  # a connection that just ends releases it too
@@ -272,7 +250,7 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         await client.command(b"USER alice")
         await client.command(b"PASS secret")
         self.assertEqual(await client.command(b"DELE 1"), b"+OK Message 1 marked for deletion.\r\n")
-        client.transport.abortConnection()
+        client.abort()
         await client.lost
         await server.factory.ended[0]
         cur = os.listdir(os.path.join(self.root, "alice", "Maildir", "cur"))

@@ -16,7 +16,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -31,6 +30,7 @@ from mailsrv.session import (
     SessionGuard,
     SessionTimer,
 )
+from tests.helpers import log_events
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -46,7 +46,7 @@ def guard(clock: Clock | None = None, *, secure: bool = False, **policy: Any) ->
 
 
 @implementer(ITLSTransport)
-class TLSTransport(StringTransport):
+class TLSTransport(StringTransport):  # type: ignore[misc]  # startTLS is enough here
     started_with: Any = None
 
     def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
@@ -113,9 +113,7 @@ class ConnectionLimitTests(unittest.SynchronousTestCase):
             def cancel(self) -> None:
                 raise RuntimeError("cannot cancel")
 
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = log_events(self)
         limits = ConnectionLimits(per_user=5, per_ip=1)
         session = guard(connections=limits)
         session.open(REMOTE)

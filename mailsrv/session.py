@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import attrs
 from twisted.cred.credentials import ICredentials
@@ -99,7 +99,8 @@ class LoginUnavailable:
     failure: Failure
 
 
-LoginResult = LoggedIn | LoginRefused | LoginUnavailable
+#: What :meth:`SessionGuard.login` fires with.
+LoginResult: TypeAlias = LoggedIn | LoginRefused | LoginUnavailable
 
 
 class SessionGuard:
@@ -152,11 +153,12 @@ class SessionGuard:
     def admit_user(self, user: str) -> bool:
         """Count a login of ``user``; False (and nothing counted) if the user
         is over ``limits.max_connections_per_user``.  IMAP and POP3
-        connections count together: they share one ConnectionLimits."""
+        connections count together: they share one ConnectionLimits.  A
+        session holds one user's slot at a time (release it before a
+        second admission)."""
         limits = self.policy.connections
-        if limits is not None:
-            if not limits.open_user(user):
-                return False
+        if limits is not None and not limits.open_user(user):
+            return False
         self.user = user
         return True
 
@@ -254,7 +256,8 @@ class SessionGuard:
 
     def answer_refusal(self, refused: LoginRefused, value: _T) -> defer.Deferred[_T]:
         """A Deferred firing with ``value`` when ``refused`` is to be
-        answered; it never fires if the connection closes first."""
+        answered; it never fires if the connection closes first.  (Commands
+        run one at a time, so one answer at most is pending.)"""
         d: defer.Deferred[_T] = defer.Deferred()
 
         def due() -> None:

@@ -325,7 +325,8 @@ class SessionTimer:
         """A whole command arrived: restart the idle timeout (before login,
         no further than the login deadline)."""
         if self.login_by is None:
-            self.progress()
+            if self._call is not None and self._period is not None:  # progress(), inlined
+                self._call.reset(self._period)
             return
         left = self.login_by - self.clock.seconds()
         self._arm(max(0.0, min(self._idle_before_login, left)))

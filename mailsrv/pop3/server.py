@@ -184,7 +184,7 @@ class POP3(Protocol):
         else:
             LOG.info("POP3 session of {user} timed out", user=self._user or "(not logged in)")
         self._closing = True
-        if self._sender is not None:
+        if self._sender is not None and self._sender.sending:
             self._transport.abortConnection()  # a client that stopped reading
             return
         if reason is Expiry.LOGIN_DEADLINE:
@@ -319,13 +319,8 @@ class POP3(Protocol):
         self._transport.abortConnection()
 
     def stream(self, source: IO[bytes], encoder: MessageEncoder) -> defer.Deferred[bool]:
-        sender = MessageSender(self._transport, source, encoder, self._timer.progress)
-        self._sender = sender
-        return sender.start().addBoth(self._streamed)
-
-    def _streamed(self, result: Any) -> Any:
-        self._sender = None
-        return result
+        self._sender = MessageSender(self._transport, source, encoder, self._timer.progress)
+        return self._sender.start()
 
     def tls_available(self) -> bool:
         return self._guard.tls_available(self._transport)

@@ -46,6 +46,11 @@ class MessageSender:
         #: Fires with ``encoder.complete`` when the terminator has been written.
         self.deferred: defer.Deferred[bool] = defer.Deferred()
 
+    @property
+    def sending(self) -> bool:
+        """Started and not finished (nor stopped)."""
+        return not self._finished
+
     def start(self) -> defer.Deferred[bool]:
         self._transport.registerProducer(self, True)
         if not self._finished:

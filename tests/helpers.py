@@ -8,6 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, cast
+
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,3 +191,31 @@ def wait_for_file_text(
                 f"{path} did not get {text!r} (exit status {status}); it holds:\n{content}"
             )
         time.sleep(0.02)
+
+
+def make_tls_context(directory: str) -> tuple[Any, Any]:
+    """A self-signed certificate for ``localhost`` in ``directory``
+    (cert.pem, key.pem): the server's context and the certificate a client
+    should trust (``twisted.internet.ssl`` objects)."""
+    from twisted.internet import ssl
+
+    from mailsrv.tls import generate_self_signed
+
+    os.makedirs(directory, exist_ok=True)
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    generate_self_signed(cert_path, key_path, "localhost")
+    with open(cert_path, "rb") as f:
+        cert_pem = f.read()
+    with open(key_path, "rb") as f:
+        key_pem = f.read()
+    server = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem).options()
+    return server, ssl.Certificate.loadPEM(cert_pem)
+
+
+def log_events(test: SynchronousTestCase) -> list[dict[str, Any]]:
+    """Every log event published from now until ``test`` ends."""
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events

@@ -22,7 +22,7 @@ from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage, reindex
 from mailsrv.storage.memory import MemoryStorage
 from tests.helpers import source_env
-from tests.test_pop3 import (
+from tests.pop3_helpers import (
     MESSAGE_1,
     MESSAGE_2,
     MESSAGE_3,
@@ -34,9 +34,10 @@ from tests.test_pop3 import (
 
 
 class StorageFixture:
-    """What tests.test_pop3.Session and TCPServer need, over a real storage."""
+    """What tests.pop3_helpers.Session and TCPServer need, over a real storage."""
 
     def __init__(self, test: unittest.TestCase, storage: IStorage) -> None:
+        self.test = test
         self.storage = storage
         checker = PasswdFileChecker(write_passwd(test.mktemp()), run_in_thread=False)
         self.portal = Portal(MailRealm(storage), [checker])
@@ -139,10 +140,8 @@ class SharedMailboxMixin:
         self.server = TCPServer(self, self.fixture)  # type: ignore[arg-type]
 
     def session(self, fixture: StorageFixture | None = None) -> Session:
-        """A session that ends with the test (the maildrop lock is per process)."""
-        session = Session(fixture or self.fixture)
-        self.addCleanup(session.drop)  # type: ignore[attr-defined]
-        return session
+        """A session that ends with the test (Session registers its own cleanup)."""
+        return Session(fixture or self.fixture)  # type: ignore[arg-type]
 
     async def tcp_session(self, server: TCPServer | None = None) -> TCPSession:
         return await TCPSession(server or self.server).connect()

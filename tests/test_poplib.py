@@ -19,15 +19,8 @@ from twisted.trial import unittest
 
 from mailsrv.interfaces import SEEN
 from mailsrv.storage.maildir import MaildirStorage
-from tests.test_pop3 import (
-    MESSAGE_1,
-    MESSAGE_2,
-    MESSAGE_3,
-    Fixture,
-    TCPServer,
-    make_tls_context,
-)
-from tests.test_pop3_storage import StorageFixture
+from tests.helpers import make_tls_context
+from tests.pop3_helpers import MESSAGE_1, MESSAGE_2, MESSAGE_3, Fixture, TCPServer
 
 T = TypeVar("T")
 
@@ -49,7 +42,6 @@ class PoplibTests(unittest.TestCase):
         self.server_context, _ = make_tls_context(directory)
         self.cafile = os.path.join(directory, "cert.pem")
         self.fixture = Fixture(self, tls_context=self.server_context, failure_delay=0.01)
-        self.box = self.fixture.boxes["alice"]
         self.server = TCPServer(self, self.fixture)
         self.port = self.server.port.getHost().port
 
@@ -94,8 +86,8 @@ class PoplibTests(unittest.TestCase):
         self.assertEqual(out["dele"], b"+OK Message 2 marked for deletion.")
         self.assertEqual(out["stat_after_dele"], (2, sizes[0] + sizes[2]))
         self.assertEqual(out["quit"], b"+OK Logging out, 1 message deleted.")
-        self.assertEqual(self.box.commits, [([2], [1])])
-        self.assertEqual(sorted(self.box.messages), [1, 3])
+        self.assertEqual(self.fixture.uids(), [1, 3])
+        self.assertEqual(self.fixture.seen(), [1])
 
     async def test_top_uidl_rset_noop(self) -> None:
         def session() -> dict[str, Any]:
@@ -121,14 +113,14 @@ class PoplibTests(unittest.TestCase):
         self.assertEqual(lines, [b"From: a@example.org", b"Subject: one", b"", b"Hello"])
         self.assertEqual(out["top_all"][1], unstuffed_lines(MESSAGE_3))
         resp, listing, _ = out["uidl"]
-        self.assertEqual(
-            listing, [b"%d %s" % (uid, self.box.unique_id(uid).encode()) for uid in (1, 2, 3)]
-        )
-        self.assertEqual(out["uidl1"], b"+OK 1 " + self.box.unique_id(1).encode())
+        uidvalidity = self.fixture.inbox().uidvalidity
+        self.assertEqual(listing, [b"%d %08X%08X" % (n, n, uidvalidity) for n in (1, 2, 3)])
+        self.assertEqual(out["uidl1"], b"+OK 1 00000001%08X" % uidvalidity)
         self.assertTrue(out["rset"].startswith(b"+OK Maildrop has 3 messages"))
         self.assertEqual(out["noop"], b"+OK")
         self.assertEqual(out["stat"][0], 3)
-        self.assertEqual(self.box.commits, [([], [3])])  # TOP of the whole message 3 read it
+        self.assertEqual(self.fixture.uids(), [1, 2, 3])
+        self.assertEqual(self.fixture.seen(), [3])  # TOP of the whole message 3 read it
 
     async def test_apop(self) -> None:
         def session() -> tuple[bytes, tuple[int, int], bytes]:
@@ -239,7 +231,7 @@ class PoplibTests(unittest.TestCase):
         def session() -> dict[str, Any]:
             pop = self.connect()
             out: dict[str, Any] = {"stls": pop.stls(self.client_context())}
-            out["cipher"] = pop.sock.cipher()
+            out["cipher"] = pop.sock.cipher()  # type: ignore[attr-defined]  # an SSLSocket now
             out["capa"] = pop.capa()
             pop.user("alice")
             out["pass"] = pop.pass_("secret")
@@ -277,7 +269,7 @@ class PoplibTests(unittest.TestCase):
         self.assertNotIn("STLS", out["capa"])
         self.assertIn("USER", out["capa"])
         self.assertEqual(out["retr"][1], unstuffed_lines(MESSAGE_1))
-        self.assertEqual(self.box.commits, [([], [1])])
+        self.assertEqual(self.fixture.seen(), [1])
 
     async def test_set_debuglevel(self) -> None:
         def session() -> str:
@@ -307,9 +299,8 @@ class PoplibTests(unittest.TestCase):
         await self.in_thread(session)
         for ended in self.server.factory.ended:
             await ended
-        self.assertEqual(self.box.commits, [])
-        self.assertEqual(len(self.box.messages), 3)
-        self.assertIsNone(self.box.holder)
+        self.assertEqual(self.fixture.uids(), [1, 2, 3])
+        self.assertFalse(self.fixture.locked())
 
 
 class PoplibOverMaildirTests(unittest.TestCase):
@@ -320,8 +311,8 @@ class PoplibOverMaildirTests(unittest.TestCase):
     async def test_session_changes_the_maildir(self) -> None:
         root = os.path.abspath(self.mktemp())
         storage = MaildirStorage(os.path.join(root, "{user}", "Maildir"))
-        fixture = StorageFixture(self, storage)
-        uids = [fixture.deliver(m) for m in (MESSAGE_1, MESSAGE_2, MESSAGE_3)]
+        fixture = Fixture(self, storage=storage)
+        uids = fixture.uids()
         server = TCPServer(self, fixture)
         port = server.port.getHost().port
 

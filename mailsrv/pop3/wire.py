@@ -1,4 +1,5 @@
-"""POP3 wire details that need no I/O: message encoding for RETR and TOP.
+"""POP3 wire details that need no I/O: argument parsing, response lines,
+and message encoding for RETR and TOP.
 
 A message goes out as a multi-line response (RFC 1939 3): every line that
 starts with ``.`` gets another ``.`` in front, the last line ends with CRLF,
@@ -9,14 +10,33 @@ after the header and the requested number of body lines.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Sequence
 
-__all__ = ["TERMINATOR", "MessageEncoder", "dot_stuff_line", "parse_number"]
+__all__ = [
+    "MAX_STATUS_LINE",
+    "TERMINATOR",
+    "MessageEncoder",
+    "decode_base64",
+    "dot_stuff_line",
+    "error_line",
+    "is_hex",
+    "loggable",
+    "multiline",
+    "ok_line",
+    "parse_number",
+]
 
 #: Ends every multi-line response.
 TERMINATOR = b".\r\n"
 
+#: Longest first line of a response, CRLF included (RFC 2449 4).
+MAX_STATUS_LINE = 512
+
 _DIGITS = re.compile(rb"[0-9]{1,10}")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 
 def parse_number(arg: bytes) -> int | None:
@@ -30,9 +50,59 @@ def parse_number(arg: bytes) -> int | None:
     return int(arg)
 
 
+def is_hex(data: bytes) -> bool:
+    return _HEX.fullmatch(data) is not None
+
+
+def decode_base64(data: bytes) -> bytes | None:
+    """Strict base64 (no stray characters), or None if ``data`` is not."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def dot_stuff_line(line: bytes) -> bytes:
     """One line of a multi-line response (without its CRLF), byte-stuffed."""
     return b"." + line if line.startswith(b".") else line
+
+
+def ok_line(text: str = "") -> bytes:
+    """``+OK text`` with its CRLF."""
+    return b"+OK " + text.encode("utf-8") + b"\r\n" if text else b"+OK\r\n"
+
+
+def error_line(text: str, code: str | None = None) -> bytes:
+    """``-ERR [code] text`` with its CRLF, cut to :data:`MAX_STATUS_LINE`.
+
+    RFC 2449 4: a response's first line is at most 512 octets with its
+    CRLF; a storage error naming a long path must not break a client.  The
+    cut never splits a UTF-8 character.
+    """
+    prefix = f"-ERR [{code}] " if code else "-ERR "
+    line = (prefix + text).encode("utf-8", "replace")
+    if len(line) > MAX_STATUS_LINE - 2:
+        line = line[: MAX_STATUS_LINE - 5].decode("utf-8", "ignore").encode("utf-8") + b"..."
+    return line + b"\r\n"
+
+
+def multiline(first: str, lines: Sequence[bytes]) -> bytes:
+    """A whole multi-line response: ``+OK first``, the byte-stuffed lines,
+    and the terminator."""
+    status = b"+OK " + first.encode("utf-8") if first else b"+OK"
+    body = b"".join(dot_stuff_line(line) + b"\r\n" for line in lines)
+    return status + b"\r\n" + body + TERMINATOR
+
+
+def loggable(line: bytes) -> str:
+    """A command line for the debug log, with secrets left out."""
+    words = line.split(None, 1)
+    if words and words[0].upper() == b"PASS":
+        return "PASS ***"
+    if words and words[0].upper() == b"AUTH":
+        words = line.split()
+        line = b" ".join(words[:2] + [b"***"] * (len(words) > 2))
+    return line[:100].decode("ascii", "replace")
 
 
 class MessageEncoder:

@@ -33,10 +33,10 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox, StorageError, TemporaryFailure
-from mailsrv.interfaces import IAccount, IMailbox
+from mailsrv.interfaces import IAccount, IMailbox, IStorage
 from mailsrv.storage import names
 
-__all__ = ["EmptyMessage", "deliver", "reindex", "store"]
+__all__ = ["EmptyMessage", "deliver", "open_account", "reindex", "store"]
 
 _log = log.get_logger(__name__)
 
@@ -99,6 +99,13 @@ def _temporary(failure: Failure, user: str) -> Failure:
     if isinstance(exc, sqlite3.Error):
         return Failure(TemporaryFailure(f"index of {user} unavailable: {exc}"))
     return failure
+
+
+def open_account(storage: IStorage, user: str, home: str | None) -> defer.Deferred[IAccount]:
+    """The recipient's account; a file-system error opening it (a Maildir
+    that cannot be created) is a :class:`TemporaryFailure`, as in :func:`store`."""
+    opened = defer.maybeDeferred(storage.account, user, home)
+    return opened.addErrback(_temporary, user)
 
 
 def store(

@@ -133,8 +133,7 @@ class LMTPServer(Protocol, TimeoutMixin):
         )
         self._execute(self.core.timed_out())
         # A client that does not read its 421 is cut off a little later.
-        reactor = self.clock if self.clock is not None else _reactor()
-        self._abort_call = reactor.callLater(CLOSE_GRACE, self._abort)
+        self._abort_call = self.callLater(CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
         if self.transport is not None and not self._gone:
@@ -170,7 +169,9 @@ class LMTPServer(Protocol, TimeoutMixin):
                     queue.extend(now[0])
                     continue
                 # Answered later: read nothing more meanwhile (what has come
-                # waits in the core's buffer), then go on from there.
+                # waits in the core's buffer), then go on from there.  The
+                # core asks for one look-up or delivery at a time, always as
+                # the last action of a batch, so nothing is left in the queue.
                 self._pause()
                 d.addCallback(self._resume_with).addErrback(self._broken)
                 return
@@ -305,12 +306,6 @@ class LMTPServer(Protocol, TimeoutMixin):
         if not self._gone:
             self.setTimeout(self.policy.lmtp_timeout)
         return self.core.delivered(outcomes)
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class LMTPFactory(ServerFactory):

@@ -90,7 +90,7 @@ class Options(usage.Options):
 @implementer(IServiceMaker, IPlugin)
 class MailsrvServiceMaker:
     tapname = "mailsrv"
-    description = "IMAP4rev1 and POP3 mail access server over Maildir."
+    description = "IMAP4rev1 and POP3 mail access server over Maildir, with LMTP delivery."
     options = Options
 
     def makeService(self, options: Options) -> Any:

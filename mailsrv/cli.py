@@ -36,6 +36,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
+import attrs
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
@@ -245,29 +246,19 @@ def _account(config: Config, user: str) -> Any:
     return build_storage(config).account(user, home)
 
 
-def _deliver_postgresql(config: Config, user: str, stdin: IO[bytes], folder: str) -> None:
-    from mailsrv.storage.postgres import PostgresStorage
-    from mailsrv.storage.postgres.deliver import deliver
-
-    home = _home(config, user)
-    storage = PostgresStorage(config.storage.dsn, pool_size=1)
-    try:
-        deliver(storage.account(user, home), stdin, folder)
-    finally:
-        storage.close()
-
-
 def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
+    from mailsrv.service import build_storage
     from mailsrv.storage.deliver import EmptyMessage, deliver
 
     config = _config(args, check_files=True)
     if config.storage.backend not in ("maildir", "postgresql"):
         raise CommandError("deliver needs storage.backend = 'maildir' or 'postgresql'", EX_TEMPFAIL)
+    home = _home(config, args.user)
+    # Without a reactor every storage call answers at once: one connection
+    # is all a PostgreSQL delivery needs.
+    storage = build_storage(attrs.evolve(config, storage=attrs.evolve(config.storage, pool_size=1)))
     try:
-        if config.storage.backend == "postgresql":
-            _deliver_postgresql(config, args.user, stdin, args.folder)
-        else:
-            deliver(_account(config, args.user), stdin, args.folder)
+        deliver(storage.account(args.user, home), stdin, args.folder)
     except EmptyMessage as e:
         raise CommandError(str(e), EX_DATAERR) from None
     except (StorageError, OSError) as e:
@@ -275,6 +266,10 @@ def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int
         # home for {home}, UIDs to reindex, a vanished directory are all for
         # the administrator to fix while the MTA keeps the message.
         raise CommandError(f"temporary failure, try again later: {e}", EX_TEMPFAIL) from None
+    finally:
+        close = getattr(storage, "close", None)
+        if close is not None:
+            close()
     return EX_OK
 
 

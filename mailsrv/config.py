@@ -117,6 +117,62 @@ def _check_ciphers(value: str) -> str | None:
     return None
 
 
+def _check_mode(value: int) -> str | None:
+    if not 0 <= value <= 0o777:
+        return (
+            f"{value} is not a permission mode; write it in octal as TOML allows, "
+            "e.g. 0o660 (not 660)"
+        )
+    return None
+
+
+def _check_user(value: str) -> str | None:
+    import pwd
+
+    try:
+        pwd.getpwnam(value)
+    except KeyError:
+        return f"no such user {value!r} on this system"
+    return None
+
+
+def _check_group(value: str) -> str | None:
+    import grp
+
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        return f"no such group {value!r} on this system"
+    return None
+
+
+def _check_delimiter(value: str) -> str | None:
+    if len(value) > 1 or value in ("@", "<", ">", " ", '"', "\\"):
+        return f"must be one character (such as '+' or '-') or empty to turn it off, not {value!r}"
+    return None
+
+
+@attrs.frozen
+class LMTPSection:
+    """The LMTP listener (RFC 2033) an MTA delivers through.
+
+    LMTP clients are trusted (no authentication), so listen on a Unix
+    socket only the MTA may connect to, or on loopback.
+    """
+
+    listen: tuple[str, ...] = attrs.field(default=(), metadata=_meta())
+    #: Mode, owner and group of ``unix:`` listener sockets; Postfix's lmtp(8)
+    #: connects as its own user. The owner and group need a daemon started as root.
+    socket_mode: int = attrs.field(default=0o660, metadata=_meta(_check_mode))
+    socket_owner: str | None = attrs.field(default=None, metadata=_meta(_check_user))
+    socket_group: str | None = attrs.field(default=None, metadata=_meta(_check_group))
+    #: ``alice+lists@example.org`` delivers to alice's folder ``lists`` when it
+    #: exists (to INBOX otherwise); empty turns detail addressing off.
+    recipient_delimiter: str = attrs.field(default="+", metadata=_meta(_check_delimiter))
+    #: RCPT commands accepted per message (RFC 5321 4.5.3.1.8 asks for 100).
+    max_recipients: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
+
+
 @attrs.frozen
 class TLSSection:
     certificate: str | None = attrs.field(default=None, metadata=_meta(path=True))
@@ -193,6 +249,9 @@ class TimeoutsSection:
     #: From connect to a successful login, however busy the client keeps
     #: the connection (IMAP and POP3).
     login: float = attrs.field(default=120.0, metadata=_meta(_check_range(5, 3600)))
+    #: LMTP: seconds without a complete command or a piece of message data
+    #: (RFC 5321 4.5.3.2.7 asks servers to wait 5 minutes).
+    lmtp: float = attrs.field(default=300.0, metadata=_meta(_check_range(5, 3600)))
 
 
 @attrs.frozen
@@ -200,13 +259,15 @@ class LoggingSection:
     level: str = attrs.field(
         default="info", metadata=_meta(_check_choice("debug", "info", "warn", "error"))
     )
+    #: "text" (twistd's lines) or "json" (one JSON object per line).
+    format: str = attrs.field(default="text", metadata=_meta(_check_choice("text", "json")))
 
 
 @attrs.frozen
 class Listener:
     """One socket to listen on, with where in the configuration it came from."""
 
-    protocol: str  # "imap" or "pop3"
+    protocol: str  # "imap", "pop3" or "lmtp"
     endpoint: str
     implicit_tls: bool
     origin: str  # "imap.listen[0]" or "--imap"
@@ -218,6 +279,7 @@ class Config:
     server: ServerSection = ServerSection()
     imap: ListenSection = ListenSection()
     pop3: ListenSection = ListenSection()
+    lmtp: LMTPSection = LMTPSection()
     tls: TLSSection = TLSSection()
     users: UsersSection = UsersSection()
     auth: AuthSection = AuthSection()
@@ -232,9 +294,14 @@ class Config:
     @property
     def listeners(self) -> list[Listener]:
         found = []
-        for protocol in ("imap", "pop3"):
-            section: ListenSection = getattr(self, protocol)
-            for field, tls in (("listen", False), ("listen_tls", True)):
+        for protocol in ("imap", "pop3", "lmtp"):
+            section: ListenSection | LMTPSection = getattr(self, protocol)
+            kinds = (
+                (("listen", False),)
+                if protocol == "lmtp"
+                else (("listen", False), ("listen_tls", True))
+            )
+            for field, tls in kinds:
                 key = f"{protocol}.{field}"
                 origin = self.from_command_line.get(key, key)
                 for i, ep in enumerate(getattr(section, field)):
@@ -250,6 +317,7 @@ _SECTIONS: dict[str, type] = {
     "server": ServerSection,
     "imap": ListenSection,
     "pop3": ListenSection,
+    "lmtp": LMTPSection,
     "tls": TLSSection,
     "users": UsersSection,
     "auth": AuthSection,
@@ -265,6 +333,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "imaps": ("imap", "listen_tls"),
     "pop3": ("pop3", "listen"),
     "pop3s": ("pop3", "listen_tls"),
+    "lmtp": ("lmtp", "listen"),
     "maildir": ("storage", "maildir"),
     "passwd": ("users", "passwd_file"),
     "tls_cert": ("tls", "certificate"),
@@ -301,6 +370,8 @@ def _convert(value: Any, annotation: str, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong("a number")
         return float(value)
+    if annotation == "int | None":
+        return _convert(value, "int", where)
     if annotation in ("str", "str | None"):
         if not isinstance(value, str):
             raise wrong("a string")
@@ -453,8 +524,8 @@ def _check_listeners(config: Config, required: bool) -> None:
     if not listeners and required:
         raise _error(
             "imap.listen",
-            "no listeners configured: set imap.listen, imap.listen_tls, pop3.listen or "
-            "pop3.listen_tls (or give --imap/--imaps/--pop3/--pop3s)",
+            "no listeners configured: set imap.listen, imap.listen_tls, pop3.listen, "
+            "pop3.listen_tls or lmtp.listen (or give --imap/--imaps/--pop3/--pop3s/--lmtp)",
         )
     seen: dict[tuple[str, int], Listener] = {}
     paths: dict[str, Listener] = {}

@@ -1,4 +1,4 @@
-"""Session policy shared by the IMAP and POP3 servers.
+"""Session policy shared by the IMAP, POP3 and LMTP servers.
 
 One object carries what the configuration decides about a connection
 (timeouts, limits, TLS, when plaintext passwords are acceptable), so the
@@ -48,6 +48,12 @@ class SessionPolicy:
     #: client that keeps the line busy (NOOP, a SASL exchange, a TLS
     #: handshake) without logging in is bounded all the same.
     login_timeout: float = 120.0
+    #: LMTP: seconds without a complete command or message data.
+    lmtp_timeout: float = 300.0
+    #: LMTP: RCPT commands accepted per message.
+    lmtp_max_recipients: int = 100
+    #: LMTP: separates a local part from its detail (alice+lists); "" for none.
+    recipient_delimiter: str = "+"
     #: True when some user has a plaintext-equivalent secret, so CRAM-MD5 and
     #: APOP can succeed; asked at each connection, since the users file may
     #: change.
@@ -76,6 +82,9 @@ class SessionPolicy:
             imap_timeout_authenticated=timeouts.imap_authenticated,
             pop3_timeout=timeouts.pop3,
             login_timeout=timeouts.login,
+            lmtp_timeout=timeouts.lmtp,
+            lmtp_max_recipients=config.lmtp.max_recipients,
+            recipient_delimiter=config.lmtp.recipient_delimiter,
             challenge_auth_available=challenge_auth_available,
             connections=ConnectionLimits(
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip

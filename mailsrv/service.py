@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.portal import Portal
@@ -32,6 +34,7 @@ from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
+from mailsrv.reload import LiveParts, MailService
 from mailsrv.tls import ensure_self_signed, server_context
 
 _log = log.get_logger(__name__)
@@ -122,9 +125,28 @@ def build_portal(
     return Portal(MailRealm(storage, home_of), [checker]), checker
 
 
-def protocol_factory(listener: Listener, portal: Portal, policy: SessionPolicy) -> Factory[Any]:
-    """The factory for one listener, wrapped in TLS for implicit-TLS ones."""
+def protocol_factory(
+    listener: Listener,
+    portal: Portal,
+    policy: SessionPolicy,
+    *,
+    storage: IStorage | None = None,
+    users: Callable[[str], Any] | None = None,
+    tls: Any = None,
+) -> Factory[Any]:
+    """The factory for one listener, wrapped in TLS for implicit-TLS ones.
+
+    LMTP listeners need the ``storage`` to deliver into and the ``users``
+    look-up (user name -> users-file record or None).  ``tls`` is the
+    connection creator implicit TLS uses (default: the policy's context).
+    """
     factory: Factory[Any]
+    if listener.protocol == "lmtp":
+        from mailsrv.lmtp.server import LMTPFactory
+
+        if storage is None or users is None:
+            raise ValueError("an LMTP listener needs storage and a users look-up")
+        return LMTPFactory(storage, users, policy)
     if listener.protocol == "imap":
         from mailsrv.imap.server import IMAP4ServerFactory
 
@@ -134,7 +156,7 @@ def protocol_factory(listener: Listener, portal: Portal, policy: SessionPolicy) 
 
         factory = POP3Factory(portal, policy, implicit_tls=listener.implicit_tls)
     if listener.implicit_tls:
-        return TLSMemoryBIOFactory(policy.tls_context, False, factory)
+        return TLSMemoryBIOFactory(tls or policy.tls_context, False, factory)
     return factory
 
 
@@ -143,13 +165,23 @@ class ListenerService(StreamServerEndpointService):
     message naming the configuration key.
 
     The port is bound in ``privilegedStartService``, which twistd runs before
-    it drops root for ``--uid``/``--gid``, so ports below 1024 work.
+    it drops root for ``--uid``/``--gid``, so ports below 1024 work, and an
+    LMTP Unix socket can be given to the MTA's user (``socket_owner``).
     """
 
-    def __init__(self, endpoint: Any, factory: Factory[Any], listener: Listener, path: str) -> None:
+    def __init__(
+        self,
+        endpoint: Any,
+        factory: Factory[Any],
+        listener: Listener,
+        path: str,
+        socket_owner: tuple[str, str | None, str | None] | None = None,
+    ) -> None:
         super().__init__(endpoint, factory)
         self.listener = listener
         self.config_path = path
+        #: (socket path, owner, group) to chown once bound.
+        self.socket_owner = socket_owner
         self._raiseSynchronously = True
 
     def privilegedStartService(self) -> None:
@@ -161,12 +193,43 @@ class ListenerService(StreamServerEndpointService):
                 self.listener.origin,
                 f"cannot listen on {self.listener.endpoint!r}: {e.socketError}",
             ) from None
+        if self.socket_owner is not None:
+            self._chown(*self.socket_owner)
         _log.info(
-            "{protocol} listening on {endpoint}{tls}",
-            protocol=self.listener.protocol.upper(),
+            "{name} listening on {endpoint}{tls}",
+            name=self.listener.protocol.upper(),
+            protocol=self.listener.protocol,
             endpoint=self.listener.endpoint,
             tls=" (implicit TLS)" if self.listener.implicit_tls else "",
         )
+
+    def _chown(self, path: str, owner: str | None, group: str | None) -> None:
+        import grp
+        import pwd
+
+        uid = pwd.getpwnam(owner).pw_uid if owner else -1
+        gid = grp.getgrnam(group).gr_gid if group else -1
+        try:
+            os.chown(path, uid, gid)
+        except OSError as e:
+            key = "lmtp.socket_owner" if owner else "lmtp.socket_group"
+            raise ConfigError(
+                self.config_path,
+                key,
+                f"cannot give {path} to {owner or ''}{':' if group else ''}{group or ''}: "
+                f"{e.strerror} (start the daemon as root, or leave {key} unset)",
+            ) from None
+
+
+def lmtp_endpoint(listener: Listener, mode: int) -> str:
+    """An LMTP listener's endpoint string with ``lmtp.socket_mode`` applied
+    to a Unix socket that does not give its own ``mode=`` (Twisted sets the
+    mode before it listens, so the socket is never more open than asked)."""
+    endpoint = listener.endpoint
+    kind = endpoint.split(":", 1)[0]
+    if kind != "unix" or any(part.startswith("mode=") for part in endpoint.split(":")[2:]):
+        return endpoint
+    return f"{endpoint}:mode={mode:o}"
 
 
 class StorageService(service.Service):
@@ -214,12 +277,16 @@ class LogReopener(service.Service):
     logrotate renames the log file and sends SIGHUP (its ``postrotate``);
     without a handler the signal would end the process.  twistd itself
     handles only SIGUSR1 for its log, by renaming the file to ``.1`` itself,
-    which is left alone.  The configuration is not reloaded: the log says
-    so, so nobody expects a changed file to take effect.
+    which is left alone.  ``reload`` (the daemon's
+    :meth:`~mailsrv.reload.MailService.reload`) runs next, once the log is
+    reopened, so what it logs goes to the new file; without it the log says
+    the configuration is not reloaded, so nobody expects a changed file to
+    take effect.
     """
 
-    def __init__(self, reactor: Any = None) -> None:
+    def __init__(self, reactor: Any = None, reload: Callable[[], object] | None = None) -> None:
         self.reactor = reactor
+        self.reload = reload
         self._previous: Any = None
         self._installed = False
 
@@ -241,17 +308,24 @@ class LogReopener(service.Service):
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor
-        reactor.callFromThread(self.reopen)
+        reactor.callFromThread(self.hangup)
         if callable(self._previous):
             self._previous(signum, frame)
+
+    def hangup(self) -> None:
+        """What SIGHUP does: reopen the log files, then reload."""
+        self.reopen()
+        if self.reload is not None:
+            self.reload()
 
     def reopen(self) -> None:
         """Reopen every log file; log what was done."""
         files = _log_files()
+        after = "" if self.reload is not None else _NOT_RELOADED
         if not files:
             _log.info(
-                "SIGHUP: no log file to reopen (logging to standard output or syslog); "
-                "the configuration is not reloaded, restart mailsrv to apply changes"
+                "SIGHUP: no log file to reopen (logging to standard output or syslog){after}",
+                after=after,
             )
             return
         for log_file in files:
@@ -271,10 +345,11 @@ class LogReopener(service.Service):
                 continue
             log_file.reopen()
             _log.info(
-                "SIGHUP: reopened the log file {path}; the configuration is not reloaded, "
-                "restart mailsrv to apply changes",
-                path=log_file.path,
+                "SIGHUP: reopened the log file {path}{after}", path=log_file.path, after=after
             )
+
+
+_NOT_RELOADED = "; the configuration is not reloaded, restart mailsrv to apply changes"
 
 
 def _log_files() -> list[BaseLogFile]:
@@ -311,25 +386,55 @@ def _endpoint(reactor: Any, listener: Listener, where: str) -> Any:
         ) from None
 
 
-def make_service(config: Config, reactor: IReactorCore | None = None) -> service.MultiService:
-    """Build the daemon: one listener service per configured endpoint."""
+def make_service(
+    config: Config,
+    reactor: IReactorCore | None = None,
+    *,
+    load: Callable[[], Config] | None = None,
+    systemd_notify: bool = False,
+) -> MailService:
+    """Build the daemon: one listener service per configured endpoint.
+
+    ``load`` reads the configuration again for a reload (SIGHUP): the
+    twistd plugin passes the same file and command-line options it started
+    with.  ``systemd_notify`` tells systemd (``Type=notify``) when the
+    daemon is ready, reloading and stopping.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     log.set_level(config.logging.level)
+    log.set_format(config.logging.format)
     where = config.path or "command line"
-    tls_context = tls_context_of(config) if config.tls_enabled else None
     storage = build_storage(config, reactor)
     if config.storage.backend == "postgresql":
         check_database(config, storage)
-    portal, checker = build_portal(config, storage, reactor)
-    policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
-    top = service.MultiService()
+
+    def build(config: Config) -> LiveParts:
+        tls_context = tls_context_of(config) if config.tls_enabled else None
+        portal, checker = build_portal(config, storage, reactor)
+        policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
+        return LiveParts(policy, portal, checker.passwd.get, tls_context, checker)
+
+    top = MailService(config, build, load, systemd_notify=systemd_notify)
+    parts = top.parts
     StorageService(storage).setServiceParent(top)
-    UsersFileCheck(checker.passwd).setServiceParent(top)
+    UsersFileCheck(parts.checker.passwd).setServiceParent(top)
     for listener in config.listeners:
+        owner = None
+        if listener.protocol == "lmtp":
+            listener = attrs.evolve(
+                listener, endpoint=lmtp_endpoint(listener, config.lmtp.socket_mode)
+            )
         endpoint = _endpoint(reactor, listener, where)
-        factory = protocol_factory(listener, portal, policy)
-        ListenerService(endpoint, factory, listener, where).setServiceParent(top)
+        factory = protocol_factory(
+            listener, parts.portal, parts.policy, storage=storage, users=parts.users, tls=top.tls
+        )
+        top.add_factory(getattr(factory, "wrappedFactory", factory))
+        path = getattr(endpoint, "_address", None)
+        if listener.protocol == "lmtp" and isinstance(path, str):
+            if config.lmtp.socket_owner or config.lmtp.socket_group:
+                owner = (path, config.lmtp.socket_owner, config.lmtp.socket_group)
+        ListenerService(endpoint, factory, listener, where, owner).setServiceParent(top)
     return top

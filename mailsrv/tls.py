@@ -15,8 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from mailsrv import log
 from mailsrv.config import TLSSection
@@ -189,6 +191,22 @@ def server_context(
         )
     except ValueError as e:  # no usable suite left; the configuration check should prevent it
         raise ConfigError(config_path, "tls.ciphers", f"{section.ciphers!r}: {e}") from None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class CurrentTLS:
+    """The server TLS context in force, asked at each new TLS connection.
+
+    Implicit-TLS listeners are wrapped once, at startup; a reload that loads
+    a renewed certificate sets :attr:`context`, and the next handshake uses
+    it while connections already open keep theirs.
+    """
+
+    def __init__(self, context: ssl.CertificateOptions) -> None:
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.context.getContext(), None)
 
 
 def _same_public_key(certificate: crypto.X509, key: crypto.PKey) -> bool:

@@ -13,7 +13,7 @@ from mailsrv.policy import SessionPolicy
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class ConfigTests(unittest.TestCase):
+class ConfigCase(unittest.TestCase):
     def setUp(self) -> None:
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
@@ -31,6 +31,8 @@ class ConfigTests(unittest.TestCase):
         path = self.write(text)
         return self.assertRaises(ConfigError, load_config, path, overrides)
 
+
+class ConfigTests(ConfigCase):
     def test_valid_file(self) -> None:
         path = self.write(
             '[imap]\nlisten = ["tcp:1143:interface=127.0.0.1"]\n'
@@ -233,6 +235,45 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual(home.storage.maildir, "{home}/M")
 
 
+class LMTPAndLoggingConfigTests(ConfigCase):
+    """The [lmtp] section and [logging] format."""
+
+    def test_lmtp_listener(self) -> None:
+        config = load_config(
+            self.write(
+                '[lmtp]\nlisten = ["unix:/run/mailsrv/lmtp", "tcp:24:interface=127.0.0.1"]\n'
+                'socket_mode = 0o600\nsocket_group = "root"\nrecipient_delimiter = "-"\n'
+                "[timeouts]\nlmtp = 60\n[logging]\nformat = 'json'\n"
+            )
+        )
+        self.assertEqual(
+            [(lst.protocol, lst.implicit_tls, lst.origin) for lst in config.listeners],
+            [("lmtp", False, "lmtp.listen[0]"), ("lmtp", False, "lmtp.listen[1]")],
+        )
+        self.assertEqual(config.lmtp.socket_mode, 0o600)
+        self.assertEqual(config.logging.format, "json")
+        policy = SessionPolicy.from_config(config)
+        self.assertEqual(policy.recipient_delimiter, "-")
+        self.assertEqual(policy.lmtp_timeout, 60.0)
+
+    def test_lmtp_errors_name_the_key(self) -> None:
+        listen = '[lmtp]\nlisten = ["tcp:2424"]\n'
+        for text, key, reason in [
+            ("socket_mode = 660\n", "lmtp.socket_mode", "write it in octal"),
+            ('socket_group = "no-such-group-here"\n', "lmtp.socket_group", "no such group"),
+            ('socket_owner = "no-such-user-here"\n', "lmtp.socket_owner", "no such user"),
+            ('recipient_delimiter = "++"\n', "lmtp.recipient_delimiter", "one character"),
+            ("max_recipients = 0\n", "lmtp.max_recipients", "at least 1"),
+            ("bogus = 1\n", "lmtp.bogus", "unknown key"),
+        ]:
+            error = self.error(listen + text)
+            self.assertEqual(error.key, key, text)
+            self.assertIn(reason, error.reason)
+        error = self.error(listen + '[logging]\nformat = "xml"\n')
+        self.assertEqual(error.key, "logging.format")
+        self.assertIn("'text', 'json'", error.reason)
+
+
 class OverrideTests(unittest.TestCase):
     """Command-line options override file keys and their errors name the option."""
 
@@ -312,7 +353,8 @@ class ShippedConfigTests(unittest.TestCase):
 
     def test_production_example(self) -> None:
         config = load_config(os.path.join(ROOT, "etc", "mailsrv.toml"), check_files=False)
-        self.assertEqual(len(config.listeners), 4)
+        self.assertEqual(len(config.listeners), 5)
+        self.assertEqual(config.lmtp.listen, ("unix:/run/mailsrv/lmtp",))
         self.assertEqual(config.users.default_scheme, "ARGON2ID")
 
     def test_dev_config_is_loopback_only(self) -> None:

@@ -1,39 +1,54 @@
-"""Local delivery into a Maildir: the heart of ``mailsrv deliver USER``.
+"""Local delivery: the one code path of ``mailsrv deliver USER`` and LMTP.
 
-An MTA (Postfix ``mailbox_command``, procmail, fetchmail ``--mda``) pipes one
-message in; :func:`deliver` stores it and returns only once it is durable
-(written to ``tmp/``, fsynced, renamed into ``cur/``, the directory fsynced,
-its UID fsynced into ``mailsrv-uidlist`` and committed to the index).  The
-message lands in ``cur/`` already indexed and \\Recent, so the next IMAP
-session sees it without a directory scan.
+An MTA hands over one message, through a pipe (``mailsrv deliver``, run by
+Postfix's ``pipe(8)``, procmail, fetchmail ``--mda``) or over LMTP;
+:func:`store` files it in any :class:`~mailsrv.interfaces.IStorage` account
+and fires only once the backend says it is durable.  For Maildir that is:
+written to ``tmp/``, fsynced, its UID fsynced into ``mailsrv-uidlist``,
+renamed into ``cur/``, the directory fsynced, then committed to the index
+(the message lands already indexed and \\Recent, so the next IMAP session
+sees it without a directory scan); for PostgreSQL, the transaction that
+holds the body and the row committed.
+
+Every backend call may answer directly or with a Deferred (the daemon's
+storages use threads); :func:`store` chains them either way, so without a
+reactor (``mailsrv deliver``) the result is there when it returns and
+:func:`deliver` hands it back synchronously.
 
 Failures are :mod:`mailsrv.errors`: :class:`TemporaryFailure` for anything
 the administrator or time can fix (disk full, I/O error, permissions, a
-locked index), which the CLI turns into EX_TEMPFAIL (75) so the MTA keeps
-the message and retries.
+locked index, the database away), which ``mailsrv deliver`` turns into
+EX_TEMPFAIL (75) and LMTP into ``451 4.3.0``, so the MTA keeps the message
+and retries.
 """
 
 from __future__ import annotations
 
 import errno
 import sqlite3
-from typing import IO
+from typing import IO, Any
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from mailsrv import log
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox, StorageError, TemporaryFailure
-from mailsrv.log import get_logger
+from mailsrv.interfaces import IAccount, IMailbox, IStorage
 from mailsrv.storage import names
-from mailsrv.storage.maildir import CHUNK, MaildirAccount, MaildirMailbox, reindex
 
-__all__ = ["EmptyMessage", "deliver", "reindex"]
+__all__ = ["EmptyMessage", "deliver", "open_account", "reindex", "store"]
 
-log = get_logger(__name__)
+_log = log.get_logger(__name__)
+
+#: Bytes read at once from the message source.
+CHUNK = 64 * 1024
 
 
 class EmptyMessage(StorageError):
-    """Standard input held no bytes at all: there is no message to store.
+    """The source held no bytes at all: there is no message to store.
 
     The MTA sends at least a header, so this is a broken caller; the CLI
-    answers EX_DATAERR instead of filing an empty file as mail.
+    answers EX_DATAERR and LMTP 554 instead of filing an empty file as mail.
     """
 
     code = "CANNOT"
@@ -53,50 +68,97 @@ class _Peeked:
         return self._rest.read(size)
 
 
-def _mailbox(account: MaildirAccount, folder: str) -> MaildirMailbox:
+def _mailbox(account: IAccount, folder: str, quiet: bool) -> defer.Deferred[IMailbox]:
     """The target folder, or INBOX when it is missing or invalid (as Dovecot's LDA)."""
     if names.is_inbox(folder):
-        return account.open_mailbox(names.INBOX)
-    try:
-        return account.open_mailbox(folder)
-    except (NoSuchMailbox, InvalidMailboxName) as exc:
-        log.warn(
+        return defer.maybeDeferred(account.get_mailbox, names.INBOX)
+
+    def fall_back(failure: Failure) -> Any:
+        failure.trap(NoSuchMailbox, InvalidMailboxName)
+        emit = _log.info if quiet else _log.warn
+        emit(
             "deliver to {user}: folder {folder!r} unusable ({reason}); delivering to INBOX",
             user=account.username,
             folder=folder,
-            reason=str(exc),
+            reason=str(failure.value),
         )
-        return account.open_mailbox(names.INBOX)
+        return account.get_mailbox(names.INBOX)
+
+    return defer.maybeDeferred(account.get_mailbox, folder).addErrback(fall_back)
 
 
-def deliver(account: MaildirAccount, source: IO[bytes], folder: str = names.INBOX) -> int:
-    """Store the message read from ``source`` in ``folder``; return its UID.
+def _temporary(failure: Failure, user: str) -> Failure:
+    """A file-system or index error becomes a TemporaryFailure naming it;
+    storage errors and anything unexpected pass unchanged."""
+    exc = failure.value
+    if isinstance(exc, StorageError):
+        return failure
+    if isinstance(exc, OSError):
+        reason = errno.errorcode.get(exc.errno or 0, "error")
+        return Failure(TemporaryFailure(f"cannot store message for {user}: {reason}: {exc}"))
+    if isinstance(exc, sqlite3.Error):
+        return Failure(TemporaryFailure(f"index of {user} unavailable: {exc}"))
+    return failure
+
+
+def open_account(storage: IStorage, user: str, home: str | None) -> defer.Deferred[IAccount]:
+    """The recipient's account; a file-system error opening it (a Maildir
+    that cannot be created) is a :class:`TemporaryFailure`, as in :func:`store`."""
+    opened = defer.maybeDeferred(storage.account, user, home)
+    return opened.addErrback(_temporary, user)
+
+
+def store(
+    account: IAccount, source: IO[bytes], folder: str = names.INBOX, *, quiet: bool = False
+) -> defer.Deferred[tuple[str, int]]:
+    """Store the message read from ``source`` in ``folder``; fire with the
+    name of the mailbox it landed in and its UID.
 
     The message is streamed (never held in memory whole) and bare LF line
     ends are stored as CRLF.  A missing or invalid ``folder`` falls back to
-    INBOX and is logged.  Raises :class:`EmptyMessage` for empty input and
-    :class:`TemporaryFailure` when the message could not be stored but a
-    later attempt may succeed.
+    INBOX, logged as a warning (as information with ``quiet``: LMTP's
+    ``+detail`` names a folder that may well not exist).  Fails with
+    :class:`EmptyMessage` for empty input and :class:`TemporaryFailure`
+    when the message could not be stored but a later attempt may succeed.
     """
+    user = account.username
     try:
         first = source.read(CHUNK)
-        if not first:
-            raise EmptyMessage("empty message refused: standard input held no bytes")
-        mailbox = _mailbox(account, folder)
-        uid = mailbox.append(_Peeked(first, source))  # type: ignore[arg-type]
-    except StorageError:
-        raise
-    except OSError as exc:
-        reason = errno.errorcode.get(exc.errno or 0, "error")
-        raise TemporaryFailure(
-            f"cannot store message for {account.username}: {reason}: {exc}"
-        ) from exc
-    except sqlite3.Error as exc:
-        raise TemporaryFailure(f"index of {account.username} unavailable: {exc}") from exc
-    log.info(
-        "delivered UID {uid} to {user} {folder}",
-        uid=uid,
-        user=account.username,
-        folder=mailbox.name,
-    )
+    except Exception:
+        return defer.fail().addErrback(_temporary, user)
+    if not first:
+        return defer.fail(EmptyMessage("empty message refused: the input held no bytes"))
+    found = _mailbox(account, folder, quiet)
+
+    def append(mailbox: IMailbox) -> defer.Deferred[tuple[str, int]]:
+        appended = defer.maybeDeferred(mailbox.append, _Peeked(first, source))  # type: ignore[call-overload]
+        return appended.addCallback(lambda uid: (mailbox.name, uid))
+
+    def done(landed: tuple[str, int]) -> tuple[str, int]:
+        _log.info(
+            "delivered UID {uid} to {user} {folder}", uid=landed[1], user=user, folder=landed[0]
+        )
+        return landed
+
+    return found.addCallback(append).addCallbacks(done, _temporary, errbackArgs=(user,))
+
+
+def deliver(account: IAccount, source: IO[bytes], folder: str = names.INBOX) -> int:
+    """:func:`store`, for an account whose storage has no reactor (so every
+    call answers at once, as ``mailsrv deliver`` needs); return the UID."""
+    outcome: list[Any] = []
+    store(account, source, folder).addBoth(outcome.append)
+    if not outcome:
+        raise RuntimeError("deliver() needs a storage without a reactor; use store()")
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    uid: int = outcome[0][1]
     return uid
+
+
+def reindex(account: Any) -> dict[str, int]:
+    """Rebuild a Maildir account's indexes (``mailsrv reindex``)."""
+    from mailsrv.storage.maildir import reindex as maildir_reindex
+
+    counts: dict[str, int] = maildir_reindex(account)
+    return counts

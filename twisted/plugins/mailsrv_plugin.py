@@ -21,7 +21,7 @@ class Options(usage.Options):
 
     synopsis = (
         "[--config FILE] [--imap ENDPOINT]... [--pop3 ENDPOINT]... [--imaps ENDPOINT]... "
-        "[--pop3s ENDPOINT]... [--maildir TEMPLATE] [--passwd FILE] "
+        "[--pop3s ENDPOINT]... [--lmtp ENDPOINT]... [--maildir TEMPLATE] [--passwd FILE] "
         "[--tls-cert FILE --tls-key FILE]"
     )
     longdesc = (
@@ -39,7 +39,7 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("imap", "imaps", "pop3", "pop3s"):
+        for name in ("imap", "imaps", "pop3", "pop3s", "lmtp"):
             self[name] = []
         self.config: Any = None
 
@@ -59,8 +59,13 @@ class Options(usage.Options):
         """Implicit-TLS POP3 listener, e.g. tcp:995 (pop3.listen_tls; repeatable)."""
         self["pop3s"].append(endpoint)
 
+    def opt_lmtp(self, endpoint: str) -> None:
+        """LMTP listener for the MTA, e.g. unix:/run/mailsrv/lmtp (lmtp.listen; repeatable)."""
+        self["lmtp"].append(endpoint)
+
     def overrides(self) -> dict[str, Any]:
         return {
+            "lmtp": self["lmtp"],
             "imap": self["imap"],
             "imaps": self["imaps"],
             "pop3": self["pop3"],
@@ -85,11 +90,11 @@ class Options(usage.Options):
 @implementer(IServiceMaker, IPlugin)
 class MailsrvServiceMaker:
     tapname = "mailsrv"
-    description = "IMAP4rev1 and POP3 mail access server over Maildir."
+    description = "IMAP4rev1 and POP3 mail access server over Maildir, with LMTP delivery."
     options = Options
 
     def makeService(self, options: Options) -> Any:
-        from mailsrv.config import format_error
+        from mailsrv.config import format_error, load_config
         from mailsrv.errors import ConfigError
         from mailsrv.service import LogReopener, make_service
 
@@ -102,10 +107,15 @@ class MailsrvServiceMaker:
                 except ConfigError as e:
                     raise SystemExit(format_error(e)) from None
 
+        def load() -> Any:
+            # A reload reads what startup read: the same file, the same options.
+            return load_config(options["config"], options.overrides())
+
         try:
             daemon = Daemon()
-            LogReopener().setServiceParent(daemon)
-            make_service(options.config).setServiceParent(daemon)
+            mail = make_service(options.config, load=load, systemd_notify=True)
+            LogReopener(reload=mail.reload).setServiceParent(daemon)
+            mail.setServiceParent(daemon)
         except ConfigError as e:
             raise SystemExit(format_error(e)) from None
         return daemon

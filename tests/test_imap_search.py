@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailsrv.auth.realm import MailRealm
 from mailsrv.imap import grammar, search
+from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.imap.server import IMAP4ServerFactory
 from mailsrv.interfaces import MessageInfo
@@ -30,7 +31,7 @@ from tests.test_imap_server import Client, FakeMailbox
 DAY = datetime.datetime(2024, 5, 10, 23, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=-4)))
 
 
-def _key(text: str) -> grammar.SearchKey:
+def _key(text: str) -> SearchKey:
     command = grammar.parse_command([b"t SEARCH " + text.encode()])
     assert isinstance(command, grammar.Search)
     return command.key

@@ -18,7 +18,7 @@ import re
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv import message as msg
-from mailsrv.imap import grammar
+from mailsrv.imap import response
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -428,7 +428,7 @@ class BodyStructureTests(SynchronousTestCase):
         # spaces between adjacent bodies/addresses differ from ours.
         structure = msg.parse(load("05-mixed-alternative-related.eml"))
         value = msg.body_structure(structure, True)
-        generic = grammar.serialize(value)  # type: ignore[arg-type]
+        generic = response.serialize(value)  # type: ignore[arg-type]
         self.assertEqual(
             generic.replace(b") (", b")("), msg.render_body_structure(value).replace(b") (", b")(")
         )

@@ -39,10 +39,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from mailsrv import log, message
 from mailsrv.errors import NoSuchMessage
-from mailsrv.imap import content, grammar
+from mailsrv.imap import content, grammar, response
+from mailsrv.imap.fetch_syntax import FetchAttribute
 from mailsrv.imap.output import Done, ResponseWriter, bad
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.selected import SelectedMailbox
+from mailsrv.imap.syntax import format_date_time
 from mailsrv.interfaces import SEEN, IMailbox, IMessage, StoreMode, StoreResult
 
 __all__ = [
@@ -79,7 +81,7 @@ class FetchRequest:
     mailbox: IMailbox
     writer: ResponseWriter
     clock: IReactorTime
-    attributes: tuple[grammar.FetchAttribute, ...]
+    attributes: tuple[FetchAttribute, ...]
     uid: bool = False
     #: Whether a BINARY item is asked for (worked out once, not per message).
     has_binary: bool = attrs.field(init=False)
@@ -102,8 +104,8 @@ class FetchMessage:
 
     info: IMessage
     structure: message.MessageStructure | None = None
-    fields: dict[grammar.FetchAttribute, bytes] = attrs.Factory(dict)
-    binary: dict[grammar.FetchAttribute, bytes | int | None] = attrs.Factory(dict)
+    fields: dict[FetchAttribute, bytes] = attrs.Factory(dict)
+    binary: dict[FetchAttribute, bytes | int | None] = attrs.Factory(dict)
     rendered: dict[str, bytes] = attrs.Factory(dict)
     file: IO[bytes] | None = None
     flags_changed: bool = False
@@ -156,7 +158,7 @@ class FetchResponse:
 
 
 _Handler = Callable[
-    [FetchRequest, grammar.FetchAttribute, FetchMessage, FetchResponse],
+    [FetchRequest, FetchAttribute, FetchMessage, FetchResponse],
     "defer.Deferred[None] | None",
 ]
 
@@ -166,7 +168,7 @@ _Handler = Callable[
 # ---------------------------------------------------------------------------
 
 
-def _is_root_fields(attribute: grammar.FetchAttribute) -> bool:
+def _is_root_fields(attribute: FetchAttribute) -> bool:
     """BODY[HEADER.FIELDS (...)] of the whole message: served from the
     content cache without the structure."""
     section = attribute.section
@@ -178,7 +180,7 @@ def _is_root_fields(attribute: grammar.FetchAttribute) -> bool:
     )
 
 
-def _rendered_kind(attribute: grammar.FetchAttribute) -> str | None:
+def _rendered_kind(attribute: FetchAttribute) -> str | None:
     """The content cache kind of ENVELOPE, BODY and BODYSTRUCTURE."""
     if attribute.name in ("ENVELOPE", "BODYSTRUCTURE"):
         return attribute.name.lower()
@@ -187,7 +189,7 @@ def _rendered_kind(attribute: grammar.FetchAttribute) -> str | None:
     return None
 
 
-def _needs_structure(attribute: grammar.FetchAttribute) -> bool:
+def _needs_structure(attribute: FetchAttribute) -> bool:
     name, section = attribute.name, attribute.section
     if name in ("RFC822.HEADER", "RFC822.TEXT"):
         return True
@@ -200,7 +202,7 @@ def _needs_structure(attribute: grammar.FetchAttribute) -> bool:
     return False
 
 
-def _needs_file(attribute: grammar.FetchAttribute) -> bool:
+def _needs_file(attribute: FetchAttribute) -> bool:
     name = attribute.name
     if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY"):
         return True
@@ -209,7 +211,7 @@ def _needs_file(attribute: grammar.FetchAttribute) -> bool:
     return name == "BODY" and attribute.section is not None and not _is_root_fields(attribute)
 
 
-def _sets_seen(attribute: grammar.FetchAttribute) -> bool:
+def _sets_seen(attribute: FetchAttribute) -> bool:
     """RFC 3501 6.4.5: BODY[...], BINARY[...], RFC822 and RFC822.TEXT set
     \\Seen; the .PEEK forms and RFC822.HEADER do not."""
     if attribute.name in ("RFC822", "RFC822.TEXT"):
@@ -235,7 +237,7 @@ def flags_item(flags: frozenset[str]) -> bytes:
     """``FLAGS (...)`` for a flag set, memoized (bounded)."""
     item = _FLAG_ITEMS.get(flags)
     if item is None:
-        item = b"FLAGS " + grammar.flag_list(flags)
+        item = b"FLAGS " + response.flag_list(flags)
         if len(_FLAG_ITEMS) < 4096:
             _FLAG_ITEMS[flags] = item
     return item
@@ -254,7 +256,7 @@ def _render_size(view: SelectedMailbox, m: IMessage) -> bytes:
 
 
 def _render_internal_date(view: SelectedMailbox, m: IMessage) -> bytes:
-    return b'INTERNALDATE "%s"' % grammar.format_date_time(m.internal_date).encode("ascii")
+    return b'INTERNALDATE "%s"' % format_date_time(m.internal_date).encode("ascii")
 
 
 #: Items the index answers alone, by name: one renderer each, used by the
@@ -270,7 +272,7 @@ _INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
 def _index_handler(render: Callable[[SelectedMailbox, IMessage], bytes]) -> _Handler:
     def handler(
         request: FetchRequest,
-        attribute: grammar.FetchAttribute,
+        attribute: FetchAttribute,
         msg: FetchMessage,
         out: FetchResponse,
     ) -> None:
@@ -280,7 +282,7 @@ def _index_handler(render: Callable[[SelectedMailbox, IMessage], bytes]) -> _Han
 
 
 def _rendered(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
     """ENVELOPE, BODY and BODYSTRUCTURE, rendered once and cached."""
     kind = _rendered_kind(attribute)
@@ -307,7 +309,7 @@ def _clip(length: int, partial: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def _section_bytes_or_range(
-    attribute: grammar.FetchAttribute, msg: FetchMessage
+    attribute: FetchAttribute, msg: FetchMessage
 ) -> bytes | tuple[int, int] | None:
     """What BODY[section] names: bytes (filtered header fields), an
     ``(offset, length)`` range of the file, or None if there is no such
@@ -361,7 +363,7 @@ def _write_body(
 
 
 def _body_section(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> defer.Deferred[None] | None:
     if attribute.section is None:
         _rendered(request, attribute, msg, out)
@@ -372,7 +374,7 @@ def _body_section(
 
 
 def _rfc822(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> defer.Deferred[None] | None:
     """RFC822, RFC822.HEADER and RFC822.TEXT: BODY[], BODY.PEEK[HEADER] and
     BODY[TEXT] under their old names (RFC 3501 6.4.5)."""
@@ -389,7 +391,7 @@ def _rfc822(
     return _write_body(out, request.writer, name, value, None, msg)
 
 
-def _binary_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> bytes | None:
+def _binary_value(attribute: FetchAttribute, msg: FetchMessage) -> bytes | None:
     """BINARY[section]: the decoded part, None for a part the message lacks;
     raises :class:`UnknownEncoding`."""
     section = attribute.section
@@ -405,7 +407,7 @@ def _binary_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> bytes
     return decoded
 
 
-def _binary_size_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> int:
+def _binary_size_value(attribute: FetchAttribute, msg: FetchMessage) -> int:
     """BINARY.SIZE[section]; raises :class:`UnknownEncoding`."""
     section = attribute.section
     assert section is not None
@@ -420,7 +422,7 @@ def _binary_size_value(attribute: grammar.FetchAttribute, msg: FetchMessage) -> 
     return size
 
 
-def _decode_binary(attributes: Sequence[grammar.FetchAttribute], msg: FetchMessage) -> bool:
+def _decode_binary(attributes: Sequence[FetchAttribute], msg: FetchMessage) -> bool:
     """Work out the message's BINARY and BINARY.SIZE values before anything
     is written for it; False if a part's encoding is unknown (RFC 3516 4.3:
     the command fails with [UNKNOWN-CTE], so no half response is sent)."""
@@ -436,7 +438,7 @@ def _decode_binary(attributes: Sequence[grammar.FetchAttribute], msg: FetchMessa
 
 
 def _binary(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
     assert attribute.section is not None
     name = b"BINARY[" + str(attribute.section).encode("ascii") + b"]"
@@ -460,14 +462,14 @@ def _binary(
 
 
 def _binary_size(
-    request: FetchRequest, attribute: grammar.FetchAttribute, msg: FetchMessage, out: FetchResponse
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
     assert attribute.section is not None
     name = b"BINARY.SIZE[" + str(attribute.section).encode("ascii") + b"]"
     out.item(name + b" %d" % int(msg.binary[attribute] or 0))
 
 
-#: Item name (:attr:`grammar.FetchAttribute.name`) -> handler.
+#: Item name (:attr:`FetchAttribute.name`) -> handler.
 HANDLERS: dict[str, _Handler] = {
     **{name: _index_handler(render) for name, render in _INDEX_ITEMS.items()},
     "ENVELOPE": _rendered,

@@ -1,7 +1,7 @@
 """SEARCH: evaluating a parsed search program over the selected mailbox.
 
 The entry point is :func:`search`.  The program (a tree of
-:class:`~mailsrv.imap.grammar.SearchKey`) is compiled by :func:`compile_key`
+:class:`~mailsrv.imap.SearchKey`) is compiled by :func:`compile_key`
 into a :class:`Program`: a predicate over ``(seq, message, content)`` in
 three-valued logic.  ``content`` is a :class:`SearchContent` holding what
 has been loaded for the message so far; a key whose data is not loaded
@@ -46,7 +46,9 @@ from mailsrv import message
 from mailsrv.imap import content, grammar
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.pacing import Pacer
+from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox, UidMap
+from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IMailbox, IMessage
 
 __all__ = [
@@ -174,9 +176,7 @@ def _not(inner: Predicate) -> Predicate:
     return test
 
 
-def compile_key(
-    key: grammar.SearchKey, view: SelectedMailbox, charset: str | None = None
-) -> Program:
+def compile_key(key: SearchKey, view: SelectedMailbox, charset: str | None = None) -> Program:
     """A SEARCH key as a :class:`Program`.
 
     Raises :class:`NotImplementedKey` for keys of extensions not offered.
@@ -187,19 +187,19 @@ def compile_key(
 
 
 def _compile(
-    key: grammar.SearchKey, view: SelectedMailbox, charset: str | None, program: Program
+    key: SearchKey, view: SelectedMailbox, charset: str | None, program: Program
 ) -> Predicate:
     op, args = key.op, key.args
     if op == "ALL":
         return lambda seq, m, c: True
     if op == "AND":
-        return _and([_compile(cast(grammar.SearchKey, k), view, charset, program) for k in args])
+        return _and([_compile(cast(SearchKey, k), view, charset, program) for k in args])
     if op == "OR":
-        left = _compile(cast(grammar.SearchKey, args[0]), view, charset, program)
-        right = _compile(cast(grammar.SearchKey, args[1]), view, charset, program)
+        left = _compile(cast(SearchKey, args[0]), view, charset, program)
+        right = _compile(cast(SearchKey, args[1]), view, charset, program)
         return _or(left, right)
     if op == "NOT":
-        return _not(_compile(cast(grammar.SearchKey, args[0]), view, charset, program))
+        return _not(_compile(cast(SearchKey, args[0]), view, charset, program))
     if op == "FLAG":
         flag, present = cast(str, args[0]), bool(args[1])
         if flag == "\\Recent":
@@ -207,7 +207,7 @@ def _compile(
             return lambda seq, m, c: (m.uid in recent) == present
         return lambda seq, m, c: (flag in m.flags) == present
     if op in ("SEQ", "UID"):
-        sequence_set = cast(grammar.SequenceSet, args[0])
+        sequence_set = cast(SequenceSet, args[0])
         if sequence_set.saved:
             # "$" names messages, whether used as SEQ or UID (RFC 5182 2.1).
             saved = view.saved

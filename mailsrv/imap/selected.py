@@ -24,7 +24,8 @@ from typing import Any, cast
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mailsrv.imap import grammar
+from mailsrv.imap import response
+from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import (
     ANSWERED,
     DELETED,
@@ -295,7 +296,7 @@ class SelectedMailbox:
     def exists(self) -> int:
         return len(self.map)
 
-    def resolve(self, sequence_set: grammar.SequenceSet, uid: bool) -> MessageSet:
+    def resolve(self, sequence_set: SequenceSet, uid: bool) -> MessageSet:
         """The messages ``sequence_set`` names (UIDs when ``uid``).
 
         UIDs that are not in the view simply match nothing (RFC 3501 6.4.8);
@@ -493,7 +494,7 @@ class SelectedMailbox:
                 changed.append((seq, uid, flags))
         changed.sort()
         for seq, uid, flags in changed:
-            shown = grammar.flag_list(self.flags_with_recent(uid, flags))
+            shown = response.flag_list(self.flags_with_recent(uid, flags))
             out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
         return out
 

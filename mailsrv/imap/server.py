@@ -48,10 +48,12 @@ from twisted.python.failure import Failure
 from mailsrv import log
 from mailsrv.auth import sasl
 from mailsrv.errors import NoSuchMailbox, StorageError
-from mailsrv.imap import fetch, grammar, search
-from mailsrv.imap.grammar import ParseError
+from mailsrv.imap import fetch, grammar, lexer, response, search
+from mailsrv.imap.fetch_syntax import FetchAttribute
+from mailsrv.imap.lexer import ParseError
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
+from mailsrv.imap.syntax import SequenceSet, UndecodedName
 from mailsrv.interfaces import (
     SPECIAL_USES,
     IAccount,
@@ -145,7 +147,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._lost = False
         self._failures = 0
         # Framing
-        self._segments: list[grammar.Segment] = []
+        self._segments: list[lexer.Segment] = []
         self._command_size = 0
         self._literal: _Literal | None = None
         self._skipping = False  # discarding the rest of a refused command
@@ -240,7 +242,8 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if limits is not None:
             if not limits.open_ip(self._peer):
                 _log.warn("IMAP: too many connections from {peer}", peer=self._peer)
-                self._send(grammar.untagged_status("BYE", "Too many connections from your address"))
+                bye = response.untagged_status("BYE", "Too many connections from your address")
+                self._send(bye)
                 self.state = State.LOGOUT
                 self._close()
                 return
@@ -248,7 +251,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._login_by = self.clock.seconds() + self.policy.login_timeout
         self._activity()
         caps = "CAPABILITY " + " ".join(self._capabilities())
-        self._send(grammar.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
+        self._send(response.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Give back what the session holds.  Each step runs even if one
@@ -344,7 +347,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         else:
             _log.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
             bye = "Autologout; idle for too long"
-        self._send(grammar.untagged_status("BYE", bye))
+        self._send(response.untagged_status("BYE", bye))
         self.state = State.LOGOUT
         stalled = self._output is not None and self._output.paused
         self._close()
@@ -368,14 +371,14 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         first = self._segments[0] if self._segments else line
         if not isinstance(first, bytes):
             first = line
-        peeked = grammar.peek_command(first[:200])
+        peeked = lexer.peek_command(first[:200])
         tag = peeked[0] if peeked else "*"
         self._reset_command()
         self._skipping = False
         end = line.find(b"\r\n")
         if self._continuation is not None:
             self._continuation(b"")  # ends IDLE / SASL with an error
-        self._send(grammar.tagged(tag, "BAD", "Line too long", "TOOBIG"))
+        self._send(response.tagged(tag, "BAD", "Line too long", "TOOBIG"))
         if end >= 0:
             self._buffer = line[end + 2 :] + self._buffer
             self._reprocess = True
@@ -390,7 +393,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if self._continuation is not None:
             self._continuation(line)
             return
-        marker = grammar.literal_marker(line)
+        marker = lexer.literal_marker(line)
         if self._skipping:
             if marker is not None and marker[1]:
                 self._start_literal(marker[0], discard=True)
@@ -406,7 +409,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             return
         size, non_sync, binary = marker
         first = self._segments[0]
-        peeked = grammar.peek_command(first) if isinstance(first, bytes) else None
+        peeked = lexer.peek_command(first) if isinstance(first, bytes) else None
         tag = peeked[0] if peeked else "*"
         appending = (
             peeked is not None
@@ -418,18 +421,18 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         refusal: bytes | None = None
         if appending and size > self.policy.max_message_size:
             status = "BAD" if non_sync else "NO"
-            refusal = grammar.tagged(
+            refusal = response.tagged(
                 tag,
                 status,
                 f"Message too large (at most {self.policy.max_message_size} octets)",
                 "TOOBIG",
             )
         elif binary and not appending:
-            refusal = grammar.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
+            refusal = response.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
         elif not spool and not in_memory:
-            refusal = grammar.tagged(tag, "BAD", "Command too long", "TOOBIG")
-        elif spool and any(isinstance(s, grammar.LiteralFile) for s in self._segments):
-            refusal = grammar.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
+            refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
+        elif spool and any(isinstance(s, lexer.LiteralFile) for s in self._segments):
+            refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
         if refusal is not None:
             self._reset_command()
             self._send(refusal)
@@ -495,7 +498,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             self._command_size += literal.size
         else:
             literal.sink.seek(0)
-            self._segments.append(grammar.LiteralFile(literal.sink, literal.size))
+            self._segments.append(lexer.LiteralFile(literal.sink, literal.size))
 
     def _reset_command(self) -> None:
         self._close_segments(self._segments)
@@ -503,19 +506,19 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._command_size = 0
 
     @staticmethod
-    def _close_segments(segments: Iterable[grammar.Segment]) -> None:
+    def _close_segments(segments: Iterable[lexer.Segment]) -> None:
         for segment in segments:
-            if isinstance(segment, grammar.LiteralFile):
+            if isinstance(segment, lexer.LiteralFile):
                 segment.file.close()
 
     # -- command execution ----------------------------------------------------------
 
-    def _execute(self, segments: list[grammar.Segment]) -> None:
+    def _execute(self, segments: list[lexer.Segment]) -> None:
         try:
             command = grammar.parse_command(segments, self.policy.max_nesting_depth)
         except ParseError as e:
             self._close_segments(segments)
-            self._send(grammar.tagged(e.tag or "*", "BAD", e.message, e.code))
+            self._send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
             return
         key = command.name
         if getattr(command, "uid", False):
@@ -523,13 +526,13 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         entry = _COMMANDS.get(key)
         if entry is None:  # the parser knows a command we do not handle
             self._close_segments(segments)
-            self._send(grammar.tagged(command.tag, "BAD", f"{key} is not supported"))
+            self._send(response.tagged(command.tag, "BAD", f"{key} is not supported"))
             return
         method, states = entry
         if self.state not in states:
             self._close_segments(segments)
             self._send(
-                grammar.tagged(
+                response.tagged(
                     command.tag, "BAD", f"{key} is not allowed in {self.state.value} state"
                 )
             )
@@ -645,9 +648,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             self._send(b"".join(lines))
 
     def _finish(self, done: Done, command: grammar.Command) -> None:
-        self._send(grammar.tagged(command.tag, done.status, done.text, done.code))
+        self._send(response.tagged(command.tag, done.status, done.text, done.code))
         if done.bye is not None:
-            self._send(grammar.untagged_status("BYE", done.bye))
+            self._send(response.untagged_status("BYE", done.bye))
             self.state = State.LOGOUT
             self._close()
         if done.after is not None:
@@ -655,12 +658,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     def _internal_error(self, failure: Failure, command: grammar.Command) -> None:
         _log.failure("IMAP: completing {command} failed", failure, command=command.name)
-        self._send(grammar.tagged(command.tag, "NO", "Internal server error", "SERVERBUG"))
+        self._send(response.tagged(command.tag, "NO", "Internal server error", "SERVERBUG"))
 
     # -- any state -----------------------------------------------------------------------
 
     def do_capability(self, command: grammar.Simple) -> Done:
-        self._send(grammar.untagged("CAPABILITY", " ".join(self._capabilities())))
+        self._send(response.untagged("CAPABILITY", " ".join(self._capabilities())))
         return Done(text="CAPABILITY completed")
 
     def do_noop(self, command: grammar.Simple) -> _Result:
@@ -670,13 +673,13 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         return Done(text="NOOP completed")
 
     def do_logout(self, command: grammar.Simple) -> Done:
-        self._send(grammar.untagged_status("BYE", "mailsrv logging out"))
+        self._send(response.untagged_status("BYE", "mailsrv logging out"))
         self.state = State.LOGOUT
         self._deselect()
         return Done(text="LOGOUT completed", after=self._close)
 
     def do_id(self, command: grammar.Id) -> Done:
-        self._send(grammar.untagged("ID", grammar.serialize(("name", "mailsrv"))))
+        self._send(response.untagged("ID", response.serialize(("name", "mailsrv"))))
         return Done(text="ID completed")
 
     # -- not authenticated ---------------------------------------------------------------
@@ -828,8 +831,8 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     def do_namespace(self, command: grammar.Simple) -> Done:
         delimiter = self._account().delimiter
-        personal = grammar.serialize([["", delimiter]])
-        self._send(grammar.untagged("NAMESPACE", personal, "NIL", "NIL"))
+        personal = response.serialize([["", delimiter]])
+        self._send(response.untagged("NAMESPACE", personal, "NIL", "NIL"))
         return Done(text="NAMESPACE completed")
 
     def do_create(self, command: grammar.Create) -> _Result:
@@ -870,7 +873,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if len(command.patterns) == 1 and command.patterns[0] == "" and not command.selection:
             # RFC 3501 6.3.8: the delimiter and root of the reference.
             self._send(
-                grammar.untagged(command.name, "(\\Noselect)", grammar.serialize(delimiter), '""')
+                response.untagged(command.name, "(\\Noselect)", response.serialize(delimiter), '""')
             )
             return Done(text=f"{command.name} completed")
         entries: Sequence[MailboxEntry] = yield defer.maybeDeferred(account.list_mailboxes)
@@ -887,9 +890,9 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         matchers = [
             _pattern_regex(command.reference, pattern, delimiter)
             for pattern in command.patterns
-            if pattern and not isinstance(pattern, grammar.UndecodedName)
+            if pattern and not isinstance(pattern, UndecodedName)
         ]
-        if isinstance(command.reference, grammar.UndecodedName):
+        if isinstance(command.reference, UndecodedName):
             matchers = []
 
         def matches(name: str) -> bool:
@@ -932,14 +935,14 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                 if special_only and not any(a in SPECIAL_USES for a in attributes):
                     continue
                 rows.append((name, attributes, b""))
-        quoted_delimiter = grammar.serialize(delimiter)
+        quoted_delimiter = response.serialize(delimiter)
         for name, attributes, extended in rows:
             flags = b"(" + b" ".join(a.encode("ascii") for a in attributes) + b")"
             line = b"* %s %s %s %s%s\r\n" % (
                 command.name.encode(),
                 flags,
                 quoted_delimiter,
-                grammar.mailbox(name),
+                response.mailbox(name),
                 extended,
             )
             self._send(line)
@@ -989,7 +992,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             "APPENDLIMIT": self.policy.max_message_size,
         }
         pairs = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
-        return b"* STATUS %s (%s)\r\n" % (grammar.mailbox(name), pairs)
+        return b"* STATUS %s (%s)\r\n" % (response.mailbox(name), pairs)
 
     def do_status(self, command: grammar.Status) -> _Result:
         d = defer.maybeDeferred(self._account().status, _existing(command.mailbox))
@@ -1123,7 +1126,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         # The selected mailbox is gone under an idling client: say so and
         # close (as after any command that finds it gone).
         self._forget_selected()
-        self._send(grammar.untagged_status("BYE", _GONE))
+        self._send(response.untagged_status("BYE", _GONE))
         self.state = State.LOGOUT
         self._close()
 
@@ -1133,7 +1136,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         assert self.selected is not None
         return self.selected
 
-    def _resolve(self, sequence_set: grammar.SequenceSet, uid: bool) -> MessageSet:
+    def _resolve(self, sequence_set: SequenceSet, uid: bool) -> MessageSet:
         """The messages the set names; BAD for sequence numbers out of range."""
         try:
             return self._view().resolve(sequence_set, uid)
@@ -1199,13 +1202,13 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         )
         view.forget_flags(result.updated)
         if not command.silent:
-            items = (grammar.FetchAttribute("UID"),) if command.uid else ()
+            items = (FetchAttribute("UID"),) if command.uid else ()
             request = fetch.FetchRequest(
                 view,
                 view.mailbox,
                 self._writer(),
                 self.clock,
-                (*items, grammar.FetchAttribute("FLAGS")),
+                (*items, FetchAttribute("FLAGS")),
                 command.uid,
             )
             yield fetch.fetch_messages(request, pairs)
@@ -1235,7 +1238,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if moving:
             view.note_expunged(src for src, _ in mapping)
             if code is not None:
-                self._send(grammar.untagged_status("OK", "Moved", code))
+                self._send(response.untagged_status("OK", "Moved", code))
             return Done(text="MOVE completed")
         return Done(text="COPY completed", code=code)
 
@@ -1266,7 +1269,7 @@ def _existing(name: str) -> str:
     No mailbox can have such a name, but it is a syntactically valid one
     (RFC 3501 5.1.3), so the answer is NO, not BAD, as Dovecot's.
     """
-    if isinstance(name, grammar.UndecodedName):
+    if isinstance(name, UndecodedName):
         raise no(
             f"No mailbox has this name: not valid modified UTF-7 ({name.reason})", "NONEXISTENT"
         )
@@ -1275,7 +1278,7 @@ def _existing(name: str) -> str:
 
 def _creatable(name: str) -> str:
     """``name``, or NO [CANNOT] if it is not valid modified UTF-7."""
-    if isinstance(name, grammar.UndecodedName):
+    if isinstance(name, UndecodedName):
         raise no(f"Mailbox names must be valid modified UTF-7 ({name.reason})", "CANNOT")
     return name
 

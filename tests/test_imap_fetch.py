@@ -1,4 +1,4 @@
-"""FETCH (mailsrv.imap.fetch) and output that waits for a slow client.
+"""FETCH (mailsrv.imap.fetching, fetch_items) and output that waits for a slow client.
 
 The flow-control tests use a transport that behaves like TCP's: it pauses
 its registered producer when more than ``limit`` octets are waiting and
@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv import message
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap import fetch
+from mailsrv.imap import fetch_items
 from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.server import IMAP4Server, IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
@@ -168,7 +168,7 @@ class WriteLiteralTests(SynchronousTestCase):
         writer, transport = self.make_writer(10_000)
         data = bytes(range(256)) * 1200  # 307,200 octets
         results: list[object] = []
-        d = fetch.write_literal(writer, io.BytesIO(data), len(data), chunk_size=8192)
+        d = fetch_items.write_literal(writer, io.BytesIO(data), len(data), chunk_size=8192)
         d.addBoth(results.append)
         received = b""
         rounds = 0
@@ -183,13 +183,13 @@ class WriteLiteralTests(SynchronousTestCase):
 
     def test_slice_from_an_offset(self) -> None:
         writer, transport = self.make_writer(1 << 20)
-        d = fetch.write_literal(writer, io.BytesIO(b"0123456789"), 4, offset=3)
+        d = fetch_items.write_literal(writer, io.BytesIO(b"0123456789"), 4, offset=3)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(transport.value(), b"{4}\r\n3456")
 
     def test_short_file_is_padded_to_the_promised_length(self) -> None:
         writer, transport = self.make_writer(1 << 20)
-        d = fetch.write_literal(writer, io.BytesIO(b"abc"), 6)
+        d = fetch_items.write_literal(writer, io.BytesIO(b"abc"), 6)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(transport.value(), b"{6}\r\nabc   ")
         self.flushLoggedErrors()
@@ -567,13 +567,13 @@ class FetchItemTests(ServerTestBase):
         body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 3000
         uid = self.storage.deliver("joe", body)  # type: ignore[attr-defined]
         streamed: list[int] = []
-        real_write_literal = fetch.write_literal
+        real_write_literal = fetch_items.write_literal
 
         def spy(writer: Any, source: Any, length: int, offset: int = 0) -> Any:
             streamed.append(length)
             return real_write_literal(writer, source, length, offset, chunk_size=4096)
 
-        self.patch(fetch, "write_literal", spy)
+        self.patch(fetch_items, "write_literal", spy)
         client = yield self.open()
         response = yield client.command("a", f"UID FETCH {uid} (BODY.PEEK[TEXT]<1000.200000>)")
         text = body[body.index(b"\r\n\r\n") + 4 :]

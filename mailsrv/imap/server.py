@@ -12,8 +12,8 @@ Untagged updates from other sessions come from the selected mailbox view
 (:mod:`mailsrv.imap.selected`) and are written just before each tagged
 answer, with EXPUNGE held back after FETCH, STORE and SEARCH.
 
-FETCH and SEARCH live in :mod:`mailsrv.imap.fetch` and
-:mod:`mailsrv.imap.search`; all output goes through one
+FETCH and SEARCH live in :mod:`mailsrv.imap.fetching` and
+:mod:`mailsrv.imap.searching`; all output goes through one
 :class:`mailsrv.imap.output.ResponseWriter`, a producer registered on the
 transport, so long responses wait for a client that stops reading, and no
 further command is read until it catches up.
@@ -48,7 +48,8 @@ from twisted.python.failure import Failure
 from mailsrv import log
 from mailsrv.auth import sasl
 from mailsrv.errors import NoSuchMailbox, StorageError
-from mailsrv.imap import fetch, grammar, lexer, response, search
+from mailsrv.imap import fetching, grammar, lexer, response, searching
+from mailsrv.imap.fetch_items import FetchRequest
 from mailsrv.imap.fetch_syntax import FetchAttribute
 from mailsrv.imap.lexer import ParseError
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
@@ -1184,7 +1185,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     def do_fetch(self, command: grammar.Fetch) -> defer.Deferred[Done]:
         view = self._view()
-        return fetch.fetch(view, view.mailbox, command, self._writer(), self.clock)
+        return fetching.fetch(view, view.mailbox, command, self._writer(), self.clock)
 
     @defer.inlineCallbacks
     def do_store(self, command: grammar.Store) -> Generator[defer.Deferred[Any], Any, Done]:
@@ -1203,7 +1204,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         view.forget_flags(result.updated)
         if not command.silent:
             items = (FetchAttribute("UID"),) if command.uid else ()
-            request = fetch.FetchRequest(
+            request = FetchRequest(
                 view,
                 view.mailbox,
                 self._writer(),
@@ -1211,7 +1212,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
                 (*items, FetchAttribute("FLAGS")),
                 command.uid,
             )
-            yield fetch.fetch_messages(request, pairs)
+            yield fetching.fetch_messages(request, pairs)
         return Done(text="STORE completed")
 
     @defer.inlineCallbacks
@@ -1244,7 +1245,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
 
     def do_search(self, command: grammar.Search) -> defer.Deferred[Done]:
         view = self._view()
-        return search.search(view, view.mailbox, command, self._writer(), self.clock)
+        return searching.search(view, view.mailbox, command, self._writer(), self.clock)
 
 
 def _uid_set(uids: Iterable[int]) -> str:

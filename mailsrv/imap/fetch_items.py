@@ -1,14 +1,4 @@
-"""FETCH: turning a parsed FETCH command into streamed ``* n FETCH`` responses.
-
-The entry point is :func:`fetch`.  It walks the requested messages in
-batches of :data:`BATCH` (one ``IMailbox.fetch`` call per batch, never a
-list of the whole set), gathers what the batch's items need in a few bulk
-calls (parsed structures and HEADER.FIELDS values come from the storage
-cache through :mod:`mailsrv.imap.content`), writes one response per
-message through the session's :class:`~mailsrv.imap.output.ResponseWriter`,
-and waits whenever the writer is paused because the client is not reading.
-Between batches it gives the reactor a turn so one huge FETCH does not
-stall other sessions.
+"""FETCH items: what each item needs and how it is written.
 
 Each item is answered by an *item handler* looked up by the item's name in
 :data:`HANDLERS`::
@@ -24,45 +14,48 @@ returns the Deferred of that work.
 
 Body items are served by slicing the message file at the offsets the parsed
 structure records (:mod:`mailsrv.message`), never by re-serializing, so a
-50 MB ``BODY[]`` streams from disk in :data:`CHUNK` pieces.
+50 MB ``BODY[]`` streams from disk in :data:`CHUNK` pieces.  The batches
+that feed the handlers are :mod:`mailsrv.imap.fetching`'s.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import IO, Any
 
 import attrs
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from mailsrv import log, message
-from mailsrv.errors import NoSuchMessage
-from mailsrv.imap import content, grammar, response
+from mailsrv.imap import response
 from mailsrv.imap.fetch_syntax import FetchAttribute
-from mailsrv.imap.output import Done, ResponseWriter, bad
-from mailsrv.imap.pacing import Pacer
+from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.imap.syntax import format_date_time
-from mailsrv.interfaces import SEEN, IMailbox, IMessage, StoreMode, StoreResult
+from mailsrv.interfaces import IMailbox, IMessage
 
 __all__ = [
-    "BATCH",
     "CHUNK",
     "HANDLERS",
+    "INDEX_ITEMS",
     "FetchMessage",
     "FetchRequest",
     "FetchResponse",
-    "fetch",
-    "fetch_messages",
+    "UnknownEncoding",
+    "decode_binary",
+    "flags_item",
+    "is_root_fields",
+    "needs_file",
+    "needs_structure",
+    "render_flags",
+    "rendered_kind",
+    "sets_seen",
     "write_literal",
 ]
 
 _log = log.get_logger(__name__)
 
-#: Messages whose metadata is read from storage in one call.
-BATCH = 500
 #: Octets of a literal read from its file and written in one piece.
 CHUNK = 64 * 1024
 #: Literals up to this size are read whole and written with the response.
@@ -168,7 +161,7 @@ _Handler = Callable[
 # ---------------------------------------------------------------------------
 
 
-def _is_root_fields(attribute: FetchAttribute) -> bool:
+def is_root_fields(attribute: FetchAttribute) -> bool:
     """BODY[HEADER.FIELDS (...)] of the whole message: served from the
     content cache without the structure."""
     section = attribute.section
@@ -180,7 +173,7 @@ def _is_root_fields(attribute: FetchAttribute) -> bool:
     )
 
 
-def _rendered_kind(attribute: FetchAttribute) -> str | None:
+def rendered_kind(attribute: FetchAttribute) -> str | None:
     """The content cache kind of ENVELOPE, BODY and BODYSTRUCTURE."""
     if attribute.name in ("ENVELOPE", "BODYSTRUCTURE"):
         return attribute.name.lower()
@@ -189,29 +182,29 @@ def _rendered_kind(attribute: FetchAttribute) -> str | None:
     return None
 
 
-def _needs_structure(attribute: FetchAttribute) -> bool:
+def needs_structure(attribute: FetchAttribute) -> bool:
     name, section = attribute.name, attribute.section
     if name in ("RFC822.HEADER", "RFC822.TEXT"):
         return True
     if name == "BODY":
         if section is None:
             return False  # the BODY structure item comes rendered
-        return bool(section.part or section.text) and not _is_root_fields(attribute)
+        return bool(section.part or section.text) and not is_root_fields(attribute)
     if name in ("BINARY", "BINARY.SIZE"):
         return bool(attribute.section and attribute.section.part)
     return False
 
 
-def _needs_file(attribute: FetchAttribute) -> bool:
+def needs_file(attribute: FetchAttribute) -> bool:
     name = attribute.name
     if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY"):
         return True
     if name == "BINARY.SIZE":
         return True  # decoded sizes come from decoding (identity parts aside)
-    return name == "BODY" and attribute.section is not None and not _is_root_fields(attribute)
+    return name == "BODY" and attribute.section is not None and not is_root_fields(attribute)
 
 
-def _sets_seen(attribute: FetchAttribute) -> bool:
+def sets_seen(attribute: FetchAttribute) -> bool:
     """RFC 3501 6.4.5: BODY[...], BINARY[...], RFC822 and RFC822.TEXT set
     \\Seen; the .PEEK forms and RFC822.HEADER do not."""
     if attribute.name in ("RFC822", "RFC822.TEXT"):
@@ -243,7 +236,7 @@ def flags_item(flags: frozenset[str]) -> bytes:
     return item
 
 
-def _render_flags(view: SelectedMailbox, m: IMessage) -> bytes:
+def render_flags(view: SelectedMailbox, m: IMessage) -> bytes:
     return flags_item(view.flags_with_recent(m.uid, m.flags))
 
 
@@ -261,8 +254,8 @@ def _render_internal_date(view: SelectedMailbox, m: IMessage) -> bytes:
 
 #: Items the index answers alone, by name: one renderer each, used by the
 #: per-message path and by the batched first-sync path alike.
-_INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
-    "FLAGS": _render_flags,
+INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
+    "FLAGS": render_flags,
     "UID": _render_uid,
     "RFC822.SIZE": _render_size,
     "INTERNALDATE": _render_internal_date,
@@ -285,7 +278,7 @@ def _rendered(
     request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
 ) -> None:
     """ENVELOPE, BODY and BODYSTRUCTURE, rendered once and cached."""
-    kind = _rendered_kind(attribute)
+    kind = rendered_kind(attribute)
     assert kind is not None
     out.item(attribute.name.encode("ascii") + b" " + msg.rendered[kind])
 
@@ -422,7 +415,7 @@ def _binary_size_value(attribute: FetchAttribute, msg: FetchMessage) -> int:
     return size
 
 
-def _decode_binary(attributes: Sequence[FetchAttribute], msg: FetchMessage) -> bool:
+def decode_binary(attributes: Sequence[FetchAttribute], msg: FetchMessage) -> bool:
     """Work out the message's BINARY and BINARY.SIZE values before anything
     is written for it; False if a part's encoding is unknown (RFC 3516 4.3:
     the command fails with [UNKNOWN-CTE], so no half response is sent)."""
@@ -471,7 +464,7 @@ def _binary_size(
 
 #: Item name (:attr:`FetchAttribute.name`) -> handler.
 HANDLERS: dict[str, _Handler] = {
-    **{name: _index_handler(render) for name, render in _INDEX_ITEMS.items()},
+    **{name: _index_handler(render) for name, render in INDEX_ITEMS.items()},
     "ENVELOPE": _rendered,
     "BODYSTRUCTURE": _rendered,
     "BODY": _body_section,
@@ -481,320 +474,6 @@ HANDLERS: dict[str, _Handler] = {
     "BINARY": _binary,
     "BINARY.SIZE": _binary_size,
 }
-
-
-# ---------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------
-
-
-def fetch(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Fetch,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    """Answer a FETCH (or UID FETCH) command; fires with its completion.
-
-    Raises (in the Deferred) :class:`~mailsrv.imap.output.CommandError` for
-    modifiers and bad sequence numbers.
-    """
-    return defer.maybeDeferred(_check_and_run, view, mailbox, command, writer, clock)
-
-
-def _check_and_run(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Fetch,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    unsupported = [a for a in command.attributes if a.name not in HANDLERS]
-    if unsupported:
-        # MODSEQ parses (RFC 7162) but CONDSTORE is not offered.
-        raise bad(f"FETCH {unsupported[0].response_name()} is not supported")
-    if command.modifiers:
-        raise bad(f"FETCH modifier {command.modifiers[0][0]} is not supported")
-    try:
-        messages = view.resolve(command.sequence_set, command.uid)
-    except ValueError as e:
-        raise bad(str(e)) from None
-    request = FetchRequest(view, mailbox, writer, clock, command.attributes, command.uid)
-    d = fetch_messages(request, messages)
-
-    def done(outcome: _Outcome) -> Done:
-        if outcome.unknown_cte:
-            return Done("NO", "Unknown Content-Transfer-Encoding in a BINARY part", "UNKNOWN-CTE")
-        if outcome.missing:
-            # RFC 5530 3 (its example is an OK) and RFC 2180 4.1: answer
-            # what still exists; the client learns the rest at its next
-            # NOOP.  A NO here makes clients such as imaplib give up on
-            # the whole FETCH, as Dovecot's OK does not.
-            return Done(text="Some messages were already expunged", code="EXPUNGEISSUED")
-        return Done(text="FETCH completed")
-
-    return d.addCallback(done)
-
-
-@attrs.define
-class _Outcome:
-    missing: int = 0
-    unknown_cte: bool = False
-
-
-@defer.inlineCallbacks
-def _set_seen(
-    request: FetchRequest, found: Sequence[IMessage]
-) -> Generator[defer.Deferred[Any], Any, dict[int, IMessage]]:
-    """Set \\Seen on the batch's unseen messages; their new metadata by UID."""
-    unseen = [m.uid for m in found if SEEN not in m.flags]
-    if not unseen:
-        return {}
-    result: StoreResult = yield defer.maybeDeferred(
-        request.mailbox.store, unseen, [SEEN], StoreMode.ADD, None
-    )
-    # Our own responses carry the new flags; no untagged FETCH for them later.
-    request.view.forget_flags(result.updated)
-    return {m.uid: m for m in result.updated}
-
-
-@defer.inlineCallbacks
-def _load(
-    request: FetchRequest, found: Sequence[IMessage]
-) -> Generator[defer.Deferred[Any], Any, list[FetchMessage]]:
-    """What the batch's items need, in bulk: new flags, structures, cached
-    header fields."""
-    attributes = request.attributes
-    changed: dict[int, IMessage] = {}
-    if not request.view.readonly and any(_sets_seen(a) for a in attributes):
-        changed = yield _set_seen(request, found)
-    batch = [FetchMessage(changed.get(m.uid, m), flags_changed=m.uid in changed) for m in found]
-    uids = [m.uid for m in batch]
-    if any(_needs_structure(a) for a in attributes):
-        structures = yield content.structures(request.mailbox, uids)
-        for m in batch:
-            m.structure = structures.get(m.uid)
-    for kind in {k for k in map(_rendered_kind, attributes) if k is not None}:
-        values = yield content.rendered(request.mailbox, uids, kind)
-        for m in batch:
-            value = values.get(m.uid)
-            if value is not None:
-                m.rendered[kind] = value
-    root_fields = [a for a in attributes if _is_root_fields(a)]
-    for attribute in root_fields:
-        assert attribute.section is not None
-        values = yield content.header_fields(
-            request.mailbox,
-            uids,
-            attribute.section.fields,
-            attribute.section.text == "HEADER.FIELDS.NOT",
-        )
-        for m in batch:
-            value = values.get(m.uid)
-            if value is not None:
-                m.fields[attribute] = value
-    # Keep the messages for which everything was found (the rest were
-    # expunged meanwhile, and the caller counts them as missing).
-    kinds = len({k for k in map(_rendered_kind, attributes) if k is not None})
-    structure = any(_needs_structure(a) for a in attributes)
-    return [
-        m
-        for m in batch
-        if len(m.rendered) == kinds
-        and len(m.fields) == len(set(root_fields))
-        and (m.structure is not None or not structure)
-    ]
-
-
-#: Index-only responses joined into one write (a few KB).
-_LINES_PER_WRITE = 32
-
-
-@defer.inlineCallbacks
-def _fetch_index_only(
-    request: FetchRequest, messages: Iterable[tuple[int, int]]
-) -> Generator[defer.Deferred[Any], Any, _Outcome]:
-    """The first-sync path (FLAGS, UID, RFC822.SIZE, INTERNALDATE only): one
-    write per batch of 500 responses, no object per message."""
-    writer = request.writer
-    view = request.view
-    renderers = [_INDEX_ITEMS[a.name] for a in request.attributes]
-    shows_flags = any(a.name == "FLAGS" for a in request.attributes)
-    pairs = iter(messages)
-    outcome = _Outcome()
-    first = True
-    while True:
-        chunk = list(itertools.islice(pairs, BATCH))
-        if not chunk:
-            return outcome
-        if not first:
-            yield task.deferLater(request.clock, 0, lambda: None)
-        first = False
-        if writer.closed:
-            return outcome
-        seq_of = dict((uid, seq) for seq, uid in chunk)
-        found = request.mailbox.fetch(list(seq_of))
-        if isinstance(found, defer.Deferred):
-            found = yield found
-        if shows_flags:
-            telling = _tell_keywords(request, found)
-            if telling is not None:
-                yield telling
-        lines = []
-        written = 0
-        for m in found:
-            seq = seq_of.get(m.uid)
-            if seq is None:
-                continue
-            items = b" ".join([render(view, m) for render in renderers])
-            lines.append(b"* %d FETCH (%s)\r\n" % (seq, items))
-            if len(lines) == _LINES_PER_WRITE:
-                # Small writes keep a paused client's backlog to a few KB.
-                written += len(lines)
-                writer.write(b"".join(lines))
-                lines = []
-                if writer.paused:
-                    yield writer.ready()
-                if writer.closed:
-                    return outcome
-        written += len(lines)
-        outcome.missing += len(chunk) - written
-        writer.write(b"".join(lines))
-        if writer.paused:
-            yield writer.ready()
-
-
-@defer.inlineCallbacks
-def fetch_messages(
-    request: FetchRequest, messages: Iterable[tuple[int, int]]
-) -> Generator[defer.Deferred[Any], Any, _Outcome]:
-    """Write the responses for ``(seq, uid)`` pairs; fire with an outcome
-    telling how many of them were gone from storage (expunged by another
-    session meanwhile) and whether a BINARY item met an unknown encoding.
-
-    STORE uses this too for its ``FETCH (FLAGS)`` answers.
-    """
-    writer = request.writer
-    attributes = request.attributes
-    if all(a.name in _INDEX_ITEMS for a in attributes):
-        outcome = yield _fetch_index_only(request, messages)
-        return outcome
-    wants_file = any(_needs_file(a) for a in attributes)
-    shows_flags = any(a.name == "FLAGS" for a in attributes)
-    pairs = iter(messages)
-    outcome = _Outcome()
-    first = True
-    pacer = Pacer(BATCH)
-    while True:
-        if not first:
-            # A long FETCH gives other sessions a turn between batches.
-            yield task.deferLater(request.clock, 0, lambda: None)
-        chunk = list(itertools.islice(pairs, pacer.next_size()))
-        if not chunk:
-            return outcome
-        first = False
-        if writer.closed:
-            return outcome
-        seq_of = {uid: seq for seq, uid in chunk}
-        found: Sequence[IMessage] = yield defer.maybeDeferred(
-            request.mailbox.fetch, [uid for _, uid in chunk]
-        )
-        found = [m for m in found if m.uid in seq_of]
-        batch = yield _load(request, found)
-        outcome.missing += len(chunk) - len(batch)
-        telling = _tell_keywords(request, [m.info for m in batch if shows_flags or m.flags_changed])
-        if telling is not None:
-            yield telling
-        for msg in batch:
-            if wants_file:
-                try:
-                    opened = request.mailbox.open(msg.uid)
-                    if isinstance(opened, defer.Deferred):
-                        opened = yield opened
-                except NoSuchMessage:
-                    outcome.missing += 1
-                    continue
-                msg.file = opened
-            try:
-                written = _respond(request, msg, seq_of[msg.uid], shows_flags)
-                if isinstance(written, defer.Deferred):
-                    written = yield written
-            finally:
-                if msg.file is not None:
-                    msg.file.close()
-                    msg.file = None
-            if not written:
-                outcome.unknown_cte = True
-            if writer.paused:
-                pacer.done(1)  # the wait for the client is not our cost
-                yield writer.ready()
-                pacer.next_size()
-            if writer.closed:
-                return outcome
-        pacer.done(len(chunk))
-
-
-def _tell_keywords(request: FetchRequest, shown: Iterable[IMessage]) -> defer.Deferred[None] | None:
-    """Send FLAGS and PERMANENTFLAGS again before responses that show a
-    keyword the session was not told about (RFC 3501 7.2.6: another session
-    or a delivery may have just defined it).  None when every keyword is
-    known, which is the common case and costs no storage call."""
-    view = request.view
-    new = view.unannounced(m.flags for m in shown)
-    if not new:
-        return None
-    return view.announce_keywords(new).addCallback(request.writer.write)
-
-
-def _respond(
-    request: FetchRequest, msg: FetchMessage, seq: int, shows_flags: bool
-) -> bool | defer.Deferred[bool]:
-    """Write one message's response; False if a BINARY item cannot be
-    decoded, in which case nothing was written for the message (RFC 3516
-    4.3 fails the command with [UNKNOWN-CTE]).
-
-    Synchronous (no Deferred, no generator per message: a 100,000-message
-    FETCH FLAGS pays for neither) unless an item streams its value.
-    """
-    attributes = request.attributes
-    if request.has_binary and not _decode_binary(attributes, msg):
-        return False
-    response = FetchResponse(request.writer, seq)
-    for index, attribute in enumerate(attributes):
-        pending = HANDLERS[attribute.name](request, attribute, msg, response)
-        if pending is not None:
-            return _respond_rest(request, msg, response, index + 1, pending, shows_flags)
-    _end_response(request, msg, response, shows_flags)
-    return True
-
-
-@defer.inlineCallbacks
-def _respond_rest(
-    request: FetchRequest,
-    msg: FetchMessage,
-    response: FetchResponse,
-    start: int,
-    pending: defer.Deferred[None],
-    shows_flags: bool,
-) -> Generator[defer.Deferred[Any], Any, bool]:
-    """The rest of a response after an item that streams."""
-    yield pending
-    for attribute in request.attributes[start:]:
-        more = HANDLERS[attribute.name](request, attribute, msg, response)
-        if more is not None:
-            yield more
-    _end_response(request, msg, response, shows_flags)
-    return True
-
-
-def _end_response(
-    request: FetchRequest, msg: FetchMessage, response: FetchResponse, shows_flags: bool
-) -> None:
-    if msg.flags_changed and not shows_flags:
-        # RFC 3501 6.4.5: the implicitly set \Seen SHOULD be reported.
-        response.item(_render_flags(request.view, msg.info))
-    response.end()
 
 
 @defer.inlineCallbacks

@@ -1200,6 +1200,26 @@ class IdleTests(ServerTestBase):
         self.assertEqual(response, b"i BAD Expected DONE to end IDLE\r\n")
 
 
+class OverlongLineSplitTests(TestCase):
+    def test_crlf_split_between_pieces_ends_the_line(self) -> None:
+        """The over-long line's CR ends one piece, its LF starts the next:
+        the line ends there, and the command after it is answered (it was
+        swallowed while the framing depended on how the bytes were split)."""
+        from twisted.internet.testing import StringTransport
+
+        policy = SessionPolicy(max_line_length=1000)
+        portal = Portal(MailRealm(FakeStorage()), [])
+        server = IMAP4ServerFactory(portal, policy, clock=Clock()).buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        transport.clear()
+        server.dataReceived(b"a NOOP " + b"x" * 2000 + b"\r")
+        server.dataReceived(b"\nb NOOP\r\n")
+        self.assertEqual(
+            transport.value(), b"a BAD [TOOBIG] Line too long\r\nb OK NOOP completed\r\n"
+        )
+
+
 class TimeoutTests(TestCase):
     def test_autologout(self) -> None:
         from twisted.internet.testing import StringTransport

@@ -1,12 +1,13 @@
 """The IMAP4rev1 server protocol: framing, session state and command handlers.
 
-:class:`IMAP4Server` frames the byte stream into commands (lines plus
-literals, with ``+`` continuations for synchronizing literals and none for
-LITERAL+), hands them to the pure parser in :mod:`mailsrv.imap.grammar`,
-checks the session state and runs one handler at a time.  A handler may
-return a Deferred; until it fires the protocol stops reading, so a
-pipelined command is parsed and checked only in the state the previous one
-left (and a literal's ``+`` is never sent early).
+:class:`IMAP4Server` feeds the byte stream to the sans-I/O framer
+(:mod:`mailsrv.imap.framer`), answers its literal announcements (``+``
+continuations for synchronizing literals, none for LITERAL+), hands each
+command to the pure parser in :mod:`mailsrv.imap.grammar`, checks the
+session state and runs one handler at a time.  A handler may return a
+Deferred; until it fires the protocol stops reading, so a pipelined command
+is parsed and checked only in the state the previous one left (and a
+literal's ``+`` is never sent early).
 
 Untagged updates from other sessions come from the selected mailbox view
 (:mod:`mailsrv.imap.selected`) and are written just before each tagged
@@ -29,7 +30,6 @@ import binascii
 import enum
 import io
 import re
-import tempfile
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, cast
 
@@ -39,9 +39,8 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import LogLevel
-from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
@@ -51,6 +50,15 @@ from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.imap import fetching, grammar, lexer, response, searching
 from mailsrv.imap.fetch_items import FetchRequest
 from mailsrv.imap.fetch_syntax import FetchAttribute
+from mailsrv.imap.framer import (
+    NEED_DATA,
+    ContinuationLine,
+    FramedCommand,
+    Framer,
+    LineTooLong,
+    LiteralNeeded,
+    close_segments,
+)
 from mailsrv.imap.lexer import ParseError
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
@@ -71,8 +79,6 @@ _log = log.get_logger(__name__)
 #: APPEND literals above this size are spooled to a temporary file as they
 #: arrive; smaller literals stay in memory.
 SPOOL_THRESHOLD = 64 * 1024
-#: A spooled literal stays in memory up to this size, then moves to disk.
-SPOOL_MEMORY = 256 * 1024
 #: Messages whose metadata is read from storage in one call.
 BATCH = 500
 #: SASL mechanisms in which the server speaks first (no SASL-IR for them).
@@ -101,25 +107,13 @@ _Handler = Callable[[Any], _Result]
 _GONE = "The selected mailbox was deleted or renamed"
 
 
-@attrs.define
-class _Literal:
-    """The literal being received."""
-
-    size: int
-    remaining: int
-    discard: bool
-    sink: Any  # bytearray or a SpooledTemporaryFile
-
-
-class IMAP4Server(LineReceiver, TimeoutMixin):
+class IMAP4Server(Protocol, TimeoutMixin):
     """One IMAP4rev1 session.
 
     ``secure`` says the connection is already TLS (implicit-TLS listener);
     ``clock`` drives the autologout timer, the failed-login delay and IDLE
     pushes (tests pass a ``task.Clock``).
     """
-
-    delimiter = b"\r\n"
 
     def __init__(
         self,
@@ -137,7 +131,6 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self.policy = policy if policy is not None else SessionPolicy()
         self.secure = secure
         self.clock = clock
-        self.MAX_LENGTH = self.policy.max_line_length
         self.state = State.NOT_AUTHENTICATED
         self.account: IAccount | None = None
         self.selected: SelectedMailbox | None = None
@@ -147,14 +140,8 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         self._ip_counted = False
         self._lost = False
         self._failures = 0
-        # Framing
-        self._segments: list[lexer.Segment] = []
-        self._command_size = 0
-        self._literal: _Literal | None = None
-        self._skipping = False  # discarding the rest of a refused command
-        self._discarding_line = False  # inside an over-long line
-        self._discard_cr = False  # ... whose last chunk ended in CR
-        self._reprocess = False
+        self._framer = Framer(self.policy.max_line_length)
+        self._reading = False  # inside _read_events
         # Command execution
         self._busy = False
         self._paused = False
@@ -283,15 +270,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _drop_command(self) -> None:
         """Forget the command being received, closing its spooled literals."""
         self._continuation = None
-        segments, self._segments = self._segments, []
-        literal, self._literal = self._literal, None
-        try:
-            self._close_segments(segments)
-        finally:
-            # A literal being dropped (refused, too big) has no sink.
-            if literal is not None and literal.sink is not None:
-                if not isinstance(literal.sink, bytearray):
-                    literal.sink.close()
+        self._framer.close()
 
     def _release_address(self) -> None:
         if self._ip_counted and self.policy.connections is not None:
@@ -362,155 +341,87 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     # -- framing ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        while self._reprocess and not self.paused and not self._lost:
-            self._reprocess = False
-            super().dataReceived(b"")
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """Answer an over-long line with BAD [TOOBIG] and keep the connection."""
-        first = self._segments[0] if self._segments else line
-        if not isinstance(first, bytes):
-            first = line
-        peeked = lexer.peek_command(first[:200])
-        tag = peeked[0] if peeked else "*"
-        self._reset_command()
-        self._skipping = False
-        end = line.find(b"\r\n")
-        if self._continuation is not None:
-            self._continuation(b"")  # ends IDLE / SASL with an error
-        self._send(response.tagged(tag, "BAD", "Line too long", "TOOBIG"))
-        if end >= 0:
-            self._buffer = line[end + 2 :] + self._buffer
-            self._reprocess = True
-        else:
-            self._discarding_line = True
-            self.setRawMode()
-
-    def lineReceived(self, line: bytes) -> None:
         if self.state is State.LOGOUT:
             return
-        self._activity()
+        self._framer.receive(data)
+        self._read_events()
+
+    def _read_events(self) -> None:
+        """Act on framed input until it runs out or a command makes us wait.
+
+        Re-entered from a command that completes at once (through
+        :meth:`_resume_reading`), it leaves the work to the loop already
+        running, so events stay in order.
+        """
+        if self._reading:
+            return
+        self._reading = True
+        try:
+            framer = self._framer
+            while not self._paused and not self._lost and self.state is not State.LOGOUT:
+                if self.transport is not None and self._transport.disconnecting:
+                    return
+                progress = framer.progress
+                event = framer.next_event()
+                if framer.progress != progress:
+                    self._activity()
+                if event is NEED_DATA:
+                    return
+                if isinstance(event, FramedCommand):
+                    self._execute(list(event.segments))
+                elif isinstance(event, LiteralNeeded):
+                    self._literal_needed(event)
+                elif isinstance(event, ContinuationLine):
+                    assert self._continuation is not None
+                    self._continuation(event.line)
+                else:
+                    self._line_too_long(event)
+        finally:
+            self._reading = False
+
+    def _line_too_long(self, event: LineTooLong) -> None:
+        """Answer an over-long line with BAD [TOOBIG] and keep the connection."""
         if self._continuation is not None:
-            self._continuation(line)
-            return
-        marker = lexer.literal_marker(line)
-        if self._skipping:
-            if marker is not None and marker[1]:
-                self._start_literal(marker[0], discard=True)
-            else:
-                self._skipping = False
-            return
-        self._segments.append(line)
-        self._command_size += len(line)
-        if marker is None:
-            segments, self._segments = self._segments, []
-            self._command_size = 0
-            self._execute(segments)
-            return
-        size, non_sync, binary = marker
-        first = self._segments[0]
-        peeked = lexer.peek_command(first) if isinstance(first, bytes) else None
-        tag = peeked[0] if peeked else "*"
-        appending = (
-            peeked is not None
-            and peeked[1] == "APPEND"
-            and self.state in (State.AUTHENTICATED, State.SELECTED)
+            self._continuation(b"")  # ends IDLE / SASL with an error
+        self._send(response.tagged(event.tag or "*", "BAD", "Line too long", "TOOBIG"))
+
+    def _literal_needed(self, event: LiteralNeeded) -> None:
+        """Accept a literal (into memory, or spooled for APPEND) or refuse it."""
+        tag = event.tag or "*"
+        appending = event.command == "APPEND" and self.state in (
+            State.AUTHENTICATED,
+            State.SELECTED,
         )
-        in_memory = self._command_size + size <= self.policy.max_line_length
+        size = event.size
+        in_memory = event.command_size + size <= self.policy.max_line_length
         spool = appending and (size > SPOOL_THRESHOLD or not in_memory)
         refusal: bytes | None = None
         if appending and size > self.policy.max_message_size:
-            status = "BAD" if non_sync else "NO"
+            status = "NO" if event.synchronizing else "BAD"
             refusal = response.tagged(
                 tag,
                 status,
                 f"Message too large (at most {self.policy.max_message_size} octets)",
                 "TOOBIG",
             )
-        elif binary and not appending:
+        elif event.binary and not appending:
             refusal = response.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
         elif not spool and not in_memory:
             refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
-        elif spool and any(isinstance(s, lexer.LiteralFile) for s in self._segments):
+        elif spool and event.spooled:
             refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
         if refusal is not None:
-            self._reset_command()
+            self._framer.refuse_literal()
             self._send(refusal)
-            if non_sync:
-                # RFC 7888: the literal is coming anyway; read and drop it.
-                self._start_literal(size, discard=True)
             return
-        if not non_sync:
+        if event.synchronizing:
             self._send(b"+ Ready for literal data\r\n")
-        self._start_literal(size, discard=False, spool=spool)
+        self._framer.accept_literal(spool)
 
-    def _start_literal(self, size: int, discard: bool, spool: bool = False) -> None:
-        sink: Any = None
-        if not discard:
-            sink = (
-                tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, prefix="mailsrv-append-")
-                if spool
-                else bytearray()
-            )
-        self._literal = _Literal(size, size, discard, sink)
-        if size == 0:
-            self._literal_done()
-        else:
-            self.setRawMode()
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if self._discarding_line:
-            if self._discard_cr and data.startswith(b"\n"):
-                end = -1  # the CR ended the previous chunk
-            else:
-                end = data.find(b"\r\n")
-                if end < 0:
-                    self._discard_cr = data.endswith(b"\r")
-                    return
-            self._discarding_line = False
-            self._discard_cr = False
-            self.setLineMode(data[end + 2 :])
-            return
-        literal = self._literal
-        if literal is None:  # cannot happen; recover by reading lines
-            self.setLineMode(data)
-            return
-        chunk = data[: literal.remaining]
-        self._activity()
-        if not literal.discard:
-            if isinstance(literal.sink, bytearray):
-                literal.sink += chunk
-            else:
-                literal.sink.write(chunk)
-        literal.remaining -= len(chunk)
-        if literal.remaining == 0:
-            self._literal_done()
-            self.setLineMode(data[len(chunk) :])
-
-    def _literal_done(self) -> None:
-        literal, self._literal = self._literal, None
-        assert literal is not None
-        if literal.discard:
-            self._skipping = True  # the rest of the command follows; drop it
-            return
-        if isinstance(literal.sink, bytearray):
-            self._segments.append(bytes(literal.sink))
-            self._command_size += literal.size
-        else:
-            literal.sink.seek(0)
-            self._segments.append(lexer.LiteralFile(literal.sink, literal.size))
-
-    def _reset_command(self) -> None:
-        self._close_segments(self._segments)
-        self._segments = []
-        self._command_size = 0
-
-    @staticmethod
-    def _close_segments(segments: Iterable[lexer.Segment]) -> None:
-        for segment in segments:
-            if isinstance(segment, lexer.LiteralFile):
-                segment.file.close()
+    def _expect_continuation(self, handler: Callable[[bytes], None]) -> None:
+        """Hand the next line to ``handler`` (IDLE's DONE, a SASL response)."""
+        self._continuation = handler
+        self._framer.expect_continuation()
 
     # -- command execution ----------------------------------------------------------
 
@@ -518,7 +429,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         try:
             command = grammar.parse_command(segments, self.policy.max_nesting_depth)
         except ParseError as e:
-            self._close_segments(segments)
+            close_segments(segments)
             self._send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
             return
         key = command.name
@@ -526,12 +437,12 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             key = "UID " + key
         entry = _COMMANDS.get(key)
         if entry is None:  # the parser knows a command we do not handle
-            self._close_segments(segments)
+            close_segments(segments)
             self._send(response.tagged(command.tag, "BAD", f"{key} is not supported"))
             return
         method, states = entry
         if self.state not in states:
-            self._close_segments(segments)
+            close_segments(segments)
             self._send(
                 response.tagged(
                     command.tag, "BAD", f"{key} is not allowed in {self.state.value} state"
@@ -561,7 +472,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def _pause(self) -> None:
         if not self._paused and not self._lost:
             self._paused = True
-            self.pauseProducing()
+            self._transport.pauseProducing()
 
     def _idle_again(self, _: object) -> None:
         self._busy = False
@@ -582,10 +493,8 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         if self._paused:
             self._paused = False
             if not self._lost:
-                self.resumeProducing()
-                while self._reprocess and not self.paused and not self._lost:
-                    self._reprocess = False
-                    super().dataReceived(b"")
+                self._transport.resumeProducing()
+                self._read_events()
 
     def _failed(self, failure: Failure, command: grammar.Command) -> _Result:
         error = failure.value
@@ -694,8 +603,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         def start() -> None:
             # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after
             # STARTTLS arrived in plaintext and must not be acted upon.
-            self.clearLineBuffer()
-            self._reset_command()
+            self._framer.clear()
             self._transport.startTLS(self.policy.tls_context)
             self.secure = True
 
@@ -741,7 +649,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         assert self._sasl is not None
         result = self._sasl[1]
         if isinstance(step, sasl.Challenge):
-            self._continuation = self._sasl_line
+            self._expect_continuation(self._sasl_line)
             self._send(b"+ " + base64.b64encode(step.data) + b"\r\n")
             return
         self._sasl = None
@@ -1080,7 +988,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
     def do_idle(self, command: grammar.Simple) -> defer.Deferred[Done]:
         result: defer.Deferred[Done] = defer.Deferred()
         self._idle = result
-        self._continuation = self._idle_line
+        self._expect_continuation(self._idle_line)
         # RFC 2177: clients re-issue IDLE every 29 minutes; never log out an
         # idling client sooner, whatever the authenticated timeout.
         self.setTimeout(max(self.policy.imap_timeout_authenticated, IDLE_TIMEOUT))

@@ -99,7 +99,7 @@ def protocol_factory(listener: Listener, portal: Portal, policy: SessionPolicy) 
     """The factory for one listener, wrapped in TLS for implicit-TLS ones."""
     factory: Factory[Any]
     if listener.protocol == "imap":
-        from mailsrv.imap.server import IMAP4ServerFactory
+        from mailsrv.imap.protocol import IMAP4ServerFactory
 
         factory = IMAP4ServerFactory(portal, policy, implicit_tls=listener.implicit_tls)
     else:

@@ -23,7 +23,7 @@ from mailsrv import message
 from mailsrv.auth.realm import MailRealm
 from mailsrv.imap import fetch_items
 from mailsrv.imap.output import ResponseWriter
-from mailsrv.imap.server import IMAP4Server, IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4Server, IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
 from tests.test_imap_server import Client, FakeStorage, ServerTestBase

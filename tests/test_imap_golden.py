@@ -22,7 +22,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap.server import IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage

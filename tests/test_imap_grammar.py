@@ -1,4 +1,5 @@
-"""The pure IMAP grammar: command parsing and the response writer."""
+"""The pure IMAP grammar: every command's parser (through the registry) and
+the response writer."""
 
 from __future__ import annotations
 
@@ -9,34 +10,32 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailsrv.imap import grammar, lexer, response, syntax
+from mailsrv.imap import lexer, response, syntax
+from mailsrv.imap.commands import REGISTRY
+from mailsrv.imap.commands.append import Append
+from mailsrv.imap.commands.auth import Authenticate, Login
+from mailsrv.imap.commands.copy import Copy
+from mailsrv.imap.commands.expunge import Expunge
+from mailsrv.imap.commands.fetch import Fetch
+from mailsrv.imap.commands.general import Enable, Id
+from mailsrv.imap.commands.list import List
+from mailsrv.imap.commands.mailboxes import Create, MailboxCommand, Rename
+from mailsrv.imap.commands.search import Search
+from mailsrv.imap.commands.select import Select
+from mailsrv.imap.commands.status import Status
+from mailsrv.imap.commands.store import Store
 from mailsrv.imap.fetch_syntax import FetchAttribute, Section
-from mailsrv.imap.grammar import (
-    Append,
-    Authenticate,
-    Copy,
-    Create,
-    Enable,
-    Expunge,
-    Fetch,
-    Id,
-    List,
-    Login,
-    MailboxCommand,
-    Rename,
-    Search,
-    Select,
-    Simple,
-    Status,
-    Store,
-    parse_command,
-)
-from mailsrv.imap.lexer import LiteralFile, ParseError
+from mailsrv.imap.lexer import LiteralFile, ParseError, Segment
+from mailsrv.imap.registry import Command, Simple
 from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.syntax import STAR, SequenceSet
 
 
-def parse(line: bytes, *rest: bytes | LiteralFile) -> grammar.Command:
+def parse_command(segments: list[Segment], max_depth: int = 32) -> Command:
+    return REGISTRY.parse(segments, max_depth)[1]
+
+
+def parse(line: bytes, *rest: bytes | LiteralFile) -> Command:
     return parse_command([line, *rest])
 
 

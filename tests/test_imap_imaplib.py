@@ -444,8 +444,8 @@ class EveryMethodTests(ImaplibBase):
         # The server noticed: the session ended and let go of the mailbox.
         yield defer.gatherResults(self.factory.lost)
         server = self.factory.sessions[-1]
-        self.assertIsNone(server.selected)
-        self.assertIsNone(server.account)
+        self.assertIsNone(server.session.selected)
+        self.assertIsNone(server.session.account)
 
 
 class ImaplibTLSTests(TestCase):

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap.server import IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
 from tests.test_imap_server import CAPS_BEFORE, FakeStorage, ServerTestBase
 

@@ -18,10 +18,12 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap import grammar, searching
+from mailsrv.imap import searching
+from mailsrv.imap.commands import REGISTRY
+from mailsrv.imap.commands.search import Search
+from mailsrv.imap.protocol import IMAP4ServerFactory
 from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox
-from mailsrv.imap.server import IMAP4ServerFactory
 from mailsrv.interfaces import MessageInfo
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
@@ -32,8 +34,8 @@ DAY = datetime.datetime(2024, 5, 10, 23, 30, tzinfo=datetime.timezone(datetime.t
 
 
 def _key(text: str) -> SearchKey:
-    command = grammar.parse_command([b"t SEARCH " + text.encode()])
-    assert isinstance(command, grammar.Search)
+    command = REGISTRY.parse([b"t SEARCH " + text.encode()])[1]
+    assert isinstance(command, Search)
     return command.key
 
 

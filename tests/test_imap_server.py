@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from mailsrv import errors
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap.server import IMAP4Server, IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4Server, IMAP4ServerFactory
 from mailsrv.interfaces import (
     DELETED,
     IAccount,
@@ -1278,7 +1278,7 @@ class StartTLSTests(ServerTestBase):
             + CAPS_BEFORE
             + b" AUTH=PLAIN AUTH=LOGIN\r\nd OK CAPABILITY completed\r\n",
         )
-        self.assertEqual(self.factory.sessions[0].state.value, "not authenticated")
+        self.assertEqual(self.factory.sessions[0].session.state.value, "not authenticated")
         response = yield client.command("e", "STARTTLS")
         self.assertEqual(response, b"e BAD TLS is already active\r\n")
         response = yield client.command("f", "LOGIN joe secret")

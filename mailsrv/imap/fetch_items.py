@@ -54,7 +54,8 @@ __all__ = [
     "write_literal",
 ]
 
-_log = log.get_logger(__name__)
+#: The namespace its log lines have always carried (this was fetch.py).
+_log = log.get_logger("mailsrv.imap.fetch")
 
 #: Octets of a literal read from its file and written in one piece.
 CHUNK = 64 * 1024

@@ -1,8 +1,8 @@
-"""FETCH: turning a parsed FETCH command into streamed ``* n FETCH`` responses.
+"""FETCH's engine: streamed ``* n FETCH`` responses for a set of messages.
 
-The entry point is :func:`fetch`.  It walks the requested messages in
-batches of :data:`BATCH` (one ``IMailbox.fetch`` call per batch, never a
-list of the whole set), gathers what the batch's items need in a few bulk
+The entry point is :func:`fetch_messages` (FETCH's and STORE's).  It walks
+the requested messages in batches of :data:`BATCH` (one ``IMailbox.fetch``
+call per batch, never a list of the whole set), gathers what the batch's items need in a few bulk
 calls (parsed structures and HEADER.FIELDS values come from the storage
 cache through :mod:`mailsrv.imap.content`), writes one response per
 message through the session's :class:`~mailsrv.imap.output.ResponseWriter`,
@@ -20,10 +20,9 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
 
 from mailsrv.errors import NoSuchMessage
-from mailsrv.imap import content, grammar
+from mailsrv.imap import content
 from mailsrv.imap.fetch_items import (
     HANDLERS,
     INDEX_ITEMS,
@@ -38,73 +37,20 @@ from mailsrv.imap.fetch_items import (
     rendered_kind,
     sets_seen,
 )
-from mailsrv.imap.output import Done, ResponseWriter, bad
 from mailsrv.imap.pacing import Pacer
-from mailsrv.imap.selected import SelectedMailbox
-from mailsrv.interfaces import SEEN, IMailbox, IMessage, StoreMode, StoreResult
+from mailsrv.interfaces import SEEN, IMessage, StoreMode, StoreResult
 
-__all__ = ["BATCH", "fetch", "fetch_messages"]
+__all__ = ["BATCH", "Outcome", "fetch_messages"]
 
 #: Messages whose metadata is read from storage in one call.
 BATCH = 500
 
 
-# ---------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------
-
-
-def fetch(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Fetch,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    """Answer a FETCH (or UID FETCH) command; fires with its completion.
-
-    Raises (in the Deferred) :class:`~mailsrv.imap.output.CommandError` for
-    modifiers and bad sequence numbers.
-    """
-    return defer.maybeDeferred(_check_and_run, view, mailbox, command, writer, clock)
-
-
-def _check_and_run(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Fetch,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    unsupported = [a for a in command.attributes if a.name not in HANDLERS]
-    if unsupported:
-        # MODSEQ parses (RFC 7162) but CONDSTORE is not offered.
-        raise bad(f"FETCH {unsupported[0].response_name()} is not supported")
-    if command.modifiers:
-        raise bad(f"FETCH modifier {command.modifiers[0][0]} is not supported")
-    try:
-        messages = view.resolve(command.sequence_set, command.uid)
-    except ValueError as e:
-        raise bad(str(e)) from None
-    request = FetchRequest(view, mailbox, writer, clock, command.attributes, command.uid)
-    d = fetch_messages(request, messages)
-
-    def done(outcome: _Outcome) -> Done:
-        if outcome.unknown_cte:
-            return Done("NO", "Unknown Content-Transfer-Encoding in a BINARY part", "UNKNOWN-CTE")
-        if outcome.missing:
-            # RFC 5530 3 (its example is an OK) and RFC 2180 4.1: answer
-            # what still exists; the client learns the rest at its next
-            # NOOP.  A NO here makes clients such as imaplib give up on
-            # the whole FETCH, as Dovecot's OK does not.
-            return Done(text="Some messages were already expunged", code="EXPUNGEISSUED")
-        return Done(text="FETCH completed")
-
-    return d.addCallback(done)
-
-
 @attrs.define
-class _Outcome:
+class Outcome:
+    """How a FETCH went: messages found expunged, a BINARY that could not
+    be decoded."""
+
     missing: int = 0
     unknown_cte: bool = False
 
@@ -180,7 +126,7 @@ _LINES_PER_WRITE = 32
 @defer.inlineCallbacks
 def _fetch_index_only(
     request: FetchRequest, messages: Iterable[tuple[int, int]]
-) -> Generator[defer.Deferred[Any], Any, _Outcome]:
+) -> Generator[defer.Deferred[Any], Any, Outcome]:
     """The first-sync path (FLAGS, UID, RFC822.SIZE, INTERNALDATE only): one
     write per batch of 500 responses, no object per message."""
     writer = request.writer
@@ -188,7 +134,7 @@ def _fetch_index_only(
     renderers = [INDEX_ITEMS[a.name] for a in request.attributes]
     shows_flags = any(a.name == "FLAGS" for a in request.attributes)
     pairs = iter(messages)
-    outcome = _Outcome()
+    outcome = Outcome()
     first = True
     while True:
         chunk = list(itertools.islice(pairs, BATCH))
@@ -234,7 +180,7 @@ def _fetch_index_only(
 @defer.inlineCallbacks
 def fetch_messages(
     request: FetchRequest, messages: Iterable[tuple[int, int]]
-) -> Generator[defer.Deferred[Any], Any, _Outcome]:
+) -> Generator[defer.Deferred[Any], Any, Outcome]:
     """Write the responses for ``(seq, uid)`` pairs; fire with an outcome
     telling how many of them were gone from storage (expunged by another
     session meanwhile) and whether a BINARY item met an unknown encoding.
@@ -249,7 +195,7 @@ def fetch_messages(
     wants_file = any(needs_file(a) for a in attributes)
     shows_flags = any(a.name == "FLAGS" for a in attributes)
     pairs = iter(messages)
-    outcome = _Outcome()
+    outcome = Outcome()
     first = True
     pacer = Pacer(BATCH)
     while True:

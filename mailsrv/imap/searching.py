@@ -1,12 +1,12 @@
-"""SEARCH: evaluating a parsed search program over the selected mailbox.
+"""SEARCH's engine: evaluating a search program over the selected mailbox.
 
-The entry point is :func:`search`.  The program (a tree of
-:class:`~mailsrv.imap.SearchKey`) is compiled by :func:`compile_key`
-into a :class:`Program`: a predicate over ``(seq, message, content)`` in
-three-valued logic.  ``content`` is a :class:`SearchContent` holding what
-has been loaded for the message so far; a key whose data is not loaded
-answers ``None`` ("unknown"), and AND/OR/NOT combine unknowns the way
-Kleene's logic does (``False AND unknown`` is False).
+The program (a tree of :class:`~mailsrv.imap.search_syntax.SearchKey`) is
+compiled by :func:`compile_key` into a :class:`Program`: a predicate over
+``(seq, message, content)`` in three-valued logic.  ``content`` is a
+:class:`SearchContent` holding what has been loaded for the message so far;
+a key whose data is not loaded answers ``None`` ("unknown"), and AND/OR/NOT
+combine unknowns the way Kleene's logic does (``False AND unknown`` is
+False).
 
 The mailbox is scanned in batches of :data:`BATCH`, and each batch in up to
 three passes, each loading only for the messages the previous pass left
@@ -24,8 +24,9 @@ undecided:
 
 Strings match as case-insensitive substrings of the decoded text (RFC 3501
 6.4.4), after Unicode case folding.  Results are streamed as one
-``* SEARCH`` line, or collected for an ESEARCH response (RFC 4731) and the
-saved result ``$`` (RFC 5182).
+``* SEARCH`` line (:func:`run_plain`), or collected for an ESEARCH response
+(RFC 4731) and the saved result ``$`` (RFC 5182) (:func:`run_extended`).
+The command's rules are :mod:`mailsrv.imap.commands.search`'s.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
 from mailsrv import message
-from mailsrv.imap import content, grammar
-from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
+from mailsrv.imap import content
+from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox, UidMap
@@ -58,7 +59,8 @@ __all__ = [
     "Program",
     "SearchContent",
     "compile_key",
-    "search",
+    "run_extended",
+    "run_plain",
 ]
 
 #: Messages whose metadata is read from storage in one call.
@@ -316,55 +318,6 @@ def _address_test(name: str, needle: str, program: Program) -> Predicate:
 # ---------------------------------------------------------------------------
 
 
-def search(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Search,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    """Answer a SEARCH (or UID SEARCH) command; fires with its completion.
-
-    Fails (in the Deferred) with :class:`~mailsrv.imap.output.CommandError`
-    for unsupported charsets and keys.  A SEARCH RETURN (SAVE) that fails
-    with NO empties ``$`` (RFC 5182 2.1); a BAD leaves it alone.
-    """
-    saving = command.return_options is not None and "SAVE" in command.return_options
-    d = defer.maybeDeferred(_check_and_run, view, mailbox, command, writer, clock)
-    if saving:
-
-        def failed(failure: Any) -> Any:
-            error = failure.value
-            if not (isinstance(error, CommandError) and error.status == "BAD"):
-                view.saved = UidMap(())
-            return failure
-
-        d.addErrback(failed)
-    return d
-
-
-def _check_and_run(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Search,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    if command.charset not in (None, *CHARSETS):
-        raise no(
-            f"Charset {command.charset} is not supported", f"BADCHARSET ({' '.join(CHARSETS)})"
-        )
-    try:
-        program = compile_key(command.key, view, command.charset)
-    except NotImplementedKey as e:
-        if str(e) == "MODSEQ":
-            raise bad("SEARCH MODSEQ needs CONDSTORE, which is not offered") from None
-        raise no(f"SEARCH {e} is not supported", "CANNOT") from None
-    if command.return_options is None:
-        return _run_plain(view, mailbox, program, command.uid, writer, clock)
-    return _run_extended(view, mailbox, program, command, writer, clock)
-
-
 @defer.inlineCallbacks
 def _texts(
     mailbox: IMailbox, uids: Sequence[int]
@@ -462,7 +415,7 @@ def _scan(
             return False
 
 
-def _run_plain(
+def run_plain(
     view: SelectedMailbox,
     mailbox: IMailbox,
     program: Program,
@@ -506,25 +459,27 @@ def _sequence_set(numbers: Sequence[int]) -> bytes:
     return b",".join(out)
 
 
-def _run_extended(
+def run_extended(
     view: SelectedMailbox,
     mailbox: IMailbox,
     program: Program,
-    command: grammar.Search,
+    tag: str,
+    uid: bool,
+    return_options: Sequence[str],
     writer: ResponseWriter,
     clock: IReactorTime,
 ) -> defer.Deferred[Done]:
-    """SEARCH RETURN (...): one ESEARCH response (RFC 4731) and/or the
-    saved result (RFC 5182)."""
-    options = set(command.return_options or ()) or {"ALL"}
+    """SEARCH RETURN (...) of command ``tag``: one ESEARCH response (RFC
+    4731) and/or the saved result (RFC 5182)."""
+    options = set(return_options) or {"ALL"}
     # Both ascend (hits come in sequence order, and UIDs ascend with it).
     uids = array("I")
     seqs = array("I")  # only for a non-UID SEARCH, which reports them
-    numbers = uids if command.uid else seqs
+    numbers = uids if uid else seqs
 
     def found(hits: list[tuple[int, int]]) -> None:
         uids.extend(u for _, u in hits)
-        if not command.uid:
+        if not uid:
             seqs.extend(seq for seq, _ in hits)
 
     def finish(complete: bool) -> Done:
@@ -544,8 +499,8 @@ def _run_extended(
             view.saved = UidMap(saved)
         reported = options - {"SAVE"}
         if reported or "SAVE" not in options:
-            parts = [b'* ESEARCH (TAG "%s")' % command.tag.encode("ascii")]
-            if command.uid:
+            parts = [b'* ESEARCH (TAG "%s")' % tag.encode("ascii")]
+            if uid:
                 parts.append(b"UID")
             if numbers and "MIN" in reported:
                 parts.append(b"MIN %d" % numbers[0])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import attrs
 from twisted.internet import defer
 
+from mailsrv import log
 from mailsrv.imap.lexer import TAG_CHARS, ParseError, Reader, Segment
 from mailsrv.imap.output import Done
 
@@ -42,6 +43,8 @@ __all__ = [
     "State",
     "no_arguments",
 ]
+
+_log = log.get_logger(__name__)
 
 
 class State(enum.Enum):
@@ -233,6 +236,11 @@ class Registry:
             raise
         except (ValueError, IndexError, UnicodeDecodeError, RecursionError) as exc:
             # Defence in depth: a grammar bug must not become a crash.
+            raise ParseError(f"malformed command ({type(exc).__name__})", reader.tag) from None
+        except Exception as exc:
+            # Nor any other bug in a parser: the client gets its BAD, the
+            # connection goes on, and the bug is logged.
+            _log.failure("IMAP: parsing a command raised {error}", error=type(exc).__name__)
             raise ParseError(f"malformed command ({type(exc).__name__})", reader.tag) from None
 
     def _command_name(self, reader: Reader) -> CommandSpec:

@@ -180,7 +180,15 @@ class _SaslExchange:
             self.session.end_continuation()
             self.result.callback(Done("BAD", "Invalid base64 in the SASL response"))
             return
-        self.step(self.mechanism.respond(decoded))
+        try:
+            step = self.mechanism.respond(decoded)
+        except Exception:
+            # A bug in a mechanism ends the command (NO [SERVERBUG]), not
+            # the connection.
+            self.session.end_continuation()
+            self.result.errback()
+            return
+        self.step(step)
 
     def cancel(self) -> None:
         """Nothing to stop: the answer is simply never written."""

@@ -77,11 +77,16 @@ class FetchRequest:
     clock: IReactorTime
     attributes: tuple[FetchAttribute, ...]
     uid: bool = False
-    #: Whether a BINARY item is asked for (worked out once, not per message).
+    #: Worked out once, not per message: whether a BINARY item is asked
+    #: for, whether an item reads the message file, whether FLAGS is shown.
     has_binary: bool = attrs.field(init=False)
+    wants_file: bool = attrs.field(init=False)
+    shows_flags: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.has_binary = any(a.name in ("BINARY", "BINARY.SIZE") for a in self.attributes)
+        self.wants_file = any(needs_file(a) for a in self.attributes)
+        self.shows_flags = any(a.name == "FLAGS" for a in self.attributes)
 
 
 @attrs.define
@@ -115,6 +120,11 @@ class FetchMessage:
     def need_file(self) -> IO[bytes]:
         assert self.file is not None, "the batch opens files first"
         return self.file
+
+    def close_file(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class FetchResponse:

@@ -15,7 +15,7 @@ written) are :mod:`mailsrv.imap.fetch_items`'s.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -31,13 +31,13 @@ from mailsrv.imap.fetch_items import (
     FetchResponse,
     decode_binary,
     is_root_fields,
-    needs_file,
     needs_structure,
     render_flags,
     rendered_kind,
     sets_seen,
 )
 from mailsrv.imap.pacing import Pacer
+from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.interfaces import SEEN, IMessage, StoreMode, StoreResult
 
 __all__ = ["BATCH", "Outcome", "fetch_messages"]
@@ -124,60 +124,6 @@ _LINES_PER_WRITE = 32
 
 
 @defer.inlineCallbacks
-def _fetch_index_only(
-    request: FetchRequest, messages: Iterable[tuple[int, int]]
-) -> Generator[defer.Deferred[Any], Any, Outcome]:
-    """The first-sync path (FLAGS, UID, RFC822.SIZE, INTERNALDATE only): one
-    write per batch of 500 responses, no object per message."""
-    writer = request.writer
-    view = request.view
-    renderers = [INDEX_ITEMS[a.name] for a in request.attributes]
-    shows_flags = any(a.name == "FLAGS" for a in request.attributes)
-    pairs = iter(messages)
-    outcome = Outcome()
-    first = True
-    while True:
-        chunk = list(itertools.islice(pairs, BATCH))
-        if not chunk:
-            return outcome
-        if not first:
-            yield task.deferLater(request.clock, 0, lambda: None)
-        first = False
-        if writer.closed:
-            return outcome
-        seq_of = dict((uid, seq) for seq, uid in chunk)
-        found = request.mailbox.fetch(list(seq_of))
-        if isinstance(found, defer.Deferred):
-            found = yield found
-        if shows_flags:
-            telling = _tell_keywords(request, found)
-            if telling is not None:
-                yield telling
-        lines = []
-        written = 0
-        for m in found:
-            seq = seq_of.get(m.uid)
-            if seq is None:
-                continue
-            items = b" ".join([render(view, m) for render in renderers])
-            lines.append(b"* %d FETCH (%s)\r\n" % (seq, items))
-            if len(lines) == _LINES_PER_WRITE:
-                # Small writes keep a paused client's backlog to a few KB.
-                written += len(lines)
-                writer.write(b"".join(lines))
-                lines = []
-                if writer.paused:
-                    yield writer.ready()
-                if writer.closed:
-                    return outcome
-        written += len(lines)
-        outcome.missing += len(chunk) - written
-        writer.write(b"".join(lines))
-        if writer.paused:
-            yield writer.ready()
-
-
-@defer.inlineCallbacks
 def fetch_messages(
     request: FetchRequest, messages: Iterable[tuple[int, int]]
 ) -> Generator[defer.Deferred[Any], Any, Outcome]:
@@ -187,13 +133,74 @@ def fetch_messages(
 
     STORE uses this too for its ``FETCH (FLAGS)`` answers.
     """
-    writer = request.writer
-    attributes = request.attributes
-    if all(a.name in INDEX_ITEMS for a in attributes):
+    outcome: Outcome
+    if all(a.name in INDEX_ITEMS for a in request.attributes):
         outcome = yield _fetch_index_only(request, messages)
-        return outcome
-    wants_file = any(needs_file(a) for a in attributes)
-    shows_flags = any(a.name == "FLAGS" for a in attributes)
+    else:
+        outcome = yield _fetch_loaded(request, messages)
+    return outcome
+
+
+@defer.inlineCallbacks
+def _fetch_index_only(
+    request: FetchRequest, messages: Iterable[tuple[int, int]]
+) -> Generator[defer.Deferred[Any], Any, Outcome]:
+    """The first-sync path (FLAGS, UID, RFC822.SIZE, INTERNALDATE only): a
+    few writes per batch of 500 responses, no object per message."""
+    writer = request.writer
+    renderers = [INDEX_ITEMS[a.name] for a in request.attributes]
+    pairs = iter(messages)
+    outcome = Outcome()
+    chunk = list(itertools.islice(pairs, BATCH))
+    while chunk:
+        if writer.closed:
+            return outcome
+        seq_of = dict((uid, seq) for seq, uid in chunk)
+        found = request.mailbox.fetch(list(seq_of))
+        if isinstance(found, defer.Deferred):
+            found = yield found
+        telling = _tell_keywords(request, found) if request.shows_flags else None
+        if telling is not None:
+            yield telling
+        lines = _index_lines(request.view, found, seq_of, renderers)
+        outcome.missing += len(chunk) - len(lines)
+        # Small writes keep a paused client's backlog to a few KB (and a
+        # batch that found nothing waits for a paused client all the same).
+        for start in range(0, max(len(lines), 1), _LINES_PER_WRITE):
+            writer.write(b"".join(lines[start : start + _LINES_PER_WRITE]))
+            if writer.paused:
+                yield writer.ready()
+            if writer.closed:
+                return outcome
+        chunk = list(itertools.islice(pairs, BATCH))
+        if chunk:
+            yield task.deferLater(request.clock, 0, lambda: None)
+    return outcome
+
+
+def _index_lines(
+    view: SelectedMailbox,
+    found: Sequence[IMessage],
+    seq_of: dict[int, int],
+    renderers: list[Callable[[SelectedMailbox, IMessage], bytes]],
+) -> list[bytes]:
+    """The ``* n FETCH (...)`` lines of a batch, for the messages found."""
+    lines = []
+    for m in found:
+        seq = seq_of.get(m.uid)
+        if seq is None:
+            continue
+        items = b" ".join([render(view, m) for render in renderers])
+        lines.append(b"* %d FETCH (%s)\r\n" % (seq, items))
+    return lines
+
+
+@defer.inlineCallbacks
+def _fetch_loaded(
+    request: FetchRequest, messages: Iterable[tuple[int, int]]
+) -> Generator[defer.Deferred[Any], Any, Outcome]:
+    """Every other FETCH: per batch, what its items need is loaded in bulk,
+    then each message is answered (its file open while it is)."""
     pairs = iter(messages)
     outcome = Outcome()
     first = True
@@ -206,45 +213,60 @@ def fetch_messages(
         if not chunk:
             return outcome
         first = False
-        if writer.closed:
+        if request.writer.closed:
             return outcome
         seq_of = {uid: seq for seq, uid in chunk}
         found: Sequence[IMessage] = yield defer.maybeDeferred(
             request.mailbox.fetch, [uid for _, uid in chunk]
         )
-        found = [m for m in found if m.uid in seq_of]
-        batch = yield _load(request, found)
+        batch = yield _load(request, [m for m in found if m.uid in seq_of])
         outcome.missing += len(chunk) - len(batch)
-        telling = _tell_keywords(request, [m.info for m in batch if shows_flags or m.flags_changed])
-        if telling is not None:
-            yield telling
-        for msg in batch:
-            if wants_file:
-                try:
-                    opened = request.mailbox.open(msg.uid)
-                    if isinstance(opened, defer.Deferred):
-                        opened = yield opened
-                except NoSuchMessage:
-                    outcome.missing += 1
-                    continue
-                msg.file = opened
-            try:
-                written = _respond(request, msg, seq_of[msg.uid], shows_flags)
-                if isinstance(written, defer.Deferred):
-                    written = yield written
-            finally:
-                if msg.file is not None:
-                    msg.file.close()
-                    msg.file = None
-            if not written:
-                outcome.unknown_cte = True
-            if writer.paused:
-                pacer.done(1)  # the wait for the client is not our cost
-                yield writer.ready()
-                pacer.next_size()
-            if writer.closed:
-                return outcome
+        going_on = yield _write_batch(request, batch, seq_of, pacer, outcome)
+        if not going_on:
+            return outcome
         pacer.done(len(chunk))
+
+
+@defer.inlineCallbacks
+def _write_batch(
+    request: FetchRequest,
+    batch: list[FetchMessage],
+    seq_of: dict[int, int],
+    pacer: Pacer,
+    outcome: Outcome,
+) -> Generator[defer.Deferred[Any], Any, bool]:
+    """Answer a loaded batch; False if the connection went meanwhile."""
+    writer = request.writer
+    wants_file = request.wants_file
+    shows_flags = request.shows_flags
+    telling = _tell_keywords(request, [m.info for m in batch if shows_flags or m.flags_changed])
+    if telling is not None:
+        yield telling
+    for msg in batch:
+        if wants_file:
+            try:
+                opened = request.mailbox.open(msg.uid)
+                if isinstance(opened, defer.Deferred):
+                    opened = yield opened
+            except NoSuchMessage:
+                outcome.missing += 1
+                continue
+            msg.file = opened
+        try:
+            written = _respond(request, msg, seq_of[msg.uid], shows_flags)
+            if isinstance(written, defer.Deferred):
+                written = yield written
+        finally:
+            msg.close_file()
+        if not written:
+            outcome.unknown_cte = True
+        if writer.paused:
+            pacer.done(1)  # the wait for the client is not our cost
+            yield writer.ready()
+            pacer.next_size()
+        if writer.closed:
+            return False
+    return True
 
 
 def _tell_keywords(request: FetchRequest, shown: Iterable[IMessage]) -> defer.Deferred[None] | None:

@@ -29,8 +29,10 @@ from mailsrv.imap.commands import REGISTRY
 from mailsrv.imap.framer import (
     NEED_DATA,
     ContinuationLine,
+    Event,
     FramedCommand,
     Framer,
+    LineTooLong,
     LiteralNeeded,
 )
 from mailsrv.imap.output import ResponseWriter
@@ -107,7 +109,7 @@ class IMAP4Server(Protocol, TimeoutMixin):
             self._output.close()
 
     def _stop_timer(self) -> None:
-        self.setTimeout(None)
+        self.set_timeout(None)
 
     def _drop_command(self) -> None:
         """Forget the command being received, closing its spooled literals."""
@@ -129,7 +131,7 @@ class IMAP4Server(Protocol, TimeoutMixin):
             # connection (and the session) alive forever.
             self._transport.abortConnection()
         else:
-            self.setTimeout(CLOSE_GRACE)
+            self.set_timeout(CLOSE_GRACE)
 
     # -- input ------------------------------------------------------------------
 
@@ -161,22 +163,26 @@ class IMAP4Server(Protocol, TimeoutMixin):
                     session.activity()
                 if event is NEED_DATA:
                     return
-                if isinstance(event, FramedCommand):
-                    session.execute(event.segments)
-                elif isinstance(event, LiteralNeeded):
-                    answer = session.literal_needed(event)
-                    if answer is LiteralAnswer.REFUSED:
-                        framer.refuse_literal()
-                    else:
-                        framer.accept_literal(spool=answer is LiteralAnswer.SPOOLED)
-                elif isinstance(event, ContinuationLine):
-                    session.continuation_line(event.line)
-                else:
-                    session.line_too_long(event.tag)
+                self._hand_over(event)
                 if not session.wants_input():
                     self._pause()
         finally:
             self._reading = False
+
+    def _hand_over(self, event: Event) -> None:
+        session = self.session
+        if isinstance(event, FramedCommand):
+            session.execute(event.segments)
+        elif isinstance(event, LiteralNeeded):
+            answer = session.literal_needed(event)
+            if answer is LiteralAnswer.REFUSED:
+                self._framer.refuse_literal()
+            else:
+                self._framer.accept_literal(spool=answer is LiteralAnswer.SPOOLED)
+        elif isinstance(event, ContinuationLine):
+            session.continuation_line(event.line)
+        elif isinstance(event, LineTooLong):
+            session.line_too_long(event.tag)
 
     def _pause(self) -> None:
         if not self._paused and not self._lost:
@@ -200,11 +206,13 @@ class IMAP4Server(Protocol, TimeoutMixin):
         if self.transport is not None:
             self._transport.loseConnection()
 
+    # TimeoutMixin's methods carry no annotations: the ignores are for that.
+
     def set_timeout(self, seconds: float | None) -> None:
-        self.setTimeout(seconds)
+        self.setTimeout(seconds)  # type: ignore[no-untyped-call,unused-ignore]
 
     def reset_timeout(self) -> None:
-        self.resetTimeout()
+        self.resetTimeout()  # type: ignore[no-untyped-call,unused-ignore]
 
     def can_start_tls(self) -> bool:
         return ITLSTransport.providedBy(self.transport)

@@ -7,6 +7,8 @@ be refused clearly).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 from mailsrv.imap import syntax
@@ -59,6 +61,7 @@ _SEARCH_ESEARCH_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
 
 def search_key(reader: Reader, depth: int) -> SearchKey:
+    """One search key (a parenthesised list is the AND of its keys)."""
     if depth > reader.max_depth:
         raise reader.error("search keys nested too deeply", "LIMIT")
     char = reader.peek()
@@ -72,64 +75,101 @@ def search_key(reader: Reader, depth: int) -> SearchKey:
     if char is not None and (0x30 <= char <= 0x39 or char in (0x2A, 0x24)):  # digit * $
         return SearchKey("SEQ", (syntax.sequence_set(reader),))
     word = reader.atom("a search key").upper()
-    if word == "ALL":
-        return SearchKey("ALL")
-    if word in _SEARCH_FLAG_KEYS:
-        flag, present = _SEARCH_FLAG_KEYS[word]
-        return SearchKey("FLAG", (flag, present))
-    if word == "NEW":
-        return SearchKey(
-            "AND", (SearchKey("FLAG", ("\\Recent", True)), SearchKey("FLAG", ("\\Seen", False)))
-        )
-    if word == "OLD":
-        return SearchKey("FLAG", ("\\Recent", False))
-    if word in ("KEYWORD", "UNKEYWORD"):
+    key = _KEYS_ALONE.get(word)
+    if key is not None:
+        return key
+    parse = _KEYS_WITH_ARGUMENTS.get(word)
+    if parse is None:
+        raise reader.error(f"unknown search key {word!r}")
+    reader.space()
+    return parse(reader, word, depth)
+
+
+#: Keys without arguments.  NEW and OLD are spelt with \Recent and \Seen.
+_KEYS_ALONE: dict[str, SearchKey] = {
+    "ALL": SearchKey("ALL"),
+    **{word: SearchKey("FLAG", flag) for word, flag in _SEARCH_FLAG_KEYS.items()},
+    "NEW": SearchKey(
+        "AND", (SearchKey("FLAG", ("\\Recent", True)), SearchKey("FLAG", ("\\Seen", False)))
+    ),
+    "OLD": SearchKey("FLAG", ("\\Recent", False)),
+}
+
+
+def _keyword(reader: Reader, word: str, depth: int) -> SearchKey:
+    flag = syntax.flag(reader, allow_recent=True)
+    return SearchKey("FLAG", (flag, word == "KEYWORD"))
+
+
+def _not(reader: Reader, word: str, depth: int) -> SearchKey:
+    return SearchKey("NOT", (search_key(reader, depth + 1),))
+
+
+def _or(reader: Reader, word: str, depth: int) -> SearchKey:
+    left = search_key(reader, depth + 1)
+    reader.space()
+    right = search_key(reader, depth + 1)
+    return SearchKey("OR", (left, right))
+
+
+def _address(reader: Reader, word: str, depth: int) -> SearchKey:
+    return SearchKey("ADDRESS", (word, reader.astring("a search string")))
+
+
+def _subject(reader: Reader, word: str, depth: int) -> SearchKey:
+    return SearchKey("HEADER", (word, reader.astring("a search string")))
+
+
+def _header(reader: Reader, word: str, depth: int) -> SearchKey:
+    field = reader.astring("a header field name")
+    if not field or any(c < 0x21 or c > 0x7E or c == 0x3A for c in field):
+        raise reader.error("invalid header field name")
+    reader.space()
+    return SearchKey("HEADER", (field.decode("ascii").upper(), reader.astring()))
+
+
+def _text(reader: Reader, word: str, depth: int) -> SearchKey:
+    return SearchKey(word, (reader.astring("a search string"),))
+
+
+def _date(reader: Reader, word: str, depth: int) -> SearchKey:
+    return SearchKey(word, (syntax.date(reader),))
+
+
+def _size(reader: Reader, word: str, depth: int) -> SearchKey:
+    return SearchKey(word, (reader.number32("a size"),))
+
+
+def _uid(reader: Reader, word: str, depth: int) -> SearchKey:
+    return SearchKey("UID", (syntax.sequence_set(reader),))
+
+
+def _modseq(reader: Reader, word: str, depth: int) -> SearchKey:
+    if reader.peek() == 0x22:  # entry-name entry-type-req (RFC 7162)
+        reader.quoted()
         reader.space()
-        flag = syntax.flag(reader, allow_recent=True)
-        return SearchKey("FLAG", (flag, word == "KEYWORD"))
-    if word == "NOT":
+        reader.atom("an entry type")
         reader.space()
-        return SearchKey("NOT", (search_key(reader, depth + 1),))
-    if word == "OR":
-        reader.space()
-        left = search_key(reader, depth + 1)
-        reader.space()
-        right = search_key(reader, depth + 1)
-        return SearchKey("OR", (left, right))
-    if word in _SEARCH_ADDRESS_KEYS:
-        reader.space()
-        return SearchKey("ADDRESS", (word, reader.astring("a search string")))
-    if word == "SUBJECT":
-        reader.space()
-        return SearchKey("HEADER", (word, reader.astring("a search string")))
-    if word == "HEADER":
-        reader.space()
-        field = reader.astring("a header field name")
-        if not field or any(c < 0x21 or c > 0x7E or c == 0x3A for c in field):
-            raise reader.error("invalid header field name")
-        reader.space()
-        return SearchKey("HEADER", (field.decode("ascii").upper(), reader.astring()))
-    if word in ("BODY", "TEXT"):
-        reader.space()
-        return SearchKey(word, (reader.astring("a search string"),))
-    if word in _SEARCH_DATE_KEYS:
-        reader.space()
-        return SearchKey(word, (syntax.date(reader),))
-    if word in ("LARGER", "SMALLER"):
-        reader.space()
-        return SearchKey(word, (reader.number32("a size"),))
-    if word == "UID":
-        reader.space()
-        return SearchKey("UID", (syntax.sequence_set(reader),))
-    if word == "MODSEQ":
-        reader.space()
-        if reader.peek() == 0x22:  # entry-name entry-type-req (RFC 7162)
-            reader.quoted()
-            reader.space()
-            reader.atom("an entry type")
-            reader.space()
-        return SearchKey("MODSEQ", (reader.number("a mod-sequence value"),))
-    raise reader.error(f"unknown search key {word!r}")
+    return SearchKey("MODSEQ", (reader.number("a mod-sequence value"),))
+
+
+#: Keys with arguments: the parser of what follows the key and a space.
+_KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
+    "KEYWORD": _keyword,
+    "UNKEYWORD": _keyword,
+    "NOT": _not,
+    "OR": _or,
+    **dict.fromkeys(_SEARCH_ADDRESS_KEYS, _address),
+    "SUBJECT": _subject,
+    "HEADER": _header,
+    "BODY": _text,
+    "TEXT": _text,
+    **dict.fromkeys(_SEARCH_DATE_KEYS, _date),
+    "LARGER": _size,
+    "SMALLER": _size,
+    "UID": _uid,
+    "MODSEQ": _modseq,
+}
 
 
 def search_arguments(

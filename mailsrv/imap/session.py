@@ -362,8 +362,9 @@ class Session:
         view = self.view()
         d: defer.Deferred[Any] = defer.maybeDeferred(view.mailbox.check)
 
-        def missing(failure: Failure) -> Done:
-            failure.trap(NoSuchMailbox)
+        def missing(failure: Failure) -> Done | Failure:
+            if not isinstance(failure.value, NoSuchMailbox):
+                return failure
             if command.name in ("NOOP", "CHECK"):
                 # RFC 3501 6.1.2, 6.4.1: these answer OK or BAD, nothing else.
                 answer = Done(text=f"{command.name} completed")
@@ -389,9 +390,11 @@ class Session:
         d = view.flush(expunges)
         d.addCallback(self.write_lines)
 
-        def missing(failure: Failure) -> None:
-            failure.trap(NoSuchMailbox)
+        def missing(failure: Failure) -> Failure | None:
+            if not isinstance(failure.value, NoSuchMailbox):
+                return failure
             self._finish(self.selected_gone(done), command)
+            return None
 
         d.addCallbacks(lambda _: self._finish(done, command), missing)
         return d

@@ -292,20 +292,26 @@ def generic_value(reader: Reader, depth: int) -> object:
         return tuple(items)
     char = reader.peek()
     if char is not None and (0x30 <= char <= 0x39 or char == 0x2A):
-        start = reader.pos
-        while reader.pos < len(reader.line) and 0x30 <= reader.line[reader.pos] <= 0x39:
-            reader.pos += 1
-        after = reader.peek()
-        if reader.pos > start and (after is None or after in (0x20, 0x29)):
-            digits = reader.line[start : reader.pos]
-            if len(digits) > 19 or int(digits) > 0x7FFFFFFFFFFFFFFF:  # mod-sequence range
-                raise reader.error("number too large")
-            return int(digits)
-        reader.pos = start
-        return sequence_set(reader)
+        return _number_or_set(reader)
     if reader.accept(b"\\"):  # a flag-like value such as USE (\\Drafts)
         return "\\" + reader.atom("an attribute")
     return reader.astring("a parameter value").decode("utf-8", "replace")
+
+
+def _number_or_set(reader: Reader) -> int | SequenceSet:
+    """A tagged-ext-val that starts with a digit or ``*``: a number when it
+    is one alone, else a sequence set."""
+    start = reader.pos
+    while reader.pos < len(reader.line) and 0x30 <= reader.line[reader.pos] <= 0x39:
+        reader.pos += 1
+    after = reader.peek()
+    if reader.pos > start and (after is None or after in (0x20, 0x29)):
+        digits = reader.line[start : reader.pos]
+        if len(digits) > 19 or int(digits) > 0x7FFFFFFFFFFFFFFF:  # mod-sequence range
+            raise reader.error("number too large")
+        return int(digits)
+    reader.pos = start
+    return sequence_set(reader)
 
 
 def parameters(reader: Reader) -> tuple[tuple[str, object], ...]:

@@ -209,7 +209,7 @@ def log_in(session: Session, credentials: ICredentials) -> defer.Deferred[Done]:
 
 
 def _login_error(failure: Failure, session: Session, started: float) -> Result:
-    if failure.check(UnauthorizedLogin, UnhandledCredentials):
+    if isinstance(failure.value, UnauthorizedLogin | UnhandledCredentials):
         return login_failed(session, started)
     # The checker or the realm failed (an unreadable users file or home):
     # not the client's guess, so it is neither counted toward

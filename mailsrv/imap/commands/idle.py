@@ -85,7 +85,7 @@ class _Idling:
         d.addCallbacks(session.write_lines, self._push_failed)
 
     def _push_failed(self, failure: Failure) -> None:
-        if not failure.check(NoSuchMailbox):
+        if not isinstance(failure.value, NoSuchMailbox):
             LOG.failure("IMAP: pushing updates during IDLE failed", failure)
             return
         # The selected mailbox is gone under an idling client: say so and

@@ -117,10 +117,10 @@ def handle_close(session: Session, command: Simple) -> Result:
         return Done(text="CLOSE completed")
     d = defer.maybeDeferred(view.mailbox.expunge)
 
-    def missing(failure: Failure) -> None:
+    def missing(failure: Failure) -> Failure | None:
         # Deleted or renamed by another session: nothing is left to
         # expunge, and CLOSE answers OK or BAD only (RFC 3501 6.4.2).
-        failure.trap(NoSuchMailbox)
+        return None if isinstance(failure.value, NoSuchMailbox) else failure
 
     return d.addErrback(missing).addCallback(lambda _: Done(text="CLOSE completed"))
 

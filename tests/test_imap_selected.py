@@ -23,7 +23,7 @@ class UidMapTests(SynchronousTestCase):
             if action < 0.75:
                 uid += rng.choice((1, 1, 1, 2, 10))
                 model.append(uid)
-                view.append(uid)
+                view.extend([uid])
             elif model:
                 gone = set(rng.sample(model, min(len(model), rng.randint(1, 4))))
                 expected = sorted((model.index(u) + 1 for u in gone), reverse=True)
@@ -51,7 +51,7 @@ class UidMapTests(SynchronousTestCase):
         self.assertIsNone(view.seq(7))
         self.assertEqual(list(view.by_seq(3, 10)), [(3, 9)])
         self.assertEqual(list(view.by_uid(7, 8)), [])
-        self.assertRaises(ValueError, view.append, 9)
+        self.assertRaises(ValueError, view.extend, [9])
 
     def test_compact(self) -> None:
         view = UidMap(range(1, 10001))
@@ -75,7 +75,7 @@ class UidMapTests(SynchronousTestCase):
             for seq, uid in enumerate(kept, 1):
                 self.assertEqual(view.uid(seq), uid)
             # Still appendable, still compact (no two runs that touch).
-            view.append(500)
+            view.extend([500])
             self.assertEqual(list(view)[-1], 500)
 
     def test_removal_does_not_walk_every_message(self) -> None:

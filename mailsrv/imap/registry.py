@@ -214,10 +214,6 @@ class Registry:
     def __iter__(self) -> Iterator[CommandSpec]:
         return iter(self._specs.values())
 
-    def get(self, key: str) -> CommandSpec | None:
-        """The declaration of ``key`` (``"UID FETCH"``), if offered."""
-        return self._specs.get(key)
-
     def parse(
         self, segments: Sequence[Segment], max_depth: int = 32
     ) -> tuple[CommandSpec, Command]:

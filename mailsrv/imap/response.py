@@ -10,7 +10,7 @@ a literal otherwise); :func:`tagged`, :func:`untagged` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TypeAlias
 
 import attrs
@@ -21,11 +21,9 @@ from mailsrv.imap.lexer import ASTRING_CHARS
 __all__ = [
     "MAX_QUOTED",
     "Atom",
-    "Raw",
     "Value",
     "astring",
     "flag_list",
-    "iter_flags",
     "mailbox",
     "serialize",
     "string",
@@ -42,14 +40,7 @@ class Atom:
     text: str
 
 
-@attrs.frozen
-class Raw:
-    """Bytes already in wire syntax, written unchanged."""
-
-    data: bytes
-
-
-Value: TypeAlias = "int | str | bytes | Atom | Raw | Sequence[Value] | None"
+Value: TypeAlias = "int | str | bytes | Atom | Sequence[Value] | None"
 
 _QUOTABLE = frozenset(range(0x20, 0x7F))
 #: Strings longer than this go out as literals: easier on clients' parsers.
@@ -92,8 +83,6 @@ def serialize(value: Value) -> bytes:
         return string(value)
     if isinstance(value, Atom):
         return value.text.encode("utf-8")
-    if isinstance(value, Raw):
-        return value.data
     return b"(" + b" ".join(serialize(item) for item in value) + b")"
 
 
@@ -128,12 +117,8 @@ def untagged_status(status: str, text: str, code: str | None = None) -> bytes:
     return tagged("*", status, text, code)
 
 
-def iter_flags(flags: Sequence[str] | frozenset[str]) -> Iterator[Atom]:
-    """Flags as atoms, system flags first, in a stable order."""
-    for flag in sorted(flags, key=lambda f: (not f.startswith("\\"), f.lower())):
-        yield Atom(flag)
-
-
 def flag_list(flags: Sequence[str] | frozenset[str]) -> bytes:
-    """A parenthesised flag list for FLAGS responses."""
-    return serialize(list(iter_flags(flags)))
+    """A parenthesised flag list for FLAGS responses: system flags first,
+    in a stable order."""
+    ordered = sorted(flags, key=lambda f: (not f.startswith("\\"), f.lower()))
+    return serialize([Atom(flag) for flag in ordered])

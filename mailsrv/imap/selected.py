@@ -71,22 +71,11 @@ class UidMap:
         first = self._ends[-2] if len(self._ends) > 1 else 0
         return self._starts[-1] + (self._ends[-1] - first) - 1
 
-    def append(self, uid: int) -> None:
-        """Add a UID above every present one (a new message)."""
-        last = self.last_uid
-        if uid <= last:
-            raise ValueError(f"UID {uid} is not above the last UID {last}")
-        if self._ends and uid == last + 1:
-            self._ends[-1] += 1
-        else:
-            self._starts.append(uid)
-            self._ends.append(len(self) + 1)
-
     def extend(self, uids: Iterable[int]) -> None:
         """Add ascending UIDs above every present one.
 
-        One pass that finds the runs, rather than :meth:`append` per UID:
-        SELECT of a 100,000-message mailbox builds its view with it.
+        One pass that finds the runs: SELECT of a 100,000-message mailbox
+        builds its view with it.
         """
         starts, ends = self._starts, self._ends
         count = len(self)

@@ -165,10 +165,10 @@ def _seq_number(reader: Reader) -> int:
 _SYSTEM_FLAGS = frozenset({"\\ANSWERED", "\\FLAGGED", "\\DELETED", "\\SEEN", "\\DRAFT"})
 
 
-def flag(reader: Reader, allow_recent: bool = False, allow_wildcard: bool = False) -> str:
+def flag(reader: Reader, allow_recent: bool = False) -> str:
+    """A flag: a keyword, or one of RFC 3501's system flags (\\Recent only
+    where ``allow_recent``, in SEARCH)."""
     if reader.accept(b"\\"):
-        if allow_wildcard and reader.accept(b"*"):
-            return "\\*"
         name = reader.atom("a flag name")
         canonical = canonical_flag("\\" + name)
         upper = canonical.upper()

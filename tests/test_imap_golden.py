@@ -26,7 +26,7 @@ from mailsrv.imap.protocol import IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
-from tests.test_imap_server import Client
+from tests.imap_helpers import Client
 from tests.test_message import DELIBERATE, GOLDEN, fetch_items, load
 
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")

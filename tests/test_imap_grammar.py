@@ -622,13 +622,25 @@ class RobustnessTests(SynchronousTestCase):
                     count += 1
         self.assertGreater(count, 1000)
 
-    def test_truncations_raise_only_parse_errors(self) -> None:
+    def test_truncations_are_refused_with_their_tag(self) -> None:
+        """A command cut short anywhere is a shorter command of its own, or
+        refused with what was expected (never the safety net's "malformed
+        command", which would be a parser bug) and, once the tag and its
+        space have arrived, with the tag."""
         for sample in self.SAMPLES:
+            tag = sample.split(b" ", 1)[0].decode()
+            refused = 0
             for end in range(len(sample)):
+                line = sample[:end]
                 try:
-                    parse_command([sample[:end]])
-                except ParseError:
-                    pass
+                    command = parse_command([line])
+                except ParseError as error:
+                    refused += 1
+                    self.assertNotIn("malformed command", error.message, line)
+                    self.assertEqual(error.tag, tag if end > len(tag) else None, line)
+                    continue
+                self.assertEqual(command.tag, tag, line)
+            self.assertGreater(refused, len(sample) // 2, sample)
 
     def test_empty_segments(self) -> None:
         self.assertRaises(ParseError, parse_command, [])

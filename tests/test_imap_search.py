@@ -28,7 +28,7 @@ from mailsrv.interfaces import MessageInfo
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
-from tests.test_imap_server import Client, FakeMailbox
+from tests.imap_helpers import Client
 
 DAY = datetime.datetime(2024, 5, 10, 23, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=-4)))
 
@@ -41,7 +41,8 @@ def _key(text: str) -> SearchKey:
 
 class CompileTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.view = SelectedMailbox(FakeMailbox("INBOX"), [3, 5, 8, 9], False, recent=[9])
+        inbox = MemoryStorage().account("joe").get_mailbox("INBOX")
+        self.view = SelectedMailbox(inbox, [3, 5, 8, 9], False, recent=[9])
         self.messages = [
             (1, MessageInfo(3, frozenset({"\\Seen"}), DAY, 100, 1)),
             (2, MessageInfo(5, frozenset({"\\Seen", "$Work"}), DAY, 2000, 2)),

@@ -6,20 +6,16 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.auth import sasl
-from mailsrv.auth.realm import MailRealm
 from mailsrv.imap.commands import REGISTRY
 from mailsrv.imap.lexer import Reader
-from mailsrv.imap.protocol import IMAP4Server, IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4Server
 from mailsrv.imap.registry import ANY, Command, CommandSpec, Registry, Simple, no_arguments
-from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
+from tests.imap_helpers import in_process
 
 
 def _broken_parser(reader: Reader, tag: str, name: str, uid: bool) -> Command:
@@ -34,10 +30,7 @@ class UnexpectedErrorTests(SynchronousTestCase):
     def connect(self) -> tuple[IMAP4Server, StringTransport]:
         storage = MemoryStorage()
         storage.deliver("joe", b"Subject: hi\r\n\r\nhello\r\n")
-        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
-        policy = SessionPolicy(failure_delay=0.0, plaintext="always")
-        factory = IMAP4ServerFactory(Portal(MailRealm(storage), [checker]), policy, clock=Clock())
-        server = factory.buildProtocol(None)
+        server, transport = in_process(storage)
         server.session.registry = Registry(
             [
                 *REGISTRY,
@@ -46,9 +39,6 @@ class UnexpectedErrorTests(SynchronousTestCase):
                 CommandSpec("XFETCH", no_arguments, _broken_handler, ANY, names_messages=True),
             ]
         )
-        transport = StringTransport()
-        server.makeConnection(transport)
-        transport.clear()
         return server, transport
 
     def test_a_parser_bug_is_bad_and_logged(self) -> None:

@@ -65,7 +65,6 @@ __all__ = [
 #: The namespace of IMAP's session log lines, as it has always been (the
 #: code moved out of mailsrv.imap.server; a log filter may name it).
 LOG = log.get_logger("mailsrv.imap.server")
-_log = LOG
 
 #: APPEND literals above this size are spooled to a temporary file as they
 #: arrive; smaller literals stay in memory.
@@ -227,7 +226,7 @@ class Session:
 
     def forget_selected(self) -> None:
         """The selected mailbox was deleted or renamed: deselect, and say so."""
-        _log.info("IMAP: the mailbox {user} had selected was deleted or renamed", user=self.user)
+        LOG.info("IMAP: the mailbox {user} had selected was deleted or renamed", user=self.user)
         self.deselect()
 
     def end_with_bye(self, text: str) -> None:
@@ -353,7 +352,7 @@ class Session:
             return self._check_selected(Done("NO", str(error), error.code), command)
         if isinstance(error, StorageError):
             return Done("NO", str(error), error.code)
-        _log.failure("IMAP: {command} failed", failure, command=command.name)
+        LOG.failure("IMAP: {command} failed", failure, command=command.name)
         return Done("NO", "Internal server error", "SERVERBUG")
 
     def _check_selected(self, done: Done, command: Command) -> defer.Deferred[Done]:
@@ -407,7 +406,7 @@ class Session:
             done.after()
 
     def _internal_error(self, failure: Failure, command: Command) -> None:
-        _log.failure("IMAP: completing {command} failed", failure, command=command.name)
+        LOG.failure("IMAP: completing {command} failed", failure, command=command.name)
         self.send(response.tagged(command.tag, "NO", "Internal server error", "SERVERBUG"))
 
     # -- plumbing: limits, deadlines, TLS and plaintext --------------------------
@@ -419,7 +418,7 @@ class Session:
         limits = self.policy.connections
         if limits is not None:
             if not limits.open_ip(peer):
-                _log.warn("IMAP: too many connections from {peer}", peer=peer)
+                LOG.warn("IMAP: too many connections from {peer}", peer=peer)
                 self.end_with_bye("Too many connections from your address")
                 return
             self._ip_counted = True
@@ -461,14 +460,14 @@ class Session:
     def timed_out(self) -> None:
         """Autologout (or the login deadline): say goodbye."""
         if self._login_by is not None and self.clock.seconds() >= self._login_by:
-            _log.info(
+            LOG.info(
                 "IMAP: {peer} did not log in within {seconds} seconds",
                 peer=getattr(self.peer, "host", self.peer),
                 seconds=f"{self.policy.login_timeout:g}",
             )
             bye = "Too long without logging in"
         else:
-            _log.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
+            LOG.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
             bye = "Autologout; idle for too long"
         self.send(response.untagged_status("BYE", bye))
         self.state = State.LOGOUT
@@ -496,7 +495,7 @@ class Session:
     def end(self) -> None:
         """Deselect, log the avatar out and free the user's slot; each step
         runs whatever the one before did.  Safe to call twice."""
-        log.call_each(_log, "IMAP", self.deselect, self._logout_avatar, self._release_user)
+        log.call_each(LOG, "IMAP", self.deselect, self._logout_avatar, self._release_user)
 
     def _logout_avatar(self) -> None:
         logout, self.logout = self.logout, None

@@ -18,7 +18,15 @@ from mailsrv.auth import sasl
 from mailsrv.imap.commands import REGISTRY
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.protocol import IMAP4Server
-from mailsrv.imap.registry import ANY, Command, CommandSpec, Registry, Simple, no_arguments
+from mailsrv.imap.registry import (
+    ANY,
+    NOT_OFFERED,
+    Command,
+    CommandSpec,
+    Registry,
+    Simple,
+    no_arguments,
+)
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
 from tests.imap_helpers import ServerTestBase, in_process
@@ -30,6 +38,30 @@ def _broken_parser(reader: Reader, tag: str, name: str, uid: bool) -> Command:
 
 def _broken_handler(session: Any, command: Simple) -> Any:
     raise TypeError("a bug in a handler")
+
+
+class RegistryTests(SynchronousTestCase):
+    """What the declarations make of a new command, and what they refuse."""
+
+    def test_a_declared_command_is_offered_with_its_capability(self) -> None:
+        registry = Registry(
+            [*REGISTRY, CommandSpec("XTHING", no_arguments, _broken_handler, ANY, capability="X")]
+        )
+        server, transport = in_process()
+        server.session.registry = registry
+        server.dataReceived(b"a CAPABILITY\r\n")
+        # Listed after the capabilities clients have always seen.
+        self.assertIn(b" AUTH=LOGIN X\r\na OK CAPABILITY completed\r\n", transport.value())
+        spec, command = registry.parse([b"t xthing"])
+        self.assertEqual((spec.key, command), ("XTHING", Simple("t", "XTHING")))
+
+    def test_a_command_declared_twice_is_refused(self) -> None:
+        fetch = next(spec for spec in REGISTRY if spec.key == "FETCH")
+        self.assertRaises(ValueError, Registry, [*REGISTRY, fetch])
+
+    def test_no_offered_command_is_called_not_offered(self) -> None:
+        offered = {spec.key for spec in REGISTRY}
+        self.assertEqual(offered & set(NOT_OFFERED), set())
 
 
 class UnexpectedErrorTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, ssl
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.auth.realm import MailRealm
@@ -246,10 +247,19 @@ class FailingCleanupStepTests(ServerTestBase):
             raise RuntimeError("storage bug at deselect")
 
         failing = self.patch(MemoryMailbox, "remove_listener", remove_listener)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         client.transport.loseConnection()
         yield client.lost
         yield self.factory.lost[0]
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # The log line names the step and where it comes from.
+        (failed,) = [e for e in events if "log_failure" in e]
+        self.assertEqual(
+            (failed["log_namespace"], failed["what"], failed["step"]),
+            ("mailsrv.imap.server", "IMAP", "_deselect"),
+        )
         # The avatar was logged out and both slots were given back.
         self.assertEqual(logouts, ["joe"])
         failing.restore()

@@ -98,23 +98,31 @@ class IMAP4Server(Protocol, TimeoutMixin):
             LOG,
             "IMAP",
             self._stop_output,
-            self._stop_timer,
+            self._stop_timers,
             self._drop_command,
-            session.end,
-            session.release_address,
+            self._end_session,
+            self._release_address,
         )
 
     def _stop_output(self) -> None:
         if self._output is not None:
             self._output.close()
 
-    def _stop_timer(self) -> None:
+    # The cleanup steps' names are in the log line of one that fails.
+
+    def _stop_timers(self) -> None:
         self.set_timeout(None)
 
     def _drop_command(self) -> None:
         """Forget the command being received, closing its spooled literals."""
         self.session.drop_continuation()
         self._framer.close()
+
+    def _end_session(self) -> None:
+        self.session.end()
+
+    def _release_address(self) -> None:
+        self.session.release_address()
 
     def timeoutConnection(self) -> None:
         if self._timed_out:

@@ -495,7 +495,12 @@ class Session:
     def end(self) -> None:
         """Deselect, log the avatar out and free the user's slot; each step
         runs whatever the one before did.  Safe to call twice."""
-        log.call_each(LOG, "IMAP", self.deselect, self._logout_avatar, self._release_user)
+        log.call_each(LOG, "IMAP", self._deselect, self._logout_avatar, self._release_user)
+
+    # The cleanup steps' names are in the log line of one that fails.
+
+    def _deselect(self) -> None:
+        self.deselect()
 
     def _logout_avatar(self) -> None:
         logout, self.logout = self.logout, None
@@ -509,6 +514,7 @@ class Session:
             self.policy.connections.close_user(user)
 
     def release_address(self) -> None:
+        """Give the address's connection slot back."""
         if self._ip_counted and self.policy.connections is not None:
             self._ip_counted = False
             self.policy.connections.close_ip(self.peer)

@@ -172,8 +172,8 @@ class IMAP4Server(Protocol, TimeoutMixin):
                 if event is NEED_DATA:
                     return
                 self._hand_over(event)
-                if not session.wants_input():
-                    self._pause()
+                if session.busy and session.continuation is None:
+                    self._pause()  # until the command completes
         finally:
             self._reading = False
 
@@ -239,11 +239,14 @@ class IMAP4Server(Protocol, TimeoutMixin):
             # until it does, so pipelined commands cannot pile up responses.
             self._pause()
             output.ready().addCallback(self._output_drained)
-            return
-        self._resume()
+        elif self._paused:
+            self._paused = False
+            if not self._lost:
+                self._transport.resumeProducing()
+                self._read_events()
 
     def _output_drained(self, _: object) -> None:
-        if self.session.wants_input():
+        if not self.session.busy:
             self._resume()
 
 

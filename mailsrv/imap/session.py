@@ -7,9 +7,10 @@ the framer and hands the framer's events to :class:`Session`, which:
   what is refused);
 * parses each command through the registry (:mod:`mailsrv.imap.commands`),
   checks the state, and runs its handler, one command at a time: while a
-  handler's Deferred is pending, :meth:`Session.wants_input` is False and
-  the protocol stops reading, so a pipelined command is parsed and checked
-  only in the state the previous one left;
+  handler's Deferred is pending (:attr:`Session.busy`) the protocol stops
+  reading, unless the command reads lines of its own
+  (:attr:`Session.continuation`), so a pipelined command is parsed and
+  checked only in the state the previous one left;
 * writes the untagged updates queued by the selected mailbox view
   (:mod:`mailsrv.imap.selected`) before each tagged answer, EXPUNGE held
   back where RFC 3501 7.4.1 forbids it, and turns any error into a tagged
@@ -173,8 +174,10 @@ class Session:
         self.lost = False
         #: Failed logins so far (see :mod:`mailsrv.imap.commands.auth`).
         self.failures = 0
-        self._busy = False
-        self._continuation: Continuation | None = None
+        #: A command is running (its Deferred has not fired).
+        self.busy = False
+        #: The command reading lines of its own (IDLE, AUTHENTICATE), if any.
+        self.continuation: Continuation | None = None
         self._ip_counted = False
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
@@ -241,12 +244,12 @@ class Session:
 
     def expect_continuation(self, continuation: Continuation) -> None:
         """Hand the client's next line to ``continuation``."""
-        self._continuation = continuation
+        self.continuation = continuation
         self.connection.expect_continuation()
 
     def end_continuation(self) -> None:
         """The command reads no more lines of its own."""
-        self._continuation = None
+        self.continuation = None
 
     def set_timeout(self, seconds: float) -> None:
         self.connection.set_timeout(seconds)
@@ -259,18 +262,14 @@ class Session:
 
     # -- input ------------------------------------------------------------------
 
-    def wants_input(self) -> bool:
-        """False while a command runs, unless it reads lines of its own."""
-        return not self._busy or self._continuation is not None
-
     def continuation_line(self, line: bytes) -> None:
-        assert self._continuation is not None
-        self._continuation.line(line)
+        assert self.continuation is not None
+        self.continuation.line(line)
 
     def line_too_long(self, tag: str | None) -> None:
         """Answer an over-long line with BAD [TOOBIG]; the connection stays."""
-        if self._continuation is not None:
-            self._continuation.line(b"")  # ends IDLE / SASL with an error
+        if self.continuation is not None:
+            self.continuation.line(b"")  # ends IDLE / SASL with an error
         self.send(response.tagged(tag or "*", "BAD", "Line too long", "TOOBIG"))
 
     def literal_needed(self, event: LiteralNeeded) -> LiteralAnswer:
@@ -319,7 +318,7 @@ class Session:
             refusal = f"{spec.key} is not allowed in {self.state.value} state"
             self.send(response.tagged(command.tag, "BAD", refusal))
             return
-        self._busy = True
+        self.busy = True
         d: defer.Deferred[Any]
         view = self.selected
         if spec.names_messages and view is not None and view.has_pending():
@@ -339,7 +338,7 @@ class Session:
     # -- completion -------------------------------------------------------------
 
     def _command_done(self, _: object) -> None:
-        self._busy = False
+        self.busy = False
         self.connection.command_done()
 
     def _failed(self, failure: Failure, command: Command) -> Result:
@@ -488,7 +487,7 @@ class Session:
 
     def drop_continuation(self) -> None:
         """The connection is gone: stop what a command reading lines holds."""
-        continuation, self._continuation = self._continuation, None
+        continuation, self.continuation = self.continuation, None
         if continuation is not None:
             continuation.cancel()
 

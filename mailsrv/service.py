@@ -148,7 +148,7 @@ def protocol_factory(
             raise ValueError("an LMTP listener needs storage and a users look-up")
         return LMTPFactory(storage, users, policy)
     if listener.protocol == "imap":
-        from mailsrv.imap.server import IMAP4ServerFactory
+        from mailsrv.imap.protocol import IMAP4ServerFactory
 
         factory = IMAP4ServerFactory(portal, policy, implicit_tls=listener.implicit_tls)
     else:

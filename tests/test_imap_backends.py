@@ -1,7 +1,7 @@
 """The IMAP server over the real backends (memory and Maildir).
 
-tests/test_imap_server.py pins exact bytes over a small fake backend; here
-the same sessions run over :class:`MemoryStorage` and :class:`MaildirStorage`,
+tests/test_imap_server.py pins exact bytes over the memory backend; here
+sessions run over :class:`MemoryStorage` and :class:`MaildirStorage` alike,
 so the server and the storage contract are checked together.
 """
 
@@ -21,7 +21,7 @@ from mailsrv.auth.realm import MailRealm
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
-from tests.test_imap_server import Client, RecordingFactory
+from tests.imap_helpers import Client, RecordingFactory
 
 MESSAGE = b"From: a@example.org\r\nSubject: %d\r\n\r\nbody %d\r\n"
 
@@ -83,7 +83,7 @@ class _IdleScenario(_BackendBase):
         t.assertEqual(response, b"i OK IDLE terminated\r\n")
 
 
-class _BackendScenarios(_IdleScenario):
+class _BackendScenarios(_BackendBase):
     @defer.inlineCallbacks
     def test_three_sessions(self) -> Any:
         t: Any = self
@@ -186,7 +186,10 @@ class MemoryBackendTests(_BackendScenarios, TestCase):
         storage.deliver("joe", MESSAGE % (number, number))
 
 
-class MaildirBackendTests(_BackendScenarios, TestCase):
+class MaildirBackendTests(_BackendScenarios, _IdleScenario, TestCase):
+    """The scenarios, and IDLE hearing a delivery (over memory that is
+    tests/test_imap_server.py's IdleTests)."""
+
     def make_storage(self) -> IStorage:
         from mailsrv.storage.maildir import MaildirStorage
 

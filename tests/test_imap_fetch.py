@@ -1,4 +1,4 @@
-"""FETCH (mailsrv.imap.fetch) and output that waits for a slow client.
+"""FETCH (mailsrv.imap.fetching, fetch_items) and output that waits for a slow client.
 
 The flow-control tests use a transport that behaves like TCP's: it pauses
 its registered producer when more than ``limit`` octets are waiting and
@@ -13,20 +13,17 @@ import re
 import socket
 from typing import Any
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailsrv.auth.realm import MailRealm
-from mailsrv.imap import fetch
+from mailsrv.imap import fetch_items
 from mailsrv.imap.output import ResponseWriter
-from mailsrv.imap.server import IMAP4Server, IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4Server
 from mailsrv.mime.structure import MessageStructure, Part
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
-from tests.test_imap_server import Client, FakeStorage, ServerTestBase
+from tests.imap_helpers import Client, ServerTestBase, in_process
 
 
 class BufferingTransport(StringTransport):
@@ -63,16 +60,11 @@ class BufferingTransport(StringTransport):
 def _session(messages: int, limit: int) -> tuple[IMAP4Server, BufferingTransport, task.Clock]:
     """A logged-in session with INBOX (``messages`` messages) selected."""
     clock = task.Clock()
-    storage = FakeStorage()
-    inbox = storage.account("joe").mailboxes["INBOX"]  # type: ignore[attr-defined]
+    storage = MemoryStorage()
     for n in range(messages):
-        inbox.add(b"message %d\r\n" % n, ["\\Seen"] if n % 3 else [])
-    checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
-    portal = Portal(MailRealm(storage), [checker])
-    policy = SessionPolicy(failure_delay=0.0, plaintext="always")
-    server = IMAP4ServerFactory(portal, policy, clock=clock).buildProtocol(None)
+        storage.deliver("joe", b"message %d\r\n" % n, flags=["\\Seen"] if n % 3 else [])
     transport = BufferingTransport(limit)
-    server.makeConnection(transport)
+    server, _ = in_process(storage, clock=clock, transport=transport)
     server.dataReceived(b"L LOGIN joe secret\r\nS SELECT INBOX\r\n")
     assert b"S OK [READ-WRITE]" in transport.value(), transport.value()
     transport.drain()
@@ -168,7 +160,7 @@ class WriteLiteralTests(SynchronousTestCase):
         writer, transport = self.make_writer(10_000)
         data = bytes(range(256)) * 1200  # 307,200 octets
         results: list[object] = []
-        d = fetch.write_literal(writer, io.BytesIO(data), len(data), chunk_size=8192)
+        d = fetch_items.write_literal(writer, io.BytesIO(data), len(data), chunk_size=8192)
         d.addBoth(results.append)
         received = b""
         rounds = 0
@@ -183,13 +175,13 @@ class WriteLiteralTests(SynchronousTestCase):
 
     def test_slice_from_an_offset(self) -> None:
         writer, transport = self.make_writer(1 << 20)
-        d = fetch.write_literal(writer, io.BytesIO(b"0123456789"), 4, offset=3)
+        d = fetch_items.write_literal(writer, io.BytesIO(b"0123456789"), 4, offset=3)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(transport.value(), b"{4}\r\n3456")
 
     def test_short_file_is_padded_to_the_promised_length(self) -> None:
         writer, transport = self.make_writer(1 << 20)
-        d = fetch.write_literal(writer, io.BytesIO(b"abc"), 6)
+        d = fetch_items.write_literal(writer, io.BytesIO(b"abc"), 6)
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(transport.value(), b"{6}\r\nabc   ")
         self.flushLoggedErrors()
@@ -203,9 +195,8 @@ class TcpBackPressureTests(ServerTestBase):
     @defer.inlineCallbacks
     def test_fetch_pauses_while_client_does_not_read(self) -> Any:
         count = 20_000
-        inbox = self.account().mailboxes["INBOX"]
         for n in range(count):
-            inbox.add(b"m%d\r\n" % n)
+            self.deliver(b"m%d\r\n" % n)
         creator = protocol.ClientCreator(reactor, Client)
         client = yield creator.connectTCP("127.0.0.1", self.port.getHost().port)
         self.clients.append(client)
@@ -323,13 +314,7 @@ class FetchItemTests(ServerTestBase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.storage = MemoryStorage()  # type: ignore[assignment]
-        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
-        self.port.stopListening()
-        self.factory = IMAP4ServerFactory(Portal(MailRealm(self.storage), [checker]), self.policy)  # type: ignore[assignment]
-        self.factory.lost = []  # type: ignore[attr-defined]
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-        self.uid = self.storage.deliver("joe", MIXED)  # type: ignore[attr-defined]
+        self.uid = self.deliver(MIXED)
 
     @defer.inlineCallbacks
     def open(self, command: str = "SELECT") -> Any:
@@ -481,7 +466,7 @@ class FetchItemTests(ServerTestBase):
         )
         response = yield client.command("d", "NOOP")
         self.assertEqual(response, b"d OK NOOP completed\r\n")
-        inbox = self.storage.account("joe").get_mailbox("INBOX")  # type: ignore[attr-defined]
+        inbox = self.inbox
         self.assertIn("\\Seen", inbox.fetch([self.uid])[0].flags)
 
     @defer.inlineCallbacks
@@ -490,7 +475,7 @@ class FetchItemTests(ServerTestBase):
         response = yield client.command("a", "FETCH 1 (BODY[1] RFC822.TEXT BINARY[1])")
         self.assertNotIn(b"FLAGS", response)
         self.assertTrue(response.endswith(b"a OK FETCH completed\r\n"), response)
-        inbox = self.storage.account("joe").get_mailbox("INBOX")  # type: ignore[attr-defined]
+        inbox = self.inbox
         self.assertEqual(inbox.fetch([self.uid])[0].flags, frozenset())
 
     @defer.inlineCallbacks
@@ -565,15 +550,15 @@ class FetchItemTests(ServerTestBase):
     @defer.inlineCallbacks
     def test_big_body_streams_in_pieces(self) -> Any:
         body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 3000
-        uid = self.storage.deliver("joe", body)  # type: ignore[attr-defined]
+        uid = self.deliver(body)
         streamed: list[int] = []
-        real_write_literal = fetch.write_literal
+        real_write_literal = fetch_items.write_literal
 
         def spy(writer: Any, source: Any, length: int, offset: int = 0) -> Any:
             streamed.append(length)
             return real_write_literal(writer, source, length, offset, chunk_size=4096)
 
-        self.patch(fetch, "write_literal", spy)
+        self.patch(fetch_items, "write_literal", spy)
         client = yield self.open()
         response = yield client.command("a", f"UID FETCH {uid} (BODY.PEEK[TEXT]<1000.200000>)")
         text = body[body.index(b"\r\n\r\n") + 4 :]
@@ -626,7 +611,7 @@ class FetchItemTests(ServerTestBase):
         # multipart/alternative: the delimiter lines up to the inner close
         # delimiter are the inner one's, so its text is part 1.1 (the
         # structure Dovecot gives).
-        self.storage.deliver("joe", SAME_BOUNDARY)  # type: ignore[attr-defined]
+        self.deliver(SAME_BOUNDARY)
         client = yield self.open()
         response = yield client.command(
             "a", "FETCH 2 (BODYSTRUCTURE BODY.PEEK[1.1] BODY.PEEK[1.MIME] BODY.PEEK[2])"
@@ -648,7 +633,7 @@ class FetchItemTests(ServerTestBase):
     def test_comments_are_no_addresses_in_the_envelope(self) -> Any:
         # RFC 5322 3.2.2: "(foo)" in an empty group is no member; comments in
         # or beside an angle-addr name nothing.
-        self.storage.deliver(  # type: ignore[attr-defined]
+        self.storage.deliver(
             "joe",
             b"From: <user-from (comment)@ (comment) domain.org>\r\n"
             b"Reply-To: <alice@example.org> (Alice)\r\n"
@@ -676,8 +661,8 @@ class FetchItemTests(ServerTestBase):
         # structure of the old format and rendered values under the old kinds,
         # all wrong for this message.  They must be worked out again.
         data = SAME_BOUNDARY
-        uid = self.storage.deliver("joe", data)  # type: ignore[attr-defined]
-        inbox = self.storage.account("joe").get_mailbox("INBOX")  # type: ignore[attr-defined]
+        uid = self.deliver(data)
+        inbox = self.inbox
         header = data.index(b"\r\n\r\n") + 4
         single = MessageStructure(len(data), Part(0, header, header, len(data) - header, 0))
         # Format 1: what servers before the fix for same-boundary multiparts

@@ -22,12 +22,12 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap.server import IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
+from tests.imap_helpers import Client
 from tests.test_imap_render import DELIBERATE, GOLDEN, fetch_items, load
-from tests.test_imap_server import Client
 
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 

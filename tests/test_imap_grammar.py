@@ -1,4 +1,5 @@
-"""The pure IMAP grammar: command parsing and the response writer."""
+"""The pure IMAP grammar: every command's parser (through the registry) and
+the response writer."""
 
 from __future__ import annotations
 
@@ -9,37 +10,32 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailsrv.imap import grammar
-from mailsrv.imap.grammar import (
-    STAR,
-    Append,
-    Authenticate,
-    Copy,
-    Create,
-    Enable,
-    Expunge,
-    Fetch,
-    FetchAttribute,
-    Id,
-    List,
-    LiteralFile,
-    Login,
-    MailboxCommand,
-    ParseError,
-    Rename,
-    Search,
-    SearchKey,
-    Section,
-    Select,
-    SequenceSet,
-    Simple,
-    Status,
-    Store,
-    parse_command,
-)
+from mailsrv.imap import lexer, response, syntax
+from mailsrv.imap.commands import REGISTRY
+from mailsrv.imap.commands.append import Append
+from mailsrv.imap.commands.auth import Authenticate, Login
+from mailsrv.imap.commands.copy import Copy
+from mailsrv.imap.commands.expunge import Expunge
+from mailsrv.imap.commands.fetch import Fetch
+from mailsrv.imap.commands.general import Enable, Id
+from mailsrv.imap.commands.list import List
+from mailsrv.imap.commands.mailboxes import Create, MailboxCommand, Rename
+from mailsrv.imap.commands.search import Search
+from mailsrv.imap.commands.select import Select
+from mailsrv.imap.commands.status import Status
+from mailsrv.imap.commands.store import Store
+from mailsrv.imap.fetch_syntax import FetchAttribute, Section
+from mailsrv.imap.lexer import LiteralFile, ParseError, Segment
+from mailsrv.imap.registry import Command, Simple
+from mailsrv.imap.search_syntax import SearchKey
+from mailsrv.imap.syntax import STAR, SequenceSet
 
 
-def parse(line: bytes, *rest: bytes | LiteralFile) -> grammar.Command:
+def parse_command(segments: list[Segment], max_depth: int = 32) -> Command:
+    return REGISTRY.parse(segments, max_depth)[1]
+
+
+def parse(line: bytes, *rest: bytes | LiteralFile) -> Command:
     return parse_command([line, *rest])
 
 
@@ -111,17 +107,17 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(self.bad(b"a LOGIN {3}", spooled, b" x").code, "TOOBIG")
 
     def test_literal_marker(self) -> None:
-        self.assertEqual(grammar.literal_marker(b"a LOGIN {12}"), (12, False, False))
-        self.assertEqual(grammar.literal_marker(b"a LOGIN {12+}"), (12, True, False))
-        self.assertEqual(grammar.literal_marker(b"a APPEND x ~{5}"), (5, False, True))
-        self.assertIsNone(grammar.literal_marker(b"a LOGIN {12"))
-        self.assertIsNone(grammar.literal_marker(b"a LOGIN {1a}"))
-        self.assertIsNone(grammar.literal_marker(b"a LOGIN {}"))
+        self.assertEqual(lexer.literal_marker(b"a LOGIN {12}"), (12, False, False))
+        self.assertEqual(lexer.literal_marker(b"a LOGIN {12+}"), (12, True, False))
+        self.assertEqual(lexer.literal_marker(b"a APPEND x ~{5}"), (5, False, True))
+        self.assertIsNone(lexer.literal_marker(b"a LOGIN {12"))
+        self.assertIsNone(lexer.literal_marker(b"a LOGIN {1a}"))
+        self.assertIsNone(lexer.literal_marker(b"a LOGIN {}"))
 
     def test_peek_command(self) -> None:
-        self.assertEqual(grammar.peek_command(b"a1 append INBOX {5}"), ("a1", "APPEND"))
-        self.assertEqual(grammar.peek_command(b"a1 uid fetch 1 x"), ("a1", "UID FETCH"))
-        self.assertIsNone(grammar.peek_command(b"a1"))
+        self.assertEqual(lexer.peek_command(b"a1 append INBOX {5}"), ("a1", "APPEND"))
+        self.assertEqual(lexer.peek_command(b"a1 uid fetch 1 x"), ("a1", "UID FETCH"))
+        self.assertIsNone(lexer.peek_command(b"a1"))
 
     def test_authenticate(self) -> None:
         self.assertEqual(parse(b"a AUTHENTICATE plain"), Authenticate("a", "AUTHENTICATE", "PLAIN"))
@@ -158,10 +154,10 @@ class MailboxTests(SynchronousTestCase):
         ):
             command: Any = parse(line)
             name = command.patterns[0] if command.name == "LIST" else command.mailbox
-            self.assertIsInstance(name, grammar.UndecodedName)
+            self.assertIsInstance(name, syntax.UndecodedName)
             self.assertEqual(name, raw)
             self.assertTrue(name.reason)
-        self.assertNotIsInstance(parse(b"a SELECT Entw&APw-").mailbox, grammar.UndecodedName)  # type: ignore[attr-defined]
+        self.assertNotIsInstance(parse(b"a SELECT Entw&APw-").mailbox, syntax.UndecodedName)  # type: ignore[attr-defined]
 
     def test_mailbox_commands(self) -> None:
         for name in ("DELETE", "SUBSCRIBE", "UNSUBSCRIBE"):
@@ -617,7 +613,7 @@ class RobustnessTests(SynchronousTestCase):
                     else:
                         data[min(pos, len(data) - 1)] = rng.choice(alphabet)
                 segments: list[bytes | LiteralFile] = [bytes(data)]
-                marker = grammar.literal_marker(bytes(data))
+                marker = lexer.literal_marker(bytes(data))
                 if marker is not None and marker[0] < 100:
                     segments += [b"x" * marker[0], b""]
                 try:
@@ -626,13 +622,25 @@ class RobustnessTests(SynchronousTestCase):
                     count += 1
         self.assertGreater(count, 1000)
 
-    def test_truncations_raise_only_parse_errors(self) -> None:
+    def test_truncations_are_refused_with_their_tag(self) -> None:
+        """A command cut short anywhere is a shorter command of its own, or
+        refused with what was expected (never the safety net's "malformed
+        command", which would be a parser bug) and, once the tag and its
+        space have arrived, with the tag."""
         for sample in self.SAMPLES:
+            tag = sample.split(b" ", 1)[0].decode()
+            refused = 0
             for end in range(len(sample)):
+                line = sample[:end]
                 try:
-                    parse_command([sample[:end]])
-                except ParseError:
-                    pass
+                    command = parse_command([line])
+                except ParseError as error:
+                    refused += 1
+                    self.assertNotIn("malformed command", error.message, line)
+                    self.assertEqual(error.tag, tag if end > len(tag) else None, line)
+                    continue
+                self.assertEqual(command.tag, tag, line)
+            self.assertGreater(refused, len(sample) // 2, sample)
 
     def test_empty_segments(self) -> None:
         self.assertRaises(ParseError, parse_command, [])
@@ -641,16 +649,16 @@ class RobustnessTests(SynchronousTestCase):
 
 class WriterTests(SynchronousTestCase):
     def test_astring_forms(self) -> None:
-        self.assertEqual(grammar.astring("INBOX"), b"INBOX")
-        self.assertEqual(grammar.astring("a]b"), b"a]b")
-        self.assertEqual(grammar.astring("two words"), b'"two words"')
-        self.assertEqual(grammar.astring(""), b'""')
-        self.assertEqual(grammar.astring("nil"), b'"nil"')
-        self.assertEqual(grammar.astring('say "hi" \\o/'), b'"say \\"hi\\" \\\\o/"')
-        self.assertEqual(grammar.astring("a\r\nb"), b"{4}\r\na\r\nb")
-        self.assertEqual(grammar.astring("über"), b"{5}\r\n\xc3\xbcber")
+        self.assertEqual(response.astring("INBOX"), b"INBOX")
+        self.assertEqual(response.astring("a]b"), b"a]b")
+        self.assertEqual(response.astring("two words"), b'"two words"')
+        self.assertEqual(response.astring(""), b'""')
+        self.assertEqual(response.astring("nil"), b'"nil"')
+        self.assertEqual(response.astring('say "hi" \\o/'), b'"say \\"hi\\" \\\\o/"')
+        self.assertEqual(response.astring("a\r\nb"), b"{4}\r\na\r\nb")
+        self.assertEqual(response.astring("über"), b"{5}\r\n\xc3\xbcber")
         long = "x " * 600
-        self.assertEqual(grammar.astring(long), b"{1200}\r\n" + long.encode())
+        self.assertEqual(response.astring(long), b"{1200}\r\n" + long.encode())
 
     def test_string_rules(self) -> None:
         # The server's own strings: printable ASCII quoted, specials escaped,
@@ -671,39 +679,39 @@ class WriterTests(SynchronousTestCase):
             (b"x" * 1025, b"{1025}\r\n" + b"x" * 1025, b"{1025}\r\n" + b"x" * 1025),
         ]
         for value, own, verbatim in cases:
-            self.assertEqual(grammar.string(value), own, value)
-            self.assertEqual(grammar.string(value, verbatim=True), verbatim, value)
+            self.assertEqual(response.string(value), own, value)
+            self.assertEqual(response.string(value, verbatim=True), verbatim, value)
 
     def test_mailbox(self) -> None:
-        self.assertEqual(grammar.mailbox("Entwürfe"), b"Entw&APw-rfe")
-        self.assertEqual(grammar.mailbox("A & B"), b'"A &- B"')
+        self.assertEqual(response.mailbox("Entwürfe"), b"Entw&APw-rfe")
+        self.assertEqual(response.mailbox("A & B"), b'"A &- B"')
 
     def test_serialize(self) -> None:
-        value = [None, 3, "a b", b"x\ny", grammar.Atom("\\Seen"), [], ["p"]]
-        self.assertEqual(grammar.serialize(value), b'(NIL 3 "a b" {3}\r\nx\ny \\Seen () ("p"))')
-        self.assertRaises(ValueError, grammar.serialize, -1)
-        self.assertRaises(TypeError, grammar.serialize, True)
+        value = [None, 3, "a b", b"x\ny", response.Atom("\\Seen"), [], ["p"]]
+        self.assertEqual(response.serialize(value), b'(NIL 3 "a b" {3}\r\nx\ny \\Seen () ("p"))')
+        self.assertRaises(ValueError, response.serialize, -1)
+        self.assertRaises(TypeError, response.serialize, True)
 
     def test_responses(self) -> None:
         self.assertEqual(
-            grammar.tagged("a1", "NO", "Mailbox\r\ngone", "TRYCREATE"),
+            response.tagged("a1", "NO", "Mailbox\r\ngone", "TRYCREATE"),
             b"a1 NO [TRYCREATE] Mailbox  gone\r\n",
         )
-        self.assertEqual(grammar.tagged("a1", "OK", ""), b"a1 OK done\r\n")
-        self.assertEqual(grammar.untagged("3", "EXISTS"), b"* 3 EXISTS\r\n")
-        self.assertEqual(grammar.untagged_status("BYE", "bye", None), b"* BYE bye\r\n")
+        self.assertEqual(response.tagged("a1", "OK", ""), b"a1 OK done\r\n")
+        self.assertEqual(response.untagged("3", "EXISTS"), b"* 3 EXISTS\r\n")
+        self.assertEqual(response.untagged_status("BYE", "bye", None), b"* BYE bye\r\n")
 
     def test_flag_list(self) -> None:
         self.assertEqual(
-            grammar.flag_list(frozenset({"zeta", "\\Seen", "Alpha", "\\Answered"})),
+            response.flag_list(frozenset({"zeta", "\\Seen", "Alpha", "\\Answered"})),
             b"(\\Answered \\Seen Alpha zeta)",
         )
-        self.assertEqual(grammar.flag_list(frozenset()), b"()")
+        self.assertEqual(response.flag_list(frozenset()), b"()")
 
     def test_date_time_round_trip(self) -> None:
         zone = datetime.timezone(datetime.timedelta(hours=-7, minutes=-30))
         when = datetime.datetime(1994, 7, 5, 2, 4, 25, tzinfo=zone)
-        text = grammar.format_date_time(when)
+        text = syntax.format_date_time(when)
         self.assertEqual(text, "05-Jul-1994 02:04:25 -0730")
         command = parse(b'a APPEND INBOX "' + text.encode() + b'" {1}', b"x", b"")
         self.assertEqual(command.date, when)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from mailsrv.auth.realm import MailRealm
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
-from tests.test_imap_server import RecordingFactory
+from tests.imap_helpers import RecordingFactory, tls_options
 
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nHello there\r\n"
 
@@ -444,8 +444,8 @@ class EveryMethodTests(ImaplibBase):
         # The server noticed: the session ended and let go of the mailbox.
         yield defer.gatherResults(self.factory.lost)
         server = self.factory.sessions[-1]
-        self.assertIsNone(server.selected)
-        self.assertIsNone(server.account)
+        self.assertIsNone(server.session.selected)
+        self.assertIsNone(server.session.account)
 
 
 class ImaplibTLSTests(TestCase):
@@ -454,14 +454,12 @@ class ImaplibTLSTests(TestCase):
     def setUp(self) -> None:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        from tests.test_imap_server import _tls_options
-
         self.storage = MemoryStorage()
         checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
         portal = Portal(MailRealm(self.storage), [checker])
         policy = SessionPolicy(
             failure_delay=0.0,
-            tls_context=_tls_options(self.mktemp()),
+            tls_context=tls_options(self.mktemp()),
             plaintext="never",
             challenge_auth_available=lambda: True,
         )

@@ -17,7 +17,7 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailsrv.imap import grammar
+from mailsrv.imap import response
 from mailsrv.imap.render import (
     ImapValue,
     address_list,
@@ -442,7 +442,7 @@ class BodyStructureTests(SynchronousTestCase):
         # spaces between adjacent bodies/addresses differ from ours.
         structure = parse(load("05-mixed-alternative-related.eml"))
         value = body_structure(structure, True)
-        generic = grammar.serialize(value)  # type: ignore[arg-type]
+        generic = response.serialize(value)  # type: ignore[arg-type]
         self.assertEqual(
             generic.replace(b") (", b")("), render_body_structure(value).replace(b") (", b")(")
         )

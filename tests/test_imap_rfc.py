@@ -8,17 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailsrv.auth.realm import MailRealm
-from mailsrv.imap.server import IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
-from tests.test_imap_server import CAPS_BEFORE, FakeStorage, ServerTestBase
+from tests.imap_helpers import CAPS_BEFORE, ServerTestBase, in_process
 
 
 class AppendLimitTests(ServerTestBase):
@@ -92,14 +87,10 @@ class IdleTimeoutTests(SynchronousTestCase):
 
     def test_idle_outlasts_a_short_autologout(self) -> None:
         clock = Clock()
-        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
-        portal = Portal(MailRealm(FakeStorage()), [checker])
         policy = SessionPolicy(
             failure_delay=0.0, plaintext="always", imap_timeout_authenticated=120
         )
-        server = IMAP4ServerFactory(portal, policy, clock=clock).buildProtocol(None)
-        transport = StringTransport()
-        server.makeConnection(transport)
+        server, transport = in_process(policy=policy, clock=clock)
         server.dataReceived(b"a LOGIN joe secret\r\nb IDLE\r\n")
         self.assertTrue(transport.value().endswith(b"+ idling\r\n"))
         clock.advance(29 * 60)
@@ -114,12 +105,8 @@ class IdleTimeoutTests(SynchronousTestCase):
 
     def test_idle_still_ends_eventually(self) -> None:
         clock = Clock()
-        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
-        portal = Portal(MailRealm(FakeStorage()), [checker])
         policy = SessionPolicy(failure_delay=0.0, plaintext="always")
-        server = IMAP4ServerFactory(portal, policy, clock=clock).buildProtocol(None)
-        transport = StringTransport()
-        server.makeConnection(transport)
+        server, transport = in_process(policy=policy, clock=clock)
         server.dataReceived(b"a LOGIN joe secret\r\nb IDLE\r\n")
         clock.advance(31 * 60 - 1)
         self.assertFalse(transport.disconnecting)

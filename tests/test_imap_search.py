@@ -1,4 +1,4 @@
-"""SEARCH (mailsrv.imap.search): every RFC 3501 key, ESEARCH and SEARCHRES.
+"""SEARCH (mailsrv.imap.searching): every RFC 3501 key, ESEARCH and SEARCHRES.
 
 Index keys are compiled and evaluated directly (CompileTests); content keys,
 ESEARCH (RFC 4731) and the saved result ``$`` (RFC 5182) are checked on the
@@ -18,27 +18,31 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap import grammar, search
+from mailsrv.imap import searching
+from mailsrv.imap.commands import REGISTRY
+from mailsrv.imap.commands.search import Search
+from mailsrv.imap.protocol import IMAP4ServerFactory
+from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox
-from mailsrv.imap.server import IMAP4ServerFactory
 from mailsrv.interfaces import MessageInfo
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
-from tests.test_imap_server import Client, FakeMailbox
+from tests.imap_helpers import Client
 
 DAY = datetime.datetime(2024, 5, 10, 23, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=-4)))
 
 
-def _key(text: str) -> grammar.SearchKey:
-    command = grammar.parse_command([b"t SEARCH " + text.encode()])
-    assert isinstance(command, grammar.Search)
+def _key(text: str) -> SearchKey:
+    command = REGISTRY.parse([b"t SEARCH " + text.encode()])[1]
+    assert isinstance(command, Search)
     return command.key
 
 
 class CompileTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.view = SelectedMailbox(FakeMailbox("INBOX"), [3, 5, 8, 9], False, recent=[9])
+        inbox = MemoryStorage().account("joe").get_mailbox("INBOX")
+        self.view = SelectedMailbox(inbox, [3, 5, 8, 9], False, recent=[9])
         self.messages = [
             (1, MessageInfo(3, frozenset({"\\Seen"}), DAY, 100, 1)),
             (2, MessageInfo(5, frozenset({"\\Seen", "$Work"}), DAY, 2000, 2)),
@@ -47,11 +51,11 @@ class CompileTests(SynchronousTestCase):
         ]
 
     def matches(self, text: str) -> list[int]:
-        program = search.compile_key(_key(text), self.view)
+        program = searching.compile_key(_key(text), self.view)
         return [
             seq
             for seq, message in self.messages
-            if program.predicate(seq, message, search.SearchContent())
+            if program.predicate(seq, message, searching.SearchContent())
         ]
 
     def test_index_keys(self) -> None:
@@ -89,20 +93,20 @@ class CompileTests(SynchronousTestCase):
             "HEADER X-A b",
             "SENTON 1-Jan-2024",
         ):
-            program = search.compile_key(_key(text), self.view)
-            self.assertIsNone(program.predicate(1, self.messages[0][1], search.SearchContent()))
-        program = search.compile_key(_key("SEEN FROM joe"), self.view)
-        self.assertIs(program.predicate(3, self.messages[2][1], search.SearchContent()), False)
-        program = search.compile_key(_key("OR SEEN FROM joe"), self.view)
-        self.assertIs(program.predicate(1, self.messages[0][1], search.SearchContent()), True)
+            program = searching.compile_key(_key(text), self.view)
+            self.assertIsNone(program.predicate(1, self.messages[0][1], searching.SearchContent()))
+        program = searching.compile_key(_key("SEEN FROM joe"), self.view)
+        self.assertIs(program.predicate(3, self.messages[2][1], searching.SearchContent()), False)
+        program = searching.compile_key(_key("OR SEEN FROM joe"), self.view)
+        self.assertIs(program.predicate(1, self.messages[0][1], searching.SearchContent()), True)
         self.assertEqual(program.fields, frozenset())
         self.assertEqual(program.addresses, frozenset({"FROM"}))
         self.assertFalse(program.text)
-        program = search.compile_key(_key("SENTON 1-Jan-2024"), self.view)
+        program = searching.compile_key(_key("SENTON 1-Jan-2024"), self.view)
         self.assertEqual(program.fields, frozenset({"DATE"}))
-        program = search.compile_key(_key("NOT BODY x"), self.view)
+        program = searching.compile_key(_key("NOT BODY x"), self.view)
         self.assertTrue(program.text)
-        program = search.compile_key(_key("HEADER List-Id x"), self.view)
+        program = searching.compile_key(_key("HEADER List-Id x"), self.view)
         self.assertEqual(program.fields, frozenset({"LIST-ID"}))
 
 

@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailsrv.errors import TemporaryFailure
 from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.interfaces import MessageInfo
-from tests.test_imap_server import DATE, FakeMailbox
+from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
+from tests.imap_helpers import DATE
 
 
 class UidMapTests(SynchronousTestCase):
@@ -24,7 +25,7 @@ class UidMapTests(SynchronousTestCase):
             if action < 0.75:
                 uid += rng.choice((1, 1, 1, 2, 10))
                 model.append(uid)
-                view.append(uid)
+                view.extend([uid])
             elif model:
                 gone = set(rng.sample(model, min(len(model), rng.randint(1, 4))))
                 expected = sorted((model.index(u) + 1 for u in gone), reverse=True)
@@ -52,7 +53,7 @@ class UidMapTests(SynchronousTestCase):
         self.assertIsNone(view.seq(7))
         self.assertEqual(list(view.by_seq(3, 10)), [(3, 9)])
         self.assertEqual(list(view.by_uid(7, 8)), [])
-        self.assertRaises(ValueError, view.append, 9)
+        self.assertRaises(ValueError, view.extend, [9])
 
     def test_compact(self) -> None:
         view = UidMap(range(1, 10001))
@@ -76,7 +77,7 @@ class UidMapTests(SynchronousTestCase):
             for seq, uid in enumerate(kept, 1):
                 self.assertEqual(view.uid(seq), uid)
             # Still appendable, still compact (no two runs that touch).
-            view.append(500)
+            view.extend([500])
             self.assertEqual(list(view)[-1], 500)
 
     def test_removal_does_not_walk_every_message(self) -> None:
@@ -99,12 +100,17 @@ def info(uid: int, flags: set[str], modseq: int) -> MessageInfo:
 
 class SelectedMailboxTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.mailbox = FakeMailbox("INBOX")
+        self.storage = MemoryStorage()
+        self.mailbox = self.storage.account("joe").get_mailbox("INBOX")
         for i in range(3):
-            self.mailbox.add(b"m%d" % i)
+            self.add(b"m%d" % i)
         recent = self.mailbox.claim_recent()
         self.view = SelectedMailbox(self.mailbox, self.mailbox.uids(), False, recent)
         self.mailbox.add_listener(self.view)
+
+    def add(self, data: bytes) -> int:
+        """A delivery (which the listening view hears of)."""
+        return self.storage.deliver("joe", data)
 
     def flush(self, expunges: bool) -> list[bytes]:
         result: list[list[bytes]] = []
@@ -114,7 +120,7 @@ class SelectedMailboxTests(SynchronousTestCase):
     def test_expunges_wait_until_allowed(self) -> None:
         self.mailbox.store([1, 3], ["\\Deleted"], "add")
         self.mailbox.expunge()
-        self.mailbox.add(b"new")
+        self.add(b"new")
         # The held-back expunged messages still count, \\Recent ones too.
         self.assertEqual(self.flush(False), [b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"])
         self.assertEqual(self.view.exists, 4)
@@ -138,7 +144,7 @@ class SelectedMailboxTests(SynchronousTestCase):
         self.assertEqual(self.flush(True), [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n"])
 
     def test_message_added_and_expunged_before_announcement(self) -> None:
-        uid = self.mailbox.add(b"short-lived")
+        uid = self.add(b"short-lived")
         self.mailbox.store([uid], ["\\Deleted"], "add")
         self.mailbox.expunge()
         self.assertEqual(self.flush(True), [])
@@ -147,59 +153,60 @@ class SelectedMailboxTests(SynchronousTestCase):
     def test_on_change_and_close(self) -> None:
         calls: list[Any] = []
         self.view.on_change = lambda: calls.append(1)
-        self.mailbox.add(b"x")
+        self.add(b"x")
         self.assertEqual(calls, [1])
         self.view.close()
-        self.mailbox.add(b"y")
+        self.add(b"y")
         self.assertEqual(calls, [1])
-        self.assertEqual(self.mailbox.listeners, [])
+        # No longer listening: nothing more is queued.
         self.assertFalse(self.view.has_pending())
 
     def test_new_messages_announced_when_claiming_recent_fails(self) -> None:
         """A store that cannot claim \\Recent at the moment (its database
         restarting) still has the new message announced, just not as
         \\Recent here: the EXISTS must not be lost, nor the command's answer."""
-        self.mailbox.add(b"x")
+        self.add(b"x")
 
         def unavailable() -> Any:
             raise TemporaryFailure("mail database unavailable")
 
         self.mailbox.claim_recent = unavailable  # type: ignore[method-assign]
         self.assertEqual(self.flush(True), [b"* 4 EXISTS\r\n", b"* 3 RECENT\r\n"])
-        self.assertEqual(self.mailbox.unclaimed, {4})
+        del self.mailbox.claim_recent  # the store is back: the message is still \Recent
+        self.assertEqual(self.mailbox.claim_recent(), {4})
 
     def test_readonly_does_not_claim_recent(self) -> None:
         view = SelectedMailbox(self.mailbox, self.mailbox.uids(), True)
         self.mailbox.add_listener(view)
-        self.mailbox.add(b"x")
+        self.add(b"x")
         lines: list[list[bytes]] = []
         view.flush(True).addCallback(lines.append)
         self.assertEqual(lines[0], [b"* 4 EXISTS\r\n", b"* 0 RECENT\r\n"])
-        self.assertEqual(self.mailbox.unclaimed, {4})
-
-
-class CountingMailbox(FakeMailbox):
-    """Counts how many messages' metadata were read."""
-
-    def __init__(self) -> None:
-        super().__init__("INBOX")
-        self.read = 0
-
-    def fetch(self, uids: Any) -> Any:
-        uids = list(uids)
-        self.read += len(uids)
-        return super().fetch(uids)
+        # \Recent is left for a read-write session.
+        self.assertEqual(self.mailbox.claim_recent(), {4})
 
 
 class FirstUnseenTests(SynchronousTestCase):
     def first_unseen(self, seen: list[bool], batch: int = 500) -> tuple[int, int]:
-        mailbox = CountingMailbox()
+        """The answer, and how many messages' metadata were read for it."""
+        storage = MemoryStorage()
         for is_seen in seen:
-            mailbox.add(b"x", ["\\Seen"] if is_seen else [])
+            storage.deliver("joe", b"x", flags=["\\Seen"] if is_seen else [])
+        mailbox = storage.account("joe").get_mailbox("INBOX")
         view = SelectedMailbox(mailbox, mailbox.uids(), True)
         unseen = mailbox.status().unseen
-        mailbox.read = 0
-        return self.successResultOf(view.first_unseen(unseen, batch)), mailbox.read
+        read: list[int] = []
+        real_fetch = MemoryMailbox.fetch
+
+        def fetch(mailbox: MemoryMailbox, uids: Any) -> Any:
+            uids = list(uids)
+            read.extend(uids)
+            return real_fetch(mailbox, uids)
+
+        counting = self.patch(MemoryMailbox, "fetch", fetch)
+        first = self.successResultOf(view.first_unseen(unseen, batch))
+        counting.restore()
+        return first, len(read)
 
     def test_agrees_with_a_scan(self) -> None:
         rng = random.Random(3)

@@ -24,7 +24,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
 from mailsrv.auth.realm import MailRealm
-from mailsrv.imap.server import IMAP4ServerFactory
+from mailsrv.imap.protocol import IMAP4ServerFactory
 from mailsrv.policy import SessionPolicy
 from mailsrv.pop3.server import POP3Factory
 from mailsrv.storage.memory import MemoryStorage

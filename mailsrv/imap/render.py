@@ -5,7 +5,7 @@ for parenthesized lists, ``bytes`` for strings, ``None`` for NIL, ``int``
 for numbers.  :func:`render_envelope` and :func:`render_body_structure`
 write them exactly as RFC 3501 section 9 spells them (no space between the
 bodies of a multipart or the addresses of an address list), with strings
-quoted by the response writer's one rule (:func:`mailsrv.imap.grammar.string`).
+quoted by the response writer's one rule (:func:`mailsrv.imap.response.string`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeAlias
 
-from mailsrv.imap.grammar import string
+from mailsrv.imap.response import string
 from mailsrv.mime.addresses import Group, Mailbox, parse_addresses
 from mailsrv.mime.fields import Params
 from mailsrv.mime.structure import ENVELOPE_FIELDS, MessageStructure, Part
@@ -159,7 +159,7 @@ def body_structure(structure: MessageStructure, extensible: bool) -> tuple[ImapV
 
 def render(value: ImapValue) -> bytes:
     """Generic rendering: lists with SP between items, strings as the
-    message's own text (:func:`~mailsrv.imap.grammar.string`'s ``verbatim``
+    message's own text (:func:`~mailsrv.imap.response.string`'s ``verbatim``
     rule)."""
     if value is None:
         return b"NIL"

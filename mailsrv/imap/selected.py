@@ -27,7 +27,8 @@ from zope.interface import implementer
 
 from mailsrv import log
 from mailsrv.errors import TemporaryFailure
-from mailsrv.imap import grammar
+from mailsrv.imap import response
+from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import (
     ANSWERED,
     DELETED,
@@ -74,22 +75,11 @@ class UidMap:
         first = self._ends[-2] if len(self._ends) > 1 else 0
         return self._starts[-1] + (self._ends[-1] - first) - 1
 
-    def append(self, uid: int) -> None:
-        """Add a UID above every present one (a new message)."""
-        last = self.last_uid
-        if uid <= last:
-            raise ValueError(f"UID {uid} is not above the last UID {last}")
-        if self._ends and uid == last + 1:
-            self._ends[-1] += 1
-        else:
-            self._starts.append(uid)
-            self._ends.append(len(self) + 1)
-
     def extend(self, uids: Iterable[int]) -> None:
         """Add ascending UIDs above every present one.
 
-        One pass that finds the runs, rather than :meth:`append` per UID:
-        SELECT of a 100,000-message mailbox builds its view with it.
+        One pass that finds the runs: SELECT of a 100,000-message mailbox
+        builds its view with it.
         """
         starts, ends = self._starts, self._ends
         count = len(self)
@@ -299,7 +289,7 @@ class SelectedMailbox:
     def exists(self) -> int:
         return len(self.map)
 
-    def resolve(self, sequence_set: grammar.SequenceSet, uid: bool) -> MessageSet:
+    def resolve(self, sequence_set: SequenceSet, uid: bool) -> MessageSet:
         """The messages ``sequence_set`` names (UIDs when ``uid``).
 
         UIDs that are not in the view simply match nothing (RFC 3501 6.4.8);
@@ -404,6 +394,18 @@ class SelectedMailbox:
         when it knows them all."""
         seen = tuple(seen)
         d: defer.Deferred[Sequence[str]] = defer.maybeDeferred(self.mailbox.keywords)
+
+        def unavailable(failure: Failure) -> Sequence[str]:
+            # The store cannot list its keywords just now (a database
+            # restarting): announce what this session knows plus what it is
+            # about to show, which is all RFC 3501 7.2.6 asks.
+            failure.trap(TemporaryFailure)
+            _log.warn(
+                "cannot list the keywords of {name}: {e}", name=self.mailbox.name, e=failure.value
+            )
+            return self.keywords
+
+        d.addErrback(unavailable)
 
         def render(defined: Sequence[str]) -> bytes:
             if self._known.issuperset(defined) and self._known.issuperset(seen):
@@ -511,7 +513,7 @@ class SelectedMailbox:
                 changed.append((seq, uid, flags))
         changed.sort()
         for seq, uid, flags in changed:
-            shown = grammar.flag_list(self.flags_with_recent(uid, flags))
+            shown = response.flag_list(self.flags_with_recent(uid, flags))
             out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
         return out
 

@@ -1,12 +1,12 @@
-"""SEARCH: evaluating a parsed search program over the selected mailbox.
+"""SEARCH's engine: evaluating a search program over the selected mailbox.
 
-The entry point is :func:`search`.  The program (a tree of
-:class:`~mailsrv.imap.grammar.SearchKey`) is compiled by :func:`compile_key`
-into a :class:`Program`: a predicate over ``(seq, message, content)`` in
-three-valued logic.  ``content`` is a :class:`SearchContent` holding what
-has been loaded for the message so far; a key whose data is not loaded
-answers ``None`` ("unknown"), and AND/OR/NOT combine unknowns the way
-Kleene's logic does (``False AND unknown`` is False).
+The program (a tree of :class:`~mailsrv.imap.search_syntax.SearchKey`) is
+compiled by :func:`compile_key` into a :class:`Program`: a predicate over
+``(seq, message, content)`` in three-valued logic.  ``content`` is a
+:class:`SearchContent` holding what has been loaded for the message so far;
+a key whose data is not loaded answers ``None`` ("unknown"), and AND/OR/NOT
+combine unknowns the way Kleene's logic does (``False AND unknown`` is
+False).
 
 The mailbox is scanned in batches of :data:`BATCH`, and each batch in up to
 three passes, each loading only for the messages the previous pass left
@@ -24,8 +24,9 @@ undecided:
 
 Strings match as case-insensitive substrings of the decoded text (RFC 3501
 6.4.4), after Unicode case folding.  Results are streamed as one
-``* SEARCH`` line, or collected for an ESEARCH response (RFC 4731) and the
-saved result ``$`` (RFC 5182).
+``* SEARCH`` line (:func:`run_plain`), or collected for an ESEARCH response
+(RFC 4731) and the saved result ``$`` (RFC 5182) (:func:`run_extended`).
+The command's rules are :mod:`mailsrv.imap.commands.search`'s.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv.imap import content, grammar
-from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
+from mailsrv.imap import content
+from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
+from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox, UidMap
+from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IMailbox, IMessage
 from mailsrv.mime.decoding import decode_words, decoded_header_text, text_parts
 from mailsrv.mime.structure import read_range
@@ -57,7 +60,8 @@ __all__ = [
     "Program",
     "SearchContent",
     "compile_key",
-    "search",
+    "run_extended",
+    "run_plain",
 ]
 
 #: Messages whose metadata is read from storage in one call.
@@ -175,9 +179,7 @@ def _not(inner: Predicate) -> Predicate:
     return test
 
 
-def compile_key(
-    key: grammar.SearchKey, view: SelectedMailbox, charset: str | None = None
-) -> Program:
+def compile_key(key: SearchKey, view: SelectedMailbox, charset: str | None = None) -> Program:
     """A SEARCH key as a :class:`Program`.
 
     Raises :class:`NotImplementedKey` for keys of extensions not offered.
@@ -188,74 +190,133 @@ def compile_key(
 
 
 def _compile(
-    key: grammar.SearchKey, view: SelectedMailbox, charset: str | None, program: Program
+    key: SearchKey, view: SelectedMailbox, charset: str | None, program: Program
 ) -> Predicate:
-    op, args = key.op, key.args
-    if op == "ALL":
-        return lambda seq, m, c: True
-    if op == "AND":
-        return _and([_compile(cast(grammar.SearchKey, k), view, charset, program) for k in args])
-    if op == "OR":
-        left = _compile(cast(grammar.SearchKey, args[0]), view, charset, program)
-        right = _compile(cast(grammar.SearchKey, args[1]), view, charset, program)
-        return _or(left, right)
-    if op == "NOT":
-        return _not(_compile(cast(grammar.SearchKey, args[0]), view, charset, program))
-    if op == "FLAG":
-        flag, present = cast(str, args[0]), bool(args[1])
-        if flag == "\\Recent":
-            recent = view.recent
-            return lambda seq, m, c: (m.uid in recent) == present
-        return lambda seq, m, c: (flag in m.flags) == present
-    if op in ("SEQ", "UID"):
-        sequence_set = cast(grammar.SequenceSet, args[0])
-        if sequence_set.saved:
-            # "$" names messages, whether used as SEQ or UID (RFC 5182 2.1).
-            saved = view.saved
-            return lambda seq, m, c: saved.seq(m.uid) is not None
-        if op == "SEQ":
-            seq_test = _in_ranges(sequence_set.resolve(view.exists))
-            return lambda seq, m, c: seq_test(seq)
-        uid_test = _in_ranges(sequence_set.resolve(view.map.last_uid))
-        return lambda seq, m, c: uid_test(m.uid)
+    compiler = _COMPILERS.get(key.op)
+    if compiler is None:
+        raise NotImplementedKey(key.op)
+    return compiler(key.op, key.args, _Context(view, charset, program))
+
+
+@attrs.frozen
+class _Context:
+    """What compiling a key may need besides the key."""
+
+    view: SelectedMailbox
+    charset: str | None
+    program: Program
+
+    def compile(self, key: object) -> Predicate:
+        return _compile(cast(SearchKey, key), self.view, self.charset, self.program)
+
+
+def _all(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    return lambda seq, m, c: True
+
+
+def _and_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    return _and([context.compile(k) for k in args])
+
+
+def _or_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    return _or(context.compile(args[0]), context.compile(args[1]))
+
+
+def _not_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    return _not(context.compile(args[0]))
+
+
+def _flag_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    flag, present = cast(str, args[0]), bool(args[1])
+    if flag == "\\Recent":
+        recent = context.view.recent
+        return lambda seq, m, c: (m.uid in recent) == present
+    return lambda seq, m, c: (flag in m.flags) == present
+
+
+def _set_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    view = context.view
+    sequence_set = cast(SequenceSet, args[0])
+    if sequence_set.saved:
+        # "$" names messages, whether used as SEQ or UID (RFC 5182 2.1).
+        saved = view.saved
+        return lambda seq, m, c: saved.seq(m.uid) is not None
+    if op == "SEQ":
+        seq_test = _in_ranges(sequence_set.resolve(view.exists))
+        return lambda seq, m, c: seq_test(seq)
+    uid_test = _in_ranges(sequence_set.resolve(view.map.last_uid))
+    return lambda seq, m, c: uid_test(m.uid)
+
+
+def _size_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    size = cast(int, args[0])
     if op == "LARGER":
-        larger = cast(int, args[0])
-        return lambda seq, m, c: m.size > larger
-    if op == "SMALLER":
-        smaller = cast(int, args[0])
-        return lambda seq, m, c: m.size < smaller
-    if op in ("BEFORE", "ON", "SINCE"):
-        return _date_test(op, cast(datetime.date, args[0]), lambda m, c: m.internal_date.date())
-    if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        program.fields = program.fields | {"DATE"}
+        return lambda seq, m, c: m.size > size
+    return lambda seq, m, c: m.size < size
 
-        def sent(m: IMessage, c: SearchContent) -> datetime.date | None:
-            if c.fields is None:
-                return None
-            return _sent_date(c.fields.get("DATE", ()))
 
-        return _date_test(op[4:], cast(datetime.date, args[0]), sent)
-    if op == "HEADER":
-        return _header_test(cast(str, args[0]), _needle(args[1], charset), program)
-    if op == "ADDRESS":
-        return _address_test(cast(str, args[0]), _needle(args[1], charset), program)
-    if op in ("BODY", "TEXT"):
-        program.text = True
-        needle = _needle(args[0], charset)
-        if op == "BODY":
+def _internal_date_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    return _date_test(op, cast(datetime.date, args[0]), lambda m, c: m.internal_date.date())
 
-            def body(seq: int, m: IMessage, c: SearchContent) -> bool | None:
-                return None if c.body is None else needle in c.body
 
-            return body
+def _sent_date_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    context.program.fields = context.program.fields | {"DATE"}
 
-        def text(seq: int, m: IMessage, c: SearchContent) -> bool | None:
-            if c.body is None or c.header is None:
-                return None
-            return needle in c.header or needle in c.body
+    def sent(m: IMessage, c: SearchContent) -> datetime.date | None:
+        if c.fields is None:
+            return None
+        return _sent_date(c.fields.get("DATE", ()))
 
-        return text
-    raise NotImplementedKey(op)
+    return _date_test(op[4:], cast(datetime.date, args[0]), sent)
+
+
+def _header_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    needle = _needle(args[1], context.charset)
+    return _header_test(cast(str, args[0]), needle, context.program)
+
+
+def _address_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    needle = _needle(args[1], context.charset)
+    return _address_test(cast(str, args[0]), needle, context.program)
+
+
+def _text_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    context.program.text = True
+    needle = _needle(args[0], context.charset)
+    if op == "BODY":
+
+        def body(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+            return None if c.body is None else needle in c.body
+
+        return body
+
+    def text(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        if c.body is None or c.header is None:
+            return None
+        return needle in c.header or needle in c.body
+
+    return text
+
+
+#: Search key op (:attr:`SearchKey.op`) -> its compiler; an op not here is
+#: a key of an extension not offered (MODSEQ).
+_COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] = {
+    "ALL": _all,
+    "AND": _and_key,
+    "OR": _or_key,
+    "NOT": _not_key,
+    "FLAG": _flag_key,
+    "SEQ": _set_key,
+    "UID": _set_key,
+    "LARGER": _size_key,
+    "SMALLER": _size_key,
+    **dict.fromkeys(("BEFORE", "ON", "SINCE"), _internal_date_key),
+    **dict.fromkeys(("SENTBEFORE", "SENTON", "SENTSINCE"), _sent_date_key),
+    "HEADER": _header_key,
+    "ADDRESS": _address_key,
+    "BODY": _text_key,
+    "TEXT": _text_key,
+}
 
 
 def _date_test(
@@ -317,55 +378,6 @@ def _address_test(name: str, needle: str, program: Program) -> Predicate:
 # ---------------------------------------------------------------------------
 
 
-def search(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Search,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    """Answer a SEARCH (or UID SEARCH) command; fires with its completion.
-
-    Fails (in the Deferred) with :class:`~mailsrv.imap.output.CommandError`
-    for unsupported charsets and keys.  A SEARCH RETURN (SAVE) that fails
-    with NO empties ``$`` (RFC 5182 2.1); a BAD leaves it alone.
-    """
-    saving = command.return_options is not None and "SAVE" in command.return_options
-    d = defer.maybeDeferred(_check_and_run, view, mailbox, command, writer, clock)
-    if saving:
-
-        def failed(failure: Any) -> Any:
-            error = failure.value
-            if not (isinstance(error, CommandError) and error.status == "BAD"):
-                view.saved = UidMap(())
-            return failure
-
-        d.addErrback(failed)
-    return d
-
-
-def _check_and_run(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    command: grammar.Search,
-    writer: ResponseWriter,
-    clock: IReactorTime,
-) -> defer.Deferred[Done]:
-    if command.charset not in (None, *CHARSETS):
-        raise no(
-            f"Charset {command.charset} is not supported", f"BADCHARSET ({' '.join(CHARSETS)})"
-        )
-    try:
-        program = compile_key(command.key, view, command.charset)
-    except NotImplementedKey as e:
-        if str(e) == "MODSEQ":
-            raise bad("SEARCH MODSEQ needs CONDSTORE, which is not offered") from None
-        raise no(f"SEARCH {e} is not supported", "CANNOT") from None
-    if command.return_options is None:
-        return _run_plain(view, mailbox, program, command.uid, writer, clock)
-    return _run_extended(view, mailbox, program, command, writer, clock)
-
-
 @defer.inlineCallbacks
 def _texts(
     mailbox: IMailbox, uids: Sequence[int]
@@ -390,7 +402,7 @@ def _matches(
     """``(seq, uid)`` of the batch's messages that match, ascending."""
     hits: list[tuple[int, int]] = []
     test = program.predicate
-    pending: list[tuple[int, IMessage, SearchContent]] = []
+    pending: list[_Pending] = []
     for seq, m in chunk:
         c = SearchContent()
         result = test(seq, m, c)
@@ -399,23 +411,7 @@ def _matches(
         elif result is None:
             pending.append((seq, m, c))
     if pending and (program.fields or program.addresses):
-        uids = [m.uid for _, m, _ in pending]
-        values: dict[str, dict[int, list[str]]] = {}
-        for name in sorted(program.fields):
-            values[name] = yield content.field_values(mailbox, uids, name)
-        addresses: dict[str, dict[int, list[str]]] = {}
-        for name in sorted(program.addresses):
-            addresses[name] = yield content.address_texts(mailbox, uids, name)
-        undecided = []
-        for seq, m, c in pending:
-            c.fields = {name: found.get(m.uid, []) for name, found in values.items()}
-            c.addresses = {name: found.get(m.uid, []) for name, found in addresses.items()}
-            result = test(seq, m, c)
-            if result is True:
-                hits.append((seq, m.uid))
-            elif result is None:
-                undecided.append((seq, m, c))
-        pending = undecided
+        pending = yield _fields_pass(mailbox, program, pending, hits)
     if pending and program.text:
         texts = yield _texts(mailbox, [m.uid for _, m, _ in pending])
         for seq, m, c in pending:
@@ -427,6 +423,36 @@ def _matches(
                 hits.append((seq, m.uid))
     hits.sort()
     return hits
+
+
+#: A message the index alone could not decide: ``(seq, message, content)``.
+_Pending = tuple[int, IMessage, SearchContent]
+
+
+@defer.inlineCallbacks
+def _fields_pass(
+    mailbox: IMailbox, program: Program, pending: list[_Pending], hits: list[tuple[int, int]]
+) -> Generator[defer.Deferred[Any], Any, list[_Pending]]:
+    """The second pass, with header fields loaded: hits go to ``hits``; the
+    messages still undecided (their text is needed) are returned."""
+    test = program.predicate
+    uids = [m.uid for _, m, _ in pending]
+    values: dict[str, dict[int, list[str]]] = {}
+    for name in sorted(program.fields):
+        values[name] = yield content.field_values(mailbox, uids, name)
+    addresses: dict[str, dict[int, list[str]]] = {}
+    for name in sorted(program.addresses):
+        addresses[name] = yield content.address_texts(mailbox, uids, name)
+    undecided = []
+    for seq, m, c in pending:
+        c.fields = {name: found.get(m.uid, []) for name, found in values.items()}
+        c.addresses = {name: found.get(m.uid, []) for name, found in addresses.items()}
+        result = test(seq, m, c)
+        if result is True:
+            hits.append((seq, m.uid))
+        elif result is None:
+            undecided.append((seq, m, c))
+    return undecided
 
 
 @defer.inlineCallbacks
@@ -463,7 +489,7 @@ def _scan(
             return False
 
 
-def _run_plain(
+def run_plain(
     view: SelectedMailbox,
     mailbox: IMailbox,
     program: Program,
@@ -507,56 +533,66 @@ def _sequence_set(numbers: Sequence[int]) -> bytes:
     return b",".join(out)
 
 
-def _run_extended(
+def run_extended(
     view: SelectedMailbox,
     mailbox: IMailbox,
     program: Program,
-    command: grammar.Search,
+    tag: str,
+    uid: bool,
+    return_options: Sequence[str],
     writer: ResponseWriter,
     clock: IReactorTime,
 ) -> defer.Deferred[Done]:
-    """SEARCH RETURN (...): one ESEARCH response (RFC 4731) and/or the
-    saved result (RFC 5182)."""
-    options = set(command.return_options or ()) or {"ALL"}
+    """SEARCH RETURN (...) of command ``tag``: one ESEARCH response (RFC
+    4731) and/or the saved result (RFC 5182)."""
+    options = set(return_options) or {"ALL"}
     # Both ascend (hits come in sequence order, and UIDs ascend with it).
     uids = array("I")
     seqs = array("I")  # only for a non-UID SEARCH, which reports them
-    numbers = uids if command.uid else seqs
+    numbers = uids if uid else seqs
 
     def found(hits: list[tuple[int, int]]) -> None:
         uids.extend(u for _, u in hits)
-        if not command.uid:
+        if not uid:
             seqs.extend(seq for seq, _ in hits)
 
     def finish(complete: bool) -> Done:
         if not complete:
             return Done("NO", "Connection lost")
         if "SAVE" in options:
-            # RFC 5182 2.4: with only MIN and/or MAX beside SAVE, "$" holds
-            # just those messages; otherwise every message found.
-            saved: Sequence[int] = uids
-            if uids and not options & {"ALL", "COUNT"}:
-                ends = set()
-                if "MIN" in options:
-                    ends.add(uids[0])
-                if "MAX" in options:
-                    ends.add(uids[-1])
-                saved = sorted(ends) if ends else uids
-            view.saved = UidMap(saved)
+            view.saved = UidMap(_saved(uids, options))
         reported = options - {"SAVE"}
         if reported or "SAVE" not in options:
-            parts = [b'* ESEARCH (TAG "%s")' % command.tag.encode("ascii")]
-            if command.uid:
-                parts.append(b"UID")
-            if numbers and "MIN" in reported:
-                parts.append(b"MIN %d" % numbers[0])
-            if numbers and "MAX" in reported:
-                parts.append(b"MAX %d" % numbers[-1])
-            if "COUNT" in reported:
-                parts.append(b"COUNT %d" % len(numbers))
-            if numbers and "ALL" in reported:
-                parts.append(b"ALL " + _sequence_set(numbers))
-            writer.write(b" ".join(parts) + b"\r\n")
+            writer.write(_esearch(tag, uid, numbers, reported))
         return Done(text="SEARCH completed")
 
     return _scan(view, mailbox, program, clock, writer, found).addCallback(finish)
+
+
+def _saved(uids: Sequence[int], options: set[str]) -> Sequence[int]:
+    """What SAVE keeps as ``$``: with only MIN and/or MAX beside it, just
+    those messages; otherwise every message found (RFC 5182 2.4)."""
+    if not uids or options & {"ALL", "COUNT"}:
+        return uids
+    ends = set()
+    if "MIN" in options:
+        ends.add(uids[0])
+    if "MAX" in options:
+        ends.add(uids[-1])
+    return sorted(ends) if ends else uids
+
+
+def _esearch(tag: str, uid: bool, numbers: Sequence[int], reported: set[str]) -> bytes:
+    """The ESEARCH response (RFC 4731 3.1) for ascending ``numbers``."""
+    parts = [b'* ESEARCH (TAG "%s")' % tag.encode("ascii")]
+    if uid:
+        parts.append(b"UID")
+    if numbers and "MIN" in reported:
+        parts.append(b"MIN %d" % numbers[0])
+    if numbers and "MAX" in reported:
+        parts.append(b"MAX %d" % numbers[-1])
+    if "COUNT" in reported:
+        parts.append(b"COUNT %d" % len(numbers))
+    if numbers and "ALL" in reported:
+        parts.append(b"ALL " + _sequence_set(numbers))
+    return b" ".join(parts) + b"\r\n"

@@ -1,0 +1,128 @@
+"""CAPABILITY, NOOP, LOGOUT (RFC 3501 6.1), ID (RFC 2971), ENABLE (RFC 5161)
+and NAMESPACE (RFC 2342)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+from twisted.internet import defer
+
+from mailsrv.imap import response
+from mailsrv.imap.lexer import Reader
+from mailsrv.imap.output import Done
+from mailsrv.imap.registry import (
+    ANY,
+    AUTHENTICATED,
+    Command,
+    CommandSpec,
+    Result,
+    Simple,
+    State,
+    no_arguments,
+)
+
+if TYPE_CHECKING:
+    from mailsrv.imap.session import Session
+
+__all__ = ["COMMANDS", "Enable", "Id"]
+
+
+@attrs.frozen
+class Enable(Command):
+    capabilities: tuple[str, ...]
+
+
+@attrs.frozen
+class Id(Command):
+    """ID (RFC 2971): field/value pairs, or None for NIL."""
+
+    fields: tuple[tuple[str, str | None], ...] | None
+
+
+def parse_enable(reader: Reader, tag: str, name: str, uid: bool) -> Enable:
+    capabilities: list[str] = []
+    while reader.peek() == 0x20:
+        reader.space()
+        capabilities.append(reader.atom("a capability name").upper())
+    if not capabilities:
+        raise reader.error("ENABLE needs at least one capability")
+    reader.end()
+    return Enable(tag, name, tuple(capabilities))
+
+
+def parse_id(reader: Reader, tag: str, name: str, uid: bool) -> Id:
+    reader.space()
+    if reader.keyword_ahead(b"NIL"):
+        reader.pos += 3
+        reader.end()
+        return Id(tag, name, None)
+    reader.expect(b"(")
+    fields: list[tuple[str, str | None]] = []
+    if not reader.accept(b")"):  # tolerate "()" though RFC 2971 wants NIL
+        while True:
+            key = reader.string("an ID field name").decode("utf-8", "replace")
+            reader.space()
+            value = reader.nstring("an ID field value")
+            fields.append((key, None if value is None else value.decode("utf-8", "replace")))
+            if len(fields) > 30:
+                raise reader.error("too many ID fields (30 at most)")
+            if reader.accept(b")"):
+                break
+            reader.space()
+    reader.end()
+    return Id(tag, name, tuple(fields))
+
+
+def handle_capability(session: Session, command: Simple) -> Done:
+    session.send(response.untagged("CAPABILITY", " ".join(session.capabilities())))
+    return Done(text="CAPABILITY completed")
+
+
+def handle_noop(session: Session, command: Simple) -> Result:
+    if session.selected is not None:
+        d = defer.maybeDeferred(session.selected.mailbox.check)
+        return d.addCallback(lambda _: Done(text="NOOP completed"))
+    return Done(text="NOOP completed")
+
+
+def handle_logout(session: Session, command: Simple) -> Done:
+    session.send(response.untagged_status("BYE", "mailsrv logging out"))
+    session.state = State.LOGOUT
+    session.deselect()
+    return Done(text="LOGOUT completed", after=session.close)
+
+
+def handle_id(session: Session, command: Id) -> Done:
+    session.send(response.untagged("ID", response.serialize(("name", "mailsrv"))))
+    return Done(text="ID completed")
+
+
+def handle_enable(session: Session, command: Enable) -> Done:
+    # No ENABLE-able extension (CONDSTORE, QRESYNC, UTF8=ACCEPT) yet.
+    session.send(b"* ENABLED\r\n")
+    return Done(text="ENABLE completed")
+
+
+def handle_namespace(session: Session, command: Simple) -> Done:
+    delimiter = session.logged_in_account().delimiter
+    personal = response.serialize([["", delimiter]])
+    session.send(response.untagged("NAMESPACE", personal, "NIL", "NIL"))
+    return Done(text="NAMESPACE completed")
+
+
+COMMANDS = (
+    CommandSpec("CAPABILITY", no_arguments, handle_capability, ANY),
+    CommandSpec("NOOP", no_arguments, handle_noop, ANY),
+    CommandSpec("LOGOUT", no_arguments, handle_logout, ANY),
+    CommandSpec("ID", parse_id, handle_id, ANY, capability="ID"),
+    # RFC 5161 3.1: ENABLE is valid in the authenticated state only.
+    CommandSpec(
+        "ENABLE",
+        parse_enable,
+        handle_enable,
+        frozenset({State.AUTHENTICATED}),
+        capability="ENABLE",
+    ),
+    CommandSpec("NAMESPACE", no_arguments, handle_namespace, AUTHENTICATED, capability="NAMESPACE"),
+)

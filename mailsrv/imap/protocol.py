@@ -1,0 +1,279 @@
+"""The IMAP server's Twisted protocol: a thin adapter over the session.
+
+:class:`IMAP4Server` owns what is Twisted's: the transport, reading and
+pausing it, the output producer (:class:`~mailsrv.imap.output.ResponseWriter`),
+the autologout timer (``TimeoutMixin``) and starting TLS.  Bytes go to the
+sans-I/O framer (:mod:`mailsrv.imap.framer`) and its events, one at a time,
+to the :class:`~mailsrv.imap.session.Session`, which decides everything
+else.  While a command runs (or the client does not read its answers) the
+transport is paused and unread input waits in the framer, so one command
+plus one network read is all a connection holds.
+
+Embed it with ``IMAP4ServerFactory(portal, policy)``; the portal's realm
+must hand out :class:`mailsrv.interfaces.IAccount` avatars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailsrv import log
+from mailsrv.imap.commands import REGISTRY
+from mailsrv.imap.framer import (
+    NEED_DATA,
+    ContinuationLine,
+    Event,
+    FramedCommand,
+    Framer,
+    LineTooLong,
+    LiteralNeeded,
+)
+from mailsrv.imap.output import ResponseWriter
+from mailsrv.imap.registry import State
+from mailsrv.imap.session import LOG, LiteralAnswer, Session
+from mailsrv.policy import CLOSE_GRACE, SessionPolicy
+
+__all__ = ["IMAP4Server", "IMAP4ServerFactory"]
+
+
+class IMAP4Server(Protocol, TimeoutMixin):
+    """One IMAP4rev1 connection.
+
+    ``secure`` says the connection is already TLS (implicit-TLS listener);
+    ``clock`` drives the autologout timer, the failed-login delay and IDLE
+    pushes (tests pass a ``task.Clock``).
+    """
+
+    def __init__(
+        self,
+        portal: Portal,
+        policy: SessionPolicy | None = None,
+        *,
+        secure: bool = False,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock = clock
+        policy = policy if policy is not None else SessionPolicy()
+        self.session = Session(self, portal, policy, clock, REGISTRY, secure=secure)
+        self._framer = Framer(policy.max_line_length)
+        self._output: ResponseWriter | None = None
+        self._lost = False
+        self._paused = False  # the transport is paused
+        self._reading = False  # inside _read_events
+        self._timed_out = False
+
+    @property
+    def _transport(self) -> Any:
+        return self.transport
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        return self.clock.callLater(period, func)
+
+    # -- the connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._output = ResponseWriter(self.transport)
+        self.session.connected(self._output, self._transport.getPeer())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """Give back what the session holds.  Each step runs even if one
+        before it failed: a skipped release would keep the user's and the
+        address's connection slots taken until restart."""
+        self._lost = True
+        session = self.session
+        session.lost = True
+        session.state = State.LOGOUT
+        log.call_each(
+            LOG,
+            "IMAP",
+            self._stop_output,
+            self._stop_timers,
+            self._drop_command,
+            self._end_session,
+            self._release_address,
+        )
+
+    def _stop_output(self) -> None:
+        if self._output is not None:
+            self._output.close()
+
+    # The cleanup steps' names are in the log line of one that fails.
+
+    def _stop_timers(self) -> None:
+        self.set_timeout(None)
+
+    def _drop_command(self) -> None:
+        """Forget the command being received, closing its spooled literals."""
+        self.session.drop_continuation()
+        self._framer.close()
+
+    def _end_session(self) -> None:
+        self.session.end()
+
+    def _release_address(self) -> None:
+        self.session.release_address()
+
+    def timeoutConnection(self) -> None:
+        if self._timed_out:
+            # The goodbye did not get out in CLOSE_GRACE: an unfinished TLS
+            # handshake holds it, and with it the close, back for ever.
+            self._transport.abortConnection()
+            return
+        self._timed_out = True
+        self.session.timed_out()
+        stalled = self._output is not None and self._output.paused
+        self.close()
+        if stalled:
+            # The client stopped reading: its buffered output would keep the
+            # connection (and the session) alive forever.
+            self._transport.abortConnection()
+        else:
+            self.set_timeout(CLOSE_GRACE)
+
+    # -- input ------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session.state is State.LOGOUT:
+            return
+        self._framer.receive(data)
+        self._read_events()
+
+    def _read_events(self) -> None:
+        """Hand framed input to the session until it runs out or the session
+        has to wait (a command is running).
+
+        Re-entered from a command that completes at once (through
+        :meth:`command_done`), it leaves the work to the loop already
+        running, so events stay in order.
+        """
+        if self._reading:
+            return
+        self._reading = True
+        try:
+            framer, session = self._framer, self.session
+            while not self._paused and not self._lost and session.state is not State.LOGOUT:
+                if self._transport.disconnecting:
+                    return
+                progress = framer.progress
+                event = framer.next_event()
+                if framer.progress != progress:
+                    session.activity()
+                if event is NEED_DATA:
+                    return
+                self._hand_over(event)
+                if session.busy and session.continuation is None:
+                    self._pause()  # until the command completes
+        finally:
+            self._reading = False
+
+    def _hand_over(self, event: Event) -> None:
+        session = self.session
+        if isinstance(event, FramedCommand):
+            session.execute(event.segments)
+        elif isinstance(event, LiteralNeeded):
+            answer = session.literal_needed(event)
+            if answer is LiteralAnswer.REFUSED:
+                self._framer.refuse_literal()
+            else:
+                self._framer.accept_literal(spool=answer is LiteralAnswer.SPOOLED)
+        elif isinstance(event, ContinuationLine):
+            session.continuation_line(event.line)
+        elif isinstance(event, LineTooLong):
+            session.line_too_long(event.tag)
+
+    def _pause(self) -> None:
+        if not self._paused and not self._lost:
+            self._paused = True
+            self._transport.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if not self._lost:
+                self._transport.resumeProducing()
+                self._read_events()
+
+    # -- what the session asks (mailsrv.imap.session.Connection) ----------------
+
+    def close(self) -> None:
+        """Close after what is written: a transport with a registered
+        producer would otherwise never close."""
+        if self._output is not None:
+            self._output.close()
+        if self.transport is not None:
+            self._transport.loseConnection()
+
+    # TimeoutMixin's methods carry no annotations: the ignores are for that.
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.setTimeout(seconds)  # type: ignore[no-untyped-call,unused-ignore]
+
+    def reset_timeout(self) -> None:
+        self.resetTimeout()  # type: ignore[no-untyped-call,unused-ignore]
+
+    def can_start_tls(self) -> bool:
+        return ITLSTransport.providedBy(self.transport)
+
+    def start_tls(self, context: Any) -> None:
+        self._framer.clear()
+        self._transport.startTLS(context)
+
+    def expect_continuation(self) -> None:
+        self._framer.expect_continuation()
+
+    def command_done(self) -> None:
+        output = self._output
+        if output is not None and output.paused and not self._lost:
+            # The client is not reading our answers: read no further commands
+            # until it does, so pipelined commands cannot pile up responses.
+            self._pause()
+            output.ready().addCallback(self._output_drained)
+        elif self._paused:
+            self._paused = False
+            if not self._lost:
+                self._transport.resumeProducing()
+                self._read_events()
+
+    def _output_drained(self, _: object) -> None:
+        if not self.session.busy:
+            self._resume()
+
+
+class IMAP4ServerFactory(ServerFactory):
+    """Builds :class:`IMAP4Server` sessions for a Portal.
+
+    ``implicit_tls`` marks connections as already secure (the listener wraps
+    them in TLS); ``clock`` is for tests.
+    """
+
+    protocol = IMAP4Server
+    noisy = False  # the service logs each listener once, with its endpoint
+
+    def __init__(
+        self,
+        portal: Portal,
+        policy: SessionPolicy | None = None,
+        *,
+        implicit_tls: bool = False,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.portal = portal
+        self.policy = policy if policy is not None else SessionPolicy()
+        self.implicit_tls = implicit_tls
+        self.clock = clock
+
+    def buildProtocol(self, addr: IAddress | None) -> IMAP4Server:
+        protocol = IMAP4Server(self.portal, self.policy, secure=self.implicit_tls, clock=self.clock)
+        protocol.factory = self
+        return protocol

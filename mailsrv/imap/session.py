@@ -1,0 +1,530 @@
+"""One IMAP connection's session: its state, and commands run in order.
+
+The Twisted protocol (:mod:`mailsrv.imap.protocol`) owns the transport and
+the framer and hands the framer's events to :class:`Session`, which:
+
+* answers literal announcements (what fits in memory, what APPEND spools,
+  what is refused);
+* parses each command through the registry (:mod:`mailsrv.imap.commands`),
+  checks the state, and runs its handler, one command at a time: while a
+  handler's Deferred is pending (:attr:`Session.busy`) the protocol stops
+  reading, unless the command reads lines of its own
+  (:attr:`Session.continuation`), so a pipelined command is parsed and
+  checked only in the state the previous one left;
+* writes the untagged updates queued by the selected mailbox view
+  (:mod:`mailsrv.imap.selected`) before each tagged answer, EXPUNGE held
+  back where RFC 3501 7.4.1 forbids it, and turns any error into a tagged
+  NO or BAD.
+
+Handlers are ``handler(session, command)`` and use what is public here:
+the state, the account and selected view, :meth:`Session.send` and the
+writer, the policy and clock, and helpers such as :meth:`Session.resolve`.
+
+Connection limits, the login deadline and autologout, and the TLS and
+plaintext rules are kept together below ("plumbing"), with the failed-login
+rule in :mod:`mailsrv.imap.commands.auth`: what mailsrv.session is to
+provide for IMAP and POP3 alike.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.python.failure import Failure
+
+from mailsrv import log
+from mailsrv.auth import sasl
+from mailsrv.errors import NoSuchMailbox, StorageError
+from mailsrv.imap import response
+from mailsrv.imap.framer import LiteralNeeded, close_segments
+from mailsrv.imap.lexer import ParseError, Segment
+from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
+from mailsrv.imap.registry import Command, Registry, Result, State
+from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
+from mailsrv.imap.syntax import SequenceSet, UndecodedName
+from mailsrv.interfaces import IAccount
+from mailsrv.policy import SessionPolicy
+
+__all__ = [
+    "GONE",
+    "LOG",
+    "SPOOL_THRESHOLD",
+    "Connection",
+    "Continuation",
+    "LiteralAnswer",
+    "Session",
+    "creatable",
+    "existing",
+]
+
+#: The namespace of IMAP's session log lines, as it has always been (the
+#: code moved out of mailsrv.imap.server; a log filter may name it).
+LOG = log.get_logger("mailsrv.imap.server")
+
+#: APPEND literals above this size are spooled to a temporary file as they
+#: arrive; smaller literals stay in memory.
+SPOOL_THRESHOLD = 64 * 1024
+
+#: Why a session ends when its view of the mailbox could not be updated.
+OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
+#: Why a session ends when its selected mailbox disappears.
+GONE = "The selected mailbox was deleted or renamed"
+
+
+class Connection(Protocol):
+    """What a session needs of the connection it runs on (the protocol)."""
+
+    def close(self) -> None:
+        """Close once what is written has gone out."""
+
+    def set_timeout(self, seconds: float | None) -> None:
+        """Restart the autologout timer with a new period."""
+
+    def reset_timeout(self) -> None:
+        """Restart the autologout timer with its current period."""
+
+    def can_start_tls(self) -> bool:
+        """Whether the transport can start TLS."""
+
+    def start_tls(self, context: Any) -> None:
+        """Drop unread input and start the server side of TLS."""
+
+    def expect_continuation(self) -> None:
+        """Frame the next line as a continuation."""
+
+    def command_done(self) -> None:
+        """A command completed: read on (once the client reads its answers)."""
+
+
+class Continuation(Protocol):
+    """A command that reads lines of its own (IDLE, AUTHENTICATE)."""
+
+    def line(self, data: bytes) -> None:
+        """The client's next line; ``b""`` for one that was too long."""
+
+    def cancel(self) -> None:
+        """The connection is gone: stop any timer."""
+
+
+class LiteralAnswer(enum.Enum):
+    """How the session takes an announced literal."""
+
+    IN_MEMORY = "in memory"
+    SPOOLED = "spooled to a file"
+    REFUSED = "refused"
+
+
+def existing(name: str) -> str:
+    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7.
+
+    No mailbox can have such a name, but it is a syntactically valid one
+    (RFC 3501 5.1.3), so the answer is NO, not BAD, as Dovecot's.
+    """
+    if isinstance(name, UndecodedName):
+        raise no(
+            f"No mailbox has this name: not valid modified UTF-7 ({name.reason})", "NONEXISTENT"
+        )
+    return name
+
+
+def creatable(name: str) -> str:
+    """``name``, or NO [CANNOT] if it is not valid modified UTF-7."""
+    if isinstance(name, UndecodedName):
+        raise no(f"Mailbox names must be valid modified UTF-7 ({name.reason})", "CANNOT")
+    return name
+
+
+class Session:
+    """The IMAP session of one connection.
+
+    ``secure`` says the connection is TLS (implicit-TLS listener, or after
+    STARTTLS); ``clock`` drives the login deadline, the failed-login delay
+    and IDLE pushes.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        portal: Portal,
+        policy: SessionPolicy,
+        clock: IReactorTime,
+        registry: Registry,
+        *,
+        secure: bool = False,
+    ) -> None:
+        self.connection = connection
+        self.portal = portal
+        self.policy = policy
+        self.clock = clock
+        self.registry = registry
+        self.secure = secure
+        self.state = State.NOT_AUTHENTICATED
+        self.account: IAccount | None = None
+        self.selected: SelectedMailbox | None = None
+        self.user: str | None = None
+        #: The avatar's logout, while logged in.
+        self.logout: Callable[[], None] | None = None
+        self.peer: IAddress | None = None
+        self.writer: ResponseWriter | None = None
+        #: The connection is gone: write nothing, start nothing.
+        self.lost = False
+        #: Failed logins so far (see :mod:`mailsrv.imap.commands.auth`).
+        self.failures = 0
+        #: A command is running (its Deferred has not fired).
+        self.busy = False
+        #: The command reading lines of its own (IDLE, AUTHENTICATE), if any.
+        self.continuation: Continuation | None = None
+        self._ip_counted = False
+        #: Clock time by which the client must have logged in; None after.
+        self._login_by: float | None = None
+
+    # -- what handlers use ------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the client (nothing once the connection is gone)."""
+        if not self.lost and self.writer is not None:
+            self.writer.write(data)
+
+    def output(self) -> ResponseWriter:
+        """The writer, for responses that wait for the client (FETCH, SEARCH)."""
+        assert self.writer is not None
+        return self.writer
+
+    def close(self) -> None:
+        """Close the connection after what is written."""
+        self.connection.close()
+
+    def logged_in_account(self) -> IAccount:
+        """The account (authenticated and selected states)."""
+        assert self.account is not None
+        return self.account
+
+    def view(self) -> SelectedMailbox:
+        """The selected mailbox (selected state)."""
+        assert self.selected is not None
+        return self.selected
+
+    def resolve(self, sequence_set: SequenceSet, uid: bool) -> MessageSet:
+        """The messages the set names; BAD for sequence numbers out of range."""
+        try:
+            return self.view().resolve(sequence_set, uid)
+        except InvalidSequence as e:
+            raise bad(str(e)) from None
+
+    def capabilities(self) -> list[str]:
+        """What CAPABILITY lists now."""
+        return self.registry.capabilities(self)
+
+    def deselect(self) -> None:
+        """Leave the selected state (if in it), closing the view."""
+        view, self.selected = self.selected, None
+        if view is not None:
+            view.close()
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    def forget_selected(self) -> None:
+        """The selected mailbox was deleted or renamed: deselect, and say so."""
+        LOG.info("IMAP: the mailbox {user} had selected was deleted or renamed", user=self.user)
+        self.deselect()
+
+    def end_with_bye(self, text: str) -> None:
+        """``* BYE text`` and the close."""
+        self.send(response.untagged_status("BYE", text))
+        self.state = State.LOGOUT
+        self.close()
+
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        if lines:
+            self.send(b"".join(lines))
+
+    def expect_continuation(self, continuation: Continuation) -> None:
+        """Hand the client's next line to ``continuation``."""
+        self.continuation = continuation
+        self.connection.expect_continuation()
+
+    def end_continuation(self) -> None:
+        """The command reads no more lines of its own."""
+        self.continuation = None
+
+    def set_timeout(self, seconds: float) -> None:
+        self.connection.set_timeout(seconds)
+
+    def start_tls(self) -> None:
+        # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after STARTTLS
+        # arrived in plaintext and must not be acted upon.
+        self.connection.start_tls(self.policy.tls_context)
+        self.secure = True
+
+    # -- input ------------------------------------------------------------------
+
+    def continuation_line(self, line: bytes) -> None:
+        assert self.continuation is not None
+        self.continuation.line(line)
+
+    def line_too_long(self, tag: str | None) -> None:
+        """Answer an over-long line with BAD [TOOBIG]; the connection stays."""
+        if self.continuation is not None:
+            self.continuation.line(b"")  # ends IDLE / SASL with an error
+        self.send(response.tagged(tag or "*", "BAD", "Line too long", "TOOBIG"))
+
+    def literal_needed(self, event: LiteralNeeded) -> LiteralAnswer:
+        """Take a literal into memory, spool it (APPEND), or refuse it, and
+        tell the client (``+`` for a synchronizing literal, or the refusal)."""
+        tag = event.tag or "*"
+        appending = event.command == "APPEND" and self.state in (
+            State.AUTHENTICATED,
+            State.SELECTED,
+        )
+        size = event.size
+        in_memory = event.command_size + size <= self.policy.max_line_length
+        spool = appending and (size > SPOOL_THRESHOLD or not in_memory)
+        refusal: bytes | None = None
+        if appending and size > self.policy.max_message_size:
+            status = "NO" if event.synchronizing else "BAD"
+            refusal = response.tagged(
+                tag,
+                status,
+                f"Message too large (at most {self.policy.max_message_size} octets)",
+                "TOOBIG",
+            )
+        elif event.binary and not appending:
+            refusal = response.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
+        elif not spool and not in_memory:
+            refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
+        elif spool and event.spooled:
+            refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
+        if refusal is not None:
+            self.send(refusal)
+            return LiteralAnswer.REFUSED
+        if event.synchronizing:
+            self.send(b"+ Ready for literal data\r\n")
+        return LiteralAnswer.SPOOLED if spool else LiteralAnswer.IN_MEMORY
+
+    def execute(self, segments: Sequence[Segment]) -> None:
+        """Parse, check and run one framed command."""
+        try:
+            spec, command = self.registry.parse(segments, self.policy.max_nesting_depth)
+        except ParseError as e:
+            close_segments(segments)
+            self.send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
+            return
+        if self.state not in spec.states:
+            close_segments(segments)
+            refusal = f"{spec.key} is not allowed in {self.state.value} state"
+            self.send(response.tagged(command.tag, "BAD", refusal))
+            return
+        self.busy = True
+        d: defer.Deferred[Any]
+        view = self.selected
+        if spec.names_messages and view is not None and view.has_pending():
+            # Announce what arrived before the set is resolved, so "*" and
+            # the numbers the client may now use include it: EXISTS may be
+            # sent at any time (RFC 3501 5.2), only EXPUNGE is held back
+            # while sequence numbers are in use (7.4.1, 5.5).
+            d = defer.maybeDeferred(view.flush, False).addCallback(self.write_lines)
+            d.addCallback(lambda _: spec.handler(self, command))
+        else:
+            d = defer.maybeDeferred(spec.handler, self, command)
+        d.addErrback(self._failed, command)
+        d.addCallback(self._complete, command, spec.expunges_allowed)
+        d.addErrback(self._internal_error, command)
+        d.addBoth(self._command_done)
+
+    # -- completion -------------------------------------------------------------
+
+    def _command_done(self, _: object) -> None:
+        self.busy = False
+        self.connection.command_done()
+
+    def _failed(self, failure: Failure, command: Command) -> Result:
+        error = failure.value
+        if isinstance(error, CommandError):
+            return Done(error.status, error.text, error.code)
+        if isinstance(error, ParseError):
+            return Done("BAD", error.message, error.code)
+        if isinstance(error, NoSuchMailbox) and self.selected is not None:
+            return self._check_selected(Done("NO", str(error), error.code), command)
+        if isinstance(error, StorageError):
+            return Done("NO", str(error), error.code)
+        LOG.failure("IMAP: {command} failed", failure, command=command.name)
+        return Done("NO", "Internal server error", "SERVERBUG")
+
+    def _check_selected(self, done: Done, command: Command) -> defer.Deferred[Done]:
+        """A mailbox is missing: if it is the selected one (deleted or
+        renamed by another session), end the session; else answer ``done``."""
+        view = self.view()
+        d: defer.Deferred[Any] = defer.maybeDeferred(view.mailbox.check)
+
+        def missing(failure: Failure) -> Done | Failure:
+            if not isinstance(failure.value, NoSuchMailbox):
+                return failure
+            if command.name in ("NOOP", "CHECK"):
+                # RFC 3501 6.1.2, 6.4.1: these answer OK or BAD, nothing else.
+                answer = Done(text=f"{command.name} completed")
+            else:
+                answer = Done("NO", GONE, "NONEXISTENT")
+            return self.selected_gone(answer)
+
+        return d.addCallbacks(lambda _: done, missing)
+
+    def selected_gone(self, done: Done) -> Done:
+        """The selected mailbox no longer exists, so nothing the session
+        knows of it (numbers, UIDs, flags) holds any more: ``done`` followed
+        by ``* BYE`` and the close, as Dovecot does, so the client learns
+        what happened and starts afresh instead of being told NO forever."""
+        self.forget_selected()
+        return attrs.evolve(done, bye=GONE)
+
+    def _complete(self, done: Done, command: Command, expunges: bool) -> Any:
+        view = self.selected
+        if view is None or self.lost or not view.has_pending():
+            self._finish(done, command)
+            return None
+        d = view.flush(expunges)
+        d.addCallback(self.write_lines)
+
+        def missing(failure: Failure) -> None:
+            if isinstance(failure.value, NoSuchMailbox):
+                self._finish(self.selected_gone(done), command)
+                return
+            # The command itself is done (an APPEND stored, a STORE made):
+            # its answer stands, or a client would retry and duplicate it.
+            # The view may now lag behind the mailbox, so the session ends
+            # and the client resynchronises on its next connection.
+            if isinstance(failure.value, StorageError):
+                LOG.warn("IMAP: cannot bring the view up to date: {e}", e=failure.value)
+            else:
+                LOG.failure("IMAP: bringing the view up to date failed", failure)
+            self.forget_selected()
+            self._finish(attrs.evolve(done, bye=OUT_OF_SYNC), command)
+
+        d.addCallbacks(lambda _: self._finish(done, command), missing)
+        return d
+
+    def _finish(self, done: Done, command: Command) -> None:
+        self.send(response.tagged(command.tag, done.status, done.text, done.code))
+        if done.bye is not None:
+            self.end_with_bye(done.bye)
+        if done.after is not None:
+            done.after()
+
+    def _internal_error(self, failure: Failure, command: Command) -> None:
+        LOG.failure("IMAP: completing {command} failed", failure, command=command.name)
+        self.send(response.tagged(command.tag, "NO", "Internal server error", "SERVERBUG"))
+
+    # -- plumbing: limits, deadlines, TLS and plaintext --------------------------
+
+    def connected(self, writer: ResponseWriter, peer: IAddress | None) -> None:
+        """The connection is open: count it, start the login deadline, greet."""
+        self.writer = writer
+        self.peer = peer
+        limits = self.policy.connections
+        if limits is not None:
+            if not limits.open_ip(peer):
+                LOG.warn("IMAP: too many connections from {peer}", peer=peer)
+                self.end_with_bye("Too many connections from your address")
+                return
+            self._ip_counted = True
+        self._login_by = self.clock.seconds() + self.policy.login_timeout
+        self.activity()
+        caps = "CAPABILITY " + " ".join(self.capabilities())
+        self.send(response.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
+
+    def admit(self, user: str, account: IAccount, logout: Callable[[], None]) -> bool:
+        """Log ``user`` in, unless over the per-user connection limit."""
+        limits = self.policy.connections
+        if limits is not None and not limits.open_user(user):
+            return False
+        self.account = account
+        self.logout = logout
+        self.user = user
+        self.state = State.AUTHENTICATED
+        self._login_by = None
+        self.set_timeout(self.policy.imap_timeout_authenticated)
+        return True
+
+    def activity(self) -> None:
+        """Restart the autologout timer: a whole line, or a piece of a
+        literal, has arrived.
+
+        A partial line is not activity (RFC 3501 5.4 counts commands), or one
+        byte a second would hold a connection forever; an APPEND literal that
+        keeps coming is.  Before login the timer never runs past the login
+        deadline, however busy the client keeps the connection.
+        """
+        if self.state is State.LOGOUT:
+            return
+        if self._login_by is None:
+            self.connection.reset_timeout()
+            return
+        left = self._login_by - self.clock.seconds()
+        self.connection.set_timeout(max(0.0, min(self.policy.imap_timeout_unauthenticated, left)))
+
+    def timed_out(self) -> None:
+        """Autologout (or the login deadline): say goodbye."""
+        if self._login_by is not None and self.clock.seconds() >= self._login_by:
+            LOG.info(
+                "IMAP: {peer} did not log in within {seconds} seconds",
+                peer=getattr(self.peer, "host", self.peer),
+                seconds=f"{self.policy.login_timeout:g}",
+            )
+            bye = "Too long without logging in"
+        else:
+            LOG.info("IMAP session of {user} timed out", user=self.user or "(not logged in)")
+            bye = "Autologout; idle for too long"
+        self.send(response.untagged_status("BYE", bye))
+        self.state = State.LOGOUT
+
+    def tls_available(self) -> bool:
+        return (
+            not self.secure
+            and self.policy.tls_context is not None
+            and self.connection.can_start_tls()
+        )
+
+    def plaintext_allowed(self) -> bool:
+        return self.policy.plaintext_allowed(self.peer, self.secure)
+
+    def mechanisms(self) -> list[str]:
+        """The SASL mechanisms offered on this connection now."""
+        return sasl.mechanisms(self.policy, self.secure, self.peer)
+
+    def drop_continuation(self) -> None:
+        """The connection is gone: stop what a command reading lines holds."""
+        continuation, self.continuation = self.continuation, None
+        if continuation is not None:
+            continuation.cancel()
+
+    def end(self) -> None:
+        """Deselect, log the avatar out and free the user's slot; each step
+        runs whatever the one before did.  Safe to call twice."""
+        log.call_each(LOG, "IMAP", self._deselect, self._logout_avatar, self._release_user)
+
+    # The cleanup steps' names are in the log line of one that fails.
+
+    def _deselect(self) -> None:
+        self.deselect()
+
+    def _logout_avatar(self) -> None:
+        logout, self.logout = self.logout, None
+        self.account = None
+        if logout is not None:
+            logout()
+
+    def _release_user(self) -> None:
+        user, self.user = self.user, None
+        if user is not None and self.policy.connections is not None:
+            self.policy.connections.close_user(user)
+
+    def release_address(self) -> None:
+        """Give the address's connection slot back."""
+        if self._ip_counted and self.policy.connections is not None:
+            self._ip_counted = False
+            self.policy.connections.close_ip(self.peer)

@@ -41,13 +41,8 @@ from mailsrv.interfaces import (
     StoreMode,
 )
 from mailsrv.storage import names
-from mailsrv.storage.maildir import (
-    MaildirAccount,
-    MaildirMailbox,
-    MaildirStorage,
-    reindex,
-    split_filename,
-)
+from mailsrv.storage.maildir import MaildirAccount, MaildirMailbox, MaildirStorage, reindex
+from mailsrv.storage.maildir.layout import split_filename
 
 MESSAGE = b"From: a@example.org\nSubject: test\n\nline one\nline two\n"
 MESSAGE_CRLF = MESSAGE.replace(b"\n", b"\r\n")
@@ -850,7 +845,7 @@ class OutsideChangeTests(MaildirTestCase):
         again (a 100,000-message folder would pay for every command); an
         outside rename in the same mtime tick is still found once the
         signature has aged."""
-        from mailsrv.storage import maildir
+        from mailsrv.storage.maildir import layout
 
         inbox = self.inbox()
         first = inbox.append(io.BytesIO(MESSAGE))
@@ -869,11 +864,11 @@ class OutsideChangeTests(MaildirTestCase):
             listed.append(str(path))
             return real_listdir(path)
 
-        self.patch(maildir.os, "listdir", counting_listdir)
+        self.patch(os, "listdir", counting_listdir)
         inbox.check()
         self.assertNotIn(cur, listed)
         self.assertEqual(inbox.fetch([second])[0].flags, frozenset())
-        self.patch(maildir, "TRUST_WINDOW_NS", 0)  # the signature has aged
+        self.patch(layout, "TRUST_WINDOW_NS", 0)  # the signature has aged
         inbox.check()
         self.assertIn(cur, listed)
         self.assertEqual(inbox.fetch([second])[0].flags, frozenset({"\\Flagged"}))

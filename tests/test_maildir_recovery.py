@@ -26,8 +26,8 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 
 from mailsrv import cli
 from mailsrv.interfaces import StoreMode
-from mailsrv.storage.index import Index
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
+from mailsrv.storage.maildir.index import Index
 from tests.helpers import source_env
 from tests.test_maildir import MaildirTestCase, Recorder
 

@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox, StorageError, TemporaryFailure
 from mailsrv.storage import names
-from mailsrv.storage.maildir import CHUNK, MaildirAccount, MaildirMailbox, reindex
+from mailsrv.storage.maildir import MaildirAccount, MaildirMailbox, reindex
+from mailsrv.storage.maildir.layout import CHUNK
 
 __all__ = ["EmptyMessage", "deliver", "reindex"]
 

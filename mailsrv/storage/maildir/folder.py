@@ -1,12 +1,9 @@
-"""Maildir++ storage: the :class:`~mailsrv.interfaces.IStorage` users keep.
+"""One Maildir++ folder as an :class:`~mailsrv.interfaces.IMailbox`.
 
-Layout (see docs/maildir.md): the INBOX is the Maildir root (``cur``,
-``new``, ``tmp``); folder ``A/B`` is ``.A.B`` beside them with a
-``maildirfolder`` marker; flags live in file names (``:2,FRS`` plus keyword
-letters from ``dovecot-keywords``).  Each folder keeps a SQLite index
-(:mod:`mailsrv.storage.index`), a cache rebuilt from the files when lost,
-and ``mailsrv-uidlist``, the durable record that keeps UIDs from ever being
-reused.
+Each folder keeps a SQLite index (:mod:`mailsrv.storage.maildir.index`), a
+cache rebuilt from the files when lost, and ``mailsrv-uidlist``
+(:mod:`mailsrv.storage.maildir.uidlist`), the durable record that keeps UIDs
+from ever being reused.
 
 Concurrency: every change to a folder's files, UID list or index happens
 under an exclusive ``flock`` of the folder's ``mailsrv-lock`` file, held
@@ -23,136 +20,68 @@ import datetime
 import errno
 import fcntl
 import functools
-import io
-import itertools
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import stat
-import sys
 import time
-import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFDSet, IReactorThreads
-from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from mailsrv.errors import (
-    InvalidMailboxName,
     LimitExceeded,
-    MailboxExists,
     MailboxInUse,
-    MailboxNotEmpty,
     NoSuchMailbox,
     NoSuchMessage,
     StorageError,
 )
 from mailsrv.interfaces import (
-    ANSWERED,
-    DEFAULT_FOLDERS,
-    DELETED,
-    DRAFT,
-    FLAGGED,
-    SEEN,
-    SPECIAL_USES,
     SYSTEM_FLAGS,
-    IAccount,
     IMailbox,
     IMailboxListener,
     IMessage,
     IMessageCache,
-    IStorage,
-    MailboxEntry,
     MailboxStatus,
     MessageInfo,
     StoreMode,
     StoreResult,
 )
-from mailsrv.storage import names
-
-# Imported here, not where first used: the first watch happens after twistd
-# has dropped root, and the code may not be readable by the daemon's user.
-if sys.platform.startswith("linux"):
-    from twisted.internet import inotify
-else:  # pragma: no cover
-    inotify = None
-from mailsrv.storage.flags import check_flags, is_keyword
-from mailsrv.storage.index import (
+from mailsrv.storage.maildir.index import Index, IndexCorrupt, Row, is_corruption, move_aside
+from mailsrv.storage.maildir.keywords import KeywordTable, sorted_info, split_flags
+from mailsrv.storage.maildir.layout import (
+    CHUNK,
     DOVECOT_UIDLIST_NAME,
     INDEX_NAME,
     KEYWORDS_NAME,
-    MAX_KEYWORDS,
+    LOCK_NAME,
+    POP3_LOCK_NAME,
+    TMP_MAX_AGE,
     UIDLIST_NAME,
-    Index,
-    IndexCorrupt,
-    Row,
-    UidList,
-    UidListData,
+    datetime_ns,
+    dir_signature,
     fsync_dir,
-    is_corruption,
-    move_aside,
-    read_keywords,
-    write_atomically,
-    write_keywords,
+    lf_to_crlf,
+    ns_datetime,
+    open_wire,
+    signature_value,
+    size_fields,
+    split_filename,
+    unique_name,
+    wire_size,
 )
+from mailsrv.storage.maildir.uidlist import UidList, UidListData
 
-__all__ = [
-    "MaildirAccount",
-    "MaildirMailbox",
-    "MaildirStorage",
-    "reindex",
-]
+if TYPE_CHECKING:
+    from mailsrv.storage.maildir.storage import MaildirStorage
 
-log = Logger()
-
-LOCK_NAME = "mailsrv-lock"
-POP3_LOCK_NAME = "mailsrv-pop3-lock"
-SPECIAL_USE_NAME = "mailsrv-special-use"
-UIDVALIDITY_NAME = "mailsrv-uidvalidity"
-SUBSCRIPTIONS_NAME = "subscriptions"
-MAILDIRFOLDER_NAME = "maildirfolder"
-STAGING_PREFIX = "mailsrv-tmp-"
-TRASH_PREFIX = "mailsrv-trash-"
-
-#: A directory whose mtime is this close to now may change again within the
-#: same timestamp tick, so "unchanged" is not trusted for it.
-TRUST_WINDOW_NS = 2_000_000_000
-#: Files in tmp/ older than this are leftovers of crashed writers (the
-#: Maildir specification says 36 hours).
-TMP_MAX_AGE = 36 * 3600
-CHUNK = 64 * 1024
-
-#: Maildir info letters of the IMAP system flags.  ``P`` (passed) and other
-#: letters have no IMAP flag: they are kept in the name but not reported.
-LETTER_FLAGS: dict[str, str] = {
-    "D": DRAFT,
-    "F": FLAGGED,
-    "R": ANSWERED,
-    "S": SEEN,
-    "T": DELETED,
-}
-FLAG_LETTERS: dict[str, str] = {flag: letter for letter, flag in LETTER_FLAGS.items()}
-
-#: Folder names recognised as special-use on a tree we did not create.
-SPECIAL_USE_NAMES: dict[str, tuple[str, ...]] = {
-    "\\Sent": ("sent", "sent messages", "sent items", "sent mail"),
-    "\\Drafts": ("drafts", "draft"),
-    "\\Trash": ("trash", "deleted messages", "deleted items", "bin"),
-    "\\Junk": ("junk", "spam", "junk e-mail", "junk email"),
-    "\\Archive": ("archive", "archives"),
-}
-
+# One namespace for the whole backend: admins' log lines name it, not its modules.
+log = Logger(namespace="mailsrv.storage.maildir")
 
 # --------------------------------------------------------------------------
 # Crash tests
@@ -174,276 +103,6 @@ def _crash_point(name: str) -> None:
         _crash_counts[name] = _crash_counts.get(name, 0) + 1
         if _crash_counts[name] == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-# --------------------------------------------------------------------------
-# File names
-
-
-_counter = itertools.count()
-
-
-def _hostname() -> str:
-    host = socket.gethostname() or "localhost"
-    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
-
-
-_HOST = _hostname()
-
-
-def unique_name() -> str:
-    """A Maildir unique name: time, microseconds, pid, counter, randomness, host."""
-    micros = time.time_ns() // 1000
-    seconds, usec = divmod(micros, 1_000_000)
-    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}R{os.urandom(4).hex()}.{_HOST}"
-
-
-def split_filename(filename: str) -> tuple[str, str]:
-    """(base, info letters) of a file name in ``cur/`` or ``new/``."""
-    base, _, rest = filename.partition(":")
-    info = rest[2:] if rest.startswith("2,") else ""
-    return base, info
-
-
-def size_fields(base: str) -> dict[str, int]:
-    """The ``,S=`` and ``,W=`` fields of a base name (Maildir++/Dovecot)."""
-    fields: dict[str, int] = {}
-    for part in base.split(",")[1:]:
-        key, eq, value = part.partition("=")
-        if eq and key in ("S", "W") and value.isdigit():
-            fields[key] = int(value)
-    return fields
-
-
-def _sorted_info(letters: Iterable[str]) -> str:
-    return "".join(sorted(set(letters)))
-
-
-def _lf_to_crlf(chunk: bytes, prev_cr: bool) -> bytes:
-    """Convert bare LF in ``chunk`` to CRLF; ``prev_cr``: the last byte before was CR."""
-    if prev_cr and chunk.startswith(b"\n"):
-        return b"\n" + chunk[1:].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def _wire_size(path: str, disk_size: int) -> int:
-    """The size of a file once bare LFs are CRLF, reading it once in chunks."""
-    extra = 0
-    prev_cr = False
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            extra += chunk.count(b"\n") - chunk.count(b"\r\n")
-            if prev_cr and chunk.startswith(b"\n"):
-                extra -= 1
-            prev_cr = chunk.endswith(b"\r")
-    return disk_size + extra
-
-
-class _WireReader(io.RawIOBase):
-    """A file stored with LF line ends, read as CRLF without loading it whole."""
-
-    def __init__(self, path: str, size: int) -> None:
-        super().__init__()
-        self._path = path
-        self._size = size
-        self._file = open(path, "rb")
-        self._pending = b""
-        self._prev_cr = False
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = self._file.read(CHUNK)
-            if not chunk:
-                return 0
-            self._pending = _lf_to_crlf(chunk, self._prev_cr)
-            self._prev_cr = chunk.endswith(b"\r")
-        view = memoryview(buffer).cast("B")
-        count = min(len(view), len(self._pending))
-        view[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        self._pos += count
-        return count
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_CUR:
-            offset += self._pos
-        elif whence == io.SEEK_END:
-            offset += self._size
-        if offset < 0:
-            raise ValueError("negative seek position")
-        if offset < self._pos:
-            self._file.seek(0)
-            self._pending = b""
-            self._prev_cr = False
-            self._pos = 0
-        while self._pos < offset:
-            scratch = bytearray(min(CHUNK, offset - self._pos))
-            if not self.readinto(scratch):
-                break
-        return self._pos
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-def _open_wire(path: str, row: Row) -> IO[bytes]:
-    if row.raw:
-        return open(path, "rb")
-    return io.BufferedReader(_WireReader(path, row.size))
-
-
-def _dir_signature(path: str) -> tuple[str, bool]:
-    """(signature, trusted): the directory's identity and whether it is old enough."""
-    st = os.stat(path)
-    trusted = time.time_ns() - st.st_mtime_ns >= TRUST_WINDOW_NS
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}", trusted
-
-
-def _signature_value(signature: str, trusted: bool) -> str:
-    """How a directory signature is kept in the index meta table."""
-    return f"{signature} {'trusted' if trusted else 'recent'}"
-
-
-def _needs_index(path: str) -> bool:
-    """Whether opening the folder means indexing files first (no index yet)."""
-    if os.path.exists(os.path.join(path, INDEX_NAME)):
-        return False
-    for sub in ("cur", "new"):
-        try:
-            with os.scandir(os.path.join(path, sub)) as entries:
-                if any(not entry.name.startswith(".") for entry in entries):
-                    return True
-        except FileNotFoundError:
-            continue
-    return False
-
-
-def _datetime_ns(value: datetime.datetime | None) -> int:
-    """An internal date as an mtime: whole seconds, as IMAP's INTERNALDATE has."""
-    if value is None:
-        return time.time_ns() // 1_000_000_000 * 1_000_000_000
-    if value.tzinfo is None:
-        value = value.astimezone()
-    delta = value - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000_000
-
-
-def _ns_datetime(value: int) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(value // 1_000_000_000, datetime.UTC)
-
-
-# --------------------------------------------------------------------------
-# Flags and keywords
-
-
-def _check_flags(flags: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Split storable flags into (system flags, keywords in a stable order)."""
-    stored = check_flags(flags)
-    system = frozenset(f for f in stored if f.startswith("\\"))
-    return system, tuple(sorted(stored - system))
-
-
-class _KeywordTable:
-    """The folder's ``dovecot-keywords``: letters ``a``-``z`` <-> keyword names.
-
-    A name written by another program that IMAP cannot carry (``my flag``,
-    ``NIL``: not :func:`is_keyword`) keeps its letter but is hidden: no
-    message shows it, and its letter is left alone when flags change.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.slots: list[str | None] = [None] * MAX_KEYWORDS
-        self._signature: tuple[int, int, int] | None = None
-        self._flags_cache: dict[str, frozenset[str]] = {}
-        self._shown: list[str | None] = list(self.slots)
-
-    def refresh(self) -> None:
-        try:
-            st = os.stat(self.path)
-            signature: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except FileNotFoundError:
-            signature = None
-        if signature != self._signature or signature is None:
-            self.slots = read_keywords(self.path)
-            self._shown = [k if k is not None and is_keyword(k) else None for k in self.slots]
-            self._signature = signature
-            self._flags_cache.clear()
-
-    def names(self) -> list[str]:
-        """The keywords IMAP can show, in letter order."""
-        return [keyword for keyword in self._shown if keyword is not None]
-
-    def room(self) -> int:
-        """How many keywords IMAP can see at most: the letters not taken by
-        hidden names."""
-        return sum(1 for slot, shown in zip(self.slots, self._shown, strict=True) if slot == shown)
-
-    def flags(self, info: str) -> frozenset[str]:
-        cached = self._flags_cache.get(info)
-        if cached is None:
-            found: set[str] = set()
-            for letter in info:
-                if letter in LETTER_FLAGS:
-                    found.add(LETTER_FLAGS[letter])
-                elif "a" <= letter <= "z":
-                    keyword = self._shown[ord(letter) - 97]
-                    if keyword:
-                        found.add(keyword)
-            cached = self._flags_cache[info] = frozenset(found)
-        return cached
-
-    def letter(self, keyword: str, allocate: bool) -> str | None:
-        """The letter of ``keyword`` (matched case-insensitively), added if asked."""
-        lowered = keyword.lower()
-        for position, known in enumerate(self._shown):
-            if known is not None and known.lower() == lowered:
-                return chr(97 + position)
-        if not allocate:
-            return None
-        for position, known in enumerate(self.slots):
-            if known is None:
-                self.slots[position] = keyword
-                write_keywords(self.path, self.slots)
-                self._signature = None
-                self.refresh()
-                return chr(97 + position)
-        raise LimitExceeded(f"a Maildir folder holds at most {MAX_KEYWORDS} keywords")
-
-    def managed(self, letter: str) -> bool:
-        """Whether ``letter`` stands for an IMAP flag (others are preserved)."""
-        if letter in LETTER_FLAGS:
-            return True
-        return "a" <= letter <= "z" and self._shown[ord(letter) - 97] is not None
-
-    def letters(self, system: Iterable[str], keywords: Sequence[str], allocate: bool) -> set[str]:
-        if allocate:
-            # All or nothing: a refused STORE must not leave some of its new
-            # keywords defined (and announced to every session).
-            new = {k.lower(): k for k in keywords if self.letter(k, False) is None}
-            if len(new) > self.slots.count(None):
-                first = min(new.values())
-                raise LimitExceeded(
-                    f"no room for keyword {first}: a Maildir folder holds at most "
-                    f"{MAX_KEYWORDS} keywords"
-                )
-        result = {FLAG_LETTERS[flag] for flag in system}
-        for keyword in keywords:
-            letter = self.letter(keyword, allocate)
-            if letter is not None:
-                result.add(letter)
-        return result
 
 
 # --------------------------------------------------------------------------
@@ -522,7 +181,7 @@ class MaildirMailbox:
         self._closed = False
         self._lock_fd: int | None = None
         self._lock_depth = 0
-        self._keywords = _KeywordTable(os.path.join(path, KEYWORDS_NAME))
+        self._keywords = KeywordTable(os.path.join(path, KEYWORDS_NAME))
         self._uidlist = UidList(os.path.join(path, UIDLIST_NAME))
         self._index_path = os.path.join(path, INDEX_NAME)
         self._index: Index | None = None
@@ -634,7 +293,7 @@ class MaildirMailbox:
         return MessageInfo(
             uid=row.uid,
             flags=self._keywords.flags(row.info),
-            internal_date=_ns_datetime(row.mtime_ns),
+            internal_date=ns_datetime(row.mtime_ns),
             size=row.size,
             modseq=row.modseq,
         )
@@ -1092,8 +751,8 @@ class MaildirMailbox:
         meta: dict[str, object] = {}
         if scan_new:
             arrived = self._take_new(write, taken)
-            signature, trusted = _dir_signature(self._new)
-            meta["sig_new"] = _signature_value(signature, trusted)
+            signature, trusted = dir_signature(self._new)
+            meta["sig_new"] = signature_value(signature, trusted)
             if not arrived and not scan_cur:
                 with db.transaction():
                     db.put("sig_new", meta["sig_new"])
@@ -1101,12 +760,12 @@ class MaildirMailbox:
                 return
         # cur/ always changes when something arrived, so list it then too.
         for _attempt in range(5):
-            before, _ = _dir_signature(self._cur)
+            before, _ = dir_signature(self._cur)
             listing = [n for n in os.listdir(self._cur) if not n.startswith(".")]
-            after, trusted = _dir_signature(self._cur)
+            after, trusted = dir_signature(self._cur)
             if before == after:
                 break
-        meta["sig_cur"] = _signature_value(after, trusted)
+        meta["sig_cur"] = signature_value(after, trusted)
         vanished, renamed, strangers = self._diff_cur(set(listing))
         added: list[tuple[str, str, os.stat_result]] = []
         sizes: dict[str, int] = {}
@@ -1118,7 +777,7 @@ class MaildirMailbox:
                     self._storage._warn_once(f"{path} is not a regular file; ignored")
                     continue
                 fields = size_fields(base)
-                sizes[base] = fields["W"] if "W" in fields else _wire_size(path, st.st_size)
+                sizes[base] = fields["W"] if "W" in fields else wire_size(path, st.st_size)
             except FileNotFoundError:
                 continue  # renamed meanwhile; the next scan finds the new name
             except OSError as exc:
@@ -1171,7 +830,7 @@ class MaildirMailbox:
         matches means nothing new unless a same-tick change hid, which the
         rescan after the window (the next command or poll) finds.
         """
-        signature, trusted_now = _dir_signature(path)
+        signature, trusted_now = dir_signature(path)
         recorded = str(self._db.get(key) or "")
         seen, _, flag = recorded.partition(" ")
         if signature != seen:
@@ -1186,11 +845,11 @@ class MaildirMailbox:
         directory.  Otherwise leave it: the next sync must look."""
         if before != str(self._db.get("sig_cur") or "").partition(" ")[0]:
             return
-        signature, trusted = _dir_signature(self._cur)
-        self._db.put("sig_cur", _signature_value(signature, trusted))
+        signature, trusted = dir_signature(self._cur)
+        self._db.put("sig_cur", signature_value(signature, trusted))
 
     def _cur_signature(self) -> str:
-        return _dir_signature(self._cur)[0]
+        return dir_signature(self._cur)[0]
 
     def _diff_cur(self, disk: set[str]) -> tuple[list[int], list[tuple[int, str]], dict[str, str]]:
         """Compare a listing of cur/ with the index.
@@ -1397,7 +1056,7 @@ class MaildirMailbox:
             seconds = mtime_ns // 1_000_000_000
             date = dates.get(seconds)
             if date is None:
-                date = dates[seconds] = _ns_datetime(mtime_ns)
+                date = dates[seconds] = ns_datetime(mtime_ns)
             result.append(MessageInfo(uid, flags(info), date, size, modseq))
         return result
 
@@ -1408,7 +1067,7 @@ class MaildirMailbox:
             if row is None:
                 break
             try:
-                return _open_wire(os.path.join(self._cur, row.filename), row)
+                return open_wire(os.path.join(self._cur, row.filename), row.raw, row.size)
             except FileNotFoundError:
                 if attempt == 0:
                     # Renamed (flags) or removed by someone else: catch up.
@@ -1499,7 +1158,7 @@ class MaildirMailbox:
                     if not isinstance(chunk, bytes | bytearray | memoryview):
                         raise StorageError("message source must give bytes", code="CANNOT")
                     chunk = bytes(chunk)
-                    converted = _lf_to_crlf(chunk, prev_cr)
+                    converted = lf_to_crlf(chunk, prev_cr)
                     prev_cr = chunk.endswith(b"\r")
                     out.write(converted)
                     size += len(converted)
@@ -1518,8 +1177,8 @@ class MaildirMailbox:
         flags: Iterable[str] = (),
         internal_date: datetime.datetime | None = None,
     ) -> int:
-        system, keywords = _check_flags(flags)
-        date_ns = _datetime_ns(internal_date)
+        system, keywords = split_flags(flags)
+        date_ns = datetime_ns(internal_date)
         tmp_path, size = self._write_tmp(source, date_ns)
         try:
             try:
@@ -1555,7 +1214,7 @@ class MaildirMailbox:
         base = f"{unique_name()},S={size},W={size}"
         with self._locked():
             self._keywords.refresh()
-            info = _sorted_info(self._keywords.letters(system, keywords, allocate=True))
+            info = sorted_info(self._keywords.letters(system, keywords, allocate=True))
             write = self._begin()
             (uid,) = self._allocate(write, [(base, None)])
             filename = f"{base}:2,{info}"
@@ -1603,7 +1262,7 @@ class MaildirMailbox:
     ) -> StoreResult:
         if mode not in (StoreMode.REPLACE, StoreMode.ADD, StoreMode.REMOVE):
             raise StorageError(f"unknown store mode {mode!r}", code="CANNOT")
-        system, keywords = _check_flags(flags)
+        system, keywords = split_flags(flags)
         wanted = list(uids)
         updated: list[Row] = []
         conflicts: list[int] = []
@@ -1624,7 +1283,7 @@ class MaildirMailbox:
                     new = old - letters
                 else:
                     new = {c for c in old if not self._keywords.managed(c)} | letters
-                info = _sorted_info(new)
+                info = sorted_info(new)
                 if info != row.info:
                     renames.append((row, info, f"{row.base}:2,{info}"))
             if renames:
@@ -1683,7 +1342,7 @@ class MaildirMailbox:
             for row in rows:
                 with self.open(row.uid) as handle:
                     result = destination.append(
-                        handle, self._keywords.flags(row.info), _ns_datetime(row.mtime_ns)
+                        handle, self._keywords.flags(row.info), ns_datetime(row.mtime_ns)
                     )
                 if isinstance(result, Deferred):
                     raise StorageError("copy needs a destination that appends synchronously")
@@ -1720,7 +1379,7 @@ class MaildirMailbox:
             self._sync()
         return self._db.row(uid)
 
-    def _translated_info(self, row: Row, source_keywords: _KeywordTable) -> str:
+    def _translated_info(self, row: Row, source_keywords: KeywordTable) -> str:
         """The flag letters here of a message from another folder (each
         folder numbers its keywords itself); letters without an IMAP flag
         are kept."""
@@ -1728,11 +1387,11 @@ class MaildirMailbox:
         system = frozenset(f for f in flags if f in SYSTEM_FLAGS)
         keywords = tuple(sorted(f for f in flags if f not in SYSTEM_FLAGS))
         kept = {c for c in row.info if not source_keywords.managed(c) and not ("a" <= c <= "z")}
-        return _sorted_info(self._keywords.letters(system, keywords, allocate=True) | kept)
+        return sorted_info(self._keywords.letters(system, keywords, allocate=True) | kept)
 
     @_recovering
     def _receive(
-        self, staged: Sequence[tuple[Row, str, str]], source_keywords: _KeywordTable
+        self, staged: Sequence[tuple[Row, str, str]], source_keywords: KeywordTable
     ) -> list[tuple[int, int]]:
         """Take staged copies (in our tmp/) into cur/ with fresh UIDs."""
         if not staged:
@@ -2006,689 +1665,3 @@ class MaildirMailbox:
 
     def watched_dirs(self) -> tuple[str, str]:
         return self._new, self._cur
-
-
-# --------------------------------------------------------------------------
-# One user's tree
-
-
-def _touch(path: str) -> None:
-    """Create an empty file, private like everything else in the tree."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-
-
-def _special_use_guess(name: str) -> str | None:
-    lowered = name.lower()
-    for use, candidates in SPECIAL_USE_NAMES.items():
-        if lowered in candidates:
-            return use
-    return None
-
-
-@implementer(IAccount)
-class MaildirAccount:
-    """One user's Maildir++ tree."""
-
-    delimiter = names.DELIMITER
-
-    def __init__(self, storage: MaildirStorage, username: str, root: str) -> None:
-        self._storage = storage
-        self.username = username
-        self.root = root
-
-    def __repr__(self) -> str:
-        return f"<MaildirAccount {self.username!r} at {self.root!r}>"
-
-    # -- paths ----------------------------------------------------------------
-
-    def _path(self, name: str) -> str:
-        if name == names.INBOX:
-            return self.root
-        return os.path.join(self.root, names.name_to_dirname(name))
-
-    def _folders(self) -> dict[str, bool]:
-        """Decoded folder name -> selectable, for every folder directory."""
-        found: dict[str, bool] = {}
-        try:
-            entries = list(os.scandir(self.root))
-        except FileNotFoundError:
-            raise NoSuchMailbox(f"the mail directory {self.root} is gone") from None
-        for entry in entries:
-            if not entry.name.startswith(".") or entry.name.startswith(".."):
-                continue
-            try:
-                if not entry.is_dir():
-                    continue
-            except OSError:
-                continue
-            name = names.dirname_to_name(entry.name)
-            if name is None:
-                self._storage._warn_once(
-                    f"skipping {entry.path}: not a valid Maildir++ folder name"
-                )
-                continue
-            found[name] = os.path.isdir(os.path.join(entry.path, "cur"))
-        return found
-
-    def _children(self, name: str, folders: dict[str, bool] | None = None) -> list[str]:
-        folders = self._folders() if folders is None else folders
-        prefix = name + names.DELIMITER
-        return [folder for folder in folders if folder.startswith(prefix)]
-
-    # -- special use ------------------------------------------------------------
-
-    def _special_use_path(self) -> str:
-        return os.path.join(self.root, SPECIAL_USE_NAME)
-
-    def special_uses(self) -> dict[str, frozenset[str]]:
-        """Folder name -> special-use attributes recorded for it."""
-        result: dict[str, set[str]] = {}
-        try:
-            with open(self._special_use_path(), encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-        except FileNotFoundError:
-            return {}
-        for line in lines:
-            use, _, name = line.partition("\t")
-            if use in SPECIAL_USES and name:
-                result.setdefault(name, set()).add(use)
-        return {name: frozenset(uses) for name, uses in result.items()}
-
-    def _write_special_uses(self, table: dict[str, frozenset[str]]) -> None:
-        lines = [f"{use}\t{name}\n" for name in sorted(table) for use in sorted(table[name])]
-        write_atomically(self._special_use_path(), "".join(lines).encode("utf-8"))
-
-    def _seed_special_uses(self) -> None:
-        """On a tree we did not create, recognise the usual folder names once."""
-        if os.path.exists(self._special_use_path()):
-            return
-        table: dict[str, frozenset[str]] = {}
-        taken: set[str] = set()
-        for name in sorted(self._folders()):
-            use = _special_use_guess(name)
-            if use is not None and use not in taken:
-                table[name] = frozenset({use})
-                taken.add(use)
-        self._write_special_uses(table)
-
-    # -- IAccount -------------------------------------------------------------
-
-    def list_mailboxes(self) -> Sequence[MailboxEntry]:
-        folders = self._folders()
-        for name in list(folders):
-            for parent in names.parents(name):
-                folders.setdefault(parent, False)
-        # INBOX is the root, listed first below; ".INBOX.Sub" only makes it
-        # a parent, never a second, unselectable INBOX.
-        folders.pop(names.INBOX, None)
-        uses = self.special_uses()
-        parents_with_children = {parent for name in folders for parent in names.parents(name)}
-        inbox_children = any(name.startswith("INBOX/") for name in folders)
-        entries = [
-            MailboxEntry(
-                names.INBOX,
-                frozenset({"\\HasChildren" if inbox_children else "\\HasNoChildren"}),
-            )
-        ]
-        for name in sorted(folders):
-            attributes = set(uses.get(name, ()))
-            attributes.add("\\HasChildren" if name in parents_with_children else "\\HasNoChildren")
-            if not folders[name]:
-                attributes.add("\\Noselect")
-            entries.append(MailboxEntry(name, frozenset(attributes)))
-        return entries
-
-    def _locate(self, name: str) -> tuple[str, str]:
-        name = names.normalize_maildir(name)
-        path = self._path(name)
-        if not os.path.isdir(os.path.join(path, "cur")):
-            raise NoSuchMailbox(f"no mailbox named {name!r}")
-        return name, path
-
-    def open_mailbox(self, name: str) -> MaildirMailbox:
-        """:meth:`get_mailbox`, always synchronous (CLI, delivery, tests)."""
-        name, path = self._locate(name)
-        mailbox = self._storage._mailbox(self.root, path, name)
-        mailbox.special_use = self.special_uses().get(name, frozenset())
-        return mailbox
-
-    def get_mailbox(  # type: ignore[override]  # IAccount allows a Deferred
-        self, name: str
-    ) -> MaildirMailbox | Deferred[MaildirMailbox]:
-        """The shared mailbox object.
-
-        With a reactor, a folder that has messages but no index yet (first
-        sight of a migrated tree, a lost index) is indexed in a thread and a
-        Deferred is returned, so a 100,000-message folder does not stall
-        every other connection for seconds.
-        """
-        name, path = self._locate(name)
-        uses = self.special_uses().get(name, frozenset())
-        pending = self._storage._open_in_thread(self.root, path, name)
-        if pending is None:
-            return self.open_mailbox(name)
-
-        def found(mailbox: MaildirMailbox) -> MaildirMailbox:
-            mailbox.special_use = uses
-            return mailbox
-
-        return pending.addCallback(found)
-
-    def _make_folder(self, name: str) -> bool:
-        """Create one folder directory; False if it already was a mailbox."""
-        path = self._path(name)
-        if os.path.isdir(os.path.join(path, "cur")):
-            return False
-        staging = os.path.join(self.root, STAGING_PREFIX + uuid.uuid4().hex)
-        os.mkdir(staging, 0o700)
-        try:
-            for sub in ("cur", "new", "tmp"):
-                os.mkdir(os.path.join(staging, sub), 0o700)
-            _touch(os.path.join(staging, MAILDIRFOLDER_NAME))
-            try:
-                os.rename(staging, path)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                # A \Noselect remnant: make it a mailbox in place.
-                for sub in ("cur", "new", "tmp"):
-                    os.makedirs(os.path.join(path, sub), 0o700, exist_ok=True)
-                _touch(os.path.join(path, MAILDIRFOLDER_NAME))
-            fsync_dir(self.root)
-        finally:
-            if os.path.isdir(staging):
-                shutil.rmtree(staging, ignore_errors=True)
-        return True
-
-    def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> None:
-        name = names.normalize_maildir(name)
-        uses = frozenset(special_use)
-        unknown = uses - SPECIAL_USES
-        if unknown:
-            raise StorageError(
-                f"unknown special-use attribute {sorted(unknown)[0]}", code="USEATTR"
-            )
-        if name == names.INBOX or os.path.isdir(os.path.join(self._path(name), "cur")):
-            raise MailboxExists(f"mailbox {name!r} already exists")
-        for parent in names.parents(name):
-            if parent != names.INBOX:
-                self._make_folder(parent)
-        if not self._make_folder(name):
-            raise MailboxExists(f"mailbox {name!r} already exists")
-        if uses:
-            table = self.special_uses()
-            table[name] = uses
-            self._write_special_uses(table)
-
-    def delete_mailbox(self, name: str) -> None:
-        name = names.normalize_maildir(name)
-        if name == names.INBOX:
-            raise StorageError("INBOX cannot be deleted", code="CANNOT")
-        path = self._path(name)
-        folders = self._folders()
-        exists = os.path.isdir(path)
-        children = self._children(name, folders)
-        if not exists and not children:
-            raise NoSuchMailbox(f"no mailbox named {name!r}")
-        if children and not folders.get(name, False):
-            raise MailboxNotEmpty(
-                f"{name!r} has inferior mailboxes and holds no messages of its own"
-            )
-        self._storage._close(path)
-        trash = os.path.join(self.root, TRASH_PREFIX + uuid.uuid4().hex)
-        try:
-            os.rename(path, trash)
-        except FileNotFoundError:
-            raise NoSuchMailbox(f"no mailbox named {name!r}") from None
-        fsync_dir(self.root)
-        shutil.rmtree(trash, ignore_errors=True)
-        table = self.special_uses()
-        if table.pop(name, None) is not None:
-            self._write_special_uses(table)
-
-    def rename_mailbox(self, old: str, new: str) -> None:
-        old = names.normalize_maildir(old)
-        new = names.normalize_maildir(new)
-        if new == names.INBOX or old == new:
-            raise MailboxExists(f"mailbox {new!r} already exists")
-        if new.startswith(old + names.DELIMITER):
-            raise InvalidMailboxName("a mailbox cannot be renamed to a name inside itself")
-        folders = self._folders()
-        if new in folders or self._children(new, folders):
-            raise MailboxExists(f"mailbox {new!r} already exists")
-        if old == names.INBOX:
-            self._rename_inbox(new)
-            return
-        old_dir = names.name_to_dirname(old)
-        new_dir = names.name_to_dirname(new)
-        moves = [
-            entry
-            for entry in os.listdir(self.root)
-            if entry == old_dir or entry.startswith(old_dir + ".")
-        ]
-        if not moves:
-            raise NoSuchMailbox(f"no mailbox named {old!r}")
-        for parent in names.parents(new):
-            if parent != names.INBOX and not parent.startswith(old + names.DELIMITER):
-                if parent != old:
-                    self._make_folder(parent)
-        for entry in moves:
-            self._storage._close(os.path.join(self.root, entry))
-        for entry in sorted(moves):
-            os.rename(
-                os.path.join(self.root, entry),
-                os.path.join(self.root, new_dir + entry[len(old_dir) :]),
-            )
-        fsync_dir(self.root)
-        table = self.special_uses()
-        renamed = {}
-        for name, uses in table.items():
-            if name == old or name.startswith(old + names.DELIMITER):
-                renamed[new + name[len(old) :]] = uses
-            else:
-                renamed[name] = uses
-        if renamed != table:
-            self._write_special_uses(renamed)
-
-    def _rename_inbox(self, new: str) -> None:
-        """RFC 3501 6.3.5: move INBOX's messages to a new mailbox, leave INBOX empty."""
-        self.create_mailbox(new)
-        inbox = self.open_mailbox(names.INBOX)
-        inbox.check()
-        destination = self.open_mailbox(new)
-        uids = list(inbox.uids())
-        for start in range(0, len(uids), 1000):
-            inbox.move(uids[start : start + 1000], destination)
-
-    # -- subscriptions ----------------------------------------------------------
-
-    def _subscriptions_path(self) -> str:
-        return os.path.join(self.root, SUBSCRIPTIONS_NAME)
-
-    def subscriptions(self) -> Sequence[str]:
-        try:
-            with open(self._subscriptions_path(), "rb") as handle:
-                lines = handle.read().decode("utf-8", "replace").splitlines()
-        except FileNotFoundError:
-            return []
-        result: list[str] = []
-        if lines and lines[0].startswith("V\t"):
-            # Dovecot 2.x: a version line, then names with TAB as separator.
-            for line in lines[1:]:
-                if line:
-                    self._add_subscription(result, line.split("\t"))
-            return result
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(".")
-            if (
-                parts[0] == names.INBOX
-                and len(parts) > 1
-                and not os.path.isdir(os.path.join(self.root, "." + line))
-            ):
-                parts = parts[1:]  # Courier's "INBOX." namespace prefix
-            self._add_subscription(result, parts)
-        return result
-
-    def _add_subscription(self, result: list[str], parts: list[str]) -> None:
-        try:
-            decoded = [names.mutf7.decode(part) for part in parts]
-            name = names.normalize_maildir(names.DELIMITER.join(decoded))
-        except (ValueError, InvalidMailboxName):
-            self._storage._warn_once(f"ignoring subscription {parts!r} in {self.root}")
-            return
-        if name not in result:
-            result.append(name)
-
-    def _write_subscriptions(self, subscribed: Sequence[str]) -> None:
-        lines = [
-            ".".join(names.mutf7.encode(part) for part in name.split(names.DELIMITER)) + "\n"
-            for name in subscribed
-        ]
-        write_atomically(self._subscriptions_path(), "".join(lines).encode("ascii"))
-
-    def subscribe(self, name: str) -> None:
-        name = names.normalize_maildir(name)
-        current = list(self.subscriptions())
-        if name not in current:
-            current.append(name)
-            self._write_subscriptions(current)
-
-    def unsubscribe(self, name: str) -> None:
-        name = names.normalize_maildir(name)
-        current = list(self.subscriptions())
-        if name in current:
-            current.remove(name)
-            self._write_subscriptions(current)
-
-    # -- the rest -----------------------------------------------------------------
-
-    def status(  # type: ignore[override]  # IAccount allows a Deferred
-        self, name: str
-    ) -> MailboxStatus | Deferred[MailboxStatus]:
-        def counters(mailbox: MaildirMailbox) -> MailboxStatus:
-            mailbox.check()
-            return mailbox.status()
-
-        found = self.get_mailbox(name)
-        if isinstance(found, Deferred):
-            return found.addCallback(counters)
-        return counters(found)
-
-    def logout(self) -> None:
-        """Nothing is held per session: mailboxes are shared and freed with their users."""
-
-
-# --------------------------------------------------------------------------
-# The storage
-
-
-def _check_username(username: str) -> None:
-    if not isinstance(username, str) or not username:
-        raise StorageError("empty user name", code="CANNOT")
-    if "/" in username or username.startswith(".") or "\\" in username:
-        raise StorageError(f"user name {username!r} cannot be a directory name", code="CANNOT")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in username):
-        raise StorageError("control characters in user name", code="CANNOT")
-
-
-@implementer(IStorage)
-class MaildirStorage:
-    """Maildir++ trees found through a path template.
-
-    :param template: the Maildir root of a user, with ``{user}`` and/or
-        ``{home}`` (``/var/mail/{user}/Maildir``, ``{home}/Maildir``).
-    :param poll_interval: seconds between checks of mailboxes that have
-        listeners (idle sessions) when inotify is not available.
-    :param reactor: enables the watcher that tells idle sessions about
-        outside changes (inotify where available, else polling); without it
-        changes show up at the next :meth:`MaildirMailbox.check`.
-    """
-
-    def __init__(self, template: str, *, poll_interval: float = 5.0, reactor: Any = None) -> None:
-        if "{user}" not in template and "{home}" not in template:
-            raise StorageError(f"maildir template {template!r} must contain {{user}} or {{home}}")
-        try:
-            template.format(user="user", home="/home")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise StorageError(
-                f"maildir template {template!r}: only {{user}} and {{home}} may be used ({exc})"
-            ) from None
-        if poll_interval <= 0:
-            raise StorageError("poll_interval must be positive")
-        self.template = template
-        self.poll_interval = poll_interval
-        self._reactor = reactor
-        self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
-            weakref.WeakValueDictionary()
-        )
-        self._watched: dict[str, MaildirMailbox] = {}
-        self._poller: Any = None
-        self._notifier: Any = None
-        self._pending_checks: dict[str, Any] = {}
-        self._building: dict[str, list[Deferred[MaildirMailbox]]] = {}
-        self._warned: set[str] = set()
-
-    # -- accounts -------------------------------------------------------------
-
-    def root(self, username: str, home: str | None = None) -> str:
-        """The Maildir root of ``username`` (not created)."""
-        _check_username(username)
-        if "{home}" in self.template:
-            if not home:
-                raise StorageError(
-                    f"maildir template {self.template!r} needs the home directory of "
-                    f"{username!r}, and none is known"
-                )
-            if not os.path.isabs(home):
-                raise StorageError(f"home directory {home!r} of {username!r} is not absolute")
-        path = self.template.format(user=username, home=home or "")
-        return os.path.abspath(path)
-
-    def account(self, username: str, home: str | None = None) -> MaildirAccount:
-        root = self.root(username, home)
-        if not os.path.isdir(os.path.join(root, "cur")):
-            self._create_root(root)
-        account = MaildirAccount(self, username, root)
-        account._seed_special_uses()
-        self._clean_root(root)
-        return account
-
-    def _create_root(self, root: str) -> None:
-        """A new user: the Maildir with the default special-use folders, made atomically."""
-        parent = os.path.dirname(root)
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-        if os.path.isdir(root):
-            # A root without cur/ (made by hand, or by a tool): complete it,
-            # with the default folders if it is empty.
-            empty = not os.listdir(root)
-            for sub in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(root, sub), 0o700, exist_ok=True)
-            if empty:
-                account = MaildirAccount(self, "", root)
-                for name, _use in DEFAULT_FOLDERS:
-                    account._make_folder(name)
-                account._write_special_uses(
-                    {name: frozenset({use}) for name, use in DEFAULT_FOLDERS}
-                )
-            return
-        staging = os.path.join(
-            parent, f".{os.path.basename(root)}.{STAGING_PREFIX}{uuid.uuid4().hex}"
-        )
-        os.mkdir(staging, 0o700)
-        try:
-            for sub in ("cur", "new", "tmp"):
-                os.mkdir(os.path.join(staging, sub), 0o700)
-            account = MaildirAccount(self, "", staging)
-            table: dict[str, frozenset[str]] = {}
-            for name, use in DEFAULT_FOLDERS:
-                account._make_folder(name)
-                table[name] = frozenset({use})
-            account._write_special_uses(table)
-            try:
-                os.rename(staging, root)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                return  # created meanwhile by another process
-            fsync_dir(parent)
-        finally:
-            if os.path.isdir(staging):
-                shutil.rmtree(staging, ignore_errors=True)
-
-    def _clean_root(self, root: str) -> None:
-        """Remove what a crash left behind in the middle of create or delete."""
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(root):
-                if entry.name.startswith((TRASH_PREFIX, STAGING_PREFIX)):
-                    with contextlib.suppress(OSError):
-                        if time.time() - entry.stat().st_mtime > 3600:
-                            shutil.rmtree(entry.path, ignore_errors=True)
-
-    def _mint_uidvalidity(self, root: str) -> int:
-        """A UIDVALIDITY above any this account handed out before."""
-        path = os.path.join(root, UIDVALIDITY_NAME)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            data = os.read(fd, 64).strip()
-            last = int(data) if data.isdigit() else 0
-            value = max(int(time.time()), last + 1)
-            if value >= 2**32:
-                value = 1
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{value}\n".encode("ascii"))
-            os.fsync(fd)
-            return value
-        finally:
-            os.close(fd)
-
-    def _mailbox(self, root: str, path: str, name: str) -> MaildirMailbox:
-        key = os.path.realpath(path)
-        mailbox = self._mailboxes.get(key)
-        if mailbox is None or mailbox._closed:
-            mailbox = MaildirMailbox(self, root, path, name)
-            self._mailboxes[key] = mailbox
-        return mailbox
-
-    def _open_in_thread(self, root: str, path: str, name: str) -> Deferred[MaildirMailbox] | None:
-        """A Deferred if the folder must be indexed first and threads are at hand."""
-        key = os.path.realpath(path)
-        waiting = self._building.get(key)
-        if waiting is not None:
-            later: Deferred[MaildirMailbox] = Deferred()
-            waiting.append(later)
-            return later
-        mailbox = self._mailboxes.get(key)
-        if mailbox is not None and not mailbox._closed:
-            return None
-        if not IReactorThreads.providedBy(self._reactor) or not _needs_index(path):
-            return None
-        waiters: list[Deferred[MaildirMailbox]] = []
-        self._building[key] = waiters
-
-        def build() -> None:
-            # A throwaway object of its own (own SQLite connection, own lock
-            # file descriptor) builds the index; the reactor thread then
-            # opens the finished index in no time.
-            MaildirMailbox(self, root, path, name, in_thread=True).close()
-
-        def built(_: None) -> MaildirMailbox:
-            del self._building[key]
-            mailbox = self._mailbox(root, path, name)
-            for waiter in waiters:
-                waiter.callback(mailbox)
-            return mailbox
-
-        def failed(reason: Failure) -> Failure:
-            del self._building[key]
-            for waiter in waiters:
-                waiter.errback(reason)
-            return reason
-
-        pool = self._reactor.getThreadPool()
-        started: Deferred[None] = deferToThreadPool(self._reactor, pool, build)
-        return started.addCallbacks(built, failed)
-
-    def _close(self, path: str) -> None:
-        key = os.path.realpath(path)
-        mailbox = self._mailboxes.pop(key, None)
-        if mailbox is not None:
-            mailbox.close()
-
-    def _warn_once(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            log.warn("{message}", message=message)
-
-    # -- watching idle mailboxes ----------------------------------------------------
-
-    def _watch(self, mailbox: MaildirMailbox) -> None:
-        if self._reactor is None or mailbox._closed:
-            return
-        key = mailbox.path
-        if key in self._watched:
-            return
-        self._watched[key] = mailbox
-        if self._poller is None:
-            self._poller = LoopingCall(self._poll)
-            self._poller.clock = self._reactor
-            self._poller.start(self.poll_interval, now=False)
-        self._inotify_watch(mailbox)
-
-    def _unwatch(self, mailbox: MaildirMailbox) -> None:
-        key = mailbox.path
-        if self._watched.pop(key, None) is None:
-            return
-        if self._notifier is not None:
-            for directory in mailbox.watched_dirs():
-                with contextlib.suppress(Exception):
-                    self._notifier.ignore(FilePath(directory.encode()))
-        pending = self._pending_checks.pop(key, None)
-        if pending is not None and pending.active():
-            pending.cancel()
-        if not self._watched and self._poller is not None and self._poller.running:
-            # Stop polling, but keep the inotify descriptor: closing one
-            # takes the kernel 8-14 ms, which every last LOGOUT would pay.
-            self._poller.stop()
-            self._poller = None
-
-    def _inotify_watch(self, mailbox: MaildirMailbox) -> None:
-        if inotify is None:
-            return
-        try:
-            if not IReactorFDSet.providedBy(self._reactor):
-                return
-            if self._notifier is None:
-                self._notifier = inotify.INotify(self._reactor)
-                self._notifier.startReading()
-            mask = (
-                inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE
-            )
-            key = mailbox.path
-
-            def changed(_watch: object, _path: object, _mask: int) -> None:
-                self._schedule_check(key)
-
-            for directory in mailbox.watched_dirs():
-                self._notifier.watch(FilePath(directory.encode()), mask=mask, callbacks=[changed])
-        except Exception:
-            log.failure("inotify unavailable; polling every {n}s", n=self.poll_interval)
-
-    def _schedule_check(self, key: str) -> None:
-        if key not in self._watched:
-            return  # an event that was already queued when the folder was unwatched
-        pending = self._pending_checks.get(key)
-        if pending is not None and pending.active():
-            return
-        self._pending_checks[key] = self._reactor.callLater(0.05, self._check_one, key)
-
-    def _check_one(self, key: str) -> None:
-        pending = self._pending_checks.pop(key, None)
-        if pending is not None and pending.active():
-            pending.cancel()  # the poller got here first; one check is enough
-        mailbox = self._watched.get(key)
-        if mailbox is None:
-            return
-        try:
-            mailbox.check()
-        except NoSuchMailbox:
-            self._unwatch(mailbox)
-        except Exception:
-            log.failure("checking {path} failed", path=key)
-
-    def _poll(self) -> None:
-        for key in list(self._watched):
-            self._check_one(key)
-
-    def stop_watching(self) -> None:
-        """Stop the watcher (service shutdown); it restarts with the next listener."""
-        if self._poller is not None and self._poller.running:
-            self._poller.stop()
-        self._poller = None
-        if self._notifier is not None:
-            with contextlib.suppress(Exception):
-                self._notifier.loseConnection()
-            self._notifier = None
-        for pending in self._pending_checks.values():
-            if pending.active():
-                pending.cancel()
-        self._pending_checks.clear()
-        self._watched.clear()
-
-
-def reindex(account: MaildirAccount) -> dict[str, int]:
-    """Rebuild every folder's index from its files: folder name -> messages.
-
-    UIDVALIDITY and UIDs come from each folder's ``mailsrv-uidlist``, so
-    clients notice nothing but a higher HIGHESTMODSEQ.
-    """
-    counts: dict[str, int] = {}
-    for entry in account.list_mailboxes():
-        if "\\Noselect" in entry.attributes:
-            continue
-        counts[entry.name] = account.open_mailbox(entry.name).rebuild()
-    return counts

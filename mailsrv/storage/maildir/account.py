@@ -42,7 +42,7 @@ from mailsrv.storage.maildir.layout import (
 )
 
 if TYPE_CHECKING:
-    from mailsrv.storage.maildir.storage import MaildirStorage
+    from mailsrv.storage.maildir.registry import MailboxRegistry
 
 
 #: Folder names recognised as special-use on a tree we did not create.
@@ -69,8 +69,8 @@ class MaildirAccount:
 
     delimiter = names.DELIMITER
 
-    def __init__(self, storage: MaildirStorage, username: str, root: str) -> None:
-        self._storage = storage
+    def __init__(self, mailboxes: MailboxRegistry, username: str, root: str) -> None:
+        self._mailboxes = mailboxes
         self.username = username
         self.root = root
 
@@ -101,7 +101,7 @@ class MaildirAccount:
                 continue
             name = names.dirname_to_name(entry.name)
             if name is None:
-                self._storage._warn_once(
+                self._mailboxes.warn_once(
                     f"skipping {entry.path}: not a valid Maildir++ folder name"
                 )
                 continue
@@ -186,7 +186,7 @@ class MaildirAccount:
     def open_mailbox(self, name: str) -> MaildirMailbox:
         """:meth:`get_mailbox`, always synchronous (CLI, delivery, tests)."""
         name, path = self._locate(name)
-        mailbox = self._storage._mailbox(self.root, path, name)
+        mailbox = self._mailboxes.open(self.root, path, name)
         mailbox.special_use = self.special_uses().get(name, frozenset())
         return mailbox
 
@@ -202,7 +202,7 @@ class MaildirAccount:
         """
         name, path = self._locate(name)
         uses = self.special_uses().get(name, frozenset())
-        pending = self._storage._open_in_thread(self.root, path, name)
+        pending = self._mailboxes.open_in_thread(self.root, path, name)
         if pending is None:
             return self.open_mailbox(name)
 
@@ -272,7 +272,7 @@ class MaildirAccount:
             raise MailboxNotEmpty(
                 f"{name!r} has inferior mailboxes and holds no messages of its own"
             )
-        self._storage._close(path)
+        self._mailboxes.close(path)
         trash = os.path.join(self.root, TRASH_PREFIX + uuid.uuid4().hex)
         try:
             os.rename(path, trash)
@@ -311,7 +311,7 @@ class MaildirAccount:
                 if parent != old:
                     self._make_folder(parent)
         for entry in moves:
-            self._storage._close(os.path.join(self.root, entry))
+            self._mailboxes.close(os.path.join(self.root, entry))
         for entry in sorted(moves):
             os.rename(
                 os.path.join(self.root, entry),
@@ -375,7 +375,7 @@ class MaildirAccount:
             decoded = [names.mutf7.decode(part) for part in parts]
             name = names.normalize_maildir(names.DELIMITER.join(decoded))
         except (ValueError, InvalidMailboxName):
-            self._storage._warn_once(f"ignoring subscription {parts!r} in {self.root}")
+            self._mailboxes.warn_once(f"ignoring subscription {parts!r} in {self.root}")
             return
         if name not in result:
             result.append(name)

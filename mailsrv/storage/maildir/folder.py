@@ -27,7 +27,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -75,10 +75,8 @@ from mailsrv.storage.maildir.layout import (
     unique_name,
     wire_size,
 )
-from mailsrv.storage.maildir.uidlist import UidList, UidListData
-
-if TYPE_CHECKING:
-    from mailsrv.storage.maildir.storage import MaildirStorage
+from mailsrv.storage.maildir.uidlist import UidList, UidListData, mint_uidvalidity
+from mailsrv.storage.maildir.watch import Watcher
 
 # One namespace for the whole backend: admins' log lines name it, not its modules.
 log = Logger(namespace="mailsrv.storage.maildir")
@@ -166,10 +164,16 @@ class MaildirMailbox:
     """
 
     def __init__(
-        self, storage: MaildirStorage, root: str, path: str, name: str, in_thread: bool = False
+        self,
+        root: str,
+        path: str,
+        name: str,
+        *,
+        watcher: Watcher,
+        warn_once: Callable[[str], None],
     ) -> None:
-        self._storage = storage
-        self._in_thread = in_thread
+        self._watcher = watcher
+        self._warn_once = warn_once
         self._root = root
         self.path = path
         self.name = name
@@ -222,8 +226,7 @@ class MaildirMailbox:
         if self._lock_fd is not None and self._lock_depth == 0:
             os.close(self._lock_fd)
             self._lock_fd = None
-        if not self._in_thread:
-            self._storage._unwatch(self)
+        self._watcher.unwatch(self)
 
     def __del__(self) -> None:
         if self._lock_fd is not None:
@@ -462,7 +465,7 @@ class MaildirMailbox:
                     )
                 else:
                     fresh = True
-                    self._uidlist.rewrite(self._storage._mint_uidvalidity(self._root), 1, [])
+                    self._uidlist.rewrite(mint_uidvalidity(self._root), 1, [])
             data = self._uidlist.read()
             if data is None:
                 raise StorageError(f"cannot write {self._uidlist.path}")
@@ -534,7 +537,7 @@ class MaildirMailbox:
         if data is None or data.damaged:
             shutil.copyfile(path, broken)
             if trusted is None:
-                validity = self._storage._mint_uidvalidity(self._root)
+                validity = mint_uidvalidity(self._root)
                 self._uidlist.rewrite(validity, 1, [])
                 log.warn(
                     "{path} cannot be trusted (unreadable header or lines) and no index knows "
@@ -774,14 +777,14 @@ class MaildirMailbox:
             try:
                 st = os.stat(path)
                 if not stat.S_ISREG(st.st_mode):
-                    self._storage._warn_once(f"{path} is not a regular file; ignored")
+                    self._warn_once(f"{path} is not a regular file; ignored")
                     continue
                 fields = size_fields(base)
                 sizes[base] = fields["W"] if "W" in fields else wire_size(path, st.st_size)
             except FileNotFoundError:
                 continue  # renamed meanwhile; the next scan finds the new name
             except OSError as exc:
-                self._storage._warn_once(f"cannot read {path}: {exc}; ignored")
+                self._warn_once(f"cannot read {path}: {exc}; ignored")
                 continue
             added.append((base, filename, st))
         rows: list[Row] = []
@@ -1651,17 +1654,19 @@ class MaildirMailbox:
     def add_listener(self, listener: IMailboxListener) -> None:
         if listener not in self._listeners:
             self._listeners.append(listener)
-        self._storage._watch(self)
+        self._watcher.watch(self)
 
     def remove_listener(self, listener: IMailboxListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
         if not self._listeners:
-            self._storage._unwatch(self)
+            self._watcher.unwatch(self)
+
+    # -- what the watcher needs (watch.WatchedFolder) ----------------------------
 
     @property
-    def has_listeners(self) -> bool:
-        return bool(self._listeners)
+    def closed(self) -> bool:
+        return self._closed
 
     def watched_dirs(self) -> tuple[str, str]:
         return self._new, self._cur

@@ -11,14 +11,16 @@ and repaired before anything is appended to it (see
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 
 import attrs
 
 from mailsrv.errors import TemporaryFailure
-from mailsrv.storage.maildir.layout import write_atomically
+from mailsrv.storage.maildir.layout import UIDVALIDITY_NAME, write_atomically
 
 
 class UidListTorn(TemporaryFailure):
@@ -242,3 +244,24 @@ def _line(uid: int, base: str, pop3_uidl: str | None) -> str:
     if pop3_uidl:
         return f"{uid} P{pop3_uidl} :{base}\n"
     return f"{uid} :{base}\n"
+
+
+def mint_uidvalidity(root: str) -> int:
+    """A UIDVALIDITY above any the account at ``root`` handed out before
+    (``mailsrv-uidvalidity`` remembers the last one)."""
+    path = os.path.join(root, UIDVALIDITY_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = os.read(fd, 64).strip()
+        last = int(data) if data.isdigit() else 0
+        value = max(int(time.time()), last + 1)
+        if value >= 2**32:
+            value = 1
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{value}\n".encode("ascii"))
+        os.fsync(fd)
+        return value
+    finally:
+        os.close(fd)

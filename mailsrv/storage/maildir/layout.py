@@ -20,6 +20,8 @@ import time
 import uuid
 from typing import IO, Any
 
+from mailsrv.errors import StorageError
+
 # Files of each folder.
 INDEX_NAME = "mailsrv-index.sqlite"
 UIDLIST_NAME = "mailsrv-uidlist"
@@ -159,6 +161,36 @@ class WireReader(io.RawIOBase):
     def close(self) -> None:
         self._file.close()
         super().close()
+
+
+def write_tmp(tmp: str, source: IO[bytes], date_ns: int) -> tuple[str, int]:
+    """Stream ``source`` into a new file in ``tmp`` as CRLF, dated
+    ``date_ns``, and fsync it; returns (its path, its size)."""
+    path = os.path.join(tmp, unique_name())
+    size = 0
+    prev_cr = False
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                chunk = source.read(CHUNK)
+                if not chunk:
+                    break
+                if not isinstance(chunk, bytes | bytearray | memoryview):
+                    raise StorageError("message source must give bytes", code="CANNOT")
+                chunk = bytes(chunk)
+                converted = lf_to_crlf(chunk, prev_cr)
+                prev_cr = chunk.endswith(b"\r")
+                out.write(converted)
+                size += len(converted)
+            out.flush()
+            os.utime(out.fileno(), ns=(date_ns, date_ns))
+            os.fsync(out.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path, size
 
 
 def open_wire(path: str, raw: bool, size: int) -> IO[bytes]:

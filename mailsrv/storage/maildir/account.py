@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from mailsrv import mutf7
 from mailsrv.errors import (
     InvalidMailboxName,
     MailboxExists,
@@ -287,13 +288,7 @@ class MaildirAccount:
     def rename_mailbox(self, old: str, new: str) -> None:
         old = names.normalize_maildir(old)
         new = names.normalize_maildir(new)
-        if new == names.INBOX or old == new:
-            raise MailboxExists(f"mailbox {new!r} already exists")
-        if new.startswith(old + names.DELIMITER):
-            raise InvalidMailboxName("a mailbox cannot be renamed to a name inside itself")
-        folders = self._folders()
-        if new in folders or self._children(new, folders):
-            raise MailboxExists(f"mailbox {new!r} already exists")
+        self._check_rename(old, new)
         if old == names.INBOX:
             self._rename_inbox(new)
             return
@@ -318,6 +313,21 @@ class MaildirAccount:
                 os.path.join(self.root, new_dir + entry[len(old_dir) :]),
             )
         fsync_dir(self.root)
+        self._rename_special_uses(old, new)
+
+    def _check_rename(self, old: str, new: str) -> None:
+        """Refuse a rename onto INBOX, itself, a name inside itself or an
+        existing mailbox (or a name existing ones are inside of)."""
+        if new == names.INBOX or old == new:
+            raise MailboxExists(f"mailbox {new!r} already exists")
+        if new.startswith(old + names.DELIMITER):
+            raise InvalidMailboxName("a mailbox cannot be renamed to a name inside itself")
+        folders = self._folders()
+        if new in folders or self._children(new, folders):
+            raise MailboxExists(f"mailbox {new!r} already exists")
+
+    def _rename_special_uses(self, old: str, new: str) -> None:
+        """Special uses follow their folders (and children) to the new name."""
         table = self.special_uses()
         renamed = {}
         for name, uses in table.items():
@@ -372,7 +382,7 @@ class MaildirAccount:
 
     def _add_subscription(self, result: list[str], parts: list[str]) -> None:
         try:
-            decoded = [names.mutf7.decode(part) for part in parts]
+            decoded = [mutf7.decode(part) for part in parts]
             name = names.normalize_maildir(names.DELIMITER.join(decoded))
         except (ValueError, InvalidMailboxName):
             self._mailboxes.warn_once(f"ignoring subscription {parts!r} in {self.root}")
@@ -382,7 +392,7 @@ class MaildirAccount:
 
     def _write_subscriptions(self, subscribed: Sequence[str]) -> None:
         lines = [
-            ".".join(names.mutf7.encode(part) for part in name.split(names.DELIMITER)) + "\n"
+            ".".join(mutf7.encode(part) for part in name.split(names.DELIMITER)) + "\n"
             for name in subscribed
         ]
         write_atomically(self._subscriptions_path(), "".join(lines).encode("ascii"))

@@ -511,13 +511,7 @@ class IndexedFolder:
         scan_new = force or scan.stale(db, self.new, "sig_new", recent_is_stale=True)
         scan_cur = force or scan.stale(db, self.cur, "sig_cur")
         if not (scan_new or scan_cur):
-            if (
-                write.uidnext != db.get_int("uidnext")
-                or write.uidlist_off != db.get("uidlist_off")
-                or write.uidlist_ino != db.get("uidlist_ino")  # rewritten by a repair
-            ):
-                with db.transaction():
-                    self.commit_meta(write)
+            self._settle(write)
             return
         taken: set[int] = set()
         arrived: dict[str, int] = {}  # base -> uid, moved from new/ now
@@ -549,6 +543,18 @@ class IndexedFolder:
             self.commit_meta(write)
         if rows or renamed or vanished:
             self.changed()
+
+    def _settle(self, write: Write) -> None:
+        """Nothing to scan: record only what the UID list moved on (a tail
+        appended by another process, a rewrite by a repair)."""
+        db = self.db
+        if (
+            write.uidnext != db.get_int("uidnext")
+            or write.uidlist_off != db.get("uidlist_off")
+            or write.uidlist_ino != db.get("uidlist_ino")  # rewritten by a repair
+        ):
+            with db.transaction():
+                self.commit_meta(write)
 
     def _new_rows(
         self,

@@ -289,14 +289,9 @@ class PostgresStorage:
         everything committed before it was called.
         """
         if not state.listeners:
-            if wait:
-                return self._refresh(state)
+            return self._refresh(state) if wait else None
+        if not wait and not _coalesce(state):
             return None
-        if not wait:
-            if state.catching_up:
-                state.again = True
-                return None
-            state.catching_up = True
         result = self.db.run(
             queries.changes,
             state.user,
@@ -375,3 +370,13 @@ class PostgresStorage:
     def stop_watching(self) -> None:
         """The daemon is stopping (StorageService): close everything."""
         self.close()
+
+
+def _coalesce(state: MailboxState) -> bool:
+    """Whether a notification-driven catch-up of ``state`` may start now;
+    if one is in flight, one more is queued behind it instead."""
+    if state.catching_up:
+        state.again = True
+        return False
+    state.catching_up = True
+    return True

@@ -19,16 +19,15 @@ import errno
 import sqlite3
 from typing import IO
 
-from twisted.logger import Logger
-
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox, StorageError, TemporaryFailure
+from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.maildir import MaildirAccount, MaildirMailbox, reindex
 from mailsrv.storage.maildir.layout import CHUNK
 
 __all__ = ["EmptyMessage", "deliver", "reindex"]
 
-log = Logger()
+log = get_logger(__name__)
 
 
 class EmptyMessage(StorageError):

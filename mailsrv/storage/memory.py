@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsrv.errors import (
@@ -50,12 +49,13 @@ from mailsrv.interfaces import (
     StoreMode,
     StoreResult,
 )
+from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.flags import check_flags
 
 __all__ = ["MemoryAccount", "MemoryMailbox", "MemoryStorage"]
 
-log = Logger()
+log = get_logger(__name__)
 
 INBOX = "INBOX"
 DELIMITER = names.DELIMITER

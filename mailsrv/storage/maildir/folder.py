@@ -22,7 +22,6 @@ from typing import IO, Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
@@ -36,6 +35,7 @@ from mailsrv.interfaces import (
     StoreMode,
     StoreResult,
 )
+from mailsrv.log import get_logger
 from mailsrv.storage.maildir import transfer
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
@@ -54,7 +54,8 @@ from mailsrv.storage.maildir.watch import Watcher
 
 __all__ = ["MaildirMailbox"]
 
-log = Logger(namespace="mailsrv.storage.maildir")
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 _T = TypeVar("_T")
 

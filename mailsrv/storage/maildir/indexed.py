@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import attrs
-from twisted.logger import Logger
 
 from mailsrv.errors import LimitExceeded, NoSuchMailbox, StorageError
+from mailsrv.log import get_logger
 from mailsrv.storage.maildir import recovery, scan
 from mailsrv.storage.maildir.index import Index, IndexCorrupt, Row, is_corruption
 from mailsrv.storage.maildir.keywords import KeywordTable
@@ -47,7 +47,8 @@ from mailsrv.storage.maildir.uidlist import UidList, UidListData
 
 __all__ = ["IndexedFolder", "Write"]
 
-log = Logger(namespace="mailsrv.storage.maildir")
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 
 @attrs.define

@@ -27,9 +27,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from twisted.logger import Logger
-
 from mailsrv.errors import StorageError
+from mailsrv.log import get_logger
 from mailsrv.storage.maildir.index import Index, move_aside
 from mailsrv.storage.maildir.layout import DOVECOT_UIDLIST_NAME, split_filename
 from mailsrv.storage.maildir.uidlist import UidList, UidListData, mint_uidvalidity
@@ -46,7 +45,8 @@ __all__ = [
     "recreate_uidlist",
 ]
 
-log = Logger(namespace="mailsrv.storage.maildir")
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 # --------------------------------------------------------------------------
 # Crash tests

@@ -15,16 +15,17 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailsrv.log import get_logger
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.layout import needs_index
 from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
 
 __all__ = ["MailboxRegistry"]
 
-log = Logger(namespace="mailsrv.storage.maildir")
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 
 class MailboxRegistry:
@@ -107,4 +108,6 @@ class MailboxRegistry:
         """Log a warning about the tree (an odd file, a bad name) once per storage."""
         if message not in self._warned:
             self._warned.add(message)
-            log.warn("{message}", message=message)
+            # Not "message": the legacy log bridge empties that key for
+            # every observer after it, and the line would read "()".
+            log.warn("{problem}", problem=message)

@@ -16,8 +16,7 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.logger import Logger
-
+from mailsrv.log import get_logger
 from mailsrv.storage.maildir.index import Index
 from mailsrv.storage.maildir.layout import (
     dir_signature,
@@ -34,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["diff_cur", "examine", "list_dir", "stale", "take_new"]
 
-log = Logger(namespace="mailsrv.storage.maildir")
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 #: A file in cur/ the index does not know: (base, file name, its stat, wire size).
 Stranger = tuple[str, str, os.stat_result, int]

@@ -14,11 +14,11 @@ import time
 import uuid
 from typing import Any
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsrv.errors import StorageError
 from mailsrv.interfaces import DEFAULT_FOLDERS, IStorage
+from mailsrv.log import get_logger
 from mailsrv.storage.maildir.account import MaildirAccount
 from mailsrv.storage.maildir.layout import (
     STAGING_PREFIX,
@@ -28,7 +28,8 @@ from mailsrv.storage.maildir.layout import (
 from mailsrv.storage.maildir.registry import MailboxRegistry
 from mailsrv.storage.maildir.watch import NO_WATCHER, FolderWatcher
 
-log = Logger(namespace="mailsrv.storage.maildir")
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 
 def _check_username(username: str) -> None:

@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from mailsrv.errors import NoSuchMailbox
+from mailsrv.log import get_logger
 
 # Imported here, not where first used: the first watch happens after twistd
 # has dropped root, and the code may not be readable by the daemon's user.
@@ -33,7 +33,8 @@ else:  # pragma: no cover
 
 __all__ = ["NO_WATCHER", "FolderWatcher", "WatchedFolder", "Watcher"]
 
-log = Logger(namespace="mailsrv.storage.maildir")
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 #: How long after an inotify event the folder is checked: a delivery is a
 #: burst of events (create in tmp/, rename into new/), answered by one check.

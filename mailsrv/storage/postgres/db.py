@@ -29,14 +29,14 @@ import psycopg
 from psycopg import errors as pg_errors
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mailsrv.errors import TemporaryFailure
+from mailsrv.log import get_logger
 
 __all__ = ["Database", "connection_kwargs", "unavailable"]
 
-log = Logger()
+log = get_logger(__name__)
 
 T = TypeVar("T")
 

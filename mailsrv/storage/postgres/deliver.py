@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import IO
 
-from twisted.logger import Logger
-
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox
+from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.deliver import EmptyMessage, _Peeked
 from mailsrv.storage.postgres.blobs import CHUNK
@@ -22,7 +21,7 @@ from mailsrv.storage.postgres.storage import PostgresAccount
 
 __all__ = ["deliver"]
 
-log = Logger()
+log = get_logger(__name__)
 
 
 def _mailbox(account: PostgresAccount, folder: str) -> PostgresMailbox:

@@ -26,15 +26,15 @@ from typing import Any
 
 import psycopg
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from mailsrv.errors import MailboxInUse, StorageError
+from mailsrv.log import get_logger
 from mailsrv.storage.postgres.db import Database, unavailable
 from mailsrv.storage.postgres.mailbox import then
 
 __all__ = ["AdvisoryLocks", "lock_key"]
 
-log = Logger()
+log = get_logger(__name__)
 
 
 def lock_key(user: str) -> int:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsrv.errors import NoSuchMailbox, StorageError
@@ -38,6 +37,7 @@ from mailsrv.interfaces import (
     StoreMode,
     StoreResult,
 )
+from mailsrv.log import get_logger
 from mailsrv.storage.flags import check_flags
 from mailsrv.storage.postgres import queries
 from mailsrv.storage.postgres.blobs import Spool, new_spool
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MailboxState", "PostgresMailbox"]
 
-log = Logger()
+log = get_logger(__name__)
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -26,16 +26,16 @@ from typing import Any
 import psycopg
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsrv.log import get_logger
 from mailsrv.storage.postgres.db import Database
 from mailsrv.storage.postgres.queries import CHANNEL
 
 __all__ = ["Notifier"]
 
-log = Logger()
+log = get_logger(__name__)
 
 FIRST_DELAY = 0.1
 MAX_DELAY = 5.0

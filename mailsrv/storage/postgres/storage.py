@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsrv.errors import NoSuchMailbox, StorageError
@@ -26,6 +25,7 @@ from mailsrv.interfaces import (
     IStorage,
     MailboxEntry,
 )
+from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.postgres import accounts, queries
 from mailsrv.storage.postgres.blobs import IBlobStore, PostgresBlobStore
@@ -36,7 +36,7 @@ from mailsrv.storage.postgres.notify import Notifier
 
 __all__ = ["PostgresAccount", "PostgresStorage"]
 
-log = Logger()
+log = get_logger(__name__)
 
 
 def _check_username(username: str) -> None:

@@ -35,9 +35,12 @@ from mailsrv.interfaces import (
     IAccount,
     IMailbox,
     IMailboxListener,
+    IMaildropLocking,
     IMessage,
     IMessageCache,
+    IPop3UidSource,
     IStorage,
+    IWatchingStorage,
     StoreMode,
 )
 from mailsrv.storage import names
@@ -109,6 +112,9 @@ class InterfaceTests(MaildirTestCase):
         verifyObject(IAccount, account)
         verifyObject(IMailbox, inbox)
         verifyObject(IMessageCache, inbox)
+        verifyObject(IMaildropLocking, inbox)
+        verifyObject(IPop3UidSource, inbox)
+        verifyObject(IWatchingStorage, storage)
 
     def test_same_mailbox_object_shared(self) -> None:
         account = self.account()

@@ -20,8 +20,10 @@ from mailsrv.interfaces import (
     SEEN,
     IAccount,
     IMailbox,
+    IMaildropLocking,
     IMessageCache,
     IStorage,
+    IWatchingStorage,
     StoreMode,
 )
 from tests.pgcluster import new_dsn, new_storage
@@ -94,6 +96,8 @@ class PostgresBackendTests(unittest.TestCase):
         self.assertTrue(verifyObject(IAccount, account))
         self.assertTrue(verifyObject(IMailbox, mailbox))
         self.assertTrue(verifyObject(IMessageCache, mailbox))
+        self.assertTrue(verifyObject(IMaildropLocking, mailbox))
+        self.assertTrue(verifyObject(IWatchingStorage, self.storage))
 
     async def test_bodies_stored_once_and_deleted_with_the_last_reference(self) -> None:
         data = message(1, 1000)

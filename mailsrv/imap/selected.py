@@ -39,6 +39,7 @@ from mailsrv.interfaces import (
     IMailbox,
     IMailboxListener,
     IMessage,
+    maybe_deferred,
 )
 
 __all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
@@ -365,7 +366,7 @@ class SelectedMailbox:
 
     def _fetch_range(self, low: int, high: int) -> defer.Deferred[Sequence[IMessage]]:
         uids = [uid for _, uid in self.map.by_seq(low, high)]
-        return defer.maybeDeferred(self.mailbox.fetch, uids)
+        return maybe_deferred(self.mailbox.fetch, uids)
 
     # -- Keywords (RFC 3501 7.2.6) --------------------------------------------
     #
@@ -403,7 +404,7 @@ class SelectedMailbox:
         session was not told about (or ``seen``, met in messages); ``b""``
         when it knows them all."""
         seen = tuple(seen)
-        d: defer.Deferred[Sequence[str]] = defer.maybeDeferred(self.mailbox.keywords)
+        d: defer.Deferred[Sequence[str]] = maybe_deferred(self.mailbox.keywords)
 
         def render(defined: Sequence[str]) -> bytes:
             if self._known.issuperset(defined) and self._known.issuperset(seen):

@@ -58,6 +58,7 @@ from mailsrv.interfaces import (
     IMailbox,
     MailboxEntry,
     MailboxStatus,
+    maybe_deferred,
 )
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 
@@ -997,7 +998,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
         return b"* STATUS %s (%s)\r\n" % (grammar.mailbox(name), pairs)
 
     def do_status(self, command: grammar.Status) -> _Result:
-        d = defer.maybeDeferred(self._account().status, _existing(command.mailbox))
+        d = maybe_deferred(self._account().status, _existing(command.mailbox))
 
         def report(status: MailboxStatus) -> Done:
             self._send(self._status_line(command.mailbox, status, command.items))
@@ -1176,7 +1177,7 @@ class IMAP4Server(LineReceiver, TimeoutMixin):
             uids = self._resolve(command.sequence_set, True).uids()
             if not uids:
                 return Done(text="EXPUNGE completed")
-        d = defer.maybeDeferred(view.mailbox.expunge, uids)
+        d = maybe_deferred(view.mailbox.expunge, uids)
 
         def done(removed: Sequence[int]) -> Done:
             view.note_expunged(removed)

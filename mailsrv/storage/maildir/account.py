@@ -15,7 +15,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -28,7 +28,14 @@ from mailsrv.errors import (
     NoSuchMailbox,
     StorageError,
 )
-from mailsrv.interfaces import SPECIAL_USES, IAccount, MailboxEntry, MailboxStatus
+from mailsrv.interfaces import (
+    SPECIAL_USES,
+    IAccount,
+    IMailbox,
+    MailboxEntry,
+    MailboxStatus,
+    MaybeDeferred,
+)
 from mailsrv.storage import names
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.layout import (
@@ -191,9 +198,7 @@ class MaildirAccount:
         mailbox.special_use = self.special_uses().get(name, frozenset())
         return mailbox
 
-    def get_mailbox(  # type: ignore[override]  # IAccount allows a Deferred
-        self, name: str
-    ) -> MaildirMailbox | Deferred[MaildirMailbox]:
+    def get_mailbox(self, name: str) -> MaybeDeferred[IMailbox]:
         """The shared mailbox object.
 
         With a reactor, a folder that has messages but no index yet (first
@@ -201,6 +206,14 @@ class MaildirAccount:
         Deferred is returned, so a 100,000-message folder does not stall
         every other connection for seconds.
         """
+        found = self._open(name)
+        if isinstance(found, Deferred):
+            # Deferred is invariant in its type: one of a MaildirMailbox
+            # is one of an IMailbox all the same.
+            return cast("Deferred[IMailbox]", found)
+        return found
+
+    def _open(self, name: str) -> MaildirMailbox | Deferred[MaildirMailbox]:
         name, path = self._locate(name)
         uses = self.special_uses().get(name, frozenset())
         pending = self._mailboxes.open_in_thread(self.root, path, name)
@@ -413,14 +426,12 @@ class MaildirAccount:
 
     # -- the rest -----------------------------------------------------------------
 
-    def status(  # type: ignore[override]  # IAccount allows a Deferred
-        self, name: str
-    ) -> MailboxStatus | Deferred[MailboxStatus]:
+    def status(self, name: str) -> MaybeDeferred[MailboxStatus]:
         def counters(mailbox: MaildirMailbox) -> MailboxStatus:
             mailbox.check()
             return mailbox.status()
 
-        found = self.get_mailbox(name)
+        found = self._open(name)
         if isinstance(found, Deferred):
             return found.addCallback(counters)
         return counters(found)

@@ -28,8 +28,10 @@ from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageEr
 from mailsrv.interfaces import (
     IMailbox,
     IMailboxListener,
+    IMaildropLocking,
     IMessage,
     IMessageCache,
+    IPop3UidSource,
     MailboxStatus,
     MessageInfo,
     StoreMode,
@@ -85,7 +87,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     return run
 
 
-@implementer(IMailbox, IMessageCache)
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
 
@@ -341,7 +343,7 @@ class MaildirMailbox:
     def expunged_since(self, modseq: int) -> Sequence[int]:
         return self._folder.db.expunged_since(modseq)
 
-    # -- POP3 -----------------------------------------------------------------
+    # -- IMaildropLocking, IPop3UidSource ------------------------------------------
 
     def lock_maildrop(self) -> Callable[[], None]:
         """Take the POP3 maildrop lock of this folder for a session; return its release.

@@ -17,7 +17,7 @@ from typing import Any
 from zope.interface import implementer
 
 from mailsrv.errors import StorageError
-from mailsrv.interfaces import DEFAULT_FOLDERS, IStorage
+from mailsrv.interfaces import DEFAULT_FOLDERS, IStorage, IWatchingStorage
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir.account import MaildirAccount
 from mailsrv.storage.maildir.layout import (
@@ -41,7 +41,7 @@ def _check_username(username: str) -> None:
         raise StorageError("control characters in user name", code="CANNOT")
 
 
-@implementer(IStorage)
+@implementer(IStorage, IWatchingStorage)
 class MaildirStorage:
     """Maildir++ trees found through a path template.
 

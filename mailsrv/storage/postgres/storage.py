@@ -23,6 +23,7 @@ from mailsrv.interfaces import (
     SPECIAL_USES,
     IAccount,
     IStorage,
+    IWatchingStorage,
     MailboxEntry,
 )
 from mailsrv.log import get_logger
@@ -160,7 +161,7 @@ class PostgresAccount:
         the maildrop's release)."""
 
 
-@implementer(IStorage)
+@implementer(IStorage, IWatchingStorage)
 class PostgresStorage:
     """Accounts in a PostgreSQL database, shared by every node.
 

@@ -22,7 +22,7 @@ from mailsrv.interfaces import (
 )
 from mailsrv.storage.maildrop import Maildrop, unique_id
 from mailsrv.storage.memory import MemoryStorage
-from tests.storage_suite import ListenerRecorder
+from mailsrv.testing.storage import ListenerRecorder
 
 
 def message(number: int, newline: bytes = b"\r\n") -> bytes:

@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from mailsrv.interfaces import IStorage
 from mailsrv.storage.maildir import MaildirStorage
-from tests.storage_suite import StorageSuiteMixin
+from mailsrv.testing.storage import StorageSuiteMixin
 
 
 class MaildirStorageTests(StorageSuiteMixin, unittest.TestCase):

@@ -31,7 +31,7 @@ from mailsrv.interfaces import (
     StoreMode,
 )
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
-from tests.storage_suite import ListenerRecorder, StorageSuiteMixin
+from mailsrv.testing.storage import ListenerRecorder, StorageSuiteMixin
 
 
 class MemoryStorageTests(StorageSuiteMixin, unittest.TestCase):

@@ -26,8 +26,8 @@ from mailsrv.interfaces import (
     IWatchingStorage,
     StoreMode,
 )
+from mailsrv.testing.storage import ListenerRecorder, StorageSuiteMixin
 from tests.pgcluster import new_dsn, new_storage
-from tests.storage_suite import ListenerRecorder, StorageSuiteMixin
 
 
 class PostgresStorageTests(StorageSuiteMixin, unittest.TestCase):

@@ -38,6 +38,12 @@ class MemoryStorageTests(StorageSuiteMixin, unittest.TestCase):
     def make_storage(self) -> IStorage:
         return MemoryStorage()
 
+    def deliver_outside(self, storage: IStorage, data: bytes) -> int:
+        """Memory's writer from outside the mailbox objects: deliver(), the
+        way a test or an embedding application plays the MTA."""
+        assert isinstance(storage, MemoryStorage)
+        return storage.deliver(self.username, data)
+
 
 def _message(number: int) -> bytes:
     return b"Subject: %d\r\n\r\nbody %d\r\n" % (number, number)

@@ -42,6 +42,13 @@ class PostgresStorageTests(StorageSuiteMixin, unittest.TestCase):
         reopened: IStorage = new_storage(self, old.dsn)
         return reopened
 
+    async def deliver_outside(self, storage: IStorage, data: bytes) -> None:
+        """Another node on the same database appends it."""
+        other = self.reopen_storage(storage)
+        account: IAccount = await call(other.account, self.username)
+        inbox: IMailbox = await call(account.get_mailbox, "INBOX")
+        await call(inbox.append, io.BytesIO(data))
+
 
 async def wait_until(predicate: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
     """Let the reactor run until ``predicate()`` holds; fail after ``deadline`` seconds."""

@@ -14,6 +14,11 @@ Hooks a backend may override:
   data, as after a restart; the default returns the same object, so
   persistent backends override it and the suite checks that UIDs, flags,
   UIDVALIDITY and subscriptions survive.
+* :meth:`StorageSuiteMixin.deliver_outside`: put a message into the
+  suite user's INBOX the way a writer other than the storage object under
+  test does (an MTA writing files, another node of a database); the suite
+  checks that :meth:`~mailsrv.interfaces.IMailbox.check` finds it.  Without
+  it that test is skipped, saying why.
 * :attr:`StorageSuiteMixin.username`: the user the suite works as.
 * :attr:`StorageSuiteMixin.bulk_message_count`: how many messages the
   large-mailbox test appends.
@@ -150,6 +155,15 @@ class StorageSuiteMixin(_Base):
     def reopen_storage(self, storage: IStorage) -> IStorage:
         """A storage over the same data as ``storage``, as after a restart."""
         return storage
+
+    def deliver_outside(self, storage: IStorage, data: bytes) -> object:
+        """Put ``data`` into :attr:`username`'s INBOX in ``storage`` from
+        outside ``storage``'s objects: what ``IMailbox.check`` must find.
+        May answer a Deferred or be a coroutine function."""
+        raise SkipTest(
+            f"{type(self).__name__} defines no deliver_outside: no writer outside the "
+            "storage object to check against"
+        )
 
     # -- helpers ----------------------------------------------------------------
 
@@ -1032,11 +1046,30 @@ class StorageSuiteMixin(_Base):
         )
 
     async def test_check(self) -> None:
-        inbox = await self.mailbox(await self.account(), "INBOX")
-        (uid,) = await self.seed(inbox, 1)
-        self.assertIsNone(await call(inbox.check))
-        self.assertEqual(await self.uids(inbox), [uid])
-        await call((await self.account()).logout)
+        """check() on an unchanged mailbox changes nothing; after a delivery
+        from outside (:meth:`deliver_outside`) it shows the new message and
+        its listeners have heard of it, once."""
+        storage = self.make_storage()
+        account = await self.account(storage)
+        inbox = await self.mailbox(account, "INBOX")
+        (first,) = await self.seed(inbox, 1)
+        recorder = ListenerRecorder()
+        await call(inbox.add_listener, recorder)
+        try:
+            self.assertIsNone(await call(inbox.check))
+            self.assertEqual(await self.uids(inbox), [first])
+            self.assertEqual(recorder.events, [])
+            await call(self.deliver_outside, storage, message_bytes(2))
+            self.assertIsNone(await call(inbox.check))
+            uids = await self.uids(inbox)
+            self.assertEqual(len(uids), 2, uids)
+            self.assertEqual(uids[0], first)
+            self.assertGreater(uids[1], first)
+            self.assertEqual(recorder.added(), [uids[1]])
+            self.assertEqual(await self.read(inbox, uids[1]), _wire(message_bytes(2)))
+        finally:
+            await call(inbox.remove_listener, recorder)
+        await call(account.logout)
 
     async def test_many_messages(self) -> None:
         inbox = await self.mailbox(await self.account(), "INBOX")

@@ -29,7 +29,7 @@ from mailsrv.interfaces import StoreMode
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
 from mailsrv.storage.maildir.index import Index
 from tests.helpers import source_env
-from tests.test_maildir import MaildirTestCase, Recorder
+from tests.maildir_case import MaildirTestCase, Recorder
 
 INDEX = "mailsrv-index.sqlite"
 UIDLIST = "mailsrv-uidlist"

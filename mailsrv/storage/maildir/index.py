@@ -523,9 +523,6 @@ class Index:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def set_cached(self, uid: int, kind: str, value: bytes) -> None:
-        self.set_cached_many(kind, {uid: value})
-
     def get_cached_many(self, uids: Iterable[int], kind: str) -> dict[int, bytes]:
         wanted = sorted(set(uids))
         out: dict[int, bytes] = {}

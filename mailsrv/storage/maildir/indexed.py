@@ -198,11 +198,6 @@ class IndexedFolder:
         self.seen_modseq = self.db.get_int("highest_modseq")
         self.seen_uidnext = min(self.seen_uidnext, self.db.get_int("uidnext"))
 
-    @property
-    def lock_fd(self) -> int | None:
-        """The open ``mailsrv-lock`` (it also keeps the MODSEQ floor)."""
-        return self._lock_fd
-
     def changed(self) -> None:
         """This process changed the index: cached answers are stale."""
         self._local_version += 1

@@ -48,7 +48,8 @@ class MaildirStorage:
     :param template: the Maildir root of a user, with ``{user}`` and/or
         ``{home}`` (``/var/mail/{user}/Maildir``, ``{home}/Maildir``).
     :param poll_interval: seconds between checks of mailboxes that have
-        listeners (idle sessions) when inotify is not available.
+        listeners (idle sessions); inotify, where available, tells of
+        changes sooner.
     :param reactor: enables the watcher that tells idle sessions about
         outside changes (inotify where available, else polling); without it
         changes show up at the next :meth:`MaildirMailbox.check`.

@@ -9,11 +9,7 @@ from collections.abc import Sequence
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from mailsrv.interfaces import (
-    IMailbox,
-    IMailboxListener,
-    IMessage,
-)
+from mailsrv.interfaces import IMailbox, IMailboxListener, IMessage
 from mailsrv.storage.maildir import MaildirAccount, MaildirMailbox, MaildirStorage
 
 MESSAGE = b"From: a@example.org\nSubject: test\n\nline one\nline two\n"
@@ -55,7 +51,7 @@ class MaildirTestCase(SynchronousTestCase):
     def inbox(self) -> MaildirMailbox:
         return self.account().open_mailbox("INBOX")
 
-    def read(self, mailbox: IMailbox, uid: int) -> bytes:
+    def read(self, mailbox: MaildirMailbox, uid: int) -> bytes:
         with mailbox.open(uid) as handle:
             return handle.read()
 

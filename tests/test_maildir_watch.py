@@ -226,6 +226,7 @@ class ThreadedColdOpenTests(TestCase):
         assert isinstance(first, defer.Deferred) and isinstance(second, defer.Deferred)
         one = await first
         two = await second
+        assert isinstance(one, MaildirMailbox)
         self.assertIs(one, two)
         self.assertEqual(len(one.uids()), 300)
         self.assertEqual(one.status().unseen, 0)

@@ -510,7 +510,7 @@ class MaildirMailbox:
                 if unchanged_since is not None and row.modseq > unchanged_since:
                     conflicts.append(row.uid)
                     continue
-                info = _stored_info(row.info, letters, mode, folder.keywords)
+                info = folder.keywords.stored_info(row.info, letters, mode)
                 if info != row.info:
                     renames.append((row, info, f"{row.base}:2,{info}"))
             if renames:
@@ -688,16 +688,3 @@ class MaildirMailbox:
 
     def watched_dirs(self) -> tuple[str, str]:
         return self._folder.new, self._folder.cur
-
-
-def _stored_info(info: str, letters: set[str], mode: str, table: KeywordTable) -> str:
-    """The flag letters a message with ``info`` gets from a STORE of
-    ``letters`` in ``mode``; letters without an IMAP flag are kept."""
-    old = set(info)
-    if mode == StoreMode.ADD:
-        new = old | letters
-    elif mode == StoreMode.REMOVE:
-        new = old - letters
-    else:
-        new = {c for c in old if not table.managed(c)} | letters
-    return sorted_info(new)

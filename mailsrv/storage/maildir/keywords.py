@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from mailsrv.errors import LimitExceeded
-from mailsrv.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN
+from mailsrv.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, StoreMode
 from mailsrv.storage.flags import check_flags, is_keyword
 from mailsrv.storage.maildir.layout import write_atomically
 
@@ -168,3 +168,16 @@ class KeywordTable:
             if letter is not None:
                 result.add(letter)
         return result
+
+    def stored_info(self, info: str, letters: set[str], mode: str) -> str:
+        """The flag letters a message with ``info`` gets from a STORE of
+        ``letters`` in ``mode`` (a :class:`StoreMode`); letters without an
+        IMAP flag are kept."""
+        old = set(info)
+        if mode == StoreMode.ADD:
+            new = old | letters
+        elif mode == StoreMode.REMOVE:
+            new = old - letters
+        else:
+            new = {c for c in old if not self.managed(c)} | letters
+        return sorted_info(new)

@@ -1,11 +1,14 @@
-"""Maildir++ storage (see docs/maildir.md).
+"""Maildir++ storage (see docs/maildir.md, and docs/architecture.md for a
+table of these modules).
 
-The modules, from the bottom up: :mod:`.layout` (file names, durable
-writes, wire-form reading), :mod:`.keywords` (flag letters and
-``dovecot-keywords``), :mod:`.uidlist` (``mailsrv-uidlist``), :mod:`.index`
-(the SQLite index), :mod:`.folder` (one folder: the IMailbox),
-:mod:`.account` (a user's tree: the IAccount) and :mod:`.storage` (the
-IStorage, and the watcher telling idle sessions about outside changes).
+From the bottom up: :mod:`.layout` (file names, durable writes, wire-form
+reading), :mod:`.keywords` (flag letters and ``dovecot-keywords``),
+:mod:`.uidlist` (``mailsrv-uidlist``), :mod:`.index` (the SQLite index),
+:mod:`.recovery` (damage and crashes), :mod:`.indexed` and :mod:`.scan` (a
+folder's files and index kept in step), :mod:`.folder` and :mod:`.transfer`
+(the IMailbox, COPY and MOVE), :mod:`.account` (a user's tree: the
+IAccount), :mod:`.registry` (the shared mailbox objects), :mod:`.watch`
+(outside changes told to idle sessions) and :mod:`.storage` (the IStorage).
 """
 
 from mailsrv.storage.maildir.account import MaildirAccount, reindex

@@ -34,7 +34,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
@@ -43,6 +43,9 @@ from zope.interface import implementer
 from mailsrv import __version__
 from mailsrv.config import Config, describe, format_error, load_config
 from mailsrv.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from mailsrv.interfaces import IAccount
 
 EX_OK = 0
 EX_USAGE = 64
@@ -258,7 +261,9 @@ def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int
     # is all a PostgreSQL delivery needs.
     storage = build_storage(attrs.evolve(config, storage=attrs.evolve(config.storage, pool_size=1)))
     try:
-        deliver(storage.account(args.user, home), stdin, args.folder)
+        # Without a reactor the storage answers at once, never with a Deferred.
+        account = cast("IAccount", storage.account(args.user, home))
+        deliver(account, stdin, args.folder)
     except EmptyMessage as e:
         raise CommandError(str(e), EX_DATAERR) from None
     except (StorageError, OSError) as e:

@@ -7,9 +7,11 @@ read.
 
 Conventions every implementation follows:
 
-* Every method may return its value directly or a Deferred firing with it;
-  callers wrap calls in ``defer.maybeDeferred``.  Errors are the exceptions of
-  :mod:`mailsrv.errors` (raised, or as the Deferred's failure).
+* Every method may return its value directly or a Deferred firing with it
+  (:data:`MaybeDeferred`); callers wrap calls in :func:`maybe_deferred`.
+  Only ``add_listener``, ``remove_listener`` and ``logout`` are always
+  synchronous.  Errors are the exceptions of :mod:`mailsrv.errors` (raised,
+  or as the Deferred's failure).
 * Mailbox names are ``str`` in their decoded (Unicode) form with ``/`` as the
   hierarchy delimiter; ``INBOX`` is case-insensitive and always exists.  The
   protocol layer converts to and from modified UTF-7.
@@ -23,16 +25,42 @@ Conventions every implementation follows:
   all agree.
 * UIDs ascend, are never reused within one UIDVALIDITY, and MODSEQ values
   (RFC 7162) ascend per mailbox with every change to a message.
+
+Optional features are interfaces of their own, which a backend declares
+(``@implementer``) where it has them and callers check with ``providedBy``:
+:class:`IMessageCache`, :class:`IMaildropLocking` and :class:`IPop3UidSource`
+on a mailbox, :class:`IWatchingStorage` on a storage.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping, Sequence
-from typing import IO
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, ParamSpec, TypeAlias, TypeVar
 
 import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+#: What a storage method answers: its value, or a Deferred firing with it.
+MaybeDeferred: TypeAlias = _T | Deferred[_T]
+
+
+def maybe_deferred(
+    function: Callable[_P, MaybeDeferred[_T]], *args: _P.args, **kwargs: _P.kwargs
+) -> Deferred[_T]:
+    """Call a storage method; its answer as a Deferred either way.
+
+    ``defer.maybeDeferred`` with the value type kept: given a method typed
+    ``MaybeDeferred[X]``, Twisted's own gives ``Deferred[X | Deferred[X]]``.
+    """
+    untyped: Callable[_P, Any] = function
+    return defer.maybeDeferred(untyped, *args, **kwargs)
+
 
 SEEN = "\\Seen"
 ANSWERED = "\\Answered"
@@ -175,13 +203,13 @@ class IMailbox(Interface):
         "Once keywords() has this many, storing a new keyword fails with LimitExceeded."
     )
 
-    def status() -> MailboxStatus:
+    def status() -> MaybeDeferred[MailboxStatus]:
         """Counters for STATUS and SELECT, answered from the index alone."""
 
-    def uids() -> Sequence[int]:
+    def uids() -> MaybeDeferred[Sequence[int]]:
         """All UIDs, ascending.  The result may be shared: never mutate it."""
 
-    def keywords() -> Sequence[str]:
+    def keywords() -> MaybeDeferred[Sequence[str]]:
         """The keywords defined in the mailbox, in a stable order.
 
         Every keyword a message has is among them (a keyword may stay
@@ -190,10 +218,10 @@ class IMailbox(Interface):
         meets a keyword it has not been told about (RFC 3501 7.2.6).
         """
 
-    def fetch(uids: Iterable[int]) -> Sequence[IMessage]:
+    def fetch(uids: Iterable[int]) -> MaybeDeferred[Sequence[IMessage]]:
         """Metadata for the given UIDs that exist, ascending by UID."""
 
-    def open(uid: int) -> IO[bytes]:
+    def open(uid: int) -> MaybeDeferred[IO[bytes]]:
         """The message's bytes in wire form, as a readable binary file.
 
         Raises :class:`mailsrv.errors.NoSuchMessage` if it was expunged.
@@ -204,7 +232,7 @@ class IMailbox(Interface):
         source: IO[bytes],
         flags: Iterable[str] = (),
         internal_date: datetime.datetime | None = None,
-    ) -> int:
+    ) -> MaybeDeferred[int]:
         """Add a message read from ``source`` (streamed); return its UID.
 
         Bare LF line ends are stored as CRLF.  ``internal_date`` defaults to
@@ -216,7 +244,7 @@ class IMailbox(Interface):
         flags: Iterable[str],
         mode: str,
         unchanged_since: int | None = None,
-    ) -> StoreResult:
+    ) -> MaybeDeferred[StoreResult]:
         """Change flags of the given messages (:class:`StoreMode`).
 
         Messages whose flags do not change keep their MODSEQ and are not in
@@ -224,37 +252,41 @@ class IMailbox(Interface):
         MODSEQ is higher are left alone and reported as conflicts.
         """
 
-    def copy(uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+    def copy(
+        uids: Iterable[int], destination: IMailbox
+    ) -> MaybeDeferred[Sequence[tuple[int, int]]]:
         """Copy messages with their flags and internal dates.
 
         Returns ``(source_uid, destination_uid)`` pairs, ascending by source
         UID, for UIDPLUS's COPYUID.
         """
 
-    def move(uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+    def move(
+        uids: Iterable[int], destination: IMailbox
+    ) -> MaybeDeferred[Sequence[tuple[int, int]]]:
         """Like :meth:`copy`, then expunge the originals (RFC 6851)."""
 
-    def expunge(uids: Iterable[int] | None = None) -> Sequence[int]:
+    def expunge(uids: Iterable[int] | None = None) -> MaybeDeferred[Sequence[int]]:
         """Remove the messages flagged ``\\Deleted`` (only among ``uids`` if
         given: UID EXPUNGE); return the removed UIDs, ascending."""
 
-    def claim_recent() -> frozenset[int]:
+    def claim_recent() -> MaybeDeferred[frozenset[int]]:
         """Take the \\Recent messages no session has been given yet.
 
         A message is \\Recent for exactly one session (RFC 3501 2.3.2): the
         first to claim it after it arrived.
         """
 
-    def check() -> None:
+    def check() -> MaybeDeferred[None]:
         """Look now for changes made outside this process (cheaply).
 
         Found changes are announced to listeners before this returns.
         """
 
-    def changed_since(modseq: int) -> Sequence[IMessage]:
+    def changed_since(modseq: int) -> MaybeDeferred[Sequence[IMessage]]:
         """Messages whose MODSEQ is above ``modseq`` (CONDSTORE)."""
 
-    def expunged_since(modseq: int) -> Sequence[int]:
+    def expunged_since(modseq: int) -> MaybeDeferred[Sequence[int]]:
         """UIDs expunged after ``modseq`` (QRESYNC VANISHED)."""
 
     def add_listener(listener: IMailboxListener) -> None:
@@ -268,19 +300,47 @@ class IMessageCache(Interface):
     """Optional: a mailbox that keeps parsed data (envelope, structure, chosen
     headers) beside its index, so FETCH and SEARCH need not reparse."""
 
-    def get_cached(uid: int, kind: str) -> bytes | None:
+    def get_cached(uid: int, kind: str) -> MaybeDeferred[bytes | None]:
         """The value stored for this message and kind, or None."""
 
-    def set_cached(uid: int, kind: str, value: bytes) -> None:
+    def set_cached(uid: int, kind: str, value: bytes) -> MaybeDeferred[None]:
         """Store a value; it is dropped with the message."""
 
-    def get_cached_many(uids: Iterable[int], kind: str) -> Mapping[int, bytes]:
+    def get_cached_many(uids: Iterable[int], kind: str) -> MaybeDeferred[Mapping[int, bytes]]:
         """The values stored for these messages and this kind, by UID; UIDs
         without one are left out.  One call for a whole FETCH batch."""
 
-    def set_cached_many(kind: str, values: Mapping[int, bytes]) -> None:
+    def set_cached_many(kind: str, values: Mapping[int, bytes]) -> MaybeDeferred[None]:
         """Store several values of one kind at once (one transaction);
         values for messages that no longer exist are dropped."""
+
+
+class IMaildropLocking(Interface):
+    """Optional, on an INBOX: a POP3 maildrop lock other processes see too.
+
+    :class:`~mailsrv.storage.maildrop.Maildrop` always locks the maildrop
+    against a second POP3 session in its own process; a backend shared by
+    several processes (Maildir's ``flock``, PostgreSQL's advisory lock)
+    provides this so sessions elsewhere are kept out as well.
+    """
+
+    def lock_maildrop() -> MaybeDeferred[Callable[[], object]]:
+        """Take the lock for a POP3 session; answer its release.
+
+        Raises :class:`mailsrv.errors.MailboxInUse` while another session
+        holds it.  The release may answer a Deferred: the maildrop waits for
+        it before QUIT is answered, so the client's next login is not
+        refused.
+        """
+
+
+class IPop3UidSource(Interface):
+    """Optional, on an INBOX: POP3 UIDLs carried over from a migration, so
+    clients that leave mail on the server do not download it again."""
+
+    def pop3_uidls() -> MaybeDeferred[Mapping[int, str]]:
+        """``{uid: uidl}`` for messages that keep an old UIDL; the others
+        get the computed one (:func:`mailsrv.storage.maildrop.unique_id`)."""
 
 
 class IAccount(Interface):
@@ -289,38 +349,38 @@ class IAccount(Interface):
     username = Attribute("str: the account's user name.")
     delimiter = Attribute("str: the hierarchy delimiter, '/'.")
 
-    def list_mailboxes() -> Sequence[MailboxEntry]:
+    def list_mailboxes() -> MaybeDeferred[Sequence[MailboxEntry]]:
         """Every mailbox (and \\Noselect parent) of the account, INBOX first."""
 
-    def get_mailbox(name: str) -> IMailbox:
+    def get_mailbox(name: str) -> MaybeDeferred[IMailbox]:
         """Open a mailbox; raises :class:`mailsrv.errors.NoSuchMailbox`.
 
         Two calls for one name in one process return mailboxes that share
         listeners, so sessions see each other's changes at once.
         """
 
-    def create_mailbox(name: str, special_use: Iterable[str] = ()) -> None:
+    def create_mailbox(name: str, special_use: Iterable[str] = ()) -> MaybeDeferred[None]:
         """Create a mailbox (and missing parents); a trailing delimiter is
         ignored.  Raises ``MailboxExists`` or ``InvalidMailboxName``."""
 
-    def delete_mailbox(name: str) -> None:
+    def delete_mailbox(name: str) -> MaybeDeferred[None]:
         """Delete a mailbox and its messages.  A mailbox with children
         becomes \\Noselect instead (RFC 3501 6.3.4); INBOX cannot be deleted."""
 
-    def rename_mailbox(old: str, new: str) -> None:
+    def rename_mailbox(old: str, new: str) -> MaybeDeferred[None]:
         """Rename a mailbox with its children.  Renaming INBOX moves its
         messages into the new mailbox and leaves INBOX empty (RFC 3501 6.3.5)."""
 
-    def subscriptions() -> Sequence[str]:
+    def subscriptions() -> MaybeDeferred[Sequence[str]]:
         """Subscribed names, which need not exist."""
 
-    def subscribe(name: str) -> None:
+    def subscribe(name: str) -> MaybeDeferred[None]:
         """Add a name to the subscriptions."""
 
-    def unsubscribe(name: str) -> None:
+    def unsubscribe(name: str) -> MaybeDeferred[None]:
         """Remove a name from the subscriptions."""
 
-    def status(name: str) -> MailboxStatus:
+    def status(name: str) -> MaybeDeferred[MailboxStatus]:
         """Counters of a mailbox without selecting it or opening messages."""
 
     def logout() -> None:
@@ -343,27 +403,35 @@ class IMaildrop(Interface):
     are not shown), and only :meth:`commit` changes the mailbox.
     """
 
-    def open() -> Sequence[MaildropEntry]:
+    def open() -> MaybeDeferred[Sequence[MaildropEntry]]:
         """Lock the maildrop and list it, oldest first.
 
         Raises :class:`mailsrv.errors.MailboxInUse` while another POP3
         session holds it.
         """
 
-    def retrieve(uid: int) -> IO[bytes]:
+    def retrieve(uid: int) -> MaybeDeferred[IO[bytes]]:
         """The message's bytes in wire form."""
 
-    def commit(deleted: Iterable[int], seen: Iterable[int]) -> None:
+    def commit(deleted: Iterable[int], seen: Iterable[int]) -> MaybeDeferred[None]:
         """The UPDATE state: flag ``seen`` as \\Seen, remove ``deleted``,
         and release the lock."""
 
-    def release() -> None:
+    def release() -> MaybeDeferred[None]:
         """Give up the lock without changing anything (connection lost)."""
 
 
 class IStorage(Interface):
     """Where accounts come from: what the realm asks for a logged-in user."""
 
-    def account(username: str, home: str | None = None) -> IAccount:
+    def account(username: str, home: str | None = None) -> MaybeDeferred[IAccount]:
         """The account of ``username``; ``home`` is the passwd-file home
         directory, for path templates that use it."""
+
+
+class IWatchingStorage(Interface):
+    """Optional, on a storage: it runs a watcher (file-system events, a
+    database's notifications) that must stop with the daemon."""
+
+    def stop_watching() -> None:
+        """Stop watching and release what the watcher holds (service shutdown)."""

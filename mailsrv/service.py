@@ -32,7 +32,7 @@ from mailsrv.auth.passwdfile import PasswdFile, create_empty
 from mailsrv.auth.realm import MailRealm
 from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
-from mailsrv.interfaces import IStorage
+from mailsrv.interfaces import IStorage, IWatchingStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.reload import LiveParts, MailService
 from mailsrv.tls import ensure_self_signed, server_context
@@ -233,16 +233,15 @@ def lmtp_endpoint(listener: Listener, mode: int) -> str:
 
 
 class StorageService(service.Service):
-    """Stops the storage's file-system watchers when the daemon stops."""
+    """Stops the storage's watcher (:class:`IWatchingStorage`) when the daemon stops."""
 
     def __init__(self, storage: IStorage) -> None:
         self.storage = storage
 
     def stopService(self) -> None:
         super().stopService()
-        stop = getattr(self.storage, "stop_watching", None)
-        if stop is not None:
-            stop()
+        if IWatchingStorage.providedBy(self.storage):
+            IWatchingStorage(self.storage).stop_watching()
 
 
 class UsersFileCheck(service.Service):

@@ -1,9 +1,10 @@
 """A real ``twistd -n mailsrv`` killed with SIGKILL, its Maildir damaged the
 way crashes and disks damage it, restarted, and checked over IMAP and on disk.
 
-Kills that must land inside an operation use the fault points of
-mailsrv.storage.maildir (``MAILSRV_CRASH_AT=NAME[@N]`` in the daemon's
-environment makes it SIGKILL itself there), so each test is deterministic.
+Kills that must land inside an operation use the fault points of the Maildir
+backend (:func:`mailsrv.storage.maildir.recovery.crash_point`:
+``MAILSRV_CRASH_AT=NAME[@N]`` in the daemon's environment makes it SIGKILL
+itself there), so each test is deterministic.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
 from tests.helpers import source_env
-from tests.test_maildir import Recorder
+from tests.maildir_case import Recorder
 
 # A delivery agent in a loop: one line "UID MESSAGE-ID" per acknowledged message.
 CHILD = r"""

@@ -26,10 +26,10 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 
 from mailsrv import cli
 from mailsrv.interfaces import StoreMode
-from mailsrv.storage.index import Index
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
+from mailsrv.storage.maildir.index import Index
 from tests.helpers import source_env
-from tests.test_maildir import MaildirTestCase, Recorder
+from tests.maildir_case import MaildirTestCase, Recorder
 
 INDEX = "mailsrv-index.sqlite"
 UIDLIST = "mailsrv-uidlist"
@@ -646,3 +646,45 @@ class MoveTests(RecoveryTestCase):
         account = self.account()
         self.assertEqual(account.open_mailbox("INBOX").uids(), (4,))
         self.assertEqual(account.open_mailbox("Archive").uids(), (1, 2, 3))
+
+
+class LogTests(RecoveryTestCase):
+    def lines(self) -> list[str]:
+        return [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_namespace") == "mailsrv.storage.maildir"
+        ]
+
+    def reopened_elsewhere(self, inbox: MaildirMailbox) -> None:
+        """Another process rebuilds the index; ``inbox`` reopens it."""
+        MaildirStorage(self.template).account("alice").open_mailbox("INBOX").rebuild()
+        inbox.check()
+
+    def test_warnings_about_the_tree_keep_their_text(self) -> None:
+        """A warning logged once per storage (an odd entry in cur/) reads
+        the same to every log observer, also those the legacy log bridge
+        (trial's, twistd's) runs before."""
+        inbox = self.inbox()
+        os.mkdir(os.path.join(self.root, "cur", "not-a-message"))
+        inbox.check()
+        path = os.path.join(self.root, "cur", "not-a-message")
+        self.assertIn(f"{path} is not a regular file; ignored", self.lines())
+
+    def test_configured_level_applies(self) -> None:
+        """``[logging] level = "warn"`` hides the backend's info lines (an
+        index reopened after another process replaced it), not its
+        warnings; at ``info`` both show."""
+        from mailsrv import log
+
+        log.set_level("warn")
+        self.addCleanup(log.set_level, "info")
+        inbox = self.inbox()
+        inbox.append(io.BytesIO(b"Subject: x\r\n\r\nx\r\n"))
+        os.mkdir(os.path.join(self.root, "cur", "not-a-message"))
+        self.reopened_elsewhere(inbox)
+        self.assertTrue([line for line in self.lines() if "not a regular file" in line])
+        self.assertEqual([line for line in self.lines() if "was replaced" in line], [])
+        log.set_level("info")
+        self.reopened_elsewhere(inbox)
+        self.assertTrue([line for line in self.lines() if "was replaced" in line])

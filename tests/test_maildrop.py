@@ -8,18 +8,21 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.trial import unittest
+from zope.interface import alsoProvides
 
 from mailsrv.errors import MailboxInUse, NoSuchMessage, TemporaryFailure
 from mailsrv.interfaces import (
     DELETED,
     SEEN,
     IMaildrop,
+    IMaildropLocking,
+    IPop3UidSource,
     MaildropEntry,
     StoreMode,
 )
 from mailsrv.storage.maildrop import Maildrop, unique_id
 from mailsrv.storage.memory import MemoryStorage
-from tests.storage_suite import ListenerRecorder
+from mailsrv.testing.storage import ListenerRecorder
 
 
 def message(number: int, newline: bytes = b"\r\n") -> bytes:
@@ -27,13 +30,17 @@ def message(number: int, newline: bytes = b"\r\n") -> bytes:
 
 
 class _Proxy:
-    """Answers every call of the wrapped object through a Deferred."""
+    """Answers every call of the wrapped object through a Deferred; also
+    provides the optional interfaces given (for the methods overridden)."""
 
-    def __init__(self, wrapped: Any, **overrides: Any) -> None:
+    def __init__(self, wrapped: Any, *provides: Any, **overrides: Any) -> None:
         self._wrapped = wrapped
         self._overrides = overrides
+        alsoProvides(self, *provides)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)  # zope.interface's own, not the wrapped object's
         if name in self._overrides:
             return self._overrides[name]
         value = getattr(self._wrapped, name)
@@ -218,7 +225,7 @@ class MaildropTests(unittest.SynchronousTestCase):
     def test_carried_uidls(self) -> None:
         """UIDLs a backend kept from a migration are used as they are."""
         carried = {self.uids[1]: "dovecot-legacy-uidl"}
-        inbox = _Proxy(self.inbox, pop3_uidls=lambda: carried)
+        inbox = _Proxy(self.inbox, IPop3UidSource, pop3_uidls=lambda: carried)
         account = _Proxy(self.account, get_mailbox=lambda name: inbox)
         listing = self.open(self.maildrop(account))
         self.assertEqual(listing[1].unique_id, "dovecot-legacy-uidl")
@@ -234,7 +241,7 @@ class MaildropTests(unittest.SynchronousTestCase):
             events.append("locked")
             return lambda: events.append("released")
 
-        inbox = _Proxy(self.inbox, lock_maildrop=lock_maildrop)
+        inbox = _Proxy(self.inbox, IMaildropLocking, lock_maildrop=lock_maildrop)
         return _Proxy(self.account, get_mailbox=lambda name: inbox), events
 
     def test_backend_lock_held_until_commit(self) -> None:
@@ -256,7 +263,7 @@ class MaildropTests(unittest.SynchronousTestCase):
         def lock_maildrop() -> Any:
             return lambda: unlocked
 
-        inbox = _Proxy(self.inbox, lock_maildrop=lock_maildrop)
+        inbox = _Proxy(self.inbox, IMaildropLocking, lock_maildrop=lock_maildrop)
         account = _Proxy(self.account, get_mailbox=lambda name: inbox)
         maildrop = self.maildrop(account)
         self.open(maildrop)
@@ -279,10 +286,30 @@ class MaildropTests(unittest.SynchronousTestCase):
         gc.collect()
         self.assertEqual(events, ["locked", "released"])
 
+    def test_undeclared_optional_methods_are_not_used(self) -> None:
+        """The optional features are what a backend declares: methods that
+        happen to carry their names, on a mailbox that does not provide
+        IMaildropLocking or IPop3UidSource, are left alone."""
+        called: list[str] = []
+
+        def lock_maildrop() -> Any:
+            called.append("lock_maildrop")
+            return lambda: None
+
+        def pop3_uidls() -> dict[int, str]:
+            called.append("pop3_uidls")
+            return {self.uids[0]: "not-to-be-used"}
+
+        inbox = _Proxy(self.inbox, lock_maildrop=lock_maildrop, pop3_uidls=pop3_uidls)
+        account = _Proxy(self.account, get_mailbox=lambda name: inbox)
+        listing = self.open(self.maildrop(account))
+        self.assertEqual(called, [])
+        self.assertEqual(listing[0].unique_id, unique_id(self.uids[0], self.inbox.uidvalidity))
+
     def test_carried_uidls_that_break_rfc_1939_are_not_used(self) -> None:
         """RFC 1939 7: a unique-id is 1 to 70 characters in 0x21..0x7E."""
         carried = {self.uids[0]: "x" * 71, self.uids[1]: "has space", self.uids[2]: "ok-\u00e9"}
-        inbox = _Proxy(self.inbox, pop3_uidls=lambda: carried)
+        inbox = _Proxy(self.inbox, IPop3UidSource, pop3_uidls=lambda: carried)
         account = _Proxy(self.account, get_mailbox=lambda name: inbox)
         listing = self.open(self.maildrop(account))
         validity = self.inbox.uidvalidity

@@ -18,8 +18,8 @@ from twisted.trial.unittest import TestCase
 from mailsrv.auth.realm import MailRealm
 from mailsrv.policy import SessionPolicy
 from tests import pgcluster
+from tests.imap_helpers import Client, RecordingFactory
 from tests.pop3_helpers import TCPServer
-from tests.test_imap_server import Client, RecordingFactory
 
 
 class UnreachableDatabaseTests(TestCase):

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from mailsrv.auth.passwdfile import PasswdFile
 from mailsrv.config import Listener, load_config
 from mailsrv.errors import ConfigError
-from mailsrv.service import ListenerService, UsersFileCheck, make_service
+from mailsrv.interfaces import IMailbox, IMailboxListener, IMessage
+from mailsrv.service import ListenerService, StorageService, UsersFileCheck, make_service
+from mailsrv.storage.maildir import MaildirStorage
+from mailsrv.storage.memory import MemoryStorage
 
 
 class Greeter(Protocol):
@@ -51,6 +57,49 @@ class ListenerServiceTests(unittest.TestCase):
             e = self.assertRaises(ConfigError, service.privilegedStartService)
         self.assertEqual((e.path, e.key), ("c.toml", "imap.listen[0]"))
         self.assertIn("cannot listen on", e.reason)
+
+
+@implementer(IMailboxListener)
+class _Idle:
+    def messages_added(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+        pass
+
+    def flags_changed(self, mailbox: IMailbox, messages: Sequence[IMessage]) -> None:
+        pass
+
+    def messages_expunged(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+        pass
+
+
+class StorageServiceTests(unittest.TestCase):
+    def test_stopping_stops_the_watcher(self) -> None:
+        """When the daemon stops, so does the storage's watcher
+        (IWatchingStorage): an idle session's folder is polled no more."""
+        clock = Clock()
+        template = os.path.join(os.path.abspath(self.mktemp()), "{user}", "Maildir")
+        storage = MaildirStorage(template, poll_interval=3.0, reactor=clock)
+        storage.account("alice").open_mailbox("INBOX").add_listener(_Idle())
+        service = StorageService(storage)
+        service.startService()
+        self.assertNotEqual(clock.getDelayedCalls(), [])
+        service.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_storage_without_a_watcher(self) -> None:
+        """A storage that does not declare IWatchingStorage is left alone,
+        whatever methods it happens to have."""
+
+        class Plain(MemoryStorage):
+            stopped = False
+
+            def stop_watching(self) -> None:
+                self.stopped = True
+
+        storage = Plain()
+        service = StorageService(storage)
+        service.startService()
+        service.stopService()
+        self.assertFalse(storage.stopped)
 
 
 class MakeServiceTests(unittest.TestCase):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 
 from twisted.trial import unittest
 
 from mailsrv.interfaces import IStorage
 from mailsrv.storage.maildir import MaildirStorage
-from tests.storage_suite import StorageSuiteMixin
+from mailsrv.testing.storage import StorageSuiteMixin
 
 
 class MaildirStorageTests(StorageSuiteMixin, unittest.TestCase):
@@ -20,3 +21,12 @@ class MaildirStorageTests(StorageSuiteMixin, unittest.TestCase):
     def reopen_storage(self, storage: IStorage) -> IStorage:
         assert isinstance(storage, MaildirStorage)
         return MaildirStorage(storage.template)
+
+    def deliver_outside(self, storage: IStorage, data: bytes) -> None:
+        """As an MTA delivers: LF line ends, written in tmp/, renamed into new/."""
+        assert isinstance(storage, MaildirStorage)
+        root = storage.root(self.username)
+        name = f"{time.time_ns()}.P{os.getpid()}.outside"
+        with open(os.path.join(root, "tmp", name), "wb") as handle:
+            handle.write(data.replace(b"\r\n", b"\n"))
+        os.rename(os.path.join(root, "tmp", name), os.path.join(root, "new", name))

@@ -31,12 +31,18 @@ from mailsrv.interfaces import (
     StoreMode,
 )
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
-from tests.storage_suite import ListenerRecorder, StorageSuiteMixin
+from mailsrv.testing.storage import ListenerRecorder, StorageSuiteMixin
 
 
 class MemoryStorageTests(StorageSuiteMixin, unittest.TestCase):
     def make_storage(self) -> IStorage:
         return MemoryStorage()
+
+    def deliver_outside(self, storage: IStorage, data: bytes) -> int:
+        """Memory's writer from outside the mailbox objects: deliver(), the
+        way a test or an embedding application plays the MTA."""
+        assert isinstance(storage, MemoryStorage)
+        return storage.deliver(self.username, data)
 
 
 def _message(number: int) -> bytes:

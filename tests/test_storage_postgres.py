@@ -20,12 +20,14 @@ from mailsrv.interfaces import (
     SEEN,
     IAccount,
     IMailbox,
+    IMaildropLocking,
     IMessageCache,
     IStorage,
+    IWatchingStorage,
     StoreMode,
 )
+from mailsrv.testing.storage import ListenerRecorder, StorageSuiteMixin
 from tests.pgcluster import new_dsn, new_storage
-from tests.storage_suite import ListenerRecorder, StorageSuiteMixin
 
 
 class PostgresStorageTests(StorageSuiteMixin, unittest.TestCase):
@@ -39,6 +41,13 @@ class PostgresStorageTests(StorageSuiteMixin, unittest.TestCase):
         old: Any = storage
         reopened: IStorage = new_storage(self, old.dsn)
         return reopened
+
+    async def deliver_outside(self, storage: IStorage, data: bytes) -> None:
+        """Another node on the same database appends it."""
+        other = self.reopen_storage(storage)
+        account: IAccount = await call(other.account, self.username)
+        inbox: IMailbox = await call(account.get_mailbox, "INBOX")
+        await call(inbox.append, io.BytesIO(data))
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
@@ -94,6 +103,8 @@ class PostgresBackendTests(unittest.TestCase):
         self.assertTrue(verifyObject(IAccount, account))
         self.assertTrue(verifyObject(IMailbox, mailbox))
         self.assertTrue(verifyObject(IMessageCache, mailbox))
+        self.assertTrue(verifyObject(IMaildropLocking, mailbox))
+        self.assertTrue(verifyObject(IWatchingStorage, self.storage))
 
     async def test_bodies_stored_once_and_deleted_with_the_last_reference(self) -> None:
         data = message(1, 1000)

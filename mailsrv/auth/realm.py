@@ -14,7 +14,7 @@ from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mailsrv.interfaces import IAccount, IMaildrop, IStorage
+from mailsrv.interfaces import IAccount, IMaildrop, IStorage, maybe_deferred
 
 # At import, not at the first POP3 login: by then twistd has dropped root,
 # and the daemon's user may not be able to read the installed code.
@@ -48,7 +48,7 @@ class MailRealm:
         wanted = [i for i in interfaces if i in (IAccount, IMaildrop)]
         if not wanted:
             return defer.fail(NotImplementedError("mailsrv serves IAccount and IMaildrop only"))
-        d = defer.maybeDeferred(self.storage.account, name, self.home_of(name))
+        d = maybe_deferred(self.storage.account, name, self.home_of(name))
         return d.addCallback(self._avatar, wanted[0])
 
     @staticmethod

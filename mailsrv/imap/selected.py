@@ -40,6 +40,7 @@ from mailsrv.interfaces import (
     IMailbox,
     IMailboxListener,
     IMessage,
+    maybe_deferred,
 )
 
 __all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
@@ -355,7 +356,7 @@ class SelectedMailbox:
 
     def _fetch_range(self, low: int, high: int) -> defer.Deferred[Sequence[IMessage]]:
         uids = [uid for _, uid in self.map.by_seq(low, high)]
-        return defer.maybeDeferred(self.mailbox.fetch, uids)
+        return maybe_deferred(self.mailbox.fetch, uids)
 
     # -- Keywords (RFC 3501 7.2.6) --------------------------------------------
     #
@@ -393,7 +394,7 @@ class SelectedMailbox:
         session was not told about (or ``seen``, met in messages); ``b""``
         when it knows them all."""
         seen = tuple(seen)
-        d: defer.Deferred[Sequence[str]] = defer.maybeDeferred(self.mailbox.keywords)
+        d: defer.Deferred[Sequence[str]] = maybe_deferred(self.mailbox.keywords)
 
         def unavailable(failure: Failure) -> Sequence[str]:
             # The store cannot list its keywords just now (a database

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox, StorageError, TemporaryFailure
-from mailsrv.interfaces import IAccount, IMailbox, IStorage
+from mailsrv.interfaces import IAccount, IMailbox, IStorage, maybe_deferred
 from mailsrv.storage import names
 
 __all__ = ["EmptyMessage", "deliver", "open_account", "reindex", "store"]
@@ -71,7 +71,7 @@ class _Peeked:
 def _mailbox(account: IAccount, folder: str, quiet: bool) -> defer.Deferred[IMailbox]:
     """The target folder, or INBOX when it is missing or invalid (as Dovecot's LDA)."""
     if names.is_inbox(folder):
-        return defer.maybeDeferred(account.get_mailbox, names.INBOX)
+        return maybe_deferred(account.get_mailbox, names.INBOX)
 
     def fall_back(failure: Failure) -> Any:
         failure.trap(NoSuchMailbox, InvalidMailboxName)
@@ -84,7 +84,7 @@ def _mailbox(account: IAccount, folder: str, quiet: bool) -> defer.Deferred[IMai
         )
         return account.get_mailbox(names.INBOX)
 
-    return defer.maybeDeferred(account.get_mailbox, folder).addErrback(fall_back)
+    return maybe_deferred(account.get_mailbox, folder).addErrback(fall_back)
 
 
 def _temporary(failure: Failure, user: str) -> Failure:
@@ -104,7 +104,7 @@ def _temporary(failure: Failure, user: str) -> Failure:
 def open_account(storage: IStorage, user: str, home: str | None) -> defer.Deferred[IAccount]:
     """The recipient's account; a file-system error opening it (a Maildir
     that cannot be created) is a :class:`TemporaryFailure`, as in :func:`store`."""
-    opened = defer.maybeDeferred(storage.account, user, home)
+    opened = maybe_deferred(storage.account, user, home)
     return opened.addErrback(_temporary, user)
 
 

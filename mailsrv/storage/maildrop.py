@@ -4,8 +4,11 @@ POP3 and IMAP share one store: the maildrop lists the INBOX's messages by
 their UIDs, and the POP3 UPDATE state becomes ordinary flag changes and a
 UID EXPUNGE, so IMAP sessions hear about it like any other change.
 
-Only the interface is used, every call through ``defer.maybeDeferred``, so
-the adapter works the same over synchronous and asynchronous backends.
+Only the interfaces are used, every call through ``maybe_deferred``, so the
+adapter works the same over synchronous and asynchronous backends; the
+optional :class:`~mailsrv.interfaces.IMaildropLocking` and
+:class:`~mailsrv.interfaces.IPop3UidSource` are used where the INBOX
+provides them.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ from mailsrv.interfaces import (
     IAccount,
     IMailbox,
     IMaildrop,
+    IMaildropLocking,
+    IMessage,
+    IPop3UidSource,
     MaildropEntry,
     StoreMode,
+    maybe_deferred,
 )
 
 __all__ = ["Maildrop", "unique_id"]
@@ -57,9 +64,7 @@ class Maildrop:
     The lock is per process and keyed by the user name and the INBOX's
     UIDVALIDITY, so two storages that happen to have a user of the same name
     (tests, embedding) do not block each other, while every session on one
-    INBOX does.  Every method returns a Deferred, as the interface allows
-    (hence the ``type: ignore[override]``: the interface spells only the
-    value types).
+    INBOX does.  Every method returns a Deferred, as the interface allows.
     """
 
     def __init__(self, account: IAccount) -> None:
@@ -79,11 +84,11 @@ class Maildrop:
         """Whether this maildrop holds the lock (between open and commit/release)."""
         return self._key is not None
 
-    def open(self) -> defer.Deferred[Sequence[MaildropEntry]]:  # type: ignore[override]
+    def open(self) -> defer.Deferred[Sequence[MaildropEntry]]:
         return defer.Deferred.fromCoroutine(self._open())
 
     async def _open(self) -> Sequence[MaildropEntry]:
-        inbox: IMailbox = await defer.maybeDeferred(self.account.get_mailbox, INBOX)
+        inbox = await maybe_deferred(self.account.get_mailbox, INBOX)
         key = (self.account.username, inbox.uidvalidity)
         holder = _held.get(key)
         if holder is not None:
@@ -102,23 +107,20 @@ class Maildrop:
         return listing
 
     async def _lock_across_processes(self, inbox: IMailbox) -> None:
-        """Also take the backend's own lock, where it has one (Maildir's
-        ``lock_maildrop``), so sessions in other processes are kept out too.
-
-        Optional and outside the interface, like ``pop3_uidls``: the
-        in-process lock above is all a backend without it gets.
+        """Also take the backend's own lock, where it has one
+        (:class:`IMaildropLocking`), so sessions in other processes are kept
+        out too; the in-process lock above is all a backend without it gets.
         """
-        method = getattr(inbox, "lock_maildrop", None)
-        if method is not None:
-            release = await defer.maybeDeferred(method)
+        if IMaildropLocking.providedBy(inbox):
+            release = await maybe_deferred(IMaildropLocking(inbox).lock_maildrop)
             # Released at commit or release, or when a maildrop that was
             # never released is collected (as the weak _held entry is).
             self._release_backend = weakref.finalize(self, release)
 
     async def _snapshot(self, inbox: IMailbox) -> list[MaildropEntry]:
-        await defer.maybeDeferred(inbox.check)
-        uids: Sequence[int] = await defer.maybeDeferred(inbox.uids)
-        messages: Sequence[Any] = await defer.maybeDeferred(inbox.fetch, list(uids))
+        await maybe_deferred(inbox.check)
+        uids = await maybe_deferred(inbox.uids)
+        messages: Sequence[IMessage] = await maybe_deferred(inbox.fetch, list(uids))
         uidvalidity = inbox.uidvalidity
         carried = await self._carried_uidls(inbox)
         self._unseen_at_open = {m.uid for m in messages if SEEN not in m.flags}
@@ -132,27 +134,23 @@ class Maildrop:
         ]
 
     async def _carried_uidls(self, inbox: IMailbox) -> dict[int, str]:
-        """UIDLs a backend kept from a migration (Maildir's ``pop3_uidls``).
-
-        Optional and outside the interface: backends without it use the
-        computed form for every message.
-        """
-        method = getattr(inbox, "pop3_uidls", None)
-        if method is None:
+        """UIDLs a backend kept from a migration (:class:`IPop3UidSource`);
+        without it every message gets the computed form."""
+        if not IPop3UidSource.providedBy(inbox):
             return {}
-        found: dict[int, str] = await defer.maybeDeferred(method)
+        found = await maybe_deferred(IPop3UidSource(inbox).pop3_uidls)
         # RFC 1939 7: 1 to 70 characters from 0x21 to 0x7E; anything else
         # would break clients, so such a message gets the computed UIDL.
         return {uid: uidl for uid, uidl in found.items() if _VALID_UIDL.fullmatch(uidl)}
 
-    def retrieve(self, uid: int) -> defer.Deferred[IO[bytes]]:  # type: ignore[override]
+    def retrieve(self, uid: int) -> defer.Deferred[IO[bytes]]:
         if self._inbox is None:
             return defer.fail(NoSuchMessage("the maildrop is not open"))
         if uid not in self._listing:
             return defer.fail(NoSuchMessage(f"message UID {uid} is not in this maildrop"))
-        return defer.maybeDeferred(self._inbox.open, uid)
+        return maybe_deferred(self._inbox.open, uid)
 
-    def commit(self, deleted: Iterable[int], seen: Iterable[int]) -> defer.Deferred[None]:  # type: ignore[override]
+    def commit(self, deleted: Iterable[int], seen: Iterable[int]) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._commit(list(deleted), list(seen)))
 
     async def _commit(self, deleted: list[int], seen: list[int]) -> None:
@@ -172,10 +170,10 @@ class Maildrop:
                 set(seen) & self._unseen_at_open & self._listing.keys() - set(deleted_uids)
             )
             if seen_uids:
-                await defer.maybeDeferred(inbox.store, seen_uids, [SEEN], StoreMode.ADD)
+                await maybe_deferred(inbox.store, seen_uids, [SEEN], StoreMode.ADD)
             if deleted_uids:
-                await defer.maybeDeferred(inbox.store, deleted_uids, [DELETED], StoreMode.ADD)
-                await defer.maybeDeferred(inbox.expunge, deleted_uids)
+                await maybe_deferred(inbox.store, deleted_uids, [DELETED], StoreMode.ADD)
+                await maybe_deferred(inbox.expunge, deleted_uids)
         finally:
             released = self._unlock()
             if isinstance(released, defer.Deferred):
@@ -184,7 +182,7 @@ class Maildrop:
                 # login, on any node, is not refused [IN-USE].
                 await released
 
-    def release(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def release(self) -> defer.Deferred[None]:
         self._unlock()
         return defer.succeed(None)
 

@@ -45,9 +45,11 @@ from mailsrv.interfaces import (
     IStorage,
     MailboxEntry,
     MailboxStatus,
+    MaybeDeferred,
     MessageInfo,
     StoreMode,
     StoreResult,
+    maybe_deferred,
 )
 from mailsrv.log import get_logger
 from mailsrv.storage import names
@@ -373,14 +375,13 @@ class MemoryMailbox:
             state.announce("flags_changed", updated)
         return StoreResult(updated=updated, conflicts=tuple(conflicts))
 
-    def copy(  # type: ignore[override]
+    def copy(
         self, uids: Iterable[int], destination: IMailbox
-    ) -> list[tuple[int, int]] | defer.Deferred[list[tuple[int, int]]]:
+    ) -> MaybeDeferred[Sequence[tuple[int, int]]]:
         """Copy messages; synchronous into memory, via the interface elsewhere.
 
         Into another backend's mailbox the copies go through its ``append``
-        and the answer is a Deferred (hence the ignore: the interface spells
-        only the value type).
+        and the answer is a Deferred.
         """
         messages = self._state.select(uids)
         if isinstance(destination, MemoryMailbox):
@@ -394,13 +395,13 @@ class MemoryMailbox:
 
     def _copy_elsewhere(
         self, messages: list[_Message], destination: IMailbox
-    ) -> defer.Deferred[list[tuple[int, int]]]:
+    ) -> defer.Deferred[Sequence[tuple[int, int]]]:
         """Append copies one by one to a mailbox of another backend."""
 
-        async def run() -> list[tuple[int, int]]:
+        async def run() -> Sequence[tuple[int, int]]:
             pairs: list[tuple[int, int]] = []
             for message in messages:
-                uid: int = await defer.maybeDeferred(
+                uid = await maybe_deferred(
                     destination.append,
                     io.BytesIO(message.data),
                     message.flags,
@@ -411,9 +412,9 @@ class MemoryMailbox:
 
         return defer.Deferred.fromCoroutine(run())
 
-    def move(  # type: ignore[override]
+    def move(
         self, uids: Iterable[int], destination: IMailbox
-    ) -> list[tuple[int, int]] | defer.Deferred[list[tuple[int, int]]]:
+    ) -> MaybeDeferred[Sequence[tuple[int, int]]]:
         if isinstance(destination, MemoryMailbox):
             pairs = self.copy(uids, destination)
             assert isinstance(pairs, list)
@@ -423,7 +424,7 @@ class MemoryMailbox:
         result.addCallback(self._remove_copied)
         return result
 
-    def _remove_copied(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _remove_copied(self, pairs: Sequence[tuple[int, int]]) -> Sequence[tuple[int, int]]:
         self._remove([src for src, _ in pairs])
         return pairs
 

@@ -56,13 +56,7 @@ def normalize(name: str) -> str:
         raise InvalidMailboxName("empty mailbox name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidMailboxName(f"mailbox name longer than {MAX_NAME_LENGTH} characters")
-    for char in name:
-        if ord(char) < 0x20 or ord(char) == 0x7F or 0x80 <= ord(char) < 0xA0:
-            raise InvalidMailboxName("control characters are not allowed in mailbox names")
-        if 0xD800 <= ord(char) <= 0xDFFF:
-            raise InvalidMailboxName("mailbox name is not valid Unicode")
-    if "*" in name or "%" in name:
-        raise InvalidMailboxName("'*' and '%' are LIST wildcards, not allowed in mailbox names")
+    _check_characters(name)
     parts = name.split(DELIMITER)
     for part in parts:
         if not part:
@@ -72,6 +66,17 @@ def normalize(name: str) -> str:
     if is_inbox(parts[0]):
         parts[0] = INBOX
     return DELIMITER.join(parts)
+
+
+def _check_characters(name: str) -> None:
+    """Refuse control characters, broken Unicode and LIST wildcards."""
+    for char in name:
+        if ord(char) < 0x20 or ord(char) == 0x7F or 0x80 <= ord(char) < 0xA0:
+            raise InvalidMailboxName("control characters are not allowed in mailbox names")
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            raise InvalidMailboxName("mailbox name is not valid Unicode")
+    if "*" in name or "%" in name:
+        raise InvalidMailboxName("'*' and '%' are LIST wildcards, not allowed in mailbox names")
 
 
 def normalize_maildir(name: str) -> str:

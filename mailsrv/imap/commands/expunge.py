@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
-from twisted.internet import defer
 
 from mailsrv.imap import syntax
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec, Result
 from mailsrv.imap.syntax import SequenceSet
+from mailsrv.interfaces import maybe_deferred
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -49,7 +49,7 @@ def handle_expunge(session: Session, command: Expunge) -> Result:
         uids = session.resolve(command.sequence_set, True).uids()
         if not uids:
             return Done(text="EXPUNGE completed")
-    d = defer.maybeDeferred(view.mailbox.expunge, uids)
+    d = maybe_deferred(view.mailbox.expunge, uids)
 
     def done(removed: Sequence[int]) -> Done:
         view.note_expunged(removed)

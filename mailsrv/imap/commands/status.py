@@ -8,14 +8,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
-from twisted.internet import defer
 
 from mailsrv.imap import response, syntax
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
 from mailsrv.imap.session import existing
-from mailsrv.interfaces import MailboxStatus
+from mailsrv.interfaces import MailboxStatus, maybe_deferred
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -81,7 +80,7 @@ def status_line(session: Session, name: str, status: MailboxStatus, items: Itera
 
 
 def handle_status(session: Session, command: Status) -> Result:
-    d = defer.maybeDeferred(session.logged_in_account().status, existing(command.mailbox))
+    d = maybe_deferred(session.logged_in_account().status, existing(command.mailbox))
 
     def report(status: MailboxStatus) -> Done:
         session.send(status_line(session, command.mailbox, status, command.items))

@@ -198,6 +198,20 @@ class Database:
 
     # -- one unit of work -------------------------------------------------------------
 
+    def _connection_failed(
+        self, conn: psycopg.Connection[Any], exc: Exception, give_up: bool
+    ) -> None:
+        """A unit of work failed on its connection: raise :func:`unavailable`,
+        unless the connection went stale and one retry on a new one is
+        allowed (``give_up`` false)."""
+        if not (conn.broken or conn.closed):
+            raise unavailable(exc) from exc
+        self._discard(conn)
+        with self._mutex:
+            self._generation += 1
+        if give_up:
+            raise unavailable(exc) from exc
+
     def call(
         self,
         work: Callable[..., T],
@@ -219,10 +233,7 @@ class Database:
             try:
                 if not transaction:
                     return work(conn, *args)
-                if conn.isolation_level != isolation:
-                    conn.isolation_level = isolation
-                if conn.read_only != read_only:
-                    conn.read_only = read_only
+                _configure(conn, isolation, read_only)
                 with conn.transaction():
                     result = work(conn, *args)
                     committing = True
@@ -239,14 +250,18 @@ class Database:
             except (pg_errors.QueryCanceled, pg_errors.LockNotAvailable) as exc:
                 raise TemporaryFailure(f"mail database busy: {exc}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if not (conn.broken or conn.closed):
-                    raise unavailable(exc) from exc
-                self._discard(conn)
-                with self._mutex:
-                    self._generation += 1
-                if committing or fresh or stale_retry_done:
-                    # The commit's fate is unknown, or a new connection
-                    # failed too: the server is really away.
-                    raise unavailable(exc) from exc
+                # The commit's fate is unknown, or a new connection failed
+                # too: the server is really away.
+                self._connection_failed(conn, exc, committing or fresh or stale_retry_done)
                 stale_retry_done = True
                 log.info("mail database connection lost ({e}); reconnecting", e=str(exc).strip())
+
+
+def _configure(
+    conn: psycopg.Connection[Any], isolation: psycopg.IsolationLevel, read_only: bool
+) -> None:
+    """Set the transaction characteristics a unit of work asked for."""
+    if conn.isolation_level != isolation:
+        conn.isolation_level = isolation
+    if conn.read_only != read_only:
+        conn.read_only = read_only

@@ -31,11 +31,13 @@ from mailsrv.interfaces import (
     DELETED,
     IMailbox,
     IMailboxListener,
+    IMaildropLocking,
     IMessage,
     IMessageCache,
     MailboxStatus,
     StoreMode,
     StoreResult,
+    maybe_deferred,
 )
 from mailsrv.log import get_logger
 from mailsrv.storage.flags import check_flags
@@ -170,7 +172,7 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IMailbox, IMessageCache)
+@implementer(IMailbox, IMessageCache, IMaildropLocking)
 class PostgresMailbox:
     """A handle on one mailbox; all handles of a mailbox share its state."""
 
@@ -387,7 +389,7 @@ class PostgresMailbox:
                 except StorageError:
                     continue  # expunged meanwhile
                 try:
-                    uid: int = await defer.maybeDeferred(
+                    uid = await maybe_deferred(
                         destination.append, body, message.flags, message.internal_date
                     )
                 finally:

@@ -23,6 +23,7 @@ from mailsrv.interfaces import (
     SPECIAL_USES,
     IAccount,
     IStorage,
+    IWatchingStorage,
     MailboxEntry,
 )
 from mailsrv.log import get_logger
@@ -160,7 +161,7 @@ class PostgresAccount:
         the maildrop's release)."""
 
 
-@implementer(IStorage)
+@implementer(IStorage, IWatchingStorage)
 class PostgresStorage:
     """Accounts in a PostgreSQL database, shared by every node.
 
@@ -289,14 +290,9 @@ class PostgresStorage:
         everything committed before it was called.
         """
         if not state.listeners:
-            if wait:
-                return self._refresh(state)
+            return self._refresh(state) if wait else None
+        if not wait and not _coalesce(state):
             return None
-        if not wait:
-            if state.catching_up:
-                state.again = True
-                return None
-            state.catching_up = True
         result = self.db.run(
             queries.changes,
             state.user,
@@ -375,3 +371,13 @@ class PostgresStorage:
     def stop_watching(self) -> None:
         """The daemon is stopping (StorageService): close everything."""
         self.close()
+
+
+def _coalesce(state: MailboxState) -> bool:
+    """Whether a notification-driven catch-up of ``state`` may start now;
+    if one is in flight, one more is queued behind it instead."""
+    if state.catching_up:
+        state.again = True
+        return False
+    state.catching_up = True
+    return True

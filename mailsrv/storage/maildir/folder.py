@@ -1,0 +1,690 @@
+"""One Maildir++ folder as an :class:`~mailsrv.interfaces.IMailbox`.
+
+:class:`MaildirMailbox` answers the protocols over an
+:class:`~mailsrv.storage.maildir.indexed.IndexedFolder` (the files, UID list
+and index under the folder's lock): it makes each change on disk first and
+records it in the index after (:meth:`MaildirMailbox._record`), rebuilds a
+damaged index wherever the damage shows (:func:`_recovering`), and tells
+listeners what changed.  COPY and MOVE between folders are in
+:mod:`.transfer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import functools
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
+from mailsrv.interfaces import (
+    IMailbox,
+    IMailboxListener,
+    IMaildropLocking,
+    IMessage,
+    IMessageCache,
+    IPop3UidSource,
+    MailboxStatus,
+    MessageInfo,
+    StoreMode,
+    StoreResult,
+)
+from mailsrv.log import get_logger
+from mailsrv.storage.maildir import transfer
+from mailsrv.storage.maildir.index import Row, is_corruption
+from mailsrv.storage.maildir.indexed import IndexedFolder, Write
+from mailsrv.storage.maildir.keywords import KeywordTable, sorted_info, split_flags
+from mailsrv.storage.maildir.layout import (
+    POP3_LOCK_NAME,
+    datetime_ns,
+    fsync_dir,
+    ns_datetime,
+    open_wire,
+    unique_name,
+    write_tmp,
+)
+from mailsrv.storage.maildir.recovery import crash_point
+from mailsrv.storage.maildir.watch import Watcher
+
+__all__ = ["MaildirMailbox"]
+
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
+
+_T = TypeVar("_T")
+
+
+def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a mailbox operation once more after rebuilding a damaged index.
+
+    Index damage can surface at any query ("database disk image is
+    malformed" deep inside a FETCH), so every operation that reads the
+    index gets this.  Running one twice is safe: each either changes no
+    file, or changes files only after its last index read and records the
+    change through :meth:`MaildirMailbox._record`, which never raises.
+    Iterator arguments are read into lists first, for the second run.
+    """
+
+    @functools.wraps(method)
+    def run(self: MaildirMailbox, *args: Any, **kwargs: Any) -> _T:
+        args = tuple(list(arg) if isinstance(arg, Iterator) else arg for arg in args)
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if not is_corruption(exc):
+                raise
+            self._recover(exc)
+        return method(self, *args, **kwargs)
+
+    return run
+
+
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
+class MaildirMailbox:
+    """One Maildir++ folder, shared by every session of one storage instance.
+
+    :meth:`MaildirAccount.get_mailbox` hands out this same object to every
+    caller for a folder (while someone holds it), so listeners of all
+    sessions hear each other's changes at once.
+
+    :param root: the account's Maildir root; ``path``: the folder's.
+    :param watcher: told to watch the folder while it has listeners.
+    :param warn_once: logs a warning about the tree once per storage.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        path: str,
+        name: str,
+        *,
+        watcher: Watcher,
+        warn_once: Callable[[str], None],
+    ) -> None:
+        self._watcher = watcher
+        self.path = path
+        self.name = name
+        self.special_use: frozenset[str] = frozenset()
+        self._listeners: list[IMailboxListener] = []
+        self._folder = IndexedFolder(root, path, name, warn_once)
+
+    def __repr__(self) -> str:
+        return f"<MaildirMailbox {self.name!r} at {self.path!r}>"
+
+    def close(self) -> None:
+        """Forget the folder (it was deleted or renamed): later calls fail."""
+        self._folder.close()
+        self._watcher.unwatch(self)
+
+    # -- a damaged index --------------------------------------------------------
+
+    def _recover(self, exc: BaseException) -> None:
+        """The index failed with damage: rebuild it (see
+        :meth:`IndexedFolder.rebuild_damaged`) and tell listeners what the
+        rebuilt one shows differently."""
+        self._rebuilt(self._folder.rebuild_damaged(exc))
+
+    def _rebuilt(self, known: Sequence[int] | None) -> None:
+        """Tell listeners what a rebuilt index shows differently from ``known``
+        (the UIDs sessions were last given).  Every MODSEQ restarted above
+        the old ones, so flags are not announced again."""
+        folder = self._folder
+        db = folder.db
+        uids = db.uids()
+        present = set(uids)
+        gone = [uid for uid in known if uid not in present] if known is not None else []
+        added = [uid for uid in uids if uid >= folder.seen_uidnext]
+        folder.seen_modseq = db.get_int("highest_modseq")
+        folder.seen_uidnext = db.get_int("uidnext")
+        for listener in list(self._listeners):
+            try:
+                if added:
+                    listener.messages_added(self, added)
+                if gone:
+                    listener.messages_expunged(self, gone)
+            except Exception:
+                log.failure("mailbox listener {listener!r} failed", listener=listener)
+
+    def _record(self, commit: Callable[[], None]) -> None:
+        """Commit to the index a change the files already show (lock held).
+
+        Once a message file is in place the change is done (RFC 3501
+        6.3.11: a NO to APPEND means the message was not appended, and a
+        client retries it), so failing to record it must neither fail the
+        command nor undo it.  A damaged index is rebuilt from the files,
+        which include the change; after any other failure the index stays
+        behind, and the next look at the folder catches up: the UID list's
+        tail names the new files' UIDs and cur/'s signature shows the change.
+        """
+        try:
+            commit()
+        except Exception as exc:
+            try:
+                if not is_corruption(exc):
+                    raise
+                self._recover(exc)
+            except (sqlite3.Error, OSError, StorageError) as error:
+                log.warn(
+                    "could not record a change in {path} ({error}); "
+                    "the next look at the folder catches up",
+                    path=self._folder.index_path,
+                    error=str(error) or type(error).__name__,
+                )
+            except Exception:
+                log.failure(
+                    "recording a change in {path} failed; the next look at the folder catches up",
+                    path=self._folder.index_path,
+                )
+        self._folder.changed()
+
+    def _begin_recovering(self) -> Write:
+        """:meth:`IndexedFolder.begin` on a folder other than the one an
+        operation runs on (a MOVE's destination): its damaged index is its
+        own to rebuild."""
+        try:
+            return self._folder.begin()
+        except Exception as exc:
+            if not is_corruption(exc):
+                raise
+            self._recover(exc)
+            return self._folder.begin()
+
+    # -- telling listeners ------------------------------------------------------------
+
+    def _announce(self) -> None:
+        """Tell listeners what changed since they last heard (from the index).
+
+        Runs after a change is done, so it never fails the change: a
+        damaged index is rebuilt (and listeners told), other errors logged.
+        """
+        try:
+            self._tell_listeners()
+        except Exception as exc:
+            try:
+                if not is_corruption(exc):
+                    raise
+                self._recover(exc)
+            except Exception:
+                log.failure("telling listeners about changes in {path} failed", path=self.path)
+
+    def _tell_listeners(self) -> None:
+        folder = self._folder
+        db = folder.db
+        seen_modseq, seen_uidnext = folder.seen_modseq, folder.seen_uidnext
+        with db.snapshot():
+            highest = db.get_int("highest_modseq")
+            uidnext = db.get_int("uidnext")
+            if highest == seen_modseq and uidnext == seen_uidnext:
+                return
+            rows = db.changed_since(seen_modseq) if self._listeners else []
+            gone = db.expunged_since(seen_modseq) if self._listeners else []
+        added = [row.uid for row in rows if row.uid >= seen_uidnext]
+        # Another process may have defined the keywords these rows carry.
+        folder.keywords.refresh()
+        changed = [self._info(row) for row in rows if row.uid < seen_uidnext]
+        expunged = [uid for uid in gone if uid < seen_uidnext]
+        folder.seen_modseq, folder.seen_uidnext = highest, uidnext
+        for listener in list(self._listeners):
+            try:
+                if added:
+                    listener.messages_added(self, added)
+                if changed:
+                    listener.flags_changed(self, changed)
+                if expunged:
+                    listener.messages_expunged(self, expunged)
+            except Exception:
+                log.failure("mailbox listener {listener!r} failed", listener=listener)
+
+    def _info(self, row: Row) -> MessageInfo:
+        return MessageInfo(
+            uid=row.uid,
+            flags=self._folder.keywords.flags(row.info),
+            internal_date=ns_datetime(row.mtime_ns),
+            size=row.size,
+            modseq=row.modseq,
+        )
+
+    # -- IMailbox: reading ----------------------------------------------------
+
+    @property
+    @_recovering
+    def uidvalidity(self) -> int:
+        return self._folder.db.get_int("uidvalidity")
+
+    @property
+    @_recovering
+    def uidnext(self) -> int:
+        return self._folder.db.get_int("uidnext")
+
+    @property
+    @_recovering
+    def highest_modseq(self) -> int:
+        return self._folder.db.get_int("highest_modseq")
+
+    @_recovering
+    def status(self) -> MailboxStatus:
+        db = self._folder.db
+        with db.snapshot():
+            messages, unseen, deleted, size, recent = db.counters()
+            uidnext = db.get_int("uidnext")
+            uidvalidity = db.get_int("uidvalidity")
+            modseq = db.get_int("highest_modseq")
+        return MailboxStatus(
+            messages=messages,
+            recent=recent,
+            unseen=unseen,
+            deleted=deleted,
+            size=size,
+            uidnext=uidnext,
+            uidvalidity=uidvalidity,
+            highest_modseq=modseq,
+        )
+
+    @_recovering
+    def uids(self) -> Sequence[int]:
+        return self._folder.uids()
+
+    def keywords(self) -> Sequence[str]:
+        """From ``dovecot-keywords`` (a stat when it did not change)."""
+        self._folder.keywords.refresh()
+        return self._folder.keywords.names()
+
+    @property
+    def keyword_limit(self) -> int:
+        """26 letters, less those taken by names IMAP cannot show."""
+        self._folder.keywords.refresh()
+        return self._folder.keywords.room()
+
+    @_recovering
+    def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
+        table = self._folder.keywords
+        table.refresh()
+        flags = table.flags
+        dates: dict[int, datetime.datetime] = {}
+        result: list[IMessage] = []
+        for uid, info, mtime_ns, size, modseq in self._folder.db.summaries(uids):
+            seconds = mtime_ns // 1_000_000_000
+            date = dates.get(seconds)
+            if date is None:
+                date = dates[seconds] = ns_datetime(mtime_ns)
+            result.append(MessageInfo(uid, flags(info), date, size, modseq))
+        return result
+
+    @_recovering
+    def open(self, uid: int) -> IO[bytes]:
+        folder = self._folder
+        for attempt in range(2):
+            row = folder.db.row(uid)
+            if row is None:
+                break
+            try:
+                return open_wire(folder.path_of(row), row.raw, row.size)
+            except FileNotFoundError:
+                if attempt == 0:
+                    # Renamed (flags) or removed by someone else: catch up.
+                    with folder.locked():
+                        folder.sync()
+        raise NoSuchMessage(f"message UID {uid} no longer exists")
+
+    @_recovering
+    def changed_since(self, modseq: int) -> Sequence[IMessage]:
+        self._folder.keywords.refresh()
+        return [self._info(row) for row in self._folder.db.changed_since(modseq)]
+
+    @_recovering
+    def expunged_since(self, modseq: int) -> Sequence[int]:
+        return self._folder.db.expunged_since(modseq)
+
+    # -- IMaildropLocking, IPop3UidSource ------------------------------------------
+
+    def lock_maildrop(self) -> Callable[[], None]:
+        """Take the POP3 maildrop lock of this folder for a session; return its release.
+
+        An ``flock`` of ``mailsrv-pop3-lock``, held for the whole session
+        (so not the short-lived ``mailsrv-lock``): every mailsrv process on
+        this Maildir (two daemons, an old one still draining while a new
+        one starts) sees it, and the kernel drops it if the holder dies.
+        Raises :class:`MailboxInUse` when another session has it.
+        """
+        try:
+            fd = os.open(os.path.join(self.path, POP3_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MailboxInUse("maildrop is in use by another POP3 session") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                os.close(fd)  # drops the lock
+
+        return release
+
+    @_recovering
+    def pop3_uidls(self) -> dict[int, str]:
+        """POP3 UIDLs carried over from a migration (``P`` fields of the uidlist)."""
+        return self._folder.db.pop3_uidls()
+
+    # -- IMessageCache --------------------------------------------------------
+
+    @_recovering
+    def get_cached(self, uid: int, kind: str) -> bytes | None:
+        return self._folder.db.get_cached(uid, kind)
+
+    def set_cached(self, uid: int, kind: str, value: bytes) -> None:
+        self.set_cached_many(kind, {uid: value})
+
+    @_recovering
+    def get_cached_many(self, uids: Iterable[int], kind: str) -> Mapping[int, bytes]:
+        return self._folder.db.get_cached_many(uids, kind)
+
+    @_recovering
+    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
+        if not values:
+            return
+        db = self._folder.db
+        with db.transaction():
+            db.set_cached_many(kind, values)
+
+    # -- IMailbox: writing ------------------------------------------------------
+
+    def append(
+        self,
+        source: IO[bytes],
+        flags: Iterable[str] = (),
+        internal_date: datetime.datetime | None = None,
+    ) -> int:
+        system, keywords = split_flags(flags)
+        date_ns = datetime_ns(internal_date)
+        tmp_path, size = write_tmp(self._folder.tmp, source, date_ns)
+        try:
+            try:
+                uid = self._place(tmp_path, size, date_ns, system, keywords)
+            except Exception as exc:
+                if not is_corruption(exc):
+                    raise
+                # Damage found before the file was placed: the message is
+                # still in tmp/, so rebuild and place it.
+                self._recover(exc)
+                uid = self._place(tmp_path, size, date_ns, system, keywords)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_path)
+        self._announce()
+        return uid
+
+    def _place(
+        self,
+        tmp_path: str,
+        size: int,
+        date_ns: int,
+        system: frozenset[str],
+        keywords: tuple[str, ...],
+    ) -> int:
+        """Move a message written to tmp/ into cur/ under a fresh UID.
+
+        The UID is fsynced into the UID list first, then the file renamed
+        and the directory fsynced: from then on the message is stored
+        (whatever happens to the index, see :meth:`_record`), and its UID
+        is returned.
+        """
+        folder = self._folder
+        base = f"{unique_name()},S={size},W={size}"
+        with folder.locked():
+            folder.keywords.refresh()
+            info = sorted_info(folder.keywords.letters(system, keywords, allocate=True))
+            write = folder.begin()
+            (uid,) = folder.allocate(write, [(base, None)])
+            filename = f"{base}:2,{info}"
+            target = os.path.join(folder.cur, filename)
+            before = folder.cur_signature()
+            os.rename(tmp_path, target)
+            try:
+                fsync_dir(folder.cur)
+            except OSError:
+                # Not known to be durable, so not acknowledged: take it back,
+                # or the client's retry would store it twice.
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+                raise
+            crash_point("append-placed")
+            row = Row(
+                uid=uid,
+                base=base,
+                filename=filename,
+                info=info,
+                mtime_ns=date_ns,
+                size=size,
+                raw=True,
+                modseq=write.next_modseq(),
+                recent=True,
+            )
+
+            def commit() -> None:
+                db = folder.db
+                with db.transaction():
+                    db.insert([row])
+                    folder.commit_meta(write)
+                    folder.own_cur_change(before)
+
+            self._record(commit)
+        return uid
+
+    @_recovering
+    def store(
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str,
+        unchanged_since: int | None = None,
+    ) -> StoreResult:
+        if mode not in (StoreMode.REPLACE, StoreMode.ADD, StoreMode.REMOVE):
+            raise StorageError(f"unknown store mode {mode!r}", code="CANNOT")
+        system, keywords = split_flags(flags)
+        wanted = list(uids)
+        folder = self._folder
+        updated: list[Row] = []
+        conflicts: list[int] = []
+        with folder.locked():
+            folder.keywords.refresh()
+            letters = folder.keywords.letters(system, keywords, allocate=mode != StoreMode.REMOVE)
+            write = folder.begin()
+            renames: list[tuple[Row, str, str]] = []
+            for row in folder.db.rows(wanted):
+                if unchanged_since is not None and row.modseq > unchanged_since:
+                    conflicts.append(row.uid)
+                    continue
+                info = folder.keywords.stored_info(row.info, letters, mode)
+                if info != row.info:
+                    renames.append((row, info, f"{row.base}:2,{info}"))
+            if renames:
+                updated = self._rename(write, renames)
+        self._announce()
+        return StoreResult(
+            updated=tuple(self._info(row) for row in updated), conflicts=tuple(conflicts)
+        )
+
+    def _rename(self, write: Write, renames: Sequence[tuple[Row, str, str]]) -> list[Row]:
+        """Give messages their new flag letters by renaming their files, and
+        record it (lock held); the rows as they are now."""
+        folder = self._folder
+        modseq = write.next_modseq()
+        before = folder.cur_signature()
+        done: list[tuple[Row, str, str]] = []
+        for row, info, filename in renames:
+            try:
+                os.rename(folder.path_of(row), os.path.join(folder.cur, filename))
+            except FileNotFoundError:
+                continue  # changed or removed outside; the next sync sees it
+            done.append((row, info, filename))
+        crash_point("store-renamed")
+
+        def commit() -> None:
+            db = folder.db
+            with db.transaction():
+                for row, info, filename in done:
+                    db.update_file(row.uid, filename, info, modseq)
+                folder.commit_meta(write)
+                folder.own_cur_change(before)
+
+        # The file names are the truth: the flags are set now.
+        self._record(commit)
+        return [
+            attrs.evolve(row, filename=filename, info=info, modseq=modseq)
+            for row, info, filename in done
+        ]
+
+    @_recovering
+    def copy(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+        folder = self._folder
+        folder.keywords.refresh()
+        rows = folder.db.rows(uids)
+        if not rows:
+            return []
+        if not isinstance(destination, MaildirMailbox):
+            return self._copy_elsewhere(rows, destination)
+        staged = transfer.stage_copies(folder, rows, destination._folder)
+        try:
+            return destination._receive(staged, folder.keywords)
+        finally:
+            transfer.drop_staged(staged)
+
+    def _copy_elsewhere(self, rows: Sequence[Row], destination: IMailbox) -> list[tuple[int, int]]:
+        """Append copies to a mailbox of another backend, one by one."""
+        pairs: list[tuple[int, int]] = []
+        for row in rows:
+            with self.open(row.uid) as handle:
+                result = destination.append(
+                    handle, self._folder.keywords.flags(row.info), ns_datetime(row.mtime_ns)
+                )
+            if isinstance(result, Deferred):
+                raise StorageError("copy needs a destination that appends synchronously")
+            pairs.append((row.uid, int(result)))
+        return pairs
+
+    @_recovering
+    def _receive(
+        self, staged: Sequence[transfer.Staged], source_keywords: KeywordTable
+    ) -> list[tuple[int, int]]:
+        """Take staged copies (in our tmp/) into cur/ with fresh UIDs."""
+        if not staged:
+            return []
+        with self._folder.locked():
+            pairs = transfer.place_copies(self._folder, staged, source_keywords, self._record)
+        self._announce()
+        return pairs
+
+    @_recovering
+    def move(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
+        if isinstance(destination, MaildirMailbox) and transfer.same_device(
+            self._folder, destination._folder
+        ):
+            sides = transfer.MoveSides(
+                source=self._folder,
+                destination=destination._folder,
+                begin_destination=destination._begin_recovering,
+                record_source=self._record,
+                record_destination=destination._record,
+            )
+            pairs = transfer.move_files(sides, list(uids))
+            self._announce()
+            if destination is not self:
+                destination._announce()
+            return pairs
+        # Another backend, or a folder on another file system: no rename
+        # reaches it.  Copy first, then remove: a crash in between leaves
+        # two copies, never none.
+        copied = self.copy(uids, destination)
+        self._remove([source for source, _ in copied], only_deleted=False)
+        return copied
+
+    @_recovering
+    def expunge(self, uids: Iterable[int] | None = None) -> Sequence[int]:
+        return self._remove(None if uids is None else list(uids), only_deleted=True)
+
+    def _remove(self, uids: list[int] | None, only_deleted: bool) -> list[int]:
+        folder = self._folder
+        removed: list[int] = []
+        with folder.locked():
+            db = folder.db
+            write = folder.begin()
+            rows = db.rows_with_letter("T", uids) if only_deleted else db.rows(uids)
+            before = folder.cur_signature()
+            for row in rows:
+                if only_deleted and "T" not in row.info:
+                    continue
+                try:
+                    os.unlink(folder.path_of(row))
+                except FileNotFoundError:
+                    continue  # renamed or gone outside; the next sync settles it
+                removed.append(row.uid)
+            if removed:
+                modseq = write.next_modseq()
+
+                def commit() -> None:
+                    db = folder.db
+                    with db.transaction():
+                        db.delete(removed, modseq)
+                        folder.commit_meta(write)
+                        folder.own_cur_change(before)
+                    folder.maybe_compact(write)
+
+                # The files are gone: the expunge happened.
+                self._record(commit)
+        self._announce()
+        return removed
+
+    @_recovering
+    def claim_recent(self) -> frozenset[int]:
+        db = self._folder.db
+        with db.transaction():
+            claimed = db.claim_recent()
+        return frozenset(claimed)
+
+    @_recovering
+    def check(self) -> None:
+        with self._folder.locked():
+            self._folder.sync()
+        self._announce()
+
+    def rebuild(self) -> int:
+        """Throw the index away and rebuild it from the files; return the count."""
+        return self._folder.rebuild()
+
+    # -- listeners --------------------------------------------------------------
+
+    def add_listener(self, listener: IMailboxListener) -> None:
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+        self._watcher.watch(self)
+
+    def remove_listener(self, listener: IMailboxListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        if not self._listeners:
+            self._watcher.unwatch(self)
+
+    # -- what the watcher needs (watch.WatchedFolder) ----------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._folder.closed
+
+    def watched_dirs(self) -> tuple[str, str]:
+        return self._folder.new, self._folder.cur

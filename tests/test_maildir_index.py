@@ -1,0 +1,144 @@
+"""Maildir++ index and UID list: what survives a restart, a lost or damaged
+index, a reindex by another process and a compaction."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+
+from twisted.internet import defer
+
+from mailsrv.interfaces import (
+    StoreMode,
+)
+from mailsrv.storage.maildir import MaildirMailbox, reindex
+from tests.maildir_case import MESSAGE, MESSAGE_CRLF, MaildirTestCase, Recorder
+
+
+class PersistenceTests(MaildirTestCase):
+    def fill(self) -> tuple[MaildirMailbox, list[int]]:
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(MESSAGE + str(i).encode())) for i in range(5)]
+        inbox.store(uids[:2], ["\\Deleted"], StoreMode.ADD)
+        inbox.expunge()
+        inbox.store([uids[2]], ["\\Seen", "custom"], StoreMode.ADD)
+        return inbox, uids
+
+    def assertSame(self, inbox: MaildirMailbox, uids: list[int], validity: int) -> None:
+        self.assertEqual(inbox.uidvalidity, validity)
+        self.assertEqual(list(inbox.uids()), uids[2:])
+        self.assertEqual(inbox.fetch([uids[2]])[0].flags, frozenset({"\\Seen", "custom"}))
+        self.assertEqual(self.read(inbox, uids[3]), MESSAGE_CRLF + b"3")
+        new = inbox.append(io.BytesIO(MESSAGE))
+        self.assertEqual(new, uids[-1] + 1)
+
+    def test_restart(self) -> None:
+        inbox, uids = self.fill()
+        validity = inbox.uidvalidity
+        self.assertSame(self.inbox(), uids, validity)
+        status = self.storage().account("alice").status("INBOX")
+        assert not isinstance(status, defer.Deferred)
+        self.assertEqual(status.messages, 4)
+
+    def test_reindex(self) -> None:
+        inbox, uids = self.fill()
+        validity = inbox.uidvalidity
+        counts = reindex(self.account())
+        self.assertEqual(counts["INBOX"], 3)
+        self.assertEqual(counts["Sent"], 0)
+        self.assertSame(self.inbox(), uids, validity)
+
+    def test_index_deleted(self) -> None:
+        inbox, uids = self.fill()
+        validity = inbox.uidvalidity
+        modseq = inbox.highest_modseq
+        del inbox
+        for suffix in ("", "-wal", "-shm"):
+            path = os.path.join(self.root, "mailsrv-index.sqlite" + suffix)
+            if os.path.exists(path):
+                os.unlink(path)
+        fresh = self.inbox()
+        self.assertGreater(fresh.highest_modseq, modseq)
+        self.assertSame(fresh, uids, validity)
+
+    def test_index_garbage(self) -> None:
+        inbox, uids = self.fill()
+        validity = inbox.uidvalidity
+        del inbox
+        for suffix in ("-wal", "-shm"):
+            path = os.path.join(self.root, "mailsrv-index.sqlite" + suffix)
+            if os.path.exists(path):
+                os.unlink(path)
+        with open(os.path.join(self.root, "mailsrv-index.sqlite"), "wb") as handle:
+            handle.write(b"this is not a database\n" * 100)
+        self.assertSame(self.inbox(), uids, validity)
+
+    def test_index_wrong_schema(self) -> None:
+        inbox, uids = self.fill()
+        validity = inbox.uidvalidity
+        db = sqlite3.connect(os.path.join(self.root, "mailsrv-index.sqlite"))
+        db.execute("DROP TABLE messages")
+        db.commit()
+        db.close()
+        del inbox
+        self.assertSame(self.storage().account("alice").open_mailbox("INBOX"), uids, validity)
+
+    def test_uidlist_deleted(self) -> None:
+        inbox, uids = self.fill()
+        validity = inbox.uidvalidity
+        del inbox
+        os.unlink(os.path.join(self.root, "mailsrv-uidlist"))
+        self.assertSame(self.inbox(), uids, validity)
+
+    def test_expunged_uid_not_reused_after_index_loss(self) -> None:
+        inbox = self.inbox()
+        first = inbox.append(io.BytesIO(MESSAGE))
+        last = inbox.append(io.BytesIO(MESSAGE))
+        inbox.store([last], ["\\Deleted"], StoreMode.ADD)
+        inbox.expunge()
+        del inbox
+        os.unlink(os.path.join(self.root, "mailsrv-index.sqlite"))
+        fresh = self.inbox()
+        self.assertEqual(fresh.uids(), (first,))
+        self.assertGreater(fresh.append(io.BytesIO(MESSAGE)), last)
+
+    def test_reindex_by_another_process(self) -> None:
+        daemon = self.inbox()
+        recorder = Recorder()
+        daemon.add_listener(recorder)
+        first = daemon.append(io.BytesIO(MESSAGE))
+        reindex(self.storage().account("alice"))  # "mailsrv reindex alice"
+        second = daemon.append(io.BytesIO(MESSAGE))
+        self.assertEqual(second, first + 1)
+        # The daemon wrote to the new index file, not the one it had open.
+        db = sqlite3.connect(os.path.join(self.root, "mailsrv-index.sqlite"))
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT uid FROM messages").fetchall(), [(first,), (second,)])
+        self.assertEqual(daemon.uids(), (first, second))
+        self.assertEqual(self.inbox().uids(), (first, second))
+        daemon.check()
+        self.assertEqual(recorder.added, [first, second])
+
+    def test_uidvalidity_differs_after_recreate(self) -> None:
+        account = self.account()
+        account.create_mailbox("box")
+        first = account.open_mailbox("box").uidvalidity
+        account.delete_mailbox("box")
+        account.create_mailbox("box")
+        self.assertNotEqual(account.open_mailbox("box").uidvalidity, first)
+
+    def test_uidlist_compacted(self) -> None:
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(b"x")) for i in range(1100)]
+        inbox.store(uids[:-1], ["\\Deleted"], StoreMode.ADD)
+        inbox.expunge()
+        with open(os.path.join(self.root, "mailsrv-uidlist")) as handle:
+            lines = handle.read().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn(f"N{uids[-1] + 1}", lines[0])
+        del inbox
+        os.unlink(os.path.join(self.root, "mailsrv-index.sqlite"))
+        fresh = self.inbox()
+        self.assertEqual(fresh.uids(), (uids[-1],))
+        self.assertEqual(fresh.append(io.BytesIO(b"y")), uids[-1] + 1)

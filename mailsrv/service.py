@@ -86,18 +86,29 @@ def build_storage(config: Config, reactor: Any = None) -> IStorage:
     )
 
 
-def check_database(config: Config, storage: IStorage) -> None:
+def check_database(config: Config, storage: IStorage | None, key: str = "storage.dsn") -> None:
     """At startup, refuse a PostgreSQL database whose schema is not this
-    code's (a ConfigError naming storage.dsn says what to do); a database
+    code's (a ConfigError naming ``key`` says what to do); a database
     that cannot be reached yet is only logged: sessions are answered
-    [UNAVAILABLE] until it is back."""
+    [UNAVAILABLE] until it is back.  Without ``storage``, the users'
+    database ([auth] dsn) is checked."""
     from mailsrv.errors import TemporaryFailure
     from mailsrv.storage.postgres.schema import SchemaError
 
     try:
-        storage.check_schema()  # type: ignore[attr-defined]
+        if storage is not None:
+            storage.check_schema()  # type: ignore[attr-defined]
+        else:
+            from mailsrv.storage.postgres import schema
+            from mailsrv.storage.postgres.db import Database
+
+            conn = Database(config.auth_dsn, pool_size=1).connect()
+            try:
+                schema.check_version(conn)
+            finally:
+                conn.close()
     except SchemaError as e:
-        origin = config.from_command_line.get("storage.dsn", "storage.dsn")
+        origin = config.from_command_line.get(key, key)
         raise ConfigError(config.path or COMMAND_LINE, origin, str(e)) from None
     except TemporaryFailure as e:
         _log.warn(
@@ -107,19 +118,31 @@ def check_database(config: Config, storage: IStorage) -> None:
         )
 
 
+def build_checker(config: Config, storage: IStorage | None = None, reactor: Any = None) -> Any:
+    """The checker of ``[auth] backend``: the users file, or the users table
+    (on the storage's own connections when both use the same database)."""
+    if config.auth.backend != "postgresql":
+        return PasswdFileChecker(open_passwd(config), reactor=reactor)
+    from mailsrv.auth.pgusers import PostgresChecker
+    from mailsrv.storage.postgres import PostgresStorage
+    from mailsrv.storage.postgres.db import Database
+
+    if isinstance(storage, PostgresStorage) and storage.dsn == config.auth_dsn:
+        db = storage.db
+    else:
+        db = Database(config.auth_dsn, pool_size=config.storage.pool_size, reactor=reactor)
+    return PostgresChecker(db, reactor=reactor)
+
+
 def build_portal(
     config: Config, storage: IStorage | None = None, reactor: Any = None
-) -> tuple[Portal, PasswdFileChecker]:
-    """A Portal over the users file and the storage, and its checker."""
-    passwd = open_passwd(config)
-    checker = PasswdFileChecker(passwd, reactor=reactor)
+) -> tuple[Portal, Any]:
+    """A Portal over the configured users and the storage, and its checker
+    (a PasswdFileChecker or a PostgresChecker; both have ``home_of`` and
+    ``any_plaintext``)."""
     storage = storage if storage is not None else build_storage(config, reactor)
-
-    def home_of(name: str) -> str | None:
-        record = passwd.get(name)
-        return record.home if record is not None else None
-
-    return Portal(MailRealm(storage, home_of), [checker]), checker
+    checker = build_checker(config, storage, reactor)
+    return Portal(MailRealm(storage, checker.home_of), [checker]), checker
 
 
 def protocol_factory(listener: Listener, portal: Portal, policy: SessionPolicy) -> Factory[Any]:
@@ -323,11 +346,16 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
     storage = build_storage(config, reactor)
     if config.storage.backend == "postgresql":
         check_database(config, storage)
+    if config.auth.backend == "postgresql" and not (
+        config.storage.backend == "postgresql" and config.auth_dsn == config.storage.dsn
+    ):
+        check_database(config, None, "auth.dsn" if config.auth.dsn else "storage.dsn")
     portal, checker = build_portal(config, storage, reactor)
     policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
     top = service.MultiService()
     StorageService(storage).setServiceParent(top)
-    UsersFileCheck(checker.passwd).setServiceParent(top)
+    if isinstance(checker, PasswdFileChecker):
+        UsersFileCheck(checker.passwd).setServiceParent(top)
     for listener in config.listeners:
         endpoint = _endpoint(reactor, listener, where)
         factory = protocol_factory(listener, portal, policy)

@@ -115,8 +115,8 @@ def delete_mailbox(conn: Any, blobs: IBlobStore, user: str, name: str) -> tuple[
         modseq = highest + 1
     blobs.drop_references(conn, counts)
     conn.execute(
-        "UPDATE mailboxes SET name = NULL, highest_modseq = %s WHERE user_name = %s "
-        "AND mailbox_id = %s",
+        "UPDATE mailboxes SET name = NULL, highest_modseq = %s, deleted_at = now() "
+        "WHERE user_name = %s AND mailbox_id = %s",
         (modseq, user, mailbox_id),
     )
     notify(conn, user, mailbox_id, modseq)

@@ -263,7 +263,9 @@ class PostgresMailbox:
         return self._db.run(queries.changed_since, *self._key, modseq, transaction=False)
 
     def expunged_since(self, modseq: int) -> Any:
-        found = self._db.run(queries.expunged_since, *self._key, modseq, transaction=False)
+        found = self._db.run(
+            queries.expunged_since, *self._key, modseq, isolation=REPEATABLE_READ, read_only=True
+        )
         return then(found, lambda pairs: sorted(uid for uid, _ in pairs))
 
     # -- IMessageCache ----------------------------------------------------------------

@@ -58,9 +58,18 @@ def _meta(check: Callable[[Any], str | None] | None = None, path: bool = False) 
     return {"check": check, "path": path}
 
 
+def _check_networks(value: tuple[str, ...]) -> str | None:
+    from mailsrv.proxy import parse_networks
+
+    return parse_networks(value)[1]
+
+
 @attrs.frozen
 class ServerSection:
     hostname: str = attrs.field(factory=socket.getfqdn, metadata=_meta())
+    #: Addresses or networks of the load balancers whose PROXY headers are
+    #: believed; required by any ``haproxy:`` listener.
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), metadata=_meta(_check_networks))
 
 
 @attrs.frozen
@@ -220,6 +229,19 @@ class Listener:
     endpoint: str
     implicit_tls: bool
     origin: str  # "imap.listen[0]" or "--imap"
+
+    #: The prefix that marks a listener behind a load balancer: every
+    #: connection starts with a PROXY header (v1 or v2).
+    PROXY_PREFIX = "haproxy:"
+
+    @property
+    def proxy(self) -> bool:
+        return self.endpoint.startswith(self.PROXY_PREFIX)
+
+    @property
+    def bare_endpoint(self) -> str:
+        """The endpoint string without the ``haproxy:`` mark."""
+        return self.endpoint.removeprefix(self.PROXY_PREFIX)
 
 
 @attrs.frozen
@@ -487,6 +509,15 @@ def _check_listeners(config: Config, required: bool) -> None:
     seen: dict[tuple[str, int], Listener] = {}
     paths: dict[str, Listener] = {}
     for listener in listeners:
+        if listener.proxy and not config.server.trusted_proxies:
+            raise _error(
+                listener.origin,
+                f"{listener.endpoint!r} expects PROXY headers: list the load balancers' "
+                'addresses in server.trusted_proxies (e.g. ["10.0.0.10", "10.0.0.11"])',
+            )
+        if listener.bare_endpoint.startswith(Listener.PROXY_PREFIX):
+            raise _error(listener.origin, f"{listener.endpoint!r}: 'haproxy:' given twice")
+        listener = attrs.evolve(listener, endpoint=listener.bare_endpoint)
         if listener.endpoint.split(":", 1)[0] == "systemd":
             problem = _systemd_problem(listener.endpoint)
             if problem is not None:
@@ -657,6 +688,8 @@ def describe(config: Config) -> Sequence[str]:
     lines = [f"configuration {config.path or '(built-in defaults)'} is valid"]
     for listener in config.listeners:
         kind = "implicit TLS" if listener.implicit_tls else "plain"
+        if listener.proxy:
+            kind += ", PROXY header first"
         lines.append(f"  {listener.protocol} {kind}: {listener.endpoint} ({listener.origin})")
     if config.auth.backend == "postgresql":
         lines.append(f"  users: postgresql {redact_dsn(config.auth_dsn)}")

@@ -145,8 +145,23 @@ def build_portal(
     return Portal(MailRealm(storage, checker.home_of), [checker]), checker
 
 
-def protocol_factory(listener: Listener, portal: Portal, policy: SessionPolicy) -> Factory[Any]:
-    """The factory for one listener, wrapped in TLS for implicit-TLS ones."""
+def protocol_factory(
+    listener: Listener, portal: Portal, policy: SessionPolicy, config: Config | None = None
+) -> Factory[Any]:
+    """The factory for one listener, wrapped in TLS for implicit-TLS ones
+    and, outside that, in the PROXY header reader for ``haproxy:`` ones
+    (the header precedes the TLS handshake)."""
+    factory = _plain_factory(listener, portal, policy)
+    if listener.proxy:
+        from mailsrv.proxy import ProxyFactory, ProxyNetworks, parse_networks
+
+        proxies = config.server.trusted_proxies if config is not None else ()
+        networks, _problem = parse_networks(proxies)  # checked when loaded
+        return ProxyFactory(factory, ProxyNetworks(networks))
+    return factory
+
+
+def _plain_factory(listener: Listener, portal: Portal, policy: SessionPolicy) -> Factory[Any]:
     factory: Factory[Any]
     if listener.protocol == "imap":
         from mailsrv.imap.server import IMAP4ServerFactory
@@ -185,10 +200,11 @@ class ListenerService(StreamServerEndpointService):
                 f"cannot listen on {self.listener.endpoint!r}: {e.socketError}",
             ) from None
         _log.info(
-            "{protocol} listening on {endpoint}{tls}",
+            "{protocol} listening on {endpoint}{tls}{proxy}",
             protocol=self.listener.protocol.upper(),
             endpoint=self.listener.endpoint,
             tls=" (implicit TLS)" if self.listener.implicit_tls else "",
+            proxy=" (PROXY header required)" if self.listener.proxy else "",
         )
 
 
@@ -321,9 +337,9 @@ def _endpoint(reactor: Any, listener: Listener, where: str) -> Any:
     """The server endpoint of a listener; a systemd socket that was not
     inherited is a configuration error naming the listener, not a traceback."""
     try:
-        return endpoints.serverFromString(reactor, listener.endpoint)
+        return endpoints.serverFromString(reactor, listener.bare_endpoint)
     except (IndexError, KeyError):
-        if not listener.endpoint.startswith("systemd:"):
+        if not listener.bare_endpoint.startswith("systemd:"):
             raise
         count = len(ListenFDs.fromEnvironment().inheritedDescriptors())
         raise ConfigError(
@@ -358,6 +374,6 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> service
         UsersFileCheck(checker.passwd).setServiceParent(top)
     for listener in config.listeners:
         endpoint = _endpoint(reactor, listener, where)
-        factory = protocol_factory(listener, portal, policy)
+        factory = protocol_factory(listener, portal, policy, config)
         ListenerService(endpoint, factory, listener, where).setServiceParent(top)
     return top

@@ -138,6 +138,25 @@ def _parser() -> argparse.ArgumentParser:
         "--days", type=int, metavar="N", help="keep N days instead of storage.retention_days"
     )
 
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="move accounts between the Maildir tree and the PostgreSQL database",
+        description="Copy accounts keeping UIDVALIDITY, UIDs, flags, keywords, internal dates, "
+        "special use, subscriptions and POP3 UIDLs. Resumable: run it again after an "
+        "interruption. Exit status: 0 done, 65 --verify found differences, 67 unknown --user, "
+        "73 some users could not be migrated, 75 the database is unavailable (run again), "
+        "78 configuration error.",
+    )
+    migrate.add_argument("--from", dest="source", required=True, choices=("maildir", "postgresql"))
+    migrate.add_argument("--to", dest="target", required=True, choices=("maildir", "postgresql"))
+    migrate.add_argument(
+        "--user", action="append", metavar="NAME", help="only this user (repeatable; default: all)"
+    )
+    migrate.add_argument(
+        "--verify", action="store_true", help="compare both sides instead of copying"
+    )
+
     reindex = commands.add_parser(
         "reindex", parents=[common], help="rebuild a user's index from the Maildir files"
     )
@@ -370,6 +389,86 @@ def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int
     return EX_OK
 
 
+def _all_users(config: Config) -> list[tuple[str, str | None]]:
+    """(name, home) of every configured user, from the users file or table."""
+    if config.auth.backend == "postgresql":
+        from mailsrv.auth import pgusers
+
+        conn = _connect(config.auth_dsn)
+        try:
+            return pgusers.list_users(conn)
+        finally:
+            conn.close()
+    from mailsrv.auth.passwdfile import PasswdFile
+
+    if not os.path.exists(config.users.passwd_file):
+        raise CommandError(f"{config.users.passwd_file}: users file not found", EX_CONFIG)
+    return [(record.name, record.home) for record in PasswdFile(config.users.passwd_file).users()]
+
+
+def _migrate(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
+    """``mailsrv migrate``: see :mod:`mailsrv.migrate`."""
+    from mailsrv.errors import TemporaryFailure
+    from mailsrv.migrate import Migration, MigrationError, Progress
+
+    if args.source == args.target:
+        raise CommandError("--from and --to name the same backend", EX_USAGE)
+    config = _config(args)
+    if not config.storage.dsn:
+        raise CommandError(
+            "migrate needs storage.dsn (the database) and storage.maildir (the Maildir tree) "
+            "in the configuration",
+            EX_CONFIG,
+        )
+    users = _all_users(config)
+    if args.user:
+        known = dict(users)
+        unknown = [name for name in args.user if name not in known]
+        if unknown:
+            raise CommandError(f"no user {unknown[0]!r} among the configured users", EX_NOUSER)
+        users = [(name, known[name]) for name in args.user]
+    progress = Progress(stderr)
+    migration = Migration(config, progress)
+    try:
+        migration.postgres.check_schema()
+    except TemporaryFailure as e:
+        migration.close()
+        raise CommandError(f"{e}; run again when it is back", EX_TEMPFAIL) from None
+    except Exception as e:
+        migration.close()
+        raise CommandError(str(e), EX_CONFIG) from None
+    if args.verify:
+        step = migration.verify
+    elif args.target == "postgresql":
+        step = migration.to_postgresql
+    else:
+        step = migration.to_maildir
+    outcomes = []
+    try:
+        for name, home in users:
+            try:
+                outcome = step(name, home)
+            except MigrationError as e:
+                from mailsrv.migrate import UserOutcome
+
+                outcome = UserOutcome(name, error=str(e))
+            progress.user_done(outcome)
+            outcomes.append(outcome)
+    except TemporaryFailure as e:
+        progress.summary(outcomes, args.verify)
+        raise CommandError(
+            f"{e}; stopped: run the same command again to resume", EX_TEMPFAIL
+        ) from None
+    finally:
+        migration.close()
+    progress.summary(outcomes, args.verify)
+    if any(o.error is not None for o in outcomes):
+        return EX_CANTCREAT
+    if any(o.differences for o in outcomes):
+        return EX_DATAERR
+    return EX_OK
+
+
 def _reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
     from mailsrv.storage.deliver import reindex
 
@@ -578,6 +677,8 @@ def _run(args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stder
                 return _deliver(args, stdin or sys.stdin.buffer, stdout)
             if args.command == "reindex":
                 return _reindex(args, stdout)
+            if args.command == "migrate":
+                return _migrate(args, stdout, stderr)
             if args.command == "db":
                 return _db(args, stdout)
             if args.command == "gen-cert":

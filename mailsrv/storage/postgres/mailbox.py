@@ -444,6 +444,11 @@ class PostgresMailbox:
 
     # -- POP3 ------------------------------------------------------------------------
 
+    def pop3_uidls(self) -> Any:
+        """UIDLs carried over by ``mailsrv migrate`` (UID -> UIDL); the
+        others are computed from UID and UIDVALIDITY by the maildrop."""
+        return self._db.run(queries.pop3_uidls, *self._key, transaction=False)
+
     def lock_maildrop(self) -> Any:
         """Take the POP3 maildrop lock of this user on every node; answers
         with its release (see :mod:`mailsrv.storage.postgres.locks`)."""

@@ -171,6 +171,15 @@ def uids(conn: Any, user: str, mailbox_id: int) -> list[int]:
         return [row[0] for row in cursor]
 
 
+def pop3_uidls(conn: Any, user: str, mailbox_id: int) -> dict[int, str]:
+    rows = conn.execute(
+        "SELECT uid, pop3_uidl FROM messages WHERE user_name = %s AND mailbox_id = %s "
+        "AND pop3_uidl IS NOT NULL",
+        (user, mailbox_id),
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
 def keywords(conn: Any, user: str, mailbox_id: int) -> list[str]:
     """The mailbox's defined keywords, oldest first (one row read)."""
     row = conn.execute(

@@ -99,7 +99,7 @@ class Balancer:
         )
         with open(self.config, "w") as f:
             f.write(
-                "global\n    maxconn 20000\n"
+                "global\n    maxconn 9000\n"
                 "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10m\n"
                 "    timeout server 10m\n    timeout check 2s\n"
                 f"frontend imap\n    bind 127.0.0.1:{self.port}\n    default_backend nodes\n"
@@ -149,9 +149,25 @@ class Cluster:
         }
 
 
-async def notification_latency(first: Node, second: Node, rounds: int) -> dict[str, list[float]]:
-    """APPEND through node 2, untagged EXISTS at an IDLE session on node 1."""
-    watcher = await IMAPClient.connect(HOST, first.direct_port)
+async def proxied(port: int) -> IMAPClient:
+    """A connection to a node's PROXY listener, sending the header HAProxy would."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    local = writer.get_extra_info("sockname")
+    writer.write(f"PROXY TCP4 127.0.0.1 127.0.0.1 {local[1]} {port}\r\n".encode())
+    client = IMAPClient(reader, writer)
+    client.greeting = await client.line()
+    return client
+
+
+async def notification_latency(
+    first: Node, second: Node, rounds: int, via_proxy: bool
+) -> dict[str, list[float]]:
+    """APPEND through node 2, untagged EXISTS at an IDLE session on node 1
+    (connected to its PROXY listener, or to its direct one)."""
+    if via_proxy:
+        watcher = await proxied(first.proxy_port)
+    else:
+        watcher = await IMAPClient.connect(HOST, first.direct_port)
     await watcher.login("lat", PASSWORD)
     await watcher.select()
     sender = await IMAPClient.connect(HOST, second.direct_port)
@@ -173,7 +189,11 @@ async def notification_latency(first: Node, second: Node, rounds: int) -> dict[s
         await watcher.idle_done(tag)
     await watcher.logout()
     await sender.logout()
-    return {"EXISTS on node 1 after APPEND sent to node 2": notified, "APPEND on node 2": appended}
+    listener = "PROXY listener" if via_proxy else "direct listener"
+    return {
+        f"EXISTS on node 1 ({listener}) after APPEND sent to node 2": notified,
+        f"APPEND on node 2 ({listener} run)": appended,
+    }
 
 
 def ms(value: float) -> str:
@@ -251,9 +271,8 @@ def main() -> None:
     ):
         print(f"- {line}")
     print(f"- PostgreSQL: private server, fsync and synchronous_commit on, {pg.bindir}")
-    print(
-        f"- HAProxy: {subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.splitlines()[0]}"
-    )
+    version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
+    print(f"- HAProxy: {version.splitlines()[0]}")
     print(f"- seeding: mailsrv migrate, {imported} ({time.perf_counter() - started:.0f} s)")
     print(
         f"- mixed: {scale.mixed_users * scale.mixed_per_user} clients, {args.seconds:.0f} s, "
@@ -307,7 +326,10 @@ def main() -> None:
                     ]
                 )
             if "latency" in workloads and count >= 2:
-                found = asyncio.run(notification_latency(nodes[0], nodes[1], args.rounds))
+                found = asyncio.run(notification_latency(nodes[0], nodes[1], args.rounds, True))
+                found.update(
+                    asyncio.run(notification_latency(nodes[0], nodes[1], args.rounds, False))
+                )
                 for what, values in found.items():
                     rows_latency.append(
                         [

@@ -53,6 +53,8 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 #: Not a sysexits status: what a shell shows for a command SIGPIPE ended.
 EX_PIPE = 128 + signal.SIGPIPE
+#: Likewise for Ctrl-C (SIGINT): ``mailsrv migrate`` stops and says how to resume.
+EX_INTERRUPTED = 128 + signal.SIGINT
 
 
 class CommandError(Exception):
@@ -146,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         "special use, subscriptions and POP3 UIDLs. Resumable: run it again after an "
         "interruption. Exit status: 0 done, 65 --verify found differences, 67 unknown --user, "
         "73 some users could not be migrated, 75 the database is unavailable (run again), "
-        "78 configuration error.",
+        "78 configuration error, 130 interrupted (run again).",
     )
     migrate.add_argument("--from", dest="source", required=True, choices=("maildir", "postgresql"))
     migrate.add_argument("--to", dest="target", required=True, choices=("maildir", "postgresql"))
@@ -458,6 +460,11 @@ def _migrate(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
         progress.summary(outcomes, args.verify)
         raise CommandError(
             f"{e}; stopped: run the same command again to resume", EX_TEMPFAIL
+        ) from None
+    except KeyboardInterrupt:
+        progress.summary(outcomes, args.verify)
+        raise CommandError(
+            "interrupted: run the same command again to resume", EX_INTERRUPTED
         ) from None
     finally:
         migration.close()

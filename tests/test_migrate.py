@@ -384,3 +384,30 @@ class InterruptedTests(MigrateTestCase):
         )
         self.assertEqual(status, cli.EX_CANTCREAT)  # bob has no Maildir
         self.assertIn("verified 1 of 2 users", err)
+
+
+class ProgressTests(unittest.TestCase):
+    """What an operator sees: a status line redrawn on a terminal, one line
+    per user and a summary everywhere."""
+
+    def test_terminal_and_log(self) -> None:
+        from mailsrv.migrate import Progress, UserOutcome
+
+        done = UserOutcome("alice", mailboxes=3, messages=100, octets=2_500_000, seconds=0.5)
+        failed = UserOutcome("bob", error="no Maildir at /srv/bob")
+        for tty in (True, False):
+            out = io.StringIO()
+            progress = Progress(out, tty=tty)
+            progress.update("alice", "INBOX", 100, 100, 650.0)
+            progress.user_done(done)
+            progress.user_done(failed)
+            progress.summary([done, failed], verifying=False)
+            text = out.getvalue()
+            self.assertEqual("\ralice: INBOX 100/100 messages, 650 msg/s" in text, tty)
+            self.assertIn(
+                "alice: 3 mailboxes, 100 messages (0 already there), 2.5 MB in 0.5 s (200 msg/s)\n",
+                text,
+            )
+            self.assertIn("bob: FAILED: no Maildir at /srv/bob\n", text)
+            self.assertIn("migrated 1 of 2 users, 100 messages in", text)
+            self.assertTrue(text.endswith("1 failed, 0 with differences\n"), text)

@@ -152,6 +152,24 @@ class UserCommandTests(UsersDatabaseTestCase):
         self.assertEqual(self.user("add", "bob", "--password-stdin", stdin="four\n")[0], 0)
         self.assertEqual(self.user("list"), (0, "alice\nbob\n", ""))
 
+    def test_deliver_knows_users_from_the_table(self) -> None:
+        self.assertEqual(self.user("add", "alice", "--password-stdin", stdin="x\n")[0], 0)
+        out, err = io.StringIO(), io.StringIO()
+        message = io.BytesIO(b"Subject: hi\r\n\r\nbody\r\n")
+        status = cli.main(
+            ["deliver", "alice", "--config", self.config], stdin=message, stdout=out, stderr=err
+        )
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        self.assertEqual(self.query("SELECT messages FROM mailboxes WHERE name = 'INBOX'"), [(1,)])
+        status = cli.main(
+            ["deliver", "nobody", "--config", self.config],
+            stdin=io.BytesIO(b"Subject: x\r\n\r\ny\r\n"),
+            stdout=out,
+            stderr=err,
+        )
+        self.assertEqual(status, cli.EX_NOUSER)
+        self.assertIn("no user 'nobody' in the users table", err.getvalue())
+
     def test_bad_names_and_unreachable_database(self) -> None:
         status, _out, err = self.user("add", "a:b", "--password-stdin", stdin="x\n")
         self.assertEqual(status, cli.EX_DATAERR)

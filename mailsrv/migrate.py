@@ -116,8 +116,10 @@ class Progress:
             if len(outcome.differences) > 20:
                 line += f"\n  ... and {len(outcome.differences) - 20} more"
         else:
+            boxes = "mailbox" if outcome.mailboxes == 1 else "mailboxes"
             line = (
-                f"{outcome.user}: {outcome.mailboxes} mailboxes, {outcome.messages} messages "
+                f"{outcome.user}: {outcome.mailboxes} {boxes}, "
+                f"{outcome.messages} messages "
                 f"({outcome.skipped} already there), {outcome.octets / 1e6:,.1f} MB "
                 f"in {outcome.seconds:.1f} s ({rate:,.0f} msg/s)"
             )

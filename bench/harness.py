@@ -150,6 +150,12 @@ class Pair:
         self._timed(f"write {total} messages", seed)
         if "mailsrv" in self.wanted:
             self.servers.append(mailsrv)
+        if "mailsrv-pg" in self.wanted:
+            from peers import MailsrvPostgres
+
+            self.servers.append(
+                MailsrvPostgres(os.path.join(self.top, "mailsrv-pg"), self.passwd, cpus=self.cpus)
+            )
         if "dovecot" in self.wanted:
             self.servers.append(
                 Dovecot(

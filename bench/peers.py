@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 __all__ = [
     "Dovecot",
@@ -514,6 +515,97 @@ service pop3 {{
   process_limit = {process_limit}
 }}
 """
+
+
+class _Trees(ProcessTree):
+    """Several process trees measured as one (a node and its database)."""
+
+    def __init__(self, roots: Sequence[int]) -> None:
+        super().__init__(roots[0])
+        self.roots = list(roots)
+
+    def pids(self) -> list[int]:
+        found: list[int] = []
+        for root in self.roots:
+            found.extend(ProcessTree(root).pids())
+        return found
+
+
+def durable(cluster: Any) -> None:
+    """Put the test cluster's durability back (it runs with fsync off): a
+    benchmark of writes must pay for the flushes a real server does."""
+    with cluster.connect() as conn:
+        for key, value in (
+            ("fsync", "on"),
+            ("synchronous_commit", "on"),
+            ("full_page_writes", "on"),
+            ("max_connections", "300"),
+        ):
+            conn.execute(f"ALTER SYSTEM SET {key} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def postmaster_pid(cluster: Any) -> int:
+    with open(os.path.join(cluster.data, "postmaster.pid")) as f:
+        return int(f.readline())
+
+
+class MailsrvPostgres(Mailsrv):
+    """mailsrv on the PostgreSQL backend, on a private server
+    (tests/pgcluster.py, durability switched back on).  The seeded Maildirs
+    are imported with ``mailsrv migrate`` before the first start, as an
+    administrator would move them.  CPU and memory are those of the daemon
+    *and* of every PostgreSQL process: the database works for it."""
+
+    name = "mailsrv-pg"
+
+    def __init__(
+        self, top: str, passwd: str, *, cpus: set[int] | None = None, log_level: str = "info"
+    ) -> None:
+        super().__init__(top, passwd, cpus=cpus, log_level=log_level)
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from tests.pgcluster import Cluster
+
+        self.cluster = Cluster.shared()
+        durable(self.cluster)
+        self.dsn = self.cluster.create_schema()
+        with open(self.config) as f:
+            text = f.read()
+        text = text.replace(
+            'backend = "maildir"', f'backend = "postgresql"\ndsn = "{self.dsn}"\npool_size = 10'
+        )
+        with open(self.config, "w") as f:
+            f.write(text)
+        self.imported = False
+
+    @property
+    def tree(self) -> ProcessTree:
+        assert self.process is not None
+        return _Trees([self.process.pid, postmaster_pid(self.cluster)])
+
+    def start(self, timeout: float = 60) -> None:
+        if not self.imported:
+            started = time.perf_counter()
+            done = subprocess.run(
+                [
+                    _bin("mailsrv"),
+                    "migrate",
+                    "--config",
+                    self.config,
+                    "--from",
+                    "maildir",
+                    "--to",
+                    "postgresql",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"mailsrv migrate failed:\n{done.stderr}")
+            self.import_seconds = time.perf_counter() - started
+            self.import_summary = done.stderr.strip().splitlines()[-1]
+            self.imported = True
+        super().start(timeout)
 
 
 class Dovecot(Server):

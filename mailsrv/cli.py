@@ -57,6 +57,8 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 #: Not a sysexits status: what a shell shows for a command SIGPIPE ended.
 EX_PIPE = 128 + signal.SIGPIPE
+#: Likewise for Ctrl-C (SIGINT): ``mailsrv migrate`` stops and says how to resume.
+EX_INTERRUPTED = 128 + signal.SIGINT
 
 
 class CommandError(Exception):
@@ -133,6 +135,33 @@ def _parser() -> argparse.ArgumentParser:
         help="create the schema or bring it to this version (safe to run again)",
     )
     db_commands.add_parser("status", parents=[common], help="show the schema version")
+    prune = db_commands.add_parser(
+        "prune",
+        parents=[common],
+        help="drop expunge-log rows and deleted mailboxes older than storage.retention_days",
+    )
+    prune.add_argument(
+        "--days", type=int, metavar="N", help="keep N days instead of storage.retention_days"
+    )
+
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="move accounts between the Maildir tree and the PostgreSQL database",
+        description="Copy accounts keeping UIDVALIDITY, UIDs, flags, keywords, internal dates, "
+        "special use, subscriptions and POP3 UIDLs. Resumable: run it again after an "
+        "interruption. Exit status: 0 done, 65 --verify found differences, 67 unknown --user, "
+        "73 some users could not be migrated, 75 the database is unavailable (run again), "
+        "78 configuration error, 130 interrupted (run again).",
+    )
+    migrate.add_argument("--from", dest="source", required=True, choices=("maildir", "postgresql"))
+    migrate.add_argument("--to", dest="target", required=True, choices=("maildir", "postgresql"))
+    migrate.add_argument(
+        "--user", action="append", metavar="NAME", help="only this user (repeatable; default: all)"
+    )
+    migrate.add_argument(
+        "--verify", action="store_true", help="compare both sides instead of copying"
+    )
 
     reindex = commands.add_parser(
         "reindex", parents=[common], help="rebuild a user's index from the Maildir files"
@@ -181,6 +210,74 @@ def _read_password(args: argparse.Namespace, stdin: IO[str]) -> str:
     return password
 
 
+def _connect(dsn: str) -> Any:
+    """An autocommit connection to a configured database; unreachable is EX_TEMPFAIL."""
+    import psycopg
+
+    from mailsrv.config import redact_dsn
+
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        where = redact_dsn(dsn)
+        raise CommandError(f"cannot connect to {where}: {e}".strip(), EX_TEMPFAIL) from None
+
+
+def _user_postgresql(
+    args: argparse.Namespace, config: Config, stdin: IO[str], stdout: IO[str]
+) -> int:
+    """``mailsrv user ...`` with ``[auth] backend = "postgresql"``."""
+    import psycopg
+
+    from mailsrv.auth import pgusers
+    from mailsrv.auth.passwdfile import NoSuchUser, UserExists, validate_user_name
+    from mailsrv.auth.passwords import hash_password
+    from mailsrv.storage.postgres import schema
+
+    conn = _connect(config.auth_dsn)
+    where = "the users table"
+    try:
+        schema.check_version(conn)
+        action = args.user_command
+        if action == "list":
+            for name, _home in pgusers.list_users(conn):
+                stdout.write(f"{name}\n")
+            return EX_OK
+        if action == "del":
+            pgusers.remove_user(conn, args.name)
+            stdout.write(f"removed {args.name} from {where} (the mail is kept)\n")
+            return EX_OK
+        validate_user_name(args.name)
+        known = pgusers.lookup(conn, args.name) is not None
+        if action == "add" and known:
+            raise UserExists(f"user {args.name!r} already exists in {where}")
+        if action == "passwd" and not known:
+            raise NoSuchUser(f"no user {args.name!r} in {where}")
+        secret = hash_password(
+            _read_password(args, stdin), args.scheme or config.users.default_scheme
+        )
+        if action == "add":
+            home = os.path.abspath(args.home) if args.home else None
+            pgusers.add_user(conn, args.name, secret, home)
+            stdout.write(f"added {args.name} to {where}\n")
+        else:
+            pgusers.set_password(conn, args.name, secret)
+            stdout.write(f"changed the password of {args.name} in {where}\n")
+    except NoSuchUser as e:
+        raise CommandError(str(e), EX_NOUSER) from None
+    except (UserExists, ValueError) as e:
+        raise CommandError(str(e), EX_DATAERR) from None
+    except schema.SchemaError as e:
+        raise CommandError(str(e), EX_CONFIG) from None
+    except psycopg.OperationalError as e:
+        raise CommandError(f"database unavailable: {e}".strip(), EX_TEMPFAIL) from None
+    except psycopg.Error as e:
+        raise CommandError(f"database error: {e}".strip(), EX_SOFTWARE) from None
+    finally:
+        conn.close()
+    return EX_OK
+
+
 def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
     from mailsrv.auth.passwdfile import (
         NoSuchUser,
@@ -192,6 +289,8 @@ def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
     from mailsrv.auth.passwords import hash_password
 
     config = _config(args)
+    if config.auth.backend == "postgresql":
+        return _user_postgresql(args, config, stdin, stdout)
     path = config.users.passwd_file
     action = args.user_command
     if action == "add" and not os.path.exists(path):
@@ -232,9 +331,23 @@ def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
 
 
 def _home(config: Config, user: str) -> str | None:
-    """The user's home from the users file; unknown users are EX_NOUSER."""
+    """The user's home from the users file or table; unknown users are EX_NOUSER."""
     from mailsrv.auth.passwdfile import PasswdFile
 
+    if config.auth.backend == "postgresql":
+        from mailsrv.auth import pgusers
+        from mailsrv.errors import TemporaryFailure
+
+        conn = _connect(config.auth_dsn)
+        try:
+            found = pgusers.lookup(conn, user)
+        except Exception as e:
+            raise TemporaryFailure(f"cannot look the user up: {e}") from None
+        finally:
+            conn.close()
+        if found is None:
+            raise CommandError(f"no user {user!r} in the users table", EX_NOUSER)
+        return found[1]
     passwd = PasswdFile(config.users.passwd_file)
     record = passwd.get(user)
     if record is None:
@@ -278,6 +391,91 @@ def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int
     return EX_OK
 
 
+def _all_users(config: Config) -> list[tuple[str, str | None]]:
+    """(name, home) of every configured user, from the users file or table."""
+    if config.auth.backend == "postgresql":
+        from mailsrv.auth import pgusers
+
+        conn = _connect(config.auth_dsn)
+        try:
+            return pgusers.list_users(conn)
+        finally:
+            conn.close()
+    from mailsrv.auth.passwdfile import PasswdFile
+
+    if not os.path.exists(config.users.passwd_file):
+        raise CommandError(f"{config.users.passwd_file}: users file not found", EX_CONFIG)
+    return [(record.name, record.home) for record in PasswdFile(config.users.passwd_file).users()]
+
+
+def _migrate(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
+    """``mailsrv migrate``: see :mod:`mailsrv.migrate`."""
+    from mailsrv.errors import TemporaryFailure
+    from mailsrv.migrate import Migration, MigrationError, Progress
+
+    if args.source == args.target:
+        raise CommandError("--from and --to name the same backend", EX_USAGE)
+    config = _config(args)
+    if not config.storage.dsn:
+        raise CommandError(
+            "migrate needs storage.dsn (the database) and storage.maildir (the Maildir tree) "
+            "in the configuration",
+            EX_CONFIG,
+        )
+    users = _all_users(config)
+    if args.user:
+        known = dict(users)
+        unknown = [name for name in args.user if name not in known]
+        if unknown:
+            raise CommandError(f"no user {unknown[0]!r} among the configured users", EX_NOUSER)
+        users = [(name, known[name]) for name in args.user]
+    progress = Progress(stderr)
+    migration = Migration(config, progress)
+    try:
+        migration.postgres.check_schema()
+    except TemporaryFailure as e:
+        migration.close()
+        raise CommandError(f"{e}; run again when it is back", EX_TEMPFAIL) from None
+    except Exception as e:
+        migration.close()
+        raise CommandError(str(e), EX_CONFIG) from None
+    if args.verify:
+        step = migration.verify
+    elif args.target == "postgresql":
+        step = migration.to_postgresql
+    else:
+        step = migration.to_maildir
+    outcomes = []
+    try:
+        for name, home in users:
+            try:
+                outcome = step(name, home)
+            except MigrationError as e:
+                from mailsrv.migrate import UserOutcome
+
+                outcome = UserOutcome(name, error=str(e))
+            progress.user_done(outcome)
+            outcomes.append(outcome)
+    except TemporaryFailure as e:
+        progress.summary(outcomes, args.verify)
+        raise CommandError(
+            f"{e}; stopped: run the same command again to resume", EX_TEMPFAIL
+        ) from None
+    except KeyboardInterrupt:
+        progress.summary(outcomes, args.verify)
+        raise CommandError(
+            "interrupted: run the same command again to resume", EX_INTERRUPTED
+        ) from None
+    finally:
+        migration.close()
+    progress.summary(outcomes, args.verify)
+    if any(o.error is not None for o in outcomes):
+        return EX_CANTCREAT
+    if any(o.differences for o in outcomes):
+        return EX_DATAERR
+    return EX_OK
+
+
 def _reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
     from mailsrv.storage.deliver import reindex
 
@@ -290,39 +488,80 @@ def _reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
     return EX_OK
 
 
+def _databases(config: Config) -> list[str]:
+    """The PostgreSQL databases the configuration uses (mail, users), once each."""
+    found = []
+    if config.storage.backend == "postgresql":
+        found.append(config.storage.dsn)
+    if config.auth.backend == "postgresql" and config.auth_dsn not in found:
+        found.append(config.auth_dsn)
+    return found
+
+
 def _db(args: argparse.Namespace, stdout: IO[str]) -> int:
-    """``mailsrv db upgrade`` / ``status``: the PostgreSQL schema."""
+    """``mailsrv db upgrade`` / ``status`` / ``prune``: the PostgreSQL schema."""
     config = _config(args)
-    if config.storage.backend != "postgresql":
+    databases = _databases(config)
+    if not databases:
         raise CommandError(
-            f"storage.backend is {config.storage.backend!r}: `mailsrv db` manages the "
-            "database of the 'postgresql' backend",
+            f"storage.backend is {config.storage.backend!r} and auth.backend "
+            f"{config.auth.backend!r}: `mailsrv db` manages the database of the "
+            "'postgresql' backends",
             EX_CONFIG,
         )
+    if args.db_command == "prune" and config.storage.backend != "postgresql":
+        raise CommandError(
+            "`mailsrv db prune` cleans the mail database: storage.backend is not 'postgresql'",
+            EX_CONFIG,
+        )
+    for dsn in databases if args.db_command != "prune" else databases[:1]:
+        status = _db_one(args, config, dsn, stdout, len(databases) > 1)
+        if status != EX_OK:
+            return status
+    return EX_OK
+
+
+def _db_one(
+    args: argparse.Namespace, config: Config, dsn: str, stdout: IO[str], name_it: bool
+) -> int:
+    import datetime
+
     import psycopg
 
     from mailsrv.config import redact_dsn
-    from mailsrv.storage.postgres import schema
+    from mailsrv.storage.postgres import maintenance, schema
 
-    try:
-        conn = psycopg.connect(config.storage.dsn, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as e:
-        where = redact_dsn(config.storage.dsn)
-        raise CommandError(f"cannot connect to {where}: {e}".strip(), EX_TEMPFAIL) from None
+    conn = _connect(dsn)
+    prefix = f"{redact_dsn(dsn)}: " if name_it else ""
     try:
         if args.db_command == "upgrade":
             before, after = schema.upgrade(conn)
             if before == after:
-                stdout.write(f"schema already at version {after}\n")
+                stdout.write(f"{prefix}schema already at version {after}\n")
             else:
-                stdout.write(f"schema upgraded from version {before} to {after}\n")
+                stdout.write(f"{prefix}schema upgraded from version {before} to {after}\n")
+            return EX_OK
+        if args.db_command == "prune":
+            schema.check_version(conn)
+            days = args.days if args.days is not None else config.storage.retention_days
+            if days < 1:
+                raise CommandError("--days must be at least 1", EX_USAGE)
+            done = maintenance.prune(conn, datetime.timedelta(days=days))
+            stdout.write(
+                f"pruned {done.expunged} expunge-log rows and {done.mailboxes} deleted "
+                f"mailboxes older than {days} days\n"
+            )
             return EX_OK
         found = schema.version(conn)
-        stdout.write(f"schema version {found} (this mailsrv uses {schema.SCHEMA_VERSION})\n")
+        stdout.write(
+            f"{prefix}schema version {found} (this mailsrv uses {schema.SCHEMA_VERSION})\n"
+        )
         schema.check_version(conn)
         return EX_OK
     except schema.SchemaError as e:
         raise CommandError(str(e), EX_CONFIG) from None
+    except psycopg.OperationalError as e:
+        raise CommandError(f"database unavailable: {e}".strip(), EX_TEMPFAIL) from None
     except psycopg.Error as e:
         raise CommandError(f"database error: {e}".strip(), EX_SOFTWARE) from None
     finally:
@@ -361,7 +600,10 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
         # The pair must match, generate_self_signed or not; a pair still to
         # be generated is not created here.
         tls_pending = tls_context_of(config, create=False) is None
-    if os.path.exists(config.users.passwd_file):
+    count: int | None = None
+    if config.auth.backend == "postgresql":
+        pass  # the database is not needed to check the file
+    elif os.path.exists(config.users.passwd_file):
         count = len(PasswdFile(config.users.passwd_file).users())
     else:  # create_if_missing: the daemon creates it
         count = 0
@@ -369,7 +611,8 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
         stdout.write(line + "\n")
     if tls_pending:
         stdout.write("  (self-signed certificate and key to be created at first start)\n")
-    stdout.write(f"  users: {count}\n")
+    if count is not None:
+        stdout.write(f"  users: {count}\n")
     return EX_OK
 
 
@@ -441,6 +684,8 @@ def _run(args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stder
                 return _deliver(args, stdin or sys.stdin.buffer, stdout)
             if args.command == "reindex":
                 return _reindex(args, stdout)
+            if args.command == "migrate":
+                return _migrate(args, stdout, stderr)
             if args.command == "db":
                 return _db(args, stdout)
             if args.command == "gen-cert":

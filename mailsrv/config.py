@@ -58,9 +58,18 @@ def _meta(check: Callable[[Any], str | None] | None = None, path: bool = False) 
     return {"check": check, "path": path}
 
 
+def _check_networks(value: tuple[str, ...]) -> str | None:
+    from mailsrv.proxy import parse_networks
+
+    return parse_networks(value)[1]
+
+
 @attrs.frozen
 class ServerSection:
     hostname: str = attrs.field(factory=socket.getfqdn, metadata=_meta())
+    #: Addresses or networks of the load balancers whose PROXY headers are
+    #: believed; required by any ``haproxy:`` listener.
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), metadata=_meta(_check_networks))
 
 
 @attrs.frozen
@@ -205,6 +214,13 @@ class AuthSection:
     )
     failure_delay: float = attrs.field(default=2.0, metadata=_meta(_check_range(0, 60)))
     max_failures: int = attrs.field(default=3, metadata=_meta(_check_range(1, 100)))
+    #: Where users and passwords live: the users file ([users] passwd_file)
+    #: or the ``users`` table of a PostgreSQL database.
+    backend: str = attrs.field(
+        default="passwd-file", metadata=_meta(_check_choice("passwd-file", "postgresql"))
+    )
+    #: backend = "postgresql": the database; empty means storage.dsn's.
+    dsn: str = attrs.field(default="", metadata=_meta())
 
 
 @attrs.frozen
@@ -221,6 +237,9 @@ class StorageSection:
     dsn: str = attrs.field(default="", metadata=_meta())
     #: backend = "postgresql": worker threads, hence database connections, per process.
     pool_size: int = attrs.field(default=10, metadata=_meta(_check_range(1, 1000)))
+    #: backend = "postgresql": days ``mailsrv db prune`` keeps the expunge log
+    #: and deleted mailboxes' tombstones.
+    retention_days: int = attrs.field(default=30, metadata=_meta(_check_range(1, 3650)))
 
 
 @attrs.frozen
@@ -272,6 +291,19 @@ class Listener:
     implicit_tls: bool
     origin: str  # "imap.listen[0]" or "--imap"
 
+    #: The prefix that marks a listener behind a load balancer: every
+    #: connection starts with a PROXY header (v1 or v2).
+    PROXY_PREFIX = "haproxy:"
+
+    @property
+    def proxy(self) -> bool:
+        return self.endpoint.startswith(self.PROXY_PREFIX)
+
+    @property
+    def bare_endpoint(self) -> str:
+        """The endpoint string without the ``haproxy:`` mark."""
+        return self.endpoint.removeprefix(self.PROXY_PREFIX)
+
 
 @attrs.frozen
 class Config:
@@ -311,6 +343,11 @@ class Config:
     @property
     def tls_enabled(self) -> bool:
         return self.tls.certificate is not None
+
+    @property
+    def auth_dsn(self) -> str:
+        """The database of users kept in PostgreSQL ([auth] dsn, else [storage] dsn)."""
+        return self.auth.dsn or self.storage.dsn
 
 
 _SECTIONS: dict[str, type] = {
@@ -436,30 +473,43 @@ def _build_section(
     return cls(**values)
 
 
-def _check_postgresql(dsn: str) -> None:
+def _check_postgresql(dsn: str, section: str = "storage", other: str = "") -> None:
     """The PostgreSQL backend needs psycopg and a DSN libpq can parse.
 
     Only the syntax is checked here; whether the server is reachable and
-    its schema current is checked when the daemon starts.
+    its schema current is checked when the daemon starts.  ``other`` names
+    a key whose value would have been used instead of an empty ``dsn``.
     """
     try:
         from psycopg import ProgrammingError, conninfo
     except ImportError:
         raise _error(
-            "storage.backend",
+            f"{section}.backend",
             "'postgresql' needs psycopg 3, which is not installed: "
             "pip install 'mailsrv[postgresql]'",
         ) from None
     if not dsn:
+        instead = f" (or set {other})" if other else ""
         raise _error(
-            "storage.dsn",
-            "required when storage.backend is 'postgresql': a libpq connection string "
-            "('host=/run/postgresql dbname=mail') or a postgresql:// URI",
+            f"{section}.dsn",
+            f"required when {section}.backend is 'postgresql'{instead}: a libpq connection "
+            "string ('host=/run/postgresql dbname=mail') or a postgresql:// URI",
         )
     try:
         conninfo.conninfo_to_dict(dsn)
     except ProgrammingError as e:
-        raise _error("storage.dsn", f"not a valid PostgreSQL connection string: {e}") from None
+        raise _error(f"{section}.dsn", f"not a valid PostgreSQL connection string: {e}") from None
+
+
+def _check_auth(config: Config) -> None:
+    """Users in PostgreSQL need a database: [auth] dsn, or else [storage] dsn's."""
+    auth = config.auth
+    if auth.backend != "postgresql":
+        return
+    if auth.dsn:
+        _check_postgresql(auth.dsn, "auth")
+    else:
+        _check_postgresql(config.storage.dsn, "auth", "storage.dsn")
 
 
 def _check_template(template: str, where: str) -> str:
@@ -530,6 +580,15 @@ def _check_listeners(config: Config, required: bool) -> None:
     seen: dict[tuple[str, int], Listener] = {}
     paths: dict[str, Listener] = {}
     for listener in listeners:
+        if listener.proxy and not config.server.trusted_proxies:
+            raise _error(
+                listener.origin,
+                f"{listener.endpoint!r} expects PROXY headers: list the load balancers' "
+                'addresses in server.trusted_proxies (e.g. ["10.0.0.10", "10.0.0.11"])',
+            )
+        if listener.bare_endpoint.startswith(Listener.PROXY_PREFIX):
+            raise _error(listener.origin, f"{listener.endpoint!r}: 'haproxy:' given twice")
+        listener = attrs.evolve(listener, endpoint=listener.bare_endpoint)
         if listener.endpoint.split(":", 1)[0] == "systemd":
             problem = _systemd_problem(listener.endpoint)
             if problem is not None:
@@ -608,6 +667,8 @@ def _check_files(config: Config) -> None:
             if not os.access(path, os.R_OK):
                 raise _error(_origin(config, key), f"file not readable: {path}")
     users = config.users
+    if config.auth.backend != "passwd-file":
+        return  # users are in the database: no users file to find
     if not users.create_if_missing and not os.path.isfile(users.passwd_file):
         raise _error(_origin(config, "users.passwd_file"), f"file not found: {users.passwd_file}")
 
@@ -668,6 +729,7 @@ def load_config(
         from_command_line=from_command_line,
         **sections,
     )
+    _check_auth(config)
     _check_listeners(config, require_listeners)
     if check_files:
         _check_files(config)
@@ -697,8 +759,13 @@ def describe(config: Config) -> Sequence[str]:
     lines = [f"configuration {config.path or '(built-in defaults)'} is valid"]
     for listener in config.listeners:
         kind = "implicit TLS" if listener.implicit_tls else "plain"
+        if listener.proxy:
+            kind += ", PROXY header first"
         lines.append(f"  {listener.protocol} {kind}: {listener.endpoint} ({listener.origin})")
-    lines.append(f"  users file: {config.users.passwd_file}")
+    if config.auth.backend == "postgresql":
+        lines.append(f"  users: postgresql {redact_dsn(config.auth_dsn)}")
+    else:
+        lines.append(f"  users file: {config.users.passwd_file}")
     if config.storage.backend == "postgresql":
         lines.append(f"  storage: postgresql {redact_dsn(config.storage.dsn)}")
     else:

@@ -50,7 +50,7 @@ class LiveParts:
     #: The LMTP recipient look-up: user name -> record with ``name`` and ``home``, or None.
     users: Callable[[str], Any]
     tls_context: Any
-    #: The portal's password checker (its ``passwd`` is the users file).
+    #: The portal's password checker (a PasswdFileChecker or a PostgresChecker).
     checker: Any = None
 
 

@@ -89,18 +89,29 @@ def build_storage(config: Config, reactor: Any = None) -> IStorage:
     )
 
 
-def check_database(config: Config, storage: IStorage) -> None:
+def check_database(config: Config, storage: IStorage | None, key: str = "storage.dsn") -> None:
     """At startup, refuse a PostgreSQL database whose schema is not this
-    code's (a ConfigError naming storage.dsn says what to do); a database
+    code's (a ConfigError naming ``key`` says what to do); a database
     that cannot be reached yet is only logged: sessions are answered
-    [UNAVAILABLE] until it is back."""
+    [UNAVAILABLE] until it is back.  Without ``storage``, the users'
+    database ([auth] dsn) is checked."""
     from mailsrv.errors import TemporaryFailure
     from mailsrv.storage.postgres.schema import SchemaError
 
     try:
-        storage.check_schema()  # type: ignore[attr-defined]
+        if storage is not None:
+            storage.check_schema()  # type: ignore[attr-defined]
+        else:
+            from mailsrv.storage.postgres import schema
+            from mailsrv.storage.postgres.db import Database
+
+            conn = Database(config.auth_dsn, pool_size=1).connect()
+            try:
+                schema.check_version(conn)
+            finally:
+                conn.close()
     except SchemaError as e:
-        origin = config.from_command_line.get("storage.dsn", "storage.dsn")
+        origin = config.from_command_line.get(key, key)
         raise ConfigError(config.path or COMMAND_LINE, origin, str(e)) from None
     except TemporaryFailure as e:
         _log.warn(
@@ -110,19 +121,31 @@ def check_database(config: Config, storage: IStorage) -> None:
         )
 
 
+def build_checker(config: Config, storage: IStorage | None = None, reactor: Any = None) -> Any:
+    """The checker of ``[auth] backend``: the users file, or the users table
+    (on the storage's own connections when both use the same database)."""
+    if config.auth.backend != "postgresql":
+        return PasswdFileChecker(open_passwd(config), reactor=reactor)
+    from mailsrv.auth.pgusers import PostgresChecker
+    from mailsrv.storage.postgres import PostgresStorage
+    from mailsrv.storage.postgres.db import Database
+
+    if isinstance(storage, PostgresStorage) and storage.dsn == config.auth_dsn:
+        db = storage.db
+    else:
+        db = Database(config.auth_dsn, pool_size=config.storage.pool_size, reactor=reactor)
+    return PostgresChecker(db, reactor=reactor)
+
+
 def build_portal(
     config: Config, storage: IStorage | None = None, reactor: Any = None
-) -> tuple[Portal, PasswdFileChecker]:
-    """A Portal over the users file and the storage, and its checker."""
-    passwd = open_passwd(config)
-    checker = PasswdFileChecker(passwd, reactor=reactor)
+) -> tuple[Portal, Any]:
+    """A Portal over the configured users and the storage, and its checker
+    (a PasswdFileChecker or a PostgresChecker; both have ``home_of`` and
+    ``any_plaintext``)."""
     storage = storage if storage is not None else build_storage(config, reactor)
-
-    def home_of(name: str) -> str | None:
-        record = passwd.get(name)
-        return record.home if record is not None else None
-
-    return Portal(MailRealm(storage, home_of), [checker]), checker
+    checker = build_checker(config, storage, reactor)
+    return Portal(MailRealm(storage, checker.home_of), [checker]), checker
 
 
 def protocol_factory(
@@ -133,13 +156,36 @@ def protocol_factory(
     storage: IStorage | None = None,
     users: Callable[[str], Any] | None = None,
     tls: Any = None,
+    config: Config | None = None,
 ) -> Factory[Any]:
-    """The factory for one listener, wrapped in TLS for implicit-TLS ones.
+    """The factory for one listener, wrapped in TLS for implicit-TLS ones
+    and, outside that, in the PROXY header reader for ``haproxy:`` ones (the
+    header precedes the TLS handshake).
 
     LMTP listeners need the ``storage`` to deliver into and the ``users``
-    look-up (user name -> users-file record or None).  ``tls`` is the
-    connection creator implicit TLS uses (default: the policy's context).
+    look-up (user name -> record with ``name`` and ``home``, or None, maybe
+    as a Deferred).  ``tls`` is the connection creator implicit TLS uses
+    (default: the policy's context); ``config`` gives the trusted proxies.
     """
+    factory = _plain_factory(listener, portal, policy, storage=storage, users=users, tls=tls)
+    if listener.proxy:
+        from mailsrv.proxy import ProxyFactory, ProxyNetworks, parse_networks
+
+        proxies = config.server.trusted_proxies if config is not None else ()
+        networks, _problem = parse_networks(proxies)  # checked when loaded
+        return ProxyFactory(factory, ProxyNetworks(networks))
+    return factory
+
+
+def _plain_factory(
+    listener: Listener,
+    portal: Portal,
+    policy: SessionPolicy,
+    *,
+    storage: IStorage | None,
+    users: Callable[[str], Any] | None,
+    tls: Any,
+) -> Factory[Any]:
     factory: Factory[Any]
     if listener.protocol == "lmtp":
         from mailsrv.lmtp.server import LMTPFactory
@@ -196,11 +242,12 @@ class ListenerService(StreamServerEndpointService):
         if self.socket_owner is not None:
             self._chown(*self.socket_owner)
         _log.info(
-            "{name} listening on {endpoint}{tls}",
+            "{name} listening on {endpoint}{tls}{proxy}",
             name=self.listener.protocol.upper(),
             protocol=self.listener.protocol,
             endpoint=self.listener.endpoint,
             tls=" (implicit TLS)" if self.listener.implicit_tls else "",
+            proxy=" (PROXY header required)" if self.listener.proxy else "",
         )
 
     def _chown(self, path: str, owner: str | None, group: str | None) -> None:
@@ -226,7 +273,7 @@ def lmtp_endpoint(listener: Listener, mode: int) -> str:
     to a Unix socket that does not give its own ``mode=`` (Twisted sets the
     mode before it listens, so the socket is never more open than asked)."""
     endpoint = listener.endpoint
-    kind = endpoint.split(":", 1)[0]
+    kind = listener.bare_endpoint.split(":", 1)[0]
     if kind != "unix" or any(part.startswith("mode=") for part in endpoint.split(":")[2:]):
         return endpoint
     return f"{endpoint}:mode={mode:o}"
@@ -372,9 +419,9 @@ def _endpoint(reactor: Any, listener: Listener, where: str) -> Any:
     """The server endpoint of a listener; a systemd socket that was not
     inherited is a configuration error naming the listener, not a traceback."""
     try:
-        return endpoints.serverFromString(reactor, listener.endpoint)
+        return endpoints.serverFromString(reactor, listener.bare_endpoint)
     except (IndexError, KeyError):
-        if not listener.endpoint.startswith("systemd:"):
+        if not listener.bare_endpoint.startswith("systemd:"):
             raise
         count = len(ListenFDs.fromEnvironment().inheritedDescriptors())
         raise ConfigError(
@@ -383,6 +430,14 @@ def _endpoint(reactor: Any, listener: Listener, where: str) -> Any:
             f"{listener.endpoint!r}: no such socket among the {count} systemd passed in; "
             "start mailsrv through its .socket unit (ListenStream=, FileDescriptorName=)",
         ) from None
+
+
+def _innermost(factory: Factory[Any]) -> Factory[Any]:
+    """The protocol factory inside the PROXY and TLS wrappers: what a reload
+    updates."""
+    while hasattr(factory, "wrappedFactory"):
+        factory = factory.wrappedFactory
+    return factory
 
 
 def make_service(
@@ -409,17 +464,22 @@ def make_service(
     storage = build_storage(config, reactor)
     if config.storage.backend == "postgresql":
         check_database(config, storage)
+    if config.auth.backend == "postgresql" and not (
+        config.storage.backend == "postgresql" and config.auth_dsn == config.storage.dsn
+    ):
+        check_database(config, None, "auth.dsn" if config.auth.dsn else "storage.dsn")
 
     def build(config: Config) -> LiveParts:
         tls_context = tls_context_of(config) if config.tls_enabled else None
         portal, checker = build_portal(config, storage, reactor)
         policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
-        return LiveParts(policy, portal, checker.passwd.get, tls_context, checker)
+        return LiveParts(policy, portal, checker.find_user, tls_context, checker)
 
     top = MailService(config, build, load, systemd_notify=systemd_notify)
     parts = top.parts
     StorageService(storage).setServiceParent(top)
-    UsersFileCheck(parts.checker.passwd).setServiceParent(top)
+    if isinstance(parts.checker, PasswdFileChecker):
+        UsersFileCheck(parts.checker.passwd).setServiceParent(top)
     for listener in config.listeners:
         owner = None
         if listener.protocol == "lmtp":
@@ -428,9 +488,15 @@ def make_service(
             )
         endpoint = _endpoint(reactor, listener, where)
         factory = protocol_factory(
-            listener, parts.portal, parts.policy, storage=storage, users=parts.users, tls=top.tls
+            listener,
+            parts.portal,
+            parts.policy,
+            storage=storage,
+            users=parts.users,
+            tls=top.tls,
+            config=config,
         )
-        top.add_factory(getattr(factory, "wrappedFactory", factory))
+        top.add_factory(_innermost(factory))
         path = getattr(endpoint, "_address", None)
         if listener.protocol == "lmtp" and isinstance(path, str):
             if config.lmtp.socket_owner or config.lmtp.socket_group:

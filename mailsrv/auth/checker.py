@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsrv.auth.passwdfile import PasswdFile
+from mailsrv.auth.passwdfile import PasswdFile, UserRecord
 from mailsrv.auth.passwords import (
     dummy_hash,
     is_known_scheme,
@@ -29,7 +29,7 @@ from mailsrv.auth.passwords import (
     verify_password,
 )
 
-__all__ = ["FAILURE_MESSAGE", "PasswdFileChecker"]
+__all__ = ["FAILURE_MESSAGE", "HashingChecker", "PasswdFileChecker", "decode_name"]
 
 #: The one message every failed authentication carries.
 FAILURE_MESSAGE = "Authentication failed"
@@ -40,7 +40,7 @@ _T = TypeVar("_T")
 _NOBODYS_SECRET = secrets.token_bytes(24)
 
 
-def _decode_name(username: object) -> str | None:
+def decode_name(username: object) -> str | None:
     if isinstance(username, bytes):
         try:
             return username.decode("utf-8")
@@ -51,9 +51,11 @@ def _decode_name(username: object) -> str | None:
     return None
 
 
-@implementer(ICredentialsChecker)
-class PasswdFileChecker:
-    """Checks user names and passwords against a :class:`PasswdFile`.
+class HashingChecker:
+    """What every mailsrv checker shares, whatever holds the users: hashing
+    in a bounded number of reactor pool threads, dummy work for unknown
+    users, challenge mechanisms only with a plaintext-equivalent secret,
+    and one failure message.
 
     ``reactor`` supplies the thread pool (the global reactor by default);
     ``run_in_thread=False`` checks inline, for tests. ``max_parallel`` bounds
@@ -64,7 +66,6 @@ class PasswdFileChecker:
 
     def __init__(
         self,
-        passwd: PasswdFile,
         *,
         reactor: IReactorThreads | None = None,
         run_in_thread: bool = True,
@@ -72,7 +73,6 @@ class PasswdFileChecker:
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
-        self._passwd = passwd
         self._reactor = reactor
         self._run_in_thread = run_in_thread
         self._semaphore = defer.DeferredSemaphore(max_parallel)
@@ -80,41 +80,28 @@ class PasswdFileChecker:
         # its own, which would make that first answer come late.
         dummy_hash()
 
-    @property
-    def passwd(self) -> PasswdFile:
-        """The users file this checker reads."""
-        return self._passwd
+    def verify_password(self, stored: str | None, password: object) -> defer.Deferred[bool]:
+        """Hash ``password`` against ``stored`` (None: dummy work, False)
+        in a pool thread, at most ``max_parallel`` at a time."""
+        return self._semaphore.run(self._in_thread, self._verify, stored, password)
 
-    # Twisted types avatar ids as bytes; mailsrv's realm takes the user name as
-    # str (user names are UTF-8 text), hence the override.
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # type: ignore[override]
-        """Fire with the user name (``str``) or fail with UnauthorizedLogin."""
-        name = _decode_name(getattr(credentials, "username", None))
-        if IUsernamePassword.providedBy(credentials):
-            password = credentials.password
-            stored = self._stored(name)
-            d = self._semaphore.run(self._in_thread, self._verify, stored, password)
-        elif IUsernameHashedPassword.providedBy(credentials):
-            d = defer.maybeDeferred(self._check_hashed, credentials, name)
-        else:
-            d = defer.succeed(False)
-        return d.addCallbacks(self._outcome, self._error, callbackArgs=(name,))
-
-    def any_plaintext(self) -> bool:
-        """Whether any user could use CRAM-MD5 or APOP (has a plaintext-equivalent secret).
-
-        Protocols offer those mechanisms only when this is true.
-        """
-        return any(plaintext_secret_bytes(user.password) for user in self._passwd.users())
-
-    def _stored(self, name: str | None) -> str | None:
-        """The secret to check against, or None to spend dummy work and fail."""
-        if name is None:
+    @staticmethod
+    def usable(stored: str | None) -> str | None:
+        """``stored`` if it is a secret mailsrv can check, else None."""
+        if stored is None or not is_known_scheme(stored):
             return None
-        record = self._passwd.get(name)
-        if record is None or not is_known_scheme(record.password):
-            return None
-        return record.password
+        return stored
+
+    @staticmethod
+    def check_hashed(credentials: Any, stored: str | None) -> bool:
+        """CRAM-MD5 and APOP need the shared secret itself; users whose
+        secret is hashed (or who do not exist) fail exactly like a wrong
+        password, after the same digest computation."""
+        secret = plaintext_secret_bytes(stored) if stored is not None else None
+        if secret is None:
+            credentials.checkPassword(_NOBODYS_SECRET)
+            return False
+        return bool(credentials.checkPassword(secret))
 
     @staticmethod
     def _verify(stored: str | None, password: object) -> bool:
@@ -124,18 +111,6 @@ class PasswdFileChecker:
             verify_password(dummy_hash(), password)
             return False
         return verify_password(stored, password)
-
-    def _check_hashed(self, credentials: Any, name: str | None) -> bool:
-        # CRAM-MD5 and APOP need the shared secret itself; users whose
-        # secret is hashed fail exactly like a wrong password.
-        record = self._passwd.get(name) if name is not None else None
-        secret = plaintext_secret_bytes(record.password) if record is not None else None
-        if secret is None:
-            # The same digest computation as a real check, so a user without
-            # a usable secret cannot be told apart by the work done.
-            credentials.checkPassword(_NOBODYS_SECRET)
-            return False
-        return bool(credentials.checkPassword(secret))
 
     def _in_thread(self, function: Callable[..., _T], *args: object) -> defer.Deferred[_T]:
         if not self._run_in_thread:
@@ -156,11 +131,74 @@ class PasswdFileChecker:
     @staticmethod
     def _error(failure: Failure) -> Failure:
         """Pass on anything but a refusal: a checker that broke (a hashing
-        library error, an exhausted thread pool) is not a wrong password.
-        The protocols answer it as temporarily unavailable (IMAP
-        ``NO [UNAVAILABLE]``, POP3 ``-ERR [SYS/TEMP]``), log it, and do not
-        count it as a failed login, so it can neither lock a user out nor
-        be mistaken for a guess."""
+        library error, an exhausted thread pool, a database that cannot be
+        reached) is not a wrong password.  The protocols answer it as
+        temporarily unavailable (IMAP ``NO [UNAVAILABLE]``, POP3
+        ``-ERR [SYS/TEMP]``), log it, and do not count it as a failed login,
+        so it can neither lock a user out nor be mistaken for a guess."""
         if failure.check(UnauthorizedLogin):
             return Failure(UnauthorizedLogin(FAILURE_MESSAGE))
         return failure
+
+
+@implementer(ICredentialsChecker)
+class PasswdFileChecker(HashingChecker):
+    """Checks user names and passwords against a :class:`PasswdFile`."""
+
+    def __init__(
+        self,
+        passwd: PasswdFile,
+        *,
+        reactor: IReactorThreads | None = None,
+        run_in_thread: bool = True,
+        max_parallel: int = 4,
+    ) -> None:
+        super().__init__(reactor=reactor, run_in_thread=run_in_thread, max_parallel=max_parallel)
+        self._passwd = passwd
+
+    @property
+    def passwd(self) -> PasswdFile:
+        """The users file this checker reads."""
+        return self._passwd
+
+    # Twisted types avatar ids as bytes; mailsrv's realm takes the user name as
+    # str (user names are UTF-8 text), hence the override.
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # type: ignore[override]
+        """Fire with the user name (``str``) or fail with UnauthorizedLogin."""
+        name = decode_name(getattr(credentials, "username", None))
+        if IUsernamePassword.providedBy(credentials):
+            password = credentials.password
+            d = self.verify_password(self._stored(name), password)
+        elif IUsernameHashedPassword.providedBy(credentials):
+            d = defer.maybeDeferred(self._check_hashed, credentials, name)
+        else:
+            d = defer.succeed(False)
+        return d.addCallbacks(self._outcome, self._error, callbackArgs=(name,))
+
+    def find_user(self, name: str) -> UserRecord | None:
+        """The user called ``name`` (with ``name`` and ``home``), or None:
+        how LMTP finds a recipient without a password."""
+        return self._passwd.get(name)
+
+    def any_plaintext(self) -> bool:
+        """Whether any user could use CRAM-MD5 or APOP (has a plaintext-equivalent secret).
+
+        Protocols offer those mechanisms only when this is true.
+        """
+        return any(plaintext_secret_bytes(user.password) for user in self._passwd.users())
+
+    def home_of(self, name: str) -> str | None:
+        """The user's home directory (for ``{home}`` path templates)."""
+        record = self._passwd.get(name)
+        return record.home if record is not None else None
+
+    def _stored(self, name: str | None) -> str | None:
+        """The secret to check against, or None to spend dummy work and fail."""
+        if name is None:
+            return None
+        record = self._passwd.get(name)
+        return self.usable(record.password if record is not None else None)
+
+    def _check_hashed(self, credentials: Any, name: str | None) -> bool:
+        record = self._passwd.get(name) if name is not None else None
+        return self.check_hashed(credentials, record.password if record is not None else None)

@@ -25,9 +25,18 @@ from mailsrv.storage.postgres.queries import copy, find_mailbox, notify, remove_
 
 
 def ensure_user(conn: Any, user: str) -> None:
-    """Create the user with INBOX and the default folders on first sight."""
+    """Create the user with INBOX and the default folders on first sight.
+
+    "First sight" is a user who never had a mailbox: ``mailsrv user add``
+    with users in the database creates the row before any mail exists.
+    The conditional update locks that row, so of two first sessions only
+    one creates the mailboxes.
+    """
     created = conn.execute(
-        "INSERT INTO users (user_name) VALUES (%s) ON CONFLICT DO NOTHING RETURNING 1", (user,)
+        "INSERT INTO users (user_name) VALUES (%s) ON CONFLICT (user_name) DO UPDATE "
+        "SET last_mailbox_id = users.last_mailbox_id WHERE users.last_mailbox_id = 0 "
+        "RETURNING 1",
+        (user,),
     ).fetchone()
     if created is None:
         return
@@ -115,8 +124,8 @@ def delete_mailbox(conn: Any, blobs: IBlobStore, user: str, name: str) -> tuple[
         modseq = highest + 1
     blobs.drop_references(conn, counts)
     conn.execute(
-        "UPDATE mailboxes SET name = NULL, highest_modseq = %s WHERE user_name = %s "
-        "AND mailbox_id = %s",
+        "UPDATE mailboxes SET name = NULL, highest_modseq = %s, deleted_at = now() "
+        "WHERE user_name = %s AND mailbox_id = %s",
         (modseq, user, mailbox_id),
     )
     notify(conn, user, mailbox_id, modseq)

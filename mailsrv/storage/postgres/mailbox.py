@@ -34,6 +34,7 @@ from mailsrv.interfaces import (
     IMaildropLocking,
     IMessage,
     IMessageCache,
+    IPop3UidSource,
     MailboxStatus,
     StoreMode,
     StoreResult,
@@ -172,7 +173,7 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking)
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
 class PostgresMailbox:
     """A handle on one mailbox; all handles of a mailbox share its state."""
 
@@ -265,7 +266,9 @@ class PostgresMailbox:
         return self._db.run(queries.changed_since, *self._key, modseq, transaction=False)
 
     def expunged_since(self, modseq: int) -> Any:
-        found = self._db.run(queries.expunged_since, *self._key, modseq, transaction=False)
+        found = self._db.run(
+            queries.expunged_since, *self._key, modseq, isolation=REPEATABLE_READ, read_only=True
+        )
         return then(found, lambda pairs: sorted(uid for uid, _ in pairs))
 
     # -- IMessageCache ----------------------------------------------------------------
@@ -443,6 +446,11 @@ class PostgresMailbox:
             self._storage.unwatch(self._state)
 
     # -- POP3 ------------------------------------------------------------------------
+
+    def pop3_uidls(self) -> Any:
+        """UIDLs carried over by ``mailsrv migrate`` (UID -> UIDL); the
+        others are computed from UID and UIDVALIDITY by the maildrop."""
+        return self._db.run(queries.pop3_uidls, *self._key, transaction=False)
 
     def lock_maildrop(self) -> Any:
         """Take the POP3 maildrop lock of this user on every node; answers

@@ -171,6 +171,15 @@ def uids(conn: Any, user: str, mailbox_id: int) -> list[int]:
         return [row[0] for row in cursor]
 
 
+def pop3_uidls(conn: Any, user: str, mailbox_id: int) -> dict[int, str]:
+    rows = conn.execute(
+        "SELECT uid, pop3_uidl FROM messages WHERE user_name = %s AND mailbox_id = %s "
+        "AND pop3_uidl IS NOT NULL",
+        (user, mailbox_id),
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
 def keywords(conn: Any, user: str, mailbox_id: int) -> list[str]:
     """The mailbox's defined keywords, oldest first (one row read)."""
     row = conn.execute(
@@ -232,12 +241,42 @@ def changed_since(conn: Any, user: str, mailbox_id: int, modseq: int) -> list[Me
 
 
 def expunged_since(conn: Any, user: str, mailbox_id: int, modseq: int) -> list[tuple[int, int]]:
+    """(UID, MODSEQ) of the messages expunged above ``modseq``.
+
+    The expunge log is kept for a bounded time (``mailsrv db prune``); the
+    mailbox's ``expunged_floor`` is the highest MODSEQ of what was pruned.
+    Above the floor the log is complete.  At or below it, the answer is
+    every UID below UIDNEXT that no message has, each with the mailbox's
+    highest MODSEQ: a superset of what was expunged, which is what RFC 7162
+    3.2.6 asks for ("behave as if it was requested to report all expunged
+    messages") and what a session needs to drop what it still shows.
+    Run it in a REPEATABLE READ transaction, or with the mailbox row
+    locked, so the floor, the log and the messages agree.
+    """
+    row = conn.execute(
+        "SELECT expunged_floor, uidnext, highest_modseq FROM mailboxes "
+        "WHERE user_name = %s AND mailbox_id = %s",
+        (user, mailbox_id),
+    ).fetchone()
+    if row is not None and modseq < row[0]:
+        return [(uid, row[2]) for uid in _missing_uids(conn, user, mailbox_id, row[1])]
     rows = conn.execute(
         "SELECT uid, modseq FROM expunged WHERE user_name = %s AND mailbox_id = %s "
         "AND modseq > %s ORDER BY uid",
         (user, mailbox_id, modseq),
     ).fetchall()
     return [(row[0], row[1]) for row in rows]
+
+
+def _missing_uids(conn: Any, user: str, mailbox_id: int, uidnext: int) -> list[int]:
+    """Every UID below ``uidnext`` that no message of the mailbox has."""
+    missing: list[int] = []
+    expected = 1
+    for uid in uids(conn, user, mailbox_id):
+        missing.extend(range(expected, uid))
+        expected = uid + 1
+    missing.extend(range(expected, uidnext))
+    return missing
 
 
 def changes(conn: Any, user: str, mailbox_id: int, base: int) -> Changes:

@@ -123,8 +123,37 @@ UPDATE mailboxes b SET keywords = coalesce(
      WHERE m.user_name = b.user_name AND m.mailbox_id = b.mailbox_id), '{}');
 """
 
+# Users in the database ([auth] backend = "postgresql"): a row with a
+# password is a user who may log in; a row without one only owns mail (the
+# storage creates it at first sight, and ``mailsrv user del`` clears the
+# password but keeps the mail, as with the users file).
+_V3 = """
+ALTER TABLE users ADD COLUMN password text;
+ALTER TABLE users ADD COLUMN home text;
+ALTER TABLE users ADD COLUMN password_changed_at timestamptz;
+CREATE INDEX users_with_password ON users (user_name) WHERE password IS NOT NULL;
+"""
+
+# The expunge log's bounded retention (``mailsrv db prune``): rows of the
+# log at or below ``expunged_floor`` may be gone, so an answer about
+# expunges since a MODSEQ below the floor cannot come from the log alone.
+# A deleted mailbox's tombstone records when it was deleted, so it can be
+# purged once no session can still have it selected.
+_V4 = """
+ALTER TABLE expunged ADD COLUMN expunged_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE mailboxes ADD COLUMN expunged_floor bigint NOT NULL DEFAULT 0;
+ALTER TABLE mailboxes ADD COLUMN deleted_at timestamptz;
+UPDATE mailboxes SET deleted_at = now() WHERE name IS NULL;
+"""
+
+# POP3 UIDLs carried over by ``mailsrv migrate`` from a Maildir whose UID
+# list had them (``P`` fields of dovecot-uidlist); NULL: the computed UIDL.
+_V5 = """
+ALTER TABLE messages ADD COLUMN pop3_uidl text;
+"""
+
 #: The migrations, in order; migration N brings the schema to version N.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 
 #: The schema version this code needs.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -174,19 +203,21 @@ def check_version(conn: Any) -> None:
         )
 
 
-def upgrade(conn: Any) -> tuple[int, int]:
+def upgrade(conn: Any, target: int = SCHEMA_VERSION) -> tuple[int, int]:
     """Apply the missing migrations; return (version before, version after).
 
     One transaction: a failure leaves the database as it was.  ``conn`` is a
-    psycopg connection in autocommit mode.
+    psycopg connection in autocommit mode.  ``target`` stops at an older
+    version (tests of a migration build the database it starts from).
     """
+    target = min(target, SCHEMA_VERSION)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_UPGRADE_LOCK,))
         conn.execute(_VERSION_TABLE)
         before = version(conn)
         if before > SCHEMA_VERSION:
             raise _too_new(before)
-        for number in range(before + 1, SCHEMA_VERSION + 1):
+        for number in range(before + 1, target + 1):
             conn.execute(MIGRATIONS[number - 1])
             conn.execute("INSERT INTO mailsrv_schema (version) VALUES (%s)", (number,))
-    return before, SCHEMA_VERSION
+    return before, max(before, target)

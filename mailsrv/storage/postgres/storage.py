@@ -331,7 +331,11 @@ class PostgresStorage:
             failure.trap(NoSuchMailbox)
             state.deleted = True
 
-        result = self.db.run(queries.status, state.user, state.mailbox_id, transaction=False)
+        try:
+            result = self.db.run(queries.status, state.user, state.mailbox_id, transaction=False)
+        except NoSuchMailbox:  # no reactor: the same answer, synchronously
+            state.deleted = True
+            return None
         if isinstance(result, defer.Deferred):
             return result.addCallbacks(counters, gone)
         counters(result)

@@ -517,13 +517,20 @@ class SessionInterplayTests(ServerTestBase):
         # C expunges: its own EXPUNGE response, as the command allows.
         response = yield c.command("c1", "EXPUNGE")
         self.assertEqual(response, b"* 2 EXPUNGE\r\nc1 OK EXPUNGE completed\r\n")
-        # A fetches: no EXPUNGE during FETCH, its numbers are unchanged and
-        # message 2's loss is reported in the tagged response.
+        # A fetches: no EXPUNGE during FETCH, its numbers are unchanged.  The
+        # UIDs it knows are answered from its view, message 2's too (RFC 2180
+        # 4.1.2, as Dovecot answers); data it does not hold is reported lost.
         response = yield a.command("a1", "FETCH 1:3 (UID)")
         self.assertEqual(
             response,
-            b"* 1 FETCH (UID 1)\r\n* 3 FETCH (UID 3)\r\n"
-            b"a1 OK [EXPUNGEISSUED] Some messages were already expunged\r\n",
+            b"* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n* 3 FETCH (UID 3)\r\n"
+            b"a1 OK FETCH completed\r\n",
+        )
+        response = yield a.command("a1b", "FETCH 1:3 (RFC822.SIZE)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (RFC822.SIZE 4)\r\n* 3 FETCH (RFC822.SIZE 4)\r\n"
+            b"a1b OK [EXPUNGEISSUED] Some messages were already expunged\r\n",
         )
         # Nor during STORE or SEARCH.
         response = yield a.command("a2", "STORE 3 +FLAGS (\\Flagged)")

@@ -134,11 +134,32 @@ def fetch_messages(
     STORE uses this too for its ``FETCH (FLAGS)`` answers.
     """
     outcome: Outcome
-    if all(a.name in INDEX_ITEMS for a in request.attributes):
+    if all(a.name == "UID" for a in request.attributes):
+        outcome = yield _fetch_uids(request, messages)
+    elif all(a.name in INDEX_ITEMS for a in request.attributes):
         outcome = yield _fetch_index_only(request, messages)
     else:
         outcome = yield _fetch_loaded(request, messages)
     return outcome
+
+
+@defer.inlineCallbacks
+def _fetch_uids(
+    request: FetchRequest, messages: Iterable[tuple[int, int]]
+) -> Generator[defer.Deferred[Any], Any, Outcome]:
+    """``FETCH set (UID)`` (what sync clients ask to learn the UIDs): the
+    session's view knows every answer, so storage is not asked.  A message
+    another session expunged is still answered while this session has not
+    been told (RFC 2180 4.1.2), as Dovecot answers it."""
+    writer = request.writer
+    pairs = iter(messages)
+    while chunk := list(itertools.islice(pairs, BATCH)):
+        writer.write(b"".join(b"* %d FETCH (UID %d)\r\n" % pair for pair in chunk))
+        if writer.paused:
+            yield writer.ready()
+        if writer.closed:
+            break
+    return Outcome()
 
 
 @defer.inlineCallbacks

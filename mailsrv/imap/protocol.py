@@ -37,7 +37,7 @@ from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.registry import State
 from mailsrv.imap.session import LOG, LiteralAnswer, Session
 from mailsrv.policy import SessionPolicy
-from mailsrv.session import resolve_clock
+from mailsrv.session import no_delay, resolve_clock
 
 __all__ = ["IMAP4Server", "IMAP4ServerFactory"]
 
@@ -74,6 +74,7 @@ class IMAP4Server(Protocol):
     # -- the connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self._output = ResponseWriter(self.transport)
         self.session.connected(self._output, self._transport.getPeer())
 

@@ -172,12 +172,8 @@ class _ProxyHeaderProtocol(HAProxyProtocolWrapper):
 
             info = ProxyInfo(_UNKNOWN, None, None)
         self._proxyInfo = info
-        # Small answers (an untagged EXISTS to an IDLE client) must not wait
-        # for the ACK of the previous one: with Nagle's algorithm they wait
-        # for the peer's delayed ACK, about 40 ms on Linux.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        # The protocol switches Nagle's algorithm off itself, through this
+        # wrapper (mailsrv.session.no_delay).
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         if rest and self.connected:
             self.wrappedProtocol.dataReceived(rest)

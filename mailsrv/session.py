@@ -30,7 +30,14 @@ from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    ITCPTransport,
+    ITLSTransport,
+    IUNIXTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -46,6 +53,7 @@ __all__ = [
     "LoginUnavailable",
     "SessionGuard",
     "SessionTimer",
+    "no_delay",
     "resolve_clock",
 ]
 
@@ -59,6 +67,21 @@ def resolve_clock(clock: IReactorTime | None) -> IReactorTime:
     from twisted.internet import reactor
 
     return cast(IReactorTime, reactor)
+
+
+def no_delay(transport: object) -> None:
+    """Switch Nagle's algorithm off on a TCP connection (TLS over TCP too).
+
+    With it on, a small answer written while the previous one is not yet
+    acknowledged waits for the client's delayed ACK (40 ms on Linux): 35 ms
+    more per round trip of pipelined commands, and on every IDLE push.  A
+    TLS or PROXY wrapper provides the interfaces of the TCP transport under
+    it and passes the call down to it.  A Unix socket has no such option
+    (setting it fails with EOPNOTSUPP), though Twisted's Unix transport
+    claims ITCPTransport, being a subclass of the TCP one.
+    """
+    if ITCPTransport.providedBy(transport) and not IUNIXTransport.providedBy(transport):
+        transport.setTcpNoDelay(True)
 
 
 # -- logins -------------------------------------------------------------------

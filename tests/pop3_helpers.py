@@ -266,6 +266,12 @@ class TLSStringTransport(StringTransport):  # type: ignore[misc]  # startTLS is 
         self.tls_context = contextFactory
         self.written_before_tls = self.value()
 
+    # ITLSTransport extends ITCPTransport: the protocol switches Nagle off.
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
 
 class PausingTransport(TLSStringTransport):
     """Behaves like a socket whose buffer fills after every write: the

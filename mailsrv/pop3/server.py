@@ -51,7 +51,7 @@ from mailsrv.pop3.framer import Event, LineFramer, LineTooLong
 from mailsrv.pop3.streaming import MessageSender
 from mailsrv.pop3.transaction import Transaction
 from mailsrv.pop3.wire import MessageEncoder, error_line, loggable, multiline, ok_line
-from mailsrv.session import Expiry, SessionGuard, SessionTimer, resolve_clock
+from mailsrv.session import Expiry, SessionGuard, SessionTimer, no_delay, resolve_clock
 
 __all__ = ["POP3", "POP3Factory", "State"]
 
@@ -106,6 +106,7 @@ class POP3(Protocol):
     # -- connection -------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         peer: IAddress = self._transport.getPeer()
         self._peer_text = address(peer)
         if not self._guard.open(peer):

@@ -1,24 +1,24 @@
 """STARTTLS, LOGIN and AUTHENTICATE (RFC 3501 6.2), with SASL-IR (RFC 4959).
 
-The login itself is here too: the portal call, the per-user connection
-limit, and the failed-login rule (each failure answered
+The login itself is here too: the session's
+:class:`~mailsrv.session.SessionGuard` asks the portal and keeps the
+per-user connection limit and the failed-login rule (each failure answered
 ``auth.failure_delay`` after the attempt began, the connection closed after
-``auth.max_failures``; an error of the checker or realm is no failure).
+``auth.max_failures``; an error of the checker or realm is no failure);
+this module says its verdicts in IMAP.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import attrs
 from twisted.cred.credentials import ICredentials, UsernamePassword
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.logger import LogLevel
-from twisted.python.failure import Failure
 
 from mailsrv.auth import sasl
 from mailsrv.errors import StorageError
@@ -35,6 +35,7 @@ from mailsrv.imap.registry import (
 )
 from mailsrv.imap.session import LOG
 from mailsrv.interfaces import IAccount
+from mailsrv.session import LoggedIn, LoginRefused, LoginResult, LoginUnavailable
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -89,7 +90,7 @@ def parse_authenticate(reader: Reader, tag: str, name: str, uid: bool) -> Authen
 
 def handle_starttls(session: Session, command: Simple) -> Done:
     if not session.tls_available():
-        if session.secure:
+        if session.guard.secure:
             raise bad("TLS is already active")
         raise no("TLS is not available", "CANNOT")
     return Done(text="Begin TLS negotiation now", after=session.start_tls)
@@ -104,20 +105,20 @@ def _starttls_capability(session: Session) -> Sequence[str]:
 
 
 def handle_login(session: Session, command: Login) -> Result:
-    if not session.plaintext_allowed():
+    if not session.guard.plaintext_allowed():
         raise no("Plaintext login is disabled; use STARTTLS first", "PRIVACYREQUIRED")
     return log_in(session, UsernamePassword(command.username, command.password))
 
 
 def _login_capability(session: Session) -> Sequence[str]:
-    refused = session.state is State.NOT_AUTHENTICATED and not session.plaintext_allowed()
+    refused = session.state is State.NOT_AUTHENTICATED and not session.guard.plaintext_allowed()
     return ["LOGINDISABLED"] if refused else []
 
 
 def handle_authenticate(session: Session, command: Authenticate) -> Result:
     if command.mechanism not in sasl.MECHANISMS:
         raise no(f"Unsupported mechanism {command.mechanism}", "CANNOT")
-    if command.mechanism not in session.mechanisms():
+    if command.mechanism not in session.guard.mechanisms():
         if command.mechanism in sasl.PLAINTEXT_MECHANISMS:
             raise no("Plaintext authentication is disabled; use STARTTLS", "PRIVACYREQUIRED")
         raise no(f"{command.mechanism} is not available", "CANNOT")
@@ -139,7 +140,7 @@ def handle_authenticate(session: Session, command: Authenticate) -> Result:
 def _authenticate_capability(session: Session) -> Sequence[str]:
     if session.state is not State.NOT_AUTHENTICATED:
         return []
-    return [f"AUTH={mechanism}" for mechanism in session.mechanisms()]
+    return [f"AUTH={mechanism}" for mechanism in session.guard.mechanisms()]
 
 
 def _b64decode(data: bytes) -> bytes | None:
@@ -167,7 +168,7 @@ class _SaslExchange:
             return
         session.end_continuation()
         if isinstance(step, sasl.Refusal):
-            login_failed(session).chainDeferred(self.result)
+            _refused(session, session.guard.refuse()).chainDeferred(self.result)
             return
         log_in(session, step.credentials).chainDeferred(self.result)
 
@@ -201,17 +202,20 @@ class _SaslExchange:
 def log_in(session: Session, credentials: ICredentials) -> defer.Deferred[Done]:
     """Ask the portal for the account; the completion of LOGIN or
     AUTHENTICATE."""
-    started = session.clock.seconds()
-    d: defer.Deferred[Any] = session.portal.login(credentials, None, IAccount)
-    d.addCallbacks(
-        _logged_in, _login_error, callbackArgs=(session,), errbackArgs=(session, started)
-    )
-    return cast("defer.Deferred[Done]", d)
+    d = session.guard.login(session.portal, credentials, IAccount)
+    return cast("defer.Deferred[Done]", d.addCallback(_verdict, session))
 
 
-def _login_error(failure: Failure, session: Session, started: float) -> Result:
-    if isinstance(failure.value, UnauthorizedLogin | UnhandledCredentials):
-        return login_failed(session, started)
+def _verdict(result: LoginResult, session: Session) -> Result:
+    if isinstance(result, LoginRefused):
+        return _refused(session, result)
+    if isinstance(result, LoginUnavailable):
+        return _unavailable(result)
+    return _logged_in(result, session)
+
+
+def _unavailable(result: LoginUnavailable) -> Done:
+    failure = result.failure
     if isinstance(failure.value, StorageError):
         # A right password whose mail store cannot be reached just now
         # (a database restarting): expected in operation, so no traceback.
@@ -224,8 +228,8 @@ def _login_error(failure: Failure, session: Session, started: float) -> Result:
     return Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
 
 
-def _logged_in(result: tuple[Any, Any, Callable[[], None]], session: Session) -> Done:
-    _interface, account, logout = result
+def _logged_in(result: LoggedIn, session: Session) -> Done:
+    account, logout = result.avatar, result.logout
     if session.lost:
         logout()
         return Done("NO", "Connection lost")
@@ -239,18 +243,14 @@ def _logged_in(result: tuple[Any, Any, Callable[[], None]], session: Session) ->
     return Done(text="Logged in", code=caps)
 
 
-def login_failed(session: Session, started: float | None = None) -> defer.Deferred[Done]:
-    """Count a failed login and answer it ``failure_delay`` after the
-    attempt began (:meth:`SessionPolicy.failure_wait`), not after the check
-    ended; after ``max_failures`` the answer is followed by BYE."""
-    session.failures += 1
-    done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
-    if session.failures >= session.policy.max_failures:
-        done = attrs.evolve(done, bye="Too many failed authentication attempts")
-    d: defer.Deferred[Done] = defer.Deferred()
-    clock = session.clock
-    clock.callLater(session.policy.failure_wait(started, clock.seconds()), d.callback, done)
-    return d
+def _refused(session: Session, refused: LoginRefused) -> defer.Deferred[Done]:
+    """Answer a counted failed login when the guard says it is due
+    (``failure_delay`` after the attempt began, not after the check ended);
+    at ``max_failures`` the answer is followed by BYE.  IMAP logs nothing
+    per failed login."""
+    bye = "Too many failed authentication attempts" if refused.disconnect else None
+    done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED", bye=bye)
+    return session.guard.answer_refusal(refused, done)
 
 
 COMMANDS = (

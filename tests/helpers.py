@@ -219,3 +219,48 @@ def log_events(test: SynchronousTestCase) -> list[dict[str, Any]]:
     globalLogPublisher.addObserver(observer)
     test.addCleanup(globalLogPublisher.removeObserver, observer)
     return events
+
+
+class LaterLimits:
+    """Connection limits answered later, as a worker's parent answers them
+    (mailsrv.workers.limits): each question waits in :attr:`pending` until
+    the test calls :meth:`answer`; the counting is a ConnectionLimits'."""
+
+    def __init__(self, per_user: int = 5, per_ip: int = 5) -> None:
+        from mailsrv.policy import ConnectionLimits
+
+        self.counts = ConnectionLimits(per_user, per_ip)
+        self.pending: list[tuple[Any, bool]] = []
+
+    @property
+    def per_user(self) -> int:
+        return self.counts.per_user
+
+    @property
+    def per_ip(self) -> int:
+        return self.counts.per_ip
+
+    def _later(self, answer: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        later: Deferred[bool] = Deferred()
+        self.pending.append((later, bool(answer)))
+        return later
+
+    def open_ip(self, peer: Any) -> Any:
+        return self._later(self.counts.open_ip(peer))
+
+    def close_ip(self, peer: Any) -> None:
+        self.counts.close_ip(peer)
+
+    def open_user(self, user: str) -> Any:
+        return self._later(self.counts.open_user(user))
+
+    def close_user(self, user: str) -> None:
+        self.counts.close_user(user)
+
+    def answer(self) -> None:
+        """Answer every question asked so far (and none asked meanwhile)."""
+        pending, self.pending = self.pending, []
+        for later, answer in pending:
+            later.callback(answer)

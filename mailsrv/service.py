@@ -33,7 +33,7 @@ from mailsrv.auth.realm import MailRealm
 from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage, IWatchingStorage
-from mailsrv.policy import SessionPolicy
+from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.reload import LiveParts, MailService
 from mailsrv.tls import ensure_self_signed, server_context
 
@@ -446,13 +446,18 @@ def make_service(
     *,
     load: Callable[[], Config] | None = None,
     systemd_notify: bool = False,
+    endpoints: Callable[[Listener], Any] | None = None,
+    connections: ConnectionLimits | None = None,
 ) -> MailService:
     """Build the daemon: one listener service per configured endpoint.
 
     ``load`` reads the configuration again for a reload (SIGHUP): the
     twistd plugin passes the same file and command-line options it started
     with.  ``systemd_notify`` tells systemd (``Type=notify``) when the
-    daemon is ready, reloading and stopping.
+    daemon is ready, reloading and stopping.  A worker process
+    (:mod:`mailsrv.workers`) passes ``endpoints``, the endpoint of each
+    listener (the socket its parent bound), and ``connections``, the
+    counts its parent keeps for every worker.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -475,7 +480,7 @@ def make_service(
         policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
         return LiveParts(policy, portal, checker.find_user, tls_context, checker)
 
-    top = MailService(config, build, load, systemd_notify=systemd_notify)
+    top = MailService(config, build, load, systemd_notify=systemd_notify, connections=connections)
     parts = top.parts
     StorageService(storage).setServiceParent(top)
     if isinstance(parts.checker, PasswdFileChecker):
@@ -486,7 +491,10 @@ def make_service(
             listener = attrs.evolve(
                 listener, endpoint=lmtp_endpoint(listener, config.lmtp.socket_mode)
             )
-        endpoint = _endpoint(reactor, listener, where)
+        if endpoints is not None:
+            endpoint = endpoints(listener)
+        else:
+            endpoint = _endpoint(reactor, listener, where)
         factory = protocol_factory(
             listener,
             parts.portal,

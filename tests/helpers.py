@@ -92,8 +92,16 @@ class Daemon:
         cwd: str,
         env: dict[str, str] | None = None,
         twistd_args: tuple[str, ...] = (),
+        workers: int | None = 1,
     ) -> Daemon:
-        """Start ``twistd -n --pidfile= [TWISTD_ARGS] mailsrv ARGS`` in ``cwd``."""
+        """Start ``twistd -n --pidfile= [TWISTD_ARGS] mailsrv ARGS`` in ``cwd``.
+
+        ``--workers 1`` is added unless ARGS give ``--workers`` or ``workers``
+        is None: a single process, as the daemon ran before it had workers
+        (its default is one per CPU); tests of several workers ask for them.
+        """
+        if workers is not None and not any(a.startswith("--workers") for a in args):
+            args = [*args, "--workers", str(workers)]
         process = subprocess.Popen(
             [*twistd_command(), "-n", "--pidfile=", *twistd_args, "mailsrv", *args],
             cwd=cwd,

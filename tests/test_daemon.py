@@ -552,6 +552,7 @@ class SocketActivationTests(unittest.TestCase):
 
         # LISTEN_PID must be the daemon's own pid: sh sets it and execs twistd.
         twistd = [*twistd_command(), "-n", "--pidfile=", "mailsrv", "--config", self.config]
+        twistd += ["--workers", "1"]
         command = "export LISTEN_PID=$$; exec " + shlex.join(twistd)
         process = subprocess.Popen(
             ["sh", "-c", command],

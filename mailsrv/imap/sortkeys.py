@@ -23,6 +23,7 @@ short record per message and opens no file.
 from __future__ import annotations
 
 import calendar
+import datetime
 import email.utils
 import re
 import unicodedata
@@ -147,25 +148,24 @@ def base_subject(value: str) -> tuple[str, bool]:
 
 def sent_date(value: str | None) -> int | None:
     """The Date header value's date and time in UTC seconds, or None when
-    there is no date to read in it.  A time zone that cannot be read counts
-    as UTC (RFC 5256 2.2), as does a missing one."""
+    the header cannot be read as a date (RFC 5256 2.2: the caller then uses
+    the INTERNALDATE).  A missing time zone counts as UTC, as an invalid one
+    would (2.2).  An impossible date or time (31 February, 25:61) makes the
+    header unreadable, as Dovecot reads it, rather than 00:00:00 of that
+    day: a sent date must not be invented from a broken header."""
     if value is None:
         return None
     parsed = email.utils.parsedate_tz(value)
     if parsed is None:
         return None
     year, month, day, hour, minute, second = parsed[:6]
-    if not (1 <= month <= 12 and 1 <= day <= 31 and year >= 1):
-        return None
-    if not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 60):
-        # "If the time is also invalid, the time SHOULD be treated as 00:00:00."
-        hour = minute = second = 0
-    offset = parsed[9] or 0
     try:
-        stamp = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+        # Validates the calendar date and the time (a leap second is read
+        # as the second before).
+        when = datetime.datetime(year, month, day, hour, minute, min(second, 59))
     except (ValueError, OverflowError):
         return None
-    return stamp - offset
+    return calendar.timegm(when.timetuple()) - (parsed[9] or 0)
 
 
 # ---------------------------------------------------------------------------

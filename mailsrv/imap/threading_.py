@@ -9,7 +9,9 @@ costs no Python stack.
 ``REFS`` is the algorithm of the expired draft-ietf-morg-inthread that
 Dovecot offers as ``THREAD=REFS``: REFERENCES' links without its subject
 merging (steps 1 to 3), every set of siblings sorted by sent date, and the
-threads ordered by their most recent message, oldest thread first.
+threads ordered by their most recent message, oldest thread first (equal
+dates: a thread whose top message is missing first, then by the top's
+number, as Dovecot orders them).
 """
 
 from __future__ import annotations
@@ -208,9 +210,7 @@ def _walk(roots: Iterable[Node]) -> Iterator[Node]:
 def _sort_siblings(roots: list[Node]) -> None:
     """Step 6: every set of siblings by sent date, the deepest first (a
     dummy is sorted by its first child, so children come first)."""
-    for node in reversed(list(_walk(roots))):
-        if len(node.children) > 1:
-            node.children.sort(key=Node.sort_key)
+    _sort_siblings_below(roots)
     roots.sort(key=Node.sort_key)
 
 
@@ -263,13 +263,21 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
 
 def references(messages: Sequence[Message], merge_subjects: bool = True) -> list[Node]:
     """RFC 5256 REFERENCES (``merge_subjects`` False: REFS's links)."""
-    roots = _prune(_build(messages))
+    roots = _build(messages)
+    if not merge_subjects:
+        # REFS: threads by their newest message; between equal dates the
+        # thread whose top is missing (a dummy) first, then by the top's
+        # number, as Dovecot orders them.
+        order = {id(root): _newest(root) for root in roots}
+        roots.sort(key=lambda root: order[id(root)])
+        roots = _prune(roots)
+        for root in roots:
+            root.parent = None
+        _sort_siblings_below(roots)
+        return roots
+    roots = _prune(roots)
     for root in roots:
         root.parent = None
-    if not merge_subjects:
-        _sort_siblings(roots)
-        roots.sort(key=_newest)
-        return roots
     # Step 4: the roots by date, a dummy by its first child once sorted.
     for root in roots:
         if root.message is None:
@@ -281,7 +289,15 @@ def references(messages: Sequence[Message], merge_subjects: bool = True) -> list
 
 
 def _newest(root: Node) -> tuple[float, int]:
-    return max((n.message.date, n.message.seq) for n in _walk([root]) if n.message is not None)
+    newest = max((n.message.date for n in _walk([root]) if n.message is not None), default=0.0)
+    return (newest, 0 if root.message is None else root.message.seq)
+
+
+def _sort_siblings_below(roots: list[Node]) -> None:
+    """Step 6 below the roots only (REFS keeps its own order of threads)."""
+    for node in reversed(list(_walk(roots))):
+        if len(node.children) > 1:
+            node.children.sort(key=Node.sort_key)
 
 
 # ---------------------------------------------------------------------------

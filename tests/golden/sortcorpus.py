@@ -18,7 +18,7 @@ import datetime
 
 __all__ = ["internal_date", "messages"]
 
-_BASE = datetime.datetime(2021, 3, 1, 12, 0, tzinfo=datetime.timezone.utc)
+_BASE = datetime.datetime(2021, 3, 1, 12, 0, tzinfo=datetime.UTC)
 
 
 def internal_date(index: int, count: int) -> datetime.datetime:

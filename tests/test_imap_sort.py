@@ -300,6 +300,20 @@ class SortMixin:
         self.assertEqual([x for x in lines if "ESEARCH" in x], [])  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
+    def test_context_keeps_the_messages_its_numbers_named(self) -> Any:
+        """RFC 5267 4.3: sequence numbers in an UPDATE program are read when
+        the command is received, so an expunge does not move the context."""
+        first = yield self.session()
+        other = yield self.session()
+        yield self.answer(first, "P01", "UID SEARCH RETURN (UPDATE) 4:5 FLAGGED")
+        yield self.answer(other, "s", "STORE 1 +FLAGS (\\Deleted)")
+        yield self.answer(other, "x", "EXPUNGE")
+        yield self.answer(first, "n", "NOOP")  # UIDs 4 and 5 are now 3 and 4
+        yield self.answer(other, "s", "UID STORE 4 +FLAGS (\\Flagged)")
+        lines = yield self.answer(first, "n", "NOOP")
+        self.assertIn('* ESEARCH (TAG "P01") UID ADDTO (0 4)', lines)  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
     def test_sort_context_positions_and_noupdate(self) -> Any:
         """A SORT context reports where in its order a message comes or goes."""
         first = yield self.session()

@@ -101,8 +101,11 @@ def pin_sequence_numbers(key: SearchKey, view: SelectedMailbox) -> SearchKey:
             return key
         ranges: list[tuple[int, int]] = []
         for low, high in sequence_set.resolve(view.exists):
-            uids = [uid for _, uid in view.map.by_seq(low, high)]
-            ranges.extend((u, u) for u in uids)
+            for _, uid in view.map.by_seq(low, high):
+                if ranges and ranges[-1][1] == uid - 1:
+                    ranges[-1] = (ranges[-1][0], uid)  # runs, not one range per UID
+                else:
+                    ranges.append((uid, uid))
         # No UID is 0, so an empty set matches nothing.
         return SearchKey("UID", (SequenceSet(tuple(ranges) or ((0, 0),)),))
     if key.op in ("AND", "OR", "NOT"):

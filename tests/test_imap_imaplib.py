@@ -2,8 +2,8 @@
 
 Every public method of ``imaplib.IMAP4`` (Python 3.11) is driven here:
 each either works, with its result asserted, or (for extensions the server
-does not advertise: ACL, QUOTA, ANNOTATE, SORT, THREAD, PROXYAUTH and the
-obsolete PARTIAL) gets a tagged BAD that imaplib raises as
+does not advertise: ACL, QUOTA, ANNOTATE, PROXYAUTH and the obsolete
+PARTIAL) gets a tagged BAD that imaplib raises as
 ``imaplib.IMAP4.error``.  :class:`ImaplibTLSTests` covers ``starttls`` and
 ``IMAP4_SSL``.  FETCH of body items is asserted only as far as it works
 today (issue 5 implements them).
@@ -305,9 +305,11 @@ class EveryMethodTests(ImaplibBase):
             r["uid_copy"] = c.uid("COPY", "1", "Archive")
             r["uid_expunge"] = c.uid("EXPUNGE", "2")
             r["expunge_response"] = c.response("EXPUNGE")
-            refused("sort", lambda: c.sort("(DATE)", "UTF-8", "ALL"))
-            refused("thread", lambda: c.thread("REFERENCES", "UTF-8", "ALL"))
-            refused("uid_sort", lambda: c.uid("SORT", "(DATE)", "UTF-8", "ALL"))
+            r["all"] = c.search(None, "ALL")
+            r["sort"] = c.sort("(REVERSE ARRIVAL)", "UTF-8", "ALL")
+            r["thread"] = c.thread("REFERENCES", "UTF-8", "ALL")
+            r["uid_all"] = c.uid("SEARCH", "ALL")
+            r["uid_sort"] = c.uid("SORT", "(REVERSE ARRIVAL)", "UTF-8", "ALL")
             refused("partial", lambda: c.partial("1", "BODY[]", "0", "10"))
             r["xatom_id"] = c.xatom("ID", '("name" "imaplib")')
             r["id_response"] = c.response("ID")
@@ -342,8 +344,10 @@ class EveryMethodTests(ImaplibBase):
         typ, caps = r["capability"]
         self.assertEqual(typ, "OK")
         self.assertTrue(caps[0].startswith(b"IMAP4rev1 LITERAL+ SASL-IR"), caps)
-        for absent in (b"ACL", b"QUOTA", b"SORT", b"THREAD", b"CONDSTORE"):
+        for absent in (b"ACL", b"QUOTA", b"CONDSTORE"):
             self.assertNotIn(absent, caps[0].split())
+        for present in (b"SORT", b"THREAD=REFERENCES", b"ESORT", b"CONTEXT=SEARCH"):
+            self.assertIn(present, caps[0].split())
         self.assertEqual(r["noop_before_login"], ("OK", [b"NOOP completed"]))
         self.assertIn("PROXYAUTH is not supported", r["proxyauth"])
         self.assertIn("illegal in state", r["proxyauth_early"])  # imaplib's own check
@@ -353,9 +357,15 @@ class EveryMethodTests(ImaplibBase):
             self.assertIn("the QUOTA (RFC 9208) extension is not offered", r[name])
         for name in ("getannotation", "setannotation"):
             self.assertIn("ANNOTATE-EXPERIMENT-1", r[name])
-        self.assertIn("SORT (RFC 5256) extension is not offered", r["sort"])
-        self.assertIn("THREAD (RFC 5256) extension is not offered", r["thread"])
-        self.assertIn("UID SORT is not supported", r["uid_sort"])
+        # SORT (RFC 5256): the same messages, in reverse arrival order here
+        # (later messages arrived later or at the same second).
+        numbers = [int(n) for n in r["all"][1][0].split()]
+        self.assertEqual(r["sort"][0], "OK")
+        self.assertEqual(sorted(int(n) for n in r["sort"][1][0].split()), numbers)
+        uids = [int(n) for n in r["uid_all"][1][0].split()]
+        self.assertEqual(sorted(int(n) for n in r["uid_sort"][1][0].split()), uids)
+        self.assertEqual(r["thread"][0], "OK")
+        self.assertTrue(r["thread"][1][0].startswith(b"("), r["thread"])
         self.assertIn("PARTIAL is obsolete", r["partial"])
         self.assertIn("unknown command FROB", r["xatom"])
         self.assertEqual(r["subscribe"], ("OK", [b"SUBSCRIBE completed"]))

@@ -55,8 +55,6 @@ class CapabilityTests(ServerTestBase):
             b"UTF8=ACCEPT",
             b"QUOTA",
             b"ACL",
-            b"SORT",
-            b"THREAD",
             b"MULTIAPPEND",
             b"COMPRESS=DEFLATE",
             b"NOTIFY",

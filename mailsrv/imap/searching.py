@@ -59,7 +59,9 @@ __all__ = [
     "NotImplementedKey",
     "Program",
     "SearchContent",
+    "collect",
     "compile_key",
+    "matches_of",
     "run_extended",
     "run_plain",
 ]
@@ -425,6 +427,14 @@ def _matches(
     return hits
 
 
+def matches_of(
+    mailbox: IMailbox, program: Program, batch: Sequence[tuple[int, IMessage]]
+) -> defer.Deferred[list[tuple[int, int]]]:
+    """``(seq, uid)`` of the messages of ``batch`` that match, ascending
+    (for re-running a program over a few changed messages)."""
+    return _matches(mailbox, program, batch)
+
+
 #: A message the index alone could not decide: ``(seq, message, content)``.
 _Pending = tuple[int, IMessage, SearchContent]
 
@@ -463,8 +473,10 @@ def _scan(
     clock: IReactorTime,
     writer: ResponseWriter,
     found: Callable[[list[tuple[int, int]]], defer.Deferred[None] | None],
+    metadata: dict[int, IMessage] | None = None,
 ) -> Generator[defer.Deferred[Any], Any, bool]:
-    """Feed each batch's hits to ``found``; False if the connection went."""
+    """Feed each batch's hits to ``found``; False if the connection went.
+    ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
     pairs = view.map.by_seq(1, view.exists)
     first = True
     pacer = Pacer(BATCH)
@@ -481,12 +493,35 @@ def _scan(
         )
         batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
         hits = yield _matches(mailbox, program, batch)
+        if metadata is not None and hits:
+            wanted = {uid for _, uid in hits}
+            metadata.update((m.uid, m) for _, m in batch if m.uid in wanted)
         pacer.done(len(chunk))
         pending = found(hits)
         if pending is not None:
             yield pending
         if writer.closed:
             return False
+
+
+def collect(
+    view: SelectedMailbox,
+    mailbox: IMailbox,
+    program: Program,
+    writer: ResponseWriter,
+    clock: IReactorTime,
+    metadata: dict[int, IMessage] | None = None,
+) -> defer.Deferred[list[tuple[int, int]] | None]:
+    """Every match as ``(seq, uid)``, ascending, for commands that order
+    or group them before answering (SORT, THREAD, contexts); None if the
+    connection went.  ``metadata`` as for :func:`_scan`."""
+    hits: list[tuple[int, int]] = []
+
+    def found(batch: list[tuple[int, int]]) -> None:
+        hits.extend(batch)
+
+    d = _scan(view, mailbox, program, clock, writer, found, metadata)
+    return d.addCallback(lambda complete: hits if complete else None)
 
 
 def run_plain(

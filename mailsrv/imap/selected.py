@@ -19,7 +19,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -43,7 +43,7 @@ from mailsrv.interfaces import (
     maybe_deferred,
 )
 
-__all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
+__all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap", "UpdateWatcher"]
 
 #: The system flags in the order FLAGS and PERMANENTFLAGS list them.
 _SYSTEM_ORDER = (ANSWERED, FLAGGED, DELETED, SEEN, DRAFT)
@@ -233,6 +233,17 @@ class MessageSet:
         return [uid for _, uid in self]
 
 
+class UpdateWatcher(Protocol):
+    """Told of the changes a flush announces (RFC 5267 UPDATE contexts,
+    :class:`mailsrv.imap.contexts.Contexts`)."""
+
+    def expunging(self, uids: set[int]) -> list[bytes]:
+        """Responses to send before the EXPUNGEs of ``uids``."""
+
+    def changed(self, uids: Sequence[int]) -> defer.Deferred[list[bytes]]:
+        """Responses to send after EXISTS and FETCH for new or changed ``uids``."""
+
+
 @implementer(IMailboxListener)
 class SelectedMailbox:
     """The selected mailbox as one session sees it.
@@ -262,6 +273,11 @@ class SelectedMailbox:
         #: The keywords the session was told about in FLAGS, in that order.
         self.keywords: tuple[str, ...] = ()
         self._known: frozenset[str] = SYSTEM_FLAGS | {RECENT}
+        #: Told of what each flush announces (UPDATE contexts), if set.
+        self.watcher: UpdateWatcher | None = None
+        #: Messages whose flags this session changed and reported itself:
+        #: no FETCH is due, but the watcher must still hear of them.
+        self._reported: set[int] = set()
 
     # -- IMailboxListener --------------------------------------------------
 
@@ -418,11 +434,13 @@ class SelectedMailbox:
         return d.addCallback(render)
 
     def has_pending(self) -> bool:
-        return bool(self._added or self._expunged or self._flags)
+        return bool(self._added or self._expunged or self._flags or self._reported)
 
     def forget_flags(self, messages: Iterable[IMessage]) -> None:
         """Drop queued flag updates that this session's own STORE reported."""
         for message in messages:
+            if self.watcher is not None:
+                self._reported.add(message.uid)
             pending = self._flags.get(message.uid)
             if pending is not None and pending[1] <= message.modseq:
                 del self._flags[message.uid]
@@ -451,6 +469,9 @@ class SelectedMailbox:
             unseen = self._expunged & added
             if unseen:
                 self._added = [uid for uid in self._added if uid not in unseen]
+            if self.watcher is not None:
+                # RFC 5267 4.3.4: REMOVEFROM while the numbers still hold.
+                out.extend(self.watcher.expunging(self._expunged))
             for seq in self.map.remove(self._expunged):
                 out.append(b"* %d EXPUNGE\r\n" % seq)
             for uid in self._expunged:
@@ -466,7 +487,7 @@ class SelectedMailbox:
             # client knows.
             self.map.extend(new)
         elif not self._flags:
-            return defer.succeed(out)
+            return self._watched(defer.succeed(out), ())
         # What arrives while storage answers waits for the next flush.
         updates, self._flags = self._flags, {}
         # RFC 3501 7.2.6: a FLAGS response names new keywords before any
@@ -482,7 +503,25 @@ class SelectedMailbox:
         else:
             d.addCallback(lambda _: frozenset())
         d.addCallback(lambda claimed: self._announce(out, bool(new), frozenset(claimed), updates))
-        return cast("defer.Deferred[list[bytes]]", d)
+        return self._watched(cast("defer.Deferred[list[bytes]]", d), (*new, *updates))
+
+    def _watched(
+        self, d: defer.Deferred[list[bytes]], touched: Iterable[int]
+    ) -> defer.Deferred[list[bytes]]:
+        """``d``'s responses, then the watcher's for the messages touched
+        (RFC 5267 4.3.3: ADDTO after the EXISTS that numbers them)."""
+        reported, self._reported = self._reported, set()
+        watcher = self.watcher
+        if watcher is None:
+            return d
+        uids = sorted({*touched, *reported} - self._expunged)
+        if not uids:
+            return d
+
+        def more(lines: list[bytes]) -> defer.Deferred[list[bytes]]:
+            return watcher.changed(uids).addCallback(lambda extra: lines + extra)
+
+        return d.addCallback(more)
 
     @staticmethod
     def _claim_failed(failure: Failure) -> frozenset[int]:
@@ -521,6 +560,8 @@ class SelectedMailbox:
     def close(self) -> None:
         """Stop listening and drop the queue (CLOSE, UNSELECT, logout)."""
         self.on_change = None
+        self.watcher = None
+        self._reported = set()
         self.mailbox.remove_listener(self)
         self._added = []
         self._expunged = set()

@@ -11,10 +11,15 @@ imaplib, and records for each message the raw FETCH answers for ENVELOPE,
 BODYSTRUCTURE and BODY, every BODY[section] mailsrv can name, HEADER.FIELDS,
 and BINARY / BINARY.SIZE of every leaf part.  Messages are appended in the
 wire form storage hands out (bare LF turned into CRLF), so offsets compare.
+
+It also records SORT, ESORT and THREAD answers (``sorts``) over a second
+mailbox holding the corpus and tests/golden/sortcorpus.py's messages;
+``--sorts-only`` records just those into the existing file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import imaplib
 import json
@@ -26,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 from mailsrv.mime.structure import MessageStructure, Part, parse  # noqa: E402
+from tests.golden import sortcorpus  # noqa: E402
 
 CONFIG = """\
 base_dir = {tmp}/run
@@ -209,7 +216,129 @@ def record_searches(client: imaplib.IMAP4) -> list[dict[str, object]]:
     return out
 
 
+_SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
+
+#: SORT, ESORT and THREAD commands recorded over the sorting mailbox: the
+#: command after its tag, as sent.
+SORTS: list[str] = [
+    *(f"SORT ({key}) UTF-8 ALL" for key in _SORT_KEYS),
+    *(f"SORT (REVERSE {key}) UTF-8 ALL" for key in _SORT_KEYS),
+    "SORT (SUBJECT DATE) UTF-8 ALL",
+    "SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+    "SORT (REVERSE SUBJECT REVERSE DATE) UTF-8 ALL",
+    "SORT (FROM REVERSE SIZE) UTF-8 ALL",
+    "SORT (CC TO DATE) UTF-8 ALL",
+    'SORT (REVERSE ARRIVAL) US-ASCII SUBJECT "re:"',
+    "SORT (DATE) UTF-8 NOT FROM alice",
+    "UID SORT (SUBJECT) UTF-8 ALL",
+    "UID SORT (REVERSE DATE) UTF-8 UID 10:60",
+    "SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+    "SORT RETURN (ALL) (REVERSE SUBJECT) UTF-8 ALL",
+    "SORT RETURN () (SUBJECT) UTF-8 SUBJECT meeting",
+    "UID SORT RETURN (MIN MAX) (REVERSE DATE) UTF-8 ALL",
+    "SORT RETURN (COUNT) (SUBJECT) UTF-8 SUBJECT nothing-matches",
+    "SORT RETURN (PARTIAL 5:10) (SUBJECT) UTF-8 ALL",
+    "SORT RETURN (PARTIAL 120:200) (SUBJECT) UTF-8 ALL",
+    "SEARCH RETURN (PARTIAL 3:7) ALL",
+    'UID SEARCH RETURN (PARTIAL 1:3 COUNT) SUBJECT "re:"',
+    'SEARCH RETURN (CONTEXT COUNT) SUBJECT "re:"',
+    *(f"THREAD {algorithm} UTF-8 ALL" for algorithm in ("ORDEREDSUBJECT", "REFERENCES", "REFS")),
+    *(
+        f'THREAD {algorithm} UTF-8 SUBJECT "re:"'
+        for algorithm in ("ORDEREDSUBJECT", "REFERENCES", "REFS")
+    ),
+    "UID THREAD REFERENCES UTF-8 NOT SUBJECT meeting",
+    'SORT (SUBJECT) UTF-8 SUBJECT "not in mailbox"',
+    'THREAD REFERENCES UTF-8 SUBJECT "not in mailbox"',
+]
+
+
+def raw_command(client: imaplib.IMAP4, text: str) -> dict[str, object]:
+    """One command's untagged responses and tagged status, as on the wire."""
+    tag = client._new_tag()  # type: ignore[attr-defined]
+    client.send(tag + b" " + text.encode("utf-8") + b"\r\n")
+    lines = []
+    while True:
+        line = client.readline()
+        if line.startswith(tag + b" "):
+            status = line[len(tag) + 1 :].split(b" ", 1)[0].decode()
+            return {"command": text, "untagged": lines, "status": status}
+        lines.append(line.decode("utf-8").rstrip("\r\n"))
+
+
+def record_sorts(client: imaplib.IMAP4, files: list[str]) -> list[dict[str, object]]:
+    """Fill a mailbox with the corpus and the sorting messages, with
+    :func:`sortcorpus.internal_date` dates, and record :data:`SORTS`."""
+    client.create("Sorting")
+    corpus = []
+    for path in files:
+        with open(path, "rb") as handle:
+            corpus.append(handle.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    made = corpus + sortcorpus.messages()
+    for index, data in enumerate(made):
+        when = imaplib.Time2Internaldate(sortcorpus.internal_date(index, len(made)))
+        client.append("Sorting", None, when, data)
+    client.select("Sorting")
+    return [raw_command(client, text) for text in SORTS]
+
+
+def sorts_only() -> None:
+    """Record :data:`SORTS` into the existing golden file."""
+    out = os.path.join(HERE, "dovecot.json")
+    with open(out) as handle:
+        golden = json.load(handle)
+    with private_dovecot() as client:
+        files = sorted(glob.glob(os.path.join(ROOT, "tests", "corpus", "*.eml")))
+        accepted = [
+            path for path in files if "append" not in golden["messages"][os.path.basename(path)]
+        ]
+        golden["sorts"] = record_sorts(client, accepted)
+    with open(out, "w") as handle:
+        json.dump(golden, handle, indent=1, sort_keys=True, ensure_ascii=True)
+    print(f"wrote {out}")
+
+
+@contextlib.contextmanager
+def private_dovecot() -> Iterator[imaplib.IMAP4]:
+    """A logged-in client of a private Dovecot, stopped after."""
+    ensure_dovecot()
+    tmp = tempfile.mkdtemp(prefix="mailsrv-golden-")
+    nobody = pwd.getpwnam("nobody")
+    port = free_port()
+    for sub in ("run", "state", "home"):
+        os.makedirs(os.path.join(tmp, sub))
+    with open(os.path.join(tmp, "passwd"), "w") as handle:
+        handle.write("golden:{PLAIN}secret\n")
+    config = os.path.join(tmp, "dovecot.conf")
+    with open(config, "w") as handle:
+        handle.write(
+            CONFIG.format(tmp=tmp, user="nobody", uid=nobody.pw_uid, gid=nobody.pw_gid, port=port)
+        )
+    os.chown(os.path.join(tmp, "home"), nobody.pw_uid, nobody.pw_gid)
+    os.chmod(tmp, 0o755)
+    subprocess.run(["dovecot", "-c", config], check=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = imaplib.IMAP4("127.0.0.1", port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        client.login("golden", "secret")
+        yield client
+        client.logout()
+    finally:
+        subprocess.run(["doveadm", "-c", config, "stop"], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
+    if "--sorts-only" in sys.argv[1:]:
+        sorts_only()
+        return
     ensure_dovecot()
     tmp = tempfile.mkdtemp(prefix="mailsrv-golden-")
     nobody = pwd.getpwnam("nobody")
@@ -282,6 +411,8 @@ def main() -> None:
             record["binary"] = binary
             golden["messages"][os.path.basename(path)] = record  # type: ignore[index]
         golden["searches"] = record_searches(client)
+        accepted = [p for p in files if "append" not in golden["messages"][os.path.basename(p)]]  # type: ignore[index]
+        golden["sorts"] = record_sorts(client, accepted)
         client.logout()
     finally:
         subprocess.run(["doveadm", "-c", config, "stop"], check=False)

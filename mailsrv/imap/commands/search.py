@@ -13,6 +13,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from mailsrv.imap.contexts import Query, answer
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import CommandError, Done, bad, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
@@ -51,7 +52,13 @@ def handle_search(session: Session, command: Search) -> defer.Deferred[Done]:
     (SAVE) that fails with NO empties ``$`` (RFC 5182 2.1); a BAD leaves it
     alone."""
     view = session.view()
-    d = defer.maybeDeferred(_run, session, command)
+    options = command.return_options
+    if options is not None and _CONTEXT_OPTIONS.intersection(o.split(" ")[0] for o in options):
+        # RFC 5267 (CONTEXT=SEARCH): results kept whole, in mailbox order.
+        query = Query(command.tag, command.uid, command.key, command.charset, None, options)
+        d = defer.maybeDeferred(answer, session, query, "SEARCH")
+    else:
+        d = defer.maybeDeferred(_run, session, command)
     if command.return_options is not None and "SAVE" in command.return_options:
 
         def failed(failure: Failure) -> Failure:
@@ -62,6 +69,10 @@ def handle_search(session: Session, command: Search) -> defer.Deferred[Done]:
 
         d.addErrback(failed)
     return d
+
+
+#: RETURN options of RFC 5267 contexts.
+_CONTEXT_OPTIONS = frozenset({"CONTEXT", "UPDATE", "PARTIAL"})
 
 
 def _run(session: Session, command: Search) -> defer.Deferred[Done]:

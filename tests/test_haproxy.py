@@ -49,7 +49,7 @@ class Client:
         self.count += 1
         tag = f"t{self.count}".encode()
         self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.line()
             if not line:

@@ -27,7 +27,8 @@ from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
 from tests.imap_helpers import Client
-from tests.test_imap_render import DELIBERATE, GOLDEN, fetch_items, load
+from tests.test_imap_render import DELIBERATE, GOLDEN, fetch_items
+from tests.test_mime import load
 
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 
@@ -127,8 +128,12 @@ class GoldenWireMixin:
             0, IMAP4ServerFactory(portal, policy), interface="127.0.0.1"
         )
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         client = getattr(self, "client", None)
         if client is not None and client.transport is not None:
             client.transport.loseConnection()
@@ -147,7 +152,7 @@ class GoldenWireMixin:
             if "append" in record:
                 continue
             data = load(name)
-            client.transport.write(b"A APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n")
+            client.send(b"A APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n")
             response = yield client.until_tagged("A")
             assert b"A OK" in response, (name, response)
         response = yield client.command("S", "EXAMINE INBOX")
@@ -156,7 +161,7 @@ class GoldenWireMixin:
 
     @defer.inlineCallbacks
     def fetch(self, client: LiteralClient, seq: int, items: str) -> Any:
-        client.transport.write(f"F FETCH {seq} ({items})\r\n".encode())
+        client.send(f"F FETCH {seq} ({items})\r\n".encode())
         untagged, tagged = yield client.response("F")
         return untagged, tagged
 

@@ -42,8 +42,12 @@ class ImaplibBase(TestCase):
         self.factory = RecordingFactory(portal, SessionPolicy(failure_delay=0.0))
         self.port: Any = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         yield defer.gatherResults(self.factory.lost)
         yield self.port.stopListening()
 
@@ -465,12 +469,16 @@ class ImaplibTLSTests(TestCase):
         )
         self.plain = RecordingFactory(portal, policy)
         self.implicit = RecordingFactory(portal, policy, implicit_tls=True)
-        wrapped = TLSMemoryBIOFactory(policy.tls_context, False, self.implicit)
+        wrapped: Any = TLSMemoryBIOFactory(policy.tls_context, False, self.implicit)
         self.plain_port: Any = reactor.listenTCP(0, self.plain, interface="127.0.0.1")
         self.tls_port: Any = reactor.listenTCP(0, wrapped, interface="127.0.0.1")
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         yield defer.gatherResults(self.plain.lost + self.implicit.lost)
         yield self.plain_port.stopListening()
         yield self.tls_port.stopListening()

@@ -431,10 +431,10 @@ class BodyStructureTests(SynchronousTestCase):
 
     def test_digest_default_is_message(self) -> None:
         value = body_structure(parse(load("07-digest.eml")), False)
+        assert isinstance(value, tuple)
         self.assertEqual(
-            [v[:2] for v in value[:3]],
-            [(b"message", b"rfc822")] * 2  # type: ignore[index]
-            + [(b"text", b"plain")],
+            [v[:2] for v in value[:3] if isinstance(v, tuple)],
+            [(b"message", b"rfc822")] * 2 + [(b"text", b"plain")],
         )
 
     def test_grammar_serialize_reads_the_same_values(self) -> None:
@@ -442,7 +442,7 @@ class BodyStructureTests(SynchronousTestCase):
         # spaces between adjacent bodies/addresses differ from ours.
         structure = parse(load("05-mixed-alternative-related.eml"))
         value = body_structure(structure, True)
-        generic = response.serialize(value)  # type: ignore[arg-type]
+        generic = response.serialize(value)
         self.assertEqual(
             generic.replace(b") (", b")("), render_body_structure(value).replace(b") (", b")(")
         )
@@ -523,9 +523,10 @@ class SectionTests(SynchronousTestCase):
             b"Content-Type: text/html\r\n\r\n",
         )
         inner_header = self.section((2,), "HEADER")
-        assert inner_header is not None
+        inner_text = self.section((2,), "TEXT")
+        assert inner_header is not None and inner_text is not None
         self.assertTrue(inner_header.startswith(b"From: Carol <carol@example.com>\r\n"))
-        self.assertEqual(self.section((2,), None), inner_header + self.section((2,), "TEXT"))
+        self.assertEqual(self.section((2,), None), inner_header + inner_text)
 
     def test_missing_sections(self) -> None:
         self.assertIsNone(self.section((3,), None))

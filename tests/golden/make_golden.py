@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -83,7 +84,7 @@ def ensure_dovecot() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "dovecot-imapd"], check=True, env=env)
 
 
-def raw_answer(data: list) -> bytes:  # type: ignore[type-arg]
+def raw_answer(data: Sequence[bytes | tuple[bytes, bytes] | None]) -> bytes:
     """Reassemble imaplib's pieces of one FETCH answer into its wire text."""
     out = b""
     for item in data:
@@ -202,7 +203,8 @@ def record_searches(client: imaplib.IMAP4) -> list[dict[str, object]]:
         if literal is None:
             typ, data = client.search(None, criteria)
         else:
-            client.literal = literal.encode("utf-8")
+            # imaplib sends its literal as bytes (typeshed says str).
+            client.literal = literal.encode("utf-8")  # type: ignore[assignment]
             typ, data = client.search("UTF-8", criteria)
         result = [int(n) for n in data[0].split()] if typ == "OK" and data[0] else []
         out.append({"criteria": criteria, "literal": literal, "status": typ, "result": result})
@@ -247,12 +249,12 @@ def main() -> None:
                 data = handle.read()
             wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             try:
-                typ, answer = client.append("INBOX", None, None, wire)
+                typ, appended = client.append("INBOX", None, None, wire)
             except client.error as exc:
                 golden["messages"][os.path.basename(path)] = {"append": str(exc)}  # type: ignore[index]
                 continue
             if typ != "OK":
-                refused = f"{typ} {answer[0].decode('latin-1')}"
+                refused = f"{typ} {appended[0].decode('latin-1')}"
                 golden["messages"][os.path.basename(path)] = {"append": refused}  # type: ignore[index]
                 continue
             seq += 1
@@ -277,7 +279,7 @@ def main() -> None:
                 binary[part] = (
                     raw_answer(answer).decode("latin-1")
                     if typ == "OK"
-                    else "NO " + answer[0].decode("latin-1")
+                    else "NO " + raw_answer(answer[:1]).decode("latin-1")
                 )
             record["binary"] = binary
             golden["messages"][os.path.basename(path)] = record  # type: ignore[index]

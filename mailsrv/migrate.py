@@ -35,7 +35,7 @@ from typing import IO, Any
 import attrs
 
 from mailsrv.config import Config
-from mailsrv.interfaces import SPECIAL_USES
+from mailsrv.interfaces import SPECIAL_USES, IPop3UidSource
 from mailsrv.storage import names
 
 __all__ = ["Migration", "MigrationError", "Progress", "UserOutcome"]
@@ -235,40 +235,42 @@ def compare(maildir: Any, database: Any) -> list[str]:
         b = by_name.pop(a.name, None)
         if b is None:
             found.append(f"{a.name}: in the Maildir, not in the database")
-            continue
-        where = a.name
-        if a.uidvalidity != b.uidvalidity:
-            found.append(f"{where}: UIDVALIDITY {a.uidvalidity} != {b.uidvalidity}")
-            continue
-        if a.uidnext != b.uidnext:
-            found.append(f"{where}: UIDNEXT {a.uidnext} != {b.uidnext}")
-        if a.special_use != b.special_use:
-            found.append(f"{where}: special use {sorted(a.special_use)} != {sorted(b.special_use)}")
-        only_a = sorted(set(a.messages) - set(b.messages))
-        only_b = sorted(set(b.messages) - set(a.messages))
-        if only_a:
-            found.append(
-                f"{where}: {len(only_a)} messages only in the Maildir (UIDs {only_a[:10]})"
-            )
-        if only_b:
-            found.append(
-                f"{where}: {len(only_b)} messages only in the database (UIDs {only_b[:10]})"
-            )
-        for uid in sorted(set(a.messages) & set(b.messages)):
-            x, y = a.messages[uid], b.messages[uid]
-            for what, left, right in (
-                ("flags", sorted(x.flags), sorted(y.flags)),
-                ("internal date", x.internal_date, y.internal_date),
-                ("size", x.size, y.size),
-                ("body", x.digest.hex(), y.digest.hex()),
-                ("POP3 UIDL", x.pop3_uidl, y.pop3_uidl),
-            ):
-                if left != right:
-                    found.append(f"{where} UID {uid}: {what} {left} != {right}")
+        else:
+            found += _compare_mailboxes(a, b)
     for name in sorted(by_name):
         found.append(f"{name}: in the database, not in the Maildir")
     if subs_a != subs_b:
         found.append(f"subscriptions {subs_a} != {subs_b}")
+    return found
+
+
+def _compare_mailboxes(a: _Mailbox, b: _Mailbox) -> list[str]:
+    """How mailbox ``b`` differs from ``a`` of the same name."""
+    where = a.name
+    if a.uidvalidity != b.uidvalidity:
+        return [f"{where}: UIDVALIDITY {a.uidvalidity} != {b.uidvalidity}"]
+    found: list[str] = []
+    if a.uidnext != b.uidnext:
+        found.append(f"{where}: UIDNEXT {a.uidnext} != {b.uidnext}")
+    if a.special_use != b.special_use:
+        found.append(f"{where}: special use {sorted(a.special_use)} != {sorted(b.special_use)}")
+    only_a = sorted(set(a.messages) - set(b.messages))
+    only_b = sorted(set(b.messages) - set(a.messages))
+    if only_a:
+        found.append(f"{where}: {len(only_a)} messages only in the Maildir (UIDs {only_a[:10]})")
+    if only_b:
+        found.append(f"{where}: {len(only_b)} messages only in the database (UIDs {only_b[:10]})")
+    for uid in sorted(set(a.messages) & set(b.messages)):
+        x, y = a.messages[uid], b.messages[uid]
+        for what, left, right in (
+            ("flags", sorted(x.flags), sorted(y.flags)),
+            ("internal date", x.internal_date, y.internal_date),
+            ("size", x.size, y.size),
+            ("body", x.digest.hex(), y.digest.hex()),
+            ("POP3 UIDL", x.pop3_uidl, y.pop3_uidl),
+        ):
+            if left != right:
+                found.append(f"{where} UID {uid}: {what} {left} != {right}")
     return found
 
 
@@ -386,6 +388,68 @@ def _last_uidvalidity(conn: Any, user: str, uidvalidity: int) -> None:
     )
 
 
+def _ensure_user(conn: Any, user: str) -> None:
+    conn.execute(
+        "INSERT INTO users (user_name, last_mailbox_id) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+        (user,),
+    )
+
+
+def _stored_uids(conn: Any, user: str, mailbox_id: int) -> list[int]:
+    rows = conn.execute(
+        "SELECT uid FROM messages WHERE user_name = %s AND mailbox_id = %s", (user, mailbox_id)
+    )
+    return [row[0] for row in rows]
+
+
+def _subscribe(conn: Any, user: str, subscribed: list[str]) -> None:
+    conn.execute(
+        "INSERT INTO subscriptions (user_name, name) SELECT %s, unnest(%s::text[]) "
+        "ON CONFLICT DO NOTHING",
+        (user, subscribed),
+    )
+
+
+class _Folders:
+    """The Maildir folders an export writes into: made as the database's
+    mailboxes are; default folders a fresh tree got and the database
+    lacks (or has with another special use) removed while untouched."""
+
+    def __init__(self, target: Any, root: str, fresh: bool) -> None:
+        self.target, self.root = target, root
+        self.existing = {entry.name for entry in target.list_mailboxes()}
+        self.defaults = set(self.existing) - {names.INBOX} if fresh else set()
+        self.uses = target.special_uses()
+
+    def path(self, name: str) -> str:
+        if name == names.INBOX:
+            return self.root
+        return os.path.join(self.root, names.name_to_dirname(name))
+
+    def prepare(self, name: str, uses: frozenset[str]) -> str:
+        """The folder for mailbox ``name``, made if missing; never one
+        mailsrv already uses (it has a mailsrv-uidlist)."""
+        path = self.path(name)
+        if name in self.defaults and self.uses.get(name, frozenset()) != uses and _untouched(path):
+            # A default folder with another special use than the
+            # database's: made again with the right one.
+            self.target.delete_mailbox(name)
+            self.existing.discard(name)
+        if name not in self.existing and name != names.INBOX:
+            self.target.create_mailbox(name, uses)
+        if os.path.exists(os.path.join(path, "mailsrv-uidlist")):
+            raise MigrationError(
+                f"{name}: the Maildir folder {path} is in use by mailsrv already "
+                "(it has a mailsrv-uidlist); export into an empty Maildir"
+            )
+        return path
+
+    def remove_unwanted_defaults(self, wanted: set[str]) -> None:
+        for name in sorted(self.defaults - wanted, reverse=True):
+            if _untouched(self.path(name)):
+                self.target.delete_mailbox(name)
+
+
 class Migration:
     """One ``mailsrv migrate`` run over the configured Maildir tree and database."""
 
@@ -431,81 +495,70 @@ class Migration:
             raise MigrationError(f"no Maildir at {self.maildir.root(user, home)}")
         source = self.maildir.account(user, home)
         db = self.postgres.db
-
-        def ensure(conn: Any) -> None:
-            conn.execute(
-                "INSERT INTO users (user_name, last_mailbox_id) VALUES (%s, 0) "
-                "ON CONFLICT DO NOTHING",
-                (user,),
-            )
-
-        db.call(ensure)
-        count = 0
+        db.call(_ensure_user, (user,))
         for entry in source.list_mailboxes():
-            if "\\Noselect" in entry.attributes:
-                continue
-            box = source.open_mailbox(entry.name)
-            uses = frozenset(entry.attributes) & SPECIAL_USES
-            mailbox_id = db.call(_target_mailbox, (user, box, uses))
-            db.call(_last_uidvalidity, (user, box.uidvalidity))
-            outcome.mailboxes += 1
-            present = set(
-                db.call(
-                    lambda conn, mid=mailbox_id: [
-                        r[0]
-                        for r in conn.execute(
-                            "SELECT uid FROM messages WHERE user_name = %s AND mailbox_id = %s",
-                            (user, mid),
-                        )
-                    ]
-                )
-            )
-            uids = list(box.uids())
-            todo = [uid for uid in uids if uid not in present]
-            outcome.skipped += len(uids) - len(todo)
-            uidls = dict(box.pop3_uidls()) if hasattr(box, "pop3_uidls") else {}
-            total = len(uids)
-            done_here = len(uids) - len(todo)
-            for start in range(0, len(todo), BATCH_MESSAGES):
-                infos = list(box.fetch(todo[start : start + BATCH_MESSAGES]))
-                rows = []
-                spools = []
-                held = 0
-                try:
-                    for info in infos:
-                        spool = self._spool(box, info.uid)
-                        spools.append(spool)
-                        rows.append(self._row(info, spool, uidls.get(info.uid)))
-                        held += spool.size
-                        if held >= BATCH_BYTES:
-                            count += self._commit(mailbox_id, rows, outcome, user)
-                            rows, held = [], 0
-                            for s in spools:
-                                s.close()
-                            spools = []
-                    if rows:
-                        count += self._commit(mailbox_id, rows, outcome, user)
-                finally:
-                    for s in spools:
-                        s.close()
-                done_here += len(infos)
-                elapsed = time.monotonic() - started
-                self.progress.update(
-                    user, entry.name, done_here, total, count / elapsed if elapsed > 0 else 0.0
-                )
-            db.call(_finish_mailbox, (user, mailbox_id, box, list(box.keywords()), uses))
-
-        def subscribe(conn: Any, subscribed: list[str]) -> None:
-            conn.execute(
-                "INSERT INTO subscriptions (user_name, name) SELECT %s, unnest(%s::text[]) "
-                "ON CONFLICT DO NOTHING",
-                (user, subscribed),
-            )
-
-        db.call(subscribe, (list(source.subscriptions()),))
-        outcome.messages = count
+            if "\\Noselect" not in entry.attributes:
+                self._mailbox_to_postgresql(user, source, entry, outcome, started)
+        db.call(_subscribe, (user, list(source.subscriptions())))
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _mailbox_to_postgresql(
+        self, user: str, source: Any, entry: Any, outcome: UserOutcome, started: float
+    ) -> None:
+        """Copy one folder's messages the database lacks, in batches."""
+        db = self.postgres.db
+        box = source.open_mailbox(entry.name)
+        uses = frozenset(entry.attributes) & SPECIAL_USES
+        mailbox_id = db.call(_target_mailbox, (user, box, uses))
+        db.call(_last_uidvalidity, (user, box.uidvalidity))
+        outcome.mailboxes += 1
+        present = set(db.call(_stored_uids, (user, mailbox_id)))
+        uids = list(box.uids())
+        todo = [uid for uid in uids if uid not in present]
+        outcome.skipped += len(uids) - len(todo)
+        uidls = dict(_call(box.pop3_uidls())) if IPop3UidSource.providedBy(box) else {}
+        done = len(uids) - len(todo)
+        for start in range(0, len(todo), BATCH_MESSAGES):
+            infos = list(box.fetch(todo[start : start + BATCH_MESSAGES]))
+            self._batch_to_postgresql(user, box, mailbox_id, infos, uidls, outcome)
+            done += len(infos)
+            elapsed = time.monotonic() - started
+            rate = outcome.messages / elapsed if elapsed > 0 else 0.0
+            self.progress.update(user, entry.name, done, len(uids), rate)
+        db.call(_finish_mailbox, (user, mailbox_id, box, list(box.keywords()), uses))
+
+    def _batch_to_postgresql(
+        self,
+        user: str,
+        box: Any,
+        mailbox_id: int,
+        infos: list[Any],
+        uidls: dict[int, str],
+        outcome: UserOutcome,
+    ) -> None:
+        """Copy ``infos``' messages, committing whenever the bodies held
+        reach :data:`BATCH_BYTES`."""
+        rows: list[tuple[Any, ...]] = []
+        spools: list[Any] = []
+        held = 0
+        try:
+            for info in infos:
+                spool = self._spool(box, info.uid)
+                spools.append(spool)
+                rows.append(self._row(info, spool, uidls.get(info.uid)))
+                held += spool.size
+                if held >= BATCH_BYTES:
+                    outcome.messages += self._commit(mailbox_id, rows, outcome, user)
+                    rows, held = [], 0
+                    for spool in spools:
+                        spool.close()
+                    spools = []
+            if rows:
+                outcome.messages += self._commit(mailbox_id, rows, outcome, user)
+        finally:
+            for spool in spools:
+                spool.close()
 
     @staticmethod
     def _spool(box: Any, uid: int) -> Any:
@@ -543,90 +596,13 @@ class Migration:
         # are made to match the database's below, or removed.
         fresh = not os.path.isdir(os.path.join(root, "cur"))
         target = self.maildir.account(user, home)
-        existing = {entry.name for entry in target.list_mailboxes()}
-        defaults = set(existing) - {names.INBOX} if fresh else set()
-        target_uses = target.special_uses()
+        folders = _Folders(target, root, fresh)
         wanted = [e for e in _call(source.list_mailboxes()) if "\\Noselect" not in e.attributes]
-        count = 0
         for entry in wanted:
-            uses = frozenset(entry.attributes) & SPECIAL_USES
-            path = (
-                root
-                if entry.name == names.INBOX
-                else os.path.join(root, names.name_to_dirname(entry.name))
-            )
-            if (
-                entry.name in defaults
-                and target_uses.get(entry.name, frozenset()) != uses
-                and _untouched(path)
-            ):
-                # A default folder with another special use than the
-                # database's: made again with the right one.
-                target.delete_mailbox(entry.name)
-                existing.discard(entry.name)
-            if entry.name not in existing and entry.name != names.INBOX:
-                target.create_mailbox(entry.name, uses)
-            if os.path.exists(os.path.join(path, "mailsrv-uidlist")):
-                raise MigrationError(
-                    f"{entry.name}: the Maildir folder {path} is in use by mailsrv already "
-                    "(it has a mailsrv-uidlist); export into an empty Maildir"
-                )
+            path = folders.prepare(entry.name, frozenset(entry.attributes) & SPECIAL_USES)
             box = _call(source.get_mailbox(entry.name))
-            keywords = list(_call(box.keywords()))
-            if len(keywords) > _MAX_KEYWORD_LETTERS:
-                raise MigrationError(
-                    f"{entry.name}: {len(keywords)} keywords; a Maildir folder holds at most "
-                    f"{_MAX_KEYWORD_LETTERS}"
-                )
-            outcome.mailboxes += 1
-            letters = {keyword: chr(ord("a") + i) for i, keyword in enumerate(keywords)}
-            uids = list(_call(box.uids()))
-            uidls = dict(_call(box.pop3_uidls()))
-            written = self._written(path)
-            lines = []
-            for start in range(0, len(uids), BATCH_MESSAGES):
-                for info in _call(box.fetch(uids[start : start + BATCH_MESSAGES])):
-                    base = f"{int(info.internal_date.timestamp())}.M{info.uid}U.mailsrv-export"
-                    base += f",S={info.size}"
-                    uidl = uidls.get(info.uid)
-                    lines.append(f"{info.uid}{' P' + uidl if uidl else ''} :{base}\n")
-                    if base in written:
-                        outcome.skipped += 1
-                        continue
-                    flags = set(info.flags) - {"\\Recent"}
-                    code = "".join(
-                        sorted(
-                            [_SYSTEM_LETTERS[f] for f in flags if f in _SYSTEM_LETTERS]
-                            + [letters[f] for f in flags if f in letters]
-                        )
-                    )
-                    handle = _call(box.open(info.uid))
-                    try:
-                        outcome.octets += self._write(path, base, code, handle, info.internal_date)
-                    finally:
-                        handle.close()
-                    count += 1
-                elapsed = time.monotonic() - started
-                self.progress.update(
-                    user,
-                    entry.name,
-                    min(start + BATCH_MESSAGES, len(uids)),
-                    len(uids),
-                    count / elapsed if elapsed > 0 else 0.0,
-                )
-            _write_file(
-                os.path.join(path, "dovecot-keywords"),
-                "".join(f"{i} {keyword}\n" for i, keyword in enumerate(keywords)),
-            )
-            # Last: the backend adopts the folder's UIDs from this file.
-            _write_file(
-                os.path.join(path, "dovecot-uidlist"),
-                f"3 V{box.uidvalidity} N{box.uidnext}\n" + "".join(lines),
-            )
-        for name in sorted(defaults - {e.name for e in wanted}, reverse=True):
-            path = os.path.join(root, names.name_to_dirname(name))
-            if _untouched(path):
-                target.delete_mailbox(name)
+            self._mailbox_to_maildir(user, entry.name, box, path, outcome, started)
+        folders.remove_unwanted_defaults({e.name for e in wanted})
         subscribed = set(target.subscriptions())
         wanted_subscriptions = list(_call(source.subscriptions()))
         for name in wanted_subscriptions:
@@ -635,9 +611,73 @@ class Migration:
         if fresh:
             for name in subscribed - set(wanted_subscriptions):
                 target.unsubscribe(name)
-        outcome.messages = count
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _mailbox_to_maildir(
+        self, user: str, name: str, box: Any, path: str, outcome: UserOutcome, started: float
+    ) -> None:
+        """Write one mailbox's messages the folder lacks, then its keyword
+        table and, last, the UID list the backend adopts UIDs from."""
+        keywords = list(_call(box.keywords()))
+        if len(keywords) > _MAX_KEYWORD_LETTERS:
+            raise MigrationError(
+                f"{name}: {len(keywords)} keywords; a Maildir folder holds at most "
+                f"{_MAX_KEYWORD_LETTERS}"
+            )
+        outcome.mailboxes += 1
+        letters = {keyword: chr(ord("a") + i) for i, keyword in enumerate(keywords)}
+        uids = list(_call(box.uids()))
+        uidls = dict(_call(box.pop3_uidls()))
+        written = self._written(path)
+        lines = []
+        for start in range(0, len(uids), BATCH_MESSAGES):
+            for info in _call(box.fetch(uids[start : start + BATCH_MESSAGES])):
+                base = f"{int(info.internal_date.timestamp())}.M{info.uid}U.mailsrv-export"
+                base += f",S={info.size}"
+                uidl = uidls.get(info.uid)
+                lines.append(f"{info.uid}{' P' + uidl if uidl else ''} :{base}\n")
+                if base in written:
+                    outcome.skipped += 1
+                    continue
+                self._export(box, info, path, base, letters, outcome)
+            elapsed = time.monotonic() - started
+            rate = outcome.messages / elapsed if elapsed > 0 else 0.0
+            done = min(start + BATCH_MESSAGES, len(uids))
+            self.progress.update(user, name, done, len(uids), rate)
+        _write_file(
+            os.path.join(path, "dovecot-keywords"),
+            "".join(f"{i} {keyword}\n" for i, keyword in enumerate(keywords)),
+        )
+        # Last: the backend adopts the folder's UIDs from this file.
+        _write_file(
+            os.path.join(path, "dovecot-uidlist"),
+            f"3 V{box.uidvalidity} N{box.uidnext}\n" + "".join(lines),
+        )
+
+    def _export(
+        self,
+        box: Any,
+        info: Any,
+        path: str,
+        base: str,
+        letters: dict[str, str],
+        outcome: UserOutcome,
+    ) -> None:
+        """One message into the folder, its flags as the file name's letters."""
+        flags = set(info.flags) - {"\\Recent"}
+        code = "".join(
+            sorted(
+                [_SYSTEM_LETTERS[f] for f in flags if f in _SYSTEM_LETTERS]
+                + [letters[f] for f in flags if f in letters]
+            )
+        )
+        handle = _call(box.open(info.uid))
+        try:
+            outcome.octets += self._write(path, base, code, handle, info.internal_date)
+        finally:
+            handle.close()
+        outcome.messages += 1
 
     @staticmethod
     def _written(path: str) -> set[str]:

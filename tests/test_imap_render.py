@@ -43,35 +43,46 @@ _ITEM = re.compile(rb"[A-Z0-9.]+(\[[^\]]*\])?(<\d+>)?")
 
 
 def read_value(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    """The value written at ``pos`` (after any spaces), and where it ends."""
     while data[pos : pos + 1] == b" ":
         pos += 1
-    char = data[pos : pos + 1]
-    if char == b"(":
-        pos += 1
-        items: list[ImapValue] = []
-        while True:
-            while data[pos : pos + 1] == b" ":
-                pos += 1
-            if data[pos : pos + 1] == b")":
-                return tuple(items), pos + 1
-            value, pos = read_value(data, pos)
-            items.append(value)
-    if char == b'"':
-        out = bytearray()
-        pos += 1
-        while data[pos : pos + 1] != b'"':
-            if data[pos : pos + 1] == b"\\":
-                pos += 1
-            out += data[pos : pos + 1]
+    reader = _READERS.get(data[pos : pos + 1], _read_atom)
+    return reader(data, pos)
+
+
+def _read_list(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    pos += 1
+    items: list[ImapValue] = []
+    while True:
+        while data[pos : pos + 1] == b" ":
             pos += 1
-        return bytes(out), pos + 1
-    if char in (b"{", b"~"):
-        if char == b"~":
+        if data[pos : pos + 1] == b")":
+            return tuple(items), pos + 1
+        value, pos = read_value(data, pos)
+        items.append(value)
+
+
+def _read_quoted(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    out = bytearray()
+    pos += 1
+    while data[pos : pos + 1] != b'"':
+        if data[pos : pos + 1] == b"\\":
             pos += 1
-        close = data.index(b"}", pos)
-        length = int(data[pos + 1 : close])
-        start = close + 3
-        return data[start : start + length], start + length
+        out += data[pos : pos + 1]
+        pos += 1
+    return bytes(out), pos + 1
+
+
+def _read_literal(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    if data[pos : pos + 1] == b"~":
+        pos += 1
+    close = data.index(b"}", pos)
+    length = int(data[pos + 1 : close])
+    start = close + 3
+    return data[start : start + length], start + length
+
+
+def _read_atom(data: bytes, pos: int) -> tuple[ImapValue, int]:
     match = _ATOM.match(data, pos)
     assert match is not None, data[pos : pos + 40]
     token = match.group(0)
@@ -80,6 +91,9 @@ def read_value(data: bytes, pos: int) -> tuple[ImapValue, int]:
     if token.isdigit():
         return int(token), match.end()
     return token, match.end()
+
+
+_READERS = {b"(": _read_list, b'"': _read_quoted, b"{": _read_literal, b"~": _read_literal}
 
 
 def fetch_items(answer: str) -> dict[str, ImapValue]:

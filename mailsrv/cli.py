@@ -293,19 +293,18 @@ def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
     return EX_OK
 
 
-def _user_postgresql(
-    args: argparse.Namespace, config: Config, stdin: IO[str], stdout: IO[str]
-) -> int:
-    """``mailsrv user ...`` with ``[auth] backend = "postgresql"``."""
+@contextlib.contextmanager
+def _database(dsn: str) -> Iterator[Any]:
+    """A connection to a configured database, closed after: a schema this
+    mailsrv cannot use is EX_CONFIG, the database away EX_TEMPFAIL, any
+    other database error EX_SOFTWARE."""
     import psycopg
 
     from mailsrv.storage.postgres import schema
 
-    conn = _connect(config.auth_dsn)
+    conn = _connect(dsn)
     try:
-        with _user_errors():
-            schema.check_version(conn)
-            _user_action(args, _TableUsers(conn), config, stdin, stdout)
+        yield conn
     except schema.SchemaError as e:
         raise CommandError(str(e), EX_CONFIG) from None
     except psycopg.OperationalError as e:
@@ -314,6 +313,17 @@ def _user_postgresql(
         raise CommandError(f"database error: {e}".strip(), EX_SOFTWARE) from None
     finally:
         conn.close()
+
+
+def _user_postgresql(
+    args: argparse.Namespace, config: Config, stdin: IO[str], stdout: IO[str]
+) -> int:
+    """``mailsrv user ...`` with ``[auth] backend = "postgresql"``."""
+    from mailsrv.storage.postgres import schema
+
+    with _database(config.auth_dsn) as conn, _user_errors():
+        schema.check_version(conn)
+        _user_action(args, _TableUsers(conn), config, stdin, stdout)
     return EX_OK
 
 
@@ -591,14 +601,11 @@ def _db_one(
 ) -> int:
     import datetime
 
-    import psycopg
-
     from mailsrv.config import redact_dsn
     from mailsrv.storage.postgres import maintenance, schema
 
-    conn = _connect(dsn)
     prefix = f"{redact_dsn(dsn)}: " if name_it else ""
-    try:
+    with _database(dsn) as conn:
         if args.db_command == "upgrade":
             before, after = schema.upgrade(conn)
             if before == after:
@@ -623,14 +630,6 @@ def _db_one(
         )
         schema.check_version(conn)
         return EX_OK
-    except schema.SchemaError as e:
-        raise CommandError(str(e), EX_CONFIG) from None
-    except psycopg.OperationalError as e:
-        raise CommandError(f"database unavailable: {e}".strip(), EX_TEMPFAIL) from None
-    except psycopg.Error as e:
-        raise CommandError(f"database error: {e}".strip(), EX_SOFTWARE) from None
-    finally:
-        conn.close()
 
 
 def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:

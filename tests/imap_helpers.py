@@ -186,7 +186,8 @@ def tls_options(directory: str) -> ssl.CertificateOptions:
     generate_self_signed(cert, key, "localhost")
     with open(cert, "rb") as c, open(key, "rb") as k:
         pem = c.read() + k.read()
-    return ssl.PrivateCertificate.loadPEM(pem).options()
+    options: ssl.CertificateOptions = ssl.PrivateCertificate.loadPEM(pem).options()
+    return options
 
 
 class ServerTestBase(TestCase):
@@ -206,8 +207,12 @@ class ServerTestBase(TestCase):
     def make_factory(self) -> RecordingFactory:
         return RecordingFactory(self.portal, self.policy)
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         for client in self.clients:
             if client.transport is not None:
                 client.transport.loseConnection()

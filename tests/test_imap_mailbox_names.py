@@ -151,7 +151,7 @@ def block_utf16_codec(test: TestCase) -> None:
     saved = sys.modules.get("encodings.utf_16_be")
 
     def forget() -> None:
-        encodings._cache.pop("utf_16_be", None)  # type: ignore[attr-defined]
+        encodings._cache.pop("utf_16_be", None)
 
         def nothing(name: str) -> None:
             return None

@@ -30,6 +30,7 @@ from mailsrv.imap.registry import (
 )
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
+from tests.helpers import at_once
 from tests.imap_helpers import ServerTestBase, in_process
 
 
@@ -93,9 +94,8 @@ class UnexpectedErrorTests(SynchronousTestCase):
         server, transport = self.connect()
         server.dataReceived(b"L LOGIN joe secret\r\nS SELECT INBOX\r\n")
         # Mail arrives, so the command that names messages flushes first.
-        server.session.logged_in_account().get_mailbox("INBOX").append(
-            io.BytesIO(b"Subject: more\r\n\r\n")
-        )
+        inbox = at_once(server.session.logged_in_account().get_mailbox("INBOX"))
+        inbox.append(io.BytesIO(b"Subject: more\r\n\r\n"))
         transport.clear()
         server.dataReceived(b"a XFETCH\r\nb XHANDLE\r\nc NOOP\r\n")
         self.assertEqual(

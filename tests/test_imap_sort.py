@@ -114,8 +114,12 @@ class SortMixin:
         )
         self.clients: list[Any] = []
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         for client in self.clients:
             if client.transport is not None:
                 client.transport.loseConnection()

@@ -31,7 +31,8 @@ from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
 from tests.golden import sortcorpus
 from tests.imap_helpers import Client
-from tests.test_imap_render import GOLDEN, load
+from tests.test_imap_render import GOLDEN
+from tests.test_mime import load
 
 #: Recorded commands whose answer differs from Dovecot's on purpose.
 DELIBERATE: dict[str, str] = {}
@@ -103,8 +104,12 @@ class SortGoldenMixin:
         )
         self.client: Any = None
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         if self.client is not None and self.client.transport is not None:
             self.client.transport.loseConnection()
             yield self.client.lost

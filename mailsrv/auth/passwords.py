@@ -180,40 +180,65 @@ def hash_password(password: str, scheme: str = DEFAULT_SCHEME, *, rounds: int | 
         raise ValueError(f"BLF-CRYPT rounds must be between 4 and 31, not {rounds}")
     if not password:
         raise ValueError("refusing to store an empty password")
+    hasher = _HASHERS.get(name)
+    if hasher is None:
+        raise _not_hashable(name, scheme)
+    return "{" + name + "}" + hasher(password, rounds)
+
+
+def _hash_argon2(password: str, rounds: int | None) -> str:
+    return _ARGON2_HASHER.hash(password.encode("utf-8"))
+
+
+def _hash_bcrypt(password: str, rounds: int | None) -> str:
     raw = password.encode("utf-8")
-    if name == "ARGON2ID":
-        return "{ARGON2ID}" + _ARGON2_HASHER.hash(raw)
-    if name == "BLF-CRYPT":
-        if len(raw) > _BCRYPT_MAX_BYTES:
-            raise ValueError(
-                f"BLF-CRYPT (bcrypt) uses only the first {_BCRYPT_MAX_BYTES} bytes of a password;"
-                " this one is longer, use ARGON2ID"
-            )
-        salt = bcrypt.gensalt(rounds=rounds or _BCRYPT_COST)
-        hashed = bcrypt.hashpw(raw, salt).decode("ascii")
-        # Dovecot (and libc's crypt_blowfish) write $2y$; the algorithm is the
-        # same as $2b$, only the identifier differs.
-        return "{BLF-CRYPT}$2y$" + hashed[4:]
-    if name == "PLAIN":
-        if _PLAIN_FORBIDDEN.intersection(password):
-            raise ValueError(
-                "a PLAIN password cannot contain ':', CR, LF or NUL in a passwd-file;"
-                " use PLAIN-B64 (or better, a hashed scheme)"
-            )
-        return "{PLAIN}" + password
-    if name == "PLAIN-B64":
-        return "{PLAIN-B64}" + base64.b64encode(raw).decode("ascii")
-    if name in ("SHA512-CRYPT", "SHA256-CRYPT"):
+    if len(raw) > _BCRYPT_MAX_BYTES:
         raise ValueError(
+            f"BLF-CRYPT (bcrypt) uses only the first {_BCRYPT_MAX_BYTES} bytes of a password;"
+            " this one is longer, use ARGON2ID"
+        )
+    salt = bcrypt.gensalt(rounds=rounds or _BCRYPT_COST)
+    hashed = bcrypt.hashpw(raw, salt).decode("ascii")
+    # Dovecot (and libc's crypt_blowfish) write $2y$; the algorithm is the
+    # same as $2b$, only the identifier differs.
+    return "$2y$" + hashed[4:]
+
+
+def _hash_plain(password: str, rounds: int | None) -> str:
+    if _PLAIN_FORBIDDEN.intersection(password):
+        raise ValueError(
+            "a PLAIN password cannot contain ':', CR, LF or NUL in a passwd-file;"
+            " use PLAIN-B64 (or better, a hashed scheme)"
+        )
+    return password
+
+
+def _hash_plain_b64(password: str, rounds: int | None) -> str:
+    return base64.b64encode(password.encode("utf-8")).decode("ascii")
+
+
+#: What writes each scheme of :data:`HASHABLE_SCHEMES` (after its ``{SCHEME}``).
+_HASHERS: dict[str, Callable[[str, int | None], str]] = {
+    "ARGON2ID": _hash_argon2,
+    "BLF-CRYPT": _hash_bcrypt,
+    "PLAIN": _hash_plain,
+    "PLAIN-B64": _hash_plain_b64,
+}
+
+
+def _not_hashable(name: str, scheme: str) -> ValueError:
+    """Why mailsrv will not write passwords in ``scheme``."""
+    if name in ("SHA512-CRYPT", "SHA256-CRYPT"):
+        return ValueError(
             f"{name} is supported only to verify passwords migrated from another server;"
             f" hash new passwords with {' or '.join(sorted(HASHABLE_SCHEMES - PLAINTEXT_SCHEMES))}"
         )
     if name in KNOWN_SCHEMES:
-        raise ValueError(
+        return ValueError(
             f"{name} is accepted when verifying but not written by mailsrv;"
             f" choose one of {', '.join(sorted(HASHABLE_SCHEMES))}"
         )
-    raise ValueError(
+    return ValueError(
         f"unknown password scheme {scheme!r}; choose one of {', '.join(sorted(HASHABLE_SCHEMES))}"
     )
 

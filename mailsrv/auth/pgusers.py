@@ -31,9 +31,9 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailsrv import log
 from mailsrv.auth.checker import HashingChecker, decode_name
 from mailsrv.auth.passwdfile import NoSuchUser, UserExists, validate_user_name
 from mailsrv.auth.passwords import PLAINTEXT_SCHEMES, is_known_scheme, plaintext_secret_bytes
@@ -49,7 +49,7 @@ __all__ = [
     "set_password",
 ]
 
-_log = Logger()
+_log = log.get_logger(__name__)
 
 #: Seconds between checks whether any user has a plaintext-equivalent secret.
 PLAINTEXT_REFRESH = 30.0

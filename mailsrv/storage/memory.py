@@ -54,6 +54,7 @@ from mailsrv.interfaces import (
 from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.flags import check_flags
+from mailsrv.storage.wire import wire_chunks
 
 __all__ = ["MemoryAccount", "MemoryMailbox", "MemoryStorage"]
 
@@ -66,22 +67,6 @@ _READ_CHUNK = 64 * 1024
 
 def _is_under(name: str, top: str) -> bool:
     return name == top or name.startswith(top + DELIMITER)
-
-
-def _read_wire(source: IO[bytes]) -> bytes:
-    """Read a message and give every line end as CRLF (bare CRs are kept)."""
-    chunks: list[bytes] = []
-    while True:
-        chunk = source.read(_READ_CHUNK)
-        if not chunk:
-            break
-        if not isinstance(chunk, bytes | bytearray | memoryview):
-            raise StorageError("message source must give bytes", code="CANNOT")
-        chunks.append(bytes(chunk))
-    data = b"".join(chunks)
-    if b"\n" in data:
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return data
 
 
 _uidvalidity_last = 0
@@ -335,7 +320,7 @@ class MemoryMailbox:
         self._state.check_alive()
         stored_flags = check_flags(flags)
         date = _internal_date(internal_date)
-        data = _read_wire(source)
+        data = b"".join(wire_chunks(source, _READ_CHUNK))
         uid = self._state.add(data, stored_flags, date)
         self._state.announce("messages_added", [uid])
         return uid

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -90,7 +90,7 @@ def ensure_dovecot() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "dovecot-imapd"], check=True, env=env)
 
 
-def raw_answer(data: list) -> bytes:  # type: ignore[type-arg]
+def raw_answer(data: Sequence[bytes | tuple[bytes, bytes] | None]) -> bytes:
     """Reassemble imaplib's pieces of one FETCH answer into its wire text."""
     out = b""
     for item in data:
@@ -209,7 +209,8 @@ def record_searches(client: imaplib.IMAP4) -> list[dict[str, object]]:
         if literal is None:
             typ, data = client.search(None, criteria)
         else:
-            client.literal = literal.encode("utf-8")
+            # imaplib sends its literal as bytes (typeshed says str).
+            client.literal = literal.encode("utf-8")  # type: ignore[assignment]
             typ, data = client.search("UTF-8", criteria)
         result = [int(n) for n in data[0].split()] if typ == "OK" and data[0] else []
         out.append({"criteria": criteria, "literal": literal, "status": typ, "result": result})
@@ -255,9 +256,9 @@ SORTS: list[str] = [
 
 def raw_command(client: imaplib.IMAP4, text: str) -> dict[str, object]:
     """One command's untagged responses and tagged status, as on the wire."""
-    tag = client._new_tag()  # type: ignore[attr-defined]
+    tag = client._new_tag()
     client.send(tag + b" " + text.encode("utf-8") + b"\r\n")
-    lines = []
+    lines: list[str] = []
     while True:
         line = client.readline()
         if line.startswith(tag + b" "):
@@ -335,92 +336,75 @@ def private_dovecot() -> Iterator[imaplib.IMAP4]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def record_message(client: imaplib.IMAP4, seq: int, wire: bytes) -> dict[str, object]:
+    """The raw FETCH answers for message *seq*, appended as *wire*."""
+    structure = parse(wire)
+    record: dict[str, object] = {}
+    # imaplib keeps untagged answers of failed commands for the next
+    # one: start every command with a clean slate.
+    client.untagged_responses.clear()
+    typ, answer = client.fetch(str(seq), "(RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE)")
+    record["fetch"] = raw_answer(answer).decode("latin-1")
+    body: dict[str, object] = {}
+    for section in sections(structure):
+        client.untagged_responses.clear()
+        typ, answer = client.fetch(str(seq), f"(BODY.PEEK[{section}])")
+        body[section] = raw_answer(answer).decode("latin-1") if typ == "OK" else None
+    record["body"] = body
+    binary: dict[str, object] = {}
+    for part in leaves(structure):
+        client.untagged_responses.clear()
+        typ, answer = client.fetch(str(seq), f"(BINARY.PEEK[{part}] BINARY.SIZE[{part}])")
+        binary[part] = (
+            raw_answer(answer).decode("latin-1")
+            if typ == "OK"
+            else "NO " + raw_answer(answer[:1]).decode("latin-1")
+        )
+    record["binary"] = binary
+    return record
+
+
+def record_messages(client: imaplib.IMAP4, files: list[str]) -> dict[str, object]:
+    """APPEND every corpus file and record its answers, or the refusal."""
+    messages: dict[str, object] = {}
+    client.select("INBOX")
+    seq = 0
+    for path in files:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        name = os.path.basename(path)
+        try:
+            typ, appended = client.append("INBOX", None, None, wire)
+        except client.error as exc:
+            messages[name] = {"append": str(exc)}
+            continue
+        if typ != "OK":
+            messages[name] = {"append": f"{typ} {appended[0].decode('latin-1')}"}
+            continue
+        seq += 1
+        client.noop()
+        messages[name] = record_message(client, seq, wire)
+    return messages
+
+
 def main() -> None:
     if "--sorts-only" in sys.argv[1:]:
         sorts_only()
         return
-    ensure_dovecot()
-    tmp = tempfile.mkdtemp(prefix="mailsrv-golden-")
-    nobody = pwd.getpwnam("nobody")
-    port = free_port()
-    for sub in ("run", "state", "home"):
-        os.makedirs(os.path.join(tmp, sub))
-    with open(os.path.join(tmp, "passwd"), "w") as handle:
-        handle.write("golden:{PLAIN}secret\n")
-    config = os.path.join(tmp, "dovecot.conf")
-    with open(config, "w") as handle:
-        handle.write(
-            CONFIG.format(tmp=tmp, user="nobody", uid=nobody.pw_uid, gid=nobody.pw_gid, port=port)
-        )
-    os.chown(os.path.join(tmp, "home"), nobody.pw_uid, nobody.pw_gid)
-    os.chmod(tmp, 0o755)
-    subprocess.run(["dovecot", "-c", config], check=True)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client = imaplib.IMAP4("127.0.0.1", port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        client.login("golden", "secret")
-        version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True)
-        golden: dict[str, object] = {"server": "Dovecot " + version.stdout.strip(), "messages": {}}
-        files = sorted(glob.glob(os.path.join(ROOT, "tests", "corpus", "*.eml")))
-        client.select("INBOX")
-        seq = 0
-        for path in files:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            try:
-                typ, answer = client.append("INBOX", None, None, wire)
-            except client.error as exc:
-                golden["messages"][os.path.basename(path)] = {"append": str(exc)}  # type: ignore[index]
-                continue
-            if typ != "OK":
-                refused = f"{typ} {answer[0].decode('latin-1')}"
-                golden["messages"][os.path.basename(path)] = {"append": refused}  # type: ignore[index]
-                continue
-            seq += 1
-            client.noop()
-            structure = parse(wire)
-            record: dict[str, object] = {}
-            # imaplib keeps untagged answers of failed commands for the next
-            # one: start every command with a clean slate.
-            client.untagged_responses.clear()
-            typ, answer = client.fetch(str(seq), "(RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE)")
-            record["fetch"] = raw_answer(answer).decode("latin-1")
-            body: dict[str, object] = {}
-            for section in sections(structure):
-                client.untagged_responses.clear()
-                typ, answer = client.fetch(str(seq), f"(BODY.PEEK[{section}])")
-                body[section] = raw_answer(answer).decode("latin-1") if typ == "OK" else None
-            record["body"] = body
-            binary: dict[str, object] = {}
-            for part in leaves(structure):
-                client.untagged_responses.clear()
-                typ, answer = client.fetch(str(seq), f"(BINARY.PEEK[{part}] BINARY.SIZE[{part}])")
-                binary[part] = (
-                    raw_answer(answer).decode("latin-1")
-                    if typ == "OK"
-                    else "NO " + answer[0].decode("latin-1")
-                )
-            record["binary"] = binary
-            golden["messages"][os.path.basename(path)] = record  # type: ignore[index]
+    version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True)
+    golden: dict[str, object] = {"server": "Dovecot " + version.stdout.strip()}
+    files = sorted(glob.glob(os.path.join(ROOT, "tests", "corpus", "*.eml")))
+    with private_dovecot() as client:
+        messages = record_messages(client, files)
+        golden["messages"] = messages
         golden["searches"] = record_searches(client)
-        accepted = [p for p in files if "append" not in golden["messages"][os.path.basename(p)]]  # type: ignore[index]
+        accepted = [p for p in files if "append" not in messages[os.path.basename(p)]]  # type: ignore[operator]
         golden["sorts"] = record_sorts(client, accepted)
-        client.logout()
-    finally:
-        subprocess.run(["doveadm", "-c", config, "stop"], check=False)
     out = os.path.join(HERE, "dovecot.json")
     with open(out, "w") as handle:
         json.dump(golden, handle, indent=1, sort_keys=True, ensure_ascii=True)
     print(f"wrote {out}")
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ message.
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -232,6 +233,40 @@ class MessageSet:
     def uids(self) -> list[int]:
         return [uid for _, uid in self]
 
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """The set's ranges: UIDs or sequence numbers, ascending."""
+        return self._ranges
+
+    def among(self, uids: Iterable[int]) -> list[tuple[int, int]]:
+        """``(seq, uid)`` of the set's messages whose UID is among ``uids``
+        (ascending): a lookup per UID, not a walk over the set, so ten
+        changed messages of ``1:*`` over 100,000 cost ten lookups."""
+        starts = [low for low, _ in self._ranges]
+        found: list[tuple[int, int]] = []
+        for uid in uids:
+            seq = self._map.seq(uid)
+            if seq is None:
+                continue
+            number = uid if self._by_uid else seq
+            i = bisect_right(starts, number) - 1
+            if i >= 0 and number <= self._ranges[i][1]:
+                found.append((seq, uid))
+        return found
+
+
+def _uid_ranges(uids: Sequence[int]) -> bytes:
+    """Ascending UIDs as a uid-set (``3:5,9``)."""
+    parts: list[bytes] = []
+    start = previous = uids[0]
+    for uid in itertools.islice(uids, 1, None):
+        if uid != previous + 1:
+            parts.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
+            start = uid
+        previous = uid
+    parts.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
+    return b",".join(parts)
+
 
 @implementer(IMailboxListener)
 class SelectedMailbox:
@@ -262,6 +297,18 @@ class SelectedMailbox:
         #: The keywords the session was told about in FLAGS, in that order.
         self.keywords: tuple[str, ...] = ()
         self._known: frozenset[str] = SYSTEM_FLAGS | {RECENT}
+        # RFC 7162, set by the session: flag updates carry UID and MODSEQ
+        # (CONDSTORE-aware client), expunges are told as VANISHED (QRESYNC),
+        # the mailbox keeps no MODSEQs (NOMODSEQ was said at SELECT).
+        self.condstore = False
+        self.qresync = False
+        self.nomodseq = False
+        #: A HIGHESTMODSEQ the client may hold: every change at or below it
+        #: has been told (or was already in the view when it was built).
+        self.modseq = 0
+        #: UIDNEXT when the view was built: a UID below it (or below the
+        #: view's last UID) that the view lacks is gone (QRESYNC).
+        self.uid_limit = 0
 
     # -- IMailboxListener --------------------------------------------------
 
@@ -438,6 +485,33 @@ class SelectedMailbox:
             return frozenset(flags) | {RECENT}
         return frozenset(flags)
 
+    def vanishes(self) -> bool:
+        """Whether expunges are told as VANISHED (RFC 7162 3.2.10.2)."""
+        return self.qresync and not self.nomodseq
+
+    def settle_modseq(self) -> None:
+        """Nothing is queued: everything the mailbox's listeners heard has
+        been told, so the client may hold the mailbox's announced MODSEQ."""
+        if not self.has_pending():
+            self.modseq = max(self.modseq, self.mailbox.announced_modseq)
+
+    def _expunge_lines(self) -> list[bytes]:
+        """EXPUNGE responses (or one VANISHED) for the queued expunges of
+        messages the client was told about, applied to the view."""
+        expunged = self._expunged
+        shown = [uid for uid in sorted(expunged) if self.map.seq(uid) is not None]
+        seqs = self.map.remove(shown)
+        for uid in expunged:
+            self._flags.pop(uid, None)
+        self.recent -= expunged
+        self._expunged = set()
+        if not seqs:
+            return []
+        if self.vanishes():
+            # Only UIDs the client was told about (RFC 7162 3.2.10.2).
+            return [b"* VANISHED %s\r\n" % _uid_ranges(shown)]
+        return [b"* %d EXPUNGE\r\n" % seq for seq in seqs]
+
     def flush(self, expunges_allowed: bool) -> defer.Deferred[list[bytes]]:
         """The untagged responses for queued changes, applying them to the view.
 
@@ -445,18 +519,22 @@ class SelectedMailbox:
         count still includes them, so sequence numbers stay valid.
         """
         out: list[bytes] = []
+        # Everything heard up to here is told below, unless expunges wait.
+        heard = self.mailbox.announced_modseq
         if expunges_allowed and self._expunged:
             added = set(self._added)
             # Never announced: just forget them.
             unseen = self._expunged & added
             if unseen:
                 self._added = [uid for uid in self._added if uid not in unseen]
-            for seq in self.map.remove(self._expunged):
-                out.append(b"* %d EXPUNGE\r\n" % seq)
-            for uid in self._expunged:
-                self._flags.pop(uid, None)
-            self.recent -= self._expunged
-            self._expunged = set()
+            out.extend(self._expunge_lines())
+        if self._expunged:
+            if self.condstore and not self.nomodseq:
+                # RFC 7162 3.2: MODSEQs this command shows may be above a
+                # held-back expunge's; the client must not go past it.
+                out.append(b"* OK [HIGHESTMODSEQ %d] Expunges pending\r\n" % self.modseq)
+        else:
+            self.modseq = max(self.modseq, heard)
         last = self.map.last_uid
         new = sorted({uid for uid in self._added if uid > last})
         self._added = []
@@ -506,16 +584,23 @@ class SelectedMailbox:
             out.append(b"* %d EXISTS\r\n" % len(self.map))
             out.append(b"* %d RECENT\r\n" % len(self.recent))
         changed = []
-        for uid, (flags, _modseq) in updates.items():
+        for uid, (flags, modseq) in updates.items():
             if uid in self._expunged:
                 continue  # its EXPUNGE is coming; the flags no longer matter
             seq = self.map.seq(uid)
             if seq is not None:
-                changed.append((seq, uid, flags))
+                changed.append((seq, uid, flags, modseq))
         changed.sort()
-        for seq, uid, flags in changed:
+        modseqs = self.condstore and not self.nomodseq
+        for seq, uid, flags, modseq in changed:
             shown = response.flag_list(self.flags_with_recent(uid, flags))
-            out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
+            if modseqs:
+                # RFC 7162 3.2.4: with UID and MODSEQ once CONDSTORE is on.
+                out.append(
+                    b"* %d FETCH (UID %d MODSEQ (%d) FLAGS %s)\r\n" % (seq, uid, modseq, shown)
+                )
+            else:
+                out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
         return out
 
     def close(self) -> None:

@@ -198,7 +198,7 @@ def vanished_earlier(
     view: SelectedMailbox,
     modseq: int,
     known: Sequence[tuple[int, int]],
-    seq_match: Qresync | None = None,
+    params: Qresync | None = None,
 ) -> Generator[defer.Deferred[Any], Any, list[tuple[int, int]]]:
     """The UIDs among ``known`` expunged since ``modseq``, as ranges.
 
@@ -217,7 +217,9 @@ def vanished_earlier(
         in_known = _member(known)
         gone = (uid for uid in found if in_known(uid) and view.map.seq(uid) is None)
         return list(_runs(gone))
-    floor = _matched_floor(view, seq_match) if seq_match is not None else 0
+    floor = 0
+    if params is not None and params.seq_match is not None:
+        floor = _matched_floor(view, *params.seq_match)
     top = max(view.uid_limit, view.map.last_uid + 1) - 1
     return _gaps(view.map.ranges(), known, floor + 1, top)
 
@@ -232,11 +234,11 @@ def _member(ranges: Sequence[tuple[int, int]]) -> Callable[[int], bool]:
     return test
 
 
-def _matched_floor(view: SelectedMailbox, params: Qresync) -> int:
+def _matched_floor(
+    view: SelectedMailbox, seqs: Sequence[tuple[int, int]], uids: Sequence[tuple[int, int]]
+) -> int:
     """The UID of the last pair of sequence match data, in order, whose
     message number still has that UID; 0 if the first already differs."""
-    assert params.seq_match is not None
-    seqs, uids = params.seq_match
     floor = 0
     exists = view.exists
     for seq, uid in zip(_each(seqs), _each(uids), strict=True):

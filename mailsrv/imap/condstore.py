@@ -19,14 +19,14 @@ the view holds, in ranges, narrowed by the client's sequence match data.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet import defer
 
 from mailsrv.imap.output import Done, bad
-from mailsrv.imap.selected import SelectedMailbox
+from mailsrv.imap.selected import SelectedMailbox, ranges_text, runs
 from mailsrv.imap.syntax import STAR, SequenceSet
 from mailsrv.interfaces import maybe_deferred
 
@@ -103,25 +103,6 @@ def modseq_value(value: object, what: str, zero: bool = True) -> int:
     if value > MAX_MODSEQ or (value == 0 and not zero):
         raise bad(f"{what} {value} is not a valid mod-sequence value")
     return value
-
-
-def ranges_text(ranges: Iterable[tuple[int, int]]) -> bytes:
-    """Ascending inclusive ranges as a sequence set (``2,10:15,21``)."""
-    return b",".join(b"%d" % low if low == high else b"%d:%d" % (low, high) for low, high in ranges)
-
-
-def _runs(numbers: Iterable[int]) -> Iterator[tuple[int, int]]:
-    """Ascending numbers as inclusive runs."""
-    start = previous = -1
-    for n in numbers:
-        if n == previous + 1:
-            previous = n
-            continue
-        if start >= 0:
-            yield start, previous
-        start = previous = n
-    if start >= 0:
-        yield start, previous
 
 
 # -- the QRESYNC select parameter ---------------------------------------------------
@@ -216,7 +197,7 @@ def vanished_earlier(
     if found is not None:
         in_known = _member(known)
         gone = (uid for uid in found if in_known(uid) and view.map.seq(uid) is None)
-        return list(_runs(gone))
+        return runs(gone)
     floor = 0
     if params is not None and params.seq_match is not None:
         floor = _matched_floor(view, *params.seq_match)
@@ -258,13 +239,13 @@ def _gaps(
     ``present`` covers; all three ascending inclusive ranges.  Costs one
     pass over both lists, never one step per UID."""
     out: list[tuple[int, int]] = []
-    runs = iter(present)
-    run = next(runs, None)
+    shown = iter(present)
+    run = next(shown, None)
     for a, b in known:
         a, b = max(a, low), min(b, high)
         while a <= b:
             while run is not None and run[1] < a:
-                run = next(runs, None)
+                run = next(shown, None)
             if run is None or run[0] > b:
                 out.append((a, b))
                 break

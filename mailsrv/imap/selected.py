@@ -16,7 +16,6 @@ message.
 
 from __future__ import annotations
 
-import itertools
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -44,7 +43,7 @@ from mailsrv.interfaces import (
     maybe_deferred,
 )
 
-__all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
+__all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap", "ranges_text", "runs"]
 
 #: The system flags in the order FLAGS and PERMANENTFLAGS list them.
 _SYSTEM_ORDER = (ANSWERED, FLAGGED, DELETED, SEEN, DRAFT)
@@ -255,17 +254,20 @@ class MessageSet:
         return found
 
 
-def _uid_ranges(uids: Sequence[int]) -> bytes:
-    """Ascending UIDs as a uid-set (``3:5,9``)."""
-    parts: list[bytes] = []
-    start = previous = uids[0]
-    for uid in itertools.islice(uids, 1, None):
-        if uid != previous + 1:
-            parts.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
-            start = uid
-        previous = uid
-    parts.append(b"%d" % start if start == previous else b"%d:%d" % (start, previous))
-    return b",".join(parts)
+def runs(numbers: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending numbers as inclusive ``(first, last)`` runs."""
+    found: list[tuple[int, int]] = []
+    for n in numbers:
+        if found and n == found[-1][1] + 1:
+            found[-1] = (found[-1][0], n)
+        else:
+            found.append((n, n))
+    return found
+
+
+def ranges_text(ranges: Iterable[tuple[int, int]]) -> bytes:
+    """Ascending inclusive ranges as a sequence set (``2,10:15,21``)."""
+    return b",".join(b"%d" % low if low == high else b"%d:%d" % (low, high) for low, high in ranges)
 
 
 @implementer(IMailboxListener)
@@ -509,7 +511,7 @@ class SelectedMailbox:
             return []
         if self.vanishes():
             # Only UIDs the client was told about (RFC 7162 3.2.10.2).
-            return [b"* VANISHED %s\r\n" % _uid_ranges(shown)]
+            return [b"* VANISHED %s\r\n" % ranges_text(runs(shown))]
         return [b"* %d EXPUNGE\r\n" % seq for seq in seqs]
 
     def flush(self, expunges_allowed: bool) -> defer.Deferred[list[bytes]]:

@@ -18,13 +18,14 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv.imap import syntax
-from mailsrv.imap.condstore import modseq_view, ranges_text
+from mailsrv.imap.condstore import modseq_view
 from mailsrv.imap.fetch_items import FetchRequest
 from mailsrv.imap.fetch_syntax import FetchAttribute
 from mailsrv.imap.fetching import fetch_messages
 from mailsrv.imap.lexer import ATOM_CHARS, Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
+from mailsrv.imap.selected import ranges_text, runs
 from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import StoreResult
 
@@ -119,7 +120,7 @@ def handle_store(session: Session, command: Store) -> Generator[defer.Deferred[A
     names = ("UID", "MODSEQ", "FLAGS") if modseqs else ("UID", "FLAGS")
     yield fetch_messages(_request(session, command, [FetchAttribute(n) for n in names]), failed)
     numbers = [uid for _, uid in failed] if command.uid else [seq for seq, _ in failed]
-    code = "MODIFIED " + ranges_text(_runs(numbers)).decode()
+    code = "MODIFIED " + ranges_text(runs(sorted(numbers))).decode()
     return Done(text="Conditional STORE failed for some messages", code=code)
 
 
@@ -136,16 +137,6 @@ def _request(session: Session, command: Store, items: list[FetchAttribute]) -> F
     return FetchRequest(
         view, view.mailbox, session.output(), session.clock, tuple(items), command.uid
     )
-
-
-def _runs(numbers: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for n in sorted(numbers):
-        if runs and n == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], n)
-        else:
-            runs.append((n, n))
-    return runs
 
 
 # RFC 3501 7.4.1: no EXPUNGE response while STORE runs.

@@ -55,6 +55,12 @@ class InvalidSequence(ValueError):
     (RFC 3501 answers it with BAD)."""
 
 
+#: UID tuples and their runs, by the tuple's id (see :meth:`UidMap.of`);
+#: each entry holds its tuple, so the id stays that tuple's.
+_RUNS: dict[int, tuple[tuple[int, ...], array[int], array[int]]] = {}
+_RUNS_KEPT = 8
+
+
 class UidMap:
     """Ascending UIDs addressed by 1-based sequence number, stored as runs."""
 
@@ -64,6 +70,27 @@ class UidMap:
         self._starts = array("I")
         self._ends = array("I")  # cumulative message count at the end of each run
         self.extend(uids)
+
+    @classmethod
+    def of(cls, uids: Sequence[int]) -> UidMap:
+        """A map of ``uids``; a tuple seen lately is not walked again.
+
+        Storage that caches its UID list (Maildir, memory) hands every
+        SELECT the same tuple until a message comes or goes, so a
+        reconnecting client's SELECT of a 100,000-message mailbox copies
+        the runs (two small arrays) instead of finding them again.
+        """
+        if not isinstance(uids, tuple):
+            return cls(uids)
+        found = _RUNS.get(id(uids))
+        if found is None or found[0] is not uids:
+            made = cls(uids)
+            _RUNS[id(uids)] = found = (uids, made._starts, made._ends)
+            while len(_RUNS) > _RUNS_KEPT:
+                del _RUNS[next(iter(_RUNS))]
+        copy = cls()
+        copy._starts, copy._ends = array("I", found[1]), array("I", found[2])
+        return copy
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0

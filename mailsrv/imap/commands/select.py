@@ -37,7 +37,7 @@ from mailsrv.imap.registry import (
     State,
     no_arguments,
 )
-from mailsrv.imap.selected import SelectedMailbox
+from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.imap.session import existing
 from mailsrv.interfaces import IMailbox, MailboxStatus, maybe_deferred
 
@@ -114,7 +114,7 @@ def _open(
     # HIGHESTMODSEQ the client is given never covers a change it missed.
     status: MailboxStatus = yield defer.maybeDeferred(mailbox.status)
     uids: Sequence[int] = yield defer.maybeDeferred(mailbox.uids)
-    view.map.extend(uids)
+    view.map = UidMap.of(uids)
     view.nomodseq = status.highest_modseq == 0
     view.modseq = status.highest_modseq
     view.uid_limit = status.uidnext

@@ -371,6 +371,14 @@ class Index:
     def uids(self) -> tuple[int, ...]:
         return tuple(r[0] for r in self.db.execute("SELECT uid FROM messages ORDER BY uid"))
 
+    def uid_set_version(self) -> tuple[int, object]:
+        """A value that changes whenever the set of UIDs does, and only
+        then: the message count (every insert raises it) and the number of
+        messages ever deleted (:meth:`delete` counts them).  Flag changes
+        leave it alone, so a cached UID list outlives them."""
+        row = self.db.execute("SELECT messages FROM counters WHERE id = 0").fetchone()
+        return int(row[0]), self.get("deletions")
+
     def row(self, uid: int) -> Row | None:
         values = self.db.execute(
             f"SELECT {_COLUMNS} FROM messages WHERE uid = ?", (uid,)
@@ -545,6 +553,8 @@ class Index:
         self.db.executemany(
             "INSERT OR REPLACE INTO expunged VALUES (?, ?)", [(u, modseq) for (u,) in pairs]
         )
+        deletions = self.get("deletions")
+        self.put("deletions", (deletions if isinstance(deletions, int) else 0) + len(pairs))
         rows = self.get("expunged_rows")
         if not isinstance(rows, int):  # an index from before the count was kept
             rows = int(self.db.execute("SELECT count(*) FROM expunged").fetchone()[0])

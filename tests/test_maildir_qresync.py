@@ -138,3 +138,34 @@ class RebuiltIndexTests(MaildirTestCase):
         self.assertGreater(again.highest_modseq, handed_out)
         self.assertEqual(list(again.changed_uids(handed_out)), [uid])
         self.assertEqual(again.fetch([uid])[0].flags, frozenset({SEEN, DELETED, "$Later"}))
+
+
+class UidCacheTests(MaildirTestCase):
+    def test_flag_changes_keep_the_uid_list(self) -> None:
+        """The UID list a SELECT reads is kept across flag changes, by this
+        process or another (a reconnect after 10 STOREs does not reread
+        100,000 UIDs), and read again once messages come or go, from
+        whichever process."""
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(b"Subject: %d\r\n\r\n" % n)) for n in range(4)]
+        reads: list[int] = []
+        real = index.Index.uids
+
+        def counted(db: index.Index) -> tuple[int, ...]:
+            reads.append(1)
+            return real(db)
+
+        self.patch(index.Index, "uids", counted)
+        first = inbox.uids()
+        self.assertEqual(list(first), uids)
+        other = self.inbox()  # another process's view of the same folder
+        other.store(uids[:2], [SEEN], StoreMode.ADD)
+        inbox.store(uids[2:], ["$Later"], StoreMode.ADD)
+        self.assertIs(inbox.uids(), first)
+        self.assertEqual(len(reads), 1)
+        other.store([uids[0]], [DELETED], StoreMode.ADD)
+        other.expunge()
+        self.assertEqual(list(inbox.uids()), uids[1:])
+        added = other.append(io.BytesIO(b"Subject: new\r\n\r\n"))
+        self.assertEqual(list(inbox.uids()), [*uids[1:], added])
+        self.assertEqual(len(reads), 3)

@@ -351,9 +351,9 @@ class EveryMethodTests(ImaplibBase):
         typ, caps = r["capability"]
         self.assertEqual(typ, "OK")
         self.assertTrue(caps[0].startswith(b"IMAP4rev1 LITERAL+ SASL-IR"), caps)
-        for absent in (b"ACL", b"QUOTA", b"CONDSTORE"):
+        for absent in (b"ACL", b"QUOTA"):
             self.assertNotIn(absent, caps[0].split())
-        for present in (b"SORT", b"THREAD=REFERENCES", b"ESORT", b"CONTEXT=SEARCH"):
+        for present in (b"SORT", b"THREAD=REFERENCES", b"ESORT", b"CONTEXT=SEARCH", b"CONDSTORE"):
             self.assertIn(present, caps[0].split())
         self.assertEqual(r["noop_before_login"], ("OK", [b"NOOP completed"]))
         self.assertIn("PROXYAUTH is not supported", r["proxyauth"])

@@ -183,6 +183,12 @@ class Session:
         self.busy = False
         #: The command reading lines of its own (IDLE, AUTHENTICATE), if any.
         self.continuation: Continuation | None = None
+        #: Extensions the client turned on for the connection (RFC 5161
+        #: ENABLE; CONDSTORE also by using it, RFC 7162 3.1).
+        self.enabled: set[str] = set()
+        self._ip_counted = False
+        #: Clock time by which the client must have logged in; None after.
+        self._login_by: float | None = None
 
     @property
     def user(self) -> str | None:

@@ -199,7 +199,7 @@ class UsersSection:
     passwd_file: str = attrs.field(default="/etc/mailsrv/passwd", metadata=_meta(path=True))
     default_scheme: str = attrs.field(
         default="ARGON2ID",
-        metadata=_meta(_check_choice("ARGON2ID", "BLF-CRYPT", "PLAIN")),
+        metadata=_meta(_check_choice("ARGON2ID", "BLF-CRYPT", "SCRAM-SHA-256", "PLAIN")),
     )
     #: Create an empty users file when it is missing (development only).
     create_if_missing: bool = attrs.field(default=False, metadata=_meta())
@@ -221,6 +221,11 @@ class AuthSection:
     )
     #: backend = "postgresql": the database; empty means storage.dsn's.
     dsn: str = attrs.field(default="", metadata=_meta())
+    #: Derives the SCRAM salts shown for unknown users (and users with a
+    #: PLAIN secret); nodes serving the same users should share one, or an
+    #: unknown user's salt would differ between them where a real user's
+    #: does not.  Empty: a random one at each start.
+    salt_secret: str = attrs.field(default="", metadata=_meta())
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailsrv import log
+from mailsrv.auth.channel import ChannelBindings, bindings_of
 from mailsrv.imap.commands import REGISTRY
 from mailsrv.imap.framer import (
     NEED_DATA,
@@ -225,12 +226,18 @@ class IMAP4Server(Protocol, TimeoutMixin):
     def can_start_tls(self) -> bool:
         return ITLSTransport.providedBy(self.transport)
 
+    def channel_bindings(self) -> ChannelBindings | None:
+        return bindings_of(self.transport)
+
     def start_tls(self, context: Any) -> None:
         self._framer.clear()
         self._transport.startTLS(context)
 
     def expect_continuation(self) -> None:
         self._framer.expect_continuation()
+        # A command that waited before asking (a SASL step after a look-up)
+        # was paused as busy: read again, or its answer would never come.
+        self._resume()
 
     def command_done(self) -> None:
         output = self._output

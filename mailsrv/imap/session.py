@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth import sasl
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
@@ -94,6 +95,9 @@ class Connection(Protocol):
 
     def start_tls(self, context: Any) -> None:
         """Drop unread input and start the server side of TLS."""
+
+    def channel_bindings(self) -> ChannelBindings | None:
+        """The TLS channel bindings of the connection (None without TLS)."""
 
     def expect_continuation(self) -> None:
         """Frame the next line as a continuation."""
@@ -494,7 +498,11 @@ class Session:
 
     def mechanisms(self) -> list[str]:
         """The SASL mechanisms offered on this connection now."""
-        return sasl.mechanisms(self.policy, self.secure, self.peer)
+        return sasl.mechanisms(self.policy, self.secure, self.peer, self.channel_bindings())
+
+    def channel_bindings(self) -> ChannelBindings | None:
+        """What SCRAM-SHA-256-PLUS binds to, once TLS is up."""
+        return self.connection.channel_bindings() if self.secure else None
 
     def drop_continuation(self) -> None:
         """The connection is gone: stop what a command reading lines holds."""

@@ -44,6 +44,8 @@ __all__ = ["IScramCredentials", "ScramCredentials", "ScramLookup", "ScramServer"
 #: RFC 5802 7: a nonce is printable ASCII except ",".
 _PRINTABLE = re.compile(rb"[\x21-\x2b\x2d-\x7e]+")
 _CB_NAME = re.compile(r"[A-Za-z0-9.-]+")
+#: RFC 5802 7: an (optional, ignored) extension is attr-val.
+_ATTR_VAL = re.compile(r"[A-Za-z]=.+", re.DOTALL)
 
 
 # -- the Portal's side ------------------------------------------------------------------
@@ -142,6 +144,8 @@ def _parse_client_first(data: bytes) -> _ClientFirst:
     if attributes[0].startswith("m="):
         raise _Failed("SCRAM mandatory extensions are not supported")
     if len(attributes) < 2:
+        raise _Failed("Malformed SCRAM client-first message")
+    if not all(_ATTR_VAL.fullmatch(part) for part in attributes[2:]):
         raise _Failed("Malformed SCRAM client-first message")
     name = _saslname(_attribute(attributes[0], "n"))
     nonce = _attribute(attributes[1], "r").encode("utf-8")
@@ -265,8 +269,10 @@ class ScramServer:
             attributes = without_proof.decode("utf-8").split(",")
         except UnicodeDecodeError:
             raise _Failed("SCRAM message is not UTF-8", "invalid-encoding") from None
-        if len(attributes) < 2 or any(part.startswith("m=") for part in attributes):
-            raise _Failed("Malformed SCRAM client-final message", "extensions-not-supported")
+        if any(part.startswith("m=") for part in attributes):
+            raise _Failed("SCRAM extensions are not supported", "extensions-not-supported")
+        if len(attributes) < 2 or not all(_ATTR_VAL.fullmatch(p) for p in attributes[2:]):
+            raise _Failed("Malformed SCRAM client-final message", "invalid-encoding")
         binding = b64decode(_attribute(attributes[0], "c"))
         nonce = _attribute(attributes[1], "r").encode("utf-8")
         proof = b64decode(proof_text)

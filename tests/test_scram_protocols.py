@@ -140,32 +140,19 @@ class _Pop3(_Dialogue):
         return (await client.until(b"\r\n")).strip()
 
 
-class _ScramOverSockets:
-    """The scenarios, for one protocol and one place the users live."""
+class Sockets:
+    """Servers of one protocol on loopback ports, and their clients, all
+    closed after the test; a subclass sets ``portal``, ``policy`` and
+    ``server_tls`` and calls :meth:`start_sockets` in its setUp."""
 
     dialogue: _Dialogue
+    portal: Portal
+    policy: SessionPolicy
+    server_tls: ssl.CertificateOptions
 
-    def setUp(self) -> None:
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.server_tls = tls_options(os.path.join(self.dir, "tls"))
+    def start_sockets(self) -> None:
         self.clients: list[Client] = []
         self.factories: list[Any] = []
-        self.checker, storage = self.make_users()
-        self.portal = Portal(MailRealm(storage, self.checker.home_of), [self.checker])
-        self.policy = SessionPolicy(
-            failure_delay=0.0,
-            max_failures=2,
-            plaintext="never",
-            tls_context=self.server_tls,
-            sasl=SaslServices(scram=self.checker, scram_available=self.checker.any_scram),
-        )
-
-    def make_users(self) -> tuple[Any, Any]:
-        path = os.path.join(self.dir, "passwd")
-        with open(path, "w") as f:
-            f.writelines(f"{name}:{secret}\n" for name, secret in USERS.items())
-        return PasswdFileChecker(PasswdFile(path), reactor=reactor), MemoryStorage()
 
     def listen(self, tls: bool = False) -> int:
         factory = self.dialogue.factory(self.portal, self.policy, tls)
@@ -202,6 +189,31 @@ class _ScramOverSockets:
             yield client.lost
         for factory in self.factories:
             yield defer.gatherResults(self.dialogue.ended(factory))
+
+
+class _ScramOverSockets(Sockets):
+    """The scenarios, for one protocol and one place the users live."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.server_tls = tls_options(os.path.join(self.dir, "tls"))
+        self.start_sockets()
+        self.checker, storage = self.make_users()
+        self.portal = Portal(MailRealm(storage, self.checker.home_of), [self.checker])
+        self.policy = SessionPolicy(
+            failure_delay=0.0,
+            max_failures=2,
+            plaintext="never",
+            tls_context=self.server_tls,
+            sasl=SaslServices(scram=self.checker, scram_available=self.checker.any_scram),
+        )
+
+    def make_users(self) -> tuple[Any, Any]:
+        path = os.path.join(self.dir, "passwd")
+        with open(path, "w") as f:
+            f.writelines(f"{name}:{secret}\n" for name, secret in USERS.items())
+        return PasswdFileChecker(PasswdFile(path), reactor=reactor), MemoryStorage()
 
     async def scram(
         self,

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsrv.auth import scram
+from mailsrv.auth.oauth import ITokenCredentials, ITokenValidator, TokenRefused
 from mailsrv.auth.passwdfile import PasswdFile, UserRecord
 from mailsrv.auth.passwords import (
     dummy_hash,
@@ -67,10 +68,16 @@ class HashingChecker:
     salts of unknown users and of users with a plaintext secret (random per
     process unless given: several nodes serving the same users should share
     one, or their salts for an unknown user would differ where a real
-    user's do not).
+    user's do not).  ``token_validator`` checks the OAuth bearer tokens of
+    OAUTHBEARER and XOAUTH2 logins; without one they fail.
     """
 
-    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword, IScramCredentials)
+    credentialInterfaces = (
+        IUsernamePassword,
+        IUsernameHashedPassword,
+        IScramCredentials,
+        ITokenCredentials,
+    )
 
     def __init__(
         self,
@@ -79,6 +86,7 @@ class HashingChecker:
         run_in_thread: bool = True,
         max_parallel: int = 4,
         scram_key: bytes | None = None,
+        token_validator: ITokenValidator | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
@@ -86,6 +94,8 @@ class HashingChecker:
         self._run_in_thread = run_in_thread
         self._semaphore = defer.DeferredSemaphore(max_parallel)
         self._scram_key = scram_key if scram_key else secrets.token_bytes(32)
+        #: What OAUTHBEARER and XOAUTH2 logins are checked with (None: refused).
+        self.token_validator = token_validator
         # Made now, not at the first unknown user: making it costs a hash of
         # its own, which would make that first answer come late.
         dummy_hash()
@@ -141,7 +151,23 @@ class HashingChecker:
         if IScramCredentials.providedBy(credentials):
             d = self.scram_secret_of(stored, name)
             return d.addCallback(lambda secret: bool(credentials.check(secret)))
+        if ITokenCredentials.providedBy(credentials):
+            return self._check_token(credentials, stored, name)
         return defer.succeed(False)
+
+    def _check_token(self, credentials: Any, stored: str | None, name: str | None) -> Any:
+        """A token opens the account of a user who has one here (whatever
+        their secret) and whom the validator says it authorizes: asked
+        again, not taken on the mechanism's word (the validator caches)."""
+        if stored is None or name is None or self.token_validator is None:
+            return defer.succeed(False)
+
+        def refused(failure: Failure) -> bool:
+            failure.trap(TokenRefused)
+            return False
+
+        d = defer.maybeDeferred(self.token_validator.validate, credentials.token, name)
+        return d.addCallbacks(lambda user: user == name, refused)
 
     @staticmethod
     def _verify(stored: str | None, password: object) -> bool:
@@ -193,12 +219,14 @@ class PasswdFileChecker(HashingChecker):
         run_in_thread: bool = True,
         max_parallel: int = 4,
         scram_key: bytes | None = None,
+        token_validator: ITokenValidator | None = None,
     ) -> None:
         super().__init__(
             reactor=reactor,
             run_in_thread=run_in_thread,
             max_parallel=max_parallel,
             scram_key=scram_key,
+            token_validator=token_validator,
         )
         self._passwd = passwd
 

@@ -164,7 +164,9 @@ class _TokenMechanism:
             return parsed
         token, user = parsed
         if token is None:
-            return self._error_challenge("invalid_request")
+            # RFC 7628 4.3: an empty "auth" (a client asking what scope to
+            # get) is answered invalid_token.
+            return self._error_challenge("invalid_token")
         d = defer.maybeDeferred(self._validator.validate, token, user)
         return d.addCallbacks(self._validated, self._refused, callbackArgs=(token,))
 

@@ -188,12 +188,14 @@ class PostgresChecker(HashingChecker):
         run_in_thread: bool = True,
         max_parallel: int = 4,
         scram_key: bytes | None = None,
+        token_validator: Any = None,
     ) -> None:
         super().__init__(
             reactor=reactor,
             run_in_thread=run_in_thread,
             max_parallel=max_parallel,
             scram_key=scram_key,
+            token_validator=token_validator,
         )
         self.db = db
         self._homes: OrderedDict[str, str | None] = OrderedDict()

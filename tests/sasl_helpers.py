@@ -65,14 +65,18 @@ class ScramClient:
 
 def client_bindings(transport: Any) -> dict[str, bytes]:
     """What a TLS client binds to, computed on its side of the connection:
-    the exporter (TLS 1.3) and the SHA-256 of the server's certificate
-    (the tests' certificates are signed with ECDSA-SHA256)."""
+    the exporter (TLS 1.3) or its own Finished (TLS 1.2), and the SHA-256
+    of the server's certificate (the tests' certificates are signed with
+    ECDSA-SHA256)."""
     connection = transport.getHandle()
     found = {}
     if connection.get_protocol_version_name() == "TLSv1.3":
         found["tls-exporter"] = connection.export_keying_material(
             b"EXPORTER-Channel-Binding", 32, b""
         )
+    else:
+        # RFC 5929 3.1: a full handshake's first Finished is the client's.
+        found["tls-unique"] = connection.get_finished()
     der = (
         connection.get_peer_certificate().to_cryptography().public_bytes(serialization.Encoding.DER)
     )

@@ -1,11 +1,16 @@
 """TLS channel bindings for SCRAM-SHA-256-PLUS.
 
-Two types, each offered only where it is sound:
+Three types, each offered only where it is sound:
 
 * ``tls-exporter`` (RFC 9266): 32 bytes of the TLS exporter with the label
   ``EXPORTER-Channel-Binding`` and an empty context, on TLS 1.3 only (on
   TLS 1.2 it is safe only with the extended master secret, which pyOpenSSL
-  cannot tell us was negotiated);
+  does not tell);
+* ``tls-unique`` (RFC 5929 3): the first Finished message of the
+  handshake, on TLS 1.2 only (undefined for 1.3), and only after a full
+  handshake: RFC 7677 4 forbids it after a resumed one (the triple
+  handshake attack).  RFC 5802 6.1 makes it the default type, and TLS 1.2
+  clients (GNU SASL, so mutt) ask for it;
 * ``tls-server-end-point`` (RFC 5929 4): the hash of the server's
   certificate, with the hash function of the certificate's signature (MD5
   and SHA-1 become SHA-256); a certificate whose signature names no hash
@@ -22,9 +27,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 
-__all__ = ["EXPORTER", "SERVER_END_POINT", "ChannelBindings", "bindings_of"]
+__all__ = ["EXPORTER", "SERVER_END_POINT", "UNIQUE", "ChannelBindings", "bindings_of"]
 
 EXPORTER = "tls-exporter"
+UNIQUE = "tls-unique"
 SERVER_END_POINT = "tls-server-end-point"
 
 _EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
@@ -40,8 +46,11 @@ class ChannelBindings:
     def types(self) -> tuple[str, ...]:
         """The binding types this connection can give, preferred first."""
         found = []
-        if self._connection.get_protocol_version_name() == "TLSv1.3":
+        version = self._connection.get_protocol_version_name()
+        if version == "TLSv1.3":
             found.append(EXPORTER)
+        elif version == "TLSv1.2" and _resumed(self._connection) is False:
+            found.append(UNIQUE)
         if self._end_point() is not None:
             found.append(SERVER_END_POINT)
         return tuple(found)
@@ -55,6 +64,10 @@ class ChannelBindings:
                 _EXPORTER_LABEL, _EXPORTER_LENGTH, b""
             )
             return exported
+        if kind == UNIQUE:
+            # A full handshake: the client's Finished came first.
+            finished: bytes | None = self._connection.get_peer_finished()
+            return finished
         return self._end_point()
 
     def _end_point(self) -> bytes | None:
@@ -78,6 +91,16 @@ def server_end_point(certificate: x509.Certificate) -> bytes | None:
     digest = hashes.Hash(algorithm)
     digest.update(certificate.public_bytes(serialization.Encoding.DER))
     return digest.finalize()
+
+
+def _resumed(connection: SSL.Connection) -> bool | None:
+    """Whether the handshake resumed a session; None where pyOpenSSL's
+    OpenSSL binding cannot say (then tls-unique is not offered)."""
+    session_reused = getattr(getattr(SSL, "_lib", None), "SSL_session_reused", None)
+    handle = getattr(connection, "_ssl", None)
+    if session_reused is None or handle is None:
+        return None
+    return bool(session_reused(handle))
 
 
 def bindings_of(transport: object) -> ChannelBindings | None:

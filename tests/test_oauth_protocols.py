@@ -141,6 +141,22 @@ class _Introspected(_OAuthOverSockets):
         return token
 
 
+class _Unreachable(_Introspected):
+    @defer.inlineCallbacks
+    def test_endpoint_away_is_temporary(self) -> Any:
+        """Not the client's fault: answered at once as unavailable, not
+        counted (three tries with max_failures = 3 keep the connection)."""
+        client = yield defer.Deferred.fromCoroutine(self.connect(tls="1.3"))
+        message = bearer("alice", self.token("alice"))
+        yield self.endpoint.stop()
+        for _ in range(3):
+            line = yield defer.Deferred.fromCoroutine(
+                self.authenticate(client, "OAUTHBEARER", message)
+            )
+            self.assertEqual(line, self.dialogue.UNAVAILABLE)
+        self.assertIsNotNone(client.transport)
+
+
 class ImapJWTTests(_OAuthOverSockets, unittest.TestCase):
     dialogue = _Imap()
 
@@ -149,9 +165,9 @@ class Pop3JWTTests(_OAuthOverSockets, unittest.TestCase):
     dialogue = _Pop3()
 
 
-class ImapIntrospectionTests(_Introspected, unittest.TestCase):
+class ImapIntrospectionTests(_Unreachable, unittest.TestCase):
     dialogue = _Imap()
 
 
-class Pop3IntrospectionTests(_Introspected, unittest.TestCase):
+class Pop3IntrospectionTests(_Unreachable, unittest.TestCase):
     dialogue = _Pop3()

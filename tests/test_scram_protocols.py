@@ -45,6 +45,7 @@ class _Dialogue:
     OK = b""
     FAILED = b""
     NOT_OFFERED = b""
+    UNAVAILABLE = b""
 
     async def greeting(self, client: Client) -> None:
         await client.until(b"\r\n")
@@ -82,6 +83,7 @@ class _Imap(_Dialogue):
     OK = b"A OK"
     FAILED = b"A NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
     NOT_OFFERED = b"A NO [CANNOT] SCRAM-SHA-256-PLUS is not available\r\n"
+    UNAVAILABLE = b"A NO [UNAVAILABLE] Authentication is temporarily unavailable\r\n"
 
     def factory(self, portal: Portal, policy: SessionPolicy, tls: bool) -> Any:
         return RecordingFactory(portal, policy, implicit_tls=tls)
@@ -108,6 +110,7 @@ class _Pop3(_Dialogue):
     OK = b"+OK Logged in"
     FAILED = b"-ERR [AUTH] Authentication failed.\r\n"
     NOT_OFFERED = b"-ERR Unsupported authentication mechanism.\r\n"
+    UNAVAILABLE = b"-ERR [SYS/TEMP] Temporary authentication failure.\r\n"
 
     def factory(self, portal: Portal, policy: SessionPolicy, tls: bool) -> Any:
         return TrackingFactory(portal, policy, implicit_tls=tls)

@@ -178,7 +178,8 @@ class Authorization:
 
     def _sasl_step(self, mechanism: sasl.Mechanism, step: sasl.StepResult) -> Result:
         if isinstance(step, defer.Deferred):
-            return step.addCallback(lambda found: self._sasl_step(mechanism, found))
+            d = step.addCallback(lambda found: self._sasl_step(mechanism, found))
+            return d.addErrback(self._lookup_failed)
         if isinstance(step, sasl.Challenge) and step.failed:
             refused = self._guard.refuse()
             self._log_refusal(refused)
@@ -214,6 +215,15 @@ class Authorization:
             self._conn.error("Temporary authentication failure.", "SYS/TEMP")
             return None
         return self._authenticated(result, name)
+
+    def _lookup_failed(self, failure: Failure) -> Failure | None:
+        """A database or a token endpoint away is a temporary failure, not
+        counted and logged without a traceback; anything else is a bug."""
+        if not failure.check(StorageError):
+            return failure
+        LOG.warn("POP3: authentication could not be completed: {e}", e=failure.value)
+        self._conn.error("Temporary authentication failure.", "SYS/TEMP")
+        return None
 
     def _failure_challenge(
         self, _: None, mechanism: sasl.Mechanism, refused: LoginRefused, data: bytes

@@ -201,8 +201,16 @@ class _SaslExchange:
         self.session.expect_continuation(self)
 
     def _broken(self, failure: Failure) -> None:
-        """A look-up failed (a database away): the command ends in NO."""
+        """A look-up failed: a database or a token endpoint away is
+        ``NO [UNAVAILABLE]`` (RFC 5530 3), not counted; anything else is a
+        bug (``NO [SERVERBUG]``)."""
         self.session.end_continuation()
+        if isinstance(failure.value, StorageError):
+            LOG.warn("IMAP: authentication could not be completed: {e}", e=failure.value)
+            self.result.callback(
+                Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
+            )
+            return
         self.result.errback(failure)
 
     def line(self, data: bytes) -> None:

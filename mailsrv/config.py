@@ -518,29 +518,34 @@ def _build_section(
             where = f"{name}.{key}"
         else:
             continue
-        inner = field.metadata.get("section")
-        if inner is not None:
-            if not isinstance(raw, dict):
-                raise _error(where, f"expected a table [{where}], got {_type_name(raw)}")
-            values[key] = _build_section(where, inner, raw, {})
-            continue
-        value = _convert(raw, str(field.type), where)
-        check = field.metadata.get("check")
-        if check is not None and value is not None:
-            problem = check(value)
-            if problem:
-                raise _error(where, problem)
-        if field.metadata.get("path") and isinstance(value, str):
-            if not value:
-                raise _error(where, "must not be empty")
-            value = os.path.abspath(os.path.expanduser(value))
-        values[key] = value
+        values[key] = _field_value(field, raw, where)
     if name == "storage" and "maildir" in values:
         where = overrides.get("maildir", ("storage.maildir", None))[0]
         values["maildir"] = _check_template(values["maildir"], where)
     if name == "storage" and values.get("backend") == "postgresql":
         _check_postgresql(values.get("dsn", ""))
     return cls(**values)
+
+
+def _field_value(field: Any, raw: Any, where: str) -> Any:
+    """One key's value, converted and checked as its field's metadata says;
+    a table inside a section (``[auth.oauth]``) is built as a section."""
+    inner = field.metadata.get("section")
+    if inner is not None:
+        if not isinstance(raw, dict):
+            raise _error(where, f"expected a table [{where}], got {_type_name(raw)}")
+        return _build_section(where, inner, raw, {})
+    value = _convert(raw, str(field.type), where)
+    check = field.metadata.get("check")
+    if check is not None and value is not None:
+        problem = check(value)
+        if problem:
+            raise _error(where, problem)
+    if field.metadata.get("path") and isinstance(value, str):
+        if not value:
+            raise _error(where, "must not be empty")
+        value = os.path.abspath(os.path.expanduser(value))
+    return value
 
 
 def _check_postgresql(dsn: str, section: str = "storage", other: str = "") -> None:

@@ -45,6 +45,11 @@ class ClaimRules:
     def authorized_user(self, claims: Mapping[str, Any], user: str | None, now: float) -> str:
         """The user the claims authorize (``user``, when the client named
         one); TokenRefused saying why not."""
+        self._check_time(claims, now)
+        self._check_audience(claims)
+        return self._user(claims, user)
+
+    def _check_time(self, claims: Mapping[str, Any], now: float) -> None:
         expires = _number(claims, "exp")
         if expires is None and self.require_exp:
             raise TokenRefused("the token has no expiry (exp)")
@@ -53,6 +58,9 @@ class ClaimRules:
         not_before = _number(claims, "nbf")
         if not_before is not None and now + self.leeway < not_before:
             raise TokenRefused("the token is not valid yet (nbf)")
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+        """Issuer, audience and scope, those that are configured."""
         if self.issuer and claims.get("iss") != self.issuer:
             raise TokenRefused(f"the token was issued by {claims.get('iss')!r}")
         if self.audience:
@@ -65,6 +73,8 @@ class ClaimRules:
             scopes = granted.split() if isinstance(granted, str) else granted
             if not isinstance(scopes, list) or self.scope not in scopes:
                 raise TokenRefused("the token lacks the scope", "insufficient_scope")
+
+    def _user(self, claims: Mapping[str, Any], user: str | None) -> str:
         for name in self.user_claims:
             value = claims.get(name)
             if isinstance(value, str) and value:

@@ -189,10 +189,7 @@ def hash_password(password: str, scheme: str = DEFAULT_SCHEME, *, rounds: int | 
     stored in a passwd-file line).
     """
     name = scheme.upper()
-    if rounds is not None and name not in ("BLF-CRYPT", scram.SCHEME):
-        raise ValueError(f"rounds can be chosen for BLF-CRYPT and {scram.SCHEME} only, not {name}")
-    if rounds is not None and name == "BLF-CRYPT" and not 4 <= rounds <= 31:
-        raise ValueError(f"BLF-CRYPT rounds must be between 4 and 31, not {rounds}")
+    _check_rounds(name, rounds)
     if not password:
         raise ValueError("refusing to store an empty password")
     raw = password.encode("utf-8")
@@ -221,19 +218,33 @@ def hash_password(password: str, scheme: str = DEFAULT_SCHEME, *, rounds: int | 
         return "{PLAIN}" + password
     if name == "PLAIN-B64":
         return "{PLAIN-B64}" + base64.b64encode(raw).decode("ascii")
+    raise _not_written(name, scheme)
+
+
+def _not_written(name: str, scheme: str) -> ValueError:
+    """Why :func:`hash_password` will not write ``scheme``."""
     if name in ("SHA512-CRYPT", "SHA256-CRYPT"):
-        raise ValueError(
+        return ValueError(
             f"{name} is supported only to verify passwords migrated from another server;"
             f" hash new passwords with {' or '.join(sorted(HASHABLE_SCHEMES - PLAINTEXT_SCHEMES))}"
         )
     if name in KNOWN_SCHEMES:
-        raise ValueError(
+        return ValueError(
             f"{name} is accepted when verifying but not written by mailsrv;"
             f" choose one of {', '.join(sorted(HASHABLE_SCHEMES))}"
         )
-    raise ValueError(
+    return ValueError(
         f"unknown password scheme {scheme!r}; choose one of {', '.join(sorted(HASHABLE_SCHEMES))}"
     )
+
+
+def _check_rounds(name: str, rounds: int | None) -> None:
+    if rounds is None:
+        return
+    if name not in ("BLF-CRYPT", scram.SCHEME):
+        raise ValueError(f"rounds can be chosen for BLF-CRYPT and {scram.SCHEME} only, not {name}")
+    if name == "BLF-CRYPT" and not 4 <= rounds <= 31:
+        raise ValueError(f"BLF-CRYPT rounds must be between 4 and 31, not {rounds}")
 
 
 def verify_password(stored: str, password: str | bytes) -> bool:

@@ -122,6 +122,29 @@ class _ClientFirst:
     nonce: bytes
 
 
+def _gs2_flag(flag: str) -> tuple[str, str | None]:
+    """("n" | "y" | "p", the binding type after "p=")."""
+    if flag.startswith("p="):
+        if not _CB_NAME.fullmatch(flag[2:]):
+            raise _Failed("Malformed channel binding name")
+        return "p", flag[2:]
+    if flag not in ("n", "y"):
+        # RFC 5802 5: anything but n, y or p means the message is invalid.
+        raise _Failed("Malformed SCRAM client-first message")
+    return flag, None
+
+
+def _prepared_name(name: str) -> str:
+    try:
+        # RFC 5802 5.1: a name the server receives is prepared as a query.
+        username = saslprep(name, stored=False)
+    except ValueError as e:
+        raise _Failed(f"SCRAM user name refused by SASLprep: {e}") from None
+    if not username:
+        raise _Failed("Empty SCRAM user name")
+    return username
+
+
 def _parse_client_first(data: bytes) -> _ClientFirst:
     try:
         text = data.decode("utf-8")
@@ -131,37 +154,19 @@ def _parse_client_first(data: bytes) -> _ClientFirst:
     if len(parts) != 3:
         raise _Failed("Malformed SCRAM client-first message")
     flag, authzid, bare = parts
-    binding = None
-    if flag.startswith("p="):
-        binding = flag[2:]
-        if not _CB_NAME.fullmatch(binding):
-            raise _Failed("Malformed channel binding name")
-        flag = "p"
-    elif flag not in ("n", "y"):
-        # RFC 5802 5: anything but n, y or p means the message is invalid.
-        raise _Failed("Malformed SCRAM client-first message")
+    flag, binding = _gs2_flag(flag)
     attributes = bare.split(",")
     if attributes[0].startswith("m="):
         raise _Failed("SCRAM mandatory extensions are not supported")
-    if len(attributes) < 2:
-        raise _Failed("Malformed SCRAM client-first message")
-    if not all(_ATTR_VAL.fullmatch(part) for part in attributes[2:]):
+    if len(attributes) < 2 or not all(_ATTR_VAL.fullmatch(part) for part in attributes[2:]):
         raise _Failed("Malformed SCRAM client-first message")
     name = _saslname(_attribute(attributes[0], "n"))
     nonce = _attribute(attributes[1], "r").encode("utf-8")
     if not _PRINTABLE.fullmatch(nonce):
         raise _Failed("Malformed SCRAM nonce")
-    try:
-        # RFC 5802 5.1: a name the server receives is prepared as a query.
-        username = saslprep(name, stored=False)
-    except ValueError as e:
-        raise _Failed(f"SCRAM user name refused by SASLprep: {e}") from None
-    if not username:
-        raise _Failed("Empty SCRAM user name")
-    if authzid:
-        wanted = _saslname(_attribute(authzid, "a"))
-        if wanted not in (name, username):
-            raise _Failed("Proxy authorization is not supported")
+    username = _prepared_name(name)
+    if authzid and _saslname(_attribute(authzid, "a")) not in (name, username):
+        raise _Failed("Proxy authorization is not supported")
     header = (text[: len(text) - len(bare)]).encode("utf-8")
     return _ClientFirst(flag, binding, header, bare.encode("utf-8"), username, nonce)
 

@@ -848,6 +848,9 @@ def describe(config: Config) -> Sequence[str]:
         lines.append(f"  storage: postgresql {redact_dsn(config.storage.dsn)}")
     else:
         lines.append(f"  storage: {config.storage.backend} {config.storage.maildir}")
+    oauth = config.auth.oauth
+    if oauth.validator:
+        lines.append(f"  OAuth tokens: {oauth.validator} ({', '.join(oauth.mechanisms)})")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
     return lines

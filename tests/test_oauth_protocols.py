@@ -23,6 +23,7 @@ from mailsrv.auth.realm import MailRealm
 from mailsrv.auth.sasl import SaslServices
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
+from tests import pgcluster
 from tests.imap_helpers import tls_options
 from tests.oauth_helpers import Endpoint, Keys, claims, sign
 from tests.test_scram_protocols import Sockets, _Imap, _Pop3
@@ -51,8 +52,8 @@ class _OAuthOverSockets(Sockets):
             f.write("alice:{PLAIN}not-used-here\nbob:{PLAIN}nor-here\n")
         self.key = Keys().ec
         validator = self.make_validator()
-        checker = PasswdFileChecker(PasswdFile(path), reactor=reactor, token_validator=validator)
-        self.portal = Portal(MailRealm(MemoryStorage(), checker.home_of), [checker])
+        checker, storage = self.make_checker(path, validator)
+        self.portal = Portal(MailRealm(storage, checker.home_of), [checker])
         self.policy = SessionPolicy(
             failure_delay=0.0,
             max_failures=3,
@@ -63,6 +64,11 @@ class _OAuthOverSockets(Sockets):
 
     def make_validator(self) -> Any:
         return JWTValidator(RULES, public_key=self.key.public_key())
+
+    def make_checker(self, path: str, validator: Any) -> tuple[Any, Any]:
+        """The users' checker (alice and bob) and the mail storage."""
+        checker = PasswdFileChecker(PasswdFile(path), reactor=reactor, token_validator=validator)
+        return checker, MemoryStorage()
 
     def token(self, user: str, **more: Any) -> str:
         return sign(claims(user, **{"aud": "imap", **more}), "ES256", self.key)
@@ -155,6 +161,31 @@ class _Unreachable(_Introspected):
             )
             self.assertEqual(line, self.dialogue.UNAVAILABLE)
         self.assertIsNotNone(client.transport)
+
+
+class _JWTInPostgres(_OAuthOverSockets):
+    """The users (and their mail) in PostgreSQL."""
+
+    def make_checker(self, path: str, validator: Any) -> tuple[Any, Any]:
+        pgcluster.require()
+        from mailsrv.auth.pgusers import PostgresChecker, add_user
+
+        storage = pgcluster.new_storage(self, pgcluster.new_dsn(), pool_size=2)
+        conn = storage.db.connect()
+        try:
+            for name in ("alice", "bob"):
+                add_user(conn, name, "{PLAIN}not-used-here")
+        finally:
+            conn.close()
+        return PostgresChecker(storage.db, reactor=reactor, token_validator=validator), storage
+
+
+class ImapJWTPostgresTests(_JWTInPostgres, unittest.TestCase):
+    dialogue = _Imap()
+
+
+class Pop3JWTPostgresTests(_JWTInPostgres, unittest.TestCase):
+    dialogue = _Pop3()
 
 
 class ImapJWTTests(_OAuthOverSockets, unittest.TestCase):

@@ -87,11 +87,8 @@ backend = "memory"
             salts.append(seen[1].split(b",", 1)[1])
         self.assertEqual(salts[0], salts[1])
 
-    def test_check_config_names_a_bad_key(self) -> None:
-        with open(os.path.join(self.dir, "idp.pem"), "w") as f:
-            f.write("-----BEGIN PUBLIC KEY-----\nnot really\n-----END PUBLIC KEY-----\n")
-        config = self.write_config("mailsrv.toml", free_port())
-        result = subprocess.run(
+    def check_config(self, config: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [*mailsrv_command(), "check-config", "--config", config],
             capture_output=True,
             text=True,
@@ -99,6 +96,17 @@ backend = "memory"
             env=source_env(),
             timeout=60,
         )
+
+    def test_check_config_says_what_validates_tokens(self) -> None:
+        result = self.check_config(self.write_config("mailsrv.toml", free_port()))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("  OAuth tokens: jwt (OAUTHBEARER)\n", result.stdout)
+
+    def test_check_config_names_a_bad_key(self) -> None:
+        with open(os.path.join(self.dir, "idp.pem"), "w") as f:
+            f.write("-----BEGIN PUBLIC KEY-----\nnot really\n-----END PUBLIC KEY-----\n")
+        config = self.write_config("mailsrv.toml", free_port())
+        result = self.check_config(config)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(
             f"{config}: auth.oauth.jwt_public_key: {self.dir}/idp.pem: not a PEM public key",

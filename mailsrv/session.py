@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth import sasl
+from mailsrv.auth.channel import ChannelBindings, bindings_of
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 
 __all__ = [
@@ -235,9 +236,15 @@ class SessionGuard:
         (``auth.plaintext``: never, loopback or always; TLS always may)?"""
         return self.policy.plaintext_allowed(self.peer, self.secure)
 
-    def mechanisms(self) -> list[str]:
-        """The SASL mechanisms to offer on this connection now."""
-        return sasl.mechanisms(self.policy, self.secure, self.peer)
+    def channel_bindings(self, transport: object) -> ChannelBindings | None:
+        """The TLS channel bindings of ``transport`` (SCRAM-SHA-256-PLUS),
+        once TLS is up; None before."""
+        return bindings_of(transport) if self.secure else None
+
+    def mechanisms(self, bindings: ChannelBindings | None = None) -> list[str]:
+        """The SASL mechanisms to offer on this connection now
+        (-PLUS variants only with ``bindings``)."""
+        return sasl.mechanisms(self.policy, self.secure, self.peer, bindings)
 
     # -- logins ---------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.python.failure import Failure
 
 from mailsrv import log
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
@@ -493,6 +494,17 @@ class Session:
     def tls_available(self) -> bool:
         """Can STARTTLS start TLS on this connection now?"""
         return self.guard.tls_available(self.connection.transport)
+
+    def plaintext_allowed(self) -> bool:
+        return self.guard.plaintext_allowed()
+
+    def mechanisms(self) -> list[str]:
+        """The SASL mechanisms offered on this connection now."""
+        return self.guard.mechanisms(self.channel_bindings())
+
+    def channel_bindings(self) -> ChannelBindings | None:
+        """What SCRAM-SHA-256-PLUS binds to, once TLS is up."""
+        return self.guard.channel_bindings(self.connection.transport)
 
     def drop_continuation(self) -> None:
         """The connection is gone: stop what a command reading lines holds."""

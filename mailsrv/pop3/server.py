@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth import sasl
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.policy import SessionPolicy
 from mailsrv.pop3.authorization import Authorization, address
 from mailsrv.pop3.commands import (
@@ -337,6 +338,9 @@ class POP3(Protocol):
         self._framer.clear()
         self._guard.start_tls(self._transport)
 
+    def channel_bindings(self) -> ChannelBindings | None:
+        return self._guard.channel_bindings(self._transport)
+
     # -- any state -------------------------------------------------------------
 
     def capabilities(self) -> list[bytes]:
@@ -351,7 +355,7 @@ class POP3(Protocol):
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self._guard.plaintext_allowed():
             caps.insert(1, b"USER")
-        offered = self._guard.mechanisms()
+        offered = self._guard.mechanisms(self.channel_bindings())
         if offered:
             caps.append(b"SASL " + " ".join(offered).encode("ascii"))
         if self.state is State.AUTHORIZATION and self.tls_available():

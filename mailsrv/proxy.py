@@ -32,16 +32,17 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from zope.interface import directlyProvides, providedBy
 
+from mailsrv import log
+
 __all__ = ["HEADER_TIMEOUT", "ProxyFactory", "ProxyNetworks", "parse_networks"]
 
-_log = Logger()
+_log = log.get_logger(__name__)
 
 #: Seconds a connection has to send its complete PROXY header.
 HEADER_TIMEOUT = 10.0

@@ -38,11 +38,13 @@ from twisted.internet.interfaces import (
     ITLSTransport,
     IUNIXTransport,
 )
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth import sasl
+from mailsrv.auth.channel import ChannelBindings, bindings_of
 from mailsrv.policy import CLOSE_GRACE, ConnectionLimits, SessionPolicy
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "LoginRefused",
     "LoginResult",
     "LoginUnavailable",
+    "SessionFactory",
     "SessionGuard",
     "SessionTimer",
     "no_delay",
@@ -58,6 +61,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound=Protocol)
 
 
 def resolve_clock(clock: IReactorTime | None) -> IReactorTime:
@@ -257,9 +261,15 @@ class SessionGuard:
         (``auth.plaintext``: never, loopback or always; TLS always may)?"""
         return self.policy.plaintext_allowed(self.peer, self.secure)
 
-    def mechanisms(self) -> list[str]:
-        """The SASL mechanisms to offer on this connection now."""
-        return sasl.mechanisms(self.policy, self.secure, self.peer)
+    def channel_bindings(self, transport: object) -> ChannelBindings | None:
+        """The TLS channel bindings of ``transport`` (SCRAM-SHA-256-PLUS),
+        once TLS is up; None before."""
+        return bindings_of(transport) if self.secure else None
+
+    def mechanisms(self, bindings: ChannelBindings | None = None) -> list[str]:
+        """The SASL mechanisms to offer on this connection now
+        (-PLUS variants only with ``bindings``)."""
+        return sasl.mechanisms(self.policy, self.secure, self.peer, bindings)
 
     # -- logins ---------------------------------------------------------------
 
@@ -433,3 +443,35 @@ class SessionTimer:
             reason = Expiry.IDLE
         self._expired = True
         self._on_expiry(reason)
+
+
+# -- the factory ------------------------------------------------------------------
+
+
+class SessionFactory(ServerFactory):
+    """What the IMAP and POP3 factories share: the Portal, the policy, and
+    whether the listener is implicit TLS (the caller wraps the factory in
+    ``TLSMemoryBIOFactory``; its sessions start secure); ``clock`` is for
+    tests."""
+
+    noisy = False  # the service logs each listener once, with its endpoint
+
+    def __init__(
+        self,
+        portal: Portal,
+        policy: SessionPolicy | None = None,
+        *,
+        implicit_tls: bool = False,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.portal = portal
+        self.policy = policy if policy is not None else SessionPolicy()
+        self.implicit_tls = implicit_tls
+        self.clock = clock
+
+    def build(self, session: Callable[..., _S]) -> _S:
+        """A ``session`` protocol for one connection, built with this
+        factory's portal, policy, TLS and clock."""
+        protocol = session(self.portal, self.policy, secure=self.implicit_tls, clock=self.clock)
+        protocol.factory = self
+        return protocol

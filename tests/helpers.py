@@ -8,10 +8,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+
+from mailsrv.interfaces import MaybeDeferred
+from mailsrv.policy import ConnectionLimits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,46 +234,38 @@ def log_events(test: SynchronousTestCase) -> list[dict[str, Any]]:
     return events
 
 
-class LaterLimits:
+class LaterLimits(ConnectionLimits):
     """Connection limits answered later, as a worker's parent answers them
     (mailsrv.workers.limits): each question waits in :attr:`pending` until
     the test calls :meth:`answer`; the counting is a ConnectionLimits'."""
 
     def __init__(self, per_user: int = 5, per_ip: int = 5) -> None:
-        from mailsrv.policy import ConnectionLimits
+        super().__init__(per_user, per_ip)
+        self.pending: list[tuple[Deferred[bool], bool]] = []
 
-        self.counts = ConnectionLimits(per_user, per_ip)
-        self.pending: list[tuple[Any, bool]] = []
-
-    @property
-    def per_user(self) -> int:
-        return self.counts.per_user
-
-    @property
-    def per_ip(self) -> int:
-        return self.counts.per_ip
-
-    def _later(self, answer: Any) -> Any:
-        from twisted.internet.defer import Deferred
-
+    def _later(self, answer: bool | Deferred[bool]) -> Deferred[bool]:
         later: Deferred[bool] = Deferred()
         self.pending.append((later, bool(answer)))
         return later
 
-    def open_ip(self, peer: Any) -> Any:
-        return self._later(self.counts.open_ip(peer))
+    def open_ip(self, peer: IAddress | None) -> Deferred[bool]:
+        return self._later(super().open_ip(peer))
 
-    def close_ip(self, peer: Any) -> None:
-        self.counts.close_ip(peer)
-
-    def open_user(self, user: str) -> Any:
-        return self._later(self.counts.open_user(user))
-
-    def close_user(self, user: str) -> None:
-        self.counts.close_user(user)
+    def open_user(self, user: str) -> Deferred[bool]:
+        return self._later(super().open_user(user))
 
     def answer(self) -> None:
         """Answer every question asked so far (and none asked meanwhile)."""
         pending, self.pending = self.pending, []
         for later, answer in pending:
             later.callback(answer)
+
+
+_T = TypeVar("_T")
+
+
+def at_once(value: MaybeDeferred[_T]) -> _T:
+    """A storage method's answer where the backend answers synchronously
+    (memory, Maildir): the value itself, never a Deferred."""
+    assert not isinstance(value, Deferred), f"a synchronous backend answered {value!r}"
+    return value

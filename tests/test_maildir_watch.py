@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.interfaces import IReactorFDSet, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
@@ -219,8 +219,10 @@ class _FrozenClockReactor:
         self.clock = Clock()
         self.fds: Any = reactor
 
-    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.clock.callLater(delay, f, *args, **kwargs)
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> IDelayedCall:
+        return self.clock.callLater(delay, callable, *args, **kwargs)
 
     def seconds(self) -> float:
         return self.clock.seconds()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, ssl
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorUNIX
 from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial import unittest
@@ -115,7 +115,8 @@ class NoDelayTests(unittest.TestCase):
     def greeted(self, factory: Factory[Any], *, tls: bool = False, first: bytes = b"") -> Any:
         """Connect over loopback TCP; the server's protocol, once it greeted."""
         built = self.record(factory)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        # Twisted types listenTCP's factory as a ServerFactory; any will do.
+        port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
         creator = protocol.ClientCreator(reactor, Greeted, first)
         number = port.getHost().port
@@ -164,7 +165,7 @@ class NoDelayTests(unittest.TestCase):
         factory = self.factory("lmtp")
         built = self.record(factory)
         path = os.path.abspath(self.mktemp())
-        port = reactor.listenUNIX(path, factory)
+        port = cast(IReactorUNIX, reactor).listenUNIX(path, factory)
         self.addCleanup(port.stopListening)
         client = yield protocol.ClientCreator(reactor, Greeted).connectUNIX(path)
         self.addCleanup(lambda: client.lost)

@@ -119,9 +119,9 @@ class SessionsAcrossWorkersTests(WorkersCase):
         sessions = [self.session(worker) for worker in self.workers for _ in range(3)]
         for n, client in enumerate(sessions):  # all at once, then the answers
             client.send(f"s{n} SELECT INBOX\r\n".encode())
-        recent: list[set[int]] = []
+        recent: list[set[bytes]] = []
         for n, client in enumerate(sessions):
-            lines = []
+            lines: list[bytes] = []
             while not lines or not lines[-1].startswith(f"s{n} ".encode()):
                 lines.append(client.line())
             self.assertIn(f"* {delivered} EXISTS".encode(), lines)

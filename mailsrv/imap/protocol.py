@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from mailsrv import log
@@ -37,7 +37,7 @@ from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.registry import State
 from mailsrv.imap.session import LOG, LiteralAnswer, Session
 from mailsrv.policy import SessionPolicy
-from mailsrv.session import no_delay, resolve_clock
+from mailsrv.session import SessionFactory, no_delay, resolve_clock
 
 __all__ = ["IMAP4Server", "IMAP4ServerFactory"]
 
@@ -193,6 +193,9 @@ class IMAP4Server(Protocol):
 
     def expect_continuation(self) -> None:
         self._framer.expect_continuation()
+        # A command that waited before asking (a SASL step after a look-up)
+        # was paused as busy: read again, or its answer would never come.
+        self._resume()
 
     def command_done(self) -> None:
         output = self._output
@@ -212,30 +215,11 @@ class IMAP4Server(Protocol):
             self._resume()
 
 
-class IMAP4ServerFactory(ServerFactory):
-    """Builds :class:`IMAP4Server` sessions for a Portal.
-
-    ``implicit_tls`` marks connections as already secure (the listener wraps
-    them in TLS); ``clock`` is for tests.
-    """
+class IMAP4ServerFactory(SessionFactory):
+    """Builds :class:`IMAP4Server` sessions for a Portal whose realm gives
+    IAccount avatars: ``IMAP4ServerFactory(portal, policy, implicit_tls=...)``."""
 
     protocol = IMAP4Server
-    noisy = False  # the service logs each listener once, with its endpoint
-
-    def __init__(
-        self,
-        portal: Portal,
-        policy: SessionPolicy | None = None,
-        *,
-        implicit_tls: bool = False,
-        clock: IReactorTime | None = None,
-    ) -> None:
-        self.portal = portal
-        self.policy = policy if policy is not None else SessionPolicy()
-        self.implicit_tls = implicit_tls
-        self.clock = clock
 
     def buildProtocol(self, addr: IAddress | None) -> IMAP4Server:
-        protocol = IMAP4Server(self.portal, self.policy, secure=self.implicit_tls, clock=self.clock)
-        protocol.factory = self
-        return protocol
+        return self.build(IMAP4Server)

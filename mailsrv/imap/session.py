@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.python.failure import Failure
 
 from mailsrv import log
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
@@ -183,6 +184,12 @@ class Session:
         self.busy = False
         #: The command reading lines of its own (IDLE, AUTHENTICATE), if any.
         self.continuation: Continuation | None = None
+        #: Extensions the client turned on for the connection (RFC 5161
+        #: ENABLE; CONDSTORE also by using it, RFC 7162 3.1).
+        self.enabled: set[str] = set()
+        self._ip_counted = False
+        #: Clock time by which the client must have logged in; None after.
+        self._login_by: float | None = None
 
     @property
     def user(self) -> str | None:
@@ -519,6 +526,17 @@ class Session:
     def tls_available(self) -> bool:
         """Can STARTTLS start TLS on this connection now?"""
         return self.guard.tls_available(self.connection.transport)
+
+    def plaintext_allowed(self) -> bool:
+        return self.guard.plaintext_allowed()
+
+    def mechanisms(self) -> list[str]:
+        """The SASL mechanisms offered on this connection now."""
+        return self.guard.mechanisms(self.channel_bindings())
+
+    def channel_bindings(self) -> ChannelBindings | None:
+        """What SCRAM-SHA-256-PLUS binds to, once TLS is up."""
+        return self.guard.channel_bindings(self.connection.transport)
 
     def drop_continuation(self) -> None:
         """The connection is gone: stop what a command reading lines holds."""

@@ -22,6 +22,8 @@ import time
 from twisted.trial import unittest
 
 from mailsrv import cli
+from mailsrv.config import COMMAND_LINE, cpu_count, describe, load_config, resolved_workers
+from mailsrv.errors import ConfigError
 from tests.helpers import STARTUP_DEADLINE, free_port, read_line
 from tests.workers_helpers import Client, WorkersDaemon
 
@@ -244,3 +246,89 @@ class SupervisionTests(WorkersCase):
             refused.command("LOGIN alice alice-pw")[-1],
             b"t1 NO [LIMIT] Too many connections for this user",
         )
+
+
+class WorkersConfigTests(unittest.TestCase):
+    """``[server] workers`` and ``--workers``: what they start, and their errors."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "mailsrv.toml")
+
+    def load(self, text: str, overrides: dict[str, object] | None = None) -> object:
+        passwd = os.path.join(self.dir, "passwd")
+        open(passwd, "w").close()
+        with open(self.path, "w") as f:
+            f.write(f'[users]\npasswd_file = "{passwd}"\n[imap]\nlisten = ["tcp:1143"]\n{text}')
+        return load_config(self.path, overrides)
+
+    def test_default_is_one_per_cpu(self) -> None:
+        config = self.load('[storage]\nmaildir = "/srv/{user}"\n')
+        self.assertEqual(config.server.workers, 0)
+        self.assertEqual(resolved_workers(config), cpu_count())
+        self.assertEqual(cpu_count(), len(os.sched_getaffinity(0)))
+        # The memory backend lives in one process: its default is one worker.
+        config = self.load('[storage]\nbackend = "memory"\n')
+        self.assertEqual(resolved_workers(config), 1)
+
+    def test_file_and_option(self) -> None:
+        config = self.load('[server]\nworkers = 3\n[storage]\nmaildir = "/srv/{user}"\n')
+        self.assertEqual(resolved_workers(config), 3)
+        self.assertIn("  workers: 3", describe(config))
+        config = self.load(
+            '[server]\nworkers = 3\n[storage]\nmaildir = "/srv/{user}"\n', {"workers": 2}
+        )
+        self.assertEqual(resolved_workers(config), 2)
+
+    def test_out_of_range(self) -> None:
+        e = self.assertRaises(ConfigError, self.load, "[server]\nworkers = -1\n")
+        self.assertEqual((e.path, e.key), (self.path, "server.workers"))
+        e = self.assertRaises(ConfigError, self.load, "[server]\nworkers = 1000\n")
+        self.assertEqual(e.key, "server.workers")
+
+    def test_bad_option_names_the_option(self) -> None:
+        from twisted.plugins.mailsrv_plugin import Options
+
+        options = Options()
+        passwd = os.path.join(self.dir, "passwd")
+        open(passwd, "w").close()
+        options.parseOptions(["--passwd", passwd, "--imap", "tcp:1143", "--workers", "4"])
+        self.assertEqual(options.config.server.workers, 4)
+        e = self.assertRaises(
+            ConfigError, load_config, None, {"imap": ["tcp:1143"], "workers": "two"}
+        )
+        self.assertEqual((e.path, e.key), (COMMAND_LINE, "--workers"))
+
+    def test_memory_storage_refuses_several(self) -> None:
+        e = self.assertRaises(
+            ConfigError, self.load, '[server]\nworkers = 2\n[storage]\nbackend = "memory"\n'
+        )
+        self.assertEqual(e.key, "server.workers")
+        self.assertIn("keeps mail inside one process", e.reason)
+        config = self.load('[server]\nworkers = 1\n[storage]\nbackend = "memory"\n')
+        self.assertEqual(resolved_workers(config), 1)
+
+
+class TLSBufferTests(unittest.TestCase):
+    """An idle TLS connection keeps no OpenSSL read/write buffers
+    (SSL_MODE_RELEASE_BUFFERS; bench/tlsmem.py measures what that saves)."""
+
+    def test_server_context_releases_buffers(self) -> None:
+        from OpenSSL import SSL
+
+        from mailsrv.config import TLSSection
+        from mailsrv.tls import CurrentTLS, server_context
+
+        directory = os.path.abspath(self.mktemp())
+        section = TLSSection(
+            certificate=os.path.join(directory, "cert.pem"),
+            key=os.path.join(directory, "key.pem"),
+            generate_self_signed=True,
+        )
+        options = server_context(section)
+        # set_mode(0) adds nothing and answers the context's mode.
+        self.assertTrue(options.getContext().set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
+        # Every connection, STARTTLS or implicit TLS, is made from that context.
+        connection = CurrentTLS(options).serverConnectionForTLS(None)
+        self.assertIs(connection.get_context(), options.getContext())

@@ -115,7 +115,8 @@ def measure(top: str, mode: str, args: argparse.Namespace, passwd: str, seed: st
         os.makedirs(site, exist_ok=True)
         with open(os.path.join(site, "sitecustomize.py"), "w") as f:
             f.write(KEEP_BUFFERS)
-        server.env = {"PYTHONPATH": site}
+        paths = [site, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+        server.env = {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     server.start()
     try:
         asyncio.run(warm(server.imaps_port))

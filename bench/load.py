@@ -950,6 +950,8 @@ def main() -> None:
             else "as shipped (one process per login)"
         )
         print(f"- Dovecot login processes: {login}")
+        workers = args.mailsrv_workers
+        print(f"- mailsrv workers: {'one per CPU it may use' if workers is None else workers}")
         print(f"- scale: {attrs.asdict(scale)}")
         print()
         with Pair(
@@ -959,6 +961,7 @@ def main() -> None:
             keep=args.keep,
             dovecot_processes=scale.idle_connections + 500,
             dovecot_performance_login=args.dovecot_performance_login,
+            mailsrv_workers=args.mailsrv_workers,
         ) as pair:
             print(f"setup took {time.perf_counter() - began:.0f} s")
             for workload in chosen:
@@ -988,6 +991,12 @@ def parse_args() -> tuple[argparse.Namespace, Scale, list[str]]:
         "--dovecot-performance-login",
         action="store_true",
         help="run Dovecot's login processes in high-performance mode (default: as shipped)",
+    )
+    parser.add_argument(
+        "--mailsrv-workers",
+        type=int,
+        default=None,
+        help="mailsrv's --workers (default: its own, one per CPU it may use)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
     for field in attrs.fields(Scale):

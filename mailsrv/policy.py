@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IAddress
 
+from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
+from mailsrv.hooks import SessionHooks
 
 #: Seconds a timed-out connection has to take its goodbye before it is cut.
 CLOSE_GRACE = 10.0
@@ -59,6 +61,15 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: SASL mechanisms of the embedding application, as twisted.mail's
+    #: ``challengers``: mechanism name -> a callable that makes a fresh
+    #: ``IChallengeResponse`` credentials object per attempt
+    #: (:mod:`mailsrv.auth.challengers`).  Offered by IMAP and POP3 beside
+    #: mailsrv's own; a name of mailsrv's own is replaced.
+    challengers: Mapping[str, Callable[[], Any]] = attrs.field(factory=dict, converter=normalise)
+    #: What an embedding application changes in sessions (mailsrv.testing's
+    #: emulation, the twisted.mail bridge); None in the daemon.
+    hooks: SessionHooks | None = None
 
     @classmethod
     def from_config(

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import log
-from mailsrv.auth import sasl
+from mailsrv.auth import challengers
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 
 __all__ = [
@@ -211,7 +211,7 @@ class SessionGuard:
 
     def mechanisms(self) -> list[str]:
         """The SASL mechanisms to offer on this connection now."""
-        return sasl.mechanisms(self.policy, self.secure, self.peer)
+        return challengers.offered(self.policy, self.secure, self.peer)
 
     # -- logins ---------------------------------------------------------------
 

@@ -15,9 +15,10 @@ must hand out :class:`mailsrv.interfaces.IAccount` avatars.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import attrs
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -267,9 +268,16 @@ class IMAP4ServerFactory(ServerFactory):
         *,
         implicit_tls: bool = False,
         clock: IReactorTime | None = None,
+        challengers: Mapping[str | bytes, Callable[[], Any]] | None = None,
     ) -> None:
         self.portal = portal
         self.policy = policy if policy is not None else SessionPolicy()
+        if challengers:
+            # twisted.mail's mapping: offered beside mailsrv's mechanisms.
+            merged: dict[str | bytes, Callable[[], Any]] = {}
+            merged.update(self.policy.challengers)
+            merged.update(challengers)
+            self.policy = attrs.evolve(self.policy, challengers=merged)
         self.implicit_tls = implicit_tls
         self.clock = clock
 

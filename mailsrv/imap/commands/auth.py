@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from mailsrv.auth import sasl
+from mailsrv.auth import challengers, sasl
 from mailsrv.errors import StorageError
 from mailsrv.imap.lexer import ATOM_CHARS, Reader
 from mailsrv.imap.output import Done, bad, no
@@ -115,7 +115,8 @@ def _login_capability(session: Session) -> Sequence[str]:
 
 
 def handle_authenticate(session: Session, command: Authenticate) -> Result:
-    if command.mechanism not in sasl.MECHANISMS:
+    mechanism = challengers.create(session.policy, command.mechanism)
+    if mechanism is None:
         raise no(f"Unsupported mechanism {command.mechanism}", "CANNOT")
     if command.mechanism not in session.mechanisms():
         if command.mechanism in sasl.PLAINTEXT_MECHANISMS:
@@ -124,8 +125,6 @@ def handle_authenticate(session: Session, command: Authenticate) -> Result:
     if command.initial_response is not None and command.mechanism in _SERVER_FIRST:
         # RFC 4959 3: an initial response to a server-first mechanism is BAD.
         raise bad(f"{command.mechanism} does not take an initial response")
-    mechanism = sasl.create(command.mechanism, session.policy.hostname)
-    assert mechanism is not None
     initial: bytes | None = None
     if command.initial_response is not None:
         initial = _b64decode(command.initial_response)

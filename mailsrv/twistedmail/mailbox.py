@@ -106,7 +106,7 @@ def render(message: Any) -> bytes:
     """A twisted.mail ``IMessage``'s bytes in wire form: the file of an
     ``IMessageFile``, else its headers (``getHeaders(True)``: every one)
     and body, as twisted.mail's own server writes BODY[]."""
-    as_file = imap4.IMessageFile(message, None)
+    as_file: Any = imap4.IMessageFile(message, None)
     if as_file is not None:
         source = as_file.open()
         try:

@@ -204,6 +204,8 @@ class MailServer:
                     transport.abortConnection()
             await defer.gatherResults(lost, consumeErrors=True)
         finally:
+            if isinstance(self.storage, MaildirStorage) and self._storage_option == "maildir":
+                self.storage.close()  # its index files, before the directory goes
             self._remove_directory()
 
     def start_thread(self) -> MailServer:

@@ -96,6 +96,12 @@ class MailboxRegistry:
         started: Deferred[None] = deferToThreadPool(self._reactor, pool, build)
         return started.addCallbacks(built, failed)
 
+    def close_all(self) -> None:
+        """Close every open mailbox (index connection, lock file)."""
+        for mailbox in list(self._mailboxes.values()):
+            mailbox.close()
+        self._mailboxes.clear()
+
     def close(self, path: str) -> None:
         """The folder at ``path`` is being deleted or renamed: its mailbox
         object fails from now on, and the next open makes a new one."""

@@ -147,6 +147,12 @@ class MaildirStorage:
                         if time.time() - entry.stat().st_mtime > 3600:
                             shutil.rmtree(entry.path, ignore_errors=True)
 
+    def close(self) -> None:
+        """Close every open folder's index and lock, for an embedding
+        application (a test server) that stops while its process goes on;
+        folders opened after this work as before."""
+        self._mailboxes.close_all()
+
     def stop_watching(self) -> None:
         """Stop the watcher (service shutdown); it restarts with the next listener."""
         if self._watcher is not None:

@@ -70,7 +70,7 @@ class IMAPEmulationTests(unittest.SynchronousTestCase):
             srv.drop_after("FETCH", protocol="imap")
             client = imap(srv)
             client.select()
-            typ, data = client.uid("FETCH", "1", "(FLAGS)")
+            typ, _ = client.uid("FETCH", "1", "(FLAGS)")
             self.assertRaises(imaplib.IMAP4.abort, client.noop)
             client.shutdown()
             transcript = srv.transcripts("imap")[0]

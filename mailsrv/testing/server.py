@@ -292,7 +292,7 @@ class MailServer:
         if option == "memory":
             return MemoryStorage()
         if option == "maildir":
-            self._directory = tempfile.mkdtemp(prefix="mailsrv-testing-")
+            self._directory = _scratch_directory()
             # No reactor: no watcher thread, no index thread; every call
             # answers at once.  Files a test drops into a Maildir itself
             # show at the client's next NOOP/SELECT (the folder's check).
@@ -305,7 +305,7 @@ class MailServer:
 
     def _make_tls(self) -> Any:
         if self._directory is None:
-            self._directory = tempfile.mkdtemp(prefix="mailsrv-testing-")
+            self._directory = _scratch_directory()
         certificate = os.path.join(self._directory, "cert.pem")
         key = os.path.join(self._directory, "key.pem")
         generate_self_signed(certificate, key, self.hostname)
@@ -545,6 +545,20 @@ class MailServer:
         if isinstance(result, defer.Deferred):
             return _now(result)
         return result
+
+
+def _scratch_directory() -> str:
+    """A new temporary directory, in memory where the system has one.
+
+    The Maildir backend fsyncs every message, folder and index write, as it
+    must; on tmpfs (``/dev/shm``) that costs nothing, which makes a test's
+    first login and the server's stop several times faster.
+    ``$MAILSRV_TESTING_TMPDIR`` chooses the place instead.
+    """
+    where = os.environ.get("MAILSRV_TESTING_TMPDIR")
+    if where is None and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        where = "/dev/shm"
+    return tempfile.mkdtemp(prefix="mailsrv-testing-", dir=where)
 
 
 def _now(d: defer.Deferred[Any]) -> Any:

@@ -258,10 +258,13 @@ class InProcessTests(MailServerMixin, unittest.TestCase):
             client.select()
             client.store("1", "+FLAGS", "(\\Answered)")
             client.logout()
+            # From the client's thread too: the call runs in the reactor's.
+            srv.deliver(srv.user, MESSAGE, folder="Later")
+            return srv.messages(srv.user)
 
-        await self.in_client_thread(session)
-        (message,) = srv.messages(srv.user)
+        (message,) = await self.in_client_thread(session)
         self.assertIn("\\Answered", message.flags)
+        self.assertEqual(len(srv.messages(srv.user, "Later")), 1)
         self.assertRaises(LookupError, srv.port, "pop3")
 
 

@@ -34,8 +34,9 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import threadable
 from zope.interface import implementer
 
 from mailsrv.auth.realm import MailRealm
@@ -159,6 +160,8 @@ class MailServer:
         self._reactor: Any = None
         self._directory: str | None = None
         self.storage: Any = None
+        #: The sessions' policy, once started.
+        self.policy: SessionPolicy | None = None
         #: The throwaway certificate's PEM file (with ``tls=True``): what a
         #: client trusts (``ssl.create_default_context(cafile=...)``).
         self.certificate: str | None = None
@@ -296,7 +299,10 @@ class MailServer:
             # No reactor: no watcher thread, no index thread; every call
             # answers at once.  Files a test drops into a Maildir itself
             # show at the client's next NOOP/SELECT (the folder's check).
-            return MaildirStorage(os.path.join(self._directory, "{user}", "Maildir"))
+            # keep_open: every folder's index is closed at stop, not whenever
+            # the garbage collector gets to it (no descriptor outlives us).
+            template = os.path.join(self._directory, "{user}", "Maildir")
+            return MaildirStorage(template, keep_open=True)
         if isinstance(option, str):
             raise ValueError(f"storage must be 'memory', 'maildir' or an IStorage: {option!r}")
         if not IStorage.providedBy(option):
@@ -525,6 +531,14 @@ class MailServer:
 
     # -- running calls in the server's reactor -----------------------------------------
 
+    def _in_other_thread(self) -> bool:
+        """In-process on the global reactor, and called from another thread
+        than the one running it."""
+        reactor = self._reactor
+        if reactor is not _global_reactor() or not reactor.running:
+            return False
+        return not threadable.isInIOThread()
+
     def _call(self, function: Any, *args: Any) -> Any:
         """Run ``function`` where the server runs: in its thread (waiting
         for the result), or here when this is the server's reactor thread.
@@ -541,10 +555,20 @@ class MailServer:
         thread = self._thread
         if thread is not None and not thread.in_thread():
             return thread.call(run)
+        if thread is None and self._in_other_thread():
+            # In-process, called from a client's thread (deferToThread):
+            # the storage is the reactor thread's to touch.
+            return threads.blockingCallFromThread(self._reactor, run)
         result = run()
         if isinstance(result, defer.Deferred):
             return _now(result)
         return result
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def _scratch_directory() -> str:

@@ -134,15 +134,6 @@ class IndexedFolder:
             self._lock_fd = None
 
     def __del__(self) -> None:
-        # A folder dropped without close() (the registry holds folders
-        # weakly) lets go of its descriptors now: the SQLite connection
-        # sits in a reference cycle of its own and would otherwise keep
-        # the index's three files open until the garbage collector runs.
-        if getattr(self, "index", None) is not None:
-            assert self.index is not None
-            with contextlib.suppress(sqlite3.Error):
-                self.index.close()
-            self.index = None
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)

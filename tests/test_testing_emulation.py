@@ -41,6 +41,11 @@ class IMAPEmulationTests(unittest.SynchronousTestCase):
             sock.sendall(b"c IDLE\r\n")
             idle = read_until_tag(readline, b"c")
             sock.close()
+            sock, readline = raw(srv, srv.imap_port)
+            readline()
+            sock.sendall(b"d AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+            authenticate = read_until_tag(readline, b"d")
+            sock.close()
             (appended,) = [m for m in srv.messages(srv.user) if not m.deleted]
         for hidden in ("UIDPLUS", "IDLE", "LITERAL+", "AUTH=PLAIN"):
             self.assertNotIn(hidden, caps)
@@ -51,6 +56,7 @@ class IMAPEmulationTests(unittest.SynchronousTestCase):
         self.assertEqual(literal[-1], b"a BAD Non-synchronizing literal without LITERAL+\r\n")
         self.assertEqual(after[-1], b"b OK NOOP completed\r\n")
         self.assertIn(b"c BAD", idle[-1])
+        self.assertEqual(authenticate[-1], b"d NO [CANNOT] PLAIN is not available\r\n")
 
     def test_refused_once_then_served(self) -> None:
         with running() as srv:

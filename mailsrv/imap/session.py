@@ -551,7 +551,13 @@ class Session:
 
     def mechanisms(self) -> list[str]:
         """The SASL mechanisms offered on this connection now."""
-        return challengers.offered(self.policy, self.secure, self.peer)
+        offered = challengers.offered(self.policy, self.secure, self.peer)
+        hooks = self.policy.hooks
+        if hooks is None:
+            return offered
+        # Asked directly, not through capabilities(): that lists these.
+        shown = set(hooks.capabilities("IMAP", [f"AUTH={name}" for name in offered]))
+        return [name for name in offered if f"AUTH={name}" in shown]
 
     def drop_continuation(self) -> None:
         """The connection is gone: stop what a command reading lines holds."""

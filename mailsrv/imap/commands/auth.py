@@ -119,7 +119,7 @@ def handle_authenticate(session: Session, command: Authenticate) -> Result:
     if mechanism is None:
         raise no(f"Unsupported mechanism {command.mechanism}", "CANNOT")
     if command.mechanism not in session.mechanisms():
-        if command.mechanism in sasl.PLAINTEXT_MECHANISMS:
+        if command.mechanism in sasl.PLAINTEXT_MECHANISMS and not session.plaintext_allowed():
             raise no("Plaintext authentication is disabled; use STARTTLS", "PRIVACYREQUIRED")
         raise no(f"{command.mechanism} is not available", "CANNOT")
     if command.initial_response is not None and command.mechanism in _SERVER_FIRST:

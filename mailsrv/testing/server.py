@@ -537,7 +537,7 @@ class MailServer:
         reactor = self._reactor
         if reactor is not _global_reactor() or not reactor.running:
             return False
-        return not threadable.isInIOThread()
+        return not threadable.isInIOThread()  # type: ignore[no-untyped-call,unused-ignore]
 
     def _call(self, function: Any, *args: Any) -> Any:
         """Run ``function`` where the server runs: in its thread (waiting

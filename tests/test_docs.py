@@ -36,7 +36,7 @@ class DocsTestCase(unittest.TestCase):
     def write(self, page: str, replace: dict[str, dict[str, str]] | None = None) -> str:
         """Every file block of ``page`` in a new directory (with the given
         replacements, per file); the directory."""
-        work = os.path.abspath(self.mktemp())
+        work = os.path.abspath(str(self.mktemp()))
         os.makedirs(work)
         for name, code in examples(page).items():
             for old, new in (replace or {}).get(name, {}).items():
@@ -128,7 +128,8 @@ class EmbeddingTests(DocsTestCase):
         client = imaplib.IMAP4("127.0.0.1", imap_port, timeout=TIMEOUT)
         client.login("alice", "secret")
         client.select()
-        _, data = client.fetch("1", "(BODY[HEADER.FIELDS (SUBJECT)])")
+        _, fetched = client.fetch("1", "(BODY[HEADER.FIELDS (SUBJECT)])")
+        data: Any = fetched
         client.logout()
         self.assertEqual(data[0][1], b"Subject: hi\r\n\r\n")
         pop = poplib.POP3("127.0.0.1", pop3_port, timeout=TIMEOUT)

@@ -80,7 +80,8 @@ class SeedingTests(unittest.SynchronousTestCase):
             ]
             client = imap(srv)
             client.select("INBOX")
-            _, fetched = client.fetch("1", "(FLAGS INTERNALDATE BODY.PEEK[])")
+            _, fetched_data = client.fetch("1", "(FLAGS INTERNALDATE BODY.PEEK[])")
+            fetched: Any = fetched_data
             _, archive = client.select("Archive/2024")
             _, listed = client.list()
             client.select("INBOX")
@@ -122,7 +123,8 @@ class SeedingTests(unittest.SynchronousTestCase):
             files = os.listdir(os.path.join(root, "cur"))
             client = imap(srv)
             client.select()
-            _, body = client.fetch("1", "(BODY.PEEK[])")
+            _, body_data = client.fetch("1", "(BODY.PEEK[])")
+            body: Any = body_data
             client.logout()
         self.assertEqual(len(files), 1)
         self.assertTrue(files[0].endswith(":2,S"), files)

@@ -121,7 +121,8 @@ class Mailbox:
         self.messages = []
 
     def requestStatus(self, names: Any) -> dict[str, int]:
-        return imap4.statusRequestHelper(self, names)
+        status: dict[str, int] = imap4.statusRequestHelper(self, names)
+        return status
 
     def addListener(self, listener: Any) -> None:
         self.listeners.append(listener)
@@ -212,7 +213,8 @@ class BridgeTests(unittest.TestCase):
     def listen(self, factory: Any) -> int:
         port = reactor.listenTCP(0, factory, interface=HOST)
         self.addCleanup(port.stopListening)
-        return int(port.getHost().port)
+        address: Any = port.getHost()
+        return int(address.port)
 
     async def test_imap_session(self) -> None:
         port = self.listen(IMAP4ServerFactory(self.portal, self.policy))
@@ -342,7 +344,8 @@ class ChallengerTests(unittest.TestCase):
     def listen(self, factory: Any) -> int:
         port = reactor.listenTCP(0, factory, interface=HOST)
         self.addCleanup(port.stopListening)
-        return int(port.getHost().port)
+        address: Any = port.getHost()
+        return int(address.port)
 
     async def test_imap_authenticate_with_twisted_cram_md5(self) -> None:
         factory = IMAP4ServerFactory(

@@ -22,7 +22,14 @@ import time
 from twisted.trial import unittest
 
 from mailsrv import cli
-from mailsrv.config import COMMAND_LINE, cpu_count, describe, load_config, resolved_workers
+from mailsrv.config import (
+    COMMAND_LINE,
+    Config,
+    cpu_count,
+    describe,
+    load_config,
+    resolved_workers,
+)
 from mailsrv.errors import ConfigError
 from tests.helpers import STARTUP_DEADLINE, free_port, read_line
 from tests.workers_helpers import Client, WorkersDaemon
@@ -256,7 +263,7 @@ class WorkersConfigTests(unittest.TestCase):
         os.makedirs(self.dir)
         self.path = os.path.join(self.dir, "mailsrv.toml")
 
-    def load(self, text: str, overrides: dict[str, object] | None = None) -> object:
+    def load(self, text: str, overrides: dict[str, object] | None = None) -> Config:
         passwd = os.path.join(self.dir, "passwd")
         open(passwd, "w").close()
         with open(self.path, "w") as f:

@@ -31,7 +31,7 @@ from mailsrv.config import (
     resolved_workers,
 )
 from mailsrv.errors import ConfigError
-from tests.helpers import STARTUP_DEADLINE, free_port, read_line
+from tests.helpers import STARTUP_DEADLINE, free_port, read_line, source_env
 from tests.workers_helpers import Client, WorkersDaemon
 
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -65,6 +65,7 @@ class WorkersCase(unittest.TestCase):
         self.imap, self.pop3 = free_port(), free_port()
         short = tempfile.mkdtemp(prefix="mailsrv-workers-")  # a Unix socket path is short
         self.addCleanup(shutil.rmtree, short, True)
+        self.short = short
         self.lmtp = os.path.join(short, "lmtp")
         self.config = os.path.join(self.dir, "mailsrv.toml")
         self.write_config(self.limits)
@@ -237,6 +238,41 @@ class SupervisionTests(WorkersCase):
         for pid in self.workers:
             self.assertFalse(os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the daemon")
         self.assertFalse(os.path.exists(self.lmtp))
+
+    def test_systemd_hears_the_parent_only_once_every_worker_is_ready(self) -> None:
+        """READY=1 comes from the parent once both workers serve; the
+        workers never speak to systemd (they do not get NOTIFY_SOCKET)."""
+        self.server.stop()
+        address = os.path.join(self.short, "notify")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(listener.close)
+        listener.bind(address)
+        listener.settimeout(STARTUP_DEADLINE)  # a deadline for each message
+
+        def receive() -> list[str]:
+            return listener.recv(4096).decode().split("\n")
+
+        self.server = WorkersDaemon(
+            self.dir, self.config, env={**source_env(), "NOTIFY_SOCKET": address}
+        )
+        self.addCleanup(self.server.stop)
+        self.assertEqual(receive(), ["READY=1", "STATUS=serving with 2 workers"])
+        self.server.wait_for("all 2 workers are ready")
+        workers = self.server.workers()
+        self.assertEqual(len(workers), 2)
+        for pid in workers:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                names = {entry.split(b"=", 1)[0] for entry in f.read().split(b"\0")}
+            self.assertNotIn(b"NOTIFY_SOCKET", names)
+        for pid in workers:  # each worker serves now
+            self.session(pid).ok("NOOP")
+        os.kill(self.server.pid, signal.SIGHUP)
+        self.assertEqual(receive()[0], "RELOADING=1")
+        self.assertEqual(receive(), ["READY=1", "STATUS=serving with 2 workers"])
+        self.server.wait_for("reload: 2 of 2 workers applied the configuration")
+        os.kill(self.server.pid, signal.SIGTERM)
+        self.assertEqual(receive(), ["STOPPING=1"])
+        self.server.daemon.wait_exit(STARTUP_DEADLINE)
 
     def test_sighup_reloads_every_worker(self) -> None:
         self.write_config("max_connections_per_user = 1\n")

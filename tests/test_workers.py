@@ -46,6 +46,16 @@ def add_user(config: str, name: str) -> None:
     assert status == 0
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rfind(")") + 2 :].split()[0] != "Z"
+
+
 def fetched_flags(line: bytes) -> set[bytes]:
     """The flags of an untagged ``* 1 FETCH (FLAGS (...))`` line, in any order."""
     prefix, suffix = b"* 1 FETCH (FLAGS (", b"))"
@@ -238,6 +248,21 @@ class SupervisionTests(WorkersCase):
         for pid in self.workers:
             self.assertFalse(os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the daemon")
         self.assertFalse(os.path.exists(self.lmtp))
+
+    def test_workers_stop_when_the_parent_is_killed(self) -> None:
+        """No orphan keeps serving (or holding the port) without its parent."""
+        sessions = [self.session(pid) for pid in self.workers]
+        os.kill(self.server.pid, signal.SIGKILL)
+        self.server.daemon.process.wait(STARTUP_DEADLINE)
+        for client in sessions:  # each worker closes its sessions as it stops
+            client.sock.settimeout(STARTUP_DEADLINE)
+            while client.sock.recv(4096):
+                pass
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while any(alive(pid) for pid in self.workers):
+            self.assertLess(time.monotonic(), deadline, "a worker outlived its parent")
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", self.imap), timeout=STARTUP_DEADLINE)
 
     def test_systemd_hears_the_parent_only_once_every_worker_is_ready(self) -> None:
         """READY=1 comes from the parent once both workers serve; the

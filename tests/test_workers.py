@@ -400,3 +400,13 @@ class TLSBufferTests(unittest.TestCase):
         # Every connection, STARTTLS or implicit TLS, is made from that context.
         connection = CurrentTLS(options).serverConnectionForTLS(None)
         self.assertIs(connection.get_context(), options.getContext())
+
+
+class BackoffTests(unittest.SynchronousTestCase):
+    """A worker that keeps dying young is restarted ever more slowly."""
+
+    def test_delays(self) -> None:
+        from mailsrv.workers.supervisor import MAX_BACKOFF, _backoff
+
+        self.assertEqual([_backoff(n) for n in range(1, 6)], [0.0, 1.0, 2.0, 4.0, 8.0])
+        self.assertEqual(_backoff(50), MAX_BACKOFF)

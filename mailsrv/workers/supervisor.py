@@ -222,7 +222,11 @@ class Supervisor(service.MultiService):
                 sdnotify.ready(f"serving with {self.count} workers")
 
     def _link_lost(self, link: WorkerLink) -> None:
-        """A channel closed: its worker is ending (processEnded follows)."""
+        """A channel closed: its worker is ending (processEnded follows), and
+        is no longer asked to reload."""
+        worker = self.workers[link.number - 1]
+        if worker.link is link:
+            worker.ready = False
 
     def worker_ended(self, worker: _Worker, reason: Failure) -> None:
         """A worker's process ended: give back its connection slots, and

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from tests.helpers import STARTUP_DEADLINE, Daemon, read_line
@@ -20,6 +21,8 @@ from tests.helpers import STARTUP_DEADLINE, Daemon, read_line
 #: on either of two idle workers about as often, so 100 failing means the
 #: workers do not share the socket at all.
 ATTEMPTS = 100
+#: The greetings of a connection over a per-address limit.
+FULL = (b"* BYE Too many connections from your address", b"-ERR [SYS/TEMP] Too many")
 
 
 def children(pid: int) -> list[int]:
@@ -116,8 +119,7 @@ class WorkersDaemon:
         """A connection to ``port`` that worker ``worker`` (a pid) serves,
         its greeting read."""
         for _ in range(ATTEMPTS):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=STARTUP_DEADLINE)
-            line = read_line(sock)
+            sock, line = self.connect(port)
             if not greeting(line):
                 sock.close()
                 raise AssertionError(f"unexpected greeting {line!r}")
@@ -125,6 +127,19 @@ class WorkersDaemon:
                 return sock
             sock.close()
         raise AssertionError(f"no connection to port {port} landed on worker {worker}")
+
+    def connect(self, port: int) -> tuple[socket.socket, bytes]:
+        """A connection to ``port`` and its greeting, once the address has a
+        free slot: the slots of connections just closed come back when their
+        worker has seen the close and told the parent, so a new connection
+        may meet the per-address limit until then."""
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while True:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=STARTUP_DEADLINE)
+            line = read_line(sock)
+            if not line.startswith(FULL) or time.monotonic() > deadline:
+                return sock, line
+            sock.close()
 
 
 class Client:

@@ -31,11 +31,12 @@ bytes, flags, dates, counters, UIDs and listener notifications.
 
 from mailsrv.testing.storage.accounts import AccountContract
 from mailsrv.testing.storage.base import ListenerRecorder, call, message_bytes
+from mailsrv.testing.storage.batches import BatchContract
 from mailsrv.testing.storage.changes import ChangeContract
 from mailsrv.testing.storage.messages import MessageContract
 
 __all__ = ["ListenerRecorder", "StorageSuiteMixin", "call", "message_bytes"]
 
 
-class StorageSuiteMixin(AccountContract, MessageContract, ChangeContract):
+class StorageSuiteMixin(AccountContract, MessageContract, ChangeContract, BatchContract):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

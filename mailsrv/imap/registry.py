@@ -165,6 +165,8 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "BINARY",
     "ESEARCH",
     "SEARCHRES",
+    "MULTIAPPEND",
+    "CATENATE",
     _appendlimit,
 )
 
@@ -195,6 +197,9 @@ CAPABILITY_ORDER = (
     "THREAD",
     "ESORT",
     "CONTEXT",
+    "MULTIAPPEND",
+    "CATENATE",
+    "REPLACE",
     "APPENDLIMIT",
     "STARTTLS",
     "LOGINDISABLED",

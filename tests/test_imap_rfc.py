@@ -50,8 +50,6 @@ class CapabilityTests(ServerTestBase):
         self.assertEqual(b" ".join(caps), CAPS_BEFORE)
         for absent in (
             b"IMAP4rev2",
-            b"CONDSTORE",
-            b"QRESYNC",
             b"UTF8=ACCEPT",
             b"QUOTA",
             b"ACL",

@@ -10,7 +10,7 @@ a literal otherwise); :func:`tagged`, :func:`untagged` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TypeAlias
 
 import attrs
@@ -28,7 +28,6 @@ __all__ = [
     "serialize",
     "string",
     "tagged",
-    "uid_set",
     "untagged",
     "untagged_status",
 ]
@@ -144,19 +143,3 @@ def flag_list(flags: Sequence[str] | frozenset[str]) -> bytes:
     in a stable order."""
     ordered = sorted(flags, key=lambda f: (not f.startswith("\\"), f.lower()))
     return serialize([Atom(flag) for flag in ordered])
-
-
-def uid_set(uids: Iterable[int]) -> str:
-    """UIDs in order as a compact uid-set (runs of consecutive numbers)."""
-    parts: list[str] = []
-    start = prev = -1
-    for uid in uids:
-        if uid == prev + 1 and start >= 0:
-            prev = uid
-            continue
-        if start >= 0:
-            parts.append(str(start) if start == prev else f"{start}:{prev}")
-        start = prev = uid
-    if start >= 0:
-        parts.append(str(start) if start == prev else f"{start}:{prev}")
-    return ",".join(parts)

@@ -24,11 +24,12 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv.errors import NoSuchMailbox
-from mailsrv.imap import response, syntax
+from mailsrv.imap import syntax
 from mailsrv.imap.catenate import Text, Url, assemble
 from mailsrv.imap.lexer import LiteralFile, Reader
-from mailsrv.imap.output import Done, no
+from mailsrv.imap.output import Done, bad, no
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec
+from mailsrv.imap.selected import ranges_text, runs
 from mailsrv.imap.session import existing
 from mailsrv.interfaces import IMailbox, NewMessage, maybe_deferred
 
@@ -183,8 +184,22 @@ async def new_messages(session: Session, messages: Sequence[AppendMessage]) -> l
     return out
 
 
+def check_offered(session: Session, messages: Sequence[AppendMessage]) -> None:
+    """BAD for MULTIAPPEND or CATENATE where the policy's hooks withdrew them
+    (:mod:`mailsrv.hooks`: an embedding application, the twisted.mail
+    bridge), as a server without them would answer."""
+    if session.policy.hooks is None:
+        return
+    offered = session.capabilities()
+    if len(messages) > 1 and "MULTIAPPEND" not in offered:
+        raise bad("One message per APPEND (MULTIAPPEND is not offered)")
+    if any(m.catenate for m in messages) and "CATENATE" not in offered:
+        raise bad("CATENATE is not offered")
+
+
 async def _append(session: Session, command: Append) -> Done:
     try:
+        check_offered(session, command.messages)
         check_not_empty(command.messages)
         mailbox = await target_mailbox(session, command.mailbox)
         batch = await new_messages(session, command.messages)
@@ -195,7 +210,7 @@ async def _append(session: Session, command: Append) -> Done:
                 new.source.close()
     finally:
         close_messages(command.messages)
-    code = f"APPENDUID {mailbox.uidvalidity} {response.uid_set(uids)}"
+    code = f"APPENDUID {mailbox.uidvalidity} {ranges_text(runs(uids)).decode('ascii')}"
     return Done(text="APPEND completed", code=code)
 
 

@@ -3,7 +3,7 @@ COPYUID (RFC 4315)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -11,6 +11,7 @@ from twisted.internet import defer
 
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.imap import response, syntax
+from mailsrv.imap.condstore import done_with_modseq
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
@@ -62,15 +63,34 @@ def handle_copy(session: Session, command: Copy) -> Generator[defer.Deferred[Any
     mapping: Sequence[tuple[int, int]] = yield defer.maybeDeferred(operation, uids, destination)
     code = None
     if mapping:
-        sources = response.uid_set(src for src, _ in mapping)
-        targets = response.uid_set(dst for _, dst in mapping)
+        sources = _uid_set(src for src, _ in mapping)
+        targets = _uid_set(dst for _, dst in mapping)
         code = f"COPYUID {destination.uidvalidity} {sources} {targets}"
     if moving:
         view.note_expunged(src for src, _ in mapping)
         if code is not None:
             session.send(response.untagged_status("OK", "Moved", code))
+        if mapping and view.vanishes():
+            done: Done = yield done_with_modseq(session, "MOVE completed")  # RFC 6851 4.4
+            return done
         return Done(text="MOVE completed")
     return Done(text="COPY completed", code=code)
+
+
+def _uid_set(uids: Iterable[int]) -> str:
+    """UIDs in order as a compact uid-set (runs of consecutive numbers)."""
+    parts: list[str] = []
+    start = prev = -1
+    for uid in uids:
+        if uid == prev + 1 and start >= 0:
+            prev = uid
+            continue
+        if start >= 0:
+            parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    if start >= 0:
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(parts)
 
 
 COMMANDS = (

@@ -24,6 +24,7 @@ from mailsrv.imap.commands.append import (
     AppendMessage,
     append_message,
     check_not_empty,
+    check_offered,
     close_messages,
     new_messages,
     target_mailbox,
@@ -73,6 +74,7 @@ async def _replace(session: Session, command: Replace) -> Done:
         uids = old.uids()
         if not uids:
             raise no("No such message to replace")
+        check_offered(session, [command.message])
         check_not_empty([command.message])
         target = await target_mailbox(session, command.mailbox)
         (new,) = await new_messages(session, [command.message])

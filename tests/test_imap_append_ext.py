@@ -392,6 +392,23 @@ class _Replace(_Base):
         t.assertNotIn(b"* 5 FETCH", response)
 
     @defer.inlineCallbacks
+    def test_replace_under_qresync(self) -> Any:
+        """RFC 8508 4.5: the replaced message goes as with UID EXPUNGE:
+        VANISHED, and the tagged OK carries the new HIGHESTMODSEQ."""
+        t: Any = self
+        client = yield self.session()
+        yield client.command("a", b"APPEND INBOX {3+}\r\none")
+        yield client.command("e", "ENABLE QRESYNC")
+        yield client.command("s", "SELECT INBOX")
+        response = yield client.command("r", b"UID REPLACE 1 INBOX {3+}\r\ntwo")
+        t.assertRegex(
+            response,
+            rb"^\* OK \[APPENDUID \d+ 2\] Replacement message ready\r\n"
+            rb"\* VANISHED 1\r\n\* 1 EXISTS\r\n(\* 1 RECENT\r\n)?"
+            rb"r OK \[HIGHESTMODSEQ \d+\] REPLACE completed\r\n$",
+        )
+
+    @defer.inlineCallbacks
     def test_replace_into_other_mailbox_keeps_deleted(self) -> Any:
         """Only the message replaced is expunged; other \\Deleted ones stay."""
         t: Any = self

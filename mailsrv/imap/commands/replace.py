@@ -29,6 +29,7 @@ from mailsrv.imap.commands.append import (
     new_messages,
     target_mailbox,
 )
+from mailsrv.imap.condstore import done_with_modseq
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
@@ -92,6 +93,11 @@ async def _replace(session: Session, command: Replace) -> Done:
     code = f"APPENDUID {target.uidvalidity} {uid}"
     session.send(response.untagged_status("OK", "Replacement message ready", code))
     view.note_expunged(removed)
+    if removed and view.vanishes():
+        # RFC 8508 4.5: as a UID EXPUNGE, so VANISHED and the new
+        # HIGHESTMODSEQ under QRESYNC (RFC 7162 3.2.9).
+        done: Done = await done_with_modseq(session, f"{command.name} completed")
+        return done
     return Done(text=f"{command.name} completed")
 
 

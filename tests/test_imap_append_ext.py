@@ -13,10 +13,12 @@ from typing import Any
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailsrv.auth.realm import MailRealm
 from mailsrv.errors import StorageError
+from mailsrv.imap.catenate import BadUrl, UrlReference, parse_url
+from mailsrv.imap.fetch_syntax import Section
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
@@ -495,3 +497,39 @@ class PostgresTests(_MultiAppend, _Catenate, _Replace, TestCase):
 
         storage: IStorage = new_storage(self, new_dsn())
         return storage
+
+
+class UrlTests(SynchronousTestCase):
+    """RFC 5092 URLs as CATENATE takes them (RFC 4469 3)."""
+
+    def test_forms(self) -> None:
+        self.assertEqual(
+            parse_url("/Drafts;UIDVALIDITY=385759045/;UID=20/;section=1.MIME", "joe"),
+            UrlReference("Drafts", 20, 385759045, Section((1,), "MIME")),
+        )
+        self.assertEqual(
+            parse_url("/inbox/;uid=3/;PARTIAL=5", "joe"),
+            UrlReference("INBOX", 3, None, None, (5, None)),
+        )
+        self.assertEqual(
+            parse_url("/Caf%C3%A9/Menu/;UID=1/;SECTION=HEADER.FIELDS%20(TO%20FROM)", "joe"),
+            UrlReference("Café/Menu", 1, None, Section((), "HEADER.FIELDS", ("TO", "FROM"))),
+        )
+        self.assertEqual(
+            parse_url("imap://joe@mail.example.org/Sent/;UID=2/;PARTIAL=0.10", "joe"),
+            UrlReference("Sent", 2, None, None, (0, 10)),
+        )
+
+    def test_refused(self) -> None:
+        for url in (
+            "imap://ann@mail.example.org/INBOX/;UID=1",
+            "imap://mail.example.org/INBOX/;UID=1",
+            "/INBOX",
+            "/INBOX/;UID=0",
+            "/INBOX/;UID=1/;SECTION=FOO",
+            "/INBOX/;UID=1/;SECTION=1.2.MIME.X",
+            "/%FF/;UID=1",
+            ";UID=1",
+            "/INBOX/;UID=1/;PARTIAL=x",
+        ):
+            self.assertRaises(BadUrl, parse_url, url, "joe")

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import attrs
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, ssl
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailsrv.auth.realm import MailRealm
@@ -22,7 +24,7 @@ from mailsrv.imap.fetch_syntax import Section
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
-from tests.imap_helpers import Client, RecordingFactory
+from tests.imap_helpers import Client, RecordingFactory, tls_options
 
 #: RFC 3502's two example messages (6.3.11), with CRLF line ends.
 FIRST = (
@@ -91,13 +93,24 @@ class _Base:
     def make_storage(self) -> IStorage:
         raise NotImplementedError
 
+    #: Implicit TLS on the listener (and the client).
+    tls = False
+
     def setUp(self) -> None:
         self.storage = self.make_storage()
         checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret", ann=b"pass")
         portal = Portal(MailRealm(self.storage), [checker])
         policy = SessionPolicy(failure_delay=0.0, max_message_size=LIMIT)
-        self.factory = RecordingFactory(portal, policy)
-        self.port: Any = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        listening: Any
+        if self.tls:
+            t: Any = self
+            options = tls_options(t.mktemp())
+            policy = attrs.evolve(policy, tls_context=options)
+            self.factory = RecordingFactory(portal, policy, implicit_tls=True)
+            listening = TLSMemoryBIOFactory(options, False, self.factory)
+        else:
+            self.factory = listening = RecordingFactory(portal, policy)
+        self.port: Any = reactor.listenTCP(0, listening, interface="127.0.0.1")
         self.clients: list[Client] = []
 
     def tearDown(self) -> Any:
@@ -117,7 +130,11 @@ class _Base:
     def session(self, select: str | None = None, user: str = "joe") -> Any:
         t: Any = self
         creator = protocol.ClientCreator(reactor, Client)
-        client = yield creator.connectTCP("127.0.0.1", self.port.getHost().port)
+        port = self.port.getHost().port
+        if self.tls:
+            client = yield creator.connectSSL("127.0.0.1", port, ssl.CertificateOptions())
+        else:
+            client = yield creator.connectTCP("127.0.0.1", port)
         self.clients.append(client)
         yield client.until(b"\r\n")
         password = "secret" if user == "joe" else "pass"
@@ -482,6 +499,15 @@ class MemoryTests(_MultiAppend, _Catenate, _Replace, TestCase):
         inbox = yield self.status(client, "INBOX")
         sent = yield self.status(client, "Sent")
         t.assertEqual((inbox[0], sent[0]), (1, 0))
+
+
+class MemoryTlsTests(_MultiAppend, _Catenate, _Replace, TestCase):
+    """The same dialogues over implicit TLS."""
+
+    tls = True
+
+    def make_storage(self) -> IStorage:
+        return MemoryStorage()
 
 
 class MaildirTests(_MultiAppend, _Catenate, _Replace, TestCase):

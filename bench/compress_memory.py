@@ -12,7 +12,8 @@ login, then the same commands through zlib).  It prints the RSS added per
 session in each mode and the difference, which is what compression costs
 an idle session.
 
-Run: ``python bench/compress_memory.py [--connections N]``.
+Run: ``python bench/compress_memory.py [--connections N]`` (twistd must find the
+mailsrv plugin: a plain install, or ``PYTHONPATH=.`` beside an editable one).
 """
 
 from __future__ import annotations

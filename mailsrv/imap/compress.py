@@ -18,6 +18,9 @@ for it (figures from ``bench/compress_memory.py``):
 * The inflater cannot choose: a raw DEFLATE stream says nothing of the
   window its sender used, so it must accept the largest (``wbits=-15``):
   32 KiB of window, allocated by zlib on first use, plus about 7 KiB.
+
+Measured over 2,000 idle sessions, a compressed one costs the daemon 84.6 KiB
+of RSS against 5.1 KiB for a plain one.
 """
 
 from __future__ import annotations

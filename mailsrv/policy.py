@@ -17,6 +17,7 @@ import attrs
 from twisted.internet.interfaces import IAddress
 
 from mailsrv.config import Config
+from mailsrv.quota import Quotas, quotas_from_config
 
 #: Seconds a timed-out connection has to take its goodbye before it is cut.
 CLOSE_GRACE = 10.0
@@ -59,6 +60,9 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: Each user's quota limits (none by default): IMAP, LMTP and
+    #: ``mailsrv deliver`` check them before storing.
+    quotas: Quotas = attrs.field(factory=Quotas)
 
     @classmethod
     def from_config(
@@ -66,6 +70,7 @@ class SessionPolicy:
         config: Config,
         tls_context: Any = None,
         challenge_auth_available: Callable[[], bool] = _never,
+        quotas: Quotas | None = None,
     ) -> SessionPolicy:
         limits, timeouts = config.limits, config.timeouts
         return cls(
@@ -89,6 +94,7 @@ class SessionPolicy:
             connections=ConnectionLimits(
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
             ),
+            quotas=quotas if quotas is not None else quotas_from_config(config),
         )
 
     def failure_wait(self, started: float | None, now: float) -> float:

@@ -1,5 +1,5 @@
-"""APPEND (RFC 3501 6.3.11), with APPENDUID (RFC 4315), literal8 (RFC 3516)
-and APPENDLIMIT (RFC 7889).
+"""APPEND (RFC 3501 6.3.11), with APPENDUID (RFC 4315), literal8 (RFC 3516),
+APPENDLIMIT (RFC 7889) and the quota (RFC 9208).
 
 The message literal arrives before the command is parsed: the session
 (:meth:`mailsrv.imap.session.Session.literal_needed`) refuses one over
@@ -17,8 +17,10 @@ from typing import IO, TYPE_CHECKING, Any
 import attrs
 from twisted.internet import defer
 
+from mailsrv import quota
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.imap import syntax
+from mailsrv.imap.commands.quota import limits_of
 from mailsrv.imap.lexer import LiteralFile, Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec
@@ -80,6 +82,8 @@ def handle_append(session: Session, command: Append) -> Generator[defer.Deferred
             )
         except NoSuchMailbox:
             raise no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
+        # RFC 9208 4.3.1: NO [OVERQUOTA] when the message would not fit.
+        yield quota.check(session.logged_in_account(), limits_of(session), size)
         uid = yield defer.maybeDeferred(mailbox.append, source, command.flags, command.date)
     finally:
         source.close()

@@ -12,7 +12,8 @@ message on every status but 75 (Postfix treats only EX_TEMPFAIL and
 EX_OSERR as temporary), so every failure of ``deliver`` that the
 administrator can fix -- configuration, storage, an unexpected error -- is
 75, and only an unknown user (67), bad usage (64) or an empty message (65)
-is final.
+is final.  A message over the user's quota is 75 too, unless ``[quota]
+delivery = "bounce"`` makes it final (73).
 
 A command whose reader goes away (``mailsrv user list | head -1``) stops
 quietly with status 141, what a shell reports for a Unix tool that SIGPIPE
@@ -402,6 +403,17 @@ def _home(config: Config, user: str) -> str | None:
     return record.home
 
 
+def _extra_fields(config: Config, user: str) -> list[str]:
+    """The user's extra fields in the users file (quota rules...); the
+    users table has none."""
+    from mailsrv.auth.passwdfile import PasswdFile
+
+    if config.auth.backend == "postgresql":
+        return []
+    record = PasswdFile(config.users.passwd_file).get(user)
+    return record.extra.split() if record is not None else []
+
+
 def _account(config: Config, user: str) -> Any:
     from mailsrv.service import build_storage
 
@@ -410,6 +422,8 @@ def _account(config: Config, user: str) -> Any:
 
 
 def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
+    from mailsrv.errors import OverQuota
+    from mailsrv.quota import quotas_from_config
     from mailsrv.service import build_storage
     from mailsrv.storage.deliver import EmptyMessage, deliver
 
@@ -417,15 +431,23 @@ def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int
     if config.storage.backend not in ("maildir", "postgresql"):
         raise CommandError("deliver needs storage.backend = 'maildir' or 'postgresql'", EX_TEMPFAIL)
     home = _home(config, args.user)
+    quotas = quotas_from_config(config, lambda user: _extra_fields(config, user))
     # Without a reactor every storage call answers at once: one connection
     # is all a PostgreSQL delivery needs.
     storage = build_storage(attrs.evolve(config, storage=attrs.evolve(config.storage, pool_size=1)))
     try:
         # Without a reactor the storage answers at once, never with a Deferred.
         account = cast("IAccount", storage.account(args.user, home))
-        deliver(account, stdin, args.folder)
+        deliver(account, stdin, args.folder, quotas.limits_of(args.user))
     except EmptyMessage as e:
         raise CommandError(str(e), EX_DATAERR) from None
+    except OverQuota as e:
+        # [quota] delivery: "tempfail" keeps the message at the MTA, which
+        # retries until the user makes room; "bounce" returns it at once
+        # (EX_CANTCREAT, which Postfix reports as 5.2.0, a mailbox problem).
+        if quotas.bounce:
+            raise CommandError(f"mailbox full: {e}", EX_CANTCREAT) from None
+        raise CommandError(f"mailbox full, try again later: {e}", EX_TEMPFAIL) from None
     except (StorageError, OSError) as e:
         # TemporaryFailure, and every other storage problem too: a missing
         # home for {home}, UIDs to reindex, a vanished directory are all for

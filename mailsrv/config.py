@@ -282,7 +282,7 @@ class QuotaSection:
     messages: int = attrs.field(default=0, metadata=_meta(_check_range(0)))
     #: What ``mailsrv deliver`` and LMTP answer for a message that does not
     #: fit: "tempfail" (exit 75, LMTP 452 4.2.2: the MTA keeps it and
-    #: retries) or "bounce" (exit 77, LMTP 552 5.2.2: returned to sender).
+    #: retries) or "bounce" (exit 73, LMTP 552 5.2.2: returned to sender).
     delivery: str = attrs.field(
         default="tempfail", metadata=_meta(_check_choice("tempfail", "bounce"))
     )

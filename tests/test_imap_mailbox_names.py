@@ -63,7 +63,8 @@ class _NameScenarios(_BackendBase):
         response = yield client.until_tagged("n")
         t.assertEqual(
             response,
-            nonexistent("s", ODD_DETAIL)
+            b"* OK [CLOSED] Previous mailbox closed\r\n"  # RFC 7162 3.2.11
+            + nonexistent("s", ODD_DETAIL)
             + b"l OK LIST completed\r\n"
             + b"q OK LIST completed\r\n"
             + b"r OK LIST completed\r\n"

@@ -53,8 +53,6 @@ class CapabilityTests(ServerTestBase):
         )
         for absent in (
             b"IMAP4rev2",
-            b"CONDSTORE",
-            b"QRESYNC",
             b"UTF8=ACCEPT",
             b"ACL",
             b"MULTIAPPEND",

@@ -75,8 +75,11 @@ class GreetingAndStateTests(ServerTestBase):
         self.assertEqual(
             response, b'* NAMESPACE (("" "/")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
         )
-        response = yield client.command("c", "ENABLE CONDSTORE")
-        self.assertEqual(response, b"* ENABLED\r\nc OK ENABLE completed\r\n")
+        # Only what can be enabled is named (RFC 5161 3.2).
+        response = yield client.command("c", "ENABLE UTF8=ACCEPT CONDSTORE")
+        self.assertEqual(response, b"* ENABLED CONDSTORE\r\nc OK ENABLE completed\r\n")
+        response = yield client.command("d", "ENABLE UTF8=ACCEPT")
+        self.assertEqual(response, b"* ENABLED\r\nd OK ENABLE completed\r\n")
 
 
 class MailboxCommandTests(ServerTestBase):
@@ -218,7 +221,12 @@ class SelectTests(ServerTestBase):
     def test_failed_select_leaves_no_mailbox_selected(self) -> Any:
         client = yield self.selected()
         response = yield client.command("a", "SELECT nothere")
-        self.assertEqual(response, b"a NO [NONEXISTENT] no mailbox named 'nothere'\r\n")
+        # RFC 7162 3.2.11: the selected mailbox is closed first, and said so.
+        self.assertEqual(
+            response,
+            b"* OK [CLOSED] Previous mailbox closed\r\n"
+            b"a NO [NONEXISTENT] no mailbox named 'nothere'\r\n",
+        )
         response = yield client.command("b", "FETCH 1 FLAGS")
         self.assertEqual(response, b"b BAD FETCH is not allowed in authenticated state\r\n")
 

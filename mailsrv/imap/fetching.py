@@ -33,6 +33,7 @@ from mailsrv.imap.fetch_items import (
     is_root_fields,
     needs_structure,
     render_flags,
+    render_modseq,
     rendered_kind,
     sets_seen,
 )
@@ -346,7 +347,15 @@ def _respond_rest(
 def _end_response(
     request: FetchRequest, msg: FetchMessage, response: FetchResponse, shows_flags: bool
 ) -> None:
-    if msg.flags_changed and not shows_flags:
-        # RFC 3501 6.4.5: the implicitly set \Seen SHOULD be reported.
-        response.item(render_flags(request.view, msg.info))
+    if msg.flags_changed:
+        if not shows_flags:
+            # RFC 3501 6.4.5: the implicitly set \Seen SHOULD be reported.
+            response.item(render_flags(request.view, msg.info))
+        if request.view.condstore and not request.view.nomodseq:
+            # RFC 7162 3.2.4: with UID and MODSEQ, for a CONDSTORE client.
+            names = {a.name for a in request.attributes}
+            if "UID" not in names:
+                response.item(b"UID %d" % msg.uid)
+            if "MODSEQ" not in names:
+                response.item(render_modseq(request.view, msg.info))
     response.end()

@@ -153,7 +153,10 @@ def _modseq(reader: Reader, word: str, depth: int) -> SearchKey:
         reader.space()
         reader.atom("an entry type")
         reader.space()
-    return SearchKey("MODSEQ", (reader.number("a mod-sequence value"),))
+    value = reader.number("a mod-sequence value")
+    if value > 2**63 - 1:  # mod-sequence-valzer (RFC 7162 7)
+        raise reader.error("a mod-sequence value is at most 9223372036854775807")
+    return SearchKey("MODSEQ", (value,))
 
 
 #: Keys with arguments: the parser of what follows the key and a space.

@@ -56,6 +56,7 @@ from mailsrv.mime.structure import read_range
 __all__ = [
     "BATCH",
     "CHARSETS",
+    "Modseqs",
     "NotImplementedKey",
     "Program",
     "SearchContent",
@@ -96,6 +97,32 @@ Predicate = Callable[[int, IMessage, SearchContent], "bool | None"]
 
 
 @attrs.define
+class Modseqs:
+    """The MODSEQs of the hits of a search with a MODSEQ key (RFC 7162
+    3.1.5): of the first and last hit, and the highest; 0 while none."""
+
+    first: int = 0
+    last: int = 0
+    highest: int = 0
+
+    def note(self, hits: Sequence[tuple[int, int]], batch: Sequence[tuple[int, IMessage]]) -> None:
+        if not hits:
+            return
+        of = {m.uid: m.modseq for _, m in batch}
+        values = [of[uid] for _, uid in hits]
+        self.first = self.first or values[0]
+        self.last = values[-1]
+        self.highest = max(self.highest, *values)
+
+    def reported(self, options: set[str]) -> int:
+        """The MODSEQ an ESEARCH answer with ``options`` carries (RFC 4731
+        3.2): that of MIN and/or MAX alone, else the highest."""
+        if options & {"ALL", "COUNT"} or not options & {"MIN", "MAX"}:
+            return self.highest
+        return max(self.first if "MIN" in options else 0, self.last if "MAX" in options else 0)
+
+
+@attrs.define
 class Program:
     """A compiled search program and what it needs loaded."""
 
@@ -103,6 +130,8 @@ class Program:
     fields: frozenset[str] = frozenset()  # header fields, upper-cased
     addresses: frozenset[str] = frozenset()  # address fields, upper-cased
     text: bool = False
+    #: Set when the program has a MODSEQ key: its answer reports MODSEQ.
+    modseqs: Modseqs | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -300,8 +329,17 @@ def _text_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate
     return text
 
 
+def _modseq_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    """RFC 7162 3.1.5: MODSEQ at or above the value (entry names ignored:
+    one MODSEQ per message)."""
+    if context.program.modseqs is None:
+        context.program.modseqs = Modseqs()
+    least = cast(int, args[0])
+    return lambda seq, m, c: m.modseq >= least
+
+
 #: Search key op (:attr:`SearchKey.op`) -> its compiler; an op not here is
-#: a key of an extension not offered (MODSEQ).
+#: a key of an extension not offered.
 _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] = {
     "ALL": _all,
     "AND": _and_key,
@@ -318,6 +356,7 @@ _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] 
     "ADDRESS": _address_key,
     "BODY": _text_key,
     "TEXT": _text_key,
+    "MODSEQ": _modseq_key,
 }
 
 
@@ -496,6 +535,8 @@ def _scan(
         if metadata is not None and hits:
             wanted = {uid for _, uid in hits}
             metadata.update((m.uid, m) for _, m in batch if m.uid in wanted)
+        if program.modseqs is not None:
+            program.modseqs.note(hits, batch)
         pacer.done(len(chunk))
         pending = found(hits)
         if pending is not None:
@@ -547,6 +588,8 @@ def run_plain(
     def finish(complete: bool) -> Done:
         if not complete:
             return Done("NO", "Connection lost")
+        if program.modseqs is not None and program.modseqs.highest:
+            line.append(b" (MODSEQ %d)" % program.modseqs.highest)  # RFC 7162 3.1.6
         line.append(b"\r\n")
         writer.write(b"".join(line))
         return Done(text="SEARCH completed")
@@ -598,7 +641,8 @@ def run_extended(
             view.saved = UidMap(_saved(uids, options))
         reported = options - {"SAVE"}
         if reported or "SAVE" not in options:
-            writer.write(_esearch(tag, uid, numbers, reported))
+            modseq = program.modseqs.reported(reported) if program.modseqs else 0
+            writer.write(_esearch(tag, uid, numbers, reported, modseq))
         return Done(text="SEARCH completed")
 
     return _scan(view, mailbox, program, clock, writer, found).addCallback(finish)
@@ -617,8 +661,11 @@ def _saved(uids: Sequence[int], options: set[str]) -> Sequence[int]:
     return sorted(ends) if ends else uids
 
 
-def _esearch(tag: str, uid: bool, numbers: Sequence[int], reported: set[str]) -> bytes:
-    """The ESEARCH response (RFC 4731 3.1) for ascending ``numbers``."""
+def _esearch(
+    tag: str, uid: bool, numbers: Sequence[int], reported: set[str], modseq: int = 0
+) -> bytes:
+    """The ESEARCH response (RFC 4731 3.1) for ascending ``numbers``; with
+    ``modseq``, its MODSEQ (RFC 7162 3.1.10)."""
     parts = [b'* ESEARCH (TAG "%s")' % tag.encode("ascii")]
     if uid:
         parts.append(b"UID")
@@ -630,4 +677,6 @@ def _esearch(tag: str, uid: bool, numbers: Sequence[int], reported: set[str]) ->
         parts.append(b"COUNT %d" % len(numbers))
     if numbers and "ALL" in reported:
         parts.append(b"ALL " + _sequence_set(numbers))
+    if numbers and modseq:
+        parts.append(b"MODSEQ %d" % modseq)
     return b" ".join(parts) + b"\r\n"

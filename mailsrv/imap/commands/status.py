@@ -12,6 +12,7 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv.imap import response, syntax
+from mailsrv.imap.condstore import enable_condstore
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
@@ -108,6 +109,8 @@ def mailbox_status_line(
 
 
 def handle_status(session: Session, command: Status) -> Result:
+    if "HIGHESTMODSEQ" in command.items:
+        enable_condstore(session)  # RFC 7162 3.1: a CONDSTORE enabling command
     d = mailbox_status_line(session, existing(command.mailbox), command.items)
 
     def report(line: bytes) -> Done:

@@ -273,6 +273,10 @@ STATE_TABLE = (
     ("UID COPY 1 INBOX", "s"),
     ("MOVE 1 INBOX", "s"),
     ("UID MOVE 1 INBOX", "s"),
+    ('GETQUOTA ""', "as"),
+    ("GETQUOTAROOT INBOX", "as"),
+    ('SETQUOTA "" (STORAGE 1)', "as"),
+    ("COMPRESS DEFLATE", "as"),
 )
 STATE_NAMES = {"n": "not authenticated", "a": "authenticated", "s": "selected"}
 

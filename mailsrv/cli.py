@@ -671,6 +671,20 @@ def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
     return EX_OK
 
 
+def _check_quota_rules(config: Config, users: Sequence[Any], stdout: IO[str]) -> None:
+    """Say which users' quota rules the daemon would ignore, and why."""
+    from mailsrv.quota import limits_from_fields
+
+    for user in users:
+
+        def warn(reason: str, name: str = user.name) -> None:
+            stdout.write(
+                f"  warning: {config.users.passwd_file}: quota rule of {name} ignored: {reason}\n"
+            )
+
+        limits_from_fields(user.extra.split(), config.quota_default, warn)
+
+
 def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
     """Everything the daemon checks before it binds: the file, the
     certificate and the users file."""
@@ -691,7 +705,9 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
     if config.auth.backend == "postgresql":
         pass  # the database is not needed to check the file
     elif os.path.exists(config.users.passwd_file):
-        count = len(PasswdFile(config.users.passwd_file).users())
+        users = PasswdFile(config.users.passwd_file).users()
+        count = len(users)
+        _check_quota_rules(config, users, stdout)
     else:  # create_if_missing: the daemon creates it
         count = 0
     for line in describe(config):

@@ -962,4 +962,9 @@ def describe(config: Config) -> Sequence[str]:
         lines.append(f"  OAuth tokens: {oauth.validator} ({', '.join(oauth.mechanisms)})")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
+    quota = config.quota
+    limits = [f"storage {quota.storage}"] if quota.storage not in ("", "0") else []
+    limits += [f"{quota.messages} messages"] if quota.messages else []
+    over = "retried (tempfail)" if quota.delivery == "tempfail" else "bounced"
+    lines.append(f"  default quota: {', '.join(limits) or 'none'}; a delivery over quota is {over}")
     return lines

@@ -99,6 +99,31 @@ class DeliverQuotaTests(CLITestCase):
         )
 
 
+class CheckConfigTests(CLITestCase):
+    def test_check_config_shows_the_default_and_unreadable_rules(self) -> None:
+        self.add("alice", "pw")
+        self.add("bob", "pw")
+        add_fields(self.passwd, "bob", "userdb_quota_rule=Trash:storage=+10%")
+        config = os.path.join(self.dir, "mailsrv.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'[imap]\nlisten = ["tcp:1143"]\n[users]\npasswd_file = "{self.passwd}"\n'
+                '[quota]\nstorage = "1G"\nmessages = 5000\ndelivery = "bounce"\n'
+            )
+        status, out, err = self.run_cli("check-config", config)
+        self.assertEqual(status, cli.EX_OK, err)
+        self.assertIn(
+            "  default quota: storage 1G, 5000 messages; a delivery over quota is bounced\n", out
+        )
+        self.assertIn(
+            f"  warning: {self.passwd}: quota rule of bob ignored: "
+            "userdb_quota_rule=Trash:storage=+10%: only rules for '*' (the whole account) "
+            "are supported, not 'Trash:storage=+10%'\n",
+            out,
+        )
+        self.assertNotIn("alice", out)
+
+
 class LMTPQuotaTests(LMTPDaemonCase):
     extra_config = "[quota]\nmessages = 2"
 

@@ -4,11 +4,13 @@ DELETED-STORAGE; and the limits' sources (users-file rules, the default)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailsrv.auth.realm import MailRealm
 from mailsrv.policy import SessionPolicy
 from mailsrv.quota import QuotaLimits, Quotas, limits_from_fields, parse_rule, parse_size
 from tests.helpers import log_events
@@ -189,3 +191,32 @@ class RuleTests(SynchronousTestCase):
             self.assertEqual(quotas.limits_of("joe"), QuotaLimits(messages=1))
         warned = [e for e in events if "quota rule of" in e.get("log_format", "")]
         self.assertEqual(len(warned), 1)
+
+
+class MaildirQuotaTests(ServerTestBase):
+    """Over Maildir, a message another program wrote into ``new/`` counts
+    too: usage is what the folders' indexes hold once they have looked."""
+
+    policy = SessionPolicy(failure_delay=0.0, quotas=Quotas(QuotaLimits(messages=2)))
+
+    def setUp(self) -> None:
+        super().setUp()
+        from mailsrv.storage.maildir import MaildirStorage
+
+        self.root = os.path.abspath(self.mktemp())
+        self.storage = MaildirStorage(self.root + "/{user}")  # type: ignore[assignment]
+        self.portal.realm = MailRealm(self.storage)
+
+    @defer.inlineCallbacks
+    def test_outside_delivery_counts(self) -> Any:
+        client = yield self.login()
+        literal = b"APPEND INBOX {%d+}\r\n" % len(MESSAGE) + MESSAGE
+        response = yield client.command("a", literal)
+        self.assertIn(b"a OK [APPENDUID ", response)
+        with open(os.path.join(self.root, "joe", "new", "1.outside.host"), "wb") as f:
+            f.write(MESSAGE)
+        response = yield client.command("b", 'GETQUOTA ""')
+        self.assertEqual(response, b'* QUOTA "" (MESSAGE 2 2)\r\nb OK GETQUOTA completed\r\n')
+        response = yield client.command("c", literal)
+        self.assertTrue(response.startswith(b"c NO [OVERQUOTA] Quota exceeded"), response)
+        self.assertEqual(len(os.listdir(os.path.join(self.root, "joe", "tmp"))), 0)

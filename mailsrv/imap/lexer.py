@@ -120,6 +120,9 @@ class Reader:
         self.pos = 0
         self.max_depth = max_depth
         self.tag: str | None = None
+        #: The session enabled UTF-8 (RFC 6855 3): quoted strings must be
+        #: valid UTF-8, and mailbox names are UTF-8, not modified UTF-7.
+        self.utf8 = False
 
     # -- low level -------------------------------------------------------
 
@@ -241,6 +244,12 @@ class Reader:
             char = line[pos]
             if char == 0x22:  # closing quote
                 self.pos = pos + 1
+                if self.utf8 and not out.isascii():
+                    try:
+                        out.decode("utf-8")
+                    except UnicodeDecodeError:
+                        # RFC 6855 3: 8-bit octets that are not UTF-8 are BAD.
+                        raise self.error("quoted string is not valid UTF-8") from None
                 return bytes(out)
             if char == 0x5C:  # backslash escapes only \ and "
                 if pos + 1 >= end or line[pos + 1] not in (0x22, 0x5C):

@@ -54,8 +54,10 @@ from mailsrv.session import Expiry, SessionGuard, SessionTimer
 
 __all__ = [
     "GONE",
+    "IMAP4REV2",
     "LOG",
     "SPOOL_THRESHOLD",
+    "UTF8_ACCEPT",
     "Connection",
     "Continuation",
     "LiteralAnswer",
@@ -71,6 +73,12 @@ LOG = log.get_logger("mailsrv.imap.server")
 #: APPEND literals above this size are spooled to a temporary file as they
 #: arrive; smaller literals stay in memory.
 SPOOL_THRESHOLD = 64 * 1024
+
+#: ENABLE names (upper-cased, as :attr:`Session.enabled` holds them) of the
+#: modes that change how the session speaks: IMAP4rev2's rules (RFC 9051
+#: appendix A) and UTF-8 in quoted strings and mailbox names (RFC 6855).
+IMAP4REV2 = "IMAP4REV2"
+UTF8_ACCEPT = "UTF8=ACCEPT"
 
 #: Why a session ends when its view of the mailbox could not be updated.
 OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
@@ -189,6 +197,18 @@ class Session:
         self._ip_counted = False
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
+
+    @property
+    def rev2(self) -> bool:
+        """The client sent ENABLE IMAP4rev2: RFC 9051's rules apply."""
+        return IMAP4REV2 in self.enabled
+
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names and quoted strings are UTF-8 (RFC 6855 3), not
+        modified UTF-7: after ENABLE UTF8=ACCEPT or ENABLE IMAP4rev2 (RFC
+        9051 5.1 and appendix A)."""
+        return UTF8_ACCEPT in self.enabled or IMAP4REV2 in self.enabled
 
     @property
     def user(self) -> str | None:
@@ -318,7 +338,9 @@ class Session:
     def execute(self, segments: Sequence[Segment]) -> None:
         """Parse, check and run one framed command."""
         try:
-            spec, command = self.registry.parse(segments, self.policy.max_nesting_depth)
+            spec, command = self.registry.parse(
+                segments, self.policy.max_nesting_depth, utf8=self.utf8
+            )
         except ParseError as e:
             close_segments(segments)
             self.send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
@@ -449,6 +471,18 @@ class Session:
         self.state = State.AUTHENTICATED
         self.timer.logged_in(self.policy.imap_timeout_authenticated)
         return True
+
+    def unauthenticate(self) -> None:
+        """Back to the not authenticated state on the same connection
+        (UNAUTHENTICATE, RFC 8437 3): everything but TLS (and ID, 4.1) is
+        reset, as on a new connection: the selected mailbox (with its "$"
+        and UPDATE contexts) without expunging, the avatar, the user's
+        connection slot, what ENABLE turned on, and the login deadline
+        starts again."""
+        self.end()
+        self.enabled.clear()
+        self.state = State.NOT_AUTHENTICATED
+        self.timer.start()
 
     def activity(self) -> None:
         """A whole line, or a piece of a literal, has arrived: restart the

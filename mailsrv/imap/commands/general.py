@@ -22,6 +22,7 @@ from mailsrv.imap.registry import (
     State,
     no_arguments,
 )
+from mailsrv.imap.session import IMAP4REV2, UTF8_ACCEPT
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -101,7 +102,14 @@ def handle_id(session: Session, command: Id) -> Done:
 
 #: What ENABLE turns on, and what that implies (RFC 7162 3.2.3: QRESYNC
 #: is CONDSTORE too).  Names not here are left out of ``* ENABLED``.
-ENABLES = {CONDSTORE: (CONDSTORE,), QRESYNC: (CONDSTORE, QRESYNC)}
+ENABLES = {
+    CONDSTORE: (CONDSTORE,),
+    QRESYNC: (CONDSTORE, QRESYNC),
+    IMAP4REV2: (IMAP4REV2,),
+    UTF8_ACCEPT: (UTF8_ACCEPT,),
+}
+#: How ``* ENABLED`` spells a name (the client's case does not matter).
+_SPELLING = {IMAP4REV2: "IMAP4rev2"}
 
 
 def handle_enable(session: Session, command: Enable) -> Done:
@@ -111,7 +119,8 @@ def handle_enable(session: Session, command: Enable) -> Done:
             if extension == CONDSTORE:
                 enable_condstore(session)
             session.enabled.add(extension)
-    session.send(b"".join([b"* ENABLED", *(b" " + n.encode() for n in named), b"\r\n"]))
+    spelt = (b" " + _SPELLING.get(n, n).encode() for n in named)
+    session.send(b"".join([b"* ENABLED", *spelt, b"\r\n"]))
     return Done(text="ENABLE completed")
 
 

@@ -16,13 +16,13 @@ from mailsrv.imap.commands.status import status_items, status_line
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec
-from mailsrv.imap.syntax import UndecodedName
+from mailsrv.imap.syntax import NormalizedName, UndecodedName
 from mailsrv.interfaces import SPECIAL_USES, MailboxEntry
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
 
-__all__ = ["COMMANDS", "List"]
+__all__ = ["COMMANDS", "List", "list_line"]
 
 _LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
@@ -197,7 +197,7 @@ def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any
             command.name.encode(),
             flags,
             quoted_delimiter,
-            response.mailbox(name),
+            response.mailbox(name, utf8=session.utf8),
             extended,
         )
         session.send(line)
@@ -208,6 +208,25 @@ def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any
                 continue
             session.send(status_line(session, name, status, command.status_items))
     return Done(text=f"{command.name} completed")
+
+
+def list_line(
+    name: str, delimiter: str, utf8: bool, attributes: Sequence[str] = (), verb: str = "LIST"
+) -> bytes:
+    """An untagged LIST line for ``name`` outside a LIST command (SELECT,
+    CREATE, DELETE in IMAP4rev2): with ``("OLDNAME" (supplied))`` when the
+    client wrote the name in another Unicode form than the one it is known
+    by (RFC 9051 6.3.9.7)."""
+    extended = b""
+    if isinstance(name, NormalizedName):
+        extended = b' ("OLDNAME" (%s))' % response.mailbox(name.supplied, utf8=utf8)
+    return b"* %s (%s) %s %s%s\r\n" % (
+        verb.encode(),
+        " ".join(attributes).encode("ascii"),
+        response.serialize(delimiter),
+        response.mailbox(str(name), utf8=utf8),
+        extended,
+    )
 
 
 def _matcher(command: List, delimiter: str) -> Callable[[str], bool]:

@@ -77,7 +77,7 @@ def status_line(session: Session, name: str, status: MailboxStatus, items: Itera
         "APPENDLIMIT": session.policy.max_message_size,
     }
     pairs = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
-    return b"* STATUS %s (%s)\r\n" % (response.mailbox(name), pairs)
+    return b"* STATUS %s (%s)\r\n" % (response.mailbox(name, utf8=session.utf8), pairs)
 
 
 def handle_status(session: Session, command: Status) -> Result:

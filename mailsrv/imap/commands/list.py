@@ -12,7 +12,7 @@ from twisted.internet import defer
 
 from mailsrv.errors import StorageError
 from mailsrv.imap import response, syntax
-from mailsrv.imap.commands.status import status_items, status_line
+from mailsrv.imap.commands.status import check_items, status_items, status_line
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec
@@ -163,6 +163,7 @@ _Row = tuple[str, list[str], bytes]
 def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any], Any, Done]:
     account = session.logged_in_account()
     delimiter = account.delimiter
+    check_items(session, command.status_items)
     if len(command.patterns) == 1 and command.patterns[0] == "" and not command.selection:
         # RFC 3501 6.3.8: the delimiter and root of the reference.
         session.send(

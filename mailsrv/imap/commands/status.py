@@ -12,7 +12,7 @@ import attrs
 from mailsrv.imap import response, syntax
 from mailsrv.imap.condstore import enable_condstore
 from mailsrv.imap.lexer import Reader
-from mailsrv.imap.output import Done
+from mailsrv.imap.output import Done, bad
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
 from mailsrv.imap.session import existing
 from mailsrv.interfaces import MailboxStatus, maybe_deferred
@@ -20,7 +20,7 @@ from mailsrv.interfaces import MailboxStatus, maybe_deferred
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
 
-__all__ = ["COMMANDS", "Status", "status_items", "status_line"]
+__all__ = ["COMMANDS", "Status", "check_items", "status_items", "status_line"]
 
 _STATUS_ITEMS = frozenset(
     {
@@ -80,7 +80,15 @@ def status_line(session: Session, name: str, status: MailboxStatus, items: Itera
     return b"* STATUS %s (%s)\r\n" % (response.mailbox(name, utf8=session.utf8), pairs)
 
 
+def check_items(session: Session, items: Iterable[str]) -> None:
+    """BAD for RECENT in an IMAP4rev2 session: RFC 9051 removed it from
+    status-att along with \\Recent (appendix E item 12)."""
+    if session.rev2 and "RECENT" in items:
+        raise bad("RECENT is not a STATUS item in IMAP4rev2 (RFC 9051 has no \\Recent)")
+
+
 def handle_status(session: Session, command: Status) -> Result:
+    check_items(session, command.items)
     if "HIGHESTMODSEQ" in command.items:
         enable_condstore(session)  # RFC 7162 3.1: a CONDSTORE enabling command
     d = maybe_deferred(session.logged_in_account().status, existing(command.mailbox))

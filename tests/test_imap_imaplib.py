@@ -350,7 +350,7 @@ class EveryMethodTests(ImaplibBase):
         self.assertEqual(r["socket_port"], self.port.getHost().port)
         typ, caps = r["capability"]
         self.assertEqual(typ, "OK")
-        self.assertTrue(caps[0].startswith(b"IMAP4rev1 LITERAL+ SASL-IR"), caps)
+        self.assertTrue(caps[0].startswith(b"IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR"), caps)
         for absent in (b"ACL", b"QUOTA"):
             self.assertNotIn(absent, caps[0].split())
         for present in (b"SORT", b"THREAD=REFERENCES", b"ESORT", b"CONTEXT=SEARCH", b"CONDSTORE"):

@@ -76,9 +76,9 @@ class GreetingAndStateTests(ServerTestBase):
             response, b'* NAMESPACE (("" "/")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
         )
         # Only what can be enabled is named (RFC 5161 3.2).
-        response = yield client.command("c", "ENABLE UTF8=ACCEPT CONDSTORE")
+        response = yield client.command("c", "ENABLE X-UNKNOWN CONDSTORE")
         self.assertEqual(response, b"* ENABLED CONDSTORE\r\nc OK ENABLE completed\r\n")
-        response = yield client.command("d", "ENABLE UTF8=ACCEPT")
+        response = yield client.command("d", "ENABLE X-UNKNOWN")
         self.assertEqual(response, b"* ENABLED\r\nd OK ENABLE completed\r\n")
 
 

@@ -156,6 +156,7 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "IMAP4rev2",
     "LITERAL+",
     "SASL-IR",
+    "UTF8=ACCEPT",
     "CHILDREN",
     "SPECIAL-USE",
     "CREATE-SPECIAL-USE",

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IAddress
 
+from mailsrv import __version__
 from mailsrv.config import Config
 
 #: Seconds a timed-out connection has to take its goodbye before it is cut.
@@ -59,6 +60,9 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: IMAP's ID answer (RFC 2971): field/value pairs, from ``[server]
+    #: id_name`` and ``id_version``.
+    id_fields: tuple[tuple[str, str], ...] = (("name", "mailsrv"), ("version", __version__))
 
     @classmethod
     def from_config(
@@ -89,6 +93,8 @@ class SessionPolicy:
             connections=ConnectionLimits(
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
             ),
+            id_fields=(("name", config.server.id_name),)
+            + ((("version", __version__),) if config.server.id_version else ()),
         )
 
     def failure_wait(self, started: float | None, now: float) -> float:

@@ -21,6 +21,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
+from mailsrv import __version__
 from mailsrv.auth.realm import MailRealm
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
@@ -430,7 +431,9 @@ class EveryMethodTests(ImaplibBase):
         self.assertEqual(r["uid_expunge"], ("OK", [None]))  # uid() returns FETCH responses
         self.assertEqual(r["expunge_response"], ("EXPUNGE", [b"2"]))
         self.assertEqual(r["xatom_id"], ("OK", [b"ID completed"]))
-        self.assertEqual(r["id_response"], ("ID", [b'("name" "mailsrv")']))
+        self.assertEqual(
+            r["id_response"], ("ID", [b'("name" "mailsrv" "version" "%s")' % __version__.encode()])
+        )
         self.assertEqual(r["readline"], b"raw1 OK NOOP completed\r\n")
         self.assertEqual(r["read"], b"raw2 OK NOOP completed\r\n")
         self.assertEqual(r["noop"], ("OK", [b"NOOP completed"]))

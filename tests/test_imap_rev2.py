@@ -198,6 +198,24 @@ class _Rev2Scenarios(_BackendBase):
         t.assertTrue(response.startswith(b"t NO [NONEXISTENT]"), response)
 
     @defer.inlineCallbacks
+    def test_63_bit_numbers(self) -> Any:
+        """Sizes and offsets are number64 (RFC 9051 9, appendix E item 1):
+        beyond 32 bits they are answered, beyond 63 bits BAD."""
+        t: Any = self
+        yield self.seeded(1)
+        client = yield self.rev2()
+        response = yield client.command("f", "FETCH 1 BODY.PEEK[]<5000000000.9223372036854775807>")
+        t.assertEqual(
+            response, b"* 1 FETCH (BODY[]<5000000000> {0}\r\n)\r\nf OK FETCH completed\r\n"
+        )
+        response = yield client.command("a", "SEARCH LARGER 5000000000")
+        t.assertEqual(response, b'* ESEARCH (TAG "a")\r\na OK SEARCH completed\r\n')
+        response = yield client.command("b", "SEARCH SMALLER 5000000000")
+        t.assertEqual(response, b'* ESEARCH (TAG "b") ALL 1\r\nb OK SEARCH completed\r\n')
+        response = yield client.command("c", "SEARCH SMALLER 9223372036854775808")
+        t.assertEqual(response, b"c BAD a size is larger than 9223372036854775807\r\n")
+
+    @defer.inlineCallbacks
     def test_unauthenticate(self) -> Any:
         """RFC 8437 3: back to not authenticated, the mailbox left without
         expunging, everything ENABLEd gone (4.1), and a pipelined

@@ -22,6 +22,7 @@ __all__ = [
     "ATOM_CHARS",
     "LIST_CHARS",
     "MAX_NUMBER",
+    "MAX_NUMBER64",
     "MAX_STRING",
     "TAG_CHARS",
     "LiteralFile",
@@ -75,6 +76,8 @@ TAG_CHARS = ASTRING_CHARS - {ord("+")}
 MAX_STRING = 1 << 20
 #: Sequence numbers and UIDs are 32-bit (RFC 3501 nz-number, uniqueid).
 MAX_NUMBER = 0xFFFFFFFF
+#: The largest number64 (RFC 9051 9): 2^63 - 1.
+MAX_NUMBER64 = 2**63 - 1
 
 
 def literal_marker(line: bytes) -> tuple[int, bool, bool] | None:
@@ -194,6 +197,14 @@ class Reader:
         value = int(digits)
         if nonzero and value == 0:
             raise self.error(f"{what} must not be zero")
+        return value
+
+    def number64(self, what: str, nonzero: bool = False) -> int:
+        """RFC 9051's number64 (appendix E item 1): sizes and offsets may
+        exceed 32 bits; IMAP4rev1 clients never send such values."""
+        value = self.number(what, nonzero)
+        if value > MAX_NUMBER64:
+            raise self.error(f"{what} is larger than {MAX_NUMBER64}")
         return value
 
     def number32(self, what: str, nonzero: bool = False) -> int:

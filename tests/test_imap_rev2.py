@@ -198,6 +198,25 @@ class _Rev2Scenarios(_BackendBase):
         t.assertTrue(response.startswith(b"t NO [NONEXISTENT]"), response)
 
     @defer.inlineCallbacks
+    def test_trycreate_and_the_rev2_keywords(self) -> Any:
+        """COPY and MOVE create no mailbox and say TRYCREATE (appendix E
+        item 8); the keywords RFC 9051 2.3.2 names are stored (item 15)."""
+        t: Any = self
+        yield self.seeded(1)
+        client = yield self.rev2()
+        for tag, command in (("c", "COPY"), ("m", "MOVE")):
+            response = yield client.command(tag, f"{command} 1 Nowhere")
+            t.assertEqual(
+                response, b"%s NO [TRYCREATE] Mailbox Nowhere does not exist\r\n" % tag.encode()
+            )
+        keywords = "$Forwarded $Junk $MDNSent $NotJunk $Phishing"
+        response = yield client.command("s", f"STORE 1 +FLAGS.SILENT ({keywords})")
+        t.assertTrue(response.endswith(b"s OK STORE completed\r\n"), response)
+        other = yield self.rev2()
+        response = yield other.command("f", "FETCH 1 FLAGS")
+        t.assertIn(b"* 1 FETCH (FLAGS (%s))\r\n" % keywords.encode(), response)
+
+    @defer.inlineCallbacks
     def test_63_bit_numbers(self) -> Any:
         """Sizes and offsets are number64 (RFC 9051 9, appendix E item 1):
         beyond 32 bits they are answered, beyond 63 bits BAD."""

@@ -92,6 +92,27 @@ class _Utf8Scenarios(_BackendBase):
         stored = yield defer.maybeDeferred(self.stored_names)
         t.assertEqual([n for n in stored if unicodedata.normalize("NFC", n) == NFC], [NFC])
 
+    @defer.inlineCallbacks
+    def test_rename_and_delete_say_oldname(self) -> Any:
+        """RFC 9051 6.3.6 and 6.3.5: RENAME and DELETE of a name sent in
+        NFD act on the NFC name and say so with OLDNAME."""
+        t: Any = self
+        client = yield self.utf8()
+        yield client.command("c", f'CREATE "{NFC}"'.encode())
+        response = yield client.command("r", f'RENAME "{NFD}" "{NFD}2"'.encode())
+        t.assertEqual(
+            response,
+            f'* LIST () "/" "{NFC}2" ("OLDNAME" ("{NFD}"))\r\nr OK RENAME completed\r\n'.encode(),
+        )
+        response = yield client.command("d", f'DELETE "{NFD}2"'.encode())
+        t.assertEqual(
+            response,
+            f'* LIST (\\NonExistent) "/" "{NFC}2" ("OLDNAME" ("{NFD}2"))\r\n'
+            "d OK DELETE completed\r\n".encode(),
+        )
+        response = yield client.command("l", 'LIST "" "%"')
+        t.assertNotIn(NFC.encode(), response)
+
     def stored_names(self) -> Any:
         """The names the backend keeps (a list, or a Deferred of one)."""
         storage: Any = self.storage

@@ -212,17 +212,22 @@ def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any
 
 
 def list_line(
-    name: str, delimiter: str, utf8: bool, attributes: Sequence[str] = (), verb: str = "LIST"
+    name: str,
+    delimiter: str,
+    utf8: bool,
+    attributes: Sequence[str] = (),
+    oldname: str | None = None,
 ) -> bytes:
     """An untagged LIST line for ``name`` outside a LIST command (SELECT,
-    CREATE, DELETE in IMAP4rev2): with ``("OLDNAME" (supplied))`` when the
-    client wrote the name in another Unicode form than the one it is known
-    by (RFC 9051 6.3.9.7)."""
+    CREATE, DELETE, RENAME in IMAP4rev2), with ``("OLDNAME" (oldname))``
+    (RFC 9051 6.3.9.7); ``oldname`` defaults to the name as the client
+    wrote it when that was not the NFC form it is known by."""
+    if oldname is None and isinstance(name, NormalizedName):
+        oldname = name.supplied
     extended = b""
-    if isinstance(name, NormalizedName):
-        extended = b' ("OLDNAME" (%s))' % response.mailbox(name.supplied, utf8=utf8)
-    return b"* %s (%s) %s %s%s\r\n" % (
-        verb.encode(),
+    if oldname is not None:
+        extended = b' ("OLDNAME" (%s))' % response.mailbox(oldname, utf8=utf8)
+    return b"* LIST (%s) %s %s%s\r\n" % (
         " ".join(attributes).encode("ascii"),
         response.serialize(delimiter),
         response.mailbox(str(name), utf8=utf8),

@@ -103,7 +103,14 @@ def handle_delete(session: Session, command: MailboxCommand) -> Result:
     if command.mailbox == "INBOX":
         raise no("INBOX cannot be deleted", "CANNOT")
     account = session.logged_in_account()
-    d = defer.maybeDeferred(account.delete_mailbox, existing(command.mailbox))
+    name = existing(command.mailbox)
+    d = defer.maybeDeferred(account.delete_mailbox, name)
+
+    def deleted(_: object) -> Done:
+        if isinstance(name, NormalizedName) and session.utf8:
+            # RFC 9051 6.3.5: the NFC name is the one that went.
+            session.send(list_line(name, account.delimiter, True, ["\\NonExistent"]))
+        return Done(text="DELETE completed")
 
     def has_children(failure: Failure) -> Done:
         # RFC 9051 7.1 gave this case its own code; IMAP4rev1 clients keep
@@ -112,13 +119,23 @@ def handle_delete(session: Session, command: MailboxCommand) -> Result:
         code = "HASCHILDREN" if session.rev2 else MailboxNotEmpty.code
         return Done("NO", str(failure.value), code)
 
-    return d.addCallbacks(lambda _: Done(text="DELETE completed"), has_children)
+    return d.addCallbacks(deleted, has_children)
 
 
 def handle_rename(session: Session, command: Rename) -> Result:
     old, new = existing(command.old), creatable(command.new)
-    d = defer.maybeDeferred(session.logged_in_account().rename_mailbox, old, new)
-    return d.addCallback(lambda _: Done(text="RENAME completed"))
+    account = session.logged_in_account()
+    d = defer.maybeDeferred(account.rename_mailbox, old, new)
+
+    def renamed(_: object) -> Done:
+        normalized = isinstance(old, NormalizedName) or isinstance(new, NormalizedName)
+        if normalized and session.utf8:
+            # RFC 9051 6.3.6: the NFC new name, with the old one as sent.
+            supplied = old.supplied if isinstance(old, NormalizedName) else old
+            session.send(list_line(str(new), account.delimiter, True, oldname=supplied))
+        return Done(text="RENAME completed")
+
+    return d.addCallback(renamed)
 
 
 def handle_subscribe(session: Session, command: MailboxCommand) -> Result:

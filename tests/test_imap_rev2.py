@@ -17,7 +17,9 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from mailsrv.interfaces import IStorage
+from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
+from tests.imap_helpers import RecordingFactory, ServerTestBase
 from tests.test_imap_backends import MESSAGE, _BackendBase
 
 FLAGS = (
@@ -301,3 +303,31 @@ class PostgresRev2Tests(_Rev2Scenarios, TestCase):
     def deliver(self, number: int) -> Any:
         storage: Any = self.storage
         return storage.deliver("joe", MESSAGE % (number, number))
+
+
+class UnauthenticateSlotTests(ServerTestBase):
+    """UNAUTHENTICATE gives the user's connection slot back (RFC 8437 3:
+    the connection is as new), and counts the next login afresh."""
+
+    def make_factory(self) -> RecordingFactory:
+        limits = ConnectionLimits(per_user=1, per_ip=5)
+        return RecordingFactory(self.portal, SessionPolicy(failure_delay=0.0, connections=limits))
+
+    @defer.inlineCallbacks
+    def test_slot_given_back(self) -> Any:
+        first = yield self.login()
+        second = yield self.connect()
+        response = yield second.command("a", "LOGIN joe secret")
+        self.assertEqual(response, b"a NO [LIMIT] Too many connections for this user\r\n")
+        response = yield first.command("u", "UNAUTHENTICATE")
+        self.assertEqual(
+            response, b"u OK UNAUTHENTICATE completed, now in not authenticated state\r\n"
+        )
+        response = yield second.command("b", "LOGIN joe secret")
+        self.assertTrue(response.startswith(b"b OK [CAPABILITY"), response)
+        response = yield first.command("c", "LOGIN joe secret")
+        self.assertEqual(response, b"c NO [LIMIT] Too many connections for this user\r\n")
+        response = yield first.command("d", "LOGIN ann pass")
+        self.assertTrue(response.startswith(b"d OK [CAPABILITY"), response)
+        response = yield first.command("s", "SELECT INBOX")
+        self.assertIn(b"s OK [READ-WRITE]", response)

@@ -128,7 +128,14 @@ class _Utf8Scenarios(_BackendBase):
         response = yield client.command("c", b'CREATE "caf\xe9"')
         t.assertEqual(response, b"c BAD quoted string is not valid UTF-8\r\n")
         response = yield client.command("d", b"CREATE {4+}\r\ncaf\xe9")
-        t.assertTrue(response.startswith(b"d NO [CANNOT] "), response)
+        t.assertTrue(
+            response.startswith(b"d NO [CANNOT] Mailbox names must be valid UTF-8 ("), response
+        )
+        response = yield client.command("e", b"SELECT {4+}\r\ncaf\xe9")
+        t.assertTrue(
+            response.startswith(b"e NO [NONEXISTENT] No mailbox has this name: not valid UTF-8 ("),
+            response,
+        )
         response = yield client.command("n", "NOOP")
         t.assertEqual(response, b"n OK NOOP completed\r\n")
 

@@ -130,22 +130,23 @@ class LiteralAnswer(enum.Enum):
 
 
 def existing(name: str) -> str:
-    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7.
+    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7
+    (UTF-8 in a session that enabled it).
 
     No mailbox can have such a name, but it is a syntactically valid one
     (RFC 3501 5.1.3), so the answer is NO, not BAD, as Dovecot's.
     """
     if isinstance(name, UndecodedName):
         raise no(
-            f"No mailbox has this name: not valid modified UTF-7 ({name.reason})", "NONEXISTENT"
+            f"No mailbox has this name: not valid {name.encoding} ({name.reason})", "NONEXISTENT"
         )
     return name
 
 
 def creatable(name: str) -> str:
-    """``name``, or NO [CANNOT] if it is not valid modified UTF-7."""
+    """``name``, or NO [CANNOT] if it is not valid modified UTF-7 (UTF-8)."""
     if isinstance(name, UndecodedName):
-        raise no(f"Mailbox names must be valid modified UTF-7 ({name.reason})", "CANNOT")
+        raise no(f"Mailbox names must be valid {name.encoding} ({name.reason})", "CANNOT")
     return name
 
 

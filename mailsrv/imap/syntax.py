@@ -101,10 +101,14 @@ class UndecodedName(str):
     """
 
     reason: str
+    #: What it should have been: "modified UTF-7", or "UTF-8" in a session
+    #: that enabled UTF-8.
+    encoding: str
 
-    def __new__(cls, raw: bytes, reason: str) -> UndecodedName:
+    def __new__(cls, raw: bytes, reason: str, encoding: str = "modified UTF-7") -> UndecodedName:
         name = super().__new__(cls, raw.decode("ascii", "backslashreplace"))
         name.reason = reason
+        name.encoding = encoding
         return name
 
 
@@ -144,7 +148,7 @@ def decode_mailbox(raw: bytes, *, utf8: bool = False) -> str:
         if not utf8:
             text = mutf7.decode(text)
     except (UnicodeDecodeError, ValueError) as exc:
-        return UndecodedName(raw, str(exc))
+        return UndecodedName(raw, str(exc), "UTF-8" if utf8 else "modified UTF-7")
     normalized = unicodedata.normalize("NFC", text)
     return text if normalized == text else NormalizedName(normalized, text)
 

@@ -136,6 +136,12 @@ class _Utf8Scenarios(_BackendBase):
             response.startswith(b"e NO [NONEXISTENT] No mailbox has this name: not valid UTF-8 ("),
             response,
         )
+        for char in ("\u2028", "\u2029"):
+            response = yield client.command("f", f'CREATE "a{char}b"'.encode())
+            t.assertEqual(
+                response,
+                b"f NO [CANNOT] Mailbox names must not contain line or paragraph separators\r\n",
+            )
         response = yield client.command("n", "NOOP")
         t.assertEqual(response, b"n OK NOOP completed\r\n")
 

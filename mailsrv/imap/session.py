@@ -144,9 +144,14 @@ def existing(name: str) -> str:
 
 
 def creatable(name: str) -> str:
-    """``name``, or NO [CANNOT] if it is not valid modified UTF-7 (UTF-8)."""
+    """``name``, or NO [CANNOT] if it is not valid modified UTF-7 (UTF-8)
+    or holds U+2028 or U+2029."""
     if isinstance(name, UndecodedName):
         raise no(f"Mailbox names must be valid {name.encoding} ({name.reason})", "CANNOT")
+    if "\u2028" in name or "\u2029" in name:
+        # RFC 6855 3: no line or paragraph separator in a name (the control
+        # characters are refused by every backend, mailsrv.storage.names).
+        raise no("Mailbox names must not contain line or paragraph separators", "CANNOT")
     return name
 
 

@@ -198,6 +198,15 @@ class _Utf8Scenarios(_BackendBase):
         t.assertTrue(response.startswith(b"a NO [CANNOT] 8-bit"), response)
         response = yield legacy.command("s", "STATUS INBOX (MESSAGES)")
         t.assertIn(b"(MESSAGES 0)", response)
+        # The same message with an ASCII header goes in whole: the check
+        # leaves the spooled file where the store reads it from.
+        ascii_message = filler + b"Subject: Gruesse\r\n\r\nbody\r\n"
+        response = yield legacy.command(
+            "b", b"APPEND INBOX {%d+}\r\n%s" % (len(ascii_message), ascii_message)
+        )
+        t.assertIn(b"b OK [APPENDUID ", response)
+        response = yield legacy.command("t", "STATUS INBOX (MESSAGES SIZE)")
+        t.assertIn(b"(MESSAGES 1 SIZE %d)" % len(ascii_message), response)
 
     @defer.inlineCallbacks
     def test_search(self) -> Any:

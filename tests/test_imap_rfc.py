@@ -52,8 +52,8 @@ class CapabilityTests(ServerTestBase):
             CAPS_BEFORE + b" COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
         )
         for absent in (
-            b"IMAP4rev2",
-            b"UTF8=ACCEPT",
+            b"UTF8=ONLY",
+            b"QUOTASET",
             b"ACL",
             b"NOTIFY",
             b"METADATA",

@@ -114,6 +114,9 @@ class Connection(Protocol):
     def command_done(self) -> None:
         """A command completed: read on (once the client reads its answers)."""
 
+    def start_compression(self) -> None:
+        """COMPRESS=DEFLATE both ways from the next octet on."""
+
 
 class Continuation(Protocol):
     """A command that reads lines of its own (IDLE, AUTHENTICATE)."""
@@ -279,6 +282,26 @@ class Session:
     def end_continuation(self) -> None:
         """The command reads no more lines of its own."""
         self.continuation = None
+
+    @property
+    def compressing(self) -> bool:
+        """COMPRESS=DEFLATE is on."""
+        return self.writer is not None and self.writer.compressing
+
+    def start_compression(self) -> None:
+        """Compress from right after the tagged OK just written (RFC 4978 3)."""
+        LOG.info("IMAP: {user} turned COMPRESS=DEFLATE on", user=self.user)
+        self.connection.start_compression()
+
+    def corrupt_input(self, reason: str) -> None:
+        """The client's compressed stream cannot be read: nothing after the
+        damage can be framed, so say why and close."""
+        LOG.warn(
+            "IMAP: closing the session of {user}: corrupt compressed input: {reason}",
+            user=self.user or "(not logged in)",
+            reason=reason,
+        )
+        self.end_with_bye("Corrupt compressed data received")
 
     def start_tls(self) -> None:
         # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after STARTTLS

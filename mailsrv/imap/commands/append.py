@@ -1,5 +1,6 @@
 """APPEND (RFC 3501 6.3.11), with APPENDUID (RFC 4315), literal8 (RFC 3516),
-APPENDLIMIT (RFC 7889), MULTIAPPEND (RFC 3502) and CATENATE (RFC 4469).
+APPENDLIMIT (RFC 7889), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469) and the
+quota (RFC 9208).
 
 The message literals arrive before the command is parsed: the session
 (:meth:`mailsrv.imap.session.Session.literal_needed`) refuses one over
@@ -23,9 +24,11 @@ from typing import IO, TYPE_CHECKING
 import attrs
 from twisted.internet import defer
 
+from mailsrv import quota
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.imap import syntax
-from mailsrv.imap.catenate import Text, Url, assemble
+from mailsrv.imap.catenate import Pieces, Text, Url, assemble
+from mailsrv.imap.commands.quota import limits_of
 from mailsrv.imap.lexer import LiteralFile, Reader
 from mailsrv.imap.output import Done, bad, no
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec
@@ -197,6 +200,20 @@ def check_offered(session: Session, messages: Sequence[AppendMessage]) -> None:
         raise bad("CATENATE is not offered")
 
 
+def batch_octets(batch: Sequence[NewMessage]) -> int:
+    """The octets the messages of ``batch`` will take."""
+    total = 0
+    for new in batch:
+        source = new.source
+        if isinstance(source, io.BufferedReader) and isinstance(source.raw, Pieces):
+            total += source.raw.size  # CATENATE: the sum of its parts
+        else:
+            here = source.tell()
+            total += source.seek(0, io.SEEK_END) - here
+            source.seek(here)
+    return total
+
+
 async def _append(session: Session, command: Append) -> Done:
     try:
         check_offered(session, command.messages)
@@ -204,6 +221,9 @@ async def _append(session: Session, command: Append) -> Done:
         mailbox = await target_mailbox(session, command.mailbox)
         batch = await new_messages(session, command.messages)
         try:
+            # RFC 9208 4.3.1: NO [OVERQUOTA] when the messages would not fit.
+            account = session.logged_in_account()
+            await quota.check(account, limits_of(session), batch_octets(batch), len(batch))
             uids: Sequence[int] = await maybe_deferred(mailbox.append_many, batch)
         finally:
             for new in batch:

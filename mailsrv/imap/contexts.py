@@ -40,6 +40,7 @@ from mailsrv.imap.searching import (
     matches_of,
 )
 from mailsrv.imap.selected import SelectedMailbox, UidMap
+from mailsrv.imap.sortcache import store_of
 from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IMessage
 
@@ -122,12 +123,11 @@ def matches(
     program: Program,
     key: SearchKey,
     criteria: Sequence[sorting.Criterion] | None,
-    extra_records: bool = False,
+    extra_columns: frozenset[str] = frozenset(),
 ) -> Generator[defer.Deferred[Any], Any, tuple[Hits, sorting.Keys] | None]:
     """What the program matches as ``(seq, uid)``, sorted by ``criteria``
-    (mailbox order when None), and the keys loaded for them
-    (``extra_records``: the sort records even if no criterion needs them,
-    for THREAD).  None if the connection went."""
+    (mailbox order when None), and the key columns loaded for them (also
+    ``extra_columns``: THREAD's).  None if the connection went."""
     view = session.view()
     writer, clock = session.output(), session.clock
     known: dict[int, IMessage] | None = None
@@ -138,16 +138,15 @@ def matches(
         hits = yield collect(view, view.mailbox, program, writer, clock, known)
     if hits is None:
         return None
-    records, index = sorting.needs(criteria or ())
+    columns = sorting.needs(criteria or ()) | extra_columns
     keys = sorting.Keys()
-    if records or index or extra_records:
+    if columns:
         uids = [uid for _, uid in hits]
-        loaded = yield sorting.load_keys(
-            view.mailbox, uids, records or extra_records, index, clock, writer, known
-        )
+        loaded = yield sorting.load_keys(view.mailbox, uids, columns, clock, writer, known)
         if loaded is None:
             return None
         keys = loaded
+        store_of(view.mailbox).trim(view.map)
     if criteria:
         hits = sorting.sort_hits(hits, criteria, keys)
     return hits, keys
@@ -380,9 +379,8 @@ class Contexts:
             new = sorted(uid for uid in now if uid not in context.members)
             if new:
                 if context.criteria is not None:
-                    records, index = sorting.needs(context.criteria)
                     loaded = yield sorting.load_keys(
-                        view.mailbox, new, records, index, self.clock, _OPEN
+                        view.mailbox, new, sorting.needs(context.criteria), self.clock, _OPEN
                     )
                     if loaded is not None:
                         context.keys.update(loaded)

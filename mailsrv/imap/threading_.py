@@ -1,7 +1,7 @@
 """THREAD's algorithms (RFC 5256): ORDEREDSUBJECT, REFERENCES and REFS.
 
 Pure: each takes the matching messages in mailbox order as
-:class:`Message` values (number to report, sent date, sort record) and
+:class:`Message` values (number to report, sent date, THREAD's keys) and
 gives the threads as a tree of :class:`Node`; :func:`render` writes the
 THREAD response's data.  Nothing recurses: a reply chain thousands deep
 costs no Python stack.
@@ -19,24 +19,36 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 
-import attrs
-
-from mailsrv.imap.sortkeys import SortRecord
-
 __all__ = ["ALGORITHMS", "Message", "Node", "ordered_subject", "references", "render"]
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES", "REFS")
 
 
-@attrs.frozen
 class Message:
     """One matching message: ``number`` is what the response names (a
-    sequence number or a UID); ``seq`` breaks ties (RFC 5256 2.2)."""
+    sequence number or a UID); ``seq`` breaks ties (RFC 5256 2.2); the rest
+    is its sort record's part THREAD needs (subject casemapped, msg-ids
+    normalised).  A plain slotted class: THREAD makes one per match."""
 
-    number: int
-    seq: int
-    date: float
-    record: SortRecord
+    __slots__ = ("date", "message_id", "number", "references", "reply", "seq", "subject")
+
+    def __init__(
+        self,
+        number: int,
+        seq: int,
+        date: float,
+        subject: str,
+        message_id: str = "",
+        references: tuple[str, ...] = (),
+        reply: bool = False,
+    ) -> None:
+        self.number = number
+        self.seq = seq
+        self.date = date
+        self.subject = subject
+        self.message_id = message_id
+        self.references = references
+        self.reply = reply
 
 
 class Node:
@@ -67,10 +79,10 @@ class Node:
             if not node.children:
                 return ""
             node = node.children[0]
-        return node.message.record.subject
+        return node.message.subject
 
     def is_reply(self) -> bool:
-        return self.message is not None and self.message.record.reply
+        return self.message is not None and self.message.reply
 
 
 # ---------------------------------------------------------------------------
@@ -81,7 +93,7 @@ class Node:
 def ordered_subject(messages: Sequence[Message]) -> list[Node]:
     """Group by base subject, each group in sent-date order under its first
     message; groups ordered by their first message's date."""
-    ordered = sorted(messages, key=lambda m: (m.record.subject, m.date, m.seq))
+    ordered = sorted(messages, key=lambda m: (m.subject, m.date, m.seq))
     threads: list[Node] = []
     for _subject, group in _group_by_subject(ordered):
         root = Node(group[0])
@@ -97,12 +109,12 @@ def ordered_subject(messages: Sequence[Message]) -> list[Node]:
 def _group_by_subject(ordered: Sequence[Message]) -> Iterator[tuple[str, list[Message]]]:
     group: list[Message] = []
     for message in ordered:
-        if group and group[0].record.subject != message.record.subject:
-            yield group[0].record.subject, group
+        if group and group[0].subject != message.subject:
+            yield group[0].subject, group
             group = []
         group.append(message)
     if group:
-        yield group[0].record.subject, group
+        yield group[0].subject, group
 
 
 # ---------------------------------------------------------------------------
@@ -144,8 +156,7 @@ def _build(messages: Sequence[Message]) -> list[Node]:
         return node
 
     for message in messages:
-        record = message.record
-        own = by_id.get(record.message_id) if record.message_id else None
+        own = by_id.get(message.message_id) if message.message_id else None
         if own is not None and own.message is None:
             own.message = message
         else:
@@ -153,9 +164,9 @@ def _build(messages: Sequence[Message]) -> list[Node]:
             # unique one (step 1.A).
             own = Node(message)
             nodes.append(own)
-            if record.message_id:
-                by_id.setdefault(record.message_id, own)
-        chain = [node_of(ref) for ref in record.references]
+            if message.message_id:
+                by_id.setdefault(message.message_id, own)
+        chain = [node_of(ref) for ref in message.references]
         for parent, child in itertools.pairwise(chain):
             # Step 1.A: keep existing links; never make a loop.
             if child.parent is None and not _is_ancestor(child, parent):

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMANDS", "Thread"]
 
+#: The key columns THREAD reads (:mod:`mailsrv.imap.sortcache`).
+_COLUMNS = frozenset({"sent", "subject", "thread"})
+
 
 @attrs.frozen
 class Thread(Command):
@@ -51,12 +54,15 @@ def handle_thread(session: Session, command: Thread) -> Generator[defer.Deferred
     check_charset(command.charset)
     view = session.view()
     program = compile_program(command.key, view, command.charset)
-    found = yield matches(session, program, command.key, None, extra_records=True)
+    found = yield matches(session, program, command.key, None, _COLUMNS)
     if found is None:
         return Done("NO", "Connection lost")
     hits, keys = found
+    sent, subject, thread = keys.sent, keys.column("subject").get, keys.thread
     messages = [
-        threading_.Message(uid if command.uid else seq, seq, keys.sent(uid), keys.record(uid))
+        threading_.Message(
+            uid if command.uid else seq, seq, sent(uid), subject(uid, ""), *thread(uid)
+        )
         for seq, uid in hits
     ]
     if command.algorithm == "ORDEREDSUBJECT":

@@ -52,8 +52,8 @@ __all__ = ["MAX_CONTEXTS", "Contexts", "Query", "UpdateContext", "answer", "matc
 #: UPDATE contexts one session may have at once; one more is refused with
 #: ``NO [NOUPDATE]`` (RFC 5267 4.3.1 asks for at least one).
 MAX_CONTEXTS = 8
-#: Numbers collected before a piece of a ``* SORT`` line is written.
-_NUMBERS_PER_WRITE = 2000
+#: Bytes of a ``* SORT`` or ``* THREAD`` line written at once.
+_BYTES_PER_WRITE = 16384
 
 Hits = list[tuple[int, int]]
 
@@ -152,21 +152,23 @@ def matches(
     return hits, keys
 
 
-def _write_sort(writer: ResponseWriter, numbers: Sequence[int]) -> defer.Deferred[None]:
-    """``* SORT n n n``, written in pieces while the client reads."""
+def response_data(numbers: Sequence[int]) -> bytes:
+    """Numbers separated by spaces, as SORT's response carries them."""
+    return " ".join(map(str, numbers)).encode("ascii")
+
+
+def write_line(writer: ResponseWriter, head: bytes, data: bytes) -> defer.Deferred[None]:
+    """``head`` and ``data`` (a SORT or THREAD response of maybe 100,000
+    numbers) written in pieces while the client reads."""
 
     @defer.inlineCallbacks
     def write() -> Generator[defer.Deferred[Any], Any, None]:
-        line: list[bytes] = [b"* SORT"]
-        for n in numbers:
-            line.append(b" %d" % n)
-            if len(line) >= _NUMBERS_PER_WRITE:
-                writer.write(b"".join(line))
-                line.clear()
-                if writer.paused:
-                    yield writer.ready()
-        line.append(b"\r\n")
-        writer.write(b"".join(line))
+        writer.write(head + b" " if data else head)
+        for start in range(0, len(data), _BYTES_PER_WRITE):
+            if writer.paused:
+                yield writer.ready()
+            writer.write(data[start : start + _BYTES_PER_WRITE])
+        writer.write(b"\r\n")
 
     return write()
 
@@ -213,6 +215,33 @@ def saved(uids: Sequence[int], options: Sequence[str]) -> list[int]:
 
 
 @defer.inlineCallbacks
+def _plain_sort(
+    session: Session, query: Query, key: SearchKey, program: Program
+) -> Generator[defer.Deferred[Any], Any, Done]:
+    """``* SORT``.  A SORT of the whole mailbox asked again with no message
+    come or gone has the answer it had (keys never change for a UID)."""
+    view = session.view()
+    writer = session.output()
+    question = ("SORT", query.uid, query.criteria)
+    whole = key.op == "ALL"
+    if whole:
+        data = store_of(view.mailbox).remembered(question, view.map)
+        if data is not None:
+            yield write_line(writer, b"* SORT", data)
+            return Done(text="SORT completed")
+    fingerprint = view.map.fingerprint()
+    found = yield matches(session, program, key, query.criteria)
+    if found is None:
+        return Done("NO", "Connection lost")
+    hits, keys = found
+    data = response_data([uid if query.uid else seq for seq, uid in hits])
+    if whole and keys.complete and view.map.fingerprint() == fingerprint:
+        store_of(view.mailbox).remember(question, fingerprint, data)
+    yield write_line(writer, b"* SORT", data)
+    return Done(text="SORT completed")
+
+
+@defer.inlineCallbacks
 def answer(session: Session, query: Query, verb: str) -> Generator[defer.Deferred[Any], Any, Done]:
     """Run a SORT, or a SEARCH with RFC 5267 options, and answer it."""
     check_charset(query.charset)
@@ -223,6 +252,9 @@ def answer(session: Session, query: Query, verb: str) -> Generator[defer.Deferre
             raise bad(f"Tag reuse: {query.tag} already has an UPDATE context (RFC 5267 4.3)")
     key = pin_sequence_numbers(query.key, view) if query.update else query.key
     program = compile_program(key, view, query.charset)
+    if query.options is None:
+        done = yield _plain_sort(session, query, key, program)
+        return done
     found = yield matches(session, program, key, query.criteria)
     if found is None:
         return Done("NO", "Connection lost")
@@ -230,9 +262,6 @@ def answer(session: Session, query: Query, verb: str) -> Generator[defer.Deferre
     numbers = [uid if query.uid else seq for seq, uid in hits]
     writer = session.output()
     done = Done(text=f"{verb} completed")
-    if query.options is None:
-        yield _write_sort(writer, numbers)
-        return done
     if "SAVE" in query.options:
         view.saved = UidMap(saved([uid for _, uid in hits], query.options))
     reported = set(query.options) - {"SAVE", "CONTEXT", "UPDATE"}

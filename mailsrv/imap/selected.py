@@ -165,6 +165,11 @@ class UidMap:
             before = end
         return out
 
+    def fingerprint(self) -> bytes:
+        """The UIDs as bytes: two maps give equal bytes exactly when they
+        hold the same UIDs (an answer remembered for one fits the other)."""
+        return self._starts.tobytes() + self._ends.tobytes()
+
     def by_seq(self, low: int, high: int) -> Iterator[tuple[int, int]]:
         """``(seq, uid)`` for sequence numbers ``low..high`` inside the view."""
         high = min(high, len(self))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import sys
 import weakref
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
 from typing import Any
 
 from twisted.internet import defer, task
@@ -44,6 +44,7 @@ from mailsrv.imap.sortkeys import SortRecord
 from mailsrv.interfaces import IMailbox, IMessage, maybe_deferred
 
 __all__ = [
+    "ANSWERS_KEPT",
     "BATCH",
     "COLUMNS",
     "INDEX_COLUMNS",
@@ -56,6 +57,9 @@ __all__ = [
 
 #: Messages whose keys are read from storage at once.
 BATCH = 500
+#: Whole-mailbox answers remembered per mailbox (each one is about 6 bytes
+#: per message: a SORT or THREAD of 100,000 messages is some 600 KB).
+ANSWERS_KEPT = 4
 
 #: Columns worked out from the message's header (its sort record).  ``sent``
 #: is RFC 5256 2.2's sent date, with the INTERNALDATE already put in where
@@ -81,11 +85,30 @@ _TEXT = {
 class SortKeyStore:
     """One mailbox's columns, for one UIDVALIDITY."""
 
-    __slots__ = ("__weakref__", "columns", "uidvalidity")
+    __slots__ = ("__weakref__", "answers", "columns", "uidvalidity")
 
     def __init__(self, uidvalidity: int) -> None:
         self.uidvalidity = uidvalidity
         self.columns: dict[str, dict[int, Any]] = {}
+        #: The last answers to whole-mailbox commands: what was asked ->
+        #: (the view's UIDs, the response's data).
+        self.answers: dict[Hashable, tuple[bytes, bytes]] = {}
+
+    def remembered(self, question: Hashable, uids: UidMap) -> bytes | None:
+        """The data answered to ``question`` over exactly these UIDs, if
+        it is among the last :data:`ANSWERS_KEPT` answers."""
+        found = self.answers.get(question)
+        if found is None or found[0] != uids.fingerprint():
+            return None
+        return found[1]
+
+    def remember(self, question: Hashable, fingerprint: bytes, data: bytes) -> None:
+        """Keep an answer given over the UIDs of ``fingerprint``
+        (:meth:`UidMap.fingerprint`, taken before the command read them)."""
+        self.answers.pop(question, None)
+        self.answers[question] = (fingerprint, data)
+        while len(self.answers) > ANSWERS_KEPT:
+            del self.answers[next(iter(self.answers))]
 
     def column(self, name: str) -> dict[int, Any]:
         found = self.columns.get(name)
@@ -118,10 +141,13 @@ def store_of(mailbox: IMailbox) -> SortKeyStore:
 class Keys:
     """The columns a command loaded, by name; a column not loaded is empty."""
 
-    __slots__ = ("columns",)
+    __slots__ = ("columns", "complete")
 
     def __init__(self, columns: dict[str, dict[int, Any]] | None = None) -> None:
         self.columns = dict(columns or {})
+        #: False when a message's record could not be read (its file went
+        #: meanwhile): the answer used a stand-in and is not remembered.
+        self.complete = True
 
     def column(self, name: str) -> dict[int, Any]:
         return self.columns.get(name) or {}
@@ -232,6 +258,7 @@ class _Loader:
             complete = yield _load(self._index_needed(), pause, self._fetch_into)
         if not complete:
             return None
+        self.keys.complete = not self.unread
         if "sent" in self.wanted:
             sent = self.keys.columns["sent"]
             for uid in self.dateless:

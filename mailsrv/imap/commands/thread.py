@@ -15,11 +15,12 @@ from twisted.internet import defer
 
 from mailsrv.imap import threading_
 from mailsrv.imap.commands.sort import parse_charset, search_criteria
-from mailsrv.imap.contexts import check_charset, compile_program, matches
+from mailsrv.imap.contexts import check_charset, compile_program, matches, write_line
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
 from mailsrv.imap.search_syntax import SearchKey
+from mailsrv.imap.sortcache import store_of
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -54,6 +55,16 @@ def handle_thread(session: Session, command: Thread) -> Generator[defer.Deferred
     check_charset(command.charset)
     view = session.view()
     program = compile_program(command.key, view, command.charset)
+    whole = command.key.op == "ALL"
+    question = ("THREAD", command.uid, command.algorithm)
+    store = store_of(view.mailbox)
+    if whole:
+        # Asked again with no message come or gone: the same threads.
+        data = store.remembered(question, view.map)
+        if data is not None:
+            yield write_line(session.output(), b"* THREAD", data)
+            return Done(text="THREAD completed")
+    fingerprint = view.map.fingerprint()
     found = yield matches(session, program, command.key, None, _COLUMNS)
     if found is None:
         return Done("NO", "Connection lost")
@@ -70,7 +81,9 @@ def handle_thread(session: Session, command: Thread) -> Generator[defer.Deferred
     else:
         threads = threading_.references(messages, command.algorithm == "REFERENCES")
     data = threading_.render(threads)
-    session.output().write(b"* THREAD " + data + b"\r\n" if data else b"* THREAD\r\n")
+    if whole and keys.complete and view.map.fingerprint() == fingerprint:
+        store.remember(question, fingerprint, data)
+    yield write_line(session.output(), b"* THREAD", data)
     return Done(text="THREAD completed")
 
 

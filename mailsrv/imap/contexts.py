@@ -253,8 +253,8 @@ def answer(session: Session, query: Query, verb: str) -> Generator[defer.Deferre
     key = pin_sequence_numbers(query.key, view) if query.update else query.key
     program = compile_program(key, view, query.charset)
     if query.options is None:
-        done = yield _plain_sort(session, query, key, program)
-        return done
+        plain: Done = yield _plain_sort(session, query, key, program)
+        return plain
     found = yield matches(session, program, key, query.criteria)
     if found is None:
         return Done("NO", "Connection lost")

@@ -143,8 +143,9 @@ def _link(parent: Node, child: Node) -> None:
     parent.children.append(child)
 
 
-def _build(messages: Sequence[Message]) -> list[Node]:
-    """Steps 1 and 2: link by msg-ids; the nodes without a parent."""
+def _build(messages: Sequence[Message]) -> tuple[list[Node], list[Node]]:
+    """Steps 1 and 2: link by msg-ids; the nodes without a parent, and
+    the dummies."""
     by_id: dict[str, Node] = {}
     nodes: list[Node] = []
 
@@ -175,39 +176,56 @@ def _build(messages: Sequence[Message]) -> list[Node]:
         _unlink(own)
         if chain and not _is_ancestor(own, chain[-1]):
             _link(chain[-1], own)
-    return [node for node in nodes if node.parent is None]
+    roots = [node for node in nodes if node.parent is None]
+    return roots, [node for node in nodes if node.message is None]
 
 
-def _prune(roots: list[Node]) -> list[Node]:
-    """Step 3: dummies go; their children move up a level, but to the root
-    only when there is just one.  Children are pruned before their parent."""
-    stack: list[tuple[Node | None, list[Node], int]] = [(None, roots, 0)]
-    results: dict[int, list[Node]] = {}
-    while stack:
-        owner, children, index = stack.pop()
-        if index < len(children):
-            stack.append((owner, children, index + 1))
-            child = children[index]
-            stack.append((child, child.children, 0))
-            continue
-        # All of ``children`` are pruned: build the list that replaces them.
-        pruned: list[Node] = []
-        for child in children:
-            kept = results.pop(id(child), child.children)
-            child.children = kept
-            if child.message is None:
-                if not kept:
-                    continue
-                if owner is not None or len(kept) == 1:
-                    for grandchild in kept:
-                        grandchild.parent = owner
-                    pruned.extend(kept)
-                    continue
-            pruned.append(child)
-        if owner is None:
-            return pruned
-        results[id(owner)] = pruned
-    return roots  # pragma: no cover - the root frame always returns
+def _depths(nodes: Iterable[Node]) -> dict[int, int]:
+    """Each node's number of ancestors, by ``id``; every node is walked
+    up once at most, however deep the chains."""
+    depth: dict[int, int] = {}
+    for node in nodes:
+        path: list[Node] = []
+        current: Node | None = node
+        while current is not None and id(current) not in depth:
+            path.append(current)
+            current = current.parent
+        known = -1 if current is None else depth[id(current)]
+        for step in reversed(path):
+            known += 1
+            depth[id(step)] = known
+    return depth
+
+
+def _prune(roots: list[Node], dummies: list[Node]) -> list[Node]:
+    """Step 3: dummies go; their children move up a level, into the
+    dummy's place, but to the root only when there is just one.  Only the
+    dummies are visited, the deepest first, so children are pruned before
+    their parent."""
+    depth = _depths(dummies)
+    for dummy in sorted(dummies, key=lambda node: depth[id(node)], reverse=True):
+        parent = dummy.parent
+        if parent is None:
+            continue  # a root: below
+        siblings = parent.children
+        position = siblings.index(dummy)
+        for child in dummy.children:
+            child.parent = parent
+        siblings[position : position + 1] = dummy.children
+        dummy.parent = None
+        dummy.children = []
+    pruned: list[Node] = []
+    for root in roots:
+        if root.message is None:
+            if not root.children:
+                continue
+            if len(root.children) == 1:
+                only = root.children[0]
+                only.parent = None
+                pruned.append(only)
+                continue
+        pruned.append(root)
+    return pruned
 
 
 def _walk(roots: Iterable[Node]) -> Iterator[Node]:
@@ -274,19 +292,19 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
 
 def references(messages: Sequence[Message], merge_subjects: bool = True) -> list[Node]:
     """RFC 5256 REFERENCES (``merge_subjects`` False: REFS's links)."""
-    roots = _build(messages)
+    roots, dummies = _build(messages)
     if not merge_subjects:
         # REFS: threads by their newest message; between equal dates the
         # thread whose top is missing (a dummy) first, then by the top's
         # number, as Dovecot orders them.
         order = {id(root): _newest(root) for root in roots}
         roots.sort(key=lambda root: order[id(root)])
-        roots = _prune(roots)
+        roots = _prune(roots, dummies)
         for root in roots:
             root.parent = None
         _sort_siblings_below(roots)
         return roots
-    roots = _prune(roots)
+    roots = _prune(roots, dummies)
     for root in roots:
         root.parent = None
     # Step 4: the roots by date, a dummy by its first child once sorted.

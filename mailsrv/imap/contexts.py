@@ -40,7 +40,7 @@ from mailsrv.imap.searching import (
     matches_of,
 )
 from mailsrv.imap.selected import SelectedMailbox, UidMap
-from mailsrv.imap.sortcache import store_of
+from mailsrv.imap.sortcache import no_collection, store_of
 from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IMessage
 
@@ -132,7 +132,8 @@ def matches(
     writer, clock = session.output(), session.clock
     known: dict[int, IMessage] | None = None
     if key.op == "ALL":
-        hits: Hits | None = list(view.map.by_seq(1, view.exists))
+        with no_collection():
+            hits: Hits | None = list(view.map.by_seq(1, view.exists))
     else:
         known = {}
         hits = yield collect(view, view.mailbox, program, writer, clock, known)
@@ -148,7 +149,8 @@ def matches(
         keys = loaded
         store_of(view.mailbox).trim(view.map)
     if criteria:
-        hits = sorting.sort_hits(hits, criteria, keys)
+        with no_collection():
+            hits = sorting.sort_hits(hits, criteria, keys)
     return hits, keys
 
 

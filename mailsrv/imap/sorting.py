@@ -79,17 +79,29 @@ def key_function(key: str, keys: Keys) -> Callable[[int], Any]:
     return lambda uid: get(uid, default)
 
 
+def _values(key: str, keys: Keys, uids: Sequence[int]) -> list[Any]:
+    """What ``key`` compares for each of ``uids``, as :func:`key_function`
+    gives it, read in one pass."""
+    if key == "DATE":
+        got: list[float | None] = [keys.column("sent").get(uid) for uid in uids]
+        if None not in got:
+            return got
+        arrival = keys.column("arrival")
+        return [arrival.get(u, 0.0) if v is None else v for u, v in zip(uids, got, strict=True)]
+    name = COLUMN_OF[key]
+    column, default = keys.column(name), _DEFAULT.get(name, "")
+    return [column.get(uid, default) for uid in uids]
+
+
 def sort_hits(
     hits: Sequence[tuple[int, int]], criteria: Sequence[Criterion], keys: Keys
 ) -> list[tuple[int, int]]:
-    """``hits`` (``(seq, uid)`` in mailbox order) in the criteria's order.
-
-    Sorts positions by a list of values read once per criterion, rather
-    than calling a key function per comparison's operand lookup."""
+    """``hits`` (``(seq, uid)`` in mailbox order) in the criteria's order:
+    positions sorted by one list of values per criterion."""
+    uids = [uid for _, uid in hits]
     order: Sequence[int] = range(len(hits))
     for criterion in reversed(criteria):
-        value = key_function(criterion.key, keys)
-        values = [value(uid) for _, uid in hits]
+        values = _values(criterion.key, keys, uids)
         order = sorted(order, key=values.__getitem__, reverse=criterion.reverse)
     return [hits[i] for i in order]
 

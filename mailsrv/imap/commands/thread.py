@@ -20,7 +20,7 @@ from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
 from mailsrv.imap.search_syntax import SearchKey
-from mailsrv.imap.sortcache import store_of
+from mailsrv.imap.sortcache import Keys, no_collection, store_of
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -69,6 +69,16 @@ def handle_thread(session: Session, command: Thread) -> Generator[defer.Deferred
     if found is None:
         return Done("NO", "Connection lost")
     hits, keys = found
+    with no_collection():
+        data = _threads(command, hits, keys)
+    if whole and keys.complete and view.map.fingerprint() == fingerprint:
+        store.remember(question, fingerprint, data)
+    yield write_line(session.output(), b"* THREAD", data)
+    return Done(text="THREAD completed")
+
+
+def _threads(command: Thread, hits: list[tuple[int, int]], keys: Keys) -> bytes:
+    """The THREAD response's data for the matches ``(seq, uid)``."""
     sent, subject, thread = keys.sent, keys.column("subject").get, keys.thread
     messages = [
         threading_.Message(
@@ -80,11 +90,7 @@ def handle_thread(session: Session, command: Thread) -> Generator[defer.Deferred
         threads = threading_.ordered_subject(messages)
     else:
         threads = threading_.references(messages, command.algorithm == "REFERENCES")
-    data = threading_.render(threads)
-    if whole and keys.complete and view.map.fingerprint() == fingerprint:
-        store.remember(question, fingerprint, data)
-    yield write_line(session.output(), b"* THREAD", data)
-    return Done(text="THREAD completed")
+    return threading_.render(threads)
 
 
 def _capabilities(session: Session) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ class Message:
     is its sort record's part THREAD needs (subject casemapped, msg-ids
     normalised).  A plain slotted class: THREAD makes one per match."""
 
-    __slots__ = ("date", "message_id", "number", "references", "reply", "seq", "subject")
+    __slots__ = ("date", "key", "message_id", "number", "references", "reply", "seq", "subject")
 
     def __init__(
         self,
@@ -49,6 +49,8 @@ class Message:
         self.message_id = message_id
         self.references = references
         self.reply = reply
+        #: What siblings and threads are ordered by: sent date, then number.
+        self.key = (date, seq)
 
 
 class Node:
@@ -69,7 +71,7 @@ class Node:
             if not node.children:
                 return (0.0, 0)
             node = node.children[0]
-        return (node.message.date, node.message.seq)
+        return node.message.key
 
     def subject(self) -> str:
         """The thread subject: the base subject of the message, or of a
@@ -247,7 +249,8 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
     """Step 5: threads with the same base subject gathered together."""
     table: dict[str, Node] = {}
     for node in roots:
-        subject = node.subject()
+        message = node.message
+        subject = node.subject() if message is None else message.subject
         if not subject:
             continue
         held = table.get(subject)
@@ -324,9 +327,19 @@ def _newest(root: Node) -> tuple[float, int]:
 
 def _sort_siblings_below(roots: list[Node]) -> None:
     """Step 6 below the roots only (REFS keeps its own order of threads)."""
-    for node in reversed(list(_walk(roots))):
-        if len(node.children) > 1:
-            node.children.sort(key=Node.sort_key)
+    # Parents before children in ``nodes``, so children are sorted first
+    # when it is walked backwards; only nodes with siblings to order.
+    nodes: list[Node] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        children = node.children
+        if children:
+            if len(children) > 1:
+                nodes.append(node)
+            stack.extend(children)
+    for node in reversed(nodes):
+        node.children.sort(key=Node.sort_key)
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from mailsrv.imap import contexts as sortcontexts
 from tests import test_imap_sort as base
 from tests.test_imap_sort import SortServerMixin
 
@@ -42,13 +43,20 @@ WARM = {
     "SORT (SUBJECT) UTF-8 ALL": "* SORT 3 4 5 1 2",
     "UID SORT (DATE) UTF-8 ALL": "* SORT 2 4 3 1 5",
     "THREAD REFERENCES UTF-8 ALL": "* THREAD (1 2)(5 (4)(3))",
+    "SORT (REVERSE DATE) UTF-8 ALL": "* SORT 5 1 3 4 2",
+    "SORT (SUBJECT REVERSE DATE) UTF-8 ALL": "* SORT 5 3 4 1 2",
+    "UID SORT (REVERSE SUBJECT FROM) UTF-8 ALL": "* SORT 2 1 3 4 5",
 }
-#: After message 6 is added.
+#: After message 6 is added (put into the orders remembered for WARM).
 ADDED = {
     "SORT (DATE) UTF-8 ALL": "* SORT 6 2 4 3 1 5",
     "SORT (SUBJECT) UTF-8 ALL": "* SORT 3 4 5 1 2 6",
     "UID SORT (DATE) UTF-8 ALL": "* SORT 6 2 4 3 1 5",
     "THREAD REFERENCES UTF-8 ALL": "* THREAD (1 (6)(2))(5 (4)(3))",
+    "SORT (REVERSE DATE) UTF-8 ALL": "* SORT 5 1 3 4 2 6",
+    "SORT (SUBJECT REVERSE DATE) UTF-8 ALL": "* SORT 5 3 4 1 2 6",
+    # FROM's addr-mailbox: ALICE (2) < ANN (6) < CAROL (1).
+    "UID SORT (REVERSE SUBJECT FROM) UTF-8 ALL": "* SORT 2 6 1 3 4 5",
 }
 
 
@@ -86,6 +94,21 @@ class CacheMixin(SortServerMixin):
         yield self.check(client, ADDED)
         # The other session, which never sorted, agrees.
         yield self.check(other, ADDED)
+
+    @defer.inlineCallbacks
+    def test_many_appended(self) -> Any:
+        """More new messages than are put into the last order one by one:
+        the whole mailbox is sorted again, to the same answer."""
+        client = yield self.warm()
+        count = 2 * sortcontexts._INSERTED_AT_MOST + 1
+        for n in range(count):
+            message = NEW.replace(b"<6@x>", b"<6.%d@x>" % n)
+            yield client.command("a", b"APPEND INBOX {%d+}\r\n%s" % (len(message), message))
+        yield client.command("n", "NOOP")
+        # The new messages share a Date: they follow each other, by UID.
+        extra = " ".join(str(6 + n) for n in range(count))
+        lines = yield self.answer(client, "s", "SORT (DATE) UTF-8 ALL")
+        self.assertEqual(lines, [f"* SORT {extra} 2 4 3 1 5"])  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_expunge(self) -> Any:

@@ -20,7 +20,7 @@ comparison the sort used.
 from __future__ import annotations
 
 import functools
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -221,26 +221,80 @@ def _plain_sort(
     session: Session, query: Query, key: SearchKey, program: Program
 ) -> Generator[defer.Deferred[Any], Any, Done]:
     """``* SORT``.  A SORT of the whole mailbox asked again with no message
-    come or gone has the answer it had (keys never change for a UID)."""
+    come or gone has the answer it had (keys never change for a UID); with
+    a few come or gone, the last order is changed rather than made anew."""
     view = session.view()
     writer = session.output()
     question = ("SORT", query.uid, query.criteria)
     whole = key.op == "ALL"
+    store = store_of(view.mailbox)
+    fingerprint = view.map.fingerprint()
+    order: list[int] | None = None
     if whole:
-        data = store_of(view.mailbox).remembered(question, view.map)
+        data = store.remembered(question, view.map)
         if data is not None:
             yield write_line(writer, b"* SORT", data)
             return Done(text="SORT completed")
-    fingerprint = view.map.fingerprint()
-    found = yield matches(session, program, key, query.criteria)
-    if found is None:
-        return Done("NO", "Connection lost")
-    hits, keys = found
-    data = response_data([uid if query.uid else seq for seq, uid in hits])
-    if whole and keys.complete and view.map.fingerprint() == fingerprint:
-        store_of(view.mailbox).remember(question, fingerprint, data)
+        order = yield _changed_order(session, question, query.criteria or ())
+    if order is None:
+        found = yield matches(session, program, key, query.criteria)
+        if found is None:
+            return Done("NO", "Connection lost")
+        hits, keys = found
+        numbers = [uid if query.uid else seq for seq, uid in hits]
+        complete = keys.complete
+        if whole:
+            order = [uid for _, uid in hits]
+    else:
+        numbers = order if query.uid else _sequence_numbers(view.map, order)
+        complete = True
+    data = response_data(numbers)
+    if whole and complete and view.map.fingerprint() == fingerprint:
+        store.remember(question, fingerprint, data, order or ())
     yield write_line(writer, b"* SORT", data)
     return Done(text="SORT completed")
+
+
+#: New messages put in the last order one by one; beyond, all is sorted anew.
+_INSERTED_AT_MOST = 500
+
+
+@defer.inlineCallbacks
+def _changed_order(
+    session: Session, question: Any, criteria: Sequence[sorting.Criterion]
+) -> Generator[defer.Deferred[Any], Any, list[int] | None]:
+    """The whole view's UIDs in the criteria's order, from the last order
+    remembered for ``question``: expunged UIDs left out, new ones (above
+    all it had) inserted.  None when there is none, too much is new, or a
+    key is missing (then the caller sorts everything)."""
+    view = session.view()
+    store = store_of(view.mailbox)
+    previous = store.orders.get(question)
+    if previous is None:
+        return None
+    uids = list(view.map)
+    new = uids[bisect_right(uids, max(previous, default=0)) :]
+    if len(new) > _INSERTED_AT_MOST:
+        return None
+    keys = yield sorting.load_keys(
+        view.mailbox, new, sorting.needs(criteria), session.clock, session.output()
+    )
+    if keys is None or not keys.complete or store.orders.get(question) is not previous:
+        return None
+    present = set(uids)
+    with no_collection():
+        kept = [uid for uid in previous if uid in present]
+    if len(kept) + len(new) != len(uids):
+        return None  # the view has a UID the last order lacked: not a change of it
+    try:
+        return sorting.insert_sorted(kept, new, criteria, keys)
+    except KeyError:
+        return None  # a value was trimmed meanwhile
+
+
+def _sequence_numbers(uids: UidMap, order: Sequence[int]) -> list[int]:
+    seq = dict(zip(uids, range(1, len(uids) + 1), strict=True))
+    return [seq[uid] for uid in order]
 
 
 @defer.inlineCallbacks

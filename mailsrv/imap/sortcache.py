@@ -33,6 +33,7 @@ import gc
 import itertools
 import sys
 import weakref
+from array import array
 from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -103,7 +104,7 @@ def no_collection() -> Iterator[None]:
 class SortKeyStore:
     """One mailbox's columns, for one UIDVALIDITY."""
 
-    __slots__ = ("__weakref__", "answers", "columns", "uidvalidity")
+    __slots__ = ("__weakref__", "answers", "columns", "orders", "uidvalidity")
 
     def __init__(self, uidvalidity: int) -> None:
         self.uidvalidity = uidvalidity
@@ -111,6 +112,10 @@ class SortKeyStore:
         #: The last answers to whole-mailbox commands: what was asked ->
         #: (the view's UIDs, the response's data).
         self.answers: dict[Hashable, tuple[bytes, bytes]] = {}
+        #: The same SORTs' orders, as UIDs: a SORT after a few new or
+        #: expunged messages changes the last order rather than sorting
+        #: the whole mailbox again.
+        self.orders: dict[Hashable, array[int]] = {}
 
     def remembered(self, question: Hashable, uids: UidMap) -> bytes | None:
         """The data answered to ``question`` over exactly these UIDs, if
@@ -120,13 +125,21 @@ class SortKeyStore:
             return None
         return found[1]
 
-    def remember(self, question: Hashable, fingerprint: bytes, data: bytes) -> None:
+    def remember(
+        self, question: Hashable, fingerprint: bytes, data: bytes, order: Iterable[int] = ()
+    ) -> None:
         """Keep an answer given over the UIDs of ``fingerprint``
-        (:meth:`UidMap.fingerprint`, taken before the command read them)."""
+        (:meth:`UidMap.fingerprint`, taken before the command read them),
+        and for a SORT its order of UIDs."""
         self.answers.pop(question, None)
+        self.orders.pop(question, None)
         self.answers[question] = (fingerprint, data)
+        if order:
+            self.orders[question] = array("I", order)
         while len(self.answers) > ANSWERS_KEPT:
-            del self.answers[next(iter(self.answers))]
+            oldest = next(iter(self.answers))
+            del self.answers[oldest]
+            self.orders.pop(oldest, None)
 
     def column(self, name: str) -> dict[int, Any]:
         found = self.columns.get(name)

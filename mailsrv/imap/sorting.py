@@ -18,6 +18,8 @@ BASE.6.4.SORT), which a stable ``reverse=True`` sort does.
 
 from __future__ import annotations
 
+import bisect
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,11 +32,13 @@ __all__ = [
     "KEYS",
     "Criterion",
     "Keys",
+    "insert_sorted",
     "key_function",
     "load_keys",
     "needs",
     "sequence_set",
     "sort_hits",
+    "strict_order_key",
 ]
 
 #: Sort keys: RFC 5256's and RFC 5957's DISPLAYFROM and DISPLAYTO.
@@ -104,6 +108,53 @@ def sort_hits(
         values = _values(criterion.key, keys, uids)
         order = sorted(order, key=values.__getitem__, reverse=criterion.reverse)
     return [hits[i] for i in order]
+
+
+def strict_order_key(criteria: Sequence[Criterion], keys: Keys) -> Callable[[int], Any]:
+    """The criteria's comparison, with mailbox (UID) order last, as a key
+    for :func:`bisect.bisect_left`.  Raises KeyError for a UID whose value
+    was never loaded (no stand-in value may decide a position)."""
+    columns: list[tuple[Any, bool]] = []
+    for criterion in criteria:
+        column: Any = keys.column(COLUMN_OF[criterion.key])
+        if criterion.key == "DATE":
+            column = _Sent(column, keys.column("arrival"))
+        columns.append((column, criterion.reverse))
+
+    def compare(a: int, b: int) -> int:
+        for column, reverse in columns:
+            x, y = column[a], column[b]
+            if x != y:
+                result = -1 if x < y else 1
+                return -result if reverse else result
+        return -1 if a < b else (1 if a > b else 0)
+
+    return functools.cmp_to_key(compare)
+
+
+class _Sent:
+    """``sent``, else ``arrival`` (RFC 5256 2.2), as a mapping that raises
+    KeyError when neither has the UID."""
+
+    def __init__(self, sent: dict[int, float], arrival: dict[int, float]) -> None:
+        self.sent = sent
+        self.arrival = arrival
+
+    def __getitem__(self, uid: int) -> float:
+        value = self.sent.get(uid)
+        return self.arrival[uid] if value is None else value
+
+
+def insert_sorted(
+    order: list[int], new: Sequence[int], criteria: Sequence[Criterion], keys: Keys
+) -> list[int]:
+    """``order`` (UIDs in the criteria's order) with ``new`` put in place,
+    each where a full sort would put it.  KeyError as
+    :func:`strict_order_key`."""
+    key = strict_order_key(criteria, keys)
+    for uid in new:
+        order.insert(bisect.bisect_left(order, key(uid), key=key), uid)
+    return order
 
 
 def sequence_set(numbers: Iterable[int]) -> bytes:

@@ -20,7 +20,7 @@ comparison the sort used.
 from __future__ import annotations
 
 import functools
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -250,7 +250,7 @@ def _plain_sort(
         complete = True
     data = response_data(numbers)
     if whole and complete and view.map.fingerprint() == fingerprint:
-        store.remember(question, fingerprint, data, order or ())
+        store.remember(question, fingerprint, data, order or (), view.map)
     yield write_line(writer, b"* SORT", data)
     return Done(text="SORT completed")
 
@@ -269,23 +269,34 @@ def _changed_order(
     key is missing (then the caller sorts everything)."""
     view = session.view()
     store = store_of(view.mailbox)
-    previous = store.orders.get(question)
-    if previous is None:
+    remembered = store.orders.get(question)
+    if remembered is None:
         return None
-    uids = list(view.map)
-    new = uids[bisect_right(uids, max(previous, default=0)) :]
+    before, previous = remembered
+    last = before.last_uid
+    new = [
+        uid
+        for low, high in view.map.ranges()
+        if high > last
+        for uid in range(max(low, last + 1), high + 1)
+    ]
     if len(new) > _INSERTED_AT_MOST:
         return None
     keys = yield sorting.load_keys(
         view.mailbox, new, sorting.needs(criteria), session.clock, session.output()
     )
-    if keys is None or not keys.complete or store.orders.get(question) is not previous:
+    if keys is None or not keys.complete or store.orders.get(question) is not remembered:
         return None
-    present = set(uids)
-    with no_collection():
-        kept = [uid for uid in previous if uid in present]
-    if len(kept) + len(new) != len(uids):
-        return None  # the view has a UID the last order lacked: not a change of it
+    grown = before.copy()
+    grown.extend(new)
+    if grown.fingerprint() == view.map.fingerprint():
+        kept = list(previous)  # nothing expunged: every UID stays
+    else:
+        with no_collection():
+            present = set(view.map)
+            kept = [uid for uid in previous if uid in present]
+        if len(kept) + len(new) != len(view.map):
+            return None  # the view has a UID the last order lacked
     try:
         return sorting.insert_sorted(kept, new, criteria, keys)
     except KeyError:
@@ -293,6 +304,11 @@ def _changed_order(
 
 
 def _sequence_numbers(uids: UidMap, order: Sequence[int]) -> list[int]:
+    ranges = uids.ranges()
+    if len(ranges) == 1:
+        # One run of UIDs (nothing expunged inside it): arithmetic.
+        shift = ranges[0][0] - 1
+        return [uid - shift for uid in order]
     seq = dict(zip(uids, range(1, len(uids) + 1), strict=True))
     return [seq[uid] for uid in order]
 

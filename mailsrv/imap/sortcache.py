@@ -115,7 +115,7 @@ class SortKeyStore:
         #: The same SORTs' orders, as UIDs: a SORT after a few new or
         #: expunged messages changes the last order rather than sorting
         #: the whole mailbox again.
-        self.orders: dict[Hashable, array[int]] = {}
+        self.orders: dict[Hashable, tuple[UidMap, array[int]]] = {}
 
     def remembered(self, question: Hashable, uids: UidMap) -> bytes | None:
         """The data answered to ``question`` over exactly these UIDs, if
@@ -126,16 +126,21 @@ class SortKeyStore:
         return found[1]
 
     def remember(
-        self, question: Hashable, fingerprint: bytes, data: bytes, order: Iterable[int] = ()
+        self,
+        question: Hashable,
+        fingerprint: bytes,
+        data: bytes,
+        order: Sequence[int] = (),
+        uids: UidMap | None = None,
     ) -> None:
         """Keep an answer given over the UIDs of ``fingerprint``
         (:meth:`UidMap.fingerprint`, taken before the command read them),
-        and for a SORT its order of UIDs."""
+        and for a SORT its order of those UIDs (``uids``)."""
         self.answers.pop(question, None)
         self.orders.pop(question, None)
         self.answers[question] = (fingerprint, data)
-        if order:
-            self.orders[question] = array("I", order)
+        if order and uids is not None:
+            self.orders[question] = (uids.copy(), array("I", order))
         while len(self.answers) > ANSWERS_KEPT:
             oldest = next(iter(self.answers))
             del self.answers[oldest]

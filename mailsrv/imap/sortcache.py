@@ -19,6 +19,12 @@ each time).  So:
   memory follows the mailbox (:meth:`SortKeyStore.trim`);
 * a new UIDVALIDITY drops the whole store.
 
+Beside the columns, the store remembers the last answers to whole-mailbox
+SORT and THREAD commands with the view's UIDs they were given over (asked
+again with none come or gone, the answer is the same), and for SORT the
+order of UIDs, which :mod:`mailsrv.imap.contexts` changes for a few new or
+expunged messages instead of sorting everything again.
+
 Only the columns a command needs are filled: SORT (DATE) keeps one float
 per message, SORT (SUBJECT) one string (equal subjects share one object);
 THREAD adds a tuple of msg-ids.  The store lives as long as the mailbox

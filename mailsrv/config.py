@@ -700,6 +700,11 @@ def load_config(
             raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(path, "", f"not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            # tomllib decodes the whole file first; TOML is UTF-8 (TOML 1.0).
+            raise ConfigError(
+                path, "", f"not valid TOML: not UTF-8 (octet {e.object[e.start]:#04x} at {e.start})"
+            ) from None
     for name, value in data.items():
         if name not in _SECTIONS:
             raise _error(name, f"unknown section (known: {', '.join(_SECTIONS)})")

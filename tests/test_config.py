@@ -69,6 +69,15 @@ class ConfigTests(ConfigCase):
         self.assertIn(path, str(e))
         self.assertIn("not valid TOML", str(e))
 
+    def test_not_utf8(self) -> None:
+        # A Latin-1 editor's file: tomllib raises UnicodeDecodeError, which
+        # used to escape as a traceback (found by fuzz/targets.py config).
+        path = os.path.join(self.dir, "latin1.toml")
+        with open(path, "wb") as f:
+            f.write(b'[server]\nhostname = "h\xf4te"\n')
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(e), f"{path}: not valid TOML: not UTF-8 (octet 0xf4 at 22)")
+
     def test_unknown_key(self) -> None:
         e = self.error('[imap]\nlisten = ["tcp:1143"]\nlsten_tls = []\n')
         self.assertEqual(e.key, "imap.lsten_tls")

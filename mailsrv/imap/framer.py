@@ -167,6 +167,9 @@ class Framer:
         self._continuation = False
         self._segments: list[Segment] = []
         self._command_size = 0
+        #: One of the command's literals so far went to a file: kept, not
+        #: searched for, so a command of many literals frames in linear time.
+        self._spooled = False
         self._announced: LiteralNeeded | None = None
         self._literal: _Literal | None = None
         self._after_cr = False  # OVERLONG: the last octet dropped was a CR
@@ -289,6 +292,7 @@ class Framer:
             segments = tuple(self._segments)
             self._segments = []
             self._command_size = 0
+            self._spooled = False
             return FramedCommand(segments)
         size, non_sync, binary = marker
         first = self._segments[0]
@@ -301,7 +305,7 @@ class Framer:
             tag=peeked[0] if peeked else None,
             command=peeked[1] if peeked else None,
             command_size=self._command_size,
-            spooled=any(isinstance(s, LiteralFile) for s in self._segments),
+            spooled=self._spooled,
         )
         self._mode = _Mode.DECIDING
         return self._announced
@@ -334,6 +338,7 @@ class Framer:
         else:
             literal.sink.seek(0)
             self._segments.append(LiteralFile(literal.sink, literal.size))
+            self._spooled = True
             self._mode = _Mode.LINE
         return None
 
@@ -378,4 +383,5 @@ class Framer:
     def _drop_command(self) -> None:
         segments, self._segments = self._segments, []
         self._command_size = 0
+        self._spooled = False
         close_segments(segments)

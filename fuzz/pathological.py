@@ -108,7 +108,8 @@ def _fill(prefix: bytes, unit: bytes, suffix: bytes = b"") -> Callable[[int], by
 
 
 def _users(size: int) -> bytes:
-    lines, total, i = [], 0, 0
+    lines: list[bytes] = []
+    total, i = 0, 0
     while True:
         line = b"user%d:{PLAIN}secret%d::::/home/user%d\n" % (i, i, i)
         if total + len(line) > size:
@@ -119,8 +120,8 @@ def _users(size: int) -> bytes:
 
 
 def _nested_multiparts(size: int) -> bytes:
-    out, i = [], 0
-    total = 0
+    out: list[bytes] = []
+    i, total = 0, 0
     while True:
         piece = b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
         if total + len(piece) > size:

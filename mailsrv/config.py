@@ -182,16 +182,53 @@ class LMTPSection:
     max_recipients: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
 
 
+#: ``tls.profile``: the lowest TLS version and the TLS 1.2 suites of each
+#: (RFC 9325 4): "modern" is TLS 1.3 only, "intermediate" (the default)
+#: adds TLS 1.2 with forward-secret AEAD suites, for clients from before 1.3.
+TLS_PROFILES: dict[str, tuple[str, str | None]] = {
+    "modern": ("1.3", None),
+    "intermediate": ("1.2", DEFAULT_CIPHERS),
+}
+
+
+@attrs.frozen
+class SNICertificate:
+    """One more certificate and its key (``[[tls.sni]]``), served to clients
+    that ask for one of the names it is for (RFC 6066 3, Server Name
+    Indication)."""
+
+    certificate: str
+    key: str
+
+
 @attrs.frozen
 class TLSSection:
     certificate: str | None = attrs.field(default=None, metadata=_meta(path=True))
     key: str | None = attrs.field(default=None, metadata=_meta(path=True))
-    min_version: str = attrs.field(default="1.2", metadata=_meta(_check_choice("1.2", "1.3")))
-    #: OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are not affected).
-    ciphers: str = attrs.field(default=DEFAULT_CIPHERS, metadata=_meta(_check_ciphers))
+    #: "modern" or "intermediate": see :data:`TLS_PROFILES`.
+    profile: str = attrs.field(default="intermediate", metadata=_meta(_check_choice(*TLS_PROFILES)))
+    #: Raises the profile's lowest version ("1.3" with "intermediate").
+    min_version: str | None = attrs.field(default=None, metadata=_meta(_check_choice("1.2", "1.3")))
+    #: OpenSSL cipher string for TLS 1.2 instead of the profile's (TLS 1.3
+    #: suites are not affected).
+    ciphers: str | None = attrs.field(default=None, metadata=_meta(_check_ciphers))
+    #: Further certificates, each served to clients asking for its names.
+    sni: tuple[SNICertificate, ...] = attrs.field(default=(), metadata=_meta())
     #: Create a self-signed certificate and key at the paths above when they
     #: are missing (development only).
     generate_self_signed: bool = attrs.field(default=False, metadata=_meta())
+
+    @property
+    def minimum_version(self) -> str:
+        """The lowest TLS version accepted: ``min_version``, else the profile's."""
+        return self.min_version or TLS_PROFILES[self.profile][0]
+
+    @property
+    def cipher_list(self) -> str | None:
+        """The TLS 1.2 suites: ``ciphers``, else the profile's (None: no TLS 1.2)."""
+        if self.minimum_version == "1.3":
+            return None
+        return self.ciphers if self.ciphers is not None else DEFAULT_CIPHERS
 
 
 @attrs.frozen
@@ -413,6 +450,8 @@ def _convert(value: Any, annotation: str, where: str) -> Any:
         if not isinstance(value, str):
             raise wrong("a string")
         return value
+    if annotation == "tuple[SNICertificate, ...]":
+        return _sni_certificates(value, where)
     if annotation == "tuple[str, ...]":
         if isinstance(value, str):
             value = [value]
@@ -420,6 +459,35 @@ def _convert(value: Any, annotation: str, where: str) -> Any:
             raise wrong("a list of strings")
         return tuple(value)
     raise AssertionError(f"no converter for {annotation}")
+
+
+def _sni_certificates(value: Any, where: str) -> tuple[SNICertificate, ...]:
+    """``[[tls.sni]]`` tables: each a ``certificate`` and a ``key`` path."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise _error(
+            where,
+            f"expected tables ([[{where}]] with certificate and key), got {_type_name(value)}",
+        )
+    pairs = []
+    for i, table in enumerate(value):
+        here = f"{where}[{i}]"
+        if not isinstance(table, dict):
+            raise _error(
+                here, f"expected a table with certificate and key, got {_type_name(table)}"
+            )
+        unknown = sorted(set(table) - {"certificate", "key"})
+        if unknown:
+            raise _error(f"{here}.{unknown[0]}", "unknown key (known keys: certificate, key)")
+        paths = []
+        for name in ("certificate", "key"):
+            path = table.get(name)
+            if not isinstance(path, str) or not path:
+                raise _error(f"{here}.{name}", "required: the path of a PEM file")
+            paths.append(os.path.abspath(os.path.expanduser(path)))
+        pairs.append(SNICertificate(*paths))
+    return tuple(pairs)
 
 
 class _Errors:
@@ -499,6 +567,29 @@ def _check_postgresql(dsn: str, section: str = "storage", other: str = "") -> No
         conninfo.conninfo_to_dict(dsn)
     except ProgrammingError as e:
         raise _error(f"{section}.dsn", f"not a valid PostgreSQL connection string: {e}") from None
+
+
+def _check_tls(config: Config) -> None:
+    """What the profile excludes cannot be asked for, and extra
+    certificates need the default one (for clients that send no name)."""
+    tls = config.tls
+    if tls.profile == "modern" and tls.min_version == "1.2":
+        raise _error(
+            "tls.min_version",
+            "profile 'modern' is TLS 1.3 only; set tls.profile = 'intermediate' to accept 1.2",
+        )
+    if tls.ciphers is not None and tls.minimum_version == "1.3":
+        raise _error(
+            "tls.ciphers",
+            "TLS 1.2 suites have no use when TLS 1.3 is the minimum "
+            f"(tls.profile = {tls.profile!r}, tls.min_version = {tls.min_version!r}); "
+            "TLS 1.3 suites are all forward-secret AEAD",
+        )
+    if tls.sni and tls.certificate is None:
+        raise _error(
+            "tls.sni",
+            "needs tls.certificate and tls.key: the certificate for clients that send no name",
+        )
 
 
 def _check_auth(config: Config) -> None:
@@ -659,13 +750,17 @@ def _check_files(config: Config) -> None:
             option = {"tls.certificate": "--tls-cert", "tls.key": "--tls-key"}[missing]
             raise _error(option, "--tls-cert and --tls-key must be given together")
         raise _error(_origin(config, missing), "tls.certificate and tls.key must be given together")
+    files: list[tuple[str, str | None]] = []
     if tls.certificate is not None and not tls.generate_self_signed:
-        for key, path in (("tls.certificate", tls.certificate), ("tls.key", tls.key)):
-            assert path is not None
-            if not os.path.isfile(path):
-                raise _error(_origin(config, key), f"file not found: {path}")
-            if not os.access(path, os.R_OK):
-                raise _error(_origin(config, key), f"file not readable: {path}")
+        files += [("tls.certificate", tls.certificate), ("tls.key", tls.key)]
+    for i, pair in enumerate(tls.sni):
+        files += [(f"tls.sni[{i}].certificate", pair.certificate), (f"tls.sni[{i}].key", pair.key)]
+    for key, path in files:
+        assert path is not None
+        if not os.path.isfile(path):
+            raise _error(_origin(config, key), f"file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise _error(_origin(config, key), f"file not readable: {path}")
     users = config.users
     if config.auth.backend != "passwd-file":
         return  # users are in the database: no users file to find
@@ -735,6 +830,7 @@ def load_config(
         **sections,
     )
     _check_auth(config)
+    _check_tls(config)
     _check_listeners(config, require_listeners)
     if check_files:
         _check_files(config)
@@ -777,4 +873,11 @@ def describe(config: Config) -> Sequence[str]:
         lines.append(f"  storage: {config.storage.backend} {config.storage.maildir}")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
+    if config.tls_enabled:
+        versions = "1.3 only" if config.tls.minimum_version == "1.3" else "1.2 and 1.3"
+        suites = config.tls.cipher_list
+        lines.append(
+            f"  TLS profile {config.tls.profile}: TLS {versions}"
+            + (f", TLS 1.2 suites {suites}" if suites else "")
+        )
     return lines

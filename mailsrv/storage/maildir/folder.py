@@ -414,6 +414,7 @@ class MaildirMailbox:
         date_ns = datetime_ns(internal_date)
         tmp_path, size = write_tmp(self._folder.tmp, source, date_ns)
         try:
+            crash_point("append-written")
             try:
                 uid = self._place(tmp_path, size, date_ns, system, keywords)
             except Exception as exc:
@@ -451,6 +452,7 @@ class MaildirMailbox:
             info = sorted_info(folder.keywords.letters(system, keywords, allocate=True))
             write = folder.begin()
             (uid,) = folder.allocate(write, [(base, None)])
+            crash_point("append-allocated")
             filename = f"{base}:2,{info}"
             target = os.path.join(folder.cur, filename)
             before = folder.cur_signature()
@@ -533,6 +535,7 @@ class MaildirMailbox:
             except FileNotFoundError:
                 continue  # changed or removed outside; the next sync sees it
             done.append((row, info, filename))
+            crash_point("store-renaming")
         crash_point("store-renamed")
 
         def commit() -> None:
@@ -634,7 +637,9 @@ class MaildirMailbox:
                 except FileNotFoundError:
                     continue  # renamed or gone outside; the next sync settles it
                 removed.append(row.uid)
+                crash_point("expunge-unlinking")
             if removed:
+                crash_point("expunge-unlinked")
                 modseq = write.next_modseq()
 
                 def commit() -> None:

@@ -21,6 +21,7 @@ import uuid
 from typing import IO, Any
 
 from mailsrv.errors import StorageError
+from mailsrv.storage.maildir.faults import crash_point
 
 # Files of each folder.
 INDEX_NAME = "mailsrv-index.sqlite"
@@ -183,6 +184,7 @@ def write_tmp(tmp: str, source: IO[bytes], date_ns: int) -> tuple[str, int]:
                 prev_cr = chunk.endswith(b"\r")
                 out.write(converted)
                 size += len(converted)
+                crash_point("append-writing")
             out.flush()
             os.utime(out.fileno(), ns=(date_ns, date_ns))
             os.fsync(out.fileno())

@@ -45,6 +45,7 @@ from mailsrv.storage.maildir.keywords import KeywordTable, sorted_info, split_fl
 from mailsrv.storage.maildir.layout import (
     POP3_LOCK_NAME,
     datetime_ns,
+    disk_full,
     fsync_dir,
     ns_datetime,
     open_wire,
@@ -412,21 +413,22 @@ class MaildirMailbox:
     ) -> int:
         system, keywords = split_flags(flags)
         date_ns = datetime_ns(internal_date)
-        tmp_path, size = write_tmp(self._folder.tmp, source, date_ns)
-        try:
-            crash_point("append-written")
+        with disk_full():
+            tmp_path, size = write_tmp(self._folder.tmp, source, date_ns)
             try:
-                uid = self._place(tmp_path, size, date_ns, system, keywords)
-            except Exception as exc:
-                if not is_corruption(exc):
-                    raise
-                # Damage found before the file was placed: the message is
-                # still in tmp/, so rebuild and place it.
-                self._recover(exc)
-                uid = self._place(tmp_path, size, date_ns, system, keywords)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_path)
+                crash_point("append-written")
+                try:
+                    uid = self._place(tmp_path, size, date_ns, system, keywords)
+                except Exception as exc:
+                    if not is_corruption(exc):
+                        raise
+                    # Damage found before the file was placed: the message
+                    # is still in tmp/, so rebuild and place it.
+                    self._recover(exc)
+                    uid = self._place(tmp_path, size, date_ns, system, keywords)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_path)
         self._announce()
         return uid
 
@@ -562,11 +564,12 @@ class MaildirMailbox:
             return []
         if not isinstance(destination, MaildirMailbox):
             return self._copy_elsewhere(rows, destination)
-        staged = transfer.stage_copies(folder, rows, destination._folder)
-        try:
-            return destination._receive(staged, folder.keywords)
-        finally:
-            transfer.drop_staged(staged)
+        with disk_full():
+            staged = transfer.stage_copies(folder, rows, destination._folder)
+            try:
+                return destination._receive(staged, folder.keywords)
+            finally:
+                transfer.drop_staged(staged)
 
     def _copy_elsewhere(self, rows: Sequence[Row], destination: IMailbox) -> list[tuple[int, int]]:
         """Append copies to a mailbox of another backend, one by one."""

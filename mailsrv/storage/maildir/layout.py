@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import io
 import itertools
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import IO, Any
 
-from mailsrv.errors import StorageError
+from mailsrv.errors import DiskFull, StorageError
 from mailsrv.storage.maildir.faults import crash_point
 
 # Files of each folder.
@@ -162,6 +164,18 @@ class WireReader(io.RawIOBase):
     def close(self) -> None:
         self._file.close()
         super().close()
+
+
+@contextlib.contextmanager
+def disk_full() -> Iterator[None]:
+    """ENOSPC or EDQUOT while storing a message is :class:`DiskFull` (the
+    caller removes what it wrote on the way out, so nothing is stored)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull("Not enough disk space to store the message") from exc
 
 
 def write_tmp(tmp: str, source: IO[bytes], date_ns: int) -> tuple[str, int]:

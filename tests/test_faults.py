@@ -171,3 +171,42 @@ class LmtpFaultTests(DiskFaultTestCase):
         self.assertEqual((code, text[:5]), (452, b"4.3.1"), text)
         for sub in ("tmp", "new", "cur"):
             self.assertEqual(self.files(sub), [], sub)
+
+
+class ChangeFaultTests(DiskFaultTestCase):
+    def names(self) -> list[str]:
+        return self.files("cur")
+
+    def test_store_fails_half_way(self) -> None:
+        """The second rename fails: STORE answers NO and the first is taken
+        back, so the files and FETCH FLAGS agree that nothing changed."""
+        self.start_failing("store-renaming@1:EIO")
+        client = self.login()
+        self.appenduid(client, "INBOX", "one")
+        self.appenduid(client, "INBOX", "two")
+        self.select(client, "INBOX")
+        self.refused(client, "UID", "STORE", "1:2", "+FLAGS", r"(\Flagged)", code="SERVERBUG")
+        self.assertEqual([name for name in self.names() if "F" in name.split(":2,")[1]], [])
+        status, data = client.uid("FETCH", "1:2", "FLAGS")
+        self.assertEqual(status, "OK")
+        self.assertNotIn(rb"\Flagged", b" ".join(d for d in data if isinstance(d, bytes)))
+        # And the next STORE works.
+        status, _ = client.uid("STORE", "1:2", "+FLAGS", r"(\Flagged)")
+        self.assertEqual(status, "OK")
+        self.assertEqual(len([n for n in self.names() if "F" in n.split(":2,")[1]]), 2)
+
+    def test_expunge_fails_half_way(self) -> None:
+        """The second unlink fails: EXPUNGE answers NO, but the message
+        already removed is reported expunged, and only that one."""
+        self.start_failing("expunge-unlinking@1:EIO")
+        client = self.login()
+        self.appenduid(client, "INBOX", "one")
+        self.appenduid(client, "INBOX", "two")
+        self.select(client, "INBOX")
+        client.uid("STORE", "1:2", "+FLAGS", r"(\Deleted)")
+        self.refused(client, "EXPUNGE", code="SERVERBUG")
+        self.assertEqual(len(self.names()), 1)
+        status, _ = client.noop()
+        self.assertEqual(status, "OK")
+        self.assertEqual(client.response("EXPUNGE")[1], [b"1"])
+        self.assertEqual(self.contents(client, "INBOX"), {2: ("two", r"\Deleted")})

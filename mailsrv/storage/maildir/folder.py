@@ -531,13 +531,19 @@ class MaildirMailbox:
         modseq = write.next_modseq()
         before = folder.cur_signature()
         done: list[tuple[Row, str, str]] = []
-        for row, info, filename in renames:
-            try:
-                os.rename(folder.path_of(row), os.path.join(folder.cur, filename))
-            except FileNotFoundError:
-                continue  # changed or removed outside; the next sync sees it
-            done.append((row, info, filename))
-            crash_point("store-renaming")
+        try:
+            for row, info, filename in renames:
+                try:
+                    os.rename(folder.path_of(row), os.path.join(folder.cur, filename))
+                except FileNotFoundError:
+                    continue  # changed or removed outside; the next sync sees it
+                done.append((row, info, filename))
+                crash_point("store-renaming")
+        except OSError:
+            # The STORE answers NO, so it must not have happened: give the
+            # files renamed so far their old names back.
+            self._unrename(done)
+            raise
         crash_point("store-renamed")
 
         def commit() -> None:
@@ -554,6 +560,19 @@ class MaildirMailbox:
             attrs.evolve(row, filename=filename, info=info, modseq=modseq)
             for row, info, filename in done
         ]
+
+    def _unrename(self, done: Sequence[tuple[Row, str, str]]) -> None:
+        """Take back the renames of a STORE that failed part way (lock held).
+
+        A file that cannot get its old name back keeps its new one: file
+        names are the truth, so the next sync reads its flags from it.
+        """
+        folder = self._folder
+        for row, _, filename in reversed(done):
+            try:
+                os.rename(os.path.join(folder.cur, filename), folder.path_of(row))
+            except OSError as exc:
+                log.warn("cannot take back the flags of {name}: {error}", name=filename, error=exc)
 
     @_recovering
     def copy(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:

@@ -215,39 +215,41 @@ _field_names = st.text(
 )
 
 
-@st.composite
-def _search_leaf(draw: Draw) -> tuple[bytes, SearchKey]:
-    kind = draw(
-        st.sampled_from(
-            [
-                *("flag", "all", "new", "old", "keyword", "address", "subject", "header"),
-                *("text", "date", "size", "uid", "seq"),
-            ]
-        )
+Leaf = tuple[bytes, SearchKey]
+
+
+def _leaf_flag(draw: Draw) -> Leaf:
+    word = draw(st.sampled_from(sorted(_FLAG_KEYS)))
+    return _any_case(draw, word).encode(), SearchKey("FLAG", _FLAG_KEYS[word])
+
+
+def _leaf_all(draw: Draw) -> Leaf:
+    return _any_case(draw, "ALL").encode(), SearchKey("ALL")
+
+
+def _leaf_new(draw: Draw) -> Leaf:
+    return b"NEW", SearchKey(
+        "AND", (SearchKey("FLAG", ("\\Recent", True)), SearchKey("FLAG", ("\\Seen", False)))
     )
-    if kind == "flag":
-        word = draw(st.sampled_from(sorted(_FLAG_KEYS)))
-        return _any_case(draw, word).encode(), SearchKey("FLAG", _FLAG_KEYS[word])
-    if kind == "all":
-        return _any_case(draw, "ALL").encode(), SearchKey("ALL")
-    if kind == "new":
-        return b"NEW", SearchKey(
-            "AND", (SearchKey("FLAG", ("\\Recent", True)), SearchKey("FLAG", ("\\Seen", False)))
-        )
-    if kind == "old":
-        return b"OLD", SearchKey("FLAG", ("\\Recent", False))
-    if kind == "keyword":
-        word = draw(st.sampled_from(["KEYWORD", "UNKEYWORD"]))
-        wire, flag = draw(flags())
-        return word.encode() + b" " + wire, SearchKey("FLAG", (flag, word == "KEYWORD"))
-    if kind in ("address", "subject", "text"):
-        word = draw(
-            st.sampled_from(
-                {"address": ["FROM", "TO", "CC", "BCC"], "subject": ["SUBJECT"]}.get(
-                    kind, ["BODY", "TEXT"]
-                )
-            )
-        )
+
+
+def _leaf_old(draw: Draw) -> Leaf:
+    return b"OLD", SearchKey("FLAG", ("\\Recent", False))
+
+
+def _leaf_keyword(draw: Draw) -> Leaf:
+    word = draw(st.sampled_from(["KEYWORD", "UNKEYWORD"]))
+    wire, flag = draw(flags())
+    return word.encode() + b" " + wire, SearchKey("FLAG", (flag, word == "KEYWORD"))
+
+
+def _leaf_text(kind: str) -> Callable[[Draw], Leaf]:
+    words = {"address": ["FROM", "TO", "CC", "BCC"], "subject": ["SUBJECT"]}.get(
+        kind, ["BODY", "TEXT"]
+    )
+
+    def leaf(draw: Draw) -> Leaf:
+        word = draw(st.sampled_from(words))
         value = draw(_bytes())
         wire = _any_case(draw, word).encode() + b" " + string_form(draw, value)
         if kind == "address":
@@ -255,23 +257,60 @@ def _search_leaf(draw: Draw) -> tuple[bytes, SearchKey]:
         if kind == "subject":
             return wire, SearchKey("HEADER", ("SUBJECT", value))
         return wire, SearchKey(word, (value,))
-    if kind == "header":
-        field = draw(_field_names)
-        value = draw(_bytes())
-        wire = b"HEADER " + string_form(draw, field.encode()) + b" " + string_form(draw, value)
-        return wire, SearchKey("HEADER", (field.upper(), value))
-    if kind == "date":
-        word = draw(st.sampled_from(["BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"]))
-        wire, day = draw(dates())
-        return word.encode() + b" " + wire, SearchKey(word, (day,))
-    if kind == "size":
-        word = draw(st.sampled_from(["LARGER", "SMALLER"]))
-        size = draw(st.integers(0, 0xFFFFFFFF))
-        return b"%s %d" % (word.encode(), size), SearchKey(word, (size,))
+
+    return leaf
+
+
+def _leaf_header(draw: Draw) -> Leaf:
+    field = draw(_field_names)
+    value = draw(_bytes())
+    wire = b"HEADER " + string_form(draw, field.encode()) + b" " + string_form(draw, value)
+    return wire, SearchKey("HEADER", (field.upper(), value))
+
+
+def _leaf_date(draw: Draw) -> Leaf:
+    word = draw(st.sampled_from(["BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"]))
+    wire, day = draw(dates())
+    return word.encode() + b" " + wire, SearchKey(word, (day,))
+
+
+def _leaf_size(draw: Draw) -> Leaf:
+    word = draw(st.sampled_from(["LARGER", "SMALLER"]))
+    size = draw(st.integers(0, 0xFFFFFFFF))
+    return b"%s %d" % (word.encode(), size), SearchKey(word, (size,))
+
+
+def _leaf_uid(draw: Draw) -> Leaf:
     wire, seqset = draw(sequence_sets())
-    if kind == "uid":
-        return b"UID " + wire, SearchKey("UID", (seqset,))
+    return b"UID " + wire, SearchKey("UID", (seqset,))
+
+
+def _leaf_seq(draw: Draw) -> Leaf:
+    wire, seqset = draw(sequence_sets())
     return wire, SearchKey("SEQ", (seqset,))
+
+
+#: One drawer per kind of search key that is no combination of others.
+_LEAVES: dict[str, Callable[[Draw], Leaf]] = {
+    "flag": _leaf_flag,
+    "all": _leaf_all,
+    "new": _leaf_new,
+    "old": _leaf_old,
+    "keyword": _leaf_keyword,
+    "address": _leaf_text("address"),
+    "subject": _leaf_text("subject"),
+    "text": _leaf_text("text"),
+    "header": _leaf_header,
+    "date": _leaf_date,
+    "size": _leaf_size,
+    "uid": _leaf_uid,
+    "seq": _leaf_seq,
+}
+
+
+@st.composite
+def _search_leaf(draw: Draw) -> Leaf:
+    return _LEAVES[draw(st.sampled_from(list(_LEAVES)))](draw)
 
 
 def _search_node(

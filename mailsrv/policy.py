@@ -11,12 +11,15 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.interfaces import IAddress
 
 from mailsrv.config import Config
+
+if TYPE_CHECKING:
+    from mailsrv.auth.sasl import SaslServices
 
 #: Seconds a timed-out connection has to take its goodbye before it is cut.
 CLOSE_GRACE = 10.0
@@ -59,6 +62,9 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: What SCRAM and the OAuth mechanisms need (users' SCRAM secrets, a
+    #: token validator); None offers neither.
+    sasl: SaslServices | None = None
 
     @classmethod
     def from_config(
@@ -66,6 +72,7 @@ class SessionPolicy:
         config: Config,
         tls_context: Any = None,
         challenge_auth_available: Callable[[], bool] = _never,
+        sasl: SaslServices | None = None,
     ) -> SessionPolicy:
         limits, timeouts = config.limits, config.timeouts
         return cls(
@@ -86,6 +93,7 @@ class SessionPolicy:
             lmtp_max_recipients=config.lmtp.max_recipients,
             recipient_delimiter=config.lmtp.recipient_delimiter,
             challenge_auth_available=challenge_auth_available,
+            sasl=sasl,
             connections=ConnectionLimits(
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
             ),

@@ -33,7 +33,7 @@ class DiskFaultTestCase(DaemonCrashTestCase):
 
     def refused(self, client: imaplib.IMAP4, *command: str, code: str) -> None:
         """The command is answered with a tagged NO carrying ``code``."""
-        tag = client._new_tag()  # type: ignore[attr-defined]
+        tag = client._new_tag()
         client.send(tag + b" " + " ".join(command).encode() + b"\r\n")
         while True:
             line = client.readline()
@@ -44,7 +44,7 @@ class DiskFaultTestCase(DaemonCrashTestCase):
 
     def append_refused(self, client: imaplib.IMAP4, subject: str, code: str) -> None:
         body = message(subject)
-        tag = client._new_tag()  # type: ignore[attr-defined]
+        tag = client._new_tag()
         client.send(tag + b" APPEND INBOX {%d+}\r\n" % len(body) + body + b"\r\n")
         line = client.readline()
         while line.startswith(b"* "):

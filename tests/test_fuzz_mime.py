@@ -71,6 +71,25 @@ def _entity(draw: Draw, writer: _Writer, depth: int, in_digest: bool = False) ->
     for name, value in draw(_fields):
         writer.write(f"{name}: {value}\r\n")
     boundary = writer.boundary()
+    kind, content_type = _content_type(draw, writer, kind, boundary, in_digest)
+    writer.write("\r\n")
+    body = len(writer.out)
+    children: list[Expected] = []
+    message: Expected | None = None
+    if kind == "multipart":
+        children = _parts(draw, writer, depth, boundary)
+    elif kind == "message":
+        message = _entity(draw, writer, depth + 1)
+    else:
+        writer.write("\r\n".join(draw(_body_lines)))
+    return Expected(content_type, start, body, len(writer.out) - body, tuple(children), message)
+
+
+def _content_type(
+    draw: Draw, writer: _Writer, kind: str, boundary: str, in_digest: bool
+) -> tuple[str, str]:
+    """Write the Content-Type field of an entity of ``kind``; (its kind, as a
+    digest's default may change it, and the content type the parser must see)."""
     if kind == "multipart":
         subtype = draw(st.sampled_from(["mixed", "alternative", "related"]))
         quoted = draw(st.booleans())
@@ -79,41 +98,35 @@ def _entity(draw: Draw, writer: _Writer, depth: int, in_digest: bool = False) ->
             + (f'"{boundary}"' if quoted else boundary)
             + "\r\n"
         )
-        content_type = f"multipart/{subtype}"
-    elif kind == "message":
+        return kind, f"multipart/{subtype}"
+    if kind == "message":
         writer.write("Content-Type: message/rfc822\r\n")
-        content_type = "message/rfc822"
-    else:
-        content_type = draw(
-            st.sampled_from(["text/plain", "text/html", "application/octet-stream", None])
-        )
-        if content_type is not None:
-            writer.write(f"Content-Type: {content_type}; name=x\r\n")
-        else:
-            content_type = "message/rfc822" if in_digest else "text/plain"
-            if in_digest:  # a digest's default part is a message: give it one
-                kind = "message"
-    writer.write("\r\n")
-    body = len(writer.out)
-    children: list[Expected] = []
-    message: Expected | None = None
-    if kind == "multipart":
-        preamble = draw(_safe)
-        if preamble:
-            writer.write(preamble + "\r\n")
-        count = draw(st.integers(1, 3))
-        for i in range(count):
-            writer.write(("" if i == 0 else "\r\n") + f"--{boundary}\r\n")
-            children.append(_entity(draw, writer, depth + 1))
-        writer.write(f"\r\n--{boundary}--")
-        epilogue = draw(_safe)
-        if epilogue or draw(st.booleans()):
-            writer.write("\r\n" + epilogue)
-    elif kind == "message":
-        message = _entity(draw, writer, depth + 1)
-    else:
-        writer.write("\r\n".join(draw(_body_lines)))
-    return Expected(content_type, start, body, len(writer.out) - body, tuple(children), message)
+        return kind, "message/rfc822"
+    content_type = draw(
+        st.sampled_from(["text/plain", "text/html", "application/octet-stream", None])
+    )
+    if content_type is not None:
+        writer.write(f"Content-Type: {content_type}; name=x\r\n")
+        return kind, content_type
+    if in_digest:  # a digest's default part is a message: give it one
+        return "message", "message/rfc822"
+    return kind, "text/plain"
+
+
+def _parts(draw: Draw, writer: _Writer, depth: int, boundary: str) -> list[Expected]:
+    """Write a multipart body (preamble, parts, epilogue); its parts."""
+    preamble = draw(_safe)
+    if preamble:
+        writer.write(preamble + "\r\n")
+    children = []
+    for i in range(draw(st.integers(1, 3))):
+        writer.write(("" if i == 0 else "\r\n") + f"--{boundary}\r\n")
+        children.append(_entity(draw, writer, depth + 1))
+    writer.write(f"\r\n--{boundary}--")
+    epilogue = draw(_safe)
+    if epilogue or draw(st.booleans()):
+        writer.write("\r\n" + epilogue)
+    return children
 
 
 @st.composite

@@ -37,6 +37,7 @@ from mailsrv.lmtp.core import (
     delivery_reply,
 )
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
+from mailsrv.session import no_delay
 from mailsrv.storage.deliver import open_account, store
 
 __all__ = ["LMTPFactory", "LMTPServer", "UserLookup"]
@@ -99,6 +100,7 @@ class LMTPServer(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         if self.clock is not None:
             self.callLater = self.clock.callLater  # type: ignore[assignment]
+        no_delay(self.transport)
         self._remote = log.format_remote(self.transport.getPeer())  # type: ignore[union-attr]
         _log.debug(
             "LMTP connection from {remote}",

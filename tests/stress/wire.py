@@ -199,20 +199,7 @@ class _Cursor:
         if char is None:
             raise self.fail("expected a value")
         if char == 0x28:  # (
-            self.pos += 1
-            items: list[Value] = []
-            if self.peek() == 0x29:
-                self.pos += 1
-                return items
-            while True:
-                items.append(self.value(depth + 1))
-                char = self.peek()
-                if char == 0x29:
-                    self.pos += 1
-                    return items
-                if char == 0x28 and isinstance(items[-1], list):
-                    continue  # 1*body, 1*address: lists written without SP
-                self.expect(b" ")
+            return self.parenthesized(depth)
         if char == 0x22:
             return self.quoted()
         if char == 0x7B or (char == 0x7E and self.data.startswith(b"~{", self.pos)):
@@ -223,6 +210,22 @@ class _Cursor:
         if raw.upper() == b"NIL":
             return None
         return Atom(raw.decode("utf-8", "surrogateescape"))
+
+    def parenthesized(self, depth: int) -> list[Value]:
+        self.pos += 1
+        items: list[Value] = []
+        if self.peek() == 0x29:
+            self.pos += 1
+            return items
+        while True:
+            items.append(self.value(depth + 1))
+            char = self.peek()
+            if char == 0x29:
+                self.pos += 1
+                return items
+            if char == 0x28 and isinstance(items[-1], list):
+                continue  # 1*body, 1*address: lists written without SP
+            self.expect(b" ")
 
     def quoted(self) -> bytes:
         self.expect(b'"')

@@ -51,21 +51,25 @@ class DaemonTLSCase(unittest.TestCase):
         self.addCleanup(daemon.stop)
         daemon.wait_for("listening on", count=2)
 
-    def client(self, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    def client(self, version: ssl.TLSVersion | None = None, old: bool = False) -> ssl.SSLContext:
+        """A client context; ``old``: every suite at security level 0, as a
+        client from before TLS 1.2 would offer."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+        if old:
+            context.set_ciphers("ALL:@SECLEVEL=0")
         if version is not None:
             context.minimum_version = context.maximum_version = version
         return context
 
     def handshake(
-        self, name: str | None = None, version: ssl.TLSVersion | None = None
+        self, name: str | None = None, version: ssl.TLSVersion | None = None, old: bool = False
     ) -> tuple[str, str]:
         """(protocol version, common name of the certificate served) on the
         implicit-TLS listener, asking for ``name`` by SNI (None: no SNI)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as raw:
-            with self.client(version).wrap_socket(raw, server_hostname=name) as s:
+            with self.client(version, old).wrap_socket(raw, server_hostname=name) as s:
                 self.assertTrue(read_line(s).startswith(b"* OK"))
                 der = s.getpeercert(binary_form=True)
                 assert der is not None and s.version() is not None
@@ -86,6 +90,26 @@ class DaemonTLSCase(unittest.TestCase):
 class ProfileTests(DaemonTLSCase):
     def test_modern_is_tls13_only(self) -> None:
         self.start('certificate = "c.pem"\nkey = "c.key"\nprofile = "modern"\n', {"c": ("h",)})
+        self.assertEqual(self.handshake(version=ssl.TLSVersion.TLSv1_3)[0], "TLSv1.3")
+        with self.assertRaises(ssl.SSLError):
+            self.handshake(version=ssl.TLSVersion.TLSv1_2)
+
+    def test_intermediate_is_tls12_and_13(self) -> None:
+        """The default profile: TLS 1.2 and 1.3 (RFC 9325 3.1.1, 3.1.2)."""
+        self.start('certificate = "c.pem"\nkey = "c.key"\n', {"c": ("h",)})
+        self.assertEqual(self.handshake(version=ssl.TLSVersion.TLSv1_3)[0], "TLSv1.3")
+        self.assertEqual(self.handshake(version=ssl.TLSVersion.TLSv1_2)[0], "TLSv1.2")
+
+    def test_nothing_below_tls12_by_default(self) -> None:
+        """TLS 1.0 and 1.1 are refused (RFC 8996 2, 3), whatever the client
+        offers: it asks at security level 0, as old clients do."""
+        self.start('certificate = "c.pem"\nkey = "c.key"\n', {"c": ("h",)})
+        for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+            with self.assertRaises(ssl.SSLError, msg=version.name):
+                self.handshake(version=version, old=True)
+
+    def test_min_version_raises_the_floor(self) -> None:
+        self.start('certificate = "c.pem"\nkey = "c.key"\nmin_version = "1.3"\n', {"c": ("h",)})
         self.assertEqual(self.handshake(version=ssl.TLSVersion.TLSv1_3)[0], "TLSv1.3")
         with self.assertRaises(ssl.SSLError):
             self.handshake(version=ssl.TLSVersion.TLSv1_2)

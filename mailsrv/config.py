@@ -309,6 +309,10 @@ class AuthSection:
     )
     failure_delay: float = attrs.field(default=2.0, metadata=_meta(_check_range(0, 60)))
     max_failures: int = attrs.field(default=3, metadata=_meta(_check_range(1, 100)))
+    #: Longest spacing of the checks earned by failed logins from one
+    #: address or for one user, across connections (mailsrv/penalty.py);
+    #: 0 turns the penalty off.
+    penalty_max: float = attrs.field(default=15.0, metadata=_meta(_check_range(0, 300)))
     #: Where users and passwords live: the users file ([users] passwd_file)
     #: or the ``users`` table of a PostgreSQL database.
     backend: str = attrs.field(
@@ -355,6 +359,8 @@ class LimitsSection:
     max_pending_commands: int = attrs.field(default=64, metadata=_meta(_check_range(1, 10000)))
     max_connections_per_user: int = attrs.field(default=20, metadata=_meta(_check_range(1)))
     max_connections_per_ip: int = attrs.field(default=50, metadata=_meta(_check_range(1)))
+    #: Connections open at once over all listeners (IMAP, POP3).
+    max_connections: int = attrs.field(default=1000, metadata=_meta(_check_range(1)))
 
 
 @attrs.frozen

@@ -17,6 +17,7 @@ import attrs
 from twisted.internet.interfaces import IAddress
 
 from mailsrv.config import Config
+from mailsrv.penalty import LoginPenalty
 
 if TYPE_CHECKING:
     from mailsrv.auth.sasl import SaslServices
@@ -95,7 +96,10 @@ class SessionPolicy:
             challenge_auth_available=challenge_auth_available,
             sasl=sasl,
             connections=ConnectionLimits(
-                per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
+                per_user=limits.max_connections_per_user,
+                per_ip=limits.max_connections_per_ip,
+                total=limits.max_connections,
+                penalty_max=config.auth.penalty_max,
             ),
         )
 
@@ -132,31 +136,46 @@ def is_loopback(peer: IAddress | None) -> bool:
 
 
 class ConnectionLimits:
-    """Counts open connections per client IP and per logged-in user.
+    """Counts open connections (in all, per client IP and per logged-in
+    user) and remembers failed logins (:class:`LoginPenalty`).
 
     Shared by every factory of one service, so a user's IMAP and POP3
-    connections count together, as they load the same mailbox.
+    connections count together, as they load the same mailbox, and a
+    reload keeps the counts and the failures.
     """
 
-    def __init__(self, per_user: int = 20, per_ip: int = 50) -> None:
+    def __init__(
+        self, per_user: int = 20, per_ip: int = 50, total: int = 1000, penalty_max: float = 15.0
+    ) -> None:
         self.per_user = per_user
         self.per_ip = per_ip
+        self.total = total
+        self.penalty = LoginPenalty(penalty_max)
         self._ips: Counter[str] = Counter()
         self._users: Counter[str] = Counter()
+        self._open = 0
 
     def open_ip(self, peer: IAddress | None) -> bool:
-        """Count a new connection; False if its IP is over the limit."""
+        """Count a new connection; False if its IP, or the service, is over
+        its limit."""
         host = str(getattr(peer, "host", ""))
-        if self._ips[host] >= self.per_ip:
+        if self._ips[host] >= self.per_ip or self._open >= self.total:
             return False
         self._ips[host] += 1
+        self._open += 1
         return True
 
     def close_ip(self, peer: IAddress | None) -> None:
         host = str(getattr(peer, "host", ""))
+        self._open -= 1
         self._ips[host] -= 1
         if self._ips[host] <= 0:
             del self._ips[host]
+
+    def over_total(self) -> bool:
+        """Is the service at its connection limit (so the refusal was not
+        the address's)?"""
+        return self._open >= self.total
 
     def open_user(self, user: str) -> bool:
         """Count a login; False if the user is over the limit."""

@@ -162,6 +162,11 @@ class SessionGuard:
         self.failures = 0
         self._address_counted = False
         self._answer: IDelayedCall | None = None
+        #: :meth:`open` refused the connection because the service, not the
+        #: address, is at its limit (``limits.max_connections``).
+        self.server_full = False
+        #: The user name of the login attempt in progress, for the penalty.
+        self._attempt_user: str | None = None
 
     # -- connection limits ----------------------------------------------------
 
@@ -173,6 +178,7 @@ class SessionGuard:
         if limits is None:
             return True
         if not limits.open_ip(peer):
+            self.server_full = limits.over_total()
             return False
         self._address_counted = True
         return True
@@ -259,12 +265,52 @@ class SessionGuard:
         :class:`LoginUnavailable` for any other error.
         """
         started = self.clock.seconds()
-        d: defer.Deferred[Any] = portal.login(credentials, None, interface)
+        user = getattr(credentials, "username", None)
+        if isinstance(user, bytes):
+            user = user.decode("utf-8", "replace")
+        self._attempt_user = user if isinstance(user, str) else None
+        wait = self._penalty_wait(started)
+        if wait is None:
+            self._log.warn(
+                "{name}: login from {peer} refused unchecked: too many failed logins",
+                name=self._name,
+                peer=self._address(),
+            )
+            return defer.succeed(self.refuse(started))
+        d: defer.Deferred[Any]
+        if wait > 0:
+            d = self._after(wait).addCallback(lambda _: portal.login(credentials, None, interface))
+        else:
+            d = portal.login(credentials, None, interface)
         return d.addCallbacks(self._logged_in, self._login_error, errbackArgs=(started,))
 
-    @staticmethod
-    def _logged_in(result: tuple[Any, Any, Callable[[], None]]) -> LoginResult:
+    def _address(self) -> str:
+        return str(getattr(self.peer, "host", ""))
+
+    def _penalty_wait(self, now: float) -> float | None:
+        """Seconds the attempt waits for its turn (mailsrv/penalty.py); None:
+        refuse it unchecked."""
+        limits = self.policy.connections
+        if limits is None:
+            return 0.0
+        return limits.penalty.admit(self._address(), self._attempt_user, now)
+
+    def _after(self, seconds: float) -> defer.Deferred[None]:
+        """Fires after ``seconds``; never, if the connection closes first."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def due() -> None:
+            self._answer = None
+            d.callback(None)
+
+        self._answer = self.clock.callLater(seconds, due)
+        return d
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> LoginResult:
         _interface, avatar, logout = result
+        limits = self.policy.connections
+        if limits is not None and self._attempt_user is not None:
+            limits.penalty.succeeded(self._attempt_user)
         return LoggedIn(avatar, logout)
 
     def _login_error(self, failure: Failure, started: float) -> LoginResult:
@@ -281,6 +327,10 @@ class SessionGuard:
         check cost, so timing tells nothing about the user or the hash.
         """
         self.failures += 1
+        limits = self.policy.connections
+        if limits is not None:
+            limits.penalty.failed(self._address(), self._attempt_user, self.clock.seconds())
+        self._attempt_user = None
         return LoginRefused(
             failures=self.failures,
             wait=self.policy.failure_wait(started, self.clock.seconds()),

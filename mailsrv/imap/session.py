@@ -434,6 +434,10 @@ class Session:
         """The connection is open: count it, start the login deadline, greet."""
         self.writer = writer
         if not self.guard.open(peer):
+            if self.guard.server_full:
+                LOG.warn("IMAP: limits.max_connections reached, {peer} refused", peer=peer)
+                self.end_with_bye("Too many connections to this server, try again later")
+                return
             LOG.warn("IMAP: too many connections from {peer}", peer=peer)
             self.end_with_bye("Too many connections from your address")
             return

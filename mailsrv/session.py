@@ -167,6 +167,9 @@ class SessionGuard:
         self.server_full = False
         #: The user name of the login attempt in progress, for the penalty.
         self._attempt_user: str | None = None
+        #: The attempt in progress has had its address's turn (a SASL
+        #: exchange takes it before it starts: :meth:`take_turn`).
+        self._turn_taken = False
 
     # -- connection limits ----------------------------------------------------
 
@@ -269,7 +272,8 @@ class SessionGuard:
         if isinstance(user, bytes):
             user = user.decode("utf-8", "replace")
         self._attempt_user = user if isinstance(user, str) else None
-        wait = self._penalty_wait(started)
+        wait = self._penalty_wait(started, "" if self._turn_taken else self._address())
+        self._turn_taken = False
         if wait is None:
             self._log.warn(
                 "{name}: login from {peer} refused unchecked: too many failed logins",
@@ -287,13 +291,32 @@ class SessionGuard:
     def _address(self) -> str:
         return str(getattr(self.peer, "host", ""))
 
-    def _penalty_wait(self, now: float) -> float | None:
+    def _penalty_wait(self, now: float, address: str) -> float | None:
         """Seconds the attempt waits for its turn (mailsrv/penalty.py); None:
         refuse it unchecked."""
         limits = self.policy.connections
         if limits is None:
             return 0.0
-        return limits.penalty.admit(self._address(), self._attempt_user, now)
+        return limits.penalty.admit(address, self._attempt_user, now)
+
+    def take_turn(self) -> defer.Deferred[bool]:
+        """Wait for the address's turn to have a login checked, before a SASL
+        exchange starts (SCRAM and token mechanisms check without the
+        portal); False: refuse the attempt unchecked.  Fires never if the
+        connection closes first."""
+        self._attempt_user = None
+        wait = self._penalty_wait(self.clock.seconds(), self._address())
+        if wait is None:
+            self._log.warn(
+                "{name}: login from {peer} refused unchecked: too many failed logins",
+                name=self._name,
+                peer=self._address(),
+            )
+            return defer.succeed(False)
+        self._turn_taken = True
+        if wait <= 0:
+            return defer.succeed(True)
+        return self._after(wait).addCallback(lambda _: True)
 
     def _after(self, seconds: float) -> defer.Deferred[None]:
         """Fires after ``seconds``; never, if the connection closes first."""
@@ -331,6 +354,7 @@ class SessionGuard:
         if limits is not None:
             limits.penalty.failed(self._address(), self._attempt_user, self.clock.seconds())
         self._attempt_user = None
+        self._turn_taken = False
         return LoginRefused(
             failures=self.failures,
             wait=self.policy.failure_wait(started, self.clock.seconds()),

@@ -9,8 +9,10 @@ connection limit is checked over real sockets against a daemon.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -19,13 +21,18 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mailsrv.auth.checker import PasswdFileChecker
+from mailsrv.auth.passwdfile import PasswdFile
 from mailsrv.auth.realm import MailRealm
+from mailsrv.auth.sasl import SaslServices
 from mailsrv.imap.protocol import IMAP4Server, IMAP4ServerFactory
 from mailsrv.penalty import FREE, LoginPenalty
 from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.pop3.server import POP3Factory
 from mailsrv.storage.memory import MemoryStorage
 from tests.helpers import Daemon, free_port, read_line
+from tests.sasl_helpers import ScramClient
+from tests.test_scram import DOVEADM_PENCIL
 
 REFUSED = b"NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
 
@@ -207,3 +214,54 @@ class ServiceConnectionLimitTests(TestCase):
         self.assertEqual(pop.recv(100), b"")
         with socket.create_connection(("127.0.0.1", imap), timeout=30) as again:
             self.assertTrue(read_line(again).startswith(b"* OK"))
+
+
+class PenaltyBeforeSaslTests(SynchronousTestCase):
+    """SCRAM checks its proof without the portal: the turn is taken before
+    the exchange starts, so no challenge goes out before it."""
+
+    def setUp(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"alice:{DOVEADM_PENCIL}\n")
+        checker = PasswdFileChecker(PasswdFile(path), run_in_thread=False)
+        self.clock = Clock()
+        portal = Portal(MailRealm(MemoryStorage()), [checker])
+        policy = SessionPolicy(
+            failure_delay=0.0,
+            max_failures=100,
+            plaintext="always",
+            connections=ConnectionLimits(penalty_max=4.0),
+            sasl=SaslServices(scram=checker, scram_available=checker.any_scram),
+        )
+        self.imap = IMAP4ServerFactory(portal, policy, clock=self.clock)
+        self.pop3 = POP3Factory(portal, policy, clock=self.clock)
+
+    def connect(self, factory: IMAP4ServerFactory | POP3Factory) -> tuple[Any, StringTransport]:
+        server = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+        server.makeConnection(transport)
+        transport.clear()
+        return server, transport
+
+    def test_scram_waits_its_turn(self) -> None:
+        server, _ = self.connect(self.imap)
+        for i in range(FREE + 4):  # the interval is now the 4 s cap
+            server.dataReceived(b"f%d LOGIN alice wrong\r\n" % i)
+            self.clock.advance(10)
+        first = base64.b64encode(ScramClient("alice", "pencil").first())
+        answers = []
+        for factory, begin in (
+            (self.imap, b"a AUTHENTICATE SCRAM-SHA-256 "),
+            (self.pop3, b"AUTH SCRAM-SHA-256 "),
+            (self.imap, b"c AUTHENTICATE SCRAM-SHA-256 "),
+        ):
+            session, transport = self.connect(factory)
+            session.dataReceived(begin + first + b"\r\n")
+            answers.append(transport)
+        self.clock.advance(0)
+        self.assertTrue(answers[0].value().startswith(b"+ "), answers[0].value())
+        self.assertEqual(answers[1].value(), b"")
+        self.assertEqual(answers[2].value(), b"c " + REFUSED)
+        self.clock.advance(4)
+        self.assertTrue(answers[1].value().startswith(b"+ "), answers[1].value())

@@ -75,6 +75,4 @@ class SearchTests(TestCase):
             ("SUBJECT quiet", b"2"),
         ):
             response = yield client.command("t", "SEARCH " + key)
-            self.assertEqual(
-                response, b"* SEARCH " + hits + b"\r\nt OK SEARCH completed\r\n", key
-            )
+            self.assertEqual(response, b"* SEARCH " + hits + b"\r\nt OK SEARCH completed\r\n", key)

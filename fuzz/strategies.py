@@ -526,8 +526,10 @@ def fetch(draw: Draw, tag: str) -> Rendered:
 @st.composite
 def search(draw: Draw, tag: str) -> Rendered:
     uid = draw(st.booleans())
+    # Each option once: a second ALL is BAD (RFC 5267 4.4).
     options = draw(
-        st.none() | st.lists(st.sampled_from(["MIN", "MAX", "ALL", "COUNT", "SAVE"]), max_size=3)
+        st.none()
+        | st.lists(st.sampled_from(["MIN", "MAX", "ALL", "COUNT", "SAVE"]), max_size=3, unique=True)
     )
     charset = draw(st.none() | st.sampled_from(["UTF-8", "US-ASCII", "utf-8"]))
     keys = draw(st.lists(search_keys, min_size=1, max_size=3))

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.interfaces import IAddress
 
+from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
+from mailsrv.hooks import SessionHooks
 from mailsrv.penalty import LoginPenalty
 
 if TYPE_CHECKING:
@@ -66,6 +68,15 @@ class SessionPolicy:
     #: What SCRAM and the OAuth mechanisms need (users' SCRAM secrets, a
     #: token validator); None offers neither.
     sasl: SaslServices | None = None
+    #: SASL mechanisms of the embedding application, as twisted.mail's
+    #: ``challengers``: mechanism name -> a callable that makes a fresh
+    #: ``IChallengeResponse`` credentials object per attempt
+    #: (:mod:`mailsrv.auth.challengers`).  Offered by IMAP and POP3 beside
+    #: mailsrv's own; a name of mailsrv's own is replaced.
+    challengers: Mapping[str, Callable[[], Any]] = attrs.field(factory=dict, converter=normalise)
+    #: What an embedding application changes in sessions (mailsrv.testing's
+    #: emulation, the twisted.mail bridge); None in the daemon.
+    hooks: SessionHooks | None = None
 
     @classmethod
     def from_config(

@@ -378,7 +378,7 @@ class Session:
                 else defer.succeed(None)
             )
             if hook.refuse is not None:
-                return d.addCallback(lambda _: Done("NO", hook.refuse or ""))
+                return d.addCallback(lambda _: _refusal(hook.refuse or ""))
             return d.addCallback(lambda _: handler(session, command))
 
         return run
@@ -597,3 +597,13 @@ class Session:
 
     def _release_user(self) -> None:
         self.guard.release_user()
+
+
+def _refusal(text: str) -> Done:
+    """A hook's refusal: NO with ``text``, whose leading ``[CODE]``, if any,
+    is the response code (a text may not start with "[" itself: RFC 3501
+    7.1, see :func:`response.tagged`)."""
+    if text.startswith("[") and "]" in text:
+        code, _, rest = text[1:].partition("]")
+        return Done("NO", rest.strip() or "Refused", code)
+    return Done("NO", text)

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from mailsrv import mutf7
 from mailsrv.imap import syntax
-from mailsrv.imap.commands.append import Append
+from mailsrv.imap.catenate import Text
+from mailsrv.imap.commands.append import Append, AppendMessage
 from mailsrv.imap.commands.auth import Login
 from mailsrv.imap.commands.copy import Copy
 from mailsrv.imap.commands.expunge import Expunge
@@ -573,7 +574,12 @@ def append(draw: Draw, tag: str) -> Rendered:
     )
     return Rendered(
         _command(draw, tag, "APPEND", *args),
-        Append(tag, "APPEND", name, flag_tuple, when, message, binary),
+        Append(
+            tag,
+            "APPEND",
+            name,
+            (AppendMessage(flag_tuple, when, (Text(message),), binary=binary),),
+        ),
     )
 
 

@@ -20,6 +20,7 @@ from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
 from mailsrv.hooks import SessionHooks
 from mailsrv.penalty import LoginPenalty
+from mailsrv.quota import Quotas, quotas_from_config
 
 if TYPE_CHECKING:
     from mailsrv.auth.sasl import SaslServices
@@ -65,6 +66,9 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: Each user's quota limits (none by default): IMAP, LMTP and
+    #: ``mailsrv deliver`` check them before storing.
+    quotas: Quotas = attrs.field(factory=Quotas)
     #: What SCRAM and the OAuth mechanisms need (users' SCRAM secrets, a
     #: token validator); None offers neither.
     sasl: SaslServices | None = None
@@ -85,6 +89,7 @@ class SessionPolicy:
         tls_context: Any = None,
         challenge_auth_available: Callable[[], bool] = _never,
         sasl: SaslServices | None = None,
+        quotas: Quotas | None = None,
     ) -> SessionPolicy:
         limits, timeouts = config.limits, config.timeouts
         return cls(
@@ -112,6 +117,7 @@ class SessionPolicy:
                 total=limits.max_connections,
                 penalty_max=config.auth.penalty_max,
             ),
+            quotas=quotas if quotas is not None else quotas_from_config(config),
         )
 
     def failure_wait(self, started: float | None, now: float) -> float:

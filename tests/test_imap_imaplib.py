@@ -2,7 +2,7 @@
 
 Every public method of ``imaplib.IMAP4`` (Python 3.11) is driven here:
 each either works, with its result asserted, or (for extensions the server
-does not advertise: ACL, QUOTA, ANNOTATE, PROXYAUTH and the obsolete
+does not advertise: ACL, ANNOTATE, PROXYAUTH and the obsolete
 PARTIAL) gets a tagged BAD that imaplib raises as
 ``imaplib.IMAP4.error``.  :class:`ImaplibTLSTests` covers ``starttls`` and
 ``IMAP4_SSL``.  FETCH of body items is asserted only as far as it works
@@ -268,9 +268,9 @@ def _every_method(c: imaplib.IMAP4, r: dict[str, Any]) -> None:
     refused("setacl", lambda: c.setacl("INBOX", "ann", "lr"))
     refused("deleteacl", lambda: c.deleteacl("INBOX", "ann"))
     refused("myrights", lambda: c.myrights("INBOX"))
-    refused("getquota", lambda: c.getquota(""))
-    refused("getquotaroot", lambda: c.getquotaroot("INBOX"))
-    refused("setquota", lambda: c.setquota("", "(STORAGE 512)"))
+    r["getquota"] = c.getquota('""')
+    r["getquotaroot"] = c.getquotaroot("INBOX")
+    r["setquota"] = c.setquota('""', "(STORAGE 512)")  # NO: imaplib raises on BAD only
     refused("getannotation", lambda: c.getannotation("INBOX", '"/comment"', '"value"'))
     refused(
         "setannotation",
@@ -352,7 +352,7 @@ class EveryMethodTests(ImaplibBase):
         typ, caps = r["capability"]
         self.assertEqual(typ, "OK")
         self.assertTrue(caps[0].startswith(b"IMAP4rev1 LITERAL+ SASL-IR"), caps)
-        for absent in (b"ACL", b"QUOTA"):
+        for absent in (b"ACL", b"QUOTASET"):
             self.assertNotIn(absent, caps[0].split())
         for present in (b"SORT", b"THREAD=REFERENCES", b"ESORT", b"CONTEXT=SEARCH", b"CONDSTORE"):
             self.assertIn(present, caps[0].split())
@@ -361,8 +361,11 @@ class EveryMethodTests(ImaplibBase):
         self.assertIn("illegal in state", r["proxyauth_early"])  # imaplib's own check
         for name in ("getacl", "setacl", "deleteacl", "myrights"):
             self.assertIn("the ACL (RFC 4314) extension is not offered", r[name])
-        for name in ("getquota", "getquotaroot", "setquota"):
-            self.assertIn("the QUOTA (RFC 9208) extension is not offered", r[name])
+        # QUOTA (RFC 9208): no limits configured, so an empty resource list.
+        self.assertEqual(r["getquota"], ("OK", [b'"" ()']))
+        self.assertEqual(r["getquotaroot"], ("OK", [[b'INBOX ""'], [b'"" ()']]))
+        self.assertEqual(r["setquota"][0], "NO")
+        self.assertIn(b"[NOPERM] Quota limits are set by the administrator", r["setquota"][1][0])
         for name in ("getannotation", "setannotation"):
             self.assertIn("ANNOTATE-EXPERIMENT-1", r[name])
         # SORT (RFC 5256): the same messages, in reverse arrival order here

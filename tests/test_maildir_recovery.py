@@ -28,7 +28,7 @@ from mailsrv import cli
 from mailsrv.interfaces import StoreMode
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage, reindex
 from mailsrv.storage.maildir.index import Index
-from tests.helpers import at_once, source_env
+from tests.helpers import source_env
 from tests.maildir_case import MaildirTestCase, Recorder
 
 INDEX = "mailsrv-index.sqlite"
@@ -277,7 +277,7 @@ class DamagedIndexTests(RecoveryTestCase):
         db.close()
         account = MaildirStorage(self.template).account("alice")
         self.assertEqual(reindex(account)["INBOX"], 3)
-        self.assertEqual(len(at_once(at_once(account.get_mailbox("INBOX")).uids())), 3)
+        self.assertEqual(len(account.open_mailbox("INBOX").uids()), 3)
 
     def test_only_the_latest_damaged_index_is_kept(self) -> None:
         for round_number in range(3):

@@ -84,8 +84,8 @@ class LiteralNeeded:
 
     ``tag`` and ``command`` (upper-cased, ``UID`` folded in) are read from
     the command's first line when they can be; ``command_size`` is what
-    the command holds in memory so far and ``spooled`` whether one of its
-    literals went to a file.
+    the command holds in memory so far, ``spooled`` whether one of its
+    literals went to a file and ``spooled_size`` how much went to files.
     """
 
     size: int
@@ -95,6 +95,7 @@ class LiteralNeeded:
     command: str | None
     command_size: int
     spooled: bool
+    spooled_size: int = 0
 
 
 @attrs.define
@@ -167,9 +168,11 @@ class Framer:
         self._continuation = False
         self._segments: list[Segment] = []
         self._command_size = 0
-        #: One of the command's literals so far went to a file: kept, not
-        #: searched for, so a command of many literals frames in linear time.
+        #: One of the command's literals so far went to a file, and how much
+        #: went to files: kept, not searched for, so a command of many
+        #: literals frames in linear time.
         self._spooled = False
+        self._spooled_size = 0
         self._announced: LiteralNeeded | None = None
         self._literal: _Literal | None = None
         self._after_cr = False  # OVERLONG: the last octet dropped was a CR
@@ -216,6 +219,14 @@ class Framer:
         else:
             self._literal = _Literal(announced.size, announced.size, None)
             self._mode = _Mode.DROPPING
+
+    def take_unread(self) -> bytes:
+        """Hand back the octets received and not framed yet (COMPRESS: they
+        came after the command and are compressed, so they must go through
+        the inflater first)."""
+        unread = bytes(self._buffer[self._start :])
+        self._buffer, self._start, self._scanned = bytearray(), 0, 0
+        return unread
 
     def clear(self) -> None:
         """Forget everything not yet framed (STARTTLS: what was pipelined
@@ -293,6 +304,7 @@ class Framer:
             self._segments = []
             self._command_size = 0
             self._spooled = False
+            self._spooled_size = 0
             return FramedCommand(segments)
         size, non_sync, binary = marker
         first = self._segments[0]
@@ -306,6 +318,7 @@ class Framer:
             command=peeked[1] if peeked else None,
             command_size=self._command_size,
             spooled=self._spooled,
+            spooled_size=self._spooled_size,
         )
         self._mode = _Mode.DECIDING
         return self._announced
@@ -339,6 +352,7 @@ class Framer:
             literal.sink.seek(0)
             self._segments.append(LiteralFile(literal.sink, literal.size))
             self._spooled = True
+            self._spooled_size += literal.size
             self._mode = _Mode.LINE
         return None
 
@@ -384,4 +398,5 @@ class Framer:
         segments, self._segments = self._segments, []
         self._command_size = 0
         self._spooled = False
+        self._spooled_size = 0
         close_segments(segments)

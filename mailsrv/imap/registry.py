@@ -131,10 +131,8 @@ def _not_offered(names: str, capability: str) -> dict[str, str]:
 #: clearer BAD than "unknown command" for clients that send them anyway.
 NOT_OFFERED: dict[str, str] = {
     **_not_offered("GETACL SETACL DELETEACL MYRIGHTS LISTRIGHTS", "ACL (RFC 4314)"),
-    **_not_offered("GETQUOTA GETQUOTAROOT SETQUOTA", "QUOTA (RFC 9208)"),
     **_not_offered("GETANNOTATION SETANNOTATION", "ANNOTATE-EXPERIMENT-1 (RFC 5257)"),
     **_not_offered("GETMETADATA SETMETADATA", "METADATA (RFC 5464)"),
-    **_not_offered("COMPRESS", "COMPRESS (RFC 4978)"),
     **_not_offered("NOTIFY", "NOTIFY (RFC 5465)"),
     **_not_offered("UNAUTHENTICATE", "UNAUTHENTICATE (RFC 8437)"),
     **_not_offered("GETJMAPACCESS", "JMAPACCESS (RFC 9698)"),
@@ -167,6 +165,8 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "QRESYNC",
     "ESEARCH",
     "SEARCHRES",
+    "MULTIAPPEND",
+    "CATENATE",
     _appendlimit,
 )
 
@@ -199,7 +199,12 @@ CAPABILITY_ORDER = (
     "THREAD",
     "ESORT",
     "CONTEXT",
+    "MULTIAPPEND",
+    "CATENATE",
+    "REPLACE",
     "APPENDLIMIT",
+    "COMPRESS",
+    "QUOTA",
     "STARTTLS",
     "LOGINDISABLED",
     "AUTH",

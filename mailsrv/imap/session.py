@@ -74,6 +74,18 @@ LOG = log.get_logger("mailsrv.imap.server")
 #: arrive; smaller literals stay in memory.
 SPOOL_THRESHOLD = 64 * 1024
 
+#: The commands whose literals are messages (spooled, up to the message
+#: size limit each), and the states they take them in.
+APPENDING = {
+    "APPEND": frozenset({State.AUTHENTICATED, State.SELECTED}),
+    "REPLACE": frozenset({State.SELECTED}),
+    "UID REPLACE": frozenset({State.SELECTED}),
+}
+#: One APPEND (MULTIAPPEND, CATENATE) spools at most this many times the
+#: message size limit in all, so a client cannot fill the disk with one
+#: command that is never finished.
+APPEND_TOTAL_FACTOR = 10
+
 #: Why a session ends when its view of the mailbox could not be updated.
 OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
 #: Why a session ends when its selected mailbox disappears.
@@ -101,6 +113,9 @@ class Connection(Protocol):
 
     def command_done(self) -> None:
         """A command completed: read on (once the client reads its answers)."""
+
+    def start_compression(self) -> None:
+        """COMPRESS=DEFLATE both ways from the next octet on."""
 
 
 class Continuation(Protocol):
@@ -268,6 +283,26 @@ class Session:
         """The command reads no more lines of its own."""
         self.continuation = None
 
+    @property
+    def compressing(self) -> bool:
+        """COMPRESS=DEFLATE is on."""
+        return self.writer is not None and self.writer.compressing
+
+    def start_compression(self) -> None:
+        """Compress from right after the tagged OK just written (RFC 4978 3)."""
+        LOG.info("IMAP: {user} turned COMPRESS=DEFLATE on", user=self.user)
+        self.connection.start_compression()
+
+    def corrupt_input(self, reason: str) -> None:
+        """The client's compressed stream cannot be read: nothing after the
+        damage can be framed, so say why and close."""
+        LOG.warn(
+            "IMAP: closing the session of {user}: corrupt compressed input: {reason}",
+            user=self.user or "(not logged in)",
+            reason=reason,
+        )
+        self.end_with_bye("Corrupt compressed data received")
+
     def start_tls(self) -> None:
         # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after STARTTLS
         # arrived in plaintext and must not be acted upon.
@@ -290,28 +325,31 @@ class Session:
         """Take a literal into memory, spool it (APPEND), or refuse it, and
         tell the client (``+`` for a synchronizing literal, or the refusal)."""
         tag = event.tag or "*"
-        appending = event.command == "APPEND" and self.state in (
-            State.AUTHENTICATED,
-            State.SELECTED,
-        )
+        appending = event.command in APPENDING and self.state in APPENDING[event.command]
         size = event.size
         in_memory = event.command_size + size <= self.policy.max_line_length
         spool = appending and (size > SPOOL_THRESHOLD or not in_memory)
         refusal: bytes | None = None
-        if appending and size > self.policy.max_message_size:
-            status = "NO" if event.synchronizing else "BAD"
+        # A refused synchronizing literal is NO (RFC 3502: the whole
+        # MULTIAPPEND is cancelled, nothing stored); a LITERAL+ one comes
+        # anyway and is dropped with its command, so BAD (RFC 7888 4).
+        status = "NO" if event.synchronizing else "BAD"
+        limit = self.policy.max_message_size
+        if appending and size > limit:
+            refusal = response.tagged(
+                tag, status, f"Message too large (at most {limit} octets)", "TOOBIG"
+            )
+        elif appending and event.spooled_size + size > APPEND_TOTAL_FACTOR * limit:
             refusal = response.tagged(
                 tag,
                 status,
-                f"Message too large (at most {self.policy.max_message_size} octets)",
+                f"Too much in one APPEND (at most {APPEND_TOTAL_FACTOR * limit} octets)",
                 "TOOBIG",
             )
         elif event.binary and not appending:
             refusal = response.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
         elif not spool and not in_memory:
             refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
-        elif spool and event.spooled:
-            refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
         elif not event.synchronizing and self._withdrawn("LITERAL+"):
             # RFC 7888 3: without LITERAL+ a server knows no "{n+}" literal.
             refusal = response.tagged(tag, "BAD", "Non-synchronizing literal without LITERAL+")

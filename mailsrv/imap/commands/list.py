@@ -12,7 +12,7 @@ from twisted.internet import defer
 
 from mailsrv.errors import StorageError
 from mailsrv.imap import response, syntax
-from mailsrv.imap.commands.status import status_items, status_line
+from mailsrv.imap.commands.status import mailbox_status_line, status_items
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec
@@ -203,10 +203,10 @@ def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any
         session.send(line)
         if command.status_items and name in existing and "\\Noselect" not in attributes:
             try:
-                status = yield defer.maybeDeferred(account.status, name)
+                line = yield mailbox_status_line(session, name, command.status_items)
             except StorageError:
                 continue
-            session.send(status_line(session, name, status, command.status_items))
+            session.send(line)
     return Done(text=f"{command.name} completed")
 
 

@@ -710,13 +710,40 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
         _check_quota_rules(config, users, stdout)
     else:  # create_if_missing: the daemon creates it
         count = 0
+    # Worked out before anything is written: an expired certificate is an
+    # error, and the output then is that error alone.
+    certificates = [] if tls_pending or not config.tls_enabled else _certificates(config, path)
     for line in describe(config):
         stdout.write(line + "\n")
     if tls_pending:
         stdout.write("  (self-signed certificate and key to be created at first start)\n")
+    for line in certificates:
+        stdout.write(line + "\n")
     if count is not None:
         stdout.write(f"  users: {count}\n")
     return EX_OK
+
+
+#: check-config warns when a certificate has fewer days left than this.
+EXPIRY_WARNING_DAYS = 14
+
+
+def _certificates(config: Config, path: str) -> list[str]:
+    """Lines on the names and expiry of each certificate; an expired one is
+    an error (every client that checks certificates would refuse it)."""
+    from mailsrv.tls import certificates
+
+    lines = []
+    for info in certificates(config.tls, path):
+        left = info.days_left()
+        until = info.not_after.strftime("%Y-%m-%d %H:%M UTC")
+        if left < 0:
+            raise ConfigError(path, info.key, f"{info.path} expired on {until}")
+        names = ", ".join(info.names) or "no names"
+        lines.append(f"  {info.key}: {info.path} for {names}, valid until {until}")
+        if left < EXPIRY_WARNING_DAYS:
+            lines.append(f"  warning: {info.key} expires in {left:.1f} days; renew it")
+    return lines
 
 
 @implementer(ILogObserver)

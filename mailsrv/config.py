@@ -208,16 +208,53 @@ class LMTPSection:
     max_recipients: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
 
 
+#: ``tls.profile``: the lowest TLS version and the TLS 1.2 suites of each
+#: (RFC 9325 4): "modern" is TLS 1.3 only, "intermediate" (the default)
+#: adds TLS 1.2 with forward-secret AEAD suites, for clients from before 1.3.
+TLS_PROFILES: dict[str, tuple[str, str | None]] = {
+    "modern": ("1.3", None),
+    "intermediate": ("1.2", DEFAULT_CIPHERS),
+}
+
+
+@attrs.frozen
+class SNICertificate:
+    """One more certificate and its key (``[[tls.sni]]``), served to clients
+    that ask for one of the names it is for (RFC 6066 3, Server Name
+    Indication)."""
+
+    certificate: str
+    key: str
+
+
 @attrs.frozen
 class TLSSection:
     certificate: str | None = attrs.field(default=None, metadata=_meta(path=True))
     key: str | None = attrs.field(default=None, metadata=_meta(path=True))
-    min_version: str = attrs.field(default="1.2", metadata=_meta(_check_choice("1.2", "1.3")))
-    #: OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are not affected).
-    ciphers: str = attrs.field(default=DEFAULT_CIPHERS, metadata=_meta(_check_ciphers))
+    #: "modern" or "intermediate": see :data:`TLS_PROFILES`.
+    profile: str = attrs.field(default="intermediate", metadata=_meta(_check_choice(*TLS_PROFILES)))
+    #: Raises the profile's lowest version ("1.3" with "intermediate").
+    min_version: str | None = attrs.field(default=None, metadata=_meta(_check_choice("1.2", "1.3")))
+    #: OpenSSL cipher string for TLS 1.2 instead of the profile's (TLS 1.3
+    #: suites are not affected).
+    ciphers: str | None = attrs.field(default=None, metadata=_meta(_check_ciphers))
+    #: Further certificates, each served to clients asking for its names.
+    sni: tuple[SNICertificate, ...] = attrs.field(default=(), metadata=_meta())
     #: Create a self-signed certificate and key at the paths above when they
     #: are missing (development only).
     generate_self_signed: bool = attrs.field(default=False, metadata=_meta())
+
+    @property
+    def minimum_version(self) -> str:
+        """The lowest TLS version accepted: ``min_version``, else the profile's."""
+        return self.min_version or TLS_PROFILES[self.profile][0]
+
+    @property
+    def cipher_list(self) -> str | None:
+        """The TLS 1.2 suites: ``ciphers``, else the profile's (None: no TLS 1.2)."""
+        if self.minimum_version == "1.3":
+            return None
+        return self.ciphers if self.ciphers is not None else DEFAULT_CIPHERS
 
 
 @attrs.frozen
@@ -292,6 +329,10 @@ class AuthSection:
     )
     failure_delay: float = attrs.field(default=2.0, metadata=_meta(_check_range(0, 60)))
     max_failures: int = attrs.field(default=3, metadata=_meta(_check_range(1, 100)))
+    #: Longest spacing of the checks earned by failed logins from one
+    #: address or for one user, across connections (mailsrv/penalty.py);
+    #: 0 turns the penalty off.
+    penalty_max: float = attrs.field(default=15.0, metadata=_meta(_check_range(0, 300)))
     #: Where users and passwords live: the users file ([users] passwd_file)
     #: or the ``users`` table of a PostgreSQL database.
     backend: str = attrs.field(
@@ -338,6 +379,8 @@ class LimitsSection:
     max_pending_commands: int = attrs.field(default=64, metadata=_meta(_check_range(1, 10000)))
     max_connections_per_user: int = attrs.field(default=20, metadata=_meta(_check_range(1)))
     max_connections_per_ip: int = attrs.field(default=50, metadata=_meta(_check_range(1)))
+    #: Connections open at once over all listeners (IMAP, POP3).
+    max_connections: int = attrs.field(default=1000, metadata=_meta(_check_range(1)))
 
 
 def _check_size(value: str) -> str | None:
@@ -515,6 +558,8 @@ def _type_name(value: Any) -> str:
 
 def _convert(value: Any, annotation: str, where: str) -> Any:
     """Check ``value`` against a field's annotation; return the stored form."""
+    if annotation == "tuple[SNICertificate, ...]":
+        return _sni_certificates(value, where)
     converter = _CONVERTERS.get(annotation)
     if converter is None:
         raise AssertionError(f"no converter for {annotation}")
@@ -570,6 +615,35 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "str | None": _to_str,
     "tuple[str, ...]": _to_strings,
 }
+
+
+def _sni_certificates(value: Any, where: str) -> tuple[SNICertificate, ...]:
+    """``[[tls.sni]]`` tables: each a ``certificate`` and a ``key`` path."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise _error(
+            where,
+            f"expected tables ([[{where}]] with certificate and key), got {_type_name(value)}",
+        )
+    pairs = []
+    for i, table in enumerate(value):
+        here = f"{where}[{i}]"
+        if not isinstance(table, dict):
+            raise _error(
+                here, f"expected a table with certificate and key, got {_type_name(table)}"
+            )
+        unknown = sorted(set(table) - {"certificate", "key"})
+        if unknown:
+            raise _error(f"{here}.{unknown[0]}", "unknown key (known keys: certificate, key)")
+        paths = []
+        for name in ("certificate", "key"):
+            path = table.get(name)
+            if not isinstance(path, str) or not path:
+                raise _error(f"{here}.{name}", "required: the path of a PEM file")
+            paths.append(os.path.abspath(os.path.expanduser(path)))
+        pairs.append(SNICertificate(*paths))
+    return tuple(pairs)
 
 
 class _Errors:
@@ -664,6 +738,29 @@ def _check_postgresql(dsn: str, section: str = "storage", other: str = "") -> No
         conninfo.conninfo_to_dict(dsn)
     except ProgrammingError as e:
         raise _error(f"{section}.dsn", f"not a valid PostgreSQL connection string: {e}") from None
+
+
+def _check_tls(config: Config) -> None:
+    """What the profile excludes cannot be asked for, and extra
+    certificates need the default one (for clients that send no name)."""
+    tls = config.tls
+    if tls.profile == "modern" and tls.min_version == "1.2":
+        raise _error(
+            "tls.min_version",
+            "profile 'modern' is TLS 1.3 only; set tls.profile = 'intermediate' to accept 1.2",
+        )
+    if tls.ciphers is not None and tls.minimum_version == "1.3":
+        raise _error(
+            "tls.ciphers",
+            "TLS 1.2 suites have no use when TLS 1.3 is the minimum "
+            f"(tls.profile = {tls.profile!r}, tls.min_version = {tls.min_version!r}); "
+            "TLS 1.3 suites are all forward-secret AEAD",
+        )
+    if tls.sni and tls.certificate is None:
+        raise _error(
+            "tls.sni",
+            "needs tls.certificate and tls.key: the certificate for clients that send no name",
+        )
 
 
 def _check_auth(config: Config) -> None:
@@ -862,13 +959,17 @@ def _check_files(config: Config) -> None:
             option = {"tls.certificate": "--tls-cert", "tls.key": "--tls-key"}[missing]
             raise _error(option, "--tls-cert and --tls-key must be given together")
         raise _error(_origin(config, missing), "tls.certificate and tls.key must be given together")
+    files: list[tuple[str, str | None]] = []
     if tls.certificate is not None and not tls.generate_self_signed:
-        for key, path in (("tls.certificate", tls.certificate), ("tls.key", tls.key)):
-            assert path is not None
-            if not os.path.isfile(path):
-                raise _error(_origin(config, key), f"file not found: {path}")
-            if not os.access(path, os.R_OK):
-                raise _error(_origin(config, key), f"file not readable: {path}")
+        files += [("tls.certificate", tls.certificate), ("tls.key", tls.key)]
+    for i, pair in enumerate(tls.sni):
+        files += [(f"tls.sni[{i}].certificate", pair.certificate), (f"tls.sni[{i}].key", pair.key)]
+    for key, path in files:
+        assert path is not None
+        if not os.path.isfile(path):
+            raise _error(_origin(config, key), f"file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise _error(_origin(config, key), f"file not readable: {path}")
     users = config.users
     if config.auth.backend != "passwd-file":
         return  # users are in the database: no users file to find
@@ -910,6 +1011,7 @@ def load_config(
     )
     _check_auth(config)
     _check_workers(config)
+    _check_tls(config)
     from mailsrv.auth.oauth_config import check_oauth
 
     check_oauth(config.auth.oauth, _Errors.path, check_files)
@@ -946,6 +1048,11 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        # tomllib decodes the whole file first; TOML is UTF-8 (TOML 1.0).
+        raise ConfigError(
+            path, "", f"not valid TOML: not UTF-8 (octet {e.object[e.start]:#04x} at {e.start})"
+        ) from None
     for name, value in data.items():
         if name not in _SECTIONS:
             raise _error(name, f"unknown section (known: {', '.join(_SECTIONS)})")
@@ -1012,6 +1119,13 @@ def describe(config: Config) -> Sequence[str]:
     count = resolved_workers(config)
     how = " (one per CPU)" if config.server.workers == 0 and count > 1 else ""
     lines.append(f"  workers: {count}{how}")
+    if config.tls_enabled:
+        versions = "1.3 only" if config.tls.minimum_version == "1.3" else "1.2 and 1.3"
+        suites = config.tls.cipher_list
+        lines.append(
+            f"  TLS profile {config.tls.profile}: TLS {versions}"
+            + (f", TLS 1.2 suites {suites}" if suites else "")
+        )
     quota = config.quota
     limits = [f"storage {quota.storage}"] if quota.storage not in ("", "0") else []
     limits += [f"{quota.messages} messages"] if quota.messages else []

@@ -79,3 +79,13 @@ class TemporaryFailure(StorageError):
     """Try again later (disk full, lock timeout); delivery exits EX_TEMPFAIL."""
 
     code = "UNAVAILABLE"
+
+
+class DiskFull(TemporaryFailure):
+    """No space left (ENOSPC, EDQUOT) to store a message: nothing was stored.
+
+    IMAP answers ``NO [OVERQUOTA]`` (RFC 5530 3, as Dovecot does for a full
+    disk); delivery exits EX_TEMPFAIL, so the MTA keeps the message.
+    """
+
+    code = "OVERQUOTA"

@@ -21,6 +21,7 @@ from mailsrv import __version__
 from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
 from mailsrv.hooks import SessionHooks
+from mailsrv.penalty import LoginPenalty
 from mailsrv.quota import Quotas, quotas_from_config
 
 if TYPE_CHECKING:
@@ -116,7 +117,10 @@ class SessionPolicy:
             challenge_auth_available=challenge_auth_available,
             sasl=sasl,
             connections=ConnectionLimits(
-                per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
+                per_user=limits.max_connections_per_user,
+                per_ip=limits.max_connections_per_ip,
+                total=limits.max_connections,
+                penalty_max=config.auth.penalty_max,
             ),
             quotas=quotas if quotas is not None else quotas_from_config(config),
             id_fields=(("name", config.server.id_name),)
@@ -156,36 +160,51 @@ def is_loopback(peer: IAddress | None) -> bool:
 
 
 class ConnectionLimits:
-    """Counts open connections per client IP and per logged-in user.
+    """Counts open connections (in all, per client IP and per logged-in
+    user) and remembers failed logins (:class:`LoginPenalty`).
 
     Shared by every factory of one service, so a user's IMAP and POP3
-    connections count together, as they load the same mailbox.  This one
-    counts in the process and answers at once; the worker processes of one
-    daemon count with their parent instead
+    connections count together, as they load the same mailbox, and a
+    reload keeps the counts and the failures.  This one counts in the
+    process and answers at once; the worker processes of one daemon count
+    with their parent instead
     (:class:`mailsrv.workers.limits.SharedConnectionLimits`), whose
     ``open_*`` answer Deferreds, which :class:`mailsrv.session.SessionGuard`
     waits for.
     """
 
-    def __init__(self, per_user: int = 20, per_ip: int = 50) -> None:
+    def __init__(
+        self, per_user: int = 20, per_ip: int = 50, total: int = 1000, penalty_max: float = 15.0
+    ) -> None:
         self.per_user = per_user
         self.per_ip = per_ip
+        self.total = total
+        self.penalty = LoginPenalty(penalty_max)
         self._ips: Counter[str] = Counter()
         self._users: Counter[str] = Counter()
+        self._open = 0
 
     def open_ip(self, peer: IAddress | None) -> bool | Deferred[bool]:
-        """Count a new connection; False if its IP is over the limit."""
+        """Count a new connection; False if its IP, or the service, is over
+        its limit."""
         host = str(getattr(peer, "host", ""))
-        if self._ips[host] >= self.per_ip:
+        if self._ips[host] >= self.per_ip or self._open >= self.total:
             return False
         self._ips[host] += 1
+        self._open += 1
         return True
 
     def close_ip(self, peer: IAddress | None) -> None:
         host = str(getattr(peer, "host", ""))
+        self._open -= 1
         self._ips[host] -= 1
         if self._ips[host] <= 0:
             del self._ips[host]
+
+    def over_total(self) -> bool:
+        """Is the service at its connection limit (so the refusal was not
+        the address's)?"""
+        return self._open >= self.total
 
     def open_user(self, user: str) -> bool | Deferred[bool]:
         """Count a login; False if the user is over the limit."""

@@ -204,6 +204,8 @@ class MailService(service.MultiService):
         if limits is not None:
             self.connections.per_user = limits.per_user
             self.connections.per_ip = limits.per_ip
+            self.connections.total = limits.total
+            self.connections.penalty.maximum = limits.penalty.maximum
         policy = attrs.evolve(parts.policy, connections=self.connections)
         self.parts = attrs.evolve(parts, policy=policy)
         log.set_level(config.logging.level)

@@ -163,6 +163,14 @@ class SessionGuard:
         self._address_counted = False
         self._closed = False
         self._answer: IDelayedCall | None = None
+        #: :meth:`open` refused the connection because the service, not the
+        #: address, is at its limit (``limits.max_connections``).
+        self.server_full = False
+        #: The user name of the login attempt in progress, for the penalty.
+        self._attempt_user: str | None = None
+        #: The attempt in progress has had its address's turn (a SASL
+        #: exchange takes it before it starts: :meth:`take_turn`).
+        self._turn_taken = False
 
     # -- connection limits ----------------------------------------------------
 
@@ -183,6 +191,8 @@ class SessionGuard:
         return self._address_answered(answer, limits)
 
     def _address_answered(self, admitted: bool, limits: ConnectionLimits) -> bool:
+        if not admitted:
+            self.server_full = limits.over_total()
         if admitted and self._closed:
             limits.close_ip(self.peer)  # the client left while we asked
             return False
@@ -284,12 +294,72 @@ class SessionGuard:
         :class:`LoginUnavailable` for any other error.
         """
         started = self.clock.seconds()
-        d: defer.Deferred[Any] = portal.login(credentials, None, interface)
+        user = getattr(credentials, "username", None)
+        if isinstance(user, bytes):
+            user = user.decode("utf-8", "replace")
+        self._attempt_user = user if isinstance(user, str) else None
+        wait = self._penalty_wait(started, "" if self._turn_taken else self._address())
+        self._turn_taken = False
+        if wait is None:
+            self._log.warn(
+                "{name}: login from {peer} refused unchecked: too many failed logins",
+                name=self._name,
+                peer=self._address(),
+            )
+            return defer.succeed(self.refuse(started))
+        d: defer.Deferred[Any]
+        if wait > 0:
+            d = self._after(wait).addCallback(lambda _: portal.login(credentials, None, interface))
+        else:
+            d = portal.login(credentials, None, interface)
         return d.addCallbacks(self._logged_in, self._login_error, errbackArgs=(started,))
 
-    @staticmethod
-    def _logged_in(result: tuple[Any, Any, Callable[[], None]]) -> LoginResult:
+    def _address(self) -> str:
+        return str(getattr(self.peer, "host", ""))
+
+    def _penalty_wait(self, now: float, address: str) -> float | None:
+        """Seconds the attempt waits for its turn (mailsrv/penalty.py); None:
+        refuse it unchecked."""
+        limits = self.policy.connections
+        if limits is None:
+            return 0.0
+        return limits.penalty.admit(address, self._attempt_user, now)
+
+    def take_turn(self) -> defer.Deferred[bool]:
+        """Wait for the address's turn to have a login checked, before a SASL
+        exchange starts (SCRAM and token mechanisms check without the
+        portal); False: refuse the attempt unchecked.  Fires never if the
+        connection closes first."""
+        self._attempt_user = None
+        wait = self._penalty_wait(self.clock.seconds(), self._address())
+        if wait is None:
+            self._log.warn(
+                "{name}: login from {peer} refused unchecked: too many failed logins",
+                name=self._name,
+                peer=self._address(),
+            )
+            return defer.succeed(False)
+        self._turn_taken = True
+        if wait <= 0:
+            return defer.succeed(True)
+        return self._after(wait).addCallback(lambda _: True)
+
+    def _after(self, seconds: float) -> defer.Deferred[None]:
+        """Fires after ``seconds``; never, if the connection closes first."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def due() -> None:
+            self._answer = None
+            d.callback(None)
+
+        self._answer = self.clock.callLater(seconds, due)
+        return d
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> LoginResult:
         _interface, avatar, logout = result
+        limits = self.policy.connections
+        if limits is not None and self._attempt_user is not None:
+            limits.penalty.succeeded(self._attempt_user)
         return LoggedIn(avatar, logout)
 
     def _login_error(self, failure: Failure, started: float) -> LoginResult:
@@ -306,6 +376,11 @@ class SessionGuard:
         check cost, so timing tells nothing about the user or the hash.
         """
         self.failures += 1
+        limits = self.policy.connections
+        if limits is not None:
+            limits.penalty.failed(self._address(), self._attempt_user, self.clock.seconds())
+        self._attempt_user = None
+        self._turn_taken = False
         return LoginRefused(
             failures=self.failures,
             wait=self.policy.failure_wait(started, self.clock.seconds()),

@@ -269,3 +269,54 @@ def at_once(value: MaybeDeferred[_T]) -> _T:
     (memory, Maildir): the value itself, never a Deferred."""
     assert not isinstance(value, Deferred), f"a synchronous backend answered {value!r}"
     return value
+
+
+def write_certificate(
+    cert_path: str,
+    key_path: str,
+    names: tuple[str, ...] = ("localhost",),
+    *,
+    days: float = 30,
+    rsa: bool = False,
+) -> None:
+    """A self-signed certificate for ``names`` (subjectAltName DNS names; the
+    first is the common name) that expires in ``days`` (negative: expired),
+    with an EC key, or an RSA one with ``rsa``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+    from cryptography.x509.oid import NameOID
+
+    key: Any = (
+        rsa_keys.generate_private_key(public_exponent=65537, key_size=2048)
+        if rsa
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=max(1.0, -days + 1)))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))

@@ -56,7 +56,7 @@ class ConfigTests(ConfigCase):
         )
         # Defaults are the safe ones.
         self.assertEqual(config.auth.plaintext, "loopback")
-        self.assertEqual(config.tls.min_version, "1.2")
+        self.assertEqual((config.tls.profile, config.tls.minimum_version), ("intermediate", "1.2"))
         self.assertGreaterEqual(config.timeouts.imap_authenticated, 1800)
 
     def test_missing_file(self) -> None:
@@ -69,6 +69,15 @@ class ConfigTests(ConfigCase):
         e = self.assertRaises(ConfigError, load_config, path)
         self.assertIn(path, str(e))
         self.assertIn("not valid TOML", str(e))
+
+    def test_not_utf8(self) -> None:
+        # A Latin-1 editor's file: tomllib raises UnicodeDecodeError, which
+        # used to escape as a traceback (found by fuzz/targets.py config).
+        path = os.path.join(self.dir, "latin1.toml")
+        with open(path, "wb") as f:
+            f.write(b'[server]\nhostname = "h\xf4te"\n')
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(e), f"{path}: not valid TOML: not UTF-8 (octet 0xf4 at 22)")
 
     def test_unknown_key(self) -> None:
         e = self.error('[imap]\nlisten = ["tcp:1143"]\nlsten_tls = []\n')
@@ -129,8 +138,57 @@ class ConfigTests(ConfigCase):
             )
             self.assertIn(reason, e.reason, ciphers)
         config = load_config(self.write(f'{listen}[tls]\nciphers = "ECDHE+AESGCM:ECDHE+AES"\n'))
-        self.assertEqual(config.tls.ciphers, "ECDHE+AESGCM:ECDHE+AES")
-        self.assertEqual(load_config(self.write(listen)).tls.ciphers, "ECDHE+AESGCM:ECDHE+CHACHA20")
+        self.assertEqual(config.tls.cipher_list, "ECDHE+AESGCM:ECDHE+AES")
+        self.assertEqual(
+            load_config(self.write(listen)).tls.cipher_list, "ECDHE+AESGCM:ECDHE+CHACHA20"
+        )
+
+    def test_tls_profiles(self) -> None:
+        listen = '[imap]\nlisten = ["tcp:1143"]\n'
+        modern = load_config(self.write(f'{listen}[tls]\nprofile = "modern"\n')).tls
+        self.assertEqual((modern.minimum_version, modern.cipher_list), ("1.3", None))
+        raised = load_config(self.write(f'{listen}[tls]\nmin_version = "1.3"\n')).tls
+        self.assertEqual((raised.minimum_version, raised.cipher_list), ("1.3", None))
+        e = self.error(f'{listen}[tls]\nprofile = "modern"\nmin_version = "1.2"\n')
+        self.assertEqual(e.key, "tls.min_version")
+        self.assertIn("TLS 1.3 only", e.reason)
+        e = self.error(f'{listen}[tls]\nprofile = "modern"\nciphers = "ECDHE+AESGCM"\n')
+        self.assertEqual(e.key, "tls.ciphers")
+        self.assertEqual(self.error(f'{listen}[tls]\nprofile = "old"\n').key, "tls.profile")
+
+    def test_sni_certificates(self) -> None:
+        listen = '[imap]\nlisten = ["tcp:1143"]\n[tls]\ncertificate = "c.pem"\nkey = "k.pem"\n'
+        path = self.write(
+            listen + '[[tls.sni]]\ncertificate = "a.pem"\nkey = "~/a.key"\n'
+            '[[tls.sni]]\ncertificate = "/b.pem"\nkey = "/b.key"\n'
+        )
+        sni = load_config(path, check_files=False).tls.sni
+        self.assertEqual(
+            [(p.certificate, p.key) for p in sni],
+            [
+                (os.path.abspath("a.pem"), os.path.expanduser("~/a.key")),
+                ("/b.pem", "/b.key"),
+            ],
+        )
+        for extra, key, reason in (
+            ('[[tls.sni]]\ncertificate = "a.pem"\n', "tls.sni[0].key", "required"),
+            (
+                '[[tls.sni]]\ncertificate = "a"\nkey = "b"\nnames = []\n',
+                "tls.sni[0].names",
+                "unknown key",
+            ),
+            ('sni = "a.pem"\n', "tls.sni", "expected tables"),
+        ):
+            e = self.assertRaises(
+                ConfigError, load_config, self.write(listen + extra), check_files=False
+            )
+            self.assertEqual(e.key, key)
+            self.assertIn(reason, e.reason)
+        e = self.error(listen + '[[tls.sni]]\ncertificate = "a.pem"\nkey = "b.pem"\n')
+        self.assertEqual(e.key, "tls.certificate")  # files are checked, the default's first
+        e = self.error('[imap]\nlisten = ["tcp:1143"]\n[[tls.sni]]\ncertificate = "a"\nkey = "b"\n')
+        self.assertEqual(e.key, "tls.sni")
+        self.assertIn("needs tls.certificate", e.reason)
 
     def test_bad_endpoint(self) -> None:
         e = self.error('[imap]\nlisten = ["tcp:1143", "carrier-pigeon:7"]\n')

@@ -390,6 +390,21 @@ class FetchItemTests(ServerTestBase):
             b" {48}\r\nSubject: parts\r\nMessage-ID: <m1@example.org>\r\n\r\n)\r\n", response
         )
 
+    @defer.inlineCallbacks
+    def test_header_field_names_are_echoed_as_astrings(self) -> Any:
+        """Names with ")", '"', "]" or a literal's braces are quoted in the
+        item name: written bare they ended the item early, and the rest of
+        the response was garbage to a client (found by the session fuzzer)."""
+        client = yield self.open()
+        response = yield client.command(
+            "a", r'FETCH 1 (BODY.PEEK[HEADER.FIELDS ("a)b" "x]" "y[" "{3}" "q\"" ok)])'
+        )
+        self.assertEqual(
+            response,
+            b'* 1 FETCH (BODY[HEADER.FIELDS ("A)B" "X]" "Y[" "{3}" "Q\\"" OK)] {2}\r\n\r\n)\r\n'
+            b"a OK FETCH completed\r\n",
+        )
+
     def count_opens(self) -> list[int]:
         """UIDs whose file the server opens from now on."""
         opened: list[int] = []

@@ -721,6 +721,8 @@ class WriterTests(SynchronousTestCase):
             b"a1 NO [TRYCREATE] Mailbox  gone\r\n",
         )
         self.assertEqual(response.tagged("a1", "OK", ""), b"a1 OK done\r\n")
+        # Text that starts with "[" would read as a response code.
+        self.assertEqual(response.tagged("a1", "NO", "[x] y"), b"a1 NO  [x] y\r\n")
         self.assertEqual(response.untagged("3", "EXISTS"), b"* 3 EXISTS\r\n")
         self.assertEqual(response.untagged_status("BYE", "bye", None), b"* BYE bye\r\n")
 

@@ -464,6 +464,27 @@ class LiteralTests(ServerTestBase):
         self.assertEqual(response, b"b BAD [TOOBIG] Command too long\r\n")
 
     @defer.inlineCallbacks
+    def test_refusals_before_parsing_never_echo_an_invalid_tag(self) -> Any:
+        """A literal refused before the command is parsed is answered with
+        its tag; a "tag" holding a bare LF or a control character (none is
+        a tag, RFC 3501 9) must not be echoed: the answer is untagged."""
+        client = yield self.connect()
+        client.send(b"a\x07\nb FETCH ~{5+}\r\nabcde\r\n")
+        client.send(b"a\nb LOGIN {5000}\r\n")
+        client.send(b"c\x00 NOOP " + b"x" * 5000 + b"\r\nd NOOP\r\n")
+        response = yield client.until_tagged("d")
+        self.assertEqual(
+            response.split(b"\r\n")[:3],
+            [
+                b"* BAD literal8 is only allowed in APPEND",
+                b"* BAD [TOOBIG] Command too long",
+                b"* BAD [TOOBIG] Line too long",
+            ],
+        )
+        self.assertNotIn(b"\x07", response)
+        self.assertTrue(response.endswith(b"d OK NOOP completed\r\n"), response)
+
+    @defer.inlineCallbacks
     def test_overlong_line_gets_bad_and_connection_is_kept(self) -> Any:
         client = yield self.connect()
         client.send(b"a NOOP " + b"x" * 5000 + b"\r\nb NOOP\r\n")

@@ -6,6 +6,7 @@ import io
 import os
 from typing import Any
 
+from mailsrv.errors import DiskFull
 from mailsrv.interfaces import NewMessage
 from tests.maildir_case import MESSAGE, MaildirTestCase
 
@@ -31,7 +32,8 @@ class BatchFailureTests(MaildirTestCase):
             real_rename(source, target)
 
         self.patch(os, "rename", rename)
-        self.assertRaises(OSError, inbox.append_many, self.batch())
+        # ENOSPC is a full disk: DiskFull, answered NO [OVERQUOTA].
+        self.assertRaises(DiskFull, inbox.append_many, self.batch())
         self.assertEqual(len(calls), 3)
         self.assertEqual(self.cur_files(), before)
         self.assertEqual(os.listdir(os.path.join(self.root, "tmp")), [])

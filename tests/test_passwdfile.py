@@ -102,7 +102,8 @@ class ParseLineTests(SynchronousTestCase):
         validate_user_name("alice@example.org")
         validate_user_name("x" * 255)
         validate_user_name("Zoë")
-        for bad in ("", ".hidden", "a:b", "a b", "a/b", "a\tb", "a\x7fb", "x" * 256):
+        # "#bob" would be written as a comment line: a user nobody could log in as.
+        for bad in ("", ".hidden", "#bob", "a:b", "a b", "a/b", "a\tb", "a\x7fb", "x" * 256):
             self.assertRaises(ValueError, validate_user_name, bad)
 
 

@@ -74,6 +74,8 @@ def _name_problem(name: str) -> str | None:
         return f"user name longer than {_MAX_NAME} characters"
     if name.startswith("."):
         return "user name starts with '.'"
+    if name.startswith("#"):
+        return "user name starts with '#' (the line would be a comment)"
     for char in name:
         if char == ":":
             return "user name contains ':'"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from mailsrv.imap.lexer import Reader
+from mailsrv.imap.lexer import ATOM_CHARS, Reader
 
 __all__ = ["FetchAttribute", "Section", "fetch_attribute", "fetch_items"]
 
@@ -31,8 +31,19 @@ class Section:
         if self.text is not None:
             out = f"{out}.{self.text}" if out else self.text
         if self.fields:
-            out += " (" + " ".join(self.fields) + ")"
+            out += " (" + " ".join(_field_name(name) for name in self.fields) + ")"
         return out
+
+
+def _field_name(name: str) -> str:
+    """A header field name as the response echoes it: an astring (RFC 3501
+    9, header-fld-name), bare when it is atom characters other than "[",
+    else quoted.  A name may hold any printable octet but ":"; written bare,
+    ")", '"' or "]" would end the item name early for a client, and "{3}"
+    would read as a literal."""
+    if name and all(ord(c) in ATOM_CHARS for c in name) and "[" not in name:
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @attrs.frozen

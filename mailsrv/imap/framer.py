@@ -168,6 +168,11 @@ class Framer:
         self._continuation = False
         self._segments: list[Segment] = []
         self._command_size = 0
+        #: One of the command's literals so far went to a file, and how much
+        #: went to files: kept, not searched for, so a command of many
+        #: literals frames in linear time.
+        self._spooled = False
+        self._spooled_size = 0
         self._announced: LiteralNeeded | None = None
         self._literal: _Literal | None = None
         self._after_cr = False  # OVERLONG: the last octet dropped was a CR
@@ -298,6 +303,8 @@ class Framer:
             segments = tuple(self._segments)
             self._segments = []
             self._command_size = 0
+            self._spooled = False
+            self._spooled_size = 0
             return FramedCommand(segments)
         size, non_sync, binary = marker
         first = self._segments[0]
@@ -310,8 +317,8 @@ class Framer:
             tag=peeked[0] if peeked else None,
             command=peeked[1] if peeked else None,
             command_size=self._command_size,
-            spooled=any(isinstance(s, LiteralFile) for s in self._segments),
-            spooled_size=sum(s.size for s in self._segments if isinstance(s, LiteralFile)),
+            spooled=self._spooled,
+            spooled_size=self._spooled_size,
         )
         self._mode = _Mode.DECIDING
         return self._announced
@@ -344,6 +351,8 @@ class Framer:
         else:
             literal.sink.seek(0)
             self._segments.append(LiteralFile(literal.sink, literal.size))
+            self._spooled = True
+            self._spooled_size += literal.size
             self._mode = _Mode.LINE
         return None
 
@@ -388,4 +397,6 @@ class Framer:
     def _drop_command(self) -> None:
         segments, self._segments = self._segments, []
         self._command_size = 0
+        self._spooled = False
+        self._spooled_size = 0
         close_segments(segments)

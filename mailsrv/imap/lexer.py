@@ -101,6 +101,11 @@ def peek_command(line: bytes) -> tuple[str, str] | None:
     parts = line.split(b" ", 3)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         return None
+    if not all(c in TAG_CHARS for c in parts[0]):
+        # No tag (RFC 3501 9): answers before parsing (a literal refused, a
+        # line too long) go out untagged rather than echo control
+        # characters or a bare LF back.
+        return None
     try:
         tag = parts[0].decode("ascii")
         name = parts[1].decode("ascii").upper()

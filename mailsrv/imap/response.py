@@ -129,15 +129,12 @@ def _text(text: str) -> bytes:
 def tagged(tag: str, status: str, text: str, code: str | None = None) -> bytes:
     """``tag OK|NO|BAD [code] text`` with CRLF."""
     coded = b"[" + code.encode("ascii") + b"] " if code else b""
-    return (
-        tag.encode("ascii", "replace")
-        + b" "
-        + status.encode()
-        + b" "
-        + coded
-        + _text(text)
-        + b"\r\n"
-    )
+    body = _text(text)
+    if not coded and body.startswith(b"["):
+        # RFC 3501 7.1: "[" right after the status opens a response code;
+        # text that starts with one would be read as a code.
+        body = b" " + body
+    return tag.encode("ascii", "replace") + b" " + status.encode() + b" " + coded + body + b"\r\n"
 
 
 def untagged(*parts: bytes | str) -> bytes:

@@ -443,7 +443,7 @@ class Session:
                 else defer.succeed(None)
             )
             if hook.refuse is not None:
-                return d.addCallback(lambda _: Done("NO", hook.refuse or ""))
+                return d.addCallback(lambda _: _refusal(hook.refuse or ""))
             return d.addCallback(lambda _: handler(session, command))
 
         return run
@@ -572,6 +572,10 @@ class Session:
             return
         self.busy = False
         if not admitted:
+            if self.guard.server_full:
+                LOG.warn("IMAP: limits.max_connections reached, {peer} refused", peer=peer)
+                self.end_with_bye("Too many connections to this server, try again later")
+                return
             LOG.warn("IMAP: too many connections from {peer}", peer=peer)
             self.end_with_bye("Too many connections from your address")
             return
@@ -702,3 +706,13 @@ class Session:
 
     def _release_user(self) -> None:
         self.guard.release_user()
+
+
+def _refusal(text: str) -> Done:
+    """A hook's refusal: NO with ``text``, whose leading ``[CODE]``, if any,
+    is the response code (a text may not start with "[" itself: RFC 3501
+    7.1, see :func:`response.tagged`)."""
+    if text.startswith("[") and "]" in text:
+        code, _, rest = text[1:].partition("]")
+        return Done("NO", rest.strip() or "Refused", code)
+    return Done("NO", text)

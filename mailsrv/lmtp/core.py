@@ -24,7 +24,7 @@ from typing import IO
 
 import attrs
 
-from mailsrv.errors import LimitExceeded, OverQuota, StorageError, TemporaryFailure
+from mailsrv.errors import DiskFull, LimitExceeded, OverQuota, StorageError, TemporaryFailure
 from mailsrv.storage.deliver import EmptyMessage
 
 __all__ = [
@@ -496,6 +496,9 @@ def delivery_reply(
         return Reply.of(552, "5.2.2", f"<{address}> Mailbox full: {outcome}")
     if isinstance(outcome, EmptyMessage):
         return Reply.of(554, "5.6.0", f"<{address}> Empty message refused")
+    if isinstance(outcome, DiskFull):
+        # RFC 5321 4.2.2 452 and RFC 3463 4.3.1: the MTA queues and retries.
+        return Reply.of(452, "4.3.1", f"<{address}> Mail system full, try again later")
     if isinstance(outcome, TemporaryFailure | StorageError):
         return Reply.of(451, "4.3.0", f"<{address}> Temporary failure, try again later: {outcome}")
     return Reply.of(451, "4.3.0", f"<{address}> Temporary internal error, try again later")

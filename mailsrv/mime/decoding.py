@@ -116,13 +116,23 @@ def _codec(charset: str | None) -> str:
         return "utf-8"
     try:
         return codecs.lookup(name).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         return "utf-8"
 
 
 def decode_text(data: bytes, charset: str | None) -> str:
-    """Octets in a charset to text, never failing."""
-    return data.decode(_codec(charset), "replace")
+    """Octets in a charset to text, never failing.
+
+    The sender names the charset, and Python's codec registry also holds
+    bytes transforms (``base64``, ``zlib``...) and codecs that refuse the
+    "replace" handler (``idna``, ``punycode``, ``undefined``): with "replace"
+    no character set raises, so whatever does is no character set, and the
+    text reads as UTF-8, as with an unknown name.
+    """
+    try:
+        return data.decode(_codec(charset), "replace")
+    except (LookupError, UnicodeError):
+        return data.decode("utf-8", "replace")
 
 
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")

@@ -151,6 +151,16 @@ class Authorization:
             initial = b"" if args[1] == b"=" else decode_base64(args[1])
             if initial is None:
                 raise CommandError("Invalid base64 data in the initial response.")
+        d = self._guard.take_turn()
+        return d.addCallback(self._start_exchange, mechanism, initial)
+
+    def _start_exchange(
+        self, turn: bool, mechanism: sasl.Mechanism, initial: bytes | None
+    ) -> Result:
+        """Start AUTH once the failed-login penalty gives its turn (``turn``
+        False: refused unchecked, as a failed login)."""
+        if not turn:
+            return self._refused(self._guard.refuse(), AUTH_FAILED)
         return self._sasl_step(mechanism, mechanism.start(initial))
 
     def sasl_response(self, line: bytes) -> Result:

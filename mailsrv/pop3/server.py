@@ -132,8 +132,14 @@ class POP3(Protocol):
         if self._lost:
             return
         if not admitted:
-            LOG.warn("POP3: too many connections from {peer}", peer=self._peer_text)
-            self.send(b"-ERR [SYS/TEMP] Too many connections from your address.")
+            if self._guard.server_full:
+                LOG.warn(
+                    "POP3: limits.max_connections reached, {peer} refused", peer=self._peer_text
+                )
+                self.send(b"-ERR [SYS/TEMP] Too many connections to this server, try again later.")
+            else:
+                LOG.warn("POP3: too many connections from {peer}", peer=self._peer_text)
+                self.send(b"-ERR [SYS/TEMP] Too many connections from your address.")
             self._closing = True
             self._transport.loseConnection()
             return

@@ -116,6 +116,8 @@ class Worker:
             self.link,
             per_user=limits.max_connections_per_user,
             per_ip=limits.max_connections_per_ip,
+            total=limits.max_connections,
+            penalty_max=spec.config.auth.penalty_max,
         )
         self.service = make_service(
             spec.config,

@@ -28,16 +28,37 @@ def _host(peer: IAddress | None) -> str:
 
 
 class SharedConnectionLimits(ConnectionLimits):
-    """Per-IP and per-user limits over every worker of the daemon."""
+    """Per-IP and per-user limits over every worker of the daemon.
 
-    def __init__(self, link: ParentLink, per_user: int = 20, per_ip: int = 50) -> None:
-        super().__init__(per_user, per_ip)
+    ``limits.max_connections`` and the failed-login penalty are counted by
+    each worker for its own connections (the parent does not pool them)."""
+
+    def __init__(
+        self,
+        link: ParentLink,
+        per_user: int = 20,
+        per_ip: int = 50,
+        total: int = 1000,
+        penalty_max: float = 15.0,
+    ) -> None:
+        super().__init__(per_user, per_ip, total, penalty_max)
         self.link = link
 
     def open_ip(self, peer: IAddress | None) -> bool | Deferred[bool]:
-        return self.link.acquire(IP, _host(peer), self.per_ip)
+        if self._open >= self.total:
+            return False
+        answer = self.link.acquire(IP, _host(peer), self.per_ip)
+        if isinstance(answer, Deferred):
+            return answer.addCallback(self._counted)
+        return self._counted(answer)
+
+    def _counted(self, admitted: bool) -> bool:
+        if admitted:
+            self._open += 1
+        return admitted
 
     def close_ip(self, peer: IAddress | None) -> None:
+        self._open -= 1
         self.link.release(IP, _host(peer))
 
     def open_user(self, user: str) -> bool | Deferred[bool]:

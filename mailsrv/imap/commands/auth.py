@@ -135,6 +135,16 @@ def handle_authenticate(session: Session, command: Authenticate) -> Result:
         initial = _b64decode(command.initial_response)
         if initial is None:
             raise bad("Invalid base64 in the initial response")
+    return session.guard.take_turn().addCallback(_start_exchange, session, mechanism, initial)
+
+
+def _start_exchange(
+    turn: bool, session: Session, mechanism: sasl.Mechanism, initial: bytes | None
+) -> defer.Deferred[Done]:
+    """Start AUTHENTICATE once the failed-login penalty gives its turn
+    (``turn`` False: refused unchecked, as a failed login)."""
+    if not turn:
+        return _refused(session, session.guard.refuse())
     exchange = _SaslExchange(session, mechanism)
     exchange.step(mechanism.start(initial))
     return exchange.result

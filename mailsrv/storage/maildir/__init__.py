@@ -1,8 +1,9 @@
 """Maildir++ storage (see docs/maildir.md, and docs/architecture.md for a
 table of these modules).
 
-From the bottom up: :mod:`.layout` (file names, durable writes, wire-form
-reading), :mod:`.keywords` (flag letters and ``dovecot-keywords``),
+From the bottom up: :mod:`.faults` (the tests' fault points),
+:mod:`.layout` (file names, durable writes, wire-form reading),
+:mod:`.keywords` (flag letters and ``dovecot-keywords``),
 :mod:`.uidlist` (``mailsrv-uidlist``), :mod:`.index` (the SQLite index),
 :mod:`.recovery` (damage and crashes), :mod:`.indexed` and :mod:`.scan` (a
 folder's files and index kept in step), :mod:`.folder` and :mod:`.transfer`

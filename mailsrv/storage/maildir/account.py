@@ -51,6 +51,7 @@ from mailsrv.storage.maildir.layout import (
     touch,
     write_atomically,
 )
+from mailsrv.storage.maildir.recovery import crash_point
 
 if TYPE_CHECKING:
     from mailsrv.storage.maildir.registry import MailboxRegistry
@@ -240,6 +241,7 @@ class MaildirAccount:
             for sub in ("cur", "new", "tmp"):
                 os.mkdir(os.path.join(staging, sub), 0o700)
             touch(os.path.join(staging, MAILDIRFOLDER_NAME))
+            crash_point("create-staged")
             try:
                 os.rename(staging, path)
             except OSError as exc:
@@ -249,6 +251,7 @@ class MaildirAccount:
                 for sub in ("cur", "new", "tmp"):
                     os.makedirs(os.path.join(path, sub), 0o700, exist_ok=True)
                 touch(os.path.join(path, MAILDIRFOLDER_NAME))
+            crash_point("create-renamed")
             fsync_dir(self.root)
         finally:
             if os.path.isdir(staging):
@@ -296,7 +299,9 @@ class MaildirAccount:
         except FileNotFoundError:
             raise NoSuchMailbox(f"no mailbox named {name!r}") from None
         fsync_dir(self.root)
+        crash_point("delete-renamed")
         shutil.rmtree(trash, ignore_errors=True)
+        crash_point("delete-removed")
         table = self.special_uses()
         if table.pop(name, None) is not None:
             self._write_special_uses(table)
@@ -328,7 +333,9 @@ class MaildirAccount:
                 os.path.join(self.root, entry),
                 os.path.join(self.root, new_dir + entry[len(old_dir) :]),
             )
+            crash_point("rename-moving")
         fsync_dir(self.root)
+        crash_point("rename-moved")
         self._rename_special_uses(old, new)
 
     def _check_rename(self, old: str, new: str) -> None:

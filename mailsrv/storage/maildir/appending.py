@@ -83,6 +83,7 @@ def place(folder: IndexedFolder, staged: Sequence[Staged], record: Record) -> li
     bases = [f"{unique_name()},S={item.size},W={item.size}" for item in staged]
     write = folder.begin()
     uids = folder.allocate(write, [(base, None) for base in bases])
+    crash_point("append-allocated")
     modseq = write.next_modseq()
     before = folder.cur_signature()
     rows: list[Row] = []

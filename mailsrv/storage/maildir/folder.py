@@ -44,6 +44,7 @@ from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, split_flags
 from mailsrv.storage.maildir.layout import (
     POP3_LOCK_NAME,
+    disk_full,
     ns_datetime,
     open_wire,
 )
@@ -427,19 +428,21 @@ class MaildirMailbox:
     def append_many(self, messages: Sequence[NewMessage]) -> list[int]:
         """Write every message to tmp/, then place them all (see
         :mod:`.appending`)."""
-        staged = appending.stage(self._folder, messages)
-        try:
+        with disk_full():
+            staged = appending.stage(self._folder, messages)
             try:
-                uids = self._place(staged)
-            except Exception as exc:
-                if not is_corruption(exc):
-                    raise
-                # Damage found before the files were placed: they are still
-                # in tmp/, so rebuild and place them.
-                self._recover(exc)
-                uids = self._place(staged)
-        finally:
-            appending.drop(staged)
+                crash_point("append-written")
+                try:
+                    uids = self._place(staged)
+                except Exception as exc:
+                    if not is_corruption(exc):
+                        raise
+                    # Damage found before the files were placed: they are
+                    # still in tmp/, so rebuild and place them.
+                    self._recover(exc)
+                    uids = self._place(staged)
+            finally:
+                appending.drop(staged)
         self._announce()
         return uids
 
@@ -492,12 +495,19 @@ class MaildirMailbox:
         modseq = write.next_modseq()
         before = folder.cur_signature()
         done: list[tuple[Row, str, str]] = []
-        for row, info, filename in renames:
-            try:
-                os.rename(folder.path_of(row), os.path.join(folder.cur, filename))
-            except FileNotFoundError:
-                continue  # changed or removed outside; the next sync sees it
-            done.append((row, info, filename))
+        try:
+            for row, info, filename in renames:
+                try:
+                    os.rename(folder.path_of(row), os.path.join(folder.cur, filename))
+                except FileNotFoundError:
+                    continue  # changed or removed outside; the next sync sees it
+                done.append((row, info, filename))
+                crash_point("store-renaming")
+        except OSError:
+            # The STORE answers NO, so it must not have happened: give the
+            # files renamed so far their old names back.
+            self._unrename(done)
+            raise
         crash_point("store-renamed")
 
         def commit() -> None:
@@ -515,6 +525,19 @@ class MaildirMailbox:
             for row, info, filename in done
         ]
 
+    def _unrename(self, done: Sequence[tuple[Row, str, str]]) -> None:
+        """Take back the renames of a STORE that failed part way (lock held).
+
+        A file that cannot get its old name back keeps its new one: file
+        names are the truth, so the next sync reads its flags from it.
+        """
+        folder = self._folder
+        for row, _, filename in reversed(done):
+            try:
+                os.rename(os.path.join(folder.cur, filename), folder.path_of(row))
+            except OSError as exc:
+                log.warn("cannot take back the flags of {name}: {error}", name=filename, error=exc)
+
     @_recovering
     def copy(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
         folder = self._folder
@@ -524,11 +547,12 @@ class MaildirMailbox:
             return []
         if not isinstance(destination, MaildirMailbox):
             return self._copy_elsewhere(rows, destination)
-        staged = transfer.stage_copies(folder, rows, destination._folder)
-        try:
-            return destination._receive(staged, folder.keywords)
-        finally:
-            transfer.drop_staged(staged)
+        with disk_full():
+            staged = transfer.stage_copies(folder, rows, destination._folder)
+            try:
+                return destination._receive(staged, folder.keywords)
+            finally:
+                transfer.drop_staged(staged)
 
     def _copy_elsewhere(self, rows: Sequence[Row], destination: IMailbox) -> list[tuple[int, int]]:
         """Append copies to a mailbox of another backend, one by one."""
@@ -599,7 +623,9 @@ class MaildirMailbox:
                 except FileNotFoundError:
                     continue  # renamed or gone outside; the next sync settles it
                 removed.append(row.uid)
+                crash_point("expunge-unlinking")
             if removed:
+                crash_point("expunge-unlinked")
                 modseq = write.next_modseq()
 
                 def commit() -> None:

@@ -340,6 +340,7 @@ class IndexedFolder:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.index_path + suffix)
+            recovery.crash_point("reindex-dropped")
             self.open_index()
             self.changed()
         self.seen_modseq = self.db.get_int("highest_modseq")
@@ -481,6 +482,7 @@ class IndexedFolder:
             return
         entries = db.uidlist_entries()
         size = self.uidlist.rewrite(db.get_int("uidvalidity"), write.uidnext, entries)
+        recovery.crash_point("compact-rewritten")
         write.uidlist_ino = self.uidlist.signature()[0]
         write.uidlist_off = size
         write.uidlist_lines = len(entries)

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import io
 import itertools
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import IO, Any
 
+from mailsrv.errors import DiskFull
+from mailsrv.storage.maildir.faults import crash_point
 from mailsrv.storage.wire import to_crlf, wire_chunks
 
 # Files of each folder.
@@ -156,6 +160,18 @@ class WireReader(io.RawIOBase):
         super().close()
 
 
+@contextlib.contextmanager
+def disk_full() -> Iterator[None]:
+    """ENOSPC or EDQUOT while storing a message is :class:`DiskFull` (the
+    caller removes what it wrote on the way out, so nothing is stored)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull("Not enough disk space to store the message") from exc
+
+
 def write_tmp(tmp: str, source: IO[bytes], date_ns: int) -> tuple[str, int]:
     """Stream ``source`` into a new file in ``tmp`` as CRLF, dated
     ``date_ns``, and fsync it; returns (its path, its size)."""
@@ -167,6 +183,7 @@ def write_tmp(tmp: str, source: IO[bytes], date_ns: int) -> tuple[str, int]:
             for data in wire_chunks(source, CHUNK):
                 out.write(data)
                 size += len(data)
+                crash_point("append-writing")
             out.flush()
             os.utime(out.fileno(), ns=(date_ns, date_ns))
             os.fsync(out.fileno())

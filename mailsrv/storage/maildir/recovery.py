@@ -12,7 +12,8 @@ and the index is a cache (docs/maildir.md, "What happens on a crash"):
   (:func:`read_uidlist`), and a missing one is recreated from the index,
   adopted from Dovecot's ``dovecot-uidlist``, or started afresh
   (:func:`recreate_uidlist`);
-* the crash tests stop a real process at named points (:func:`crash_point`).
+* the crash tests stop a real process at named points (:func:`crash_point`,
+  kept in :mod:`.faults`).
 
 Everything here runs under the folder's lock.
 """
@@ -22,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mailsrv.errors import StorageError
 from mailsrv.log import get_logger
+from mailsrv.storage.maildir.faults import CRASH_POINTS, crash_point
 from mailsrv.storage.maildir.index import Index, move_aside
 from mailsrv.storage.maildir.layout import DOVECOT_UIDLIST_NAME, split_filename
 from mailsrv.storage.maildir.uidlist import UidList, UidListData, mint_uidvalidity
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from mailsrv.storage.maildir.indexed import IndexedFolder
 
 __all__ = [
+    "CRASH_POINTS",
     "crash_point",
     "discard_index",
     "raise_floor",
@@ -47,29 +49,6 @@ __all__ = [
 
 # One namespace for the whole backend: log lines name it, not its modules.
 log = get_logger("mailsrv.storage.maildir")
-
-# --------------------------------------------------------------------------
-# Crash tests
-
-#: Fault injection for the crash tests (tests/test_maildir_crash.py): with
-#: ``MAILSRV_CRASH_AT=NAME`` (or ``NAME@N``: the Nth time) in its
-#: environment, a process kills itself with SIGKILL when it reaches the
-#: point called NAME, so a test can stop a real daemon at an exact instant.
-#: Unset, as it always is outside tests, it does nothing.
-_CRASH_AT = os.environ.get("MAILSRV_CRASH_AT", "")
-_crash_counts: dict[str, int] = {}
-
-
-def crash_point(name: str) -> None:
-    """Die here (SIGKILL) if the crash test in progress asks for ``name``."""
-    if not _CRASH_AT:
-        return
-    point, _, nth = _CRASH_AT.partition("@")
-    if point == name:
-        _crash_counts[name] = _crash_counts.get(name, 0) + 1
-        if _crash_counts[name] == int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
-
 
 # --------------------------------------------------------------------------
 # The index

@@ -95,6 +95,7 @@ def stage_copies(
                 except FileNotFoundError:
                     continue
             staged.append((row, tmp_path, base))
+        crash_point("copy-staged")
     except BaseException:
         drop_staged(staged)
         raise
@@ -144,7 +145,9 @@ def place_copies(
                 )
             )
             pairs.append((row.uid, uid))
+            crash_point("copy-placing")
         fsync_dir(destination.cur)
+        crash_point("copy-placed")
     except Exception:
         # The COPY answers NO, so it must not have happened: take back the
         # copies already placed (their UIDs stay used).

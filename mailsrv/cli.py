@@ -174,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
         help="create the self-signed certificate and key named by [tls] (development)",
     )
     cert.add_argument("--force", action="store_true", help="replace existing files")
+    from mailsrv import admin_client
+
+    admin_client.add_commands(commands, common)
     return parser
 
 
@@ -616,6 +619,19 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
     return EX_OK
 
 
+def _admin(args: argparse.Namespace, stdout: IO[str]) -> int:
+    """who, kick, stats, reload: over the daemon's admin socket."""
+    from mailsrv import admin_client
+
+    path = args.socket or _config(args).admin.socket
+    if not path:
+        raise CommandError("admin.socket is empty: this daemon has no admin socket", EX_CONFIG)
+    try:
+        return admin_client.run(args, path, stdout)
+    except admin_client.AdminError as e:
+        raise CommandError(str(e), e.status) from None
+
+
 @implementer(ILogObserver)
 class _StderrLog:
     """Shows warnings and errors logged during a command on standard error."""
@@ -690,6 +706,8 @@ def _run(args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stder
                 return _db(args, stdout)
             if args.command == "gen-cert":
                 return _gen_cert(args, stdout)
+            if args.command in ("who", "kick", "stats", "reload"):
+                return _admin(args, stdout)
     except BrokenPipeError:
         raise
     except ConfigError as e:

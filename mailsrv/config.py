@@ -280,6 +280,26 @@ class LoggingSection:
     )
     #: "text" (twistd's lines) or "json" (one JSON object per line).
     format: str = attrs.field(default="text", metadata=_meta(_check_choice("text", "json")))
+    #: One line per IMAP, POP3 and LMTP command at info level (else at debug only).
+    commands: bool = attrs.field(default=False, metadata=_meta())
+
+
+@attrs.frozen
+class MetricsSection:
+    #: Where Prometheus scrapes ``/metrics``: a Twisted endpoint string
+    #: ("tcp:9154:interface=127.0.0.1"); "" serves no metrics.
+    listen: str = attrs.field(default="", metadata=_meta())
+
+
+#: The admin socket unless ``[admin] socket`` says otherwise: in the run
+#: directory systemd makes for the service (``RuntimeDirectory=mailsrv``).
+DEFAULT_ADMIN_SOCKET = "/run/mailsrv/admin.sock"
+
+
+@attrs.frozen
+class AdminSection:
+    #: The Unix socket ``mailsrv who/kick/stats/reload`` talk to; "" for none.
+    socket: str = attrs.field(default=DEFAULT_ADMIN_SOCKET, metadata=_meta())
 
 
 @attrs.frozen
@@ -319,6 +339,8 @@ class Config:
     limits: LimitsSection = LimitsSection()
     timeouts: TimeoutsSection = TimeoutsSection()
     logging: LoggingSection = LoggingSection()
+    metrics: MetricsSection = MetricsSection()
+    admin: AdminSection = AdminSection()
     #: Keys ("imap.listen") whose value came from a command-line option,
     #: mapped to that option ("--imap"), so errors name what the user typed.
     from_command_line: Mapping[str, str] = attrs.field(factory=dict)
@@ -362,6 +384,8 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsSection,
     "timeouts": TimeoutsSection,
     "logging": LoggingSection,
+    "metrics": MetricsSection,
+    "admin": AdminSection,
 }
 
 #: Command-line options: option name -> (section, key).
@@ -470,6 +494,8 @@ def _build_section(
         values["maildir"] = _check_template(values["maildir"], where)
     if name == "storage" and values.get("backend") == "postgresql":
         _check_postgresql(values.get("dsn", ""))
+    if name == "admin" and values.get("socket"):
+        values["socket"] = os.path.abspath(os.path.expanduser(values["socket"]))
     return cls(**values)
 
 
@@ -579,7 +605,12 @@ def _check_listeners(config: Config, required: bool) -> None:
         )
     seen: dict[tuple[str, int], Listener] = {}
     paths: dict[str, Listener] = {}
+    if config.metrics.listen:
+        # Checked as a listener is: a valid endpoint on a port of its own.
+        listeners.append(Listener("metrics", config.metrics.listen, False, "metrics.listen"))
     for listener in listeners:
+        if listener.proxy and listener.protocol == "metrics":
+            raise _error(listener.origin, "the metrics endpoint takes no PROXY header")
         if listener.proxy and not config.server.trusted_proxies:
             raise _error(
                 listener.origin,
@@ -643,6 +674,19 @@ def _check_listeners(config: Config, required: bool) -> None:
         seen[address] = listener
         if listener.implicit_tls and not config.tls_enabled:
             raise _error(listener.origin, "implicit TLS listener needs tls.certificate and tls.key")
+
+
+def _check_metrics(config: Config) -> None:
+    """``[metrics] listen`` needs prometheus_client to serve it (the
+    endpoint itself is checked with the listeners)."""
+    import importlib.util
+
+    if config.metrics.listen and importlib.util.find_spec("prometheus_client") is None:
+        raise _error(
+            "metrics.listen",
+            "serving metrics needs prometheus_client, which is not installed: "
+            "pip install 'mailsrv[metrics]'",
+        )
 
 
 def _origin(config: Config, key: str) -> str:
@@ -731,6 +775,7 @@ def load_config(
     )
     _check_auth(config)
     _check_listeners(config, require_listeners)
+    _check_metrics(config)
     if check_files:
         _check_files(config)
     return config

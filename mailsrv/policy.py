@@ -16,7 +16,9 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IAddress
 
+from mailsrv import observe
 from mailsrv.config import Config
+from mailsrv.observe import Observer
 
 #: Seconds a timed-out connection has to take its goodbye before it is cut.
 CLOSE_GRACE = 10.0
@@ -59,6 +61,9 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: Who hears what sessions do (:mod:`mailsrv.observe`): live state like
+    #: ``connections``, kept across reloads; by default the session log lines.
+    observer: Observer = observe.DEFAULT
 
     @classmethod
     def from_config(

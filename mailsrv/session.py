@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth import sasl
+from mailsrv.observe import Probe
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 
 __all__ = [
@@ -109,7 +110,8 @@ class SessionGuard:
     ``secure`` says the connection is TLS from the start (an implicit-TLS
     listener); :meth:`start_tls` makes it so later.  A cleanup step that
     fails is logged to the protocol's ``logger``, the line starting with
-    its ``name`` ("IMAP", "POP3").
+    its ``name`` ("IMAP", "POP3").  Each login's outcome and each delay
+    applied to a failed one are reported to the session's ``probe``.
     """
 
     def __init__(
@@ -120,10 +122,12 @@ class SessionGuard:
         secure: bool,
         name: str,
         logger: Logger,
+        probe: Probe | None = None,
     ) -> None:
         self.policy = policy
         self._name = name
         self._log = logger
+        self._probe = probe
         self.clock = clock
         self.secure = secure
         #: The client's address, known from :meth:`open`.
@@ -216,30 +220,42 @@ class SessionGuard:
     # -- logins ---------------------------------------------------------------
 
     def login(
-        self, portal: Portal, credentials: ICredentials, interface: Any
+        self, portal: Portal, credentials: ICredentials, interface: Any, *, mechanism: str
     ) -> defer.Deferred[LoginResult]:
         """Ask ``portal`` for an ``interface`` avatar.
 
         Fires as soon as the portal answers, never with a failure of the
         portal's: :class:`LoggedIn`; :class:`LoginRefused` for credentials
         the checker rejected (counted, its wait measured from now); or
-        :class:`LoginUnavailable` for any other error.
+        :class:`LoginUnavailable` for any other error.  ``mechanism`` names
+        the way the client logged in, for the observers (the SASL
+        mechanism, or ``LOGIN``, ``USER``, ``APOP``).
         """
         started = self.clock.seconds()
         d: defer.Deferred[Any] = portal.login(credentials, None, interface)
-        return d.addCallbacks(self._logged_in, self._login_error, errbackArgs=(started,))
+        return d.addCallbacks(
+            self._logged_in,
+            self._login_error,
+            callbackArgs=(mechanism,),
+            errbackArgs=(started, mechanism),
+        )
 
-    @staticmethod
-    def _logged_in(result: tuple[Any, Any, Callable[[], None]]) -> LoginResult:
+    def _logged_in(
+        self, result: tuple[Any, Any, Callable[[], None]], mechanism: str
+    ) -> LoginResult:
         _interface, avatar, logout = result
+        if self._probe is not None:
+            self._probe.login(mechanism, "success")
         return LoggedIn(avatar, logout)
 
-    def _login_error(self, failure: Failure, started: float) -> LoginResult:
+    def _login_error(self, failure: Failure, started: float, mechanism: str) -> LoginResult:
         if isinstance(failure.value, (UnauthorizedLogin, UnhandledCredentials)):
-            return self.refuse(started)
+            return self.refuse(started, mechanism=mechanism)
+        if self._probe is not None:
+            self._probe.login(mechanism, "unavailable")
         return LoginUnavailable(failure)
 
-    def refuse(self, started: float | None = None) -> LoginRefused:
+    def refuse(self, started: float | None = None, *, mechanism: str) -> LoginRefused:
         """Count a failed login whose attempt began at ``started`` (clock
         time; None: now, as for a SASL exchange the mechanism refused).
 
@@ -247,6 +263,8 @@ class SessionGuard:
         (:meth:`SessionPolicy.failure_wait`): the same moment whatever the
         check cost, so timing tells nothing about the user or the hash.
         """
+        if self._probe is not None:
+            self._probe.login(mechanism, "failure")
         self.failures += 1
         return LoginRefused(
             failures=self.failures,
@@ -259,6 +277,8 @@ class SessionGuard:
         answered; it never fires if the connection closes first.  (Commands
         run one at a time, so one answer at most is pending.)"""
         d: defer.Deferred[_T] = defer.Deferred()
+        if self._probe is not None:
+            self._probe.login_delayed(refused.wait)
 
         def due() -> None:
             self._answer = None

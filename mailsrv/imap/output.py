@@ -68,12 +68,16 @@ class ResponseWriter:
         self.transport = transport
         self.paused = False
         self.closed = False
+        #: Told of every write (the session's probe counts the octets).
+        self.observe: Callable[[bytes], None] | None = None
         self._waiters: list[defer.Deferred[None]] = []
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:
         if not self.closed and data:
             self.transport.write(data)
+            if self.observe is not None:
+                self.observe(data)
 
     def ready(self) -> defer.Deferred[None]:
         """Fires when the client can take more (at once if it can now).

@@ -144,6 +144,7 @@ class IMAP4Server(Protocol, TimeoutMixin):
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.session.probe.received(len(data))
         if self.session.state is State.LOGOUT:
             return
         self._framer.receive(data)
@@ -213,6 +214,10 @@ class IMAP4Server(Protocol, TimeoutMixin):
             self._output.close()
         if self.transport is not None:
             self._transport.loseConnection()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self._transport.abortConnection()
 
     # TimeoutMixin's methods carry no annotations: the ignores are for that.
 

@@ -43,13 +43,14 @@ from mailsrv.auth import sasl
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
-from mailsrv.imap.lexer import ParseError, Segment
+from mailsrv.imap.lexer import LiteralFile, ParseError, Segment, peek_command
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.registry import Command, Registry, Result, State
 from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
 from mailsrv.imap.syntax import SequenceSet, UndecodedName
 from mailsrv.interfaces import IAccount
-from mailsrv.policy import SessionPolicy
+from mailsrv.observe import UNKNOWN, Probe
+from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 
 __all__ = [
     "GONE",
@@ -75,6 +76,8 @@ SPOOL_THRESHOLD = 64 * 1024
 OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
 #: Why a session ends when its selected mailbox disappears.
 GONE = "The selected mailbox was deleted or renamed"
+#: Why a session ends when an administrator kicks it (``mailsrv kick``).
+KICKED = "Disconnected by the administrator"
 
 
 class Connection(Protocol):
@@ -100,6 +103,9 @@ class Connection(Protocol):
 
     def command_done(self) -> None:
         """A command completed: read on (once the client reads its answers)."""
+
+    def abort(self) -> None:
+        """Close at once, dropping what is not written yet."""
 
 
 class Continuation(Protocol):
@@ -183,6 +189,10 @@ class Session:
         self._ip_counted = False
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
+        #: What the session reports to the observers (metrics, logs, who).
+        self.probe = Probe(policy.observer, "imap", self.state.value, registry.declares)
+        #: An administrator's kick waits for the running command's answer.
+        self._kick_pending = False
 
     # -- what handlers use ------------------------------------------------------
 
@@ -266,6 +276,9 @@ class Session:
 
     def continuation_line(self, line: bytes) -> None:
         assert self.continuation is not None
+        if self.probe.lines:
+            # IDLE's DONE, or a SASL response (a secret).
+            self.probe.client_line("DONE" if line.upper() == b"DONE" else "(continuation line)")
         self.continuation.line(line)
 
     def line_too_long(self, tag: str | None) -> None:
@@ -273,6 +286,7 @@ class Session:
         if self.continuation is not None:
             self.continuation.line(b"")  # ends IDLE / SASL with an error
         self.send(response.tagged(tag or "*", "BAD", "Line too long", "TOOBIG"))
+        self.probe.command_refused(UNKNOWN, "BAD")
 
     def literal_needed(self, event: LiteralNeeded) -> LiteralAnswer:
         """Take a literal into memory, spool it (APPEND), or refuse it, and
@@ -286,6 +300,7 @@ class Session:
         in_memory = event.command_size + size <= self.policy.max_line_length
         spool = appending and (size > SPOOL_THRESHOLD or not in_memory)
         refusal: bytes | None = None
+        status = "BAD"
         if appending and size > self.policy.max_message_size:
             status = "NO" if event.synchronizing else "BAD"
             refusal = response.tagged(
@@ -302,6 +317,7 @@ class Session:
             refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
         if refusal is not None:
             self.send(refusal)
+            self.probe.command_refused(event.command or UNKNOWN, status)
             return LiteralAnswer.REFUSED
         if event.synchronizing:
             self.send(b"+ Ready for literal data\r\n")
@@ -309,17 +325,23 @@ class Session:
 
     def execute(self, segments: Sequence[Segment]) -> None:
         """Parse, check and run one framed command."""
+        probe = self.probe
+        if probe.lines:
+            probe.client_line(loggable(segments))
         try:
             spec, command = self.registry.parse(segments, self.policy.max_nesting_depth)
         except ParseError as e:
             close_segments(segments)
             self.send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
+            probe.command_refused(_command_name(segments), "BAD")
             return
         if self.state not in spec.states:
             close_segments(segments)
             refusal = f"{spec.key} is not allowed in {self.state.value} state"
             self.send(response.tagged(command.tag, "BAD", refusal))
+            probe.command_refused(spec.key, "BAD")
             return
+        probe.command_started(spec.key, _size(segments))
         self.busy = True
         d: defer.Deferred[Any]
         view = self.selected
@@ -341,7 +363,18 @@ class Session:
 
     def _command_done(self, _: object) -> None:
         self.busy = False
+        self.report_state()
+        if self._kick_pending:
+            # Reading stays paused: nothing the client sent after runs.
+            self._kick_pending = False
+            self.end_with_bye(KICKED)
+            return
         self.connection.command_done()
+
+    def report_state(self) -> None:
+        """Tell the observers the state, user and mailbox now."""
+        view = self.selected
+        self.probe.update(self.state.value, self.user, view.mailbox.name if view else None)
 
     def _failed(self, failure: Failure, command: Command) -> Result:
         error = failure.value
@@ -410,6 +443,8 @@ class Session:
 
     def _finish(self, done: Done, command: Command) -> None:
         self.send(response.tagged(command.tag, done.status, done.text, done.code))
+        self.report_state()
+        self.probe.command_done(done.status)
         if done.bye is not None:
             self.end_with_bye(done.bye)
         if done.after is not None:
@@ -418,6 +453,7 @@ class Session:
     def _internal_error(self, failure: Failure, command: Command) -> None:
         LOG.failure("IMAP: completing {command} failed", failure, command=command.name)
         self.send(response.tagged(command.tag, "NO", "Internal server error", "SERVERBUG"))
+        self.probe.command_done("NO")
 
     # -- plumbing: limits, deadlines, TLS and plaintext --------------------------
 
@@ -425,6 +461,8 @@ class Session:
         """The connection is open: count it, start the login deadline, greet."""
         self.writer = writer
         self.peer = peer
+        writer.observe = self.probe.wrote
+        self.probe.opened(peer, self.kick)
         limits = self.policy.connections
         if limits is not None:
             if not limits.open_ip(peer):
@@ -482,6 +520,24 @@ class Session:
         self.send(response.untagged_status("BYE", bye))
         self.state = State.LOGOUT
 
+    def kick(self) -> None:
+        """An administrator ends the session (``mailsrv kick``): ``* BYE``
+        and the close, after the running command's answer if one runs (a
+        BYE inside its responses could fall into a literal), but at once
+        in IDLE or a SASL exchange, which wait for the client.  A command
+        that does not end within CLOSE_GRACE is cut off."""
+        if self.lost or self.state is State.LOGOUT:
+            return
+        if not self.busy or self.continuation is not None:
+            self.end_with_bye(KICKED)
+            return
+        self._kick_pending = True
+        self.clock.callLater(CLOSE_GRACE, self._kick_overdue)
+
+    def _kick_overdue(self) -> None:
+        if self._kick_pending and not self.lost:
+            self.connection.abort()
+
     def tls_available(self) -> bool:
         return (
             not self.secure
@@ -505,7 +561,9 @@ class Session:
     def end(self) -> None:
         """Deselect, log the avatar out and free the user's slot; each step
         runs whatever the one before did.  Safe to call twice."""
-        log.call_each(LOG, "IMAP", self._deselect, self._logout_avatar, self._release_user)
+        log.call_each(
+            LOG, "IMAP", self._deselect, self._logout_avatar, self._release_user, self.probe.closed
+        )
 
     # The cleanup steps' names are in the log line of one that fails.
 
@@ -528,3 +586,42 @@ class Session:
         if self._ip_counted and self.policy.connections is not None:
             self._ip_counted = False
             self.policy.connections.close_ip(self.peer)
+
+
+def loggable(segments: Sequence[Segment]) -> str:
+    """A command as the debug log shows it: literals as their size, and
+    LOGIN's and AUTHENTICATE's arguments (a password, a SASL response) left out."""
+    first = segments[0] if segments and isinstance(segments[0], bytes) else b""
+    peeked = peek_command(first)
+    if peeked is not None and peeked[1] in ("LOGIN", "AUTHENTICATE"):
+        tag, name = peeked
+        if name == "AUTHENTICATE":
+            words = first.split(b" ")
+            mechanism = words[2].decode("ascii", "replace") if len(words) > 2 else ""
+            return f"{tag} AUTHENTICATE {mechanism}" + (" ***" if len(words) > 3 else "")
+        return f"{tag} LOGIN ***"
+    # Segments alternate a line's text and a literal's payload.
+    parts: list[str] = []
+    for i, segment in enumerate(segments):
+        if i % 2 == 1 or not isinstance(segment, bytes):
+            parts.append(f"<{_octets(segment)} octets>")
+        else:
+            parts.append(segment[:200].decode("utf-8", "replace"))
+    return " ".join(parts)
+
+
+def _octets(segment: Segment) -> int:
+    return segment.size if isinstance(segment, LiteralFile) else len(segment)
+
+
+def _command_name(segments: Sequence[Segment]) -> str:
+    """The command a malformed one meant, for the observers (UNKNOWN
+    unless it is a known name: the label stays among the commands)."""
+    first = segments[0] if segments and isinstance(segments[0], bytes) else b""
+    peeked = peek_command(first)
+    return peeked[1] if peeked is not None else UNKNOWN
+
+
+def _size(segments: Sequence[Segment]) -> int:
+    """A command's octets: its lines with their CRLFs, and its literals."""
+    return sum(_octets(s) + (2 if i % 2 == 0 else 0) for i, s in enumerate(segments))

@@ -114,7 +114,7 @@ class Authorization:
         _, _, password = line.partition(b" ")
         if not password:
             raise CommandError("PASS takes the password as its argument.")
-        return self._login(UsernamePassword(user, password), user)
+        return self._login(UsernamePassword(user, password), user, "USER")
 
     @command("APOP", State.AUTHORIZATION)
     def apop(self, args: list[bytes], line: bytes) -> Result:
@@ -123,7 +123,7 @@ class Authorization:
         if len(args) != 2 or len(args[1]) != 32 or not is_hex(args[1]):
             raise CommandError("APOP takes a user name and a 32-digit hex MD5 digest.")
         credentials = sasl.APOPCredentials(args[0], self.banner, args[1])
-        return self._login(credentials, args[0])
+        return self._login(credentials, args[0], "APOP")
 
     @command("AUTH", State.AUTHORIZATION)
     def auth(self, args: list[bytes], line: bytes) -> Result:
@@ -166,14 +166,16 @@ class Authorization:
             self._conn.send(b"+ " + base64.b64encode(step.data))
             return None
         if isinstance(step, sasl.Refusal):
-            return self._refused(self._guard.refuse(), step.reason)
+            return self._refused(self._guard.refuse(mechanism=mechanism.name), step.reason)
         username = getattr(step.credentials, "username", b"")
-        return self._login(step.credentials, username)
+        return self._login(step.credentials, username, mechanism.name)
 
     # -- login ------------------------------------------------------------------
 
-    def _login(self, credentials: ICredentials, username: bytes) -> defer.Deferred[None]:
-        d = self._guard.login(self._portal, credentials, IMaildrop)
+    def _login(
+        self, credentials: ICredentials, username: bytes, mechanism: str
+    ) -> defer.Deferred[None]:
+        d = self._guard.login(self._portal, credentials, IMaildrop, mechanism=mechanism)
         return d.addCallback(self._verdict, username.decode("utf-8", "replace"))
 
     def _verdict(self, result: LoginResult, name: str) -> Result:

@@ -106,7 +106,7 @@ def _starttls_capability(session: Session) -> Sequence[str]:
 def handle_login(session: Session, command: Login) -> Result:
     if not session.plaintext_allowed():
         raise no("Plaintext login is disabled; use STARTTLS first", "PRIVACYREQUIRED")
-    return log_in(session, UsernamePassword(command.username, command.password))
+    return log_in(session, UsernamePassword(command.username, command.password), "LOGIN")
 
 
 def _login_capability(session: Session) -> Sequence[str]:
@@ -167,9 +167,9 @@ class _SaslExchange:
             return
         session.end_continuation()
         if isinstance(step, sasl.Refusal):
-            login_failed(session).chainDeferred(self.result)
+            login_failed(session, mechanism=self.mechanism.name).chainDeferred(self.result)
             return
-        log_in(session, step.credentials).chainDeferred(self.result)
+        log_in(session, step.credentials, self.mechanism.name).chainDeferred(self.result)
 
     def line(self, data: bytes) -> None:
         if data == b"*":
@@ -198,20 +198,24 @@ class _SaslExchange:
 # -- the login --------------------------------------------------------------------
 
 
-def log_in(session: Session, credentials: ICredentials) -> defer.Deferred[Done]:
+def log_in(session: Session, credentials: ICredentials, mechanism: str) -> defer.Deferred[Done]:
     """Ask the portal for the account; the completion of LOGIN or
-    AUTHENTICATE."""
+    AUTHENTICATE (``mechanism``: ``LOGIN`` for the command, else SASL's)."""
     started = session.clock.seconds()
     d: defer.Deferred[Any] = session.portal.login(credentials, None, IAccount)
     d.addCallbacks(
-        _logged_in, _login_error, callbackArgs=(session,), errbackArgs=(session, started)
+        _logged_in,
+        _login_error,
+        callbackArgs=(session, mechanism),
+        errbackArgs=(session, started, mechanism),
     )
     return cast("defer.Deferred[Done]", d)
 
 
-def _login_error(failure: Failure, session: Session, started: float) -> Result:
+def _login_error(failure: Failure, session: Session, started: float, mechanism: str) -> Result:
     if isinstance(failure.value, UnauthorizedLogin | UnhandledCredentials):
-        return login_failed(session, started)
+        return login_failed(session, started, mechanism)
+    session.probe.login(mechanism, "unavailable")
     if isinstance(failure.value, StorageError):
         # A right password whose mail store cannot be reached just now
         # (a database restarting): expected in operation, so no traceback.
@@ -224,8 +228,11 @@ def _login_error(failure: Failure, session: Session, started: float) -> Result:
     return Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
 
 
-def _logged_in(result: tuple[Any, Any, Callable[[], None]], session: Session) -> Done:
+def _logged_in(
+    result: tuple[Any, Any, Callable[[], None]], session: Session, mechanism: str
+) -> Done:
     _interface, account, logout = result
+    session.probe.login(mechanism, "success")
     if session.lost:
         logout()
         return Done("NO", "Connection lost")
@@ -239,17 +246,22 @@ def _logged_in(result: tuple[Any, Any, Callable[[], None]], session: Session) ->
     return Done(text="Logged in", code=caps)
 
 
-def login_failed(session: Session, started: float | None = None) -> defer.Deferred[Done]:
+def login_failed(
+    session: Session, started: float | None = None, mechanism: str = "LOGIN"
+) -> defer.Deferred[Done]:
     """Count a failed login and answer it ``failure_delay`` after the
     attempt began (:meth:`SessionPolicy.failure_wait`), not after the check
     ended; after ``max_failures`` the answer is followed by BYE."""
+    session.probe.login(mechanism, "failure")
     session.failures += 1
     done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
     if session.failures >= session.policy.max_failures:
         done = attrs.evolve(done, bye="Too many failed authentication attempts")
     d: defer.Deferred[Done] = defer.Deferred()
     clock = session.clock
-    clock.callLater(session.policy.failure_wait(started, clock.seconds()), d.callback, done)
+    wait = session.policy.failure_wait(started, clock.seconds())
+    session.probe.login_delayed(wait)
+    clock.callLater(wait, d.callback, done)
     return d
 
 

@@ -291,6 +291,9 @@ class MetricsSection:
     listen: str = attrs.field(default="", metadata=_meta())
 
 
+#: The longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 107
+
 #: The admin socket unless ``[admin] socket`` says otherwise: in the run
 #: directory systemd makes for the service (``RuntimeDirectory=mailsrv``).
 DEFAULT_ADMIN_SOCKET = "/run/mailsrv/admin.sock"
@@ -495,7 +498,12 @@ def _build_section(
     if name == "storage" and values.get("backend") == "postgresql":
         _check_postgresql(values.get("dsn", ""))
     if name == "admin" and values.get("socket"):
-        values["socket"] = os.path.abspath(os.path.expanduser(values["socket"]))
+        values["socket"] = path = os.path.abspath(os.path.expanduser(values["socket"]))
+        if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+            raise _error(
+                "admin.socket",
+                f"{path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket's path may have",
+            )
     return cls(**values)
 
 

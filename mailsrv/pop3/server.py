@@ -248,7 +248,9 @@ class POP3(Protocol):
     def _report(self) -> None:
         """A command is over (unless a SASL exchange goes on): tell the
         observers its result and the session's state."""
-        self.probe.update(_state(self.state), self._user)
+        # The user stays the session's once logged in (QUIT gives the slot
+        # back before its answer is counted).
+        self.probe.update(_state(self.state), self._user or self.probe.info.user)
         if not self._authorization.in_sasl:
             answer, self._answer = self._answer, None
             self.probe.command_done(answer or "-ERR")

@@ -234,7 +234,9 @@ class LMTPKickTests(SynchronousTestCase):
             return pending[-1]
 
         policy = SessionPolicy(hostname="mx.test")
-        server: LMTPServer = LMTPFactory(MemoryStorage(), users, policy).buildProtocol(None)
+        server: LMTPServer = LMTPFactory(
+            MemoryStorage(), users, policy, clock=task.Clock()
+        ).buildProtocol(None)
         transport = StringTransport()
         server.makeConnection(transport)
         server.dataReceived(b"LHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice>\r\n")

@@ -497,14 +497,20 @@ def _build_section(
         values["maildir"] = _check_template(values["maildir"], where)
     if name == "storage" and values.get("backend") == "postgresql":
         _check_postgresql(values.get("dsn", ""))
-    if name == "admin" and values.get("socket"):
-        values["socket"] = path = os.path.abspath(os.path.expanduser(values["socket"]))
-        if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
-            raise _error(
-                "admin.socket",
-                f"{path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket's path may have",
-            )
     return cls(**values)
+
+
+def _admin_section(section: AdminSection) -> AdminSection:
+    """``[admin] socket`` made absolute, and short enough for a Unix socket."""
+    if not section.socket:
+        return section
+    path = os.path.abspath(os.path.expanduser(section.socket))
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise _error(
+            "admin.socket",
+            f"{path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket's path may have",
+        )
+    return attrs.evolve(section, socket=path)
 
 
 def _check_postgresql(dsn: str, section: str = "storage", other: str = "") -> None:
@@ -613,12 +619,9 @@ def _check_listeners(config: Config, required: bool) -> None:
         )
     seen: dict[tuple[str, int], Listener] = {}
     paths: dict[str, Listener] = {}
-    if config.metrics.listen:
-        # Checked as a listener is: a valid endpoint on a port of its own.
-        listeners.append(Listener("metrics", config.metrics.listen, False, "metrics.listen"))
-    for listener in listeners:
-        if listener.proxy and listener.protocol == "metrics":
-            raise _error(listener.origin, "the metrics endpoint takes no PROXY header")
+    # The metrics endpoint is checked as a listener is: valid, on a port of its own.
+    metrics = Listener("metrics", config.metrics.listen, False, "metrics.listen")
+    for listener in [*listeners, metrics] if config.metrics.listen else listeners:
         if listener.proxy and not config.server.trusted_proxies:
             raise _error(
                 listener.origin,
@@ -689,6 +692,8 @@ def _check_metrics(config: Config) -> None:
     endpoint itself is checked with the listeners)."""
     import importlib.util
 
+    if config.metrics.listen.startswith(Listener.PROXY_PREFIX):
+        raise _error("metrics.listen", "the metrics endpoint takes no PROXY header")
     if config.metrics.listen and importlib.util.find_spec("prometheus_client") is None:
         raise _error(
             "metrics.listen",
@@ -771,6 +776,7 @@ def load_config(
         name: _build_section(name, cls, data.get(name, {}), by_section.get(name, {}))
         for name, cls in _SECTIONS.items()
     }
+    sections["admin"] = _admin_section(sections["admin"])
     from_command_line = {
         f"{section}.{key}": origin
         for section, keys in by_section.items()
@@ -782,8 +788,8 @@ def load_config(
         **sections,
     )
     _check_auth(config)
-    _check_listeners(config, require_listeners)
     _check_metrics(config)
+    _check_listeners(config, require_listeners)
     if check_files:
         _check_files(config)
     return config

@@ -178,6 +178,10 @@ class Metrics(Observer):
         self.delivered_bytes = Counter(
             "mailsrv_delivered_bytes", "Octets of messages delivered", registry=r
         )
+        # The labelled children met so far: looking one up by its labels
+        # costs more than counting, and a command does it twice.
+        self._per_command: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._octets: dict[str, tuple[Any, Any]] = {}
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -194,14 +198,27 @@ class Metrics(Observer):
         self.sessions.labels(session.protocol, _label(session.state)).dec()
 
     def command_done(self, session: SessionInfo, command: Completed) -> None:
-        self.commands.labels(session.protocol, command.name, command.result).inc()
-        self.command_seconds.labels(session.protocol, command.name).observe(command.duration)
+        key = (session.protocol, command.name, command.result)
+        children = self._per_command.get(key)
+        if children is None:
+            children = self._per_command[key] = (
+                self.commands.labels(*key),
+                self.command_seconds.labels(session.protocol, command.name),
+            )
+        children[0].inc()
+        children[1].observe(command.duration)
 
     def traffic(self, session: SessionInfo, received: int, sent: int) -> None:
+        children = self._octets.get(session.protocol)
+        if children is None:
+            children = self._octets[session.protocol] = (
+                self.received.labels(session.protocol),
+                self.sent.labels(session.protocol),
+            )
         if received:
-            self.received.labels(session.protocol).inc(received)
+            children[0].inc(received)
         if sent:
-            self.sent.labels(session.protocol).inc(sent)
+            children[1].inc(sent)
 
     def login(self, session: SessionInfo, mechanism: str, outcome: str) -> None:
         self.logins.labels(session.protocol, mechanism, outcome).inc()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 from twisted.internet.interfaces import IAddress
@@ -87,11 +87,10 @@ class SessionInfo:
     kick: Callable[[], None] | None = attrs.field(default=None, repr=False)
 
 
-@attrs.frozen
-class Completed:
+class Completed(NamedTuple):
     """A command's end: its name, its result as the client saw it (``OK``,
     ``NO``, ``BAD``; ``+OK``, ``-ERR``; an SMTP code), how long it took and
-    the octets read and written for it."""
+    the octets read and written for it.  (A tuple: one is made per command.)"""
 
     name: str
     result: str
@@ -155,24 +154,48 @@ class Observer:
 NULL = Observer()
 
 
+#: The events, by the name of the Observer method that takes them.
+EVENTS = (
+    "session_opened",
+    "session_changed",
+    "session_closed",
+    "command_done",
+    "traffic",
+    "login",
+    "login_delayed",
+    "delivery",
+    "line",
+    "storage_operation",
+    "index_rebuilt",
+)
+
+
 class Observers(Observer):
     """Several observers as one, in order.  One that raises is logged and
-    the others are told all the same: watching must never break a session."""
+    the others are told all the same: watching must never break a session.
+
+    Each event goes only to the observers that take it (override its
+    method): a command costs one call per observer that counts it.
+    """
 
     def __init__(self, observers: Iterable[Observer] = ()) -> None:
-        self.observers: list[Observer] = list(observers)
+        self.observers: list[Observer] = []
+        self._takers: dict[str, list[Callable[..., None]]] = {name: [] for name in EVENTS}
+        for observer in observers:
+            self.add(observer)
 
     def add(self, observer: Observer) -> None:
         self.observers.append(observer)
+        for name in EVENTS:
+            if getattr(type(observer), name) is not getattr(Observer, name):
+                self._takers[name].append(getattr(observer, name))
 
-    def _each(self, method: str, *args: Any) -> None:
-        for observer in self.observers:
+    def _each(self, name: str, *args: Any) -> None:
+        for method in self._takers[name]:
             try:
-                getattr(observer, method)(*args)
+                method(*args)
             except Exception:
-                _log.failure(
-                    "observer {observer} failed in {method}", observer=observer, method=method
-                )
+                _log.failure("observer {observer} failed in {name}", observer=method, name=name)
 
     def session_opened(self, session: SessionInfo) -> None:
         self._each("session_opened", session)
@@ -184,7 +207,11 @@ class Observers(Observer):
         self._each("session_closed", session)
 
     def command_done(self, session: SessionInfo, command: Completed) -> None:
-        self._each("command_done", session, command)
+        for method in self._takers["command_done"]:
+            try:
+                method(session, command)
+            except Exception:
+                _log.failure("observer {observer} failed in command_done", observer=method)
 
     def traffic(self, session: SessionInfo, received: int, sent: int) -> None:
         self._each("traffic", session, received, sent)
@@ -346,7 +373,8 @@ class Probe:
         )
         self._known = commands
         self._open = False
-        self._lines = False
+        #: Whether protocol lines are wanted (asked again at each command).
+        self.lines = False
         self._received = 0
         self._sent = 0
         self._reported = (0, 0)
@@ -360,11 +388,6 @@ class Probe:
     def id(self) -> str:
         return self.info.id
 
-    @property
-    def lines(self) -> bool:
-        """Whether protocol lines are wanted (checked at each command)."""
-        return self._lines
-
     def opened(self, peer: IAddress | None, kick: Callable[[], None] | None = None) -> None:
         info = self.info
         info.remote = log.format_remote(peer)
@@ -372,7 +395,7 @@ class Probe:
         info.host = host if isinstance(host, str) else None
         info.kick = kick
         self._open = True
-        self._lines = self.observer.wants_lines()
+        self.lines = self.observer.wants_lines()
         self.observer.session_opened(info)
 
     def update(self, state: str, user: str | None, mailbox: str | None = None) -> None:
@@ -396,7 +419,7 @@ class Probe:
         self._started = time.perf_counter()
         self._size = size
         self._sent_before = self._sent
-        self._lines = self.observer.wants_lines()
+        self.lines = self.observer.wants_lines()
 
     def command_done(self, result: str) -> None:
         """The command begun with :meth:`command_started` was answered ``result``."""
@@ -429,17 +452,17 @@ class Probe:
         """``data`` went to the client: counted, and when lines are wanted,
         split into lines with literal contents left out (:class:`LineTap`)."""
         self._sent += len(data)
-        if self._lines:
+        if self.lines:
             if self._tap is None:
                 self._tap = LineTap(self.server_line)
             self._tap.feed(data)
 
     def client_line(self, text: str) -> None:
-        if self._lines:
+        if self.lines:
             self.observer.line(self.info, "C", text)
 
     def server_line(self, text: str) -> None:
-        if self._lines:
+        if self.lines:
             self.observer.line(self.info, "S", text)
 
     def login(self, mechanism: str, outcome: str) -> None:

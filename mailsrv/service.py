@@ -477,12 +477,7 @@ def make_service(
     ):
         check_database(config, None, "auth.dsn" if config.auth.dsn else "storage.dsn")
 
-    served = storage
-    metrics = _metrics(config)
-    if metrics is not None:
-        from mailsrv.storage.timed import timed
-
-        served = timed(storage)
+    metrics, served = _metrics(config, storage)
 
     def build(config: Config) -> LiveParts:
         tls_context = tls_context_of(config) if config.tls_enabled else None
@@ -521,13 +516,15 @@ def make_service(
     return top
 
 
-def _metrics(config: Config) -> Any:
-    """The metrics observer when ``[metrics]`` is configured, else None."""
+def _metrics(config: Config, storage: IStorage) -> tuple[Any, IStorage]:
+    """The metrics observer when ``[metrics]`` is configured (else None),
+    and the storage the sessions use: timed for the metrics, or as it is."""
     if not config.metrics.listen:
-        return None
+        return None, storage
     from mailsrv.metrics import Metrics
+    from mailsrv.storage.timed import timed
 
-    return Metrics()
+    return Metrics(), timed(storage)
 
 
 def _observers(

@@ -201,18 +201,7 @@ def ms(value: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", default="1,2,3", help="node counts to run, e.g. 1,2,3")
-    parser.add_argument("--seconds", type=float, default=20.0, help="mixed traffic duration")
-    parser.add_argument("--clients", type=int, default=50, help="mixed traffic clients")
-    parser.add_argument("--think", type=float, default=0.1, help="mean think time, seconds")
-    parser.add_argument("--idle-connections", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=200, help="notification latency rounds")
-    parser.add_argument("--workloads", default="mixed,idle,latency")
-    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes)")
-    args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.idle_connections, args.rounds = 8.0, 200, 50
+    args = parse_args()
     counts = [int(c) for c in args.nodes.split(",")]
     workloads = args.workloads.split(",")
     scale = Scale()
@@ -232,6 +221,66 @@ def main() -> None:
     durable(pg)
     dsn = pg.create_schema()
     passwd = os.path.join(top, "passwd")
+    imported, seconds = seed(top, dsn, passwd, scale)
+
+    print("# mailsrv nodes on one PostgreSQL behind HAProxy")
+    print()
+    for line in machine_info(
+        "not pinned: load generator, nodes, PostgreSQL and HAProxy share them"
+    ):
+        print(f"- {line}")
+    print(f"- PostgreSQL: private server, fsync and synchronous_commit on, {pg.bindir}")
+    version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
+    print(f"- HAProxy: {version.splitlines()[0]}")
+    print(f"- seeding: mailsrv migrate, {imported} ({seconds:.0f} s)")
+    print(
+        f"- mixed: {scale.mixed_users * scale.mixed_per_user} clients, {args.seconds:.0f} s, "
+        f"think {args.think * 1000:.0f} ms; idle: {args.idle_connections} connections"
+    )
+    print()
+    rows: dict[str, list[list[str]]] = {"mixed": [], "idle": [], "latency": []}
+    for count in counts:
+        nodes = [Node(top, number, dsn, passwd) for number in range(1, count + 1)]
+        for node in nodes:
+            node.start()
+        balancer = Balancer(top, nodes)
+        cluster = Cluster(nodes, balancer, postmaster_pid(pg))
+        try:
+            if "mixed" in workloads:
+                rows["mixed"].append(mixed_row(cluster, scale, count))
+            if "idle" in workloads:
+                rows["idle"].append(idle_row(cluster, scale, count))
+            if "latency" in workloads and count >= 2:
+                rows["latency"] += latency_rows(nodes, args.rounds, count)
+        finally:
+            balancer.stop()
+            for node in nodes:
+                node.stop()
+        print(f"{count} node(s) done at {time.perf_counter() - began:.0f} s", flush=True)
+    print()
+    print_tables(rows)
+    print(f"total time {time.perf_counter() - began:.0f} s ({top})")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="1,2,3", help="node counts to run, e.g. 1,2,3")
+    parser.add_argument("--seconds", type=float, default=20.0, help="mixed traffic duration")
+    parser.add_argument("--clients", type=int, default=50, help="mixed traffic clients")
+    parser.add_argument("--think", type=float, default=0.1, help="mean think time, seconds")
+    parser.add_argument("--idle-connections", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=200, help="notification latency rounds")
+    parser.add_argument("--workloads", default="mixed,idle,latency")
+    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.idle_connections, args.rounds = 8.0, 200, 50
+    return args
+
+
+def seed(top: str, dsn: str, passwd: str, scale: Scale) -> tuple[str, float]:
+    """The users and their mail, written as Maildirs and imported with
+    ``mailsrv migrate``: its last line of output, and how long it took."""
     users = [f"mix{n}" for n in range(scale.mixed_users)]
     users += [f"idle{n}" for n in range(scale.idle_users)] + ["lat"]
     with open(passwd, "w") as f:
@@ -262,138 +311,106 @@ def main() -> None:
         text=True,
         check=True,
     )
-    imported = done.stderr.strip().splitlines()[-1]
+    return done.stderr.strip().splitlines()[-1], time.perf_counter() - started
 
-    print("# mailsrv nodes on one PostgreSQL behind HAProxy")
-    print()
-    for line in machine_info(
-        "not pinned: load generator, nodes, PostgreSQL and HAProxy share them"
-    ):
-        print(f"- {line}")
-    print(f"- PostgreSQL: private server, fsync and synchronous_commit on, {pg.bindir}")
-    version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
-    print(f"- HAProxy: {version.splitlines()[0]}")
-    print(f"- seeding: mailsrv migrate, {imported} ({time.perf_counter() - started:.0f} s)")
-    print(
-        f"- mixed: {scale.mixed_users * scale.mixed_per_user} clients, {args.seconds:.0f} s, "
-        f"think {args.think * 1000:.0f} ms; idle: {args.idle_connections} connections"
+
+def mixed_row(cluster: Cluster, scale: Scale, count: int) -> list[str]:
+    before = cluster.cpu()
+    with Meter(cluster, 0.5) as meter:  # type: ignore[arg-type]
+        result = asyncio.run(mixed(cluster, scale))  # type: ignore[arg-type]
+    after = cluster.cpu()
+    spent = {k: after[k] - before[k] for k in after}
+    del meter
+    return [
+        str(count),
+        f"{result.ops}",
+        f"{result.rate:.0f}",
+        ms(percentile(result.latencies, 50)),
+        ms(percentile(result.latencies, 99)),
+        f"{spent['nodes']:.1f}",
+        f"{spent['postgresql']:.1f}",
+        f"{spent['haproxy']:.1f}",
+        f"{sum(spent.values()) / result.seconds * 100:.0f} %",
+        str(sum(result.errors.values())),
+    ]
+
+
+def idle_row(cluster: Cluster, scale: Scale, count: int) -> list[str]:
+    with Meter(cluster, 1.0) as meter:  # type: ignore[arg-type]
+        pids = meter.tree.pids()
+        base = {"rss": meter.tree.rss(pids), "pss": meter.tree.pss(pids)}
+        result = asyncio.run(idle(cluster, scale, meter, base))  # type: ignore[arg-type]
+    wake = next(iter(result.steps.values()), [])
+    return [
+        str(count),
+        f"{result.ops}",
+        f"{result.seconds:.1f}",
+        ms(percentile(wake, 50)) if wake else "-",
+        ms(percentile(wake, 99)) if wake else "-",
+        result.notes.get("RSS per connection, KiB", "-"),
+        str(sum(result.errors.values())),
+    ]
+
+
+def latency_rows(nodes: list[Node], rounds: int, count: int) -> list[list[str]]:
+    found = asyncio.run(notification_latency(nodes[0], nodes[1], rounds, True))
+    found.update(asyncio.run(notification_latency(nodes[0], nodes[1], rounds, False)))
+    return [
+        [
+            str(count),
+            what,
+            str(len(values)),
+            ms(percentile(values, 50)),
+            ms(percentile(values, 99)),
+            ms(max(values)),
+        ]
+        for what, values in found.items()
+    ]
+
+
+def print_tables(rows: dict[str, list[list[str]]]) -> None:
+    tables = (
+        (
+            "mixed",
+            "Mixed traffic through HAProxy",
+            [
+                "nodes",
+                "ops",
+                "ops/s",
+                "p50 ms",
+                "p99 ms",
+                "CPU s nodes",
+                "CPU s PostgreSQL",
+                "CPU s HAProxy",
+                "CPU busy (of 200 %)",
+                "errors",
+            ],
+        ),
+        (
+            "idle",
+            "IDLE sessions through HAProxy",
+            [
+                "nodes",
+                "sessions",
+                "setup s",
+                "new mail reaches all, p50 ms",
+                "p99 ms",
+                "RSS/conn KiB (nodes + PostgreSQL)",
+                "errors",
+            ],
+        ),
+        (
+            "latency",
+            "A change reaching an IDLE session on another node",
+            ["nodes", "what", "rounds", "p50 ms", "p99 ms", "max ms"],
+        ),
     )
-    print()
-    rows_mixed, rows_idle, rows_latency = [], [], []
-    for count in counts:
-        nodes = [Node(top, number, dsn, passwd) for number in range(1, count + 1)]
-        for node in nodes:
-            node.start()
-        balancer = Balancer(top, nodes)
-        cluster = Cluster(nodes, balancer, postmaster_pid(pg))
-        try:
-            if "mixed" in workloads:
-                before = cluster.cpu()
-                with Meter(cluster, 0.5) as meter:  # type: ignore[arg-type]
-                    result = asyncio.run(mixed(cluster, scale))  # type: ignore[arg-type]
-                after = cluster.cpu()
-                spent = {k: after[k] - before[k] for k in after}
-                rows_mixed.append(
-                    [
-                        str(count),
-                        f"{result.ops}",
-                        f"{result.rate:.0f}",
-                        ms(percentile(result.latencies, 50)),
-                        ms(percentile(result.latencies, 99)),
-                        f"{spent['nodes']:.1f}",
-                        f"{spent['postgresql']:.1f}",
-                        f"{spent['haproxy']:.1f}",
-                        f"{sum(spent.values()) / result.seconds * 100:.0f} %",
-                        str(sum(result.errors.values())),
-                    ]
-                )
-                del meter
-            if "idle" in workloads:
-                with Meter(cluster, 1.0) as meter:  # type: ignore[arg-type]
-                    pids = meter.tree.pids()
-                    base = {"rss": meter.tree.rss(pids), "pss": meter.tree.pss(pids)}
-                    result = asyncio.run(idle(cluster, scale, meter, base))  # type: ignore[arg-type]
-                wake = next(iter(result.steps.values()), [])
-                rows_idle.append(
-                    [
-                        str(count),
-                        f"{result.ops}",
-                        f"{result.seconds:.1f}",
-                        ms(percentile(wake, 50)) if wake else "-",
-                        ms(percentile(wake, 99)) if wake else "-",
-                        result.notes.get("RSS per connection, KiB", "-"),
-                        str(sum(result.errors.values())),
-                    ]
-                )
-            if "latency" in workloads and count >= 2:
-                found = asyncio.run(notification_latency(nodes[0], nodes[1], args.rounds, True))
-                found.update(
-                    asyncio.run(notification_latency(nodes[0], nodes[1], args.rounds, False))
-                )
-                for what, values in found.items():
-                    rows_latency.append(
-                        [
-                            str(count),
-                            what,
-                            str(len(values)),
-                            ms(percentile(values, 50)),
-                            ms(percentile(values, 99)),
-                            ms(max(values)),
-                        ]
-                    )
-        finally:
-            balancer.stop()
-            for node in nodes:
-                node.stop()
-        print(f"{count} node(s) done at {time.perf_counter() - began:.0f} s", flush=True)
-    print()
-    if rows_mixed:
-        print("### Mixed traffic through HAProxy")
-        print()
-        print(
-            markdown_table(
-                [
-                    "nodes",
-                    "ops",
-                    "ops/s",
-                    "p50 ms",
-                    "p99 ms",
-                    "CPU s nodes",
-                    "CPU s PostgreSQL",
-                    "CPU s HAProxy",
-                    "CPU busy (of 200 %)",
-                    "errors",
-                ],
-                rows_mixed,
-            )
-        )
-        print()
-    if rows_idle:
-        print("### IDLE sessions through HAProxy")
-        print()
-        print(
-            markdown_table(
-                [
-                    "nodes",
-                    "sessions",
-                    "setup s",
-                    "new mail reaches all, p50 ms",
-                    "p99 ms",
-                    "RSS/conn KiB (nodes + PostgreSQL)",
-                    "errors",
-                ],
-                rows_idle,
-            )
-        )
-        print()
-    if rows_latency:
-        print("### A change reaching an IDLE session on another node")
-        print()
-        print(
-            markdown_table(["nodes", "what", "rounds", "p50 ms", "p99 ms", "max ms"], rows_latency)
-        )
-        print()
-    print(f"total time {time.perf_counter() - began:.0f} s ({top})")
+    for key, title, headers in tables:
+        if rows[key]:
+            print(f"### {title}")
+            print()
+            print(markdown_table(headers, rows[key]))
+            print()
 
 
 if __name__ == "__main__":

@@ -141,11 +141,32 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
     rng = random.Random(seed * 1_000_003 + i)
     if when is None:
         when = BASE_TIME + i * 311 + rng.randint(0, 300)
+    # Every random draw is made in the same order as always: the same i
+    # and seed must give the same bytes.
     first, last = rng.choice(_FIRST), rng.choice(_LAST)
     if i % PLANTED["from"][1] == PLANTED["from"][2]:
         first = PLANTED["from"][0]
     domain = rng.choice(_DOMAINS)
     sender = f"{first.lower()}.{last.lower()}@{domain}"
+    subject, reply, listed = _subject(i, rng, pool)
+    headers = [f"Return-Path: <{sender}>", *_received(rng, when)]
+    headers.append(f'From: "{first} {last}" <{sender}>')
+    headers += _addressees(rng, domain)
+    headers.append(f"Subject: {subject}")
+    headers.append(f"Date: {_date(when - 30)}")
+    headers.append(f"Message-ID: <{seed}.{i}.{rng.getrandbits(32):08x}@{domain}>")
+    headers += _threading_and_list(i, seed, rng, domain, reply, listed)
+    headers.append("MIME-Version: 1.0")
+    paragraphs = _paragraphs(i, rng, pool)
+    text = f"Hello {first},\r\n\r\n" + "\r\n\r\n".join(paragraphs) + f"\r\n\r\n-- \r\n{last}\r\n"
+    content, body = _body(i, rng, pool, paragraphs, text)
+    headers += content
+    return ("\r\n".join(headers) + "\r\n\r\n" + body).encode("utf-8")
+
+
+def _subject(i: int, rng: random.Random, pool: _Pool) -> tuple[str, bool, bool]:
+    """The Subject (planted word, "Re: ", now and then RFC 2047 encoded),
+    and whether the message is a reply and from a list."""
     subject = rng.choice(pool.subjects)
     if i % PLANTED["subject"][1] == PLANTED["subject"][2]:
         subject = f"{subject} {PLANTED['subject'][0]}"
@@ -156,6 +177,10 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
     if rng.random() < 0.08:
         encoded = subject.replace(" ", "_").encode()
         subject = "=?UTF-8?Q?" + encoded.decode() + "_caf=C3=A9?="
+    return subject, reply, listed
+
+
+def _received(rng: random.Random, when: float) -> list[str]:
     received = []
     for hop in range(rng.randint(1, 4)):
         host = f"mx{rng.randint(1, 40)}.{rng.choice(_DOMAINS)}"
@@ -164,8 +189,11 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
             f"\tby mail.example.org with ESMTPS id {rng.getrandbits(48):012X}\r\n"
             f"\tfor <bench@example.org>; {_date(when - hop * 7)}"
         )
-    headers = [f"Return-Path: <{sender}>", *received]
-    headers.append(f'From: "{first} {last}" <{sender}>')
+    return received
+
+
+def _addressees(rng: random.Random, domain: str) -> list[str]:
+    """To (sometimes folded, with others) and now and then Cc."""
     to = "Bench User <bench@example.org>"
     if rng.random() < 0.3:
         others = ", ".join(
@@ -173,12 +201,17 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
             for _ in range(rng.randint(1, 3))
         )
         to += ",\r\n\t" + others
-    headers.append(f"To: {to}")
+    headers = [f"To: {to}"]
     if rng.random() < 0.15:
         headers.append(f"Cc: {rng.choice(_FIRST)} <{rng.choice(_FIRST).lower()}@{domain}>")
-    headers.append(f"Subject: {subject}")
-    headers.append(f"Date: {_date(when - 30)}")
-    headers.append(f"Message-ID: <{seed}.{i}.{rng.getrandbits(32):08x}@{domain}>")
+    return headers
+
+
+def _threading_and_list(
+    i: int, seed: int, rng: random.Random, domain: str, reply: bool, listed: bool
+) -> list[str]:
+    """In-Reply-To/References of a reply, a list's headers, a User-Agent."""
+    headers = []
     if reply:
         parent = f"<{seed}.{max(i - rng.randint(1, 50), 0)}.{rng.getrandbits(32):08x}@{domain}>"
         headers.append(f"In-Reply-To: {parent}")
@@ -190,9 +223,11 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
         headers.append("Precedence: list")
     if rng.random() < 0.5:
         headers.append(f"User-Agent: {rng.choice(_MAILERS)}")
-    headers.append("MIME-Version: 1.0")
+    return headers
 
-    # A body of a few KB: most a couple of paragraphs, a few long ones.
+
+def _paragraphs(i: int, rng: random.Random, pool: _Pool) -> list[str]:
+    """A body of a few KB: most a couple of paragraphs, a few long ones."""
     target = min(int(rng.lognormvariate(7.6, 0.7)), 18_000)
     paragraphs: list[str] = []
     size = 0
@@ -204,12 +239,18 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
         paragraphs.insert(
             rng.randint(0, len(paragraphs)), f"Have you seen the {PLANTED['body'][0]}?"
         )
-    text = f"Hello {first},\r\n\r\n" + "\r\n\r\n".join(paragraphs) + f"\r\n\r\n-- \r\n{last}\r\n"
+    return paragraphs
+
+
+def _body(
+    i: int, rng: random.Random, pool: _Pool, paragraphs: list[str], text: str
+) -> tuple[list[str], str]:
+    """The content headers and the body: plain text, or alternative with
+    HTML, or mixed with an attachment."""
     kind = rng.random()
     if kind < 0.25:
         boundary = f"=_alt_{rng.getrandbits(40):010x}"
         html = "".join(f"<p>{p}</p>\r\n" for p in paragraphs)
-        headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
         body = (
             f"This is a multi-part message in MIME format.\r\n\r\n--{boundary}\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
@@ -217,9 +258,9 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
             "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             f"<html><body>\r\n{html}</body></html>\r\n--{boundary}--\r\n"
         )
-    elif kind < 0.30:
+        return [f'Content-Type: multipart/alternative; boundary="{boundary}"'], body
+    if kind < 0.30:
         boundary = f"=_mix_{rng.getrandbits(40):010x}"
-        headers.append(f'Content-Type: multipart/mixed; boundary="{boundary}"')
         body = (
             f"--{boundary}\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
@@ -229,11 +270,9 @@ def message(i: int, seed: int = 1, when: float | None = None) -> bytes:
             "Content-Transfer-Encoding: base64\r\n\r\n"
             f"{rng.choice(pool.blobs)}--{boundary}--\r\n"
         )
-    else:
-        headers.append("Content-Type: text/plain; charset=utf-8; format=flowed")
-        headers.append("Content-Transfer-Encoding: 8bit")
-        body = text
-    return ("\r\n".join(headers) + "\r\n\r\n" + body).encode("utf-8")
+        return [f'Content-Type: multipart/mixed; boundary="{boundary}"'], body
+    content = ["Content-Type: text/plain; charset=utf-8; format=flowed"]
+    return [*content, "Content-Transfer-Encoding: 8bit"], text
 
 
 def flags_of(i: int) -> str:

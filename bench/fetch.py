@@ -105,46 +105,69 @@ async def run_server(
         raise RuntimeError(f"{server.name}: LOGIN failed: {reply.text!r}")
     await client.select()
     for text, _kind in commands():
-        row = rows[text] = Row()
         print(f"  {server.name}: {text}", flush=True)
-        warm = await client.command(text, keep=text.startswith("SEARCH"))
-        if not warm.ok:
-            row.refused = f"{warm.status} {warm.text.decode('latin-1').split(']')[0]}]"
-            continue
-        row.answers = answers(text, warm)
-        spent = 0.0
-        for _ in range(repeat):
-            if spent > budget:
-                break
-            tree = server.tree
-            with Meter(server, interval=0.1) as meter:
-                row.rest = max(row.rest, tree.rss())
-                reply = await client.command(text, keep=text.startswith("SEARCH"))
-            spent += reply.seconds
-            row.seconds.append(reply.seconds)
-            row.cpu.append(meter.usage.cpu)
-            row.peak = max(row.peak, meter.usage.peak_rss)
-    # The header FETCH once more, from a client that stops reading.
+        rows[text] = await timed_command(server, client, text, repeat, budget)
+    headers = rows[f"FETCH 1:* ({HEADERS})"]
     text = f"FETCH 1:* ({HEADERS}), client stalls {stall:.0f} s"
-    row = rows[text] = Row()
-    if rows[f"FETCH 1:* ({HEADERS})"].refused is None:
+    if headers.refused is None:
+        rows[text] = await stalled_fetch(server, client, stall)
+    else:
+        rows[text] = Row()
+        rows[text].refused = headers.refused
+    text = "SELECT INBOX, new session (CPU: with connect + LOGIN)"
+    rows[text] = await fresh_select(server, client, repeat)
+    text = "NOOP after another session's STORE"
+    rows[text] = await noop_after_store(server, client, repeat)
+    await client.logout()
+    return rows
+
+
+async def timed_command(
+    server: Server, client: IMAPClient, text: str, repeat: int, budget: float
+) -> Row:
+    """One untimed run, then up to ``repeat`` timed ones within ``budget`` seconds."""
+    row = Row()
+    warm = await client.command(text, keep=text.startswith("SEARCH"))
+    if not warm.ok:
+        row.refused = f"{warm.status} {warm.text.decode('latin-1').split(']')[0]}]"
+        return row
+    row.answers = answers(text, warm)
+    spent = 0.0
+    for _ in range(repeat):
+        if spent > budget:
+            break
         tree = server.tree
         with Meter(server, interval=0.1) as meter:
-            row.rest = tree.rss()
-            started = time.perf_counter()
-            tag = b"stall"
-            client.writer.write(tag + b" " + f"FETCH 1:* ({HEADERS})".encode() + b"\r\n")
-            await asyncio.sleep(stall)
-            reply = await client.read_tagged(tag, False, started)
+            row.rest = max(row.rest, tree.rss())
+            reply = await client.command(text, keep=text.startswith("SEARCH"))
+        spent += reply.seconds
         row.seconds.append(reply.seconds)
         row.cpu.append(meter.usage.cpu)
-        row.peak = meter.usage.peak_rss
-        row.answers = reply.count
-    else:
-        row.refused = rows[f"FETCH 1:* ({HEADERS})"].refused
-    # A client reconnecting: SELECT on a fresh connection, nobody else inside.
-    text = "SELECT INBOX, new session (CPU: with connect + LOGIN)"
-    row = rows[text] = Row()
+        row.peak = max(row.peak, meter.usage.peak_rss)
+    return row
+
+
+async def stalled_fetch(server: Server, client: IMAPClient, stall: float) -> Row:
+    """The header FETCH once more, from a client that stops reading."""
+    row = Row()
+    tree = server.tree
+    with Meter(server, interval=0.1) as meter:
+        row.rest = tree.rss()
+        started = time.perf_counter()
+        tag = b"stall"
+        client.writer.write(tag + b" " + f"FETCH 1:* ({HEADERS})".encode() + b"\r\n")
+        await asyncio.sleep(stall)
+        reply = await client.read_tagged(tag, False, started)
+    row.seconds.append(reply.seconds)
+    row.cpu.append(meter.usage.cpu)
+    row.peak = meter.usage.peak_rss
+    row.answers = reply.count
+    return row
+
+
+async def fresh_select(server: Server, client: IMAPClient, repeat: int) -> Row:
+    """A client reconnecting: SELECT on a fresh connection, nobody else inside."""
+    row = Row()
     await client.command("UNSELECT")
     for n in range(repeat + 1):
         with Meter(server, interval=0.1) as meter:
@@ -159,9 +182,12 @@ async def run_server(
         row.answers = other.exists
         await other.logout()
     await client.select()
-    # Another session changes one flag; how long does this session's NOOP take?
-    text = "NOOP after another session's STORE"
-    row = rows[text] = Row()
+    return row
+
+
+async def noop_after_store(server: Server, client: IMAPClient, repeat: int) -> Row:
+    """Another session changes one flag; how long does this session's NOOP take?"""
+    row = Row()
     other = await IMAPClient.connect(HOST, server.imap_port)
     await other.login("big", PASSWORD)
     await other.select()
@@ -176,8 +202,7 @@ async def run_server(
             row.peak = max(row.peak, meter.usage.peak_rss)
         row.answers = 1
     await other.logout()
-    await client.logout()
-    return rows
+    return row
 
 
 def main() -> None:
@@ -218,6 +243,15 @@ def main() -> None:
             results[server.name] = asyncio.run(
                 run_server(server, args.messages, args.repeat, args.budget, args.stall)
             )
+    print()
+    print(markdown_table(*table(results, args.messages)))
+    print()
+    print(f"setup: {', '.join(f'{k} {v:.1f} s' for k, v in pair.seconds.items())}")
+    print(f"total time {time.perf_counter() - began:.0f} s")
+
+
+def table(results: dict[str, dict[str, Row]], messages: int) -> tuple[list[str], list[list[str]]]:
+    """The headers and rows of the results table, servers side by side."""
     names = list(results)
     headers = ["command"]
     for name in names:
@@ -229,34 +263,34 @@ def main() -> None:
     headers.append("answers")
     for name in names:
         headers += [f"{name} peak RSS MiB (rest)"]
-    table = []
     extra = [t for t in results[names[0]] if t not in dict(commands())]
+    rows = []
     for text, kind in [*commands(), *((t, None) for t in extra)]:
-        row = [text]
         per = [results[name][text] for name in names]
-        for r in per:
-            row.append(r.refused or f"{r.median():.3f}")
-        if len(names) == 2:
-            row.append(ratio(per[0].median(), per[1].median()))
-        for r in per:
-            row.append("" if r.refused else f"{r.median_cpu():.2f}")
-        counts = sorted({r.answers for r in per if r.answers is not None})
-        note = "/".join(str(c) for c in counts) if counts else "-"
-        if kind is not None:
-            want = expected_hits(args.messages, kind)
-            if counts != [want]:
-                note += f" (expected {want})"
-        if len(counts) > 1:
-            note += " DISAGREE"
-        row.append(note)
-        for r in per:
-            row.append("" if r.refused else f"{r.peak / MIB:.0f} ({r.rest / MIB:.0f})")
-        table.append(row)
-    print()
-    print(markdown_table(headers, table))
-    print()
-    print(f"setup: {', '.join(f'{k} {v:.1f} s' for k, v in pair.seconds.items())}")
-    print(f"total time {time.perf_counter() - began:.0f} s")
+        rows.append(table_row(text, per, expected_hits(messages, kind) if kind else None))
+    return headers, rows
+
+
+def table_row(text: str, per: list[Row], want: int | None) -> list[str]:
+    """One command's row: each server's median time, their ratio, CPU, the
+    answers (checked against ``want`` planted hits) and memory."""
+    row = [text]
+    for r in per:
+        row.append(r.refused or f"{r.median():.3f}")
+    if len(per) == 2:
+        row.append(ratio(per[0].median(), per[1].median()))
+    for r in per:
+        row.append("" if r.refused else f"{r.median_cpu():.2f}")
+    counts = sorted({r.answers for r in per if r.answers is not None})
+    note = "/".join(str(c) for c in counts) if counts else "-"
+    if want is not None and counts != [want]:
+        note += f" (expected {want})"
+    if len(counts) > 1:
+        note += " DISAGREE"
+    row.append(note)
+    for r in per:
+        row.append("" if r.refused else f"{r.peak / MIB:.0f} ({r.rest / MIB:.0f})")
+    return row
 
 
 if __name__ == "__main__":

@@ -141,13 +141,22 @@ class Pair:
         self._timed(f"mailsrv user add x{len(self.mailboxes)}", add_users)
         seed_root = os.path.join(self.top, "seed")
         total = sum(spec.messages for spec in self.mailboxes)
+        self._timed(f"write {total} messages", lambda: self._seed(seed_root))
+        self._choose_servers(mailsrv)
+        self._timed(
+            "hard-link the mailboxes into both servers' trees", lambda: self._clone(seed_root)
+        )
+        for server in self.servers:
+            self._timed(f"start {server.name}", server.start)
+        for server in self.servers:
+            self._timed(f"warm {server.name}", lambda s=server: asyncio.run(self.warm(s)))
 
-        def seed() -> None:
-            for spec in self.mailboxes:
-                root = os.path.join(seed_root, spec.user, "Maildir")
-                build_maildir(root, spec.messages, spec.seed)
+    def _seed(self, seed_root: str) -> None:
+        for spec in self.mailboxes:
+            root = os.path.join(seed_root, spec.user, "Maildir")
+            build_maildir(root, spec.messages, spec.seed)
 
-        self._timed(f"write {total} messages", seed)
+    def _choose_servers(self, mailsrv: Mailsrv) -> None:
         if "mailsrv" in self.wanted:
             self.servers.append(mailsrv)
         if "mailsrv-pg" in self.wanted:
@@ -167,19 +176,13 @@ class Pair:
                 )
             )
 
-        def clone() -> None:
-            for server in self.servers:
-                for spec in self.mailboxes:
-                    source = os.path.join(seed_root, spec.user, "Maildir")
-                    clone_tree(source, server.mail_root(spec.user))
-                if isinstance(server, Dovecot):
-                    server.own()
-
-        self._timed("hard-link the mailboxes into both servers' trees", clone)
+    def _clone(self, seed_root: str) -> None:
         for server in self.servers:
-            self._timed(f"start {server.name}", server.start)
-        for server in self.servers:
-            self._timed(f"warm {server.name}", lambda s=server: asyncio.run(self.warm(s)))
+            for spec in self.mailboxes:
+                source = os.path.join(seed_root, spec.user, "Maildir")
+                clone_tree(source, server.mail_root(spec.user))
+            if isinstance(server, Dovecot):
+                server.own()
 
     def restart(self, server: Server, users: Sequence[str]) -> None:
         """Stop and start ``server`` and warm the mailboxes of ``users`` again."""

@@ -296,47 +296,19 @@ async def mixed(server: Server, scale: Scale) -> Result:
         appended = 0
         while time.monotonic() < deadline:
             await asyncio.sleep(rng.expovariate(1 / scale.mixed_think))
-            op = rng.choices(names, weights)[0]
+            name = rng.choices(names, weights)[0]
             exists = client.exists
-            if exists == 0 and op not in ("NOOP", "APPEND", "IDLE"):
-                op = "APPEND"
-            seq = rng.randint(1, max(exists, 1))
-            if op == "APPEND":
+            if exists == 0 and name not in ("NOOP", "APPEND", "IDLE"):
+                name = "APPEND"
+            op = _Op(client, rng, rng.randint(1, max(exists, 1)), exists, result)
+            if name == "APPEND":
                 appended += 1
-                data = message(1_000_000 + n * 10_000 + appended, seed=9)
-            started = time.perf_counter()
-            if op == "NOOP":
-                reply = await client.command("NOOP")
-            elif op == "FETCH 20 (UID FLAGS)":
-                low = max(1, seq - 19)
-                reply = await client.command(f"FETCH {low}:{low + 19} (UID FLAGS)")
-            elif op == "FETCH 1 BODY.PEEK[]":
-                reply = await client.command(f"FETCH {seq} BODY.PEEK[]")
-            elif op == "FETCH 50 headers":
-                low = max(1, exists - 49)
-                reply = await client.command(f"FETCH {low}:* ({SYNC_HEADERS})")
-            elif op == "STORE":
-                sign = rng.choice("+-")
-                flag = rng.choice(("\\Seen", "\\Flagged", "$Label1"))
-                reply = await client.command(f"STORE {seq} {sign}FLAGS ({flag})")
-            elif op == "APPEND":
-                reply = await client.append("INBOX", data)
-            elif op == "EXPUNGE":
-                reply = await client.command(f"STORE {seq} +FLAGS.SILENT (\\Deleted)")
-                if check(reply, result, op):
-                    reply = await client.command("EXPUNGE")
-            else:  # IDLE: enter, listen up to half a second, leave
-                tag = await client.idle_start()
-                entered = time.perf_counter() - started
-                try:
-                    await asyncio.wait_for(client.idle_wait(), rng.uniform(0.1, 0.5))
-                except TimeoutError:
-                    pass
-                reply = await client.idle_done(tag)
-                reply.seconds += entered
-            check(reply, result, op)
-            elapsed = time.perf_counter() - started if op != "IDLE" else reply.seconds
-            result.step(op, elapsed)
+                op.data = message(1_000_000 + n * 10_000 + appended, seed=9)
+            op.started = time.perf_counter()
+            reply = await _MIXED[name](op)
+            check(reply, result, name)
+            elapsed = time.perf_counter() - op.started if name != "IDLE" else reply.seconds
+            result.step(name, elapsed)
             result.latencies.append(elapsed)
             result.ops += 1
         await client.logout()
@@ -348,6 +320,82 @@ async def mixed(server: Server, scale: Scale) -> Result:
     result.seconds = time.perf_counter() - started
     result.notes["clients"] = str(count)
     return result
+
+
+@attrs.define
+class _Op:
+    """One operation of the mixed traffic, about to run: the client, its
+    random source, a message number, the mailbox size, the message an
+    APPEND sends, when it started."""
+
+    client: IMAPClient
+    rng: random.Random
+    seq: int
+    exists: int
+    result: Result
+    data: bytes = b""
+    started: float = 0.0
+
+
+async def _noop(op: _Op) -> Any:
+    return await op.client.command("NOOP")
+
+
+async def _fetch_flags(op: _Op) -> Any:
+    low = max(1, op.seq - 19)
+    return await op.client.command(f"FETCH {low}:{low + 19} (UID FLAGS)")
+
+
+async def _fetch_body(op: _Op) -> Any:
+    return await op.client.command(f"FETCH {op.seq} BODY.PEEK[]")
+
+
+async def _fetch_headers(op: _Op) -> Any:
+    low = max(1, op.exists - 49)
+    return await op.client.command(f"FETCH {low}:* ({SYNC_HEADERS})")
+
+
+async def _store(op: _Op) -> Any:
+    sign = op.rng.choice("+-")
+    flag = op.rng.choice(("\\Seen", "\\Flagged", "$Label1"))
+    return await op.client.command(f"STORE {op.seq} {sign}FLAGS ({flag})")
+
+
+async def _append(op: _Op) -> Any:
+    return await op.client.append("INBOX", op.data)
+
+
+async def _expunge(op: _Op) -> Any:
+    reply = await op.client.command(f"STORE {op.seq} +FLAGS.SILENT (\\Deleted)")
+    if check(reply, op.result, "EXPUNGE"):
+        reply = await op.client.command("EXPUNGE")
+    return reply
+
+
+async def _idle(op: _Op) -> Any:
+    """Enter IDLE, listen up to half a second, leave."""
+    tag = await op.client.idle_start()
+    entered = time.perf_counter() - op.started
+    try:
+        await asyncio.wait_for(op.client.idle_wait(), op.rng.uniform(0.1, 0.5))
+    except TimeoutError:
+        pass
+    reply = await op.client.idle_done(tag)
+    reply.seconds += entered
+    return reply
+
+
+#: What each operation of :data:`MIXED_OPS` does.
+_MIXED: dict[str, Callable[[_Op], Awaitable[Any]]] = {
+    "NOOP": _noop,
+    "FETCH 20 (UID FLAGS)": _fetch_flags,
+    "FETCH 1 BODY.PEEK[]": _fetch_body,
+    "FETCH 50 headers": _fetch_headers,
+    "STORE": _store,
+    "APPEND": _append,
+    "EXPUNGE": _expunge,
+    "IDLE": _idle,
+}
 
 
 SEARCHES = (
@@ -418,17 +466,44 @@ async def search(server: Server, scale: Scale) -> Result:
 
 async def idle(server: Server, scale: Scale, meter: Meter, before: dict[str, int]) -> Result:
     """``idle_connections`` sessions in IDLE; memory per connection; wake-up time."""
-    result = Result(unit="conns")
-    clients: list[IMAPClient] = []
-    tags: list[bytes] = []
-    watchers: list[IMAPClient] = []  # the sessions of the first user
-    users = [f"idle{n}" for n in range(scale.idle_users)]
-    deadline = time.monotonic() + scale.idle_setup_limit
+    run = _IdleRun(server, scale)
+    try:
+        await run.run(meter, before)
+    finally:
+        for client in run.clients:
+            client.close()  # whatever went wrong, leave no session behind
+    return run.result
 
-    async def one(n: int) -> None:
+
+class _IdleRun:
+    """The sessions of the IDLE workload and what it measures."""
+
+    def __init__(self, server: Server, scale: Scale) -> None:
+        self.server, self.scale = server, scale
+        self.result = Result(unit="conns")
+        self.clients: list[IMAPClient] = []
+        self.tags: list[bytes] = []
+        self.watchers: list[IMAPClient] = []  # the sessions of the first user
+        self.users = [f"idle{n}" for n in range(scale.idle_users)]
+
+    async def run(self, meter: Meter, before: dict[str, int]) -> None:
+        result = self.result
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.scale.idle_setup_limit
+        await bounded(self.scale.idle_connections, 50, deadline, self.enter)
+        result.seconds = time.perf_counter() - started
+        result.ops = len(self.clients)
+        await asyncio.sleep(2)  # let forks and buffers settle
+        self.note_memory(meter, before)
+        if await self.new_mail():
+            await bounded(len(self.clients), 100, time.monotonic() + 120, self.leave)
+
+    async def enter(self, n: int) -> None:
+        """Session ``n``: log in, select, IDLE."""
+        result = self.result
         started = time.perf_counter()
         try:
-            client = await connect_login(server, users[n % len(users)])
+            client = await connect_login(self.server, self.users[n % len(self.users)])
             reply = await client.select()
             if not check(reply, result, "SELECT"):
                 await client.wait_closed()
@@ -437,31 +512,28 @@ async def idle(server: Server, scale: Scale, meter: Meter, before: dict[str, int
         except (OSError, IMAPError) as e:
             result.error(f"setup: {type(e).__name__} {str(e)[:60]}")
             return
-        clients.append(client)
-        tags.append(tag)
-        if n % len(users) == 0:
-            watchers.append(client)
+        self.clients.append(client)
+        self.tags.append(tag)
+        if n % len(self.users) == 0:
+            self.watchers.append(client)
         result.latencies.append(time.perf_counter() - started)
 
-    async def run() -> None:
-        started = time.perf_counter()
-        await bounded(scale.idle_connections, 50, deadline, one)
-        result.seconds = time.perf_counter() - started
-        result.ops = len(clients)
-        await asyncio.sleep(2)  # let forks and buffers settle
+    def note_memory(self, meter: Meter, before: dict[str, int]) -> None:
         tree = meter.tree
         pids = tree.pids()
         rss = tree.rss(pids)
         pss = tree.pss(pids)
-        count = max(len(clients), 1)
-        result.notes["RSS before / with all idle, MiB"] = (
-            f"{before['rss'] / MIB:.0f} / {rss / MIB:.0f}"
-        )
-        result.notes["RSS per connection, KiB"] = f"{(rss - before['rss']) / count / 1024:.0f}"
-        result.notes["PSS per connection, KiB"] = f"{(pss - before['pss']) / count / 1024:.0f}"
-        result.notes["processes"] = str(len(pids))
+        count = max(len(self.clients), 1)
+        notes = self.result.notes
+        notes["RSS before / with all idle, MiB"] = f"{before['rss'] / MIB:.0f} / {rss / MIB:.0f}"
+        notes["RSS per connection, KiB"] = f"{(rss - before['rss']) / count / 1024:.0f}"
+        notes["PSS per connection, KiB"] = f"{(pss - before['pss']) / count / 1024:.0f}"
+        notes["processes"] = str(len(pids))
 
-        # One new message for idle0: how long until every session of idle0 hears of it?
+    async def new_mail(self) -> bool:
+        """One new message for idle0: how long until every session of idle0
+        hears of it?  False if it could not be sent."""
+        result = self.result
         arrived: list[float] = []
 
         async def wait_exists(client: IMAPClient, t0: float) -> None:
@@ -472,39 +544,31 @@ async def idle(server: Server, scale: Scale, meter: Meter, before: dict[str, int
                     return
 
         try:
-            sender = await connect_login(server, users[0])
+            sender = await connect_login(self.server, self.users[0])
         except (OSError, IMAPError) as e:
             result.error(f"new-mail sender: {type(e).__name__} {str(e)[:60]}")
-            return
+            return False
         news = message(999_999, seed=7)
         t0 = time.perf_counter()
-        waits = [asyncio.ensure_future(wait_exists(c, t0)) for c in watchers]
+        waits = [asyncio.ensure_future(wait_exists(c, t0)) for c in self.watchers]
         await sender.append("INBOX", news)
         _, pending = await asyncio.wait(waits, timeout=30)
         for task in pending:
             task.cancel()
-        result.steps[f"new mail reaches {len(watchers)} IDLE sessions"] = arrived
+        result.steps[f"new mail reaches {len(self.watchers)} IDLE sessions"] = arrived
         if pending:
             result.error(f"{len(pending)} sessions heard nothing in 30 s")
         await sender.logout()
+        return True
 
-        async def leave(n: int) -> None:
-            client = clients[n]
-            try:
-                if not client.writer.is_closing():
-                    await asyncio.wait_for(client.idle_done(tags[n]), 10)
-            except (TimeoutError, OSError, IMAPError):
-                pass
-            await client.logout()
-
-        await bounded(len(clients), 100, time.monotonic() + 120, leave)
-
-    try:
-        await run()
-    finally:
-        for client in clients:
-            client.close()  # whatever went wrong, leave no session behind
-    return result
+    async def leave(self, n: int) -> None:
+        client = self.clients[n]
+        try:
+            if not client.writer.is_closing():
+                await asyncio.wait_for(client.idle_done(self.tags[n]), 10)
+        except (TimeoutError, OSError, IMAPError):
+            pass
+        await client.logout()
 
 
 async def pop3(server: Server, scale: Scale) -> Result:
@@ -582,40 +646,9 @@ _SINGULAR = {"logins": "login", "msgs": "msg", "ops": "op", "searches": "search"
 def report(title: str, results: dict[str, Result]) -> str:
     lines = [f"### {title}", ""]
     names = list(results)
-    rows = []
-    for name in names:
-        r = results[name]
-        cpu_per = r.usage.cpu / r.ops * 1000 if r.ops else float("nan")
-        rows.append(
-            [
-                name,
-                f"{r.ops}",
-                f"{r.rate:.1f}",
-                ms(percentile(r.latencies, 50)),
-                ms(percentile(r.latencies, 99)),
-                f"{r.usage.cpu:.2f}",
-                f"{cpu_per:.3f}",
-                f"{r.usage.peak_rss / MIB:.0f}",
-                str(sum(r.errors.values())),
-            ]
-        )
+    rows = [_summary_row(name, results[name]) for name in names]
     if len(names) == 2:
-        a, b = results[names[0]], results[names[1]]
-        cpu_a = a.usage.cpu / a.ops if a.ops else float("nan")
-        cpu_b = b.usage.cpu / b.ops if b.ops else float("nan")
-        rows.append(
-            [
-                f"{names[0]}/{names[1]}",
-                "",
-                ratio(a.rate, b.rate),
-                ratio(percentile(a.latencies, 50), percentile(b.latencies, 50)),
-                ratio(percentile(a.latencies, 99), percentile(b.latencies, 99)),
-                ratio(a.usage.cpu, b.usage.cpu),
-                ratio(cpu_a, cpu_b),
-                ratio(a.usage.peak_rss, b.usage.peak_rss),
-                "",
-            ]
-        )
+        rows.append(_ratio_row(names, results[names[0]], results[names[1]]))
     unit = results[names[0]].unit
     lines.append(
         markdown_table(
@@ -633,33 +666,9 @@ def report(title: str, results: dict[str, Result]) -> str:
             rows,
         )
     )
-    step_names: list[str] = []
-    for r in results.values():
-        step_names.extend(s for s in list(r.steps) + list(r.refused) if s not in step_names)
-    if step_names:
-        lines.append("")
-        headers = ["step"]
-        for name in names:
-            headers += [f"{name} p50 ms", f"{name} p99 ms"]
-        if len(names) == 2:
-            headers.append("ratio p50")
-        rows = []
-        for step in step_names:
-            row = [step]
-            p50s = []
-            for name in names:
-                r = results[name]
-                if step in r.refused and not r.steps.get(step):
-                    row += [r.refused[step], ""]
-                    p50s.append(float("nan"))
-                    continue
-                values = r.steps.get(step, [])
-                p50s.append(percentile(values, 50))
-                row += [ms(p50s[-1]), ms(percentile(values, 99))]
-            if len(names) == 2:
-                row.append(ratio(p50s[0], p50s[1]))
-            rows.append(row)
-        lines.append(markdown_table(headers, rows))
+    steps = _steps_table(results)
+    if steps:
+        lines += ["", steps]
     notes = []
     for name in names:
         r = results[name]
@@ -671,6 +680,69 @@ def report(title: str, results: dict[str, Result]) -> str:
         lines.append("")
         lines.extend(notes)
     return "\n".join(lines)
+
+
+def _summary_row(name: str, r: Result) -> list[str]:
+    cpu_per = r.usage.cpu / r.ops * 1000 if r.ops else float("nan")
+    return [
+        name,
+        f"{r.ops}",
+        f"{r.rate:.1f}",
+        ms(percentile(r.latencies, 50)),
+        ms(percentile(r.latencies, 99)),
+        f"{r.usage.cpu:.2f}",
+        f"{cpu_per:.3f}",
+        f"{r.usage.peak_rss / MIB:.0f}",
+        str(sum(r.errors.values())),
+    ]
+
+
+def _ratio_row(names: list[str], a: Result, b: Result) -> list[str]:
+    cpu_a = a.usage.cpu / a.ops if a.ops else float("nan")
+    cpu_b = b.usage.cpu / b.ops if b.ops else float("nan")
+    return [
+        f"{names[0]}/{names[1]}",
+        "",
+        ratio(a.rate, b.rate),
+        ratio(percentile(a.latencies, 50), percentile(b.latencies, 50)),
+        ratio(percentile(a.latencies, 99), percentile(b.latencies, 99)),
+        ratio(a.usage.cpu, b.usage.cpu),
+        ratio(cpu_a, cpu_b),
+        ratio(a.usage.peak_rss, b.usage.peak_rss),
+        "",
+    ]
+
+
+def _steps_table(results: dict[str, Result]) -> str:
+    """Each step's p50 and p99 per server (or what refused it); "" if none."""
+    names = list(results)
+    step_names: list[str] = []
+    for r in results.values():
+        step_names.extend(s for s in list(r.steps) + list(r.refused) if s not in step_names)
+    if not step_names:
+        return ""
+    headers = ["step"]
+    for name in names:
+        headers += [f"{name} p50 ms", f"{name} p99 ms"]
+    if len(names) == 2:
+        headers.append("ratio p50")
+    rows = []
+    for step in step_names:
+        row = [step]
+        p50s = []
+        for name in names:
+            r = results[name]
+            if step in r.refused and not r.steps.get(step):
+                row += [r.refused[step], ""]
+                p50s.append(float("nan"))
+                continue
+            values = r.steps.get(step, [])
+            p50s.append(percentile(values, 50))
+            row += [ms(p50s[-1]), ms(percentile(values, 99))]
+        if len(names) == 2:
+            row.append(ratio(p50s[0], p50s[1]))
+        rows.append(row)
+    return markdown_table(headers, rows)
 
 
 _Work = Callable[[Meter], Awaitable[Result]]
@@ -753,6 +825,48 @@ def specs_for(chosen: list[str], scale: Scale) -> list[MailboxSpec]:
 
 
 def main() -> None:
+    args, scale, chosen = parse_args()
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    began = time.perf_counter()
+    cpus, pin_note = pin_self(not args.no_pin)
+    limit = raise_fd_limit(scale.idle_connections * 4 + 4000)
+    for seed in (7, 9):
+        message(0, seed)  # build the corpus pools before any timing
+    with inotify_instances(scale.idle_connections + 1000) as inotify_note:
+        print("# mailsrv load benchmark", "(quick)" if args.quick else "")
+        print()
+        for line in machine_info(pin_note):
+            print(f"- {line}")
+        print(f"- open files limit: {limit}; {inotify_note}")
+        login = (
+            "high-performance"
+            if args.dovecot_performance_login
+            else "as shipped (one process per login)"
+        )
+        print(f"- Dovecot login processes: {login}")
+        print(f"- scale: {attrs.asdict(scale)}")
+        print()
+        with Pair(
+            specs_for(chosen, scale),
+            servers=servers,
+            cpus=cpus,
+            keep=args.keep,
+            dovecot_processes=scale.idle_connections + 500,
+            dovecot_performance_login=args.dovecot_performance_login,
+        ) as pair:
+            print(f"setup took {time.perf_counter() - began:.0f} s")
+            for workload in chosen:
+                for title, make in jobs_for(workload, scale):
+                    results = run_job(pair, workload, make, scale)
+                    print()
+                    print(report(title, results))
+                    print(flush=True)
+    print()
+    print(f"total time {time.perf_counter() - began:.0f} s")
+
+
+def parse_args() -> tuple[argparse.Namespace, Scale, list[str]]:
+    """The options, the scale they set and the workloads chosen."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="everything small (a minute or two)")
     parser.add_argument(
@@ -787,59 +901,30 @@ def main() -> None:
     unknown = set(chosen) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    return args, scale, chosen
 
-    began = time.perf_counter()
-    cpus, pin_note = pin_self(not args.no_pin)
-    limit = raise_fd_limit(scale.idle_connections * 4 + 4000)
-    for seed in (7, 9):
-        message(0, seed)  # build the corpus pools before any timing
-    with inotify_instances(scale.idle_connections + 1000) as inotify_note:
-        print("# mailsrv load benchmark", "(quick)" if args.quick else "")
-        print()
-        for line in machine_info(pin_note):
-            print(f"- {line}")
-        print(f"- open files limit: {limit}; {inotify_note}")
-        login = (
-            "high-performance"
-            if args.dovecot_performance_login
-            else "as shipped (one process per login)"
-        )
-        print(f"- Dovecot login processes: {login}")
-        print(f"- scale: {attrs.asdict(scale)}")
-        print()
-        with Pair(
-            specs_for(chosen, scale),
-            servers=servers,
-            cpus=cpus,
-            keep=args.keep,
-            dovecot_processes=scale.idle_connections + 500,
-            dovecot_performance_login=args.dovecot_performance_login,
-        ) as pair:
-            print(f"setup took {time.perf_counter() - began:.0f} s")
-            for workload in chosen:
-                for title, make in jobs_for(workload, scale):
-                    results: dict[str, Result] = {}
-                    for server in pair.servers:
-                        t0 = time.perf_counter()
-                        if workload == "idle":
-                            users = [f"idle{n}" for n in range(scale.idle_users)]
-                            pair.restart(server, users)
-                        print(f"running {workload} on {server.name} ...", flush=True)
-                        try:
-                            results[server.name] = run_on(server, workload, make(server))
-                        except (OSError, IMAPError) as e:
-                            failed = Result()
-                            failed.error(f"aborted: {type(e).__name__}: {e}")
-                            results[server.name] = failed
-                        print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
-                    for server in pair.servers:
-                        settle(server)
-                    print()
-                    print(report(title, results))
-                    print(flush=True)
-    print()
-    print(f"total time {time.perf_counter() - began:.0f} s")
+
+def run_job(
+    pair: Pair, workload: str, make: Callable[[Server], _Work], scale: Scale
+) -> dict[str, Result]:
+    """One table's work on each server in turn (IDLE on freshly restarted ones)."""
+    results: dict[str, Result] = {}
+    for server in pair.servers:
+        t0 = time.perf_counter()
+        if workload == "idle":
+            users = [f"idle{n}" for n in range(scale.idle_users)]
+            pair.restart(server, users)
+        print(f"running {workload} on {server.name} ...", flush=True)
+        try:
+            results[server.name] = run_on(server, workload, make(server))
+        except (OSError, IMAPError) as e:
+            failed = Result()
+            failed.error(f"aborted: {type(e).__name__}: {e}")
+            results[server.name] = failed
+        print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+    for server in pair.servers:
+        settle(server)
+    return results
 
 
 if __name__ == "__main__":

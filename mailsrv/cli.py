@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import attrs
@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--scheme",
-            choices=("ARGON2ID", "BLF-CRYPT", "PLAIN"),
-            help="password scheme (default: users.default_scheme, ARGON2ID)",
+            choices=("ARGON2ID", "BLF-CRYPT", "SCRAM-SHA-256", "PLAIN"),
+            help="password scheme (default: users.default_scheme, ARGON2ID); SCRAM-SHA-256"
+            " lets clients log in with SCRAM and still keeps no plaintext",
         )
         if name == "add":
             sub.add_argument("--home", metavar="DIR", help="home directory (for {home} templates)")
@@ -226,50 +227,88 @@ def _connect(dsn: str) -> Any:
         raise CommandError(f"cannot connect to {where}: {e}".strip(), EX_TEMPFAIL) from None
 
 
-def _user_postgresql(
-    args: argparse.Namespace, config: Config, stdin: IO[str], stdout: IO[str]
-) -> int:
-    """``mailsrv user ...`` with ``[auth] backend = "postgresql"``."""
+class _FileUsers:
+    """The users of a passwd-file, for ``mailsrv user``; ``where`` names
+    them in messages, ``kept`` is said after a removal."""
+
+    kept = ""
+
+    def __init__(self, path: str) -> None:
+        from mailsrv.auth.passwdfile import PasswdFile
+
+        self.file, self.where = PasswdFile(path), path
+
+    def names(self) -> list[str]:
+        return [record.name for record in self.file.users()]
+
+    def exists(self, name: str) -> bool:
+        return self.file.get(name) is not None
+
+    def add(self, name: str, secret: str, home: str | None) -> None:
+        self.file.add(name, secret, home=home)
+
+    def set_password(self, name: str, secret: str) -> None:
+        self.file.set_password(name, secret)
+
+    def remove(self, name: str) -> None:
+        self.file.remove(name)
+
+
+class _TableUsers:
+    """The users table of ``[auth] backend = "postgresql"``, as _FileUsers."""
+
+    where, kept = "the users table", " (the mail is kept)"
+
+    def __init__(self, conn: Any) -> None:
+        from mailsrv.auth import pgusers
+
+        self.conn, self.table = conn, pgusers
+
+    def names(self) -> list[str]:
+        return [name for name, _home in self.table.list_users(self.conn)]
+
+    def exists(self, name: str) -> bool:
+        return self.table.lookup(self.conn, name) is not None
+
+    def add(self, name: str, secret: str, home: str | None) -> None:
+        self.table.add_user(self.conn, name, secret, home)
+
+    def set_password(self, name: str, secret: str) -> None:
+        self.table.set_password(self.conn, name, secret)
+
+    def remove(self, name: str) -> None:
+        self.table.remove_user(self.conn, name)
+
+
+def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
+    config = _config(args)
+    if config.auth.backend == "postgresql":
+        return _user_postgresql(args, config, stdin, stdout)
+    from mailsrv.auth.passwdfile import create_empty
+
+    path = config.users.passwd_file
+    if args.user_command == "add" and not os.path.exists(path):
+        with contextlib.suppress(FileExistsError):  # another add created it meanwhile
+            create_empty(path)
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: users file not found", EX_CONFIG)
+    with _user_errors():
+        _user_action(args, _FileUsers(path), config, stdin, stdout)
+    return EX_OK
+
+
+@contextlib.contextmanager
+def _database(dsn: str) -> Iterator[Any]:
+    """A connection to a configured database, closed after: a schema this
+    mailsrv cannot use is EX_CONFIG, the database away EX_TEMPFAIL, any
+    other database error EX_SOFTWARE."""
     import psycopg
 
-    from mailsrv.auth import pgusers
-    from mailsrv.auth.passwdfile import NoSuchUser, UserExists, validate_user_name
-    from mailsrv.auth.passwords import hash_password
     from mailsrv.storage.postgres import schema
 
-    conn = _connect(config.auth_dsn)
-    where = "the users table"
+    conn = _connect(dsn)
     try:
-        schema.check_version(conn)
-        action = args.user_command
-        if action == "list":
-            for name, _home in pgusers.list_users(conn):
-                stdout.write(f"{name}\n")
-            return EX_OK
-        if action == "del":
-            pgusers.remove_user(conn, args.name)
-            stdout.write(f"removed {args.name} from {where} (the mail is kept)\n")
-            return EX_OK
-        validate_user_name(args.name)
-        known = pgusers.lookup(conn, args.name) is not None
-        if action == "add" and known:
-            raise UserExists(f"user {args.name!r} already exists in {where}")
-        if action == "passwd" and not known:
-            raise NoSuchUser(f"no user {args.name!r} in {where}")
-        secret = hash_password(
-            _read_password(args, stdin), args.scheme or config.users.default_scheme
-        )
-        if action == "add":
-            home = os.path.abspath(args.home) if args.home else None
-            pgusers.add_user(conn, args.name, secret, home)
-            stdout.write(f"added {args.name} to {where}\n")
-        else:
-            pgusers.set_password(conn, args.name, secret)
-            stdout.write(f"changed the password of {args.name} in {where}\n")
-    except NoSuchUser as e:
-        raise CommandError(str(e), EX_NOUSER) from None
-    except (UserExists, ValueError) as e:
-        raise CommandError(str(e), EX_DATAERR) from None
+        yield conn
     except schema.SchemaError as e:
         raise CommandError(str(e), EX_CONFIG) from None
     except psycopg.OperationalError as e:
@@ -278,59 +317,68 @@ def _user_postgresql(
         raise CommandError(f"database error: {e}".strip(), EX_SOFTWARE) from None
     finally:
         conn.close()
+
+
+def _user_postgresql(
+    args: argparse.Namespace, config: Config, stdin: IO[str], stdout: IO[str]
+) -> int:
+    """``mailsrv user ...`` with ``[auth] backend = "postgresql"``."""
+    from mailsrv.storage.postgres import schema
+
+    with _database(config.auth_dsn) as conn, _user_errors():
+        schema.check_version(conn)
+        _user_action(args, _TableUsers(conn), config, stdin, stdout)
     return EX_OK
 
 
-def _user(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> int:
-    from mailsrv.auth.passwdfile import (
-        NoSuchUser,
-        PasswdFile,
-        UserExists,
-        create_empty,
-        validate_user_name,
-    )
-    from mailsrv.auth.passwords import hash_password
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """A user the command cannot find is EX_NOUSER; a bad name, password or
+    scheme, or a user who exists already, EX_DATAERR."""
+    from mailsrv.auth.passwdfile import NoSuchUser, UserExists
 
-    config = _config(args)
-    if config.auth.backend == "postgresql":
-        return _user_postgresql(args, config, stdin, stdout)
-    path = config.users.passwd_file
-    action = args.user_command
-    if action == "add" and not os.path.exists(path):
-        with contextlib.suppress(FileExistsError):  # another add created it meanwhile
-            create_empty(path)
-    if not os.path.exists(path):
-        raise CommandError(f"{path}: users file not found", EX_CONFIG)
-    passwd = PasswdFile(path)
     try:
-        if action == "list":
-            for record in passwd.users():
-                stdout.write(f"{record.name}\n")
-            return EX_OK
-        if action == "del":
-            passwd.remove(args.name)
-            stdout.write(f"removed {args.name} from {path}\n")
-            return EX_OK
-        validate_user_name(args.name)
-        if action == "add" and passwd.get(args.name) is not None:
-            raise UserExists(f"user {args.name!r} already exists in {path}")
-        if action == "passwd" and passwd.get(args.name) is None:
-            raise NoSuchUser(f"no user {args.name!r} in {path}")
-        secret = hash_password(
-            _read_password(args, stdin), args.scheme or config.users.default_scheme
-        )
-        if action == "add":
-            home = os.path.abspath(args.home) if args.home else None
-            passwd.add(args.name, secret, home=home)
-            stdout.write(f"added {args.name} to {path}\n")
-        else:
-            passwd.set_password(args.name, secret)
-            stdout.write(f"changed the password of {args.name} in {path}\n")
+        yield
     except NoSuchUser as e:
         raise CommandError(str(e), EX_NOUSER) from None
     except (UserExists, ValueError) as e:
         raise CommandError(str(e), EX_DATAERR) from None
-    return EX_OK
+
+
+def _user_action(
+    args: argparse.Namespace,
+    users: _FileUsers | _TableUsers,
+    config: Config,
+    stdin: IO[str],
+    stdout: IO[str],
+) -> None:
+    """``mailsrv user list|add|passwd|del`` on ``users``."""
+    from mailsrv.auth.passwdfile import NoSuchUser, UserExists, validate_user_name
+    from mailsrv.auth.passwords import hash_password
+
+    action, where = args.user_command, users.where
+    if action == "list":
+        for name in users.names():
+            stdout.write(f"{name}\n")
+        return
+    if action == "del":
+        users.remove(args.name)
+        stdout.write(f"removed {args.name} from {where}{users.kept}\n")
+        return
+    validate_user_name(args.name)
+    known = users.exists(args.name)
+    if action == "add" and known:
+        raise UserExists(f"user {args.name!r} already exists in {where}")
+    if action == "passwd" and not known:
+        raise NoSuchUser(f"no user {args.name!r} in {where}")
+    secret = hash_password(_read_password(args, stdin), args.scheme or config.users.default_scheme)
+    if action == "add":
+        home = os.path.abspath(args.home) if args.home else None
+        users.add(args.name, secret, home)
+        stdout.write(f"added {args.name} to {where}\n")
+    else:
+        users.set_password(args.name, secret)
+        stdout.write(f"changed the password of {args.name} in {where}\n")
 
 
 def _home(config: Config, user: str) -> str | None:
@@ -413,8 +461,7 @@ def _all_users(config: Config) -> list[tuple[str, str | None]]:
 
 def _migrate(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     """``mailsrv migrate``: see :mod:`mailsrv.migrate`."""
-    from mailsrv.errors import TemporaryFailure
-    from mailsrv.migrate import Migration, MigrationError, Progress
+    from mailsrv.migrate import Progress
 
     if args.source == args.target:
         raise CommandError("--from and --to name the same backend", EX_USAGE)
@@ -425,14 +472,41 @@ def _migrate(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
             "in the configuration",
             EX_CONFIG,
         )
-    users = _all_users(config)
-    if args.user:
-        known = dict(users)
-        unknown = [name for name in args.user if name not in known]
-        if unknown:
-            raise CommandError(f"no user {unknown[0]!r} among the configured users", EX_NOUSER)
-        users = [(name, known[name]) for name in args.user]
+    users = _migration_users(args, config)
     progress = Progress(stderr)
+    migration = _open_migration(config, progress)
+    if args.verify:
+        step = migration.verify
+    elif args.target == "postgresql":
+        step = migration.to_postgresql
+    else:
+        step = migration.to_maildir
+    outcomes = _migrate_users(migration, step, users, progress, args.verify)
+    progress.summary(outcomes, args.verify)
+    if any(o.error is not None for o in outcomes):
+        return EX_CANTCREAT
+    if any(o.differences for o in outcomes):
+        return EX_DATAERR
+    return EX_OK
+
+
+def _migration_users(args: argparse.Namespace, config: Config) -> list[tuple[str, str | None]]:
+    """(name, home) of the users to migrate: all, or those ``--user`` names."""
+    users = _all_users(config)
+    if not args.user:
+        return users
+    known = dict(users)
+    unknown = [name for name in args.user if name not in known]
+    if unknown:
+        raise CommandError(f"no user {unknown[0]!r} among the configured users", EX_NOUSER)
+    return [(name, known[name]) for name in args.user]
+
+
+def _open_migration(config: Config, progress: Any) -> Any:
+    """A Migration whose database schema is current."""
+    from mailsrv.errors import TemporaryFailure
+    from mailsrv.migrate import Migration
+
     migration = Migration(config, progress)
     try:
         migration.postgres.check_schema()
@@ -442,41 +516,43 @@ def _migrate(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     except Exception as e:
         migration.close()
         raise CommandError(str(e), EX_CONFIG) from None
-    if args.verify:
-        step = migration.verify
-    elif args.target == "postgresql":
-        step = migration.to_postgresql
-    else:
-        step = migration.to_maildir
-    outcomes = []
+    return migration
+
+
+def _migrate_users(
+    migration: Any,
+    step: Callable[[str, str | None], Any],
+    users: list[tuple[str, str | None]],
+    progress: Any,
+    verify: bool,
+) -> list[Any]:
+    """Each user's outcome of ``step``; an outage or ^C stops the run
+    (after a summary of what was done), to be resumed by running it again."""
+    from mailsrv.errors import TemporaryFailure
+    from mailsrv.migrate import MigrationError, UserOutcome
+
+    outcomes: list[Any] = []
     try:
         for name, home in users:
             try:
                 outcome = step(name, home)
             except MigrationError as e:
-                from mailsrv.migrate import UserOutcome
-
                 outcome = UserOutcome(name, error=str(e))
             progress.user_done(outcome)
             outcomes.append(outcome)
     except TemporaryFailure as e:
-        progress.summary(outcomes, args.verify)
+        progress.summary(outcomes, verify)
         raise CommandError(
             f"{e}; stopped: run the same command again to resume", EX_TEMPFAIL
         ) from None
     except KeyboardInterrupt:
-        progress.summary(outcomes, args.verify)
+        progress.summary(outcomes, verify)
         raise CommandError(
             "interrupted: run the same command again to resume", EX_INTERRUPTED
         ) from None
     finally:
         migration.close()
-    progress.summary(outcomes, args.verify)
-    if any(o.error is not None for o in outcomes):
-        return EX_CANTCREAT
-    if any(o.differences for o in outcomes):
-        return EX_DATAERR
-    return EX_OK
+    return outcomes
 
 
 def _reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
@@ -529,14 +605,11 @@ def _db_one(
 ) -> int:
     import datetime
 
-    import psycopg
-
     from mailsrv.config import redact_dsn
     from mailsrv.storage.postgres import maintenance, schema
 
-    conn = _connect(dsn)
     prefix = f"{redact_dsn(dsn)}: " if name_it else ""
-    try:
+    with _database(dsn) as conn:
         if args.db_command == "upgrade":
             before, after = schema.upgrade(conn)
             if before == after:
@@ -561,14 +634,6 @@ def _db_one(
         )
         schema.check_version(conn)
         return EX_OK
-    except schema.SchemaError as e:
-        raise CommandError(str(e), EX_CONFIG) from None
-    except psycopg.OperationalError as e:
-        raise CommandError(f"database unavailable: {e}".strip(), EX_TEMPFAIL) from None
-    except psycopg.Error as e:
-        raise CommandError(f"database error: {e}".strip(), EX_SOFTWARE) from None
-    finally:
-        conn.close()
 
 
 def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
@@ -692,22 +757,7 @@ def _run(args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stder
     delivering = args.command == "deliver"
     try:
         with _logging_to(stderr):
-            if args.command == "user":
-                return _user(args, stdin or sys.stdin, stdout)
-            if args.command == "check-config":
-                return _check_config(args, stdout)
-            if delivering:
-                return _deliver(args, stdin or sys.stdin.buffer, stdout)
-            if args.command == "reindex":
-                return _reindex(args, stdout)
-            if args.command == "migrate":
-                return _migrate(args, stdout, stderr)
-            if args.command == "db":
-                return _db(args, stdout)
-            if args.command == "gen-cert":
-                return _gen_cert(args, stdout)
-            if args.command in ("who", "kick", "stats", "reload"):
-                return _admin(args, stdout)
+            return _dispatch(args, stdin, stdout, stderr)
     except BrokenPipeError:
         raise
     except ConfigError as e:
@@ -722,6 +772,28 @@ def _run(args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stder
         stderr.write(f"mailsrv: internal error: {e!r}\n")
         traceback.print_exc(file=stderr)
         return EX_TEMPFAIL if delivering else EX_SOFTWARE
+
+
+def _dispatch(
+    args: argparse.Namespace, stdin: IO[Any] | None, stdout: IO[str], stderr: IO[str]
+) -> int:
+    """Run the subcommand."""
+    if args.command == "user":
+        return _user(args, stdin or sys.stdin, stdout)
+    if args.command == "check-config":
+        return _check_config(args, stdout)
+    if args.command == "deliver":
+        return _deliver(args, stdin or sys.stdin.buffer, stdout)
+    if args.command == "reindex":
+        return _reindex(args, stdout)
+    if args.command == "migrate":
+        return _migrate(args, stdout, stderr)
+    if args.command == "db":
+        return _db(args, stdout)
+    if args.command == "gen-cert":
+        return _gen_cert(args, stdout)
+    if args.command in ("who", "kick", "stats", "reload"):
+        return _admin(args, stdout)
     raise AssertionError(args.command)
 
 

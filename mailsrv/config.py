@@ -54,8 +54,14 @@ def _check_choice(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _meta(check: Callable[[Any], str | None] | None = None, path: bool = False) -> dict[str, Any]:
-    return {"check": check, "path": path}
+def _meta(
+    check: Callable[[Any], str | None] | None = None,
+    path: bool = False,
+    section: type | None = None,
+) -> dict[str, Any]:
+    """A field's checks: ``check`` the value, resolve it as a ``path``, or
+    read it as a ``section`` of its own (a sub-table, ``[auth.oauth]``)."""
+    return {"check": check, "path": path, "section": section}
 
 
 def _check_networks(value: tuple[str, ...]) -> str | None:
@@ -199,10 +205,62 @@ class UsersSection:
     passwd_file: str = attrs.field(default="/etc/mailsrv/passwd", metadata=_meta(path=True))
     default_scheme: str = attrs.field(
         default="ARGON2ID",
-        metadata=_meta(_check_choice("ARGON2ID", "BLF-CRYPT", "PLAIN")),
+        metadata=_meta(_check_choice("ARGON2ID", "BLF-CRYPT", "SCRAM-SHA-256", "PLAIN")),
     )
     #: Create an empty users file when it is missing (development only).
     create_if_missing: bool = attrs.field(default=False, metadata=_meta())
+
+
+_TOKEN_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
+
+
+def _check_mechanisms(value: tuple[str, ...]) -> str | None:
+    for name in value:
+        if name not in _TOKEN_MECHANISMS:
+            return f"unknown mechanism {name!r} (known: {', '.join(_TOKEN_MECHANISMS)})"
+    return None
+
+
+@attrs.frozen
+class OAuthSection:
+    """``[auth.oauth]``: logins with OAuth 2.0 bearer tokens (OAUTHBEARER,
+    XOAUTH2), offered only when ``validator`` is set.  The rest is checked
+    when the file is loaded (:func:`_check_oauth`)."""
+
+    #: "jwt" (signed tokens, checked with a key), "introspection" (RFC 7662:
+    #: the authorization server is asked), or "" (no OAuth).
+    validator: str = attrs.field(
+        default="", metadata=_meta(_check_choice("", "jwt", "introspection"))
+    )
+    mechanisms: tuple[str, ...] = attrs.field(
+        default=_TOKEN_MECHANISMS, metadata=_meta(_check_mechanisms)
+    )
+    #: Claims naming the user, first present wins; empty: "email" then
+    #: "sub" (introspection: "username" first).
+    user_claims: tuple[str, ...] = attrs.field(default=(), metadata=_meta())
+    #: When set, the token's "iss" / "aud" must be this; its scope must
+    #: include ``scope`` (also told to clients in the error challenge).
+    issuer: str = attrs.field(default="", metadata=_meta())
+    audience: str = attrs.field(default="", metadata=_meta())
+    scope: str = attrs.field(default="", metadata=_meta())
+    #: Told to clients in the error challenge (RFC 7628 3.2.2).
+    openid_configuration: str = attrs.field(default="", metadata=_meta())
+    #: Seconds of clock skew allowed on "exp" and "nbf".
+    leeway: float = attrs.field(default=60.0, metadata=_meta(_check_range(0, 3600)))
+    #: validator = "jwt": a PEM public key (RS256, ES256) or a file holding
+    #: a shared secret (HS256); exactly one.
+    jwt_public_key: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    jwt_secret_file: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    #: validator = "introspection": the endpoint and this server's client
+    #: credentials there (the secret inline or in a file).
+    introspection_url: str = attrs.field(default="", metadata=_meta())
+    client_id: str = attrs.field(default="", metadata=_meta())
+    client_secret: str = attrs.field(default="", metadata=_meta())
+    client_secret_file: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    timeout: float = attrs.field(default=5.0, metadata=_meta(_check_range(0.1, 60)))
+    #: Seconds an active token's answer is remembered (never past its exp).
+    cache_seconds: float = attrs.field(default=60.0, metadata=_meta(_check_range(0, 3600)))
+    cache_size: int = attrs.field(default=10000, metadata=_meta(_check_range(0, 10**6)))
 
 
 @attrs.frozen
@@ -221,6 +279,12 @@ class AuthSection:
     )
     #: backend = "postgresql": the database; empty means storage.dsn's.
     dsn: str = attrs.field(default="", metadata=_meta())
+    #: Derives the SCRAM salts shown for unknown users (and users with a
+    #: PLAIN secret); nodes serving the same users should share one, or an
+    #: unknown user's salt would differ between them where a real user's
+    #: does not.  Empty: a random one at each start.
+    salt_secret: str = attrs.field(default="", metadata=_meta())
+    oauth: OAuthSection = attrs.field(factory=OAuthSection, metadata=_meta(section=OAuthSection))
 
 
 @attrs.frozen
@@ -418,35 +482,61 @@ def _type_name(value: Any) -> str:
 
 def _convert(value: Any, annotation: str, where: str) -> Any:
     """Check ``value`` against a field's annotation; return the stored form."""
+    converter = _CONVERTERS.get(annotation)
+    if converter is None:
+        raise AssertionError(f"no converter for {annotation}")
+    try:
+        return converter(value)
+    except _WrongType as e:
+        raise _error(where, f"expected {e}, got {_type_name(value)} {value!r}") from None
 
-    def wrong(expected: str) -> ConfigError:
-        return _error(where, f"expected {expected}, got {_type_name(value)} {value!r}")
 
-    if annotation == "bool":
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if annotation == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("an integer")
-        return value
-    if annotation == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong("a number")
-        return float(value)
-    if annotation == "int | None":
-        return _convert(value, "int", where)
-    if annotation in ("str", "str | None"):
-        if not isinstance(value, str):
-            raise wrong("a string")
-        return value
-    if annotation == "tuple[str, ...]":
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise wrong("a list of strings")
-        return tuple(value)
-    raise AssertionError(f"no converter for {annotation}")
+class _WrongType(Exception):
+    """A value of another type than the field's; the message says what was expected."""
+
+
+def _to_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _WrongType("true or false")
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _WrongType("an integer")
+    return value
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _WrongType("a number")
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _WrongType("a string")
+    return value
+
+
+def _to_strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _WrongType("a list of strings")
+    return tuple(value)
+
+
+#: The converter for each field annotation the sections use.
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "bool": _to_bool,
+    "int": _to_int,
+    "int | None": _to_int,
+    "float": _to_float,
+    "str": _to_str,
+    "str | None": _to_str,
+    "tuple[str, ...]": _to_strings,
+}
 
 
 class _Errors:
@@ -474,30 +564,45 @@ def _build_section(
     values: dict[str, Any] = {}
     for key, field in fields.items():
         if key in overrides:
-            origin, raw = overrides[key]
-            where = origin
+            where, raw = overrides[key]
         elif key in table:
-            raw = table[key]
-            where = f"{name}.{key}"
+            where, raw = f"{name}.{key}", table[key]
         else:
             continue
-        value = _convert(raw, str(field.type), where)
-        check = field.metadata.get("check")
-        if check is not None and value is not None:
-            problem = check(value)
-            if problem:
-                raise _error(where, problem)
-        if field.metadata.get("path") and isinstance(value, str):
-            if not value:
-                raise _error(where, "must not be empty")
-            value = os.path.abspath(os.path.expanduser(value))
-        values[key] = value
-    if name == "storage" and "maildir" in values:
+        values[key] = _field_value(field, raw, where)
+    if name == "storage":
+        _check_storage(values, overrides)
+    return cls(**values)
+
+
+def _check_storage(values: dict[str, Any], overrides: Mapping[str, tuple[str, Any]]) -> None:
+    """[storage]: the Maildir path template, the PostgreSQL DSN."""
+    if "maildir" in values:
         where = overrides.get("maildir", ("storage.maildir", None))[0]
         values["maildir"] = _check_template(values["maildir"], where)
-    if name == "storage" and values.get("backend") == "postgresql":
+    if values.get("backend") == "postgresql":
         _check_postgresql(values.get("dsn", ""))
-    return cls(**values)
+
+
+def _field_value(field: Any, raw: Any, where: str) -> Any:
+    """One key's value, converted and checked as its field's metadata says;
+    a table inside a section (``[auth.oauth]``) is built as a section."""
+    inner = field.metadata.get("section")
+    if inner is not None:
+        if not isinstance(raw, dict):
+            raise _error(where, f"expected a table [{where}], got {_type_name(raw)}")
+        return _build_section(where, inner, raw, {})
+    value = _convert(raw, str(field.type), where)
+    check = field.metadata.get("check")
+    if check is not None and value is not None:
+        problem = check(value)
+        if problem:
+            raise _error(where, problem)
+    if field.metadata.get("path") and isinstance(value, str):
+        if not value:
+            raise _error(where, "must not be empty")
+        value = os.path.abspath(os.path.expanduser(value))
+    return value
 
 
 def _admin_section(section: AdminSection) -> AdminSection:
@@ -622,43 +727,15 @@ def _check_listeners(config: Config, required: bool) -> None:
     # The metrics endpoint is checked as a listener is: valid, on a port of its own.
     metrics = Listener("metrics", config.metrics.listen, False, "metrics.listen")
     for listener in [*listeners, metrics] if config.metrics.listen else listeners:
-        if listener.proxy and not config.server.trusted_proxies:
-            raise _error(
-                listener.origin,
-                f"{listener.endpoint!r} expects PROXY headers: list the load balancers' "
-                'addresses in server.trusted_proxies (e.g. ["10.0.0.10", "10.0.0.11"])',
-            )
-        if listener.bare_endpoint.startswith(Listener.PROXY_PREFIX):
-            raise _error(listener.origin, f"{listener.endpoint!r}: 'haproxy:' given twice")
-        listener = attrs.evolve(listener, endpoint=listener.bare_endpoint)
+        listener = _without_proxy_mark(config, listener)
         if listener.endpoint.split(":", 1)[0] == "systemd":
             problem = _systemd_problem(listener.endpoint)
             if problem is not None:
                 raise _error(listener.origin, f"{listener.endpoint!r}: {problem}")
-            if listener.implicit_tls and not config.tls_enabled:
-                raise _error(
-                    listener.origin, "implicit TLS listener needs tls.certificate and tls.key"
-                )
+            _check_tls_available(config, listener)
             continue
-        # Imported here: it costs a fifth of a second, which `mailsrv
-        # deliver`, run by the MTA once per message, should not pay.
-        from twisted.internet import endpoints
-
-        try:
-            endpoint = endpoints.serverFromString(_NO_REACTOR, listener.endpoint)
-        except Exception as e:  # Twisted raises assorted types for bad strings
-            raise _error(
-                listener.origin, f"not a valid endpoint string {listener.endpoint!r}: {e}"
-            ) from e
-        path = getattr(endpoint, "_address", None)  # a UNIX socket's path
-        if isinstance(path, str):
-            other = paths.get(os.path.abspath(path))
-            if other is not None:
-                raise _error(
-                    listener.origin,
-                    f"{listener.endpoint!r}: socket {path} is also used by {other.origin}",
-                )
-            paths[os.path.abspath(path)] = listener
+        endpoint = _parse_endpoint(listener)
+        _claim_socket_path(listener, endpoint, paths)
         if listener.implicit_tls and listener.endpoint.split(":", 1)[0] in ("ssl", "tls"):
             raise _error(
                 listener.origin,
@@ -668,23 +745,77 @@ def _check_listeners(config: Config, required: bool) -> None:
         address = _endpoint_address(endpoint)
         if address is None:
             continue
-        interface, port = address
-        if not 0 < port < 65536:
-            raise _error(listener.origin, f"port {port} is out of range 1-65535")
-        for (other_interface, other_port), other in seen.items():
-            if other_port == port and (
-                interface == other_interface
-                or interface in _WILDCARD_HOSTS
-                or other_interface in _WILDCARD_HOSTS
-            ):
-                raise _error(
-                    listener.origin,
-                    f"{listener.endpoint!r}: port {port} is also used by "
-                    f"{other.origin} ({other.endpoint!r})",
-                )
-        seen[address] = listener
-        if listener.implicit_tls and not config.tls_enabled:
-            raise _error(listener.origin, "implicit TLS listener needs tls.certificate and tls.key")
+        _claim_port(listener, address, seen)
+        _check_tls_available(config, listener)
+
+
+def _without_proxy_mark(config: Config, listener: Listener) -> Listener:
+    """``listener`` with its endpoint bare of ``haproxy:``, which needs
+    trusted proxies and may be given once."""
+    if listener.proxy and not config.server.trusted_proxies:
+        raise _error(
+            listener.origin,
+            f"{listener.endpoint!r} expects PROXY headers: list the load balancers' "
+            'addresses in server.trusted_proxies (e.g. ["10.0.0.10", "10.0.0.11"])',
+        )
+    if listener.bare_endpoint.startswith(Listener.PROXY_PREFIX):
+        raise _error(listener.origin, f"{listener.endpoint!r}: 'haproxy:' given twice")
+    return attrs.evolve(listener, endpoint=listener.bare_endpoint)
+
+
+def _parse_endpoint(listener: Listener) -> Any:
+    """The listener's endpoint, built without a reactor (nothing binds)."""
+    # Imported here: it costs a fifth of a second, which `mailsrv
+    # deliver`, run by the MTA once per message, should not pay.
+    from twisted.internet import endpoints
+
+    try:
+        return endpoints.serverFromString(_NO_REACTOR, listener.endpoint)
+    except Exception as e:  # Twisted raises assorted types for bad strings
+        raise _error(
+            listener.origin, f"not a valid endpoint string {listener.endpoint!r}: {e}"
+        ) from e
+
+
+def _claim_socket_path(listener: Listener, endpoint: Any, paths: dict[str, Listener]) -> None:
+    """A Unix socket's path, unless another listener has it."""
+    path = getattr(endpoint, "_address", None)  # a UNIX socket's path
+    if not isinstance(path, str):
+        return
+    other = paths.get(os.path.abspath(path))
+    if other is not None:
+        raise _error(
+            listener.origin,
+            f"{listener.endpoint!r}: socket {path} is also used by {other.origin}",
+        )
+    paths[os.path.abspath(path)] = listener
+
+
+def _claim_port(
+    listener: Listener, address: tuple[str, int], seen: dict[tuple[str, int], Listener]
+) -> None:
+    """A TCP port, unless out of range or another listener's on the same
+    interface (or either is a wildcard)."""
+    interface, port = address
+    if not 0 < port < 65536:
+        raise _error(listener.origin, f"port {port} is out of range 1-65535")
+    for (other_interface, other_port), other in seen.items():
+        if other_port == port and (
+            interface == other_interface
+            or interface in _WILDCARD_HOSTS
+            or other_interface in _WILDCARD_HOSTS
+        ):
+            raise _error(
+                listener.origin,
+                f"{listener.endpoint!r}: port {port} is also used by "
+                f"{other.origin} ({other.endpoint!r})",
+            )
+    seen[address] = listener
+
+
+def _check_tls_available(config: Config, listener: Listener) -> None:
+    if listener.implicit_tls and not config.tls_enabled:
+        raise _error(listener.origin, "implicit TLS listener needs tls.certificate and tls.key")
 
 
 def _check_metrics(config: Config) -> None:
@@ -746,32 +877,8 @@ def load_config(
     also pass ``require_listeners=False``.
     """
     _Errors.path = path or COMMAND_LINE
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(path, "", "file not found") from None
-        except OSError as e:
-            raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(path, "", f"not valid TOML: {e}") from None
-    for name, value in data.items():
-        if name not in _SECTIONS:
-            raise _error(name, f"unknown section (known: {', '.join(_SECTIONS)})")
-        if not isinstance(value, dict):
-            raise _error(name, f"expected a table [{name}], got {_type_name(value)}")
-
-    by_section: dict[str, dict[str, tuple[str, Any]]] = {}
-    for option, value in (overrides or {}).items():
-        if option not in OVERRIDES:
-            raise AssertionError(f"unknown override {option!r}")
-        if value is None or value == [] or value == ():
-            continue
-        section, key = OVERRIDES[option]
-        by_section.setdefault(section, {})[key] = ("--" + option.replace("_", "-"), value)
-
+    data = _read_file(path) if path is not None else {}
+    by_section = _overrides_by_section(overrides or {})
     sections = {
         name: _build_section(name, cls, data.get(name, {}), by_section.get(name, {}))
         for name, cls in _SECTIONS.items()
@@ -789,10 +896,48 @@ def load_config(
     )
     _check_auth(config)
     _check_metrics(config)
+    from mailsrv.auth.oauth_config import check_oauth
+
+    check_oauth(config.auth.oauth, _Errors.path, check_files)
     _check_listeners(config, require_listeners)
     if check_files:
         _check_files(config)
     return config
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """The TOML file's tables, each a known section."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise _error(name, f"unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise _error(name, f"expected a table [{name}], got {_type_name(value)}")
+    return data
+
+
+def _overrides_by_section(
+    overrides: Mapping[str, Any],
+) -> dict[str, dict[str, tuple[str, Any]]]:
+    """Command-line values by section and key, each with its option's name;
+    None and empty lists are no value."""
+    by_section: dict[str, dict[str, tuple[str, Any]]] = {}
+    for option, value in overrides.items():
+        if option not in OVERRIDES:
+            raise AssertionError(f"unknown override {option!r}")
+        if value is None or value == [] or value == ():
+            continue
+        section, key = OVERRIDES[option]
+        by_section.setdefault(section, {})[key] = ("--" + option.replace("_", "-"), value)
+    return by_section
 
 
 def format_error(error: ConfigError) -> str:
@@ -829,6 +974,9 @@ def describe(config: Config) -> Sequence[str]:
         lines.append(f"  storage: postgresql {redact_dsn(config.storage.dsn)}")
     else:
         lines.append(f"  storage: {config.storage.backend} {config.storage.maildir}")
+    oauth = config.auth.oauth
+    if oauth.validator:
+        lines.append(f"  OAuth tokens: {oauth.validator} ({', '.join(oauth.mechanisms)})")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
     return lines

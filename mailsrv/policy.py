@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.interfaces import IAddress
@@ -19,6 +19,9 @@ from twisted.internet.interfaces import IAddress
 from mailsrv import observe
 from mailsrv.config import Config
 from mailsrv.observe import Observer
+
+if TYPE_CHECKING:
+    from mailsrv.auth.sasl import SaslServices
 
 #: Seconds a timed-out connection has to take its goodbye before it is cut.
 CLOSE_GRACE = 10.0
@@ -61,6 +64,9 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: What SCRAM and the OAuth mechanisms need (users' SCRAM secrets, a
+    #: token validator); None offers neither.
+    sasl: SaslServices | None = None
     #: Who hears what sessions do (:mod:`mailsrv.observe`): live state like
     #: ``connections``, kept across reloads; by default the session log lines.
     observer: Observer = observe.DEFAULT
@@ -71,6 +77,7 @@ class SessionPolicy:
         config: Config,
         tls_context: Any = None,
         challenge_auth_available: Callable[[], bool] = _never,
+        sasl: SaslServices | None = None,
     ) -> SessionPolicy:
         limits, timeouts = config.limits, config.timeouts
         return cls(
@@ -91,6 +98,7 @@ class SessionPolicy:
             lmtp_max_recipients=config.lmtp.max_recipients,
             recipient_delimiter=config.lmtp.recipient_delimiter,
             challenge_auth_available=challenge_auth_available,
+            sasl=sasl,
             connections=ConnectionLimits(
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
             ),

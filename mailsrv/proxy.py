@@ -32,16 +32,17 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from zope.interface import directlyProvides, providedBy
 
+from mailsrv import log
+
 __all__ = ["HEADER_TIMEOUT", "ProxyFactory", "ProxyNetworks", "parse_networks"]
 
-_log = Logger()
+_log = log.get_logger(__name__)
 
 #: Seconds a connection has to send its complete PROXY header.
 HEADER_TIMEOUT = 10.0
@@ -172,12 +173,8 @@ class _ProxyHeaderProtocol(HAProxyProtocolWrapper):
 
             info = ProxyInfo(_UNKNOWN, None, None)
         self._proxyInfo = info
-        # Small answers (an untagged EXISTS to an IDLE client) must not wait
-        # for the ACK of the previous one: with Nagle's algorithm they wait
-        # for the peer's delayed ACK, about 40 ms on Linux.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        # The protocol switches Nagle's algorithm off itself, through this
+        # wrapper (mailsrv.session.no_delay).
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         if rest and self.connected:
             self.wrappedProtocol.dataReceived(rest)

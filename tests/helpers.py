@@ -8,10 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+
+from mailsrv.interfaces import MaybeDeferred
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,3 +222,13 @@ def log_events(test: SynchronousTestCase) -> list[dict[str, Any]]:
     globalLogPublisher.addObserver(observer)
     test.addCleanup(globalLogPublisher.removeObserver, observer)
     return events
+
+
+_T = TypeVar("_T")
+
+
+def at_once(value: MaybeDeferred[_T]) -> _T:
+    """A storage method's answer where the backend answers synchronously
+    (memory, Maildir): the value itself, never a Deferred."""
+    assert not isinstance(value, Deferred), f"a synchronous backend answered {value!r}"
+    return value

@@ -47,8 +47,9 @@ DATE = datetime.datetime(2024, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 #: CAPABILITY with the default policy, before the AUTH= and TLS entries.
 CAPS_BEFORE = (
     b"IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
-    b"SPECIAL-USE CREATE-SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY ESEARCH "
-    b"SEARCHRES APPENDLIMIT=67108864"
+    b"SPECIAL-USE CREATE-SPECIAL-USE LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CONDSTORE "
+    b"QRESYNC ESEARCH SEARCHRES SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES "
+    b"THREAD=REFS ESORT CONTEXT=SEARCH CONTEXT=SORT APPENDLIMIT=67108864"
 )
 
 
@@ -185,7 +186,8 @@ def tls_options(directory: str) -> ssl.CertificateOptions:
     generate_self_signed(cert, key, "localhost")
     with open(cert, "rb") as c, open(key, "rb") as k:
         pem = c.read() + k.read()
-    return ssl.PrivateCertificate.loadPEM(pem).options()
+    options: ssl.CertificateOptions = ssl.PrivateCertificate.loadPEM(pem).options()
+    return options
 
 
 class ServerTestBase(TestCase):
@@ -205,8 +207,12 @@ class ServerTestBase(TestCase):
     def make_factory(self) -> RecordingFactory:
         return RecordingFactory(self.portal, self.policy)
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         for client in self.clients:
             if client.transport is not None:
                 client.transport.loseConnection()

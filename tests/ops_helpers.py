@@ -72,15 +72,15 @@ class Counting:
         self.tag += 1
         tag = f"t{self.tag}".encode()
         self.send(tag + b" " + text.encode() + b"\r\n")
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.line()
             if not line:
                 raise AssertionError(f"closed after {lines!r}")
             lines.append(line)
-            text = line.rstrip(b"\r\n")
-            if text.endswith(b"}") and b"{" in text:  # a literal follows
-                lines.append(self.take(int(text[text.rindex(b"{") + 1 : -1])))
+            bare = line.rstrip(b"\r\n")
+            if bare.endswith(b"}") and b"{" in bare:  # a literal follows
+                lines.append(self.take(int(bare[bare.rindex(b"{") + 1 : -1])))
                 continue
             if line.startswith(tag + b" "):
                 return lines

@@ -40,6 +40,7 @@ from mailsrv.policy import SessionPolicy
 from mailsrv.pop3 import POP3, POP3Factory
 from mailsrv.storage.maildrop import Maildrop
 from mailsrv.storage.memory import MemoryAccount, MemoryMailbox, MemoryStorage
+from tests.helpers import at_once
 
 PLAINTEXT_REFUSED = (
     b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n"
@@ -215,21 +216,21 @@ class Fixture:
         return self.storage.faults
 
     def inbox(self, user: str = "alice") -> IMailbox:
-        mailbox: IMailbox = self.storage.account(user).get_mailbox("INBOX")
-        return mailbox
+        return at_once(at_once(self.storage.account(user)).get_mailbox("INBOX"))
 
     def deliver(self, message: bytes, user: str = "alice") -> int:
-        uid: int = self.inbox(user).append(io.BytesIO(message))
-        return uid
+        return at_once(self.inbox(user).append(io.BytesIO(message)))
 
     def uids(self, user: str = "alice") -> list[int]:
         """The messages in the user's INBOX now."""
-        return list(self.inbox(user).uids())
+        uids = at_once(self.inbox(user).uids())
+        return list(uids)
 
     def seen(self, user: str = "alice") -> list[int]:
         """The user's messages flagged \\Seen."""
         inbox = self.inbox(user)
-        return [m.uid for m in inbox.fetch(inbox.uids()) if SEEN in m.flags]
+        uids = at_once(inbox.uids())
+        return [m.uid for m in at_once(inbox.fetch(uids)) if SEEN in m.flags]
 
     def locked(self, user: str = "alice") -> bool:
         """Does a POP3 session hold the user's maildrop?  (Asked the way
@@ -239,7 +240,7 @@ class Fixture:
             if isinstance(self.storage, FaultyStorage)
             else contextlib.nullcontext()
         )
-        maildrop = Maildrop(self.storage.account(user))
+        maildrop = Maildrop(at_once(self.storage.account(user)))
         results: list[Any] = []
         with quiet:
             maildrop.open().addBoth(results.append)
@@ -265,6 +266,12 @@ class TLSStringTransport(StringTransport):  # type: ignore[misc]  # startTLS is 
     def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
         self.tls_context = contextFactory
         self.written_before_tls = self.value()
+
+    # ITLSTransport extends ITCPTransport: the protocol switches Nagle off.
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
 
 
 class PausingTransport(TLSStringTransport):
@@ -302,7 +309,7 @@ class Session:
         fixture.test.addCleanup(self.drop)
 
     def output(self) -> bytes:
-        data = self.transport.value()
+        data: bytes = self.transport.value()
         self.transport.clear()
         return data
 

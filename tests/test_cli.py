@@ -10,6 +10,7 @@ import sys
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsrv import cli
@@ -41,7 +42,7 @@ class CLITestCase(unittest.TestCase):
             stdin=password + "\n",
         )
 
-    def check(self, name: str, password: str) -> object:
+    def check(self, name: str, password: str) -> defer.Deferred[str]:
         checker = PasswdFileChecker(PasswdFile(self.passwd), run_in_thread=False)
         return checker.requestAvatarId(UsernamePassword(name.encode(), password.encode()))
 
@@ -264,7 +265,7 @@ class CheckConfigCertificateTests(CLITestCase):
     def passwd_file(self) -> str:
         return os.path.join(self.dir, "pw")
 
-    def check(self, certificate: str, key: str, generate: bool) -> tuple[int, str, str]:
+    def check_certificate(self, certificate: str, key: str, generate: bool) -> tuple[int, str, str]:
         config = os.path.join(self.dir, "c.toml")
         with open(config, "w") as f:
             f.write(
@@ -277,7 +278,7 @@ class CheckConfigCertificateTests(CLITestCase):
 
     def test_mismatched_pair(self) -> None:
         for generate in (False, True):
-            status, out, err = self.check("cert.pem", "k2.pem", generate)
+            status, out, err = self.check_certificate("cert.pem", "k2.pem", generate)
             self.assertEqual((status, out), (cli.EX_CONFIG, ""))
             self.assertIn(
                 f"{self.config}: tls.key: {self.tls}/k2.pem is not the private key of the "
@@ -288,7 +289,7 @@ class CheckConfigCertificateTests(CLITestCase):
     def test_certificate_missing_beside_an_existing_key(self) -> None:
         with open(f"{self.tls}/key.pem", "rb") as f:
             key = f.read()
-        status, out, err = self.check("new.pem", "key.pem", True)
+        status, out, err = self.check_certificate("new.pem", "key.pem", True)
         self.assertEqual((status, out), (cli.EX_CONFIG, ""))
         self.assertIn(
             f"{self.config}: tls.certificate: {self.tls}/new.pem does not exist but tls.key "
@@ -300,11 +301,11 @@ class CheckConfigCertificateTests(CLITestCase):
             self.assertEqual(f.read(), key)
 
     def test_pair_to_generate_and_matching_pair_are_valid(self) -> None:
-        status, out, _ = self.check("new.pem", "new-key.pem", True)
+        status, out, _ = self.check_certificate("new.pem", "new-key.pem", True)
         self.assertEqual(status, 0)
         self.assertIn("created at first start", out)
         self.assertFalse(os.path.exists(f"{self.tls}/new.pem"))
-        status, out, _ = self.check("c2.pem", "k2.pem", True)
+        status, out, _ = self.check_certificate("c2.pem", "k2.pem", True)
         self.assertEqual(status, 0)
         self.assertIn("is valid", out)
 

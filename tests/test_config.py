@@ -29,7 +29,8 @@ class ConfigCase(unittest.TestCase):
 
     def error(self, text: str, overrides: dict[str, object] | None = None) -> ConfigError:
         path = self.write(text)
-        return self.assertRaises(ConfigError, load_config, path, overrides)
+        error: ConfigError = self.assertRaises(ConfigError, load_config, path, overrides)
+        return error
 
 
 class ConfigTests(ConfigCase):

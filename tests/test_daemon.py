@@ -393,9 +393,9 @@ class CipherSuiteTests(unittest.TestCase):
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as raw:
             with context.wrap_socket(raw) as s:
                 self.assertTrue(read_line(s).startswith(b"* OK"))
-                cipher, version = s.cipher(), s.version()
-                assert cipher is not None and version is not None
-                return version, cipher[0]
+                cipher, negotiated = s.cipher(), s.version()
+                assert cipher is not None and negotiated is not None
+                return negotiated, cipher[0]
 
     def test_tls12_refuses_static_rsa_and_cbc(self) -> None:
         self.start()

@@ -17,12 +17,17 @@ import ssl
 import struct
 from typing import Any
 
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
+from mailsrv import log
 from mailsrv.config import load_config
 from mailsrv.errors import ConfigError
+from mailsrv.proxy import ProxyFactory, ProxyNetworks, parse_networks
 from tests import haproxy, pgcluster
-from tests.helpers import Daemon, free_port
+from tests.helpers import Daemon, free_port, log_events
 from tests.test_postgres_nodes import DEADLINE
 
 
@@ -49,7 +54,7 @@ class Client:
         self.count += 1
         tag = f"t{self.count}".encode()
         self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.line()
             if not line:
@@ -108,6 +113,42 @@ class ProxyConfigTests(unittest.TestCase):
             '[imap]\nlisten = ["haproxy:tcp:10143"]\n'
         )
         self.assertEqual([listener.proxy for listener in config.listeners], [True])
+
+
+class ProxyLogLevelTests(unittest.TestCase):
+    """The PROXY reader logs through mailsrv.log: ``[logging] level`` applies."""
+
+    @defer.inlineCallbacks
+    def refusal_logged(self, level: str) -> Any:
+        """What the reader logs, at ``level``, when it refuses a connection
+        from an address not in trusted_proxies."""
+        log.set_level(level)
+        self.addCleanup(log.set_level, "info")
+        events = log_events(self)
+        networks, _problem = parse_networks(["192.0.2.0/24"])
+        factory: Any = ProxyFactory(ServerFactory.forProtocol(Protocol), ProxyNetworks(networks))
+        port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        closed: defer.Deferred[None] = defer.Deferred()
+
+        class Refused(Protocol):
+            def connectionLost(self, reason: Any = None) -> None:
+                closed.callback(None)
+
+        creator = protocol.ClientCreator(reactor, Refused)
+        yield creator.connectTCP("127.0.0.1", port.getHost().port)
+        yield closed
+        return [formatEvent(e) for e in events if e.get("log_namespace") == "mailsrv.proxy"]
+
+    @defer.inlineCallbacks
+    def test_the_level_applies(self) -> Any:
+        logged = yield self.refusal_logged("warn")
+        self.assertEqual(
+            logged,
+            ["PROXY listener: refusing 127.0.0.1, which is not in server.trusted_proxies"],
+        )
+        logged = yield self.refusal_logged("error")
+        self.assertEqual(logged, [])
 
 
 class HAProxyTests(unittest.TestCase):

@@ -44,8 +44,12 @@ class _BackendBase:
         self.port: Any = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.clients: list[Client] = []
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         for client in self.clients:
             if client.transport is not None:
                 client.transport.loseConnection()

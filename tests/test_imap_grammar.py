@@ -45,7 +45,8 @@ def flag(name: str, present: bool = True) -> SearchKey:
 
 class TokenTests(SynchronousTestCase):
     def bad(self, *segments: bytes | LiteralFile) -> ParseError:
-        return self.assertRaises(ParseError, parse_command, list(segments))
+        error: ParseError = self.assertRaises(ParseError, parse_command, list(segments))
+        return error
 
     def test_simple_commands(self) -> None:
         for name in ("CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT"):

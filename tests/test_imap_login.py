@@ -12,12 +12,12 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, ssl
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.auth.realm import MailRealm
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
+from tests.helpers import log_events
 from tests.imap_helpers import (
     CAPS_BEFORE,
     Client,
@@ -201,6 +201,7 @@ class ConnectionCleanupTests(ServerTestBase):
     def close_and_wait(self, client: Client) -> Any:
         """Close from the client side; wait until the server has cleaned up."""
         session = len(self.factory.sessions) - 1
+        assert client.transport is not None
         client.transport.loseConnection()
         yield client.lost
         yield self.factory.lost[session]
@@ -247,9 +248,7 @@ class FailingCleanupStepTests(ServerTestBase):
             raise RuntimeError("storage bug at deselect")
 
         failing = self.patch(MemoryMailbox, "remove_listener", remove_listener)
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = log_events(self)
         client.transport.loseConnection()
         yield client.lost
         yield self.factory.lost[0]
@@ -337,11 +336,9 @@ class RealmErrorTests(ServerTestBase):
 
     @defer.inlineCallbacks
     def test_realm_error_is_unavailable_and_not_counted(self) -> Any:
-        from twisted.logger import LogLevel, globalLogPublisher
+        from twisted.logger import LogLevel
 
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = log_events(self)
         client = yield self.connect()
         token = base64.b64encode(b"\0joe\0secret").decode()
         for tag, command in (("a", "LOGIN joe secret"), ("b", f"AUTHENTICATE PLAIN {token}")):
@@ -374,7 +371,7 @@ class ImplicitTLSTests(ServerTestBase):
 
         super().setUp()
         self.port.stopListening()
-        wrapped = TLSMemoryBIOFactory(self.factory.policy.tls_context, False, self.factory)
+        wrapped: Any = TLSMemoryBIOFactory(self.factory.policy.tls_context, False, self.factory)
         self.port: Any = reactor.listenTCP(0, wrapped, interface="127.0.0.1")
 
     @defer.inlineCallbacks

@@ -63,7 +63,8 @@ class _NameScenarios(_BackendBase):
         response = yield client.until_tagged("n")
         t.assertEqual(
             response,
-            nonexistent("s", ODD_DETAIL)
+            b"* OK [CLOSED] Previous mailbox closed\r\n"  # RFC 7162 3.2.11
+            + nonexistent("s", ODD_DETAIL)
             + b"l OK LIST completed\r\n"
             + b"q OK LIST completed\r\n"
             + b"r OK LIST completed\r\n"
@@ -151,7 +152,7 @@ def block_utf16_codec(test: TestCase) -> None:
     saved = sys.modules.get("encodings.utf_16_be")
 
     def forget() -> None:
-        encodings._cache.pop("utf_16_be", None)  # type: ignore[attr-defined]
+        encodings._cache.pop("utf_16_be", None)
 
         def nothing(name: str) -> None:
             return None

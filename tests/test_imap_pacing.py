@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.imap import pacing
@@ -10,7 +12,7 @@ from mailsrv.imap import pacing
 class PacerTests(SynchronousTestCase):
     def run_batches(self, cost: float, rounds: int = 5) -> list[int]:
         now = [0.0]
-        self.patch(pacing.time, "perf_counter", lambda: now[0])
+        self.patch(time, "perf_counter", lambda: now[0])
         pacer = pacing.Pacer(500)
         sizes = []
         for _ in range(rounds):

@@ -43,35 +43,46 @@ _ITEM = re.compile(rb"[A-Z0-9.]+(\[[^\]]*\])?(<\d+>)?")
 
 
 def read_value(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    """The value written at ``pos`` (after any spaces), and where it ends."""
     while data[pos : pos + 1] == b" ":
         pos += 1
-    char = data[pos : pos + 1]
-    if char == b"(":
-        pos += 1
-        items: list[ImapValue] = []
-        while True:
-            while data[pos : pos + 1] == b" ":
-                pos += 1
-            if data[pos : pos + 1] == b")":
-                return tuple(items), pos + 1
-            value, pos = read_value(data, pos)
-            items.append(value)
-    if char == b'"':
-        out = bytearray()
-        pos += 1
-        while data[pos : pos + 1] != b'"':
-            if data[pos : pos + 1] == b"\\":
-                pos += 1
-            out += data[pos : pos + 1]
+    reader = _READERS.get(data[pos : pos + 1], _read_atom)
+    return reader(data, pos)
+
+
+def _read_list(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    pos += 1
+    items: list[ImapValue] = []
+    while True:
+        while data[pos : pos + 1] == b" ":
             pos += 1
-        return bytes(out), pos + 1
-    if char in (b"{", b"~"):
-        if char == b"~":
+        if data[pos : pos + 1] == b")":
+            return tuple(items), pos + 1
+        value, pos = read_value(data, pos)
+        items.append(value)
+
+
+def _read_quoted(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    out = bytearray()
+    pos += 1
+    while data[pos : pos + 1] != b'"':
+        if data[pos : pos + 1] == b"\\":
             pos += 1
-        close = data.index(b"}", pos)
-        length = int(data[pos + 1 : close])
-        start = close + 3
-        return data[start : start + length], start + length
+        out += data[pos : pos + 1]
+        pos += 1
+    return bytes(out), pos + 1
+
+
+def _read_literal(data: bytes, pos: int) -> tuple[ImapValue, int]:
+    if data[pos : pos + 1] == b"~":
+        pos += 1
+    close = data.index(b"}", pos)
+    length = int(data[pos + 1 : close])
+    start = close + 3
+    return data[start : start + length], start + length
+
+
+def _read_atom(data: bytes, pos: int) -> tuple[ImapValue, int]:
     match = _ATOM.match(data, pos)
     assert match is not None, data[pos : pos + 40]
     token = match.group(0)
@@ -80,6 +91,9 @@ def read_value(data: bytes, pos: int) -> tuple[ImapValue, int]:
     if token.isdigit():
         return int(token), match.end()
     return token, match.end()
+
+
+_READERS = {b"(": _read_list, b'"': _read_quoted, b"{": _read_literal, b"~": _read_literal}
 
 
 def fetch_items(answer: str) -> dict[str, ImapValue]:
@@ -431,10 +445,10 @@ class BodyStructureTests(SynchronousTestCase):
 
     def test_digest_default_is_message(self) -> None:
         value = body_structure(parse(load("07-digest.eml")), False)
+        assert isinstance(value, tuple)
         self.assertEqual(
-            [v[:2] for v in value[:3]],
-            [(b"message", b"rfc822")] * 2  # type: ignore[index]
-            + [(b"text", b"plain")],
+            [v[:2] for v in value[:3] if isinstance(v, tuple)],
+            [(b"message", b"rfc822")] * 2 + [(b"text", b"plain")],
         )
 
     def test_grammar_serialize_reads_the_same_values(self) -> None:
@@ -442,7 +456,7 @@ class BodyStructureTests(SynchronousTestCase):
         # spaces between adjacent bodies/addresses differ from ours.
         structure = parse(load("05-mixed-alternative-related.eml"))
         value = body_structure(structure, True)
-        generic = response.serialize(value)  # type: ignore[arg-type]
+        generic = response.serialize(value)
         self.assertEqual(
             generic.replace(b") (", b")("), render_body_structure(value).replace(b") (", b")(")
         )
@@ -523,9 +537,10 @@ class SectionTests(SynchronousTestCase):
             b"Content-Type: text/html\r\n\r\n",
         )
         inner_header = self.section((2,), "HEADER")
-        assert inner_header is not None
+        inner_text = self.section((2,), "TEXT")
+        assert inner_header is not None and inner_text is not None
         self.assertTrue(inner_header.startswith(b"From: Carol <carol@example.com>\r\n"))
-        self.assertEqual(self.section((2,), None), inner_header + self.section((2,), "TEXT"))
+        self.assertEqual(self.section((2,), None), inner_header + inner_text)
 
     def test_missing_sections(self) -> None:
         self.assertIsNone(self.section((3,), None))

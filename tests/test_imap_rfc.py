@@ -50,13 +50,9 @@ class CapabilityTests(ServerTestBase):
         self.assertEqual(b" ".join(caps), CAPS_BEFORE)
         for absent in (
             b"IMAP4rev2",
-            b"CONDSTORE",
-            b"QRESYNC",
             b"UTF8=ACCEPT",
             b"QUOTA",
             b"ACL",
-            b"SORT",
-            b"THREAD",
             b"MULTIAPPEND",
             b"COMPRESS=DEFLATE",
             b"NOTIFY",

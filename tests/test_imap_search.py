@@ -203,8 +203,12 @@ class WireMixin:
         )
         self.client: Any = None
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         if self.client is not None and self.client.transport is not None:
             self.client.transport.loseConnection()
             yield self.client.lost
@@ -275,7 +279,7 @@ class WireMixin:
             b"Subject: comments\r\n\r\nHi.\r\n"
         )
         response = yield client.command("a", b"APPEND INBOX {%d+}\r\n" % len(data) + data)
-        self.assertIn(b"a OK", response)
+        self.assertIn(b"a OK", response)  # type: ignore[attr-defined]
         yield self.expect("FROM user-from@domain.org", [5])
         yield self.expect("FROM comment", [])
         yield self.expect('HEADER From "(comment)"', [5])  # HEADER: the text as sent

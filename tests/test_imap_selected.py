@@ -227,3 +227,20 @@ class FirstUnseenTests(SynchronousTestCase):
 
     def test_all_seen_reads_nothing(self) -> None:
         self.assertEqual(self.first_unseen([True] * 1000), (0, 0))
+
+
+class UidMapOfTests(SynchronousTestCase):
+    def test_a_tuple_seen_again_gives_an_equal_independent_map(self) -> None:
+        """UidMap.of reuses the runs of a UID tuple it saw lately (what
+        Maildir and memory hand every SELECT until a message comes or
+        goes); each map is still the session's own to change."""
+        uids = (*range(1, 1001), *range(2000, 3001))
+        first = UidMap.of(uids)
+        first.remove([5, 2500])
+        second = UidMap.of(uids)
+        self.assertEqual(list(second), list(uids))
+        self.assertEqual(len(first), len(uids) - 2)
+        self.assertEqual(second.ranges(), [(1, 1000), (2000, 3000)])
+        # Another tuple with the same contents, and a list, work alike.
+        self.assertEqual(list(UidMap.of(tuple(list(uids)))), list(uids))
+        self.assertEqual(list(UidMap.of(list(uids))), list(uids))

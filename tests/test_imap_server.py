@@ -75,8 +75,11 @@ class GreetingAndStateTests(ServerTestBase):
         self.assertEqual(
             response, b'* NAMESPACE (("" "/")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
         )
-        response = yield client.command("c", "ENABLE CONDSTORE")
-        self.assertEqual(response, b"* ENABLED\r\nc OK ENABLE completed\r\n")
+        # Only what can be enabled is named (RFC 5161 3.2).
+        response = yield client.command("c", "ENABLE UTF8=ACCEPT CONDSTORE")
+        self.assertEqual(response, b"* ENABLED CONDSTORE\r\nc OK ENABLE completed\r\n")
+        response = yield client.command("d", "ENABLE UTF8=ACCEPT")
+        self.assertEqual(response, b"* ENABLED\r\nd OK ENABLE completed\r\n")
 
 
 class MailboxCommandTests(ServerTestBase):
@@ -218,7 +221,12 @@ class SelectTests(ServerTestBase):
     def test_failed_select_leaves_no_mailbox_selected(self) -> Any:
         client = yield self.selected()
         response = yield client.command("a", "SELECT nothere")
-        self.assertEqual(response, b"a NO [NONEXISTENT] no mailbox named 'nothere'\r\n")
+        # RFC 7162 3.2.11: the selected mailbox is closed first, and said so.
+        self.assertEqual(
+            response,
+            b"* OK [CLOSED] Previous mailbox closed\r\n"
+            b"a NO [NONEXISTENT] no mailbox named 'nothere'\r\n",
+        )
         response = yield client.command("b", "FETCH 1 FLAGS")
         self.assertEqual(response, b"b BAD FETCH is not allowed in authenticated state\r\n")
 
@@ -517,13 +525,20 @@ class SessionInterplayTests(ServerTestBase):
         # C expunges: its own EXPUNGE response, as the command allows.
         response = yield c.command("c1", "EXPUNGE")
         self.assertEqual(response, b"* 2 EXPUNGE\r\nc1 OK EXPUNGE completed\r\n")
-        # A fetches: no EXPUNGE during FETCH, its numbers are unchanged and
-        # message 2's loss is reported in the tagged response.
+        # A fetches: no EXPUNGE during FETCH, its numbers are unchanged.  The
+        # UIDs it knows are answered from its view, message 2's too (RFC 2180
+        # 4.1.2, as Dovecot answers); data it does not hold is reported lost.
         response = yield a.command("a1", "FETCH 1:3 (UID)")
         self.assertEqual(
             response,
-            b"* 1 FETCH (UID 1)\r\n* 3 FETCH (UID 3)\r\n"
-            b"a1 OK [EXPUNGEISSUED] Some messages were already expunged\r\n",
+            b"* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n* 3 FETCH (UID 3)\r\n"
+            b"a1 OK FETCH completed\r\n",
+        )
+        response = yield a.command("a1b", "FETCH 1:3 (RFC822.SIZE)")
+        self.assertEqual(
+            response,
+            b"* 1 FETCH (RFC822.SIZE 4)\r\n* 3 FETCH (RFC822.SIZE 4)\r\n"
+            b"a1b OK [EXPUNGEISSUED] Some messages were already expunged\r\n",
         )
         # Nor during STORE or SEARCH.
         response = yield a.command("a2", "STORE 3 +FLAGS (\\Flagged)")

@@ -30,6 +30,7 @@ from mailsrv.imap.registry import (
 )
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
+from tests.helpers import at_once
 from tests.imap_helpers import ServerTestBase, in_process
 
 
@@ -93,9 +94,8 @@ class UnexpectedErrorTests(SynchronousTestCase):
         server, transport = self.connect()
         server.dataReceived(b"L LOGIN joe secret\r\nS SELECT INBOX\r\n")
         # Mail arrives, so the command that names messages flushes first.
-        server.session.logged_in_account().get_mailbox("INBOX").append(
-            io.BytesIO(b"Subject: more\r\n\r\n")
-        )
+        inbox = at_once(server.session.logged_in_account().get_mailbox("INBOX"))
+        inbox.append(io.BytesIO(b"Subject: more\r\n\r\n"))
         transport.clear()
         server.dataReceived(b"a XFETCH\r\nb XHANDLE\r\nc NOOP\r\n")
         self.assertEqual(
@@ -117,7 +117,7 @@ class UnexpectedErrorTests(SynchronousTestCase):
             def respond(self, data: bytes) -> sasl.Step:
                 raise TypeError("a bug in a mechanism")
 
-        self.patch(sasl, "create", lambda name, hostname: Broken())
+        self.patch(sasl, "create", lambda name, hostname, **services: Broken())
         server, transport = self.connect()
         server.dataReceived(b"a AUTHENTICATE PLAIN\r\n")
         self.assertEqual(transport.value(), b"+ \r\n")
@@ -264,6 +264,11 @@ STATE_TABLE = (
     ("UID STORE 1 +FLAGS (x)", "s"),
     ("SEARCH ALL", "s"),
     ("UID SEARCH ALL", "s"),
+    ("SORT (DATE) UTF-8 ALL", "s"),
+    ("UID SORT (DATE) UTF-8 ALL", "s"),
+    ("THREAD REFERENCES UTF-8 ALL", "s"),
+    ("UID THREAD REFERENCES UTF-8 ALL", "s"),
+    ('CANCELUPDATE "x"', "s"),
     ("COPY 1 INBOX", "s"),
     ("UID COPY 1 INBOX", "s"),
     ("MOVE 1 INBOX", "s"),

@@ -30,7 +30,7 @@ class Connection:
         self.protocol.dataReceived(data)
 
     def take(self) -> list[bytes]:
-        out = self.transport.value()
+        out: bytes = self.transport.value()
         self.transport.clear()
         return out.split(b"\r\n")[:-1]
 

@@ -8,9 +8,9 @@ import json
 import os
 import signal
 import smtplib
-from typing import Any
+from typing import Any, cast
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial import unittest
 
 from mailsrv import cli, log
@@ -34,7 +34,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 class FormatTests(unittest.SynchronousTestCase):
     def test_event_fields(self) -> None:
         events: list[dict[str, Any]] = []
-        Logger(namespace="mailsrv.test", observer=events.append).info(
+        Logger(namespace="mailsrv.test", observer=cast(ILogObserver, events.append)).info(
             "{user} did {command}",
             session="ab12",
             protocol="imap",
@@ -71,7 +71,8 @@ class FormatTests(unittest.SynchronousTestCase):
         try:
             1 / 0  # noqa: B018
         except ZeroDivisionError:
-            Logger(namespace="mailsrv.test", observer=events.append).failure("broke")
+            observer = cast(ILogObserver, events.append)
+            Logger(namespace="mailsrv.test", observer=observer).failure("broke")
         line = log.format_json(events[0])
         assert line is not None
         record = json.loads(line)

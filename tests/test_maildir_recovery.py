@@ -215,7 +215,7 @@ class DamagedIndexTests(RecoveryTestCase):
         self.assertEqual(inbox.uids(), tuple(uids))
         modseq = inbox.highest_modseq
         real = Index.summaries
-        failures = []
+        failures: list[Index] = []
 
         def malformed(index: Index, *args: Any) -> Any:
             if not failures:

@@ -256,7 +256,7 @@ class DebugLogTests(OpsCase):
         text = self.daemon.log
         for secret in (b"s3cret", b"confidential", b"AGFsaWNlAHB3", b"LOGIN alice pw"):
             self.assertNotIn(secret.decode(), text)
-        lines = [(e.get("direction"), e.get("line")) for e in self.json_lines() if "line" in e]
+        lines = [(str(e["direction"]), str(e["line"])) for e in self.json_lines() if "line" in e]
         self.assertIn(("C", "t1 LOGIN ***"), lines)
         self.assertIn(("C", "t1 AUTHENTICATE PLAIN ***"), lines)
         self.assertIn(("C", f"t2 APPEND INBOX {{{len(body)}+}} <{len(body)} octets> "), lines)
@@ -269,7 +269,7 @@ class DebugLogTests(OpsCase):
 
 class ConfigTests(unittest.TestCase):
     def write(self, text: str) -> str:
-        path = os.path.abspath(self.mktemp())
+        path: str = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
             f.write('[imap]\nlisten = ["tcp:10143:interface=127.0.0.1"]\n' + text)
         return path

@@ -120,7 +120,9 @@ def snapshot(imap_port: int, pop3_port: int, user: str = "alice") -> dict[str, A
             assert typ == "OK", (name, data)
             uidvalidity = client.untagged_responses.get("UIDVALIDITY", [b"?"])[0]
             messages = {}
-            if int(data[0]) > 0:
+            count = data[0]
+            assert count is not None
+            if int(count) > 0:
                 _typ, fetched = client.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
                 for item in fetched:
                     if not isinstance(item, tuple):
@@ -343,7 +345,9 @@ class InterruptedTests(MigrateTestCase):
 
         def stored() -> int:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
-                return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+                row = conn.execute("SELECT count(*) FROM messages").fetchone()
+                assert row is not None
+                return int(row[0])
 
         give_up = time.monotonic() + DEADLINE
         while stored() == 0:

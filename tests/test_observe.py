@@ -20,6 +20,7 @@ from mailsrv.observe import Completed, LineTap, Observer, Observers, Probe, Sess
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
 from mailsrv.storage.timed import timed
+from tests.helpers import at_once
 from tests.imap_helpers import in_process, slow_next_select
 
 
@@ -148,9 +149,9 @@ class TimedStorageTests(SynchronousTestCase):
         self.memory.deliver("joe", b"Subject: a\r\n\r\nx\r\n", "INBOX", (), None)
 
     def test_calls_are_reported_and_answers_unchanged(self) -> None:
-        account = timed(self.memory).account("joe")
-        inbox = account.get_mailbox("INBOX")
-        self.assertEqual(list(inbox.uids()), [1])
+        account = at_once(timed(self.memory).account("joe"))
+        inbox = at_once(account.get_mailbox("INBOX"))
+        self.assertEqual(list(at_once(inbox.uids())), [1])
         self.assertEqual(inbox.name, "INBOX")
         self.assertEqual(
             self.recorder.names("storage"),
@@ -158,20 +159,22 @@ class TimedStorageTests(SynchronousTestCase):
         )
 
     def test_optional_features_stay_visible(self) -> None:
-        inbox = timed(self.memory).account("joe").get_mailbox("INBOX")
-        real = self.memory.account("joe").get_mailbox("INBOX")
+        inbox = at_once(at_once(timed(self.memory).account("joe")).get_mailbox("INBOX"))
+        real = at_once(at_once(self.memory.account("joe")).get_mailbox("INBOX"))
         self.assertTrue(IMailbox.providedBy(inbox))
         self.assertEqual(IMessageCache.providedBy(inbox), IMessageCache.providedBy(real))
 
     def test_copy_between_wrapped_mailboxes_reaches_the_backend_s_own_objects(self) -> None:
         # The memory backend copies only between its own mailboxes (isinstance).
-        account = timed(self.memory).account("joe")
-        inbox, trash = account.get_mailbox("INBOX"), account.get_mailbox("Trash")
-        self.assertEqual(list(inbox.copy([1], trash)), [(1, 1)])
-        self.assertEqual(list(self.memory.account("joe").get_mailbox("Trash").uids()), [1])
+        account = at_once(timed(self.memory).account("joe"))
+        inbox = at_once(account.get_mailbox("INBOX"))
+        trash = at_once(account.get_mailbox("Trash"))
+        self.assertEqual(list(at_once(inbox.copy([1], trash))), [(1, 1)])
+        backend_trash = at_once(at_once(self.memory.account("joe")).get_mailbox("Trash"))
+        self.assertEqual(list(at_once(backend_trash.uids())), [1])
 
     def test_a_failing_call_is_reported_failed_and_still_raises(self) -> None:
-        account = timed(self.memory).account("joe")
+        account = at_once(timed(self.memory).account("joe"))
         with self.assertRaises(NoSuchMailbox):
             account.get_mailbox("Nowhere")
         self.assertEqual(self.recorder.names("storage")[-1], ("account.get_mailbox", True))
@@ -186,6 +189,7 @@ class TimedStorageTests(SynchronousTestCase):
         d = timed(Slow()).account("joe")  # type: ignore[arg-type]
         self.assertEqual(self.recorder.names("storage"), [])
         gate.callback(None)
+        assert isinstance(d, defer.Deferred)
         account = self.successResultOf(d)
         self.assertEqual(self.recorder.names("storage"), [("storage.account", False)])
         account.list_mailboxes()

@@ -17,11 +17,18 @@ from zope.interface import implementer
 
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.realm import MailRealm
-from mailsrv.interfaces import SEEN, IMailbox, IMailboxListener, IMessage, IStorage
+from mailsrv.interfaces import (
+    SEEN,
+    IMailbox,
+    IMailboxListener,
+    IMessage,
+    IStorage,
+    maybe_deferred,
+)
 from mailsrv.policy import SessionPolicy
-from mailsrv.storage.maildir import MaildirStorage, reindex
+from mailsrv.storage.maildir import MaildirAccount, MaildirStorage, reindex
 from mailsrv.storage.memory import MemoryStorage
-from tests.helpers import source_env
+from tests.helpers import at_once, source_env
 from tests.pop3_helpers import (
     MESSAGE_1,
     MESSAGE_2,
@@ -47,12 +54,12 @@ class StorageFixture:
 
     def inbox(self, user: str = "alice") -> Any:
         """The user's INBOX, synchronously (memory and Maildir only)."""
-        return self.storage.account(user).get_mailbox("INBOX")
+        return at_once(self.storage.account(user)).get_mailbox("INBOX")
 
     async def open_inbox(self, user: str = "alice") -> Any:
         """The user's INBOX from any backend, synchronous or not."""
-        account = await defer.maybeDeferred(self.storage.account, user)
-        return await defer.maybeDeferred(account.get_mailbox, "INBOX")
+        account = await maybe_deferred(self.storage.account, user)
+        return await maybe_deferred(account.get_mailbox, "INBOX")
 
     def deliver(self, message: bytes, user: str = "alice") -> int:
         uid: int = self.inbox(user).append(io.BytesIO(message))
@@ -134,7 +141,11 @@ class SharedMailboxMixin:
     def make_storage(self) -> IStorage:
         raise NotImplementedError
 
-    async def setUp(self) -> None:
+    def setUp(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return defer.ensureDeferred(self._set_up())
+
+    async def _set_up(self) -> None:
         self.fixture = StorageFixture(self, self.make_storage())  # type: ignore[arg-type]
         self.uids = [await self.fixture.add(m) for m in (MESSAGE_1, MESSAGE_2, MESSAGE_3)]
         self.server = TCPServer(self, self.fixture)  # type: ignore[arg-type]
@@ -287,7 +298,9 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
         session.login()
         before = session.command("UIDL")
         session.command("QUIT")
-        reindex(self.fixture.storage.account("alice"))  # type: ignore[attr-defined]
+        account = at_once(self.fixture.storage.account("alice"))
+        assert isinstance(account, MaildirAccount)
+        reindex(account)
         again = self.session()
         again.login()
         self.assertEqual(again.command("UIDL"), before)
@@ -348,12 +361,13 @@ class MaildirStorageTests(SharedMailboxMixin, unittest.TestCase):
 
     async def test_crash_over_tcp(self) -> None:
         """A client that vanishes after DELE: the files stay on disk."""
-        server = TCPServer(self, self.fixture)
+        server = TCPServer(self, self.fixture)  # type: ignore[arg-type]
         client, _ = await server.connect()
         await client.command(b"USER alice")
         await client.command(b"PASS secret")
         self.assertEqual(await client.command(b"DELE 1"), b"+OK Message 1 marked for deletion.\r\n")
-        client.transport.abortConnection()
+        transport: Any = client.transport
+        transport.abortConnection()
         await client.lost
         await server.factory.ended[0]
         cur = os.listdir(os.path.join(self.root, "alice", "Maildir", "cur"))

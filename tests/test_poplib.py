@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from mailsrv.interfaces import SEEN
 from mailsrv.storage.maildir import MaildirStorage
-from tests.helpers import make_tls_context
+from tests.helpers import at_once, make_tls_context
 from tests.pop3_helpers import MESSAGE_1, MESSAGE_2, MESSAGE_3, Fixture, TCPServer
 
 T = TypeVar("T")
@@ -334,7 +334,7 @@ class PoplibOverMaildirTests(unittest.TestCase):
         self.assertEqual(out["retr"][1], unstuffed_lines(MESSAGE_2))
         self.assertEqual(out["quit"], b"+OK Logging out, 1 message deleted.")
         self.assertEqual(list(inbox.uids()), uids[1:])
-        self.assertIn(SEEN, inbox.fetch([uids[1]])[0].flags)
+        self.assertIn(SEEN, at_once(inbox.fetch([uids[1]]))[0].flags)
         maildir = os.path.join(root, "alice", "Maildir")
         files = os.listdir(os.path.join(maildir, "cur")) + os.listdir(os.path.join(maildir, "new"))
         self.assertEqual(len(files), 2)

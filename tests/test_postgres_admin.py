@@ -7,7 +7,7 @@ import io
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 from twisted.trial import unittest
@@ -36,7 +36,8 @@ class PostgresConfigTests(unittest.TestCase):
         return load_config(path, require_listeners=False)
 
     def error(self, storage: str) -> ConfigError:
-        return self.assertRaises(ConfigError, self.load, storage)
+        error: ConfigError = self.assertRaises(ConfigError, self.load, storage)
+        return error
 
     def test_valid(self) -> None:
         pgcluster.require()
@@ -163,7 +164,7 @@ class DatabaseCommandTests(unittest.TestCase):
     def test_daemon_starts_while_the_database_is_away(self) -> None:
         """Unreachable at startup is not a configuration error: the daemon
         starts, says so, and answers [UNAVAILABLE] until the server is up."""
-        from twisted.logger import formatEvent, globalLogPublisher
+        from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
         from mailsrv.service import make_service
 
@@ -176,11 +177,12 @@ class DatabaseCommandTests(unittest.TestCase):
         def observe(event: dict[str, Any]) -> None:
             logged.append(formatEvent(event))
 
-        globalLogPublisher.addObserver(observe)
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
         try:
             service = make_service(config)
         finally:
-            globalLogPublisher.removeObserver(observe)
+            globalLogPublisher.removeObserver(observer)
         self.assertIsNotNone(service)
         self.assertTrue(
             any("cannot reach the mail database at startup" in line for line in logged), logged

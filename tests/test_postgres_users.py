@@ -8,11 +8,12 @@ import hashlib
 import hmac
 import io
 import os
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IReactorThreads
 from twisted.trial import unittest
 
 from mailsrv import cli
@@ -197,7 +198,7 @@ class CheckerTests(UsersDatabaseTestCase):
         self.storage = pgcluster.new_storage(self, self.dsn, pool_size=2)
         from mailsrv.auth.pgusers import PostgresChecker
 
-        self.checker = PostgresChecker(self.storage.db, reactor=reactor)
+        self.checker = PostgresChecker(self.storage.db, reactor=cast(IReactorThreads, reactor))
 
     async def outcome(self, credentials: Any) -> str:
         try:
@@ -249,7 +250,7 @@ class CheckerTests(UsersDatabaseTestCase):
 
         db = Database(f"host={self.dir} dbname=x connect_timeout=2", 1, reactor)
         self.addCleanup(db.close)
-        checker = PostgresChecker(db, reactor=reactor)
+        checker = PostgresChecker(db, reactor=cast(IReactorThreads, reactor))
         try:
             yield checker.requestAvatarId(UsernamePassword(b"alice", b"secret"))
         except TemporaryFailure as e:

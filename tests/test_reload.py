@@ -42,7 +42,7 @@ class IMAPConnection:
         self.counter += 1
         tag = f"t{self.counter}"
         self.sock.sendall(f"{tag} {text}\r\n".encode())
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = read_line(self.sock)
             if not line:

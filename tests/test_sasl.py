@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 
-from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from twisted.internet.address import IPv4Address
 from twisted.trial import unittest
 
@@ -18,13 +18,17 @@ REMOTE = IPv4Address("TCP", "192.0.2.1", 1)
 
 
 class PlainTests(unittest.SynchronousTestCase):
-    def credentials(self, step: sasl.Step) -> object:
+    def credentials(self, step: sasl.Step) -> UsernamePassword:
         self.assertIsInstance(step, sasl.Credentials)
         assert isinstance(step, sasl.Credentials)
-        return step.credentials
+        self.assertIsInstance(step.credentials, UsernamePassword)
+        credentials: UsernamePassword = step.credentials
+        return credentials
 
     def test_initial_response(self) -> None:
-        creds = self.credentials(sasl.create("PLAIN", "h").start(b"\0alice\0s3 cret"))
+        mechanism = sasl.create("PLAIN", "h")
+        assert mechanism is not None
+        creds = self.credentials(mechanism.start(b"\0alice\0s3 cret"))
         self.assertTrue(IUsernamePassword.providedBy(creds))
         self.assertEqual((creds.username, creds.password), (b"alice", b"s3 cret"))
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
+from typing import cast
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -41,7 +42,9 @@ class ListenerServiceTests(unittest.TestCase):
         already be listening by then, before startService."""
         service = self.listener(0)
         service.privilegedStartService()
-        port = self.successResultOf(service._waitingForPort)
+        waiting = service._waitingForPort
+        assert waiting is not None
+        port = self.successResultOf(waiting)
         self.addCleanup(port.stopListening)
         number = port.getHost().port
         # The kernel accepts the connection although the reactor has not run.
@@ -133,13 +136,14 @@ class UsersFileCheckTests(unittest.TestCase):
             if event.get("log_level") is LogLevel.error:
                 errors.append(formatEvent(event))
 
-        globalLogPublisher.addObserver(observe)
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
         try:
             check = UsersFileCheck(passwd)
             check.startService()
             check.stopService()
         finally:
-            globalLogPublisher.removeObserver(observe)
+            globalLogPublisher.removeObserver(observer)
         return errors
 
     def test_readable_file_is_quiet(self) -> None:

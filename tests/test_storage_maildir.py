@@ -7,8 +7,11 @@ import time
 
 from twisted.trial import unittest
 
-from mailsrv.interfaces import IStorage
+from mailsrv.interfaces import IMailbox, IStorage
 from mailsrv.storage.maildir import MaildirStorage
+from mailsrv.storage.maildir.folder import MaildirMailbox
+from mailsrv.storage.maildir.index import Index
+from mailsrv.storage.maildir.layout import INDEX_NAME
 from mailsrv.testing.storage import StorageSuiteMixin
 
 
@@ -21,6 +24,17 @@ class MaildirStorageTests(StorageSuiteMixin, unittest.TestCase):
     def reopen_storage(self, storage: IStorage) -> IStorage:
         assert isinstance(storage, MaildirStorage)
         return MaildirStorage(storage.template)
+
+    def forget_expunges(self, storage: IStorage, mailbox: IMailbox) -> None:
+        """As the log's retention does when it is full, but from another
+        connection to the index, as another process would."""
+        assert isinstance(mailbox, MaildirMailbox)
+        index = Index.open(os.path.join(mailbox.path, INDEX_NAME))
+        try:
+            with index.transaction():
+                index.prune_expunged(0)
+        finally:
+            index.close()
 
     def deliver_outside(self, storage: IStorage, data: bytes) -> None:
         """As an MTA delivers: LF line ends, written in tmp/, renamed into new/."""

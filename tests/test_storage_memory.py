@@ -44,6 +44,10 @@ class MemoryStorageTests(StorageSuiteMixin, unittest.TestCase):
         assert isinstance(storage, MemoryStorage)
         return storage.deliver(self.username, data)
 
+    def forget_expunges(self, storage: IStorage, mailbox: IMailbox) -> None:
+        assert isinstance(mailbox, MemoryMailbox)
+        mailbox.forget_expunges()
+
 
 def _message(number: int) -> bytes:
     return b"Subject: %d\r\n\r\nbody %d\r\n" % (number, number)

@@ -42,6 +42,17 @@ class PostgresStorageTests(StorageSuiteMixin, unittest.TestCase):
         reopened: IStorage = new_storage(self, old.dsn)
         return reopened
 
+    def forget_expunges(self, storage: IStorage, mailbox: IMailbox) -> None:
+        """What ``mailsrv db prune`` does to rows past their retention."""
+        import psycopg
+
+        from mailsrv.storage.postgres.maintenance import prune
+
+        old: Any = storage
+        dsn: str = old.dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            prune(conn, datetime.timedelta(0))
+
     async def deliver_outside(self, storage: IStorage, data: bytes) -> None:
         """Another node on the same database appends it."""
         other = self.reopen_storage(storage)

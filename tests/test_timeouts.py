@@ -159,13 +159,14 @@ class TimeoutTestCase(unittest.TestCase):
         listening = counting(factory, self.sessions)
         if implicit_tls:
             listening = TLSMemoryBIOFactory(self.tls_context, False, listening)
-        self.port = reactor.listenTCP(0, listening, interface="127.0.0.1")
+        self.port: Any = reactor.listenTCP(0, listening, interface="127.0.0.1")
         self.addCleanup(self.stop)
 
     async def stop(self) -> None:
         for peer in self.peers:
-            if peer.transport is not None and peer.transport.connected:
-                peer.transport.abortConnection()
+            transport: Any = peer.transport  # a TCP transport
+            if transport is not None and transport.connected:
+                transport.abortConnection()
             await peer.lost
         for session in self.sessions:
             await session.ended
@@ -173,7 +174,7 @@ class TimeoutTestCase(unittest.TestCase):
 
     async def connect(self) -> Peer:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
-        peer = await connectProtocol(endpoint, Peer())
+        peer: Peer = await connectProtocol(endpoint, Peer())
         self.peers.append(peer)
         return peer
 

@@ -32,6 +32,12 @@ Kinds:
 ``addresses.V:NAME``
     The addresses of one address field (FROM, TO, CC, BCC) as SEARCH
     matches them (:func:`mailsrv.mime.addresses.address_text`), every occurrence.
+``sortR.V``
+    :class:`mailsrv.imap.sortkeys.SortRecord`: everything SORT and THREAD
+    compare (sent date, base subject, first addresses, display names,
+    msg-ids), one short record per message, so a warm SORT or THREAD of a
+    whole mailbox is one cache read per batch (``R`` is
+    :data:`~mailsrv.imap.sortkeys.RECORD_VERSION`).
 
 ``V`` is :data:`mailsrv.mime.structure.FORMAT_VERSION`: what is worked out from a
 message changes with the model, and a value cached by an older one must
@@ -51,6 +57,7 @@ from twisted.internet import defer
 from mailsrv import log
 from mailsrv.errors import NoSuchMessage
 from mailsrv.imap.render import body_structure, envelope, render_body_structure, render_envelope
+from mailsrv.imap.sortkeys import RECORD_VERSION, SortRecord, record_from_header
 from mailsrv.interfaces import IMailbox, IMessageCache
 from mailsrv.mime.addresses import address_text
 from mailsrv.mime.fields import filter_fields, raw_fields, read_header
@@ -65,6 +72,7 @@ __all__ = [
     "field_values",
     "header_fields",
     "rendered",
+    "sort_records",
     "structures",
 ]
 
@@ -265,3 +273,32 @@ def address_texts(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
     kind = _versioned("addresses") + ":" + name.upper()
     encoded = yield _per_message(mailbox, uids, kind, compute)
     return {uid: data.decode("utf-8", "replace").split("\n")[1:] for uid, data in encoded.items()}
+
+
+#: The cache kind of :func:`sort_records`.
+SORT_KIND = _versioned(f"sort{RECORD_VERSION}")
+
+
+@defer.inlineCallbacks
+def sort_records(mailbox: IMailbox, uids: Iterable[int]) -> Any:
+    """``{uid: SortRecord}``: what SORT and THREAD compare, from the cache
+    or worked out from the header block (then cached); a cached value that
+    does not decode is worked out again."""
+    wanted = list(uids)
+    cache = _cache(mailbox)
+    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, SORT_KIND)
+    out: dict[int, SortRecord] = {}
+    for uid, data in cached.items():
+        try:
+            out[uid] = SortRecord.from_bytes(data)
+        except ValueError:
+            pass  # damage: work it out again
+    missing = [u for u in wanted if u not in out]
+    if missing:
+        found = yield each_file(
+            mailbox, missing, lambda uid, source: record_from_header(read_header(source))
+        )
+        out.update(found)
+        fresh = {uid: r.to_bytes() for uid, r in found.items()}
+        yield _set_many(cache, SORT_KIND, {u: v for u, v in fresh.items() if len(v) <= CACHE_LIMIT})
+    return out

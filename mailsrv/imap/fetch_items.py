@@ -52,6 +52,7 @@ __all__ = [
     "needs_file",
     "needs_structure",
     "render_flags",
+    "render_modseq",
     "rendered_kind",
     "sets_seen",
     "write_literal",
@@ -266,6 +267,11 @@ def _render_internal_date(view: SelectedMailbox, m: IMessage) -> bytes:
     return b'INTERNALDATE "%s"' % format_date_time(m.internal_date).encode("ascii")
 
 
+def render_modseq(view: SelectedMailbox, m: IMessage) -> bytes:
+    """RFC 7162 3.1.4.2."""
+    return b"MODSEQ (%d)" % m.modseq
+
+
 #: Items the index answers alone, by name: one renderer each, used by the
 #: per-message path and by the batched first-sync path alike.
 INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
@@ -273,6 +279,7 @@ INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
     "UID": _render_uid,
     "RFC822.SIZE": _render_size,
     "INTERNALDATE": _render_internal_date,
+    "MODSEQ": render_modseq,
 }
 
 

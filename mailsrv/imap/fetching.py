@@ -33,6 +33,7 @@ from mailsrv.imap.fetch_items import (
     is_root_fields,
     needs_structure,
     render_flags,
+    render_modseq,
     rendered_kind,
     sets_seen,
 )
@@ -134,11 +135,32 @@ def fetch_messages(
     STORE uses this too for its ``FETCH (FLAGS)`` answers.
     """
     outcome: Outcome
-    if all(a.name in INDEX_ITEMS for a in request.attributes):
+    if all(a.name == "UID" for a in request.attributes):
+        outcome = yield _fetch_uids(request, messages)
+    elif all(a.name in INDEX_ITEMS for a in request.attributes):
         outcome = yield _fetch_index_only(request, messages)
     else:
         outcome = yield _fetch_loaded(request, messages)
     return outcome
+
+
+@defer.inlineCallbacks
+def _fetch_uids(
+    request: FetchRequest, messages: Iterable[tuple[int, int]]
+) -> Generator[defer.Deferred[Any], Any, Outcome]:
+    """``FETCH set (UID)`` (what sync clients ask to learn the UIDs): the
+    session's view knows every answer, so storage is not asked.  A message
+    another session expunged is still answered while this session has not
+    been told (RFC 2180 4.1.2), as Dovecot answers it."""
+    writer = request.writer
+    pairs = iter(messages)
+    while chunk := list(itertools.islice(pairs, BATCH)):
+        writer.write(b"".join(b"* %d FETCH (UID %d)\r\n" % pair for pair in chunk))
+        if writer.paused:
+            yield writer.ready()
+        if writer.closed:
+            break
+    return Outcome()
 
 
 @defer.inlineCallbacks
@@ -325,7 +347,15 @@ def _respond_rest(
 def _end_response(
     request: FetchRequest, msg: FetchMessage, response: FetchResponse, shows_flags: bool
 ) -> None:
-    if msg.flags_changed and not shows_flags:
-        # RFC 3501 6.4.5: the implicitly set \Seen SHOULD be reported.
-        response.item(render_flags(request.view, msg.info))
+    if msg.flags_changed:
+        if not shows_flags:
+            # RFC 3501 6.4.5: the implicitly set \Seen SHOULD be reported.
+            response.item(render_flags(request.view, msg.info))
+        if request.view.condstore and not request.view.nomodseq:
+            # RFC 7162 3.2.4: with UID and MODSEQ, for a CONDSTORE client.
+            names = {a.name for a in request.attributes}
+            if "UID" not in names:
+                response.item(b"UID %d" % msg.uid)
+            if "MODSEQ" not in names:
+                response.item(render_modseq(request.view, msg.info))
     response.end()

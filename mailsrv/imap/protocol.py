@@ -1,8 +1,8 @@
 """The IMAP server's Twisted protocol: a thin adapter over the session.
 
 :class:`IMAP4Server` owns what is Twisted's: the transport, reading and
-pausing it, the output producer (:class:`~mailsrv.imap.output.ResponseWriter`),
-the autologout timer (``TimeoutMixin``) and starting TLS.  Bytes go to the
+pausing it, the output producer (:class:`~mailsrv.imap.output.ResponseWriter`)
+and starting TLS.  Bytes go to the
 sans-I/O framer (:mod:`mailsrv.imap.framer`) and its events, one at a time,
 to the :class:`~mailsrv.imap.session.Session`, which decides everything
 else.  While a command runs (or the client does not read its answers) the
@@ -15,13 +15,11 @@ must hand out :class:`mailsrv.interfaces.IAccount` avatars.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from twisted.cred.portal import Portal
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
-from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from mailsrv import log
@@ -38,12 +36,13 @@ from mailsrv.imap.framer import (
 from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.registry import State
 from mailsrv.imap.session import LOG, LiteralAnswer, Session
-from mailsrv.policy import CLOSE_GRACE, SessionPolicy
+from mailsrv.policy import SessionPolicy
+from mailsrv.session import SessionFactory, no_delay, resolve_clock
 
 __all__ = ["IMAP4Server", "IMAP4ServerFactory"]
 
 
-class IMAP4Server(Protocol, TimeoutMixin):
+class IMAP4Server(Protocol):
     """One IMAP4rev1 connection.
 
     ``secure`` says the connection is already TLS (implicit-TLS listener);
@@ -59,11 +58,7 @@ class IMAP4Server(Protocol, TimeoutMixin):
         secure: bool = False,
         clock: IReactorTime | None = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(IReactorTime, reactor)
-        self.clock = clock
+        self.clock = clock = resolve_clock(clock)
         policy = policy if policy is not None else SessionPolicy()
         self.session = Session(self, portal, policy, clock, REGISTRY, secure=secure)
         self._framer = Framer(policy.max_line_length)
@@ -71,18 +66,15 @@ class IMAP4Server(Protocol, TimeoutMixin):
         self._lost = False
         self._paused = False  # the transport is paused
         self._reading = False  # inside _read_events
-        self._timed_out = False
 
     @property
     def _transport(self) -> Any:
         return self.transport
 
-    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
-        return self.clock.callLater(period, func)
-
     # -- the connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self._output = ResponseWriter(self.transport)
         self.session.connected(self._output, self._transport.getPeer())
 
@@ -98,10 +90,10 @@ class IMAP4Server(Protocol, TimeoutMixin):
             LOG,
             "IMAP",
             self._stop_output,
-            self._stop_timers,
+            session.timer.stop,
             self._drop_command,
             self._end_session,
-            self._release_address,
+            session.guard.close,
         )
 
     def _stop_output(self) -> None:
@@ -110,9 +102,6 @@ class IMAP4Server(Protocol, TimeoutMixin):
 
     # The cleanup steps' names are in the log line of one that fails.
 
-    def _stop_timers(self) -> None:
-        self.set_timeout(None)
-
     def _drop_command(self) -> None:
         """Forget the command being received, closing its spooled literals."""
         self.session.drop_continuation()
@@ -120,26 +109,6 @@ class IMAP4Server(Protocol, TimeoutMixin):
 
     def _end_session(self) -> None:
         self.session.end()
-
-    def _release_address(self) -> None:
-        self.session.release_address()
-
-    def timeoutConnection(self) -> None:
-        if self._timed_out:
-            # The goodbye did not get out in CLOSE_GRACE: an unfinished TLS
-            # handshake holds it, and with it the close, back for ever.
-            self._transport.abortConnection()
-            return
-        self._timed_out = True
-        self.session.timed_out()
-        stalled = self._output is not None and self._output.paused
-        self.close()
-        if stalled:
-            # The client stopped reading: its buffered output would keep the
-            # connection (and the session) alive forever.
-            self._transport.abortConnection()
-        else:
-            self.set_timeout(CLOSE_GRACE)
 
     # -- input ------------------------------------------------------------------
 
@@ -219,23 +188,14 @@ class IMAP4Server(Protocol, TimeoutMixin):
         if self.transport is not None:
             self._transport.abortConnection()
 
-    # TimeoutMixin's methods carry no annotations: the ignores are for that.
-
-    def set_timeout(self, seconds: float | None) -> None:
-        self.setTimeout(seconds)  # type: ignore[no-untyped-call,unused-ignore]
-
-    def reset_timeout(self) -> None:
-        self.resetTimeout()  # type: ignore[no-untyped-call,unused-ignore]
-
-    def can_start_tls(self) -> bool:
-        return ITLSTransport.providedBy(self.transport)
-
-    def start_tls(self, context: Any) -> None:
+    def discard_input(self) -> None:
         self._framer.clear()
-        self._transport.startTLS(context)
 
     def expect_continuation(self) -> None:
         self._framer.expect_continuation()
+        # A command that waited before asking (a SASL step after a look-up)
+        # was paused as busy: read again, or its answer would never come.
+        self._resume()
 
     def command_done(self) -> None:
         output = self._output
@@ -255,30 +215,11 @@ class IMAP4Server(Protocol, TimeoutMixin):
             self._resume()
 
 
-class IMAP4ServerFactory(ServerFactory):
-    """Builds :class:`IMAP4Server` sessions for a Portal.
-
-    ``implicit_tls`` marks connections as already secure (the listener wraps
-    them in TLS); ``clock`` is for tests.
-    """
+class IMAP4ServerFactory(SessionFactory):
+    """Builds :class:`IMAP4Server` sessions for a Portal whose realm gives
+    IAccount avatars: ``IMAP4ServerFactory(portal, policy, implicit_tls=...)``."""
 
     protocol = IMAP4Server
-    noisy = False  # the service logs each listener once, with its endpoint
-
-    def __init__(
-        self,
-        portal: Portal,
-        policy: SessionPolicy | None = None,
-        *,
-        implicit_tls: bool = False,
-        clock: IReactorTime | None = None,
-    ) -> None:
-        self.portal = portal
-        self.policy = policy if policy is not None else SessionPolicy()
-        self.implicit_tls = implicit_tls
-        self.clock = clock
 
     def buildProtocol(self, addr: IAddress | None) -> IMAP4Server:
-        protocol = IMAP4Server(self.portal, self.policy, secure=self.implicit_tls, clock=self.clock)
-        protocol.factory = self
-        return protocol
+        return self.build(IMAP4Server)

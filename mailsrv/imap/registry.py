@@ -134,8 +134,6 @@ NOT_OFFERED: dict[str, str] = {
     **_not_offered("GETQUOTA GETQUOTAROOT SETQUOTA", "QUOTA (RFC 9208)"),
     **_not_offered("GETANNOTATION SETANNOTATION", "ANNOTATE-EXPERIMENT-1 (RFC 5257)"),
     **_not_offered("GETMETADATA SETMETADATA", "METADATA (RFC 5464)"),
-    **_not_offered("SORT", "SORT (RFC 5256)"),
-    **_not_offered("THREAD", "THREAD (RFC 5256)"),
     **_not_offered("COMPRESS", "COMPRESS (RFC 4978)"),
     **_not_offered("NOTIFY", "NOTIFY (RFC 5465)"),
     **_not_offered("UNAUTHENTICATE", "UNAUTHENTICATE (RFC 8437)"),
@@ -144,8 +142,8 @@ NOT_OFFERED: dict[str, str] = {
     "PARTIAL": "PARTIAL is obsolete (IMAP2bis); use FETCH BODY[]<origin.length>",
     "XLIST": "XLIST is not supported; use LIST with SPECIAL-USE (RFC 6154)",
 }
-#: Of those, the ones with a UID form (RFC 5256).
-_UID_NOT_OFFERED = frozenset({"SORT", "THREAD"})
+#: Of those, the ones with a UID form.
+_UID_NOT_OFFERED: frozenset[str] = frozenset()
 
 
 def _appendlimit(session: Session) -> str:
@@ -165,6 +163,8 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "LIST-STATUS",
     "STATUS=SIZE",
     "BINARY",
+    "CONDSTORE",
+    "QRESYNC",
     "ESEARCH",
     "SEARCHRES",
     _appendlimit,
@@ -191,8 +191,14 @@ CAPABILITY_ORDER = (
     "LIST-STATUS",
     "STATUS",
     "BINARY",
+    "CONDSTORE",
+    "QRESYNC",
     "ESEARCH",
     "SEARCHRES",
+    "SORT",
+    "THREAD",
+    "ESORT",
+    "CONTEXT",
     "APPENDLIMIT",
     "STARTTLS",
     "LOGINDISABLED",

@@ -1,8 +1,9 @@
 """SEARCH's argument syntax: search keys, CHARSET and ESEARCH's RETURN.
 
 RFC 3501 6.4.4 and 9 (``search-key``), RFC 4731 (``RETURN`` options),
-RFC 5182 (``$`` and SAVE), RFC 7162 (the MODSEQ key, parsed so that it can
-be refused clearly).
+RFC 5182 (``$`` and SAVE), RFC 5267 (``CONTEXT``, ``UPDATE`` and
+``PARTIAL``, which SORT shares), RFC 7162 (the MODSEQ key, parsed so that
+it can be refused clearly).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import attrs
 from mailsrv.imap import syntax
 from mailsrv.imap.lexer import Reader
 
-__all__ = ["SearchKey", "search_arguments", "search_key"]
+__all__ = ["SearchKey", "parse_return_options", "partial_range", "search_arguments", "search_key"]
 
 
 @attrs.frozen
@@ -57,7 +58,9 @@ _SEARCH_FLAG_KEYS = {
 }
 _SEARCH_ADDRESS_KEYS = frozenset({"BCC", "CC", "FROM", "TO"})
 _SEARCH_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
-_SEARCH_ESEARCH_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_SEARCH_ESEARCH_OPTIONS = frozenset(
+    {"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE", "PARTIAL"}
+)
 
 
 def search_key(reader: Reader, depth: int) -> SearchKey:
@@ -150,7 +153,10 @@ def _modseq(reader: Reader, word: str, depth: int) -> SearchKey:
         reader.space()
         reader.atom("an entry type")
         reader.space()
-    return SearchKey("MODSEQ", (reader.number("a mod-sequence value"),))
+    value = reader.number("a mod-sequence value")
+    if value > 2**63 - 1:  # mod-sequence-valzer (RFC 7162 7)
+        raise reader.error("a mod-sequence value is at most 9223372036854775807")
+    return SearchKey("MODSEQ", (value,))
 
 
 #: Keys with arguments: the parser of what follows the key and a space.
@@ -172,6 +178,43 @@ _KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
 }
 
 
+def parse_return_options(reader: Reader) -> tuple[str, ...]:
+    """``RETURN`` options after the word and its space: "(" [option *(SP
+    option)] ")", upper-cased.  ``PARTIAL low:high`` (RFC 5267 4.4) is kept
+    as one option spelt ``PARTIAL low:high`` with ``low <= high``; more than
+    one PARTIAL or ALL is BAD (4.4)."""
+    reader.expect(b"(")
+    options: list[str] = []
+    if not reader.accept(b")"):
+        while True:
+            word = reader.atom("a RETURN option").upper()
+            if word not in _SEARCH_ESEARCH_OPTIONS:
+                raise reader.error(f"unknown RETURN option {word}")
+            if word == "PARTIAL":
+                reader.space()
+                low = reader.number32("a PARTIAL range", nonzero=True)
+                reader.expect(b":")
+                high = reader.number32("a PARTIAL range", nonzero=True)
+                low, high = min(low, high), max(low, high)
+                word = f"PARTIAL {low}:{high}"
+            options.append(word)
+            if reader.accept(b")"):
+                break
+            reader.space()
+    if sum(1 for o in options if o == "ALL" or o.startswith("PARTIAL ")) > 1:
+        raise reader.error("only one of PARTIAL and ALL may be given (RFC 5267 4.4)")
+    return tuple(options)
+
+
+def partial_range(options: tuple[str, ...]) -> tuple[int, int] | None:
+    """The ``(low, high)`` of a PARTIAL option, if one was given."""
+    for option in options:
+        if option.startswith("PARTIAL "):
+            low, high = option[8:].split(":")
+            return int(low), int(high)
+    return None
+
+
 def search_arguments(
     reader: Reader,
 ) -> tuple[tuple[str, ...] | None, str | None, SearchKey]:
@@ -182,10 +225,7 @@ def search_arguments(
     if reader.keyword_ahead(b"RETURN"):
         reader.pos += len(b"RETURN")
         reader.space()
-        return_options = syntax.paren_atoms(reader, "a RETURN option")
-        unknown = set(return_options) - _SEARCH_ESEARCH_OPTIONS
-        if unknown:
-            raise reader.error(f"unknown SEARCH RETURN option {sorted(unknown)[0]}")
+        return_options = parse_return_options(reader)
         reader.space()
     if reader.keyword_ahead(b"CHARSET"):
         reader.pos += len(b"CHARSET")

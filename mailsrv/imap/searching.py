@@ -56,10 +56,13 @@ from mailsrv.mime.structure import read_range
 __all__ = [
     "BATCH",
     "CHARSETS",
+    "Modseqs",
     "NotImplementedKey",
     "Program",
     "SearchContent",
+    "collect",
     "compile_key",
+    "matches_of",
     "run_extended",
     "run_plain",
 ]
@@ -94,6 +97,32 @@ Predicate = Callable[[int, IMessage, SearchContent], "bool | None"]
 
 
 @attrs.define
+class Modseqs:
+    """The MODSEQs of the hits of a search with a MODSEQ key (RFC 7162
+    3.1.5): of the first and last hit, and the highest; 0 while none."""
+
+    first: int = 0
+    last: int = 0
+    highest: int = 0
+
+    def note(self, hits: Sequence[tuple[int, int]], batch: Sequence[tuple[int, IMessage]]) -> None:
+        if not hits:
+            return
+        of = {m.uid: m.modseq for _, m in batch}
+        values = [of[uid] for _, uid in hits]
+        self.first = self.first or values[0]
+        self.last = values[-1]
+        self.highest = max(self.highest, *values)
+
+    def reported(self, options: set[str]) -> int:
+        """The MODSEQ an ESEARCH answer with ``options`` carries (RFC 4731
+        3.2): that of MIN and/or MAX alone, else the highest."""
+        if options & {"ALL", "COUNT"} or not options & {"MIN", "MAX"}:
+            return self.highest
+        return max(self.first if "MIN" in options else 0, self.last if "MAX" in options else 0)
+
+
+@attrs.define
 class Program:
     """A compiled search program and what it needs loaded."""
 
@@ -101,6 +130,8 @@ class Program:
     fields: frozenset[str] = frozenset()  # header fields, upper-cased
     addresses: frozenset[str] = frozenset()  # address fields, upper-cased
     text: bool = False
+    #: Set when the program has a MODSEQ key: its answer reports MODSEQ.
+    modseqs: Modseqs | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -298,8 +329,17 @@ def _text_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate
     return text
 
 
+def _modseq_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    """RFC 7162 3.1.5: MODSEQ at or above the value (entry names ignored:
+    one MODSEQ per message)."""
+    if context.program.modseqs is None:
+        context.program.modseqs = Modseqs()
+    least = cast(int, args[0])
+    return lambda seq, m, c: m.modseq >= least
+
+
 #: Search key op (:attr:`SearchKey.op`) -> its compiler; an op not here is
-#: a key of an extension not offered (MODSEQ).
+#: a key of an extension not offered.
 _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] = {
     "ALL": _all,
     "AND": _and_key,
@@ -316,6 +356,7 @@ _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] 
     "ADDRESS": _address_key,
     "BODY": _text_key,
     "TEXT": _text_key,
+    "MODSEQ": _modseq_key,
 }
 
 
@@ -425,6 +466,14 @@ def _matches(
     return hits
 
 
+def matches_of(
+    mailbox: IMailbox, program: Program, batch: Sequence[tuple[int, IMessage]]
+) -> defer.Deferred[list[tuple[int, int]]]:
+    """``(seq, uid)`` of the messages of ``batch`` that match, ascending
+    (for re-running a program over a few changed messages)."""
+    return _matches(mailbox, program, batch)
+
+
 #: A message the index alone could not decide: ``(seq, message, content)``.
 _Pending = tuple[int, IMessage, SearchContent]
 
@@ -463,8 +512,10 @@ def _scan(
     clock: IReactorTime,
     writer: ResponseWriter,
     found: Callable[[list[tuple[int, int]]], defer.Deferred[None] | None],
+    metadata: dict[int, IMessage] | None = None,
 ) -> Generator[defer.Deferred[Any], Any, bool]:
-    """Feed each batch's hits to ``found``; False if the connection went."""
+    """Feed each batch's hits to ``found``; False if the connection went.
+    ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
     pairs = view.map.by_seq(1, view.exists)
     first = True
     pacer = Pacer(BATCH)
@@ -481,12 +532,37 @@ def _scan(
         )
         batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
         hits = yield _matches(mailbox, program, batch)
+        if metadata is not None and hits:
+            wanted = {uid for _, uid in hits}
+            metadata.update((m.uid, m) for _, m in batch if m.uid in wanted)
+        if program.modseqs is not None:
+            program.modseqs.note(hits, batch)
         pacer.done(len(chunk))
         pending = found(hits)
         if pending is not None:
             yield pending
         if writer.closed:
             return False
+
+
+def collect(
+    view: SelectedMailbox,
+    mailbox: IMailbox,
+    program: Program,
+    writer: ResponseWriter,
+    clock: IReactorTime,
+    metadata: dict[int, IMessage] | None = None,
+) -> defer.Deferred[list[tuple[int, int]] | None]:
+    """Every match as ``(seq, uid)``, ascending, for commands that order
+    or group them before answering (SORT, THREAD, contexts); None if the
+    connection went.  ``metadata`` as for :func:`_scan`."""
+    hits: list[tuple[int, int]] = []
+
+    def found(batch: list[tuple[int, int]]) -> None:
+        hits.extend(batch)
+
+    d = _scan(view, mailbox, program, clock, writer, found, metadata)
+    return d.addCallback(lambda complete: hits if complete else None)
 
 
 def run_plain(
@@ -512,6 +588,8 @@ def run_plain(
     def finish(complete: bool) -> Done:
         if not complete:
             return Done("NO", "Connection lost")
+        if program.modseqs is not None and program.modseqs.highest:
+            line.append(b" (MODSEQ %d)" % program.modseqs.highest)  # RFC 7162 3.1.6
         line.append(b"\r\n")
         writer.write(b"".join(line))
         return Done(text="SEARCH completed")
@@ -563,7 +641,8 @@ def run_extended(
             view.saved = UidMap(_saved(uids, options))
         reported = options - {"SAVE"}
         if reported or "SAVE" not in options:
-            writer.write(_esearch(tag, uid, numbers, reported))
+            modseq = program.modseqs.reported(reported) if program.modseqs else 0
+            writer.write(_esearch(tag, uid, numbers, reported, modseq))
         return Done(text="SEARCH completed")
 
     return _scan(view, mailbox, program, clock, writer, found).addCallback(finish)
@@ -582,8 +661,11 @@ def _saved(uids: Sequence[int], options: set[str]) -> Sequence[int]:
     return sorted(ends) if ends else uids
 
 
-def _esearch(tag: str, uid: bool, numbers: Sequence[int], reported: set[str]) -> bytes:
-    """The ESEARCH response (RFC 4731 3.1) for ascending ``numbers``."""
+def _esearch(
+    tag: str, uid: bool, numbers: Sequence[int], reported: set[str], modseq: int = 0
+) -> bytes:
+    """The ESEARCH response (RFC 4731 3.1) for ascending ``numbers``; with
+    ``modseq``, its MODSEQ (RFC 7162 3.1.10)."""
     parts = [b'* ESEARCH (TAG "%s")' % tag.encode("ascii")]
     if uid:
         parts.append(b"UID")
@@ -595,4 +677,6 @@ def _esearch(tag: str, uid: bool, numbers: Sequence[int], reported: set[str]) ->
         parts.append(b"COUNT %d" % len(numbers))
     if numbers and "ALL" in reported:
         parts.append(b"ALL " + _sequence_set(numbers))
+    if numbers and modseq:
+        parts.append(b"MODSEQ %d" % modseq)
     return b" ".join(parts) + b"\r\n"

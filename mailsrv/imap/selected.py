@@ -19,7 +19,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -43,7 +43,15 @@ from mailsrv.interfaces import (
     maybe_deferred,
 )
 
-__all__ = ["InvalidSequence", "MessageSet", "SelectedMailbox", "UidMap"]
+__all__ = [
+    "InvalidSequence",
+    "MessageSet",
+    "SelectedMailbox",
+    "UidMap",
+    "UpdateWatcher",
+    "ranges_text",
+    "runs",
+]
 
 #: The system flags in the order FLAGS and PERMANENTFLAGS list them.
 _SYSTEM_ORDER = (ANSWERED, FLAGGED, DELETED, SEEN, DRAFT)
@@ -55,6 +63,12 @@ class InvalidSequence(ValueError):
     (RFC 3501 answers it with BAD)."""
 
 
+#: UID tuples and their runs, by the tuple's id (see :meth:`UidMap.of`);
+#: each entry holds its tuple, so the id stays that tuple's.
+_RUNS: dict[int, tuple[tuple[int, ...], array[int], array[int]]] = {}
+_RUNS_KEPT = 8
+
+
 class UidMap:
     """Ascending UIDs addressed by 1-based sequence number, stored as runs."""
 
@@ -64,6 +78,27 @@ class UidMap:
         self._starts = array("I")
         self._ends = array("I")  # cumulative message count at the end of each run
         self.extend(uids)
+
+    @classmethod
+    def of(cls, uids: Sequence[int]) -> UidMap:
+        """A map of ``uids``; a tuple seen lately is not walked again.
+
+        Storage that caches its UID list (Maildir, memory) hands every
+        SELECT the same tuple until a message comes or goes, so a
+        reconnecting client's SELECT of a 100,000-message mailbox copies
+        the runs (two small arrays) instead of finding them again.
+        """
+        if not isinstance(uids, tuple):
+            return cls(uids)
+        found = _RUNS.get(id(uids))
+        if found is None or found[0] is not uids:
+            made = cls(uids)
+            _RUNS[id(uids)] = found = (uids, made._starts, made._ends)
+            while len(_RUNS) > _RUNS_KEPT:
+                del _RUNS[next(iter(_RUNS))]
+        copy = cls()
+        copy._starts, copy._ends = array("I", found[1]), array("I", found[2])
+        return copy
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
@@ -232,6 +267,54 @@ class MessageSet:
     def uids(self) -> list[int]:
         return [uid for _, uid in self]
 
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """The set's ranges: UIDs or sequence numbers, ascending."""
+        return self._ranges
+
+    def among(self, uids: Iterable[int]) -> list[tuple[int, int]]:
+        """``(seq, uid)`` of the set's messages whose UID is among ``uids``
+        (ascending): a lookup per UID, not a walk over the set, so ten
+        changed messages of ``1:*`` over 100,000 cost ten lookups."""
+        starts = [low for low, _ in self._ranges]
+        found: list[tuple[int, int]] = []
+        for uid in uids:
+            seq = self._map.seq(uid)
+            if seq is None:
+                continue
+            number = uid if self._by_uid else seq
+            i = bisect_right(starts, number) - 1
+            if i >= 0 and number <= self._ranges[i][1]:
+                found.append((seq, uid))
+        return found
+
+
+def runs(numbers: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending numbers as inclusive ``(first, last)`` runs."""
+    found: list[tuple[int, int]] = []
+    for n in numbers:
+        if found and n == found[-1][1] + 1:
+            found[-1] = (found[-1][0], n)
+        else:
+            found.append((n, n))
+    return found
+
+
+def ranges_text(ranges: Iterable[tuple[int, int]]) -> bytes:
+    """Ascending inclusive ranges as a sequence set (``2,10:15,21``)."""
+    return b",".join(b"%d" % low if low == high else b"%d:%d" % (low, high) for low, high in ranges)
+
+
+class UpdateWatcher(Protocol):
+    """Told of the changes a flush announces (RFC 5267 UPDATE contexts,
+    :class:`mailsrv.imap.contexts.Contexts`)."""
+
+    def expunging(self, uids: set[int]) -> list[bytes]:
+        """Responses to send before the EXPUNGEs of ``uids``."""
+
+    def changed(self, uids: Sequence[int]) -> defer.Deferred[list[bytes]]:
+        """Responses to send after EXISTS and FETCH for new or changed ``uids``."""
+
 
 @implementer(IMailboxListener)
 class SelectedMailbox:
@@ -262,6 +345,23 @@ class SelectedMailbox:
         #: The keywords the session was told about in FLAGS, in that order.
         self.keywords: tuple[str, ...] = ()
         self._known: frozenset[str] = SYSTEM_FLAGS | {RECENT}
+        #: Told of what each flush announces (UPDATE contexts), if set.
+        self.watcher: UpdateWatcher | None = None
+        #: Messages whose flags this session changed and reported itself:
+        #: no FETCH is due, but the watcher must still hear of them.
+        self._reported: set[int] = set()
+        # RFC 7162, set by the session: flag updates carry UID and MODSEQ
+        # (CONDSTORE-aware client), expunges are told as VANISHED (QRESYNC),
+        # the mailbox keeps no MODSEQs (NOMODSEQ was said at SELECT).
+        self.condstore = False
+        self.qresync = False
+        self.nomodseq = False
+        #: A HIGHESTMODSEQ the client may hold: every change at or below it
+        #: has been told (or was already in the view when it was built).
+        self.modseq = 0
+        #: UIDNEXT when the view was built: a UID below it (or below the
+        #: view's last UID) that the view lacks is gone (QRESYNC).
+        self.uid_limit = 0
 
     # -- IMailboxListener --------------------------------------------------
 
@@ -418,11 +518,13 @@ class SelectedMailbox:
         return d.addCallback(render)
 
     def has_pending(self) -> bool:
-        return bool(self._added or self._expunged or self._flags)
+        return bool(self._added or self._expunged or self._flags or self._reported)
 
     def forget_flags(self, messages: Iterable[IMessage]) -> None:
         """Drop queued flag updates that this session's own STORE reported."""
         for message in messages:
+            if self.watcher is not None:
+                self._reported.add(message.uid)
             pending = self._flags.get(message.uid)
             if pending is not None and pending[1] <= message.modseq:
                 del self._flags[message.uid]
@@ -438,6 +540,33 @@ class SelectedMailbox:
             return frozenset(flags) | {RECENT}
         return frozenset(flags)
 
+    def vanishes(self) -> bool:
+        """Whether expunges are told as VANISHED (RFC 7162 3.2.10.2)."""
+        return self.qresync and not self.nomodseq
+
+    def settle_modseq(self) -> None:
+        """Nothing is queued: everything the mailbox's listeners heard has
+        been told, so the client may hold the mailbox's announced MODSEQ."""
+        if not self.has_pending():
+            self.modseq = max(self.modseq, self.mailbox.announced_modseq)
+
+    def _expunge_lines(self) -> list[bytes]:
+        """EXPUNGE responses (or one VANISHED) for the queued expunges of
+        messages the client was told about, applied to the view."""
+        expunged = self._expunged
+        shown = [uid for uid in sorted(expunged) if self.map.seq(uid) is not None]
+        seqs = self.map.remove(shown)
+        for uid in expunged:
+            self._flags.pop(uid, None)
+        self.recent -= expunged
+        self._expunged = set()
+        if not seqs:
+            return []
+        if self.vanishes():
+            # Only UIDs the client was told about (RFC 7162 3.2.10.2).
+            return [b"* VANISHED %s\r\n" % ranges_text(runs(shown))]
+        return [b"* %d EXPUNGE\r\n" % seq for seq in seqs]
+
     def flush(self, expunges_allowed: bool) -> defer.Deferred[list[bytes]]:
         """The untagged responses for queued changes, applying them to the view.
 
@@ -445,18 +574,25 @@ class SelectedMailbox:
         count still includes them, so sequence numbers stay valid.
         """
         out: list[bytes] = []
+        # Everything heard up to here is told below, unless expunges wait.
+        heard = self.mailbox.announced_modseq
         if expunges_allowed and self._expunged:
             added = set(self._added)
             # Never announced: just forget them.
             unseen = self._expunged & added
             if unseen:
                 self._added = [uid for uid in self._added if uid not in unseen]
-            for seq in self.map.remove(self._expunged):
-                out.append(b"* %d EXPUNGE\r\n" % seq)
-            for uid in self._expunged:
-                self._flags.pop(uid, None)
-            self.recent -= self._expunged
-            self._expunged = set()
+            if self.watcher is not None:
+                # RFC 5267 4.3.4: REMOVEFROM while the numbers still hold.
+                out.extend(self.watcher.expunging(self._expunged))
+            out.extend(self._expunge_lines())
+        if self._expunged:
+            if self.condstore and not self.nomodseq:
+                # RFC 7162 3.2: MODSEQs this command shows may be above a
+                # held-back expunge's; the client must not go past it.
+                out.append(b"* OK [HIGHESTMODSEQ %d] Expunges pending\r\n" % self.modseq)
+        else:
+            self.modseq = max(self.modseq, heard)
         last = self.map.last_uid
         new = sorted({uid for uid in self._added if uid > last})
         self._added = []
@@ -466,7 +602,7 @@ class SelectedMailbox:
             # client knows.
             self.map.extend(new)
         elif not self._flags:
-            return defer.succeed(out)
+            return self._watched(defer.succeed(out), ())
         # What arrives while storage answers waits for the next flush.
         updates, self._flags = self._flags, {}
         # RFC 3501 7.2.6: a FLAGS response names new keywords before any
@@ -482,7 +618,25 @@ class SelectedMailbox:
         else:
             d.addCallback(lambda _: frozenset())
         d.addCallback(lambda claimed: self._announce(out, bool(new), frozenset(claimed), updates))
-        return cast("defer.Deferred[list[bytes]]", d)
+        return self._watched(cast("defer.Deferred[list[bytes]]", d), (*new, *updates))
+
+    def _watched(
+        self, d: defer.Deferred[list[bytes]], touched: Iterable[int]
+    ) -> defer.Deferred[list[bytes]]:
+        """``d``'s responses, then the watcher's for the messages touched
+        (RFC 5267 4.3.3: ADDTO after the EXISTS that numbers them)."""
+        reported, self._reported = self._reported, set()
+        watcher = self.watcher
+        if watcher is None:
+            return d
+        uids = sorted({*touched, *reported} - self._expunged)
+        if not uids:
+            return d
+
+        def more(lines: list[bytes]) -> defer.Deferred[list[bytes]]:
+            return watcher.changed(uids).addCallback(lambda extra: lines + extra)
+
+        return d.addCallback(more)
 
     @staticmethod
     def _claim_failed(failure: Failure) -> frozenset[int]:
@@ -506,21 +660,30 @@ class SelectedMailbox:
             out.append(b"* %d EXISTS\r\n" % len(self.map))
             out.append(b"* %d RECENT\r\n" % len(self.recent))
         changed = []
-        for uid, (flags, _modseq) in updates.items():
+        for uid, (flags, modseq) in updates.items():
             if uid in self._expunged:
                 continue  # its EXPUNGE is coming; the flags no longer matter
             seq = self.map.seq(uid)
             if seq is not None:
-                changed.append((seq, uid, flags))
+                changed.append((seq, uid, flags, modseq))
         changed.sort()
-        for seq, uid, flags in changed:
+        modseqs = self.condstore and not self.nomodseq
+        for seq, uid, flags, modseq in changed:
             shown = response.flag_list(self.flags_with_recent(uid, flags))
-            out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
+            if modseqs:
+                # RFC 7162 3.2.4: with UID and MODSEQ once CONDSTORE is on.
+                out.append(
+                    b"* %d FETCH (UID %d MODSEQ (%d) FLAGS %s)\r\n" % (seq, uid, modseq, shown)
+                )
+            else:
+                out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
         return out
 
     def close(self) -> None:
         """Stop listening and drop the queue (CLOSE, UNSELECT, logout)."""
         self.on_change = None
+        self.watcher = None
+        self._reported = set()
         self.mailbox.remove_listener(self)
         self._added = []
         self._expunged = set()

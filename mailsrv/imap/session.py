@@ -20,10 +20,11 @@ Handlers are ``handler(session, command)`` and use what is public here:
 the state, the account and selected view, :meth:`Session.send` and the
 writer, the policy and clock, and helpers such as :meth:`Session.resolve`.
 
-Connection limits, the login deadline and autologout, and the TLS and
-plaintext rules are kept together below ("plumbing"), with the failed-login
-rule in :mod:`mailsrv.imap.commands.auth`: what mailsrv.session is to
-provide for IMAP and POP3 alike.
+Connection limits, the failed-login rule and the TLS and plaintext
+decisions are the :class:`~mailsrv.session.SessionGuard`'s, the login
+deadline and autologout the :class:`~mailsrv.session.SessionTimer`'s (the
+plumbing POP3 shares); the session composes both and says what they decide
+in IMAP's words.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.python.failure import Failure
 
 from mailsrv import log
-from mailsrv.auth import sasl
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
@@ -51,6 +52,7 @@ from mailsrv.imap.syntax import SequenceSet, UndecodedName
 from mailsrv.interfaces import IAccount
 from mailsrv.observe import UNKNOWN, Probe
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
+from mailsrv.session import Expiry, SessionGuard, SessionTimer
 
 __all__ = [
     "GONE",
@@ -83,29 +85,24 @@ KICKED = "Disconnected by the administrator"
 class Connection(Protocol):
     """What a session needs of the connection it runs on (the protocol)."""
 
+    @property
+    def transport(self) -> object:
+        """The transport (STARTTLS asks whether it can start TLS)."""
+
     def close(self) -> None:
         """Close once what is written has gone out."""
 
-    def set_timeout(self, seconds: float | None) -> None:
-        """Restart the autologout timer with a new period."""
+    def abort(self) -> None:
+        """Close at once, dropping what is not written yet."""
 
-    def reset_timeout(self) -> None:
-        """Restart the autologout timer with its current period."""
-
-    def can_start_tls(self) -> bool:
-        """Whether the transport can start TLS."""
-
-    def start_tls(self, context: Any) -> None:
-        """Drop unread input and start the server side of TLS."""
+    def discard_input(self) -> None:
+        """Drop what the client sent and was not read yet."""
 
     def expect_continuation(self) -> None:
         """Frame the next line as a continuation."""
 
     def command_done(self) -> None:
         """A command completed: read on (once the client reads its answers)."""
-
-    def abort(self) -> None:
-        """Close at once, dropping what is not written yet."""
 
 
 class Continuation(Protocol):
@@ -149,9 +146,9 @@ def creatable(name: str) -> str:
 class Session:
     """The IMAP session of one connection.
 
-    ``secure`` says the connection is TLS (implicit-TLS listener, or after
-    STARTTLS); ``clock`` drives the login deadline, the failed-login delay
-    and IDLE pushes.
+    ``secure`` says the connection is TLS from the start (an implicit-TLS
+    listener); ``clock`` drives the autologout timer, the login deadline,
+    the failed-login delay and IDLE pushes.
     """
 
     def __init__(
@@ -169,30 +166,46 @@ class Session:
         self.policy = policy
         self.clock = clock
         self.registry = registry
-        self.secure = secure
+        #: What the session reports to the observers (metrics, logs, who).
+        self.probe = Probe(
+            policy.observer, "imap", State.NOT_AUTHENTICATED.value, registry.declares
+        )
+        #: Limits, failed logins, TLS and plaintext (shared with POP3).
+        self.guard = SessionGuard(
+            policy, clock, secure=secure, name="IMAP", logger=LOG, probe=self.probe
+        )
+        #: Autologout and the login deadline (shared with POP3).
+        self.timer = SessionTimer(
+            clock,
+            self._expired,
+            idle_before_login=policy.imap_timeout_unauthenticated,
+            login_timeout=policy.login_timeout,
+        )
         self.state = State.NOT_AUTHENTICATED
         self.account: IAccount | None = None
         self.selected: SelectedMailbox | None = None
-        self.user: str | None = None
         #: The avatar's logout, while logged in.
         self.logout: Callable[[], None] | None = None
-        self.peer: IAddress | None = None
         self.writer: ResponseWriter | None = None
         #: The connection is gone: write nothing, start nothing.
         self.lost = False
-        #: Failed logins so far (see :mod:`mailsrv.imap.commands.auth`).
-        self.failures = 0
         #: A command is running (its Deferred has not fired).
         self.busy = False
         #: The command reading lines of its own (IDLE, AUTHENTICATE), if any.
         self.continuation: Continuation | None = None
+        #: Extensions the client turned on for the connection (RFC 5161
+        #: ENABLE; CONDSTORE also by using it, RFC 7162 3.1).
+        self.enabled: set[str] = set()
         self._ip_counted = False
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
-        #: What the session reports to the observers (metrics, logs, who).
-        self.probe = Probe(policy.observer, "imap", self.state.value, registry.declares)
         #: An administrator's kick waits for the running command's answer.
         self._kick_pending = False
+
+    @property
+    def user(self) -> str | None:
+        """The logged-in user (None before login and after the session ends)."""
+        return self.guard.user
 
     # -- what handlers use ------------------------------------------------------
 
@@ -263,14 +276,11 @@ class Session:
         """The command reads no more lines of its own."""
         self.continuation = None
 
-    def set_timeout(self, seconds: float) -> None:
-        self.connection.set_timeout(seconds)
-
     def start_tls(self) -> None:
         # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after STARTTLS
         # arrived in plaintext and must not be acted upon.
-        self.connection.start_tls(self.policy.tls_context)
-        self.secure = True
+        self.connection.discard_input()
+        self.guard.start_tls(self.connection.transport)
 
     # -- input ------------------------------------------------------------------
 
@@ -460,57 +470,49 @@ class Session:
     def connected(self, writer: ResponseWriter, peer: IAddress | None) -> None:
         """The connection is open: count it, start the login deadline, greet."""
         self.writer = writer
-        self.peer = peer
         writer.observe = self.probe.wrote
         self.probe.opened(peer, self.kick)
-        limits = self.policy.connections
-        if limits is not None:
-            if not limits.open_ip(peer):
-                LOG.warn("IMAP: too many connections from {peer}", peer=peer)
-                self.end_with_bye("Too many connections from your address")
-                return
-            self._ip_counted = True
-        self._login_by = self.clock.seconds() + self.policy.login_timeout
-        self.activity()
+        if not self.guard.open(peer):
+            LOG.warn("IMAP: too many connections from {peer}", peer=peer)
+            self.end_with_bye("Too many connections from your address")
+            return
+        self.timer.start()
         caps = "CAPABILITY " + " ".join(self.capabilities())
         self.send(response.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
 
     def admit(self, user: str, account: IAccount, logout: Callable[[], None]) -> bool:
         """Log ``user`` in, unless over the per-user connection limit."""
-        limits = self.policy.connections
-        if limits is not None and not limits.open_user(user):
+        if not self.guard.admit_user(user):
             return False
         self.account = account
         self.logout = logout
-        self.user = user
         self.state = State.AUTHENTICATED
-        self._login_by = None
-        self.set_timeout(self.policy.imap_timeout_authenticated)
+        self.timer.logged_in(self.policy.imap_timeout_authenticated)
         return True
 
     def activity(self) -> None:
-        """Restart the autologout timer: a whole line, or a piece of a
-        literal, has arrived.
+        """A whole line, or a piece of a literal, has arrived: restart the
+        autologout timer (before login, no further than the deadline).
 
         A partial line is not activity (RFC 3501 5.4 counts commands), or one
         byte a second would hold a connection forever; an APPEND literal that
-        keeps coming is.  Before login the timer never runs past the login
-        deadline, however busy the client keeps the connection.
+        keeps coming is.
         """
-        if self.state is State.LOGOUT:
-            return
-        if self._login_by is None:
-            self.connection.reset_timeout()
-            return
-        left = self._login_by - self.clock.seconds()
-        self.connection.set_timeout(max(0.0, min(self.policy.imap_timeout_unauthenticated, left)))
+        if self.state is not State.LOGOUT:
+            self.timer.activity()
 
-    def timed_out(self) -> None:
-        """Autologout (or the login deadline): say goodbye."""
-        if self._login_by is not None and self.clock.seconds() >= self._login_by:
+    def _expired(self, reason: Expiry) -> None:
+        """Autologout (or the login deadline): say goodbye and close."""
+        if reason is Expiry.GRACE:
+            # The goodbye did not get out in CLOSE_GRACE: an unfinished TLS
+            # handshake holds it, and with it the close, back for ever.
+            self.connection.abort()
+            return
+        if reason is Expiry.LOGIN_DEADLINE:
+            peer = self.guard.peer
             LOG.info(
                 "IMAP: {peer} did not log in within {seconds} seconds",
-                peer=getattr(self.peer, "host", self.peer),
+                peer=getattr(peer, "host", peer),
                 seconds=f"{self.policy.login_timeout:g}",
             )
             bye = "Too long without logging in"
@@ -519,6 +521,14 @@ class Session:
             bye = "Autologout; idle for too long"
         self.send(response.untagged_status("BYE", bye))
         self.state = State.LOGOUT
+        stalled = self.writer is not None and self.writer.paused
+        self.close()
+        if stalled:
+            # The client stopped reading: its buffered output would keep the
+            # connection (and the session) alive forever.
+            self.connection.abort()
+        else:
+            self.timer.grace()
 
     def kick(self) -> None:
         """An administrator ends the session (``mailsrv kick``): ``* BYE``
@@ -539,18 +549,19 @@ class Session:
             self.connection.abort()
 
     def tls_available(self) -> bool:
-        return (
-            not self.secure
-            and self.policy.tls_context is not None
-            and self.connection.can_start_tls()
-        )
+        """Can STARTTLS start TLS on this connection now?"""
+        return self.guard.tls_available(self.connection.transport)
 
     def plaintext_allowed(self) -> bool:
-        return self.policy.plaintext_allowed(self.peer, self.secure)
+        return self.guard.plaintext_allowed()
 
     def mechanisms(self) -> list[str]:
         """The SASL mechanisms offered on this connection now."""
-        return sasl.mechanisms(self.policy, self.secure, self.peer)
+        return self.guard.mechanisms(self.channel_bindings())
+
+    def channel_bindings(self) -> ChannelBindings | None:
+        """What SCRAM-SHA-256-PLUS binds to, once TLS is up."""
+        return self.guard.channel_bindings(self.connection.transport)
 
     def drop_continuation(self) -> None:
         """The connection is gone: stop what a command reading lines holds."""
@@ -577,15 +588,7 @@ class Session:
             logout()
 
     def _release_user(self) -> None:
-        user, self.user = self.user, None
-        if user is not None and self.policy.connections is not None:
-            self.policy.connections.close_user(user)
-
-    def release_address(self) -> None:
-        """Give the address's connection slot back."""
-        if self._ip_counted and self.policy.connections is not None:
-            self._ip_counted = False
-            self.policy.connections.close_ip(self.peer)
+        self.guard.release_user()
 
 
 def loggable(segments: Sequence[Segment]) -> str:

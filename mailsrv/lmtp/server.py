@@ -38,6 +38,7 @@ from mailsrv.lmtp.core import (
 )
 from mailsrv.observe import Probe
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
+from mailsrv.session import no_delay
 from mailsrv.storage.deliver import open_account, store
 
 __all__ = ["LMTPFactory", "LMTPServer", "UserLookup"]
@@ -109,6 +110,7 @@ class LMTPServer(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         if self.clock is not None:
             self.callLater = self.clock.callLater  # type: ignore[assignment]
+        no_delay(self.transport)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._remote = log.format_remote(peer)
         self.probe.opened(peer, self.kick)

@@ -29,11 +29,12 @@ from typing import IO, Any
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth import sasl
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.observe import UNKNOWN, Probe
 from mailsrv.policy import SessionPolicy
 from mailsrv.pop3.authorization import Authorization, address
@@ -52,7 +53,14 @@ from mailsrv.pop3.framer import Event, LineFramer, LineTooLong
 from mailsrv.pop3.streaming import MessageSender
 from mailsrv.pop3.transaction import Transaction
 from mailsrv.pop3.wire import MessageEncoder, error_line, loggable, multiline, ok_line
-from mailsrv.session import Expiry, SessionGuard, SessionTimer, resolve_clock
+from mailsrv.session import (
+    Expiry,
+    SessionFactory,
+    SessionGuard,
+    SessionTimer,
+    no_delay,
+    resolve_clock,
+)
 
 __all__ = ["POP3", "POP3Factory", "State"]
 
@@ -113,6 +121,7 @@ class POP3(Protocol):
     # -- connection -------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         peer: IAddress = self._transport.getPeer()
         self._peer_text = address(peer)
         self.probe.opened(peer, self.kick)
@@ -384,6 +393,9 @@ class POP3(Protocol):
             self.send(b"-ERR Disconnected by the administrator.")
         self._transport.loseConnection()
 
+    def channel_bindings(self) -> ChannelBindings | None:
+        return self._guard.channel_bindings(self._transport)
+
     # -- any state -------------------------------------------------------------
 
     def capabilities(self) -> list[bytes]:
@@ -398,7 +410,7 @@ class POP3(Protocol):
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self._guard.plaintext_allowed():
             caps.insert(1, b"USER")
-        offered = self._guard.mechanisms()
+        offered = self._guard.mechanisms(self.channel_bindings())
         if offered:
             caps.append(b"SASL " + " ".join(offered).encode("ascii"))
         if self.state is State.AUTHORIZATION and self.tls_available():
@@ -447,31 +459,12 @@ def _state(state: State) -> str:
     return state.value.lower()
 
 
-class POP3Factory(ServerFactory):
-    """Builds :class:`POP3` sessions for a Portal whose realm gives IMaildrop avatars.
-
-    ``implicit_tls`` tells the sessions the listener is already TLS (the
-    caller wraps this factory in ``TLSMemoryBIOFactory``), so they accept
-    plaintext passwords and do not offer STLS.
-    """
+class POP3Factory(SessionFactory):
+    """Builds :class:`POP3` sessions for a Portal whose realm gives IMaildrop
+    avatars: ``POP3Factory(portal, policy, implicit_tls=...)``; implicit-TLS
+    sessions accept plaintext passwords and do not offer STLS."""
 
     protocol = POP3
-    noisy = False  # no "Starting factory" line per listener start
-
-    def __init__(
-        self,
-        portal: Portal,
-        policy: SessionPolicy | None = None,
-        *,
-        implicit_tls: bool = False,
-        clock: IReactorTime | None = None,
-    ) -> None:
-        self.portal = portal
-        self.policy = policy if policy is not None else SessionPolicy()
-        self.implicit_tls = implicit_tls
-        self.clock = clock
 
     def buildProtocol(self, addr: IAddress | None) -> POP3:
-        protocol = POP3(self.portal, self.policy, secure=self.implicit_tls, clock=self.clock)
-        protocol.factory = self
-        return protocol
+        return self.build(POP3)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -131,7 +131,9 @@ def store(
     found = _mailbox(account, folder, quiet)
 
     def append(mailbox: IMailbox) -> defer.Deferred[tuple[str, int]]:
-        appended = defer.maybeDeferred(mailbox.append, _Peeked(first, source))  # type: ignore[call-overload]
+        # append only reads its source: _Peeked is enough of an IO for it.
+        peeked = cast("IO[bytes]", _Peeked(first, source))
+        appended = maybe_deferred(mailbox.append, peeked)
         return appended.addCallback(lambda uid: (mailbox.name, uid))
 
     def done(landed: tuple[str, int]) -> tuple[str, int]:

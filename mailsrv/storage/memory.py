@@ -54,6 +54,7 @@ from mailsrv.interfaces import (
 from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.flags import check_flags
+from mailsrv.storage.wire import wire_chunks
 
 __all__ = ["MemoryAccount", "MemoryMailbox", "MemoryStorage"]
 
@@ -66,22 +67,6 @@ _READ_CHUNK = 64 * 1024
 
 def _is_under(name: str, top: str) -> bool:
     return name == top or name.startswith(top + DELIMITER)
-
-
-def _read_wire(source: IO[bytes]) -> bytes:
-    """Read a message and give every line end as CRLF (bare CRs are kept)."""
-    chunks: list[bytes] = []
-    while True:
-        chunk = source.read(_READ_CHUNK)
-        if not chunk:
-            break
-        if not isinstance(chunk, bytes | bytearray | memoryview):
-            raise StorageError("message source must give bytes", code="CANNOT")
-        chunks.append(bytes(chunk))
-    data = b"".join(chunks)
-    if b"\n" in data:
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return data
 
 
 _uidvalidity_last = 0
@@ -142,8 +127,10 @@ class _MailboxState:
         #: dict as an ordered set).
         self.keywords: dict[str, None] = {}
         self.unclaimed: set[int] = set()  # \Recent, not yet claimed
-        # (modseq, uid) of every expunge, ascending, for QRESYNC.
+        # (modseq, uid) of every expunge, ascending, for QRESYNC; entries
+        # at or below expunged_floor were dropped (forget_expunges).
         self.expunged: list[tuple[int, int]] = []
+        self.expunged_floor = 0
         self.listeners: list[tuple[IMailboxListener, MemoryMailbox]] = []
         self.alive = True
         self.size = 0
@@ -292,10 +279,35 @@ class MemoryMailbox:
     def changed_since(self, modseq: int) -> Sequence[IMessage]:
         return [m.info() for m in self._state.messages.values() if m.modseq > modseq]
 
+    def changed_uids(self, modseq: int) -> Sequence[int]:
+        return [uid for uid, m in self._state.messages.items() if m.modseq > modseq]
+
     def expunged_since(self, modseq: int) -> Sequence[int]:
-        expunged = self._state.expunged
-        start = bisect.bisect_right(expunged, (modseq, float("inf")))
-        return sorted(uid for _, uid in expunged[start:])
+        found = self.vanished_since(modseq)
+        if found is not None:
+            return found
+        state = self._state
+        return [uid for uid in range(1, state.uidnext) if uid not in state.messages]
+
+    def vanished_since(self, modseq: int) -> Sequence[int] | None:
+        state = self._state
+        if modseq < state.expunged_floor:
+            return None
+        start = bisect.bisect_right(state.expunged, (modseq, float("inf")))
+        return sorted(uid for _, uid in state.expunged[start:])
+
+    @property
+    def announced_modseq(self) -> int:
+        """Listeners hear every change as it is made."""
+        return self._state.highest_modseq
+
+    def forget_expunges(self) -> None:
+        """Drop the expunge log, as a backend's retention does with old
+        entries (for tests of QRESYNC beyond the log)."""
+        state = self._state
+        if state.expunged:
+            state.expunged_floor = max(state.expunged_floor, state.expunged[-1][0])
+            state.expunged = []
 
     # -- IMessageCache ------------------------------------------------------------
 
@@ -335,7 +347,7 @@ class MemoryMailbox:
         self._state.check_alive()
         stored_flags = check_flags(flags)
         date = _internal_date(internal_date)
-        data = _read_wire(source)
+        data = b"".join(wire_chunks(source, _READ_CHUNK))
         uid = self._state.add(data, stored_flags, date)
         self._state.announce("messages_added", [uid])
         return uid

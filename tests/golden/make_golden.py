@@ -11,10 +11,15 @@ imaplib, and records for each message the raw FETCH answers for ENVELOPE,
 BODYSTRUCTURE and BODY, every BODY[section] mailsrv can name, HEADER.FIELDS,
 and BINARY / BINARY.SIZE of every leaf part.  Messages are appended in the
 wire form storage hands out (bare LF turned into CRLF), so offsets compare.
+
+It also records SORT, ESORT and THREAD answers (``sorts``) over a second
+mailbox holding the corpus and tests/golden/sortcorpus.py's messages;
+``--sorts-only`` records just those into the existing file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import imaplib
 import json
@@ -26,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 from mailsrv.mime.structure import MessageStructure, Part, parse  # noqa: E402
+from tests.golden import sortcorpus  # noqa: E402
 
 CONFIG = """\
 base_dir = {tmp}/run
@@ -83,7 +90,7 @@ def ensure_dovecot() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "dovecot-imapd"], check=True, env=env)
 
 
-def raw_answer(data: list) -> bytes:  # type: ignore[type-arg]
+def raw_answer(data: Sequence[bytes | tuple[bytes, bytes] | None]) -> bytes:
     """Reassemble imaplib's pieces of one FETCH answer into its wire text."""
     out = b""
     for item in data:
@@ -202,14 +209,99 @@ def record_searches(client: imaplib.IMAP4) -> list[dict[str, object]]:
         if literal is None:
             typ, data = client.search(None, criteria)
         else:
-            client.literal = literal.encode("utf-8")
+            # imaplib sends its literal as bytes (typeshed says str).
+            client.literal = literal.encode("utf-8")  # type: ignore[assignment]
             typ, data = client.search("UTF-8", criteria)
         result = [int(n) for n in data[0].split()] if typ == "OK" and data[0] else []
         out.append({"criteria": criteria, "literal": literal, "status": typ, "result": result})
     return out
 
 
-def main() -> None:
+_SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
+
+#: SORT, ESORT and THREAD commands recorded over the sorting mailbox: the
+#: command after its tag, as sent.
+SORTS: list[str] = [
+    *(f"SORT ({key}) UTF-8 ALL" for key in _SORT_KEYS),
+    *(f"SORT (REVERSE {key}) UTF-8 ALL" for key in _SORT_KEYS),
+    "SORT (SUBJECT DATE) UTF-8 ALL",
+    "SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+    "SORT (REVERSE SUBJECT REVERSE DATE) UTF-8 ALL",
+    "SORT (FROM REVERSE SIZE) UTF-8 ALL",
+    "SORT (CC TO DATE) UTF-8 ALL",
+    'SORT (REVERSE ARRIVAL) US-ASCII SUBJECT "re:"',
+    "SORT (DATE) UTF-8 NOT FROM alice",
+    "UID SORT (SUBJECT) UTF-8 ALL",
+    "UID SORT (REVERSE DATE) UTF-8 UID 10:60",
+    "SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+    "SORT RETURN (ALL) (REVERSE SUBJECT) UTF-8 ALL",
+    "SORT RETURN () (SUBJECT) UTF-8 SUBJECT meeting",
+    "UID SORT RETURN (MIN MAX) (REVERSE DATE) UTF-8 ALL",
+    "SORT RETURN (COUNT) (SUBJECT) UTF-8 SUBJECT nothing-matches",
+    "SORT RETURN (PARTIAL 5:10) (SUBJECT) UTF-8 ALL",
+    "SORT RETURN (PARTIAL 120:200) (SUBJECT) UTF-8 ALL",
+    "SEARCH RETURN (PARTIAL 3:7) ALL",
+    'UID SEARCH RETURN (PARTIAL 1:3 COUNT) SUBJECT "re:"',
+    'SEARCH RETURN (CONTEXT COUNT) SUBJECT "re:"',
+    *(f"THREAD {algorithm} UTF-8 ALL" for algorithm in ("ORDEREDSUBJECT", "REFERENCES", "REFS")),
+    *(
+        f'THREAD {algorithm} UTF-8 SUBJECT "re:"'
+        for algorithm in ("ORDEREDSUBJECT", "REFERENCES", "REFS")
+    ),
+    "UID THREAD REFERENCES UTF-8 NOT SUBJECT meeting",
+    'SORT (SUBJECT) UTF-8 SUBJECT "not in mailbox"',
+    'THREAD REFERENCES UTF-8 SUBJECT "not in mailbox"',
+]
+
+
+def raw_command(client: imaplib.IMAP4, text: str) -> dict[str, object]:
+    """One command's untagged responses and tagged status, as on the wire."""
+    tag = client._new_tag()
+    client.send(tag + b" " + text.encode("utf-8") + b"\r\n")
+    lines: list[str] = []
+    while True:
+        line = client.readline()
+        if line.startswith(tag + b" "):
+            status = line[len(tag) + 1 :].split(b" ", 1)[0].decode()
+            return {"command": text, "untagged": lines, "status": status}
+        lines.append(line.decode("utf-8").rstrip("\r\n"))
+
+
+def record_sorts(client: imaplib.IMAP4, files: list[str]) -> list[dict[str, object]]:
+    """Fill a mailbox with the corpus and the sorting messages, with
+    :func:`sortcorpus.internal_date` dates, and record :data:`SORTS`."""
+    client.create("Sorting")
+    corpus = []
+    for path in files:
+        with open(path, "rb") as handle:
+            corpus.append(handle.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    made = corpus + sortcorpus.messages()
+    for index, data in enumerate(made):
+        when = imaplib.Time2Internaldate(sortcorpus.internal_date(index, len(made)))
+        client.append("Sorting", None, when, data)
+    client.select("Sorting")
+    return [raw_command(client, text) for text in SORTS]
+
+
+def sorts_only() -> None:
+    """Record :data:`SORTS` into the existing golden file."""
+    out = os.path.join(HERE, "dovecot.json")
+    with open(out) as handle:
+        golden = json.load(handle)
+    with private_dovecot() as client:
+        files = sorted(glob.glob(os.path.join(ROOT, "tests", "corpus", "*.eml")))
+        accepted = [
+            path for path in files if "append" not in golden["messages"][os.path.basename(path)]
+        ]
+        golden["sorts"] = record_sorts(client, accepted)
+    with open(out, "w") as handle:
+        json.dump(golden, handle, indent=1, sort_keys=True, ensure_ascii=True)
+    print(f"wrote {out}")
+
+
+@contextlib.contextmanager
+def private_dovecot() -> Iterator[imaplib.IMAP4]:
+    """A logged-in client of a private Dovecot, stopped after."""
     ensure_dovecot()
     tmp = tempfile.mkdtemp(prefix="mailsrv-golden-")
     nobody = pwd.getpwnam("nobody")
@@ -237,59 +329,82 @@ def main() -> None:
                     raise
                 time.sleep(0.2)
         client.login("golden", "secret")
-        version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True)
-        golden: dict[str, object] = {"server": "Dovecot " + version.stdout.strip(), "messages": {}}
-        files = sorted(glob.glob(os.path.join(ROOT, "tests", "corpus", "*.eml")))
-        client.select("INBOX")
-        seq = 0
-        for path in files:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            try:
-                typ, answer = client.append("INBOX", None, None, wire)
-            except client.error as exc:
-                golden["messages"][os.path.basename(path)] = {"append": str(exc)}  # type: ignore[index]
-                continue
-            if typ != "OK":
-                refused = f"{typ} {answer[0].decode('latin-1')}"
-                golden["messages"][os.path.basename(path)] = {"append": refused}  # type: ignore[index]
-                continue
-            seq += 1
-            client.noop()
-            structure = parse(wire)
-            record: dict[str, object] = {}
-            # imaplib keeps untagged answers of failed commands for the next
-            # one: start every command with a clean slate.
-            client.untagged_responses.clear()
-            typ, answer = client.fetch(str(seq), "(RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE)")
-            record["fetch"] = raw_answer(answer).decode("latin-1")
-            body: dict[str, object] = {}
-            for section in sections(structure):
-                client.untagged_responses.clear()
-                typ, answer = client.fetch(str(seq), f"(BODY.PEEK[{section}])")
-                body[section] = raw_answer(answer).decode("latin-1") if typ == "OK" else None
-            record["body"] = body
-            binary: dict[str, object] = {}
-            for part in leaves(structure):
-                client.untagged_responses.clear()
-                typ, answer = client.fetch(str(seq), f"(BINARY.PEEK[{part}] BINARY.SIZE[{part}])")
-                binary[part] = (
-                    raw_answer(answer).decode("latin-1")
-                    if typ == "OK"
-                    else "NO " + answer[0].decode("latin-1")
-                )
-            record["binary"] = binary
-            golden["messages"][os.path.basename(path)] = record  # type: ignore[index]
-        golden["searches"] = record_searches(client)
+        yield client
         client.logout()
     finally:
         subprocess.run(["doveadm", "-c", config, "stop"], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def record_message(client: imaplib.IMAP4, seq: int, wire: bytes) -> dict[str, object]:
+    """The raw FETCH answers for message *seq*, appended as *wire*."""
+    structure = parse(wire)
+    record: dict[str, object] = {}
+    # imaplib keeps untagged answers of failed commands for the next
+    # one: start every command with a clean slate.
+    client.untagged_responses.clear()
+    typ, answer = client.fetch(str(seq), "(RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE)")
+    record["fetch"] = raw_answer(answer).decode("latin-1")
+    body: dict[str, object] = {}
+    for section in sections(structure):
+        client.untagged_responses.clear()
+        typ, answer = client.fetch(str(seq), f"(BODY.PEEK[{section}])")
+        body[section] = raw_answer(answer).decode("latin-1") if typ == "OK" else None
+    record["body"] = body
+    binary: dict[str, object] = {}
+    for part in leaves(structure):
+        client.untagged_responses.clear()
+        typ, answer = client.fetch(str(seq), f"(BINARY.PEEK[{part}] BINARY.SIZE[{part}])")
+        binary[part] = (
+            raw_answer(answer).decode("latin-1")
+            if typ == "OK"
+            else "NO " + raw_answer(answer[:1]).decode("latin-1")
+        )
+    record["binary"] = binary
+    return record
+
+
+def record_messages(client: imaplib.IMAP4, files: list[str]) -> dict[str, object]:
+    """APPEND every corpus file and record its answers, or the refusal."""
+    messages: dict[str, object] = {}
+    client.select("INBOX")
+    seq = 0
+    for path in files:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        name = os.path.basename(path)
+        try:
+            typ, appended = client.append("INBOX", None, None, wire)
+        except client.error as exc:
+            messages[name] = {"append": str(exc)}
+            continue
+        if typ != "OK":
+            messages[name] = {"append": f"{typ} {appended[0].decode('latin-1')}"}
+            continue
+        seq += 1
+        client.noop()
+        messages[name] = record_message(client, seq, wire)
+    return messages
+
+
+def main() -> None:
+    if "--sorts-only" in sys.argv[1:]:
+        sorts_only()
+        return
+    version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True)
+    golden: dict[str, object] = {"server": "Dovecot " + version.stdout.strip()}
+    files = sorted(glob.glob(os.path.join(ROOT, "tests", "corpus", "*.eml")))
+    with private_dovecot() as client:
+        messages = record_messages(client, files)
+        golden["messages"] = messages
+        golden["searches"] = record_searches(client)
+        accepted = [p for p in files if "append" not in messages[os.path.basename(p)]]  # type: ignore[operator]
+        golden["sorts"] = record_sorts(client, accepted)
     out = os.path.join(HERE, "dovecot.json")
     with open(out, "w") as handle:
         json.dump(golden, handle, indent=1, sort_keys=True, ensure_ascii=True)
     print(f"wrote {out}")
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

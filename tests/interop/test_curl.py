@@ -75,7 +75,9 @@ class CurlTests(InteropTestCase):
 
         examined = self.curl("-X", "EXAMINE INBOX", *self.imaps(), user=account)
         self.assertIn(b"* 2 EXISTS\r\n", examined)
-        uidnext = int(re.search(rb"\[UIDNEXT (\d+)\]", examined).group(1))
+        found = re.search(rb"\[UIDNEXT (\d+)\]", examined)
+        assert found is not None
+        uidnext = int(found.group(1))
         observer = self.server.imap(user, password)
         self.addCleanup(observer.logout)
         uids = sorted(imap_flags(observer))

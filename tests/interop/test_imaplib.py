@@ -62,6 +62,11 @@ def parse_fetch(data: list[Any]) -> dict[int, dict[str, Any]]:
     return result
 
 
+def lines(data: list[Any]) -> list[bytes]:
+    """The plain lines of an imaplib answer (no literals, no Nones)."""
+    return [item for item in data if isinstance(item, bytes)]
+
+
 def header_fields(message: bytes, names: str) -> bytes:
     """What BODY[HEADER.FIELDS (names)] must be for ``message`` (RFC 3501 6.4.5)."""
     wanted = {name.lower() for name in names.split()}
@@ -95,7 +100,7 @@ class _ImaplibClient:
         return imap
 
     def assertIsSecure(self, imap: imaplib.IMAP4) -> None:
-        self.assertTrue(isinstance(imap.sock, ssl.SSLSocket))
+        assert isinstance(imap.sock, ssl.SSLSocket)
         self.assertIn(imap.sock.version(), ("TLSv1.2", "TLSv1.3"))
 
     def deliver_all(self, user: str, subjects: list[str]) -> dict[str, bytes]:
@@ -117,7 +122,7 @@ class _ImaplibClient:
         # The folder list, as a client's first sync starts.
         typ, listing = imap.list('""', "*")
         self.assertEqual(typ, "OK")
-        self.assertIn(b'"/" INBOX', b"\n".join(listing))
+        self.assertIn(b'"/" INBOX', b"\n".join(lines(listing)))
 
         typ, data = imap.select("INBOX")
         self.assertEqual((typ, data), ("OK", [b"3"]))
@@ -139,7 +144,9 @@ class _ImaplibClient:
         for uid in uids:
             item = cache[uid]
             fields = item[f"BODY[HEADER.FIELDS ({HEADER_FIELDS})]"]
-            subject = re.search(rb"^Subject: (.*)\r$", fields, re.MULTILINE).group(1).decode()
+            found = re.search(rb"^Subject: (.*)\r$", fields, re.MULTILINE)
+            assert found is not None
+            subject = found.group(1).decode()
             by_subject[subject] = uid
             self.assertEqual(fields, header_fields(sent[subject], HEADER_FIELDS))
             self.assertNotIn(b"X-Mailer", fields)
@@ -239,30 +246,29 @@ class _ImaplibClient:
         imap = self.login(user, password)
         typ, listing = imap.list('""', "*")
         self.assertEqual(typ, "OK")
-        sent_folders = [line.rsplit(b" ", 1)[1].decode() for line in listing if b"\\Sent" in line]
+        sent_folders = [
+            line.rsplit(b" ", 1)[1].decode() for line in lines(listing) if b"\\Sent" in line
+        ]
         self.assertEqual(sent_folders, ["Sent"])
         message = wire(make_message("sent by me", "Sent from imaplib.\n"))
         when = time.mktime((2024, 2, 29, 13, 14, 15, 0, 0, -1))
         typ, data = imap.append("Sent", r"(\Seen)", when, message)
         self.assertEqual(typ, "OK", data)
-        appenduid = re.search(rb"\[APPENDUID (\d+) (\d+)\]", data[0])
-        self.assertTrue(appenduid)
+        appenduid = re.search(rb"\[APPENDUID (\d+) (\d+)\]", lines(data)[0])
+        assert appenduid is not None
         stored = self.server.messages(user, "Sent")
         self.assertEqual([(m.subdir, m.flags, m.data) for m in stored], [("cur", "S", message)])
 
-        typ, data = imap.select("Sent", readonly=True)
-        self.assertEqual(data, [b"1"])
-        typ, data = imap.uid("FETCH", appenduid.group(2).decode(), "(FLAGS INTERNALDATE RFC822)")
-        self.assertEqual(typ, "OK", data)
-        item = parse_fetch(data)[int(appenduid.group(2))]
+        typ, selected = imap.select("Sent", readonly=True)
+        self.assertEqual(selected, [b"1"])
+        typ, fetched = imap.uid("FETCH", appenduid.group(2).decode(), "(FLAGS INTERNALDATE RFC822)")
+        self.assertEqual(typ, "OK", fetched)
+        item = parse_fetch(fetched)[int(appenduid.group(2))]
         self.assertEqual(item["RFC822"], message)
         self.assertEqual(item["FLAGS"], {"\\Seen"})
-        self.assertEqual(
-            time.mktime(
-                imaplib.Internaldate2tuple(b"INTERNALDATE " + item["INTERNALDATE"].encode())
-            ),
-            when,
-        )
+        internal_date = imaplib.Internaldate2tuple(b"INTERNALDATE " + item["INTERNALDATE"].encode())
+        assert internal_date is not None
+        self.assertEqual(time.mktime(internal_date), when)
 
 
 def _close(imap: imaplib.IMAP4) -> None:

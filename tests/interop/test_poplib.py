@@ -26,7 +26,7 @@ class _PoplibClient:
     def login(self, user: str, password: str) -> poplib.POP3:
         pop = self.connect()
         self.addCleanup(_close, pop)
-        self.assertTrue(isinstance(pop.sock, ssl.SSLSocket))
+        assert isinstance(pop.sock, ssl.SSLSocket)
         self.assertIn(pop.sock.version(), ("TLSv1.2", "TLSv1.3"))
         self.assertTrue(pop.user(user).startswith(b"+OK"))
         self.assertTrue(pop.pass_(password).startswith(b"+OK"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import imaplib
 import types
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tests.interop.support import (
     InteropTestCase,
@@ -26,6 +26,9 @@ from tests.interop.support import (
     make_message,
     wire,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 try:
     from pydal import DAL
@@ -65,8 +68,8 @@ TRANSCRIPT: list[tuple[str, bytes]] = []
 class Python2StyleIMAP4(imaplib.IMAP4):
     """imaplib.IMAP4 whose public methods answer with str; records the conversation."""
 
-    def send(self, data: bytes) -> None:
-        TRANSCRIPT.append((">", data))
+    def send(self, data: ReadableBuffer) -> None:
+        TRANSCRIPT.append((">", bytes(data)))
         super().send(data)
 
     def readline(self) -> bytes:

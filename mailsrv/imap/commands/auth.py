@@ -1,21 +1,22 @@
 """STARTTLS, LOGIN and AUTHENTICATE (RFC 3501 6.2), with SASL-IR (RFC 4959).
 
-The login itself is here too: the portal call, the per-user connection
-limit, and the failed-login rule (each failure answered
+The login itself is here too: the session's
+:class:`~mailsrv.session.SessionGuard` asks the portal and keeps the
+per-user connection limit and the failed-login rule (each failure answered
 ``auth.failure_delay`` after the attempt began, the connection closed after
-``auth.max_failures``; an error of the checker or realm is no failure).
+``auth.max_failures``; an error of the checker or realm is no failure);
+this module says its verdicts in IMAP.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import attrs
 from twisted.cred.credentials import ICredentials, UsernamePassword
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -35,6 +36,7 @@ from mailsrv.imap.registry import (
 )
 from mailsrv.imap.session import LOG
 from mailsrv.interfaces import IAccount
+from mailsrv.session import LoggedIn, LoginRefused, LoginResult, LoginUnavailable
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -89,7 +91,7 @@ def parse_authenticate(reader: Reader, tag: str, name: str, uid: bool) -> Authen
 
 def handle_starttls(session: Session, command: Simple) -> Done:
     if not session.tls_available():
-        if session.secure:
+        if session.guard.secure:
             raise bad("TLS is already active")
         raise no("TLS is not available", "CANNOT")
     return Done(text="Begin TLS negotiation now", after=session.start_tls)
@@ -104,13 +106,13 @@ def _starttls_capability(session: Session) -> Sequence[str]:
 
 
 def handle_login(session: Session, command: Login) -> Result:
-    if not session.plaintext_allowed():
+    if not session.guard.plaintext_allowed():
         raise no("Plaintext login is disabled; use STARTTLS first", "PRIVACYREQUIRED")
     return log_in(session, UsernamePassword(command.username, command.password), "LOGIN")
 
 
 def _login_capability(session: Session) -> Sequence[str]:
-    refused = session.state is State.NOT_AUTHENTICATED and not session.plaintext_allowed()
+    refused = session.state is State.NOT_AUTHENTICATED and not session.guard.plaintext_allowed()
     return ["LOGINDISABLED"] if refused else []
 
 
@@ -124,8 +126,14 @@ def handle_authenticate(session: Session, command: Authenticate) -> Result:
     if command.initial_response is not None and command.mechanism in _SERVER_FIRST:
         # RFC 4959 3: an initial response to a server-first mechanism is BAD.
         raise bad(f"{command.mechanism} does not take an initial response")
-    mechanism = sasl.create(command.mechanism, session.policy.hostname)
-    assert mechanism is not None
+    mechanism = sasl.create(
+        command.mechanism,
+        session.policy.hostname,
+        services=session.policy.sasl,
+        bindings=session.channel_bindings(),
+    )
+    if mechanism is None:
+        raise no(f"{command.mechanism} is not available", "CANNOT")
     initial: bytes | None = None
     if command.initial_response is not None:
         initial = _b64decode(command.initial_response)
@@ -152,26 +160,68 @@ def _b64decode(data: bytes) -> bytes | None:
 
 
 class _SaslExchange:
-    """An AUTHENTICATE in progress: challenges out, responses in."""
+    """An AUTHENTICATE in progress: challenges out, responses in.
+
+    A step that needs a look-up comes as a Deferred; until it fires the
+    exchange reads nothing (the session pauses a busy command without a
+    continuation).  A challenge that carries an error is the answer to a
+    failed login: it is counted and sent after the failure delay, and the
+    client's reply to it, even ``*`` (RFC 7628 3.2.3), ends in that NO.
+    """
 
     def __init__(self, session: Session, mechanism: sasl.Mechanism) -> None:
         self.session = session
         self.mechanism = mechanism
         self.result: defer.Deferred[Done] = defer.Deferred()
+        self._failure: Done | None = None
 
-    def step(self, step: sasl.Step) -> None:
+    def step(self, step: sasl.StepResult) -> None:
         session = self.session
+        if isinstance(step, defer.Deferred):
+            session.end_continuation()
+            step.addCallbacks(self.step, self._broken)
+            return
+        if isinstance(step, sasl.Challenge) and step.failed:
+            session.end_continuation()
+            refused = session.guard.refuse(mechanism=self.mechanism.name)
+            _refused(session, refused).addCallback(self._failure_challenge, step.data)
+            return
         if isinstance(step, sasl.Challenge):
-            session.expect_continuation(self)
+            # Sent before reading resumes, so a line already waiting is
+            # taken as the answer to it, after it.
             session.send(b"+ " + base64.b64encode(step.data) + b"\r\n")
+            session.expect_continuation(self)
             return
         session.end_continuation()
         if isinstance(step, sasl.Refusal):
-            login_failed(session, mechanism=self.mechanism.name).chainDeferred(self.result)
+            refused = session.guard.refuse(mechanism=self.mechanism.name)
+            _refused(session, refused).chainDeferred(self.result)
             return
         log_in(session, step.credentials, self.mechanism.name).chainDeferred(self.result)
 
+    def _failure_challenge(self, done: Done, data: bytes) -> None:
+        self._failure = done
+        self.session.send(b"+ " + base64.b64encode(data) + b"\r\n")
+        self.session.expect_continuation(self)
+
+    def _broken(self, failure: Failure) -> None:
+        """A look-up failed: a database or a token endpoint away is
+        ``NO [UNAVAILABLE]`` (RFC 5530 3), not counted; anything else is a
+        bug (``NO [SERVERBUG]``)."""
+        self.session.end_continuation()
+        if isinstance(failure.value, StorageError):
+            LOG.warn("IMAP: authentication could not be completed: {e}", e=failure.value)
+            self.result.callback(
+                Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
+            )
+            return
+        self.result.errback(failure)
+
     def line(self, data: bytes) -> None:
+        if self._failure is not None:
+            self.session.end_continuation()
+            self.result.callback(self._failure)
+            return
         if data == b"*":
             self.session.end_continuation()
             self.result.callback(Done("BAD", "AUTHENTICATE cancelled"))
@@ -201,21 +251,20 @@ class _SaslExchange:
 def log_in(session: Session, credentials: ICredentials, mechanism: str) -> defer.Deferred[Done]:
     """Ask the portal for the account; the completion of LOGIN or
     AUTHENTICATE (``mechanism``: ``LOGIN`` for the command, else SASL's)."""
-    started = session.clock.seconds()
-    d: defer.Deferred[Any] = session.portal.login(credentials, None, IAccount)
-    d.addCallbacks(
-        _logged_in,
-        _login_error,
-        callbackArgs=(session, mechanism),
-        errbackArgs=(session, started, mechanism),
-    )
-    return cast("defer.Deferred[Done]", d)
+    d = session.guard.login(session.portal, credentials, IAccount, mechanism=mechanism)
+    return cast("defer.Deferred[Done]", d.addCallback(_verdict, session))
 
 
-def _login_error(failure: Failure, session: Session, started: float, mechanism: str) -> Result:
-    if isinstance(failure.value, UnauthorizedLogin | UnhandledCredentials):
-        return login_failed(session, started, mechanism)
-    session.probe.login(mechanism, "unavailable")
+def _verdict(result: LoginResult, session: Session) -> Result:
+    if isinstance(result, LoginRefused):
+        return _refused(session, result)
+    if isinstance(result, LoginUnavailable):
+        return _unavailable(result)
+    return _logged_in(result, session)
+
+
+def _unavailable(result: LoginUnavailable) -> Done:
+    failure = result.failure
     if isinstance(failure.value, StorageError):
         # A right password whose mail store cannot be reached just now
         # (a database restarting): expected in operation, so no traceback.
@@ -228,11 +277,8 @@ def _login_error(failure: Failure, session: Session, started: float, mechanism: 
     return Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
 
 
-def _logged_in(
-    result: tuple[Any, Any, Callable[[], None]], session: Session, mechanism: str
-) -> Done:
-    _interface, account, logout = result
-    session.probe.login(mechanism, "success")
+def _logged_in(result: LoggedIn, session: Session) -> Done:
+    account, logout = result.avatar, result.logout
     if session.lost:
         logout()
         return Done("NO", "Connection lost")
@@ -246,23 +292,14 @@ def _logged_in(
     return Done(text="Logged in", code=caps)
 
 
-def login_failed(
-    session: Session, started: float | None = None, mechanism: str = "LOGIN"
-) -> defer.Deferred[Done]:
-    """Count a failed login and answer it ``failure_delay`` after the
-    attempt began (:meth:`SessionPolicy.failure_wait`), not after the check
-    ended; after ``max_failures`` the answer is followed by BYE."""
-    session.probe.login(mechanism, "failure")
-    session.failures += 1
-    done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
-    if session.failures >= session.policy.max_failures:
-        done = attrs.evolve(done, bye="Too many failed authentication attempts")
-    d: defer.Deferred[Done] = defer.Deferred()
-    clock = session.clock
-    wait = session.policy.failure_wait(started, clock.seconds())
-    session.probe.login_delayed(wait)
-    clock.callLater(wait, d.callback, done)
-    return d
+def _refused(session: Session, refused: LoginRefused) -> defer.Deferred[Done]:
+    """Answer a counted failed login when the guard says it is due
+    (``failure_delay`` after the attempt began, not after the check ended);
+    at ``max_failures`` the answer is followed by BYE.  IMAP logs nothing
+    per failed login."""
+    bye = "Too many failed authentication attempts" if refused.disconnect else None
+    done = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED", bye=bye)
+    return session.guard.answer_refusal(refused, done)
 
 
 COMMANDS = (

@@ -11,6 +11,7 @@ from twisted.internet import defer
 
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.imap import response, syntax
+from mailsrv.imap.condstore import done_with_modseq
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
@@ -69,6 +70,9 @@ def handle_copy(session: Session, command: Copy) -> Generator[defer.Deferred[Any
         view.note_expunged(src for src, _ in mapping)
         if code is not None:
             session.send(response.untagged_status("OK", "Moved", code))
+        if mapping and view.vanishes():
+            done: Done = yield done_with_modseq(session, "MOVE completed")  # RFC 6851 4.4
+            return done
         return Done(text="MOVE completed")
     return Done(text="COPY completed", code=code)
 

@@ -1,4 +1,5 @@
-"""EXPUNGE (RFC 3501 6.4.3) and UID EXPUNGE (RFC 4315 2.1)."""
+"""EXPUNGE (RFC 3501 6.4.3) and UID EXPUNGE (RFC 4315 2.1); with QRESYNC,
+VANISHED and the new HIGHESTMODSEQ (RFC 7162 3.2.7, 3.2.9)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from mailsrv.imap import syntax
+from mailsrv.imap.condstore import done_with_modseq
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec, Result
@@ -51,8 +53,10 @@ def handle_expunge(session: Session, command: Expunge) -> Result:
             return Done(text="EXPUNGE completed")
     d = maybe_deferred(view.mailbox.expunge, uids)
 
-    def done(removed: Sequence[int]) -> Done:
+    def done(removed: Sequence[int]) -> Result:
         view.note_expunged(removed)
+        if removed and view.vanishes():
+            return done_with_modseq(session, "EXPUNGE completed")
         return Done(text="EXPUNGE completed")
 
     return d.addCallback(done)

@@ -9,6 +9,7 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv.imap import response
+from mailsrv.imap.condstore import CONDSTORE, QRESYNC, enable_condstore
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import (
@@ -25,7 +26,7 @@ from mailsrv.imap.registry import (
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
 
-__all__ = ["COMMANDS", "Enable", "Id"]
+__all__ = ["COMMANDS", "ENABLES", "Enable", "Id"]
 
 
 @attrs.frozen
@@ -98,9 +99,19 @@ def handle_id(session: Session, command: Id) -> Done:
     return Done(text="ID completed")
 
 
+#: What ENABLE turns on, and what that implies (RFC 7162 3.2.3: QRESYNC
+#: is CONDSTORE too).  Names not here are left out of ``* ENABLED``.
+ENABLES = {CONDSTORE: (CONDSTORE,), QRESYNC: (CONDSTORE, QRESYNC)}
+
+
 def handle_enable(session: Session, command: Enable) -> Done:
-    # No ENABLE-able extension (CONDSTORE, QRESYNC, UTF8=ACCEPT) yet.
-    session.send(b"* ENABLED\r\n")
+    named = [name for name in dict.fromkeys(command.capabilities) if name in ENABLES]
+    for name in named:
+        for extension in ENABLES[name]:
+            if extension == CONDSTORE:
+                enable_condstore(session)
+            session.enabled.add(extension)
+    session.send(b"".join([b"* ENABLED", *(b" " + n.encode() for n in named), b"\r\n"]))
     return Done(text="ENABLE completed")
 
 

@@ -33,7 +33,7 @@ def handle_idle(session: Session, command: Simple) -> defer.Deferred[Done]:
     session.expect_continuation(idling)
     # RFC 2177: clients re-issue IDLE every 29 minutes; never log out an
     # idling client sooner, whatever the authenticated timeout.
-    session.set_timeout(max(session.policy.imap_timeout_authenticated, IDLE_TIMEOUT))
+    session.timer.set_idle(max(session.policy.imap_timeout_authenticated, IDLE_TIMEOUT))
     session.send(b"+ idling\r\n")
     if session.selected is not None:
         session.selected.on_change = idling.schedule_push
@@ -56,7 +56,7 @@ class _Idling:
         session = self.session
         self.done = True
         session.end_continuation()
-        session.set_timeout(session.policy.imap_timeout_authenticated)
+        session.timer.set_idle(session.policy.imap_timeout_authenticated)
         if session.selected is not None:
             session.selected.on_change = None
         self.cancel()

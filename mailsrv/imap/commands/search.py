@@ -1,5 +1,5 @@
-"""SEARCH and UID SEARCH (RFC 3501 6.4.4), with ESEARCH's RETURN (RFC 4731)
-and SEARCHRES's SAVE and ``$`` (RFC 5182).
+"""SEARCH and UID SEARCH (RFC 3501 6.4.4), with ESEARCH's RETURN (RFC 4731),
+SEARCHRES's SAVE and ``$`` (RFC 5182) and CONDSTORE's MODSEQ (RFC 7162).
 
 The keys' syntax is :mod:`mailsrv.imap.search_syntax`'s; the program is
 compiled and run by :mod:`mailsrv.imap.searching`.
@@ -13,8 +13,10 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from mailsrv.imap.condstore import modseq_view
+from mailsrv.imap.contexts import Query, answer
 from mailsrv.imap.lexer import Reader
-from mailsrv.imap.output import CommandError, Done, bad, no
+from mailsrv.imap.output import CommandError, Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
 from mailsrv.imap.search_syntax import SearchKey, search_arguments
 from mailsrv.imap.searching import CHARSETS, NotImplementedKey, compile_key, run_extended, run_plain
@@ -51,7 +53,13 @@ def handle_search(session: Session, command: Search) -> defer.Deferred[Done]:
     (SAVE) that fails with NO empties ``$`` (RFC 5182 2.1); a BAD leaves it
     alone."""
     view = session.view()
-    d = defer.maybeDeferred(_run, session, command)
+    options = command.return_options
+    if options is not None and _CONTEXT_OPTIONS.intersection(o.split(" ")[0] for o in options):
+        # RFC 5267 (CONTEXT=SEARCH): results kept whole, in mailbox order.
+        query = Query(command.tag, command.uid, command.key, command.charset, None, options)
+        d = defer.maybeDeferred(answer, session, query, "SEARCH")
+    else:
+        d = defer.maybeDeferred(_run, session, command)
     if command.return_options is not None and "SAVE" in command.return_options:
 
         def failed(failure: Failure) -> Failure:
@@ -64,6 +72,10 @@ def handle_search(session: Session, command: Search) -> defer.Deferred[Done]:
     return d
 
 
+#: RETURN options of RFC 5267 contexts.
+_CONTEXT_OPTIONS = frozenset({"CONTEXT", "UPDATE", "PARTIAL"})
+
+
 def _run(session: Session, command: Search) -> defer.Deferred[Done]:
     if command.charset not in (None, *CHARSETS):
         raise no(
@@ -73,9 +85,9 @@ def _run(session: Session, command: Search) -> defer.Deferred[Done]:
     try:
         program = compile_key(command.key, view, command.charset)
     except NotImplementedKey as e:
-        if str(e) == "MODSEQ":
-            raise bad("SEARCH MODSEQ needs CONDSTORE, which is not offered") from None
         raise no(f"SEARCH {e} is not supported", "CANNOT") from None
+    if program.modseqs is not None:
+        modseq_view(session, "SEARCH MODSEQ")  # RFC 7162 3.1: enables CONDSTORE
     writer, clock = session.output(), session.clock
     if command.return_options is None:
         return run_plain(view, view.mailbox, program, command.uid, writer, clock)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from mailsrv.imap import response, syntax
+from mailsrv.imap.condstore import enable_condstore
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
@@ -80,6 +81,8 @@ def status_line(session: Session, name: str, status: MailboxStatus, items: Itera
 
 
 def handle_status(session: Session, command: Status) -> Result:
+    if "HIGHESTMODSEQ" in command.items:
+        enable_condstore(session)  # RFC 7162 3.1: a CONDSTORE enabling command
     d = maybe_deferred(session.logged_in_account().status, existing(command.mailbox))
 
     def report(status: MailboxStatus) -> Done:

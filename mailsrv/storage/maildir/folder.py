@@ -340,8 +340,23 @@ class MaildirMailbox:
         return [self._info(row) for row in self._folder.db.changed_since(modseq)]
 
     @_recovering
+    def changed_uids(self, modseq: int) -> Sequence[int]:
+        return self._folder.db.changed_uids(modseq)
+
+    @_recovering
     def expunged_since(self, modseq: int) -> Sequence[int]:
-        return self._folder.db.expunged_since(modseq)
+        with self._folder.db.snapshot():
+            return self._folder.db.expunged_since(modseq)
+
+    @_recovering
+    def vanished_since(self, modseq: int) -> Sequence[int] | None:
+        with self._folder.db.snapshot():
+            return self._folder.db.vanished_since(modseq)
+
+    @property
+    def announced_modseq(self) -> int:
+        """What the last look at the index (:meth:`_tell_listeners`) told."""
+        return self._folder.seen_modseq
 
     # -- IMaildropLocking, IPop3UidSource ------------------------------------------
 

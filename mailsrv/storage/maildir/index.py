@@ -21,6 +21,11 @@ from mailsrv.storage.maildir.layout import fsync_dir
 
 SCHEMA_VERSION = 1
 
+#: Entries the expunge log keeps (RFC 7162 5.3 suggests bounding it): about
+#: 3 MB of index at most.  Older ones are dropped at the next expunge and
+#: the ``expunged_floor`` meta value rises to the highest MODSEQ dropped.
+EXPUNGE_LOG_LIMIT = 100_000
+
 
 class IndexCorrupt(Exception):
     """The index file cannot be used and must be rebuilt from the files.
@@ -292,10 +297,14 @@ class Index:
         # would make it 0644 under the usual umask; -wal and -shm follow it).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = cls._connect(path)
+        # A new index knows no expunge before its first MODSEQ: a rebuilt
+        # one must not claim that nothing was expunged before it.
         meta = (
             f"INSERT INTO meta VALUES ('uidvalidity', {int(uidvalidity)});"
             f"INSERT INTO meta VALUES ('uidnext', {int(uidnext)});"
             f"INSERT INTO meta VALUES ('highest_modseq', {int(highest_modseq)});"
+            f"INSERT INTO meta VALUES ('expunged_floor', {int(highest_modseq) - 1});"
+            "INSERT INTO meta VALUES ('expunged_rows', 0);"
         )
         db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + meta + "COMMIT;")
         return cls(db, path)
@@ -362,6 +371,14 @@ class Index:
     def uids(self) -> tuple[int, ...]:
         return tuple(r[0] for r in self.db.execute("SELECT uid FROM messages ORDER BY uid"))
 
+    def uid_set_version(self) -> tuple[int, object]:
+        """A value that changes whenever the set of UIDs does, and only
+        then: the message count (every insert raises it) and the number of
+        messages ever deleted (:meth:`delete` counts them).  Flag changes
+        leave it alone, so a cached UID list outlives them."""
+        row = self.db.execute("SELECT messages FROM counters WHERE id = 0").fetchone()
+        return int(row[0]), self.get("deletions")
+
     def row(self, uid: int) -> Row | None:
         values = self.db.execute(
             f"SELECT {_COLUMNS} FROM messages WHERE uid = ?", (uid,)
@@ -405,17 +422,43 @@ class Index:
         wanted = set(uids)
         return [row for row in found if row.uid in wanted]
 
+    # The MODSEQ queries sort in Python: with "ORDER BY uid" SQLite scans the
+    # whole table instead of using the MODSEQ index.
+
     def changed_since(self, modseq: int) -> list[Row]:
-        cursor = self.db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
-        )
-        return [_row(v) for v in cursor]
+        cursor = self.db.execute(f"SELECT {_COLUMNS} FROM messages WHERE modseq > ?", (modseq,))
+        return sorted((_row(v) for v in cursor), key=lambda row: row.uid)
+
+    def changed_uids(self, modseq: int) -> list[int]:
+        cursor = self.db.execute("SELECT uid FROM messages WHERE modseq > ?", (modseq,))
+        return sorted(int(r[0]) for r in cursor)
+
+    def expunged_floor(self) -> int:
+        """The highest MODSEQ the expunge log no longer accounts for."""
+        value = self.get("expunged_floor")
+        return value if isinstance(value, int) else 0
+
+    def vanished_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after ``modseq``; None if the log does not reach
+        back that far (call it in a snapshot)."""
+        if modseq < self.expunged_floor():
+            return None
+        cursor = self.db.execute("SELECT uid FROM expunged WHERE modseq > ?", (modseq,))
+        return sorted(int(r[0]) for r in cursor)
 
     def expunged_since(self, modseq: int) -> list[int]:
-        cursor = self.db.execute(
-            "SELECT uid FROM expunged WHERE modseq > ? ORDER BY uid", (modseq,)
-        )
-        return [int(r[0]) for r in cursor]
+        """UIDs expunged after ``modseq``; beyond the log, every UID below
+        UIDNEXT that no message has (call it in a snapshot)."""
+        found = self.vanished_since(modseq)
+        if found is not None:
+            return found
+        missing: list[int] = []
+        expected = 1
+        for uid in self.uids():
+            missing.extend(range(expected, uid))
+            expected = uid + 1
+        missing.extend(range(expected, self.get_int("uidnext")))
+        return missing
 
     def is_expunged(self, uid: int) -> bool:
         found = self.db.execute("SELECT 1 FROM expunged WHERE uid = ?", (uid,)).fetchone()
@@ -510,6 +553,31 @@ class Index:
         self.db.executemany(
             "INSERT OR REPLACE INTO expunged VALUES (?, ?)", [(u, modseq) for (u,) in pairs]
         )
+        deletions = self.get("deletions")
+        self.put("deletions", (deletions if isinstance(deletions, int) else 0) + len(pairs))
+        rows = self.get("expunged_rows")
+        if not isinstance(rows, int):  # an index from before the count was kept
+            rows = int(self.db.execute("SELECT count(*) FROM expunged").fetchone()[0])
+        else:
+            rows += len(pairs)
+        if rows > EXPUNGE_LOG_LIMIT:
+            rows -= self.prune_expunged(EXPUNGE_LOG_LIMIT)
+        self.put("expunged_rows", rows)
+
+    def prune_expunged(self, keep: int) -> int:
+        """Drop the oldest entries of the expunge log beyond ``keep`` (whole
+        MODSEQs at a time); ``expunged_floor`` rises to the highest MODSEQ
+        dropped, in the same transaction.  Returns how many went."""
+        row = self.db.execute(
+            "SELECT modseq FROM expunged ORDER BY modseq DESC LIMIT 1 OFFSET ?", (keep,)
+        ).fetchone()
+        if row is None:
+            return 0
+        cut = int(row[0])
+        gone = self.db.execute("DELETE FROM expunged WHERE modseq <= ?", (cut,)).rowcount
+        if cut > self.expunged_floor():
+            self.put("expunged_floor", cut)
+        return int(gone)
 
     def claim_recent(self) -> list[int]:
         cursor = self.db.execute("UPDATE messages SET recent = 0 WHERE recent = 1 RETURNING uid")

@@ -103,7 +103,7 @@ class IndexedFolder:
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._local_version = 0
-        self._uids_cache: tuple[tuple[int, int], tuple[int, ...]] | None = None
+        self._uids_cache: tuple[Index, tuple[int, object], tuple[int, ...]] | None = None
         self._names_cache: tuple[tuple[int, int], set[str]] | None = None
         with self.locked():  # opens the index, rebuilding it if it is damaged
             self._clean_tmp()
@@ -209,11 +209,16 @@ class IndexedFolder:
         return self.db.data_version(), self._local_version
 
     def uids(self) -> tuple[int, ...]:
-        """Every UID, ascending (cached until the index changes)."""
-        key = self._version()
-        if self._uids_cache is None or self._uids_cache[0] != key:
-            self._uids_cache = (key, self.db.uids())
-        return self._uids_cache[1]
+        """Every UID, ascending; cached until the set of UIDs changes (flag
+        changes do not: a SELECT after another session's STORE need not
+        read 100,000 rows again).  The version is read before the UIDs, so
+        a change in between only costs a second read next time."""
+        db = self.db
+        key = db.uid_set_version()
+        cached = self._uids_cache
+        if cached is None or cached[0] is not db or cached[1] != key:
+            self._uids_cache = cached = (db, key, db.uids())
+        return cached[2]
 
     def indexed_names(self) -> set[str]:
         """The file names in cur/ the index knows (cached until it changes):
@@ -306,7 +311,7 @@ class IndexedFolder:
         process or an earlier call already did.  Returns the UIDs sessions
         were last given, if known, for the mailbox to tell what differs."""
         failed = self.index
-        known = self._uids_cache[1] if self._uids_cache is not None else None
+        known = self._uids_cache[2] if self._uids_cache is not None else None
         with self.locked():  # reopens an index another process replaced
             if self.index is failed and failed is not None:
                 self.discard_index(str(exc) or type(exc).__name__)

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import IO, Any
 
-from mailsrv.errors import StorageError
+from mailsrv.storage.wire import to_crlf, wire_chunks
 
 # Files of each folder.
 INDEX_NAME = "mailsrv-index.sqlite"
@@ -85,13 +85,6 @@ def size_fields(base: str) -> dict[str, int]:
     return fields
 
 
-def lf_to_crlf(chunk: bytes, prev_cr: bool) -> bytes:
-    """Convert bare LF in ``chunk`` to CRLF; ``prev_cr``: the last byte before was CR."""
-    if prev_cr and chunk.startswith(b"\n"):
-        return b"\n" + chunk[1:].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
 def wire_size(path: str, disk_size: int) -> int:
     """The size of a file once bare LFs are CRLF, reading it once in chunks."""
     extra = 0
@@ -131,7 +124,7 @@ class WireReader(io.RawIOBase):
             chunk = self._file.read(CHUNK)
             if not chunk:
                 return 0
-            self._pending = lf_to_crlf(chunk, self._prev_cr)
+            self._pending = to_crlf(chunk, self._prev_cr)
             self._prev_cr = chunk.endswith(b"\r")
         view = memoryview(buffer).cast("B")
         count = min(len(view), len(self._pending))
@@ -168,21 +161,12 @@ def write_tmp(tmp: str, source: IO[bytes], date_ns: int) -> tuple[str, int]:
     ``date_ns``, and fsync it; returns (its path, its size)."""
     path = os.path.join(tmp, unique_name())
     size = 0
-    prev_cr = False
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            while True:
-                chunk = source.read(CHUNK)
-                if not chunk:
-                    break
-                if not isinstance(chunk, bytes | bytearray | memoryview):
-                    raise StorageError("message source must give bytes", code="CANNOT")
-                chunk = bytes(chunk)
-                converted = lf_to_crlf(chunk, prev_cr)
-                prev_cr = chunk.endswith(b"\r")
-                out.write(converted)
-                size += len(converted)
+            for data in wire_chunks(source, CHUNK):
+                out.write(data)
+                size += len(data)
             out.flush()
             os.utime(out.fileno(), ns=(date_ns, date_ns))
             os.fsync(out.fileno())

@@ -28,6 +28,7 @@ from typing import IO, Any
 from zope.interface import Interface, implementer
 
 from mailsrv.errors import StorageError
+from mailsrv.storage.wire import wire_chunks
 
 __all__ = ["CHUNK", "IBlobStore", "PostgresBlobStore", "Spool", "new_spool"]
 
@@ -49,16 +50,8 @@ class Spool:
         self.file = new_spool()
         digest = hashlib.sha256()
         size = 0
-        previous_cr = False
         try:
-            while True:
-                chunk = source.read(CHUNK)
-                if not chunk:
-                    break
-                if not isinstance(chunk, bytes | bytearray | memoryview):
-                    raise StorageError("message source must give bytes", code="CANNOT")
-                data = _crlf(bytes(chunk), previous_cr)
-                previous_cr = data.endswith(b"\r")
+            for data in wire_chunks(source, CHUNK):
                 digest.update(data)
                 size += len(data)
                 self.file.write(data)
@@ -79,20 +72,6 @@ class Spool:
 
     def close(self) -> None:
         self.file.close()
-
-
-def _crlf(chunk: bytes, previous_cr: bool) -> bytes:
-    """Every line end as CRLF; bare CRs stay (as the memory backend stores them).
-
-    ``previous_cr`` says the last chunk ended in CR, so a LF starting this
-    one already has its CR.
-    """
-    if b"\n" not in chunk:
-        return chunk
-    out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if previous_cr and chunk.startswith(b"\n"):
-        out = out[1:]
-    return out
 
 
 class IBlobStore(Interface):

@@ -265,6 +265,20 @@ class PostgresMailbox:
     def changed_since(self, modseq: int) -> Any:
         return self._db.run(queries.changed_since, *self._key, modseq, transaction=False)
 
+    def changed_uids(self, modseq: int) -> Any:
+        return self._db.run(queries.changed_uids, *self._key, modseq, transaction=False)
+
+    def vanished_since(self, modseq: int) -> Any:
+        return self._db.run(
+            queries.vanished_since, *self._key, modseq, isolation=REPEATABLE_READ, read_only=True
+        )
+
+    @property
+    def announced_modseq(self) -> int:
+        """Listeners here have heard everything up to this (see
+        :meth:`MailboxState.apply`); with none, it follows the database."""
+        return self._state.seen_modseq
+
     def expunged_since(self, modseq: int) -> Any:
         found = self._db.run(
             queries.expunged_since, *self._key, modseq, isolation=REPEATABLE_READ, read_only=True

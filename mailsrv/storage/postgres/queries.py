@@ -240,6 +240,34 @@ def changed_since(conn: Any, user: str, mailbox_id: int, modseq: int) -> list[Me
         return [_info(row) for row in cursor]
 
 
+def changed_uids(conn: Any, user: str, mailbox_id: int, modseq: int) -> list[int]:
+    """UIDs whose MODSEQ is above ``modseq``, through the MODSEQ index."""
+    rows = conn.execute(
+        "SELECT uid FROM messages WHERE user_name = %s AND mailbox_id = %s "
+        "AND modseq > %s ORDER BY uid",
+        (user, mailbox_id, modseq),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def vanished_since(conn: Any, user: str, mailbox_id: int, modseq: int) -> list[int] | None:
+    """UIDs expunged above ``modseq``, or None when ``modseq`` is below the
+    mailbox's ``expunged_floor`` (the log no longer reaches back to it).
+    Run it in a REPEATABLE READ transaction."""
+    row = conn.execute(
+        "SELECT expunged_floor FROM mailboxes WHERE user_name = %s AND mailbox_id = %s",
+        (user, mailbox_id),
+    ).fetchone()
+    if row is not None and modseq < row[0]:
+        return None
+    rows = conn.execute(
+        "SELECT uid FROM expunged WHERE user_name = %s AND mailbox_id = %s "
+        "AND modseq > %s ORDER BY uid",
+        (user, mailbox_id, modseq),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def expunged_since(conn: Any, user: str, mailbox_id: int, modseq: int) -> list[tuple[int, int]]:
     """(UID, MODSEQ) of the messages expunged above ``modseq``.
 

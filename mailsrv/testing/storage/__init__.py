@@ -14,6 +14,9 @@ Hooks a backend may override:
   data, as after a restart; the default returns the same object, so
   persistent backends override it and the suite checks that UIDs, flags,
   UIDVALIDITY and subscriptions survive.
+* :meth:`StorageSuiteMixin.forget_expunges`: drop a mailbox's expunge log
+  as the backend's retention would; the suite checks QRESYNC's answers
+  beyond the log.  Without it that test is skipped.
 * :meth:`StorageSuiteMixin.deliver_outside`: put a message into the
   suite user's INBOX the way a writer other than the storage object under
   test does (an MTA writing files, another node of a database); the suite
@@ -33,9 +36,10 @@ from mailsrv.testing.storage.accounts import AccountContract
 from mailsrv.testing.storage.base import ListenerRecorder, call, message_bytes
 from mailsrv.testing.storage.changes import ChangeContract
 from mailsrv.testing.storage.messages import MessageContract
+from mailsrv.testing.storage.modseq import ModseqContract
 
 __all__ = ["ListenerRecorder", "StorageSuiteMixin", "call", "message_bytes"]
 
 
-class StorageSuiteMixin(AccountContract, MessageContract, ChangeContract):
+class StorageSuiteMixin(AccountContract, MessageContract, ChangeContract, ModseqContract):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

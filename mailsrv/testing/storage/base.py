@@ -123,6 +123,16 @@ class SuiteBase(_Base):
             "storage object to check against"
         )
 
+    def forget_expunges(self, storage: IStorage, mailbox: IMailbox) -> object:
+        """Make ``mailbox`` drop every entry of its expunge log, as the
+        backend's retention drops old ones, so the suite can check the
+        answers beyond the log.  May answer a Deferred or be a coroutine
+        function."""
+        raise SkipTest(
+            f"{type(self).__name__} defines no forget_expunges: the backend's "
+            "expunge-log retention cannot be triggered from the suite"
+        )
+
     # -- helpers ----------------------------------------------------------------
 
     async def account(self, storage: IStorage | None = None) -> IAccount:

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Time SORT and THREAD on a 100,000-message mailbox, mailsrv beside Dovecot.
+
+Builds one INBOX of ``--messages`` realistic messages (``bench/corpus.py``:
+varied subjects, 30 % replies with In-Reply-To/References, encoded
+subjects, Date headers), hard-links it into mailsrv and a private Dovecot
+(``bench/peers.py``), warms both (SELECT, ``FETCH 1:* (FLAGS)``), and then,
+on one connection per server, runs each command once cold (the first time:
+sort keys are worked out from the message files and cached) and
+``--repeat`` times warm:
+
+* ``SORT (DATE) UTF-8 ALL``
+* ``SORT (SUBJECT) UTF-8 ALL``
+* ``THREAD REFERENCES UTF-8 ALL``
+* ``UID SORT RETURN (PARTIAL 1:50) (REVERSE DATE) UTF-8 UNDELETED``, a
+  webmail's first page (ESORT with CONTEXT=SORT's PARTIAL; Dovecot, which
+  does not advertise CONTEXT=SORT, answers it too)
+
+It prints the cold seconds, the warm median, the ratio mailsrv/Dovecot, CPU
+seconds of each server's process tree, peak RSS, and a digest of each
+answer: both servers must give the same order (the digests must agree).
+
+Run: ``python bench/sort.py [--messages N] [--repeat R] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from clients import IMAPClient, Reply
+from harness import (
+    MIB,
+    PASSWORD,
+    MailboxSpec,
+    Meter,
+    Pair,
+    machine_info,
+    markdown_table,
+    pin_self,
+    ratio,
+)
+from peers import Server
+
+HOST = "127.0.0.1"
+
+COMMANDS = [
+    "SORT (DATE) UTF-8 ALL",
+    "SORT (SUBJECT) UTF-8 ALL",
+    "THREAD REFERENCES UTF-8 ALL",
+    "UID SORT RETURN (PARTIAL 1:50) (REVERSE DATE) UTF-8 UNDELETED",
+]
+
+
+def digest(reply: Reply) -> str:
+    """The answer's data (SORT, THREAD or ESEARCH, tag left out), hashed."""
+    for line in reply.untagged:
+        for word in (b"* SORT", b"* THREAD", b"* ESEARCH"):
+            if line.startswith(word):
+                data = line.split(b")", 1)[1] if word == b"* ESEARCH" else line
+                return hashlib.sha256(data.strip()).hexdigest()[:10]
+    return "-"
+
+
+class Row:
+    def __init__(self) -> None:
+        self.cold = float("nan")
+        self.seconds: list[float] = []
+        self.cpu: list[float] = []
+        self.peak = 0
+        self.answer = "-"
+        self.refused: str | None = None
+
+    def median(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else float("nan")
+
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else float("nan")
+
+
+async def run_server(server: Server, repeat: int) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    client = await IMAPClient.connect(HOST, server.imap_port)
+    reply = await client.login("big", PASSWORD)
+    if not reply.ok:
+        raise RuntimeError(f"{server.name}: LOGIN failed: {reply.text!r}")
+    await client.select()
+    for text in COMMANDS:
+        row = rows[text] = Row()
+        print(f"  {server.name}: {text}", flush=True)
+        cold = await client.command(text, keep=True)
+        if not cold.ok:
+            row.refused = f"{cold.status} {cold.text.decode('latin-1')[:40]}"
+            continue
+        row.cold = cold.seconds
+        row.answer = digest(cold)
+        for _ in range(repeat):
+            with Meter(server, interval=0.1) as meter:
+                reply = await client.command(text, keep=True)
+            row.seconds.append(reply.seconds)
+            row.cpu.append(meter.usage.cpu)
+            row.peak = max(row.peak, meter.usage.peak_rss)
+            if digest(reply) != row.answer:
+                row.answer += " (changed!)"
+    await client.logout()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000, help="mailbox size")
+    parser.add_argument("--repeat", type=int, default=3, help="warm runs of each command")
+    parser.add_argument("--quick", action="store_true", help="10,000 messages, 2 runs")
+    parser.add_argument("--servers", default="mailsrv,dovecot", help="mailsrv, dovecot")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
+    args = parser.parse_args()
+    if args.quick:
+        args.messages = min(args.messages, 10_000)
+        args.repeat = min(args.repeat, 2)
+    began = time.perf_counter()
+    cpus, pin_note = pin_self(not args.no_pin)
+    print(f"# SORT and THREAD on a {args.messages}-message INBOX")
+    print()
+    for line in machine_info(pin_note):
+        print(f"- {line}")
+    print(f"- each command: one cold run (shown), then {args.repeat} warm runs (median shown)")
+    print()
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    results: dict[str, dict[str, Row]] = {}
+    with Pair(
+        [MailboxSpec("big", args.messages, seed=3)], servers=servers, cpus=cpus, keep=args.keep
+    ) as pair:
+        for server in pair.servers:
+            results[server.name] = asyncio.run(run_server(server, args.repeat))
+    names = list(results)
+    headers = ["command"]
+    headers += [f"{name} cold s" for name in names]
+    headers += [f"{name} warm s" for name in names]
+    if len(names) == 2:
+        headers.append(f"{names[0]}/{names[1]} warm")
+    headers += [f"{name} CPU s" for name in names]
+    headers += [f"{name} peak RSS MiB" for name in names]
+    headers.append("answers")
+    table = []
+    for text in COMMANDS:
+        per = [results[name][text] for name in names]
+        row = [text]
+        row += [r.refused or f"{r.cold:.3f}" for r in per]
+        row += ["" if r.refused else f"{r.median():.3f}" for r in per]
+        if len(names) == 2:
+            row.append(ratio(per[0].median(), per[1].median()))
+        row += ["" if r.refused else f"{r.median_cpu():.2f}" for r in per]
+        row += ["" if r.refused else f"{r.peak / MIB:.0f}" for r in per]
+        answers = sorted({r.answer for r in per if not r.refused})
+        row.append(answers[0] if len(answers) == 1 else "DISAGREE " + "/".join(answers))
+        table.append(row)
+    print()
+    print(markdown_table(headers, table))
+    print()
+    print(f"setup: {', '.join(f'{k} {v:.1f} s' for k, v in pair.seconds.items())}")
+    print(f"total time {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,9 @@
 """The admin socket: live sessions, kicks, figures and reloads over AMP.
 
 The daemon listens on a Unix socket (``[admin] socket``, mode 0600: only
-its owner, and root, may connect) speaking AMP, for ``mailsrv who``,
-``kick``, ``stats`` and ``reload`` (:mod:`mailsrv.admin_client`).
+its owner, and root, may connect; with ``[admin] group``, mode 0660 and
+that group's members too) speaking AMP, for ``mailsrv who``, ``kick``,
+``stats`` and ``reload`` (:mod:`mailsrv.admin_client`).
 
 :class:`SessionTable` is an :class:`~mailsrv.observe.Observer` like the
 metrics: it keeps the open sessions (user, protocol, address, mailbox,
@@ -20,6 +21,7 @@ with both versions (``version``, which never changes, tells the daemon's).
 from __future__ import annotations
 
 import collections
+import grp
 import json
 import os
 import time
@@ -312,7 +314,8 @@ class _AdminFactory(Factory):
 
 
 class AdminService(service.Service):
-    """The admin socket at ``path``, mode 0600.
+    """The admin socket at ``path``: mode 0600, or 0660 and owned by
+    ``group`` when one is given.
 
     Bound in ``privilegedStartService``, as the listeners are.  ``required``
     (the path was configured) makes a failure to listen a configuration
@@ -329,9 +332,11 @@ class AdminService(service.Service):
         *,
         config_path: str,
         required: bool,
+        group: str | None = None,
         reactor: Any = None,
     ) -> None:
         self.path = path
+        self.group = group
         self.factory = _AdminFactory(table, reload)
         self.config_path = config_path
         self.required = required
@@ -348,7 +353,7 @@ class AdminService(service.Service):
             problem = f"directory {os.path.dirname(self.path)} does not exist"
         else:
             try:
-                self.port = reactor.listenUNIX(self.path, self.factory, mode=0o600, wantPID=True)
+                self.port = self._listen(reactor)
             except CannotListenError as e:
                 problem = str(e.socketError) if e.socketError else "in use by another daemon"
         if problem is None:
@@ -363,6 +368,25 @@ class AdminService(service.Service):
             'daemon; set admin.socket to a writable path, or to "" to say none is wanted',
             problem=problem,
         )
+
+    def _listen(self, reactor: Any) -> Any:
+        """Listen at the path, with the mode and group the configuration asks."""
+        if not self.group:
+            return reactor.listenUNIX(self.path, self.factory, mode=0o600, wantPID=True)
+        port = reactor.listenUNIX(self.path, self.factory, mode=0o600, wantPID=True)
+        # Opened to the group only once the socket is the group's.
+        try:
+            os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+            os.chmod(self.path, 0o660)
+        except (OSError, KeyError) as e:
+            port.stopListening()
+            why = e.strerror if isinstance(e, OSError) else "no such group"
+            raise ConfigError(
+                self.config_path,
+                "admin.group",
+                f"cannot give {self.path} to group {self.group!r}: {why}",
+            ) from None
+        return port
 
     def stopService(self) -> Any:
         super().stopService()  # type: ignore[no-untyped-call,unused-ignore]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import struct
 import time
@@ -63,10 +64,13 @@ class Client:
             ) from None
         except PermissionError:
             self._sock.close()
+            raise AdminError(f"{path}: permission denied ({_who_may(path)})", EX_NOPERM) from None
+        except ConnectionRefusedError:
+            self._sock.close()
             raise AdminError(
-                f"{path}: permission denied (the socket is the daemon user's only: run this "
-                "as that user, or as root)",
-                EX_NOPERM,
+                f"nothing listens on {path}: the daemon is not running (the socket is left "
+                "from one that was stopped or killed)",
+                EX_UNAVAILABLE,
             ) from None
         except OSError as e:
             self._sock.close()
@@ -150,16 +154,46 @@ class Client:
         return data
 
 
+def _who_may(path: str) -> str:
+    """Who may use the socket at ``path``, as its owner and mode say."""
+    import grp
+    import pwd
+
+    try:
+        st = os.stat(path)
+        owner = pwd.getpwuid(st.st_uid).pw_name
+        group = grp.getgrgid(st.st_gid).gr_name
+    except (OSError, KeyError):
+        return "run this as the daemon's user, or as root"
+    users = owner if owner == "root" else f"{owner}, as root"
+    if st.st_mode & 0o060:
+        return f"run this as {users} or as a member of group {group}"
+    return f"the socket is {owner}'s only (admin.group is not set): run this as {users}"
+
+
 # -- the CLI's commands ---------------------------------------------------------------------
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add who, kick, stats and reload to the ``mailsrv`` parser."""
+    """Add ``admin who|kick|stats|reload`` to the ``mailsrv`` parser, and
+    the four as commands of their own (``mailsrv who``)."""
     socket_option = argparse.ArgumentParser(add_help=False)
     socket_option.add_argument(
         "--socket", metavar="PATH", help="the daemon's admin socket (default: admin.socket)"
     )
     parents = [common, socket_option]
+    admin = commands.add_parser(
+        "admin",
+        help="talk to the running daemon over its admin socket: who, kick, stats, reload",
+        description="Talk to the running daemon over its admin socket ([admin] socket).",
+    )
+    _add_admin_commands(
+        admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True), parents
+    )
+    _add_admin_commands(commands, parents)
+
+
+def _add_admin_commands(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     who = commands.add_parser("who", parents=parents, help="list the open sessions")
     who.add_argument("--json", action="store_true", help="one JSON object per session")
     kick = commands.add_parser(
@@ -186,13 +220,15 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, path: str, stdout: IO[str]) -> int:
-    """Run ``args.command`` against the daemon at ``path``; the exit status."""
+    """Run the admin command ``args`` names (``mailsrv admin who`` or
+    ``mailsrv who``) against the daemon at ``path``; the exit status."""
+    name = args.admin_command if args.command == "admin" else args.command
     with Client(path) as client:
-        if args.command == "who":
+        if name == "who":
             return _who(client, args, stdout)
-        if args.command == "kick":
+        if name == "kick":
             return _kick(client, args, stdout)
-        if args.command == "stats":
+        if name == "stats":
             return _stats(client, args, stdout)
         return _reload(client, stdout)
 

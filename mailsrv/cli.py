@@ -685,7 +685,8 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
 
 
 def _admin(args: argparse.Namespace, stdout: IO[str]) -> int:
-    """who, kick, stats, reload: over the daemon's admin socket."""
+    """admin who|kick|stats|reload (or who, kick, ... alone): over the
+    daemon's admin socket."""
     from mailsrv import admin_client
 
     path = args.socket or _config(args).admin.socket
@@ -792,7 +793,7 @@ def _dispatch(
         return _db(args, stdout)
     if args.command == "gen-cert":
         return _gen_cert(args, stdout)
-    if args.command in ("who", "kick", "stats", "reload"):
+    if args.command in ("admin", "who", "kick", "stats", "reload"):
         return _admin(args, stdout)
     raise AssertionError(args.command)
 

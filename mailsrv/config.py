@@ -367,6 +367,9 @@ DEFAULT_ADMIN_SOCKET = "/run/mailsrv/admin.sock"
 class AdminSection:
     #: The Unix socket ``mailsrv who/kick/stats/reload`` talk to; "" for none.
     socket: str = attrs.field(default=DEFAULT_ADMIN_SOCKET, metadata=_meta())
+    #: A group whose members may use the socket too (mode 0660); "" for the
+    #: daemon's user only (mode 0600).
+    group: str | None = attrs.field(default=None, metadata=_meta(_check_group))
 
 
 @attrs.frozen

@@ -568,6 +568,7 @@ def _observers(
             top.admin_reload,
             config_path=where,
             required=config.admin.socket != DEFAULT_ADMIN_SOCKET,
+            group=config.admin.group,
             reactor=reactor,
         ).setServiceParent(top)
     if metrics is None:

@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+import grp
+import io
 import json
 import os
 import pwd
+import shutil
 import socket
 import stat
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 
+from twisted.trial import unittest
+
+from mailsrv import cli
 from mailsrv.admin import Who
 from mailsrv.imap.session import KICKED
 from tests.ops_helpers import OpsCase
@@ -103,6 +112,61 @@ class WhoTests(AdminCase):
         status, _, err = self.run_cli("who", "--socket", self.socket + ".missing")
         self.assertEqual(status, 69)
         self.assertIn("no admin socket at", err)
+
+
+def as_nobody(action: Callable[[], tuple[int, str]], groups: list[int]) -> tuple[int, str]:
+    """``action`` (an exit status and a text) run in a child process as
+    the user nobody in ``groups``: root only, the child drops its rights."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports by its status and pipe
+        code = 1
+        try:
+            os.close(reader)
+            os.setgroups(groups)
+            os.setgid(pwd.getpwnam("nobody").pw_gid)
+            os.setuid(pwd.getpwnam("nobody").pw_uid)
+            code, text = action()
+            os.write(writer, text.encode())
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as f:
+        said = f.read()
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status), said
+
+
+class GroupTests(AdminCase):
+    """``[admin] group``: the socket is 0660 and the group's members may use it."""
+
+    extra = 'group = "users"\n'
+
+    def test_members_of_the_group_may_use_the_socket(self) -> None:
+        users = grp.getgrnam("users").gr_gid
+        st = os.stat(self.socket)
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_gid), (0o660, users))
+        if os.getuid() != 0:
+            raise unittest.SkipTest("running the CLI as another user needs root")
+        os.chmod(os.path.dirname(self.socket), 0o755)  # the directory is not what stops it
+        imap = self.imap()
+        self.login(imap)
+
+        def who() -> tuple[int, str]:
+            out, err = io.StringIO(), io.StringIO()
+            argv = ["admin", "who", "--json", "--socket", self.socket]
+            status = cli.main(argv, stdout=out, stderr=err)
+            return status, out.getvalue() + err.getvalue()
+
+        status, said = as_nobody(who, [users])
+        self.assertEqual(status, 0, said)
+        self.assertEqual([json.loads(line)["user"] for line in said.splitlines()], ["alice"])
+        status, said = as_nobody(who, [])
+        self.assertEqual(status, 77, said)
+        self.assertIn(
+            f"{self.socket}: permission denied (run this as root or as a member of group users)",
+            said,
+        )
 
 
 class KickTests(AdminCase):
@@ -220,3 +284,65 @@ class ReloadTests(AdminCase):
         self.assertIn("limits.max_message_size: must be at least 1024, not 5", err)
         # The configuration in force still serves.
         self.assertIn(b"OK", self.imap().imap("NOOP")[-1])
+
+
+class NotRunningTests(unittest.TestCase):
+    """``mailsrv admin ...`` with no daemon behind the socket: one clear line
+    and exit status 69 (EX_UNAVAILABLE), or 78 when there is no socket to try."""
+
+    def setUp(self) -> None:
+        run = tempfile.mkdtemp(prefix="mailsrv-ops-")
+        self.addCleanup(shutil.rmtree, run, True)
+        self.socket = os.path.join(run, "admin.sock")
+        self.config = os.path.join(run, "mailsrv.toml")
+
+    def admin(self, *args: str, config: str = "") -> tuple[int, str, str]:
+        with open(self.config, "w") as f:
+            f.write(f'[imap]\nlisten = ["tcp:10143"]\n[admin]\nsocket = "{self.socket}"\n{config}')
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["admin", *args, "--config", self.config], stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_no_socket_at_the_path(self) -> None:
+        for command in ("who", "stats", "reload"):
+            self.assertEqual(
+                self.admin(command),
+                (
+                    69,
+                    "",
+                    f"mailsrv: no admin socket at {self.socket}: is the daemon running, "
+                    "with this admin.socket?\n",
+                ),
+            )
+
+    def test_a_socket_left_by_a_daemon_that_is_gone(self) -> None:
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(self.socket)
+        left.close()  # the file stays; nothing listens
+        self.assertEqual(
+            self.admin("kick", "alice"),
+            (
+                69,
+                "",
+                f"mailsrv: nothing listens on {self.socket}: the daemon is not running (the "
+                "socket is left from one that was stopped or killed)\n",
+            ),
+        )
+
+    def test_no_admin_socket_configured(self) -> None:
+        with open(self.config, "w") as f:
+            f.write('[imap]\nlisten = ["tcp:10143"]\n[admin]\nsocket = ""\n')
+        err = io.StringIO()
+        status = cli.main(
+            ["admin", "who", "--config", self.config], stdout=io.StringIO(), stderr=err
+        )
+        self.assertEqual(status, 78)
+        self.assertIn("admin.socket is empty: this daemon has no admin socket", err.getvalue())
+
+    def test_an_action_is_required(self) -> None:
+        usage = io.StringIO()
+        self.patch(sys, "stderr", usage)  # argparse's own
+        self.assertEqual(cli.main(["admin"], stdout=io.StringIO(), stderr=io.StringIO()), 64)
+        self.assertIn(
+            "mailsrv admin: error: the following arguments are required: ACTION", usage.getvalue()
+        )

@@ -179,6 +179,42 @@ class MetricsTests(KnownTraffic):
         self.assertGreaterEqual(value("mailsrv_threadpool_threads", pool="reactor"), 1)
         self.assertEqual(value("mailsrv_build_info", version="0.1.0"), 1)
 
+    def test_unknown_commands_share_one_label(self) -> None:
+        # However many made-up names a client sends, each protocol's
+        # commands metric gains one series for them: UNKNOWN.
+        self.traffic()
+        before = self.scrape()
+        names = [f"X{i}Y{i * 7919}" for i in range(25)]
+        imap, pop, lmtp = self.imap(), self.pop3(), self.lmtp()
+        for name in names:
+            self.assertIn(b"BAD", imap.imap(name)[-1])
+            self.assertIn(b"BAD", imap.imap(f"UID {name} 1")[-1])
+            self.assertTrue(pop.pop3(name)[0].startswith(b"-ERR"))
+            lmtp.send(name.encode() + b"\r\n")
+            self.assertTrue(lmtp.line().startswith(b"500 "))
+        after = self.scrape()
+
+        def commands(m: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set[str]:
+            return {
+                dict(labels)["command"]
+                for (name, labels), _ in m.items()
+                if name == "mailsrv_commands_total"
+            }
+
+        self.assertEqual(commands(after), commands(before))
+        for name in names:
+            self.assertNotIn(name, str(after))
+        for protocol, result, count in (
+            ("imap", "BAD", 2 * len(names)),
+            ("pop3", "-ERR", len(names)),
+            ("lmtp", "500", len(names)),
+        ):
+            labels = {"protocol": protocol, "command": "UNKNOWN", "result": result}
+            grew = sample(after, "mailsrv_commands_total", **labels) - sample(
+                before, "mailsrv_commands_total", **labels
+            )
+            self.assertEqual(grew, count, protocol)
+
     def test_no_user_name_is_a_label(self) -> None:
         self.traffic()
         for (_name, labels), _value in self.scrape().items():
@@ -317,6 +353,14 @@ class ConfigTests(unittest.TestCase):
             load_config(self.write('[admin]\nsocket = ""\n'), check_files=False).admin.socket, ""
         )
         self.assertIn("logging.commands", self.error('[logging]\ncommands = "yes"\n'))
+        self.assertIn(
+            "admin.group: no such group 'no-such-group' on this system",
+            self.error('[admin]\ngroup = "no-such-group"\n'),
+        )
+        self.assertEqual(
+            load_config(self.write('[admin]\ngroup = "users"\n'), check_files=False).admin.group,
+            "users",
+        )
         self.assertIn(
             "admin.socket: /" + "x" * 120 + " is longer than the 107 bytes",
             self.error(f'[admin]\nsocket = "/{"x" * 120}"\n'),

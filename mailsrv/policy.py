@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.interfaces import IAddress
 
 from mailsrv import observe
+from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
+from mailsrv.hooks import SessionHooks
 from mailsrv.observe import Observer
 
 if TYPE_CHECKING:
@@ -67,6 +69,15 @@ class SessionPolicy:
     #: What SCRAM and the OAuth mechanisms need (users' SCRAM secrets, a
     #: token validator); None offers neither.
     sasl: SaslServices | None = None
+    #: SASL mechanisms of the embedding application, as twisted.mail's
+    #: ``challengers``: mechanism name -> a callable that makes a fresh
+    #: ``IChallengeResponse`` credentials object per attempt
+    #: (:mod:`mailsrv.auth.challengers`).  Offered by IMAP and POP3 beside
+    #: mailsrv's own; a name of mailsrv's own is replaced.
+    challengers: Mapping[str, Callable[[], Any]] = attrs.field(factory=dict, converter=normalise)
+    #: What an embedding application changes in sessions (mailsrv.testing's
+    #: emulation, the twisted.mail bridge); None in the daemon.
+    hooks: SessionHooks | None = None
     #: Who hears what sessions do (:mod:`mailsrv.observe`): live state like
     #: ``connections``, kept across reloads; by default the session log lines.
     observer: Observer = observe.DEFAULT

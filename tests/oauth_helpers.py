@@ -95,7 +95,9 @@ class Endpoint:
         self.tokens: dict[str, dict[str, Any]] = {}
         self.requests: list[Any] = []
         self.hold = False
-        site = server.Site(_Introspect(self))
+        # Any: Twisted types listenTCP's factory as ServerFactory[_ProtoWithFactory],
+        # which Site (a ServerFactory of HTTP channels) is not, the generic being invariant.
+        site: Any = server.Site(_Introspect(self))
         self.port: Any = reactor.listenTCP(0, site, interface="127.0.0.1")
         test.addCleanup(self.stop)
 

@@ -186,7 +186,11 @@ class JWTTests(unittest.SynchronousTestCase):
 
     def test_refusals(self) -> None:
         validator = self.validator(issuer="https://idp", audience="imap", scope="mail")
-        good = {"iss": "https://idp", "aud": ["imap", "smtp"], "scope": "openid mail"}
+        good: dict[str, Any] = {
+            "iss": "https://idp",
+            "aud": ["imap", "smtp"],
+            "scope": "openid mail",
+        }
         self.assertEqual(
             self.outcome(validator, sign(claims(**good), "RS256", self.keys.rsa)), "alice"
         )

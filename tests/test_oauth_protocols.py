@@ -7,10 +7,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred.portal import Portal
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IReactorThreads
 from twisted.trial import unittest
 
 from mailsrv.auth.checker import PasswdFileChecker
@@ -67,7 +68,9 @@ class _OAuthOverSockets(Sockets):
 
     def make_checker(self, path: str, validator: Any) -> tuple[Any, Any]:
         """The users' checker (alice and bob) and the mail storage."""
-        checker = PasswdFileChecker(PasswdFile(path), reactor=reactor, token_validator=validator)
+        checker = PasswdFileChecker(
+            PasswdFile(path), reactor=cast(IReactorThreads, reactor), token_validator=validator
+        )
         return checker, MemoryStorage()
 
     def token(self, user: str, **more: Any) -> str:
@@ -177,7 +180,10 @@ class _JWTInPostgres(_OAuthOverSockets):
                 add_user(conn, name, "{PLAIN}not-used-here")
         finally:
             conn.close()
-        return PostgresChecker(storage.db, reactor=reactor, token_validator=validator), storage
+        checker = PostgresChecker(
+            storage.db, reactor=cast(IReactorThreads, reactor), token_validator=validator
+        )
+        return checker, storage
 
 
 class ImapJWTPostgresTests(_JWTInPostgres, unittest.TestCase):

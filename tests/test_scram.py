@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsrv.auth import passwords, sasl, scram
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.passwdfile import PasswdFile
 from mailsrv.auth.saslprep import saslprep
@@ -121,7 +122,9 @@ class _Lookup:
         return defer.succeed(found)
 
 
-class _Bindings:
+class _Bindings(ChannelBindings):
+    """The given binding data, in place of a TLS connection's."""
+
     def __init__(self, **data: bytes) -> None:
         self._data = data
 
@@ -233,6 +236,7 @@ class ExchangeTests(unittest.SynchronousTestCase):
         for message, reason in cases.items():
             step = ScramServer(self.lookup).start(message)
             self.assertIsInstance(step, sasl.Refusal, repr(message))
+            assert isinstance(step, sasl.Refusal)
             self.assertTrue(step.reason.startswith(reason), (message, step))
 
     def test_escaped_names_and_own_authzid(self) -> None:
@@ -243,6 +247,8 @@ class ExchangeTests(unittest.SynchronousTestCase):
         self.assertIsInstance(step, sasl.Challenge)
         self.assertTrue(client.verified(step.data))
         done = server.respond(b"")
+        self.assertIsInstance(done, sasl.Credentials)
+        assert isinstance(done, sasl.Credentials)
         self.assertEqual(done.credentials.username, b"a,b=c")
 
     def test_nothing_may_follow_the_server_signature(self) -> None:
@@ -296,15 +302,16 @@ class ChannelBindingTests(unittest.SynchronousTestCase):
             (False, self.bindings, "y", "Channel binding is supported: downgrade refused"),
         ]
         for plus, bindings, flag, reason in cases:
-            server = ScramServer(self.lookup, plus=plus, bindings=bindings)  # type: ignore[arg-type]
+            server = ScramServer(self.lookup, plus=plus, bindings=bindings)
             step = server.start(ScramClient("user", "pencil", flag=flag).first())
             self.assertIsInstance(step, sasl.Refusal, (plus, flag))
+            assert isinstance(step, sasl.Refusal)
             self.assertTrue(step.reason.startswith(reason), (plus, flag, step))
 
     def test_y_without_tls_is_fine(self) -> None:
         for bindings in (None, _Bindings()):
             client = ScramClient("user", "pencil", flag="y")
-            server = ScramServer(self.lookup, bindings=bindings)  # type: ignore[arg-type]
+            server = ScramServer(self.lookup, bindings=bindings)
             step = self.exchange(server, client)
             self.assertTrue(client.verified(step.data))
 
@@ -326,12 +333,20 @@ class CheckerTests(unittest.TestCase):
     async def proved(self, name: str, password: str) -> str:
         client = ScramClient(name, password)
         server = ScramServer(self.checker)
-        first = await server.start(client.first())
+        started = server.start(client.first())
+        self.assertIsInstance(started, defer.Deferred)  # the secret is looked up
+        assert isinstance(started, defer.Deferred)
+        first = await started
+        self.assertIsInstance(first, sasl.Challenge)
+        assert isinstance(first, sasl.Challenge)
         step = server.respond(client.final(first.data))
         if not isinstance(step, sasl.Challenge) or step.failed:
             return f"refused: {step}"
         self.assertTrue(client.verified(step.data))
-        credentials = server.respond(b"").credentials
+        done = server.respond(b"")
+        self.assertIsInstance(done, sasl.Credentials)
+        assert isinstance(done, sasl.Credentials)
+        credentials = done.credentials
         try:
             return str(await self.checker.requestAvatarId(credentials))
         except UnauthorizedLogin:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IReactorThreads, ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -30,6 +32,11 @@ from tests.pop3_helpers import TrackingFactory
 from tests.sasl_helpers import ScramClient, client_bindings
 from tests.test_scram import DOVEADM_PENCIL
 
+if TYPE_CHECKING:
+    _Base = unittest.TestCase
+else:
+    _Base = object
+
 USERS = {"alice": DOVEADM_PENCIL, "bob": "{PLAIN}secret"}
 PASSWORDS = {"alice": "pencil", "bob": "secret"}
 
@@ -46,6 +53,14 @@ class _Dialogue:
     FAILED = b""
     NOT_OFFERED = b""
     UNAVAILABLE = b""
+
+    def factory(self, portal: Portal, policy: SessionPolicy, tls: bool) -> Any:
+        """The protocol's server factory (unwrapped: ``tls`` says implicit TLS)."""
+        raise NotImplementedError
+
+    def ended(self, factory: Any) -> list[defer.Deferred[None]]:
+        """What fires when each connection ``factory`` served has closed."""
+        raise NotImplementedError
 
     async def greeting(self, client: Client) -> None:
         await client.until(b"\r\n")
@@ -143,7 +158,7 @@ class _Pop3(_Dialogue):
         return (await client.until(b"\r\n")).strip()
 
 
-class Sockets:
+class Sockets(_Base):
     """Servers of one protocol on loopback ports, and their clients, all
     closed after the test; a subclass sets ``portal``, ``policy`` and
     ``server_tls`` and calls :meth:`start_sockets` in its setUp."""
@@ -160,10 +175,13 @@ class Sockets:
     def listen(self, tls: bool = False) -> int:
         factory = self.dialogue.factory(self.portal, self.policy, tls)
         self.factories.append(factory)
-        wrapped = TLSMemoryBIOFactory(self.server_tls, False, factory) if tls else factory
+        # Any: Twisted types listenTCP's factory as a ServerFactory; any will do.
+        wrapped: Any = TLSMemoryBIOFactory(self.server_tls, False, factory) if tls else factory
         port = reactor.listenTCP(0, wrapped, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        return int(port.getHost().port)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        return address.port
 
     async def connect(self, tls: str | None = None, starttls: str | None = None) -> Client:
         """A client greeted over plaintext, implicit TLS (``tls`` "1.2" or
@@ -174,17 +192,20 @@ class Sockets:
             d = creator.connectSSL("127.0.0.1", port, _client_tls(tls))
         else:
             d = creator.connectTCP("127.0.0.1", port)
-        client = await d
+        client: Client = await d
         self.clients.append(client)
         await self.dialogue.greeting(client)
         if starttls is not None:
             await self.dialogue.start_tls(client)
-            assert client.transport is not None
-            client.transport.startTLS(_client_tls(starttls))
+            ITLSTransport(client.transport).startTLS(_client_tls(starttls))
         return client
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._tear_down()
+
+    @defer.inlineCallbacks
+    def _tear_down(self) -> Any:
         for client in self.clients:
             if client.transport is not None:
                 client.transport.loseConnection()
@@ -216,7 +237,8 @@ class _ScramOverSockets(Sockets):
         path = os.path.join(self.dir, "passwd")
         with open(path, "w") as f:
             f.writelines(f"{name}:{secret}\n" for name, secret in USERS.items())
-        return PasswdFileChecker(PasswdFile(path), reactor=reactor), MemoryStorage()
+        checker = PasswdFileChecker(PasswdFile(path), reactor=cast(IReactorThreads, reactor))
+        return checker, MemoryStorage()
 
     async def scram(
         self,
@@ -372,10 +394,14 @@ class _InPostgres(_ScramOverSockets):
                 add_user(conn, name, secret)
         finally:
             conn.close()
-        return PostgresChecker(storage.db, reactor=reactor), storage
+        return PostgresChecker(storage.db, reactor=cast(IReactorThreads, reactor)), storage
+
+    def setUp(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._set_up()
 
     @defer.inlineCallbacks
-    def setUp(self) -> Any:
+    def _set_up(self) -> Any:
         super().setUp()
         from tests.test_storage_postgres import wait_until
 

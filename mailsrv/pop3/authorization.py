@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from mailsrv.auth import sasl
+from mailsrv.auth import challengers, sasl
 from mailsrv.errors import MailboxInUse, StorageError
 from mailsrv.interfaces import IMaildrop, MaildropEntry
 from mailsrv.pop3.commands import (
@@ -143,12 +143,7 @@ class Authorization:
             if name in sasl.PLAINTEXT_MECHANISMS and name in sasl.MECHANISMS:
                 raise CommandError(PLAINTEXT_DISALLOWED, "AUTH")
             raise CommandError("Unsupported authentication mechanism.")
-        mechanism = sasl.create(
-            name,
-            self._guard.policy.hostname,
-            services=self._guard.policy.sasl,
-            bindings=self._conn.channel_bindings(),
-        )
+        mechanism = challengers.create(self._guard.policy, name, self._conn.channel_bindings())
         if mechanism is None:
             raise CommandError("Unsupported authentication mechanism.")
         initial: bytes | None = None

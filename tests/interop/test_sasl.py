@@ -10,6 +10,7 @@ import base64
 import imaplib
 import poplib
 import re
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -52,10 +53,12 @@ class _Scramp:
         message does not verify or carries an error."""
         self.step += 1
         if self.step == 1:
-            return self.client.get_client_first().encode()
+            first: str = self.client.get_client_first()
+            return first.encode()
         if self.step == 2:
             self.client.set_server_first(challenge.decode())
-            return self.client.get_client_final().encode()
+            final: str = self.client.get_client_final()
+            return final.encode()
         try:
             self.client.set_server_final(challenge.decode())
         except scramp.ScramException as e:
@@ -81,6 +84,12 @@ class ScrampTests(InteropTestCase):
         mechanisms = ["SCRAM-SHA-256-PLUS" if binding is not None else "SCRAM-SHA-256"]
         return _Scramp(mechanisms, self.user, self.password, binding)
 
+    def tls_version(self, sock: socket.socket) -> str | None:
+        """The TLS version ``sock`` negotiated (it must be a TLS socket)."""
+        self.assertIsInstance(sock, ssl.SSLSocket)
+        assert isinstance(sock, ssl.SSLSocket)
+        return sock.version()
+
     def imap_login(self, session: imaplib.IMAP4, conversation: _Scramp) -> None:
         self.addCleanup(session.shutdown)
         mechanism = conversation.client.mechanism_name
@@ -98,13 +107,13 @@ class ScrampTests(InteropTestCase):
         session = imaplib.IMAP4_SSL(
             "localhost", self.server.ports["imaps"], ssl_context=self.server.ssl_context()
         )
-        self.assertEqual(session.sock.version(), "TLSv1.3")
+        self.assertEqual(self.tls_version(session.sock), "TLSv1.3")
         self.imap_login(session, self.scram(("tls-server-end-point", session.sock)))
 
     def test_imap_starttls_plus_tls12(self) -> None:
         session = imaplib.IMAP4("localhost", self.server.ports["imap"], timeout=30)
         session.starttls(_tls12(self.server.ssl_context()))
-        self.assertEqual(session.sock.version(), "TLSv1.2")
+        self.assertEqual(self.tls_version(session.sock), "TLSv1.2")
         self.imap_login(session, self.scram(("tls-unique", session.sock)))
 
     def test_imap_wrong_password(self) -> None:
@@ -131,13 +140,13 @@ class ScrampTests(InteropTestCase):
         pop = poplib.POP3_SSL(
             "localhost", self.server.ports["pop3s"], context=self.server.ssl_context()
         )
-        self.assertEqual(pop.sock.version(), "TLSv1.3")
+        self.assertEqual(self.tls_version(pop.sock), "TLSv1.3")
         self.pop3_login(pop, self.scram(("tls-server-end-point", pop.sock)))
 
     def test_pop3_stls_plus_tls12(self) -> None:
         pop = poplib.POP3("localhost", self.server.ports["pop3"], timeout=30)
         pop.stls(_tls12(self.server.ssl_context()))
-        self.assertEqual(pop.sock.version(), "TLSv1.2")
+        self.assertEqual(self.tls_version(pop.sock), "TLSv1.2")
         self.pop3_login(pop, self.scram(("tls-unique", pop.sock)))
 
 

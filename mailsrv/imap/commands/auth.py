@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from mailsrv.auth import sasl
+from mailsrv.auth import challengers, sasl
 from mailsrv.errors import StorageError
 from mailsrv.imap.lexer import ATOM_CHARS, Reader
 from mailsrv.imap.output import Done, bad, no
@@ -117,21 +117,17 @@ def _login_capability(session: Session) -> Sequence[str]:
 
 
 def handle_authenticate(session: Session, command: Authenticate) -> Result:
-    if command.mechanism not in sasl.MECHANISMS:
+    known = command.mechanism in sasl.MECHANISMS or command.mechanism in session.policy.challengers
+    if not known:
         raise no(f"Unsupported mechanism {command.mechanism}", "CANNOT")
     if command.mechanism not in session.mechanisms():
-        if command.mechanism in sasl.PLAINTEXT_MECHANISMS:
+        if command.mechanism in sasl.PLAINTEXT_MECHANISMS and not session.plaintext_allowed():
             raise no("Plaintext authentication is disabled; use STARTTLS", "PRIVACYREQUIRED")
         raise no(f"{command.mechanism} is not available", "CANNOT")
     if command.initial_response is not None and command.mechanism in _SERVER_FIRST:
         # RFC 4959 3: an initial response to a server-first mechanism is BAD.
         raise bad(f"{command.mechanism} does not take an initial response")
-    mechanism = sasl.create(
-        command.mechanism,
-        session.policy.hostname,
-        services=session.policy.sasl,
-        bindings=session.channel_bindings(),
-    )
+    mechanism = challengers.create(session.policy, command.mechanism, session.channel_bindings())
     if mechanism is None:
         raise no(f"{command.mechanism} is not available", "CANNOT")
     initial: bytes | None = None

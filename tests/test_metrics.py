@@ -4,6 +4,7 @@ log lines of the same traffic; ``[metrics]`` in the configuration."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import os
@@ -15,7 +16,7 @@ from mailsrv import cli
 from mailsrv.config import load_config
 from mailsrv.errors import ConfigError
 from mailsrv.storage.maildir.layout import INDEX_NAME
-from tests.ops_helpers import OpsCase, sample
+from tests.ops_helpers import Counting, OpsCase, sample
 
 MESSAGE = b"Subject: known traffic\r\n\r\nbody\r\n"
 
@@ -282,6 +283,19 @@ class DebugLogTests(OpsCase):
         sasl = self.imap()
         # AUTHENTICATE PLAIN with an initial response: \0alice\0pw
         self.assertIn(b"OK", sasl.imap("AUTHENTICATE PLAIN AGFsaWNlAHB3")[-1])
+        # AUTHENTICATE PLAIN with the response on a line of its own.
+        refused = self.imap()
+        refused.send(b"t1 AUTHENTICATE PLAIN\r\n")
+        self.assertEqual(refused.line(), b"+ \r\n")
+        refused.send(b"AGJvYgB0b3BzZWNyZXQ=\r\n")  # \0bob\0topsecret: refused
+        self.assertTrue(refused.line().startswith(b"t1 NO [AUTHENTICATIONFAILED]"))
+        apop = Counting(self.ports["pop3"])
+        self.addCleanup(apop.close)
+        timestamp = apop.line().split()[-1]
+        digest = hashlib.md5(timestamp + b"pw").hexdigest()
+        self.assertTrue(apop.pop3(f"APOP alice {digest}")[0].startswith(b"+OK"))
+        apop.pop3("QUIT")
+        apop.until_closed()
         pop = self.pop3()
         pop.pop3("USER alice")
         pop.pop3("PASS pw")
@@ -290,11 +304,21 @@ class DebugLogTests(OpsCase):
         pop.until_closed()
         self.daemon.wait_for('"line": "QUIT"')
         text = self.daemon.log
-        for secret in (b"s3cret", b"confidential", b"AGFsaWNlAHB3", b"LOGIN alice pw"):
-            self.assertNotIn(secret.decode(), text)
+        for secret in (
+            "s3cret",
+            "confidential",
+            "AGFsaWNlAHB3",
+            "LOGIN alice pw",
+            "AGJvYgB0b3BzZWNyZXQ=",
+            digest,
+        ):
+            self.assertNotIn(secret, text)
         lines = [(str(e["direction"]), str(e["line"])) for e in self.json_lines() if "line" in e]
         self.assertIn(("C", "t1 LOGIN ***"), lines)
         self.assertIn(("C", "t1 AUTHENTICATE PLAIN ***"), lines)
+        self.assertIn(("C", "t1 AUTHENTICATE PLAIN"), lines)
+        self.assertIn(("C", "(continuation line)"), lines)
+        self.assertIn(("C", "APOP alice ***"), lines)
         self.assertIn(("C", f"t2 APPEND INBOX {{{len(body)}+}} <{len(body)} octets> "), lines)
         literal = f"BODY[] {{{len(body)}}} <{len(body)} octets>"
         self.assertTrue(any(d == "S" and x.endswith(literal) for d, x in lines), lines)

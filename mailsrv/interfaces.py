@@ -159,6 +159,17 @@ class MailboxEntry:
 
 
 @attrs.frozen
+class NewMessage:
+    """One message for :meth:`IMailbox.append_many`: its source (read once,
+    streamed, in the form :meth:`IMailbox.append` takes), flags and
+    internal date (None: now)."""
+
+    source: IO[bytes]
+    flags: Iterable[str] = ()
+    internal_date: datetime.datetime | None = None
+
+
+@attrs.frozen
 class StoreResult:
     """The outcome of :meth:`IMailbox.store`.
 
@@ -247,6 +258,22 @@ class IMailbox(Interface):
         Bare LF line ends are stored as CRLF.  ``internal_date`` defaults to
         now.  Listeners hear ``messages_added`` before this returns.
         """
+
+    def append_many(messages: Sequence[NewMessage]) -> MaybeDeferred[Sequence[int]]:
+        """Add all ``messages`` or none of them (MULTIAPPEND, RFC 3502);
+        return their UIDs in the order given, ascending.
+
+        If any message cannot be stored, the mailbox is left as it was:
+        no message of the batch is visible, to this process or any other,
+        and listeners hear nothing (a UID may have been used up meanwhile,
+        as UIDs need not be contiguous).  On success listeners hear one
+        ``messages_added`` with every UID.
+        """
+
+    def remove(uids: Iterable[int]) -> MaybeDeferred[Sequence[int]]:
+        """Expunge exactly these messages, whatever their flags (REPLACE's
+        expunge of the replaced message, RFC 8508 3.4); return the UIDs
+        removed, ascending (those already gone are left out)."""
 
     def store(
         uids: Iterable[int],

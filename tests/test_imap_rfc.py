@@ -53,7 +53,6 @@ class CapabilityTests(ServerTestBase):
             b"UTF8=ACCEPT",
             b"QUOTA",
             b"ACL",
-            b"MULTIAPPEND",
             b"COMPRESS=DEFLATE",
             b"NOTIFY",
             b"METADATA",

@@ -273,6 +273,8 @@ STATE_TABLE = (
     ("UID COPY 1 INBOX", "s"),
     ("MOVE 1 INBOX", "s"),
     ("UID MOVE 1 INBOX", "s"),
+    ("REPLACE 1 INBOX {1+}\r\nx", "s"),
+    ("UID REPLACE 1 INBOX {1+}\r\nx", "s"),
 )
 STATE_NAMES = {"n": "not authenticated", "a": "authenticated", "s": "selected"}
 

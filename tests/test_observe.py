@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailsrv import observe
 from mailsrv.auth.passwdfile import UserRecord
 from mailsrv.errors import NoSuchMailbox
-from mailsrv.imap.session import KICKED, loggable
+from mailsrv.imap.observed import loggable
+from mailsrv.imap.session import KICKED
 from mailsrv.interfaces import IMailbox, IMessageCache
 from mailsrv.lmtp.server import LMTPFactory, LMTPServer
 from mailsrv.observe import Completed, LineTap, Observer, Observers, Probe, SessionInfo

@@ -84,8 +84,8 @@ class LiteralNeeded:
 
     ``tag`` and ``command`` (upper-cased, ``UID`` folded in) are read from
     the command's first line when they can be; ``command_size`` is what
-    the command holds in memory so far and ``spooled`` whether one of its
-    literals went to a file.
+    the command holds in memory so far, ``spooled`` whether one of its
+    literals went to a file and ``spooled_size`` how much went to files.
     """
 
     size: int
@@ -95,6 +95,7 @@ class LiteralNeeded:
     command: str | None
     command_size: int
     spooled: bool
+    spooled_size: int = 0
 
 
 @attrs.define
@@ -302,6 +303,7 @@ class Framer:
             command=peeked[1] if peeked else None,
             command_size=self._command_size,
             spooled=any(isinstance(s, LiteralFile) for s in self._segments),
+            spooled_size=sum(s.size for s in self._segments if isinstance(s, LiteralFile)),
         )
         self._mode = _Mode.DECIDING
         return self._announced

@@ -167,6 +167,8 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "QRESYNC",
     "ESEARCH",
     "SEARCHRES",
+    "MULTIAPPEND",
+    "CATENATE",
     _appendlimit,
 )
 
@@ -199,6 +201,9 @@ CAPABILITY_ORDER = (
     "THREAD",
     "ESORT",
     "CONTEXT",
+    "MULTIAPPEND",
+    "CATENATE",
+    "REPLACE",
     "APPENDLIMIT",
     "STARTTLS",
     "LOGINDISABLED",

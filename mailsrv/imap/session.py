@@ -45,7 +45,8 @@ from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.hooks import CommandHook, Drop
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
-from mailsrv.imap.lexer import LiteralFile, ParseError, Segment, peek_command
+from mailsrv.imap.lexer import ParseError, Segment
+from mailsrv.imap.observed import command_name, command_size, loggable
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.registry import Command, Handler, Registry, Result, State
 from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
@@ -74,6 +75,18 @@ LOG = log.get_logger("mailsrv.imap.server")
 #: APPEND literals above this size are spooled to a temporary file as they
 #: arrive; smaller literals stay in memory.
 SPOOL_THRESHOLD = 64 * 1024
+
+#: The commands whose literals are messages (spooled, up to the message
+#: size limit each), and the states they take them in.
+APPENDING = {
+    "APPEND": frozenset({State.AUTHENTICATED, State.SELECTED}),
+    "REPLACE": frozenset({State.SELECTED}),
+    "UID REPLACE": frozenset({State.SELECTED}),
+}
+#: One APPEND (MULTIAPPEND, CATENATE) spools at most this many times the
+#: message size limit in all, so a client cannot fill the disk with one
+#: command that is never finished.
+APPEND_TOTAL_FACTOR = 10
 
 #: Why a session ends when its view of the mailbox could not be updated.
 OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
@@ -305,35 +318,38 @@ class Session:
         """Take a literal into memory, spool it (APPEND), or refuse it, and
         tell the client (``+`` for a synchronizing literal, or the refusal)."""
         tag = event.tag or "*"
-        appending = event.command == "APPEND" and self.state in (
-            State.AUTHENTICATED,
-            State.SELECTED,
-        )
+        appending = event.command in APPENDING and self.state in APPENDING[event.command]
         size = event.size
         in_memory = event.command_size + size <= self.policy.max_line_length
         spool = appending and (size > SPOOL_THRESHOLD or not in_memory)
         refusal: bytes | None = None
-        status = "BAD"
-        if appending and size > self.policy.max_message_size:
-            status = "NO" if event.synchronizing else "BAD"
+        # A refused synchronizing literal is NO (RFC 3502: the whole
+        # MULTIAPPEND is cancelled, nothing stored); a LITERAL+ one comes
+        # anyway and is dropped with its command, so BAD (RFC 7888 4).
+        status = "NO" if event.synchronizing else "BAD"
+        limit = self.policy.max_message_size
+        if appending and size > limit:
+            refusal = response.tagged(
+                tag, status, f"Message too large (at most {limit} octets)", "TOOBIG"
+            )
+        elif appending and event.spooled_size + size > APPEND_TOTAL_FACTOR * limit:
             refusal = response.tagged(
                 tag,
                 status,
-                f"Message too large (at most {self.policy.max_message_size} octets)",
+                f"Too much in one APPEND (at most {APPEND_TOTAL_FACTOR * limit} octets)",
                 "TOOBIG",
             )
         elif event.binary and not appending:
             refusal = response.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
         elif not spool and not in_memory:
             refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
-        elif spool and event.spooled:
-            refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
         elif not event.synchronizing and self._withdrawn("LITERAL+"):
             # RFC 7888 3: without LITERAL+ a server knows no "{n+}" literal.
             refusal = response.tagged(tag, "BAD", "Non-synchronizing literal without LITERAL+")
         if refusal is not None:
             self.send(refusal)
-            self.probe.command_refused(event.command or UNKNOWN, status)
+            # Reported as the client saw it: "tag NO ..." or "tag BAD ...".
+            self.probe.command_refused(event.command or UNKNOWN, refusal.split(b" ", 2)[1].decode())
             return LiteralAnswer.REFUSED
         if event.synchronizing:
             self.send(b"+ Ready for literal data\r\n")
@@ -349,7 +365,7 @@ class Session:
         except ParseError as e:
             close_segments(segments)
             self.send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
-            probe.command_refused(_command_name(segments), "BAD")
+            probe.command_refused(command_name(segments), "BAD")
             return
         if self.state not in spec.states:
             close_segments(segments)
@@ -366,7 +382,7 @@ class Session:
                 return
             hook = self.policy.hooks.command("IMAP", spec.key)
         handler = spec.handler if hook is None else self._hooked(spec.handler, hook)
-        probe.command_started(spec.key, _size(segments))
+        probe.command_started(spec.key, command_size(segments))
         self.busy = True
         d: defer.Deferred[Any]
         view = self.selected
@@ -653,42 +669,3 @@ class Session:
 
     def _release_user(self) -> None:
         self.guard.release_user()
-
-
-def loggable(segments: Sequence[Segment]) -> str:
-    """A command as the debug log shows it: literals as their size, and
-    LOGIN's and AUTHENTICATE's arguments (a password, a SASL response) left out."""
-    first = segments[0] if segments and isinstance(segments[0], bytes) else b""
-    peeked = peek_command(first)
-    if peeked is not None and peeked[1] in ("LOGIN", "AUTHENTICATE"):
-        tag, name = peeked
-        if name == "AUTHENTICATE":
-            words = first.split(b" ")
-            mechanism = words[2].decode("ascii", "replace") if len(words) > 2 else ""
-            return f"{tag} AUTHENTICATE {mechanism}" + (" ***" if len(words) > 3 else "")
-        return f"{tag} LOGIN ***"
-    # Segments alternate a line's text and a literal's payload.
-    parts: list[str] = []
-    for i, segment in enumerate(segments):
-        if i % 2 == 1 or not isinstance(segment, bytes):
-            parts.append(f"<{_octets(segment)} octets>")
-        else:
-            parts.append(segment[:200].decode("utf-8", "replace"))
-    return " ".join(parts)
-
-
-def _octets(segment: Segment) -> int:
-    return segment.size if isinstance(segment, LiteralFile) else len(segment)
-
-
-def _command_name(segments: Sequence[Segment]) -> str:
-    """The command a malformed one meant, for the observers (UNKNOWN
-    unless it is a known name: the label stays among the commands)."""
-    first = segments[0] if segments and isinstance(segments[0], bytes) else b""
-    peeked = peek_command(first)
-    return peeked[1] if peeked is not None else UNKNOWN
-
-
-def _size(segments: Sequence[Segment]) -> int:
-    """A command's octets: its lines with their CRLFs, and its literals."""
-    return sum(_octets(s) + (2 if i % 2 == 0 else 0) for i, s in enumerate(segments))

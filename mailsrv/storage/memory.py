@@ -47,6 +47,7 @@ from mailsrv.interfaces import (
     MailboxStatus,
     MaybeDeferred,
     MessageInfo,
+    NewMessage,
     StoreMode,
     StoreResult,
     maybe_deferred,
@@ -351,6 +352,27 @@ class MemoryMailbox:
         uid = self._state.add(data, stored_flags, date)
         self._state.announce("messages_added", [uid])
         return uid
+
+    def append_many(self, messages: Sequence[NewMessage]) -> Sequence[int]:
+        # Everything is read and checked before the first message is added,
+        # so a bad one leaves the mailbox as it was (RFC 3502).
+        self._state.check_alive()
+        ready = [
+            (
+                b"".join(wire_chunks(m.source, _READ_CHUNK)),
+                check_flags(m.flags),
+                _internal_date(m.internal_date),
+            )
+            for m in messages
+        ]
+        uids = [self._state.add(data, flags, date) for data, flags, date in ready]
+        if uids:
+            self._state.announce("messages_added", uids)
+        return uids
+
+    def remove(self, uids: Iterable[int]) -> Sequence[int]:
+        self._state.check_alive()
+        return self._remove([m.uid for m in self._state.select(uids)])
 
     def store(
         self,

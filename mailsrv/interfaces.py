@@ -29,7 +29,8 @@ Conventions every implementation follows:
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
 :class:`IMessageCache`, :class:`IMaildropLocking` and :class:`IPop3UidSource`
-on a mailbox, :class:`IWatchingStorage` on a storage.
+on a mailbox, :class:`IQuotaUsage` on an account, :class:`IWatchingStorage` on a
+storage.
 """
 
 from __future__ import annotations
@@ -402,6 +403,29 @@ class IPop3UidSource(Interface):
     def pop3_uidls() -> MaybeDeferred[Mapping[int, str]]:
         """``{uid: uidl}`` for messages that keep an old UIDL; the others
         get the computed one (:func:`mailsrv.storage.maildrop.unique_id`)."""
+
+
+@attrs.frozen
+class Usage:
+    """What an account holds, as quotas count it (RFC 9208 STORAGE and
+    MESSAGE): ``octets`` of messages in wire form, and ``messages``."""
+
+    octets: int
+    messages: int
+
+
+class IQuotaUsage(Interface):
+    """An account that tells what it holds without opening or listing its
+    messages (QUOTA, ``mailsrv deliver`` and LMTP check limits with it).
+
+    The figure comes from counters the backend keeps up to date as
+    messages come and go (per mailbox: Maildir's index triggers,
+    PostgreSQL's ``mailboxes`` row, the memory backend's state), so asking
+    costs one read per mailbox, never a walk over the messages.
+    """
+
+    def usage() -> MaybeDeferred[Usage]:
+        """Octets and messages over every mailbox of the account."""
 
 
 class IAccount(Interface):

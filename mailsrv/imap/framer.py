@@ -215,6 +215,14 @@ class Framer:
             self._literal = _Literal(announced.size, announced.size, None)
             self._mode = _Mode.DROPPING
 
+    def take_unread(self) -> bytes:
+        """Hand back the octets received and not framed yet (COMPRESS: they
+        came after the command and are compressed, so they must go through
+        the inflater first)."""
+        unread = bytes(self._buffer[self._start :])
+        self._buffer, self._start, self._scanned = bytearray(), 0, 0
+        return unread
+
     def clear(self) -> None:
         """Forget everything not yet framed (STARTTLS: what was pipelined
         after it in plaintext must not be acted upon)."""

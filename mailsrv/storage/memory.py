@@ -42,6 +42,7 @@ from mailsrv.interfaces import (
     IMailboxListener,
     IMessage,
     IMessageCache,
+    IQuotaUsage,
     IStorage,
     MailboxEntry,
     MailboxStatus,
@@ -50,6 +51,7 @@ from mailsrv.interfaces import (
     NewMessage,
     StoreMode,
     StoreResult,
+    Usage,
     maybe_deferred,
 )
 from mailsrv.log import get_logger
@@ -507,7 +509,7 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IAccount)
+@implementer(IAccount, IQuotaUsage)
 class MemoryAccount:
     """One user's mailbox tree in memory."""
 
@@ -629,6 +631,10 @@ class MemoryAccount:
         name = names.normalize(name)
         if name in self._subscriptions:
             self._subscriptions.remove(name)
+
+    def usage(self) -> Usage:
+        states = self._mailboxes.values()
+        return Usage(sum(s.size for s in states), sum(len(s.messages) for s in states))
 
     def status(self, name: str) -> MailboxStatus:
         return self.get_mailbox(name).status()

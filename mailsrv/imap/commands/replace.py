@@ -18,23 +18,25 @@ from typing import TYPE_CHECKING
 import attrs
 from twisted.internet import defer
 
-from mailsrv import log
+from mailsrv import log, quota
 from mailsrv.imap import response, syntax
 from mailsrv.imap.commands.append import (
     AppendMessage,
     append_message,
+    batch_octets,
     check_not_empty,
     check_offered,
     close_messages,
     new_messages,
     target_mailbox,
 )
+from mailsrv.imap.commands.quota import limits_of
 from mailsrv.imap.condstore import done_with_modseq
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
 from mailsrv.imap.syntax import SequenceSet
-from mailsrv.interfaces import IMailbox, maybe_deferred
+from mailsrv.interfaces import IMailbox, IMessage, NewMessage, maybe_deferred
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -80,6 +82,7 @@ async def _replace(session: Session, command: Replace) -> Done:
         target = await target_mailbox(session, command.mailbox)
         (new,) = await new_messages(session, [command.message])
         try:
+            await _check_quota(session, view.mailbox, uids, new)
             (uid,) = await maybe_deferred(target.append_many, [new])
         finally:
             new.source.close()
@@ -99,6 +102,17 @@ async def _replace(session: Session, command: Replace) -> Done:
         done: Done = await done_with_modseq(session, f"{command.name} completed")
         return done
     return Done(text=f"{command.name} completed")
+
+
+async def _check_quota(
+    session: Session, mailbox: IMailbox, old: Sequence[int], new: NewMessage
+) -> None:
+    """RFC 9208 4.3.1 for a REPLACE: the old message goes as the new one
+    comes, so only growth counts (NO [OVERQUOTA] if it does not fit)."""
+    infos: Sequence[IMessage] = await maybe_deferred(mailbox.fetch, old)
+    growth = batch_octets([new]) - sum(info.size for info in infos)
+    account = session.logged_in_account()
+    await quota.check(account, limits_of(session), max(growth, 0), 0)
 
 
 async def _take_back(target: IMailbox, uid: int) -> None:

@@ -176,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
         help="create the self-signed certificate and key named by [tls] (development)",
     )
     cert.add_argument("--force", action="store_true", help="replace existing files")
+    from mailsrv import admin_client
+
+    admin_client.add_commands(commands, common)
     return parser
 
 
@@ -746,6 +749,20 @@ def _certificates(config: Config, path: str) -> list[str]:
     return lines
 
 
+def _admin(args: argparse.Namespace, stdout: IO[str]) -> int:
+    """admin who|kick|stats|reload (or who, kick, ... alone): over the
+    daemon's admin socket."""
+    from mailsrv import admin_client
+
+    path = args.socket or _config(args).admin.socket
+    if not path:
+        raise CommandError("admin.socket is empty: this daemon has no admin socket", EX_CONFIG)
+    try:
+        return admin_client.run(args, path, stdout)
+    except admin_client.AdminError as e:
+        raise CommandError(str(e), e.status) from None
+
+
 @implementer(ILogObserver)
 class _StderrLog:
     """Shows warnings and errors logged during a command on standard error."""
@@ -841,6 +858,8 @@ def _dispatch(
         return _db(args, stdout)
     if args.command == "gen-cert":
         return _gen_cert(args, stdout)
+    if args.command in ("admin", "who", "kick", "stats", "reload"):
+        return _admin(args, stdout)
     raise AssertionError(args.command)
 
 

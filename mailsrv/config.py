@@ -436,6 +436,32 @@ class LoggingSection:
     )
     #: "text" (twistd's lines) or "json" (one JSON object per line).
     format: str = attrs.field(default="text", metadata=_meta(_check_choice("text", "json")))
+    #: One line per IMAP, POP3 and LMTP command at info level (else at debug only).
+    commands: bool = attrs.field(default=False, metadata=_meta())
+
+
+@attrs.frozen
+class MetricsSection:
+    #: Where Prometheus scrapes ``/metrics``: a Twisted endpoint string
+    #: ("tcp:9154:interface=127.0.0.1"); "" serves no metrics.
+    listen: str = attrs.field(default="", metadata=_meta())
+
+
+#: The longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 107
+
+#: The admin socket unless ``[admin] socket`` says otherwise: in the run
+#: directory systemd makes for the service (``RuntimeDirectory=mailsrv``).
+DEFAULT_ADMIN_SOCKET = "/run/mailsrv/admin.sock"
+
+
+@attrs.frozen
+class AdminSection:
+    #: The Unix socket ``mailsrv who/kick/stats/reload`` talk to; "" for none.
+    socket: str = attrs.field(default=DEFAULT_ADMIN_SOCKET, metadata=_meta())
+    #: A group whose members may use the socket too (mode 0660); "" for the
+    #: daemon's user only (mode 0600).
+    group: str | None = attrs.field(default=None, metadata=_meta(_check_group))
 
 
 @attrs.frozen
@@ -476,6 +502,8 @@ class Config:
     quota: QuotaSection = QuotaSection()
     timeouts: TimeoutsSection = TimeoutsSection()
     logging: LoggingSection = LoggingSection()
+    metrics: MetricsSection = MetricsSection()
+    admin: AdminSection = AdminSection()
     #: Keys ("imap.listen") whose value came from a command-line option,
     #: mapped to that option ("--imap"), so errors name what the user typed.
     from_command_line: Mapping[str, str] = attrs.field(factory=dict)
@@ -528,6 +556,8 @@ _SECTIONS: dict[str, type] = {
     "quota": QuotaSection,
     "timeouts": TimeoutsSection,
     "logging": LoggingSection,
+    "metrics": MetricsSection,
+    "admin": AdminSection,
 }
 
 #: Command-line options: option name -> (section, key).
@@ -712,6 +742,19 @@ def _field_value(field: Any, raw: Any, where: str) -> Any:
     return value
 
 
+def _admin_section(section: AdminSection) -> AdminSection:
+    """``[admin] socket`` made absolute, and short enough for a Unix socket."""
+    if not section.socket:
+        return section
+    path = os.path.abspath(os.path.expanduser(section.socket))
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise _error(
+            "admin.socket",
+            f"{path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket's path may have",
+        )
+    return attrs.evolve(section, socket=path)
+
+
 def _check_postgresql(dsn: str, section: str = "storage", other: str = "") -> None:
     """The PostgreSQL backend needs psycopg and a DSN libpq can parse.
 
@@ -853,7 +896,9 @@ def _check_listeners(config: Config, required: bool) -> None:
         )
     seen: dict[tuple[str, int], Listener] = {}
     paths: dict[str, Listener] = {}
-    for listener in listeners:
+    # The metrics endpoint is checked as a listener is: valid, on a port of its own.
+    metrics = Listener("metrics", config.metrics.listen, False, "metrics.listen")
+    for listener in [*listeners, metrics] if config.metrics.listen else listeners:
         listener = _without_proxy_mark(config, listener)
         if listener.endpoint.split(":", 1)[0] == "systemd":
             problem = _systemd_problem(listener.endpoint)
@@ -945,6 +990,21 @@ def _check_tls_available(config: Config, listener: Listener) -> None:
         raise _error(listener.origin, "implicit TLS listener needs tls.certificate and tls.key")
 
 
+def _check_metrics(config: Config) -> None:
+    """``[metrics] listen`` needs prometheus_client to serve it (the
+    endpoint itself is checked with the listeners)."""
+    import importlib.util
+
+    if config.metrics.listen.startswith(Listener.PROXY_PREFIX):
+        raise _error("metrics.listen", "the metrics endpoint takes no PROXY header")
+    if config.metrics.listen and importlib.util.find_spec("prometheus_client") is None:
+        raise _error(
+            "metrics.listen",
+            "serving metrics needs prometheus_client, which is not installed: "
+            "pip install 'mailsrv[metrics]'",
+        )
+
+
 def _origin(config: Config, key: str) -> str:
     return config.from_command_line.get(key, key)
 
@@ -999,6 +1059,7 @@ def load_config(
         name: _build_section(name, cls, data.get(name, {}), by_section.get(name, {}))
         for name, cls in _SECTIONS.items()
     }
+    sections["admin"] = _admin_section(sections["admin"])
     from_command_line = {
         f"{section}.{key}": origin
         for section, keys in by_section.items()
@@ -1012,6 +1073,7 @@ def load_config(
     _check_auth(config)
     _check_workers(config)
     _check_tls(config)
+    _check_metrics(config)
     from mailsrv.auth.oauth_config import check_oauth
 
     check_oauth(config.auth.oauth, _Errors.path, check_files)

@@ -61,6 +61,7 @@ _LEGACY_KEYS = frozenset({"message", "format", "time", "isError", "why", "failur
 
 FORMATS = ("text", "json")
 _format = "text"
+_debug = False
 
 
 def get_logger(namespace: str) -> Logger:
@@ -70,7 +71,15 @@ def get_logger(namespace: str) -> Logger:
 
 def set_level(level: str) -> None:
     """Set the lowest level mailsrv logs: debug, info, warn or error."""
+    global _debug
     _predicate.setLogLevelForNamespace("mailsrv", LogLevel.levelWithName(level))
+    _debug = level == "debug"
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are logged: work done only for them (a protocol
+    line made loggable) can be skipped otherwise."""
+    return _debug
 
 
 def new_session_id() -> str:

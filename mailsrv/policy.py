@@ -17,10 +17,11 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 
-from mailsrv import __version__
+from mailsrv import __version__, observe
 from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
 from mailsrv.hooks import SessionHooks
+from mailsrv.observe import Observer
 from mailsrv.penalty import LoginPenalty
 from mailsrv.quota import Quotas, quotas_from_config
 
@@ -86,6 +87,9 @@ class SessionPolicy:
     #: What an embedding application changes in sessions (mailsrv.testing's
     #: emulation, the twisted.mail bridge); None in the daemon.
     hooks: SessionHooks | None = None
+    #: Who hears what sessions do (:mod:`mailsrv.observe`): live state like
+    #: ``connections``, kept across reloads; by default the session log lines.
+    observer: Observer = observe.DEFAULT
 
     @classmethod
     def from_config(

@@ -27,6 +27,7 @@ from twisted.cred.portal import Portal
 from mailsrv import log, sdnotify
 from mailsrv.config import Config, format_error
 from mailsrv.errors import ConfigError
+from mailsrv.observe import Observers, SessionLog
 from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.tls import CurrentTLS
 
@@ -38,7 +39,25 @@ RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
     "pop3": None,
     "lmtp": ("listen", "socket_mode", "socket_owner", "socket_group"),
     "storage": None,
+    "metrics": None,
+    "admin": None,
 }
+
+
+@attrs.frozen
+class ReloadOutcome:
+    """How a reload went: ``applied`` (the keys changed; maybe none),
+    ``restart`` (applied, but the keys in :attr:`restart` keep their old
+    values until a restart) or ``refused`` (nothing changed; ``reason`` says
+    why).  True unless refused."""
+
+    outcome: str
+    applied: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.outcome != "refused"
 
 
 @attrs.frozen
@@ -115,6 +134,14 @@ class MailService(service.MultiService):
         self.build = build
         self.load = load
         self.systemd_notify = systemd_notify
+        #: SIGHUP's work, when the daemon handles it (the plugin sets
+        #: LogReopener.hangup): what the admin socket's reload does too.
+        self.hangup: Callable[[], ReloadOutcome] | None = None
+        #: The per-command log lines, whose level ``[logging] commands`` sets.
+        self.session_log = SessionLog(config.logging.commands)
+        #: Everyone who hears what sessions do: the log lines here, the
+        #: admin socket's table and the metrics join (``make_service``).
+        self.observer = Observers([self.session_log])
         self.parts = build(config)
         limits = self.parts.policy.connections or ConnectionLimits()
         if connections is not None:  # counted elsewhere (a worker's parent)
@@ -122,7 +149,10 @@ class MailService(service.MultiService):
             limits = connections
         self.connections = limits
         self.parts = attrs.evolve(
-            self.parts, policy=attrs.evolve(self.parts.policy, connections=self.connections)
+            self.parts,
+            policy=attrs.evolve(
+                self.parts.policy, connections=self.connections, observer=self.observer
+            ),
         )
         #: The factories whose ``policy`` (and ``portal`` or ``users``) a reload replaces.
         self.factories: list[Any] = []
@@ -148,32 +178,35 @@ class MailService(service.MultiService):
     def can_reload(self) -> bool:
         return self.load is not None
 
-    def reload(self) -> bool:
-        """Re-read the configuration and apply it; True if it was applied.
+    def reload(self) -> ReloadOutcome:
+        """Re-read the configuration and apply it; how that went.
 
         Never raises: a bad file is logged and the configuration in force
         stays, as does everything else when building the new parts fails.
         """
         if self.load is None:
-            return False
+            return ReloadOutcome("refused", reason="this daemon has no configuration to reload")
         if self.systemd_notify:
             sdnotify.reloading()
         try:
             return self._reload(self.load)
         except ConfigError as e:
-            _log.error(
-                "reload refused, the configuration in force is kept: {error}",
-                error=format_error(e).removeprefix("mailsrv: "),
-            )
-            return False
-        except Exception:
+            error = format_error(e).removeprefix("mailsrv: ")
+            _log.error("reload refused, the configuration in force is kept: {error}", error=error)
+            return ReloadOutcome("refused", reason=error)
+        except Exception as e:
             _log.failure("reload failed, the configuration in force is kept")
-            return False
+            return ReloadOutcome("refused", reason=f"internal error: {e!r} (see the log)")
         finally:
             if self.systemd_notify:
                 sdnotify.ready("serving")
 
-    def _reload(self, load: Callable[[], Config]) -> bool:
+    def admin_reload(self) -> ReloadOutcome:
+        """What the admin socket's ``reload`` does: SIGHUP's work (the
+        log reopened first, when :attr:`hangup` is set), and its outcome."""
+        return (self.hangup or self.reload)()
+
+    def _reload(self, load: Callable[[], Config]) -> ReloadOutcome:
         new = load()
         effective, kept, applied = split_changes(self.config, new)
         for key in kept:
@@ -195,7 +228,7 @@ class MailService(service.MultiService):
                 path=effective.tls.certificate,
                 until=_not_after(parts.tls_context),
             )
-        return True
+        return ReloadOutcome("restart" if kept else "applied", tuple(applied), tuple(kept))
 
     def _apply(self, config: Config, parts: LiveParts) -> None:
         # The counters are live state shared by every connection: keep them,
@@ -206,10 +239,11 @@ class MailService(service.MultiService):
             self.connections.per_ip = limits.per_ip
             self.connections.total = limits.total
             self.connections.penalty.maximum = limits.penalty.maximum
-        policy = attrs.evolve(parts.policy, connections=self.connections)
+        policy = attrs.evolve(parts.policy, connections=self.connections, observer=self.observer)
         self.parts = attrs.evolve(parts, policy=policy)
         log.set_level(config.logging.level)
         log.set_format(config.logging.format)
+        self.session_log.commands = config.logging.commands
         if self.tls is not None and parts.tls_context is not None:
             self.tls.context = parts.tls_context
         for factory in self.factories:

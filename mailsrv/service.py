@@ -27,16 +27,17 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.logfile import BaseLogFile
 from twisted.python.systemd import ListenFDs
 
-from mailsrv import log
+from mailsrv import log, observe
 from mailsrv.auth.checker import PasswdFileChecker
 from mailsrv.auth.oauth import OAuthErrorInfo
 from mailsrv.auth.oauth_config import build_token_validator
 from mailsrv.auth.passwdfile import PasswdFile, create_empty
 from mailsrv.auth.realm import MailRealm
 from mailsrv.auth.sasl import SaslServices
-from mailsrv.config import COMMAND_LINE, Config, Listener
+from mailsrv.config import COMMAND_LINE, DEFAULT_ADMIN_SOCKET, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage, IWatchingStorage
+from mailsrv.observe import Observer
 from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.quota import quotas_from_config
 from mailsrv.reload import LiveParts, MailService
@@ -163,14 +164,20 @@ def sasl_services(config: Config, checker: Any) -> SaslServices:
 
 
 def build_portal(
-    config: Config, storage: IStorage | None = None, reactor: Any = None
+    config: Config,
+    storage: IStorage | None = None,
+    reactor: Any = None,
+    *,
+    served: IStorage | None = None,
 ) -> tuple[Portal, Any]:
     """A Portal over the configured users and the storage, and its checker
     (a PasswdFileChecker or a PostgresChecker; both have ``home_of`` and
-    ``any_plaintext``)."""
+    ``any_plaintext``).  ``served`` is the storage the avatars come from,
+    if not ``storage`` itself (a wrapper timing its calls)."""
     storage = storage if storage is not None else build_storage(config, reactor)
     checker = build_checker(config, storage, reactor)
-    return Portal(MailRealm(storage, checker.home_of), [checker]), checker
+    realm = MailRealm(served if served is not None else storage, checker.home_of)
+    return Portal(realm, [checker]), checker
 
 
 def protocol_factory(
@@ -355,7 +362,7 @@ class LogReopener(service.Service):
     take effect.
     """
 
-    def __init__(self, reactor: Any = None, reload: Callable[[], object] | None = None) -> None:
+    def __init__(self, reactor: Any = None, reload: Callable[[], Any] | None = None) -> None:
         self.reactor = reactor
         self.reload = reload
         self._previous: Any = None
@@ -383,11 +390,12 @@ class LogReopener(service.Service):
         if callable(self._previous):
             self._previous(signum, frame)
 
-    def hangup(self) -> None:
-        """What SIGHUP does: reopen the log files, then reload."""
+    def hangup(self) -> Any:
+        """What SIGHUP does: reopen the log files, then reload (its outcome)."""
         self.reopen()
         if self.reload is not None:
-            self.reload()
+            return self.reload()
+        return None
 
     def reopen(self) -> None:
         """Reopen every log file; log what was done."""
@@ -504,9 +512,11 @@ def make_service(
     storage = build_storage(config, reactor)
     _check_databases(config, storage)
 
+    metrics, served = _metrics(config, storage)
+
     def build(config: Config) -> LiveParts:
         tls_context = tls_context_of(config) if config.tls_enabled else None
-        portal, checker = build_portal(config, storage, reactor)
+        portal, checker = build_portal(config, storage, reactor, served=served)
         fields_of = getattr(checker, "extra_fields_of", None)  # the users table has none
         policy = SessionPolicy.from_config(
             config,
@@ -536,7 +546,7 @@ def make_service(
             listener,
             parts.portal,
             parts.policy,
-            storage=storage,
+            storage=served,
             users=parts.users,
             tls=top.tls,
             config=config,
@@ -547,4 +557,67 @@ def make_service(
             if config.lmtp.socket_owner or config.lmtp.socket_group:
                 owner = (path, config.lmtp.socket_owner, config.lmtp.socket_group)
         ListenerService(endpoint, factory, listener, where, owner).setServiceParent(top)
+    _observers(top, config, storage, metrics, reactor, where)
     return top
+
+
+def _metrics(config: Config, storage: IStorage) -> tuple[Any, IStorage]:
+    """The metrics observer when ``[metrics]`` is configured (else None),
+    and the storage the sessions use: timed for the metrics, or as it is."""
+    if not config.metrics.listen:
+        return None, storage
+    from mailsrv.metrics import Metrics
+    from mailsrv.storage.timed import timed
+
+    return Metrics(), timed(storage)
+
+
+def _observers(
+    top: MailService, config: Config, storage: IStorage, metrics: Any, reactor: Any, where: str
+) -> None:
+    """The admin socket's session table, and the metrics with their endpoint."""
+    from mailsrv.admin import AdminService, SessionTable
+
+    table = SessionTable()
+    top.observer.add(table)
+    if config.admin.socket:
+        AdminService(
+            config.admin.socket,
+            table,
+            top.admin_reload,
+            config_path=where,
+            required=config.admin.socket != DEFAULT_ADMIN_SOCKET,
+            group=config.admin.group,
+            reactor=reactor,
+        ).setServiceParent(top)
+    if metrics is None:
+        return
+    from mailsrv.metrics import ThreadPools, metrics_site
+
+    top.observer.add(metrics)
+    db = getattr(storage, "db", None)
+    metrics.registry.register(
+        ThreadPools(
+            {"reactor": reactor.getThreadPool, "postgresql": lambda: getattr(db, "pool", None)}
+        )
+    )
+    listener = Listener("metrics", config.metrics.listen, False, "metrics.listen")
+    endpoint = _endpoint(reactor, listener, where)
+    ListenerService(endpoint, metrics_site(metrics.registry), listener, where).setServiceParent(top)
+    Subscription(metrics).setServiceParent(top)
+
+
+class Subscription(service.Service):
+    """Sends the storage's events to an observer while the daemon runs
+    (:func:`mailsrv.observe.subscribe`)."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+
+    def startService(self) -> None:
+        super().startService()
+        observe.subscribe(self.observer)
+
+    def stopService(self) -> None:
+        super().stopService()
+        observe.unsubscribe(self.observer)

@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 from mailsrv import log
 from mailsrv.auth import challengers
 from mailsrv.auth.channel import ChannelBindings, bindings_of
+from mailsrv.observe import Probe
 from mailsrv.policy import CLOSE_GRACE, ConnectionLimits, SessionPolicy
 
 __all__ = [
@@ -136,7 +137,8 @@ class SessionGuard:
     ``secure`` says the connection is TLS from the start (an implicit-TLS
     listener); :meth:`start_tls` makes it so later.  A cleanup step that
     fails is logged to the protocol's ``logger``, the line starting with
-    its ``name`` ("IMAP", "POP3").
+    its ``name`` ("IMAP", "POP3").  Each login's outcome and each delay
+    applied to a failed one are reported to the session's ``probe``.
     """
 
     def __init__(
@@ -147,10 +149,12 @@ class SessionGuard:
         secure: bool,
         name: str,
         logger: Logger,
+        probe: Probe | None = None,
     ) -> None:
         self.policy = policy
         self._name = name
         self._log = logger
+        self._probe = probe
         self.clock = clock
         self.secure = secure
         #: The client's address, known from :meth:`open`.
@@ -284,14 +288,16 @@ class SessionGuard:
     # -- logins ---------------------------------------------------------------
 
     def login(
-        self, portal: Portal, credentials: ICredentials, interface: Any
+        self, portal: Portal, credentials: ICredentials, interface: Any, *, mechanism: str
     ) -> defer.Deferred[LoginResult]:
         """Ask ``portal`` for an ``interface`` avatar.
 
         Fires as soon as the portal answers, never with a failure of the
         portal's: :class:`LoggedIn`; :class:`LoginRefused` for credentials
         the checker rejected (counted, its wait measured from now); or
-        :class:`LoginUnavailable` for any other error.
+        :class:`LoginUnavailable` for any other error.  ``mechanism`` names
+        the way the client logged in, for the observers (the SASL
+        mechanism, or ``LOGIN``, ``USER``, ``APOP``).
         """
         started = self.clock.seconds()
         user = getattr(credentials, "username", None)
@@ -306,13 +312,18 @@ class SessionGuard:
                 name=self._name,
                 peer=self._address(),
             )
-            return defer.succeed(self.refuse(started))
+            return defer.succeed(self.refuse(started, mechanism=mechanism))
         d: defer.Deferred[Any]
         if wait > 0:
             d = self._after(wait).addCallback(lambda _: portal.login(credentials, None, interface))
         else:
             d = portal.login(credentials, None, interface)
-        return d.addCallbacks(self._logged_in, self._login_error, errbackArgs=(started,))
+        return d.addCallbacks(
+            self._logged_in,
+            self._login_error,
+            callbackArgs=(mechanism,),
+            errbackArgs=(started, mechanism),
+        )
 
     def _address(self) -> str:
         return str(getattr(self.peer, "host", ""))
@@ -355,19 +366,25 @@ class SessionGuard:
         self._answer = self.clock.callLater(seconds, due)
         return d
 
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> LoginResult:
+    def _logged_in(
+        self, result: tuple[Any, Any, Callable[[], None]], mechanism: str
+    ) -> LoginResult:
         _interface, avatar, logout = result
         limits = self.policy.connections
         if limits is not None and self._attempt_user is not None:
             limits.penalty.succeeded(self._attempt_user)
+        if self._probe is not None:
+            self._probe.login(mechanism, "success")
         return LoggedIn(avatar, logout)
 
-    def _login_error(self, failure: Failure, started: float) -> LoginResult:
+    def _login_error(self, failure: Failure, started: float, mechanism: str) -> LoginResult:
         if isinstance(failure.value, (UnauthorizedLogin, UnhandledCredentials)):
-            return self.refuse(started)
+            return self.refuse(started, mechanism=mechanism)
+        if self._probe is not None:
+            self._probe.login(mechanism, "unavailable")
         return LoginUnavailable(failure)
 
-    def refuse(self, started: float | None = None) -> LoginRefused:
+    def refuse(self, started: float | None = None, *, mechanism: str) -> LoginRefused:
         """Count a failed login whose attempt began at ``started`` (clock
         time; None: now, as for a SASL exchange the mechanism refused).
 
@@ -375,6 +392,8 @@ class SessionGuard:
         (:meth:`SessionPolicy.failure_wait`): the same moment whatever the
         check cost, so timing tells nothing about the user or the hash.
         """
+        if self._probe is not None:
+            self._probe.login(mechanism, "failure")
         self.failures += 1
         limits = self.policy.connections
         if limits is not None:
@@ -392,6 +411,8 @@ class SessionGuard:
         answered; it never fires if the connection closes first.  (Commands
         run one at a time, so one answer at most is pending.)"""
         d: defer.Deferred[_T] = defer.Deferred()
+        if self._probe is not None:
+            self._probe.login_delayed(refused.wait)
 
         def due() -> None:
             self._answer = None

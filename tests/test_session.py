@@ -272,7 +272,9 @@ class LoginTests(unittest.SynchronousTestCase):
         self.guard = guard(self.clock, failure_delay=2.0, max_failures=3)
 
     def login(self, user: bytes, password: bytes, portal: Portal | None = None) -> LoginResult:
-        d = self.guard.login(portal or self.portal, UsernamePassword(user, password), IRealm)
+        d = self.guard.login(
+            portal or self.portal, UsernamePassword(user, password), IRealm, mechanism="USER"
+        )
         return self.successResultOf(d)
 
     def test_logged_in(self) -> None:
@@ -300,7 +302,7 @@ class LoginTests(unittest.SynchronousTestCase):
         after the attempt began: timing tells nothing."""
         for cost, wait in ((0.01, 1.99), (1.5, 0.5), (3.0, 0.0)):
             portal = Portal(self.realm, [SlowChecker(self.clock, cost)])
-            d = self.guard.login(portal, UsernamePassword(b"alice", b"x"), IRealm)
+            d = self.guard.login(portal, UsernamePassword(b"alice", b"x"), IRealm, mechanism="USER")
             self.clock.advance(cost)
             refused = self.successResultOf(d)
             assert isinstance(refused, LoginRefused)
@@ -308,7 +310,7 @@ class LoginTests(unittest.SynchronousTestCase):
 
     def test_sasl_refusal_waits_the_whole_delay(self) -> None:
         self.clock.advance(100)
-        self.assertEqual(self.guard.refuse(), LoginRefused(1, 2.0, False))
+        self.assertEqual(self.guard.refuse(mechanism="PLAIN"), LoginRefused(1, 2.0, False))
 
     def test_realm_error_is_unavailable_and_not_counted(self) -> None:
         for _ in range(5):
@@ -319,7 +321,7 @@ class LoginTests(unittest.SynchronousTestCase):
         self.assertEqual(self.login(b"alice", b"wrong"), LoginRefused(1, 2.0, False))
 
     def test_answer_comes_when_due(self) -> None:
-        refused = self.guard.refuse()
+        refused = self.guard.refuse(mechanism="PLAIN")
         d = self.guard.answer_refusal(refused, "answer")
         self.clock.advance(1.99)
         self.assertNoResult(d)
@@ -327,7 +329,7 @@ class LoginTests(unittest.SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), "answer")
 
     def test_answer_never_comes_after_close(self) -> None:
-        d = self.guard.answer_refusal(self.guard.refuse(), "answer")
+        d = self.guard.answer_refusal(self.guard.refuse(mechanism="PLAIN"), "answer")
         self.guard.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(10)

@@ -76,6 +76,8 @@ class ResponseWriter:
         self.transport = transport
         self.paused = False
         self.closed = False
+        #: Told of every write (the session's probe counts the octets).
+        self.observe: Callable[[bytes], None] | None = None
         self._waiters: list[defer.Deferred[None]] = []
         self._deflater: Deflater | None = None
         self._clock: IReactorTime | None = None
@@ -94,6 +96,10 @@ class ResponseWriter:
     def write(self, data: bytes) -> None:
         if self.closed or not data:
             return
+        if self.observe is not None:
+            # Before compression (COMPRESS=DEFLATE): the lines the debug log
+            # shows, and the octets the metrics count, are the IMAP text.
+            self.observe(data)
         if self._deflater is not None:
             data = self._deflater.compress(data)
             if self._flush_call is None:

@@ -118,6 +118,7 @@ class IMAP4Server(Protocol):
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.session.probe.received(len(data))
         if self.session.state is State.LOGOUT:
             return
         if self._inflater is not None:
@@ -209,7 +210,8 @@ class IMAP4Server(Protocol):
             self._transport.loseConnection()
 
     def abort(self) -> None:
-        self._transport.abortConnection()
+        if self.transport is not None:
+            self._transport.abortConnection()
 
     def discard_input(self) -> None:
         self._framer.clear()

@@ -229,6 +229,10 @@ class Registry:
     def __iter__(self) -> Iterator[CommandSpec]:
         return iter(self._specs.values())
 
+    def declares(self, key: str) -> bool:
+        """Whether ``key`` (``FETCH``, ``UID FETCH``) is a declared command."""
+        return key in self._specs
+
     def parse(
         self, segments: Sequence[Segment], max_depth: int = 32, *, utf8: bool = False
     ) -> tuple[CommandSpec, Command]:

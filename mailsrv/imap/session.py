@@ -46,12 +46,14 @@ from mailsrv.hooks import CommandHook, Drop
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
 from mailsrv.imap.lexer import ParseError, Segment
+from mailsrv.imap.observed import command_name, command_size, loggable
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
 from mailsrv.imap.registry import Command, Handler, Registry, Result, State
 from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
 from mailsrv.imap.syntax import SequenceSet, UndecodedName
 from mailsrv.interfaces import IAccount
-from mailsrv.policy import SessionPolicy
+from mailsrv.observe import UNKNOWN, Probe
+from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 from mailsrv.session import Expiry, SessionGuard, SessionTimer
 
 __all__ = [
@@ -97,6 +99,8 @@ UTF8_ACCEPT = "UTF8=ACCEPT"
 OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
 #: Why a session ends when its selected mailbox disappears.
 GONE = "The selected mailbox was deleted or renamed"
+#: Why a session ends when an administrator kicks it (``mailsrv kick``).
+KICKED = "Disconnected by the administrator"
 
 
 class Connection(Protocol):
@@ -192,8 +196,14 @@ class Session:
         self.policy = policy
         self.clock = clock
         self.registry = registry
+        #: What the session reports to the observers (metrics, logs, who).
+        self.probe = Probe(
+            policy.observer, "imap", State.NOT_AUTHENTICATED.value, registry.declares
+        )
         #: Limits, failed logins, TLS and plaintext (shared with POP3).
-        self.guard = SessionGuard(policy, clock, secure=secure, name="IMAP", logger=LOG)
+        self.guard = SessionGuard(
+            policy, clock, secure=secure, name="IMAP", logger=LOG, probe=self.probe
+        )
         #: Autologout and the login deadline (shared with POP3).
         self.timer = SessionTimer(
             clock,
@@ -219,6 +229,8 @@ class Session:
         self._ip_counted = False
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
+        #: An administrator's kick waits for the running command's answer.
+        self._kick_pending = False
 
     @property
     def rev2(self) -> bool:
@@ -338,6 +350,9 @@ class Session:
 
     def continuation_line(self, line: bytes) -> None:
         assert self.continuation is not None
+        if self.probe.lines:
+            # IDLE's DONE, or a SASL response (a secret).
+            self.probe.client_line("DONE" if line.upper() == b"DONE" else "(continuation line)")
         self.continuation.line(line)
 
     def line_too_long(self, tag: str | None) -> None:
@@ -345,6 +360,7 @@ class Session:
         if self.continuation is not None:
             self.continuation.line(b"")  # ends IDLE / SASL with an error
         self.send(response.tagged(tag or "*", "BAD", "Line too long", "TOOBIG"))
+        self.probe.command_refused(UNKNOWN, "BAD")
 
     def literal_needed(self, event: LiteralNeeded) -> LiteralAnswer:
         """Take a literal into memory, spool it (APPEND), or refuse it, and
@@ -380,6 +396,8 @@ class Session:
             refusal = response.tagged(tag, "BAD", "Non-synchronizing literal without LITERAL+")
         if refusal is not None:
             self.send(refusal)
+            # Reported as the client saw it: "tag NO ..." or "tag BAD ...".
+            self.probe.command_refused(event.command or UNKNOWN, refusal.split(b" ", 2)[1].decode())
             return LiteralAnswer.REFUSED
         if event.synchronizing:
             self.send(b"+ Ready for literal data\r\n")
@@ -387,6 +405,9 @@ class Session:
 
     def execute(self, segments: Sequence[Segment]) -> None:
         """Parse, check and run one framed command."""
+        probe = self.probe
+        if probe.lines:
+            probe.client_line(loggable(segments))
         try:
             spec, command = self.registry.parse(
                 segments, self.policy.max_nesting_depth, utf8=self.utf8
@@ -394,20 +415,24 @@ class Session:
         except ParseError as e:
             close_segments(segments)
             self.send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
+            probe.command_refused(command_name(segments), "BAD")
             return
         if self.state not in spec.states:
             close_segments(segments)
             refusal = f"{spec.key} is not allowed in {self.state.value} state"
             self.send(response.tagged(command.tag, "BAD", refusal))
+            probe.command_refused(spec.key, "BAD")
             return
         hook: CommandHook | None = None
         if self.policy.hooks is not None:
             if isinstance(spec.capability, str) and self._withdrawn(spec.capability):
                 close_segments(segments)
                 self.send(response.tagged(command.tag, "BAD", f"unknown command {spec.key}"))
+                probe.command_refused(spec.key, "BAD")
                 return
             hook = self.policy.hooks.command("IMAP", spec.key)
         handler = spec.handler if hook is None else self._hooked(spec.handler, hook)
+        probe.command_started(spec.key, command_size(segments))
         self.busy = True
         d: defer.Deferred[Any]
         view = self.selected
@@ -472,7 +497,18 @@ class Session:
 
     def _command_done(self, _: object) -> None:
         self.busy = False
+        self.report_state()
+        if self._kick_pending:
+            # Reading stays paused: nothing the client sent after runs.
+            self._kick_pending = False
+            self.end_with_bye(KICKED)
+            return
         self.connection.command_done()
+
+    def report_state(self) -> None:
+        """Tell the observers the state, user and mailbox now."""
+        view = self.selected
+        self.probe.update(self.state.value, self.user, view.mailbox.name if view else None)
 
     def _failed(self, failure: Failure, command: Command) -> Result:
         error = failure.value
@@ -541,6 +577,8 @@ class Session:
 
     def _finish(self, done: Done, command: Command) -> None:
         self.send(response.tagged(command.tag, done.status, done.text, done.code))
+        self.report_state()
+        self.probe.command_done(done.status)
         if done.bye is not None:
             self.end_with_bye(done.bye)
         if done.after is not None:
@@ -549,6 +587,7 @@ class Session:
     def _internal_error(self, failure: Failure, command: Command) -> None:
         LOG.failure("IMAP: completing {command} failed", failure, command=command.name)
         self.send(response.tagged(command.tag, "NO", "Internal server error", "SERVERBUG"))
+        self.probe.command_done("NO")
 
     # -- plumbing: limits, deadlines, TLS and plaintext --------------------------
 
@@ -559,6 +598,8 @@ class Session:
         answer comes later: the session is :attr:`busy` until then, so the
         protocol reads nothing before the greeting."""
         self.writer = writer
+        writer.observe = self.probe.wrote
+        self.probe.opened(peer, self.kick)
         admitted = self.guard.open(peer)
         if isinstance(admitted, defer.Deferred):
             self.busy = True
@@ -661,6 +702,24 @@ class Session:
         else:
             self.timer.grace()
 
+    def kick(self) -> None:
+        """An administrator ends the session (``mailsrv kick``): ``* BYE``
+        and the close, after the running command's answer if one runs (a
+        BYE inside its responses could fall into a literal), but at once
+        in IDLE or a SASL exchange, which wait for the client.  A command
+        that does not end within CLOSE_GRACE is cut off."""
+        if self.lost or self.state is State.LOGOUT:
+            return
+        if not self.busy or self.continuation is not None:
+            self.end_with_bye(KICKED)
+            return
+        self._kick_pending = True
+        self.clock.callLater(CLOSE_GRACE, self._kick_overdue)
+
+    def _kick_overdue(self) -> None:
+        if self._kick_pending and not self.lost:
+            self.connection.abort()
+
     def tls_available(self) -> bool:
         """Can STARTTLS start TLS on this connection now?"""
         return self.guard.tls_available(self.connection.transport)
@@ -691,7 +750,9 @@ class Session:
     def end(self) -> None:
         """Deselect, log the avatar out and free the user's slot; each step
         runs whatever the one before did.  Safe to call twice."""
-        log.call_each(LOG, "IMAP", self._deselect, self._logout_avatar, self._release_user)
+        log.call_each(
+            LOG, "IMAP", self._deselect, self._logout_avatar, self._release_user, self.probe.closed
+        )
 
     # The cleanup steps' names are in the log line of one that fails.
 

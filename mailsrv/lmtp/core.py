@@ -41,11 +41,14 @@ __all__ = [
 @attrs.frozen
 class Reply:
     """One reply: ``code``, the RFC 3463 ``status`` (or "" for none) and
-    its text lines (several make a multi-line reply)."""
+    its text lines (several make a multi-line reply).  ``command`` is the
+    command it answers (``RCPT``; ``UNKNOWN`` for an unrecognised one), ""
+    for the greeting, a timeout's and the replies after the message."""
 
     code: int
     status: str
     lines: tuple[str, ...]
+    command: str = attrs.field(default="", eq=False)
 
     @classmethod
     def of(cls, code: int, status: str, text: str) -> Reply:
@@ -102,6 +105,10 @@ class Close:
 
 
 Action = Reply | Resolve | Deliver | Close
+
+#: The command label of a line that is no command (:data:`mailsrv.observe.UNKNOWN`).
+UNKNOWN = "UNKNOWN"
+_TOO_LONG = Reply.of(500, "5.5.2", "Line too long")
 
 #: Why a command cannot go on now (RFC 5321 4.1.4's order of commands).
 _NEED_LHLO = Reply.of(503, "5.5.1", "Send LHLO first")
@@ -241,7 +248,7 @@ class LMTPCore:
         else:
             self._transaction.recipients.append(recipient)
             reply = Reply.of(250, "2.1.5", f"<{address}> Recipient OK")
-        return [reply, *self._run()]
+        return [attrs.evolve(reply, command="RCPT"), *self._run()]
 
     def delivered(self, outcomes: Sequence[int | BaseException]) -> list[Action]:
         """The answer to :class:`Deliver`: per recipient, in order, the UID
@@ -272,7 +279,7 @@ class LMTPCore:
                 break
             line, too_long = taken
             if too_long:
-                actions.append(Reply.of(500, "5.5.2", "Line too long"))
+                actions.append(attrs.evolve(_TOO_LONG, command=UNKNOWN))
             else:
                 actions.extend(self._command(line))
         return actions
@@ -363,14 +370,15 @@ class LMTPCore:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return [Reply.of(500, "5.5.2", "Syntax error: the command is not UTF-8")]
+            reply = Reply.of(500, "5.5.2", "Syntax error: the command is not UTF-8")
+            return [attrs.evolve(reply, command=UNKNOWN)]
         verb, _, argument = line.strip().partition(" ")
         verb = verb.upper()
         handler = getattr(self, f"_do_{verb.lower()}", None) if verb.isalpha() else None
         if handler is None:
-            return [Reply.of(500, "5.5.2", "Command unrecognized")]
+            return [attrs.evolve(Reply.of(500, "5.5.2", "Command unrecognized"), command=UNKNOWN)]
         result: list[Action] = handler(argument.strip())
-        return result
+        return [attrs.evolve(a, command=verb) if isinstance(a, Reply) else a for a in result]
 
     def _do_lhlo(self, argument: str) -> list[Action]:
         if not argument:

@@ -36,6 +36,7 @@ from mailsrv.lmtp.core import (
     candidates,
     delivery_reply,
 )
+from mailsrv.observe import Probe
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 from mailsrv.session import no_delay
 from mailsrv.storage.deliver import open_account, store
@@ -43,6 +44,9 @@ from mailsrv.storage.deliver import open_account, store
 __all__ = ["LMTPFactory", "LMTPServer", "UserLookup"]
 
 _log = log.get_logger(__name__)
+
+#: A failed delivery by its reply's class: the client retries a 4xx.
+_FAILURES = {4: "deferred", 5: "rejected"}
 
 #: Finds a user by name: an object with ``name`` and ``home`` (a users-file
 #: record), or None; it may answer with a Deferred.
@@ -82,7 +86,9 @@ class LMTPServer(Protocol, TimeoutMixin):
         self.users = users
         self.policy = policy
         self.clock = clock
-        self.session = log.new_session_id()
+        #: What the session reports to the observers (metrics, logs, who).
+        self.probe = Probe(policy.observer, "lmtp", "connected")
+        self.session = self.probe.id
         self.core = LMTPCore(
             policy.hostname,
             new_spool,
@@ -95,6 +101,10 @@ class LMTPServer(Protocol, TimeoutMixin):
         self._paused = False
         self._gone = False
         self._abort_call: Any = None
+        #: The command whose reply is awaited from a look-up (RCPT).
+        self._awaited: str | None = None
+        #: An administrator's kick waits for the delivery under way.
+        self._kick_pending = False
 
     # -- connection -------------------------------------------------------
 
@@ -102,17 +112,14 @@ class LMTPServer(Protocol, TimeoutMixin):
         if self.clock is not None:
             self.callLater = self.clock.callLater  # type: ignore[assignment]
         no_delay(self.transport)
-        self._remote = log.format_remote(self.transport.getPeer())  # type: ignore[union-attr]
-        _log.debug(
-            "LMTP connection from {remote}",
-            session=self.session,
-            protocol="lmtp",
-            remote=self._remote,
-        )
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._remote = log.format_remote(peer)
+        self.probe.opened(peer, self.kick)
         self.setTimeout(self.policy.lmtp_timeout)
         self._execute(self.core.greeting())
 
     def dataReceived(self, data: bytes) -> None:
+        self.probe.received(len(data))
         self.resetTimeout()
         self._execute(self.core.receive(data))
 
@@ -129,6 +136,28 @@ class LMTPServer(Protocol, TimeoutMixin):
                 remote=self._remote,
             )
         self.core.connection_lost()
+        self.probe.closed()
+
+    def kick(self) -> None:
+        """An administrator ends the session (``mailsrv kick``): ``421`` and
+        the close, after the delivery under way if there is one (its
+        replies are owed: a message stored but never acknowledged would be
+        delivered twice); a message still arriving is thrown away."""
+        if self._gone:
+            return
+        if self.core.busy:
+            self._kick_pending = True
+            return
+        self._kicked()
+
+    def _kicked(self) -> None:
+        self._kick_pending = False
+        self._write(
+            Reply.of(421, "4.3.2", f"{self.policy.hostname} Disconnected by the administrator")
+        )
+        self.core.connection_lost()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         _log.info(
@@ -151,13 +180,14 @@ class LMTPServer(Protocol, TimeoutMixin):
         while queue:
             action = queue.popleft()
             if isinstance(action, Reply):
-                if not self._gone:
-                    self.transport.write(action.to_bytes())  # type: ignore[union-attr]
+                self._write(action)
             elif isinstance(action, Close):
                 if not self._gone:
                     self.transport.loseConnection()  # type: ignore[union-attr]
             else:
                 if isinstance(action, Resolve):
+                    self.probe.command_started("RCPT")
+                    self._awaited = "RCPT"
                     d = self._resolve(action.address).addBoth(self._resolved, action.address)
                 else:
                     d = self._deliver(action).addBoth(self._delivered, len(action.recipients))
@@ -179,6 +209,18 @@ class LMTPServer(Protocol, TimeoutMixin):
                 d.addCallback(self._resume_with).addErrback(self._broken)
                 return
 
+    def _write(self, reply: Reply) -> None:
+        if self._gone:
+            return
+        data = reply.to_bytes()
+        self.transport.write(data)  # type: ignore[union-attr]
+        self.probe.wrote(data)
+        if reply.command:
+            if self._awaited != reply.command:
+                self.probe.command_started(reply.command)
+            self._awaited = None
+            self.probe.command_done(str(reply.code))
+
     def _pause(self) -> None:
         if not self._paused and not self._gone:
             self._paused = True
@@ -193,6 +235,15 @@ class LMTPServer(Protocol, TimeoutMixin):
         if self._paused and not self._gone:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._kick_pending:
+            # The replies owed for what was delivered, then the goodbye.
+            for action in actions:
+                if isinstance(action, Reply):
+                    self._write(action)
+                elif isinstance(action, Deliver):
+                    action.spool.close()  # a message that will not be stored
+            self._kicked()
+            return
         self._execute(actions)
 
     # -- recipients -------------------------------------------------------
@@ -287,6 +338,13 @@ class LMTPServer(Protocol, TimeoutMixin):
                     user=recipient.user,
                 )
         reply = delivery_reply(recipient, outcome, self.policy.quotas.bounce)
+        duration = time.monotonic() - started
+        result = (
+            "delivered"
+            if isinstance(outcome, int)
+            else _FAILURES.get(reply.code // 100, "deferred")
+        )
+        self.probe.delivery(recipient.user, result, duration, action.size)
         emit = _log.info if isinstance(outcome, int) else _log.warn
         emit(
             "LMTP: {address} ({size} octets) for {user}: {reply}",
@@ -296,7 +354,7 @@ class LMTPServer(Protocol, TimeoutMixin):
             user=recipient.user,
             command="DATA",
             result=reply.summary,
-            duration=round(time.monotonic() - started, 6),
+            duration=round(duration, 6),
             address=recipient.address,
             size=action.size,
             reply=" ".join(reply.lines),

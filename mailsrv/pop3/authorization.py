@@ -118,7 +118,7 @@ class Authorization:
         _, _, password = line.partition(b" ")
         if not password:
             raise CommandError("PASS takes the password as its argument.")
-        return self._login(UsernamePassword(user, password), user)
+        return self._login(UsernamePassword(user, password), user, "USER")
 
     @command("APOP", State.AUTHORIZATION)
     def apop(self, args: list[bytes], line: bytes) -> Result:
@@ -127,7 +127,7 @@ class Authorization:
         if len(args) != 2 or len(args[1]) != 32 or not is_hex(args[1]):
             raise CommandError("APOP takes a user name and a 32-digit hex MD5 digest.")
         credentials = sasl.APOPCredentials(args[0], self.banner, args[1])
-        return self._login(credentials, args[0])
+        return self._login(credentials, args[0], "APOP")
 
     @command("AUTH", State.AUTHORIZATION)
     def auth(self, args: list[bytes], line: bytes) -> Result:
@@ -160,7 +160,7 @@ class Authorization:
         """Start AUTH once the failed-login penalty gives its turn (``turn``
         False: refused unchecked, as a failed login)."""
         if not turn:
-            return self._refused(self._guard.refuse(), AUTH_FAILED)
+            return self._refused(self._guard.refuse(mechanism=mechanism.name), AUTH_FAILED)
         return self._sasl_step(mechanism, mechanism.start(initial))
 
     def sasl_response(self, line: bytes) -> Result:
@@ -186,7 +186,7 @@ class Authorization:
             d = step.addCallback(lambda found: self._sasl_step(mechanism, found))
             return d.addErrback(self._lookup_failed)
         if isinstance(step, sasl.Challenge) and step.failed:
-            refused = self._guard.refuse()
+            refused = self._guard.refuse(mechanism=mechanism.name)
             self._log_refusal(refused)
             d = self._guard.answer_refusal(refused, None)
             return d.addCallback(self._failure_challenge, mechanism, refused, step.data)
@@ -195,14 +195,16 @@ class Authorization:
             self._conn.send(b"+ " + base64.b64encode(step.data))
             return None
         if isinstance(step, sasl.Refusal):
-            return self._refused(self._guard.refuse(), step.reason)
+            return self._refused(self._guard.refuse(mechanism=mechanism.name), step.reason)
         username = getattr(step.credentials, "username", b"")
-        return self._login(step.credentials, username)
+        return self._login(step.credentials, username, mechanism.name)
 
     # -- login ------------------------------------------------------------------
 
-    def _login(self, credentials: ICredentials, username: bytes) -> defer.Deferred[None]:
-        d = self._guard.login(self._portal, credentials, IMaildrop)
+    def _login(
+        self, credentials: ICredentials, username: bytes, mechanism: str
+    ) -> defer.Deferred[None]:
+        d = self._guard.login(self._portal, credentials, IMaildrop, mechanism=mechanism)
         return d.addCallback(self._verdict, username.decode("utf-8", "replace"))
 
     def _verdict(self, result: LoginResult, name: str) -> Result:

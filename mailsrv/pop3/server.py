@@ -36,6 +36,7 @@ from mailsrv import log
 from mailsrv.auth import sasl
 from mailsrv.auth.channel import ChannelBindings
 from mailsrv.hooks import POP3_COMMAND_CAPABILITIES, SessionHooks
+from mailsrv.observe import UNKNOWN, Probe
 from mailsrv.policy import SessionPolicy
 from mailsrv.pop3.authorization import Authorization, address
 from mailsrv.pop3.commands import (
@@ -85,7 +86,11 @@ class POP3(Protocol):
         self.policy = policy if policy is not None else SessionPolicy()
         self.clock = resolve_clock(clock)
         self.state = State.AUTHORIZATION
-        self._guard = SessionGuard(self.policy, self.clock, secure=secure, name="POP3", logger=LOG)
+        #: What the session reports to the observers (metrics, logs, who).
+        self.probe = Probe(self.policy.observer, "pop3", _state(self.state), _declared)
+        self._guard = SessionGuard(
+            self.policy, self.clock, secure=secure, name="POP3", logger=LOG, probe=self.probe
+        )
         self._timer = SessionTimer(
             self.clock,
             self._expired,
@@ -104,6 +109,8 @@ class POP3(Protocol):
         self._lost = False
         self._committing = False
         self._sender: MessageSender | None = None
+        #: The first status the running command answered ("+OK", "-ERR").
+        self._answer: str | None = None
 
     @property
     def _transport(self) -> Any:
@@ -118,6 +125,7 @@ class POP3(Protocol):
         no_delay(self.transport)
         peer: IAddress = self._transport.getPeer()
         self._peer_text = address(peer)
+        self.probe.opened(peer, self.kick)
         admitted = self._guard.open(peer)
         if isinstance(admitted, defer.Deferred):
             # Counted by the parent of several workers: no command runs
@@ -171,7 +179,7 @@ class POP3(Protocol):
         steps: list[Callable[[], object]] = [self._timer.stop, self._stop_sender]
         if not self._committing:  # else the commit's callbacks end the session
             steps.append(self._end_session)
-        steps.append(self._guard.close)
+        steps += [self._guard.close, self.probe.closed]
         log.call_each(LOG, "POP3", *steps)
 
     def _stop_sender(self) -> None:
@@ -235,6 +243,7 @@ class POP3(Protocol):
     # -- input: framing and the command queue ---------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.probe.received(len(data))
         if self._closing:
             return
         if self._framer.receive(data):
@@ -260,6 +269,8 @@ class POP3(Protocol):
                     self._busy = True
                     result.addErrback(self._command_failed)
                     result.addBoth(self._command_done)
+                else:
+                    self._report()
         finally:
             self._draining = False
         if self._reading_paused and not self._framer.pending and not self._closing:
@@ -268,8 +279,19 @@ class POP3(Protocol):
 
     def _command_done(self, _: object) -> None:
         self._busy = False
+        self._report()
         if not self._lost:
             self._drain()
+
+    def _report(self) -> None:
+        """A command is over (unless a SASL exchange goes on): tell the
+        observers its result and the session's state."""
+        # The user stays the session's once logged in (QUIT gives the slot
+        # back before its answer is counted).
+        self.probe.update(_state(self.state), self._user or self.probe.info.user)
+        if not self._authorization.in_sasl:
+            answer, self._answer = self._answer, None
+            self.probe.command_done(answer or "-ERR")
 
     def _command_failed(self, failure: Failure) -> None:
         error = failure.value
@@ -287,14 +309,17 @@ class POP3(Protocol):
     def _process(self, event: Event) -> Result:
         try:
             if isinstance(event, LineTooLong):
+                if not self._authorization.in_sasl:
+                    self._answer = None
+                    self.probe.command_started(UNKNOWN)
                 self._authorization.cancel_sasl()
                 raise CommandError(
                     f"Line too long (the limit is {self._framer.max_length} octets)."
                 )
             if self._authorization.in_sasl:
-                LOG.debug("POP3 {peer} C: (SASL response)", peer=self._peer_text)
+                self.probe.client_line("(SASL response)")
                 return self._authorization.sasl_response(event)
-            LOG.debug("POP3 {peer} C: {line}", peer=self._peer_text, line=loggable(event))
+            self.probe.client_line(loggable(event))
             return self._dispatch(event)
         except CommandError as e:
             self.error(e.text, e.code)
@@ -305,9 +330,11 @@ class POP3(Protocol):
 
     def _dispatch(self, line: bytes) -> Result:
         args = line.split()
-        if not args:
+        name = args.pop(0).upper() if args else b""
+        self._answer = None
+        self.probe.command_started(name.decode("ascii", "replace"), len(line) + 2)
+        if not name:
             raise CommandError("Empty command.")
-        name = args.pop(0).upper()
         spec = COMMANDS.get(name)
         if spec is None:
             if not name.isalnum() or not name.isascii() or len(name) > 16:
@@ -369,21 +396,25 @@ class POP3(Protocol):
     def lost(self) -> bool:
         return self._lost
 
-    def send(self, line: bytes) -> None:
+    def _write(self, data: bytes) -> None:
+        """Every answer goes out here (RETR's message excepted: :meth:`stream`)."""
         if not self._lost:
-            self._transport.write(line + b"\r\n")
+            self._transport.write(data)
+            if self._answer is None and data[:1] in (b"+", b"-") and data[:2] != b"+ ":
+                self._answer = "+OK" if data[:1] == b"+" else "-ERR"
+            self.probe.wrote(data)
+
+    def send(self, line: bytes) -> None:
+        self._write(line + b"\r\n")
 
     def ok(self, text: str = "") -> None:
-        if not self._lost:
-            self._transport.write(ok_line(text))
+        self._write(ok_line(text))
 
     def error(self, text: str, code: str | None = None) -> None:
-        if not self._lost:
-            self._transport.write(error_line(text, code))
+        self._write(error_line(text, code))
 
     def multiline(self, first: str, lines: Sequence[bytes]) -> None:
-        if not self._lost:
-            self._transport.write(multiline(first, lines))
+        self._write(multiline(first, lines))
 
     def close(self) -> None:
         self._closing = True
@@ -395,8 +426,15 @@ class POP3(Protocol):
         self._transport.abortConnection()
 
     def stream(self, source: IO[bytes], encoder: MessageEncoder) -> defer.Deferred[bool]:
-        self._sender = MessageSender(self._transport, source, encoder, self._timer.progress)
-        return self._sender.start()
+        sender = MessageSender(self._transport, source, encoder, self._timer.progress)
+        self._sender = sender
+
+        def sent(result: object) -> object:
+            self.probe.sent(sender.sent)
+            self.probe.server_line(f"<{sender.sent} octets of message>")
+            return result
+
+        return sender.start().addBoth(sent)
 
     def tls_available(self) -> bool:
         return self._guard.tls_available(self._transport)
@@ -404,6 +442,23 @@ class POP3(Protocol):
     def start_tls(self) -> None:
         self._framer.clear()
         self._guard.start_tls(self._transport)
+
+    def kick(self) -> None:
+        """An administrator ends the session (``mailsrv kick``): ``-ERR`` and
+        the close, without UPDATE (RFC 1939 6: only QUIT deletes), and no
+        command after it runs.  Halfway through a message the connection
+        is cut instead (an -ERR there would read as message text); a commit
+        QUIT already began finishes."""
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._framer.clear()
+        if self._sender is not None and self._sender.sending:
+            self._transport.abortConnection()
+            return
+        if not self._committing:
+            self.send(b"-ERR Disconnected by the administrator.")
+        self._transport.loseConnection()
 
     def channel_bindings(self) -> ChannelBindings | None:
         return self._guard.channel_bindings(self._transport)
@@ -469,6 +524,15 @@ class POP3(Protocol):
 
 #: Every command, by name: the groups' declarations.
 COMMANDS: dict[bytes, Command] = collect(Authorization, Transaction, POP3)
+
+
+def _declared(name: str) -> bool:
+    return name.encode("ascii", "replace") in COMMANDS
+
+
+def _state(state: State) -> str:
+    """A state as ``who`` and the metrics show it: ``transaction``."""
+    return state.value.lower()
 
 
 class POP3Factory(SessionFactory):

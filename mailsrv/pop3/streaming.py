@@ -43,6 +43,8 @@ class MessageSender:
         self._paused = False
         self._producing = False
         self._finished = False
+        #: Octets written so far.
+        self.sent = 0
         #: Fires with ``encoder.complete`` when the terminator has been written.
         self.deferred: defer.Deferred[bool] = defer.Deferred()
 
@@ -71,8 +73,11 @@ class MessageSender:
                 data = self._encoder.feed(chunk)
                 if data:
                     self._transport.write(data)
+                    self.sent += len(data)
                 if not chunk or self._encoder.done:
-                    self._transport.write(self._encoder.finish())
+                    end = self._encoder.finish()
+                    self._transport.write(end)
+                    self.sent += len(end)
                     self._end()
                     self.deferred.callback(self._encoder.complete)
                 else:

@@ -99,6 +99,9 @@ def loggable(line: bytes) -> str:
     words = line.split(None, 1)
     if words and words[0].upper() == b"PASS":
         return "PASS ***"
+    if words and words[0].upper() == b"APOP":
+        # The digest is MD5(timestamp + password): a guessing attack's input.
+        return " ".join(w.decode("ascii", "replace") for w in line.split()[:2]) + " ***"
     if words and words[0].upper() == b"AUTH":
         words = line.split()
         line = b" ".join(words[:2] + [b"***"] * (len(words) > 2))

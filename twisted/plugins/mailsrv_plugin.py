@@ -121,7 +121,9 @@ class MailsrvServiceMaker:
         try:
             daemon = Daemon()
             mail = _make(options, load)
-            LogReopener(reload=mail.reload).setServiceParent(daemon)
+            reopener = LogReopener(reload=mail.reload)
+            reopener.setServiceParent(daemon)
+            mail.hangup = reopener.hangup  # the admin socket's reload does what SIGHUP does
             mail.setServiceParent(daemon)
         except ConfigError as e:
             raise SystemExit(format_error(e)) from None

@@ -108,7 +108,7 @@ def _starttls_capability(session: Session) -> Sequence[str]:
 def handle_login(session: Session, command: Login) -> Result:
     if not session.guard.plaintext_allowed():
         raise no("Plaintext login is disabled; use STARTTLS first", "PRIVACYREQUIRED")
-    return log_in(session, UsernamePassword(command.username, command.password))
+    return log_in(session, UsernamePassword(command.username, command.password), "LOGIN")
 
 
 def _login_capability(session: Session) -> Sequence[str]:
@@ -144,7 +144,7 @@ def _start_exchange(
     """Start AUTHENTICATE once the failed-login penalty gives its turn
     (``turn`` False: refused unchecked, as a failed login)."""
     if not turn:
-        return _refused(session, session.guard.refuse())
+        return _refused(session, session.guard.refuse(mechanism=mechanism.name))
     exchange = _SaslExchange(session, mechanism)
     exchange.step(mechanism.start(initial))
     return exchange.result
@@ -189,9 +189,8 @@ class _SaslExchange:
             return
         if isinstance(step, sasl.Challenge) and step.failed:
             session.end_continuation()
-            _refused(session, session.guard.refuse()).addCallback(
-                self._failure_challenge, step.data
-            )
+            refused = session.guard.refuse(mechanism=self.mechanism.name)
+            _refused(session, refused).addCallback(self._failure_challenge, step.data)
             return
         if isinstance(step, sasl.Challenge):
             # Sent before reading resumes, so a line already waiting is
@@ -201,9 +200,10 @@ class _SaslExchange:
             return
         session.end_continuation()
         if isinstance(step, sasl.Refusal):
-            _refused(session, session.guard.refuse()).chainDeferred(self.result)
+            refused = session.guard.refuse(mechanism=self.mechanism.name)
+            _refused(session, refused).chainDeferred(self.result)
             return
-        log_in(session, step.credentials).chainDeferred(self.result)
+        log_in(session, step.credentials, self.mechanism.name).chainDeferred(self.result)
 
     def _failure_challenge(self, done: Done, data: bytes) -> None:
         self._failure = done
@@ -254,10 +254,10 @@ class _SaslExchange:
 # -- the login --------------------------------------------------------------------
 
 
-def log_in(session: Session, credentials: ICredentials) -> defer.Deferred[Done]:
+def log_in(session: Session, credentials: ICredentials, mechanism: str) -> defer.Deferred[Done]:
     """Ask the portal for the account; the completion of LOGIN or
-    AUTHENTICATE."""
-    d = session.guard.login(session.portal, credentials, IAccount)
+    AUTHENTICATE (``mechanism``: ``LOGIN`` for the command, else SASL's)."""
+    d = session.guard.login(session.portal, credentials, IAccount, mechanism=mechanism)
     return cast("defer.Deferred[Done]", d.addCallback(_verdict, session))
 
 

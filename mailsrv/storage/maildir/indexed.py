@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
+from mailsrv import observe
 from mailsrv.errors import LimitExceeded, NoSuchMailbox, StorageError
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir import recovery, scan
@@ -92,6 +93,8 @@ class IndexedFolder:
         self.index_path = os.path.join(path, INDEX_NAME)
         #: The open index; None before the first lock and after a failed rebuild.
         self.index: Index | None = None
+        #: Why the next index built replaces one (for the metrics).
+        self._rebuild_reason: str | None = None
         self.closed = False
         #: HIGHESTMODSEQ and UIDNEXT as the mailbox's listeners were last
         #: told: announcements start above them.
@@ -297,6 +300,7 @@ class IndexedFolder:
             )
             index.close()
             self.index = None
+            self._rebuild_reason = "mismatch"
         if self.index is None:
             # A rebuilt index starts MODSEQ above anything handed out before
             # (microseconds since the epoch, and above the recorded floor),
@@ -304,6 +308,10 @@ class IndexedFolder:
             modseq = 1 if fresh and not floor else max(time.time_ns() // 1000, floor + 1)
             self.index = Index.create(self.index_path, data.uidvalidity, data.next_free, modseq)
             self.sync(force=True, rebuild=True)
+            reason, self._rebuild_reason = self._rebuild_reason, None
+            if reason is not None or not fresh:
+                # Not a new folder: an index built again from its files.
+                observe.index_rebuilt("maildir", reason or "missing")
 
     def floor(self) -> int:
         """The highest MODSEQ this folder handed out (lock held)."""
@@ -315,6 +323,7 @@ class IndexedFolder:
         next open rebuilds it."""
         recovery.discard_index(self.index_path, self.index, reason)
         self.index = None
+        self._rebuild_reason = "damaged"
 
     def rebuild_damaged(self, exc: BaseException) -> tuple[int, ...] | None:
         """The index failed with damage: move it aside and rebuild it from the
@@ -341,6 +350,7 @@ class IndexedFolder:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.index_path + suffix)
             recovery.crash_point("reindex-dropped")
+            self._rebuild_reason = "requested"
             self.open_index()
             self.changed()
         self.seen_modseq = self.db.get_int("highest_modseq")

@@ -101,6 +101,11 @@ class Database:
     def __repr__(self) -> str:
         return f"<Database pool_size={self.pool_size}>"
 
+    @property
+    def pool(self) -> ThreadPool | None:
+        """The worker threads, once the first query started them (for the metrics)."""
+        return self._pool
+
     # -- threads ------------------------------------------------------------------
 
     def _start(self) -> ThreadPool:

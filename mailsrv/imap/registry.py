@@ -167,6 +167,7 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "QRESYNC",
     "ESEARCH",
     "SEARCHRES",
+    "WITHIN",
     _appendlimit,
 )
 
@@ -199,6 +200,7 @@ CAPABILITY_ORDER = (
     "THREAD",
     "ESORT",
     "CONTEXT",
+    "WITHIN",
     "APPENDLIMIT",
     "STARTTLS",
     "LOGINDISABLED",

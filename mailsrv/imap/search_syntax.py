@@ -2,8 +2,8 @@
 
 RFC 3501 6.4.4 and 9 (``search-key``), RFC 4731 (``RETURN`` options),
 RFC 5182 (``$`` and SAVE), RFC 5267 (``CONTEXT``, ``UPDATE`` and
-``PARTIAL``, which SORT shares), RFC 7162 (the MODSEQ key, parsed so that
-it can be refused clearly).
+``PARTIAL``, which SORT shares), RFC 7162 (the MODSEQ key), RFC 5032
+(OLDER and YOUNGER).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class SearchKey:
       addresses, not the field's text (RFC 3501 6.4.4)
     * ``BODY``/``TEXT`` (bytes,)
     * ``MODSEQ`` (int,) (RFC 7162)
+    * ``OLDER``/``YOUNGER`` (seconds,) (RFC 5032 WITHIN)
     """
 
     op: str
@@ -159,6 +160,11 @@ def _modseq(reader: Reader, word: str, depth: int) -> SearchKey:
     return SearchKey("MODSEQ", (value,))
 
 
+def _interval(reader: Reader, word: str, depth: int) -> SearchKey:
+    # RFC 5032 3: ( "OLDER" / "YOUNGER" ) SP nz-number, in seconds.
+    return SearchKey(word, (reader.number32("an interval in seconds", nonzero=True),))
+
+
 #: Keys with arguments: the parser of what follows the key and a space.
 _KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     "KEYWORD": _keyword,
@@ -175,6 +181,8 @@ _KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     "SMALLER": _size,
     "UID": _uid,
     "MODSEQ": _modseq,
+    "OLDER": _interval,
+    "YOUNGER": _interval,
 }
 
 

@@ -210,23 +210,23 @@ def _not(inner: Predicate) -> Predicate:
     return test
 
 
-def compile_key(key: SearchKey, view: SelectedMailbox, charset: str | None = None) -> Program:
+def compile_key(
+    key: SearchKey,
+    view: SelectedMailbox,
+    charset: str | None = None,
+    now: datetime.datetime | None = None,
+) -> Program:
     """A SEARCH key as a :class:`Program`.
 
-    Raises :class:`NotImplementedKey` for keys of extensions not offered.
+    ``now`` is the server's current time that OLDER and YOUNGER measure
+    from (RFC 5032); the wall clock if not given.  Raises
+    :class:`NotImplementedKey` for keys of extensions not offered.
     """
     program = Program(lambda seq, m, c: True)
-    program.predicate = _compile(key, view, charset, program)
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    program.predicate = _Context(view, charset, program, now).compile(key)
     return program
-
-
-def _compile(
-    key: SearchKey, view: SelectedMailbox, charset: str | None, program: Program
-) -> Predicate:
-    compiler = _COMPILERS.get(key.op)
-    if compiler is None:
-        raise NotImplementedKey(key.op)
-    return compiler(key.op, key.args, _Context(view, charset, program))
 
 
 @attrs.frozen
@@ -236,9 +236,14 @@ class _Context:
     view: SelectedMailbox
     charset: str | None
     program: Program
+    now: datetime.datetime
 
     def compile(self, key: object) -> Predicate:
-        return _compile(cast(SearchKey, key), self.view, self.charset, self.program)
+        key = cast(SearchKey, key)
+        compiler = _COMPILERS.get(key.op)
+        if compiler is None:
+            raise NotImplementedKey(key.op)
+        return compiler(key.op, key.args, self)
 
 
 def _all(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
@@ -288,6 +293,16 @@ def _size_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate
 
 def _internal_date_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
     return _date_test(op, cast(datetime.date, args[0]), lambda m, c: m.internal_date.date())
+
+
+def _within_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    """RFC 5032: OLDER n is an internal date more than n seconds before the
+    server's current time, YOUNGER n one at most n seconds before it (both
+    instants, so time zones do not matter)."""
+    limit = context.now - datetime.timedelta(seconds=cast(int, args[0]))
+    if op == "OLDER":
+        return lambda seq, m, c: m.internal_date < limit
+    return lambda seq, m, c: m.internal_date >= limit
 
 
 def _sent_date_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
@@ -352,6 +367,8 @@ _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] 
     "SMALLER": _size_key,
     **dict.fromkeys(("BEFORE", "ON", "SINCE"), _internal_date_key),
     **dict.fromkeys(("SENTBEFORE", "SENTON", "SENTSINCE"), _sent_date_key),
+    "OLDER": _within_key,
+    "YOUNGER": _within_key,
     "HEADER": _header_key,
     "ADDRESS": _address_key,
     "BODY": _text_key,

@@ -84,6 +84,101 @@ class _Scenarios(_BackendBase):
             response = yield client.command("b", f"SEARCH {bad}")
             t.assertTrue(response.startswith(b"b BAD "), response)
 
+    # -- PREVIEW (RFC 8970) -----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def previews(self) -> Any:
+        """A session over five messages: plain text, quoted reply, HTML,
+        an image alone, long UTF-8 text."""
+        client = yield self.session()
+        yield self.append(client, message("one", "Preview text!"))
+        quoted = "Sounds good.\r\n\r\n> What about lunch?\r\n> At noon\r\n-- \r\nJoe"
+        yield self.append(client, message("two", quoted))
+        page = (
+            "<html><head><style>p {color: red}</style></head>"
+            "<body><p>Hello &amp; welcome</p><p>to the <b>list</b></p></body></html>"
+        )
+        yield self.append(
+            client, message("three", page, "Content-Type: text/html; charset=utf-8\r\n")
+        )
+        image = "Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n"
+        yield self.append(client, message("four", "iVBORw0KGgo=", image))
+        long_text = "Grüße aus Köln. " * 30
+        yield self.append(
+            client,
+            message(
+                "five",
+                long_text,
+                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n",
+            ),
+        )
+        yield client.command("n", "NOOP")
+        return client
+
+    @defer.inlineCallbacks
+    def test_preview_rfc_examples(self) -> Any:
+        """RFC 8970 5's examples 1 and 2: LAZY answers NIL for a preview not
+        worked out yet, the plain FETCH works it out, and LAZY then has it."""
+        t: Any = self
+        client = yield self.previews()
+        response = yield client.command("A1", "FETCH 1 (PREVIEW)")
+        t.assertEqual(response, b'* 1 FETCH (PREVIEW "Preview text!")\r\nA1 OK FETCH completed\r\n')
+        response = yield client.command("B1", "FETCH 1:4 (UID PREVIEW (LAZY))")
+        t.assertEqual(
+            response,
+            b'* 1 FETCH (UID 1 PREVIEW "Preview text!")\r\n'
+            b"* 2 FETCH (UID 2 PREVIEW NIL)\r\n"
+            b"* 3 FETCH (UID 3 PREVIEW NIL)\r\n"
+            b"* 4 FETCH (UID 4 PREVIEW NIL)\r\n"
+            b"B1 OK FETCH completed\r\n",
+        )
+        response = yield client.command("B2", "FETCH 2:5 (PREVIEW)")
+        expected_five = ("Grüße aus Köln. " * 13)[:200].rstrip().encode("utf-8")
+        t.assertEqual(
+            response,
+            b'* 2 FETCH (PREVIEW "Sounds good.")\r\n'
+            b'* 3 FETCH (PREVIEW "Hello & welcome to the list")\r\n'
+            b'* 4 FETCH (PREVIEW "")\r\n'
+            b"* 5 FETCH (PREVIEW {%d}\r\n%s)\r\n"
+            b"B2 OK FETCH completed\r\n" % (len(expected_five), expected_five),
+        )
+        response = yield client.command("B3", "FETCH 2:4 PREVIEW (LAZY)")
+        t.assertEqual(
+            response,
+            b'* 2 FETCH (PREVIEW "Sounds good.")\r\n'
+            b'* 3 FETCH (PREVIEW "Hello & welcome to the list")\r\n'
+            b'* 4 FETCH (PREVIEW "")\r\n'
+            b"B3 OK FETCH completed\r\n",
+        )
+        # Either modifier list, and a lone PREVIEW before FETCH modifiers.
+        response = yield client.command("B4", "FETCH 1 PREVIEW (CHANGEDSINCE 1)")
+        t.assertRegex(response, rb'\* 1 FETCH \(PREVIEW "Preview text!" MODSEQ \(\d+\)\)\r\nB4 OK')
+        for bad in ("FETCH 1 (PREVIEW (LAZY FAST))", "FETCH 1 (PREVIEW (LAZY)"):
+            response = yield client.command("b", bad)
+            t.assertTrue(response.startswith(b"b BAD "), response)
+
+    @defer.inlineCallbacks
+    def test_preview_with_searchres_and_binary(self) -> Any:
+        """RFC 8970 5's example 3 (SEARCHRES), and PREVIEW beside BINARY."""
+        t: Any = self
+        client = yield self.previews()
+        yield client.command("C0", "FETCH 3 (PREVIEW)")
+        client.send(b'C2 SEARCH RETURN (SAVE) OR SUBJECT "three" SUBJECT "four"\r\n')
+        response = yield client.command("C3", "FETCH $ (UID PREVIEW (LAZY))")
+        t.assertEqual(
+            response,
+            b"C2 OK SEARCH completed\r\n"
+            b'* 3 FETCH (UID 3 PREVIEW "Hello & welcome to the list")\r\n'
+            b"* 4 FETCH (UID 4 PREVIEW NIL)\r\n"
+            b"C3 OK FETCH completed\r\n",
+        )
+        response = yield client.command("C4", "UID FETCH 4 (PREVIEW BINARY.PEEK[1])")
+        t.assertEqual(
+            response,
+            b'* 4 FETCH (PREVIEW "" BINARY[1] ~{8}\r\n\x89PNG\r\n\x1a\n UID 4)\r\n'
+            b"C4 OK FETCH completed\r\n",
+        )
+
 
 class MemoryExtensionTests(_Scenarios, TestCase):
     def make_storage(self) -> IStorage:

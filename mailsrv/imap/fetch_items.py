@@ -112,6 +112,8 @@ class FetchMessage:
     rendered: dict[str, bytes] = attrs.Factory(dict)
     file: IO[bytes] | None = None
     flags_changed: bool = False
+    #: PREVIEW's text (UTF-8); None when LAZY found none ready.
+    preview: bytes | None = None
 
     @property
     def uid(self) -> int:
@@ -483,6 +485,18 @@ def _binary_size(
     out.item(name + b" %d" % int(msg.binary[attribute] or 0))
 
 
+def _preview(
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    """RFC 8970 3.2: the text, "" when there is none to show, and NIL only
+    for PREVIEW (LAZY) when it was not ready (never without LAZY)."""
+    if msg.preview is None:
+        assert attribute.lazy, "the batch computes previews unless all are LAZY"
+        out.item(b"PREVIEW NIL")
+    else:
+        out.item(b"PREVIEW " + response.string(msg.preview))
+
+
 #: Item name (:attr:`FetchAttribute.name`) -> handler.
 HANDLERS: dict[str, _Handler] = {
     **{name: _index_handler(render) for name, render in INDEX_ITEMS.items()},
@@ -494,6 +508,7 @@ HANDLERS: dict[str, _Handler] = {
     "RFC822.TEXT": _rfc822,
     "BINARY": _binary,
     "BINARY.SIZE": _binary_size,
+    "PREVIEW": _preview,
 }
 
 

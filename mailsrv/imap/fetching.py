@@ -107,6 +107,7 @@ def _load(
             value = values.get(m.uid)
             if value is not None:
                 m.fields[attribute] = value
+    previews = yield _load_previews(request, batch)
     # Keep the messages for which everything was found (the rest were
     # expunged meanwhile, and the caller counts them as missing).
     kinds = len({k for k in map(rendered_kind, attributes) if k is not None})
@@ -117,7 +118,24 @@ def _load(
         if len(m.rendered) == kinds
         and len(m.fields) == len(set(root_fields))
         and (m.structure is not None or not structure)
+        and (m.preview is not None or previews != "computed")
     ]
+
+
+@defer.inlineCallbacks
+def _load_previews(
+    request: FetchRequest, batch: list[FetchMessage]
+) -> Generator[defer.Deferred[Any], Any, str]:
+    """PREVIEW's texts: "none" asked, "lazy" (only those ready in the
+    cache: RFC 8970 4.1) or "computed" (every one, worked out if need be)."""
+    asked = [a for a in request.attributes if a.name == "PREVIEW"]
+    if not asked:
+        return "none"
+    compute = not all(a.lazy for a in asked)
+    values = yield content.previews(request.mailbox, [m.uid for m in batch], compute)
+    for m in batch:
+        m.preview = values.get(m.uid)
+    return "computed" if compute else "lazy"
 
 
 #: Index-only responses joined into one write (a few KB).

@@ -168,6 +168,7 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "ESEARCH",
     "SEARCHRES",
     "WITHIN",
+    "PREVIEW",
     _appendlimit,
 )
 
@@ -201,6 +202,9 @@ CAPABILITY_ORDER = (
     "ESORT",
     "CONTEXT",
     "WITHIN",
+    "SAVEDATE",
+    "OBJECTID",
+    "PREVIEW",
     "APPENDLIMIT",
     "STARTTLS",
     "LOGINDISABLED",

@@ -37,9 +37,12 @@ from mailsrv.testing.storage.base import ListenerRecorder, call, message_bytes
 from mailsrv.testing.storage.changes import ChangeContract
 from mailsrv.testing.storage.messages import MessageContract
 from mailsrv.testing.storage.modseq import ModseqContract
+from mailsrv.testing.storage.objects import ObjectContract
 
 __all__ = ["ListenerRecorder", "StorageSuiteMixin", "call", "message_bytes"]
 
 
-class StorageSuiteMixin(AccountContract, MessageContract, ChangeContract, ModseqContract):
+class StorageSuiteMixin(
+    AccountContract, MessageContract, ChangeContract, ModseqContract, ObjectContract
+):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

@@ -7,6 +7,7 @@ where they give some, and with ESEARCH, SEARCHRES and BINARY beside them.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from typing import Any
 
@@ -179,6 +180,180 @@ class _Scenarios(_BackendBase):
             b"C4 OK FETCH completed\r\n",
         )
 
+    # -- OBJECTID (RFC 8474) ----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_mailboxid_rfc_examples(self) -> Any:
+        """RFC 8474 4's examples: CREATE, STATUS, RENAME, LIST-STATUS and
+        SELECT; a mailbox deleted and made again is a new one."""
+        t: Any = self
+        client = yield self.session(None)
+        response = yield client.command("3", "create foo")
+        found = re.fullmatch(
+            rb"3 OK \[MAILBOXID \(([A-Za-z0-9_-]{1,255})\)\] CREATE completed\r\n", response
+        )
+        assert found is not None, response
+        foo = found.group(1)
+        response = yield client.command("4", "create bar")
+        bar = re.fullmatch(
+            rb"4 OK \[MAILBOXID \(([A-Za-z0-9_-]+)\)\] CREATE completed\r\n", response
+        )
+        assert bar is not None, response
+        bar_id = bar.group(1)
+        t.assertNotEqual(foo, bar_id)
+        response = yield client.command("5", "create foo")
+        t.assertTrue(response.startswith(b"5 NO "), response)
+        response = yield client.command("6", "status foo (mailboxid)")
+        t.assertEqual(response, b"* STATUS foo (MAILBOXID (%s))\r\n6 OK STATUS completed\r\n" % foo)
+        response = yield client.command("8", "rename foo renamed")
+        t.assertEqual(response, b"8 OK RENAME completed\r\n")
+        response = yield client.command("9", "status renamed (mailboxid messages)")
+        t.assertEqual(
+            response,
+            b"* STATUS renamed (MAILBOXID (%s) MESSAGES 0)\r\n9 OK STATUS completed\r\n" % foo,
+        )
+        response = yield client.command("11", 'list "" "*" return (status (mailboxid))')
+        t.assertIn(b"* STATUS bar (MAILBOXID (%s))\r\n" % bar_id, response)
+        t.assertIn(b"* STATUS renamed (MAILBOXID (%s))\r\n" % foo, response)
+        ids = re.findall(rb"MAILBOXID \(([^)]+)\)", response)
+        t.assertEqual(len(ids), len(set(ids)), response)
+        response = yield client.command("27", "select renamed")
+        t.assertIn(b"* OK [MAILBOXID (%s)] Ok\r\n" % foo, response)
+        response = yield client.command("28", "examine bar")
+        t.assertIn(b"* OK [MAILBOXID (%s)] Ok\r\n" % bar_id, response)
+        yield client.command("29", "unselect")
+        yield client.command("30", "delete bar")
+        response = yield client.command("31", "create bar")
+        again = re.search(rb"MAILBOXID \(([^)]+)\)", response)
+        assert again is not None, response
+        t.assertNotEqual(again.group(1), bar_id)
+
+    @defer.inlineCallbacks
+    def thread_example(self) -> Any:
+        """RFC 8474 5.3's three messages; a session on INBOX and the IDs."""
+        client = yield self.session(None)
+        yield client.command("c", "CREATE foo")
+        date = datetime.datetime(
+            2018, 3, 20, 3, 7, 37, tzinfo=datetime.timezone(datetime.timedelta(hours=11))
+        )
+        a = message("Message A", extra="Message-ID: <fake.1521475657.54797@example.com>\r\n")
+        b = message(
+            "Re: Message A",
+            extra="Message-ID: <fake.1521475657.21213@example.org>\r\n"
+            "References: <fake.1521475657.54797@example.com>\r\n",
+        )
+        c = message("Message C", extra="Message-ID: <fake.1521475657.60280@example.com>\r\n")
+        for data in (a, b, c):
+            yield self.append(client, data, date)
+        yield client.command("s", "SELECT INBOX")
+        response = yield client.command("22", "fetch 1:* (emailid threadid)")
+        ids = re.findall(
+            rb"\* (\d) FETCH \(EMAILID \((M[0-9a-f]{24})\) THREADID \((T[0-9a-f]{24})\)\)\r\n",
+            response,
+        )
+        assert len(ids) == 3, response
+        return client, {int(seq): (email, thread) for seq, email, thread in ids}
+
+    @defer.inlineCallbacks
+    def test_emailid_threadid_rfc_example(self) -> Any:
+        """RFC 8474 5.3 and 6: a reply shares its thread, MOVE and COPY keep
+        both IDs, SEARCH finds by either, exactly and case-sensitively."""
+        t: Any = self
+        client, ids = yield self.thread_example()
+        t.assertEqual(len({email for email, _ in ids.values()}), 3)
+        t.assertEqual(ids[1][1], ids[2][1])
+        t.assertNotEqual(ids[1][1], ids[3][1])
+        response = yield client.command("27", f"search emailid {ids[1][0].decode()}")
+        t.assertEqual(response, b"* SEARCH 1\r\n27 OK SEARCH completed\r\n")
+        response = yield client.command("28", f"search threadid {ids[1][1].decode()}")
+        t.assertEqual(response, b"* SEARCH 1 2\r\n28 OK SEARCH completed\r\n")
+        response = yield client.command("28a", f"search threadid {ids[1][1].decode().upper()}")
+        t.assertEqual(response, b"* SEARCH\r\n28a OK SEARCH completed\r\n")
+        response = yield client.command(
+            "28b", f"uid search return (count save) not threadid {ids[1][1].decode()}"
+        )
+        t.assertEqual(response, b'* ESEARCH (TAG "28b") UID COUNT 1\r\n28b OK SEARCH completed\r\n')
+        response = yield client.command("28c", "fetch $ (emailid)")
+        t.assertEqual(
+            response, b"* 3 FETCH (EMAILID (%s))\r\n28c OK FETCH completed\r\n" % ids[3][0]
+        )
+        response = yield client.command("23", "move 2 foo")
+        t.assertRegex(response, rb"\* OK \[COPYUID \d+ 2 1\] Moved\r\n\* 2 EXPUNGE\r\n")
+        response = yield client.command("23a", "copy 1 foo")
+        t.assertRegex(response, rb"23a OK \[COPYUID \d+ 1 2\]")
+        response = yield client.command("24", "fetch 1:* (emailid threadid)")
+        t.assertEqual(
+            response,
+            b"* 1 FETCH (EMAILID (%s) THREADID (%s))\r\n"
+            b"* 2 FETCH (EMAILID (%s) THREADID (%s))\r\n"
+            b"24 OK FETCH completed\r\n" % (*ids[1], *ids[3]),
+        )
+        yield client.command("25", 'select "foo"')
+        response = yield client.command("26", "fetch 1:* (threadid emailid binary.size[1])")
+        t.assertEqual(
+            response,
+            b"* 1 FETCH (THREADID (%s) EMAILID (%s) BINARY.SIZE[1] 14)\r\n"
+            b"* 2 FETCH (THREADID (%s) EMAILID (%s) BINARY.SIZE[1] 14)\r\n"
+            b"26 OK FETCH completed\r\n" % (ids[2][1], ids[2][0], ids[1][1], ids[1][0]),
+        )
+        for bad in ("search emailid", "search emailid a.b", "search threadid ()"):
+            response = yield client.command("b", bad)
+            t.assertTrue(response.startswith(b"b BAD "), response)
+
+    # -- SAVEDATE (RFC 8514) ----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_savedate_rfc_examples(self) -> Any:
+        """RFC 8514 4.2 and 4.3: the save date is when the message arrived,
+        not its internal date; COPY gives the copy its own; the SAVED*
+        keys compare its day, with ESEARCH and SEARCHRES."""
+        t: Any = self
+        client = yield self.session()
+        yield client.command("c", "CREATE Kept")
+        old = datetime.datetime(2001, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)
+        before = ago(seconds=0)
+        yield self.append(client, message("one"), old)
+        yield self.append(client, message("two"), old)
+        after = ago(seconds=-1)
+        yield client.command("n", "NOOP")
+        response = yield client.command("A101", "FETCH 1:2 (SAVEDATE INTERNALDATE)")
+        found = re.findall(
+            rb'\* (\d) FETCH \(SAVEDATE "([^"]+)" INTERNALDATE "03-Feb-2001 04:05:06 \+0000"\)',
+            response,
+        )
+        t.assertEqual([int(seq) for seq, _ in found], [1, 2], response)
+        saved = [datetime.datetime.strptime(v.decode(), "%d-%b-%Y %H:%M:%S %z") for _, v in found]
+        for value in saved:
+            t.assertTrue(before <= value <= after, (before, value, after))
+        day = saved[0].date()
+        text = day.strftime("%d-%b-%Y")
+        response = yield client.command("A102", f"SEARCH SAVEDON {text}")
+        on = b"* SEARCH 1 2" if saved[1].date() == day else b"* SEARCH 1"
+        t.assertEqual(response, on + b"\r\nA102 OK SEARCH completed\r\n")
+        response = yield client.command("A103", f"SEARCH SAVEDBEFORE {text}")
+        t.assertEqual(response, b"* SEARCH\r\nA103 OK SEARCH completed\r\n")
+        response = yield client.command("A104", "SEARCH SAVEDSINCE 1-Jan-2020 BEFORE 1-Jan-2002")
+        t.assertEqual(response, b"* SEARCH 1 2\r\nA104 OK SEARCH completed\r\n")
+        response = yield client.command("A105", "SEARCH RETURN (COUNT) SAVEDATESUPPORTED")
+        t.assertEqual(response, b'* ESEARCH (TAG "A105") COUNT 2\r\nA105 OK SEARCH completed\r\n')
+        response = yield client.command("A106", "SEARCH RETURN (SAVE) SAVEDBEFORE 1-Jan-2002")
+        t.assertEqual(response, b"A106 OK SEARCH completed\r\n")
+        response = yield client.command("A107", "FETCH $ (UID)")
+        t.assertEqual(response, b"A107 OK FETCH completed\r\n")
+        # RFC 8514 3: a copy's save date is its own arrival, not the source's.
+        before = ago(seconds=0)
+        yield client.command("A108", "COPY 1 Kept")
+        after = ago(seconds=-1)
+        yield client.command("A109", "SELECT Kept")
+        response = yield client.command("A110", "FETCH 1 (SAVEDATE)")
+        written = re.search(rb'SAVEDATE "([^"]+)"', response)
+        assert written is not None, response
+        copied = datetime.datetime.strptime(written.group(1).decode(), "%d-%b-%Y %H:%M:%S %z")
+        t.assertTrue(before <= copied <= after, (before, copied, after))
+        for bad in ("SEARCH SAVEDON", "SEARCH SAVEDSINCE 31-Feb-2020x", "FETCH 1 (SAVEDATE[])"):
+            response = yield client.command("b", bad)
+            t.assertTrue(response.startswith(b"b BAD "), response)
+
 
 class MemoryExtensionTests(_Scenarios, TestCase):
     def make_storage(self) -> IStorage:
@@ -191,6 +366,45 @@ class MaildirExtensionTests(_Scenarios, TestCase):
 
         self.template = self.mktemp() + "/{user}"
         return MaildirStorage(self.template)
+
+    @defer.inlineCallbacks
+    def test_index_of_the_previous_schema(self) -> Any:
+        """An index written before save dates were kept (schema 1) is
+        upgraded in place: its messages keep their UIDs, flags and cached
+        previews, their save dates are unknown (NIL, and SAVEDON uses the
+        internal date), and what arrives afterwards has one."""
+        import sqlite3
+
+        from mailsrv.storage.maildir import MaildirStorage
+
+        t: Any = self
+        client = yield self.session()
+        old = datetime.datetime(2001, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)
+        yield self.append(client, message("one", "Before the upgrade."), old)
+        yield client.command("f", "STORE 1 +FLAGS (\\Flagged)")
+        yield client.command("p", "FETCH 1 (PREVIEW)")
+        yield client.command("z", "LOGOUT")
+        yield client.lost
+        index = os.path.join(self.template.format(user="joe"), "mailsrv-index.sqlite")
+        db = sqlite3.connect(index)
+        db.execute("ALTER TABLE messages DROP COLUMN saved")
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'schema'")
+        db.commit()
+        db.close()
+        # As after a restart: another storage over the same folders.
+        self.factory.portal.realm.storage = MaildirStorage(self.template)  # type: ignore[attr-defined]
+        client = yield self.session()
+        yield self.append(client, message("two"))
+        yield client.command("n", "NOOP")
+        response = yield client.command("a", "FETCH 1:2 (UID FLAGS SAVEDATE PREVIEW (LAZY))")
+        t.assertRegex(
+            response,
+            rb"^\* 1 FETCH \(UID 1 FLAGS \(\\Flagged\) SAVEDATE NIL "
+            rb'PREVIEW "Before the upgrade."\)\r\n'
+            rb'\* 2 FETCH \(UID 2 FLAGS \(\\Recent\) SAVEDATE "[^"]+" PREVIEW NIL\)\r\n',
+        )
+        response = yield client.command("b", "SEARCH SAVEDON 3-Feb-2001")
+        t.assertEqual(response, b"* SEARCH 1\r\nb OK SEARCH completed\r\n")
 
 
 class PostgresExtensionTests(_Scenarios, TestCase):

@@ -126,6 +126,12 @@ def _set_many(cache: Any, kind: str, values: dict[int, bytes]) -> defer.Deferred
     return d.addErrback(failed)
 
 
+#: For modules that keep cache kinds of their own (:mod:`mailsrv.imap.objectid`).
+cache_of = _cache
+get_many = _get_many
+set_many = _set_many
+
+
 @defer.inlineCallbacks
 def structures(mailbox: IMailbox, uids: Iterable[int]) -> Any:
     """``{uid: MessageStructure}`` for the messages that still exist.

@@ -20,6 +20,7 @@ that feed the handlers are :mod:`mailsrv.imap.fetching`'s.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Generator, Sequence
 from typing import IO, Any
 
@@ -114,6 +115,8 @@ class FetchMessage:
     flags_changed: bool = False
     #: PREVIEW's text (UTF-8); None when LAZY found none ready.
     preview: bytes | None = None
+    #: EMAILID and THREADID, by item name (RFC 8474).
+    ids: dict[str, str] = attrs.Factory(dict)
 
     @property
     def uid(self) -> int:
@@ -274,6 +277,14 @@ def render_modseq(view: SelectedMailbox, m: IMessage) -> bytes:
     return b"MODSEQ (%d)" % m.modseq
 
 
+def _render_save_date(view: SelectedMailbox, m: IMessage) -> bytes:
+    """RFC 8514 4.2; NIL for a message whose save date is not known."""
+    saved: datetime.datetime | None = m.save_date
+    if saved is None:
+        return b"SAVEDATE NIL"
+    return b'SAVEDATE "%s"' % format_date_time(saved).encode("ascii")
+
+
 #: Items the index answers alone, by name: one renderer each, used by the
 #: per-message path and by the batched first-sync path alike.
 INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
@@ -282,6 +293,7 @@ INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
     "RFC822.SIZE": _render_size,
     "INTERNALDATE": _render_internal_date,
     "MODSEQ": render_modseq,
+    "SAVEDATE": _render_save_date,
 }
 
 
@@ -497,6 +509,13 @@ def _preview(
         out.item(b"PREVIEW " + response.string(msg.preview))
 
 
+def _object_id(
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    """RFC 8474 5.3: ``EMAILID (M...)``, ``THREADID (T...)``."""
+    out.item(b"%s (%s)" % (attribute.name.encode("ascii"), msg.ids[attribute.name].encode("ascii")))
+
+
 #: Item name (:attr:`FetchAttribute.name`) -> handler.
 HANDLERS: dict[str, _Handler] = {
     **{name: _index_handler(render) for name, render in INDEX_ITEMS.items()},
@@ -509,6 +528,8 @@ HANDLERS: dict[str, _Handler] = {
     "BINARY": _binary,
     "BINARY.SIZE": _binary_size,
     "PREVIEW": _preview,
+    "EMAILID": _object_id,
+    "THREADID": _object_id,
 }
 
 

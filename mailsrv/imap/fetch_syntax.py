@@ -75,6 +75,9 @@ _FETCH_SIMPLE = frozenset(
         "UID",
         "MODSEQ",
         "BODY",
+        "SAVEDATE",  # RFC 8514
+        "EMAILID",  # RFC 8474
+        "THREADID",
     }
 )
 _FETCH_MACROS = {

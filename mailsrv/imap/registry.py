@@ -168,6 +168,8 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "ESEARCH",
     "SEARCHRES",
     "WITHIN",
+    "SAVEDATE",
+    "OBJECTID",
     "PREVIEW",
     _appendlimit,
 )

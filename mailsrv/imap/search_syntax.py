@@ -3,7 +3,7 @@
 RFC 3501 6.4.4 and 9 (``search-key``), RFC 4731 (``RETURN`` options),
 RFC 5182 (``$`` and SAVE), RFC 5267 (``CONTEXT``, ``UPDATE`` and
 ``PARTIAL``, which SORT shares), RFC 7162 (the MODSEQ key), RFC 5032
-(OLDER and YOUNGER).
+(OLDER and YOUNGER), RFC 8514 (SAVED*), RFC 8474 (EMAILID, THREADID).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class SearchKey:
     * ``BODY``/``TEXT`` (bytes,)
     * ``MODSEQ`` (int,) (RFC 7162)
     * ``OLDER``/``YOUNGER`` (seconds,) (RFC 5032 WITHIN)
+    * ``SAVEDBEFORE``/``SAVEDON``/``SAVEDSINCE`` (datetime.date,) and
+      ``SAVEDATESUPPORTED`` () (RFC 8514)
+    * ``EMAILID``/``THREADID`` (objectid str,) (RFC 8474)
     """
 
     op: str
@@ -58,7 +61,12 @@ _SEARCH_FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }
 _SEARCH_ADDRESS_KEYS = frozenset({"BCC", "CC", "FROM", "TO"})
-_SEARCH_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_SEARCH_DATE_KEYS = frozenset(
+    {
+        *("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"),
+        *("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"),  # RFC 8514
+    }
+)
 _SEARCH_ESEARCH_OPTIONS = frozenset(
     {"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE", "PARTIAL"}
 )
@@ -97,6 +105,7 @@ _KEYS_ALONE: dict[str, SearchKey] = {
         "AND", (SearchKey("FLAG", ("\\Recent", True)), SearchKey("FLAG", ("\\Seen", False)))
     ),
     "OLD": SearchKey("FLAG", ("\\Recent", False)),
+    "SAVEDATESUPPORTED": SearchKey("SAVEDATESUPPORTED"),
 }
 
 
@@ -165,6 +174,14 @@ def _interval(reader: Reader, word: str, depth: int) -> SearchKey:
     return SearchKey(word, (reader.number32("an interval in seconds", nonzero=True),))
 
 
+def _objectid(reader: Reader, word: str, depth: int) -> SearchKey:
+    # RFC 8474 7: objectid = 1*255(ALPHA / DIGIT / "_" / "-"), case-sensitive.
+    value = reader.atom("an object identifier")
+    if len(value) > 255 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in value):
+        raise reader.error(f"invalid object identifier {value!r}")
+    return SearchKey(word, (value,))
+
+
 #: Keys with arguments: the parser of what follows the key and a space.
 _KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     "KEYWORD": _keyword,
@@ -183,6 +200,8 @@ _KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     "MODSEQ": _modseq,
     "OLDER": _interval,
     "YOUNGER": _interval,
+    "EMAILID": _objectid,
+    "THREADID": _objectid,
 }
 
 

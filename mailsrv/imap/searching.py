@@ -43,7 +43,7 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv.imap import content
+from mailsrv.imap import content, search_ext
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
@@ -90,10 +90,13 @@ class SearchContent:
     addresses: dict[str, list[str]] | None = None  # address fields as SEARCH reads them
     body: str | None = None  # case-folded decoded text parts
     header: str | None = None  # case-folded decoded header, for TEXT
+    ids: dict[str, str] | None = None  # EMAILID, THREADID (RFC 8474)
 
 
 #: ``(seq, message, content) -> True | False | None (unknown)``
 Predicate = Callable[[int, IMessage, SearchContent], "bool | None"]
+#: ``(mailbox, undecided) -> Deferred``: loads something into their content.
+Loader = Callable[[IMailbox, "list[_Pending]"], "defer.Deferred[None]"]
 
 
 @attrs.define
@@ -132,6 +135,9 @@ class Program:
     text: bool = False
     #: Set when the program has a MODSEQ key: its answer reports MODSEQ.
     modseqs: Modseqs | None = None
+    #: Passes of other keys (by key), run after the index's: each fills the
+    #: undecided messages' content (:mod:`mailsrv.imap.search_ext`).
+    loaders: dict[str, Loader] = attrs.Factory(dict)
 
 
 # ---------------------------------------------------------------------------
@@ -295,16 +301,6 @@ def _internal_date_key(op: str, args: tuple[object, ...], context: _Context) -> 
     return _date_test(op, cast(datetime.date, args[0]), lambda m, c: m.internal_date.date())
 
 
-def _within_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
-    """RFC 5032: OLDER n is an internal date more than n seconds before the
-    server's current time, YOUNGER n one at most n seconds before it (both
-    instants, so time zones do not matter)."""
-    limit = context.now - datetime.timedelta(seconds=cast(int, args[0]))
-    if op == "OLDER":
-        return lambda seq, m, c: m.internal_date < limit
-    return lambda seq, m, c: m.internal_date >= limit
-
-
 def _sent_date_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
     context.program.fields = context.program.fields | {"DATE"}
 
@@ -367,8 +363,7 @@ _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] 
     "SMALLER": _size_key,
     **dict.fromkeys(("BEFORE", "ON", "SINCE"), _internal_date_key),
     **dict.fromkeys(("SENTBEFORE", "SENTON", "SENTSINCE"), _sent_date_key),
-    "OLDER": _within_key,
-    "YOUNGER": _within_key,
+    **search_ext.COMPILERS,
     "HEADER": _header_key,
     "ADDRESS": _address_key,
     "BODY": _text_key,
@@ -460,14 +455,11 @@ def _matches(
     """``(seq, uid)`` of the batch's messages that match, ascending."""
     hits: list[tuple[int, int]] = []
     test = program.predicate
-    pending: list[_Pending] = []
-    for seq, m in chunk:
-        c = SearchContent()
-        result = test(seq, m, c)
-        if result is True:
-            hits.append((seq, m.uid))
-        elif result is None:
-            pending.append((seq, m, c))
+    pending = _decide(test, [(seq, m, SearchContent()) for seq, m in chunk], hits)
+    for load in program.loaders.values():
+        if pending:
+            yield load(mailbox, pending)
+            pending = _decide(test, pending, hits)
     if pending and (program.fields or program.addresses):
         pending = yield _fields_pass(mailbox, program, pending, hits)
     if pending and program.text:
@@ -495,6 +487,20 @@ def matches_of(
 _Pending = tuple[int, IMessage, SearchContent]
 
 
+def _decide(
+    test: Predicate, pending: list[_Pending], hits: list[tuple[int, int]]
+) -> list[_Pending]:
+    """Test again with more loaded: hits go to ``hits``; the undecided are returned."""
+    undecided = []
+    for seq, m, c in pending:
+        result = test(seq, m, c)
+        if result is True:
+            hits.append((seq, m.uid))
+        elif result is None:
+            undecided.append((seq, m, c))
+    return undecided
+
+
 @defer.inlineCallbacks
 def _fields_pass(
     mailbox: IMailbox, program: Program, pending: list[_Pending], hits: list[tuple[int, int]]
@@ -509,16 +515,10 @@ def _fields_pass(
     addresses: dict[str, dict[int, list[str]]] = {}
     for name in sorted(program.addresses):
         addresses[name] = yield content.address_texts(mailbox, uids, name)
-    undecided = []
-    for seq, m, c in pending:
+    for _, m, c in pending:
         c.fields = {name: found.get(m.uid, []) for name, found in values.items()}
         c.addresses = {name: found.get(m.uid, []) for name, found in addresses.items()}
-        result = test(seq, m, c)
-        if result is True:
-            hits.append((seq, m.uid))
-        elif result is None:
-            undecided.append((seq, m, c))
-    return undecided
+    return _decide(test, pending, hits)
 
 
 @defer.inlineCallbacks

@@ -1,5 +1,5 @@
-"""CREATE (with RFC 6154's USE), DELETE, RENAME, SUBSCRIBE and UNSUBSCRIBE
-(RFC 3501 6.3.3-6.3.7)."""
+"""CREATE (with RFC 6154's USE and RFC 8474's MAILBOXID), DELETE, RENAME,
+SUBSCRIBE and UNSUBSCRIBE (RFC 3501 6.3.3-6.3.7)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
+from mailsrv.errors import StorageError
 from mailsrv.imap import syntax
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
 from mailsrv.imap.session import creatable, existing
-from mailsrv.interfaces import SPECIAL_USES
+from mailsrv.interfaces import SPECIAL_USES, IAccount, MailboxStatus, maybe_deferred
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -83,8 +85,26 @@ def handle_create(session: Session, command: Create) -> Result:
             raise no(f"Unknown special use {use}", "USEATTR")
         uses.append(canonical)
     name = creatable(command.mailbox)
-    d = defer.maybeDeferred(session.logged_in_account().create_mailbox, name, uses)
-    return d.addCallback(lambda _: Done(text="CREATE completed"))
+    account = session.logged_in_account()
+    d = defer.maybeDeferred(account.create_mailbox, name, uses)
+    return d.addCallback(lambda _: _created(account, name))
+
+
+def _created(account: IAccount, name: str) -> defer.Deferred[Done]:
+    """RFC 8474 4.1: the new mailbox's MAILBOXID in the tagged OK.  The
+    mailbox is made whatever happens next: a STATUS that fails (another
+    session deleted it meanwhile) costs the code, not the OK."""
+    d = maybe_deferred(account.status, name.rstrip(account.delimiter))
+
+    def answer(status: MailboxStatus) -> Done:
+        code = f"MAILBOXID ({status.mailbox_id})" if status.mailbox_id else None
+        return Done(text="CREATE completed", code=code)
+
+    def failed(failure: Failure) -> Done:
+        failure.trap(StorageError)
+        return Done(text="CREATE completed")
+
+    return d.addCallbacks(answer, failed)
 
 
 def handle_delete(session: Session, command: MailboxCommand) -> Result:

@@ -193,6 +193,8 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
     # A message added between the counters and the UIDs is in the view.
     uidnext = max(status.uidnext, view.map.last_uid + 1)
     lines.append(f"* OK [UIDNEXT {uidnext}] Predicted next UID\r\n")
+    if status.mailbox_id:
+        lines.append(f"* OK [MAILBOXID ({status.mailbox_id})] Ok\r\n")  # RFC 8474 4.2
     if view.condstore:
         # RFC 7162 3.1.2: one or the other once CONDSTORE is on.
         if view.nomodseq:

@@ -1,5 +1,5 @@
 """STATUS (RFC 3501 6.3.10), with SIZE (RFC 8438), DELETED (RFC 9051),
-HIGHESTMODSEQ (RFC 7162) and APPENDLIMIT (RFC 7889).  LIST-STATUS
+HIGHESTMODSEQ (RFC 7162), APPENDLIMIT (RFC 7889) and MAILBOXID (RFC 8474).  LIST-STATUS
 (:mod:`mailsrv.imap.commands.list`) answers with the same lines."""
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ _STATUS_ITEMS = frozenset(
         "DELETED",  # RFC 9051
         "HIGHESTMODSEQ",  # RFC 7162
         "APPENDLIMIT",  # RFC 7889
+        "MAILBOXID",  # RFC 8474
     }
 )
 
@@ -76,7 +77,12 @@ def status_line(session: Session, name: str, status: MailboxStatus, items: Itera
         "HIGHESTMODSEQ": status.highest_modseq,
         "APPENDLIMIT": session.policy.max_message_size,
     }
-    pairs = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
+    pairs = b" ".join(
+        b"MAILBOXID (%s)" % status.mailbox_id.encode("ascii")  # RFC 8474 4.3
+        if item == "MAILBOXID"
+        else b"%s %d" % (item.encode(), values[item])
+        for item in items
+    )
     return b"* STATUS %s (%s)\r\n" % (response.mailbox(name), pairs)
 
 

@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--scheme",
-            choices=("ARGON2ID", "BLF-CRYPT", "PLAIN"),
-            help="password scheme (default: users.default_scheme, ARGON2ID)",
+            choices=("ARGON2ID", "BLF-CRYPT", "SCRAM-SHA-256", "PLAIN"),
+            help="password scheme (default: users.default_scheme, ARGON2ID); SCRAM-SHA-256"
+            " lets clients log in with SCRAM and still keeps no plaintext",
         )
         if name == "add":
             sub.add_argument("--home", metavar="DIR", help="home directory (for {home} templates)")

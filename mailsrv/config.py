@@ -54,8 +54,14 @@ def _check_choice(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _meta(check: Callable[[Any], str | None] | None = None, path: bool = False) -> dict[str, Any]:
-    return {"check": check, "path": path}
+def _meta(
+    check: Callable[[Any], str | None] | None = None,
+    path: bool = False,
+    section: type | None = None,
+) -> dict[str, Any]:
+    """A field's checks: ``check`` the value, resolve it as a ``path``, or
+    read it as a ``section`` of its own (a sub-table, ``[auth.oauth]``)."""
+    return {"check": check, "path": path, "section": section}
 
 
 def _check_networks(value: tuple[str, ...]) -> str | None:
@@ -199,10 +205,62 @@ class UsersSection:
     passwd_file: str = attrs.field(default="/etc/mailsrv/passwd", metadata=_meta(path=True))
     default_scheme: str = attrs.field(
         default="ARGON2ID",
-        metadata=_meta(_check_choice("ARGON2ID", "BLF-CRYPT", "PLAIN")),
+        metadata=_meta(_check_choice("ARGON2ID", "BLF-CRYPT", "SCRAM-SHA-256", "PLAIN")),
     )
     #: Create an empty users file when it is missing (development only).
     create_if_missing: bool = attrs.field(default=False, metadata=_meta())
+
+
+_TOKEN_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
+
+
+def _check_mechanisms(value: tuple[str, ...]) -> str | None:
+    for name in value:
+        if name not in _TOKEN_MECHANISMS:
+            return f"unknown mechanism {name!r} (known: {', '.join(_TOKEN_MECHANISMS)})"
+    return None
+
+
+@attrs.frozen
+class OAuthSection:
+    """``[auth.oauth]``: logins with OAuth 2.0 bearer tokens (OAUTHBEARER,
+    XOAUTH2), offered only when ``validator`` is set.  The rest is checked
+    when the file is loaded (:func:`_check_oauth`)."""
+
+    #: "jwt" (signed tokens, checked with a key), "introspection" (RFC 7662:
+    #: the authorization server is asked), or "" (no OAuth).
+    validator: str = attrs.field(
+        default="", metadata=_meta(_check_choice("", "jwt", "introspection"))
+    )
+    mechanisms: tuple[str, ...] = attrs.field(
+        default=_TOKEN_MECHANISMS, metadata=_meta(_check_mechanisms)
+    )
+    #: Claims naming the user, first present wins; empty: "email" then
+    #: "sub" (introspection: "username" first).
+    user_claims: tuple[str, ...] = attrs.field(default=(), metadata=_meta())
+    #: When set, the token's "iss" / "aud" must be this; its scope must
+    #: include ``scope`` (also told to clients in the error challenge).
+    issuer: str = attrs.field(default="", metadata=_meta())
+    audience: str = attrs.field(default="", metadata=_meta())
+    scope: str = attrs.field(default="", metadata=_meta())
+    #: Told to clients in the error challenge (RFC 7628 3.2.2).
+    openid_configuration: str = attrs.field(default="", metadata=_meta())
+    #: Seconds of clock skew allowed on "exp" and "nbf".
+    leeway: float = attrs.field(default=60.0, metadata=_meta(_check_range(0, 3600)))
+    #: validator = "jwt": a PEM public key (RS256, ES256) or a file holding
+    #: a shared secret (HS256); exactly one.
+    jwt_public_key: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    jwt_secret_file: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    #: validator = "introspection": the endpoint and this server's client
+    #: credentials there (the secret inline or in a file).
+    introspection_url: str = attrs.field(default="", metadata=_meta())
+    client_id: str = attrs.field(default="", metadata=_meta())
+    client_secret: str = attrs.field(default="", metadata=_meta())
+    client_secret_file: str | None = attrs.field(default=None, metadata=_meta(path=True))
+    timeout: float = attrs.field(default=5.0, metadata=_meta(_check_range(0.1, 60)))
+    #: Seconds an active token's answer is remembered (never past its exp).
+    cache_seconds: float = attrs.field(default=60.0, metadata=_meta(_check_range(0, 3600)))
+    cache_size: int = attrs.field(default=10000, metadata=_meta(_check_range(0, 10**6)))
 
 
 @attrs.frozen
@@ -221,6 +279,12 @@ class AuthSection:
     )
     #: backend = "postgresql": the database; empty means storage.dsn's.
     dsn: str = attrs.field(default="", metadata=_meta())
+    #: Derives the SCRAM salts shown for unknown users (and users with a
+    #: PLAIN secret); nodes serving the same users should share one, or an
+    #: unknown user's salt would differ between them where a real user's
+    #: does not.  Empty: a random one at each start.
+    salt_secret: str = attrs.field(default="", metadata=_meta())
+    oauth: OAuthSection = attrs.field(factory=OAuthSection, metadata=_meta(section=OAuthSection))
 
 
 @attrs.frozen
@@ -484,9 +548,23 @@ def _build_section(
     return cls(**values)
 
 
-def _field_value(field: attrs.Attribute[Any], raw: Any, where: str) -> Any:
-    """``raw`` converted to ``field``'s type and checked (the field's
-    ``check`` metadata; paths made absolute)."""
+def _check_storage(values: dict[str, Any], overrides: Mapping[str, tuple[str, Any]]) -> None:
+    """[storage]: the Maildir path template, the PostgreSQL DSN."""
+    if "maildir" in values:
+        where = overrides.get("maildir", ("storage.maildir", None))[0]
+        values["maildir"] = _check_template(values["maildir"], where)
+    if values.get("backend") == "postgresql":
+        _check_postgresql(values.get("dsn", ""))
+
+
+def _field_value(field: Any, raw: Any, where: str) -> Any:
+    """One key's value, converted and checked as its field's metadata says;
+    a table inside a section (``[auth.oauth]``) is built as a section."""
+    inner = field.metadata.get("section")
+    if inner is not None:
+        if not isinstance(raw, dict):
+            raise _error(where, f"expected a table [{where}], got {_type_name(raw)}")
+        return _build_section(where, inner, raw, {})
     value = _convert(raw, str(field.type), where)
     check = field.metadata.get("check")
     if check is not None and value is not None:
@@ -498,15 +576,6 @@ def _field_value(field: attrs.Attribute[Any], raw: Any, where: str) -> Any:
             raise _error(where, "must not be empty")
         value = os.path.abspath(os.path.expanduser(value))
     return value
-
-
-def _check_storage(values: dict[str, Any], overrides: Mapping[str, tuple[str, Any]]) -> None:
-    """[storage]: the Maildir path template, the PostgreSQL DSN."""
-    if "maildir" in values:
-        where = overrides.get("maildir", ("storage.maildir", None))[0]
-        values["maildir"] = _check_template(values["maildir"], where)
-    if values.get("backend") == "postgresql":
-        _check_postgresql(values.get("dsn", ""))
 
 
 def _check_postgresql(dsn: str, section: str = "storage", other: str = "") -> None:
@@ -768,6 +837,9 @@ def load_config(
         **sections,
     )
     _check_auth(config)
+    from mailsrv.auth.oauth_config import check_oauth
+
+    check_oauth(config.auth.oauth, _Errors.path, check_files)
     _check_listeners(config, require_listeners)
     if check_files:
         _check_files(config)
@@ -843,6 +915,9 @@ def describe(config: Config) -> Sequence[str]:
         lines.append(f"  storage: postgresql {redact_dsn(config.storage.dsn)}")
     else:
         lines.append(f"  storage: {config.storage.backend} {config.storage.maildir}")
+    oauth = config.auth.oauth
+    if oauth.validator:
+        lines.append(f"  OAuth tokens: {oauth.validator} ({', '.join(oauth.mechanisms)})")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
     return lines

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.interfaces import IAddress
 
+from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
+from mailsrv.hooks import SessionHooks
+
+if TYPE_CHECKING:
+    from mailsrv.auth.sasl import SaslServices
 
 #: Seconds a timed-out connection has to take its goodbye before it is cut.
 CLOSE_GRACE = 10.0
@@ -59,6 +64,18 @@ class SessionPolicy:
     #: change.
     challenge_auth_available: Callable[[], bool] = _never
     connections: ConnectionLimits | None = None
+    #: What SCRAM and the OAuth mechanisms need (users' SCRAM secrets, a
+    #: token validator); None offers neither.
+    sasl: SaslServices | None = None
+    #: SASL mechanisms of the embedding application, as twisted.mail's
+    #: ``challengers``: mechanism name -> a callable that makes a fresh
+    #: ``IChallengeResponse`` credentials object per attempt
+    #: (:mod:`mailsrv.auth.challengers`).  Offered by IMAP and POP3 beside
+    #: mailsrv's own; a name of mailsrv's own is replaced.
+    challengers: Mapping[str, Callable[[], Any]] = attrs.field(factory=dict, converter=normalise)
+    #: What an embedding application changes in sessions (mailsrv.testing's
+    #: emulation, the twisted.mail bridge); None in the daemon.
+    hooks: SessionHooks | None = None
 
     @classmethod
     def from_config(
@@ -66,6 +83,7 @@ class SessionPolicy:
         config: Config,
         tls_context: Any = None,
         challenge_auth_available: Callable[[], bool] = _never,
+        sasl: SaslServices | None = None,
     ) -> SessionPolicy:
         limits, timeouts = config.limits, config.timeouts
         return cls(
@@ -86,6 +104,7 @@ class SessionPolicy:
             lmtp_max_recipients=config.lmtp.max_recipients,
             recipient_delimiter=config.lmtp.recipient_delimiter,
             challenge_auth_available=challenge_auth_available,
+            sasl=sasl,
             connections=ConnectionLimits(
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
             ),

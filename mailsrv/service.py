@@ -8,6 +8,7 @@ can take any layer and supply the others itself (see docs/embedding.md).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from collections.abc import Callable
@@ -28,8 +29,11 @@ from twisted.python.systemd import ListenFDs
 
 from mailsrv import log
 from mailsrv.auth.checker import PasswdFileChecker
+from mailsrv.auth.oauth import OAuthErrorInfo
+from mailsrv.auth.oauth_config import build_token_validator
 from mailsrv.auth.passwdfile import PasswdFile, create_empty
 from mailsrv.auth.realm import MailRealm
+from mailsrv.auth.sasl import SaslServices
 from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage, IWatchingStorage
@@ -124,8 +128,13 @@ def check_database(config: Config, storage: IStorage | None, key: str = "storage
 def build_checker(config: Config, storage: IStorage | None = None, reactor: Any = None) -> Any:
     """The checker of ``[auth] backend``: the users file, or the users table
     (on the storage's own connections when both use the same database)."""
+    secret = config.auth.salt_secret
+    scram_key = hashlib.sha256(secret.encode("utf-8")).digest() if secret else None
+    tokens = build_token_validator(config.auth.oauth, config.path or COMMAND_LINE, reactor)
     if config.auth.backend != "postgresql":
-        return PasswdFileChecker(open_passwd(config), reactor=reactor)
+        return PasswdFileChecker(
+            open_passwd(config), reactor=reactor, scram_key=scram_key, token_validator=tokens
+        )
     from mailsrv.auth.pgusers import PostgresChecker
     from mailsrv.storage.postgres import PostgresStorage
     from mailsrv.storage.postgres.db import Database
@@ -134,7 +143,22 @@ def build_checker(config: Config, storage: IStorage | None = None, reactor: Any 
         db = storage.db
     else:
         db = Database(config.auth_dsn, pool_size=config.storage.pool_size, reactor=reactor)
-    return PostgresChecker(db, reactor=reactor)
+    return PostgresChecker(db, reactor=reactor, scram_key=scram_key, token_validator=tokens)
+
+
+def sasl_services(config: Config, checker: Any) -> SaslServices:
+    """What SCRAM and the OAuth mechanisms need of the users' ``checker``
+    (its secrets, its token validator), for the policy: SCRAM-SHA-256 is
+    offered while some user has a secret it can use, OAUTHBEARER and
+    XOAUTH2 when ``[auth.oauth]`` names a validator."""
+    oauth = config.auth.oauth
+    return SaslServices(
+        scram=checker,
+        scram_available=checker.any_scram,
+        tokens=checker.token_validator,
+        token_mechanisms=oauth.mechanisms,
+        oauth_info=OAuthErrorInfo(oauth.scope, oauth.openid_configuration),
+    )
 
 
 def build_portal(
@@ -472,7 +496,9 @@ def make_service(
     def build(config: Config) -> LiveParts:
         tls_context = tls_context_of(config) if config.tls_enabled else None
         portal, checker = build_portal(config, storage, reactor)
-        policy = SessionPolicy.from_config(config, tls_context, checker.any_plaintext)
+        policy = SessionPolicy.from_config(
+            config, tls_context, checker.any_plaintext, sasl_services(config, checker)
+        )
         return LiveParts(policy, portal, checker.find_user, tls_context, checker)
 
     top = MailService(config, build, load, systemd_notify=systemd_notify)

@@ -22,7 +22,7 @@ its own words from what they decide.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias, TypeVar, cast
 
 import attrs
@@ -43,7 +43,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import log
-from mailsrv.auth import sasl
+from mailsrv.auth import challengers
+from mailsrv.auth.channel import ChannelBindings, bindings_of
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
 
 __all__ = [
@@ -235,9 +236,15 @@ class SessionGuard:
         (``auth.plaintext``: never, loopback or always; TLS always may)?"""
         return self.policy.plaintext_allowed(self.peer, self.secure)
 
-    def mechanisms(self) -> list[str]:
-        """The SASL mechanisms to offer on this connection now."""
-        return sasl.mechanisms(self.policy, self.secure, self.peer)
+    def channel_bindings(self, transport: object) -> ChannelBindings | None:
+        """The TLS channel bindings of ``transport`` (SCRAM-SHA-256-PLUS),
+        once TLS is up; None before."""
+        return bindings_of(transport) if self.secure else None
+
+    def mechanisms(self, bindings: ChannelBindings | None = None) -> list[str]:
+        """The SASL mechanisms to offer on this connection now: mailsrv's
+        (-PLUS variants only with ``bindings``), then the application's."""
+        return challengers.offered(self.policy, self.secure, self.peer, bindings)
 
     # -- logins ---------------------------------------------------------------
 
@@ -420,7 +427,8 @@ class SessionFactory(ServerFactory):
     """What the IMAP and POP3 factories share: the Portal, the policy, and
     whether the listener is implicit TLS (the caller wraps the factory in
     ``TLSMemoryBIOFactory``; its sessions start secure); ``clock`` is for
-    tests."""
+    tests; ``challengers`` are an application's SASL mechanisms, in
+    twisted.mail's form (:mod:`mailsrv.auth.challengers`)."""
 
     noisy = False  # the service logs each listener once, with its endpoint
 
@@ -431,9 +439,16 @@ class SessionFactory(ServerFactory):
         *,
         implicit_tls: bool = False,
         clock: IReactorTime | None = None,
+        challengers: Mapping[str | bytes, Callable[[], Any]] | None = None,
     ) -> None:
         self.portal = portal
         self.policy = policy if policy is not None else SessionPolicy()
+        if challengers:
+            # twisted.mail's mapping: offered beside mailsrv's mechanisms.
+            merged: dict[str | bytes, Callable[[], Any]] = {}
+            merged.update(self.policy.challengers)
+            merged.update(challengers)
+            self.policy = attrs.evolve(self.policy, challengers=merged)
         self.implicit_tls = implicit_tls
         self.clock = clock
 

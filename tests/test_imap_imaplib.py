@@ -24,7 +24,8 @@ from twisted.trial.unittest import TestCase
 from mailsrv.auth.realm import MailRealm
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
-from tests.imap_helpers import RecordingFactory, tls_options
+from mailsrv.testing.trial import MailServerMixin
+from tests.imap_helpers import RecordingFactory
 
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nHello there\r\n"
 
@@ -465,49 +466,24 @@ class EveryMethodTests(ImaplibBase):
         self.assertIsNone(server.session.account)
 
 
-class ImaplibTLSTests(TestCase):
-    """imaplib's starttls(), IMAP4_SSL and login_cram_md5() against the server."""
+class ImaplibTLSTests(MailServerMixin, TestCase):
+    """imaplib's starttls(), IMAP4_SSL and login_cram_md5() against the
+    server, with mailsrv.testing's throwaway certificate (which the client
+    verifies, host name included)."""
 
-    def setUp(self) -> None:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
+    mail_server_options = {
+        "users": {"joe": "secret"},
+        "tls": True,
+        "plaintext": "never",
+        "protocols": ("imap",),
+    }
 
-        self.storage = MemoryStorage()
-        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
-        portal = Portal(MailRealm(self.storage), [checker])
-        policy = SessionPolicy(
-            failure_delay=0.0,
-            tls_context=tls_options(self.mktemp()),
-            plaintext="never",
-            challenge_auth_available=lambda: True,
-        )
-        self.plain = RecordingFactory(portal, policy)
-        self.implicit = RecordingFactory(portal, policy, implicit_tls=True)
-        wrapped: Any = TLSMemoryBIOFactory(policy.tls_context, False, self.implicit)
-        self.plain_port: Any = reactor.listenTCP(0, self.plain, interface="127.0.0.1")
-        self.tls_port: Any = reactor.listenTCP(0, wrapped, interface="127.0.0.1")
-
-    def tearDown(self) -> Any:
-        # A Deferred, which trial waits for (typed Any: unittest's is None).
-        return self._tear_down()
-
-    @defer.inlineCallbacks
-    def _tear_down(self) -> Any:
-        yield defer.gatherResults(self.plain.lost + self.implicit.lost)
-        yield self.plain_port.stopListening()
-        yield self.tls_port.stopListening()
-
-    @staticmethod
-    def _context() -> Any:
-        import ssl
-
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
+    def _context(self) -> Any:
+        return self.mail_server.ssl_context()
 
     @defer.inlineCallbacks
     def test_starttls_then_login(self) -> Any:
-        port = self.plain_port.getHost().port
+        port = self.mail_server.imap_port
 
         def session() -> Any:
             client = imaplib.IMAP4("127.0.0.1", port)
@@ -534,7 +510,7 @@ class ImaplibTLSTests(TestCase):
 
     @defer.inlineCallbacks
     def test_imap4_ssl_and_cram_md5(self) -> Any:
-        port = self.tls_port.getHost().port
+        port = self.mail_server.imaps_port
 
         def session() -> Any:
             client = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=self._context())

@@ -117,7 +117,7 @@ class UnexpectedErrorTests(SynchronousTestCase):
             def respond(self, data: bytes) -> sasl.Step:
                 raise TypeError("a bug in a mechanism")
 
-        self.patch(sasl, "create", lambda name, hostname: Broken())
+        self.patch(sasl, "create", lambda name, hostname, **services: Broken())
         server, transport = self.connect()
         server.dataReceived(b"a AUTHENTICATE PLAIN\r\n")
         self.assertEqual(transport.value(), b"+ \r\n")

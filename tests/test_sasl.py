@@ -18,7 +18,7 @@ REMOTE = IPv4Address("TCP", "192.0.2.1", 1)
 
 
 class PlainTests(unittest.SynchronousTestCase):
-    def credentials(self, step: sasl.Step) -> UsernamePassword:
+    def credentials(self, step: sasl.StepResult) -> UsernamePassword:
         self.assertIsInstance(step, sasl.Credentials)
         assert isinstance(step, sasl.Credentials)
         self.assertIsInstance(step.credentials, UsernamePassword)

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from mailsrv.testing.storage import StorageSuiteMixin
 from tests.helpers import ROOT, clean_env
+from tests.test_pytest_plugin import run_client_project
 
 #: What a source distribution of mailsrv is made of.
 _SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "mailsrv", "twisted")
@@ -27,7 +28,16 @@ def _installed_plainly() -> bool:
         files = importlib.metadata.files("mailsrv")
     except importlib.metadata.PackageNotFoundError:
         return False
-    return files is not None and any(str(f) == "mailsrv/testing/storage.py" for f in files)
+    if files is None:
+        return False
+    # An editable install's egg-info in the checkout lists the sources too:
+    # the file must be installed somewhere else than the checkout's own.
+    source = os.path.realpath(os.path.join(ROOT, "mailsrv", "testing", "storage", "__init__.py"))
+    return any(
+        str(f) == "mailsrv/testing/storage/__init__.py"
+        and os.path.realpath(str(f.locate())) != source
+        for f in files
+    )
 
 
 def _example() -> str:
@@ -41,12 +51,24 @@ def _example() -> str:
 
 
 class InstalledSuiteTests(unittest.TestCase):
+    #: The fresh venv's Python, made once for the class's tests.
+    _fresh_python: str | None = None
+
     def run_program(self, *command: str, cwd: str | None = None) -> str:
         result = subprocess.run(
             command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=300
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         return result.stdout
+
+    def installed_python(self) -> str:
+        """This environment's Python when mailsrv is plainly installed in it
+        (CI), else a fresh venv's (made once per run)."""
+        if _installed_plainly():
+            return sys.executable
+        if InstalledSuiteTests._fresh_python is None:
+            InstalledSuiteTests._fresh_python = self.fresh_venv()
+        return InstalledSuiteTests._fresh_python
 
     def fresh_venv(self) -> str:
         """The Python of a new venv with this checkout pip-installed (not
@@ -84,7 +106,7 @@ class InstalledSuiteTests(unittest.TestCase):
         trial runs it from a directory unrelated to the checkout, importing
         an installed mailsrv (this environment's when it is a plain install,
         as in CI; else a fresh venv's), and every test of the suite runs."""
-        python = sys.executable if _installed_plainly() else self.fresh_venv()
+        python = self.installed_python()
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         with open(os.path.join(work, "test_mystorage.py"), "w") as handle:
@@ -94,11 +116,29 @@ class InstalledSuiteTests(unittest.TestCase):
         ).strip()
         self.assertNotEqual(
             os.path.realpath(where),
-            os.path.realpath(os.path.join(ROOT, "mailsrv", "testing", "storage.py")),
+            os.path.realpath(os.path.join(ROOT, "mailsrv", "testing", "storage", "__init__.py")),
         )
         output = self.run_program(python, "-m", "twisted.trial", "test_mystorage", cwd=work)
         count = len([name for name in dir(StorageSuiteMixin) if name.startswith("test_")])
         self.assertIn(f"Ran {count} tests", output)
-        # The example defines no deliver_outside: that one test says why it did not run.
-        self.assertRegex(output, r"PASSED \(skips=1, successes=\d+\)")
+        # The example defines neither deliver_outside (two tests need a writer
+        # outside the storage object) nor forget_expunges: each skip says why.
+        self.assertRegex(output, r"PASSED \(skips=3, successes=\d+\)")
         self.assertIn("defines no deliver_outside", output)
+        self.assertIn("defines no forget_expunges", output)
+
+    def test_pytest_plugin_from_an_installed_mailsrv(self) -> None:
+        """A client project's pytest file that only uses the plugin's
+        fixtures passes against an installed mailsrv (``pip install
+        mailsrv[test]``: pytest comes with the extra), with no checkout on
+        the path."""
+        python = self.installed_python()
+        where = self.run_program(
+            python, "-c", "import mailsrv.testing.server as m; print(m.__file__)", cwd="/"
+        ).strip()
+        self.assertNotEqual(
+            os.path.realpath(where),
+            os.path.realpath(os.path.join(ROOT, "mailsrv", "testing", "server.py")),
+        )
+        output = run_client_project(self, python)
+        self.assertRegex(output, r"\b4 passed\b")

@@ -21,13 +21,17 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsrv.auth import scram
+from mailsrv.auth.oauth import ITokenCredentials, ITokenValidator, TokenRefused
 from mailsrv.auth.passwdfile import PasswdFile, UserRecord
 from mailsrv.auth.passwords import (
     dummy_hash,
     is_known_scheme,
     plaintext_secret_bytes,
+    scram_secret,
     verify_password,
 )
+from mailsrv.auth.scram_server import IScramCredentials
 
 __all__ = ["FAILURE_MESSAGE", "HashingChecker", "PasswdFileChecker", "decode_name"]
 
@@ -55,14 +59,25 @@ class HashingChecker:
     """What every mailsrv checker shares, whatever holds the users: hashing
     in a bounded number of reactor pool threads, dummy work for unknown
     users, challenge mechanisms only with a plaintext-equivalent secret,
-    and one failure message.
+    SCRAM secrets (stored, or derived from a plaintext one), and one
+    failure message.
 
     ``reactor`` supplies the thread pool (the global reactor by default);
     ``run_in_thread=False`` checks inline, for tests. ``max_parallel`` bounds
-    how many hashes are computed at once.
+    how many hashes are computed at once.  ``scram_key`` derives the SCRAM
+    salts of unknown users and of users with a plaintext secret (random per
+    process unless given: several nodes serving the same users should share
+    one, or their salts for an unknown user would differ where a real
+    user's do not).  ``token_validator`` checks the OAuth bearer tokens of
+    OAUTHBEARER and XOAUTH2 logins; without one they fail.
     """
 
-    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+    credentialInterfaces = (
+        IUsernamePassword,
+        IUsernameHashedPassword,
+        IScramCredentials,
+        ITokenCredentials,
+    )
 
     def __init__(
         self,
@@ -70,12 +85,17 @@ class HashingChecker:
         reactor: IReactorThreads | None = None,
         run_in_thread: bool = True,
         max_parallel: int = 4,
+        scram_key: bytes | None = None,
+        token_validator: ITokenValidator | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
         self._reactor = reactor
         self._run_in_thread = run_in_thread
         self._semaphore = defer.DeferredSemaphore(max_parallel)
+        self._scram_key = scram_key if scram_key else secrets.token_bytes(32)
+        #: What OAUTHBEARER and XOAUTH2 logins are checked with (None: refused).
+        self.token_validator = token_validator
         # Made now, not at the first unknown user: making it costs a hash of
         # its own, which would make that first answer come late.
         dummy_hash()
@@ -102,6 +122,53 @@ class HashingChecker:
             credentials.checkPassword(_NOBODYS_SECRET)
             return False
         return bool(credentials.checkPassword(secret))
+
+    def scram_secret_of(self, stored: str | None, name: str | None) -> defer.Deferred[Any]:
+        """The SCRAM secret of a user whose stored secret is ``stored``
+        (None: unknown user): the stored one, one derived from a plaintext
+        secret, or a fake one that never verifies.  Each costs one PBKDF2
+        in a pool thread, so the time taken tells nothing about the user."""
+        return self._semaphore.run(self._in_thread, self._scram_secret, stored, name or "")
+
+    def _scram_secret(self, stored: str | None, name: str) -> scram.ScramSecret:
+        found = scram_secret(stored) if stored is not None else None
+        if found is not None:
+            scram.spend_derivation()
+            return found
+        plain = plaintext_secret_bytes(stored) if stored is not None else None
+        if plain is not None:
+            return scram.secret_from_plaintext(self._scram_key, name, plain)
+        scram.spend_derivation()
+        return scram.fake_secret(self._scram_key, name)
+
+    def check(self, credentials: Any, stored: str | None, name: str | None) -> defer.Deferred[bool]:
+        """Whether ``credentials`` prove to be the user whose stored secret
+        is ``stored`` (None: an unknown user, who fails after the same work)."""
+        if IUsernamePassword.providedBy(credentials):
+            return self.verify_password(stored, credentials.password)
+        if IUsernameHashedPassword.providedBy(credentials):
+            return defer.maybeDeferred(self.check_hashed, credentials, stored)
+        if IScramCredentials.providedBy(credentials):
+            proof: Any = credentials
+            d = self.scram_secret_of(stored, name)
+            return cast("defer.Deferred[bool]", d.addCallback(lambda s: bool(proof.check(s))))
+        if ITokenCredentials.providedBy(credentials):
+            return cast("defer.Deferred[bool]", self._check_token(credentials, stored, name))
+        return defer.succeed(False)
+
+    def _check_token(self, credentials: Any, stored: str | None, name: str | None) -> Any:
+        """A token opens the account of a user who has one here (whatever
+        their secret) and whom the validator says it authorizes: asked
+        again, not taken on the mechanism's word (the validator caches)."""
+        if stored is None or name is None or self.token_validator is None:
+            return defer.succeed(False)
+
+        def refused(failure: Failure) -> bool:
+            failure.trap(TokenRefused)
+            return False
+
+        d = defer.maybeDeferred(self.token_validator.validate, credentials.token, name)
+        return d.addCallbacks(lambda user: user == name, refused)
 
     @staticmethod
     def _verify(stored: str | None, password: object) -> bool:
@@ -152,8 +219,16 @@ class PasswdFileChecker(HashingChecker):
         reactor: IReactorThreads | None = None,
         run_in_thread: bool = True,
         max_parallel: int = 4,
+        scram_key: bytes | None = None,
+        token_validator: ITokenValidator | None = None,
     ) -> None:
-        super().__init__(reactor=reactor, run_in_thread=run_in_thread, max_parallel=max_parallel)
+        super().__init__(
+            reactor=reactor,
+            run_in_thread=run_in_thread,
+            max_parallel=max_parallel,
+            scram_key=scram_key,
+            token_validator=token_validator,
+        )
         self._passwd = passwd
 
     @property
@@ -166,14 +241,21 @@ class PasswdFileChecker(HashingChecker):
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # type: ignore[override]
         """Fire with the user name (``str``) or fail with UnauthorizedLogin."""
         name = decode_name(getattr(credentials, "username", None))
-        if IUsernamePassword.providedBy(credentials):
-            password = credentials.password
-            d = self.verify_password(self._stored(name), password)
-        elif IUsernameHashedPassword.providedBy(credentials):
-            d = defer.maybeDeferred(self._check_hashed, credentials, name)
-        else:
-            d = defer.succeed(False)
+        d = self.check(credentials, self._stored(name), name)
         return d.addCallbacks(self._outcome, self._error, callbackArgs=(name,))
+
+    def scram_secret(self, name: str) -> defer.Deferred[scram.ScramSecret]:
+        """The user's SCRAM secret, for the SCRAM exchange (a fake one for
+        users who do not exist or cannot use SCRAM)."""
+        return self.scram_secret_of(self._stored(name), name)
+
+    def any_scram(self) -> bool:
+        """Whether any user could log in with SCRAM (has a SCRAM or a
+        plaintext-equivalent secret); protocols offer SCRAM only then."""
+        return any(
+            scram_secret(user.password) is not None or plaintext_secret_bytes(user.password)
+            for user in self._passwd.users()
+        )
 
     def find_user(self, name: str) -> UserRecord | None:
         """The user called ``name`` (with ``name`` and ``home``), or None:
@@ -198,7 +280,3 @@ class PasswdFileChecker(HashingChecker):
             return None
         record = self._passwd.get(name)
         return self.usable(record.password if record is not None else None)
-
-    def _check_hashed(self, credentials: Any, name: str | None) -> bool:
-        record = self._passwd.get(name) if name is not None else None
-        return self.check_hashed(credentials, record.password if record is not None else None)

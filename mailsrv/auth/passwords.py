@@ -24,6 +24,8 @@ import argon2.exceptions
 import argon2.low_level
 import bcrypt
 
+from mailsrv.auth import scram
+
 __all__ = [
     "DEFAULT_SCHEME",
     "HASHABLE_SCHEMES",
@@ -35,6 +37,7 @@ __all__ = [
     "plaintext_secret",
     "plaintext_secret_bytes",
     "scheme_of",
+    "scram_secret",
     "verify_password",
 ]
 
@@ -47,13 +50,22 @@ PLAINTEXT_SCHEMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT", "PLAIN-B64"})
 #: Every scheme name :func:`verify_password` understands. ``ARGON2`` and
 #: ``CRYPT`` are Dovecot's umbrella names: the hash itself says which variant.
 KNOWN_SCHEMES = frozenset(
-    {"ARGON2ID", "ARGON2I", "ARGON2", "BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "CRYPT"}
+    {
+        "ARGON2ID",
+        "ARGON2I",
+        "ARGON2",
+        "BLF-CRYPT",
+        "SHA512-CRYPT",
+        "SHA256-CRYPT",
+        "CRYPT",
+        scram.SCHEME,
+    }
     | PLAINTEXT_SCHEMES
 )
 
 #: Schemes :func:`hash_password` writes. The SHA-crypt family is accepted for
 #: migrated users only; it is much cheaper to brute-force than argon2/bcrypt.
-HASHABLE_SCHEMES = frozenset({"ARGON2ID", "BLF-CRYPT", "PLAIN", "PLAIN-B64"})
+HASHABLE_SCHEMES = frozenset({"ARGON2ID", "BLF-CRYPT", scram.SCHEME, "PLAIN", "PLAIN-B64"})
 
 # Dovecot's ARGON2ID (libsodium crypto_pwhash_str) encoding: one lane, 64 MiB,
 # 3 passes, 16-byte salt, 32-byte tag; "$argon2id$v=19$m=65536,t=3,p=1$...".
@@ -114,6 +126,8 @@ def _resolve(stored: str) -> tuple[str, str] | None:
     scheme, data = _split(stored)
     if scheme in PLAINTEXT_SCHEMES:
         return scheme, data
+    if scheme == scram.SCHEME:
+        return (scheme, data) if scram.parse_secret(data) is not None else None
     concrete = _crypt_scheme(data)
     if concrete is None:
         return None
@@ -166,18 +180,16 @@ def _b64decode(data: str) -> bytes | None:
 def hash_password(password: str, scheme: str = DEFAULT_SCHEME, *, rounds: int | None = None) -> str:
     """Hash ``password`` for storage as ``{SCHEME}data``.
 
-    ``rounds`` is bcrypt's cost factor (4..31, default 12) and, like
-    ``doveadm pw -r``, applies to BLF-CRYPT only. Raises ValueError for an
+    ``rounds`` is bcrypt's cost factor (4..31, default 12) or SCRAM-SHA-256's
+    iteration count (4096..1000000, default 4096), like ``doveadm pw -r``;
+    other schemes take none. Raises ValueError for an
     empty password, for a scheme that is not in :data:`HASHABLE_SCHEMES`
     (saying why), and for a password the scheme cannot represent (over 72
     bytes for bcrypt; ``:``, CR, LF or NUL for PLAIN, which could not be
     stored in a passwd-file line).
     """
     name = scheme.upper()
-    if rounds is not None and name != "BLF-CRYPT":
-        raise ValueError(f"rounds can be chosen for BLF-CRYPT only, not {name}")
-    if rounds is not None and not 4 <= rounds <= 31:
-        raise ValueError(f"BLF-CRYPT rounds must be between 4 and 31, not {rounds}")
+    _check_rounds(name, rounds)
     if not password:
         raise ValueError("refusing to store an empty password")
     hasher = _HASHERS.get(name)
@@ -204,6 +216,11 @@ def _hash_bcrypt(password: str, rounds: int | None) -> str:
     return "$2y$" + hashed[4:]
 
 
+def _hash_scram(password: str, rounds: int | None) -> str:
+    iterations = rounds if rounds is not None else scram.DEFAULT_ITERATIONS
+    return scram.format_secret(scram.make_secret(password.encode("utf-8"), iterations))
+
+
 def _hash_plain(password: str, rounds: int | None) -> str:
     if _PLAIN_FORBIDDEN.intersection(password):
         raise ValueError(
@@ -223,6 +240,7 @@ _HASHERS: dict[str, Callable[[str, int | None], str]] = {
     "BLF-CRYPT": _hash_bcrypt,
     "PLAIN": _hash_plain,
     "PLAIN-B64": _hash_plain_b64,
+    scram.SCHEME: _hash_scram,
 }
 
 
@@ -241,6 +259,15 @@ def _not_hashable(name: str, scheme: str) -> ValueError:
     return ValueError(
         f"unknown password scheme {scheme!r}; choose one of {', '.join(sorted(HASHABLE_SCHEMES))}"
     )
+
+
+def _check_rounds(name: str, rounds: int | None) -> None:
+    if rounds is None:
+        return
+    if name not in ("BLF-CRYPT", scram.SCHEME):
+        raise ValueError(f"rounds can be chosen for BLF-CRYPT and {scram.SCHEME} only, not {name}")
+    if name == "BLF-CRYPT" and not 4 <= rounds <= 31:
+        raise ValueError(f"BLF-CRYPT rounds must be between 4 and 31, not {rounds}")
 
 
 def verify_password(stored: str, password: str | bytes) -> bool:
@@ -292,6 +319,11 @@ def _verify_bcrypt(data: str, raw: bytes) -> bool:
     return bcrypt.checkpw(raw[:_BCRYPT_MAX_BYTES], data.encode("ascii"))
 
 
+def _verify_scram(data: str, raw: bytes) -> bool:
+    secret = scram.parse_secret(data)
+    return secret is not None and scram.password_matches(secret, raw)
+
+
 def _verify_sha_crypt(data: str, raw: bytes) -> bool:
     parsed = _parse_sha_crypt(data)
     if parsed is None:
@@ -311,6 +343,7 @@ _VERIFIERS: dict[str, Callable[[str, bytes], bool]] = {
     "BLF-CRYPT": _verify_bcrypt,
     "SHA512-CRYPT": _verify_sha_crypt,
     "SHA256-CRYPT": _verify_sha_crypt,
+    scram.SCHEME: _verify_scram,
 }
 
 
@@ -331,6 +364,12 @@ def plaintext_secret_bytes(stored: str) -> bytes | None:
         except UnicodeEncodeError:
             return None
     return secret or None
+
+
+def scram_secret(stored: str) -> scram.ScramSecret | None:
+    """The SCRAM secret a ``{SCRAM-SHA-256}`` value holds, else None."""
+    scheme, data = _split(stored)
+    return scram.parse_secret(data) if scheme == scram.SCHEME else None
 
 
 def plaintext_secret(stored: str) -> str | None:

@@ -28,21 +28,27 @@ from typing import Any
 
 import attrs
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
 from mailsrv import log
+from mailsrv.auth import scram
 from mailsrv.auth.checker import HashingChecker, decode_name
 from mailsrv.auth.passwdfile import NoSuchUser, UserExists, validate_user_name
-from mailsrv.auth.passwords import PLAINTEXT_SCHEMES, is_known_scheme, plaintext_secret_bytes
+from mailsrv.auth.passwords import (
+    PLAINTEXT_SCHEMES,
+    is_known_scheme,
+    plaintext_secret_bytes,
+    scram_secret,
+)
 from mailsrv.storage.postgres.db import Database
 
 __all__ = [
     "PostgresChecker",
     "add_user",
     "any_plaintext",
+    "any_scram",
     "list_users",
     "lookup",
     "remove_user",
@@ -51,7 +57,8 @@ __all__ = [
 
 _log = log.get_logger(__name__)
 
-#: Seconds between checks whether any user has a plaintext-equivalent secret.
+#: Seconds between checks whether any user has a plaintext-equivalent (or
+#: a SCRAM) secret.
 PLAINTEXT_REFRESH = 30.0
 #: Homes remembered from successful lookups, for the realm.
 _HOMES_KEPT = 10000
@@ -142,6 +149,19 @@ def any_plaintext(conn: Any) -> bool:
     return any(plaintext_secret_bytes(row[0]) for row in rows)
 
 
+def any_scram(conn: Any) -> bool:
+    """Whether some user can log in with SCRAM: has a ``{SCRAM-SHA-256}``
+    secret or a plaintext-equivalent one (from which one is derived)."""
+    rows = conn.execute(
+        "SELECT password FROM users WHERE password ILIKE %s LIMIT 100", (f"{{{scram.SCHEME}}}%",)
+    ).fetchall()
+    return any(scram_secret(row[0]) is not None for row in rows) or any_plaintext(conn)
+
+
+def _secret_kinds(conn: Any) -> tuple[bool, bool]:
+    return any_plaintext(conn), any_scram(conn)
+
+
 # -- the checker ------------------------------------------------------------------------
 
 
@@ -167,11 +187,20 @@ class PostgresChecker(HashingChecker):
         reactor: IReactorThreads | None = None,
         run_in_thread: bool = True,
         max_parallel: int = 4,
+        scram_key: bytes | None = None,
+        token_validator: Any = None,
     ) -> None:
-        super().__init__(reactor=reactor, run_in_thread=run_in_thread, max_parallel=max_parallel)
+        super().__init__(
+            reactor=reactor,
+            run_in_thread=run_in_thread,
+            max_parallel=max_parallel,
+            scram_key=scram_key,
+            token_validator=token_validator,
+        )
         self.db = db
         self._homes: OrderedDict[str, str | None] = OrderedDict()
         self._plaintext = False
+        self._scram = False
         self._plaintext_checked = float("-inf")
         self._plaintext_pending = False
 
@@ -179,20 +208,11 @@ class PostgresChecker(HashingChecker):
         """Fire with the user name (``str``) or fail with UnauthorizedLogin;
         a database error fails with TemporaryFailure."""
         name = decode_name(getattr(credentials, "username", None))
-        found: defer.Deferred[Any]
-        if name is None or not name or "\x00" in name:
-            found = defer.succeed(None)
-        else:
-            found = defer.maybeDeferred(self.db.run, lookup, name, transaction=False)
+        found = self._lookup(name)
 
         def check(record: tuple[str, str | None] | None) -> Any:
             stored = self.usable(record[0]) if record is not None else None
-            if IUsernamePassword.providedBy(credentials):
-                d = self.verify_password(stored, credentials.password)
-            elif IUsernameHashedPassword.providedBy(credentials):
-                d = defer.maybeDeferred(self.check_hashed, credentials, stored)
-            else:
-                return False
+            d = self.check(credentials, stored, name)
 
             def remember(ok: bool) -> bool:
                 if ok and name is not None and record is not None:
@@ -203,6 +223,22 @@ class PostgresChecker(HashingChecker):
 
         d = found.addCallback(check)
         return d.addCallbacks(self._outcome, self._error, callbackArgs=(name,))
+
+    def _lookup(self, name: str | None) -> defer.Deferred[Any]:
+        """(password, home) of ``name``, or None, from a worker thread."""
+        if name is None or not name or "\x00" in name:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self.db.run, lookup, name, transaction=False)
+
+    def scram_secret(self, name: str) -> defer.Deferred[scram.ScramSecret]:
+        """The user's SCRAM secret, for the SCRAM exchange (a fake one for
+        users who do not exist or cannot use SCRAM)."""
+        d = self._lookup(name)
+        return d.addCallback(
+            lambda record: self.scram_secret_of(
+                self.usable(record[0]) if record is not None else None, name
+            )
+        )
 
     def _remember_home(self, name: str, home: str | None) -> None:
         self._homes[name] = home
@@ -229,16 +265,24 @@ class PostgresChecker(HashingChecker):
         :data:`PLAINTEXT_REFRESH` seconds, and until the first one has
         answered the mechanisms are not offered.
         """
+        self._refresh_kinds()
+        return self._plaintext
+
+    def any_scram(self) -> bool:
+        """Whether SCRAM can succeed, as last looked up (as :meth:`any_plaintext`)."""
+        self._refresh_kinds()
+        return self._scram
+
+    def _refresh_kinds(self) -> None:
         now = time.monotonic()
         if not self._plaintext_pending and now - self._plaintext_checked >= PLAINTEXT_REFRESH:
             self._plaintext_pending = True
             self._plaintext_checked = now
-            d = defer.maybeDeferred(self.db.run, any_plaintext, transaction=False)
+            d = defer.maybeDeferred(self.db.run, _secret_kinds, transaction=False)
             d.addCallbacks(self._plaintext_known, self._plaintext_failed)
-        return self._plaintext
 
-    def _plaintext_known(self, value: bool) -> None:
-        self._plaintext = bool(value)
+    def _plaintext_known(self, kinds: tuple[bool, bool]) -> None:
+        self._plaintext, self._scram = bool(kinds[0]), bool(kinds[1])
         self._plaintext_pending = False
 
     def _plaintext_failed(self, failure: Any) -> None:

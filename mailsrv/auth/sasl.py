@@ -11,6 +11,13 @@ The credentials follow twisted.cred: PLAIN and LOGIN give
 ``IUsernamePassword``; CRAM-MD5 and APOP give ``IUsernameHashedPassword``
 objects whose ``checkPassword(secret)`` recomputes the client's digest from
 the shared secret and compares in constant time.
+
+SCRAM-SHA-256(-PLUS) (:mod:`mailsrv.auth.scram_server`) and OAUTHBEARER /
+XOAUTH2 (:mod:`mailsrv.auth.oauth`) need more than the client's words: a
+user's secret, a token's validation, the TLS channel's binding.  They get
+them from the :class:`SaslServices` a policy carries and the connection's
+:class:`~mailsrv.auth.channel.ChannelBindings`, and their steps may come as
+Deferreds.
 """
 
 from __future__ import annotations
@@ -22,12 +29,25 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.internet.interfaces import IAddress
 from zope.interface import implementer
+
+from mailsrv.auth import oauth
+from mailsrv.auth.channel import ChannelBindings
+from mailsrv.auth.mechanism import (
+    Challenge,
+    Credentials,
+    Mechanism,
+    Refusal,
+    Step,
+    StepResult,
+)
+from mailsrv.auth.scram import SCHEME as SCRAM
+from mailsrv.auth.scram_server import ScramLookup, ScramServer
 
 __all__ = [
     "MECHANISMS",
@@ -41,7 +61,9 @@ __all__ = [
     "Mechanism",
     "Plain",
     "Refusal",
+    "SaslServices",
     "Step",
+    "StepResult",
     "create",
     "make_challenge",
     "mechanisms",
@@ -50,46 +72,43 @@ __all__ = [
 _HEX_DIGEST = re.compile(rb"[0-9A-Fa-f]{32}")
 
 #: Every mechanism :func:`create` knows, in the order they are offered.
-MECHANISMS: tuple[str, ...] = ("PLAIN", "LOGIN", "CRAM-MD5")
+MECHANISMS: tuple[str, ...] = (
+    f"{SCRAM}-PLUS",
+    SCRAM,
+    "PLAIN",
+    "LOGIN",
+    "CRAM-MD5",
+    *oauth.MECHANISMS,
+)
 
 #: Mechanisms that carry the password itself (need TLS or a trusted network).
 PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
-
-@attrs.frozen
-class Challenge:
-    """Send ``data`` (base64-encoded by the protocol) and wait for an answer."""
-
-    data: bytes
+#: Mechanisms that carry a bearer token, as good as a password while it
+#: lasts: offered where plaintext passwords are (RFC 7628 3: TLS MUST be used).
+TOKEN_MECHANISMS = frozenset(oauth.MECHANISMS)
 
 
-@attrs.frozen
-class Credentials:
-    """The exchange is complete: hand ``credentials`` to ``Portal.login``."""
-
-    credentials: Any
+def _never() -> bool:
+    return False
 
 
 @attrs.frozen
-class Refusal:
-    """The exchange failed; ``reason`` is safe to show the client."""
+class SaslServices:
+    """What the mechanisms beyond PLAIN, LOGIN and CRAM-MD5 need of the
+    server; a policy without it offers none of them.
 
-    reason: str
+    ``scram`` finds users' SCRAM secrets (the users' checker) and
+    ``scram_available`` says whether any user has one; ``tokens`` validates
+    OAuth bearer tokens for the ``token_mechanisms`` offered, with
+    ``oauth_info`` for the error challenge.
+    """
 
-
-Step = Challenge | Credentials | Refusal
-
-
-class Mechanism(Protocol):
-    """One server-side SASL exchange; each instance serves one attempt."""
-
-    name: str
-
-    def start(self, initial_response: bytes | None) -> Step:
-        """Begin, with the client's initial response if it sent one."""
-
-    def respond(self, data: bytes) -> Step:
-        """The client's (decoded) answer to the last challenge."""
+    scram: ScramLookup | None = None
+    scram_available: Callable[[], bool] = _never
+    tokens: oauth.ITokenValidator | None = None
+    token_mechanisms: tuple[str, ...] = oauth.MECHANISMS
+    oauth_info: oauth.OAuthErrorInfo = attrs.field(factory=oauth.OAuthErrorInfo)
 
 
 def make_challenge(hostname: str, clock: Callable[[], float] = time.time) -> bytes:
@@ -224,8 +243,16 @@ class APOPCredentials:
         return hmac.compare_digest(expected, self.digest.lower())
 
 
-def create(name: str, hostname: str) -> Mechanism | None:
-    """A fresh mechanism for ``name`` (case-insensitive), or None if unknown.
+def create(
+    name: str,
+    hostname: str,
+    *,
+    services: SaslServices | None = None,
+    bindings: ChannelBindings | None = None,
+) -> Mechanism | None:
+    """A fresh mechanism for ``name`` (case-insensitive), or None if unknown
+    or without the ``services`` it needs.  ``bindings`` are the connection's
+    TLS channel bindings (None without TLS).
 
     Whether the mechanism may be used on this connection is
     :func:`mechanisms`' decision, not this function's.
@@ -237,27 +264,52 @@ def create(name: str, hostname: str) -> Mechanism | None:
         return Login()
     if upper == "CRAM-MD5":
         return CramMD5(hostname)
+    if services is None:
+        return None
+    if upper in (SCRAM, f"{SCRAM}-PLUS") and services.scram is not None:
+        return ScramServer(services.scram, plus=upper != SCRAM, bindings=bindings)
+    if upper in services.token_mechanisms and services.tokens is not None:
+        return oauth.create(upper, services.tokens, services.oauth_info)
     return None
 
 
 class _Policy(Protocol):
     def plaintext_allowed(self, peer: IAddress | None, secure: bool) -> bool: ...
 
-    # An attribute holding a callable, as SessionPolicy declares it.
+    # Attributes, as SessionPolicy declares them.
     @property
     def challenge_auth_available(self) -> Callable[[], bool]: ...
 
+    @property
+    def sasl(self) -> SaslServices | None: ...
 
-def mechanisms(policy: _Policy, secure: bool, peer: IAddress | None) -> list[str]:
+
+def mechanisms(
+    policy: _Policy,
+    secure: bool,
+    peer: IAddress | None,
+    bindings: ChannelBindings | None = None,
+) -> list[str]:
     """The mechanisms to offer on a connection.
 
-    PLAIN and LOGIN reveal the password, so they are offered only where the
-    plaintext policy allows it; CRAM-MD5 only when some user has a secret it
-    can be checked against.
+    SCRAM-SHA-256 when some user can use it, and its -PLUS variant where
+    the connection's TLS gives a channel binding (RFC 5802 6: a server that
+    can bind offers both); PLAIN and LOGIN reveal the password, and
+    OAUTHBEARER and XOAUTH2 a bearer token, so they are offered only where
+    the plaintext policy allows it; CRAM-MD5 only when some user has a
+    secret it can be checked against.
     """
     offered = []
-    if policy.plaintext_allowed(peer, secure):
+    services = policy.sasl
+    if services is not None and services.scram is not None and services.scram_available():
+        if bindings is not None and bindings.types():
+            offered.append(f"{SCRAM}-PLUS")
+        offered.append(SCRAM)
+    plaintext = policy.plaintext_allowed(peer, secure)
+    if plaintext:
         offered += ["PLAIN", "LOGIN"]
     if policy.challenge_auth_available():
         offered.append("CRAM-MD5")
+    if plaintext and services is not None and services.tokens is not None:
+        offered += [name for name in oauth.MECHANISMS if name in services.token_mechanisms]
     return offered

@@ -191,6 +191,9 @@ class IMAP4Server(Protocol):
 
     def expect_continuation(self) -> None:
         self._framer.expect_continuation()
+        # A command that waited before asking (a SASL step after a look-up)
+        # was paused as busy: read again, or its answer would never come.
+        self._resume()
 
     def command_done(self) -> None:
         output = self._output

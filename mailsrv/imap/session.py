@@ -35,17 +35,19 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.cred.portal import Portal
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.python.failure import Failure
 
 from mailsrv import log
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.errors import NoSuchMailbox, StorageError
+from mailsrv.hooks import CommandHook, Drop
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
 from mailsrv.imap.lexer import ParseError, Segment
 from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
-from mailsrv.imap.registry import Command, Registry, Result, State
+from mailsrv.imap.registry import Command, Handler, Registry, Result, State
 from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
 from mailsrv.imap.syntax import SequenceSet, UndecodedName
 from mailsrv.interfaces import IAccount
@@ -229,8 +231,10 @@ class Session:
             raise bad(str(e)) from None
 
     def capabilities(self) -> list[str]:
-        """What CAPABILITY lists now."""
-        return self.registry.capabilities(self)
+        """What CAPABILITY lists now (as the policy's hooks have it)."""
+        names = self.registry.capabilities(self)
+        hooks = self.policy.hooks
+        return names if hooks is None else hooks.capabilities("IMAP", names)
 
     def deselect(self) -> None:
         """Leave the selected state (if in it), closing the view."""
@@ -308,6 +312,9 @@ class Session:
             refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
         elif spool and event.spooled:
             refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
+        elif not event.synchronizing and self._withdrawn("LITERAL+"):
+            # RFC 7888 3: without LITERAL+ a server knows no "{n+}" literal.
+            refusal = response.tagged(tag, "BAD", "Non-synchronizing literal without LITERAL+")
         if refusal is not None:
             self.send(refusal)
             return LiteralAnswer.REFUSED
@@ -328,6 +335,14 @@ class Session:
             refusal = f"{spec.key} is not allowed in {self.state.value} state"
             self.send(response.tagged(command.tag, "BAD", refusal))
             return
+        hook: CommandHook | None = None
+        if self.policy.hooks is not None:
+            if isinstance(spec.capability, str) and self._withdrawn(spec.capability):
+                close_segments(segments)
+                self.send(response.tagged(command.tag, "BAD", f"unknown command {spec.key}"))
+                return
+            hook = self.policy.hooks.command("IMAP", spec.key)
+        handler = spec.handler if hook is None else self._hooked(spec.handler, hook)
         self.busy = True
         d: defer.Deferred[Any]
         view = self.selected
@@ -337,13 +352,56 @@ class Session:
             # sent at any time (RFC 3501 5.2), only EXPUNGE is held back
             # while sequence numbers are in use (7.4.1, 5.5).
             d = defer.maybeDeferred(view.flush, False).addCallback(self.write_lines)
-            d.addCallback(lambda _: spec.handler(self, command))
+            d.addCallback(lambda _: handler(self, command))
         else:
-            d = defer.maybeDeferred(spec.handler, self, command)
+            d = defer.maybeDeferred(handler, self, command)
         d.addErrback(self._failed, command)
+        if hook is not None:
+            d.addCallback(self._hook_done, hook)
         d.addCallback(self._complete, command, spec.expunges_allowed)
         d.addErrback(self._internal_error, command)
         d.addBoth(self._command_done)
+
+    # -- hooks (mailsrv.hooks): what an embedding application changes --------------
+
+    def _withdrawn(self, capability: str) -> bool:
+        """The policy's hooks took ``capability`` out of CAPABILITY."""
+        return self.policy.hooks is not None and capability not in self.capabilities()
+
+    def _hooked(self, handler: Handler, hook: CommandHook) -> Handler:
+        """``handler`` delayed, or replaced by a refusal, as ``hook`` says."""
+
+        def run(session: Session, command: Command) -> defer.Deferred[Done]:
+            d: defer.Deferred[Any] = (
+                task.deferLater(self.clock, hook.delay, lambda: None)
+                if hook.delay > 0
+                else defer.succeed(None)
+            )
+            if hook.refuse is not None:
+                return d.addCallback(lambda _: Done("NO", hook.refuse or ""))
+            return d.addCallback(lambda _: handler(session, command))
+
+        return run
+
+    def _hook_done(self, done: Done, hook: CommandHook) -> Done:
+        if hook.alert is not None:
+            self.send(response.untagged_status("OK", hook.alert, "ALERT"))
+        if hook.drop is Drop.BEFORE_ANSWER:
+            # The command ran; its answer is never sent.
+            self.lost = True
+            self.state = State.LOGOUT
+            self.close()
+        elif hook.drop is Drop.AFTER_ANSWER:
+            before = done.after
+
+            def cut() -> None:
+                if before is not None:
+                    before()
+                self.state = State.LOGOUT
+                self.close()
+
+            done = attrs.evolve(done, after=cut)
+        return done
 
     # -- completion -------------------------------------------------------------
 
@@ -493,6 +551,23 @@ class Session:
     def tls_available(self) -> bool:
         """Can STARTTLS start TLS on this connection now?"""
         return self.guard.tls_available(self.connection.transport)
+
+    def plaintext_allowed(self) -> bool:
+        return self.guard.plaintext_allowed()
+
+    def mechanisms(self) -> list[str]:
+        """The SASL mechanisms offered on this connection now."""
+        offered = self.guard.mechanisms(self.channel_bindings())
+        hooks = self.policy.hooks
+        if hooks is None:
+            return offered
+        # Asked directly, not through capabilities(): that lists these.
+        shown = set(hooks.capabilities("IMAP", [f"AUTH={name}" for name in offered]))
+        return [name for name in offered if f"AUTH={name}" in shown]
+
+    def channel_bindings(self) -> ChannelBindings | None:
+        """What SCRAM-SHA-256-PLUS binds to, once TLS is up."""
+        return self.guard.channel_bindings(self.connection.transport)
 
     def drop_continuation(self) -> None:
         """The connection is gone: stop what a command reading lines holds."""

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from mailsrv.auth import sasl
+from mailsrv.auth import challengers, sasl
 from mailsrv.errors import MailboxInUse, StorageError
 from mailsrv.interfaces import IMaildrop, MaildropEntry
 from mailsrv.pop3.commands import (
@@ -72,6 +72,9 @@ class Authorization:
         self.banner: bytes | None = None
         self._pending_user: bytes | None = None
         self._sasl: sasl.Mechanism | None = None
+        #: The failed login an error challenge answered (SCRAM's e=,
+        #: OAUTHBEARER's JSON): the client's reply to it gets the -ERR.
+        self._sasl_failure: LoginRefused | None = None
 
     @property
     def in_sasl(self) -> bool:
@@ -80,6 +83,7 @@ class Authorization:
 
     def cancel_sasl(self) -> None:
         self._sasl = None
+        self._sasl_failure = None
 
     # -- commands ---------------------------------------------------------------
 
@@ -127,7 +131,7 @@ class Authorization:
 
     @command("AUTH", State.AUTHORIZATION)
     def auth(self, args: list[bytes], line: bytes) -> Result:
-        offered = self._guard.mechanisms()
+        offered = self._guard.mechanisms(self._conn.channel_bindings())
         if not args:
             # Not in RFC 5034, but what Dovecot answers and some clients ask.
             self._conn.multiline("", [name.encode("ascii") for name in offered])
@@ -139,8 +143,9 @@ class Authorization:
             if name in sasl.PLAINTEXT_MECHANISMS and name in sasl.MECHANISMS:
                 raise CommandError(PLAINTEXT_DISALLOWED, "AUTH")
             raise CommandError("Unsupported authentication mechanism.")
-        mechanism = sasl.create(name, self._guard.policy.hostname)
-        assert mechanism is not None
+        mechanism = challengers.create(self._guard.policy, name, self._conn.channel_bindings())
+        if mechanism is None:
+            raise CommandError("Unsupported authentication mechanism.")
         initial: bytes | None = None
         if len(args) == 2:
             initial = b"" if args[1] == b"=" else decode_base64(args[1])
@@ -153,6 +158,12 @@ class Authorization:
         mechanism = self._sasl
         assert mechanism is not None
         self._sasl = None
+        failure, self._sasl_failure = self._sasl_failure, None
+        if failure is not None:
+            # Whatever the reply, even "*" (RFC 7628 3.2.3): the delay was
+            # served before the error challenge went out.
+            self._answer_refusal(None, failure, AUTH_FAILED)
+            return None
         if line.strip() == b"*":
             raise CommandError("Authentication cancelled.")
         data = decode_base64(line.strip())
@@ -160,7 +171,15 @@ class Authorization:
             raise CommandError("Invalid base64 data in the response.")
         return self._sasl_step(mechanism, mechanism.respond(data))
 
-    def _sasl_step(self, mechanism: sasl.Mechanism, step: sasl.Step) -> Result:
+    def _sasl_step(self, mechanism: sasl.Mechanism, step: sasl.StepResult) -> Result:
+        if isinstance(step, defer.Deferred):
+            d = step.addCallback(lambda found: self._sasl_step(mechanism, found))
+            return d.addErrback(self._lookup_failed)
+        if isinstance(step, sasl.Challenge) and step.failed:
+            refused = self._guard.refuse()
+            self._log_refusal(refused)
+            d = self._guard.answer_refusal(refused, None)
+            return d.addCallback(self._failure_challenge, mechanism, refused, step.data)
         if isinstance(step, sasl.Challenge):
             self._sasl = mechanism
             self._conn.send(b"+ " + base64.b64encode(step.data))
@@ -192,12 +211,32 @@ class Authorization:
             return None
         return self._authenticated(result, name)
 
-    def _refused(self, refused: LoginRefused, reason: str) -> defer.Deferred[None]:
+    def _lookup_failed(self, failure: Failure) -> Failure | None:
+        """A database or a token endpoint away is a temporary failure, not
+        counted and logged without a traceback; anything else is a bug."""
+        if not failure.check(StorageError):
+            return failure
+        LOG.warn("POP3: authentication could not be completed: {e}", e=failure.value)
+        self._conn.error("Temporary authentication failure.", "SYS/TEMP")
+        return None
+
+    def _failure_challenge(
+        self, _: None, mechanism: sasl.Mechanism, refused: LoginRefused, data: bytes
+    ) -> None:
+        """A failed login's error challenge, sent when its answer is due."""
+        self._sasl = mechanism
+        self._sasl_failure = refused
+        self._conn.send(b"+ " + base64.b64encode(data))
+
+    def _log_refusal(self, refused: LoginRefused) -> None:
         LOG.info(
             "POP3: failed login from {peer} ({count} so far)",
             peer=address(self._guard.peer),
             count=refused.failures,
         )
+
+    def _refused(self, refused: LoginRefused, reason: str) -> defer.Deferred[None]:
+        self._log_refusal(refused)
         return self._guard.answer_refusal(refused, None).addCallback(
             self._answer_refusal, refused, reason
         )

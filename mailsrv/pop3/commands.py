@@ -20,6 +20,7 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv import log
+from mailsrv.auth.channel import ChannelBindings
 from mailsrv.pop3.wire import MessageEncoder
 
 __all__ = [
@@ -146,6 +147,9 @@ class Connection(Protocol):
         """Cut the connection now (half a message is out)."""
 
     def tls_available(self) -> bool: ...
+
+    def channel_bindings(self) -> ChannelBindings | None:
+        """The TLS channel bindings (SCRAM-SHA-256-PLUS); None without TLS."""
 
     def start_tls(self) -> None:
         """Throw away what the client sent after the command (RFC 2595

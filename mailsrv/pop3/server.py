@@ -27,13 +27,15 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from twisted.cred.portal import Portal
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth import sasl
+from mailsrv.auth.channel import ChannelBindings
+from mailsrv.hooks import POP3_COMMAND_CAPABILITIES, SessionHooks
 from mailsrv.policy import SessionPolicy
 from mailsrv.pop3.authorization import Authorization, address
 from mailsrv.pop3.commands import (
@@ -285,7 +287,45 @@ class POP3(Protocol):
             raise CommandError(f"Unknown command: {name.decode('ascii')}")
         if self.state not in spec.states:
             raise CommandError(spec.refusal())
+        if self.policy.hooks is not None:
+            return self._hooked(self.policy.hooks, spec, args, line)
         return spec.handler(self._group(spec), args, line)
+
+    def _hooked(self, hooks: SessionHooks, spec: Command, args: list[bytes], line: bytes) -> Result:
+        """Run ``spec`` as the policy's hooks say (:mod:`mailsrv.hooks`)."""
+        name = spec.name.decode("ascii")
+        capability = POP3_COMMAND_CAPABILITIES.get(name)
+        if capability is not None:
+            own = {cap.split(b" ")[0] for cap in self._own_capabilities()}
+            shown = {cap.split(b" ")[0] for cap in self.capabilities()}
+            if capability.encode("ascii") in own - shown:
+                raise CommandError(f"Unknown command: {name}")
+        hook = hooks.command("POP3", name)
+        if hook is None:
+            return spec.handler(self._group(spec), args, line)
+        d: defer.Deferred[Any] = (
+            task.deferLater(self.clock, hook.delay, lambda: None)
+            if hook.delay > 0
+            else defer.succeed(None)
+        )
+        if hook.refuse is not None:
+            refusal = hook.refuse
+
+            def refuse(_: object) -> None:
+                raise CommandError(refusal)
+
+            d.addCallback(refuse)
+        else:
+            d.addCallback(lambda _: spec.handler(self._group(spec), args, line))
+        if hook.drop is not None:
+            # POP3 answers as it goes: the connection goes after the answer.
+            d.addBoth(self._drop)
+        return d
+
+    def _drop(self, result: object) -> object:
+        if not self._lost:
+            self.close()
+        return result
 
     def _group(self, spec: Command) -> object:
         """The object that runs ``spec``'s handler on this connection."""
@@ -337,6 +377,9 @@ class POP3(Protocol):
         self._framer.clear()
         self._guard.start_tls(self._transport)
 
+    def channel_bindings(self) -> ChannelBindings | None:
+        return self._guard.channel_bindings(self._transport)
+
     # -- any state -------------------------------------------------------------
 
     def capabilities(self) -> list[bytes]:
@@ -348,10 +391,19 @@ class POP3(Protocol):
         once); only STLS, "AUTHORIZATION state only" (RFC 2595 4), goes
         away after login.
         """
+        caps = self._own_capabilities()
+        hooks = self.policy.hooks
+        if hooks is None:
+            return caps
+        shown = hooks.capabilities("POP3", [cap.decode("ascii") for cap in caps])
+        return [cap.encode("ascii") for cap in shown]
+
+    def _own_capabilities(self) -> list[bytes]:
+        """What CAPA lists without the policy's hooks."""
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self._guard.plaintext_allowed():
             caps.insert(1, b"USER")
-        offered = self._guard.mechanisms()
+        offered = self._guard.mechanisms(self.channel_bindings())
         if offered:
             caps.append(b"SASL " + " ".join(offered).encode("ascii"))
         if self.state is State.AUTHORIZATION and self.tls_available():

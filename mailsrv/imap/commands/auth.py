@@ -19,8 +19,9 @@ import attrs
 from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.internet import defer
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
-from mailsrv.auth import sasl
+from mailsrv.auth import challengers, sasl
 from mailsrv.errors import StorageError
 from mailsrv.imap.lexer import ATOM_CHARS, Reader
 from mailsrv.imap.output import Done, bad, no
@@ -116,17 +117,19 @@ def _login_capability(session: Session) -> Sequence[str]:
 
 
 def handle_authenticate(session: Session, command: Authenticate) -> Result:
-    if command.mechanism not in sasl.MECHANISMS:
+    known = command.mechanism in sasl.MECHANISMS or command.mechanism in session.policy.challengers
+    if not known:
         raise no(f"Unsupported mechanism {command.mechanism}", "CANNOT")
-    if command.mechanism not in session.guard.mechanisms():
-        if command.mechanism in sasl.PLAINTEXT_MECHANISMS:
+    if command.mechanism not in session.mechanisms():
+        if command.mechanism in sasl.PLAINTEXT_MECHANISMS and not session.plaintext_allowed():
             raise no("Plaintext authentication is disabled; use STARTTLS", "PRIVACYREQUIRED")
         raise no(f"{command.mechanism} is not available", "CANNOT")
     if command.initial_response is not None and command.mechanism in _SERVER_FIRST:
         # RFC 4959 3: an initial response to a server-first mechanism is BAD.
         raise bad(f"{command.mechanism} does not take an initial response")
-    mechanism = sasl.create(command.mechanism, session.policy.hostname)
-    assert mechanism is not None
+    mechanism = challengers.create(session.policy, command.mechanism, session.channel_bindings())
+    if mechanism is None:
+        raise no(f"{command.mechanism} is not available", "CANNOT")
     initial: bytes | None = None
     if command.initial_response is not None:
         initial = _b64decode(command.initial_response)
@@ -140,7 +143,7 @@ def handle_authenticate(session: Session, command: Authenticate) -> Result:
 def _authenticate_capability(session: Session) -> Sequence[str]:
     if session.state is not State.NOT_AUTHENTICATED:
         return []
-    return [f"AUTH={mechanism}" for mechanism in session.guard.mechanisms()]
+    return [f"AUTH={mechanism}" for mechanism in session.mechanisms()]
 
 
 def _b64decode(data: bytes) -> bytes | None:
@@ -153,18 +156,38 @@ def _b64decode(data: bytes) -> bytes | None:
 
 
 class _SaslExchange:
-    """An AUTHENTICATE in progress: challenges out, responses in."""
+    """An AUTHENTICATE in progress: challenges out, responses in.
+
+    A step that needs a look-up comes as a Deferred; until it fires the
+    exchange reads nothing (the session pauses a busy command without a
+    continuation).  A challenge that carries an error is the answer to a
+    failed login: it is counted and sent after the failure delay, and the
+    client's reply to it, even ``*`` (RFC 7628 3.2.3), ends in that NO.
+    """
 
     def __init__(self, session: Session, mechanism: sasl.Mechanism) -> None:
         self.session = session
         self.mechanism = mechanism
         self.result: defer.Deferred[Done] = defer.Deferred()
+        self._failure: Done | None = None
 
-    def step(self, step: sasl.Step) -> None:
+    def step(self, step: sasl.StepResult) -> None:
         session = self.session
+        if isinstance(step, defer.Deferred):
+            session.end_continuation()
+            step.addCallbacks(self.step, self._broken)
+            return
+        if isinstance(step, sasl.Challenge) and step.failed:
+            session.end_continuation()
+            _refused(session, session.guard.refuse()).addCallback(
+                self._failure_challenge, step.data
+            )
+            return
         if isinstance(step, sasl.Challenge):
-            session.expect_continuation(self)
+            # Sent before reading resumes, so a line already waiting is
+            # taken as the answer to it, after it.
             session.send(b"+ " + base64.b64encode(step.data) + b"\r\n")
+            session.expect_continuation(self)
             return
         session.end_continuation()
         if isinstance(step, sasl.Refusal):
@@ -172,7 +195,29 @@ class _SaslExchange:
             return
         log_in(session, step.credentials).chainDeferred(self.result)
 
+    def _failure_challenge(self, done: Done, data: bytes) -> None:
+        self._failure = done
+        self.session.send(b"+ " + base64.b64encode(data) + b"\r\n")
+        self.session.expect_continuation(self)
+
+    def _broken(self, failure: Failure) -> None:
+        """A look-up failed: a database or a token endpoint away is
+        ``NO [UNAVAILABLE]`` (RFC 5530 3), not counted; anything else is a
+        bug (``NO [SERVERBUG]``)."""
+        self.session.end_continuation()
+        if isinstance(failure.value, StorageError):
+            LOG.warn("IMAP: authentication could not be completed: {e}", e=failure.value)
+            self.result.callback(
+                Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
+            )
+            return
+        self.result.errback(failure)
+
     def line(self, data: bytes) -> None:
+        if self._failure is not None:
+            self.session.end_continuation()
+            self.result.callback(self._failure)
+            return
         if data == b"*":
             self.session.end_continuation()
             self.result.callback(Done("BAD", "AUTHENTICATE cancelled"))

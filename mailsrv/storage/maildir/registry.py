@@ -35,14 +35,19 @@ class MailboxRegistry:
         watched as listeners come and go.
     :param reactor: with a thread pool (``IReactorThreads``), a folder that
         must be indexed first is indexed in a thread (:meth:`open_in_thread`).
+    :param keep_open: hold every folder opened until :meth:`close_all`
+        (by default a folder no session uses is let go).
     """
 
-    def __init__(self, watcher: Watcher = NO_WATCHER, reactor: Any = None) -> None:
+    def __init__(
+        self, watcher: Watcher = NO_WATCHER, reactor: Any = None, *, keep_open: bool = False
+    ) -> None:
         self.watcher = watcher
         self._reactor = reactor
         self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
             weakref.WeakValueDictionary()
         )
+        self._kept: dict[str, MaildirMailbox] | None = {} if keep_open else None
         self._building: dict[str, list[Deferred[MaildirMailbox]]] = {}
         self._warned: set[str] = set()
 
@@ -55,6 +60,8 @@ class MailboxRegistry:
                 root, path, name, watcher=self.watcher, warn_once=self.warn_once
             )
             self._mailboxes[key] = mailbox
+            if self._kept is not None:
+                self._kept[key] = mailbox
         return mailbox
 
     def open_in_thread(self, root: str, path: str, name: str) -> Deferred[MaildirMailbox] | None:
@@ -96,11 +103,21 @@ class MailboxRegistry:
         started: Deferred[None] = deferToThreadPool(self._reactor, pool, build)
         return started.addCallbacks(built, failed)
 
+    def close_all(self) -> None:
+        """Close every open mailbox (index connection, lock file)."""
+        for mailbox in list(self._mailboxes.values()):
+            mailbox.close()
+        self._mailboxes.clear()
+        if self._kept is not None:
+            self._kept.clear()
+
     def close(self, path: str) -> None:
         """The folder at ``path`` is being deleted or renamed: its mailbox
         object fails from now on, and the next open makes a new one."""
         key = os.path.realpath(path)
         mailbox = self._mailboxes.pop(key, None)
+        if self._kept is not None:
+            self._kept.pop(key, None)
         if mailbox is not None:
             mailbox.close()
 

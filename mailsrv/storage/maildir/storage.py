@@ -53,9 +53,21 @@ class MaildirStorage:
     :param reactor: enables the watcher that tells idle sessions about
         outside changes (inotify where available, else polling); without it
         changes show up at the next :meth:`MaildirMailbox.check`.
+    :param keep_open: keep every folder opened until :meth:`close` (an
+        embedding application with few folders that stops while its process
+        goes on, such as mailsrv.testing); by default a folder no session
+        uses is let go, and its index closed when the garbage collector
+        frees it.
     """
 
-    def __init__(self, template: str, *, poll_interval: float = 5.0, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        template: str,
+        *,
+        poll_interval: float = 5.0,
+        reactor: Any = None,
+        keep_open: bool = False,
+    ) -> None:
         if "{user}" not in template and "{home}" not in template:
             raise StorageError(f"maildir template {template!r} must contain {{user}} or {{home}}")
         try:
@@ -69,7 +81,7 @@ class MaildirStorage:
         self.template = template
         self.poll_interval = poll_interval
         self._watcher = FolderWatcher(reactor, poll_interval) if reactor is not None else None
-        self._mailboxes = MailboxRegistry(self._watcher or NO_WATCHER, reactor)
+        self._mailboxes = MailboxRegistry(self._watcher or NO_WATCHER, reactor, keep_open=keep_open)
 
     # -- accounts -------------------------------------------------------------
 
@@ -146,6 +158,12 @@ class MaildirStorage:
                     with contextlib.suppress(OSError):
                         if time.time() - entry.stat().st_mtime > 3600:
                             shutil.rmtree(entry.path, ignore_errors=True)
+
+    def close(self) -> None:
+        """Close every open folder's index and lock (with ``keep_open``:
+        every folder opened so far); folders opened after this work as
+        before."""
+        self._mailboxes.close_all()
 
     def stop_watching(self) -> None:
         """Stop the watcher (service shutdown); it restarts with the next listener."""

@@ -120,7 +120,7 @@ class ImaplibTests(ImaplibBase):
         self.assertIn("UIDPLUS", results["caps"])
         self.assertEqual(results["login"][0], "OK")
         self.assertEqual(results["namespace"], ("OK", [b'(("" "/")) NIL NIL']))
-        self.assertEqual(results["create"], ("OK", [b"CREATE completed"]))
+        self.assertRegex(results["create"][1][0], rb"^\[MAILBOXID \(\w+\)\] CREATE completed$")
         self.assertIn(b'(\\HasChildren) "/" Projects', results["list"][1])
         self.assertIn(b'(\\HasNoChildren) "/" Projects/2024', results["list"][1])
         self.assertEqual(results["lsub"], ("OK", [b'() "/" Projects/2024']))

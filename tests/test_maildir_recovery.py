@@ -26,7 +26,7 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 
 from mailsrv import cli
 from mailsrv.interfaces import StoreMode
-from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
+from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage, reindex
 from mailsrv.storage.maildir.index import Index
 from tests.helpers import source_env
 from tests.maildir_case import MaildirTestCase, Recorder
@@ -259,6 +259,25 @@ class DamagedIndexTests(RecoveryTestCase):
         self.assertEqual(flags.pop(delivered), [])
         self.assertEqual(flags, state["uids"])
         self.assertGreater(inbox.highest_modseq, state["modseq"])
+
+    def test_reindex_after_the_folder_listed_cur(self) -> None:
+        """A rebuild's new index is not mistaken for the old one: the file
+        names the folder remembered of the old index (cached by SQLite's
+        data_version, which a new connection starts again) must not make
+        the rebuild take every file as indexed already, and index none."""
+        inbox = self.inbox()
+        for n in range(3):
+            inbox.append(io.BytesIO(b"Subject: %d\r\n\r\nbody\r\n" % n), [], None)
+        # As after a while (or a crash): cur/'s recorded signature is not
+        # trusted, so the next process to open the folder lists cur/ (and
+        # finds nothing new) before mailsrv reindex rebuilds it.
+        db = sqlite3.connect(self.path(INDEX))
+        db.execute("DELETE FROM meta WHERE key = 'sig_cur'")
+        db.commit()
+        db.close()
+        account = MaildirStorage(self.template).account("alice")
+        self.assertEqual(reindex(account)["INBOX"], 3)
+        self.assertEqual(len(account.get_mailbox("INBOX").uids()), 3)
 
     def test_only_the_latest_damaged_index_is_kept(self) -> None:
         for round_number in range(3):

@@ -102,7 +102,7 @@ class IndexedFolder:
         self._lock_depth = 0
         self._local_version = 0
         self._uids_cache: tuple[Index, tuple[int, object], tuple[int, ...]] | None = None
-        self._names_cache: tuple[tuple[int, int], set[str]] | None = None
+        self._names_cache: tuple[Index, tuple[int, int], set[str]] | None = None
         self._guid: tuple[int, str] | None = None
         with self.locked():  # opens the index, rebuilding it if it is damaged
             self._clean_tmp()
@@ -234,10 +234,15 @@ class IndexedFolder:
         """The file names in cur/ the index knows (cached until it changes):
         reading 100,000 names back from SQLite costs more than listing the
         directory."""
+        # Keyed by the Index too: data_version numbers only one connection's
+        # view, and a rebuilt index's new connection may count from the same
+        # value, which would hand the new index the old one's names.
+        db = self.db
         key = self._version()
-        if self._names_cache is None or self._names_cache[0] != key:
-            self._names_cache = (key, self.db.filenames())
-        return self._names_cache[1]
+        cached = self._names_cache
+        if cached is None or cached[0] is not db or cached[1] != key:
+            self._names_cache = cached = (db, key, db.filenames())
+        return cached[2]
 
     # -- opening and rebuilding (lock held) -------------------------------------------
 

@@ -277,7 +277,7 @@ class DamagedIndexTests(RecoveryTestCase):
         db.close()
         account = MaildirStorage(self.template).account("alice")
         self.assertEqual(reindex(account)["INBOX"], 3)
-        self.assertEqual(len(account.get_mailbox("INBOX").uids()), 3)
+        self.assertEqual(len(account.open_mailbox("INBOX").uids()), 3)
 
     def test_only_the_latest_damaged_index_is_kept(self) -> None:
         for round_number in range(3):

@@ -20,9 +20,8 @@ THREADID
     in any mailbox (5.2's SHOULD); it never changes once given (5.2's MUST
     NOT), and it depends on the header alone, so equal EMAILIDs have equal
     THREADIDs.  A message without any message-id is a thread of its own:
-    ``T`` and its EMAILID's digits.  Worked out from THREAD's cached sort
-    record (:func:`mailsrv.imap.content.sort_records`): no file is read once
-    SORT or THREAD has seen the message.
+    ``T`` and its EMAILID's digits.  The root is read from the header once
+    and cached (message-ids normalised as THREAD REFERENCES does).
 """
 
 from __future__ import annotations
@@ -34,15 +33,27 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from twisted.internet import defer
 
 from mailsrv.imap import content
+from mailsrv.imap.sortkeys import message_ids
 from mailsrv.interfaces import IMailbox, IMessage
+from mailsrv.mime.fields import read_header, split_fields
 
 if TYPE_CHECKING:
     from mailsrv.imap.searching import Predicate, SearchContent, _Context, _Pending
 
-__all__ = ["EMAIL_KIND", "KINDS", "SEARCH_KEYS", "email_ids", "object_ids", "thread_ids"]
+__all__ = [
+    "EMAIL_KIND",
+    "KINDS",
+    "SEARCH_KEYS",
+    "THREAD_KIND",
+    "email_ids",
+    "object_ids",
+    "thread_ids",
+]
 
-#: Cache kind of EMAILIDs (the rule's version in the name).
+#: Cache kinds of EMAILIDs and of THREADIDs' roots (the rules' versions in
+#: the names).
 EMAIL_KIND = "emailid1"
+THREAD_KIND = "threadroot1"
 _DIGITS = 24
 _READ = 64 * 1024
 
@@ -76,21 +87,47 @@ def _thread_of(root: str) -> str:
     return "T" + hashlib.sha256(b"thread\0" + root.encode("utf-8")).hexdigest()[:_DIGITS]
 
 
+def _thread_root(block: bytes) -> bytes:
+    """The message-id a message's thread is named by, from its header (the
+    first occurrence of each field counts, as for THREAD); b"" if none."""
+    fields: dict[str, str] = {}
+    for name, _raw, value in split_fields(block):
+        if name in _THREAD_FIELDS and name not in fields:
+            fields[name] = value.decode("latin-1")
+    for name in _THREAD_FIELDS:
+        ids = message_ids(fields.get(name))
+        if ids:
+            return ids[0].encode("utf-8", "surrogatepass")
+    return b""
+
+
+#: Where the root is looked for, in order: References' first id, else
+#: In-Reply-To's, else the message's own (RFC 5256 REFERENCES's parents).
+_THREAD_FIELDS = ("references", "in-reply-to", "message-id")
+
+
 @defer.inlineCallbacks
 def thread_ids(
     mailbox: IMailbox, messages: Sequence[IMessage]
 ) -> Generator[defer.Deferred[Any], Any, dict[int, str]]:
     """``{uid: THREADID}`` of the messages that still exist."""
-    records = yield content.sort_records(mailbox, [m.uid for m in messages])
+    cache = content.cache_of(mailbox)
+    uids = [m.uid for m in messages]
+    roots: dict[int, bytes] = dict((yield content.get_many(cache, uids, THREAD_KIND)))
+    missing = [uid for uid in uids if uid not in roots]
+    fresh: dict[int, bytes] = yield content.each_file(
+        mailbox, missing, lambda uid, source: _thread_root(read_header(source))
+    )
+    yield content.set_many(cache, THREAD_KIND, fresh)
+    roots.update(fresh)
     out: dict[int, str] = {}
     alone: list[IMessage] = []
     for m in messages:
-        record = records.get(m.uid)
-        if record is None:
+        root = roots.get(m.uid)
+        if root is None:
             continue  # expunged meanwhile
-        root = record.references[0] if record.references else record.message_id
         if root:
-            out[m.uid] = _thread_of(root)
+            out[m.uid] = _thread_of(root.decode("utf-8", "surrogatepass"))
         else:
             alone.append(m)
     if alone:

@@ -32,6 +32,7 @@ READ_LIMIT = 32 * 1024
 VERSION = 1
 
 _SPACE = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _INVISIBLE = re.compile(r"<(script|style|head|title)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
@@ -61,13 +62,18 @@ def _choose(structure: MessageStructure) -> Part | None:
 
 
 def _plain_lines(text: str) -> str:
+    """The lines worth showing, up to a little more than a preview needs."""
     kept: list[str] = []
+    length = 0
     for line in text.splitlines():
         if line.rstrip() == "--":  # "-- " signature separator (RFC 3676 4.3)
             break
         if line.lstrip().startswith(">"):
             continue
         kept.append(line)
+        length += len(line) + 1
+        if length > 2 * LENGTH:
+            break
     return " ".join(kept)
 
 
@@ -85,9 +91,7 @@ def preview_text(structure: MessageStructure, source: Source) -> str:
     data = decode_part_start(part, source, READ_LIMIT)
     text = decode_text(data, part.param("charset"))
     text = _html_text(text) if part.subtype.lower() == "html" else _plain_lines(text)
-    text = _SPACE.sub(" ", text.replace("\x00", " ")).strip()
-    # Control characters have no place in a one-line preview.
-    text = "".join(c if c.isprintable() else " " for c in text)
-    if len(text) > LENGTH:
-        text = text[:LENGTH].rstrip()
-    return text
+    # Control characters have no place in a one-line preview; white space
+    # runs (line ends included) become one space.
+    text = _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
+    return text[:LENGTH].rstrip()

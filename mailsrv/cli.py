@@ -12,7 +12,8 @@ message on every status but 75 (Postfix treats only EX_TEMPFAIL and
 EX_OSERR as temporary), so every failure of ``deliver`` that the
 administrator can fix -- configuration, storage, an unexpected error -- is
 75, and only an unknown user (67), bad usage (64) or an empty message (65)
-is final.
+is final.  A message over the user's quota is 75 too, unless ``[quota]
+delivery = "bounce"`` makes it final (73).
 
 A command whose reader goes away (``mailsrv user list | head -1``) stops
 quietly with status 141, what a shell reports for a Unix tool that SIGPIPE
@@ -403,6 +404,17 @@ def _home(config: Config, user: str) -> str | None:
     return record.home
 
 
+def _extra_fields(config: Config, user: str) -> list[str]:
+    """The user's extra fields in the users file (quota rules...); the
+    users table has none."""
+    from mailsrv.auth.passwdfile import PasswdFile
+
+    if config.auth.backend == "postgresql":
+        return []
+    record = PasswdFile(config.users.passwd_file).get(user)
+    return record.extra.split() if record is not None else []
+
+
 def _account(config: Config, user: str) -> Any:
     from mailsrv.service import build_storage
 
@@ -411,6 +423,8 @@ def _account(config: Config, user: str) -> Any:
 
 
 def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
+    from mailsrv.errors import OverQuota
+    from mailsrv.quota import quotas_from_config
     from mailsrv.service import build_storage
     from mailsrv.storage.deliver import EmptyMessage, deliver
 
@@ -418,15 +432,23 @@ def _deliver(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int
     if config.storage.backend not in ("maildir", "postgresql"):
         raise CommandError("deliver needs storage.backend = 'maildir' or 'postgresql'", EX_TEMPFAIL)
     home = _home(config, args.user)
+    quotas = quotas_from_config(config, lambda user: _extra_fields(config, user))
     # Without a reactor every storage call answers at once: one connection
     # is all a PostgreSQL delivery needs.
     storage = build_storage(attrs.evolve(config, storage=attrs.evolve(config.storage, pool_size=1)))
     try:
         # Without a reactor the storage answers at once, never with a Deferred.
         account = cast("IAccount", storage.account(args.user, home))
-        deliver(account, stdin, args.folder)
+        deliver(account, stdin, args.folder, quotas.limits_of(args.user))
     except EmptyMessage as e:
         raise CommandError(str(e), EX_DATAERR) from None
+    except OverQuota as e:
+        # [quota] delivery: "tempfail" keeps the message at the MTA, which
+        # retries until the user makes room; "bounce" returns it at once
+        # (EX_CANTCREAT, which Postfix reports as 5.2.0, a mailbox problem).
+        if quotas.bounce:
+            raise CommandError(f"mailbox full: {e}", EX_CANTCREAT) from None
+        raise CommandError(f"mailbox full, try again later: {e}", EX_TEMPFAIL) from None
     except (StorageError, OSError) as e:
         # TemporaryFailure, and every other storage problem too: a missing
         # home for {home}, UIDs to reindex, a vanished directory are all for
@@ -649,6 +671,20 @@ def _gen_cert(args: argparse.Namespace, stdout: IO[str]) -> int:
     return EX_OK
 
 
+def _check_quota_rules(config: Config, users: Sequence[Any], stdout: IO[str]) -> None:
+    """Say which users' quota rules the daemon would ignore, and why."""
+    from mailsrv.quota import limits_from_fields
+
+    for user in users:
+
+        def warn(reason: str, name: str = user.name) -> None:
+            stdout.write(
+                f"  warning: {config.users.passwd_file}: quota rule of {name} ignored: {reason}\n"
+            )
+
+        limits_from_fields(user.extra.split(), config.quota_default, warn)
+
+
 def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
     """Everything the daemon checks before it binds: the file, the
     certificate and the users file."""
@@ -669,7 +705,9 @@ def _check_config(args: argparse.Namespace, stdout: IO[str]) -> int:
     if config.auth.backend == "postgresql":
         pass  # the database is not needed to check the file
     elif os.path.exists(config.users.passwd_file):
-        count = len(PasswdFile(config.users.passwd_file).users())
+        users = PasswdFile(config.users.passwd_file).users()
+        count = len(users)
+        _check_quota_rules(config, users, stdout)
     else:  # create_if_missing: the daemon creates it
         count = 0
     for line in describe(config):

@@ -16,11 +16,14 @@ import os
 import socket
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from mailsrv.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mailsrv.quota import QuotaLimits
 
 COMMAND_LINE = "command line"
 
@@ -70,9 +73,20 @@ def _check_networks(value: tuple[str, ...]) -> str | None:
     return parse_networks(value)[1]
 
 
+def _check_id_name(value: str) -> str | None:
+    # RFC 2971 3.3: a value is at most 1024 octets; it goes out quoted.
+    if not value or len(value.encode("utf-8")) > 1024 or not value.isprintable():
+        return f"must be 1 to 1024 octets of printable text, not {value!r}"
+    return None
+
+
 @attrs.frozen
 class ServerSection:
     hostname: str = attrs.field(factory=socket.getfqdn, metadata=_meta())
+    #: What IMAP's ID (RFC 2971) answers as the server's "name", and whether
+    #: the "version" goes with it.
+    id_name: str = attrs.field(default="mailsrv", metadata=_meta(_check_id_name))
+    id_version: bool = attrs.field(default=True, metadata=_meta())
     #: Addresses or networks of the load balancers whose PROXY headers are
     #: believed; required by any ``haproxy:`` listener.
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), metadata=_meta(_check_networks))
@@ -320,6 +334,35 @@ class LimitsSection:
     max_connections_per_ip: int = attrs.field(default=50, metadata=_meta(_check_range(1)))
 
 
+def _check_size(value: str) -> str | None:
+    from mailsrv.quota import parse_size
+
+    if value == "":
+        return None
+    try:
+        parse_size(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@attrs.frozen
+class QuotaSection:
+    """Default quota of every user (the users file's ``userdb_quota_rule``
+    fields override it per user); empty or 0 is no limit."""
+
+    #: Octets of messages, as ``2048``, ``100k``, ``500M``, ``1G``.
+    storage: str = attrs.field(default="", metadata=_meta(_check_size))
+    #: Number of messages.
+    messages: int = attrs.field(default=0, metadata=_meta(_check_range(0)))
+    #: What ``mailsrv deliver`` and LMTP answer for a message that does not
+    #: fit: "tempfail" (exit 75, LMTP 452 4.2.2: the MTA keeps it and
+    #: retries) or "bounce" (exit 73, LMTP 552 5.2.2: returned to sender).
+    delivery: str = attrs.field(
+        default="tempfail", metadata=_meta(_check_choice("tempfail", "bounce"))
+    )
+
+
 @attrs.frozen
 class TimeoutsSection:
     #: Seconds without a complete command before login.
@@ -381,6 +424,7 @@ class Config:
     auth: AuthSection = AuthSection()
     storage: StorageSection = StorageSection()
     limits: LimitsSection = LimitsSection()
+    quota: QuotaSection = QuotaSection()
     timeouts: TimeoutsSection = TimeoutsSection()
     logging: LoggingSection = LoggingSection()
     #: Keys ("imap.listen") whose value came from a command-line option,
@@ -409,6 +453,14 @@ class Config:
         return self.tls.certificate is not None
 
     @property
+    def quota_default(self) -> QuotaLimits:
+        """The ``[quota]`` section as limits (0 and empty: no limit)."""
+        from mailsrv.quota import QuotaLimits, parse_size
+
+        storage = parse_size(self.quota.storage) if self.quota.storage else 0
+        return QuotaLimits(storage or None, self.quota.messages or None)
+
+    @property
     def auth_dsn(self) -> str:
         """The database of users kept in PostgreSQL ([auth] dsn, else [storage] dsn)."""
         return self.auth.dsn or self.storage.dsn
@@ -424,6 +476,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthSection,
     "storage": StorageSection,
     "limits": LimitsSection,
+    "quota": QuotaSection,
     "timeouts": TimeoutsSection,
     "logging": LoggingSection,
 }
@@ -920,4 +973,9 @@ def describe(config: Config) -> Sequence[str]:
         lines.append(f"  OAuth tokens: {oauth.validator} ({', '.join(oauth.mechanisms)})")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
+    quota = config.quota
+    limits = [f"storage {quota.storage}"] if quota.storage not in ("", "0") else []
+    limits += [f"{quota.messages} messages"] if quota.messages else []
+    over = "retried (tempfail)" if quota.delivery == "tempfail" else "bounced"
+    lines.append(f"  default quota: {', '.join(limits) or 'none'}; a delivery over quota is {over}")
     return lines

@@ -68,6 +68,13 @@ class LimitExceeded(StorageError):
     code = "LIMIT"
 
 
+class OverQuota(StorageError):
+    """Storing would take the account past a quota limit (RFC 9208 4.3:
+    ``[OVERQUOTA]``; RFC 3463 X.2.2 for delivery)."""
+
+    code = "OVERQUOTA"
+
+
 class TemporaryFailure(StorageError):
     """Try again later (disk full, lock timeout); delivery exits EX_TEMPFAIL."""
 

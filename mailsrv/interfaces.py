@@ -29,7 +29,8 @@ Conventions every implementation follows:
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
 :class:`IMessageCache`, :class:`IMaildropLocking` and :class:`IPop3UidSource`
-on a mailbox, :class:`IWatchingStorage` on a storage.
+on a mailbox, :class:`IQuotaUsage` on an account, :class:`IWatchingStorage` on a
+storage.
 """
 
 from __future__ import annotations
@@ -173,6 +174,17 @@ class MailboxEntry:
 
 
 @attrs.frozen
+class NewMessage:
+    """One message for :meth:`IMailbox.append_many`: its source (read once,
+    streamed, in the form :meth:`IMailbox.append` takes), flags and
+    internal date (None: now)."""
+
+    source: IO[bytes]
+    flags: Iterable[str] = ()
+    internal_date: datetime.datetime | None = None
+
+
+@attrs.frozen
 class StoreResult:
     """The outcome of :meth:`IMailbox.store`.
 
@@ -261,6 +273,22 @@ class IMailbox(Interface):
         Bare LF line ends are stored as CRLF.  ``internal_date`` defaults to
         now.  Listeners hear ``messages_added`` before this returns.
         """
+
+    def append_many(messages: Sequence[NewMessage]) -> MaybeDeferred[Sequence[int]]:
+        """Add all ``messages`` or none of them (MULTIAPPEND, RFC 3502);
+        return their UIDs in the order given, ascending.
+
+        If any message cannot be stored, the mailbox is left as it was:
+        no message of the batch is visible, to this process or any other,
+        and listeners hear nothing (a UID may have been used up meanwhile,
+        as UIDs need not be contiguous).  On success listeners hear one
+        ``messages_added`` with every UID.
+        """
+
+    def remove(uids: Iterable[int]) -> MaybeDeferred[Sequence[int]]:
+        """Expunge exactly these messages, whatever their flags (REPLACE's
+        expunge of the replaced message, RFC 8508 3.4); return the UIDs
+        removed, ascending (those already gone are left out)."""
 
     def store(
         uids: Iterable[int],
@@ -389,6 +417,29 @@ class IPop3UidSource(Interface):
     def pop3_uidls() -> MaybeDeferred[Mapping[int, str]]:
         """``{uid: uidl}`` for messages that keep an old UIDL; the others
         get the computed one (:func:`mailsrv.storage.maildrop.unique_id`)."""
+
+
+@attrs.frozen
+class Usage:
+    """What an account holds, as quotas count it (RFC 9208 STORAGE and
+    MESSAGE): ``octets`` of messages in wire form, and ``messages``."""
+
+    octets: int
+    messages: int
+
+
+class IQuotaUsage(Interface):
+    """An account that tells what it holds without opening or listing its
+    messages (QUOTA, ``mailsrv deliver`` and LMTP check limits with it).
+
+    The figure comes from counters the backend keeps up to date as
+    messages come and go (per mailbox: Maildir's index triggers,
+    PostgreSQL's ``mailboxes`` row, the memory backend's state), so asking
+    costs one read per mailbox, never a walk over the messages.
+    """
+
+    def usage() -> MaybeDeferred[Usage]:
+        """Octets and messages over every mailbox of the account."""
 
 
 class IAccount(Interface):

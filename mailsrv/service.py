@@ -38,6 +38,7 @@ from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage, IWatchingStorage
 from mailsrv.policy import SessionPolicy
+from mailsrv.quota import quotas_from_config
 from mailsrv.reload import LiveParts, MailService
 from mailsrv.tls import ensure_self_signed, server_context
 
@@ -496,8 +497,13 @@ def make_service(
     def build(config: Config) -> LiveParts:
         tls_context = tls_context_of(config) if config.tls_enabled else None
         portal, checker = build_portal(config, storage, reactor)
+        fields_of = getattr(checker, "extra_fields_of", None)  # the users table has none
         policy = SessionPolicy.from_config(
-            config, tls_context, checker.any_plaintext, sasl_services(config, checker)
+            config,
+            tls_context,
+            checker.any_plaintext,
+            sasl_services(config, checker),
+            quotas=quotas_from_config(config, fields_of),
         )
         return LiveParts(policy, portal, checker.find_user, tls_context, checker)
 

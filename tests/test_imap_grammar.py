@@ -11,8 +11,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.imap import lexer, response, syntax
+from mailsrv.imap.catenate import Text, Url
 from mailsrv.imap.commands import REGISTRY
-from mailsrv.imap.commands.append import Append
+from mailsrv.imap.commands.append import Append, AppendMessage
 from mailsrv.imap.commands.auth import Authenticate, Login
 from mailsrv.imap.commands.copy import Copy
 from mailsrv.imap.commands.expunge import Expunge
@@ -522,34 +523,55 @@ class AppendTests(SynchronousTestCase):
             b"",
         )
         zone = datetime.timezone(-datetime.timedelta(hours=7))
-        self.assertEqual(
-            command,
-            Append(
-                "a",
-                "APPEND",
-                "saved-messages",
-                ("\\Seen", "$x"),
-                datetime.datetime(1994, 7, 5, 2, 44, 25, tzinfo=zone),
-                b"hello",
-            ),
+        message = AppendMessage(
+            ("\\Seen", "$x"),
+            datetime.datetime(1994, 7, 5, 2, 44, 25, tzinfo=zone),
+            (Text(b"hello"),),
         )
+        self.assertEqual(command, Append("a", "APPEND", "saved-messages", (message,)))
 
     def test_append_minimal_and_spooled(self) -> None:
         spooled = LiteralFile(io.BytesIO(b"x" * 10), 10)
         command = parse(b"a APPEND INBOX {10+}", spooled, b"")
-        self.assertEqual(command, Append("a", "APPEND", "INBOX", (), None, spooled))
-        self.assertEqual(
-            parse(b"a APPEND INBOX () {1}", b"x", b"").flags,  # type: ignore[attr-defined]
-            (),
+        message = AppendMessage((), None, (Text(spooled),))
+        self.assertEqual(command, Append("a", "APPEND", "INBOX", (message,)))
+        command = parse(b"a APPEND INBOX () {1}", b"x", b"")
+        assert isinstance(command, Append)
+        self.assertEqual(command.messages[0].flags, ())
+
+    def test_multiappend_and_catenate(self) -> None:
+        """RFC 3502's append-message repeated; RFC 4469's cat-parts."""
+        command = parse(
+            b"a APPEND INBOX {1}",
+            b"x",
+            b" (\\Seen) CATENATE (TEXT {2}",
+            b"yz",
+            b' url "/INBOX/;UID=1")',
         )
+        assert isinstance(command, Append)
+        self.assertEqual(
+            command.messages,
+            (
+                AppendMessage((), None, (Text(b"x"),)),
+                AppendMessage(
+                    ("\\Seen",), None, (Text(b"yz"), Url("/INBOX/;UID=1")), catenate=True
+                ),
+            ),
+        )
+        for bad in (b"a APPEND INBOX CATENATE ()", b"a APPEND INBOX CATENATE (FOO x)"):
+            self.assertRaises(ParseError, parse, bad)
 
     def test_append_binary_literal(self) -> None:
         command = parse(b"a APPEND INBOX ~{3}", b"a\x00b", b"")
-        self.assertTrue(command.binary)  # type: ignore[attr-defined]
+        assert isinstance(command, Append)
+        self.assertTrue(command.messages[0].binary)
 
     def test_space_padded_day(self) -> None:
         command = parse(b'a APPEND INBOX " 5-Jul-1994 02:44:25 +0000" {1}', b"x", b"")
-        self.assertEqual(command.date.day, 5)  # type: ignore[attr-defined]
+        assert isinstance(command, Append)
+        date = command.messages[0].date
+        assert date is not None
+        self.assertEqual(date.day, 5)
 
     def test_append_errors(self) -> None:
         for segments in (
@@ -715,4 +737,5 @@ class WriterTests(SynchronousTestCase):
         text = syntax.format_date_time(when)
         self.assertEqual(text, "05-Jul-1994 02:04:25 -0730")
         command = parse(b'a APPEND INBOX "' + text.encode() + b'" {1}', b"x", b"")
-        self.assertEqual(command.date, when)  # type: ignore[attr-defined]
+        assert isinstance(command, Append)
+        self.assertEqual(command.messages[0].date, when)

@@ -256,6 +256,7 @@ STATE_TABLE = (
     ("CHECK", "s"),
     ("CLOSE", "s"),
     ("UNSELECT", "s"),
+    ("UNAUTHENTICATE", "as"),
     ("EXPUNGE", "s"),
     ("UID EXPUNGE 1", "s"),
     ("FETCH 1 FLAGS", "s"),
@@ -273,6 +274,12 @@ STATE_TABLE = (
     ("UID COPY 1 INBOX", "s"),
     ("MOVE 1 INBOX", "s"),
     ("UID MOVE 1 INBOX", "s"),
+    ("REPLACE 1 INBOX {1+}\r\nx", "s"),
+    ("UID REPLACE 1 INBOX {1+}\r\nx", "s"),
+    ('GETQUOTA ""', "as"),
+    ("GETQUOTAROOT INBOX", "as"),
+    ('SETQUOTA "" (STORAGE 1)', "as"),
+    ("COMPRESS DEFLATE", "as"),
 )
 STATE_NAMES = {"n": "not authenticated", "a": "authenticated", "s": "selected"}
 

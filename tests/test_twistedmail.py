@@ -288,6 +288,40 @@ class BridgeTests(unittest.TestCase):
         self.assertEqual((await threads.deferToThread(session))[0], "OK")
         self.assertEqual([(m.uid, m.flags) for m in self.inbox.messages], [(1, ["\\Deleted"])])
 
+    async def test_multiappend_and_replace_are_not_offered(self) -> None:
+        """twisted.mail cannot add several messages, or add one and expunge
+        another, as one change: MULTIAPPEND and REPLACE are withdrawn and
+        refused; CATENATE (one message) works."""
+        port = self.listen(IMAP4ServerFactory(self.portal, self.policy))
+
+        def session() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            client = imaplib.IMAP4(HOST, port)
+            out["caps"] = client.capabilities
+            client.login("alice", "secret")
+            client.select("INBOX")
+            for key, command in (
+                ("multi", b"m APPEND INBOX {1+}\r\na {1+}\r\nb\r\n"),
+                ("replace", b"r REPLACE 1 INBOX {1+}\r\nc\r\n"),
+                ("catenate", b'c APPEND Archive CATENATE (URL "/INBOX/;UID=1/;SECTION=TEXT")\r\n'),
+            ):
+                client.send(command)
+                out[key] = client.readline()
+            client.logout()
+            return out
+
+        out = await threads.deferToThread(session)
+        for name in ("MULTIAPPEND", "REPLACE"):
+            self.assertNotIn(name, out["caps"])
+        self.assertIn("CATENATE", out["caps"])
+        self.assertEqual(
+            out["multi"], b"m BAD One message per APPEND (MULTIAPPEND is not offered)\r\n"
+        )
+        self.assertEqual(out["replace"], b"r BAD unknown command REPLACE\r\n")
+        self.assertRegex(out["catenate"], rb"^c OK \[APPENDUID \d+ 1\] APPEND completed\r\n$")
+        self.assertEqual([m.uid for m in self.inbox.messages], [1, 2])
+        self.assertEqual(self.archive.messages[0].data, MESSAGE_1.split(b"\r\n\r\n", 1)[1])
+
     async def test_without_the_bridge_the_realm_is_refused(self) -> None:
         """mailsrv's own factory asks for mailsrv's IAccount, which a
         twisted.mail realm does not serve: the reason for the bridge."""

@@ -274,6 +274,11 @@ class PasswdFileChecker(HashingChecker):
         record = self._passwd.get(name)
         return record.home if record is not None else None
 
+    def extra_fields_of(self, name: str) -> list[str]:
+        """The user's extra fields (``key=value`` words: quota rules...)."""
+        record = self._passwd.get(name)
+        return record.extra.split() if record is not None else []
+
     def _stored(self, name: str | None) -> str | None:
         """The secret to check against, or None to spend dummy work and fail."""
         if name is None:

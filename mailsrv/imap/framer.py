@@ -84,8 +84,8 @@ class LiteralNeeded:
 
     ``tag`` and ``command`` (upper-cased, ``UID`` folded in) are read from
     the command's first line when they can be; ``command_size`` is what
-    the command holds in memory so far and ``spooled`` whether one of its
-    literals went to a file.
+    the command holds in memory so far, ``spooled`` whether one of its
+    literals went to a file and ``spooled_size`` how much went to files.
     """
 
     size: int
@@ -95,6 +95,7 @@ class LiteralNeeded:
     command: str | None
     command_size: int
     spooled: bool
+    spooled_size: int = 0
 
 
 @attrs.define
@@ -214,6 +215,14 @@ class Framer:
             self._literal = _Literal(announced.size, announced.size, None)
             self._mode = _Mode.DROPPING
 
+    def take_unread(self) -> bytes:
+        """Hand back the octets received and not framed yet (COMPRESS: they
+        came after the command and are compressed, so they must go through
+        the inflater first)."""
+        unread = bytes(self._buffer[self._start :])
+        self._buffer, self._start, self._scanned = bytearray(), 0, 0
+        return unread
+
     def clear(self) -> None:
         """Forget everything not yet framed (STARTTLS: what was pipelined
         after it in plaintext must not be acted upon)."""
@@ -302,6 +311,7 @@ class Framer:
             command=peeked[1] if peeked else None,
             command_size=self._command_size,
             spooled=any(isinstance(s, LiteralFile) for s in self._segments),
+            spooled_size=sum(s.size for s in self._segments if isinstance(s, LiteralFile)),
         )
         self._mode = _Mode.DECIDING
         return self._announced

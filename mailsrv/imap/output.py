@@ -18,8 +18,10 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
+
+from mailsrv.imap.compress import Deflater
 
 __all__ = ["CommandError", "Done", "ResponseWriter", "bad", "no"]
 
@@ -62,6 +64,12 @@ class ResponseWriter:
     responses check :attr:`paused` between pieces and wait on :meth:`ready`.
     :meth:`close` unregisters the producer (a transport with a registered
     producer does not close) and is called before ``loseConnection``.
+
+    After :meth:`compress` (COMPRESS=DEFLATE) everything written goes
+    through a :class:`~mailsrv.imap.compress.Deflater`, and the end of each
+    burst of writes (the reactor turn they were made in) is marked by a
+    sync flush: a response is never held back in zlib's buffer while the
+    client waits for it (an IDLE push, a tagged answer, a ``+``).
     """
 
     def __init__(self, transport: Any) -> None:
@@ -69,11 +77,39 @@ class ResponseWriter:
         self.paused = False
         self.closed = False
         self._waiters: list[defer.Deferred[None]] = []
+        self._deflater: Deflater | None = None
+        self._clock: IReactorTime | None = None
+        self._flush_call: IDelayedCall | None = None
         transport.registerProducer(self, True)
 
+    @property
+    def compressing(self) -> bool:
+        return self._deflater is not None
+
+    def compress(self, deflater: Deflater, clock: IReactorTime) -> None:
+        """Compress all that is written from now on; ``clock`` schedules
+        the flush at the end of each burst."""
+        self._deflater, self._clock = deflater, clock
+
     def write(self, data: bytes) -> None:
-        if not self.closed and data:
-            self.transport.write(data)
+        if self.closed or not data:
+            return
+        if self._deflater is not None:
+            data = self._deflater.compress(data)
+            if self._flush_call is None:
+                assert self._clock is not None
+                self._flush_call = self._clock.callLater(0, self.flush)
+            if not data:
+                return
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        """Send what the deflater holds (the end of a burst)."""
+        self._cancel_flush()
+        if self._deflater is not None and not self.closed:
+            data = self._deflater.flush()
+            if data:
+                self.transport.write(data)
 
     def ready(self) -> defer.Deferred[None]:
         """Fires when the client can take more (at once if it can now).
@@ -103,13 +139,20 @@ class ResponseWriter:
     def stopProducing(self) -> None:
         self.closed = True
         self.paused = False
+        self._cancel_flush()
         self._release()
+
+    def _cancel_flush(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     # -- ours ----------------------------------------------------------------
 
     def close(self) -> None:
         """No more output: unregister from the transport, wake any waiter."""
         if not self.closed:
+            self.flush()  # the last words (a BYE) before the close
             self.closed = True
             self.paused = False
             try:

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.imap.commands import REGISTRY
+from mailsrv.imap.compress import CorruptStream, Deflater, Inflater
 from mailsrv.imap.framer import (
     NEED_DATA,
     ContinuationLine,
@@ -62,6 +63,8 @@ class IMAP4Server(Protocol):
         policy = policy if policy is not None else SessionPolicy()
         self.session = Session(self, portal, policy, clock, REGISTRY, secure=secure)
         self._framer = Framer(policy.max_line_length)
+        #: COMPRESS=DEFLATE: what the client sends goes through it first.
+        self._inflater: Inflater | None = None
         self._output: ResponseWriter | None = None
         self._lost = False
         self._paused = False  # the transport is paused
@@ -115,7 +118,10 @@ class IMAP4Server(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.session.state is State.LOGOUT:
             return
-        self._framer.receive(data)
+        if self._inflater is not None:
+            self._inflater.receive(data)
+        else:
+            self._framer.receive(data)
         self._read_events()
 
     def _read_events(self) -> None:
@@ -139,12 +145,29 @@ class IMAP4Server(Protocol):
                 if framer.progress != progress:
                     session.activity()
                 if event is NEED_DATA:
+                    if self._inflate():
+                        continue
                     return
                 self._hand_over(event)
                 if session.busy and session.continuation is None:
                     self._pause()  # until the command completes
         finally:
             self._reading = False
+
+    def _inflate(self) -> bool:
+        """Give the framer the next piece of the client's decompressed
+        input, if there is any (a piece at a time: the framer holds no more
+        than the compressed input would have been)."""
+        inflater = self._inflater
+        if inflater is None or not inflater.has_input:
+            return False
+        try:
+            data = inflater.inflate()
+        except CorruptStream as e:
+            self.session.corrupt_input(str(e))
+            return False
+        self._framer.receive(data)
+        return bool(data)
 
     def _hand_over(self, event: Event) -> None:
         session = self.session
@@ -194,6 +217,15 @@ class IMAP4Server(Protocol):
         # A command that waited before asking (a SASL step after a look-up)
         # was paused as busy: read again, or its answer would never come.
         self._resume()
+
+    def start_compression(self) -> None:
+        """COMPRESS=DEFLATE from now on, both ways (RFC 4978 3): responses
+        through a deflater, and input, including any that arrived after the
+        COMPRESS command and was not framed yet, through an inflater."""
+        assert self._output is not None
+        self._output.compress(Deflater(), self.clock)
+        self._inflater = Inflater()
+        self._inflater.receive(self._framer.take_unread())
 
     def command_done(self) -> None:
         output = self._output

@@ -56,8 +56,10 @@ from mailsrv.session import Expiry, SessionGuard, SessionTimer
 
 __all__ = [
     "GONE",
+    "IMAP4REV2",
     "LOG",
     "SPOOL_THRESHOLD",
+    "UTF8_ACCEPT",
     "Connection",
     "Continuation",
     "LiteralAnswer",
@@ -73,6 +75,23 @@ LOG = log.get_logger("mailsrv.imap.server")
 #: APPEND literals above this size are spooled to a temporary file as they
 #: arrive; smaller literals stay in memory.
 SPOOL_THRESHOLD = 64 * 1024
+
+#: The commands whose literals are messages (spooled, up to the message
+#: size limit each), and the states they take them in.
+APPENDING = {
+    "APPEND": frozenset({State.AUTHENTICATED, State.SELECTED}),
+    "REPLACE": frozenset({State.SELECTED}),
+    "UID REPLACE": frozenset({State.SELECTED}),
+}
+#: One APPEND (MULTIAPPEND, CATENATE) spools at most this many times the
+#: message size limit in all, so a client cannot fill the disk with one
+#: command that is never finished.
+APPEND_TOTAL_FACTOR = 10
+#: ENABLE names (upper-cased, as :attr:`Session.enabled` holds them) of the
+#: modes that change how the session speaks: IMAP4rev2's rules (RFC 9051
+#: appendix A) and UTF-8 in quoted strings and mailbox names (RFC 6855).
+IMAP4REV2 = "IMAP4REV2"
+UTF8_ACCEPT = "UTF8=ACCEPT"
 
 #: Why a session ends when its view of the mailbox could not be updated.
 OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
@@ -102,6 +121,9 @@ class Connection(Protocol):
     def command_done(self) -> None:
         """A command completed: read on (once the client reads its answers)."""
 
+    def start_compression(self) -> None:
+        """COMPRESS=DEFLATE both ways from the next octet on."""
+
 
 class Continuation(Protocol):
     """A command that reads lines of its own (IDLE, AUTHENTICATE)."""
@@ -122,22 +144,28 @@ class LiteralAnswer(enum.Enum):
 
 
 def existing(name: str) -> str:
-    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7.
+    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7
+    (UTF-8 in a session that enabled it).
 
     No mailbox can have such a name, but it is a syntactically valid one
     (RFC 3501 5.1.3), so the answer is NO, not BAD, as Dovecot's.
     """
     if isinstance(name, UndecodedName):
         raise no(
-            f"No mailbox has this name: not valid modified UTF-7 ({name.reason})", "NONEXISTENT"
+            f"No mailbox has this name: not valid {name.encoding} ({name.reason})", "NONEXISTENT"
         )
     return name
 
 
 def creatable(name: str) -> str:
-    """``name``, or NO [CANNOT] if it is not valid modified UTF-7."""
+    """``name``, or NO [CANNOT] if it is not valid modified UTF-7 (UTF-8)
+    or holds U+2028 or U+2029."""
     if isinstance(name, UndecodedName):
-        raise no(f"Mailbox names must be valid modified UTF-7 ({name.reason})", "CANNOT")
+        raise no(f"Mailbox names must be valid {name.encoding} ({name.reason})", "CANNOT")
+    if "\u2028" in name or "\u2029" in name:
+        # RFC 6855 3: no line or paragraph separator in a name (the control
+        # characters are refused by every backend, mailsrv.storage.names).
+        raise no("Mailbox names must not contain line or paragraph separators", "CANNOT")
     return name
 
 
@@ -191,6 +219,18 @@ class Session:
         self._ip_counted = False
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
+
+    @property
+    def rev2(self) -> bool:
+        """The client sent ENABLE IMAP4rev2: RFC 9051's rules apply."""
+        return IMAP4REV2 in self.enabled
+
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names and quoted strings are UTF-8 (RFC 6855 3), not
+        modified UTF-7: after ENABLE UTF8=ACCEPT or ENABLE IMAP4rev2 (RFC
+        9051 5.1 and appendix A)."""
+        return UTF8_ACCEPT in self.enabled or IMAP4REV2 in self.enabled
 
     @property
     def user(self) -> str | None:
@@ -268,6 +308,26 @@ class Session:
         """The command reads no more lines of its own."""
         self.continuation = None
 
+    @property
+    def compressing(self) -> bool:
+        """COMPRESS=DEFLATE is on."""
+        return self.writer is not None and self.writer.compressing
+
+    def start_compression(self) -> None:
+        """Compress from right after the tagged OK just written (RFC 4978 3)."""
+        LOG.info("IMAP: {user} turned COMPRESS=DEFLATE on", user=self.user)
+        self.connection.start_compression()
+
+    def corrupt_input(self, reason: str) -> None:
+        """The client's compressed stream cannot be read: nothing after the
+        damage can be framed, so say why and close."""
+        LOG.warn(
+            "IMAP: closing the session of {user}: corrupt compressed input: {reason}",
+            user=self.user or "(not logged in)",
+            reason=reason,
+        )
+        self.end_with_bye("Corrupt compressed data received")
+
     def start_tls(self) -> None:
         # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after STARTTLS
         # arrived in plaintext and must not be acted upon.
@@ -290,28 +350,31 @@ class Session:
         """Take a literal into memory, spool it (APPEND), or refuse it, and
         tell the client (``+`` for a synchronizing literal, or the refusal)."""
         tag = event.tag or "*"
-        appending = event.command == "APPEND" and self.state in (
-            State.AUTHENTICATED,
-            State.SELECTED,
-        )
+        appending = event.command in APPENDING and self.state in APPENDING[event.command]
         size = event.size
         in_memory = event.command_size + size <= self.policy.max_line_length
         spool = appending and (size > SPOOL_THRESHOLD or not in_memory)
         refusal: bytes | None = None
-        if appending and size > self.policy.max_message_size:
-            status = "NO" if event.synchronizing else "BAD"
+        # A refused synchronizing literal is NO (RFC 3502: the whole
+        # MULTIAPPEND is cancelled, nothing stored); a LITERAL+ one comes
+        # anyway and is dropped with its command, so BAD (RFC 7888 4).
+        status = "NO" if event.synchronizing else "BAD"
+        limit = self.policy.max_message_size
+        if appending and size > limit:
+            refusal = response.tagged(
+                tag, status, f"Message too large (at most {limit} octets)", "TOOBIG"
+            )
+        elif appending and event.spooled_size + size > APPEND_TOTAL_FACTOR * limit:
             refusal = response.tagged(
                 tag,
                 status,
-                f"Message too large (at most {self.policy.max_message_size} octets)",
+                f"Too much in one APPEND (at most {APPEND_TOTAL_FACTOR * limit} octets)",
                 "TOOBIG",
             )
         elif event.binary and not appending:
             refusal = response.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
         elif not spool and not in_memory:
             refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
-        elif spool and event.spooled:
-            refusal = response.tagged(tag, "BAD", "One message per APPEND (no MULTIAPPEND)")
         elif not event.synchronizing and self._withdrawn("LITERAL+"):
             # RFC 7888 3: without LITERAL+ a server knows no "{n+}" literal.
             refusal = response.tagged(tag, "BAD", "Non-synchronizing literal without LITERAL+")
@@ -325,7 +388,9 @@ class Session:
     def execute(self, segments: Sequence[Segment]) -> None:
         """Parse, check and run one framed command."""
         try:
-            spec, command = self.registry.parse(segments, self.policy.max_nesting_depth)
+            spec, command = self.registry.parse(
+                segments, self.policy.max_nesting_depth, utf8=self.utf8
+            )
         except ParseError as e:
             close_segments(segments)
             self.send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
@@ -507,6 +572,18 @@ class Session:
         self.state = State.AUTHENTICATED
         self.timer.logged_in(self.policy.imap_timeout_authenticated)
         return True
+
+    def unauthenticate(self) -> None:
+        """Back to the not authenticated state on the same connection
+        (UNAUTHENTICATE, RFC 8437 3): everything but TLS (and ID, 4.1) is
+        reset, as on a new connection: the selected mailbox (with its "$"
+        and UPDATE contexts) without expunging, the avatar, the user's
+        connection slot, what ENABLE turned on, and the login deadline
+        starts again."""
+        self.end()
+        self.enabled.clear()
+        self.state = State.NOT_AUTHENTICATED
+        self.timer.start()
 
     def activity(self) -> None:
         """A whole line, or a piece of a literal, has arrived: restart the

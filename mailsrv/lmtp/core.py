@@ -24,7 +24,7 @@ from typing import IO
 
 import attrs
 
-from mailsrv.errors import LimitExceeded, StorageError, TemporaryFailure
+from mailsrv.errors import LimitExceeded, OverQuota, StorageError, TemporaryFailure
 from mailsrv.storage.deliver import EmptyMessage
 
 __all__ = [
@@ -177,8 +177,10 @@ class LMTPCore:
         max_message_size: int = 64 * 1024 * 1024,
         max_recipients: int = 100,
         max_line_length: int = 65536,
+        bounce_over_quota: bool = False,
     ) -> None:
         self.hostname = hostname
+        self.bounce_over_quota = bounce_over_quota
         self.new_spool = new_spool
         self.max_message_size = max_message_size
         self.max_recipients = max_recipients
@@ -247,7 +249,8 @@ class LMTPCore:
         (RFC 2033 4.2)."""
         recipients = self._transaction.recipients
         replies: list[Action] = [
-            delivery_reply(r, outcome) for r, outcome in zip(recipients, outcomes, strict=True)
+            delivery_reply(r, outcome, self.bounce_over_quota)
+            for r, outcome in zip(recipients, outcomes, strict=True)
         ]
         self._transaction = _Transaction()
         self._waiting = False
@@ -476,11 +479,19 @@ class LMTPCore:
         return [Reply.of(221, "2.0.0", f"{self.hostname} closing connection"), Close()]
 
 
-def delivery_reply(recipient: Recipient, outcome: int | BaseException) -> Reply:
-    """The reply after DATA for one recipient (RFC 2033 4.2)."""
+def delivery_reply(
+    recipient: Recipient, outcome: int | BaseException, bounce_over_quota: bool = False
+) -> Reply:
+    """The reply after DATA for one recipient (RFC 2033 4.2); a message over
+    the recipient's quota is 452 4.2.2 (the MTA retries) or, with
+    ``bounce_over_quota``, 552 5.2.2 (RFC 5321 4.2.3, RFC 3463 X.2.2)."""
     address = recipient.address
     if isinstance(outcome, int):
         return Reply.of(250, "2.0.0", f"<{address}> Delivered as UID {outcome}")
+    if isinstance(outcome, OverQuota):
+        if bounce_over_quota:
+            return Reply.of(552, "5.2.2", f"<{address}> Mailbox full: {outcome}")
+        return Reply.of(452, "4.2.2", f"<{address}> Mailbox full, try again later: {outcome}")
     if isinstance(outcome, LimitExceeded):
         return Reply.of(552, "5.2.2", f"<{address}> Mailbox full: {outcome}")
     if isinstance(outcome, EmptyMessage):

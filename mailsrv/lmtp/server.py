@@ -89,6 +89,7 @@ class LMTPServer(Protocol, TimeoutMixin):
             max_message_size=policy.max_message_size,
             max_recipients=policy.lmtp_max_recipients,
             max_line_length=policy.max_line_length,
+            bounce_over_quota=policy.quotas.bounce,
         )
         self._remote = "unknown"
         self._paused = False
@@ -268,6 +269,8 @@ class LMTPServer(Protocol, TimeoutMixin):
                     _Unclosable(action.spool),  # type: ignore[arg-type]
                     recipient.folder,
                     quiet=True,
+                    limits=self.policy.quotas.limits_of(recipient.user),
+                    size=action.size,
                 )
             finally:
                 logout = getattr(account, "logout", None)
@@ -283,7 +286,7 @@ class LMTPServer(Protocol, TimeoutMixin):
                     protocol="lmtp",
                     user=recipient.user,
                 )
-        reply = delivery_reply(recipient, outcome)
+        reply = delivery_reply(recipient, outcome, self.policy.quotas.bounce)
         emit = _log.info if isinstance(outcome, int) else _log.warn
         emit(
             "LMTP: {address} ({size} octets) for {user}: {reply}",

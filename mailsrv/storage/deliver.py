@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import tempfile
 from typing import IO, Any, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from mailsrv import log
+from mailsrv import log, quota
 from mailsrv.errors import InvalidMailboxName, NoSuchMailbox, StorageError, TemporaryFailure
 from mailsrv.interfaces import IAccount, IMailbox, IStorage, maybe_deferred
+from mailsrv.quota import UNLIMITED, QuotaLimits
 from mailsrv.storage import names
 
 __all__ = ["EmptyMessage", "deliver", "open_account", "reindex", "store"]
@@ -109,7 +111,13 @@ def open_account(storage: IStorage, user: str, home: str | None) -> defer.Deferr
 
 
 def store(
-    account: IAccount, source: IO[bytes], folder: str = names.INBOX, *, quiet: bool = False
+    account: IAccount,
+    source: IO[bytes],
+    folder: str = names.INBOX,
+    *,
+    quiet: bool = False,
+    limits: QuotaLimits = UNLIMITED,
+    size: int | None = None,
 ) -> defer.Deferred[tuple[str, int]]:
     """Store the message read from ``source`` in ``folder``; fire with the
     name of the mailbox it landed in and its UID.
@@ -120,6 +128,11 @@ def store(
     ``+detail`` names a folder that may well not exist).  Fails with
     :class:`EmptyMessage` for empty input and :class:`TemporaryFailure`
     when the message could not be stored but a later attempt may succeed.
+
+    With quota ``limits``, the message is measured first (``size``, its
+    wire size, when the caller knows it; else it is spooled to a temporary
+    file and counted) and refused whole with :class:`OverQuota` when it
+    would not fit, before anything is written.
     """
     user = account.username
     try:
@@ -128,7 +141,17 @@ def store(
         return defer.fail().addErrback(_temporary, user)
     if not first:
         return defer.fail(EmptyMessage("empty message refused: the input held no bytes"))
-    found = _mailbox(account, folder, quiet)
+    if limits.limited:
+        if size is None:
+            try:
+                source, size = _spool(first, source)
+                first = source.read(CHUNK)
+            except Exception:
+                return defer.fail().addErrback(_temporary, user)
+        checked = quota.check(account, limits, size)
+        found = checked.addCallback(lambda _: _mailbox(account, folder, quiet))
+    else:
+        found = _mailbox(account, folder, quiet)
 
     def append(mailbox: IMailbox) -> defer.Deferred[tuple[str, int]]:
         # append only reads its source: _Peeked is enough of an IO for it.
@@ -145,11 +168,34 @@ def store(
     return found.addCallback(append).addCallbacks(done, _temporary, errbackArgs=(user,))
 
 
-def deliver(account: IAccount, source: IO[bytes], folder: str = names.INBOX) -> int:
+def _spool(first: bytes, rest: IO[bytes]) -> tuple[IO[bytes], int]:
+    """The message in a temporary file (on disk past 1 MiB), rewound, and
+    its size in wire form (each bare LF will be stored as CRLF)."""
+    spool = tempfile.SpooledTemporaryFile(max_size=1024 * 1024, prefix="mailsrv-deliver-")
+    size, after_cr = 0, False
+    chunk = first
+    while chunk:
+        spool.write(chunk)
+        bare = chunk.count(b"\n") - chunk.count(b"\r\n")
+        if chunk[0:1] == b"\n" and after_cr:
+            bare -= 1  # its CR ended the previous chunk
+        size += len(chunk) + bare
+        after_cr = chunk.endswith(b"\r")
+        chunk = rest.read(CHUNK)
+    spool.seek(0)
+    return cast("IO[bytes]", spool), size
+
+
+def deliver(
+    account: IAccount,
+    source: IO[bytes],
+    folder: str = names.INBOX,
+    limits: QuotaLimits = UNLIMITED,
+) -> int:
     """:func:`store`, for an account whose storage has no reactor (so every
     call answers at once, as ``mailsrv deliver`` needs); return the UID."""
     outcome: list[Any] = []
-    store(account, source, folder).addBoth(outcome.append)
+    store(account, source, folder, limits=limits).addBoth(outcome.append)
     if not outcome:
         raise RuntimeError("deliver() needs a storage without a reactor; use store()")
     if isinstance(outcome[0], Failure):

@@ -43,13 +43,16 @@ from mailsrv.interfaces import (
     IMailboxListener,
     IMessage,
     IMessageCache,
+    IQuotaUsage,
     IStorage,
     MailboxEntry,
     MailboxStatus,
     MaybeDeferred,
     MessageInfo,
+    NewMessage,
     StoreMode,
     StoreResult,
+    Usage,
     maybe_deferred,
 )
 from mailsrv.log import get_logger
@@ -358,6 +361,27 @@ class MemoryMailbox:
         self._state.announce("messages_added", [uid])
         return uid
 
+    def append_many(self, messages: Sequence[NewMessage]) -> Sequence[int]:
+        # Everything is read and checked before the first message is added,
+        # so a bad one leaves the mailbox as it was (RFC 3502).
+        self._state.check_alive()
+        ready = [
+            (
+                b"".join(wire_chunks(m.source, _READ_CHUNK)),
+                check_flags(m.flags),
+                _internal_date(m.internal_date),
+            )
+            for m in messages
+        ]
+        uids = [self._state.add(data, flags, date) for data, flags, date in ready]
+        if uids:
+            self._state.announce("messages_added", uids)
+        return uids
+
+    def remove(self, uids: Iterable[int]) -> Sequence[int]:
+        self._state.check_alive()
+        return self._remove([m.uid for m in self._state.select(uids)])
+
     def store(
         self,
         uids: Iterable[int],
@@ -491,7 +515,7 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IAccount)
+@implementer(IAccount, IQuotaUsage)
 class MemoryAccount:
     """One user's mailbox tree in memory."""
 
@@ -613,6 +637,10 @@ class MemoryAccount:
         name = names.normalize(name)
         if name in self._subscriptions:
             self._subscriptions.remove(name)
+
+    def usage(self) -> Usage:
+        states = self._mailboxes.values()
+        return Usage(sum(s.size for s in states), sum(len(s.messages) for s in states))
 
     def status(self, name: str) -> MailboxStatus:
         return self.get_mailbox(name).status()

@@ -42,6 +42,7 @@ from mailsrv.interfaces import (
     IMessage,
     MailboxStatus,
     MessageInfo,
+    NewMessage,
     StoreMode,
     StoreResult,
     canonical_flag,
@@ -409,6 +410,52 @@ class TwistedMailbox:
             return added[-1]
 
         return self._locked(work)
+
+    def append_many(self, messages: Sequence[NewMessage]) -> defer.Deferred[Sequence[int]]:
+        """One ``addMessage`` after the other; if one fails, the messages
+        already added are expunged again.  Not atomic to other sessions
+        (twisted.mail has no batch), so the bridge does not offer
+        MULTIAPPEND; the contract's all or none holds for the caller."""
+        batch = [
+            (_LINE_END.sub(b"\r\n", m.source.read()), list(m.flags), m.internal_date)
+            for m in messages
+        ]
+
+        async def work() -> Sequence[int]:
+            before = set(self._by_uid)
+            try:
+                for data, flags, date in batch:
+                    await _call(self.twisted.addMessage, io.BytesIO(data), flags, _imap_date(date))
+            except BaseException:
+                await self._refresh()
+                await self._remove(sorted(set(self._by_uid) - before))
+                raise
+            await self._refresh()
+            added = sorted(set(self._by_uid) - before)
+            if len(added) < len(batch):
+                raise StorageError("the mailbox did not show the appended messages", code="CANNOT")
+            return added[-len(batch) :] if batch else []
+
+        return self._locked(work)
+
+    def remove(self, uids: Iterable[int]) -> defer.Deferred[Sequence[int]]:
+        wanted = sorted(set(uids))
+
+        async def work() -> Sequence[int]:
+            return await self._remove(wanted)
+
+        return self._locked(work)
+
+    async def _remove(self, uids: list[int]) -> list[int]:
+        """Expunge exactly ``uids``: flag them \\Deleted, then expunge them
+        alone (as MOVE's second half)."""
+        present = [uid for uid in uids if uid in self._by_uid]
+        if not present:
+            return []
+        message_set, _ = self._sequence_set(present)
+        await _call(self.twisted.store, message_set, [DELETED], 1, False)
+        self._entries = await self._fetch_all()
+        return await self._expunge(set(present))
 
     def store(
         self,

@@ -29,8 +29,10 @@ __all__ = [
 
 AvatarTuple = tuple[Any, Any, Callable[[], None]]
 
-#: What a bridged account cannot back: MODSEQ values that survive a restart.
-NO_MODSEQ = frozenset({"CONDSTORE", "QRESYNC"})
+#: What a bridged account cannot back: MODSEQ values that survive a restart,
+#: and several changes made at once (MULTIAPPEND's all or none, REPLACE's
+#: append and expunge as one), which twisted.mail's interfaces cannot say.
+NO_MODSEQ = frozenset({"CONDSTORE", "QRESYNC", "MULTIAPPEND", "REPLACE"})
 
 
 def _name(avatar_id: Any) -> str:
@@ -86,7 +88,8 @@ def bridge_portal(portal: Portal) -> Portal:
 @attrs.frozen
 class WithoutModseq:
     """Session hooks for bridged accounts: CONDSTORE and QRESYNC are not
-    offered (their MODSEQ values would not survive a restart), and any
+    offered (their MODSEQ values would not survive a restart), nor are
+    MULTIAPPEND and REPLACE (not atomic over twisted.mail), and any
     hooks the policy already had still apply."""
 
     inner: Any = None

@@ -126,6 +126,9 @@ SyncState *
 
         # Second run: every change crosses over.
         self.mbsync(rc)
+        # mbsync 1.4 compresses whenever the server offers COMPRESS=DEFLATE
+        # (RFC 4978): both runs went through the deflate layer, inside TLS.
+        self.assertEqual(self.server.log.count(f"IMAP: {user} turned COMPRESS=DEFLATE on"), 2)
         server = self.server.by_subject(user)
         self.assertEqual(sorted(server), ["alpha", "charlie", "delta", "foxtrot"])
         self.assertEqual(

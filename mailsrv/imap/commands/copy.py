@@ -1,5 +1,5 @@
 """COPY and UID COPY (RFC 3501 6.4.7), MOVE and UID MOVE (RFC 6851), with
-COPYUID (RFC 4315)."""
+COPYUID (RFC 4315) and the quota (RFC 9208)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.internet import defer
 
+from mailsrv import quota
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.imap import response, syntax
+from mailsrv.imap.commands.quota import limits_of
 from mailsrv.imap.condstore import done_with_modseq
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
 from mailsrv.imap.session import existing
 from mailsrv.imap.syntax import SequenceSet
-from mailsrv.interfaces import IMailbox
+from mailsrv.interfaces import IMailbox, IMessage
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -59,6 +61,14 @@ def handle_copy(session: Session, command: Copy) -> Generator[defer.Deferred[Any
         raise no(f"Mailbox {command.mailbox} does not exist", "TRYCREATE") from None
     if not uids:
         return Done(text=f"{command.name} completed")
+    if not moving:
+        # RFC 9208 4.3.1: NO [OVERQUOTA], and nothing copied, when the
+        # copies would not fit.  A MOVE stays under the user's one quota
+        # root, so it adds nothing and is never refused for quota.
+        infos: Sequence[IMessage] = yield defer.maybeDeferred(view.mailbox.fetch, uids)
+        octets = sum(info.size for info in infos)
+        account = session.logged_in_account()
+        yield quota.check(account, limits_of(session), octets, len(infos))
     operation = view.mailbox.move if moving else view.mailbox.copy
     mapping: Sequence[tuple[int, int]] = yield defer.maybeDeferred(operation, uids, destination)
     code = None

@@ -17,7 +17,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsrv import mutf7
@@ -32,9 +33,11 @@ from mailsrv.interfaces import (
     SPECIAL_USES,
     IAccount,
     IMailbox,
+    IQuotaUsage,
     MailboxEntry,
     MailboxStatus,
     MaybeDeferred,
+    Usage,
 )
 from mailsrv.storage import names
 from mailsrv.storage.maildir.folder import MaildirMailbox
@@ -71,7 +74,7 @@ def _special_use_guess(name: str) -> str | None:
     return None
 
 
-@implementer(IAccount)
+@implementer(IAccount, IQuotaUsage)
 class MaildirAccount:
     """One user's Maildir++ tree."""
 
@@ -436,8 +439,37 @@ class MaildirAccount:
             return found.addCallback(counters)
         return counters(found)
 
+    def usage(self) -> MaybeDeferred[Usage]:
+        """The sum of every folder's counters, which its index keeps by
+        triggers as files come and go (one read per folder, no file
+        listed); folders not indexed yet are indexed first, once."""
+        folders = [names.INBOX, *sorted(n for n, ok in self._folders().items() if ok)]
+        counted: list[MailboxStatus] = []
+        pending: list[Deferred[None]] = []
+        for name in folders:
+            try:
+                found = self.status(name)
+            except NoSuchMailbox:  # deleted since it was listed
+                continue
+            if isinstance(found, Deferred):
+                pending.append(found.addCallbacks(counted.append, _gone))
+            else:
+                counted.append(found)
+
+        def total(_: object) -> Usage:
+            return Usage(sum(s.size for s in counted), sum(s.messages for s in counted))
+
+        if pending:
+            return gatherResults(pending, consumeErrors=True).addCallback(total)
+        return total(None)
+
     def logout(self) -> None:
         """Nothing is held per session: mailboxes are shared and freed with their users."""
+
+
+def _gone(failure: Failure) -> None:
+    """A folder deleted while usage was being counted holds nothing."""
+    failure.trap(NoSuchMailbox)
 
 
 def reindex(account: MaildirAccount) -> dict[str, int]:

@@ -11,7 +11,6 @@ listeners what changed.  COPY and MOVE between folders are in
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import fcntl
 import functools
@@ -34,24 +33,20 @@ from mailsrv.interfaces import (
     IPop3UidSource,
     MailboxStatus,
     MessageInfo,
+    NewMessage,
     StoreMode,
     StoreResult,
 )
 from mailsrv.log import get_logger
-from mailsrv.storage.maildir import transfer
+from mailsrv.storage.maildir import appending, transfer
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
-from mailsrv.storage.maildir.keywords import KeywordTable, sorted_info, split_flags
+from mailsrv.storage.maildir.keywords import KeywordTable, split_flags
 from mailsrv.storage.maildir.layout import (
     POP3_LOCK_NAME,
-    datetime_ns,
-    fsync_dir,
     ns_datetime,
     open_wire,
     saved_datetime,
-    saved_now,
-    unique_name,
-    write_tmp,
 )
 from mailsrv.storage.maildir.recovery import crash_point
 from mailsrv.storage.maildir.watch import Watcher
@@ -430,82 +425,35 @@ class MaildirMailbox:
         flags: Iterable[str] = (),
         internal_date: datetime.datetime | None = None,
     ) -> int:
-        system, keywords = split_flags(flags)
-        date_ns = datetime_ns(internal_date)
-        tmp_path, size = write_tmp(self._folder.tmp, source, date_ns)
+        (uid,) = self.append_many([NewMessage(source, flags, internal_date)])
+        return uid
+
+    def append_many(self, messages: Sequence[NewMessage]) -> list[int]:
+        """Write every message to tmp/, then place them all (see
+        :mod:`.appending`)."""
+        staged = appending.stage(self._folder, messages)
         try:
             try:
-                uid = self._place(tmp_path, size, date_ns, system, keywords)
+                uids = self._place(staged)
             except Exception as exc:
                 if not is_corruption(exc):
                     raise
-                # Damage found before the file was placed: the message is
-                # still in tmp/, so rebuild and place it.
+                # Damage found before the files were placed: they are still
+                # in tmp/, so rebuild and place them.
                 self._recover(exc)
-                uid = self._place(tmp_path, size, date_ns, system, keywords)
+                uids = self._place(staged)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_path)
+            appending.drop(staged)
         self._announce()
-        return uid
+        return uids
 
-    def _place(
-        self,
-        tmp_path: str,
-        size: int,
-        date_ns: int,
-        system: frozenset[str],
-        keywords: tuple[str, ...],
-    ) -> int:
-        """Move a message written to tmp/ into cur/ under a fresh UID.
+    def _place(self, staged: Sequence[appending.Staged]) -> list[int]:
+        with self._folder.locked():
+            return appending.place(self._folder, staged, self._record)
 
-        The UID is fsynced into the UID list first, then the file renamed
-        and the directory fsynced: from then on the message is stored
-        (whatever happens to the index, see :meth:`_record`), and its UID
-        is returned.
-        """
-        folder = self._folder
-        base = f"{unique_name()},S={size},W={size}"
-        with folder.locked():
-            folder.keywords.refresh()
-            info = sorted_info(folder.keywords.letters(system, keywords, allocate=True))
-            write = folder.begin()
-            (uid,) = folder.allocate(write, [(base, None)])
-            filename = f"{base}:2,{info}"
-            target = os.path.join(folder.cur, filename)
-            before = folder.cur_signature()
-            os.rename(tmp_path, target)
-            try:
-                fsync_dir(folder.cur)
-            except OSError:
-                # Not known to be durable, so not acknowledged: take it back,
-                # or the client's retry would store it twice.
-                with contextlib.suppress(OSError):
-                    os.unlink(target)
-                raise
-            crash_point("append-placed")
-            row = Row(
-                uid=uid,
-                base=base,
-                filename=filename,
-                info=info,
-                mtime_ns=date_ns,
-                size=size,
-                raw=True,
-                modseq=write.next_modseq(),
-                recent=True,
-                saved=saved_now(),
-            )
-
-            def commit() -> None:
-                db = folder.db
-                with db.transaction():
-                    db.insert([row])
-                    folder.commit_meta(write)
-                    folder.own_cur_change(before)
-
-            self._record(commit)
-        return uid
+    @_recovering
+    def remove(self, uids: Iterable[int]) -> Sequence[int]:
+        return self._remove(list(uids), only_deleted=False)
 
     @_recovering
     def store(

@@ -89,6 +89,17 @@ def list_mailboxes(conn: Any, user: str) -> list[tuple[str, frozenset[str]]]:
     return [(row[0], frozenset(row[1])) for row in rows]
 
 
+def usage(conn: Any, user: str) -> tuple[int, int]:
+    """(octets, messages) of the user's mailboxes, from the counters each
+    ``mailboxes`` row keeps (one row per mailbox, no message read)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(size), 0), coalesce(sum(messages), 0) FROM mailboxes"
+        " WHERE user_name = %s AND name IS NOT NULL",
+        (user,),
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
 def create_mailbox(conn: Any, user: str, name: str, special_use: frozenset[str]) -> None:
     _lock_user(conn, user)
     existing = _names(conn, user)

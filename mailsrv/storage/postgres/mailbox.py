@@ -36,6 +36,7 @@ from mailsrv.interfaces import (
     IMessageCache,
     IPop3UidSource,
     MailboxStatus,
+    NewMessage,
     StoreMode,
     StoreResult,
     maybe_deferred,
@@ -316,8 +317,13 @@ class PostgresMailbox:
         flags: Iterable[str] = (),
         internal_date: datetime.datetime | None = None,
     ) -> Any:
-        stored = check_flags(flags)
-        date = _internal_date(internal_date)
+        found = self.append_many([NewMessage(source, flags, internal_date)])
+        return then(found, lambda uids: uids[0])
+
+    def append_many(self, messages: Sequence[NewMessage]) -> Any:
+        checked = [
+            (m.source, check_flags(m.flags), _internal_date(m.internal_date)) for m in messages
+        ]
         state = self._state
         if state.deleted:
             raise NoSuchMailbox(f"mailbox {state.name!r} was deleted")
@@ -326,15 +332,34 @@ class PostgresMailbox:
         base = state.base()
 
         def spool_and_store() -> queries.Written:
-            # The source is read here, in the worker thread: a large
+            # The sources are read here, in the worker thread: a large
             # literal or a pipe from the MTA never stalls the reactor.
-            spool = Spool(source)
+            spools: list[Spool] = []
             try:
-                return self._db.call(queries.append, (blobs, *key, spool, stored, date, base))
+                for source, _flags, _date in checked:
+                    spools.append(Spool(source))
+                batch = [
+                    (spool, stored, date)
+                    for spool, (_source, stored, date) in zip(spools, checked, strict=True)
+                ]
+                return self._db.call(queries.append, (blobs, *key, batch, base))
             finally:
-                spool.close()
+                for spool in spools:
+                    spool.close()
 
         return then(self._db.in_thread(spool_and_store), state.written)
+
+    def remove(self, uids: Iterable[int]) -> Any:
+        state = self._state
+        result = self._db.run(
+            queries.expunge,
+            self._storage.blobs,
+            *self._key,
+            uid_argument(uids),
+            state.base(),
+            False,
+        )
+        return then(result, state.written)
 
     def store(
         self,

@@ -392,36 +392,39 @@ def append(
     blobs: IBlobStore,
     user: str,
     mailbox_id: int,
-    spool: Spool,
-    flags: frozenset[str],
-    internal_date: datetime.datetime,
+    messages: Sequence[tuple[Spool, frozenset[str], datetime.datetime]],
     base: int | None,
 ) -> Written:
-    """Store a spooled message as a new arrival; the value is its UID.
+    """Store spooled messages as new arrivals, in one transaction (all or
+    none: RFC 3502); the value is their UIDs, in order.
 
-    The body goes in first, before the mailbox row is locked, so a large
+    The bodies go in first, before the mailbox row is locked, so a large
     message does not hold up other writers of the mailbox while it streams.
     """
-    digest = blobs.put(conn, spool)
-    bits, keywords = encode_flags(flags)
-    unseen, deleted = _counts(bits)
-    row = conn.execute(
-        "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1, "
-        "messages = messages + 1, unseen = unseen + %s, deleted = deleted + %s, "
-        "size = size + %s WHERE user_name = %s AND mailbox_id = %s AND name IS NOT NULL "
-        "RETURNING uidnext - 1, highest_modseq",
-        (unseen, deleted, spool.size, user, mailbox_id),
-    ).fetchone()
-    if row is None:
-        raise NoSuchMailbox("the mailbox was deleted")
-    uid, modseq = row
-    _define_keywords(conn, user, mailbox_id, keywords)
-    conn.execute(
-        "INSERT INTO messages (user_name, mailbox_id, uid, modseq, flags, keywords, "
-        "internal_date, size, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (user, mailbox_id, uid, modseq, bits, keywords, internal_date, spool.size, digest),
-    )
-    return _written(conn, user, mailbox_id, uid, base, modseq)
+    digests = [blobs.put(conn, spool) for spool, _flags, _date in messages]
+    uids: list[int] = []
+    modseq = None
+    for (spool, flags, internal_date), digest in zip(messages, digests, strict=True):
+        bits, keywords = encode_flags(flags)
+        unseen, deleted = _counts(bits)
+        row = conn.execute(
+            "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1, "
+            "messages = messages + 1, unseen = unseen + %s, deleted = deleted + %s, "
+            "size = size + %s WHERE user_name = %s AND mailbox_id = %s AND name IS NOT NULL "
+            "RETURNING uidnext - 1, highest_modseq",
+            (unseen, deleted, spool.size, user, mailbox_id),
+        ).fetchone()
+        if row is None:
+            raise NoSuchMailbox("the mailbox was deleted")
+        uid, modseq = row
+        _define_keywords(conn, user, mailbox_id, keywords)
+        conn.execute(
+            "INSERT INTO messages (user_name, mailbox_id, uid, modseq, flags, keywords, "
+            "internal_date, size, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (user, mailbox_id, uid, modseq, bits, keywords, internal_date, spool.size, digest),
+        )
+        uids.append(uid)
+    return _written(conn, user, mailbox_id, uids, base, modseq)
 
 
 _STORE_SQL = {
@@ -555,12 +558,14 @@ def expunge(
     mailbox_id: int,
     wanted: Iterable[int] | None,
     base: int | None,
+    only_deleted: bool = True,
 ) -> Written:
-    """Remove the \\Deleted messages (among ``wanted``); the value is their UIDs."""
+    """Remove the \\Deleted messages (among ``wanted``), or (not
+    ``only_deleted``) exactly ``wanted``; the value is their UIDs."""
     highest = _lock_mailbox(conn, user, mailbox_id)
     if highest is None:
         return Written([], 0, 0, None)
-    condition = f"flags & {DELETED_BIT} <> 0"
+    condition = f"flags & {DELETED_BIT} <> 0" if only_deleted else "TRUE"
     params: tuple[Any, ...] = ()
     if wanted is not None:
         extra, params = uid_condition(wanted)

@@ -22,9 +22,11 @@ from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.interfaces import (
     SPECIAL_USES,
     IAccount,
+    IQuotaUsage,
     IStorage,
     IWatchingStorage,
     MailboxEntry,
+    Usage,
 )
 from mailsrv.log import get_logger
 from mailsrv.storage import names
@@ -47,7 +49,7 @@ def _check_username(username: str) -> None:
         raise StorageError("user name cannot be stored", code="CANNOT")
 
 
-@implementer(IAccount)
+@implementer(IAccount, IQuotaUsage)
 class PostgresAccount:
     """One user's mailbox tree in the database."""
 
@@ -155,6 +157,10 @@ class PostgresAccount:
             return mailbox.status()
 
         return then(self.get_mailbox(name), counters)
+
+    def usage(self) -> Any:
+        found = self._db.run(accounts.usage, self.username, transaction=False)
+        return then(found, lambda row: Usage(*row))
 
     def logout(self) -> None:
         """Sessions hold nothing an account must free (POP3's lock goes with

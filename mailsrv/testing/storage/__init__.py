@@ -34,6 +34,7 @@ bytes, flags, dates, counters, UIDs and listener notifications.
 
 from mailsrv.testing.storage.accounts import AccountContract
 from mailsrv.testing.storage.base import ListenerRecorder, call, message_bytes
+from mailsrv.testing.storage.batches import BatchContract
 from mailsrv.testing.storage.changes import ChangeContract
 from mailsrv.testing.storage.messages import MessageContract
 from mailsrv.testing.storage.modseq import ModseqContract
@@ -43,6 +44,11 @@ __all__ = ["ListenerRecorder", "StorageSuiteMixin", "call", "message_bytes"]
 
 
 class StorageSuiteMixin(
-    AccountContract, MessageContract, ChangeContract, ModseqContract, ObjectContract
+    AccountContract,
+    MessageContract,
+    ChangeContract,
+    ModseqContract,
+    BatchContract,
+    ObjectContract,
 ):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

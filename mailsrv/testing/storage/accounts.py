@@ -10,14 +10,57 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mailsrv.errors import InvalidMailboxName, MailboxExists, NoSuchMailbox, StorageError
-from mailsrv.interfaces import DEFAULT_FOLDERS, SEEN, IAccount, MailboxEntry, MailboxStatus
-from mailsrv.testing.storage.base import SuiteBase, call, message_bytes
+from mailsrv.interfaces import (
+    DEFAULT_FOLDERS,
+    DELETED,
+    SEEN,
+    IAccount,
+    IQuotaUsage,
+    MailboxEntry,
+    MailboxStatus,
+    StoreMode,
+    Usage,
+)
+from mailsrv.testing.storage.base import SuiteBase, call, message_bytes, wire_form
 
 
 class AccountContract(SuiteBase):
     """Accounts, mailbox names, the tree's operations, LIST attributes, subscriptions."""
 
     # -- the account --------------------------------------------------------------
+
+    async def usage(self, account: IAccount) -> Usage:
+        if not IQuotaUsage.providedBy(account):
+            self.skipTest("the backend does not declare IQuotaUsage")
+        usage: Usage = await call(account.usage)
+        return usage
+
+    async def test_usage_follows_every_change(self) -> None:
+        """IQuotaUsage counts wire octets and messages over all mailboxes,
+        through appends, copies, moves, expunges and deletes."""
+        storage = self.make_storage()
+        account = await self.account(storage)
+        self.assertEqual(await self.usage(account), Usage(0, 0))
+        inbox = await self.mailbox(account, "INBOX")
+        one, two = message_bytes(1, b"x" * 100), message_bytes(2, b"bare\nline\n", b"\n")
+        u1 = await self.append(inbox, one)
+        u2 = await self.append(inbox, two)
+        one_size, two_size = len(wire_form(one)), len(wire_form(two))  # bare LFs count as CRLF
+        wire = one_size + two_size
+        self.assertEqual(await self.usage(account), Usage(wire, 2))
+        await call(account.create_mailbox, "Kept/Deep")
+        deep = await self.mailbox(account, "Kept/Deep")
+        await call(inbox.copy, [u1, u2], deep)
+        self.assertEqual(await self.usage(account), Usage(2 * wire, 4))
+        await call(inbox.move, [u1], await self.mailbox(account, "Trash"))
+        self.assertEqual(await self.usage(account), Usage(2 * wire, 4))
+        await call(inbox.store, [u2], [DELETED], StoreMode.ADD)
+        await call(inbox.expunge)
+        self.assertEqual(await self.usage(account), Usage(2 * wire - two_size, 3))
+        await call(account.delete_mailbox, "Kept/Deep")
+        self.assertEqual(await self.usage(account), Usage(one_size, 1))
+        again = await self.reopen(storage)
+        self.assertEqual(await self.usage(again), Usage(one_size, 1))
 
     async def test_new_account_has_default_folders(self) -> None:
         account = await self.account()

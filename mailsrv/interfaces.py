@@ -118,6 +118,12 @@ class IMessage(Interface):
     internal_date = Attribute("datetime.datetime: the internal date, timezone-aware.")
     size = Attribute("int: octets of the message in wire (CRLF) form.")
     modseq = Attribute("int: the MODSEQ of the message's last change (RFC 7162).")
+    save_date = Attribute(
+        "datetime.datetime | None: when the message was saved into this mailbox "
+        "(RFC 8514), timezone-aware: set by the backend when it arrives (delivery, "
+        "APPEND, COPY, MOVE: never carried from the source), never changed after.  "
+        "None where it is not known (a message stored before the backend kept them)."
+    )
 
 
 @implementer(IMessage)
@@ -130,11 +136,18 @@ class MessageInfo:
     internal_date: datetime.datetime
     size: int
     modseq: int
+    save_date: datetime.datetime | None = None
 
 
 @attrs.frozen
 class MailboxStatus:
-    """The counters STATUS, SELECT and POP3 STAT report."""
+    """The counters STATUS, SELECT and POP3 STAT report.
+
+    ``mailbox_id`` is the mailbox's RFC 8474 MAILBOXID: an objectid
+    (1 to 255 of ``A-Z a-z 0-9 _ -``), the same for as long as the
+    mailbox keeps its UIDVALIDITY, kept by a rename, never given to two
+    mailboxes of the account at once; "" from a backend that keeps none.
+    """
 
     messages: int
     recent: int
@@ -144,6 +157,7 @@ class MailboxStatus:
     uidnext: int
     uidvalidity: int
     highest_modseq: int
+    mailbox_id: str = ""
 
 
 @attrs.frozen

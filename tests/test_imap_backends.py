@@ -151,7 +151,7 @@ class _BackendScenarios(_BackendBase):
             response, b"* STATUS Archive (MESSAGES 2 UIDNEXT 3)\r\ns OK STATUS completed\r\n"
         )
         response = yield client.command("r", "CREATE Caf&AOk-/Menu")
-        t.assertEqual(response, b"r OK CREATE completed\r\n")
+        t.assertRegex(response, rb"^r OK \[MAILBOXID \([\w-]+\)\] CREATE completed\r\n$")
         response = yield client.command("q", 'LIST "" Caf&AOk-*')
         t.assertEqual(
             response,

@@ -34,9 +34,17 @@ class CondstoreTestBase(ServerTestBase):
         self.inbox.claim_recent()
         return uids
 
-    def select_lines(self, exists: int, uidnext: int, modseq: int | None, recent: int = 0) -> bytes:
-        """What SELECT INBOX answers before its tagged OK, no message
-        unseen-first line (tests mark everything \\Seen or ask for it)."""
+    def select_lines(
+        self,
+        exists: int,
+        uidnext: int,
+        modseq: int | None,
+        recent: int = 0,
+        nomodseq: bool = False,
+    ) -> bytes:
+        """What SELECT INBOX answers before its tagged OK (and before any
+        VANISHED), no message unseen-first line (tests mark everything
+        \\Seen or ask for it)."""
         lines = [
             b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
             b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags\r\n",
@@ -44,9 +52,12 @@ class CondstoreTestBase(ServerTestBase):
             b"* %d RECENT\r\n" % recent,
             b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % self.inbox.uidvalidity,
             b"* OK [UIDNEXT %d] Predicted next UID\r\n" % uidnext,
+            b"* OK [MAILBOXID (%s)] Ok\r\n" % self.inbox.status().mailbox_id.encode(),
         ]
         if modseq is not None:
             lines.append(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % modseq)
+        if nomodseq:
+            lines.append(b"* OK [NOMODSEQ] This mailbox keeps no MODSEQs\r\n")
         return b"".join(lines)
 
     @defer.inlineCallbacks
@@ -443,8 +454,7 @@ class NoModseqTests(CondstoreTestBase):
         response = yield client.command("a", f"SELECT INBOX (QRESYNC ({self.inbox.uidvalidity} 1))")
         self.assertEqual(
             response,
-            self.select_lines(2, 3, None)
-            + b"* OK [NOMODSEQ] This mailbox keeps no MODSEQs\r\n"
+            self.select_lines(2, 3, None, nomodseq=True)
             + b"a OK [READ-WRITE] SELECT completed\r\n",
         )
         for tag, text in (

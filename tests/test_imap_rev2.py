@@ -62,6 +62,7 @@ class _Rev2Scenarios(_BackendBase):
             rb'\* LIST \(\) "/" INBOX\r\n'
             rb"\* OK \[UIDVALIDITY \d+\] UIDs valid\r\n"
             rb"\* OK \[UIDNEXT 3\] Predicted next UID\r\n"
+            rb"\* OK \[MAILBOXID \([\w-]+\)\] Ok\r\n"
             rb"s OK \[READ-WRITE\] SELECT completed\r\n$",
         )
         response = yield client.command("f", "FETCH 1:2 (FLAGS)")
@@ -182,7 +183,7 @@ class _Rev2Scenarios(_BackendBase):
         t: Any = self
         client = yield self.rev2(None)
         response = yield client.command("c", 'CREATE "Entwürfe/Schön"'.encode())
-        t.assertEqual(response, b"c OK CREATE completed\r\n")
+        t.assertRegex(response, rb"^c OK \[MAILBOXID \([\w-]+\)\] CREATE completed\r\n$")
         response = yield client.command("l", 'LIST "" "Entw*"')
         t.assertEqual(
             response,

@@ -92,8 +92,12 @@ class MailboxCommandTests(ServerTestBase):
     def test_create_list_status_rename_delete(self) -> Any:
         client = yield self.login()
         response = yield client.command("a", "CREATE Entw&APw-rfe/Sub")
-        self.assertEqual(response, b"a OK CREATE completed\r\n")
-        self.assertEqual(self.mailbox("Entwürfe/Sub").name, "Entwürfe/Sub")
+        created = self.mailbox("Entwürfe/Sub")
+        self.assertEqual(
+            response,
+            b"a OK [MAILBOXID (%s)] CREATE completed\r\n" % created.status().mailbox_id.encode(),
+        )
+        self.assertEqual(created.name, "Entwürfe/Sub")
         response = yield client.command("b", "CREATE Entw&APw-rfe/Sub")
         self.assertEqual(
             response, b"b NO [ALREADYEXISTS] mailbox 'Entw?rfe/Sub' already exists\r\n"
@@ -207,7 +211,9 @@ class SelectTests(ServerTestBase):
             b"* OK [UNSEEN 2] First unseen\r\n"
             b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
             b"* OK [UIDNEXT 3] Predicted next UID\r\n"
-            b"a OK [READ-WRITE] SELECT completed\r\n" % self.inbox.uidvalidity,
+            b"* OK [MAILBOXID (%s)] Ok\r\n"
+            b"a OK [READ-WRITE] SELECT completed\r\n"
+            % (self.inbox.uidvalidity, self.inbox.status().mailbox_id.encode()),
         )
         # \Recent went to this session; a second one sees none.
         other = yield self.login()

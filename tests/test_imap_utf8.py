@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import unicodedata
 from typing import Any
 
@@ -45,7 +46,7 @@ class _Utf8Scenarios(_BackendBase):
         t: Any = self
         client = yield self.utf8()
         response = yield client.command("c", f'CREATE "Brouillons/{NFC}"'.encode())
-        t.assertEqual(response, b"c OK CREATE completed\r\n")
+        t.assertRegex(response, rb"^c OK \[MAILBOXID \([\w-]+\)\] CREATE completed\r\n$")
         name = f"Brouillons/{NFC}".encode()
         response = yield client.command("s", b"STATUS {%d+}\r\n%s (MESSAGES)" % (len(name), name))
         t.assertEqual(response, b'* STATUS "%s" (MESSAGES 0)\r\ns OK STATUS completed\r\n' % name)
@@ -69,9 +70,11 @@ class _Utf8Scenarios(_BackendBase):
         t: Any = self
         client = yield self.utf8()
         response = yield client.command("c", f'CREATE "{NFD}"'.encode())
-        t.assertEqual(
+        t.assertRegex(
             response,
-            f'* LIST () "/" "{NFC}" ("OLDNAME" ("{NFD}"))\r\nc OK CREATE completed\r\n'.encode(),
+            b"^"
+            + re.escape(f'* LIST () "/" "{NFC}" ("OLDNAME" ("{NFD}"))\r\n'.encode())
+            + rb"c OK \[MAILBOXID \([\w-]+\)\] CREATE completed\r\n$",
         )
         response = yield client.command("d", f'CREATE "{NFC}"'.encode())
         t.assertTrue(response.startswith(b"d NO [ALREADYEXISTS]"), response)

@@ -119,6 +119,7 @@ def snapshot(imap_port: int, pop3_port: int, user: str = "alice") -> dict[str, A
             typ, data = client.select(f'"{name}"', readonly=True)
             assert typ == "OK", (name, data)
             uidvalidity = client.untagged_responses.get("UIDVALIDITY", [b"?"])[0]
+            mailbox_id = client.untagged_responses.get("MAILBOXID", [b"?"])[0]
             messages = {}
             count = data[0]
             assert count is not None
@@ -132,7 +133,11 @@ def snapshot(imap_port: int, pop3_port: int, user: str = "alice") -> dict[str, A
                     flags = sorted(f for f in head.group(2).decode().split() if f != "\\Recent")
                     messages[int(head.group(1))] = (flags, head.group(3).decode(), item[1])
             _typ, _keywords = client.response("FLAGS")
-            mailboxes[name] = {"uidvalidity": uidvalidity, "messages": messages}
+            mailboxes[name] = {
+                "uidvalidity": uidvalidity,
+                "mailbox_id": mailbox_id,
+                "messages": messages,
+            }
         _typ, subscribed = client.lsub()
         client.logout()
     finally:

@@ -372,6 +372,11 @@ class MigrationTests(unittest.TestCase):
         self.assertEqual(
             self.sql("SELECT count(*) FROM messages WHERE pop3_uidl IS NOT NULL"), [(0,)]
         )
+        # Migration 6: each mailbox its own MAILBOXID (RFC 8474), an objectid.
+        guids = [row[0] for row in self.sql("SELECT guid FROM mailboxes")]
+        self.assertEqual(len(set(guids)), 3)
+        for guid in guids:
+            self.assertRegex(guid, r"^[0-9a-f]{32}$")
         # And the backend serves what was there.
         from mailsrv.storage.postgres import PostgresStorage
 

@@ -32,6 +32,11 @@ Kinds:
 ``addresses.V:NAME``
     The addresses of one address field (FROM, TO, CC, BCC) as SEARCH
     matches them (:func:`mailsrv.mime.addresses.address_text`), every occurrence.
+``previewP.V``
+    The RFC 8970 PREVIEW text (UTF-8), worked out once per message by
+    :func:`mailsrv.mime.preview.preview_text` (``P`` is its
+    :data:`~mailsrv.mime.preview.VERSION`); what ``PREVIEW (LAZY)`` serves
+    without opening a file.
 ``sortR.V``
     :class:`mailsrv.imap.sortkeys.SortRecord`: everything SORT and THREAD
     compare (sent date, base subject, first addresses, display names,
@@ -61,6 +66,8 @@ from mailsrv.imap.sortkeys import RECORD_VERSION, SortRecord, record_from_header
 from mailsrv.interfaces import IMailbox, IMessageCache
 from mailsrv.mime.addresses import address_text
 from mailsrv.mime.fields import filter_fields, raw_fields, read_header
+from mailsrv.mime.preview import VERSION as PREVIEW_VERSION
+from mailsrv.mime.preview import preview_text
 from mailsrv.mime.structure import FORMAT_VERSION, MessageStructure, parse
 
 __all__ = [
@@ -71,6 +78,7 @@ __all__ = [
     "each_file",
     "field_values",
     "header_fields",
+    "previews",
     "rendered",
     "sort_records",
     "structures",
@@ -116,6 +124,12 @@ def _set_many(cache: Any, kind: str, values: dict[int, bytes]) -> defer.Deferred
         _log.failure("could not cache {kind} values", failure, kind=kind)
 
     return d.addErrback(failed)
+
+
+#: For modules that keep cache kinds of their own (:mod:`mailsrv.imap.objectid`).
+cache_of = _cache
+get_many = _get_many
+set_many = _set_many
 
 
 @defer.inlineCallbacks
@@ -301,4 +315,30 @@ def sort_records(mailbox: IMailbox, uids: Iterable[int]) -> Any:
         out.update(found)
         fresh = {uid: r.to_bytes() for uid, r in found.items()}
         yield _set_many(cache, SORT_KIND, {u: v for u, v in fresh.items() if len(v) <= CACHE_LIMIT})
+    return out
+
+
+#: The cache kind of :func:`previews`.
+PREVIEW_KIND = _versioned(f"preview{PREVIEW_VERSION}")
+
+
+@defer.inlineCallbacks
+def previews(mailbox: IMailbox, uids: Iterable[int], compute: bool = True) -> Any:
+    """``{uid: preview as UTF-8}`` from the cache; with ``compute``, the
+    missing ones are worked out from the structure and the start of the
+    text part (then cached), otherwise left out (PREVIEW's LAZY)."""
+    wanted = list(uids)
+    cache = _cache(mailbox)
+    cached: Mapping[int, bytes] = yield _get_many(cache, wanted, PREVIEW_KIND)
+    out = dict(cached)
+    missing = [uid for uid in wanted if uid not in out]
+    if compute and missing:
+        found = yield structures(mailbox, missing)
+
+        def work(uid: int, source: IO[bytes]) -> bytes:
+            return preview_text(found[uid], source).encode("utf-8")
+
+        fresh = yield each_file(mailbox, list(found), work)
+        out.update(fresh)
+        yield _set_many(cache, PREVIEW_KIND, fresh)
     return out

@@ -20,6 +20,7 @@ that feed the handlers are :mod:`mailsrv.imap.fetching`'s.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Generator, Sequence
 from typing import IO, Any
 
@@ -112,6 +113,10 @@ class FetchMessage:
     rendered: dict[str, bytes] = attrs.Factory(dict)
     file: IO[bytes] | None = None
     flags_changed: bool = False
+    #: PREVIEW's text (UTF-8); None when LAZY found none ready.
+    preview: bytes | None = None
+    #: EMAILID and THREADID, by item name (RFC 8474).
+    ids: dict[str, str] = attrs.Factory(dict)
 
     @property
     def uid(self) -> int:
@@ -272,6 +277,14 @@ def render_modseq(view: SelectedMailbox, m: IMessage) -> bytes:
     return b"MODSEQ (%d)" % m.modseq
 
 
+def _render_save_date(view: SelectedMailbox, m: IMessage) -> bytes:
+    """RFC 8514 4.2; NIL for a message whose save date is not known."""
+    saved: datetime.datetime | None = m.save_date
+    if saved is None:
+        return b"SAVEDATE NIL"
+    return b'SAVEDATE "%s"' % format_date_time(saved).encode("ascii")
+
+
 #: Items the index answers alone, by name: one renderer each, used by the
 #: per-message path and by the batched first-sync path alike.
 INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
@@ -280,6 +293,7 @@ INDEX_ITEMS: dict[str, Callable[[SelectedMailbox, IMessage], bytes]] = {
     "RFC822.SIZE": _render_size,
     "INTERNALDATE": _render_internal_date,
     "MODSEQ": render_modseq,
+    "SAVEDATE": _render_save_date,
 }
 
 
@@ -483,6 +497,25 @@ def _binary_size(
     out.item(name + b" %d" % int(msg.binary[attribute] or 0))
 
 
+def _preview(
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    """RFC 8970 3.2: the text, "" when there is none to show, and NIL only
+    for PREVIEW (LAZY) when it was not ready (never without LAZY)."""
+    if msg.preview is None:
+        assert attribute.lazy, "the batch computes previews unless all are LAZY"
+        out.item(b"PREVIEW NIL")
+    else:
+        out.item(b"PREVIEW " + response.string(msg.preview))
+
+
+def _object_id(
+    request: FetchRequest, attribute: FetchAttribute, msg: FetchMessage, out: FetchResponse
+) -> None:
+    """RFC 8474 5.3: ``EMAILID (M...)``, ``THREADID (T...)``."""
+    out.item(b"%s (%s)" % (attribute.name.encode("ascii"), msg.ids[attribute.name].encode("ascii")))
+
+
 #: Item name (:attr:`FetchAttribute.name`) -> handler.
 HANDLERS: dict[str, _Handler] = {
     **{name: _index_handler(render) for name, render in INDEX_ITEMS.items()},
@@ -494,6 +527,9 @@ HANDLERS: dict[str, _Handler] = {
     "RFC822.TEXT": _rfc822,
     "BINARY": _binary,
     "BINARY.SIZE": _binary_size,
+    "PREVIEW": _preview,
+    "EMAILID": _object_id,
+    "THREADID": _object_id,
 }
 
 

@@ -1,7 +1,8 @@
 """FETCH's argument syntax: items, sections and partial ranges.
 
 RFC 3501 6.4.5 and 9 (``fetch-att``, ``section``), RFC 3516 (BINARY,
-BINARY.PEEK, BINARY.SIZE).  The command itself (sequence set, modifiers,
+BINARY.PEEK, BINARY.SIZE), RFC 8474 (EMAILID, THREADID), RFC 8514
+(SAVEDATE), RFC 8970 (PREVIEW and its LAZY modifier).  The command itself (sequence set, modifiers,
 the implied UID of UID FETCH) is parsed in :mod:`mailsrv.imap.commands.fetch`.
 """
 
@@ -53,13 +54,14 @@ class FetchAttribute:
     ``name`` is the upper-cased item without ``.PEEK`` (``BODY``, ``BINARY``,
     ``BINARY.SIZE``, ``FLAGS``, ``RFC822.HEADER``...); ``section`` is given
     for ``BODY[...]``/``BINARY[...]`` forms (``BODY`` alone is the structure
-    item); ``partial`` is ``(origin, octets)``.
+    item); ``partial`` is ``(origin, octets)``; ``lazy`` is PREVIEW's LAZY.
     """
 
     name: str
     section: Section | None = None
     partial: tuple[int, int] | None = None
     peek: bool = False
+    lazy: bool = False
 
     def response_name(self) -> str:
         """How the item is named in the FETCH response (RFC 3501 7.4.2)."""
@@ -84,6 +86,9 @@ _FETCH_SIMPLE = frozenset(
         "UID",
         "MODSEQ",
         "BODY",
+        "SAVEDATE",  # RFC 8514
+        "EMAILID",  # RFC 8474
+        "THREADID",
     }
 )
 _FETCH_MACROS = {
@@ -149,6 +154,26 @@ def _partial(reader: Reader) -> tuple[int, int] | None:
     return origin, count
 
 
+def _preview_modifiers(reader: Reader) -> bool:
+    """``[SP "(" preview-mod *(SP preview-mod) ")"]`` after PREVIEW (RFC
+    8970 6); True if LAZY was given.  A list that does not start with LAZY
+    is not PREVIEW's: it is FETCH's modifiers after a lone PREVIEW item."""
+    start = reader.pos
+    if not reader.accept(b" ") or not reader.accept(b"("):
+        reader.pos = start
+        return False
+    if not reader.keyword_ahead(b"LAZY"):
+        reader.pos = start
+        return False
+    while True:
+        modifier = reader.atom("a PREVIEW modifier").upper()
+        if modifier != "LAZY":
+            raise reader.error(f"unknown PREVIEW modifier {modifier}")
+        if reader.accept(b")"):
+            return True
+        reader.space()
+
+
 def fetch_attribute(reader: Reader) -> FetchAttribute:
     word = reader.run(_FETCH_NAME_CHARS, "a FETCH item").decode("ascii").upper()
     if word in ("BODY", "BODY.PEEK") and reader.peek() == 0x5B:
@@ -161,6 +186,8 @@ def fetch_attribute(reader: Reader) -> FetchAttribute:
         if word == "BINARY.SIZE":
             return FetchAttribute(word, section)
         return FetchAttribute("BINARY", section, _partial(reader), peek=word == "BINARY.PEEK")
+    if word == "PREVIEW":
+        return FetchAttribute(word, lazy=_preview_modifiers(reader))
     if word in _FETCH_SIMPLE:
         return FetchAttribute(word)
     raise reader.error(f"unknown FETCH item {word!r}")

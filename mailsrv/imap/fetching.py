@@ -22,7 +22,7 @@ import attrs
 from twisted.internet import defer, task
 
 from mailsrv.errors import NoSuchMessage
-from mailsrv.imap import content
+from mailsrv.imap import content, objectid
 from mailsrv.imap.fetch_items import (
     HANDLERS,
     INDEX_ITEMS,
@@ -107,6 +107,8 @@ def _load(
             value = values.get(m.uid)
             if value is not None:
                 m.fields[attribute] = value
+    previews = yield _load_previews(request, batch)
+    ids = yield _load_ids(request, batch)
     # Keep the messages for which everything was found (the rest were
     # expunged meanwhile, and the caller counts them as missing).
     kinds = len({k for k in map(rendered_kind, attributes) if k is not None})
@@ -117,7 +119,38 @@ def _load(
         if len(m.rendered) == kinds
         and len(m.fields) == len(set(root_fields))
         and (m.structure is not None or not structure)
+        and (m.preview is not None or previews != "computed")
+        and len(m.ids) == ids
     ]
+
+
+@defer.inlineCallbacks
+def _load_ids(
+    request: FetchRequest, batch: list[FetchMessage]
+) -> Generator[defer.Deferred[Any], Any, int]:
+    """EMAILID and THREADID (RFC 8474); how many kinds were asked."""
+    kinds = frozenset(a.name for a in request.attributes) & objectid.KINDS.keys()
+    if kinds:
+        found = yield objectid.object_ids(request.mailbox, [m.info for m in batch], kinds)
+        for m in batch:
+            m.ids = {kind: by_uid[m.uid] for kind, by_uid in found.items() if m.uid in by_uid}
+    return len(kinds)
+
+
+@defer.inlineCallbacks
+def _load_previews(
+    request: FetchRequest, batch: list[FetchMessage]
+) -> Generator[defer.Deferred[Any], Any, str]:
+    """PREVIEW's texts: "none" asked, "lazy" (only those ready in the
+    cache: RFC 8970 4.1) or "computed" (every one, worked out if need be)."""
+    asked = [a for a in request.attributes if a.name == "PREVIEW"]
+    if not asked:
+        return "none"
+    compute = not all(a.lazy for a in asked)
+    values = yield content.previews(request.mailbox, [m.uid for m in batch], compute)
+    for m in batch:
+        m.preview = values.get(m.uid)
+    return "computed" if compute else "lazy"
 
 
 #: Index-only responses joined into one write (a few KB).

@@ -2,8 +2,8 @@
 
 RFC 3501 6.4.4 and 9 (``search-key``), RFC 4731 (``RETURN`` options),
 RFC 5182 (``$`` and SAVE), RFC 5267 (``CONTEXT``, ``UPDATE`` and
-``PARTIAL``, which SORT shares), RFC 7162 (the MODSEQ key, parsed so that
-it can be refused clearly).
+``PARTIAL``, which SORT shares), RFC 7162 (the MODSEQ key), RFC 5032
+(OLDER and YOUNGER), RFC 8514 (SAVED*), RFC 8474 (EMAILID, THREADID).
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ class SearchKey:
       addresses, not the field's text (RFC 3501 6.4.4)
     * ``BODY``/``TEXT`` (bytes,)
     * ``MODSEQ`` (int,) (RFC 7162)
+    * ``OLDER``/``YOUNGER`` (seconds,) (RFC 5032 WITHIN)
+    * ``SAVEDBEFORE``/``SAVEDON``/``SAVEDSINCE`` (datetime.date,) and
+      ``SAVEDATESUPPORTED`` () (RFC 8514)
+    * ``EMAILID``/``THREADID`` (objectid str,) (RFC 8474)
     """
 
     op: str
@@ -57,7 +61,12 @@ _SEARCH_FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }
 _SEARCH_ADDRESS_KEYS = frozenset({"BCC", "CC", "FROM", "TO"})
-_SEARCH_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_SEARCH_DATE_KEYS = frozenset(
+    {
+        *("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"),
+        *("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"),  # RFC 8514
+    }
+)
 _SEARCH_ESEARCH_OPTIONS = frozenset(
     {"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE", "PARTIAL"}
 )
@@ -96,6 +105,7 @@ _KEYS_ALONE: dict[str, SearchKey] = {
         "AND", (SearchKey("FLAG", ("\\Recent", True)), SearchKey("FLAG", ("\\Seen", False)))
     ),
     "OLD": SearchKey("FLAG", ("\\Recent", False)),
+    "SAVEDATESUPPORTED": SearchKey("SAVEDATESUPPORTED"),
 }
 
 
@@ -159,6 +169,19 @@ def _modseq(reader: Reader, word: str, depth: int) -> SearchKey:
     return SearchKey("MODSEQ", (value,))
 
 
+def _interval(reader: Reader, word: str, depth: int) -> SearchKey:
+    # RFC 5032 3: ( "OLDER" / "YOUNGER" ) SP nz-number, in seconds.
+    return SearchKey(word, (reader.number32("an interval in seconds", nonzero=True),))
+
+
+def _objectid(reader: Reader, word: str, depth: int) -> SearchKey:
+    # RFC 8474 7: objectid = 1*255(ALPHA / DIGIT / "_" / "-"), case-sensitive.
+    value = reader.atom("an object identifier")
+    if len(value) > 255 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in value):
+        raise reader.error(f"invalid object identifier {value!r}")
+    return SearchKey(word, (value,))
+
+
 #: Keys with arguments: the parser of what follows the key and a space.
 _KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     "KEYWORD": _keyword,
@@ -175,6 +198,10 @@ _KEYS_WITH_ARGUMENTS: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     "SMALLER": _size,
     "UID": _uid,
     "MODSEQ": _modseq,
+    "OLDER": _interval,
+    "YOUNGER": _interval,
+    "EMAILID": _objectid,
+    "THREADID": _objectid,
 }
 
 

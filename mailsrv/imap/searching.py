@@ -43,7 +43,7 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv.imap import content
+from mailsrv.imap import content, search_ext
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
@@ -90,10 +90,13 @@ class SearchContent:
     addresses: dict[str, list[str]] | None = None  # address fields as SEARCH reads them
     body: str | None = None  # case-folded decoded text parts
     header: str | None = None  # case-folded decoded header, for TEXT
+    ids: dict[str, str] | None = None  # EMAILID, THREADID (RFC 8474)
 
 
 #: ``(seq, message, content) -> True | False | None (unknown)``
 Predicate = Callable[[int, IMessage, SearchContent], "bool | None"]
+#: ``(mailbox, undecided) -> Deferred``: loads something into their content.
+Loader = Callable[[IMailbox, "list[_Pending]"], "defer.Deferred[None]"]
 
 
 @attrs.define
@@ -132,6 +135,9 @@ class Program:
     text: bool = False
     #: Set when the program has a MODSEQ key: its answer reports MODSEQ.
     modseqs: Modseqs | None = None
+    #: Passes of other keys (by key), run after the index's: each fills the
+    #: undecided messages' content (:mod:`mailsrv.imap.search_ext`).
+    loaders: dict[str, Loader] = attrs.Factory(dict)
 
 
 # ---------------------------------------------------------------------------
@@ -210,23 +216,23 @@ def _not(inner: Predicate) -> Predicate:
     return test
 
 
-def compile_key(key: SearchKey, view: SelectedMailbox, charset: str | None = None) -> Program:
+def compile_key(
+    key: SearchKey,
+    view: SelectedMailbox,
+    charset: str | None = None,
+    now: datetime.datetime | None = None,
+) -> Program:
     """A SEARCH key as a :class:`Program`.
 
-    Raises :class:`NotImplementedKey` for keys of extensions not offered.
+    ``now`` is the server's current time that OLDER and YOUNGER measure
+    from (RFC 5032); the wall clock if not given.  Raises
+    :class:`NotImplementedKey` for keys of extensions not offered.
     """
     program = Program(lambda seq, m, c: True)
-    program.predicate = _compile(key, view, charset, program)
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    program.predicate = _Context(view, charset, program, now).compile(key)
     return program
-
-
-def _compile(
-    key: SearchKey, view: SelectedMailbox, charset: str | None, program: Program
-) -> Predicate:
-    compiler = _COMPILERS.get(key.op)
-    if compiler is None:
-        raise NotImplementedKey(key.op)
-    return compiler(key.op, key.args, _Context(view, charset, program))
 
 
 @attrs.frozen
@@ -236,9 +242,14 @@ class _Context:
     view: SelectedMailbox
     charset: str | None
     program: Program
+    now: datetime.datetime
 
     def compile(self, key: object) -> Predicate:
-        return _compile(cast(SearchKey, key), self.view, self.charset, self.program)
+        key = cast(SearchKey, key)
+        compiler = _COMPILERS.get(key.op)
+        if compiler is None:
+            raise NotImplementedKey(key.op)
+        return compiler(key.op, key.args, self)
 
 
 def _all(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
@@ -352,6 +363,7 @@ _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] 
     "SMALLER": _size_key,
     **dict.fromkeys(("BEFORE", "ON", "SINCE"), _internal_date_key),
     **dict.fromkeys(("SENTBEFORE", "SENTON", "SENTSINCE"), _sent_date_key),
+    **search_ext.COMPILERS,
     "HEADER": _header_key,
     "ADDRESS": _address_key,
     "BODY": _text_key,
@@ -443,14 +455,11 @@ def _matches(
     """``(seq, uid)`` of the batch's messages that match, ascending."""
     hits: list[tuple[int, int]] = []
     test = program.predicate
-    pending: list[_Pending] = []
-    for seq, m in chunk:
-        c = SearchContent()
-        result = test(seq, m, c)
-        if result is True:
-            hits.append((seq, m.uid))
-        elif result is None:
-            pending.append((seq, m, c))
+    pending = _decide(test, [(seq, m, SearchContent()) for seq, m in chunk], hits)
+    for load in program.loaders.values():
+        if pending:
+            yield load(mailbox, pending)
+            pending = _decide(test, pending, hits)
     if pending and (program.fields or program.addresses):
         pending = yield _fields_pass(mailbox, program, pending, hits)
     if pending and program.text:
@@ -478,6 +487,20 @@ def matches_of(
 _Pending = tuple[int, IMessage, SearchContent]
 
 
+def _decide(
+    test: Predicate, pending: list[_Pending], hits: list[tuple[int, int]]
+) -> list[_Pending]:
+    """Test again with more loaded: hits go to ``hits``; the undecided are returned."""
+    undecided = []
+    for seq, m, c in pending:
+        result = test(seq, m, c)
+        if result is True:
+            hits.append((seq, m.uid))
+        elif result is None:
+            undecided.append((seq, m, c))
+    return undecided
+
+
 @defer.inlineCallbacks
 def _fields_pass(
     mailbox: IMailbox, program: Program, pending: list[_Pending], hits: list[tuple[int, int]]
@@ -492,16 +515,10 @@ def _fields_pass(
     addresses: dict[str, dict[int, list[str]]] = {}
     for name in sorted(program.addresses):
         addresses[name] = yield content.address_texts(mailbox, uids, name)
-    undecided = []
-    for seq, m, c in pending:
+    for _, m, c in pending:
         c.fields = {name: found.get(m.uid, []) for name, found in values.items()}
         c.addresses = {name: found.get(m.uid, []) for name, found in addresses.items()}
-        result = test(seq, m, c)
-        if result is True:
-            hits.append((seq, m.uid))
-        elif result is None:
-            undecided.append((seq, m, c))
-    return undecided
+    return _decide(test, pending, hits)
 
 
 @defer.inlineCallbacks

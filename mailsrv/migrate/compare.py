@@ -30,6 +30,7 @@ class _Mailbox:
     uidvalidity: int
     uidnext: int
     messages: dict[int, _Message]
+    mailbox_id: str = ""
 
 
 def _wire_digest(handle: IO[bytes]) -> tuple[bytes, int]:
@@ -87,6 +88,7 @@ def read_account(account: Any, with_bodies: bool = True) -> tuple[list[_Mailbox]
                 box.uidvalidity,
                 box.uidnext,
                 messages,
+                at_once(box.status()).mailbox_id,
             )
         )
     return mailboxes, sorted(at_once(account.subscriptions()))
@@ -117,6 +119,8 @@ def _compare_mailboxes(a: _Mailbox, b: _Mailbox) -> list[str]:
     where = a.name
     if a.uidvalidity != b.uidvalidity:
         return [f"{where}: UIDVALIDITY {a.uidvalidity} != {b.uidvalidity}"]
+    if a.mailbox_id != b.mailbox_id:
+        return [f"{where}: MAILBOXID {a.mailbox_id} != {b.mailbox_id}"]
     found: list[str] = []
     if a.uidnext != b.uidnext:
         found.append(f"{where}: UIDNEXT {a.uidnext} != {b.uidnext}")

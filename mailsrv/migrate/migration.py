@@ -205,7 +205,10 @@ class Migration:
 
         bits, keywords = encode_flags(set(info.flags) - {"\\Recent"})
         modseq = max(int(getattr(info, "modseq", 1) or 1), 1)
-        return (info.uid, modseq, bits, keywords, info.internal_date, spool, uidl)
+        # The save date is kept where the Maildir knows it (RFC 8514: the
+        # message stays in "the same" mailbox); the database's now() otherwise.
+        saved = getattr(info, "save_date", None)
+        return (info.uid, modseq, bits, keywords, info.internal_date, spool, uidl, saved)
 
     def _commit(self, mailbox_id: int, rows: list[Any], outcome: UserOutcome, user: str) -> int:
         inserted = int(
@@ -281,7 +284,9 @@ class Migration:
         # Last: the backend adopts the folder's UIDs from this file.
         _write_file(
             os.path.join(path, "dovecot-uidlist"),
-            f"3 V{box.uidvalidity} N{box.uidnext}\n" + "".join(lines),
+            # G: the MAILBOXID (RFC 8474), which the adopting folder keeps.
+            f"3 V{box.uidvalidity} N{box.uidnext} G{at_once(box.status()).mailbox_id}\n"
+            + "".join(lines),
         )
 
     def _export(

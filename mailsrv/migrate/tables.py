@@ -31,6 +31,8 @@ def target_mailbox(conn: Any, user: str, box: Any, uses: frozenset[str]) -> int:
         (user, box.name),
     ).fetchone()
     highest = max(int(box.highest_modseq), 1)
+    # The folder's MAILBOXID goes with its UIDVALIDITY (RFC 8474 4).
+    guid = box.status().mailbox_id
     if row is not None:
         mailbox_id, uidvalidity, count, uidnext = row
         if uidvalidity == box.uidvalidity:
@@ -43,9 +45,18 @@ def target_mailbox(conn: Any, user: str, box: Any, uses: frozenset[str]) -> int:
             )
         conn.execute(
             "UPDATE mailboxes SET uidvalidity = %s, uidnext = %s, recent_from = %s, "
-            "highest_modseq = GREATEST(highest_modseq, %s), special_use = %s "
+            "highest_modseq = GREATEST(highest_modseq, %s), special_use = %s, guid = %s "
             "WHERE user_name = %s AND mailbox_id = %s",
-            (box.uidvalidity, box.uidnext, box.uidnext, highest, sorted(uses), user, mailbox_id),
+            (
+                box.uidvalidity,
+                box.uidnext,
+                box.uidnext,
+                highest,
+                sorted(uses),
+                guid,
+                user,
+                mailbox_id,
+            ),
         )
         return int(mailbox_id)
     mailbox_id = conn.execute(
@@ -55,7 +66,7 @@ def target_mailbox(conn: Any, user: str, box: Any, uses: frozenset[str]) -> int:
     ).fetchone()[0]
     conn.execute(
         "INSERT INTO mailboxes (user_name, mailbox_id, name, special_use, uidvalidity, uidnext, "
-        "highest_modseq, recent_from) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        "highest_modseq, recent_from, guid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             user,
             mailbox_id,
@@ -65,6 +76,7 @@ def target_mailbox(conn: Any, user: str, box: Any, uses: frozenset[str]) -> int:
             box.uidnext,
             highest,
             box.uidnext,
+            guid,
         ),
     )
     return int(mailbox_id)
@@ -79,13 +91,13 @@ def insert_batch(
 
     inserted = size = unseen = deleted = 0
     top = 0
-    for uid, modseq, bits, keywords, date, spool, uidl in rows:
+    for uid, modseq, bits, keywords, date, spool, uidl, saved in rows:
         digest = blobs.put(conn, spool)
         done = conn.execute(
             "INSERT INTO messages (user_name, mailbox_id, uid, modseq, flags, keywords, "
-            "internal_date, size, digest, pop3_uidl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-            (user, mailbox_id, uid, modseq, bits, keywords, date, spool.size, digest, uidl),
+            "internal_date, size, digest, pop3_uidl, saved_at) VALUES (%s, %s, %s, %s, %s, "
+            "%s, %s, %s, %s, %s, coalesce(%s, now())) ON CONFLICT DO NOTHING RETURNING 1",
+            (user, mailbox_id, uid, modseq, bits, keywords, date, spool.size, digest, uidl, saved),
         ).fetchone()
         if done is None:  # there already (a run racing this one): undo the reference
             blobs.drop_references(conn, {digest: 1})

@@ -13,11 +13,12 @@ import re
 from collections.abc import Iterator, Sequence
 
 from mailsrv.mime.fields import split_fields
-from mailsrv.mime.structure import MessageStructure, Source, find_part, read_range
+from mailsrv.mime.structure import MessageStructure, Part, Source, find_part, read_range
 
 __all__ = [
     "decode_base64",
     "decode_part",
+    "decode_part_start",
     "decode_quoted_printable",
     "decode_text",
     "decode_words",
@@ -87,6 +88,14 @@ def decode_part(structure: MessageStructure, source: Source, part: Sequence[int]
     if node.children or node.message is not None:
         return body
     return _decode_body(node.encoding, body)
+
+
+def decode_part_start(part: Part, source: Source, limit: int) -> bytes:
+    """The first ``limit`` octets of a leaf part's body (as sent), with its
+    transfer encoding undone; empty for an encoding not known (a preview
+    shows nothing rather than encoded text)."""
+    body = read_range(source, part.body_offset, min(part.body_size, limit))
+    return _decode_body(part.encoding, body) or b""
 
 
 def decoded_size(structure: MessageStructure, source: Source, part: Sequence[int]) -> int | None:

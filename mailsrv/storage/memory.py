@@ -18,6 +18,7 @@ import bisect
 import datetime
 import io
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
@@ -89,7 +90,7 @@ def _new_uidvalidity() -> int:
 class _Message:
     """One stored message; ``cache`` holds IMessageCache values."""
 
-    __slots__ = ("cache", "data", "flags", "internal_date", "modseq", "uid")
+    __slots__ = ("cache", "data", "flags", "internal_date", "modseq", "save_date", "uid")
 
     def __init__(
         self,
@@ -105,6 +106,8 @@ class _Message:
         self.internal_date = internal_date
         self.modseq = modseq
         self.cache: dict[str, bytes] | None = None
+        # RFC 8514 3: when it arrived here; a copy gets its own.
+        self.save_date = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
     def info(self) -> MessageInfo:
         return MessageInfo(
@@ -113,6 +116,7 @@ class _Message:
             internal_date=self.internal_date,
             size=len(self.data),
             modseq=self.modseq,
+            save_date=self.save_date,
         )
 
 
@@ -123,6 +127,7 @@ class _MailboxState:
         self.name = name
         self.special_use = special_use
         self.uidvalidity = _new_uidvalidity()
+        self.mailbox_id = uuid.uuid4().hex  # RFC 8474 MAILBOXID; kept by a rename
         self.uidnext = 1
         self.highest_modseq = 1
         self.messages: dict[int, _Message] = {}  # ascending UID order
@@ -262,6 +267,7 @@ class MemoryMailbox:
             uidnext=state.uidnext,
             uidvalidity=state.uidvalidity,
             highest_modseq=state.highest_modseq,
+            mailbox_id=state.mailbox_id,
         )
 
     def uids(self) -> Sequence[int]:

@@ -1,5 +1,5 @@
-"""CREATE (with RFC 6154's USE), DELETE, RENAME, SUBSCRIBE and UNSUBSCRIBE
-(RFC 3501 6.3.3-6.3.7)."""
+"""CREATE (with RFC 6154's USE and RFC 8474's MAILBOXID), DELETE, RENAME,
+SUBSCRIBE and UNSUBSCRIBE (RFC 3501 6.3.3-6.3.7)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from mailsrv.errors import MailboxNotEmpty
+from mailsrv.errors import MailboxNotEmpty, StorageError
 from mailsrv.imap import syntax
 from mailsrv.imap.commands.list import list_line
 from mailsrv.imap.lexer import Reader
@@ -17,7 +17,7 @@ from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
 from mailsrv.imap.session import creatable, existing
 from mailsrv.imap.syntax import NormalizedName
-from mailsrv.interfaces import SPECIAL_USES
+from mailsrv.interfaces import SPECIAL_USES, IAccount, MailboxStatus, maybe_deferred
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -90,13 +90,30 @@ def handle_create(session: Session, command: Create) -> Result:
     account = session.logged_in_account()
     d = defer.maybeDeferred(account.create_mailbox, name, uses)
 
-    def created(_: object) -> Done:
+    def created(_: object) -> defer.Deferred[Done]:
         if isinstance(name, NormalizedName) and session.utf8:
             # RFC 9051 6.3.4: the name was created in NFC; say which.
             session.send(list_line(name, account.delimiter, True))
-        return Done(text="CREATE completed")
+        return _created(account, name)
 
     return d.addCallback(created)
+
+
+def _created(account: IAccount, name: str) -> defer.Deferred[Done]:
+    """RFC 8474 4.1: the new mailbox's MAILBOXID in the tagged OK.  The
+    mailbox is made whatever happens next: a STATUS that fails (another
+    session deleted it meanwhile) costs the code, not the OK."""
+    d = maybe_deferred(account.status, name.rstrip(account.delimiter))
+
+    def answer(status: MailboxStatus) -> Done:
+        code = f"MAILBOXID ({status.mailbox_id})" if status.mailbox_id else None
+        return Done(text="CREATE completed", code=code)
+
+    def failed(failure: Failure) -> Done:
+        failure.trap(StorageError)
+        return Done(text="CREATE completed")
+
+    return d.addCallbacks(answer, failed)
 
 
 def handle_delete(session: Session, command: MailboxCommand) -> Result:

@@ -186,7 +186,6 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
         return Done("NO", "Connection lost")
     session.selected = view
     session.state = State.SELECTED
-    status = opened.status
     lines = [f"* {view.exists} EXISTS\r\n"]
     if view.rev2:
         # RFC 9051 6.3.2: a LIST response names the mailbox (RECENT and
@@ -196,18 +195,7 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
         lines.append(f"* {opened.recent} RECENT\r\n")
     if opened.first_unseen:
         lines.append(f"* OK [UNSEEN {opened.first_unseen}] First unseen\r\n")
-    lines.append(f"* OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid\r\n")
-    # A message added between the counters and the UIDs is in the view.
-    uidnext = max(status.uidnext, view.map.last_uid + 1)
-    lines.append(f"* OK [UIDNEXT {uidnext}] Predicted next UID\r\n")
-    if view.condstore:
-        # RFC 7162 3.1.2: one or the other once CONDSTORE is on.
-        if view.nomodseq:
-            lines.append("* OK [NOMODSEQ] This mailbox keeps no MODSEQs\r\n")
-        else:
-            lines.append(f"* OK [HIGHESTMODSEQ {view.modseq}] Highest\r\n")
-    if opened.vanished:
-        lines.append(f"* VANISHED (EARLIER) {ranges_text(opened.vanished).decode()}\r\n")
+    lines.extend(_identity_lines(mailbox, view, opened))
     session.send(view.flags_response(opened.keywords) + "".join(lines).encode("utf-8"))
     if opened.changed:
         # RFC 7162 3.2.5.1: as UID FETCH known-uids (FLAGS) (CHANGEDSINCE m).
@@ -216,6 +204,26 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
         yield fetch_messages(request, opened.changed)
     mode = "READ-ONLY" if command.readonly else "READ-WRITE"
     return Done(text=f"{command.name} completed", code=mode)
+
+
+def _identity_lines(mailbox: IMailbox, view: SelectedMailbox, opened: _Opened) -> list[str]:
+    """UIDVALIDITY, UIDNEXT, MAILBOXID, HIGHESTMODSEQ and VANISHED lines."""
+    status = opened.status
+    lines = [f"* OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid\r\n"]
+    # A message added between the counters and the UIDs is in the view.
+    uidnext = max(status.uidnext, view.map.last_uid + 1)
+    lines.append(f"* OK [UIDNEXT {uidnext}] Predicted next UID\r\n")
+    if status.mailbox_id:
+        lines.append(f"* OK [MAILBOXID ({status.mailbox_id})] Ok\r\n")  # RFC 8474 4.2
+    if view.condstore:
+        # RFC 7162 3.1.2: one or the other once CONDSTORE is on.
+        if view.nomodseq:
+            lines.append("* OK [NOMODSEQ] This mailbox keeps no MODSEQs\r\n")
+        else:
+            lines.append(f"* OK [HIGHESTMODSEQ {view.modseq}] Highest\r\n")
+    if opened.vanished:
+        lines.append(f"* VANISHED (EARLIER) {ranges_text(opened.vanished).decode()}\r\n")
+    return lines
 
 
 def _list_line(session: Session, name: str) -> str:

@@ -1,7 +1,7 @@
 """STATUS (RFC 3501 6.3.10), with SIZE (RFC 8438), DELETED (RFC 9051),
-DELETED-STORAGE (RFC 9208 4.1.4), HIGHESTMODSEQ (RFC 7162) and APPENDLIMIT
-(RFC 7889).  LIST-STATUS (:mod:`mailsrv.imap.commands.list`) answers with
-the same lines."""
+DELETED-STORAGE (RFC 9208 4.1.4), HIGHESTMODSEQ (RFC 7162), APPENDLIMIT
+(RFC 7889) and MAILBOXID (RFC 8474).  LIST-STATUS
+(:mod:`mailsrv.imap.commands.list`) answers with the same lines."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ _STATUS_ITEMS = frozenset(
         "DELETED-STORAGE",  # RFC 9208
         "HIGHESTMODSEQ",  # RFC 7162
         "APPENDLIMIT",  # RFC 7889
+        "MAILBOXID",  # RFC 8474
     }
 )
 
@@ -93,7 +94,12 @@ def status_line(
         "HIGHESTMODSEQ": status.highest_modseq,
         "APPENDLIMIT": session.policy.max_message_size,
     }
-    pairs = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
+    pairs = b" ".join(
+        b"MAILBOXID (%s)" % status.mailbox_id.encode("ascii")  # RFC 8474 4.3
+        if item == "MAILBOXID"
+        else b"%s %d" % (item.encode(), values[item])
+        for item in items
+    )
     return b"* STATUS %s (%s)\r\n" % (response.mailbox(name, utf8=session.utf8), pairs)
 
 

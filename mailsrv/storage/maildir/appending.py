@@ -26,7 +26,13 @@ from mailsrv.interfaces import NewMessage
 from mailsrv.storage.maildir.index import Row
 from mailsrv.storage.maildir.indexed import IndexedFolder
 from mailsrv.storage.maildir.keywords import sorted_info, split_flags
-from mailsrv.storage.maildir.layout import datetime_ns, fsync_dir, unique_name, write_tmp
+from mailsrv.storage.maildir.layout import (
+    datetime_ns,
+    fsync_dir,
+    saved_now,
+    unique_name,
+    write_tmp,
+)
 from mailsrv.storage.maildir.recovery import crash_point
 
 __all__ = ["Staged", "drop", "place", "stage"]
@@ -88,6 +94,7 @@ def place(folder: IndexedFolder, staged: Sequence[Staged], record: Record) -> li
     before = folder.cur_signature()
     rows: list[Row] = []
     placed: list[str] = []
+    saved = saved_now()
     try:
         for item, info, base, uid in zip(staged, infos, bases, uids, strict=True):
             filename = f"{base}:2,{info}"
@@ -105,6 +112,7 @@ def place(folder: IndexedFolder, staged: Sequence[Staged], record: Record) -> li
                     raw=True,
                     modseq=modseq,
                     recent=True,
+                    saved=saved,  # RFC 8514 3: when it arrived
                 )
             )
         fsync_dir(folder.cur)

@@ -47,6 +47,7 @@ from mailsrv.storage.maildir.layout import (
     disk_full,
     ns_datetime,
     open_wire,
+    saved_datetime,
 )
 from mailsrv.storage.maildir.recovery import crash_point
 from mailsrv.storage.maildir.watch import Watcher
@@ -247,6 +248,7 @@ class MaildirMailbox:
             internal_date=ns_datetime(row.mtime_ns),
             size=row.size,
             modseq=row.modseq,
+            save_date=saved_datetime(row.saved),
         )
 
     # -- IMailbox: reading ----------------------------------------------------
@@ -283,6 +285,7 @@ class MaildirMailbox:
             uidnext=uidnext,
             uidvalidity=uidvalidity,
             highest_modseq=modseq,
+            mailbox_id=self._folder.mailbox_id(uidvalidity),
         )
 
     @_recovering
@@ -307,12 +310,13 @@ class MaildirMailbox:
         flags = table.flags
         dates: dict[int, datetime.datetime] = {}
         result: list[IMessage] = []
-        for uid, info, mtime_ns, size, modseq in self._folder.db.summaries(uids):
+        for uid, info, mtime_ns, size, modseq, saved in self._folder.db.summaries(uids):
             seconds = mtime_ns // 1_000_000_000
             date = dates.get(seconds)
             if date is None:
                 date = dates[seconds] = ns_datetime(mtime_ns)
-            result.append(MessageInfo(uid, flags(info), date, size, modseq))
+            info_ = MessageInfo(uid, flags(info), date, size, modseq, saved_datetime(saved))
+            result.append(info_)
         return result
 
     @_recovering

@@ -19,7 +19,13 @@ import attrs
 
 from mailsrv.storage.maildir.layout import fsync_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Older schemas :meth:`Index.open` brings up to date in place (what each
+#: lacks, added without touching the rest), rather than rebuilding.
+_UPGRADES = {
+    # 2: messages.saved, the RFC 8514 save date (NULL: not known).
+    1: "ALTER TABLE messages ADD COLUMN saved INTEGER",
+}
 
 #: Entries the expunge log keeps (RFC 7162 5.3 suggests bounding it): about
 #: 3 MB of index at most.  Older ones are dropped at the next expunge and
@@ -106,9 +112,12 @@ class Row:
     modseq: int
     recent: bool
     pop3_uidl: str | None = None
+    #: When it was saved into the folder (RFC 8514), UTC seconds; None if
+    #: not known (indexed before save dates were kept, or by a rebuild).
+    saved: int | None = None
 
 
-_COLUMNS = "uid, base, filename, info, mtime_ns, size, raw, modseq, recent, pop3_uidl"
+_COLUMNS = "uid, base, filename, info, mtime_ns, size, raw, modseq, recent, pop3_uidl, saved"
 
 _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -122,7 +131,8 @@ CREATE TABLE messages (
     raw INTEGER NOT NULL,
     modseq INTEGER NOT NULL,
     recent INTEGER NOT NULL,
-    pop3_uidl TEXT
+    pop3_uidl TEXT,
+    saved INTEGER
 );
 CREATE INDEX messages_modseq ON messages (modseq);
 CREATE INDEX messages_recent ON messages (recent) WHERE recent = 1;
@@ -182,7 +192,7 @@ def _row(values: Sequence[object]) -> Row:
 
 
 def _checked_row(values: Sequence[object]) -> Row:
-    uid, base, filename, info, mtime_ns, size, raw, modseq, recent, uidl = values
+    uid, base, filename, info, mtime_ns, size, raw, modseq, recent, uidl, saved = values
     return Row(
         uid=int(uid),  # type: ignore[call-overload]
         base=str(base),
@@ -194,7 +204,12 @@ def _checked_row(values: Sequence[object]) -> Row:
         modseq=int(modseq),  # type: ignore[call-overload]
         recent=bool(recent),
         pop3_uidl=None if uidl is None else str(uidl),
+        saved=None if saved is None else int(saved),  # type: ignore[call-overload]
     )
+
+
+#: What :meth:`Index.summaries` gives per message.
+Summary = tuple[int, str, int, int, int, "int | None"]
 
 
 class Index:
@@ -266,6 +281,9 @@ class Index:
     def _checked(cls, db: sqlite3.Connection, path: str) -> Index:
         """The index on ``db`` if it meets the invariants :meth:`open` checks."""
         row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is not None and row[0] in _UPGRADES:
+            cls._upgrade(db, row[0])
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None or row[0] != SCHEMA_VERSION:
             raise IndexCorrupt(f"schema {row!r}")
         index = cls(db, path)
@@ -286,6 +304,20 @@ class Index:
         if top_modseq is not None and top_modseq > values["highest_modseq"]:
             raise IndexCorrupt(f"MODSEQ {top_modseq} is above HIGHESTMODSEQ")
         return index
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection, found: int) -> None:
+        """Bring an older schema up to date in one transaction (the caller
+        holds the folder lock, as for every write)."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for version in range(found, SCHEMA_VERSION):
+                db.execute(_UPGRADES[version])
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     @classmethod
     def create(cls, path: str, uidvalidity: int, uidnext: int, highest_modseq: int) -> Index:
@@ -481,12 +513,13 @@ class Index:
         names: set[str] = {name for (name,) in self.db.execute("SELECT filename FROM messages")}
         return names
 
-    def summaries(self, uids: Iterable[int] | None = None) -> list[tuple[int, str, int, int, int]]:
-        """(uid, info, mtime_ns, size, modseq) for ``uids`` (all if None), by UID.
+    def summaries(self, uids: Iterable[int] | None = None) -> list[Summary]:
+        """(uid, info, mtime_ns, size, modseq, saved) for ``uids`` (all if
+        None), by UID.
 
         The fast path of FETCH FLAGS over a whole mailbox.
         """
-        columns = "uid, info, mtime_ns, size, modseq"
+        columns = "uid, info, mtime_ns, size, modseq, saved"
         if uids is None:
             return self.db.execute(f"SELECT {columns} FROM messages ORDER BY uid").fetchall()
         wanted = sorted(set(uids))
@@ -499,7 +532,7 @@ class Index:
                 (wanted[0], wanted[-1]),
             )
             return [v for v in cursor if v[0] in wanted_set]
-        result: list[tuple[int, str, int, int, int]] = []
+        result: list[Summary] = []
         for start in range(0, len(wanted), 200):
             chunk = wanted[start : start + 200]
             marks = ",".join("?" * len(chunk))
@@ -523,7 +556,7 @@ class Index:
 
     def insert(self, rows: Iterable[Row]) -> None:
         self.db.executemany(
-            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (
                     r.uid,
@@ -536,6 +569,7 @@ class Index:
                     r.modseq,
                     int(r.recent),
                     r.pop3_uidl,
+                    r.saved,
                 )
                 for r in rows
             ),

@@ -41,10 +41,11 @@ from mailsrv.storage.maildir.layout import (
     TMP_MAX_AGE,
     UIDLIST_NAME,
     dir_signature,
+    saved_now,
     signature_value,
     split_filename,
 )
-from mailsrv.storage.maildir.uidlist import UidList, UidListData
+from mailsrv.storage.maildir.uidlist import UidList, UidListData, folder_guid
 
 __all__ = ["IndexedFolder", "Write"]
 
@@ -105,10 +106,22 @@ class IndexedFolder:
         self._local_version = 0
         self._uids_cache: tuple[Index, tuple[int, object], tuple[int, ...]] | None = None
         self._names_cache: tuple[Index, tuple[int, int], set[str]] | None = None
+        self._guid: tuple[int, str] | None = None
         with self.locked():  # opens the index, rebuilding it if it is damaged
             self._clean_tmp()
         self.seen_modseq = self.db.get_int("highest_modseq")
         self.seen_uidnext = self.db.get_int("uidnext")
+
+    def mailbox_id(self, uidvalidity: int) -> str:
+        """The folder's MAILBOXID (RFC 8474): the UID list's GUID, read once
+        per UIDVALIDITY (the two change together, and only together)."""
+        if self._guid is None or self._guid[0] != uidvalidity:
+            header = self.uidlist.read_header()
+            if header is None or header.uidvalidity != uidvalidity:
+                # Mid-recovery: not to be remembered.
+                return folder_guid(UidListData(uidvalidity=uidvalidity, uidnext=1))
+            self._guid = (uidvalidity, folder_guid(header))
+        return self._guid[1]
 
     # -- the lock and the open index ------------------------------------------------
 
@@ -604,6 +617,7 @@ class IndexedFolder:
         added.sort(key=lambda item: (item[2].st_mtime_ns, item[0]))
         uid_of = self.assign_uids(write, [base for base, _, _, _ in added], taken, arrived)
         modseq = write.next_modseq()
+        saved = saved_now()
         rows: list[Row] = []
         for base, filename, st, size in added:
             row = Row(
@@ -616,6 +630,9 @@ class IndexedFolder:
                 raw=size == st.st_size,
                 modseq=modseq,
                 recent=base in arrived or not rebuild,
+                # Found now (delivered by another program, RFC 8514 3's
+                # arrival as far as we can know); a rebuild cannot know.
+                saved=saved if base in arrived or not rebuild else None,
             )
             uidl = write.uidls.get(base) if write.hints.get(base) == row.uid else None
             rows.append(attrs.evolve(row, pop3_uidl=uidl) if uidl else row)

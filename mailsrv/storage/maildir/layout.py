@@ -246,6 +246,16 @@ def ns_datetime(value: int) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(value // 1_000_000_000, datetime.UTC)
 
 
+def saved_datetime(seconds: int | None) -> datetime.datetime | None:
+    """An index row's save date (UTC seconds, None: not known) as a datetime."""
+    return None if seconds is None else datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+def saved_now() -> int:
+    """A save date for a message arriving now (RFC 8514 3)."""
+    return int(time.time())
+
+
 # --------------------------------------------------------------------------
 # Durable writes
 

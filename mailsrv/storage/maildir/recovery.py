@@ -32,7 +32,7 @@ from mailsrv.log import get_logger
 from mailsrv.storage.maildir.faults import CRASH_POINTS, crash_point
 from mailsrv.storage.maildir.index import Index, move_aside
 from mailsrv.storage.maildir.layout import DOVECOT_UIDLIST_NAME, split_filename
-from mailsrv.storage.maildir.uidlist import UidList, UidListData, mint_uidvalidity
+from mailsrv.storage.maildir.uidlist import UidList, UidListData, folder_guid, mint_uidvalidity
 
 if TYPE_CHECKING:
     from mailsrv.storage.maildir.indexed import IndexedFolder
@@ -119,6 +119,7 @@ def recreate_uidlist(folder: IndexedFolder, index: Index | None) -> bool:
             for base, uid in adopted.entries.items()
             if not base.startswith("\0")
         ],
+        guid=folder_guid(adopted),  # Dovecot's mailbox GUID: the same MAILBOXID
     )
     return False
 
@@ -194,8 +195,13 @@ def _repair(folder: IndexedFolder, data: UidListData | None, index: Index | None
         torn = f"; its torn last line counts UID {data.reserved} as used" + (
             f" and gives it back to {owner}" if owner else ""
         )
+    # The GUID (MAILBOXID) goes with the UIDVALIDITY it was given with.
+    guid = folder_guid(data) if data is not None and data.uidvalidity == validity else None
     folder.uidlist.rewrite(
-        validity, uidnext, [(uid, base, uidls.get(base)) for base, uid in entries.items()]
+        validity,
+        uidnext,
+        [(uid, base, uidls.get(base)) for base, uid in entries.items()],
+        guid=guid,
     )
     log.warn(
         "{path} was damaged{torn}; {what}; UIDVALIDITY {validity} kept",

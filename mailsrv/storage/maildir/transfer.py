@@ -23,7 +23,7 @@ from mailsrv.interfaces import SYSTEM_FLAGS
 from mailsrv.storage.maildir.index import Row
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, sorted_info
-from mailsrv.storage.maildir.layout import fsync_dir, unique_name
+from mailsrv.storage.maildir.layout import fsync_dir, saved_now, unique_name
 from mailsrv.storage.maildir.recovery import crash_point
 
 __all__ = ["Staged", "move_files", "place_copies", "same_device", "stage_copies"]
@@ -126,6 +126,7 @@ def place_copies(
     rows: list[Row] = []
     pairs: list[tuple[int, int]] = []
     placed: list[str] = []
+    saved = saved_now()
     try:
         for (row, tmp_path, base), info, uid in zip(staged, infos, uids, strict=True):
             filename = f"{base}:2,{info}"
@@ -142,6 +143,7 @@ def place_copies(
                     raw=row.raw,
                     modseq=modseq,
                     recent=True,
+                    saved=saved,  # RFC 8514 3: the copy's own, never the source's
                 )
             )
             pairs.append((row.uid, uid))
@@ -270,8 +272,11 @@ def _record_move(
     (each side: its write and cur/'s signature before the renames)."""
     source, destination = sides.source, sides.destination
     (source_write, source_before), (target_write, target_before) = source_side, target_side
+    saved = saved_now()  # RFC 8514 3: a moved message is saved anew
     added = [
-        attrs.evolve(new, modseq=target_write.next_modseq(), recent=True, pop3_uidl=None)
+        attrs.evolve(
+            new, modseq=target_write.next_modseq(), recent=True, pop3_uidl=None, saved=saved
+        )
         for _row, new in moved
     ]
     gone = [row.uid for row, _new in moved]

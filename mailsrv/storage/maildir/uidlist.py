@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,8 @@ class UidListData:
 
     uidvalidity: int
     uidnext: int
+    #: The header's ``G``: the folder's GUID (RFC 8474's MAILBOXID), "" if none.
+    guid: str = ""
     entries: dict[str, int] = attrs.Factory(dict)
     pop3_uidls: dict[str, str] = attrs.Factory(dict)
     lines: int = 0
@@ -58,10 +61,43 @@ class UidListData:
         return max(self.uidnext, highest + 1)
 
 
+#: What a GUID in the header may be: an RFC 8474 objectid, as Dovecot's
+#: 32 hex digits are.
+_GUID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def folder_guid(data: UidListData) -> str:
+    """The folder's GUID: the header's, else one worked out from the
+    UIDVALIDITY (a list written without one, by an older mailsrv or a
+    migration), which stays the same when the list is rewritten with it.
+    UIDVALIDITYs are never reused within an account (:func:`mint_uidvalidity`),
+    so no two folders of it share one (RFC 8474 4)."""
+    if data.guid:
+        return data.guid
+    return uuid.uuid5(_GUID_NAMESPACE, f"uidvalidity:{data.uidvalidity}").hex
+
+
+_GUID_NAMESPACE = uuid.UUID("6f1d6bb4-6a57-4b8a-9a43-2c6f1e0d9a11")
+
+
 def _split_complete(text: str) -> tuple[list[str], str]:
     """(complete lines, the text after the last newline)."""
     lines = text.split("\n")
     return lines[:-1], lines[-1]
+
+
+def _header_v3(fields: Iterable[str]) -> tuple[int, int, str]:
+    """UIDVALIDITY, UIDNEXT and GUID of a v3 header's fields (0, 0, "": absent)."""
+    uidvalidity = uidnext = 0
+    guid = ""
+    for field in fields:
+        if field[:1] == "V" and field[1:].isdigit():
+            uidvalidity = int(field[1:])
+        elif field[:1] == "N" and field[1:].isdigit():
+            uidnext = int(field[1:])
+        elif field[:1] == "G" and _GUID.fullmatch(field[1:]):
+            guid = field[1:]
+    return uidvalidity, uidnext, guid
 
 
 def _parse_uidlist(data: bytes) -> UidListData | None:
@@ -76,21 +112,18 @@ def _parse_uidlist(data: bytes) -> UidListData | None:
         return None
     header = first.split()
     uidvalidity = uidnext = 0
+    guid = ""
     if not header:
         return None
     if header[0] == "3":
-        for field in header[1:]:
-            if field[:1] == "V" and field[1:].isdigit():
-                uidvalidity = int(field[1:])
-            elif field[:1] == "N" and field[1:].isdigit():
-                uidnext = int(field[1:])
+        uidvalidity, uidnext, guid = _header_v3(header[1:])
     elif header[0] == "1" and len(header) >= 3 and header[1].isdigit() and header[2].isdigit():
         uidvalidity, uidnext = int(header[1]), int(header[2])
     else:
         return None
     if not 0 < uidvalidity < 2**32:
         return None
-    result = UidListData(uidvalidity=uidvalidity, uidnext=max(uidnext, 1))
+    result = UidListData(uidvalidity=uidvalidity, uidnext=max(uidnext, 1), guid=guid)
     lines, rest = _split_complete(body)
     _parse_uidlist_lines(lines, result)
     if rest:
@@ -187,13 +220,17 @@ class UidList:
 
     def read_uidvalidity(self) -> int | None:
         """Just the header's UIDVALIDITY (cheap), or None if unusable."""
+        parsed = self.read_header()
+        return None if parsed is None else parsed.uidvalidity
+
+    def read_header(self) -> UidListData | None:
+        """Just the header (cheap: one line), or None if missing or unusable."""
         try:
             with open(self.path, "rb") as handle:
                 header = handle.readline()
         except FileNotFoundError:
             return None
-        parsed = _parse_uidlist(header)
-        return None if parsed is None else parsed.uidvalidity
+        return _parse_uidlist(header)
 
     def read_tail(self, offset: int) -> tuple[UidListData, int]:
         """Entries appended after byte ``offset`` and the new end offset."""
@@ -231,9 +268,20 @@ class UidList:
         uidvalidity: int,
         uidnext: int,
         entries: Iterable[tuple[int, str, str | None]],
+        guid: str | None = None,
     ) -> int:
-        """Replace the file (compaction, adoption); returns its size."""
-        header = f"3 V{uidvalidity} N{uidnext} G{uuid.uuid4().hex}\n"
+        """Replace the file (compaction, adoption); returns its size.
+
+        The GUID is ``guid`` if given, else the list's own while the
+        UIDVALIDITY stays (a compaction must not change the MAILBOXID
+        clients were given), else a new one."""
+        if guid is None:
+            old = self.read_header()
+            if old is not None and old.uidvalidity == uidvalidity:
+                guid = folder_guid(old)
+            else:
+                guid = uuid.uuid4().hex
+        header = f"3 V{uidvalidity} N{uidnext} G{guid}\n"
         body = "".join(_line(uid, base, uidl) for uid, base, uidl in sorted(entries))
         data = (header + body).encode("utf-8", "surrogateescape")
         write_atomically(self.path, data)

@@ -217,8 +217,8 @@ class PostgresMailbox:
     def status(self) -> Any:
         state = self._state
 
-        def counters(row: tuple[int, ...]) -> MailboxStatus:
-            messages, recent, unseen, deleted, size, uidnext, uidvalidity, modseq = row
+        def counters(row: tuple[Any, ...]) -> MailboxStatus:
+            messages, recent, unseen, deleted, size, uidnext, uidvalidity, modseq, guid = row
             state._advance(modseq, uidnext)
             return MailboxStatus(
                 messages=messages,
@@ -229,6 +229,7 @@ class PostgresMailbox:
                 uidnext=uidnext,
                 uidvalidity=uidvalidity,
                 highest_modseq=modseq,
+                mailbox_id=guid,
             )
 
         return then(self._db.run(queries.status, *self._key, transaction=False), counters)

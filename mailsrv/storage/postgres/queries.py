@@ -98,7 +98,7 @@ class Written:
 
 
 _MAILBOX_COLUMNS = "mailbox_id, name, special_use, uidvalidity, uidnext, highest_modseq"
-_MESSAGE_COLUMNS = "uid, flags, keywords, internal_date, size, modseq"
+_MESSAGE_COLUMNS = "uid, flags, keywords, internal_date, size, modseq, saved_at"
 
 
 def _mailbox_row(user: str, row: Sequence[Any]) -> MailboxRow:
@@ -112,6 +112,9 @@ def _info(row: Sequence[Any]) -> MessageInfo:
         internal_date=row[3],
         size=row[4],
         modseq=row[5],
+        # RFC 8514: set to now() by the INSERT of every arrival (APPEND,
+        # delivery, COPY, MOVE), never copied from a source row.
+        save_date=row[6].replace(microsecond=0),
     )
 
 
@@ -148,12 +151,13 @@ def find_mailbox(conn: Any, user: str, name: str) -> MailboxRow:
     return _mailbox_row(user, row)
 
 
-def status(conn: Any, user: str, mailbox_id: int) -> tuple[int, ...]:
-    """messages, recent, unseen, deleted, size, uidnext, uidvalidity, highest_modseq."""
+def status(conn: Any, user: str, mailbox_id: int) -> tuple[Any, ...]:
+    """messages, recent, unseen, deleted, size, uidnext, uidvalidity, highest_modseq,
+    guid (the MAILBOXID)."""
     row = conn.execute(
         "SELECT messages, (SELECT count(*) FROM messages m WHERE m.user_name = b.user_name "
         "AND m.mailbox_id = b.mailbox_id AND m.uid >= b.recent_from), unseen, deleted, size, "
-        "uidnext, uidvalidity, highest_modseq FROM mailboxes b "
+        "uidnext, uidvalidity, highest_modseq, guid FROM mailboxes b "
         "WHERE user_name = %s AND mailbox_id = %s AND name IS NOT NULL",
         (user, mailbox_id),
     ).fetchone()
@@ -482,7 +486,8 @@ def store(
         "WHERE o.user_name = m.user_name AND o.mailbox_id = m.mailbox_id AND o.uid = m.uid "
         f"AND m.user_name = %(user)s AND m.mailbox_id = %(mb)s AND {m_condition} "
         f"AND ({differs}) {guard} "
-        "RETURNING m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, o.flags",
+        "RETURNING m.uid, m.flags, m.keywords, m.internal_date, m.size, m.modseq, m.saved_at, "
+        "o.flags",
         {
             "bits": bits,
             "keywords": keywords,
@@ -498,7 +503,7 @@ def store(
     unseen = deleted = 0
     for row in rows:
         new_unseen, new_deleted = _counts(row[1])
-        old_unseen, old_deleted = _counts(row[6])
+        old_unseen, old_deleted = _counts(row[7])
         unseen += new_unseen - old_unseen
         deleted += new_deleted - old_deleted
     conn.execute(

@@ -152,8 +152,17 @@ _V5 = """
 ALTER TABLE messages ADD COLUMN pop3_uidl text;
 """
 
+# Each mailbox's RFC 8474 MAILBOXID: a GUID given at creation (existing
+# mailboxes each get their own now), kept by RENAME, which keeps the row.
+# Text, so a GUID carried over by ``mailsrv migrate`` (Dovecot's, in
+# dovecot-uidlist's G field) is kept as it is.
+_V6 = """
+ALTER TABLE mailboxes ADD COLUMN guid text NOT NULL
+    DEFAULT replace(gen_random_uuid()::text, '-', '');
+"""
+
 #: The migrations, in order; migration N brings the schema to version N.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 #: The schema version this code needs.
 SCHEMA_VERSION = len(MIGRATIONS)

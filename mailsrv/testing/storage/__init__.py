@@ -38,11 +38,17 @@ from mailsrv.testing.storage.batches import BatchContract
 from mailsrv.testing.storage.changes import ChangeContract
 from mailsrv.testing.storage.messages import MessageContract
 from mailsrv.testing.storage.modseq import ModseqContract
+from mailsrv.testing.storage.objects import ObjectContract
 
 __all__ = ["ListenerRecorder", "StorageSuiteMixin", "call", "message_bytes"]
 
 
 class StorageSuiteMixin(
-    AccountContract, MessageContract, ChangeContract, ModseqContract, BatchContract
+    AccountContract,
+    MessageContract,
+    ChangeContract,
+    ModseqContract,
+    BatchContract,
+    ObjectContract,
 ):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

@@ -491,6 +491,7 @@ def make_service(
     systemd_notify: bool = False,
     endpoints: Callable[[Listener], Any] | None = None,
     connections: ConnectionLimits | None = None,
+    admin_socket: bool = True,
 ) -> MailService:
     """Build the daemon: one listener service per configured endpoint.
 
@@ -500,7 +501,8 @@ def make_service(
     daemon is ready, reloading and stopping.  A worker process
     (:mod:`mailsrv.workers`) passes ``endpoints``, the endpoint of each
     listener (the socket its parent bound), and ``connections``, the
-    counts its parent keeps for every worker.
+    counts its parent keeps for every worker, and ``admin_socket=False``:
+    the default admin socket would list one worker's sessions only.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -557,7 +559,7 @@ def make_service(
             if config.lmtp.socket_owner or config.lmtp.socket_group:
                 owner = (path, config.lmtp.socket_owner, config.lmtp.socket_group)
         ListenerService(endpoint, factory, listener, where, owner).setServiceParent(top)
-    _observers(top, config, storage, metrics, reactor, where)
+    _observers(top, config, storage, metrics, reactor, where, admin_socket)
     return top
 
 
@@ -573,14 +575,20 @@ def _metrics(config: Config, storage: IStorage) -> tuple[Any, IStorage]:
 
 
 def _observers(
-    top: MailService, config: Config, storage: IStorage, metrics: Any, reactor: Any, where: str
+    top: MailService,
+    config: Config,
+    storage: IStorage,
+    metrics: Any,
+    reactor: Any,
+    where: str,
+    admin_socket: bool,
 ) -> None:
     """The admin socket's session table, and the metrics with their endpoint."""
     from mailsrv.admin import AdminService, SessionTable
 
     table = SessionTable()
     top.observer.add(table)
-    if config.admin.socket:
+    if config.admin.socket and admin_socket:
         AdminService(
             config.admin.socket,
             table,

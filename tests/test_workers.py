@@ -31,6 +31,7 @@ from mailsrv.config import (
     resolved_workers,
 )
 from mailsrv.errors import ConfigError
+from mailsrv.workers import worker_count
 from tests.helpers import STARTUP_DEADLINE, free_port, read_line, source_env
 from tests.workers_helpers import Client, WorkersDaemon
 
@@ -355,6 +356,23 @@ class WorkersConfigTests(unittest.TestCase):
             '[server]\nworkers = 3\n[storage]\nmaildir = "/srv/{user}"\n', {"workers": 2}
         )
         self.assertEqual(resolved_workers(config), 2)
+
+    def test_metrics_and_admin_socket_need_one_process(self) -> None:
+        """Their counters and session table are one process's: a daemon that
+        serves them runs one worker, and asking for more is an error."""
+        storage = '[storage]\nmaildir = "/srv/{user}"\n'
+        for section in (
+            '[metrics]\nlisten = "tcp:9154:interface=127.0.0.1"\n',
+            '[admin]\nsocket = "/run/mailsrv-test/admin.sock"\n',
+        ):
+            self.assertEqual(worker_count(self.load(storage + section)), 1)
+            e = self.assertRaises(
+                ConfigError, worker_count, self.load("[server]\nworkers = 2\n" + storage + section)
+            )
+            self.assertEqual((e.path, e.key), (self.path, "server.workers"))
+            self.assertIn("set workers = 1", e.reason)
+        # The default admin socket alone does not: the workers leave it out.
+        self.assertEqual(worker_count(self.load(storage)), cpu_count())
 
     def test_out_of_range(self) -> None:
         e = self.assertRaises(ConfigError, self.load, "[server]\nworkers = -1\n")

@@ -125,6 +125,7 @@ class Worker:
             load=self._load,
             endpoints=self._endpoint,
             connections=connections,
+            admin_socket=False,
         )
         self.service.privilegedStartService()
         self.service.startService()

@@ -143,14 +143,15 @@ def _make(options: Options, load: Any) -> Any:
     from mailsrv import log
     from mailsrv.config import cpu_count
     from mailsrv.service import make_service
-    from mailsrv.workers import worker_count
+    from mailsrv.workers import single_process_reason, worker_count
 
     config = options.config
     count = worker_count(config)
     if count == 1:
-        if config.storage.backend == "memory" and config.server.workers == 0 and cpu_count() > 1:
+        reason = single_process_reason(config)
+        if reason is not None and config.server.workers == 0 and cpu_count() > 1:
             log.get_logger("mailsrv.workers").info(
-                "storage.backend 'memory' lives in one process: running one worker, not one per CPU"
+                "{reason}: running one worker, not one per CPU", reason=reason
             )
         return make_service(config, load=load, systemd_notify=True)
     from mailsrv.workers.supervisor import make_supervised_service

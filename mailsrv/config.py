@@ -321,6 +321,12 @@ class LimitsSection:
     max_pending_commands: int = attrs.field(default=64, metadata=_meta(_check_range(1, 10000)))
     max_connections_per_user: int = attrs.field(default=20, metadata=_meta(_check_range(1)))
     max_connections_per_ip: int = attrs.field(default=50, metadata=_meta(_check_range(1)))
+    #: Largest IMAP METADATA value, in octets (RFC 5464 4.3: ``[METADATA MAXSIZE n]``).
+    max_metadata_size: int = attrs.field(
+        default=64 * 1024, metadata=_meta(_check_range(1, 16 * 1024 * 1024))
+    )
+    #: Annotations per mailbox (and on the server, per user): ``[METADATA TOOMANY]``.
+    max_metadata_entries: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
 
 
 def _check_size(value: str) -> str | None:

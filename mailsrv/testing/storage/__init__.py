@@ -37,12 +37,18 @@ from mailsrv.testing.storage.base import ListenerRecorder, call, message_bytes
 from mailsrv.testing.storage.batches import BatchContract
 from mailsrv.testing.storage.changes import ChangeContract
 from mailsrv.testing.storage.messages import MessageContract
+from mailsrv.testing.storage.metadata import MetadataContract
 from mailsrv.testing.storage.modseq import ModseqContract
 
 __all__ = ["ListenerRecorder", "StorageSuiteMixin", "call", "message_bytes"]
 
 
 class StorageSuiteMixin(
-    AccountContract, MessageContract, ChangeContract, ModseqContract, BatchContract
+    AccountContract,
+    MessageContract,
+    ChangeContract,
+    ModseqContract,
+    BatchContract,
+    MetadataContract,
 ):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

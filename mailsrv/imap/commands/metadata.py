@@ -95,15 +95,29 @@ def _options(reader: Reader) -> tuple[int | None, int]:
         reader.space()
 
 
+def _options_ahead(reader: Reader) -> bool:
+    """An option list rather than an entry list: entries start with "/"
+    (or are strings), options with a letter."""
+    following = reader.line[reader.pos + 1 : reader.pos + 2]
+    return reader.peek() == 0x28 and following.isalpha()
+
+
 def parse_getmetadata(reader: Reader, tag: str, name: str, uid: bool) -> GetMetadata:
     reader.space()
     max_size: int | None = None
     depth = 0
-    if reader.accept(b"("):
+    options = reader.accept(b"(")
+    if options:
         max_size, depth = _options(reader)
         reader.space()
     mailbox = syntax.mailbox(reader)
     reader.space()
+    if not options and _options_ahead(reader):
+        # RFC 5464 4.2.1 and 4.2.2's examples put the options after the
+        # mailbox, against the grammar of section 5; clients do both.
+        reader.expect(b"(")
+        max_size, depth = _options(reader)
+        reader.space()
     entries: list[str] = []
     if reader.accept(b"("):
         entries.append(_entry(reader, False))

@@ -224,6 +224,37 @@ class MaildirMetadataTests(MetadataDialogues, ServerTestBase):
         )
 
 
+class PostgresMetadataTests(MetadataDialogues, ServerTestBase):
+    """The same dialogues on PostgreSQL (tests/pgcluster.py's private server)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from tests import pgcluster
+
+        self.dsn = pgcluster.new_dsn()
+        self.use_postgres()
+
+    def use_postgres(self) -> None:
+        from tests import pgcluster
+
+        self.storage = pgcluster.new_storage(self, self.dsn)
+        self.portal.realm = MailRealm(self.storage)
+
+    @defer.inlineCallbacks
+    def test_restart_keeps_annotations(self) -> Any:
+        client = yield self.login()
+        response = yield client.command("a", 'SETMETADATA INBOX (/private/comment "kept")')
+        self.assertEqual(response, b"a OK SETMETADATA completed\r\n")
+        yield client.command("b", "LOGOUT")
+        self.use_postgres()  # a new storage on the same database: a restart
+        again = yield self.login()
+        response = yield again.command("c", "GETMETADATA INBOX /private/comment")
+        self.assertEqual(
+            response,
+            b'* METADATA INBOX (/private/comment "kept")\r\nc OK GETMETADATA completed\r\n',
+        )
+
+
 @implementer(IAccount)
 class _PlainAccount:
     """An account that declares IAccount only, as a backend without annotations."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import uuid
@@ -393,16 +394,22 @@ class MaildirAccount:
     def set_metadata(
         self, mailbox: str, changes: Mapping[str, bytes | None], max_entries: int
     ) -> None:
-        # One synchronous read-modify-write: no other session of this
-        # process runs in between, and the file is replaced atomically.
+        # A read-modify-write under an flock of the folder's directory, so
+        # daemons sharing the tree do not lose each other's changes; the
+        # file itself is replaced atomically.
         path = self._metadata_path(mailbox)
-        entries = merged(self.get_metadata(mailbox), changes, max_entries)
-        if entries:
-            write_atomically(path, encode_entries(entries))
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                fsync_dir(os.path.dirname(path))
+        directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            entries = merged(self.get_metadata(mailbox), changes, max_entries)
+            if entries:
+                write_atomically(path, encode_entries(entries))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    fsync_dir(os.path.dirname(path))
+        finally:
+            os.close(directory)  # releases the lock
 
     # -- subscriptions ----------------------------------------------------------
 

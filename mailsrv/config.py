@@ -73,9 +73,20 @@ def _check_networks(value: tuple[str, ...]) -> str | None:
     return parse_networks(value)[1]
 
 
+def _check_id_name(value: str) -> str | None:
+    # RFC 2971 3.3: a value is at most 1024 octets; it goes out quoted.
+    if not value or len(value.encode("utf-8")) > 1024 or not value.isprintable():
+        return f"must be 1 to 1024 octets of printable text, not {value!r}"
+    return None
+
+
 @attrs.frozen
 class ServerSection:
     hostname: str = attrs.field(factory=socket.getfqdn, metadata=_meta())
+    #: What IMAP's ID (RFC 2971) answers as the server's "name", and whether
+    #: the "version" goes with it.
+    id_name: str = attrs.field(default="mailsrv", metadata=_meta(_check_id_name))
+    id_version: bool = attrs.field(default=True, metadata=_meta())
     #: Addresses or networks of the load balancers whose PROXY headers are
     #: believed; required by any ``haproxy:`` listener.
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), metadata=_meta(_check_networks))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.internet.interfaces import IAddress
 
+from mailsrv import __version__
 from mailsrv.auth.challengers import normalise
 from mailsrv.config import Config
 from mailsrv.hooks import SessionHooks
@@ -71,6 +72,9 @@ class SessionPolicy:
     #: Each user's quota limits (none by default): IMAP, LMTP and
     #: ``mailsrv deliver`` check them before storing.
     quotas: Quotas = attrs.field(factory=Quotas)
+    #: IMAP's ID answer (RFC 2971): field/value pairs, from ``[server]
+    #: id_name`` and ``id_version``.
+    id_fields: tuple[tuple[str, str], ...] = (("name", "mailsrv"), ("version", __version__))
     #: What SCRAM and the OAuth mechanisms need (users' SCRAM secrets, a
     #: token validator); None offers neither.
     sasl: SaslServices | None = None
@@ -119,6 +123,8 @@ class SessionPolicy:
                 per_user=limits.max_connections_per_user, per_ip=limits.max_connections_per_ip
             ),
             quotas=quotas if quotas is not None else quotas_from_config(config),
+            id_fields=(("name", config.server.id_name),)
+            + ((("version", __version__),) if config.server.id_version else ()),
         )
 
     def failure_wait(self, started: float | None, now: float) -> float:

@@ -21,6 +21,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
+from mailsrv import __version__
 from mailsrv.auth.realm import MailRealm
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
@@ -351,7 +352,7 @@ class EveryMethodTests(ImaplibBase):
         self.assertEqual(r["socket_port"], self.port.getHost().port)
         typ, caps = r["capability"]
         self.assertEqual(typ, "OK")
-        self.assertTrue(caps[0].startswith(b"IMAP4rev1 LITERAL+ SASL-IR"), caps)
+        self.assertTrue(caps[0].startswith(b"IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR"), caps)
         for absent in (b"ACL", b"QUOTASET"):
             self.assertNotIn(absent, caps[0].split())
         for present in (b"SORT", b"THREAD=REFERENCES", b"ESORT", b"CONTEXT=SEARCH", b"CONDSTORE"):
@@ -434,7 +435,9 @@ class EveryMethodTests(ImaplibBase):
         self.assertEqual(r["uid_expunge"], ("OK", [None]))  # uid() returns FETCH responses
         self.assertEqual(r["expunge_response"], ("EXPUNGE", [b"2"]))
         self.assertEqual(r["xatom_id"], ("OK", [b"ID completed"]))
-        self.assertEqual(r["id_response"], ("ID", [b'("name" "mailsrv")']))
+        self.assertEqual(
+            r["id_response"], ("ID", [b'("name" "mailsrv" "version" "%s")' % __version__.encode()])
+        )
         self.assertEqual(r["readline"], b"raw1 OK NOOP completed\r\n")
         self.assertEqual(r["read"], b"raw2 OK NOOP completed\r\n")
         self.assertEqual(r["noop"], ("OK", [b"NOOP completed"]))
@@ -528,3 +531,61 @@ class ImaplibTLSTests(MailServerMixin, TestCase):
         self.assertNotIn("STARTTLS", caps)
         self.assertEqual(login[0], "OK")
         self.assertEqual(selected[0], "OK")
+
+
+class ImaplibUtf8Tests(ImaplibBase):
+    """imaplib (3.11) in its UTF-8 mode: ``enable("UTF8=ACCEPT")`` switches
+    it to UTF-8 commands, and names and quoted strings go both ways as
+    UTF-8 (RFC 6855)."""
+
+    @defer.inlineCallbacks
+    def test_enable_utf8_accept(self) -> Any:
+        message = "From: a@example.org\r\nSubject: Grüße\r\n\r\nHallo\r\n".encode()
+        r: dict[str, Any] = {}
+
+        def script(c: imaplib.IMAP4) -> None:
+            c.login("joe", "secret")
+            r["enable"] = c.enable("UTF8=ACCEPT")
+            r["utf8"] = c.utf8_enabled
+            r["create"] = c.create('"Entwürfe"')
+            r["list"] = c.list('""', '"Entw*"')
+            # imaplib's append() in UTF-8 mode puts "UTF8 (" and ")" inside
+            # the literal it announces, so the server would store them as
+            # part of the message; an enabled session also takes a plain
+            # literal, which is what append() sends with the flag off.
+            c.utf8_enabled = False
+            try:
+                r["append"] = c.append('"Entwürfe"', None, None, message)
+            finally:
+                c.utf8_enabled = True
+            r["status"] = c.status('"Entwürfe"', "(MESSAGES)")
+            r["select"] = c.select('"Entwürfe"')
+            r["search"] = c.search(None, "SUBJECT", '"grüße"')
+            r["fetch"] = c.fetch("1", "(BODY.PEEK[])")
+            r["rename"] = c.rename('"Entwürfe"', '"Brouillons été"')
+            c.close()
+
+        yield self.run_client(script)
+        self.assertEqual(r["enable"], ("OK", [b"ENABLE completed"]))
+        self.assertTrue(r["utf8"])
+        self.assertEqual(r["create"], ("OK", [b"CREATE completed"]))
+        self.assertEqual(r["list"], ("OK", ['(\\HasNoChildren) "/" "Entwürfe"'.encode()]))
+        self.assertEqual(r["append"][0], "OK")
+        self.assertEqual(r["status"], ("OK", ['"Entwürfe" (MESSAGES 1)'.encode()]))
+        self.assertEqual(r["select"], ("OK", [b"1"]))
+        self.assertEqual(r["search"], ("OK", [b"1"]))
+        self.assertEqual(r["fetch"][1][0][1], message)
+        self.assertEqual(r["rename"], ("OK", [b"RENAME completed"]))
+        # A session that did not enable UTF-8 sees the name in modified UTF-7.
+        names = [entry.name for entry in self.storage.account("joe").list_mailboxes()]
+        self.assertIn("Brouillons été", names)
+        legacy: dict[str, Any] = {}
+
+        def plain(c: imaplib.IMAP4) -> None:
+            c.login("joe", "secret")
+            legacy["list"] = c.list('""', '"Brouillons*"')
+
+        yield self.run_client(plain)
+        self.assertEqual(
+            legacy["list"], ("OK", [b'(\\HasNoChildren) "/" "Brouillons &AOk-t&AOk-"'])
+        )

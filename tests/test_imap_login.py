@@ -36,7 +36,9 @@ class LoginTests(ServerTestBase):
         response = yield client.command("a", "LOGIN joe wrong")
         self.assertEqual(response, b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
         response = yield client.command("b", 'LOGIN "joe" {6+}\r\nsecret')
-        self.assertTrue(response.startswith(b"b OK [CAPABILITY IMAP4rev1 LITERAL+ "), response)
+        self.assertTrue(
+            response.startswith(b"b OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ "), response
+        )
         self.assertNotIn(b"AUTH=", response)
         self.assertTrue(response.endswith(b"] Logged in\r\n"))
 

@@ -53,8 +53,8 @@ class CapabilityTests(ServerTestBase):
             b" METADATA METADATA-SERVER",
         )
         for absent in (
-            b"IMAP4rev2",
-            b"UTF8=ACCEPT",
+            b"UTF8=ONLY",
+            b"QUOTASET",
             b"ACL",
             b"NOTIFY",
             b"ANNOTATE-EXPERIMENT-1",

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailsrv import __version__
 from mailsrv.interfaces import DELETED, StoreMode
 from mailsrv.policy import SessionPolicy
 from tests.imap_helpers import (
@@ -69,16 +70,20 @@ class GreetingAndStateTests(ServerTestBase):
     def test_id_namespace_enable(self) -> Any:
         client = yield self.connect()
         response = yield client.command("a", 'ID ("name" "test")')
-        self.assertEqual(response, b'* ID ("name" "mailsrv")\r\na OK ID completed\r\n')
+        self.assertEqual(
+            response,
+            b'* ID ("name" "mailsrv" "version" "%s")\r\na OK ID completed\r\n'
+            % __version__.encode(),
+        )
         yield client.command("L", "LOGIN joe secret")
         response = yield client.command("b", "NAMESPACE")
         self.assertEqual(
             response, b'* NAMESPACE (("" "/")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
         )
         # Only what can be enabled is named (RFC 5161 3.2).
-        response = yield client.command("c", "ENABLE UTF8=ACCEPT CONDSTORE")
+        response = yield client.command("c", "ENABLE X-UNKNOWN CONDSTORE")
         self.assertEqual(response, b"* ENABLED CONDSTORE\r\nc OK ENABLE completed\r\n")
-        response = yield client.command("d", "ENABLE UTF8=ACCEPT")
+        response = yield client.command("d", "ENABLE X-UNKNOWN")
         self.assertEqual(response, b"* ENABLED\r\nd OK ENABLE completed\r\n")
 
 

@@ -256,6 +256,7 @@ STATE_TABLE = (
     ("CHECK", "s"),
     ("CLOSE", "s"),
     ("UNSELECT", "s"),
+    ("UNAUTHENTICATE", "as"),
     ("EXPUNGE", "s"),
     ("UID EXPUNGE 1", "s"),
     ("FETCH 1 FLAGS", "s"),

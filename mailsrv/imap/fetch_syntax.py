@@ -131,9 +131,9 @@ def _header_list(reader: Reader) -> tuple[str, ...]:
 def _partial(reader: Reader) -> tuple[int, int] | None:
     if not reader.accept(b"<"):
         return None
-    origin = reader.number32("a partial origin")
+    origin = reader.number64("a partial origin")
     reader.expect(b".")
-    count = reader.number32("a partial length", nonzero=True)
+    count = reader.number64("a partial length", nonzero=True)
     reader.expect(b">")
     return origin, count
 

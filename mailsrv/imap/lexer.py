@@ -22,6 +22,7 @@ __all__ = [
     "ATOM_CHARS",
     "LIST_CHARS",
     "MAX_NUMBER",
+    "MAX_NUMBER64",
     "MAX_STRING",
     "TAG_CHARS",
     "LiteralFile",
@@ -75,6 +76,8 @@ TAG_CHARS = ASTRING_CHARS - {ord("+")}
 MAX_STRING = 1 << 20
 #: Sequence numbers and UIDs are 32-bit (RFC 3501 nz-number, uniqueid).
 MAX_NUMBER = 0xFFFFFFFF
+#: The largest number64 (RFC 9051 9): 2^63 - 1.
+MAX_NUMBER64 = 2**63 - 1
 
 
 def literal_marker(line: bytes) -> tuple[int, bool, bool] | None:
@@ -120,6 +123,9 @@ class Reader:
         self.pos = 0
         self.max_depth = max_depth
         self.tag: str | None = None
+        #: The session enabled UTF-8 (RFC 6855 3): quoted strings must be
+        #: valid UTF-8, and mailbox names are UTF-8, not modified UTF-7.
+        self.utf8 = False
 
     # -- low level -------------------------------------------------------
 
@@ -193,6 +199,14 @@ class Reader:
             raise self.error(f"{what} must not be zero")
         return value
 
+    def number64(self, what: str, nonzero: bool = False) -> int:
+        """RFC 9051's number64 (appendix E item 1): sizes and offsets may
+        exceed 32 bits; IMAP4rev1 clients never send such values."""
+        value = self.number(what, nonzero)
+        if value > MAX_NUMBER64:
+            raise self.error(f"{what} is larger than {MAX_NUMBER64}")
+        return value
+
     def number32(self, what: str, nonzero: bool = False) -> int:
         value = self.number(what, nonzero)
         if value > MAX_NUMBER:
@@ -241,6 +255,12 @@ class Reader:
             char = line[pos]
             if char == 0x22:  # closing quote
                 self.pos = pos + 1
+                if self.utf8 and not out.isascii():
+                    try:
+                        out.decode("utf-8")
+                    except UnicodeDecodeError:
+                        # RFC 6855 3: 8-bit octets that are not UTF-8 are BAD.
+                        raise self.error("quoted string is not valid UTF-8") from None
                 return bytes(out)
             if char == 0x5C:  # backslash escapes only \ and "
                 if pos + 1 >= end or line[pos + 1] not in (0x22, 0x5C):

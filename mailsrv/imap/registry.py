@@ -133,7 +133,6 @@ NOT_OFFERED: dict[str, str] = {
     **_not_offered("GETACL SETACL DELETEACL MYRIGHTS LISTRIGHTS", "ACL (RFC 4314)"),
     **_not_offered("GETANNOTATION SETANNOTATION", "ANNOTATE-EXPERIMENT-1 (RFC 5257)"),
     **_not_offered("NOTIFY", "NOTIFY (RFC 5465)"),
-    **_not_offered("UNAUTHENTICATE", "UNAUTHENTICATE (RFC 8437)"),
     **_not_offered("GETJMAPACCESS", "JMAPACCESS (RFC 9698)"),
     "PROXYAUTH": "PROXYAUTH is not supported (log in as the user instead)",
     "PARTIAL": "PARTIAL is obsolete (IMAP2bis); use FETCH BODY[]<origin.length>",
@@ -151,8 +150,10 @@ def _appendlimit(session: Session) -> str:
 #: SASL-IR) and extensions of the declared commands' syntax and answers.
 NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
     "IMAP4rev1",
+    "IMAP4rev2",
     "LITERAL+",
     "SASL-IR",
+    "UTF8=ACCEPT",
     "CHILDREN",
     "SPECIAL-USE",
     "CREATE-SPECIAL-USE",
@@ -174,10 +175,12 @@ NON_COMMAND_CAPABILITIES: tuple[str | Callable[[Session], str], ...] = (
 #: here comes after these, in the order the commands are declared.
 CAPABILITY_ORDER = (
     "IMAP4rev1",
+    "IMAP4rev2",
     "LITERAL+",
     "SASL-IR",
     "ID",
     "ENABLE",
+    "UTF8",
     "IDLE",
     "NAMESPACE",
     "UNSELECT",
@@ -202,6 +205,7 @@ CAPABILITY_ORDER = (
     "CATENATE",
     "REPLACE",
     "APPENDLIMIT",
+    "UNAUTHENTICATE",
     "COMPRESS",
     "QUOTA",
     "STARTTLS",
@@ -225,15 +229,18 @@ class Registry:
         return iter(self._specs.values())
 
     def parse(
-        self, segments: Sequence[Segment], max_depth: int = 32
+        self, segments: Sequence[Segment], max_depth: int = 32, *, utf8: bool = False
     ) -> tuple[CommandSpec, Command]:
         """Parse one framed command: its declaration and the command object.
 
         ``segments`` alternate line text and literal payload, starting and
-        ending with text; ``max_depth`` bounds parenthesis nesting.  Raises
-        :class:`ParseError` (only) for anything malformed.
+        ending with text; ``max_depth`` bounds parenthesis nesting; ``utf8``
+        says mailbox names and quoted strings are UTF-8 (RFC 6855 3) rather
+        than modified UTF-7.  Raises :class:`ParseError` (only) for anything
+        malformed.
         """
         reader = Reader(segments, max_depth)
+        reader.utf8 = utf8
         try:
             spec = self._command_name(reader)
             assert reader.tag is not None

@@ -48,6 +48,9 @@ MAX_QUOTED = 1024
 #: Octets :func:`string` quotes (as ``translate`` deletions): printable
 #: ASCII, the quoted-specials escaped.
 _PRINTABLE = bytes(range(0x20, 0x7F))
+#: And for a UTF-8 session (RFC 6855 3's uQUOTED-CHAR): the octets of
+#: UTF-8 sequences too (a name's text is valid UTF-8 by construction).
+_PRINTABLE_UTF8 = _PRINTABLE + bytes(range(0x80, 0x100))
 #: Octets :func:`string` quotes ``verbatim``: every TEXT-CHAR (RFC 3501 9:
 #: any CHAR but CR and LF, so tab and other controls too) except the
 #: quoted-specials ``"`` and ``\\``, which make it a literal instead.
@@ -84,9 +87,19 @@ def astring(value: str | bytes) -> bytes:
     return string(data)
 
 
-def mailbox(name: str) -> bytes:
-    """A mailbox name on the wire: modified UTF-7, then astring form."""
-    return astring(mutf7.encode(name))
+def mailbox(name: str, *, utf8: bool = False) -> bytes:
+    """A mailbox name on the wire, in astring form: modified UTF-7, or
+    UTF-8 for a session that enabled it (RFC 6855 3, RFC 9051), quoted even
+    when it is not ASCII (only such a session may be sent UTF-8 quoted
+    strings)."""
+    if not utf8:
+        return astring(mutf7.encode(name))
+    data = name.encode("utf-8")
+    if len(data) <= MAX_QUOTED and not data.translate(None, _PRINTABLE_UTF8):
+        if data and data.upper() != b"NIL" and all(c in ASTRING_CHARS for c in data):
+            return data
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(data) + data
 
 
 def serialize(value: Value) -> bytes:

@@ -140,7 +140,7 @@ def _date(reader: Reader, word: str, depth: int) -> SearchKey:
 
 
 def _size(reader: Reader, word: str, depth: int) -> SearchKey:
-    return SearchKey(word, (reader.number32("a size"),))
+    return SearchKey(word, (reader.number64("a size"),))
 
 
 def _uid(reader: Reader, word: str, depth: int) -> SearchKey:

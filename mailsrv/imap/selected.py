@@ -356,6 +356,10 @@ class SelectedMailbox:
         self.condstore = False
         self.qresync = False
         self.nomodseq = False
+        #: IMAP4rev2 rules (RFC 9051, set by the session): no \\Recent is
+        #: claimed or shown, no RECENT response, and every unsolicited FETCH
+        #: carries the UID (appendix E, items 12 and 21).
+        self.rev2 = False
         #: A HIGHESTMODSEQ the client may hold: every change at or below it
         #: has been told (or was already in the view when it was built).
         self.modseq = 0
@@ -609,7 +613,7 @@ class SelectedMailbox:
         # FETCH shows them (new messages may have brought some, too).
         d = self.announce_keywords(self.unannounced(flags for flags, _ in updates.values()))
         d.addCallback(lambda lines: out.append(lines) if lines else None)
-        if new and not self.readonly:
+        if new and not self.readonly and not self.rev2:
             d.addCallback(
                 lambda _: defer.maybeDeferred(self.mailbox.claim_recent).addErrback(
                     self._claim_failed
@@ -658,7 +662,8 @@ class SelectedMailbox:
         if added:
             self.recent.update(claimed)
             out.append(b"* %d EXISTS\r\n" % len(self.map))
-            out.append(b"* %d RECENT\r\n" % len(self.recent))
+            if not self.rev2:
+                out.append(b"* %d RECENT\r\n" % len(self.recent))
         changed = []
         for uid, (flags, modseq) in updates.items():
             if uid in self._expunged:
@@ -675,6 +680,9 @@ class SelectedMailbox:
                 out.append(
                     b"* %d FETCH (UID %d MODSEQ (%d) FLAGS %s)\r\n" % (seq, uid, modseq, shown)
                 )
+            elif self.rev2:
+                # RFC 9051 7.5.2: an unsolicited FETCH always includes UID.
+                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, shown))
             else:
                 out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
         return out

@@ -56,8 +56,10 @@ from mailsrv.session import Expiry, SessionGuard, SessionTimer
 
 __all__ = [
     "GONE",
+    "IMAP4REV2",
     "LOG",
     "SPOOL_THRESHOLD",
+    "UTF8_ACCEPT",
     "Connection",
     "Continuation",
     "LiteralAnswer",
@@ -85,6 +87,11 @@ APPENDING = {
 #: message size limit in all, so a client cannot fill the disk with one
 #: command that is never finished.
 APPEND_TOTAL_FACTOR = 10
+#: ENABLE names (upper-cased, as :attr:`Session.enabled` holds them) of the
+#: modes that change how the session speaks: IMAP4rev2's rules (RFC 9051
+#: appendix A) and UTF-8 in quoted strings and mailbox names (RFC 6855).
+IMAP4REV2 = "IMAP4REV2"
+UTF8_ACCEPT = "UTF8=ACCEPT"
 
 #: Why a session ends when its view of the mailbox could not be updated.
 OUT_OF_SYNC = "Cannot update the mailbox view just now; please reconnect"
@@ -137,22 +144,28 @@ class LiteralAnswer(enum.Enum):
 
 
 def existing(name: str) -> str:
-    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7.
+    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7
+    (UTF-8 in a session that enabled it).
 
     No mailbox can have such a name, but it is a syntactically valid one
     (RFC 3501 5.1.3), so the answer is NO, not BAD, as Dovecot's.
     """
     if isinstance(name, UndecodedName):
         raise no(
-            f"No mailbox has this name: not valid modified UTF-7 ({name.reason})", "NONEXISTENT"
+            f"No mailbox has this name: not valid {name.encoding} ({name.reason})", "NONEXISTENT"
         )
     return name
 
 
 def creatable(name: str) -> str:
-    """``name``, or NO [CANNOT] if it is not valid modified UTF-7."""
+    """``name``, or NO [CANNOT] if it is not valid modified UTF-7 (UTF-8)
+    or holds U+2028 or U+2029."""
     if isinstance(name, UndecodedName):
-        raise no(f"Mailbox names must be valid modified UTF-7 ({name.reason})", "CANNOT")
+        raise no(f"Mailbox names must be valid {name.encoding} ({name.reason})", "CANNOT")
+    if "\u2028" in name or "\u2029" in name:
+        # RFC 6855 3: no line or paragraph separator in a name (the control
+        # characters are refused by every backend, mailsrv.storage.names).
+        raise no("Mailbox names must not contain line or paragraph separators", "CANNOT")
     return name
 
 
@@ -206,6 +219,18 @@ class Session:
         self._ip_counted = False
         #: Clock time by which the client must have logged in; None after.
         self._login_by: float | None = None
+
+    @property
+    def rev2(self) -> bool:
+        """The client sent ENABLE IMAP4rev2: RFC 9051's rules apply."""
+        return IMAP4REV2 in self.enabled
+
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names and quoted strings are UTF-8 (RFC 6855 3), not
+        modified UTF-7: after ENABLE UTF8=ACCEPT or ENABLE IMAP4rev2 (RFC
+        9051 5.1 and appendix A)."""
+        return UTF8_ACCEPT in self.enabled or IMAP4REV2 in self.enabled
 
     @property
     def user(self) -> str | None:
@@ -363,7 +388,9 @@ class Session:
     def execute(self, segments: Sequence[Segment]) -> None:
         """Parse, check and run one framed command."""
         try:
-            spec, command = self.registry.parse(segments, self.policy.max_nesting_depth)
+            spec, command = self.registry.parse(
+                segments, self.policy.max_nesting_depth, utf8=self.utf8
+            )
         except ParseError as e:
             close_segments(segments)
             self.send(response.tagged(e.tag or "*", "BAD", e.message, e.code))
@@ -545,6 +572,18 @@ class Session:
         self.state = State.AUTHENTICATED
         self.timer.logged_in(self.policy.imap_timeout_authenticated)
         return True
+
+    def unauthenticate(self) -> None:
+        """Back to the not authenticated state on the same connection
+        (UNAUTHENTICATE, RFC 8437 3): everything but TLS (and ID, 4.1) is
+        reset, as on a new connection: the selected mailbox (with its "$"
+        and UPDATE contexts) without expunging, the avatar, the user's
+        connection slot, what ENABLE turned on, and the login deadline
+        starts again."""
+        self.end()
+        self.enabled.clear()
+        self.state = State.NOT_AUTHENTICATED
+        self.timer.start()
 
     def activity(self) -> None:
         """A whole line, or a piece of a literal, has arrived: restart the

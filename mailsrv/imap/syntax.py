@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import unicodedata
 
 import attrs
 
@@ -21,6 +22,7 @@ from mailsrv.interfaces import canonical_flag
 __all__ = [
     "SAVED",
     "STAR",
+    "NormalizedName",
     "SequenceSet",
     "UndecodedName",
     "date",
@@ -99,35 +101,63 @@ class UndecodedName(str):
     """
 
     reason: str
+    #: What it should have been: "modified UTF-7", or "UTF-8" in a session
+    #: that enabled UTF-8.
+    encoding: str
 
-    def __new__(cls, raw: bytes, reason: str) -> UndecodedName:
+    def __new__(cls, raw: bytes, reason: str, encoding: str = "modified UTF-7") -> UndecodedName:
         name = super().__new__(cls, raw.decode("ascii", "backslashreplace"))
         name.reason = reason
+        name.encoding = encoding
+        return name
+
+
+class NormalizedName(str):
+    """A mailbox name the client sent in another Unicode form than NFC: the
+    NFC form, with ``supplied``, the name as the client wrote it (for RFC
+    9051's ``OLDNAME``, 6.3.9.7)."""
+
+    supplied: str
+
+    def __new__(cls, normalized: str, supplied: str) -> NormalizedName:
+        name = super().__new__(cls, normalized)
+        name.supplied = supplied
         return name
 
 
 def mailbox(reader: Reader, what: str = "a mailbox name") -> str:
-    return decode_mailbox(reader.astring(what))
+    return decode_mailbox(reader.astring(what), utf8=reader.utf8)
 
 
-def decode_mailbox(raw: bytes) -> str:
-    """A mailbox name (or pattern) from the wire: INBOX in any case is INBOX,
-    and the rest is modified UTF-7 decoded (RFC 3501 5.1, 5.1.3); an
-    :class:`UndecodedName` if it is not valid modified UTF-7."""
+def decode_mailbox(raw: bytes, *, utf8: bool = False) -> str:
+    """A mailbox name (or pattern) from the wire, in its one canonical form.
+
+    INBOX in any case is INBOX.  The rest is modified UTF-7 (RFC 3501 5.1,
+    5.1.3), or UTF-8 once the session enabled it (``utf8``: RFC 6855 3, RFC
+    9051 5.1), where ``&`` is just ``&``.  Either way the text is put in
+    Unicode NFC (Net-Unicode, RFC 5198 2, which RFC 6855 3 asks of names),
+    so a name names the same mailbox whatever encoding or normalization the
+    client used, and backends store it once.  An :class:`UndecodedName` if
+    it is not valid modified UTF-7 (UTF-8); a :class:`NormalizedName` if
+    NFC changed it.
+    """
     try:
-        text = raw.decode("ascii")
+        text = raw.decode("utf-8") if utf8 else raw.decode("ascii")
         if text.upper() == "INBOX":
             return "INBOX"
-        return mutf7.decode(text)
+        if not utf8:
+            text = mutf7.decode(text)
     except (UnicodeDecodeError, ValueError) as exc:
-        return UndecodedName(raw, str(exc))
+        return UndecodedName(raw, str(exc), "UTF-8" if utf8 else "modified UTF-7")
+    normalized = unicodedata.normalize("NFC", text)
+    return text if normalized == text else NormalizedName(normalized, text)
 
 
 def pattern(reader: Reader) -> str:
     """list-mailbox: 1*list-char / string, decoded like a mailbox name."""
     char = reader.peek()
     raw = reader.string() if char in (0x22, 0x7B) else reader.run(LIST_CHARS, "a pattern")
-    return decode_mailbox(raw)
+    return decode_mailbox(raw, utf8=reader.utf8)
 
 
 #: ``$`` as a sequence set: the saved search result (RFC 5182).

@@ -1,6 +1,6 @@
 """APPEND (RFC 3501 6.3.11), with APPENDUID (RFC 4315), literal8 (RFC 3516),
-APPENDLIMIT (RFC 7889), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469) and the
-quota (RFC 9208).
+APPENDLIMIT (RFC 7889), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469),
+UTF8=ACCEPT's ``UTF8 (~{n})`` (RFC 6855 4) and the quota (RFC 9208).
 
 The message literals arrive before the command is parsed: the session
 (:meth:`mailsrv.imap.session.Session.literal_needed`) refuses one over
@@ -60,6 +60,8 @@ class AppendMessage:
     parts: tuple[Text | Url, ...]
     catenate: bool = False
     binary: bool = False
+    #: Sent as ``UTF8 (literal8)``: the header may hold UTF-8 (RFC 6855 4).
+    utf8: bool = False
 
 
 @attrs.frozen
@@ -85,11 +87,22 @@ def append_message(reader: Reader) -> AppendMessage:
         reader.pos += len(b"CATENATE")
         reader.space()
         return AppendMessage(flags, date, _cat_parts(reader), catenate=True)
+    utf8 = reader.keyword_ahead(b"UTF8")
+    if utf8:
+        # RFC 6855 4: utf8-literal = "UTF8" SP "(" literal8 ")"
+        reader.pos += 4
+        reader.space()
+        reader.expect(b"(")
+        if reader.peek() != 0x7E:
+            raise reader.error("UTF8 takes the message as a literal8 (~{n})")
     char = reader.peek()
     if char not in (0x7B, 0x7E):
         raise reader.error(f"expected the message as a literal, found {reader.describe_here()}")
     binary = char == 0x7E
-    return AppendMessage(flags, date, (Text(reader.literal()),), binary=binary)
+    message = reader.literal()
+    if utf8:
+        reader.expect(b")")
+    return AppendMessage(flags, date, (Text(message),), binary=binary, utf8=utf8)
 
 
 def _cat_parts(reader: Reader) -> tuple[Text | Url, ...]:
@@ -128,6 +141,30 @@ def parse_append(reader: Reader, tag: str, name: str, uid: bool) -> Append:
             break
     reader.end()
     return Append(tag, name, mailbox, tuple(messages))
+
+
+#: How much of a message is read looking for the end of its header.
+_HEADER_CHUNK = 64 * 1024
+
+
+def _header_has_8bit(source: IO[bytes]) -> bool:
+    """Whether the message's header (up to the first empty line) holds an
+    octet above 127; ``source`` is left at its start."""
+    tail = b""  # the last octets read, so an end split between chunks counts
+    try:
+        while True:
+            chunk = source.read(_HEADER_CHUNK)
+            if not chunk:
+                return False
+            data = tail + chunk
+            ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+            if not (data[: min(ends)] if ends else data).isascii():
+                return True
+            if ends:
+                return False
+            tail = data[-3:]
+    finally:
+        source.seek(0)
 
 
 def close_messages(messages: Sequence[AppendMessage]) -> None:
@@ -179,6 +216,14 @@ async def new_messages(session: Session, messages: Sequence[AppendMessage]) -> l
                 # RFC 3516 4.4: literal8 content is stored octet for octet.
                 data = part.data
                 source = io.BytesIO(data) if isinstance(data, bytes) else data.file
+                if not session.utf8 and _header_has_8bit(source):
+                    # RFC 6855 4: UTF8=ACCEPT is offered, so 8-bit header
+                    # octets from a client that did not enable it MUST get NO.
+                    raise no(
+                        "8-bit octets in the message header: "
+                        "send ENABLE UTF8=ACCEPT first (RFC 6855)",
+                        "CANNOT",
+                    )
             out.append(NewMessage(source, message.flags, message.date))
     except BaseException:
         for new in out:

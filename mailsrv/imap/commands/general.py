@@ -22,6 +22,7 @@ from mailsrv.imap.registry import (
     State,
     no_arguments,
 )
+from mailsrv.imap.session import IMAP4REV2, UTF8_ACCEPT
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -52,7 +53,16 @@ def parse_enable(reader: Reader, tag: str, name: str, uid: bool) -> Enable:
     return Enable(tag, name, tuple(capabilities))
 
 
+#: RFC 2971 3.3: at most 30 pairs, field names of at most 30 octets and
+#: values of at most 1024.
+MAX_ID_FIELDS = 30
+MAX_ID_FIELD_NAME = 30
+MAX_ID_VALUE = 1024
+
+
 def parse_id(reader: Reader, tag: str, name: str, uid: bool) -> Id:
+    """``ID NIL`` or ``ID (field value ...)``, within RFC 2971 3.3's bounds
+    (BAD beyond them, naming the bound)."""
     reader.space()
     if reader.keyword_ahead(b"NIL"):
         reader.pos += 3
@@ -62,17 +72,28 @@ def parse_id(reader: Reader, tag: str, name: str, uid: bool) -> Id:
     fields: list[tuple[str, str | None]] = []
     if not reader.accept(b")"):  # tolerate "()" though RFC 2971 wants NIL
         while True:
-            key = reader.string("an ID field name").decode("utf-8", "replace")
-            reader.space()
-            value = reader.nstring("an ID field value")
-            fields.append((key, None if value is None else value.decode("utf-8", "replace")))
-            if len(fields) > 30:
-                raise reader.error("too many ID fields (30 at most)")
+            fields.append(_id_pair(reader, fields))
             if reader.accept(b")"):
                 break
             reader.space()
     reader.end()
     return Id(tag, name, tuple(fields))
+
+
+def _id_pair(reader: Reader, fields: list[tuple[str, str | None]]) -> tuple[str, str | None]:
+    if len(fields) >= MAX_ID_FIELDS:
+        raise reader.error(f"too many ID fields ({MAX_ID_FIELDS} at most, RFC 2971 3.3)")
+    raw_key = reader.string("an ID field name")
+    if len(raw_key) > MAX_ID_FIELD_NAME:
+        raise reader.error(f"ID field name longer than {MAX_ID_FIELD_NAME} octets (RFC 2971 3.3)")
+    key = raw_key.decode("utf-8", "replace")
+    if any(key.lower() == seen.lower() for seen, _ in fields):
+        raise reader.error(f"ID field {key!r} given twice (RFC 2971 3.3)")
+    reader.space()
+    value = reader.nstring("an ID field value")
+    if value is not None and len(value) > MAX_ID_VALUE:
+        raise reader.error(f"ID value of {key!r} longer than {MAX_ID_VALUE} octets (RFC 2971 3.3)")
+    return key, None if value is None else value.decode("utf-8", "replace")
 
 
 def handle_capability(session: Session, command: Simple) -> Done:
@@ -95,13 +116,23 @@ def handle_logout(session: Session, command: Simple) -> Done:
 
 
 def handle_id(session: Session, command: Id) -> Done:
-    session.send(response.untagged("ID", response.serialize(("name", "mailsrv"))))
+    # The client's fields are checked and otherwise unused: they are the
+    # client's word only, so nothing is decided by them.
+    pairs = [item for pair in session.policy.id_fields for item in pair]
+    session.send(response.untagged("ID", response.serialize(pairs)))
     return Done(text="ID completed")
 
 
 #: What ENABLE turns on, and what that implies (RFC 7162 3.2.3: QRESYNC
 #: is CONDSTORE too).  Names not here are left out of ``* ENABLED``.
-ENABLES = {CONDSTORE: (CONDSTORE,), QRESYNC: (CONDSTORE, QRESYNC)}
+ENABLES = {
+    CONDSTORE: (CONDSTORE,),
+    QRESYNC: (CONDSTORE, QRESYNC),
+    IMAP4REV2: (IMAP4REV2,),
+    UTF8_ACCEPT: (UTF8_ACCEPT,),
+}
+#: How ``* ENABLED`` spells a name (the client's case does not matter).
+_SPELLING = {IMAP4REV2: "IMAP4rev2"}
 
 
 def handle_enable(session: Session, command: Enable) -> Done:
@@ -111,7 +142,8 @@ def handle_enable(session: Session, command: Enable) -> Done:
             if extension == CONDSTORE:
                 enable_condstore(session)
             session.enabled.add(extension)
-    session.send(b"".join([b"* ENABLED", *(b" " + n.encode() for n in named), b"\r\n"]))
+    spelt = (b" " + _SPELLING.get(n, n).encode() for n in named)
+    session.send(b"".join([b"* ENABLED", *spelt, b"\r\n"]))
     return Done(text="ENABLE completed")
 
 

@@ -12,17 +12,17 @@ from twisted.internet import defer
 
 from mailsrv.errors import StorageError
 from mailsrv.imap import response, syntax
-from mailsrv.imap.commands.status import mailbox_status_line, status_items
+from mailsrv.imap.commands.status import check_items, mailbox_status_line, status_items
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec
-from mailsrv.imap.syntax import UndecodedName
+from mailsrv.imap.syntax import NormalizedName, UndecodedName
 from mailsrv.interfaces import SPECIAL_USES, MailboxEntry
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
 
-__all__ = ["COMMANDS", "List"]
+__all__ = ["COMMANDS", "List", "list_line"]
 
 _LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 _LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
@@ -163,6 +163,7 @@ _Row = tuple[str, list[str], bytes]
 def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any], Any, Done]:
     account = session.logged_in_account()
     delimiter = account.delimiter
+    check_items(session, command.status_items)
     if len(command.patterns) == 1 and command.patterns[0] == "" and not command.selection:
         # RFC 3501 6.3.8: the delimiter and root of the reference.
         session.send(
@@ -197,7 +198,7 @@ def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any
             command.name.encode(),
             flags,
             quoted_delimiter,
-            response.mailbox(name),
+            response.mailbox(name, utf8=session.utf8),
             extended,
         )
         session.send(line)
@@ -208,6 +209,30 @@ def handle_list(session: Session, command: List) -> Generator[defer.Deferred[Any
                 continue
             session.send(line)
     return Done(text=f"{command.name} completed")
+
+
+def list_line(
+    name: str,
+    delimiter: str,
+    utf8: bool,
+    attributes: Sequence[str] = (),
+    oldname: str | None = None,
+) -> bytes:
+    """An untagged LIST line for ``name`` outside a LIST command (SELECT,
+    CREATE, DELETE, RENAME in IMAP4rev2), with ``("OLDNAME" (oldname))``
+    (RFC 9051 6.3.9.7); ``oldname`` defaults to the name as the client
+    wrote it when that was not the NFC form it is known by."""
+    if oldname is None and isinstance(name, NormalizedName):
+        oldname = name.supplied
+    extended = b""
+    if oldname is not None:
+        extended = b' ("OLDNAME" (%s))' % response.mailbox(oldname, utf8=utf8)
+    return b"* LIST (%s) %s %s%s\r\n" % (
+        " ".join(attributes).encode("ascii"),
+        response.serialize(delimiter),
+        response.mailbox(str(name), utf8=utf8),
+        extended,
+    )
 
 
 def _matcher(command: List, delimiter: str) -> Callable[[str], bool]:

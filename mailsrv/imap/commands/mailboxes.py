@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
+from mailsrv.errors import MailboxNotEmpty
 from mailsrv.imap import syntax
+from mailsrv.imap.commands.list import list_line
 from mailsrv.imap.lexer import Reader
 from mailsrv.imap.output import Done, no
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
 from mailsrv.imap.session import creatable, existing
+from mailsrv.imap.syntax import NormalizedName
 from mailsrv.interfaces import SPECIAL_USES
 
 if TYPE_CHECKING:
@@ -83,22 +87,55 @@ def handle_create(session: Session, command: Create) -> Result:
             raise no(f"Unknown special use {use}", "USEATTR")
         uses.append(canonical)
     name = creatable(command.mailbox)
-    d = defer.maybeDeferred(session.logged_in_account().create_mailbox, name, uses)
-    return d.addCallback(lambda _: Done(text="CREATE completed"))
+    account = session.logged_in_account()
+    d = defer.maybeDeferred(account.create_mailbox, name, uses)
+
+    def created(_: object) -> Done:
+        if isinstance(name, NormalizedName) and session.utf8:
+            # RFC 9051 6.3.4: the name was created in NFC; say which.
+            session.send(list_line(name, account.delimiter, True))
+        return Done(text="CREATE completed")
+
+    return d.addCallback(created)
 
 
 def handle_delete(session: Session, command: MailboxCommand) -> Result:
     if command.mailbox == "INBOX":
         raise no("INBOX cannot be deleted", "CANNOT")
     account = session.logged_in_account()
-    d = defer.maybeDeferred(account.delete_mailbox, existing(command.mailbox))
-    return d.addCallback(lambda _: Done(text="DELETE completed"))
+    name = existing(command.mailbox)
+    d = defer.maybeDeferred(account.delete_mailbox, name)
+
+    def deleted(_: object) -> Done:
+        if isinstance(name, NormalizedName) and session.utf8:
+            # RFC 9051 6.3.5: the NFC name is the one that went.
+            session.send(list_line(name, account.delimiter, True, ["\\NonExistent"]))
+        return Done(text="DELETE completed")
+
+    def has_children(failure: Failure) -> Done:
+        # RFC 9051 7.1 gave this case its own code; IMAP4rev1 clients keep
+        # RFC 5530's INUSE, which they know.
+        failure.trap(MailboxNotEmpty)
+        code = "HASCHILDREN" if session.rev2 else MailboxNotEmpty.code
+        return Done("NO", str(failure.value), code)
+
+    return d.addCallbacks(deleted, has_children)
 
 
 def handle_rename(session: Session, command: Rename) -> Result:
     old, new = existing(command.old), creatable(command.new)
-    d = defer.maybeDeferred(session.logged_in_account().rename_mailbox, old, new)
-    return d.addCallback(lambda _: Done(text="RENAME completed"))
+    account = session.logged_in_account()
+    d = defer.maybeDeferred(account.rename_mailbox, old, new)
+
+    def renamed(_: object) -> Done:
+        normalized = isinstance(old, NormalizedName) or isinstance(new, NormalizedName)
+        if normalized and session.utf8:
+            # RFC 9051 6.3.6: the NFC new name, with the old one as sent.
+            supplied = old.supplied if isinstance(old, NormalizedName) else old
+            session.send(list_line(str(new), account.delimiter, True, oldname=supplied))
+        return Done(text="RENAME completed")
+
+    return d.addCallback(renamed)
 
 
 def handle_subscribe(session: Session, command: MailboxCommand) -> Result:

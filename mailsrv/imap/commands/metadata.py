@@ -214,7 +214,9 @@ def handle_getmetadata(session: Session, command: GetMetadata) -> Result:
         if pairs:
             session.send(
                 response.untagged(
-                    "METADATA", response.mailbox(command.mailbox), b"(" + b" ".join(pairs) + b")"
+                    "METADATA",
+                    response.mailbox(command.mailbox, utf8=session.utf8),
+                    b"(" + b" ".join(pairs) + b")",
                 )
             )
         code = f"METADATA LONGENTRIES {longest}" if longest else None

@@ -16,11 +16,12 @@ from twisted.python.failure import Failure
 from mailsrv.imap.condstore import modseq_view
 from mailsrv.imap.contexts import Query, answer
 from mailsrv.imap.lexer import Reader
-from mailsrv.imap.output import CommandError, Done, no
+from mailsrv.imap.output import CommandError, Done, bad, no
 from mailsrv.imap.registry import SELECTED, Command, CommandSpec
 from mailsrv.imap.search_syntax import SearchKey, search_arguments
 from mailsrv.imap.searching import CHARSETS, NotImplementedKey, compile_key, run_extended, run_plain
 from mailsrv.imap.selected import UidMap
+from mailsrv.imap.session import UTF8_ACCEPT
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -53,6 +54,13 @@ def handle_search(session: Session, command: Search) -> defer.Deferred[Done]:
     (SAVE) that fails with NO empties ``$`` (RFC 5182 2.1); a BAD leaves it
     alone."""
     view = session.view()
+    if command.charset is not None and UTF8_ACCEPT in session.enabled:
+        # RFC 6855 3: a UTF-8 session's strings are UTF-8 already.
+        raise bad("SEARCH CHARSET is not allowed after ENABLE UTF8=ACCEPT (RFC 6855 3)")
+    if command.return_options is None and session.rev2:
+        # RFC 9051 6.4.4: SEARCH without RETURN is RETURN (ALL), answered
+        # with ESEARCH (appendix E item 4).
+        command = attrs.evolve(command, return_options=())
     options = command.return_options
     if options is not None and _CONTEXT_OPTIONS.intersection(o.split(" ")[0] for o in options):
         # RFC 5267 (CONTEXT=SEARCH): results kept whole, in mailbox order.

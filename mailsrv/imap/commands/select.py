@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.imap import syntax
+from mailsrv.imap.commands.list import list_line
 from mailsrv.imap.condstore import (
     CONDSTORE,
     QRESYNC,
@@ -121,14 +122,16 @@ def _open(
     # Like Dovecot, FLAGS lists the keywords already defined, so a
     # client knows them before any FETCH shows one (RFC 3501 7.2.6).
     keywords: Sequence[str] = yield defer.maybeDeferred(mailbox.keywords)
-    if view.readonly:
+    if view.rev2:
+        recent = 0  # RFC 9051 has no \Recent: leave it to IMAP4rev1 sessions
+    elif view.readonly:
         recent = status.recent
     else:
         claimed = yield defer.maybeDeferred(mailbox.claim_recent)
         view.recent.update(claimed)
         recent = len(view.recent)
     opened = _Opened(status, keywords, recent)
-    if status.unseen:
+    if status.unseen and not view.rev2:
         opened.first_unseen = yield view.first_unseen(status.unseen, BATCH)
     # RFC 7162 3.2.5: another UIDVALIDITY, or no MODSEQs, and the client
     # gets a plain SELECT.
@@ -171,6 +174,7 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
     view = SelectedMailbox(mailbox, (), command.readonly)
     view.condstore = CONDSTORE in session.enabled
     view.qresync = QRESYNC in session.enabled
+    view.rev2 = session.rev2
     mailbox.add_listener(view)
     try:
         opened: _Opened = yield _open(mailbox, view, qresync)
@@ -183,10 +187,13 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
     session.selected = view
     session.state = State.SELECTED
     status = opened.status
-    lines = [
-        f"* {view.exists} EXISTS\r\n",
-        f"* {opened.recent} RECENT\r\n",
-    ]
+    lines = [f"* {view.exists} EXISTS\r\n"]
+    if view.rev2:
+        # RFC 9051 6.3.2: a LIST response names the mailbox (RECENT and
+        # UNSEEN are gone, appendix E items 11 and 12).
+        lines.append(_list_line(session, command.mailbox))
+    else:
+        lines.append(f"* {opened.recent} RECENT\r\n")
     if opened.first_unseen:
         lines.append(f"* OK [UNSEEN {opened.first_unseen}] First unseen\r\n")
     lines.append(f"* OK [UIDVALIDITY {mailbox.uidvalidity}] UIDs valid\r\n")
@@ -201,7 +208,7 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
             lines.append(f"* OK [HIGHESTMODSEQ {view.modseq}] Highest\r\n")
     if opened.vanished:
         lines.append(f"* VANISHED (EARLIER) {ranges_text(opened.vanished).decode()}\r\n")
-    session.send(view.flags_response(opened.keywords) + "".join(lines).encode("ascii"))
+    session.send(view.flags_response(opened.keywords) + "".join(lines).encode("utf-8"))
     if opened.changed:
         # RFC 7162 3.2.5.1: as UID FETCH known-uids (FLAGS) (CHANGEDSINCE m).
         items = (FetchAttribute("UID"), FetchAttribute("FLAGS"), FetchAttribute("MODSEQ"))
@@ -209,6 +216,13 @@ def handle_select(session: Session, command: Select) -> Generator[defer.Deferred
         yield fetch_messages(request, opened.changed)
     mode = "READ-ONLY" if command.readonly else "READ-WRITE"
     return Done(text=f"{command.name} completed", code=mode)
+
+
+def _list_line(session: Session, name: str) -> str:
+    """SELECT's ``* LIST () "/" name`` in IMAP4rev2, with ``OLDNAME`` when
+    the client's name was not in NFC (RFC 9051 6.3.2, 6.3.9.7)."""
+    delimiter = session.logged_in_account().delimiter
+    return list_line(name, delimiter, session.utf8).decode("utf-8")
 
 
 def handle_check(session: Session, command: Simple) -> Result:

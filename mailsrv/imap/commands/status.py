@@ -14,7 +14,7 @@ from twisted.internet import defer
 from mailsrv.imap import response, syntax
 from mailsrv.imap.condstore import enable_condstore
 from mailsrv.imap.lexer import Reader
-from mailsrv.imap.output import Done
+from mailsrv.imap.output import Done, bad
 from mailsrv.imap.registry import AUTHENTICATED, Command, CommandSpec, Result
 from mailsrv.imap.session import existing
 from mailsrv.interfaces import DELETED, IMailbox, IMessage, MailboxStatus, maybe_deferred
@@ -22,7 +22,14 @@ from mailsrv.interfaces import DELETED, IMailbox, IMessage, MailboxStatus, maybe
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
 
-__all__ = ["COMMANDS", "Status", "mailbox_status_line", "status_items", "status_line"]
+__all__ = [
+    "COMMANDS",
+    "Status",
+    "check_items",
+    "mailbox_status_line",
+    "status_items",
+    "status_line",
+]
 
 _STATUS_ITEMS = frozenset(
     {
@@ -87,7 +94,14 @@ def status_line(
         "APPENDLIMIT": session.policy.max_message_size,
     }
     pairs = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
-    return b"* STATUS %s (%s)\r\n" % (response.mailbox(name), pairs)
+    return b"* STATUS %s (%s)\r\n" % (response.mailbox(name, utf8=session.utf8), pairs)
+
+
+def check_items(session: Session, items: Iterable[str]) -> None:
+    """BAD for RECENT in an IMAP4rev2 session: RFC 9051 removed it from
+    status-att along with \\Recent (appendix E item 12)."""
+    if session.rev2 and "RECENT" in items:
+        raise bad("RECENT is not a STATUS item in IMAP4rev2 (RFC 9051 has no \\Recent)")
 
 
 @defer.inlineCallbacks
@@ -109,6 +123,7 @@ def mailbox_status_line(
 
 
 def handle_status(session: Session, command: Status) -> Result:
+    check_items(session, command.items)
     if "HIGHESTMODSEQ" in command.items:
         enable_condstore(session)  # RFC 7162 3.1: a CONDSTORE enabling command
     d = mailbox_status_line(session, existing(command.mailbox), command.items)

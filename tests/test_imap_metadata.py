@@ -171,6 +171,20 @@ class MetadataDialogues:
         self.assertTrue(response.startswith(b"f NO [NONEXISTENT] "), response)
 
     @defer.inlineCallbacks
+    def test_utf8_session_names_the_mailbox_in_utf8(self: Any) -> Any:
+        client = yield self.login()
+        yield client.command("a", "CREATE Entw&APw-rfe")
+        yield client.command("b", 'SETMETADATA Entw&APw-rfe (/private/comment "x")')
+        response = yield client.command("c", "ENABLE UTF8=ACCEPT")
+        self.assertIn(b"* ENABLED UTF8=ACCEPT", response)
+        response = yield client.command("d", b'GETMETADATA "Entw\xc3\xbcrfe" /private/comment')
+        self.assertEqual(
+            response,
+            b'* METADATA "Entw\xc3\xbcrfe" (/private/comment "x")\r\n'
+            b"d OK GETMETADATA completed\r\n",
+        )
+
+    @defer.inlineCallbacks
     def test_rename_and_delete(self: Any) -> Any:
         client = yield self.login()
         yield client.command("a", "CREATE Old")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 
 import attrs
@@ -93,8 +94,9 @@ class IMAPClient(_Buffered):
         self.greeting = b""
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> IMAPClient:
-        reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE)
+    async def connect(cls, host: str, port: int, tls: ssl.SSLContext | None = None) -> IMAPClient:
+        """Connect (over implicit TLS with ``tls``) and read the greeting."""
+        reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE, ssl=tls)
         client = cls(reader, writer)
         client.greeting = await client.line()
         if not client.greeting.startswith(b"* OK"):

@@ -87,6 +87,7 @@ class Pair:
         keep: bool = False,
         dovecot_processes: int = 1000,
         dovecot_performance_login: bool = False,
+        mailsrv_workers: int | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.mailboxes = list(mailboxes)
@@ -95,6 +96,7 @@ class Pair:
         self.keep = keep
         self.dovecot_processes = dovecot_processes
         self.dovecot_performance_login = dovecot_performance_login
+        self.mailsrv_workers = mailsrv_workers
         self.log = log
         self.top = tempfile.mkdtemp(prefix="mailsrv-bench-")
         os.chmod(self.top, 0o755)  # Dovecot's mail processes run as nobody
@@ -132,7 +134,12 @@ class Pair:
 
     def _setup(self) -> None:
         self.log(f"setting up in {self.top}")
-        mailsrv = Mailsrv(os.path.join(self.top, "mailsrv"), self.passwd, cpus=self.cpus)
+        mailsrv = Mailsrv(
+            os.path.join(self.top, "mailsrv"),
+            self.passwd,
+            cpus=self.cpus,
+            workers=self.mailsrv_workers,
+        )
 
         def add_users() -> None:
             for spec in self.mailboxes:

@@ -22,6 +22,14 @@ workload then runs against one server and then the other:
             the OS, and how fast one new message reaches the sessions
             watching that mailbox.
 ``pop3``    POP3 RETR of a whole maildrop (2,000 messages).
+``saturate`` imaptest-like saturation: 10, then 50 clients logged in as one
+            user on one shared 1,000-message INBOX, each sending its next
+            command as soon as the last is answered (NOOP, LIST, STATUS,
+            FETCH flags, bodies and headers, STORE, APPEND, EXPUNGE);
+            commands per second.  mailsrv runs its default number of
+            workers, one per CPU it may use: with ``--no-pin`` both
+            servers may use every CPU (and share them with the load
+            generator).
 
 For each workload and server it prints throughput, p50/p99 latency, CPU
 seconds of the server's process tree, peak RSS and the ratio
@@ -63,7 +71,7 @@ from harness import (
 from peers import Server, inotify_instances, raise_fd_limit
 
 HOST = "127.0.0.1"
-WORKLOADS = ("storm", "sync", "mixed", "search", "idle", "pop3")
+WORKLOADS = ("storm", "sync", "mixed", "search", "idle", "pop3", "saturate")
 
 
 @attrs.define
@@ -87,6 +95,9 @@ class Scale:
     idle_setup_limit: float = 300.0  # seconds to open all the IDLE connections
     pop3_messages: int = 2000
     pop3_rounds: int = 3
+    saturate_clients: str = "10,50"  # one table per count
+    saturate_messages: int = 1000
+    saturate_seconds: float = 30.0
     time_limit: float = 120.0  # per workload and server, for open-ended parts
 
     @classmethod
@@ -107,6 +118,8 @@ class Scale:
             idle_setup_limit=60.0,
             pop3_messages=300,
             pop3_rounds=2,
+            saturate_messages=200,
+            saturate_seconds=10.0,
             time_limit=60.0,
         )
 
@@ -398,6 +411,76 @@ _MIXED: dict[str, Callable[[_Op], Awaitable[Any]]] = {
 }
 
 
+#: The saturation mix (weights) and how many commands each operation sends.
+SATURATE_OPS = (
+    ("NOOP", 15, 1),
+    ("LIST", 5, 1),
+    ("STATUS", 5, 1),
+    ("FETCH 20 (UID FLAGS)", 20, 1),
+    ("FETCH 1 BODY.PEEK[]", 15, 1),
+    ("FETCH 50 headers", 5, 1),
+    ("STORE", 15, 1),
+    ("APPEND", 10, 1),
+    ("EXPUNGE", 10, 2),
+)
+
+
+async def _list(op: _Op) -> Any:
+    return await op.client.command('LIST "" "*"')
+
+
+async def _status(op: _Op) -> Any:
+    return await op.client.command("STATUS INBOX (MESSAGES UIDNEXT UNSEEN)")
+
+
+async def saturate(server: Server, scale: Scale, clients: int) -> Result:
+    """``clients`` sessions of one user on one INBOX, no think time:
+    commands answered per second, and each operation's latency."""
+    result = Result(unit="cmds")
+    ops = {name: (_MIXED.get(name) or _SATURATE[name], sends) for name, _, sends in SATURATE_OPS}
+    names = [name for name, _, _ in SATURATE_OPS]
+    weights = [weight for _, weight, _ in SATURATE_OPS]
+    sessions = [await connect_login(server, "shared") for _ in range(clients)]
+    for client in sessions:
+        reply = await client.select()
+        if not reply.ok:
+            raise IMAPError(f"SELECT as shared: {reply.text!r}")
+    deadline = time.monotonic() + scale.saturate_seconds
+
+    async def client_loop(n: int, client: IMAPClient) -> None:
+        rng = random.Random(n)
+        appended = 0
+        while time.monotonic() < deadline:
+            name = rng.choices(names, weights)[0]
+            exists = client.exists
+            if exists == 0 and name not in ("NOOP", "LIST", "STATUS", "APPEND"):
+                name = "APPEND"
+            op = _Op(client, rng, rng.randint(1, max(exists, 1)), exists, result)
+            if name == "APPEND":
+                appended += 1
+                op.data = message(2_000_000 + n * 100_000 + appended, seed=9)
+            run, sends = ops[name]
+            op.started = time.perf_counter()
+            reply = await run(op)
+            elapsed = time.perf_counter() - op.started
+            check(reply, result, name)
+            result.step(name, elapsed)
+            result.latencies.append(elapsed / sends)
+            result.ops += sends
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop(n, c) for n, c in enumerate(sessions)))
+    result.seconds = time.perf_counter() - started
+    for client in sessions:
+        await client.logout()
+    result.notes["clients"] = f"{clients}, all logged in as one user on its INBOX"
+    result.notes["p50/p99"] = "per command (an EXPUNGE operation is STORE then EXPUNGE)"
+    return result
+
+
+_SATURATE: dict[str, Callable[[_Op], Awaitable[Any]]] = {"LIST": _list, "STATUS": _status}
+
+
 SEARCHES = (
     (f'SEARCH TEXT "{PLANTED["body"][0]}"', "body"),
     (f'SEARCH HEADER SUBJECT "{PLANTED["subject"][0]}"', "subject"),
@@ -640,7 +723,14 @@ def ms(value: float) -> str:
     return "-" if value != value else f"{value * 1000:.1f}"
 
 
-_SINGULAR = {"logins": "login", "msgs": "msg", "ops": "op", "searches": "search", "conns": "conn"}
+_SINGULAR = {
+    "logins": "login",
+    "msgs": "msg",
+    "ops": "op",
+    "searches": "search",
+    "conns": "conn",
+    "cmds": "cmd",
+}
 
 
 def report(title: str, results: dict[str, Result]) -> str:
@@ -798,11 +888,25 @@ def jobs_for(workload: str, scale: Scale) -> list[tuple[str, Callable[[Server], 
             "each server freshly restarted"
         )
         return [(title, idle_job)]
+    if workload == "saturate":
+        return [
+            (
+                f"Saturation: {count} clients on one shared {scale.saturate_messages}-message "
+                f"INBOX for {scale.saturate_seconds:.0f} s, no think time",
+                lambda s, count=count: lambda m: saturate(s, scale, count),
+            )
+            for count in saturate_counts(scale)
+        ]
     title = (
         f"POP3: RETR of a whole {scale.pop3_messages}-message maildrop "
         f"({scale.pop3_rounds} rounds after a warm-up round)"
     )
     return [(title, lambda s: lambda m: pop3(s, scale))]
+
+
+def saturate_counts(scale: Scale) -> list[int]:
+    """The client counts of the saturation tables (``--saturate-clients 10,50``)."""
+    return [int(n) for n in scale.saturate_clients.split(",") if n.strip()]
 
 
 def specs_for(chosen: list[str], scale: Scale) -> list[MailboxSpec]:
@@ -821,6 +925,8 @@ def specs_for(chosen: list[str], scale: Scale) -> list[MailboxSpec]:
         ]
     if "pop3" in chosen:
         specs.append(MailboxSpec("pop", scale.pop3_messages, seed=6))
+    if "saturate" in chosen:
+        specs.append(MailboxSpec("shared", scale.saturate_messages, seed=8))
     return specs
 
 
@@ -844,6 +950,8 @@ def main() -> None:
             else "as shipped (one process per login)"
         )
         print(f"- Dovecot login processes: {login}")
+        workers = args.mailsrv_workers
+        print(f"- mailsrv workers: {'one per CPU it may use' if workers is None else workers}")
         print(f"- scale: {attrs.asdict(scale)}")
         print()
         with Pair(
@@ -853,6 +961,7 @@ def main() -> None:
             keep=args.keep,
             dovecot_processes=scale.idle_connections + 500,
             dovecot_performance_login=args.dovecot_performance_login,
+            mailsrv_workers=args.mailsrv_workers,
         ) as pair:
             print(f"setup took {time.perf_counter() - began:.0f} s")
             for workload in chosen:
@@ -882,6 +991,12 @@ def parse_args() -> tuple[argparse.Namespace, Scale, list[str]]:
         "--dovecot-performance-login",
         action="store_true",
         help="run Dovecot's login processes in high-performance mode (default: as shipped)",
+    )
+    parser.add_argument(
+        "--mailsrv-workers",
+        type=int,
+        default=None,
+        help="mailsrv's --workers (default: its own, one per CPU it may use)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
     for field in attrs.fields(Scale):

@@ -381,10 +381,23 @@ class Mailsrv(Server):
     name = "mailsrv"
 
     def __init__(
-        self, top: str, passwd: str, *, cpus: set[int] | None = None, log_level: str = "info"
+        self,
+        top: str,
+        passwd: str,
+        *,
+        cpus: set[int] | None = None,
+        log_level: str = "info",
+        workers: int | None = None,
+        imaps: bool = False,
     ) -> None:
         super().__init__(top, cpus=cpus)
         self.passwd = passwd
+        #: ``--workers``; None: the daemon's default, one per CPU it may use.
+        self.workers = workers
+        #: The implicit-TLS IMAP port (``imaps=True``), with a self-signed pair.
+        self.imaps_port = 0
+        #: Extra environment of the daemon (bench/tlsmem.py's sitecustomize).
+        self.env: dict[str, str] | None = None
         self.mail = os.path.join(top, "mail")
         self.config = os.path.join(top, "mailsrv.toml")
         self.log_level = log_level
@@ -402,6 +415,20 @@ class Mailsrv(Server):
                     log_level=log_level,
                 )
             )
+            if imaps:
+                self.imaps_port = free_port()
+                f.write(
+                    f'\n[tls]\ncertificate = "{top}/cert.pem"\nkey = "{top}/key.pem"\n'
+                    "generate_self_signed = true\n"
+                )
+        if imaps:
+            # [imap] listen_tls belongs in the [imap] table written above.
+            with open(self.config) as f:
+                text = f.read()
+            listen = f'listen = ["tcp:{self.imap_port}:interface=127.0.0.1"]\n'
+            tls = f'listen_tls = ["tcp:{self.imaps_port}:interface=127.0.0.1"]\n'
+            with open(self.config, "w") as f:
+                f.write(text.replace(listen, listen + tls, 1))
 
     def mail_root(self, user: str) -> str:
         return os.path.join(self.mail, user, "Maildir")
@@ -426,9 +453,11 @@ class Mailsrv(Server):
         )
 
     def start(self, timeout: float = 60) -> None:
-        self._spawn(
-            [_bin("twistd"), "-n", "--pidfile=", "mailsrv", "--config", self.config],
-        )
+        argv = [_bin("twistd"), "-n", "--pidfile=", "mailsrv", "--config", self.config]
+        if self.workers is not None:
+            argv += ["--workers", str(self.workers)]
+        env = None if self.env is None else {**os.environ, **self.env}
+        self._spawn(argv, env)
         assert self.process is not None
         wait_for_port(self.imap_port, self.process, self.log_path, timeout)
 

@@ -16,9 +16,16 @@ sort keys are worked out from the message files and cached) and
   webmail's first page (ESORT with CONTEXT=SORT's PARTIAL; Dovecot, which
   does not advertise CONTEXT=SORT, answers it too)
 
-It prints the cold seconds, the warm median, the ratio mailsrv/Dovecot, CPU
-seconds of each server's process tree, peak RSS, and a digest of each
-answer: both servers must give the same order (the digests must agree).
+Then, ``--repeat`` times, one new message is APPENDed (and a NOOP lets the
+session see it) before the command is timed again: what a SORT or THREAD
+costs once the mailbox has changed, so nothing answered before can be
+given again as it was.  Both servers get the same messages (replies dated
+2001, so they sort first and join one thread).
+
+It prints the cold seconds, the warm median, the ratio mailsrv/Dovecot, the
+same after a new message, CPU seconds of each server's process tree, peak
+RSS, and a digest of each answer: both servers must give the same order
+(the digests must agree, also after the new messages).
 
 Run: ``python bench/sort.py [--messages N] [--repeat R] [--quick]``.
 """
@@ -59,6 +66,21 @@ COMMANDS = [
 ]
 
 
+def new_message(n: int) -> bytes:
+    """The ``n``th message APPENDed between timed runs: a reply to the one
+    before, dated in 2001 (first by DATE), the same for both servers."""
+    lines = [
+        "From: Bench <bench@example.org>",
+        "To: big@example.org",
+        f"Subject: Re: the bench changes {n}",
+        f"Date: Mon, 1 Jan 2001 00:{n // 60:02d}:{n % 60:02d} +0000",
+        f"Message-ID: <change{n}@bench.example>",
+    ]
+    if n:
+        lines.append(f"In-Reply-To: <change{n - 1}@bench.example>")
+    return ("\r\n".join(lines) + "\r\n\r\nA new message.\r\n").encode()
+
+
 def digest(reply: Reply) -> str:
     """The answer's data (SORT, THREAD or ESEARCH, tag left out), hashed."""
     for line in reply.untagged:
@@ -77,12 +99,22 @@ class Row:
         self.peak = 0
         self.answer = "-"
         self.refused: str | None = None
+        #: After one new message each time.
+        self.changed: list[float] = []
+        self.changed_cpu: list[float] = []
+        self.changed_answer = "-"
 
     def median(self) -> float:
         return statistics.median(self.seconds) if self.seconds else float("nan")
 
     def median_cpu(self) -> float:
         return statistics.median(self.cpu) if self.cpu else float("nan")
+
+    def median_changed(self) -> float:
+        return statistics.median(self.changed) if self.changed else float("nan")
+
+    def median_changed_cpu(self) -> float:
+        return statistics.median(self.changed_cpu) if self.changed_cpu else float("nan")
 
 
 async def run_server(server: Server, repeat: int) -> dict[str, Row]:
@@ -92,6 +124,7 @@ async def run_server(server: Server, repeat: int) -> dict[str, Row]:
     if not reply.ok:
         raise RuntimeError(f"{server.name}: LOGIN failed: {reply.text!r}")
     await client.select()
+    added = 0
     for text in COMMANDS:
         row = rows[text] = Row()
         print(f"  {server.name}: {text}", flush=True)
@@ -109,6 +142,18 @@ async def run_server(server: Server, repeat: int) -> dict[str, Row]:
             row.peak = max(row.peak, meter.usage.peak_rss)
             if digest(reply) != row.answer:
                 row.answer += " (changed!)"
+        for _ in range(repeat):
+            appended = await client.append("INBOX", new_message(added))
+            added += 1
+            noop = await client.command("NOOP")
+            if not (appended.ok and noop.ok):
+                raise RuntimeError(f"{server.name}: APPEND failed: {appended.text!r}")
+            with Meter(server, interval=0.1) as meter:
+                reply = await client.command(text, keep=True)
+            row.changed.append(reply.seconds)
+            row.changed_cpu.append(meter.usage.cpu)
+            row.peak = max(row.peak, meter.usage.peak_rss)
+            row.changed_answer = digest(reply)
     await client.logout()
     return rows
 
@@ -147,8 +192,12 @@ def main() -> None:
     if len(names) == 2:
         headers.append(f"{names[0]}/{names[1]} warm")
     headers += [f"{name} CPU s" for name in names]
+    headers += [f"{name} after APPEND s" for name in names]
+    if len(names) == 2:
+        headers.append(f"{names[0]}/{names[1]} after APPEND")
+    headers += [f"{name} after APPEND CPU s" for name in names]
     headers += [f"{name} peak RSS MiB" for name in names]
-    headers.append("answers")
+    headers += ["answers", "answers after APPEND"]
     table = []
     for text in COMMANDS:
         per = [results[name][text] for name in names]
@@ -158,9 +207,14 @@ def main() -> None:
         if len(names) == 2:
             row.append(ratio(per[0].median(), per[1].median()))
         row += ["" if r.refused else f"{r.median_cpu():.2f}" for r in per]
+        row += ["" if r.refused else f"{r.median_changed():.3f}" for r in per]
+        if len(names) == 2:
+            row.append(ratio(per[0].median_changed(), per[1].median_changed()))
+        row += ["" if r.refused else f"{r.median_changed_cpu():.2f}" for r in per]
         row += ["" if r.refused else f"{r.peak / MIB:.0f}" for r in per]
-        answers = sorted({r.answer for r in per if not r.refused})
-        row.append(answers[0] if len(answers) == 1 else "DISAGREE " + "/".join(answers))
+        for which in ("answer", "changed_answer"):
+            answers = sorted({getattr(r, which) for r in per if not r.refused})
+            row.append(answers[0] if len(answers) == 1 else "DISAGREE " + "/".join(answers))
         table.append(row)
     print()
     print(markdown_table(headers, table))

@@ -31,6 +31,9 @@ COMMAND_LINE = "command line"
 #: importing the reactor at load time would pre-empt twistd's --reactor.
 _NO_REACTOR: Any = None
 
+#: The most reactor processes ``[server] workers`` may ask for.
+MAX_WORKERS = 256
+
 #: Interfaces that mean "every address": they clash with any interface.
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -90,6 +93,9 @@ class ServerSection:
     #: Addresses or networks of the load balancers whose PROXY headers are
     #: believed; required by any ``haproxy:`` listener.
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), metadata=_meta(_check_networks))
+    #: Reactor processes sharing the listeners (mailsrv/workers/); 0 means
+    #: one per CPU this process may run on, 1 the single process of old.
+    workers: int = attrs.field(default=0, metadata=_meta(_check_range(0, MAX_WORKERS)))
 
 
 @attrs.frozen
@@ -498,6 +504,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "passwd": ("users", "passwd_file"),
     "tls_cert": ("tls", "certificate"),
     "tls_key": ("tls", "key"),
+    "workers": ("server", "workers"),
 }
 
 
@@ -674,6 +681,18 @@ def _check_auth(config: Config) -> None:
         _check_postgresql(auth.dsn, "auth")
     else:
         _check_postgresql(config.storage.dsn, "auth", "storage.dsn")
+
+
+def _check_workers(config: Config) -> None:
+    """The memory backend lives in one process: asking it for several
+    workers is an error (0, one per CPU, quietly means one there)."""
+    if config.storage.backend == "memory" and config.server.workers > 1:
+        raise _error(
+            _origin(config, "server.workers"),
+            f"storage.backend 'memory' keeps mail inside one process, so it cannot be shared "
+            f"by {config.server.workers} workers; set workers to 1 (or use maildir or "
+            "postgresql storage)",
+        )
 
 
 def _check_template(template: str, where: str) -> str:
@@ -896,6 +915,7 @@ def load_config(
         **sections,
     )
     _check_auth(config)
+    _check_workers(config)
     from mailsrv.auth.oauth_config import check_oauth
 
     check_oauth(config.auth.oauth, _Errors.path, check_files)
@@ -903,6 +923,22 @@ def load_config(
     if check_files:
         _check_files(config)
     return config
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolved_workers(config: Config) -> int:
+    """How many reactor processes ``[server] workers`` asks for: 0 is one
+    per CPU, except on the memory backend, which lives in one process."""
+    if config.storage.backend == "memory":
+        return 1
+    return config.server.workers or cpu_count()
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -979,6 +1015,9 @@ def describe(config: Config) -> Sequence[str]:
         lines.append(f"  OAuth tokens: {oauth.validator} ({', '.join(oauth.mechanisms)})")
     tls = config.tls.certificate or "none (STARTTLS/STLS not offered)"
     lines.append(f"  TLS certificate: {tls}")
+    count = resolved_workers(config)
+    how = " (one per CPU)" if config.server.workers == 0 and count > 1 else ""
+    lines.append(f"  workers: {count}{how}")
     quota = config.quota
     limits = [f"storage {quota.storage}"] if quota.storage not in ("", "0") else []
     limits += [f"{quota.messages} messages"] if quota.messages else []

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 
 from mailsrv import __version__
@@ -163,7 +164,12 @@ class ConnectionLimits:
     """Counts open connections per client IP and per logged-in user.
 
     Shared by every factory of one service, so a user's IMAP and POP3
-    connections count together, as they load the same mailbox.
+    connections count together, as they load the same mailbox.  This one
+    counts in the process and answers at once; the worker processes of one
+    daemon count with their parent instead
+    (:class:`mailsrv.workers.limits.SharedConnectionLimits`), whose
+    ``open_*`` answer Deferreds, which :class:`mailsrv.session.SessionGuard`
+    waits for.
     """
 
     def __init__(self, per_user: int = 20, per_ip: int = 50) -> None:
@@ -172,7 +178,7 @@ class ConnectionLimits:
         self._ips: Counter[str] = Counter()
         self._users: Counter[str] = Counter()
 
-    def open_ip(self, peer: IAddress | None) -> bool:
+    def open_ip(self, peer: IAddress | None) -> bool | Deferred[bool]:
         """Count a new connection; False if its IP is over the limit."""
         host = str(getattr(peer, "host", ""))
         if self._ips[host] >= self.per_ip:
@@ -186,7 +192,7 @@ class ConnectionLimits:
         if self._ips[host] <= 0:
             del self._ips[host]
 
-    def open_user(self, user: str) -> bool:
+    def open_user(self, user: str) -> bool | Deferred[bool]:
         """Count a login; False if the user is over the limit."""
         if self._users[user] >= self.per_user:
             return False

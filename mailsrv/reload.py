@@ -108,6 +108,7 @@ class MailService(service.MultiService):
         load: Callable[[], Config] | None = None,
         *,
         systemd_notify: bool = False,
+        connections: ConnectionLimits | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -115,7 +116,11 @@ class MailService(service.MultiService):
         self.load = load
         self.systemd_notify = systemd_notify
         self.parts = build(config)
-        self.connections = self.parts.policy.connections or ConnectionLimits()
+        limits = self.parts.policy.connections or ConnectionLimits()
+        if connections is not None:  # counted elsewhere (a worker's parent)
+            connections.per_user, connections.per_ip = limits.per_user, limits.per_ip
+            limits = connections
+        self.connections = limits
         self.parts = attrs.evolve(
             self.parts, policy=attrs.evolve(self.parts.policy, connections=self.connections)
         )

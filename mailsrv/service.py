@@ -37,7 +37,7 @@ from mailsrv.auth.sasl import SaslServices
 from mailsrv.config import COMMAND_LINE, Config, Listener
 from mailsrv.errors import ConfigError
 from mailsrv.interfaces import IStorage, IWatchingStorage
-from mailsrv.policy import SessionPolicy
+from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.quota import quotas_from_config
 from mailsrv.reload import LiveParts, MailService
 from mailsrv.tls import ensure_self_signed, server_context
@@ -465,19 +465,34 @@ def _innermost(factory: Factory[Any]) -> Factory[Any]:
     return factory
 
 
+def _check_databases(config: Config, storage: IStorage) -> None:
+    """Refuse to start on a PostgreSQL database (mail or users) that cannot be used."""
+    if config.storage.backend == "postgresql":
+        check_database(config, storage)
+    if config.auth.backend == "postgresql" and not (
+        config.storage.backend == "postgresql" and config.auth_dsn == config.storage.dsn
+    ):
+        check_database(config, None, "auth.dsn" if config.auth.dsn else "storage.dsn")
+
+
 def make_service(
     config: Config,
     reactor: IReactorCore | None = None,
     *,
     load: Callable[[], Config] | None = None,
     systemd_notify: bool = False,
+    endpoints: Callable[[Listener], Any] | None = None,
+    connections: ConnectionLimits | None = None,
 ) -> MailService:
     """Build the daemon: one listener service per configured endpoint.
 
     ``load`` reads the configuration again for a reload (SIGHUP): the
     twistd plugin passes the same file and command-line options it started
     with.  ``systemd_notify`` tells systemd (``Type=notify``) when the
-    daemon is ready, reloading and stopping.
+    daemon is ready, reloading and stopping.  A worker process
+    (:mod:`mailsrv.workers`) passes ``endpoints``, the endpoint of each
+    listener (the socket its parent bound), and ``connections``, the
+    counts its parent keeps for every worker.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -487,12 +502,7 @@ def make_service(
     log.set_format(config.logging.format)
     where = config.path or "command line"
     storage = build_storage(config, reactor)
-    if config.storage.backend == "postgresql":
-        check_database(config, storage)
-    if config.auth.backend == "postgresql" and not (
-        config.storage.backend == "postgresql" and config.auth_dsn == config.storage.dsn
-    ):
-        check_database(config, None, "auth.dsn" if config.auth.dsn else "storage.dsn")
+    _check_databases(config, storage)
 
     def build(config: Config) -> LiveParts:
         tls_context = tls_context_of(config) if config.tls_enabled else None
@@ -507,7 +517,7 @@ def make_service(
         )
         return LiveParts(policy, portal, checker.find_user, tls_context, checker)
 
-    top = MailService(config, build, load, systemd_notify=systemd_notify)
+    top = MailService(config, build, load, systemd_notify=systemd_notify, connections=connections)
     parts = top.parts
     StorageService(storage).setServiceParent(top)
     if isinstance(parts.checker, PasswdFileChecker):
@@ -518,7 +528,10 @@ def make_service(
             listener = attrs.evolve(
                 listener, endpoint=lmtp_endpoint(listener, config.lmtp.socket_mode)
             )
-        endpoint = _endpoint(reactor, listener, where)
+        if endpoints is not None:
+            endpoint = endpoints(listener)
+        else:
+            endpoint = _endpoint(reactor, listener, where)
         factory = protocol_factory(
             listener,
             parts.portal,

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from mailsrv import log
 from mailsrv.auth import challengers
 from mailsrv.auth.channel import ChannelBindings, bindings_of
-from mailsrv.policy import CLOSE_GRACE, SessionPolicy
+from mailsrv.policy import CLOSE_GRACE, ConnectionLimits, SessionPolicy
 
 __all__ = [
     "Expiry",
@@ -161,33 +161,57 @@ class SessionGuard:
         #: Failed logins so far on this connection.
         self.failures = 0
         self._address_counted = False
+        self._closed = False
         self._answer: IDelayedCall | None = None
 
     # -- connection limits ----------------------------------------------------
 
-    def open(self, peer: IAddress | None) -> bool:
+    def open(self, peer: IAddress | None) -> bool | defer.Deferred[bool]:
         """Count a new connection from ``peer``; False (and nothing counted)
-        if its address is over ``limits.max_connections_per_ip``."""
+        if its address is over ``limits.max_connections_per_ip``.
+
+        The answer is a Deferred when the limits are counted elsewhere (by
+        the parent of several worker processes, :mod:`mailsrv.workers`):
+        the session then waits for it before it greets or reads."""
         self.peer = peer
         limits = self.policy.connections
         if limits is None:
             return True
-        if not limits.open_ip(peer):
-            return False
-        self._address_counted = True
-        return True
+        answer = limits.open_ip(peer)
+        if isinstance(answer, defer.Deferred):
+            return answer.addCallback(self._address_answered, limits)
+        return self._address_answered(answer, limits)
 
-    def admit_user(self, user: str) -> bool:
+    def _address_answered(self, admitted: bool, limits: ConnectionLimits) -> bool:
+        if admitted and self._closed:
+            limits.close_ip(self.peer)  # the client left while we asked
+            return False
+        self._address_counted = admitted
+        return admitted
+
+    def admit_user(self, user: str) -> bool | defer.Deferred[bool]:
         """Count a login of ``user``; False (and nothing counted) if the user
         is over ``limits.max_connections_per_user``.  IMAP and POP3
         connections count together: they share one ConnectionLimits.  A
         session holds one user's slot at a time (release it before a
-        second admission)."""
+        second admission).  A Deferred answer as for :meth:`open`; a
+        connection gone meanwhile is answered False, its slot given back."""
         limits = self.policy.connections
-        if limits is not None and not limits.open_user(user):
+        if limits is None:
+            self.user = user
+            return True
+        answer = limits.open_user(user)
+        if isinstance(answer, defer.Deferred):
+            return answer.addCallback(self._user_answered, user, limits)
+        return self._user_answered(answer, user, limits)
+
+    def _user_answered(self, admitted: bool, user: str, limits: ConnectionLimits) -> bool:
+        if admitted and self._closed:
+            limits.close_user(user)
             return False
-        self.user = user
-        return True
+        if admitted:
+            self.user = user
+        return admitted
 
     def release_user(self) -> None:
         """Give the user's slot back (when the session gives up its avatar);
@@ -204,6 +228,7 @@ class SessionGuard:
         :meth:`release_user`, which may be later (POP3's commit at QUIT
         finishes after the client left, holding its maildrop till then).
         """
+        self._closed = True
         log.call_each(self._log, self._name, self._cancel_answer, self._release_address)
 
     def _cancel_answer(self) -> None:

@@ -20,7 +20,7 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from mailsrv import log
+from mailsrv import log, preload
 from mailsrv.config import TLSSection
 from mailsrv.errors import ConfigError
 
@@ -133,6 +133,9 @@ def ensure_self_signed(
 
 
 def _read(path: str, key: str, config_path: str) -> bytes:
+    preloaded = preload.take(path)  # a worker's first read: what its parent read as root
+    if preloaded is not None:
+        return preloaded[0]
     try:
         with open(path, "rb") as f:
             return f.read()

@@ -11,10 +11,12 @@ import time
 from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.interfaces import MaybeDeferred
+from mailsrv.policy import ConnectionLimits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,8 +97,16 @@ class Daemon:
         cwd: str,
         env: dict[str, str] | None = None,
         twistd_args: tuple[str, ...] = (),
+        workers: int | None = 1,
     ) -> Daemon:
-        """Start ``twistd -n --pidfile= [TWISTD_ARGS] mailsrv ARGS`` in ``cwd``."""
+        """Start ``twistd -n --pidfile= [TWISTD_ARGS] mailsrv ARGS`` in ``cwd``.
+
+        ``--workers 1`` is added unless ARGS give ``--workers`` or ``workers``
+        is None: a single process, as the daemon ran before it had workers
+        (its default is one per CPU); tests of several workers ask for them.
+        """
+        if workers is not None and not any(a.startswith("--workers") for a in args):
+            args = [*args, "--workers", str(workers)]
         process = subprocess.Popen(
             [*twistd_command(), "-n", "--pidfile=", *twistd_args, "mailsrv", *args],
             cwd=cwd,
@@ -222,6 +232,33 @@ def log_events(test: SynchronousTestCase) -> list[dict[str, Any]]:
     globalLogPublisher.addObserver(observer)
     test.addCleanup(globalLogPublisher.removeObserver, observer)
     return events
+
+
+class LaterLimits(ConnectionLimits):
+    """Connection limits answered later, as a worker's parent answers them
+    (mailsrv.workers.limits): each question waits in :attr:`pending` until
+    the test calls :meth:`answer`; the counting is a ConnectionLimits'."""
+
+    def __init__(self, per_user: int = 5, per_ip: int = 5) -> None:
+        super().__init__(per_user, per_ip)
+        self.pending: list[tuple[Deferred[bool], bool]] = []
+
+    def _later(self, answer: bool | Deferred[bool]) -> Deferred[bool]:
+        later: Deferred[bool] = Deferred()
+        self.pending.append((later, bool(answer)))
+        return later
+
+    def open_ip(self, peer: IAddress | None) -> Deferred[bool]:
+        return self._later(super().open_ip(peer))
+
+    def open_user(self, user: str) -> Deferred[bool]:
+        return self._later(super().open_user(user))
+
+    def answer(self) -> None:
+        """Answer every question asked so far (and none asked meanwhile)."""
+        pending, self.pending = self.pending, []
+        for later, answer in pending:
+            later.callback(answer)
 
 
 _T = TypeVar("_T")

@@ -30,6 +30,7 @@ from tests.helpers import (
     twistd_command,
     wait_for_file_text,
 )
+from tests.workers_helpers import children
 
 #: nobody/nogroup on Debian.
 NOBODY = 65534
@@ -541,11 +542,32 @@ class SocketActivationTests(unittest.TestCase):
         self.assertIn("pop3 plain: systemd:domain=INET:index=0", out.getvalue())
 
     def test_serves_on_the_inherited_socket(self) -> None:
+        daemon = self.start_activated(workers=1)
+        daemon.wait_for("listening on systemd:domain=INET:index=0")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            self.assertTrue(read_line(s).startswith(b"+OK"))
+
+    def test_workers_serve_on_the_inherited_socket(self) -> None:
+        """The parent adopts systemd's socket and hands it to each worker."""
+        daemon = self.start_activated(workers=2)
+        daemon.wait_for("all 2 workers are ready")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+            self.assertTrue(read_line(s).startswith(b"+OK"))
+        workers = children(daemon.process.pid)
+        self.assertEqual(len(workers), 2)
+        target = f"socket:[{self.inode}]"
+        for pid in workers:
+            held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            self.assertIn(target, held, f"worker {pid} does not hold the socket")
+
+    def start_activated(self, workers: int) -> Daemon:
+        """The daemon with a listening socket as systemd passes it (fd 3)."""
         listening = socket.socket()
         listening.bind(("127.0.0.1", 0))
         listening.listen(5)
         self.addCleanup(listening.close)
-        port = listening.getsockname()[1]
+        self.port = listening.getsockname()[1]
+        self.inode = os.fstat(listening.fileno()).st_ino
 
         def as_systemd_passes_it() -> None:  # in the child, before exec
             if listening.fileno() != 3:
@@ -553,6 +575,7 @@ class SocketActivationTests(unittest.TestCase):
 
         # LISTEN_PID must be the daemon's own pid: sh sets it and execs twistd.
         twistd = [*twistd_command(), "-n", "--pidfile=", "mailsrv", "--config", self.config]
+        twistd += ["--workers", str(workers)]
         command = "export LISTEN_PID=$$; exec " + shlex.join(twistd)
         process = subprocess.Popen(
             ["sh", "-c", command],
@@ -566,9 +589,7 @@ class SocketActivationTests(unittest.TestCase):
         )
         daemon = Daemon(process)
         self.addCleanup(daemon.stop)
-        daemon.wait_for("listening on systemd:domain=INET:index=0")
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            self.assertTrue(read_line(s).startswith(b"+OK"))
+        return daemon
 
     def test_no_inherited_socket_stops_startup_naming_the_key(self) -> None:
         with run_daemon(self.dir, "--config", self.config) as daemon:

@@ -30,7 +30,7 @@ from mailsrv.imap.registry import (
 )
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
-from tests.helpers import at_once
+from tests.helpers import LaterLimits, at_once
 from tests.imap_helpers import ServerTestBase, in_process
 
 
@@ -362,3 +362,53 @@ class UpdateFailureTests(ServerTestBase):
             b"* 1 FETCH (FLAGS (\\Recent $Work))\r\n"
             b"f OK FETCH completed\r\n",
         )
+
+
+class LaterConnectionCountTests(SynchronousTestCase):
+    """With several workers the connection counts answer later (the parent
+    keeps them): nothing the client sent is acted upon before the greeting."""
+
+    def connect(self, limits: LaterLimits) -> tuple[IMAP4Server, StringTransport]:
+        policy = SessionPolicy(failure_delay=0.0, plaintext="always", connections=limits)
+        return in_process(policy=policy)
+
+    def test_greeting_waits_for_the_count_and_commands_wait_for_the_greeting(self) -> None:
+        limits = LaterLimits(per_user=1, per_ip=1)
+        server, transport = self.connect(limits)
+        server.dataReceived(b"a LOGIN joe secret\r\n")
+        self.assertEqual(transport.value(), b"")
+        limits.answer()  # the address: greeting, then LOGIN asks for the user's slot
+        self.assertTrue(transport.value().startswith(b"* OK [CAPABILITY IMAP4rev1 "))
+        self.assertNotIn(b"\r\na ", transport.value())
+        transport.clear()
+        limits.answer()
+        self.assertTrue(transport.value().startswith(b"a OK [CAPABILITY "), transport.value())
+        self.assertEqual(server.session.user, "joe")
+        _, second = self.connect(limits)
+        limits.answer()
+        self.assertEqual(second.value(), b"* BYE Too many connections from your address\r\n")
+
+    def test_user_over_the_limit(self) -> None:
+        limits = LaterLimits(per_user=1, per_ip=5)
+        first, _ = self.connect(limits)
+        first.dataReceived(b"a LOGIN joe secret\r\n")
+        limits.answer()
+        limits.answer()
+        self.assertEqual(first.session.user, "joe")
+        second, transport = self.connect(limits)
+        limits.answer()
+        transport.clear()
+        second.dataReceived(b"b LOGIN joe secret\r\n")
+        limits.answer()
+        self.assertEqual(transport.value(), b"b NO [LIMIT] Too many connections for this user\r\n")
+
+    def test_client_gone_before_the_answers(self) -> None:
+        limits = LaterLimits(per_user=1, per_ip=1)
+        server, transport = self.connect(limits)
+        server.connectionLost(None)
+        limits.answer()
+        self.assertEqual(transport.value(), b"")
+        # Its address slot went back: the next connection is greeted.
+        _, second = self.connect(limits)
+        limits.answer()
+        self.assertTrue(second.value().startswith(b"* OK"))

@@ -93,7 +93,7 @@ MESSAGES = [
 ]
 
 
-class SortMixin:
+class SortServerMixin:
     """A server over ``make_storage()`` with :data:`MESSAGES` in joe's INBOX."""
 
     mailbox_class: Any = None
@@ -144,6 +144,10 @@ class SortMixin:
         lines = response.decode("utf-8").split("\r\n")[:-1]
         self.assertTrue(lines[-1].startswith(f"{tag} OK"), (text, response))  # type: ignore[attr-defined]
         return lines[:-1]
+
+
+class SortMixin(SortServerMixin):
+    """The SORT, THREAD and context tests, on each backend."""
 
     @defer.inlineCallbacks
     def test_rfc5256_sort_examples(self) -> Any:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
@@ -206,6 +207,117 @@ class InotifyWatcherTests(TestCase):
             self.assertEqual(list(uids), list(inbox.uids()))
 
         return heard.addCallback(check)
+
+
+@implementer(IReactorFDSet, IReactorTime)
+class _FrozenClockReactor:
+    """The real reactor's file descriptors (inotify works) with a clock that
+    never moves: only what the watcher does at once on an event happens,
+    never a settle delay or a poll."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.fds: Any = reactor
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> IDelayedCall:
+        return self.clock.callLater(delay, callable, *args, **kwargs)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def getDelayedCalls(self) -> Any:
+        return self.clock.getDelayedCalls()
+
+    def addReader(self, reader: Any) -> None:
+        self.fds.addReader(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self.fds.removeReader(reader)
+
+    def addWriter(self, writer: Any) -> None:
+        self.fds.addWriter(writer)
+
+    def removeWriter(self, writer: Any) -> None:
+        self.fds.removeWriter(writer)
+
+    def removeAll(self) -> Any:
+        return []
+
+    def getReaders(self) -> Any:
+        return self.fds.getReaders()
+
+    def getWriters(self) -> Any:
+        return self.fds.getWriters()
+
+
+class OtherProcessPingTests(TestCase):
+    """A change another mailsrv process (a worker, ``mailsrv deliver``)
+    commits is heard as soon as the inotify event arrives: no settle delay,
+    no poll, no listing of the folder."""
+
+    def setUp(self) -> None:
+        try:
+            from twisted.internet import inotify  # noqa: F401
+        except ImportError:
+            raise SkipTest("no inotify on this platform") from None
+        base = os.path.abspath(self.mktemp())
+        self.template = os.path.join(base, "{user}", "Maildir")
+        self.frozen = _FrozenClockReactor()
+        storage = MaildirStorage(self.template, poll_interval=3600.0, reactor=self.frozen)
+        self.addCleanup(storage.stop_watching)
+        self.inbox = storage.account("alice").open_mailbox("INBOX")
+        # Another process: its own storage, objects and index connection.
+        self.theirs = MaildirStorage(self.template).account("alice").open_mailbox("INBOX")
+
+    def listen(self) -> tuple[Recorder, list[defer.Deferred[None]]]:
+        waits: list[defer.Deferred[None]] = []
+
+        @implementer(IMailboxListener)
+        class Waiter(Recorder):
+            def _heard(self) -> None:
+                due = list(waits)
+                del waits[:]
+                for wait in due:
+                    wait.callback(None)
+
+            def messages_added(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+                super().messages_added(mailbox, uids)
+                self._heard()
+
+            def flags_changed(self, mailbox: IMailbox, infos: Sequence[Any]) -> None:
+                super().flags_changed(mailbox, infos)
+                self._heard()
+
+            def messages_expunged(self, mailbox: IMailbox, uids: Sequence[int]) -> None:
+                super().messages_expunged(mailbox, uids)
+                self._heard()
+
+        waiter = Waiter()
+        self.inbox.add_listener(waiter)
+        self.addCleanup(self.inbox.remove_listener, waiter)
+        return waiter, waits
+
+    def next_news(self, waits: list[defer.Deferred[None]]) -> defer.Deferred[None]:
+        heard: defer.Deferred[None] = defer.Deferred()
+        waits.append(heard)
+        return heard.addTimeout(30, reactor)
+
+    async def test_append_store_expunge_heard_at_once(self) -> None:
+        waiter, waits = self.listen()
+        news = self.next_news(waits)
+        uid = self.theirs.append(io.BytesIO(MESSAGE))
+        await news
+        self.assertEqual(waiter.added, [uid])
+        news = self.next_news(waits)
+        self.theirs.store([uid], ["\\Deleted"], StoreMode.ADD)
+        await news
+        self.assertEqual(waiter.changed, [(uid, frozenset({"\\Deleted"}))])
+        news = self.next_news(waits)
+        self.theirs.expunge()
+        await news
+        self.assertEqual(waiter.expunged, [uid])
 
 
 class ThreadedColdOpenTests(TestCase):

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from mailsrv import log
 from mailsrv.policy import ConnectionLimits
 from mailsrv.pop3 import State
-from tests.helpers import log_events
+from tests.helpers import LaterLimits, log_events
 from tests.pop3_helpers import (
     MESSAGE_1,
     MESSAGE_2,
@@ -431,3 +431,42 @@ class SessionOverTCPTests(unittest.TestCase):
         self.assertTrue(greeting.startswith(b"+OK mailsrv"), greeting)
         await client.command(b"USER alice")
         self.assertTrue((await client.command(b"PASS secret")).startswith(b"+OK Logged in: 3"))
+
+
+class LaterConnectionCountTests(unittest.SynchronousTestCase):
+    """With several workers the connection counts answer later (the parent
+    keeps them): no command runs before the greeting."""
+
+    def test_greeting_and_commands_wait_for_the_counts(self) -> None:
+        limits = LaterLimits(per_user=1, per_ip=5)
+        fixture = Fixture(self, connections=limits)
+        session = Session(fixture)
+        self.assertEqual(session.greeting, b"")
+        self.assertEqual(session.command("USER alice"), b"")
+        limits.answer()
+        output = session.output()
+        self.assertTrue(output.startswith(b"+OK mailsrv POP3 server ready."), output)
+        self.assertTrue(output.endswith(b"\r\n+OK\r\n") or b"\r\n+OK " in output, output)
+        session.command("PASS secret")
+        self.assertEqual(session.output(), b"")
+        limits.answer()
+        self.assertTrue(session.output().startswith(b"+OK Logged in"))
+        other = Session(fixture)
+        limits.answer()
+        other.output()
+        other.command("USER alice")
+        other.command("PASS secret")
+        limits.answer()
+        self.assertEqual(other.output(), b"-ERR [SYS/TEMP] Too many connections for this user.\r\n")
+
+    def test_address_refused_later(self) -> None:
+        limits = LaterLimits(per_user=5, per_ip=1)
+        fixture = Fixture(self, connections=limits)
+        Session(fixture)
+        limits.answer()
+        second = Session(fixture)
+        limits.answer()
+        self.assertEqual(
+            second.output(), b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
+        )
+        self.assertTrue(second.closed)

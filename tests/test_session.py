@@ -30,13 +30,19 @@ from mailsrv.session import (
     SessionGuard,
     SessionTimer,
 )
-from tests.helpers import log_events
+from tests.helpers import LaterLimits, log_events
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
 OTHER_REMOTE = IPv4Address("TCP", "192.0.2.8", 40000)
 
 _log = log.get_logger(__name__)
+
+
+def later(answer: bool | defer.Deferred[bool]) -> defer.Deferred[bool]:
+    """A count's answer that must come later (counts kept elsewhere)."""
+    assert isinstance(answer, defer.Deferred), f"answered at once: {answer!r}"
+    return answer
 
 
 def guard(clock: Clock | None = None, *, secure: bool = False, **policy: Any) -> SessionGuard:
@@ -124,6 +130,68 @@ class ConnectionLimitTests(unittest.SynchronousTestCase):
         texts = [e.get("log_format", "") for e in events if "log_failure" in e]
         self.assertEqual(texts, ["{what}: cleanup step {step} failed"])
         self.assertEqual([e["what"] for e in events if "log_failure" in e], ["TEST"])
+
+
+class LaterAnswerTests(unittest.SynchronousTestCase):
+    """Counts kept by another process (a worker's parent) answer later."""
+
+    def limits(self, per_user: int = 1, per_ip: int = 1) -> LaterLimits:
+        return LaterLimits(per_user=per_user, per_ip=per_ip)
+
+    def test_slots_answered_later(self) -> None:
+        limits = self.limits()
+        first = guard(connections=limits)
+        opened = first.open(REMOTE)
+        assert isinstance(opened, defer.Deferred)
+        self.assertNoResult(opened)
+        limits.answer()
+        self.assertTrue(self.successResultOf(later(opened)))
+        admitted = first.admit_user("alice")
+        assert isinstance(admitted, defer.Deferred)
+        limits.answer()
+        self.assertTrue(self.successResultOf(later(admitted)))
+        self.assertEqual(first.user, "alice")
+        second = guard(connections=limits)
+        refused = second.open(REMOTE)
+        limits.answer()
+        self.assertFalse(self.successResultOf(later(refused)))
+        second.close()  # refused: nothing to give back
+        first.release_user()
+        first.close()
+        again = guard(connections=limits)
+        reopened = again.open(REMOTE)
+        limits.answer()
+        self.assertTrue(self.successResultOf(later(reopened)))
+
+    def test_connection_gone_before_the_address_answer(self) -> None:
+        limits = self.limits()
+        first = guard(connections=limits)
+        opened = first.open(REMOTE)
+        first.close()
+        limits.answer()
+        self.assertFalse(self.successResultOf(later(opened)))
+        # The slot the count took for it was given back.
+        second = guard(connections=limits)
+        reopened = second.open(REMOTE)
+        limits.answer()
+        self.assertTrue(self.successResultOf(later(reopened)))
+
+    def test_connection_gone_before_the_user_answer(self) -> None:
+        limits = self.limits(per_ip=5)
+        first = guard(connections=limits)
+        first.open(REMOTE)
+        limits.answer()
+        admitted = first.admit_user("alice")
+        first.close()
+        limits.answer()
+        self.assertFalse(self.successResultOf(later(admitted)))
+        self.assertIsNone(first.user)
+        second = guard(connections=limits)
+        second.open(REMOTE)
+        limits.answer()
+        readmitted = second.admit_user("alice")
+        limits.answer()
+        self.assertTrue(self.successResultOf(later(readmitted)))
 
 
 class TLSAndPlaintextTests(unittest.SynchronousTestCase):

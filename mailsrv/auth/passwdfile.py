@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
+from mailsrv import preload
 from mailsrv.auth.passwords import is_known_scheme, scheme_of
 from mailsrv.errors import ConfigError
 from mailsrv.log import get_logger
@@ -181,7 +182,11 @@ def _parse(data: bytes, path: str) -> tuple[list[bytes], dict[str, tuple[int, Us
 
 
 def _read(path: str) -> tuple[bytes, tuple[int, int, int, int]]:
-    """File contents and the stat stamp of exactly what was read."""
+    """File contents and the stat stamp of exactly what was read (at a
+    worker's startup, what its parent read as root: :mod:`mailsrv.preload`)."""
+    preloaded = preload.take(path)
+    if preloaded is not None:
+        return preloaded
     with open(path, "rb") as handle:
         st = os.fstat(handle.fileno())
         data = handle.read()

@@ -40,6 +40,7 @@ from mailsrv.imap.searching import (
     matches_of,
 )
 from mailsrv.imap.selected import SelectedMailbox, UidMap
+from mailsrv.imap.sortcache import no_collection, store_of
 from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IMessage
 
@@ -51,8 +52,8 @@ __all__ = ["MAX_CONTEXTS", "Contexts", "Query", "UpdateContext", "answer", "matc
 #: UPDATE contexts one session may have at once; one more is refused with
 #: ``NO [NOUPDATE]`` (RFC 5267 4.3.1 asks for at least one).
 MAX_CONTEXTS = 8
-#: Numbers collected before a piece of a ``* SORT`` line is written.
-_NUMBERS_PER_WRITE = 2000
+#: Bytes of a ``* SORT`` or ``* THREAD`` line written at once.
+_BYTES_PER_WRITE = 16384
 
 Hits = list[tuple[int, int]]
 
@@ -122,52 +123,54 @@ def matches(
     program: Program,
     key: SearchKey,
     criteria: Sequence[sorting.Criterion] | None,
-    extra_records: bool = False,
+    extra_columns: frozenset[str] = frozenset(),
 ) -> Generator[defer.Deferred[Any], Any, tuple[Hits, sorting.Keys] | None]:
     """What the program matches as ``(seq, uid)``, sorted by ``criteria``
-    (mailbox order when None), and the keys loaded for them
-    (``extra_records``: the sort records even if no criterion needs them,
-    for THREAD).  None if the connection went."""
+    (mailbox order when None), and the key columns loaded for them (also
+    ``extra_columns``: THREAD's).  None if the connection went."""
     view = session.view()
     writer, clock = session.output(), session.clock
     known: dict[int, IMessage] | None = None
     if key.op == "ALL":
-        hits: Hits | None = list(view.map.by_seq(1, view.exists))
+        with no_collection():
+            hits: Hits | None = list(view.map.by_seq(1, view.exists))
     else:
         known = {}
         hits = yield collect(view, view.mailbox, program, writer, clock, known)
     if hits is None:
         return None
-    records, index = sorting.needs(criteria or ())
+    columns = sorting.needs(criteria or ()) | extra_columns
     keys = sorting.Keys()
-    if records or index or extra_records:
+    if columns:
         uids = [uid for _, uid in hits]
-        loaded = yield sorting.load_keys(
-            view.mailbox, uids, records or extra_records, index, clock, writer, known
-        )
+        loaded = yield sorting.load_keys(view.mailbox, uids, columns, clock, writer, known)
         if loaded is None:
             return None
         keys = loaded
+        store_of(view.mailbox).trim(view.map)
     if criteria:
-        hits = sorting.sort_hits(hits, criteria, keys)
+        with no_collection():
+            hits = sorting.sort_hits(hits, criteria, keys)
     return hits, keys
 
 
-def _write_sort(writer: ResponseWriter, numbers: Sequence[int]) -> defer.Deferred[None]:
-    """``* SORT n n n``, written in pieces while the client reads."""
+def response_data(numbers: Sequence[int]) -> bytes:
+    """Numbers separated by spaces, as SORT's response carries them."""
+    return " ".join(map(str, numbers)).encode("ascii")
+
+
+def write_line(writer: ResponseWriter, head: bytes, data: bytes) -> defer.Deferred[None]:
+    """``head`` and ``data`` (a SORT or THREAD response of maybe 100,000
+    numbers) written in pieces while the client reads."""
 
     @defer.inlineCallbacks
     def write() -> Generator[defer.Deferred[Any], Any, None]:
-        line: list[bytes] = [b"* SORT"]
-        for n in numbers:
-            line.append(b" %d" % n)
-            if len(line) >= _NUMBERS_PER_WRITE:
-                writer.write(b"".join(line))
-                line.clear()
-                if writer.paused:
-                    yield writer.ready()
-        line.append(b"\r\n")
-        writer.write(b"".join(line))
+        writer.write(head + b" " if data else head)
+        for start in range(0, len(data), _BYTES_PER_WRITE):
+            if writer.paused:
+                yield writer.ready()
+            writer.write(data[start : start + _BYTES_PER_WRITE])
+        writer.write(b"\r\n")
 
     return write()
 
@@ -214,6 +217,103 @@ def saved(uids: Sequence[int], options: Sequence[str]) -> list[int]:
 
 
 @defer.inlineCallbacks
+def _plain_sort(
+    session: Session, query: Query, key: SearchKey, program: Program
+) -> Generator[defer.Deferred[Any], Any, Done]:
+    """``* SORT``.  A SORT of the whole mailbox asked again with no message
+    come or gone has the answer it had (keys never change for a UID); with
+    a few come or gone, the last order is changed rather than made anew."""
+    view = session.view()
+    writer = session.output()
+    question = ("SORT", query.uid, query.criteria)
+    whole = key.op == "ALL"
+    store = store_of(view.mailbox)
+    fingerprint = view.map.fingerprint()
+    order: list[int] | None = None
+    if whole:
+        data = store.remembered(question, view.map)
+        if data is not None:
+            yield write_line(writer, b"* SORT", data)
+            return Done(text="SORT completed")
+        order = yield _changed_order(session, question, query.criteria or ())
+    if order is None:
+        found = yield matches(session, program, key, query.criteria)
+        if found is None:
+            return Done("NO", "Connection lost")
+        hits, keys = found
+        numbers = [uid if query.uid else seq for seq, uid in hits]
+        complete = keys.complete
+        if whole:
+            order = [uid for _, uid in hits]
+    else:
+        numbers = order if query.uid else _sequence_numbers(view.map, order)
+        complete = True
+    data = response_data(numbers)
+    if whole and complete and view.map.fingerprint() == fingerprint:
+        store.remember(question, fingerprint, data, order or (), view.map)
+    yield write_line(writer, b"* SORT", data)
+    return Done(text="SORT completed")
+
+
+#: New messages put in the last order one by one; beyond, all is sorted anew.
+_INSERTED_AT_MOST = 500
+
+
+@defer.inlineCallbacks
+def _changed_order(
+    session: Session, question: Any, criteria: Sequence[sorting.Criterion]
+) -> Generator[defer.Deferred[Any], Any, list[int] | None]:
+    """The whole view's UIDs in the criteria's order, from the last order
+    remembered for ``question``: expunged UIDs left out, new ones (above
+    all it had) inserted.  None when there is none, too much is new, or a
+    key is missing (then the caller sorts everything)."""
+    view = session.view()
+    store = store_of(view.mailbox)
+    remembered = store.orders.get(question)
+    if remembered is None:
+        return None
+    before, previous = remembered
+    last = before.last_uid
+    new = [
+        uid
+        for low, high in view.map.ranges()
+        if high > last
+        for uid in range(max(low, last + 1), high + 1)
+    ]
+    if len(new) > _INSERTED_AT_MOST:
+        return None
+    keys = yield sorting.load_keys(
+        view.mailbox, new, sorting.needs(criteria), session.clock, session.output()
+    )
+    if keys is None or not keys.complete or store.orders.get(question) is not remembered:
+        return None
+    grown = before.copy()
+    grown.extend(new)
+    if grown.fingerprint() == view.map.fingerprint():
+        kept = list(previous)  # nothing expunged: every UID stays
+    else:
+        with no_collection():
+            present = set(view.map)
+            kept = [uid for uid in previous if uid in present]
+        if len(kept) + len(new) != len(view.map):
+            return None  # the view has a UID the last order lacked
+    try:
+        return sorting.insert_sorted(kept, new, criteria, keys)
+    except KeyError:
+        return None  # a value was trimmed meanwhile
+
+
+def _sequence_numbers(uids: UidMap, order: Sequence[int]) -> list[int]:
+    ranges = uids.ranges()
+    if len(ranges) == 1:
+        # One run of UIDs (nothing expunged inside it): arithmetic.
+        shift = ranges[0][0] - 1
+        return [uid - shift for uid in order]
+    seq = dict(zip(uids, range(1, len(uids) + 1), strict=True))
+    return [seq[uid] for uid in order]
+
+
+@defer.inlineCallbacks
 def answer(session: Session, query: Query, verb: str) -> Generator[defer.Deferred[Any], Any, Done]:
     """Run a SORT, or a SEARCH with RFC 5267 options, and answer it."""
     check_charset(query.charset)
@@ -224,6 +324,9 @@ def answer(session: Session, query: Query, verb: str) -> Generator[defer.Deferre
             raise bad(f"Tag reuse: {query.tag} already has an UPDATE context (RFC 5267 4.3)")
     key = pin_sequence_numbers(query.key, view) if query.update else query.key
     program = compile_program(key, view, query.charset)
+    if query.options is None:
+        plain: Done = yield _plain_sort(session, query, key, program)
+        return plain
     found = yield matches(session, program, key, query.criteria)
     if found is None:
         return Done("NO", "Connection lost")
@@ -231,9 +334,6 @@ def answer(session: Session, query: Query, verb: str) -> Generator[defer.Deferre
     numbers = [uid if query.uid else seq for seq, uid in hits]
     writer = session.output()
     done = Done(text=f"{verb} completed")
-    if query.options is None:
-        yield _write_sort(writer, numbers)
-        return done
     if "SAVE" in query.options:
         view.saved = UidMap(saved([uid for _, uid in hits], query.options))
     reported = set(query.options) - {"SAVE", "CONTEXT", "UPDATE"}
@@ -380,9 +480,8 @@ class Contexts:
             new = sorted(uid for uid in now if uid not in context.members)
             if new:
                 if context.criteria is not None:
-                    records, index = sorting.needs(context.criteria)
                     loaded = yield sorting.load_keys(
-                        view.mailbox, new, records, index, self.clock, _OPEN
+                        view.mailbox, new, sorting.needs(context.criteria), self.clock, _OPEN
                     )
                     if loaded is not None:
                         context.keys.update(loaded)

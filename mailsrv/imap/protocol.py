@@ -80,6 +80,8 @@ class IMAP4Server(Protocol):
         no_delay(self.transport)
         self._output = ResponseWriter(self.transport)
         self.session.connected(self._output, self._transport.getPeer())
+        if self.session.busy:
+            self._pause()  # the connection count answers later: no reading before the greeting
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Give back what the session holds.  Each step runs even if one

@@ -165,6 +165,16 @@ class UidMap:
             before = end
         return out
 
+    def copy(self) -> UidMap:
+        copy = UidMap()
+        copy._starts, copy._ends = array("I", self._starts), array("I", self._ends)
+        return copy
+
+    def fingerprint(self) -> bytes:
+        """The UIDs as bytes: two maps give equal bytes exactly when they
+        hold the same UIDs (an answer remembered for one fits the other)."""
+        return self._starts.tobytes() + self._ends.tobytes()
+
     def by_seq(self, low: int, high: int) -> Iterator[tuple[int, int]]:
         """``(seq, uid)`` for sequence numbers ``low..high`` inside the view."""
         high = min(high, len(self))

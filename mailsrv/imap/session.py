@@ -553,19 +553,51 @@ class Session:
     # -- plumbing: limits, deadlines, TLS and plaintext --------------------------
 
     def connected(self, writer: ResponseWriter, peer: IAddress | None) -> None:
-        """The connection is open: count it, start the login deadline, greet."""
+        """The connection is open: count it, start the login deadline, greet.
+
+        When the count is kept by another process (several workers) the
+        answer comes later: the session is :attr:`busy` until then, so the
+        protocol reads nothing before the greeting."""
         self.writer = writer
-        if not self.guard.open(peer):
+        admitted = self.guard.open(peer)
+        if isinstance(admitted, defer.Deferred):
+            self.busy = True
+            admitted.addCallback(self._greet, peer, True)
+            admitted.addErrback(self._admission_failed)
+            return
+        self._greet(admitted, peer, False)
+
+    def _greet(self, admitted: bool, peer: IAddress | None, waited: bool) -> None:
+        if self.lost:
+            return
+        self.busy = False
+        if not admitted:
             LOG.warn("IMAP: too many connections from {peer}", peer=peer)
             self.end_with_bye("Too many connections from your address")
             return
         self.timer.start()
         caps = "CAPABILITY " + " ".join(self.capabilities())
         self.send(response.untagged_status("OK", "mailsrv IMAP4rev1 server ready", caps))
+        if waited:
+            self.connection.command_done()  # read what the client sent meanwhile
 
-    def admit(self, user: str, account: IAccount, logout: Callable[[], None]) -> bool:
-        """Log ``user`` in, unless over the per-user connection limit."""
-        if not self.guard.admit_user(user):
+    def _admission_failed(self, failure: Failure) -> None:
+        LOG.failure("IMAP: cannot count the connection", failure)
+        if not self.lost:
+            self.end_with_bye("Server unavailable, try again later")
+
+    def admit(
+        self, user: str, account: IAccount, logout: Callable[[], None]
+    ) -> bool | defer.Deferred[bool]:
+        """Log ``user`` in, unless over the per-user connection limit (or the
+        connection is gone by the time the count answers: False)."""
+        admitted = self.guard.admit_user(user)
+        if isinstance(admitted, defer.Deferred):
+            return admitted.addCallback(self._admitted, account, logout)
+        return self._admitted(admitted, account, logout)
+
+    def _admitted(self, admitted: bool, account: IAccount, logout: Callable[[], None]) -> bool:
+        if not admitted or self.lost:
             return False
         self.account = account
         self.logout = logout

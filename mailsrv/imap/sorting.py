@@ -2,14 +2,12 @@
 
 The matches come from :func:`mailsrv.imap.searching.collect` (or, for a
 program that is ``ALL``, straight from the view: no message is looked at).
-What the criteria compare comes from two places, each loaded only when a
-criterion needs it, a batch at a time with a reactor turn between batches:
-
-* :func:`mailsrv.imap.content.sort_records`, cached per message: sent date,
-  base subject, first addresses, display names (and THREAD's msg-ids);
-* the index (:meth:`IMailbox.fetch`): INTERNALDATE for ARRIVAL and for
-  DATE when a message has no usable Date header (RFC 5256 2.2), and the
-  size for SIZE.
+What the criteria compare are columns of :mod:`mailsrv.imap.sortcache`,
+kept per mailbox in the process and filled, only for the keys a criterion
+needs, from the cached sort records (sent date, base subject, first
+addresses, display names) and from the index (INTERNALDATE for ARRIVAL and
+for DATE when a message has no usable Date header, RFC 5256 2.2; the size
+for SIZE).  A warm SORT reads one value per match from a dict and sorts.
 
 Sorting is Python's stable sort, once per criterion from the last to the
 first, starting from mailbox order: equal keys keep the order of the
@@ -20,40 +18,46 @@ BASE.6.4.SORT), which a stable ``reverse=True`` sort does.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Generator, Iterable, Sequence
+import bisect
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
 
-from mailsrv.imap import content
-from mailsrv.imap.output import ResponseWriter
-from mailsrv.imap.sortkeys import SortRecord
-from mailsrv.interfaces import IMailbox, IMessage, maybe_deferred
+from mailsrv.imap.sortcache import Keys, load_keys
 
 __all__ = [
-    "BATCH",
+    "COLUMN_OF",
     "KEYS",
     "Criterion",
     "Keys",
+    "insert_sorted",
+    "key_function",
     "load_keys",
+    "needs",
     "sequence_set",
     "sort_hits",
+    "strict_order_key",
 ]
-
-#: Messages whose keys are read from storage at once.
-BATCH = 500
 
 #: Sort keys: RFC 5256's and RFC 5957's DISPLAYFROM and DISPLAYTO.
 KEYS = frozenset(
     {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
 )
-#: Keys read from the sort record rather than the index alone.
-_RECORD_KEYS = KEYS - {"ARRIVAL", "SIZE"}
-
-_EMPTY = SortRecord(None, "")
+#: The :mod:`~mailsrv.imap.sortcache` column each key compares.
+COLUMN_OF = {
+    "ARRIVAL": "arrival",
+    "CC": "cc",
+    "DATE": "sent",
+    "FROM": "from",
+    "SIZE": "size",
+    "SUBJECT": "subject",
+    "TO": "to",
+    "DISPLAYFROM": "displayfrom",
+    "DISPLAYTO": "displayto",
+}
+_DEFAULT: dict[str, Any] = {"arrival": 0.0, "size": 0}
 
 
 @attrs.frozen
@@ -64,152 +68,92 @@ class Criterion:
     reverse: bool = False
 
 
-@attrs.define
-class Keys:
-    """What was loaded for a set of messages, by UID."""
-
-    records: dict[int, SortRecord] = attrs.Factory(dict)
-    arrival: dict[int, float] = attrs.Factory(dict)
-    size: dict[int, int] = attrs.Factory(dict)
-
-    def record(self, uid: int) -> SortRecord:
-        return self.records.get(uid, _EMPTY)
-
-    def add_message(self, message: IMessage) -> None:
-        self.arrival[message.uid] = message.internal_date.timestamp()
-        self.size[message.uid] = message.size
-
-    def update(self, other: Keys) -> None:
-        self.records.update(other.records)
-        self.arrival.update(other.arrival)
-        self.size.update(other.size)
-
-    def sent(self, uid: int) -> float:
-        """RFC 5256 2.2: the Date header's time, else the INTERNALDATE."""
-        date = self.record(uid).date
-        return self.arrival.get(uid, 0.0) if date is None else float(date)
-
-
-def _batches(uids: Sequence[int]) -> Iterable[list[int]]:
-    iterator = iter(uids)
-    while chunk := list(itertools.islice(iterator, BATCH)):
-        yield chunk
-
-
-def load_keys(
-    mailbox: IMailbox,
-    uids: Sequence[int],
-    records: bool,
-    index: bool,
-    clock: IReactorTime,
-    writer: ResponseWriter,
-    known: dict[int, IMessage] | None = None,
-) -> defer.Deferred[Keys | None]:
-    """Load sort records (``records``) and, if ``index`` or if a record
-    lacks a sent date, arrival times and sizes; ``known`` holds metadata
-    SEARCH already read.  None if the connection went meanwhile."""
-    keys = Keys()
-    pause = _Pause(clock, writer)
-
-    def index_part(complete: bool) -> defer.Deferred[bool] | bool:
-        if not complete:
-            return False
-        need = list(uids) if index else [u for u in uids if keys.record(u).date is None]
-        missing = []
-        for uid in need:
-            message = (known or {}).get(uid)
-            if message is None:
-                missing.append(uid)
-            else:
-                keys.add_message(message)
-        return _load(missing, pause, lambda chunk: _fetch_into(mailbox, chunk, keys))
-
-    d = _load(uids if records else (), pause, lambda chunk: _records_into(mailbox, chunk, keys))
-    d.addCallback(index_part)
-    return d.addCallback(lambda complete: keys if complete else None)
-
-
-class _Pause:
-    """A reactor turn between batches (not before the first one), so other
-    sessions are served while a whole mailbox's keys load."""
-
-    def __init__(self, clock: IReactorTime, writer: ResponseWriter) -> None:
-        self.clock = clock
-        self.writer = writer
-        self.first = True
-
-    def wait(self) -> defer.Deferred[bool]:
-        """Fires False if the connection went."""
-        if self.first:
-            self.first = False
-            return defer.succeed(True)
-        d: defer.Deferred[None] = task.deferLater(self.clock, 0, lambda: None)
-        return d.addCallback(lambda _: not self.writer.closed)
-
-
-@defer.inlineCallbacks
-def _load(
-    uids: Sequence[int],
-    pause: _Pause,
-    load: Callable[[list[int]], defer.Deferred[None]],
-) -> Generator[defer.Deferred[Any], Any, bool]:
-    for chunk in _batches(uids):
-        going = yield pause.wait()
-        if not going:
-            return False
-        yield load(chunk)
-    return True
-
-
-def _records_into(mailbox: IMailbox, chunk: list[int], keys: Keys) -> defer.Deferred[None]:
-    d: defer.Deferred[dict[int, SortRecord]] = content.sort_records(mailbox, chunk)
-    return d.addCallback(keys.records.update)
-
-
-def _fetch_into(mailbox: IMailbox, chunk: list[int], keys: Keys) -> defer.Deferred[None]:
-    d: defer.Deferred[Sequence[IMessage]] = maybe_deferred(mailbox.fetch, chunk)
-
-    def add(messages: Sequence[IMessage]) -> None:
-        for message in messages:
-            keys.add_message(message)
-
-    return d.addCallback(add)
-
-
-def needs(criteria: Sequence[Criterion]) -> tuple[bool, bool]:
-    """``(records, index)``: what :func:`load_keys` must load for these."""
-    names = {c.key for c in criteria}
-    return bool(names & _RECORD_KEYS), bool(names & {"ARRIVAL", "SIZE"})
+def needs(criteria: Sequence[Criterion]) -> frozenset[str]:
+    """The columns :func:`~mailsrv.imap.sortcache.load_keys` must load."""
+    return frozenset(COLUMN_OF[c.key] for c in criteria)
 
 
 def key_function(key: str, keys: Keys) -> Callable[[int], Any]:
     """The value a criterion compares, by UID."""
-    if key == "ARRIVAL":
-        return lambda uid: keys.arrival.get(uid, 0.0)
-    if key == "SIZE":
-        return lambda uid: keys.size.get(uid, 0)
     if key == "DATE":
         return keys.sent
-    attribute = {
-        "SUBJECT": "subject",
-        "FROM": "from_",
-        "TO": "to",
-        "CC": "cc",
-        "DISPLAYFROM": "display_from",
-        "DISPLAYTO": "display_to",
-    }[key]
-    records = keys.records
-    return lambda uid: getattr(records.get(uid, _EMPTY), attribute)
+    name = COLUMN_OF[key]
+    get = keys.column(name).get
+    default = _DEFAULT.get(name, "")
+    return lambda uid: get(uid, default)
+
+
+def _values(key: str, keys: Keys, uids: Sequence[int]) -> list[Any]:
+    """What ``key`` compares for each of ``uids``, as :func:`key_function`
+    gives it, read in one pass."""
+    if key == "DATE":
+        got: list[float | None] = [keys.column("sent").get(uid) for uid in uids]
+        if None not in got:
+            return got
+        arrival = keys.column("arrival")
+        return [arrival.get(u, 0.0) if v is None else v for u, v in zip(uids, got, strict=True)]
+    name = COLUMN_OF[key]
+    column, default = keys.column(name), _DEFAULT.get(name, "")
+    return [column.get(uid, default) for uid in uids]
 
 
 def sort_hits(
     hits: Sequence[tuple[int, int]], criteria: Sequence[Criterion], keys: Keys
 ) -> list[tuple[int, int]]:
-    """``hits`` (``(seq, uid)`` in mailbox order) in the criteria's order."""
-    order = list(hits)
+    """``hits`` (``(seq, uid)`` in mailbox order) in the criteria's order:
+    positions sorted by one list of values per criterion."""
+    uids = [uid for _, uid in hits]
+    order: Sequence[int] = range(len(hits))
     for criterion in reversed(criteria):
-        value = key_function(criterion.key, keys)
-        order.sort(key=lambda hit: value(hit[1]), reverse=criterion.reverse)
+        values = _values(criterion.key, keys, uids)
+        order = sorted(order, key=values.__getitem__, reverse=criterion.reverse)
+    return [hits[i] for i in order]
+
+
+def strict_order_key(criteria: Sequence[Criterion], keys: Keys) -> Callable[[int], Any]:
+    """The criteria's comparison, with mailbox (UID) order last, as a key
+    for :func:`bisect.bisect_left`.  Raises KeyError for a UID whose value
+    was never loaded (no stand-in value may decide a position)."""
+    columns: list[tuple[Any, bool]] = []
+    for criterion in criteria:
+        column: Any = keys.column(COLUMN_OF[criterion.key])
+        if criterion.key == "DATE":
+            column = _Sent(column, keys.column("arrival"))
+        columns.append((column, criterion.reverse))
+
+    def compare(a: int, b: int) -> int:
+        for column, reverse in columns:
+            x, y = column[a], column[b]
+            if x != y:
+                result = -1 if x < y else 1
+                return -result if reverse else result
+        return -1 if a < b else (1 if a > b else 0)
+
+    return functools.cmp_to_key(compare)
+
+
+class _Sent:
+    """``sent``, else ``arrival`` (RFC 5256 2.2), as a mapping that raises
+    KeyError when neither has the UID."""
+
+    def __init__(self, sent: dict[int, float], arrival: dict[int, float]) -> None:
+        self.sent = sent
+        self.arrival = arrival
+
+    def __getitem__(self, uid: int) -> float:
+        value = self.sent.get(uid)
+        return self.arrival[uid] if value is None else value
+
+
+def insert_sorted(
+    order: list[int], new: Sequence[int], criteria: Sequence[Criterion], keys: Keys
+) -> list[int]:
+    """``order`` (UIDs in the criteria's order) with ``new`` put in place,
+    each where a full sort would put it.  KeyError as
+    :func:`strict_order_key`."""
+    key = strict_order_key(criteria, keys)
+    for uid in new:
+        order.insert(bisect.bisect_left(order, key(uid), key=key), uid)
     return order
 
 

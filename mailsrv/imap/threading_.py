@@ -1,7 +1,7 @@
 """THREAD's algorithms (RFC 5256): ORDEREDSUBJECT, REFERENCES and REFS.
 
 Pure: each takes the matching messages in mailbox order as
-:class:`Message` values (number to report, sent date, sort record) and
+:class:`Message` values (number to report, sent date, THREAD's keys) and
 gives the threads as a tree of :class:`Node`; :func:`render` writes the
 THREAD response's data.  Nothing recurses: a reply chain thousands deep
 costs no Python stack.
@@ -19,24 +19,38 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 
-import attrs
-
-from mailsrv.imap.sortkeys import SortRecord
-
 __all__ = ["ALGORITHMS", "Message", "Node", "ordered_subject", "references", "render"]
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES", "REFS")
 
 
-@attrs.frozen
 class Message:
     """One matching message: ``number`` is what the response names (a
-    sequence number or a UID); ``seq`` breaks ties (RFC 5256 2.2)."""
+    sequence number or a UID); ``seq`` breaks ties (RFC 5256 2.2); the rest
+    is its sort record's part THREAD needs (subject casemapped, msg-ids
+    normalised).  A plain slotted class: THREAD makes one per match."""
 
-    number: int
-    seq: int
-    date: float
-    record: SortRecord
+    __slots__ = ("date", "key", "message_id", "number", "references", "reply", "seq", "subject")
+
+    def __init__(
+        self,
+        number: int,
+        seq: int,
+        date: float,
+        subject: str,
+        message_id: str = "",
+        references: tuple[str, ...] = (),
+        reply: bool = False,
+    ) -> None:
+        self.number = number
+        self.seq = seq
+        self.date = date
+        self.subject = subject
+        self.message_id = message_id
+        self.references = references
+        self.reply = reply
+        #: What siblings and threads are ordered by: sent date, then number.
+        self.key = (date, seq)
 
 
 class Node:
@@ -57,7 +71,7 @@ class Node:
             if not node.children:
                 return (0.0, 0)
             node = node.children[0]
-        return (node.message.date, node.message.seq)
+        return node.message.key
 
     def subject(self) -> str:
         """The thread subject: the base subject of the message, or of a
@@ -67,10 +81,10 @@ class Node:
             if not node.children:
                 return ""
             node = node.children[0]
-        return node.message.record.subject
+        return node.message.subject
 
     def is_reply(self) -> bool:
-        return self.message is not None and self.message.record.reply
+        return self.message is not None and self.message.reply
 
 
 # ---------------------------------------------------------------------------
@@ -81,7 +95,7 @@ class Node:
 def ordered_subject(messages: Sequence[Message]) -> list[Node]:
     """Group by base subject, each group in sent-date order under its first
     message; groups ordered by their first message's date."""
-    ordered = sorted(messages, key=lambda m: (m.record.subject, m.date, m.seq))
+    ordered = sorted(messages, key=lambda m: (m.subject, m.date, m.seq))
     threads: list[Node] = []
     for _subject, group in _group_by_subject(ordered):
         root = Node(group[0])
@@ -97,12 +111,12 @@ def ordered_subject(messages: Sequence[Message]) -> list[Node]:
 def _group_by_subject(ordered: Sequence[Message]) -> Iterator[tuple[str, list[Message]]]:
     group: list[Message] = []
     for message in ordered:
-        if group and group[0].record.subject != message.record.subject:
-            yield group[0].record.subject, group
+        if group and group[0].subject != message.subject:
+            yield group[0].subject, group
             group = []
         group.append(message)
     if group:
-        yield group[0].record.subject, group
+        yield group[0].subject, group
 
 
 # ---------------------------------------------------------------------------
@@ -131,8 +145,9 @@ def _link(parent: Node, child: Node) -> None:
     parent.children.append(child)
 
 
-def _build(messages: Sequence[Message]) -> list[Node]:
-    """Steps 1 and 2: link by msg-ids; the nodes without a parent."""
+def _build(messages: Sequence[Message]) -> tuple[list[Node], list[Node]]:
+    """Steps 1 and 2: link by msg-ids; the nodes without a parent, and
+    the dummies."""
     by_id: dict[str, Node] = {}
     nodes: list[Node] = []
 
@@ -144,8 +159,7 @@ def _build(messages: Sequence[Message]) -> list[Node]:
         return node
 
     for message in messages:
-        record = message.record
-        own = by_id.get(record.message_id) if record.message_id else None
+        own = by_id.get(message.message_id) if message.message_id else None
         if own is not None and own.message is None:
             own.message = message
         else:
@@ -153,9 +167,9 @@ def _build(messages: Sequence[Message]) -> list[Node]:
             # unique one (step 1.A).
             own = Node(message)
             nodes.append(own)
-            if record.message_id:
-                by_id.setdefault(record.message_id, own)
-        chain = [node_of(ref) for ref in record.references]
+            if message.message_id:
+                by_id.setdefault(message.message_id, own)
+        chain = [node_of(ref) for ref in message.references]
         for parent, child in itertools.pairwise(chain):
             # Step 1.A: keep existing links; never make a loop.
             if child.parent is None and not _is_ancestor(child, parent):
@@ -164,39 +178,56 @@ def _build(messages: Sequence[Message]) -> list[Node]:
         _unlink(own)
         if chain and not _is_ancestor(own, chain[-1]):
             _link(chain[-1], own)
-    return [node for node in nodes if node.parent is None]
+    roots = [node for node in nodes if node.parent is None]
+    return roots, [node for node in nodes if node.message is None]
 
 
-def _prune(roots: list[Node]) -> list[Node]:
-    """Step 3: dummies go; their children move up a level, but to the root
-    only when there is just one.  Children are pruned before their parent."""
-    stack: list[tuple[Node | None, list[Node], int]] = [(None, roots, 0)]
-    results: dict[int, list[Node]] = {}
-    while stack:
-        owner, children, index = stack.pop()
-        if index < len(children):
-            stack.append((owner, children, index + 1))
-            child = children[index]
-            stack.append((child, child.children, 0))
-            continue
-        # All of ``children`` are pruned: build the list that replaces them.
-        pruned: list[Node] = []
-        for child in children:
-            kept = results.pop(id(child), child.children)
-            child.children = kept
-            if child.message is None:
-                if not kept:
-                    continue
-                if owner is not None or len(kept) == 1:
-                    for grandchild in kept:
-                        grandchild.parent = owner
-                    pruned.extend(kept)
-                    continue
-            pruned.append(child)
-        if owner is None:
-            return pruned
-        results[id(owner)] = pruned
-    return roots  # pragma: no cover - the root frame always returns
+def _depths(nodes: Iterable[Node]) -> dict[int, int]:
+    """Each node's number of ancestors, by ``id``; every node is walked
+    up once at most, however deep the chains."""
+    depth: dict[int, int] = {}
+    for node in nodes:
+        path: list[Node] = []
+        current: Node | None = node
+        while current is not None and id(current) not in depth:
+            path.append(current)
+            current = current.parent
+        known = -1 if current is None else depth[id(current)]
+        for step in reversed(path):
+            known += 1
+            depth[id(step)] = known
+    return depth
+
+
+def _prune(roots: list[Node], dummies: list[Node]) -> list[Node]:
+    """Step 3: dummies go; their children move up a level, into the
+    dummy's place, but to the root only when there is just one.  Only the
+    dummies are visited, the deepest first, so children are pruned before
+    their parent."""
+    depth = _depths(dummies)
+    for dummy in sorted(dummies, key=lambda node: depth[id(node)], reverse=True):
+        parent = dummy.parent
+        if parent is None:
+            continue  # a root: below
+        siblings = parent.children
+        position = siblings.index(dummy)
+        for child in dummy.children:
+            child.parent = parent
+        siblings[position : position + 1] = dummy.children
+        dummy.parent = None
+        dummy.children = []
+    pruned: list[Node] = []
+    for root in roots:
+        if root.message is None:
+            if not root.children:
+                continue
+            if len(root.children) == 1:
+                only = root.children[0]
+                only.parent = None
+                pruned.append(only)
+                continue
+        pruned.append(root)
+    return pruned
 
 
 def _walk(roots: Iterable[Node]) -> Iterator[Node]:
@@ -218,7 +249,8 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
     """Step 5: threads with the same base subject gathered together."""
     table: dict[str, Node] = {}
     for node in roots:
-        subject = node.subject()
+        message = node.message
+        subject = node.subject() if message is None else message.subject
         if not subject:
             continue
         held = table.get(subject)
@@ -263,19 +295,19 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
 
 def references(messages: Sequence[Message], merge_subjects: bool = True) -> list[Node]:
     """RFC 5256 REFERENCES (``merge_subjects`` False: REFS's links)."""
-    roots = _build(messages)
+    roots, dummies = _build(messages)
     if not merge_subjects:
         # REFS: threads by their newest message; between equal dates the
         # thread whose top is missing (a dummy) first, then by the top's
         # number, as Dovecot orders them.
         order = {id(root): _newest(root) for root in roots}
         roots.sort(key=lambda root: order[id(root)])
-        roots = _prune(roots)
+        roots = _prune(roots, dummies)
         for root in roots:
             root.parent = None
         _sort_siblings_below(roots)
         return roots
-    roots = _prune(roots)
+    roots = _prune(roots, dummies)
     for root in roots:
         root.parent = None
     # Step 4: the roots by date, a dummy by its first child once sorted.
@@ -295,9 +327,19 @@ def _newest(root: Node) -> tuple[float, int]:
 
 def _sort_siblings_below(roots: list[Node]) -> None:
     """Step 6 below the roots only (REFS keeps its own order of threads)."""
-    for node in reversed(list(_walk(roots))):
-        if len(node.children) > 1:
-            node.children.sort(key=Node.sort_key)
+    # Parents before children in ``nodes``, so children are sorted first
+    # when it is walked backwards; only nodes with siblings to order.
+    nodes: list[Node] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        children = node.children
+        if children:
+            if len(children) > 1:
+                nodes.append(node)
+            stack.extend(children)
+    for node in reversed(nodes):
+        node.children.sort(key=Node.sort_key)
 
 
 # ---------------------------------------------------------------------------

@@ -256,7 +256,16 @@ class Authorization:
         if self._conn.lost:
             _logout(result.logout)
             return None
-        if not self._guard.admit_user(name):
+        admitted = self._guard.admit_user(name)
+        if isinstance(admitted, defer.Deferred):
+            return admitted.addCallback(self._admitted, result, name)
+        return self._admitted(admitted, result, name)
+
+    def _admitted(self, admitted: bool, result: LoggedIn, name: str) -> Result:
+        if self._conn.lost:
+            _logout(result.logout)
+            return None
+        if not admitted:
             _logout(result.logout)
             LOG.warn("POP3: too many connections for user {user}", user=name)
             raise CommandError("Too many connections for this user.", "SYS/TEMP")

@@ -118,7 +118,20 @@ class POP3(Protocol):
         no_delay(self.transport)
         peer: IAddress = self._transport.getPeer()
         self._peer_text = address(peer)
-        if not self._guard.open(peer):
+        admitted = self._guard.open(peer)
+        if isinstance(admitted, defer.Deferred):
+            # Counted by the parent of several workers: no command runs
+            # before the answer and the greeting.
+            self._busy = True
+            admitted.addCallback(self._greet, True)
+            admitted.addErrback(self._admission_failed)
+            return
+        self._greet(admitted, False)
+
+    def _greet(self, admitted: bool, waited: bool) -> None:
+        if self._lost:
+            return
+        if not admitted:
             LOG.warn("POP3: too many connections from {peer}", peer=self._peer_text)
             self.send(b"-ERR [SYS/TEMP] Too many connections from your address.")
             self._closing = True
@@ -131,6 +144,15 @@ class POP3(Protocol):
             self._authorization.banner = banner
             greeting += b" " + banner
         self.send(greeting)
+        if waited:
+            self._command_done(None)  # run what the client sent meanwhile
+
+    def _admission_failed(self, failure: Failure) -> None:
+        LOG.failure("POP3: cannot count the connection", failure)
+        if not self._lost:
+            self.send(b"-ERR [SYS/TEMP] Server unavailable, try again later.")
+            self._closing = True
+            self._transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Give back what the session holds.  Each step runs even if one

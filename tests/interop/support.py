@@ -1,6 +1,6 @@
 """What every interop test needs: a daemon started as users start it, real
-users and mail made with the ``mailsrv`` command, a look into the Maildirs,
-and a way to run client programs.
+users and mail made with the ``mailsrv`` command, a look at the stored mail
+(the Maildirs, or the PostgreSQL tables), and a way to run client programs.
 
 One :class:`MailServer` serves a whole test module (:class:`InteropTestCase`
 starts it for the module's first test and stops it after the last one), and
@@ -28,6 +28,7 @@ from typing import ClassVar
 import attrs
 from twisted.trial import unittest
 
+from tests import pgcluster
 from tests.helpers import Daemon, free_port, mailsrv_command, source_env
 
 #: Upper bound for one client program run; a deadline, not a sleep.
@@ -68,11 +69,12 @@ def wire(message: bytes) -> bytes:
 
 @attrs.frozen
 class MaildirMessage:
-    """One file of a Maildir folder, as seen from outside the server."""
+    """One stored message, as seen from outside the server: a file of a Maildir folder,
+    or a row of PostgreSQL's ``messages`` table put in the same terms."""
 
-    path: str
-    subdir: str  # "new" or "cur"
-    flags: str  # the letters after ":2," (empty when there is no info part)
+    path: str  # the file; for PostgreSQL "postgresql:USER/FOLDER/UID"
+    subdir: str  # "new" (no session has seen it and it has no flag) or "cur"
+    flags: str  # the letters after ":2," (empty when there is no info part), sorted
     data: bytes
 
     @property
@@ -122,15 +124,33 @@ def find_program(name: str, package: str) -> str:
     return path
 
 
+#: Maildir's info letters (maildir.md) for the flag bits of PostgreSQL's ``messages.flags``.
+_PG_FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+
+
 class MailServer:
     """A ``twistd -n --pidfile= mailsrv --config FILE`` daemon in its own directory.
 
     Listens on free loopback ports: IMAP with STARTTLS, IMAPS, POP3 with STLS and POP3S,
-    with a self-signed certificate the daemon generates on its first start.
+    with a self-signed certificate the daemon generates on its first start. ``backend``
+    is the ``[storage]`` backend: ``"maildir"``, or ``"postgresql"`` on a schema of its
+    own in the test process's private cluster (:mod:`tests.pgcluster`), with the users in
+    the database too (``[auth] backend``), set up by ``mailsrv db upgrade``.
     """
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, backend: str = "maildir") -> None:
         self.base = base
+        self.backend = backend
+        self.dsn = ""
+        if backend == "postgresql":
+            # An empty schema: the administrator's `mailsrv db upgrade` below fills it.
+            self.dsn = pgcluster.Cluster.shared().create_schema(migrated=False)
         self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
         self.config = os.path.join(base, "mailsrv.toml")
         self.cafile = os.path.join(base, "var", "tls", "cert.pem")
@@ -163,12 +183,26 @@ create_if_missing = true
 
 [auth]
 failure_delay = 0.0
+{self._backend_config()}"""
+            )
+        if backend == "postgresql":
+            self.mailsrv("db", "upgrade")
 
+    def _backend_config(self) -> str:
+        """The end of ``[auth]`` and the ``[storage]`` section for the backend."""
+        if self.backend == "postgresql":
+            return f"""backend = "postgresql"
+
+[storage]
+backend = "postgresql"
+dsn = "{self.dsn}"
+pool_size = 4
+"""
+        return f"""
 [storage]
 maildir = "{self.mail_root}/{{user}}/Maildir"
 poll_interval = 0.2
 """
-            )
 
     # -- the daemon --------------------------------------------------------------------
 
@@ -248,15 +282,48 @@ poll_interval = 0.2
         words += [*mailsrv_command(), "deliver", user, "--config", self.config]
         return " ".join(_shell_quote(word) for word in words)
 
-    # -- the Maildirs, looked at from outside ------------------------------------------
+    # -- the stored mail, looked at from outside ---------------------------------------
 
     def maildir(self, user: str, folder: str = "INBOX") -> str:
         root = os.path.join(self.mail_root, user, "Maildir")
         return root if folder.upper() == "INBOX" else os.path.join(root, "." + folder)
 
     def messages(self, user: str, folder: str = "INBOX") -> list[MaildirMessage]:
-        """The folder's messages in delivery order (by file name), read from disk."""
+        """The folder's messages in delivery order: by file name, read from disk, or by
+        UID, read from the database's tables (not through the server)."""
+        if self.backend == "postgresql":
+            return self._pg_messages(user, folder)
         return read_maildir(self.maildir(user, folder))
+
+    def _pg_messages(self, user: str, folder: str) -> list[MaildirMessage]:
+        import psycopg
+
+        name = "INBOX" if folder.upper() == "INBOX" else folder
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT m.uid, m.flags, m.uid >= b.recent_from,"
+                " (SELECT string_agg(c.data, ''::bytea ORDER BY c.seq) FROM blob_chunks c"
+                "  WHERE c.digest = m.digest)"
+                " FROM messages m JOIN mailboxes b USING (user_name, mailbox_id)"
+                " WHERE m.user_name = %s AND b.name = %s ORDER BY m.uid",
+                (user, name),
+            ).fetchall()
+        from mailsrv.storage.postgres.schema import FLAG_BITS
+
+        found = []
+        for uid, bits, recent, data in rows:
+            letters = "".join(
+                sorted(_PG_FLAG_LETTERS[flag] for flag, bit in FLAG_BITS.items() if bits & bit)
+            )
+            # Maildir's rule: a message stays in new/ until a session sees it or it gets
+            # a flag (APPEND with \Seen writes to cur/ at once).
+            subdir = "new" if recent and not letters else "cur"
+            found.append(
+                MaildirMessage(
+                    f"postgresql:{user}/{name}/{uid}", subdir, letters, bytes(data or b"")
+                )
+            )
+        return found
 
     def by_subject(self, user: str, folder: str = "INBOX") -> dict[str, MaildirMessage]:
         return by_subject(self.messages(user, folder))
@@ -341,6 +408,8 @@ class InteropTestCase(unittest.TestCase):
     """
 
     programs: ClassVar[Sequence[tuple[str, str]]] = ()
+    #: The daemon's ``[storage]`` backend; one module's classes must agree on it.
+    backend: ClassVar[str] = "maildir"
     #: Module name -> its running server, and how many of its tests have not finished.
     _servers: ClassVar[dict[str, MailServer]] = {}
     _remaining: ClassVar[dict[str, int]] = {}
@@ -358,10 +427,16 @@ class InteropTestCase(unittest.TestCase):
             except ProgramMissing as e:
                 self._release_server()
                 self.cannot_run(str(e))
+        if self.backend == "postgresql":
+            try:
+                pgcluster.require()
+            except BaseException:
+                self._release_server()
+                raise
         server = self._servers.get(module)
         if server is None:
             base = tempfile.mkdtemp(prefix=module.rsplit(".", 1)[-1] + "-", dir=os.getcwd())
-            server = MailServer(base)
+            server = MailServer(base, self.backend)
             server.start()
             self._servers[module] = server
             atexit.register(server.stop)

@@ -22,7 +22,7 @@ class Options(usage.Options):
     synopsis = (
         "[--config FILE] [--imap ENDPOINT]... [--pop3 ENDPOINT]... [--imaps ENDPOINT]... "
         "[--pop3s ENDPOINT]... [--lmtp ENDPOINT]... [--maildir TEMPLATE] [--passwd FILE] "
-        "[--tls-cert FILE --tls-key FILE]"
+        "[--tls-cert FILE --tls-key FILE] [--workers N]"
     )
     longdesc = (
         "Serve IMAP4rev1 and POP3 from Maildir storage. Settings come from the TOML file given "
@@ -35,6 +35,12 @@ class Options(usage.Options):
         ["passwd", None, None, "Users file in Dovecot passwd-file format (users.passwd_file)."],
         ["tls-cert", None, None, "PEM certificate (chain) for STARTTLS/STLS and implicit TLS."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
+        [
+            "workers",
+            None,
+            None,
+            "Reactor processes sharing the listeners; 0: one per CPU (server.workers).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -74,6 +80,7 @@ class Options(usage.Options):
             "passwd": self["passwd"],
             "tls_cert": self["tls-cert"],
             "tls_key": self["tls-key"],
+            "workers": _number(self["workers"]),
         }
 
     def postOptions(self) -> None:
@@ -96,7 +103,7 @@ class MailsrvServiceMaker:
     def makeService(self, options: Options) -> Any:
         from mailsrv.config import format_error, load_config
         from mailsrv.errors import ConfigError
-        from mailsrv.service import LogReopener, make_service
+        from mailsrv.service import LogReopener
 
         class Daemon(MultiService):
             """Turns a bind failure at startup into one line and exit status 1."""
@@ -113,12 +120,42 @@ class MailsrvServiceMaker:
 
         try:
             daemon = Daemon()
-            mail = make_service(options.config, load=load, systemd_notify=True)
+            mail = _make(options, load)
             LogReopener(reload=mail.reload).setServiceParent(daemon)
             mail.setServiceParent(daemon)
         except ConfigError as e:
             raise SystemExit(format_error(e)) from None
         return daemon
+
+
+def _number(value: str | None) -> int | str | None:
+    """``--workers`` as the integer the configuration key holds; anything
+    else is left for the configuration check to refuse, naming the option."""
+    if value is not None and value.strip().isdigit():
+        return int(value)
+    return value
+
+
+def _make(options: Options, load: Any) -> Any:
+    """The daemon's service: one process, or the parent of several workers."""
+    from mailsrv import log
+    from mailsrv.config import cpu_count
+    from mailsrv.service import make_service
+    from mailsrv.workers import worker_count
+
+    config = options.config
+    count = worker_count(config)
+    if count == 1:
+        if config.storage.backend == "memory" and config.server.workers == 0 and cpu_count() > 1:
+            log.get_logger("mailsrv.workers").info(
+                "storage.backend 'memory' lives in one process: running one worker, not one per CPU"
+            )
+        return make_service(config, load=load, systemd_notify=True)
+    from mailsrv.workers.supervisor import make_supervised_service
+
+    return make_supervised_service(
+        config, count, load=load, overrides=options.overrides(), systemd_notify=True
+    )
 
 
 serviceMaker = MailsrvServiceMaker()

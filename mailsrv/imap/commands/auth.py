@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 import attrs
@@ -273,13 +273,23 @@ def _unavailable(result: LoginUnavailable) -> Done:
     return Done("NO", "Authentication is temporarily unavailable", "UNAVAILABLE")
 
 
-def _logged_in(result: LoggedIn, session: Session) -> Done:
+def _logged_in(result: LoggedIn, session: Session) -> Result:
     account, logout = result.avatar, result.logout
     if session.lost:
         logout()
         return Done("NO", "Connection lost")
     user = str(account.username)
-    if not session.admit(user, account, logout):
+    admitted = session.admit(user, account, logout)
+    if isinstance(admitted, defer.Deferred):
+        return admitted.addCallback(_admission, session, user, logout)
+    return _admission(admitted, session, user, logout)
+
+
+def _admission(admitted: bool, session: Session, user: str, logout: Callable[[], None]) -> Done:
+    if session.lost:
+        logout()
+        return Done("NO", "Connection lost")
+    if not admitted:
         logout()
         LOG.warn("IMAP: too many connections for {user}", user=user)
         return Done("NO", "Too many connections for this user", "LIMIT")

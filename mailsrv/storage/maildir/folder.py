@@ -628,6 +628,13 @@ class MaildirMailbox:
             self._folder.sync()
         self._announce()
 
+    def refresh(self) -> None:
+        """Tell listeners what another process recorded in the index (the
+        watcher calls it when that process pings, :meth:`IndexedFolder.ping`):
+        no lock and no listing, only the index read."""
+        if not self._folder.closed:
+            self._announce()
+
     def rebuild(self) -> int:
         """Throw the index away and rebuild it from the files; return the count."""
         return self._folder.rebuild()

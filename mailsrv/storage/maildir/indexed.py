@@ -199,8 +199,23 @@ class IndexedFolder:
         self.seen_uidnext = min(self.seen_uidnext, self.db.get_int("uidnext"))
 
     def changed(self) -> None:
-        """This process changed the index: cached answers are stale."""
+        """This process changed the index: cached answers are stale, and
+        other processes watching the folder are told (:meth:`ping`)."""
         self._local_version += 1
+        self.ping()
+
+    def ping(self) -> None:
+        """Tell other processes that the index holds a change they have not
+        announced: touch ``mailsrv-lock``, whose attribute change their
+        watchers hear at once (:mod:`.watch`), after the change's
+        transaction has committed, so what they read shows it.
+
+        The change itself shows in ``cur/`` too, but an event there means
+        anything (a mail reader's rename), so the watcher waits for a burst
+        to settle and rescans; this one means "read the index"."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self._lock_fd)
 
     def _version(self) -> tuple[int, int]:
         return self.db.data_version(), self._local_version

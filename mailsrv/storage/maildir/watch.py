@@ -23,6 +23,7 @@ from twisted.python.filepath import FilePath
 
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.log import get_logger
+from mailsrv.storage.maildir.layout import LOCK_NAME
 
 # Imported here, not where first used: the first watch happens after twistd
 # has dropped root, and the code may not be readable by the daemon's user.
@@ -39,6 +40,8 @@ log = get_logger("mailsrv.storage.maildir")
 #: How long after an inotify event the folder is checked: a delivery is a
 #: burst of events (create in tmp/, rename into new/), answered by one check.
 _SETTLE = 0.05
+#: The file another mailsrv process touches once its change is in the index.
+_LOCK_NAME = LOCK_NAME.encode()
 
 
 class WatchedFolder(Protocol):
@@ -56,6 +59,10 @@ class WatchedFolder(Protocol):
 
     def check(self) -> None:
         """Look for outside changes now and tell the folder's listeners."""
+
+    def refresh(self) -> None:
+        """Another mailsrv process changed the index: tell the listeners
+        what it recorded (no listing of the folder)."""
 
 
 class Watcher(Protocol):
@@ -116,7 +123,7 @@ class FolderWatcher:
         if self._watched.pop(key, None) is None:
             return
         if self._notifier is not None:
-            for directory in folder.watched_dirs():
+            for directory in (*folder.watched_dirs(), folder.path):
                 with contextlib.suppress(Exception):
                     self._notifier.ignore(FilePath(directory.encode()))
         pending = self._pending_checks.pop(key, None)
@@ -162,8 +169,17 @@ class FolderWatcher:
             def changed(_watch: object, _path: object, _mask: int) -> None:
                 self._schedule_check(key)
 
+            def pinged(_watch: object, path: FilePath[bytes], _mask: int) -> None:
+                if path.basename() == _LOCK_NAME:
+                    self._refresh_one(key)
+
             for directory in folder.watched_dirs():
                 self._notifier.watch(FilePath(directory.encode()), mask=mask, callbacks=[changed])
+            # Another mailsrv process (a worker, `mailsrv deliver`) touches the
+            # lock file once a change is in the index: no settling, no listing.
+            self._notifier.watch(
+                FilePath(folder.path.encode()), mask=inotify.IN_ATTRIB, callbacks=[pinged]
+            )
         except Exception:
             log.failure("inotify unavailable; polling every {n}s", n=self.poll_interval)
 
@@ -188,6 +204,17 @@ class FolderWatcher:
             self.unwatch(folder)
         except Exception:
             log.failure("checking {path} failed", path=key)
+
+    def _refresh_one(self, key: str) -> None:
+        folder = self._watched.get(key)
+        if folder is None:
+            return
+        try:
+            folder.refresh()
+        except NoSuchMailbox:
+            self.unwatch(folder)
+        except Exception:
+            log.failure("reading changes of {path} failed", path=key)
 
     def _poll(self) -> None:
         for key in list(self._watched):

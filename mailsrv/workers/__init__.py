@@ -1,0 +1,29 @@
+"""Several reactor processes sharing the listeners: ``[server] workers``.
+
+One mailsrv process runs one reactor, hence one core.  With ``workers``
+above one, the process twistd starts becomes a parent that binds the
+listeners and starts that many worker processes; each worker is a whole
+mailsrv (storage, portal, protocol factories) accepting connections on the
+parent's sockets, so a session lives entirely in one worker.
+
+What the workers share goes through the storage, which already supports
+several processes (Maildir's locks, index and inotify; PostgreSQL's
+LISTEN/NOTIFY), and through the parent, which keeps the daemon-wide
+connection counts (:mod:`.channel`) and owns the log (:mod:`.logpipe`).
+
+Modules: :mod:`.supervisor` (the parent), :mod:`.child` (a worker),
+:mod:`.ports` (adopting the parent's sockets), :mod:`.channel` (parent and
+worker talking), :mod:`.limits` (connection limits through the parent),
+:mod:`.logpipe` (worker logs into the parent's log).
+"""
+
+from __future__ import annotations
+
+from mailsrv.config import Config, resolved_workers
+
+__all__ = ["worker_count"]
+
+
+def worker_count(config: Config) -> int:
+    """The number of reactor processes the configuration asks for."""
+    return resolved_workers(config)

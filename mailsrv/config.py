@@ -381,6 +381,12 @@ class LimitsSection:
     max_connections_per_ip: int = attrs.field(default=50, metadata=_meta(_check_range(1)))
     #: Connections open at once over all listeners (IMAP, POP3).
     max_connections: int = attrs.field(default=1000, metadata=_meta(_check_range(1)))
+    #: Largest IMAP METADATA value, in octets (RFC 5464 4.3: ``[METADATA MAXSIZE n]``).
+    max_metadata_size: int = attrs.field(
+        default=64 * 1024, metadata=_meta(_check_range(1, 16 * 1024 * 1024))
+    )
+    #: Annotations per mailbox (and on the server, per user): ``[METADATA TOOMANY]``.
+    max_metadata_entries: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
 
 
 def _check_size(value: str) -> str | None:

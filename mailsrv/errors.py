@@ -75,6 +75,13 @@ class OverQuota(StorageError):
     code = "OVERQUOTA"
 
 
+class MetadataTooMany(StorageError):
+    """Setting annotations would pass the per-mailbox entry limit (RFC 5464
+    4.3: ``[METADATA TOOMANY]``)."""
+
+    code = "METADATA TOOMANY"
+
+
 class TemporaryFailure(StorageError):
     """Try again later (disk full, lock timeout); delivery exits EX_TEMPFAIL."""
 

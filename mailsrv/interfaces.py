@@ -29,8 +29,8 @@ Conventions every implementation follows:
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
 :class:`IMessageCache`, :class:`IMaildropLocking` and :class:`IPop3UidSource`
-on a mailbox, :class:`IQuotaUsage` on an account, :class:`IWatchingStorage` on a
-storage.
+on a mailbox, :class:`IQuotaUsage` and :class:`IMetadataStore` on an account,
+:class:`IWatchingStorage` on a storage.
 """
 
 from __future__ import annotations
@@ -440,6 +440,32 @@ class IQuotaUsage(Interface):
 
     def usage() -> MaybeDeferred[Usage]:
         """Octets and messages over every mailbox of the account."""
+
+
+class IMetadataStore(Interface):
+    """Optional, on an account: annotations of its mailboxes and of the
+    server (RFC 5464 METADATA and METADATA-SERVER).
+
+    Entry names are lower case (RFC 5464 3.2: they are case-insensitive),
+    start with ``/private/`` or ``/shared/`` and are stored as given: an
+    account has one user, so both scopes live in the same per-user store.
+    ``mailbox`` is a mailbox name, or ``""`` for the user's server entries.
+    Entries follow their mailbox through ``rename_mailbox`` (renaming INBOX
+    copies INBOX's, RFC 5464 3.4) and go with it in ``delete_mailbox``.
+    """
+
+    def get_metadata(mailbox: str) -> MaybeDeferred[Mapping[str, bytes]]:
+        """Every entry of ``mailbox`` (entry name -> value); raises
+        :class:`mailsrv.errors.NoSuchMailbox` for a mailbox that does not exist."""
+
+    def set_metadata(
+        mailbox: str, changes: Mapping[str, bytes | None], max_entries: int
+    ) -> MaybeDeferred[None]:
+        """Set (``None``: remove) entries, all or none, durably.
+
+        Raises :class:`mailsrv.errors.MetadataTooMany` when the mailbox
+        would hold more than ``max_entries`` entries afterwards.
+        """
 
 
 class IAccount(Interface):

@@ -51,6 +51,9 @@ class SessionPolicy:
     max_message_size: int = 64 * 1024 * 1024
     max_nesting_depth: int = 32
     max_pending_commands: int = 64
+    #: RFC 5464: largest annotation value, and annotations per mailbox.
+    max_metadata_size: int = 64 * 1024
+    max_metadata_entries: int = 100
     imap_timeout_unauthenticated: float = 60.0
     imap_timeout_authenticated: float = 1800.0
     pop3_timeout: float = 600.0
@@ -111,6 +114,8 @@ class SessionPolicy:
             max_message_size=limits.max_message_size,
             max_nesting_depth=limits.max_nesting_depth,
             max_pending_commands=limits.max_pending_commands,
+            max_metadata_size=limits.max_metadata_size,
+            max_metadata_entries=limits.max_metadata_entries,
             imap_timeout_unauthenticated=timeouts.imap_unauthenticated,
             imap_timeout_authenticated=timeouts.imap_authenticated,
             pop3_timeout=timeouts.pop3,

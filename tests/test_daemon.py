@@ -190,8 +190,8 @@ maildir = "var/mail/{{user}}/Maildir"
             output.strip(),
             f"mailsrv: configuration error: {self.config}: limits.max_line_lenght: unknown key "
             "(known keys of [limits]: max_connections, max_connections_per_ip, "
-            "max_connections_per_user, max_line_length, max_message_size, max_nesting_depth, "
-            "max_pending_commands)",
+            "max_connections_per_user, max_line_length, max_message_size, max_metadata_entries, "
+            "max_metadata_size, max_nesting_depth, max_pending_commands)",
         )
 
     def set_tls(self, certificate: str, key: str) -> None:

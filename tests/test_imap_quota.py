@@ -36,7 +36,7 @@ class QuotaTests(ServerTestBase):
         self.deliver(MESSAGE)
         client = yield self.login()
         response = yield client.command("a", "CAPABILITY")
-        self.assertIn(b" COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE\r\n", response)
+        self.assertIn(b" COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE ", response)
         self.assertNotIn(b"QUOTASET", response)
         response = yield client.command("b", "GETQUOTAROOT INBOX")
         self.assertEqual(

@@ -49,14 +49,15 @@ class CapabilityTests(ServerTestBase):
         caps = response.split(b"\r\n")[0].split()[2:]
         self.assertEqual(
             b" ".join(caps),
-            CAPS_BEFORE + b" COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
+            CAPS_BEFORE + b" COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE"
+            b" METADATA METADATA-SERVER",
         )
         for absent in (
             b"UTF8=ONLY",
             b"QUOTASET",
             b"ACL",
             b"NOTIFY",
-            b"METADATA",
+            b"ANNOTATE-EXPERIMENT-1",
             b"LITERAL-",
         ):
             self.assertNotIn(absent, caps)
@@ -69,8 +70,8 @@ class CapabilityTests(ServerTestBase):
             response,
             b"a BAD GETACL is not supported (the ACL (RFC 4314) extension is not offered)\r\n",
         )
-        response = yield client.command("b", "GETMETADATA INBOX /private/comment")
-        self.assertTrue(response.startswith(b"b BAD GETMETADATA is not supported"), response)
+        response = yield client.command("b", "GETANNOTATION INBOX /comment value.priv")
+        self.assertTrue(response.startswith(b"b BAD GETANNOTATION is not supported"), response)
         response = yield client.command("c", "NOOP")  # the session carries on
         self.assertEqual(response, b"c OK NOOP completed\r\n")
 

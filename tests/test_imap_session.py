@@ -280,6 +280,8 @@ STATE_TABLE = (
     ("GETQUOTAROOT INBOX", "as"),
     ('SETQUOTA "" (STORAGE 1)', "as"),
     ("COMPRESS DEFLATE", "as"),
+    ("GETMETADATA INBOX /private/comment", "as"),
+    ('SETMETADATA INBOX (/private/comment "x")', "as"),
 )
 STATE_NAMES = {"n": "not authenticated", "a": "authenticated", "s": "selected"}
 

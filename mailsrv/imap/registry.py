@@ -132,7 +132,6 @@ def _not_offered(names: str, capability: str) -> dict[str, str]:
 NOT_OFFERED: dict[str, str] = {
     **_not_offered("GETACL SETACL DELETEACL MYRIGHTS LISTRIGHTS", "ACL (RFC 4314)"),
     **_not_offered("GETANNOTATION SETANNOTATION", "ANNOTATE-EXPERIMENT-1 (RFC 5257)"),
-    **_not_offered("GETMETADATA SETMETADATA", "METADATA (RFC 5464)"),
     **_not_offered("NOTIFY", "NOTIFY (RFC 5465)"),
     **_not_offered("GETJMAPACCESS", "JMAPACCESS (RFC 9698)"),
     "PROXYAUTH": "PROXYAUTH is not supported (log in as the user instead)",

@@ -43,6 +43,7 @@ from mailsrv.interfaces import (
     IMailboxListener,
     IMessage,
     IMessageCache,
+    IMetadataStore,
     IQuotaUsage,
     IStorage,
     MailboxEntry,
@@ -58,6 +59,7 @@ from mailsrv.interfaces import (
 from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.flags import check_flags
+from mailsrv.storage.metadata import merged
 from mailsrv.storage.wire import wire_chunks
 
 __all__ = ["MemoryAccount", "MemoryMailbox", "MemoryStorage"]
@@ -143,6 +145,8 @@ class _MailboxState:
         self.alive = True
         self.size = 0
         self.unseen = 0
+        #: RFC 5464 annotations: they follow the state through a rename.
+        self.metadata: dict[str, bytes] = {}
         self.deleted = 0
         self._uids: tuple[int, ...] | None = None
 
@@ -515,7 +519,7 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IAccount, IQuotaUsage)
+@implementer(IAccount, IQuotaUsage, IMetadataStore)
 class MemoryAccount:
     """One user's mailbox tree in memory."""
 
@@ -525,6 +529,7 @@ class MemoryAccount:
         self.username = username
         self._mailboxes: dict[str, _MailboxState] = {INBOX: _MailboxState(INBOX)}
         self._subscriptions: list[str] = []
+        self._server_metadata: dict[str, bytes] = {}
         for name, use in DEFAULT_FOLDERS:
             self._mailboxes[name] = _MailboxState(name, frozenset({use}))
 
@@ -622,6 +627,7 @@ class MemoryAccount:
     def _rename_inbox(self, new: str) -> None:
         """RFC 3501 6.3.5: INBOX's messages move to ``new``; INBOX stays, empty."""
         self.create_mailbox(new)
+        self._mailboxes[new].metadata = dict(self._mailboxes[INBOX].metadata)
         inbox = MemoryMailbox(self._mailboxes[INBOX])
         inbox.move(list(inbox.uids()), MemoryMailbox(self._mailboxes[new]))
 
@@ -644,6 +650,18 @@ class MemoryAccount:
 
     def status(self, name: str) -> MailboxStatus:
         return self.get_mailbox(name).status()
+
+    def get_metadata(self, mailbox: str) -> dict[str, bytes]:
+        return dict(self._server_metadata if mailbox == "" else self._state(mailbox).metadata)
+
+    def set_metadata(
+        self, mailbox: str, changes: Mapping[str, bytes | None], max_entries: int
+    ) -> None:
+        if mailbox == "":
+            self._server_metadata = merged(self._server_metadata, changes, max_entries)
+        else:
+            state = self._state(mailbox)
+            state.metadata = merged(state.metadata, changes, max_entries)
 
     def logout(self) -> None:
         """Sessions hold nothing an account must free."""

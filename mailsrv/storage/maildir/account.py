@@ -10,11 +10,13 @@ files in the root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -33,6 +35,7 @@ from mailsrv.interfaces import (
     SPECIAL_USES,
     IAccount,
     IMailbox,
+    IMetadataStore,
     IQuotaUsage,
     MailboxEntry,
     MailboxStatus,
@@ -43,6 +46,8 @@ from mailsrv.storage import names
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.layout import (
     MAILDIRFOLDER_NAME,
+    METADATA_NAME,
+    SERVER_METADATA_NAME,
     SPECIAL_USE_NAME,
     STAGING_PREFIX,
     SUBSCRIPTIONS_NAME,
@@ -52,6 +57,7 @@ from mailsrv.storage.maildir.layout import (
     write_atomically,
 )
 from mailsrv.storage.maildir.recovery import crash_point
+from mailsrv.storage.metadata import decode_entries, encode_entries, merged
 
 if TYPE_CHECKING:
     from mailsrv.storage.maildir.registry import MailboxRegistry
@@ -75,7 +81,7 @@ def _special_use_guess(name: str) -> str | None:
     return None
 
 
-@implementer(IAccount, IQuotaUsage)
+@implementer(IAccount, IQuotaUsage, IMetadataStore)
 class MaildirAccount:
     """One user's Maildir++ tree."""
 
@@ -364,12 +370,53 @@ class MaildirAccount:
     def _rename_inbox(self, new: str) -> None:
         """RFC 3501 6.3.5: move INBOX's messages to a new mailbox, leave INBOX empty."""
         self.create_mailbox(new)
+        entries = self.get_metadata(names.INBOX)
+        if entries:  # RFC 5464 3.4: the new mailbox gets a copy of INBOX's
+            write_atomically(self._metadata_path(new), encode_entries(entries))
         inbox = self.open_mailbox(names.INBOX)
         inbox.check()
         destination = self.open_mailbox(new)
         uids = list(inbox.uids())
         for start in range(0, len(uids), 1000):
             inbox.move(uids[start : start + 1000], destination)
+
+    # -- annotations (RFC 5464) ---------------------------------------------------
+
+    def _metadata_path(self, mailbox: str) -> str:
+        if mailbox == "":
+            return os.path.join(self.root, SERVER_METADATA_NAME)
+        path = self._path(names.normalize_maildir(mailbox))
+        if not os.path.isdir(path):
+            raise NoSuchMailbox(f"no mailbox named {mailbox!r}")
+        return os.path.join(path, METADATA_NAME)
+
+    def get_metadata(self, mailbox: str) -> dict[str, bytes]:
+        path = self._metadata_path(mailbox)
+        try:
+            with open(path, "rb") as handle:
+                return decode_entries(handle.read(), path)
+        except FileNotFoundError:
+            return {}
+
+    def set_metadata(
+        self, mailbox: str, changes: Mapping[str, bytes | None], max_entries: int
+    ) -> None:
+        # A read-modify-write under an flock of the folder's directory, so
+        # daemons sharing the tree do not lose each other's changes; the
+        # file itself is replaced atomically.
+        path = self._metadata_path(mailbox)
+        directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            entries = merged(self.get_metadata(mailbox), changes, max_entries)
+            if entries:
+                write_atomically(path, encode_entries(entries))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    fsync_dir(os.path.dirname(path))
+        finally:
+            os.close(directory)  # releases the lock
 
     # -- subscriptions ----------------------------------------------------------
 

@@ -36,6 +36,11 @@ POP3_LOCK_NAME = "mailsrv-pop3-lock"
 MAILDIRFOLDER_NAME = "maildirfolder"
 # Files of each account, in its Maildir root.
 SPECIAL_USE_NAME = "mailsrv-special-use"
+#: RFC 5464 annotations: of a folder (in its directory, so they follow it
+#: through a rename and go with it when it is deleted), and of the server
+#: (in the root, beside INBOX's).
+METADATA_NAME = "mailsrv-metadata"
+SERVER_METADATA_NAME = "mailsrv-server-metadata"
 UIDVALIDITY_NAME = "mailsrv-uidvalidity"
 SUBSCRIPTIONS_NAME = "subscriptions"
 STAGING_PREFIX = "mailsrv-tmp-"

@@ -21,6 +21,7 @@ from mailsrv.errors import (
 from mailsrv.interfaces import DEFAULT_FOLDERS
 from mailsrv.storage import names
 from mailsrv.storage.postgres.blobs import IBlobStore
+from mailsrv.storage.postgres.metadata import copy_metadata, drop_metadata
 from mailsrv.storage.postgres.queries import copy, find_mailbox, notify, remove_messages
 
 
@@ -134,6 +135,7 @@ def delete_mailbox(conn: Any, blobs: IBlobStore, user: str, name: str) -> tuple[
     if not removed:
         modseq = highest + 1
     blobs.drop_references(conn, counts)
+    drop_metadata(conn, user, mailbox_id)  # RFC 5464 3.4: a new one starts bare
     conn.execute(
         "UPDATE mailboxes SET name = NULL, highest_modseq = %s, deleted_at = now() "
         "WHERE user_name = %s AND mailbox_id = %s",
@@ -174,6 +176,7 @@ def rename_mailbox(
             None,
             None,
         )
+        copy_metadata(conn, user, inbox.mailbox_id, target.mailbox_id)  # RFC 5464 3.4
         return []
     rows = conn.execute(
         "SELECT mailbox_id, name FROM mailboxes WHERE user_name = %s "

@@ -161,8 +161,21 @@ ALTER TABLE mailboxes ADD COLUMN guid text NOT NULL
     DEFAULT replace(gen_random_uuid()::text, '-', '');
 """
 
+# IMAP annotations (RFC 5464), keyed by user first like every table, then by
+# mailbox id so they follow a RENAME by themselves; mailbox id 0 holds the
+# user's server annotations (ids handed out start at 1).
+_V7 = """
+CREATE TABLE metadata (
+    user_name text NOT NULL,
+    mailbox_id bigint NOT NULL,
+    entry text NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (user_name, mailbox_id, entry)
+);
+"""
+
 #: The migrations, in order; migration N brings the schema to version N.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 
 #: The schema version this code needs.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -22,6 +22,7 @@ from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.interfaces import (
     SPECIAL_USES,
     IAccount,
+    IMetadataStore,
     IQuotaUsage,
     IStorage,
     IWatchingStorage,
@@ -30,7 +31,7 @@ from mailsrv.interfaces import (
 )
 from mailsrv.log import get_logger
 from mailsrv.storage import names
-from mailsrv.storage.postgres import accounts, queries
+from mailsrv.storage.postgres import accounts, metadata, queries
 from mailsrv.storage.postgres.blobs import IBlobStore, PostgresBlobStore
 from mailsrv.storage.postgres.db import REPEATABLE_READ, Database
 from mailsrv.storage.postgres.locks import AdvisoryLocks
@@ -49,7 +50,7 @@ def _check_username(username: str) -> None:
         raise StorageError("user name cannot be stored", code="CANNOT")
 
 
-@implementer(IAccount, IQuotaUsage)
+@implementer(IAccount, IQuotaUsage, IMetadataStore)
 class PostgresAccount:
     """One user's mailbox tree in the database."""
 
@@ -157,6 +158,16 @@ class PostgresAccount:
             return mailbox.status()
 
         return then(self.get_mailbox(name), counters)
+
+    def get_metadata(self, mailbox: str) -> Any:
+        name = names.normalize(mailbox) if mailbox else ""
+        return self._db.run(metadata.get_metadata, self.username, name, read_only=True)
+
+    def set_metadata(
+        self, mailbox: str, changes: Mapping[str, bytes | None], max_entries: int
+    ) -> Any:
+        name = names.normalize(mailbox) if mailbox else ""
+        return self._db.run(metadata.set_metadata, self.username, name, changes, max_entries)
 
     def usage(self) -> Any:
         found = self._db.run(accounts.usage, self.username, transaction=False)

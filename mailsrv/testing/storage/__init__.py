@@ -37,6 +37,7 @@ from mailsrv.testing.storage.base import ListenerRecorder, call, message_bytes
 from mailsrv.testing.storage.batches import BatchContract
 from mailsrv.testing.storage.changes import ChangeContract
 from mailsrv.testing.storage.messages import MessageContract
+from mailsrv.testing.storage.metadata import MetadataContract
 from mailsrv.testing.storage.modseq import ModseqContract
 from mailsrv.testing.storage.objects import ObjectContract
 
@@ -50,5 +51,6 @@ class StorageSuiteMixin(
     ModseqContract,
     BatchContract,
     ObjectContract,
+    MetadataContract,
 ):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

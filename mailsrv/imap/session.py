@@ -29,28 +29,30 @@ in IMAP's words.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
 from twisted.cred.portal import Portal
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.auth.channel import ChannelBindings
 from mailsrv.errors import NoSuchMailbox, StorageError
-from mailsrv.hooks import CommandHook, Drop
+from mailsrv.hooks import CommandHook
 from mailsrv.imap import response
 from mailsrv.imap.framer import LiteralNeeded, close_segments
+from mailsrv.imap.hooking import hook_done, hooked, withdrawn
 from mailsrv.imap.lexer import ParseError, Segment
+from mailsrv.imap.literals import SPOOL_THRESHOLD, LiteralAnswer, answer_literal
+from mailsrv.imap.mailbox_names import creatable, existing
 from mailsrv.imap.observed import command_name, command_size, loggable
-from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad, no
-from mailsrv.imap.registry import Command, Handler, Registry, Result, State
+from mailsrv.imap.output import CommandError, Done, ResponseWriter, bad
+from mailsrv.imap.registry import Command, Registry, Result, State
 from mailsrv.imap.selected import InvalidSequence, MessageSet, SelectedMailbox
-from mailsrv.imap.syntax import SequenceSet, UndecodedName
+from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IAccount
 from mailsrv.observe import UNKNOWN, Probe
 from mailsrv.policy import CLOSE_GRACE, SessionPolicy
@@ -74,21 +76,6 @@ __all__ = [
 #: code moved out of mailsrv.imap.server; a log filter may name it).
 LOG = log.get_logger("mailsrv.imap.server")
 
-#: APPEND literals above this size are spooled to a temporary file as they
-#: arrive; smaller literals stay in memory.
-SPOOL_THRESHOLD = 64 * 1024
-
-#: The commands whose literals are messages (spooled, up to the message
-#: size limit each), and the states they take them in.
-APPENDING = {
-    "APPEND": frozenset({State.AUTHENTICATED, State.SELECTED}),
-    "REPLACE": frozenset({State.SELECTED}),
-    "UID REPLACE": frozenset({State.SELECTED}),
-}
-#: One APPEND (MULTIAPPEND, CATENATE) spools at most this many times the
-#: message size limit in all, so a client cannot fill the disk with one
-#: command that is never finished.
-APPEND_TOTAL_FACTOR = 10
 #: ENABLE names (upper-cased, as :attr:`Session.enabled` holds them) of the
 #: modes that change how the session speaks: IMAP4rev2's rules (RFC 9051
 #: appendix A) and UTF-8 in quoted strings and mailbox names (RFC 6855).
@@ -137,40 +124,6 @@ class Continuation(Protocol):
 
     def cancel(self) -> None:
         """The connection is gone: stop any timer."""
-
-
-class LiteralAnswer(enum.Enum):
-    """How the session takes an announced literal."""
-
-    IN_MEMORY = "in memory"
-    SPOOLED = "spooled to a file"
-    REFUSED = "refused"
-
-
-def existing(name: str) -> str:
-    """``name``, or NO [NONEXISTENT] if it is not valid modified UTF-7
-    (UTF-8 in a session that enabled it).
-
-    No mailbox can have such a name, but it is a syntactically valid one
-    (RFC 3501 5.1.3), so the answer is NO, not BAD, as Dovecot's.
-    """
-    if isinstance(name, UndecodedName):
-        raise no(
-            f"No mailbox has this name: not valid {name.encoding} ({name.reason})", "NONEXISTENT"
-        )
-    return name
-
-
-def creatable(name: str) -> str:
-    """``name``, or NO [CANNOT] if it is not valid modified UTF-7 (UTF-8)
-    or holds U+2028 or U+2029."""
-    if isinstance(name, UndecodedName):
-        raise no(f"Mailbox names must be valid {name.encoding} ({name.reason})", "CANNOT")
-    if "\u2028" in name or "\u2029" in name:
-        # RFC 6855 3: no line or paragraph separator in a name (the control
-        # characters are refused by every backend, mailsrv.storage.names).
-        raise no("Mailbox names must not contain line or paragraph separators", "CANNOT")
-    return name
 
 
 class Session:
@@ -365,43 +318,7 @@ class Session:
     def literal_needed(self, event: LiteralNeeded) -> LiteralAnswer:
         """Take a literal into memory, spool it (APPEND), or refuse it, and
         tell the client (``+`` for a synchronizing literal, or the refusal)."""
-        tag = event.tag or "*"
-        appending = event.command in APPENDING and self.state in APPENDING[event.command]
-        size = event.size
-        in_memory = event.command_size + size <= self.policy.max_line_length
-        spool = appending and (size > SPOOL_THRESHOLD or not in_memory)
-        refusal: bytes | None = None
-        # A refused synchronizing literal is NO (RFC 3502: the whole
-        # MULTIAPPEND is cancelled, nothing stored); a LITERAL+ one comes
-        # anyway and is dropped with its command, so BAD (RFC 7888 4).
-        status = "NO" if event.synchronizing else "BAD"
-        limit = self.policy.max_message_size
-        if appending and size > limit:
-            refusal = response.tagged(
-                tag, status, f"Message too large (at most {limit} octets)", "TOOBIG"
-            )
-        elif appending and event.spooled_size + size > APPEND_TOTAL_FACTOR * limit:
-            refusal = response.tagged(
-                tag,
-                status,
-                f"Too much in one APPEND (at most {APPEND_TOTAL_FACTOR * limit} octets)",
-                "TOOBIG",
-            )
-        elif event.binary and not appending:
-            refusal = response.tagged(tag, "BAD", "literal8 is only allowed in APPEND")
-        elif not spool and not in_memory:
-            refusal = response.tagged(tag, "BAD", "Command too long", "TOOBIG")
-        elif not event.synchronizing and self._withdrawn("LITERAL+"):
-            # RFC 7888 3: without LITERAL+ a server knows no "{n+}" literal.
-            refusal = response.tagged(tag, "BAD", "Non-synchronizing literal without LITERAL+")
-        if refusal is not None:
-            self.send(refusal)
-            # Reported as the client saw it: "tag NO ..." or "tag BAD ...".
-            self.probe.command_refused(event.command or UNKNOWN, refusal.split(b" ", 2)[1].decode())
-            return LiteralAnswer.REFUSED
-        if event.synchronizing:
-            self.send(b"+ Ready for literal data\r\n")
-        return LiteralAnswer.SPOOLED if spool else LiteralAnswer.IN_MEMORY
+        return answer_literal(self, event)
 
     def execute(self, segments: Sequence[Segment]) -> None:
         """Parse, check and run one framed command."""
@@ -425,13 +342,13 @@ class Session:
             return
         hook: CommandHook | None = None
         if self.policy.hooks is not None:
-            if isinstance(spec.capability, str) and self._withdrawn(spec.capability):
+            if isinstance(spec.capability, str) and withdrawn(self, spec.capability):
                 close_segments(segments)
                 self.send(response.tagged(command.tag, "BAD", f"unknown command {spec.key}"))
                 probe.command_refused(spec.key, "BAD")
                 return
             hook = self.policy.hooks.command("IMAP", spec.key)
-        handler = spec.handler if hook is None else self._hooked(spec.handler, hook)
+        handler = spec.handler if hook is None else hooked(self, spec.handler, hook)
         probe.command_started(spec.key, command_size(segments))
         self.busy = True
         d: defer.Deferred[Any]
@@ -447,51 +364,10 @@ class Session:
             d = defer.maybeDeferred(handler, self, command)
         d.addErrback(self._failed, command)
         if hook is not None:
-            d.addCallback(self._hook_done, hook)
+            d.addCallback(hook_done, self, hook)
         d.addCallback(self._complete, command, spec.expunges_allowed)
         d.addErrback(self._internal_error, command)
         d.addBoth(self._command_done)
-
-    # -- hooks (mailsrv.hooks): what an embedding application changes --------------
-
-    def _withdrawn(self, capability: str) -> bool:
-        """The policy's hooks took ``capability`` out of CAPABILITY."""
-        return self.policy.hooks is not None and capability not in self.capabilities()
-
-    def _hooked(self, handler: Handler, hook: CommandHook) -> Handler:
-        """``handler`` delayed, or replaced by a refusal, as ``hook`` says."""
-
-        def run(session: Session, command: Command) -> defer.Deferred[Done]:
-            d: defer.Deferred[Any] = (
-                task.deferLater(self.clock, hook.delay, lambda: None)
-                if hook.delay > 0
-                else defer.succeed(None)
-            )
-            if hook.refuse is not None:
-                return d.addCallback(lambda _: _refusal(hook.refuse or ""))
-            return d.addCallback(lambda _: handler(session, command))
-
-        return run
-
-    def _hook_done(self, done: Done, hook: CommandHook) -> Done:
-        if hook.alert is not None:
-            self.send(response.untagged_status("OK", hook.alert, "ALERT"))
-        if hook.drop is Drop.BEFORE_ANSWER:
-            # The command ran; its answer is never sent.
-            self.lost = True
-            self.state = State.LOGOUT
-            self.close()
-        elif hook.drop is Drop.AFTER_ANSWER:
-            before = done.after
-
-            def cut() -> None:
-                if before is not None:
-                    before()
-                self.state = State.LOGOUT
-                self.close()
-
-            done = attrs.evolve(done, after=cut)
-        return done
 
     # -- completion -------------------------------------------------------------
 
@@ -767,13 +643,3 @@ class Session:
 
     def _release_user(self) -> None:
         self.guard.release_user()
-
-
-def _refusal(text: str) -> Done:
-    """A hook's refusal: NO with ``text``, whose leading ``[CODE]``, if any,
-    is the response code (a text may not start with "[" itself: RFC 3501
-    7.1, see :func:`response.tagged`)."""
-    if text.startswith("[") and "]" in text:
-        code, _, rest = text[1:].partition("]")
-        return Done("NO", rest.strip() or "Refused", code)
-    return Done("NO", text)

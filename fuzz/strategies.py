@@ -610,7 +610,11 @@ _id_text = st.text(st.characters(codec="ascii", exclude_characters="\r\n\0"), ma
 
 @st.composite
 def id_command(draw: Draw, tag: str) -> Rendered:
-    pairs = draw(st.none() | st.lists(st.tuples(_id_text, st.none() | _id_text), max_size=5))
+    # RFC 2971 3.3: a field name occurs once (compared without case).
+    fields = st.lists(
+        st.tuples(_id_text, st.none() | _id_text), max_size=5, unique_by=lambda p: p[0].lower()
+    )
+    pairs = draw(st.none() | fields)
     if pairs is None:
         return Rendered(_command(draw, tag, "ID", b"NIL"), Id(tag, "ID", None))
     items = []

@@ -367,7 +367,7 @@ class WorkersConfigTests(unittest.TestCase):
         ):
             self.assertEqual(worker_count(self.load(storage + section)), 1)
             e = self.assertRaises(
-                ConfigError, worker_count, self.load("[server]\nworkers = 2\n" + storage + section)
+                ConfigError, self.load, "[server]\nworkers = 2\n" + storage + section
             )
             self.assertEqual((e.path, e.key), (self.path, "server.workers"))
             self.assertIn("set workers = 1", e.reason)

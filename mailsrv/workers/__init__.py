@@ -19,34 +19,14 @@ worker talking), :mod:`.limits` (connection limits through the parent),
 
 from __future__ import annotations
 
-from mailsrv.config import COMMAND_LINE, DEFAULT_ADMIN_SOCKET, Config, resolved_workers
-from mailsrv.errors import ConfigError
+from mailsrv.config import Config, resolved_workers
+from mailsrv.config_checks import single_process_reason
 
 __all__ = ["single_process_reason", "worker_count"]
 
 
-def single_process_reason(config: Config) -> str | None:
-    """Why the configuration needs one process whatever ``[server] workers``
-    says (None: it does not).  The metrics and the admin socket see the
-    sessions of the process they live in; their figures and their who/kick
-    are not pooled across workers, so a daemon that serves them runs one."""
-    if config.storage.backend == "memory":
-        return "storage.backend 'memory' lives in one process"
-    if config.metrics.listen:
-        return "metrics.listen counts the sessions of one process (not pooled across workers)"
-    if config.admin.socket and config.admin.socket != DEFAULT_ADMIN_SOCKET:
-        return "admin.socket lists and kicks the sessions of one process"
-    return None
-
-
 def worker_count(config: Config) -> int:
-    """The number of reactor processes the configuration asks for: one
-    where :func:`single_process_reason` says so (a configuration error if
-    ``workers`` explicitly asks for more)."""
-    reason = single_process_reason(config)
-    if reason is None:
-        return resolved_workers(config)
-    if config.server.workers > 1:
-        where = config.path or COMMAND_LINE
-        raise ConfigError(where, "server.workers", f"{reason}: set workers = 1 (or leave it 0)")
-    return 1
+    """The number of reactor processes the configuration asks for (one
+    where :func:`single_process_reason` says so; asking for more there is
+    refused when the configuration is loaded)."""
+    return resolved_workers(config)

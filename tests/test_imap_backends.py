@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -70,6 +70,36 @@ class _BackendBase:
             response = yield client.command("S", f"SELECT {select}")
             assert b"S OK [READ-WRITE]" in response, response
         return client
+
+
+class InMemory:
+    """:meth:`_BackendBase.make_storage` and ``deliver`` on the memory
+    backend; listed before the scenarios among a test class's bases."""
+
+    storage: IStorage
+
+    def make_storage(self) -> IStorage:
+        return MemoryStorage()
+
+    def deliver(self, number: int) -> None:
+        storage: Any = self.storage
+        storage.deliver("joe", MESSAGE % (number, number))
+
+
+class InPostgres:
+    """The same on the PostgreSQL backend (a private server, tests/pgcluster.py)."""
+
+    storage: IStorage
+
+    def make_storage(self) -> IStorage:
+        from tests.pgcluster import new_dsn, new_storage
+
+        storage: IStorage = new_storage(cast(Any, self), new_dsn())
+        return storage
+
+    def deliver(self, number: int) -> Any:
+        storage: Any = self.storage
+        return storage.deliver("joe", MESSAGE % (number, number))
 
 
 class _IdleScenario(_BackendBase):
@@ -181,13 +211,8 @@ class _BackendScenarios(_BackendBase):
         yield self.session()
 
 
-class MemoryBackendTests(_BackendScenarios, TestCase):
-    def make_storage(self) -> IStorage:
-        return MemoryStorage()
-
-    def deliver(self, number: int) -> None:
-        storage: Any = self.storage
-        storage.deliver("joe", MESSAGE % (number, number))
+class MemoryBackendTests(InMemory, _BackendScenarios, TestCase):
+    """The sessions over the memory backend."""
 
 
 class MaildirBackendTests(_BackendScenarios, _IdleScenario, TestCase):
@@ -375,18 +400,8 @@ class DeliverCommandIdleTests(_BackendBase, TestCase):
         )
 
 
-class PostgresBackendTests(_BackendScenarios, TestCase):
+class PostgresBackendTests(InPostgres, _BackendScenarios, TestCase):
     """The same sessions over the PostgreSQL backend (a private server)."""
-
-    def make_storage(self) -> IStorage:
-        from tests.pgcluster import new_dsn, new_storage
-
-        storage: IStorage = new_storage(self, new_dsn())
-        return storage
-
-    def deliver(self, number: int) -> Any:
-        storage: Any = self.storage
-        return storage.deliver("joe", MESSAGE % (number, number))
 
 
 class PostgresOtherNodeDeliveryTests(_IdleScenario, TestCase):

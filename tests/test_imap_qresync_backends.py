@@ -16,8 +16,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from mailsrv.interfaces import IStorage
-from mailsrv.storage.memory import MemoryStorage
-from tests.test_imap_backends import MESSAGE, _BackendBase
+from tests.test_imap_backends import MESSAGE, InMemory, InPostgres, _BackendBase
 
 _HIGHEST = re.compile(rb"\[HIGHESTMODSEQ (\d+)\]")
 _VALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
@@ -133,13 +132,8 @@ class _QresyncScenarios(_BackendBase):
         t.assertEqual(response, b"* VANISHED (EARLIER) 1,3\r\nd OK FETCH completed\r\n")
 
 
-class MemoryQresyncTests(_QresyncScenarios, TestCase):
-    def make_storage(self) -> IStorage:
-        return MemoryStorage()
-
-    def deliver(self, number: int) -> None:
-        storage: Any = self.storage
-        storage.deliver("joe", MESSAGE % (number, number))
+class MemoryQresyncTests(InMemory, _QresyncScenarios, TestCase):
+    """The scenarios over the memory backend."""
 
 
 class MaildirQresyncTests(_QresyncScenarios, TestCase):
@@ -159,13 +153,5 @@ class MaildirQresyncTests(_QresyncScenarios, TestCase):
         deliver(outsider.account("joe"), io.BytesIO(MESSAGE % (number, number)))
 
 
-class PostgresQresyncTests(_QresyncScenarios, TestCase):
-    def make_storage(self) -> IStorage:
-        from tests.pgcluster import new_dsn, new_storage
-
-        storage: IStorage = new_storage(self, new_dsn())
-        return storage
-
-    def deliver(self, number: int) -> Any:
-        storage: Any = self.storage
-        return storage.deliver("joe", MESSAGE % (number, number))
+class PostgresQresyncTests(InPostgres, _QresyncScenarios, TestCase):
+    """The scenarios over the PostgreSQL backend."""

@@ -18,9 +18,8 @@ from twisted.trial.unittest import TestCase
 
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import ConnectionLimits, SessionPolicy
-from mailsrv.storage.memory import MemoryStorage
 from tests.imap_helpers import RecordingFactory, ServerTestBase
-from tests.test_imap_backends import MESSAGE, _BackendBase
+from tests.test_imap_backends import MESSAGE, InMemory, InPostgres, _BackendBase
 
 FLAGS = (
     b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
@@ -272,13 +271,8 @@ class _Rev2Scenarios(_BackendBase):
         )
 
 
-class MemoryRev2Tests(_Rev2Scenarios, TestCase):
-    def make_storage(self) -> IStorage:
-        return MemoryStorage()
-
-    def deliver(self, number: int) -> None:
-        storage: Any = self.storage
-        storage.deliver("joe", MESSAGE % (number, number))
+class MemoryRev2Tests(InMemory, _Rev2Scenarios, TestCase):
+    """The scenarios over the memory backend."""
 
 
 class MaildirRev2Tests(_Rev2Scenarios, TestCase):
@@ -294,16 +288,8 @@ class MaildirRev2Tests(_Rev2Scenarios, TestCase):
         deliver(storage.account("joe"), io.BytesIO(MESSAGE % (number, number)))
 
 
-class PostgresRev2Tests(_Rev2Scenarios, TestCase):
-    def make_storage(self) -> IStorage:
-        from tests.pgcluster import new_dsn, new_storage
-
-        storage: IStorage = new_storage(self, new_dsn())
-        return storage
-
-    def deliver(self, number: int) -> Any:
-        storage: Any = self.storage
-        return storage.deliver("joe", MESSAGE % (number, number))
+class PostgresRev2Tests(InPostgres, _Rev2Scenarios, TestCase):
+    """The scenarios over the PostgreSQL backend."""
 
 
 class UnauthenticateSlotTests(ServerTestBase):

@@ -17,8 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from mailsrv import mutf7
 from mailsrv.interfaces import IStorage
-from mailsrv.storage.memory import MemoryStorage
-from tests.test_imap_backends import MESSAGE, _BackendBase
+from tests.test_imap_backends import MESSAGE, InMemory, InPostgres, _BackendBase
 
 #: "Été" in NFC (one code point for É, one for é) and in NFD (each a
 #: letter and a combining acute accent).
@@ -233,13 +232,8 @@ class _Utf8Scenarios(_BackendBase):
         t.assertEqual(response, b"* SEARCH\r\nd OK SEARCH completed\r\n")
 
 
-class MemoryUtf8Tests(_Utf8Scenarios, TestCase):
-    def make_storage(self) -> IStorage:
-        return MemoryStorage()
-
-    def deliver(self, number: int) -> None:
-        storage: Any = self.storage
-        storage.deliver("joe", MESSAGE % (number, number))
+class MemoryUtf8Tests(InMemory, _Utf8Scenarios, TestCase):
+    """The scenarios over the memory backend."""
 
 
 class MaildirUtf8Tests(_Utf8Scenarios, TestCase):
@@ -262,13 +256,5 @@ class MaildirUtf8Tests(_Utf8Scenarios, TestCase):
         return [mutf7.decode(d[1:]) for d in os.listdir(home) if d.startswith(".")]
 
 
-class PostgresUtf8Tests(_Utf8Scenarios, TestCase):
-    def make_storage(self) -> IStorage:
-        from tests.pgcluster import new_dsn, new_storage
-
-        storage: IStorage = new_storage(self, new_dsn())
-        return storage
-
-    def deliver(self, number: int) -> Any:
-        storage: Any = self.storage
-        return storage.deliver("joe", MESSAGE % (number, number))
+class PostgresUtf8Tests(InPostgres, _Utf8Scenarios, TestCase):
+    """The scenarios over the PostgreSQL backend."""

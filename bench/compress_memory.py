@@ -96,7 +96,9 @@ def measure(top: str, connections: int, compressed: bool) -> tuple[float, float]
     """(KiB per idle session, seconds to open them all) on a fresh server."""
     passwd = os.path.join(top, "users")
     open(passwd, "a").close()
-    server = Mailsrv(top, passwd, log_level="warn")
+    # One process: the RSS read is that of the process holding the sessions
+    # (with several workers the parent holds none of them).
+    server = Mailsrv(top, passwd, log_level="warn", workers=1)
     server.add_user("bench", PASSWORD)
     server.start()
     try:

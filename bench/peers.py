@@ -367,6 +367,7 @@ backend = "maildir"
 maildir = "{mail}/{{user}}/Maildir"
 
 [limits]
+max_connections = 100000
 max_connections_per_user = 100000
 max_connections_per_ip = 100000
 

@@ -16,6 +16,7 @@ import asyncio
 import re
 import ssl
 import time
+import zlib
 
 import attrs
 
@@ -52,15 +53,31 @@ class _Buffered:
         self.writer = writer
         self.buf = bytearray()
         self.pos = 0
+        #: Set once COMPRESS=DEFLATE is on (RFC 4978): what the server sends
+        #: is inflated here, what we send deflated in :meth:`send`.
+        self.inflater: zlib._Decompress | None = None
+        self.deflater: zlib._Compress | None = None
 
     async def _fill(self) -> None:
         if self.pos:
             del self.buf[: self.pos]
             self.pos = 0
-        data = await self.reader.read(READ_SIZE)
-        if not data:
-            raise IMAPError("connection closed by the server")
-        self.buf += data
+        while True:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise IMAPError("connection closed by the server")
+            if self.inflater is not None:
+                data = self.inflater.decompress(data)
+                if not data:
+                    continue  # a piece of a deflate block: read on
+            self.buf += data
+            return
+
+    def send(self, data: bytes) -> None:
+        """Write ``data``, deflated and sync-flushed when compression is on."""
+        if self.deflater is not None:
+            data = self.deflater.compress(data) + self.deflater.flush(zlib.Z_SYNC_FLUSH)
+        self.writer.write(data)
 
     async def line(self) -> bytes:
         """One CRLF-terminated line (without CRLF)."""
@@ -193,8 +210,19 @@ class IMAPClient(_Buffered):
         tag = self._next_tag()
         data = text.encode() if isinstance(text, str) else text
         started = time.perf_counter()
-        self.writer.write(tag + b" " + data + b"\r\n")
+        self.send(tag + b" " + data + b"\r\n")
         return await self.read_tagged(tag, keep, started)
+
+    async def compress(self) -> Reply:
+        """``COMPRESS DEFLATE``; once OK, both directions are raw DEFLATE
+        (zlib's defaults on this side, as a client library would use)."""
+        reply = await self.command("COMPRESS DEFLATE")
+        if reply.ok:
+            if self.pos < len(self.buf):
+                raise IMAPError("data after COMPRESS's OK before compression began")
+            self.deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+            self.inflater = zlib.decompressobj(-15)
+        return reply
 
     async def login(self, user: str, password: str) -> Reply:
         return await self.command(f'LOGIN "{user}" "{password}"')
@@ -208,13 +236,13 @@ class IMAPClient(_Buffered):
         flag_part = f" ({flags})" if flags else ""
         head = f'APPEND "{mailbox}"{flag_part} {{{len(message)}+}}\r\n'.encode()
         started = time.perf_counter()
-        self.writer.write(tag + b" " + head + message + b"\r\n")
+        self.send(tag + b" " + head + message + b"\r\n")
         return await self.read_tagged(tag, False, started)
 
     async def idle_start(self) -> bytes:
         """Send IDLE and wait for the continuation; returns the tag."""
         tag = self._next_tag()
-        self.writer.write(tag + b" IDLE\r\n")
+        self.send(tag + b" IDLE\r\n")
         while True:
             line = await self.line()
             if line.startswith(b"+"):
@@ -232,7 +260,7 @@ class IMAPClient(_Buffered):
 
     async def idle_done(self, tag: bytes) -> Reply:
         started = time.perf_counter()
-        self.writer.write(b"DONE\r\n")
+        self.send(b"DONE\r\n")
         return await self.read_tagged(tag, False, started)
 
     async def logout(self) -> None:

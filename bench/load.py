@@ -14,7 +14,11 @@ workload then runs against one server and then the other:
             ``FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])``,
             then BODY[] of the ten newest messages.
 ``mixed``   steady mixed traffic from 50 clients (10 users, 5 connections
-            each): NOOP, IDLE, FETCH, STORE, APPEND, EXPUNGE.
+            each): NOOP, IDLE, FETCH, STORE, APPEND, EXPUNGE.  With
+            ``--mixed-modes plain,compress`` it runs once with plain
+            sessions and once with every session turning COMPRESS=DEFLATE
+            on (RFC 4978) after login, and ends with the server CPU per
+            command of both runs side by side.
 ``search``  SEARCH TEXT and SEARCH HEADER SUBJECT on a 100,000-message
             INBOX, while a bystander on another account sends NOOPs (does a
             long search stall everybody else?).
@@ -86,6 +90,7 @@ class Scale:
     mixed_messages: int = 1000
     mixed_seconds: float = 30.0
     mixed_think: float = 0.1
+    mixed_modes: str = "plain"  # "plain,compress": also with COMPRESS=DEFLATE
     search_messages: int = 100_000
     search_runs: int = 2
     search_budget: float = 240.0  # seconds per server; no new SEARCH after that
@@ -293,7 +298,7 @@ MIXED_OPS = (
 )
 
 
-async def mixed(server: Server, scale: Scale) -> Result:
+async def mixed(server: Server, scale: Scale, compress: bool = False) -> Result:
     result = Result()
     names = [name for name, _ in MIXED_OPS]
     weights = [weight for _, weight in MIXED_OPS]
@@ -303,6 +308,10 @@ async def mixed(server: Server, scale: Scale) -> Result:
         user = f"mix{n % scale.mixed_users}"
         rng = random.Random(n)
         client = await connect_login(server, user)
+        if compress:
+            reply = await client.compress()
+            if not reply.ok:
+                raise IMAPError(f"COMPRESS as {user}: {reply.text!r}")
         reply = await client.select()
         if not reply.ok:
             raise IMAPError(f"SELECT as {user}: {reply.text!r}")
@@ -866,7 +875,13 @@ def jobs_for(workload: str, scale: Scale) -> list[tuple[str, Callable[[Server], 
             f"({scale.mixed_users} users) for {scale.mixed_seconds:.0f} s, "
             f"think time {scale.mixed_think * 1000:.0f} ms mean"
         )
-        return [(title, lambda s: lambda m: mixed(s, scale))]
+        return [
+            (
+                title + (", every session COMPRESS=DEFLATE" if mode == "compress" else ""),
+                lambda s, mode=mode: lambda m: mixed(s, scale, mode == "compress"),
+            )
+            for mode in mixed_modes(scale)
+        ]
     if workload == "search":
         title = (
             f"SEARCH on a {scale.search_messages}-message INBOX ({scale.search_runs} runs each), "
@@ -902,6 +917,53 @@ def jobs_for(workload: str, scale: Scale) -> list[tuple[str, Callable[[Server], 
         f"({scale.pop3_rounds} rounds after a warm-up round)"
     )
     return [(title, lambda s: lambda m: pop3(s, scale))]
+
+
+def mixed_modes(scale: Scale) -> list[str]:
+    """The mixed workload's runs (``--mixed-modes plain,compress``)."""
+    modes = [m.strip() for m in scale.mixed_modes.split(",") if m.strip()]
+    unknown = set(modes) - {"plain", "compress"}
+    if unknown:
+        raise SystemExit(f"unknown --mixed-modes: {', '.join(sorted(unknown))}")
+    return modes
+
+
+def compress_report(plain: dict[str, Result], compressed: dict[str, Result]) -> str:
+    """Server CPU per command of the mixed workload without and with
+    COMPRESS=DEFLATE, per server."""
+    rows = []
+    for name in plain:
+        a, b = plain[name], compressed.get(name)
+        if b is None:
+            continue
+        cpu_a = a.usage.cpu / a.ops * 1000 if a.ops else float("nan")
+        cpu_b = b.usage.cpu / b.ops * 1000 if b.ops else float("nan")
+        rows.append(
+            [
+                name,
+                f"{a.ops}",
+                f"{cpu_a:.3f}",
+                f"{b.ops}",
+                f"{cpu_b:.3f}",
+                ratio(cpu_b, cpu_a),
+                f"{a.usage.peak_rss / MIB:.0f}",
+                f"{b.usage.peak_rss / MIB:.0f}",
+            ]
+        )
+    table = markdown_table(
+        [
+            "server",
+            "cmds plain",
+            "CPU ms/cmd plain",
+            "cmds COMPRESS",
+            "CPU ms/cmd COMPRESS",
+            "COMPRESS/plain",
+            "peak RSS MiB plain",
+            "peak RSS MiB COMPRESS",
+        ],
+        rows,
+    )
+    return "### Mixed traffic: server CPU per command without and with COMPRESS\n\n" + table
 
 
 def saturate_counts(scale: Scale) -> list[int]:
@@ -965,10 +1027,15 @@ def main() -> None:
         ) as pair:
             print(f"setup took {time.perf_counter() - began:.0f} s")
             for workload in chosen:
+                tables = []
                 for title, make in jobs_for(workload, scale):
                     results = run_job(pair, workload, make, scale)
+                    tables.append(results)
                     print()
                     print(report(title, results))
+                    print(flush=True)
+                if workload == "mixed" and mixed_modes(scale) == ["plain", "compress"]:
+                    print(compress_report(tables[0], tables[1]))
                     print(flush=True)
     print()
     print(f"total time {time.perf_counter() - began:.0f} s")

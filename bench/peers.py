@@ -499,8 +499,11 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={mail}/%u
 }}
+# COMPRESS=DEFLATE (RFC 4978) as mailsrv offers it, for bench/load.py's
+# mixed workload with --mixed-modes plain,compress.
 protocol imap {{
   mail_max_userip_connections = 100000
+  mail_plugins = $mail_plugins zlib imap_zlib
 }}
 protocol pop3 {{
   mail_max_userip_connections = 100000

@@ -131,7 +131,9 @@ def _load_ids(
     """EMAILID and THREADID (RFC 8474); how many kinds were asked."""
     kinds = frozenset(a.name for a in request.attributes) & objectid.KINDS.keys()
     if kinds:
-        found = yield objectid.object_ids(request.mailbox, [m.info for m in batch], kinds)
+        # The stored message's, whatever the session reads (RFC 8474 5.1:
+        # an EMAILID names the message, not one rendering of it).
+        found = yield objectid.object_ids(request.view.mailbox, [m.info for m in batch], kinds)
         for m in batch:
             m.ids = {kind: by_uid[m.uid] for kind, by_uid in found.items() if m.uid in by_uid}
     return len(kinds)

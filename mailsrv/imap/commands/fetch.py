@@ -22,6 +22,7 @@ from mailsrv.imap.condstore import (
     ranges_text,
     vanished_earlier,
 )
+from mailsrv.imap.downgrading import fetch_mailbox
 from mailsrv.imap.fetch_items import HANDLERS, FetchRequest
 from mailsrv.imap.fetch_syntax import FetchAttribute, fetch_items
 from mailsrv.imap.fetching import Outcome, fetch_messages
@@ -102,9 +103,10 @@ def handle_fetch(session: Session, command: Fetch) -> defer.Deferred[Done]:
         modseq_view(session, "FETCH MODSEQ")
     messages = session.resolve(command.sequence_set, command.uid)
     view = session.view()
-    request = FetchRequest(
-        view, view.mailbox, session.output(), session.clock, attributes, command.uid
-    )
+    # RFC 6855 3, 7: a session that did not enable UTF8=ACCEPT reads
+    # synthetic messages in place of those with 8-bit headers (RFC 6858).
+    mailbox = fetch_mailbox(view.mailbox, session.utf8, attributes)
+    request = FetchRequest(view, mailbox, session.output(), session.clock, attributes, command.uid)
     if modifiers.changed_since is None:
         return fetch_messages(request, messages).addCallback(_completion)
     return _fetch_changed(session, request, messages, modifiers).addCallback(_completion)

@@ -1,0 +1,209 @@
+"""What a session that did not enable UTF8=ACCEPT reads: synthetic messages.
+
+RFC 6855 3 forbids sending UTF-8 to such a session, and 7 has a server that
+serves it anyway use RFC 6857's or RFC 6858's downgrade.  mailsrv uses RFC
+6858's (:mod:`mailsrv.mime.downgrade`): a message whose header holds 8-bit
+octets is shown as a synthetic message with its header written in ASCII,
+and *everything* FETCH says of the message is said of that synthetic
+message, so the client sees one consistent message: ENVELOPE, BODY,
+BODYSTRUCTURE, every ``BODY[section]`` and ``BINARY[...]``, ``RFC822*``,
+and the sizes (``RFC822.SIZE``, the octets of ``BODY[]``, partial
+offsets) are those of the octets it is actually sent (RFC 3501 2.3.4).
+
+The hook is one object: FETCH reads through a :class:`DowngradedMailbox`
+instead of the selected mailbox (:func:`fetch_mailbox`).  It gives the
+synthetic file from ``open``, the synthetic size from ``fetch`` and
+``store``, and keeps what FETCH caches of a synthetic message under kinds
+of its own (``downgraded1:`` and the kind), so an answer worked out for an
+enabled session (raw UTF-8) is never served to this one, nor the other way
+round; whatever reads the cache or the files for FETCH (the batched loads
+of :mod:`mailsrv.imap.content`, a fast path) sees the synthetic message as
+long as it reads through ``request.mailbox``.  Whether a message needs it,
+and its synthetic size, are kept in the cache too (kind ``downgrade1``), so
+a warm ``FETCH 1:* (RFC822.SIZE)`` opens no file.
+
+SEARCH, SORT and THREAD read the stored message (they match decoded text,
+so a search finds the same messages in both kinds of session); EMAILID and
+THREADID are those of the stored message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import IO, Any, cast
+
+from twisted.internet import defer
+from zope.interface import alsoProvides
+
+from mailsrv.imap import content
+from mailsrv.imap.fetch_syntax import FetchAttribute
+from mailsrv.interfaces import (
+    IMailbox,
+    IMessage,
+    IMessageCache,
+    MaybeDeferred,
+    MessageInfo,
+    StoreResult,
+    maybe_deferred,
+)
+from mailsrv.mime.downgrade import serve
+
+__all__ = ["SIZE_KIND", "SYNTHETIC_PREFIX", "DowngradedMailbox", "fetch_mailbox"]
+
+#: Cache kind: ``=`` for a message served as stored, else the decimal size
+#: of its synthetic message.  The digit is the downgrade's version: bump it
+#: (and :data:`SYNTHETIC_PREFIX`) whenever the synthetic header changes.
+SIZE_KIND = "downgrade1"
+#: Prefix of the cache kinds of values worked out from synthetic messages.
+SYNTHETIC_PREFIX = "downgraded1:"
+
+#: FETCH items that say nothing of a message's octets: a FETCH of only
+#: these needs no synthetic message.
+_NEUTRAL = frozenset({"FLAGS", "UID", "INTERNALDATE", "MODSEQ", "SAVEDATE", "EMAILID", "THREADID"})
+
+
+def fetch_mailbox(mailbox: IMailbox, utf8: bool, attributes: Sequence[FetchAttribute]) -> IMailbox:
+    """The mailbox a FETCH reads through: ``mailbox`` itself for a session
+    that enabled UTF8=ACCEPT (or a FETCH of flags and the like), else its
+    downgraded view."""
+    if utf8 or all(a.name in _NEUTRAL for a in attributes):
+        return mailbox
+    return cast(IMailbox, DowngradedMailbox(mailbox))
+
+
+def _synthetic_size(source: IO[bytes]) -> int | None:
+    served = serve(source)
+    size = None if served.delta is None else served.file.size
+    served.file.give_back()  # the caller closes it
+    return size
+
+
+def _resized(message: IMessage, size: int | None) -> IMessage:
+    if size is None:
+        return message
+    return MessageInfo(
+        uid=message.uid,
+        flags=message.flags,
+        internal_date=message.internal_date,
+        size=size,
+        modseq=message.modseq,
+        save_date=message.save_date,
+    )
+
+
+class DowngradedMailbox:
+    """A mailbox as a session without UTF8=ACCEPT reads it (one FETCH's
+    worth: what it learns of sizes is kept for its life).  Everything but
+    the message octets, their sizes and the cache is the mailbox's own."""
+
+    def __init__(self, mailbox: IMailbox) -> None:
+        self._mailbox = mailbox
+        self._cache: Any = IMessageCache(mailbox, None)
+        #: uid -> synthetic size, None for a message served as stored.
+        self._sizes: dict[int, int | None] = {}
+        alsoProvides(self, IMailbox)
+        if self._cache is not None:
+            alsoProvides(self, IMessageCache)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._mailbox, name)
+
+    @defer.inlineCallbacks
+    def synthetic_sizes(
+        self, uids: Iterable[int]
+    ) -> Generator[defer.Deferred[Any], Any, dict[int, int | None]]:
+        """``{uid: synthetic size or None}`` for the messages that exist."""
+        wanted = list(uids)
+        unknown = [uid for uid in wanted if uid not in self._sizes]
+        if unknown:
+            cached: Mapping[int, bytes] = yield content.get_many(self._cache, unknown, SIZE_KIND)
+            for uid, value in cached.items():
+                if value == b"=":
+                    self._sizes[uid] = None
+                elif value.isdigit():
+                    self._sizes[uid] = int(value)
+            missing = [uid for uid in unknown if uid not in self._sizes]
+            found: dict[int, int | None] = yield content.each_file(
+                self._mailbox, missing, lambda uid, source: _synthetic_size(source)
+            )
+            self._sizes.update(found)
+            values = {uid: b"=" if s is None else b"%d" % s for uid, s in found.items()}
+            yield content.set_many(self._cache, SIZE_KIND, values)
+        return {uid: self._sizes[uid] for uid in wanted if uid in self._sizes}
+
+    # -- what FETCH reads ------------------------------------------------------------------
+
+    def fetch(self, uids: Iterable[int]) -> defer.Deferred[list[IMessage]]:
+        """The messages' metadata, with the synthetic sizes."""
+        return maybe_deferred(self._mailbox.fetch, list(uids)).addCallback(self._resize)
+
+    def store(self, *args: Any, **kwargs: Any) -> defer.Deferred[StoreResult]:
+        """A flag change (FETCH setting \\Seen), its new metadata resized."""
+
+        def resized(result: StoreResult) -> defer.Deferred[StoreResult]:
+            def build(updated: list[IMessage]) -> StoreResult:
+                return StoreResult(tuple(updated), result.conflicts)
+
+            return self._resize(result.updated).addCallback(build)
+
+        return maybe_deferred(self._mailbox.store, *args, **kwargs).addCallback(resized)
+
+    def _resize(self, found: Sequence[IMessage]) -> defer.Deferred[list[IMessage]]:
+        def apply(sizes: dict[int, int | None]) -> list[IMessage]:
+            return [_resized(m, sizes.get(m.uid)) for m in found]
+
+        d: defer.Deferred[dict[int, int | None]] = self.synthetic_sizes(m.uid for m in found)
+        return d.addCallback(apply)
+
+    def open(self, uid: int) -> defer.Deferred[IO[bytes]]:
+        """The message's file, or its synthetic message over it."""
+
+        def wrap(source: IO[bytes]) -> IO[bytes]:
+            served = serve(source)
+            if served.delta is None:
+                self._sizes[uid] = None
+                return served.file.give_back()  # as stored: read it directly
+            self._sizes[uid] = served.file.size
+            return cast(IO[bytes], served.file)
+
+        return maybe_deferred(self._mailbox.open, uid).addCallback(wrap)
+
+    # -- IMessageCache: synthetic messages' values apart -----------------------------------
+
+    def get_cached_many(
+        self, uids: Iterable[int], kind: str
+    ) -> defer.Deferred[Mapping[int, bytes]]:
+        wanted = list(uids)
+
+        @defer.inlineCallbacks
+        def split(
+            sizes: dict[int, int | None],
+        ) -> Generator[defer.Deferred[Any], Any, Mapping[int, bytes]]:
+            out: dict[int, bytes] = {}
+            plain = [uid for uid in wanted if sizes.get(uid) is None]
+            synthetic = [uid for uid in wanted if sizes.get(uid) is not None]
+            if plain:
+                out.update((yield content.get_many(self._cache, plain, kind)))
+            if synthetic:
+                apart = SYNTHETIC_PREFIX + kind
+                out.update((yield content.get_many(self._cache, synthetic, apart)))
+            return out
+
+        d: defer.Deferred[dict[int, int | None]] = self.synthetic_sizes(wanted)
+        return d.addCallback(split)
+
+    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> defer.Deferred[None]:
+        # Only messages whose kind is known by now (every value was worked
+        # out from a file this view opened) are cached; others are skipped.
+        plain = {u: v for u, v in values.items() if u in self._sizes and self._sizes[u] is None}
+        synthetic = {u: v for u, v in values.items() if self._sizes.get(u) is not None}
+        d = content.set_many(self._cache, kind, plain)
+        return d.addCallback(
+            lambda _: content.set_many(self._cache, SYNTHETIC_PREFIX + kind, synthetic)
+        )
+
+    def get_cached(self, uid: int, kind: str) -> MaybeDeferred[bytes | None]:
+        return self.get_cached_many([uid], kind).addCallback(lambda found: found.get(uid))
+
+    def set_cached(self, uid: int, kind: str, value: bytes) -> MaybeDeferred[None]:
+        return self.set_cached_many(kind, {uid: value})

@@ -46,6 +46,7 @@ class CapaTests(unittest.SynchronousTestCase):
                 b"PIPELINING",
                 b"SASL PLAIN LOGIN CRAM-MD5",
                 b"STLS",
+                b"UTF8",
                 b"EXPIRE NEVER",
                 b"LOGIN-DELAY 0",
                 b"IMPLEMENTATION mailsrv",
@@ -87,6 +88,7 @@ class CapaTests(unittest.SynchronousTestCase):
                 b"AUTH-RESP-CODE",
                 b"PIPELINING",
                 b"SASL PLAIN LOGIN CRAM-MD5",
+                b"UTF8",
                 b"EXPIRE NEVER",
                 b"LOGIN-DELAY 0",
                 b"IMPLEMENTATION mailsrv",
@@ -144,7 +146,7 @@ class StateTests(unittest.SynchronousTestCase):
     def test_unknown_commands(self) -> None:
         session = Session(Fixture(self))
         self.assertEqual(session.command("FOO"), b"-ERR Unknown command: FOO\r\n")
-        self.assertEqual(session.command("UTF8"), b"-ERR Unknown command: UTF8\r\n")
+        self.assertEqual(session.command("LANG"), b"-ERR Unknown command: LANG\r\n")
         self.assertEqual(session.command(""), b"-ERR Empty command.\r\n")
         self.assertEqual(session.command(b"\xff\xfe"), b"-ERR Unknown command.\r\n")
         self.assertEqual(session.command("do_USER x"), b"-ERR Unknown command.\r\n")

@@ -75,6 +75,9 @@ class Authorization:
         #: The failed login an error challenge answered (SCRAM's e=,
         #: OAUTHBEARER's JSON): the client's reply to it gets the -ERR.
         self._sasl_failure: LoginRefused | None = None
+        #: The client sent UTF8 (RFC 6856 2): it is sent messages with
+        #: UTF-8 headers as they are stored.
+        self.utf8 = False
 
     @property
     def in_sasl(self) -> bool:
@@ -97,6 +100,14 @@ class Authorization:
         self._conn.ok("Begin TLS negotiation now.")
         self._pending_user = None
         self._conn.start_tls()
+
+    @command("UTF8", State.AUTHORIZATION)
+    def utf8_(self, args: list[bytes], line: bytes) -> None:
+        """RFC 6856 2: the client takes UTF-8 in message headers (and
+        responses); only in the AUTHORIZATION state, no arguments."""
+        no_arguments(args)
+        self.utf8 = True
+        self._conn.ok("UTF-8 headers will be sent as stored.")
 
     @command("USER", State.AUTHORIZATION)
     def user(self, args: list[bytes], line: bytes) -> None:
@@ -297,7 +308,7 @@ class Authorization:
         maildrop: Any,
         logout: Callable[[], None],
     ) -> None:
-        transaction = Transaction(self._conn, maildrop, logout, entries)
+        transaction = Transaction(self._conn, maildrop, logout, entries, self.utf8)
         if not self._enter(transaction, name):
             return  # the client left while the maildrop was opening
         count, octets = transaction.totals()

@@ -491,7 +491,9 @@ class POP3(Protocol):
             caps.append(b"SASL " + " ".join(offered).encode("ascii"))
         if self.state is State.AUTHORIZATION and self.tls_available():
             caps.append(b"STLS")
-        caps += [b"EXPIRE NEVER", b"LOGIN-DELAY 0", b"IMPLEMENTATION mailsrv"]
+        # RFC 6856 2: UTF8 (without its USER tag: user names stay as the
+        # users file has them, and the LANG command is not offered).
+        caps += [b"UTF8", b"EXPIRE NEVER", b"LOGIN-DELAY 0", b"IMPLEMENTATION mailsrv"]
         return caps
 
     @command("CAPA", *ANY_STATE)

@@ -9,7 +9,7 @@ other way releases the maildrop with every message still there.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from mailsrv.errors import NoSuchMessage, StorageError
 from mailsrv.interfaces import MaildropEntry
+from mailsrv.mime.downgrade import serve
 from mailsrv.pop3.commands import LOG, CommandError, Connection, State, command, no_arguments
 from mailsrv.pop3.wire import MessageEncoder, parse_number
 
@@ -36,8 +37,12 @@ class Transaction:
         maildrop: Any,  # an IMaildrop
         logout: Callable[[], None],
         entries: Sequence[MaildropEntry],
+        utf8: bool = False,
     ) -> None:
         self._conn = conn
+        #: The client sent UTF8 (RFC 6856): messages go out as stored;
+        #: otherwise one with 8-bit header octets is downgraded (RFC 6858).
+        self._utf8 = utf8
         self._maildrop = maildrop
         self._logout: Callable[[], None] | None = logout
         self._held = True  # the maildrop is locked by us (open, not committed)
@@ -166,8 +171,15 @@ class Transaction:
         if self._conn.lost:
             source.close()
             return None
-        entry = self._entries[index]
-        self._conn.ok(f"{entry.size} octets" if lines is None else "Top of message follows")
+        size = self._entries[index].size
+        if not self._utf8:
+            # RFC 6856 2: no UTF-8 header to a client that did not send
+            # UTF8; it gets RFC 6858's synthetic message, whose size is
+            # what RETR announces (LIST and STAT keep the stored sizes).
+            served = serve(source)
+            source = cast(IO[bytes], served.file)
+            size += served.delta or 0
+        self._conn.ok(f"{size} octets" if lines is None else "Top of message follows")
         d = self._conn.stream(source, MessageEncoder(lines))
         return d.addCallbacks(self._streamed, self._stream_failed, callbackArgs=(index,))
 

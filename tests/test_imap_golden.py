@@ -141,7 +141,12 @@ class GoldenWireMixin:
         yield self.port.stopListening()
 
     @defer.inlineCallbacks
-    def session(self) -> Any:
+    def session(self, utf8: bool = False) -> Any:
+        """A session with the corpus in its INBOX, EXAMINEd; ``utf8``: one
+        that enabled UTF8=ACCEPT, which is sent the stored octets of the
+        messages with 8-bit headers, as Dovecot 2.3 sends them to anyone (a
+        session that did not enable it gets RFC 6858's synthetic message:
+        tests/test_imap_downgrade.py)."""
         creator = protocol.ClientCreator(reactor, LiteralClient)
         client = yield creator.connectTCP("127.0.0.1", self.port.getHost().port)
         self.client = client
@@ -164,6 +169,9 @@ class GoldenWireMixin:
         assert b"U OK" in response, response
         response = yield client.command("L", "LOGIN joe secret")
         assert b"L OK" in response, response
+        if utf8:
+            response = yield client.command("E", "ENABLE UTF8=ACCEPT")
+            assert b"E OK" in response, response
         response = yield client.command("S", "EXAMINE INBOX")
         assert b"S OK" in response, response
         return client
@@ -188,7 +196,7 @@ class GoldenWireMixin:
 
     @defer.inlineCallbacks
     def test_corpus(self) -> Any:
-        client = yield self.session()
+        client = yield self.session(utf8=True)
         seq = 0
         for name, record in sorted(self.golden.items()):
             if "append" in record:

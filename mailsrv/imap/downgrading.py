@@ -68,7 +68,22 @@ def fetch_mailbox(mailbox: IMailbox, utf8: bool, attributes: Sequence[FetchAttri
     downgraded view."""
     if utf8 or all(a.name in _NEUTRAL for a in attributes):
         return mailbox
-    return cast(IMailbox, DowngradedMailbox(mailbox))
+    return cast(IMailbox, DowngradedMailbox(mailbox, any(map(_needs_size, attributes))))
+
+
+def _needs_size(attribute: FetchAttribute) -> bool:
+    """Whether an item's answer depends on the message's size (which
+    storage gives as the stored one): RFC822.SIZE, and the whole message
+    (BODY[], RFC822, BINARY[] and BINARY.SIZE[])."""
+    if attribute.name in ("RFC822.SIZE", "RFC822"):
+        return True
+    section = attribute.section
+    return (
+        attribute.name in ("BODY", "BINARY", "BINARY.SIZE")
+        and section is not None
+        and not section.part
+        and section.text is None
+    )
 
 
 def _synthetic_size(source: IO[bytes]) -> int | None:
@@ -76,6 +91,10 @@ def _synthetic_size(source: IO[bytes]) -> int | None:
     size = None if served.delta is None else served.file.size
     served.file.give_back()  # the caller closes it
     return size
+
+
+def _marker(size: int | None) -> bytes:
+    return b"=" if size is None else b"%d" % size
 
 
 def _resized(message: IMessage, size: int | None) -> IMessage:
@@ -96,11 +115,16 @@ class DowngradedMailbox:
     worth: what it learns of sizes is kept for its life).  Everything but
     the message octets, their sizes and the cache is the mailbox's own."""
 
-    def __init__(self, mailbox: IMailbox) -> None:
+    def __init__(self, mailbox: IMailbox, sizes: bool = True) -> None:
         self._mailbox = mailbox
+        #: Whether fetch() and store() give synthetic sizes (which may take
+        #: a look at files): only when an item of the FETCH needs them.
+        self._resizing = sizes
         self._cache: Any = IMessageCache(mailbox, None)
         #: uid -> synthetic size, None for a message served as stored.
         self._sizes: dict[int, int | None] = {}
+        #: What open() learnt of that, for the cache with the next values.
+        self._learnt: dict[int, bytes] = {}
         alsoProvides(self, IMailbox)
         if self._cache is not None:
             alsoProvides(self, IMessageCache)
@@ -110,9 +134,11 @@ class DowngradedMailbox:
 
     @defer.inlineCallbacks
     def synthetic_sizes(
-        self, uids: Iterable[int]
+        self, uids: Iterable[int], read: bool = True
     ) -> Generator[defer.Deferred[Any], Any, dict[int, int | None]]:
-        """``{uid: synthetic size or None}`` for the messages that exist."""
+        """``{uid: synthetic size or None}`` for the messages that exist,
+        from what is known, the cache, and (``read``) the files; without
+        ``read``, messages not known yet are left out."""
         wanted = list(uids)
         unknown = [uid for uid in wanted if uid not in self._sizes]
         if unknown:
@@ -123,33 +149,38 @@ class DowngradedMailbox:
                 elif value.isdigit():
                     self._sizes[uid] = int(value)
             missing = [uid for uid in unknown if uid not in self._sizes]
-            found: dict[int, int | None] = yield content.each_file(
-                self._mailbox, missing, lambda uid, source: _synthetic_size(source)
-            )
-            self._sizes.update(found)
-            values = {uid: b"=" if s is None else b"%d" % s for uid, s in found.items()}
-            yield content.set_many(self._cache, SIZE_KIND, values)
+            if read and missing:
+                found: dict[int, int | None] = yield content.each_file(
+                    self._mailbox, missing, lambda uid, source: _synthetic_size(source)
+                )
+                self._sizes.update(found)
+                values = {uid: _marker(size) for uid, size in found.items()}
+                yield content.set_many(self._cache, SIZE_KIND, values)
         return {uid: self._sizes[uid] for uid in wanted if uid in self._sizes}
 
     # -- what FETCH reads ------------------------------------------------------------------
 
-    def fetch(self, uids: Iterable[int]) -> defer.Deferred[list[IMessage]]:
+    def fetch(self, uids: Iterable[int]) -> defer.Deferred[Sequence[IMessage]]:
         """The messages' metadata, with the synthetic sizes."""
-        return maybe_deferred(self._mailbox.fetch, list(uids)).addCallback(self._resize)
+        d = maybe_deferred(self._mailbox.fetch, list(uids))
+        if not self._resizing:
+            return d
+        return d.addCallback(self._resize)
 
     def store(self, *args: Any, **kwargs: Any) -> defer.Deferred[StoreResult]:
         """A flag change (FETCH setting \\Seen), its new metadata resized."""
 
         def resized(result: StoreResult) -> defer.Deferred[StoreResult]:
-            def build(updated: list[IMessage]) -> StoreResult:
+            def build(updated: Sequence[IMessage]) -> StoreResult:
                 return StoreResult(tuple(updated), result.conflicts)
 
             return self._resize(result.updated).addCallback(build)
 
-        return maybe_deferred(self._mailbox.store, *args, **kwargs).addCallback(resized)
+        d = maybe_deferred(self._mailbox.store, *args, **kwargs)
+        return d.addCallback(resized) if self._resizing else d
 
-    def _resize(self, found: Sequence[IMessage]) -> defer.Deferred[list[IMessage]]:
-        def apply(sizes: dict[int, int | None]) -> list[IMessage]:
+    def _resize(self, found: Sequence[IMessage]) -> defer.Deferred[Sequence[IMessage]]:
+        def apply(sizes: dict[int, int | None]) -> Sequence[IMessage]:
             return [_resized(m, sizes.get(m.uid)) for m in found]
 
         d: defer.Deferred[dict[int, int | None]] = self.synthetic_sizes(m.uid for m in found)
@@ -160,10 +191,12 @@ class DowngradedMailbox:
 
         def wrap(source: IO[bytes]) -> IO[bytes]:
             served = serve(source)
-            if served.delta is None:
-                self._sizes[uid] = None
+            size = None if served.delta is None else served.file.size
+            if uid not in self._sizes:
+                self._learnt[uid] = _marker(size)
+            self._sizes[uid] = size
+            if size is None:
                 return served.file.give_back()  # as stored: read it directly
-            self._sizes[uid] = served.file.size
             return cast(IO[bytes], served.file)
 
         return maybe_deferred(self._mailbox.open, uid).addCallback(wrap)
@@ -180,7 +213,7 @@ class DowngradedMailbox:
             sizes: dict[int, int | None],
         ) -> Generator[defer.Deferred[Any], Any, Mapping[int, bytes]]:
             out: dict[int, bytes] = {}
-            plain = [uid for uid in wanted if sizes.get(uid) is None]
+            plain = [uid for uid in wanted if uid in sizes and sizes[uid] is None]
             synthetic = [uid for uid in wanted if sizes.get(uid) is not None]
             if plain:
                 out.update((yield content.get_many(self._cache, plain, kind)))
@@ -189,18 +222,24 @@ class DowngradedMailbox:
                 out.update((yield content.get_many(self._cache, synthetic, apart)))
             return out
 
-        d: defer.Deferred[dict[int, int | None]] = self.synthetic_sizes(wanted)
+        # Messages not known yet are a miss: the caller works the value out
+        # through open(), which finds out which they are; no file is read
+        # here only to find that out.
+        d: defer.Deferred[dict[int, int | None]] = self.synthetic_sizes(wanted, read=False)
         return d.addCallback(split)
 
-    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> defer.Deferred[None]:
+    @defer.inlineCallbacks
+    def set_cached_many(
+        self, kind: str, values: Mapping[int, bytes]
+    ) -> Generator[defer.Deferred[Any], Any, None]:
         # Only messages whose kind is known by now (every value was worked
         # out from a file this view opened) are cached; others are skipped.
+        learnt, self._learnt = self._learnt, {}
+        yield content.set_many(self._cache, SIZE_KIND, learnt)
         plain = {u: v for u, v in values.items() if u in self._sizes and self._sizes[u] is None}
         synthetic = {u: v for u, v in values.items() if self._sizes.get(u) is not None}
-        d = content.set_many(self._cache, kind, plain)
-        return d.addCallback(
-            lambda _: content.set_many(self._cache, SYNTHETIC_PREFIX + kind, synthetic)
-        )
+        yield content.set_many(self._cache, kind, plain)
+        yield content.set_many(self._cache, SYNTHETIC_PREFIX + kind, synthetic)
 
     def get_cached(self, uid: int, kind: str) -> MaybeDeferred[bytes | None]:
         return self.get_cached_many([uid], kind).addCallback(lambda found: found.get(uid))

@@ -57,9 +57,11 @@ SIZE_KIND = "downgrade1"
 #: Prefix of the cache kinds of values worked out from synthetic messages.
 SYNTHETIC_PREFIX = "downgraded1:"
 
-#: FETCH items that say nothing of a message's octets: a FETCH of only
-#: these needs no synthetic message.
-_NEUTRAL = frozenset({"FLAGS", "UID", "INTERNALDATE", "MODSEQ", "SAVEDATE", "EMAILID", "THREADID"})
+#: FETCH items that show nothing of a message's header: a FETCH of only
+#: these needs no synthetic message (PREVIEW is body text, the same in both).
+_NEUTRAL = frozenset(
+    {"FLAGS", "UID", "INTERNALDATE", "MODSEQ", "SAVEDATE", "EMAILID", "THREADID", "PREVIEW"}
+)
 
 
 def fetch_mailbox(mailbox: IMailbox, utf8: bool, attributes: Sequence[FetchAttribute]) -> IMailbox:

@@ -21,6 +21,9 @@ Properties beyond "no crash":
 * ``mime``: the parts' byte offsets reproduce the exact input, the cached
   form reads back to the same structure, and ENVELOPE/BODYSTRUCTURE parse
   back to the values they were written from.
+* ``downgrade``: RFC 6858's synthetic message has an ASCII header, the
+  file :func:`~mailsrv.mime.downgrade.serve` gives reads (whole and in
+  pieces) as that message, its size and delta agree, and it parses.
 * ``mutf7``: what decodes, encodes back to the same text, and the other
   way round.
 * ``sasl``: each mechanism answers a challenge, credentials or a refusal.
@@ -32,6 +35,7 @@ Properties beyond "no crash":
 from __future__ import annotations
 
 import base64
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -63,7 +67,8 @@ from mailsrv.imap.framer import (
 )
 from mailsrv.imap.lexer import LiteralFile, ParseError
 from mailsrv.imap.protocol import IMAP4ServerFactory
-from mailsrv.mime import decoding, structure
+from mailsrv.mime import decoding, fields, structure
+from mailsrv.mime import downgrade as mime_downgrade
 from mailsrv.policy import SessionPolicy
 from mailsrv.pop3 import POP3Factory
 from mailsrv.storage.memory import MemoryStorage
@@ -263,6 +268,25 @@ def mime(data: bytes) -> None:
     list(decoding.text_parts(parsed, data))
 
 
+def downgrade(data: bytes) -> None:
+    """The synthetic message is ASCII up to its header's end and is what
+    the served file reads, at the size it says."""
+    synthetic = mime_downgrade.downgrade_message(data)
+    expected = data if synthetic is None else synthetic
+    header = expected[: fields.header_end(expected, 0, len(expected))]
+    if synthetic is not None:
+        assert header.isascii(), header
+        assert fields.header_end(expected, 0, len(expected)) <= len(expected)
+    served = mime_downgrade.serve(io.BytesIO(data))
+    assert (served.delta is None) == (synthetic is None), served.delta
+    assert served.file.size == len(expected) == len(data) + (served.delta or 0)
+    assert served.file.read() == expected
+    middle = len(expected) // 2
+    served.file.seek(middle)
+    assert served.file.read(7) == expected[middle : middle + 7]
+    structure.parse(expected)
+
+
 def _as_lists(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_as_lists(v) for v in value]
@@ -448,6 +472,7 @@ TARGETS: dict[str, Target] = {
     "imap_framer": imap_framer,
     "imap_session": imap_session,
     "mime": mime,
+    "downgrade": downgrade,
     "mutf7": mutf7_names,
     "sasl": sasl_messages,
     "pop3_session": pop3_session,

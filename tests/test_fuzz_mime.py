@@ -196,3 +196,55 @@ class StructureTests(SynchronousTestCase):
         for path in CORPUS:
             with open(path, "rb") as handle:
                 targets.mime(handle.read())
+
+
+#: Header field values with any text (UTF-8 encoded), and names clients meet.
+_utf8_fields = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "Subject",
+                "From",
+                "To",
+                "Cc",
+                "Message-ID",
+                "References",
+                "Content-Type",
+                "Content-Disposition",
+                "X-Note",
+                "Received",
+            ]
+        ),
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40
+        ),
+    ),
+    max_size=6,
+)
+
+
+class DowngradeTests(SynchronousTestCase):
+    """RFC 6858's synthetic message (fuzz.targets.downgrade) for any input."""
+
+    @fuzz_settings(300)
+    @given(_utf8_fields, st.binary(max_size=40))
+    def test_utf8_headers(self, drawn: list[tuple[str, str]], body: bytes) -> None:
+        header = "".join(f"{name}: {value}\r\n" for name, value in drawn).encode("utf-8")
+        targets.downgrade(header + b"\r\n" + body)
+        targets.downgrade(header)  # all header, no blank line
+
+    @fuzz_settings(200)
+    @given(st.binary(max_size=600))
+    def test_any_bytes(self, data: bytes) -> None:
+        targets.downgrade(data)
+
+    @fuzz_settings(200)
+    @given(st.sampled_from(CORPUS), _edits)
+    def test_mangled_corpus(self, path: str, edits: list[Any]) -> None:
+        with open(path, "rb") as handle:
+            targets.downgrade(_mangle(handle.read(), edits))
+
+    def test_corpus(self) -> None:
+        for path in CORPUS:
+            with open(path, "rb") as handle:
+                targets.downgrade(handle.read())

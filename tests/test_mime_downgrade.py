@@ -110,6 +110,14 @@ class HeaderTests(SynchronousTestCase):
         # Groups do not nest: the member with no ASCII form is left out.
         self.assertEqual(out, b"To: =?UTF-8?Q?=C3=89quipe?=: a@example.org;\r\n\r\n")
 
+    def test_8bit_in_a_route_or_a_field_name(self) -> None:
+        """Found by fuzzing: an obsolete route (RFC 5322 4.4) of 8-bit text
+        is dropped, and so is a field whose name is not ASCII."""
+        block = "To: <@rü.example:a@b.example>\r\nSübject: x ü\r\nX: ü\r\n\r\n".encode()
+        self.assertEqual(
+            downgrade_header(block), b"To: <a@b.example>\r\nX: =?UTF-8?Q?=C3=BC?=\r\n\r\n"
+        )
+
     def test_msg_ids_are_left_out(self) -> None:
         """RFC 2047 5: no encoded words in a msg-id; such a field cannot be
         written in ASCII."""

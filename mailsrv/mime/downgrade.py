@@ -140,16 +140,20 @@ def downgrade_header(block: bytes) -> bytes:
 
 def _downgrade_field(name: str, raw: bytes, value: bytes) -> bytes | None:
     """One 8-bit field in ASCII (CRLF-terminated), or None to leave it out."""
-    label = raw[: raw.index(b":")].rstrip(b" \t").decode("ascii", "replace")
-    if name in _DROPPED_FIELDS:
-        return None
+    label = raw[: raw.index(b":")].rstrip(b" \t")
+    if name in _DROPPED_FIELDS or not label.isascii():
+        return None  # no ASCII form (a field name is ASCII: RFC 5322 2.2)
     if name in _ADDRESS_FIELDS:
         text = _address_list(_text(value))
     elif name in ("content-type", "content-disposition"):
         text = _mime_field(name, _text(value))
     else:
         text = _unstructured(_text(value))
-    return f"{label}: {text}\r\n".encode("ascii")
+    if not text.isascii():
+        # What the structure kept of 8-bit text in some malformed corner:
+        # the whole value as text then, which always comes out ASCII.
+        text = _unstructured(_text(value))
+    return label + f": {text}\r\n".encode("ascii")
 
 
 def _text(value: bytes) -> str:
@@ -255,7 +259,7 @@ def _mailbox(mailbox: Mailbox, *, standalone: bool) -> str | None:
         )
         return f"{encode_words(shown)}:;"
     spec = f"{local}@{ascii_domain}"
-    if route:
+    if route and route.isascii():  # an obsolete route (RFC 5322 4.4) of 8-bit text: dropped
         spec = f"{route}:{spec}"
     if name is None:
         return f"<{spec}>" if route else spec

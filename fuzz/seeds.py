@@ -122,7 +122,7 @@ def seeds(target: str) -> list[bytes]:
     if target in ("imap_framer", "imap_session"):
         # The first line chooses where the stream is cut.
         return [b"\x03\x01\x07\n" + command for command in _imap()]
-    if target == "mime":
+    if target in ("mime", "downgrade"):
         return list(_files("tests/corpus/*.eml"))
     if target == "mutf7":
         return list(MAILBOX_NAMES)

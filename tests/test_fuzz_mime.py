@@ -215,9 +215,7 @@ _utf8_fields = st.lists(
                 "Received",
             ]
         ),
-        st.text(
-            st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40
-        ),
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=40),
     ),
     max_size=6,
 )

@@ -147,14 +147,15 @@ class PoplibTests(unittest.TestCase):
         self.assertEqual(await self.in_thread(session), "-ERR [AUTH] Authentication failed.")
 
     async def test_errors_raise_error_proto(self) -> None:
-        """rpop, utf8, bad numbers and wrong-state commands all get a -ERR poplib raises."""
+        """rpop, bad numbers and wrong-state commands all get a -ERR poplib raises
+        (utf8 is answered +OK before login, RFC 6856)."""
 
         def session() -> list[str]:
             pop = self.connect()
             errors = []
             calls: list[Callable[[], object]] = [
                 lambda: pop.rpop("alice"),
-                lambda: pop.utf8(),
+                lambda: errors.append(pop.utf8().decode()),
                 lambda: pop.stat(),
                 lambda: pop.pass_("secret"),
             ]
@@ -185,7 +186,7 @@ class PoplibTests(unittest.TestCase):
             await self.in_thread(session),
             [
                 "-ERR RPOP is not supported.",
-                "-ERR Unknown command: UTF8",
+                "+OK UTF-8 headers will be sent as stored.",
                 "-ERR STAT is only valid after login.",
                 "-ERR Send USER first.",
                 "-ERR No such message.",
@@ -219,6 +220,7 @@ class PoplibTests(unittest.TestCase):
                 "PIPELINING": [],
                 "SASL": ["PLAIN", "LOGIN", "CRAM-MD5"],
                 "STLS": [],
+                "UTF8": [],
                 "EXPIRE": ["NEVER"],
                 "LOGIN-DELAY": ["0"],
                 "IMPLEMENTATION": ["mailsrv"],

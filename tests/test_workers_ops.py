@@ -176,6 +176,9 @@ class MetricsAcrossWorkersTests(WorkersOpsCase):
                 worker,
             )
             self.assertEqual(value(before, "mailsrv_worker_up", worker=worker), 1)
+            self.assertGreater(
+                value(before, "mailsrv_threadpool_max_threads", pool="reactor", worker=worker), 0
+            )
         self.assertFalse(
             [k for k in before if k[0] == "mailsrv_sessions" and "worker" not in dict(k[1])]
         )

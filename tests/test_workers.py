@@ -375,9 +375,7 @@ class WorkersConfigTests(unittest.TestCase):
             "[server]\nworkers = 2\n" + storage + '[metrics]\nlisten = "haproxy:tcp:9154"\n',
         )
         self.assertEqual(e.key, "metrics.listen")
-        e = self.assertRaises(
-            ConfigError, self.load, storage + "[admin]\nworker_timeout = 0\n"
-        )
+        e = self.assertRaises(ConfigError, self.load, storage + "[admin]\nworker_timeout = 0\n")
         self.assertEqual((e.path, e.key), (self.path, "admin.worker_timeout"))
 
     def test_out_of_range(self) -> None:

@@ -388,14 +388,19 @@ class AdminProtocol(amp.AMP):
     @Who.responder
     def who(self, offset: int) -> defer.Deferred[dict[str, Any]]:
         if offset <= 0 or self._snapshot is None:
-            d = maybe_deferred(self.backend.who)
+            d = maybe_deferred(self.backend.who).addCallback(self._take)
         else:
             d = defer.succeed(self._snapshot)
         return d.addCallback(self._page, max(0, offset))
 
+    def _take(self, gathered: Gathered) -> Gathered:
+        """The snapshot later pages come from: oldest session first."""
+        ordered = sorted(gathered.sessions, key=lambda s: (s["since"], s["id"]))
+        self._snapshot = attrs.evolve(gathered, sessions=ordered)
+        return self._snapshot
+
     def _page(self, gathered: Gathered, offset: int) -> dict[str, Any]:
-        self._snapshot = gathered
-        sessions = sorted(gathered.sessions, key=lambda s: (s["since"], s["id"]))
+        sessions = gathered.sessions
         answer: dict[str, Any] = {
             "sessions": sessions[offset : offset + PAGE],
             "total": len(sessions),

@@ -63,29 +63,16 @@ class Answer:
 def within(d: defer.Deferred[_T], seconds: float, reactor: Any) -> defer.Deferred[_T]:
     """``d``'s result, or a :class:`NoAnswer` failure after ``seconds``.
 
-    ``d`` itself is left alone (not cancelled): an AMP question must stay
-    outstanding until its answer comes, or the late answer would break the
-    channel; the late answer is then dropped here.
+    ``d`` is cancelled then; AMP's question has no canceller, so its answer,
+    should it come later, is dropped (a Deferred cancelled that way ignores
+    its callback) and the channel goes on.
     """
-    result: defer.Deferred[_T] = defer.Deferred()
 
-    def late() -> None:
-        if not result.called:
-            result.errback(Failure(NoAnswer(f"no answer within {seconds:g} s")))
+    def late(failure: Failure) -> Failure:
+        failure.trap(defer.TimeoutError)
+        return Failure(NoAnswer(f"no answer within {seconds:g} s"))
 
-    timer = reactor.callLater(seconds, late)
-
-    def done(value: Any) -> None:
-        if timer.active():
-            timer.cancel()
-        if not result.called:
-            if isinstance(value, Failure):
-                result.errback(value)
-            else:
-                result.callback(value)
-
-    d.addBoth(done)
-    return result
+    return d.addTimeout(seconds, reactor).addErrback(late)
 
 
 class WorkersAdmin:

@@ -259,11 +259,15 @@ def _fetch_loaded(
     pairs = iter(messages)
     outcome = Outcome()
     first = True
-    pacer = Pacer(BATCH)
+    pacer = Pacer(BATCH, request.budget)
     while True:
         if not first:
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
+        if request.budget is not None:
+            # Between batches only: every response written is whole, and
+            # no \Seen is set for a message left unanswered.
+            request.budget.check()
         chunk = list(itertools.islice(pairs, pacer.next_size()))
         if not chunk:
             return outcome

@@ -42,8 +42,10 @@ from typing import IO, Any, cast
 import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from mailsrv.imap import content, search_ext
+from mailsrv.imap.budget import CommandBudget
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
@@ -138,6 +140,9 @@ class Program:
     #: Passes of other keys (by key), run after the index's: each fills the
     #: undecided messages' content (:mod:`mailsrv.imap.search_ext`).
     loaders: dict[str, Loader] = attrs.Factory(dict)
+    #: The CPU budget of the command running the program over the mailbox
+    #: (:mod:`mailsrv.imap.budget`); None: unbounded.
+    budget: CommandBudget | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -450,18 +455,22 @@ def _texts(
 
 @defer.inlineCallbacks
 def _matches(
-    mailbox: IMailbox, program: Program, chunk: Sequence[tuple[int, IMessage]]
+    mailbox: IMailbox,
+    program: Program,
+    chunk: Sequence[tuple[int, IMessage]],
+    budget: CommandBudget | None = None,
 ) -> Generator[defer.Deferred[Any], Any, list[tuple[int, int]]]:
-    """``(seq, uid)`` of the batch's messages that match, ascending."""
+    """``(seq, uid)`` of the batch's messages that match, ascending; with
+    ``budget``, checked before each message's test."""
     hits: list[tuple[int, int]] = []
-    test = program.predicate
+    test = program.predicate if budget is None else budget.guard(program.predicate)
     pending = _decide(test, [(seq, m, SearchContent()) for seq, m in chunk], hits)
     for load in program.loaders.values():
         if pending:
             yield load(mailbox, pending)
             pending = _decide(test, pending, hits)
     if pending and (program.fields or program.addresses):
-        pending = yield _fields_pass(mailbox, program, pending, hits)
+        pending = yield _fields_pass(mailbox, program, pending, hits, test)
     if pending and program.text:
         texts = yield _texts(mailbox, [m.uid for _, m, _ in pending])
         for seq, m, c in pending:
@@ -503,11 +512,14 @@ def _decide(
 
 @defer.inlineCallbacks
 def _fields_pass(
-    mailbox: IMailbox, program: Program, pending: list[_Pending], hits: list[tuple[int, int]]
+    mailbox: IMailbox,
+    program: Program,
+    pending: list[_Pending],
+    hits: list[tuple[int, int]],
+    test: Predicate,
 ) -> Generator[defer.Deferred[Any], Any, list[_Pending]]:
     """The second pass, with header fields loaded: hits go to ``hits``; the
     messages still undecided (their text is needed) are returned."""
-    test = program.predicate
     uids = [m.uid for _, m, _ in pending]
     values: dict[str, dict[int, list[str]]] = {}
     for name in sorted(program.fields):
@@ -535,10 +547,13 @@ def _scan(
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
     pairs = view.map.by_seq(1, view.exists)
     first = True
-    pacer = Pacer(BATCH)
+    budget = program.budget
+    pacer = Pacer(BATCH, budget)
     while True:
         if not first:
             yield task.deferLater(clock, 0, lambda: None)
+        if budget is not None:
+            budget.check()
         chunk = list(itertools.islice(pairs, pacer.next_size()))
         if not chunk:
             return True
@@ -548,7 +563,7 @@ def _scan(
             mailbox.fetch, [u for _, u in chunk]
         )
         batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
-        hits = yield _matches(mailbox, program, batch)
+        hits = yield _matches(mailbox, program, batch, budget)
         if metadata is not None and hits:
             wanted = {uid for _, uid in hits}
             metadata.update((m.uid, m) for _, m in batch if m.uid in wanted)
@@ -592,12 +607,14 @@ def run_plain(
 ) -> defer.Deferred[Done]:
     """``* SEARCH n n n``, written in pieces as the hits come."""
     line: list[bytes] = [b"* SEARCH"]
+    begun: list[bool] = []  # a piece of the line was written
 
     def found(hits: list[tuple[int, int]]) -> defer.Deferred[None] | None:
         line.extend(b" %d" % (u if uid else seq) for seq, u in hits)
         if len(line) >= _HITS_PER_WRITE:
             writer.write(b"".join(line))
             line.clear()
+            begun.append(True)
             if writer.paused:
                 return writer.ready()
         return None
@@ -611,7 +628,15 @@ def run_plain(
         writer.write(b"".join(line))
         return Done(text="SEARCH completed")
 
-    return _scan(view, mailbox, program, clock, writer, found).addCallback(finish)
+    def stopped(failure: Failure) -> Failure:
+        # Stopped part way (the CPU budget): the line begun is ended, so
+        # the tagged NO comes on a line of its own.
+        if begun and not writer.closed:
+            writer.write(b"\r\n")
+        return failure
+
+    d = _scan(view, mailbox, program, clock, writer, found)
+    return d.addCallbacks(finish, stopped)
 
 
 def _sequence_set(numbers: Sequence[int]) -> bytes:

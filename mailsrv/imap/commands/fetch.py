@@ -15,6 +15,7 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv.imap import syntax
+from mailsrv.imap.budget import CommandBudget
 from mailsrv.imap.condstore import (
     QRESYNC,
     modseq_value,
@@ -103,7 +104,13 @@ def handle_fetch(session: Session, command: Fetch) -> defer.Deferred[Done]:
     messages = session.resolve(command.sequence_set, command.uid)
     view = session.view()
     request = FetchRequest(
-        view, view.mailbox, session.output(), session.clock, attributes, command.uid
+        view,
+        view.mailbox,
+        session.output(),
+        session.clock,
+        attributes,
+        command.uid,
+        CommandBudget(session.policy.command_cpu_seconds),
     )
     if modifiers.changed_since is None:
         return fetch_messages(request, messages).addCallback(_completion)

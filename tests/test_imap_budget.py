@@ -160,7 +160,7 @@ class BudgetInDaemonTests(DaemonCrashTestCase):
     def setUp(self) -> None:
         super().setUp()
         with open(self.config, "a") as handle:
-            handle.write("[limits]\ncommand_cpu_seconds = 0.01\n")
+            handle.write("[limits]\ncommand_cpu_seconds = 0.01\nmax_search_content_keys = 5000\n")
         cur = os.path.join(self.root, "cur")
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
@@ -182,7 +182,36 @@ class BudgetInDaemonTests(DaemonCrashTestCase):
         self.assertEqual(client.uid("SEARCH", "UID", "1:3"), ("OK", [b"1 2 3"]))
         typ, data = client.fetch("2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         self.assertEqual(typ, "OK")
-        self.assertIn(b"Subject: message 1", data[0][1])
+        self.assertIsInstance(data[0], tuple)
+        self.assertIn(b"Subject: message 1", data[0][1])  # type: ignore[index]
+
+
+class ContentKeyLimitTests(ServerTestBase):
+    """``limits.max_search_content_keys``: a program with more keys that
+    read message contents is refused before any work, whatever command
+    carries it."""
+
+    policy = SessionPolicy(failure_delay=0.0, max_search_content_keys=3)
+
+    @defer.inlineCallbacks
+    def test_more_content_keys_than_allowed_are_refused(self) -> Any:
+        self.deliver(message(1))
+        client = yield self.selected()
+        refusal = b" NO [LIMIT] Search program has 4 keys that read message contents; "
+        refusal += b"this server allows 3\r\n"
+        for tag, command in (
+            ("a", "SEARCH TEXT a BODY b OR SUBJECT c (NOT FROM d)"),
+            ("b", "UID SEARCH RETURN (COUNT) HEADER X-A a HEADER X-B b TO c CC d"),
+            ("c", "SORT (DATE) UTF-8 NOT (TEXT a TEXT b TEXT c) BCC d"),
+            ("d", "THREAD REFS UTF-8 OR TEXT a TEXT b OR TEXT c TEXT d"),
+        ):
+            response = yield client.command(tag, command)
+            self.assertEqual(response, tag.encode() + refusal)
+        # Three are allowed, and other keys do not count.
+        response = yield client.command("e", "SEARCH TEXT a BODY b SUBJECT c UID 1 SEEN ALL")
+        self.assertEqual(response, b"* SEARCH\r\ne OK SEARCH completed\r\n")
+        response = yield client.command("f", "SEARCH SUBJECT message FROM a1 TEXT line")
+        self.assertEqual(response, b"* SEARCH 1\r\nf OK SEARCH completed\r\n")
 
 
 class ConfigTests(SynchronousTestCase):
@@ -191,8 +220,10 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(SessionPolicy().command_cpu_seconds, 30.0)
         with open(path, "w") as handle:
             handle.write("[limits]\ncommand_cpu_seconds = 2.5\n")
+            handle.write("max_search_content_keys = 7\n")
         config = load_config(path, check_files=False, require_listeners=False)
-        self.assertEqual(SessionPolicy.from_config(config).command_cpu_seconds, 2.5)
+        policy = SessionPolicy.from_config(config)
+        self.assertEqual((policy.command_cpu_seconds, policy.max_search_content_keys), (2.5, 7))
         with open(path, "w") as handle:
             handle.write("[limits]\ncommand_cpu_seconds = -1\n")
         with self.assertRaises(ConfigError) as caught:
@@ -200,3 +231,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn(path, str(caught.exception))
         self.assertIn("limits.command_cpu_seconds", str(caught.exception))
         self.assertIn("must be at least 0", str(caught.exception))
+        with open(path, "w") as handle:
+            handle.write("[limits]\nmax_search_content_keys = 0\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path, check_files=False, require_listeners=False)
+        self.assertIn("limits.max_search_content_keys", str(caught.exception))

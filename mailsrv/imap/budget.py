@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from mailsrv.imap.output import CommandError
+from mailsrv.imap.output import CommandError, no
+from mailsrv.imap.search_syntax import SearchKey
 
-__all__ = ["BudgetExceeded", "CommandBudget"]
+__all__ = ["CONTENT_KEYS", "BudgetExceeded", "CommandBudget", "check_content_keys"]
 
 #: The text of the answer (after ``NO [LIMIT]``).
 EXCEEDED = "Command exceeds the server's CPU limit; ask for less at a time"
@@ -95,3 +96,31 @@ class CommandBudget:
             return test(*args)
 
         return guarded
+
+
+#: Search keys that read a message's contents: header fields (HEADER,
+#: SUBJECT, FROM, TO, CC, BCC) or its text (BODY, TEXT).  Each one costs a
+#: pass over what it reads, per message, so their number is what makes a
+#: single message's test expensive.
+CONTENT_KEYS = frozenset({"HEADER", "ADDRESS", "BODY", "TEXT"})
+
+
+def check_content_keys(key: SearchKey, limit: int) -> None:
+    """Refuse a search program of more than ``limit`` content keys with
+    ``NO [LIMIT]`` before any work: the budget is checked between
+    messages, and one message's test of thousands of TEXT keys over a
+    64 MiB body would hold the reactor for minutes."""
+    count = 0
+    pending = [key]
+    while pending:
+        node = pending.pop()
+        if node.op in CONTENT_KEYS:
+            count += 1
+        elif node.op in ("AND", "OR", "NOT"):
+            pending.extend(k for k in node.args if isinstance(k, SearchKey))
+    if limit and count > limit:
+        raise no(
+            f"Search program has {count} keys that read message contents; "
+            f"this server allows {limit}",
+            "LIMIT",
+        )

@@ -13,7 +13,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from mailsrv.imap.budget import CommandBudget
+from mailsrv.imap.budget import CommandBudget, check_content_keys
 from mailsrv.imap.condstore import modseq_view
 from mailsrv.imap.contexts import Query, answer
 from mailsrv.imap.lexer import Reader
@@ -91,6 +91,7 @@ def _run(session: Session, command: Search) -> defer.Deferred[Done]:
             f"Charset {command.charset} is not supported", f"BADCHARSET ({' '.join(CHARSETS)})"
         )
     view = session.view()
+    check_content_keys(command.key, session.policy.max_search_content_keys)
     try:
         program = compile_key(command.key, view, command.charset)
     except NotImplementedKey as e:

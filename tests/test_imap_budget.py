@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv.config import ConfigError, load_config
 from mailsrv.imap import budget
-from mailsrv.imap.budget import BudgetExceeded, CommandBudget
+from mailsrv.imap.budget import BudgetExceeded, CommandBudget, unbudgeted
 from mailsrv.policy import SessionPolicy
 from tests.imap_helpers import ServerTestBase
 from tests.test_maildir_crash import DaemonCrashTestCase
@@ -62,6 +62,22 @@ class CommandBudgetTests(SynchronousTestCase):
         spent.pause()
         self.assertEqual(spent.spent, 2.0)
         spent.check()
+
+    def test_a_streamed_value_is_waited_for_outside_the_budget(self) -> None:
+        """FETCH waits for a streamed literal with the budget paused: the
+        reactor serves other sessions meanwhile."""
+        clock = FakeClock(0.0)
+        spent = CommandBudget(10.0, clock)
+        spent.resume()
+        streamed: defer.Deferred[str] = defer.Deferred()
+        waited = unbudgeted(spent, streamed)
+        clock.now += 100.0  # other sessions' turns while the value streams
+        streamed.callback("written")
+        self.assertEqual(self.successResultOf(waited), "written")
+        clock.now += 1.0  # this command's own work again
+        spent.pause()
+        self.assertEqual(spent.spent, 1.0)
+        self.assertIs(unbudgeted(None, streamed), streamed)
 
     def test_check_raises_no_limit_once_spent(self) -> None:
         spent = CommandBudget(3.0, FakeClock(1.0))

@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from twisted.internet.defer import Deferred
+
 from mailsrv.imap.output import CommandError, no
 from mailsrv.imap.search_syntax import SearchKey
 
-__all__ = ["CONTENT_KEYS", "BudgetExceeded", "CommandBudget", "check_content_keys"]
+__all__ = ["CONTENT_KEYS", "BudgetExceeded", "CommandBudget", "check_content_keys", "unbudgeted"]
 
 #: The text of the answer (after ``NO [LIMIT]``).
 EXCEEDED = "Command exceeds the server's CPU limit; ask for less at a time"
@@ -96,6 +98,21 @@ class CommandBudget:
             return test(*args)
 
         return guarded
+
+
+def unbudgeted(budget: CommandBudget | None, waiting: Deferred[_T]) -> Deferred[_T]:
+    """``waiting``, with ``budget`` paused until it fires: a wait (a value
+    streamed at the client's pace) during which the reactor serves other
+    sessions, whose CPU time is not the command's."""
+    if budget is None:
+        return waiting
+    budget.pause()
+
+    def resumed(result: _T) -> _T:
+        budget.resume()
+        return result
+
+    return waiting.addBoth(resumed)
 
 
 #: Search keys that read a message's contents: header fields (HEADER,

@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 
 from mailsrv.errors import NoSuchMessage
 from mailsrv.imap import content, objectid
+from mailsrv.imap.budget import unbudgeted
 from mailsrv.imap.fetch_items import (
     HANDLERS,
     INDEX_ITEMS,
@@ -314,7 +315,9 @@ def _write_batch(
         try:
             written = _respond(request, msg, seq_of[msg.uid], shows_flags)
             if isinstance(written, defer.Deferred):
-                written = yield written
+                # A value streams at the client's pace: the other sessions'
+                # turns meanwhile are not this command's cost.
+                written = yield unbudgeted(request.budget, written)
         finally:
             msg.close_file()
         if not written:

@@ -230,6 +230,45 @@ class ContentKeyLimitTests(ServerTestBase):
         self.assertEqual(response, b"* SEARCH 1\r\nf OK SEARCH completed\r\n")
 
 
+class StaticLimitTests(ServerTestBase):
+    """The fixed limits on what one command asks for: distinct header
+    fields in a search program, items in a FETCH."""
+
+    @defer.inlineCallbacks
+    def test_more_header_fields_than_allowed_are_refused(self) -> Any:
+        self.deliver(message(1))
+        client = yield self.selected()
+        names = [f"X-F{i}" for i in range(budget.MAX_HEADER_FIELDS - 2)]
+        allowed = " ".join(f"HEADER {n} z" for n in names) + " SUBJECT a FROM b HEADER X-F0 c"
+        response = yield client.command(
+            "a", "SEARCH NOT " + allowed.replace(" SUBJECT", " NOT SUBJECT")
+        )
+        self.assertTrue(response.endswith(b"a OK SEARCH completed\r\n"), response)
+        response = yield client.command("b", f"SEARCH {allowed} TO c")
+        self.assertEqual(
+            response,
+            b"b NO [LIMIT] Search program names %d header fields; this server allows %d\r\n"
+            % (budget.MAX_HEADER_FIELDS + 1, budget.MAX_HEADER_FIELDS),
+        )
+
+    @defer.inlineCallbacks
+    def test_more_fetch_items_than_allowed_are_refused(self) -> Any:
+        self.deliver(message(1))
+        client = yield self.selected()
+        items = " ".join(f"BODY.PEEK[1]<{i}.1>" for i in range(budget.MAX_FETCH_ITEMS))
+        response = yield client.command("t1", f"FETCH 1 ({items})")  # no tag in the data
+        self.assertTrue(response.endswith(b"t1 OK FETCH completed\r\n"), response[-100:])
+        self.assertEqual(response.count(b"BODY[1]<"), budget.MAX_FETCH_ITEMS)
+        response = yield client.command("t2", f"UID FETCH 1 ({items})")  # UID is implied
+        self.assertEqual(
+            response,
+            b"t2 NO [LIMIT] FETCH asks for %d items; this server allows %d\r\n"
+            % (budget.MAX_FETCH_ITEMS + 1, budget.MAX_FETCH_ITEMS),
+        )
+        # Nothing was set \Seen by the refused FETCH, nor by the PEEKs.
+        self.assertEqual(self.inbox.fetch([1])[0].flags, frozenset())
+
+
 class ConfigTests(SynchronousTestCase):
     def test_command_cpu_seconds_from_config_and_errors(self) -> None:
         path = self.mktemp()

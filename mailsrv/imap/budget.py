@@ -31,7 +31,16 @@ from twisted.internet.defer import Deferred
 from mailsrv.imap.output import CommandError, no
 from mailsrv.imap.search_syntax import SearchKey
 
-__all__ = ["CONTENT_KEYS", "BudgetExceeded", "CommandBudget", "check_content_keys", "unbudgeted"]
+__all__ = [
+    "CONTENT_KEYS",
+    "MAX_FETCH_ITEMS",
+    "MAX_HEADER_FIELDS",
+    "BudgetExceeded",
+    "CommandBudget",
+    "check_content_keys",
+    "check_fetch_items",
+    "unbudgeted",
+]
 
 #: The text of the answer (after ``NO [LIMIT]``).
 EXCEEDED = "Command exceeds the server's CPU limit; ask for less at a time"
@@ -120,6 +129,14 @@ def unbudgeted(budget: CommandBudget | None, waiting: Deferred[_T]) -> Deferred[
 #: pass over what it reads, per message, so their number is what makes a
 #: single message's test expensive.
 CONTENT_KEYS = frozenset({"HEADER", "ADDRESS", "BODY", "TEXT"})
+#: Distinct header fields one search program may name (HEADER, SUBJECT,
+#: FROM, TO, CC, BCC).  Each is read from every message's header and
+#: cached per message, tens of microseconds each: a hundred names cost a
+#: 3,000-message mailbox 20 s of CPU and held the reactor seconds at once.
+MAX_HEADER_FIELDS = 16
+#: FETCH items (and sections) in one FETCH: each is answered for every
+#: message (2,000 partial sections over 3,000 messages: 25 s of CPU).
+MAX_FETCH_ITEMS = 256
 
 
 def check_content_keys(key: SearchKey, limit: int) -> None:
@@ -128,11 +145,14 @@ def check_content_keys(key: SearchKey, limit: int) -> None:
     messages, and one message's test of thousands of TEXT keys over a
     64 MiB body would hold the reactor for minutes."""
     count = 0
+    fields: set[object] = set()
     pending = [key]
     while pending:
         node = pending.pop()
         if node.op in CONTENT_KEYS:
             count += 1
+            if node.op in ("HEADER", "ADDRESS"):
+                fields.add(node.args[0])
         elif node.op in ("AND", "OR", "NOT"):
             pending.extend(k for k in node.args if isinstance(k, SearchKey))
     if limit and count > limit:
@@ -141,3 +161,16 @@ def check_content_keys(key: SearchKey, limit: int) -> None:
             f"this server allows {limit}",
             "LIMIT",
         )
+    if len(fields) > MAX_HEADER_FIELDS:
+        raise no(
+            f"Search program names {len(fields)} header fields; "
+            f"this server allows {MAX_HEADER_FIELDS}",
+            "LIMIT",
+        )
+
+
+def check_fetch_items(count: int) -> None:
+    """Refuse a FETCH of more than :data:`MAX_FETCH_ITEMS` items with
+    ``NO [LIMIT]`` before any work."""
+    if count > MAX_FETCH_ITEMS:
+        raise no(f"FETCH asks for {count} items; this server allows {MAX_FETCH_ITEMS}", "LIMIT")

@@ -15,7 +15,7 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv.imap import syntax
-from mailsrv.imap.budget import CommandBudget
+from mailsrv.imap.budget import CommandBudget, check_fetch_items
 from mailsrv.imap.condstore import (
     QRESYNC,
     modseq_value,
@@ -93,6 +93,7 @@ def handle_fetch(session: Session, command: Fetch) -> defer.Deferred[Done]:
     unsupported = [a for a in command.attributes if a.name not in HANDLERS]
     if unsupported:
         raise bad(f"FETCH {unsupported[0].response_name()} is not supported")
+    check_fetch_items(len(command.attributes))
     modifiers = _modifiers(session, command)
     attributes = command.attributes
     if modifiers.changed_since is not None:

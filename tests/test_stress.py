@@ -6,12 +6,15 @@ failure can be replayed."""
 from __future__ import annotations
 
 import os
+import random
 import socket
+import threading
 
 from twisted.trial import unittest
 
 from tests.helpers import Daemon, free_port
-from tests.stress.client import Model, Session, make_config, run, wait_all
+from tests.stress.client import Model, Session, digest, make_config, run, wait_all
+from tests.stress.pop3 import visit
 
 
 class StressTests(unittest.TestCase):
@@ -160,3 +163,59 @@ class ModelTests(unittest.SynchronousTestCase):
         self.answer(session, server, "STATUS", b'* STATUS "Archive" (UIDNEXT 9)\r\n')
         self.answer(session, server, "STATUS", b'* STATUS "Archive" (UIDNEXT 8)\r\n')
         self.assertEqual(len(model.violations), 1, model.violations)
+
+
+class Pop3ModelTests(unittest.SynchronousTestCase):
+    """The POP3 visit's checks, against a scripted server on a socket."""
+
+    def serve(self, retr: bytes, size: int) -> int:
+        """A one-connection POP3 server in a thread: one message, UIDL
+        ``0000000500000007`` (UID 5, UIDVALIDITY 7), LIST saying ``size``
+        and RETR giving ``retr``; the port."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+
+        def run() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as lines:
+                conn.sendall(b"+OK ready\r\n")
+                for line in lines:
+                    word = line.split()[0].upper()
+                    if word == b"LIST":
+                        conn.sendall(b"+OK\r\n1 %d\r\n.\r\n" % size)
+                    elif word == b"UIDL":
+                        conn.sendall(b"+OK\r\n1 0000000500000007\r\n.\r\n")
+                    elif word == b"RETR":
+                        conn.sendall(b"+OK\r\n" + retr + b".\r\n")
+                    else:
+                        conn.sendall(b"+OK\r\n")
+                    if word == b"QUIT":
+                        return
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        return int(listener.getsockname()[1])
+
+    def test_retr_checked_against_list_and_imap(self) -> None:
+        body = b"Subject: x\r\n\r\n..dot-stuffed\r\n"
+        model = Model()
+        model.body("s0", "INBOX", 5, digest(b"Subject: x\r\n\r\n.dot-stuffed\r\n"))
+        visit(self.serve(body, 28), model, random.Random(1))
+        self.assertEqual(model.violations, [])
+        self.assertEqual(model.uidls, {"0000000500000007": model.bodies[("INBOX", 5)]})
+
+    def test_violations(self) -> None:
+        model = Model()
+        model.body("s0", "INBOX", 5, digest(b"another message\r\n"))
+        model.uidls["0000000500000007"] = "0" * 16
+        model.pop3_uidvalidity = 6
+        visit(self.serve(b"Subject: x\r\n\r\nbody\r\n", 99), model, random.Random(1))
+        found = "\n".join(model.violations)
+        for what in (
+            "gave 20 octets, LIST said 99",
+            "UIDL 0000000500000007 named another message before",
+            "body of UID 5 in INBOX changed",
+            "UIDLs of several UIDVALIDITYs: [6, 7]",
+        ):
+            self.assertIn(what, found)

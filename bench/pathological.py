@@ -11,7 +11,9 @@ command holds the reactor (a bystander NOOP waiting for it) and how the
 per-command CPU budget (``limits.command_cpu_seconds``, docs/security.md)
 ends the costly ones with ``NO [LIMIT]``.
 
-Run: ``python bench/pathological.py [--messages N] [--cases NAME...]``.
+Run: ``python bench/pathological.py [--messages N] [--cases NAME...]`` (with an
+editable install, ``PYTHONPATH=.`` so that twistd finds the mailsrv plugin).  Recorded
+in docs/security.md, "Costly commands".
 """
 
 from __future__ import annotations

@@ -455,22 +455,18 @@ def _texts(
 
 @defer.inlineCallbacks
 def _matches(
-    mailbox: IMailbox,
-    program: Program,
-    chunk: Sequence[tuple[int, IMessage]],
-    budget: CommandBudget | None = None,
+    mailbox: IMailbox, program: Program, chunk: Sequence[tuple[int, IMessage]]
 ) -> Generator[defer.Deferred[Any], Any, list[tuple[int, int]]]:
-    """``(seq, uid)`` of the batch's messages that match, ascending; with
-    ``budget``, checked before each message's test."""
+    """``(seq, uid)`` of the batch's messages that match, ascending."""
     hits: list[tuple[int, int]] = []
-    test = program.predicate if budget is None else budget.guard(program.predicate)
+    test = program.predicate
     pending = _decide(test, [(seq, m, SearchContent()) for seq, m in chunk], hits)
     for load in program.loaders.values():
         if pending:
             yield load(mailbox, pending)
             pending = _decide(test, pending, hits)
     if pending and (program.fields or program.addresses):
-        pending = yield _fields_pass(mailbox, program, pending, hits, test)
+        pending = yield _fields_pass(mailbox, program, pending, hits)
     if pending and program.text:
         texts = yield _texts(mailbox, [m.uid for _, m, _ in pending])
         for seq, m, c in pending:
@@ -512,14 +508,11 @@ def _decide(
 
 @defer.inlineCallbacks
 def _fields_pass(
-    mailbox: IMailbox,
-    program: Program,
-    pending: list[_Pending],
-    hits: list[tuple[int, int]],
-    test: Predicate,
+    mailbox: IMailbox, program: Program, pending: list[_Pending], hits: list[tuple[int, int]]
 ) -> Generator[defer.Deferred[Any], Any, list[_Pending]]:
     """The second pass, with header fields loaded: hits go to ``hits``; the
     messages still undecided (their text is needed) are returned."""
+    test = program.predicate
     uids = [m.uid for _, m, _ in pending]
     values: dict[str, dict[int, list[str]]] = {}
     for name in sorted(program.fields):
@@ -548,6 +541,9 @@ def _scan(
     pairs = view.map.by_seq(1, view.exists)
     first = True
     budget = program.budget
+    if budget is not None:
+        # Checked before each message's test too: one may be costly.
+        program = attrs.evolve(program, predicate=budget.guard(program.predicate))
     pacer = Pacer(BATCH, budget)
     while True:
         if not first:
@@ -563,7 +559,7 @@ def _scan(
             mailbox.fetch, [u for _, u in chunk]
         )
         batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
-        hits = yield _matches(mailbox, program, batch, budget)
+        hits = yield _matches(mailbox, program, batch)
         if metadata is not None and hits:
             wanted = {uid for _, uid in hits}
             metadata.update((m.uid, m) for _, m in batch if m.uid in wanted)

@@ -243,6 +243,12 @@ class LimitsSection:
     )
     max_nesting_depth: int = attrs.field(default=32, metadata=_meta(_check_range(2, 1000)))
     max_pending_commands: int = attrs.field(default=64, metadata=_meta(_check_range(1, 10000)))
+    #: CPU seconds one SEARCH, SORT, THREAD or FETCH may spend (counted
+    #: over its batches) before it is answered NO [LIMIT]; 0 for no limit.
+    command_cpu_seconds: float = attrs.field(default=30.0, metadata=_meta(_check_range(0, 86400)))
+    #: Keys reading message contents (TEXT, BODY, HEADER, SUBJECT, FROM, TO,
+    #: CC, BCC) in one SEARCH, SORT or THREAD program; more is NO [LIMIT].
+    max_search_content_keys: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
     max_connections_per_user: int = attrs.field(default=20, metadata=_meta(_check_range(1)))
     max_connections_per_ip: int = attrs.field(default=50, metadata=_meta(_check_range(1)))
     #: Connections open at once over all listeners (IMAP, POP3).

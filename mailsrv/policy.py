@@ -51,6 +51,12 @@ class SessionPolicy:
     max_message_size: int = 64 * 1024 * 1024
     max_nesting_depth: int = 32
     max_pending_commands: int = 64
+    #: CPU seconds one SEARCH, SORT, THREAD or FETCH may spend before it is
+    #: answered ``NO [LIMIT]`` (:mod:`mailsrv.imap.budget`); 0: no limit.
+    command_cpu_seconds: float = 30.0
+    #: Keys reading message contents (TEXT, BODY, HEADER, SUBJECT, FROM...)
+    #: one SEARCH, SORT or THREAD program may hold; more is ``NO [LIMIT]``.
+    max_search_content_keys: int = 100
     #: RFC 5464: largest annotation value, and annotations per mailbox.
     max_metadata_size: int = 64 * 1024
     max_metadata_entries: int = 100
@@ -114,6 +120,8 @@ class SessionPolicy:
             max_message_size=limits.max_message_size,
             max_nesting_depth=limits.max_nesting_depth,
             max_pending_commands=limits.max_pending_commands,
+            command_cpu_seconds=limits.command_cpu_seconds,
+            max_search_content_keys=limits.max_search_content_keys,
             max_metadata_size=limits.max_metadata_size,
             max_metadata_entries=limits.max_metadata_entries,
             imap_timeout_unauthenticated=timeouts.imap_unauthenticated,

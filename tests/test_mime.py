@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailsrv.mime.addresses import Group, address_text, parse_addresses
 from mailsrv.mime.decoding import decode_base64, decode_part, decode_words, decoded_size, text_parts
 from mailsrv.mime.fields import filter_fields, raw_fields, read_header
-from mailsrv.mime.structure import MAX_DEPTH, MessageStructure, Part, find_part, parse
+from mailsrv.mime.structure import MAX_DEPTH, MAX_PARTS, MessageStructure, Part, find_part, parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -95,6 +95,36 @@ class StructureTests(SynchronousTestCase):
         self.assertEqual(levels, MAX_DEPTH)
         self.assertEqual((deepest.type, deepest.subtype), ("application", "octet-stream"))
         self.assertEqual(MessageStructure.from_bytes(structure.to_bytes()), structure)
+
+    def test_parts_beyond_the_limit_are_not_made(self) -> None:
+        """A message of more parts than MAX_PARTS (millions fit in 64 MiB,
+        each costing CPU and memory on every FETCH BODYSTRUCTURE) keeps its
+        first MAX_PARTS parts; a multipart that would have more is not split
+        further, and ends where it ended before (its close delimiter, or
+        else its parent's next delimiter line)."""
+        many = MAX_PARTS + 5
+        inner = b"".join(b"--in\r\n\r\npart %d\r\n" % i for i in range(many)) + b"--in--\r\n"
+        head = (
+            b"Content-Type: multipart/mixed; boundary=out\r\n\r\n"
+            b"--out\r\n\r\nfirst\r\n"
+            b"--out\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n"
+        )
+        tail = b"--out\r\n\r\nlast\r\n--out--\r\n"
+        for data in (head + inner + tail, head + inner.replace(b"--in--\r\n", b"") + tail):
+            structure = parse(data)
+            check_offsets(self, structure)
+            first, inside = structure.root.children  # "last" is beyond the limit
+            self.assertEqual(
+                data[first.body_offset : first.body_offset + first.body_size], b"first"
+            )
+            self.assertEqual(len(inside.children), MAX_PARTS - 2)
+            end = inside.children[-1]
+            self.assertEqual(
+                data[end.body_offset : end.body_offset + end.body_size],
+                b"part %d" % (MAX_PARTS - 3),
+            )
+            self.assertEqual(inside.body_offset + inside.body_size, data.index(b"\r\n" + tail))
+            self.assertEqual(structure.root.body_offset + structure.root.body_size, len(data))
 
     def test_random_garbage_never_raises(self) -> None:
         for data in garbage_messages():

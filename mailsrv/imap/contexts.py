@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from mailsrv.imap import sorting
+from mailsrv.imap.budget import CommandBudget, check_content_keys
 from mailsrv.imap.output import Done, ResponseWriter, bad, no
 from mailsrv.imap.search_syntax import SearchKey, partial_range
 from mailsrv.imap.searching import (
@@ -130,6 +131,8 @@ def matches(
     ``extra_columns``: THREAD's).  None if the connection went."""
     view = session.view()
     writer, clock = session.output(), session.clock
+    check_content_keys(key, session.policy.max_search_content_keys)
+    program.budget = CommandBudget(session.policy.command_cpu_seconds)
     known: dict[int, IMessage] | None = None
     if key.op == "ALL":
         with no_collection():

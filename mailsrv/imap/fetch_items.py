@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from mailsrv import log
 from mailsrv.imap import response
+from mailsrv.imap.budget import CommandBudget
 from mailsrv.imap.fetch_syntax import FetchAttribute
 from mailsrv.imap.output import ResponseWriter
 from mailsrv.imap.sections import header_fields, section_range
@@ -82,6 +83,8 @@ class FetchRequest:
     clock: IReactorTime
     attributes: tuple[FetchAttribute, ...]
     uid: bool = False
+    #: The command's CPU budget (:mod:`mailsrv.imap.budget`); None: unbounded.
+    budget: CommandBudget | None = None
     #: Worked out once, not per message: whether a BINARY item is asked
     #: for, whether an item reads the message file, whether FLAGS is shown.
     has_binary: bool = attrs.field(init=False)

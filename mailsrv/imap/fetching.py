@@ -23,6 +23,7 @@ from twisted.internet import defer, task
 
 from mailsrv.errors import NoSuchMessage
 from mailsrv.imap import content, objectid
+from mailsrv.imap.budget import unbudgeted
 from mailsrv.imap.fetch_items import (
     HANDLERS,
     INDEX_ITEMS,
@@ -261,11 +262,15 @@ def _fetch_loaded(
     pairs = iter(messages)
     outcome = Outcome()
     first = True
-    pacer = Pacer(BATCH)
+    pacer = Pacer(BATCH, request.budget)
     while True:
         if not first:
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
+        if request.budget is not None:
+            # Between batches only: every response written is whole, and
+            # no \Seen is set for a message left unanswered.
+            request.budget.check()
         chunk = list(itertools.islice(pairs, pacer.next_size()))
         if not chunk:
             return outcome
@@ -312,7 +317,9 @@ def _write_batch(
         try:
             written = _respond(request, msg, seq_of[msg.uid], shows_flags)
             if isinstance(written, defer.Deferred):
-                written = yield written
+                # A value streams at the client's pace: the other sessions'
+                # turns meanwhile are not this command's cost.
+                written = yield unbudgeted(request.budget, written)
         finally:
             msg.close_file()
         if not written:

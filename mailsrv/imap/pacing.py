@@ -6,12 +6,18 @@ index metadata take a few milliseconds, 500 messages whose files must be
 read and decoded take a tenth of a second, during which no other session
 is served.  :class:`Pacer` times each batch and sizes the next one so a
 batch takes about :data:`TARGET` seconds, between :data:`SMALLEST` and the
-caller's largest size.
+caller's largest size.  Given a :class:`~mailsrv.imap.budget.CommandBudget`,
+it counts the CPU time of its batches there (from ``next_size`` to
+``done``), which is what the command's budget measures.
 """
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailsrv.imap.budget import CommandBudget
 
 __all__ = ["SMALLEST", "TARGET", "Pacer"]
 
@@ -24,10 +30,11 @@ SMALLEST = 16
 class Pacer:
     """Batch sizes from the time the previous batches took."""
 
-    __slots__ = ("_largest", "_size", "_started")
+    __slots__ = ("_budget", "_largest", "_size", "_started")
 
-    def __init__(self, largest: int) -> None:
+    def __init__(self, largest: int, budget: CommandBudget | None = None) -> None:
         self._largest = largest
+        self._budget = budget
         # Start small: the first batch's cost is unknown.
         self._size = min(largest, 4 * SMALLEST)
         self._started = 0.0
@@ -35,10 +42,14 @@ class Pacer:
     def next_size(self) -> int:
         """The size of the batch about to start (and start its clock)."""
         self._started = time.perf_counter()
+        if self._budget is not None:
+            self._budget.resume()
         return self._size
 
     def done(self, count: int) -> None:
         """The batch just finished held ``count`` messages."""
+        if self._budget is not None:
+            self._budget.pause()
         if count <= 0:
             return
         spent = time.perf_counter() - self._started

@@ -42,8 +42,10 @@ from typing import IO, Any, cast
 import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from mailsrv.imap import content, search_ext
+from mailsrv.imap.budget import CommandBudget
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
@@ -138,6 +140,9 @@ class Program:
     #: Passes of other keys (by key), run after the index's: each fills the
     #: undecided messages' content (:mod:`mailsrv.imap.search_ext`).
     loaders: dict[str, Loader] = attrs.Factory(dict)
+    #: The CPU budget of the command running the program over the mailbox
+    #: (:mod:`mailsrv.imap.budget`); None: unbounded.
+    budget: CommandBudget | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -535,10 +540,16 @@ def _scan(
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
     pairs = view.map.by_seq(1, view.exists)
     first = True
-    pacer = Pacer(BATCH)
+    budget = program.budget
+    if budget is not None:
+        # Checked before each message's test too: one may be costly.
+        program = attrs.evolve(program, predicate=budget.guard(program.predicate))
+    pacer = Pacer(BATCH, budget)
     while True:
         if not first:
             yield task.deferLater(clock, 0, lambda: None)
+        if budget is not None:
+            budget.check()
         chunk = list(itertools.islice(pairs, pacer.next_size()))
         if not chunk:
             return True
@@ -592,12 +603,14 @@ def run_plain(
 ) -> defer.Deferred[Done]:
     """``* SEARCH n n n``, written in pieces as the hits come."""
     line: list[bytes] = [b"* SEARCH"]
+    begun: list[bool] = []  # a piece of the line was written
 
     def found(hits: list[tuple[int, int]]) -> defer.Deferred[None] | None:
         line.extend(b" %d" % (u if uid else seq) for seq, u in hits)
         if len(line) >= _HITS_PER_WRITE:
             writer.write(b"".join(line))
             line.clear()
+            begun.append(True)
             if writer.paused:
                 return writer.ready()
         return None
@@ -611,7 +624,15 @@ def run_plain(
         writer.write(b"".join(line))
         return Done(text="SEARCH completed")
 
-    return _scan(view, mailbox, program, clock, writer, found).addCallback(finish)
+    def stopped(failure: Failure) -> Failure:
+        # Stopped part way (the CPU budget): the line begun is ended, so
+        # the tagged NO comes on a line of its own.
+        if begun and not writer.closed:
+            writer.write(b"\r\n")
+        return failure
+
+    d = _scan(view, mailbox, program, clock, writer, found)
+    return d.addCallbacks(finish, stopped)
 
 
 def _sequence_set(numbers: Sequence[int]) -> bytes:

@@ -48,6 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from mailsrv.imap import content
 from mailsrv.imap.output import ResponseWriter
+from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.selected import UidMap
 from mailsrv.imap.sortkeys import SortRecord
 from mailsrv.interfaces import IMailbox, IMessage, maybe_deferred
@@ -379,21 +380,24 @@ class _Pause:
         return d.addCallback(lambda _: not self.writer.closed)
 
 
-def _batches(uids: Sequence[int]) -> Iterable[list[int]]:
-    iterator = iter(uids)
-    while chunk := list(itertools.islice(iterator, BATCH)):
-        yield chunk
-
-
 @defer.inlineCallbacks
 def _load(
     uids: Sequence[int],
     pause: _Pause,
     load: Callable[[list[int]], defer.Deferred[None]],
 ) -> Generator[defer.Deferred[Any], Any, bool]:
-    for chunk in _batches(uids):
+    """Load in batches of at most :data:`BATCH`, sized by what they cost
+    (:class:`~mailsrv.imap.pacing.Pacer`): records worked out from the
+    files take a millisecond or more each, and 500 at once held the
+    reactor most of a second (bench/pathological.py, sort-subject)."""
+    iterator = iter(uids)
+    pacer = Pacer(BATCH)
+    while True:
         going = yield pause.wait()
         if not going:
             return False
+        chunk = list(itertools.islice(iterator, pacer.next_size()))
+        if not chunk:
+            return True
         yield load(chunk)
-    return True
+        pacer.done(len(chunk))

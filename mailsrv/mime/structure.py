@@ -28,7 +28,8 @@ Conventions, decided once:
 * Nothing here raises on malformed mail: missing or wrong boundaries,
   garbage Content-Type, 8-bit headers, absurd lines and empty messages all
   give a sensible structure.  Nesting deeper than :data:`MAX_DEPTH` is
-  treated as an opaque leaf.
+  treated as an opaque leaf, and a multipart met after :data:`MAX_PARTS`
+  parts keeps the parts it has: the rest of its body is not split.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "FORMAT_VERSION",
     "MAX_DEPTH",
+    "MAX_PARTS",
     "MessageStructure",
     "Part",
     "Source",
@@ -65,6 +67,11 @@ __all__ = [
 
 #: Multipart/message nesting beyond this depth is not looked into.
 MAX_DEPTH = 100
+#: Body parts of multiparts in one message beyond which no more are made:
+#: a part costs tens of microseconds to parse and render and a few hundred
+#: octets of memory, and a 64 MiB message could hold millions of empty
+#: ones (minutes of CPU, gigabytes, on every FETCH BODYSTRUCTURE).
+MAX_PARTS = 10000
 
 #: The model's version: bumped whenever the cached structure or anything
 #: worked out from it (the IMAP ENVELOPE and BODYSTRUCTURE rendered from it,
@@ -290,6 +297,8 @@ class _Delimiters:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._next: dict[bytes, tuple[int, int, int, bool]] = {}
+        #: Body parts made so far (bounded by :data:`MAX_PARTS`).
+        self.parts = 0
 
     def find(self, delimiter: bytes, pos: int) -> tuple[int, int, bool]:
         """``(offset, line end, close)`` of the first delimiter line of
@@ -514,11 +523,45 @@ def _parse_parts(
         return (), delimiter
     parts: list[Part] = []
     while not delimiter.close:
+        if scan.parts >= MAX_PARTS:
+            # Enough parts: the rest of this multipart is not split.
+            return tuple(parts), _after_close(scan, delimiter.line_end, stack)
+        scan.parts += 1
         part, delimiter = _parse_entity(scan, delimiter.line_end, default, depth + 1, False, stack)
         parts.append(part)
         if delimiter.level != own:
             return tuple(parts), delimiter
     return tuple(parts), scan.next_stop(delimiter.line_end, stack[:own])
+
+
+def _after_close(scan: _Delimiters, pos: int, stack: tuple[bytes, ...]) -> _Stop:
+    """The stop that ends the multipart of delimiter ``stack[-1]`` from
+    ``pos`` on, skipping its own delimiter lines at C speed: the first
+    delimiter line of an enclosing multipart, unless its own close
+    delimiter comes first (then the first enclosing one after that, as
+    :func:`_parse_parts` ends a multipart)."""
+    own = len(stack) - 1
+    enclosing = scan.next_stop(pos, stack[:own])
+    close = _close_line(scan.data, stack[own], pos, enclosing.offset)
+    if close is None:
+        return enclosing
+    return scan.next_stop(close, stack[:own])
+
+
+def _close_line(data: bytes, delimiter: bytes, pos: int, before: int) -> int | None:
+    """The end of the first close delimiter line (``--boundary--`` at a
+    line's start, then only white space) between ``pos`` and ``before``."""
+    marker = delimiter + b"--"
+    search = pos
+    while True:
+        found = data.find(marker, search, before)
+        if found < 0:
+            return None
+        search = found + len(marker)
+        if found == 0 or data[found - 1] == 0x0A:
+            eol = data.find(b"\n", search)
+            if not data[search : len(data) if eol < 0 else eol].strip(b" \t\r"):
+                return len(data) if eol < 0 else eol + 1
 
 
 # ---------------------------------------------------------------------------

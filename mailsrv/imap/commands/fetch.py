@@ -15,6 +15,7 @@ import attrs
 from twisted.internet import defer
 
 from mailsrv.imap import syntax
+from mailsrv.imap.budget import CommandBudget, check_fetch_items
 from mailsrv.imap.condstore import (
     QRESYNC,
     modseq_value,
@@ -93,6 +94,7 @@ def handle_fetch(session: Session, command: Fetch) -> defer.Deferred[Done]:
     unsupported = [a for a in command.attributes if a.name not in HANDLERS]
     if unsupported:
         raise bad(f"FETCH {unsupported[0].response_name()} is not supported")
+    check_fetch_items(len(command.attributes))
     modifiers = _modifiers(session, command)
     attributes = command.attributes
     if modifiers.changed_since is not None:
@@ -106,7 +108,15 @@ def handle_fetch(session: Session, command: Fetch) -> defer.Deferred[Done]:
     # RFC 6855 3, 7: a session that did not enable UTF8=ACCEPT reads
     # synthetic messages in place of those with 8-bit headers (RFC 6858).
     mailbox = fetch_mailbox(view.mailbox, session.utf8, attributes)
-    request = FetchRequest(view, mailbox, session.output(), session.clock, attributes, command.uid)
+    request = FetchRequest(
+        view,
+        mailbox,
+        session.output(),
+        session.clock,
+        attributes,
+        command.uid,
+        CommandBudget(session.policy.command_cpu_seconds),
+    )
     if modifiers.changed_since is None:
         return fetch_messages(request, messages).addCallback(_completion)
     return _fetch_changed(session, request, messages, modifiers).addCallback(_completion)

@@ -13,6 +13,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from mailsrv.imap.budget import CommandBudget, check_content_keys
 from mailsrv.imap.condstore import modseq_view
 from mailsrv.imap.contexts import Query, answer
 from mailsrv.imap.lexer import Reader
@@ -90,10 +91,12 @@ def _run(session: Session, command: Search) -> defer.Deferred[Done]:
             f"Charset {command.charset} is not supported", f"BADCHARSET ({' '.join(CHARSETS)})"
         )
     view = session.view()
+    check_content_keys(command.key, session.policy.max_search_content_keys)
     try:
         program = compile_key(command.key, view, command.charset)
     except NotImplementedKey as e:
         raise no(f"SEARCH {e} is not supported", "CANNOT") from None
+    program.budget = CommandBudget(session.policy.command_cpu_seconds)
     if program.modseqs is not None:
         modseq_view(session, "SEARCH MODSEQ")  # RFC 7162 3.1: enables CONDSTORE
     writer, clock = session.output(), session.clock

@@ -36,22 +36,21 @@ import email.utils
 import itertools
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import IO, Any, cast
 
 import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv.imap import content, search_ext
+from mailsrv.imap import content, search_ext, textindex
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IMailbox, IMessage
-from mailsrv.mime.decoding import decode_words, decoded_header_text, text_parts
-from mailsrv.mime.structure import read_range
+from mailsrv.mime.decoding import decode_words, search_texts
 
 __all__ = [
     "BATCH",
@@ -138,6 +137,11 @@ class Program:
     #: Passes of other keys (by key), run after the index's: each fills the
     #: undecided messages' content (:mod:`mailsrv.imap.search_ext`).
     loaders: dict[str, Loader] = attrs.Factory(dict)
+    #: BODY and TEXT keys answered through a full-text index, by the id of
+    #: their key's args; those that are conjuncts of the whole program
+    #: narrow the scan (:func:`mailsrv.imap.textindex.narrow`).
+    texts: dict[int, textindex.IndexedText] = attrs.Factory(dict)
+    narrowing: list[textindex.IndexedText] = attrs.Factory(list)
 
 
 # ---------------------------------------------------------------------------
@@ -232,6 +236,11 @@ def compile_key(
     if now is None:
         now = datetime.datetime.now(datetime.UTC)
     program.predicate = _Context(view, charset, program, now).compile(key)
+    conjuncts = key.args if key.op == "AND" else (key,)
+    for conjunct in conjuncts:
+        indexed = program.texts.get(id(cast(SearchKey, conjunct).args))
+        if indexed is not None:
+            program.narrowing.append(indexed)
     return program
 
 
@@ -325,14 +334,26 @@ def _address_key(op: str, args: tuple[object, ...], context: _Context) -> Predic
 def _text_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
     context.program.text = True
     needle = _needle(args[0], context.charset)
+    # A full-text index, where the mailbox has one, decides the messages
+    # it covers; the others are read and compared here.
+    indexed = textindex.IndexedText(needle, op == "BODY")
+    context.program.texts[id(args)] = indexed
+    context.program.loaders[f"{op} {id(args)}"] = indexed.load
+    decide = indexed.decide
     if op == "BODY":
 
         def body(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+            known = decide(m.uid)
+            if known is not None:
+                return known
             return None if c.body is None else needle in c.body
 
         return body
 
     def text(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        known = decide(m.uid)
+        if known is not None:
+            return known
         if c.body is None or c.header is None:
             return None
         return needle in c.header or needle in c.body
@@ -439,10 +460,7 @@ def _texts(
     structures = yield content.structures(mailbox, uids)
 
     def read(uid: int, source: IO[bytes]) -> tuple[str, str]:
-        structure = structures[uid]
-        header = read_range(source, 0, structure.root.header_size)
-        body = "\n".join(text_parts(structure, source))
-        return decoded_header_text(header).casefold(), body.casefold()
+        return search_texts(structures[uid], source)
 
     found: dict[int, tuple[str, str]] = yield content.each_file(mailbox, list(structures), read)
     return found
@@ -533,7 +551,11 @@ def _scan(
 ) -> Generator[defer.Deferred[Any], Any, bool]:
     """Feed each batch's hits to ``found``; False if the connection went.
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
-    pairs = view.map.by_seq(1, view.exists)
+    pairs: Iterator[tuple[int, int]] = view.map.by_seq(1, view.exists)
+    if program.narrowing:
+        narrowed = yield textindex.narrow(view.map, mailbox, program.narrowing)
+        if narrowed is not None:
+            pairs = iter(narrowed)
     first = True
     pacer = Pacer(BATCH)
     while True:

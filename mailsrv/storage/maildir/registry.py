@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir.folder import MaildirMailbox
+from mailsrv.storage.maildir.fulltext import FullText, Runner
 from mailsrv.storage.maildir.layout import needs_index
 from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
 
@@ -37,13 +38,21 @@ class MailboxRegistry:
         must be indexed first is indexed in a thread (:meth:`open_in_thread`).
     :param keep_open: hold every folder opened until :meth:`close_all`
         (by default a folder no session uses is let go).
+    :param fulltext: give folders a full-text index for SEARCH BODY and
+        TEXT (:mod:`.fulltext`), kept current in the reactor's threads.
     """
 
     def __init__(
-        self, watcher: Watcher = NO_WATCHER, reactor: Any = None, *, keep_open: bool = False
+        self,
+        watcher: Watcher = NO_WATCHER,
+        reactor: Any = None,
+        *,
+        keep_open: bool = False,
+        fulltext: bool = True,
     ) -> None:
         self.watcher = watcher
         self._reactor = reactor
+        self._fulltext = fulltext
         self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
             weakref.WeakValueDictionary()
         )
@@ -57,12 +66,24 @@ class MailboxRegistry:
         mailbox = self._mailboxes.get(key)
         if mailbox is None or mailbox.closed:
             mailbox = MaildirMailbox(
-                root, path, name, watcher=self.watcher, warn_once=self.warn_once
+                root,
+                path,
+                name,
+                watcher=self.watcher,
+                warn_once=self.warn_once,
+                fulltext=FullText(path, self._runner()) if self._fulltext else None,
             )
             self._mailboxes[key] = mailbox
             if self._kept is not None:
                 self._kept[key] = mailbox
         return mailbox
+
+    def _runner(self) -> Runner | None:
+        """How full-text indexes run their work: in the reactor's threads."""
+        reactor = self._reactor
+        if not IReactorThreads.providedBy(reactor):
+            return None
+        return lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
     def open_in_thread(self, root: str, path: str, name: str) -> Deferred[MaildirMailbox] | None:
         """A Deferred if the folder must be indexed first and threads are at hand."""

@@ -1,0 +1,110 @@
+"""SEARCH BODY and TEXT through a mailbox's full-text index, where it has one.
+
+A mailbox that provides :class:`~mailsrv.interfaces.IFullTextSearch` answers
+a needle with the messages it covers that match
+(:class:`~mailsrv.interfaces.TextMatches`).  :class:`IndexedText` asks once
+per search key and lets the key's predicate decide covered messages from
+that answer; the others (not indexed yet) are read and compared as before,
+so the index can make a search faster but never change its answer.
+
+When a text key is one of the conjuncts of the whole program, no message
+outside its answer's matches and uncovered messages can match, so
+:func:`narrow` gives the scan just those (``SEARCH TEXT x`` on 100,000
+messages then looks at the hits, not at every message's metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from twisted.internet import defer
+
+from mailsrv.imap.uidmap import UidMap
+from mailsrv.interfaces import IFullTextSearch, IMailbox, TextMatches
+
+__all__ = ["IndexedText", "narrow"]
+
+
+class IndexedText:
+    """One BODY or TEXT key's answer from the index (once asked)."""
+
+    __slots__ = ("answer", "asked", "body_only", "needle")
+
+    def __init__(self, needle: str, body_only: bool) -> None:
+        self.needle = needle
+        self.body_only = body_only
+        self.asked = False
+        self.answer: TextMatches | None = None
+
+    def decide(self, uid: int) -> bool | None:
+        """Whether message ``uid`` matches, None if the answer does not say."""
+        answer = self.answer
+        if answer is None or not answer.covers(uid):
+            return None
+        return uid in answer.matched
+
+    @defer.inlineCallbacks
+    def ask(self, mailbox: IMailbox) -> Generator[defer.Deferred[Any], Any, None]:
+        """Ask the mailbox's index, once; a failure is a scan, not an error."""
+        if self.asked:
+            return
+        self.asked = True
+        if not IFullTextSearch.providedBy(mailbox):
+            return
+        try:
+            self.answer = yield defer.maybeDeferred(
+                IFullTextSearch(mailbox).search_text, self.needle, self.body_only
+            )
+        except Exception:
+            self.answer = None
+
+    def load(self, mailbox: IMailbox, pending: Sequence[object]) -> defer.Deferred[None]:
+        """A search loader (:data:`mailsrv.imap.searching.Loader`)."""
+        return self.ask(mailbox)
+
+
+def _uncovered(ranges: Sequence[tuple[int, int]], answer: TextMatches) -> list[tuple[int, int]]:
+    """The parts of the view's UID ``ranges`` outside ``answer.indexed``."""
+    out: list[tuple[int, int]] = []
+    indexed = answer.indexed
+    i = 0
+    for low, high in ranges:
+        start = low
+        while i < len(indexed) and indexed[i][1] < start:
+            i += 1
+        j = i
+        while start <= high and j < len(indexed) and indexed[j][0] <= high:
+            first, last = indexed[j]
+            if first > start:
+                out.append((start, first - 1))
+            start = max(start, last + 1)
+            j += 1
+        if start <= high:
+            out.append((start, high))
+    return out
+
+
+@defer.inlineCallbacks
+def narrow(
+    uid_map: UidMap, mailbox: IMailbox, keys: Sequence[IndexedText]
+) -> Generator[defer.Deferred[Any], Any, list[tuple[int, int]] | None]:
+    """``(seq, uid)`` of the only messages that can match, ascending, from
+    the answers of ``keys`` (each a conjunct of the whole program); None
+    when no key has an answer (every message is looked at)."""
+    best: list[tuple[int, int]] | None = None
+    for key in keys:
+        yield key.ask(mailbox)
+        answer = key.answer
+        if answer is None:
+            continue
+        found: set[tuple[int, int]] = set()
+        for uid in answer.matched:
+            seq = uid_map.seq(uid)
+            if seq is not None:
+                found.add((seq, uid))
+        for low, high in _uncovered(uid_map.ranges(), answer):
+            found.update(uid_map.by_uid(low, high))
+        if best is None or len(found) < len(best):
+            best = sorted(found)
+    return best

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -55,6 +56,8 @@ Progress = Callable[[int, int], None]
 
 #: Messages indexed per transaction.
 BATCH = 64
+#: A job that indexes at least this many messages says so in the log.
+_LOGGED_BUILD = 1000
 
 
 @attrs.define
@@ -388,7 +391,7 @@ class FullText:
         """Index the messages still missing, a batch per transaction."""
         with self._state_lock:
             todo = sorted(coverage.missing)
-        done_count = 0
+        began = time.monotonic()
         for start in range(0, len(todo), BATCH):
             if self._closed and progress is None:
                 return
@@ -397,9 +400,17 @@ class FullText:
             store.add(texts)
             with self._state_lock:
                 coverage.missing -= settled
-            done_count += len(batch)
             if progress is not None:
-                progress(done_count, len(todo))
+                progress(start + len(batch), len(todo))
+        if len(todo) >= _LOGGED_BUILD:
+            log.info(
+                "full-text index {path}: {count} messages indexed in {seconds:.1f} s, "
+                "{size} octets",
+                path=self.path,
+                count=len(todo),
+                seconds=time.monotonic() - began,
+                size=store.size(),
+            )
 
     def _read_batch(
         self, main: _Main, uids: Sequence[int]

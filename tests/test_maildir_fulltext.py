@@ -19,7 +19,7 @@ from typing import Any, cast
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, task
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailsrv.auth.realm import MailRealm
 from mailsrv.imap.protocol import IMAP4ServerFactory
@@ -28,7 +28,7 @@ from mailsrv.mime.decoding import search_texts
 from mailsrv.mime.structure import parse
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
-from mailsrv.storage.maildir.textstore import FULLTEXT_NAME, looked_up
+from mailsrv.storage.maildir.textstore import FULLTEXT_NAME, Damaged, TextStore, looked_up
 from tests.imap_helpers import Client
 from tests.test_imap_render import GOLDEN
 from tests.test_mime import corpus_names, load
@@ -330,3 +330,115 @@ class FullTextTests(TestCase):
         mailbox = self.inbox(self.scanned)
         self.assertIsNone(mailbox.search_text("anything", False))
         self.assertFalse(os.path.exists(os.path.join(self.root, "joe", "Maildir", FULLTEXT_NAME)))
+
+
+class TextStoreTests(SynchronousTestCase):
+    """The file itself: what it stores for characters the tokenizer cannot
+    take, which needles it answers, and damage."""
+
+    def setUp(self) -> None:
+        self.path = os.path.join(os.path.abspath(self.mktemp()), FULLTEXT_NAME)
+        os.makedirs(os.path.dirname(self.path))
+        self.store = TextStore(self.path, 7)
+        self.addCleanup(self.store.close)
+
+    def test_nul_and_surrogates_do_not_hide_what_follows(self) -> None:
+        """SQLite's tokenizer stops at NUL: text after one is still found."""
+        self.store.add([(1, "subject: x", "before\x00after the nul"), (2, "h", "lone \ud800 tail")])
+        self.assertEqual(self.store.matches("after the", True), {1})
+        self.assertEqual(self.store.matches("tail", True), {2})
+        self.assertEqual(self.store.matches("subject", True), set())
+        self.assertEqual(self.store.matches("subject", False), {1})
+
+    def test_candidates_are_confirmed(self) -> None:
+        """Every trigram of "abcab" is in "abcxbcab", but not the needle."""
+        self.store.add([(1, "", "abcxbcab"), (2, "", "zabcabz")])
+        self.assertEqual(self.store.matches("abcab", True), {2})
+
+    def test_needles_it_answers(self) -> None:
+        self.assertTrue(looked_up("abc"))
+        self.assertFalse(looked_up("ab"))
+        self.assertFalse(looked_up("a\x00bc"))
+        self.assertFalse(looked_up("ab\uffffc"))
+
+    def test_removed(self) -> None:
+        self.store.add([(1, "", "the wombat"), (2, "", "a wombat")])
+        self.store.remove([1])
+        self.assertEqual(self.store.matches("wombat", True), {2})
+        self.assertEqual(self.store.uids(), {2})
+
+    def test_another_uidvalidity_starts_empty(self) -> None:
+        self.store.add([(1, "", "the wombat")])
+        other = TextStore(self.path, 8)
+        self.addCleanup(other.close)
+        self.assertEqual(other.uids(), set())
+
+    def test_damaged_texts(self) -> None:
+        self.store.add([(1, "", "the wombat")])
+        self.store._db.execute("UPDATE docs SET texts = x'00'")
+        self.assertRaises(Damaged, self.store.matches, "wombat", True)
+
+
+class CoverageTests(SynchronousTestCase):
+    """Which messages an answer decides, and what the scan is narrowed to."""
+
+    def test_covers(self) -> None:
+        answer = TextMatches(frozenset({3}), ((1, 4), (7, 7), (10, 20)))
+        covered = [uid for uid in range(0, 23) if answer.covers(uid)]
+        self.assertEqual(covered, [1, 2, 3, 4, 7, *range(10, 21)])
+
+    def test_narrowed_to_matches_and_the_uncovered(self) -> None:
+        from mailsrv.imap.textindex import IndexedText, narrow
+        from mailsrv.imap.uidmap import UidMap
+
+        view = UidMap([1, 2, 3, 5, 6, 8, 9, 11, 12])
+        key = IndexedText("needle", False)
+        key.asked = True
+        key.answer = TextMatches(frozenset({2, 4, 9}), ((1, 3), (6, 9)))
+        found = self.successResultOf(narrow(view, cast(Any, None), [key]))
+        # 2 and 9 match; 5, 11 and 12 are not covered; 4 is not in the view.
+        self.assertEqual(found, [(2, 2), (4, 5), (7, 9), (8, 11), (9, 12)])
+
+    def test_no_answer_no_narrowing(self) -> None:
+        from mailsrv.imap.textindex import IndexedText, narrow
+        from mailsrv.imap.uidmap import UidMap
+
+        key = IndexedText("ab", False)
+        key.asked = True
+        self.assertIsNone(self.successResultOf(narrow(UidMap([1]), cast(Any, None), [key])))
+
+
+class ReindexTests(SynchronousTestCase):
+    """``mailsrv reindex`` rebuilds the full-text index too, with progress
+    on a terminal and its size in the summary."""
+
+    def test_reindex(self) -> None:
+        from mailsrv import cli
+
+        top = os.path.abspath(self.mktemp())
+        os.makedirs(top)
+        passwd = os.path.join(top, "passwd")
+        with open(passwd, "w") as handle:
+            handle.write("alice:{PLAIN}secret\n")
+        maildir = os.path.join(top, "{user}", "Maildir")
+        storage = MaildirStorage(maildir)
+        inbox = cast(MaildirMailbox, storage.account("alice").get_mailbox("INBOX"))
+        for n in range(3):
+            inbox.append(io.BytesIO(b"Subject: %d\r\n\r\nthe numbat %d\r\n" % (n, n)))
+        uidvalidity = inbox.uidvalidity
+        storage.close()
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        out = Terminal()
+        argv = ["reindex", "alice", "--passwd", passwd, "--maildir", maildir]
+        self.assertEqual(cli.main(argv, stdout=out), cli.EX_OK)
+        text = out.getvalue()
+        self.assertIn("\rINBOX: full-text index 3/3", text)
+        self.assertRegex(text, r"INBOX: 3 messages; full-text index 3 messages, \d+ octets")
+        path = os.path.join(top, "alice", "Maildir", FULLTEXT_NAME)
+        store = TextStore(path, uidvalidity)
+        self.addCleanup(store.close)
+        self.assertEqual(store.matches("numbat 1", True), {2})

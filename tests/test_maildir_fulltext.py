@@ -167,13 +167,15 @@ class FullTextTests(TestCase):
 
     @defer.inlineCallbacks
     def index_covers(self, uids: list[int]) -> Any:
-        """Wait until the index answers for every one of ``uids``."""
-        while True:
+        """Wait (at most a minute) until the index answers for every one of ``uids``."""
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
             answer = yield self.ask_index("zzz")
             if answer is not None and all(answer.covers(uid) for uid in uids):
                 return answer
             yield self.until(lambda: not self.text_index()._busy)
             yield task.deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError(f"the index does not cover {uids} after a minute")
 
     @defer.inlineCallbacks
     def both(self, indexed: Client, scanned: Client, key: str, needle: str) -> Any:
@@ -324,6 +326,25 @@ class FullTextTests(TestCase):
         yield self.index_covers([1])
         answer = yield self.ask_index("echidna")
         self.assertEqual(answer.matched, {1})
+
+    @defer.inlineCallbacks
+    def test_file_from_before_answers_the_first_search(self) -> Any:
+        """After a restart the file on disk answers the first text search
+        (once compared with the folder), rather than a scan."""
+        indexed = yield self.session(self.ports[0])
+        message = b"Subject: x\r\n\r\na quoll\r\n"
+        yield indexed.command("A", b"APPEND INBOX {%d+}\r\n" % len(message) + message)
+        yield self.index_covers([1])
+        restarted = MaildirStorage(os.path.join(self.root, "{user}", "Maildir"), reactor=reactor)
+        self.addCleanup(restarted.close)
+        self.addCleanup(restarted.stop_watching)
+        mailbox = cast(MaildirMailbox, restarted.account("joe").get_mailbox("INBOX"))
+        answer = yield mailbox.search_text("quoll", True)
+        self.assertEqual(answer.matched, {1})
+        self.assertTrue(answer.covers(1))
+        fulltext = mailbox._fulltext
+        assert fulltext is not None
+        yield self.until(lambda: not fulltext._busy)
 
     def test_switched_off(self) -> None:
         """``fulltext = false``: no answers and no file."""

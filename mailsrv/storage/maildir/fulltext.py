@@ -118,13 +118,18 @@ class FullText:
     :param run: runs jobs in a worker thread; None (no reactor, as in
         ``mailsrv deliver``): no answers and no background work, only
         :meth:`rebuild`.
+    :param stopping: set when the reactor shuts down: a job stops after
+        its batch, so shutting down never waits for a whole build.
     """
 
-    def __init__(self, folder: str, run: Runner | None) -> None:
+    def __init__(
+        self, folder: str, run: Runner | None, stopping: threading.Event | None = None
+    ) -> None:
         self.path = os.path.join(folder, FULLTEXT_NAME)
         self._index_path = os.path.join(folder, INDEX_NAME)
         self._cur = os.path.join(folder, "cur")
         self._run = run
+        self._stopping = stopping or threading.Event()
         self._state_lock = threading.Lock()  # guards _coverage and its missing set
         self._read_lock = threading.Lock()  # the answering connections
         self._write_lock = threading.Lock()  # the catching-up connections
@@ -142,10 +147,18 @@ class FullText:
         """The answer for ``needle`` (case-folded), or None: scan."""
         if self._run is None or self._closed or not looked_up(needle):
             return None
-        if self._coverage is None:
+        if self._coverage is None and (self._busy or not os.path.exists(self.path)):
             self._schedule()  # the first text search builds the index
             return None
-        d: Deferred[TextMatches | None] = self._run(lambda: self._answer(needle, body_only))
+        if self._coverage is None:
+            # A file from before (an earlier run, mailsrv reindex): usable
+            # once compared with the folder, without waiting for a job.
+            d: Deferred[TextMatches | None] = self._run(
+                lambda: self._compare_and_answer(needle, body_only)
+            )
+            d.addCallback(self._then_fill)
+        else:
+            d = self._run(lambda: self._answer(needle, body_only))
 
         def failed(reason: Failure) -> None:
             if reason.check(Damaged):
@@ -163,6 +176,10 @@ class FullText:
             return None
 
         return d.addErrback(failed)
+
+    def _then_fill(self, answer: TextMatches | None) -> TextMatches | None:
+        self._schedule()
+        return answer
 
     def changed(self) -> None:
         """The folder changed: catch up (if this folder has an index)."""
@@ -301,7 +318,8 @@ class FullText:
 
     # -- in a worker thread: catching up -------------------------------------------------
 
-    def _catch_up(self, progress: Progress | None = None) -> None:
+    def _catch_up(self, progress: Progress | None = None, fill: bool = True) -> None:
+        """Compare or advance, then (``fill``) index what is missing."""
         with self._write_lock:
             if self._closed and progress is None:
                 return
@@ -321,9 +339,17 @@ class FullText:
                     store = self._writing_store(uidvalidity)
                 else:
                     self._advance(main, store, coverage)
-                self._fill(main, store, coverage, progress)
+                if fill:
+                    self._fill(main, store, coverage, progress)
             finally:
                 main.close()
+
+    def _compare_and_answer(self, needle: str, body_only: bool) -> TextMatches | None:
+        """The first answer of this process: compare the file with the
+        folder (quick: two lists of UIDs), answer, and leave the indexing
+        of what is missing to a job."""
+        self._catch_up(fill=False)
+        return self._answer(needle, body_only)
 
     def _writing_store(self, uidvalidity: int) -> TextStore:
         store = self._writer
@@ -393,8 +419,8 @@ class FullText:
             todo = sorted(coverage.missing)
         began = time.monotonic()
         for start in range(0, len(todo), BATCH):
-            if self._closed and progress is None:
-                return
+            if progress is None and (self._closed or self._stopping.is_set()):
+                return  # the next job (or the next run of the daemon) goes on
             batch = todo[start : start + BATCH]
             texts, settled = self._read_batch(main, batch)
             store.add(texts)

@@ -201,7 +201,9 @@ class TextStore:
         contains ``needle``: candidates from the trigrams, each confirmed
         against its stored texts by the scan's own comparison."""
         found: set[int] = set()
-        query = "SELECT uid, texts FROM docs WHERE uid IN (SELECT rowid FROM terms(?))"
+        # The trigram match drives the join: one primary-key look-up per
+        # candidate (SQLite would otherwise walk docs).
+        query = "SELECT d.uid, d.texts FROM terms(?) AS t CROSS JOIN docs AS d ON d.uid = t.rowid"
         for uid, packed in self._guarded(query, (_query(needle),)):
             header, body = self._unpack(packed)
             if needle in body or (not body_only and needle in header):

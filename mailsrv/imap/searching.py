@@ -155,6 +155,10 @@ def _needle(value: object, charset: str | None) -> str:
     return data.decode("utf-8", "replace").casefold()
 
 
+#: For the text keys' compilers (:mod:`mailsrv.imap.textindex`).
+needle_of = _needle
+
+
 def _in_ranges(ranges: list[tuple[int, int]]) -> Callable[[int], bool]:
     if len(ranges) == 1:
         low, high = ranges[0]
@@ -331,36 +335,6 @@ def _address_key(op: str, args: tuple[object, ...], context: _Context) -> Predic
     return _address_test(cast(str, args[0]), needle, context.program)
 
 
-def _text_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
-    context.program.text = True
-    needle = _needle(args[0], context.charset)
-    # A full-text index, where the mailbox has one, decides the messages
-    # it covers; the others are read and compared here.
-    indexed = textindex.IndexedText(needle, op == "BODY")
-    context.program.texts[id(args)] = indexed
-    context.program.loaders[f"{op} {id(args)}"] = indexed.load
-    decide = indexed.decide
-    if op == "BODY":
-
-        def body(seq: int, m: IMessage, c: SearchContent) -> bool | None:
-            known = decide(m.uid)
-            if known is not None:
-                return known
-            return None if c.body is None else needle in c.body
-
-        return body
-
-    def text(seq: int, m: IMessage, c: SearchContent) -> bool | None:
-        known = decide(m.uid)
-        if known is not None:
-            return known
-        if c.body is None or c.header is None:
-            return None
-        return needle in c.header or needle in c.body
-
-    return text
-
-
 def _modseq_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
     """RFC 7162 3.1.5: MODSEQ at or above the value (entry names ignored:
     one MODSEQ per message)."""
@@ -387,8 +361,7 @@ _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] 
     **search_ext.COMPILERS,
     "HEADER": _header_key,
     "ADDRESS": _address_key,
-    "BODY": _text_key,
-    "TEXT": _text_key,
+    **textindex.COMPILERS,
     "MODSEQ": _modseq_key,
 }
 

@@ -1,4 +1,4 @@
-"""SEARCH BODY and TEXT through a mailbox's full-text index, where it has one.
+"""SEARCH BODY and TEXT, through a mailbox's full-text index where it has one.
 
 A mailbox that provides :class:`~mailsrv.interfaces.IFullTextSearch` answers
 a needle with the messages it covers that match
@@ -15,15 +15,18 @@ messages then looks at the hits, not at every message's metadata).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
 from mailsrv.imap.uidmap import UidMap
-from mailsrv.interfaces import IFullTextSearch, IMailbox, TextMatches
+from mailsrv.interfaces import IFullTextSearch, IMailbox, IMessage, TextMatches
 
-__all__ = ["IndexedText", "narrow"]
+if TYPE_CHECKING:
+    from mailsrv.imap.searching import Predicate, SearchContent, _Context
+
+__all__ = ["COMPILERS", "IndexedText", "narrow"]
 
 
 class IndexedText:
@@ -108,3 +111,43 @@ def narrow(
         if best is None or len(found) < len(best):
             best = sorted(found)
     return best
+
+
+def _text_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
+    """BODY or TEXT (RFC 3501 6.4.4: a case-insensitive substring of the
+    decoded body, or of the decoded header or body): the index decides the
+    messages it covers, the others are read and compared here."""
+    from mailsrv.imap.searching import needle_of
+
+    context.program.text = True
+    needle = needle_of(args[0], context.charset)
+    indexed = IndexedText(needle, op == "BODY")
+    context.program.texts[id(args)] = indexed
+    context.program.loaders[f"{op} {id(args)}"] = indexed.load
+    decide = indexed.decide
+    if op == "BODY":
+
+        def body(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+            known = decide(m.uid)
+            if known is not None:
+                return known
+            return None if c.body is None else needle in c.body
+
+        return body
+
+    def text(seq: int, m: IMessage, c: SearchContent) -> bool | None:
+        known = decide(m.uid)
+        if known is not None:
+            return known
+        if c.body is None or c.header is None:
+            return None
+        return needle in c.header or needle in c.body
+
+    return text
+
+
+#: Compilers in the form :mod:`mailsrv.imap.searching` takes, merged into its table.
+COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] = {
+    "BODY": _text_key,
+    "TEXT": _text_key,
+}

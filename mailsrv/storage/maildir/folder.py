@@ -150,8 +150,6 @@ class MaildirMailbox:
         added = [uid for uid in uids if uid >= folder.seen_uidnext]
         folder.seen_modseq = db.get_int("highest_modseq")
         folder.seen_uidnext = db.get_int("uidnext")
-        if self._fulltext is not None:
-            self._fulltext.forget()
         for listener in list(self._listeners):
             try:
                 if added:
@@ -679,10 +677,7 @@ class MaildirMailbox:
 
     def rebuild(self) -> int:
         """Throw the index away and rebuild it from the files; return the count."""
-        count = self._folder.rebuild()
-        if self._fulltext is not None:
-            self._fulltext.forget()
-        return count
+        return self._folder.rebuild()
 
     # -- IFullTextSearch ------------------------------------------------------------
 
@@ -692,11 +687,8 @@ class MaildirMailbox:
         return self._fulltext.search(needle, body_only)
 
     def rebuild_fulltext(self, progress: Progress | None = None) -> tuple[int, int] | None:
-        """Index every message's text anew (``mailsrv reindex``): ``(messages,
-        octets on disk)``; None when the full-text index is switched off."""
-        if self._fulltext is None:
-            return None
-        return self._fulltext.rebuild(progress)
+        """``mailsrv reindex``: (messages, octets); None if switched off."""
+        return None if self._fulltext is None else self._fulltext.rebuild(progress)
 
     # -- listeners --------------------------------------------------------------
 

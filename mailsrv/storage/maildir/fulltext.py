@@ -189,11 +189,6 @@ class FullText:
             return
         self._schedule()
 
-    def forget(self) -> None:
-        """The folder's own index was rebuilt: rely on nothing until the
-        next job has compared the two again."""
-        self._forget()
-
     def _forget(self) -> None:
         with self._state_lock:
             self._coverage = None

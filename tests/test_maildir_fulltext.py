@@ -289,6 +289,26 @@ class FullTextTests(TestCase):
         self.assertEqual(answer.matched, {4, 5})
 
     @defer.inlineCallbacks
+    def test_lagging_index_never_loses_hits(self) -> Any:
+        """Messages the index has not reached are scanned: with its upkeep
+        held back, a new message is still found, beside the indexed ones."""
+        indexed = yield self.session(self.ports[0])
+        scanned = yield self.session(self.ports[1])
+        message = b"Subject: x\r\n\r\nthe bilby digs\r\n"
+        yield indexed.command("A", b"APPEND INBOX {%d+}\r\n" % len(message) + message)
+        yield self.both(indexed, scanned, "BODY", "bilby")
+        yield self.index_covers([1])
+        fulltext = self.text_index()
+        self.patch(fulltext, "changed", lambda: None)  # the index lags from here on
+        for _ in range(2):
+            yield indexed.command("A", b"APPEND INBOX {%d+}\r\n" % len(message) + message)
+        yield scanned.command("N", "NOOP")
+        answer = yield self.ask_index("bilby", True)
+        self.assertEqual([answer.covers(uid) for uid in (1, 2, 3)], [True, False, False])
+        self.assertEqual((yield self.both(indexed, scanned, "BODY", "bilby")), [1, 2, 3])
+        self.assertEqual((yield self.both(indexed, scanned, "TEXT", "DIGS")), [1, 2, 3])
+
+    @defer.inlineCallbacks
     def test_damaged_index_is_rebuilt(self) -> Any:
         """A full-text file overwritten with junk costs a scan, never a
         wrong answer, and is rebuilt."""

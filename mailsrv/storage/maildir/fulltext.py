@@ -212,6 +212,9 @@ class FullText:
                     path=self.path,
                     error=result.getErrorMessage(),
                 )
+                # Start from nothing: the same damage would fail the next
+                # job again.
+                remove_files(self.path)
                 with self._state_lock:
                     self._coverage = None
                 self._again = True

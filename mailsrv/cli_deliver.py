@@ -76,7 +76,29 @@ def run_reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
     config = config_of(args, check_files=True)
     if config.storage.backend != "maildir":
         raise CommandError("reindex rebuilds Maildir indexes: storage.backend is not 'maildir'")
-    counts = reindex(_account(config, args.user))
+    account = _account(config, args.user)
+    counts = reindex(account)
     for folder, count in sorted(counts.items()):
-        stdout.write(f"{folder}: {count} messages\n")
+        line = f"{folder}: {count} messages"
+        if config.storage.fulltext:
+            indexed, size = _reindex_text(account, folder, stdout)
+            per_message = f", {size // indexed} octets each" if indexed else ""
+            line += f"; full-text index {indexed} messages, {size} octets{per_message}"
+        stdout.write(line + "\n")
     return EX_OK
+
+
+def _reindex_text(account: Any, folder: str, stdout: IO[str]) -> tuple[int, int]:
+    """Rebuild one folder's full-text index: (messages, octets); progress
+    is shown on a terminal, overwritten in place, then cleared."""
+    shown = stdout.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if shown:
+            stdout.write(f"\r{folder}: full-text index {done}/{total}")
+            stdout.flush()
+
+    result = account.open_mailbox(folder).rebuild_fulltext(progress)
+    if shown:
+        stdout.write("\r\x1b[K")
+    return result if result is not None else (0, 0)

@@ -231,6 +231,9 @@ class StorageSection:
     #: backend = "postgresql": days ``mailsrv db prune`` keeps the expunge log
     #: and deleted mailboxes' tombstones.
     retention_days: int = attrs.field(default=30, metadata=_meta(_check_range(1, 3650)))
+    #: backend = "maildir": keep a full-text index per folder (SQLite FTS5,
+    #: ``mailsrv-fulltext.sqlite``) that SEARCH BODY and TEXT answer from.
+    fulltext: bool = attrs.field(default=True, metadata=_meta())
 
 
 @attrs.frozen

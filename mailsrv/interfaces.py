@@ -28,9 +28,9 @@ Conventions every implementation follows:
 
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
-:class:`IMessageCache`, :class:`IMaildropLocking` and :class:`IPop3UidSource`
-on a mailbox, :class:`IQuotaUsage` and :class:`IMetadataStore` on an account,
-:class:`IWatchingStorage` on a storage.
+:class:`IMessageCache`, :class:`IMaildropLocking`, :class:`IPop3UidSource` and
+:class:`IFullTextSearch` on a mailbox, :class:`IQuotaUsage` and
+:class:`IMetadataStore` on an account, :class:`IWatchingStorage` on a storage.
 """
 
 from __future__ import annotations
@@ -417,6 +417,47 @@ class IPop3UidSource(Interface):
     def pop3_uidls() -> MaybeDeferred[Mapping[int, str]]:
         """``{uid: uidl}`` for messages that keep an old UIDL; the others
         get the computed one (:func:`mailsrv.storage.maildrop.unique_id`)."""
+
+
+@attrs.frozen
+class TextMatches:
+    """A full-text index's answer for one needle (:class:`IFullTextSearch`).
+
+    ``indexed`` says which messages the answer covers, as inclusive UID
+    runs, ascending: a UID inside them that exists has its text in the
+    index (or is gone), and it matches exactly when it is in ``matched``.
+    Messages outside them (new ones the index has not reached yet) are
+    unknown to the answer: the caller reads their text itself.
+    """
+
+    matched: frozenset[int]
+    indexed: tuple[tuple[int, int], ...]
+
+    def covers(self, uid: int) -> bool:
+        """Whether the answer decides ``uid``."""
+        runs = self.indexed
+        low, high = 0, len(runs)
+        while low < high:
+            middle = (low + high) // 2
+            if runs[middle][1] < uid:
+                low = middle + 1
+            else:
+                high = middle
+        return low < len(runs) and runs[low][0] <= uid
+
+
+class IFullTextSearch(Interface):
+    """Optional, on a mailbox: a full-text index SEARCH BODY and TEXT ask
+    before reading message files.  Its answers must equal the scan's: a
+    message's text is what :func:`mailsrv.mime.decoding.search_texts`
+    gives for it."""
+
+    def search_text(needle: str, body_only: bool) -> MaybeDeferred[TextMatches | None]:
+        """The messages whose case-folded body (``body_only``) or header or
+        body contains ``needle`` (already case-folded), among those the
+        index covers; None when the index cannot answer (switched off, not
+        built yet, damaged, or a needle it cannot look up), and the caller
+        scans."""
 
 
 @attrs.frozen

@@ -99,6 +99,17 @@ class ConfigTests(ConfigCase):
         e = self.error('[imap]\nlisten = ["tcp:1143"]\n[auth]\nmax_failures = true\n')
         self.assertEqual(e.key, "auth.max_failures")
 
+    def test_fulltext_switch(self) -> None:
+        """[storage] fulltext: on by default, a boolean, off when asked."""
+        self.assertTrue(load_config(self.write('[imap]\nlisten = ["tcp:1143"]\n')).storage.fulltext)
+        config = load_config(
+            self.write('[imap]\nlisten = ["tcp:1143"]\n[storage]\nfulltext = false\n')
+        )
+        self.assertFalse(config.storage.fulltext)
+        e = self.error('[imap]\nlisten = ["tcp:1143"]\n[storage]\nfulltext = "yes"\n')
+        self.assertEqual(e.key, "storage.fulltext")
+        self.assertIn("expected true or false", e.reason)
+
     def test_list_of_strings(self) -> None:
         e = self.error("[imap]\nlisten = [1143]\n")
         self.assertEqual(e.key, "imap.listen")

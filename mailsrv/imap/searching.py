@@ -36,7 +36,7 @@ import email.utils
 import itertools
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import IO, Any, cast
 
 import attrs
@@ -44,7 +44,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from mailsrv.imap import content, search_ext
+from mailsrv.imap import content, search_ext, textindex
 from mailsrv.imap.budget import CommandBudget
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
@@ -52,8 +52,7 @@ from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.imap.syntax import SequenceSet
 from mailsrv.interfaces import IMailbox, IMessage
-from mailsrv.mime.decoding import decode_words, decoded_header_text, text_parts
-from mailsrv.mime.structure import read_range
+from mailsrv.mime.decoding import decode_words, search_texts
 
 __all__ = [
     "BATCH",
@@ -143,6 +142,11 @@ class Program:
     #: The CPU budget of the command running the program over the mailbox
     #: (:mod:`mailsrv.imap.budget`); None: unbounded.
     budget: CommandBudget | None = None
+    #: BODY and TEXT keys answered through a full-text index, by the id of
+    #: their key's args; those that are conjuncts of the whole program
+    #: narrow the scan (:func:`mailsrv.imap.textindex.narrow`).
+    texts: dict[int, textindex.IndexedText] = attrs.Factory(dict)
+    narrowing: list[textindex.IndexedText] = attrs.Factory(list)
 
 
 # ---------------------------------------------------------------------------
@@ -154,6 +158,10 @@ def _needle(value: object, charset: str | None) -> str:
     data = cast(bytes, value)
     # US-ASCII is a subset of UTF-8; a stray 8-bit octet is read as UTF-8.
     return data.decode("utf-8", "replace").casefold()
+
+
+#: For the text keys' compilers (:mod:`mailsrv.imap.textindex`).
+needle_of = _needle
 
 
 def _in_ranges(ranges: list[tuple[int, int]]) -> Callable[[int], bool]:
@@ -237,6 +245,11 @@ def compile_key(
     if now is None:
         now = datetime.datetime.now(datetime.UTC)
     program.predicate = _Context(view, charset, program, now).compile(key)
+    conjuncts = key.args if key.op == "AND" else (key,)
+    for conjunct in conjuncts:
+        indexed = program.texts.get(id(cast(SearchKey, conjunct).args))
+        if indexed is not None:
+            program.narrowing.append(indexed)
     return program
 
 
@@ -327,24 +340,6 @@ def _address_key(op: str, args: tuple[object, ...], context: _Context) -> Predic
     return _address_test(cast(str, args[0]), needle, context.program)
 
 
-def _text_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
-    context.program.text = True
-    needle = _needle(args[0], context.charset)
-    if op == "BODY":
-
-        def body(seq: int, m: IMessage, c: SearchContent) -> bool | None:
-            return None if c.body is None else needle in c.body
-
-        return body
-
-    def text(seq: int, m: IMessage, c: SearchContent) -> bool | None:
-        if c.body is None or c.header is None:
-            return None
-        return needle in c.header or needle in c.body
-
-    return text
-
-
 def _modseq_key(op: str, args: tuple[object, ...], context: _Context) -> Predicate:
     """RFC 7162 3.1.5: MODSEQ at or above the value (entry names ignored:
     one MODSEQ per message)."""
@@ -371,8 +366,7 @@ _COMPILERS: dict[str, Callable[[str, tuple[object, ...], _Context], Predicate]] 
     **search_ext.COMPILERS,
     "HEADER": _header_key,
     "ADDRESS": _address_key,
-    "BODY": _text_key,
-    "TEXT": _text_key,
+    **textindex.COMPILERS,
     "MODSEQ": _modseq_key,
 }
 
@@ -444,10 +438,7 @@ def _texts(
     structures = yield content.structures(mailbox, uids)
 
     def read(uid: int, source: IO[bytes]) -> tuple[str, str]:
-        structure = structures[uid]
-        header = read_range(source, 0, structure.root.header_size)
-        body = "\n".join(text_parts(structure, source))
-        return decoded_header_text(header).casefold(), body.casefold()
+        return search_texts(structures[uid], source)
 
     found: dict[int, tuple[str, str]] = yield content.each_file(mailbox, list(structures), read)
     return found
@@ -527,6 +518,19 @@ def _fields_pass(
 
 
 @defer.inlineCallbacks
+def _candidates(
+    view: SelectedMailbox, mailbox: IMailbox, program: Program
+) -> Generator[defer.Deferred[Any], Any, Iterator[tuple[int, int]]]:
+    """``(seq, uid)`` of the messages to test: every one, or those a
+    full-text index narrowed the program to."""
+    if program.narrowing:
+        narrowed = yield textindex.narrow(view.map, mailbox, program.narrowing)
+        if narrowed is not None:
+            return iter(narrowed)
+    return view.map.by_seq(1, view.exists)
+
+
+@defer.inlineCallbacks
 def _scan(
     view: SelectedMailbox,
     mailbox: IMailbox,
@@ -538,7 +542,7 @@ def _scan(
 ) -> Generator[defer.Deferred[Any], Any, bool]:
     """Feed each batch's hits to ``found``; False if the connection went.
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
-    pairs = view.map.by_seq(1, view.exists)
+    pairs: Iterator[tuple[int, int]] = yield _candidates(view, mailbox, program)
     first = True
     budget = program.budget
     if budget is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "decode_words",
     "decoded_header_text",
     "decoded_size",
+    "search_texts",
     "text_parts",
 ]
 
@@ -198,3 +199,13 @@ def text_parts(structure: MessageStructure, source: Source) -> Iterator[str]:
         if decoded is None:
             decoded = body
         yield decode_text(decoded, part.param("charset"))
+
+
+def search_texts(structure: MessageStructure, source: Source) -> tuple[str, str]:
+    """``(header, body)`` as SEARCH TEXT and BODY compare them (RFC 3501
+    6.4.4: case-insensitive substrings): the decoded header block and the
+    decoded text parts joined by LF, both case-folded.  The one definition
+    the search scan and a full-text index both use, so they cannot differ."""
+    header = read_range(source, 0, structure.root.header_size)
+    body = "\n".join(text_parts(structure, source))
+    return decoded_header_text(header).casefold(), body.casefold()

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
 from mailsrv.interfaces import (
+    IFullTextSearch,
     IMailbox,
     IMailboxListener,
     IMaildropLocking,
@@ -36,9 +37,11 @@ from mailsrv.interfaces import (
     NewMessage,
     StoreMode,
     StoreResult,
+    TextMatches,
 )
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir import appending, transfer
+from mailsrv.storage.maildir.fulltext import FullText, Progress
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, split_flags
@@ -85,7 +88,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     return run
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IFullTextSearch)
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
 
@@ -96,6 +99,7 @@ class MaildirMailbox:
     :param root: the account's Maildir root; ``path``: the folder's.
     :param watcher: told to watch the folder while it has listeners.
     :param warn_once: logs a warning about the tree once per storage.
+    :param fulltext: the folder's full-text index (None: switched off).
     """
 
     def __init__(
@@ -106,8 +110,10 @@ class MaildirMailbox:
         *,
         watcher: Watcher,
         warn_once: Callable[[str], None],
+        fulltext: FullText | None = None,
     ) -> None:
         self._watcher = watcher
+        self._fulltext = fulltext
         self.path = path
         self.name = name
         self.special_use: frozenset[str] = frozenset()
@@ -121,6 +127,8 @@ class MaildirMailbox:
         """Forget the folder (it was deleted or renamed): later calls fail."""
         self._folder.close()
         self._watcher.unwatch(self)
+        if self._fulltext is not None:
+            self._fulltext.close()
 
     # -- a damaged index --------------------------------------------------------
 
@@ -224,6 +232,8 @@ class MaildirMailbox:
                 return
             rows = db.changed_since(seen_modseq) if self._listeners else []
             gone = db.expunged_since(seen_modseq) if self._listeners else []
+        if self._fulltext is not None:
+            self._fulltext.changed()
         added = [row.uid for row in rows if row.uid >= seen_uidnext]
         # Another process may have defined the keywords these rows carry.
         folder.keywords.refresh()
@@ -668,6 +678,17 @@ class MaildirMailbox:
     def rebuild(self) -> int:
         """Throw the index away and rebuild it from the files; return the count."""
         return self._folder.rebuild()
+
+    # -- IFullTextSearch ------------------------------------------------------------
+
+    def search_text(self, needle: str, body_only: bool) -> Deferred[TextMatches | None] | None:
+        if self._fulltext is None or self._folder.closed:
+            return None
+        return self._fulltext.search(needle, body_only)
+
+    def rebuild_fulltext(self, progress: Progress | None = None) -> tuple[int, int] | None:
+        """``mailsrv reindex``: (messages, octets); None if switched off."""
+        return None if self._fulltext is None else self._fulltext.rebuild(progress)
 
     # -- listeners --------------------------------------------------------------
 

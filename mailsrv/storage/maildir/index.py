@@ -525,7 +525,8 @@ class Index:
         wanted = sorted(set(uids))
         if not wanted:
             return []
-        if len(wanted) > 400:
+        # Dense: one range read; sparse (a search's hits): only those rows.
+        if len(wanted) > 400 and wanted[-1] - wanted[0] < 4 * len(wanted):
             wanted_set = set(wanted)
             cursor = self.db.execute(
                 f"SELECT {columns} FROM messages WHERE uid BETWEEN ? AND ? ORDER BY uid",

@@ -9,7 +9,9 @@ the storage.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,6 +21,7 @@ from twisted.python.failure import Failure
 
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir.folder import MaildirMailbox
+from mailsrv.storage.maildir.fulltext import FullText
 from mailsrv.storage.maildir.layout import needs_index
 from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
 
@@ -37,13 +40,22 @@ class MailboxRegistry:
         must be indexed first is indexed in a thread (:meth:`open_in_thread`).
     :param keep_open: hold every folder opened until :meth:`close_all`
         (by default a folder no session uses is let go).
+    :param fulltext: give folders a full-text index for SEARCH BODY and
+        TEXT (:mod:`.fulltext`), kept current in the reactor's threads.
     """
 
     def __init__(
-        self, watcher: Watcher = NO_WATCHER, reactor: Any = None, *, keep_open: bool = False
+        self,
+        watcher: Watcher = NO_WATCHER,
+        reactor: Any = None,
+        *,
+        keep_open: bool = False,
+        fulltext: bool = True,
     ) -> None:
         self.watcher = watcher
         self._reactor = reactor
+        self._fulltext = fulltext
+        self._stopping: threading.Event | None = None
         self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
             weakref.WeakValueDictionary()
         )
@@ -57,12 +69,32 @@ class MailboxRegistry:
         mailbox = self._mailboxes.get(key)
         if mailbox is None or mailbox.closed:
             mailbox = MaildirMailbox(
-                root, path, name, watcher=self.watcher, warn_once=self.warn_once
+                root,
+                path,
+                name,
+                watcher=self.watcher,
+                warn_once=self.warn_once,
+                fulltext=self._text_index(path) if self._fulltext else None,
             )
             self._mailboxes[key] = mailbox
             if self._kept is not None:
                 self._kept[key] = mailbox
         return mailbox
+
+    def _text_index(self, path: str) -> FullText:
+        """A folder's full-text index, working in the reactor's threads
+        (none without a reactor) and told when the reactor shuts down."""
+        reactor = self._reactor
+        if not IReactorThreads.providedBy(reactor):
+            return FullText(path, None)
+        if self._stopping is None:
+            self._stopping = threading.Event()
+            self._reactor.addSystemEventTrigger("before", "shutdown", self._stopping.set)
+
+        def run(work: Callable[[], Any]) -> Deferred[Any]:
+            return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+
+        return FullText(path, run, self._stopping)
 
     def open_in_thread(self, root: str, path: str, name: str) -> Deferred[MaildirMailbox] | None:
         """A Deferred if the folder must be indexed first and threads are at hand."""

@@ -58,6 +58,8 @@ class MaildirStorage:
         goes on, such as mailsrv.testing); by default a folder no session
         uses is let go, and its index closed when the garbage collector
         frees it.
+    :param fulltext: keep a full-text index per folder for SEARCH BODY and
+        TEXT (``[storage] fulltext``); answers need a reactor's threads.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class MaildirStorage:
         poll_interval: float = 5.0,
         reactor: Any = None,
         keep_open: bool = False,
+        fulltext: bool = True,
     ) -> None:
         if "{user}" not in template and "{home}" not in template:
             raise StorageError(f"maildir template {template!r} must contain {{user}} or {{home}}")
@@ -81,7 +84,9 @@ class MaildirStorage:
         self.template = template
         self.poll_interval = poll_interval
         self._watcher = FolderWatcher(reactor, poll_interval) if reactor is not None else None
-        self._mailboxes = MailboxRegistry(self._watcher or NO_WATCHER, reactor, keep_open=keep_open)
+        self._mailboxes = MailboxRegistry(
+            self._watcher or NO_WATCHER, reactor, keep_open=keep_open, fulltext=fulltext
+        )
 
     # -- accounts -------------------------------------------------------------
 

@@ -51,6 +51,27 @@ class UidMap:
         copy._starts, copy._ends = array("I", found[1]), array("I", found[2])
         return copy
 
+    @classmethod
+    def from_runs(cls, uid_runs: Iterable[tuple[int, int]]) -> UidMap:
+        """A map of the UIDs in ascending, disjoint inclusive runs (storage's
+        :meth:`~mailsrv.interfaces.IMessageRows.uid_runs`): one step per run,
+        none per message."""
+        made = cls()
+        starts, ends = made._starts, made._ends
+        count = 0
+        last = 0
+        for first, end in uid_runs:
+            if first <= last or end < first:
+                raise ValueError(f"run {first}:{end} is not ascending after UID {last}")
+            count += end - first + 1
+            if ends and first == last + 1:
+                ends[-1] = count
+            else:
+                starts.append(first)
+                ends.append(count)
+            last = end
+        return made
+
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 

@@ -30,9 +30,11 @@ from mailsrv.interfaces import (
     IMaildropLocking,
     IMessage,
     IMessageCache,
+    IMessageRows,
     IPop3UidSource,
     MailboxStatus,
     MessageInfo,
+    MessageRow,
     NewMessage,
     StoreMode,
     StoreResult,
@@ -85,7 +87,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     return run
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
+@implementer(IMailbox, IMessageCache, IMessageRows, IMaildropLocking, IPop3UidSource)
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
 
@@ -318,6 +320,23 @@ class MaildirMailbox:
             info_ = MessageInfo(uid, flags(info), date, size, modseq, saved_datetime(saved))
             result.append(info_)
         return result
+
+    @_recovering
+    def message_rows(self, uids: Iterable[int]) -> list[MessageRow]:
+        """:meth:`fetch` as tuples (IMessageRows): the flag sets come from
+        the keyword table's memo of each distinct flag-letter string, the
+        date stays the index's integer seconds (Maildir dates are UTC)."""
+        table = self._folder.keywords
+        table.refresh()
+        flags = table.flags
+        return [
+            (uid, flags(info), mtime_ns // 1_000_000_000, 0, size, modseq)
+            for uid, info, mtime_ns, size, modseq, _ in self._folder.db.summaries(uids)
+        ]
+
+    @_recovering
+    def uid_runs(self) -> Sequence[tuple[int, int]]:
+        return self._folder.uid_runs()
 
     @_recovering
     def open(self, uid: int) -> IO[bytes]:
@@ -687,6 +706,11 @@ class MaildirMailbox:
     @property
     def closed(self) -> bool:
         return self._folder.closed
+
+    @property
+    def listened(self) -> bool:
+        """Whether someone listens (so the watcher keeps it current)."""
+        return bool(self._listeners)
 
     def watched_dirs(self) -> tuple[str, str]:
         return self._folder.new, self._folder.cur

@@ -403,6 +403,27 @@ class Index:
     def uids(self) -> tuple[int, ...]:
         return tuple(r[0] for r in self.db.execute("SELECT uid FROM messages ORDER BY uid"))
 
+    def uid_runs(self, above: int = 0) -> list[tuple[int, int]]:
+        """The UIDs above ``above`` as inclusive ``(first, last)`` runs of
+        consecutive UIDs, ascending, found in one pass over the primary key.
+
+        (SQLite 3.40's window-function form, ``GROUP BY uid - row_number()
+        OVER (ORDER BY uid)``, sorts, and took 2-4 times as long as this walk
+        on 100,000 rows.)
+        """
+        runs: list[tuple[int, int]] = []
+        cursor = self.db.execute("SELECT uid FROM messages WHERE uid > ? ORDER BY uid", (above,))
+        first = last = -2
+        for (uid,) in cursor:
+            if uid != last + 1:
+                if first >= 0:
+                    runs.append((first, last))
+                first = uid
+            last = uid
+        if first >= 0:
+            runs.append((first, last))
+        return runs
+
     def uid_set_version(self) -> tuple[int, object]:
         """A value that changes whenever the set of UIDs does, and only
         then: the message count (every insert raises it) and the number of

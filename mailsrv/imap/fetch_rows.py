@@ -22,9 +22,8 @@ without UTF8=ACCEPT may need converted: that belongs to the general path).
 from __future__ import annotations
 
 import datetime
-import itertools
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer, task
 
@@ -32,6 +31,7 @@ from mailsrv.imap import content
 from mailsrv.imap.fetch_items import FetchRequest, flags_item, is_root_fields
 from mailsrv.imap.fetch_syntax import FetchAttribute
 from mailsrv.imap.pacing import Pacer
+from mailsrv.imap.uidmap import MessageSet
 from mailsrv.interfaces import RECENT, IMessageRows, MessageRow
 
 __all__ = ["LARGEST", "covers", "fetch_rows", "internal_date_item"]
@@ -88,14 +88,12 @@ def internal_date_item(
     return b"%s%02d:%02d:%02d%s" % (parts[0], hour, minute, second, parts[1])
 
 
-def _renderers(
-    request: FetchRequest, headers: dict[FetchAttribute, Mapping[int, bytes]]
-) -> list[_Render]:
+def _renderers(request: FetchRequest, headers: dict[int, Mapping[int, bytes]]) -> list[_Render]:
     """One function per item, in the order asked, each making the item's text
     from a row (header values from ``headers``, filled per batch)."""
     view = request.view
     renderers: list[_Render] = []
-    for attribute in request.attributes:
+    for position, attribute in enumerate(request.attributes):
         name = attribute.name
         if name == "FLAGS":
             renderers.append(_flags_renderer(view.recent))
@@ -108,7 +106,7 @@ def _renderers(
         elif name == "INTERNALDATE":
             renderers.append(_date_renderer())
         else:
-            renderers.append(_header_renderer(attribute, headers))
+            renderers.append(_header_renderer(attribute, headers, position))
     return renderers
 
 
@@ -139,21 +137,18 @@ def _flags_renderer(recent: set[int]) -> _Render:
 
 
 def _header_renderer(
-    attribute: FetchAttribute, headers: dict[FetchAttribute, Mapping[int, bytes]]
+    attribute: FetchAttribute, headers: dict[int, Mapping[int, bytes]], position: int
 ) -> _Render:
+    """A header item's text from the values loaded for it (``headers`` by
+    the item's position: hashing the attribute per message costs more)."""
     # The response names the section without .PEEK (RFC 3501 7.4.2).
     name = b"BODY[%s] " % str(attribute.section).encode("ascii")
 
     def render(row: MessageRow) -> bytes:
-        value = headers[attribute][row[0]]
+        value = headers[position][row[0]]
         return b"%s{%d}\r\n%s" % (name, len(value), value)
 
     return render
-
-
-def _no_row(uid: int) -> MessageRow:
-    """What a header-only FETCH's renderers are given: they need the UID alone."""
-    return (uid, frozenset(), 0, 0, 0, 0)
 
 
 @defer.inlineCallbacks
@@ -163,11 +158,13 @@ def fetch_rows(
     """Answer ``(seq, uid)`` pairs (see :func:`covers`); fire with how many
     were found expunged (left out, as the general path leaves them)."""
     missing = 0
-    headers: dict[FetchAttribute, Mapping[int, bytes]] = {}
-    header_items = [a for a in request.attributes if a.name not in _INDEX_NAMES]
+    headers: dict[int, Mapping[int, bytes]] = {}
+    header_items = [
+        (position, a) for position, a in enumerate(request.attributes) if a.name not in _INDEX_NAMES
+    ]
     needs_rows = len(header_items) < len(request.attributes)
     renderers = _renderers(request, headers)
-    pairs = iter(messages)
+    batches = _Batches(messages)
     pacer = Pacer(LARGEST)
     first = True
     while True:
@@ -175,18 +172,17 @@ def fetch_rows(
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
         first = False
-        chunk = list(itertools.islice(pairs, pacer.next_size()))
-        if not chunk or request.writer.closed:
+        seq_of = batches.take(pacer.next_size())
+        if not seq_of or request.writer.closed:
             return missing
-        seq_of = dict((uid, seq) for seq, uid in chunk)
         rows = yield _rows(request, list(seq_of), needs_rows)
         rows, eight_bit = yield _load_headers(request, header_items, rows, headers)
-        missing += len(chunk) - len(rows)
+        missing += len(seq_of) - len(rows)
         more = yield _write_batch(request, rows, seq_of, renderers, eight_bit, general)
         if more is None:
             return missing
         missing += more
-        pacer.done(len(chunk))
+        pacer.done(len(seq_of))
 
 
 @defer.inlineCallbacks
@@ -196,7 +192,8 @@ def _rows(
     """The batch's rows from storage (FLAGS told first if need be), or
     stand-ins carrying the UID when only header items are asked."""
     if not needs_rows:
-        return [_no_row(uid) for uid in uids]
+        # Header items need the UID alone: one-element rows, made in bulk.
+        return cast(list[MessageRow], list(zip(uids)))
     source: Any = request.mailbox  # provides IMessageRows (covers())
     rows: Sequence[MessageRow] = yield defer.maybeDeferred(source.message_rows, uids)
     telling = _tell_keywords(request, rows)
@@ -208,14 +205,14 @@ def _rows(
 @defer.inlineCallbacks
 def _load_headers(
     request: FetchRequest,
-    header_items: list[FetchAttribute],
+    header_items: list[tuple[int, FetchAttribute]],
     rows: Sequence[MessageRow],
-    headers: dict[FetchAttribute, Mapping[int, bytes]],
+    headers: dict[int, Mapping[int, bytes]],
 ) -> Generator[defer.Deferred[Any], Any, tuple[Sequence[MessageRow], set[int]]]:
     """Each header item's values for the batch into ``headers``; the rows
     of the messages still there, and the UIDs with 8-bit values."""
     eight_bit: set[int] = set()
-    for attribute in header_items:
+    for position, attribute in header_items:
         assert attribute.section is not None
         values: Mapping[int, bytes] = yield content.header_fields(
             request.mailbox,
@@ -223,7 +220,7 @@ def _load_headers(
             attribute.section.fields,
             attribute.section.text == "HEADER.FIELDS.NOT",
         )
-        headers[attribute] = values
+        headers[position] = values
         if not all(v.isascii() for v in values.values()):
             eight_bit.update(uid for uid, v in values.items() if not v.isascii())
         rows = [row for row in rows if row[0] in values]  # the rest were expunged
@@ -242,11 +239,15 @@ def _write_batch(
     """Write a batch's responses.  Messages with 8-bit header values are
     answered by the general path, in their place; how many of those were
     gone meanwhile, None once the connection is gone."""
-    if not eight_bit:
+    if not eight_bit and len(renderers) == 1:
+        (render,) = renderers  # FETCH 1:* (FLAGS): no join per message
+        lines = [b"* %d FETCH (%s)\r\n" % (seq_of[row[0]], render(row)) for row in rows]
+    elif not eight_bit:
         lines = [
             b"* %d FETCH (%s)\r\n" % (seq_of[row[0]], b" ".join([r(row) for r in renderers]))
             for row in rows
         ]
+    if not eight_bit:
         going_on = yield _write(request.writer, lines)
         return 0 if going_on else None
     missing = 0
@@ -266,6 +267,36 @@ def _write_batch(
         missing += outcome.missing
     going_on = yield _write(request.writer, pending)
     return missing if going_on else None
+
+
+class _Batches:
+    """The messages to answer, taken a batch at a time as ``{uid: seq}``;
+    a :class:`MessageSet` is walked by segments, so a batch of a whole-mailbox
+    FETCH is made with two ranges rather than a pair per message."""
+
+    def __init__(self, messages: Iterable[tuple[int, int]]) -> None:
+        segments: Iterable[tuple[int, int, int]]
+        if isinstance(messages, MessageSet):
+            segments = messages.segments()
+        else:
+            segments = ((seq, uid, 1) for seq, uid in messages)
+        self._segments = iter(segments)
+        self._left: tuple[int, int, int] | None = None
+
+    def take(self, size: int) -> dict[int, int]:
+        batch: dict[int, int] = {}
+        while len(batch) < size:
+            segment = self._left or next(self._segments, None)
+            self._left = None
+            if segment is None:
+                break
+            seq, uid, count = segment
+            room = size - len(batch)
+            if count > room:
+                self._left = (seq + room, uid + room, count - room)
+                count = room
+            batch.update(zip(range(uid, uid + count), range(seq, seq + count), strict=True))
+        return batch
 
 
 def _tell_keywords(

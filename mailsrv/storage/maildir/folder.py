@@ -328,10 +328,11 @@ class MaildirMailbox:
         date stays the index's integer seconds (Maildir dates are UTC)."""
         table = self._folder.keywords
         table.refresh()
-        flags = table.flags
+        found = self._folder.db.row_tuples(uids)
+        flags = {info: table.flags(info) for info in {row[1] for row in found}}
         return [
-            (uid, flags(info), mtime_ns // 1_000_000_000, 0, size, modseq)
-            for uid, info, mtime_ns, size, modseq, _ in self._folder.db.summaries(uids)
+            (uid, flags[info], mtime_ns // 1_000_000_000, 0, size, modseq)
+            for uid, info, mtime_ns, size, modseq in found
         ]
 
     @_recovering

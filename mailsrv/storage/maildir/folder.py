@@ -708,6 +708,11 @@ class MaildirMailbox:
     def closed(self) -> bool:
         return self._folder.closed
 
+    def shed(self) -> None:
+        """Nobody uses the mailbox for now (kept open for the next session):
+        let go of the memory a session needed."""
+        self._folder.shed()
+
     @property
     def listened(self) -> bool:
         """Whether someone listens (so the watcher keeps it current)."""

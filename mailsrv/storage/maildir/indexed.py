@@ -292,6 +292,11 @@ class IndexedFolder:
             self._names_cache = cached = (db, key, db.filenames())
         return cached[2]
 
+    def shed(self) -> None:
+        """Drop what is cheap to read again and big to keep (the indexed file
+        names: 100,000 names are megabytes) while nobody uses the folder."""
+        self._names_cache = None
+
     # -- opening and rebuilding (lock held) -------------------------------------------
 
     def open_index(self) -> None:

@@ -64,7 +64,7 @@ class MailboxRegistry:
         keep_count: int = KEEP_COUNT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.watcher: Watcher = _KeepingWatcher(watcher, self._keep)
+        self.watcher: Watcher = _KeepingWatcher(watcher, self._released)
         self._reactor = reactor
         self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
             weakref.WeakValueDictionary()
@@ -108,6 +108,13 @@ class MailboxRegistry:
             mailbox.close()
             return None
         return mailbox
+
+    def _released(self, folder: WatchedFolder) -> None:
+        """The last listener of ``folder`` left: keep it from now on, without
+        the memory only sessions need."""
+        if isinstance(folder, MaildirMailbox) and not folder.closed:
+            folder.shed()
+        self._keep(folder)
 
     def _keep(self, folder: WatchedFolder) -> None:
         """Hold ``folder`` open for a while (it was just opened, or its last

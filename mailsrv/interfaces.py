@@ -28,8 +28,8 @@ Conventions every implementation follows:
 
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
-:class:`IMessageCache`, :class:`IMaildropLocking`, :class:`IPop3UidSource` and
-:class:`IFullTextSearch` on a mailbox, :class:`IQuotaUsage` and
+:class:`IMessageCache`, :class:`IMessageRows`, :class:`IMaildropLocking`,
+:class:`IPop3UidSource` and :class:`IFullTextSearch` on a mailbox, :class:`IQuotaUsage` and
 :class:`IMetadataStore` on an account, :class:`IWatchingStorage` on a storage.
 """
 
@@ -389,6 +389,26 @@ class IMessageCache(Interface):
     def set_cached_many(kind: str, values: Mapping[int, bytes]) -> MaybeDeferred[None]:
         """Store several values of one kind at once (one transaction);
         values for messages that no longer exist are dropped."""
+
+
+#: One message's metadata as :class:`IMessageRows` gives it: UID, flags,
+#: INTERNALDATE as UTC seconds and its zone's offset from UTC in minutes,
+#: size, MODSEQ.  Messages with the same flags share one frozenset.
+MessageRow: TypeAlias = tuple[int, frozenset[str], int, int, int, int]
+
+
+class IMessageRows(Interface):
+    """Optional, on a mailbox: bulk metadata as plain tuples and the UIDs as
+    runs, for the whole-mailbox reads a client's first sync makes (SELECT,
+    ``FETCH 1:* (FLAGS)``), which then cost no object per message."""
+
+    def message_rows(uids: Iterable[int]) -> MaybeDeferred[Sequence[MessageRow]]:
+        """:data:`MessageRow` of each of ``uids`` that still exists,
+        ascending by UID; the same facts :meth:`IMailbox.fetch` gives."""
+
+    def uid_runs() -> MaybeDeferred[Sequence[tuple[int, int]]]:
+        """Every UID as inclusive ``(first, last)`` runs of consecutive
+        UIDs, ascending: :meth:`IMailbox.uids` without a value per message."""
 
 
 class IMaildropLocking(Interface):

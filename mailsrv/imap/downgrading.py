@@ -41,8 +41,10 @@ from mailsrv.interfaces import (
     IMailbox,
     IMessage,
     IMessageCache,
+    IMessageRows,
     MaybeDeferred,
     MessageInfo,
+    MessageRow,
     StoreResult,
     maybe_deferred,
 )
@@ -130,6 +132,11 @@ class DowngradedMailbox:
         alsoProvides(self, IMailbox)
         if self._cache is not None:
             alsoProvides(self, IMessageCache)
+        if IMessageRows.providedBy(mailbox):
+            # FETCH's rows path (fetch_rows.py) then serves this session
+            # too: its rows carry the synthetic sizes, and its header values
+            # come through this object's cache and files.
+            alsoProvides(self, IMessageRows)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._mailbox, name)
@@ -168,6 +175,28 @@ class DowngradedMailbox:
         if not self._resizing:
             return d
         return d.addCallback(self._resize)
+
+    def message_rows(self, uids: Iterable[int]) -> defer.Deferred[Sequence[MessageRow]]:
+        """:class:`IMessageRows` rows with the synthetic sizes."""
+        d = maybe_deferred(IMessageRows(self._mailbox).message_rows, list(uids))
+        if not self._resizing:
+            return d
+
+        def resize(rows: Sequence[MessageRow]) -> defer.Deferred[Sequence[MessageRow]]:
+            def apply(sizes: dict[int, int | None]) -> Sequence[MessageRow]:
+                out: list[MessageRow] = []
+                for row in rows:
+                    size = sizes.get(row[0])
+                    out.append(row if size is None else (*row[:4], size, row[5]))
+                return out
+
+            found: defer.Deferred[dict[int, int | None]] = self.synthetic_sizes(r[0] for r in rows)
+            return found.addCallback(apply)
+
+        return d.addCallback(resize)
+
+    def uid_runs(self) -> MaybeDeferred[Sequence[tuple[int, int]]]:
+        return IMessageRows(self._mailbox).uid_runs()
 
     def store(self, *args: Any, **kwargs: Any) -> defer.Deferred[StoreResult]:
         """A flag change (FETCH setting \\Seen), its new metadata resized."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import io
+import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ from mailsrv.interfaces import (
     IMailboxListener,
     IMessage,
     IMessageCache,
+    IMessageRows,
     IMetadataStore,
     IQuotaUsage,
     IStorage,
@@ -50,6 +52,7 @@ from mailsrv.interfaces import (
     MailboxStatus,
     MaybeDeferred,
     MessageInfo,
+    MessageRow,
     NewMessage,
     StoreMode,
     StoreResult,
@@ -89,6 +92,17 @@ def _new_uidvalidity() -> int:
     return _uidvalidity_last
 
 
+def _runs(uids: Sequence[int]) -> list[tuple[int, int]]:
+    """Ascending ``uids`` as inclusive runs of consecutive UIDs."""
+    runs: list[tuple[int, int]] = []
+    for uid in uids:
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], uid)
+        else:
+            runs.append((uid, uid))
+    return runs
+
+
 class _Message:
     """One stored message; ``cache`` holds IMessageCache values."""
 
@@ -120,6 +134,16 @@ class _Message:
             modseq=self.modseq,
             save_date=self.save_date,
         )
+
+    def row(self) -> MessageRow:
+        """The IMessageRows tuple: the date as UTC seconds and its offset."""
+        when = self.internal_date
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        offset = when.utcoffset() or datetime.timedelta(0)
+        minutes = int(offset.total_seconds()) // 60
+        seconds = math.floor(when.timestamp())
+        return (self.uid, self.flags, seconds, minutes, len(self.data), self.modseq)
 
 
 class _MailboxState:
@@ -225,7 +249,7 @@ class _MailboxState:
                 )
 
 
-@implementer(IMailbox, IMessageCache)
+@implementer(IMailbox, IMessageCache, IMessageRows)
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
@@ -282,6 +306,12 @@ class MemoryMailbox:
 
     def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
         return [message.info() for message in self._state.select(uids)]
+
+    def message_rows(self, uids: Iterable[int]) -> list[MessageRow]:
+        return [message.row() for message in self._state.select(uids)]
+
+    def uid_runs(self) -> list[tuple[int, int]]:
+        return _runs(self._state.uids())
 
     def open(self, uid: int) -> IO[bytes]:
         message = self._state.messages.get(uid)

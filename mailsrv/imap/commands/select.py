@@ -40,7 +40,7 @@ from mailsrv.imap.registry import (
 )
 from mailsrv.imap.selected import SelectedMailbox, UidMap
 from mailsrv.imap.session import existing
-from mailsrv.interfaces import IMailbox, MailboxStatus, maybe_deferred
+from mailsrv.interfaces import IMailbox, IMessageRows, MailboxStatus, maybe_deferred
 
 if TYPE_CHECKING:
     from mailsrv.imap.session import Session
@@ -114,8 +114,12 @@ def _open(
     # change after them is in the view or queued by its listener, so the
     # HIGHESTMODSEQ the client is given never covers a change it missed.
     status: MailboxStatus = yield defer.maybeDeferred(mailbox.status)
-    uids: Sequence[int] = yield defer.maybeDeferred(mailbox.uids)
-    view.map = UidMap.of(uids)
+    if IMessageRows.providedBy(mailbox):
+        uid_runs = yield maybe_deferred(mailbox.uid_runs)
+        view.map = UidMap.from_runs(uid_runs)
+    else:
+        uids: Sequence[int] = yield defer.maybeDeferred(mailbox.uids)
+        view.map = UidMap.of(uids)
     view.nomodseq = status.highest_modseq == 0
     view.modseq = status.highest_modseq
     view.uid_limit = status.uidnext

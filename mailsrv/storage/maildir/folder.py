@@ -31,9 +31,11 @@ from mailsrv.interfaces import (
     IMaildropLocking,
     IMessage,
     IMessageCache,
+    IMessageRows,
     IPop3UidSource,
     MailboxStatus,
     MessageInfo,
+    MessageRow,
     NewMessage,
     StoreMode,
     StoreResult,
@@ -88,7 +90,9 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     return run
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IFullTextSearch)
+@implementer(
+    IMailbox, IMessageCache, IMessageRows, IMaildropLocking, IPop3UidSource, IFullTextSearch
+)
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
 
@@ -328,6 +332,24 @@ class MaildirMailbox:
             info_ = MessageInfo(uid, flags(info), date, size, modseq, saved_datetime(saved))
             result.append(info_)
         return result
+
+    @_recovering
+    def message_rows(self, uids: Iterable[int]) -> list[MessageRow]:
+        """:meth:`fetch` as tuples (IMessageRows): the flag sets come from
+        the keyword table's memo of each distinct flag-letter string, the
+        date stays the index's integer seconds (Maildir dates are UTC)."""
+        table = self._folder.keywords
+        table.refresh()
+        found = self._folder.db.row_tuples(uids)
+        flags = {info: table.flags(info) for info in {row[1] for row in found}}
+        return [
+            (uid, flags[info], mtime_ns // 1_000_000_000, 0, size, modseq)
+            for uid, info, mtime_ns, size, modseq in found
+        ]
+
+    @_recovering
+    def uid_runs(self) -> Sequence[tuple[int, int]]:
+        return self._folder.uid_runs()
 
     @_recovering
     def open(self, uid: int) -> IO[bytes]:
@@ -708,6 +730,16 @@ class MaildirMailbox:
     @property
     def closed(self) -> bool:
         return self._folder.closed
+
+    def shed(self) -> None:
+        """Nobody uses the mailbox for now (kept open for the next session):
+        let go of the memory a session needed."""
+        self._folder.shed()
+
+    @property
+    def listened(self) -> bool:
+        """Whether someone listens (so the watcher keeps it current)."""
+        return bool(self._listeners)
 
     def watched_dirs(self) -> tuple[str, str]:
         return self._folder.new, self._folder.cur

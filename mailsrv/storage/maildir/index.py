@@ -403,6 +403,27 @@ class Index:
     def uids(self) -> tuple[int, ...]:
         return tuple(r[0] for r in self.db.execute("SELECT uid FROM messages ORDER BY uid"))
 
+    def uid_runs(self, above: int = 0) -> list[tuple[int, int]]:
+        """The UIDs above ``above`` as inclusive ``(first, last)`` runs of
+        consecutive UIDs, ascending, found in one pass over the primary key.
+
+        (SQLite 3.40's window-function form, ``GROUP BY uid - row_number()
+        OVER (ORDER BY uid)``, sorts, and took 2-4 times as long as this walk
+        on 100,000 rows.)
+        """
+        runs: list[tuple[int, int]] = []
+        cursor = self.db.execute("SELECT uid FROM messages WHERE uid > ? ORDER BY uid", (above,))
+        first = last = -2
+        for (uid,) in cursor:
+            if uid != last + 1:
+                if first >= 0:
+                    runs.append((first, last))
+                first = uid
+            last = uid
+        if first >= 0:
+            runs.append((first, last))
+        return runs
+
     def uid_set_version(self) -> tuple[int, object]:
         """A value that changes whenever the set of UIDs does, and only
         then: the message count (every insert raises it) and the number of
@@ -543,6 +564,34 @@ class Index:
             result.extend(cursor)
         return result
 
+    def row_tuples(self, uids: Iterable[int]) -> list[tuple[int, str, int, int, int]]:
+        """(uid, info, mtime_ns, size, modseq) for ``uids``, by UID: what
+        ``IMessageRows`` needs.  A batch of consecutive UIDs, the common
+        case, is one range scan taken as it comes, with no filter."""
+        columns = "uid, info, mtime_ns, size, modseq"
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        low, high = wanted[0], wanted[-1]
+        if high - low + 1 == len(wanted) or len(wanted) > 400:
+            rows: list[tuple[int, str, int, int, int]] = self.db.execute(
+                f"SELECT {columns} FROM messages WHERE uid BETWEEN ? AND ? ORDER BY uid",
+                (low, high),
+            ).fetchall()
+            if high - low + 1 == len(wanted):
+                return rows
+            wanted_set = set(wanted)
+            return [row for row in rows if row[0] in wanted_set]
+        result: list[tuple[int, str, int, int, int]] = []
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start : start + 200]
+            marks = ",".join("?" * len(chunk))
+            cursor = self.db.execute(
+                f"SELECT {columns} FROM messages WHERE uid IN ({marks}) ORDER BY uid", chunk
+            )
+            result.extend(cursor)
+        return result
+
     def uidlist_entries(self) -> list[tuple[int, str, str | None]]:
         return [
             (int(uid), str(base), None if uidl is None else str(uidl))
@@ -631,13 +680,17 @@ class Index:
         out: dict[int, bytes] = {}
         if not wanted:
             return out
-        if len(wanted) > 400:
+        if len(wanted) > 400 or wanted[-1] - wanted[0] + 1 == len(wanted):
             # A contiguous batch: one range scan beats a long IN list.
-            wanted_set = set(wanted)
             cursor = self.db.execute(
                 "SELECT uid, value FROM cache WHERE kind = ? AND uid BETWEEN ? AND ?",
                 (kind, wanted[0], wanted[-1]),
             )
+            if wanted[-1] - wanted[0] + 1 == len(wanted):
+                # Every UID in the range is wanted: no filter (BLOBs come as bytes).
+                found: dict[int, bytes] = dict(cursor.fetchall())
+                return found
+            wanted_set = set(wanted)
             for uid, value in cursor:
                 if uid in wanted_set:
                     out[int(uid)] = bytes(value)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import sqlite3
 import time
@@ -104,7 +105,7 @@ class IndexedFolder:
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._local_version = 0
-        self._uids_cache: tuple[Index, tuple[int, object], tuple[int, ...]] | None = None
+        self._runs_cache: tuple[Index, tuple[int, object], list[tuple[int, int]]] | None = None
         self._names_cache: tuple[Index, tuple[int, int], set[str]] | None = None
         self._guid: tuple[int, str] | None = None
         with self.locked():  # opens the index, rebuilding it if it is damaged
@@ -237,16 +238,45 @@ class IndexedFolder:
         return self.db.data_version(), self._local_version
 
     def uids(self) -> tuple[int, ...]:
-        """Every UID, ascending; cached until the set of UIDs changes (flag
-        changes do not: a SELECT after another session's STORE need not
-        read 100,000 rows again).  The version is read before the UIDs, so
-        a change in between only costs a second read next time."""
+        """Every UID, ascending (from :meth:`uid_runs`)."""
+        return tuple(itertools.chain.from_iterable(range(a, b + 1) for a, b in self.uid_runs()))
+
+    def uid_runs(self) -> list[tuple[int, int]]:
+        """Every UID as inclusive runs, ascending; cached until the set of
+        UIDs changes (flag changes do not: a SELECT after another session's
+        STORE need not read 100,000 rows again).  New messages only extend
+        the cached runs: the version is read before the UIDs, so a change in
+        between only costs a second read next time."""
         db = self.db
         key = db.uid_set_version()
-        cached = self._uids_cache
+        cached = self._runs_cache
+        if cached is not None and cached[0] is db and cached[1] != key:
+            runs = self._extended_runs(db, cached[1], key, cached[2])
+            if runs is not None:
+                self._runs_cache = cached = (db, key, runs)
         if cached is None or cached[0] is not db or cached[1] != key:
-            self._uids_cache = cached = (db, key, db.uids())
+            self._runs_cache = cached = (db, key, db.uid_runs())
         return cached[2]
+
+    @staticmethod
+    def _extended_runs(
+        db: Index, old: tuple[int, object], new: tuple[int, object], runs: list[tuple[int, int]]
+    ) -> list[tuple[int, int]] | None:
+        """``runs`` with the UIDs added above their last one, when nothing was
+        deleted since (same deletion count) and those UIDs account for the
+        whole growth of the message count; None otherwise (read them all)."""
+        if old[1] != new[1] or new[0] <= old[0]:
+            return None
+        last = runs[-1][1] if runs else 0
+        added = db.uid_runs(last)
+        if sum(b - a + 1 for a, b in added) != new[0] - old[0]:
+            return None  # a UID below the last one came too (a late writer's hint)
+        runs = list(runs)
+        if added and runs and added[0][0] == last + 1:
+            runs[-1] = (runs[-1][0], added[0][1])
+            added = added[1:]
+        runs.extend(added)
+        return runs
 
     def indexed_names(self) -> set[str]:
         """The file names in cur/ the index knows (cached until it changes):
@@ -261,6 +291,11 @@ class IndexedFolder:
         if cached is None or cached[0] is not db or cached[1] != key:
             self._names_cache = cached = (db, key, db.filenames())
         return cached[2]
+
+    def shed(self) -> None:
+        """Drop what is cheap to read again and big to keep (the indexed file
+        names: 100,000 names are megabytes) while nobody uses the folder."""
+        self._names_cache = None
 
     # -- opening and rebuilding (lock held) -------------------------------------------
 
@@ -344,7 +379,10 @@ class IndexedFolder:
         process or an earlier call already did.  Returns the UIDs sessions
         were last given, if known, for the mailbox to tell what differs."""
         failed = self.index
-        known = self._uids_cache[2] if self._uids_cache is not None else None
+        runs = self._runs_cache[2] if self._runs_cache is not None else None
+        known = None
+        if runs is not None:
+            known = tuple(itertools.chain.from_iterable(range(a, b + 1) for a, b in runs))
         with self.locked():  # reopens an index another process replaced
             if self.index is failed and failed is not None:
                 self.discard_index(str(exc) or type(exc).__name__)

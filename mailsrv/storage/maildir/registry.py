@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +25,17 @@ from mailsrv.log import get_logger
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.fulltext import FullText
 from mailsrv.storage.maildir.layout import needs_index
-from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
+from mailsrv.storage.maildir.watch import NO_WATCHER, WatchedFolder, Watcher
 
-__all__ = ["MailboxRegistry"]
+__all__ = ["KEEP_COUNT", "KEEP_SECONDS", "MailboxRegistry"]
+
+#: How long a folder stays open after its last session leaves, and how many
+#: folders are kept so at most.  A phone or fetchmail logs in, selects the
+#: INBOX and logs out every few minutes; reopening a 100,000-message folder
+#: (index connection, lock file, UID runs, keyword table) is most of what
+#: such a SELECT costs.
+KEEP_SECONDS = 300.0
+KEEP_COUNT = 32
 
 # One namespace for the whole backend: log lines name it, not its modules.
 log = get_logger("mailsrv.storage.maildir")
@@ -42,6 +52,10 @@ class MailboxRegistry:
         (by default a folder no session uses is let go).
     :param fulltext: give folders a full-text index for SEARCH BODY and
         TEXT (:mod:`.fulltext`), kept current in the reactor's threads.
+    :param keep_seconds, keep_count: otherwise a folder stays open that
+        long after it was last opened or last listened to, and that many
+        such folders at most (least recently used go first).
+    :param clock: seconds, for the tests (default: ``time.monotonic``).
     """
 
     def __init__(
@@ -51,8 +65,11 @@ class MailboxRegistry:
         *,
         keep_open: bool = False,
         fulltext: bool = True,
+        keep_seconds: float = KEEP_SECONDS,
+        keep_count: int = KEEP_COUNT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.watcher = watcher
+        self.watcher: Watcher = _KeepingWatcher(watcher, self._released)
         self._reactor = reactor
         self._fulltext = fulltext
         self._stopping: threading.Event | None = None
@@ -62,11 +79,20 @@ class MailboxRegistry:
         self._kept: dict[str, MaildirMailbox] | None = {} if keep_open else None
         self._building: dict[str, list[Deferred[MaildirMailbox]]] = {}
         self._warned: set[str] = set()
+        #: Folders kept open after use: key -> (when last used, mailbox).
+        self._recent: OrderedDict[str, tuple[float, MaildirMailbox]] = OrderedDict()
+        self._keep_seconds = keep_seconds
+        self._keep_count = keep_count
+        self._clock = clock
 
     def open(self, root: str, path: str, name: str) -> MaildirMailbox:
         """The shared mailbox of the folder at ``path`` (``root``: its account's)."""
         key = os.path.realpath(path)
         mailbox = self._mailboxes.get(key)
+        if mailbox is not None and not mailbox.closed and not mailbox.listened:
+            # Kept open while nobody listened, so unwatched: catch up with
+            # what other processes did meanwhile, as opening it would.
+            mailbox = self._caught_up(key, mailbox)
         if mailbox is None or mailbox.closed:
             mailbox = MaildirMailbox(
                 root,
@@ -79,6 +105,7 @@ class MailboxRegistry:
             self._mailboxes[key] = mailbox
             if self._kept is not None:
                 self._kept[key] = mailbox
+        self._keep(mailbox)
         return mailbox
 
     def _text_index(self, path: str) -> FullText:
@@ -95,6 +122,42 @@ class MailboxRegistry:
             return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
         return FullText(path, run, self._stopping)
+    def _caught_up(self, key: str, mailbox: MaildirMailbox) -> MaildirMailbox | None:
+        """``mailbox`` brought up to date with the files and the index, or
+        None (forgotten) if that fails: a new object then tries afresh and
+        reports the failure as opening would."""
+        try:
+            mailbox.check()
+        except Exception:
+            self._recent.pop(key, None)
+            self._mailboxes.pop(key, None)
+            mailbox.close()
+            return None
+        return mailbox
+
+    def _released(self, folder: WatchedFolder) -> None:
+        """The last listener of ``folder`` left: keep it from now on, without
+        the memory only sessions need."""
+        if isinstance(folder, MaildirMailbox) and not folder.closed:
+            folder.shed()
+        self._keep(folder)
+
+    def _keep(self, folder: WatchedFolder) -> None:
+        """Hold ``folder`` open for a while (it was just opened, or its last
+        listener just left); forget those kept too long or too many."""
+        if self._keep_count <= 0 or not isinstance(folder, MaildirMailbox):
+            return
+        now = self._clock()
+        key = os.path.realpath(folder.path)
+        self._recent.pop(key, None)
+        if not folder.closed:
+            self._recent[key] = (now, folder)
+        recent = self._recent
+        while recent:
+            oldest, (used, _) = next(iter(recent.items()))
+            if len(recent) <= self._keep_count and now - used < self._keep_seconds:
+                break
+            del recent[oldest]
 
     def open_in_thread(self, root: str, path: str, name: str) -> Deferred[MaildirMailbox] | None:
         """A Deferred if the folder must be indexed first and threads are at hand."""
@@ -140,6 +203,7 @@ class MailboxRegistry:
         for mailbox in list(self._mailboxes.values()):
             mailbox.close()
         self._mailboxes.clear()
+        self._recent.clear()
         if self._kept is not None:
             self._kept.clear()
 
@@ -148,6 +212,7 @@ class MailboxRegistry:
         object fails from now on, and the next open makes a new one."""
         key = os.path.realpath(path)
         mailbox = self._mailboxes.pop(key, None)
+        self._recent.pop(key, None)
         if self._kept is not None:
             self._kept.pop(key, None)
         if mailbox is not None:
@@ -160,3 +225,20 @@ class MailboxRegistry:
             # Not "message": the legacy log bridge empties that key for
             # every observer after it, and the line would read "()".
             log.warn("{problem}", problem=message)
+
+
+class _KeepingWatcher:
+    """The watcher handed to folders: the storage's own, and the registry
+    told when a folder's last listener leaves, so the folder is kept open
+    from then on rather than from when it was opened."""
+
+    def __init__(self, watcher: Watcher, released: Callable[[WatchedFolder], None]) -> None:
+        self._watcher = watcher
+        self._released = released
+
+    def watch(self, folder: WatchedFolder) -> None:
+        self._watcher.watch(folder)
+
+    def unwatch(self, folder: WatchedFolder) -> None:
+        self._watcher.unwatch(folder)
+        self._released(folder)

@@ -40,6 +40,7 @@ from mailsrv.testing.storage.messages import MessageContract
 from mailsrv.testing.storage.metadata import MetadataContract
 from mailsrv.testing.storage.modseq import ModseqContract
 from mailsrv.testing.storage.objects import ObjectContract
+from mailsrv.testing.storage.rows import RowsContract
 
 __all__ = ["ListenerRecorder", "StorageSuiteMixin", "call", "message_bytes"]
 
@@ -52,5 +53,6 @@ class StorageSuiteMixin(
     BatchContract,
     ObjectContract,
     MetadataContract,
+    RowsContract,
 ):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

@@ -1,0 +1,579 @@
+"""Kill soak: SIGKILL a real daemon at random moments of every write path,
+restart it, and check that nothing it acknowledged was lost.
+
+Each cycle connects IMAP sessions (two on INBOX and Archive, one filling
+and expunging ``Churn`` so that the UID list gets compacted) and an LMTP
+client to a ``twistd -n mailsrv`` started the way users start it, and runs
+rounds of random writes on them (APPEND and MULTIAPPEND, UID COPY, UID
+MOVE, UID STORE of flags and keywords, EXPUNGE and UID EXPUNGE, CREATE,
+RENAME, DELETE, LMTP deliveries) with ``mailsrv deliver`` and ``mailsrv
+reindex`` subprocesses now and then.  At a random moment (a random time, or
+a few milliseconds after a round's commands went out, or while a
+subprocess runs) the daemon is killed with SIGKILL (with ``--workers``,
+one worker or the parent), as are, half the time, the subprocesses;
+whatever answers were already on their way are still read.  The restarted
+daemon is then read whole (LIST, STATUS, EXAMINE, UID FETCH of flags and of
+every new body) and checked by :class:`tests.stress.killmodel.Model`.
+
+``python -m tests.stress.killsoak --kills 1000 [--seed N] [--workers-share
+0.2]``: progress on a terminal, a summary at the end, exit status 1 on any
+violation.  The seed fixes every random choice (operations, kill moments);
+what the server was doing at the kill's instant still varies with the
+machine's timing, so a replay reaches the same code paths, not always the
+same instant.  tests/test_killsoak.py runs a short form in the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from tests.helpers import Daemon, free_port, mailsrv_command, source_env, twistd_command
+from tests.stress.killactors import (
+    CHURN,
+    FIXED,
+    MESSAGE_ID,
+    USER,
+    Child,
+    ImapActor,
+    LmtpActor,
+    Locks,
+    body_of,
+    digest,
+    uid_text,
+)
+from tests.stress.killmodel import Box, Model, Pending, Seen, canonical
+from tests.stress.wire import find
+
+#: Seconds for anything the daemon must do (start, answer, stop): a deadline.
+DEADLINE = 60.0
+
+
+def write_config(directory: str, imap_port: int, lmtp_port: int) -> str:
+    config = os.path.join(directory, "mailsrv.toml")
+    with open(os.path.join(directory, "passwd"), "w") as f:
+        f.write(f"{USER}:{{PLAIN}}pw\n")
+    with open(config, "w") as f:
+        f.write(
+            f'[server]\nhostname = "localhost"\n'
+            f'[imap]\nlisten = ["tcp:{imap_port}:interface=127.0.0.1"]\n'
+            f'[lmtp]\nlisten = ["tcp:{lmtp_port}:interface=127.0.0.1"]\n'
+            f'[users]\npasswd_file = "{directory}/passwd"\n'
+            "[auth]\nfailure_delay = 0.0\n"
+            '[admin]\nsocket = ""\n'
+            f'[storage]\nmaildir = "{directory}/mail/{{user}}/Maildir"\n'
+        )
+    return config
+
+
+@attrs.define
+class Stats:
+    kills: int = 0
+    worker_kills: int = 0
+    parent_kills: int = 0
+    commands: int = 0
+    children: int = 0
+    children_killed: int = 0
+    in_flight: int = 0
+    compactions: int = 0
+    repairs: int = 0
+    started: float = attrs.Factory(time.monotonic)
+
+
+class Soak:
+    """One Maildir, one daemon at a time, many kills."""
+
+    def __init__(self, directory: str, seed: int, log: str | None = None) -> None:
+        self.directory = directory
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.model = Model()
+        self.stats = Stats()
+        self.imap_port, self.lmtp_port = free_port(), free_port()
+        self.config = write_config(directory, self.imap_port, self.lmtp_port)
+        self.maildir = os.path.join(directory, "mail", USER, "Maildir")
+        self.daemon: Daemon | None = None
+        self.workers = 1
+        self.labels = 0
+        self.log_path = log or os.path.join(directory, "daemon.log")
+        self.verified: set[tuple[str, int, int]] = set()
+        self._uidlist_ino: int | None = None
+
+    # -- the daemon ----------------------------------------------------------------------
+
+    def start_daemon(self, workers: int) -> None:
+        self.workers = workers
+        process = subprocess.Popen(
+            [
+                *twistd_command(),
+                "-n",
+                "--pidfile=",
+                "mailsrv",
+                "--config",
+                self.config,
+                "--workers",
+                str(workers),
+            ],
+            cwd=self.directory,
+            env=source_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.daemon = Daemon(process)
+        self.daemon.wait_for("IMAP listening on", timeout=DEADLINE)
+
+    def workers_of(self) -> list[int]:
+        assert self.daemon is not None
+        pid = self.daemon.process.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
+    def kill(self) -> str:
+        """SIGKILL the daemon (or, with workers, one worker or the parent)."""
+        assert self.daemon is not None
+        self.stats.kills += 1
+        if self.workers > 1:
+            workers = self.workers_of()
+            if workers and self.rng.random() < 0.5:
+                os.kill(self.rng.choice(workers), signal.SIGKILL)
+                self.stats.worker_kills += 1
+                return "worker"
+            os.kill(self.daemon.process.pid, signal.SIGKILL)
+            self.stats.parent_kills += 1
+            return "parent"
+        os.killpg(self.daemon.process.pid, signal.SIGKILL)
+        return "daemon"
+
+    def reap(self, victim: str) -> None:
+        """After a kill of the parent: the workers stop by themselves."""
+        assert self.daemon is not None
+        if victim == "worker":
+            return
+        process = self.daemon.process
+        process.wait(DEADLINE)
+        deadline = time.monotonic() + DEADLINE
+        while self._group_alive(process.pid):
+            if time.monotonic() > deadline:
+                self.model.violation("a worker outlived its parent by a minute")
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)  # no notice comes of another's child's exit
+        self.save_log()
+        self.daemon.stop()
+        self.daemon = None
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def save_log(self) -> None:
+        if self.daemon is None:
+            return
+        text = self.daemon.log
+        self.stats.repairs += len(re.findall(r"mailsrv\.storage\.maildir[.\w]*#warn", text))
+        with open(self.log_path, "a") as f:
+            f.write(text)
+        with self.daemon._changed:
+            self.daemon.output.clear()
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connect(self, port: int) -> socket.socket:
+        """A connection, once the daemon (or a respawned worker) accepts one."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                return socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # a listener appears without notice
+
+    def login(self, name: str, selected: str) -> ImapActor:
+        actor = ImapActor(name, self.connect(self.imap_port), self.model, selected)
+        actor.sock.settimeout(DEADLINE)
+        greeting = b""
+        while not greeting.endswith(b"\r\n"):
+            chunk = actor.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("no greeting")
+            greeting += chunk
+        answer, _ = actor.command(f"LOGIN {USER} pw".encode(), DEADLINE)
+        if answer.status != "OK":
+            raise RuntimeError(f"LOGIN: {answer.raw!r}")
+        if selected:
+            answer, _ = actor.command(f"SELECT {selected}".encode(), DEADLINE)
+            if answer.status != "OK":
+                raise RuntimeError(f"SELECT {selected}: {answer.raw!r}")
+        actor.sock.settimeout(None)
+        return actor
+
+    def new_label(self) -> str:
+        self.labels += 1
+        return f"k{self.labels}"
+
+    # -- one cycle: write, kill, restart, check ----------------------------------------
+
+    def setup(self) -> None:
+        self.start_daemon(1)
+        actor = self.login("setup", "")
+        for name in self.read_all(actor):  # INBOX and the special-use mailboxes
+            self.model.boxes[name] = Box()
+        for name in (*FIXED[1:], CHURN):
+            if name in self.model.boxes:
+                continue
+            answer, _ = actor.command(f"CREATE {name}".encode(), DEADLINE)
+            if answer.status == "OK":
+                self.model.created(name)
+        actor.sock.close()
+        self.audit([])
+
+    def cycle(self, workers: int) -> None:
+        if self.daemon is None or self.workers != workers:
+            if self.daemon is not None:
+                self.reap(self.kill())
+            self.start_daemon(workers)
+        rng = self.rng
+        actors = [
+            self.login("a", FIXED[0]),
+            self.login("b", FIXED[1]),
+            self.login("c", CHURN),
+        ]
+        lmtp = LmtpActor(self.connect(self.lmtp_port), self.model)
+        lmtp.greet(DEADLINE)
+        lmtp.sock.settimeout(None)
+        children: list[Child] = []
+        plan = rng.choices(["timer", "after-send", "child"], [4, 5, 1])[0]
+        start = time.monotonic()
+        kill_at = start + rng.uniform(0.0, 1.5) if plan == "timer" else None
+        kill_round = rng.randint(0, 5)
+        round_no = 0
+        while True:
+            locks = Locks()
+            busy = [a for a in actors if rng.random() < 0.7 and a.start(rng, locks, self.new_label)]
+            self.stats.commands += len(busy)
+            if rng.random() < 0.4:
+                lmtp.start(rng, self.new_label())
+                self.stats.commands += 1
+            spawn = plan == "child" and round_no == kill_round
+            if spawn or (not children and rng.random() < 0.08):
+                children.append(self.spawn(rng))
+                if spawn:
+                    kill_at = time.monotonic() + rng.uniform(0.1, 1.2)
+            if plan == "after-send" and round_no == kill_round:
+                kill_at = time.monotonic() + rng.choice(
+                    [0.0, rng.expovariate(200.0), rng.uniform(0.0, 0.1), rng.uniform(0.0, 0.4)]
+                )
+            if not self.pump(actors, lmtp, children, kill_at):
+                break
+            round_no += 1
+            if kill_at is None and round_no > kill_round + 20:
+                kill_at = time.monotonic()
+        self.after_kill(actors, lmtp, children)
+
+    def spawn(self, rng: random.Random) -> Child:
+        self.stats.children += 1
+        if rng.random() < 0.3:
+            process = subprocess.Popen(
+                [*mailsrv_command(), "reindex", USER, "--config", self.config],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=source_env(),
+            )
+            return Child(process, Pending("reindex"))
+        label = self.new_label()
+        body = body_of(label, rng)
+        self.model.bodies[label] = digest(body)
+        folder = rng.choice(FIXED)
+        process = subprocess.Popen(
+            [*mailsrv_command(), "deliver", USER, "--folder", folder, "--config", self.config],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=source_env(),
+        )
+        assert process.stdin is not None
+        process.stdin.write(body)
+        process.stdin.close()
+        return Child(process, Pending("deliver", box=folder, labels=(label,)))
+
+    def pump(
+        self,
+        actors: Sequence[ImapActor],
+        lmtp: LmtpActor,
+        children: list[Child],
+        kill_at: float | None,
+    ) -> bool:
+        """Read answers until the round's are in (True) or it is time to
+        kill (False)."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            waiting = [a.sock for a in actors if a.busy]
+            if lmtp.busy:
+                waiting.append(lmtp.sock)
+            if not waiting and kill_at is None:
+                return True
+            if not waiting and kill_at is not None and time.monotonic() < kill_at:
+                return True
+            now = time.monotonic()
+            if kill_at is not None and now >= kill_at:
+                return False
+            if now > deadline:
+                raise TimeoutError(f"no answer in {DEADLINE} s (seed {self.seed})")
+            pipes = {c.process.stderr: c for c in children if c.process.stderr is not None}
+            timeout = (kill_at if kill_at is not None else deadline) - now
+            ready, _, _ = select.select([*waiting, *pipes], [], [], max(0.0, timeout))
+            for actor in actors:
+                if actor.sock in ready:
+                    actor.feed()
+            if lmtp.sock in ready:
+                lmtp.feed()
+            for pipe, child in pipes.items():
+                if pipe in ready:
+                    children.remove(child)
+                    child.finish(self.model)
+
+    def after_kill(self, actors: Sequence[ImapActor], lmtp: LmtpActor, children: list[Child]) -> None:
+        victim = self.kill()
+        for child in children:
+            if self.rng.random() < 0.5:
+                child.killed = True
+                child.process.kill()
+                self.stats.children_killed += 1
+        # Answers already on their way count: the client saw them.
+        deadline = time.monotonic() + DEADLINE
+        while any(a.busy for a in actors) or lmtp.busy:
+            socks = [a.sock for a in actors if a.busy] + ([lmtp.sock] if lmtp.busy else [])
+            ready, _, _ = select.select(socks, [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self.model.violation(f"no answer and no close {DEADLINE} s after the kill")
+                break
+            for actor in actors:
+                if actor.sock in ready:
+                    actor.feed()
+            if lmtp.sock in ready:
+                lmtp.feed()
+        pending: list[Pending] = []
+        for child in children:
+            child.process.wait(DEADLINE)
+            left = child.finish(self.model)
+            if left is not None:
+                pending.append(left)
+        for actor in actors:
+            if actor.pending is not None:
+                pending.append(actor.pending)
+            actor.sock.close()
+        if lmtp.pending is not None:
+            pending.append(lmtp.pending)
+        lmtp.sock.close()
+        self.stats.in_flight += len(pending)
+        self.reap(victim)
+        if self.daemon is None:
+            self.start_daemon(self.workers)
+        self.audit(pending)
+
+    # -- reading the restarted server whole ------------------------------------------------
+
+    def audit(self, pending: Sequence[Pending]) -> None:
+        actor = self.login("audit", "")
+        try:
+            seen = self.read_all(actor)
+        finally:
+            actor.sock.close()
+        before = len(self.model.violations)
+        self.model.reconcile(seen, pending)
+        self.count_compactions()
+        if len(self.model.violations) > before:
+            self.save_log()
+            self.model.violation(
+                f"  (kill {self.stats.kills}, seed {self.seed}; in flight: "
+                + "; ".join(f"{p.kind} {p.box} {p.target} {p.uids} {p.labels}" for p in pending)
+                + ")"
+            )
+
+    def read_all(self, actor: ImapActor) -> dict[str, Seen]:
+        answer, untagged = actor.command(b'LIST "" "*"', DEADLINE)
+        names = []
+        for u in untagged:
+            if u.name == "LIST" and len(u.values) == 3:
+                attributes = [str(a).upper() for a in u.values[0] or []]  # type: ignore[union-attr]
+                name = u.values[2]
+                if "\\NOSELECT" not in attributes:
+                    names.append(name.decode() if isinstance(name, bytes) else str(name))
+        return {name: self.read_box(actor, name) for name in names}
+
+    def read_box(self, actor: ImapActor, name: str) -> Seen:
+        violation = self.model.violation
+        _, untagged = actor.command(
+            f"STATUS {name} (MESSAGES UIDNEXT UIDVALIDITY)".encode(), DEADLINE
+        )
+        status = {}
+        for u in untagged:
+            if u.name == "STATUS" and len(u.values) == 2 and isinstance(u.values[1], list):
+                items = u.values[1]
+                status = {str(items[i]).upper(): items[i + 1] for i in range(0, len(items) - 1, 2)}
+        answer, untagged = actor.command(f"EXAMINE {name}".encode(), DEADLINE)
+        if answer.status != "OK":
+            raise RuntimeError(f"EXAMINE {name}: {answer.raw!r}")
+        exists, codes = 0, {}
+        for u in untagged:
+            if u.name == "EXISTS" and u.number is not None:
+                exists = u.number
+            if u.status == "OK" and u.code_name in ("UIDVALIDITY", "UIDNEXT") and u.code:
+                codes[u.code_name] = int(str(u.code[1]))
+        for key, value in (("MESSAGES", exists), *codes.items()):
+            if status.get(key) != value:
+                violation(f"{name}: STATUS {key} {status.get(key)}, EXAMINE says {value}")
+        messages: dict[int, tuple[str, frozenset[str]]] = {}
+        if exists:
+            _, untagged = actor.command(
+                b"UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])", DEADLINE
+            )
+            for u in untagged:
+                if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
+                    continue
+                items = u.values[0]
+                uid, flags = find(items, "UID"), find(items, "FLAGS")
+                header = next(
+                    (items[i + 1] for i in range(0, len(items), 2) if "HEADER" in str(items[i])),
+                    b"",
+                )
+                match = MESSAGE_ID.search(header if isinstance(header, bytes) else b"")
+                label = match.group(1).decode() if match else "(no Message-ID)"
+                assert isinstance(uid, int) and isinstance(flags, list)
+                messages[uid] = (label, canonical(str(f) for f in flags))
+            if len(messages) != exists:
+                violation(f"{name}: FETCH 1:* gave {len(messages)} messages, EXISTS {exists}")
+        validity = codes.get("UIDVALIDITY", 0)
+        fresh = [uid for uid in messages if (name, validity, uid) not in self.verified]
+        if fresh:
+            self.check_bodies(actor, name, validity, fresh, messages)
+        return Seen(validity, codes.get("UIDNEXT", 0), messages)
+
+    def check_bodies(
+        self,
+        actor: ImapActor,
+        name: str,
+        validity: int,
+        uids: list[int],
+        messages: dict[int, tuple[str, frozenset[str]]],
+    ) -> None:
+        """Every new body whole: the digest of what was sent under its label."""
+        _, untagged = actor.command(f"UID FETCH {uid_text(uids)} (UID BODY.PEEK[])".encode(), DEADLINE)
+        for u in untagged:
+            if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
+                continue
+            items = u.values[0]
+            uid, body = find(items, "UID"), find(items, "BODY[]")
+            if not isinstance(uid, int) or not isinstance(body, bytes):
+                continue
+            label = messages.get(uid, ("", frozenset()))[0]
+            if self.model.bodies.get(label) != digest(body):
+                self.model.violation(
+                    f"{name}: UID {uid} ({label}): body of {len(body)} octets is not the one sent"
+                )
+            self.verified.add((name, validity, uid))
+
+    def count_compactions(self) -> None:
+        try:
+            ino = os.stat(os.path.join(self.maildir, "." + CHURN, "mailsrv-uidlist")).st_ino
+        except OSError:
+            return
+        if self._uidlist_ino is not None and ino != self._uidlist_ino:
+            self.stats.compactions += 1
+        self._uidlist_ino = ino
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.save_log()
+            self.daemon.stop()
+            if self._group_alive(self.daemon.process.pid):
+                os.killpg(self.daemon.process.pid, signal.SIGKILL)
+            self.daemon = None
+
+
+def summary(soak: Soak) -> str:
+    s, m = soak.stats, soak.model
+    elapsed = time.monotonic() - s.started
+    return (
+        f"seed {soak.seed}: {s.kills} kills ({s.worker_kills} of a worker, {s.parent_kills} of "
+        f"the parent) in {elapsed:.0f} s; {s.commands} writes sent, {m.acknowledged} "
+        f"acknowledged, {s.in_flight} in flight at a kill ({m.happened} done, "
+        f"{m.not_happened} not, {m.partial_batches} batches in part); {s.children} "
+        f"deliver/reindex runs ({s.children_killed} killed); {s.compactions} UID list "
+        f"compactions seen; {s.repairs} repairs logged; {len(m.violations)} violations"
+    )
+
+
+def run(directory: str, kills: int, seed: int, workers_share: float = 0.0, progress: bool = False) -> Soak:
+    """``kills`` cycles on a fresh Maildir in ``directory``; the soak with
+    its model (violations) and figures."""
+    soak = Soak(directory, seed)
+    try:
+        soak.setup()
+        first_workers = kills - round(kills * workers_share)
+        for i in range(kills):
+            soak.cycle(2 if i >= first_workers else 1)
+            if progress:
+                line = (
+                    f"kill {soak.stats.kills}/{kills}  writes {soak.stats.commands}  "
+                    f"violations {len(soak.model.violations)}  "
+                    f"{time.monotonic() - soak.stats.started:.0f} s"
+                )
+                if sys.stdout.isatty():
+                    print("\r" + line, end="", flush=True)
+                elif soak.stats.kills % 50 == 0:
+                    print(line, flush=True)
+    finally:
+        soak.stop()
+    if progress and sys.stdout.isatty():
+        print()
+    return soak
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument(
+        "--workers-share", type=float, default=0.2, help="share of kills with --workers 2 (the last ones)"
+    )
+    parser.add_argument("--dir", help="keep the Maildir and daemon log here (default: a temporary one)")
+    args = parser.parse_args(argv)
+    print(f"kill soak: seed {args.seed}, {args.kills} kills", flush=True)
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+        soak = run(args.dir, args.kills, args.seed, args.workers_share, progress=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mailsrv-killsoak-") as directory:
+            soak = run(directory, args.kills, args.seed, args.workers_share, progress=True)
+    print(summary(soak))
+    for violation in soak.model.violations[:100]:
+        print("  " + violation)
+    return 1 if soak.model.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

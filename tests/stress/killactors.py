@@ -69,6 +69,21 @@ def uid_list(value: object) -> list[int]:
     return out
 
 
+def fetched_flags(untagged: Sequence[Response]) -> dict[int, frozenset[str]]:
+    """UID -> FLAGS of the FETCH responses that name a UID."""
+    told: dict[int, frozenset[str]] = {}
+    for u in untagged:
+        if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
+            continue
+        try:
+            uid, got = find(u.values[0], "UID"), find(u.values[0], "FLAGS")
+        except KeyError:
+            continue
+        if isinstance(uid, int) and isinstance(got, list):
+            told[uid] = canonical(str(f) for f in got)
+    return told
+
+
 @attrs.define
 class Locks:
     """What the operations of one round hold."""
@@ -271,16 +286,7 @@ class ImapActor:
         def done(r: Response, untagged: list[Response]) -> None:
             if r.status != "OK":
                 return
-            told: dict[int, frozenset[str]] = {}
-            for u in untagged:
-                if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
-                    continue
-                try:
-                    uid, got = find(u.values[0], "UID"), find(u.values[0], "FLAGS")
-                except KeyError:
-                    continue
-                if isinstance(uid, int) and isinstance(got, list):
-                    told[uid] = canonical(str(f) for f in got)
+            told = fetched_flags(untagged)
             result = {}
             for uid, (_, new) in alternatives.items():
                 if uid in told and told[uid] != new:

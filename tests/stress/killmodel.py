@@ -27,6 +27,8 @@ import attrs
 
 __all__ = ["Box", "Model", "Pending", "Seen", "canonical", "flag_text"]
 
+#: Operations in flight that may have taken messages out of their mailbox.
+_REMOVING = frozenset({"expunge", "move"})
 SYSTEM = {f.upper(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 
 
@@ -238,9 +240,7 @@ class Model:
         self._check_moves(pending, arrivals, seen)
         for op_index, op in enumerate(pending):
             if op.kind in ("append", "copy", "deliver"):
-                got = sum(
-                    1 for a in _all(arrivals) if a.op == op_index and a.taken
-                )
+                got = sum(1 for a in _all(arrivals) if a.op == op_index and a.taken)
                 wanted = len(op.labels) if op.kind != "copy" else len(op.uids)
                 if got == wanted:
                     self.happened += 1
@@ -298,46 +298,19 @@ class Model:
         self, name: str, seen: Seen, pending: Sequence[Pending], arrivals: list[_Arrival]
     ) -> None:
         box = self.boxes[name]
-        if box.uidvalidity is not None and seen.uidvalidity != box.uidvalidity:
+        same = box.uidvalidity in (None, seen.uidvalidity)
+        if not same:
             self.violation(f"{name}: UIDVALIDITY {box.uidvalidity} became {seen.uidvalidity}")
-        if box.uidvalidity is not None and seen.uidvalidity == box.uidvalidity:
-            if seen.uidnext < box.uidnext:
-                self.violation(f"{name}: UIDNEXT went back from {box.uidnext} to {seen.uidnext}")
+        elif seen.uidnext < box.uidnext:
+            self.violation(f"{name}: UIDNEXT went back from {box.uidnext} to {seen.uidnext}")
         box.uidvalidity = seen.uidvalidity
-        given = self.history.setdefault((name, seen.uidvalidity), {})
-        may_go: set[int] = set()
+        may_go = {u for op in pending if op.box == name and op.kind in _REMOVING for u in op.uids}
         alternatives: dict[int, tuple[frozenset[str], ...]] = {}
         for op in pending:
-            if op.box != name:
-                continue
-            if op.kind in ("expunge", "move"):
-                may_go.update(op.uids)
-            elif op.kind == "store":
-                for uid, pair in op.alternatives.items():
-                    alternatives[uid] = pair
+            if op.box == name and op.kind == "store":
+                alternatives.update(op.alternatives)
         for uid, (label, flags) in sorted(seen.messages.items()):
-            if uid >= seen.uidnext:
-                self.violation(f"{name}: UID {uid} at or above UIDNEXT {seen.uidnext}")
-            if label in self.refused:
-                self.violation(f"{name}: UID {uid} holds {label}, whose storing was answered NO")
-            if given.get(uid, label) != label:
-                self.violation(f"{name}: UID {uid} reused: holds {label}, was {given[uid]}'s")
-            known = box.messages.get(uid)
-            if known is not None:
-                if known[0] != label:
-                    self.violation(f"{name}: UID {uid} holds {label}, acknowledged {known[0]}")
-                allowed = alternatives.get(uid, (known[1],))
-                if flags not in allowed:
-                    self.violation(
-                        f"{name}: UID {uid} ({label}) has flags {flag_text(flags)}, "
-                        f"acknowledged {' or '.join(flag_text(a) for a in allowed)}"
-                    )
-            elif uid in given:
-                self.violation(f"{name}: UID {uid} ({label}) is back after being expunged")
-            else:
-                self._arrived(name, uid, label, flags, arrivals)
-            given[uid] = label
-            box.messages[uid] = (label, flags)
+            self._seen_message(name, seen, uid, label, flags, alternatives, arrivals)
         for uid in sorted(set(box.messages) - set(seen.messages)):
             label = box.messages.pop(uid)[0]
             if uid not in may_go:
@@ -346,7 +319,43 @@ class Model:
         for arrival in arrivals:
             if arrival.op is None and not arrival.taken:
                 self.violation(f"{name}: acknowledged delivery of {arrival.label} is lost")
-        box.uidnext = max(seen.uidnext, box.uidnext if seen.uidvalidity == box.uidvalidity else 1)
+        box.uidnext = max(seen.uidnext, box.uidnext) if same else seen.uidnext
+
+    def _seen_message(
+        self,
+        name: str,
+        seen: Seen,
+        uid: int,
+        label: str,
+        flags: frozenset[str],
+        alternatives: Mapping[int, tuple[frozenset[str], ...]],
+        arrivals: list[_Arrival],
+    ) -> None:
+        """One message the restarted server shows, against the record."""
+        box = self.boxes[name]
+        given = self.history.setdefault((name, seen.uidvalidity), {})
+        if uid >= seen.uidnext:
+            self.violation(f"{name}: UID {uid} at or above UIDNEXT {seen.uidnext}")
+        if label in self.refused:
+            self.violation(f"{name}: UID {uid} holds {label}, whose storing was answered NO")
+        if given.get(uid, label) != label:
+            self.violation(f"{name}: UID {uid} reused: holds {label}, was {given[uid]}'s")
+        known = box.messages.get(uid)
+        if known is not None:
+            if known[0] != label:
+                self.violation(f"{name}: UID {uid} holds {label}, acknowledged {known[0]}")
+            allowed = alternatives.get(uid, (known[1],))
+            if flags not in allowed:
+                self.violation(
+                    f"{name}: UID {uid} ({label}) has flags {flag_text(flags)}, "
+                    f"acknowledged {' or '.join(flag_text(a) for a in allowed)}"
+                )
+        elif uid in given:
+            self.violation(f"{name}: UID {uid} ({label}) is back after being expunged")
+        else:
+            self._arrived(name, uid, label, flags, arrivals)
+        given[uid] = label
+        box.messages[uid] = (label, flags)
 
     def _arrived(
         self, name: str, uid: int, label: str, flags: frozenset[str], arrivals: list[_Arrival]

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import IO, Any
 
 import attrs
 
@@ -76,6 +77,53 @@ def write_config(directory: str, imap_port: int, lmtp_port: int) -> str:
             f'[storage]\nmaildir = "{directory}/mail/{{user}}/Maildir"\n'
         )
     return config
+
+
+@attrs.define
+class Clients:
+    """One cycle's connections and subprocesses."""
+
+    actors: list[ImapActor]
+    lmtp: LmtpActor
+    children: list[Child] = attrs.Factory(list)
+
+    def waiting(self) -> list[socket.socket]:
+        """The connections with a command in flight."""
+        busy = [a.sock for a in self.actors if a.busy]
+        return [*busy, self.lmtp.sock] if self.lmtp.busy else busy
+
+    def pipes(self) -> dict[IO[bytes], Child]:
+        """Each subprocess's stderr, which ends when it exits."""
+        return {c.process.stderr: c for c in self.children if c.process.stderr is not None}
+
+    def dispatch(self, ready: Sequence[object], model: Model) -> None:
+        for actor in self.actors:
+            if actor.sock in ready:
+                actor.feed()
+        if self.lmtp.sock in ready:
+            self.lmtp.feed()
+        for pipe, child in self.pipes().items():
+            if pipe in ready:
+                self.children.remove(child)
+                child.finish(model)
+
+    def close(self, model: Model) -> list[Pending]:
+        """Wait for the subprocesses, close the connections: what was
+        left in flight."""
+        pending: list[Pending] = []
+        for child in self.children:
+            child.process.wait(DEADLINE)
+            left = child.finish(model)
+            if left is not None:
+                pending.append(left)
+        for actor in self.actors:
+            if actor.pending is not None:
+                pending.append(actor.pending)
+            actor.sock.close()
+        if self.lmtp.pending is not None:
+            pending.append(self.lmtp.pending)
+        self.lmtp.sock.close()
+        return pending
 
 
 @attrs.define
@@ -166,18 +214,8 @@ class Soak:
         assert self.daemon is not None
         if victim == "worker":
             return
-        process = self.daemon.process
-        process.wait(DEADLINE)
-        deadline = time.monotonic() + DEADLINE
-        while self._group_alive(process.pid):
-            if time.monotonic() > deadline:
-                self.model.violation("a worker outlived its parent by a minute")
-                os.killpg(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)  # no notice comes of another's child's exit
-        self.save_log()
-        self.daemon.stop()
-        self.daemon = None
+        self.daemon.process.wait(DEADLINE)
+        self.stop()
 
     @staticmethod
     def _group_alive(pgid: int) -> bool:
@@ -251,46 +289,43 @@ class Soak:
 
     def cycle(self, workers: int) -> None:
         if self.daemon is None or self.workers != workers:
-            if self.daemon is not None:
-                self.reap(self.kill())
+            self.stop()
             self.start_daemon(workers)
         rng = self.rng
-        actors = [
-            self.login("a", FIXED[0]),
-            self.login("b", FIXED[1]),
-            self.login("c", CHURN),
-        ]
+        actors = [self.login("a", FIXED[0]), self.login("b", FIXED[1]), self.login("c", CHURN)]
         lmtp = LmtpActor(self.connect(self.lmtp_port), self.model)
         lmtp.greet(DEADLINE)
         lmtp.sock.settimeout(None)
-        children: list[Child] = []
+        clients = Clients(actors, lmtp)
         plan = rng.choices(["timer", "after-send", "child"], [4, 5, 1])[0]
-        start = time.monotonic()
-        kill_at = start + rng.uniform(0.0, 1.5) if plan == "timer" else None
+        kill_at = time.monotonic() + rng.uniform(0.0, 1.5) if plan == "timer" else None
         kill_round = rng.randint(0, 5)
         round_no = 0
         while True:
-            locks = Locks()
-            busy = [a for a in actors if rng.random() < 0.7 and a.start(rng, locks, self.new_label)]
-            self.stats.commands += len(busy)
-            if rng.random() < 0.4:
-                lmtp.start(rng, self.new_label())
-                self.stats.commands += 1
-            spawn = plan == "child" and round_no == kill_round
-            if spawn or (not children and rng.random() < 0.08):
-                children.append(self.spawn(rng))
-                if spawn:
-                    kill_at = time.monotonic() + rng.uniform(0.1, 1.2)
-            if plan == "after-send" and round_no == kill_round:
+            self.round(clients)
+            if round_no == kill_round and plan == "child":
+                clients.children.append(self.spawn(rng))
+                kill_at = time.monotonic() + rng.uniform(0.1, 1.2)
+            elif round_no == kill_round and plan == "after-send":
                 kill_at = time.monotonic() + rng.choice(
                     [0.0, rng.expovariate(200.0), rng.uniform(0.0, 0.1), rng.uniform(0.0, 0.4)]
                 )
-            if not self.pump(actors, lmtp, children, kill_at):
+            if not self.pump(clients, kill_at):
                 break
             round_no += 1
-            if kill_at is None and round_no > kill_round + 20:
-                kill_at = time.monotonic()
-        self.after_kill(actors, lmtp, children)
+        self.after_kill(clients)
+
+    def round(self, clients: Clients) -> None:
+        """Send a round of writes that touch different messages."""
+        rng, locks = self.rng, Locks()
+        for actor in clients.actors:
+            if rng.random() < 0.7 and actor.start(rng, locks, self.new_label):
+                self.stats.commands += 1
+        if rng.random() < 0.4:
+            clients.lmtp.start(rng, self.new_label())
+            self.stats.commands += 1
+        if not clients.children and rng.random() < 0.08:
+            clients.children.append(self.spawn(rng))
 
     def spawn(self, rng: random.Random) -> Child:
         self.stats.children += 1
@@ -319,75 +354,41 @@ class Soak:
         process.stdin.close()
         return Child(process, Pending("deliver", box=folder, labels=(label,)))
 
-    def pump(
-        self,
-        actors: Sequence[ImapActor],
-        lmtp: LmtpActor,
-        children: list[Child],
-        kill_at: float | None,
-    ) -> bool:
+    def pump(self, clients: Clients, kill_at: float | None) -> bool:
         """Read answers until the round's are in (True) or it is time to
         kill (False)."""
         deadline = time.monotonic() + DEADLINE
         while True:
-            waiting = [a.sock for a in actors if a.busy]
-            if lmtp.busy:
-                waiting.append(lmtp.sock)
-            if not waiting and kill_at is None:
-                return True
-            if not waiting and kill_at is not None and time.monotonic() < kill_at:
-                return True
+            waiting = clients.waiting()
             now = time.monotonic()
             if kill_at is not None and now >= kill_at:
                 return False
+            if not waiting:
+                return True
             if now > deadline:
                 raise TimeoutError(f"no answer in {DEADLINE} s (seed {self.seed})")
-            pipes = {c.process.stderr: c for c in children if c.process.stderr is not None}
+            pipes = clients.pipes()
             timeout = (kill_at if kill_at is not None else deadline) - now
-            ready, _, _ = select.select([*waiting, *pipes], [], [], max(0.0, timeout))
-            for actor in actors:
-                if actor.sock in ready:
-                    actor.feed()
-            if lmtp.sock in ready:
-                lmtp.feed()
-            for pipe, child in pipes.items():
-                if pipe in ready:
-                    children.remove(child)
-                    child.finish(self.model)
+            readable: list[Any] = [*waiting, *pipes]
+            ready, _, _ = select.select(readable, [], [], max(0.0, timeout))
+            clients.dispatch(ready, self.model)
 
-    def after_kill(self, actors: Sequence[ImapActor], lmtp: LmtpActor, children: list[Child]) -> None:
+    def after_kill(self, clients: Clients) -> None:
         victim = self.kill()
-        for child in children:
+        for child in clients.children:
             if self.rng.random() < 0.5:
                 child.killed = True
                 child.process.kill()
                 self.stats.children_killed += 1
         # Answers already on their way count: the client saw them.
         deadline = time.monotonic() + DEADLINE
-        while any(a.busy for a in actors) or lmtp.busy:
-            socks = [a.sock for a in actors if a.busy] + ([lmtp.sock] if lmtp.busy else [])
-            ready, _, _ = select.select(socks, [], [], max(0.0, deadline - time.monotonic()))
+        while waiting := clients.waiting():
+            ready, _, _ = select.select(waiting, [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 self.model.violation(f"no answer and no close {DEADLINE} s after the kill")
                 break
-            for actor in actors:
-                if actor.sock in ready:
-                    actor.feed()
-            if lmtp.sock in ready:
-                lmtp.feed()
-        pending: list[Pending] = []
-        for child in children:
-            child.process.wait(DEADLINE)
-            left = child.finish(self.model)
-            if left is not None:
-                pending.append(left)
-        for actor in actors:
-            if actor.pending is not None:
-                pending.append(actor.pending)
-            actor.sock.close()
-        if lmtp.pending is not None:
-            pending.append(lmtp.pending)
-        lmtp.sock.close()
+            clients.dispatch(ready, self.model)
+        pending = clients.close(self.model)
         self.stats.in_flight += len(pending)
         self.reap(victim)
         if self.daemon is None:
@@ -414,7 +415,7 @@ class Soak:
             )
 
     def read_all(self, actor: ImapActor) -> dict[str, Seen]:
-        answer, untagged = actor.command(b'LIST "" "*"', DEADLINE)
+        _, untagged = actor.command(b'LIST "" "*"', DEADLINE)
         names = []
         for u in untagged:
             if u.name == "LIST" and len(u.values) == 3:
@@ -425,15 +426,39 @@ class Soak:
         return {name: self.read_box(actor, name) for name in names}
 
     def read_box(self, actor: ImapActor, name: str) -> Seen:
-        violation = self.model.violation
+        """One mailbox whole; STATUS, EXAMINE and FETCH must agree."""
+        status = self._status(actor, name)
+        exists, codes = self._examine(actor, name)
+        for key, value in (("MESSAGES", exists), *codes.items()):
+            if status.get(key) != value:
+                self.model.violation(
+                    f"{name}: STATUS {key} {status.get(key)!r}, EXAMINE says {value}"
+                )
+        messages = self._labels(actor, name) if exists else {}
+        if len(messages) != exists:
+            self.model.violation(
+                f"{name}: FETCH 1:* gave {len(messages)} messages, EXISTS {exists}"
+            )
+        validity = codes.get("UIDVALIDITY", 0)
+        fresh = [uid for uid in messages if (name, validity, uid) not in self.verified]
+        if fresh:
+            self.check_bodies(actor, name, validity, fresh, messages)
+        return Seen(validity, codes.get("UIDNEXT", 0), messages)
+
+    @staticmethod
+    def _status(actor: ImapActor, name: str) -> dict[str, object]:
         _, untagged = actor.command(
             f"STATUS {name} (MESSAGES UIDNEXT UIDVALIDITY)".encode(), DEADLINE
         )
-        status = {}
         for u in untagged:
             if u.name == "STATUS" and len(u.values) == 2 and isinstance(u.values[1], list):
                 items = u.values[1]
-                status = {str(items[i]).upper(): items[i + 1] for i in range(0, len(items) - 1, 2)}
+                return {str(items[i]).upper(): items[i + 1] for i in range(0, len(items) - 1, 2)}
+        return {}
+
+    @staticmethod
+    def _examine(actor: ImapActor, name: str) -> tuple[int, dict[str, int]]:
+        """EXISTS, and UIDVALIDITY and UIDNEXT by name."""
         answer, untagged = actor.command(f"EXAMINE {name}".encode(), DEADLINE)
         if answer.status != "OK":
             raise RuntimeError(f"EXAMINE {name}: {answer.raw!r}")
@@ -442,35 +467,30 @@ class Soak:
             if u.name == "EXISTS" and u.number is not None:
                 exists = u.number
             if u.status == "OK" and u.code_name in ("UIDVALIDITY", "UIDNEXT") and u.code:
-                codes[u.code_name] = int(str(u.code[1]))
-        for key, value in (("MESSAGES", exists), *codes.items()):
-            if status.get(key) != value:
-                violation(f"{name}: STATUS {key} {status.get(key)}, EXAMINE says {value}")
+                codes[str(u.code_name)] = int(str(u.code[1]))
+        return exists, codes
+
+    @staticmethod
+    def _labels(actor: ImapActor, name: str) -> dict[int, tuple[str, frozenset[str]]]:
+        """UID -> (label from the Message-ID, flags) of every message."""
+        _, untagged = actor.command(
+            b"UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])", DEADLINE
+        )
         messages: dict[int, tuple[str, frozenset[str]]] = {}
-        if exists:
-            _, untagged = actor.command(
-                b"UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])", DEADLINE
+        for u in untagged:
+            if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
+                continue
+            items = u.values[0]
+            uid, flags = find(items, "UID"), find(items, "FLAGS")
+            header = next(
+                (items[i + 1] for i in range(0, len(items), 2) if "HEADER" in str(items[i])),
+                b"",
             )
-            for u in untagged:
-                if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
-                    continue
-                items = u.values[0]
-                uid, flags = find(items, "UID"), find(items, "FLAGS")
-                header = next(
-                    (items[i + 1] for i in range(0, len(items), 2) if "HEADER" in str(items[i])),
-                    b"",
-                )
-                match = MESSAGE_ID.search(header if isinstance(header, bytes) else b"")
-                label = match.group(1).decode() if match else "(no Message-ID)"
-                assert isinstance(uid, int) and isinstance(flags, list)
-                messages[uid] = (label, canonical(str(f) for f in flags))
-            if len(messages) != exists:
-                violation(f"{name}: FETCH 1:* gave {len(messages)} messages, EXISTS {exists}")
-        validity = codes.get("UIDVALIDITY", 0)
-        fresh = [uid for uid in messages if (name, validity, uid) not in self.verified]
-        if fresh:
-            self.check_bodies(actor, name, validity, fresh, messages)
-        return Seen(validity, codes.get("UIDNEXT", 0), messages)
+            match = MESSAGE_ID.search(header if isinstance(header, bytes) else b"")
+            label = match.group(1).decode() if match else "(no Message-ID)"
+            assert isinstance(uid, int) and isinstance(flags, list)
+            messages[uid] = (label, canonical(str(f) for f in flags))
+        return messages
 
     def check_bodies(
         self,
@@ -481,7 +501,9 @@ class Soak:
         messages: dict[int, tuple[str, frozenset[str]]],
     ) -> None:
         """Every new body whole: the digest of what was sent under its label."""
-        _, untagged = actor.command(f"UID FETCH {uid_text(uids)} (UID BODY.PEEK[])".encode(), DEADLINE)
+        _, untagged = actor.command(
+            f"UID FETCH {uid_text(uids)} (UID BODY.PEEK[])".encode(), DEADLINE
+        )
         for u in untagged:
             if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
                 continue
@@ -506,12 +528,21 @@ class Soak:
         self._uidlist_ino = ino
 
     def stop(self) -> None:
-        if self.daemon is not None:
-            self.save_log()
-            self.daemon.stop()
-            if self._group_alive(self.daemon.process.pid):
-                os.killpg(self.daemon.process.pid, signal.SIGKILL)
-            self.daemon = None
+        """Stop the daemon (SIGTERM, if it still runs); its workers must
+        follow within the deadline."""
+        if self.daemon is None:
+            return
+        self.daemon.stop()
+        self.save_log()
+        pgid = self.daemon.process.pid
+        deadline = time.monotonic() + DEADLINE
+        while self._group_alive(pgid):
+            if time.monotonic() > deadline:
+                self.model.violation(f"a worker outlived its parent by {DEADLINE} s")
+                os.killpg(pgid, signal.SIGKILL)
+                break
+            time.sleep(0.05)  # no notice comes of another's child's exit
+        self.daemon = None
 
 
 def summary(soak: Soak) -> str:
@@ -527,7 +558,9 @@ def summary(soak: Soak) -> str:
     )
 
 
-def run(directory: str, kills: int, seed: int, workers_share: float = 0.0, progress: bool = False) -> Soak:
+def run(
+    directory: str, kills: int, seed: int, workers_share: float = 0.0, progress: bool = False
+) -> Soak:
     """``kills`` cycles on a fresh Maildir in ``directory``; the soak with
     its model (violations) and figures."""
     soak = Soak(directory, seed)
@@ -558,9 +591,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument(
-        "--workers-share", type=float, default=0.2, help="share of kills with --workers 2 (the last ones)"
+        "--workers-share",
+        type=float,
+        default=0.2,
+        help="share of kills with --workers 2 (the last ones)",
     )
-    parser.add_argument("--dir", help="keep the Maildir and daemon log here (default: a temporary one)")
+    parser.add_argument(
+        "--dir", help="keep the Maildir and daemon log here (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     print(f"kill soak: seed {args.seed}, {args.kills} kills", flush=True)
     if args.dir:

@@ -15,7 +15,8 @@ import signal
 __all__ = ["CRASH_POINTS", "crash_point"]
 
 #: Fault injection for the crash tests (tests/test_maildir_crash.py,
-#: tests/test_faults.py, tests/stress/killer.py): with
+#: tests/test_faults.py; the kill soak, tests/stress/killsoak.py, kills at
+#: random moments instead): with
 #: ``MAILSRV_CRASH_AT=NAME`` (or ``NAME@N``: the Nth time) in its
 #: environment, a process kills itself with SIGKILL when it reaches the
 #: point called NAME, so a test can stop a real daemon at an exact instant;

@@ -136,6 +136,7 @@ class Stats:
     children_killed: int = 0
     in_flight: int = 0
     compactions: int = 0
+    compaction_kills: int = 0
     repairs: int = 0
     started: float = attrs.Factory(time.monotonic)
 
@@ -158,6 +159,7 @@ class Soak:
         self.log_path = log or os.path.join(directory, "daemon.log")
         self.verified: set[tuple[str, int, int]] = set()
         self._uidlist_ino: int | None = None
+        self._log_saved = 0
 
     # -- the daemon ----------------------------------------------------------------------
 
@@ -182,6 +184,7 @@ class Soak:
             start_new_session=True,
         )
         self.daemon = Daemon(process)
+        self._log_saved = 0
         self.daemon.wait_for("IMAP listening on", timeout=DEADLINE)
 
     def workers_of(self) -> list[int]:
@@ -228,12 +231,12 @@ class Soak:
     def save_log(self) -> None:
         if self.daemon is None:
             return
-        text = self.daemon.log
+        lines = self.daemon.output[self._log_saved :]
+        self._log_saved += len(lines)
+        text = "".join(lines)
         self.stats.repairs += len(re.findall(r"mailsrv\.storage\.maildir[.\w]*#warn", text))
         with open(self.log_path, "a") as f:
             f.write(text)
-        with self.daemon._changed:
-            self.daemon.output.clear()
 
     # -- connections ---------------------------------------------------------------------
 
@@ -310,6 +313,10 @@ class Soak:
                 kill_at = time.monotonic() + rng.choice(
                     [0.0, rng.expovariate(200.0), rng.uniform(0.0, 0.1), rng.uniform(0.0, 0.4)]
                 )
+            if kill_at is None and self.compaction_due(clients.actors[2]):
+                # The churner's EXPUNGE is about to compact the UID list.
+                kill_at = time.monotonic() + rng.uniform(0.0, 0.1)
+                self.stats.compaction_kills += 1
             if not self.pump(clients, kill_at):
                 break
             round_no += 1
@@ -326,6 +333,23 @@ class Soak:
             self.stats.commands += 1
         if not clients.children and rng.random() < 0.08:
             clients.children.append(self.spawn(rng))
+
+    def compaction_due(self, churner: ImapActor) -> bool:
+        """Whether the churner's EXPUNGE in flight will compact the UID list
+        (more than twice as many lines as messages, plus 1,000: see
+        ``IndexedFolder.maybe_compact``); half the time when it does."""
+        if not churner.busy or churner.last_command != "EXPUNGE" or self.rng.random() < 0.5:
+            return False
+        path = os.path.join(self.maildir, "." + CHURN, "mailsrv-uidlist")
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().count(b"\n") - 1
+        except OSError:
+            return False
+        left = sum(
+            1 for _, flags in self.model.boxes[CHURN].messages.values() if "\\Deleted" not in flags
+        )
+        return lines > 2 * left + 1000
 
     def spawn(self, rng: random.Random) -> Child:
         self.stats.children += 1
@@ -554,7 +578,8 @@ def summary(soak: Soak) -> str:
         f"acknowledged, {s.in_flight} in flight at a kill ({m.happened} done, "
         f"{m.not_happened} not, {m.partial_batches} batches in part); {s.children} "
         f"deliver/reindex runs ({s.children_killed} killed); {s.compactions} UID list "
-        f"compactions seen; {s.repairs} repairs logged; {len(m.violations)} violations"
+        f"rewrites seen ({s.compaction_kills} kills aimed at a compaction); {s.repairs} "
+        f"repairs logged; {len(m.violations)} violations"
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from tests.stress.killmodel import Model, Pending, canonical
+from tests.stress.killmodel import Model, Pending, canonical, uid_text
 from tests.stress.wire import Response, ResponseReader, WireError, find, parse
 
 KEYWORDS = ("$k1", "$k2", "Work")
@@ -45,20 +45,6 @@ def body_of(label: str, rng: random.Random) -> bytes:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:20]
-
-
-def uid_text(uids: Sequence[int]) -> str:
-    """``1:3,7``: UIDs as a sequence set of runs."""
-    runs: list[str] = []
-    ordered = sorted(uids)
-    start = prev = ordered[0]
-    for uid in [*ordered[1:], -1]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        runs.append(str(start) if start == prev else f"{start}:{prev}")
-        start = prev = uid
-    return ",".join(runs)
 
 
 def uid_list(value: object) -> list[int]:

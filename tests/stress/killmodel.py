@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-__all__ = ["Box", "Model", "Pending", "Seen", "canonical", "flag_text"]
+__all__ = ["Box", "Model", "Pending", "Seen", "canonical", "flag_text", "uid_text"]
 
 #: Operations in flight that may have taken messages out of their mailbox.
 _REMOVING = frozenset({"expunge", "move"})
@@ -42,6 +42,20 @@ def canonical(flags: Iterable[str]) -> frozenset[str]:
             continue
         out.add(SYSTEM.get(upper, flag))
     return frozenset(out)
+
+
+def uid_text(uids: Iterable[int]) -> str:
+    """``1:3,7``: UIDs as a sequence set of runs."""
+    runs: list[str] = []
+    ordered = sorted(uids)
+    start = prev = ordered[0]
+    for uid in [*ordered[1:], -1]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        runs.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    return ",".join(runs)
 
 
 def flag_text(flags: Iterable[str]) -> str:
@@ -88,6 +102,16 @@ class Pending:
     flags: frozenset[str] = frozenset()
     uids: tuple[int, ...] = ()
     alternatives: Mapping[int, tuple[frozenset[str], frozenset[str]]] = attrs.Factory(dict)
+
+    def describe(self) -> str:
+        """``move INBOX -> Archive UIDs 3:5``, ``append Churn 40 messages (k7...)``."""
+        text = self.kind + (f" {self.box}" if self.box else "")
+        text += f" -> {self.target}" if self.target else ""
+        if self.uids:
+            text += " UIDs " + uid_text(self.uids)
+        if self.labels:
+            text += f" {len(self.labels)} message(s) ({self.labels[0]}...)"
+        return text
 
 
 @attrs.define

@@ -53,9 +53,8 @@ from tests.stress.killactors import (
     Locks,
     body_of,
     digest,
-    uid_text,
 )
-from tests.stress.killmodel import Box, Model, Pending, Seen, canonical
+from tests.stress.killmodel import Box, Model, Pending, Seen, canonical, uid_text
 from tests.stress.wire import find
 
 #: Seconds for anything the daemon must do (start, answer, stop): a deadline.
@@ -434,7 +433,7 @@ class Soak:
             self.save_log()
             self.model.violation(
                 f"  (kill {self.stats.kills}, seed {self.seed}; in flight: "
-                + "; ".join(f"{p.kind} {p.box} {p.target} {p.uids} {p.labels}" for p in pending)
+                + "; ".join(p.describe() for p in pending)
                 + ")"
             )
 

@@ -39,7 +39,7 @@ class AuditTests(unittest.TestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         soak = Soak(directory, seed=7)
-        self.addCleanup(soak.stop)
+        self.addCleanup(soak.close)
         soak.setup()
         while len(soak.model.boxes["INBOX"].messages) < 3:
             soak.cycle(1)

@@ -26,12 +26,14 @@ same instant.  tests/test_killsoak.py runs a short form in the suite.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import random
 import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -76,6 +78,43 @@ def write_config(directory: str, imap_port: int, lmtp_port: int) -> str:
             f'[storage]\nmaildir = "{directory}/mail/{{user}}/Maildir"\n'
         )
     return config
+
+
+class DiskEvents:
+    """inotify on the folders' directories: when a write is under way."""
+
+    #: IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE
+    MASK = 0x2 | 0x40 | 0x80 | 0x100 | 0x200
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+
+    def watch(self, path: str) -> None:
+        if self._libc.inotify_add_watch(self.fd, path.encode(), self.MASK) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
+
+    def fileno(self) -> int:
+        return int(self.fd)
+
+    def drain(self) -> int:
+        """Read the events waiting; how many there were."""
+        count = 0
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return count
+            offset = 0
+            while offset + 16 <= len(data):
+                (length,) = struct.unpack_from("I", data, offset + 12)
+                offset += 16 + length
+                count += 1
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 @attrs.define
@@ -136,6 +175,7 @@ class Stats:
     in_flight: int = 0
     compactions: int = 0
     compaction_kills: int = 0
+    disk_kills: int = 0
     repairs: int = 0
     started: float = attrs.Factory(time.monotonic)
 
@@ -159,6 +199,9 @@ class Soak:
         self.verified: set[tuple[str, int, int]] = set()
         self._uidlist_ino: int | None = None
         self._log_saved = 0
+        self.kill_at: float | None = None
+        self.armed = 0
+        self.disk = DiskEvents()
 
     # -- the daemon ----------------------------------------------------------------------
 
@@ -287,6 +330,9 @@ class Soak:
             if answer.status == "OK":
                 self.model.created(name)
         actor.sock.close()
+        for folder in ("", "." + FIXED[1], "." + CHURN):
+            for sub in ("", "tmp", "cur"):
+                self.disk.watch(os.path.join(self.maildir, folder, sub))
         self.audit([])
 
     def cycle(self, workers: int) -> None:
@@ -299,26 +345,33 @@ class Soak:
         lmtp.greet(DEADLINE)
         lmtp.sock.settimeout(None)
         clients = Clients(actors, lmtp)
-        plan = rng.choices(["timer", "after-send", "child"], [4, 5, 1])[0]
-        kill_at = time.monotonic() + rng.uniform(0.0, 1.5) if plan == "timer" else None
+        plan = rng.choices(["timer", "after-send", "disk", "child"], [3, 3, 3, 1])[0]
+        self.kill_at = time.monotonic() + rng.uniform(0.0, 1.5) if plan == "timer" else None
+        self.armed = 0
         kill_round = rng.randint(0, 5)
         round_no = 0
         while True:
             self.round(clients)
             if round_no == kill_round and plan == "child":
                 clients.children.append(self.spawn(rng))
-                kill_at = time.monotonic() + rng.uniform(0.1, 1.2)
+                self.kill_at = time.monotonic() + rng.uniform(0.1, 1.2)
             elif round_no == kill_round and plan == "after-send":
-                kill_at = time.monotonic() + rng.choice(
+                self.kill_at = time.monotonic() + rng.choice(
                     [0.0, rng.expovariate(200.0), rng.uniform(0.0, 0.1), rng.uniform(0.0, 0.4)]
                 )
-            if kill_at is None and self.compaction_due(clients.actors[2]):
+            elif round_no == kill_round and plan == "disk":
+                # At the Nth change on disk from now: inside a write.
+                self.disk.drain()
+                self.armed = rng.randint(1, 12)
+            if self.kill_at is None and self.compaction_due(clients.actors[2]):
                 # The churner's EXPUNGE is about to compact the UID list.
-                kill_at = time.monotonic() + rng.uniform(0.0, 0.1)
+                self.kill_at = time.monotonic() + rng.uniform(0.0, 0.1)
                 self.stats.compaction_kills += 1
-            if not self.pump(clients, kill_at):
+            if not self.pump(clients):
                 break
             round_no += 1
+            if self.armed and round_no > kill_round + 20:
+                self.kill_at = time.monotonic()  # the disk stayed quiet
         self.after_kill(clients)
 
     def round(self, clients: Clients) -> None:
@@ -377,23 +430,33 @@ class Soak:
         process.stdin.close()
         return Child(process, Pending("deliver", box=folder, labels=(label,)))
 
-    def pump(self, clients: Clients, kill_at: float | None) -> bool:
+    def pump(self, clients: Clients) -> bool:
         """Read answers until the round's are in (True) or it is time to
-        kill (False)."""
+        kill (False): at :attr:`kill_at`, or when :attr:`armed` changes on
+        disk have been seen."""
         deadline = time.monotonic() + DEADLINE
         while True:
             waiting = clients.waiting()
             now = time.monotonic()
-            if kill_at is not None and now >= kill_at:
+            if self.kill_at is not None and now >= self.kill_at:
                 return False
             if not waiting:
                 return True
             if now > deadline:
                 raise TimeoutError(f"no answer in {DEADLINE} s (seed {self.seed})")
             pipes = clients.pipes()
-            timeout = (kill_at if kill_at is not None else deadline) - now
+            timeout = (self.kill_at if self.kill_at is not None else deadline) - now
             readable: list[Any] = [*waiting, *pipes]
+            if self.armed:
+                readable.append(self.disk)
             ready, _, _ = select.select(readable, [], [], max(0.0, timeout))
+            if self.disk in ready:
+                self.armed = max(0, self.armed - self.disk.drain())
+                if not self.armed:
+                    self.stats.disk_kills += 1
+                    self.kill_at = time.monotonic() + self.rng.choice(
+                        [0.0, self.rng.uniform(0.0, 0.003)]
+                    )
             clients.dispatch(ready, self.model)
 
     def after_kill(self, clients: Clients) -> None:
@@ -550,6 +613,10 @@ class Soak:
             self.stats.compactions += 1
         self._uidlist_ino = ino
 
+    def close(self) -> None:
+        self.stop()
+        self.disk.close()
+
     def stop(self) -> None:
         """Stop the daemon (SIGTERM, if it still runs); its workers must
         follow within the deadline."""
@@ -577,7 +644,8 @@ def summary(soak: Soak) -> str:
         f"acknowledged, {s.in_flight} in flight at a kill ({m.happened} done, "
         f"{m.not_happened} not, {m.partial_batches} batches in part); {s.children} "
         f"deliver/reindex runs ({s.children_killed} killed); {s.compactions} UID list "
-        f"rewrites seen ({s.compaction_kills} kills aimed at a compaction); {s.repairs} "
+        f"rewrites seen; kills aimed at a change on disk {s.disk_kills}, at a "
+        f"compaction {s.compaction_kills}; {s.repairs} "
         f"repairs logged; {len(m.violations)} violations"
     )
 
@@ -604,7 +672,7 @@ def run(
                 elif soak.stats.kills % 50 == 0:
                     print(line, flush=True)
     finally:
-        soak.stop()
+        soak.close()
     if progress and sys.stdout.isatty():
         print()
     return soak

@@ -184,3 +184,14 @@ class ModelTests(unittest.SynchronousTestCase):
             [],
         )
         self.assertIn("acknowledged delivery of k6 is lost", "\n".join(model.violations))
+
+    def test_recreated_mailbox_must_not_reuse_uids(self) -> None:
+        model = self.model()
+        model.created("f1")
+        model.appended("f1", 30, [1], ["k7"], [frozenset()])
+        model.deleted("f1")
+        model.created("f1")
+        # Same UIDVALIDITY, UID 1 again for another message: RFC 3501 2.3.1.1.
+        model.appended("f1", 30, [1], ["k8"], [frozenset()])
+        self.assertIn("f1: UID 1 given to k8, was k7's", "\n".join(model.violations))
+        self.assertEqual(model.gone, set())

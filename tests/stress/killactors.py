@@ -382,12 +382,22 @@ class ImapActor:
             if n not in (*FIXED, CHURN) and n not in locks.shared and locks.box_free(n)
         ]
 
+    def _new_name(self, rng: random.Random, locks: Locks, new_label: Callable[[], str]) -> str:
+        """A name no mailbox has: half the time one a deleted or renamed
+        mailbox had, whose old UIDs must not come back."""
+        again = sorted(
+            n for n in self.model.gone if n not in self.model.boxes and n not in locks.exclusive
+        )
+        if again and rng.random() < 0.5:
+            return rng.choice(again)
+        return "f" + new_label()
+
     def _create(
         self, rng: random.Random, locks: Locks, uids: list[int], new_label: Callable[[], str]
     ) -> bool:
         if len(self.model.boxes) > 8:
             return self._delete(rng, locks, uids, new_label)
-        name = "f" + new_label()
+        name = self._new_name(rng, locks, new_label)
         if not locks.own(name):
             return False
 
@@ -404,7 +414,7 @@ class ImapActor:
         names = self._dynamic(locks)
         if not names:
             return self._create(rng, locks, uids, new_label)
-        old, new = rng.choice(names), "f" + new_label()
+        old, new = rng.choice(names), self._new_name(rng, locks, new_label)
         if not locks.own(old, new):
             return False
 

@@ -137,6 +137,9 @@ class Model:
     bodies: dict[str, str] = attrs.Factory(dict)
     #: Labels of messages whose storing was answered NO: never to appear.
     refused: set[str] = attrs.Factory(set)
+    #: Names of mailboxes deleted or renamed away: a new one by that name
+    #: must not give an old UID to another message (RFC 3501 2.3.1.1).
+    gone: set[str] = attrs.Factory(set)
     violations: list[str] = attrs.Factory(list)
     acknowledged: int = 0
     partial_batches: int = 0
@@ -227,21 +230,24 @@ class Model:
     def created(self, name: str) -> None:
         self.acknowledged += 1
         self.boxes[name] = Box()
+        self.gone.discard(name)
 
     def deleted(self, name: str) -> None:
         self.acknowledged += 1
         self.boxes.pop(name, None)
+        self.gone.add(name)
 
     def renamed(self, old: str, new: str) -> None:
         self.acknowledged += 1
         box = self.boxes.pop(old)
         self.boxes[new] = box
+        self.gone.add(old)
+        self.gone.discard(new)
         if box.uidvalidity is not None:
             # The UIDs go along (RFC 3501 6.3.5 lets a server keep them,
             # and a Maildir rename does): the new name's history is the old's.
-            self.history[(new, box.uidvalidity)] = dict(
-                self.history.get((old, box.uidvalidity), {})
-            )
+            given = self.history.get((old, box.uidvalidity), {})
+            self.history.setdefault((new, box.uidvalidity), {}).update(given)
 
     # -- the check after a restart -----------------------------------------------------
 
@@ -278,12 +284,14 @@ class Model:
             if op.box in seen:
                 self.happened += 1
                 self.boxes[op.box] = Box()
+                self.gone.discard(op.box)
             else:
                 self.not_happened += 1
         elif op.kind == "delete":
             if op.box not in seen:
                 self.happened += 1
                 self.boxes.pop(op.box, None)
+                self.gone.add(op.box)
             else:
                 self.not_happened += 1
         elif op.kind == "rename":

@@ -199,6 +199,7 @@ class Soak:
         self.verified: set[tuple[str, int, int]] = set()
         self._uidlist_ino: int | None = None
         self._log_saved = 0
+        self.interrupted = False
         self.kill_at: float | None = None
         self.armed = 0
         self.disk = DiskEvents()
@@ -639,7 +640,8 @@ def summary(soak: Soak) -> str:
     s, m = soak.stats, soak.model
     elapsed = time.monotonic() - s.started
     return (
-        f"seed {soak.seed}: {s.kills} kills ({s.worker_kills} of a worker, {s.parent_kills} of "
+        ("interrupted: " if soak.interrupted else "")
+        + f"seed {soak.seed}: {s.kills} kills ({s.worker_kills} of a worker, {s.parent_kills} of "
         f"the parent) in {elapsed:.0f} s; {s.commands} writes sent, {m.acknowledged} "
         f"acknowledged, {s.in_flight} in flight at a kill ({m.happened} done, "
         f"{m.not_happened} not, {m.partial_batches} batches in part); {s.children} "
@@ -650,27 +652,35 @@ def summary(soak: Soak) -> str:
     )
 
 
+def report_progress(soak: Soak, kills: int) -> None:
+    line = (
+        f"kill {soak.stats.kills}/{kills}  writes {soak.stats.commands}  "
+        f"violations {len(soak.model.violations)}  "
+        f"{time.monotonic() - soak.stats.started:.0f} s"
+    )
+    if sys.stdout.isatty():
+        print("\r" + line, end="", flush=True)
+    elif soak.stats.kills % 50 == 0:
+        print(line, flush=True)
+
+
 def run(
     directory: str, kills: int, seed: int, workers_share: float = 0.0, progress: bool = False
 ) -> Soak:
     """``kills`` cycles on a fresh Maildir in ``directory``; the soak with
     its model (violations) and figures."""
     soak = Soak(directory, seed)
+    # Blocks of up to 50 kills, each ending with its share under two workers.
+    block = min(50, kills)
+    with_workers = round(block * workers_share)
     try:
         soak.setup()
-        first_workers = kills - round(kills * workers_share)
         for i in range(kills):
-            soak.cycle(2 if i >= first_workers else 1)
+            soak.cycle(2 if i % block >= block - with_workers else 1)
             if progress:
-                line = (
-                    f"kill {soak.stats.kills}/{kills}  writes {soak.stats.commands}  "
-                    f"violations {len(soak.model.violations)}  "
-                    f"{time.monotonic() - soak.stats.started:.0f} s"
-                )
-                if sys.stdout.isatty():
-                    print("\r" + line, end="", flush=True)
-                elif soak.stats.kills % 50 == 0:
-                    print(line, flush=True)
+                report_progress(soak, kills)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main): the summary so far
+        soak.interrupted = True
     finally:
         soak.close()
     if progress and sys.stdout.isatty():
@@ -686,12 +696,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workers-share",
         type=float,
         default=0.2,
-        help="share of kills with --workers 2 (the last ones)",
+        help="share of kills with --workers 2 (the last of each 50)",
     )
     parser.add_argument(
         "--dir", help="keep the Maildir and daemon log here (default: a temporary one)"
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"kill soak: seed {args.seed}, {args.kills} kills", flush=True)
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)

@@ -47,7 +47,6 @@ from tests.helpers import Daemon, free_port, mailsrv_command, source_env, twistd
 from tests.stress.killactors import (
     CHURN,
     FIXED,
-    MESSAGE_ID,
     USER,
     Child,
     ImapActor,
@@ -56,8 +55,8 @@ from tests.stress.killactors import (
     body_of,
     digest,
 )
-from tests.stress.killmodel import Box, Model, Pending, Seen, canonical, uid_text
-from tests.stress.wire import find
+from tests.stress.killaudit import read_all
+from tests.stress.killmodel import Box, Model, Pending
 
 #: Seconds for anything the daemon must do (start, answer, stop): a deadline.
 DEADLINE = 60.0
@@ -322,7 +321,8 @@ class Soak:
     def setup(self) -> None:
         self.start_daemon(1)
         actor = self.login("setup", "")
-        for name in self.read_all(actor):  # INBOX and the special-use mailboxes
+        # INBOX and the special-use mailboxes, as a new account has them.
+        for name in read_all(actor, self.model, self.verified):
             self.model.boxes[name] = Box()
         for name in (*FIXED[1:], CHURN):
             if name in self.model.boxes:
@@ -487,7 +487,7 @@ class Soak:
     def audit(self, pending: Sequence[Pending]) -> None:
         actor = self.login("audit", "")
         try:
-            seen = self.read_all(actor)
+            seen = read_all(actor, self.model, self.verified)
         finally:
             actor.sock.close()
         before = len(self.model.violations)
@@ -500,110 +500,6 @@ class Soak:
                 + "; ".join(p.describe() for p in pending)
                 + ")"
             )
-
-    def read_all(self, actor: ImapActor) -> dict[str, Seen]:
-        _, untagged = actor.command(b'LIST "" "*"', DEADLINE)
-        names = []
-        for u in untagged:
-            if u.name == "LIST" and len(u.values) == 3:
-                attributes = [str(a).upper() for a in u.values[0] or []]  # type: ignore[union-attr]
-                name = u.values[2]
-                if "\\NOSELECT" not in attributes:
-                    names.append(name.decode() if isinstance(name, bytes) else str(name))
-        return {name: self.read_box(actor, name) for name in names}
-
-    def read_box(self, actor: ImapActor, name: str) -> Seen:
-        """One mailbox whole; STATUS, EXAMINE and FETCH must agree."""
-        status = self._status(actor, name)
-        exists, codes = self._examine(actor, name)
-        for key, value in (("MESSAGES", exists), *codes.items()):
-            if status.get(key) != value:
-                self.model.violation(
-                    f"{name}: STATUS {key} {status.get(key)!r}, EXAMINE says {value}"
-                )
-        messages = self._labels(actor, name) if exists else {}
-        if len(messages) != exists:
-            self.model.violation(
-                f"{name}: FETCH 1:* gave {len(messages)} messages, EXISTS {exists}"
-            )
-        validity = codes.get("UIDVALIDITY", 0)
-        fresh = [uid for uid in messages if (name, validity, uid) not in self.verified]
-        if fresh:
-            self.check_bodies(actor, name, validity, fresh, messages)
-        return Seen(validity, codes.get("UIDNEXT", 0), messages)
-
-    @staticmethod
-    def _status(actor: ImapActor, name: str) -> dict[str, object]:
-        _, untagged = actor.command(
-            f"STATUS {name} (MESSAGES UIDNEXT UIDVALIDITY)".encode(), DEADLINE
-        )
-        for u in untagged:
-            if u.name == "STATUS" and len(u.values) == 2 and isinstance(u.values[1], list):
-                items = u.values[1]
-                return {str(items[i]).upper(): items[i + 1] for i in range(0, len(items) - 1, 2)}
-        return {}
-
-    @staticmethod
-    def _examine(actor: ImapActor, name: str) -> tuple[int, dict[str, int]]:
-        """EXISTS, and UIDVALIDITY and UIDNEXT by name."""
-        answer, untagged = actor.command(f"EXAMINE {name}".encode(), DEADLINE)
-        if answer.status != "OK":
-            raise RuntimeError(f"EXAMINE {name}: {answer.raw!r}")
-        exists, codes = 0, {}
-        for u in untagged:
-            if u.name == "EXISTS" and u.number is not None:
-                exists = u.number
-            if u.status == "OK" and u.code_name in ("UIDVALIDITY", "UIDNEXT") and u.code:
-                codes[str(u.code_name)] = int(str(u.code[1]))
-        return exists, codes
-
-    @staticmethod
-    def _labels(actor: ImapActor, name: str) -> dict[int, tuple[str, frozenset[str]]]:
-        """UID -> (label from the Message-ID, flags) of every message."""
-        _, untagged = actor.command(
-            b"UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])", DEADLINE
-        )
-        messages: dict[int, tuple[str, frozenset[str]]] = {}
-        for u in untagged:
-            if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
-                continue
-            items = u.values[0]
-            uid, flags = find(items, "UID"), find(items, "FLAGS")
-            header = next(
-                (items[i + 1] for i in range(0, len(items), 2) if "HEADER" in str(items[i])),
-                b"",
-            )
-            match = MESSAGE_ID.search(header if isinstance(header, bytes) else b"")
-            label = match.group(1).decode() if match else "(no Message-ID)"
-            assert isinstance(uid, int) and isinstance(flags, list)
-            messages[uid] = (label, canonical(str(f) for f in flags))
-        return messages
-
-    def check_bodies(
-        self,
-        actor: ImapActor,
-        name: str,
-        validity: int,
-        uids: list[int],
-        messages: dict[int, tuple[str, frozenset[str]]],
-    ) -> None:
-        """Every new body whole: the digest of what was sent under its label."""
-        _, untagged = actor.command(
-            f"UID FETCH {uid_text(uids)} (UID BODY.PEEK[])".encode(), DEADLINE
-        )
-        for u in untagged:
-            if u.name != "FETCH" or not u.values or not isinstance(u.values[0], list):
-                continue
-            items = u.values[0]
-            uid, body = find(items, "UID"), find(items, "BODY[]")
-            if not isinstance(uid, int) or not isinstance(body, bytes):
-                continue
-            label = messages.get(uid, ("", frozenset()))[0]
-            if self.model.bodies.get(label) != digest(body):
-                self.model.violation(
-                    f"{name}: UID {uid} ({label}): body of {len(body)} octets is not the one sent"
-                )
-            self.verified.add((name, validity, uid))
 
     def count_compactions(self) -> None:
         try:

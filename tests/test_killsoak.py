@@ -195,3 +195,18 @@ class ModelTests(unittest.SynchronousTestCase):
         model.appended("f1", 30, [1], ["k8"], [frozenset()])
         self.assertIn("f1: UID 1 given to k8, was k7's", "\n".join(model.violations))
         self.assertEqual(model.gone, set())
+
+    def test_new_uid_below_uidnext_shown_before(self) -> None:
+        model = self.model()
+        model.reconcile(
+            {
+                "INBOX": seen(7, 5, u1=("k1", ("\\Seen",)), u2=("k2", ())),
+                "Archive": seen(8, 2, u1=("k3", ())),
+            },
+            [],
+        )
+        self.assertEqual(model.violations, [])
+        # UIDs 3 and 4 were handed out and never used; a new message must
+        # still get 5 or more (RFC 3501 2.3.1.1: strictly ascending).
+        model.appended("INBOX", 7, [3], ["k4"], [frozenset()])
+        self.assertIn("new UID 3 is below UIDNEXT 5", "\n".join(model.violations))

@@ -70,6 +70,8 @@ class Box:
 
     uidvalidity: int | None = None
     uidnext: int = 1
+    #: UIDNEXT as the last check showed it: every UID given since is above.
+    floor: int = 1
     messages: dict[int, tuple[str, frozenset[str]]] = attrs.Factory(dict)
     unlocated: Counter[str] = attrs.Factory(Counter)
 
@@ -162,6 +164,8 @@ class Model:
                     f"{name}: UIDVALIDITY {uidvalidity} in an answer, {box.uidvalidity} before"
                 )
                 box.uidvalidity = uidvalidity
+        if uid < box.floor:
+            self.violation(f"{name}: new UID {uid} is below UIDNEXT {box.floor} shown before")
         if box.uidvalidity is not None:
             given = self.history.setdefault((name, box.uidvalidity), {})
             if given.get(uid, label) != label:
@@ -352,6 +356,7 @@ class Model:
             if arrival.op is None and not arrival.taken:
                 self.violation(f"{name}: acknowledged delivery of {arrival.label} is lost")
         box.uidnext = max(seen.uidnext, box.uidnext) if same else seen.uidnext
+        box.floor = seen.uidnext
 
     def _seen_message(
         self,
@@ -385,6 +390,8 @@ class Model:
         elif uid in given:
             self.violation(f"{name}: UID {uid} ({label}) is back after being expunged")
         else:
+            if uid < box.floor:
+                self.violation(f"{name}: new UID {uid} is below UIDNEXT {box.floor} shown before")
             self._arrived(name, uid, label, flags, arrivals)
         given[uid] = label
         box.messages[uid] = (label, flags)

@@ -51,6 +51,7 @@ CRASH_POINTS = (
     "delete-removed",  # removed, special uses not updated
     "reindex-dropped",  # the index files removed, not rebuilt
     "compact-rewritten",  # the UID list rewritten, the index not told
+    "meta-recorded",  # any change: the index's meta values written, not committed
 )
 
 

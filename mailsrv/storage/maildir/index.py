@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -223,6 +223,7 @@ class Index:
         self.db = connection
         self.path = path
         self.inode = os.stat(path).st_ino
+        self._after_commit: list[Callable[[], None]] = []
 
     def replaced(self) -> bool:
         """Whether the file at our path is no longer the one we have open
@@ -346,17 +347,31 @@ class Index:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic write (BEGIN IMMEDIATE ... COMMIT)."""
+        """One atomic write (BEGIN IMMEDIATE ... COMMIT), then what
+        :meth:`after_commit` asked for."""
         self.db.execute("BEGIN IMMEDIATE")
+        self._after_commit = []
         try:
             yield
             self.db.execute("COMMIT")
         except BaseException:
+            self._after_commit = []
             # A damaged or full database may fail the ROLLBACK too; the
             # error that matters is the first one.
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the transaction in progress has committed
+        (never if it rolls back); at once outside a transaction."""
+        if self.db.in_transaction:
+            self._after_commit.append(action)
+        else:
+            action()
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

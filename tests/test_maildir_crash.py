@@ -361,3 +361,27 @@ class UncommittedChangeTests(DaemonCrashTestCase):
         self.assertIn(self.highest_modseq(client), (before, before + 1))
         self.assertFalse(os.path.exists(self.path(INDEX + ".broken")))
         self.assertNotIn("cannot be used", daemon.log)
+
+    def test_killed_creating_an_index(self) -> None:
+        daemon = self.start()
+        client = self.login()
+        self.appenduid(client, "INBOX", "m0")
+        self.kill(daemon)
+
+        # CREATE dies having made Box's index file, before its tables commit.
+        daemon = self.start(crash_at="index-creating")
+        client = self.login()
+        with self.assertRaises((imaplib.IMAP4.abort, OSError)):
+            client.create("Box")
+        self.died(daemon)
+        self.assertTrue(os.path.exists(self.path(INDEX, ".Box")))
+
+        daemon = self.start()
+        client = self.login()
+        self.assertEqual(self.appenduid(client, "Box", "b0"), 1)
+        self.assertEqual(
+            {uid: s for uid, (s, _) in self.contents(client, "Box").items()}, {1: "b0"}
+        )
+        # Nothing was damaged: no index kept aside, no warning.
+        self.assertEqual([n for n in os.listdir(self.path("", ".Box")) if "broken" in n], [])
+        self.assertNotIn("cannot be used", daemon.log)

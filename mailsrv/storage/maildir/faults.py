@@ -52,6 +52,7 @@ CRASH_POINTS = (
     "reindex-dropped",  # the index files removed, not rebuilt
     "compact-rewritten",  # the UID list rewritten, the index not told
     "meta-recorded",  # any change: the index's meta values written, not committed
+    "index-creating",  # a new index file created, its tables not yet committed
 )
 
 

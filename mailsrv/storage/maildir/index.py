@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
+from mailsrv.storage.maildir.faults import crash_point
 from mailsrv.storage.maildir.layout import fsync_dir
 
 SCHEMA_VERSION = 2
@@ -43,6 +44,9 @@ class IndexCorrupt(Exception):
     """
 
     connection: sqlite3.Connection | None = None
+    #: The file holds no table at all: a creation that never committed
+    #: (its process killed), with nothing in it to keep or report.
+    empty: bool = False
 
     def close(self) -> None:
         if self.connection is not None:
@@ -281,6 +285,10 @@ class Index:
     @classmethod
     def _checked(cls, db: sqlite3.Connection, path: str) -> Index:
         """The index on ``db`` if it meets the invariants :meth:`open` checks."""
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            empty = IndexCorrupt("empty: its creation never committed")
+            empty.empty = True
+            raise empty
         row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is not None and row[0] in _UPGRADES:
             cls._upgrade(db, row[0])
@@ -330,6 +338,7 @@ class Index:
         # would make it 0644 under the usual umask; -wal and -shm follow it).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = cls._connect(path)
+        crash_point("index-creating")
         # A new index knows no expunge before its first MODSEQ: a rebuilt
         # one must not claim that nothing was expunged before it.
         meta = (

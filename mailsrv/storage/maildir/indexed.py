@@ -285,7 +285,9 @@ class IndexedFolder:
         try:
             self.index = Index.open(self.index_path)
         except IndexCorrupt as exc:
-            if os.path.exists(self.index_path):
+            # An empty one is only replaced (Index.create below): a process
+            # killed while creating it left nothing to keep or warn about.
+            if os.path.exists(self.index_path) and not exc.empty:
                 self.discard_index(str(exc))
             exc.close()
         floor = self.floor()

@@ -15,7 +15,8 @@ import signal
 __all__ = ["CRASH_POINTS", "crash_point"]
 
 #: Fault injection for the crash tests (tests/test_maildir_crash.py,
-#: tests/test_faults.py, tests/stress/killer.py): with
+#: tests/test_faults.py; the kill soak, tests/stress/killsoak.py, kills at
+#: random moments instead): with
 #: ``MAILSRV_CRASH_AT=NAME`` (or ``NAME@N``: the Nth time) in its
 #: environment, a process kills itself with SIGKILL when it reaches the
 #: point called NAME, so a test can stop a real daemon at an exact instant;
@@ -50,6 +51,8 @@ CRASH_POINTS = (
     "delete-removed",  # removed, special uses not updated
     "reindex-dropped",  # the index files removed, not rebuilt
     "compact-rewritten",  # the UID list rewritten, the index not told
+    "meta-recorded",  # any change: the index's meta values written, not committed
+    "index-creating",  # a new index file created, its tables not yet committed
 )
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
+from mailsrv.storage.maildir.faults import crash_point
 from mailsrv.storage.maildir.layout import fsync_dir
 
 SCHEMA_VERSION = 2
@@ -43,6 +44,9 @@ class IndexCorrupt(Exception):
     """
 
     connection: sqlite3.Connection | None = None
+    #: The file holds no table at all: a creation that never committed
+    #: (its process killed), with nothing in it to keep or report.
+    empty: bool = False
 
     def close(self) -> None:
         if self.connection is not None:
@@ -223,6 +227,7 @@ class Index:
         self.db = connection
         self.path = path
         self.inode = os.stat(path).st_ino
+        self._after_commit: list[Callable[[], None]] = []
 
     def replaced(self) -> bool:
         """Whether the file at our path is no longer the one we have open
@@ -280,6 +285,10 @@ class Index:
     @classmethod
     def _checked(cls, db: sqlite3.Connection, path: str) -> Index:
         """The index on ``db`` if it meets the invariants :meth:`open` checks."""
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            empty = IndexCorrupt("empty: its creation never committed")
+            empty.empty = True
+            raise empty
         row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is not None and row[0] in _UPGRADES:
             cls._upgrade(db, row[0])
@@ -329,6 +338,7 @@ class Index:
         # would make it 0644 under the usual umask; -wal and -shm follow it).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = cls._connect(path)
+        crash_point("index-creating")
         # A new index knows no expunge before its first MODSEQ: a rebuilt
         # one must not claim that nothing was expunged before it.
         meta = (
@@ -346,17 +356,31 @@ class Index:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic write (BEGIN IMMEDIATE ... COMMIT)."""
+        """One atomic write (BEGIN IMMEDIATE ... COMMIT), then what
+        :meth:`after_commit` asked for."""
         self.db.execute("BEGIN IMMEDIATE")
+        self._after_commit = []
         try:
             yield
             self.db.execute("COMMIT")
         except BaseException:
+            self._after_commit = []
             # A damaged or full database may fail the ROLLBACK too; the
             # error that matters is the first one.
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the transaction in progress has committed
+        (never if it rolls back); at once outside a transaction."""
+        if self.db.in_transaction:
+            self._after_commit.append(action)
+        else:
+            action()
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

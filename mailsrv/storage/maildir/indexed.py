@@ -320,7 +320,9 @@ class IndexedFolder:
         try:
             self.index = Index.open(self.index_path)
         except IndexCorrupt as exc:
-            if os.path.exists(self.index_path):
+            # An empty one is only replaced (Index.create below): a process
+            # killed while creating it left nothing to keep or warn about.
+            if os.path.exists(self.index_path) and not exc.empty:
                 self.discard_index(str(exc))
             exc.close()
         floor = self.floor()
@@ -483,11 +485,18 @@ class IndexedFolder:
         db = self.db
         db.put("uidnext", write.uidnext)
         db.put("highest_modseq", write.modseq)
-        if self._lock_fd is not None:
-            recovery.raise_floor(self._lock_fd, write.modseq)
         db.put("uidlist_ino", write.uidlist_ino)
         db.put("uidlist_off", write.uidlist_off)
         db.put("uidlist_lines", write.uidlist_lines)
+        lock_fd = self._lock_fd
+        if lock_fd is not None:
+            # The floor rises once the change is committed, still before it
+            # is acknowledged.  Raised first, a process killed before COMMIT
+            # left the floor above the index's HIGHESTMODSEQ, and the next
+            # open threw a sound index away as one that had lost changes.
+            modseq = write.modseq
+            db.after_commit(lambda: recovery.raise_floor(lock_fd, modseq))
+        recovery.crash_point("meta-recorded")
 
     def allocate(self, write: Write, entries: Sequence[tuple[str, str | None]]) -> list[int]:
         """Durably take UIDs for ``(base, pop3_uidl)`` before the files show."""

@@ -122,6 +122,7 @@ class MailboxRegistry:
             return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
         return FullText(path, run, self._stopping)
+
     def _caught_up(self, key: str, mailbox: MaildirMailbox) -> MaildirMailbox | None:
         """``mailbox`` brought up to date with the files and the index, or
         None (forgotten) if that fails: a new object then tries afresh and

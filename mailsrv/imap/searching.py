@@ -43,7 +43,7 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from mailsrv.imap import content, search_ext
+from mailsrv.imap import content, search_ext, search_pushdown
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
@@ -138,6 +138,9 @@ class Program:
     #: Passes of other keys (by key), run after the index's: each fills the
     #: undecided messages' content (:mod:`mailsrv.imap.search_ext`).
     loaders: dict[str, Loader] = attrs.Factory(dict)
+    #: What it was compiled from, ``(key, charset, now)``: the index may
+    #: answer part of it (:mod:`mailsrv.imap.search_pushdown`).
+    source: tuple[SearchKey, str | None, datetime.datetime] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -232,6 +235,7 @@ def compile_key(
     if now is None:
         now = datetime.datetime.now(datetime.UTC)
     program.predicate = _Context(view, charset, program, now).compile(key)
+    program.source = (key, charset, now)
     return program
 
 
@@ -521,6 +525,18 @@ def _fields_pass(
     return _decide(test, pending, hits)
 
 
+def _pushdown_plan(
+    view: SelectedMailbox, mailbox: IMailbox, program: Program
+) -> search_pushdown.Plan | None:
+    """The index's part of ``program``, if its mailbox answers criteria."""
+    if program.source is None:
+        return None
+    key, charset, now = program.source
+    return search_pushdown.plan(
+        view, mailbox, key, lambda rest: compile_key(rest, view, charset, now)
+    )
+
+
 @defer.inlineCallbacks
 def _scan(
     view: SelectedMailbox,
@@ -533,6 +549,12 @@ def _scan(
 ) -> Generator[defer.Deferred[Any], Any, bool]:
     """Feed each batch's hits to ``found``; False if the connection went.
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
+    pushed = _pushdown_plan(view, mailbox, program)
+    if pushed is not None:
+        complete: bool = yield search_pushdown.scan(
+            view, mailbox, program, pushed, clock, writer, found, metadata, _matches, BATCH
+        )
+        return complete
     pairs = view.map.by_seq(1, view.exists)
     first = True
     pacer = Pacer(BATCH)

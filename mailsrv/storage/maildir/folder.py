@@ -23,8 +23,10 @@ import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from mailsrv.criteria import Criterion
 from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
 from mailsrv.interfaces import (
+    IIndexSearch,
     IMailbox,
     IMailboxListener,
     IMaildropLocking,
@@ -38,7 +40,7 @@ from mailsrv.interfaces import (
     StoreResult,
 )
 from mailsrv.log import get_logger
-from mailsrv.storage.maildir import appending, transfer
+from mailsrv.storage.maildir import appending, sqlsearch, transfer
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, split_flags
@@ -85,7 +87,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     return run
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IIndexSearch)
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
 
@@ -318,6 +320,14 @@ class MaildirMailbox:
             info_ = MessageInfo(uid, flags(info), date, size, modseq, saved_datetime(saved))
             result.append(info_)
         return result
+
+    @_recovering
+    def search_index(self, criterion: Criterion) -> Sequence[int]:
+        """One query on the index (:mod:`.sqlsearch`): no row becomes an object."""
+        table = self._folder.keywords
+        table.refresh()
+        condition, args = sqlsearch.where(criterion, table)
+        return self._folder.db.uids_where(condition, args)
 
     @_recovering
     def open(self, uid: int) -> IO[bytes]:

@@ -403,6 +403,12 @@ class Index:
     def uids(self) -> tuple[int, ...]:
         return tuple(r[0] for r in self.db.execute("SELECT uid FROM messages ORDER BY uid"))
 
+    def uids_where(self, condition: str, args: Sequence[object]) -> list[int]:
+        """UIDs, ascending, of the rows meeting an SQL ``condition``
+        (:mod:`mailsrv.storage.maildir.sqlsearch` writes them)."""
+        cursor = self.db.execute(f"SELECT uid FROM messages WHERE {condition} ORDER BY uid", args)
+        return [uid for (uid,) in cursor]
+
     def uid_set_version(self) -> tuple[int, object]:
         """A value that changes whenever the set of UIDs does, and only
         then: the message count (every insert raises it) and the number of

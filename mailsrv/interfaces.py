@@ -29,7 +29,7 @@ Conventions every implementation follows:
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
 :class:`IMessageCache`, :class:`IMaildropLocking`, :class:`IPop3UidSource`
-and :class:`IIndexSearch` on a mailbox, :class:`IQuotaUsage` and
+and :class:`IIndexSearch`, :class:`IPop3Listing` on a mailbox, :class:`IQuotaUsage` and
 :class:`IMetadataStore` on an account, :class:`IWatchingStorage` on a storage.
 """
 
@@ -419,6 +419,16 @@ class IPop3UidSource(Interface):
     def pop3_uidls() -> MaybeDeferred[Mapping[int, str]]:
         """``{uid: uidl}`` for messages that keep an old UIDL; the others
         get the computed one (:func:`mailsrv.storage.maildrop.unique_id`)."""
+
+
+class IPop3Listing(Interface):
+    """Optional, on an INBOX: what a POP3 login lists, as plain tuples, so
+    a maildrop of thousands of messages is listed without a metadata object
+    (and a ``datetime``) per message."""
+
+    def pop3_listing() -> MaybeDeferred[Sequence[tuple[int, int, bool]]]:
+        """``(uid, size, seen)`` of every message, ascending by UID: the
+        same UIDs, sizes and ``\\Seen`` as ``fetch`` of ``uids()`` gives."""
 
 
 class IIndexSearch(Interface):

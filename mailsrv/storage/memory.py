@@ -44,6 +44,7 @@ from mailsrv.interfaces import (
     IMessage,
     IMessageCache,
     IMetadataStore,
+    IPop3Listing,
     IQuotaUsage,
     IStorage,
     MailboxEntry,
@@ -225,7 +226,7 @@ class _MailboxState:
                 )
 
 
-@implementer(IMailbox, IMessageCache)
+@implementer(IMailbox, IMessageCache, IPop3Listing)
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
@@ -282,6 +283,12 @@ class MemoryMailbox:
 
     def fetch(self, uids: Iterable[int]) -> Sequence[IMessage]:
         return [message.info() for message in self._state.select(uids)]
+
+    def pop3_listing(self) -> Sequence[tuple[int, int, bool]]:
+        messages = self._state.messages
+        return [
+            (uid, len(messages[uid].data), SEEN in messages[uid].flags) for uid in sorted(messages)
+        ]
 
     def open(self, uid: int) -> IO[bytes]:
         message = self._state.messages.get(uid)

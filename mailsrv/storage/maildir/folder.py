@@ -32,6 +32,7 @@ from mailsrv.interfaces import (
     IMaildropLocking,
     IMessage,
     IMessageCache,
+    IPop3Listing,
     IPop3UidSource,
     MailboxStatus,
     MessageInfo,
@@ -87,7 +88,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     return run
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IIndexSearch)
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IPop3Listing, IIndexSearch)
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
 
@@ -320,6 +321,10 @@ class MaildirMailbox:
             info_ = MessageInfo(uid, flags(info), date, size, modseq, saved_datetime(saved))
             result.append(info_)
         return result
+
+    @_recovering
+    def pop3_listing(self) -> Sequence[tuple[int, int, bool]]:
+        return self._folder.db.pop3_listing()
 
     @_recovering
     def search_index(self, criterion: Criterion) -> Sequence[int]:

@@ -409,6 +409,13 @@ class Index:
         cursor = self.db.execute(f"SELECT uid FROM messages WHERE {condition} ORDER BY uid", args)
         return [uid for (uid,) in cursor]
 
+    def pop3_listing(self) -> list[tuple[int, int, bool]]:
+        """``(uid, size, seen)`` of every message, by UID."""
+        cursor = self.db.execute(
+            "SELECT uid, size, instr(info, 'S') > 0 FROM messages ORDER BY uid"
+        )
+        return [(uid, size, bool(seen)) for uid, size, seen in cursor]
+
     def uid_set_version(self) -> tuple[int, object]:
         """A value that changes whenever the set of UIDs does, and only
         then: the message count (every insert raises it) and the number of

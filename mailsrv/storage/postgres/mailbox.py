@@ -34,6 +34,7 @@ from mailsrv.interfaces import (
     IMaildropLocking,
     IMessage,
     IMessageCache,
+    IPop3Listing,
     IPop3UidSource,
     MailboxStatus,
     NewMessage,
@@ -174,7 +175,7 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IPop3Listing)
 class PostgresMailbox:
     """A handle on one mailbox; all handles of a mailbox share its state."""
 
@@ -486,6 +487,9 @@ class PostgresMailbox:
             self._storage.unwatch(self._state)
 
     # -- POP3 ------------------------------------------------------------------------
+
+    def pop3_listing(self) -> Any:
+        return self._db.run(queries.pop3_listing, *self._key, transaction=False)
 
     def pop3_uidls(self) -> Any:
         """UIDLs carried over by ``mailsrv migrate`` (UID -> UIDL); the

@@ -338,11 +338,12 @@ class MaildirMailbox:
     def open(self, uid: int) -> IO[bytes]:
         folder = self._folder
         for attempt in range(2):
-            row = folder.db.row(uid)
-            if row is None:
+            found = folder.db.file_of(uid)
+            if found is None:
                 break
+            filename, raw, size = found
             try:
-                return open_wire(folder.path_of(row), row.raw, row.size)
+                return open_wire(os.path.join(folder.cur, filename), raw, size)
             except FileNotFoundError:
                 if attempt == 0:
                     # Renamed (flags) or removed by someone else: catch up.

@@ -106,6 +106,9 @@ def where(criterion: Criterion, keywords: KeywordTable) -> tuple[str, tuple[obje
         sql = joiner.join(text for text, _ in parts)
         return f"({sql})", tuple(arg for _, args in parts for arg in args)
     if isinstance(criterion, Not):
+        if isinstance(criterion.part, Flag) and criterion.part.name in FLAG_LETTERS:
+            # A literal, exactly as the partial index messages_unseen says it.
+            return f"instr(info, '{FLAG_LETTERS[criterion.part.name]}') = 0", ()
         sql, args = where(criterion.part, keywords)
         return f"(NOT {sql})", args
     if isinstance(criterion, Flag):

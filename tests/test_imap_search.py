@@ -468,3 +468,30 @@ class MaildirSearchTests(WireMixin, TestCase):
         storage = MaildirStorage(os.path.join(os.path.abspath(self.mktemp()), "{user}"))
         self.addCleanup(storage.stop_watching)
         return storage
+
+
+class PostgresSearchTests(WireMixin, TestCase):
+    """The same over PostgreSQL, whose index answers flag, size, date and
+    set keys in SQL (mailsrv/storage/postgres/sqlsearch.py)."""
+
+    def make_storage(self) -> Any:
+        from tests.pgcluster import new_dsn, new_storage
+
+        return new_storage(self, new_dsn())
+
+    def setUp(self) -> Any:
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return self._set_up()
+
+    @defer.inlineCallbacks
+    def _set_up(self) -> Any:
+        storage = self.make_storage()
+        account = yield defer.maybeDeferred(storage.account, "joe")
+        inbox = yield defer.maybeDeferred(account.get_mailbox, "INBOX")
+        for data, flags, when in MESSAGES:
+            yield defer.maybeDeferred(inbox.append, _bytes_io(data), flags, when)
+        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
+        portal = Portal(MailRealm(storage), [checker])
+        policy = SessionPolicy(failure_delay=0.0)
+        self.port = reactor.listenTCP(0, IMAP4ServerFactory(portal, policy), interface="127.0.0.1")
+        self.client = None

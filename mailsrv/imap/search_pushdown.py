@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from mailsrv import criteria
 from mailsrv.imap.output import ResponseWriter
+from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.imap.syntax import SequenceSet
@@ -223,28 +224,35 @@ def scan(
     batch_size: int,
 ) -> Generator[defer.Deferred[Any], Any, bool]:
     """:func:`mailsrv.imap.searching._scan`'s work with the index's help:
-    feed each slice's hits to ``found``; False if the connection went."""
+    feed the hits to ``found`` as they come; False if the connection went.
+    Between index slices and between batches of candidates the reactor
+    gets a turn, as in the plain scan."""
     view_runs = _runs_of(view.map)
     starts = [first for first, _, _ in view_runs]
     exists = view.exists
     need_messages = chosen.rest is not None or metadata is not None or program.modseqs is not None
+    pacer = Pacer(batch_size)
     for low in range(1, exists + 1, SLICE):
         if low > 1:
             yield task.deferLater(clock, 0, lambda: None)
         high = min(low + SLICE - 1, exists)
         uids = yield _candidates(mailbox, chosen.pushed, view.map.uid(low), view.map.uid(high))
         pairs = _numbered(view_runs, starts, uids)
-        if not need_messages:
-            hits = pairs
-        else:
-            hits = yield _decide(
-                mailbox, program, chosen.rest, pairs, metadata, matches, batch_size
-            )
-        pending = found(hits)
-        if pending is not None:
-            yield pending
-        if writer.closed:
-            return False
+        start = 0
+        while start < len(pairs) or not start:
+            if start:
+                yield task.deferLater(clock, 0, lambda: None)
+            size = pacer.next_size() if need_messages else len(pairs)
+            batch = pairs[start : start + size]
+            start += max(size, 1)
+            if need_messages and batch:
+                batch = yield _decide(mailbox, program, chosen.rest, batch, metadata, matches)
+                pacer.done(size)
+            pending = found(batch)
+            if pending is not None:
+                yield pending
+            if writer.closed:
+                return False
     return True
 
 
@@ -253,27 +261,22 @@ def _decide(
     mailbox: IMailbox,
     program: Program,
     rest: Program | None,
-    pairs: list[tuple[int, int]],
+    chunk: list[tuple[int, int]],
     metadata: dict[int, IMessage] | None,
     matches: Matcher,
-    batch_size: int,
 ) -> Generator[defer.Deferred[Any], Any, list[tuple[int, int]]]:
-    """The candidates the residual program accepts, in batches, with the
+    """The candidates of ``chunk`` the residual program accepts, with the
     metadata and MODSEQs the caller asked for noted as the plain scan does."""
-    hits: list[tuple[int, int]] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        seq_of = dict((uid, seq) for seq, uid in chunk)
-        messages: Sequence[IMessage] = yield defer.maybeDeferred(mailbox.fetch, list(seq_of))
-        batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
-        if rest is None:
-            got = [(seq, m.uid) for seq, m in batch]
-        else:
-            got = yield matches(mailbox, rest, batch)
-        if metadata is not None and got:
-            wanted = {uid for _, uid in got}
-            metadata.update((m.uid, m) for _, m in batch if m.uid in wanted)
-        if program.modseqs is not None:
-            program.modseqs.note(got, batch)
-        hits.extend(got)
+    seq_of = dict((uid, seq) for seq, uid in chunk)
+    messages: Sequence[IMessage] = yield defer.maybeDeferred(mailbox.fetch, list(seq_of))
+    batch = [(seq_of[m.uid], m) for m in messages if m.uid in seq_of]
+    if rest is None:
+        hits = [(seq, m.uid) for seq, m in batch]
+    else:
+        hits = yield matches(mailbox, rest, batch)
+    if metadata is not None and hits:
+        wanted = {uid for _, uid in hits}
+        metadata.update((m.uid, m) for _, m in batch if m.uid in wanted)
+    if program.modseqs is not None:
+        program.modseqs.note(hits, batch)
     return hits

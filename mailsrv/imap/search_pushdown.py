@@ -156,19 +156,18 @@ def split(key: SearchKey, view: SelectedMailbox) -> tuple[criteria.Criterion | N
 
 
 def plan(
-    view: SelectedMailbox,
-    mailbox: IMailbox,
-    key: SearchKey | None,
-    compile_rest: Callable[[SearchKey], Program],
+    view: SelectedMailbox, mailbox: IMailbox, program: Program, compile_key: Compiler
 ) -> Plan | None:
-    """How to run ``key`` with the index's help; None when the mailbox
-    cannot answer criteria or no part of ``key`` is for it."""
-    if key is None or not IIndexSearch.providedBy(mailbox):
+    """How to run ``program`` with the index's help; None when the mailbox
+    cannot answer criteria or no part of the program is for it.  The rest
+    is compiled by ``compile_key`` with the program's charset and clock."""
+    if program.source is None or not IIndexSearch.providedBy(mailbox):
         return None
+    key, charset, now = program.source
     pushed, rest = split(key, view)
     if pushed is None:
         return None
-    return Plan(pushed, None if rest == _ALL else compile_rest(rest))
+    return Plan(pushed, None if rest == _ALL else compile_key(rest, view, charset, now))
 
 
 def _numbered(

@@ -525,18 +525,6 @@ def _fields_pass(
     return _decide(test, pending, hits)
 
 
-def _pushdown_plan(
-    view: SelectedMailbox, mailbox: IMailbox, program: Program
-) -> search_pushdown.Plan | None:
-    """The index's part of ``program``, if its mailbox answers criteria."""
-    if program.source is None:
-        return None
-    key, charset, now = program.source
-    return search_pushdown.plan(
-        view, mailbox, key, lambda rest: compile_key(rest, view, charset, now)
-    )
-
-
 @defer.inlineCallbacks
 def _scan(
     view: SelectedMailbox,
@@ -549,7 +537,7 @@ def _scan(
 ) -> Generator[defer.Deferred[Any], Any, bool]:
     """Feed each batch's hits to ``found``; False if the connection went.
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
-    pushed = _pushdown_plan(view, mailbox, program)
+    pushed = search_pushdown.plan(view, mailbox, program, compile_key)
     if pushed is not None:
         complete: bool = yield search_pushdown.scan(
             view, mailbox, program, pushed, clock, writer, found, metadata, _matches, BATCH

@@ -25,6 +25,7 @@ from typing import IO, Any
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailsrv.criteria import Criterion, matches
 from mailsrv.errors import (
     InvalidMailboxName,
     MailboxExists,
@@ -39,6 +40,7 @@ from mailsrv.interfaces import (
     SEEN,
     SPECIAL_USES,
     IAccount,
+    IIndexSearch,
     IMailbox,
     IMailboxListener,
     IMessage,
@@ -226,7 +228,7 @@ class _MailboxState:
                 )
 
 
-@implementer(IMailbox, IMessageCache, IPop3Listing)
+@implementer(IMailbox, IMessageCache, IPop3Listing, IIndexSearch)
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
@@ -289,6 +291,11 @@ class MemoryMailbox:
         return [
             (uid, len(messages[uid].data), SEEN in messages[uid].flags) for uid in sorted(messages)
         ]
+
+    def search_index(self, criterion: Criterion) -> Sequence[int]:
+        """The reference meaning itself: memory has no index to ask."""
+        messages = self._state.messages
+        return [uid for uid in sorted(messages) if matches(criterion, messages[uid].info())]
 
     def open(self, uid: int) -> IO[bytes]:
         message = self._state.messages.get(uid)

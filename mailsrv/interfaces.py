@@ -29,7 +29,8 @@ Conventions every implementation follows:
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
 :class:`IMessageCache`, :class:`IMessageRows`, :class:`IMaildropLocking`,
-:class:`IPop3UidSource` and :class:`IFullTextSearch` on a mailbox, :class:`IQuotaUsage` and
+:class:`IPop3UidSource`, :class:`IFullTextSearch`, :class:`IIndexSearch` and
+:class:`IPop3Listing` on a mailbox, :class:`IQuotaUsage` and
 :class:`IMetadataStore` on an account, :class:`IWatchingStorage` on a storage.
 """
 
@@ -43,6 +44,8 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
+
+from mailsrv.criteria import Criterion
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -437,6 +440,29 @@ class IPop3UidSource(Interface):
     def pop3_uidls() -> MaybeDeferred[Mapping[int, str]]:
         """``{uid: uidl}`` for messages that keep an old UIDL; the others
         get the computed one (:func:`mailsrv.storage.maildrop.unique_id`)."""
+
+
+class IPop3Listing(Interface):
+    """Optional, on an INBOX: what a POP3 login lists, as plain tuples, so
+    a maildrop of thousands of messages is listed without a metadata object
+    (and a ``datetime``) per message."""
+
+    def pop3_listing() -> MaybeDeferred[Sequence[tuple[int, int, bool]]]:
+        """``(uid, size, seen)`` of every message, ascending by UID: the
+        same UIDs, sizes and ``\\Seen`` as ``fetch`` of ``uids()`` gives."""
+
+
+class IIndexSearch(Interface):
+    """Optional, on a mailbox: answers search criteria on what it keeps
+    beside each message (flags, size, internal date, UID, MODSEQ) itself,
+    e.g. as one query, without a metadata object per message.  SEARCH
+    hands it the part of a program that needs nothing else
+    (:mod:`mailsrv.imap.search_pushdown`) and matches only the rest."""
+
+    def search_index(criterion: Criterion) -> MaybeDeferred[Sequence[int]]:
+        """The UIDs, ascending, of the messages held now for which
+        :func:`mailsrv.criteria.matches` of ``criterion`` is true; every
+        node type of :mod:`mailsrv.criteria` is answered."""
 
 
 @attrs.frozen

@@ -9,10 +9,13 @@ import sqlite3
 
 from twisted.internet import defer
 
+from mailsrv import criteria
 from mailsrv.interfaces import (
     StoreMode,
 )
 from mailsrv.storage.maildir import MaildirMailbox, reindex
+from mailsrv.storage.maildir.keywords import KeywordTable
+from mailsrv.storage.maildir.sqlsearch import where
 from tests.maildir_case import MESSAGE, MESSAGE_CRLF, MaildirTestCase, Recorder
 
 
@@ -142,3 +145,46 @@ class PersistenceTests(MaildirTestCase):
         fresh = self.inbox()
         self.assertEqual(fresh.uids(), (uids[-1],))
         self.assertEqual(fresh.append(io.BytesIO(b"y")), uids[-1] + 1)
+
+
+class UnseenIndexTests(MaildirTestCase):
+    """Schema 3's index of unseen messages, which SEARCH UNSEEN reads."""
+
+    def plan(self) -> str:
+        unseen = criteria.And((criteria.UidIn(((1, 10),)), criteria.Not(criteria.Flag("\\Seen"))))
+        condition, args = where(unseen, KeywordTable(os.path.join(self.root, "none")))
+        db = sqlite3.connect(os.path.join(self.root, "mailsrv-index.sqlite"))
+        try:
+            rows = db.execute(
+                f"EXPLAIN QUERY PLAN SELECT uid FROM messages WHERE {condition}", args
+            )
+            return " ".join(str(row[-1]) for row in rows)
+        finally:
+            db.close()
+
+    def test_search_unseen_reads_the_index(self) -> None:
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(MESSAGE + str(i).encode())) for i in range(4)]
+        inbox.store(uids[::2], ["\\Seen"], StoreMode.ADD)
+        self.assertIn("messages_unseen", self.plan())
+        self.assertEqual(list(inbox.search_index(_unseen())), uids[1::2])
+
+    def test_schema_2_upgraded_in_place(self) -> None:
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(MESSAGE + str(i).encode())) for i in range(3)]
+        inbox.store([uids[0]], ["\\Seen"], StoreMode.ADD)
+        validity = inbox.uidvalidity
+        del inbox
+        db = sqlite3.connect(os.path.join(self.root, "mailsrv-index.sqlite"))
+        db.execute("DROP INDEX messages_unseen")
+        db.execute("UPDATE meta SET value = 2 WHERE key = 'schema'")
+        db.commit()
+        db.close()
+        inbox = self.inbox()
+        self.assertEqual(inbox.uidvalidity, validity)
+        self.assertEqual(list(inbox.search_index(_unseen())), uids[1:])
+        self.assertIn("messages_unseen", self.plan())
+
+
+def _unseen() -> criteria.Criterion:
+    return criteria.Not(criteria.Flag("\\Seen"))

@@ -107,6 +107,27 @@ class MaildropTests(unittest.SynchronousTestCase):
         self.failureResultOf(maildrop.retrieve(late), NoSuchMessage)
         self.assertEqual(self.retrieve(maildrop, self.uids[1]), message(2))
 
+    def test_listing_without_metadata_objects(self) -> None:
+        """A login lists the INBOX from (uid, size, seen) tuples where the
+        backend gives them (IPop3Listing): no message's metadata is fetched,
+        and QUIT still flags only what was unseen at login."""
+        self.inbox.store([self.uids[0]], [SEEN], StoreMode.ADD)
+        fetch = type(self.inbox).fetch
+
+        def no_fetch(*args: Any) -> Any:
+            raise AssertionError("fetch called by the login")
+
+        self.patch(type(self.inbox), "fetch", no_fetch)
+        maildrop = self.maildrop()
+        listing = self.open(maildrop)
+        self.assertEqual(
+            [(e.uid, e.size) for e in listing],
+            [(u, len(message(n))) for n, u in enumerate(self.uids, 1)],
+        )
+        self.successResultOf(maildrop.commit([], self.uids[:2]))
+        flags = {m.uid: m.flags for m in fetch(self.inbox, self.uids)}
+        self.assertEqual([SEEN in flags[u] for u in self.uids], [True, True, False])
+
     def test_unique_id_format(self) -> None:
         self.assertEqual(unique_id(1, 1700000000), "000000016553F100")
         self.assertEqual(unique_id(0x1234ABCD, 5), "1234ABCD00000005")

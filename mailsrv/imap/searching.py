@@ -44,7 +44,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from mailsrv.imap import content, search_ext, textindex
+from mailsrv.imap import content, search_ext, search_pushdown, textindex
 from mailsrv.imap.budget import CommandBudget
 from mailsrv.imap.output import Done, ResponseWriter
 from mailsrv.imap.pacing import Pacer
@@ -147,6 +147,9 @@ class Program:
     #: narrow the scan (:func:`mailsrv.imap.textindex.narrow`).
     texts: dict[int, textindex.IndexedText] = attrs.Factory(dict)
     narrowing: list[textindex.IndexedText] = attrs.Factory(list)
+    #: What it was compiled from, ``(key, charset, now)``: the index may
+    #: answer part of it (:mod:`mailsrv.imap.search_pushdown`).
+    source: tuple[SearchKey, str | None, datetime.datetime] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -250,6 +253,7 @@ def compile_key(
         indexed = program.texts.get(id(cast(SearchKey, conjunct).args))
         if indexed is not None:
             program.narrowing.append(indexed)
+    program.source = (key, charset, now)
     return program
 
 
@@ -517,6 +521,14 @@ def _fields_pass(
     return _decide(test, pending, hits)
 
 
+def _budgeted(program: Program) -> Program:
+    """``program`` with its budget checked before each message's test too
+    (one message may be costly)."""
+    if program.budget is None:
+        return program
+    return attrs.evolve(program, predicate=program.budget.guard(program.predicate))
+
+
 @defer.inlineCallbacks
 def _candidates(
     view: SelectedMailbox, mailbox: IMailbox, program: Program
@@ -542,12 +554,16 @@ def _scan(
 ) -> Generator[defer.Deferred[Any], Any, bool]:
     """Feed each batch's hits to ``found``; False if the connection went.
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
+    budget = program.budget
+    program = _budgeted(program)
+    pushed = search_pushdown.plan(view, mailbox, program, compile_key)
+    if pushed is not None:
+        complete: bool = yield search_pushdown.scan(
+            view, mailbox, program, pushed, clock, writer, found, metadata, _matches, BATCH
+        )
+        return complete
     pairs: Iterator[tuple[int, int]] = yield _candidates(view, mailbox, program)
     first = True
-    budget = program.budget
-    if budget is not None:
-        # Checked before each message's test too: one may be costly.
-        program = attrs.evolve(program, predicate=budget.guard(program.predicate))
     pacer = Pacer(BATCH, budget)
     while True:
         if not first:

@@ -30,6 +30,7 @@ from mailsrv.interfaces import (
     IMaildrop,
     IMaildropLocking,
     IMessage,
+    IPop3Listing,
     IPop3UidSource,
     MaildropEntry,
     StoreMode,
@@ -119,19 +120,29 @@ class Maildrop:
 
     async def _snapshot(self, inbox: IMailbox) -> list[MaildropEntry]:
         await maybe_deferred(inbox.check)
-        uids = await maybe_deferred(inbox.uids)
-        messages: Sequence[IMessage] = await maybe_deferred(inbox.fetch, list(uids))
+        listing = await self._listing_of(inbox)
         uidvalidity = inbox.uidvalidity
         carried = await self._carried_uidls(inbox)
-        self._unseen_at_open = {m.uid for m in messages if SEEN not in m.flags}
+        self._unseen_at_open = {uid for uid, _, seen in listing if not seen}
         return [
             MaildropEntry(
-                uid=message.uid,
-                size=message.size,
-                unique_id=carried.get(message.uid) or unique_id(message.uid, uidvalidity),
+                uid=uid, size=size, unique_id=carried.get(uid) or unique_id(uid, uidvalidity)
             )
-            for message in messages
+            for uid, size, _ in listing
         ]
+
+    @staticmethod
+    async def _listing_of(inbox: IMailbox) -> Sequence[tuple[int, int, bool]]:
+        """``(uid, size, seen)`` per message: as tuples where the backend
+        gives them (:class:`IPop3Listing`), else from its metadata."""
+        if IPop3Listing.providedBy(inbox):
+            found: Sequence[tuple[int, int, bool]] = await maybe_deferred(
+                IPop3Listing(inbox).pop3_listing
+            )
+            return found
+        uids = await maybe_deferred(inbox.uids)
+        messages: Sequence[IMessage] = await maybe_deferred(inbox.fetch, list(uids))
+        return [(m.uid, m.size, SEEN in m.flags) for m in messages]
 
     async def _carried_uidls(self, inbox: IMailbox) -> dict[int, str]:
         """UIDLs a backend kept from a migration (:class:`IPop3UidSource`);

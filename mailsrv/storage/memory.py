@@ -26,6 +26,7 @@ from typing import IO, Any
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailsrv.criteria import Criterion, matches
 from mailsrv.errors import (
     InvalidMailboxName,
     MailboxExists,
@@ -40,12 +41,14 @@ from mailsrv.interfaces import (
     SEEN,
     SPECIAL_USES,
     IAccount,
+    IIndexSearch,
     IMailbox,
     IMailboxListener,
     IMessage,
     IMessageCache,
     IMessageRows,
     IMetadataStore,
+    IPop3Listing,
     IQuotaUsage,
     IStorage,
     MailboxEntry,
@@ -249,7 +252,7 @@ class _MailboxState:
                 )
 
 
-@implementer(IMailbox, IMessageCache, IMessageRows)
+@implementer(IMailbox, IMessageCache, IMessageRows, IPop3Listing, IIndexSearch)
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
@@ -312,6 +315,17 @@ class MemoryMailbox:
 
     def uid_runs(self) -> list[tuple[int, int]]:
         return _runs(self._state.uids())
+
+    def pop3_listing(self) -> Sequence[tuple[int, int, bool]]:
+        messages = self._state.messages
+        return [
+            (uid, len(messages[uid].data), SEEN in messages[uid].flags) for uid in sorted(messages)
+        ]
+
+    def search_index(self, criterion: Criterion) -> Sequence[int]:
+        """The reference meaning itself: memory has no index to ask."""
+        messages = self._state.messages
+        return [uid for uid in sorted(messages) if matches(criterion, messages[uid].info())]
 
     def open(self, uid: int) -> IO[bytes]:
         message = self._state.messages.get(uid)

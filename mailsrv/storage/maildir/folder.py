@@ -23,15 +23,18 @@ import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from mailsrv.criteria import Criterion
 from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
 from mailsrv.interfaces import (
     IFullTextSearch,
+    IIndexSearch,
     IMailbox,
     IMailboxListener,
     IMaildropLocking,
     IMessage,
     IMessageCache,
     IMessageRows,
+    IPop3Listing,
     IPop3UidSource,
     MailboxStatus,
     MessageInfo,
@@ -42,7 +45,7 @@ from mailsrv.interfaces import (
     TextMatches,
 )
 from mailsrv.log import get_logger
-from mailsrv.storage.maildir import appending, transfer
+from mailsrv.storage.maildir import appending, sqlsearch, transfer
 from mailsrv.storage.maildir.fulltext import FullText, Progress
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
@@ -91,7 +94,14 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
 
 
 @implementer(
-    IMailbox, IMessageCache, IMessageRows, IMaildropLocking, IPop3UidSource, IFullTextSearch
+    IMailbox,
+    IMessageCache,
+    IMessageRows,
+    IMaildropLocking,
+    IPop3UidSource,
+    IPop3Listing,
+    IIndexSearch,
+    IFullTextSearch,
 )
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
@@ -352,14 +362,27 @@ class MaildirMailbox:
         return self._folder.uid_runs()
 
     @_recovering
+    def pop3_listing(self) -> Sequence[tuple[int, int, bool]]:
+        return self._folder.db.pop3_listing()
+
+    @_recovering
+    def search_index(self, criterion: Criterion) -> Sequence[int]:
+        """One query on the index (:mod:`.sqlsearch`): no row becomes an object."""
+        table = self._folder.keywords
+        table.refresh()
+        condition, args = sqlsearch.where(criterion, table)
+        return self._folder.db.uids_where(condition, args)
+
+    @_recovering
     def open(self, uid: int) -> IO[bytes]:
         folder = self._folder
         for attempt in range(2):
-            row = folder.db.row(uid)
-            if row is None:
+            found = folder.db.file_of(uid)
+            if found is None:
                 break
+            filename, raw, size = found
             try:
-                return open_wire(folder.path_of(row), row.raw, row.size)
+                return open_wire(os.path.join(folder.cur, filename), raw, size)
             except FileNotFoundError:
                 if attempt == 0:
                     # Renamed (flags) or removed by someone else: catch up.

@@ -20,12 +20,20 @@ import attrs
 from mailsrv.storage.maildir.faults import crash_point
 from mailsrv.storage.maildir.layout import fsync_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: The unseen messages' UIDs, kept by SQLite: SEARCH UNSEEN (the search
+#: clients send most) reads only them.  The condition is spelt exactly as
+#: :mod:`.sqlsearch` writes it, or SQLite does not use the index.
+_UNSEEN_INDEX = (
+    "CREATE INDEX IF NOT EXISTS messages_unseen ON messages (uid) WHERE instr(info, 'S') = 0"
+)
 #: Older schemas :meth:`Index.open` brings up to date in place (what each
 #: lacks, added without touching the rest), rather than rebuilding.
 _UPGRADES = {
     # 2: messages.saved, the RFC 8514 save date (NULL: not known).
     1: "ALTER TABLE messages ADD COLUMN saved INTEGER",
+    # 3: the index of unseen messages.
+    2: _UNSEEN_INDEX,
 }
 
 #: Entries the expunge log keeps (RFC 7162 5.3 suggests bounding it): about
@@ -140,6 +148,7 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_modseq ON messages (modseq);
 CREATE INDEX messages_recent ON messages (recent) WHERE recent = 1;
+{_UNSEEN_INDEX};
 CREATE TABLE expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL);
 CREATE INDEX expunged_modseq ON expunged (modseq);
 CREATE TABLE cache (
@@ -448,6 +457,19 @@ class Index:
             runs.append((first, last))
         return runs
 
+    def uids_where(self, condition: str, args: Sequence[object]) -> list[int]:
+        """UIDs, ascending, of the rows meeting an SQL ``condition``
+        (:mod:`mailsrv.storage.maildir.sqlsearch` writes them)."""
+        cursor = self.db.execute(f"SELECT uid FROM messages WHERE {condition} ORDER BY uid", args)
+        return [uid for (uid,) in cursor]
+
+    def pop3_listing(self) -> list[tuple[int, int, bool]]:
+        """``(uid, size, seen)`` of every message, by UID."""
+        cursor = self.db.execute(
+            "SELECT uid, size, instr(info, 'S') > 0 FROM messages ORDER BY uid"
+        )
+        return [(uid, size, bool(seen)) for uid, size, seen in cursor]
+
     def uid_set_version(self) -> tuple[int, object]:
         """A value that changes whenever the set of UIDs does, and only
         then: the message count (every insert raises it) and the number of
@@ -461,6 +483,14 @@ class Index:
             f"SELECT {_COLUMNS} FROM messages WHERE uid = ?", (uid,)
         ).fetchone()
         return None if values is None else _row(values)
+
+    def file_of(self, uid: int) -> tuple[str, bool, int] | None:
+        """``(file name in cur/, raw, size)`` of a message: what opening
+        it needs, without a :class:`Row` (POP3 RETR asks once a message)."""
+        found = self.db.execute(
+            "SELECT filename, raw, size FROM messages WHERE uid = ?", (uid,)
+        ).fetchone()
+        return None if found is None else (str(found[0]), bool(found[1]), int(found[2]))
 
     def rows(self, uids: Iterable[int] | None = None) -> list[Row]:
         """Rows for ``uids`` (all if None), ascending by UID."""

@@ -128,6 +128,11 @@ class KeywordTable:
             cached = self._flags_cache[info] = frozenset(found)
         return cached
 
+    def letters_of(self, keyword: str) -> list[str]:
+        """The letters that show as exactly ``keyword`` in :meth:`flags`
+        (several if another program defined it twice), for SEARCH in SQL."""
+        return [chr(97 + i) for i, shown in enumerate(self._shown) if shown == keyword]
+
     def letter(self, keyword: str, allocate: bool) -> str | None:
         """The letter of ``keyword`` (matched case-insensitively), added if asked."""
         lowered = keyword.lower()

@@ -199,11 +199,21 @@ def write_tmp(tmp: str, source: IO[bytes], date_ns: int) -> tuple[str, int]:
     return path, size
 
 
+#: LF files up to this wire size are converted in one piece when opened.
+WHOLE_LIMIT = 256 * 1024
+
+
 def open_wire(path: str, raw: bool, size: int) -> IO[bytes]:
     """A message file read in wire form: as it is when stored ``raw`` (CRLF
-    already), else through :class:`WireReader` (``size``: its wire size)."""
+    already), else converted: a small one at once (one read and one
+    replace, where the chunked :class:`WireReader` costs several Python
+    calls per read: most POP3 RETRs are a few KB), a larger one through
+    :class:`WireReader` (``size``: its wire size)."""
     if raw:
         return open(path, "rb")
+    if size <= WHOLE_LIMIT:
+        with open(path, "rb") as file:
+            return io.BytesIO(to_crlf(file.read(), False))
     return io.BufferedReader(WireReader(path, size))
 
 

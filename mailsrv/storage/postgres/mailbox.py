@@ -26,14 +26,17 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailsrv.criteria import Criterion
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.interfaces import (
     DELETED,
+    IIndexSearch,
     IMailbox,
     IMailboxListener,
     IMaildropLocking,
     IMessage,
     IMessageCache,
+    IPop3Listing,
     IPop3UidSource,
     MailboxStatus,
     NewMessage,
@@ -43,7 +46,7 @@ from mailsrv.interfaces import (
 )
 from mailsrv.log import get_logger
 from mailsrv.storage.flags import check_flags
-from mailsrv.storage.postgres import queries
+from mailsrv.storage.postgres import queries, sqlsearch
 from mailsrv.storage.postgres.blobs import Spool, new_spool
 from mailsrv.storage.postgres.db import REPEATABLE_READ
 
@@ -174,7 +177,7 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource)
+@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IPop3Listing, IIndexSearch)
 class PostgresMailbox:
     """A handle on one mailbox; all handles of a mailbox share its state."""
 
@@ -245,6 +248,10 @@ class PostgresMailbox:
 
     def fetch(self, uids: Iterable[int]) -> Any:
         return self._db.run(queries.fetch, *self._key, uid_argument(uids), transaction=False)
+
+    def search_index(self, criterion: Criterion) -> Any:
+        """One query (:mod:`.sqlsearch`): no row becomes a MessageInfo."""
+        return self._db.run(sqlsearch.search_index, *self._key, criterion, transaction=False)
 
     def open(self, uid: int) -> Any:
         """The message copied into a local temporary file, in a worker thread,
@@ -486,6 +493,9 @@ class PostgresMailbox:
             self._storage.unwatch(self._state)
 
     # -- POP3 ------------------------------------------------------------------------
+
+    def pop3_listing(self) -> Any:
+        return self._db.run(queries.pop3_listing, *self._key, transaction=False)
 
     def pop3_uidls(self) -> Any:
         """UIDLs carried over by ``mailsrv migrate`` (UID -> UIDL); the

@@ -184,6 +184,17 @@ def pop3_uidls(conn: Any, user: str, mailbox_id: int) -> dict[int, str]:
     return {row[0]: row[1] for row in rows}
 
 
+def pop3_listing(conn: Any, user: str, mailbox_id: int) -> list[tuple[int, int, bool]]:
+    """``(uid, size, seen)`` of every message, by UID (IPop3Listing)."""
+    with conn.cursor(binary=True) as cursor:
+        cursor.execute(
+            "SELECT uid, size, flags & %s <> 0 FROM messages "
+            "WHERE user_name = %s AND mailbox_id = %s ORDER BY uid",
+            (SEEN_BIT, user, mailbox_id),
+        )
+        return [(row[0], row[1], row[2]) for row in cursor]
+
+
 def keywords(conn: Any, user: str, mailbox_id: int) -> list[str]:
     """The mailbox's defined keywords, oldest first (one row read)."""
     row = conn.execute(

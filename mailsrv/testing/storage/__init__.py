@@ -36,6 +36,7 @@ from mailsrv.testing.storage.accounts import AccountContract
 from mailsrv.testing.storage.base import ListenerRecorder, call, message_bytes
 from mailsrv.testing.storage.batches import BatchContract
 from mailsrv.testing.storage.changes import ChangeContract
+from mailsrv.testing.storage.indexed import IndexContract
 from mailsrv.testing.storage.messages import MessageContract
 from mailsrv.testing.storage.metadata import MetadataContract
 from mailsrv.testing.storage.modseq import ModseqContract
@@ -54,5 +55,6 @@ class StorageSuiteMixin(
     ObjectContract,
     MetadataContract,
     RowsContract,
+    IndexContract,
 ):
     """The IStorage/IAccount/IMailbox contract, for any backend."""

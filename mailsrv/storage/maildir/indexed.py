@@ -371,11 +371,17 @@ class IndexedFolder:
         return self.db.counters()[0]
 
     def _clean_tmp(self) -> None:
+        """Remove what crashed writers left in tmp/ 36 hours ago.
+
+        Judged by the inode's change time, which creating, linking or
+        dating a file sets to now: the modification time of a staged
+        message is its INTERNALDATE (an APPEND of an old message, a COPY's
+        link), which says nothing of when a writer put it there."""
         cutoff = time.time() - TMP_MAX_AGE
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.tmp):
                 with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if entry.stat(follow_symlinks=False).st_ctime < cutoff:
                         os.unlink(entry.path)
 
     # -- the bookkeeping of a change (lock held) --------------------------------------

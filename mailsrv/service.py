@@ -91,7 +91,10 @@ def build_storage(config: Config, reactor: Any = None) -> IStorage:
     from mailsrv.storage.maildir import MaildirStorage
 
     return MaildirStorage(
-        config.storage.maildir, poll_interval=config.storage.poll_interval, reactor=reactor
+        config.storage.maildir,
+        poll_interval=config.storage.poll_interval,
+        reactor=reactor,
+        threaded_writes=True,
     )
 
 

@@ -171,8 +171,33 @@ class IndexedFolder:
             if self._lock_depth == 0 and self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _lock(self) -> None:
-        """Take the lock and make sure the index is open and current."""
+    @contextlib.contextmanager
+    def locked_if_free(self) -> Iterator[bool]:
+        """:meth:`locked` if the lock can be had at once; else yield False
+        without waiting (a reactor thread must not wait for another
+        process's or thread's write)."""
+        if self.closed:
+            raise NoSuchMailbox(f"mailbox {self.name!r} was deleted or renamed")
+        if self._lock_depth > 0:
+            with self.locked():
+                yield True
+            return
+        try:
+            self._lock(blocking=False)
+        except BlockingIOError:
+            yield False
+            return
+        self._lock_depth += 1
+        try:
+            yield True
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _lock(self, blocking: bool = True) -> None:
+        """Take the lock and make sure the index is open and current
+        (``blocking=False``: BlockingIOError if someone else holds it)."""
         if self._lock_fd is None:
             try:
                 self._lock_fd = os.open(
@@ -180,7 +205,7 @@ class IndexedFolder:
                 )
             except FileNotFoundError:
                 raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists") from None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             if not os.path.isdir(self.path):
                 raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists")

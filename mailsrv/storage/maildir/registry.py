@@ -21,6 +21,7 @@ from mailsrv.log import get_logger
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.layout import needs_index
 from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
+from mailsrv.storage.maildir.writer import ThreadedMailbox
 
 __all__ = ["MailboxRegistry"]
 
@@ -37,13 +38,22 @@ class MailboxRegistry:
         must be indexed first is indexed in a thread (:meth:`open_in_thread`).
     :param keep_open: hold every folder opened until :meth:`close_all`
         (by default a folder no session uses is let go).
+    :param threaded_writes: with a thread pool, folders are
+        :class:`~.writer.ThreadedMailbox` objects: their writes wait for locks
+        and fsyncs in a thread, and answer with Deferreds.
     """
 
     def __init__(
-        self, watcher: Watcher = NO_WATCHER, reactor: Any = None, *, keep_open: bool = False
+        self,
+        watcher: Watcher = NO_WATCHER,
+        reactor: Any = None,
+        *,
+        keep_open: bool = False,
+        threaded_writes: bool = False,
     ) -> None:
         self.watcher = watcher
         self._reactor = reactor
+        self._threaded = threaded_writes and IReactorThreads.providedBy(reactor)
         self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
             weakref.WeakValueDictionary()
         )
@@ -56,9 +66,19 @@ class MailboxRegistry:
         key = os.path.realpath(path)
         mailbox = self._mailboxes.get(key)
         if mailbox is None or mailbox.closed:
-            mailbox = MaildirMailbox(
-                root, path, name, watcher=self.watcher, warn_once=self.warn_once
-            )
+            if self._threaded:
+                mailbox = ThreadedMailbox(
+                    root,
+                    path,
+                    name,
+                    watcher=self.watcher,
+                    warn_once=self.warn_once,
+                    reactor=self._reactor,
+                )
+            else:
+                mailbox = MaildirMailbox(
+                    root, path, name, watcher=self.watcher, warn_once=self.warn_once
+                )
             self._mailboxes[key] = mailbox
             if self._kept is not None:
                 self._kept[key] = mailbox

@@ -58,6 +58,11 @@ class MaildirStorage:
         goes on, such as mailsrv.testing); by default a folder no session
         uses is let go, and its index closed when the garbage collector
         frees it.
+    :param threaded_writes: with a ``reactor`` that has a thread pool,
+        writes (APPEND, STORE, EXPUNGE, COPY) take the folder lock and
+        fsync in a thread, one at a time per folder, and answer with
+        Deferreds, so the reactor keeps answering meanwhile
+        (:mod:`.writer`); the daemon sets it.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class MaildirStorage:
         poll_interval: float = 5.0,
         reactor: Any = None,
         keep_open: bool = False,
+        threaded_writes: bool = False,
     ) -> None:
         if "{user}" not in template and "{home}" not in template:
             raise StorageError(f"maildir template {template!r} must contain {{user}} or {{home}}")
@@ -81,7 +87,12 @@ class MaildirStorage:
         self.template = template
         self.poll_interval = poll_interval
         self._watcher = FolderWatcher(reactor, poll_interval) if reactor is not None else None
-        self._mailboxes = MailboxRegistry(self._watcher or NO_WATCHER, reactor, keep_open=keep_open)
+        self._mailboxes = MailboxRegistry(
+            self._watcher or NO_WATCHER,
+            reactor,
+            keep_open=keep_open,
+            threaded_writes=threaded_writes,
+        )
 
     # -- accounts -------------------------------------------------------------
 

@@ -1,0 +1,260 @@
+"""A folder's writes made durable off the reactor thread.
+
+A write to a Maildir folder waits: for the folder lock while another
+process (a second worker, ``mailsrv deliver``) holds it, and for three
+fsyncs (the message file, the UID list, ``cur/``).  Done on the reactor
+thread, that wait holds up every session of the process, reads included.
+
+:class:`ThreadedMailbox` is the daemon's :class:`MaildirMailbox`: reads stay
+on the reactor thread as before, and APPEND, STORE, EXPUNGE, COPY's placing
+and a CHECK that finds the lock taken run in a :class:`FolderWriter`: one at
+a time per folder, in the reactor's thread pool, on a second
+:class:`MaildirMailbox` of the same folder made and used only there.  That
+second object has its own SQLite connection and its own descriptor of
+``mailsrv-lock``, whose ``flock`` excludes the reactor thread's exactly as
+it excludes another process, so the write runs the same locked code as
+before, with the same crash guarantees (UIDs fsynced before a file shows,
+cur/ fsynced before an answer, nothing left by a NO): to the folder it is
+just one more writer, like a second worker.  The reactor thread then tells
+the sessions' listeners from the index, as it does for another process's
+change.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+
+from mailsrv.errors import NoSuchMailbox
+from mailsrv.interfaces import IMailbox, NewMessage, StoreResult, maybe_deferred
+from mailsrv.storage.maildir import transfer
+from mailsrv.storage.maildir.folder import MaildirMailbox, _recovering
+from mailsrv.storage.maildir.keywords import KeywordTable
+from mailsrv.storage.maildir.layout import disk_full
+from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
+
+__all__ = ["FolderWriter", "ThreadedMailbox"]
+
+_T = TypeVar("_T")
+
+#: A piece of work for the writer's own mailbox object (None: close it).
+Work = Callable[[MaildirMailbox], Any]
+
+
+class FolderWriter:
+    """Runs one folder's writes one after the other in the reactor's thread
+    pool, each on the writer's own :class:`MaildirMailbox`, made in the pool
+    at the first write (and again after a failure closed it).
+
+    One at a time, so the writer's SQLite connection and lock descriptor are
+    never used by two threads at once; the order is the order of
+    :meth:`run`.
+    """
+
+    def __init__(self, reactor: Any, make: Callable[[], MaildirMailbox], name: str) -> None:
+        self._reactor = reactor
+        self._make = make
+        self._name = name
+        self._own: MaildirMailbox | None = None
+        self._queue: deque[tuple[Work | None, Deferred[Any]]] = deque()
+        self._busy = False
+        self._closed = False
+
+    def run(self, work: Callable[[MaildirMailbox], _T]) -> Deferred[_T]:
+        """``work(mailbox)`` in the pool, after the writes queued before it."""
+        if self._closed:
+            return fail(NoSuchMailbox(f"mailbox {self._name!r} was deleted or renamed"))
+        done: Deferred[_T] = Deferred()
+        self._queue.append((work, done))
+        self._next()
+        return done
+
+    def close(self) -> None:
+        """The folder was deleted or renamed: later writes fail; the writer's
+        mailbox is closed after the writes already queued."""
+        if not self._closed:
+            self._closed = True
+            self._queue.append((None, Deferred()))
+            self._next()
+
+    def _next(self) -> None:
+        if self._busy or not self._queue:
+            return
+        self._busy = True
+        work, done = self._queue.popleft()
+        pool = self._reactor.getThreadPool()
+        ran: Deferred[Any] = deferToThreadPool(self._reactor, pool, self._call, work)
+
+        def finished(result: object) -> object:
+            self._busy = False
+            self._next()
+            return result
+
+        ran.addBoth(finished).chainDeferred(done)
+
+    def _call(self, work: Work | None) -> object:
+        """In the pool thread."""
+        own = self._own
+        if work is None:
+            if own is not None:
+                own.close()
+            self._own = None
+            return None
+        if own is None or own.closed:
+            own = self._own = self._make()
+        return work(own)
+
+
+class ThreadedMailbox(MaildirMailbox):
+    """A :class:`MaildirMailbox` whose writes run in a :class:`FolderWriter`
+    and answer with Deferreds (the contract's ``MaybeDeferred``), so the
+    reactor thread never waits for the folder lock or an fsync of theirs.
+
+    Its overrides return Deferreds where the base class returns values,
+    which the contract allows (hence the ``override`` ignores)."""
+
+    def __init__(
+        self,
+        root: str,
+        path: str,
+        name: str,
+        *,
+        watcher: Watcher,
+        warn_once: Callable[[str], None],
+        reactor: Any,
+    ) -> None:
+        super().__init__(root, path, name, watcher=watcher, warn_once=warn_once)
+
+        def make() -> MaildirMailbox:
+            return MaildirMailbox(root, path, name, watcher=NO_WATCHER, warn_once=warn_once)
+
+        self._writer = FolderWriter(reactor, make, name)
+
+    def close(self) -> None:
+        super().close()
+        self._writer.close()
+
+    def _write(self, work: Callable[[MaildirMailbox], _T]) -> Deferred[_T]:
+        """Run ``work`` in the writer, then tell this process's listeners
+        what it changed (read from the index, as after another process's
+        change), then answer."""
+
+        def heard(result: _T) -> _T:
+            self._announce()
+            return result
+
+        return self._writer.run(work).addCallback(heard)
+
+    # -- writes ---------------------------------------------------------------------
+
+    def append(  # type: ignore[override]
+        self,
+        source: IO[bytes],
+        flags: Iterable[str] = (),
+        internal_date: datetime.datetime | None = None,
+    ) -> Deferred[int]:
+        wanted = list(flags)
+        return self._write(lambda own: own.append(source, wanted, internal_date))
+
+    def append_many(  # type: ignore[override]
+        self, messages: Sequence[NewMessage]
+    ) -> Deferred[list[int]]:
+        batch = list(messages)
+        return self._write(lambda own: own.append_many(batch))
+
+    def store(  # type: ignore[override]
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str,
+        unchanged_since: int | None = None,
+    ) -> Deferred[StoreResult]:
+        wanted, wanted_flags = list(uids), list(flags)
+        return self._write(lambda own: own.store(wanted, wanted_flags, mode, unchanged_since))
+
+    def remove(self, uids: Iterable[int]) -> Deferred[Sequence[int]]:  # type: ignore[override]
+        wanted = list(uids)
+        return self._write(lambda own: own.remove(wanted))
+
+    def expunge(  # type: ignore[override]
+        self, uids: Iterable[int] | None = None
+    ) -> Deferred[Sequence[int]]:
+        wanted = None if uids is None else list(uids)
+        return self._write(lambda own: own.expunge(wanted))
+
+    def copy(  # type: ignore[override]
+        self, uids: Iterable[int], destination: IMailbox
+    ) -> Sequence[tuple[int, int]] | Deferred[Sequence[tuple[int, int]]]:
+        """Links are made in the destination's tmp/ here (a link is no
+        write to wait for); their placing, under the destination's lock
+        with its fsyncs, in the destination's writer."""
+        if not isinstance(destination, ThreadedMailbox):
+            return super().copy(uids, destination)
+        staged = self._stage_copies(list(uids), destination)
+        if not staged:
+            return []
+        keywords_path = self._folder.keywords.path
+
+        def receive(own: MaildirMailbox) -> Sequence[tuple[int, int]]:
+            # The source's keyword table, read afresh in this thread (the
+            # reactor's is not to be shared): letters are never reassigned.
+            keywords = KeywordTable(keywords_path)
+            keywords.refresh()
+            with disk_full():
+                return own._receive(staged, keywords)
+
+        def dropped(result: object) -> object:
+            transfer.drop_staged(staged)
+            return result
+
+        received = destination._write(receive)
+        received.addBoth(dropped)
+        return received
+
+    @_recovering
+    def _stage_copies(self, uids: list[int], destination: ThreadedMailbox) -> list[transfer.Staged]:
+        folder = self._folder
+        folder.keywords.refresh()
+        rows = folder.db.rows(uids)
+        with disk_full():
+            return transfer.stage_copies(folder, rows, destination._folder)
+
+    def move(  # type: ignore[override]
+        self, uids: Iterable[int], destination: IMailbox
+    ) -> Sequence[tuple[int, int]] | Deferred[Sequence[tuple[int, int]]]:
+        """Renames within a file system stay on this thread (both folders
+        locked; no fsync of a message); across file systems a MOVE is a
+        COPY, here threaded, then a removal."""
+        wanted = list(uids)
+        if not isinstance(destination, ThreadedMailbox) or transfer.same_device(
+            self._folder, destination._folder
+        ):
+            return super().move(wanted, destination)
+        copied = maybe_deferred(self.copy, wanted, destination)
+
+        def remove(pairs: Sequence[tuple[int, int]]) -> Deferred[Sequence[tuple[int, int]]]:
+            return self.remove([source for source, _ in pairs]).addCallback(lambda _: pairs)
+
+        return copied.addCallback(remove)
+
+    # -- catching up ------------------------------------------------------------------
+
+    def check(self) -> Deferred[None] | None:  # type: ignore[override]
+        """Catch up here if the folder lock is free; if another writer
+        holds it, in the writer, which waits for it there."""
+        if self._check_if_free():
+            self._announce()
+            return None
+        return self._write(lambda own: own.check())
+
+    @_recovering
+    def _check_if_free(self) -> bool:
+        with self._folder.locked_if_free() as held:
+            if held:
+                self._folder.sync()
+            return held

@@ -27,15 +27,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, TypeVar
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.interfaces import IMailbox, NewMessage, StoreResult, maybe_deferred
-from mailsrv.storage.maildir import transfer
+from mailsrv.storage.maildir import appending, transfer
 from mailsrv.storage.maildir.folder import MaildirMailbox, _recovering
 from mailsrv.storage.maildir.keywords import KeywordTable
 from mailsrv.storage.maildir.layout import disk_full
+from mailsrv.storage.maildir.recovery import crash_point
 from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
 
 __all__ = ["FolderWriter", "ThreadedMailbox"]
@@ -46,31 +49,60 @@ _T = TypeVar("_T")
 Work = Callable[[MaildirMailbox], Any]
 
 
-class FolderWriter:
-    """Runs one folder's writes one after the other in the reactor's thread
-    pool, each on the writer's own :class:`MaildirMailbox`, made in the pool
-    at the first write (and again after a failure closed it).
+@attrs.define
+class _Job:
+    """One write waiting in a :class:`FolderWriter`."""
 
-    One at a time, so the writer's SQLite connection and lock descriptor are
-    never used by two threads at once; the order is the order of
-    :meth:`run`.
+    done: Deferred[Any]
+    #: What to run on the writer's mailbox; None for a placement or a close.
+    work: Work | None = None
+    #: A placement: messages staged in tmp/ to be given UIDs and moved in.
+    staged: Sequence[appending.Staged] = ()
+    #: Whether the placement may share one UID list and cur/ fsync with
+    #: others (no keywords: one that does not fit must fail alone).
+    shared: bool = False
+    closing: bool = False
+
+
+class FolderWriter:
+    """Runs one folder's writes in the reactor's thread pool, on the
+    writer's own :class:`MaildirMailbox` (made in the pool at the first
+    write, and again after a failure closed it).
+
+    The writes queued while one batch runs are the next batch: it takes the
+    folder lock once, places the messages of all its APPENDs together (one
+    fsync of the UID list, one of ``cur/``: group commit) and runs the other
+    writes in turn.  One batch at a time, so the writer's SQLite connection
+    and lock descriptor are never used by two threads at once.
     """
+
+    #: At most this many writes share one lock (others wait for the next).
+    BATCH = 32
 
     def __init__(self, reactor: Any, make: Callable[[], MaildirMailbox], name: str) -> None:
         self._reactor = reactor
         self._make = make
         self._name = name
         self._own: MaildirMailbox | None = None
-        self._queue: deque[tuple[Work | None, Deferred[Any]]] = deque()
+        self._queue: deque[_Job] = deque()
         self._busy = False
         self._closed = False
 
     def run(self, work: Callable[[MaildirMailbox], _T]) -> Deferred[_T]:
-        """``work(mailbox)`` in the pool, after the writes queued before it."""
+        """``work(mailbox)`` in the pool, under the folder lock."""
+        return self._add(lambda done: _Job(done, work=work))
+
+    def place(self, staged: Sequence[appending.Staged]) -> Deferred[list[int]]:
+        """Messages staged in tmp/ given UIDs and moved into cur/, with the
+        others queued meanwhile: all of them durable, or none in cur/."""
+        shared = not any(item.keywords for item in staged)
+        return self._add(lambda done: _Job(done, staged=staged, shared=shared))
+
+    def _add(self, job: Callable[[Deferred[Any]], _Job]) -> Deferred[Any]:
         if self._closed:
             return fail(NoSuchMailbox(f"mailbox {self._name!r} was deleted or renamed"))
-        done: Deferred[_T] = Deferred()
-        self._queue.append((work, done))
+        done: Deferred[Any] = Deferred()
+        self._queue.append(job(done))
         self._next()
         return done
 
@@ -79,35 +111,88 @@ class FolderWriter:
         mailbox is closed after the writes already queued."""
         if not self._closed:
             self._closed = True
-            self._queue.append((None, Deferred()))
+            self._queue.append(_Job(Deferred(), closing=True))
             self._next()
 
     def _next(self) -> None:
         if self._busy or not self._queue:
             return
         self._busy = True
-        work, done = self._queue.popleft()
+        batch = [self._queue.popleft()]
+        while (
+            not batch[0].closing
+            and self._queue
+            and not self._queue[0].closing
+            and len(batch) < self.BATCH
+        ):
+            batch.append(self._queue.popleft())
         pool = self._reactor.getThreadPool()
-        ran: Deferred[Any] = deferToThreadPool(self._reactor, pool, self._call, work)
+        ran: Deferred[list[object]] = deferToThreadPool(self._reactor, pool, self._call, batch)
 
-        def finished(result: object) -> object:
+        def finished(outcomes: list[object]) -> None:
             self._busy = False
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Failure):
+                    job.done.errback(outcome)
+                else:
+                    job.done.callback(outcome)
             self._next()
-            return result
 
-        ran.addBoth(finished).chainDeferred(done)
+        def broke(failure: Failure) -> None:
+            self._busy = False
+            for job in batch:
+                job.done.errback(failure)
+            self._next()
 
-    def _call(self, work: Work | None) -> object:
-        """In the pool thread."""
-        own = self._own
-        if work is None:
-            if own is not None:
-                own.close()
+        ran.addCallbacks(finished, broke)
+
+    def _call(self, batch: list[_Job]) -> list[object]:
+        """In the pool thread: the batch under one lock, an outcome (value or
+        Failure) per job."""
+        if batch[0].closing:
+            if self._own is not None:
+                self._own.close()
             self._own = None
-            return None
+            return [None]
+        own = self._own
         if own is None or own.closed:
             own = self._own = self._make()
-        return work(own)
+        outcomes: list[object] = [None] * len(batch)
+        with own._folder.locked():
+            shared = [i for i, job in enumerate(batch) if job.shared]
+            if shared:
+                self._place_together(own, [batch[i] for i in shared], shared, outcomes)
+            for i, job in enumerate(batch):
+                if job.shared:
+                    continue
+                try:
+                    if job.work is not None:
+                        outcomes[i] = job.work(own)
+                    else:
+                        with disk_full():
+                            outcomes[i] = own._place(job.staged)
+                except Exception:
+                    outcomes[i] = Failure()
+        return outcomes
+
+    @staticmethod
+    def _place_together(
+        own: MaildirMailbox, jobs: list[_Job], positions: list[int], outcomes: list[object]
+    ) -> None:
+        """One placement for the messages of several APPENDs (lock held):
+        each gets its own UIDs; a failure fails them all, none placed."""
+        try:
+            with disk_full():
+                uids = own._place([item for job in jobs for item in job.staged])
+        except Exception:
+            failure = Failure()
+            for position in positions:
+                outcomes[position] = failure
+            return
+        start = 0
+        for job, position in zip(jobs, positions, strict=True):
+            outcomes[position] = uids[start : start + len(job.staged)]
+            start += len(job.staged)
 
 
 class ThreadedMailbox(MaildirMailbox):
@@ -133,6 +218,7 @@ class ThreadedMailbox(MaildirMailbox):
         def make() -> MaildirMailbox:
             return MaildirMailbox(root, path, name, watcher=NO_WATCHER, warn_once=warn_once)
 
+        self._reactor = reactor
         self._writer = FolderWriter(reactor, make, name)
 
     def close(self) -> None:
@@ -144,11 +230,11 @@ class ThreadedMailbox(MaildirMailbox):
         what it changed (read from the index, as after another process's
         change), then answer."""
 
-        def heard(result: _T) -> _T:
-            self._announce()
-            return result
+        return self._writer.run(work).addCallback(self._heard)
 
-        return self._writer.run(work).addCallback(heard)
+    def _heard(self, result: _T) -> _T:
+        self._announce()
+        return result
 
     # -- writes ---------------------------------------------------------------------
 
@@ -158,14 +244,37 @@ class ThreadedMailbox(MaildirMailbox):
         flags: Iterable[str] = (),
         internal_date: datetime.datetime | None = None,
     ) -> Deferred[int]:
-        wanted = list(flags)
-        return self._write(lambda own: own.append(source, wanted, internal_date))
+        added = self.append_many([NewMessage(source, list(flags), internal_date)])
+        return added.addCallback(lambda uids: uids[0])
 
     def append_many(  # type: ignore[override]
         self, messages: Sequence[NewMessage]
     ) -> Deferred[list[int]]:
+        """Written to tmp/ and fsynced in the pool (several at once, no lock
+        held), then placed by the writer with the APPENDs queued meanwhile."""
         batch = list(messages)
-        return self._write(lambda own: own.append_many(batch))
+        folder = self._folder  # only its tmp/ is used in the thread
+
+        def stage() -> list[appending.Staged]:
+            with disk_full():
+                staged = appending.stage(folder, batch)
+                try:
+                    crash_point("append-written")
+                except BaseException:
+                    appending.drop(staged)
+                    raise
+            return staged
+
+        def place(staged: list[appending.Staged]) -> Deferred[list[int]]:
+            def dropped(result: object) -> object:
+                appending.drop(staged)  # what a failure left in tmp/
+                return result
+
+            return self._writer.place(staged).addBoth(dropped)
+
+        pool = self._reactor.getThreadPool()
+        staged: Deferred[list[appending.Staged]] = deferToThreadPool(self._reactor, pool, stage)
+        return staged.addCallback(place).addCallback(self._heard)
 
     def store(  # type: ignore[override]
         self,

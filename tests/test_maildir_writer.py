@@ -11,6 +11,7 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
+from mailsrv.storage.maildir import MaildirStorage
 from tests.helpers import read_line
 from tests.test_maildir_crash import DaemonCrashTestCase
 
@@ -128,3 +129,46 @@ class WriteWaitsOffReactorTests(DaemonCrashTestCase):
         self.assertEqual(len(os.listdir(self.path("cur"))), 1)
         seen = reader.command(b"n", b"NOOP")
         self.assertIn(b"* 1 EXISTS\r\n", seen)
+
+    def test_noop_and_status_answered_while_another_process_holds_the_lock(self) -> None:
+        """The holder records its own change; nothing outside changed new/
+        or cur/, so there is nothing for the NOOP to wait for."""
+        # A Maildir nobody changed for a while: its directories' times are
+        # old enough to be trusted, so a NOOP has nothing to list.
+        MaildirStorage(os.path.join(self.dir, "mail", "{user}", "Maildir")).account("alice")
+        for name in ("cur", "new", "tmp"):
+            os.utime(self.path(name), (time.time() - 3600, time.time() - 3600))
+        self.start()
+        reader = self.connect()
+        lock = os.open(self.path(LOCK), os.O_RDWR)
+        self.addCleanup(os.close, lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            answer = reader.command(b"n", b"NOOP")
+            self.assertTrue(answer[-1].startswith(b"n OK"), answer)
+            answer = reader.command(b"t", b"STATUS INBOX (MESSAGES)")
+            self.assertIn(b"* STATUS INBOX (MESSAGES 0)\r\n", answer)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def test_noop_waits_for_the_lock_to_see_an_outside_delivery(self) -> None:
+        """A file another program put in new/ while the lock is held is
+        picked up by the NOOP once the lock is free, not missed."""
+        self.start()
+        reader = self.connect()
+        lock = os.open(self.path(LOCK), os.O_RDWR)
+        self.addCleanup(os.close, lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(self.path("1.outside", "tmp"), "wb") as handle:
+                handle.write(b"Subject: outside\n\nbody\n")
+            os.rename(self.path("1.outside", "tmp"), self.path("1.outside", "new"))
+            reader.send(b"n NOOP")
+            deadline = time.monotonic() + DEADLINE
+            while not waiting_on(self.path(LOCK)):
+                self.assertLess(time.monotonic(), deadline, "the NOOP never waited for the lock")
+                time.sleep(0.01)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        answer = reader.until_tagged(b"n")
+        self.assertIn(b"* 1 EXISTS\r\n", answer)

@@ -562,6 +562,14 @@ class IndexedFolder:
         signature, trusted = dir_signature(self.cur)
         self.db.put("sig_cur", signature_value(signature, trusted))
 
+    def needs_scan(self) -> bool:
+        """Whether :meth:`sync` would list ``new/`` or ``cur/``: read
+        without the lock, from the signatures the index keeps."""
+        db = self.db
+        return scan.stale(db, self.new, "sig_new", recent_is_stale=True) or scan.stale(
+            db, self.cur, "sig_cur"
+        )
+
     def reload(self, uid: int) -> Row | None:
         """The row of ``uid`` after catching up with the files."""
         with self.locked():

@@ -354,12 +354,19 @@ class ThreadedMailbox(MaildirMailbox):
     # -- catching up ------------------------------------------------------------------
 
     def check(self) -> Deferred[None] | None:  # type: ignore[override]
-        """Catch up here if the folder lock is free; if another writer
-        holds it, in the writer, which waits for it there."""
-        if self._check_if_free():
+        """Catch up here if the folder lock is free.  If another writer
+        holds it, that writer records its own change in the index (which
+        the announcement reads); what a check must find itself is what
+        programs that take no lock did to new/ and cur/, which their
+        signatures show: only then does it wait, in the writer."""
+        if self._check_if_free() or not self._needs_scan():
             self._announce()
             return None
         return self._write(lambda own: own.check())
+
+    @_recovering
+    def _needs_scan(self) -> bool:
+        return self._folder.needs_scan()
 
     @_recovering
     def _check_if_free(self) -> bool:

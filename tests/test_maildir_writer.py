@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import time
 
@@ -172,3 +173,33 @@ class WriteWaitsOffReactorTests(DaemonCrashTestCase):
             fcntl.flock(lock, fcntl.LOCK_UN)
         answer = reader.until_tagged(b"n")
         self.assertIn(b"* 1 EXISTS\r\n", answer)
+
+    def test_appends_committed_together_are_durable_with_their_uids(self) -> None:
+        """APPENDs queued while the lock is taken are placed together once
+        it is free; each answered OK survives a SIGKILL with its UID."""
+        daemon = self.start()
+        writers = [self.connect() for _ in range(3)]
+        lock = os.open(self.path(LOCK), os.O_RDWR)
+        self.addCleanup(os.close, lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for number, writer in enumerate(writers):
+                body = b"Subject: m%d\r\n\r\nbody\r\n" % number
+                writer.send(b"a APPEND INBOX {%d+}\r\n" % len(body) + body)
+            deadline = time.monotonic() + DEADLINE
+            while not waiting_on(self.path(LOCK)):
+                self.assertLess(time.monotonic(), deadline, "no APPEND waited for the lock")
+                time.sleep(0.01)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        given: dict[int, str] = {}
+        for number, writer in enumerate(writers):
+            answer = writer.until_tagged(b"a")[-1]
+            match = re.match(rb"a OK \[APPENDUID \d+ (\d+)\]", answer)
+            assert match is not None, answer
+            given[int(match.group(1))] = f"m{number}"
+        self.assertEqual(sorted(given), [1, 2, 3])
+        self.kill(daemon)
+        self.start()
+        found = self.contents(self.login(), "INBOX")
+        self.assertEqual({uid: subject for uid, (subject, _) in found.items()}, given)

@@ -6,18 +6,20 @@ fsyncs (the message file, the UID list, ``cur/``).  Done on the reactor
 thread, that wait holds up every session of the process, reads included.
 
 :class:`ThreadedMailbox` is the daemon's :class:`MaildirMailbox`: reads stay
-on the reactor thread as before, and APPEND, STORE, EXPUNGE, COPY's placing
-and a CHECK that finds the lock taken run in a :class:`FolderWriter`: one at
+on the reactor thread as before; APPEND, STORE, EXPUNGE, COPY's placing and a
+CHECK that must wait for the lock run in a :class:`FolderWriter`: one batch at
 a time per folder, in the reactor's thread pool, on a second
-:class:`MaildirMailbox` of the same folder made and used only there.  That
-second object has its own SQLite connection and its own descriptor of
-``mailsrv-lock``, whose ``flock`` excludes the reactor thread's exactly as
-it excludes another process, so the write runs the same locked code as
-before, with the same crash guarantees (UIDs fsynced before a file shows,
-cur/ fsynced before an answer, nothing left by a NO): to the folder it is
-just one more writer, like a second worker.  The reactor thread then tells
-the sessions' listeners from the index, as it does for another process's
-change.
+:class:`MaildirMailbox` of the same folder used only there.  That second
+object has its own SQLite connection and its own descriptor of
+``mailsrv-lock``, whose ``flock`` excludes the reactor thread's exactly as it
+excludes another process, so a write runs the same locked code as before, with
+the same crash guarantees (UIDs fsynced before a file shows, cur/ fsynced
+before an answer, nothing left by a NO): to the folder it is one more writer,
+like a second worker.  The writes queued while a batch runs make the next one,
+under one taking of the lock, with the messages of its APPENDs placed together
+(group commit: one fsync of the UID list and one of cur/).  The reactor thread
+then tells the sessions' listeners from the index, as it does for another
+process's change.
 """
 
 from __future__ import annotations

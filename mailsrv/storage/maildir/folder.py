@@ -650,6 +650,11 @@ class MaildirMailbox:
     @_recovering
     def claim_recent(self) -> frozenset[int]:
         db = self._folder.db
+        if db.counters()[4] == 0:
+            # Another session claimed them (every session of the mailbox
+            # asks when a message arrives): no write transaction, which
+            # would wait for the writers' on this thread.
+            return frozenset()
         with db.transaction():
             claimed = db.claim_recent()
         return frozenset(claimed)

@@ -13,9 +13,11 @@ UPDATE; LMTP: ``421`` and close).
 
 Commands are versioned in their names (``who/1``): a command whose
 arguments or answer change gets a new name, and the daemon keeps answering
-the old one as long as it can.  A CLI newer than the daemon then asks for a
-name the daemon does not know, gets AMP's UNHANDLED error, and says so
-with both versions (``version``, which never changes, tells the daemon's).
+the old one as long as it can (an optional answer field, which a CLI that
+does not know it ignores, keeps the name: ``who/1``'s ``worker``).  A CLI
+newer than the daemon then asks for a name the daemon does not know, gets
+AMP's UNHANDLED error, and says so with both versions (``version``, which
+never changes, tells the daemon's).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+import attrs
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
@@ -36,20 +40,26 @@ from twisted.protocols import amp
 from mailsrv import __version__, log
 from mailsrv.config import DEFAULT_ADMIN_SOCKET as DEFAULT_SOCKET
 from mailsrv.errors import ConfigError
+from mailsrv.interfaces import MaybeDeferred, maybe_deferred
 from mailsrv.observe import Completed, Observer, SessionInfo
 from mailsrv.reload import ReloadOutcome
 
 __all__ = [
     "COMMANDS",
     "DEFAULT_SOCKET",
+    "AdminBackend",
     "AdminService",
+    "Gathered",
     "Kick",
+    "LocalAdmin",
     "Reload",
     "ReloadOutcome",
+    "ReloadReport",
     "SessionTable",
     "Stats",
     "Version",
     "Who",
+    "WorkerReload",
 ]
 
 _log = log.get_logger(__name__)
@@ -76,7 +86,14 @@ def _session_fields() -> list[tuple[bytes, amp.Argument]]:
         (b"since", _types.Float()),
         (b"user", _types.Unicode(optional=True)),
         (b"mailbox", _types.Unicode(optional=True)),
+        # Which worker serves it, when the daemon has several.
+        (b"worker", _types.Integer(optional=True)),
     ]
+
+
+def _unanswered() -> tuple[bytes, amp.Argument]:
+    """The workers that did not answer (their part is missing), as lines."""
+    return (b"unanswered", _types.ListOf(_types.Unicode(), optional=True))
 
 
 class Version(amp.Command):
@@ -95,7 +112,11 @@ class Who(amp.Command):
 
     commandName = b"who/1"
     arguments = [(b"offset", _types.Integer())]
-    response = [(b"sessions", _types.AmpList(_session_fields())), (b"total", _types.Integer())]
+    response = [
+        (b"sessions", _types.AmpList(_session_fields())),
+        (b"total", _types.Integer()),
+        _unanswered(),
+    ]
 
 
 class Kick(amp.Command):
@@ -103,7 +124,7 @@ class Kick(amp.Command):
 
     commandName = b"kick/1"
     arguments = [(b"user", _types.Unicode(optional=True)), (b"ip", _types.Unicode(optional=True))]
-    response = [(b"sessions", _types.AmpList(_session_fields()))]
+    response = [(b"sessions", _types.AmpList(_session_fields())), _unanswered()]
 
 
 class Stats(amp.Command):
@@ -124,6 +145,20 @@ class Reload(amp.Command):
         (b"applied", _types.ListOf(_types.Unicode())),
         (b"restart", _types.ListOf(_types.Unicode())),
         (b"reason", _types.Unicode()),
+        # Each worker's own outcome, when the daemon has several.
+        (
+            b"workers",
+            _types.AmpList(
+                [
+                    (b"worker", _types.Integer()),
+                    (b"outcome", _types.Unicode()),
+                    (b"applied", _types.ListOf(_types.Unicode())),
+                    (b"restart", _types.ListOf(_types.Unicode())),
+                    (b"reason", _types.Unicode()),
+                ],
+                optional=True,
+            ),
+        ),
     ]
 
 
@@ -239,7 +274,8 @@ def _same_ip(host: str | None, ip: str) -> bool:
     return host == ip or host.removeprefix("::ffff:") == ip.removeprefix("::ffff:")
 
 
-def _session_box(session: SessionInfo) -> dict[str, Any]:
+def session_box(session: SessionInfo) -> dict[str, Any]:
+    """A session as the ``who`` and ``kick`` answers carry it."""
     box: dict[str, Any] = {
         "id": session.id,
         "protocol": session.protocol,
@@ -254,16 +290,93 @@ def _session_box(session: SessionInfo) -> dict[str, Any]:
     return box
 
 
+# -- what answers the commands ------------------------------------------------------------
+
+
+@attrs.frozen
+class Gathered:
+    """Sessions (as :func:`session_box` gives them) and the workers that did
+    not answer, one line each (their sessions are missing)."""
+
+    sessions: list[dict[str, Any]]
+    unanswered: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class WorkerReload:
+    """One worker's part of a reload: its outcome, or None and why not."""
+
+    worker: int
+    outcome: ReloadOutcome | None
+    problem: str = ""
+
+
+@attrs.frozen
+class ReloadReport:
+    """A reload's outcome, and each worker's when the daemon has several."""
+
+    outcome: ReloadOutcome
+    workers: tuple[WorkerReload, ...] = ()
+
+
+class AdminBackend(Protocol):
+    """What the admin socket asks: one process's table (:class:`LocalAdmin`)
+    or the parent of several workers, which asks each of them
+    (:class:`mailsrv.workers.admin.WorkersAdmin`)."""
+
+    def who(self) -> MaybeDeferred[Gathered]: ...
+
+    def kick(self, user: str | None, ip: str | None) -> MaybeDeferred[Gathered]: ...
+
+    def stats(self) -> MaybeDeferred[dict[str, Any]]: ...
+
+    def reload(self) -> MaybeDeferred[ReloadReport]: ...
+
+
+class LocalAdmin:
+    """The admin commands answered from this process's :class:`SessionTable`;
+    ``reload`` is the daemon's (SIGHUP's work)."""
+
+    def __init__(self, table: SessionTable, reload: Callable[[], ReloadOutcome]) -> None:
+        self.table = table
+        self.reload_daemon = reload
+
+    def who(self) -> Gathered:
+        return Gathered([session_box(s) for s in self.table.who()])
+
+    def kick(self, user: str | None, ip: str | None) -> Gathered:
+        return Gathered([session_box(s) for s in self.table.kick(user, ip)])
+
+    def stats(self) -> dict[str, Any]:
+        return self.table.stats()
+
+    def reload(self) -> ReloadReport:
+        return ReloadReport(self.reload_daemon())
+
+
+def outcome_box(outcome: ReloadOutcome) -> dict[str, Any]:
+    return {
+        "outcome": outcome.outcome,
+        "applied": list(outcome.applied),
+        "restart": list(outcome.restart),
+        "reason": outcome.reason,
+    }
+
+
 # -- the server -------------------------------------------------------------------------
 
 
 class AdminProtocol(amp.AMP):
-    """One admin connection (the CLI: one command, then it hangs up)."""
+    """One admin connection (the CLI: one command, then it hangs up).
 
-    def __init__(self, table: SessionTable, reload: Callable[[], ReloadOutcome]) -> None:
+    ``who`` is paged (an AMP value holds at most 64 KiB): the list is taken
+    at offset 0 and later pages come from that snapshot, so a session
+    opening or closing meanwhile neither repeats nor hides another."""
+
+    def __init__(self, backend: AdminBackend) -> None:
         super().__init__()  # type: ignore[no-untyped-call,unused-ignore]
-        self.table = table
-        self.reload_daemon = reload
+        self.backend = backend
+        self._snapshot: Gathered | None = None
 
     @Version.responder
     def version(self) -> dict[str, Any]:
@@ -273,42 +386,80 @@ class AdminProtocol(amp.AMP):
         }
 
     @Who.responder
-    def who(self, offset: int) -> dict[str, Any]:
-        sessions = self.table.who()
-        page = sessions[max(0, offset) : max(0, offset) + PAGE]
-        return {"sessions": [_session_box(s) for s in page], "total": len(sessions)}
+    def who(self, offset: int) -> defer.Deferred[dict[str, Any]]:
+        if offset <= 0 or self._snapshot is None:
+            d = maybe_deferred(self.backend.who).addCallback(self._take)
+        else:
+            d = defer.succeed(self._snapshot)
+        return d.addCallback(self._page, max(0, offset))
+
+    def _take(self, gathered: Gathered) -> Gathered:
+        """The snapshot later pages come from: oldest session first."""
+        ordered = sorted(gathered.sessions, key=lambda s: (s["since"], s["id"]))
+        self._snapshot = attrs.evolve(gathered, sessions=ordered)
+        return self._snapshot
+
+    def _page(self, gathered: Gathered, offset: int) -> dict[str, Any]:
+        sessions = gathered.sessions
+        answer: dict[str, Any] = {
+            "sessions": sessions[offset : offset + PAGE],
+            "total": len(sessions),
+        }
+        if gathered.unanswered:
+            answer["unanswered"] = list(gathered.unanswered)
+        return answer
 
     @Kick.responder
-    def kick(self, user: str | None = None, ip: str | None = None) -> dict[str, Any]:
+    def kick(self, user: str | None = None, ip: str | None = None) -> Any:
         if user is None and ip is None:
             raise _types.RemoteAmpError(b"USAGE", "name a user or an address")
-        return {"sessions": [_session_box(s) for s in self.table.kick(user, ip)]}
+        d = maybe_deferred(self.backend.kick, user, ip)
+        return d.addCallback(_kicked)
 
     @Stats.responder
-    def stats(self) -> dict[str, Any]:
-        return {"stats": json.dumps(self.table.stats())}
+    def stats(self) -> defer.Deferred[dict[str, Any]]:
+        d = maybe_deferred(self.backend.stats)
+        return d.addCallback(lambda figures: {"stats": json.dumps(figures)})
 
     @Reload.responder
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> defer.Deferred[dict[str, Any]]:
         _log.info("admin: reload requested")
-        outcome = self.reload_daemon()
-        return {
-            "outcome": outcome.outcome,
-            "applied": list(outcome.applied),
-            "restart": list(outcome.restart),
-            "reason": outcome.reason,
-        }
+        return maybe_deferred(self.backend.reload).addCallback(_reload_answer)
+
+
+def _kicked(gathered: Gathered) -> dict[str, Any]:
+    answer: dict[str, Any] = {"sessions": gathered.sessions}
+    if gathered.unanswered:
+        answer["unanswered"] = list(gathered.unanswered)
+    return answer
+
+
+def _reload_answer(report: ReloadReport) -> dict[str, Any]:
+    answer = outcome_box(report.outcome)
+    if report.workers:
+        answer["workers"] = [
+            {"worker": w.worker, **outcome_box(w.outcome)}
+            if w.outcome is not None
+            else {
+                "worker": w.worker,
+                "outcome": "unanswered",
+                "applied": [],
+                "restart": [],
+                "reason": w.problem,
+            }
+            for w in report.workers
+        ]
+    return answer
 
 
 class _AdminFactory(Factory):
     noisy = False
 
-    def __init__(self, table: SessionTable, reload: Callable[[], ReloadOutcome]) -> None:
-        self.table = table
-        self.reload = reload
+    def __init__(self, backend: AdminBackend) -> None:
+        self.backend = backend
 
     def buildProtocol(self, addr: Any) -> AdminProtocol:
-        protocol = AdminProtocol(self.table, self.reload)
+        protocol = AdminProtocol(self.backend)
         protocol.factory = self
         return protocol
 
@@ -327,8 +478,7 @@ class AdminService(service.Service):
     def __init__(
         self,
         path: str,
-        table: SessionTable,
-        reload: Callable[[], ReloadOutcome],
+        backend: AdminBackend,
         *,
         config_path: str,
         required: bool,
@@ -337,7 +487,7 @@ class AdminService(service.Service):
     ) -> None:
         self.path = path
         self.group = group
-        self.factory = _AdminFactory(table, reload)
+        self.factory = _AdminFactory(backend)
         self.config_path = config_path
         self.required = required
         self.reactor = reactor
@@ -397,20 +547,27 @@ class AdminService(service.Service):
 
 
 def sessions_text(sessions: Iterable[dict[str, Any]]) -> list[str]:
-    """Sessions as ``who`` prints them (also ``kick``'s report)."""
-    rows = [("USER", "PROTOCOL", "REMOTE", "MAILBOX", "STATE", "SINCE")]
+    """Sessions as ``who`` prints them (also ``kick``'s report), with a
+    WORKER column when the daemon has several."""
+    sessions = list(sessions)
+    workers = any(s.get("worker") is not None for s in sessions)
+    rows: list[tuple[str, ...]] = [("USER", "PROTOCOL", "REMOTE", "MAILBOX", "STATE", "SINCE")]
+    if workers:
+        rows[0] += ("WORKER",)
     for s in sessions:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["since"]))
-        rows.append(
-            (
-                s.get("user") or "-",
-                s["protocol"],
-                s["remote"],
-                s.get("mailbox") or "-",
-                s["state"],
-                since,
-            )
+        row: tuple[str, ...] = (
+            s.get("user") or "-",
+            s["protocol"],
+            s["remote"],
+            s.get("mailbox") or "-",
+            s["state"],
+            since,
         )
+        if workers:
+            worker = s.get("worker")
+            row += ("-" if worker is None else str(worker),)
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

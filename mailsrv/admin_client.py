@@ -233,20 +233,32 @@ def run(args: argparse.Namespace, path: str, stdout: IO[str]) -> int:
         return _reload(client, stdout)
 
 
+def _partial(unanswered: list[str] | None, what: str) -> None:
+    """A daemon with several workers answered without some of them: after
+    the output of the others, say which, with exit status 69."""
+    if unanswered:
+        raise AdminError(f"{what} without {'; '.join(unanswered)}", EX_UNAVAILABLE)
+
+
 def _who(client: Client, args: argparse.Namespace, stdout: IO[str]) -> int:
     sessions: list[dict[str, Any]] = []
+    unanswered: list[str] | None = None
     while True:
         page = client.call(Who, offset=len(sessions))
         sessions += page["sessions"]
+        unanswered = unanswered or page.get("unanswered")
         if not page["sessions"] or len(sessions) >= page["total"]:
             break
     if args.json:
         for s in sessions:
+            if s.get("worker") is None:
+                s.pop("worker", None)
             stdout.write(json.dumps(s, sort_keys=True) + "\n")
     elif sessions:
         stdout.write("\n".join(sessions_text(sessions)) + "\n")
     else:
         stdout.write("no sessions\n")
+    _partial(unanswered, "listed")
     return 0
 
 
@@ -254,11 +266,14 @@ def _kick(client: Client, args: argparse.Namespace, stdout: IO[str]) -> int:
     if args.user is None and args.ip is None:
         raise AdminError("kick needs a USER, or --ip ADDRESS", 64)
     arguments = {k: v for k, v in (("user", args.user), ("ip", args.ip)) if v is not None}
-    sessions = client.call(Kick, **arguments)["sessions"]
+    answer = client.call(Kick, **arguments)
+    sessions = answer["sessions"]
     if not sessions:
+        _partial(answer.get("unanswered"), "no such session found")
         raise AdminError("no such session", 67)
     stdout.write(f"ended {len(sessions)} session{'' if len(sessions) == 1 else 's'}:\n")
     stdout.write("\n".join(sessions_text(sessions)) + "\n")
+    _partial(answer.get("unanswered"), "kicked")
     return 0
 
 
@@ -266,9 +281,10 @@ def _stats(client: Client, args: argparse.Namespace, stdout: IO[str]) -> int:
     figures = json.loads(client.call(Stats)["stats"])
     if args.json:
         stdout.write(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-        return 0
-    for line in stats_text(figures):
-        stdout.write(line + "\n")
+    else:
+        for line in stats_text(figures):
+            stdout.write(line + "\n")
+    _partial(figures.get("unanswered"), "counted")
     return 0
 
 
@@ -287,7 +303,7 @@ def stats_text(f: dict[str, Any]) -> list[str]:
             f"{count} {names.get(protocol, protocol)}" + (f" ({detail})" if detail else "")
         )
     logins, deliveries, octets = f["logins"], f["deliveries"], f["octets"]
-    return [
+    lines = [
         f"mailsrv {f['version']}, up {_duration(f['uptime'])}",
         "sessions:   " + ", ".join(sessions),
         f"commands:   {f['commands_per_second']:.1f}/s over the last minute; "
@@ -299,6 +315,19 @@ def stats_text(f: dict[str, Any]) -> list[str]:
         f"traffic:    {_octets(octets['received'])} in, {_octets(octets['sent'])} out; "
         f"connections since start: {by_protocol(f['connections'])}",
     ]
+    if f.get("workers"):
+        lines.append(
+            f"workers:    {len(f['workers'])} (" + "; ".join(map(_worker_text, f["workers"])) + ")"
+        )
+    return lines
+
+
+def _worker_text(w: dict[str, Any]) -> str:
+    if "sessions" not in w:
+        return f"{w['worker']}: {w['problem']}"
+    plural = "" if w["sessions"] == 1 else "s"
+    up = _duration(w["uptime"])
+    return f"{w['worker']}: pid {w['pid']}, {w['sessions']} session{plural}, up {up}"
 
 
 def _duration(seconds: float) -> str:
@@ -327,6 +356,7 @@ def _reload(client: Client, stdout: IO[str]) -> int:
     answer = client.call(Reload)
     took = time.monotonic() - started
     outcome = answer["outcome"]
+    workers = answer.get("workers") or []
     if outcome == "refused":
         raise AdminError(
             f"reload refused, the configuration in force is kept: {answer['reason']}", EX_CONFIG
@@ -340,4 +370,18 @@ def _reload(client: Client, stdout: IO[str]) -> int:
         stdout.write(
             "needs a restart (old values kept until then): " + ", ".join(answer["restart"]) + "\n"
         )
+    for w in workers:
+        stdout.write(f"worker {w['worker']}: {_worker_outcome(w)}\n")
+    failed = [f"worker {w['worker']}" for w in workers if w["outcome"] in ("refused", "unanswered")]
+    if failed:
+        raise AdminError(f"not reloaded by {', '.join(failed)}", EX_UNAVAILABLE)
     return 0
+
+
+def _worker_outcome(w: dict[str, Any]) -> str:
+    """One worker's part of a reload, for ``mailsrv reload``."""
+    if w["outcome"] == "unanswered":
+        return f"{w['reason']} (it may still apply the configuration)"
+    if w["outcome"] == "refused":
+        return f"refused: {w['reason']}"
+    return "reloaded" + (f", changed {', '.join(w['applied'])}" if w["applied"] else "")

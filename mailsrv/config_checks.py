@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from mailsrv.config_sections import DEFAULT_ADMIN_SOCKET, Config, Listener
+from mailsrv.config_sections import Config, Listener
 from mailsrv.config_values import _check_postgresql, _error
 
 #: Endpoint strings are parsed for validation only, never listened on here;
@@ -60,14 +60,10 @@ def _check_auth(config: Config) -> None:
 def single_process_reason(config: Config) -> str | None:
     """Why the configuration needs one process whatever ``[server] workers``
     says (None: it does not).  Memory storage lives in one process; the
-    metrics and the admin socket see the sessions of the process they live
-    in (their figures and who/kick are not pooled across workers)."""
+    metrics and the admin socket are the parent's, which gathers every
+    worker's figures and sessions (:mod:`mailsrv.workers`)."""
     if config.storage.backend == "memory":
         return "storage.backend 'memory' lives in one process"
-    if config.metrics.listen:
-        return "metrics.listen counts the sessions of one process (not pooled across workers)"
-    if config.admin.socket and config.admin.socket != DEFAULT_ADMIN_SOCKET:
-        return "admin.socket lists and kicks the sessions of one process"
     return None
 
 
@@ -77,14 +73,12 @@ def _check_workers(config: Config) -> None:
     reason = single_process_reason(config)
     if reason is None or config.server.workers <= 1:
         return
-    if config.storage.backend == "memory":
-        raise _error(
-            _origin(config, "server.workers"),
-            f"storage.backend 'memory' keeps mail inside one process, so it cannot be shared "
-            f"by {config.server.workers} workers; set workers to 1 (or use maildir or "
-            "postgresql storage)",
-        )
-    raise _error(_origin(config, "server.workers"), f"{reason}: set workers = 1 (or leave it 0)")
+    raise _error(
+        _origin(config, "server.workers"),
+        f"storage.backend 'memory' keeps mail inside one process, so it cannot be shared "
+        f"by {config.server.workers} workers; set workers to 1 (or use maildir or "
+        "postgresql storage)",
+    )
 
 
 def _endpoint_address(endpoint: Any) -> tuple[str, int] | None:

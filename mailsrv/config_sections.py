@@ -322,6 +322,9 @@ class AdminSection:
     #: A group whose members may use the socket too (mode 0660); "" for the
     #: daemon's user only (mode 0600).
     group: str | None = attrs.field(default=None, metadata=_meta(_check_group))
+    #: Seconds the parent of several workers waits for each worker's answer
+    #: to an admin command before reporting that worker as not answering.
+    worker_timeout: float = attrs.field(default=10.0, metadata=_meta(_check_range(0.1, 300)))
 
 
 @attrs.frozen

@@ -26,13 +26,15 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from twisted.application import service
+from twisted.internet import task
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from mailsrv import __version__
 from mailsrv.observe import Completed, Observer, SessionInfo
 
-__all__ = ["STATES", "Metrics", "ThreadPools", "metrics_site"]
+__all__ = ["STATES", "Metrics", "SampledThreadPools", "ThreadPools", "metrics_site"]
 
 #: Each protocol's states, as the ``state`` label shows them: the gauge has
 #: a series for each from the start, at 0 when no session is in it.
@@ -103,6 +105,9 @@ class Metrics(Observer):
             "Open sessions by protocol and state",
             ["protocol", "state"],
             registry=r,
+            # With workers: each live worker's own (the parent labels them
+            # with the worker's number; a dead worker's are dropped).
+            multiprocess_mode="liveall",
         )
         for protocol, states in STATES.items():
             for state in states:
@@ -277,6 +282,51 @@ class ThreadPools(Collector):
         yield threads
         yield busy
         yield limit
+
+
+class SampledThreadPools(service.Service):
+    """A worker's thread pools, as :class:`ThreadPools` reports them, but
+    written every :attr:`INTERVAL` seconds into gauges: a worker is not
+    asked at a scrape (its parent reads every worker's figures from the
+    multiprocess files, :mod:`mailsrv.workers.metrics`), so figures read at
+    a scrape are sampled instead."""
+
+    INTERVAL = 5.0
+
+    def __init__(
+        self, registry: CollectorRegistry, pools: dict[str, Callable[[], Any]], reactor: Any
+    ) -> None:
+        self.pools = pools
+        self.reactor = reactor
+        self.gauges = {
+            family.name: Gauge(
+                family.name,
+                family.documentation,
+                ["pool"],
+                registry=registry,
+                multiprocess_mode="liveall",
+            )
+            for family in ThreadPools({}).collect()
+        }
+        self._loop: task.LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call,unused-ignore]
+        self._loop = task.LoopingCall(self.sample)
+        self._loop.clock = self.reactor
+        self._loop.start(self.INTERVAL, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call,unused-ignore]
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def sample(self) -> None:
+        for family in ThreadPools(self.pools).collect():
+            gauge = self.gauges[family.name]
+            for sample in family.samples:
+                gauge.labels(sample.labels["pool"]).set(sample.value)
 
 
 class _Site(Site):

@@ -137,6 +137,9 @@ class MailService(service.MultiService):
         #: SIGHUP's work, when the daemon handles it (the plugin sets
         #: LogReopener.hangup): what the admin socket's reload does too.
         self.hangup: Callable[[], ReloadOutcome] | None = None
+        #: What the admin commands ask (a :class:`mailsrv.admin.LocalAdmin`),
+        #: set by ``make_service``.
+        self.admin: Any = None
         #: The per-command log lines, whose level ``[logging] commands`` sets.
         self.session_log = SessionLog(config.logging.commands)
         #: Everyone who hears what sessions do: the log lines here, the

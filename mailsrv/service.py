@@ -494,7 +494,7 @@ def make_service(
     systemd_notify: bool = False,
     endpoints: Callable[[Listener], Any] | None = None,
     connections: ConnectionLimits | None = None,
-    admin_socket: bool = True,
+    worker: bool = False,
 ) -> MailService:
     """Build the daemon: one listener service per configured endpoint.
 
@@ -504,8 +504,10 @@ def make_service(
     daemon is ready, reloading and stopping.  A worker process
     (:mod:`mailsrv.workers`) passes ``endpoints``, the endpoint of each
     listener (the socket its parent bound), and ``connections``, the
-    counts its parent keeps for every worker, and ``admin_socket=False``:
-    the default admin socket would list one worker's sessions only.
+    counts its parent keeps for every worker, and ``worker=True``: the
+    parent serves the admin socket and the metrics endpoint, and asks the
+    worker (:mod:`mailsrv.workers.channel`; the metrics go through files,
+    :mod:`mailsrv.workers.metrics`).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -562,7 +564,7 @@ def make_service(
             if config.lmtp.socket_owner or config.lmtp.socket_group:
                 owner = (path, config.lmtp.socket_owner, config.lmtp.socket_group)
         ListenerService(endpoint, factory, listener, where, owner).setServiceParent(top)
-    _observers(top, config, storage, metrics, reactor, where, admin_socket)
+    _observers(top, config, storage, metrics, reactor, where, worker)
     return top
 
 
@@ -584,38 +586,51 @@ def _observers(
     metrics: Any,
     reactor: Any,
     where: str,
-    admin_socket: bool,
+    worker: bool,
 ) -> None:
-    """The admin socket's session table, and the metrics with their endpoint."""
-    from mailsrv.admin import AdminService, SessionTable
+    """The admin socket's session table, and the metrics with their endpoint
+    (in a worker: the table and the metrics only, which its parent serves)."""
+    from mailsrv.admin import LocalAdmin, SessionTable
 
     table = SessionTable()
     top.observer.add(table)
-    if config.admin.socket and admin_socket:
-        AdminService(
-            config.admin.socket,
-            table,
-            top.admin_reload,
-            config_path=where,
-            required=config.admin.socket != DEFAULT_ADMIN_SOCKET,
-            group=config.admin.group,
-            reactor=reactor,
-        ).setServiceParent(top)
+    top.admin = LocalAdmin(table, top.admin_reload)
+    if config.admin.socket and not worker:
+        admin_service(config, top.admin, reactor, where).setServiceParent(top)
     if metrics is None:
         return
-    from mailsrv.metrics import ThreadPools, metrics_site
+    from mailsrv.metrics import SampledThreadPools, ThreadPools, metrics_site
 
     top.observer.add(metrics)
     db = getattr(storage, "db", None)
-    metrics.registry.register(
-        ThreadPools(
-            {"reactor": reactor.getThreadPool, "postgresql": lambda: getattr(db, "pool", None)}
-        )
+    pools = {"reactor": reactor.getThreadPool, "postgresql": lambda: getattr(db, "pool", None)}
+    Subscription(metrics).setServiceParent(top)
+    if worker:
+        SampledThreadPools(metrics.registry, pools, reactor).setServiceParent(top)
+        return
+    metrics.registry.register(ThreadPools(pools))
+    metrics_listener(config, metrics_site(metrics.registry), reactor, where).setServiceParent(top)
+
+
+def admin_service(config: Config, backend: Any, reactor: Any, where: str) -> service.Service:
+    """The admin socket of ``[admin]``, answered by ``backend``."""
+    from mailsrv.admin import AdminService
+
+    return AdminService(
+        config.admin.socket,
+        backend,
+        config_path=where,
+        required=config.admin.socket != DEFAULT_ADMIN_SOCKET,
+        group=config.admin.group,
+        reactor=reactor,
     )
+
+
+def metrics_listener(config: Config, site: Any, reactor: Any, where: str) -> ListenerService:
+    """The endpoint of ``[metrics] listen``, serving ``site``."""
     listener = Listener("metrics", config.metrics.listen, False, "metrics.listen")
     endpoint = _endpoint(reactor, listener, where)
-    ListenerService(endpoint, metrics_site(metrics.registry), listener, where).setServiceParent(top)
-    Subscription(metrics).setServiceParent(top)
+    return ListenerService(endpoint, site, listener, where)
 
 
 class Subscription(service.Service):

@@ -357,22 +357,26 @@ class WorkersConfigTests(unittest.TestCase):
         )
         self.assertEqual(resolved_workers(config), 2)
 
-    def test_metrics_and_admin_socket_need_one_process(self) -> None:
-        """Their counters and session table are one process's: a daemon that
-        serves them runs one worker, and asking for more is an error."""
+    def test_metrics_and_admin_socket_take_several_workers(self) -> None:
+        """The parent serves both for every worker: neither limits the
+        daemon to one process, and each is still checked."""
         storage = '[storage]\nmaildir = "/srv/{user}"\n'
         for section in (
             '[metrics]\nlisten = "tcp:9154:interface=127.0.0.1"\n',
-            '[admin]\nsocket = "/run/mailsrv-test/admin.sock"\n',
+            '[admin]\nsocket = "/run/mailsrv-test/admin.sock"\nworker_timeout = 2.5\n',
         ):
-            self.assertEqual(worker_count(self.load(storage + section)), 1)
-            e = self.assertRaises(
-                ConfigError, self.load, "[server]\nworkers = 2\n" + storage + section
-            )
-            self.assertEqual((e.path, e.key), (self.path, "server.workers"))
-            self.assertIn("set workers = 1", e.reason)
-        # The default admin socket alone does not: the workers leave it out.
-        self.assertEqual(worker_count(self.load(storage)), cpu_count())
+            self.assertEqual(worker_count(self.load(storage + section)), cpu_count())
+            config = self.load("[server]\nworkers = 2\n" + storage + section)
+            self.assertEqual(worker_count(config), 2)
+        self.assertEqual(config.admin.worker_timeout, 2.5)
+        e = self.assertRaises(
+            ConfigError,
+            self.load,
+            "[server]\nworkers = 2\n" + storage + '[metrics]\nlisten = "haproxy:tcp:9154"\n',
+        )
+        self.assertEqual(e.key, "metrics.listen")
+        e = self.assertRaises(ConfigError, self.load, storage + "[admin]\nworker_timeout = 0\n")
+        self.assertEqual((e.path, e.key), (self.path, "admin.worker_timeout"))
 
     def test_out_of_range(self) -> None:
         e = self.assertRaises(ConfigError, self.load, "[server]\nworkers = -1\n")

@@ -9,12 +9,16 @@ parent's sockets, so a session lives entirely in one worker.
 What the workers share goes through the storage, which already supports
 several processes (Maildir's locks, index and inotify; PostgreSQL's
 LISTEN/NOTIFY), and through the parent, which keeps the daemon-wide
-connection counts (:mod:`.channel`) and owns the log (:mod:`.logpipe`).
+connection counts (:mod:`.channel`), owns the log (:mod:`.logpipe`) and
+serves the admin socket (:mod:`.admin`) and the metrics (:mod:`.metrics`)
+for every worker.
 
 Modules: :mod:`.supervisor` (the parent), :mod:`.child` (a worker),
 :mod:`.ports` (adopting the parent's sockets), :mod:`.channel` (parent and
 worker talking), :mod:`.limits` (connection limits through the parent),
-:mod:`.logpipe` (worker logs into the parent's log).
+:mod:`.logpipe` (worker logs into the parent's log), :mod:`.admin` (admin
+commands asked of every worker), :mod:`.metrics` (every worker's figures in
+one scrape).
 """
 
 from __future__ import annotations

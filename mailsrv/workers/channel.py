@@ -12,8 +12,12 @@ workers ask it over this channel:
   its slots back at once (:meth:`Counters.forget`);
 * **readiness** (:class:`WorkerReady`): the worker's listeners and services
   are up, so the parent can tell systemd READY=1 once all are;
-* **reload** (:class:`Reload`, parent to worker): SIGHUP reaches the parent,
-  which forwards it and hears each worker's outcome.
+* **the admin commands** (parent to worker): the parent owns the admin
+  socket and asks every worker :class:`mailsrv.admin.Who`,
+  :class:`~mailsrv.admin.Kick`, :class:`~mailsrv.admin.Stats` and
+  :class:`~mailsrv.admin.Reload` (SIGHUP reaches the parent, which forwards
+  it the same way), the commands the CLI sends, answered from the worker's
+  own table (:mod:`mailsrv.workers.admin` merges the answers).
 
 Adding to it: a new :class:`~twisted.protocols.amp.Command` here, its
 responder on the side that answers (:class:`WorkerLink` in the parent,
@@ -30,15 +34,18 @@ it opens and one at login, one message each when they end.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.internet import defer
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from mailsrv import log
+from mailsrv import admin, log
+from mailsrv.admin import LocalAdmin
+from mailsrv.reload import ReloadOutcome
 
 __all__ = [
     "Acquire",
@@ -46,7 +53,6 @@ __all__ = [
     "ParentGone",
     "ParentLink",
     "Release",
-    "Reload",
     "WorkerLink",
     "WorkerReady",
 ]
@@ -75,13 +81,6 @@ class Release(amp.Command):
 
     arguments = [(b"counter", amp.Unicode()), (b"key", amp.Unicode())]
     requiresAnswer = False
-
-
-class Reload(amp.Command):
-    """Parent to worker: read the configuration again (SIGHUP's work) and
-    say whether it was applied."""
-
-    response = [(b"applied", amp.Boolean())]
 
 
 class ParentGone(Exception):
@@ -186,25 +185,52 @@ class WorkerLink(_Channel):
         self.counters.release(self.number, counter, key)
         return {}
 
-    def reload(self) -> defer.Deferred[bool]:
-        """Ask the worker to reload; whether it applied the configuration."""
-        d: defer.Deferred[dict[str, Any]] = self.callRemote(Reload)
-        return d.addCallback(lambda answer: bool(answer["applied"]))
+    # -- the admin commands, asked of the worker ------------------------------------
+
+    @defer.inlineCallbacks
+    def who(self) -> Generator[defer.Deferred[Any], Any, list[dict[str, Any]]]:
+        """Every session of the worker (page after page)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            answer = yield self.callRemote(admin.Who, offset=len(found))
+            found.extend(answer["sessions"])
+            if not answer["sessions"] or len(found) >= answer["total"]:
+                return found
+
+    def kick(self, user: str | None, ip: str | None) -> defer.Deferred[list[dict[str, Any]]]:
+        arguments = {k: v for k, v in (("user", user), ("ip", ip)) if v is not None}
+        d: defer.Deferred[dict[str, Any]] = self.callRemote(admin.Kick, **arguments)
+        return d.addCallback(lambda answer: list(answer["sessions"]))
+
+    def stats(self) -> defer.Deferred[dict[str, Any]]:
+        d: defer.Deferred[dict[str, Any]] = self.callRemote(admin.Stats)
+        return d.addCallback(lambda answer: dict(json.loads(answer["stats"])))
+
+    def reload(self) -> defer.Deferred[ReloadOutcome]:
+        """Ask the worker to reload; its outcome."""
+        d: defer.Deferred[dict[str, Any]] = self.callRemote(admin.Reload)
+        return d.addCallback(
+            lambda a: ReloadOutcome(
+                a["outcome"], tuple(a["applied"]), tuple(a["restart"]), a["reason"]
+            )
+        )
 
 
 class ParentLink(_Channel):
     """A worker's end of its channel to the parent.
 
-    ``reload`` is what the parent's :class:`Reload` runs (the worker's
-    :meth:`~mailsrv.reload.MailService.reload`); ``on_lost`` is called
+    ``admin`` (the worker's :class:`~mailsrv.admin.LocalAdmin`, set once its
+    service is built) answers the admin commands; ``on_lost`` is called
     once the parent is gone, and the worker stops then.
     """
 
-    def __init__(self, reload: Callable[[], bool], on_lost: Callable[[], object]) -> None:
+    def __init__(self, on_lost: Callable[[], object]) -> None:
         super().__init__()
-        self.reload_here = reload
         self._on_lost = on_lost
         self.connected = False
+        self.admin: LocalAdmin | None = None
+        #: ``who`` is paged: later pages come from the list taken at offset 0.
+        self._sessions: list[dict[str, Any]] = []
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -215,9 +241,29 @@ class ParentLink(_Channel):
         super().connectionLost(reason)
         self._on_lost()
 
-    @Reload.responder
+    def _local(self) -> LocalAdmin:
+        if self.admin is None:
+            raise amp.RemoteAmpError(b"STARTING", "the worker is still starting")
+        return self.admin
+
+    @admin.Who.responder
+    def who(self, offset: int) -> dict[str, Any]:
+        if offset <= 0:
+            self._sessions = self._local().who().sessions
+        page = self._sessions[max(0, offset) : max(0, offset) + admin.PAGE]
+        return {"sessions": page, "total": len(self._sessions)}
+
+    @admin.Kick.responder
+    def kick(self, user: str | None = None, ip: str | None = None) -> dict[str, Any]:
+        return {"sessions": self._local().kick(user, ip).sessions}
+
+    @admin.Stats.responder
+    def stats(self) -> dict[str, Any]:
+        return {"stats": json.dumps(self._local().stats())}
+
+    @admin.Reload.responder
     def reload(self) -> dict[str, Any]:
-        return {"applied": bool(self.reload_here())}
+        return admin.outcome_box(self._local().reload().outcome)
 
     def ready(self) -> defer.Deferred[None]:
         d: defer.Deferred[dict[str, Any]] = self.callRemote(WorkerReady)

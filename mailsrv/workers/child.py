@@ -80,7 +80,7 @@ class Worker:
         self.service: Any = None
         self.exit_status = 0
         self.stopping = False
-        self.link = ParentLink(reload=self.reload, on_lost=self._parent_gone)
+        self.link = ParentLink(on_lost=self._parent_gone)
         self._fds = {item.origin: item for item in spec.listeners}
 
     def start(self) -> None:
@@ -125,10 +125,11 @@ class Worker:
             load=self._load,
             endpoints=self._endpoint,
             connections=connections,
-            admin_socket=False,
+            worker=True,
         )
         self.service.privilegedStartService()
         self.service.startService()
+        self.link.admin = self.service.admin
 
     def _load(self) -> Config:
         return load_config(self.spec.config_path, self.spec.overrides)
@@ -144,11 +145,6 @@ class Worker:
                 "the parent passed no socket for this listener (restart the daemon)",
             )
         return InheritedEndpoint(self.reactor, inherited.fd, inherited.family, listener.endpoint)
-
-    def reload(self) -> bool:
-        if self.service is None:
-            return False
-        return bool(self.service.reload())
 
     def _stopping(self) -> Any:
         self.stopping = True

@@ -19,7 +19,10 @@ more than one process.  The parent:
 * on SIGHUP (through :class:`~mailsrv.service.LogReopener`, which reopens
   the log first) reads the configuration for its own log settings and
   forwards the reload to every worker; on SIGTERM stops every worker and
-  waits for them; tells systemd READY=1 once every worker is up.
+  waits for them; tells systemd READY=1 once every worker is up;
+* serves the admin socket (:mod:`.admin`: each command asked of every
+  worker, the answers merged) and the metrics endpoint (:mod:`.metrics`:
+  every worker's figures, from the files they count in).
 """
 
 from __future__ import annotations
@@ -40,8 +43,11 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from mailsrv import log, preload, sdnotify
+from mailsrv.admin import ReloadReport
 from mailsrv.config import Config, format_error
 from mailsrv.errors import ConfigError
+from mailsrv.reload import ReloadOutcome
+from mailsrv.workers.admin import WorkersAdmin, reload_report
 from mailsrv.workers.channel import Counters, WorkerLink
 from mailsrv.workers.child import CHANNEL_FD, InheritedListener, WorkerSpec
 from mailsrv.workers.logpipe import LogRelay
@@ -67,6 +73,10 @@ _PRIVATE_ENV = (
     "NOTIFY_SOCKET",
     "WATCHDOG_PID",
     "WATCHDOG_USEC",
+    # prometheus_client's multiprocess mode: the workers get the parent's
+    # own directory, or none when there are no metrics.
+    "PROMETHEUS_MULTIPROC_DIR",
+    "prometheus_multiproc_dir",
 )
 
 
@@ -82,6 +92,8 @@ class _Worker:
         self.started = 0.0
         #: Consecutive deaths within YOUNG seconds of a start.
         self.young_deaths = 0
+        #: Times this slot's worker was started again.
+        self.restarts = 0
         self.restart: IDelayedCall | None = None
         #: Fired when the running process has ended (while stopping).
         self.ended: defer.Deferred[None] | None = None
@@ -146,15 +158,45 @@ class Supervisor(service.MultiService):
         self._announced = False
         #: (origin, descriptor, family) of each bound listener.
         self.sockets: list[tuple[str, int, int]] = []
-        self.listeners = [s for s in list(validated) if isinstance(s, ListenerService)]
+        self.listeners = [
+            s
+            for s in list(validated)
+            if isinstance(s, ListenerService) and s.listener.protocol != "metrics"
+        ]
         for listener in self.listeners:
             listener.disownServiceParent()
             listener.setServiceParent(self)
+        #: SIGHUP's work (the plugin sets LogReopener.hangup), which the
+        #: admin socket's reload does too.
+        self.hangup: Callable[[], Any] | None = None
+        self.admin = WorkersAdmin(self, config.admin.worker_timeout, reactor)
+        self.metric_files: Any = None
+        self._serve_admin_and_metrics(config)
+
+    def _serve_admin_and_metrics(self, config: Config) -> None:
+        """The admin socket and the metrics endpoint, the parent's own."""
+        from mailsrv.service import admin_service, metrics_listener
+
+        where = config.path or "command line"
+        if config.admin.socket:
+            admin_service(config, self.admin, self.reactor, where).setServiceParent(self)
+        if not config.metrics.listen:
+            return
+        from mailsrv.metrics import metrics_site
+        from mailsrv.workers.metrics import WorkerFiles, parent_registry
+
+        self.metric_files = WorkerFiles()
+        registry = parent_registry(self.metric_files, self._slots)
+        metrics_listener(config, metrics_site(registry), self.reactor, where).setServiceParent(self)
+
+    def _slots(self) -> dict[int, tuple[bool, int]]:
+        """Each worker slot: whether it serves, and its restarts (for the metrics)."""
+        return {w.number: (w.ready, w.restarts) for w in self.workers}
 
     # -- binding ------------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()  # binds every listener
+        super().privilegedStartService()  # binds every listener, the admin socket, metrics
         for listener in self.listeners:
             port = _bound_port(listener)
             # The workers accept; the parent only keeps the socket open.
@@ -166,6 +208,8 @@ class Supervisor(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.metric_files is not None:  # after the drop: the workers' user owns it
+            self.metric_files.create()
         _log.info("starting {count} workers", count=self.count)
         for worker in self.workers:
             self._spawn(worker)
@@ -198,7 +242,7 @@ class Supervisor(service.MultiService):
                 protocol,
                 executable,
                 [executable, "-P", "-m", "mailsrv.workers"],
-                env=_worker_env(),
+                env=self._worker_env(),
                 childFDs=fds,
             )
         finally:
@@ -207,6 +251,8 @@ class Supervisor(service.MultiService):
         worker.link = link
         worker.pid = worker.process.pid or 0
         worker.started = self.reactor.seconds()
+        if self.metric_files is not None:
+            self.metric_files.started(worker.pid, worker.number)
         _log.info("worker {number} started (pid {pid})", number=worker.number, pid=worker.pid)
 
     def _ready(self, link: WorkerLink) -> None:
@@ -233,6 +279,8 @@ class Supervisor(service.MultiService):
         restart it unless the daemon is stopping."""
         pid, worker.process, worker.link, worker.ready = worker.pid, None, None, False
         released = self.counters.forget(worker.number)
+        if self.metric_files is not None:
+            self.metric_files.ended(pid)
         if self.stopping:
             ended, worker.ended = worker.ended, None
             if ended is not None:
@@ -250,6 +298,7 @@ class Supervisor(service.MultiService):
             slots=f", holding {released} connection slots" if released else "",
             when=f" in {delay:g} s" if delay else "",
         )
+        worker.restarts += 1
         worker.restart = self.reactor.callLater(delay, self._spawn, worker)
 
     # -- stopping -----------------------------------------------------------------------
@@ -272,7 +321,17 @@ class Supervisor(service.MultiService):
         return d
 
     def _stopped(self, _: object) -> Any:
+        if self.metric_files is not None:
+            self.metric_files.remove()
         return super().stopService()
+
+    def _worker_env(self) -> dict[str, str]:
+        env = _worker_env()
+        if self.metric_files is not None and self.metric_files.path is not None:
+            from mailsrv.workers.metrics import ENVIRONMENT
+
+            env[ENVIRONMENT] = self.metric_files.path
+        return env
 
     def _stop(self, worker: _Worker) -> defer.Deferred[None]:
         ended: defer.Deferred[None] = defer.Deferred()
@@ -296,24 +355,22 @@ class Supervisor(service.MultiService):
 
     # -- reload -------------------------------------------------------------------------
 
-    def reload(self) -> bool:
+    def reload(self) -> defer.Deferred[ReloadReport]:
         """SIGHUP's work after the log is reopened: check the configuration
         here (the parent's own log level and format come from it), then
-        have every worker reload.  False when the file was refused."""
+        have every worker reload; the outcome, each worker's with it."""
         if self.load is None:
-            return False
+            refused = ReloadOutcome("refused", reason="this daemon has no configuration to reload")
+            return defer.succeed(ReloadReport(refused))
         if self.systemd_notify:
             sdnotify.reloading()
         try:
             config = self.load()
         except ConfigError as e:
-            _log.error(
-                "reload refused, the configuration in force is kept: {error}",
-                error=format_error(e).removeprefix("mailsrv: "),
-            )
-            if self.systemd_notify:
-                sdnotify.ready(f"serving with {self.count} workers")
-            return False
+            error = format_error(e).removeprefix("mailsrv: ")
+            _log.error("reload refused, the configuration in force is kept: {error}", error=error)
+            self._serving()
+            return defer.succeed(ReloadReport(ReloadOutcome("refused", reason=error)))
         log.set_level(config.logging.level)
         log.set_format(config.logging.format)
         if config.server.workers != self.config.server.workers:
@@ -321,18 +378,28 @@ class Supervisor(service.MultiService):
                 "reload: server.workers changed, which needs a restart; keeping {count} workers",
                 count=self.count,
             )
-        links = [w.link for w in self.workers if w.link is not None and w.ready]
-        answers = defer.DeferredList([link.reload() for link in links], consumeErrors=True)
-        answers.addCallback(self._reloaded, len(links))
-        return True
+        d = self.admin.ask(lambda link: link.reload())
+        return d.addCallback(self._reloaded)
 
-    def _reloaded(self, results: list[tuple[bool, Any]], asked: int) -> None:
-        applied = sum(1 for ok, value in results if ok and value)
+    def _reloaded(self, answers: list[Any]) -> ReloadReport:
+        report = reload_report(ReloadOutcome("applied"), answers)
+        applied = sum(1 for w in report.workers if w.outcome)
         _log.info(
             "reload: {applied} of {asked} workers applied the configuration",
             applied=applied,
-            asked=asked,
+            asked=len(report.workers),
         )
+        for w in report.workers:
+            if not w.outcome:
+                _log.warn(
+                    "reload: worker {number}: {problem}",
+                    number=w.worker,
+                    problem=w.outcome.reason if w.outcome is not None else w.problem,
+                )
+        self._serving()
+        return report
+
+    def _serving(self) -> None:
         if self.systemd_notify:
             sdnotify.ready(f"serving with {self.count} workers")
 

@@ -92,6 +92,20 @@ class LayoutTests(MaildirTestCase):
                 path = os.path.join(directory, name)
                 self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
 
+    def test_staged_message_with_old_date_survives_another_opener(self) -> None:
+        """A message waits in tmp/ dated by its INTERNALDATE (an APPEND of
+        a 2001 message, a COPY's hard link of an old file); another process
+        opening the folder meanwhile clears only tmp/ files untouched for 36
+        hours, which that date must not make it look."""
+        self.inbox()
+        staged = os.path.join(self.root, "tmp", "1000000000.M1P1.staged")
+        with open(staged, "wb") as handle:
+            handle.write(MESSAGE_CRLF)
+        old = datetime.datetime(2001, 9, 9, tzinfo=datetime.UTC).timestamp()
+        os.utime(staged, (old, old))
+        self.storage().account("alice").open_mailbox("INBOX")  # another opener
+        self.assertTrue(os.path.exists(staged))
+
     def test_home_template(self) -> None:
         storage = MaildirStorage("{home}/Maildir")
         home = os.path.join(self.base, "home", "bob")

@@ -44,3 +44,27 @@ class MaildirStorageTests(StorageSuiteMixin, unittest.TestCase):
         with open(os.path.join(root, "tmp", name), "wb") as handle:
             handle.write(data.replace(b"\r\n", b"\n"))
         os.rename(os.path.join(root, "tmp", name), os.path.join(root, "new", name))
+
+
+class ThreadedMaildirStorageTests(MaildirStorageTests):
+    """The same contract with the daemon's threaded writes: every write
+    waits for its lock and fsyncs in the reactor's thread pool."""
+
+    def make_storage(self) -> IStorage:
+        from twisted.internet import reactor
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        storage = MaildirStorage(
+            os.path.join(base, "{user}", "Maildir"), reactor=reactor, threaded_writes=True
+        )
+        self.addCleanup(storage.stop_watching)
+        return storage
+
+    def reopen_storage(self, storage: IStorage) -> IStorage:
+        from twisted.internet import reactor
+
+        assert isinstance(storage, MaildirStorage)
+        reopened = MaildirStorage(storage.template, reactor=reactor, threaded_writes=True)
+        self.addCleanup(reopened.stop_watching)
+        return reopened

@@ -374,7 +374,9 @@ class MaildirAccount:
         if entries:  # RFC 5464 3.4: the new mailbox gets a copy of INBOX's
             write_atomically(self._metadata_path(new), encode_entries(entries))
         inbox = self.open_mailbox(names.INBOX)
-        inbox.check()
+        # The base class's check, which waits for the lock: the moves below
+        # need new/ caught up first, here and now.
+        MaildirMailbox.check(inbox)
         destination = self.open_mailbox(new)
         uids = list(inbox.uids())
         for start in range(0, len(uids), 1000):
@@ -484,8 +486,10 @@ class MaildirAccount:
     # -- the rest -----------------------------------------------------------------
 
     def status(self, name: str) -> MaybeDeferred[MailboxStatus]:
-        def counters(mailbox: MaildirMailbox) -> MailboxStatus:
-            mailbox.check()
+        def counters(mailbox: MaildirMailbox) -> MaybeDeferred[MailboxStatus]:
+            checked = mailbox.check()  # a Deferred when it waits in a writer
+            if isinstance(checked, Deferred):
+                return checked.addCallback(lambda _: mailbox.status())
             return mailbox.status()
 
         found = self._open(name)

@@ -491,23 +491,25 @@ class MaildirMailbox:
             staged = appending.stage(self._folder, messages)
             try:
                 crash_point("append-written")
-                try:
-                    uids = self._place(staged)
-                except Exception as exc:
-                    if not is_corruption(exc):
-                        raise
-                    # Damage found before the files were placed: they are
-                    # still in tmp/, so rebuild and place them.
-                    self._recover(exc)
-                    uids = self._place(staged)
+                uids = self._place(staged)
             finally:
                 appending.drop(staged)
         self._announce()
         return uids
 
     def _place(self, staged: Sequence[appending.Staged]) -> list[int]:
-        with self._folder.locked():
-            return appending.place(self._folder, staged, self._record)
+        """Give staged messages their UIDs and move them into cur/."""
+        try:
+            with self._folder.locked():
+                return appending.place(self._folder, staged, self._record)
+        except Exception as exc:
+            if not is_corruption(exc):
+                raise
+            # Damage found before the files were placed: they are still in
+            # tmp/, so rebuild and place them.
+            self._recover(exc)
+            with self._folder.locked():
+                return appending.place(self._folder, staged, self._record)
 
     @_recovering
     def remove(self, uids: Iterable[int]) -> Sequence[int]:
@@ -703,6 +705,11 @@ class MaildirMailbox:
     @_recovering
     def claim_recent(self) -> frozenset[int]:
         db = self._folder.db
+        if db.counters()[4] == 0:
+            # Another session claimed them (every session of the mailbox
+            # asks when a message arrives): no write transaction, which
+            # would wait for the writers' on this thread.
+            return frozenset()
         with db.transaction():
             claimed = db.claim_recent()
         return frozenset(claimed)

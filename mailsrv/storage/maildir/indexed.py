@@ -172,8 +172,33 @@ class IndexedFolder:
             if self._lock_depth == 0 and self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _lock(self) -> None:
-        """Take the lock and make sure the index is open and current."""
+    @contextlib.contextmanager
+    def locked_if_free(self) -> Iterator[bool]:
+        """:meth:`locked` if the lock can be had at once; else yield False
+        without waiting (a reactor thread must not wait for another
+        process's or thread's write)."""
+        if self.closed:
+            raise NoSuchMailbox(f"mailbox {self.name!r} was deleted or renamed")
+        if self._lock_depth > 0:
+            with self.locked():
+                yield True
+            return
+        try:
+            self._lock(blocking=False)
+        except BlockingIOError:
+            yield False
+            return
+        self._lock_depth += 1
+        try:
+            yield True
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _lock(self, blocking: bool = True) -> None:
+        """Take the lock and make sure the index is open and current
+        (``blocking=False``: BlockingIOError if someone else holds it)."""
         if self._lock_fd is None:
             try:
                 self._lock_fd = os.open(
@@ -181,7 +206,7 @@ class IndexedFolder:
                 )
             except FileNotFoundError:
                 raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists") from None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             if not os.path.isdir(self.path):
                 raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists")
@@ -411,11 +436,17 @@ class IndexedFolder:
         return self.db.counters()[0]
 
     def _clean_tmp(self) -> None:
+        """Remove what crashed writers left in tmp/ 36 hours ago.
+
+        Judged by the inode's change time, which creating, linking or
+        dating a file sets to now: the modification time of a staged
+        message is its INTERNALDATE (an APPEND of an old message, a COPY's
+        link), which says nothing of when a writer put it there."""
         cutoff = time.time() - TMP_MAX_AGE
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.tmp):
                 with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if entry.stat(follow_symlinks=False).st_ctime < cutoff:
                         os.unlink(entry.path)
 
     # -- the bookkeeping of a change (lock held) --------------------------------------
@@ -577,6 +608,14 @@ class IndexedFolder:
             return
         signature, trusted = dir_signature(self.cur)
         self.db.put("sig_cur", signature_value(signature, trusted))
+
+    def needs_scan(self) -> bool:
+        """Whether :meth:`sync` would list ``new/`` or ``cur/``: read
+        without the lock, from the signatures the index keeps."""
+        db = self.db
+        return scan.stale(db, self.new, "sig_new", recent_is_stale=True) or scan.stale(
+            db, self.cur, "sig_cur"
+        )
 
     def reload(self, uid: int) -> Row | None:
         """The row of ``uid`` after catching up with the files."""

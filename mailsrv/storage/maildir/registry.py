@@ -26,6 +26,7 @@ from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.fulltext import FullText
 from mailsrv.storage.maildir.layout import needs_index
 from mailsrv.storage.maildir.watch import NO_WATCHER, WatchedFolder, Watcher
+from mailsrv.storage.maildir.writer import ThreadedMailbox
 
 __all__ = ["KEEP_COUNT", "KEEP_SECONDS", "MailboxRegistry"]
 
@@ -56,6 +57,9 @@ class MailboxRegistry:
         long after it was last opened or last listened to, and that many
         such folders at most (least recently used go first).
     :param clock: seconds, for the tests (default: ``time.monotonic``).
+    :param threaded_writes: with a thread pool, folders are
+        :class:`~.writer.ThreadedMailbox` objects: their writes wait for locks
+        and fsyncs in a thread, and answer with Deferreds.
     """
 
     def __init__(
@@ -68,11 +72,13 @@ class MailboxRegistry:
         keep_seconds: float = KEEP_SECONDS,
         keep_count: int = KEEP_COUNT,
         clock: Callable[[], float] = time.monotonic,
+        threaded_writes: bool = False,
     ) -> None:
         self.watcher: Watcher = _KeepingWatcher(watcher, self._released)
         self._reactor = reactor
         self._fulltext = fulltext
         self._stopping: threading.Event | None = None
+        self._threaded = threaded_writes and IReactorThreads.providedBy(reactor)
         self._mailboxes: weakref.WeakValueDictionary[str, MaildirMailbox] = (
             weakref.WeakValueDictionary()
         )
@@ -94,14 +100,26 @@ class MailboxRegistry:
             # what other processes did meanwhile, as opening it would.
             mailbox = self._caught_up(key, mailbox)
         if mailbox is None or mailbox.closed:
-            mailbox = MaildirMailbox(
-                root,
-                path,
-                name,
-                watcher=self.watcher,
-                warn_once=self.warn_once,
-                fulltext=self._text_index(path) if self._fulltext else None,
-            )
+            text_index = self._text_index(path) if self._fulltext else None
+            if self._threaded:
+                mailbox = ThreadedMailbox(
+                    root,
+                    path,
+                    name,
+                    watcher=self.watcher,
+                    warn_once=self.warn_once,
+                    reactor=self._reactor,
+                    fulltext=text_index,
+                )
+            else:
+                mailbox = MaildirMailbox(
+                    root,
+                    path,
+                    name,
+                    watcher=self.watcher,
+                    warn_once=self.warn_once,
+                    fulltext=text_index,
+                )
             self._mailboxes[key] = mailbox
             if self._kept is not None:
                 self._kept[key] = mailbox
@@ -128,12 +146,16 @@ class MailboxRegistry:
         None (forgotten) if that fails: a new object then tries afresh and
         reports the failure as opening would."""
         try:
-            mailbox.check()
+            pending = mailbox.check()
         except Exception:
             self._recent.pop(key, None)
             self._mailboxes.pop(key, None)
             mailbox.close()
             return None
+        if isinstance(pending, Deferred):
+            # A threaded folder waiting for another writer's lock: what it
+            # finds reaches the new session as untagged updates.
+            pending.addErrback(lambda f: log.failure("catching up {path}", f, path=key))
         return mailbox
 
     def _released(self, folder: WatchedFolder) -> None:

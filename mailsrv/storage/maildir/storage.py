@@ -60,6 +60,11 @@ class MaildirStorage:
         frees it.
     :param fulltext: keep a full-text index per folder for SEARCH BODY and
         TEXT (``[storage] fulltext``); answers need a reactor's threads.
+    :param threaded_writes: with a ``reactor`` that has a thread pool,
+        writes (APPEND, STORE, EXPUNGE, COPY) take the folder lock and
+        fsync in a thread, one at a time per folder, and answer with
+        Deferreds, so the reactor keeps answering meanwhile
+        (:mod:`.writer`); the daemon sets it.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class MaildirStorage:
         reactor: Any = None,
         keep_open: bool = False,
         fulltext: bool = True,
+        threaded_writes: bool = False,
     ) -> None:
         if "{user}" not in template and "{home}" not in template:
             raise StorageError(f"maildir template {template!r} must contain {{user}} or {{home}}")
@@ -85,7 +91,11 @@ class MaildirStorage:
         self.poll_interval = poll_interval
         self._watcher = FolderWatcher(reactor, poll_interval) if reactor is not None else None
         self._mailboxes = MailboxRegistry(
-            self._watcher or NO_WATCHER, reactor, keep_open=keep_open, fulltext=fulltext
+            self._watcher or NO_WATCHER,
+            reactor,
+            keep_open=keep_open,
+            fulltext=fulltext,
+            threaded_writes=threaded_writes,
         )
 
     # -- accounts -------------------------------------------------------------

@@ -17,8 +17,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from mailsrv.errors import NoSuchMailbox
@@ -57,8 +59,9 @@ class WatchedFolder(Protocol):
     def watched_dirs(self) -> Sequence[str]:
         """The directories whose changes the folder wants to hear about."""
 
-    def check(self) -> None:
-        """Look for outside changes now and tell the folder's listeners."""
+    def check(self) -> Deferred[None] | None:
+        """Look for outside changes now and tell the folder's listeners (a
+        Deferred when it waits for the folder lock in a thread)."""
 
     def refresh(self) -> None:
         """Another mailsrv process changed the index: tell the listeners
@@ -199,11 +202,18 @@ class FolderWatcher:
         if folder is None:
             return
         try:
-            folder.check()
-        except NoSuchMailbox:
-            self.unwatch(folder)
+            checked = folder.check()
         except Exception:
-            log.failure("checking {path} failed", path=key)
+            self._check_failed(Failure(), folder, key)
+            return
+        if isinstance(checked, Deferred):
+            checked.addErrback(self._check_failed, folder, key)
+
+    def _check_failed(self, failure: Failure, folder: WatchedFolder, key: str) -> None:
+        if failure.check(NoSuchMailbox):
+            self.unwatch(folder)
+        else:
+            log.failure("checking {path} failed", failure, path=key)
 
     def _refresh_one(self, key: str) -> None:
         folder = self._watched.get(key)

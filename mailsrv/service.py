@@ -95,7 +95,7 @@ def build_storage(config: Config, reactor: Any = None) -> IStorage:
         poll_interval=config.storage.poll_interval,
         reactor=reactor,
         fulltext=config.storage.fulltext,
-        threaded_writes=True,
+        threaded_writes=config.storage.threaded_writes,
     )
 
 

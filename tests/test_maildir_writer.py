@@ -69,7 +69,8 @@ class WriteWaitsOffReactorTests(DaemonCrashTestCase):
         with open(self.config) as handle:
             text = handle.read()
         with open(self.config, "w") as handle:
-            handle.write(text.replace("[server]\n", "[server]\nworkers = 1\n", 1))
+            text = text.replace("[server]\n", "[server]\nworkers = 1\n", 1)
+            handle.write(text.replace("[storage]\n", "[storage]\nthreaded_writes = true\n", 1))
 
     def connect(self) -> Connection:
         connection = Connection(self.port)

@@ -18,7 +18,7 @@ from mailsrv.cli_common import (
 )
 from mailsrv.cli_users import extra_fields, home_of
 from mailsrv.config import Config
-from mailsrv.errors import StorageError
+from mailsrv.errors import NoSuchMailbox, StorageError
 
 if TYPE_CHECKING:
     from mailsrv.interfaces import IAccount
@@ -77,14 +77,22 @@ def run_reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
     if config.storage.backend != "maildir":
         raise CommandError("reindex rebuilds Maildir indexes: storage.backend is not 'maildir'")
     account = _account(config, args.user)
-    counts = reindex(account)
+    skipped: list[str] = []
+    counts = reindex(account, skipped)
     for folder, count in sorted(counts.items()):
         line = f"{folder}: {count} messages"
         if config.storage.fulltext:
-            indexed, size = _reindex_text(account, folder, stdout)
+            try:
+                indexed, size = _reindex_text(account, folder, stdout)
+            except NoSuchMailbox:
+                skipped.append(folder)
+                continue
             per_message = f", {size // indexed} octets each" if indexed else ""
             line += f"; full-text index {indexed} messages, {size} octets{per_message}"
         stdout.write(line + "\n")
+    for folder in skipped:
+        # A client's DELETE or RENAME while this ran: nothing to rebuild.
+        stdout.write(f"{folder}: deleted or renamed meanwhile, skipped\n")
     return EX_OK
 
 

@@ -442,6 +442,27 @@ class DeliverCommandTests(CLITestCase):
         self.assertEqual(status, cli.EX_OK)
         self.assertIn("INBOX: 3 messages", out.getvalue())
 
+    def test_reindex_skips_a_mailbox_deleted_meanwhile(self) -> None:
+        """A mailbox a client deletes between reindex's listing and its
+        rebuild is reported as skipped, not a traceback and exit 70."""
+        from mailsrv.interfaces import MailboxEntry
+        from mailsrv.storage.maildir.account import MaildirAccount
+
+        self.deliver("alice", message=b"Subject: x\n\nx\n")
+        listed = MaildirAccount.list_mailboxes
+
+        def with_a_deleted_one(account: MaildirAccount) -> list[MailboxEntry]:
+            return [*listed(account), MailboxEntry("Gone", frozenset({"\\HasNoChildren"}))]
+
+        self.patch(MaildirAccount, "list_mailboxes", with_a_deleted_one)
+        out = io.StringIO()
+        status = cli.main(
+            ["reindex", "alice", "--passwd", self.passwd, "--maildir", self.maildir], stdout=out
+        )
+        self.assertEqual(status, cli.EX_OK)
+        self.assertIn("INBOX: 1 messages", out.getvalue())
+        self.assertIn("Gone: deleted or renamed meanwhile, skipped", out.getvalue())
+
 
 class ClosedPipeTests(CLITestCase):
     """``mailsrv user list | head -1``: the reader goes away before the

@@ -204,9 +204,10 @@ def deliver(
     return uid
 
 
-def reindex(account: Any) -> dict[str, int]:
-    """Rebuild a Maildir account's indexes (``mailsrv reindex``)."""
+def reindex(account: Any, skipped: list[str] | None = None) -> dict[str, int]:
+    """Rebuild a Maildir account's indexes (``mailsrv reindex``); folders
+    deleted meanwhile are named in ``skipped``."""
     from mailsrv.storage.maildir import reindex as maildir_reindex
 
-    counts: dict[str, int] = maildir_reindex(account)
+    counts: dict[str, int] = maildir_reindex(account, skipped)
     return counts

@@ -530,15 +530,21 @@ def _gone(failure: Failure) -> None:
     failure.trap(NoSuchMailbox)
 
 
-def reindex(account: MaildirAccount) -> dict[str, int]:
+def reindex(account: MaildirAccount, skipped: list[str] | None = None) -> dict[str, int]:
     """Rebuild every folder's index from its files: folder name -> messages.
 
     UIDVALIDITY and UIDs come from each folder's ``mailsrv-uidlist``, so
-    clients notice nothing but a higher HIGHESTMODSEQ.
+    clients notice nothing but a higher HIGHESTMODSEQ.  A folder deleted or
+    renamed by a client after the listing has nothing to rebuild: its name
+    goes to ``skipped``.
     """
     counts: dict[str, int] = {}
     for entry in account.list_mailboxes():
         if "\\Noselect" in entry.attributes:
             continue
-        counts[entry.name] = account.open_mailbox(entry.name).rebuild()
+        try:
+            counts[entry.name] = account.open_mailbox(entry.name).rebuild()
+        except NoSuchMailbox:
+            if skipped is not None:
+                skipped.append(entry.name)
     return counts

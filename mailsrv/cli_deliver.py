@@ -84,7 +84,11 @@ def run_reindex(args: argparse.Namespace, stdout: IO[str]) -> int:
         if config.storage.fulltext:
             try:
                 indexed, size = _reindex_text(account, folder, stdout)
-            except NoSuchMailbox:
+            except Exception as exc:
+                # Deleted or renamed by a client since its index was rebuilt.
+                listed = {entry.name for entry in account.list_mailboxes()}
+                if not isinstance(exc, NoSuchMailbox) and folder in listed:
+                    raise
                 skipped.append(folder)
                 continue
             per_message = f", {size // indexed} octets each" if indexed else ""

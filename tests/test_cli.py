@@ -463,6 +463,35 @@ class DeliverCommandTests(CLITestCase):
         self.assertIn("INBOX: 1 messages", out.getvalue())
         self.assertIn("Gone: deleted or renamed meanwhile, skipped", out.getvalue())
 
+    def test_reindex_skips_a_mailbox_deleted_during_its_rebuild(self) -> None:
+        """A folder removed while its index is rebuilt (SQLite then reports
+        an I/O error) is skipped and named; the others are rebuilt."""
+        import shutil
+        import sqlite3
+
+        from mailsrv.storage.maildir.folder import MaildirMailbox
+
+        self.deliver("alice", message=b"Subject: x\n\nx\n")
+        gone = os.path.join(self.maildir.replace("{user}", "alice"), ".Gone")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(gone, sub))
+        rebuild = MaildirMailbox.rebuild
+
+        def vanishing(mailbox: MaildirMailbox, *args: object) -> int:
+            if mailbox.name == "Gone":
+                shutil.rmtree(mailbox.path)
+                raise sqlite3.OperationalError("disk I/O error")
+            return rebuild(mailbox, *args)
+
+        self.patch(MaildirMailbox, "rebuild", vanishing)
+        out = io.StringIO()
+        status = cli.main(
+            ["reindex", "alice", "--passwd", self.passwd, "--maildir", self.maildir], stdout=out
+        )
+        self.assertEqual(status, cli.EX_OK)
+        self.assertIn("INBOX: 1 messages", out.getvalue())
+        self.assertIn("Gone: deleted or renamed meanwhile, skipped", out.getvalue())
+
 
 class ClosedPipeTests(CLITestCase):
     """``mailsrv user list | head -1``: the reader goes away before the

@@ -544,7 +544,15 @@ def reindex(account: MaildirAccount, skipped: list[str] | None = None) -> dict[s
             continue
         try:
             counts[entry.name] = account.open_mailbox(entry.name).rebuild()
-        except NoSuchMailbox:
+        except Exception as exc:
+            # A folder a client deleted or renamed under the rebuild fails
+            # as NoSuchMailbox, or as SQLite's I/O error on a vanished file.
+            if not isinstance(exc, NoSuchMailbox) and _still_there(account, entry.name):
+                raise
             if skipped is not None:
                 skipped.append(entry.name)
     return counts
+
+
+def _still_there(account: MaildirAccount, name: str) -> bool:
+    return any(entry.name == name for entry in account.list_mailboxes())

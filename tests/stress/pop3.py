@@ -93,7 +93,9 @@ def visit(port: int, model: Model, rng: random.Random) -> None:
         for number in rng.sample(numbers, min(3, len(numbers))):
             _retrieve(pop, model, number, *listing[number])
         deleted = None
-        if numbers and rng.random() < 0.5:
+        # Half the visits delete one message, and the first that can does,
+        # so even a short run checks a DELE (four visits could all skip it).
+        if numbers and (not model.counts.get("POP3 DELE") or rng.random() < 0.5):
             deleted = rng.choice(numbers)
             pop.dele(deleted)
             model.count("POP3 DELE")

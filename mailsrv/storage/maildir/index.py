@@ -14,6 +14,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -597,46 +598,33 @@ class Index:
         columns = "uid, info, mtime_ns, size, modseq, saved"
         if uids is None:
             return self.db.execute(f"SELECT {columns} FROM messages ORDER BY uid").fetchall()
-        wanted = sorted(set(uids))
-        if not wanted:
-            return []
-        # Dense: one range read; sparse (a search's hits): only those rows.
-        if len(wanted) > 400 and wanted[-1] - wanted[0] < 4 * len(wanted):
-            wanted_set = set(wanted)
-            cursor = self.db.execute(
-                f"SELECT {columns} FROM messages WHERE uid BETWEEN ? AND ? ORDER BY uid",
-                (wanted[0], wanted[-1]),
-            )
-            return [v for v in cursor if v[0] in wanted_set]
-        result: list[Summary] = []
-        for start in range(0, len(wanted), 200):
-            chunk = wanted[start : start + 200]
-            marks = ",".join("?" * len(chunk))
-            cursor = self.db.execute(
-                f"SELECT {columns} FROM messages WHERE uid IN ({marks}) ORDER BY uid", chunk
-            )
-            result.extend(cursor)
-        return result
+        return self._rows_of(columns, uids)
 
     def row_tuples(self, uids: Iterable[int]) -> list[tuple[int, str, int, int, int]]:
         """(uid, info, mtime_ns, size, modseq) for ``uids``, by UID: what
-        ``IMessageRows`` needs.  A batch of consecutive UIDs, the common
-        case, is one range scan taken as it comes, with no filter."""
-        columns = "uid, info, mtime_ns, size, modseq"
+        ``IMessageRows`` needs."""
+        return self._rows_of("uid, info, mtime_ns, size, modseq", uids)
+
+    def _rows_of(self, columns: str, uids: Iterable[int]) -> list[Any]:
+        """``columns`` (the first being ``uid``) of the rows of ``uids``, by
+        UID.  Consecutive UIDs (a FETCH batch, the common case) are one
+        range scan taken as it comes; a dense set, one range scan filtered;
+        a sparse one (a search's hits), only its rows, 200 at a time."""
         wanted = sorted(set(uids))
         if not wanted:
             return []
         low, high = wanted[0], wanted[-1]
-        if high - low + 1 == len(wanted) or len(wanted) > 400:
-            rows: list[tuple[int, str, int, int, int]] = self.db.execute(
+        contiguous = high - low + 1 == len(wanted)
+        if contiguous or (len(wanted) > 400 and high - low < 4 * len(wanted)):
+            rows = self.db.execute(
                 f"SELECT {columns} FROM messages WHERE uid BETWEEN ? AND ? ORDER BY uid",
                 (low, high),
             ).fetchall()
-            if high - low + 1 == len(wanted):
+            if contiguous:
                 return rows
             wanted_set = set(wanted)
             return [row for row in rows if row[0] in wanted_set]
-        result: list[tuple[int, str, int, int, int]] = []
+        result: list[Any] = []
         for start in range(0, len(wanted), 200):
             chunk = wanted[start : start + 200]
             marks = ",".join("?" * len(chunk))

@@ -153,6 +153,18 @@ class BudgetOverSocketTests(ServerTestBase):
         self.assertEqual(response, b"* SEARCH\r\ne OK SEARCH completed\r\n")
 
     @defer.inlineCallbacks
+    def test_search_helped_by_the_index_keeps_the_budget(self) -> Any:
+        """UNSEEN is answered by the storage's index (IIndexSearch), TEXT by
+        testing the candidates it gives: those tests spend the budget too."""
+        self.fill(3000)
+        client = yield self.selected()
+        response = yield client.command("a", "SEARCH UNSEEN NOT TEXT absent")
+        self.assertEqual(response, b"a NO [LIMIT] " + budget.EXCEEDED.encode() + b"\r\n")
+        self.patch(budget, "cpu_clock", FakeClock(0.0))
+        response = yield client.command("b", "SEARCH UNSEEN UID 1:2")
+        self.assertEqual(response, b"* SEARCH 1 2\r\nb OK SEARCH completed\r\n")
+
+    @defer.inlineCallbacks
     def test_fetch_over_budget_sends_whole_responses_and_sets_no_seen(self) -> Any:
         """FETCH is stopped between batches: every response written is
         whole, and \\Seen is set exactly for the messages answered."""

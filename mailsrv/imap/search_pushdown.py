@@ -167,14 +167,7 @@ def plan(
     pushed, rest = split(key, view)
     if pushed is None:
         return None
-    if rest == _ALL:
-        return Plan(pushed, None)
-    left = compile_key(rest, view, charset, now)
-    budget = program.budget
-    if budget is not None:
-        # The command's CPU budget covers the residual tests too.
-        left = attrs.evolve(left, budget=budget, predicate=budget.guard(left.predicate))
-    return Plan(pushed, left)
+    return Plan(pushed, None if rest == _ALL else compile_key(rest, view, charset, now))
 
 
 def _numbered(

@@ -521,6 +521,20 @@ def _fields_pass(
     return _decide(test, pending, hits)
 
 
+def _compiler_within(budget: CommandBudget | None) -> search_pushdown.Compiler:
+    """:func:`compile_key` for the part of a program the index cannot
+    answer, under the same budget as the whole."""
+    if budget is None:
+        return compile_key
+
+    def compile_budgeted(
+        key: SearchKey, view: SelectedMailbox, charset: str | None, now: datetime.datetime | None
+    ) -> Program:
+        return _budgeted(attrs.evolve(compile_key(key, view, charset, now), budget=budget))
+
+    return compile_budgeted
+
+
 def _budgeted(program: Program) -> Program:
     """``program`` with its budget checked before each message's test too
     (one message may be costly)."""
@@ -556,7 +570,7 @@ def _scan(
     ``metadata``, if given, gets each hit's :class:`IMessage` by UID."""
     budget = program.budget
     program = _budgeted(program)
-    pushed = search_pushdown.plan(view, mailbox, program, compile_key)
+    pushed = search_pushdown.plan(view, mailbox, program, _compiler_within(budget))
     if pushed is not None:
         complete: bool = yield search_pushdown.scan(
             view, mailbox, program, pushed, clock, writer, found, metadata, _matches, BATCH

@@ -192,6 +192,22 @@ def tls_options(directory: str) -> ssl.CertificateOptions:
     return options
 
 
+@defer.inlineCallbacks
+def shut_down(
+    clients: Iterable[Client], server_lost: Iterable[defer.Deferred[Any]], port: Any
+) -> Any:
+    """A socket test's tearDown: drop the clients, wait for both ends of
+    every connection to be gone, then stop listening."""
+    clients = list(clients)
+    for client in clients:
+        if client.transport is not None:
+            client.transport.loseConnection()
+    for client in clients:
+        yield client.lost
+    yield defer.gatherResults(list(server_lost))
+    yield port.stopListening()
+
+
 class ServerTestBase(TestCase):
     """A server on a loopback port over a MemoryStorage in which joe
     (password ``secret``) and ann (``pass``) have an INBOX and nothing else."""
@@ -213,15 +229,8 @@ class ServerTestBase(TestCase):
         # A Deferred, which trial waits for (typed Any: unittest's is None).
         return self._tear_down()
 
-    @defer.inlineCallbacks
-    def _tear_down(self) -> Any:
-        for client in self.clients:
-            if client.transport is not None:
-                client.transport.loseConnection()
-        for client in self.clients:
-            yield client.lost
-        yield defer.gatherResults(self.factory.lost)
-        yield self.port.stopListening()
+    def _tear_down(self) -> defer.Deferred[None]:
+        return shut_down(self.clients, self.factory.lost, self.port)
 
     def account(self, name: str = "joe") -> MemoryAccount:
         return self.storage.account(name)

@@ -24,7 +24,7 @@ from mailsrv.imap.fetch_syntax import Section
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
-from tests.imap_helpers import Client, RecordingFactory, tls_options
+from tests.imap_helpers import Client, RecordingFactory, shut_down, tls_options
 
 #: RFC 3502's two example messages (6.3.11), with CRLF line ends.
 FIRST = (
@@ -116,15 +116,8 @@ class _Base:
     def tearDown(self) -> Any:
         return self._tear_down()
 
-    @defer.inlineCallbacks
-    def _tear_down(self) -> Any:
-        for client in self.clients:
-            if client.transport is not None:
-                client.transport.loseConnection()
-        for client in self.clients:
-            yield client.lost
-        yield defer.gatherResults(self.factory.lost)
-        yield self.port.stopListening()
+    def _tear_down(self) -> defer.Deferred[None]:
+        return shut_down(self.clients, self.factory.lost, self.port)
 
     @defer.inlineCallbacks
     def session(self, select: str | None = None, user: str = "joe") -> Any:

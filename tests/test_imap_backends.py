@@ -21,7 +21,7 @@ from mailsrv.auth.realm import MailRealm
 from mailsrv.interfaces import IStorage
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
-from tests.imap_helpers import Client, RecordingFactory
+from tests.imap_helpers import Client, RecordingFactory, shut_down
 
 MESSAGE = b"From: a@example.org\r\nSubject: %d\r\n\r\nbody %d\r\n"
 
@@ -48,15 +48,8 @@ class _BackendBase:
         # A Deferred, which trial waits for (typed Any: unittest's is None).
         return self._tear_down()
 
-    @defer.inlineCallbacks
-    def _tear_down(self) -> Any:
-        for client in self.clients:
-            if client.transport is not None:
-                client.transport.loseConnection()
-        for client in self.clients:
-            yield client.lost
-        yield defer.gatherResults(self.factory.lost)
-        yield self.port.stopListening()
+    def _tear_down(self) -> defer.Deferred[None]:
+        return shut_down(self.clients, self.factory.lost, self.port)
 
     @defer.inlineCallbacks
     def session(self, select: str | None = "INBOX") -> Any:

@@ -20,7 +20,7 @@ from mailsrv.imap import fetch_rows
 from mailsrv.interfaces import DELETED, FLAGGED, SEEN, IMailbox, IStorage, NewMessage, StoreMode
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryStorage
-from tests.imap_helpers import Client, RecordingFactory
+from tests.imap_helpers import Client, RecordingFactory, shut_down
 
 UTC = datetime.UTC
 EAST = datetime.timezone(datetime.timedelta(hours=5, minutes=45))
@@ -103,15 +103,8 @@ class _Scenarios:
     def tearDown(self) -> Any:
         return self._tear_down()
 
-    @defer.inlineCallbacks
-    def _tear_down(self) -> Any:
-        for client in self.clients:
-            if client.transport is not None:
-                client.transport.loseConnection()
-        for client in self.clients:
-            yield client.lost
-        yield defer.gatherResults(self.factory.lost)
-        yield self.port.stopListening()
+    def _tear_down(self) -> defer.Deferred[None]:
+        return shut_down(self.clients, self.factory.lost, self.port)
 
     @defer.inlineCallbacks
     def session(self, select: str = "SELECT") -> Any:

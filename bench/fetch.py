@@ -52,9 +52,9 @@ from harness import (
     MailboxSpec,
     Meter,
     Pair,
-    machine_info,
+    add_mailbox_options,
+    begin_report,
     markdown_table,
-    pin_self,
     ratio,
 )
 from peers import Server
@@ -252,8 +252,7 @@ async def noop_after_store(server: Server, client: IMAPClient, repeat: int) -> R
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000, help="mailbox size")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each command")
+    add_mailbox_options(parser, repeat=3, repeat_help="timed runs of each command", quick_runs=2)
     parser.add_argument(
         "--budget",
         type=float,
@@ -261,25 +260,14 @@ def main() -> None:
         help="seconds per command and server after which no further timed run starts",
     )
     parser.add_argument("--stall", type=float, default=5.0, help="seconds the slow client waits")
-    parser.add_argument("--quick", action="store_true", help="10,000 messages, 2 runs")
-    parser.add_argument(
-        "--servers", default="mailsrv,dovecot", help="comma-separated: mailsrv, dovecot"
-    )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
     args = parser.parse_args()
-    if args.quick:
-        args.messages = min(args.messages, 10_000)
-        args.repeat = min(args.repeat, 2)
     began = time.perf_counter()
-    cpus, pin_note = pin_self(not args.no_pin)
-    print(f"# FETCH and SEARCH on a {args.messages}-message INBOX")
-    print()
-    for line in machine_info(pin_note):
-        print(f"- {line}")
-    print(f"- each command: one untimed run, then up to {args.repeat} timed runs (median shown)")
-    print()
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    cpus, servers = begin_report(
+        args,
+        2,
+        "FETCH and SEARCH on a {messages}-message INBOX",
+        "each command: one untimed run, then up to {repeat} timed runs (median shown)",
+    )
     results: dict[str, dict[str, Row]] = {}
     with Pair(
         [MailboxSpec("big", args.messages, seed=3)], servers=servers, cpus=cpus, keep=args.keep

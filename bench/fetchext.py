@@ -39,9 +39,9 @@ from harness import (
     MailboxSpec,
     Meter,
     Pair,
-    machine_info,
+    add_mailbox_options,
+    begin_report,
     markdown_table,
-    pin_self,
     ratio,
 )
 from peers import Server
@@ -106,24 +106,17 @@ async def run_server(server: Server, repeat: int) -> dict[str, Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000, help="mailbox size")
-    parser.add_argument("--repeat", type=int, default=3, help="warm runs of each command")
-    parser.add_argument("--quick", action="store_true", help="10,000 messages, 2 runs")
-    parser.add_argument("--servers", default="mailsrv,dovecot", help="mailsrv, dovecot")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
+    add_mailbox_options(
+        parser, repeat=3, repeat_help="warm runs of each command", quick_runs=2, keep=False
+    )
     args = parser.parse_args()
-    if args.quick:
-        args.messages = min(args.messages, 10_000)
-        args.repeat = min(args.repeat, 2)
     began = time.perf_counter()
-    cpus, pin_note = pin_self(not args.no_pin)
-    print(f"# Search and fetch extensions on a {args.messages}-message INBOX")
-    print()
-    for line in machine_info(pin_note):
-        print(f"- {line}")
-    print(f"- each command: one cold run, then {args.repeat} warm runs (median shown)")
-    print()
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    cpus, servers = begin_report(
+        args,
+        2,
+        "Search and fetch extensions on a {messages}-message INBOX",
+        "each command: one cold run, then {repeat} warm runs (median shown)",
+    )
     results: dict[str, dict[str, Row]] = {}
     with Pair([MailboxSpec("big", args.messages, seed=3)], servers=servers, cpus=cpus) as pair:
         for server in pair.servers:

@@ -14,6 +14,7 @@ A benchmark helper, not part of mailsrv.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import os
@@ -352,3 +353,45 @@ def machine_info(pin_note: str) -> list[str]:
         f"{mailsrv}; checkout at {_git_commit()}",
         f"load average before the run: {load}",
     ]
+
+
+def add_mailbox_options(
+    parser: argparse.ArgumentParser,
+    *,
+    repeat: int,
+    repeat_help: str,
+    quick_runs: int,
+    servers_help: str = "comma-separated: mailsrv, dovecot",
+    keep: bool = True,
+    unit: str = "runs",
+) -> None:
+    """The options every one-mailbox comparison takes: size, runs, a quick
+    form, which servers, pinning and keeping the tree."""
+    parser.add_argument("--messages", type=int, default=100_000, help="mailbox size")
+    parser.add_argument("--repeat", type=int, default=repeat, help=repeat_help)
+    parser.add_argument(
+        "--quick", action="store_true", help=f"10,000 messages, {quick_runs} {unit}"
+    )
+    parser.add_argument("--servers", default="mailsrv,dovecot", help=servers_help)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
+    if keep:
+        parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
+
+
+def begin_report(
+    args: argparse.Namespace, quick_runs: int, title: str, runs: str
+) -> tuple[set[int] | None, list[str]]:
+    """Apply ``--quick``, pin this process, print the report's heading
+    (``title`` and ``runs`` may name ``{messages}`` and ``{repeat}``) and
+    the machine; the CPUs for the servers and the servers asked for."""
+    if args.quick:
+        args.messages = min(args.messages, 10_000)
+        args.repeat = min(args.repeat, quick_runs)
+    cpus, pin_note = pin_self(not args.no_pin)
+    print("# " + title.format(messages=args.messages, repeat=args.repeat))
+    print()
+    for line in machine_info(pin_note):
+        print(f"- {line}")
+    print("- " + runs.format(messages=args.messages, repeat=args.repeat))
+    print()
+    return cpus, [s.strip() for s in args.servers.split(",") if s.strip()]

@@ -37,7 +37,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from clients import IMAPClient
-from harness import MailboxSpec, Meter, Pair, machine_info, markdown_table, pin_self, ratio
+from harness import (
+    MailboxSpec,
+    Meter,
+    Pair,
+    add_mailbox_options,
+    begin_report,
+    markdown_table,
+    ratio,
+)
 from peers import Server
 
 HOST = "127.0.0.1"
@@ -140,27 +148,22 @@ def _ms(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000, help="mailbox size")
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds")
-    parser.add_argument("--quick", action="store_true", help="10,000 messages, 3 rounds")
-    parser.add_argument(
-        "--servers", default="mailsrv,dovecot", help="comma-separated: mailsrv, dovecot, mailsrv-pg"
+    add_mailbox_options(
+        parser,
+        repeat=5,
+        repeat_help="timed rounds",
+        quick_runs=3,
+        unit="rounds",
+        servers_help="comma-separated: mailsrv, dovecot, mailsrv-pg",
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
     args = parser.parse_args()
-    if args.quick:
-        args.messages = min(args.messages, 10_000)
-        args.repeat = min(args.repeat, 3)
     began = time.perf_counter()
-    cpus, pin_note = pin_self(not args.no_pin)
-    print(f"# QRESYNC reconnect after {CHANGES} flag changes, {args.messages}-message INBOX")
-    print()
-    for line in machine_info(pin_note):
-        print(f"- {line}")
-    print(f"- one warm-up round, then {args.repeat} timed rounds (median shown)")
-    print()
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    cpus, servers = begin_report(
+        args,
+        3,
+        f"QRESYNC reconnect after {CHANGES} flag changes, {{messages}}-message INBOX",
+        "one warm-up round, then {repeat} timed rounds (median shown)",
+    )
     results: dict[str, Rows] = {}
     with Pair(
         [MailboxSpec(USER, args.messages, seed=7)], servers=servers, cpus=cpus, keep=args.keep

@@ -49,9 +49,9 @@ from harness import (
     MailboxSpec,
     Meter,
     Pair,
-    machine_info,
+    add_mailbox_options,
+    begin_report,
     markdown_table,
-    pin_self,
     ratio,
 )
 from peers import Server
@@ -160,25 +160,15 @@ async def run_server(server: Server, repeat: int) -> dict[str, Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000, help="mailbox size")
-    parser.add_argument("--repeat", type=int, default=3, help="warm runs of each command")
-    parser.add_argument("--quick", action="store_true", help="10,000 messages, 2 runs")
-    parser.add_argument("--servers", default="mailsrv,dovecot", help="mailsrv, dovecot")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
+    add_mailbox_options(parser, repeat=3, repeat_help="warm runs of each command", quick_runs=2)
     args = parser.parse_args()
-    if args.quick:
-        args.messages = min(args.messages, 10_000)
-        args.repeat = min(args.repeat, 2)
     began = time.perf_counter()
-    cpus, pin_note = pin_self(not args.no_pin)
-    print(f"# SORT and THREAD on a {args.messages}-message INBOX")
-    print()
-    for line in machine_info(pin_note):
-        print(f"- {line}")
-    print(f"- each command: one cold run (shown), then {args.repeat} warm runs (median shown)")
-    print()
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    cpus, servers = begin_report(
+        args,
+        2,
+        "SORT and THREAD on a {messages}-message INBOX",
+        "each command: one cold run (shown), then {repeat} warm runs (median shown)",
+    )
     results: dict[str, dict[str, Row]] = {}
     with Pair(
         [MailboxSpec("big", args.messages, seed=3)], servers=servers, cpus=cpus, keep=args.keep

@@ -29,6 +29,7 @@ from tests.helpers import (
     source_env,
     twistd_command,
     wait_for_file_text,
+    write_certificate,
 )
 from tests.workers_helpers import children
 
@@ -326,41 +327,6 @@ class HangupTests(unittest.TestCase):
             daemon.wait_for("alice logged in")
 
 
-def write_rsa_pair(cert_path: str, key_path: str) -> None:
-    """A self-signed RSA certificate: static-RSA suites need an RSA key, so
-    only with one does refusing them show."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    with open(key_path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-
-
 class CipherSuiteTests(unittest.TestCase):
     """What a TLS 1.2 client can negotiate with the daemon's default
     cipher list (RFC 9325 4.1, 4.2: forward secrecy and AEAD only)."""
@@ -369,7 +335,10 @@ class CipherSuiteTests(unittest.TestCase):
         """Start the daemon with an RSA certificate and ``tls`` added to [tls]."""
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        write_rsa_pair(os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem"))
+        # Static-RSA suites need an RSA key: only with one does refusing them show.
+        write_certificate(
+            os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem"), rsa=True
+        )
         self.port = free_port()
         config = os.path.join(self.dir, "mailsrv.toml")
         with open(config, "w") as f:

@@ -30,6 +30,7 @@ from twisted.internet import defer, task
 from mailsrv.imap import content
 from mailsrv.imap.fetch_items import FetchRequest, flags_item, is_root_fields
 from mailsrv.imap.fetch_syntax import FetchAttribute
+from mailsrv.imap.output import write_lines
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.uidmap import MessageSet
 from mailsrv.interfaces import RECENT, IMessageRows, MessageRow
@@ -38,9 +39,6 @@ __all__ = ["LARGEST", "covers", "fetch_rows", "internal_date_item"]
 
 #: The most messages one batch reads (the pacer keeps a batch near 10 ms).
 LARGEST = 2000
-#: Responses joined into one write: a few KB, so a client
-#: that stops reading leaves a small backlog.
-_LINES_PER_WRITE = 32
 
 _INDEX_NAMES = frozenset({"FLAGS", "UID", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
 _MONTHS = b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
@@ -248,7 +246,7 @@ def _write_batch(
             for row in rows
         ]
     if not eight_bit:
-        going_on = yield _write(request.writer, lines)
+        going_on = yield write_lines(request.writer, lines)
         return 0 if going_on else None
     missing = 0
     pending: list[bytes] = []
@@ -259,13 +257,13 @@ def _write_batch(
                 b"* %d FETCH (%s)\r\n" % (seq_of[uid], b" ".join([r(row) for r in renderers]))
             )
             continue
-        going_on = yield _write(request.writer, pending)
+        going_on = yield write_lines(request.writer, pending)
         pending = []
         if not going_on:
             return None
         outcome = yield general(request, [(seq_of[uid], uid)])
         missing += outcome.missing
-    going_on = yield _write(request.writer, pending)
+    going_on = yield write_lines(request.writer, pending)
     return missing if going_on else None
 
 
@@ -311,16 +309,3 @@ def _tell_keywords(
     if not new:
         return None
     return view.announce_keywords(new).addCallback(request.writer.write)
-
-
-@defer.inlineCallbacks
-def _write(writer: Any, lines: list[bytes]) -> Generator[defer.Deferred[Any], Any, bool]:
-    """Write a batch's responses a few at a time, waiting while the client
-    does not read; False once the connection is gone."""
-    for start in range(0, max(len(lines), 1), _LINES_PER_WRITE):
-        writer.write(b"".join(lines[start : start + _LINES_PER_WRITE]))
-        if writer.paused:
-            yield writer.ready()
-        if writer.closed:
-            return False
-    return True

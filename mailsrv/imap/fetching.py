@@ -38,6 +38,7 @@ from mailsrv.imap.fetch_items import (
     rendered_kind,
     sets_seen,
 )
+from mailsrv.imap.output import write_lines
 from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.interfaces import SEEN, IMessage, StoreMode, StoreResult
@@ -156,10 +157,6 @@ def _load_previews(
     return "computed" if compute else "lazy"
 
 
-#: Index-only responses joined into one write (a few KB).
-_LINES_PER_WRITE = 32
-
-
 @defer.inlineCallbacks
 def fetch_messages(
     request: FetchRequest, messages: Iterable[tuple[int, int]]
@@ -225,14 +222,9 @@ def _fetch_index_only(
             yield telling
         lines = _index_lines(request.view, found, seq_of, renderers)
         outcome.missing += len(chunk) - len(lines)
-        # Small writes keep a paused client's backlog to a few KB (and a
-        # batch that found nothing waits for a paused client all the same).
-        for start in range(0, max(len(lines), 1), _LINES_PER_WRITE):
-            writer.write(b"".join(lines[start : start + _LINES_PER_WRITE]))
-            if writer.paused:
-                yield writer.ready()
-            if writer.closed:
-                return outcome
+        going_on = yield write_lines(writer, lines)
+        if not going_on:
+            return outcome
         chunk = list(itertools.islice(pairs, BATCH))
         if chunk:
             yield task.deferLater(request.clock, 0, lambda: None)

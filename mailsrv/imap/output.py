@@ -13,7 +13,7 @@ session's memory bounded however slow its client is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import attrs
@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from mailsrv.imap.compress import Deflater
 
-__all__ = ["CommandError", "Done", "ResponseWriter", "bad", "no"]
+__all__ = ["LINES_PER_WRITE", "CommandError", "Done", "ResponseWriter", "bad", "no", "write_lines"]
 
 
 @attrs.frozen
@@ -166,3 +166,24 @@ class ResponseWriter:
             except Exception:  # already gone with the connection
                 pass
             self._release()
+
+
+#: Responses joined into one write by :func:`write_lines`: a few KB, so a
+#: client that stops reading leaves a small backlog.
+LINES_PER_WRITE = 32
+
+
+@defer.inlineCallbacks
+def write_lines(
+    writer: ResponseWriter, lines: list[bytes]
+) -> Generator[defer.Deferred[None], None, bool]:
+    """Write a batch's responses a few at a time, waiting while the client
+    does not read (a batch with no lines waits all the same); False once
+    the connection is gone."""
+    for start in range(0, max(len(lines), 1), LINES_PER_WRITE):
+        writer.write(b"".join(lines[start : start + LINES_PER_WRITE]))
+        if writer.paused:
+            yield writer.ready()
+        if writer.closed:
+            return False
+    return True

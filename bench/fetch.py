@@ -28,7 +28,7 @@ must stream, so mailsrv's peak should stay near its resting size.  A last
 row repeats the header FETCH with a client that stops reading for a few
 seconds: a server that streams stops producing while its socket is full.
 
-Run: ``python bench/fetch.py [--messages N] [--repeat R] [--quick]``.
+Run: ``python bench/fetch.py [--messages N] [--repeat R] [--quick] [--only FLAGS,UNSEEN]``.
 """
 
 from __future__ import annotations
@@ -64,9 +64,14 @@ HEADERS = "BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)]"
 LARGER = 10_000
 
 
-def commands() -> list[tuple[str, str | None]]:
+def chosen(text: str, only: list[str]) -> bool:
+    """Whether ``--only`` selects the row ``text`` (every row without it)."""
+    return not only or any(part.lower() in text.lower() for part in only)
+
+
+def commands(only: list[str] | None = None) -> list[tuple[str, str | None]]:
     """(command, planted-word kind whose hits it must find, if any)."""
-    return [
+    every: list[tuple[str, str | None]] = [
         ("FETCH 1:* (FLAGS)", None),
         ("FETCH 1:* (UID RFC822.SIZE INTERNALDATE)", None),
         (f"FETCH 1:* ({HEADERS})", None),
@@ -77,6 +82,7 @@ def commands() -> list[tuple[str, str | None]]:
         ("SEARCH UNSEEN", None),
         (f"SEARCH LARGER {LARGER}", None),
     ]
+    return [(text, kind) for text, kind in every if chosen(text, only or [])]
 
 
 def answers(text: str, reply: Reply) -> int:
@@ -103,7 +109,7 @@ class Row:
 
 
 async def run_server(
-    server: Server, count: int, repeat: int, budget: float, stall: float
+    server: Server, count: int, repeat: int, budget: float, stall: float, only: list[str]
 ) -> dict[str, Row]:
     rows: dict[str, Row] = {}
     client = await IMAPClient.connect(HOST, server.imap_port)
@@ -111,22 +117,26 @@ async def run_server(
     if not reply.ok:
         raise RuntimeError(f"{server.name}: LOGIN failed: {reply.text!r}")
     await client.select()
-    if server.name == "mailsrv":
+    wanted = commands(only)
+    if server.name == "mailsrv" and any(kind == "body" for _text, kind in wanted):
         await build_text_index(server, client, count)
-    for text, _kind in commands():
+    for text, _kind in wanted:
         print(f"  {server.name}: {text}", flush=True)
         rows[text] = await timed_command(server, client, text, repeat, budget)
-    headers = rows[f"FETCH 1:* ({HEADERS})"]
     text = f"FETCH 1:* ({HEADERS}), client stalls {stall:.0f} s"
-    if headers.refused is None:
-        rows[text] = await stalled_fetch(server, client, stall)
-    else:
-        rows[text] = Row()
-        rows[text].refused = headers.refused
+    if chosen(text, only):
+        headers = rows.get(f"FETCH 1:* ({HEADERS})")
+        if headers is None or headers.refused is None:
+            rows[text] = await stalled_fetch(server, client, stall)
+        else:
+            rows[text] = Row()
+            rows[text].refused = headers.refused
     text = "SELECT INBOX, new session (CPU: with connect + LOGIN)"
-    rows[text] = await fresh_select(server, client, repeat)
+    if chosen(text, only):
+        rows[text] = await fresh_select(server, client, repeat)
     text = "NOOP after another session's STORE"
-    rows[text] = await noop_after_store(server, client, repeat)
+    if chosen(text, only):
+        rows[text] = await noop_after_store(server, client, repeat)
     await client.logout()
     return rows
 
@@ -260,7 +270,13 @@ def main() -> None:
         help="seconds per command and server after which no further timed run starts",
     )
     parser.add_argument("--stall", type=float, default=5.0, help="seconds the slow client waits")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated parts of the rows to run (e.g. 'FLAGS,UNSEEN'); all by default",
+    )
     args = parser.parse_args()
+    only = [part.strip() for part in args.only.split(",") if part.strip()]
     began = time.perf_counter()
     cpus, servers = begin_report(
         args,
@@ -274,16 +290,18 @@ def main() -> None:
     ) as pair:
         for server in pair.servers:
             results[server.name] = asyncio.run(
-                run_server(server, args.messages, args.repeat, args.budget, args.stall)
+                run_server(server, args.messages, args.repeat, args.budget, args.stall, only)
             )
     print()
-    print(markdown_table(*table(results, args.messages)))
+    print(markdown_table(*table(results, args.messages, only)))
     print()
     print(f"setup: {', '.join(f'{k} {v:.1f} s' for k, v in pair.seconds.items())}")
     print(f"total time {time.perf_counter() - began:.0f} s")
 
 
-def table(results: dict[str, dict[str, Row]], messages: int) -> tuple[list[str], list[list[str]]]:
+def table(
+    results: dict[str, dict[str, Row]], messages: int, only: list[str]
+) -> tuple[list[str], list[list[str]]]:
     """The headers and rows of the results table, servers side by side."""
     names = list(results)
     headers = ["command"]
@@ -298,7 +316,7 @@ def table(results: dict[str, dict[str, Row]], messages: int) -> tuple[list[str],
         headers += [f"{name} peak RSS MiB (rest)"]
     extra = [t for t in results[names[0]] if t not in dict(commands())]
     rows = []
-    for text, kind in [*commands(), *((t, None) for t in extra)]:
+    for text, kind in [*commands(only), *((t, None) for t in extra)]:
         per = [results[name][text] for name in names]
         rows.append(table_row(text, per, expected_hits(messages, kind) if kind else None))
     return headers, rows
@@ -313,7 +331,7 @@ def table_row(text: str, per: list[Row], want: int | None) -> list[str]:
     if len(per) == 2:
         row.append(ratio(per[0].median(), per[1].median()))
     for r in per:
-        row.append("" if r.refused else f"{r.median_cpu():.2f}")
+        row.append("" if r.refused else f"{r.median_cpu():.3f}")
     counts = sorted({r.answers for r in per if r.answers is not None})
     note = "/".join(str(c) for c in counts) if counts else "-"
     if want is not None and counts != [want]:

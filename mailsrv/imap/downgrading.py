@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import IO, Any, cast
 
+import attrs
 from twisted.internet import defer
 from zope.interface import alsoProvides
 
@@ -41,8 +42,10 @@ from mailsrv.interfaces import (
     IMailbox,
     IMessage,
     IMessageCache,
+    IMessageColumns,
     IMessageRows,
     MaybeDeferred,
+    MessageColumns,
     MessageInfo,
     MessageRow,
     StoreResult,
@@ -137,6 +140,8 @@ class DowngradedMailbox:
             # too: its rows carry the synthetic sizes, and its header values
             # come through this object's cache and files.
             alsoProvides(self, IMessageRows)
+        if IMessageColumns.providedBy(mailbox):
+            alsoProvides(self, IMessageColumns)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._mailbox, name)
@@ -191,6 +196,33 @@ class DowngradedMailbox:
                 return out
 
             found: defer.Deferred[dict[int, int | None]] = self.synthetic_sizes(r[0] for r in rows)
+            return found.addCallback(apply)
+
+        return d.addCallback(resize)
+
+    def message_columns(
+        self, first: int, last: int, names: frozenset[str]
+    ) -> defer.Deferred[MessageColumns | None]:
+        """:class:`IMessageColumns` with the synthetic sizes."""
+        source = IMessageColumns(self._mailbox)
+        d = maybe_deferred(source.message_columns, first, last, names)
+        if not self._resizing or "sizes" not in names:
+            return d
+
+        def resize(columns: MessageColumns | None) -> Any:
+            if columns is None:
+                return None
+
+            def apply(sizes: dict[int, int | None]) -> MessageColumns:
+                synthetic = {uid: size for uid, size in sizes.items() if size is not None}
+                if not synthetic:
+                    return columns
+                resized = list(columns.sizes)
+                for uid, size in synthetic.items():
+                    resized[uid - first] = size
+                return attrs.evolve(columns, sizes=resized)
+
+            found = self.synthetic_sizes(range(first, last + 1))
             return found.addCallback(apply)
 
         return d.addCallback(resize)

@@ -46,6 +46,7 @@ from mailsrv.interfaces import (
     IMailboxListener,
     IMessage,
     IMessageCache,
+    IMessageColumns,
     IMessageRows,
     IMetadataStore,
     IPop3Listing,
@@ -54,6 +55,7 @@ from mailsrv.interfaces import (
     MailboxEntry,
     MailboxStatus,
     MaybeDeferred,
+    MessageColumns,
     MessageInfo,
     MessageRow,
     NewMessage,
@@ -252,7 +254,7 @@ class _MailboxState:
                 )
 
 
-@implementer(IMailbox, IMessageCache, IMessageRows, IPop3Listing, IIndexSearch)
+@implementer(IMailbox, IMessageCache, IMessageRows, IMessageColumns, IPop3Listing, IIndexSearch)
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
@@ -312,6 +314,25 @@ class MemoryMailbox:
 
     def message_rows(self, uids: Iterable[int]) -> list[MessageRow]:
         return [message.row() for message in self._state.select(uids)]
+
+    def message_columns(
+        self, first: int, last: int, names: frozenset[str]
+    ) -> MessageColumns | None:
+        """The rows turned into columns (flags keyed by their own set, each
+        date with its zone): the reference the Maildir backend is held to."""
+        rows = self.message_rows(range(first, last + 1))
+        if last < first or len(rows) != last - first + 1:
+            return None
+        return MessageColumns(
+            first,
+            len(rows),
+            [row[1] for row in rows],
+            {row[1]: row[1] for row in rows},
+            dates=[row[2] for row in rows],
+            zones=[row[3] for row in rows],
+            sizes=[row[4] for row in rows],
+            modseqs=[row[5] for row in rows],
+        )
 
     def uid_runs(self) -> list[tuple[int, int]]:
         return _runs(self._state.uids())

@@ -30,6 +30,7 @@ from twisted.internet import defer, task
 
 from mailsrv.imap.fetch_items import FetchRequest, flags_item
 from mailsrv.imap.fetch_rows import Batches, internal_date_item
+from mailsrv.imap.output import LINES_PER_WRITE
 from mailsrv.imap.pacing import Pacer
 from mailsrv.interfaces import (
     RECENT,
@@ -67,18 +68,19 @@ _SECONDS = [f"{second:02d}" for second in range(60)]
 _HUNDRED = [f"{n:02d}" for n in range(100)]
 
 
-def decimals(start: int, count: int) -> list[str]:
-    """``str`` of each of ``count`` numbers from ``start``, made in C: the
-    numbers of a hundred share their leading digits, converted once, and
-    take their last two from a table (``str`` of every number is most of
-    what formatting ``* n FETCH (FLAGS (\\Seen))`` costs)."""
+def decimals(start: int, count: int, prefix: str = "") -> list[str]:
+    """``prefix`` and the decimal text of each of ``count`` numbers from
+    ``start``, made in C: the numbers of a hundred share their leading
+    digits, converted once, and take their last two from a table (``str``
+    of each number was most of what formatting ``* n FETCH (FLAGS (\\Seen))``
+    cost)."""
     end = start + count
-    out = list(map(str, range(start, min(end, 100))))
+    out = [prefix + str(n) for n in range(start, min(end, 100))]
     start = max(start, 100)
     if start >= end:
         return out
     low = start // 100
-    leading = map(str, range(low, (end - 1) // 100 + 1))
+    leading = map(f"{prefix}{{}}".format, range(low, (end - 1) // 100 + 1))
     numbers = map(add, chain.from_iterable(map(repeat, leading, repeat(100))), cycle(_HUNDRED))
     skip = start - low * 100
     out.extend(islice(numbers, skip, skip + end - start))
@@ -140,9 +142,9 @@ def fetch_columns(
         missing += count - sum(_size(part) for part in parts)
         if "flags" in names:
             yield _tell_keywords(request, parts)
-        blobs = [renderer.render(part) for part in parts]
+        pieces = [piece for part in parts for piece in renderer.render(part)]
         pacer.done(count)  # the wait for the client is not this command's cost
-        going_on = yield _write(request, blobs)
+        going_on = yield _write(request, pieces)
         if not going_on:
             return missing
 
@@ -200,13 +202,14 @@ def _tell_keywords(request: FetchRequest, parts: list[_Part]) -> defer.Deferred[
 
 @defer.inlineCallbacks
 def _write(
-    request: FetchRequest, blobs: list[bytes]
+    request: FetchRequest, pieces: list[bytes]
 ) -> Generator[defer.Deferred[None], None, bool]:
-    """One write per part, waiting while the client does not read; False
-    once the connection is gone."""
+    """Write the pieces, waiting while the client does not read (so a
+    client that stops leaves a backlog of one piece at most past the
+    transport's buffer); False once the connection is gone."""
     writer = request.writer
-    for blob in blobs:
-        writer.write(blob)
+    for piece in pieces:
+        writer.write(piece)
         if writer.paused:
             yield writer.ready()
         if writer.closed:
@@ -243,33 +246,41 @@ class _Renderer:
         #: internal_date_item's per-day cache, for dates with a zone.
         self._zoned_days: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 
-    def render(self, part: _Part) -> bytes:
+    def render(self, part: _Part) -> list[bytes]:
+        """The part's responses, in pieces of a few lines (the writes)."""
         facts = self._facts(part) if part.columns is None else self._column_facts(part)
-        if not facts.count:
-            return b""
-        fields: list[str] = []
-        values: list[Iterable[Any]] = [facts.seqs]
-        for name in self._attributes:
+        count = facts.count
+        if not count:
+            return []
+        # Each response is the same sequence of slots: fixed texts between
+        # texts of the message (``* 12``, ``FLAGS (\\Seen)``, ...).
+        slots: list[str | Sequence[str]] = [facts.seqs, " FETCH ("]
+        for position, name in enumerate(self._attributes):
+            if position:
+                slots.append(" ")
             if name == "FLAGS":
-                fields.append("%s")
-                values.append(facts.flags)
+                slots.append(facts.flags)
             elif name == "UID":
-                fields.append("UID %s")
-                values.append(facts.uids)
+                slots += ["UID ", facts.uids]
             elif name == "RFC822.SIZE":
-                fields.append("RFC822.SIZE %d")
-                values.append(facts.sizes)
+                slots += ["RFC822.SIZE ", list(map(str, facts.sizes))]
             elif name == "MODSEQ":
-                fields.append("MODSEQ (%d)")
-                values.append(facts.modseqs)
+                slots += ["MODSEQ (", list(map(str, facts.modseqs)), ")"]
             else:
-                field, date_values = self._dates(facts.dates, facts.zones)
-                fields.append(field)
-                values.extend(date_values)
-        line = "* %s FETCH (" + " ".join(fields) + ")\r\n"
-        text = (line * facts.count) % tuple(chain.from_iterable(zip(*values, strict=True)))
-        # Latin-1 both ways: every byte of a flag text comes through as is.
-        return text.encode("latin-1")
+                slots += self._dates(facts.dates, facts.zones)
+        slots.append(")\r\n")
+        slots = _merged(slots)
+        # Laid out in one list, slot after slot, by slice assignments (C).
+        width = len(slots)
+        texts: list[str] = [""] * (width * count)
+        for position, slot in enumerate(slots):
+            texts[position::width] = [slot] * count if isinstance(slot, str) else slot
+        step = width * LINES_PER_WRITE
+        # Latin-1: every byte of a flag text comes through as is.
+        return [
+            "".join(texts[start : start + step]).encode("latin-1")
+            for start in range(0, len(texts), step)
+        ]
 
     def _column_facts(self, part: _Part) -> _Facts:
         columns = part.columns
@@ -277,7 +288,7 @@ class _Renderer:
         first, count = columns.first, columns.count
         return _Facts(
             count=count,
-            seqs=decimals(part.seq, count),
+            seqs=decimals(part.seq, count, "* "),
             uids=decimals(first, count) if "UID" in self._attributes else (),
             flags=self._column_flags(columns) if "FLAGS" in self._attributes else [],
             dates=columns.dates,
@@ -292,7 +303,7 @@ class _Renderer:
         uids = [row[0] for row in rows]
         return _Facts(
             count=len(rows),
-            seqs=[str(seq_of[uid]) for uid in uids],
+            seqs=[f"* {seq_of[uid]}" for uid in uids],
             uids=list(map(str, uids)),
             flags=[
                 self._flag_text(row[1] | {RECENT} if row[0] in recent else row[1]) for row in rows
@@ -330,28 +341,40 @@ class _Renderer:
 
     def _dates(
         self, dates: Sequence[int], zones: Sequence[int] | None
-    ) -> tuple[str, list[Iterable[Any]]]:
-        """INTERNALDATE's field and its values (RFC 3501 date-time, as
+    ) -> list[str | Sequence[str]]:
+        """INTERNALDATE's slots (RFC 3501 date-time, as
         :func:`mailsrv.imap.syntax.format_date_time` writes it).  In UTC
         (Maildir's case) the day part comes from a dict made per distinct
         day, and the time from tables of minutes and seconds, each looked
         up by ``map``; with zones, a text per message."""
         if zones is not None and any(zones):
             zoned = self._zoned_days
-            texts = [
-                internal_date_item(seconds, minutes, zoned).decode("latin-1")
-                for seconds, minutes in zip(dates, zones, strict=True)
+            return [
+                [
+                    internal_date_item(seconds, minutes, zoned).decode("latin-1")
+                    for seconds, minutes in zip(dates, zones, strict=True)
+                ]
             ]
-            return "%s", [texts]
         days = list(map(floordiv, dates, repeat(86400)))
         known = self._days
         for day in set(days).difference(known):
             date = _EPOCH + datetime.timedelta(days=day)
-            known[day] = f"{date.day:02d}-{_MONTHS[date.month - 1]}-{date.year:04d} "
+            known[day] = f'INTERNALDATE "{date.day:02d}-{_MONTHS[date.month - 1]}-{date.year:04d} '
         times = list(map(mod, dates, repeat(86400)))
-        values: list[Iterable[Any]] = [
-            map(known.__getitem__, days),
-            map(_MINUTES.__getitem__, map(floordiv, times, repeat(60))),
-            map(_SECONDS.__getitem__, map(mod, times, repeat(60))),
+        return [
+            list(map(known.__getitem__, days)),
+            list(map(_MINUTES.__getitem__, map(floordiv, times, repeat(60)))),
+            list(map(_SECONDS.__getitem__, map(mod, times, repeat(60)))),
+            ' +0000"',
         ]
-        return 'INTERNALDATE "%s%s%s +0000"', values
+
+
+def _merged(slots: list[str | Sequence[str]]) -> list[str | Sequence[str]]:
+    """Adjacent fixed texts as one."""
+    out: list[str | Sequence[str]] = []
+    for slot in slots:
+        if isinstance(slot, str) and out and isinstance(out[-1], str):
+            out[-1] += slot
+        else:
+            out.append(slot)
+    return out

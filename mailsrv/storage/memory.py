@@ -323,15 +323,20 @@ class MemoryMailbox:
         rows = self.message_rows(range(first, last + 1))
         if last < first or len(rows) != last - first + 1:
             return None
+
+        def column(name: str, index: int) -> list[Any]:
+            return [row[index] for row in rows] if name in names else []
+
+        flags = column("flags", 1)
         return MessageColumns(
             first,
             len(rows),
-            [row[1] for row in rows],
-            {row[1]: row[1] for row in rows},
-            dates=[row[2] for row in rows],
-            zones=[row[3] for row in rows],
-            sizes=[row[4] for row in rows],
-            modseqs=[row[5] for row in rows],
+            flags,
+            {key: key for key in flags},
+            dates=column("dates", 2),
+            zones=column("dates", 3) or None,
+            sizes=column("sizes", 4),
+            modseqs=column("modseqs", 5),
         )
 
     def uid_runs(self) -> list[tuple[int, int]]:

@@ -50,8 +50,10 @@ ZONES = (0, 0, 330, -210, 345, -720)
 class World:
     """A mailbox and what happens to it around the session under test."""
 
-    #: (flags, UTC seconds, zone minutes, body length) per message.
-    messages: list[tuple[frozenset[str], int, int, int]]
+    #: (flags, UTC seconds, zone minutes, body length, raw UTF-8 in the
+    #: header) per message; the last is shown downgraded (RFC 6858) to a
+    #: session without UTF8=ACCEPT, with the synthetic message's size.
+    messages: list[tuple[frozenset[str], int, int, int, bool]]
     #: Indexes of messages expunged before any session selects (UID gaps).
     gaps: frozenset[int]
     #: Messages appended before an earlier session selects (it takes
@@ -75,6 +77,7 @@ def worlds(draw: Any) -> World:
             draw(st.integers(-400_000_000, 2_600_000_000)),
             draw(st.sampled_from(ZONES)),
             draw(st.integers(0, 400)),
+            draw(st.integers(0, 4)) == 0,
         )
         for _ in range(count)
     ]
@@ -104,8 +107,9 @@ COMMANDS = [
 ]
 
 
-def _message(number: int, length: int) -> bytes:
-    return b"Subject: m%d\r\n\r\n%s\r\n" % (number, b"x" * length)
+def _message(number: int, length: int, eight_bit: bool = False) -> bytes:
+    subject = f"Subject: café {number}" if eight_bit else f"Subject: m{number}"
+    return subject.encode() + b"\r\n\r\n%s\r\n" % (b"x" * length)
 
 
 class _Session:
@@ -144,13 +148,13 @@ def _answers(make: Callable[[], tuple[Any, Any]], world: World) -> list[bytes]:
     clock = task.Clock()
     new = [
         NewMessage(
-            io.BytesIO(_message(n, length)),
+            io.BytesIO(_message(n, length, eight_bit)),
             sorted(flags),
             datetime.datetime.fromtimestamp(
                 seconds, datetime.timezone(datetime.timedelta(minutes=zone))
             ),
         )
-        for n, (flags, seconds, zone, length) in enumerate(world.messages)
+        for n, (flags, seconds, zone, length, eight_bit) in enumerate(world.messages)
     ]
     uids = list(inbox.append_many(new[: world.early]))
     early = _Session(storage, clock)
@@ -206,6 +210,10 @@ class SameBytesTests(SynchronousTestCase):
             self.assertTrue(recent, every_run[0])
         if world.gone - world.gaps:
             self.assertIn(b"OK [EXPUNGEISSUED]", every_run[0])
+        if any(m[4] for m in world.messages):
+            # Some sizes are those of synthetic messages (the same in every
+            # path): a session without UTF8=ACCEPT reads downgraded ones.
+            self.assertIn(b"RFC822.SIZE", every_run[1])
 
     @fuzz_settings(40)
     @given(worlds())

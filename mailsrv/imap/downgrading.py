@@ -213,8 +213,7 @@ class DowngradedMailbox:
             if columns is None:
                 return None
 
-            def apply(sizes: dict[int, int | None]) -> MessageColumns:
-                synthetic = {uid: size for uid, size in sizes.items() if size is not None}
+            def apply(synthetic: dict[int, int]) -> MessageColumns:
                 if not synthetic:
                     return columns
                 resized = list(columns.sizes)
@@ -222,10 +221,33 @@ class DowngradedMailbox:
                     resized[uid - first] = size
                 return attrs.evolve(columns, sizes=resized)
 
-            found = self.synthetic_sizes(range(first, last + 1))
-            return found.addCallback(apply)
+            return self._synthetic_only(range(first, last + 1)).addCallback(apply)
 
         return d.addCallback(resize)
+
+    @defer.inlineCallbacks
+    def _synthetic_only(self, uids: range) -> Generator[defer.Deferred[Any], Any, dict[int, int]]:
+        """The synthetic sizes among a run's messages (those served as stored
+        left out): one cache read and one pass over it when the cache knows
+        them all, the usual case of an index-only FETCH over a whole
+        mailbox; :meth:`synthetic_sizes` for the others."""
+        cached: Mapping[int, bytes] = yield content.get_many(self._cache, list(uids), SIZE_KIND)
+        synthetic = {
+            uid: int(value) if value.isdigit() else -1  # -1: a value not understood
+            for uid, value in cached.items()
+            if value != b"="
+        }
+        unknown = [uid for uid, size in synthetic.items() if size < 0]
+        if len(cached) < len(uids):
+            unknown += [uid for uid in uids if uid not in cached]
+        if unknown:
+            found: dict[int, int | None] = yield self.synthetic_sizes(unknown)
+            for uid, size in found.items():
+                if size is None:
+                    synthetic.pop(uid, None)
+                else:
+                    synthetic[uid] = size
+        return synthetic
 
     def uid_runs(self) -> MaybeDeferred[Sequence[tuple[int, int]]]:
         return IMessageRows(self._mailbox).uid_runs()

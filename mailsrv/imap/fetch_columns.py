@@ -6,9 +6,9 @@ that was four times Dovecot's CPU for ``FETCH 1:* (FLAGS)``.  When the
 mailbox gives a run of UIDs as columns
 (:class:`~mailsrv.interfaces.IMessageColumns`), a batch is one storage call
 per run of the session's view (consecutive sequence numbers with
-consecutive UIDs) and one ``%`` format of a repeated line template, fed by
-C-level iterators: the per-message work is in C, the Python work is per
-distinct value (a flag set, a day).
+consecutive UIDs), and the run's responses are laid out from the columns by
+slice assignments and joined a few at a time: the per-message work is in
+C, the Python work is per distinct value (a flag set, a day).
 
 Whatever the columns cannot answer goes through rows in the same batch, in
 its place: a short run (a sparse message set), or a run some UID of which
@@ -80,7 +80,7 @@ def decimals(start: int, count: int, prefix: str = "") -> list[str]:
     if start >= end:
         return out
     low = start // 100
-    leading = map(f"{prefix}{{}}".format, range(low, (end - 1) // 100 + 1))
+    leading = map(prefix.__add__, map(str, range(low, (end - 1) // 100 + 1)))
     numbers = map(add, chain.from_iterable(map(repeat, leading, repeat(100))), cycle(_HUNDRED))
     skip = start - low * 100
     out.extend(islice(numbers, skip, skip + end - start))
@@ -233,10 +233,11 @@ class _Facts:
 
 
 class _Renderer:
-    """The responses of one FETCH's parts.  A line template is made from
-    the items asked, in their order, and formatted for a whole part at
-    once from one iterator per ``%`` field; texts made per distinct value
-    (flag sets, days) are kept for the whole FETCH."""
+    """The responses of one FETCH's parts.  A response is a fixed list of
+    slots made from the items asked, in their order (fixed texts, and one
+    text per message from a column); a whole part is laid out at once.
+    Texts made per distinct value (flag sets, days) are kept for the whole
+    FETCH."""
 
     def __init__(self, request: FetchRequest) -> None:
         self._attributes = [a.name for a in request.attributes]

@@ -425,6 +425,17 @@ class POP3(Protocol):
         self._closing = True
         self._transport.abortConnection()
 
+    def send_message(self, text: str, body: bytes) -> None:
+        if self._lost:
+            return
+        status = ok_line(text)
+        self._transport.write(status + body)
+        if self._answer is None:
+            self._answer = "+OK"
+        self.probe.wrote(status)
+        self.probe.sent(len(body))
+        self.probe.server_line(f"<{len(body)} octets of message>")
+
     def stream(self, source: IO[bytes], encoder: MessageEncoder) -> defer.Deferred[bool]:
         sender = MessageSender(self._transport, source, encoder, self._timer.progress)
         self._sender = sender

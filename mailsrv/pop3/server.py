@@ -62,6 +62,7 @@ from mailsrv.session import (
     no_delay,
     resolve_clock,
 )
+from mailsrv.writing import send_now
 
 __all__ = ["POP3", "POP3Factory", "State"]
 
@@ -254,6 +255,7 @@ class POP3(Protocol):
             self._reading_paused = True
             self._transport.pauseProducing()
         self._drain()
+        send_now(self.transport)
 
     def _drain(self) -> None:
         if self._draining:

@@ -321,7 +321,8 @@ class POP3(Protocol):
             if self._authorization.in_sasl:
                 self.probe.client_line("(SASL response)")
                 return self._authorization.sasl_response(event)
-            self.probe.client_line(loggable(event))
+            if self.probe.lines:  # made only for a debug log that shows them
+                self.probe.client_line(loggable(event))
             return self._dispatch(event)
         except CommandError as e:
             self.error(e.text, e.code)
@@ -436,7 +437,8 @@ class POP3(Protocol):
             self._answer = "+OK"
         self.probe.wrote(status)
         self.probe.sent(len(body))
-        self.probe.server_line(f"<{len(body)} octets of message>")
+        if self.probe.lines:
+            self.probe.server_line(f"<{len(body)} octets of message>")
 
     def stream(self, source: IO[bytes], encoder: MessageEncoder) -> defer.Deferred[bool]:
         sender = MessageSender(self._transport, source, encoder, self._timer.progress)

@@ -43,9 +43,10 @@ from mailsrv.interfaces import (
 
 __all__ = ["LARGEST", "MIN_RUN", "covers", "decimals", "fetch_columns"]
 
-#: The most messages one batch reads: a batch of FLAGS costs well under
-#: the pacer's 10 ms even at this size, and each batch has a fixed cost
-#: (a reactor turn, a query) worth spreading.
+#: The most messages one batch reads: a batch of FLAGS this size costs
+#: about the pacer's target (:data:`mailsrv.imap.pacing.TARGET`), which
+#: sizes the batches below it, and each batch has a fixed cost (a reactor
+#: turn, a query) worth spreading.
 LARGEST = 10_000
 #: Runs shorter than this are read as rows (one query for the batch's
 #: short runs together, rather than one per run).

@@ -394,6 +394,21 @@ class IMessageCache(Interface):
         values for messages that no longer exist are dropped."""
 
 
+class ICachedSearch(Interface):
+    """Optional, on a mailbox with :class:`IMessageCache`: finds the
+    messages whose cached value of one kind contains a byte string, in one
+    query, so SEARCH HEADER or FROM over a whole mailbox makes no object
+    per message (:mod:`mailsrv.imap.search_pushdown`)."""
+
+    def search_cached(
+        kind: str, needle: bytes, low: int, high: int
+    ) -> MaybeDeferred[tuple[Sequence[int], Sequence[int]]]:
+        """``(matched, missing)``, each ascending: of the messages held now
+        with UIDs ``low..high``, those whose value of ``kind`` contains
+        ``needle`` octet for octet (an empty ``needle``: whose value is not
+        empty), and those with no value of ``kind`` cached."""
+
+
 #: One message's metadata as :class:`IMessageRows` gives it: UID, flags,
 #: INTERNALDATE as UTC seconds and its zone's offset from UTC in minutes,
 #: size, MODSEQ.  Messages with the same flags share one frozenset.

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from mailsrv.criteria import Criterion
 from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
 from mailsrv.interfaces import (
+    ICachedSearch,
     IFullTextSearch,
     IIndexSearch,
     IMailbox,
@@ -102,6 +103,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     IPop3Listing,
     IIndexSearch,
     IFullTextSearch,
+    ICachedSearch,
 )
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
@@ -464,6 +466,12 @@ class MaildirMailbox:
     @_recovering
     def get_cached_many(self, uids: Iterable[int], kind: str) -> Mapping[int, bytes]:
         return self._folder.db.get_cached_many(uids, kind)
+
+    @_recovering
+    def search_cached(
+        self, kind: str, needle: bytes, low: int, high: int
+    ) -> tuple[Sequence[int], Sequence[int]]:
+        return self._folder.db.search_cached(kind, needle, low, high)
 
     @_recovering
     def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:

@@ -748,6 +748,26 @@ class Index:
                 out[int(uid)] = bytes(value)
         return out
 
+    def search_cached(
+        self, kind: str, needle: bytes, low: int, high: int
+    ) -> tuple[list[int], list[int]]:
+        """:meth:`~mailsrv.interfaces.ICachedSearch.search_cached`: one
+        joined scan of the messages in the range; only the matches and
+        the messages without a value come back as rows."""
+        test = "length(c.value) > 0" if not needle else "instr(c.value, ?) > 0"
+        args: tuple[object, ...] = (kind, low, high) + ((needle,) if needle else ())
+        cursor = self.db.execute(
+            "SELECT m.uid, c.value IS NULL FROM messages AS m "
+            "LEFT JOIN cache AS c ON c.uid = m.uid AND c.kind = ? "
+            f"WHERE m.uid BETWEEN ? AND ? AND (c.value IS NULL OR {test}) ORDER BY m.uid",
+            args,
+        )
+        matched: list[int] = []
+        missing: list[int] = []
+        for uid, absent in cursor:
+            (missing if absent else matched).append(uid)
+        return matched, missing
+
     def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
         self.db.executemany(
             "INSERT OR REPLACE INTO cache SELECT ?, ?, ? WHERE EXISTS "

@@ -17,22 +17,27 @@ from __future__ import annotations
 import datetime
 import io
 import os
+import sqlite3
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from fuzz.strategies import fuzz_settings
+from mailsrv.auth.realm import MailRealm
 from mailsrv.imap import searching
 from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.interfaces import ICachedSearch, IIndexSearch, IMailbox, IMessageCache
+from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
-from tests.imap_helpers import Client
+from tests.imap_helpers import Client, RecordingFactory, shut_down
 from tests.test_imap_search_pushdown import PlainMailbox, _key, _Writer
 
 UTC = datetime.UTC
@@ -281,31 +286,21 @@ class CurrentOverSocketTests(TestCase):
     found, and an expunged one is not (its cached values go with it)."""
 
     def setUp(self) -> None:
-        from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-        from twisted.cred.portal import Portal
-
-        from mailsrv.auth.realm import MailRealm
-        from mailsrv.imap.protocol import IMAP4ServerFactory
-        from mailsrv.policy import SessionPolicy
-
         self.root = os.path.abspath(self.mktemp())
         self.storage = MaildirStorage(os.path.join(self.root, "{user}"))
         self.addCleanup(self.storage.stop_watching)
-        self.inbox: Any = self.storage.account("joe").get_mailbox("INBOX")
+        inbox: Any = self.storage.account("joe").get_mailbox("INBOX")
         for number in range(6):
-            self.inbox.append(io.BytesIO(_message(number)), [], WHEN)
+            inbox.append(io.BytesIO(_message(number)), [], WHEN)
         checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
         portal = Portal(MailRealm(self.storage), [checker])
-        factory = IMAP4ServerFactory(portal, SessionPolicy(failure_delay=0.0))
-        self.port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.client: Any = None
+        self.factory = RecordingFactory(portal, SessionPolicy(failure_delay=0.0))
+        self.port: Any = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.clients: list[Client] = []
 
-    @defer.inlineCallbacks
     def tearDown(self) -> Any:
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.loseConnection()
-            yield self.client.lost
-        yield self.port.stopListening()
+        # A Deferred, which trial waits for (typed Any: unittest's is None).
+        return shut_down(self.clients, self.factory.lost, self.port)
 
     @defer.inlineCallbacks
     def search(self, text: bytes) -> Any:
@@ -320,6 +315,7 @@ class CurrentOverSocketTests(TestCase):
     def test_appended_and_expunged(self) -> Any:
         creator = protocol.ClientCreator(reactor, Client)
         self.client = yield creator.connectTCP("127.0.0.1", self.port.getHost().port)
+        self.clients.append(self.client)
         yield self.client.until(b"\r\n")
         yield self.client.command("L", "LOGIN joe secret")
         yield self.client.command("S", "SELECT INBOX")
@@ -342,8 +338,6 @@ class CurrentOverSocketTests(TestCase):
         self.assertEqual(found, [7])
         # The index file keeps no cached value of the expunged message.
         index = os.path.join(self.root, "joe", "mailsrv-index.sqlite")
-        import sqlite3
-
         db = sqlite3.connect(index)
         self.addCleanup(db.close)
         (left,) = db.execute("SELECT count(*) FROM cache WHERE uid = 3").fetchone()

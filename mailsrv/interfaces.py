@@ -377,7 +377,13 @@ class IMailbox(Interface):
 
 class IMessageCache(Interface):
     """Optional: a mailbox that keeps parsed data (envelope, structure, chosen
-    headers) beside its index, so FETCH and SEARCH need not reparse."""
+    headers) beside its index, so FETCH and SEARCH need not reparse.
+
+    A kind with a ``:`` in its name is named after what a client asked for
+    (a HEADER.FIELDS set, a SEARCHed field): a backend may bound how many
+    such kinds it keeps and drop a kind's values at any time (Maildir keeps
+    ``[limits] max_cache_kinds``, dropping the least recently used), so
+    callers treat a missing value as a miss, never as an answer."""
 
     def get_cached(uid: int, kind: str) -> MaybeDeferred[bytes | None]:
         """The value stored for this message and kind, or None."""

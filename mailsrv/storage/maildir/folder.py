@@ -48,7 +48,7 @@ from mailsrv.interfaces import (
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir import appending, sqlsearch, transfer
 from mailsrv.storage.maildir.fulltext import FullText, Progress
-from mailsrv.storage.maildir.index import Row, is_corruption
+from mailsrv.storage.maildir.index import CACHE_KINDS, Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, split_flags
 from mailsrv.storage.maildir.layout import (
@@ -117,6 +117,10 @@ class MaildirMailbox:
     :param warn_once: logs a warning about the tree once per storage.
     :param fulltext: the folder's full-text index (None: switched off).
     """
+
+    #: Client-named cache kinds the folder's index keeps at most (the
+    #: registry sets it from ``[limits] max_cache_kinds``).
+    cache_kinds: int = CACHE_KINDS
 
     def __init__(
         self,
@@ -479,7 +483,7 @@ class MaildirMailbox:
             return
         db = self._folder.db
         with db.transaction():
-            db.set_cached_many(kind, values)
+            db.set_cached_many(kind, values, self.cache_kinds)
 
     # -- IMailbox: writing ------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,21 +22,38 @@ import attrs
 from mailsrv.storage.maildir.faults import crash_point
 from mailsrv.storage.maildir.layout import fsync_dir
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The unseen messages' UIDs, kept by SQLite: SEARCH UNSEEN (the search
 #: clients send most) reads only them.  The condition is spelt exactly as
 #: :mod:`.sqlsearch` writes it, or SQLite does not use the index.
 _UNSEEN_INDEX = (
     "CREATE INDEX IF NOT EXISTS messages_unseen ON messages (uid) WHERE instr(info, 'S') = 0"
 )
+#: The cache kinds named after what clients asked for (a ``:`` in the
+#: name: header field sets and names) and when each was last used, so
+#: their number stays bounded (:meth:`Index.set_cached_many`).
+_CACHE_KINDS = (
+    "CREATE TABLE IF NOT EXISTS cache_kinds (kind TEXT PRIMARY KEY, used REAL NOT NULL) "
+    "WITHOUT ROWID"
+)
 #: Older schemas :meth:`Index.open` brings up to date in place (what each
-#: lacks, added without touching the rest), rather than rebuilding.
-_UPGRADES = {
+#: lacks, added without touching the rest), rather than rebuilding; each
+#: step is one statement or several.
+_UPGRADES: dict[int, str | tuple[str, ...]] = {
     # 2: messages.saved, the RFC 8514 save date (NULL: not known).
     1: "ALTER TABLE messages ADD COLUMN saved INTEGER",
     # 3: the index of unseen messages.
     2: _UNSEEN_INDEX,
+    # 4: the client-named cache kinds, with those already cached.
+    3: (
+        _CACHE_KINDS,
+        "INSERT OR IGNORE INTO cache_kinds SELECT DISTINCT kind, 0 FROM cache "
+        "WHERE instr(kind, ':') > 0",
+    ),
 }
+#: Client-named cache kinds one folder keeps by default (``[limits]
+#: max_cache_kinds``).
+CACHE_KINDS = 32
 
 #: Entries the expunge log keeps (RFC 7162 5.3 suggests bounding it): about
 #: 3 MB of index at most.  Older ones are dropped at the next expunge and
@@ -158,6 +176,7 @@ CREATE TABLE cache (
     value BLOB NOT NULL,
     PRIMARY KEY (uid, kind)
 ) WITHOUT ROWID;
+{_CACHE_KINDS};
 CREATE TABLE counters (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     messages INTEGER NOT NULL,
@@ -238,6 +257,9 @@ class Index:
         self.path = path
         self.inode = os.stat(path).st_ino
         self._after_commit: list[Callable[[], None]] = []
+        #: Client-named cache kinds read since the last write, and when.
+        self._kinds_read: dict[str, float] = {}
+        self._last_use = 0.0
 
     def replaced(self) -> bool:
         """Whether the file at our path is no longer the one we have open
@@ -310,7 +332,7 @@ class Index:
         tables = {
             str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        missing = {"meta", "messages", "expunged", "cache", "counters"} - tables
+        missing = {"meta", "messages", "expunged", "cache", "cache_kinds", "counters"} - tables
         if missing:
             raise IndexCorrupt(f"tables missing: {sorted(missing)}")
         if db.execute("SELECT count(*) FROM counters").fetchone()[0] != 1:
@@ -331,7 +353,9 @@ class Index:
         db.execute("BEGIN IMMEDIATE")
         try:
             for version in range(found, SCHEMA_VERSION):
-                db.execute(_UPGRADES[version])
+                step = _UPGRADES[version]
+                for statement in (step,) if isinstance(step, str) else step:
+                    db.execute(statement)
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         except BaseException:
             db.execute("ROLLBACK")
@@ -717,7 +741,37 @@ class Index:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def _now(self) -> float:
+        """Wall-clock seconds (other processes share the order), strictly
+        increasing in this process, so one use never ties with the next."""
+        self._last_use = max(time.time(), self._last_use + 1e-6)
+        return self._last_use
+
+    def _note_kind(self, kind: str, kinds: int) -> None:
+        """Record ``kind`` as used now (with the kinds read since the last
+        write), making room for it if it is new."""
+        now = self._now()
+        read, self._kinds_read = self._kinds_read, {}
+        self.db.executemany(
+            "UPDATE cache_kinds SET used = max(used, ?) WHERE kind = ?",
+            [(when, name) for name, when in read.items()],
+        )
+        if self.db.execute("SELECT 1 FROM cache_kinds WHERE kind = ?", (kind,)).fetchone():
+            self.db.execute("UPDATE cache_kinds SET used = ? WHERE kind = ?", (now, kind))
+            return
+        (count,) = self.db.execute("SELECT count(*) FROM cache_kinds").fetchone()
+        for (victim,) in self.db.execute(
+            "SELECT kind FROM cache_kinds ORDER BY used, kind LIMIT max(?, 0)",
+            (count - max(kinds, 1) + 1,),
+        ).fetchall():
+            self.db.execute("DELETE FROM cache WHERE kind = ?", (victim,))
+            self.db.execute("DELETE FROM cache_kinds WHERE kind = ?", (victim,))
+        self.db.execute("INSERT INTO cache_kinds VALUES (?, ?)", (kind, now))
+
     def get_cached_many(self, uids: Iterable[int], kind: str) -> dict[int, bytes]:
+        if ":" in kind:
+            # Recorded at the next write (reads take no write lock).
+            self._kinds_read[kind] = self._now()
         wanted = sorted(set(uids))
         out: dict[int, bytes] = {}
         if not wanted:
@@ -754,6 +808,8 @@ class Index:
         """:meth:`~mailsrv.interfaces.ICachedSearch.search_cached`: one
         joined scan of the messages in the range; only the matches and
         the messages without a value come back as rows."""
+        if ":" in kind:
+            self._kinds_read[kind] = self._now()
         test = "length(c.value) > 0" if not needle else "instr(c.value, ?) > 0"
         args: tuple[object, ...] = (kind, low, high) + ((needle,) if needle else ())
         cursor = self.db.execute(
@@ -768,7 +824,16 @@ class Index:
             (missing if absent else matched).append(uid)
         return matched, missing
 
-    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
+    def set_cached_many(
+        self, kind: str, values: Mapping[int, bytes], kinds: int = CACHE_KINDS
+    ) -> None:
+        """Store values of ``kind`` (in the caller's transaction).  A kind
+        named after what a client asked for (a ``:`` in it) counts against
+        ``kinds``: storing a new one past that many first drops the least
+        recently used one's values, so a client asking for ever new field
+        sets cannot grow the file without bound."""
+        if ":" in kind:
+            self._note_kind(kind, kinds)
         self.db.executemany(
             "INSERT OR REPLACE INTO cache SELECT ?, ?, ? WHERE EXISTS "
             "(SELECT 1 FROM messages WHERE uid = ?)",

@@ -18,6 +18,7 @@ import sqlite3
 from twisted.trial import unittest
 
 from mailsrv import cli
+from mailsrv.config import ConfigError, load_config
 from mailsrv.storage.maildir import MaildirMailbox
 from tests.helpers import Daemon, free_port
 from tests.maildir_case import MESSAGE, MaildirTestCase
@@ -79,6 +80,21 @@ class LeastRecentlyUsedTests(MaildirTestCase):
         kinds, _ = _kinds(self.index())
         self.assertEqual(len(kinds), 2)
         self.assertIn("fields:F", kinds)
+
+
+class ConfigTests(unittest.SynchronousTestCase):
+    def test_limit_read_and_checked(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("[limits]\nmax_cache_kinds = 7\n")
+        config = load_config(path, check_files=False, require_listeners=False)
+        self.assertEqual(config.limits.max_cache_kinds, 7)
+        with open(path, "w") as handle:
+            handle.write("[limits]\nmax_cache_kinds = 0\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path, check_files=False, require_listeners=False)
+        self.assertIn(path, str(caught.exception))
+        self.assertIn("limits.max_cache_kinds", str(caught.exception))
 
 
 class CapOverSocketTests(unittest.TestCase):

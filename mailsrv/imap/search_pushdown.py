@@ -27,10 +27,9 @@ neither path reports it), and the residual program decides the rest.
 from __future__ import annotations
 
 import datetime
-import itertools
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import attrs
 from twisted.internet import defer, task
@@ -50,7 +49,7 @@ from mailsrv.interfaces import ICachedSearch, IIndexSearch, IMailbox, IMessage
 if TYPE_CHECKING:
     from mailsrv.imap.searching import Program
 
-__all__ = ["Folded", "Plan", "plan", "scan", "split"]
+__all__ = ["Folded", "Numbered", "Plan", "plan", "scan", "split"]
 
 #: Messages of the view one index query covers: the reactor gets a turn
 #: between slices, so a search of a huge mailbox does not hold it.
@@ -225,12 +224,41 @@ def plan(
     return Plan(pushed, None if rest == _ALL else compile_key(rest, view, charset, now), folded)
 
 
+class Numbered(Sequence[tuple[int, int]]):
+    """``(seq, uid)`` pairs kept as two lists, so the hits of an index-only
+    search (30,000 for ``SEARCH UNSEEN`` on 100,000 messages) cost no tuple
+    each: a caller wanting one side takes :attr:`seqs` or :attr:`uids`."""
+
+    __slots__ = ("seqs", "uids")
+
+    def __init__(self, seqs: list[int], uids: list[int]) -> None:
+        self.seqs = seqs
+        self.uids = uids
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Numbered: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[int, int] | Numbered:
+        if isinstance(index, slice):
+            return Numbered(self.seqs[index], self.uids[index])
+        return self.seqs[index], self.uids[index]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.seqs, self.uids, strict=True)
+
+
 def _numbered(
     view_runs: Sequence[tuple[int, int, int]], starts: Sequence[int], uids: Sequence[int]
-) -> list[tuple[int, int]]:
+) -> Numbered:
     """``(seq, uid)`` of the ascending ``uids`` that are in the view, whose
     runs are ``(first uid, last uid, messages before the run)``."""
-    out: list[tuple[int, int]] = []
+    out = Numbered([], [])
     if not uids:
         return out
     run = max(bisect_right(starts, uids[0]) - 1, 0)
@@ -239,8 +267,9 @@ def _numbered(
         first, end, before = view_runs[run]
         i, j = bisect_left(uids, first), bisect_right(uids, end)
         if i < j:
-            shift = before + 1 - first
-            out.extend((uid + shift, uid) for uid in itertools.islice(uids, i, j))
+            part = uids[i:j]
+            out.seqs.extend(map((before + 1 - first).__add__, part))  # in C
+            out.uids.extend(part)
         run += 1
     return out
 
@@ -322,7 +351,7 @@ def scan(
     chosen: Plan,
     clock: IReactorTime,
     writer: ResponseWriter,
-    found: Callable[[list[tuple[int, int]]], defer.Deferred[None] | None],
+    found: Callable[[Sequence[tuple[int, int]]], defer.Deferred[None] | None],
     metadata: dict[int, IMessage] | None,
     matches: Matcher,
     batch_size: int,
@@ -370,7 +399,7 @@ def _decide(
     mailbox: IMailbox,
     program: Program,
     rest: Program | None,
-    chunk: list[tuple[int, int]],
+    chunk: Sequence[tuple[int, int]],
     metadata: dict[int, IMessage] | None,
     matches: Matcher,
 ) -> Generator[defer.Deferred[Any], Any, list[tuple[int, int]]]:

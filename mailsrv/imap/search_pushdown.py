@@ -267,8 +267,14 @@ def _numbered(
         first, end, before = view_runs[run]
         i, j = bisect_left(uids, first), bisect_right(uids, end)
         if i < j:
+            shift = before + 1 - first
+            if i == 0 and j == len(uids) and not out.uids:
+                # One run holds them all (the usual case): no copy, and
+                # where sequence numbers are the UIDs, one list for both.
+                whole = list(uids) if not isinstance(uids, list) else uids
+                return Numbered(whole if not shift else list(map(shift.__add__, whole)), whole)
             part = uids[i:j]
-            out.seqs.extend(map((before + 1 - first).__add__, part))  # in C
+            out.seqs.extend(map(shift.__add__, part))  # in C
             out.uids.extend(part)
         run += 1
     return out

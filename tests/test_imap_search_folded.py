@@ -280,6 +280,20 @@ class WarmSearchTests(SynchronousTestCase):
         self.assertEqual(_hits(view, counting, _key("FROM example.org")), first)
         self.assertEqual(counting.fetched, 0)
 
+    def test_cold_narrow_search_reads_only_the_candidates(self) -> None:
+        """With an index key narrowing the search, only the candidates'
+        headers are read to fill the cache, not the whole slice's."""
+        storage = MaildirStorage(os.path.join(os.path.abspath(self.mktemp()), "{user}"))
+        self.addCleanup(storage.stop_watching)
+        mailbox, view = _mailbox(storage, self)
+        counting = _CountingMailbox(mailbox)
+        for text in ("1:3 FROM example.org", "UNSEEN 1:9 SUBJECT plain"):
+            hits = _hits(view, counting, _key(text))
+            self.assertEqual(hits, _hits(view, PlainMailbox(mailbox), _key(text)), text)
+        # 1:3, then the unseen among 1:9 (every third message is unseen).
+        self.assertEqual(counting.opened, 3 + 3)
+        self.assertEqual(counting.fetched, 0)
+
 
 class CurrentOverSocketTests(TestCase):
     """Over a socket: a message delivered after the cache was filled is

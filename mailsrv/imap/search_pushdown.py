@@ -307,7 +307,7 @@ def _candidates(
     for test in chosen.folded:
         if found is not None and not found:
             break
-        matched = yield _folded_matches(mailbox, test, low, high, clock, pacer, budget)
+        matched = yield _folded_matches(mailbox, test, low, high, found, clock, pacer, budget)
         found = matched if found is None else sorted(set(found).intersection(matched))
     return found or ()
 
@@ -318,18 +318,24 @@ def _folded_matches(
     test: Folded,
     low: int,
     high: int,
+    within: Sequence[int] | None,
     clock: IReactorTime,
     pacer: Pacer,
     budget: CommandBudget | None,
 ) -> Generator[defer.Deferred[Any], Any, list[int]]:
     """UIDs ``low..high`` whose field matches ``test``: the cache's answer,
     and the messages it holds no value for worked out here in paced
-    batches (their files are read once; the values are cached)."""
+    batches (their files are read once; the values are cached).  With
+    ``within`` (the candidates the other keys left), only those are
+    worked out: ``SEARCH 1:10 FROM x`` reads no other header."""
     matched: Sequence[int]
     missing: Sequence[int]
     matched, missing = yield defer.maybeDeferred(
         ICachedSearch(mailbox).search_cached, test.kind, test.needle, low, high
     )
+    if within is not None and missing:
+        candidates = set(within)
+        missing = [uid for uid in missing if uid in candidates]
     if not missing:
         return list(matched)
     hits = list(matched)

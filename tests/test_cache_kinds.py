@@ -63,13 +63,15 @@ class LeastRecentlyUsedTests(MaildirTestCase):
         self.assertEqual(kinds, {"values:X7", "values:X8", "values:X9"})
         self.assertEqual(inbox.get_cached(uids[0], "structure"), b"s")
 
-    def test_schema_3_upgrade_counts_the_kinds_cached(self) -> None:
+    def test_schema_3_upgrade_counts_the_kinds_cached_and_indexes_flags(self) -> None:
         inbox, uids = self.filled(2)
         for name in ("fields:A", "fields:B", "fields:C"):
             inbox.set_cached_many(name, {uids[0]: b"v"})
         del inbox
         db = sqlite3.connect(self.index())
         db.execute("DROP TABLE cache_kinds")
+        for name in ("flagged", "answered", "deleted", "draft"):
+            db.execute(f"DROP INDEX messages_{name}")
         db.execute("INSERT INTO cache VALUES (?, 'fields:E', x'00')", (uids[1],))
         db.execute("UPDATE meta SET value = 3 WHERE key = 'schema'")
         db.commit()
@@ -80,6 +82,10 @@ class LeastRecentlyUsedTests(MaildirTestCase):
         kinds, _ = _kinds(self.index())
         self.assertEqual(len(kinds), 2)
         self.assertIn("fields:F", kinds)
+        db = sqlite3.connect(self.index())
+        self.addCleanup(db.close)
+        indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        self.assertLessEqual({"messages_flagged", "messages_deleted"}, indexes)
 
 
 class ConfigTests(unittest.SynchronousTestCase):

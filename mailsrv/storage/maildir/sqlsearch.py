@@ -35,7 +35,10 @@ class _SQLite:
 
     def flag(self, name: str) -> Sql:
         letter = FLAG_LETTERS.get(name)
-        letters = [letter] if letter is not None else self._keywords.letters_of(name)
+        if letter is not None:
+            # A literal, exactly as the partial indexes of the index say it.
+            return f"instr(info, '{letter}') > 0", ()
+        letters = self._keywords.letters_of(name)
         if not letters:
             return self.false
         tests = " OR ".join("instr(info, ?) > 0" for _ in letters)

@@ -192,6 +192,18 @@ class UnseenIndexTests(MaildirTestCase):
             )
             self.assertIn(f"messages_{name}", " ".join(str(row[-1]) for row in rows))
             self.assertEqual(list(inbox.search_index(criteria.Flag(flag))), expected)
+        # UNSEEN UNDELETED: the unseen messages, less the few deleted ones,
+        # with no row read.
+        test = criteria.And((_unseen(), criteria.Not(criteria.Flag("\\Deleted"))))
+        condition, args = where(test, table)
+        rows = db.execute(f"EXPLAIN QUERY PLAN SELECT uid FROM messages WHERE {condition}", args)
+        plan = " ".join(str(row[-1]) for row in rows)
+        self.assertIn("messages_unseen", plan)
+        self.assertIn("messages_deleted", plan)
+        unseen = set(inbox.search_index(_unseen()))
+        self.assertEqual(
+            list(inbox.search_index(test)), [u for u in uids if u in unseen and u not in uids[1::3]]
+        )
 
     def test_schema_2_upgraded_in_place(self) -> None:
         inbox = self.inbox()

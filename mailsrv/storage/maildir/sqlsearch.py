@@ -48,6 +48,11 @@ class _SQLite:
         letter = FLAG_LETTERS.get(name)
         if letter is None:
             return None
+        if letter == "T":
+            # Deleted messages are few (they are expunged): UNDELETED beside
+            # another indexed key (UNSEEN UNDELETED) then probes the small
+            # set from messages_deleted instead of reading each row.
+            return "uid NOT IN (SELECT uid FROM messages WHERE instr(info, 'T') > 0)", ()
         # A literal, exactly as the partial index messages_unseen says it.
         return f"instr(info, '{letter}') = 0", ()
 

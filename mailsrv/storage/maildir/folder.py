@@ -47,8 +47,9 @@ from mailsrv.interfaces import (
 )
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir import appending, sqlsearch, transfer
+from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.fulltext import FullText, Progress
-from mailsrv.storage.maildir.index import CACHE_KINDS, Row, is_corruption
+from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, split_flags
 from mailsrv.storage.maildir.layout import (

@@ -22,9 +22,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from mailsrv.log import get_logger
+from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.fulltext import FullText
-from mailsrv.storage.maildir.index import CACHE_KINDS
 from mailsrv.storage.maildir.layout import needs_index
 from mailsrv.storage.maildir.watch import NO_WATCHER, WatchedFolder, Watcher
 from mailsrv.storage.maildir.writer import ThreadedMailbox

@@ -20,7 +20,7 @@ from mailsrv.errors import StorageError
 from mailsrv.interfaces import DEFAULT_FOLDERS, IStorage, IWatchingStorage
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir.account import MaildirAccount
-from mailsrv.storage.maildir.index import CACHE_KINDS
+from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.layout import (
     STAGING_PREFIX,
     TRASH_PREFIX,

@@ -70,7 +70,7 @@ class LeastRecentlyUsedTests(MaildirTestCase):
         del inbox
         db = sqlite3.connect(self.index())
         db.execute("DROP TABLE cache_kinds")
-        for name in ("flagged", "answered", "deleted", "draft"):
+        for name in ("seen", "flagged", "answered", "deleted", "draft"):
             db.execute(f"DROP INDEX messages_{name}")
         db.execute("INSERT INTO cache VALUES (?, 'fields:E', x'00')", (uids[1],))
         db.execute("UPDATE meta SET value = 3 WHERE key = 'schema'")
@@ -85,7 +85,7 @@ class LeastRecentlyUsedTests(MaildirTestCase):
         db = sqlite3.connect(self.index())
         self.addCleanup(db.close)
         indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        self.assertLessEqual({"messages_flagged", "messages_deleted"}, indexes)
+        self.assertLessEqual({"messages_seen", "messages_flagged", "messages_deleted"}, indexes)
 
 
 class ConfigTests(unittest.SynchronousTestCase):

@@ -170,16 +170,18 @@ class UnseenIndexTests(MaildirTestCase):
         self.assertEqual(list(inbox.search_index(_unseen())), uids[1::2])
 
     def test_search_flagged_reads_its_index(self) -> None:
-        """Schema 4's indexes of the rare system flags: FLAGGED, ANSWERED,
+        """Schema 4's indexes of the system flags: SEEN, FLAGGED, ANSWERED,
         DELETED and DRAFT read only the messages that have them."""
         inbox = self.inbox()
         uids = [inbox.append(io.BytesIO(MESSAGE + str(i).encode())) for i in range(6)]
         inbox.store(uids[1::3], ["\\Flagged", "\\Deleted"], StoreMode.ADD)
         inbox.store(uids[::2], ["\\Answered", "\\Draft"], StoreMode.ADD)
+        inbox.store(uids[:2], ["\\Seen"], StoreMode.ADD)
         table = KeywordTable(os.path.join(self.root, "none"))
         db = sqlite3.connect(os.path.join(self.root, "mailsrv-index.sqlite"))
         self.addCleanup(db.close)
         for flag, name, expected in (
+            ("\\Seen", "seen", uids[:2]),
             ("\\Flagged", "flagged", uids[1::3]),
             ("\\Answered", "answered", uids[::2]),
             ("\\Deleted", "deleted", uids[1::3]),

@@ -267,6 +267,10 @@ class LimitsSection:
     )
     #: Annotations per mailbox (and on the server, per user): ``[METADATA TOOMANY]``.
     max_metadata_entries: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
+    #: Maildir: cache kinds named after what clients asked for (each
+    #: HEADER.FIELDS set FETCHed, each field SEARCHed) one folder's index
+    #: keeps; past it the least recently used one's values are dropped.
+    max_cache_kinds: int = attrs.field(default=32, metadata=_meta(_check_range(1, 10000)))
 
 
 @attrs.frozen

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from mailsrv.criteria import Criterion
 from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
 from mailsrv.interfaces import (
+    ICachedSearch,
     IFullTextSearch,
     IIndexSearch,
     IMailbox,
@@ -46,6 +47,7 @@ from mailsrv.interfaces import (
 )
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir import appending, sqlsearch, transfer
+from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.fulltext import FullText, Progress
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
@@ -102,6 +104,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     IPop3Listing,
     IIndexSearch,
     IFullTextSearch,
+    ICachedSearch,
 )
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
@@ -115,6 +118,10 @@ class MaildirMailbox:
     :param warn_once: logs a warning about the tree once per storage.
     :param fulltext: the folder's full-text index (None: switched off).
     """
+
+    #: Client-named cache kinds the folder's index keeps at most (the
+    #: registry sets it from ``[limits] max_cache_kinds``).
+    cache_kinds: int = CACHE_KINDS
 
     def __init__(
         self,
@@ -466,12 +473,18 @@ class MaildirMailbox:
         return self._folder.db.get_cached_many(uids, kind)
 
     @_recovering
+    def search_cached(
+        self, kind: str, needle: bytes, low: int, high: int
+    ) -> tuple[Sequence[int], Sequence[int]]:
+        return self._folder.db.search_cached(kind, needle, low, high)
+
+    @_recovering
     def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
         if not values:
             return
         db = self._folder.db
         with db.transaction():
-            db.set_cached_many(kind, values)
+            db.set_cached_many(kind, values, self.cache_kinds)
 
     # -- IMailbox: writing ------------------------------------------------------
 

@@ -62,7 +62,9 @@ from tests.stress.killmodel import Box, Model, Pending
 DEADLINE = 60.0
 
 
-def write_config(directory: str, imap_port: int, lmtp_port: int) -> str:
+def write_config(
+    directory: str, imap_port: int, lmtp_port: int, threaded_writes: bool = False
+) -> str:
     config = os.path.join(directory, "mailsrv.toml")
     with open(os.path.join(directory, "passwd"), "w") as f:
         f.write(f"{USER}:{{PLAIN}}pw\n")
@@ -75,6 +77,7 @@ def write_config(directory: str, imap_port: int, lmtp_port: int) -> str:
             "[auth]\nfailure_delay = 0.0\n"
             '[admin]\nsocket = ""\n'
             f'[storage]\nmaildir = "{directory}/mail/{{user}}/Maildir"\n'
+            f"threaded_writes = {'true' if threaded_writes else 'false'}\n"
         )
     return config
 
@@ -182,14 +185,17 @@ class Stats:
 class Soak:
     """One Maildir, one daemon at a time, many kills."""
 
-    def __init__(self, directory: str, seed: int, log: str | None = None) -> None:
+    def __init__(
+        self, directory: str, seed: int, log: str | None = None, threaded_writes: bool = False
+    ) -> None:
         self.directory = directory
         self.rng = random.Random(seed)
         self.seed = seed
         self.model = Model()
         self.stats = Stats()
         self.imap_port, self.lmtp_port = free_port(), free_port()
-        self.config = write_config(directory, self.imap_port, self.lmtp_port)
+        self.threaded_writes = threaded_writes
+        self.config = write_config(directory, self.imap_port, self.lmtp_port, threaded_writes)
         self.maildir = os.path.join(directory, "mail", USER, "Maildir")
         self.daemon: Daemon | None = None
         self.workers = 1
@@ -561,11 +567,16 @@ def report_progress(soak: Soak, kills: int) -> None:
 
 
 def run(
-    directory: str, kills: int, seed: int, workers_share: float = 0.0, progress: bool = False
+    directory: str,
+    kills: int,
+    seed: int,
+    workers_share: float = 0.0,
+    progress: bool = False,
+    threaded_writes: bool = False,
 ) -> Soak:
     """``kills`` cycles on a fresh Maildir in ``directory``; the soak with
     its model (violations) and figures."""
-    soak = Soak(directory, seed)
+    soak = Soak(directory, seed, threaded_writes=threaded_writes)
     # Blocks of up to 50 kills, each ending with its share under two workers.
     block = min(50, kills)
     with_workers = round(block * workers_share)
@@ -595,17 +606,37 @@ def main(argv: list[str] | None = None) -> int:
         help="share of kills with --workers 2 (the last of each 50)",
     )
     parser.add_argument(
+        "--threaded-writes",
+        action="store_true",
+        help="run the daemon with [storage] threaded_writes = true",
+    )
+    parser.add_argument(
         "--dir", help="keep the Maildir and daemon log here (default: a temporary one)"
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"kill soak: seed {args.seed}, {args.kills} kills", flush=True)
+    writer = ", threaded_writes" if args.threaded_writes else ""
+    print(f"kill soak: seed {args.seed}, {args.kills} kills{writer}", flush=True)
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
-        soak = run(args.dir, args.kills, args.seed, args.workers_share, progress=True)
+        soak = run(
+            args.dir,
+            args.kills,
+            args.seed,
+            args.workers_share,
+            progress=True,
+            threaded_writes=args.threaded_writes,
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="mailsrv-killsoak-") as directory:
-            soak = run(directory, args.kills, args.seed, args.workers_share, progress=True)
+            soak = run(
+                directory,
+                args.kills,
+                args.seed,
+                args.workers_share,
+                progress=True,
+                threaded_writes=args.threaded_writes,
+            )
     print(summary(soak))
     for violation in soak.model.violations[:100]:
         print("  " + violation)

@@ -204,3 +204,32 @@ class WriteWaitsOffReactorTests(DaemonCrashTestCase):
         self.start()
         found = self.contents(self.login(), "INBOX")
         self.assertEqual({uid: subject for uid, (subject, _) in found.items()}, given)
+
+    def test_writes_after_a_reindex_are_answered_and_kept(self) -> None:
+        """``mailsrv reindex`` puts a new index file in place of the one the
+        daemon has open.  The writer thread writes to the new one; the
+        answers and the session's view must come from it too: a STORE
+        answered with the flags it set, an APPEND's message in the view (so
+        a UID STORE and EXPUNGE of it act), and what was answered OK still
+        there after a SIGKILL."""
+        daemon = self.start()
+        self.appenduid(self.login(), "INBOX", "first")
+        session = self.connect()
+        reindexed = self.run_mailsrv("reindex", "alice")
+        self.assertEqual(reindexed.returncode, 0, reindexed.stderr)
+        stored = session.command(b"s", b"UID STORE 1 +FLAGS (\\Flagged)")
+        self.assertTrue(stored[-1].startswith(b"s OK"), stored)
+        self.assertRegex(b"".join(stored), rb"\* 1 FETCH \(UID 1 FLAGS \([^)]*\\Flagged")
+        body = b"Subject: second\r\n\r\nbody\r\n"
+        appended = session.command(b"a", b"APPEND INBOX {%d+}\r\n" % len(body) + body)
+        self.assertTrue(appended[-1].startswith(b"a OK [APPENDUID"), appended)
+        self.assertIn(b"* 2 EXISTS\r\n", appended)
+        deleted = session.command(b"d", b"UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+        self.assertTrue(deleted[-1].startswith(b"d OK"), deleted)
+        expunged = session.command(b"e", b"EXPUNGE")
+        self.assertEqual(expunged, [b"* 2 EXPUNGE\r\n", b"e OK EXPUNGE completed\r\n"])
+        self.kill(daemon)
+        self.start()
+        found = self.contents(self.login(), "INBOX")
+        self.assertEqual(list(found), [1])
+        self.assertIn("\\Flagged", found[1][1])

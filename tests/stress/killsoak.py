@@ -16,8 +16,11 @@ daemon is then read whole (LIST, STATUS, EXAMINE, UID FETCH of flags and of
 every new body) and checked by :class:`tests.stress.killmodel.Model`.
 
 ``python -m tests.stress.killsoak --kills 1000 [--seed N] [--workers-share
-0.2]``: progress on a terminal, a summary at the end, exit status 1 on any
-violation.  The seed fixes every random choice (operations, kill moments);
+0.2] [--[no-]threaded-writes]``: progress on a terminal, a summary at the
+end, exit status 1 on any violation.  ``--threaded-writes`` and
+``--no-threaded-writes`` set ``[storage] threaded_writes`` (the writer
+thread, :mod:`mailsrv.storage.maildir.writer`); without either the daemon's
+default holds.  The seed fixes every random choice (operations, kill moments);
 what the server was doing at the kill's instant still varies with the
 machine's timing, so a replay reaches the same code paths, not always the
 same instant.  tests/test_killsoak.py runs a short form in the suite.
@@ -63,8 +66,9 @@ DEADLINE = 60.0
 
 
 def write_config(
-    directory: str, imap_port: int, lmtp_port: int, threaded_writes: bool = False
+    directory: str, imap_port: int, lmtp_port: int, threaded_writes: bool | None = None
 ) -> str:
+    """The daemon's config; ``threaded_writes`` None leaves the default."""
     config = os.path.join(directory, "mailsrv.toml")
     with open(os.path.join(directory, "passwd"), "w") as f:
         f.write(f"{USER}:{{PLAIN}}pw\n")
@@ -77,8 +81,9 @@ def write_config(
             "[auth]\nfailure_delay = 0.0\n"
             '[admin]\nsocket = ""\n'
             f'[storage]\nmaildir = "{directory}/mail/{{user}}/Maildir"\n'
-            f"threaded_writes = {'true' if threaded_writes else 'false'}\n"
         )
+        if threaded_writes is not None:
+            f.write(f"threaded_writes = {'true' if threaded_writes else 'false'}\n")
     return config
 
 
@@ -186,7 +191,11 @@ class Soak:
     """One Maildir, one daemon at a time, many kills."""
 
     def __init__(
-        self, directory: str, seed: int, log: str | None = None, threaded_writes: bool = False
+        self,
+        directory: str,
+        seed: int,
+        log: str | None = None,
+        threaded_writes: bool | None = None,
     ) -> None:
         self.directory = directory
         self.rng = random.Random(seed)
@@ -572,7 +581,7 @@ def run(
     seed: int,
     workers_share: float = 0.0,
     progress: bool = False,
-    threaded_writes: bool = False,
+    threaded_writes: bool | None = None,
 ) -> Soak:
     """``kills`` cycles on a fresh Maildir in ``directory``; the soak with
     its model (violations) and figures."""
@@ -607,15 +616,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threaded-writes",
-        action="store_true",
-        help="run the daemon with [storage] threaded_writes = true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="set [storage] threaded_writes (default: the daemon's default)",
     )
     parser.add_argument(
         "--dir", help="keep the Maildir and daemon log here (default: a temporary one)"
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    writer = ", threaded_writes" if args.threaded_writes else ""
+    writer = "" if args.threaded_writes is None else f", threaded_writes {args.threaded_writes}"
     print(f"kill soak: seed {args.seed}, {args.kills} kills{writer}", flush=True)
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)

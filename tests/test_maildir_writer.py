@@ -1,6 +1,8 @@
 """A real daemon keeps answering while one of its writes waits for the
 folder lock that another process holds (as a second worker or ``mailsrv
-deliver`` holds it): the write waits in a thread, not on the reactor."""
+deliver`` holds it): the write waits in a thread, not on the reactor; and
+what the writer thread changed is what the sessions are told, also after
+``mailsrv reindex`` replaced the index."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load
 from clients import IMAPClient
 from harness import PASSWORD, MailboxSpec, Meter, Pair, pin_self
+from peers import Server
 
 #: Frames every sample passes through (twistd and the reactor loop).
 _ENTRY = ("twisted/scripts/", "twisted/application/", "(twistd", "ReactorBase.")
@@ -87,6 +88,36 @@ async def repeat_command(port: int, user: str, command: str, repeat: int) -> lis
         times.append(reply.seconds)
     await client.logout()
     return times
+
+
+def attach(server: Server, rate: int = 200) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``py-spy record`` on ``server``'s process; returns it and its output file."""
+    py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(py_spy):
+        raise SystemExit("py-spy not found: pip install py-spy")
+    assert server.process is not None
+    raw = tempfile.mktemp(suffix=".txt", prefix="py-spy-")
+    argv = [py_spy, "record", "--pid", str(server.process.pid), "--rate", str(rate)]
+    argv += ["--format", "raw", "--output", raw, "--nonblocking"]
+    spy = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)  # py-spy attaches
+    return spy, raw
+
+
+def detach(spy: subprocess.Popen[bytes], raw: str, top: int = 25) -> str:
+    """Stop py-spy and give its samples as :func:`aggregate` shows them."""
+    spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+    _, err = spy.communicate(timeout=60)
+    if not os.path.exists(raw):
+        raise SystemExit(f"py-spy wrote nothing: {err.decode(errors='replace')}")
+    try:
+        return aggregate(raw, top)
+    finally:
+        os.unlink(raw)
 
 
 def main() -> None:

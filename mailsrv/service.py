@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from mailsrv.auth.realm import MailRealm
 from mailsrv.auth.sasl import SaslServices
 from mailsrv.config import COMMAND_LINE, DEFAULT_ADMIN_SOCKET, Config, Listener
 from mailsrv.errors import ConfigError
+from mailsrv.imap.pacing import GIL_SWITCH_INTERVAL
 from mailsrv.interfaces import IStorage, IWatchingStorage
 from mailsrv.observe import Observer
 from mailsrv.policy import ConnectionLimits, SessionPolicy
@@ -516,6 +518,9 @@ def make_service(
         reactor = default_reactor
     log.set_level(config.logging.level)
     log.set_format(config.logging.format)
+    # How soon the reactor thread gets the interpreter back from a busy
+    # worker thread: see mailsrv.imap.pacing.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     where = config.path or "command line"
     storage = build_storage(config, reactor)
     _check_databases(config, storage)

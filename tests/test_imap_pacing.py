@@ -28,8 +28,8 @@ class PacerTests(SynchronousTestCase):
         self.assertEqual(sizes[1:], [500] * 4)
 
     def test_costly_batches_shrink_to_the_target(self) -> None:
-        # 200 microseconds a message (files read and decoded): 50 a batch.
-        sizes = self.run_batches(2e-4)
+        # A fiftieth of the target a message (files read and decoded): 50 a batch.
+        sizes = self.run_batches(pacing.TARGET / 50)
         for size in sizes[1:]:
             self.assertIn(size, (49, 50))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from typing import cast
 
@@ -17,6 +18,7 @@ from zope.interface import implementer
 from mailsrv.auth.passwdfile import PasswdFile
 from mailsrv.config import Listener, load_config
 from mailsrv.errors import ConfigError
+from mailsrv.imap.pacing import GIL_SWITCH_INTERVAL
 from mailsrv.interfaces import IMailbox, IMailboxListener, IMessage
 from mailsrv.service import ListenerService, StorageService, UsersFileCheck, make_service
 from mailsrv.storage.maildir import MaildirStorage
@@ -126,6 +128,28 @@ class MakeServiceTests(unittest.TestCase):
             [(s.listener.protocol, s.listener.origin) for s in listeners],
             [("imap", "--imap[0]"), ("imap", "--imap[1]"), ("pop3", "--pop3[0]")],
         )
+
+    def test_worker_threads_give_the_interpreter_back_soon(self) -> None:
+        """The daemon shortens the interpreter's thread switch interval, so
+        a busy worker thread (the full-text index filling) holds the reactor
+        thread's answers back by at most that (mailsrv.imap.pacing)."""
+        self.addCleanup(sys.setswitchinterval, sys.getswitchinterval())
+        sys.setswitchinterval(0.005)  # Python's default
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = load_config(
+            None,
+            {
+                "imap": ["tcp:0:interface=127.0.0.1"],
+                "passwd": os.path.join(directory, "passwd"),
+                "maildir": os.path.join(directory, "{user}"),
+            },
+            check_files=False,
+        )
+        open(config.users.passwd_file, "w").close()
+        make_service(config, reactor)
+        self.assertEqual(sys.getswitchinterval(), GIL_SWITCH_INTERVAL)
+        self.assertLessEqual(GIL_SWITCH_INTERVAL, 0.001)
 
 
 class UsersFileCheckTests(unittest.TestCase):

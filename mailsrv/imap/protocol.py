@@ -39,6 +39,7 @@ from mailsrv.imap.registry import State
 from mailsrv.imap.session import LOG, LiteralAnswer, Session
 from mailsrv.policy import SessionPolicy
 from mailsrv.session import SessionFactory, no_delay, resolve_clock
+from mailsrv.writing import send_now
 
 __all__ = ["IMAP4Server", "IMAP4ServerFactory"]
 
@@ -126,6 +127,7 @@ class IMAP4Server(Protocol):
         else:
             self._framer.receive(data)
         self._read_events()
+        send_now(self.transport)
 
     def _read_events(self) -> None:
         """Hand framed input to the session until it runs out or the session

@@ -155,6 +155,10 @@ class Connection(Protocol):
         """Throw away what the client sent after the command (RFC 2595
         3.1: it arrived in the clear), then start TLS."""
 
+    def send_message(self, text: str, body: bytes) -> None:
+        """``+OK text`` and ``body`` (a whole message, byte-stuffed and
+        terminated) in one write."""
+
     def stream(self, source: IO[bytes], encoder: MessageEncoder) -> defer.Deferred[bool]:
         """Send ``source`` through ``encoder`` as the rest of a multi-line
         response, paced by the client's reading; fires with

@@ -62,6 +62,7 @@ from mailsrv.session import (
     no_delay,
     resolve_clock,
 )
+from mailsrv.writing import send_now
 
 __all__ = ["POP3", "POP3Factory", "State"]
 
@@ -254,6 +255,7 @@ class POP3(Protocol):
             self._reading_paused = True
             self._transport.pauseProducing()
         self._drain()
+        send_now(self.transport)
 
     def _drain(self) -> None:
         if self._draining:
@@ -319,7 +321,8 @@ class POP3(Protocol):
             if self._authorization.in_sasl:
                 self.probe.client_line("(SASL response)")
                 return self._authorization.sasl_response(event)
-            self.probe.client_line(loggable(event))
+            if self.probe.lines:  # made only for a debug log that shows them
+                self.probe.client_line(loggable(event))
             return self._dispatch(event)
         except CommandError as e:
             self.error(e.text, e.code)
@@ -424,6 +427,18 @@ class POP3(Protocol):
     def abort(self) -> None:
         self._closing = True
         self._transport.abortConnection()
+
+    def send_message(self, text: str, body: bytes) -> None:
+        if self._lost:
+            return
+        status = ok_line(text)
+        self._transport.write(status + body)
+        if self._answer is None:
+            self._answer = "+OK"
+        self.probe.wrote(status)
+        self.probe.sent(len(body))
+        if self.probe.lines:
+            self.probe.server_line(f"<{len(body)} octets of message>")
 
     def stream(self, source: IO[bytes], encoder: MessageEncoder) -> defer.Deferred[bool]:
         sender = MessageSender(self._transport, source, encoder, self._timer.progress)

@@ -14,10 +14,29 @@ from mailsrv import log
 from mailsrv.pop3.commands import LOG
 from mailsrv.pop3.wire import MessageEncoder
 
-__all__ = ["CHUNK_SIZE", "MessageSender"]
+__all__ = ["CHUNK_SIZE", "MessageSender", "read_whole"]
 
 #: How much of a message is read and written at a time by RETR and TOP.
 CHUNK_SIZE = 64 * 1024
+
+
+def read_whole(source: IO[bytes], limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` + 1 octets of ``source``, and whether that is all of it.
+
+    RETR of a message no larger than ``limit`` (most are a few KB) goes out
+    in one write, without a producer; a source that turns out longer than
+    its listed size (or than ``limit``) is streamed from what was read on.
+    Loops because a raw stream may return less than asked before its end.
+    """
+    parts: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = source.read(limit + 1 - total)
+        if not chunk:
+            return b"".join(parts), True
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts), False
 
 
 @implementer(IPushProducer)

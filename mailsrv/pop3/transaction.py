@@ -15,13 +15,19 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
+from mailsrv import log
 from mailsrv.errors import NoSuchMessage, StorageError
 from mailsrv.interfaces import MaildropEntry
-from mailsrv.mime.downgrade import serve
+from mailsrv.mime.downgrade import SyntheticFile, downgrade_message, serve
 from mailsrv.pop3.commands import LOG, CommandError, Connection, State, command, no_arguments
+from mailsrv.pop3.streaming import CHUNK_SIZE, read_whole
 from mailsrv.pop3.wire import MessageEncoder, parse_number
 
-__all__ = ["Transaction"]
+__all__ = ["WHOLE_MESSAGE", "Transaction"]
+
+#: RETR reads a message up to this size (as listed) whole and sends it in one
+#: write with its status line; a larger one is streamed as the client reads.
+WHOLE_MESSAGE = CHUNK_SIZE
 
 
 class Transaction:
@@ -172,6 +178,18 @@ class Transaction:
             source.close()
             return None
         size = self._entries[index].size
+        if lines is None and size <= WHOLE_MESSAGE:
+            try:
+                data, whole = read_whole(source, WHOLE_MESSAGE)
+            except Exception:
+                log.call_each(LOG, "POP3", source.close)
+                raise  # answered and logged as an internal error, as when streamed
+            if whole:
+                log.call_each(LOG, "POP3", source.close)
+                self._send_whole(data, index, size)
+                return None
+            # Longer than listed: stream it, from what was read on.
+            source = cast(IO[bytes], SyntheticFile(data, source, len(data)))
         if not self._utf8:
             # RFC 6856 2: no UTF-8 header to a client that did not send
             # UTF8; it gets RFC 6858's synthetic message, whose size is
@@ -182,6 +200,19 @@ class Transaction:
         self._conn.ok(f"{size} octets" if lines is None else "Top of message follows")
         d = self._conn.stream(source, MessageEncoder(lines))
         return d.addCallbacks(self._streamed, self._stream_failed, callbackArgs=(index,))
+
+    def _send_whole(self, data: bytes, index: int, size: int) -> None:
+        """RETR of a message read whole: the status line, the byte-stuffed
+        message and the terminator in one write (the same octets the
+        streamed path sends, in one piece)."""
+        if not self._utf8:
+            synthetic = downgrade_message(data)  # as serve() does, on the whole
+            if synthetic is not None:
+                size += len(synthetic) - len(data)
+                data = synthetic
+        encoder = MessageEncoder()
+        self._conn.send_message(f"{size} octets", encoder.feed(data) + encoder.finish())
+        self._streamed(True, index)
 
     def _streamed(self, complete: bool, index: int) -> None:
         self._highest = max(self._highest, index + 1)

@@ -235,10 +235,9 @@ class StorageSection:
     #: ``mailsrv-fulltext.sqlite``) that SEARCH BODY and TEXT answer from.
     fulltext: bool = attrs.field(default=True, metadata=_meta())
     #: backend = "maildir": writes wait for the folder lock and their fsyncs
-    #: in a per-folder writer thread (mailsrv/storage/maildir/writer.py).
-    #: Off by default: the kill soak found acknowledged changes undone by a
-    #: SIGKILL with it on (docs/security.md).
-    threaded_writes: bool = attrs.field(default=False, metadata=_meta())
+    #: in a per-folder writer thread (mailsrv/storage/maildir/writer.py), so
+    #: the reactor answers meanwhile; false writes on the reactor thread.
+    threaded_writes: bool = attrs.field(default=True, metadata=_meta())
 
 
 @attrs.frozen

@@ -140,6 +140,7 @@ class MaildirMailbox:
         self.special_use: frozenset[str] = frozenset()
         self._listeners: list[IMailboxListener] = []
         self._folder = IndexedFolder(root, path, name, warn_once)
+        self._folder.before_reopen = self._announce
 
     def __repr__(self) -> str:
         return f"<MaildirMailbox {self.name!r} at {self.path!r}>"
@@ -246,13 +247,20 @@ class MaildirMailbox:
         folder = self._folder
         db = folder.db
         seen_modseq, seen_uidnext = folder.seen_modseq, folder.seen_uidnext
+        # The index was replaced since the last look (IndexedFolder._reopen):
+        # its MODSEQs start afresh, so what differs from the old one's UIDs
+        # is told by UID.
+        replaced, folder.replaced_uids = folder.replaced_uids, None
+        present: frozenset[int] | None = None
         with db.snapshot():
             highest = db.get_int("highest_modseq")
             uidnext = db.get_int("uidnext")
-            if highest == seen_modseq and uidnext == seen_uidnext:
+            if highest == seen_modseq and uidnext == seen_uidnext and replaced is None:
                 return
             rows = db.changed_since(seen_modseq) if self._listeners else []
             gone = db.expunged_since(seen_modseq) if self._listeners else []
+            if replaced is not None and self._listeners:
+                present = frozenset(db.uids())
         if self._fulltext is not None:
             self._fulltext.changed()
         added = [row.uid for row in rows if row.uid >= seen_uidnext]
@@ -260,6 +268,10 @@ class MaildirMailbox:
         folder.keywords.refresh()
         changed = [self._info(row) for row in rows if row.uid < seen_uidnext]
         expunged = [uid for uid in gone if uid < seen_uidnext]
+        if present is not None:
+            listed = set(added)
+            added += sorted(u for u in present if u >= seen_uidnext and u not in listed)
+            expunged += [uid for uid in replaced or () if uid not in present]
         folder.seen_modseq, folder.seen_uidnext = highest, uidnext
         for listener in list(self._listeners):
             try:

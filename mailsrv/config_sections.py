@@ -235,10 +235,9 @@ class StorageSection:
     #: ``mailsrv-fulltext.sqlite``) that SEARCH BODY and TEXT answer from.
     fulltext: bool = attrs.field(default=True, metadata=_meta())
     #: backend = "maildir": writes wait for the folder lock and their fsyncs
-    #: in a per-folder writer thread (mailsrv/storage/maildir/writer.py).
-    #: Off by default: the kill soak found acknowledged changes undone by a
-    #: SIGKILL with it on (docs/security.md).
-    threaded_writes: bool = attrs.field(default=False, metadata=_meta())
+    #: in a per-folder writer thread (mailsrv/storage/maildir/writer.py), so
+    #: the reactor answers meanwhile; false writes on the reactor thread.
+    threaded_writes: bool = attrs.field(default=True, metadata=_meta())
 
 
 @attrs.frozen
@@ -267,6 +266,10 @@ class LimitsSection:
     )
     #: Annotations per mailbox (and on the server, per user): ``[METADATA TOOMANY]``.
     max_metadata_entries: int = attrs.field(default=100, metadata=_meta(_check_range(1, 100000)))
+    #: Maildir: cache kinds named after what clients asked for (each
+    #: HEADER.FIELDS set FETCHed, each field SEARCHed) one folder's index
+    #: keeps; past it the least recently used one's values are dropped.
+    max_cache_kinds: int = attrs.field(default=32, metadata=_meta(_check_range(1, 10000)))
 
 
 @attrs.frozen

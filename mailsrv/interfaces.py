@@ -378,7 +378,13 @@ class IMailbox(Interface):
 
 class IMessageCache(Interface):
     """Optional: a mailbox that keeps parsed data (envelope, structure, chosen
-    headers) beside its index, so FETCH and SEARCH need not reparse."""
+    headers) beside its index, so FETCH and SEARCH need not reparse.
+
+    A kind with a ``:`` in its name is named after what a client asked for
+    (a HEADER.FIELDS set, a SEARCHed field): a backend may bound how many
+    such kinds it keeps and drop a kind's values at any time (Maildir keeps
+    ``[limits] max_cache_kinds``, dropping the least recently used), so
+    callers treat a missing value as a miss, never as an answer."""
 
     def get_cached(uid: int, kind: str) -> MaybeDeferred[bytes | None]:
         """The value stored for this message and kind, or None."""
@@ -393,6 +399,21 @@ class IMessageCache(Interface):
     def set_cached_many(kind: str, values: Mapping[int, bytes]) -> MaybeDeferred[None]:
         """Store several values of one kind at once (one transaction);
         values for messages that no longer exist are dropped."""
+
+
+class ICachedSearch(Interface):
+    """Optional, on a mailbox with :class:`IMessageCache`: finds the
+    messages whose cached value of one kind contains a byte string, in one
+    query, so SEARCH HEADER or FROM over a whole mailbox makes no object
+    per message (:mod:`mailsrv.imap.search_pushdown`)."""
+
+    def search_cached(
+        kind: str, needle: bytes, low: int, high: int
+    ) -> MaybeDeferred[tuple[Sequence[int], Sequence[int]]]:
+        """``(matched, missing)``, each ascending: of the messages held now
+        with UIDs ``low..high``, those whose value of ``kind`` contains
+        ``needle`` octet for octet (an empty ``needle``: whose value is not
+        empty), and those with no value of ``kind`` cached."""
 
 
 #: One message's metadata as :class:`IMessageRows` gives it: UID, flags,

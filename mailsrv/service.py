@@ -98,6 +98,7 @@ def build_storage(config: Config, reactor: Any = None) -> IStorage:
         reactor=reactor,
         fulltext=config.storage.fulltext,
         threaded_writes=config.storage.threaded_writes,
+        cache_kinds=config.limits.max_cache_kinds,
     )
 
 

@@ -190,7 +190,7 @@ maildir = "var/mail/{{user}}/Maildir"
         self.assertEqual(
             output.strip(),
             f"mailsrv: configuration error: {self.config}: limits.max_line_lenght: unknown key "
-            "(known keys of [limits]: command_cpu_seconds, max_connections, "
+            "(known keys of [limits]: command_cpu_seconds, max_cache_kinds, max_connections, "
             "max_connections_per_ip, max_connections_per_user, max_line_length, "
             "max_message_size, max_metadata_entries, max_metadata_size, max_nesting_depth, "
             "max_pending_commands, max_search_content_keys)",

@@ -169,6 +169,44 @@ class UnseenIndexTests(MaildirTestCase):
         self.assertIn("messages_unseen", self.plan())
         self.assertEqual(list(inbox.search_index(_unseen())), uids[1::2])
 
+    def test_search_flagged_reads_its_index(self) -> None:
+        """Schema 4's indexes of the system flags: SEEN, FLAGGED, ANSWERED,
+        DELETED and DRAFT read only the messages that have them."""
+        inbox = self.inbox()
+        uids = [inbox.append(io.BytesIO(MESSAGE + str(i).encode())) for i in range(6)]
+        inbox.store(uids[1::3], ["\\Flagged", "\\Deleted"], StoreMode.ADD)
+        inbox.store(uids[::2], ["\\Answered", "\\Draft"], StoreMode.ADD)
+        inbox.store(uids[:2], ["\\Seen"], StoreMode.ADD)
+        table = KeywordTable(os.path.join(self.root, "none"))
+        db = sqlite3.connect(os.path.join(self.root, "mailsrv-index.sqlite"))
+        self.addCleanup(db.close)
+        for flag, name, expected in (
+            ("\\Seen", "seen", uids[:2]),
+            ("\\Flagged", "flagged", uids[1::3]),
+            ("\\Answered", "answered", uids[::2]),
+            ("\\Deleted", "deleted", uids[1::3]),
+            ("\\Draft", "draft", uids[::2]),
+        ):
+            test = criteria.And((criteria.UidIn(((1, 10),)), criteria.Flag(flag)))
+            condition, args = where(test, table)
+            rows = db.execute(
+                f"EXPLAIN QUERY PLAN SELECT uid FROM messages WHERE {condition}", args
+            )
+            self.assertIn(f"messages_{name}", " ".join(str(row[-1]) for row in rows))
+            self.assertEqual(list(inbox.search_index(criteria.Flag(flag))), expected)
+        # UNSEEN UNDELETED: the unseen messages, less the few deleted ones,
+        # with no row read.
+        test = criteria.And((_unseen(), criteria.Not(criteria.Flag("\\Deleted"))))
+        condition, args = where(test, table)
+        rows = db.execute(f"EXPLAIN QUERY PLAN SELECT uid FROM messages WHERE {condition}", args)
+        plan = " ".join(str(row[-1]) for row in rows)
+        self.assertIn("messages_unseen", plan)
+        self.assertIn("messages_deleted", plan)
+        unseen = set(inbox.search_index(_unseen()))
+        self.assertEqual(
+            list(inbox.search_index(test)), [u for u in uids if u in unseen and u not in uids[1::3]]
+        )
+
     def test_schema_2_upgraded_in_place(self) -> None:
         inbox = self.inbox()
         uids = [inbox.append(io.BytesIO(MESSAGE + str(i).encode())) for i in range(3)]

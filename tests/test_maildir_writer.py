@@ -1,12 +1,15 @@
 """A real daemon keeps answering while one of its writes waits for the
 folder lock that another process holds (as a second worker or ``mailsrv
-deliver`` holds it): the write waits in a thread, not on the reactor."""
+deliver`` holds it): the write waits in a thread, not on the reactor; and
+what the writer thread changed is what the sessions are told, also after
+``mailsrv reindex`` replaced the index."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import re
+import signal
 import socket
 import time
 
@@ -60,17 +63,22 @@ def waiting_on(path: str) -> bool:
     return False
 
 
-class WriteWaitsOffReactorTests(DaemonCrashTestCase):
+class WriterTestCase(DaemonCrashTestCase):
+    """A daemon of one process (both sessions on one reactor), its writer
+    thread on or off as :attr:`threaded` says."""
+
+    threaded = True
+
     def setUp(self) -> None:
         super().setUp()
-        if not os.path.exists("/proc/locks"):
-            raise SkipTest("needs /proc/locks to see the daemon wait for the lock")
-        # One worker: both sessions are served by the same reactor.
+        setting = "true" if self.threaded else "false"
         with open(self.config) as handle:
             text = handle.read()
         with open(self.config, "w") as handle:
             text = text.replace("[server]\n", "[server]\nworkers = 1\n", 1)
-            handle.write(text.replace("[storage]\n", "[storage]\nthreaded_writes = true\n", 1))
+            handle.write(
+                text.replace("[storage]\n", f"[storage]\nthreaded_writes = {setting}\n", 1)
+            )
 
     def connect(self) -> Connection:
         connection = Connection(self.port)
@@ -78,6 +86,13 @@ class WriteWaitsOffReactorTests(DaemonCrashTestCase):
         self.assertTrue(connection.command(b"l", b"LOGIN alice pw")[-1].startswith(b"l OK"))
         self.assertTrue(connection.command(b"s", b"SELECT INBOX")[-1].startswith(b"s OK"))
         return connection
+
+
+class WriteWaitsOffReactorTests(WriterTestCase):
+    def setUp(self) -> None:
+        if not os.path.exists("/proc/locks"):
+            raise SkipTest("needs /proc/locks to see the daemon wait for the lock")
+        super().setUp()
 
     def test_reads_answered_while_a_store_waits_for_the_lock(self) -> None:
         self.start()
@@ -204,3 +219,70 @@ class WriteWaitsOffReactorTests(DaemonCrashTestCase):
         self.start()
         found = self.contents(self.login(), "INBOX")
         self.assertEqual({uid: subject for uid, (subject, _) in found.items()}, given)
+
+
+class ReplacedIndexTests(WriterTestCase):
+    """``mailsrv reindex`` puts a new index file in place of the one the
+    daemon has open; what the daemon answers and announces follows it."""
+
+    def test_writes_after_a_reindex_are_answered_and_kept(self) -> None:
+        """``mailsrv reindex`` puts a new index file in place of the one the
+        daemon has open.  The writer thread writes to the new one; the
+        answers and the session's view must come from it too: a STORE
+        answered with the flags it set, an APPEND's message in the view (so
+        a UID STORE and EXPUNGE of it act), and what was answered OK still
+        there after a SIGKILL."""
+        daemon = self.start()
+        self.appenduid(self.login(), "INBOX", "first")
+        session = self.connect()
+        reindexed = self.run_mailsrv("reindex", "alice")
+        self.assertEqual(reindexed.returncode, 0, reindexed.stderr)
+        stored = session.command(b"s", b"UID STORE 1 +FLAGS (\\Flagged)")
+        self.assertTrue(stored[-1].startswith(b"s OK"), stored)
+        self.assertRegex(b"".join(stored), rb"\* 1 FETCH \(UID 1 FLAGS \([^)]*\\Flagged")
+        body = b"Subject: second\r\n\r\nbody\r\n"
+        appended = session.command(b"a", b"APPEND INBOX {%d+}\r\n" % len(body) + body)
+        self.assertTrue(appended[-1].startswith(b"a OK [APPENDUID"), appended)
+        self.assertIn(b"* 2 EXISTS\r\n", appended)
+        deleted = session.command(b"d", b"UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+        self.assertTrue(deleted[-1].startswith(b"d OK"), deleted)
+        expunged = session.command(b"e", b"EXPUNGE")
+        self.assertEqual(expunged, [b"* 2 EXPUNGE\r\n", b"e OK EXPUNGE completed\r\n"])
+        self.kill(daemon)
+        self.start()
+        found = self.contents(self.login(), "INBOX")
+        self.assertEqual(list(found), [1])
+        self.assertIn("\\Flagged", found[1][1])
+
+    def test_a_delivery_just_before_a_reindex_reaches_the_session(self) -> None:
+        """A message another process added, then the index replaced before
+        the daemon read it (the daemon stopped with SIGSTOP meanwhile, so
+        both happen between two of its looks): the session is still told of
+        the message, so its UID STORE and EXPUNGE act on it, and the
+        EXPUNGE answered OK holds after a SIGKILL."""
+        daemon = self.start()
+        self.appenduid(self.login(), "INBOX", "first")
+        session = self.connect()
+        os.kill(daemon.process.pid, signal.SIGSTOP)
+        try:
+            delivered = self.run_mailsrv("deliver", "alice", stdin=b"Subject: second\n\nbody\n")
+            self.assertEqual(delivered.returncode, 0, delivered.stderr)
+            reindexed = self.run_mailsrv("reindex", "alice")
+            self.assertEqual(reindexed.returncode, 0, reindexed.stderr)
+        finally:
+            os.kill(daemon.process.pid, signal.SIGCONT)
+        noop = session.command(b"n", b"NOOP")
+        self.assertIn(b"* 2 EXISTS\r\n", noop)
+        deleted = session.command(b"d", b"UID STORE 2 +FLAGS (\\Deleted)")
+        self.assertRegex(b"".join(deleted), rb"\* 2 FETCH \(UID 2 FLAGS \([^)]*\\Deleted")
+        expunged = session.command(b"e", b"EXPUNGE")
+        self.assertEqual(expunged, [b"* 2 EXPUNGE\r\n", b"e OK EXPUNGE completed\r\n"])
+        self.kill(daemon)
+        self.start()
+        self.assertEqual(list(self.contents(self.login(), "INBOX")), [1])
+
+
+class ReplacedIndexWithoutWriterTests(ReplacedIndexTests):
+    """The same with ``threaded_writes = false``: writes on the reactor."""
+
+    threaded = False

@@ -32,6 +32,11 @@ Kinds:
 ``addresses.V:NAME``
     The addresses of one address field (FROM, TO, CC, BCC) as SEARCH
     matches them (:func:`mailsrv.mime.addresses.address_text`), every occurrence.
+``folded.V:NAME`` and ``afolded.V:NAME``
+    The same values (``values:NAME``) RFC 2047 decoded and case folded, or
+    the address texts (``addresses.V:NAME``) case folded, as UTF-8: what
+    SEARCH's substring match reads, so the storage can find a needle in a
+    whole mailbox with one query (:func:`folded_values`).
 ``previewP.V``
     The RFC 8970 PREVIEW text (UTF-8), worked out once per message by
     :func:`mailsrv.mime.preview.preview_text` (``P`` is its
@@ -65,6 +70,7 @@ from mailsrv.imap.render import body_structure, envelope, render_body_structure,
 from mailsrv.imap.sortkeys import RECORD_VERSION, SortRecord, record_from_header
 from mailsrv.interfaces import IMailbox, IMessageCache
 from mailsrv.mime.addresses import address_text
+from mailsrv.mime.decoding import decode_words
 from mailsrv.mime.fields import filter_fields, raw_fields, read_header
 from mailsrv.mime.preview import VERSION as PREVIEW_VERSION
 from mailsrv.mime.preview import preview_text
@@ -77,6 +83,10 @@ __all__ = [
     "address_texts",
     "each_file",
     "field_values",
+    "fold_addresses",
+    "fold_values",
+    "folded_kind",
+    "folded_values",
     "header_fields",
     "previews",
     "rendered",
@@ -254,6 +264,43 @@ def header_fields(
     return _per_message(mailbox, uids, kind, compute)
 
 
+def _encoded_values(name: str) -> Callable[[IO[bytes]], bytes]:
+    """What :func:`field_values` caches for field ``name``, from a file."""
+
+    def compute(source: IO[bytes]) -> bytes:
+        values = raw_fields(read_header(source), name)
+        return b"".join(b"\n" + v for v in values)
+
+    return compute
+
+
+def _encoded_addresses(name: str) -> Callable[[IO[bytes]], bytes]:
+    """What :func:`address_texts` caches for field ``name``, from a file."""
+
+    def compute(source: IO[bytes]) -> bytes:
+        values = raw_fields(read_header(source), name)
+        texts = (address_text(v.decode("latin-1")) for v in values)
+        return b"".join(b"\n" + t.replace("\n", " ").encode("utf-8") for t in texts)
+
+    return compute
+
+
+def _values_kind(name: str) -> str:
+    return "values:" + name.upper()
+
+
+def _addresses_kind(name: str) -> str:
+    return _versioned("addresses") + ":" + name.upper()
+
+
+def _decoded_values(data: bytes) -> list[str]:
+    return data.decode("latin-1").split("\n")[1:]
+
+
+def _decoded_addresses(data: bytes) -> list[str]:
+    return data.decode("utf-8", "replace").split("\n")[1:]
+
+
 @defer.inlineCallbacks
 def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
     """``{uid: [value, ...]}``: the unfolded values (as sent, Latin-1
@@ -263,13 +310,8 @@ def field_values(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
     Cached as each value preceded by LF (unfolded values hold none), which
     decodes with one split: no JSON per message on a 100,000-message
     search."""
-
-    def compute(source: IO[bytes]) -> bytes:
-        values = raw_fields(read_header(source), name)
-        return b"".join(b"\n" + v for v in values)
-
-    encoded = yield _per_message(mailbox, uids, "values:" + name.upper(), compute)
-    return {uid: data.decode("latin-1").split("\n")[1:] for uid, data in encoded.items()}
+    encoded = yield _per_message(mailbox, uids, _values_kind(name), _encoded_values(name))
+    return {uid: _decoded_values(data) for uid, data in encoded.items()}
 
 
 @defer.inlineCallbacks
@@ -278,15 +320,56 @@ def address_texts(mailbox: IMailbox, uids: Iterable[int], name: str) -> Any:
     in each whole message as SEARCH FROM/TO/CC/BCC match it
     (:func:`mailsrv.mime.addresses.address_text`).  Cached like
     :func:`field_values`, as UTF-8."""
+    kind = _addresses_kind(name)
+    encoded = yield _per_message(mailbox, uids, kind, _encoded_addresses(name))
+    return {uid: _decoded_addresses(data) for uid, data in encoded.items()}
 
-    def compute(source: IO[bytes]) -> bytes:
-        values = raw_fields(read_header(source), name)
-        texts = (address_text(v.decode("latin-1")) for v in values)
-        return b"".join(b"\n" + t.replace("\n", " ").encode("utf-8") for t in texts)
 
-    kind = _versioned("addresses") + ":" + name.upper()
-    encoded = yield _per_message(mailbox, uids, kind, compute)
-    return {uid: data.decode("utf-8", "replace").split("\n")[1:] for uid, data in encoded.items()}
+def folded_kind(name: str, address: bool) -> str:
+    """The cache kind of :func:`folded_values` for field ``name``."""
+    return _versioned("afolded" if address else "folded") + ":" + name.upper()
+
+
+def _folded(texts: Iterable[str]) -> bytes:
+    # "surrogatepass": a lone surrogate a decoder let through still encodes,
+    # as octets no valid UTF-8 needle can match part of.
+    return b"".join(b"\n" + t.encode("utf-8", "surrogatepass") for t in texts)
+
+
+def fold_values(data: bytes) -> bytes:
+    """:func:`folded_values`' value from :func:`field_values`' cached one:
+    each value RFC 2047 decoded, then case folded (RFC 3501 6.4.4)."""
+    return _folded(decode_words(v.encode("latin-1")).casefold() for v in _decoded_values(data))
+
+
+def fold_addresses(data: bytes) -> bytes:
+    """:func:`folded_values`' value from :func:`address_texts`' cached one."""
+    return _folded(t.casefold() for t in _decoded_addresses(data))
+
+
+@defer.inlineCallbacks
+def folded_values(mailbox: IMailbox, uids: Iterable[int], name: str, address: bool) -> Any:
+    """``{uid: value}``: header field ``name`` of each message as SEARCH
+    HEADER (or, with ``address``, FROM/TO/CC/BCC) matches it, case folded,
+    as UTF-8, each occurrence preceded by LF; worked out (from the cached
+    raw values where there are some, else from the file) and cached under
+    :func:`folded_kind`, so a search finds needles in it with one query
+    (:class:`~mailsrv.interfaces.ICachedSearch`).  A needle with no LF is
+    in it exactly when the plain matcher finds it in some occurrence."""
+    wanted = list(uids)
+    cache = _cache(mailbox)
+    raw_kind = _addresses_kind(name) if address else _values_kind(name)
+    raw: Mapping[int, bytes] = yield _get_many(cache, wanted, raw_kind)
+    raw = dict(raw)
+    compute = _encoded_addresses(name) if address else _encoded_values(name)
+    missing = [u for u in wanted if u not in raw]
+    read = yield each_file(mailbox, missing, lambda uid, source: compute(source))
+    raw.update(read)
+    fold = fold_addresses if address else fold_values
+    out = {uid: fold(data) for uid, data in raw.items()}
+    small = {uid: v for uid, v in out.items() if len(v) <= CACHE_LIMIT}
+    yield _set_many(cache, folded_kind(name, address), small)
+    return out
 
 
 #: The cache kind of :func:`sort_records`.

@@ -41,6 +41,7 @@ from mailsrv.interfaces import (
     SEEN,
     SPECIAL_USES,
     IAccount,
+    ICachedSearch,
     IIndexSearch,
     IMailbox,
     IMailboxListener,
@@ -254,7 +255,15 @@ class _MailboxState:
                 )
 
 
-@implementer(IMailbox, IMessageCache, IMessageRows, IMessageColumns, IPop3Listing, IIndexSearch)
+@implementer(
+    IMailbox,
+    IMessageCache,
+    IMessageRows,
+    IMessageColumns,
+    IPop3Listing,
+    IIndexSearch,
+    ICachedSearch,
+)
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
@@ -418,6 +427,21 @@ class MemoryMailbox:
     def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
         for uid, value in values.items():
             self.set_cached(uid, kind, value)
+
+    def search_cached(
+        self, kind: str, needle: bytes, low: int, high: int
+    ) -> tuple[Sequence[int], Sequence[int]]:
+        matched: list[int] = []
+        missing: list[int] = []
+        for uid in sorted(self._state.messages):
+            if not low <= uid <= high:
+                continue
+            value = self.get_cached(uid, kind)
+            if value is None:
+                missing.append(uid)
+            elif (needle in value) if needle else value:
+                matched.append(uid)
+        return matched, missing
 
     # -- writing ----------------------------------------------------------------
 

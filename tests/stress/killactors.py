@@ -278,7 +278,9 @@ class ImapActor:
                 if uid in told and told[uid] != new:
                     self.model.violation(
                         f"{self.name}: STORE answered {box} UID {uid} flags "
-                        f"{sorted(told[uid])}, expected {sorted(new)}"
+                        f"{sorted(told[uid])}, expected {sorted(new)} (to {line!r}: "
+                        + b"".join(u.raw for u in untagged).decode(errors="replace").strip()
+                        + ")"
                     )
                 result[uid] = told.get(uid, new)
             self.model.stored(box, result)

@@ -16,8 +16,11 @@ daemon is then read whole (LIST, STATUS, EXAMINE, UID FETCH of flags and of
 every new body) and checked by :class:`tests.stress.killmodel.Model`.
 
 ``python -m tests.stress.killsoak --kills 1000 [--seed N] [--workers-share
-0.2]``: progress on a terminal, a summary at the end, exit status 1 on any
-violation.  The seed fixes every random choice (operations, kill moments);
+0.2] [--[no-]threaded-writes]``: progress on a terminal, a summary at the
+end, exit status 1 on any violation.  ``--threaded-writes`` and
+``--no-threaded-writes`` set ``[storage] threaded_writes`` (the writer
+thread, :mod:`mailsrv.storage.maildir.writer`); without either the daemon's
+default holds.  The seed fixes every random choice (operations, kill moments);
 what the server was doing at the kill's instant still varies with the
 machine's timing, so a replay reaches the same code paths, not always the
 same instant.  tests/test_killsoak.py runs a short form in the suite.
@@ -62,7 +65,10 @@ from tests.stress.killmodel import Box, Model, Pending
 DEADLINE = 60.0
 
 
-def write_config(directory: str, imap_port: int, lmtp_port: int) -> str:
+def write_config(
+    directory: str, imap_port: int, lmtp_port: int, threaded_writes: bool | None = None
+) -> str:
+    """The daemon's config; ``threaded_writes`` None leaves the default."""
     config = os.path.join(directory, "mailsrv.toml")
     with open(os.path.join(directory, "passwd"), "w") as f:
         f.write(f"{USER}:{{PLAIN}}pw\n")
@@ -76,6 +82,8 @@ def write_config(directory: str, imap_port: int, lmtp_port: int) -> str:
             '[admin]\nsocket = ""\n'
             f'[storage]\nmaildir = "{directory}/mail/{{user}}/Maildir"\n'
         )
+        if threaded_writes is not None:
+            f.write(f"threaded_writes = {'true' if threaded_writes else 'false'}\n")
     return config
 
 
@@ -182,14 +190,21 @@ class Stats:
 class Soak:
     """One Maildir, one daemon at a time, many kills."""
 
-    def __init__(self, directory: str, seed: int, log: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        seed: int,
+        log: str | None = None,
+        threaded_writes: bool | None = None,
+    ) -> None:
         self.directory = directory
         self.rng = random.Random(seed)
         self.seed = seed
         self.model = Model()
         self.stats = Stats()
         self.imap_port, self.lmtp_port = free_port(), free_port()
-        self.config = write_config(directory, self.imap_port, self.lmtp_port)
+        self.threaded_writes = threaded_writes
+        self.config = write_config(directory, self.imap_port, self.lmtp_port, threaded_writes)
         self.maildir = os.path.join(directory, "mail", USER, "Maildir")
         self.daemon: Daemon | None = None
         self.workers = 1
@@ -561,11 +576,16 @@ def report_progress(soak: Soak, kills: int) -> None:
 
 
 def run(
-    directory: str, kills: int, seed: int, workers_share: float = 0.0, progress: bool = False
+    directory: str,
+    kills: int,
+    seed: int,
+    workers_share: float = 0.0,
+    progress: bool = False,
+    threaded_writes: bool | None = None,
 ) -> Soak:
     """``kills`` cycles on a fresh Maildir in ``directory``; the soak with
     its model (violations) and figures."""
-    soak = Soak(directory, seed)
+    soak = Soak(directory, seed, threaded_writes=threaded_writes)
     # Blocks of up to 50 kills, each ending with its share under two workers.
     block = min(50, kills)
     with_workers = round(block * workers_share)
@@ -595,17 +615,38 @@ def main(argv: list[str] | None = None) -> int:
         help="share of kills with --workers 2 (the last of each 50)",
     )
     parser.add_argument(
+        "--threaded-writes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="set [storage] threaded_writes (default: the daemon's default)",
+    )
+    parser.add_argument(
         "--dir", help="keep the Maildir and daemon log here (default: a temporary one)"
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"kill soak: seed {args.seed}, {args.kills} kills", flush=True)
+    writer = "" if args.threaded_writes is None else f", threaded_writes {args.threaded_writes}"
+    print(f"kill soak: seed {args.seed}, {args.kills} kills{writer}", flush=True)
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
-        soak = run(args.dir, args.kills, args.seed, args.workers_share, progress=True)
+        soak = run(
+            args.dir,
+            args.kills,
+            args.seed,
+            args.workers_share,
+            progress=True,
+            threaded_writes=args.threaded_writes,
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="mailsrv-killsoak-") as directory:
-            soak = run(directory, args.kills, args.seed, args.workers_share, progress=True)
+            soak = run(
+                directory,
+                args.kills,
+                args.seed,
+                args.workers_share,
+                progress=True,
+                threaded_writes=args.threaded_writes,
+            )
     print(summary(soak))
     for violation in soak.model.violations[:100]:
         print("  " + violation)

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from mailsrv.criteria import Criterion
 from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
 from mailsrv.interfaces import (
+    ICachedSearch,
     IFullTextSearch,
     IIndexSearch,
     IMailbox,
@@ -48,6 +49,7 @@ from mailsrv.interfaces import (
 )
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir import appending, columns, sqlsearch, transfer
+from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.fulltext import FullText, Progress
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
@@ -105,6 +107,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     IPop3Listing,
     IIndexSearch,
     IFullTextSearch,
+    ICachedSearch,
 )
 class MaildirMailbox:
     """One Maildir++ folder, shared by every session of one storage instance.
@@ -118,6 +121,10 @@ class MaildirMailbox:
     :param warn_once: logs a warning about the tree once per storage.
     :param fulltext: the folder's full-text index (None: switched off).
     """
+
+    #: Client-named cache kinds the folder's index keeps at most (the
+    #: registry sets it from ``[limits] max_cache_kinds``).
+    cache_kinds: int = CACHE_KINDS
 
     def __init__(
         self,
@@ -136,6 +143,7 @@ class MaildirMailbox:
         self.special_use: frozenset[str] = frozenset()
         self._listeners: list[IMailboxListener] = []
         self._folder = IndexedFolder(root, path, name, warn_once)
+        self._folder.before_reopen = self._announce
 
     def __repr__(self) -> str:
         return f"<MaildirMailbox {self.name!r} at {self.path!r}>"
@@ -242,13 +250,20 @@ class MaildirMailbox:
         folder = self._folder
         db = folder.db
         seen_modseq, seen_uidnext = folder.seen_modseq, folder.seen_uidnext
+        # The index was replaced since the last look (IndexedFolder._reopen):
+        # its MODSEQs start afresh, so what differs from the old one's UIDs
+        # is told by UID.
+        replaced, folder.replaced_uids = folder.replaced_uids, None
+        present: frozenset[int] | None = None
         with db.snapshot():
             highest = db.get_int("highest_modseq")
             uidnext = db.get_int("uidnext")
-            if highest == seen_modseq and uidnext == seen_uidnext:
+            if highest == seen_modseq and uidnext == seen_uidnext and replaced is None:
                 return
             rows = db.changed_since(seen_modseq) if self._listeners else []
             gone = db.expunged_since(seen_modseq) if self._listeners else []
+            if replaced is not None and self._listeners:
+                present = frozenset(db.uids())
         if self._fulltext is not None:
             self._fulltext.changed()
         added = [row.uid for row in rows if row.uid >= seen_uidnext]
@@ -256,6 +271,10 @@ class MaildirMailbox:
         folder.keywords.refresh()
         changed = [self._info(row) for row in rows if row.uid < seen_uidnext]
         expunged = [uid for uid in gone if uid < seen_uidnext]
+        if present is not None:
+            listed = set(added)
+            added += sorted(u for u in present if u >= seen_uidnext and u not in listed)
+            expunged += [uid for uid in replaced or () if uid not in present]
         folder.seen_modseq, folder.seen_uidnext = highest, uidnext
         for listener in list(self._listeners):
             try:
@@ -478,12 +497,18 @@ class MaildirMailbox:
         return self._folder.db.get_cached_many(uids, kind)
 
     @_recovering
+    def search_cached(
+        self, kind: str, needle: bytes, low: int, high: int
+    ) -> tuple[Sequence[int], Sequence[int]]:
+        return self._folder.db.search_cached(kind, needle, low, high)
+
+    @_recovering
     def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
         if not values:
             return
         db = self._folder.db
         with db.transaction():
-            db.set_cached_many(kind, values)
+            db.set_cached_many(kind, values, self.cache_kinds)
 
     # -- IMailbox: writing ------------------------------------------------------
 

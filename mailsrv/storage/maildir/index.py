@@ -11,17 +11,19 @@ it loses nothing: it is rebuilt from the files and the UID list
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
+from mailsrv.storage.maildir.cache import CACHE_KINDS_TABLE, CachedValues
 from mailsrv.storage.maildir.faults import crash_point
 from mailsrv.storage.maildir.layout import fsync_dir
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The unseen messages' UIDs, kept by SQLite: SEARCH UNSEEN (the search
 #: clients send most) reads only them.  The condition is spelt exactly as
 #: :mod:`.sqlsearch` writes it, or SQLite does not use the index.
@@ -38,13 +40,38 @@ _COLUMN_SQL = {
     "modseqs": "modseq",
 }
 
+#: The UIDs of the messages with each system flag (\\Seen, \\Flagged,
+#: \\Answered, \\Deleted, \\Draft), so ``SEARCH FLAGGED`` reads 5,000 index
+#: entries rather than testing 100,000 rows' letters (an entry of about 10
+#: octets per message with the flag); spelt as :mod:`.sqlsearch` writes the
+#: test, as for the unseen index.
+_FLAG_INDEXES = tuple(
+    f"CREATE INDEX IF NOT EXISTS messages_{name} ON messages (uid) "
+    f"WHERE instr(info, '{letter}') > 0"
+    for name, letter in (
+        ("seen", "S"),
+        ("flagged", "F"),
+        ("answered", "R"),
+        ("deleted", "T"),
+        ("draft", "D"),
+    )
+)
 #: Older schemas :meth:`Index.open` brings up to date in place (what each
-#: lacks, added without touching the rest), rather than rebuilding.
-_UPGRADES = {
+#: lacks, added without touching the rest), rather than rebuilding; each
+#: step is one statement or several.
+_UPGRADES: dict[int, str | tuple[str, ...]] = {
     # 2: messages.saved, the RFC 8514 save date (NULL: not known).
     1: "ALTER TABLE messages ADD COLUMN saved INTEGER",
     # 3: the index of unseen messages.
     2: _UNSEEN_INDEX,
+    # 4: the client-named cache kinds, with those already cached; the
+    # indexes of the system flags.
+    3: (
+        *_FLAG_INDEXES,
+        CACHE_KINDS_TABLE,
+        "INSERT OR IGNORE INTO cache_kinds SELECT DISTINCT kind, 0 FROM cache "
+        "WHERE instr(kind, ':') > 0",
+    ),
 }
 
 #: Entries the expunge log keeps (RFC 7162 5.3 suggests bounding it): about
@@ -160,6 +187,7 @@ CREATE TABLE messages (
 CREATE INDEX messages_modseq ON messages (modseq);
 CREATE INDEX messages_recent ON messages (recent) WHERE recent = 1;
 {_UNSEEN_INDEX};
+{";".join(_FLAG_INDEXES)};
 CREATE TABLE expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL);
 CREATE INDEX expunged_modseq ON expunged (modseq);
 CREATE TABLE cache (
@@ -168,6 +196,7 @@ CREATE TABLE cache (
     value BLOB NOT NULL,
     PRIMARY KEY (uid, kind)
 ) WITHOUT ROWID;
+{CACHE_KINDS_TABLE};
 CREATE TABLE counters (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     messages INTEGER NOT NULL,
@@ -236,7 +265,7 @@ def _checked_row(values: Sequence[object]) -> Row:
 Summary = tuple[int, str, int, int, int, "int | None"]
 
 
-class Index:
+class Index(CachedValues):
     """A connection to one folder's index.
 
     Reads may happen any time; writes go through :meth:`transaction` while
@@ -248,6 +277,7 @@ class Index:
         self.path = path
         self.inode = os.stat(path).st_ino
         self._after_commit: list[Callable[[], None]] = []
+        CachedValues.__init__(self)
 
     def replaced(self) -> bool:
         """Whether the file at our path is no longer the one we have open
@@ -320,7 +350,7 @@ class Index:
         tables = {
             str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        missing = {"meta", "messages", "expunged", "cache", "counters"} - tables
+        missing = {"meta", "messages", "expunged", "cache", "cache_kinds", "counters"} - tables
         if missing:
             raise IndexCorrupt(f"tables missing: {sorted(missing)}")
         if db.execute("SELECT count(*) FROM counters").fetchone()[0] != 1:
@@ -341,7 +371,9 @@ class Index:
         db.execute("BEGIN IMMEDIATE")
         try:
             for version in range(found, SCHEMA_VERSION):
-                db.execute(_UPGRADES[version])
+                step = _UPGRADES[version]
+                for statement in (step,) if isinstance(step, str) else step:
+                    db.execute(statement)
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         except BaseException:
             db.execute("ROLLBACK")
@@ -471,8 +503,19 @@ class Index:
     def uids_where(self, condition: str, args: Sequence[object]) -> list[int]:
         """UIDs, ascending, of the rows meeting an SQL ``condition``
         (:mod:`mailsrv.storage.maildir.sqlsearch` writes them)."""
-        cursor = self.db.execute(f"SELECT uid FROM messages WHERE {condition} ORDER BY uid", args)
-        return [uid for (uid,) in cursor]
+        # One JSON array built by SQLite and parsed by the json module, both
+        # in C: a row per UID through sqlite3 costs twice as much (30,000
+        # unseen messages: 4.7 against 7.1 ms).
+        row = self.db.execute(
+            "SELECT json_group_array(uid) FROM "
+            f"(SELECT uid FROM messages WHERE {condition} ORDER BY uid)",
+            args,
+        ).fetchone()
+        found: list[int] = json.loads(row[0])
+        # SQLite does not promise an aggregate keeps its subquery's order;
+        # sorting what is in order already is one pass.
+        found.sort()
+        return found
 
     def pop3_listing(self) -> list[tuple[int, int, bool]]:
         """``(uid, size, seen)`` of every message, by UID."""
@@ -733,49 +776,3 @@ class Index:
     def claim_recent(self) -> list[int]:
         cursor = self.db.execute("UPDATE messages SET recent = 0 WHERE recent = 1 RETURNING uid")
         return [int(r[0]) for r in cursor]
-
-    # -- cache ----------------------------------------------------------------
-
-    def get_cached(self, uid: int, kind: str) -> bytes | None:
-        row = self.db.execute(
-            "SELECT value FROM cache WHERE uid = ? AND kind = ?", (uid, kind)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def get_cached_many(self, uids: Iterable[int], kind: str) -> dict[int, bytes]:
-        wanted = sorted(set(uids))
-        out: dict[int, bytes] = {}
-        if not wanted:
-            return out
-        if len(wanted) > 400 or wanted[-1] - wanted[0] + 1 == len(wanted):
-            # A contiguous batch: one range scan beats a long IN list.
-            cursor = self.db.execute(
-                "SELECT uid, value FROM cache WHERE kind = ? AND uid BETWEEN ? AND ?",
-                (kind, wanted[0], wanted[-1]),
-            )
-            if wanted[-1] - wanted[0] + 1 == len(wanted):
-                # Every UID in the range is wanted: no filter (BLOBs come as bytes).
-                found: dict[int, bytes] = dict(cursor.fetchall())
-                return found
-            wanted_set = set(wanted)
-            for uid, value in cursor:
-                if uid in wanted_set:
-                    out[int(uid)] = bytes(value)
-            return out
-        for start in range(0, len(wanted), 200):
-            chunk = wanted[start : start + 200]
-            marks = ",".join("?" * len(chunk))
-            cursor = self.db.execute(
-                f"SELECT uid, value FROM cache WHERE kind = ? AND uid IN ({marks})",
-                (kind, *chunk),
-            )
-            for uid, value in cursor:
-                out[int(uid)] = bytes(value)
-        return out
-
-    def set_cached_many(self, kind: str, values: Mapping[int, bytes]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO cache SELECT ?, ?, ? WHERE EXISTS "
-            "(SELECT 1 FROM messages WHERE uid = ?)",
-            ((uid, kind, bytes(value), uid) for uid, value in values.items()),
-        )

@@ -102,6 +102,14 @@ class IndexedFolder:
         #: told: announcements start above them.
         self.seen_modseq = 0
         self.seen_uidnext = 0
+        #: Called just before this object follows an index another process
+        #: put in place of the one it has open (``mailsrv reindex``), while
+        #: the old one can still be read: the mailbox tells its listeners
+        #: what that one holds that they were not told yet.
+        self.before_reopen: Callable[[], None] | None = None
+        #: The UIDs of the index left behind at the last reopen, until the
+        #: mailbox has told its listeners what the new one lacks of them.
+        self.replaced_uids: tuple[int, ...] | None = None
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._local_version = 0
@@ -226,6 +234,10 @@ class IndexedFolder:
         """Another process replaced the index file: use the new one (lock held)."""
         log.info("index {path} was replaced; reopening it", path=self.index_path)
         if self.index is not None:
+            if self.before_reopen is not None:
+                self.before_reopen()
+            with contextlib.suppress(sqlite3.Error):
+                self.replaced_uids = self.index.uids()
             with contextlib.suppress(sqlite3.Error):
                 self.index.close()
             self.index = None
@@ -236,7 +248,8 @@ class IndexedFolder:
             self._lock_depth -= 1
         self.changed()
         # MODSEQs restart above the old ones after a rebuild; announcing every
-        # message as changed would flood idle sessions, so start from here.
+        # message as changed would flood idle sessions, so start from here
+        # (what arrived or went meanwhile is told by UID: replaced_uids).
         self.seen_modseq = self.db.get_int("highest_modseq")
         self.seen_uidnext = min(self.seen_uidnext, self.db.get_int("uidnext"))
 

@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from mailsrv.log import get_logger
+from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.fulltext import FullText
 from mailsrv.storage.maildir.layout import needs_index
@@ -60,6 +61,8 @@ class MailboxRegistry:
     :param threaded_writes: with a thread pool, folders are
         :class:`~.writer.ThreadedMailbox` objects: their writes wait for locks
         and fsyncs in a thread, and answer with Deferreds.
+    :param cache_kinds: client-named cache kinds each folder's index keeps
+        at most (:meth:`.index.Index.set_cached_many`).
     """
 
     def __init__(
@@ -73,7 +76,9 @@ class MailboxRegistry:
         keep_count: int = KEEP_COUNT,
         clock: Callable[[], float] = time.monotonic,
         threaded_writes: bool = False,
+        cache_kinds: int = CACHE_KINDS,
     ) -> None:
+        self._cache_kinds = cache_kinds
         self.watcher: Watcher = _KeepingWatcher(watcher, self._released)
         self._reactor = reactor
         self._fulltext = fulltext
@@ -120,6 +125,7 @@ class MailboxRegistry:
                     warn_once=self.warn_once,
                     fulltext=text_index,
                 )
+            mailbox.cache_kinds = self._cache_kinds
             self._mailboxes[key] = mailbox
             if self._kept is not None:
                 self._kept[key] = mailbox

@@ -35,7 +35,10 @@ class _SQLite:
 
     def flag(self, name: str) -> Sql:
         letter = FLAG_LETTERS.get(name)
-        letters = [letter] if letter is not None else self._keywords.letters_of(name)
+        if letter is not None:
+            # A literal, exactly as the partial indexes of the index say it.
+            return f"instr(info, '{letter}') > 0", ()
+        letters = self._keywords.letters_of(name)
         if not letters:
             return self.false
         tests = " OR ".join("instr(info, ?) > 0" for _ in letters)
@@ -45,6 +48,11 @@ class _SQLite:
         letter = FLAG_LETTERS.get(name)
         if letter is None:
             return None
+        if letter == "T":
+            # Deleted messages are few (they are expunged): UNDELETED beside
+            # another indexed key (UNSEEN UNDELETED) then probes the small
+            # set from messages_deleted instead of reading each row.
+            return "uid NOT IN (SELECT uid FROM messages WHERE instr(info, 'T') > 0)", ()
         # A literal, exactly as the partial index messages_unseen says it.
         return f"instr(info, '{letter}') = 0", ()
 

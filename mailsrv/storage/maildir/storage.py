@@ -20,6 +20,7 @@ from mailsrv.errors import StorageError
 from mailsrv.interfaces import DEFAULT_FOLDERS, IStorage, IWatchingStorage
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir.account import MaildirAccount
+from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.layout import (
     STAGING_PREFIX,
     TRASH_PREFIX,
@@ -65,6 +66,10 @@ class MaildirStorage:
         fsync in a thread, one at a time per folder, and answer with
         Deferreds, so the reactor keeps answering meanwhile
         (:mod:`.writer`); the daemon sets it.
+    :param cache_kinds: cache kinds named after what clients asked for
+        (HEADER.FIELDS sets, SEARCHed fields) each folder's index keeps at
+        most; past it the least recently used one is dropped
+        (``[limits] max_cache_kinds``).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class MaildirStorage:
         keep_open: bool = False,
         fulltext: bool = True,
         threaded_writes: bool = False,
+        cache_kinds: int = CACHE_KINDS,
     ) -> None:
         if "{user}" not in template and "{home}" not in template:
             raise StorageError(f"maildir template {template!r} must contain {{user}} or {{home}}")
@@ -96,6 +102,7 @@ class MaildirStorage:
             keep_open=keep_open,
             fulltext=fulltext,
             threaded_writes=threaded_writes,
+            cache_kinds=cache_kinds,
         )
 
     # -- accounts -------------------------------------------------------------

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from mailsrv.errors import NoSuchMailbox
 from mailsrv.interfaces import IMailbox, NewMessage, StoreResult, maybe_deferred
+from mailsrv.log import get_logger
 from mailsrv.storage.maildir import appending, transfer
 from mailsrv.storage.maildir.folder import MaildirMailbox, _recovering
 from mailsrv.storage.maildir.fulltext import FullText
@@ -45,6 +46,9 @@ from mailsrv.storage.maildir.recovery import crash_point
 from mailsrv.storage.maildir.watch import NO_WATCHER, Watcher
 
 __all__ = ["FolderWriter", "ThreadedMailbox"]
+
+# One namespace for the whole backend: log lines name it, not its modules.
+log = get_logger("mailsrv.storage.maildir")
 
 _T = TypeVar("_T")
 
@@ -235,12 +239,45 @@ class ThreadedMailbox(MaildirMailbox):
         """Run ``work`` in the writer, then tell this process's listeners
         what it changed (read from the index, as after another process's
         change), then answer."""
-
+        try:
+            self._follow_replaced()
+        except Exception:
+            return fail()
         return self._writer.run(work).addCallback(self._heard)
 
     def _heard(self, result: _T) -> _T:
+        try:
+            self._follow_replaced()
+        except Exception:
+            # The write is done and durable: it is answered all the same.
+            log.failure("reopening the replaced index {path} failed", path=self.path)
         self._announce()
         return result
+
+    def _follow_replaced(self) -> None:
+        """Open the index another process put in place of ours (``mailsrv
+        reindex`` rebuilds it as a new file), before a write is queued and
+        before listeners are told of one.
+
+        The writer's own mailbox follows a replacement when it takes the
+        lock.  This object's reads (a STORE's FETCH answer, the listeners'
+        news of an APPEND) would otherwise stay on the old, unlinked file
+        until this thread took the lock itself, which with the writer on
+        rarely happens: a STORE was answered with the flags from before it,
+        and an APPEND's messages never joined the sessions' views, so a UID
+        STORE or EXPUNGE of them later did nothing while answering OK."""
+        folder = self._folder
+        index = folder.index
+        if folder.closed or index is None or not index.replaced():
+            return
+        # Taking the lock reopens the index (IndexedFolder._lock).
+        with folder.locked_if_free() as held:
+            if held:
+                return
+        # Another writer holds the lock for a moment: wait for it here, once
+        # per replacement, rather than answer from the old file.
+        with folder.locked():
+            pass
 
     # -- writes ---------------------------------------------------------------------
 
@@ -276,6 +313,10 @@ class ThreadedMailbox(MaildirMailbox):
                 appending.drop(staged)  # what a failure left in tmp/
                 return result
 
+            try:
+                self._follow_replaced()
+            except Exception:
+                return fail().addBoth(dropped)
             return self._writer.place(staged).addBoth(dropped)
 
         pool = self._reactor.getThreadPool()
@@ -310,6 +351,7 @@ class ThreadedMailbox(MaildirMailbox):
         with its fsyncs, in the destination's writer."""
         if not isinstance(destination, ThreadedMailbox):
             return super().copy(uids, destination)
+        self._follow_replaced()  # the rows name the files to link
         staged = self._stage_copies(list(uids), destination)
         if not staged:
             return []
@@ -365,10 +407,21 @@ class ThreadedMailbox(MaildirMailbox):
         the announcement reads); what a check must find itself is what
         programs that take no lock did to new/ and cur/, which their
         signatures show: only then does it wait, in the writer."""
+        self._follow_replaced()
         if self._check_if_free() or not self._needs_scan():
             self._announce()
             return None
         return self._write(lambda own: own.check())
+
+    def refresh(self) -> None:
+        """Another process pinged (its change is in the index): read it
+        from the index file now in place, not one it replaced."""
+        if not self._folder.closed:
+            try:
+                self._follow_replaced()
+            except Exception:
+                log.failure("reopening the replaced index {path} failed", path=self.path)
+        super().refresh()
 
     @_recovering
     def _needs_scan(self) -> bool:

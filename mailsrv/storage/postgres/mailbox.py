@@ -30,6 +30,7 @@ from mailsrv.criteria import Criterion
 from mailsrv.errors import NoSuchMailbox, StorageError
 from mailsrv.interfaces import (
     DELETED,
+    ICachedSearch,
     IIndexSearch,
     IMailbox,
     IMailboxListener,
@@ -177,7 +178,15 @@ def _internal_date(value: datetime.datetime | None) -> datetime.datetime:
     return value.replace(microsecond=0)
 
 
-@implementer(IMailbox, IMessageCache, IMaildropLocking, IPop3UidSource, IPop3Listing, IIndexSearch)
+@implementer(
+    IMailbox,
+    IMessageCache,
+    IMaildropLocking,
+    IPop3UidSource,
+    IPop3Listing,
+    IIndexSearch,
+    ICachedSearch,
+)
 class PostgresMailbox:
     """A handle on one mailbox; all handles of a mailbox share its state."""
 
@@ -252,6 +261,12 @@ class PostgresMailbox:
     def search_index(self, criterion: Criterion) -> Any:
         """One query (:mod:`.sqlsearch`): no row becomes a MessageInfo."""
         return self._db.run(sqlsearch.search_index, *self._key, criterion, transaction=False)
+
+    def search_cached(self, kind: str, needle: bytes, low: int, high: int) -> Any:
+        """One query (:func:`.sqlsearch.search_cached`)."""
+        return self._db.run(
+            sqlsearch.search_cached, *self._key, kind, needle, low, high, transaction=False
+        )
 
     def open(self, uid: int) -> Any:
         """The message copied into a local temporary file, in a worker thread,

@@ -19,7 +19,7 @@ from mailsrv.storage import sqlcriteria
 from mailsrv.storage.postgres.schema import FLAG_BITS
 from mailsrv.storage.sqlcriteria import Sql
 
-__all__ = ["search_index"]
+__all__ = ["search_cached", "search_index"]
 
 
 def _midnight(day: datetime.date, zone: datetime.tzinfo) -> datetime.datetime:
@@ -82,3 +82,24 @@ def search_index(conn: Any, user: str, mailbox_id: int, criterion: Criterion) ->
             (user, mailbox_id, *args),
         )
         return [row[0] for row in cursor]
+
+
+def search_cached(
+    conn: Any, user: str, mailbox_id: int, kind: str, needle: bytes, low: int, high: int
+) -> tuple[list[int], list[int]]:
+    """:meth:`~mailsrv.interfaces.ICachedSearch.search_cached`: one joined
+    scan of the messages in the range; ``position`` compares octets."""
+    test = "length(c.value) > 0" if not needle else "position(%s::bytea in c.value) > 0"
+    args: tuple[object, ...] = (kind, user, mailbox_id, low, high) + ((needle,) if needle else ())
+    cursor = conn.execute(
+        "SELECT m.uid, c.value IS NULL FROM messages AS m LEFT JOIN message_cache AS c "
+        "ON c.user_name = m.user_name AND c.mailbox_id = m.mailbox_id AND c.uid = m.uid "
+        "AND c.kind = %s WHERE m.user_name = %s AND m.mailbox_id = %s "
+        f"AND m.uid BETWEEN %s AND %s AND (c.value IS NULL OR {test}) ORDER BY m.uid",
+        args,
+    )
+    matched: list[int] = []
+    missing: list[int] = []
+    for uid, absent in cursor:
+        (missing if absent else matched).append(int(uid))
+    return matched, missing

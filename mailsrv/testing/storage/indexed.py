@@ -1,7 +1,9 @@
 """The storage contract: what a backend answers from its index
 (:class:`~mailsrv.interfaces.IIndexSearch`,
-:class:`~mailsrv.interfaces.IPop3Listing`), checked against the metadata
-``fetch`` gives.  A backend that declares neither skips these tests."""
+:class:`~mailsrv.interfaces.IPop3Listing`,
+:class:`~mailsrv.interfaces.ICachedSearch`), checked against the metadata
+``fetch`` gives and the values cached.  A backend that declares none of
+them skips these tests."""
 
 # mypy: allow-untyped-calls
 # (trial's assertion methods are not annotated)
@@ -14,7 +16,15 @@ import random
 from twisted.trial.unittest import SkipTest
 
 from mailsrv import criteria
-from mailsrv.interfaces import SEEN, IIndexSearch, IMailbox, IPop3Listing, StoreMode
+from mailsrv.interfaces import (
+    SEEN,
+    ICachedSearch,
+    IIndexSearch,
+    IMailbox,
+    IMessageCache,
+    IPop3Listing,
+    StoreMode,
+)
 from mailsrv.testing.storage.base import SuiteBase, call, message_bytes
 
 _DAY = datetime.datetime(2024, 5, 10, tzinfo=datetime.UTC)
@@ -86,3 +96,44 @@ class IndexContract(SuiteBase):
         for criterion in tests:
             expected = [m.uid for m in messages if criteria.matches(criterion, m)]
             self.assertEqual(list(await call(search, criterion)), expected, criterion)
+
+    async def test_search_cached(self) -> None:
+        inbox = await self._varied()
+        if not ICachedSearch.providedBy(inbox):
+            raise SkipTest(f"{type(inbox).__name__} does not provide ICachedSearch")
+        uids = await self.uids(inbox)
+        kind = "contract:X-TEST"
+        # Every third message has no value; one has an empty value.
+        values = {
+            uid: b"\nvalue %d \xc3\xa9t\xc3\xa9\x00" % n if n % 5 else b""
+            for n, uid in enumerate(uids)
+            if n % 3
+        }
+        await call(IMessageCache(inbox).set_cached_many, kind, values)
+        await call(IMessageCache(inbox).set_cached_many, "contract:OTHER", {uids[0]: b"value"})
+        await call(inbox.remove, [uids[4]])
+        held = [uid for uid in uids if uid != uids[4]]
+        search = ICachedSearch(inbox).search_cached
+        for needle in (
+            b"",
+            b"value",
+            b"VALUE",
+            b"\xc3\xa9t",
+            b"\xa9",
+            b"\x00",
+            b"\n",
+            b"7 ",
+            b"zz",
+        ):
+            for low, high in ((1, 2**32), (uids[3], uids[20]), (uids[5], uids[5])):
+                inside = [uid for uid in held if low <= uid <= high]
+                matched = [
+                    uid
+                    for uid in inside
+                    if uid in values and (needle in values[uid] if needle else values[uid])
+                ]
+                missing = [uid for uid in inside if uid not in values]
+                found = await call(search, kind, needle, low, high)
+                self.assertEqual(
+                    (list(found[0]), list(found[1])), (matched, missing), (needle, low, high)
+                )

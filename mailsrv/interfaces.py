@@ -28,8 +28,9 @@ Conventions every implementation follows:
 
 Optional features are interfaces of their own, which a backend declares
 (``@implementer``) where it has them and callers check with ``providedBy``:
-:class:`IMessageCache`, :class:`IMessageRows`, :class:`IMaildropLocking`,
-:class:`IPop3UidSource`, :class:`IFullTextSearch`, :class:`IIndexSearch` and
+:class:`IMessageCache`, :class:`IMessageRows`, :class:`IMessageColumns`,
+:class:`IMaildropLocking`, :class:`IPop3UidSource`, :class:`IFullTextSearch`,
+:class:`IIndexSearch` and
 :class:`IPop3Listing` on a mailbox, :class:`IQuotaUsage` and
 :class:`IMetadataStore` on an account, :class:`IWatchingStorage` on a storage.
 """
@@ -433,6 +434,45 @@ class IMessageRows(Interface):
     def uid_runs() -> MaybeDeferred[Sequence[tuple[int, int]]]:
         """Every UID as inclusive ``(first, last)`` runs of consecutive
         UIDs, ascending: :meth:`IMailbox.uids` without a value per message."""
+
+
+#: The columns :meth:`IMessageColumns.message_columns` can be asked for.
+COLUMN_NAMES = frozenset({"flags", "dates", "sizes", "modseqs"})
+
+
+@attrs.frozen
+class MessageColumns:
+    """A run of consecutive UIDs' metadata, a column per fact: message ``i``
+    of the run has UID ``first + i``.  Only the columns asked for are
+    filled (the others are empty).  Flags come as one key per message
+    (any hashable the backend likes: a flag-letter string, a frozenset)
+    and ``flag_sets`` maps each key present to its flags, so a caller
+    renders each distinct flag set once."""
+
+    first: int
+    count: int
+    flags: Sequence[object] = ()
+    flag_sets: Mapping[object, frozenset[str]] = attrs.field(factory=dict)
+    #: INTERNALDATE as UTC seconds.
+    dates: Sequence[int] = ()
+    #: Each date's zone in minutes east of UTC; None when every one is UTC.
+    zones: Sequence[int] | None = None
+    sizes: Sequence[int] = ()
+    modseqs: Sequence[int] = ()
+
+
+class IMessageColumns(Interface):
+    """Optional, on a mailbox: a run of UIDs' metadata as columns, so that
+    ``FETCH 1:* (FLAGS)`` over a whole mailbox makes no Python object per
+    message on the storage side (rows cost about 1 µs each to build)."""
+
+    def message_columns(
+        first: int, last: int, names: frozenset[str]
+    ) -> MaybeDeferred[MessageColumns | None]:
+        """The ``names`` columns (of :data:`COLUMN_NAMES`) of UIDs ``first``
+        to ``last`` inclusive, when every one of them exists; None when any
+        does not (the caller then asks :meth:`IMessageRows.message_rows`).
+        The same facts :meth:`IMessageRows.message_rows` gives."""
 
 
 class IMaildropLocking(Interface):

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import IO, Any, cast
 
+import attrs
 from twisted.internet import defer
 from zope.interface import alsoProvides
 
@@ -41,8 +42,10 @@ from mailsrv.interfaces import (
     IMailbox,
     IMessage,
     IMessageCache,
+    IMessageColumns,
     IMessageRows,
     MaybeDeferred,
+    MessageColumns,
     MessageInfo,
     MessageRow,
     StoreResult,
@@ -137,6 +140,8 @@ class DowngradedMailbox:
             # too: its rows carry the synthetic sizes, and its header values
             # come through this object's cache and files.
             alsoProvides(self, IMessageRows)
+        if IMessageColumns.providedBy(mailbox):
+            alsoProvides(self, IMessageColumns)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._mailbox, name)
@@ -194,6 +199,55 @@ class DowngradedMailbox:
             return found.addCallback(apply)
 
         return d.addCallback(resize)
+
+    def message_columns(
+        self, first: int, last: int, names: frozenset[str]
+    ) -> defer.Deferred[MessageColumns | None]:
+        """:class:`IMessageColumns` with the synthetic sizes."""
+        source = IMessageColumns(self._mailbox)
+        d = maybe_deferred(source.message_columns, first, last, names)
+        if not self._resizing or "sizes" not in names:
+            return d
+
+        def resize(columns: MessageColumns | None) -> Any:
+            if columns is None:
+                return None
+
+            def apply(synthetic: dict[int, int]) -> MessageColumns:
+                if not synthetic:
+                    return columns
+                resized = list(columns.sizes)
+                for uid, size in synthetic.items():
+                    resized[uid - first] = size
+                return attrs.evolve(columns, sizes=resized)
+
+            return self._synthetic_only(range(first, last + 1)).addCallback(apply)
+
+        return d.addCallback(resize)
+
+    @defer.inlineCallbacks
+    def _synthetic_only(self, uids: range) -> Generator[defer.Deferred[Any], Any, dict[int, int]]:
+        """The synthetic sizes among a run's messages (those served as stored
+        left out): one cache read and one pass over it when the cache knows
+        them all, the usual case of an index-only FETCH over a whole
+        mailbox; :meth:`synthetic_sizes` for the others."""
+        cached: Mapping[int, bytes] = yield content.get_many(self._cache, list(uids), SIZE_KIND)
+        synthetic = {
+            uid: int(value) if value.isdigit() else -1  # -1: a value not understood
+            for uid, value in cached.items()
+            if value != b"="
+        }
+        unknown = [uid for uid, size in synthetic.items() if size < 0]
+        if len(cached) < len(uids):
+            unknown += [uid for uid in uids if uid not in cached]
+        if unknown:
+            found: dict[int, int | None] = yield self.synthetic_sizes(unknown)
+            for uid, size in found.items():
+                if size is None:
+                    synthetic.pop(uid, None)
+                else:
+                    synthetic[uid] = size
+        return synthetic
 
     def uid_runs(self) -> MaybeDeferred[Sequence[tuple[int, int]]]:
         return IMessageRows(self._mailbox).uid_runs()

@@ -35,7 +35,7 @@ from mailsrv.imap.pacing import Pacer
 from mailsrv.imap.uidmap import MessageSet
 from mailsrv.interfaces import RECENT, IMessageRows, MessageRow
 
-__all__ = ["LARGEST", "covers", "fetch_rows", "internal_date_item"]
+__all__ = ["LARGEST", "Batches", "covers", "fetch_rows", "internal_date_item"]
 
 #: The most messages one batch reads (the pacer keeps a batch near 10 ms).
 LARGEST = 2000
@@ -162,7 +162,7 @@ def fetch_rows(
     ]
     needs_rows = len(header_items) < len(request.attributes)
     renderers = _renderers(request, headers)
-    batches = _Batches(messages)
+    batches = Batches(messages)
     pacer = Pacer(LARGEST)
     first = True
     while True:
@@ -267,7 +267,7 @@ def _write_batch(
     return missing if going_on else None
 
 
-class _Batches:
+class Batches:
     """The messages to answer, taken a batch at a time as ``{uid: seq}``;
     a :class:`MessageSet` is walked by segments, so a batch of a whole-mailbox
     FETCH is made with two ranges rather than a pair per message."""
@@ -283,17 +283,28 @@ class _Batches:
 
     def take(self, size: int) -> dict[int, int]:
         batch: dict[int, int] = {}
-        while len(batch) < size:
+        for seq, uid, count in self.take_segments(size):
+            batch.update(zip(range(uid, uid + count), range(seq, seq + count), strict=True))
+        return batch
+
+    def take_segments(self, size: int) -> list[tuple[int, int, int]]:
+        """The next batch of at most ``size`` messages as ``(seq, uid,
+        count)`` runs: ``count`` messages of consecutive sequence numbers
+        and UIDs."""
+        batch: list[tuple[int, int, int]] = []
+        taken = 0
+        while taken < size:
             segment = self._left or next(self._segments, None)
             self._left = None
             if segment is None:
                 break
             seq, uid, count = segment
-            room = size - len(batch)
+            room = size - taken
             if count > room:
                 self._left = (seq + room, uid + room, count - room)
                 count = room
-            batch.update(zip(range(uid, uid + count), range(seq, seq + count), strict=True))
+            batch.append((seq, uid, count))
+            taken += count
         return batch
 
 

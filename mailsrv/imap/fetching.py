@@ -22,7 +22,7 @@ import attrs
 from twisted.internet import defer, task
 
 from mailsrv.errors import NoSuchMessage
-from mailsrv.imap import content, fetch_rows, objectid
+from mailsrv.imap import content, fetch_columns, fetch_rows, objectid
 from mailsrv.imap.budget import unbudgeted
 from mailsrv.imap.fetch_items import (
     HANDLERS,
@@ -171,7 +171,10 @@ def fetch_messages(
     if all(a.name == "UID" for a in request.attributes):
         outcome = yield _fetch_uids(request, messages)
     elif fetch_rows.covers(request):
-        missing = yield fetch_rows.fetch_rows(request, messages, _fetch_loaded)
+        if fetch_columns.covers(request):
+            missing = yield fetch_columns.fetch_columns(request, messages)
+        else:
+            missing = yield fetch_rows.fetch_rows(request, messages, _fetch_loaded)
         outcome = Outcome(missing)
     elif all(a.name in INDEX_ITEMS for a in request.attributes):
         outcome = yield _fetch_index_only(request, messages)

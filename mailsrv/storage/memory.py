@@ -47,6 +47,7 @@ from mailsrv.interfaces import (
     IMailboxListener,
     IMessage,
     IMessageCache,
+    IMessageColumns,
     IMessageRows,
     IMetadataStore,
     IPop3Listing,
@@ -55,6 +56,7 @@ from mailsrv.interfaces import (
     MailboxEntry,
     MailboxStatus,
     MaybeDeferred,
+    MessageColumns,
     MessageInfo,
     MessageRow,
     NewMessage,
@@ -253,7 +255,15 @@ class _MailboxState:
                 )
 
 
-@implementer(IMailbox, IMessageCache, IMessageRows, IPop3Listing, IIndexSearch, ICachedSearch)
+@implementer(
+    IMailbox,
+    IMessageCache,
+    IMessageRows,
+    IMessageColumns,
+    IPop3Listing,
+    IIndexSearch,
+    ICachedSearch,
+)
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
@@ -313,6 +323,30 @@ class MemoryMailbox:
 
     def message_rows(self, uids: Iterable[int]) -> list[MessageRow]:
         return [message.row() for message in self._state.select(uids)]
+
+    def message_columns(
+        self, first: int, last: int, names: frozenset[str]
+    ) -> MessageColumns | None:
+        """The rows turned into columns (flags keyed by their own set, each
+        date with its zone): the reference the Maildir backend is held to."""
+        rows = self.message_rows(range(first, last + 1))
+        if last < first or len(rows) != last - first + 1:
+            return None
+
+        def column(name: str, index: int) -> list[Any]:
+            return [row[index] for row in rows] if name in names else []
+
+        flags = column("flags", 1)
+        return MessageColumns(
+            first,
+            len(rows),
+            flags,
+            {key: key for key in flags},
+            dates=column("dates", 2),
+            zones=column("dates", 3) or None,
+            sizes=column("sizes", 4),
+            modseqs=column("modseqs", 5),
+        )
 
     def uid_runs(self) -> list[tuple[int, int]]:
         return _runs(self._state.uids())

@@ -31,6 +31,7 @@ from mailsrv.interfaces import (
     IMailbox,
     IMaildropLocking,
     IMessageCache,
+    IMessageColumns,
     IMessageRows,
     IPop3UidSource,
     IStorage,
@@ -53,7 +54,9 @@ def _methods(*interfaces: Any) -> frozenset[str]:
 _TIMED = {
     "storage": _methods(IStorage),
     "account": _methods(IAccount) - {"logout"},
-    "mailbox": _methods(IMailbox, IMessageCache, IMessageRows, IMaildropLocking, IPop3UidSource)
+    "mailbox": _methods(
+        IMailbox, IMessageCache, IMessageRows, IMessageColumns, IMaildropLocking, IPop3UidSource
+    )
     - {"add_listener", "remove_listener"},
 }
 

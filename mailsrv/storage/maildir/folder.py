@@ -34,10 +34,12 @@ from mailsrv.interfaces import (
     IMaildropLocking,
     IMessage,
     IMessageCache,
+    IMessageColumns,
     IMessageRows,
     IPop3Listing,
     IPop3UidSource,
     MailboxStatus,
+    MessageColumns,
     MessageInfo,
     MessageRow,
     NewMessage,
@@ -46,7 +48,7 @@ from mailsrv.interfaces import (
     TextMatches,
 )
 from mailsrv.log import get_logger
-from mailsrv.storage.maildir import appending, sqlsearch, transfer
+from mailsrv.storage.maildir import appending, columns, sqlsearch, transfer
 from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.fulltext import FullText, Progress
 from mailsrv.storage.maildir.index import Row, is_corruption
@@ -99,6 +101,7 @@ def _recovering(method: Callable[..., _T]) -> Callable[..., _T]:
     IMailbox,
     IMessageCache,
     IMessageRows,
+    IMessageColumns,
     IMaildropLocking,
     IPop3UidSource,
     IPop3Listing,
@@ -375,6 +378,15 @@ class MaildirMailbox:
             (uid, flags[info], mtime_ns // 1_000_000_000, 0, size, modseq)
             for uid, info, mtime_ns, size, modseq in found
         ]
+
+    @_recovering
+    def message_columns(
+        self, first: int, last: int, names: frozenset[str]
+    ) -> MessageColumns | None:
+        """IMessageColumns, from one aggregate query on the index."""
+        table = self._folder.keywords
+        table.refresh()
+        return columns.message_columns(self._folder.db, table, first, last, names)
 
     @_recovering
     def uid_runs(self) -> Sequence[tuple[int, int]]:

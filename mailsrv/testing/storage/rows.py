@@ -1,5 +1,7 @@
 """The storage contract: bulk metadata as tuples and UIDs as runs
-(:class:`~mailsrv.interfaces.IMessageRows`), for backends that offer it."""
+(:class:`~mailsrv.interfaces.IMessageRows`), and runs as columns
+(:class:`~mailsrv.interfaces.IMessageColumns`), for backends that offer
+them."""
 
 # mypy: allow-untyped-calls
 # (trial's assertion methods are not annotated)
@@ -9,7 +11,15 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from mailsrv.interfaces import DELETED, SEEN, IMessageRows, StoreMode
+from mailsrv.interfaces import (
+    COLUMN_NAMES,
+    DELETED,
+    FLAGGED,
+    SEEN,
+    IMessageColumns,
+    IMessageRows,
+    StoreMode,
+)
 from mailsrv.testing.storage.base import SuiteBase, call, message_bytes
 
 
@@ -65,3 +75,38 @@ class RowsContract(SuiteBase):
         self.assertEqual(runs[-1], (uids[7], added[-1]))
         expanded = [u for first, last in runs for u in range(first, last + 1)]
         self.assertEqual(expanded, await self.uids(inbox))
+
+    async def test_columns_agree_with_rows(self) -> None:
+        inbox = await self._rows_mailbox()
+        offered = IMessageColumns.providedBy(inbox)
+        if not offered:
+            self.skipTest("the backend does not offer IMessageColumns")
+        east = datetime.timezone(datetime.timedelta(hours=-3, minutes=-30))
+        flag_sets = [[SEEN], [], ["$Work", SEEN], [FLAGGED], [], ["$Work"], [SEEN]]
+        uids = []
+        for n, flags in enumerate(flag_sets):
+            # Dates before 1970 too: their seconds are negative.
+            when = datetime.datetime(1965 + 10 * n, 1 + n, 2, 3, 4, 5, tzinfo=east)
+            uids.append(await self.append(inbox, message_bytes(n, b"x" * n), flags, when))
+        await call(inbox.store, [uids[1]], [DELETED], StoreMode.ADD)
+        rows = await call(inbox.message_rows, uids)
+        columns = await call(inbox.message_columns, uids[0], uids[-1], COLUMN_NAMES)
+        self.assertEqual((columns.first, columns.count), (uids[0], len(uids)))
+        self.assertEqual([columns.flag_sets[key] for key in columns.flags], [r[1] for r in rows])
+        self.assertEqual(list(columns.dates), [r[2] for r in rows])
+        zones = [0] * len(rows) if columns.zones is None else list(columns.zones)
+        self.assertEqual(zones, [r[3] for r in rows])
+        self.assertEqual(list(columns.sizes), [r[4] for r in rows])
+        self.assertEqual(list(columns.modseqs), [r[5] for r in rows])
+        # A run of one, and only the columns asked for.
+        one = await call(inbox.message_columns, uids[2], uids[2], frozenset({"flags"}))
+        self.assertEqual((one.count, [one.flag_sets[k] for k in one.flags]), (1, [rows[2][1]]))
+        self.assertEqual(list(one.sizes), [])
+        # A run with a UID that no longer exists (or never did) has none.
+        await call(inbox.expunge)
+        gone = await call(inbox.message_columns, uids[0], uids[2], COLUMN_NAMES)
+        self.assertIsNone(gone)
+        beyond = await call(inbox.message_columns, uids[-1], uids[-1] + 1, COLUMN_NAMES)
+        self.assertIsNone(beyond)
+        rest = await call(inbox.message_columns, uids[2], uids[-1], frozenset({"sizes"}))
+        self.assertEqual(list(rest.sizes), [r[4] for r in rows[2:]])

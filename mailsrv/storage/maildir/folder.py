@@ -12,7 +12,6 @@ listeners what changed.  COPY and MOVE between folders are in
 from __future__ import annotations
 
 import datetime
-import fcntl
 import functools
 import os
 import sqlite3
@@ -24,7 +23,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mailsrv.criteria import Criterion
-from mailsrv.errors import MailboxInUse, NoSuchMailbox, NoSuchMessage, StorageError
+from mailsrv.errors import NoSuchMessage, StorageError
 from mailsrv.interfaces import (
     ICachedSearch,
     IFullTextSearch,
@@ -48,15 +47,15 @@ from mailsrv.interfaces import (
     TextMatches,
 )
 from mailsrv.log import get_logger
-from mailsrv.storage.maildir import appending, columns, sqlsearch, transfer
+from mailsrv.storage.maildir import announce, appending, columns, sqlsearch, transfer
 from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.fulltext import FullText, Progress
 from mailsrv.storage.maildir.index import Row, is_corruption
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, split_flags
 from mailsrv.storage.maildir.layout import (
-    POP3_LOCK_NAME,
     disk_full,
+    lock_maildrop,
     ns_datetime,
     open_wire,
     saved_datetime,
@@ -164,25 +163,8 @@ class MaildirMailbox:
         self._rebuilt(self._folder.rebuild_damaged(exc))
 
     def _rebuilt(self, known: Sequence[int] | None) -> None:
-        """Tell listeners what a rebuilt index shows differently from ``known``
-        (the UIDs sessions were last given).  Every MODSEQ restarted above
-        the old ones, so flags are not announced again."""
-        folder = self._folder
-        db = folder.db
-        uids = db.uids()
-        present = set(uids)
-        gone = [uid for uid in known if uid not in present] if known is not None else []
-        added = [uid for uid in uids if uid >= folder.seen_uidnext]
-        folder.seen_modseq = db.get_int("highest_modseq")
-        folder.seen_uidnext = db.get_int("uidnext")
-        for listener in list(self._listeners):
-            try:
-                if added:
-                    listener.messages_added(self, added)
-                if gone:
-                    listener.messages_expunged(self, gone)
-            except Exception:
-                log.failure("mailbox listener {listener!r} failed", listener=listener)
+        """Tell listeners what a rebuilt index shows differently from ``known``."""
+        announce.tell(self._listeners, self, announce.news_after_rebuild(self._folder, known))
 
     def _record(self, commit: Callable[[], None]) -> None:
         """Commit to the index a change the files already show (lock held).
@@ -247,55 +229,15 @@ class MaildirMailbox:
                 log.failure("telling listeners about changes in {path} failed", path=self.path)
 
     def _tell_listeners(self) -> None:
-        folder = self._folder
-        db = folder.db
-        seen_modseq, seen_uidnext = folder.seen_modseq, folder.seen_uidnext
-        # The index was replaced since the last look (IndexedFolder._reopen):
-        # its MODSEQs start afresh, so what differs from the old one's UIDs
-        # is told by UID.
-        replaced, folder.replaced_uids = folder.replaced_uids, None
-        present: frozenset[int] | None = None
-        with db.snapshot():
-            highest = db.get_int("highest_modseq")
-            uidnext = db.get_int("uidnext")
-            if highest == seen_modseq and uidnext == seen_uidnext and replaced is None:
-                return
-            rows = db.changed_since(seen_modseq) if self._listeners else []
-            gone = db.expunged_since(seen_modseq) if self._listeners else []
-            if replaced is not None and self._listeners:
-                present = frozenset(db.uids())
+        news = announce.news_since_seen(self._folder, bool(self._listeners))
+        if news is None:
+            return
         if self._fulltext is not None:
             self._fulltext.changed()
-        added = [row.uid for row in rows if row.uid >= seen_uidnext]
-        # Another process may have defined the keywords these rows carry.
-        folder.keywords.refresh()
-        changed = [self._info(row) for row in rows if row.uid < seen_uidnext]
-        expunged = [uid for uid in gone if uid < seen_uidnext]
-        if present is not None:
-            listed = set(added)
-            added += sorted(u for u in present if u >= seen_uidnext and u not in listed)
-            expunged += [uid for uid in replaced or () if uid not in present]
-        folder.seen_modseq, folder.seen_uidnext = highest, uidnext
-        for listener in list(self._listeners):
-            try:
-                if added:
-                    listener.messages_added(self, added)
-                if changed:
-                    listener.flags_changed(self, changed)
-                if expunged:
-                    listener.messages_expunged(self, expunged)
-            except Exception:
-                log.failure("mailbox listener {listener!r} failed", listener=listener)
+        announce.tell(self._listeners, self, news)
 
     def _info(self, row: Row) -> MessageInfo:
-        return MessageInfo(
-            uid=row.uid,
-            flags=self._folder.keywords.flags(row.info),
-            internal_date=ns_datetime(row.mtime_ns),
-            size=row.size,
-            modseq=row.modseq,
-            save_date=saved_datetime(row.saved),
-        )
+        return announce.message_info(self._folder.keywords, row)
 
     # -- IMailbox: reading ----------------------------------------------------
 
@@ -448,35 +390,8 @@ class MaildirMailbox:
     # -- IMaildropLocking, IPop3UidSource ------------------------------------------
 
     def lock_maildrop(self) -> Callable[[], None]:
-        """Take the POP3 maildrop lock of this folder for a session; return its release.
-
-        An ``flock`` of ``mailsrv-pop3-lock``, held for the whole session
-        (so not the short-lived ``mailsrv-lock``): every mailsrv process on
-        this Maildir (two daemons, an old one still draining while a new
-        one starts) sees it, and the kernel drops it if the holder dies.
-        Raises :class:`MailboxInUse` when another session has it.
-        """
-        try:
-            fd = os.open(os.path.join(self.path, POP3_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:
-            raise NoSuchMailbox(f"mailbox {self.name!r} no longer exists") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise MailboxInUse("maildrop is in use by another POP3 session") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                os.close(fd)  # drops the lock
-
-        return release
+        """The POP3 maildrop lock of this folder (:func:`.layout.lock_maildrop`)."""
+        return lock_maildrop(self.path, self.name)
 
     @_recovering
     def pop3_uidls(self) -> dict[int, str]:

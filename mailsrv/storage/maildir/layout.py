@@ -13,16 +13,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import fcntl
 import io
 import itertools
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from mailsrv.errors import DiskFull
+from mailsrv.errors import DiskFull, MailboxInUse, NoSuchMailbox
 from mailsrv.storage.maildir.faults import crash_point
 from mailsrv.storage.wire import to_crlf, wire_chunks
 
@@ -304,3 +305,36 @@ def write_atomically(path: str, data: bytes) -> None:
 def touch(path: str) -> None:
     """Create an empty file, private like everything else in the tree."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def lock_maildrop(path: str, name: str) -> Callable[[], None]:
+    """Take the POP3 maildrop lock of folder ``path`` (named ``name``) for a
+    session; return its release.
+
+    An ``flock`` of ``mailsrv-pop3-lock``, held for the whole session
+    (so not the short-lived ``mailsrv-lock``): every mailsrv process on
+    this Maildir (two daemons, an old one still draining while a new
+    one starts) sees it, and the kernel drops it if the holder dies.
+    Raises :class:`MailboxInUse` when another session has it.
+    """
+    try:
+        fd = os.open(os.path.join(path, POP3_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        raise NoSuchMailbox(f"mailbox {name!r} no longer exists") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MailboxInUse("maildrop is in use by another POP3 session") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            os.close(fd)  # drops the lock
+
+    return release

@@ -87,6 +87,14 @@ class WriterTestCase(DaemonCrashTestCase):
         self.assertTrue(connection.command(b"s", b"SELECT INBOX")[-1].startswith(b"s OK"))
         return connection
 
+    def until_waiting_on_lock(self, failure: str) -> None:
+        """Wait (polling /proc/locks, with a deadline) until some process
+        waits for the folder lock the test holds; fail with ``failure``."""
+        deadline = time.monotonic() + DEADLINE
+        while not waiting_on(self.path(LOCK)):
+            self.assertLess(time.monotonic(), deadline, failure)
+            time.sleep(0.01)
+
 
 class WriteWaitsOffReactorTests(WriterTestCase):
     def setUp(self) -> None:
@@ -104,10 +112,7 @@ class WriteWaitsOffReactorTests(WriterTestCase):
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process's write under way
         try:
             writer.send(b"w STORE 1 +FLAGS (\\Flagged)")
-            deadline = time.monotonic() + DEADLINE
-            while not waiting_on(self.path(LOCK)):
-                self.assertLess(time.monotonic(), deadline, "the STORE never waited for the lock")
-                time.sleep(0.01)
+            self.until_waiting_on_lock("the STORE never waited for the lock")
             # The STORE waits for the lock: the same process answers others.
             answer = reader.command(b"r", b"FETCH 1 (FLAGS)")
             self.assertTrue(answer[-1].startswith(b"r OK"), answer)
@@ -131,10 +136,7 @@ class WriteWaitsOffReactorTests(WriterTestCase):
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             writer.send(b"a APPEND INBOX {%d+}\r\n" % len(body) + body)
-            deadline = time.monotonic() + DEADLINE
-            while not waiting_on(self.path(LOCK)):
-                self.assertLess(time.monotonic(), deadline, "the APPEND never waited for the lock")
-                time.sleep(0.01)
+            self.until_waiting_on_lock("the APPEND never waited for the lock")
             answer = reader.command(b"r", b"STATUS Sent (MESSAGES)")
             self.assertTrue(answer[-1].startswith(b"r OK"), answer)
             # Nothing acknowledged, nothing shown: the message is not in cur/.
@@ -181,10 +183,7 @@ class WriteWaitsOffReactorTests(WriterTestCase):
                 handle.write(b"Subject: outside\n\nbody\n")
             os.rename(self.path("1.outside", "tmp"), self.path("1.outside", "new"))
             reader.send(b"n NOOP")
-            deadline = time.monotonic() + DEADLINE
-            while not waiting_on(self.path(LOCK)):
-                self.assertLess(time.monotonic(), deadline, "the NOOP never waited for the lock")
-                time.sleep(0.01)
+            self.until_waiting_on_lock("the NOOP never waited for the lock")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
         answer = reader.until_tagged(b"n")
@@ -202,10 +201,7 @@ class WriteWaitsOffReactorTests(WriterTestCase):
             for number, writer in enumerate(writers):
                 body = b"Subject: m%d\r\n\r\nbody\r\n" % number
                 writer.send(b"a APPEND INBOX {%d+}\r\n" % len(body) + body)
-            deadline = time.monotonic() + DEADLINE
-            while not waiting_on(self.path(LOCK)):
-                self.assertLess(time.monotonic(), deadline, "no APPEND waited for the lock")
-                time.sleep(0.01)
+            self.until_waiting_on_lock("no APPEND waited for the lock")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
         given: dict[int, str] = {}

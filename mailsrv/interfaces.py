@@ -32,7 +32,8 @@ Optional features are interfaces of their own, which a backend declares
 :class:`IMaildropLocking`, :class:`IPop3UidSource`, :class:`IFullTextSearch`,
 :class:`IIndexSearch` and
 :class:`IPop3Listing` on a mailbox, :class:`IQuotaUsage` and
-:class:`IMetadataStore` on an account, :class:`IWatchingStorage` on a storage.
+:class:`IMetadataStore` on an account, :class:`IWatchingStorage` on a storage,
+:class:`IMaildropReader` on a maildrop.
 """
 
 from __future__ import annotations
@@ -692,6 +693,18 @@ class IMaildrop(Interface):
 
     def release() -> MaybeDeferred[None]:
         """Give up the lock without changing anything (connection lost)."""
+
+
+class IMaildropReader(Interface):
+    """Optional for an :class:`IMaildrop`: :meth:`IMaildrop.retrieve` as the
+    backend answers it.  A maildrop that must return a Deferred from
+    ``retrieve`` (its callers expect one) offers this so that POP3 RETR
+    over a synchronous backend reads the message without a Deferred."""
+
+    def open_message(uid: int) -> MaybeDeferred[IO[bytes]]:
+        """What ``retrieve(uid)`` gives, but the file itself where the
+        backend opens it synchronously; errors are raised (or fail the
+        Deferred) as ``retrieve``'s would."""
 
 
 class IStorage(Interface):

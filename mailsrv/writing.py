@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from twisted.internet.abstract import FileDescriptor
 
-__all__ = ["send_now"]
+__all__ = ["Outbox", "send_now", "write_now"]
 
 
 def send_now(transport: object) -> None:
@@ -43,3 +43,93 @@ def send_now(transport: object) -> None:
     # None, or an error the reactor meets again on the writable event (the
     # descriptor stays registered for it while anything is left unsent).
     transport.doWrite()
+
+
+def _idle_socket(transport: object) -> bool:
+    """Is ``transport`` a plain TCP socket with nothing buffered, on which a
+    ``send`` now is what the reactor would do with a write on its next
+    poll?  Not with TLS started (its ciphertext goes through the protocol),
+    not closing, no paused producer, nothing written and not yet sent."""
+    return (
+        isinstance(transport, FileDescriptor)
+        and type(transport).doWrite is FileDescriptor.doWrite
+        and bool(transport.connected)
+        and not getattr(transport, "TLS", True)
+        and not (transport._tempDataLen or transport.dataBuffer)
+        and not transport.disconnecting
+        and not transport.producerPaused
+        and not getattr(transport, "_writeDisconnecting", False)
+        and not getattr(transport, "_writeDisconnected", False)
+    )
+
+
+def write_now(transport: object, data: bytes) -> None:
+    """Write ``data`` to ``transport``, handing it to the kernel at once
+    where nothing else is waiting to go.
+
+    A transport's ``write`` registers the socket for the writable event and
+    the next ``doWrite`` unregisters it again: two ``epoll_ctl`` calls and
+    a trip through the reactor's bookkeeping for every answer, though the
+    kernel almost always takes a small answer whole.  Here one ``send``
+    does it; what the kernel does not take (a full socket buffer), and any
+    error, goes to the transport's ``write`` as before, so the reactor
+    sends the rest or meets the error on the writable event and closes
+    the connection as it always does.
+    """
+    if not data:
+        return
+    if _idle_socket(transport):
+        assert isinstance(transport, FileDescriptor)
+        try:
+            sent: int = transport.socket.send(data)  # type: ignore[attr-defined]
+        except OSError:
+            sent = 0  # EAGAIN, or an error: the transport's write meets it
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    transport.write(data)  # type: ignore[attr-defined]
+
+
+class Outbox:
+    """What a protocol writes, held while it handles what it received and
+    sent in one :func:`write_now` at the end of that turn; written at once
+    outside a turn (an answer a Deferred brought later).
+
+    Pipelined commands answered in one turn still go out in one ``send``
+    (with ``TCP_NODELAY``, one send per answer would be one packet per
+    answer).  Anything else that touches the transport's output (a
+    producer streaming a message, TLS starting, the connection closing)
+    must :meth:`flush` first, so the octets stay in order; an abort
+    :meth:`discard` s them, as the transport's abort drops its buffer.
+    """
+
+    __slots__ = ("_held", "transport")
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+        self._held: list[bytes] | None = None
+
+    def hold(self) -> bool:
+        """A turn begins: keep what is written until :meth:`flush`.  False
+        if already holding (the caller that began it flushes)."""
+        if self._held is not None:
+            return False
+        self._held = []
+        return True
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            held.append(data)
+        else:
+            write_now(self.transport, data)
+
+    def flush(self) -> None:
+        """Send what was held, and write at once from now on."""
+        held, self._held = self._held, None
+        if held:
+            write_now(self.transport, held[0] if len(held) == 1 else b"".join(held))
+
+    def discard(self) -> None:
+        """Forget what was held (the connection is being aborted)."""
+        self._held = None

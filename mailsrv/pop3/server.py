@@ -62,7 +62,7 @@ from mailsrv.session import (
     no_delay,
     resolve_clock,
 )
-from mailsrv.writing import send_now
+from mailsrv.writing import Outbox, send_now
 
 __all__ = ["POP3", "POP3Factory", "State"]
 
@@ -112,6 +112,8 @@ class POP3(Protocol):
         self._sender: MessageSender | None = None
         #: The first status the running command answered ("+OK", "-ERR").
         self._answer: str | None = None
+        #: Every answer goes out through it (made when the connection is).
+        self._out = Outbox(None)
 
     @property
     def _transport(self) -> Any:
@@ -124,6 +126,7 @@ class POP3(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        self._out = Outbox(self.transport)
         peer: IAddress = self._transport.getPeer()
         self._peer_text = address(peer)
         self.probe.opened(peer, self.kick)
@@ -150,7 +153,7 @@ class POP3(Protocol):
                 LOG.warn("POP3: too many connections from {peer}", peer=self._peer_text)
                 self.send(b"-ERR [SYS/TEMP] Too many connections from your address.")
             self._closing = True
-            self._transport.loseConnection()
+            self._lose_connection()
             return
         self._timer.start()
         greeting = b"+OK mailsrv POP3 server ready."
@@ -167,7 +170,7 @@ class POP3(Protocol):
         if not self._lost:
             self.send(b"-ERR [SYS/TEMP] Server unavailable, try again later.")
             self._closing = True
-            self._transport.loseConnection()
+            self._lose_connection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Give back what the session holds.  Each step runs even if one
@@ -220,7 +223,7 @@ class POP3(Protocol):
     def _expired(self, reason: Expiry) -> None:
         """RFC 1939 3 autologout: end the session without entering UPDATE."""
         if reason is Expiry.GRACE:
-            self._transport.abortConnection()
+            self._abort_connection()
             return
         if reason is Expiry.LOGIN_DEADLINE:
             LOG.info(
@@ -232,13 +235,13 @@ class POP3(Protocol):
             LOG.info("POP3 session of {user} timed out", user=self._user or "(not logged in)")
         self._closing = True
         if self._sender is not None and self._sender.sending:
-            self._transport.abortConnection()  # a client that stopped reading
+            self._abort_connection()  # a client that stopped reading
             return
         if reason is Expiry.LOGIN_DEADLINE:
             self.send(b"-ERR Disconnected: too long without logging in.")
         else:
             self.send(b"-ERR Disconnected for inactivity.")
-        self._transport.loseConnection()
+        self._lose_connection()
         self._timer.grace()
 
     # -- input: framing and the command queue ---------------------------------------
@@ -254,8 +257,17 @@ class POP3(Protocol):
         if self._framer.pending > self.policy.max_pending_commands and not self._reading_paused:
             self._reading_paused = True
             self._transport.pauseProducing()
-        self._drain()
-        send_now(self.transport)
+        self._answer_pending()
+        send_now(self.transport)  # what a message's producer wrote meanwhile
+
+    def _answer_pending(self) -> None:
+        """Run the commands waiting, their answers leaving in one send."""
+        held = self._out.hold()
+        try:
+            self._drain()
+        finally:
+            if held:
+                self._out.flush()
 
     def _drain(self) -> None:
         if self._draining:
@@ -283,7 +295,7 @@ class POP3(Protocol):
         self._busy = False
         self._report()
         if not self._lost:
-            self._drain()
+            self._answer_pending()
 
     def _report(self) -> None:
         """A command is over (unless a SASL exchange goes on): tell the
@@ -402,7 +414,7 @@ class POP3(Protocol):
     def _write(self, data: bytes) -> None:
         """Every answer goes out here (RETR's message excepted: :meth:`stream`)."""
         if not self._lost:
-            self._transport.write(data)
+            self._out.write(data)
             if self._answer is None and data[:1] in (b"+", b"-") and data[:2] != b"+ ":
                 self._answer = "+OK" if data[:1] == b"+" else "-ERR"
             self.probe.wrote(data)
@@ -422,17 +434,27 @@ class POP3(Protocol):
     def close(self) -> None:
         self._closing = True
         self._framer.clear()
-        self._transport.loseConnection()
+        self._lose_connection()
 
     def abort(self) -> None:
         self._closing = True
+        self._abort_connection()
+
+    def _lose_connection(self) -> None:
+        """Close once every answer written, held ones included, has gone."""
+        self._out.flush()
+        self._transport.loseConnection()
+
+    def _abort_connection(self) -> None:
+        """Cut the connection now: what is held or buffered never goes."""
+        self._out.discard()
         self._transport.abortConnection()
 
     def send_message(self, text: str, body: bytes) -> None:
         if self._lost:
             return
         status = ok_line(text)
-        self._transport.write(status + body)
+        self._out.write(status + body)
         if self._answer is None:
             self._answer = "+OK"
         self.probe.wrote(status)
@@ -441,6 +463,7 @@ class POP3(Protocol):
             self.probe.server_line(f"<{len(body)} octets of message>")
 
     def stream(self, source: IO[bytes], encoder: MessageEncoder) -> defer.Deferred[bool]:
+        self._out.flush()  # the status line before the message
         sender = MessageSender(self._transport, source, encoder, self._timer.progress)
         self._sender = sender
 
@@ -456,6 +479,7 @@ class POP3(Protocol):
 
     def start_tls(self) -> None:
         self._framer.clear()
+        self._out.flush()  # STLS's +OK goes in the clear (RFC 2595 4)
         self._guard.start_tls(self._transport)
 
     def kick(self) -> None:
@@ -469,11 +493,11 @@ class POP3(Protocol):
         self._closing = True
         self._framer.clear()
         if self._sender is not None and self._sender.sending:
-            self._transport.abortConnection()
+            self._abort_connection()
             return
         if not self._committing:
             self.send(b"-ERR Disconnected by the administrator.")
-        self._transport.loseConnection()
+        self._lose_connection()
 
     def channel_bindings(self) -> ChannelBindings | None:
         return self._guard.channel_bindings(self._transport)

@@ -9,7 +9,7 @@ other way releases the maildrop with every message still there.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import IO, Any, cast
+from typing import IO, Any, NoReturn, cast
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -17,9 +17,17 @@ from twisted.python.failure import Failure
 
 from mailsrv import log
 from mailsrv.errors import NoSuchMessage, StorageError
-from mailsrv.interfaces import MaildropEntry
+from mailsrv.interfaces import IMaildropReader, MaildropEntry, MaybeDeferred
 from mailsrv.mime.downgrade import SyntheticFile, downgrade_message, serve
-from mailsrv.pop3.commands import LOG, CommandError, Connection, State, command, no_arguments
+from mailsrv.pop3.commands import (
+    LOG,
+    CommandError,
+    Connection,
+    Result,
+    State,
+    command,
+    no_arguments,
+)
 from mailsrv.pop3.streaming import CHUNK_SIZE, read_whole
 from mailsrv.pop3.wire import MessageEncoder, parse_number
 
@@ -50,6 +58,13 @@ class Transaction:
         #: otherwise one with 8-bit header octets is downgraded (RFC 6858).
         self._utf8 = utf8
         self._maildrop = maildrop
+        #: Opens a message: the file itself where the backend reads
+        #: synchronously, else a Deferred (the contract allows either).
+        self._open: Callable[[int], MaybeDeferred[IO[bytes]]] = (
+            IMaildropReader(maildrop).open_message
+            if IMaildropReader.providedBy(maildrop)
+            else maildrop.retrieve
+        )
         self._logout: Callable[[], None] | None = logout
         self._held = True  # the maildrop is locked by us (open, not committed)
         self._entries = list(entries)
@@ -143,13 +158,13 @@ class Transaction:
     # -- message content --------------------------------------------------------
 
     @command("RETR", State.TRANSACTION)
-    def retr(self, args: list[bytes], line: bytes) -> defer.Deferred[None]:
+    def retr(self, args: list[bytes], line: bytes) -> Result:
         if len(args) != 1:
             raise CommandError("RETR takes one message number.")
         return self._send_message(self._message(args[0]), None)
 
     @command("TOP", State.TRANSACTION)
-    def top(self, args: list[bytes], line: bytes) -> defer.Deferred[None]:
+    def top(self, args: list[bytes], line: bytes) -> Result:
         if len(args) != 2:
             raise CommandError("TOP takes a message number and a number of lines.")
         index = self._message(args[0])
@@ -158,14 +173,23 @@ class Transaction:
             raise CommandError("Invalid number of lines.")
         return self._send_message(index, lines)
 
-    def _send_message(self, index: int, lines: int | None) -> defer.Deferred[None]:
-        entry = self._entries[index]
-        d = defer.maybeDeferred(self._maildrop.retrieve, entry.uid)
-        return d.addCallbacks(
-            self._stream, self._retrieve_failed, callbackArgs=(index, lines), errbackArgs=(index,)
-        )
+    def _send_message(self, index: int, lines: int | None) -> Result:
+        """Open the message and send it: answered at once (no Deferred) when
+        the maildrop opened it at once and it is small enough to go whole."""
+        try:
+            opened = self._open(self._entries[index].uid)
+        except Exception:
+            self._retrieve_failed(Failure(), index)  # raises the command's -ERR
+        if isinstance(opened, defer.Deferred):
+            return opened.addCallbacks(
+                self._stream,
+                self._retrieve_failed,
+                callbackArgs=(index, lines),
+                errbackArgs=(index,),
+            )
+        return self._stream(opened, index, lines)
 
-    def _retrieve_failed(self, failure: Failure, index: int) -> None:
+    def _retrieve_failed(self, failure: Failure, index: int) -> NoReturn:
         if isinstance(failure.value, NoSuchMessage):
             raise CommandError(f"Message {index + 1} was removed by another session.")
         if isinstance(failure.value, StorageError):
@@ -173,7 +197,7 @@ class Transaction:
         LOG.failure("POP3: cannot read message {n}", failure, n=index + 1)
         raise CommandError(f"Cannot read message {index + 1}.", "SYS/TEMP")
 
-    def _stream(self, source: IO[bytes], index: int, lines: int | None) -> Any:
+    def _stream(self, source: IO[bytes], index: int, lines: int | None) -> Result:
         if self._conn.lost:
             source.close()
             return None

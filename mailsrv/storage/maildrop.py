@@ -29,10 +29,12 @@ from mailsrv.interfaces import (
     IMailbox,
     IMaildrop,
     IMaildropLocking,
+    IMaildropReader,
     IMessage,
     IPop3Listing,
     IPop3UidSource,
     MaildropEntry,
+    MaybeDeferred,
     StoreMode,
     maybe_deferred,
 )
@@ -58,14 +60,15 @@ def unique_id(uid: int, uidvalidity: int) -> str:
     return f"{uid:08X}{uidvalidity:08X}"
 
 
-@implementer(IMaildrop)
+@implementer(IMaildrop, IMaildropReader)
 class Maildrop:
     """A POP3 session's view of one account's INBOX.
 
     The lock is per process and keyed by the user name and the INBOX's
     UIDVALIDITY, so two storages that happen to have a user of the same name
     (tests, embedding) do not block each other, while every session on one
-    INBOX does.  Every method returns a Deferred, as the interface allows.
+    INBOX does.  Every method of :class:`IMaildrop` returns a Deferred, as
+    the interface allows; :meth:`open_message` answers as the INBOX does.
     """
 
     def __init__(self, account: IAccount) -> None:
@@ -155,11 +158,16 @@ class Maildrop:
         return {uid: uidl for uid, uidl in found.items() if _VALID_UIDL.fullmatch(uidl)}
 
     def retrieve(self, uid: int) -> defer.Deferred[IO[bytes]]:
+        return maybe_deferred(self.open_message, uid)
+
+    def open_message(self, uid: int) -> MaybeDeferred[IO[bytes]]:
+        """The message's file, from the INBOX as it answers: no Deferred per
+        RETR over a synchronous backend (:class:`IMaildropReader`)."""
         if self._inbox is None:
-            return defer.fail(NoSuchMessage("the maildrop is not open"))
+            raise NoSuchMessage("the maildrop is not open")
         if uid not in self._listing:
-            return defer.fail(NoSuchMessage(f"message UID {uid} is not in this maildrop"))
-        return maybe_deferred(self._inbox.open, uid)
+            raise NoSuchMessage(f"message UID {uid} is not in this maildrop")
+        return self._inbox.open(uid)
 
     def commit(self, deleted: Iterable[int], seen: Iterable[int]) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._commit(list(deleted), list(seen)))

@@ -181,6 +181,8 @@ class Observers(Observer):
     def __init__(self, observers: Iterable[Observer] = ()) -> None:
         self.observers: list[Observer] = []
         self._takers: dict[str, list[Callable[..., None]]] = {name: [] for name in EVENTS}
+        #: The wants_lines of those that may want lines (asked every command).
+        self._line_askers: list[Callable[[], bool]] = []
         for observer in observers:
             self.add(observer)
 
@@ -189,6 +191,8 @@ class Observers(Observer):
         for name in EVENTS:
             if getattr(type(observer), name) is not getattr(Observer, name):
                 self._takers[name].append(getattr(observer, name))
+        if type(observer).wants_lines is not Observer.wants_lines:
+            self._line_askers.append(observer.wants_lines)
 
     def _each(self, name: str, *args: Any) -> None:
         for method in self._takers[name]:
@@ -228,7 +232,10 @@ class Observers(Observer):
         self._each("delivery", session, user, result, duration, size)
 
     def wants_lines(self) -> bool:
-        return any(observer.wants_lines() for observer in self.observers)
+        for asks in self._line_askers:
+            if asks():
+                return True
+        return False
 
     def line(self, session: SessionInfo, direction: str, text: str) -> None:
         self._each("line", session, direction, text)

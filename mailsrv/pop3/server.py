@@ -573,7 +573,10 @@ def _declared(name: str) -> bool:
 
 def _state(state: State) -> str:
     """A state as ``who`` and the metrics show it: ``transaction``."""
-    return state.value.lower()
+    return _STATE_NAMES[state]
+
+
+_STATE_NAMES = {state: state.value.lower() for state in State}
 
 
 class POP3Factory(SessionFactory):

@@ -29,7 +29,7 @@ from mailsrv.pop3.commands import (
     no_arguments,
 )
 from mailsrv.pop3.streaming import CHUNK_SIZE, read_whole
-from mailsrv.pop3.wire import MessageEncoder, parse_number
+from mailsrv.pop3.wire import MessageEncoder, parse_number, stuff_message
 
 __all__ = ["WHOLE_MESSAGE", "Transaction"]
 
@@ -229,13 +229,12 @@ class Transaction:
         """RETR of a message read whole: the status line, the byte-stuffed
         message and the terminator in one write (the same octets the
         streamed path sends, in one piece)."""
-        if not self._utf8:
+        if not self._utf8 and not data.isascii():  # an ASCII header needs nothing
             synthetic = downgrade_message(data)  # as serve() does, on the whole
             if synthetic is not None:
                 size += len(synthetic) - len(data)
                 data = synthetic
-        encoder = MessageEncoder()
-        self._conn.send_message(f"{size} octets", encoder.feed(data) + encoder.finish())
+        self._conn.send_message(f"{size} octets", stuff_message(data))
         self._streamed(True, index)
 
     def _streamed(self, complete: bool, index: int) -> None:

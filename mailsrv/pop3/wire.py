@@ -27,6 +27,7 @@ __all__ = [
     "multiline",
     "ok_line",
     "parse_number",
+    "stuff_message",
 ]
 
 #: Ends every multi-line response.
@@ -92,6 +93,18 @@ def multiline(first: str, lines: Sequence[bytes]) -> bytes:
     status = b"+OK " + first.encode("utf-8") if first else b"+OK"
     body = b"".join(dot_stuff_line(line) + b"\r\n" for line in lines)
     return status + b"\r\n" + body + TERMINATOR
+
+
+def stuff_message(data: bytes) -> bytes:
+    """A whole message as the rest of a multi-line response: byte-stuffed,
+    its last line ended if it was not, and the terminator; the octets a
+    :class:`MessageEncoder` gives when fed it in one piece, in one pass."""
+    out = data.replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        out = b"." + out
+    if data and not data.endswith(b"\n"):
+        return out + b"\r\n" + TERMINATOR
+    return out + TERMINATOR
 
 
 def loggable(line: bytes) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -26,16 +27,22 @@ def read_whole(source: IO[bytes], limit: int) -> tuple[bytes, bool]:
     RETR of a message no larger than ``limit`` (most are a few KB) goes out
     in one write, without a producer; a source that turns out longer than
     its listed size (or than ``limit``) is streamed from what was read on.
-    Loops because a raw stream may return less than asked before its end.
+    Loops because a raw stream may return less than asked before its end;
+    a buffered file or a BytesIO (exactly) returns less only at its end, so one read
+    does for them (no second read just to meet the end of the file).
     """
     parts: list[bytes] = []
     total = 0
+    short_at_end = type(source) in (io.BufferedReader, io.BytesIO)  # not a subclass's read
     while total <= limit:
-        chunk = source.read(limit + 1 - total)
+        wanted = limit + 1 - total
+        chunk = source.read(wanted)
         if not chunk:
             return b"".join(parts), True
         parts.append(chunk)
         total += len(chunk)
+        if short_at_end and len(chunk) < wanted:
+            return chunk if len(parts) == 1 else b"".join(parts), True
     return b"".join(parts), False
 
 

@@ -143,6 +143,9 @@ class MaildirMailbox:
         self._listeners: list[IMailboxListener] = []
         self._folder = IndexedFolder(root, path, name, warn_once)
         self._folder.before_reopen = self._announce
+        #: Files of the messages after the last one opened (see :meth:`open`).
+        self._ahead: dict[int, tuple[str, bool, int]] = {}
+        self._last_opened = 0
 
     def __repr__(self) -> str:
         return f"<MaildirMailbox {self.name!r} at {self.path!r}>"
@@ -349,8 +352,21 @@ class MaildirMailbox:
     @_recovering
     def open(self, uid: int) -> IO[bytes]:
         folder = self._folder
+        ahead = self._ahead.get(uid)
+        if ahead is not None:  # a message's file is only ever renamed or removed
+            try:
+                return open_wire(os.path.join(folder.cur, ahead[0]), ahead[1], ahead[2])
+            except FileNotFoundError:
+                self._ahead = {}  # the index knows where it went, if anywhere
         for attempt in range(2):
-            found = folder.db.file_of(uid)
+            if attempt == 0 and uid > self._last_opened:
+                # Reading on in UID order (POP3 RETR, a FETCH 1:* BODY[]):
+                # the files of the next messages too, in the same query.
+                self._ahead = folder.db.files_from(uid, 32)
+                found = self._ahead.get(uid)
+            else:
+                found = folder.db.file_of(uid)
+            self._last_opened = uid
             if found is None:
                 break
             filename, raw, size = found

@@ -546,6 +546,15 @@ class Index(CachedValues):
         ).fetchone()
         return None if found is None else (str(found[0]), bool(found[1]), int(found[2]))
 
+    def files_from(self, uid: int, count: int) -> dict[int, tuple[str, bool, int]]:
+        """:meth:`file_of` of ``uid`` and of the messages after it, ``count``
+        in all, by UID (one query for a client reading messages in order)."""
+        cursor = self.db.execute(
+            "SELECT uid, filename, raw, size FROM messages WHERE uid >= ? ORDER BY uid LIMIT ?",
+            (uid, count),
+        )
+        return {int(u): (str(f), bool(r), int(s)) for u, f, r, s in cursor}
+
     def rows(self, uids: Iterable[int] | None = None) -> list[Row]:
         """Rows for ``uids`` (all if None), ascending by UID."""
         if uids is None:

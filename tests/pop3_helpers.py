@@ -85,6 +85,9 @@ class Faults:
         self.parked: list[defer.Deferred[None]] | None = None
         #: When set, what ``open(uid)`` returns, made from the message.
         self.reader: Callable[[bytes], IO[bytes]] | None = None
+        #: ``open(uid)`` answers with a Deferred (parked when :attr:`parked`
+        #: is a list): a backend that reads messages asynchronously.
+        self.open_deferred = False
         #: Account logouts, by user name.
         self.logouts: Counter[str] = Counter()
 
@@ -131,7 +134,14 @@ class FaultyMailbox(MemoryMailbox):
     ) -> StoreResult:
         return super().store(uids, flags, mode, *args)
 
-    def open(self, uid: int) -> IO[bytes]:
+    def open(self, uid: int) -> Any:
+        if not self._faults.open_deferred:
+            return self._open(uid)
+        if self._faults.parked is None:
+            return defer.maybeDeferred(self._open, uid)
+        return self._faults.later(lambda: self._open(uid))
+
+    def _open(self, uid: int) -> IO[bytes]:
         source = super().open(uid)
         if self._faults.reader is None:
             return source

@@ -15,6 +15,7 @@ same octets as the ones they replace.
 from __future__ import annotations
 
 import io
+import re
 from typing import IO, Any
 
 from hypothesis import given, settings
@@ -30,7 +31,7 @@ from mailsrv.auth.realm import MailRealm
 from mailsrv.interfaces import DELETED, IMaildrop, IMaildropReader, StoreMode
 from mailsrv.observe import Observer, Observers
 from mailsrv.pop3.streaming import read_whole
-from mailsrv.pop3.wire import MessageEncoder, stuff_message
+from mailsrv.pop3.wire import MessageEncoder, parse_number, stuff_message
 from mailsrv.storage.maildrop import Maildrop
 from tests.pop3_helpers import MESSAGE_1, MESSAGE_2, MESSAGE_3, Fixture, Session, TCPServer
 from tests.test_pop3_retr import TRICKY
@@ -239,6 +240,13 @@ class WholeMessageTests(unittest.SynchronousTestCase):
     def test_stuff_message_is_the_encoders_output(self, data: bytes) -> None:
         encoder = MessageEncoder()
         self.assertEqual(stuff_message(data), encoder.feed(data) + encoder.finish())
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=12) | st.text("0123456789", max_size=12).map(str.encode))
+    def test_parse_number_is_the_old_pattern(self, arg: bytes) -> None:
+        """Message numbers: 1 to 10 ASCII digits, nothing else (was a regular expression)."""
+        old = int(arg) if re.fullmatch(rb"[0-9]{1,10}", arg) else None
+        self.assertEqual(parse_number(arg), old)
 
     def test_read_whole(self) -> None:
         class Trickle(io.RawIOBase):

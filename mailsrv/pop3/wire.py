@@ -36,7 +36,6 @@ TERMINATOR = b".\r\n"
 #: Longest first line of a response, CRLF included (RFC 2449 4).
 MAX_STATUS_LINE = 512
 
-_DIGITS = re.compile(rb"[0-9]{1,10}")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 
@@ -46,7 +45,7 @@ def parse_number(arg: bytes) -> int | None:
     Stricter than ``int()``: no sign, no whitespace, no underscores, no
     absurd lengths.
     """
-    if not _DIGITS.fullmatch(arg):
+    if len(arg) > 10 or not arg.isdigit():  # bytes.isdigit: ASCII 0-9 only, not empty
         return None
     return int(arg)
 

@@ -12,7 +12,10 @@ Both servers run in the same invocation, pinned to one CPU as in
 the machine is shared.
 
 Run: ``python bench/floor.py`` (``--servers mailsrv`` for one side only;
-``--rows pop3-retr,imap-noop`` for a subset).
+``--rows pop3-retr,imap-noop`` for a subset).  ``--reactor`` adds a row for
+Twisted alone: a server of a dozen lines, on the servers' CPU, that answers
+every line ``+OK`` (epoll, the read, ``dataReceived``, one buffered write):
+the part of a command that no code of mailsrv's can take away.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from harness import (
     markdown_table,
     pin_self,
 )
-from peers import Server
+from peers import Server, free_port, wait_for_port
 
 HOST = "127.0.0.1"
 
@@ -82,6 +85,46 @@ async def _imap(server: Server, count: int, messages: int, what: str) -> Usage:
     return meter.usage
 
 
+#: The reactor alone: a greeting, then "+OK" for every line received.
+TWISTED_ALONE = """
+import sys
+from twisted.internet import protocol, reactor
+
+class Answer(protocol.Protocol):
+    def connectionMade(self):
+        self.transport.write(b"+OK ready\\r\\n")
+
+    def dataReceived(self, data):
+        self.transport.write(b"+OK\\r\\n" * data.count(b"\\n"))
+
+reactor.listenTCP(int(sys.argv[1]), protocol.Factory.forProtocol(Answer), interface="127.0.0.1")
+reactor.run()
+"""
+
+
+class TwistedAlone(Server):
+    """:data:`TWISTED_ALONE` on a loopback port, pinned as the servers are."""
+
+    name = "twisted"
+
+    def __init__(self, top: str, cpus: set[int] | None) -> None:
+        super().__init__(top, cpus=cpus)
+        self.pop3_port = free_port()
+
+    def start(self, timeout: float = 60) -> None:
+        self._spawn([sys.executable, "-c", TWISTED_ALONE, str(self.pop3_port)])
+        assert self.process is not None
+        wait_for_port(self.pop3_port, self.process, self.log_path, timeout)
+
+
+async def _lines(server: Server, count: int) -> Usage:
+    client = await POP3Client.connect(HOST, server.pop3_port)
+    with Meter(server) as meter:
+        for _ in range(count):
+            await client.command("NOOP")
+    return meter.usage
+
+
 ROWS: dict[str, tuple[str, Run]] = {
     "pop3-noop": ("POP3 NOOP", lambda s, c, m: _pop3(s, c, m, "NOOP")),
     "pop3-retr": ("POP3 RETR", lambda s, c, m: _pop3(s, c, m, "RETR")),
@@ -98,6 +141,11 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=3000, help="commands per row")
     parser.add_argument("--messages", type=int, default=1000, help="messages in the INBOX")
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
+    parser.add_argument(
+        "--reactor",
+        action="store_true",
+        help="add a row for Twisted alone answering every line +OK (the reactor's own floor)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -131,6 +179,18 @@ def main() -> None:
             if len(servers) == 2:
                 cells.append(f"{float(str(cells[1])) / max(float(str(cells[3])), 1):.2f}")
             table.append(cells)
+        if args.reactor:
+            alone = TwistedAlone(pair.top, cpus)
+            with alone:
+                alone.start()
+                asyncio.run(_lines(alone, 100))
+                usage = asyncio.run(_lines(alone, args.commands))
+            cells = ["Twisted alone: a line answered +OK"]
+            cells += [
+                f"{1e6 * usage.cpu / args.commands:.0f}",
+                f"{1e6 * usage.wall / args.commands:.0f}",
+            ]
+            table.append(cells + [""] * (len(table[0]) - len(cells)) if table else cells)
     headers = ["row"]
     for name in servers:
         headers += [f"{name} CPU µs/cmd", f"{name} wall µs/cmd"]

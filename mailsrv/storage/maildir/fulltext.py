@@ -99,6 +99,11 @@ class _Main:
         if os.stat(path).st_ino != self.inode:
             self.db.close()
             raise sqlite3.OperationalError("index replaced while opening it")
+        # A new index (mailsrv reindex, a rebuild) is an empty file until
+        # its creation commits: nothing to compare with yet, and no error.
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            self.db.close()
+            raise _Replaced("the folder's index is being created")
 
     def close(self) -> None:
         self.db.close()
@@ -218,6 +223,11 @@ class FullText:
                 with self._state_lock:
                     self._coverage = None
                 self._again = True
+            elif result.check(_Replaced):
+                # The folder's index is being made anew: its maker (a
+                # reindex rebuilds this file too, a rebuild announces its
+                # messages) brings the next change, which tries again.
+                log.debug("full-text index {path} waits for a new index", path=self.path)
             else:
                 # The folder's index busy or away: the next change tries again.
                 log.warn(

@@ -68,7 +68,8 @@ from harness import (
     pin_self,
     ratio,
 )
-from peers import Server, inotify_instances, raise_fd_limit
+from peers import Server
+from procs import inotify_instances, raise_fd_limit
 from workloads import Result, Scale, idle, mixed, pop3, saturate, search, storm, sync
 
 WORKLOADS = ("storm", "sync", "mixed", "search", "idle", "pop3", "saturate")

@@ -41,7 +41,8 @@ from harness import (
     markdown_table,
     pin_self,
 )
-from peers import Server, free_port, wait_for_port
+from peers import Server
+from procs import free_port, wait_for_port
 
 HOST = "127.0.0.1"
 

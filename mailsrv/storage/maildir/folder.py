@@ -143,9 +143,11 @@ class MaildirMailbox:
         self._listeners: list[IMailboxListener] = []
         self._folder = IndexedFolder(root, path, name, warn_once)
         self._folder.before_reopen = self._announce
-        #: Files of the messages after the last one opened (see :meth:`open`).
+        #: Files of the messages after the last one opened (see :meth:`open`),
+        #: the last UID among them, and the UID opened last.
         self._ahead: dict[int, tuple[str, bool, int]] = {}
-        self._last_opened = 0
+        self._ahead_end = -1
+        self._last_opened = -1
 
     def __repr__(self) -> str:
         return f"<MaildirMailbox {self.name!r} at {self.path!r}>"
@@ -352,6 +354,7 @@ class MaildirMailbox:
     @_recovering
     def open(self, uid: int) -> IO[bytes]:
         folder = self._folder
+        last, self._last_opened = self._last_opened, uid
         ahead = self._ahead.get(uid)
         if ahead is not None:  # a message's file is only ever renamed or removed
             try:
@@ -359,14 +362,15 @@ class MaildirMailbox:
             except FileNotFoundError:
                 self._ahead = {}  # the index knows where it went, if anywhere
         for attempt in range(2):
-            if attempt == 0 and uid > self._last_opened:
-                # Reading on in UID order (POP3 RETR, a FETCH 1:* BODY[]):
-                # the files of the next messages too, in the same query.
+            if attempt == 0 and (uid == last + 1 or (uid > last == self._ahead_end)):
+                # Reading on in UID order (POP3 RETR, a FETCH 1:* BODY[]): the
+                # next UID, or one past the names read ahead right after the
+                # last of them: the next messages' files in the same query.
                 self._ahead = folder.db.files_from(uid, 32)
+                self._ahead_end = max(self._ahead, default=-1)
                 found = self._ahead.get(uid)
             else:
                 found = folder.db.file_of(uid)
-            self._last_opened = uid
             if found is None:
                 break
             filename, raw, size = found

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from mailsrv import cli
 from mailsrv.storage.maildir import buildlog
 from mailsrv.storage.maildir.buildlog import BuildLog
-from tests.helpers import Daemon, free_port, log_events
+from tests.helpers import Daemon, daemon_config, free_port, log_events, loopback
 
 
 class Clock:
@@ -70,21 +70,7 @@ class DaemonBuildTests(unittest.TestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
-        self.config = os.path.join(self.dir, "mailsrv.toml")
-        with open(self.config, "w") as f:
-            f.write(
-                f"""
-[imap]
-listen = ["tcp:{self.port}:interface=127.0.0.1"]
-[users]
-passwd_file = "var/passwd"
-create_if_missing = true
-[auth]
-failure_delay = 0.0
-[storage]
-maildir = "var/mail/{{user}}/Maildir"
-"""
-            )
+        self.config = daemon_config(self.dir, {"imap": {"listen": loopback(self.port)}})
         cwd = os.getcwd()
         os.chdir(self.dir)
         try:
@@ -96,7 +82,7 @@ maildir = "var/mail/{{user}}/Maildir"
         finally:
             os.chdir(cwd)
         self.assertEqual(status, 0)
-        self.maildir = os.path.join(self.dir, "var", "mail", "alice", "Maildir")
+        self.maildir = os.path.join(self.dir, "mail", "alice", "Maildir")
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
         for n in range(self.COUNT):

@@ -15,6 +15,7 @@ same octets as the ones they replace.
 from __future__ import annotations
 
 import io
+import os
 import re
 from typing import IO, Any
 
@@ -28,13 +29,15 @@ from zope.interface import implementer
 
 from mailsrv import writing
 from mailsrv.auth.realm import MailRealm
-from mailsrv.interfaces import DELETED, IMaildrop, IMaildropReader, StoreMode
+from mailsrv.interfaces import DELETED, FLAGGED, IMaildrop, IMaildropReader, StoreMode
 from mailsrv.observe import Observer, Observers
 from mailsrv.pop3.streaming import read_whole
 from mailsrv.pop3.wire import MessageEncoder, parse_number, stuff_message
+from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.maildrop import Maildrop
 from tests.pop3_helpers import MESSAGE_1, MESSAGE_2, MESSAGE_3, Fixture, Session, TCPServer
 from tests.test_pop3_retr import TRICKY
+from tests.test_pop3_storage import StorageFixture, TCPSession
 
 MESSAGES = [MESSAGE_1, MESSAGE_2, MESSAGE_3, *TRICKY]
 
@@ -288,3 +291,32 @@ class WantsLinesTests(unittest.SynchronousTestCase):
         self.assertFalse(Observers([Quiet(), Asks(False)]).wants_lines())
         self.assertTrue(Observers([Asks(False), Quiet(), Asks(True)]).wants_lines())
         self.assertEqual(asked, ["False", "False", "True"])
+
+
+class MaildirRetrTests(unittest.TestCase):
+    """RETR over Maildir and loopback TCP after the first RETR read the next
+    messages' file names ahead: another session's flag change (a rename) and
+    expunge (a removal) meanwhile are still seen."""
+
+    timeout = 20
+
+    async def test_renamed_and_removed_after_the_names_were_read(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        fixture = StorageFixture(self, MaildirStorage(os.path.join(root, "{user}", "Maildir")))
+        uids = [await fixture.add(m) for m in (MESSAGE_1, MESSAGE_2, MESSAGE_3)]
+        session = await TCPSession(TCPServer(self, fixture)).connect()  # type: ignore[arg-type]
+        await session.login()
+        first = await session.multiline("RETR 1")
+        self.assertEqual(first, b"+OK %d octets\r\n" % len(MESSAGE_1) + stuff_message(MESSAGE_1))
+        other = fixture.inbox()  # an IMAP session's view of the same INBOX
+        other.store([uids[2]], [FLAGGED], StoreMode.ADD)
+        other.store([uids[1]], [DELETED], StoreMode.ADD)
+        other.expunge([uids[1]])
+        self.assertEqual(
+            await session.command("RETR 2"), b"-ERR Message 2 was removed by another session.\r\n"
+        )
+        self.assertEqual(
+            await session.multiline("RETR 3"),
+            b"+OK %d octets\r\n" % len(MESSAGE_3) + stuff_message(MESSAGE_3),
+        )
+        self.assertEqual(await session.command("QUIT"), b"+OK Logging out, 0 messages deleted.\r\n")

@@ -37,7 +37,7 @@ class QuietCheckTests(TestCase):
     moves (no settle delay, no poll: only what a check does is seen)."""
 
     def setUp(self) -> None:
-        if watch.inotify is None:
+        if not watch.INOTIFY:
             raise SkipTest("no inotify on this platform")
         base = os.path.abspath(self.mktemp())
         self.template = os.path.join(base, "{user}", "Maildir")

@@ -46,8 +46,18 @@ if sys.platform.startswith("linux"):
     from twisted.internet import inotify
 else:  # pragma: no cover
     inotify = None
+#: Whether this platform has inotify at all.
+INOTIFY = inotify is not None
 
-__all__ = ["NO_WATCHER", "FolderWatcher", "Quiet", "WatchedFolder", "Watcher", "local_fs_type"]
+__all__ = [
+    "INOTIFY",
+    "NO_WATCHER",
+    "FolderWatcher",
+    "Quiet",
+    "WatchedFolder",
+    "Watcher",
+    "local_fs_type",
+]
 
 # One namespace for the whole backend: log lines name it, not its modules.
 log = get_logger("mailsrv.storage.maildir")
@@ -401,7 +411,7 @@ if inotify is not None:
             return False
 
         def connectionLost(self, reason: Any) -> None:
-            super().connectionLost(reason)
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
             self._fd = -1  # closed: never read or closed again (see doRead)
             self.broken = True
 

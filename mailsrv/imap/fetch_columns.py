@@ -127,7 +127,7 @@ def fetch_columns(
     missing = 0
     first = True
     while True:
-        if not first:
+        if not first and batches.more():
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
         first = False

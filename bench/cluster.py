@@ -41,8 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clients import IMAPClient
 from corpus import build_maildir, message
 from harness import PASSWORD, Meter, machine_info, markdown_table, percentile
-from load import Scale, idle, mixed
-from peers import ProcessTree, _bin, _Trees, durable, free_port, postmaster_pid, wait_for_port
+from peers import _bin, _Trees, durable, postmaster_pid
+from procs import ProcessTree, free_port, wait_for_port
+from workloads import Scale, idle, mixed
 
 HOST = "127.0.0.1"
 

@@ -28,7 +28,8 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers import Mailsrv, raise_fd_limit
+from peers import Mailsrv
+from procs import raise_fd_limit
 
 HOST = "127.0.0.1"
 PASSWORD = "bench-password"

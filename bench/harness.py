@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from clients import IMAPClient
 from corpus import build_maildir
-from peers import Dovecot, Mailsrv, ProcessTree, Server, clone_tree, dovecot_version
+from peers import Dovecot, Mailsrv, Server, dovecot_version
+from procs import ProcessTree, clone_tree
 
 __all__ = [
     "MailboxSpec",

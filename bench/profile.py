@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import load
+import workloads
 from clients import IMAPClient
 from harness import PASSWORD, MailboxSpec, Meter, Pair, pin_self
 from peers import Server
@@ -141,7 +142,7 @@ def main() -> None:
     if not os.path.exists(py_spy):
         raise SystemExit("py-spy not found: pip install py-spy")
     cpus, _ = pin_self(True)
-    scale = load.Scale.quick()
+    scale = workloads.Scale.quick()
     if args.imap:
         specs = [MailboxSpec("big", args.messages, seed=3)]
     else:

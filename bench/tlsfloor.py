@@ -10,7 +10,9 @@ on), drives each through a TLS 1.3 handshake and one short exchange with an
 in-memory client (the standard library's ``ssl``), drops the client side and
 keeps the server side.  It prints the anonymous RSS added per connection at
 three stages: fresh (no byte exchanged), after the handshake, after the
-exchange.  For comparison it does the same with the standard library's
+exchange; and first what a bare ``SSL_new`` on an empty context costs in
+each library's OpenSSL, which tells the OpenSSL build's share from the
+binding's.  For comparison it does the same with the standard library's
 ``ssl`` as the server, which links the system's OpenSSL rather than the one
 bundled in the ``cryptography`` wheel.
 
@@ -20,6 +22,7 @@ Run: ``python bench/tlsfloor.py [--connections 1000]``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import ssl
@@ -33,6 +36,8 @@ from OpenSSL.SSL import OPENSSL_VERSION, SSLeay_version
 from twisted.internet import ssl as twisted_ssl
 
 STAGES = ("fresh", "handshake", "exchange")
+#: The columns: SSL_new alone, then the stages of a whole connection.
+COLUMNS = ("ssl_new", *STAGES)
 
 
 def anon_rss_kib() -> int:
@@ -172,9 +177,39 @@ def measure(make: Callable[[str], object], stage: str, count: int) -> float:
     return (anon_rss_kib() - before) / count
 
 
+def loaded_libssl() -> str:
+    """The path of the libssl the standard library's ``ssl`` module loaded."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if "/libssl.so" in path:
+                return path
+    raise RuntimeError("the ssl module loaded no libssl.so")
+
+
+def ssl_new_alone(library: str, count: int) -> float:
+    """KiB per bare ``SSL_new`` on a context with no settings: what the
+    OpenSSL build costs before any binding or handshake is involved."""
+    if library == "pyopenssl":
+        from OpenSSL._util import lib  # the OpenSSL the cryptography wheel bundles
+
+        context = lib.SSL_CTX_new(lib.TLS_server_method())
+        return measure(lambda _: lib.SSL_new(context), "fresh", count)
+    libssl = ctypes.CDLL(loaded_libssl())
+    libssl.TLS_server_method.restype = ctypes.c_void_p
+    libssl.SSL_CTX_new.restype = ctypes.c_void_p
+    libssl.SSL_CTX_new.argtypes = [ctypes.c_void_p]
+    libssl.SSL_new.restype = ctypes.c_void_p
+    libssl.SSL_new.argtypes = [ctypes.c_void_p]
+    context = libssl.SSL_CTX_new(libssl.TLS_server_method())
+    return measure(lambda _: libssl.SSL_new(context), "fresh", count)
+
+
 def child(library: str, stage: str, count: int, cert: str, key: str) -> None:
     """One measurement in a fresh process, so stages don't share freed memory."""
-    if library == "pyopenssl":
+    if stage == "ssl_new":
+        print(f"{ssl_new_alone(library, count):.1f}")
+    elif library == "pyopenssl":
         with open(cert, "rb") as f:
             certificate = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
         with open(key, "rb") as f:
@@ -204,11 +239,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mailsrv-tlsfloor-") as top:
         cert, key = make_certificate(top)
         print(f"# TLS library memory per server-side connection ({args.connections} kept)\n")
-        print("| library | " + " | ".join(f"{s}, KiB" for s in STAGES) + " |")
-        print("|---|" + "---:|" * len(STAGES))
+        print("| library | " + " | ".join(f"{s}, KiB" for s in COLUMNS) + " |")
+        print("|---|" + "---:|" * len(COLUMNS))
         for library, label in libraries.items():
             figures = []
-            for stage in STAGES:
+            for stage in COLUMNS:
                 out = subprocess.run(
                     [sys.executable, __file__, "--connections", str(args.connections),
                      "--child", library, stage, cert, key],

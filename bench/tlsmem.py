@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clients import IMAPClient, IMAPError
 from corpus import build_maildir
 from harness import MIB, PASSWORD, machine_info, markdown_table
-from peers import Mailsrv, ProcessTree, raise_fd_limit
+from peers import Mailsrv
+from procs import ProcessTree, raise_fd_limit
 
 HOST = "127.0.0.1"
 USER = "idle"

@@ -327,11 +327,23 @@ def certificates(section: TLSSection, config_path: str = "configuration") -> lis
         chain, _key = _load_pair(cert_path, key_path, cert_key, key_key, config_path)
         leaf = _x509(chain[0])
         found.append(
-            CertificateInfo(
-                cert_key, cert_path, tuple(certificate_names(leaf)), leaf.not_valid_after_utc
-            )
+            CertificateInfo(cert_key, cert_path, tuple(certificate_names(leaf)), expires(leaf))
         )
     return found
+
+
+def expires(certificate: x509.Certificate) -> datetime.datetime:
+    """When ``certificate`` stops being valid, in UTC.
+
+    cryptography 42 added the timezone-aware ``not_valid_after_utc``;
+    Debian 12's python3-cryptography (38, linked to the system's OpenSSL
+    3.0, which keeps 8 KiB less per TLS session: docs/admin-guide.md) has
+    only the naive ``not_valid_after``, in UTC too.
+    """
+    try:
+        return certificate.not_valid_after_utc
+    except AttributeError:  # cryptography < 42
+        return certificate.not_valid_after.replace(tzinfo=datetime.UTC)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
@@ -320,3 +322,54 @@ def write_certificate(
         )
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def loopback(port: int) -> list[str]:
+    """A listener list of one TCP endpoint on 127.0.0.1."""
+    return [f"tcp:{port}:interface=127.0.0.1"]
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: the same escapes
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_text(sections: Mapping[str, Mapping[str, object]]) -> str:
+    """``{section: {key: value}}`` as TOML; a key set to None is left out."""
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def daemon_config(
+    directory: str,
+    sections: Mapping[str, Mapping[str, object]],
+    name: str = "mailsrv.toml",
+) -> str:
+    """Write a daemon configuration into ``directory``; its path.
+
+    The users file (``passwd``, users made on first login) and the mail
+    (``mail/{user}/Maildir``) live in ``directory``, failed logins are not
+    delayed; ``sections`` add to those or override them key by key (None
+    leaves a key out).
+    """
+    merged: dict[str, dict[str, object]] = {
+        "users": {"passwd_file": os.path.join(directory, "passwd"), "create_if_missing": True},
+        "auth": {"failure_delay": 0.0},
+        "storage": {"maildir": os.path.join(directory, "mail", "{user}", "Maildir")},
+    }
+    for section, values in sections.items():
+        merged.setdefault(section, {}).update(values)
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(toml_text(merged))
+    return path

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from mailsrv import cli
 from mailsrv.config import ConfigError, load_config
 from mailsrv.storage.maildir import MaildirMailbox
-from tests.helpers import Daemon, free_port
+from tests.helpers import Daemon, daemon_config, free_port, loopback
 from tests.maildir_case import MESSAGE, MaildirTestCase
 
 
@@ -112,15 +112,10 @@ class CapOverSocketTests(unittest.TestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
-        self.config = os.path.join(self.dir, "mailsrv.toml")
-        with open(self.config, "w") as f:
-            f.write(
-                f'[imap]\nlisten = ["tcp:{self.port}:interface=127.0.0.1"]\n'
-                f"[users]\npasswd_file = '{self.dir}/passwd'\ncreate_if_missing = true\n"
-                "[auth]\nfailure_delay = 0.0\n"
-                f"[storage]\nmaildir = '{self.dir}/mail/{{user}}/Maildir'\n"
-                "[limits]\nmax_cache_kinds = 4\n"
-            )
+        self.config = daemon_config(
+            self.dir,
+            {"imap": {"listen": loopback(self.port)}, "limits": {"max_cache_kinds": 4}},
+        )
         status = cli.main(
             ["user", "add", "alice", "--config", self.config, "--password-stdin"],
             stdin=io.StringIO("pw\n"),

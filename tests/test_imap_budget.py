@@ -185,10 +185,13 @@ class BudgetInDaemonTests(DaemonCrashTestCase):
     """A real daemon whose configuration gives commands 10 ms of CPU: a
     program of 4,000 TEXT keys over 300 messages spends far more."""
 
+    def config_sections(self) -> dict[str, dict[str, object]]:
+        sections = super().config_sections()
+        sections["limits"] = {"command_cpu_seconds": 0.01, "max_search_content_keys": 5000}
+        return sections
+
     def setUp(self) -> None:
         super().setUp()
-        with open(self.config, "a") as handle:
-            handle.write("[limits]\ncommand_cpu_seconds = 0.01\nmax_search_content_keys = 5000\n")
         cur = os.path.join(self.root, "cur")
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)

@@ -14,7 +14,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial import unittest
 
 from mailsrv import cli, log
-from tests.helpers import Daemon, free_port, wait_for_file_text
+from tests.helpers import Daemon, daemon_config, free_port, loopback, wait_for_file_text
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -96,13 +96,15 @@ class DaemonLogTests(unittest.TestCase):
         self.assertEqual(status, 0)
 
     def write_config(self, fmt: str) -> None:
-        with open(self.config, "w") as f:
-            f.write(
-                f'[lmtp]\nlisten = ["tcp:{self.port}:interface=127.0.0.1"]\n'
-                f"[users]\npasswd_file = '{self.dir}/passwd'\n"
-                f"[storage]\nmaildir = '{self.dir}/mail/{{user}}/Maildir'\n"
-                f'[logging]\nformat = "{fmt}"\n'
-            )
+        daemon_config(
+            self.dir,
+            {
+                "lmtp": {"listen": loopback(self.port)},
+                "users": {"create_if_missing": None},
+                "auth": {"failure_delay": None},
+                "logging": {"format": fmt},
+            },
+        )
 
     def deliver(self) -> None:
         with smtplib.LMTP("127.0.0.1", self.port, timeout=30) as lmtp:

@@ -21,7 +21,7 @@ import subprocess
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailsrv import cli
-from tests.helpers import Daemon, free_port, mailsrv_command, source_env
+from tests.helpers import Daemon, daemon_config, free_port, loopback, mailsrv_command, source_env
 
 INDEX = "mailsrv-index.sqlite"
 UIDLIST = "mailsrv-uidlist"
@@ -38,30 +38,23 @@ class DaemonCrashTestCase(SynchronousTestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
-        self.config = os.path.join(self.dir, "mailsrv.toml")
         self.passwd = os.path.join(self.dir, "passwd")
         self.root = os.path.join(self.dir, "mail", "alice", "Maildir")
-        with open(self.config, "w") as handle:
-            handle.write(
-                f"""
-[server]
-hostname = "localhost"
-[imap]
-listen = ["tcp:{self.port}:interface=127.0.0.1"]
-[users]
-passwd_file = "{self.passwd}"
-[auth]
-failure_delay = 0.0
-[storage]
-maildir = "{self.dir}/mail/{{user}}/Maildir"
-"""
-            )
+        self.config = daemon_config(self.dir, self.config_sections())
         status = cli.main(
             ["user", "add", "alice", "--config", self.config, "--password-stdin"],
             stdin=io.StringIO("pw\n"),
             stdout=io.StringIO(),
         )
         self.assertEqual(status, 0)
+
+    def config_sections(self) -> dict[str, dict[str, object]]:
+        """What the daemon's configuration adds to :func:`daemon_config`'s."""
+        return {
+            "server": {"hostname": "localhost"},
+            "imap": {"listen": loopback(self.port)},
+            "users": {"create_if_missing": None},
+        }
 
     def start(self, crash_at: str | None = None) -> Daemon:
         env = source_env()

@@ -19,6 +19,7 @@ from typing import Any, cast
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, reactor, task
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailsrv.auth.realm import MailRealm
@@ -28,7 +29,11 @@ from mailsrv.mime.decoding import search_texts
 from mailsrv.mime.structure import parse
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
+from mailsrv.storage.maildir.fulltext import FullText
+from mailsrv.storage.maildir.index import Index
+from mailsrv.storage.maildir.layout import INDEX_NAME
 from mailsrv.storage.maildir.textstore import FULLTEXT_NAME, Damaged, TextStore, looked_up
+from tests.helpers import log_events
 from tests.imap_helpers import Client
 from tests.test_imap_render import GOLDEN
 from tests.test_mime import corpus_names, load
@@ -371,6 +376,44 @@ class FullTextTests(TestCase):
         mailbox = self.inbox(self.scanned)
         self.assertIsNone(mailbox.search_text("anything", False))
         self.assertFalse(os.path.exists(os.path.join(self.root, "joe", "Maildir", FULLTEXT_NAME)))
+
+
+class IndexBeingCreatedTests(SynchronousTestCase):
+    """While ``mailsrv reindex`` or a rebuild makes the folder's index anew,
+    the file is empty until its creation commits: a full-text job that
+    opens it then waits for the next change, without an error in the log."""
+
+    def test_waits_quietly(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(folder, sub))
+        index_path = os.path.join(folder, INDEX_NAME)
+        open(index_path, "wb").close()  # created; the schema not yet committed
+        events = log_events(self)
+        jobs: list[defer.Deferred[Any]] = []
+
+        def run(job: Callable[[], Any]) -> defer.Deferred[Any]:
+            jobs.append(defer.maybeDeferred(job))
+            return jobs[-1]
+
+        fulltext = FullText(folder, run)
+        self.addCleanup(fulltext.close)
+        self.assertIsNone(fulltext.search("wombat", False))  # schedules the first build
+        self.assertEqual(len(jobs), 1)
+        self.assertFalse(fulltext._busy)
+        warnings = [e for e in events if e.get("log_level") in (LogLevel.warn, LogLevel.error)]
+        self.assertEqual(warnings, [])
+        self.assertFalse(os.path.exists(os.path.join(folder, FULLTEXT_NAME)))
+
+        # Once the index is there, the next change builds the full-text index.
+        os.unlink(index_path)
+        Index.create(index_path, 1234, 1, 1).close()
+        self.assertIsNone(fulltext.search("wombat", False))
+        self.assertEqual(len(jobs), 2)
+        self.successResultOf(jobs[1])
+        self.assertTrue(os.path.exists(os.path.join(folder, FULLTEXT_NAME)))
+        answer = self.successResultOf(defer.maybeDeferred(fulltext.search, "wombat", False))
+        self.assertEqual(answer, TextMatches(frozenset(), ()))
 
 
 class TextStoreTests(SynchronousTestCase):

@@ -21,7 +21,7 @@ from mailsrv.interfaces import SEEN, StoreMode
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.registry import MailboxRegistry
 from mailsrv.storage.maildir.storage import MaildirStorage
-from tests.helpers import Daemon, free_port
+from tests.helpers import Daemon, daemon_config, free_port, loopback
 from tests.maildir_case import Recorder
 
 
@@ -123,23 +123,9 @@ class KeptFolderOverSocketsTests(unittest.TestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.port = free_port()
-        self.config = os.path.join(self.dir, "mailsrv.toml")
-        with open(self.config, "w") as f:
-            f.write(
-                f"""
-[server]
-hostname = "localhost"
-[imap]
-listen = ["tcp:{self.port}:interface=127.0.0.1"]
-[users]
-passwd_file = "var/passwd"
-create_if_missing = true
-[auth]
-failure_delay = 0.0
-[storage]
-maildir = "var/mail/{{user}}/Maildir"
-"""
-            )
+        self.config = daemon_config(
+            self.dir, {"server": {"hostname": "localhost"}, "imap": {"listen": loopback(self.port)}}
+        )
         self.run_cli("user", "add", "alice", "--config", self.config, "--password-stdin")
 
     def run_cli(self, *argv: str, stdin: bytes = b"pw\n") -> None:
@@ -188,7 +174,7 @@ maildir = "var/mail/{{user}}/Maildir"
         self.deliver("three")
         self.assertEqual(self.select(), (3, 4, [1, 2, 3]))
         # Straight into new/, as an MTA without mailsrv writes.
-        new = os.path.join(self.dir, "var", "mail", "alice", "Maildir", "new")
+        new = os.path.join(self.dir, "mail", "alice", "Maildir", "new")
         with open(os.path.join(new, "1700000000.M1P1.mx"), "wb") as f:
             f.write(b"Subject: four\n\nbody\n")
         self.assertEqual(self.select(), (4, 5, [1, 2, 3, 4]))

@@ -69,16 +69,11 @@ class WriterTestCase(DaemonCrashTestCase):
 
     threaded = True
 
-    def setUp(self) -> None:
-        super().setUp()
-        setting = "true" if self.threaded else "false"
-        with open(self.config) as handle:
-            text = handle.read()
-        with open(self.config, "w") as handle:
-            text = text.replace("[server]\n", "[server]\nworkers = 1\n", 1)
-            handle.write(
-                text.replace("[storage]\n", f"[storage]\nthreaded_writes = {setting}\n", 1)
-            )
+    def config_sections(self) -> dict[str, dict[str, object]]:
+        sections = super().config_sections()
+        sections["server"]["workers"] = 1
+        sections["storage"] = {"threaded_writes": self.threaded}
+        return sections
 
     def connect(self) -> Connection:
         connection = Connection(self.port)

@@ -30,7 +30,7 @@ from mailsrv.penalty import FREE, LoginPenalty
 from mailsrv.policy import ConnectionLimits, SessionPolicy
 from mailsrv.pop3.server import POP3Factory
 from mailsrv.storage.memory import MemoryStorage
-from tests.helpers import Daemon, free_port, read_line
+from tests.helpers import Daemon, daemon_config, free_port, loopback, read_line
 from tests.sasl_helpers import ScramClient
 from tests.test_scram import DOVEADM_PENCIL
 
@@ -177,15 +177,15 @@ class ServiceConnectionLimitTests(TestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         imap, pop3 = free_port(), free_port()
-        config = os.path.join(directory, "mailsrv.toml")
-        with open(config, "w") as f:
-            f.write(
-                f'[imap]\nlisten = ["tcp:{imap}:interface=127.0.0.1"]\n'
-                f'[pop3]\nlisten = ["tcp:{pop3}:interface=127.0.0.1"]\n'
-                "[users]\npasswd_file = 'passwd'\ncreate_if_missing = true\n"
-                "[storage]\nmaildir = 'mail/{user}/Maildir'\n"
-                "[limits]\nmax_connections = 2\n"
-            )
+        config = daemon_config(
+            directory,
+            {
+                "imap": {"listen": loopback(imap)},
+                "pop3": {"listen": loopback(pop3)},
+                "auth": {"failure_delay": None},
+                "limits": {"max_connections": 2},
+            },
+        )
         daemon = Daemon.start(["--config", config], cwd=directory)
         self.addCleanup(daemon.stop)
         daemon.wait_for("listening on", count=2)

@@ -32,7 +32,14 @@ from mailsrv.config import (
 )
 from mailsrv.errors import ConfigError
 from mailsrv.workers import worker_count
-from tests.helpers import STARTUP_DEADLINE, free_port, read_line, source_env
+from tests.helpers import (
+    STARTUP_DEADLINE,
+    daemon_config,
+    free_port,
+    loopback,
+    read_line,
+    source_env,
+)
 from tests.workers_helpers import Client, WorkersDaemon
 
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -68,7 +75,7 @@ def fetched_flags(line: bytes) -> set[bytes]:
 class WorkersCase(unittest.TestCase):
     """A daemon with two workers on IMAP, POP3 and an LMTP socket."""
 
-    limits = "max_connections_per_user = 20\nmax_connections_per_ip = 50\n"
+    limits: dict[str, object] = {"max_connections_per_user": 20, "max_connections_per_ip": 50}
 
     def setUp(self) -> None:
         self.dir = os.path.abspath(self.mktemp())
@@ -86,17 +93,17 @@ class WorkersCase(unittest.TestCase):
         self.workers = self.server.wait_ready()
         self.assertEqual(len(self.workers), 2, self.server.daemon.log)
 
-    def write_config(self, limits: str) -> None:
-        with open(self.config, "w") as f:
-            f.write(
-                f'[imap]\nlisten = ["tcp:{self.imap}:interface=127.0.0.1"]\n'
-                f'[pop3]\nlisten = ["tcp:{self.pop3}:interface=127.0.0.1"]\n'
-                f'[lmtp]\nlisten = ["unix:{self.lmtp}"]\nsocket_mode = 0o640\n'
-                f"[users]\npasswd_file = '{self.dir}/passwd'\ncreate_if_missing = true\n"
-                "[auth]\nfailure_delay = 0.0\n"
-                f"[limits]\n{limits}"
-                f"[storage]\nmaildir = '{self.dir}/mail/{{user}}/Maildir'\npoll_interval = 3600\n"
-            )
+    def write_config(self, limits: dict[str, object]) -> None:
+        daemon_config(
+            self.dir,
+            {
+                "imap": {"listen": loopback(self.imap)},
+                "pop3": {"listen": loopback(self.pop3)},
+                "lmtp": {"listen": [f"unix:{self.lmtp}"], "socket_mode": 0o640},
+                "limits": limits,
+                "storage": {"poll_interval": 3600},
+            },
+        )
 
     def session(self, worker: int, user: str = "alice") -> Client:
         """An IMAP session of ``user`` on ``worker`` (a pid), logged in."""
@@ -191,7 +198,7 @@ class SessionsAcrossWorkersTests(WorkersCase):
 
 
 class LimitsAcrossWorkersTests(WorkersCase):
-    limits = "max_connections_per_user = 2\nmax_connections_per_ip = 3\n"
+    limits: dict[str, object] = {"max_connections_per_user": 2, "max_connections_per_ip": 3}
 
     def test_user_limit_counts_every_worker(self) -> None:
         one, two = self.workers
@@ -308,7 +315,7 @@ class SupervisionTests(WorkersCase):
         self.server.daemon.wait_exit(STARTUP_DEADLINE)
 
     def test_sighup_reloads_every_worker(self) -> None:
-        self.write_config("max_connections_per_user = 1\n")
+        self.write_config({"max_connections_per_user": 1})
         os.kill(self.server.pid, signal.SIGHUP)
         self.server.wait_for("reload: 2 of 2 workers applied the configuration")
         for number in (1, 2):

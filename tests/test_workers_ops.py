@@ -26,7 +26,7 @@ from twisted.trial import unittest
 
 from mailsrv import cli
 from mailsrv.imap.session import KICKED
-from tests.helpers import STARTUP_DEADLINE, free_port
+from tests.helpers import STARTUP_DEADLINE, daemon_config, free_port, loopback
 from tests.test_workers import add_user
 from tests.workers_helpers import Client, WorkersDaemon, owner
 
@@ -40,7 +40,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 class WorkersOpsCase(unittest.TestCase):
     """``twistd -n mailsrv --workers 2`` with IMAP, metrics and an admin socket."""
 
-    admin = ""
+    admin: dict[str, object] = {}
 
     def setUp(self) -> None:
         self.dir = os.path.abspath(self.mktemp())
@@ -59,16 +59,15 @@ class WorkersOpsCase(unittest.TestCase):
         self.assertEqual(len(self.workers), 2, self.server.daemon.log)
 
     def write_config(self, per_user: int = 100) -> None:
-        with open(self.config, "w") as f:
-            f.write(
-                f'[imap]\nlisten = ["tcp:{self.imap}:interface=127.0.0.1"]\n'
-                f"[users]\npasswd_file = '{self.dir}/passwd'\ncreate_if_missing = true\n"
-                "[auth]\nfailure_delay = 0.0\n"
-                f"[limits]\nmax_connections_per_user = {per_user}\nmax_connections_per_ip = 100\n"
-                f"[storage]\nmaildir = '{self.dir}/mail/{{user}}/Maildir'\n"
-                f'[metrics]\nlisten = "tcp:{self.metrics}:interface=127.0.0.1"\n'
-                f'[admin]\nsocket = "{self.socket}"\n{self.admin}'
-            )
+        daemon_config(
+            self.dir,
+            {
+                "imap": {"listen": loopback(self.imap)},
+                "limits": {"max_connections_per_user": per_user, "max_connections_per_ip": 100},
+                "metrics": {"listen": f"tcp:{self.metrics}:interface=127.0.0.1"},
+                "admin": {"socket": self.socket, **self.admin},
+            },
+        )
 
     def number(self, pid: int) -> str:
         """The worker number (1, 2) of a worker process, as the parent logged it."""
@@ -256,7 +255,7 @@ class MetricsAcrossWorkersTests(WorkersOpsCase):
 
 
 class AdminAcrossWorkersTests(WorkersOpsCase):
-    admin = "worker_timeout = 2\n"
+    admin: dict[str, object] = {"worker_timeout": 2}
 
     def logged_in(self) -> dict[int, list[tuple[str, Client]]]:
         """Sessions on both workers, logged in: alice first on each, then

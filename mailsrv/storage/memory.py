@@ -17,9 +17,6 @@ from __future__ import annotations
 import bisect
 import datetime
 import io
-import math
-import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
@@ -57,7 +54,6 @@ from mailsrv.interfaces import (
     MailboxStatus,
     MaybeDeferred,
     MessageColumns,
-    MessageInfo,
     MessageRow,
     NewMessage,
     StoreMode,
@@ -65,15 +61,13 @@ from mailsrv.interfaces import (
     Usage,
     maybe_deferred,
 )
-from mailsrv.log import get_logger
 from mailsrv.storage import names
 from mailsrv.storage.flags import check_flags
+from mailsrv.storage.memory_state import MailboxState, StoredMessage, uid_runs
 from mailsrv.storage.metadata import merged
 from mailsrv.storage.wire import wire_chunks
 
 __all__ = ["MemoryAccount", "MemoryMailbox", "MemoryStorage"]
-
-log = get_logger(__name__)
 
 INBOX = "INBOX"
 DELIMITER = names.DELIMITER
@@ -82,177 +76,6 @@ _READ_CHUNK = 64 * 1024
 
 def _is_under(name: str, top: str) -> bool:
     return name == top or name.startswith(top + DELIMITER)
-
-
-_uidvalidity_last = 0
-
-
-def _new_uidvalidity() -> int:
-    """A UIDVALIDITY no other mailbox of this process got: the time, or higher.
-
-    Re-creating a mailbox therefore always changes it, so clients drop their
-    cache of the old one (RFC 3501 2.3.1.1).
-    """
-    global _uidvalidity_last
-    _uidvalidity_last = max(int(time.time()), _uidvalidity_last + 1) % 2**32 or 1
-    return _uidvalidity_last
-
-
-def _runs(uids: Sequence[int]) -> list[tuple[int, int]]:
-    """Ascending ``uids`` as inclusive runs of consecutive UIDs."""
-    runs: list[tuple[int, int]] = []
-    for uid in uids:
-        if runs and uid == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], uid)
-        else:
-            runs.append((uid, uid))
-    return runs
-
-
-class _Message:
-    """One stored message; ``cache`` holds IMessageCache values."""
-
-    __slots__ = ("cache", "data", "flags", "internal_date", "modseq", "save_date", "uid")
-
-    def __init__(
-        self,
-        uid: int,
-        data: bytes,
-        flags: frozenset[str],
-        internal_date: datetime.datetime,
-        modseq: int,
-    ) -> None:
-        self.uid = uid
-        self.data = data
-        self.flags = flags
-        self.internal_date = internal_date
-        self.modseq = modseq
-        self.cache: dict[str, bytes] | None = None
-        # RFC 8514 3: when it arrived here; a copy gets its own.
-        self.save_date = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-
-    def info(self) -> MessageInfo:
-        return MessageInfo(
-            uid=self.uid,
-            flags=self.flags,
-            internal_date=self.internal_date,
-            size=len(self.data),
-            modseq=self.modseq,
-            save_date=self.save_date,
-        )
-
-    def row(self) -> MessageRow:
-        """The IMessageRows tuple: the date as UTC seconds and its offset."""
-        when = self.internal_date
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.UTC)
-        offset = when.utcoffset() or datetime.timedelta(0)
-        minutes = int(offset.total_seconds()) // 60
-        seconds = math.floor(when.timestamp())
-        return (self.uid, self.flags, seconds, minutes, len(self.data), self.modseq)
-
-
-class _MailboxState:
-    """What every :class:`MemoryMailbox` of one mailbox shares."""
-
-    def __init__(self, name: str, special_use: frozenset[str] = frozenset()) -> None:
-        self.name = name
-        self.special_use = special_use
-        self.uidvalidity = _new_uidvalidity()
-        self.mailbox_id = uuid.uuid4().hex  # RFC 8474 MAILBOXID; kept by a rename
-        self.uidnext = 1
-        self.highest_modseq = 1
-        self.messages: dict[int, _Message] = {}  # ascending UID order
-        #: Every keyword any message ever had, in order of first use (a
-        #: dict as an ordered set).
-        self.keywords: dict[str, None] = {}
-        self.unclaimed: set[int] = set()  # \Recent, not yet claimed
-        # (modseq, uid) of every expunge, ascending, for QRESYNC; entries
-        # at or below expunged_floor were dropped (forget_expunges).
-        self.expunged: list[tuple[int, int]] = []
-        self.expunged_floor = 0
-        self.listeners: list[tuple[IMailboxListener, MemoryMailbox]] = []
-        self.alive = True
-        self.size = 0
-        self.unseen = 0
-        #: RFC 5464 annotations: they follow the state through a rename.
-        self.metadata: dict[str, bytes] = {}
-        self.deleted = 0
-        self._uids: tuple[int, ...] | None = None
-
-    def uids(self) -> tuple[int, ...]:
-        if self._uids is None:
-            self._uids = tuple(self.messages)
-        return self._uids
-
-    def check_alive(self) -> None:
-        if not self.alive:
-            raise NoSuchMailbox(f"mailbox {self.name!r} was deleted")
-
-    def _count(self, message: _Message, sign: int) -> None:
-        self.size += sign * len(message.data)
-        if SEEN not in message.flags:
-            self.unseen += sign
-        if DELETED in message.flags:
-            self.deleted += sign
-
-    def add(self, data: bytes, flags: frozenset[str], internal_date: datetime.datetime) -> int:
-        """Store a message as a new arrival; the caller announces it."""
-        self.check_alive()
-        uid = self.uidnext
-        self.uidnext += 1
-        self.highest_modseq += 1
-        message = _Message(uid, data, flags, internal_date, self.highest_modseq)
-        self.messages[uid] = message
-        self._define(flags)
-        self.unclaimed.add(uid)
-        self._count(message, 1)
-        self._uids = None
-        return uid
-
-    def _define(self, flags: frozenset[str]) -> None:
-        for flag in sorted(flags):
-            if flag not in self.keywords and not flag.startswith("\\"):
-                self.keywords[flag] = None
-
-    def set_flags(self, message: _Message, flags: frozenset[str], modseq: int) -> None:
-        self._count(message, -1)
-        message.flags = flags
-        self._define(flags)
-        message.modseq = modseq
-        self._count(message, 1)
-
-    def remove(self, uids: Sequence[int]) -> None:
-        """Expunge these (existing) UIDs under one new MODSEQ."""
-        if not uids:
-            return
-        self.highest_modseq += 1
-        for uid in uids:
-            message = self.messages.pop(uid)
-            self._count(message, -1)
-            self.unclaimed.discard(uid)
-            self.expunged.append((self.highest_modseq, uid))
-        self._uids = None
-
-    def select(self, uids: Iterable[int]) -> list[_Message]:
-        """The existing messages among ``uids``, ascending."""
-        if isinstance(uids, range) and len(uids) > len(self.messages):
-            wanted: Iterable[int] = [uid for uid in self.messages if uid in uids]
-        else:
-            wanted = sorted({uid for uid in uids if uid in self.messages})
-        return [self.messages[uid] for uid in wanted]
-
-    def announce(self, event: str, *args: Any) -> None:
-        """Tell every listener; one failing listener does not stop the others."""
-        for listener, mailbox in list(self.listeners):
-            try:
-                getattr(listener, event)(mailbox, *args)
-            except Exception:
-                log.failure(
-                    "mailbox listener {listener!r} failed on {event}",
-                    listener=listener,
-                    event=event,
-                )
 
 
 @implementer(
@@ -267,7 +90,7 @@ class _MailboxState:
 class MemoryMailbox:
     """A handle on one in-memory mailbox; all handles of a name share state."""
 
-    def __init__(self, state: _MailboxState) -> None:
+    def __init__(self, state: MailboxState) -> None:
         self._state = state
 
     def __repr__(self) -> str:
@@ -349,7 +172,7 @@ class MemoryMailbox:
         )
 
     def uid_runs(self) -> list[tuple[int, int]]:
-        return _runs(self._state.uids())
+        return uid_runs(self._state.uids())
 
     def pop3_listing(self) -> Sequence[tuple[int, int, bool]]:
         messages = self._state.messages
@@ -492,7 +315,7 @@ class MemoryMailbox:
         state = self._state
         state.check_alive()
         given = check_flags(flags)
-        changes: list[tuple[_Message, frozenset[str]]] = []
+        changes: list[tuple[StoredMessage, frozenset[str]]] = []
         conflicts: list[int] = []
         for message in state.select(uids):
             if unchanged_since is not None and message.modseq > unchanged_since:
@@ -534,7 +357,7 @@ class MemoryMailbox:
         return self._copy_elsewhere(messages, destination)
 
     def _copy_elsewhere(
-        self, messages: list[_Message], destination: IMailbox
+        self, messages: list[StoredMessage], destination: IMailbox
     ) -> defer.Deferred[Sequence[tuple[int, int]]]:
         """Append copies one by one to a mailbox of another backend."""
 
@@ -621,16 +444,16 @@ class MemoryAccount:
 
     def __init__(self, username: str) -> None:
         self.username = username
-        self._mailboxes: dict[str, _MailboxState] = {INBOX: _MailboxState(INBOX)}
+        self._mailboxes: dict[str, MailboxState] = {INBOX: MailboxState(INBOX)}
         self._subscriptions: list[str] = []
         self._server_metadata: dict[str, bytes] = {}
         for name, use in DEFAULT_FOLDERS:
-            self._mailboxes[name] = _MailboxState(name, frozenset({use}))
+            self._mailboxes[name] = MailboxState(name, frozenset({use}))
 
     def __repr__(self) -> str:
         return f"<MemoryAccount {self.username!r}>"
 
-    def _state(self, name: str) -> _MailboxState:
+    def _state(self, name: str) -> MailboxState:
         name = names.normalize(name)
         state = self._mailboxes.get(name)
         if state is None:
@@ -676,8 +499,8 @@ class MemoryAccount:
             raise MailboxExists(f"mailbox {name!r} already exists")
         for parent in names.parents(name):
             if parent not in self._mailboxes:
-                self._mailboxes[parent] = _MailboxState(parent)
-        self._mailboxes[name] = _MailboxState(name, uses)
+                self._mailboxes[parent] = MailboxState(parent)
+        self._mailboxes[name] = MailboxState(name, uses)
 
     def delete_mailbox(self, name: str) -> None:
         name = names.normalize(name)
@@ -712,7 +535,7 @@ class MemoryAccount:
             raise NoSuchMailbox(f"no mailbox named {old!r}")
         for parent in names.parents(new):
             if parent not in self._mailboxes:
-                self._mailboxes[parent] = _MailboxState(parent)
+                self._mailboxes[parent] = MailboxState(parent)
         for name in moving:
             state = self._mailboxes.pop(name)
             state.name = new + name[len(old) :]

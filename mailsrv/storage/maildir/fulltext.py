@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 
 from mailsrv.interfaces import TextMatches
 from mailsrv.log import get_logger
+from mailsrv.storage.maildir.buildlog import BuildLog
 from mailsrv.storage.maildir.layout import INDEX_NAME, open_wire
 from mailsrv.storage.maildir.textstore import (
     FULLTEXT_NAME,
@@ -56,8 +56,6 @@ Progress = Callable[[int, int], None]
 
 #: Messages indexed per transaction.
 BATCH = 64
-#: A job that indexes at least this many messages says so in the log.
-_LOGGED_BUILD = 1000
 
 
 @attrs.define
@@ -99,6 +97,11 @@ class _Main:
         if os.stat(path).st_ino != self.inode:
             self.db.close()
             raise sqlite3.OperationalError("index replaced while opening it")
+        # A new index (mailsrv reindex, a rebuild) is an empty file until
+        # its creation commits: nothing to compare with yet, and no error.
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            self.db.close()
+            raise _Replaced("the folder's index is being created")
 
     def close(self) -> None:
         self.db.close()
@@ -218,6 +221,11 @@ class FullText:
                 with self._state_lock:
                     self._coverage = None
                 self._again = True
+            elif result.check(_Replaced):
+                # The folder's index is being made anew: its maker (a
+                # reindex rebuilds this file too, a rebuild announces its
+                # messages) brings the next change, which tries again.
+                log.debug("full-text index {path} waits for a new index", path=self.path)
             else:
                 # The folder's index busy or away: the next change tries again.
                 log.warn(
@@ -415,7 +423,7 @@ class FullText:
         """Index the messages still missing, a batch per transaction."""
         with self._state_lock:
             todo = sorted(coverage.missing)
-        began = time.monotonic()
+        logged = BuildLog("full-text index", self.path, len(todo), "messages")
         for start in range(0, len(todo), BATCH):
             if progress is None and (self._closed or self._stopping.is_set()):
                 return  # the next job (or the next run of the daemon) goes on
@@ -426,15 +434,10 @@ class FullText:
                 coverage.missing -= settled
             if progress is not None:
                 progress(start + len(batch), len(todo))
-        if len(todo) >= _LOGGED_BUILD:
-            log.info(
-                "full-text index {path}: {count} messages indexed in {seconds:.1f} s, "
-                "{size} octets",
-                path=self.path,
-                count=len(todo),
-                seconds=time.monotonic() - began,
-                size=store.size(),
-            )
+            logged.step(start + len(batch))
+        logged.finished(len(todo))
+        if logged.active:
+            log.info("full-text index {path}: {size} octets", path=self.path, size=store.size())
 
     def _read_batch(
         self, main: _Main, uids: Sequence[int]

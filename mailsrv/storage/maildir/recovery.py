@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING
 from mailsrv.errors import StorageError
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir.faults import CRASH_POINTS, crash_point
-from mailsrv.storage.maildir.index import Index, move_aside
+from mailsrv.storage.maildir.index import Index
 from mailsrv.storage.maildir.layout import DOVECOT_UIDLIST_NAME, split_filename
+from mailsrv.storage.maildir.schema import move_aside
 from mailsrv.storage.maildir.uidlist import UidList, UidListData, folder_guid, mint_uidvalidity
 
 if TYPE_CHECKING:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from mailsrv.log import get_logger
+from mailsrv.storage.maildir.buildlog import BuildLog
 from mailsrv.storage.maildir.index import Index, Row
 from mailsrv.storage.maildir.layout import (
     dir_signature,
@@ -183,7 +184,12 @@ def examine(folder: IndexedFolder, strangers: dict[str, str]) -> list[Stranger]:
     (from the ``,W=`` field where the name has one); what cannot be read,
     or is not a regular file, is skipped with a warning."""
     added: list[Stranger] = []
-    for base, filename in strangers.items():
+    # Many files the index does not know: a first open of a big Maildir,
+    # or a rebuild; an operator sees it advance in the log.
+    progress = BuildLog("index of", folder.path, len(strangers), "files")
+    for count, (base, filename) in enumerate(strangers.items()):
+        if count % 500 == 0:
+            progress.step(count)
         path = os.path.join(folder.cur, filename)
         try:
             st = os.stat(path)
@@ -198,6 +204,7 @@ def examine(folder: IndexedFolder, strangers: dict[str, str]) -> list[Stranger]:
             folder.warn_once(f"cannot read {path}: {exc}; ignored")
             continue
         added.append((base, filename, st, size))
+    progress.finished(len(added))
     return added
 
 

@@ -41,7 +41,7 @@ from typing import IO
 
 from mailsrv.mime.decoding import search_texts
 from mailsrv.mime.structure import FORMAT_VERSION, parse
-from mailsrv.storage.maildir.index import is_corruption
+from mailsrv.storage.maildir.schema import is_corruption
 
 __all__ = [
     "FULLTEXT_NAME",

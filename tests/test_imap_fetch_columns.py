@@ -33,7 +33,7 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from fuzz.strategies import fuzz_settings
-from mailsrv.imap import budget, fetch_columns, fetch_rows
+from mailsrv.imap import budget, fetch_columns, fetch_rows, pacing
 from mailsrv.interfaces import NewMessage, StoreMode
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
@@ -275,3 +275,47 @@ class BudgetTests(ServerTestBase):
         self.patch(budget, "cpu_clock", FakeClock(0.0))
         response = yield client.command("b", "FETCH 2999:* (FLAGS)")
         self.assertEqual(response.count(b" FETCH (FLAGS "), 2)
+
+
+class SameTurnTests(SynchronousTestCase):
+    """A FETCH whose messages fit in one batch is answered at once: the
+    tagged completion follows the data in the same reactor turn, not after a
+    turn given to other sessions for nothing (the pause is only between
+    batches).  The clock is never advanced here."""
+
+    def answer(self, command: str, turns: int = 0) -> bytes:
+        storage = bare_storage("joe")
+        inbox = storage.account("joe").get_mailbox("INBOX")
+        inbox.append_many([NewMessage(io.BytesIO(_message(n, 10)), [], None) for n in range(3)])
+        clock = task.Clock()
+        session = _Session(storage, clock)
+        session.select()
+        session.transport.clear()
+        session.server.dataReceived(b"f " + command.encode() + b"\r\n")
+        for _ in range(turns):
+            clock.advance(0)
+        data: bytes = session.transport.value()
+        return data
+
+    def test_column_fetch(self) -> None:
+        data = self.answer("FETCH 1:3 (UID FLAGS)")
+        self.assertTrue(data.startswith(b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n"), data)
+        self.assertTrue(data.endswith(b"f OK FETCH completed\r\n"), data)
+
+    def test_row_fetch(self) -> None:
+        command = "FETCH 2 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+        with _patched(fetch_columns, "covers", lambda request: False):
+            data = self.answer(command)
+        self.assertTrue(data.startswith(b"* 2 FETCH (FLAGS (\\Recent) BODY[HEADER.FIELDS"), data)
+        self.assertTrue(data.endswith(b"f OK FETCH completed\r\n"), data)
+
+    def test_long_fetch_still_gives_turns(self) -> None:
+        """Past one batch, the rest waits for a turn (pacing.py)."""
+        self.patch(fetch_columns, "LARGEST", 1)
+        self.patch(pacing, "SMALLEST", 1)
+        data = self.answer("FETCH 1:3 (UID FLAGS)")
+        self.assertNotIn(b"f OK", data)
+        self.assertIn(b"* 1 FETCH", data)
+        self.assertTrue(
+            self.answer("FETCH 1:3 (UID FLAGS)", turns=3).endswith(b"f OK FETCH completed\r\n")
+        )

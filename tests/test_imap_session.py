@@ -31,7 +31,7 @@ from mailsrv.imap.registry import (
 from mailsrv.policy import SessionPolicy
 from mailsrv.storage.memory import MemoryMailbox, MemoryStorage
 from tests.helpers import LaterLimits, at_once
-from tests.imap_helpers import ServerTestBase, in_process
+from tests.imap_helpers import ServerTestBase, bare_storage, in_process, slow_next_select
 
 
 def _broken_parser(reader: Reader, tag: str, name: str, uid: bool) -> Command:
@@ -412,3 +412,37 @@ class LaterConnectionCountTests(SynchronousTestCase):
         _, second = self.connect(limits)
         limits.answer()
         self.assertTrue(second.value().startswith(b"* OK"))
+
+
+class WaitingCommandReadingTests(SynchronousTestCase):
+    """A command that waits for storage stops commands being handed over,
+    not the socket: a client that waits for each answer costs no pause and
+    resume of its transport; one that sends on meanwhile is held (its
+    input stays one read) and served in order once the command is done."""
+
+    def setUp(self) -> None:
+        self.gate = slow_next_select(self)
+        self.server, self.transport = in_process(bare_storage("joe"))
+        self.server.dataReceived(b"a LOGIN joe secret\r\n")
+        self.transport.clear()
+
+    def test_waiting_command_leaves_the_socket_reading(self) -> None:
+        self.server.dataReceived(b"s SELECT INBOX\r\n")
+        self.assertEqual(self.transport.value(), b"")  # waiting for the storage
+        self.assertEqual(self.transport.producerState, "producing")
+        self.gate.callback(None)
+        self.assertTrue(self.transport.value().endswith(b"s OK [READ-WRITE] SELECT completed\r\n"))
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_pipelined_command_held_until_the_first_is_done(self) -> None:
+        self.server.dataReceived(b"s SELECT INBOX\r\n")
+        self.server.dataReceived(b"n NOOP\r\n")
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.transport.value(), b"")
+        self.gate.callback(None)
+        answer = self.transport.value()
+        self.assertTrue(
+            answer.endswith(b"s OK [READ-WRITE] SELECT completed\r\nn OK NOOP completed\r\n"),
+            answer,
+        )
+        self.assertEqual(self.transport.producerState, "producing")

@@ -170,3 +170,33 @@ class CacheTests(MaildirTestCase):
         self.assertIsNone(inbox.get_cached(uid, "envelope"))
         inbox.set_cached(uid, "envelope", b"(late)")
         self.assertIsNone(inbox.get_cached(uid, "envelope"))
+
+
+class KeywordFileTests(MaildirTestCase):
+    def test_missing_file_read_once(self) -> None:
+        """With no dovecot-keywords (no message ever had a keyword), refreshing
+        the table before each FETCH or STORE reads nothing; a file written
+        later by another process is read."""
+        from mailsrv.storage.maildir import keywords
+
+        path = os.path.join(self.base, "dovecot-keywords")
+        table = keywords.KeywordTable(path)
+        reads: list[str] = []
+        real = keywords.read_keywords
+
+        def counted(where: str) -> list[str | None]:
+            reads.append(where)
+            return real(where)
+
+        self.patch(keywords, "read_keywords", counted)
+        for _ in range(3):
+            table.refresh()
+        self.assertEqual(reads, [])
+        self.assertEqual(table.flags("a"), frozenset())
+        keywords.write_keywords(path, ["$Work"])
+        table.refresh()
+        self.assertEqual(reads, [path])
+        self.assertEqual(table.flags("a"), frozenset({"$Work"}))
+        os.unlink(path)
+        table.refresh()
+        self.assertEqual(table.flags("a"), frozenset())

@@ -24,7 +24,7 @@ from mailsrv.interfaces import (
     StoreMode,
 )
 from mailsrv.storage.maildir import MaildirMailbox, MaildirStorage
-from mailsrv.storage.maildir.watch import WatchedFolder
+from mailsrv.storage.maildir.watch import Quiet, WatchedFolder
 from tests.maildir_case import MESSAGE, MESSAGE_CRLF, MaildirTestCase, Recorder
 
 
@@ -357,6 +357,9 @@ class _RecordingWatcher:
 
     def unwatch(self, folder: WatchedFolder) -> None:
         self.calls.append(("unwatch", folder))
+
+    def quiet(self, folder: WatchedFolder) -> Quiet | None:
+        return None
 
 
 class HandedWatcherTests(MaildirTestCase):

@@ -38,10 +38,9 @@ from mailsrv.interfaces import (
     IMessageRows,
     MessageColumns,
     MessageRow,
-    maybe_deferred,
 )
 
-__all__ = ["LARGEST", "MIN_RUN", "covers", "decimals", "fetch_columns"]
+__all__ = ["LARGEST", "MIN_RUN", "answer", "covers", "decimals", "fetch_columns"]
 
 #: The most messages one batch reads: a batch of FLAGS this size costs
 #: about the pacer's target (:data:`mailsrv.imap.pacing.TARGET`), which
@@ -114,12 +113,17 @@ class _Part:
         self.rows = rows
 
 
-@defer.inlineCallbacks
-def fetch_columns(
+def answer(
     request: FetchRequest, messages: Iterable[tuple[int, int]]
 ) -> Generator[defer.Deferred[Any], Any, int]:
-    """Answer ``(seq, uid)`` pairs (see :func:`covers`); fire with how many
-    were found expunged (left out)."""
+    """Answer ``(seq, uid)`` pairs (see :func:`covers`); return how many were
+    found expunged (left out).
+
+    A generator for ``inlineCallbacks`` (``yield from`` it in one, or call
+    :func:`fetch_columns`): it yields only what must be waited for (a
+    storage that answers later, a client that does not read, the turn other
+    sessions get between batches), so a FETCH of a few messages from the
+    Maildir runs through without a Deferred of its own."""
     names = frozenset(n for a in request.attributes if (n := _COLUMNS[a.name]) is not None)
     renderer = _Renderer(request)
     batches = Batches(messages)
@@ -127,7 +131,7 @@ def fetch_columns(
     missing = 0
     first = True
     while True:
-        if not first:
+        if not first and batches.more():
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
         first = False
@@ -138,56 +142,63 @@ def fetch_columns(
         if not segments or request.writer.closed:
             pacer.done(0)
             return missing
-        parts: list[_Part] = yield _read(request, segments, names)
+        parts: list[_Part] = yield from _read(request, segments, names)
         count = sum(count for _, _, count in segments)
         missing += count - sum(_size(part) for part in parts)
         if "flags" in names:
-            yield _tell_keywords(request, parts)
+            telling = _tell_keywords(request, parts)
+            if telling is not None:
+                yield telling
         pieces = [piece for part in parts for piece in renderer.render(part)]
         pacer.done(count)  # the wait for the client is not this command's cost
-        going_on = yield _write(request, pieces)
-        if not going_on:
+        if not (yield from _write(request, pieces)):
             return missing
+
+
+#: :func:`answer` as a Deferred firing with the count left out.
+fetch_columns = defer.inlineCallbacks(answer)
 
 
 def _size(part: _Part) -> int:
     return part.columns.count if part.columns is not None else len(part.rows)
 
 
-@defer.inlineCallbacks
 def _read(
     request: FetchRequest, segments: list[tuple[int, int, int]], names: frozenset[str]
 ) -> Generator[defer.Deferred[Any], Any, list[_Part]]:
-    """The batch's parts: each long run as columns, the rest as rows."""
+    """The batch's parts: each long run as columns, the rest as rows (a
+    generator for ``yield from``: it yields only a storage's Deferred)."""
     source: Any = request.mailbox
     parts: list[_Part] = []
     rest: dict[int, int] = {}  # {uid: seq} not read yet, to read as rows
     for seq, uid, count in segments:
         columns: MessageColumns | None = None
         if count >= MIN_RUN:
-            columns = yield maybe_deferred(source.message_columns, uid, uid + count - 1, names)
+            columns = source.message_columns(uid, uid + count - 1, names)
+            if isinstance(columns, defer.Deferred):
+                columns = yield columns
         if columns is None:
             rest.update(zip(range(uid, uid + count), range(seq, seq + count), strict=True))
             continue
         if rest:
-            parts.append((yield _rows_part(source, rest)))
+            parts.append((yield from _rows_part(source, rest)))
             rest = {}
         parts.append(_Part(seq, columns))
     if rest:
-        parts.append((yield _rows_part(source, rest)))
+        parts.append((yield from _rows_part(source, rest)))
     return parts
 
 
-def _rows_part(source: Any, seq_of: dict[int, int]) -> defer.Deferred[_Part]:
-    found: defer.Deferred[Sequence[MessageRow]] = maybe_deferred(
-        IMessageRows(source).message_rows, list(seq_of)
-    )
-    return found.addCallback(lambda rows: _Part(seq_of=seq_of, rows=rows))
+def _rows_part(source: Any, seq_of: dict[int, int]) -> Generator[defer.Deferred[Any], Any, _Part]:
+    rows = IMessageRows(source).message_rows(list(seq_of))
+    if isinstance(rows, defer.Deferred):
+        rows = yield rows
+    return _Part(seq_of=seq_of, rows=rows)
 
 
-def _tell_keywords(request: FetchRequest, parts: list[_Part]) -> defer.Deferred[None]:
+def _tell_keywords(request: FetchRequest, parts: list[_Part]) -> defer.Deferred[None] | None:
     """FLAGS again before responses showing keywords the session was not
-    told about (RFC 3501 7.2.6)."""
+    told about (RFC 3501 7.2.6); None when there are none (the usual case)."""
     flag_sets: set[frozenset[str]] = set()
     for part in parts:
         if part.columns is not None:
@@ -197,11 +208,10 @@ def _tell_keywords(request: FetchRequest, parts: list[_Part]) -> defer.Deferred[
     view = request.view
     new = view.unannounced(flag_sets)
     if not new:
-        return defer.succeed(None)
+        return None
     return view.announce_keywords(new).addCallback(request.writer.write)
 
 
-@defer.inlineCallbacks
 def _write(
     request: FetchRequest, pieces: list[bytes]
 ) -> Generator[defer.Deferred[None], None, bool]:

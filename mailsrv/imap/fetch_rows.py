@@ -166,7 +166,7 @@ def fetch_rows(
     pacer = Pacer(LARGEST)
     first = True
     while True:
-        if not first:
+        if not first and batches.more():
             # A long FETCH gives other sessions a turn between batches.
             yield task.deferLater(request.clock, 0, lambda: None)
         first = False
@@ -280,6 +280,13 @@ class Batches:
             segments = ((seq, uid, 1) for seq, uid in messages)
         self._segments = iter(segments)
         self._left: tuple[int, int, int] | None = None
+
+    def more(self) -> bool:
+        """Whether any message is left to take: a FETCH whose last batch is
+        written answers at once, not after a reactor turn spent on nothing."""
+        if self._left is None:
+            self._left = next(self._segments, None)
+        return self._left is not None
 
     def take(self, size: int) -> dict[int, int]:
         batch: dict[int, int] = {}

@@ -172,7 +172,7 @@ def fetch_messages(
         outcome = yield _fetch_uids(request, messages)
     elif fetch_rows.covers(request):
         if fetch_columns.covers(request):
-            missing = yield fetch_columns.fetch_columns(request, messages)
+            missing = yield from fetch_columns.answer(request, messages)
         else:
             missing = yield fetch_rows.fetch_rows(request, messages, _fetch_loaded)
         outcome = Outcome(missing)

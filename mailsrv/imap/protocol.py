@@ -68,7 +68,10 @@ class IMAP4Server(Protocol):
         self._inflater: Inflater | None = None
         self._output: ResponseWriter | None = None
         self._lost = False
-        self._paused = False  # the transport is paused
+        self._paused = False  # no command is handed over until resumed
+        #: The transport's reading is paused too: only once the client sent
+        #: more while paused (see _pause).
+        self._held = False
         self._reading = False  # inside _read_events
 
     @property
@@ -126,6 +129,11 @@ class IMAP4Server(Protocol):
             self._inflater.receive(data)
         else:
             self._framer.receive(data)
+        if self._paused:
+            # The client sends on while a command runs (pipelining): read
+            # no more until it is done, so the input waiting is one read.
+            self._hold()
+            return
         self._read_events()
         send_now(self.transport)
 
@@ -189,16 +197,29 @@ class IMAP4Server(Protocol):
         elif isinstance(event, LineTooLong):
             session.line_too_long(event.tag)
 
-    def _pause(self) -> None:
+    def _pause(self, hold: bool = False) -> None:
+        """Hand over no more commands until :meth:`_resume`.  Unless told to
+        ``hold`` it at once, the transport goes on reading until the client
+        actually sends more (:meth:`_hold`): a client that waits for each
+        answer, as most do, costs no pause and resume of the socket (up to
+        four epoll_ctl calls) per command that waits for storage."""
         if not self._paused and not self._lost:
             self._paused = True
+        if hold:
+            self._hold()
+
+    def _hold(self) -> None:
+        if not self._held and not self._lost:
+            self._held = True
             self._transport.pauseProducing()
 
     def _resume(self) -> None:
         if self._paused:
             self._paused = False
             if not self._lost:
-                self._transport.resumeProducing()
+                if self._held:
+                    self._held = False
+                    self._transport.resumeProducing()
                 self._read_events()
 
     # -- what the session asks (mailsrv.imap.session.Connection) ----------------
@@ -238,13 +259,10 @@ class IMAP4Server(Protocol):
         if output is not None and output.paused and not self._lost:
             # The client is not reading our answers: read no further commands
             # until it does, so pipelined commands cannot pile up responses.
-            self._pause()
+            self._pause(hold=True)
             output.ready().addCallback(self._output_drained)
         elif self._paused:
-            self._paused = False
-            if not self._lost:
-                self._transport.resumeProducing()
-                self._read_events()
+            self._resume()
 
     def _output_drained(self, _: object) -> None:
         if not self.session.busy:

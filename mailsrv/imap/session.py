@@ -360,14 +360,54 @@ class Session:
             # while sequence numbers are in use (7.4.1, 5.5).
             d = defer.maybeDeferred(view.flush, False).addCallback(self.write_lines)
             d.addCallback(lambda _: handler(self, command))
+            d.addErrback(self._failed, command)
         else:
-            d = defer.maybeDeferred(handler, self, command)
-        d.addErrback(self._failed, command)
+            result = self._run(handler, command)
+            if hook is None and not isinstance(result, defer.Deferred | Failure):
+                self._complete_now(result, command, spec.expunges_allowed)
+                return
+            d = result if isinstance(result, defer.Deferred) else defer.fail(result)
         if hook is not None:
             d.addCallback(hook_done, self, hook)
         d.addCallback(self._complete, command, spec.expunges_allowed)
         d.addErrback(self._internal_error, command)
         d.addBoth(self._command_done)
+
+    def _run(self, handler: Callable[[Session, Any], Result], command: Command) -> Any:
+        """The handler's answer, or what :meth:`_failed` makes of its error: a
+        Done, a Deferred, or a Failure if even that failed.  An answer that
+        is ready is not wrapped in a Deferred (most commands' answers are)."""
+        try:
+            result = handler(self, command)
+        except Exception:
+            failure = Failure()
+        else:
+            if isinstance(result, defer.Deferred):
+                return result.addErrback(self._failed, command)
+            return result
+        try:
+            return self._failed(failure, command)
+        except Exception:
+            return Failure()
+
+    def _complete_now(self, done: Done, command: Command, expunges: bool) -> None:
+        """:meth:`_complete` and what follows it, as the Deferred chain in
+        :meth:`execute` runs them, for an answer that is ready."""
+        try:
+            completed = self._complete(done, command, expunges)
+        except Exception:
+            self._internal_error(Failure(), command)
+            completed = None
+        if isinstance(completed, defer.Deferred):
+            completed.addErrback(self._internal_error, command)
+            completed.addBoth(self._command_done)
+            return
+        try:
+            self._command_done(None)
+        except Exception:
+            # As an error at the end of the Deferred chain is: logged, and
+            # the connection goes on.
+            LOG.failure("IMAP: finishing {command} failed", command=command.name)
 
     # -- completion -------------------------------------------------------------
 

@@ -103,8 +103,11 @@ def handle_capability(session: Session, command: Simple) -> Done:
 
 def handle_noop(session: Session, command: Simple) -> Result:
     if session.selected is not None:
-        d = defer.maybeDeferred(session.selected.mailbox.check)
-        return d.addCallback(lambda _: Done(text="NOOP completed"))
+        # The check finds outside changes, which the session then announces
+        # (RFC 3501 6.1.2); most checks are done at once (no Deferred).
+        checked = session.selected.mailbox.check()
+        if isinstance(checked, defer.Deferred):
+            return checked.addCallback(lambda _: Done(text="NOOP completed"))
     return Done(text="NOOP completed")
 
 

@@ -60,6 +60,7 @@ from mailsrv.storage.maildir.layout import (
     open_wire,
     saved_datetime,
 )
+from mailsrv.storage.maildir.quiet import QuietGate
 from mailsrv.storage.maildir.recovery import crash_point
 from mailsrv.storage.maildir.watch import Watcher
 
@@ -142,6 +143,7 @@ class MaildirMailbox:
         self.special_use: frozenset[str] = frozenset()
         self._listeners: list[IMailboxListener] = []
         self._folder = IndexedFolder(root, path, name, warn_once)
+        self._gate = QuietGate()
         self._folder.before_reopen = self._announce
         #: Files of the messages after the last one opened (see :meth:`open`),
         #: the last UID among them, and the UID opened last.
@@ -688,9 +690,13 @@ class MaildirMailbox:
 
     @_recovering
     def check(self) -> None:
+        look = self._gate.look(self._folder, self._watcher.quiet(self))
+        if look is None:
+            return  # nothing can have changed since the last check (quiet.py)
         with self._folder.locked():
             self._folder.sync()
         self._announce()
+        self._gate.looked(self._folder, look)
 
     def refresh(self) -> None:
         """Tell listeners what another process recorded in the index (the

@@ -42,9 +42,7 @@ from mailsrv.storage.maildir.layout import (
     TMP_MAX_AGE,
     UIDLIST_NAME,
     dir_signature,
-    saved_now,
     signature_value,
-    split_filename,
 )
 from mailsrv.storage.maildir.uidlist import UidList, UidListData, folder_guid
 
@@ -272,7 +270,9 @@ class IndexedFolder:
             with contextlib.suppress(OSError):
                 os.utime(self._lock_fd)
 
-    def _version(self) -> tuple[int, int]:
+    def version(self) -> tuple[int, int]:
+        """Changes since the last call by another connection (SQLite's
+        ``data_version``: another process, the writer thread) and by this one."""
         return self.db.data_version(), self._local_version
 
     def uids(self) -> tuple[int, ...]:
@@ -324,7 +324,7 @@ class IndexedFolder:
         # view, and a rebuilt index's new connection may count from the same
         # value, which would hand the new index the old one's names.
         db = self.db
-        key = self._version()
+        key = self.version()
         cached = self._names_cache
         if cached is None or cached[0] is not db or cached[1] != key:
             self._names_cache = cached = (db, key, db.filenames())
@@ -622,6 +622,11 @@ class IndexedFolder:
         signature, trusted = dir_signature(self.cur)
         self.db.put("sig_cur", signature_value(signature, trusted))
 
+    def cur_trusted(self) -> bool:
+        """Whether cur/'s recorded signature is old enough to show any later
+        change (see :func:`.scan.stale`)."""
+        return str(self.db.get("sig_cur") or "").endswith(" trusted")
+
     def needs_scan(self) -> bool:
         """Whether :meth:`sync` would list ``new/`` or ``cur/``: read
         without the lock, from the signatures the index keeps."""
@@ -639,100 +644,6 @@ class IndexedFolder:
     # -- catching up with the files (lock held) ---------------------------------------
 
     def sync(self, force: bool = False, rebuild: bool = False) -> None:
-        """Bring the index in line with new/ and cur/ (lock held).
-
-        ``force``: list both directories whatever their signatures say;
-        ``rebuild``: a new index, whose messages are not \\Recent again.
-        """
-        db = self.db
-        write = self.prepare()
-        # UIDs in the list the index has not recorded: a writer died between
-        # taking them and committing; its files get them now (see begin).
-        force = force or bool(write.hints)
-        # new/ is small (only what arrived since the last look): rescan it
-        # while its signature is too recent to trust.  cur/ can hold 100,000
-        # names: a matching recent signature is taken at its word until it
-        # ages (see scan.stale).
-        scan_new = force or scan.stale(db, self.new, "sig_new", recent_is_stale=True)
-        scan_cur = force or scan.stale(db, self.cur, "sig_cur")
-        if not (scan_new or scan_cur):
-            self._settle(write)
-            return
-        taken: set[int] = set()
-        arrived: dict[str, int] = {}  # base -> uid, moved from new/ now
-        meta: dict[str, object] = {}
-        if scan_new:
-            arrived = scan.take_new(self, write, taken)
-            signature, trusted = dir_signature(self.new)
-            meta["sig_new"] = signature_value(signature, trusted)
-            if not arrived and not scan_cur:
-                with db.transaction():
-                    db.put("sig_new", meta["sig_new"])
-                    self.commit_meta(write)
-                return
-        # cur/ always changes when something arrived, so list it then too.
-        listing, meta["sig_cur"] = scan.list_dir(self.cur)
-        vanished, renamed, strangers = scan.diff_cur(self, set(listing))
-        rows = self._new_rows(write, strangers, taken, arrived, rebuild)
-        if vanished or renamed:
-            write.next_modseq()
-        with db.transaction():
-            if rows:
-                db.insert(rows)
-            for uid, filename in renamed:
-                db.update_file(uid, filename, split_filename(filename)[1], write.modseq)
-            if vanished:
-                db.delete(vanished, write.modseq)
-            for key, value in meta.items():
-                db.put(key, value)
-            self.commit_meta(write)
-        if rows or renamed or vanished:
-            self.changed()
-
-    def _settle(self, write: Write) -> None:
-        """Nothing to scan: record only what the UID list moved on (a tail
-        appended by another process, a rewrite by a repair)."""
-        db = self.db
-        if (
-            write.uidnext != db.get_int("uidnext")
-            or write.uidlist_off != db.get("uidlist_off")
-            or write.uidlist_ino != db.get("uidlist_ino")  # rewritten by a repair
-        ):
-            with db.transaction():
-                self.commit_meta(write)
-
-    def _new_rows(
-        self,
-        write: Write,
-        strangers: dict[str, str],
-        taken: set[int],
-        arrived: dict[str, int],
-        rebuild: bool,
-    ) -> list[Row]:
-        """Index rows for files in cur/ the index did not know, UIDs assigned."""
-        added = scan.examine(self, strangers)
-        if not added:
-            return []
-        added.sort(key=lambda item: (item[2].st_mtime_ns, item[0]))
-        uid_of = self.assign_uids(write, [base for base, _, _, _ in added], taken, arrived)
-        modseq = write.next_modseq()
-        saved = saved_now()
-        rows: list[Row] = []
-        for base, filename, st, size in added:
-            row = Row(
-                uid=uid_of[base],
-                base=base,
-                filename=filename,
-                info=split_filename(filename)[1],
-                mtime_ns=st.st_mtime_ns,
-                size=size,
-                raw=size == st.st_size,
-                modseq=modseq,
-                recent=base in arrived or not rebuild,
-                # Found now (delivered by another program, RFC 8514 3's
-                # arrival as far as we can know); a rebuild cannot know.
-                saved=saved if base in arrived or not rebuild else None,
-            )
-            uidl = write.uidls.get(base) if write.hints.get(base) == row.uid else None
-            rows.append(attrs.evolve(row, pop3_uidl=uidl) if uidl else row)
-        return rows
+        """Bring the index in line with new/ and cur/ (lock held): see
+        :func:`.scan.sync`."""
+        scan.sync(self, force, rebuild)

@@ -99,7 +99,9 @@ class KeywordTable:
             signature: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             signature = None
-        if signature != self._signature or signature is None:
+        # No file now and none before: no keywords, as the table holds (a
+        # folder whose messages never had one, read on every FETCH and STORE).
+        if signature != self._signature:
             self.slots = read_keywords(self.path)
             self._shown = [k if k is not None and is_keyword(k) else None for k in self.slots]
             self._signature = signature

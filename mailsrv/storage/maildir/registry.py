@@ -26,7 +26,7 @@ from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.fulltext import FullText
 from mailsrv.storage.maildir.layout import needs_index
-from mailsrv.storage.maildir.watch import NO_WATCHER, WatchedFolder, Watcher
+from mailsrv.storage.maildir.watch import NO_WATCHER, Quiet, WatchedFolder, Watcher
 from mailsrv.storage.maildir.writer import ThreadedMailbox
 
 __all__ = ["KEEP_COUNT", "KEEP_SECONDS", "MailboxRegistry"]
@@ -271,3 +271,6 @@ class _KeepingWatcher:
     def unwatch(self, folder: WatchedFolder) -> None:
         self._watcher.unwatch(folder)
         self._released(folder)
+
+    def quiet(self, folder: WatchedFolder) -> Quiet | None:
+        return self._watcher.quiet(folder)

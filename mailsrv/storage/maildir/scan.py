@@ -16,12 +16,15 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import attrs
+
 from mailsrv.log import get_logger
 from mailsrv.storage.maildir.buildlog import BuildLog
-from mailsrv.storage.maildir.index import Index
+from mailsrv.storage.maildir.index import Index, Row
 from mailsrv.storage.maildir.layout import (
     dir_signature,
     fsync_dir,
+    saved_now,
     signature_value,
     size_fields,
     split_filename,
@@ -32,7 +35,7 @@ from mailsrv.storage.maildir.layout import (
 if TYPE_CHECKING:
     from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 
-__all__ = ["diff_cur", "examine", "list_dir", "stale", "take_new"]
+__all__ = ["diff_cur", "examine", "list_dir", "stale", "sync", "take_new"]
 
 # One namespace for the whole backend: log lines name it, not its modules.
 log = get_logger("mailsrv.storage.maildir")
@@ -203,3 +206,105 @@ def examine(folder: IndexedFolder, strangers: dict[str, str]) -> list[Stranger]:
         added.append((base, filename, st, size))
     progress.finished(len(added))
     return added
+
+
+def sync(folder: IndexedFolder, force: bool = False, rebuild: bool = False) -> None:
+    """Bring the index in line with new/ and cur/ (lock held).
+
+    ``force``: list both directories whatever their signatures say;
+    ``rebuild``: a new index, whose messages are not \\Recent again.
+    """
+    db = folder.db
+    write = folder.prepare()
+    # UIDs in the list the index has not recorded: a writer died between
+    # taking them and committing; its files get them now (see begin).
+    force = force or bool(write.hints)
+    # new/ is small (only what arrived since the last look): rescan it
+    # while its signature is too recent to trust.  cur/ can hold 100,000
+    # names: a matching recent signature is taken at its word until it
+    # ages (see scan.stale).
+    scan_new = force or stale(db, folder.new, "sig_new", recent_is_stale=True)
+    scan_cur = force or stale(db, folder.cur, "sig_cur")
+    if not (scan_new or scan_cur):
+        _settle(folder, write)
+        return
+    taken: set[int] = set()
+    arrived: dict[str, int] = {}  # base -> uid, moved from new/ now
+    meta: dict[str, object] = {}
+    if scan_new:
+        arrived = take_new(folder, write, taken)
+        signature, trusted = dir_signature(folder.new)
+        meta["sig_new"] = signature_value(signature, trusted)
+        if not arrived and not scan_cur:
+            with db.transaction():
+                db.put("sig_new", meta["sig_new"])
+                folder.commit_meta(write)
+            return
+    # cur/ always changes when something arrived, so list it then too.
+    listing, meta["sig_cur"] = list_dir(folder.cur)
+    vanished, renamed, strangers = diff_cur(folder, set(listing))
+    rows = _new_rows(folder, write, strangers, taken, arrived, rebuild)
+    if vanished or renamed:
+        write.next_modseq()
+    with db.transaction():
+        if rows:
+            db.insert(rows)
+        for uid, filename in renamed:
+            db.update_file(uid, filename, split_filename(filename)[1], write.modseq)
+        if vanished:
+            db.delete(vanished, write.modseq)
+        for key, value in meta.items():
+            db.put(key, value)
+        folder.commit_meta(write)
+    if rows or renamed or vanished:
+        folder.changed()
+
+
+def _settle(folder: IndexedFolder, write: Write) -> None:
+    """Nothing to scan: record only what the UID list moved on (a tail
+    appended by another process, a rewrite by a repair)."""
+    db = folder.db
+    if (
+        write.uidnext != db.get_int("uidnext")
+        or write.uidlist_off != db.get("uidlist_off")
+        or write.uidlist_ino != db.get("uidlist_ino")  # rewritten by a repair
+    ):
+        with db.transaction():
+            folder.commit_meta(write)
+
+
+def _new_rows(
+    folder: IndexedFolder,
+    write: Write,
+    strangers: dict[str, str],
+    taken: set[int],
+    arrived: dict[str, int],
+    rebuild: bool,
+) -> list[Row]:
+    """Index rows for files in cur/ the index did not know, UIDs assigned."""
+    added = examine(folder, strangers)
+    if not added:
+        return []
+    added.sort(key=lambda item: (item[2].st_mtime_ns, item[0]))
+    uid_of = folder.assign_uids(write, [base for base, _, _, _ in added], taken, arrived)
+    modseq = write.next_modseq()
+    saved = saved_now()
+    rows: list[Row] = []
+    for base, filename, st, size in added:
+        row = Row(
+            uid=uid_of[base],
+            base=base,
+            filename=filename,
+            info=split_filename(filename)[1],
+            mtime_ns=st.st_mtime_ns,
+            size=size,
+            raw=size == st.st_size,
+            modseq=modseq,
+            recent=base in arrived or not rebuild,
+            # Found now (delivered by another program, RFC 8514 3's
+            # arrival as far as we can know); a rebuild cannot know.
+            saved=saved if base in arrived or not rebuild else None,
+        )
+        uidl = write.uidls.get(base) if write.hints.get(base) == row.uid else None
+        rows.append(attrs.evolve(row, pop3_uidl=uidl) if uidl else row)
+    return rows

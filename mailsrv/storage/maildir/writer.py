@@ -408,7 +408,14 @@ class ThreadedMailbox(MaildirMailbox):
         programs that take no lock did to new/ and cur/, which their
         signatures show: only then does it wait, in the writer."""
         self._follow_replaced()
-        if self._check_if_free() or not self._needs_scan():
+        look = self._gate.look(self._folder, self._watcher.quiet(self))
+        if look is None:
+            return None  # nothing can have changed since the last check (quiet.py)
+        if self._check_if_free():
+            self._announce()
+            self._gate.looked(self._folder, look)
+            return None
+        if not self._needs_scan():
             self._announce()
             return None
         return self._write(lambda own: own.check())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from twisted.internet.abstract import FileDescriptor
 
-__all__ = ["Outbox", "send_now", "write_now"]
+__all__ = ["Outbox", "idle_socket", "send_now", "write_now"]
 
 
 def send_now(transport: object) -> None:
@@ -61,6 +61,12 @@ def _idle_socket(transport: object) -> bool:
         and not getattr(transport, "_writeDisconnecting", False)
         and not getattr(transport, "_writeDisconnected", False)
     )
+
+
+def idle_socket(transport: object) -> bool:
+    """Would :func:`write_now` hand a write to ``transport`` to the kernel
+    at once?  (Holding answers for one send is only worth it then.)"""
+    return _idle_socket(transport)
 
 
 def write_now(transport: object, data: bytes) -> None:

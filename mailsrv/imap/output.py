@@ -9,6 +9,14 @@ turns true and :meth:`ResponseWriter.ready` hands out a Deferred that fires
 once the buffer has drained.  Long responses (FETCH over many messages, big
 literals, SEARCH results) wait on it between pieces, which keeps a
 session's memory bounded however slow its client is.
+
+Within a reactor turn that handles the client's input (:meth:`ResponseWriter.hold`
+to :meth:`ResponseWriter.send_held`) what is written is held and then given
+to the kernel in one ``send`` (:class:`~mailsrv.writing.Outbox`), rather
+than buffered in the transport until the reactor's next poll: a command's
+answer costs no ``epoll_ctl`` calls to register and unregister the socket
+for writing.  What the kernel does not take goes to the transport as
+before, and its back-pressure (the producer's pause) works as it did.
 """
 
 from __future__ import annotations
@@ -22,8 +30,23 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from zope.interface import implementer
 
 from mailsrv.imap.compress import Deflater
+from mailsrv.writing import Outbox, idle_socket
 
-__all__ = ["LINES_PER_WRITE", "CommandError", "Done", "ResponseWriter", "bad", "no", "write_lines"]
+__all__ = [
+    "HOLD_LIMIT",
+    "LINES_PER_WRITE",
+    "CommandError",
+    "Done",
+    "ResponseWriter",
+    "bad",
+    "no",
+    "write_lines",
+]
+
+#: Octets held in a turn before they are sent anyway: a long FETCH answered
+#: within one turn must meet the transport's back-pressure (the producer's
+#: pause once its buffer is full) rather than pile up in memory.
+HOLD_LIMIT = 16 * 1024
 
 
 @attrs.frozen
@@ -82,6 +105,10 @@ class ResponseWriter:
         self._deflater: Deflater | None = None
         self._clock: IReactorTime | None = None
         self._flush_call: IDelayedCall | None = None
+        self._out = Outbox(transport)
+        self._holding = False
+        self._held = 0  # octets held since the last send
+        self._aborted = False
         transport.registerProducer(self, True)
 
     @property
@@ -107,7 +134,16 @@ class ResponseWriter:
                 self._flush_call = self._clock.callLater(0, self.flush)
             if not data:
                 return
-        self.transport.write(data)
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._aborted:
+            return
+        self._out.write(data)
+        if self._holding:
+            self._held += len(data)
+            if self._held >= HOLD_LIMIT:
+                self.send_held()
 
     def flush(self) -> None:
         """Send what the deflater holds (the end of a burst)."""
@@ -115,7 +151,38 @@ class ResponseWriter:
         if self._deflater is not None and not self.closed:
             data = self._deflater.flush()
             if data:
-                self.transport.write(data)
+                self._send(data)
+
+    def hold(self) -> bool:
+        """A turn handling the client's input begins: hold what is written
+        until :meth:`end_turn`.  False if a turn is already holding (its
+        caller ends it)."""
+        if self._holding or self.closed or self._aborted or not idle_socket(self.transport):
+            return False  # (nothing gained where a write would not be sent at once)
+        self._holding = self._out.hold()
+        return self._holding
+
+    def send_held(self) -> None:
+        """Send what is held now, and go on holding: before anything else
+        touches the transport's output (TLS starting), or once the turn
+        has written :data:`HOLD_LIMIT` octets."""
+        self._held = 0
+        self._out.flush()
+        if self._holding:
+            if idle_socket(self.transport):
+                self._out.hold()
+            else:
+                # The kernel left some in the transport (or TLS started):
+                # write through it for the rest of the turn, as before, so
+                # its buffer, and the producer's pause, see every octet.
+                self._holding = False
+
+    def end_turn(self) -> None:
+        """The turn is over: send what it wrote, and write at once from now
+        on (an answer a Deferred brings later, an IDLE push)."""
+        self._holding = False
+        self._held = 0
+        self._out.flush()
 
     def ready(self) -> defer.Deferred[None]:
         """Fires when the client can take more (at once if it can now).
@@ -143,6 +210,7 @@ class ResponseWriter:
         self._release()
 
     def stopProducing(self) -> None:
+        self._discard()  # the connection is gone: what is held cannot go
         self.closed = True
         self.paused = False
         self._cancel_flush()
@@ -155,10 +223,22 @@ class ResponseWriter:
 
     # -- ours ----------------------------------------------------------------
 
+    def _discard(self) -> None:
+        self._holding = False
+        self._held = 0
+        self._out.discard()
+
+    def abort(self) -> None:
+        """The connection is being aborted: what is held never goes, as the
+        transport's abort drops what it buffered."""
+        self._discard()
+        self._aborted = True  # and nothing written from now on goes either
+
     def close(self) -> None:
         """No more output: unregister from the transport, wake any waiter."""
         if not self.closed:
             self.flush()  # the last words (a BYE) before the close
+            self.end_turn()  # held ones too, before the transport closes
             self.closed = True
             self.paused = False
             try:

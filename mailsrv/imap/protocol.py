@@ -135,7 +135,7 @@ class IMAP4Server(Protocol):
             self._hold()
             return
         self._read_events()
-        send_now(self.transport)
+        send_now(self.transport)  # with TLS, its ciphertext written meanwhile
 
     def _read_events(self) -> None:
         """Hand framed input to the session until it runs out or the session
@@ -148,6 +148,9 @@ class IMAP4Server(Protocol):
         if self._reading:
             return
         self._reading = True
+        # The answers written meanwhile leave together, in one send.
+        output = self._output
+        holding = output is not None and output.hold()
         try:
             framer, session = self._framer, self.session
             while not self._paused and not self._lost and session.state is not State.LOGOUT:
@@ -166,6 +169,9 @@ class IMAP4Server(Protocol):
                     self._pause()  # until the command completes
         finally:
             self._reading = False
+            if holding:
+                assert output is not None
+                output.end_turn()
 
     def _inflate(self) -> bool:
         """Give the framer the next piece of the client's decompressed
@@ -233,6 +239,8 @@ class IMAP4Server(Protocol):
             self._transport.loseConnection()
 
     def abort(self) -> None:
+        if self._output is not None:
+            self._output.abort()  # what is held is dropped, as the transport's buffer
         if self.transport is not None:
             self._transport.abortConnection()
 

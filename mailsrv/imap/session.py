@@ -297,6 +297,8 @@ class Session:
         # RFC 3501 6.2.1 / RFC 2595 3.1: anything pipelined after STARTTLS
         # arrived in plaintext and must not be acted upon.
         self.connection.discard_input()
+        if self.writer is not None:
+            self.writer.send_held()  # the tagged OK goes in the clear, before TLS
         self.guard.start_tls(self.connection.transport)
 
     # -- input ------------------------------------------------------------------

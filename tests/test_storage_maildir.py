@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import io
 import os
 import time
+from typing import cast
 
 from twisted.trial import unittest
 
@@ -68,3 +71,41 @@ class ThreadedMaildirStorageTests(MaildirStorageTests):
         reopened = MaildirStorage(storage.template, reactor=reactor, threaded_writes=True)
         self.addCleanup(reopened.stop_watching)
         return reopened
+
+
+class CopyToAnotherBackendTests(unittest.SynchronousTestCase):
+    """COPY and MOVE from a Maildir folder to a mailbox of another backend
+    (no rename reaches it): each message appended there with its bytes,
+    flags and date; MOVE removes it here only after."""
+
+    def setUp(self) -> None:
+        from mailsrv.storage.memory import MemoryStorage
+
+        root = os.path.abspath(self.mktemp())
+        self.storage = MaildirStorage(os.path.join(root, "{user}", "Maildir"))
+        self.addCleanup(self.storage.close)
+        self.inbox = cast(MaildirMailbox, self.storage.account("alice").get_mailbox("INBOX"))
+        self.other = MemoryStorage().account("alice").get_mailbox("INBOX")
+        when = datetime.datetime(2024, 3, 1, 12, 0, tzinfo=datetime.UTC)
+        self.first = self.inbox.append(
+            io.BytesIO(b"Subject: a\r\n\r\none\r\n"), ["\\Seen", "k1"], when
+        )
+        self.inbox.append(io.BytesIO(b"Subject: b\r\n\r\ntwo\r\n"), [], when)
+
+    def test_copy(self) -> None:
+        pairs = self.inbox.copy([self.first], self.other)
+        self.assertEqual(len(pairs), 1)
+        ((source, target),) = pairs
+        self.assertEqual(source, self.first)
+        copied = self.other.fetch([target])[0]
+        self.assertEqual(copied.flags, frozenset({"\\Seen", "k1"}))
+        self.assertEqual(copied.internal_date.timestamp(), 1709294400)
+        with self.other.open(target) as handle:
+            self.assertEqual(handle.read(), b"Subject: a\r\n\r\none\r\n")
+        self.assertEqual(len(self.inbox.uids()), 2)
+
+    def test_move(self) -> None:
+        pairs = self.inbox.move([self.first], self.other)
+        self.assertEqual([source for source, _ in pairs], [self.first])
+        self.assertEqual(len(self.other.uids()), 1)
+        self.assertNotIn(self.first, self.inbox.uids())

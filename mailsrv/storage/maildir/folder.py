@@ -18,7 +18,6 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
-import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
@@ -47,7 +46,7 @@ from mailsrv.interfaces import (
     TextMatches,
 )
 from mailsrv.log import get_logger
-from mailsrv.storage.maildir import announce, appending, columns, sqlsearch, transfer
+from mailsrv.storage.maildir import announce, appending, columns, renaming, sqlsearch, transfer
 from mailsrv.storage.maildir.cache import CACHE_KINDS
 from mailsrv.storage.maildir.fulltext import FullText, Progress
 from mailsrv.storage.maildir.index import Row, is_corruption
@@ -508,7 +507,7 @@ class MaildirMailbox:
             folder.keywords.refresh()
             letters = folder.keywords.letters(system, keywords, allocate=mode != StoreMode.REMOVE)
             write = folder.begin()
-            renames: list[tuple[Row, str, str]] = []
+            renames: list[renaming.Rename] = []
             for row in folder.db.rows(wanted):
                 if unchanged_since is not None and row.modseq > unchanged_since:
                     conflicts.append(row.uid)
@@ -517,61 +516,11 @@ class MaildirMailbox:
                 if info != row.info:
                     renames.append((row, info, f"{row.base}:2,{info}"))
             if renames:
-                updated = self._rename(write, renames)
+                updated = renaming.rename_files(folder, write, renames, self._record)
         self._announce()
         return StoreResult(
             updated=tuple(self._info(row) for row in updated), conflicts=tuple(conflicts)
         )
-
-    def _rename(self, write: Write, renames: Sequence[tuple[Row, str, str]]) -> list[Row]:
-        """Give messages their new flag letters by renaming their files, and
-        record it (lock held); the rows as they are now."""
-        folder = self._folder
-        modseq = write.next_modseq()
-        before = folder.cur_signature()
-        done: list[tuple[Row, str, str]] = []
-        try:
-            for row, info, filename in renames:
-                try:
-                    os.rename(folder.path_of(row), os.path.join(folder.cur, filename))
-                except FileNotFoundError:
-                    continue  # changed or removed outside; the next sync sees it
-                done.append((row, info, filename))
-                crash_point("store-renaming")
-        except OSError:
-            # The STORE answers NO, so it must not have happened: give the
-            # files renamed so far their old names back.
-            self._unrename(done)
-            raise
-        crash_point("store-renamed")
-
-        def commit() -> None:
-            db = folder.db
-            with db.transaction():
-                for row, info, filename in done:
-                    db.update_file(row.uid, filename, info, modseq)
-                folder.commit_meta(write)
-                folder.own_cur_change(before)
-
-        # The file names are the truth: the flags are set now.
-        self._record(commit)
-        return [
-            attrs.evolve(row, filename=filename, info=info, modseq=modseq)
-            for row, info, filename in done
-        ]
-
-    def _unrename(self, done: Sequence[tuple[Row, str, str]]) -> None:
-        """Take back the renames of a STORE that failed part way (lock held).
-
-        A file that cannot get its old name back keeps its new one: file
-        names are the truth, so the next sync reads its flags from it.
-        """
-        folder = self._folder
-        for row, _, filename in reversed(done):
-            try:
-                os.rename(os.path.join(folder.cur, filename), folder.path_of(row))
-            except OSError as exc:
-                log.warn("cannot take back the flags of {name}: {error}", name=filename, error=exc)
 
     @_recovering
     def copy(self, uids: Iterable[int], destination: IMailbox) -> Sequence[tuple[int, int]]:
@@ -581,26 +530,13 @@ class MaildirMailbox:
         if not rows:
             return []
         if not isinstance(destination, MaildirMailbox):
-            return self._copy_elsewhere(rows, destination)
+            return transfer.copy_elsewhere(rows, destination, self.open, folder.keywords)
         with disk_full():
             staged = transfer.stage_copies(folder, rows, destination._folder)
             try:
                 return destination._receive(staged, folder.keywords)
             finally:
                 transfer.drop_staged(staged)
-
-    def _copy_elsewhere(self, rows: Sequence[Row], destination: IMailbox) -> list[tuple[int, int]]:
-        """Append copies to a mailbox of another backend, one by one."""
-        pairs: list[tuple[int, int]] = []
-        for row in rows:
-            with self.open(row.uid) as handle:
-                result = destination.append(
-                    handle, self._folder.keywords.flags(row.info), ns_datetime(row.mtime_ns)
-                )
-            if isinstance(result, Deferred):
-                raise StorageError("copy needs a destination that appends synchronously")
-            pairs.append((row.uid, int(result)))
-        return pairs
 
     @_recovering
     def _receive(

@@ -179,14 +179,13 @@ def _separate_duplicate(cur: str, filename: str) -> str | None:
     return fresh
 
 
-def examine(folder: IndexedFolder, strangers: dict[str, str]) -> list[Stranger]:
+def examine(folder: IndexedFolder, strangers: dict[str, str], progress: BuildLog) -> list[Stranger]:
     """Stat the files the index did not know and work out their wire sizes
     (from the ``,W=`` field where the name has one); what cannot be read,
-    or is not a regular file, is skipped with a warning."""
+    or is not a regular file, is skipped with a warning. ``progress`` is
+    told how far it got (the slow part of a big build: a file without
+    ``,W=`` is read)."""
     added: list[Stranger] = []
-    # Many files the index does not know: a first open of a big Maildir,
-    # or a rebuild; an operator sees it advance in the log.
-    progress = BuildLog("index of", folder.path, len(strangers), "files")
     for count, (base, filename) in enumerate(strangers.items()):
         if count % 500 == 0:
             progress.step(count)
@@ -204,7 +203,6 @@ def examine(folder: IndexedFolder, strangers: dict[str, str]) -> list[Stranger]:
             folder.warn_once(f"cannot read {path}: {exc}; ignored")
             continue
         added.append((base, filename, st, size))
-    progress.finished(len(added))
     return added
 
 
@@ -243,7 +241,10 @@ def sync(folder: IndexedFolder, force: bool = False, rebuild: bool = False) -> N
     # cur/ always changes when something arrived, so list it then too.
     listing, meta["sig_cur"] = list_dir(folder.cur)
     vanished, renamed, strangers = diff_cur(folder, set(listing))
-    rows = _new_rows(folder, write, strangers, taken, arrived, rebuild)
+    # Many files the index does not know (a first open of a big Maildir,
+    # a rebuild): an operator sees the build advance in the log.
+    progress = BuildLog("index of", folder.path, len(strangers), "files")
+    rows = _new_rows(folder, write, strangers, taken, arrived, rebuild, progress)
     if vanished or renamed:
         write.next_modseq()
     with db.transaction():
@@ -256,6 +257,7 @@ def sync(folder: IndexedFolder, force: bool = False, rebuild: bool = False) -> N
         for key, value in meta.items():
             db.put(key, value)
         folder.commit_meta(write)
+    progress.finished(len(rows))
     if rows or renamed or vanished:
         folder.changed()
 
@@ -280,9 +282,10 @@ def _new_rows(
     taken: set[int],
     arrived: dict[str, int],
     rebuild: bool,
+    progress: BuildLog,
 ) -> list[Row]:
     """Index rows for files in cur/ the index did not know, UIDs assigned."""
-    added = examine(folder, strangers)
+    added = examine(folder, strangers, progress)
     if not added:
         return []
     added.sort(key=lambda item: (item[2].st_mtime_ns, item[0]))

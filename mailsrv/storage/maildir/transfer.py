@@ -16,14 +16,17 @@ import errno
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from typing import IO
 
 import attrs
+from twisted.internet.defer import Deferred
 
-from mailsrv.interfaces import SYSTEM_FLAGS
+from mailsrv.errors import StorageError
+from mailsrv.interfaces import SYSTEM_FLAGS, IMailbox
 from mailsrv.storage.maildir.index import Row
 from mailsrv.storage.maildir.indexed import IndexedFolder, Write
 from mailsrv.storage.maildir.keywords import KeywordTable, sorted_info
-from mailsrv.storage.maildir.layout import fsync_dir, saved_now, unique_name
+from mailsrv.storage.maildir.layout import fsync_dir, ns_datetime, saved_now, unique_name
 from mailsrv.storage.maildir.recovery import crash_point
 
 __all__ = ["Staged", "move_files", "place_copies", "same_device", "stage_copies"]
@@ -302,3 +305,21 @@ def _record_move(
     if destination is not source:
         crash_point("move-indexed")
         sides.record_source(commit_source)
+
+
+def copy_elsewhere(
+    rows: Sequence[Row],
+    destination: IMailbox,
+    open_message: Callable[[int], IO[bytes]],
+    keywords: KeywordTable,
+) -> list[tuple[int, int]]:
+    """COPY to a mailbox of another backend: append the messages one by one
+    (their flags from ``keywords``, their dates from the files)."""
+    pairs: list[tuple[int, int]] = []
+    for row in rows:
+        with open_message(row.uid) as handle:
+            result = destination.append(handle, keywords.flags(row.info), ns_datetime(row.mtime_ns))
+        if isinstance(result, Deferred):
+            raise StorageError("copy needs a destination that appends synchronously")
+        pairs.append((row.uid, int(result)))
+    return pairs

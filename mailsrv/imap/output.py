@@ -11,12 +11,14 @@ literals, SEARCH results) wait on it between pieces, which keeps a
 session's memory bounded however slow its client is.
 
 Within a reactor turn that handles the client's input (:meth:`ResponseWriter.hold`
-to :meth:`ResponseWriter.send_held`) what is written is held and then given
-to the kernel in one ``send`` (:class:`~mailsrv.writing.Outbox`), rather
-than buffered in the transport until the reactor's next poll: a command's
-answer costs no ``epoll_ctl`` calls to register and unregister the socket
-for writing.  What the kernel does not take goes to the transport as
-before, and its back-pressure (the producer's pause) works as it did.
+to :meth:`ResponseWriter.end_turn`) what is written is held and then given
+to the kernel in one ``send`` (:class:`~mailsrv.writing.Outbox`); outside
+one (an answer a Deferred brings, an IDLE push) each write is sent at once.
+Either way nothing is buffered in the transport until the reactor's next
+poll when the socket takes it all: an answer costs no ``epoll_ctl`` calls
+to register and unregister the socket for writing.  What the kernel does
+not take goes to the transport as before, and its back-pressure (the
+producer's pause) works as it did.
 """
 
 from __future__ import annotations

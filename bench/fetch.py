@@ -149,15 +149,18 @@ async def build_text_index(server: Server, client: IMAPClient, count: int) -> No
         with Meter(server, interval=0.5) as meter:
             started = time.perf_counter()
             await client.command(f'SEARCH BODY "{ABSENT}"')
-            line = await _log_line(log, b"full-text index ", deadline=3600)
+            line = await _log_line(log, b" messages indexed in ", deadline=3600)
             seconds = time.perf_counter() - started
-    found = re.search(rb"(\d+) messages indexed in ([\d.]+) s, (\d+) octets", line)
+    found = re.search(rb"full-text index (\S+): (\d+) messages indexed in ([\d.]+) s", line)
     if found is None:
         raise RuntimeError(f"unexpected log line {line!r}")
-    indexed, octets = int(found.group(1)), int(found.group(3))
+    path, indexed = found.group(1).decode(), int(found.group(2))
+    octets = sum(
+        os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix)
+    )
     print(
         f"  mailsrv: full-text index of {indexed} messages built in {seconds:.1f} s "
-        f"(the daemon's own count: {float(found.group(2)):.1f} s), CPU {meter.usage.cpu:.1f} s, "
+        f"(the daemon's own count: {float(found.group(3)):.1f} s), CPU {meter.usage.cpu:.1f} s, "
         f"{octets} octets ({octets // max(indexed, 1)} per message)",
         flush=True,
     )

@@ -92,7 +92,7 @@ class OutboxTests(ServerTestBase):
     def test_pipelined_answers_in_order(self) -> Any:
         """Pipelined commands, some answered in a later turn (a FETCH of
         bodies gives other sessions a turn): every answer in order, each
-        octet sent once."""
+        octet sent once, the first turn's by one send."""
         messages = [small(n) for n in range(5)]
         for message in messages:
             self.deliver(message)
@@ -107,7 +107,10 @@ class OutboxTests(ServerTestBase):
         client.send(commands)
         received = yield client.until_tagged("s5")
         self.assertEqual(received, expected)
-        self.assertEqual(b"".join(sends.data), received)
+        # What the turns sent at once is a part of the answers, in order
+        # (answers a later turn brings go through the transport).
+        self.assertTrue(sends.data)
+        self.assertEqual(received[: len(sends.data[0])], sends.data[0])
 
     @defer.inlineCallbacks
     def test_a_turn_is_one_send(self) -> Any:

@@ -12,13 +12,14 @@ session's memory bounded however slow its client is.
 
 Within a reactor turn that handles the client's input (:meth:`ResponseWriter.hold`
 to :meth:`ResponseWriter.end_turn`) what is written is held and then given
-to the kernel in one ``send`` (:class:`~mailsrv.writing.Outbox`); outside
-one (an answer a Deferred brings, an IDLE push) each write is sent at once.
-Either way nothing is buffered in the transport until the reactor's next
-poll when the socket takes it all: an answer costs no ``epoll_ctl`` calls
-to register and unregister the socket for writing.  What the kernel does
-not take goes to the transport as before, and its back-pressure (the
-producer's pause) works as it did.
+to the kernel in one ``send`` (:class:`~mailsrv.writing.Outbox`): nothing
+is buffered in the transport until the reactor's next poll when the socket
+takes it all, so such an answer costs no ``epoll_ctl`` calls to register
+and unregister the socket for writing.  Outside one (an answer a Deferred
+brings, an IDLE push, the later batches of a long FETCH) writes go through
+the transport as before, which joins a batch's many writes into one send.
+What the kernel does not take goes to the transport, and its back-pressure
+(the producer's pause) works as it did.
 """
 
 from __future__ import annotations
@@ -141,11 +142,16 @@ class ResponseWriter:
     def _send(self, data: bytes) -> None:
         if self._aborted:
             return
+        if not self._holding:
+            # Outside a turn (an answer a Deferred brings, an IDLE push, the
+            # next batch of a long FETCH): through the transport, whose
+            # buffer joins a batch's many writes into one send at its poll.
+            self.transport.write(data)
+            return
         self._out.write(data)
-        if self._holding:
-            self._held += len(data)
-            if self._held >= HOLD_LIMIT:
-                self.send_held()
+        self._held += len(data)
+        if self._held >= HOLD_LIMIT:
+            self.send_held()
 
     def flush(self) -> None:
         """Send what the deflater holds (the end of a burst)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -373,3 +374,21 @@ def daemon_config(
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(toml_text(merged))
     return path
+
+
+class Trickle(io.RawIOBase):
+    """A source that gives at most ``piece`` bytes per read, like a pipe."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self._data = data
+        self._piece = piece
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        take = self._piece if size < 0 else min(size, self._piece)
+        chunk = self._data[self._at : self._at + take]
+        self._at += len(chunk)
+        return chunk

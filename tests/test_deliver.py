@@ -14,6 +14,7 @@ from mailsrv import log
 from mailsrv.errors import TemporaryFailure
 from mailsrv.storage.deliver import EmptyMessage, deliver, reindex
 from mailsrv.storage.maildir import MaildirStorage
+from tests.helpers import Trickle
 
 MESSAGE = b"From: a@example.org\nTo: alice@example.org\nSubject: hi\n\nhello\n"
 
@@ -81,18 +82,7 @@ class DeliverTests(SynchronousTestCase):
     def test_message_read_in_small_pieces(self) -> None:
         """The first chunk read to rule out empty input is not lost."""
 
-        class Trickle(io.RawIOBase):
-            def __init__(self, data: bytes) -> None:
-                self.data = data
-
-            def readable(self) -> bool:
-                return True
-
-            def read(self, size: int = -1) -> bytes:
-                chunk, self.data = self.data[:3], self.data[3:]
-                return chunk
-
-        uid = deliver(self.account, Trickle(MESSAGE))  # type: ignore[arg-type]
+        uid = deliver(self.account, Trickle(MESSAGE, 3))  # type: ignore[arg-type]
         with self.account.open_mailbox("INBOX").open(uid) as handle:
             self.assertEqual(handle.read(), MESSAGE.replace(b"\n", b"\r\n"))
 

@@ -35,6 +35,7 @@ from mailsrv.pop3.streaming import read_whole
 from mailsrv.pop3.wire import MessageEncoder, parse_number, stuff_message
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.maildrop import Maildrop
+from tests.helpers import Trickle
 from tests.pop3_helpers import MESSAGE_1, MESSAGE_2, MESSAGE_3, Fixture, Session, TCPServer
 from tests.test_pop3_retr import TRICKY
 from tests.test_pop3_storage import StorageFixture, TCPSession
@@ -252,23 +253,10 @@ class WholeMessageTests(unittest.SynchronousTestCase):
         self.assertEqual(parse_number(arg), old)
 
     def test_read_whole(self) -> None:
-        class Trickle(io.RawIOBase):
-            """A raw stream that gives one octet per read."""
-
-            def __init__(self, data: bytes) -> None:
-                self.data = data
-
-            def readable(self) -> bool:
-                return True
-
-            def read(self, size: int = -1) -> bytes:
-                out, self.data = self.data[:1], self.data[1:]
-                return out
-
         for size in (0, 1, 9, 10, 11, 30):
             data = bytes(range(65, 65 + size))
             expected = (data, True) if size <= 10 else (data[:11], False)
-            for source in (io.BytesIO(data), io.BufferedReader(io.BytesIO(data)), Trickle(data)):
+            for source in (io.BytesIO(data), io.BufferedReader(io.BytesIO(data)), Trickle(data, 1)):
                 self.assertEqual(read_whole(source, 10), expected, (size, source))  # type: ignore[arg-type]
 
 

@@ -27,6 +27,7 @@ from mailsrv.interfaces import (
     StoreMode,
 )
 from mailsrv.testing.storage import ListenerRecorder, StorageSuiteMixin
+from tests.helpers import Trickle
 from tests.pgcluster import new_dsn, new_storage
 
 
@@ -147,7 +148,7 @@ class PostgresBackendTests(unittest.TestCase):
         size = 3 * 1024 * 1024 + 17
         data = message(1, size)
         inbox = await self.mailbox(self.storage)
-        uid = await call(inbox.append, _Trickle(data, 4093))
+        uid = await call(inbox.append, Trickle(data, 4093))
         [info] = await call(inbox.fetch, [uid])
         self.assertEqual(info.size, len(data))
         chunks = self.query("SELECT seq, length(data) FROM blob_chunks ORDER BY seq")
@@ -163,7 +164,7 @@ class PostgresBackendTests(unittest.TestCase):
         inbox = await self.mailbox(self.storage)
         data = b"Subject: x\r\n\r\nbare\nlf\r\ncr\rend\n"
         for piece in (1, 2, 3, 5):
-            uid = await call(inbox.append, _Trickle(data, piece))
+            uid = await call(inbox.append, Trickle(data, piece))
             handle = await call(inbox.open, uid)
             self.assertEqual(handle.read(), b"Subject: x\r\n\r\nbare\r\nlf\r\ncr\rend\r\n")
             handle.close()
@@ -283,21 +284,3 @@ class PostgresBackendTests(unittest.TestCase):
         )
         results = await defer.gatherResults([defer.maybeDeferred(inbox.status) for _ in range(8)])
         self.assertEqual({status.messages for status in results}, {8})
-
-
-class _Trickle(io.RawIOBase):
-    """A source that gives at most ``piece`` bytes per read, like a pipe."""
-
-    def __init__(self, data: bytes, piece: int) -> None:
-        self._data = data
-        self._piece = piece
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        take = self._piece if size < 0 else min(size, self._piece)
-        chunk = self._data[self._at : self._at + take]
-        self._at += len(chunk)
-        return chunk

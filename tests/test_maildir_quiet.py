@@ -102,6 +102,18 @@ class QuietCheckTests(TestCase):
         self.inbox.check()
         self.assertEqual(done, [])
 
+    def test_quiet_again_after_a_change_outside_cur(self) -> None:
+        """A check that heard of a change only outside ``cur/`` (another
+        process's ping of mailsrv-lock) is a full one, and the checks after
+        it are quiet again."""
+        self.settle()
+        self.theirs._folder.ping()
+        self.inbox.check()
+        done = self.count_work()
+        self.inbox.check()
+        self.inbox.check()
+        self.assertEqual(done, [])
+
     def test_delivery_right_before_check_found(self) -> None:
         self.settle()
         new = os.path.join(self.root, "new")

@@ -44,8 +44,9 @@ class Look:
     quiet: Quiet | None
     version: tuple[int, int] | None = None
     uidlist: tuple[int, int] | None = None
-    #: Whether ``cur/`` had events since the last complete check.
-    cur_touched: bool = True
+    #: Whether ``cur/`` had events since the last complete check: how the
+    #: check got here, not part of the state it is compared on.
+    cur_touched: bool = attrs.field(default=True, eq=False)
 
 
 class QuietGate:

@@ -40,7 +40,7 @@ from mailsrv.interfaces import (
     MessageRow,
 )
 
-__all__ = ["LARGEST", "MIN_RUN", "answer", "covers", "decimals", "fetch_columns"]
+__all__ = ["LARGEST", "MIN_RUN", "answer", "covers", "decimals"]
 
 #: The most messages one batch reads: a batch of FLAGS this size costs
 #: about the pacer's target (:data:`mailsrv.imap.pacing.TARGET`), which
@@ -119,11 +119,11 @@ def answer(
     """Answer ``(seq, uid)`` pairs (see :func:`covers`); return how many were
     found expunged (left out).
 
-    A generator for ``inlineCallbacks`` (``yield from`` it in one, or call
-    :func:`fetch_columns`): it yields only what must be waited for (a
-    storage that answers later, a client that does not read, the turn other
-    sessions get between batches), so a FETCH of a few messages from the
-    Maildir runs through without a Deferred of its own."""
+    A generator for ``inlineCallbacks`` (``yield from`` it in one): it
+    yields only what must be waited for (a storage that answers later, a
+    client that does not read, the turn other sessions get between
+    batches), so a FETCH of a few messages from the Maildir runs through
+    without a Deferred of its own."""
     names = frozenset(n for a in request.attributes if (n := _COLUMNS[a.name]) is not None)
     renderer = _Renderer(request)
     batches = Batches(messages)
@@ -146,17 +146,13 @@ def answer(
         count = sum(count for _, _, count in segments)
         missing += count - sum(_size(part) for part in parts)
         if "flags" in names:
-            telling = _tell_keywords(request, parts)
+            telling = request.tell_keywords(_flag_sets(parts))
             if telling is not None:
                 yield telling
         pieces = [piece for part in parts for piece in renderer.render(part)]
         pacer.done(count)  # the wait for the client is not this command's cost
         if not (yield from _write(request, pieces)):
             return missing
-
-
-#: :func:`answer` as a Deferred firing with the count left out.
-fetch_columns = defer.inlineCallbacks(answer)
 
 
 def _size(part: _Part) -> int:
@@ -196,20 +192,15 @@ def _rows_part(source: Any, seq_of: dict[int, int]) -> Generator[defer.Deferred[
     return _Part(seq_of=seq_of, rows=rows)
 
 
-def _tell_keywords(request: FetchRequest, parts: list[_Part]) -> defer.Deferred[None] | None:
-    """FLAGS again before responses showing keywords the session was not
-    told about (RFC 3501 7.2.6); None when there are none (the usual case)."""
+def _flag_sets(parts: list[_Part]) -> set[frozenset[str]]:
+    """The distinct flag sets the parts' responses show."""
     flag_sets: set[frozenset[str]] = set()
     for part in parts:
         if part.columns is not None:
             flag_sets.update(part.columns.flag_sets.values())
         else:
             flag_sets.update(row[1] for row in part.rows)
-    view = request.view
-    new = view.unannounced(flag_sets)
-    if not new:
-        return None
-    return view.announce_keywords(new).addCallback(request.writer.write)
+    return flag_sets
 
 
 def _write(

@@ -21,7 +21,7 @@ that feed the handlers are :mod:`mailsrv.imap.fetching`'s.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import IO, Any
 
 import attrs
@@ -95,6 +95,16 @@ class FetchRequest:
         self.has_binary = any(a.name in ("BINARY", "BINARY.SIZE") for a in self.attributes)
         self.wants_file = any(needs_file(a) for a in self.attributes)
         self.shows_flags = any(a.name == "FLAGS" for a in self.attributes)
+
+    def tell_keywords(self, flag_sets: Iterable[frozenset[str]]) -> defer.Deferred[None] | None:
+        """Send FLAGS and PERMANENTFLAGS again before responses that show a
+        keyword the session was not told about (RFC 3501 7.2.6: another
+        session or a delivery may have just defined it).  None when every
+        keyword is known, which is the common case and costs no storage call."""
+        new = self.view.unannounced(flag_sets)
+        if not new:
+            return None
+        return self.view.announce_keywords(new).addCallback(self.writer.write)
 
 
 @attrs.define

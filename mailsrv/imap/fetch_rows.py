@@ -194,7 +194,7 @@ def _rows(
         return cast(list[MessageRow], list(zip(uids)))
     source: Any = request.mailbox  # provides IMessageRows (covers())
     rows: Sequence[MessageRow] = yield defer.maybeDeferred(source.message_rows, uids)
-    telling = _tell_keywords(request, rows)
+    telling = request.tell_keywords(row[1] for row in rows) if request.shows_flags else None
     if telling is not None:
         yield telling
     return rows
@@ -313,17 +313,3 @@ class Batches:
             batch.append((seq, uid, count))
             taken += count
         return batch
-
-
-def _tell_keywords(
-    request: FetchRequest, rows: Sequence[MessageRow]
-) -> defer.Deferred[None] | None:
-    """FLAGS again before responses showing keywords the session was not told
-    about (RFC 3501 7.2.6); None when there are none (the usual case)."""
-    if not any(a.name == "FLAGS" for a in request.attributes):
-        return None
-    view = request.view
-    new = view.unannounced({row[1] for row in rows})
-    if not new:
-        return None
-    return view.announce_keywords(new).addCallback(request.writer.write)

@@ -220,7 +220,7 @@ def _fetch_index_only(
         found = request.mailbox.fetch(list(seq_of))
         if isinstance(found, defer.Deferred):
             found = yield found
-        telling = _tell_keywords(request, found) if request.shows_flags else None
+        telling = request.tell_keywords(m.flags for m in found) if request.shows_flags else None
         if telling is not None:
             yield telling
         lines = _index_lines(request.view, found, seq_of, renderers)
@@ -299,7 +299,7 @@ def _write_batch(
     writer = request.writer
     wants_file = request.wants_file
     shows_flags = request.shows_flags
-    telling = _tell_keywords(request, [m.info for m in batch if shows_flags or m.flags_changed])
+    telling = request.tell_keywords(m.info.flags for m in batch if shows_flags or m.flags_changed)
     if telling is not None:
         yield telling
     for msg in batch:
@@ -329,18 +329,6 @@ def _write_batch(
         if writer.closed:
             return False
     return True
-
-
-def _tell_keywords(request: FetchRequest, shown: Iterable[IMessage]) -> defer.Deferred[None] | None:
-    """Send FLAGS and PERMANENTFLAGS again before responses that show a
-    keyword the session was not told about (RFC 3501 7.2.6: another session
-    or a delivery may have just defined it).  None when every keyword is
-    known, which is the common case and costs no storage call."""
-    view = request.view
-    new = view.unannounced(m.flags for m in shown)
-    if not new:
-        return None
-    return view.announce_keywords(new).addCallback(request.writer.write)
 
 
 def _respond(

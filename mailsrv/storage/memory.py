@@ -256,9 +256,8 @@ class MemoryMailbox:
     ) -> tuple[Sequence[int], Sequence[int]]:
         matched: list[int] = []
         missing: list[int] = []
-        for uid in sorted(self._state.messages):
-            if not low <= uid <= high:
-                continue
+        uids = self._state.uids()  # ascending: only the range is visited
+        for uid in uids[bisect.bisect_left(uids, low) : bisect.bisect_right(uids, high)]:
             value = self.get_cached(uid, kind)
             if value is None:
                 missing.append(uid)

@@ -25,48 +25,46 @@ from twisted.internet.abstract import FileDescriptor
 __all__ = ["Outbox", "idle_socket", "send_now", "write_now"]
 
 
-def send_now(transport: object) -> None:
-    """Hand what was written to ``transport`` in this turn to the kernel now."""
-    if (
-        not isinstance(transport, FileDescriptor)
-        or type(transport).doWrite is not FileDescriptor.doWrite
-    ):
-        return  # not a socket descriptor: a TLS wrapper protocol, a test's transport
-    if (
-        not transport.connected
-        or not (transport._tempDataLen or transport.dataBuffer)  # nothing written
-        or transport.disconnecting
-        or transport.producerPaused
-        or getattr(transport, "_writeDisconnecting", False)
-    ):
-        return
-    # None, or an error the reactor meets again on the writable event (the
-    # descriptor stays registered for it while anything is left unsent).
-    transport.doWrite()
-
-
-def _idle_socket(transport: object) -> bool:
-    """Is ``transport`` a plain TCP socket with nothing buffered, on which a
-    ``send`` now is what the reactor would do with a write on its next
-    poll?  Not with TLS started (its ciphertext goes through the protocol),
-    not closing, no paused producer, nothing written and not yet sent."""
+def _open_socket(transport: object) -> bool:
+    """Is ``transport`` a socket descriptor whose own ``doWrite`` sends,
+    connected, not closing, with no paused producer (whose resumption from
+    inside ``dataReceived`` would re-enter the protocol)?  Not a TLS wrapper
+    protocol or a test's transport."""
     return (
         isinstance(transport, FileDescriptor)
         and type(transport).doWrite is FileDescriptor.doWrite
         and bool(transport.connected)
-        and not getattr(transport, "TLS", True)
-        and not (transport._tempDataLen or transport.dataBuffer)
         and not transport.disconnecting
         and not transport.producerPaused
         and not getattr(transport, "_writeDisconnecting", False)
-        and not getattr(transport, "_writeDisconnected", False)
     )
+
+
+def send_now(transport: object) -> None:
+    """Hand what was written to ``transport`` in this turn to the kernel now."""
+    if not _open_socket(transport):
+        return
+    assert isinstance(transport, FileDescriptor)
+    if transport._tempDataLen or transport.dataBuffer:
+        # None, or an error the reactor meets again on the writable event
+        # (the descriptor stays registered for it while anything is unsent).
+        transport.doWrite()
 
 
 def idle_socket(transport: object) -> bool:
     """Would :func:`write_now` hand a write to ``transport`` to the kernel
-    at once?  (Holding answers for one send is only worth it then.)"""
-    return _idle_socket(transport)
+    at once?  A plain TCP socket (not with TLS started: its ciphertext goes
+    through the protocol) with nothing written and not yet sent, on which a
+    ``send`` now is what the reactor would do on its next poll.  (Holding
+    answers for one send is only worth it then.)"""
+    if not _open_socket(transport):
+        return False
+    assert isinstance(transport, FileDescriptor)
+    return (
+        not getattr(transport, "TLS", True)
+        and not (transport._tempDataLen or transport.dataBuffer)
+        and not getattr(transport, "_writeDisconnected", False)
+    )
 
 
 def write_now(transport: object, data: bytes) -> None:
@@ -84,7 +82,7 @@ def write_now(transport: object, data: bytes) -> None:
     """
     if not data:
         return
-    if _idle_socket(transport):
+    if idle_socket(transport):
         assert isinstance(transport, FileDescriptor)
         try:
             sent: int = transport.socket.send(data)  # type: ignore[attr-defined]
@@ -134,7 +132,7 @@ class Outbox:
         """Send what was held, and write at once from now on."""
         held, self._held = self._held, None
         if held:
-            write_now(self.transport, held[0] if len(held) == 1 else b"".join(held))
+            write_now(self.transport, b"".join(held))
 
     def discard(self) -> None:
         """Forget what was held (the connection is being aborted)."""

@@ -208,7 +208,7 @@ class OutboxOverTCPTests(unittest.TestCase):
         client = await server.login("bob")
         seen: list[bool] = []
         turns: list[defer.Deferred[None]] = [defer.Deferred(), defer.Deferred()]
-        idle_socket = writing._idle_socket
+        idle_socket = writing.idle_socket
 
         def spy(transport: object) -> bool:
             seen.append(idle_socket(transport))
@@ -216,7 +216,7 @@ class OutboxOverTCPTests(unittest.TestCase):
                 turns[len(seen) - 1].callback(None)
             return seen[-1]
 
-        self.patch(writing, "_idle_socket", spy)
+        self.patch(writing, "idle_socket", spy)
         transport: Any = client.transport
         transport.pauseProducing()  # the client stops reading
         client.send(b"".join(b"RETR %d\r\nNOOP\r\n" % n for n in range(1, 81)))

@@ -32,8 +32,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
+from mailsrv import writing
 from mailsrv.imap.compress import Deflater
-from mailsrv.writing import Outbox, idle_socket
+from mailsrv.writing import Outbox
 
 __all__ = [
     "HOLD_LIMIT",
@@ -165,7 +166,7 @@ class ResponseWriter:
         """A turn handling the client's input begins: hold what is written
         until :meth:`end_turn`.  False if a turn is already holding (its
         caller ends it)."""
-        if self._holding or self.closed or self._aborted or not idle_socket(self.transport):
+        if self._holding or self.closed or self._aborted or not writing.idle_socket(self.transport):
             return False  # (nothing gained where a write would not be sent at once)
         self._holding = self._out.hold()
         return self._holding
@@ -177,7 +178,7 @@ class ResponseWriter:
         self._held = 0
         self._out.flush()
         if self._holding:
-            if idle_socket(self.transport):
+            if writing.idle_socket(self.transport):
                 self._out.hold()
             else:
                 # The kernel left some in the transport (or TLS started):

@@ -118,6 +118,8 @@ class OutboxTests(ServerTestBase):
         # (answers a later turn brings go through the transport).
         self.assertTrue(sends.data)
         self.assertEqual(received[: len(sends.data[0])], sends.data[0])
+        # At most one send a turn: later turns' answers join in the transport.
+        self.assertLessEqual(len(sends.data), sends.turns, sends.data)
 
     @defer.inlineCallbacks
     def test_a_turn_is_one_send(self) -> Any:

@@ -90,7 +90,7 @@ class CopyToAnotherBackendTests(unittest.SynchronousTestCase):
         self.first = self.inbox.append(
             io.BytesIO(b"Subject: a\r\n\r\none\r\n"), ["\\Seen", "k1"], when
         )
-        self.inbox.append(io.BytesIO(b"Subject: b\r\n\r\ntwo\r\n"), [], when)
+        self.second = self.inbox.append(io.BytesIO(b"Subject: b\r\n\r\ntwo\r\n"), [], when)
 
     def test_copy(self) -> None:
         pairs = self.inbox.copy([self.first], self.other)
@@ -106,6 +106,10 @@ class CopyToAnotherBackendTests(unittest.SynchronousTestCase):
 
     def test_move(self) -> None:
         pairs = self.inbox.move([self.first], self.other)
-        self.assertEqual([source for source, _ in pairs], [self.first])
-        self.assertEqual(len(self.other.uids()), 1)
-        self.assertNotIn(self.first, self.inbox.uids())
+        ((source, target),) = pairs
+        self.assertEqual(source, self.first)
+        self.assertEqual(list(self.other.uids()), [target])
+        self.assertEqual(self.other.fetch([target])[0].flags, frozenset({"\\Seen", "k1"}))
+        with self.other.open(target) as handle:
+            self.assertEqual(handle.read(), b"Subject: a\r\n\r\none\r\n")
+        self.assertEqual(list(self.inbox.uids()), [self.second])  # the other one stays

@@ -70,7 +70,10 @@ class SendNowTests(unittest.TestCase):
 
     async def test_nothing_written_nothing_sent(self) -> None:
         transport, sock = await self.pair()
+        calls: list[None] = []
+        self.patch(transport, "doWrite", lambda: calls.append(None))
         send_now(transport)
+        self.assertEqual(calls, [])  # not even an empty doWrite
         readable, _, _ = select.select([sock], [], [], 0)
         self.assertEqual(readable, [])
 

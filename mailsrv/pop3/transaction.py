@@ -61,9 +61,7 @@ class Transaction:
         #: Opens a message: the file itself where the backend reads
         #: synchronously, else a Deferred (the contract allows either).
         self._open: Callable[[int], MaybeDeferred[IO[bytes]]] = (
-            IMaildropReader(maildrop).open_message
-            if IMaildropReader.providedBy(maildrop)
-            else maildrop.retrieve
+            maildrop.open_message if IMaildropReader.providedBy(maildrop) else maildrop.retrieve
         )
         self._logout: Callable[[], None] | None = logout
         self._held = True  # the maildrop is locked by us (open, not committed)

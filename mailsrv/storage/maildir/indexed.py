@@ -42,6 +42,7 @@ from mailsrv.storage.maildir.layout import (
     TMP_MAX_AGE,
     UIDLIST_NAME,
     dir_signature,
+    signature_parts,
     signature_value,
 )
 from mailsrv.storage.maildir.uidlist import UidList, UidListData, folder_guid
@@ -617,7 +618,7 @@ class IndexedFolder:
         saw it (``before``, its signature then), record the new signature,
         so our own rename does not make the next command rescan the whole
         directory.  Otherwise leave it: the next sync must look."""
-        if before != str(self.db.get("sig_cur") or "").partition(" ")[0]:
+        if before != signature_parts(self.db.get("sig_cur"))[0]:
             return
         signature, trusted = dir_signature(self.cur)
         self.db.put("sig_cur", signature_value(signature, trusted))
@@ -625,7 +626,7 @@ class IndexedFolder:
     def cur_trusted(self) -> bool:
         """Whether cur/'s recorded signature is old enough to show any later
         change (see :func:`.scan.stale`)."""
-        return str(self.db.get("sig_cur") or "").endswith(" trusted")
+        return signature_parts(self.db.get("sig_cur"))[1]
 
     def needs_scan(self) -> bool:
         """Whether :meth:`sync` would list ``new/`` or ``cur/``: read

@@ -255,6 +255,13 @@ def signature_value(signature: str, trusted: bool) -> str:
     return f"{signature} {'trusted' if trusted else 'recent'}"
 
 
+def signature_parts(value: object) -> tuple[str, bool]:
+    """(signature, trusted) from a :func:`signature_value` as kept (None,
+    nothing recorded: an empty signature, not trusted)."""
+    signature, _, flag = str(value or "").partition(" ")
+    return signature, flag == "trusted"
+
+
 def needs_index(path: str) -> bool:
     """Whether opening the folder means indexing files first (no index yet)."""
     if os.path.exists(os.path.join(path, INDEX_NAME)):

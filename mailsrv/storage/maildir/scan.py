@@ -25,6 +25,7 @@ from mailsrv.storage.maildir.layout import (
     dir_signature,
     fsync_dir,
     saved_now,
+    signature_parts,
     signature_value,
     size_fields,
     split_filename,
@@ -57,11 +58,10 @@ def stale(db: Index, path: str, key: str, recent_is_stale: bool = False) -> bool
     rescan after the window (the next command or poll) finds.
     """
     signature, trusted_now = dir_signature(path)
-    recorded = str(db.get(key) or "")
-    seen, _, flag = recorded.partition(" ")
+    seen, trusted = signature_parts(db.get(key))
     if signature != seen:
         return True
-    return flag != "trusted" and (trusted_now or recent_is_stale)
+    return not trusted and (trusted_now or recent_is_stale)
 
 
 def list_dir(path: str) -> tuple[list[str], str]:

@@ -270,12 +270,9 @@ class ThreadedMailbox(MaildirMailbox):
         index = folder.index
         if folder.closed or index is None or not index.replaced():
             return
-        # Taking the lock reopens the index (IndexedFolder._lock).
-        with folder.locked_if_free() as held:
-            if held:
-                return
-        # Another writer holds the lock for a moment: wait for it here, once
-        # per replacement, rather than answer from the old file.
+        # Taking the lock reopens the index (IndexedFolder._lock); if another
+        # writer holds it for a moment, wait for it here, once per
+        # replacement, rather than answer from the old file.
         with folder.locked():
             pass
 

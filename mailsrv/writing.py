@@ -107,11 +107,17 @@ class Outbox:
     :meth:`discard` s them, as the transport's abort drops its buffer.
     """
 
-    __slots__ = ("_held", "transport")
+    __slots__ = ("_held", "held_octets", "transport")
 
     def __init__(self, transport: object) -> None:
         self.transport = transport
         self._held: list[bytes] | None = None
+        #: Octets held since the turn began (or since the last flush).
+        self.held_octets = 0
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
 
     def hold(self) -> bool:
         """A turn begins: keep what is written until :meth:`flush`.  False
@@ -119,21 +125,25 @@ class Outbox:
         if self._held is not None:
             return False
         self._held = []
+        self.held_octets = 0
         return True
 
     def write(self, data: bytes) -> None:
         held = self._held
         if held is not None:
             held.append(data)
+            self.held_octets += len(data)
         else:
             write_now(self.transport, data)
 
     def flush(self) -> None:
         """Send what was held, and write at once from now on."""
         held, self._held = self._held, None
+        self.held_octets = 0
         if held:
             write_now(self.transport, b"".join(held))
 
     def discard(self) -> None:
         """Forget what was held (the connection is being aborted)."""
         self._held = None
+        self.held_octets = 0

@@ -110,8 +110,6 @@ class ResponseWriter:
         self._clock: IReactorTime | None = None
         self._flush_call: IDelayedCall | None = None
         self._out = Outbox(transport)
-        self._holding = False
-        self._held = 0  # octets held since the last send
         self._aborted = False
         transport.registerProducer(self, True)
 
@@ -143,15 +141,14 @@ class ResponseWriter:
     def _send(self, data: bytes) -> None:
         if self._aborted:
             return
-        if not self._holding:
+        if not self._out.holding:
             # Outside a turn (an answer a Deferred brings, an IDLE push, the
             # next batch of a long FETCH): through the transport, whose
             # buffer joins a batch's many writes into one send at its poll.
             self.transport.write(data)
             return
         self._out.write(data)
-        self._held += len(data)
-        if self._held >= HOLD_LIMIT:
+        if self._out.held_octets >= HOLD_LIMIT:
             self.send_held()
 
     def flush(self) -> None:
@@ -166,31 +163,30 @@ class ResponseWriter:
         """A turn handling the client's input begins: hold what is written
         until :meth:`end_turn`.  False if a turn is already holding (its
         caller ends it)."""
-        if self._holding or self.closed or self._aborted or not writing.idle_socket(self.transport):
+        if (
+            self._out.holding
+            or self.closed
+            or self._aborted
+            or not writing.idle_socket(self.transport)
+        ):
             return False  # (nothing gained where a write would not be sent at once)
-        self._holding = self._out.hold()
-        return self._holding
+        return self._out.hold()
 
     def send_held(self) -> None:
         """Send what is held now, and go on holding: before anything else
         touches the transport's output (TLS starting), or once the turn
         has written :data:`HOLD_LIMIT` octets."""
-        self._held = 0
+        holding = self._out.holding
         self._out.flush()
-        if self._holding:
-            if writing.idle_socket(self.transport):
-                self._out.hold()
-            else:
-                # The kernel left some in the transport (or TLS started):
-                # write through it for the rest of the turn, as before, so
-                # its buffer, and the producer's pause, see every octet.
-                self._holding = False
+        # Where the kernel left some in the transport (or TLS started), the
+        # rest of the turn writes through it, as before, so its buffer, and
+        # the producer's pause, see every octet.
+        if holding and writing.idle_socket(self.transport):
+            self._out.hold()
 
     def end_turn(self) -> None:
         """The turn is over: send what it wrote, and write at once from now
         on (an answer a Deferred brings later, an IDLE push)."""
-        self._holding = False
-        self._held = 0
         self._out.flush()
 
     def ready(self) -> defer.Deferred[None]:
@@ -233,8 +229,6 @@ class ResponseWriter:
     # -- ours ----------------------------------------------------------------
 
     def _discard(self) -> None:
-        self._holding = False
-        self._held = 0
         self._out.discard()
 
     def abort(self) -> None:

@@ -94,16 +94,24 @@ def multiline(first: str, lines: Sequence[bytes]) -> bytes:
     return status + b"\r\n" + body + TERMINATOR
 
 
+def _stuffed(chunk: bytes, at_line_start: bool) -> bytes:
+    """``chunk`` byte-stuffed (RFC 1939 3: a line starting with "." gets
+    another), ``at_line_start`` telling whether it begins a line."""
+    out = chunk.replace(b"\n.", b"\n..")
+    return b"." + out if at_line_start and chunk.startswith(b".") else out
+
+
+def _ending(at_line_start: bool) -> bytes:
+    """The end of a multi-line response: a CRLF if its last line lacked
+    one, and the terminating ``.CRLF``."""
+    return TERMINATOR if at_line_start else b"\r\n" + TERMINATOR
+
+
 def stuff_message(data: bytes) -> bytes:
     """A whole message as the rest of a multi-line response: byte-stuffed,
     its last line ended if it was not, and the terminator; the octets a
     :class:`MessageEncoder` gives when fed it in one piece, in one pass."""
-    out = data.replace(b"\n.", b"\n..")
-    if data.startswith(b"."):
-        out = b"." + out
-    if data and not data.endswith(b"\n"):
-        return out + b"\r\n" + TERMINATOR
-    return out + TERMINATOR
+    return _stuffed(data, True) + _ending(not data or data.endswith(b"\n"))
 
 
 def loggable(line: bytes) -> str:
@@ -148,9 +156,7 @@ class MessageEncoder:
         if not chunk or self.done:
             return b""
         if self._limit is None:
-            out = chunk.replace(b"\n.", b"\n..")
-            if self._at_line_start and chunk.startswith(b"."):
-                out = b"." + out
+            out = _stuffed(chunk, self._at_line_start)
             self._at_line_start = chunk.endswith(b"\n")
             return out
         return self._feed_limited(chunk)
@@ -187,4 +193,4 @@ class MessageEncoder:
         """The end of the response: a CRLF if the message lacked a final one,
         and the terminating ``.CRLF``."""
         self.done = True
-        return TERMINATOR if self._at_line_start else b"\r\n" + TERMINATOR
+        return _ending(self._at_line_start)

@@ -56,7 +56,7 @@ def news_since_seen(folder: IndexedFolder, listening: bool) -> News | None:
     # its MODSEQs start afresh, so what differs from the old one's UIDs
     # is told by UID.
     replaced, folder.replaced_uids = folder.replaced_uids, None
-    present: frozenset[int] | None = None
+    present: Sequence[int] | None = None
     with db.snapshot():
         highest = db.get_int("highest_modseq")
         uidnext = db.get_int("uidnext")
@@ -65,16 +65,17 @@ def news_since_seen(folder: IndexedFolder, listening: bool) -> News | None:
         rows = db.changed_since(seen_modseq) if listening else []
         gone = db.expunged_since(seen_modseq) if listening else []
         if replaced is not None and listening:
-            present = frozenset(db.uids())
+            present = db.uids()
     added = [row.uid for row in rows if row.uid >= seen_uidnext]
     # Another process may have defined the keywords these rows carry.
     folder.keywords.refresh()
     changed = [message_info(folder.keywords, row) for row in rows if row.uid < seen_uidnext]
     expunged = [uid for uid in gone if uid < seen_uidnext]
     if present is not None:
+        arrived, vanished = _by_uid(present, replaced, seen_uidnext)
         listed = set(added)
-        added += sorted(u for u in present if u >= seen_uidnext and u not in listed)
-        expunged += [uid for uid in replaced or () if uid not in present]
+        added += [uid for uid in arrived if uid not in listed]
+        expunged += vanished
     folder.seen_modseq, folder.seen_uidnext = highest, uidnext
     return News(added, changed, expunged)
 
@@ -84,13 +85,22 @@ def news_after_rebuild(folder: IndexedFolder, known: Sequence[int] | None) -> Ne
     sessions were last given).  Every MODSEQ restarted above the old ones,
     so flags are not announced again."""
     db = folder.db
-    uids = db.uids()
-    present = set(uids)
-    gone = [uid for uid in known if uid not in present] if known is not None else []
-    added = [uid for uid in uids if uid >= folder.seen_uidnext]
+    added, gone = _by_uid(db.uids(), known, folder.seen_uidnext)
     folder.seen_modseq = db.get_int("highest_modseq")
     folder.seen_uidnext = db.get_int("uidnext")
     return News(added, [], gone)
+
+
+def _by_uid(
+    present: Sequence[int], known: Sequence[int] | None, seen_uidnext: int
+) -> tuple[list[int], list[int]]:
+    """What an index whose MODSEQs restarted (rebuilt, or replaced by
+    another process) shows differently, told by UID alone: the UIDs from
+    ``seen_uidnext`` on among ``present`` (ascending), and those of
+    ``known`` (what sessions were last given) no longer present."""
+    still = set(present)
+    added = [uid for uid in present if uid >= seen_uidnext]
+    return added, [uid for uid in known or () if uid not in still]
 
 
 def tell(listeners: Sequence[IMailboxListener], mailbox: IMailbox, news: News) -> None:

@@ -104,6 +104,18 @@ def _marker(size: int | None) -> bytes:
     return b"=" if size is None else b"%d" % size
 
 
+#: What :func:`_unmarked` gives for a cached value it does not understand.
+_NOT_UNDERSTOOD = -1
+
+
+def _unmarked(value: bytes) -> int | None:
+    """The size :func:`_marker` cached: None (served as stored), a size, or
+    :data:`_NOT_UNDERSTOOD` (the message is measured again)."""
+    if value == b"=":
+        return None
+    return int(value) if value.isdigit() else _NOT_UNDERSTOOD
+
+
 def _resized(message: IMessage, size: int | None) -> IMessage:
     if size is None:
         return message
@@ -158,10 +170,9 @@ class DowngradedMailbox:
         if unknown:
             cached: Mapping[int, bytes] = yield content.get_many(self._cache, unknown, SIZE_KIND)
             for uid, value in cached.items():
-                if value == b"=":
-                    self._sizes[uid] = None
-                elif value.isdigit():
-                    self._sizes[uid] = int(value)
+                size = _unmarked(value)
+                if size != _NOT_UNDERSTOOD:
+                    self._sizes[uid] = size
             missing = [uid for uid in unknown if uid not in self._sizes]
             if read and missing:
                 found: dict[int, int | None] = yield content.each_file(
@@ -233,11 +244,9 @@ class DowngradedMailbox:
         mailbox; :meth:`synthetic_sizes` for the others."""
         cached: Mapping[int, bytes] = yield content.get_many(self._cache, list(uids), SIZE_KIND)
         synthetic = {
-            uid: int(value) if value.isdigit() else -1  # -1: a value not understood
-            for uid, value in cached.items()
-            if value != b"="
+            uid: size for uid, value in cached.items() if (size := _unmarked(value)) is not None
         }
-        unknown = [uid for uid, size in synthetic.items() if size < 0]
+        unknown = [uid for uid, size in synthetic.items() if size == _NOT_UNDERSTOOD]
         if len(cached) < len(uids):
             unknown += [uid for uid in uids if uid not in cached]
         if unknown:

@@ -215,12 +215,16 @@ class ServerTestBase(TestCase):
     policy = SessionPolicy(failure_delay=0.0)
 
     def setUp(self) -> None:
-        self.storage = bare_storage("joe", "ann")
+        self.storage = self.make_storage()
         checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret", ann=b"pass")
         self.portal = Portal(MailRealm(self.storage), [checker])
         self.factory = self.make_factory()
         self.port: Any = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.clients: list[Client] = []
+
+    def make_storage(self) -> MemoryStorage:
+        """The storage served (a subclass may serve another backend)."""
+        return bare_storage("joe", "ann")
 
     def make_factory(self) -> RecordingFactory:
         return RecordingFactory(self.portal, self.policy)

@@ -19,11 +19,11 @@ from mailsrv import writing
 from mailsrv.imap.protocol import IMAP4Server
 from mailsrv.policy import SessionPolicy
 from tests.imap_helpers import (
-    DATE,
     Client,
     RecordingFactory,
     ServerTestBase,
     bare_storage,
+    deliver,
     in_process,
     tls_options,
 )
@@ -39,7 +39,7 @@ def old_path(messages: list[bytes], commands: bytes) -> bytes:
     that is not a socket (no Outbox: every write goes to the transport)."""
     storage = bare_storage("joe")
     for message in messages:
-        storage.deliver("joe", message, "INBOX", (), DATE)
+        deliver(storage, message)
     clock = Clock()
     server, transport = in_process(storage, clock=clock)
     server.dataReceived(b"L LOGIN joe secret\r\nS SELECT INBOX\r\n")

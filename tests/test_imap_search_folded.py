@@ -22,22 +22,18 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
-from twisted.internet import defer, protocol, reactor, task
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from fuzz.strategies import fuzz_settings
-from mailsrv.auth.realm import MailRealm
 from mailsrv.imap import searching
 from mailsrv.imap.search_syntax import SearchKey
 from mailsrv.imap.selected import SelectedMailbox
 from mailsrv.interfaces import ICachedSearch, IIndexSearch, IMailbox, IMessageCache
-from mailsrv.policy import SessionPolicy
 from mailsrv.storage.maildir import MaildirStorage
 from mailsrv.storage.memory import MemoryStorage
-from tests.imap_helpers import Client, RecordingFactory, shut_down
+from tests.imap_helpers import ServerTestBase
 from tests.test_imap_search_pushdown import PlainMailbox, _key, _Writer
 
 UTC = datetime.UTC
@@ -295,26 +291,18 @@ class WarmSearchTests(SynchronousTestCase):
         self.assertEqual(counting.fetched, 0)
 
 
-class CurrentOverSocketTests(TestCase):
+class CurrentOverSocketTests(ServerTestBase):
     """Over a socket: a message delivered after the cache was filled is
     found, and an expunged one is not (its cached values go with it)."""
 
-    def setUp(self) -> None:
+    def make_storage(self) -> Any:  # a MaildirStorage
         self.root = os.path.abspath(self.mktemp())
-        self.storage = MaildirStorage(os.path.join(self.root, "{user}"))
-        self.addCleanup(self.storage.stop_watching)
-        inbox: Any = self.storage.account("joe").get_mailbox("INBOX")
+        storage = MaildirStorage(os.path.join(self.root, "{user}"))
+        self.addCleanup(storage.stop_watching)
+        inbox: Any = storage.account("joe").get_mailbox("INBOX")
         for number in range(6):
             inbox.append(io.BytesIO(_message(number)), [], WHEN)
-        checker = InMemoryUsernamePasswordDatabaseDontUse(joe=b"secret")
-        portal = Portal(MailRealm(self.storage), [checker])
-        self.factory = RecordingFactory(portal, SessionPolicy(failure_delay=0.0))
-        self.port: Any = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-        self.clients: list[Client] = []
-
-    def tearDown(self) -> Any:
-        # A Deferred, which trial waits for (typed Any: unittest's is None).
-        return shut_down(self.clients, self.factory.lost, self.port)
+        return storage
 
     @defer.inlineCallbacks
     def search(self, text: bytes) -> Any:
@@ -327,12 +315,7 @@ class CurrentOverSocketTests(TestCase):
 
     @defer.inlineCallbacks
     def test_appended_and_expunged(self) -> Any:
-        creator = protocol.ClientCreator(reactor, Client)
-        self.client = yield creator.connectTCP("127.0.0.1", self.port.getHost().port)
-        self.clients.append(self.client)
-        yield self.client.until(b"\r\n")
-        yield self.client.command("L", "LOGIN joe secret")
-        yield self.client.command("S", "SELECT INBOX")
+        self.client = yield self.selected()
         found = yield self.search(b"FROM alice")
         self.assertEqual(found, [3])
         found = yield self.search(b"SUBJECT plain")

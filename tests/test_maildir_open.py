@@ -54,7 +54,7 @@ class ReadAheadTests(MaildirTestCase):
         the open catches up with the folder, as before."""
         self.assertEqual(self.read(self.mailbox, self.uids[0]), message(1))
         cur = os.path.join(self.root, "cur")
-        [third] = [f for f in os.listdir(cur) if _contents(os.path.join(cur, f)) == message(3)]
+        [third] = [f for f in self.cur_files() if _contents(os.path.join(cur, f)) == message(3)]
         os.rename(os.path.join(cur, third), os.path.join(cur, third + "F"))
         self.assertEqual(self.read(self.mailbox, self.uids[2]), message(3))
         os.unlink(os.path.join(cur, third + "F"))

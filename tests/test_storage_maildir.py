@@ -6,7 +6,6 @@ import datetime
 import io
 import os
 import time
-from typing import cast
 
 from twisted.trial import unittest
 
@@ -16,6 +15,7 @@ from mailsrv.storage.maildir.folder import MaildirMailbox
 from mailsrv.storage.maildir.index import Index
 from mailsrv.storage.maildir.layout import INDEX_NAME
 from mailsrv.testing.storage import StorageSuiteMixin
+from tests.maildir_case import MaildirTestCase
 
 
 class MaildirStorageTests(StorageSuiteMixin, unittest.TestCase):
@@ -73,7 +73,7 @@ class ThreadedMaildirStorageTests(MaildirStorageTests):
         return reopened
 
 
-class CopyToAnotherBackendTests(unittest.SynchronousTestCase):
+class CopyToAnotherBackendTests(MaildirTestCase):
     """COPY and MOVE from a Maildir folder to a mailbox of another backend
     (no rename reaches it): each message appended there with its bytes,
     flags and date; MOVE removes it here only after."""
@@ -81,19 +81,17 @@ class CopyToAnotherBackendTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
         from mailsrv.storage.memory import MemoryStorage
 
-        root = os.path.abspath(self.mktemp())
-        self.storage = MaildirStorage(os.path.join(root, "{user}", "Maildir"))
-        self.addCleanup(self.storage.close)
-        self.inbox = cast(MaildirMailbox, self.storage.account("alice").get_mailbox("INBOX"))
+        super().setUp()
+        self.source = self.inbox()
         self.other = MemoryStorage().account("alice").get_mailbox("INBOX")
         when = datetime.datetime(2024, 3, 1, 12, 0, tzinfo=datetime.UTC)
-        self.first = self.inbox.append(
+        self.first = self.source.append(
             io.BytesIO(b"Subject: a\r\n\r\none\r\n"), ["\\Seen", "k1"], when
         )
-        self.second = self.inbox.append(io.BytesIO(b"Subject: b\r\n\r\ntwo\r\n"), [], when)
+        self.second = self.source.append(io.BytesIO(b"Subject: b\r\n\r\ntwo\r\n"), [], when)
 
     def test_copy(self) -> None:
-        pairs = self.inbox.copy([self.first], self.other)
+        pairs = self.source.copy([self.first], self.other)
         self.assertEqual(len(pairs), 1)
         ((source, target),) = pairs
         self.assertEqual(source, self.first)
@@ -102,14 +100,14 @@ class CopyToAnotherBackendTests(unittest.SynchronousTestCase):
         self.assertEqual(copied.internal_date.timestamp(), 1709294400)
         with self.other.open(target) as handle:
             self.assertEqual(handle.read(), b"Subject: a\r\n\r\none\r\n")
-        self.assertEqual(len(self.inbox.uids()), 2)
+        self.assertEqual(len(self.source.uids()), 2)
 
     def test_move(self) -> None:
-        pairs = self.inbox.move([self.first], self.other)
+        pairs = self.source.move([self.first], self.other)
         ((source, target),) = pairs
         self.assertEqual(source, self.first)
         self.assertEqual(list(self.other.uids()), [target])
         self.assertEqual(self.other.fetch([target])[0].flags, frozenset({"\\Seen", "k1"}))
         with self.other.open(target) as handle:
             self.assertEqual(handle.read(), b"Subject: a\r\n\r\none\r\n")
-        self.assertEqual(list(self.inbox.uids()), [self.second])  # the other one stays
+        self.assertEqual(list(self.source.uids()), [self.second])  # the other one stays

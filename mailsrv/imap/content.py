@@ -232,9 +232,11 @@ def _per_message(
     uids: Iterable[int],
     kind: str | None,
     compute: Callable[[IO[bytes]], bytes],
+    store: bool = True,
 ) -> Any:
     """``{uid: value}`` from the cache of ``kind`` or by ``compute`` over
-    the message file (then cached); ``kind`` None: never cached."""
+    the message file (then cached, unless not ``store``); ``kind`` None:
+    never cached."""
     wanted = list(uids)
     cache = _cache(mailbox) if kind is not None else None
     cached: Mapping[int, bytes] = yield _get_many(cache, wanted, kind or "")
@@ -242,7 +244,7 @@ def _per_message(
     missing = [u for u in wanted if u not in out]
     computed = yield each_file(mailbox, missing, lambda uid, source: compute(source))
     out.update(computed)
-    if kind is not None:
+    if kind is not None and store:
         fresh = {uid: v for uid, v in computed.items() if len(v) <= CACHE_LIMIT}
         yield _set_many(cache, kind, fresh)
     return out
@@ -356,15 +358,10 @@ def folded_values(mailbox: IMailbox, uids: Iterable[int], name: str, address: bo
     :func:`folded_kind`, so a search finds needles in it with one query
     (:class:`~mailsrv.interfaces.ICachedSearch`).  A needle with no LF is
     in it exactly when the plain matcher finds it in some occurrence."""
-    wanted = list(uids)
-    cache = _cache(mailbox)
     raw_kind = _addresses_kind(name) if address else _values_kind(name)
-    raw: Mapping[int, bytes] = yield _get_many(cache, wanted, raw_kind)
-    raw = dict(raw)
     compute = _encoded_addresses(name) if address else _encoded_values(name)
-    missing = [u for u in wanted if u not in raw]
-    read = yield each_file(mailbox, missing, lambda uid, source: compute(source))
-    raw.update(read)
+    raw: dict[int, bytes] = yield _per_message(mailbox, uids, raw_kind, compute, store=False)
+    cache = _cache(mailbox)
     fold = fold_addresses if address else fold_values
     out = {uid: fold(data) for uid, data in raw.items()}
     small = {uid: v for uid, v in out.items() if len(v) <= CACHE_LIMIT}

@@ -246,13 +246,18 @@ class ThreadedMailbox(MaildirMailbox):
         return self._writer.run(work).addCallback(self._heard)
 
     def _heard(self, result: _T) -> _T:
+        # The write is done and durable: it is answered all the same.
+        self._follow_replaced_or_log()
+        self._announce()
+        return result
+
+    def _follow_replaced_or_log(self) -> None:
+        """:meth:`_follow_replaced` where a failure must not stop what
+        follows (an answer, an announcement): logged."""
         try:
             self._follow_replaced()
         except Exception:
-            # The write is done and durable: it is answered all the same.
             log.failure("reopening the replaced index {path} failed", path=self.path)
-        self._announce()
-        return result
 
     def _follow_replaced(self) -> None:
         """Open the index another process put in place of ours (``mailsrv
@@ -421,10 +426,7 @@ class ThreadedMailbox(MaildirMailbox):
         """Another process pinged (its change is in the index): read it
         from the index file now in place, not one it replaced."""
         if not self._folder.closed:
-            try:
-                self._follow_replaced()
-            except Exception:
-                log.failure("reopening the replaced index {path} failed", path=self.path)
+            self._follow_replaced_or_log()
         super().refresh()
 
     @_recovering
